@@ -1,0 +1,176 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// newRealEnv serves the API over the real instance manager (with a
+// hypervisor that never boots and images that never resolve), so the
+// manager's own validation is part of what is tested.
+func newRealEnv(t testing.TB) (*Server, string) {
+	t.Helper()
+	api, err := NewServer(Options{Instances: newRealManager(t), Images: newFakeImages(), Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api, mint(t)
+}
+
+// serve sends one request through the handler in-process.
+func serve(h http.Handler, method, path, token, contentType string, body []byte) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, bytes.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// checkErrorShape fails unless rec is a 4xx with {code, message}.
+func checkErrorShape(t testing.TB, rec *httptest.ResponseRecorder) (string, string) {
+	t.Helper()
+	if rec.Code >= 500 || rec.Code < 400 {
+		t.Fatalf("status %d, want 4xx; body %s", rec.Code, rec.Body)
+	}
+	var e map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
+		t.Fatalf("error body not JSON: %q", rec.Body)
+	}
+	code, _ := e["code"].(string)
+	msg, _ := e["message"].(string)
+	if code == "" || msg == "" || len(e) != 2 {
+		t.Fatalf("error body not {code, message}: %s", rec.Body)
+	}
+	return code, msg
+}
+
+func TestCreateBadInput(t *testing.T) {
+	h, tok := newRealEnv(t)
+	cases := []struct {
+		name, body, ct string
+		status         int
+		code, inMsg    string
+	}{
+		{"malformed json", `{"name":"web",`, "application/json", 400, "invalid_request", ""},
+		{"not an object", `[1,2]`, "application/json", 400, "invalid_request", ""},
+		{"empty body", ``, "application/json", 400, "invalid_request", ""},
+		{"null", `null`, "application/json", 400, "invalid_request", ""},
+		{"wrong content type", `{"name":"web","image":"busybox"}`, "text/plain", 400, "invalid_request", ""},
+		{"unknown field", `{"name":"web","image":"busybox","memory":"1GB"}`, "application/json", 400, "invalid_request", "memory"},
+		{"missing name", `{"image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
+		{"missing image", `{"name":"web"}`, "application/json", 400, "invalid_request", "image"},
+		{"uppercase name", `{"name":"Web","image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
+		{"name with dash at end", `{"name":"web-","image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
+		{"name too long", `{"name":"` + strings.Repeat("a", 64) + `","image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
+		{"name with slash", `{"name":"a/b","image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
+		{"name wrong type", `{"name":42,"image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
+		{"vcpus string", `{"name":"web","image":"busybox","vcpus":"2"}`, "application/json", 400, "invalid_request", "vcpus"},
+		{"vcpus float", `{"name":"web","image":"busybox","vcpus":1.5}`, "application/json", 400, "invalid_request", "vcpus"},
+		{"vcpus huge", `{"name":"web","image":"busybox","vcpus":1e30}`, "application/json", 400, "invalid_request", "vcpus"},
+		{"vcpus zero", `{"name":"web","image":"busybox","vcpus":0}`, "application/json", 400, "invalid_request", "vcpus"},
+		{"vcpus negative", `{"name":"web","image":"busybox","vcpus":-1}`, "application/json", 400, "invalid_request", "vcpus"},
+		{"size huge", `{"name":"web","image":"busybox","size":"99999999TB"}`, "application/json", 400, "invalid_request", "size"},
+		{"size garbage", `{"name":"web","image":"busybox","size":"lots"}`, "application/json", 400, "invalid_request", "size"},
+		{"size tiny", `{"name":"web","image":"busybox","size":"1KB"}`, "application/json", 400, "invalid_request", "size"},
+		{"size number", `{"name":"web","image":"busybox","size":1073741824}`, "application/json", 400, "invalid_request", "size"},
+		{"overlay huge", `{"name":"web","image":"busybox","overlay_size":"1e300GB"}`, "application/json", 400, "invalid_request", "overlay_size"},
+		{"size NaN", `{"name":"web","image":"busybox","size":"NaN"}`, "application/json", 400, "invalid_request", "size"},
+		{"env not map", `{"name":"web","image":"busybox","env":["A=1"]}`, "application/json", 400, "invalid_request", "env"},
+		{"env value number", `{"name":"web","image":"busybox","env":{"A":1}}`, "application/json", 400, "invalid_request", "env"},
+		{"env bad key", `{"name":"web","image":"busybox","env":{"A=B":"1"}}`, "application/json", 400, "invalid_request", "env"},
+		{"cmd not array", `{"name":"web","image":"busybox","cmd":"sleep 1"}`, "application/json", 400, "invalid_request", "cmd"},
+		{"skip agent string", `{"name":"web","image":"busybox","skip_guest_agent":"yes"}`, "application/json", 400, "invalid_request", "skip_guest_agent"},
+		{"bad image ref", `{"name":"web","image":"UPPER::case"}`, "application/json", 400, "invalid_request", ""},
+		{"image not found", `{"name":"web","image":"busybox"}`, "application/json", 404, "not_found", "image"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec := serve(h, "POST", "/instances", tok, c.ct, []byte(c.body))
+			code, msg := checkErrorShape(t, rec)
+			t.Logf("%d %s: %s", rec.Code, code, msg)
+			if rec.Code != c.status || code != c.code || !strings.Contains(msg, c.inMsg) {
+				t.Fatalf("%d %s %q, want %d %s containing %q", rec.Code, code, msg, c.status, c.code, c.inMsg)
+			}
+		})
+	}
+}
+
+func TestQueryAndPathBadInput(t *testing.T) {
+	h, tok := newRealEnv(t)
+	cases := []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/instances?state=bogus", 400, "invalid_state"},
+		{"GET", "/instances/x/logs?tail=-1", 400, "invalid_request"},
+		{"GET", "/instances/x/logs?tail=abc", 400, "invalid_request"},
+		{"GET", "/instances/x/logs?tail=100001", 400, "invalid_request"},
+		{"GET", "/instances/x/logs?follow=maybe", 400, "invalid_request"},
+		{"GET", "/instances/x/logs?source=kernel", 400, "invalid_request"},
+		{"GET", "/instances/x/logs", 404, "not_found"},
+		{"GET", "/instances/x/wait", 400, "invalid_state"},
+		{"GET", "/instances/x/wait?state=Unknown", 400, "invalid_state"},
+		{"GET", "/instances/x/wait?state=running", 400, "invalid_state"},
+		{"GET", "/instances/x/wait?state=Running&timeout=soon", 400, "invalid_timeout"},
+		{"GET", "/instances/x/wait?state=Running&timeout=-5s", 400, "invalid_timeout"},
+		{"GET", "/instances/x/wait?state=Running&timeout=0", 400, "invalid_timeout"},
+		{"GET", "/instances/x/stat?path=", 400, "invalid_request"},
+		{"GET", "/instances/" + strings.Repeat("x", 200), 400, "invalid_request"},
+		{"GET", "/instances/%00", 404, "not_found"},
+		{"GET", "/instances/..%2F..%2Fetc", 404, "not_found"},
+		{"POST", "/instances/x/start", 404, "not_found"},
+		{"DELETE", "/instances/x", 404, "not_found"},
+		{"GET", "/images/" + strings.Repeat("a", 600), 400, "invalid_request"},
+	}
+	for _, c := range cases {
+		rec := serve(h, c.method, c.path, tok, "", nil)
+		code, msg := checkErrorShape(t, rec)
+		t.Logf("%s %s: %d %s: %s", c.method, c.path, rec.Code, code, msg)
+		if rec.Code != c.status || code != c.code {
+			t.Errorf("%s %s: %d %s (%s), want %d %s", c.method, c.path, rec.Code, code, msg, c.status, c.code)
+		}
+	}
+}
+
+// FuzzCreateInstance: no body, however malformed, gets a 5xx or a body
+// that is not {code, message}; valid ones end at the (unresolvable) image.
+func FuzzCreateInstance(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"web","image":"busybox"}`,
+		`{"name":"web","image":"busybox","size":"512MB","vcpus":2,"overlay_size":"1GB"}`,
+		`{"name":"web","image":"busybox","env":{"A":"1"},"tags":{"k":"v"},"cmd":["sh"],"entrypoint":[]}`,
+		`{"name":"web","image":"busybox","size":"9999999999999999999TB"}`,
+		`{"name":"web","image":"busybox","vcpus":1e400}`,
+		`{"name":"","image":""}`,
+		`{"name":"web","image":"busybox","extra":true}`,
+		`{"name":"web","image":"busybox","env":{"":"x"}}`,
+		`{"name":"a","image":"a","skip_guest_agent":true}`,
+		`{"name":"web","image":"busybox"}{"x":1}`,
+		`{"name":"web","image":"busybox","size":"1.5GiB"}`,
+		`{"name":"web","image":"busybox","size":"-1GB"}`,
+		`{"name":"\u0000","image":"\ud800"}`,
+		`{`, `"`, `[]`, `null`, `0`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	h, tok := newRealEnv(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := serve(h, "POST", "/instances", tok, "application/json", body)
+		if rec.Code == http.StatusCreated {
+			t.Fatalf("created an instance from %q with an unresolvable image", body)
+		}
+		checkErrorShape(t, rec)
+	})
+}
+
+

@@ -1,0 +1,138 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"hypeman/internal/events"
+	"hypeman/internal/images"
+	"hypeman/internal/instances"
+)
+
+// Error codes (stable, snake_case; the `code` of every error body).
+const (
+	CodeInvalidRequest   = "invalid_request"
+	CodeInvalidState     = "invalid_state"
+	CodeInvalidTimeout   = "invalid_timeout"
+	CodeUnauthorized     = "unauthorized"
+	CodeForbidden        = "forbidden"
+	CodeNotFound         = "not_found"
+	CodeConflict         = "conflict"
+	CodeImageNotReady    = "image_not_ready"
+	CodeTooLarge         = "request_too_large"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeInternal         = "internal"
+	CodeBadGateway       = "bad_gateway"
+	CodeTimeout          = "timeout"
+	CodeUnavailable      = "unavailable"
+	CodeNotImplemented   = "not_implemented"
+)
+
+// Error is an error with its HTTP status and code already decided. Handlers
+// return it for conditions they detect themselves.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+func newError(status int, code, format string, args ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// classify maps an error from a manager (or this package) to a response.
+func (s *server) classify(err error) (int, string, string) {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae.Status, ae.Code, ae.Message
+	}
+	msg := err.Error()
+	var te *instances.TransitionError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &te):
+		return http.StatusConflict, CodeInvalidState, msg
+	case errors.Is(err, instances.ErrNotFound):
+		return http.StatusNotFound, CodeNotFound, msg
+	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse):
+		return http.StatusConflict, CodeConflict, msg
+	case errors.Is(err, instances.ErrInvalid):
+		return http.StatusBadRequest, CodeInvalidRequest, msg
+	case errors.Is(err, instances.ErrImageNotReady):
+		return http.StatusConflict, CodeImageNotReady, msg
+	case errors.Is(err, events.ErrInvalidTimeout):
+		return http.StatusBadRequest, CodeInvalidTimeout, msg
+	case errors.Is(err, events.ErrInvalidState):
+		return http.StatusBadRequest, CodeInvalidState, msg
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit)
+	}
+	if st, code, ok := classifyImageError(err); ok {
+		return st, code, msg
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, CodeTimeout, msg
+	case errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, CodeUnavailable, msg
+	}
+	return http.StatusInternalServerError, CodeInternal, msg
+}
+
+// classifyImageError maps the image store's errors (directly, or wrapped by
+// the instance manager when a create or start pulls). Registry-side
+// failures are 502: the request was fine, an upstream was not.
+func classifyImageError(err error) (int, string, bool) {
+	switch {
+	case errors.Is(err, images.ErrInvalidReference), errors.Is(err, images.ErrNoMatchingPlatform):
+		return http.StatusBadRequest, CodeInvalidRequest, true
+	case errors.Is(err, images.ErrNotFound), errors.Is(err, images.ErrNotFoundUpstream):
+		return http.StatusNotFound, CodeNotFound, true
+	case errors.Is(err, images.ErrRegistryUnreachable), errors.Is(err, images.ErrUnauthorized),
+		errors.Is(err, images.ErrRegistry), errors.Is(err, images.ErrDigestMismatch),
+		errors.Is(err, images.ErrCorruptLayer):
+		return http.StatusBadGateway, CodeBadGateway, true
+	case errors.Is(err, images.ErrClosed), errors.Is(err, images.ErrInterrupted):
+		return http.StatusServiceUnavailable, CodeUnavailable, true
+	}
+	return 0, "", false
+}
+
+// writeError writes the {code, message} body for err and logs server-side
+// failures.
+func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, code, msg := s.classify(err)
+	if status >= 500 {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	} else {
+		s.log.Debug("request rejected", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	writeJSONError(w, status, code, msg)
+}
+
+// writeJSONError writes {code, message} with status.
+func writeJSONError(w http.ResponseWriter, status int, code, message string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}{code, message})
+}
+
+// logger returns l or a discarding logger.
+func logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

@@ -1,0 +1,130 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"hypeman/internal/auth"
+)
+
+// access is what a route requires.
+type access int
+
+const (
+	// accessPublic: no credentials (health, the spec).
+	accessPublic access = iota + 1
+	// accessAuthenticated: any valid token.
+	accessAuthenticated
+	// accessScope: a valid token granting policy.scope.
+	accessScope
+	// accessRegistry: the registry authenticates itself (Bearer or Basic,
+	// image:read to pull, image:write to push, image:delete to delete),
+	// because OCI clients need its error format and challenge header.
+	accessRegistry
+)
+
+type policy struct {
+	access access
+	scope  auth.Scope
+}
+
+func public() policy                         { return policy{access: accessPublic} }
+func authenticated() policy                  { return policy{access: accessAuthenticated} }
+func scoped(s auth.Scope) policy             { return policy{access: accessScope, scope: s} }
+func registryPolicy() policy                 { return policy{access: accessRegistry} }
+func (p policy) String() string              { return fmt.Sprintf("%d:%s", p.access, p.scope) }
+func routeKey(method, pattern string) string { return method + " " + pattern }
+
+// routePolicies is the route → scope table: every route the router serves
+// must be here (TestRouteTableCoversRouter walks the real router) and every
+// entry must be served. A route missing from the table is refused (fail
+// closed), never served unauthenticated.
+func routePolicies() map[string]policy {
+	return map[string]policy{
+		routeKey("GET", "/health"):    public(),
+		routeKey("GET", "/spec.yaml"): public(),
+		routeKey("GET", "/spec.json"): public(),
+
+		routeKey("GET", "/capabilities"): authenticated(),
+
+		routeKey("GET", "/images"):           scoped(auth.ImageRead),
+		routeKey("POST", "/images"):          scoped(auth.ImageWrite),
+		routeKey("GET", "/images/{name}"):    scoped(auth.ImageRead),
+		routeKey("DELETE", "/images/{name}"): scoped(auth.ImageDelete),
+
+		routeKey("GET", "/instances"):             scoped(auth.InstanceRead),
+		routeKey("POST", "/instances"):            scoped(auth.InstanceWrite),
+		routeKey("GET", "/instances/{id}"):        scoped(auth.InstanceRead),
+		routeKey("DELETE", "/instances/{id}"):     scoped(auth.InstanceDelete),
+		routeKey("POST", "/instances/{id}/start"): scoped(auth.InstanceWrite),
+		routeKey("POST", "/instances/{id}/stop"):  scoped(auth.InstanceWrite),
+		routeKey("GET", "/instances/{id}/logs"):   scoped(auth.InstanceRead),
+		routeKey("GET", "/instances/{id}/stat"):   scoped(auth.InstanceRead),
+		routeKey("GET", "/instances/{id}/stats"):  scoped(auth.InstanceRead),
+		routeKey("GET", "/instances/{id}/wait"):   scoped(auth.InstanceRead),
+		routeKey("GET", "/instances/{id}/events"): scoped(auth.InstanceRead),
+		routeKey("GET", "/events"):                scoped(auth.InstanceRead),
+
+		// The OCI distribution API (all methods under /v2/).
+		routeKey("*", "/v2/*"): registryPolicy(),
+	}
+}
+
+// principalKey carries the verified *auth.Principal in the request context.
+type principalKey struct{}
+
+// PrincipalFrom returns the caller authenticated by the API middleware
+// (nil on public routes).
+func PrincipalFrom(r *http.Request) *auth.Principal {
+	p, _ := r.Context().Value(principalKey{}).(*auth.Principal)
+	return p
+}
+
+// authorize enforces the route table. It runs after routing (it is a
+// middleware of the route groups), so the matched chi route pattern is known.
+func (s *server) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pattern := chi.RouteContext(r.Context()).RoutePattern()
+		pol, ok := s.policies[routeKey(r.Method, pattern)]
+		if !ok {
+			pol, ok = s.policies[routeKey("*", pattern)]
+		}
+		if !ok {
+			s.log.Error("route has no access policy; refusing", "method", r.Method, "route", pattern)
+			writeJSONError(w, http.StatusInternalServerError, CodeInternal, "route has no access policy")
+			return
+		}
+		switch pol.access {
+		case accessPublic, accessRegistry:
+			next.ServeHTTP(w, r)
+			return
+		}
+		tok, err := auth.TokenFromRequest(r, false)
+		var p *auth.Principal
+		if err == nil {
+			p, err = s.verifier.Verify(tok)
+		}
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hypeman"`)
+			msg := "invalid or expired token"
+			if errors.Is(err, auth.ErrNoToken) {
+				msg = "missing bearer token"
+			}
+			writeJSONError(w, http.StatusUnauthorized, CodeUnauthorized, msg)
+			return
+		}
+		if pol.access == accessScope && !p.Allows(pol.scope) {
+			writeJSONError(w, http.StatusForbidden, CodeForbidden, "missing required scope: "+string(pol.scope))
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(contextWithPrincipal(r, p)))
+	})
+}
+
+func contextWithPrincipal(r *http.Request, p *auth.Principal) context.Context {
+	return context.WithValue(r.Context(), principalKey{}, p)
+}

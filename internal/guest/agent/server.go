@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"hypeman/internal/guest/guestproc"
+)
+
+// Starter starts a command and returns how to wait for it. The guest init
+// passes its reaper (PID 1 must own every wait); tests use
+// guestproc.DirectStarter.
+type Starter interface {
+	Start(cmd *exec.Cmd) (guestproc.WaitFunc, error)
+}
+
+// Server is the guest side of the agent.
+type Server struct {
+	// Root is the host path of the instance root execs chroot into and
+	// file operations are confined to.
+	Root string
+	// BaseEnv is the instance's environment; exec env is layered on top.
+	BaseEnv map[string]string
+	// DefaultUser and DefaultCwd apply when an exec does not set them.
+	DefaultUser string
+	DefaultCwd  string
+	Hostname    string
+	Starter     Starter
+	// Shutdown is called (once per request) after a shutdown request has
+	// been acknowledged.
+	Shutdown func()
+	Logger   *slog.Logger
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// yamuxConfig is shared by both ends. Keepalives are off: a paused VM
+// (standby) must not kill the session, and both ends learn of a dead peer
+// from the transport itself (QEMU's socket closes; the guest port reads EOF).
+func yamuxConfig() *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.LogOutput = io.Discard
+	cfg.StreamOpenTimeout = 0
+	cfg.StreamCloseTimeout = time.Minute
+	return cfg
+}
+
+// Serve runs one yamux session over conn until the peer goes away, conn
+// fails or ctx is done. It waits for its handlers before returning.
+func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
+	sess, err := yamux.Server(conn, yamuxConfig())
+	if err != nil {
+		return fmt.Errorf("agent: start session: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer sess.Close()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrSessionShutdown) {
+				return nil
+			}
+			return fmt.Errorf("agent: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer st.Close()
+			s.handle(ctx, st)
+		}()
+	}
+}
+
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// maxRequestLine bounds the request header.
+const maxRequestLine = 1 << 20
+
+func readRequest(br *bufio.Reader) (*Request, error) {
+	var line []byte
+	for {
+		chunk, isPrefix, err := br.ReadLine()
+		if err != nil {
+			return nil, err
+		}
+		line = append(line, chunk...)
+		if len(line) > maxRequestLine {
+			return nil, errors.New("request line too long")
+		}
+		if !isPrefix {
+			break
+		}
+	}
+	var req Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		return nil, fmt.Errorf("bad request: %w", err)
+	}
+	return &req, nil
+}
+
+func (s *Server) handle(ctx context.Context, st net.Conn) {
+	br := bufio.NewReader(st)
+	req, err := readRequest(br)
+	if err != nil {
+		_ = writeJSONLine(st, Response{Error: err.Error(), Code: CodeBadRequest})
+		return
+	}
+	log := s.logger().With("op", req.Op)
+	log.Debug("request")
+	switch req.Op {
+	case OpPing:
+		_ = writeJSONLine(st, Response{})
+	case OpShutdown:
+		err := writeJSONLine(st, Response{})
+		if s.Shutdown != nil {
+			s.Shutdown()
+		}
+		if err != nil {
+			log.Info("shutdown ack not delivered", "err", err)
+		}
+	case OpStat:
+		fi, err := s.stat(req.Path)
+		if err != nil {
+			_ = writeJSONLine(st, errorResponse(err))
+			return
+		}
+		_ = writeJSONLine(st, Response{Stat: fi})
+	case OpExec:
+		if req.Exec == nil || len(req.Exec.Argv) == 0 {
+			_ = writeJSONLine(st, Response{Error: "exec: empty argv", Code: CodeBadRequest})
+			return
+		}
+		s.exec(ctx, st, br, req.Exec, log)
+	case OpCopyTo:
+		s.copyTo(st, br, req.Path, log)
+	case OpCopyFrom:
+		s.copyFrom(st, req.Path, log)
+	default:
+		_ = writeJSONLine(st, Response{Error: fmt.Sprintf("unknown op %q", req.Op), Code: CodeBadRequest})
+	}
+}
+
+// errBadPath marks a request path the server refuses.
+var errBadPath = errors.New("bad path")
+
+func errorResponse(err error) Response {
+	r := Response{Error: err.Error()}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		r.Code = CodeNotFound
+	case errors.Is(err, errBadPath):
+		r.Code = CodeBadRequest
+	}
+	return r
+}
+
+// guestPath validates a path from a request: absolute, no NUL.
+func guestPath(p string) (string, error) {
+	if p == "" || !strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) {
+		return "", fmt.Errorf("%w: %q must be an absolute path", errBadPath, p)
+	}
+	return filepath.Clean(p), nil
+}

@@ -1,0 +1,97 @@
+package guestinit
+
+import (
+	"context"
+	"bytes"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"hypeman/internal/guest/agent"
+	"hypeman/internal/guest/guestconfig"
+)
+
+func sh(script string) *guestconfig.Config {
+	return &guestconfig.Config{Entrypoint: []string{"/bin/sh", "-c", script}, RootFS: "erofs", Hostname: "m"}
+}
+
+func TestManual(t *testing.T) {
+	k := newVMKit(t)
+	img := buildImage(t, map[string]imageFile{
+		"etc/passwd": {data: "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"},
+		"etc/group":  {data: "root:x:0:\nnogroup:x:65534:\n"},
+		"noexec":     {data: "x", mode: 0o644},
+	})
+	one := func(name string, cfg *guestconfig.Config, ovl string, noOverlay bool) (guestconfig.Exit, string) {
+		if ovl == "" && !noOverlay {
+			ovl = newOverlayDisk(t)
+		}
+		t0 := time.Now()
+		r := k.start(t, cfg, img, ovl)
+		e := r.wait(t, 90*time.Second)
+		t.Logf("=== %s: wall %s exit %+v\n%s", name, time.Since(t0), e, r.log())
+		return e, r.log()
+	}
+	ovl := newOverlayDisk(t)
+	one("persist boot 1", sh("cat /p.txt 2>/dev/null; echo boot >> /p.txt; printf 'no newline'"), ovl, false)
+	fsckClean(t, ovl)
+	one("persist boot 2", sh("cat /p.txt; echo boot >> /p.txt"), ovl, false)
+	fsckClean(t, ovl)
+	one("127", &guestconfig.Config{Cmd: []string{"nosuch"}, RootFS: "erofs"}, "", false)
+	one("126", &guestconfig.Config{Cmd: []string{"/noexec"}, RootFS: "erofs"}, "", false)
+	one("user nobody", &guestconfig.Config{Cmd: []string{"sh", "-c", "id; echo $HOME; pwd"}, User: "nobody", RootFS: "erofs"}, "", false)
+	one("bad user", &guestconfig.Config{Cmd: []string{"id"}, User: "ghost", RootFS: "erofs"}, "", false)
+	one("zombies", sh(`for i in 1 2 3; do (sleep 0.1 &); done; sleep 2; awk '$3=="Z"' /proc/[0-9]*/stat | wc -l; exit 0`), "", false)
+	one("oom", sh(`x=$(head -c 400000000 /dev/zero | tr '\0' a); echo survived`), "", false)
+	one("no overlay disk", sh("true"), "", true)
+}
+
+func TestManualStopTimeout(t *testing.T) {
+	k := newVMKit(t)
+	img := buildImage(t, nil)
+	cfg := sh(`trap '' TERM; echo ignoring; while :; do sleep 1; done`)
+	cfg.StopTimeoutSeconds = 2
+	r := k.start(t, cfg, img, newOverlayDisk(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := agent.Dial(ctx, r.agentSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "ignoring", 30*time.Second)
+	// Reconnect test: drop the session mid-exec, dial again.
+	go c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", "echo $$ > /tmp/pid; sleep 100"}}, agent.ExecIO{})
+	time.Sleep(time.Second)
+	c.Close()
+	t0 := time.Now()
+	c, err = agent.Dial(ctx, r.agentSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("reconnect ping after %s", time.Since(t0))
+	var out bytes.Buffer
+	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", "p=$(cat /tmp/pid); test -d /proc/$p && echo alive $p || echo dead $p"}}, agent.ExecIO{Stdout: &out})
+	t.Logf("after reconnect: %+v %v %q", res, err, out.String())
+	// Second concurrent connection is not accepted by QEMU until the first closes.
+	conn2, err := net.DialTimeout("unix", r.agentSock, time.Second)
+	t.Logf("second dial: err=%v", err)
+	if conn2 != nil {
+		conn2.Close()
+	}
+	t0 = time.Now()
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := r.wait(t, 60*time.Second)
+	t.Logf("stop took %s; exit %+v\n%s", time.Since(t0), e, r.log())
+	_ = os.Remove
+	_ = strings.Contains
+}

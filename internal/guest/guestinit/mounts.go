@@ -1,0 +1,237 @@
+package guestinit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"hypeman/internal/guest/guestconfig"
+	"hypeman/internal/guest/guestproc"
+)
+
+// Fixed locations in the initramfs. The init stays in the initramfs and the
+// instance root is only a chroot target, so the init can unmount the overlay
+// disk cleanly at the end (it holds nothing open on it).
+const (
+	lowerDir = "/hm/lower" // image disk, read-only
+	diskDir  = "/hm/disk"  // writable overlay disk (ext4): upper/ and work/
+	RootDir  = "/hm/root"  // overlayfs: the instance root
+	etcDir   = "/hm/etc"   // generated hostname/hosts/resolv.conf
+)
+
+// mounter mounts filesystems and remembers them so teardown can undo them in
+// reverse order.
+type mounter struct {
+	mounted []string
+}
+
+func (m *mounter) mount(src, target, fstype string, flags uintptr, data string) error {
+	if _, err := os.Stat(target); err != nil {
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("mount %s: %w", target, err)
+		}
+	}
+	if err := unix.Mount(src, target, fstype, flags, data); err != nil {
+		what := fstype
+		if flags&unix.MS_BIND != 0 {
+			what = "bind"
+		}
+		return fmt.Errorf("mount %s (%s) on %s: %w", src, what, target, err)
+	}
+	m.mounted = append(m.mounted, target)
+	return nil
+}
+
+// mountEarly mounts the kernel filesystems the init itself needs. The console
+// is only reachable once devtmpfs is mounted.
+func (m *mounter) mountEarly() error {
+	steps := []struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}{
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"},
+		{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	}
+	for _, s := range steps {
+		err := m.mount(s.src, s.target, s.fstype, s.flags, s.data)
+		if err != nil && !(errors.Is(err, unix.EBUSY) && s.target == "/dev") {
+			return err
+		}
+	}
+	// The links Docker provides in /dev; devtmpfs does not create them.
+	for name, target := range map[string]string{
+		"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+		"stderr": "/proc/self/fd/2", "core": "/proc/kcore",
+	} {
+		_ = os.Symlink(target, filepath.Join("/dev", name))
+	}
+	return nil
+}
+
+// mountRoot mounts the image disk read-only, the overlay disk read-write and
+// the overlayfs combining them at RootDir.
+func (m *mounter) mountRoot(rootDev, overlayDev, rootFS string) error {
+	if rootFS == "" {
+		rootFS = "erofs"
+	}
+	if err := m.mount(rootDev, lowerDir, rootFS, unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("image disk: %w", err)
+	}
+	if err := m.mount(overlayDev, diskDir, "ext4", unix.MS_NOATIME, ""); err != nil {
+		return fmt.Errorf("overlay disk: %w", err)
+	}
+	for _, d := range []string{"upper", "work"} {
+		if err := os.MkdirAll(filepath.Join(diskDir, d), 0o755); err != nil {
+			return fmt.Errorf("overlay disk: %w", err)
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lowerDir, diskDir, diskDir)
+	if err := m.mount("overlay", RootDir, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("root overlay: %w", err)
+	}
+	return nil
+}
+
+// prepareRoot mounts proc, sys and dev inside the instance root and makes
+// sure /tmp exists. /dev is a recursive bind of the init's /dev so that a pty
+// the agent allocates is the same device inside the root (every devpts
+// mount is a separate instance).
+func (m *mounter) prepareRoot() error {
+	for _, d := range []string{"proc", "sys", "dev"} {
+		if err := ensureDir(RootDir, "/"+d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := ensureDir(RootDir, "/tmp", os.ModeSticky|0o777); err != nil {
+		return err
+	}
+	if err := m.mount("proc", filepath.Join(RootDir, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	if err := m.mount("sysfs", filepath.Join(RootDir, "sys"), "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	return m.mount("/dev", filepath.Join(RootDir, "dev"), "", unix.MS_BIND|unix.MS_REC, "")
+}
+
+// ensureDir creates dir (a path inside root) with mode if it does not exist.
+// An existing directory is left alone.
+func ensureDir(root, dir string, mode os.FileMode) error {
+	host, err := guestproc.ResolveInRoot(root, dir)
+	if err != nil {
+		return fmt.Errorf("prepare %s: %w", dir, err)
+	}
+	if fi, err := os.Stat(host); err == nil && fi.IsDir() {
+		return nil
+	}
+	if err := os.MkdirAll(host, 0o755); err != nil {
+		return fmt.Errorf("prepare %s: %w", dir, err)
+	}
+	if err := os.Chmod(host, mode); err != nil { // MkdirAll applies the umask
+		return fmt.Errorf("prepare %s: %w", dir, err)
+	}
+	return nil
+}
+
+// HostsFile renders /etc/hosts for hostname.
+func HostsFile(hostname string) string {
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	if hostname != "" {
+		fmt.Fprintf(&b, "127.0.1.1\t%s\n", hostname)
+	}
+	return b.String()
+}
+
+// ResolvConf renders /etc/resolv.conf for the DNS servers.
+func ResolvConf(dns []string) string {
+	var b strings.Builder
+	for _, s := range dns {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	return b.String()
+}
+
+// writeEtc generates the files the config asks for and bind-mounts them over
+// the image's files, like Docker does. Bind mounts keep the generated files
+// off the persistent overlay disk (no copy-up of the image's /etc files).
+func (m *mounter) writeEtc(cfg *guestconfig.Config) error {
+	files := map[string]string{}
+	if cfg.Hostname != "" {
+		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+		files["hostname"] = cfg.Hostname + "\n"
+		files["hosts"] = HostsFile(cfg.Hostname)
+	}
+	if cfg.Network != nil && len(cfg.Network.DNS) > 0 {
+		files["resolv.conf"] = ResolvConf(cfg.Network.DNS)
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(etcDir, 0o755); err != nil {
+		return fmt.Errorf("generate /etc files: %w", err)
+	}
+	if err := ensureDir(RootDir, "/etc", 0o755); err != nil {
+		return err
+	}
+	for name, content := range files {
+		src := filepath.Join(etcDir, name)
+		if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
+			return fmt.Errorf("generate /etc/%s: %w", name, err)
+		}
+		target, err := guestproc.ResolveInRoot(RootDir, "/etc/"+name)
+		if err != nil {
+			return fmt.Errorf("generate /etc/%s: %w", name, err)
+		}
+		if _, err := os.Stat(target); err != nil {
+			// The mount point must exist; create an empty file (in the
+			// overlay, a harmless empty placeholder).
+			if err := os.WriteFile(target, nil, 0o644); err != nil {
+				return fmt.Errorf("generate /etc/%s: %w", name, err)
+			}
+		}
+		if err := m.mount(src, target, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("generate /etc/%s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// unmountAll undoes the mounts in reverse order. A mount that is still busy
+// is detached lazily; the writable overlay disk, if it cannot be unmounted,
+// is at least remounted read-only so its journal is clean for the next boot.
+func (m *mounter) unmountAll() []error {
+	var errs []error
+	for i := len(m.mounted) - 1; i >= 0; i-- {
+		t := m.mounted[i]
+		if !strings.HasPrefix(t, "/hm/") {
+			continue // the init's own /dev, /proc, /sys stay until power-off
+		}
+		err := unix.Unmount(t, 0)
+		if err == nil {
+			continue
+		}
+		if t == diskDir {
+			if rerr := unix.Mount("", diskDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); rerr != nil {
+				errs = append(errs, fmt.Errorf("unmount %s: %v; remount read-only: %w", t, err, rerr))
+			}
+			continue
+		}
+		if derr := unix.Unmount(t, unix.MNT_DETACH); derr != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", t, derr))
+		}
+	}
+	m.mounted = nil
+	unix.Sync()
+	return errs
+}

@@ -1,0 +1,272 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/hypervisor/qemu/qmp"
+)
+
+// ErrHandleClosed is returned by VM methods after Close.
+var ErrHandleClosed = errors.New("vm handle closed")
+
+// killWait bounds how long Kill waits for the process to disappear.
+const killWait = 10 * time.Second
+
+// VM is a handle on one QEMU process. It implements hypervisor.VM; the
+// concrete type also exposes the QMP client (events, migration).
+type VM struct {
+	dir   string
+	pf    PidFile
+	child bool // launched by this process: exit observed by cmd.Wait
+	log   *slog.Logger
+	// done is closed when the process has exited. For an attached VM it is
+	// driven by a pidfd watch that Close releases: after Close it may never
+	// close.
+	done      <-chan struct{}
+	stopWatch func()
+	qmpReady  time.Duration
+
+	mu      sync.Mutex
+	qmp     *qmp.Client
+	closed  bool
+	exitErr error // child only: cmd.Wait result
+}
+
+var _ hypervisor.VM = (*VM)(nil)
+
+// Pid implements hypervisor.VM.
+func (v *VM) Pid() int { return v.pf.Pid }
+
+// Dir is the instance dir the VM runs in.
+func (v *VM) Dir() string { return v.dir }
+
+// Done implements hypervisor.VM.
+func (v *VM) Done() <-chan struct{} { return v.done }
+
+// QMPReadyAfter is how long QEMU took from exec to a negotiated QMP
+// connection (0 for attached VMs).
+func (v *VM) QMPReadyAfter() time.Duration { return v.qmpReady }
+
+// ExitError is the wait status of a launched VM after Done (nil for a clean
+// exit or for attached VMs, whose status is not observable).
+func (v *VM) ExitError() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.exitErr
+}
+
+func (v *VM) exited() bool {
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// QMP returns a live QMP client, reconnecting if the previous connection
+// dropped while QEMU is still running. The client stays owned by the VM.
+func (v *VM) QMP(ctx context.Context) (*qmp.Client, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil, ErrHandleClosed
+	}
+	if v.exited() {
+		return nil, fmt.Errorf("pid %d: %w", v.pf.Pid, hypervisor.ErrNotRunning)
+	}
+	if v.qmp != nil {
+		select {
+		case <-v.qmp.Done():
+			v.qmp.Close()
+			v.qmp = nil
+		default:
+			return v.qmp, nil
+		}
+	}
+	c, err := qmp.Dial(ctx, filepath.Join(v.dir, QMPSocketName), qmp.Options{Logger: v.log})
+	if err != nil {
+		if v.exited() {
+			return nil, fmt.Errorf("pid %d: %w", v.pf.Pid, hypervisor.ErrNotRunning)
+		}
+		return nil, fmt.Errorf("reconnect qmp: %w", err)
+	}
+	v.qmp = c
+	return c, nil
+}
+
+// execute runs a QMP command; if it fails because QEMU exited, the error
+// wraps hypervisor.ErrNotRunning.
+func (v *VM) execute(ctx context.Context, cmd string, args, result any) error {
+	c, err := v.QMP(ctx)
+	if err != nil {
+		return err
+	}
+	err = c.Execute(ctx, cmd, args, result)
+	if err != nil && errors.Is(err, qmp.ErrClosed) {
+		// The connection drops as QEMU exits; let Done catch up briefly.
+		select {
+		case <-v.done:
+			return fmt.Errorf("%w: %w", hypervisor.ErrNotRunning, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+// MapRunState maps a QMP RunState (query-status "status") to ours.
+//
+//	running                                   → running
+//	prelaunch, inmigrate                      → created (not started yet)
+//	paused, postmigrate, finish-migrate,
+//	save-vm, restore-vm, suspended, io-error,
+//	watchdog, debug, colo                     → paused (vCPUs stopped, resumable)
+//	shutdown, guest-panicked, internal-error  → shutdown (guest will not run again)
+func MapRunState(status string) (hypervisor.RunState, error) {
+	switch status {
+	case "running":
+		return hypervisor.RunStateRunning, nil
+	case "prelaunch", "inmigrate":
+		return hypervisor.RunStateCreated, nil
+	case "paused", "postmigrate", "finish-migrate", "save-vm", "restore-vm",
+		"suspended", "io-error", "watchdog", "debug", "colo":
+		return hypervisor.RunStatePaused, nil
+	case "shutdown", "guest-panicked", "internal-error":
+		return hypervisor.RunStateShutdown, nil
+	}
+	return "", fmt.Errorf("unknown qemu run state %q", status)
+}
+
+// Status implements hypervisor.VM. Once QEMU has exited the error wraps
+// hypervisor.ErrNotRunning.
+func (v *VM) Status(ctx context.Context) (hypervisor.RunState, error) {
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := v.execute(ctx, "query-status", nil, &st); err != nil {
+		return "", fmt.Errorf("qemu status: %w", err)
+	}
+	return MapRunState(st.Status)
+}
+
+// Pause implements hypervisor.VM (QMP stop).
+func (v *VM) Pause(ctx context.Context) error {
+	if err := v.execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("qemu pause: %w", err)
+	}
+	return nil
+}
+
+// Resume implements hypervisor.VM (QMP cont).
+func (v *VM) Resume(ctx context.Context) error {
+	if err := v.execute(ctx, "cont", nil, nil); err != nil {
+		return fmt.Errorf("qemu resume: %w", err)
+	}
+	return nil
+}
+
+// Shutdown implements hypervisor.VM: ACPI power button (system_powerdown),
+// wait up to timeout for QEMU to exit, then Kill. It returns nil once the
+// process is gone either way. If ctx ends first it returns ctx's error and
+// leaves the VM running (the caller gave up waiting, not on the VM).
+//
+// The guest only reacts to the power button if its kernel has the ACPI
+// button driver (a module in Debian's kernel) and something handles the
+// event; the graceful path is the guest agent, this is the fallback.
+func (v *VM) Shutdown(ctx context.Context, timeout time.Duration) error {
+	if v.exited() {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, min(timeout, 5*time.Second))
+	err := v.execute(pctx, "system_powerdown", nil, nil)
+	cancel()
+	if err != nil {
+		v.log.Warn("system_powerdown failed, will kill after timeout", "err", err)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-v.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("qemu shutdown: %w", ctx.Err())
+	case <-t.C:
+		v.log.Info("guest did not power off in time, killing", "timeout", timeout)
+		return v.Kill()
+	}
+}
+
+// Kill implements hypervisor.VM: SIGKILL to QEMU's process group (the VMM
+// and any helper it spawned, e.g. a migration "cat"), then wait for Done.
+// An attached VM is re-verified (pid + start time) first so a reused pid is
+// never signalled.
+func (v *VM) Kill() error {
+	if v.exited() {
+		return nil
+	}
+	v.mu.Lock()
+	closed := v.closed
+	v.mu.Unlock()
+	if closed && !v.child {
+		return ErrHandleClosed // the exit watch is gone; we could not confirm
+	}
+	target := v.pf.Pid
+	if !v.child {
+		if err := checkProcess(v.pf); err != nil {
+			if errors.Is(err, errStale) {
+				return v.waitDone()
+			}
+			return fmt.Errorf("qemu kill: %w", err)
+		}
+		st, err := readProcStat(v.pf.Pid)
+		if err == nil && st.Pgrp != v.pf.Pid {
+			// Not a group leader (launched by someone else): kill it alone.
+			if err := syscall.Kill(v.pf.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("qemu kill: %w", err)
+			}
+			return v.waitDone()
+		}
+	}
+	if err := syscall.Kill(-target, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("qemu kill: %w", err)
+	}
+	return v.waitDone()
+}
+
+func (v *VM) waitDone() error {
+	select {
+	case <-v.done:
+		return nil
+	case <-time.After(killWait):
+		return fmt.Errorf("qemu kill: pid %d still alive after %v", v.pf.Pid, killWait)
+	}
+}
+
+// Close implements hypervisor.VM: drop the QMP connection and the exit
+// watch; the VM keeps running.
+func (v *VM) Close() error {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return nil
+	}
+	v.closed = true
+	c := v.qmp
+	v.qmp = nil
+	v.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+	if v.stopWatch != nil {
+		v.stopWatch()
+	}
+	return nil
+}

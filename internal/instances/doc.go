@@ -1,0 +1,20 @@
+// Package instances is the instance manager: it owns every instance's
+// lifecycle (create, start, stop, delete, and later standby/restore/fork), its
+// on-disk metadata, and the derivation of its state.
+//
+// Why it is shaped this way:
+//   - State is derived on read, never stored: the truth is whether a VMM
+//     process lives, what it reports over its control channel, and which
+//     markers the guest printed. A stored state would go stale the moment the
+//     daemon died or a guest exited on its own.
+//   - Metadata (what the user asked for, exit info, timestamps) is one JSON file
+//     per instance written atomically, cached in memory for fast listing.
+//   - Every operation takes the instance's own lock and checks a single-hop
+//     transition table first, so concurrent API calls cannot interleave on
+//     one instance and invalid requests fail with the allowed actions.
+//   - A watcher goroutine follows each live VM (serial markers, process exit)
+//     and publishes derived transitions, so changes that happen while nobody
+//     calls the API are still observed and recorded.
+//   - Dependencies (images, hypervisor, guest agent, event sink) are small
+//     interfaces declared here, at the consumer.
+package instances

@@ -1,0 +1,170 @@
+package instances
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"hypeman/internal/hypervisor"
+)
+
+// LogSource selects one of an instance's logs.
+type LogSource string
+
+const (
+	LogApp     LogSource = "app"     // guest console: the program's stdout/stderr
+	LogVMM     LogSource = "vmm"     // the VMM process's own output
+	LogHypeman LogSource = "hypeman" // what the daemon did to the instance
+)
+
+// ParseLogSource validates a source name ("" = app).
+func ParseLogSource(s string) (LogSource, error) {
+	switch LogSource(s) {
+	case "", LogApp:
+		return LogApp, nil
+	case LogVMM, LogHypeman:
+		return LogSource(s), nil
+	}
+	return "", &InvalidArgumentError{Field: "source", Reason: fmt.Sprintf("%q is not one of app, vmm, hypeman", s)}
+}
+
+// LogOptions selects what StreamLogs sends.
+type LogOptions struct {
+	Source LogSource
+	// Tail is how many existing lines to send first (0 = none, <0 = all).
+	Tail int
+	// Follow keeps streaming new lines until ctx ends or the instance's VM
+	// is gone and everything it wrote has been sent (like docker logs -f).
+	Follow bool
+}
+
+// MaxTail bounds how many lines a tail request may ask for.
+const MaxTail = 100000
+
+func logFile(dir string, s LogSource) string {
+	switch s {
+	case LogVMM:
+		return filepath.Join(dir, hypervisor.VMMLogName)
+	case LogHypeman:
+		return filepath.Join(dir, hypemanLog)
+	}
+	return filepath.Join(dir, hypervisor.SerialLogName)
+}
+
+// StreamLogs sends log lines (without the trailing newline) to fn.
+func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, fn func(line string) error) error {
+	e, err := m.resolve(ref)
+	if err != nil {
+		return err
+	}
+	if opts.Tail > MaxTail {
+		return &InvalidArgumentError{Field: "tail", Reason: fmt.Sprintf("at most %d", MaxTail)}
+	}
+	e.mu.Lock()
+	id := e.meta.ID
+	e.mu.Unlock()
+	path := logFile(m.dir(id), opts.Source)
+	lines, end, err := tailLines(path, opts.Tail)
+	if err != nil {
+		return err
+	}
+	for _, l := range lines {
+		if err := fn(l); err != nil {
+			return err
+		}
+	}
+	if !opts.Follow {
+		return nil
+	}
+	t := &lineTailer{path: path, offset: end}
+	var sendErr error
+	send := func(l string) {
+		if sendErr == nil {
+			sendErr = fn(strings.TrimRight(l, "\r\n"))
+		}
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		e.mu.Lock()
+		live, deleted := e.live != nil, e.deleted
+		e.mu.Unlock()
+		t.poll(send)
+		if sendErr != nil {
+			return sendErr
+		}
+		if deleted || !live {
+			if t.partial != "" {
+				send(t.partial)
+			}
+			return sendErr
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// tailLines returns the last n lines of path (all when n < 0) and the file
+// offset after them. A missing file is an empty log.
+func tailLines(path string, n int) ([]string, int64, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("open log: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	size := st.Size()
+	if n == 0 {
+		return nil, size, nil
+	}
+	// Read backwards in chunks until enough newlines are seen.
+	start := int64(0)
+	if n > 0 {
+		const chunk = 64 << 10
+		pos, count := size, 0
+		buf := make([]byte, chunk)
+		for pos > 0 && count <= n {
+			step := min(int64(chunk), pos)
+			pos -= step
+			if _, err := f.ReadAt(buf[:step], pos); err != nil && err != io.EOF {
+				return nil, 0, err
+			}
+			for i := step - 1; i >= 0; i-- {
+				if buf[i] == '\n' && pos+i != size-1 {
+					count++
+					if count == n {
+						start = pos + i + 1
+						break
+					}
+				}
+			}
+			if count >= n {
+				break
+			}
+		}
+	}
+	if _, err := f.Seek(start, io.SeekStart); err != nil {
+		return nil, 0, err
+	}
+	var out []string
+	sc := bufio.NewScanner(io.LimitReader(f, size-start))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		out = append(out, strings.TrimRight(sc.Text(), "\r"))
+	}
+	return out, size, sc.Err()
+}

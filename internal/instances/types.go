@@ -1,0 +1,110 @@
+package instances
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"hypeman/internal/instances/state"
+)
+
+// Instance is the public view of an instance (what the API returns).
+type Instance struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest,omitempty"`
+	State       state.State       `json:"state"`
+	StateError  *string           `json:"state_error"`
+	Size        string            `json:"size"`
+	VCPUs       int               `json:"vcpus"`
+	OverlaySize string            `json:"overlay_size"`
+	Env         map[string]string `json:"env,omitempty"`
+	Entrypoint  []string          `json:"entrypoint,omitempty"`
+	Cmd         []string          `json:"cmd,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	StartedAt   *time.Time        `json:"started_at"`
+	StoppedAt   *time.Time        `json:"stopped_at"`
+	ExitCode    *int              `json:"exit_code"`
+	ExitMessage *string           `json:"exit_message"`
+	HasSnapshot bool              `json:"has_snapshot"`
+	Hypervisor  string            `json:"hypervisor"`
+	// Pid is the VMM process id while one is alive (0 otherwise).
+	Pid int `json:"-"`
+}
+
+// Metadata is what is persisted per instance (metadata.json).
+type Metadata struct {
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Image          string            `json:"image"`
+	ImageDigest    string            `json:"image_digest"`
+	MemoryBytes    int64             `json:"memory_bytes"`
+	Size           string            `json:"size"`
+	VCPUs          int               `json:"vcpus"`
+	OverlayBytes   int64             `json:"overlay_bytes"`
+	OverlaySize    string            `json:"overlay_size"`
+	Env            map[string]string `json:"env,omitempty"`
+	Entrypoint     []string          `json:"entrypoint,omitempty"`
+	Cmd            []string          `json:"cmd,omitempty"`
+	Tags           map[string]string `json:"tags,omitempty"`
+	SkipGuestAgent bool              `json:"skip_guest_agent,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
+	StartedAt      *time.Time        `json:"started_at,omitempty"`
+	StoppedAt      *time.Time        `json:"stopped_at,omitempty"`
+	ExitCode       *int              `json:"exit_code,omitempty"`
+	ExitMessage    *string           `json:"exit_message,omitempty"`
+	HasSnapshot    bool              `json:"has_snapshot"`
+	Hypervisor     string            `json:"hypervisor"`
+	// BootSerialOffset is the size of serial.log when the current (or last)
+	// boot began: markers before it belong to earlier boots.
+	BootSerialOffset int64 `json:"boot_serial_offset"`
+}
+
+// CreateParams is a create request after HTTP decoding (sizes still strings).
+type CreateParams struct {
+	Name           string
+	Image          string
+	Size           string // memory, default "1GB"
+	VCPUs          int    // default 2
+	OverlaySize    string // default "10GB"
+	Env            map[string]string
+	Entrypoint     []string
+	Cmd            []string
+	Tags           map[string]string
+	SkipGuestAgent bool
+}
+
+// Errors callers branch on (the API maps them to status codes).
+var (
+	ErrNotFound  = errors.New("instance not found")
+	ErrAmbiguous = errors.New("ambiguous instance reference")
+	ErrNameInUse = errors.New("instance name already in use")
+	ErrInvalid   = errors.New("invalid request")
+	// ErrImageNotReady: the image is known but failed or cannot be used.
+	ErrImageNotReady = errors.New("image not ready")
+)
+
+// InvalidArgumentError names the offending field; it wraps ErrInvalid.
+type InvalidArgumentError struct {
+	Field  string
+	Reason string
+}
+
+func (e *InvalidArgumentError) Error() string {
+	return fmt.Sprintf("invalid %s: %s", e.Field, e.Reason)
+}
+func (e *InvalidArgumentError) Unwrap() error { return ErrInvalid }
+
+// TransitionError is returned when an action is not allowed in the current
+// state; the API maps it to 409 with the allowed actions.
+type TransitionError struct {
+	Action  Action
+	State   state.State
+	Allowed []Action
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("cannot %s instance in state %s (allowed: %s)", e.Action, e.State, joinActions(e.Allowed))
+}

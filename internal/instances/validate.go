@@ -1,0 +1,137 @@
+package instances
+
+import (
+	"crypto/rand"
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Limits applied to create requests. They bound what one request may ask of
+// the host; they are deliberately generous but finite so "huge" inputs get a
+// 400, not an OOM-killed daemon or a host full of sparse files.
+const (
+	MinMemoryBytes  = 64 << 20
+	MaxMemoryBytes  = 256 << 30
+	MaxVCPUs        = 64
+	MinOverlayBytes = 16 << 20
+	MaxOverlayBytes = 4 << 40
+	maxNameLen      = 63
+	maxTags         = 64
+	maxEnv          = 1024
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+// ValidateName checks hypeman's instance name rule: lowercase letters,
+// digits and dashes, not starting or ending with a dash, at most 63 chars.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return &InvalidArgumentError{Field: "name", Reason: "is required"}
+	case len(name) > maxNameLen:
+		return &InvalidArgumentError{Field: "name", Reason: fmt.Sprintf("must be at most %d characters", maxNameLen)}
+	case !nameRE.MatchString(name):
+		return &InvalidArgumentError{Field: "name", Reason: "must contain only lowercase letters, digits and dashes, and start and end with a letter or digit"}
+	}
+	return nil
+}
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+	"t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
+}
+
+// ParseSize parses "1GB", "512MB", "2G", "1.5GiB" or a byte count. Units are
+// binary (1GB = 1024^3), matching hypeman.
+func ParseSize(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	if t == "" {
+		return 0, fmt.Errorf("empty size")
+	}
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.TrimSpace(t[i:])
+	mult, ok := sizeUnits[unit]
+	if !ok || num == "" {
+		return 0, fmt.Errorf("%q is not a size (examples: 512MB, 1GB, 2GiB)", s)
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		return 0, fmt.Errorf("%q is not a size (examples: 512MB, 1GB, 2GiB)", s)
+	}
+	v := f * float64(mult)
+	if v >= math.MaxInt64/2 {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return int64(v), nil
+}
+
+func parseSizeField(field, s, def string, lo, hi int64) (int64, string, error) {
+	if s == "" {
+		s = def
+	}
+	n, err := ParseSize(s)
+	if err != nil {
+		return 0, "", &InvalidArgumentError{Field: field, Reason: err.Error()}
+	}
+	if n < lo || n > hi {
+		return 0, "", &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("%s is out of range (%s to %s)", s, FormatSize(lo), FormatSize(hi))}
+	}
+	return n, s, nil
+}
+
+// FormatSize renders bytes with the largest exact binary unit.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		s string
+		m int64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}} {
+		if n >= u.m && n%u.m == 0 {
+			return fmt.Sprintf("%d%s", n/u.m, u.s)
+		}
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+func validateKV(field string, m map[string]string, max int, keyOK func(string) bool) error {
+	if len(m) > max {
+		return &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("at most %d entries", max)}
+	}
+	for k := range m {
+		if !keyOK(k) {
+			return &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("invalid key %q", k)}
+		}
+	}
+	return nil
+}
+
+func envKeyOK(k string) bool {
+	return k != "" && !strings.ContainsAny(k, "=\x00") && len(k) <= 256
+}
+
+func tagKeyOK(k string) bool { return k != "" && len(k) <= 128 && !strings.ContainsRune(k, 0) }
+
+// newID returns a 24-character lowercase alphanumeric identifier (the shape
+// hypeman uses), random enough that prefixes of a few characters are unique
+// in practice.
+func newID() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 24)
+	rnd := make([]byte, 24)
+	if _, err := rand.Read(rnd); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
+	}
+	for i := range b {
+		b[i] = alphabet[int(rnd[i])%len(alphabet)]
+	}
+	b[0] = alphabet[int(rnd[0])%26] // start with a letter so IDs never look like numbers
+	return string(b)
+}

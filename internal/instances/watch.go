@@ -1,0 +1,196 @@
+package instances
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"hypeman/internal/guest/guestconfig"
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/instances/state"
+)
+
+// liveVM is a VMM process the manager holds a handle on.
+type liveVM struct {
+	vm         hypervisor.VM
+	started    atomic.Bool // program-start marker seen this boot
+	agent      atomic.Bool // agent-ready marker seen this boot
+	exit       atomic.Pointer[guestconfig.Exit]
+	stopReason atomic.Pointer[string] // set when hypeman itself ends the VM
+	handled    chan struct{}          // closed once the exit is recorded
+}
+
+func newLiveVM(vm hypervisor.VM) *liveVM {
+	return &liveVM{vm: vm, handled: make(chan struct{})}
+}
+
+func (lv *liveVM) programStarted() bool { return lv.started.Load() }
+func (lv *liveVM) agentReady() bool     { return lv.agent.Load() }
+
+// serialPollInterval is how often the watcher looks for new console output.
+// Reading a file every 50 ms costs nothing measurable and keeps marker →
+// state-change latency low without inotify plumbing.
+const serialPollInterval = 50 * time.Millisecond
+
+// startWatcher follows lv's serial log for markers and records its exit.
+// adopted means the VM was running before this daemon started: markers
+// already in the log are replayed silently (no events for the past).
+func (m *Manager) startWatcher(e *entry, lv *liveVM, adopted bool) {
+	e.mu.Lock()
+	id, offset := e.meta.ID, e.meta.BootSerialOffset
+	e.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.watch(e, id, lv, offset, adopted)
+	}()
+}
+
+func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted bool) {
+	path := filepath.Join(m.dir(id), hypervisor.SerialLogName)
+	t := &lineTailer{path: path, offset: offset}
+	silent := adopted
+	onLine := func(line string) {
+		switch {
+		case strings.Contains(line, guestconfig.MarkerProgramStart):
+			if !lv.started.Swap(true) {
+				if !silent {
+					m.logf(id, "program started")
+				}
+				if !silent && (!m.cfg.RequireAgent || lv.agentReady() || m.skipAgent(e)) {
+					m.publish(id, state.Initializing, state.Running, "program started")
+				}
+			}
+		case strings.Contains(line, guestconfig.MarkerAgentReady):
+			if !lv.agent.Swap(true) && !silent && m.cfg.RequireAgent && lv.programStarted() && !m.skipAgent(e) {
+				m.publish(id, state.Initializing, state.Running, "guest agent ready")
+			}
+		default:
+			if ex, ok := guestconfig.ParseExit(line); ok {
+				lv.exit.Store(&ex)
+			}
+		}
+	}
+	ticker := time.NewTicker(serialPollInterval)
+	defer ticker.Stop()
+	for {
+		t.poll(onLine)
+		silent = false
+		select {
+		case <-lv.vm.Done():
+			t.poll(onLine) // drain what the guest printed last
+			m.recordExit(e, id, lv)
+			return
+		case <-m.closed:
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+func (m *Manager) skipAgent(e *entry) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.meta.SkipGuestAgent
+}
+
+// recordExit persists how the VM ended and publishes → Stopped.
+func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
+	defer close(lv.handled)
+	from := state.Initializing
+	if lv.programStarted() {
+		from = state.Running
+	}
+	exit := lv.exit.Load()
+	noExit := "vmm exited without a guest exit status (the VM crashed or was killed)"
+	if r := lv.stopReason.Load(); r != nil {
+		noExit = "stopped by hypeman (" + *r + "): the guest did not report an exit status before the VM ended"
+	}
+	e.mu.Lock()
+	if e.live != lv {
+		e.mu.Unlock()
+		return
+	}
+	e.live = nil
+	applyExit(&e.meta, exit, time.Now(), noExit)
+	deleted := e.deleted
+	var err error
+	if !deleted {
+		err = m.persist(e)
+	}
+	msg := *e.meta.ExitMessage
+	e.mu.Unlock()
+	lv.vm.Close()
+	if deleted {
+		return
+	}
+	if err != nil {
+		m.log.Error("persist exit", "id", id, "err", err)
+	}
+	reason := "vm exited: " + msg
+	if exit != nil {
+		reason = "program exited: " + msg
+	}
+	m.logf(id, "%s", reason)
+	m.publish(id, from, state.Stopped, reason)
+}
+
+// lineTailer reads complete lines appended to a file since offset.
+type lineTailer struct {
+	path    string
+	offset  int64
+	partial string
+}
+
+func (t *lineTailer) poll(fn func(string)) {
+	f, err := os.Open(t.path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if _, err := f.Seek(t.offset, io.SeekStart); err != nil {
+		return
+	}
+	r := bufio.NewReaderSize(f, 64<<10)
+	for {
+		s, err := r.ReadString('\n')
+		t.offset += int64(len(s))
+		if err != nil {
+			t.partial += s
+			// Keep partial lines bounded: a program printing without
+			// newlines must not grow memory without end.
+			if len(t.partial) > 64<<10 {
+				fn(t.partial)
+				t.partial = ""
+			}
+			return
+		}
+		fn(t.partial + s)
+		t.partial = ""
+	}
+}
+
+// scanExit finds the last exit marker in the serial log after offset.
+func scanExit(path string, offset int64) (*guestconfig.Exit, error) {
+	t := &lineTailer{path: path, offset: offset}
+	var exit *guestconfig.Exit
+	t.poll(func(line string) {
+		if ex, ok := guestconfig.ParseExit(line); ok {
+			exit = &ex
+		}
+	})
+	if t.partial != "" {
+		if ex, ok := guestconfig.ParseExit(t.partial); ok {
+			exit = &ex
+		}
+	}
+	if exit == nil {
+		return nil, errors.New("no exit marker")
+	}
+	return exit, nil
+}
