@@ -75,6 +75,7 @@ func TestCreateBadInput(t *testing.T) {
 		{"name wrong type", `{"name":42,"image":"busybox"}`, "application/json", 400, "invalid_request", "name"},
 		{"vcpus string", `{"name":"web","image":"busybox","vcpus":"2"}`, "application/json", 400, "invalid_request", "vcpus"},
 		{"vcpus float", `{"name":"web","image":"busybox","vcpus":1.5}`, "application/json", 400, "invalid_request", "vcpus"},
+		{"vcpus 2.0", `{"name":"web","image":"busybox","vcpus":2.0}`, "application/json", 400, "invalid_request", ""},
 		{"vcpus huge", `{"name":"web","image":"busybox","vcpus":1e30}`, "application/json", 400, "invalid_request", "vcpus"},
 		{"vcpus zero", `{"name":"web","image":"busybox","vcpus":0}`, "application/json", 400, "invalid_request", "vcpus"},
 		{"vcpus negative", `{"name":"web","image":"busybox","vcpus":-1}`, "application/json", 400, "invalid_request", "vcpus"},
@@ -172,5 +173,3 @@ func FuzzCreateInstance(f *testing.F) {
 		checkErrorShape(t, rec)
 	})
 }
-
-

@@ -27,14 +27,15 @@ var testSecret = []byte("api-test-secret-0123456789abcdef-xyz")
 
 // fakeInstances is an in-memory Instances.
 type fakeInstances struct {
-	mu        sync.Mutex
-	byID      map[string]*instances.Instance
-	created   []instances.CreateParams
-	logLines  []string
-	logOpts   []instances.LogOptions
-	logDone   chan struct{} // closed when a follow StreamLogs returns
+	mu         sync.Mutex
+	byID       map[string]*instances.Instance
+	created    []instances.CreateParams
+	logLines   []string
+	logOpts    []instances.LogOptions
+	logDone    chan struct{} // closed when a follow StreamLogs returns
 	panicOnGet bool
-	errOn     map[string]error // method name → error to return
+	stopDelay  time.Duration
+	errOn      map[string]error // method name → error to return
 }
 
 func newFakeInstances() *fakeInstances {
@@ -118,6 +119,7 @@ func (f *fakeInstances) Start(ctx context.Context, ref string) (*instances.Insta
 }
 
 func (f *fakeInstances) Stop(ctx context.Context, ref string) (*instances.Instance, error) {
+	time.Sleep(f.stopDelay)
 	if err := f.fail("Stop"); err != nil {
 		return nil, err
 	}
@@ -356,8 +358,10 @@ func (e *testEnv) do(method, path, token, body string) *http.Response {
 }
 
 // fakeHypervisor is never asked to boot anything in the tests that use the
-// real manager (the image never resolves).
-type fakeHypervisor struct{}
+// real manager (the image never resolves). The embedded interface keeps it
+// compiling as the driver interface grows; calling anything not defined
+// here would panic, which the tests would report.
+type fakeHypervisor struct{ hypervisor.Hypervisor }
 
 func (fakeHypervisor) Name() string { return "fake" }
 func (fakeHypervisor) Accel() hypervisor.AccelChoice {

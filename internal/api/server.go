@@ -147,7 +147,14 @@ type server struct {
 	specYAML []byte
 }
 
-var _ gen.StrictServerInterface = (*server)(nil)
+// The production implementations satisfy the consumer interfaces.
+var (
+	_ gen.StrictServerInterface = (*server)(nil)
+	_ Instances                 = (*instances.Manager)(nil)
+	_ Images                    = (*images.Store)(nil)
+	_ EventSource               = (*events.Bus)(nil)
+	_ registry.Importer         = (*images.Store)(nil)
+)
 
 // NewServer builds the handler: routes from the generated server, request
 // validation against the embedded spec, the auth table, the registry.
@@ -225,20 +232,21 @@ func (s *server) serveSpec(body []byte, contentType string) http.HandlerFunc {
 	}
 }
 
-// streamingOps are the operations that may run for minutes: the server's
-// write deadline is lifted for them.
-var streamingOps = map[string]bool{
-	"GetInstanceLogs":      true,
-	"WaitForInstanceState": true,
-	"StreamEvents":         true,
-	"StreamInstanceEvents": true,
+// isStreamingOp reports the operations that may run for minutes: the
+// server's write deadline is lifted for them.
+func isStreamingOp(op string) bool {
+	switch op {
+	case "GetInstanceLogs", "WaitForInstanceState", "StreamEvents", "StreamInstanceEvents":
+		return true
+	}
+	return false
 }
 
 // streamingDeadlines lifts the connection write deadline for long-running
 // operations, so a server-wide WriteTimeout protects ordinary requests
 // without cutting a follow or a 5-minute wait short.
 func (s *server) streamingDeadlines(f gen.StrictHandlerFunc, op string) gen.StrictHandlerFunc {
-	if !streamingOps[op] {
+	if !isStreamingOp(op) {
 		return f
 	}
 	return func(ctx context.Context, w http.ResponseWriter, r *http.Request, req any) (any, error) {

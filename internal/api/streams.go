@@ -311,4 +311,3 @@ func (e eventStream) serve(w http.ResponseWriter) error {
 		}
 	}
 }
-

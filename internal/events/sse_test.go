@@ -342,13 +342,12 @@ func TestStreamEndsWhenBusCloses(t *testing.T) {
 // not cut a long-lived stream.
 func TestStreamOutlivesServerWriteTimeout(t *testing.T) {
 	bus := events.New(events.Options{})
-	defer bus.Close()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = events.Stream(r.Context(), w, bus, events.StreamOptions{})
 	}))
 	srv.Config.WriteTimeout = 100 * time.Millisecond
 	srv.Start()
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close(); bus.Close() }) // after the client's cleanup
 	c := dial(t, srv.URL, "")
 	eventually(t, "stream subscribed", func() bool { return bus.Subscribers("") == 1 })
 	time.Sleep(300 * time.Millisecond)

@@ -16,7 +16,7 @@ const (
 	DefaultWaitTimeout  = 60 * time.Second
 	MaxWaitTimeout      = 5 * time.Minute
 	DefaultPollInterval = 5 * time.Second
-	waitBuffer          = 16
+	waitBuffer          = 4 // waiters see few events; overflow resumes from the history
 )
 
 // Errors the API handler maps to 400 responses.
@@ -196,14 +196,14 @@ func (w *waiter) run(ctx context.Context) (WaitResult, error) {
 	defer timeout.Stop()
 	poll := w.p.Clock.NewTimer(w.p.PollInterval)
 	defer func() { poll.Stop() }()
-	events := w.sub.C()
+	evCh := w.sub.C()
 
 	for {
 		select {
 		case <-ctx.Done():
 			return WaitResult{}, ctx.Err()
 
-		case ev, ok := <-events:
+		case ev, ok := <-evCh:
 			if ok {
 				if res, done, err := w.onEvent(ctx, ev); done || err != nil {
 					return res, err
@@ -212,10 +212,10 @@ func (w *waiter) run(ctx context.Context) (WaitResult, error) {
 			}
 			backlog, complete, live := w.resubscribe()
 			if !live {
-				events = nil // bus closed: the polling fallback carries on
+				evCh = nil // bus closed: the polling fallback carries on
 				continue
 			}
-			events = w.sub.C()
+			evCh = w.sub.C()
 			for _, ev := range backlog {
 				if res, done, err := w.onEvent(ctx, ev); done || err != nil {
 					return res, err
@@ -238,7 +238,7 @@ func (w *waiter) run(ctx context.Context) (WaitResult, error) {
 			return WaitResult{State: st, StateError: serr, TimedOut: true}, nil
 
 		case <-poll.C():
-			if res, done, err := w.reread(ctx, events); done || err != nil {
+			if res, done, err := w.reread(ctx, evCh); done || err != nil {
 				return res, err
 			}
 			poll = w.p.Clock.NewTimer(w.p.PollInterval)
@@ -246,13 +246,13 @@ func (w *waiter) run(ctx context.Context) (WaitResult, error) {
 	}
 }
 
-// reread reads the current state and decides on it. With events (the poll
+// reread reads the current state and decides on it. With evCh (the poll
 // path), a state the bus has not announced is logged as a warning; events
 // already queued are taken first, before and after the read, so a change
 // racing the poll is credited to the bus.
-func (w *waiter) reread(ctx context.Context, events <-chan Event) (WaitResult, bool, error) {
-	if events != nil {
-		if res, done, err := w.drain(ctx, events); done || err != nil {
+func (w *waiter) reread(ctx context.Context, evCh <-chan Event) (WaitResult, bool, error) {
+	if evCh != nil {
+		if res, done, err := w.drain(ctx, evCh); done || err != nil {
 			return res, done, err
 		}
 	}
@@ -260,8 +260,8 @@ func (w *waiter) reread(ctx context.Context, events <-chan Event) (WaitResult, b
 	if err != nil {
 		return WaitResult{}, false, err
 	}
-	if events != nil && st != w.last {
-		if res, done, err := w.drain(ctx, events); done || err != nil {
+	if evCh != nil && st != w.last {
+		if res, done, err := w.drain(ctx, evCh); done || err != nil {
 			return res, done, err
 		}
 		if st != w.last {
@@ -295,10 +295,10 @@ func (w *waiter) resubscribe() (backlog []Event, complete, live bool) {
 }
 
 // drain handles events already buffered, without blocking.
-func (w *waiter) drain(ctx context.Context, events <-chan Event) (WaitResult, bool, error) {
+func (w *waiter) drain(ctx context.Context, evCh <-chan Event) (WaitResult, bool, error) {
 	for {
 		select {
-		case ev, ok := <-events:
+		case ev, ok := <-evCh:
 			if !ok {
 				return WaitResult{}, false, nil // the main loop resubscribes
 			}

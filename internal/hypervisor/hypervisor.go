@@ -87,6 +87,64 @@ const (
 // ErrNotRunning is returned by Attach when no live VMM belongs to the dir.
 var ErrNotRunning = errors.New("vmm not running")
 
+// Snapshot errors returned by Restore (wrapped, with the reason in the text).
+var (
+	// ErrSnapshotIncompatible: the snapshot is intact but cannot run here
+	// (other snapshot format, VMM version, accelerator, or the kernel/initrd
+	// it was booted with changed or is missing).
+	ErrSnapshotIncompatible = errors.New("snapshot incompatible")
+	// ErrSnapshotCorrupt: the snapshot's files are damaged or incomplete
+	// (unreadable metadata, missing or truncated state, checksum mismatch).
+	ErrSnapshotCorrupt = errors.New("snapshot corrupt")
+)
+
+// SaveOptions tune VM.SaveState.
+type SaveOptions struct {
+	// Compress stores the state compressed (zstd): smaller, slower.
+	Compress bool
+}
+
+// SnapshotInfo describes a saved VM state: a snapshot dir written by
+// VM.SaveState.
+type SnapshotInfo struct {
+	Dir       string
+	CreatedAt time.Time
+	// MemoryMiB is the guest memory size.
+	MemoryMiB int
+	// StateBytes is the size of the state file on disk; StreamBytes the
+	// uncompressed state (equal unless Compressed).
+	StateBytes  int64
+	StreamBytes int64
+	Compressed  bool
+	// InstanceFiles are the files, relative to the instance dir, that the
+	// restored VM opens (the disks kept in the instance dir: writable
+	// overlay, config disk). Restore requires them in RestoreConfig.Dir with
+	// the content they had when the state was saved: for a standby they stay
+	// untouched in place; a fork needs its own copies in its own dir; a
+	// snapshot kept for later must keep copies taken while the VM is
+	// stopped (before or right after SaveState, before any resume).
+	InstanceFiles []string
+}
+
+// RestoreConfig describes a VM to start from a snapshot.
+type RestoreConfig struct {
+	// ID is for logs and the process title; "" keeps the saved one.
+	ID string
+	// Dir is the instance dir to run in (absolute). It may differ from the
+	// dir the snapshot was taken in (fork); it must hold the snapshot's
+	// InstanceFiles. The driver writes its pid file, control socket, logs
+	// and launch record there, as for Launch.
+	Dir string
+	// SnapshotDir is the snapshot to restore. It is only read, never
+	// changed, so it can be restored any number of times.
+	SnapshotDir string
+	// Net, when set, replaces the saved network backend (a fork needs its
+	// own TAP device). The VM must have been saved with a network device,
+	// and Net.MAC must be empty or equal to the saved MAC: the MAC is part of
+	// the device state the guest resumes with.
+	Net *NetConfig
+}
+
 // Hypervisor launches and re-attaches VMs.
 type Hypervisor interface {
 	// Name is the hypervisor name reported in the API ("qemu").
@@ -99,6 +157,11 @@ type Hypervisor interface {
 	// Attach re-adopts a VM previously launched in dir by any process.
 	// It returns ErrNotRunning (wrapped) when nothing alive is there.
 	Attach(ctx context.Context, dir string) (VM, error)
+	// Restore starts a VM from a snapshot written by VM.SaveState and
+	// returns it paused (the caller resumes it) once the whole state is
+	// loaded and verified. The snapshot is checked first: errors wrap
+	// ErrSnapshotIncompatible or ErrSnapshotCorrupt with the reason.
+	Restore(ctx context.Context, cfg RestoreConfig) (VM, error)
 }
 
 // VM is a handle on one live VMM process.
@@ -108,6 +171,15 @@ type VM interface {
 	Status(ctx context.Context) (RunState, error)
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
+	// SaveState pauses the VM if it runs and writes its complete state
+	// (memory, devices, how it was launched) into a new directory
+	// snapshotDir, which must not exist. The directory appears atomically
+	// (written under a temporary name, synced, renamed): a crash never leaves
+	// one that looks valid. On success the VM is left stopped with its disks
+	// flushed and released, to be killed by the caller; on error it is left
+	// paused (Resume continues it). snapshotDir must be outside the instance
+	// dir's InstanceFiles and on the same filesystem as its parent.
+	SaveState(ctx context.Context, snapshotDir string, opts SaveOptions) (*SnapshotInfo, error)
 	// Shutdown asks the guest to power off (ACPI) and waits up to timeout
 	// for the VMM to exit, then kills it.
 	Shutdown(ctx context.Context, timeout time.Duration) error

@@ -226,7 +226,13 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 			s.log.Warn("removing staging dir", "path", staging, "err", err)
 		}
 	}()
-	fz, err := newFlattener(staging, s.log)
+	// The image root is a subdirectory: it becomes 0755 (and may hold
+	// setuid binaries), while its 0700 parent keeps other host users out.
+	rootfs := filepath.Join(staging, "rootfs")
+	if err := os.Mkdir(rootfs, 0o700); err != nil {
+		return nil, &localError{Op: "mkdir", Path: rootfs, Err: err}
+	}
+	fz, err := newFlattener(rootfs, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +275,7 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 	}
 	t1 := time.Now()
 	hexPart := d[strings.IndexByte(d, ':')+1:]
-	size, err := s.disk.build(ctx, staging, filepath.Join(dir, s.disk.fileName()), uuidFromDigest(hexPart))
+	size, err := s.disk.build(ctx, rootfs, filepath.Join(dir, s.disk.fileName()), uuidFromDigest(hexPart))
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, &PullError{Ref: j.name, Kind: classify(err, phaseConvert), Err: err}

@@ -221,7 +221,7 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 	}
 	s := &Store{
 		cfg:     cfg,
-		log:     logger.With("component", "images"),
+		log:     logger,
 		disk:    disk,
 		policy:  newHTTPPolicy(cfg.Insecure),
 		sem:     make(chan struct{}, cfg.MaxConcurrentPulls),

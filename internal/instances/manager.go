@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hypeman/internal/events"
@@ -47,10 +48,6 @@ type GuestAgent interface {
 	Shutdown(ctx context.Context, socketPath string) error
 }
 
-// EventSink receives lifecycle transitions.
-type EventSink interface {
-	Publish(ev events.Event) (events.Event, error)
-}
 
 // Boot is the kernel and initrd every instance boots.
 type Boot struct {
@@ -71,7 +68,9 @@ type Config struct {
 	Images     Images
 	Boot       Boot
 	Agent      GuestAgent // optional: graceful stop through the guest agent
-	Events     EventSink  // optional
+	// Events is the lifecycle bus: the manager publishes every transition
+	// on it and WaitForState subscribes to it. Required.
+	Events *events.Bus
 	Logger     *slog.Logger
 	// GuestStopTimeout is how long the guest waits between SIGTERM and
 	// SIGKILL of the program on a graceful stop (default 10s).
@@ -93,6 +92,8 @@ type Manager struct {
 	mu       sync.Mutex
 	entries  map[string]*entry
 	reserved map[string]bool // names being created
+
+	restartPending atomic.Pointer[func(id string) bool]
 
 	wg     sync.WaitGroup // watchers
 	closed chan struct{}
@@ -124,8 +125,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Hypervisor == nil || cfg.Images == nil {
-		return nil, errors.New("instances: hypervisor and images are required")
+	if cfg.Hypervisor == nil || cfg.Images == nil || cfg.Events == nil {
+		return nil, errors.New("instances: hypervisor, images and events are required")
 	}
 	if cfg.GuestStopTimeout <= 0 {
 		cfg.GuestStopTimeout = 10 * time.Second
@@ -400,7 +401,7 @@ func (m *Manager) currentState(ctx context.Context, e *entry) state.State {
 }
 
 func (m *Manager) publish(id string, from, to state.State, reason string) {
-	if m.cfg.Events == nil || from == to {
+	if from == to {
 		return
 	}
 	typ := events.TypeStateChange

@@ -24,9 +24,9 @@ import (
 
 // diskBlobs stores blobs as files named by digest (blobs/sha256/<hex>) and
 // upload sessions as temp files (uploads/<id>). It implements the
-// go-containerregistry BlobHandler, BlobStatHandler, BlobPutHandler and
-// BlobDeleteHandler interfaces for the read and delete side; uploads are
-// served by Registry.serveUpload.
+// go-containerregistry BlobHandler, BlobStatHandler and BlobDeleteHandler
+// interfaces for the read and delete side; uploads never reach the library
+// (Registry.serveUpload handles them), so there is no BlobPutHandler.
 type diskBlobs struct {
 	dir     string
 	uploads string
@@ -84,33 +84,6 @@ func (b *diskBlobs) Get(_ context.Context, _ string, h v1.Hash) (io.ReadCloser, 
 		return nil, ggcr.ErrNotFound
 	}
 	return f, err
-}
-
-// Put is used by the library only for monolithic uploads we do not route to
-// it; it is still correct: content is verified by the caller's reader.
-func (b *diskBlobs) Put(_ context.Context, _ string, h v1.Hash, rc io.ReadCloser) error {
-	defer rc.Close()
-	p, err := b.path(h)
-	if err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(b.uploads, "put-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return b.commit(f.Name(), p)
 }
 
 func (b *diskBlobs) Delete(_ context.Context, _ string, h v1.Hash) error {

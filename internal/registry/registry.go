@@ -23,9 +23,15 @@
 //     store's ImportImage, which converts it in the background like a pull.
 //   - Authentication is the API's JWT, accepted as Bearer or as the password
 //     of HTTP Basic (any username), because registry clients only do Basic
-//     without a token service. Pulls need image:read, pushes image:write,
-//     deletes image:delete. Errors use the registry's {"errors": [...]}
-//     format and a Basic challenge, which is what OCI clients understand.
+//     without a token service. Pulls (GET) need image:read, pushes
+//     image:write, deletes image:delete; HEAD (the existence check every
+//     push client makes first) is allowed with either image:read or
+//     image:write; /v2/ itself needs any valid token. Errors use the
+//     registry's {"errors": [...]} format and a Basic challenge, which is
+//     what OCI clients understand.
+//   - Limitations: a tag is imported when its manifest is pushed; a push by
+//     digest only is stored but not imported. Deleting from the registry does
+//     not delete the imported image (DELETE /images/{name} does that).
 package registry
 
 import (

@@ -47,7 +47,7 @@ func (s *Server) exec(ctx context.Context, st net.Conn, br *bufio.Reader, req *E
 	}
 	user, err := guestproc.ResolveUser(s.Root, userSpec)
 	if err != nil {
-		_ = writeJSONLine(st, errorResponse(fmt.Errorf("unable to find user %s: %w", userSpec, err)))
+		_ = writeJSONLine(st, errorResponse(err))
 		return
 	}
 	cwd := req.Cwd

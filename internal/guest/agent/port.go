@@ -84,9 +84,9 @@ func (s *Server) ServePort(ctx context.Context, pc PortConfig) error {
 				pc.Ready()
 			}
 			ready = true
-			if err := s.Serve(ctx, f); err != nil && ctx.Err() == nil {
-				log.Info("agent session ended", "err", err)
-			}
+			t0 := time.Now()
+			err := s.Serve(ctx, f)
+			log.Info("agent session ended", "err", err, "after", time.Since(t0))
 			f.Close()
 		}
 		select {

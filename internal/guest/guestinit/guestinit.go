@@ -225,7 +225,7 @@ func (in *initProc) runProgram(cfg *guestconfig.Config) guestconfig.Exit {
 	}
 	user, err := guestproc.ResolveUser(RootDir, cfg.User)
 	if err != nil {
-		return initFailure("unable to find user %s: %v", cfg.User, err)
+		return initFailure("%v", err)
 	}
 	cwd := cfg.WorkingDir
 	if cwd == "" {

@@ -78,6 +78,9 @@ func TestLookupUser(t *testing.T) {
 	}
 	_, err := LookupUser("nobody", p, g)
 	assert.ErrorIs(t, err, ErrUnknownUser)
+	assert.EqualError(t, err, "unable to find user nobody: no matching entries in /etc/passwd")
+	_, err = LookupUser("app:nogroup", p, g)
+	assert.ErrorIs(t, err, ErrUnknownGroup)
 }
 
 // makeRoot builds a fake image root in a temp dir.

@@ -11,9 +11,12 @@ import (
 	"strings"
 )
 
-// ErrUnknownUser is returned (wrapped) when a user or group name does not
-// appear in the image's passwd/group files.
-var ErrUnknownUser = errors.New("unknown user or group")
+// ErrUnknownUser and ErrUnknownGroup are returned (wrapped) when a name does
+// not appear in the image's passwd or group file.
+var (
+	ErrUnknownUser  = errors.New("unable to find user")
+	ErrUnknownGroup = errors.New("unable to find group")
+)
 
 // PasswdEntry is one line of /etc/passwd.
 type PasswdEntry struct {
@@ -137,7 +140,7 @@ func LookupUser(spec string, passwd []PasswdEntry, groups []GroupEntry) (User, e
 			}
 		}
 		if entry == nil {
-			return User{}, fmt.Errorf("user %q: no matching entry in /etc/passwd: %w", userPart, ErrUnknownUser)
+			return User{}, fmt.Errorf("%w %s: no matching entries in /etc/passwd", ErrUnknownUser, userPart)
 		}
 		u.UID = entry.UID
 	}
@@ -164,7 +167,7 @@ func LookupUser(spec string, passwd []PasswdEntry, groups []GroupEntry) (User, e
 				}
 			}
 			if !found {
-				return User{}, fmt.Errorf("group %q: no matching entry in /etc/group: %w", groupPart, ErrUnknownUser)
+				return User{}, fmt.Errorf("%w %s: no matching entries in /etc/group", ErrUnknownGroup, groupPart)
 			}
 		}
 	}

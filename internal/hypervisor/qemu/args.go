@@ -104,22 +104,31 @@ func BuildArgs(spec LaunchSpec) ([]string, error) {
 	}
 
 	if n := vm.Net; n != nil {
-		var netdev string
-		if n.TAP != "" {
-			netdev = "tap,id=net0,ifname=" + escapeOpt(n.TAP) + ",script=no,downscript=no"
-		} else {
-			netdev = "user,id=net0"
-			for _, f := range n.HostForwards {
-				netdev += ",hostfwd=" + escapeOpt(f)
-			}
-		}
-		dev := "virtio-net-device,netdev=net0"
-		if n.MAC != "" {
-			dev += ",mac=" + n.MAC
-		}
+		netdev, dev := netArgs(n)
 		args = append(args, "-netdev", netdev, "-device", dev)
 	}
 	return args, nil
+}
+
+// netDeviceModel is the -device model of the (only) NIC; its backend is
+// always -netdev id=net0.
+const netDeviceModel = "virtio-net-device"
+
+// netArgs returns the -netdev and -device values for n.
+func netArgs(n *hypervisor.NetConfig) (netdev, device string) {
+	if n.TAP != "" {
+		netdev = "tap,id=net0,ifname=" + escapeOpt(n.TAP) + ",script=no,downscript=no"
+	} else {
+		netdev = "user,id=net0"
+		for _, f := range n.HostForwards {
+			netdev += ",hostfwd=" + escapeOpt(f)
+		}
+	}
+	device = netDeviceModel + ",netdev=net0"
+	if n.MAC != "" {
+		device += ",mac=" + n.MAC
+	}
+	return netdev, device
 }
 
 // KernelCmdline appends tsc_early_khz=N to cmdline unless it is already

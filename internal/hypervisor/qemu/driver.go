@@ -82,6 +82,15 @@ type Driver struct {
 	tscMu     sync.Mutex
 	tscKHz    int
 	tscSource string
+
+	// installed QEMU version (`--version`), read once for Restore.
+	verMu      sync.Mutex
+	verOK      bool
+	version    string
+	versionPkg string
+
+	// digests caches kernel/initrd sha256 sums for snapshots.
+	digests digestCache
 }
 
 var _ hypervisor.Hypervisor = (*Driver)(nil)
@@ -162,10 +171,15 @@ func (d *Driver) TSCKHz(ctx context.Context) (int, string, error) {
 
 // LaunchRecord is the content of qemu.args.json: the exact argv QEMU was
 // started with (argv[0] is the binary; run it in the instance dir).
+//
+// For a VM started by Restore, Argv is the replayable command line (the
+// snapshot's, with its overrides) without the "-S -incoming defer" the
+// process was started with on top, and RestoredFrom names the snapshot.
 type LaunchRecord struct {
-	Argv   []string               `json:"argv"`
-	Accel  hypervisor.Accelerator `json:"accelerator"`
-	TSCKHz int                    `json:"tsc_khz,omitempty"`
+	Argv         []string               `json:"argv"`
+	Accel        hypervisor.Accelerator `json:"accelerator"`
+	TSCKHz       int                    `json:"tsc_khz,omitempty"`
+	RestoredFrom string                 `json:"restored_from,omitempty"`
 }
 
 // ReadLaunchRecord reads dir/qemu.args.json.
@@ -198,28 +212,39 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 			return nil, fmt.Errorf("qemu launch: %w", err)
 		}
 	}
-	dir := cfg.Dir
+	rec := LaunchRecord{Argv: append([]string{d.binary}, args...), Accel: d.accel.Accel, TSCKHz: khz}
+	v, err := d.start(ctx, cfg.Dir, cfg.ID, rec, nil)
+	if err != nil {
+		return nil, fmt.Errorf("qemu launch: %w", err)
+	}
+	return v, nil
+}
+
+// start runs rec.Argv (plus extra arguments, not recorded) in dir as a
+// detached process group, records rec in qemu.args.json and returns once QMP
+// is connected. Errors are not prefixed (callers add "qemu launch" etc.).
+func (d *Driver) start(ctx context.Context, dir, id string, rec LaunchRecord, extra []string) (*VM, error) {
 	pidPath := filepath.Join(dir, PidFileName)
 	if pf, err := readPidFile(pidPath); err == nil {
 		if err := checkProcess(pf); err == nil {
-			return nil, fmt.Errorf("qemu launch %s: %w (pid %d)", dir, ErrAlreadyRunning, pf.Pid)
+			return nil, fmt.Errorf("%s: %w (pid %d)", dir, ErrAlreadyRunning, pf.Pid)
 		}
 	}
 	removeStale(dir)
 
-	argv := append([]string{d.binary}, args...)
-	if err := fsutil.WriteJSONAtomic(filepath.Join(dir, ArgsFileName),
-		LaunchRecord{Argv: argv, Accel: d.accel.Accel, TSCKHz: khz}, 0o644); err != nil {
-		return nil, fmt.Errorf("qemu launch: %w", err)
+	argv := append(append([]string(nil), rec.Argv...), extra...)
+	args := argv[1:]
+	if err := fsutil.WriteJSONAtomic(filepath.Join(dir, ArgsFileName), rec, 0o644); err != nil {
+		return nil, err
 	}
 	logPath := filepath.Join(dir, hypervisor.VMMLogName)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("qemu launch: %w", err)
+		return nil, err
 	}
 	fmt.Fprintf(logf, "hypeman %s: starting %s\n", time.Now().UTC().Format(time.RFC3339Nano), quoteArgv(argv))
 
-	cmd := exec.Command(d.binary, args...)
+	cmd := exec.Command(argv[0], args...)
 	cmd.Dir = dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -229,7 +254,7 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 	err = cmd.Start()
 	logf.Close() // the child has its own descriptor
 	if err != nil {
-		return nil, fmt.Errorf("qemu launch: %w", err)
+		return nil, err
 	}
 	pid := cmd.Process.Pid
 	// Not reaped yet (cmd.Wait runs below), so /proc/<pid> exists even if
@@ -238,7 +263,7 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 	pf := PidFile{Pid: pid, StartTime: st.StartTime}
 
 	exited := make(chan struct{})
-	v := &VM{dir: dir, pf: pf, child: true, log: d.log.With("vm", cfg.ID, "pid", pid), done: exited}
+	v := &VM{drv: d, dir: dir, pf: pf, child: true, log: d.log.With("vm", id, "pid", pid), done: exited}
 	go func() {
 		werr := cmd.Wait()
 		v.mu.Lock()
@@ -253,7 +278,7 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 		v.log.Info("qemu exited", "status", exitStatus(werr))
 		close(exited)
 	}()
-	fail := func(err error) (hypervisor.VM, error) {
+	fail := func(err error) (*VM, error) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		select {
 		case <-exited:
@@ -263,10 +288,10 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 		return nil, err
 	}
 	if statErr != nil {
-		return fail(fmt.Errorf("qemu launch: %w", statErr))
+		return fail(statErr)
 	}
 	if err := writePidFile(pidPath, pf); err != nil {
-		return fail(fmt.Errorf("qemu launch: %w", err))
+		return fail(err)
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
@@ -281,11 +306,11 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 			return fail(fmt.Errorf("%w (%s): %s", ErrExitedEarly, exitStatus(werr), logTail(logPath, 20)))
 		default:
 		}
-		return fail(fmt.Errorf("qemu launch: waiting for QMP: %w; vmm.log: %s", err, logTail(logPath, 10)))
+		return fail(fmt.Errorf("waiting for QMP: %w; vmm.log: %s", err, logTail(logPath, 10)))
 	}
 	v.qmp = c
 	v.qmpReady = time.Since(start)
-	v.log.Info("qemu launched", "qmp_ready_ms", v.qmpReady.Milliseconds(), "qemu", c.Version().String(), "accelerator", d.accel.Accel)
+	v.log.Info("qemu launched", "qmp_ready_ms", v.qmpReady.Milliseconds(), "qemu", c.Version().String(), "accelerator", rec.Accel)
 	return v, nil
 }
 
@@ -351,7 +376,7 @@ func (d *Driver) Attach(ctx context.Context, dir string) (hypervisor.VM, error) 
 		}
 		return nil, fmt.Errorf("qemu attach %s: %w", dir, err)
 	}
-	return &VM{dir: dir, pf: pf, log: d.log.With("dir", dir, "pid", pf.Pid), qmp: c, done: done, stopWatch: stop}, nil
+	return &VM{drv: d, dir: dir, pf: pf, log: d.log.With("dir", dir, "pid", pf.Pid), qmp: c, done: done, stopWatch: stop}, nil
 }
 
 // removeStale deletes the pid file and QMP socket of a VMM that is gone.

@@ -24,7 +24,7 @@ import (
 
 // testKernel finds a PVH vmlinux: $HYPEMAN_TEST_KERNEL, else the one the
 // setup step installs.
-func testKernel(t *testing.T) string {
+func testKernel(t testing.TB) string {
 	t.Helper()
 	cands := []string{os.Getenv("HYPEMAN_TEST_KERNEL"), "/var/lib/hypeman/system/kernel/current/vmlinux"}
 	for _, p := range cands {
@@ -39,7 +39,7 @@ func testKernel(t *testing.T) string {
 	return ""
 }
 
-func newTestDriver(t *testing.T) *Driver {
+func newTestDriver(t testing.TB) *Driver {
 	t.Helper()
 	d, err := New(context.Background(), Config{})
 	if err != nil {
@@ -73,7 +73,7 @@ func baseConfig(t *testing.T, dir, cmdline string) hypervisor.VMConfig {
 }
 
 // killOnCleanup makes sure no QEMU outlives a failing test.
-func killOnCleanup(t *testing.T, dir string) {
+func killOnCleanup(t testing.TB, dir string) {
 	t.Cleanup(func() {
 		pf, err := readPidFile(filepath.Join(dir, PidFileName))
 		if err != nil || checkProcess(pf) != nil {

@@ -23,6 +23,7 @@ const killWait = 10 * time.Second
 // VM is a handle on one QEMU process. It implements hypervisor.VM; the
 // concrete type also exposes the QMP client (events, migration).
 type VM struct {
+	drv   *Driver
 	dir   string
 	pf    PidFile
 	child bool // launched by this process: exit observed by cmd.Wait
@@ -33,6 +34,9 @@ type VM struct {
 	done      <-chan struct{}
 	stopWatch func()
 	qmpReady  time.Duration
+	// saveHook, when set (tests), is called with the running stream size
+	// after each chunk SaveState reads.
+	saveHook func(streamed int64)
 
 	mu      sync.Mutex
 	qmp     *qmp.Client

@@ -23,9 +23,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrClosed is returned by Execute once the connection is closed (by Close,
@@ -329,6 +332,24 @@ func (c *Client) Events(ctx context.Context) <-chan Event {
 // result is nil. A QMP error reply is returned as *Error. If ctx ends first,
 // Execute returns the context error; QEMU may still run the command.
 func (c *Client) Execute(ctx context.Context, cmd string, args any, result any) error {
+	return c.execute(ctx, cmd, args, result, nil)
+}
+
+// ErrNoFDPassing is returned by ExecuteFD when the connection is not a unix
+// socket (file descriptors travel only over AF_UNIX).
+var ErrNoFDPassing = errors.New("qmp: connection cannot pass file descriptors")
+
+// ExecuteFD is Execute with f's file descriptor attached to the command
+// (SCM_RIGHTS), for commands that take a descriptor from the client, such as
+// getfd. QEMU receives a duplicate; f stays open and owned by the caller.
+func (c *Client) ExecuteFD(ctx context.Context, cmd string, args any, f *os.File, result any) error {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp %s: %w", cmd, ErrNoFDPassing)
+	}
+	return c.execute(ctx, cmd, args, result, f)
+}
+
+func (c *Client) execute(ctx context.Context, cmd string, args any, result any, fd *os.File) error {
 	id := c.nextID.Add(1)
 	b, err := json.Marshal(command{Execute: cmd, Arguments: args, ID: id})
 	if err != nil {
@@ -346,7 +367,7 @@ func (c *Client) Execute(ctx context.Context, cmd string, args any, result any) 
 	c.pending[id] = ch
 	c.mu.Unlock()
 
-	if err := c.write(ctx, b); err != nil {
+	if err := c.write(ctx, b, fd); err != nil {
 		c.forget(id)
 		return fmt.Errorf("qmp %s: %w", cmd, err)
 	}
@@ -384,9 +405,10 @@ func (c *Client) forget(id uint64) {
 	c.mu.Unlock()
 }
 
-// write sends one complete command. A write that fails or is interrupted
-// part-way leaves the stream unusable, so the connection is then closed.
-func (c *Client) write(ctx context.Context, b []byte) error {
+// write sends one complete command, with fd's descriptor attached to its
+// first byte when fd is not nil. A write that fails or is interrupted part-way
+// leaves the stream unusable, so the connection is then closed.
+func (c *Client) write(ctx context.Context, b []byte, fd *os.File) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -397,7 +419,12 @@ func (c *Client) write(ctx context.Context, b []byte) error {
 		_ = c.conn.SetWriteDeadline(time.Unix(1, 0))
 		close(fired)
 	})
-	_, err := c.conn.Write(b)
+	var err error
+	if fd != nil {
+		err = c.writeWithFD(b, fd)
+	} else {
+		_, err = c.conn.Write(b)
+	}
 	if !stop() {
 		<-fired // the forced deadline is in place now
 		if err == nil {
@@ -415,6 +442,33 @@ func (c *Client) write(ctx context.Context, b []byte) error {
 		return err
 	}
 	return nil
+}
+
+// writeWithFD writes b with fd attached as SCM_RIGHTS ancillary data. The
+// descriptor is read inside SyscallConn().Control so it cannot be closed
+// (and its number reused) while it is being sent, and without f.Fd(), which
+// would switch a pipe to blocking mode behind Go's poller.
+func (c *Client) writeWithFD(b []byte, fd *os.File) error {
+	uc := c.conn.(*net.UnixConn) // checked by ExecuteFD
+	rc, err := fd.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("fd to pass: %w", err)
+	}
+	var n int
+	var werr error
+	cerr := rc.Control(func(raw uintptr) {
+		n, _, werr = uc.WriteMsgUnix(b, unix.UnixRights(int(raw)), nil)
+	})
+	if cerr != nil {
+		return fmt.Errorf("fd to pass: %w", cerr)
+	}
+	if werr != nil {
+		return werr
+	}
+	if n < len(b) { // the descriptor went with the first part
+		_, werr = uc.Write(b[n:])
+	}
+	return werr
 }
 
 // fail ends the connection from the writer side; the reader then exits.

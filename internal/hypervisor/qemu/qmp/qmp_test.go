@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -366,4 +367,113 @@ func listenUnixIn(dir, name string) (net.Listener, error) {
 	}
 	defer f.Close()
 	return net.Listen("unix", fmt.Sprintf("/proc/self/fd/%d/%s", f.Fd(), name))
+}
+
+func TestExecuteFDPassesDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	passed, err := os.Create(filepath.Join(dir, "passed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer passed.Close()
+
+	type got struct {
+		cmd string
+		fds int
+		ino uint64
+	}
+	recv := make(chan got, 1)
+	srvDone := make(chan struct{})
+	go func() {
+		defer close(srvDone)
+		conn, err := l.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		conn.Write([]byte(greeting + "\r\n"))
+		buf := make([]byte, 4096)
+		oob := make([]byte, unix.CmsgSpace(4*4))
+		var pending []byte
+		for {
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			var g got
+			if oobn > 0 {
+				msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+				for _, m := range msgs {
+					fds, _ := unix.ParseUnixRights(&m)
+					for _, fd := range fds {
+						var st unix.Stat_t
+						unix.Fstat(fd, &st)
+						g.fds++
+						g.ino = st.Ino
+						unix.Close(fd)
+					}
+				}
+			}
+			pending = append(pending, buf[:n]...)
+			for {
+				i := strings.IndexByte(string(pending), '\n')
+				if i < 0 {
+					break
+				}
+				var c fakeCmd
+				json.Unmarshal(pending[:i], &c)
+				pending = pending[i+1:]
+				if c.Execute != "qmp_capabilities" {
+					g.cmd = c.Execute
+					recv <- g
+				}
+				conn.Write([]byte(fmt.Sprintf(`{"return": {}, "id": %s}`+"\r\n", c.ID)))
+				g = got{}
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, filepath.Join(dir, "s"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ExecuteFD(ctx, "getfd", map[string]string{"fdname": "x"}, passed, nil); err != nil {
+		t.Fatalf("ExecuteFD: %v", err)
+	}
+	g := <-recv
+	var st unix.Stat_t
+	unix.Fstat(int(passed.Fd()), &st)
+	if g.cmd != "getfd" || g.fds != 1 || g.ino != st.Ino {
+		t.Fatalf("server got %+v, want getfd with one fd of inode %d", g, st.Ino)
+	}
+	// The caller's file stays usable and commands without fds carry none.
+	if _, err := passed.WriteString("still open"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Execute(ctx, "query-status", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-recv; g.fds != 0 {
+		t.Fatalf("plain command carried %d fds", g.fds)
+	}
+	c.Close()
+	<-srvDone
+}
+
+func TestExecuteFDNeedsUnixSocket(t *testing.T) {
+	c, _ := newClient(t, func(s *fakeServer, c fakeCmd) { s.reply(c, "{}") })
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := c.ExecuteFD(context.Background(), "getfd", nil, f, nil); !errors.Is(err, ErrNoFDPassing) {
+		t.Fatalf("err = %v", err)
+	}
 }

@@ -1,0 +1,403 @@
+package qemu
+
+// Saving and restoring VM state (standby, snapshots, forks).
+//
+// Why it works this way:
+//   - The state is QEMU's migration stream. QEMU 7.2 has no file: migration
+//     URI, so the stream goes through a pipe whose one end is handed to QEMU
+//     over QMP (getfd + "fd:" URI) and whose other end the driver reads or
+//     writes. Compared with exec:cat this keeps the bytes in our process, so
+//     they are checksummed (and optionally zstd-compressed) on the fly, in one
+//     pass, and no socket file or shell is involved.
+//   - A snapshot dir is written as <snapshotDir>.tmp-*, every file and the
+//     dir fsynced, then renamed into place: a crash leaves at most a temp dir
+//     (removed by the next save to the same path), never a snapshotDir that
+//     looks valid. snapshot.json is written last, inside the temp dir.
+//   - Restore never writes to the snapshot dir: the state is opened read-only,
+//     so one snapshot can be restored many times (fork).
+//   - Restore checks what it can before starting QEMU (format, QEMU build,
+//     accelerator, kernel/initrd sha256, file sizes) and verifies the state
+//     checksum while streaming it into QEMU; QEMU is started with -S, so a
+//     VM whose state fails the checksum is killed before it ever ran.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+
+	"hypeman/internal/fsutil"
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/hypervisor/qemu/qmp"
+)
+
+const (
+	// migrateBandwidth replaces QEMU's default 32 MiB/s migration limit: the
+	// stream goes to a local file, as fast as possible.
+	migrateBandwidth = int64(1) << 40
+	// streamBuf is the copy buffer and the pipe size we ask for.
+	streamBuf = 1 << 20
+	// fd names registered with getfd.
+	saveFDName    = "hm-save"
+	restoreFDName = "hm-restore"
+	// pollEvery is the query-migrate poll interval once the stream ended.
+	pollEvery = 2 * time.Millisecond
+)
+
+// SaveState implements hypervisor.VM. See the package notes above and
+// hypervisor.VM.SaveState for the contract; snapshotDir must be absolute.
+func (v *VM) SaveState(ctx context.Context, snapshotDir string, opts hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
+	info, err := v.saveState(ctx, snapshotDir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("qemu save state: %w", err)
+	}
+	return info, nil
+}
+
+func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
+	start := time.Now()
+	if !filepath.IsAbs(snapshotDir) {
+		return nil, fmt.Errorf("snapshot dir %q: must be an absolute path", snapshotDir)
+	}
+	snapshotDir = filepath.Clean(snapshotDir)
+	if _, err := os.Lstat(snapshotDir); err == nil {
+		return nil, fmt.Errorf("snapshot dir %s: %w", snapshotDir, fs.ErrExist)
+	}
+	rec, err := ReadLaunchRecord(v.dir)
+	if err != nil {
+		return nil, fmt.Errorf("launch record: %w", err)
+	}
+	if len(rec.Argv) < 2 {
+		return nil, fmt.Errorf("launch record %s: empty argv", ArgsFileName)
+	}
+	c, err := v.QMP(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := v.execute(ctx, "query-status", nil, &st); err != nil {
+		return nil, err
+	}
+	switch st.Status {
+	case "running":
+		if err := v.execute(ctx, "stop", nil, nil); err != nil {
+			return nil, fmt.Errorf("pause: %w", err)
+		}
+	case "paused":
+	case "postmigrate":
+		return nil, errors.New("vm state was already saved (QEMU refuses to migrate again before the VM is resumed)")
+	default:
+		return nil, fmt.Errorf("vm is %q: only a running or paused VM can be saved", st.Status)
+	}
+	paused := time.Now()
+
+	meta := &SnapshotMeta{
+		Kind:        snapshotKind,
+		Format:      SnapshotFormat,
+		QEMUVersion: c.Version().String(),
+		QEMUPackage: c.Version().Package,
+		Accel:       rec.Accel,
+		TSCKHz:      rec.TSCKHz,
+		Argv:        rec.Argv,
+	}
+	if meta.MemoryMiB, err = memoryMiBOf(rec.Argv); err != nil {
+		return nil, err
+	}
+	for flag, dst := range map[string]**FileDigest{"-kernel": &meta.Kernel, "-initrd": &meta.Initrd} {
+		p, ok := argValue(rec.Argv, flag)
+		if !ok {
+			continue
+		}
+		abs := p
+		if !filepath.IsAbs(abs) {
+			abs = filepath.Join(v.dir, p)
+		}
+		size, sum, err := v.drv.digests.digest(abs)
+		if err != nil {
+			return nil, fmt.Errorf("boot file: %w", err)
+		}
+		*dst = &FileDigest{Path: p, Size: size, SHA256: sum}
+	}
+	for _, name := range instanceFilesOf(rec.Argv) {
+		fi, err := os.Stat(filepath.Join(v.dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("instance file: %w", err)
+		}
+		meta.InstanceFiles = append(meta.InstanceFiles, InstanceFile{Name: name, Size: fi.Size()})
+	}
+
+	described := time.Now()
+	parent := filepath.Dir(snapshotDir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	removeSnapshotTemps(snapshotDir)
+	tmp, err := os.MkdirTemp(parent, filepath.Base(snapshotDir)+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+
+	state, err := v.streamOut(ctx, c, tmp, opts.Compress)
+	if err != nil {
+		return nil, err
+	}
+	streamed := time.Now()
+	meta.State = state
+	meta.CreatedAt = time.Now().UTC()
+	b, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeSynced(filepath.Join(tmp, SnapshotMetaName), append(b, '\n')); err != nil {
+		return nil, err
+	}
+	if err := fsutil.SyncDir(tmp); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, snapshotDir); err != nil {
+		return nil, fmt.Errorf("publish snapshot: %w", err)
+	}
+	ok = true
+	if err := fsutil.SyncDir(parent); err != nil {
+		return nil, err
+	}
+	v.log.Info("vm state saved", "snapshot", snapshotDir, "pause_ms", paused.Sub(start).Milliseconds(),
+		"describe_ms", described.Sub(paused).Milliseconds(), "stream_ms", streamed.Sub(described).Milliseconds(),
+		"total_ms", time.Since(start).Milliseconds(),
+		"stream_bytes", state.StreamSize, "file_bytes", state.Size, "compression", state.Compression)
+	return meta.Info(snapshotDir), nil
+}
+
+// removeSnapshotTemps deletes <snapshotDir>.tmp-* left by an interrupted
+// save. The caller serialises saves to one snapshotDir.
+func removeSnapshotTemps(snapshotDir string) {
+	matches, _ := filepath.Glob(globEscape(snapshotDir) + ".tmp-*")
+	for _, m := range matches {
+		os.RemoveAll(m)
+	}
+}
+
+func globEscape(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`)
+	return r.Replace(s)
+}
+
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// streamOut migrates the (stopped) VM into dir/memory[.zst] and returns the
+// state description. It returns only after QEMU reports the migration
+// completed and the file is synced.
+func (v *VM) streamOut(ctx context.Context, c *qmp.Client, dir string, compress bool) (StateMeta, error) {
+	sm := StateMeta{File: StateFileName}
+	if compress {
+		sm.File, sm.Compression = StateFileNameZstd, "zstd"
+	}
+	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}, nil); err != nil {
+		return sm, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, sm.File), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return sm, err
+	}
+	defer f.Close()
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		return sm, err
+	}
+	setPipeSize(r)
+	err = c.ExecuteFD(ctx, "getfd", map[string]any{"fdname": saveFDName}, w, nil)
+	w.Close() // QEMU holds its own copy: EOF comes when QEMU closes it
+	if err != nil {
+		r.Close()
+		return sm, err
+	}
+
+	type result struct {
+		stream, file int64
+		sum          uint64
+		err          error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer r.Close()
+		h := xxhash.New()
+		fileW := &countWriter{w: io.MultiWriter(f, h)}
+		var dst io.Writer = fileW
+		var enc *zstd.Encoder
+		if compress {
+			var eerr error
+			enc, eerr = zstd.NewWriter(fileW, zstd.WithEncoderLevel(zstd.SpeedFastest))
+			if eerr != nil {
+				done <- result{err: eerr}
+				return
+			}
+			dst = enc
+		}
+		n, err := copyStream(dst, r, v.saveHook)
+		if enc != nil {
+			if cerr := enc.Close(); err == nil {
+				err = cerr
+			}
+		}
+		done <- result{stream: n, file: fileW.n, sum: h.Sum64(), err: err}
+	}()
+
+	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + saveFDName}, nil); err != nil {
+		_ = c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": saveFDName}, nil)
+		r.Close() // unblocks the reader if QEMU still holds the write end
+		<-done
+		return sm, err
+	}
+
+	var res result
+	select {
+	case res = <-done:
+	case <-ctx.Done():
+		// Leave QEMU ready for another attempt: cancel and wait until the
+		// migration has really ended.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = c.Execute(wctx, "migrate_cancel", nil, nil)
+		r.Close()
+		<-done
+		_ = v.waitMigration(wctx, true)
+		return sm, ctx.Err()
+	}
+	// The stream ended: either QEMU completed (it closes the fd in cleanup,
+	// after setting the final status) or it failed or died.
+	if err := v.waitMigration(ctx, true); err != nil {
+		return sm, err
+	}
+	if res.err != nil {
+		return sm, fmt.Errorf("reading migration stream: %w", res.err)
+	}
+	if err := f.Sync(); err != nil {
+		return sm, err
+	}
+	sm.Size, sm.StreamSize, sm.Checksum = res.file, res.stream, formatChecksum(res.sum)
+	return sm, f.Close()
+}
+
+// waitMigration polls query-migrate until the migration is no longer in
+// progress. outgoing selects the error wording only.
+func (v *VM) waitMigration(ctx context.Context, outgoing bool) error {
+	for {
+		var mi struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := v.execute(ctx, "query-migrate", nil, &mi); err != nil {
+			// A dropped connection usually means QEMU died; give the
+			// reaper a moment to confirm.
+			select {
+			case <-v.done:
+				return v.exitedDuringMigration()
+			case <-time.After(500 * time.Millisecond):
+			}
+			return err
+		}
+		switch mi.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
+		case "":
+			if outgoing {
+				return errors.New("no migration in progress")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-v.done:
+			return v.exitedDuringMigration()
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+func (v *VM) exitedDuringMigration() error {
+	return fmt.Errorf("qemu exited during migration: %w; vmm.log: %s", hypervisor.ErrNotRunning,
+		logTail(filepath.Join(v.dir, hypervisor.VMMLogName), 5))
+}
+
+// copyStream copies src to dst with a large buffer, calling hook (tests)
+// with the running total after each chunk. It returns the bytes read.
+func copyStream(dst io.Writer, src io.Reader, hook func(int64)) (int64, error) {
+	buf := make([]byte, streamBuf)
+	var n int64
+	for {
+		k, rerr := src.Read(buf)
+		if k > 0 {
+			if _, err := dst.Write(buf[:k]); err != nil {
+				return n, err
+			}
+			n += int64(k)
+			if hook != nil {
+				hook(n)
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// setPipeSize grows a pipe to streamBuf (fewer wakeups per MiB); best effort.
+func setPipeSize(f *os.File) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, streamBuf)
+	})
+}
