@@ -25,7 +25,9 @@ import (
 
 // newDaemon assembles the real core on a fresh data dir with the installed
 // kernel and the test init binary. VMs are killed on cleanup.
-func newDaemon(t *testing.T) *daemon.Daemon {
+func newDaemon(t *testing.T) *daemon.Daemon { return newDaemonB(t) }
+
+func newDaemonB(t testing.TB) *daemon.Daemon {
 	t.Helper()
 	testutil.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4")
 	cfg, err := config.Load("", nil, map[string]string{

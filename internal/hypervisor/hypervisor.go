@@ -140,8 +140,9 @@ type RestoreConfig struct {
 	SnapshotDir string
 	// Net, when set, replaces the saved network backend (a fork needs its
 	// own TAP device). The VM must have been saved with a network device,
-	// and Net.MAC must be empty or equal to the saved MAC: the MAC is part of
-	// the device state the guest resumes with.
+	// and Net.MAC must be empty or equal to the saved MAC: the MAC travels
+	// in the device state (QEMU would silently keep the saved one), so a
+	// fork that needs its own MAC must change it from inside the guest.
 	Net *NetConfig
 }
 
@@ -173,12 +174,14 @@ type VM interface {
 	Resume(ctx context.Context) error
 	// SaveState pauses the VM if it runs and writes its complete state
 	// (memory, devices, how it was launched) into a new directory
-	// snapshotDir, which must not exist. The directory appears atomically
-	// (written under a temporary name, synced, renamed): a crash never leaves
-	// one that looks valid. On success the VM is left stopped with its disks
-	// flushed and released, to be killed by the caller; on error it is left
-	// paused (Resume continues it). snapshotDir must be outside the instance
-	// dir's InstanceFiles and on the same filesystem as its parent.
+	// snapshotDir (absolute), which must not exist. The directory appears
+	// atomically (written under a temporary name, synced, renamed): a crash
+	// never leaves one that looks valid. On success the VM is left stopped
+	// with its disks flushed, normally to be killed by the caller; Resume
+	// also works (a snapshot of a running VM), but a VM cannot be saved
+	// twice without a Resume in between. On error the VM is left paused
+	// (Resume continues it) and SaveState may be tried again; temporary
+	// dirs left by an interrupted save to the same snapshotDir are removed.
 	SaveState(ctx context.Context, snapshotDir string, opts SaveOptions) (*SnapshotInfo, error)
 	// Shutdown asks the guest to power off (ACPI) and waits up to timeout
 	// for the VMM to exit, then kills it.

@@ -20,7 +20,8 @@ import (
 // Create validates p, resolves (and if needed pulls) the image, creates the
 // instance's directory and writable disk, and boots it. On a boot failure
 // nothing is left behind.
-func (m *Manager) Create(ctx context.Context, p CreateParams) (*Instance, error) {
+func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err error) {
+	defer m.observe("create", time.Now(), &err)
 	meta, err := m.validateCreate(p)
 	if err != nil {
 		return nil, err
@@ -170,7 +171,8 @@ func createOverlayDisk(ctx context.Context, path string, size int64) error {
 }
 
 // Start boots a Stopped instance.
-func (m *Manager) Start(ctx context.Context, ref string) (*Instance, error) {
+func (m *Manager) Start(ctx context.Context, ref string) (_ *Instance, err error) {
+	defer m.observe("start", time.Now(), &err)
 	e, err := m.resolve(ref)
 	if err != nil {
 		return nil, err
@@ -272,6 +274,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 		return fmt.Errorf("launch vm: %w", err)
 	}
 	lv := newLiveVM(vm)
+	lv.launchedAt = time.Now()
 	e.mu.Lock()
 	e.live, e.attachErr = lv, ""
 	e.mu.Unlock()
@@ -284,7 +287,8 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 // Stop stops the instance gracefully: the guest program gets SIGTERM through
 // the guest agent and the guest powers off; if that does not finish in time
 // the VMM is powered down and then killed.
-func (m *Manager) Stop(ctx context.Context, ref string) (*Instance, error) {
+func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error) {
+	defer m.observe("stop", time.Now(), &err)
 	e, err := m.resolve(ref)
 	if err != nil {
 		return nil, err
@@ -359,7 +363,8 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 }
 
 // Delete stops the instance if needed and removes it and its data.
-func (m *Manager) Delete(ctx context.Context, ref string) error {
+func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
+	defer m.observe("delete", time.Now(), &err)
 	e, err := m.resolve(ref)
 	if err != nil {
 		return err

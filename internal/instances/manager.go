@@ -48,6 +48,16 @@ type GuestAgent interface {
 	Shutdown(ctx context.Context, socketPath string) error
 }
 
+// Metrics receives operation timings (optional).
+type Metrics interface {
+	ObserveOperation(op string, d time.Duration, err error)
+	ObserveTimeToRunning(d time.Duration)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) ObserveOperation(string, time.Duration, error) {}
+func (noMetrics) ObserveTimeToRunning(time.Duration)            {}
 
 // Boot is the kernel and initrd every instance boots.
 type Boot struct {
@@ -70,8 +80,9 @@ type Config struct {
 	Agent      GuestAgent // optional: graceful stop through the guest agent
 	// Events is the lifecycle bus: the manager publishes every transition
 	// on it and WaitForState subscribes to it. Required.
-	Events *events.Bus
-	Logger     *slog.Logger
+	Events  *events.Bus
+	Logger  *slog.Logger
+	Metrics Metrics // optional
 	// GuestStopTimeout is how long the guest waits between SIGTERM and
 	// SIGKILL of the program on a graceful stop (default 10s).
 	GuestStopTimeout time.Duration
@@ -127,6 +138,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if cfg.Hypervisor == nil || cfg.Images == nil || cfg.Events == nil {
 		return nil, errors.New("instances: hypervisor, images and events are required")
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
 	}
 	if cfg.GuestStopTimeout <= 0 {
 		cfg.GuestStopTimeout = 10 * time.Second
@@ -270,6 +284,11 @@ func (m *Manager) resolve(ref string) (*entry, error) {
 		return nil, fmt.Errorf("%w: %q matches %d instances", ErrAmbiguous, ref, len(byPrefix))
 	}
 	return nil, fmt.Errorf("%w: %s", ErrNotFound, ref)
+}
+
+// observe times one operation: defer m.observe("stop", time.Now(), &err).
+func (m *Manager) observe(op string, start time.Time, err *error) {
+	m.cfg.Metrics.ObserveOperation(op, time.Since(start), *err)
 }
 
 // Get returns one instance.

@@ -23,6 +23,7 @@ type liveVM struct {
 	exit       atomic.Pointer[guestconfig.Exit]
 	stopReason atomic.Pointer[string] // set when hypeman itself ends the VM
 	handled    chan struct{}          // closed once the exit is recorded
+	launchedAt time.Time              // zero for re-adopted VMs
 }
 
 func newLiveVM(vm hypervisor.VM) *liveVM {
@@ -61,6 +62,9 @@ func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted b
 			if !lv.started.Swap(true) {
 				if !silent {
 					m.logf(id, "program started")
+					if !lv.launchedAt.IsZero() {
+						m.cfg.Metrics.ObserveTimeToRunning(time.Since(lv.launchedAt))
+					}
 				}
 				if !silent && (!m.cfg.RequireAgent || lv.agentReady() || m.skipAgent(e)) {
 					m.publish(id, state.Initializing, state.Running, "program started")

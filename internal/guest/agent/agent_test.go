@@ -83,7 +83,7 @@ func newHarness(t *testing.T) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() { h.served <- srv.Serve(ctx, guestEnd) }()
-	c, err := NewClient(hostEnd)
+	c, err := NewClient(ctxT(t), hostEnd)
 	require.NoError(t, err)
 	h.client = c
 	t.Cleanup(func() {
@@ -665,7 +665,7 @@ func TestServePortReconnects(t *testing.T) {
 		})
 	}()
 	for i := range 3 {
-		c, err := NewClient(<-hostEnds)
+		c, err := NewClient(ctxT(t), <-hostEnds)
 		require.NoError(t, err)
 		var out bytes.Buffer
 		_, err = c.Exec(ctxT(t), ExecRequest{Argv: []string{"echo", strconv.Itoa(i)}}, ExecIO{Stdout: &out})
@@ -683,4 +683,152 @@ func TestServePortReconnects(t *testing.T) {
 	assert.ErrorIs(t, <-done, context.Canceled)
 	assert.GreaterOrEqual(t, opens.Load(), int32(3))
 	assert.Equal(t, int32(1), ready.Load())
+}
+
+// portRelay stands in for QEMU between a unix socket (host side) and the
+// guest port. Like QEMU in the race it models, it does not tell the guest
+// when a host disconnects if another host connects right away: the guest
+// session simply keeps receiving bytes, now from the new host. Host bytes
+// wait while the guest has the port closed, as QEMU holds them.
+type portRelay struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	guest  net.Conn
+	host   net.Conn
+	closed bool
+}
+
+func newPortRelay(t *testing.T, ln net.Listener) (*portRelay, func(string) (io.ReadWriteCloser, error)) {
+	r := &portRelay{}
+	r.cond = sync.NewCond(&r.mu)
+	var wg sync.WaitGroup
+	open := func(string) (io.ReadWriteCloser, error) {
+		g, relaySide := net.Pipe()
+		r.mu.Lock()
+		r.guest = relaySide
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		wg.Add(1)
+		go func() { // guest → current host
+			defer wg.Done()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := relaySide.Read(buf)
+				if err != nil {
+					return
+				}
+				r.mu.Lock()
+				h := r.host
+				r.mu.Unlock()
+				if h != nil {
+					_, _ = h.Write(buf[:n])
+				}
+			}
+		}()
+		return g, nil
+	}
+	wg.Add(1)
+	go func() { // accept hosts
+		defer wg.Done()
+		for {
+			hc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.host = hc
+			r.mu.Unlock()
+			wg.Add(1)
+			go func() { // host → current guest, waiting for a guest that accepts
+				defer wg.Done()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := hc.Read(buf)
+					if err != nil {
+						return
+					}
+					for {
+						r.mu.Lock()
+						for r.guest == nil && !r.closed {
+							r.cond.Wait()
+						}
+						g, closed := r.guest, r.closed
+						r.mu.Unlock()
+						if closed {
+							return
+						}
+						if _, err := g.Write(buf[:n]); err == nil {
+							break
+						}
+						r.mu.Lock()
+						if r.guest == g {
+							r.guest = nil // closed by the guest; wait for its reopen
+						}
+						r.mu.Unlock()
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		r.mu.Lock()
+		r.closed = true
+		if r.guest != nil {
+			r.guest.Close()
+		}
+		if r.host != nil {
+			r.host.Close()
+		}
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		wg.Wait()
+	})
+	return r, open
+}
+
+// TestStaleSessionReset reconnects a host without the guest ever seeing the
+// disconnect: the guest session answers the second hello "stale", resets,
+// its running exec is killed, and Dial's retry reaches a fresh session.
+func TestStaleSessionReset(t *testing.T) {
+	dir, err := os.MkdirTemp("", "agent-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sys := filepath.Join(dir, "vport0p1")
+	require.NoError(t, os.MkdirAll(sys, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(sys, "name"), []byte("hypeman.agent"), 0o644))
+	sock := filepath.Join(dir, "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	_, open := newPortRelay(t, ln)
+
+	root := makeRoot(t)
+	srv := &Server{Root: root, Starter: guestproc.DirectStarter{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- srv.ServePort(ctx, PortConfig{Name: "hypeman.agent", SysDir: dir, DevDir: dir, Retry: time.Millisecond, open: open})
+	}()
+	defer func() {
+		cancel()
+		<-served
+	}()
+
+	c1, err := Dial(ctxT(t), sock)
+	require.NoError(t, err)
+	go func() {
+		_, _ = c1.Exec(context.Background(), ExecRequest{Argv: []string{"sh", "-c", "echo $$ > /tmp/pid; sleep 30"}}, ExecIO{})
+	}()
+	pid := readPid(t, root)
+	c1.Close()
+
+	c2, err := Dial(ctxT(t), sock)
+	require.NoError(t, err)
+	defer c2.Close()
+	var out bytes.Buffer
+	res, err := c2.Exec(ctxT(t), ExecRequest{Argv: []string{"echo", "fresh"}}, ExecIO{Stdout: &out})
+	require.NoError(t, err)
+	assert.Equal(t, 0, res.ExitCode)
+	assert.Equal(t, "fresh\n", out.String())
+	waitFor(t, func() bool { return !pidAlive(pid) }, "the stale session's exec to be killed")
 }

@@ -40,30 +40,64 @@ type Client struct {
 	sess *yamux.Session
 }
 
-// Dial connects to the agent through QEMU's unix socket for the agent port.
-// It does not wait for the guest: the first call blocks until the guest
-// agent serves the port (use Ping with a deadline to wait for readiness).
+// ErrStaleSession is returned by NewClient when the connection reached a
+// guest session left over from an earlier connection (the guest resets it;
+// dial again).
+var ErrStaleSession = errors.New("guest agent: stale session")
+
+// redialDelay is the pause before redialing after a stale session.
+const redialDelay = 100 * time.Millisecond
+
+// Dial connects to the agent through QEMU's unix socket for the agent port
+// and performs the session handshake. It waits (bounded by ctx) until the
+// guest agent answers, so it doubles as a readiness wait right after boot.
 func Dial(ctx context.Context, socketPath string) (*Client, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socketPath)
-	if err != nil {
-		return nil, fmt.Errorf("dial guest agent: %w", err)
+	for {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", socketPath)
+		if err != nil {
+			return nil, fmt.Errorf("dial guest agent: %w", err)
+		}
+		c, err := NewClient(ctx, conn)
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, ErrStaleSession) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dial guest agent: %w", ctx.Err())
+		case <-time.After(redialDelay):
+		}
 	}
-	c, err := NewClient(conn)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
 }
 
-// NewClient runs the client over an established connection.
-func NewClient(conn io.ReadWriteCloser) (*Client, error) {
+// NewClient runs the client over an established connection and performs the
+// handshake (waiting, bounded by ctx, for the guest to answer). The
+// connection is closed when NewClient fails.
+func NewClient(ctx context.Context, conn io.ReadWriteCloser) (*Client, error) {
 	sess, err := yamux.Client(conn, yamuxConfig())
 	if err != nil {
+		conn.Close()
 		return nil, fmt.Errorf("guest agent session: %w", err)
 	}
-	return &Client{conn: conn, sess: sess}, nil
+	c := &Client{conn: conn, sess: sess}
+	_, _, resp, cleanup, err := c.call(ctx, Request{Op: OpHello})
+	if err != nil {
+		c.Close()
+		var re *RemoteError
+		if errors.As(err, &re) && re.Code == CodeStaleSession {
+			return nil, ErrStaleSession
+		}
+		return nil, err
+	}
+	cleanup()
+	if resp.Version != ProtocolVersion {
+		c.Close()
+		return nil, fmt.Errorf("guest agent speaks protocol %d, want %d", resp.Version, ProtocolVersion)
+	}
+	return c, nil
 }
 
 // Close ends the session; running execs in the guest are killed.

@@ -84,9 +84,13 @@ func (s *Server) ServePort(ctx context.Context, pc PortConfig) error {
 				pc.Ready()
 			}
 			ready = true
+			// While no host is connected every session ends at once; only
+			// sessions that carried something are worth a log line.
 			t0 := time.Now()
-			err := s.Serve(ctx, f)
-			log.Info("agent session ended", "err", err, "after", time.Since(t0))
+			n, err := s.serve(ctx, f)
+			if (err != nil && ctx.Err() == nil) || n > 0 {
+				log.Info("agent session ended", "streams", n, "err", err, "after", time.Since(t0))
+			}
 			f.Close()
 		}
 		select {

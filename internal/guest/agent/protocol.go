@@ -18,6 +18,15 @@
 // the transfer began. JSON keeps the headers debuggable; gRPC would add a code
 // generator and HTTP/2 for no gain on a single point-to-point link.
 //
+// Session handshake: the first stream of every host connection is a "hello".
+// A guest session that already answered a hello answers "stale session" and
+// tears itself down. This closes a race the transport has: when the host
+// disconnects and reconnects quickly (or while the VM is paused), the guest
+// port's host-connected flag goes 0 → 1 before the guest's reader wakes, so
+// the guest never sees EOF and the new host would talk to the old guest
+// session (with stale stream ids). The host then redials and meets a fresh
+// session.
+//
 // Why not half-close for end of input: yamux supports it, but an explicit
 // frame makes "the client went away" (stream error/EOF: kill the exec) and
 // "stdin ended" (frame: close the process's stdin) distinct.
@@ -36,6 +45,7 @@ import (
 
 // Operation names (Request.Op).
 const (
+	OpHello    = "hello"
 	OpPing     = "ping"
 	OpShutdown = "shutdown"
 	OpExec     = "exec"
@@ -54,16 +64,21 @@ type Request struct {
 // Response is the server's answer line. Code classifies errors the caller
 // may branch on (CodeNotFound).
 type Response struct {
-	Error string    `json:"error,omitempty"`
-	Code  string    `json:"code,omitempty"`
-	Stat  *FileInfo `json:"stat,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Code    string    `json:"code,omitempty"`
+	Stat    *FileInfo `json:"stat,omitempty"`
+	Version int       `json:"version,omitempty"` // hello only
 }
 
 // Error codes carried in Response.Code.
 const (
-	CodeNotFound   = "not_found"
-	CodeBadRequest = "bad_request"
+	CodeNotFound     = "not_found"
+	CodeBadRequest   = "bad_request"
+	CodeStaleSession = "stale_session"
 )
+
+// ProtocolVersion is reported in the hello response.
+const ProtocolVersion = 1
 
 // ExecRequest describes a command to run in the instance root.
 type ExecRequest struct {

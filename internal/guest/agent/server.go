@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -68,12 +69,19 @@ func yamuxConfig() *yamux.Config {
 // Serve runs one yamux session over conn until the peer goes away, conn
 // fails or ctx is done. It waits for its handlers before returning.
 func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
+	_, err := s.serve(ctx, conn)
+	return err
+}
+
+// serve is Serve that also reports how many streams the session carried.
+func (s *Server) serve(ctx context.Context, conn io.ReadWriteCloser) (streams int, err error) {
 	sess, err := yamux.Server(conn, yamuxConfig())
 	if err != nil {
-		return fmt.Errorf("agent: start session: %w", err)
+		return 0, fmt.Errorf("agent: start session: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
+	state := &sessionState{close: func() { sess.Close() }}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer sess.Close()
@@ -81,18 +89,19 @@ func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 		st, err := sess.AcceptStream()
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return streams, ctx.Err()
 			}
 			if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrSessionShutdown) {
-				return nil
+				return streams, nil
 			}
-			return fmt.Errorf("agent: accept: %w", err)
+			return streams, fmt.Errorf("agent: accept: %w", err)
 		}
+		streams++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer st.Close()
-			s.handle(ctx, st)
+			s.handle(ctx, st, state)
 		}()
 	}
 }
@@ -131,7 +140,17 @@ func readRequest(br *bufio.Reader) (*Request, error) {
 	return &req, nil
 }
 
-func (s *Server) handle(ctx context.Context, st net.Conn) {
+// sessionState is what one yamux session remembers.
+type sessionState struct {
+	helloSeen atomic.Bool
+	close     func()
+}
+
+// staleTeardownDelay lets the "stale session" answer reach the host before
+// the session (and the port) is closed.
+const staleTeardownDelay = 50 * time.Millisecond
+
+func (s *Server) handle(ctx context.Context, st net.Conn, state *sessionState) {
 	br := bufio.NewReader(st)
 	req, err := readRequest(br)
 	if err != nil {
@@ -141,6 +160,14 @@ func (s *Server) handle(ctx context.Context, st net.Conn) {
 	log := s.logger().With("op", req.Op)
 	log.Debug("request")
 	switch req.Op {
+	case OpHello:
+		if !state.helloSeen.CompareAndSwap(false, true) {
+			log.Info("hello on a used session: the host reconnected unseen; resetting")
+			_ = writeJSONLine(st, Response{Error: "stale session", Code: CodeStaleSession})
+			time.AfterFunc(staleTeardownDelay, state.close)
+			return
+		}
+		_ = writeJSONLine(st, Response{Version: ProtocolVersion})
 	case OpPing:
 		_ = writeJSONLine(st, Response{})
 	case OpShutdown:

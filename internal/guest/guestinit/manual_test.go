@@ -90,6 +90,29 @@ func TestManualPort(t *testing.T) {
 	}
 }
 
+func TestManualAgentPort(t *testing.T) {
+	k := newVMKit(t)
+	bin, _ := os.ReadFile("/tmp/guestinit/agenttest")
+	img := buildImage(t, map[string]imageFile{"agenttest": {data: string(bin), mode: 0o755}})
+	cfg := &guestconfig.Config{Cmd: []string{"/agenttest"}, RootFS: "erofs", SkipGuestAgent: true}
+	r := k.start(t, cfg, img, newOverlayDisk(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		c, err := agent.Dial(ctx, r.agentSock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		err = c.Ping(ctx)
+		t.Logf("ping %d: %v after %s", i, err, time.Since(t0))
+		time.Sleep(time.Second)
+		c.Close()
+		time.Sleep(2 * time.Second)
+	}
+	t.Logf("%s", r.log())
+}
+
 func TestManualReconnect(t *testing.T) {
 	k := newVMKit(t)
 	img := buildImage(t, nil)

@@ -19,6 +19,10 @@
 //     process is qemu, never a process that merely reused the pid.
 //   - Exit of a re-adopted (non-child) VMM is observed with a pidfd in Go's
 //     netpoller: no polling thread, and the watch is released on Close.
+//   - Save/restore (standby, snapshots, forks) use QEMU's migration stream
+//     through a pipe handed over QMP, so the driver checksums and optionally
+//     compresses it in one pass; a snapshot dir appears atomically and
+//     restore replays the recorded argv with "-S -incoming defer" (save.go).
 package qemu
 
 import (

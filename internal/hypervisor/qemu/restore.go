@@ -65,7 +65,12 @@ func (d *Driver) restore(ctx context.Context, cfg hypervisor.RestoreConfig) (*VM
 	checked := time.Now()
 
 	rec := LaunchRecord{Argv: argv, Accel: meta.Accel, TSCKHz: meta.TSCKHz, RestoredFrom: cfg.SnapshotDir}
-	v, err := d.start(ctx, cfg.Dir, cfg.ID, rec, []string{"-S", "-incoming", "defer"})
+	id := cfg.ID
+	if id == "" {
+		name, _ := argValue(argv, "-name")
+		id, _ = optValue(name, "guest")
+	}
+	v, err := d.start(ctx, cfg.Dir, id, rec, []string{"-S", "-incoming", "defer"})
 	if err != nil {
 		return nil, err
 	}

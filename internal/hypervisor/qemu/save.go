@@ -85,25 +85,6 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 		return nil, err
 	}
 
-	var st struct {
-		Status string `json:"status"`
-	}
-	if err := v.execute(ctx, "query-status", nil, &st); err != nil {
-		return nil, err
-	}
-	switch st.Status {
-	case "running":
-		if err := v.execute(ctx, "stop", nil, nil); err != nil {
-			return nil, fmt.Errorf("pause: %w", err)
-		}
-	case "paused":
-	case "postmigrate":
-		return nil, errors.New("vm state was already saved (QEMU refuses to migrate again before the VM is resumed)")
-	default:
-		return nil, fmt.Errorf("vm is %q: only a running or paused VM can be saved", st.Status)
-	}
-	paused := time.Now()
-
 	meta := &SnapshotMeta{
 		Kind:        snapshotKind,
 		Format:      SnapshotFormat,
@@ -140,6 +121,26 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	}
 
 	described := time.Now()
+
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := v.execute(ctx, "query-status", nil, &st); err != nil {
+		return nil, err
+	}
+	switch st.Status {
+	case "running":
+		if err := v.execute(ctx, "stop", nil, nil); err != nil {
+			return nil, fmt.Errorf("pause: %w", err)
+		}
+	case "paused":
+	case "postmigrate":
+		return nil, errors.New("vm state was already saved (QEMU refuses to migrate again before the VM is resumed)")
+	default:
+		return nil, fmt.Errorf("vm is %q: only a running or paused VM can be saved", st.Status)
+	}
+	paused := time.Now()
+
 	parent := filepath.Dir(snapshotDir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return nil, err
@@ -180,8 +181,8 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	if err := fsutil.SyncDir(parent); err != nil {
 		return nil, err
 	}
-	v.log.Info("vm state saved", "snapshot", snapshotDir, "pause_ms", paused.Sub(start).Milliseconds(),
-		"describe_ms", described.Sub(paused).Milliseconds(), "stream_ms", streamed.Sub(described).Milliseconds(),
+	v.log.Info("vm state saved", "snapshot", snapshotDir, "describe_ms", described.Sub(start).Milliseconds(),
+		"pause_ms", paused.Sub(described).Milliseconds(), "stream_ms", streamed.Sub(paused).Milliseconds(),
 		"total_ms", time.Since(start).Milliseconds(),
 		"stream_bytes", state.StreamSize, "file_bytes", state.Size, "compression", state.Compression)
 	return meta.Info(snapshotDir), nil

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -407,9 +406,6 @@ func memoryMiBOf(argv []string) (int, error) {
 	}
 	return n * mult, nil
 }
-
-// errIsNotExist reports a missing file anywhere in err's chain.
-func errIsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 
 // xxhashOf returns the XXH64 of a file's content.
 func xxhashOf(path string) (uint64, int64, error) {

@@ -193,11 +193,15 @@ func TestCheckSnapshot(t *testing.T) {
 		{name: "state missing", want: hypervisor.ErrSnapshotCorrupt, wantMsg: "no such file",
 			setup: func(t *testing.T, f *fakeSnap, env *snapshotEnv) { os.Remove(filepath.Join(f.snapDir, StateFileName)) }},
 		{name: "state truncated", want: hypervisor.ErrSnapshotCorrupt, wantMsg: "bytes",
-			setup: func(t *testing.T, f *fakeSnap, env *snapshotEnv) { os.Truncate(filepath.Join(f.snapDir, StateFileName), 100) }},
+			setup: func(t *testing.T, f *fakeSnap, env *snapshotEnv) {
+				os.Truncate(filepath.Join(f.snapDir, StateFileName), 100)
+			}},
 		{name: "instance file missing", want: fs.ErrNotExist, wantMsg: "overlay.raw",
 			setup: func(t *testing.T, f *fakeSnap, env *snapshotEnv) { os.Remove(filepath.Join(f.runDir, "overlay.raw")) }},
 		{name: "instance file resized", want: hypervisor.ErrSnapshotIncompatible, wantMsg: "overlay.raw",
-			setup: func(t *testing.T, f *fakeSnap, env *snapshotEnv) { os.Truncate(filepath.Join(f.runDir, "overlay.raw"), 8192) }},
+			setup: func(t *testing.T, f *fakeSnap, env *snapshotEnv) {
+				os.Truncate(filepath.Join(f.runDir, "overlay.raw"), 8192)
+			}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

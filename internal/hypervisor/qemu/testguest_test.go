@@ -28,6 +28,7 @@ const counterInit = `#!/bin/busybox sh
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
 for m in $(cat /modules.list); do insmod "$m"; done
 if [ -n "$hmfill" ]; then dd if=/dev/urandom of=/fill bs=1M count="$hmfill" 2>/dev/null; fi
 i=0
@@ -115,7 +116,7 @@ func (c *newcWriter) pad() {
 	}
 }
 
-func (c *newcWriter) dir(name string)                         { c.entry(name, 0o40755, 0, 0, nil) }
+func (c *newcWriter) dir(name string)                           { c.entry(name, 0o40755, 0, 0, nil) }
 func (c *newcWriter) node(name string, mode uint32, ma, mi int) { c.entry(name, mode, ma, mi, nil) }
 func (c *newcWriter) file(name string, perm uint32, data []byte) {
 	c.entry(name, 0o100000|perm, 0, 0, data)

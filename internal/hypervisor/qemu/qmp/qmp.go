@@ -1,7 +1,8 @@
 // Package qmp is a small client for the QEMU Machine Protocol (QMP).
 //
 // It owns one QMP connection: the greeting (QEMU version), capability
-// negotiation, concurrent command execution and asynchronous event delivery.
+// negotiation, concurrent command execution (optionally passing a file
+// descriptor, for getfd) and asynchronous event delivery.
 //
 // Why it is written this way: QMP is a single full-duplex JSON stream on which
 // replies and asynchronous events are interleaved. Exactly one goroutine reads

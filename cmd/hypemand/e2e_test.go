@@ -1,0 +1,194 @@
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"hypeman/internal/testutil/e2e"
+	"hypeman/internal/testutil/testimage"
+)
+
+type instance struct {
+	ID          string  `json:"id"`
+	Name        string  `json:"name"`
+	State       string  `json:"state"`
+	ExitCode    *int    `json:"exit_code"`
+	ExitMessage *string `json:"exit_message"`
+	StoppedAt   *string `json:"stopped_at"`
+}
+
+type event struct {
+	InstanceID string `json:"instance_id"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+	Type       string `json:"type"`
+}
+
+// pushImage pushes img to the daemon's built-in registry with the API token
+// as the Basic-auth password, like `docker login -p $TOKEN`.
+func pushImage(t *testing.T, s *e2e.Server, repoTag string, opts testimage.Options) {
+	t.Helper()
+	ref, err := name.ParseReference(s.Addr+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, testimage.Busybox(t, opts), remote.WithAuth(&authn.Basic{Username: "hypeman", Password: s.Token})); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		var img struct {
+			Status string `json:"status"`
+			Error  string `json:"error"`
+		}
+		st, body := s.JSON("GET", "/images/"+url.PathEscape(repoTag), nil, &img)
+		if st == 200 && img.Status == "ready" {
+			return
+		}
+		if img.Status == "failed" {
+			t.Fatalf("pushed image failed to convert: %s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("pushed image never became ready")
+}
+
+// The issue-3 acceptance path, through HTTP only, with a kill -9 of the daemon
+// while the VM runs.
+func TestHTTPLifecycleAndDaemonKill(t *testing.T) {
+	t.Parallel()
+	s := e2e.Start(t)
+	pushImage(t, s, "apps/ticker:v1", testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"trap 'echo bye; exit 0' TERM; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"},
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	evs := s.SSE(ctx, "/events")
+
+	var in instance
+	st, body := s.JSON("POST", "/instances", map[string]any{"name": "ticker", "image": "apps/ticker:v1", "size": "256MB", "vcpus": 1}, &in)
+	if st != http.StatusCreated {
+		t.Fatalf("create: %d %s", st, body)
+	}
+	var w struct {
+		State    string `json:"state"`
+		TimedOut bool   `json:"timed_out"`
+	}
+	if st, body := s.JSON("GET", "/instances/ticker/wait?state=Running&timeout=90s", nil, &w); st != 200 || w.State != "Running" {
+		t.Fatalf("wait Running: %d %s", st, body)
+	}
+	// The events stream saw Initializing then Running, in that order.
+	var seen []string
+	timeout := time.After(10 * time.Second)
+	for len(seen) == 0 || seen[len(seen)-1] != "Running" {
+		select {
+		case data := <-evs:
+			var ev event
+			if json.Unmarshal([]byte(data), &ev) == nil && ev.InstanceID == in.ID {
+				seen = append(seen, ev.To)
+			}
+		case <-timeout:
+			t.Fatalf("events: %v", seen)
+		}
+	}
+	if strings.Join(seen, ",") != "Stopped,Initializing,Running" {
+		t.Errorf("event order %v, want Stopped(created),Initializing,Running", seen)
+	}
+
+	// Logs: tail, then follow until a new tick arrives.
+	time.Sleep(time.Second)
+	lines := collect(s.SSE(ctx, "/instances/"+in.ID+"/logs?tail=3"), 5*time.Second)
+	if len(lines) != 3 || !strings.HasPrefix(lines[2], "tick ") {
+		t.Fatalf("tail=3 gave %q", lines)
+	}
+	fctx, fcancel := context.WithTimeout(ctx, 20*time.Second)
+	follow := s.SSE(fctx, "/instances/ticker/logs?tail=1&follow=true")
+	first := <-follow
+	var next string
+	for next = range follow {
+		if strings.HasPrefix(next, "tick ") && next != first {
+			break
+		}
+	}
+	fcancel()
+	if !strings.HasPrefix(next, "tick ") || next == first {
+		t.Fatalf("follow did not deliver a new line (first %q, next %q)", first, next)
+	}
+
+	// kill -9 the daemon while the VM runs; a new daemon re-adopts it.
+	s.Kill()
+	s.Restart()
+	if st, body := s.JSON("GET", "/instances/"+in.ID, nil, &in); st != 200 || in.State != "Running" {
+		t.Fatalf("after daemon kill: %d %s", st, body)
+	}
+	before := lastTick(t, s, in.ID)
+	time.Sleep(time.Second)
+	if after := lastTick(t, s, in.ID); after <= before {
+		t.Fatalf("program stopped ticking across the daemon restart (%d → %d)", before, after)
+	}
+
+	// Stop: graceful, exit info recorded.
+	if st, body := s.JSON("POST", "/instances/"+in.ID+"/stop", nil, &in); st != 200 || in.State != "Stopped" {
+		t.Fatalf("stop: %d %s", st, body)
+	}
+	if in.ExitCode == nil || *in.ExitCode != 0 || in.StoppedAt == nil {
+		t.Fatalf("exit info after stop: %+v", in)
+	}
+	if st, body := s.Do("POST", "/instances/"+in.ID+"/stop", nil); st != 409 || !strings.Contains(string(body), "start") {
+		t.Fatalf("stop when stopped: %d %s", st, body)
+	}
+	// Start again, then delete.
+	if st, body := s.JSON("POST", "/instances/"+in.ID+"/start", nil, &in); st != 200 {
+		t.Fatalf("start: %d %s", st, body)
+	}
+	if st, body := s.JSON("GET", "/instances/"+in.ID+"/wait?state=Running&timeout=90s", nil, &w); st != 200 || w.State != "Running" {
+		t.Fatalf("wait Running after start: %d %s", st, body)
+	}
+	if st, body := s.Do("DELETE", "/instances/"+in.ID, nil); st != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", st, body)
+	}
+	if st, _ := s.Do("GET", "/instances/"+in.ID, nil); st != 404 {
+		t.Fatalf("get after delete: %d", st)
+	}
+}
+
+func collect(ch <-chan string, d time.Duration) []string {
+	var out []string
+	timeout := time.After(d)
+	for {
+		select {
+		case l, ok := <-ch:
+			if !ok {
+				return out
+			}
+			out = append(out, l)
+		case <-timeout:
+			return out
+		}
+	}
+}
+
+func lastTick(t *testing.T, s *e2e.Server, id string) int {
+	t.Helper()
+	lines := collect(s.SSE(context.Background(), "/instances/"+id+"/logs?tail=1"), 5*time.Second)
+	n := -1
+	if len(lines) == 1 {
+		fmt.Sscanf(lines[0], "tick %d", &n)
+	}
+	if n < 0 {
+		t.Fatalf("no tick in %q", lines)
+	}
+	return n
+}

@@ -1,0 +1,227 @@
+// Command hypemand is the hypeman server: it runs OCI images as VMs and
+// serves the hypeman-compatible REST API.
+//
+//	hypemand [--config FILE] [--listen ADDR] [--data-dir DIR] [--<any-setting> VALUE]
+//
+// Settings come from the embedded defaults, then FILE, then HYPEMAN_*
+// environment variables, then flags (see internal/config and the README).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"hypeman/internal/api"
+	"hypeman/internal/auth"
+	"hypeman/internal/config"
+	"hypeman/internal/daemon"
+	"hypeman/internal/images"
+	"hypeman/internal/instances"
+	"hypeman/internal/instances/state"
+	"hypeman/internal/metrics"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	if err := run(os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "hypemand:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string, getenv func(string) string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("hypemand", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configFile := fs.String("config", getenv("HYPEMAN_CONFIG"), "YAML config file (settings: see README)")
+	printDefaults := fs.Bool("print-default-config", false, "print the embedded default config and exit")
+	setFlags := config.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *printDefaults {
+		_, err := os.Stdout.Write(config.DefaultYAML())
+		return err
+	}
+	cfg, err := config.Load(*configFile, getenv, setFlags())
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg.LogLevel, stderr)
+	slog.SetDefault(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	d, err := daemon.New(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	secretFile := cfg.ResolvedSecretFile()
+	_, statErr := os.Stat(secretFile)
+	secret, err := auth.LoadOrCreateSecret(secretFile)
+	if err != nil {
+		return fmt.Errorf("api secret: %w", err)
+	}
+	if os.IsNotExist(statErr) {
+		logger.Info("created API token secret", "file", secretFile)
+	}
+
+	m := metrics.New()
+	m.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
+	go m.CountTransitions(ctx, d.Events, logger)
+	if err := countPulls(ctx, d.Images, m); err != nil {
+		return err
+	}
+
+	srv, err := api.NewServer(api.Options{
+		Instances: d.Instances,
+		Images:    d.Images,
+		Waiter:    d.Instances,
+		Events:    d.Events,
+		Secret:    secret,
+		Version:   version,
+		Capabilities: func(context.Context) api.Capabilities {
+			return api.Capabilities{
+				Hypervisor: d.Hypervisor.Name(), Hypervisors: []string{d.Hypervisor.Name()},
+				Accelerator: d.Hypervisor.Accel(), NetworkMode: "none",
+				NetworkReason: "guest networking is not configured yet",
+			}
+		},
+		RegistryDir: cfg.Paths().RegistryDir(),
+		Logger:      logger.With("component", "api"),
+		Metrics:     m.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	errc := make(chan error, 2)
+	go func() { errc <- httpSrv.Serve(ln) }()
+
+	var metricsSrv *http.Server
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- metricsSrv.Serve(mln) }()
+		logger.Info("metrics listening", "addr", mln.Addr().String())
+	}
+	logger.Info("hypemand listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "version", version,
+		"accelerator", d.Hypervisor.Accel().Accel)
+	fmt.Fprintf(stderr, "\nhypemand is ready on http://%s\n  get a token:  bin/hypeman-token --data-dir %s\n  then:         export HYPEMAN_BASE_URL=http://%s HYPEMAN_API_KEY=<token>\n\n",
+		ln.Addr(), cfg.DataDir, ln.Addr())
+
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down (running VMs keep running and are re-adopted on next start)")
+	case err := <-errc:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(sctx)
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(sctx)
+	}
+	return nil
+}
+
+func newLogger(level string, w io.Writer) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func instanceCounts(mgr *instances.Manager) metrics.StateCounter {
+	return func(ctx context.Context) map[state.State]int {
+		out := map[state.State]int{}
+		list, err := mgr.List(ctx, instances.ListOptions{})
+		if err != nil {
+			return out
+		}
+		for _, in := range list {
+			out[in.State]++
+		}
+		return out
+	}
+}
+
+func imageCounts(store *images.Store) metrics.StatusCounter {
+	return func(ctx context.Context) map[string]int {
+		out := map[string]int{}
+		list, err := store.List(ctx)
+		if err != nil {
+			return out
+		}
+		for _, img := range list {
+			out[string(img.Status)]++
+		}
+		return out
+	}
+}
+
+// countPulls feeds hypeman_image_pulls_total from the image store's updates:
+// a pull counts once, when its record first reaches ready or failed.
+func countPulls(ctx context.Context, store *images.Store, m *metrics.Metrics) error {
+	updates, cancel, err := store.Subscribe("")
+	if err != nil {
+		return fmt.Errorf("image updates: %w", err)
+	}
+	go func() {
+		defer cancel()
+		last := map[string]images.Status{}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case img, ok := <-updates:
+				if !ok {
+					return
+				}
+				prev := last[img.Name]
+				last[img.Name] = img.Status
+				if prev == img.Status {
+					continue
+				}
+				switch img.Status {
+				case images.StatusReady:
+					m.ImagePullFinished(true)
+				case images.StatusFailed:
+					m.ImagePullFinished(false)
+				}
+			}
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,263 @@
+// Package e2e runs the real hypemand binary for end-to-end tests: built once
+// per test process, started on a free loopback port with a fresh data dir,
+// killable with SIGKILL and restartable on the same data dir.
+//
+// Why a subprocess and not an in-process server: the acceptance tests kill
+// the daemon with -9 while VMs run and expect the next daemon to re-adopt
+// them. Only a real process dying proves that nothing depends on in-memory
+// state or on the daemon being a VM's parent.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"hypeman/internal/auth"
+	"hypeman/internal/testutil"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds hypemand once per test process.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hypemand-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "hypemand")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/hypemand")
+		cmd.Dir = testutil.RepoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build hypemand: %v", buildErr)
+	}
+	return binPath
+}
+
+// Server is one hypemand process (and its successors after Restart).
+type Server struct {
+	t       testing.TB
+	DataDir string
+	Addr    string
+	BaseURL string
+	Token   string
+	Extra   []string // extra flags
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+	done chan struct{}
+}
+
+// Start launches hypemand with a fresh data dir and waits for /health.
+func Start(t testing.TB, extraFlags ...string) *Server {
+	t.Helper()
+	testutil.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4")
+	testutil.Kernel(t)
+	s := &Server{t: t, DataDir: t.TempDir(), Extra: extraFlags}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Addr = ln.Addr().String()
+	ln.Close()
+	s.BaseURL = "http://" + s.Addr
+	s.start()
+	secret, err := auth.LoadSecret(filepath.Join(s.DataDir, "jwt-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Token, err = auth.Mint(secret, auth.MintOptions{UserID: "e2e", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.cleanup)
+	return s
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	args := append([]string{
+		"--data-dir", s.DataDir, "--listen", s.Addr, "--metrics-listen", "",
+		"--kernel-dir", testutil.KernelDir(), "--init-binary", testutil.InitBinary(s.t),
+	}, s.Extra...)
+	cmd := exec.Command(Binary(s.t), args...)
+	logs := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.cmd, s.logs, s.done = cmd, logs, done
+	s.mu.Unlock()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			s.t.Fatalf("hypemand exited at start:\n%s", logs.String())
+		default:
+		}
+		if resp, err := http.Get(s.BaseURL + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.t.Fatalf("hypemand not healthy after 60s:\n%s", logs.String())
+}
+
+// Kill sends SIGKILL to the daemon (VMs keep running) and waits for it.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// Restart starts a new daemon on the same data dir and port.
+func (s *Server) Restart() { s.start() }
+
+// Logs returns the current daemon's output.
+func (s *Server) Logs() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs.String()
+}
+
+// cleanup deletes every instance (killing VMs) and stops the daemon.
+func (s *Server) cleanup() {
+	var list []map[string]any
+	if st, _ := s.JSON("GET", "/instances", nil, &list); st == 200 {
+		for _, in := range list {
+			s.Do("DELETE", "/instances/"+in["id"].(string), nil)
+		}
+	}
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+	if s.t.Failed() {
+		s.t.Logf("hypemand output:\n%s", s.Logs())
+	}
+}
+
+// Do sends an authenticated request; body (if not nil) is JSON-encoded.
+func (s *Server) Do(method, path string, body any) (int, []byte) {
+	s.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, s.BaseURL+path, rd)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+s.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+// JSON is Do plus decoding the response into out (when status < 300).
+func (s *Server) JSON(method, path string, body, out any) (int, []byte) {
+	s.t.Helper()
+	st, b := s.Do(method, path, body)
+	if st < 300 && out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			s.t.Fatalf("%s %s: decode %q: %v", method, path, b, err)
+		}
+	}
+	return st, b
+}
+
+// SSE opens an authenticated event stream and returns a channel of data
+// payloads (one per event); it closes when ctx ends or the stream does.
+func (s *Server) SSE(ctx context.Context, path string) <-chan string {
+	s.t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "GET", s.BaseURL+path, nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.Token)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatalf("GET %s: %v", path, err)
+	}
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		s.t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+	}
+	ch := make(chan string, 1024)
+	go func() {
+		defer close(ch)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		var data []string
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if data != nil {
+					select {
+					case ch <- strings.Join(data, "\n"):
+					case <-ctx.Done():
+						return
+					}
+					data = nil
+				}
+			case strings.HasPrefix(line, "data:"):
+				data = append(data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+			}
+		}
+	}()
+	return ch
+}
