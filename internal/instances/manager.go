@@ -344,6 +344,23 @@ func (m *Manager) view(ctx context.Context, e *entry) (*Instance, error) {
 	lv := e.live
 	attachErr := e.attachErr
 	e.mu.Unlock()
+	if lv != nil {
+		select {
+		case <-lv.vm.Done():
+			// The VMM is gone but its watcher may not have recorded the
+			// exit yet: wait for it so nobody sees Stopped without exit
+			// info (the watcher drains the log and persists in ms).
+			select {
+			case <-lv.handled:
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+			e.mu.Lock()
+			meta, lv, attachErr = e.meta, e.live, e.attachErr
+			e.mu.Unlock()
+		default:
+		}
+	}
 	st, stErr := m.derive(ctx, meta, lv, attachErr)
 	inst := toInstance(meta, st, stErr)
 	if lv != nil {

@@ -563,7 +563,7 @@ func TestCopyToTraversal(t *testing.T) {
 	outside := filepath.Join(h.root, "data")
 	before := listTree(t, h.root)
 	cases := map[string][]tarEntry{
-		"dotdot": {{hdr: tar.Header{Name: "../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"}},
+		"dotdot":        {{hdr: tar.Header{Name: "../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"}},
 		"nested dotdot": {{hdr: tar.Header{Name: "a/../../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"}},
 		"absolute symlink then write through it": {
 			{hdr: tar.Header{Name: "abs", Typeflag: tar.TypeSymlink, Linkname: outside}},

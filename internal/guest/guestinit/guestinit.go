@@ -75,6 +75,8 @@ type initProc struct {
 	stop     chan struct{} // closed on a graceful stop request
 	stopOnce sync.Once
 	cancel   context.CancelFunc // stops the agent and the reaper loop
+	// agentDone is closed when the agent has stopped (nil: never started).
+	agentDone chan struct{}
 }
 
 // requestStop asks for a graceful stop (agent "shutdown", SIGTERM, SIGINT or
@@ -194,6 +196,17 @@ func readConfig(dev string) (*guestconfig.Config, error) {
 	return cfg, nil
 }
 
+// agentStartTimeout bounds how long the program waits for the agent's first
+// port open; waiting keeps the ready marker from landing inside the
+// program's output.
+const agentStartTimeout = 2 * time.Second
+
+// agentStopTimeout bounds the wait for the agent's handlers at teardown (a
+// copy into the root must end before the root is unmounted).
+const agentStopTimeout = 3 * time.Second
+
+// startAgent serves the agent in the background. It returns when the agent
+// is ready, has failed, or agentStartTimeout passed.
 func (in *initProc) startAgent(ctx context.Context, cfg *guestconfig.Config) {
 	srv := &agent.Server{
 		Root:        RootDir,
@@ -205,16 +218,30 @@ func (in *initProc) startAgent(ctx context.Context, cfg *guestconfig.Config) {
 		Shutdown:    in.requestStop,
 		Logger:      in.log.With("component", "agent"),
 	}
+	ready := make(chan struct{})
+	var once sync.Once
+	markReady := func() { once.Do(func() { close(ready) }) }
+	in.agentDone = make(chan struct{})
 	go func() {
+		defer close(in.agentDone)
+		defer markReady()
 		err := srv.ServePort(ctx, agent.PortConfig{
-			Name:  guestconfig.AgentPortName,
-			Ready: func() { in.con.Line(guestconfig.MarkerAgentReady) },
+			Name: guestconfig.AgentPortName,
+			Ready: func() {
+				in.con.Line(guestconfig.MarkerAgentReady)
+				markReady()
+			},
 		})
 		if err != nil && ctx.Err() == nil {
 			in.log.Error("agent stopped", "err", err)
 			in.con.Line("hypeman-init: guest agent unavailable: " + err.Error())
 		}
 	}()
+	select {
+	case <-ready:
+	case <-time.After(agentStartTimeout):
+		in.log.Error("agent not ready, starting the program anyway")
+	}
 }
 
 // runProgram starts the program and supervises it until it exits.
@@ -344,6 +371,13 @@ func (in *initProc) finish(exit guestconfig.Exit) {
 		defer close(done)
 		in.killAll()
 		in.cancel()
+		if in.agentDone != nil {
+			select {
+			case <-in.agentDone:
+			case <-time.After(agentStopTimeout):
+				in.log.Error("agent did not stop in time")
+			}
+		}
 		for _, err := range in.mounts.unmountAll() {
 			in.log.Error("teardown", "err", err)
 			in.con.Line("hypeman-init: " + err.Error())

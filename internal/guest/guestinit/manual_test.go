@@ -1,9 +1,9 @@
 package guestinit
 
 import (
-	"fmt"
-	"context"
 	"bytes"
+	"context"
+	"fmt"
 	"net"
 	"os"
 	"strings"

@@ -1,0 +1,27 @@
+// Package cli is the `hypeman` command line client: cobra commands that talk
+// to hypemand's REST API (pull, images, rmi, run, ps, inspect, logs, stop,
+// start, rm, push, wait, events, version). cmd/hypeman is a thin main around
+// Run.
+//
+// Why it is shaped this way:
+//   - Everything is reachable through one function,
+//     Run(ctx, args, stdin, stdout, stderr, env) int, that owns no global
+//     state: streams and the environment are parameters and the exit code is
+//     the result. Unit tests drive it against an httptest server, and
+//     end-to-end tests can call it in-process against a real daemon.
+//   - Requests go through the client generated from openapi.yaml
+//     (internal/api/client), so the CLI cannot drift from the spec; the only
+//     hand-written wire code is the small server-sent-events reader (sse.go)
+//     for logs and lifecycle events, which the generator does not cover.
+//   - Output is for people by default (tables, a progress bar when stderr is
+//     a terminal, plain status lines otherwise) and for programs with
+//     `--format json`, which prints the API's JSON bodies as received.
+//     Results go to stdout, progress and diagnostics to stderr, so
+//     `id=$(hypeman run ...)` works.
+//   - Errors carry the server's {code, message} body; every failure exits 1
+//     except where a command documents other codes (wait: 2 on timeout) and
+//     an interrupt (130).
+//   - Configuration is the hypeman CLI's: HYPEMAN_BASE_URL (default
+//     http://127.0.0.1:8080) and HYPEMAN_API_KEY (sent as a Bearer token, and
+//     as the Basic-auth password to the built-in registry on push).
+package cli
