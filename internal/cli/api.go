@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime/debug"
 	"strings"
 
 	"hypeman/internal/api/client"
@@ -66,10 +65,7 @@ func (a *app) serverURL() (*url.URL, error) {
 }
 
 func userAgent() string {
-	v := "dev"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		v = bi.Main.Version
-	}
+	v, _ := clientVersion()
 	return "hypeman-cli/" + v
 }
 

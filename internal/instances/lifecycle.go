@@ -245,6 +245,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.meta.BootSerialOffset = offset
 	e.meta.StartedAt = &now
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
+	e.meta.RestoredAt = nil
 	e.meta.ImageDigest = img.Digest
 	err = m.persist(e)
 	e.mu.Unlock()

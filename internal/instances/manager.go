@@ -86,6 +86,9 @@ type Config struct {
 	// GuestStopTimeout is how long the guest waits between SIGTERM and
 	// SIGKILL of the program on a graceful stop (default 10s).
 	GuestStopTimeout time.Duration
+	// CompressSnapshots zstd-compresses standby/snapshot state files
+	// (about 4x smaller, slower to save; off by default).
+	CompressSnapshots bool
 	// RequireAgent makes Running wait for the agent-ready marker too
 	// (unless the instance sets skip_guest_agent).
 	RequireAgent bool
@@ -226,11 +229,20 @@ func (m *Manager) adopt(ctx context.Context, e *entry) {
 	switch {
 	case err == nil:
 		lv := newLiveVM(vm)
+		if e.meta.RestoredAt != nil {
+			lv.started.Store(true)
+			lv.agent.Store(true)
+		}
 		e.live = lv
+		m.adoptTransition(ctx, e)
+		if e.live == nil {
+			return
+		}
 		m.startWatcher(e, lv, true)
 		m.log.Info("re-adopted running instance", "id", id, "name", e.meta.Name, "pid", vm.Pid())
 	case errors.Is(err, hypervisor.ErrNotRunning):
-		if e.meta.StartedAt != nil && e.meta.StoppedAt == nil {
+		m.adoptTransition(ctx, e)
+		if e.meta.StartedAt != nil && e.meta.StoppedAt == nil && !e.meta.HasSnapshot {
 			exit, _ := scanExit(filepath.Join(m.dir(id), hypervisor.SerialLogName), e.meta.BootSerialOffset)
 			when := time.Now()
 			if st, err := os.Stat(filepath.Join(m.dir(id), hypervisor.SerialLogName)); err == nil {

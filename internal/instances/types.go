@@ -60,6 +60,17 @@ type Metadata struct {
 	// BootSerialOffset is the size of serial.log when the current (or last)
 	// boot began: markers before it belong to earlier boots.
 	BootSerialOffset int64 `json:"boot_serial_offset"`
+	// Transition names a multi-step operation in progress ("standby",
+	// "restore"). It is persisted before the first step so that a daemon
+	// killed midway finishes or rolls back the operation on restart
+	// instead of leaving a half state (see adoptTransition).
+	Transition string `json:"transition,omitempty"`
+	// RestoredAt is set when the running VM was restored from a snapshot
+	// (cleared by a fresh boot): its program started before the restore,
+	// so no start marker will appear in this VM's serial log.
+	RestoredAt *time.Time `json:"restored_at,omitempty"`
+	// ForkedFrom is the source instance of a fork.
+	ForkedFrom string `json:"forked_from,omitempty"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).

@@ -24,6 +24,9 @@ type liveVM struct {
 	stopReason atomic.Pointer[string] // set when hypeman itself ends the VM
 	handled    chan struct{}          // closed once the exit is recorded
 	launchedAt time.Time              // zero for re-adopted VMs
+	// standby is set when the VMM is ended on purpose after its state was
+	// saved: its exit is not a program exit and records no exit info.
+	standby atomic.Bool
 }
 
 func newLiveVM(vm hypervisor.VM) *liveVM {
@@ -121,6 +124,11 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 		return
 	}
 	e.live = nil
+	if lv.standby.Load() {
+		e.mu.Unlock()
+		lv.vm.Close()
+		return // the standby operation records and publishes its own outcome
+	}
 	applyExit(&e.meta, exit, time.Now(), noExit)
 	deleted := e.deleted
 	var err error

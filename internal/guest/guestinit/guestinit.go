@@ -141,6 +141,10 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 		return initFailure("%v", err)
 	}
 	in.log.Info("modules loaded")
+	watchPowerButtons(ctx, FindPowerButtons("/sys/class/input", "/dev/input"), func() {
+		in.log.Info("power button pressed")
+		in.requestStop()
+	})
 	disks, err := WaitForDisks(ctx, "/sys/block", []string{
 		guestconfig.SerialConfig, guestconfig.SerialRoot, guestconfig.SerialOverlay,
 	}, diskWaitTimeout)

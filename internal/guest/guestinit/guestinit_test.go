@@ -3,6 +3,7 @@ package guestinit
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,4 +146,32 @@ func TestEnsureDir(t *testing.T) {
 	require.NoError(t, ensureDir(root, "/keep", 0o755))
 	fi, _ = os.Stat(filepath.Join(root, "keep"))
 	assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+}
+
+func inputEvent(typ, code uint16, value int32) []byte {
+	b := make([]byte, inputEventLen)
+	binary.LittleEndian.PutUint16(b[16:], typ)
+	binary.LittleEndian.PutUint16(b[18:], code)
+	binary.LittleEndian.PutUint32(b[20:], uint32(value))
+	return b
+}
+
+func TestPowerButton(t *testing.T) {
+	sys := t.TempDir()
+	for dev, name := range map[string]string{"event0": "AT Translated Set 2 keyboard\n", "event1": "Power Button\n", "mouse0": "Power Button\n"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(sys, dev, "device"), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(sys, dev, "device", "name"), []byte(name), 0o644))
+	}
+	assert.Equal(t, []string{"/dev/input/event1"}, FindPowerButtons(sys, "/dev/input"))
+	assert.Empty(t, FindPowerButtons(filepath.Join(sys, "missing"), "/dev/input"))
+
+	var stream bytes.Buffer
+	stream.Write(inputEvent(evKey, keyPower, 0))      // release
+	stream.Write(inputEvent(evKey, 30, 1))            // another key
+	stream.Write(inputEvent(0, 0, 0))                 // EV_SYN
+	stream.Write(inputEvent(evKey, keyPower, 1))      // press
+	stream.Write(inputEvent(evKey, keyPower, 1)[:10]) // torn tail: ignored
+	presses := 0
+	watchPowerButton(&stream, func() { presses++ })
+	assert.Equal(t, 1, presses)
 }

@@ -1,0 +1,550 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"hypeman/internal/api/client"
+)
+
+// knownStates are the API's instance states, for case-insensitive flags.
+var knownStates = []client.InstanceState{
+	client.Created, client.Initializing, client.Running, client.Paused,
+	client.Shutdown, client.Stopped, client.Standby, client.Unknown,
+}
+
+// canonicalState maps "running" to "Running"; unknown words pass through
+// (the server rejects them with its own message).
+func canonicalState(s string) string {
+	for _, k := range knownStates {
+		if strings.EqualFold(s, string(k)) {
+			return string(k)
+		}
+	}
+	return s
+}
+
+// removableStates can be deleted without -f: no VM is running.
+func removable(s client.InstanceState) bool {
+	return s == client.Stopped || s == client.Standby
+}
+
+// --- run ---
+
+type runFlags struct {
+	name       string
+	size       string
+	vcpus      int
+	overlay    string
+	env        []string
+	entrypoint []string
+	tags       []string
+	skipAgent  bool
+	detach     bool
+	timeout    time.Duration
+}
+
+func (a *app) runCommand() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Short: "Create and start an instance",
+		Long: `Run creates an instance of IMAGE (the server pulls it when needed) and
+boots it. COMMAND and its ARGs replace the image's cmd; --entrypoint
+replaces its entrypoint. Flags must come before IMAGE.
+
+By default run waits until the program is Running and prints the instance
+ID (with --format json the instance). If the instance stops instead, run
+prints its exit code and last log lines and exits 1. With --detach it
+prints the ID as soon as the VM is created.`,
+		Example: `  hypeman run --name web -m 512MB -e PORT=8080 nginx:alpine
+  hypeman run -d busybox:latest sh -c 'while true; do date; sleep 1; done'
+  hypeman run --entrypoint /bin/sh alpine:3.20 -c 'echo hello'`,
+		Args: minArgs(1, "an image"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.runInstance(cmd, f, args[0], args[1:])
+		},
+	}
+	fl := cmd.Flags()
+	fl.SetInterspersed(false) // flags after IMAGE belong to the program
+	fl.StringVar(&f.name, "name", "", "instance name (lowercase letters, digits, dashes; default: generated, e.g. brave-otter-0427)")
+	fl.StringVarP(&f.size, "memory", "m", "", "guest memory, e.g. 512MB (server default 1GB)")
+	fl.StringVar(&f.size, "size", "", "alias of --memory")
+	fl.IntVar(&f.vcpus, "cpus", 0, "virtual CPUs (server default 2)")
+	fl.IntVar(&f.vcpus, "vcpus", 0, "alias of --cpus")
+	fl.StringVar(&f.overlay, "overlay-size", "", "size of the writable disk, e.g. 2GB (server default 10GB)")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable KEY=VALUE (KEY alone copies it from your environment); repeatable")
+	fl.StringArrayVar(&f.entrypoint, "entrypoint", nil, "replace the image's entrypoint; repeat for more words (drops the image's cmd)")
+	fl.StringArrayVar(&f.tags, "tag", nil, "attach a tag KEY=VALUE; repeatable")
+	fl.BoolVar(&f.skipAgent, "skip-guest-agent", false, "report Running without waiting for the guest agent")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "do not wait for Running; print the ID once the VM is created")
+	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "how long to wait for Running")
+	return cmd
+}
+
+// parseKV parses KEY=VALUE items. With lookup, a bare KEY takes its value
+// from lookup (and must be set there).
+func parseKV(items []string, flag string, lookup func(string) string) (map[string]string, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(items))
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if k == "" {
+			return nil, fmt.Errorf("invalid %s %q: want KEY=VALUE", flag, it)
+		}
+		if !ok {
+			if lookup == nil {
+				return nil, fmt.Errorf("invalid %s %q: want KEY=VALUE", flag, it)
+			}
+			v = lookup(k)
+			if v == "" {
+				return nil, fmt.Errorf("%s %s: %s is not set in your environment", flag, k, k)
+			}
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command []string) error {
+	ctx := cmd.Context()
+	usage := func(err error) error { return &usageErr{cmd: cmd.CommandPath(), err: err} }
+	req := client.CreateInstanceRequest{Image: image}
+	if f.name != "" {
+		if err := checkName(f.name); err != nil {
+			return usage(err)
+		}
+	}
+	env, err := parseKV(f.env, "--env", a.env)
+	if err != nil {
+		return usage(err)
+	}
+	tags, err := parseKV(f.tags, "--tag", nil)
+	if err != nil {
+		return usage(err)
+	}
+	if env != nil {
+		req.Env = &env
+	}
+	if tags != nil {
+		req.Tags = &tags
+	}
+	if f.size != "" {
+		req.Size = &f.size
+	}
+	if f.overlay != "" {
+		req.OverlaySize = &f.overlay
+	}
+	if cmd.Flags().Changed("cpus") || cmd.Flags().Changed("vcpus") {
+		if f.vcpus < 1 {
+			return usage(fmt.Errorf("--cpus must be at least 1"))
+		}
+		req.Vcpus = &f.vcpus
+	}
+	if len(f.entrypoint) > 0 {
+		req.Entrypoint = &f.entrypoint
+	}
+	if len(command) > 0 {
+		req.Cmd = &command
+	}
+	if f.skipAgent {
+		req.SkipGuestAgent = &f.skipAgent
+	}
+	if f.timeout <= 0 {
+		return usage(fmt.Errorf("--timeout must be positive"))
+	}
+
+	c, err := a.api()
+	if err != nil {
+		return err
+	}
+	var created *client.CreateInstanceResponse
+	for attempt := 0; ; attempt++ {
+		req.Name = f.name
+		if req.Name == "" {
+			req.Name = generateName(a.rand)
+		}
+		r, err := c.CreateInstanceWithResponse(ctx, req)
+		err = a.check(ctx, r, err, http.StatusCreated)
+		var ae *APIError
+		if f.name == "" && attempt < 3 && errors.As(err, &ae) && ae.Code == "conflict" {
+			continue // the generated name is taken: draw another
+		}
+		if err != nil {
+			return err
+		}
+		created = r
+		break
+	}
+	in := created.JSON201
+	if f.detach {
+		if a.jsonOutput() {
+			a.printRaw(created.Body)
+		} else {
+			fmt.Fprintln(a.stdout, in.Id)
+		}
+		return nil
+	}
+
+	w, _, err := a.waitState(ctx, c, in.Id, []string{string(client.Running)}, f.timeout)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			fmt.Fprintf(a.stderr, "Stopped waiting; instance %s (%s) keeps going.\n", in.Name, shortID(in.Id))
+		}
+		return err
+	}
+	if w.State == client.Running {
+		if a.jsonOutput() {
+			r, err := c.GetInstanceWithResponse(ctx, in.Id)
+			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+				return err
+			}
+			a.printRaw(r.Body)
+		} else {
+			fmt.Fprintln(a.stdout, in.Id)
+		}
+		return nil
+	}
+	if w.TimedOut {
+		return fmt.Errorf("instance %s is still %s after %s; follow it with: hypeman logs -f %s", in.Name, w.State, f.timeout, in.Name)
+	}
+	if w.State == client.Unknown {
+		return fmt.Errorf("instance %s is in state Unknown: %s", in.Name, orDash(deref(w.StateError)))
+	}
+	// It ended up somewhere else (usually Stopped: the program exited).
+	detail := ""
+	if r, err := c.GetInstanceWithResponse(ctx, in.Id); a.check(ctx, r, err, http.StatusOK) == nil {
+		detail = ": " + exitInfo(r.JSON200)
+		if a.jsonOutput() {
+			a.printRaw(r.Body)
+		}
+	}
+	a.printLogTail(ctx, c, in.Id, 20)
+	return fmt.Errorf("instance %s is %s instead of Running%s", in.Name, w.State, detail)
+}
+
+// exitInfo describes how the program's last run ended.
+func exitInfo(in *client.Instance) string {
+	if in.ExitCode == nil {
+		if m := deref(in.ExitMessage); m != "" {
+			return m
+		}
+		return "exit status unknown"
+	}
+	s := fmt.Sprintf("exit code %d", *in.ExitCode)
+	if m := deref(in.ExitMessage); m != "" {
+		s += " (" + m + ")"
+	}
+	return s
+}
+
+// printLogTail copies the last n app log lines to stderr, best effort.
+func (a *app) printLogTail(ctx context.Context, c *client.ClientWithResponses, id string, n int) {
+	resp, err := c.GetInstanceLogs(ctx, id, &client.GetInstanceLogsParams{Tail: &n})
+	resp, err = a.streamResponse(ctx, resp, err)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	rd := newSSEReader(resp.Body)
+	header := false
+	for {
+		ev, err := rd.Next()
+		if err != nil || ev.Type != "message" {
+			return
+		}
+		if !header {
+			fmt.Fprintln(a.stderr, "--- last log lines ---")
+			header = true
+		}
+		fmt.Fprintln(a.stderr, ev.Data)
+	}
+}
+
+// waitState calls the wait endpoint until a target is reached, the
+// instance settles elsewhere, or timeout passes, splitting long timeouts
+// into requests the server accepts. It returns the last response.
+func (a *app) waitState(ctx context.Context, c *client.ClientWithResponses, id string, states []string, timeout time.Duration) (*client.WaitResponse, []byte, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		chunk := waitChunk(time.Until(deadline), a.maxServerWait)
+		r, err := c.WaitForInstanceStateWithResponse(ctx, id, &client.WaitForInstanceStateParams{
+			State: states, Timeout: ptr(chunk.String()),
+		})
+		if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+			return nil, nil, err
+		}
+		w := r.JSON200
+		if !w.TimedOut || time.Until(deadline) <= 0 {
+			return w, r.Body, nil
+		}
+	}
+}
+
+// --- wait ---
+
+func (a *app) waitCommand() *cobra.Command {
+	var (
+		states  []string
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "wait INSTANCE --state STATE [--state STATE...] [--timeout 2m]",
+		Short: "Wait until an instance reaches a state",
+		Long: `Wait blocks until INSTANCE reaches one of the given states and prints
+the state it is in when the wait ends.
+
+It ends early when the instance settles in a state it will not leave by
+itself (Stopped, Standby, Shutdown, Paused, Unknown) that was not asked
+for, unless a restart is pending.
+
+Exit status: 0 when a requested state was reached, 1 when the wait ended
+in another state (or on an error), 2 when the timeout passed.`,
+		Example: `  hypeman wait web --state Running
+  hypeman wait job-1 --state Stopped --timeout 10m
+  hypeman wait web --state Running --state Stopped`,
+		Args: exactArgs(1, "exactly one instance"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if len(states) == 0 {
+				return &usageErr{cmd: cmd.CommandPath(), err: fmt.Errorf("--state is required")}
+			}
+			if timeout <= 0 {
+				return &usageErr{cmd: cmd.CommandPath(), err: fmt.Errorf("--timeout must be positive")}
+			}
+			targets := make([]string, len(states))
+			for i, s := range states {
+				targets[i] = canonicalState(s)
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			w, body, err := a.waitState(ctx, c, args[0], targets, timeout)
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				a.printRaw(body)
+			} else {
+				fmt.Fprintln(a.stdout, w.State)
+			}
+			switch {
+			case slices.Contains(targets, string(w.State)):
+				return nil
+			case w.TimedOut:
+				if !a.jsonOutput() {
+					fmt.Fprintf(a.stderr, "Timed out after %s waiting for %s (state: %s).\n", timeout, strings.Join(targets, " or "), w.State)
+				}
+				return &exitErr{code: exitTimeout}
+			default:
+				if !a.jsonOutput() {
+					msg := fmt.Sprintf("Instance is %s, not %s", w.State, strings.Join(targets, " or "))
+					if se := deref(w.StateError); se != "" {
+						msg += ": " + se
+					}
+					fmt.Fprintln(a.stderr, msg+".")
+				}
+				return &exitErr{code: exitError}
+			}
+		},
+	}
+	cmd.Flags().StringArrayVar(&states, "state", nil, "state to wait for (Created, Initializing, Running, Paused, Shutdown, Stopped, Standby); repeatable: any of them")
+	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "give up after this long (exit status 2)")
+	return cmd
+}
+
+// --- ps ---
+
+func (a *app) psCommand() *cobra.Command {
+	var all, quiet bool
+	cmd := &cobra.Command{
+		Use:   "ps [-a] [-q]",
+		Short: "List instances",
+		Long: `List instances, newest first. Without -a, Stopped instances are left out
+(like docker ps).`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.ListInstancesWithResponse(ctx, nil)
+			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+				return err
+			}
+			list := *r.JSON200
+			var raws []json.RawMessage
+			if err := json.Unmarshal(r.Body, &raws); err != nil || len(raws) != len(list) {
+				return fmt.Errorf("server sent an instance list that does not match the API")
+			}
+			keep := make([]int, 0, len(list))
+			for i, in := range list {
+				if all || in.State != client.Stopped {
+					keep = append(keep, i)
+				}
+			}
+			if a.jsonOutput() {
+				out := make([]json.RawMessage, 0, len(keep))
+				for _, i := range keep {
+					out = append(out, raws[i])
+				}
+				b, err := json.Marshal(out)
+				if err != nil {
+					return err
+				}
+				a.printRaw(b)
+				return nil
+			}
+			slices.Reverse(keep) // the server lists oldest first
+			if quiet {
+				for _, i := range keep {
+					fmt.Fprintln(a.stdout, list[i].Id)
+				}
+				return nil
+			}
+			tw := a.table()
+			fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tSTATE\tCREATED")
+			now := a.now()
+			for _, i := range keep {
+				in := list[i]
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, in.State, age(now, in.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "include Stopped instances")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print full IDs only")
+	return cmd
+}
+
+// --- inspect ---
+
+func (a *app) inspectCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect INSTANCE",
+		Short: "Show an instance as JSON",
+		Long:  "Print the instance object (by ID, name or unique ID prefix) as indented JSON.",
+		Args:  exactArgs(1, "exactly one instance"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.GetInstanceWithResponse(ctx, args[0])
+			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+				return err
+			}
+			return a.printPretty(r.Body)
+		},
+	}
+}
+
+// --- stop, start, rm ---
+
+// lifecycleCommand builds stop and start: one POST per instance.
+func (a *app) lifecycleCommand(verb, short, long string, call func(context.Context, *client.ClientWithResponses, string) (response, []byte, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " INSTANCE...",
+		Short: short,
+		Long:  long,
+		Args:  minArgs(1, "at least one instance"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			return a.each(ctx, args, func(ref string) error {
+				r, body, err := call(ctx, c, ref)
+				if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+					return err
+				}
+				if a.jsonOutput() {
+					a.printRaw(body)
+				} else {
+					fmt.Fprintln(a.stdout, ref)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func (a *app) stopCommand() *cobra.Command {
+	return a.lifecycleCommand("stop", "Stop instances gracefully",
+		`Stop each instance gracefully (the program gets SIGTERM, then the VM is
+powered off) and print its name as given. With --format json each stopped
+instance is printed, one per line.`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
+			r, err := c.StopInstanceWithResponse(ctx, ref)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.Body, nil
+		})
+}
+
+func (a *app) startCommand() *cobra.Command {
+	return a.lifecycleCommand("start", "Start stopped instances",
+		`Boot each Stopped instance again and print its name as given. With
+--format json each instance is printed, one per line. Use
+"hypeman wait INSTANCE --state Running" to wait for the program.`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
+			r, err := c.StartInstanceWithResponse(ctx, ref)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.Body, nil
+		})
+}
+
+func (a *app) rmCommand() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm [-f] INSTANCE...",
+		Short: "Delete instances",
+		Long: `Delete instances and their disks. An instance whose VM is running (any
+state but Stopped or Standby) is refused unless -f is given, which stops
+and deletes it.`,
+		Args: minArgs(1, "at least one instance"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			return a.each(ctx, args, func(ref string) error {
+				if !force {
+					r, err := c.GetInstanceWithResponse(ctx, ref)
+					if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+						return err
+					}
+					if in := r.JSON200; !removable(in.State) {
+						return fmt.Errorf("cannot remove instance %s: it is %s; stop it first or use rm -f", in.Name, in.State)
+					}
+				}
+				r, err := c.DeleteInstanceWithResponse(ctx, ref)
+				if err := a.check(ctx, r, err, http.StatusNoContent); err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, ref)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete even if the instance is running (it is stopped first)")
+	return cmd
+}

@@ -1,0 +1,224 @@
+package instances
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/instances/state"
+)
+
+// ForkParams is a fork request.
+type ForkParams struct {
+	Name string
+	// FromRunning allows forking a Running instance: it is put on standby,
+	// cloned, and both are restored.
+	FromRunning bool
+	// TargetState is the fork's state when Fork returns: Running, Standby or
+	// Stopped. "" = Running for a Running/Standby source, Stopped for a
+	// Stopped one.
+	TargetState state.State
+}
+
+// Fork clones an instance: new id and name, its own copy of the writable
+// disk and its own serial log. From Stopped the fork is a disk clone; from
+// Standby (or Running with FromRunning) the fork continues the same memory
+// state.
+func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instance, err error) {
+	defer m.observe("fork", time.Now(), &err)
+	if err := ValidateName(p.Name); err != nil {
+		return nil, err
+	}
+	switch p.TargetState {
+	case "", state.Running, state.Standby, state.Stopped:
+	default:
+		return nil, &InvalidArgumentError{Field: "target_state", Reason: "must be Running, Standby or Stopped"}
+	}
+	src, err := m.resolve(ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.reserveName(p.Name); err != nil {
+		return nil, err
+	}
+	defer m.releaseName(p.Name)
+
+	src.op.Lock()
+	defer src.op.Unlock()
+	from := m.currentState(ctx, src)
+	if err := checkTransition(ActionFork, from); err != nil {
+		return nil, err
+	}
+	if (from == state.Running || from == state.Paused) && !p.FromRunning {
+		return nil, &TransitionError{Action: ActionFork, State: from, Allowed: Allowed(from)}
+	}
+	target := p.TargetState
+	if target == "" {
+		target = state.Running
+		if from == state.Stopped {
+			target = state.Stopped
+		}
+	}
+	if from == state.Stopped && target == state.Standby {
+		return nil, &InvalidArgumentError{Field: "target_state", Reason: "a Stopped instance has no memory state to fork into Standby"}
+	}
+
+	// From Running: standby the source first, and restore it afterwards
+	// whatever happens to the fork.
+	if from == state.Running || from == state.Paused {
+		src.mu.Lock()
+		lv := src.live
+		src.mu.Unlock()
+		if lv == nil {
+			return nil, &TransitionError{Action: ActionFork, State: from, Allowed: Allowed(from)}
+		}
+		if err := m.standbyLocked(ctx, src, lv, from); err != nil {
+			return nil, fmt.Errorf("fork: standby source: %w", err)
+		}
+		defer func() {
+			if rerr := m.restoreLocked(context.WithoutCancel(ctx), src, from == state.Running); rerr != nil {
+				m.log.Error("fork: restore source", "id", src.meta.ID, "err", rerr)
+				if err == nil {
+					err = fmt.Errorf("fork: restore source: %w", rerr)
+				}
+			}
+		}()
+	}
+	return m.forkLocked(ctx, src, p.Name, target)
+}
+
+// forkLocked clones src (op lock held; src is Stopped or Standby).
+func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, target state.State) (*Instance, error) {
+	src.mu.Lock()
+	sm := src.meta
+	src.mu.Unlock()
+	srcDir := m.dir(sm.ID)
+	id := m.uniqueID()
+	dir := m.dir(id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("fork: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(dir)
+		}
+	}()
+	for _, f := range []string{overlayFile, configFile} {
+		if err := copySparse(ctx, filepath.Join(srcDir, f), filepath.Join(dir, f)); err != nil {
+			return nil, fmt.Errorf("fork: copy %s: %w", f, err)
+		}
+	}
+	now := time.Now().UTC()
+	meta := Metadata{
+		ID: id, Name: name, Image: sm.Image, ImageDigest: sm.ImageDigest,
+		MemoryBytes: sm.MemoryBytes, Size: sm.Size, VCPUs: sm.VCPUs,
+		OverlayBytes: sm.OverlayBytes, OverlaySize: sm.OverlaySize,
+		Env: maps.Clone(sm.Env), Entrypoint: slices.Clone(sm.Entrypoint), Cmd: slices.Clone(sm.Cmd),
+		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent,
+		CreatedAt: now, Hypervisor: sm.Hypervisor, ForkedFrom: sm.ID,
+	}
+	if sm.HasSnapshot && target == state.Standby {
+		if err := copyTree(ctx, filepath.Join(srcDir, standbyDir), filepath.Join(dir, standbyDir)); err != nil {
+			return nil, fmt.Errorf("fork: copy snapshot: %w", err)
+		}
+		meta.HasSnapshot = true
+	}
+	e := &entry{meta: meta}
+	e.op.Lock()
+	defer e.op.Unlock()
+	e.mu.Lock()
+	err := m.persist(e)
+	e.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.entries[id] = e
+	m.mu.Unlock()
+	ok = true
+	created := state.Stopped
+	if meta.HasSnapshot {
+		created = state.Standby
+	}
+	m.logf(id, "forked from %s (%s)", sm.Name, sm.ID)
+	m.publish(id, "", created, "forked from "+sm.ID)
+
+	switch {
+	case target == state.Running && sm.HasSnapshot:
+		vm, err := m.cfg.Hypervisor.Restore(ctx, hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: filepath.Join(srcDir, standbyDir)})
+		if err != nil {
+			return nil, m.failFork(ctx, e, fmt.Errorf("fork: restore: %w", err))
+		}
+		lv := newLiveVM(vm)
+		lv.started.Store(true)
+		lv.agent.Store(true)
+		t := time.Now().UTC()
+		e.mu.Lock()
+		e.live = lv
+		e.meta.StartedAt, e.meta.RestoredAt = &t, &t
+		err = m.persist(e)
+		e.mu.Unlock()
+		m.startWatcher(e, lv, true)
+		if err != nil {
+			return nil, err
+		}
+		if err := vm.Resume(ctx); err != nil {
+			return nil, m.failFork(ctx, e, fmt.Errorf("fork: resume: %w", err))
+		}
+		m.publish(id, state.Stopped, state.Running, "fork restored")
+	case target == state.Running:
+		img, err := m.cfg.Images.Resolve(ctx, meta.Image)
+		if err != nil {
+			return nil, m.failFork(ctx, e, fmt.Errorf("fork: %w", err))
+		}
+		if err := m.boot(ctx, e, img); err != nil {
+			return nil, m.failFork(ctx, e, err)
+		}
+	}
+	return m.view(ctx, e)
+}
+
+// failFork removes a fork that could not reach its target state.
+func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
+	e.mu.Lock()
+	lv, id := e.live, e.meta.ID
+	e.deleted = true
+	e.mu.Unlock()
+	if lv != nil {
+		_ = lv.vm.Kill()
+		<-lv.handled
+	}
+	m.mu.Lock()
+	delete(m.entries, id)
+	m.mu.Unlock()
+	os.RemoveAll(m.dir(id))
+	m.publish(id, state.Stopped, "", "fork failed")
+	return cause
+}
+
+// copySparse copies a disk image keeping holes (and sharing extents where
+// the filesystem supports reflinks), so a 10 GB sparse overlay copies in ms.
+func copySparse(ctx context.Context, src, dst string) error {
+	out, err := exec.CommandContext(ctx, "cp", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// copyTree copies a directory (snapshot) the same way.
+func copyTree(ctx context.Context, src, dst string) error {
+	out, err := exec.CommandContext(ctx, "cp", "-r", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
