@@ -39,6 +39,7 @@ test-unit:
 
 generate:
 	$(OAPI_CODEGEN) -config internal/api/gen/oapi-codegen.yaml openapi.yaml
+	$(OAPI_CODEGEN) -config internal/api/client/oapi-codegen.yaml openapi.yaml
 
 bench: setup build
 	@scripts/bench.sh

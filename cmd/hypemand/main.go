@@ -96,6 +96,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Instances: d.Instances,
 		Images:    d.Images,
 		Waiter:    d.Instances,
+		Stat:      daemon.PathStatter{Instances: d.Instances},
 		Events:    d.Events,
 		Secret:    secret,
 		Version:   version,

@@ -98,7 +98,7 @@ func classifyImageError(err error) (int, string, bool) {
 		errors.Is(err, images.ErrRegistry), errors.Is(err, images.ErrDigestMismatch),
 		errors.Is(err, images.ErrCorruptLayer):
 		return http.StatusBadGateway, CodeBadGateway, true
-	case errors.Is(err, images.ErrClosed), errors.Is(err, images.ErrInterrupted):
+	case errors.Is(err, images.ErrClosed), errors.Is(err, images.ErrInterrupted), errors.Is(err, instances.ErrClosed):
 		return http.StatusServiceUnavailable, CodeUnavailable, true
 	}
 	return 0, "", false

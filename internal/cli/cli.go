@@ -148,6 +148,8 @@ func (a *app) exitCode(ctx context.Context, err error) int {
 	var ue *usageErr
 	if errors.As(err, &ue) {
 		fmt.Fprintf(a.stderr, "Run '%s --help' for usage.\n", ue.cmd)
+	} else if strings.HasPrefix(err.Error(), "unknown command") {
+		fmt.Fprintln(a.stderr, "Run 'hypeman --help' for usage.")
 	}
 	return exitError
 }
@@ -181,7 +183,7 @@ Environment:
 	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.format, "format", "", "output format: json (the API's JSON), or omit for human-readable output")
-	pf.StringVar(&a.baseURL, "base-url", "", "server URL (overrides HYPEMAN_BASE_URL)")
+	pf.StringVar(&a.baseURL, "base-url", "", "server `URL` (overrides HYPEMAN_BASE_URL)")
 	root.AddCommand(
 		a.pullCommand(), a.imagesCommand(), a.rmiCommand(), a.pushCommand(),
 		a.runCommand(), a.psCommand(), a.inspectCommand(), a.logsCommand(),

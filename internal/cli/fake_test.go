@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +26,7 @@ type request struct {
 	Method string
 	URI    string // RequestURI: escaped path + query
 	Path   string // unescaped
-	Query  map[string][]string
+	Query  url.Values
 	Header http.Header
 	Body   string
 }
@@ -36,6 +37,10 @@ type fakeServer struct {
 	t   *testing.T
 	mux *http.ServeMux
 	srv *httptest.Server
+
+	// registry, when set, serves /v2/ behind HTTP Basic auth (password =
+	// the API key), like hypemand's built-in registry.
+	registry http.Handler
 
 	mu   sync.Mutex
 	reqs []request
@@ -58,6 +63,15 @@ func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 		Header: r.Header.Clone(), Body: string(body),
 	})
 	f.mu.Unlock()
+	if f.registry != nil && (r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/")) {
+		if _, pass, ok := r.BasicAuth(); !ok || pass != testKey {
+			w.Header().Set("WWW-Authenticate", `Basic realm="hypeman"`)
+			writeJSON(w, http.StatusUnauthorized, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+			return
+		}
+		f.registry.ServeHTTP(w, r)
+		return
+	}
 	if r.Header.Get("Authorization") != "Bearer "+testKey {
 		writeJSON(w, http.StatusUnauthorized, `{"code":"unauthorized","message":"missing or invalid bearer token"}`)
 		return

@@ -131,8 +131,9 @@ func TestPullInterruptedKeepsServerWorking(t *testing.T) {
 	f := newFake(t)
 	imageSequence(f, alpine, img("pending", ""), img("pulling", ""))
 	o, _, _ := testOptions(f.srv.URL, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	time.AfterFunc(100*time.Millisecond, cancel)
 	res := runWith(t, ctx, o, "pull", "alpine:3.20")
 	if res.code != exitInterrupted || !strings.Contains(res.stderr, "the server keeps working on it") {
 		t.Fatal(res)

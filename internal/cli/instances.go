@@ -75,15 +75,15 @@ prints the ID as soon as the VM is created.`,
 	}
 	fl := cmd.Flags()
 	fl.SetInterspersed(false) // flags after IMAGE belong to the program
-	fl.StringVar(&f.name, "name", "", "instance name (lowercase letters, digits, dashes; default: generated, e.g. brave-otter-0427)")
-	fl.StringVarP(&f.size, "memory", "m", "", "guest memory, e.g. 512MB (server default 1GB)")
-	fl.StringVar(&f.size, "size", "", "alias of --memory")
-	fl.IntVar(&f.vcpus, "cpus", 0, "virtual CPUs (server default 2)")
-	fl.IntVar(&f.vcpus, "vcpus", 0, "alias of --cpus")
-	fl.StringVar(&f.overlay, "overlay-size", "", "size of the writable disk, e.g. 2GB (server default 10GB)")
-	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable KEY=VALUE (KEY alone copies it from your environment); repeatable")
-	fl.StringArrayVar(&f.entrypoint, "entrypoint", nil, "replace the image's entrypoint; repeat for more words (drops the image's cmd)")
-	fl.StringArrayVar(&f.tags, "tag", nil, "attach a tag KEY=VALUE; repeatable")
+	fl.StringVar(&f.name, "name", "", "instance `NAME` (lowercase letters, digits, dashes; default: generated, e.g. brave-otter-0427)")
+	fl.StringVarP(&f.size, "memory", "m", "", "guest memory `SIZE`, e.g. 512MB (server default 1GB)")
+	fl.StringVar(&f.size, "size", "", "same as --memory `SIZE`")
+	fl.IntVar(&f.vcpus, "cpus", 0, "virtual CPUs: `N` (server default 2)")
+	fl.IntVar(&f.vcpus, "vcpus", 0, "same as --cpus `N`")
+	fl.StringVar(&f.overlay, "overlay-size", "", "`SIZE` of the writable disk, e.g. 2GB (server default 10GB)")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable `KEY=VALUE` (KEY alone copies it from your environment); repeatable")
+	fl.StringArrayVar(&f.entrypoint, "entrypoint", nil, "replace the image's entrypoint with `WORD`; repeat for more words (drops the image's cmd)")
+	fl.StringArrayVar(&f.tags, "tag", nil, "attach a tag `KEY=VALUE`; repeatable")
 	fl.BoolVar(&f.skipAgent, "skip-guest-agent", false, "report Running without waiting for the guest agent")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "do not wait for Running; print the ID once the VM is created")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "how long to wait for Running")
@@ -277,7 +277,8 @@ func (a *app) printLogTail(ctx context.Context, c *client.ClientWithResponses, i
 func (a *app) waitState(ctx context.Context, c *client.ClientWithResponses, id string, states []string, timeout time.Duration) (*client.WaitResponse, []byte, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		chunk := waitChunk(time.Until(deadline), a.maxServerWait)
+		left := time.Until(deadline)
+		chunk := waitChunk(left, a.maxServerWait)
 		r, err := c.WaitForInstanceStateWithResponse(ctx, id, &client.WaitForInstanceStateParams{
 			State: states, Timeout: ptr(chunk.String()),
 		})
@@ -285,7 +286,8 @@ func (a *app) waitState(ctx context.Context, c *client.ClientWithResponses, id s
 			return nil, nil, err
 		}
 		w := r.JSON200
-		if !w.TimedOut || time.Until(deadline) <= 0 {
+		// Ask again only when this request was capped below what was left.
+		if !w.TimedOut || chunk >= left || time.Until(deadline) <= 0 {
 			return w, r.Body, nil
 		}
 	}
@@ -359,7 +361,7 @@ in another state (or on an error), 2 when the timeout passed.`,
 			}
 		},
 	}
-	cmd.Flags().StringArrayVar(&states, "state", nil, "state to wait for (Created, Initializing, Running, Paused, Shutdown, Stopped, Standby); repeatable: any of them")
+	cmd.Flags().StringArrayVar(&states, "state", nil, "`STATE` to wait for (Created, Initializing, Running, Paused, Shutdown, Stopped, Standby); repeatable: any of them")
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "give up after this long (exit status 2)")
 	return cmd
 }

@@ -17,7 +17,7 @@ type transfer struct {
 	BytesTotal  int64
 	LayersDone  int
 	LayersTotal int
-	Detail      string // shown instead of the bar and counters (e.g. the digest when ready)
+	Detail      []string // shown instead of the bar and counters (e.g. the digest when ready)
 }
 
 func imageTransfer(img *client.Image) transfer {
@@ -28,16 +28,16 @@ func imageTransfer(img *client.Image) transfer {
 	}
 	switch img.Status {
 	case client.Ready:
-		var parts []string
 		if d := deref(img.Digest); d != "" {
-			parts = append(parts, shortDigest(d))
+			t.Detail = append(t.Detail, shortDigest(d))
 		}
 		if n := deref(img.SizeBytes); n > 0 {
-			parts = append(parts, humanBytes(n))
+			t.Detail = append(t.Detail, humanBytes(n))
 		}
-		t.Detail = strings.Join(parts, "  ")
 	case client.Failed:
-		t.Detail = deref(img.Error)
+		if e := deref(img.Error); e != "" {
+			t.Detail = append(t.Detail, e)
+		}
 	}
 	return t
 }
@@ -76,8 +76,8 @@ func renderProgress(t transfer, width int) string {
 	status := fmt.Sprintf("%-10s", t.Status)
 	var tail []string
 	bar := false
-	if t.Detail != "" {
-		tail = append(tail, t.Detail)
+	if len(t.Detail) > 0 {
+		tail = append(tail, t.Detail...)
 	} else {
 		if t.BytesTotal > 0 {
 			bar = true
@@ -187,8 +187,8 @@ func (p *plainProgress) update(t transfer) {
 	line := t.Name + ": " + t.Status
 	var extra []string
 	switch {
-	case t.Detail != "":
-		extra = append(extra, t.Detail)
+	case len(t.Detail) > 0:
+		extra = append(extra, t.Detail...)
 	default:
 		if t.LayersTotal > 0 {
 			extra = append(extra, fmt.Sprintf("layers %d/%d", t.LayersDone, t.LayersTotal))

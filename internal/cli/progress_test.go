@@ -71,7 +71,7 @@ func TestProgressSinks(t *testing.T) {
 		{Name: "img", Status: "pulling", BytesDone: 500, BytesTotal: 1000, LayersTotal: 2},
 		{Name: "img", Status: "pulling", BytesDone: 900, BytesTotal: 1000, LayersDone: 1, LayersTotal: 2},
 		{Name: "img", Status: "converting", BytesDone: 1000, BytesTotal: 1000, LayersDone: 2, LayersTotal: 2},
-		{Name: "img", Status: "ready", Detail: "sha256:abc"},
+		{Name: "img", Status: "ready", Detail: []string{"sha256:abc"}},
 	}
 	var plain bytes.Buffer
 	p := &plainProgress{w: &plain}

@@ -146,7 +146,7 @@ func (a *app) pushImage(ctx context.Context, ref name.Tag, img remote.Taggable) 
 		}
 		return fmt.Errorf("push to %s: %w", ref.RegistryStr(), explainPushError(err))
 	}
-	p.update(transfer{Name: label, Status: "pushed", Detail: humanBytes(total)})
+	p.update(transfer{Name: label, Status: "pushed", Detail: []string{humanBytes(total)}})
 	p.finish()
 	return nil
 }

@@ -14,8 +14,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	pathpkg "path"
+	"strings"
 	"time"
 
+	"hypeman/internal/api"
 	"hypeman/internal/config"
 	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
@@ -97,7 +100,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 			KernelPath: d.Kernel.BootImage(),
 			InitrdPath: d.Initrd,
 		},
-		Agent:              AgentControl{},
+		Agent:              AgentDialer{},
 		Events:             d.Events,
 		Logger:             logger.With("component", "instances"),
 		GuestStopTimeout:   time.Duration(cfg.GuestStopTimeout),
@@ -151,16 +154,45 @@ func (r ImageResolver) Resolve(ctx context.Context, ref string) (instances.Image
 	}, nil
 }
 
-// AgentControl adapts the guest agent client to instances.GuestAgent.
-type AgentControl struct{}
+// AgentDialer adapts the guest agent client to instances.GuestAgent.
+type AgentDialer struct{}
 
-// Shutdown implements instances.GuestAgent: one short connection per call
-// (the VMM's agent socket serves one client at a time).
-func (AgentControl) Shutdown(ctx context.Context, socketPath string) error {
-	c, err := agent.Dial(ctx, socketPath)
-	if err != nil {
-		return err
+// Dial implements instances.GuestAgent.
+func (AgentDialer) Dial(ctx context.Context, socketPath string) (instances.AgentConn, error) {
+	return agent.Dial(ctx, socketPath)
+}
+
+// PathStatter adapts the manager's agent-backed Stat to the API's
+// PathStatter (GET /instances/{id}/stat).
+type PathStatter struct{ Instances *instances.Manager }
+
+// StatPath implements api.PathStatter. With followLinks, symlinks are
+// resolved (up to 16 hops) the way stat(2) would.
+func (p PathStatter) StatPath(ctx context.Context, ref, path string, followLinks bool) (*api.PathStat, error) {
+	for hop := 0; ; hop++ {
+		fi, err := p.Instances.Stat(ctx, ref, path)
+		var re *agent.RemoteError
+		if errors.As(err, &re) {
+			return &api.PathStat{Error: re.Error()}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		isLink := fi.Mode&os.ModeSymlink != 0
+		if isLink && followLinks && hop < 16 {
+			target := fi.LinkTarget
+			if !strings.HasPrefix(target, "/") {
+				target = pathpkg.Join(pathpkg.Dir(path), target)
+			}
+			path = target
+			continue
+		}
+		if isLink && followLinks {
+			return &api.PathStat{Error: "too many levels of symbolic links"}, nil
+		}
+		return &api.PathStat{
+			Exists: fi.Exists, IsDir: fi.IsDir, IsFile: fi.Exists && fi.Mode.IsRegular(), IsSymlink: isLink,
+			LinkTarget: fi.LinkTarget, Mode: uint32(fi.Mode.Perm()), Size: fi.Size,
+		}, nil
 	}
-	defer c.Close()
-	return c.Shutdown(ctx)
 }

@@ -333,16 +333,29 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 	lv.stopReason.Store(&why)
 	m.logf(id, "%s", why)
 	graceful := m.cfg.GuestStopTimeout + 5*time.Second
-	if m.cfg.Agent != nil {
+	e.mu.Lock()
+	skipAgent := e.meta.SkipGuestAgent
+	e.mu.Unlock()
+	if m.cfg.Agent != nil && !skipAgent {
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := m.cfg.Agent.Shutdown(actx, filepath.Join(m.dir(id), agentSock))
+		c, err := m.agentFor(actx, e, lv)
+		if err == nil {
+			err = c.Shutdown(actx)
+		}
 		cancel()
 		if err != nil {
-			m.logf(id, "guest agent shutdown failed: %v; powering down the vmm", err)
+			m.logf(id, "guest agent shutdown failed: %v; sending an ACPI power-down", err)
 			graceful = 0
 		}
 	} else {
 		graceful = 0
+	}
+	// Without the agent the ACPI power button (system_powerdown) reaches
+	// the guest init, which stops the program gracefully: give it the same
+	// time before the VMM is killed.
+	powerdown := 3 * time.Second
+	if graceful == 0 {
+		powerdown = m.cfg.GuestStopTimeout + 5*time.Second
 	}
 	if graceful > 0 {
 		select {
@@ -355,7 +368,7 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 	select {
 	case <-lv.vm.Done():
 	default:
-		if err := lv.vm.Shutdown(context.WithoutCancel(ctx), 3*time.Second); err != nil {
+		if err := lv.vm.Shutdown(context.WithoutCancel(ctx), powerdown); err != nil {
 			m.logf(id, "vmm shutdown: %v; killing", err)
 			_ = lv.vm.Kill()
 		}

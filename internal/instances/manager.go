@@ -41,13 +41,6 @@ type Images interface {
 	Resolve(ctx context.Context, ref string) (ImageInfo, error)
 }
 
-// GuestAgent is the part of the guest agent the manager uses for stops.
-type GuestAgent interface {
-	// Shutdown asks the guest init to stop the program gracefully (SIGTERM,
-	// then SIGKILL after the guest stop timeout) and power off.
-	Shutdown(ctx context.Context, socketPath string) error
-}
-
 // Metrics receives operation timings (optional).
 type Metrics interface {
 	ObserveOperation(op string, d time.Duration, err error)
@@ -267,6 +260,11 @@ func (m *Manager) persist(e *entry) error {
 
 // resolve finds an instance by ID, exact name, or unique ID prefix.
 func (m *Manager) resolve(ref string) (*entry, error) {
+	select {
+	case <-m.closed:
+		return nil, ErrClosed
+	default:
+	}
 	if ref == "" {
 		return nil, fmt.Errorf("%w: empty reference", ErrNotFound)
 	}
@@ -319,6 +317,11 @@ type ListOptions struct {
 
 // List returns all instances, oldest first.
 func (m *Manager) List(ctx context.Context, opts ListOptions) ([]*Instance, error) {
+	select {
+	case <-m.closed:
+		return nil, ErrClosed
+	default:
+	}
 	m.mu.Lock()
 	es := make([]*entry, 0, len(m.entries))
 	for _, e := range m.entries {

@@ -131,6 +131,7 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 		return err
 	}
 	lv.standby.Store(true)
+	lv.agentConn.close()
 	_ = lv.vm.Kill()
 	<-lv.handled
 	m.logf(id, "standby: saved %d MiB guest in %s (state %d bytes, compressed=%v)", info.MemoryMiB, time.Since(start).Round(time.Millisecond), info.StateBytes, info.Compressed)

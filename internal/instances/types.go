@@ -93,6 +93,11 @@ var (
 	ErrAmbiguous = errors.New("ambiguous instance reference")
 	ErrNameInUse = errors.New("instance name already in use")
 	ErrInvalid   = errors.New("invalid request")
+	// ErrClosed: the manager was closed (daemon shutting down).
+	ErrClosed = errors.New("instance manager closed")
+	// ErrAgentUnavailable: the guest agent cannot be reached (not up yet,
+	// disabled, or the guest is wedged).
+	ErrAgentUnavailable = errors.New("guest agent unavailable")
 	// ErrImageNotReady: the image is known but failed or cannot be used.
 	ErrImageNotReady = errors.New("image not ready")
 )

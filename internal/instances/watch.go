@@ -27,6 +27,8 @@ type liveVM struct {
 	// standby is set when the VMM is ended on purpose after its state was
 	// saved: its exit is not a program exit and records no exit info.
 	standby atomic.Bool
+	// agentConn is the VM's shared guest agent connection.
+	agentConn agentSlot
 }
 
 func newLiveVM(vm hypervisor.VM) *liveVM {
@@ -109,6 +111,7 @@ func (m *Manager) skipAgent(e *entry) bool {
 // recordExit persists how the VM ended and publishes → Stopped.
 func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	defer close(lv.handled)
+	lv.agentConn.close()
 	from := state.Initializing
 	if lv.programStarted() {
 		from = state.Running

@@ -71,7 +71,7 @@ func TestBuildInitrdContents(t *testing.T) {
 	list := files[ModulesListPath]
 	lines := strings.Split(strings.TrimSuffix(string(list.Data), "\n"), "\n")
 	wantMods, _ := InitrdSpec{Kernel: k}.ResolveModules()
-	if len(lines) != len(wantMods) || len(lines) != 14 {
+	if len(lines) != len(wantMods) || len(lines) != 16 {
 		t.Fatalf("modules.list has %d lines, want %d:\n%s", len(lines), len(wantMods), list.Data)
 	}
 	for i, m := range wantMods {

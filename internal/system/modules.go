@@ -26,6 +26,9 @@ func DefaultGuestModules() []string {
 		"virtio_mmio", "virtio_blk", "virtio_console", "virtio_net",
 		"erofs", "overlay", "ext4",
 		"vsock", "vmw_vsock_virtio_transport",
+		// ACPI power button → evdev: lets a VMM power-down request reach
+		// the guest init as a graceful stop when the agent is unreachable.
+		"button", "evdev",
 	}
 }
 

@@ -41,6 +41,7 @@ func TestResolveDefaultModulesOrder(t *testing.T) {
 		"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
 		"failover", "net_failover", "virtio_net", "libcrc32c", "erofs", "overlay",
 		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+		"button", "evdev",
 	}
 	if got := names(mods); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("load order:\n got %v\nwant %v", got, want)

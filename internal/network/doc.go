@@ -1,0 +1,31 @@
+// Package network owns host-side VM networking: the choice of networking mode,
+// the Linux bridge with its gateway address, outbound NAT, per-instance IP and
+// MAC leases, and the TAP device each VM's virtio-net backend opens.
+//
+// Why it is shaped this way:
+//
+//   - One Manager decides the mode once (bridge when the daemon may create a
+//     bridge and TAP devices, else QEMU user-mode networking) and reports why,
+//     so /capabilities tells the truth and callers never probe themselves.
+//   - Leases are the source of truth for addresses. They are persisted
+//     atomically (leases.json) on every change because VMs outlive the daemon:
+//     after a restart the same instance must get the same IP, MAC and TAP,
+//     and a new instance must never get an address a running VM still uses.
+//   - Names are derived, not stored choices: the TAP name is "hm" + the hex
+//     of the leased IPv4 address (unique while the lease lives, 10 bytes, far
+//     below IFNAMSIZ) and the MAC is a locally administered address hashed
+//     from the instance ID (stable per instance).
+//   - Devices are managed over netlink (vishvananda/netlink), which needs no
+//     binaries and reports typed errors. NAT uses the nft CLI with one
+//     ruleset file applied as a single transaction ("add table; delete table;
+//     define table"), which makes it idempotent and atomic, keeps every rule
+//     in our own table "ip hypeman" so nothing else on the host is touched,
+//     and stays readable to an operator (`nft list table ip hypeman`). The
+//     ruleset is two lines; a netlink nftables library would add a dependency
+//     and hide exactly what is installed.
+//   - Everything can run inside a named network namespace (Config.NetNS):
+//     tests use it so they never touch the host's network, and operators can
+//     use it for isolation. Namespace switches happen on a locked OS thread in
+//     a goroutine of their own (see InNetNS), because a network namespace is a
+//     per-thread property in Linux.
+package network
