@@ -279,12 +279,12 @@ func (l *loop) handle(r syncResult) {
 			l.log.Warn("health reconcile: list instances", "err", r.err)
 			return
 		}
+		// Re-read each instance through the per-instance sync: a listed
+		// target may already be stale, and syncs are serialized per id.
 		seen := map[string]bool{}
 		for _, t := range r.targets {
 			seen[t.ID] = true
-			if !l.busy[t.ID] {
-				l.ensure(t)
-			}
+			l.requestSync(t.ID)
 		}
 		for id := range l.runners {
 			if !seen[id] {

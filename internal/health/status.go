@@ -118,7 +118,8 @@ func ForCheckChange(old, new Check, s Status, running bool) Status {
 // check c at now, for the boot that started at runningSince.
 //
 //   - A status from an earlier boot (or unknown/disabled) starts over as
-//     starting with zero counters.
+//     starting with zero counters; history (times, last error) is kept
+//     only when it belongs to this boot (e.g. resumed after a pause).
 //   - The start period is [runningSince, runningSince+StartPeriod) and
 //     ends early at the first success of the boot. A failure inside it is
 //     recorded (time, error) but not counted: the counters do not move and

@@ -80,7 +80,7 @@ func TestApplyThresholds(t *testing.T) {
 	got := run(c, health.Status{},
 		step{1 * time.Second, ok}, step{2 * time.Second, ok}, // starting → healthy at 2
 		step{3 * time.Second, fail}, step{4 * time.Second, ok}, step{5 * time.Second, fail}, // never 2 in a row
-		step{6 * time.Second, fail},                         // unhealthy
+		step{6 * time.Second, fail},                          // unhealthy
 		step{7 * time.Second, ok}, step{8 * time.Second, ok}) // healthy again at 2
 	want := []health.State{health.Starting, health.Healthy, health.Healthy, health.Healthy, health.Healthy,
 		health.Unhealthy, health.Unhealthy, health.Healthy}

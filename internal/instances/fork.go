@@ -99,7 +99,24 @@ func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, targe
 	src.mu.Lock()
 	sm := src.meta
 	src.mu.Unlock()
-	srcDir := m.dir(sm.ID)
+	fs := forkSource{meta: sm, diskDir: m.dir(sm.ID)}
+	if sm.HasSnapshot {
+		fs.stateDir = filepath.Join(m.dir(sm.ID), standbyDir)
+	}
+	return m.forkFrom(ctx, fs, name, target)
+}
+
+// forkSource is what a fork is made from: an instance's (or a snapshot's)
+// metadata, the dir holding its disks, and optionally a saved VM state.
+type forkSource struct {
+	meta     Metadata
+	diskDir  string
+	stateDir string // "" = disk-only
+}
+
+// forkFrom creates a new instance from src and brings it to target.
+func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, target state.State) (*Instance, error) {
+	sm := src.meta
 	id := m.uniqueID()
 	dir := m.dir(id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -112,7 +129,7 @@ func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, targe
 		}
 	}()
 	for _, f := range []string{overlayFile, configFile} {
-		if err := copySparse(ctx, filepath.Join(srcDir, f), filepath.Join(dir, f)); err != nil {
+		if err := copySparse(ctx, filepath.Join(src.diskDir, f), filepath.Join(dir, f)); err != nil {
 			return nil, fmt.Errorf("fork: copy %s: %w", f, err)
 		}
 	}
@@ -125,8 +142,8 @@ func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, targe
 		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent,
 		CreatedAt: now, Hypervisor: sm.Hypervisor, ForkedFrom: sm.ID,
 	}
-	if sm.HasSnapshot && target == state.Standby {
-		if err := copyTree(ctx, filepath.Join(srcDir, standbyDir), filepath.Join(dir, standbyDir)); err != nil {
+	if src.stateDir != "" && target == state.Standby {
+		if err := copyTree(ctx, src.stateDir, filepath.Join(dir, standbyDir)); err != nil {
 			return nil, fmt.Errorf("fork: copy snapshot: %w", err)
 		}
 		meta.HasSnapshot = true
@@ -152,8 +169,8 @@ func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, targe
 	m.publish(id, "", created, "forked from "+sm.ID)
 
 	switch {
-	case target == state.Running && sm.HasSnapshot:
-		vm, err := m.cfg.Hypervisor.Restore(ctx, hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: filepath.Join(srcDir, standbyDir)})
+	case target == state.Running && src.stateDir != "":
+		vm, err := m.cfg.Hypervisor.Restore(ctx, hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: src.stateDir})
 		if err != nil {
 			return nil, m.failFork(ctx, e, fmt.Errorf("fork: restore: %w", err))
 		}

@@ -297,7 +297,11 @@ func (l *loop) run() error {
 				l.rearm()
 				continue
 			}
-			l.requestEval(ev.InstanceID)
+			// Only a Stopped instance can need a restart; any other
+			// transition of a scheduled one cancels (re-decides) it.
+			if _, scheduled := l.due[ev.InstanceID]; ev.To == state.Stopped || scheduled {
+				l.requestEval(ev.InstanceID)
+			}
 		case <-l.c.kick:
 			evals, healths := l.c.takeRequests()
 			for id, h := range healths {

@@ -1,0 +1,421 @@
+package instances
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"hypeman/internal/fsutil"
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/instances/state"
+)
+
+// SnapshotKind says what a snapshot holds.
+type SnapshotKind string
+
+const (
+	// SnapshotStandby holds memory + device state and disks: restoring or
+	// forking it continues the program where it was.
+	SnapshotStandby SnapshotKind = "Standby"
+	// SnapshotStopped holds the writable disk only: restoring or forking
+	// it boots afresh on that disk.
+	SnapshotStopped SnapshotKind = "Stopped"
+)
+
+// Snapshot is a point-in-time copy of an instance, kept independently of
+// it (the source may be deleted).
+type Snapshot struct {
+	ID                 string            `json:"id"`
+	Name               string            `json:"name"`
+	Kind               SnapshotKind      `json:"kind"`
+	SourceInstanceID   string            `json:"source_instance_id"`
+	SourceInstanceName string            `json:"source_instance_name"`
+	Image              string            `json:"image"`
+	ImageDigest        string            `json:"image_digest"`
+	Tags               map[string]string `json:"tags,omitempty"`
+	CreatedAt          time.Time         `json:"created_at"`
+	SizeBytes          int64             `json:"size_bytes"`
+	MemoryBytes        int64             `json:"memory_bytes"`
+	Compressed         bool              `json:"compressed"`
+}
+
+// SnapshotParams is a create-snapshot request.
+type SnapshotParams struct {
+	Kind SnapshotKind // "" = Standby for a live or standby instance, Stopped otherwise
+	Name string       // "" = generated from the instance name and time
+	Tags map[string]string
+}
+
+// ErrSnapshotNotFound is returned for unknown snapshot references.
+var ErrSnapshotNotFound = errors.New("snapshot not found")
+
+// snapshotRecord is snapshot.json: the public view plus the source
+// instance's metadata (what a fork or restore recreates).
+type snapshotRecord struct {
+	Snapshot
+	Source Metadata `json:"source"`
+}
+
+const (
+	snapshotFile     = "snapshot.json"
+	snapshotStateDir = "state"
+)
+
+// CreateSnapshot copies an instance into a new snapshot. A Standby snapshot
+// of a Running instance pauses it for the save (~0.1–0.5 s) and resumes it.
+func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotParams) (_ *Snapshot, err error) {
+	defer m.observe("snapshot", time.Now(), &err)
+	if p.Name != "" {
+		if err := ValidateName(p.Name); err != nil {
+			return nil, err
+		}
+		if _, err := m.GetSnapshot(ctx, p.Name); err == nil {
+			return nil, fmt.Errorf("%w: snapshot %s", ErrNameInUse, p.Name)
+		}
+	}
+	if err := validateKV("tags", p.Tags, maxTags, tagKeyOK); err != nil {
+		return nil, err
+	}
+	switch p.Kind {
+	case "", SnapshotStandby, SnapshotStopped:
+	default:
+		return nil, &InvalidArgumentError{Field: "kind", Reason: "must be Standby or Stopped"}
+	}
+	e, err := m.resolve(ref)
+	if err != nil {
+		return nil, err
+	}
+	e.op.Lock()
+	defer e.op.Unlock()
+	st := m.currentState(ctx, e)
+	kind := p.Kind
+	if kind == "" {
+		kind = SnapshotStopped
+		if st == state.Running || st == state.Paused || st == state.Standby {
+			kind = SnapshotStandby
+		}
+	}
+	e.mu.Lock()
+	meta, lv := e.meta, e.live
+	e.mu.Unlock()
+	switch {
+	case kind == SnapshotStopped && st != state.Stopped:
+		return nil, &TransitionError{Action: "snapshot (kind Stopped)", State: st, Allowed: Allowed(st)}
+	case kind == SnapshotStandby && st != state.Running && st != state.Paused && st != state.Standby:
+		return nil, &TransitionError{Action: "snapshot (kind Standby)", State: st, Allowed: Allowed(st)}
+	}
+
+	sid := newID()
+	name := p.Name
+	if name == "" {
+		name = fmt.Sprintf("%s-%s", meta.Name, time.Now().UTC().Format("20060102-150405"))
+		if len(name) > maxNameLen {
+			name = name[len(name)-maxNameLen:]
+		}
+	}
+	root := m.cfg.Paths.SnapshotsDir()
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(root, ".tmp-"+sid)
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp) // no-op after the rename
+	dir := m.dir(meta.ID)
+	rec := snapshotRecord{Snapshot: Snapshot{
+		ID: sid, Name: name, Kind: kind, SourceInstanceID: meta.ID, SourceInstanceName: meta.Name,
+		Image: meta.Image, ImageDigest: meta.ImageDigest, Tags: maps.Clone(p.Tags),
+		CreatedAt: time.Now().UTC(), MemoryBytes: meta.MemoryBytes,
+	}, Source: meta}
+
+	copyDisks := func() error {
+		for _, f := range []string{overlayFile, configFile} {
+			if err := copySparse(ctx, filepath.Join(dir, f), filepath.Join(tmp, f)); err != nil {
+				return fmt.Errorf("snapshot: copy %s: %w", f, err)
+			}
+		}
+		return nil
+	}
+	switch {
+	case kind == SnapshotStopped:
+		if err := copyDisks(); err != nil {
+			return nil, err
+		}
+	case st == state.Standby:
+		if err := copyTree(ctx, filepath.Join(dir, standbyDir), filepath.Join(tmp, snapshotStateDir)); err != nil {
+			return nil, fmt.Errorf("snapshot: copy state: %w", err)
+		}
+		if err := copyDisks(); err != nil {
+			return nil, err
+		}
+	default: // live VM: pause, save, copy disks while paused, resume
+		if lv == nil {
+			return nil, &TransitionError{Action: "snapshot", State: st, Allowed: Allowed(st)}
+		}
+		if st == state.Running {
+			if err := lv.vm.Pause(ctx); err != nil {
+				return nil, fmt.Errorf("snapshot: pause: %w", err)
+			}
+			m.publish(meta.ID, state.Running, state.Paused, "snapshot: paused")
+			defer func() {
+				if rerr := lv.vm.Resume(context.WithoutCancel(ctx)); rerr != nil {
+					m.log.Error("snapshot: resume", "id", meta.ID, "err", rerr)
+					return
+				}
+				m.publish(meta.ID, state.Paused, state.Running, "snapshot: resumed")
+			}()
+		}
+		info, err := lv.vm.SaveState(ctx, filepath.Join(tmp, snapshotStateDir), hypervisor.SaveOptions{Compress: m.cfg.CompressSnapshots})
+		if err != nil {
+			return nil, fmt.Errorf("snapshot: save state: %w", err)
+		}
+		rec.Compressed = info.Compressed
+		if err := copyDisks(); err != nil {
+			return nil, err
+		}
+	}
+	rec.SizeBytes = diskUsage(tmp)
+	if err := fsutil.WriteJSONAtomic(filepath.Join(tmp, snapshotFile), &rec, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, m.cfg.Paths.SnapshotDir(sid)); err != nil {
+		return nil, fmt.Errorf("snapshot: commit: %w", err)
+	}
+	if err := fsutil.SyncDir(root); err != nil {
+		return nil, err
+	}
+	m.logf(meta.ID, "snapshot %s (%s, %s) taken", name, sid, kind)
+	out := rec.Snapshot
+	return &out, nil
+}
+
+// diskUsage sums the allocated bytes under dir (sparse files count what
+// they really use).
+func diskUsage(dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+func (m *Manager) readSnapshot(sid string) (*snapshotRecord, error) {
+	var rec snapshotRecord
+	if err := fsutil.ReadJSON(filepath.Join(m.cfg.Paths.SnapshotDir(sid), snapshotFile), &rec); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrSnapshotNotFound, sid)
+		}
+		return nil, err
+	}
+	return &rec, nil
+}
+
+func (m *Manager) snapshotRecords() ([]*snapshotRecord, error) {
+	ents, err := os.ReadDir(m.cfg.Paths.SnapshotsDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*snapshotRecord
+	for _, de := range ents {
+		if !de.IsDir() || strings.HasPrefix(de.Name(), ".") {
+			continue
+		}
+		if rec, err := m.readSnapshot(de.Name()); err == nil {
+			out = append(out, rec)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// ListSnapshots returns all snapshots, oldest first.
+func (m *Manager) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
+	recs, err := m.snapshotRecords()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Snapshot, len(recs))
+	for i, r := range recs {
+		s := r.Snapshot
+		out[i] = &s
+	}
+	return out, nil
+}
+
+// resolveSnapshot finds a snapshot by id, exact name or unique id prefix.
+func (m *Manager) resolveSnapshot(ref string) (*snapshotRecord, error) {
+	if ref == "" || strings.ContainsAny(ref, "/\\") || strings.HasPrefix(ref, ".") {
+		return nil, fmt.Errorf("%w: %q", ErrSnapshotNotFound, ref)
+	}
+	if rec, err := m.readSnapshot(ref); err == nil {
+		return rec, nil
+	}
+	recs, err := m.snapshotRecords()
+	if err != nil {
+		return nil, err
+	}
+	var byName, byPrefix []*snapshotRecord
+	for _, r := range recs {
+		if r.Name == ref {
+			byName = append(byName, r)
+		}
+		if strings.HasPrefix(r.ID, ref) {
+			byPrefix = append(byPrefix, r)
+		}
+	}
+	switch {
+	case len(byName) == 1:
+		return byName[0], nil
+	case len(byPrefix) == 1:
+		return byPrefix[0], nil
+	case len(byPrefix) > 1:
+		return nil, fmt.Errorf("%w: %q matches %d snapshots", ErrAmbiguous, ref, len(byPrefix))
+	}
+	return nil, fmt.Errorf("%w: %s", ErrSnapshotNotFound, ref)
+}
+
+// GetSnapshot returns one snapshot.
+func (m *Manager) GetSnapshot(ctx context.Context, ref string) (*Snapshot, error) {
+	rec, err := m.resolveSnapshot(ref)
+	if err != nil {
+		return nil, err
+	}
+	s := rec.Snapshot
+	return &s, nil
+}
+
+// DeleteSnapshot removes a snapshot (rename first: a crash mid-removal never
+// leaves a half snapshot that still lists).
+func (m *Manager) DeleteSnapshot(ctx context.Context, ref string) error {
+	rec, err := m.resolveSnapshot(ref)
+	if err != nil {
+		return err
+	}
+	trash := filepath.Join(m.cfg.Paths.SnapshotsDir(), ".deleted-"+rec.ID)
+	if err := os.Rename(m.cfg.Paths.SnapshotDir(rec.ID), trash); err != nil {
+		return fmt.Errorf("delete snapshot: %w", err)
+	}
+	return os.RemoveAll(trash)
+}
+
+// RestoreSnapshot rolls an instance back to one of its own snapshots. The
+// instance must be Stopped or Standby. A Standby snapshot brings it to
+// Running where the snapshot was taken; a Stopped one leaves it Stopped on
+// the snapshot's disk.
+func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string) (_ *Instance, err error) {
+	defer m.observe("snapshot_restore", time.Now(), &err)
+	rec, err := m.resolveSnapshot(snapshotRef)
+	if err != nil {
+		return nil, err
+	}
+	e, err := m.resolve(instanceRef)
+	if err != nil {
+		return nil, err
+	}
+	e.op.Lock()
+	defer e.op.Unlock()
+	st := m.currentState(ctx, e)
+	if st != state.Stopped && st != state.Standby {
+		return nil, &TransitionError{Action: ActionRestore + " snapshot", State: st, Allowed: Allowed(st)}
+	}
+	e.mu.Lock()
+	id := e.meta.ID
+	e.mu.Unlock()
+	if rec.SourceInstanceID != id {
+		return nil, &InvalidArgumentError{Field: "snapshot", Reason: fmt.Sprintf("snapshot %s was taken from instance %s, not %s; fork it instead", rec.ID, rec.SourceInstanceID, id)}
+	}
+	dir, sdir := m.dir(id), m.cfg.Paths.SnapshotDir(rec.ID)
+	// Replace the disks through temp files + rename, so a crash leaves
+	// either the old or the new disk, never a half copy.
+	for _, f := range []string{overlayFile, configFile} {
+		tmp := filepath.Join(dir, "."+f+".restore")
+		os.Remove(tmp)
+		if err := copySparse(ctx, filepath.Join(sdir, f), tmp); err != nil {
+			return nil, fmt.Errorf("restore snapshot: %w", err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, f)); err != nil {
+			return nil, fmt.Errorf("restore snapshot: %w", err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(dir, standbyDir)); err != nil {
+		return nil, err
+	}
+	if rec.Kind == SnapshotStandby {
+		if err := copyTree(ctx, filepath.Join(sdir, snapshotStateDir), filepath.Join(dir, standbyDir)); err != nil {
+			return nil, fmt.Errorf("restore snapshot: copy state: %w", err)
+		}
+	}
+	e.mu.Lock()
+	e.meta.HasSnapshot = rec.Kind == SnapshotStandby
+	err = m.persist(e)
+	e.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	m.logf(id, "restored snapshot %s (%s)", rec.Name, rec.ID)
+	if rec.Kind == SnapshotStandby {
+		if st == state.Stopped {
+			m.publish(id, state.Stopped, state.Standby, "snapshot restored")
+		}
+		if err := m.restoreLocked(ctx, e, true); err != nil {
+			return nil, err
+		}
+	} else if st == state.Standby {
+		m.publish(id, state.Standby, state.Stopped, "snapshot restored")
+	}
+	return m.view(ctx, e)
+}
+
+// ForkSnapshot creates a new instance from a snapshot. TargetState ""
+// means Running for a Standby snapshot and Stopped for a Stopped one.
+func (m *Manager) ForkSnapshot(ctx context.Context, snapshotRef string, p ForkParams) (_ *Instance, err error) {
+	defer m.observe("snapshot_fork", time.Now(), &err)
+	if err := ValidateName(p.Name); err != nil {
+		return nil, err
+	}
+	rec, err := m.resolveSnapshot(snapshotRef)
+	if err != nil {
+		return nil, err
+	}
+	target := p.TargetState
+	switch target {
+	case "":
+		target = state.Stopped
+		if rec.Kind == SnapshotStandby {
+			target = state.Running
+		}
+	case state.Running, state.Stopped:
+	case state.Standby:
+		if rec.Kind != SnapshotStandby {
+			return nil, &InvalidArgumentError{Field: "target_state", Reason: "a Stopped snapshot has no memory state to fork into Standby"}
+		}
+	default:
+		return nil, &InvalidArgumentError{Field: "target_state", Reason: "must be Running, Standby or Stopped"}
+	}
+	if err := m.reserveName(p.Name); err != nil {
+		return nil, err
+	}
+	defer m.releaseName(p.Name)
+	sdir := m.cfg.Paths.SnapshotDir(rec.ID)
+	fs := forkSource{meta: rec.Source, diskDir: sdir}
+	if rec.Kind == SnapshotStandby {
+		fs.stateDir = filepath.Join(sdir, snapshotStateDir)
+	}
+	return m.forkFrom(ctx, fs, p.Name, target)
+}
