@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	pathpkg "path"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"hypeman/internal/auth"
 	"hypeman/internal/config"
 	"hypeman/internal/daemon"
+	"hypeman/internal/guest/agent"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -69,7 +71,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	d, err := daemon.New(ctx, cfg, logger)
+	m := metrics.New()
+	pm := m.NewPolicy()
+	d, err := daemon.New(ctx, cfg, logger, daemon.WithPolicyMetrics(pm, pm))
 	if err != nil {
 		return err
 	}
@@ -85,7 +89,6 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		logger.Info("created API token secret", "file", secretFile)
 	}
 
-	m := metrics.New()
 	m.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
 	go m.CountTransitions(ctx, d.Events, logger)
 	if err := countPulls(ctx, d.Images, m); err != nil {
@@ -96,7 +99,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Instances: d.Instances,
 		Images:    d.Images,
 		Waiter:    d.Instances,
-		Stat:      daemon.PathStatter{Instances: d.Instances},
+		Stat:      pathStatter{Instances: d.Instances},
 		Events:    d.Events,
 		Secret:    secret,
 		Version:   version,
@@ -225,4 +228,39 @@ func countPulls(ctx context.Context, store *images.Store, m *metrics.Metrics) er
 		}
 	}()
 	return nil
+}
+
+// pathStatter adapts the manager's agent-backed Stat to the API's
+// PathStatter (GET /instances/{id}/stat).
+type pathStatter struct{ Instances *instances.Manager }
+
+// StatPath implements api.PathStatter. With followLinks, symlinks are
+// resolved (up to 16 hops) the way stat(2) would.
+func (p pathStatter) StatPath(ctx context.Context, ref, path string, followLinks bool) (*api.PathStat, error) {
+	for hop := 0; ; hop++ {
+		fi, err := p.Instances.Stat(ctx, ref, path)
+		var re *agent.RemoteError
+		if errors.As(err, &re) {
+			return &api.PathStat{Error: re.Error()}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		isLink := fi.Mode&os.ModeSymlink != 0
+		if isLink && followLinks && hop < 16 {
+			target := fi.LinkTarget
+			if !strings.HasPrefix(target, "/") {
+				target = pathpkg.Join(pathpkg.Dir(path), target)
+			}
+			path = target
+			continue
+		}
+		if isLink && followLinks {
+			return &api.PathStat{Error: "too many levels of symbolic links"}, nil
+		}
+		return &api.PathStat{
+			Exists: fi.Exists, IsDir: fi.IsDir, IsFile: fi.Exists && fi.Mode.IsRegular(), IsSymlink: isLink,
+			LinkTarget: fi.LinkTarget, Mode: uint32(fi.Mode.Perm()), Size: fi.Size,
+		}, nil
+	}
 }

@@ -3,10 +3,13 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"hypeman/internal/guest/agent"
 )
 
 // newRealEnv serves the API over the real instance manager (with a
@@ -14,7 +17,9 @@ import (
 // manager's own validation is part of what is tested.
 func newRealEnv(t testing.TB) (*Server, string) {
 	t.Helper()
-	api, err := NewServer(Options{Instances: newRealManager(t), Images: newFakeImages(), Secret: testSecret})
+	m := newRealManager(t)
+	api, err := NewServer(Options{Instances: m, Images: newFakeImages(), Secret: testSecret,
+		Lifecycle: m, Snapshots: m, Guest: m, Ingresses: &fakeIngresses{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +137,25 @@ func TestQueryAndPathBadInput(t *testing.T) {
 		{"POST", "/instances/x/start", 404, "not_found"},
 		{"DELETE", "/instances/x", 404, "not_found"},
 		{"GET", "/images/" + strings.Repeat("a", 600), 400, "invalid_request"},
+		{"POST", "/instances/x/standby", 404, "not_found"},
+		{"POST", "/instances/x/restore", 404, "not_found"},
+		{"POST", "/instances/x/pause", 404, "not_found"},
+		{"POST", "/instances/x/resume", 404, "not_found"},
+		{"GET", "/instances/x/exec", 404, "not_found"},
+		{"GET", "/instances/x/cp", 404, "not_found"},
+		{"GET", "/instances/" + strings.Repeat("x", 200) + "/exec", 400, "invalid_request"},
+		{"POST", "/instances/x/exec", 405, "method_not_allowed"},
+		{"GET", "/snapshots?instance=", 400, "invalid_request"},
+		{"GET", "/snapshots?instance=" + strings.Repeat("x", 200), 400, "invalid_request"},
+		{"GET", "/snapshots/x", 404, "not_found"},
+		{"GET", "/snapshots/..%2F..%2Fetc", 404, "not_found"},
+		{"GET", "/snapshots/" + strings.Repeat("x", 200), 400, "invalid_request"},
+		{"DELETE", "/snapshots/x", 404, "not_found"},
+		{"POST", "/instances/x/snapshots/" + strings.Repeat("x", 200) + "/restore", 400, "invalid_request"},
+		{"POST", "/instances/x/snapshots/y/restore", 404, "not_found"},
+		{"GET", "/ingresses/x", 404, "not_found"},
+		{"GET", "/ingresses/" + strings.Repeat("x", 200), 400, "invalid_request"},
+		{"DELETE", "/ingresses/x", 404, "not_found"},
 	}
 	for _, c := range cases {
 		rec := serve(h, c.method, c.path, tok, "", nil)
@@ -171,5 +195,111 @@ func FuzzCreateInstance(f *testing.F) {
 			t.Fatalf("created an instance from %q with an unresolvable image", body)
 		}
 		checkErrorShape(t, rec)
+	})
+}
+
+// TestNewBodiesBadInput covers the request bodies of fork, snapshots and
+// ingresses over the real manager: bad shapes are 400 from the spec, bad
+// values the spec cannot express are 400 from the manager, and valid
+// bodies for a missing instance or snapshot are 404.
+func TestNewBodiesBadInput(t *testing.T) {
+	h, tok := newRealEnv(t)
+	cases := []struct {
+		path, body  string
+		status      int
+		code, inMsg string
+	}{
+		{"/instances/x/fork", `{"name":"copy"}`, 404, "not_found", "x"},
+		{"/instances/x/fork", `{"name":"copy","from_running":true,"target_state":"Standby"}`, 404, "not_found", ""},
+		{"/instances/x/fork", `{}`, 400, "invalid_request", "name"},
+		{"/instances/x/fork", `{"name":"-x"}`, 400, "invalid_request", "name"},
+		{"/instances/x/fork", `{"name":"` + strings.Repeat("a", 64) + `"}`, 400, "invalid_request", "name"},
+		{"/instances/x/fork", `{"name":"a","target_state":"Paused"}`, 400, "invalid_request", "target_state"},
+		{"/instances/x/fork", `{"name":"a","target_state":null}`, 400, "invalid_request", "target_state"},
+		{"/instances/x/fork", `{"name":"a","from_running":1}`, 400, "invalid_request", "from_running"},
+		{"/instances/x/fork", `{"name":"a","source":"b"}`, 400, "invalid_request", "source"},
+		{"/instances/x/fork", `"a"`, 400, "invalid_request", ""},
+		{"/instances/x/snapshots", `{}`, 404, "not_found", ""},
+		{"/instances/x/snapshots", `{"kind":"Standby","name":"s1","tags":{"k":"v"}}`, 404, "not_found", ""},
+		{"/instances/x/snapshots", `{"kind":"Paused"}`, 400, "invalid_request", "kind"},
+		{"/instances/x/snapshots", `{"kind":"Stopped","name":"a b"}`, 400, "invalid_request", "name"},
+		{"/instances/x/snapshots", `{"tags":{"k":"` + strings.Repeat("v", 1025) + `"}}`, 400, "invalid_request", "tags"},
+		{"/instances/x/snapshots", `{"tags":{"` + strings.Repeat("k", 129) + `":"v"}}`, 400, "invalid_request", "tags"},
+		{"/instances/x/snapshots", `{"tags":[]}`, 400, "invalid_request", "tags"},
+		{"/snapshots/x/fork", `{"name":"copy"}`, 404, "not_found", "x"},
+		{"/snapshots/x/fork", `{"name":"copy","from_running":true}`, 400, "invalid_request", "from_running"},
+		{"/snapshots/x/fork", `{"name":"copy","target_state":"Unknown"}`, 400, "invalid_request", "target_state"},
+		{"/ingresses", `{"name":"web","rules":[{"match":{"hostname":"a.b","port":8080},"target":{"instance":"web","port":80}}],"tls":true}`, 400, "invalid_request", "tls"},
+		{"/ingresses", `{"name":"web","rules":"all"}`, 400, "invalid_request", "rules"},
+		{"/ingresses", `{"name":"web","rules":[{"match":{"hostname":"` + strings.Repeat("a", 254) + `"},"target":{"instance":"web","port":80}}]}`, 400, "invalid_request", "hostname"},
+		{"/ingresses", `{"name":"web","rules":[{"match":{},"target":{"instance":"web","port":-1}}]}`, 400, "invalid_request", "port"},
+	}
+	for _, c := range cases {
+		t.Run(c.path+" "+c.body, func(t *testing.T) {
+			rec := serve(h, "POST", c.path, tok, "application/json", []byte(c.body))
+			code, msg := checkErrorShape(t, rec)
+			if rec.Code != c.status || code != c.code || !strings.Contains(msg, c.inMsg) {
+				t.Fatalf("%d %s %q, want %d %s containing %q", rec.Code, code, msg, c.status, c.code, c.inMsg)
+			}
+		})
+	}
+}
+
+// FuzzNewBodies: no fork, snapshot or ingress body gets a 5xx or an error
+// body that is not {code, message}; fork and snapshot bodies never succeed
+// (the instance and snapshot do not exist).
+func FuzzNewBodies(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"copy"}`, `{"name":"copy","from_running":true,"target_state":"Standby"}`,
+		`{"kind":"Standby","name":"s1","tags":{"k":"v"}}`, `{"kind":"Stopped"}`, `{}`,
+		`{"name":"web","rules":[{"match":{"hostname":"a.b","port":8080},"target":{"instance":"web","port":80}}]}`,
+		`{"name":"web","rules":[{"match":{"hostname":"*.a.b"},"target":{"instance":"web","port":1}}]}`,
+		`{"name":"web","rules":[{"match":{"hostname":"a..b"},"target":{"instance":"web","port":1}}]}`,
+		`{"name":"\u0000"}`, `{"kind":null}`, `[]`, `null`, ``, `{`,
+	} {
+		f.Add(s)
+	}
+	h, tok := newRealEnv(f)
+	f.Fuzz(func(t *testing.T, body string) {
+		for _, path := range []string{"/instances/x/fork", "/instances/x/snapshots", "/snapshots/x/fork", "/ingresses"} {
+			rec := serve(h, "POST", path, tok, "application/json", []byte(body))
+			if path == "/ingresses" && rec.Code == http.StatusCreated {
+				continue // the fake ingress manager accepts what the spec allows
+			}
+			if rec.Code < 400 {
+				t.Fatalf("POST %s %q: %d", path, body, rec.Code)
+			}
+			checkErrorShape(t, rec)
+		}
+	})
+}
+
+// FuzzExecStart: any first exec message is either refused as a protocol
+// error or yields a request the agent can run.
+func FuzzExecStart(f *testing.F) {
+	for _, s := range []string{
+		`{"command":["sh","-c","echo hi"]}`,
+		`{"command":["sh"],"tty":true,"rows":24,"cols":80,"env":{"A":"1"},"cwd":"/","user":"root","timeout_seconds":5}`,
+		`{"command":[]}`, `{"command":["a"],"rows":-1}`, `{"command":["a"],"timeout_seconds":1e9}`,
+		`{"command":["a"]} x`, `{"command":null}`, `[]`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var st execStart
+		err := decodeStrict(data, &st, "start message")
+		if err == nil {
+			var req agent.ExecRequest
+			if req, err = st.request(); err == nil {
+				if len(req.Argv) == 0 || req.Argv[0] == "" || req.Timeout < 0 {
+					t.Fatalf("accepted %q as %+v", data, req)
+				}
+				return
+			}
+		}
+		var pe *protocolError
+		if !errors.As(err, &pe) {
+			t.Fatalf("%q: error %v is not a protocol error", data, err)
+		}
 	})
 }

@@ -9,8 +9,10 @@ import (
 	"net/http"
 
 	"hypeman/internal/events"
+	"hypeman/internal/guest/agent"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
+	"hypeman/internal/network/ingress"
 )
 
 // Error codes (stable, snake_case; the `code` of every error body).
@@ -23,6 +25,7 @@ const (
 	CodeNotFound         = "not_found"
 	CodeConflict         = "conflict"
 	CodeImageNotReady    = "image_not_ready"
+	CodeAgentUnavailable = "agent_unavailable"
 	CodeTooLarge         = "request_too_large"
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeInternal         = "internal"
@@ -55,11 +58,16 @@ func (s *server) classify(err error) (int, string, string) {
 	msg := err.Error()
 	var te *instances.TransitionError
 	var mbe *http.MaxBytesError
+	var re *agent.RemoteError
 	switch {
 	case errors.As(err, &te):
 		return http.StatusConflict, CodeInvalidState, msg
-	case errors.Is(err, instances.ErrNotFound):
+	case errors.Is(err, instances.ErrNotFound), errors.Is(err, instances.ErrSnapshotNotFound):
 		return http.StatusNotFound, CodeNotFound, msg
+	case errors.Is(err, instances.ErrAgentUnavailable):
+		// 409, not 503: the instance is not (yet) in a state where the
+		// agent answers; the client can wait for Running and retry.
+		return http.StatusConflict, CodeAgentUnavailable, msg
 	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse):
 		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrInvalid):
@@ -72,6 +80,16 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusBadRequest, CodeInvalidState, msg
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("request body larger than %d bytes", mbe.Limit)
+	case errors.As(err, &re) && re.Code == agent.CodeNotFound:
+		return http.StatusNotFound, CodeNotFound, msg
+	case errors.As(err, &re) && re.Code == agent.CodeBadRequest:
+		return http.StatusBadRequest, CodeInvalidRequest, msg
+	case errors.Is(err, ingress.ErrInvalid):
+		return http.StatusBadRequest, CodeInvalidRequest, msg
+	case errors.Is(err, ingress.ErrNotFound):
+		return http.StatusNotFound, CodeNotFound, msg
+	case errors.Is(err, ingress.ErrConflict), errors.Is(err, ingress.ErrListen):
+		return http.StatusConflict, CodeConflict, msg
 	}
 	if st, code, ok := classifyImageError(err); ok {
 		return st, code, msg

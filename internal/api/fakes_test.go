@@ -389,6 +389,7 @@ func newRealManager(t testing.TB) *instances.Manager {
 	t.Helper()
 	m, err := instances.New(context.Background(), instances.Config{
 		Paths: paths.New(t.TempDir()), Hypervisor: fakeHypervisor{}, Images: noImages{},
+		Events: events.New(events.Options{}),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -69,6 +69,30 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances/{id}/events"): scoped(auth.InstanceRead),
 		routeKey("GET", "/events"):                scoped(auth.InstanceRead),
 
+		routeKey("POST", "/instances/{id}/standby"): scoped(auth.InstanceWrite),
+		routeKey("POST", "/instances/{id}/restore"): scoped(auth.InstanceWrite),
+		routeKey("POST", "/instances/{id}/pause"):   scoped(auth.InstanceWrite),
+		routeKey("POST", "/instances/{id}/resume"):  scoped(auth.InstanceWrite),
+		routeKey("POST", "/instances/{id}/fork"):    scoped(auth.InstanceWrite),
+		// WebSockets (ws.go): running commands and writing files in a guest
+		// is a write, even to read a file out.
+		routeKey("GET", "/instances/{id}/exec"): scoped(auth.InstanceWrite),
+		routeKey("GET", "/instances/{id}/cp"):   scoped(auth.InstanceWrite),
+
+		routeKey("POST", "/instances/{id}/snapshots"):               scoped(auth.SnapshotWrite),
+		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite),
+		routeKey("GET", "/snapshots"):                               scoped(auth.SnapshotRead),
+		routeKey("GET", "/snapshots/{id}"):                          scoped(auth.SnapshotRead),
+		routeKey("DELETE", "/snapshots/{id}"):                       scoped(auth.SnapshotDelete),
+		routeKey("POST", "/snapshots/{id}/fork"):                    scoped(auth.SnapshotWrite),
+
+		// Ingresses route traffic to instances: they are part of the
+		// instance resource for authorization (no ingress:* scopes exist).
+		routeKey("GET", "/ingresses"):         scoped(auth.InstanceRead),
+		routeKey("POST", "/ingresses"):        scoped(auth.InstanceWrite),
+		routeKey("GET", "/ingresses/{id}"):    scoped(auth.InstanceRead),
+		routeKey("DELETE", "/ingresses/{id}"): scoped(auth.InstanceWrite),
+
 		// The OCI distribution API (all methods under /v2/).
 		routeKey("*", "/v2/*"): registryPolicy(),
 	}

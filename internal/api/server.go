@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -16,10 +17,12 @@ import (
 	"hypeman/internal/api/gen"
 	"hypeman/internal/auth"
 	"hypeman/internal/events"
+	"hypeman/internal/guest/agent"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/network/ingress"
 	"hypeman/internal/registry"
 )
 
@@ -82,6 +85,47 @@ type EventSource interface {
 	SubscribeSince(lastID uint64, opts events.SubscribeOptions) ([]events.Event, *events.Subscription, bool)
 }
 
+// Lifecycle is standby, restore, pause, resume and fork (*instances.Manager
+// satisfies it). Optional: without it those routes answer 501.
+type Lifecycle interface {
+	Standby(ctx context.Context, ref string) (*instances.Instance, error)
+	Restore(ctx context.Context, ref string) (*instances.Instance, error)
+	Pause(ctx context.Context, ref string) (*instances.Instance, error)
+	Resume(ctx context.Context, ref string) (*instances.Instance, error)
+	Fork(ctx context.Context, ref string, p instances.ForkParams) (*instances.Instance, error)
+}
+
+// Snapshots is the snapshot resource (*instances.Manager satisfies it).
+// Optional: without it the snapshot routes answer 501. A missing snapshot
+// must yield an error matching instances.ErrSnapshotNotFound.
+type Snapshots interface {
+	CreateSnapshot(ctx context.Context, ref string, p instances.SnapshotParams) (*instances.Snapshot, error)
+	ListSnapshots(ctx context.Context) ([]*instances.Snapshot, error)
+	GetSnapshot(ctx context.Context, ref string) (*instances.Snapshot, error)
+	DeleteSnapshot(ctx context.Context, ref string) error
+	RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string) (*instances.Instance, error)
+	ForkSnapshot(ctx context.Context, snapshotRef string, p instances.ForkParams) (*instances.Instance, error)
+}
+
+// Guest runs commands and copies files through the guest agent
+// (*instances.Manager satisfies it). Optional: without it the exec and cp
+// WebSockets answer 501.
+type Guest interface {
+	Exec(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error)
+	CopyTo(ctx context.Context, ref, dstDir string, tarStream io.Reader) error
+	CopyFrom(ctx context.Context, ref, path string, w io.Writer) error
+}
+
+// Ingresses publishes instance ports through the daemon's reverse proxy
+// (*ingress.Manager satisfies it). Optional: without it the ingress routes
+// answer 501.
+type Ingresses interface {
+	Create(ctx context.Context, req ingress.CreateRequest) (*ingress.Ingress, error)
+	Get(ctx context.Context, idOrName string) (*ingress.Ingress, error)
+	List(ctx context.Context) ([]*ingress.Ingress, error)
+	Delete(ctx context.Context, idOrName string) error
+}
+
 // Capabilities describe the host for GET /capabilities.
 type Capabilities struct {
 	Hypervisor    string
@@ -98,6 +142,10 @@ type Options struct {
 	Stat      PathStatter // optional (501 without)
 	Waiter    StateWaiter // optional (501 without)
 	Events    EventSource // optional (501 without)
+	Lifecycle Lifecycle   // optional (501 without)
+	Snapshots Snapshots   // optional (501 without)
+	Guest     Guest       // optional (501 without)
+	Ingresses Ingresses   // optional (501 without)
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
 	Secret []byte
 	// Version is reported by /capabilities.
@@ -153,6 +201,10 @@ var (
 	_ Instances                 = (*instances.Manager)(nil)
 	_ Images                    = (*images.Store)(nil)
 	_ EventSource               = (*events.Bus)(nil)
+	_ Lifecycle                 = (*instances.Manager)(nil)
+	_ Snapshots                 = (*instances.Manager)(nil)
+	_ Guest                     = (*instances.Manager)(nil)
+	_ Ingresses                 = (*ingress.Manager)(nil)
 	_ registry.Importer         = (*images.Store)(nil)
 )
 
@@ -220,6 +272,14 @@ func NewServer(opts Options) (*Server, error) {
 			ResponseErrorHandlerFunc: s.writeError,
 		})
 		gen.HandlerWithOptions(strict, gen.ChiServerOptions{BaseRouter: r, ErrorHandlerFunc: s.paramError})
+	})
+	// WebSocket endpoints: documented in the spec, served by hand (the
+	// strict server cannot upgrade). No body bound or body validation: they
+	// have no request body, and their messages are checked in ws.go.
+	r.Group(func(r chi.Router) {
+		r.Use(s.authorize)
+		r.Get("/instances/{id}/exec", s.serveExec)
+		r.Get("/instances/{id}/cp", s.serveCopy)
 	})
 	s.router = r
 	return &Server{s: s}, nil

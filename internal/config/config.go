@@ -52,6 +52,12 @@ type Config struct {
 	DefaultVCPUs       int      `json:"default_vcpus"`
 	DefaultOverlaySize string   `json:"default_overlay_size"`
 	GuestStopTimeout   Duration `json:"guest_stop_timeout"`
+	NetworkMode        string   `json:"network_mode"`
+	NetworkBridge      string   `json:"network_bridge"`
+	NetworkSubnet      string   `json:"network_subnet"`
+	NetworkDNS         []string `json:"network_dns"`
+	NetworkNetNS       string   `json:"network_netns"`
+	IngressListen      string   `json:"ingress_listen"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -184,6 +190,11 @@ func (c *Config) Validate() error {
 	case "auto", "erofs", "ext4":
 	default:
 		errs = append(errs, fmt.Errorf("disk_format %q: want auto, erofs or ext4", c.DiskFormat))
+	}
+	switch c.NetworkMode {
+	case "auto", "bridge", "user", "none":
+	default:
+		errs = append(errs, fmt.Errorf("network_mode %q: want auto, bridge, user or none", c.NetworkMode))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

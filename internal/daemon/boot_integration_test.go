@@ -30,11 +30,24 @@ func newDaemon(t *testing.T) *daemon.Daemon { return newDaemonB(t) }
 func newDaemonB(t testing.TB) *daemon.Daemon {
 	t.Helper()
 	testutil.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4")
-	cfg, err := config.Load("", nil, map[string]string{
-		"data_dir":    t.TempDir(),
-		"kernel_dir":  testutil.KernelDir(),
-		"init_binary": testutil.InitBinary(t),
-	})
+	return newDaemonWith(t, nil)
+}
+
+// newDaemonWith is newDaemonB with extra settings. Networking is off unless
+// a test asks for it (inside its own netns): tests never touch the host's
+// network namespace.
+func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
+	t.Helper()
+	settings := map[string]string{
+		"data_dir":     t.TempDir(),
+		"kernel_dir":   testutil.KernelDir(),
+		"init_binary":  testutil.InitBinary(t),
+		"network_mode": "none",
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	cfg, err := config.Load("", nil, settings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +283,7 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 	}
 
 	// Missing kernel: the daemon refuses to start and says how to fix it.
-	cfg, _ := config.Load("", nil, map[string]string{"data_dir": t.TempDir(), "kernel_dir": t.TempDir(), "init_binary": testutil.InitBinary(t)})
+	cfg, _ := config.Load("", nil, map[string]string{"data_dir": t.TempDir(), "kernel_dir": t.TempDir(), "init_binary": testutil.InitBinary(t), "network_mode": "none"})
 	_, err = daemon.New(ctx, cfg, nil)
 	if !errors.Is(err, system.ErrKernelNotFound) || !strings.Contains(err.Error(), "setup") {
 		t.Errorf("missing kernel: %v", err)

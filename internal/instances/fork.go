@@ -83,7 +83,7 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 			return nil, fmt.Errorf("fork: standby source: %w", err)
 		}
 		defer func() {
-			if rerr := m.restoreLocked(context.WithoutCancel(ctx), src, from == state.Running); rerr != nil {
+			if rerr := m.restoreLocked(context.WithoutCancel(ctx), src, from == state.Running, false); rerr != nil {
 				m.log.Error("fork: restore source", "id", src.meta.ID, "err", rerr)
 				if err == nil {
 					err = fmt.Errorf("fork: restore source: %w", rerr)
@@ -141,6 +141,9 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		Env: maps.Clone(sm.Env), Entrypoint: slices.Clone(sm.Entrypoint), Cmd: slices.Clone(sm.Cmd),
 		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent,
 		CreatedAt: now, Hypervisor: sm.Hypervisor, ForkedFrom: sm.ID,
+		// Same policies, clean status: a fork starts its own history.
+		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck,
+		HealthStatus: initialHealth(sm.HealthCheck),
 	}
 	if src.stateDir != "" && target == state.Standby {
 		if err := copyTree(ctx, src.stateDir, filepath.Join(dir, standbyDir)); err != nil {
@@ -170,7 +173,16 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 
 	switch {
 	case target == state.Running && src.stateDir != "":
-		vm, err := m.cfg.Hypervisor.Restore(ctx, hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: src.stateDir})
+		lease, err := m.leaseFor(ctx, meta)
+		if err != nil {
+			return nil, m.failFork(ctx, e, fmt.Errorf("fork: %w", err))
+		}
+		rc := hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: src.stateDir}
+		if lease != nil {
+			rc.Net = lease.NetConfig()
+			rc.Net.MAC = "" // the saved MAC stays in the device; the guest changes it
+		}
+		vm, err := m.cfg.Hypervisor.Restore(ctx, rc)
 		if err != nil {
 			return nil, m.failFork(ctx, e, fmt.Errorf("fork: restore: %w", err))
 		}
@@ -191,6 +203,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 			return nil, m.failFork(ctx, e, fmt.Errorf("fork: resume: %w", err))
 		}
 		m.publish(id, state.Stopped, state.Running, "fork restored")
+		m.readdressGuest(ctx, e, lv)
 	case target == state.Running:
 		img, err := m.cfg.Images.Resolve(ctx, meta.Image)
 		if err != nil {
@@ -213,6 +226,7 @@ func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
 		_ = lv.vm.Kill()
 		<-lv.handled
 	}
+	m.releaseNetwork(id)
 	m.mu.Lock()
 	delete(m.entries, id)
 	m.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/guestconfig"
+	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
 )
@@ -107,12 +108,24 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validateKV("tags", p.Tags, maxTags, tagKeyOK); err != nil {
 		return nil, err
 	}
-	return &Metadata{
+	if err := validatePolicies(p.RestartPolicy, p.HealthCheck); err != nil {
+		return nil, err
+	}
+	meta := &Metadata{
 		Name: p.Name, Image: strings.TrimSpace(p.Image),
 		MemoryBytes: mem, Size: size, VCPUs: vcpus, OverlayBytes: ov, OverlaySize: ovSize,
 		Env: maps.Clone(p.Env), Entrypoint: p.Entrypoint, Cmd: p.Cmd, Tags: maps.Clone(p.Tags),
-		SkipGuestAgent: p.SkipGuestAgent,
-	}, nil
+		SkipGuestAgent:  p.SkipGuestAgent,
+		NetworkDisabled: p.NetworkEnabled != nil && !*p.NetworkEnabled,
+	}
+	if p.RestartPolicy != nil {
+		meta.RestartPolicy = *p.RestartPolicy
+	}
+	if p.HealthCheck != nil && !p.HealthCheck.IsZero() {
+		meta.HealthCheck = *p.HealthCheck
+		meta.HealthStatus = health.Initial(*p.HealthCheck)
+	}
+	return meta, nil
 }
 
 func (m *Manager) reserveName(name string) error {
@@ -184,9 +197,15 @@ func (m *Manager) Start(ctx context.Context, ref string) (_ *Instance, err error
 	}
 	e.mu.Lock()
 	image := e.meta.Image
+	e.meta.RestartStatus.ClearForStart() // the user takes over
+	err = m.persist(e)
 	e.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	img, err := m.cfg.Images.Resolve(ctx, image)
 	if err != nil {
+		m.recordLaunchFailure(e, err)
 		return nil, fmt.Errorf("start: %w", err)
 	}
 	if err := m.boot(ctx, e, img); err != nil {
@@ -229,8 +248,17 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
 		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
 	}
-	disk, err := m.guestConfig(meta, img).Encode()
+	lease, err := m.leaseFor(ctx, meta)
 	if err != nil {
+		return err
+	}
+	gc := m.guestConfig(meta, img)
+	if lease != nil {
+		gc.Network = lease.GuestConfig()
+	}
+	disk, err := gc.Encode()
+	if err != nil {
+		m.releaseNetwork(meta.ID)
 		return err
 	}
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, configFile), disk, 0o644); err != nil {
@@ -245,7 +273,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.meta.BootSerialOffset = offset
 	e.meta.StartedAt = &now
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
-	e.meta.RestoredAt = nil
+	e.meta.RestoredAt, e.meta.ExitKind = nil, ""
 	e.meta.ImageDigest = img.Digest
 	err = m.persist(e)
 	e.mu.Unlock()
@@ -263,15 +291,20 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 		},
 		AgentSocket: filepath.Join(dir, agentSock),
 	}
+	if lease != nil {
+		cfg.Net = lease.NetConfig()
+	}
 	vm, err := m.cfg.Hypervisor.Launch(ctx, cfg)
 	if err != nil {
 		t := time.Now().UTC()
 		msg := "launch failed: " + err.Error()
 		e.mu.Lock()
 		e.meta.StoppedAt, e.meta.ExitMessage = &t, &msg
+		e.meta.ExitKind = exitLaunchFailed
 		_ = m.persist(e)
 		e.mu.Unlock()
 		m.logf(meta.ID, "launch failed: %v", err)
+		m.releaseNetwork(meta.ID)
 		return fmt.Errorf("launch vm: %w", err)
 	}
 	lv := newLiveVM(vm)
@@ -297,8 +330,27 @@ func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error)
 	e.op.Lock()
 	defer e.op.Unlock()
 	st := m.currentState(ctx, e)
-	if err := checkTransition(ActionStop, st); err != nil {
+	e.mu.Lock()
+	id := e.meta.ID
+	e.mu.Unlock()
+	// A Stopped instance waiting in restart backoff can be stopped: that
+	// cancels the pending restart and keeps it down.
+	pendingRestart := st == state.Stopped && m.restartPendingFor(id)
+	if !pendingRestart {
+		if err := checkTransition(ActionStop, st); err != nil {
+			return nil, err
+		}
+	}
+	e.mu.Lock()
+	e.meta.RestartStatus.MarkManualStop()
+	err = m.persist(e)
+	e.mu.Unlock()
+	if err != nil {
 		return nil, err
+	}
+	if pendingRestart {
+		m.logf(id, "stop requested during restart backoff: restarts cancelled")
+		return m.view(ctx, e)
 	}
 	m.stopLocked(ctx, e, "stop requested")
 	return m.view(ctx, e)
@@ -393,6 +445,9 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 		return fmt.Errorf("%w: %s", ErrNotFound, ref)
 	}
 	from := m.currentState(ctx, e)
+	e.mu.Lock()
+	e.meta.RestartStatus.MarkManualStop() // no restart races the delete
+	e.mu.Unlock()
 	if lv != nil {
 		// Delete does not need a graceful stop: kill at once.
 		why := "deleted"
@@ -408,6 +463,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	e.mu.Lock()
 	e.deleted = true
 	e.mu.Unlock()
+	m.releaseNetwork(id)
 	// Rename first so a crash mid-removal never leaves a half-deleted
 	// instance that still loads.
 	trash := filepath.Join(m.cfg.Paths.InstancesDir(), ".deleted-"+id)

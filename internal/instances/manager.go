@@ -71,6 +71,7 @@ type Config struct {
 	Images     Images
 	Boot       Boot
 	Agent      GuestAgent // optional: graceful stop through the guest agent
+	Network    Network    // optional: nil = VMs without a NIC
 	// Events is the lifecycle bus: the manager publishes every transition
 	// on it and WaitForState subscribes to it. Required.
 	Events  *events.Bus
@@ -82,6 +83,11 @@ type Config struct {
 	// CompressSnapshots zstd-compresses standby/snapshot state files
 	// (about 4x smaller, slower to save; off by default).
 	CompressSnapshots bool
+	// StepHook, when set, is called at each step of multi-step operations
+	// ("standby:paused", "standby:saved", "standby:committed",
+	// "restore:loaded", "restore:committed"). Crash tests use it to kill the
+	// daemon at an exact point; production leaves it nil.
+	StepHook func(step string)
 	// RequireAgent makes Running wait for the agent-ready marker too
 	// (unless the instance sets skip_guest_agent).
 	RequireAgent bool
@@ -101,6 +107,7 @@ type Manager struct {
 	reserved map[string]bool // names being created
 
 	restartPending atomic.Pointer[func(id string) bool]
+	policyChanged  atomic.Pointer[func(id string)]
 
 	wg     sync.WaitGroup // watchers
 	closed chan struct{}
@@ -242,15 +249,31 @@ func (m *Manager) adopt(ctx context.Context, e *entry) {
 				when = st.ModTime()
 			}
 			applyExit(&e.meta, exit, when, "vmm exited while the daemon was not running, without a guest exit status")
+			e.meta.ExitKind = exitVMCrashed
+			if exit != nil {
+				e.meta.ExitKind = exitCode
+			}
 			if err := m.persist(e); err != nil {
 				m.log.Error("persist reconciled instance", "id", id, "err", err)
 			}
 			m.log.Info("reconciled instance whose vmm exited while the daemon was down", "id", id)
 		}
+		if !e.meta.HasSnapshot {
+			m.releaseNetwork(id)
+		}
 	default:
 		e.attachErr = err.Error()
 		m.log.Error("cannot re-adopt instance", "id", id, "err", err)
 	}
+}
+
+// Exists reports whether an instance with this exact ID exists (used to
+// prune network leases of instances that are gone).
+func (m *Manager) Exists(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.entries[id]
+	return ok
 }
 
 // persist writes e.meta atomically. Caller holds e.mu.
@@ -299,6 +322,12 @@ func (m *Manager) resolve(ref string) (*entry, error) {
 // observe times one operation: defer m.observe("stop", time.Now(), &err).
 func (m *Manager) observe(op string, start time.Time, err *error) {
 	m.cfg.Metrics.ObserveOperation(op, time.Since(start), *err)
+}
+
+func (m *Manager) step(name string) {
+	if m.cfg.StepHook != nil {
+		m.cfg.StepHook(name)
+	}
 }
 
 // Get returns one instance.
@@ -378,6 +407,8 @@ func (m *Manager) view(ctx context.Context, e *entry) (*Instance, error) {
 	}
 	st, stErr := m.derive(ctx, meta, lv, attachErr)
 	inst := toInstance(meta, st, stErr)
+	inst.Network = m.networkInfo(meta)
+	policyView(inst, meta)
 	if lv != nil {
 		inst.Pid = lv.vm.Pid()
 	}

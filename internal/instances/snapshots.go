@@ -15,6 +15,7 @@ import (
 	"hypeman/internal/fsutil"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/restart"
 )
 
 // SnapshotKind says what a snapshot holds.
@@ -363,6 +364,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 	}
 	e.mu.Lock()
 	e.meta.HasSnapshot = rec.Kind == SnapshotStandby
+	e.meta.RestartStatus = restart.Status{} // a restored instance starts with clean status
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
@@ -373,7 +375,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 		if st == state.Stopped {
 			m.publish(id, state.Stopped, state.Standby, "snapshot restored")
 		}
-		if err := m.restoreLocked(ctx, e, true); err != nil {
+		if err := m.restoreLocked(ctx, e, true, true); err != nil {
 			return nil, err
 		}
 	} else if st == state.Standby {

@@ -109,6 +109,7 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 		}
 		m.publish(id, from, state.Paused, "standby: paused")
 	}
+	m.step("standby:paused")
 	info, err := lv.vm.SaveState(ctx, snap, hypervisor.SaveOptions{Compress: m.cfg.CompressSnapshots})
 	if err != nil {
 		// Roll back to the old state: the VM is paused and intact.
@@ -121,6 +122,7 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 		m.logf(id, "standby failed: %v", err)
 		return fmt.Errorf("standby: save state: %w", err)
 	}
+	m.step("standby:saved")
 	// Commit point: the snapshot is durable; record it before ending the VMM.
 	e.mu.Lock()
 	e.meta.HasSnapshot = true
@@ -130,6 +132,7 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 	if err != nil {
 		return err
 	}
+	m.step("standby:committed")
 	lv.standby.Store(true)
 	lv.agentConn.close()
 	_ = lv.vm.Kill()
@@ -160,7 +163,7 @@ func (m *Manager) Restore(ctx context.Context, ref string) (_ *Instance, err err
 	if err := checkTransition(ActionRestore, m.currentState(ctx, e)); err != nil {
 		return nil, err
 	}
-	if err := m.restoreLocked(ctx, e, true); err != nil {
+	if err := m.restoreLocked(ctx, e, true, false); err != nil {
 		return nil, err
 	}
 	return m.view(ctx, e)
@@ -168,18 +171,33 @@ func (m *Manager) Restore(ctx context.Context, ref string) (_ *Instance, err err
 
 // restoreLocked restores e from its standby snapshot (caller holds e.op)
 // and resumes it when resume is set (else it stays Paused).
-func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume bool) error {
+// readdress makes the guest take the instance's current lease (the saved
+// state carries the address it had when saved).
+func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress bool) error {
 	id := e.meta.ID
 	dir := m.dir(id)
+	e.mu.Lock()
+	meta := e.meta
+	e.mu.Unlock()
+	lease, err := m.leaseFor(ctx, meta)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	if err := m.setTransition(e, transitionRestore); err != nil {
 		return err
 	}
-	vm, err := m.cfg.Hypervisor.Restore(ctx, hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: filepath.Join(dir, standbyDir)})
+	rc := hypervisor.RestoreConfig{ID: id, Dir: dir, SnapshotDir: filepath.Join(dir, standbyDir)}
+	if lease != nil && readdress {
+		rc.Net = lease.NetConfig()
+		rc.Net.MAC = "" // the saved MAC stays in the device; the guest changes it
+	}
+	vm, err := m.cfg.Hypervisor.Restore(ctx, rc)
 	if err != nil {
 		m.setTransition(e, "")
 		m.logf(id, "restore failed: %v", err)
 		return fmt.Errorf("restore: %w", err)
 	}
+	m.step("restore:loaded")
 	lv := newLiveVM(vm)
 	lv.started.Store(true) // the program was running when its state was saved
 	lv.agent.Store(true)
@@ -199,11 +217,15 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume bool) erro
 		return err
 	}
 	m.publish(id, state.Standby, state.Paused, "restore: state loaded")
+	m.step("restore:committed")
 	if resume {
 		if err := vm.Resume(ctx); err != nil {
 			return fmt.Errorf("restore: resume: %w", err)
 		}
 		m.publish(id, state.Paused, state.Running, "restore")
+		if readdress {
+			m.readdressGuest(ctx, e, lv)
+		}
 	}
 	m.logf(id, "restored from standby")
 	_ = os.RemoveAll(filepath.Join(dir, standbyDir))
@@ -254,4 +276,3 @@ func (m *Manager) adoptTransition(ctx context.Context, e *entry) {
 		m.log.Error("persist after interrupted operation", "id", id, "err", err)
 	}
 }
-

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"hypeman/internal/health"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/restart"
 )
 
 // Instance is the public view of an instance (what the API returns).
@@ -30,6 +32,12 @@ type Instance struct {
 	ExitMessage *string           `json:"exit_message"`
 	HasSnapshot bool              `json:"has_snapshot"`
 	Hypervisor  string            `json:"hypervisor"`
+	Network     *NetworkInfo      `json:"network,omitempty"`
+	// RestartPolicy is omitted when the policy is never.
+	RestartPolicy *restart.Policy `json:"restart_policy,omitempty"`
+	RestartStatus *restart.Status `json:"restart_status,omitempty"`
+	HealthCheck   *health.Check   `json:"health_check,omitempty"`
+	HealthStatus  *health.Status  `json:"health_status,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -50,13 +58,15 @@ type Metadata struct {
 	Cmd            []string          `json:"cmd,omitempty"`
 	Tags           map[string]string `json:"tags,omitempty"`
 	SkipGuestAgent bool              `json:"skip_guest_agent,omitempty"`
-	CreatedAt      time.Time         `json:"created_at"`
-	StartedAt      *time.Time        `json:"started_at,omitempty"`
-	StoppedAt      *time.Time        `json:"stopped_at,omitempty"`
-	ExitCode       *int              `json:"exit_code,omitempty"`
-	ExitMessage    *string           `json:"exit_message,omitempty"`
-	HasSnapshot    bool              `json:"has_snapshot"`
-	Hypervisor     string            `json:"hypervisor"`
+	// NetworkDisabled opts the instance out of networking.
+	NetworkDisabled bool       `json:"network_disabled,omitempty"`
+	CreatedAt       time.Time  `json:"created_at"`
+	StartedAt       *time.Time `json:"started_at,omitempty"`
+	StoppedAt       *time.Time `json:"stopped_at,omitempty"`
+	ExitCode        *int       `json:"exit_code,omitempty"`
+	ExitMessage     *string    `json:"exit_message,omitempty"`
+	HasSnapshot     bool       `json:"has_snapshot"`
+	Hypervisor      string     `json:"hypervisor"`
 	// BootSerialOffset is the size of serial.log when the current (or last)
 	// boot began: markers before it belong to earlier boots.
 	BootSerialOffset int64 `json:"boot_serial_offset"`
@@ -69,6 +79,14 @@ type Metadata struct {
 	// (cleared by a fresh boot): its program started before the restore,
 	// so no start marker will appear in this VM's serial log.
 	RestoredAt *time.Time `json:"restored_at,omitempty"`
+	// ExitKind says how the last boot ended (see restart.ExitInfo):
+	// stopped_by_hypeman, launch_failed, code, vm_crashed.
+	ExitKind string `json:"exit_kind,omitempty"`
+	// Restart policy and health check, with their persisted status.
+	RestartPolicy restart.Policy `json:"restart_policy,omitzero"`
+	RestartStatus restart.Status `json:"restart_status,omitzero"`
+	HealthCheck   health.Check   `json:"health_check,omitzero"`
+	HealthStatus  health.Status  `json:"health_status,omitzero"`
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
 }
@@ -85,6 +103,11 @@ type CreateParams struct {
 	Cmd            []string
 	Tags           map[string]string
 	SkipGuestAgent bool
+	// NetworkEnabled nil = default (enabled when the host has networking).
+	NetworkEnabled *bool
+	// RestartPolicy nil = never; HealthCheck nil = none.
+	RestartPolicy *restart.Policy
+	HealthCheck   *health.Check
 }
 
 // Errors callers branch on (the API maps them to status codes).

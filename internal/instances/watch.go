@@ -130,9 +130,18 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	if lv.standby.Load() {
 		e.mu.Unlock()
 		lv.vm.Close()
+		m.dropTAP(id)
 		return // the standby operation records and publishes its own outcome
 	}
 	applyExit(&e.meta, exit, time.Now(), noExit)
+	switch {
+	case lv.stopReason.Load() != nil:
+		e.meta.ExitKind = exitStoppedByHypeman
+	case exit != nil:
+		e.meta.ExitKind = exitCode
+	default:
+		e.meta.ExitKind = exitVMCrashed
+	}
 	deleted := e.deleted
 	var err error
 	if !deleted {
@@ -141,6 +150,7 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	msg := *e.meta.ExitMessage
 	e.mu.Unlock()
 	lv.vm.Close()
+	m.releaseNetwork(id)
 	if deleted {
 		return
 	}

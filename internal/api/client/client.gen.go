@@ -17,6 +17,45 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for CopyStartDirection.
+const (
+	From CopyStartDirection = "from"
+	To   CopyStartDirection = "to"
+)
+
+// Valid indicates whether the value is a known member of the CopyStartDirection enum.
+func (e CopyStartDirection) Valid() bool {
+	switch e {
+	case From:
+		return true
+	case To:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ForkTargetState.
+const (
+	ForkTargetStateRunning ForkTargetState = "Running"
+	ForkTargetStateStandby ForkTargetState = "Standby"
+	ForkTargetStateStopped ForkTargetState = "Stopped"
+)
+
+// Valid indicates whether the value is a known member of the ForkTargetState enum.
+func (e ForkTargetState) Valid() bool {
+	switch e {
+	case ForkTargetStateRunning:
+		return true
+	case ForkTargetStateStandby:
+		return true
+	case ForkTargetStateStopped:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for HealthStatus.
 const (
 	Ok HealthStatus = "ok"
@@ -61,34 +100,34 @@ func (e ImageStatus) Valid() bool {
 
 // Defines values for InstanceState.
 const (
-	Created      InstanceState = "Created"
-	Initializing InstanceState = "Initializing"
-	Paused       InstanceState = "Paused"
-	Running      InstanceState = "Running"
-	Shutdown     InstanceState = "Shutdown"
-	Standby      InstanceState = "Standby"
-	Stopped      InstanceState = "Stopped"
-	Unknown      InstanceState = "Unknown"
+	InstanceStateCreated      InstanceState = "Created"
+	InstanceStateInitializing InstanceState = "Initializing"
+	InstanceStatePaused       InstanceState = "Paused"
+	InstanceStateRunning      InstanceState = "Running"
+	InstanceStateShutdown     InstanceState = "Shutdown"
+	InstanceStateStandby      InstanceState = "Standby"
+	InstanceStateStopped      InstanceState = "Stopped"
+	InstanceStateUnknown      InstanceState = "Unknown"
 )
 
 // Valid indicates whether the value is a known member of the InstanceState enum.
 func (e InstanceState) Valid() bool {
 	switch e {
-	case Created:
+	case InstanceStateCreated:
 		return true
-	case Initializing:
+	case InstanceStateInitializing:
 		return true
-	case Paused:
+	case InstanceStatePaused:
 		return true
-	case Running:
+	case InstanceStateRunning:
 		return true
-	case Shutdown:
+	case InstanceStateShutdown:
 		return true
-	case Standby:
+	case InstanceStateStandby:
 		return true
-	case Stopped:
+	case InstanceStateStopped:
 		return true
-	case Unknown:
+	case InstanceStateUnknown:
 		return true
 	default:
 		return false
@@ -107,6 +146,24 @@ func (e LifecycleEventType) Valid() bool {
 	case Deleted:
 		return true
 	case StateChange:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotKind.
+const (
+	SnapshotKindStandby SnapshotKind = "Standby"
+	SnapshotKindStopped SnapshotKind = "Stopped"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotKind enum.
+func (e SnapshotKind) Valid() bool {
+	switch e {
+	case SnapshotKindStandby:
+		return true
+	case SnapshotKindStopped:
 		return true
 	default:
 		return false
@@ -155,10 +212,25 @@ type Capabilities struct {
 	Version     string               `json:"version"`
 }
 
+// CopyStart First message of a cp WebSocket (a text frame).
+type CopyStart struct {
+	Direction CopyStartDirection `json:"direction"`
+	Path      string             `json:"path"`
+}
+
+// CopyStartDirection defines model for CopyStart.Direction.
+type CopyStartDirection string
+
 // CreateImageRequest defines model for CreateImageRequest.
 type CreateImageRequest struct {
 	// Name Image reference to pull (e.g. alpine:3.20, ghcr.io/org/app@sha256:...).
 	Name string `json:"name"`
+}
+
+// CreateIngressRequest defines model for CreateIngressRequest.
+type CreateIngressRequest struct {
+	Name  string        `json:"name"`
+	Rules []IngressRule `json:"rules"`
 }
 
 // CreateInstanceRequest defines model for CreateInstanceRequest.
@@ -190,12 +262,26 @@ type CreateInstanceRequest struct {
 	Vcpus *int `json:"vcpus,omitempty"`
 }
 
+// CreateSnapshotRequest defines model for CreateSnapshotRequest.
+type CreateSnapshotRequest struct {
+	// Kind Standby = memory and device state plus disks (the instance must be
+	// Running, Paused or Standby); Stopped = the writable disk only (the
+	// instance must be Stopped). Default: Standby for a live or standby
+	// instance, Stopped otherwise.
+	Kind *SnapshotKind `json:"kind,omitempty"`
+
+	// Name Unique snapshot name (default generated).
+	Name *string            `json:"name,omitempty"`
+	Tags *map[string]string `json:"tags,omitempty"`
+}
+
 // Error defines model for Error.
 type Error struct {
 	// Code Stable snake_case code: invalid_request, invalid_state,
 	// invalid_timeout, unauthorized, forbidden, not_found, conflict,
-	// image_not_ready, request_too_large, method_not_allowed, internal,
-	// bad_gateway, timeout, not_implemented.
+	// image_not_ready, agent_unavailable, request_too_large,
+	// method_not_allowed, internal, bad_gateway, timeout, unavailable,
+	// not_implemented.
 	//
 	//
 	// Example: not_found
@@ -204,6 +290,74 @@ type Error struct {
 	// Message Example: instance not found: web
 	Message string `json:"message"`
 }
+
+// ExecControl A control message of an exec WebSocket (a text frame from the client).
+type ExecControl struct {
+	Resize *struct {
+		Cols int `json:"cols"`
+		Rows int `json:"rows"`
+	} `json:"resize,omitempty"`
+
+	// Signal Example: TERM
+	Signal *string `json:"signal,omitempty"`
+}
+
+// ExecExit Last message of an exec WebSocket when the command ran.
+type ExecExit struct {
+	ExitCode int    `json:"exit_code"`
+	Message  string `json:"message"`
+	TimedOut bool   `json:"timed_out"`
+}
+
+// ExecStart First message of an exec WebSocket (a text frame).
+type ExecStart struct {
+	// Cols Initial terminal columns (TTY only).
+	Cols    *int     `json:"cols,omitempty"`
+	Command []string `json:"command"`
+
+	// Cwd Working directory (default the instance's).
+	Cwd *string `json:"cwd,omitempty"`
+
+	// Env Added to the instance's environment.
+	Env *map[string]string `json:"env,omitempty"`
+
+	// Rows Initial terminal rows (TTY only).
+	Rows *int `json:"rows,omitempty"`
+
+	// TimeoutSeconds Kill the command after this many seconds (0 = never).
+	TimeoutSeconds *int  `json:"timeout_seconds,omitempty"`
+	Tty            *bool `json:"tty,omitempty"`
+
+	// User User name or uid[:gid] (default the instance's).
+	User *string `json:"user,omitempty"`
+}
+
+// ForkInstanceRequest defines model for ForkInstanceRequest.
+type ForkInstanceRequest struct {
+	// FromRunning Allow forking a Running instance (it is put on standby, cloned, and restored).
+	FromRunning *bool `json:"from_running,omitempty"`
+
+	// Name Name of the fork (unique).
+	Name string `json:"name"`
+
+	// TargetState The fork's state when the call returns. Default: Running, or Stopped
+	// when the source is Stopped.
+	TargetState *ForkTargetState `json:"target_state,omitempty"`
+}
+
+// ForkSnapshotRequest defines model for ForkSnapshotRequest.
+type ForkSnapshotRequest struct {
+	// Name Name of the new instance (unique).
+	Name string `json:"name"`
+
+	// TargetState The fork's state when the call returns. Default: Running, or Stopped
+	// when the source is Stopped.
+	TargetState *ForkTargetState `json:"target_state,omitempty"`
+}
+
+// ForkTargetState The fork's state when the call returns. Default: Running, or Stopped
+// when the source is Stopped.
+type ForkTargetState string
 
 // Health defines model for Health.
 type Health struct {
@@ -256,6 +410,38 @@ type ImageProgress struct {
 // ImageStatus defines model for ImageStatus.
 type ImageStatus string
 
+// Ingress defines model for Ingress.
+type Ingress struct {
+	CreatedAt time.Time     `json:"created_at"`
+	Id        string        `json:"id"`
+	Name      string        `json:"name"`
+	Rules     []IngressRule `json:"rules"`
+}
+
+// IngressMatch defines model for IngressMatch.
+type IngressMatch struct {
+	// Hostname Host header to match (any host when empty; `*.example.com` matches one label).
+	//
+	// Example: app.example.com
+	Hostname *string `json:"hostname,omitempty"`
+
+	// Port Host port to listen on (default 80).
+	Port *int `json:"port,omitempty"`
+}
+
+// IngressRule defines model for IngressRule.
+type IngressRule struct {
+	Match  IngressMatch  `json:"match"`
+	Target IngressTarget `json:"target"`
+}
+
+// IngressTarget defines model for IngressTarget.
+type IngressTarget struct {
+	// Instance Instance name or ID (resolved per request).
+	Instance string `json:"instance"`
+	Port     int    `json:"port"`
+}
+
 // Instance defines model for Instance.
 type Instance struct {
 	Cmd        *[]string          `json:"cmd,omitempty"`
@@ -275,6 +461,9 @@ type Instance struct {
 	ImageDigest *string `json:"image_digest,omitempty"`
 	Name        string  `json:"name"`
 
+	// Network The instance's network (null when the server does not report it).
+	Network *InstanceNetwork `json:"network,omitempty"`
+
 	// OverlaySize Size of the writable disk layer (e.g. 10GB).
 	OverlaySize string `json:"overlay_size"`
 
@@ -288,6 +477,19 @@ type Instance struct {
 	StoppedAt  *time.Time         `json:"stopped_at"`
 	Tags       *map[string]string `json:"tags,omitempty"`
 	Vcpus      int                `json:"vcpus"`
+}
+
+// InstanceNetwork The instance's network (null when the server does not report it).
+type InstanceNetwork struct {
+	Enabled bool `json:"enabled"`
+
+	// Ip Guest IPv4 address (empty in user-mode networking or when disabled).
+	//
+	// Example: 10.100.0.12
+	Ip *string `json:"ip,omitempty"`
+
+	// Mac Example: 02:00:0a:64:00:0c
+	Mac *string `json:"mac,omitempty"`
 }
 
 // InstanceState defines model for InstanceState.
@@ -354,6 +556,46 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
+// Snapshot defines model for Snapshot.
+type Snapshot struct {
+	// Compressed The memory state is zstd-compressed.
+	Compressed  bool      `json:"compressed"`
+	CreatedAt   time.Time `json:"created_at"`
+	Id          string    `json:"id"`
+	Image       string    `json:"image"`
+	ImageDigest *string   `json:"image_digest,omitempty"`
+
+	// Kind Standby = memory and device state plus disks (the instance must be
+	// Running, Paused or Standby); Stopped = the writable disk only (the
+	// instance must be Stopped). Default: Standby for a live or standby
+	// instance, Stopped otherwise.
+	Kind SnapshotKind `json:"kind"`
+
+	// MemoryBytes Guest memory size of the source instance.
+	MemoryBytes int64  `json:"memory_bytes"`
+	Name        string `json:"name"`
+
+	// SizeBytes Disk space the snapshot uses.
+	SizeBytes          int64              `json:"size_bytes"`
+	SourceInstanceId   string             `json:"source_instance_id"`
+	SourceInstanceName string             `json:"source_instance_name"`
+	Tags               *map[string]string `json:"tags,omitempty"`
+}
+
+// SnapshotKind Standby = memory and device state plus disks (the instance must be
+// Running, Paused or Standby); Stopped = the writable disk only (the
+// instance must be Stopped). Default: Standby for a live or standby
+// instance, Stopped otherwise.
+type SnapshotKind string
+
+// StreamResult Last message of a cp WebSocket (`ok`), or of an exec or cp WebSocket
+// that failed (`error` and `code`, as in the Error schema).
+type StreamResult struct {
+	Code  *string `json:"code,omitempty"`
+	Error *string `json:"error,omitempty"`
+	Ok    *bool   `json:"ok,omitempty"`
+}
+
 // WaitResponse defines model for WaitResponse.
 type WaitResponse struct {
 	Reached    *InstanceState `json:"reached,omitempty"`
@@ -370,6 +612,9 @@ type InstanceID = string
 
 // LastEventID defines model for LastEventID.
 type LastEventID = string
+
+// SnapshotID defines model for SnapshotID.
+type SnapshotID = string
 
 // BadGateway defines model for BadGateway.
 type BadGateway = Error
@@ -443,11 +688,29 @@ type WaitForInstanceStateParams struct {
 	Timeout *string `form:"timeout,omitempty" json:"timeout,omitempty"`
 }
 
+// ListSnapshotsParams defines parameters for ListSnapshots.
+type ListSnapshotsParams struct {
+	// Instance Only snapshots taken of this instance (ID, name or unique ID prefix; the source name or ID also matches after the instance was deleted).
+	Instance *string `form:"instance,omitempty" json:"instance,omitempty"`
+}
+
 // CreateImageJSONRequestBody defines body for CreateImage for application/json ContentType.
 type CreateImageJSONRequestBody = CreateImageRequest
 
+// CreateIngressJSONRequestBody defines body for CreateIngress for application/json ContentType.
+type CreateIngressJSONRequestBody = CreateIngressRequest
+
 // CreateInstanceJSONRequestBody defines body for CreateInstance for application/json ContentType.
 type CreateInstanceJSONRequestBody = CreateInstanceRequest
+
+// ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
+type ForkInstanceJSONRequestBody = ForkInstanceRequest
+
+// CreateSnapshotJSONRequestBody defines body for CreateSnapshot for application/json ContentType.
+type CreateSnapshotJSONRequestBody = CreateSnapshotRequest
+
+// ForkSnapshotJSONRequestBody defines body for ForkSnapshot for application/json ContentType.
+type ForkSnapshotJSONRequestBody = ForkSnapshotRequest
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -583,6 +846,53 @@ type ClientInterface interface {
 	// Corresponds with GET /images/{name} (the `GetImage` operationId).
 	GetImage(ctx context.Context, name ImageName, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListIngresses List ingresses, oldest first
+	//
+	// Corresponds with GET /ingresses (the `ListIngresses` operationId).
+	ListIngresses(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateIngressWithBody Publish instance ports on host ports
+	//
+	// Each rule routes HTTP requests arriving on host port `match.port`
+	// (default 80) whose Host header is `match.hostname` (any host when
+	// omitted; `*.example.com` matches one label) to port `target.port` of
+	// instance `target.instance`, through a reverse proxy in the daemon.
+	// The instance is resolved per request: it may be created later, and a
+	// request while it is not Running gets 502. 409 when the name is taken,
+	// a (port, hostname) pair is already routed, or a host port cannot be
+	// bound.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+	CreateIngressWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateIngress Publish instance ports on host ports
+	//
+	// Each rule routes HTTP requests arriving on host port `match.port`
+	// (default 80) whose Host header is `match.hostname` (any host when
+	// omitted; `*.example.com` matches one label) to port `target.port` of
+	// instance `target.instance`, through a reverse proxy in the daemon.
+	// The instance is resolved per request: it may be created later, and a
+	// request while it is not Running gets 502. 409 when the name is taken,
+	// a (port, hostname) pair is already routed, or a host port cannot be
+	// bound.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+	CreateIngress(ctx context.Context, body CreateIngressJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteIngress Delete an ingress (its host ports are released)
+	//
+	// Corresponds with DELETE /ingresses/{id} (the `DeleteIngress` operationId).
+	DeleteIngress(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetIngress Get one ingress
+	//
+	// Corresponds with GET /ingresses/{id} (the `GetIngress` operationId).
+	GetIngress(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListInstances List instances, oldest first
 	//
 	// Corresponds with GET /instances (the `ListInstances` operationId).
@@ -631,6 +941,34 @@ type ClientInterface interface {
 	// Corresponds with GET /instances/{id}/events (the `StreamInstanceEvents` operationId).
 	StreamInstanceEvents(ctx context.Context, id InstanceID, params *StreamInstanceEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ForkInstanceWithBody Clone an instance
+	//
+	// The fork gets a new id and name, its own copy of the writable disk and
+	// its own logs. From Stopped the fork is a disk clone; from Standby (or
+	// from Running with `from_running: true`, which puts the source on
+	// standby, clones it and restores both) the fork continues the source's
+	// memory state. 409 when the name is taken or the source is in a state
+	// that cannot be forked (Running without `from_running`).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+	ForkInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ForkInstance Clone an instance
+	//
+	// The fork gets a new id and name, its own copy of the writable disk and
+	// its own logs. From Stopped the fork is a disk clone; from Standby (or
+	// from Running with `from_running: true`, which puts the source on
+	// standby, clones it and restores both) the fork continues the source's
+	// memory state. 409 when the name is taken or the source is in a state
+	// that cannot be forked (Running without `from_running`).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+	ForkInstance(ctx context.Context, id InstanceID, body ForkInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetInstanceLogs Stream an instance's logs (server-sent events)
 	//
 	// Each log line is one SSE event whose `data` is the raw line. With
@@ -639,6 +977,68 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 	GetInstanceLogs(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
+	//
+	// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
+	PauseInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RestoreInstance Restore a Standby instance
+	//
+	// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+	//
+	// Corresponds with POST /instances/{id}/restore (the `RestoreInstance` operationId).
+	RestoreInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ResumeInstance Continue a Paused instance
+	//
+	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
+	ResumeInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateSnapshotWithBody Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind. A
+	// snapshot outlives its instance.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+	CreateSnapshotWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateSnapshot Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind. A
+	// snapshot outlives its instance.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+	CreateSnapshot(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RestoreSnapshot Roll an instance back to one of its snapshots
+	//
+	// The instance must be Stopped or Standby (409 otherwise) and the
+	// snapshot one of its own. A Standby snapshot brings it to Running
+	// where the snapshot was taken; a Stopped one leaves it Stopped on the
+	// snapshot's disk.
+	//
+	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
+	RestoreSnapshot(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StandbyInstance Put a Running (or Paused) instance on standby
+	//
+	// Running → Paused → Standby: the VM's memory and device state are saved
+	// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+	// continues the program where it was.
+	//
+	// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+	StandbyInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartInstance Boot a Stopped instance
 	//
@@ -670,6 +1070,43 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 	WaitForInstanceState(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListSnapshots List snapshots, oldest first
+	//
+	// Corresponds with GET /snapshots (the `ListSnapshots` operationId).
+	ListSnapshots(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteSnapshot Delete a snapshot
+	//
+	// Corresponds with DELETE /snapshots/{id} (the `DeleteSnapshot` operationId).
+	DeleteSnapshot(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSnapshot Get one snapshot
+	//
+	// Corresponds with GET /snapshots/{id} (the `GetSnapshot` operationId).
+	GetSnapshot(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ForkSnapshotWithBody Create a new instance from a snapshot
+	//
+	// The new instance starts from the snapshot's disks (and, for a Standby
+	// snapshot, continues its memory state). `target_state` defaults to
+	// Running; a Stopped snapshot cannot be forked into Standby.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+	ForkSnapshotWithBody(ctx context.Context, id SnapshotID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ForkSnapshot Create a new instance from a snapshot
+	//
+	// The new instance starts from the snapshot's disks (and, for a Standby
+	// snapshot, continues its memory state). `target_state` defaults to
+	// Running; a Stopped snapshot cannot be forked into Standby.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+	ForkSnapshot(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetCapabilities What this host can run and how
@@ -812,6 +1249,103 @@ func (c *Client) GetImage(ctx context.Context, name ImageName, reqEditors ...Req
 	return c.Client.Do(req)
 }
 
+// ListIngresses List ingresses, oldest first
+//
+// Corresponds with GET /ingresses (the `ListIngresses` operationId).
+func (c *Client) ListIngresses(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListIngressesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateIngressWithBody Publish instance ports on host ports
+//
+// Each rule routes HTTP requests arriving on host port `match.port`
+// (default 80) whose Host header is `match.hostname` (any host when
+// omitted; `*.example.com` matches one label) to port `target.port` of
+// instance `target.instance`, through a reverse proxy in the daemon.
+// The instance is resolved per request: it may be created later, and a
+// request while it is not Running gets 502. 409 when the name is taken,
+// a (port, hostname) pair is already routed, or a host port cannot be
+// bound.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+func (c *Client) CreateIngressWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateIngressRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateIngress Publish instance ports on host ports
+//
+// Each rule routes HTTP requests arriving on host port `match.port`
+// (default 80) whose Host header is `match.hostname` (any host when
+// omitted; `*.example.com` matches one label) to port `target.port` of
+// instance `target.instance`, through a reverse proxy in the daemon.
+// The instance is resolved per request: it may be created later, and a
+// request while it is not Running gets 502. 409 when the name is taken,
+// a (port, hostname) pair is already routed, or a host port cannot be
+// bound.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+func (c *Client) CreateIngress(ctx context.Context, body CreateIngressJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateIngressRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteIngress Delete an ingress (its host ports are released)
+//
+// Corresponds with DELETE /ingresses/{id} (the `DeleteIngress` operationId).
+func (c *Client) DeleteIngress(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteIngressRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetIngress Get one ingress
+//
+// Corresponds with GET /ingresses/{id} (the `GetIngress` operationId).
+func (c *Client) GetIngress(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetIngressRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListInstances List instances, oldest first
 //
 // Corresponds with GET /instances (the `ListInstances` operationId).
@@ -920,6 +1454,54 @@ func (c *Client) StreamInstanceEvents(ctx context.Context, id InstanceID, params
 	return c.Client.Do(req)
 }
 
+// ForkInstanceWithBody Clone an instance
+//
+// The fork gets a new id and name, its own copy of the writable disk and
+// its own logs. From Stopped the fork is a disk clone; from Standby (or
+// from Running with `from_running: true`, which puts the source on
+// standby, clones it and restores both) the fork continues the source's
+// memory state. 409 when the name is taken or the source is in a state
+// that cannot be forked (Running without `from_running`).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+func (c *Client) ForkInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewForkInstanceRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ForkInstance Clone an instance
+//
+// The fork gets a new id and name, its own copy of the writable disk and
+// its own logs. From Stopped the fork is a disk clone; from Standby (or
+// from Running with `from_running: true`, which puts the source on
+// standby, clones it and restores both) the fork continues the source's
+// memory state. 409 when the name is taken or the source is in a state
+// that cannot be forked (Running without `from_running`).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+func (c *Client) ForkInstance(ctx context.Context, id InstanceID, body ForkInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewForkInstanceRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // GetInstanceLogs Stream an instance's logs (server-sent events)
 //
 // Each log line is one SSE event whose `data` is the raw line. With
@@ -929,6 +1511,138 @@ func (c *Client) StreamInstanceEvents(ctx context.Context, id InstanceID, params
 // Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 func (c *Client) GetInstanceLogs(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetInstanceLogsRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
+//
+// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
+func (c *Client) PauseInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPauseInstanceRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RestoreInstance Restore a Standby instance
+//
+// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+//
+// Corresponds with POST /instances/{id}/restore (the `RestoreInstance` operationId).
+func (c *Client) RestoreInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRestoreInstanceRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ResumeInstance Continue a Paused instance
+//
+// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
+func (c *Client) ResumeInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewResumeInstanceRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateSnapshotWithBody Take a snapshot of an instance
+//
+// `Standby` captures memory and device state with the disks (the
+// program continues where it was when the snapshot is restored or
+// forked); `Stopped` captures the disks only (a restore or fork boots
+// afresh). 409 when the instance's state does not allow the kind. A
+// snapshot outlives its instance.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+func (c *Client) CreateSnapshotWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSnapshotRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateSnapshot Take a snapshot of an instance
+//
+// `Standby` captures memory and device state with the disks (the
+// program continues where it was when the snapshot is restored or
+// forked); `Stopped` captures the disks only (a restore or fork boots
+// afresh). 409 when the instance's state does not allow the kind. A
+// snapshot outlives its instance.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+func (c *Client) CreateSnapshot(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSnapshotRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RestoreSnapshot Roll an instance back to one of its snapshots
+//
+// The instance must be Stopped or Standby (409 otherwise) and the
+// snapshot one of its own. A Standby snapshot brings it to Running
+// where the snapshot was taken; a Stopped one leaves it Stopped on the
+// snapshot's disk.
+//
+// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
+func (c *Client) RestoreSnapshot(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRestoreSnapshotRequest(c.Server, id, sid)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StandbyInstance Put a Running (or Paused) instance on standby
+//
+// Running → Paused → Standby: the VM's memory and device state are saved
+// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+// continues the program where it was.
+//
+// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+func (c *Client) StandbyInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStandbyInstanceRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -1010,6 +1724,93 @@ func (c *Client) StopInstance(ctx context.Context, id InstanceID, reqEditors ...
 // Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 func (c *Client) WaitForInstanceState(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewWaitForInstanceStateRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListSnapshots List snapshots, oldest first
+//
+// Corresponds with GET /snapshots (the `ListSnapshots` operationId).
+func (c *Client) ListSnapshots(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListSnapshotsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteSnapshot Delete a snapshot
+//
+// Corresponds with DELETE /snapshots/{id} (the `DeleteSnapshot` operationId).
+func (c *Client) DeleteSnapshot(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteSnapshotRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSnapshot Get one snapshot
+//
+// Corresponds with GET /snapshots/{id} (the `GetSnapshot` operationId).
+func (c *Client) GetSnapshot(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSnapshotRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ForkSnapshotWithBody Create a new instance from a snapshot
+//
+// The new instance starts from the snapshot's disks (and, for a Standby
+// snapshot, continues its memory state). `target_state` defaults to
+// Running; a Stopped snapshot cannot be forked into Standby.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+func (c *Client) ForkSnapshotWithBody(ctx context.Context, id SnapshotID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewForkSnapshotRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ForkSnapshot Create a new instance from a snapshot
+//
+// The new instance starts from the snapshot's disks (and, for a Standby
+// snapshot, continues its memory state). `target_state` defaults to
+// Running; a Stopped snapshot cannot be forked into Standby.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+func (c *Client) ForkSnapshot(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewForkSnapshotRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1251,6 +2052,141 @@ func NewGetImageRequest(server string, name ImageName) (*http.Request, error) {
 	return req, nil
 }
 
+// NewListIngressesRequest constructs an http.Request for the ListIngresses method
+func NewListIngressesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ingresses")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateIngressRequest calls the generic CreateIngress builder with application/json body
+func NewCreateIngressRequest(server string, body CreateIngressJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateIngressRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateIngressRequestWithBody constructs an http.Request for the CreateIngress method, with any body, and a specified content type
+func NewCreateIngressRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ingresses")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeleteIngressRequest constructs an http.Request for the DeleteIngress method
+func NewDeleteIngressRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ingresses/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetIngressRequest constructs an http.Request for the GetIngress method
+func NewGetIngressRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/ingresses/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewListInstancesRequest constructs an http.Request for the ListInstances method
 func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.Request, error) {
 	var err error
@@ -1462,6 +2398,53 @@ func NewStreamInstanceEventsRequest(server string, id InstanceID, params *Stream
 	return req, nil
 }
 
+// NewForkInstanceRequest calls the generic ForkInstance builder with application/json body
+func NewForkInstanceRequest(server string, id InstanceID, body ForkInstanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewForkInstanceRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewForkInstanceRequestWithBody constructs an http.Request for the ForkInstance method, with any body, and a specified content type
+func NewForkInstanceRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/fork", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewGetInstanceLogsRequest constructs an http.Request for the GetInstanceLogs method
 func NewGetInstanceLogsRequest(server string, id InstanceID, params *GetInstanceLogsParams) (*http.Request, error) {
 	var err error
@@ -1540,6 +2523,230 @@ func NewGetInstanceLogsRequest(server string, id InstanceID, params *GetInstance
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPauseInstanceRequest constructs an http.Request for the PauseInstance method
+func NewPauseInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/pause", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRestoreInstanceRequest constructs an http.Request for the RestoreInstance method
+func NewRestoreInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/restore", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewResumeInstanceRequest constructs an http.Request for the ResumeInstance method
+func NewResumeInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/resume", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateSnapshotRequest calls the generic CreateSnapshot builder with application/json body
+func NewCreateSnapshotRequest(server string, id InstanceID, body CreateSnapshotJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateSnapshotRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewCreateSnapshotRequestWithBody constructs an http.Request for the CreateSnapshot method, with any body, and a specified content type
+func NewCreateSnapshotRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/snapshots", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRestoreSnapshotRequest constructs an http.Request for the RestoreSnapshot method
+func NewRestoreSnapshotRequest(server string, id InstanceID, sid string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "sid", sid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/snapshots/%s/restore", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStandbyInstanceRequest constructs an http.Request for the StandbyInstance method
+func NewStandbyInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/standby", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -1791,6 +2998,175 @@ func NewWaitForInstanceStateRequest(server string, id InstanceID, params *WaitFo
 	return req, nil
 }
 
+// NewListSnapshotsRequest constructs an http.Request for the ListSnapshots method
+func NewListSnapshotsRequest(server string, params *ListSnapshotsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/snapshots")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Instance != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "instance", *params.Instance, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeleteSnapshotRequest constructs an http.Request for the DeleteSnapshot method
+func NewDeleteSnapshotRequest(server string, id SnapshotID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/snapshots/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetSnapshotRequest constructs an http.Request for the GetSnapshot method
+func NewGetSnapshotRequest(server string, id SnapshotID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/snapshots/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewForkSnapshotRequest calls the generic ForkSnapshot builder with application/json body
+func NewForkSnapshotRequest(server string, id SnapshotID, body ForkSnapshotJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewForkSnapshotRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewForkSnapshotRequestWithBody constructs an http.Request for the ForkSnapshot method, with any body, and a specified content type
+func NewForkSnapshotRequestWithBody(server string, id SnapshotID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/snapshots/%s/fork", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -1907,6 +3283,59 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /images/{name} (the `GetImage` operationId).
 	GetImageWithResponse(ctx context.Context, name ImageName, reqEditors ...RequestEditorFn) (*GetImageResponse, error)
 
+	// ListIngressesWithResponse List ingresses, oldest first
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /ingresses (the `ListIngresses` operationId).
+	ListIngressesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListIngressesResponse, error)
+
+	// CreateIngressWithBodyWithResponse Publish instance ports on host ports
+	//
+	// Each rule routes HTTP requests arriving on host port `match.port`
+	// (default 80) whose Host header is `match.hostname` (any host when
+	// omitted; `*.example.com` matches one label) to port `target.port` of
+	// instance `target.instance`, through a reverse proxy in the daemon.
+	// The instance is resolved per request: it may be created later, and a
+	// request while it is not Running gets 502. 409 when the name is taken,
+	// a (port, hostname) pair is already routed, or a host port cannot be
+	// bound.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+	CreateIngressWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateIngressResponse, error)
+
+	// CreateIngressWithResponse Publish instance ports on host ports
+	//
+	// Each rule routes HTTP requests arriving on host port `match.port`
+	// (default 80) whose Host header is `match.hostname` (any host when
+	// omitted; `*.example.com` matches one label) to port `target.port` of
+	// instance `target.instance`, through a reverse proxy in the daemon.
+	// The instance is resolved per request: it may be created later, and a
+	// request while it is not Running gets 502. 409 when the name is taken,
+	// a (port, hostname) pair is already routed, or a host port cannot be
+	// bound.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+	CreateIngressWithResponse(ctx context.Context, body CreateIngressJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateIngressResponse, error)
+
+	// DeleteIngressWithResponse Delete an ingress (its host ports are released)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /ingresses/{id} (the `DeleteIngress` operationId).
+	DeleteIngressWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteIngressResponse, error)
+
+	// GetIngressWithResponse Get one ingress
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /ingresses/{id} (the `GetIngress` operationId).
+	GetIngressWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetIngressResponse, error)
+
 	// ListInstancesWithResponse List instances, oldest first
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -1963,6 +3392,34 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /instances/{id}/events (the `StreamInstanceEvents` operationId).
 	StreamInstanceEventsWithResponse(ctx context.Context, id InstanceID, params *StreamInstanceEventsParams, reqEditors ...RequestEditorFn) (*StreamInstanceEventsResponse, error)
 
+	// ForkInstanceWithBodyWithResponse Clone an instance
+	//
+	// The fork gets a new id and name, its own copy of the writable disk and
+	// its own logs. From Stopped the fork is a disk clone; from Standby (or
+	// from Running with `from_running: true`, which puts the source on
+	// standby, clones it and restores both) the fork continues the source's
+	// memory state. 409 when the name is taken or the source is in a state
+	// that cannot be forked (Running without `from_running`).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+	ForkInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ForkInstanceResponse, error)
+
+	// ForkInstanceWithResponse Clone an instance
+	//
+	// The fork gets a new id and name, its own copy of the writable disk and
+	// its own logs. From Stopped the fork is a disk clone; from Standby (or
+	// from Running with `from_running: true`, which puts the source on
+	// standby, clones it and restores both) the fork continues the source's
+	// memory state. 409 when the name is taken or the source is in a state
+	// that cannot be forked (Running without `from_running`).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+	ForkInstanceWithResponse(ctx context.Context, id InstanceID, body ForkInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkInstanceResponse, error)
+
 	// GetInstanceLogsWithResponse Stream an instance's logs (server-sent events)
 	//
 	// Each log line is one SSE event whose `data` is the raw line. With
@@ -1973,6 +3430,78 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 	GetInstanceLogsWithResponse(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*GetInstanceLogsResponse, error)
+
+	// PauseInstanceWithResponse Freeze a Running instance's vCPUs (memory stays resident)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
+	PauseInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*PauseInstanceResponse, error)
+
+	// RestoreInstanceWithResponse Restore a Standby instance
+	//
+	// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/restore (the `RestoreInstance` operationId).
+	RestoreInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*RestoreInstanceResponse, error)
+
+	// ResumeInstanceWithResponse Continue a Paused instance
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
+	ResumeInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*ResumeInstanceResponse, error)
+
+	// CreateSnapshotWithBodyWithResponse Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind. A
+	// snapshot outlives its instance.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+	CreateSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error)
+
+	// CreateSnapshotWithResponse Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind. A
+	// snapshot outlives its instance.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+	CreateSnapshotWithResponse(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error)
+
+	// RestoreSnapshotWithResponse Roll an instance back to one of its snapshots
+	//
+	// The instance must be Stopped or Standby (409 otherwise) and the
+	// snapshot one of its own. A Standby snapshot brings it to Running
+	// where the snapshot was taken; a Stopped one leaves it Stopped on the
+	// snapshot's disk.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
+	RestoreSnapshotWithResponse(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*RestoreSnapshotResponse, error)
+
+	// StandbyInstanceWithResponse Put a Running (or Paused) instance on standby
+	//
+	// Running → Paused → Standby: the VM's memory and device state are saved
+	// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+	// continues the program where it was.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+	StandbyInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error)
 
 	// StartInstanceWithResponse Boot a Stopped instance
 	//
@@ -2014,6 +3543,49 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 	WaitForInstanceStateWithResponse(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*WaitForInstanceStateResponse, error)
+
+	// ListSnapshotsWithResponse List snapshots, oldest first
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /snapshots (the `ListSnapshots` operationId).
+	ListSnapshotsWithResponse(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*ListSnapshotsResponse, error)
+
+	// DeleteSnapshotWithResponse Delete a snapshot
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /snapshots/{id} (the `DeleteSnapshot` operationId).
+	DeleteSnapshotWithResponse(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*DeleteSnapshotResponse, error)
+
+	// GetSnapshotWithResponse Get one snapshot
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /snapshots/{id} (the `GetSnapshot` operationId).
+	GetSnapshotWithResponse(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*GetSnapshotResponse, error)
+
+	// ForkSnapshotWithBodyWithResponse Create a new instance from a snapshot
+	//
+	// The new instance starts from the snapshot's disks (and, for a Standby
+	// snapshot, continues its memory state). `target_state` defaults to
+	// Running; a Stopped snapshot cannot be forked into Standby.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+	ForkSnapshotWithBodyWithResponse(ctx context.Context, id SnapshotID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ForkSnapshotResponse, error)
+
+	// ForkSnapshotWithResponse Create a new instance from a snapshot
+	//
+	// The new instance starts from the snapshot's disks (and, for a Standby
+	// snapshot, continues its memory state). `target_state` defaults to
+	// Running; a Stopped snapshot cannot be forked into Standby.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+	ForkSnapshotWithResponse(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkSnapshotResponse, error)
 }
 
 type GetCapabilitiesResponse struct {
@@ -2464,6 +4036,317 @@ func (r GetImageResponse) ContentType() string {
 	return ""
 }
 
+type ListIngressesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Ingress
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListIngressesResponse) GetJSON200() *[]Ingress {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListIngressesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListIngressesResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListIngressesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ListIngressesResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ListIngressesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListIngressesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListIngressesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListIngressesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateIngressResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Ingress
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateIngressResponse) GetJSON201() *Ingress {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateIngressResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateIngressResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateIngressResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateIngressResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateIngressResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateIngressResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateIngressResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateIngressResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateIngressResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateIngressResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteIngressResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DeleteIngressResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteIngressResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteIngressResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteIngressResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteIngressResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DeleteIngressResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteIngressResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteIngressResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteIngressResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteIngressResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetIngressResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Ingress
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetIngressResponse) GetJSON200() *Ingress {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetIngressResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetIngressResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetIngressResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetIngressResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetIngressResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetIngressResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetIngressResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetIngressResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetIngressResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetIngressResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ListInstancesResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2851,6 +4734,96 @@ func (r StreamInstanceEventsResponse) ContentType() string {
 	return ""
 }
 
+type ForkInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ForkInstanceResponse) GetJSON201() *Instance {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ForkInstanceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ForkInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ForkInstanceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ForkInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ForkInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ForkInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ForkInstanceResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ForkInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ForkInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ForkInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ForkInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type GetInstanceLogsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2921,6 +4894,518 @@ func (r GetInstanceLogsResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetInstanceLogsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type PauseInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PauseInstanceResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PauseInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r PauseInstanceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PauseInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r PauseInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r PauseInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r PauseInstanceResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r PauseInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PauseInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PauseInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PauseInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RestoreInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RestoreInstanceResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RestoreInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RestoreInstanceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RestoreInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RestoreInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RestoreInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r RestoreInstanceResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r RestoreInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RestoreInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RestoreInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RestoreInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ResumeInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ResumeInstanceResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ResumeInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ResumeInstanceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ResumeInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ResumeInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ResumeInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ResumeInstanceResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ResumeInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ResumeInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ResumeInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ResumeInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateSnapshotResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Snapshot
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateSnapshotResponse) GetJSON201() *Snapshot {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateSnapshotResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateSnapshotResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateSnapshotResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreateSnapshotResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateSnapshotResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateSnapshotResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateSnapshotResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateSnapshotResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateSnapshotResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateSnapshotResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateSnapshotResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RestoreSnapshotResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r RestoreSnapshotResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r RestoreSnapshotResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RestoreSnapshotResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RestoreSnapshotResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RestoreSnapshotResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type StandbyInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StandbyInstanceResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StandbyInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r StandbyInstanceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StandbyInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r StandbyInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r StandbyInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r StandbyInstanceResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r StandbyInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StandbyInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StandbyInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StandbyInstanceResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3335,6 +5820,352 @@ func (r WaitForInstanceStateResponse) ContentType() string {
 	return ""
 }
 
+type ListSnapshotsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Snapshot
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListSnapshotsResponse) GetJSON200() *[]Snapshot {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListSnapshotsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSnapshotsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListSnapshotsResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ListSnapshotsResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListSnapshotsResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ListSnapshotsResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ListSnapshotsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListSnapshotsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListSnapshotsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListSnapshotsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteSnapshotResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DeleteSnapshotResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteSnapshotResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteSnapshotResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteSnapshotResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteSnapshotResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetSnapshotResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Snapshot
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSnapshotResponse) GetJSON200() *Snapshot {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetSnapshotResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSnapshotResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetSnapshotResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetSnapshotResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r GetSnapshotResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetSnapshotResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetSnapshotResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSnapshotResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSnapshotResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSnapshotResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSnapshotResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ForkSnapshotResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ForkSnapshotResponse) GetJSON201() *Instance {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ForkSnapshotResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ForkSnapshotResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ForkSnapshotResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ForkSnapshotResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ForkSnapshotResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ForkSnapshotResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ForkSnapshotResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ForkSnapshotResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ForkSnapshotResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ForkSnapshotResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ForkSnapshotResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetCapabilitiesWithResponse What this host can run and how
 //
 // Any valid token may read this (no scope required).
@@ -3455,6 +6286,89 @@ func (c *ClientWithResponses) GetImageWithResponse(ctx context.Context, name Ima
 	return ParseGetImageResponse(rsp)
 }
 
+// ListIngressesWithResponse List ingresses, oldest first
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /ingresses (the `ListIngresses` operationId).
+func (c *ClientWithResponses) ListIngressesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListIngressesResponse, error) {
+	rsp, err := c.ListIngresses(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListIngressesResponse(rsp)
+}
+
+// CreateIngressWithBodyWithResponse Publish instance ports on host ports
+//
+// Each rule routes HTTP requests arriving on host port `match.port`
+// (default 80) whose Host header is `match.hostname` (any host when
+// omitted; `*.example.com` matches one label) to port `target.port` of
+// instance `target.instance`, through a reverse proxy in the daemon.
+// The instance is resolved per request: it may be created later, and a
+// request while it is not Running gets 502. 409 when the name is taken,
+// a (port, hostname) pair is already routed, or a host port cannot be
+// bound.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+func (c *ClientWithResponses) CreateIngressWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateIngressResponse, error) {
+	rsp, err := c.CreateIngressWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateIngressResponse(rsp)
+}
+
+// CreateIngressWithResponse Publish instance ports on host ports
+//
+// Each rule routes HTTP requests arriving on host port `match.port`
+// (default 80) whose Host header is `match.hostname` (any host when
+// omitted; `*.example.com` matches one label) to port `target.port` of
+// instance `target.instance`, through a reverse proxy in the daemon.
+// The instance is resolved per request: it may be created later, and a
+// request while it is not Running gets 502. 409 when the name is taken,
+// a (port, hostname) pair is already routed, or a host port cannot be
+// bound.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /ingresses (the `CreateIngress` operationId).
+func (c *ClientWithResponses) CreateIngressWithResponse(ctx context.Context, body CreateIngressJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateIngressResponse, error) {
+	rsp, err := c.CreateIngress(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateIngressResponse(rsp)
+}
+
+// DeleteIngressWithResponse Delete an ingress (its host ports are released)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /ingresses/{id} (the `DeleteIngress` operationId).
+func (c *ClientWithResponses) DeleteIngressWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteIngressResponse, error) {
+	rsp, err := c.DeleteIngress(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteIngressResponse(rsp)
+}
+
+// GetIngressWithResponse Get one ingress
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /ingresses/{id} (the `GetIngress` operationId).
+func (c *ClientWithResponses) GetIngressWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetIngressResponse, error) {
+	rsp, err := c.GetIngress(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetIngressResponse(rsp)
+}
+
 // ListInstancesWithResponse List instances, oldest first
 //
 // Returns a wrapper object for the known response body format(s).
@@ -3547,6 +6461,46 @@ func (c *ClientWithResponses) StreamInstanceEventsWithResponse(ctx context.Conte
 	return ParseStreamInstanceEventsResponse(rsp)
 }
 
+// ForkInstanceWithBodyWithResponse Clone an instance
+//
+// The fork gets a new id and name, its own copy of the writable disk and
+// its own logs. From Stopped the fork is a disk clone; from Standby (or
+// from Running with `from_running: true`, which puts the source on
+// standby, clones it and restores both) the fork continues the source's
+// memory state. 409 when the name is taken or the source is in a state
+// that cannot be forked (Running without `from_running`).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+func (c *ClientWithResponses) ForkInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ForkInstanceResponse, error) {
+	rsp, err := c.ForkInstanceWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseForkInstanceResponse(rsp)
+}
+
+// ForkInstanceWithResponse Clone an instance
+//
+// The fork gets a new id and name, its own copy of the writable disk and
+// its own logs. From Stopped the fork is a disk clone; from Standby (or
+// from Running with `from_running: true`, which puts the source on
+// standby, clones it and restores both) the fork continues the source's
+// memory state. 409 when the name is taken or the source is in a state
+// that cannot be forked (Running without `from_running`).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/fork (the `ForkInstance` operationId).
+func (c *ClientWithResponses) ForkInstanceWithResponse(ctx context.Context, id InstanceID, body ForkInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkInstanceResponse, error) {
+	rsp, err := c.ForkInstance(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseForkInstanceResponse(rsp)
+}
+
 // GetInstanceLogsWithResponse Stream an instance's logs (server-sent events)
 //
 // Each log line is one SSE event whose `data` is the raw line. With
@@ -3562,6 +6516,120 @@ func (c *ClientWithResponses) GetInstanceLogsWithResponse(ctx context.Context, i
 		return nil, err
 	}
 	return ParseGetInstanceLogsResponse(rsp)
+}
+
+// PauseInstanceWithResponse Freeze a Running instance's vCPUs (memory stays resident)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
+func (c *ClientWithResponses) PauseInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*PauseInstanceResponse, error) {
+	rsp, err := c.PauseInstance(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePauseInstanceResponse(rsp)
+}
+
+// RestoreInstanceWithResponse Restore a Standby instance
+//
+// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/restore (the `RestoreInstance` operationId).
+func (c *ClientWithResponses) RestoreInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*RestoreInstanceResponse, error) {
+	rsp, err := c.RestoreInstance(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRestoreInstanceResponse(rsp)
+}
+
+// ResumeInstanceWithResponse Continue a Paused instance
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
+func (c *ClientWithResponses) ResumeInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*ResumeInstanceResponse, error) {
+	rsp, err := c.ResumeInstance(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseResumeInstanceResponse(rsp)
+}
+
+// CreateSnapshotWithBodyWithResponse Take a snapshot of an instance
+//
+// `Standby` captures memory and device state with the disks (the
+// program continues where it was when the snapshot is restored or
+// forked); `Stopped` captures the disks only (a restore or fork boots
+// afresh). 409 when the instance's state does not allow the kind. A
+// snapshot outlives its instance.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+func (c *ClientWithResponses) CreateSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error) {
+	rsp, err := c.CreateSnapshotWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateSnapshotResponse(rsp)
+}
+
+// CreateSnapshotWithResponse Take a snapshot of an instance
+//
+// `Standby` captures memory and device state with the disks (the
+// program continues where it was when the snapshot is restored or
+// forked); `Stopped` captures the disks only (a restore or fork boots
+// afresh). 409 when the instance's state does not allow the kind. A
+// snapshot outlives its instance.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
+func (c *ClientWithResponses) CreateSnapshotWithResponse(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error) {
+	rsp, err := c.CreateSnapshot(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateSnapshotResponse(rsp)
+}
+
+// RestoreSnapshotWithResponse Roll an instance back to one of its snapshots
+//
+// The instance must be Stopped or Standby (409 otherwise) and the
+// snapshot one of its own. A Standby snapshot brings it to Running
+// where the snapshot was taken; a Stopped one leaves it Stopped on the
+// snapshot's disk.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
+func (c *ClientWithResponses) RestoreSnapshotWithResponse(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*RestoreSnapshotResponse, error) {
+	rsp, err := c.RestoreSnapshot(ctx, id, sid, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRestoreSnapshotResponse(rsp)
+}
+
+// StandbyInstanceWithResponse Put a Running (or Paused) instance on standby
+//
+// Running → Paused → Standby: the VM's memory and device state are saved
+// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+// continues the program where it was.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+func (c *ClientWithResponses) StandbyInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error) {
+	rsp, err := c.StandbyInstance(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStandbyInstanceResponse(rsp)
 }
 
 // StartInstanceWithResponse Boot a Stopped instance
@@ -3633,6 +6701,79 @@ func (c *ClientWithResponses) WaitForInstanceStateWithResponse(ctx context.Conte
 		return nil, err
 	}
 	return ParseWaitForInstanceStateResponse(rsp)
+}
+
+// ListSnapshotsWithResponse List snapshots, oldest first
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /snapshots (the `ListSnapshots` operationId).
+func (c *ClientWithResponses) ListSnapshotsWithResponse(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*ListSnapshotsResponse, error) {
+	rsp, err := c.ListSnapshots(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListSnapshotsResponse(rsp)
+}
+
+// DeleteSnapshotWithResponse Delete a snapshot
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /snapshots/{id} (the `DeleteSnapshot` operationId).
+func (c *ClientWithResponses) DeleteSnapshotWithResponse(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*DeleteSnapshotResponse, error) {
+	rsp, err := c.DeleteSnapshot(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteSnapshotResponse(rsp)
+}
+
+// GetSnapshotWithResponse Get one snapshot
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /snapshots/{id} (the `GetSnapshot` operationId).
+func (c *ClientWithResponses) GetSnapshotWithResponse(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*GetSnapshotResponse, error) {
+	rsp, err := c.GetSnapshot(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSnapshotResponse(rsp)
+}
+
+// ForkSnapshotWithBodyWithResponse Create a new instance from a snapshot
+//
+// The new instance starts from the snapshot's disks (and, for a Standby
+// snapshot, continues its memory state). `target_state` defaults to
+// Running; a Stopped snapshot cannot be forked into Standby.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+func (c *ClientWithResponses) ForkSnapshotWithBodyWithResponse(ctx context.Context, id SnapshotID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ForkSnapshotResponse, error) {
+	rsp, err := c.ForkSnapshotWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseForkSnapshotResponse(rsp)
+}
+
+// ForkSnapshotWithResponse Create a new instance from a snapshot
+//
+// The new instance starts from the snapshot's disks (and, for a Standby
+// snapshot, continues its memory state). `target_state` defaults to
+// Running; a Stopped snapshot cannot be forked into Standby.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
+func (c *ClientWithResponses) ForkSnapshotWithResponse(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkSnapshotResponse, error) {
+	rsp, err := c.ForkSnapshot(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseForkSnapshotResponse(rsp)
 }
 
 // ParseGetCapabilitiesResponse parses an HTTP response from a GetCapabilitiesWithResponse call
@@ -3981,6 +7122,260 @@ func ParseGetImageResponse(rsp *http.Response) (*GetImageResponse, error) {
 	return response, nil
 }
 
+// ParseListIngressesResponse parses an HTTP response from a ListIngressesWithResponse call
+func ParseListIngressesResponse(rsp *http.Response) (*ListIngressesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListIngressesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Ingress
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateIngressResponse parses an HTTP response from a CreateIngressWithResponse call
+func ParseCreateIngressResponse(rsp *http.Response) (*CreateIngressResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateIngressResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Ingress
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteIngressResponse parses an HTTP response from a DeleteIngressWithResponse call
+func ParseDeleteIngressResponse(rsp *http.Response) (*DeleteIngressResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteIngressResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetIngressResponse parses an HTTP response from a GetIngressWithResponse call
+func ParseGetIngressResponse(rsp *http.Response) (*GetIngressResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetIngressResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Ingress
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseListInstancesResponse parses an HTTP response from a ListInstancesWithResponse call
 func ParseListInstancesResponse(rsp *http.Response) (*ListInstancesResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -4296,6 +7691,81 @@ func ParseStreamInstanceEventsResponse(rsp *http.Response) (*StreamInstanceEvent
 	return response, nil
 }
 
+// ParseForkInstanceResponse parses an HTTP response from a ForkInstanceWithResponse call
+func ParseForkInstanceResponse(rsp *http.Response) (*ForkInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ForkInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseGetInstanceLogsResponse parses an HTTP response from a GetInstanceLogsWithResponse call
 func ParseGetInstanceLogsResponse(rsp *http.Response) (*GetInstanceLogsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -4351,6 +7821,428 @@ func ParseGetInstanceLogsResponse(rsp *http.Response) (*GetInstanceLogsResponse,
 			return nil, err
 		}
 		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParsePauseInstanceResponse parses an HTTP response from a PauseInstanceWithResponse call
+func ParsePauseInstanceResponse(rsp *http.Response) (*PauseInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PauseInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRestoreInstanceResponse parses an HTTP response from a RestoreInstanceWithResponse call
+func ParseRestoreInstanceResponse(rsp *http.Response) (*RestoreInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RestoreInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseResumeInstanceResponse parses an HTTP response from a ResumeInstanceWithResponse call
+func ParseResumeInstanceResponse(rsp *http.Response) (*ResumeInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ResumeInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateSnapshotResponse parses an HTTP response from a CreateSnapshotWithResponse call
+func ParseCreateSnapshotResponse(rsp *http.Response) (*CreateSnapshotResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateSnapshotResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Snapshot
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRestoreSnapshotResponse parses an HTTP response from a RestoreSnapshotWithResponse call
+func ParseRestoreSnapshotResponse(rsp *http.Response) (*RestoreSnapshotResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RestoreSnapshotResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStandbyInstanceResponse parses an HTTP response from a StandbyInstanceWithResponse call
+func ParseStandbyInstanceResponse(rsp *http.Response) (*StandbyInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StandbyInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
 
 	}
 
@@ -4635,6 +8527,295 @@ func ParseWaitForInstanceStateResponse(rsp *http.Response) (*WaitForInstanceStat
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListSnapshotsResponse parses an HTTP response from a ListSnapshotsWithResponse call
+func ParseListSnapshotsResponse(rsp *http.Response) (*ListSnapshotsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListSnapshotsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Snapshot
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteSnapshotResponse parses an HTTP response from a DeleteSnapshotWithResponse call
+func ParseDeleteSnapshotResponse(rsp *http.Response) (*DeleteSnapshotResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteSnapshotResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetSnapshotResponse parses an HTTP response from a GetSnapshotWithResponse call
+func ParseGetSnapshotResponse(rsp *http.Response) (*GetSnapshotResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSnapshotResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Snapshot
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseForkSnapshotResponse parses an HTTP response from a ForkSnapshotWithResponse call
+func ParseForkSnapshotResponse(rsp *http.Response) (*ForkSnapshotResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ForkSnapshotResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
 		var dest BadRequest

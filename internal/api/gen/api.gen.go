@@ -23,6 +23,27 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for ForkTargetState.
+const (
+	ForkTargetStateRunning ForkTargetState = "Running"
+	ForkTargetStateStandby ForkTargetState = "Standby"
+	ForkTargetStateStopped ForkTargetState = "Stopped"
+)
+
+// Valid indicates whether the value is a known member of the ForkTargetState enum.
+func (e ForkTargetState) Valid() bool {
+	switch e {
+	case ForkTargetStateRunning:
+		return true
+	case ForkTargetStateStandby:
+		return true
+	case ForkTargetStateStopped:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for HealthStatus.
 const (
 	Ok HealthStatus = "ok"
@@ -67,34 +88,52 @@ func (e ImageStatus) Valid() bool {
 
 // Defines values for InstanceState.
 const (
-	Created      InstanceState = "Created"
-	Initializing InstanceState = "Initializing"
-	Paused       InstanceState = "Paused"
-	Running      InstanceState = "Running"
-	Shutdown     InstanceState = "Shutdown"
-	Standby      InstanceState = "Standby"
-	Stopped      InstanceState = "Stopped"
-	Unknown      InstanceState = "Unknown"
+	InstanceStateCreated      InstanceState = "Created"
+	InstanceStateInitializing InstanceState = "Initializing"
+	InstanceStatePaused       InstanceState = "Paused"
+	InstanceStateRunning      InstanceState = "Running"
+	InstanceStateShutdown     InstanceState = "Shutdown"
+	InstanceStateStandby      InstanceState = "Standby"
+	InstanceStateStopped      InstanceState = "Stopped"
+	InstanceStateUnknown      InstanceState = "Unknown"
 )
 
 // Valid indicates whether the value is a known member of the InstanceState enum.
 func (e InstanceState) Valid() bool {
 	switch e {
-	case Created:
+	case InstanceStateCreated:
 		return true
-	case Initializing:
+	case InstanceStateInitializing:
 		return true
-	case Paused:
+	case InstanceStatePaused:
 		return true
-	case Running:
+	case InstanceStateRunning:
 		return true
-	case Shutdown:
+	case InstanceStateShutdown:
 		return true
-	case Standby:
+	case InstanceStateStandby:
 		return true
-	case Stopped:
+	case InstanceStateStopped:
 		return true
-	case Unknown:
+	case InstanceStateUnknown:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotKind.
+const (
+	SnapshotKindStandby SnapshotKind = "Standby"
+	SnapshotKindStopped SnapshotKind = "Stopped"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotKind enum.
+func (e SnapshotKind) Valid() bool {
+	switch e {
+	case SnapshotKindStandby:
+		return true
+	case SnapshotKindStopped:
 		return true
 	default:
 		return false
@@ -149,6 +188,12 @@ type CreateImageRequest struct {
 	Name string `json:"name"`
 }
 
+// CreateIngressRequest defines model for CreateIngressRequest.
+type CreateIngressRequest struct {
+	Name  string        `json:"name"`
+	Rules []IngressRule `json:"rules"`
+}
+
 // CreateInstanceRequest defines model for CreateInstanceRequest.
 type CreateInstanceRequest struct {
 	// Cmd Replaces the image's cmd.
@@ -178,12 +223,26 @@ type CreateInstanceRequest struct {
 	Vcpus *int `json:"vcpus,omitempty"`
 }
 
+// CreateSnapshotRequest defines model for CreateSnapshotRequest.
+type CreateSnapshotRequest struct {
+	// Kind Standby = memory and device state plus disks (the instance must be
+	// Running, Paused or Standby); Stopped = the writable disk only (the
+	// instance must be Stopped). Default: Standby for a live or standby
+	// instance, Stopped otherwise.
+	Kind *SnapshotKind `json:"kind,omitempty"`
+
+	// Name Unique snapshot name (default generated).
+	Name *string            `json:"name,omitempty"`
+	Tags *map[string]string `json:"tags,omitempty"`
+}
+
 // Error defines model for Error.
 type Error struct {
 	// Code Stable snake_case code: invalid_request, invalid_state,
 	// invalid_timeout, unauthorized, forbidden, not_found, conflict,
-	// image_not_ready, request_too_large, method_not_allowed, internal,
-	// bad_gateway, timeout, not_implemented.
+	// image_not_ready, agent_unavailable, request_too_large,
+	// method_not_allowed, internal, bad_gateway, timeout, unavailable,
+	// not_implemented.
 	//
 	//
 	// Example: not_found
@@ -192,6 +251,33 @@ type Error struct {
 	// Message Example: instance not found: web
 	Message string `json:"message"`
 }
+
+// ForkInstanceRequest defines model for ForkInstanceRequest.
+type ForkInstanceRequest struct {
+	// FromRunning Allow forking a Running instance (it is put on standby, cloned, and restored).
+	FromRunning *bool `json:"from_running,omitempty"`
+
+	// Name Name of the fork (unique).
+	Name string `json:"name"`
+
+	// TargetState The fork's state when the call returns. Default: Running, or Stopped
+	// when the source is Stopped.
+	TargetState *ForkTargetState `json:"target_state,omitempty"`
+}
+
+// ForkSnapshotRequest defines model for ForkSnapshotRequest.
+type ForkSnapshotRequest struct {
+	// Name Name of the new instance (unique).
+	Name string `json:"name"`
+
+	// TargetState The fork's state when the call returns. Default: Running, or Stopped
+	// when the source is Stopped.
+	TargetState *ForkTargetState `json:"target_state,omitempty"`
+}
+
+// ForkTargetState The fork's state when the call returns. Default: Running, or Stopped
+// when the source is Stopped.
+type ForkTargetState string
 
 // Health defines model for Health.
 type Health struct {
@@ -244,6 +330,38 @@ type ImageProgress struct {
 // ImageStatus defines model for ImageStatus.
 type ImageStatus string
 
+// Ingress defines model for Ingress.
+type Ingress struct {
+	CreatedAt time.Time     `json:"created_at"`
+	Id        string        `json:"id"`
+	Name      string        `json:"name"`
+	Rules     []IngressRule `json:"rules"`
+}
+
+// IngressMatch defines model for IngressMatch.
+type IngressMatch struct {
+	// Hostname Host header to match (any host when empty; `*.example.com` matches one label).
+	//
+	// Example: app.example.com
+	Hostname *string `json:"hostname,omitempty"`
+
+	// Port Host port to listen on (default 80).
+	Port *int `json:"port,omitempty"`
+}
+
+// IngressRule defines model for IngressRule.
+type IngressRule struct {
+	Match  IngressMatch  `json:"match"`
+	Target IngressTarget `json:"target"`
+}
+
+// IngressTarget defines model for IngressTarget.
+type IngressTarget struct {
+	// Instance Instance name or ID (resolved per request).
+	Instance string `json:"instance"`
+	Port     int    `json:"port"`
+}
+
 // Instance defines model for Instance.
 type Instance struct {
 	Cmd        *[]string          `json:"cmd,omitempty"`
@@ -263,6 +381,9 @@ type Instance struct {
 	ImageDigest *string `json:"image_digest,omitempty"`
 	Name        string  `json:"name"`
 
+	// Network The instance's network (null when the server does not report it).
+	Network *InstanceNetwork `json:"network,omitempty"`
+
 	// OverlaySize Size of the writable disk layer (e.g. 10GB).
 	OverlaySize string `json:"overlay_size"`
 
@@ -276,6 +397,19 @@ type Instance struct {
 	StoppedAt  *time.Time         `json:"stopped_at"`
 	Tags       *map[string]string `json:"tags,omitempty"`
 	Vcpus      int                `json:"vcpus"`
+}
+
+// InstanceNetwork The instance's network (null when the server does not report it).
+type InstanceNetwork struct {
+	Enabled bool `json:"enabled"`
+
+	// Ip Guest IPv4 address (empty in user-mode networking or when disabled).
+	//
+	// Example: 10.100.0.12
+	Ip *string `json:"ip,omitempty"`
+
+	// Mac Example: 02:00:0a:64:00:0c
+	Mac *string `json:"mac,omitempty"`
 }
 
 // InstanceState defines model for InstanceState.
@@ -324,6 +458,38 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
+// Snapshot defines model for Snapshot.
+type Snapshot struct {
+	// Compressed The memory state is zstd-compressed.
+	Compressed  bool      `json:"compressed"`
+	CreatedAt   time.Time `json:"created_at"`
+	Id          string    `json:"id"`
+	Image       string    `json:"image"`
+	ImageDigest *string   `json:"image_digest,omitempty"`
+
+	// Kind Standby = memory and device state plus disks (the instance must be
+	// Running, Paused or Standby); Stopped = the writable disk only (the
+	// instance must be Stopped). Default: Standby for a live or standby
+	// instance, Stopped otherwise.
+	Kind SnapshotKind `json:"kind"`
+
+	// MemoryBytes Guest memory size of the source instance.
+	MemoryBytes int64  `json:"memory_bytes"`
+	Name        string `json:"name"`
+
+	// SizeBytes Disk space the snapshot uses.
+	SizeBytes          int64              `json:"size_bytes"`
+	SourceInstanceId   string             `json:"source_instance_id"`
+	SourceInstanceName string             `json:"source_instance_name"`
+	Tags               *map[string]string `json:"tags,omitempty"`
+}
+
+// SnapshotKind Standby = memory and device state plus disks (the instance must be
+// Running, Paused or Standby); Stopped = the writable disk only (the
+// instance must be Stopped). Default: Standby for a live or standby
+// instance, Stopped otherwise.
+type SnapshotKind string
+
 // WaitResponse defines model for WaitResponse.
 type WaitResponse struct {
 	Reached    *InstanceState `json:"reached,omitempty"`
@@ -340,6 +506,9 @@ type InstanceID = string
 
 // LastEventID defines model for LastEventID.
 type LastEventID = string
+
+// SnapshotID defines model for SnapshotID.
+type SnapshotID = string
 
 // BadGateway defines model for BadGateway.
 type BadGateway = Error
@@ -413,11 +582,29 @@ type WaitForInstanceStateParams struct {
 	Timeout *string `form:"timeout,omitempty" json:"timeout,omitempty"`
 }
 
+// ListSnapshotsParams defines parameters for ListSnapshots.
+type ListSnapshotsParams struct {
+	// Instance Only snapshots taken of this instance (ID, name or unique ID prefix; the source name or ID also matches after the instance was deleted).
+	Instance *string `form:"instance,omitempty" json:"instance,omitempty"`
+}
+
 // CreateImageJSONRequestBody defines body for CreateImage for application/json ContentType.
 type CreateImageJSONRequestBody = CreateImageRequest
 
+// CreateIngressJSONRequestBody defines body for CreateIngress for application/json ContentType.
+type CreateIngressJSONRequestBody = CreateIngressRequest
+
 // CreateInstanceJSONRequestBody defines body for CreateInstance for application/json ContentType.
 type CreateInstanceJSONRequestBody = CreateInstanceRequest
+
+// ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
+type ForkInstanceJSONRequestBody = ForkInstanceRequest
+
+// CreateSnapshotJSONRequestBody defines body for CreateSnapshot for application/json ContentType.
+type CreateSnapshotJSONRequestBody = CreateSnapshotRequest
+
+// ForkSnapshotJSONRequestBody defines body for ForkSnapshot for application/json ContentType.
+type ForkSnapshotJSONRequestBody = ForkSnapshotRequest
 
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
@@ -442,6 +629,18 @@ type ServerInterface interface {
 	// GetImage Get one image
 	// (GET /images/{name})
 	GetImage(w http.ResponseWriter, r *http.Request, name ImageName)
+	// ListIngresses List ingresses, oldest first
+	// (GET /ingresses)
+	ListIngresses(w http.ResponseWriter, r *http.Request)
+	// CreateIngress Publish instance ports on host ports
+	// (POST /ingresses)
+	CreateIngress(w http.ResponseWriter, r *http.Request)
+	// DeleteIngress Delete an ingress (its host ports are released)
+	// (DELETE /ingresses/{id})
+	DeleteIngress(w http.ResponseWriter, r *http.Request, id string)
+	// GetIngress Get one ingress
+	// (GET /ingresses/{id})
+	GetIngress(w http.ResponseWriter, r *http.Request, id string)
 	// ListInstances List instances, oldest first
 	// (GET /instances)
 	ListInstances(w http.ResponseWriter, r *http.Request, params ListInstancesParams)
@@ -457,9 +656,30 @@ type ServerInterface interface {
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams)
+	// ForkInstance Clone an instance
+	// (POST /instances/{id}/fork)
+	ForkInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
 	// GetInstanceLogs Stream an instance's logs (server-sent events)
 	// (GET /instances/{id}/logs)
 	GetInstanceLogs(w http.ResponseWriter, r *http.Request, id InstanceID, params GetInstanceLogsParams)
+	// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
+	// (POST /instances/{id}/pause)
+	PauseInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// RestoreInstance Restore a Standby instance
+	// (POST /instances/{id}/restore)
+	RestoreInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// ResumeInstance Continue a Paused instance
+	// (POST /instances/{id}/resume)
+	ResumeInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// CreateSnapshot Take a snapshot of an instance
+	// (POST /instances/{id}/snapshots)
+	CreateSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// RestoreSnapshot Roll an instance back to one of its snapshots
+	// (POST /instances/{id}/snapshots/{sid}/restore)
+	RestoreSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string)
+	// StandbyInstance Put a Running (or Paused) instance on standby
+	// (POST /instances/{id}/standby)
+	StandbyInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
 	// StartInstance Boot a Stopped instance
 	// (POST /instances/{id}/start)
 	StartInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
@@ -475,6 +695,18 @@ type ServerInterface interface {
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	// (GET /instances/{id}/wait)
 	WaitForInstanceState(w http.ResponseWriter, r *http.Request, id InstanceID, params WaitForInstanceStateParams)
+	// ListSnapshots List snapshots, oldest first
+	// (GET /snapshots)
+	ListSnapshots(w http.ResponseWriter, r *http.Request, params ListSnapshotsParams)
+	// DeleteSnapshot Delete a snapshot
+	// (DELETE /snapshots/{id})
+	DeleteSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID)
+	// GetSnapshot Get one snapshot
+	// (GET /snapshots/{id})
+	GetSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID)
+	// ForkSnapshot Create a new instance from a snapshot
+	// (POST /snapshots/{id}/fork)
+	ForkSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
@@ -523,6 +755,30 @@ func (_ Unimplemented) GetImage(w http.ResponseWriter, r *http.Request, name Ima
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// ListIngresses List ingresses, oldest first
+// (GET /ingresses)
+func (_ Unimplemented) ListIngresses(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateIngress Publish instance ports on host ports
+// (POST /ingresses)
+func (_ Unimplemented) CreateIngress(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeleteIngress Delete an ingress (its host ports are released)
+// (DELETE /ingresses/{id})
+func (_ Unimplemented) DeleteIngress(w http.ResponseWriter, r *http.Request, id string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetIngress Get one ingress
+// (GET /ingresses/{id})
+func (_ Unimplemented) GetIngress(w http.ResponseWriter, r *http.Request, id string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // ListInstances List instances, oldest first
 // (GET /instances)
 func (_ Unimplemented) ListInstances(w http.ResponseWriter, r *http.Request, params ListInstancesParams) {
@@ -553,9 +809,51 @@ func (_ Unimplemented) StreamInstanceEvents(w http.ResponseWriter, r *http.Reque
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// ForkInstance Clone an instance
+// (POST /instances/{id}/fork)
+func (_ Unimplemented) ForkInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // GetInstanceLogs Stream an instance's logs (server-sent events)
 // (GET /instances/{id}/logs)
 func (_ Unimplemented) GetInstanceLogs(w http.ResponseWriter, r *http.Request, id InstanceID, params GetInstanceLogsParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
+// (POST /instances/{id}/pause)
+func (_ Unimplemented) PauseInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RestoreInstance Restore a Standby instance
+// (POST /instances/{id}/restore)
+func (_ Unimplemented) RestoreInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ResumeInstance Continue a Paused instance
+// (POST /instances/{id}/resume)
+func (_ Unimplemented) ResumeInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateSnapshot Take a snapshot of an instance
+// (POST /instances/{id}/snapshots)
+func (_ Unimplemented) CreateSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RestoreSnapshot Roll an instance back to one of its snapshots
+// (POST /instances/{id}/snapshots/{sid}/restore)
+func (_ Unimplemented) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StandbyInstance Put a Running (or Paused) instance on standby
+// (POST /instances/{id}/standby)
+func (_ Unimplemented) StandbyInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -586,6 +884,30 @@ func (_ Unimplemented) StopInstance(w http.ResponseWriter, r *http.Request, id I
 // WaitForInstanceState Block until the instance reaches one of the given states
 // (GET /instances/{id}/wait)
 func (_ Unimplemented) WaitForInstanceState(w http.ResponseWriter, r *http.Request, id InstanceID, params WaitForInstanceStateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListSnapshots List snapshots, oldest first
+// (GET /snapshots)
+func (_ Unimplemented) ListSnapshots(w http.ResponseWriter, r *http.Request, params ListSnapshotsParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeleteSnapshot Delete a snapshot
+// (DELETE /snapshots/{id})
+func (_ Unimplemented) DeleteSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetSnapshot Get one snapshot
+// (GET /snapshots/{id})
+func (_ Unimplemented) GetSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ForkSnapshot Create a new instance from a snapshot
+// (POST /snapshots/{id}/fork)
+func (_ Unimplemented) ForkSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -747,6 +1069,86 @@ func (siw *ServerInterfaceWrapper) GetImage(w http.ResponseWriter, r *http.Reque
 	handler.ServeHTTP(w, r)
 }
 
+// ListIngresses operation middleware
+func (siw *ServerInterfaceWrapper) ListIngresses(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListIngresses(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateIngress operation middleware
+func (siw *ServerInterfaceWrapper) CreateIngress(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateIngress(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeleteIngress operation middleware
+func (siw *ServerInterfaceWrapper) DeleteIngress(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeleteIngress(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetIngress operation middleware
+func (siw *ServerInterfaceWrapper) GetIngress(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetIngress(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // ListInstances operation middleware
 func (siw *ServerInterfaceWrapper) ListInstances(w http.ResponseWriter, r *http.Request) {
 
@@ -896,6 +1298,32 @@ func (siw *ServerInterfaceWrapper) StreamInstanceEvents(w http.ResponseWriter, r
 	handler.ServeHTTP(w, r)
 }
 
+// ForkInstance operation middleware
+func (siw *ServerInterfaceWrapper) ForkInstance(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ForkInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // GetInstanceLogs operation middleware
 func (siw *ServerInterfaceWrapper) GetInstanceLogs(w http.ResponseWriter, r *http.Request) {
 
@@ -955,6 +1383,171 @@ func (siw *ServerInterfaceWrapper) GetInstanceLogs(w http.ResponseWriter, r *htt
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.GetInstanceLogs(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// PauseInstance operation middleware
+func (siw *ServerInterfaceWrapper) PauseInstance(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.PauseInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RestoreInstance operation middleware
+func (siw *ServerInterfaceWrapper) RestoreInstance(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RestoreInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ResumeInstance operation middleware
+func (siw *ServerInterfaceWrapper) ResumeInstance(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ResumeInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) CreateSnapshot(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RestoreSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) RestoreSnapshot(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "sid" -------------
+	var sid string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "sid", chi.URLParam(r, "sid"), &sid, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "sid", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RestoreSnapshot(w, r, id, sid)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StandbyInstance operation middleware
+func (siw *ServerInterfaceWrapper) StandbyInstance(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StandbyInstance(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1152,6 +1745,117 @@ func (siw *ServerInterfaceWrapper) WaitForInstanceState(w http.ResponseWriter, r
 	handler.ServeHTTP(w, r)
 }
 
+// ListSnapshots operation middleware
+func (siw *ServerInterfaceWrapper) ListSnapshots(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListSnapshotsParams
+
+	// ------------- Optional query parameter "instance" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "instance", r.URL.Query(), &params.Instance, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "instance"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "instance", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListSnapshots(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeleteSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) DeleteSnapshot(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SnapshotID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeleteSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) GetSnapshot(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SnapshotID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ForkSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) ForkSnapshot(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SnapshotID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ForkSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 type UnescapedCookieParamError struct {
 	ParamName string
 	Err       error
@@ -1317,7 +2021,52 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/instances/{id}/events", wrapper.StreamInstanceEvents)
 	})
 	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/standby", wrapper.StandbyInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/restore", wrapper.RestoreInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/pause", wrapper.PauseInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/resume", wrapper.ResumeInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/fork", wrapper.ForkInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/snapshots", wrapper.CreateSnapshot)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/snapshots/{sid}/restore", wrapper.RestoreSnapshot)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/events", wrapper.StreamEvents)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/snapshots", wrapper.ListSnapshots)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/snapshots/{id}", wrapper.DeleteSnapshot)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/snapshots/{id}", wrapper.GetSnapshot)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/snapshots/{id}/fork", wrapper.ForkSnapshot)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/ingresses", wrapper.ListIngresses)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/ingresses", wrapper.CreateIngress)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/ingresses/{id}", wrapper.DeleteIngress)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/ingresses/{id}", wrapper.GetIngress)
 	})
 
 	return r
@@ -1863,6 +2612,395 @@ func (response GetImage500JSONResponse) VisitGetImageResponse(w http.ResponseWri
 	return err
 }
 
+type ListIngressesRequestObject struct {
+}
+
+type ListIngressesResponseObject interface {
+	VisitListIngressesResponse(w http.ResponseWriter) error
+}
+
+type ListIngresses200JSONResponse []Ingress
+
+func (response ListIngresses200JSONResponse) VisitListIngressesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListIngresses401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListIngresses401JSONResponse) VisitListIngressesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListIngresses403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListIngresses403JSONResponse) VisitListIngressesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListIngresses500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListIngresses500JSONResponse) VisitListIngressesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListIngresses501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ListIngresses501JSONResponse) VisitListIngressesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngressRequestObject struct {
+	Body *CreateIngressJSONRequestBody
+}
+
+type CreateIngressResponseObject interface {
+	VisitCreateIngressResponse(w http.ResponseWriter) error
+}
+
+type CreateIngress201JSONResponse Ingress
+
+func (response CreateIngress201JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngress400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateIngress400JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngress401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateIngress401JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngress403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateIngress403JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngress409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreateIngress409JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngress500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateIngress500JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateIngress501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateIngress501JSONResponse) VisitCreateIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteIngressRequestObject struct {
+	Id string `json:"id"`
+}
+
+type DeleteIngressResponseObject interface {
+	VisitDeleteIngressResponse(w http.ResponseWriter) error
+}
+
+type DeleteIngress204Response struct {
+}
+
+func (response DeleteIngress204Response) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeleteIngress400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response DeleteIngress400JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteIngress401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DeleteIngress401JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteIngress403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DeleteIngress403JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteIngress404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DeleteIngress404JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteIngress500JSONResponse struct{ InternalJSONResponse }
+
+func (response DeleteIngress500JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteIngress501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response DeleteIngress501JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngressRequestObject struct {
+	Id string `json:"id"`
+}
+
+type GetIngressResponseObject interface {
+	VisitGetIngressResponse(w http.ResponseWriter) error
+}
+
+type GetIngress200JSONResponse Ingress
+
+func (response GetIngress200JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response GetIngress400JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetIngress401JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetIngress403JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetIngress404JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetIngress500JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetIngress501JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ListInstancesRequestObject struct {
 	Params ListInstancesParams
 }
@@ -2389,6 +3527,127 @@ func (response StreamInstanceEvents501JSONResponse) VisitStreamInstanceEventsRes
 	return err
 }
 
+type ForkInstanceRequestObject struct {
+	Id   InstanceID `json:"id"`
+	Body *ForkInstanceJSONRequestBody
+}
+
+type ForkInstanceResponseObject interface {
+	VisitForkInstanceResponse(w http.ResponseWriter) error
+}
+
+type ForkInstance201JSONResponse Instance
+
+func (response ForkInstance201JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ForkInstance400JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ForkInstance401JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ForkInstance403JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ForkInstance404JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance409JSONResponse struct{ ConflictJSONResponse }
+
+func (response ForkInstance409JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance500JSONResponse struct{ InternalJSONResponse }
+
+func (response ForkInstance500JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkInstance501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ForkInstance501JSONResponse) VisitForkInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type GetInstanceLogsRequestObject struct {
 	Id     InstanceID `json:"id"`
 	Params GetInstanceLogsParams
@@ -2521,6 +3780,672 @@ func (response GetInstanceLogs500JSONResponse) VisitGetInstanceLogsResponse(w ht
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstanceRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type PauseInstanceResponseObject interface {
+	VisitPauseInstanceResponse(w http.ResponseWriter) error
+}
+
+type PauseInstance200JSONResponse Instance
+
+func (response PauseInstance200JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstance401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response PauseInstance401JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstance403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response PauseInstance403JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstance404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response PauseInstance404JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstance409JSONResponse struct{ ConflictJSONResponse }
+
+func (response PauseInstance409JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstance500JSONResponse struct{ InternalJSONResponse }
+
+func (response PauseInstance500JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PauseInstance501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response PauseInstance501JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type RestoreInstanceResponseObject interface {
+	VisitRestoreInstanceResponse(w http.ResponseWriter) error
+}
+
+type RestoreInstance200JSONResponse Instance
+
+func (response RestoreInstance200JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstance401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response RestoreInstance401JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstance403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response RestoreInstance403JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstance404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response RestoreInstance404JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstance409JSONResponse struct{ ConflictJSONResponse }
+
+func (response RestoreInstance409JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstance500JSONResponse struct{ InternalJSONResponse }
+
+func (response RestoreInstance500JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstance501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response RestoreInstance501JSONResponse) VisitRestoreInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstanceRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type ResumeInstanceResponseObject interface {
+	VisitResumeInstanceResponse(w http.ResponseWriter) error
+}
+
+type ResumeInstance200JSONResponse Instance
+
+func (response ResumeInstance200JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstance401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ResumeInstance401JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstance403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ResumeInstance403JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstance404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ResumeInstance404JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstance409JSONResponse struct{ ConflictJSONResponse }
+
+func (response ResumeInstance409JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstance500JSONResponse struct{ InternalJSONResponse }
+
+func (response ResumeInstance500JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ResumeInstance501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ResumeInstance501JSONResponse) VisitResumeInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshotRequestObject struct {
+	Id   InstanceID `json:"id"`
+	Body *CreateSnapshotJSONRequestBody
+}
+
+type CreateSnapshotResponseObject interface {
+	VisitCreateSnapshotResponse(w http.ResponseWriter) error
+}
+
+type CreateSnapshot201JSONResponse Snapshot
+
+func (response CreateSnapshot201JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateSnapshot400JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateSnapshot401JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateSnapshot403JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CreateSnapshot404JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreateSnapshot409JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateSnapshot500JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateSnapshot501JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshotRequestObject struct {
+	Id  InstanceID `json:"id"`
+	Sid string     `json:"sid"`
+}
+
+type RestoreSnapshotResponseObject interface {
+	VisitRestoreSnapshotResponse(w http.ResponseWriter) error
+}
+
+type RestoreSnapshot200JSONResponse Instance
+
+func (response RestoreSnapshot200JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response RestoreSnapshot400JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response RestoreSnapshot401JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response RestoreSnapshot403JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response RestoreSnapshot404JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response RestoreSnapshot409JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response RestoreSnapshot500JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response RestoreSnapshot501JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstanceRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type StandbyInstanceResponseObject interface {
+	VisitStandbyInstanceResponse(w http.ResponseWriter) error
+}
+
+type StandbyInstance200JSONResponse Instance
+
+func (response StandbyInstance200JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StandbyInstance401JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response StandbyInstance403JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StandbyInstance404JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance409JSONResponse struct{ ConflictJSONResponse }
+
+func (response StandbyInstance409JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance500JSONResponse struct{ InternalJSONResponse }
+
+func (response StandbyInstance500JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response StandbyInstance501JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -3043,6 +4968,467 @@ func (response WaitForInstanceState501JSONResponse) VisitWaitForInstanceStateRes
 	return err
 }
 
+type ListSnapshotsRequestObject struct {
+	Params ListSnapshotsParams
+}
+
+type ListSnapshotsResponseObject interface {
+	VisitListSnapshotsResponse(w http.ResponseWriter) error
+}
+
+type ListSnapshots200JSONResponse []Snapshot
+
+func (response ListSnapshots200JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListSnapshots400JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListSnapshots401JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListSnapshots403JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots409JSONResponse struct{ ConflictJSONResponse }
+
+func (response ListSnapshots409JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListSnapshots500JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ListSnapshots501JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshotRequestObject struct {
+	Id SnapshotID `json:"id"`
+}
+
+type DeleteSnapshotResponseObject interface {
+	VisitDeleteSnapshotResponse(w http.ResponseWriter) error
+}
+
+type DeleteSnapshot204Response struct {
+}
+
+func (response DeleteSnapshot204Response) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeleteSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response DeleteSnapshot400JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DeleteSnapshot401JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DeleteSnapshot403JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DeleteSnapshot404JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response DeleteSnapshot409JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response DeleteSnapshot500JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response DeleteSnapshot501JSONResponse) VisitDeleteSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshotRequestObject struct {
+	Id SnapshotID `json:"id"`
+}
+
+type GetSnapshotResponseObject interface {
+	VisitGetSnapshotResponse(w http.ResponseWriter) error
+}
+
+type GetSnapshot200JSONResponse Snapshot
+
+func (response GetSnapshot200JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response GetSnapshot400JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetSnapshot401JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetSnapshot403JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetSnapshot404JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response GetSnapshot409JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetSnapshot500JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetSnapshot501JSONResponse) VisitGetSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshotRequestObject struct {
+	Id   SnapshotID `json:"id"`
+	Body *ForkSnapshotJSONRequestBody
+}
+
+type ForkSnapshotResponseObject interface {
+	VisitForkSnapshotResponse(w http.ResponseWriter) error
+}
+
+type ForkSnapshot201JSONResponse Instance
+
+func (response ForkSnapshot201JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ForkSnapshot400JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ForkSnapshot401JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ForkSnapshot403JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ForkSnapshot404JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response ForkSnapshot409JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response ForkSnapshot500JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ForkSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ForkSnapshot501JSONResponse) VisitForkSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
 	// GetCapabilities What this host can run and how
@@ -3066,6 +5452,18 @@ type StrictServerInterface interface {
 	// GetImage Get one image
 	// (GET /images/{name})
 	GetImage(ctx context.Context, request GetImageRequestObject) (GetImageResponseObject, error)
+	// ListIngresses List ingresses, oldest first
+	// (GET /ingresses)
+	ListIngresses(ctx context.Context, request ListIngressesRequestObject) (ListIngressesResponseObject, error)
+	// CreateIngress Publish instance ports on host ports
+	// (POST /ingresses)
+	CreateIngress(ctx context.Context, request CreateIngressRequestObject) (CreateIngressResponseObject, error)
+	// DeleteIngress Delete an ingress (its host ports are released)
+	// (DELETE /ingresses/{id})
+	DeleteIngress(ctx context.Context, request DeleteIngressRequestObject) (DeleteIngressResponseObject, error)
+	// GetIngress Get one ingress
+	// (GET /ingresses/{id})
+	GetIngress(ctx context.Context, request GetIngressRequestObject) (GetIngressResponseObject, error)
 	// ListInstances List instances, oldest first
 	// (GET /instances)
 	ListInstances(ctx context.Context, request ListInstancesRequestObject) (ListInstancesResponseObject, error)
@@ -3081,9 +5479,30 @@ type StrictServerInterface interface {
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(ctx context.Context, request StreamInstanceEventsRequestObject) (StreamInstanceEventsResponseObject, error)
+	// ForkInstance Clone an instance
+	// (POST /instances/{id}/fork)
+	ForkInstance(ctx context.Context, request ForkInstanceRequestObject) (ForkInstanceResponseObject, error)
 	// GetInstanceLogs Stream an instance's logs (server-sent events)
 	// (GET /instances/{id}/logs)
 	GetInstanceLogs(ctx context.Context, request GetInstanceLogsRequestObject) (GetInstanceLogsResponseObject, error)
+	// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
+	// (POST /instances/{id}/pause)
+	PauseInstance(ctx context.Context, request PauseInstanceRequestObject) (PauseInstanceResponseObject, error)
+	// RestoreInstance Restore a Standby instance
+	// (POST /instances/{id}/restore)
+	RestoreInstance(ctx context.Context, request RestoreInstanceRequestObject) (RestoreInstanceResponseObject, error)
+	// ResumeInstance Continue a Paused instance
+	// (POST /instances/{id}/resume)
+	ResumeInstance(ctx context.Context, request ResumeInstanceRequestObject) (ResumeInstanceResponseObject, error)
+	// CreateSnapshot Take a snapshot of an instance
+	// (POST /instances/{id}/snapshots)
+	CreateSnapshot(ctx context.Context, request CreateSnapshotRequestObject) (CreateSnapshotResponseObject, error)
+	// RestoreSnapshot Roll an instance back to one of its snapshots
+	// (POST /instances/{id}/snapshots/{sid}/restore)
+	RestoreSnapshot(ctx context.Context, request RestoreSnapshotRequestObject) (RestoreSnapshotResponseObject, error)
+	// StandbyInstance Put a Running (or Paused) instance on standby
+	// (POST /instances/{id}/standby)
+	StandbyInstance(ctx context.Context, request StandbyInstanceRequestObject) (StandbyInstanceResponseObject, error)
 	// StartInstance Boot a Stopped instance
 	// (POST /instances/{id}/start)
 	StartInstance(ctx context.Context, request StartInstanceRequestObject) (StartInstanceResponseObject, error)
@@ -3099,6 +5518,18 @@ type StrictServerInterface interface {
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	// (GET /instances/{id}/wait)
 	WaitForInstanceState(ctx context.Context, request WaitForInstanceStateRequestObject) (WaitForInstanceStateResponseObject, error)
+	// ListSnapshots List snapshots, oldest first
+	// (GET /snapshots)
+	ListSnapshots(ctx context.Context, request ListSnapshotsRequestObject) (ListSnapshotsResponseObject, error)
+	// DeleteSnapshot Delete a snapshot
+	// (DELETE /snapshots/{id})
+	DeleteSnapshot(ctx context.Context, request DeleteSnapshotRequestObject) (DeleteSnapshotResponseObject, error)
+	// GetSnapshot Get one snapshot
+	// (GET /snapshots/{id})
+	GetSnapshot(ctx context.Context, request GetSnapshotRequestObject) (GetSnapshotResponseObject, error)
+	// ForkSnapshot Create a new instance from a snapshot
+	// (POST /snapshots/{id}/fork)
+	ForkSnapshot(ctx context.Context, request ForkSnapshotRequestObject) (ForkSnapshotResponseObject, error)
 }
 
 type StrictHandlerFunc func(ctx context.Context, w http.ResponseWriter, r *http.Request, request any) (any, error)
@@ -3321,6 +5752,113 @@ func (sh *strictHandler) GetImage(w http.ResponseWriter, r *http.Request, name I
 	}
 }
 
+// ListIngresses operation middleware
+func (sh *strictHandler) ListIngresses(w http.ResponseWriter, r *http.Request) {
+	var request ListIngressesRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListIngresses(ctx, request.(ListIngressesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListIngresses")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListIngressesResponseObject); ok {
+		if err := validResponse.VisitListIngressesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateIngress operation middleware
+func (sh *strictHandler) CreateIngress(w http.ResponseWriter, r *http.Request) {
+	var request CreateIngressRequestObject
+
+	var body CreateIngressJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateIngress(ctx, request.(CreateIngressRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateIngress")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateIngressResponseObject); ok {
+		if err := validResponse.VisitCreateIngressResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeleteIngress operation middleware
+func (sh *strictHandler) DeleteIngress(w http.ResponseWriter, r *http.Request, id string) {
+	var request DeleteIngressRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeleteIngress(ctx, request.(DeleteIngressRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeleteIngress")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeleteIngressResponseObject); ok {
+		if err := validResponse.VisitDeleteIngressResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetIngress operation middleware
+func (sh *strictHandler) GetIngress(w http.ResponseWriter, r *http.Request, id string) {
+	var request GetIngressRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetIngress(ctx, request.(GetIngressRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetIngress")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetIngressResponseObject); ok {
+		if err := validResponse.VisitGetIngressResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // ListInstances operation middleware
 func (sh *strictHandler) ListInstances(w http.ResponseWriter, r *http.Request, params ListInstancesParams) {
 	var request ListInstancesRequestObject
@@ -3457,6 +5995,39 @@ func (sh *strictHandler) StreamInstanceEvents(w http.ResponseWriter, r *http.Req
 	}
 }
 
+// ForkInstance operation middleware
+func (sh *strictHandler) ForkInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request ForkInstanceRequestObject
+
+	request.Id = id
+
+	var body ForkInstanceJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ForkInstance(ctx, request.(ForkInstanceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ForkInstance")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ForkInstanceResponseObject); ok {
+		if err := validResponse.VisitForkInstanceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // GetInstanceLogs operation middleware
 func (sh *strictHandler) GetInstanceLogs(w http.ResponseWriter, r *http.Request, id InstanceID, params GetInstanceLogsParams) {
 	var request GetInstanceLogsRequestObject
@@ -3477,6 +6048,170 @@ func (sh *strictHandler) GetInstanceLogs(w http.ResponseWriter, r *http.Request,
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(GetInstanceLogsResponseObject); ok {
 		if err := validResponse.VisitGetInstanceLogsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// PauseInstance operation middleware
+func (sh *strictHandler) PauseInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request PauseInstanceRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.PauseInstance(ctx, request.(PauseInstanceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "PauseInstance")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(PauseInstanceResponseObject); ok {
+		if err := validResponse.VisitPauseInstanceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RestoreInstance operation middleware
+func (sh *strictHandler) RestoreInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request RestoreInstanceRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RestoreInstance(ctx, request.(RestoreInstanceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RestoreInstance")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RestoreInstanceResponseObject); ok {
+		if err := validResponse.VisitRestoreInstanceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ResumeInstance operation middleware
+func (sh *strictHandler) ResumeInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request ResumeInstanceRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ResumeInstance(ctx, request.(ResumeInstanceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ResumeInstance")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ResumeInstanceResponseObject); ok {
+		if err := validResponse.VisitResumeInstanceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateSnapshot operation middleware
+func (sh *strictHandler) CreateSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request CreateSnapshotRequestObject
+
+	request.Id = id
+
+	var body CreateSnapshotJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateSnapshot(ctx, request.(CreateSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateSnapshotResponseObject); ok {
+		if err := validResponse.VisitCreateSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RestoreSnapshot operation middleware
+func (sh *strictHandler) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string) {
+	var request RestoreSnapshotRequestObject
+
+	request.Id = id
+	request.Sid = sid
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RestoreSnapshot(ctx, request.(RestoreSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RestoreSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RestoreSnapshotResponseObject); ok {
+		if err := validResponse.VisitRestoreSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StandbyInstance operation middleware
+func (sh *strictHandler) StandbyInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request StandbyInstanceRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.StandbyInstance(ctx, request.(StandbyInstanceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StandbyInstance")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(StandbyInstanceResponseObject); ok {
+		if err := validResponse.VisitStandbyInstanceResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -3616,94 +6351,242 @@ func (sh *strictHandler) WaitForInstanceState(w http.ResponseWriter, r *http.Req
 	}
 }
 
+// ListSnapshots operation middleware
+func (sh *strictHandler) ListSnapshots(w http.ResponseWriter, r *http.Request, params ListSnapshotsParams) {
+	var request ListSnapshotsRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListSnapshots(ctx, request.(ListSnapshotsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListSnapshots")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListSnapshotsResponseObject); ok {
+		if err := validResponse.VisitListSnapshotsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeleteSnapshot operation middleware
+func (sh *strictHandler) DeleteSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
+	var request DeleteSnapshotRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeleteSnapshot(ctx, request.(DeleteSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeleteSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeleteSnapshotResponseObject); ok {
+		if err := validResponse.VisitDeleteSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetSnapshot operation middleware
+func (sh *strictHandler) GetSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
+	var request GetSnapshotRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetSnapshot(ctx, request.(GetSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetSnapshotResponseObject); ok {
+		if err := validResponse.VisitGetSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ForkSnapshot operation middleware
+func (sh *strictHandler) ForkSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
+	var request ForkSnapshotRequestObject
+
+	request.Id = id
+
+	var body ForkSnapshotJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ForkSnapshot(ctx, request.(ForkSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ForkSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ForkSnapshotResponseObject); ok {
+		if err := validResponse.VisitForkSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // Base64 encoded, compressed with deflate, json marshaled OpenAPI spec.
 // Stored as a slice of fixed-width chunks rather than one concatenated
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7Fx5c9u4kv8qXdz3aqRXtCw7R+0oNfU293g2yXjjZPJH5BUhsiViTAIcALSsSfm7bzUAUqREWXKuSc0m",
-	"/8QUcTTQ1w/dDX4IYpkXUqAwOhh9CAqmWI4GlX06ydkcX7Ec6SFBHSteGC5FMHKvQOEMFYoYQ3j7+sUB",
-	"ilgmmEAPB/MBRImML1ANuPzn8bOMTxVTy38eP2NZwQX+887DjBnUJuoPgjDgNGbBTBqEgbATuv/CQOEf",
-	"JVeYBCOjSgwDHaeYMyIoZ1cvUMxNGozuHR2HQc5F9XwUBmZZ0CjaKC7mwfV1GJwIbZiI8eRJx3L8Ozh5",
-	"EgJesdgAzR+CVFAK/kdJb6BQOONXW+jlyb7UHh3/525qXzBtnl6iMF3kvkZd5ghsZlCBSbkGpKZw8qQm",
-	"LkWWoFqRR+Md2AEPTp4EWyi7c7xJyjWtShdSaLRC8Yglz5nBBVvSUyyFQWHoT1YUGY8ZkXj4uyY6PzRm",
-	"+YfCWTAK/uNwJXCH7q0+fKqUVG6q9jofCigLbRSyHBTOuTZqCTPGM0wGwXVItLzGP0rU5svT8iYlebeT",
-	"AdeQs2wmVY4JiQgXlyzjjqbHUswyHn81irQsVYw/aNCGGSRqiOMQezI0LLhJwTSo70nln7320npYPuXz",
-	"Upa6b1fxTKopTxIUX2cZRl6ggIzFF7omlfQIdCwLtBSdCINKsOzLE3SG6hIVIL23U7+S5pksRfLlp34l",
-	"QZdxWrO1mv4kLzLMURhMvgZDuAbtNiGRqEFIA7osCqmM5Y4sUNkZobdE4wTmrWClSaXif34NEl9yrbmY",
-	"h5XmkdjjVWFFxsrSwBpRPw5N85gVbMozbrgzY4WiVVRPLI4xo0VJtWltH5++hUuuTMky/qdbNxdQaoTe",
-	"xWVOU5t4bt0YXjFiVDAKTDwPNmxp2JxnopD5zWhP9y5dOpveaAwLpiFOpaaVdYybLgtUl1x3kf9z/Q4E",
-	"LoB7V6dpBW2i/8C8vHl0fdPw2pGdSm0gZgJUaYnlBnPbb2Nc/wNTii3pWaBZSHVBb3cIxqu6Zc1XO8Il",
-	"Ks3dpm661JVzfl83bG1de6UtbgWdvGuRfF4vSE5/x9hYZ6CQGbRgqeGoWJJw2j2WnTakcMYyjeGaYIp9",
-	"0BcYCUWZZR54OYQ1ujM4HoYwT2OCYIdSzQ9ZUfyXTtnxvfujwWBgJfa2IKq5h5a2G1btBe3jFh7nSRfu",
-	"KTJGoktWiNMm/KAhzpOWmDWWdP/evTv3OwQ6Z1cnrvnR8PjupiCiMGpZSO7s1x40rDpAj4kEEiULDdxY",
-	"6vqfn7zL7bu57wzNPq1pVny0q7s11A63CO0LuUAVM42QoaEjRggJn9Me2R1jOkX9wKPtNdG8f2d9zoLR",
-	"EDTs/75nB38OD3487/k/Ds7/Vf3U//c/uuyZvESVseVE8z876HynuGHTDCHh+gKoDfQSnLEyM3A0fP5o",
-	"XW86QHMYdA/9EnOplo3h/GgrE3zv6Pjlo33Gv+DFZE56NWFz3CKn5K9fl0JwMbcoUJYGFowbep55EGjH",
-	"ADtGw7NMpcyQCWuk2VzvKW0tMdoqbPe7RO0yLsoO5/Kbc7vw+PStXm3bccUCnpe5GzDnwj2s5JELg3NU",
-	"3WarEu4u8+VQxwZGoLPtJoVnTla0YBc4sdJN7UYVMJl40F0jlYmF6eFYVM+G5yhLE0LZQFAh8ccB8JDg",
-	"12RG+DOsUT31J/on9E4hS5ZhBe8nRspJxtQcQ8jRpDKxjViWyQUNzD2ODsdiypLJ3J3lQqjpoNZ8hTcH",
-	"Y9GS0JqaLs3KUWtvM1Y9KsRhcaTtOoIFToNd/sVu+GrMLlb9jCwjyVvnFW2ykycUJBXvA3nRGGDLhL5X",
-	"10QnlSns9FLbIY4os4wEpAoIrJvy2LrKZMKsBtOJkv4KEmbwgDjStckJn3t/umZdmOAz0mbXIARJm05H",
-	"iewSrY/cQs1q6Lbj+/hl7fBQ25Dgar+x0sEubIwO7UhF+uCRXB0W2GeVNPjkgotkqz6T7NU2koYuVUup",
-	"q7jXWFRxiUkpFLI4pe4NnZ1UAYw1BW90tOSEnmuTnOucmTilMSb2Ly7mkyJjhqQjHItYKlUWZpKxJarQ",
-	"b4GZuPV7/aYG9BCT3mWVEu/pqF+RFGZEZQNiOmhZh/QOfUDv0INNF8zrdx5OCiXnCrXeBeqtjp1Wjb0T",
-	"nUyXBjs8wxn5ZTmz/PFbQPRKaazfJkJqbeLC3L+7XTBqRxE27MZOQs9c0+swKIvk1jrsDw2ThFsp3yGy",
-	"3R7ME9syIltt12mDCWvHW5kX9AYTsCIFdseBvApoCTOmoJcjIxQxKzNYpDxzCsiFO/W2TaLtPUmkwNZu",
-	"VDzY3HPXwUjjYjt79LBkrubY2qAecwciaJDcJqc91dq4W7f6bMP5FCgSYmQY+H0jpjmhdQ/WhZPIWiXu",
-	"8FSr8PVHOKHP4XT29Qyf3xNccTPpxl5Pr7hxltobAmtpWP6DhoxpA6oU0CPVgkWKAkpxIeRC9Ad7mQI7",
-	"bwPP7PQqKdMTLVihU2kaS2tA6XaUZmMAnnT/XEGP7jeTbXDgif292hrb1v1VwTG7R1MpjXObW73DLc9P",
-	"Tcu8aJ2lnHlxnqQ+Sd3u6OSOY26ErQMYpnaI905mWpS+0w/4nTyzjatekx3YxcXpuYa3Th4H+9Eji+IT",
-	"17TrJLdbF+tT2g6DanNhrXNWtaPtPfLMrgZek6yWoWqxtbUfTROxprZrStnSwE7z3WJow4C7iBat6kRw",
-	"wwkdOcPtj9dBGJyyUtsWZ2lpErkgwHXmqLR/MZFMycR7rt9o42n+jih1XJQTjbEUie6OUpMkWBn77eVL",
-	"QkW6zDGBHssyuKQjdL8FixJZkrjUdIgynzrbV5mIyRaTlFtl3AbNHksx4/NSYeKjC655JyTbtLuVCNCB",
-	"Nbbcr6e5Re82dNyjY8E7DgO0jYWSMWoNPPHQh1vHogedwyitbzWt8vLT6S/KghjaZPkevNtbRxs8XtER",
-	"toSsuZ41rm/q7DrDOpmxsaguNeyM7m9oQ96JCaaKJ3OE3puHp1Cggt9e9kMoNfmd/3n68q3984C6wip0",
-	"37dZUynW0iFuqC4Ps0rd3AzULYldKzxlJj0RM7m5qh3OwylULMsscWk5w1xOrmAm9Y6xQJVzbQ/FCQqO",
-	"SX+/U/EV10Z3SyLX1Uml892MZ7j1pV7mGRcX3e/pzcQwNUezF8jqZvpbwa/AMnXKjd7T0FQ4Y2fTNab6",
-	"fepi6zvGzWtfLLHJWhsecNnR26OKT8Uiu9EBzzGZyLITu3YEyjZ9+WqEzb0hgjAuFTfLM6LYnxWRKVQP",
-	"SxfCc0/PKnb88u5NVadiabFvV+xJjSlcaph7RVqLf5cCfn18Qm7QMC5QOQisgekqmws5i1MuUA/gHVd4",
-	"QNvKDCe8WhVNjAVBhpwJ8gO0lFEz1PvL2a+vQvAt6hIMAj46dPUDMJXJciyiD2MbzhwHIxgHg8FgHIQw",
-	"rkKbjV+vI5AC8BLVEu5eXR3eu7oKwS0dfnn3Blhp0sFYjMVT22SVicerGAsD0RyNC4pGNq1iAWeBMXCj",
-	"MZuBQEz0WEQPfSTKdh7BIzfDuBwO78Q2gW7/xAh6P58d37tPc/cH8NAXaixSqRGilaHR0VjEGeM54dpC",
-	"oUZhIC+tqbLb7wiJZeG2J4Hpsl1K8ANRdXVQSdmBbRvZWhUGC54lMVPJCKJ/RSFEle8a0dNgMOg/AOZI",
-	"G4sq0WEDQ5aklGmY0SmQxeTJ7fbZGoeZdecuk+fqLey5RZUmHbkfXRGEPWJyUYfOD1nBD+cogOuxmKOg",
-	"JWACMyVzQge9KGcXCNWLqF/H5jUwhWBjiLYHmzNaCnATjgWxi9vaIjttAsxAdEjMGyxZnjl++h9+11JE",
-	"PqjHjfVWlZw+PD0JGonwYDg4GgwtNCpQsIIHo+DOYDi4E9gkWmr18DBeq47w5ni9GmvpaPdSkLOlixLZ",
-	"tH9PSM/giofW7dQMPkmCUfAcTasQY6227Hg4/Gy1I615OkpIfnZlCqtGtozl7vBo28A1pYetWpfrMLjn",
-	"yL65U12/ZG1hmedMLa1jtw58rW7C8jqVi6A6tb0P9FIbzINz6n5oy/22c+qM5TZ6nTND5i56/vQNHNaF",
-	"H4cfeHLth4hspskbnKrFJt/ObAj7qZs1bJWJvu9e+KrJYbOU8fp8J8sNXhlH3YGLnLd53lGfuJZn5jOM",
-	"l3GGdk5wHsia/bOzp57Je/CrUVv4sXJxd3hnd6dVpd3tJYk67EHXWgFZWwDr7XI1pJpMIB0YV3VCPWcG",
-	"D6xRd436DcH0sngeBuvmu5H7G5GhsDMfpnXOzsvuhonwWb0vaBz8DFuqEb3Z5xrKYtDCLsHo/Xl78y5R",
-	"0OkwTjG+sDaQRACF8XT1t2mwAyNbd+EF1+bENfnEbahDtTszGpvh246K3CwDG7/waGrw7SrHmpSTm602",
-	"tOKI/2GL6NJLL7dhUMiuGOuZYcroKhsCEWGbqAICelWzTOZ8FfAnN28kMPjtpc1YjYVNWcFrNKUSmhy/",
-	"Td3WlbsueMsFuJQP+HyCRUe2yKhUCoUZC//ehrsdlmCZzS04pvUfQCGzrHIIdvWHH4jo6whKYXg2FpFt",
-	"H9GROHLpCA802gLaqGzzde+ozSOZfL6q8I7auev2QYROMtcb6nH82SjwWrGpBacVmiyMr0T/27iUlta4",
-	"da5kF5jXe+gxvRRxqqSQZcsb7KFSC8XpiLqygl4EnXplaLCrmmlWakycStwd/uhjcURPlc4odbMobxPD",
-	"PLFDryS2JTR3O/Intv23zt67jvSdAMAVsNsOP+7uUF9i+EQBcntYi83t5MTLwnW4FShsYebwy1uANys5",
-	"+3uJx6dw+zmS48KP4XXtZm91slhdULs+t+akwqw346q61cZ8bSb/KrJlAwfbKAb3UZ76otUfJarl6p5V",
-	"HRrbT77aUbs9TkefA+xVlQR74L16r/7GXs5hw2qhIcgsQW1gxpU2TSmuxWavo842yEg+teGn3DRNxCak",
-	"gSpgZqRCWKIJ6VHYZL12YcnfXq7wogWLVdpPlYKObDYS2UxWEqDLmEHVf0Cuciw6owILxs2/beeffGoz",
-	"IqhKP9flcL7K4gZUWAnYFwWGa9cL9sKGR5/PM9RKtKk0Plv8HTncPppxvNdmVRdQ23rstt3iVVsr0ESH",
-	"H6PHTZza0pI2UO1EmU0NuB3Q/I4am6ixAvc9bdyNGmcv+x/Dzz3w5Fa2Db+K4XjTKM/6Lg4bsPITdPkj",
-	"8eXqkwFrALMZQ98ahn/K4tTfzE+ZhognEfSUu7tfx3ZaF/PBXdvvhxDZftFY9KiRG4TAWt+lgRJmWAQ9",
-	"BmvRbqZtUrI/gHcEGByBY7FAhZBJber53WU1IyXBHfudA4tt44zTMDPMMphiykVCE46FI2cECjWayCWp",
-	"hHkACg98CqghuWCDqO7aPopE+w8VsLGInA4mkaOsC0K4VEO1899TDv8vYcCXSGo0TciunAZvHBFvk9/4",
-	"3AYmk/Md5iWTc8i4sHlsWuHZ2VNvLXyS3lkKn+VWbGFbD+AdN+lYRDOZZXIRhfZqOL1xKWqnBZi4oLA/",
-	"W9Agc5rDnwOcrbDB61gKQSL/ABhEI7hALFjGLzGCWObEocpi+Ezj0T3QkCMTNozXZQYa3vgFbcKOo/or",
-	"W/9GbLblOXTecasxkuZNHGzYdmg3jGetM7u/aRiMjobDxk3DoyH9a9w2HHZVC63T9t+Ihd9Roqve6W3U",
-	"OJ500+PvSm/W56xPyooCflorio+l0DLDEC7z3L9sVDjWhSzwEyxSX1aWMMylgIQnWwMetnCim1qigjTI",
-	"V9G6p8s895W4Oesqg/0a9lpW4vHdRH8yPHMOu4nWf9BklvT+RvYvsa32jLj+0atbDrsK8qyDGKa+qdNE",
-	"/a0op/K+lv77GaMS4kdSGmDgC/a/TNiAJM5sjUyfGVZLzKn7stiaYHZZX/8Nsr2+O3Z3+OP9nV/4+HCD",
-	"S5pkXFzo2zmm8y8o/HUVdYfwv6s8mKuYVvZrCBrYtKoNpJ37bve/PjQnOQfm6tW50DzBBpt6tj51/cMU",
-	"35bTMPqm2qX2FZ6vYPndRF1RaFcUAqVepSm/W/rgtf+0mtsXW+3WjDPa2h2SP1uOSeL5TUmfLL4YYpHF",
-	"NwhYuAF/1e+7BK8sqCxaQjtXLMZZmWXLz4tXFoybrdGHjWK1FEX7fnFVesZt6pyBu+bj0+dV8nIskKls",
-	"Cb369ghYKNGvU6Lu2owGVt2cNbDgWWbzpBmyS4Tpciz8/YaeR3Ah+BuXIVT3MUNwVzTD6uJtHwyBBJ9y",
-	"ZWPhCAyhFBlqmlChSyTxuuRuAJGlIrLV71MkYGGTfVWWdCxmUgETS7IsGi9RscwRrh9A5K8ARe6OiLsB",
-	"IdAvMemKg7xj3DyTql0osCMY8qax0dBzFLJphv1BtfR60VVBv+3hrr8Vmb1j5YDkTSUO20Hn9s8DrD5t",
-	"5r6BW33nbPPDAdosMwc9VR5sxjeeS0jK6iuU9trbnaEO4TjvP4DqO1H36ZeYWUTPDNzLt8Z/3LePtn0W",
-	"9/7djwlSfLyNbF0j21ajbJlbK51N0KNIvmed/wpM+yiT8UUjVlqbwMp22aip+yTCnF+i8BbhL484t0vb",
-	"2xfy3p+TkHv6PtTK74rYSSGrD1+76q7mL/VaGj/6RV2fX/9fAAAA//8=",
+	"7H1tc9s4kv9X6dJ/tyJtMbLsxKkdu6b2n8nDjHcnWV+cTF5EOQkiIQlrEuAAoGVNym/vA9xHvE9yhQZA",
+	"ghJpyY/jm3XexBRJoAF0N37d6G5+68QiywWnXKvOwbdOTiTJqKYSr44yMqPvSUbNRUJVLFmumeCdA3sL",
+	"JJ1SSXlMI/j04eenlMcioQl0aX/Wh3Ei4lMq+0z8ee9tyiaSyOWf996SNGec/vnZy5RoqvS41+9EHWba",
+	"zImed6IOxw7tf1FH0l8LJmnSOdCyoFFHxXOaEUNQRs5/pnym552D/d29qJMx7q93o45e5qYVpSXjs87F",
+	"RdQ54koTHtOj1w3Dcffg6HUE9JzEGkz/EQgJBWe/FuYO5JJO2XkLvSzZltrdvb9upvZnovSbM8p1E7kf",
+	"qCoyCmSqqQQ9ZwqoeRSOXpfEzSlJqKzIM+09xQafHr3utFD2bK+JlBNOcjUXjZT4ew9l4i5MUyoXXFFk",
+	"4R9I8iPRdEGW5ioWXFOuzZ8kz1MWEzOMnX8pM5ZvQad/knTaOej8v51KPHbsXbXzRkohbVf1uXjJociV",
+	"lpRkIOmMKS2XMCUspUm/cxEZWj7QXwuq9N3T8nFupBM7A6YgI+lUyIwmZl0YPyMpszS9EnyasvjeKFKi",
+	"kDF9okBpoqmhxnABxI4MBQum56AD6rtCumuna8x4SDZhs0IUqoejeCvkhCUJ5fczDC1OKYeUxKeqJNUw",
+	"L6hY5BQpOuKaSk7SuyfohMozKoGa+9j1e6HfioInd9/1ewGqiOflsvruj7I8pRnlmib3sSBMgbKTkAiq",
+	"gAsNqshzITWujsipxB6hu6TaMswnTgo9F5L9dh8kvmNKMT6LvOQZtqfnObIM8lIf9axrx3TziuRkwlKm",
+	"mVVjuTSj8FckjmlqBiXkukZ+dfwJzpjUBUnZb3bcjEOhKHRPzzLTtY5nuOnSc2IWqnPQ0fGss6ZLo7Cf",
+	"kaTETUa9u8/zpd2BgodhQRTEc6HMyBranS9zKs+YaiL/p/IecLoA5jZmZUZQJ/pXmhWXt64ua15ZsudC",
+	"aYgJB1kgsUzTDN9ba9f9QKQkS3PNqV4IeWrubmCM9+WT5bpiC2dUKmYndX3XrXbEL+WDtamrj7S2Wp3G",
+	"tauR/LUckJj8i8YaNwNJiaYI7YKNiiQJM7NH0uOAC6ckVTRaYUy+DVYELSAv0tTBRIsHD5719wYRzOax",
+	"AYw7Qs52SJ7/fzUne/svDvr9PnLsVSFfOIdI2yWj5jNJlbrZuAP6XjxbJS8n2uwJnYPOf34hT38bPP3u",
+	"a9f98fTrX/xPvb/9qYmpZZHarkr+vIzh/GCKlJqXM3J+ZF978Rypcle7q0zdNGW+78umzsro9eYuzpIm",
+	"gJunxEi9UeDM8M8TBXGW1CQ0nO39/WcvGqatGvnuYO/5ugxTruUyF8yq/i1oqF6ALuEJJFLkCphG6nq3",
+	"T95Z+2xu20P4Tq2bah1xdFe2qaIWef9ZLKiMiaKQUsPyKoKEzcwc4YwRNafq0FkHK1J9y1IjzqhMyXKk",
+	"2G8NdH6WTJNJSiFh6hTMM9BN6JQUqYbdwY8/rKqcBuso6jQ3/Y5mQi6D5lxr1e61v7v37odt2j9l+Whm",
+	"5GpEZrSFTw3U+VBwzvgMAbQoNCwI0+Z66vAztgHYRrApT4RIKeG4v5GZ2pLbamzUymwvmljtLM6Lhn35",
+	"F4tY4NXxJ1VN255fApYVWam97EXFj4xrOqOyTX1Z5m5XX96EvZ76OmUWaV+mjn0P/zDPtorNJ2suK29R",
+	"o2FUTsWMcrOb06R3tyJzH1xw0bAWFjyvQd1YJA1TdWLlVnFySkeoacxzBx5fj5ztWALuEVqb0ZD7a80y",
+	"KgodQREYApGRFWtHRsaKGE2NGRWVxql53/DSyNyTlCTLyMrTqODkjLDUEBV5w3WkhRilRM5MvxnVc5Hg",
+	"iyRNxcJ0xpyJGMGEJKOZ9VJEEJJWNjrk5lVW2VX9Ia+pk5LcpjXNqFJOwVdveGSN9hK+egALOulswlG4",
+	"IlWbTXL1VsjTm4GCqRTZSFqNZpcfpaB8esXxYqbULJ5BtkBKVVgOscvQC5IXGgQH82MyWUYQp4KblTDb",
+	"kqRKC+nEa105NovseyOiYor61XQPXbur3bmMyhnVlqk36R6zFh/x+RN8fGtYbF68mWrcPGehhfdHm7vw",
+	"xbVJ+OgYpnSELeaU45TEJE1BUl1Irvrw2vL9gWdp9KueaJHnNBny8iXrfjEs7u459cDNRvml417uREZx",
+	"GtbHv/DBgPxqjn6iJDVzvaqMDal28/Yti9OGBlZmyb3VNE9HHnc2mgTtpjgvUtSL3lu8iptj3NiTEUGW",
+	"nQqZmb86CdH0qdGvTYyRsJlj8RUoRzibGuhkH4hAGGaVVIn0jKJB0kJN1XTdyrj+sDaYA20ei2q+qd9k",
+	"m3w41FrlQpoNz3kcSvf1NqM0jY88HmrcsM3eUQJS03Qha7u2P00acu8/HxVcUhLP7dZa7nIj72hf2cGD",
+	"F5GcyK3aKGMqIzqemzZG+Bfjs1GeEm24IxryWEhZ5HqUkiWVkZsCPbLjd5u1ecBcxEZfpV7KtrSK3hsu",
+	"TA2VgSvEukDKg7Idd0y245wi9ois1+hEy6VAI3+jL8DI2LF/2Fkso8lS0wYYfmKMIKec3RQYeoXQaCQZ",
+	"QkppYly/eN7OGCUqjwK9sZHQE/voRdQp8uTKMuycW6OEIZdvYNlmc8ERW1MirbrrOFiEFTesyHJzhyaA",
+	"LAU442BgIygBUyKhm1Fi9PK0SGExZ6kVQMatd7auEvHtUSI4rc2GX4P1ObcvaKHtGcQWbyCZVR+tD5Rt",
+	"bjC/ApLr5NS7Wmm3dapP1jafnPLEbmtu3syiWaa1F4jRDcuiEDdudc5T1rAHXWMLYUmzWnf64Hadepd6",
+	"7vBMtea+28zPtvl3RjdeEejNhdLNSu8noTTYo2jQAlDxQpfwpfW7I4ChWa6XhzD+S98ZJ/1YZGP7LFUg",
+	"OIWUTGi64kAheR6+UAeNe/vPmlSmkLqFRntaJCBlSlNurITS8v7rYMULsb//bH+jI6JtfnH5rja9mV+S",
+	"LbjDLl+Jc7d8y2LVNS6yHZdtXcI1H8verjAuj/wvCcdAH4iQcPQauh5yQU6lN7JXjYW9/RcbnZaeC664",
+	"oDXx8pS71ppnphrdFeHtbcDZbTHn7WPMc6ZHzW6bN+dMWwzoIAZiGJI9UZASpUEWHLpm07aKoeCnXCx4",
+	"r78VyMB+A0/HRrw6J2rknW3B0AKjv35Oua26L53pzXdGbYbGa/zdTw0+a//ywoBzNBFCW0C+/T7jjv02",
+	"KwPbkTuu3OxAD9HiouZMt5DHotvSlX4137n1x9sWWhvQRG4QjI1ssJUnwE+N8wO4t0Yb7Clr2jMFnywn",
+	"97ejBw3zG41pkxN3sxSXbvpNmjAAGpbx/YzW58gttm94hbNqKq62rLX5CJXLisCviHNNdi/Tzu8r0Vj3",
+	"0HjJe6LAiVConnCFV+JOpD2LYbpRadW3AcrNvaRZ9bB8naQf8QTn6PjsOZAkMdsudBE8uQAP+TQzurU6",
+	"5Dc7J5KaMIV9rUCo3UF/dzDoD/q7e41uYxLXXcaDvYPB4GBADl48xz/ijc5iP8bLlqB0kXlcb49lDGMd",
+	"caaZMZotnq/8WMekUPjEybzQiVjwwKMVermc4LVA/6r/JgMgL0aKxoInqjnIxggjMsEv794ZY1kVGU2g",
+	"S9IUzl4df1K9mrWciMJwQkkHL7KJ3bg8l41a9pMM9WGbxf5K8CmbFZIm7oTPPt5oqa9vml4KSZqKGAWw",
+	"7OYKb9c9Clu8mLMGH5GZxlyK2PA1S5xFzBAVqH5jM1KpK3UbHCisS1yRmwUNl3yLtdtaTQZrXNER1Zgs",
+	"HM/Kqq+rzdUFa1yMtUE1iWFjcNKaNGSNgG4iWTKj0P348hhR+S/vehFqIuj+x5t3nxqVUg+DPgVfieay",
+	"TTWGvpSRZ5frGiSxaYTHRM+P+FSsj2rD/m0FKhZFmtioQk1sSGFO9Nxhk5zKjCn0lSaUM6djNztLz5nS",
+	"qkX3K+/Aarw3ZSltvamWWcr4afN9c2dUGYYbiWxe9E+cnQMu6oRptaWi8VBv46OrG4idp6ZlPQmw++qh",
+	"sfe9Ne/rmUOYHp79pnTytHqp+QTwFh1C21sIaw9cJ9zg8g3kx2DXsKDbIXp/qORU15YL3WqEXOZ2fo0B",
+	"ODmJ7YZahkAUim7NYEjtaNNmuvpYK7k3hdCX4GRcw0aKW+iroHUdJoeafmW/CETgMtn5R9tpjcFP8L1n",
+	"C4zbomcs9jZNnhYKLT0F3ZqNmhXGRqVDXh5YWqhmzy2x2d6hP6WE7xtMR8HTJTY65Kut+vd6wcGop3Uq",
+	"JBBI2Rn6i9wRf9VEVPYp9JzKBVO0fka63cnoZ8L0B5dfsq538KSKJtczJm9qgm42CllGk5EoGp0dDWe2",
+	"6yZc1cLXJn5XNC4k08sTQ7E7tqBEUvmysKfJ9uqtF+a/f/7oE5GQFrxbCfdc69xG0zO3ea/EvRUc/vnq",
+	"yEBvTRin0vpMFBDlA+AhI/Gccar68JlJijqeaGZ4zeeZDLmxFDPCDfY0QzkIw4r+fvLP9xG4J8rDeiOU",
+	"KrIpFzARyXLIx9+GGBkz7BzAsNPv94edCIY+Sib49WIMggM9o3IJz8/Pd/bPzyOwQ4e/f/4IpNDz/pAP",
+	"+Rt8pEpeoOcxzTWMZ1Tb8/kxiiXqy5zGwLSi6RQ4pYka8vFLdyiKLx/AD7aHYTEYPIsx5wD/pGPo/nSy",
+	"t//C9N3rw0uX27KYC0VhXIEbNR7yOCUswzgaSRXl2oqlm35LSCxyOz0JTJb17Isnhqrzp57LnuKzY0zv",
+	"IbBgaRITmRzA+C/jCMZebA/MVb/f7x0CsaQNuQ9wxDNKJGlOFEyNXU5iYz3g9GFayBRNCBVuZ2Zzk4We",
+	"H4T2O/okGS9DsnZIznZmlANTQ15G3sFUisxYJN1xRk5pGZI37pVBXwqIpIDH2fgGmREzFGA6GnKzXDYQ",
+	"CbtNgGgY75jF6y9Jltr1dD/8Swk+dufLTCNC9nz68vioE+QOdAb93f4AzbGccpKzzkHnWX/Qf9bBSJk5",
+	"yuFOvJJQ4iDgagLb0tLuuCAjS3tgiZkSXS7cAvs1RKhbLvBRYtAE1bXclZV0vL3B4NbSbWr9NGTd/GQz",
+	"O6qHMPPn+WC3reGS0p1aetBF1Nm3ZF/+UpnyhbqwyDIil2hMoNGwkmqCaz0Xi45HGl86aqk0zTpfzes7",
+	"mM/ZvlInJMNAioxoo+7GP775CDtlrszON5ZcuCbGGNXoFE6I5errdoLRFG9sr1EtD/hL88CrR3bCXNWL",
+	"rxuXXNNzbal7aoM46mvekNK5El/OpjRexinFPsHuQKj2T07euEXeYr2CdMzr8sXzwbPNL1XJiVfnJPPC",
+	"FnSt5NzVGbCcLpskrIwKJGkapFZ1rRp8ikrdPtQLGNPx4teos6q+gzDSA6MosOedeRk+5nh3TUW4ALM7",
+	"VA6uh5YETqf2mYIi79ewS+fgy9f65J1RTpWCeE7jU9SBhgUo146uXpsEWzDSOgs/M6WP7CM3nIbtggfQ",
+	"gFgPG7hoiKUF9Jk6NNV/uMKxwuVmm/UT6lfE/dDCuuam49uok4umQ7kTTaRWPjAHxgbbjD0QUFWat1Hn",
+	"VeyJ2ea1AAK/vMPgqSHH6Cn4YOM6zcaPUYRlsrM97WMYm6wLBS60BdERJhcVUlKuh9zdR6++xRIkxTAX",
+	"u2i9Q8hFmvoNAUe/880QfTGGgmuWDvkYnx8bM2lsI2Mc0KgzaJAM6PLzqdI/iOT2Eukb0g0v6oaIsWQu",
+	"1sRj79YocFKxLgXHHk3m2iXv/2G2lJrU2HFWvAvEyT10iVryeC4FF0VtN9hCpIxBb6Ol6yxoxSulTRHR",
+	"H+gU/QQoEs8H3zn/v6HHewEKFSbjrWOY19h0xbE1pnne4HXC5x/68j63pG8EADbnH1/4bvMLZd2HGzKQ",
+	"ncOSba7GJ44XLqJWoNCymIO71wAfKz77Y7HHTVb7R6oxHu8aa11us1eyLKoKRBdfUZ3YcLNNuKp86l6g",
+	"FS9DqzeBq5Kw/h/d5DBgzA82ApEmVGmYMql0yDblOm1lW7RhtDcknoMsUgpSFJoq+Onjx+PQIyPZGUZD",
+	"cGuCY4jGGIMb++bv8ZCHwZ7O+RWGrjLln/ehruOVKNYhFxnTmibbBLJiBQQkwh7GWSpATAOXt7/lfxhH",
+	"oOdSFLM5EJDGnFcYP3eO0R9mV0wIzQTvD3kYumJIbwqcPDDoMSNLmFBwhwqQEk2lzYYjQ+7r75Tn8MyG",
+	"uPjkuhnVCvYHe323W7uIGIzYZAo0OaU8GnICXTO6CPzM9SAnTIbIFVctwdQmEqxQTLjpb0KHfGKU1yUg",
+	"1UngncLUen2IrYDq7u1tU17HtGxU9vaD36ruFpjchuY6LiYpU/NKfgwrqprqUNfRYCEk9u+gm66OiRsB",
+	"bcDd/6aQ9ndghADY2vmHrjHEKy5AT7+kKSWKJr0b8MQl6Ldt5QePiuX/Gj+V0Llc0+ujoDqEboSYcPTa",
+	"F9e7j7KLDpw7h/IGcO6f2jCSf/J0GTipEeUwdwRbjunXgsplNajy3HpL5q8dqW9xdHEr5oLLC9nKXnCj",
+	"/wO7oJyt4AZ6ia3g2eZGtsJxkaaBE8l2E7pTDeT0p9laSApLqg30phxTL5SNGfjlXeXMRU+ujwOWBVfQ",
+	"tWECYfSyEUbE171DKBQd8sYjuwVh+m/48vcOZo+NrWB+LtOmXc7MZWi4TE66SzhcL+9x73jYC9G60Ljw",
+	"8Ue33tU3ub2tJssX1K3LsZ12tB4xfyN03V5HjmuIOZSSbRBzIAFXg8yPLt0a8vWlWZS2Ze6svuxdZz23",
+	"cPa2LtvgXhRH6Dd5ZId14Hp9Wb6m87cq2L4CMO1uGeerJetv3uaGuBt0Ndpa63OiYMySMSYmF1lwmFsr",
+	"te5ciL0IxvjeeMgxYtY2YgBgz8Z9JUSTMXQJrIS3EIVRiL0+fMZseSRwyBdUUkiNNer7t1UptRAGQqE3",
+	"DfFynDLTzJSmKUzonPHEdDjklpwDkFRRPbZRaVwfgqRPXcxXIA2AURO2tDnliXKl58mQj61cJ2NLWRMs",
+	"sbFFfuYfY4z+LaHFXUQxhWppUxATC8zOqwQ03bbSouc0vn21NXU5rDdotc1i8qXKrMOf2JptCeos+6UH",
+	"ZhZjwSEW+bI5G5zwZMj9Y6mYqT68lSIrQ/LL8nnMdICvYGm+Qxto40P8u0IOOf4S1jqFcVgs8ACM6TGO",
+	"YDFn8RzyQtejfzmG0ATl/xDVBAUAFUyEnvcqmoxSYbygYTtP1JCHSUSXnYGAs9uqGm2MA7HvDbmek+Ck",
+	"A3ukCXRXi7nWxjjuNWnZsOjiHZl+TXUdH5Dh5zn1UT3fv3p+ZWTpzky+HaM0LgdlqZhByjgKmCHl5OSN",
+	"w1gul8HiK5cMIMkCn+7DZ6bnQz6eijQVi3GE6s3csf59ix1oYmPnnJfHNDIzfTjJtggLY/xiwbkBCodA",
+	"YHwAp5TmJGVndAyxyMzEeZzlArJ390FBRgnHU9YmsQ7sop/NJGxwmr7H1GSjhjFz0ugQOxotTL+JNeDa",
+	"3KeasLTmPS3rru4OBkEJpN2B+ReUzBk0JXKu0vYPSnM3o4aucqbbqLFr0kyPKyi0nsa02inJc5dmVhWb",
+	"iQVXIqURnGWZuxkkn5f5PvA9LOYu49cerkPCklbXM+r3ZmoNFUGumb06yzJXpyIjTRUK7gPlCs8ej8D2",
+	"xoayNXNCHfhEIdrZHpr+Log0J4VLZrwN8FjXXpj8+ZD8OhFwsXA5qf3HTf9mm/5bSelvtKHg9hNlS6BA",
+	"t0LJSwxEYgnl1/MftoMDh9zvyP7x1sf//Nd/+1xm86cb8mG4tQS2AlomxuSxExCVhpDVCIxrEuv1EOYP",
+	"digPSWLKrwxSbyI9ys0N5catMpDStL0b1Gwdg3ek2u03KB8gpzINduCPCv7GVp3TZ0C86rsbRvUFP9Qd",
+	"6fCxk7MxxCTXhaSqtbJF6cWvqlsMeYN+n1OJUbELooJycL5wiY26xQ9KAHqt0K/TO4Sx83kFlFSd2dIX",
+	"xL9q7Et0QWHgwZCTqaRq3ltxNgV7rh1BWYwOvzSCz5wynvTh5ZCXBIpCG7vUfrqqdPO3xhScVIX17i6m",
+	"YPVrE/fsWirH2JY06u4/Gkn3r4g+klOjhCr2nbb4mipN0qyM/P1tlNHON3Vr8DK6gw8nq9sN4bvsAKCt",
+	"Ek9Q1ge6Ri2V1XV6vjpJqHQ41t9wJwF9eFm+Wz4yMdQolz/rMDZ+6ESulIYyehf964cIoxw1nEJKidVr",
+	"wa91Op7Y0kVN2s4hs5q6e6j4+1EB3SdkF5goW63KhMSnhkcDnq50z+3qI1eZ6m6gkTfdV8xbJ5gHzjn6",
+	"pB0woZucnNFkyLWozFwzIb+8ewf03PzVHYfleccwobHIDPaRBe31wYndkNcP2zzsCsFWc4ABEvvw/EyO",
+	"sEc75MZZOTrwMnWFdKzaq+Sx+q7bLZsmmtjPBdyBCY3FJR6or8fIrqvD/RgL5/nwB2HMqhJY3JExrG2J",
+	"0cYwyRNNSo45tmhwhTGbzqYcbtwKKj4ffPdi45e1v11yYDdKGT9VVzu2+3qHzF+W/21g/s/+fM+W+rXl",
+	"2xWQiS8wZ2buEW/dv8Y3fA7EFlpmXLGEBsvUxSKHq181fkBHasqXlN8U6mxrz9+D5rcdNWVL2MpCUKiq",
+	"1sWjpjeGoI3XwnlZ8TdAF6PQDP9hPqhhzwfFfSK/M8Qi8ofp8nefCXnk4EqDirzGtDNJYjot0vSWEfKC",
+	"MN0am7VW8WzVbV1WgfCBkbbuhY+rdO8POSUS60L7EsSAUKJXpu7Z2svKR1aitcjSFB3h6BICLAdti+R2",
+	"HYKLvIUWgf+QiC9YHfmP9vQAYzRdaiAZcktgBAVPqVJg3fVE2i9M27ptfRgjFWNfYkPS3NbYcNl8eCIA",
+	"hGPArKJnVJLUEq4OYezqSI9toWFbRpdTN8TGOhifCdNvhawntG4IFfsYTDR0LYVkkhp73A29HLSvCmtL",
+	"kuB3G/IUPw5ggeRlqbjtoLP9o2QZOT+yN63b0l3srn+uTOllaqGnzBq8rD8KSApXQNl+r+HZQEWwl/UO",
+	"wZd8eWF+iQkieqJhP2uNjrNfZu+0AOcXz68TwnV9HVmrRd52ZlH/uDQmklKePGZH/h6Y9odUxKdBJGmp",
+	"Ar3ucr5ExLXsjHKnER5CFkPthLY1t/8k8IBuzu0v2/SB8lObsVTBrKPXUfkJyNVDkcMwqj74TiRJlShr",
+	"LlX+jLLRBVHgcpZ6bZIeGPY3OE65+1oC1ZHl5loC5do8Vgm6nfpmJfu21izY2vlf1U4ODh+3SnVuP6l6",
+	"LHj5kDjGJ1VD8InCK7PJ5hTq+zi4fIyTeLhs5pO1b8Jl10MMnivWEcNNMhRrrV4WoIBZiX6LV7Zod+mk",
+	"WTn4V9AlPIncJ4NO/KeC/FNREOZVRfBaLNbr+8KMI2fgOStCgRblR4/CkIQyYGEtyY9xLcoTwpaEvjuO",
+	"uwq7eKAJfeHCPmqU3yEE1JV1qUsYitbNNjPvUKp/fKH+yagvX43Uu6a/lZ4F+5kFY+17vG7rD4e/lIZS",
+	"8KOzmIJfKmpr7/qCbBdfL/43AAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -67,8 +67,9 @@ type harness struct {
 	cancel   context.CancelFunc
 }
 
-// newHarness runs a Server and a Client over an in-memory connection.
-func newHarness(t *testing.T) *harness {
+// newHarness runs a Server and a Client over an in-memory connection; opts
+// adjust the server before it starts.
+func newHarness(t *testing.T, opts ...func(*Server)) *harness {
 	t.Helper()
 	h := &harness{root: makeRoot(t), served: make(chan error, 1)}
 	srv := &Server{
@@ -78,6 +79,9 @@ func newHarness(t *testing.T) *harness {
 		Hostname:   "testhost",
 		Starter:    guestproc.DirectStarter{},
 		Shutdown:   func() { h.shutdown.Add(1) },
+	}
+	for _, o := range opts {
+		o(srv)
 	}
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())

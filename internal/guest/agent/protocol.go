@@ -41,6 +41,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"hypeman/internal/guest/guestconfig"
 )
 
 // Operation names (Request.Op).
@@ -52,6 +54,10 @@ const (
 	OpStat     = "stat"
 	OpCopyTo   = "copy_to"
 	OpCopyFrom = "copy_from"
+	// OpConfigureNetwork re-addresses the guest's NIC (Request.Network).
+	OpConfigureNetwork = "configure_network"
+	// OpReseed adds host entropy to the guest kernel RNG (Request.Seed).
+	OpReseed = "reseed"
 )
 
 // Request is the first line the client sends on a stream.
@@ -59,6 +65,10 @@ type Request struct {
 	Op   string       `json:"op"`
 	Path string       `json:"path,omitempty"` // stat, copy_to (destination dir), copy_from
 	Exec *ExecRequest `json:"exec,omitempty"`
+	// Network is the configuration for configure_network.
+	Network *guestconfig.Network `json:"network,omitempty"`
+	// Seed is the entropy for reseed (base64 in JSON).
+	Seed []byte `json:"seed,omitempty"`
 }
 
 // Response is the server's answer line. Code classifies errors the caller

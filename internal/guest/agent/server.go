@@ -44,7 +44,11 @@ type Server struct {
 	// Shutdown is called (once per request) after a shutdown request has
 	// been acknowledged.
 	Shutdown func()
-	Logger   *slog.Logger
+	// Network applies configure_network requests; nil refuses them.
+	Network NetworkConfigurer
+	// RNG takes reseed requests; nil means the kernel RNG (KernelRNG).
+	RNG    Reseeder
+	Logger *slog.Logger
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -195,6 +199,10 @@ func (s *Server) handle(ctx context.Context, st net.Conn, state *sessionState) {
 		s.copyTo(st, br, req.Path, log)
 	case OpCopyFrom:
 		s.copyFrom(st, req.Path, log)
+	case OpConfigureNetwork:
+		_ = writeJSONLine(st, s.configureNetwork(ctx, req.Network, log))
+	case OpReseed:
+		_ = writeJSONLine(st, s.reseed(req.Seed, log))
 	default:
 		_ = writeJSONLine(st, Response{Error: fmt.Sprintf("unknown op %q", req.Op), Code: CodeBadRequest})
 	}
@@ -205,11 +213,12 @@ var errBadPath = errors.New("bad path")
 
 func errorResponse(err error) Response {
 	r := Response{Error: err.Error()}
+	var br badRequestError
 	switch {
+	case errors.As(err, &br), errors.Is(err, errBadPath):
+		r.Code = CodeBadRequest
 	case errors.Is(err, os.ErrNotExist):
 		r.Code = CodeNotFound
-	case errors.Is(err, errBadPath):
-		r.Code = CodeBadRequest
 	}
 	return r
 }

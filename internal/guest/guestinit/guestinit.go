@@ -77,6 +77,7 @@ type initProc struct {
 	cancel   context.CancelFunc // stops the agent and the reaper loop
 	// agentDone is closed when the agent has stopped (nil: never started).
 	agentDone chan struct{}
+	net       *guestNetwork
 }
 
 // requestStop asks for a graceful stop (agent "shutdown", SIGTERM, SIGINT or
@@ -157,6 +158,8 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 		return initFailure("%v", err)
 	}
 	in.log.Info("config", "argv", cfg.Argv(), "rootfs", cfg.RootFS)
+	in.net = &guestNetwork{log: in.log.With("component", "network"), con: in.con, mounts: &in.mounts, hostname: cfg.Hostname}
+	in.net.boot(ctx, cfg.Network)
 	if err := in.mounts.mountRoot("/dev/"+disks[guestconfig.SerialRoot], "/dev/"+disks[guestconfig.SerialOverlay], cfg.RootFS); err != nil {
 		return initFailure("%v", err)
 	}
@@ -220,6 +223,7 @@ func (in *initProc) startAgent(ctx context.Context, cfg *guestconfig.Config) {
 		Hostname:    cfg.Hostname,
 		Starter:     in.reaper,
 		Shutdown:    in.requestStop,
+		Network:     in.net,
 		Logger:      in.log.With("component", "agent"),
 	}
 	ready := make(chan struct{})

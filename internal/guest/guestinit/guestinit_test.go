@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -129,8 +131,19 @@ func TestKmsgWriter(t *testing.T) {
 }
 
 func TestEtcFiles(t *testing.T) {
-	assert.Equal(t, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tweb-1\n", HostsFile("web-1"))
+	assert.Equal(t, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tweb-1\n", HostsFile("web-1", ""))
 	assert.Equal(t, "nameserver 10.0.0.1\nnameserver 1.1.1.1\n", ResolvConf([]string{"10.0.0.1", "1.1.1.1"}))
+
+	n := &guestconfig.Network{Address: "10.100.0.7/16", DNS: []string{"10.100.0.1"}}
+	assert.Equal(t, map[string]string{
+		"hostname":    "web-1\n",
+		"hosts":       "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.100.0.7\tweb-1\n",
+		"resolv.conf": "nameserver 10.100.0.1\n",
+	}, EtcFiles("web-1", n))
+	// No hostname: the image's hosts; no DNS: the image's resolv.conf.
+	assert.Equal(t, map[string]string{"resolv.conf": "nameserver 10.100.0.1\n"}, EtcFiles("", n))
+	assert.Equal(t, []string{"hostname", "hosts"}, slices.Sorted(maps.Keys(EtcFiles("web-1", &guestconfig.Network{Address: "10.0.0.2/24"}))))
+	assert.Empty(t, EtcFiles("", nil))
 }
 
 func TestEnsureDir(t *testing.T) {

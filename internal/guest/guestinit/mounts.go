@@ -3,9 +3,11 @@ package guestinit
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -26,7 +28,12 @@ const (
 // mounter mounts filesystems and remembers them so teardown can undo them in
 // reverse order.
 type mounter struct {
+	mu      sync.Mutex // guards mounted: the agent may bind /etc files late
 	mounted []string
+	// etcMu serializes setEtcFile; etcBound holds the /etc files already
+	// bind-mounted into the root.
+	etcMu    sync.Mutex
+	etcBound map[string]bool
 }
 
 func (m *mounter) mount(src, target, fstype string, flags uintptr, data string) error {
@@ -42,7 +49,9 @@ func (m *mounter) mount(src, target, fstype string, flags uintptr, data string) 
 		}
 		return fmt.Errorf("mount %s (%s) on %s: %w", src, what, target, err)
 	}
+	m.mu.Lock()
 	m.mounted = append(m.mounted, target)
+	m.mu.Unlock()
 	return nil
 }
 
@@ -141,12 +150,17 @@ func ensureDir(root, dir string, mode os.FileMode) error {
 	return nil
 }
 
-// HostsFile renders /etc/hosts for hostname.
-func HostsFile(hostname string) string {
+// HostsFile renders /etc/hosts for hostname. With the guest's address
+// (addr, an IP without prefix length) the hostname resolves to it, as in
+// Docker; without, to 127.0.1.1.
+func HostsFile(hostname, addr string) string {
 	var b strings.Builder
 	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	if hostname != "" {
-		fmt.Fprintf(&b, "127.0.1.1\t%s\n", hostname)
+		if addr == "" {
+			addr = "127.0.1.1"
+		}
+		fmt.Fprintf(&b, "%s\t%s\n", addr, hostname)
 	}
 	return b.String()
 }
@@ -160,50 +174,83 @@ func ResolvConf(dns []string) string {
 	return b.String()
 }
 
-// writeEtc generates the files the config asks for and bind-mounts them over
-// the image's files, like Docker does. Bind mounts keep the generated files
-// off the persistent overlay disk (no copy-up of the image's /etc files).
-func (m *mounter) writeEtc(cfg *guestconfig.Config) error {
+// EtcFiles returns the generated /etc files (name → content) for a hostname
+// and a network configuration (nil: none): hostname and hosts when there is
+// a hostname, resolv.conf when there are DNS servers. Files not generated
+// are the image's own.
+func EtcFiles(hostname string, n *guestconfig.Network) map[string]string {
 	files := map[string]string{}
+	if hostname != "" {
+		addr := ""
+		if n != nil {
+			if p, err := netip.ParsePrefix(n.Address); err == nil {
+				addr = p.Addr().String()
+			}
+		}
+		files["hostname"] = hostname + "\n"
+		files["hosts"] = HostsFile(hostname, addr)
+	}
+	if n != nil && len(n.DNS) > 0 {
+		files["resolv.conf"] = ResolvConf(n.DNS)
+	}
+	return files
+}
+
+// writeEtc sets the hostname and generates the /etc files the config asks
+// for.
+func (m *mounter) writeEtc(cfg *guestconfig.Config) error {
 	if cfg.Hostname != "" {
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
 		}
-		files["hostname"] = cfg.Hostname + "\n"
-		files["hosts"] = HostsFile(cfg.Hostname)
 	}
-	if cfg.Network != nil && len(cfg.Network.DNS) > 0 {
-		files["resolv.conf"] = ResolvConf(cfg.Network.DNS)
+	for name, content := range EtcFiles(cfg.Hostname, cfg.Network) {
+		if err := m.setEtcFile(name, content); err != nil {
+			return err
+		}
 	}
-	if len(files) == 0 {
-		return nil
-	}
+	return nil
+}
+
+// setEtcFile writes a generated file under etcDir and, the first time,
+// bind-mounts it over the image's /etc/<name>, like Docker does. Bind mounts
+// keep the generated files off the persistent overlay disk (no copy-up of
+// the image's /etc files). Later calls rewrite the file in place: the bind
+// mount holds its inode, so a rename would not be seen.
+func (m *mounter) setEtcFile(name, content string) error {
+	m.etcMu.Lock()
+	defer m.etcMu.Unlock()
+	src := filepath.Join(etcDir, name)
 	if err := os.MkdirAll(etcDir, 0o755); err != nil {
-		return fmt.Errorf("generate /etc files: %w", err)
+		return fmt.Errorf("generate /etc/%s: %w", name, err)
+	}
+	if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("generate /etc/%s: %w", name, err)
+	}
+	if m.etcBound[name] {
+		return nil
 	}
 	if err := ensureDir(RootDir, "/etc", 0o755); err != nil {
 		return err
 	}
-	for name, content := range files {
-		src := filepath.Join(etcDir, name)
-		if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
-			return fmt.Errorf("generate /etc/%s: %w", name, err)
-		}
-		target, err := guestproc.ResolveInRoot(RootDir, "/etc/"+name)
-		if err != nil {
-			return fmt.Errorf("generate /etc/%s: %w", name, err)
-		}
-		if _, err := os.Stat(target); err != nil {
-			// The mount point must exist; create an empty file (in the
-			// overlay, a harmless empty placeholder).
-			if err := os.WriteFile(target, nil, 0o644); err != nil {
-				return fmt.Errorf("generate /etc/%s: %w", name, err)
-			}
-		}
-		if err := m.mount(src, target, "", unix.MS_BIND, ""); err != nil {
+	target, err := guestproc.ResolveInRoot(RootDir, "/etc/"+name)
+	if err != nil {
+		return fmt.Errorf("generate /etc/%s: %w", name, err)
+	}
+	if _, err := os.Stat(target); err != nil {
+		// The mount point must exist; create an empty file (in the
+		// overlay, a harmless empty placeholder).
+		if err := os.WriteFile(target, nil, 0o644); err != nil {
 			return fmt.Errorf("generate /etc/%s: %w", name, err)
 		}
 	}
+	if err := m.mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("generate /etc/%s: %w", name, err)
+	}
+	if m.etcBound == nil {
+		m.etcBound = map[string]bool{}
+	}
+	m.etcBound[name] = true
 	return nil
 }
 
@@ -211,6 +258,8 @@ func (m *mounter) writeEtc(cfg *guestconfig.Config) error {
 // is detached lazily; the writable overlay disk, if it cannot be unmounted,
 // is at least remounted read-only so its journal is clean for the next boot.
 func (m *mounter) unmountAll() []error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var errs []error
 	for i := len(m.mounted) - 1; i >= 0; i-- {
 		t := m.mounted[i]

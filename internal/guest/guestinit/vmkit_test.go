@@ -30,6 +30,9 @@ type vmKit struct {
 	cmdline string
 	// extraArgs are appended to the QEMU command line.
 	extraArgs []string
+	// netns, when set, is the network namespace QEMU runs in (where its
+	// TAP device lives).
+	netns string
 }
 
 func kernelDir() string {
@@ -195,7 +198,12 @@ func (k *vmKit) start(t *testing.T, cfg *guestconfig.Config, root, overlay strin
 		disk("ovl", overlay, guestconfig.SerialOverlay, false)
 	}
 	args = append(args, k.extraArgs...)
-	r.cmd = exec.Command(k.qemu, args...)
+	if k.netns != "" {
+		// ip netns exec execs QEMU: the PID stays QEMU's.
+		r.cmd = exec.Command("ip", append([]string{"netns", "exec", k.netns, k.qemu}, args...)...)
+	} else {
+		r.cmd = exec.Command(k.qemu, args...)
+	}
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stderr strings.Builder
 	r.cmd.Stderr = &stderr

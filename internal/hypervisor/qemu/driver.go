@@ -71,9 +71,13 @@ type Config struct {
 	// StartTimeout bounds QEMU start → QMP ready in Launch (default 15s).
 	StartTimeout time.Duration
 	// Probe and TSC default to the real host; tests substitute fakes.
-	Probe  HostProbe
-	TSC    TSCSource
-	Logger *slog.Logger
+	// StartProcess, when set, wraps the start of each QEMU process (e.g.
+	// to start it inside the network namespace that holds its TAP device:
+	// network.Manager.InNetNS). nil starts it directly.
+	StartProcess func(start func() error) error
+	Probe        HostProbe
+	TSC          TSCSource
+	Logger       *slog.Logger
 }
 
 // Driver launches and attaches QEMU VMs. Safe for concurrent use.
@@ -255,7 +259,11 @@ func (d *Driver) start(ctx context.Context, dir, id string, rec LaunchRecord, ex
 	// Own process group: the VM must survive the daemon (and its signals).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	start := time.Now()
-	err = cmd.Start()
+	if d.cfg.StartProcess != nil {
+		err = d.cfg.StartProcess(cmd.Start)
+	} else {
+		err = cmd.Start()
+	}
 	logf.Close() // the child has its own descriptor
 	if err != nil {
 		return nil, err

@@ -66,10 +66,12 @@ type Server struct {
 	BaseURL string
 	Token   string
 	Extra   []string // extra flags
+	// Env is added to the daemon's environment at each (re)start.
+	Env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	logs *syncBuffer
 	done chan struct{}
 }
 
@@ -104,9 +106,13 @@ func (s *Server) start() {
 	args := append([]string{
 		"--data-dir", s.DataDir, "--listen", s.Addr, "--metrics-listen", "",
 		"--kernel-dir", testutil.KernelDir(), "--init-binary", testutil.InitBinary(s.t),
+		// Tests never touch the host's network namespace: networking is
+		// off unless a test passes --network-mode with its own netns.
+		"--network-mode", "none",
 	}, s.Extra...)
 	cmd := exec.Command(Binary(s.t), args...)
-	logs := &bytes.Buffer{}
+	cmd.Env = append(os.Environ(), s.Env...)
+	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -260,4 +266,35 @@ func (s *Server) SSE(ctx context.Context, path string) <-chan string {
 		}
 	}()
 	return ch
+}
+
+// syncBuffer is a bytes.Buffer safe for the daemon's output goroutine and
+// test readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// WaitLog waits until the daemon's output contains s.
+func (s *Server) WaitLog(sub string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(s.Logs(), sub) {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
 }
