@@ -9,7 +9,7 @@ export HYPEMAN_INIT_BINARY ?= $(CURDIR)/$(BIN)/hypeman-init
 OAPI_CODEGEN := $(GO) run github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all setup build init run test test-unit generate bench lint clean
+.PHONY: all setup build init run test test-unit generate bench lint clean example-image
 
 all: build
 
@@ -47,6 +47,10 @@ bench: setup build
 lint:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
+
+# A small demo image (static busybox, serves a page with httpd) for the quickstart.
+example-image:
+	$(GO) run ./tools/mkbusybox -o busybox.tar -tag demo:v1
 
 clean:
 	rm -rf $(BIN)

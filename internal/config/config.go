@@ -58,6 +58,7 @@ type Config struct {
 	NetworkDNS         []string `json:"network_dns"`
 	NetworkNetNS       string   `json:"network_netns"`
 	IngressListen      string   `json:"ingress_listen"`
+	CompressSnapshots  bool     `json:"compress_snapshots"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -144,6 +145,12 @@ func (c *Config) set(key, val string) error {
 		switch f.Interface().(type) {
 		case string:
 			f.SetString(val)
+		case bool:
+			b, err := strconv.ParseBool(val)
+			if err != nil {
+				return fmt.Errorf("%q is not a boolean", val)
+			}
+			f.SetBool(b)
 		case int:
 			n, err := strconv.Atoi(val)
 			if err != nil {

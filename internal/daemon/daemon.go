@@ -159,6 +159,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		DefaultVCPUs:       cfg.DefaultVCPUs,
 		DefaultOverlaySize: cfg.DefaultOverlaySize,
 		StepHook:           testPauseHook(logger),
+		CompressSnapshots:  cfg.CompressSnapshots,
 	})
 	if err != nil {
 		d.Images.Close()

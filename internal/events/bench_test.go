@@ -51,16 +51,9 @@ func measureLatency(tb testing.TB, n int) []time.Duration {
 
 func pct(d []time.Duration, p float64) time.Duration { return d[int(float64(len(d)-1)*p)] }
 
-// The issue's target: publish → wait return ≤ 20 ms. Asserted on the median
-// (the p99 of a shared 2-core CI box is reported by the benchmark instead).
-func TestWaitLatencyWithinTarget(t *testing.T) {
-	d := measureLatency(t, 200)
-	t.Logf("publish→return over %d waits: p50 %v p99 %v max %v", len(d), pct(d, 0.5), pct(d, 0.99), d[len(d)-1])
-	if pct(d, 0.5) > 20*time.Millisecond {
-		t.Fatalf("median latency %v > 20ms", pct(d, 0.5))
-	}
-}
-
+// BenchmarkWaitLatency measures publish → wait return (issue target:
+// ≤ 20 ms); the speed target is checked by `make bench`, never by a timed
+// assertion in a test.
 func BenchmarkWaitLatency(b *testing.B) {
 	d := measureLatency(b, b.N)
 	b.ReportMetric(float64(pct(d, 0.5).Nanoseconds())/1e3, "p50-µs")

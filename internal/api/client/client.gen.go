@@ -19,16 +19,16 @@ import (
 
 // Defines values for CopyStartDirection.
 const (
-	From CopyStartDirection = "from"
-	To   CopyStartDirection = "to"
+	CopyFromGuest CopyStartDirection = "from"
+	CopyToGuest   CopyStartDirection = "to"
 )
 
 // Valid indicates whether the value is a known member of the CopyStartDirection enum.
 func (e CopyStartDirection) Valid() bool {
 	switch e {
-	case From:
+	case CopyFromGuest:
 		return true
-	case To:
+	case CopyToGuest:
 		return true
 	default:
 		return false
@@ -37,19 +37,19 @@ func (e CopyStartDirection) Valid() bool {
 
 // Defines values for ForkTargetState.
 const (
-	ForkTargetStateRunning ForkTargetState = "Running"
-	ForkTargetStateStandby ForkTargetState = "Standby"
-	ForkTargetStateStopped ForkTargetState = "Stopped"
+	ForkToRunning ForkTargetState = "Running"
+	ForkToStandby ForkTargetState = "Standby"
+	ForkToStopped ForkTargetState = "Stopped"
 )
 
 // Valid indicates whether the value is a known member of the ForkTargetState enum.
 func (e ForkTargetState) Valid() bool {
 	switch e {
-	case ForkTargetStateRunning:
+	case ForkToRunning:
 		return true
-	case ForkTargetStateStandby:
+	case ForkToStandby:
 		return true
-	case ForkTargetStateStopped:
+	case ForkToStopped:
 		return true
 	default:
 		return false
@@ -100,34 +100,34 @@ func (e ImageStatus) Valid() bool {
 
 // Defines values for InstanceState.
 const (
-	InstanceStateCreated      InstanceState = "Created"
-	InstanceStateInitializing InstanceState = "Initializing"
-	InstanceStatePaused       InstanceState = "Paused"
-	InstanceStateRunning      InstanceState = "Running"
-	InstanceStateShutdown     InstanceState = "Shutdown"
-	InstanceStateStandby      InstanceState = "Standby"
-	InstanceStateStopped      InstanceState = "Stopped"
-	InstanceStateUnknown      InstanceState = "Unknown"
+	Created      InstanceState = "Created"
+	Initializing InstanceState = "Initializing"
+	Paused       InstanceState = "Paused"
+	Running      InstanceState = "Running"
+	Shutdown     InstanceState = "Shutdown"
+	Standby      InstanceState = "Standby"
+	Stopped      InstanceState = "Stopped"
+	Unknown      InstanceState = "Unknown"
 )
 
 // Valid indicates whether the value is a known member of the InstanceState enum.
 func (e InstanceState) Valid() bool {
 	switch e {
-	case InstanceStateCreated:
+	case Created:
 		return true
-	case InstanceStateInitializing:
+	case Initializing:
 		return true
-	case InstanceStatePaused:
+	case Paused:
 		return true
-	case InstanceStateRunning:
+	case Running:
 		return true
-	case InstanceStateShutdown:
+	case Shutdown:
 		return true
-	case InstanceStateStandby:
+	case Standby:
 		return true
-	case InstanceStateStopped:
+	case Stopped:
 		return true
-	case InstanceStateUnknown:
+	case Unknown:
 		return true
 	default:
 		return false

@@ -25,19 +25,19 @@ import (
 
 // Defines values for ForkTargetState.
 const (
-	ForkTargetStateRunning ForkTargetState = "Running"
-	ForkTargetStateStandby ForkTargetState = "Standby"
-	ForkTargetStateStopped ForkTargetState = "Stopped"
+	ForkToRunning ForkTargetState = "Running"
+	ForkToStandby ForkTargetState = "Standby"
+	ForkToStopped ForkTargetState = "Stopped"
 )
 
 // Valid indicates whether the value is a known member of the ForkTargetState enum.
 func (e ForkTargetState) Valid() bool {
 	switch e {
-	case ForkTargetStateRunning:
+	case ForkToRunning:
 		return true
-	case ForkTargetStateStandby:
+	case ForkToStandby:
 		return true
-	case ForkTargetStateStopped:
+	case ForkToStopped:
 		return true
 	default:
 		return false
@@ -88,34 +88,34 @@ func (e ImageStatus) Valid() bool {
 
 // Defines values for InstanceState.
 const (
-	InstanceStateCreated      InstanceState = "Created"
-	InstanceStateInitializing InstanceState = "Initializing"
-	InstanceStatePaused       InstanceState = "Paused"
-	InstanceStateRunning      InstanceState = "Running"
-	InstanceStateShutdown     InstanceState = "Shutdown"
-	InstanceStateStandby      InstanceState = "Standby"
-	InstanceStateStopped      InstanceState = "Stopped"
-	InstanceStateUnknown      InstanceState = "Unknown"
+	Created      InstanceState = "Created"
+	Initializing InstanceState = "Initializing"
+	Paused       InstanceState = "Paused"
+	Running      InstanceState = "Running"
+	Shutdown     InstanceState = "Shutdown"
+	Standby      InstanceState = "Standby"
+	Stopped      InstanceState = "Stopped"
+	Unknown      InstanceState = "Unknown"
 )
 
 // Valid indicates whether the value is a known member of the InstanceState enum.
 func (e InstanceState) Valid() bool {
 	switch e {
-	case InstanceStateCreated:
+	case Created:
 		return true
-	case InstanceStateInitializing:
+	case Initializing:
 		return true
-	case InstanceStatePaused:
+	case Paused:
 		return true
-	case InstanceStateRunning:
+	case Running:
 		return true
-	case InstanceStateShutdown:
+	case Shutdown:
 		return true
-	case InstanceStateStandby:
+	case Standby:
 		return true
-	case InstanceStateStopped:
+	case Stopped:
 		return true
-	case InstanceStateUnknown:
+	case Unknown:
 		return true
 	default:
 		return false
@@ -6467,126 +6467,127 @@ func (sh *strictHandler) ForkSnapshot(w http.ResponseWriter, r *http.Request, id
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1tc9s4kv9X6dJ/tyJtMbLsxKkdu6b2n8nDjHcnWV+cTF5EOQkiIQlrEuAAoGVNym/vA9xHvE9yhQZA",
-	"ghJpyY/jm3XexBRJoAF0N37d6G5+68QiywWnXKvOwbdOTiTJqKYSr44yMqPvSUbNRUJVLFmumeCdA3sL",
-	"JJ1SSXlMI/j04eenlMcioQl0aX/Wh3Ei4lMq+0z8ee9tyiaSyOWf996SNGec/vnZy5RoqvS41+9EHWba",
-	"zImed6IOxw7tf1FH0l8LJmnSOdCyoFFHxXOaEUNQRs5/pnym552D/d29qJMx7q93o45e5qYVpSXjs87F",
-	"RdQ54koTHtOj1w3Dcffg6HUE9JzEGkz/EQgJBWe/FuYO5JJO2XkLvSzZltrdvb9upvZnovSbM8p1E7kf",
-	"qCoyCmSqqQQ9ZwqoeRSOXpfEzSlJqKzIM+09xQafHr3utFD2bK+JlBNOcjUXjZT4ew9l4i5MUyoXXFFk",
-	"4R9I8iPRdEGW5ioWXFOuzZ8kz1MWEzOMnX8pM5ZvQad/knTaOej8v51KPHbsXbXzRkohbVf1uXjJociV",
-	"lpRkIOmMKS2XMCUspUm/cxEZWj7QXwuq9N3T8nFupBM7A6YgI+lUyIwmZl0YPyMpszS9EnyasvjeKFKi",
-	"kDF9okBpoqmhxnABxI4MBQum56AD6rtCumuna8x4SDZhs0IUqoejeCvkhCUJ5fczDC1OKYeUxKeqJNUw",
-	"L6hY5BQpOuKaSk7SuyfohMozKoGa+9j1e6HfioInd9/1ewGqiOflsvruj7I8pRnlmib3sSBMgbKTkAiq",
-	"gAsNqshzITWujsipxB6hu6TaMswnTgo9F5L9dh8kvmNKMT6LvOQZtqfnObIM8lIf9axrx3TziuRkwlKm",
-	"mVVjuTSj8FckjmlqBiXkukZ+dfwJzpjUBUnZb3bcjEOhKHRPzzLTtY5nuOnSc2IWqnPQ0fGss6ZLo7Cf",
-	"kaTETUa9u8/zpd2BgodhQRTEc6HMyBranS9zKs+YaiL/p/IecLoA5jZmZUZQJ/pXmhWXt64ua15ZsudC",
-	"aYgJB1kgsUzTDN9ba9f9QKQkS3PNqV4IeWrubmCM9+WT5bpiC2dUKmYndX3XrXbEL+WDtamrj7S2Wp3G",
-	"tauR/LUckJj8i8YaNwNJiaYI7YKNiiQJM7NH0uOAC6ckVTRaYUy+DVYELSAv0tTBRIsHD5719wYRzOax",
-	"AYw7Qs52SJ7/fzUne/svDvr9PnLsVSFfOIdI2yWj5jNJlbrZuAP6XjxbJS8n2uwJnYPOf34hT38bPP3u",
-	"a9f98fTrX/xPvb/9qYmpZZHarkr+vIzh/GCKlJqXM3J+ZF978Rypcle7q0zdNGW+78umzsro9eYuzpIm",
-	"gJunxEi9UeDM8M8TBXGW1CQ0nO39/WcvGqatGvnuYO/5ugxTruUyF8yq/i1oqF6ALuEJJFLkCphG6nq3",
-	"T95Z+2xu20P4Tq2bah1xdFe2qaIWef9ZLKiMiaKQUsPyKoKEzcwc4YwRNafq0FkHK1J9y1IjzqhMyXKk",
-	"2G8NdH6WTJNJSiFh6hTMM9BN6JQUqYbdwY8/rKqcBuso6jQ3/Y5mQi6D5lxr1e61v7v37odt2j9l+Whm",
-	"5GpEZrSFTw3U+VBwzvgMAbQoNCwI0+Z66vAztgHYRrApT4RIKeG4v5GZ2pLbamzUymwvmljtLM6Lhn35",
-	"F4tY4NXxJ1VN255fApYVWam97EXFj4xrOqOyTX1Z5m5XX96EvZ76OmUWaV+mjn0P/zDPtorNJ2suK29R",
-	"o2FUTsWMcrOb06R3tyJzH1xw0bAWFjyvQd1YJA1TdWLlVnFySkeoacxzBx5fj5ztWALuEVqb0ZD7a80y",
-	"KgodQREYApGRFWtHRsaKGE2NGRWVxql53/DSyNyTlCTLyMrTqODkjLDUEBV5w3WkhRilRM5MvxnVc5Hg",
-	"iyRNxcJ0xpyJGMGEJKOZ9VJEEJJWNjrk5lVW2VX9Ia+pk5LcpjXNqFJOwVdveGSN9hK+egALOulswlG4",
-	"IlWbTXL1VsjTm4GCqRTZSFqNZpcfpaB8esXxYqbULJ5BtkBKVVgOscvQC5IXGgQH82MyWUYQp4KblTDb",
-	"kqRKC+nEa105NovseyOiYor61XQPXbur3bmMyhnVlqk36R6zFh/x+RN8fGtYbF68mWrcPGehhfdHm7vw",
-	"xbVJ+OgYpnSELeaU45TEJE1BUl1Irvrw2vL9gWdp9KueaJHnNBny8iXrfjEs7u459cDNRvml417uREZx",
-	"GtbHv/DBgPxqjn6iJDVzvaqMDal28/Yti9OGBlZmyb3VNE9HHnc2mgTtpjgvUtSL3lu8iptj3NiTEUGW",
-	"nQqZmb86CdH0qdGvTYyRsJlj8RUoRzibGuhkH4hAGGaVVIn0jKJB0kJN1XTdyrj+sDaYA20ei2q+qd9k",
-	"m3w41FrlQpoNz3kcSvf1NqM0jY88HmrcsM3eUQJS03Qha7u2P00acu8/HxVcUhLP7dZa7nIj72hf2cGD",
-	"F5GcyK3aKGMqIzqemzZG+Bfjs1GeEm24IxryWEhZ5HqUkiWVkZsCPbLjd5u1ecBcxEZfpV7KtrSK3hsu",
-	"TA2VgSvEukDKg7Idd0y245wi9ois1+hEy6VAI3+jL8DI2LF/2Fkso8lS0wYYfmKMIKec3RQYeoXQaCQZ",
-	"QkppYly/eN7OGCUqjwK9sZHQE/voRdQp8uTKMuycW6OEIZdvYNlmc8ERW1MirbrrOFiEFTesyHJzhyaA",
-	"LAU442BgIygBUyKhm1Fi9PK0SGExZ6kVQMatd7auEvHtUSI4rc2GX4P1ObcvaKHtGcQWbyCZVR+tD5Rt",
-	"bjC/ApLr5NS7Wmm3dapP1jafnPLEbmtu3syiWaa1F4jRDcuiEDdudc5T1rAHXWMLYUmzWnf64Hadepd6",
-	"7vBMtea+28zPtvl3RjdeEejNhdLNSu8noTTYo2jQAlDxQpfwpfW7I4ChWa6XhzD+S98ZJ/1YZGP7LFUg",
-	"OIWUTGi64kAheR6+UAeNe/vPmlSmkLqFRntaJCBlSlNurITS8v7rYMULsb//bH+jI6JtfnH5rja9mV+S",
-	"LbjDLl+Jc7d8y2LVNS6yHZdtXcI1H8verjAuj/wvCcdAH4iQcPQauh5yQU6lN7JXjYW9/RcbnZaeC664",
-	"oDXx8pS71ppnphrdFeHtbcDZbTHn7WPMc6ZHzW6bN+dMWwzoIAZiGJI9UZASpUEWHLpm07aKoeCnXCx4",
-	"r78VyMB+A0/HRrw6J2rknW3B0AKjv35Oua26L53pzXdGbYbGa/zdTw0+a//ywoBzNBFCW0C+/T7jjv02",
-	"KwPbkTuu3OxAD9HiouZMt5DHotvSlX4137n1x9sWWhvQRG4QjI1ssJUnwE+N8wO4t0Yb7Clr2jMFnywn",
-	"97ejBw3zG41pkxN3sxSXbvpNmjAAGpbx/YzW58gttm94hbNqKq62rLX5CJXLisCviHNNdi/Tzu8r0Vj3",
-	"0HjJe6LAiVConnCFV+JOpD2LYbpRadW3AcrNvaRZ9bB8naQf8QTn6PjsOZAkMdsudBE8uQAP+TQzurU6",
-	"5Dc7J5KaMIV9rUCo3UF/dzDoD/q7e41uYxLXXcaDvYPB4GBADl48xz/ijc5iP8bLlqB0kXlcb49lDGMd",
-	"caaZMZotnq/8WMekUPjEybzQiVjwwKMVermc4LVA/6r/JgMgL0aKxoInqjnIxggjMsEv794ZY1kVGU2g",
-	"S9IUzl4df1K9mrWciMJwQkkHL7KJ3bg8l41a9pMM9WGbxf5K8CmbFZIm7oTPPt5oqa9vml4KSZqKGAWw",
-	"7OYKb9c9Clu8mLMGH5GZxlyK2PA1S5xFzBAVqH5jM1KpK3UbHCisS1yRmwUNl3yLtdtaTQZrXNER1Zgs",
-	"HM/Kqq+rzdUFa1yMtUE1iWFjcNKaNGSNgG4iWTKj0P348hhR+S/vehFqIuj+x5t3nxqVUg+DPgVfieay",
-	"TTWGvpSRZ5frGiSxaYTHRM+P+FSsj2rD/m0FKhZFmtioQk1sSGFO9Nxhk5zKjCn0lSaUM6djNztLz5nS",
-	"qkX3K+/Aarw3ZSltvamWWcr4afN9c2dUGYYbiWxe9E+cnQMu6oRptaWi8VBv46OrG4idp6ZlPQmw++qh",
-	"sfe9Ne/rmUOYHp79pnTytHqp+QTwFh1C21sIaw9cJ9zg8g3kx2DXsKDbIXp/qORU15YL3WqEXOZ2fo0B",
-	"ODmJ7YZahkAUim7NYEjtaNNmuvpYK7k3hdCX4GRcw0aKW+iroHUdJoeafmW/CETgMtn5R9tpjcFP8L1n",
-	"C4zbomcs9jZNnhYKLT0F3ZqNmhXGRqVDXh5YWqhmzy2x2d6hP6WE7xtMR8HTJTY65Kut+vd6wcGop3Uq",
-	"JBBI2Rn6i9wRf9VEVPYp9JzKBVO0fka63cnoZ8L0B5dfsq538KSKJtczJm9qgm42CllGk5EoGp0dDWe2",
-	"6yZc1cLXJn5XNC4k08sTQ7E7tqBEUvmysKfJ9uqtF+a/f/7oE5GQFrxbCfdc69xG0zO3ea/EvRUc/vnq",
-	"yEBvTRin0vpMFBDlA+AhI/Gccar68JlJijqeaGZ4zeeZDLmxFDPCDfY0QzkIw4r+fvLP9xG4J8rDeiOU",
-	"KrIpFzARyXLIx9+GGBkz7BzAsNPv94edCIY+Sib49WIMggM9o3IJz8/Pd/bPzyOwQ4e/f/4IpNDz/pAP",
-	"+Rt8pEpeoOcxzTWMZ1Tb8/kxiiXqy5zGwLSi6RQ4pYka8vFLdyiKLx/AD7aHYTEYPIsx5wD/pGPo/nSy",
-	"t//C9N3rw0uX27KYC0VhXIEbNR7yOCUswzgaSRXl2oqlm35LSCxyOz0JTJb17Isnhqrzp57LnuKzY0zv",
-	"IbBgaRITmRzA+C/jCMZebA/MVb/f7x0CsaQNuQ9wxDNKJGlOFEyNXU5iYz3g9GFayBRNCBVuZ2Zzk4We",
-	"H4T2O/okGS9DsnZIznZmlANTQ15G3sFUisxYJN1xRk5pGZI37pVBXwqIpIDH2fgGmREzFGA6GnKzXDYQ",
-	"CbtNgGgY75jF6y9Jltr1dD/8Swk+dufLTCNC9nz68vioE+QOdAb93f4AzbGccpKzzkHnWX/Qf9bBSJk5",
-	"yuFOvJJQ4iDgagLb0tLuuCAjS3tgiZkSXS7cAvs1RKhbLvBRYtAE1bXclZV0vL3B4NbSbWr9NGTd/GQz",
-	"O6qHMPPn+WC3reGS0p1aetBF1Nm3ZF/+UpnyhbqwyDIil2hMoNGwkmqCaz0Xi45HGl86aqk0zTpfzes7",
-	"mM/ZvlInJMNAioxoo+7GP775CDtlrszON5ZcuCbGGNXoFE6I5errdoLRFG9sr1EtD/hL88CrR3bCXNWL",
-	"rxuXXNNzbal7aoM46mvekNK5El/OpjRexinFPsHuQKj2T07euEXeYr2CdMzr8sXzwbPNL1XJiVfnJPPC",
-	"FnSt5NzVGbCcLpskrIwKJGkapFZ1rRp8ikrdPtQLGNPx4teos6q+gzDSA6MosOedeRk+5nh3TUW4ALM7",
-	"VA6uh5YETqf2mYIi79ewS+fgy9f65J1RTpWCeE7jU9SBhgUo146uXpsEWzDSOgs/M6WP7CM3nIbtggfQ",
-	"gFgPG7hoiKUF9Jk6NNV/uMKxwuVmm/UT6lfE/dDCuuam49uok4umQ7kTTaRWPjAHxgbbjD0QUFWat1Hn",
-	"VeyJ2ea1AAK/vMPgqSHH6Cn4YOM6zcaPUYRlsrM97WMYm6wLBS60BdERJhcVUlKuh9zdR6++xRIkxTAX",
-	"u2i9Q8hFmvoNAUe/880QfTGGgmuWDvkYnx8bM2lsI2Mc0KgzaJAM6PLzqdI/iOT2Eukb0g0v6oaIsWQu",
-	"1sRj79YocFKxLgXHHk3m2iXv/2G2lJrU2HFWvAvEyT10iVryeC4FF0VtN9hCpIxBb6Ol6yxoxSulTRHR",
-	"H+gU/QQoEs8H3zn/v6HHewEKFSbjrWOY19h0xbE1pnne4HXC5x/68j63pG8EADbnH1/4bvMLZd2HGzKQ",
-	"ncOSba7GJ44XLqJWoNCymIO71wAfKz77Y7HHTVb7R6oxHu8aa11us1eyLKoKRBdfUZ3YcLNNuKp86l6g",
-	"FS9DqzeBq5Kw/h/d5DBgzA82ApEmVGmYMql0yDblOm1lW7RhtDcknoMsUgpSFJoq+Onjx+PQIyPZGUZD",
-	"cGuCY4jGGIMb++bv8ZCHwZ7O+RWGrjLln/ehruOVKNYhFxnTmibbBLJiBQQkwh7GWSpATAOXt7/lfxhH",
-	"oOdSFLM5EJDGnFcYP3eO0R9mV0wIzQTvD3kYumJIbwqcPDDoMSNLmFBwhwqQEk2lzYYjQ+7r75Tn8MyG",
-	"uPjkuhnVCvYHe323W7uIGIzYZAo0OaU8GnICXTO6CPzM9SAnTIbIFVctwdQmEqxQTLjpb0KHfGKU1yUg",
-	"1UngncLUen2IrYDq7u1tU17HtGxU9vaD36ruFpjchuY6LiYpU/NKfgwrqprqUNfRYCEk9u+gm66OiRsB",
-	"bcDd/6aQ9ndghADY2vmHrjHEKy5AT7+kKSWKJr0b8MQl6Ldt5QePiuX/Gj+V0Llc0+ujoDqEboSYcPTa",
-	"F9e7j7KLDpw7h/IGcO6f2jCSf/J0GTipEeUwdwRbjunXgsplNajy3HpL5q8dqW9xdHEr5oLLC9nKXnCj",
-	"/wO7oJyt4AZ6ia3g2eZGtsJxkaaBE8l2E7pTDeT0p9laSApLqg30phxTL5SNGfjlXeXMRU+ujwOWBVfQ",
-	"tWECYfSyEUbE171DKBQd8sYjuwVh+m/48vcOZo+NrWB+LtOmXc7MZWi4TE66SzhcL+9x73jYC9G60Ljw",
-	"8Ue33tU3ub2tJssX1K3LsZ12tB4xfyN03V5HjmuIOZSSbRBzIAFXg8yPLt0a8vWlWZS2Ze6svuxdZz23",
-	"cPa2LtvgXhRH6Dd5ZId14Hp9Wb6m87cq2L4CMO1uGeerJetv3uaGuBt0Ndpa63OiYMySMSYmF1lwmFsr",
-	"te5ciL0IxvjeeMgxYtY2YgBgz8Z9JUSTMXQJrIS3EIVRiL0+fMZseSRwyBdUUkiNNer7t1UptRAGQqE3",
-	"DfFynDLTzJSmKUzonPHEdDjklpwDkFRRPbZRaVwfgqRPXcxXIA2AURO2tDnliXKl58mQj61cJ2NLWRMs",
-	"sbFFfuYfY4z+LaHFXUQxhWppUxATC8zOqwQ03bbSouc0vn21NXU5rDdotc1i8qXKrMOf2JptCeos+6UH",
-	"ZhZjwSEW+bI5G5zwZMj9Y6mYqT68lSIrQ/LL8nnMdICvYGm+Qxto40P8u0IOOf4S1jqFcVgs8ACM6TGO",
-	"YDFn8RzyQtejfzmG0ATl/xDVBAUAFUyEnvcqmoxSYbygYTtP1JCHSUSXnYGAs9uqGm2MA7HvDbmek+Ck",
-	"A3ukCXRXi7nWxjjuNWnZsOjiHZl+TXUdH5Dh5zn1UT3fv3p+ZWTpzky+HaM0LgdlqZhByjgKmCHl5OSN",
-	"w1gul8HiK5cMIMkCn+7DZ6bnQz6eijQVi3GE6s3csf59ix1oYmPnnJfHNDIzfTjJtggLY/xiwbkBCodA",
-	"YHwAp5TmJGVndAyxyMzEeZzlArJ390FBRgnHU9YmsQ7sop/NJGxwmr7H1GSjhjFz0ugQOxotTL+JNeDa",
-	"3KeasLTmPS3rru4OBkEJpN2B+ReUzBk0JXKu0vYPSnM3o4aucqbbqLFr0kyPKyi0nsa02inJc5dmVhWb",
-	"iQVXIqURnGWZuxkkn5f5PvA9LOYu49cerkPCklbXM+r3ZmoNFUGumb06yzJXpyIjTRUK7gPlCs8ej8D2",
-	"xoayNXNCHfhEIdrZHpr+Log0J4VLZrwN8FjXXpj8+ZD8OhFwsXA5qf3HTf9mm/5bSelvtKHg9hNlS6BA",
-	"t0LJSwxEYgnl1/MftoMDh9zvyP7x1sf//Nd/+1xm86cb8mG4tQS2AlomxuSxExCVhpDVCIxrEuv1EOYP",
-	"digPSWLKrwxSbyI9ys0N5catMpDStL0b1Gwdg3ek2u03KB8gpzINduCPCv7GVp3TZ0C86rsbRvUFP9Qd",
-	"6fCxk7MxxCTXhaSqtbJF6cWvqlsMeYN+n1OJUbELooJycL5wiY26xQ9KAHqt0K/TO4Sx83kFlFSd2dIX",
-	"xL9q7Et0QWHgwZCTqaRq3ltxNgV7rh1BWYwOvzSCz5wynvTh5ZCXBIpCG7vUfrqqdPO3xhScVIX17i6m",
-	"YPVrE/fsWirH2JY06u4/Gkn3r4g+klOjhCr2nbb4mipN0qyM/P1tlNHON3Vr8DK6gw8nq9sN4bvsAKCt",
-	"Ek9Q1ge6Ri2V1XV6vjpJqHQ41t9wJwF9eFm+Wz4yMdQolz/rMDZ+6ESulIYyehf964cIoxw1nEJKidVr",
-	"wa91Op7Y0kVN2s4hs5q6e6j4+1EB3SdkF5goW63KhMSnhkcDnq50z+3qI1eZ6m6gkTfdV8xbJ5gHzjn6",
-	"pB0woZucnNFkyLWozFwzIb+8ewf03PzVHYfleccwobHIDPaRBe31wYndkNcP2zzsCsFWc4ABEvvw/EyO",
-	"sEc75MZZOTrwMnWFdKzaq+Sx+q7bLZsmmtjPBdyBCY3FJR6or8fIrqvD/RgL5/nwB2HMqhJY3JExrG2J",
-	"0cYwyRNNSo45tmhwhTGbzqYcbtwKKj4ffPdi45e1v11yYDdKGT9VVzu2+3qHzF+W/21g/s/+fM+W+rXl",
-	"2xWQiS8wZ2buEW/dv8Y3fA7EFlpmXLGEBsvUxSKHq181fkBHasqXlN8U6mxrz9+D5rcdNWVL2MpCUKiq",
-	"1sWjpjeGoI3XwnlZ8TdAF6PQDP9hPqhhzwfFfSK/M8Qi8ofp8nefCXnk4EqDirzGtDNJYjot0vSWEfKC",
-	"MN0am7VW8WzVbV1WgfCBkbbuhY+rdO8POSUS60L7EsSAUKJXpu7Z2svKR1aitcjSFB3h6BICLAdti+R2",
-	"HYKLvIUWgf+QiC9YHfmP9vQAYzRdaiAZcktgBAVPqVJg3fVE2i9M27ptfRgjFWNfYkPS3NbYcNl8eCIA",
-	"hGPArKJnVJLUEq4OYezqSI9toWFbRpdTN8TGOhifCdNvhawntG4IFfsYTDR0LYVkkhp73A29HLSvCmtL",
-	"kuB3G/IUPw5ggeRlqbjtoLP9o2QZOT+yN63b0l3srn+uTOllaqGnzBq8rD8KSApXQNl+r+HZQEWwl/UO",
-	"wZd8eWF+iQkieqJhP2uNjrNfZu+0AOcXz68TwnV9HVmrRd52ZlH/uDQmklKePGZH/h6Y9odUxKdBJGmp",
-	"Ar3ucr5ExLXsjHKnER5CFkPthLY1t/8k8IBuzu0v2/SB8lObsVTBrKPXUfkJyNVDkcMwqj74TiRJlShr",
-	"LlX+jLLRBVHgcpZ6bZIeGPY3OE65+1oC1ZHl5loC5do8Vgm6nfpmJfu21izY2vlf1U4ODh+3SnVuP6l6",
-	"LHj5kDjGJ1VD8InCK7PJ5hTq+zi4fIyTeLhs5pO1b8Jl10MMnivWEcNNMhRrrV4WoIBZiX6LV7Zod+mk",
-	"WTn4V9AlPIncJ4NO/KeC/FNREOZVRfBaLNbr+8KMI2fgOStCgRblR4/CkIQyYGEtyY9xLcoTwpaEvjuO",
-	"uwq7eKAJfeHCPmqU3yEE1JV1qUsYitbNNjPvUKp/fKH+yagvX43Uu6a/lZ4F+5kFY+17vG7rD4e/lIZS",
-	"8KOzmIJfKmpr7/qCbBdfL/43AAD//w==",
+	"7H1tc9s48udX6dL9tyJt0bLsxKkdu6b2MnmY8e4k64uTyYtRToJISMKaBDgAaFmT8tv7APcR75NcoQGQ",
+	"oERa8uP4P+u8iSmSQAPobvy60d381olFlgtOuVadw2+dnEiSUU0lXh1nZEY/kIyai4SqWLJcM8E7h/YW",
+	"SDqlkvKYRvD54887lMcioQl0aX/Wh3Ei4jMq+0z8Zf9dyiaSyOVf9t+RNGec/uX5q5RoqvS41+9EHWba",
+	"zImed6IOxw7tf1FH0t8KJmnSOdSyoFFHxXOaEUNQRi5+pnym553Dg739qJMx7q/3oo5e5qYVpSXjs87l",
+	"ZdQ55koTHtPjNw3Dcffg+E0E9ILEGkz/EQgJBWe/FeYO5JJO2UULvSzZltq9/b9tpvZnovTbc8p1E7kf",
+	"qSoyCmSqqQQ9ZwqoeRSO35TEzSlJqKzIM+3tYIM7x286LZQ9328i5ZSTXM1FIyX+3mOZuEvTlMoFVxRZ",
+	"+AeS/Eg0XZCluYoF15Rr8yfJ85TFxAxj99/KjOVb0Ol/STrtHHb+x24lHrv2rtp9K6WQtqv6XLziUORK",
+	"S0oykHTGlJZLmBKW0qTfuYwMLR/pbwVV+v5p+TQ30omdAVOQkXQqZEYTsy6Mn5OUWZpeCz5NWfxgFClR",
+	"yJg+U6A00dRQY7gAYkeGggXTc9AB9V0h3bXTNWY8JJuwWSEK1cNRvBNywpKE8ocZhhZnlENK4jNVkmqY",
+	"F1QscooUHXNNJSfp/RN0SuU5lUDNfez6g9DvRMGT++/6gwBVxPNyWX33x1me0oxyTZOHWBCmQNlJSARV",
+	"wIUGVeS5kBpXR+RUYo/QXVJtGeYzJ4WeC8l+fwgS3zOlGJ9FXvIM29OLHFkGeamPeta1Y7p5TXIyYSnT",
+	"zKqxXJpR+CsSxzQ1gxJyXSO/PvkM50zqgqTsdztuxqFQFLpn55npWscz3HTpBTEL1Tns6HjWWdOlUdjP",
+	"SFLiJqPe3Zf50u5AwcOwIAriuVBmZA3tzpc5ledMNZH/U3kPOF0AcxuzMiOoE/0bzYqrW1dXNa8s2XOh",
+	"NMSEgyyQWKZphu+ttet+IFKSpbnmVC+EPDN3NzDGh/LJcl2xhXMqFbOTur7rVjvir+WDtamrj7S2Wp3G",
+	"tauR/LUckJj8m8YaNwNJiaYI7YKNiiQJM7NH0pOAC6ckVTRaYUy+DVYELSAv0tTBRIsHD5/39wcRzOax",
+	"AYy7Qs52SZ7/TzUn+wcvD/v9PnLsdSFfOIdI2xWj5jNJlbrduAP6Xj5fJS8n2uwJncPO//6V7Pw+2Pnu",
+	"a9f9sfP1r/6n3t//q4mpZZHarkr+vIrh/GCKlJqXM3JxbF97+QKpcld7q0zdNGW+76umzsrozeYuzpIm",
+	"gJunxEi9UeDM8M8zBXGW1CQ0nO2Dg+cvG6atGvneYP/FugxTruUyF8yq/i1oqF6ALuEJJFLkCphG6np3",
+	"T955+2xu20P4Tq2bah1xdNe2qaIWef9ZLKiMiaKQUsPyKoKEzcwc4YwRNafqyFkHK1J9x1IjzqlMyXKk",
+	"2O8NdH6RTJNJSiFh6gzMM9BN6JQUqYa9wY8/rKqcBuso6jQ3/Z5mQi6D5lxr1e51sLf//odt2j9j+Whm",
+	"5GpEZrSFTw3U+VhwzvgMAbQoNCwI0+Z66vAztgHYRrApT4RIKeG4v5GZ2pLbamzUymwvm1jtPM6Lhn35",
+	"F4tY4PXJZ1VN275fApYVWam97EXFj4xrOqOyTX1Z5m5XX96EvZn6OmMWaV+ljn0P/zTPtorNZ2suK29R",
+	"o2FUTsWMcrOb06R3vyLzEFxw2bAWFjyvQd1YJA1TdWrlVnFyRkeoacxzhx5fj5ztWALuEVqb0ZD7a80y",
+	"KgodQREYApGRFWtHRsaKGE2NGRWVxql53/DSyNyTlCTLyMrTqODknLDUEBV5w3WkhRilRM5MvxnVc5Hg",
+	"iyRNxcJ0xpyJGMGEJKOZ9VJEEJJWNjrk5lVW2VX9Ia+pk5LcpjXNqFJOwVdveGSN9hK+eggLOulswlG4",
+	"IlWbTXL1Tsiz24GCqRTZSFqNZpcfpaB8esXxYqbULJ5BtkBKVVgOscvQC5IXGgQH82MyWUYQp4KblTDb",
+	"kqRKC+nEa105NovsByOiYor61XQPXbur3buMyhnVlqk36R6zFp/w+VN8fGtYbF68nWrcPGehhfdnm7vw",
+	"xbVJ+OQYpnSELeaU45TEJE1BUl1IrvrwxvL9oWdp9KueapHnNBny8iXrfjEs7u459cDNRvlrx73ciYzi",
+	"NKyPf+GDAflujqLOxY55ceecSDNAZVrAAYmqHXtdteavXZuXUecnSlKzXqsK3QzXAgBPnThbJ2J1pt1b",
+	"TXN97LFro1nRbs7zIkXd6j3Oq9g7RnCQjAiy/VTIzPzVSYimO0ZHNzFXwmZOTFbgIOFsauCXfSACYRhe",
+	"UiXSc4pGTQs1VdN1S+Xmw9pgUrR5Par5pn6jbvIDUWvZC2k2Tee1KF3g24zSND7ymKpx0zf7TwlqTdOF",
+	"rO38/kRqyL0PflRwSUk8t9tzuVOOvLN+BQUELyI5kVu1UcZURnQ8N22M8C/GZ6M8JdpwRzTksZCyyPUo",
+	"JUsqIzcFemTH7zZ884C5iI3OS72kbmlZfTBcmBoqA3eKdaOUh2277qht1zlW7DFbr9ERl0uBjoKN/gQj",
+	"Yyf+YWf1jCZLTRug/KkxpJyCd1Ng6BVCo6FlCCmliXH98kU7Y5TIPgr0xkZCT+2jl1GnyJNry7BzkI0S",
+	"hly+gWWbTQ5HbE2JtOquk2ARVly5IsvNHZoAshTgjIOBnqAETImEbkaJ0cnTIoXFnKVWABm3Ht66SsS3",
+	"R4ngtDYbfg3W59y+oIW25xhbvIFkVn20PlC2ucGEC0iuk1PvaqXd1qk+Xdt8csoTu6W5eTOLZpnWXiDO",
+	"NyyLQtywU0Ud521r2INusIWwpFmtO31wt47BK71/eC5bcwFu5mfb/HujG68JFudC6Wal95NQGuxxNmgB",
+	"qHihS/jS+u4RBNEs18sjGP+17wycfiyysX2WKhCcQkomNF1xwpA8D1+oA8/9g+dNKlNI3UKjPXESkDKl",
+	"KTeWRmm9/22w4sk4OHh+sNGZ0Ta/uHzXm97ML8kW3GGXr8TKW75l8e4aF9mOy7au4JpPZW/XGJe3Hq4I",
+	"6UA/ipBw/Aa6HnJBTqU31FcNjv2Dlxsdn54LrrmgNfHylLvWmmemGt014e1dwNltMefdY8wLpkfNrp+3",
+	"F0xbDOggBmIYkj1TkBKlQRYcumbTtoqh4GdcLHivvxXIwH4Db8lGvDonauQddsHQAsdB/axzW3VfOuSb",
+	"74zaDI03+LufGnzW/uWFAedoIoS2gHz7fcYdHW5WBrYjd+S52QkfosVFzSFvIY9Ft6U7/nr+d+vTty20",
+	"NqCJ3CAYG9lgK2+CnxrnS3BvjTbYU9Y9wBR8tpzc344eNMRvNaZNjuDNUly6+jdpwgBoWMb3M1qfI7fY",
+	"vuEVzqqpuNqy1uYjVC4rAr8izjXZvUo7f6hEY93L4yXvmQInQqF6whVeiV2R9jyH6UalVd8GKDf3kmbV",
+	"w/J1kn7EU6Djk/MXQJLEbLvQRfDkgkTkTmZ0axUoYHZOJDVhCvtagVB7g/7eYNAf9Pf2G13PJK67nQf7",
+	"h4PB4YAcvnyBf8QbHc5+jFctQelm87jeHu0YxjrmTDNjNFs8X/mwTkih8InTeaETseCBVyz0lDnBa4H+",
+	"Vf9NBkBejBSNBU9Uc6COEUZkgl/evzfGsioymkCXpCmcvz75rHo1azkRheGEkg5eZBO7cXkuG7XsJxnq",
+	"wzaL/bXgUzYrJE3cKaF9vNFSX980vRSSNBUxCmDZzTXernsUtngxZw0+IjONuRSx4WuWOIuYISpQ/cZm",
+	"pFLX6jY4lFiXuCI3Cxou+RZrt7WaDNa4oiOqMVk4npVVX1ebqwvWuBhrg2oSw8YApzVpyBoB3USyZEah",
+	"++nVCaLyX973ItRE0P1fb99/blRKPQwcFXwlIsw21Rg+U0avXa1rkMSmEZ4QPT/mU7E+qg37txWoWBRp",
+	"YiMTNbFhiTnRc4dNciozptBXmlDOnI7d7Cy9YEqrFt2vvAOr8d6UpbT1plpmKeNnzffNnVFlGG4ksnnR",
+	"P3N2AbioE6bVlorGQ72Nj65uIHaempb1NMDuqwfP3vfWvK9nDmF6ePa70slO9VLzKeIdOoS2txDWHrhJ",
+	"yMLVG8iPwa5hQbdD9P5gyqmuLRe61Qi5yu38BoN4chLbDbUMoygU3ZrBkNrRps109bFWcm8Loa/AybiG",
+	"jRS30FdB6zpMDjX9yn4RiMBVsvPPttMag5/ge88WGPtFz1nsbZo8LRRaegq6NRs1K4yNSoe8PPS0UM2e",
+	"fWKzvSN/0gnfN5iOgqdLbHTIV1v17/WCw1VP61RIIJCyc/QXuTCBqomo7FPoOZULpmj9nPWmp6vhTAZt",
+	"1H6tTla/EKY/uhyXdb2FJ100uZkxelsTdrNRyTKajETR6CxpOPNdNwGrFr42yYuicSGZXp4ait2xByWS",
+	"yleFPY22V++8MvjHl08+GQppwbuVcphrnduIfuY2/5XYu4LDv14fG+iuCeNUWp+LAqJ8ED5kJJ4zTlUf",
+	"vjBJcY8gmhle9bkuQ24szYxwg13NUA7D0KZ/nP7rQwTuiTJgAJknsmkfMBHJcsjH34YYnTPsHMKw0+/3",
+	"h50Ihj5SJ/j1cgyCAz2ncgkvLi52Dy4uIrBDh398+QSk0PP+kA/5W3ykSqCgFzHNNYxnVNvz/TGKNerb",
+	"nMbAtKLpFDiliRry8St3qIovH8IPtodhMRg8jzHvAf+kY+j+dLp/8NL03evDK5dfs5gLRWFcgSM1HvI4",
+	"JSzDWB5JFeXairWbfktILHI7PQlMlvUMkGeGqosdz2U7+OwYU4wILFiaxEQmhzD+6ziCsRf7Q3PV7/d7",
+	"R0AsaUPugyzxjBNJmhMFU2PXk9hYHzh9mJoyRRNEhduh2RxloeeHof2PPk3Gy7CwXZKz3RnlwNSQl9F/",
+	"MJUiMxZNd5yRM1qGBY57ZeCZAiIp4HE4vkFmxAwFmI6G3CyXDYbCbhMgGsa7ZvH6S5Kldj3dD/9Wgo/d",
+	"+TTTiLA9n746Oe4E+QudQX+vP0BzLqec5Kxz2HneH/SfdzBaZ45yuBuvJLU4CLmaRLe0tDsuyMjSHnhi",
+	"tkaXC7fAfg0RKpcLfJwYNEJ1LX9mJSVwfzC4s5SfWj8NmT8/2eyS6iHMPnox2GtruKR0t5aidBl1DizZ",
+	"V79Upp2hLiyyjMglGiNodKyku+Baz8Wi45HKrx21VJpmna/m9V3MKW1fqVOSYSBGRrRRd+Mf336C3TJf",
+	"Z/cbSy5dE2OMrHQKJ8SC9XU7xWiMt7bXqJaL/GvzwKtHdsN82cuvG5dc0wttqduxQSD1NW9IK12JcWdT",
+	"Gi/jlGKfYHcgVPunp2/dIm+xXkFK6E354sXg+eaXqgTJ63OSeWELulby/uoMWE6XTVRWRgWSNA3Su7pW",
+	"De6gUrcP9QLGdLz41eCnuvoOQlkPjaLAnnfnZfiZ4901FeEC1O5RObgeWpJIndpnCoq8X8MuncNfv9Yn",
+	"75xyqhTEcxqfoQ40LEC5dnT12iTYgpHWWfiZKX1sH7nlNGwXfIAGyHrYwWVDPC+gz9Whqf7jFY4VLjfb",
+	"rJ9QvyLuhxbWNTcd30adXDQd6p1qIrXygT0wNthm7IGAqlLNjTqvYlfMNq8FEPjlPQZfDTlGX8FHG1tq",
+	"Nn6MQiwTru1pIcP4aF0ocKExiI4wwamQknI95O4+ngpYLEFSDJOxi9Y7glykqd8QcPS73wzRl2MouGbp",
+	"kI/x+bExs8Y2ssYBjTqDBgmJrkYAVfoHkdxdMn9DyuNl3RAxlszlmnjs3xkFTirWpeDEo8lcuwICf5ot",
+	"pSY1dpwV7wJxcg9dopY8nkvBRVHbDbYQqYVkLmK7zoJWvFLaFJX9kU7Rz4Ai8WLwnTs/MPR4L0KhwoTA",
+	"dQzzBpuuOLbGNC8avFb4/GNf3heW9I0AwNYdwBe+2/xCWXvilgxk57Bkm+vxieOFy6gVKLQs5uD+NcCn",
+	"is/+XOxxm9X+kWqM57vBWpfb7LUsi6oK0uVXVCc2XG0TriqfehBoxcvQ7E3gqiSs/2c3OQwY84ONQKQJ",
+	"VRqmTCodsk25TlvZFm0Y7S2J5yCLlIIUhaYKfvr06ST0yEh2jtEU3JrgGOIxxuDIvvl7PORhsKhzfoWh",
+	"r0z5532o7HglCnbIRca0psk2gbBYhQGJsId5lgoQ08Bl7m/5H8YR6LkUxWwOBKQx5xXG311g9IjZFRNC",
+	"M8H7Qx6GvhjSmwIvDw16zMgSJhTcoQSkRFNpM/LIkPsaQOU5PrMhMj7Bb0a1goPBft/t1i6iBiM+mQJN",
+	"ziiPhpxA14wuAj9zPcgJkyFyxVVLML2KBCsUE276m9AhnxjldQVIdRJ4rzC1XqNiK6C6d3fblNcxLRuV",
+	"vf3ot6r7BSZ3oblOiknK1LySH8OKqqY61E00WAiJ/Tvopqtj4kZAG3D3fyik/QMYIQC2dv6hawzxigvQ",
+	"0y9pSomiSe8WPHEF+m1b+cGTYvnvxk8ldC7X9OYoqA6hGyEmHL/xBf4eovSjA+fOobwBnPunNozkXzxd",
+	"Bk5qRDnMHcGWY/qtoHJZDao8t96S+WtH6lscXdyJueDySrayF9zo/8QuKGcruIFeYSt4trmVrXBSpGng",
+	"RLLdhO5UAzn9abYWksKSagO9KcfUDWVjBn55Xzlz0ZPr44hlwRV0bZhAGP1shBHxde8ICkWHvPHIbkGY",
+	"/ju+/L2D2WNjK5ify7Rrl3NzFRouk5vuEw7XS4w8OB72QrQuNC78/Mmtd/1Nbn+ryfJFfetybKcdrUfM",
+	"/whdtzeR4xpiDqVkG8QcSMD1IPOTS7eGfH15GKVtqT2rL3s3Wc8tnL2tyzZ4EMUR+k2e2GEduN5clm/o",
+	"/K2Kxq8ATLtbxvlq2fzbt7kh7gZdjbbe+5woGLNkjInNRRYc5tbKvTsXYi+CMb43HnKMuLWNGADYs3Ff",
+	"CdFkDF0CK+EtRGEUYq8PXzDbHgkc8gWVFFJjjfr+bWVMLYSBUOhNQ7wcp8w0M6VpChM6ZzwxHQ65JecQ",
+	"JFVUj21UGtdHIOmOi/kKpAEwasKWV6c8Ua78PRnysZXrZGwpa4IlNrbIz/xTjNF/JLS4jyimUC1tCmJi",
+	"gdl5nYCmu1Za9ILGd6+2pi4H9hattllMvlyadfgTWzcuQZ1lvzbBzGIsOMQiXzZnkxOeDLl/LBUz1Yd3",
+	"UmRlSH9Zwo+ZDvAVLA94ZANtfIpAV8ghx1/CeqswDgsWHoIxPcYRLOYsnkNe6Hr0L8cQmqAEIaKaoAih",
+	"gonQ815Fk1EqjBc0bOeZGvIwCemqMxBwdltVJ45xIPa9IddzEpx0YI80ge5qQdnaGMe9Ji0bFn68J9Ov",
+	"qbbkIzL8PKc+qeeHV8+vjSzdm8m3a5TG1aAsFTNIGUcBM6Scnr51GMvlMlh85ZIBJFng0334wvR8yMdT",
+	"kaZiMY5QvZk71r9vsQNNbOyc8/KYRmamDyfZFmFhjF8sODdA4QgIjA/hjNKcpOycjiEWmZk4j7NcQPbe",
+	"ASjIKOF4ytok1oFd9LOZhA1O0w+Y2mzUMGZeGh1iR6OF6TexBlyb+1QTlta8p2Xt173BICihtDcw/4KS",
+	"O4OmRNBV2v5Jae5m1NBVznQbNXZNmulxBYnW05hWOyV57tLUqmI1seBKpDSC8yxzN4Pk9TLfB76Hxdxl",
+	"DNvDdUhY0up6Rv3eTK2hIshVs1fnWebqXGSkqcLBQ6Bc4dnjCdje2lC2Zk6oA58pRDvbQ9M/BJHmpHDJ",
+	"jHcBHuvaC5NHH5NfJwIuFi6ntf+06d9u038nKf2dNhT9fqZsCRXoVih5iYFILKH8Zv7DdnDgkPs92T/e",
+	"+vh//+f/+lxo86cb8lG4tQS2AlomxuSxExCVhpDVCIxrEuv1EOaPdiiPSWLKLx1SbyI9yc0t5catMpDS",
+	"tL0f1Gwdg/ek2u13MB8hpzINduBPCv7WVp3TZ0C86rsfRvUFQ9Q96fCxk7MxxCTXhaSqtTJG6cWvqmMM",
+	"eYN+n1OJUbELooJycr7wiY26xY9aAHqt0K/TO4Kx83kFlFSd2dIZxL9q7Et0QWHgwZCTqaRq3ltxNgV7",
+	"rh1BWcwOv3aCz5wxnvTh1ZCXBIpCG7vUfj6rdPO3xhScVoX57i+mYPWLFw/sWirH2JY06u4/GUkPr4g+",
+	"kTOjhCr2nbb4mipN0qyM/P1tlNHuN3Vn8DK6h483q7sN4bvqAKCtkk9QFgi6Ri2V1Xl6vjpJqHQ41t9w",
+	"JwF9eFW+Wz4yMdQolz/rMDZ+bEWulJYyehf960cIoxw1nEJKidVrwa91Op7Z0kdN2s4hs5q6e6z4+0kB",
+	"PSRkF5goW63KhMRnhkcDnq50z93qI1eV6n6gkTfdV8xbJ5iHzjn6rB0woZucnNNkyLWozFwzIb+8fw/0",
+	"wvzVHYflfccwobHIDPaRBe31wYndkNcP2zzsCsFWc4ABEvv4/EyOsCc75NZZOTrwMnWFdKzaq+Sx+rbc",
+	"HZsmmtjPDdyDCY3FJR6pr8fIrqvj/RQL5/nwB2HMqhJY3JMxrG2J0sYwyVNNSo45sWhwhTGbzqYcbtwK",
+	"Kr4YfPdy49e9v11xYDdKGT9T1zu2+3qPzF+WD25g/i/+fM+WCrbl3xWQiS8wZ2buCW89vMY3fA7EFmpm",
+	"XLGEBsvUxSKHq19WfkRHasqXpN8U6mxr1z+A5rcdNWVL2MpCUKiq1sWTpjeGoI3XwnlZ8TdAF6PQDP9h",
+	"Pqhhz0fFfSK/N8Qi8sfp8nefGXni4EqDirzGtDNJYjot0vSOEfKCMN0am7VW8WzVbV1WgfCBkbbuhY+r",
+	"dO8POSUS60r7EsSAUKJXpu7Z2svKR1aitcjSFB3h6BICLCdti+R2HYKLvIUWgf8QiS94HfmP/vQAYzRd",
+	"aiAZcktgBAVPqVJg3fVE2q9c27ptfRgjFWNfYkPS3NbYcNl8eCIAhGPArKLnVJLUEq6OYOzqSI9toWFb",
+	"RpdTN8TGOhhfCNPvhKwntG4IFfsUTDR0LYVkkhp73A29HLSvCmtLkuB3H/IUPy5ggeRVqbjtoLP9o2YZ",
+	"uTi2N63b0l3srX/uTOllaqGnzBq8rD8KSApXQNl+7+H5QEWwn/WOwJd8eWl+iQkieqLhIGuNjrNfh++0",
+	"AOeXL24SwnVzHVmrRd52ZlH/wDUmklKePGVH/hGY9odUxGdBJGmpAr3ucr5ExLXsnHKnER5DFkPthLY1",
+	"t/808IBuzu0v2/SB8lObsVTBrOM3UfkJydVDkaMwqj74ziRJlShrLlX+jLLRBVHgcpZ6bZIeGPa3OE65",
+	"/1oC1ZHl5loC5do8VQm6m/pmJfu21izY2vlf1U4ODh+3SnVuP6l6Knj5mDjGJ1VD8InDa7PJ5hTqhzi4",
+	"fIqTeLxs5pO1b8NlN0MMnivWEcNtMhRrrV4VoIBZiX6LV7Zod+mkWTn4V9AlPIncJ4dO/aeG/FNREOZV",
+	"RfBaLNbr+8KMI2fgOStCgRblR5PCkIQyYGEtyY9xLcoTwpaEvnuOuwq7eKQJfeHCPmmUPyAE1JV1qUsY",
+	"itbtNjPvUKp/fKH+yahfvxqpd01/Kz0L9jMLxtr3eN3WHw5/KQ2l4EdnMQW/VNTW3vUF2S6/Xv7/AAAA",
+	"//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

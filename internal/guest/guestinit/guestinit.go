@@ -158,8 +158,14 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 		return initFailure("%v", err)
 	}
 	in.log.Info("config", "argv", cfg.Argv(), "rootfs", cfg.RootFS)
+	// The network is configured while the root is mounted (both are slow
+	// under TCG and independent) and is ready before the program starts.
 	in.net = &guestNetwork{log: in.log.With("component", "network"), con: in.con, mounts: &in.mounts, hostname: cfg.Hostname}
-	in.net.boot(ctx, cfg.Network)
+	netReady := make(chan struct{})
+	go func() {
+		defer close(netReady)
+		in.net.boot(ctx, cfg.Network)
+	}()
 	if err := in.mounts.mountRoot("/dev/"+disks[guestconfig.SerialRoot], "/dev/"+disks[guestconfig.SerialOverlay], cfg.RootFS); err != nil {
 		return initFailure("%v", err)
 	}
@@ -169,6 +175,7 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 	if err := in.mounts.writeEtc(cfg); err != nil {
 		return initFailure("%v", err)
 	}
+	<-netReady
 	in.log.Info("root ready")
 	if !cfg.SkipGuestAgent {
 		in.startAgent(ctx, cfg)

@@ -128,18 +128,20 @@ type Result struct {
 	AnnounceErr error
 }
 
+// loopbackIndex is the loopback interface's index in every network
+// namespace (LOOPBACK_IFINDEX in the kernel).
+const loopbackIndex = 1
+
 // LoopbackUp sets the loopback interface up (the kernel gives it 127.0.0.1
-// and ::1 once it is up).
+// and ::1 once it is up). It addresses lo by its fixed index: a lookup by
+// name costs a round trip that is slow under TCG.
 func LoopbackUp() error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Delete()
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
-	}
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: loopbackIndex, Name: "lo"}}
 	if err := h.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("loopback up: %w", err)
 	}

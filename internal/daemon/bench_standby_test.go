@@ -1,0 +1,165 @@
+package daemon_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"testing"
+	"time"
+
+	"hypeman/internal/guest/agent"
+	"hypeman/internal/instances"
+	"hypeman/internal/instances/state"
+	"hypeman/internal/testutil/testimage"
+)
+
+// BenchmarkStandbyRestore reports, for the same image: cold create→Running,
+// standby time, restore→Running time, the restore/cold ratio (goal ≤ 0.25)
+// and the snapshot's size relative to guest memory; run once with and once
+// without zstd compression.
+func BenchmarkStandbyRestore(b *testing.B) {
+	for _, compress := range []bool{false, true} {
+		b.Run(fmt.Sprintf("compress=%v", compress), func(b *testing.B) {
+			d := newDaemonWith(b, map[string]string{"compress_snapshots": fmt.Sprint(compress)})
+			ref := testimage.Push(b, testimage.Registry(b), "bench/counter", testimage.Busybox(b, counterImage(b)))
+			ctx := context.Background()
+			if _, err := d.Images.Pull(ctx, ref); err != nil {
+				b.Fatal(err)
+			}
+			const mem = 512 << 20
+			var cold, standby, restore time.Duration
+			var stateBytes int64
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				in, err := d.Instances.Create(ctx, instances.CreateParams{Name: fmt.Sprintf("s%d", i), Image: ref, Size: "512MB", VCPUs: 1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				waitRunning(b, d.Instances, in.ID)
+				cold += time.Since(t0)
+				time.Sleep(time.Second) // let the program run a little
+
+				t1 := time.Now()
+				if _, err := d.Instances.Standby(ctx, in.ID); err != nil {
+					b.Fatal(err)
+				}
+				standby += time.Since(t1)
+				stateBytes += dirBytes(filepath.Join(d.Config.Paths().InstanceDir(in.ID), "standby"))
+
+				t2 := time.Now()
+				if _, err := d.Instances.Restore(ctx, in.ID); err != nil {
+					b.Fatal(err)
+				}
+				waitRunning(b, d.Instances, in.ID)
+				restore += time.Since(t2)
+				if err := d.Instances.Delete(ctx, in.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+			n := float64(b.N)
+			b.ReportMetric(cold.Seconds()/n, "cold-s")
+			b.ReportMetric(standby.Seconds()/n, "standby-s")
+			b.ReportMetric(restore.Seconds()/n, "restore-s")
+			b.ReportMetric(restore.Seconds()/cold.Seconds(), "restore/cold")
+			b.ReportMetric(float64(stateBytes)/n/(1<<20), "snapshot-MiB")
+			b.ReportMetric(float64(stateBytes)/n/float64(mem), "snapshot/memory")
+		})
+	}
+}
+
+func waitRunning(b testing.TB, m *instances.Manager, id string) {
+	res, err := m.WaitForState(context.Background(), id, []state.State{state.Running}, 2*time.Minute)
+	if err != nil || res.State != state.Running {
+		b.Fatalf("wait running: %v %+v", err, res)
+	}
+}
+
+// dirBytes sums allocated bytes under dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// BenchmarkExecAndCopy reports the guest agent's exec round trip (echo)
+// median and p99, and cp throughput for a 50 MB file into and out of the
+// guest.
+func BenchmarkExecAndCopy(b *testing.B) {
+	d := newDaemonB(b)
+	ref := testimage.Push(b, testimage.Registry(b), "bench/idle", testimage.Busybox(b, testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"exec sleep 3600"},
+	}))
+	ctx := context.Background()
+	in, err := d.Instances.Create(ctx, instances.CreateParams{Name: "exec", Image: ref, Size: "512MB", VCPUs: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitRunning(b, d.Instances, in.ID)
+	// Exec latency.
+	const execs = 50
+	lat := make([]time.Duration, 0, execs)
+	for range execs {
+		var out bytes.Buffer
+		t0 := time.Now()
+		res, err := d.Instances.Exec(ctx, in.ID, agent.ExecRequest{Argv: []string{"echo", "hi"}}, agent.ExecIO{Stdout: &out})
+		lat = append(lat, time.Since(t0))
+		if err != nil || res.ExitCode != 0 || out.String() != "hi\n" {
+			b.Fatalf("exec: %v %+v %q", err, res, out.String())
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+
+	// cp 50 MB in and out.
+	const size = 50 << 20
+	payload := make([]byte, size)
+	rand.Read(payload)
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	tw.WriteHeader(&tar.Header{Name: "big.bin", Mode: 0o644, Size: size, Typeflag: tar.TypeReg})
+	tw.Write(payload)
+	tw.Close()
+	b.ResetTimer()
+	var in_, out_ time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if err := d.Instances.CopyTo(ctx, in.ID, "/tmp", bytes.NewReader(tarBuf.Bytes())); err != nil {
+			b.Fatal(err)
+		}
+		in_ += time.Since(t0)
+		t1 := time.Now()
+		var got bytes.Buffer
+		if err := d.Instances.CopyFrom(ctx, in.ID, "/tmp/big.bin", &got); err != nil {
+			b.Fatal(err)
+		}
+		out_ += time.Since(t1)
+		tr := tar.NewReader(&got)
+		if _, err := tr.Next(); err != nil {
+			b.Fatal(err)
+		}
+		back, _ := io.ReadAll(tr)
+		if !bytes.Equal(back, payload) {
+			b.Fatal("cp round trip changed the file")
+		}
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(size/(1<<20)/(in_.Seconds()/n), "cp-in-MB/s")
+	b.ReportMetric(size/(1<<20)/(out_.Seconds()/n), "cp-out-MB/s")
+	// Reported after ResetTimer (which discards earlier metrics).
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "exec-p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "exec-p99-ms")
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# make bench: runs the benchmarks behind the speed targets of each issue and
+# prints one summary. Speed targets are checked here, never by timed
+# assertions in tests. Needs the setup (kernel, qemu) done by `make setup`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HYPEMAN_INIT_BINARY="${HYPEMAN_INIT_BINARY:-$PWD/bin/hypeman-init}"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+run() { # package, benchmark regex, benchtime
+	echo "== $1 $2" >&2
+	go test -run '^$' -bench "$2" -benchtime "$3" -timeout 30m "$1" 2>&1 | grep -E '^(Benchmark|--- FAIL|FAIL|panic)' | tee -a "$out"
+}
+
+run ./internal/daemon 'BootToProgramStart' 3x
+run ./internal/images 'Convert100MB' 2x
+run ./internal/instances 'List200' 500x
+run ./internal/events 'WaitLatency$' 1000x
+run ./internal/events 'IdleWaiterMemory|WaitFanout1000' 10x
+run ./internal/daemon 'StandbyRestore' 2x
+run ./internal/daemon 'ExecAndCopy' 2x
+run ./internal/hypervisor/qemu 'Snapshot' 2x || true
+
+metric() { # line-regex, unit → value
+	grep -E "$1" "$out" | head -1 | awk -v u="$2" '{for (i=2;i<=NF;i++) if ($i==u) print $(i-1)}'
+}
+
+cat <<SUMMARY
+
+==================== hypeman bench summary ====================
+Boot (issue 2)     program start through our stack: $(metric BootToProgramStart stack-s/op) s, raw qemu: $(metric BootToProgramStart raw-s/op) s, ratio stack/raw: $(metric BootToProgramStart stack/raw)
+Images (issue 2)   ~100 MB image pull+convert: $(grep -E 'Convert100MB' "$out" | awk '{printf "%s ", $1; for (i=2;i<=NF;i++) if ($i=="ns/op") printf "%.2f s  ", $(i-1)/1e9}')
+List (issue 3)     200 instances: p50 $(metric List200 p50-ms) ms, p99 $(metric List200 p99-ms) ms (target p99 < 5 ms)
+Wait (issue 4)     publish→response p50 $(metric 'WaitLatency-' p50-µs) µs, p99 $(metric 'WaitLatency-' p99-µs) µs (target ≤ 20 ms); idle waiter $(metric IdleWaiterMemory bytes/waiter) bytes
+Standby (issue 5)  raw:  cold $(metric 'compress=false' cold-s) s, standby $(metric 'compress=false' standby-s) s, restore→Running $(metric 'compress=false' restore-s) s, restore/cold $(metric 'compress=false' restore/cold) (goal ≤ 0.25), snapshot $(metric 'compress=false' snapshot-MiB) MiB = $(metric 'compress=false' snapshot/memory) × memory
+                   zstd: cold $(metric 'compress=true' cold-s) s, standby $(metric 'compress=true' standby-s) s, restore→Running $(metric 'compress=true' restore-s) s, restore/cold $(metric 'compress=true' restore/cold), snapshot $(metric 'compress=true' snapshot-MiB) MiB = $(metric 'compress=true' snapshot/memory) × memory
+Agent (issue 6)    exec echo p50 $(metric ExecAndCopy exec-p50-ms) ms, p99 $(metric ExecAndCopy exec-p99-ms) ms; cp 50 MB in $(metric ExecAndCopy cp-in-MB/s) MB/s, out $(metric ExecAndCopy cp-out-MB/s) MB/s
+================================================================
+SUMMARY
+if grep -qE '^(--- FAIL|FAIL|panic)' "$out"; then echo "some benchmarks failed" >&2; exit 1; fi
