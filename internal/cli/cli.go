@@ -189,6 +189,8 @@ Environment:
 		a.runCommand(), a.psCommand(), a.inspectCommand(), a.logsCommand(),
 		a.stopCommand(), a.startCommand(), a.rmCommand(),
 		a.waitCommand(), a.eventsCommand(), a.versionCommand(),
+		a.standbyCommand(), a.restoreCommand(), a.pauseCommand(), a.resumeCommand(),
+		a.forkCommand(), a.snapshotCommand(), a.execCommand(), a.cpCommand(), a.ingressCommand(),
 	)
 	return root
 }

@@ -44,7 +44,11 @@ then a directory) or stdout (from the instance).
 Symbolic links are copied as links (-L follows SRC itself when it is one).
 Files copied into an instance belong to root unless -a keeps your uid/gid;
 files copied out belong to you. Entries of the guest's archive that would
-land outside DST are refused.`,
+land outside DST are refused.
+
+Telling "into this directory" from "as this name" needs a stat of the guest
+DST (scope instance:read); without it a DST ending in / is a directory and
+any other DST a new name.`,
 		Example: `  hypeman cp ./site web:/var/www
   hypeman cp web:/var/log/app.log .
   hypeman cp web:/etc/. ./guest-etc
@@ -207,11 +211,12 @@ func firstErr(errs ...error) error {
 }
 
 // statRemote stats a guest path (following links); nil when it does not
-// exist. A server without stat answers as if nothing existed, except for
-// a trailing slash, which then means "a directory".
+// exist. When the server cannot stat (501) or the token may not
+// (instance:read is missing, 403) it answers as if nothing existed, except
+// for a trailing slash, which then means "a directory".
 func (a *app) statRemote(ctx context.Context, c *client.ClientWithResponses, instance, p string) (*client.PathInfo, error) {
 	r, err := c.StatInstancePathWithResponse(ctx, instance, &client.StatInstancePathParams{Path: p, FollowLinks: ptr(true)})
-	if err == nil && r.StatusCode() == http.StatusNotImplemented {
+	if err == nil && (r.StatusCode() == http.StatusNotImplemented || r.StatusCode() == http.StatusForbidden) {
 		if strings.HasSuffix(p, "/") {
 			return &client.PathInfo{Exists: true, IsDir: ptr(true)}, nil
 		}

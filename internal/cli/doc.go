@@ -1,7 +1,7 @@
 // Package cli is the `hypeman` command line client: cobra commands that talk
 // to hypemand's REST API (pull, images, rmi, run, ps, inspect, logs, stop,
-// start, rm, push, wait, events, version). cmd/hypeman is a thin main around
-// Run.
+// start, rm, push, wait, events, version, standby, restore, pause, resume,
+// fork, snapshot, exec, cp, ingress). cmd/hypeman is a thin main around Run.
 //
 // Why it is shaped this way:
 //   - Everything is reachable through one function,
@@ -11,8 +11,10 @@
 //     end-to-end tests can call it in-process against a real daemon.
 //   - Requests go through the client generated from openapi.yaml
 //     (internal/api/client), so the CLI cannot drift from the spec; the only
-//     hand-written wire code is the small server-sent-events reader (sse.go)
-//     for logs and lifecycle events, which the generator does not cover.
+//     hand-written wire code is what the generator does not cover: the small
+//     server-sent-events reader (sse.go) for logs and lifecycle events, and
+//     the exec and cp WebSockets (ws.go, exec.go, cp.go; their first
+//     messages use the generated ExecStart and CopyStart types).
 //   - Output is for people by default (tables, a progress bar when stderr is
 //     a terminal, plain status lines otherwise) and for programs with
 //     `--format json`, which prints the API's JSON bodies as received.

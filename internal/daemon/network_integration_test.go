@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"hypeman/internal/daemon"
+	"hypeman/internal/guest/agent"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/network/ingress"
@@ -54,6 +55,28 @@ func TestNetworkingIPsAndIngress(t *testing.T) {
 		if !strings.Contains(body, "hello from "+in.Name) {
 			t.Fatalf("%s by IP: %q", in.Name, body)
 		}
+	}
+
+	// Fork web-a while it runs: the fork gets its own lease and the agent
+	// re-addresses the restored guest; both answer, each at its own IP.
+	f, err := d.Instances.Fork(ctx, a.ID, instances.ForkParams{Name: "web-a-fork", FromRunning: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Network == nil || f.Network.IP == "" || f.Network.IP == a.Network.IP || f.Network.MAC == a.Network.MAC {
+		t.Fatalf("fork network %+v, source %+v", f.Network, a.Network)
+	}
+	for _, ip := range []string{a.Network.IP, f.Network.IP} {
+		if body := getVia(t, d.Network.DialContext, "http://"+net.JoinHostPort(ip, "8080")+"/"); !strings.Contains(body, "hello from web-a") {
+			t.Fatalf("after fork, %s: %q", ip, body)
+		}
+	}
+	var mac strings.Builder
+	if _, err := d.Instances.Exec(ctx, f.ID, agent.ExecRequest{Argv: []string{"cat", "/sys/class/net/eth0/address"}}, agent.ExecIO{Stdout: &mac}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(mac.String()); got != f.Network.MAC {
+		t.Fatalf("fork's guest MAC %q, lease %q", got, f.Network.MAC)
 	}
 
 	// Publish web-b on a loopback port through an ingress.

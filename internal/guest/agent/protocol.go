@@ -18,6 +18,11 @@
 // the transfer began. JSON keeps the headers debuggable; gRPC would add a code
 // generator and HTTP/2 for no gain on a single point-to-point link.
 //
+// Besides exec, stat, copies and shutdown, the agent re-addresses the guest
+// (configure_network) and reseeds its kernel RNG (reseed): a fork restored
+// from a snapshot wakes up with its source's MAC, IP and RNG state, and only
+// the guest itself can change them.
+//
 // Session handshake: the first stream of every host connection is a "hello".
 // A guest session that already answered a hello answers "stale session" and
 // tears itself down. This closes a race the transport has: when the host

@@ -14,6 +14,10 @@
 //     or a kernel panic: the host learns why from the serial log.
 //   - The exit line is printed after the writable disk is unmounted, so a host
 //     that sees it may kill QEMU without risking the disk.
+//   - The network (guestconfig.Network) is configured before the program
+//     starts, concurrently with mounting the root. A network failure is
+//     printed on the console but is not fatal (see guestNetwork.boot); the
+//     agent can re-address the guest later (forks).
 //   - Diagnostics go to the kernel log (/dev/kmsg, level info): the serial
 //     console is the program's log and only carries the program's output and
 //     the marker lines.
@@ -166,6 +170,7 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 		defer close(netReady)
 		in.net.boot(ctx, cfg.Network)
 	}()
+	defer func() { <-netReady }() // a failed mount must not race its console line
 	if err := in.mounts.mountRoot("/dev/"+disks[guestconfig.SerialRoot], "/dev/"+disks[guestconfig.SerialOverlay], cfg.RootFS); err != nil {
 		return initFailure("%v", err)
 	}

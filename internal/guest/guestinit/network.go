@@ -41,8 +41,6 @@ type guestNetwork struct {
 // can see the problem and repair it with ConfigureNetwork, and a program
 // that does not need the network is not stopped by a network problem.
 func (g *guestNetwork) boot(ctx context.Context, n *guestconfig.Network) {
-	tl := time.Now()
-	defer func() { g.log.Info("DEBUG loopback", "took", time.Since(tl)) }()
 	if err := guestnet.LoopbackUp(); err != nil {
 		g.log.Error("loopback", "err", err)
 		g.con.Line("hypeman-init: loopback not configured: " + err.Error())

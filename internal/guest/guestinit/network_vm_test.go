@@ -127,7 +127,6 @@ func TestNetworkInVM(t *testing.T) {
 	assert.Contains(t, run("ip", "route"), "default via 10.88.0.1 dev eth0")
 	assert.Contains(t, run("ip", "addr", "show", "lo"), "inet 127.0.0.1/8")
 	dm := run("dmesg")
-	t.Logf("DEBUG dmesg:\n%s", dm)
 	if m := regexp.MustCompile(`network configured.*took=(\S+)`).FindStringSubmatch(dm); m != nil {
 		t.Logf("boot-time network configuration in the guest: %s", m[1])
 	} else {

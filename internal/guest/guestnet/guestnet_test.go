@@ -2,6 +2,7 @@ package guestnet
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -13,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/network"
@@ -53,30 +54,55 @@ func TestParsePlan(t *testing.T) {
 	}
 }
 
-func dev(index int, name, mac string, flags net.Flags, encap string) netlink.Link {
-	hw, _ := net.ParseMAC(mac)
-	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, Name: name, HardwareAddr: hw, Flags: flags, EncapType: encap}}
-}
-
 func TestPickLink(t *testing.T) {
-	links := []netlink.Link{
-		dev(1, "lo", "00:00:00:00:00:00", net.FlagLoopback, "loopback"),
-		dev(4, "eth1", "02:00:00:00:00:04", 0, "ether"),
-		dev(2, "eth0", "02:00:00:00:00:02", 0, "ether"),
-		dev(3, "sit0", "", 0, "sit"),
-	}
 	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
-	name := func(l netlink.Link, ok bool) string {
+	links := []Link{
+		{Index: 1, Name: "lo", MAC: mac("00:00:00:00:00:00")},
+		{Index: 4, Name: "eth1", MAC: mac("02:00:00:00:00:04"), Ethernet: true},
+		{Index: 2, Name: "eth0", MAC: mac("02:00:00:00:00:02"), Ethernet: true},
+		{Index: 3, Name: "sit0"},
+	}
+	name := func(l Link, ok bool) string {
 		if !ok {
 			return ""
 		}
-		return l.Attrs().Name
+		return l.Name
 	}
 	assert.Equal(t, "eth1", name(PickLink(links, mac("02:00:00:00:00:04"), "eth0")), "MAC wins")
 	assert.Equal(t, "eth1", name(PickLink(links, mac("02:00:00:00:00:99"), "eth1")), "then the preferred name")
 	assert.Equal(t, "eth0", name(PickLink(links, mac("02:00:00:00:00:99"), "")), "then the lowest index")
 	assert.Equal(t, "eth0", name(PickLink(links, nil, "gone")))
 	assert.Equal(t, "", name(PickLink(links[:1], nil, "")), "loopback never")
+	assert.Equal(t, "", name(PickLink(links[3:], nil, "sit0")), "nor non-Ethernet links")
+}
+
+func TestParseNetlink(t *testing.T) {
+	msg := func(typ uint16, seq uint32, data []byte) []byte {
+		b := make([]byte, 16, 16+len(data)+3)
+		binary.NativeEndian.PutUint32(b[0:4], uint32(16+len(data)))
+		binary.NativeEndian.PutUint16(b[4:6], typ)
+		binary.NativeEndian.PutUint32(b[8:12], seq)
+		b = append(b, data...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	attrs := append(rtattr(unix.IFLA_IFNAME, []byte("eth0\x00")), rtattr(unix.IFLA_ADDRESS, []byte{2, 0, 0, 0, 0, 1})...)
+	dgram := append(msg(unix.RTM_NEWLINK, 7, append(ifinfomsg(2, unix.IFF_UP, 0), attrs...)), msg(unix.NLMSG_DONE, 7, []byte{0, 0, 0, 0})...)
+	msgs, err := parseMessages(dgram)
+	require.NoError(t, err)
+	require.Len(t, msgs, 2)
+	assert.Equal(t, uint16(unix.RTM_NEWLINK), msgs[0].typ)
+	assert.Equal(t, uint32(7), msgs[0].seq)
+	got := parseAttrs(msgs[0].data[unix.SizeofIfInfomsg:])
+	require.Len(t, got, 2)
+	assert.Equal(t, "eth0", string(trimNUL(got[0].value)))
+	assert.Equal(t, []byte{2, 0, 0, 0, 0, 1}, got[1].value)
+
+	_, err = parseMessages([]byte{200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	assert.Error(t, err, "length beyond the datagram")
+	assert.Len(t, parseAttrs([]byte{99, 0, 1, 0, 1, 2}), 0, "truncated attribute ignored")
 }
 
 func TestARPAnnouncement(t *testing.T) {
@@ -224,6 +250,26 @@ func TestConfigureInNetNS(t *testing.T) {
 	_, err = p.configure(t, guestconfig.Network{Address: "10.77.0.3/32", Gateway: "10.77.0.1"}, Options{NoAnnounce: true})
 	require.NoError(t, err)
 	assert.Contains(t, nettest.Run(t, p.guest, "ip", "route", "show", "default"), "onlink")
+
+	// IPv6 replaces the IPv4 configuration (one address per guest).
+	res, err = p.configure(t, guestconfig.Network{Address: "fd77::3/64", Gateway: "fd77::1"}, Options{})
+	require.NoError(t, err)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.77.0.3/32")}, res.Removed)
+	assert.Contains(t, nettest.Run(t, p.guest, "ip", "-o", "-6", "addr", "show", "dev", "g0"), "fd77::3/64")
+	assert.Contains(t, nettest.Run(t, p.guest, "ip", "-6", "route", "show", "default"), "default via fd77::1 dev g0")
+	assert.Empty(t, nettest.Run(t, p.guest, "ip", "-o", "-4", "addr", "show", "dev", "g0"))
+
+	// Kernel errors come back as errnos.
+	require.NoError(t, p.guestNS.Do(func() error {
+		r, err := openRTNL()
+		if err != nil {
+			return err
+		}
+		defer r.close()
+		assert.ErrorIs(t, r.setUp(9999, true), unix.ENODEV)
+		assert.ErrorIs(t, r.delAddr(res.Index, netip.MustParsePrefix("10.9.9.9/24")), unix.EADDRNOTAVAIL)
+		return nil
+	}))
 
 	// No NIC at all.
 	nettest.Run(t, p.guest, "ip", "link", "del", "g0")

@@ -1,0 +1,378 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"hypeman/internal/api/client"
+)
+
+// --- standby, restore, pause, resume, fork ---
+
+func (a *app) standbyCommand() *cobra.Command {
+	return a.lifecycleCommand("standby", "Put running instances on standby",
+		`Save each instance's memory and device state to disk and end its VM
+(Running → Paused → Standby): it costs no CPU or memory until "hypeman
+restore" continues it where it was. Prints each name as given (with
+--format json the instance).`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
+			r, err := c.StandbyInstanceWithResponse(ctx, ref)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.Body, nil
+		})
+}
+
+func (a *app) restoreCommand() *cobra.Command {
+	return a.lifecycleCommand("restore", "Restore instances from standby",
+		`Continue each Standby instance where it was put on standby: memory,
+disk and logs intact. Prints each name as given (with --format json the
+instance).`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
+			r, err := c.RestoreInstanceWithResponse(ctx, ref)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.Body, nil
+		})
+}
+
+func (a *app) pauseCommand() *cobra.Command {
+	return a.lifecycleCommand("pause", "Pause running instances",
+		`Freeze each Running instance's virtual CPUs (its memory stays
+allocated); "hypeman resume" continues it.`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
+			r, err := c.PauseInstanceWithResponse(ctx, ref)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.Body, nil
+		})
+}
+
+func (a *app) resumeCommand() *cobra.Command {
+	return a.lifecycleCommand("resume", "Resume paused instances",
+		`Continue each Paused instance.`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
+			r, err := c.ResumeInstanceWithResponse(ctx, ref)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.Body, nil
+		})
+}
+
+// forkTargetFlag validates --target-state (case-insensitive).
+func forkTargetFlag(cmd *cobra.Command, s string) (*client.ForkTargetState, error) {
+	if s == "" {
+		return nil, nil
+	}
+	for _, t := range []client.ForkTargetState{client.ForkToRunning, client.ForkToStandby, client.ForkToStopped} {
+		if strings.EqualFold(s, string(t)) {
+			return &t, nil
+		}
+	}
+	return nil, &usageErr{cmd: cmd.CommandPath(), err: fmt.Errorf("invalid --target-state %q: use Running, Standby or Stopped", s)}
+}
+
+// printCreated prints a created object's ID, or its JSON.
+func (a *app) printCreated(id string, body []byte) {
+	if a.jsonOutput() {
+		a.printRaw(body)
+	} else {
+		fmt.Fprintln(a.stdout, id)
+	}
+}
+
+func (a *app) forkCommand() *cobra.Command {
+	var (
+		fromRunning bool
+		target      string
+	)
+	cmd := &cobra.Command{
+		Use:   "fork [--from-running] [--target-state STATE] SOURCE NAME",
+		Short: "Clone an instance",
+		Long: `Fork creates instance NAME from SOURCE: a new ID, its own copy of the
+writable disk and its own logs. From a Stopped source the fork is a disk
+clone; from a Standby source it continues the source's memory state. A
+Running source needs --from-running: it is put on standby, cloned, and both
+are restored. Prints the new instance's ID (with --format json the
+instance).`,
+		Example: `  hypeman fork web web-2
+  hypeman fork --from-running --target-state Standby web warm-1`,
+		Args: exactArgs(2, "a source instance and a name for the fork"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if err := checkName(args[1]); err != nil {
+				return &usageErr{cmd: cmd.CommandPath(), err: err}
+			}
+			ts, err := forkTargetFlag(cmd, target)
+			if err != nil {
+				return err
+			}
+			req := client.ForkInstanceRequest{Name: args[1], TargetState: ts}
+			if fromRunning {
+				req.FromRunning = &fromRunning
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.ForkInstanceWithResponse(ctx, args[0], req)
+			if err := a.check(ctx, r, err, http.StatusCreated); err != nil {
+				return err
+			}
+			a.printCreated(r.JSON201.Id, r.Body)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&fromRunning, "from-running", false, "allow forking a Running instance (standby, clone, restore both)")
+	cmd.Flags().StringVar(&target, "target-state", "", "`STATE` of the fork when the command returns: Running, Standby or Stopped (default Running, Stopped for a Stopped source)")
+	return cmd
+}
+
+// --- snapshot ---
+
+func (a *app) snapshotCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "snapshot",
+		Aliases: []string{"snapshots"},
+		Short:   "Manage snapshots of instances",
+		Long: `Snapshots are point-in-time copies of an instance that outlive it. A
+Standby snapshot holds memory and device state with the disks (restoring or
+forking it continues the program); a Stopped snapshot holds the writable
+disk only.`,
+		RunE: groupRun,
+	}
+	cmd.AddCommand(a.snapshotCreateCommand(), a.snapshotListCommand(), a.snapshotGetCommand(),
+		a.snapshotRestoreCommand(), a.snapshotForkCommand(), a.snapshotRmCommand())
+	return cmd
+}
+
+func (a *app) snapshotCreateCommand() *cobra.Command {
+	var (
+		kind, name string
+		tags       []string
+	)
+	cmd := &cobra.Command{
+		Use:   "create [--kind Standby|Stopped] [--name NAME] [--tag KEY=VALUE] INSTANCE",
+		Short: "Take a snapshot of an instance",
+		Long: `Take a snapshot of INSTANCE and print its ID (with --format json the
+snapshot). The default kind is Standby for a Running, Paused or Standby
+instance (a running one is paused for the save and continues), Stopped for
+a Stopped one.`,
+		Example: `  hypeman snapshot create web
+  hypeman snapshot create --name before-upgrade --tag reason=upgrade web`,
+		Args: exactArgs(1, "exactly one instance"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			usage := func(err error) error { return &usageErr{cmd: cmd.CommandPath(), err: err} }
+			var req client.CreateSnapshotRequest
+			switch {
+			case kind == "":
+			case strings.EqualFold(kind, string(client.SnapshotKindStandby)):
+				req.Kind = ptr(client.SnapshotKindStandby)
+			case strings.EqualFold(kind, string(client.SnapshotKindStopped)):
+				req.Kind = ptr(client.SnapshotKindStopped)
+			default:
+				return usage(fmt.Errorf("invalid --kind %q: use Standby or Stopped", kind))
+			}
+			if name != "" {
+				if err := checkNameOf("snapshot", name); err != nil {
+					return usage(err)
+				}
+				req.Name = &name
+			}
+			t, err := parseKV(tags, "--tag", nil)
+			if err != nil {
+				return usage(err)
+			}
+			if t != nil {
+				req.Tags = &t
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.CreateSnapshotWithResponse(ctx, args[0], req)
+			if err := a.check(ctx, r, err, http.StatusCreated); err != nil {
+				return err
+			}
+			a.printCreated(r.JSON201.Id, r.Body)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&kind, "kind", "", "`KIND` of snapshot: Standby (memory + disks) or Stopped (disk only)")
+	cmd.Flags().StringVar(&name, "name", "", "snapshot `NAME` (default: generated from the instance name and time)")
+	cmd.Flags().StringArrayVar(&tags, "tag", nil, "attach a tag `KEY=VALUE`; repeatable")
+	return cmd
+}
+
+func (a *app) snapshotListCommand() *cobra.Command {
+	var instance string
+	cmd := &cobra.Command{
+		Use:     "list [--instance INSTANCE]",
+		Aliases: []string{"ls"},
+		Short:   "List snapshots",
+		Long:    "List snapshots, newest first (with --format json the API's list, oldest first).",
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			var params client.ListSnapshotsParams
+			if instance != "" {
+				params.Instance = &instance
+			}
+			r, err := c.ListSnapshotsWithResponse(ctx, &params)
+			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				a.printRaw(r.Body)
+				return nil
+			}
+			list := *r.JSON200
+			tw := a.table()
+			fmt.Fprintln(tw, "ID\tNAME\tKIND\tSOURCE\tSIZE\tCREATED")
+			now := a.now()
+			for i := len(list) - 1; i >= 0; i-- {
+				s := list[i]
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(s.Id), s.Name, s.Kind, orDash(s.SourceInstanceName),
+					humanBytes(s.SizeBytes), age(now, s.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&instance, "instance", "", "only snapshots of `INSTANCE` (also after it was deleted)")
+	return cmd
+}
+
+func (a *app) snapshotGetCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "get SNAPSHOT",
+		Aliases: []string{"inspect"},
+		Short:   "Show a snapshot as JSON",
+		Args:    exactArgs(1, "exactly one snapshot"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.GetSnapshotWithResponse(ctx, args[0])
+			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+				return err
+			}
+			return a.printPretty(r.Body)
+		},
+	}
+}
+
+func (a *app) snapshotRestoreCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "restore INSTANCE SNAPSHOT",
+		Short: "Roll an instance back to one of its snapshots",
+		Long: `Replace INSTANCE's state with SNAPSHOT (one of its own). The instance
+must be Stopped or Standby. A Standby snapshot brings it to Running where
+the snapshot was taken; a Stopped one leaves it Stopped on the snapshot's
+disk. Prints the instance as given (with --format json the instance).`,
+		Args: exactArgs(2, "an instance and a snapshot"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.RestoreSnapshotWithResponse(ctx, args[0], args[1])
+			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+				return err
+			}
+			a.printCreated(args[0], r.Body)
+			return nil
+		},
+	}
+}
+
+func (a *app) snapshotForkCommand() *cobra.Command {
+	var target string
+	cmd := &cobra.Command{
+		Use:   "fork [--target-state STATE] SNAPSHOT NAME",
+		Short: "Create an instance from a snapshot",
+		Long: `Create instance NAME from SNAPSHOT and print its ID (with --format json
+the instance). From a Standby snapshot it continues the snapshot's memory
+state; from a Stopped one it boots on the snapshot's disk.`,
+		Args: exactArgs(2, "a snapshot and a name for the new instance"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if err := checkName(args[1]); err != nil {
+				return &usageErr{cmd: cmd.CommandPath(), err: err}
+			}
+			ts, err := forkTargetFlag(cmd, target)
+			if err != nil {
+				return err
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			r, err := c.ForkSnapshotWithResponse(ctx, args[0], client.ForkSnapshotRequest{Name: args[1], TargetState: ts})
+			if err := a.check(ctx, r, err, http.StatusCreated); err != nil {
+				return err
+			}
+			a.printCreated(r.JSON201.Id, r.Body)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&target, "target-state", "", "`STATE` of the new instance: Running (default), Standby or Stopped")
+	return cmd
+}
+
+func (a *app) snapshotRmCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm SNAPSHOT...",
+		Aliases: []string{"delete"},
+		Short:   "Delete snapshots",
+		Args:    minArgs(1, "at least one snapshot"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			return a.each(ctx, args, func(ref string) error {
+				r, err := c.DeleteSnapshotWithResponse(ctx, ref)
+				if err := a.check(ctx, r, err, http.StatusNoContent); err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, ref)
+				return nil
+			})
+		},
+	}
+}
+
+// checkNameOf is checkName for other named things (same rule).
+func checkNameOf(kind, s string) error {
+	if err := checkName(s); err != nil {
+		return errors.New(strings.Replace(err.Error(), "instance name", kind+" name", 1))
+	}
+	return nil
+}
+
+// groupRun is the RunE of a command group: help without arguments, a usage
+// error for an unknown subcommand (cobra would print help and succeed).
+func groupRun(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return &usageErr{cmd: cmd.CommandPath(), err: fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+	}
+	return cmd.Help()
+}
