@@ -95,19 +95,31 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return err
 	}
 
+	var ingresses api.Ingresses
+	if d.Ingress != nil {
+		ingresses = d.Ingress
+	}
+	netMode, netReason := "none", "networking is disabled (network_mode: none)"
+	if d.Network != nil {
+		c := d.Network.Capability()
+		netMode, netReason = string(c.Mode), c.Reason
+	}
 	srv, err := api.NewServer(api.Options{
+		Ingresses: ingresses,
 		Instances: d.Instances,
 		Images:    d.Images,
 		Waiter:    d.Instances,
 		Stat:      pathStatter{Instances: d.Instances},
+		Lifecycle: d.Instances,
+		Snapshots: d.Instances,
+		Guest:     d.Instances,
 		Events:    d.Events,
 		Secret:    secret,
 		Version:   version,
 		Capabilities: func(context.Context) api.Capabilities {
 			return api.Capabilities{
 				Hypervisor: d.Hypervisor.Name(), Hypervisors: []string{d.Hypervisor.Name()},
-				Accelerator: d.Hypervisor.Accel(), NetworkMode: "none",
-				NetworkReason: "guest networking is not configured yet",
+				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,
 			}
 		},
 		RegistryDir: cfg.Paths().RegistryDir(),

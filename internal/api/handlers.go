@@ -66,6 +66,9 @@ func toAPIInstance(in *instances.Instance) gen.Instance {
 		cmd := in.Cmd
 		out.Cmd = &cmd
 	}
+	if n := in.Network; n != nil {
+		out.Network = &gen.InstanceNetwork{Enabled: n.Enabled, Ip: optString(n.IP), Mac: optString(n.MAC)}
+	}
 	return out
 }
 
@@ -105,6 +108,9 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Cmd:            deref(b.Cmd),
 		Tags:           deref(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
+	}
+	if b.Network != nil {
+		p.NetworkEnabled = b.Network.Enabled
 	}
 	in, err := s.opts.Instances.Create(ctx, p)
 	if err != nil {

@@ -403,3 +403,35 @@ func TestIngressesNotImplemented(t *testing.T) {
 		}
 	}
 }
+
+func TestInstanceNetworkField(t *testing.T) {
+	e := newTestEnv(t, nil)
+	in := addInstance(e, "web", state.Running)
+	in.Network = &instances.NetworkInfo{Enabled: true, IP: "10.100.0.7", MAC: "02:00:0a:64:00:07"}
+	addInstance(e, "bare", state.Stopped)
+	tok := mint(t)
+	var got map[string]any
+	jsonBody(t, e.do("GET", "/instances/web", tok, ""), &got)
+	if want := map[string]any{"enabled": true, "ip": "10.100.0.7", "mac": "02:00:0a:64:00:07"}; !reflect.DeepEqual(got["network"], want) {
+		t.Fatalf("network %v", got["network"])
+	}
+	got = nil
+	jsonBody(t, e.do("GET", "/instances/bare", tok, ""), &got)
+	if _, ok := got["network"]; ok {
+		t.Fatalf("network reported for an instance without one: %v", got["network"])
+	}
+	resp := e.do("POST", "/instances", tok, `{"name":"off","image":"busybox","network":{"enabled":false}}`)
+	resp.Body.Close()
+	if p := e.inst.created[len(e.inst.created)-1]; resp.StatusCode != 201 || p.NetworkEnabled == nil || *p.NetworkEnabled {
+		t.Fatalf("create with network disabled: %d %+v", resp.StatusCode, p.NetworkEnabled)
+	}
+	resp = e.do("POST", "/instances", tok, `{"name":"dflt","image":"busybox"}`)
+	resp.Body.Close()
+	if p := e.inst.created[len(e.inst.created)-1]; p.NetworkEnabled != nil {
+		t.Fatalf("network default: %v", *p.NetworkEnabled)
+	}
+	resp = e.do("POST", "/instances", tok, `{"name":"x","image":"busybox","network":{"enabled":false,"ip":"1.2.3.4"}}`)
+	if code, _ := errBody(t, resp); resp.StatusCode != 400 || code != "invalid_request" {
+		t.Fatalf("unknown network field: %d %s", resp.StatusCode, code)
+	}
+}

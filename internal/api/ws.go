@@ -344,6 +344,9 @@ func (s *server) serveExec(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.finish(ctx, conn, r, execExit{ExitCode: res.ExitCode, Message: res.Message, TimedOut: res.TimedOut}, nil)
 	}
+	// Release the input loop: it may be blocked on the closed connection
+	// or handing a resize or signal to an exec that no longer listens.
+	cancel(nil)
 	conn.CloseNow()
 	<-inputDone
 }
@@ -524,6 +527,7 @@ func (s *server) serveCopy(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.finish(ctx, conn, r, streamResult{OK: true}, nil)
 	}
+	cancel(nil)
 	conn.CloseNow()
 	<-inputDone
 }

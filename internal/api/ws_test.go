@@ -454,3 +454,37 @@ func TestCopyProtocolErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestExecHandlerEnds: the handler returns after the exec even when the
+// client keeps sending control messages nobody reads any more.
+func TestExecHandlerEnds(t *testing.T) {
+	sent := make(chan struct{})
+	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
+		<-sent // never reads stdio.Resize: the input loop fills the channel and blocks
+		time.Sleep(100 * time.Millisecond)
+		return agent.ExecResult{ExitCode: 0, Message: "exited with code 0"}, nil
+	}})
+	returned := make(chan struct{}, 1)
+	inner := e.srv.Config.Handler
+	e.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inner.ServeHTTP(w, r)
+		returned <- struct{}{}
+	})
+	conn := mustDial(t, e, "/instances/web/exec")
+	send(t, conn, websocket.MessageText, `{"command":["true"],"tty":true}`)
+	for i := 0; i < 20; i++ {
+		if conn.Write(t.Context(), websocket.MessageText, []byte(`{"resize":{"rows":1,"cols":1}}`)) != nil {
+			break
+		}
+	}
+	close(sent)
+	s := readSession(t, conn, true)
+	if s.final["exit_code"] != float64(0) {
+		t.Fatalf("final %v", s.final)
+	}
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the exec handler did not return")
+	}
+}

@@ -244,7 +244,11 @@ type CreateInstanceRequest struct {
 	Image      string             `json:"image"`
 
 	// Name Lowercase letters, digits and dashes; unique.
-	Name string `json:"name"`
+	Name    string `json:"name"`
+	Network *struct {
+		// Enabled Give the instance a network interface (default true when the host has networking).
+		Enabled *bool `json:"enabled,omitempty"`
+	} `json:"network,omitempty"`
 
 	// OverlaySize Writable disk size (default 10GB).
 	OverlaySize *string `json:"overlay_size,omitempty"`
