@@ -64,7 +64,7 @@ func TestCrashDuringStandbyAndRestore(t *testing.T) {
 		s.Kill()
 		s.Env = []string{"HYPEMAN_TEST_PAUSE_AT=" + c.step}
 		s.Restart()
-		go s.Do("POST", "/instances/"+in.ID+"/"+c.op, nil) // blocks in the daemon; fails when it dies
+		go s.TryDo("POST", "/instances/"+in.ID+"/"+c.op, nil) // blocks in the daemon; fails when it dies
 		if !s.WaitLog("test hook reached: "+c.step, 60*time.Second) {
 			t.Fatalf("%s: hook never reached\n%s", c.step, s.Logs())
 		}

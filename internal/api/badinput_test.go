@@ -136,6 +136,9 @@ func TestQueryAndPathBadInput(t *testing.T) {
 		{"GET", "/instances/..%2F..%2Fetc", 404, "not_found"},
 		{"POST", "/instances/x/start", 404, "not_found"},
 		{"DELETE", "/instances/x", 404, "not_found"},
+		{"PATCH", "/instances/x", 400, "invalid_request"}, // no body
+		{"PATCH", "/instances/" + strings.Repeat("x", 200), 400, "invalid_request"},
+		{"PUT", "/instances/x", 405, "method_not_allowed"},
 		{"GET", "/images/" + strings.Repeat("a", 600), 400, "invalid_request"},
 		{"POST", "/instances/x/standby", 404, "not_found"},
 		{"POST", "/instances/x/restore", 404, "not_found"},
@@ -184,6 +187,12 @@ func FuzzCreateInstance(f *testing.F) {
 		`{"name":"web","image":"busybox","size":"1.5GiB"}`,
 		`{"name":"web","image":"busybox","size":"-1GB"}`,
 		`{"name":"\u0000","image":"\ud800"}`,
+		`{"name":"web","image":"busybox","restart_policy":{"policy":"on_failure","backoff":"5s","max_backoff":"5m","max_attempts":3,"stable_after":"10m"}}`,
+		`{"name":"web","image":"busybox","restart_policy":{"policy":"always","backoff":"-1ns"}}`,
+		`{"name":"web","image":"busybox","health_check":{"type":"http","port":8080,"path":"/healthz","expected_status":204}}`,
+		`{"name":"web","image":"busybox","health_check":{"type":"exec","command":["sh","-c","true"],"interval":"1s","timeout":"1s"}}`,
+		`{"name":"web","image":"busybox","health_check":{"type":"tcp","port":65536}}`,
+		`{"name":"web","image":"busybox","health_check":{},"network":{"enabled":false}}`,
 		`{`, `"`, `[]`, `null`, `0`, ``,
 	} {
 		f.Add([]byte(s))

@@ -25,6 +25,12 @@
 //     generated router (the strict server cannot upgrade), behind the same
 //     auth and scope table, documented in the spec. Everything refusable
 //     before the upgrade is refused as plain HTTP with the usual error body.
+//   - Restart policies and health checks (policies.go) cross the wire as the
+//     generated types and are converted to restart.Policy / health.Check
+//     through JSON, whose shape the spec and those packages share: the
+//     packages' own decoders fill the defaults and name the bad field, and a
+//     test fails if the two shapes drift apart. PATCH /instances/{id}
+//     replaces each setting given; `health_check: {}` removes the check.
 //   - Streams (logs, events) are SSE written by our own response types,
 //     flushed per event, with keepalive comments and no write deadline, so a
 //     server-wide WriteTimeout never cuts a follow or a 5-minute wait short.

@@ -10,9 +10,11 @@ import (
 
 	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
+	"hypeman/internal/health"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/restart"
 )
 
 // Error codes (stable, snake_case; the `code` of every error body).
@@ -70,7 +72,8 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusConflict, CodeAgentUnavailable, msg
 	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse):
 		return http.StatusConflict, CodeConflict, msg
-	case errors.Is(err, instances.ErrInvalid):
+	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid):
+		// The restart and health errors name the field (restart_policy.backoff, …).
 		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, instances.ErrImageNotReady):
 		return http.StatusConflict, CodeImageNotReady, msg

@@ -16,11 +16,13 @@ import (
 
 	"hypeman/internal/auth"
 	"hypeman/internal/events"
+	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/paths"
+	"hypeman/internal/restart"
 )
 
 var testSecret = []byte("api-test-secret-0123456789abcdef-xyz")
@@ -30,6 +32,7 @@ type fakeInstances struct {
 	mu         sync.Mutex
 	byID       map[string]*instances.Instance
 	created    []instances.CreateParams
+	updated    []instances.UpdateParams
 	logLines   []string
 	logOpts    []instances.LogOptions
 	logDone    chan struct{} // closed when a follow StreamLogs returns
@@ -78,8 +81,44 @@ func (f *fakeInstances) Create(ctx context.Context, p instances.CreateParams) (*
 	in := &instances.Instance{ID: "id" + p.Name, Name: p.Name, Image: p.Image, State: state.Initializing,
 		Size: "1GB", VCPUs: 2, OverlaySize: "10GB", Env: p.Env, Tags: p.Tags, Cmd: p.Cmd,
 		CreatedAt: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), Hypervisor: "qemu"}
+	applyPolicies(in, p.RestartPolicy, p.HealthCheck)
 	f.add(in)
 	return in, nil
+}
+
+// Update records p and applies it like the manager's view does: a never
+// policy and a zero check are not shown.
+func (f *fakeInstances) Update(ctx context.Context, ref string, p instances.UpdateParams) (*instances.Instance, error) {
+	if err := f.fail("Update"); err != nil {
+		return nil, err
+	}
+	in, err := f.find(ref)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.updated = append(f.updated, p)
+	applyPolicies(in, p.RestartPolicy, p.HealthCheck)
+	cp := *in
+	return &cp, nil
+}
+
+func applyPolicies(in *instances.Instance, p *restart.Policy, c *health.Check) {
+	if p != nil {
+		in.RestartPolicy = nil
+		if !p.IsZero() {
+			cp := *p
+			in.RestartPolicy = &cp
+		}
+	}
+	if c != nil {
+		in.HealthCheck, in.HealthStatus = nil, &health.Status{Status: health.Disabled}
+		if !c.IsZero() {
+			cp := *c
+			in.HealthCheck, in.HealthStatus = &cp, &health.Status{Status: health.Unknown}
+		}
+	}
 }
 
 func (f *fakeInstances) Get(ctx context.Context, ref string) (*instances.Instance, error) {

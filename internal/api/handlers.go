@@ -41,7 +41,9 @@ func (s *server) GetCapabilities(ctx context.Context, _ gen.GetCapabilitiesReque
 
 // --- instances ---
 
-func toAPIInstance(in *instances.Instance) gen.Instance {
+// toAPIInstance converts a manager instance to the API's. It fails only if
+// the spec and the restart/health packages disagree on a shape (a bug).
+func toAPIInstance(in *instances.Instance) (gen.Instance, error) {
 	out := gen.Instance{
 		Id: in.ID, Name: in.Name, Image: in.Image, ImageDigest: optString(in.ImageDigest),
 		State: gen.InstanceState(in.State), StateError: in.StateError,
@@ -69,7 +71,10 @@ func toAPIInstance(in *instances.Instance) gen.Instance {
 	if n := in.Network; n != nil {
 		out.Network = &gen.InstanceNetwork{Enabled: n.Enabled, Ip: optString(n.IP), Mac: optString(n.MAC)}
 	}
-	return out
+	if err := policyFields(in, &out); err != nil {
+		return gen.Instance{}, err
+	}
+	return out, nil
 }
 
 func (s *server) ListInstances(ctx context.Context, req gen.ListInstancesRequestObject) (gen.ListInstancesResponseObject, error) {
@@ -87,7 +92,11 @@ func (s *server) ListInstances(ctx context.Context, req gen.ListInstancesRequest
 	}
 	out := make(gen.ListInstances200JSONResponse, 0, len(list))
 	for _, in := range list {
-		out = append(out, toAPIInstance(in))
+		api, err := toAPIInstance(in)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, api)
 	}
 	return out, nil
 }
@@ -112,11 +121,22 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 	if b.Network != nil {
 		p.NetworkEnabled = b.Network.Enabled
 	}
+	var err error
+	if p.RestartPolicy, err = toRestartPolicy(b.RestartPolicy); err != nil {
+		return nil, err
+	}
+	if p.HealthCheck, err = toHealthCheck(b.HealthCheck); err != nil {
+		return nil, err
+	}
 	in, err := s.opts.Instances.Create(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	return gen.CreateInstance201JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.CreateInstance201JSONResponse(out), nil
 }
 
 func (s *server) GetInstance(ctx context.Context, req gen.GetInstanceRequestObject) (gen.GetInstanceResponseObject, error) {
@@ -124,7 +144,11 @@ func (s *server) GetInstance(ctx context.Context, req gen.GetInstanceRequestObje
 	if err != nil {
 		return nil, err
 	}
-	return gen.GetInstance200JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.GetInstance200JSONResponse(out), nil
 }
 
 func (s *server) DeleteInstance(ctx context.Context, req gen.DeleteInstanceRequestObject) (gen.DeleteInstanceResponseObject, error) {
@@ -139,7 +163,11 @@ func (s *server) StartInstance(ctx context.Context, req gen.StartInstanceRequest
 	if err != nil {
 		return nil, err
 	}
-	return gen.StartInstance200JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.StartInstance200JSONResponse(out), nil
 }
 
 func (s *server) StopInstance(ctx context.Context, req gen.StopInstanceRequestObject) (gen.StopInstanceResponseObject, error) {
@@ -147,7 +175,11 @@ func (s *server) StopInstance(ctx context.Context, req gen.StopInstanceRequestOb
 	if err != nil {
 		return nil, err
 	}
-	return gen.StopInstance200JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.StopInstance200JSONResponse(out), nil
 }
 
 func (s *server) GetInstanceStats(ctx context.Context, req gen.GetInstanceStatsRequestObject) (gen.GetInstanceStatsResponseObject, error) {

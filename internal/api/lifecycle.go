@@ -27,7 +27,7 @@ func (s *server) transition(ctx context.Context, ref string, call func(Lifecycle
 	if err != nil {
 		return gen.Instance{}, err
 	}
-	return toAPIInstance(in), nil
+	return toAPIInstance(in)
 }
 
 func (s *server) StandbyInstance(ctx context.Context, req gen.StandbyInstanceRequestObject) (gen.StandbyInstanceResponseObject, error) {
@@ -93,5 +93,9 @@ func (s *server) ForkInstance(ctx context.Context, req gen.ForkInstanceRequestOb
 	if err != nil {
 		return nil, err
 	}
-	return gen.ForkInstance201JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.ForkInstance201JSONResponse(out), nil
 }

@@ -59,6 +59,7 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances"):             scoped(auth.InstanceRead),
 		routeKey("POST", "/instances"):            scoped(auth.InstanceWrite),
 		routeKey("GET", "/instances/{id}"):        scoped(auth.InstanceRead),
+		routeKey("PATCH", "/instances/{id}"):      scoped(auth.InstanceWrite),
 		routeKey("DELETE", "/instances/{id}"):     scoped(auth.InstanceDelete),
 		routeKey("POST", "/instances/{id}/start"): scoped(auth.InstanceWrite),
 		routeKey("POST", "/instances/{id}/stop"):  scoped(auth.InstanceWrite),

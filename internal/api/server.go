@@ -35,6 +35,8 @@ type Instances interface {
 	Start(ctx context.Context, ref string) (*instances.Instance, error)
 	Stop(ctx context.Context, ref string) (*instances.Instance, error)
 	Delete(ctx context.Context, ref string) error
+	// Update changes the restart policy and/or health check (PATCH).
+	Update(ctx context.Context, ref string, p instances.UpdateParams) (*instances.Instance, error)
 	StreamLogs(ctx context.Context, ref string, opts instances.LogOptions, fn func(line string) error) error
 	Stats(ctx context.Context, ref string) (*instances.Stats, error)
 }

@@ -123,7 +123,11 @@ func (s *server) RestoreSnapshot(ctx context.Context, req gen.RestoreSnapshotReq
 	if err != nil {
 		return nil, err
 	}
-	return gen.RestoreSnapshot200JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.RestoreSnapshot200JSONResponse(out), nil
 }
 
 func (s *server) ForkSnapshot(ctx context.Context, req gen.ForkSnapshotRequestObject) (gen.ForkSnapshotResponseObject, error) {
@@ -142,5 +146,9 @@ func (s *server) ForkSnapshot(ctx context.Context, req gen.ForkSnapshotRequestOb
 	if err != nil {
 		return nil, err
 	}
-	return gen.ForkSnapshot201JSONResponse(toAPIInstance(in)), nil
+	out, err := toAPIInstance(in)
+	if err != nil {
+		return nil, err
+	}
+	return gen.ForkSnapshot201JSONResponse(out), nil
 }

@@ -1,7 +1,8 @@
 // Package cli is the `hypeman` command line client: cobra commands that talk
 // to hypemand's REST API (pull, images, rmi, run, ps, inspect, logs, stop,
 // start, rm, push, wait, events, version, standby, restore, pause, resume,
-// fork, snapshot, exec, cp, ingress). cmd/hypeman is a thin main around Run.
+// fork, snapshot, exec, cp, ingress, update). cmd/hypeman is a thin main
+// around Run.
 //
 // Why it is shaped this way:
 //   - Everything is reachable through one function,

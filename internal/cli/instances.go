@@ -50,10 +50,13 @@ type runFlags struct {
 	skipAgent  bool
 	detach     bool
 	timeout    time.Duration
+	noNetwork  bool
+	restart    restartFlags
+	health     healthFlags
 }
 
 func (a *app) runCommand() *cobra.Command {
-	var f runFlags
+	f := runFlags{restart: restartFlags{policyName: "restart", prefix: "restart-"}, health: healthFlags{prefix: "health-"}}
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
 		Short: "Create and start an instance",
@@ -64,8 +67,18 @@ replaces its entrypoint. Flags must come before IMAGE.
 By default run waits until the program is Running and prints the instance
 ID (with --format json the instance). If the instance stops instead, run
 prints its exit code and last log lines and exits 1. With --detach it
-prints the ID as soon as the VM is created.`,
+prints the ID as soon as the VM is created.
+
+--restart on_failure or always makes hypeman boot the instance again when
+its program exits (non-zero only, or any way) or its VM dies, waiting
+--restart-backoff, doubled per consecutive attempt up to
+--restart-max-backoff. A health check (--health-http, --health-tcp or
+--health-cmd) marks the instance unhealthy after --health-retries
+consecutive failures; with a restart policy it is then restarted.
+"hypeman update" changes both later.`,
 		Example: `  hypeman run --name web -m 512MB -e PORT=8080 nginx:alpine
+  hypeman run --restart on_failure --restart-max-attempts 5 --health-http :8080/healthz web:v2
+  hypeman run --restart always --health-cmd "pg_isready -q" --health-interval 5s postgres:16
   hypeman run -d busybox:latest sh -c 'while true; do date; sleep 1; done'
   hypeman run --entrypoint /bin/sh alpine:3.20 -c 'echo hello'`,
 		Args: minArgs(1, "an image"),
@@ -87,6 +100,9 @@ prints the ID as soon as the VM is created.`,
 	fl.BoolVar(&f.skipAgent, "skip-guest-agent", false, "report Running without waiting for the guest agent")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "do not wait for Running; print the ID once the VM is created")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "how long to wait for Running")
+	fl.BoolVar(&f.noNetwork, "no-network", false, "give the instance no network interface")
+	f.restart.register(fl)
+	f.health.register(fl)
 	return cmd
 }
 
@@ -162,6 +178,17 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 	}
 	if f.timeout <= 0 {
 		return usage(fmt.Errorf("--timeout must be positive"))
+	}
+	if f.noNetwork {
+		req.Network = &struct {
+			Enabled *bool `json:"enabled,omitempty"`
+		}{Enabled: ptr(false)}
+	}
+	if req.RestartPolicy, err = f.restart.build(cmd.Flags()); err != nil {
+		return usage(err)
+	}
+	if req.HealthCheck, err = f.health.build(cmd.Flags()); err != nil {
+		return usage(err)
 	}
 
 	c, err := a.api()
@@ -416,12 +443,22 @@ func (a *app) psCommand() *cobra.Command {
 				}
 				return nil
 			}
+			// HEALTH appears only when a listed instance has a check.
+			showHealth := slices.ContainsFunc(keep, func(i int) bool { return list[i].HealthCheck != nil })
 			tw := a.table()
-			fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tSTATE\tCREATED")
+			if showHealth {
+				fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tSTATE\tHEALTH\tCREATED")
+			} else {
+				fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tSTATE\tCREATED")
+			}
 			now := a.now()
 			for _, i := range keep {
 				in := list[i]
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, in.State, age(now, in.CreatedAt))
+				if showHealth {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, in.State, healthColumn(in), age(now, in.CreatedAt))
+				} else {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, in.State, age(now, in.CreatedAt))
+				}
 			}
 			return tw.Flush()
 		},

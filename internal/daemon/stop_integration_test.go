@@ -28,6 +28,9 @@ func TestGracefulStopAndReadoption(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, d, in.ID, state.Running, bootTimeout)
+	// Running means the program was started; wait until it has installed
+	// its TERM trap (it prints "looping" right after).
+	waitFor(t, "program output", 30*time.Second, func() bool { return strings.Contains(serialLog(t, d, in.ID), "looping") })
 	pid := mustGet(t, d, in.ID).Pid
 
 	// Restart the daemon core on the same data dir: the VM must survive.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/hypervisor"
 )
 
@@ -69,11 +70,33 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 	id := e.meta.ID
 	e.mu.Unlock()
 	path := logFile(m.dir(id), opts.Source)
-	lines, end, err := tailLines(path, opts.Tail)
+	// The app log is the guest console: the init's marker lines are our
+	// protocol, not the program's output, so they are not shown (the
+	// hypeman source records the same events in words).
+	show := func(string) bool { return true }
+	extra := 0
+	if opts.Source == LogApp || opts.Source == "" {
+		show = func(l string) bool { return !isMarkerLine(l) }
+		extra = 8 // a few boots' markers, so a tail still yields Tail lines
+	}
+	want := opts.Tail
+	if want > 0 {
+		want += extra
+	}
+	lines, end, err := tailLines(path, want)
 	if err != nil {
 		return err
 	}
+	var kept []string
 	for _, l := range lines {
+		if show(l) {
+			kept = append(kept, l)
+		}
+	}
+	if opts.Tail > 0 && len(kept) > opts.Tail {
+		kept = kept[len(kept)-opts.Tail:]
+	}
+	for _, l := range kept {
 		if err := fn(l); err != nil {
 			return err
 		}
@@ -84,8 +107,9 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 	t := &lineTailer{path: path, offset: end}
 	var sendErr error
 	send := func(l string) {
-		if sendErr == nil {
-			sendErr = fn(strings.TrimRight(l, "\r\n"))
+		l = strings.TrimRight(l, "\r\n")
+		if sendErr == nil && show(l) {
+			sendErr = fn(l)
 		}
 	}
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -167,4 +191,13 @@ func tailLines(path string, n int) ([]string, int64, error) {
 		out = append(out, strings.TrimRight(sc.Text(), "\r"))
 	}
 	return out, size, sc.Err()
+}
+
+// isMarkerLine reports whether a console line is one of the guest init's
+// protocol markers (a whole line; a program line merely containing the
+// text is kept).
+func isMarkerLine(l string) bool {
+	l = strings.TrimRight(l, "\r\n")
+	return l == guestconfig.MarkerProgramStart || l == guestconfig.MarkerAgentReady ||
+		strings.HasPrefix(l, guestconfig.MarkerExitPrefix+"code=")
 }

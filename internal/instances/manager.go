@@ -190,6 +190,7 @@ func (m *Manager) Close() error {
 	}
 	m.mu.Unlock()
 	for _, lv := range lives {
+		lv.agentConn.close()
 		lv.vm.Close()
 	}
 	m.wg.Wait()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -229,4 +230,39 @@ func BenchmarkList200(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+}
+
+func TestAppLogsHideMarkersAndTail(t *testing.T) {
+	hv := newFakeHV()
+	m, _ := newTestManager(t, t.TempDir(), hv)
+	ctx := context.Background()
+	in, err := m.Create(ctx, CreateParams{Name: "logs", Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := hv.vm(m.dir(in.ID))
+	vm.print("HYPEMAN-AGENT-READY")
+	vm.print("HYPEMAN-PROGRAM-START")
+	for i := 1; i <= 5; i++ {
+		vm.print(fmt.Sprintf("line %d", i))
+	}
+	vm.print("a program line mentioning HYPEMAN-PROGRAM-START is kept")
+	vm.exit(0, "exited with code 0")
+	waitFor(t, m, in.ID, state.Stopped)
+	var got []string
+	if err := m.StreamLogs(ctx, in.ID, LogOptions{Source: LogApp, Tail: 3}, func(l string) error { got = append(got, l); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"line 4", "line 5", "a program line mentioning HYPEMAN-PROGRAM-START is kept"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("tail 3 = %q, want %q", got, want)
+	}
+	got = nil
+	m.StreamLogs(ctx, in.ID, LogOptions{Source: LogHypeman, Tail: -1}, func(l string) error { got = append(got, l); return nil })
+	if !strings.Contains(strings.Join(got, "\n"), "program exited: exited with code 0") {
+		t.Fatalf("hypeman log: %q", got)
+	}
+	if _, err := ParseLogSource("bogus"); err == nil {
+		t.Fatal("bad source accepted")
+	}
 }

@@ -202,11 +202,12 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress
 	lv.started.Store(true) // the program was running when its state was saved
 	lv.agent.Store(true)
 	// Commit point: from here the VMM is the instance's truth, the
-	// snapshot is consumed (a standby never restores twice).
+	// snapshot is consumed (a standby never restores twice). Transition
+	// stays "restore" until the VM is resumed, so a daemon killed before
+	// the resume resumes it on restart.
 	e.mu.Lock()
 	e.live, e.attachErr = lv, ""
 	e.meta.HasSnapshot = false
-	e.meta.Transition = ""
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
 	now := time.Now().UTC()
 	e.meta.RestoredAt = &now
@@ -226,6 +227,9 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress
 		if readdress {
 			m.readdressGuest(ctx, e, lv)
 		}
+	}
+	if err := m.setTransition(e, ""); err != nil {
+		return err
 	}
 	m.logf(id, "restored from standby")
 	_ = os.RemoveAll(filepath.Join(dir, standbyDir))

@@ -71,6 +71,54 @@ func (e HealthStatus) Valid() bool {
 	}
 }
 
+// Defines values for HealthCheckType.
+const (
+	HealthCheckExec HealthCheckType = "exec"
+	HealthCheckHTTP HealthCheckType = "http"
+	HealthCheckTCP  HealthCheckType = "tcp"
+)
+
+// Valid indicates whether the value is a known member of the HealthCheckType enum.
+func (e HealthCheckType) Valid() bool {
+	switch e {
+	case HealthCheckExec:
+		return true
+	case HealthCheckHTTP:
+		return true
+	case HealthCheckTCP:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HealthState.
+const (
+	HealthDisabled  HealthState = "disabled"
+	HealthHealthy   HealthState = "healthy"
+	HealthStarting  HealthState = "starting"
+	HealthUnhealthy HealthState = "unhealthy"
+	HealthUnknown   HealthState = "unknown"
+)
+
+// Valid indicates whether the value is a known member of the HealthState enum.
+func (e HealthState) Valid() bool {
+	switch e {
+	case HealthDisabled:
+		return true
+	case HealthHealthy:
+		return true
+	case HealthStarting:
+		return true
+	case HealthUnhealthy:
+		return true
+	case HealthUnknown:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ImageStatus.
 const (
 	Converting ImageStatus = "converting"
@@ -146,6 +194,66 @@ func (e LifecycleEventType) Valid() bool {
 	case Deleted:
 		return true
 	case StateChange:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartBlockedReason.
+const (
+	BlockedManualStop          RestartBlockedReason = "manual_stop"
+	BlockedMaxAttemptsExceeded RestartBlockedReason = "max_attempts_exceeded"
+)
+
+// Valid indicates whether the value is a known member of the RestartBlockedReason enum.
+func (e RestartBlockedReason) Valid() bool {
+	switch e {
+	case BlockedManualStop:
+		return true
+	case BlockedMaxAttemptsExceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartPolicyKind.
+const (
+	RestartAlways    RestartPolicyKind = "always"
+	RestartNever     RestartPolicyKind = "never"
+	RestartOnFailure RestartPolicyKind = "on_failure"
+)
+
+// Valid indicates whether the value is a known member of the RestartPolicyKind enum.
+func (e RestartPolicyKind) Valid() bool {
+	switch e {
+	case RestartAlways:
+		return true
+	case RestartNever:
+		return true
+	case RestartOnFailure:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartReason.
+const (
+	RestartReasonExitCode          RestartReason = "exit_code"
+	RestartReasonHealthCheckFailed RestartReason = "health_check_failed"
+	RestartReasonVMCrashed         RestartReason = "vm_crashed"
+)
+
+// Valid indicates whether the value is a known member of the RestartReason enum.
+func (e RestartReason) Valid() bool {
+	switch e {
+	case RestartReasonExitCode:
+		return true
+	case RestartReasonHealthCheckFailed:
+		return true
+	case RestartReasonVMCrashed:
 		return true
 	default:
 		return false
@@ -241,7 +349,19 @@ type CreateInstanceRequest struct {
 	// Entrypoint Replaces the image's entrypoint (and drops its cmd).
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
-	Image      string             `json:"image"`
+
+	// HealthCheck A probe hypeman runs against a Running instance. http: GET
+	// http://<guest>:port/path must answer `expected_status`; tcp: a
+	// connection to <guest>:port must be accepted; exec: `command` (argv,
+	// no shell) run in the guest through the agent must exit 0.
+	// Durations are Go duration strings. Fields that do not apply to the
+	// type must be left out; absent ones take their defaults. In a
+	// request, an empty object `{}` means no check.
+	//
+	//
+	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+	Image       string       `json:"image"`
 
 	// Name Lowercase letters, digits and dashes; unique.
 	Name    string `json:"name"`
@@ -252,6 +372,16 @@ type CreateInstanceRequest struct {
 
 	// OverlaySize Writable disk size (default 10GB).
 	OverlaySize *string `json:"overlay_size,omitempty"`
+
+	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+	// restart N of a series is `backoff` doubled N-1 times, capped at
+	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+	// delay. Omitted from an instance whose policy is never.
+	//
+	//
+	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 
 	// Size Memory (default 1GB).
 	//
@@ -371,6 +501,78 @@ type Health struct {
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
 
+// HealthCheck A probe hypeman runs against a Running instance. http: GET
+// http://<guest>:port/path must answer `expected_status`; tcp: a
+// connection to <guest>:port must be accepted; exec: `command` (argv,
+// no shell) run in the guest through the agent must exit 0.
+// Durations are Go duration strings. Fields that do not apply to the
+// type must be left out; absent ones take their defaults. In a
+// request, an empty object `{}` means no check.
+//
+// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+type HealthCheck struct {
+	// Command Argv of an exec check (no shell; use ["sh", "-c", "..."] for one).
+	Command *[]string `json:"command,omitempty"`
+
+	// ExpectedStatus Status an http check wants (default 200).
+	ExpectedStatus *int `json:"expected_status,omitempty"`
+
+	// FailureThreshold Consecutive failures that make the instance unhealthy (default 3).
+	FailureThreshold *int `json:"failure_threshold,omitempty"`
+
+	// Interval Time between the end of one check and the start of the next, at least 1s (default 10s).
+	//
+	// Example: 10s
+	Interval *string `json:"interval,omitempty"`
+
+	// Path Request path for http (default /).
+	Path *string `json:"path,omitempty"`
+
+	// Port Guest port (http and tcp).
+	Port *int `json:"port,omitempty"`
+
+	// StartPeriod Grace period after boot in which failures are not counted; the
+	// first success ends it (default 30s).
+	//
+	//
+	// Example: 30s
+	StartPeriod *string `json:"start_period,omitempty"`
+
+	// SuccessThreshold Consecutive successes that make it healthy (default 1).
+	SuccessThreshold *int `json:"success_threshold,omitempty"`
+
+	// Timeout Time one check may take, at most `interval` (default 2s).
+	//
+	// Example: 2s
+	Timeout *string          `json:"timeout,omitempty"`
+	Type    *HealthCheckType `json:"type,omitempty"`
+}
+
+// HealthCheckStatus defines model for HealthCheckStatus.
+type HealthCheckStatus struct {
+	ConsecutiveFailures  int        `json:"consecutive_failures"`
+	ConsecutiveSuccesses int        `json:"consecutive_successes"`
+	LastCheckAt          *time.Time `json:"last_check_at,omitempty"`
+
+	// LastError Why the last failed check failed (kept after later successes).
+	LastError     *string    `json:"last_error,omitempty"`
+	LastFailureAt *time.Time `json:"last_failure_at,omitempty"`
+	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
+
+	// Status disabled: no check. starting: running, no verdict yet. healthy /
+	// unhealthy: the thresholds were reached. unknown: a check is set but
+	// the instance is not Running.
+	Status HealthState `json:"status"`
+}
+
+// HealthCheckType defines model for HealthCheckType.
+type HealthCheckType string
+
+// HealthState disabled: no check. starting: running, no verdict yet. healthy /
+// unhealthy: the thresholds were reached. unknown: a check is set but
+// the instance is not Running.
+type HealthState string
+
 // Image defines model for Image.
 type Image struct {
 	Cmd       *[]string `json:"cmd,omitempty"`
@@ -457,9 +659,22 @@ type Instance struct {
 	ExitCode    *int    `json:"exit_code"`
 	ExitMessage *string `json:"exit_message"`
 	HasSnapshot bool    `json:"has_snapshot"`
-	Hypervisor  string  `json:"hypervisor"`
-	Id          string  `json:"id"`
-	Image       string  `json:"image"`
+
+	// HealthCheck A probe hypeman runs against a Running instance. http: GET
+	// http://<guest>:port/path must answer `expected_status`; tcp: a
+	// connection to <guest>:port must be accepted; exec: `command` (argv,
+	// no shell) run in the guest through the agent must exit 0.
+	// Durations are Go duration strings. Fields that do not apply to the
+	// type must be left out; absent ones take their defaults. In a
+	// request, an empty object `{}` means no check.
+	//
+	//
+	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck  *HealthCheck       `json:"health_check,omitempty"`
+	HealthStatus *HealthCheckStatus `json:"health_status,omitempty"`
+	Hypervisor   string             `json:"hypervisor"`
+	Id           string             `json:"id"`
+	Image        string             `json:"image"`
 
 	// ImageDigest Digest of the image the instance last booted.
 	ImageDigest *string `json:"image_digest,omitempty"`
@@ -470,6 +685,21 @@ type Instance struct {
 
 	// OverlaySize Size of the writable disk layer (e.g. 10GB).
 	OverlaySize string `json:"overlay_size"`
+
+	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+	// restart N of a series is `backoff` doubled N-1 times, capped at
+	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+	// delay. Omitted from an instance whose policy is never.
+	//
+	//
+	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+
+	// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
+	// empty). A Stopped instance with `next_attempt_at` set and no
+	// `blocked_reason` has a restart pending.
+	RestartStatus *RestartStatus `json:"restart_status,omitempty"`
 
 	// Size Memory size (e.g. 1GB).
 	Size      string        `json:"size"`
@@ -560,6 +790,66 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
+// RestartBlockedReason defines model for RestartBlockedReason.
+type RestartBlockedReason string
+
+// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+// restart N of a series is `backoff` doubled N-1 times, capped at
+// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+// delay. Omitted from an instance whose policy is never.
+//
+// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+type RestartPolicy struct {
+	// Backoff Delay before the first restart of a series (default 5s).
+	//
+	// Example: 5s
+	Backoff *string `json:"backoff,omitempty"`
+
+	// MaxAttempts Consecutive restarts allowed before the instance is blocked with
+	// max_attempts_exceeded (default 0 = unlimited).
+	MaxAttempts *int `json:"max_attempts,omitempty"`
+
+	// MaxBackoff Cap of the doubling delay, at least `backoff` (default 5m).
+	//
+	// Example: 5m
+	MaxBackoff *string `json:"max_backoff,omitempty"`
+
+	// Policy never: no restarts (the default). on_failure: after a non-zero exit,
+	// a kill, a VM crash, a failed launch or a failed health check.
+	// always: after any exit, including exit code 0. A stop or delete
+	// through the API is never undone.
+	Policy RestartPolicyKind `json:"policy"`
+
+	// StableAfter A run that lasts this long resets the count of attempts (default 10m).
+	//
+	// Example: 10m
+	StableAfter *string `json:"stable_after,omitempty"`
+}
+
+// RestartPolicyKind never: no restarts (the default). on_failure: after a non-zero exit,
+// a kill, a VM crash, a failed launch or a failed health check.
+// always: after any exit, including exit code 0. A stop or delete
+// through the API is never undone.
+type RestartPolicyKind string
+
+// RestartReason defines model for RestartReason.
+type RestartReason string
+
+// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
+// empty). A Stopped instance with `next_attempt_at` set and no
+// `blocked_reason` has a restart pending.
+type RestartStatus struct {
+	// Attempts Consecutive restarts in the current series.
+	Attempts      *int                  `json:"attempts,omitempty"`
+	BlockedReason *RestartBlockedReason `json:"blocked_reason,omitempty"`
+	LastAttemptAt *time.Time            `json:"last_attempt_at,omitempty"`
+	LastReason    *RestartReason        `json:"last_reason,omitempty"`
+
+	// NextAttemptAt When the pending restart is due.
+	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+}
+
 // Snapshot defines model for Snapshot.
 type Snapshot struct {
 	// Compressed The memory state is zstd-compressed.
@@ -598,6 +888,32 @@ type StreamResult struct {
 	Code  *string `json:"code,omitempty"`
 	Error *string `json:"error,omitempty"`
 	Ok    *bool   `json:"ok,omitempty"`
+}
+
+// UpdateInstanceRequest PATCH /instances/{id}. A field left out is unchanged; a field present
+// replaces the setting. `health_check: {}` removes the check.
+type UpdateInstanceRequest struct {
+	// HealthCheck A probe hypeman runs against a Running instance. http: GET
+	// http://<guest>:port/path must answer `expected_status`; tcp: a
+	// connection to <guest>:port must be accepted; exec: `command` (argv,
+	// no shell) run in the guest through the agent must exit 0.
+	// Durations are Go duration strings. Fields that do not apply to the
+	// type must be left out; absent ones take their defaults. In a
+	// request, an empty object `{}` means no check.
+	//
+	//
+	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+
+	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+	// restart N of a series is `backoff` doubled N-1 times, capped at
+	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+	// delay. Omitted from an instance whose policy is never.
+	//
+	//
+	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 }
 
 // WaitResponse defines model for WaitResponse.
@@ -706,6 +1022,9 @@ type CreateIngressJSONRequestBody = CreateIngressRequest
 
 // CreateInstanceJSONRequestBody defines body for CreateInstance for application/json ContentType.
 type CreateInstanceJSONRequestBody = CreateInstanceRequest
+
+// UpdateInstanceJSONRequestBody defines body for UpdateInstance for application/json ContentType.
+type UpdateInstanceJSONRequestBody = UpdateInstanceRequest
 
 // ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
 type ForkInstanceJSONRequestBody = ForkInstanceRequest
@@ -933,6 +1252,52 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /instances/{id} (the `GetInstance` operationId).
 	GetInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateInstanceWithBody Change an instance's restart policy and/or health check
+	//
+	// Each field present replaces that setting as a whole (fields left out
+	// of it take their defaults; they are not merged with the current
+	// value); a field left out of the body is unchanged. Allowed in every
+	// state and applied at once: a running instance's health checking
+	// restarts from `starting` under the new check.
+	//
+	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
+	//   Changing the policy resets the restart counters (and lifts
+	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+	//   start lifts that.
+	// - `health_check`: an empty object `{}` removes the check (health
+	//   status `disabled`). `null` is refused.
+	//
+	// Invalid values are answered 400 with the field named in the message
+	// (e.g. `invalid restart_policy.backoff: ...`).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+	UpdateInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateInstance Change an instance's restart policy and/or health check
+	//
+	// Each field present replaces that setting as a whole (fields left out
+	// of it take their defaults; they are not merged with the current
+	// value); a field left out of the body is unchanged. Allowed in every
+	// state and applied at once: a running instance's health checking
+	// restarts from `starting` under the new check.
+	//
+	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
+	//   Changing the policy resets the restart counters (and lifts
+	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+	//   start lifts that.
+	// - `health_check`: an empty object `{}` removes the check (health
+	//   status `disabled`). `null` is refused.
+	//
+	// Invalid values are answered 400 with the field named in the message
+	// (e.g. `invalid restart_policy.backoff: ...`).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+	UpdateInstance(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	//
@@ -1427,6 +1792,72 @@ func (c *Client) DeleteInstance(ctx context.Context, id InstanceID, reqEditors .
 // Corresponds with GET /instances/{id} (the `GetInstance` operationId).
 func (c *Client) GetInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetInstanceRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateInstanceWithBody Change an instance's restart policy and/or health check
+//
+// Each field present replaces that setting as a whole (fields left out
+// of it take their defaults; they are not merged with the current
+// value); a field left out of the body is unchanged. Allowed in every
+// state and applied at once: a running instance's health checking
+// restarts from `starting` under the new check.
+//
+//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
+//     Changing the policy resets the restart counters (and lifts
+//     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+//     start lifts that.
+//   - `health_check`: an empty object `{}` removes the check (health
+//     status `disabled`). `null` is refused.
+//
+// Invalid values are answered 400 with the field named in the message
+// (e.g. `invalid restart_policy.backoff: ...`).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+func (c *Client) UpdateInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateInstanceRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateInstance Change an instance's restart policy and/or health check
+//
+// Each field present replaces that setting as a whole (fields left out
+// of it take their defaults; they are not merged with the current
+// value); a field left out of the body is unchanged. Allowed in every
+// state and applied at once: a running instance's health checking
+// restarts from `starting` under the new check.
+//
+//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
+//     Changing the policy resets the restart counters (and lifts
+//     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+//     start lifts that.
+//   - `health_check`: an empty object `{}` removes the check (health
+//     status `disabled`). `null` is refused.
+//
+// Invalid values are answered 400 with the field named in the message
+// (e.g. `invalid restart_policy.backoff: ...`).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+func (c *Client) UpdateInstance(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateInstanceRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2349,6 +2780,53 @@ func NewGetInstanceRequest(server string, id InstanceID) (*http.Request, error) 
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewUpdateInstanceRequest calls the generic UpdateInstance builder with application/json body
+func NewUpdateInstanceRequest(server string, id InstanceID, body UpdateInstanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewUpdateInstanceRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewUpdateInstanceRequestWithBody constructs an http.Request for the UpdateInstance method, with any body, and a specified content type
+func NewUpdateInstanceRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -3382,6 +3860,52 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /instances/{id} (the `GetInstance` operationId).
 	GetInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceResponse, error)
+
+	// UpdateInstanceWithBodyWithResponse Change an instance's restart policy and/or health check
+	//
+	// Each field present replaces that setting as a whole (fields left out
+	// of it take their defaults; they are not merged with the current
+	// value); a field left out of the body is unchanged. Allowed in every
+	// state and applied at once: a running instance's health checking
+	// restarts from `starting` under the new check.
+	//
+	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
+	//   Changing the policy resets the restart counters (and lifts
+	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+	//   start lifts that.
+	// - `health_check`: an empty object `{}` removes the check (health
+	//   status `disabled`). `null` is refused.
+	//
+	// Invalid values are answered 400 with the field named in the message
+	// (e.g. `invalid restart_policy.backoff: ...`).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+	UpdateInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error)
+
+	// UpdateInstanceWithResponse Change an instance's restart policy and/or health check
+	//
+	// Each field present replaces that setting as a whole (fields left out
+	// of it take their defaults; they are not merged with the current
+	// value); a field left out of the body is unchanged. Allowed in every
+	// state and applied at once: a running instance's health checking
+	// restarts from `starting` under the new check.
+	//
+	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
+	//   Changing the policy resets the restart counters (and lifts
+	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+	//   start lifts that.
+	// - `health_check`: an empty object `{}` removes the check (health
+	//   status `disabled`). `null` is refused.
+	//
+	// Invalid values are answered 400 with the field named in the message
+	// (e.g. `invalid restart_policy.backoff: ...`).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+	UpdateInstanceWithResponse(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error)
 
 	// StreamInstanceEventsWithResponse Lifecycle events of one instance (server-sent events)
 	//
@@ -4649,6 +5173,89 @@ func (r GetInstanceResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type UpdateInstanceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r UpdateInstanceResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r UpdateInstanceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r UpdateInstanceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r UpdateInstanceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r UpdateInstanceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r UpdateInstanceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r UpdateInstanceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r UpdateInstanceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UpdateInstanceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UpdateInstanceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UpdateInstanceResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6446,6 +7053,64 @@ func (c *ClientWithResponses) GetInstanceWithResponse(ctx context.Context, id In
 	return ParseGetInstanceResponse(rsp)
 }
 
+// UpdateInstanceWithBodyWithResponse Change an instance's restart policy and/or health check
+//
+// Each field present replaces that setting as a whole (fields left out
+// of it take their defaults; they are not merged with the current
+// value); a field left out of the body is unchanged. Allowed in every
+// state and applied at once: a running instance's health checking
+// restarts from `starting` under the new check.
+//
+//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
+//     Changing the policy resets the restart counters (and lifts
+//     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+//     start lifts that.
+//   - `health_check`: an empty object `{}` removes the check (health
+//     status `disabled`). `null` is refused.
+//
+// Invalid values are answered 400 with the field named in the message
+// (e.g. `invalid restart_policy.backoff: ...`).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+func (c *ClientWithResponses) UpdateInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error) {
+	rsp, err := c.UpdateInstanceWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateInstanceResponse(rsp)
+}
+
+// UpdateInstanceWithResponse Change an instance's restart policy and/or health check
+//
+// Each field present replaces that setting as a whole (fields left out
+// of it take their defaults; they are not merged with the current
+// value); a field left out of the body is unchanged. Allowed in every
+// state and applied at once: a running instance's health checking
+// restarts from `starting` under the new check.
+//
+//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
+//     Changing the policy resets the restart counters (and lifts
+//     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
+//     start lifts that.
+//   - `health_check`: an empty object `{}` removes the check (health
+//     status `disabled`). `null` is refused.
+//
+// Invalid values are answered 400 with the field named in the message
+// (e.g. `invalid restart_policy.backoff: ...`).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
+func (c *ClientWithResponses) UpdateInstanceWithResponse(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error) {
+	rsp, err := c.UpdateInstance(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateInstanceResponse(rsp)
+}
+
 // StreamInstanceEventsWithResponse Lifecycle events of one instance (server-sent events)
 //
 // Each event has `id` (resume with the Last-Event-ID header), `event`
@@ -7586,6 +8251,74 @@ func ParseGetInstanceResponse(rsp *http.Response) (*GetInstanceResponse, error) 
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseUpdateInstanceResponse parses an HTTP response from a UpdateInstanceWithResponse call
+func ParseUpdateInstanceResponse(rsp *http.Response) (*UpdateInstanceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UpdateInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized

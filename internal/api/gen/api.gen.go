@@ -59,6 +59,54 @@ func (e HealthStatus) Valid() bool {
 	}
 }
 
+// Defines values for HealthCheckType.
+const (
+	HealthCheckExec HealthCheckType = "exec"
+	HealthCheckHTTP HealthCheckType = "http"
+	HealthCheckTCP  HealthCheckType = "tcp"
+)
+
+// Valid indicates whether the value is a known member of the HealthCheckType enum.
+func (e HealthCheckType) Valid() bool {
+	switch e {
+	case HealthCheckExec:
+		return true
+	case HealthCheckHTTP:
+		return true
+	case HealthCheckTCP:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HealthState.
+const (
+	HealthDisabled  HealthState = "disabled"
+	HealthHealthy   HealthState = "healthy"
+	HealthStarting  HealthState = "starting"
+	HealthUnhealthy HealthState = "unhealthy"
+	HealthUnknown   HealthState = "unknown"
+)
+
+// Valid indicates whether the value is a known member of the HealthState enum.
+func (e HealthState) Valid() bool {
+	switch e {
+	case HealthDisabled:
+		return true
+	case HealthHealthy:
+		return true
+	case HealthStarting:
+		return true
+	case HealthUnhealthy:
+		return true
+	case HealthUnknown:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ImageStatus.
 const (
 	Converting ImageStatus = "converting"
@@ -116,6 +164,66 @@ func (e InstanceState) Valid() bool {
 	case Stopped:
 		return true
 	case Unknown:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartBlockedReason.
+const (
+	BlockedManualStop          RestartBlockedReason = "manual_stop"
+	BlockedMaxAttemptsExceeded RestartBlockedReason = "max_attempts_exceeded"
+)
+
+// Valid indicates whether the value is a known member of the RestartBlockedReason enum.
+func (e RestartBlockedReason) Valid() bool {
+	switch e {
+	case BlockedManualStop:
+		return true
+	case BlockedMaxAttemptsExceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartPolicyKind.
+const (
+	RestartAlways    RestartPolicyKind = "always"
+	RestartNever     RestartPolicyKind = "never"
+	RestartOnFailure RestartPolicyKind = "on_failure"
+)
+
+// Valid indicates whether the value is a known member of the RestartPolicyKind enum.
+func (e RestartPolicyKind) Valid() bool {
+	switch e {
+	case RestartAlways:
+		return true
+	case RestartNever:
+		return true
+	case RestartOnFailure:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartReason.
+const (
+	RestartReasonExitCode          RestartReason = "exit_code"
+	RestartReasonHealthCheckFailed RestartReason = "health_check_failed"
+	RestartReasonVMCrashed         RestartReason = "vm_crashed"
+)
+
+// Valid indicates whether the value is a known member of the RestartReason enum.
+func (e RestartReason) Valid() bool {
+	switch e {
+	case RestartReasonExitCode:
+		return true
+	case RestartReasonHealthCheckFailed:
+		return true
+	case RestartReasonVMCrashed:
 		return true
 	default:
 		return false
@@ -202,7 +310,19 @@ type CreateInstanceRequest struct {
 	// Entrypoint Replaces the image's entrypoint (and drops its cmd).
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
-	Image      string             `json:"image"`
+
+	// HealthCheck A probe hypeman runs against a Running instance. http: GET
+	// http://<guest>:port/path must answer `expected_status`; tcp: a
+	// connection to <guest>:port must be accepted; exec: `command` (argv,
+	// no shell) run in the guest through the agent must exit 0.
+	// Durations are Go duration strings. Fields that do not apply to the
+	// type must be left out; absent ones take their defaults. In a
+	// request, an empty object `{}` means no check.
+	//
+	//
+	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+	Image       string       `json:"image"`
 
 	// Name Lowercase letters, digits and dashes; unique.
 	Name    string `json:"name"`
@@ -213,6 +333,16 @@ type CreateInstanceRequest struct {
 
 	// OverlaySize Writable disk size (default 10GB).
 	OverlaySize *string `json:"overlay_size,omitempty"`
+
+	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+	// restart N of a series is `backoff` doubled N-1 times, capped at
+	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+	// delay. Omitted from an instance whose policy is never.
+	//
+	//
+	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 
 	// Size Memory (default 1GB).
 	//
@@ -290,6 +420,78 @@ type Health struct {
 
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
+
+// HealthCheck A probe hypeman runs against a Running instance. http: GET
+// http://<guest>:port/path must answer `expected_status`; tcp: a
+// connection to <guest>:port must be accepted; exec: `command` (argv,
+// no shell) run in the guest through the agent must exit 0.
+// Durations are Go duration strings. Fields that do not apply to the
+// type must be left out; absent ones take their defaults. In a
+// request, an empty object `{}` means no check.
+//
+// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+type HealthCheck struct {
+	// Command Argv of an exec check (no shell; use ["sh", "-c", "..."] for one).
+	Command *[]string `json:"command,omitempty"`
+
+	// ExpectedStatus Status an http check wants (default 200).
+	ExpectedStatus *int `json:"expected_status,omitempty"`
+
+	// FailureThreshold Consecutive failures that make the instance unhealthy (default 3).
+	FailureThreshold *int `json:"failure_threshold,omitempty"`
+
+	// Interval Time between the end of one check and the start of the next, at least 1s (default 10s).
+	//
+	// Example: 10s
+	Interval *string `json:"interval,omitempty"`
+
+	// Path Request path for http (default /).
+	Path *string `json:"path,omitempty"`
+
+	// Port Guest port (http and tcp).
+	Port *int `json:"port,omitempty"`
+
+	// StartPeriod Grace period after boot in which failures are not counted; the
+	// first success ends it (default 30s).
+	//
+	//
+	// Example: 30s
+	StartPeriod *string `json:"start_period,omitempty"`
+
+	// SuccessThreshold Consecutive successes that make it healthy (default 1).
+	SuccessThreshold *int `json:"success_threshold,omitempty"`
+
+	// Timeout Time one check may take, at most `interval` (default 2s).
+	//
+	// Example: 2s
+	Timeout *string          `json:"timeout,omitempty"`
+	Type    *HealthCheckType `json:"type,omitempty"`
+}
+
+// HealthCheckStatus defines model for HealthCheckStatus.
+type HealthCheckStatus struct {
+	ConsecutiveFailures  int        `json:"consecutive_failures"`
+	ConsecutiveSuccesses int        `json:"consecutive_successes"`
+	LastCheckAt          *time.Time `json:"last_check_at,omitempty"`
+
+	// LastError Why the last failed check failed (kept after later successes).
+	LastError     *string    `json:"last_error,omitempty"`
+	LastFailureAt *time.Time `json:"last_failure_at,omitempty"`
+	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
+
+	// Status disabled: no check. starting: running, no verdict yet. healthy /
+	// unhealthy: the thresholds were reached. unknown: a check is set but
+	// the instance is not Running.
+	Status HealthState `json:"status"`
+}
+
+// HealthCheckType defines model for HealthCheckType.
+type HealthCheckType string
+
+// HealthState disabled: no check. starting: running, no verdict yet. healthy /
+// unhealthy: the thresholds were reached. unknown: a check is set but
+// the instance is not Running.
+type HealthState string
 
 // Image defines model for Image.
 type Image struct {
@@ -377,9 +579,22 @@ type Instance struct {
 	ExitCode    *int    `json:"exit_code"`
 	ExitMessage *string `json:"exit_message"`
 	HasSnapshot bool    `json:"has_snapshot"`
-	Hypervisor  string  `json:"hypervisor"`
-	Id          string  `json:"id"`
-	Image       string  `json:"image"`
+
+	// HealthCheck A probe hypeman runs against a Running instance. http: GET
+	// http://<guest>:port/path must answer `expected_status`; tcp: a
+	// connection to <guest>:port must be accepted; exec: `command` (argv,
+	// no shell) run in the guest through the agent must exit 0.
+	// Durations are Go duration strings. Fields that do not apply to the
+	// type must be left out; absent ones take their defaults. In a
+	// request, an empty object `{}` means no check.
+	//
+	//
+	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck  *HealthCheck       `json:"health_check,omitempty"`
+	HealthStatus *HealthCheckStatus `json:"health_status,omitempty"`
+	Hypervisor   string             `json:"hypervisor"`
+	Id           string             `json:"id"`
+	Image        string             `json:"image"`
 
 	// ImageDigest Digest of the image the instance last booted.
 	ImageDigest *string `json:"image_digest,omitempty"`
@@ -390,6 +605,21 @@ type Instance struct {
 
 	// OverlaySize Size of the writable disk layer (e.g. 10GB).
 	OverlaySize string `json:"overlay_size"`
+
+	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+	// restart N of a series is `backoff` doubled N-1 times, capped at
+	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+	// delay. Omitted from an instance whose policy is never.
+	//
+	//
+	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+
+	// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
+	// empty). A Stopped instance with `next_attempt_at` set and no
+	// `blocked_reason` has a restart pending.
+	RestartStatus *RestartStatus `json:"restart_status,omitempty"`
 
 	// Size Memory size (e.g. 1GB).
 	Size      string        `json:"size"`
@@ -462,6 +692,66 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
+// RestartBlockedReason defines model for RestartBlockedReason.
+type RestartBlockedReason string
+
+// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+// restart N of a series is `backoff` doubled N-1 times, capped at
+// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+// delay. Omitted from an instance whose policy is never.
+//
+// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+type RestartPolicy struct {
+	// Backoff Delay before the first restart of a series (default 5s).
+	//
+	// Example: 5s
+	Backoff *string `json:"backoff,omitempty"`
+
+	// MaxAttempts Consecutive restarts allowed before the instance is blocked with
+	// max_attempts_exceeded (default 0 = unlimited).
+	MaxAttempts *int `json:"max_attempts,omitempty"`
+
+	// MaxBackoff Cap of the doubling delay, at least `backoff` (default 5m).
+	//
+	// Example: 5m
+	MaxBackoff *string `json:"max_backoff,omitempty"`
+
+	// Policy never: no restarts (the default). on_failure: after a non-zero exit,
+	// a kill, a VM crash, a failed launch or a failed health check.
+	// always: after any exit, including exit code 0. A stop or delete
+	// through the API is never undone.
+	Policy RestartPolicyKind `json:"policy"`
+
+	// StableAfter A run that lasts this long resets the count of attempts (default 10m).
+	//
+	// Example: 10m
+	StableAfter *string `json:"stable_after,omitempty"`
+}
+
+// RestartPolicyKind never: no restarts (the default). on_failure: after a non-zero exit,
+// a kill, a VM crash, a failed launch or a failed health check.
+// always: after any exit, including exit code 0. A stop or delete
+// through the API is never undone.
+type RestartPolicyKind string
+
+// RestartReason defines model for RestartReason.
+type RestartReason string
+
+// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
+// empty). A Stopped instance with `next_attempt_at` set and no
+// `blocked_reason` has a restart pending.
+type RestartStatus struct {
+	// Attempts Consecutive restarts in the current series.
+	Attempts      *int                  `json:"attempts,omitempty"`
+	BlockedReason *RestartBlockedReason `json:"blocked_reason,omitempty"`
+	LastAttemptAt *time.Time            `json:"last_attempt_at,omitempty"`
+	LastReason    *RestartReason        `json:"last_reason,omitempty"`
+
+	// NextAttemptAt When the pending restart is due.
+	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+}
+
 // Snapshot defines model for Snapshot.
 type Snapshot struct {
 	// Compressed The memory state is zstd-compressed.
@@ -493,6 +783,32 @@ type Snapshot struct {
 // instance must be Stopped). Default: Standby for a live or standby
 // instance, Stopped otherwise.
 type SnapshotKind string
+
+// UpdateInstanceRequest PATCH /instances/{id}. A field left out is unchanged; a field present
+// replaces the setting. `health_check: {}` removes the check.
+type UpdateInstanceRequest struct {
+	// HealthCheck A probe hypeman runs against a Running instance. http: GET
+	// http://<guest>:port/path must answer `expected_status`; tcp: a
+	// connection to <guest>:port must be accepted; exec: `command` (argv,
+	// no shell) run in the guest through the agent must exit 0.
+	// Durations are Go duration strings. Fields that do not apply to the
+	// type must be left out; absent ones take their defaults. In a
+	// request, an empty object `{}` means no check.
+	//
+	//
+	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+
+	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
+	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
+	// restart N of a series is `backoff` doubled N-1 times, capped at
+	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
+	// delay. Omitted from an instance whose policy is never.
+	//
+	//
+	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
+	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+}
 
 // WaitResponse defines model for WaitResponse.
 type WaitResponse struct {
@@ -601,6 +917,9 @@ type CreateIngressJSONRequestBody = CreateIngressRequest
 // CreateInstanceJSONRequestBody defines body for CreateInstance for application/json ContentType.
 type CreateInstanceJSONRequestBody = CreateInstanceRequest
 
+// UpdateInstanceJSONRequestBody defines body for UpdateInstance for application/json ContentType.
+type UpdateInstanceJSONRequestBody = UpdateInstanceRequest
+
 // ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
 type ForkInstanceJSONRequestBody = ForkInstanceRequest
 
@@ -657,6 +976,9 @@ type ServerInterface interface {
 	// GetInstance Get one instance
 	// (GET /instances/{id})
 	GetInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// UpdateInstance Change an instance's restart policy and/or health check
+	// (PATCH /instances/{id})
+	UpdateInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams)
@@ -804,6 +1126,12 @@ func (_ Unimplemented) DeleteInstance(w http.ResponseWriter, r *http.Request, id
 // GetInstance Get one instance
 // (GET /instances/{id})
 func (_ Unimplemented) GetInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// UpdateInstance Change an instance's restart policy and/or health check
+// (PATCH /instances/{id})
+func (_ Unimplemented) UpdateInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1243,6 +1571,32 @@ func (siw *ServerInterfaceWrapper) GetInstance(w http.ResponseWriter, r *http.Re
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.GetInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// UpdateInstance operation middleware
+func (siw *ServerInterfaceWrapper) UpdateInstance(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.UpdateInstance(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2002,6 +2356,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/instances/{id}", wrapper.GetInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/instances/{id}", wrapper.UpdateInstance)
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/instances/{id}/start", wrapper.StartInstance)
@@ -3370,6 +3727,113 @@ func (response GetInstance409JSONResponse) VisitGetInstanceResponse(w http.Respo
 type GetInstance500JSONResponse struct{ InternalJSONResponse }
 
 func (response GetInstance500JSONResponse) VisitGetInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstanceRequestObject struct {
+	Id   InstanceID `json:"id"`
+	Body *UpdateInstanceJSONRequestBody
+}
+
+type UpdateInstanceResponseObject interface {
+	VisitUpdateInstanceResponse(w http.ResponseWriter) error
+}
+
+type UpdateInstance200JSONResponse Instance
+
+func (response UpdateInstance200JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstance400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response UpdateInstance400JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstance401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response UpdateInstance401JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstance403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response UpdateInstance403JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstance404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response UpdateInstance404JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstance409JSONResponse struct{ ConflictJSONResponse }
+
+func (response UpdateInstance409JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateInstance500JSONResponse struct{ InternalJSONResponse }
+
+func (response UpdateInstance500JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -5480,6 +5944,9 @@ type StrictServerInterface interface {
 	// GetInstance Get one instance
 	// (GET /instances/{id})
 	GetInstance(ctx context.Context, request GetInstanceRequestObject) (GetInstanceResponseObject, error)
+	// UpdateInstance Change an instance's restart policy and/or health check
+	// (PATCH /instances/{id})
+	UpdateInstance(ctx context.Context, request UpdateInstanceRequestObject) (UpdateInstanceResponseObject, error)
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(ctx context.Context, request StreamInstanceEventsRequestObject) (StreamInstanceEventsResponseObject, error)
@@ -5965,6 +6432,39 @@ func (sh *strictHandler) GetInstance(w http.ResponseWriter, r *http.Request, id 
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(GetInstanceResponseObject); ok {
 		if err := validResponse.VisitGetInstanceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// UpdateInstance operation middleware
+func (sh *strictHandler) UpdateInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request UpdateInstanceRequestObject
+
+	request.Id = id
+
+	var body UpdateInstanceJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.UpdateInstance(ctx, request.(UpdateInstanceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "UpdateInstance")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(UpdateInstanceResponseObject); ok {
+		if err := validResponse.VisitUpdateInstanceResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -6471,127 +6971,163 @@ func (sh *strictHandler) ForkSnapshot(w http.ResponseWriter, r *http.Request, id
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1tc9s48udX6dL9tyJt0bLsxKkdu6b2MnmY8e4k64uTyYtRToJISMKaBDgAaFmT8tv7APcR75NcoQGQ",
-	"oERa8uP4P+u8iSURQAPobvy60d381olFlgtOuVadw2+dnEiSUU0lfjrOyIx+IBk1HxKqYslyzQTvHNqf",
-	"QNIplZTHNILPH3/eoTwWCU2gS/uzPowTEZ9R2WfiL/vvUjaRRC7/sv+OpDnj9C/PX6VEU6XHvX4n6jDT",
-	"Z070vBN1OA5o/4s6kv5WMEmTzqGWBY06Kp7TjBiCMnLxM+UzPe8cHuztR52Mcf95L+roZW56UVoyPutc",
-	"XkadY6404TE9ftMwHfcbHL+JgF6QWIMZPwIhoeDst8L8ArmkU3bRQi9LtqV2b/9vm6n9mSj99pxy3UTu",
-	"R6qKjAKZaipBz5kCah6F4zclcXNKEior8kx/O9jhzvGbTgtlz/ebSDnlJFdz0UiJ/+2xLNyl6UrlgiuK",
-	"LPwDSX4kmi7I0nyKBdeUa/MnyfOUxcRMY/ffyszlWzDof0k67Rx2/sduJR679le1+1ZKIe1Q9bV4xaHI",
-	"lZaUZCDpjCktlzAlLKVJv3MZGVo+0t8KqvT90/JpbqQTBwOmICPpVMiMJmZfGD8nKbM0vRZ8mrL4wShS",
-	"opAxfaZAaaKpocZwAcSODAULpuegA+q7QrrPTteY+ZBswmaFKFQPZ/FOyAlLEsofZhpanFEOKYnPVEmq",
-	"YV5QscgpUnTMNZWcpPdP0CmV51QCNb/j0B+EficKntz/0B8EqCKel9vqhz/O8pRmlGuaPMSGMAXKLkIi",
-	"qAIuNKgiz4XUuDsipxJHhO6Sasswnzkp9FxI9vtDkPieKcX4LPKSZ9ieXuTIMshLfdSzrh8zzGuSkwlL",
-	"mWZWjeXSzMJ/InFMUzMpIdc18uuTz3DOpC5Iyn6382YcCkWhe3aemaF1PMNDl14Qs1Gdw46OZ501XRqF",
-	"44wkJW4x6sN9mS/tCRQ8DAuiIJ4LZWbW0O98mVN5zlQT+T+VvwGnC2DuYFZmBnWif6NZcXXv6qrulSV7",
-	"LpSGmHCQBRLLNM2w3Vq/7gsiJVmaz5zqhZBn5tcNjPGhfLLcV+zhnErF7KKun7rVifhr+WBt6eozre1W",
-	"p3HvaiR/LSckJv+mscbDQFKiKUK74KAiScLM6pH0JODCKUkVjVYYk2+DFUELyIs0dTDR4sHD5/39QQSz",
-	"eWwA466Qs12S5/9Tzcn+wcvDfr+PHHtdyBeuIdJ2xaz5TFKlbjfvgL6Xz1fJy4k2Z0LnsPO/fyU7vw92",
-	"vvvadX/sfP2r/6r39/9qYmpZpHaokj+vYjg/mSKlpnFGLo5ts5cvkCr3aW+VqZuWzI991dJZGb3Z2sVZ",
-	"0gRw85QYqTcKnBn+eaYgzpKahIarfXDw/GXDslUz3xvsv1iXYcq1XOaCWdW/BQ1VA+gSnkAiRa6AaaSu",
-	"d/fknbev5rYjhG1qw1T7iLO7tk0Vtcj7z2JBZUwUhZQallcRJGxm1ghXjKg5VUfOOliR6juWGqfvrsmR",
-	"lJNJShu48kd2Ti03eHORgBsCmAF8UxJT6CZ0SopUg7FkYDGnHNvgQTMnCiol3AtOx4kQKSUcZXBtf8Q5",
-	"lSlZjhT7vWG9v0imDcWQMHUG5pmKhr3Bjz+sqs4GKy/qNHf9nmZCLoPuXG/VKXywt//+h236P2P5aGb0",
-	"w4jMaIu8Gcj2seCc8RkaAqLQsCBMm89TZwdgH4B9NC1f1NFkpraUmpo4tArNyyaROY/zogFf/GKRF7w+",
-	"+ayqZdv3W8CyIiu1sP1QyZVhoRmVbWrYCmm7Gvam+M3U8BmzFsNVx4of4Z/m2Vbx/2zNfuU9A2jglUsx",
-	"o9ygEpr07lf0H4ILmkTVGgFrkD0WScNSnVq5VZyc0RFqTPPcobcTRs4GLg2HEVrN0ZD7z5plVBQ6giIw",
-	"aCIjK9Yejow1NJoaczAqjWzT3vDSyPwmKUmWkZWnUcHJOWGpISryBvhICzFKiZyZcTOq5yLBhiRNxcIM",
-	"xpypG8GEJKOZ9bZEEJJWdjrkpimr7MP+kNfUSUlu055mVCl3UFUtSl1s7D5seggLOulswoO4I1WfTXL1",
-	"Tsiz24GbqRTZSFqNZrcfpaB8esWBZJbUbJ45HICUqrCcYpehNycvNAgO5stksowgTgU3O2GOV0mVFtKJ",
-	"17pybBbZD0ZExRT1qxkeuvZ0vncZlTOqLVNv0j1mLz7h86f4+Nbw3jS8nWrcvGahpfpnW7uw4doifHIM",
-	"Uzr0SrgTkzQFSXUhuerDG8v3h56l0T98qkWe02TIy0bWjWRY3P3m1AM3B+WvHde4ExnFaVgf/8IHA/Ld",
-	"GkWdix3TcOecSDNBZXrACYmqH/u56s1/dn1eRp2fKEnNfq0qdDPdwsFFS504WydidaVdq6a1PvYYvNE8",
-	"andL8CJF3eo956s2RIzgIBkRZPupkJn5q5MQTXeMjm5iroTNnJiswEHC2dTAL/tABMIwvKRKpOcUjbMW",
-	"aqqu6xbXzae1wTRq895U6039Qd3kz6LWQyGkOTSd96V05W8zS9P5yGOqxkPfnD8lqDVdF7J28vubtSH3",
-	"dwmjgktK4rk9nsuTcuQvHVZQQNAQyYncro0ypjKi47npY4R/MT4b5SnRhjuiIY+FlEWuRylZUhm5JdAj",
-	"O3934JsHzIfY6LzUS+qWFuIHw4WpoTJwC1l3UHlpuOuuDHedg8heF/YaHYq5FOjw2OgXMTJ24h92Vs9o",
-	"stS0AcqfGkPKKXi3BIZeITQaWoaQUpoY1y9ftDNGieyjQG9sJPTUPnoZdYo8ubYMOxtzlDDk8g0s22xy",
-	"OGJrSqRVd50Em7DikhZZbn6hCSBLAa44GOgJSsCUSOhmlBidPC1SWMxZagXQ28h1lYitR4ngtLYafg/W",
-	"19w20ELb+5gtWiCZ1RitD5R9bjDhApLr5NSHWum3dalP1w6fnPLEHmlu3cymWaa1HxDnG5ZFIW44qaKO",
-	"8xo2nEE3OEJY0qzWnT64WwfnlV5MvF+uuTI387Pt/r3RjdcEi3OhdLPS+wkdQHgtD1oAKl7oEr60riEE",
-	"QTTL9fIIxn/tOwOnH4tsbJ+lCgSnkJIJTVecMCTPwwZ14Ll/8LxJZQqpW2i0N2cCUqY05cbSKK33vw1W",
-	"PBkHB88PNjoz2tYXt+96y5v5LdmCO+z2lVh5y1YW765xkR247OsKrvlUjnaNeXnr4YrQFPSjCAnHb6Dr",
-	"IRfkVHpDfdXg2D94udGB67ngmhtaEy9PueuteWWq2V0T3t4FnN0Wc949xrxgetTs+nl7wbTFgA5iIIYh",
-	"2TMFKVEaZMGhaw5tqxgKfsbFgvf6W4EMHDfwlmzEq3OiRt5hF0wtcBzU72y3VfflxULzL6M2Q+MNfu+X",
-	"Bp+tO95xjSZCaAvItz9ngiuBq5WBHchd3W52wodocVFzyFvIY9Ft6Y6/nv/d+vRtD60daCI3CMZGNtjK",
-	"m+CXxvkSXKvRBnvKugeYgs+Wk/vb0YOG+K3mtMkRvFmKS1f/Jk0YAA3L+H5F62vkNtt3vMJZNRVX29ba",
-	"eoTKZUXgV8S5JrtXaecPlWise3m85D0rL7BC9YQ7vBKDI+19DtONSqv1ym1d9bC84SoOb4GOT85fAEkS",
-	"c+xCF8GTC3aRO5nRrdVdmzk5kdSEKRxrBULtDfp7g0F/0N/bb3Q9k7judh7sHw4GhwNy+PIF/hFvdDj7",
-	"OV61BaWbzeN6e7VjGOuYM82M0WzxfOXDOiGFwidO54VOxIIHXrHQU+YErwX6V+M3GQB5MVI0FjxRzQFH",
-	"RhiRCX55/94Yy6rIaAJdkqZw/vrks+rVrOVEFIYTSjp4kU3sweW5bNRynmSoD9ss9teCT9mskDRxt4T2",
-	"8UZLff3Q9FJI0lTEKIDlMNdoXfcobNEwZw0+IrOMuRSx4WuWOIuYISpQ/cZupFLXGja4lFiXuCI3Gxpu",
-	"+RZ7t7WaDPa4oiOqMVk4n5VdX1ebqxvWuBlrk2oSw8ZArTVpyBoB3USyZEah++nVCaLyX973ItRE0P1f",
-	"b99/blRKPQyAFXwlss121RgGVEbhXa1rkMSmGZ4QPT/mU7E+qw3ntxWoWBRpYiMsNbHhlTnRc4dNcioz",
-	"ptBXmlDOnI7d7Cy9YEqrFt2vvAOr8bcpS2nrj2qZpYyfNf9ufhlVhuFGIps3/TNnF4CbOmFabaloPNTb",
-	"+OjqAWLXqWlbTwPsvnrx7H1vzed65hCmh2e/K53sVI2abxHv0CG0vYWw9sBNQhauPkB+DE4NC7odovcX",
-	"U051bbnRrUbIVW7nNxjEk5PYHqhlGEWh6NYMhtSONh2mq4+1kntbCH0FTsY9bKS4hb4KWtdhcqjpV86L",
-	"QASukp1/tt3WGPwE33u2wBg2es5ib9PkaaHQ0lPQrdmoWWFsVDrk5aWnhWr27hO77R35m074vsF0FDxd",
-	"YqdDvtqrb9cLLlc9rVMhgUDKztFf5MIEqi6ickyh51QumKL1e9ab3q6GKxn0Ufu2uln9Qpj+6HJ11vUW",
-	"3nTR5GbG6G1N2M1GJctoMhJFo7Ok4c533QSsevjaJC+KxoVkenlqKHbXHpRIKl8V9jbafnrnlcE/vnzy",
-	"SV1IC/5aKYe51rnNTGDu8F+JvSs4/Ov1sYHumjBOpfW5KCDKJxNARuI541T14QuTFM8IopnhVZ+zM+TG",
-	"0swIN9jVTOUwDG36x+m/PkTgnigDBpB5Ipu+AhORLId8/G2I0TnDziEMO/1+f9iJYOgjdYJvL8cgONBz",
-	"Kpfw4uJi9+DiIgI7dfjHl09ACj3vD/mQv8VHqkQQehHTXMN4RrW93x+jWKO+zWkMTCuaToFTmqghH79y",
-	"l6rY+BB+sCMMi8HgeYz5G/gnHUP3p9P9g5dm7F4fXrk8ocVcKArjChyp8ZDHKWEZxvJIqijXVqzd8ltC",
-	"YpHb5UlgsqxnsjwzVF3seC7bwWfHmCpFYMHSJCYyOYTxX8cRjL3YH5pP/X6/dwTEkjbkPsgS7ziRpDlR",
-	"MDV2PYmN9YHLhyk2UzRBVHgcmsNRFnp+GNr/6NNkvAwL2yU5251RDkwNeRn9B1MpMmPRdMcZOaNlWOC4",
-	"VwaeKSCSAl6HYwsyI2YqwHQ05Ga7bDAUDpsA0TDeNZvXX5Istfvpvvi3Enzs7qeZRoTt+fTVyXEnyMPo",
-	"DPp7/QGacznlJGedw87z/qD/vIPROnOUw914JTnHQcjVZMClpd1xQUaW9sITs066XLgN9nuIULnc4OPE",
-	"oBGqa3lAK6mN+4PBnaUu1cZpyGD6yWbJVA9hFtWLwV5bxyWlu7VUq8uoc2DJvrpRmT6HurDIMiKXaIyg",
-	"0bGStoN7PReLjkcqv3bUUmmadb6a5ruYG9u+U6ckw0CMjGij7sY/vv0Eu2Xe0e43lly6LsYYWekUTogF",
-	"6/t2itEYb+2oUS2n+tfmiVeP7IZ5v5dfN265phfaUrdjg0Dqe96QHrsSq8+mNF7GKcUxwZ5AqPZPT9+6",
-	"Td5iv4LU1pvyxYvB882NqkTP63OSabAFXSv5i3UGLJfLJlwrowJJmgZpal2rBndQqduHegFjOl78avBT",
-	"XX0HoayHRlHgyLvzMvzM8e6ainABaveoHNwILcmwTu0zBUXer2GXzuGvX+uLd045VQriOY3PUAcaFqBc",
-	"O7p6bRJswUjrKvzMlD62j9xyGbYLPkADZD3s4LIhnhfQ5+rQVP/xCscKl5tj1i+o3xH3RQvrmh8d30ad",
-	"XDRd6p1qIrXygT0wNthm7IGAqlLmjTqvYlfMMa8FEPjlPQZfDTlGX8FHG1tqDn6MQiwTx+1tIcP4aF0o",
-	"cKExiI4wUauQknI95O53vBWwWIKkGCZjN613BLlIU38g4Ox3vxmiL8dQcM3SIR/j82NjZo1tZI0DGnUG",
-	"DRIrXa0DqvQPIrm7ogQNqZuXdUPEWDKXa+Kxf2cUOKlYl4ITjyZz7Qoh/GmOlJrU2HlWvAvEyT10iVry",
-	"eC4FF0XtNNhCpBaSuYjtOgta8UppU1T2RzpFPwOKxIvBd+7+wNDjvQiFChMb1zHMG+y64tga07xo8Frh",
-	"8499e19Y0jcCAFs/ARt8t7lBWUPjlgxk17Bkm+vxieOFy6gVKLRs5uD+NcCnis/+XOxxm93+kWqM57vB",
-	"XpfH7LUsi6qa0+VXVCc2XG0TriqfehBoxcvQ7E3gqiSs/2c3OQwY85ONQKQJVRqmTCodsk25T1vZFm0Y",
-	"7S2J5yCLlIIUhaYKfvr06ST0yEh2jtEU3JrgGOIxxuDIvvl7PORhsKhzfoWhr0z5532o7HglCnbIRca0",
-	"psk2gbBYTQKJsJd5lgoQ08Bl7n/yX4wj0HMpitkcCEhjziuMv7vA6BFzKiaEZoL3hzwMfTGkNwVeHhr0",
-	"mJElTCi4SwlIiabSZuSRIfe1jMp7fGZDZHyC34xqBQeD/b47rV1EDUZ8MgWanFEeDTmBrpldBH7lepAT",
-	"JkPkiruWYHoVCXYoJtyMN6FDPjHK6wqQ6iTwXmFqvdbGVkB17+6OKa9jWg4q+/OjP6ruF5jcheY6KSYp",
-	"U/NKfgwrqprqUDfRYCEk9m3QTVfHxI2ANuDu/1BI+wcwQgBs7fpD1xjiFRegp1/SlBJFk94teOIK9Nu2",
-	"84MnxfLfjZ9K6Fzu6c1RUB1CN0JMOH7jCxU+RAlLB86dQ3kDOPdPbZjJv3i6DJzUiHKYu4It5/RbQeWy",
-	"mlR5b70l89eu1Le4urgTc8HllWxlL7jZ/4ldUM5WcBO9wlbwbHMrW+GkSNPAiWSHCd2pBnL622wtJIUl",
-	"1QZ6U46pG8rGDPzyvnLmoifXxxHLgivo2jCBMPrZCCPi694RFIoOeeOV3YIw/Xds/L2D2WNjK5ivy7Rr",
-	"l3NzFRouk5vuEw7XS4w8OB72QrQuNC78/Mmtd/1Dbn+rxfLFietybJcdrUfM/whdtzeR4xpiDqVkG8Qc",
-	"SMD1IPOTS7eGfH15GKVtyUCrL3s32c8tnL2t2zZ4EMUR+k2e2GEduN5clm/o/K2K368ATHtaxvlq+f/b",
-	"97kh7gZdjbZu/ZwoGLNkjInNRRZc5tbK1jsXYi+CMbYbDzlG3NpODADs2bivhGgyhi6BlfAWojAKsdeH",
-	"L5htjwQO+YJKCqmxRv34tsKnFsJAKPSmIV6OU2a6mdI0hQmdM56YAYfcknMIkiqqxzYqjesjkHTHxXwF",
-	"0gAYNWHLxFOeKFfGnwz52Mp1MraUNcESG1vkV/4pxug/ElrcRxRTqJY2BTGxwOy8TkDTXSstekHju1db",
-	"U5cDe4te2ywmXy7NOvyJrRuXoM6yb81gZjMWHGKRL5uzyQlPhtw/loqZ6sM7KbIypL8s4cfMANgEywMe",
-	"2UAbnyLQFXLI8Zuw3iqMw4KFh1jBdhzBYs7iOeSFrkf/cgyhCUoQIqoJihAqmAg971U0GaXCeEHDfp6p",
-	"IQ+TkK66AwFnt1V14hgHYtsNuZ6T4KYDR6QJdFcLytbmOO41admw8OM9mX5NtSUfkeHnOfVJPT+8en5t",
-	"ZOneTL5dozSuBmWpmEHKOAqYIeX09K3DWC6XweIrlwwgyQKf7sMXpudDPp6KNBWLcYTqzfxi/fsWO9DE",
-	"xs45L4/pZGbGcJJtERbG+MWCcwMUjoDA+BDOKM1Jys7pGGKRmYXzOMsFZO8dgIKMEo63rE1iHdhFP5tF",
-	"2OA0/YCpzUYNY+al0SF2NlqYcRNrwLW5TzVhac17WtZ+3RsMghJKewPzLyi5M2hKBF2l7Z+U5m5FDV3l",
-	"SrdRY/ekmR5XkGg9jWl1UJLnLk2tKlYTC65ESiM4zzL3Y5C8Xub7wPewmLuMYXu5DglLWl3PqN+bqTVU",
-	"BLlq9tN5lrk6FxlpqnDwEChXePZ4Ara3NpStmRPqwGcK0c720PQPQaQ5KVwy412Ax7r2wuTRx+TXiYCL",
-	"hctp7T8d+rc79N9JSn+nDUW/nylbQgW6FUpeYiASSyi/mf+wHRw45H5P9o+3Pv7f//m/Phfa/OmmfBQe",
-	"LYGtgJaJMXnsAkSlIWQ1AuOaxHo9hPmjncpjkpjyjY3Um0hPcnNLuXG7DKQ0be8HNVvH4D2pdvs+z0fI",
-	"qUyDnfiTgr+1Vef0GRCv+u6HUX3BEHVPOnzs5GwMMcl1IalqrYxRevGr6hhD3qDf51RiVOyCqKCcnC98",
-	"YqNu8aUWgF4r9Ov0jmDsfF4BJdVgtnQG8U2NfYkuKAw8GHIylVTNeyvOpuDMtTMoi9nh207wmTPGkz68",
-	"GvKSQFFoY5fa14CVbv7WmILTqjDf/cUUrL7x4oFdS+Uc25JG3e9PRtLDK6JP5MwooYp9py2+pkqTNCsj",
-	"//s2ymj3m7ozeBndw0uo1d2G8F11AdBWyScoCwRdo5bK6jw9X50kVDoc62+4m4A+vCrblo9MDDXK5c86",
-	"jI0vW5ErpaWM3kX/+hHCKEcNp5BSYvVa8G2djme29FGTtnPIrKbuHiv+flJADwnZBSbKVrsyIfGZ4dGA",
-	"pyvdc7f6yFWluh9o5E33FfPWCeahc44+awdM6CYn5zQZci0qM9csyC/v3wO9MH91x2F53zFMaCwyg31k",
-	"QXt9cGI35PXLNg+7QrDVHGCAxD4+P5Mj7MkOuXVWjg68TF0hHav2Knms3i13x6aJJvZ1A/dgQmNxiUfq",
-	"6zGy6+p4P8XCeT78QRizqgQW92QMa1uitDFM8lSTkmNOLBpcYcymuymHG7eCii8G373c+Jbyb1dc2I1S",
-	"xs/U9a7tvt4j85flgxuY/4u/37Olgm35dwVk4gvMmZV7wlsPr/ENnwOxhZoZVyyhwTZ1scjh6puVH9GV",
-	"mvIl6TeFOtva9Q+g+e1ATdkStrIQFKqqdfGk6Y0haOO1cF1W/A3QxSi08g3phj0fFfeJ/N4Qi8gfp8vf",
-	"vWbkiYMrDSryGtPOJInptEjTO0bIC8J0a2zWWsWzVbd1WQXCB0bauhc+rtK1H3JKJNaV9iWIAaFEr0zd",
-	"s7WXlY+sRGuRpSk6wtElBFhO2hbJ7ToEF3kLLQL/IhJf8DryL/3pAcZoutRAMuSWwAgKnlKlwLrribRv",
-	"ubZ12/owRirGvsSGpLmtseGy+fBGAAjHgFlFz6kkqSVcHcHY1ZEe20LDtowup26KjXUwvhCm3wlZT2jd",
-	"ECr2KVho6FoKySQ19ribejlpXxXWliTB9z7kKb5cwALJq1Jx20Fn+0vNMnJxbH+0bkv3YW/9dWdKL1ML",
-	"PWXW4GX9UUBSuALK9n0Pzwcqgv2sdwS+5MtL801MENETDQdZa3ScfTt8pwU4v3xxkxCum+vIWi3ytjuL",
-	"+guuMZGU8uQpO/KPwLQ/pCI+CyJJSxXodZfzJSKuZeeUO43wGLIYaje0rbn9p4EHdHNuf9mnD5Sf2oyl",
-	"CmYdv4nKV0iuXoochVH1wXsmSapEWXOp8meUnS6IApez1GuT9MCwv8V1yv3XEqiuLDfXEij35qlK0N3U",
-	"NyvZt7VmwdbO/6p2cnD5uFWqc/tN1VPBy8fEMT6pGoJXHF6bTTanUD/ExeVTnMTjZTOfrH0bLrsZYvBc",
-	"sY4YbpOhWOv1qgAFzEr0R7yyRbtLJ83Kxb+CLuFJ5F45dOpfNeSfioIwryqC12KxXt8XZhw5A89ZEQq0",
-	"KF+aFIYklAELa0l+jGtR3hC2JPTdc9xVOMQjTegLN/ZJo/wBIaCurEtdwlC0bneYeYdS/eUL9VdG/frV",
-	"SL3r+lvpWbCvWTDWvsfrtv5w+E1pKAVfOosp+KaittbWF2S7/Hr5/wMAAP//",
+	"7H3dctu4tuarrNKcXZF20bLsxKndcnWdSeen4707aU/sdC5aGREiIQnbJMAGQNtKyrfzAPOI8yRTWABI",
+	"UKIs+S+d08d90bEkElgAFha+9YuvnUTkheCUa9UZfu0URJKcairx01FOZvQ9yan5kFKVSFZoJnhnaH8C",
+	"SadUUp7QCD5++GWH8kSkNIUu7c/6EKciOaOyz8Tf9t9kbCKJXPxt/w3JCsbp356+yIimSse9fifqMNNm",
+	"QfS8E3U4dmj/iTqS/lEySdPOUMuSRh2VzGlODEE5ufyF8pmed4YHe/tRJ2fcf96LOnpRmFaUlozPOldX",
+	"UeeIK014Qo9etQzH/QZHryKglyTRYPqPQEgoOfujNL9AIemUXa6hl6XbUru3/4/N1P5ClH59TrluI/cD",
+	"VWVOgUw1laDnTAE1j8LRq4q4OSUplTV5pr0dbHDn6FVnDWVP99tIOeGkUHPRSon/7XuZuCvTlCoEVxRZ",
+	"+CeS/kw0vSAL8ykRXFOuzZ+kKDKWEDOM3X8rM5avQaf/Iem0M+z8j916e+zaX9XuaymFtF015+IFh7JQ",
+	"WlKSg6QzprRcwJSwjKb9zlVkaPlA/yip0g9Py+nc7E7sDJiCnGRTIXOamnVh/JxkzNL0UvBpxpJvRpES",
+	"pUzoEwVKE00NNYYLIHFkKLhgeg46oL4rpPvsZI0ZD8knbFaKUvVwFG+EnLA0pfzbDEOLM8ohI8mZqkg1",
+	"zAsqEQVFio64ppKT7OEJOqHynEqg5nfs+r3Qb0TJ04fv+r0AVSbzall990d5kdGcck3Tb7EgTIGyk5AK",
+	"qoALDaosCiE1ro4oqMQeobug2jLMR05KPReSffkWJL5jSjE+i/zOM2xPLwtkGeSlPspZ147p5iUpyIRl",
+	"TDMrxgppRuE/kSShmRmUkKsS+eXxRzhnUpckY1/suBmHUlHonp3npmudzPDQpZfELFRn2NHJrLMiS6Ow",
+	"n7GkxE1Gs7tP84U9gYKH4YIoSOZCmZG1tDtfFFSeM9VG/tvqN+D0Apg7mJUZQZPoP2heXt+6uq55Zcme",
+	"C6UhIRxkicQyTXN8b6Vd9wWRkizMZ071hZBn5tcNjPG+erJaV2zhnErF7KSunrr1ifh79WBj6pojbaxW",
+	"p3XtGiR/rgYkJv+micbDQFKiKUK74KAiacrM7JHsOODCKckUjZYYk2+DFUELKMosczDR4sHh0/7+IILZ",
+	"PDGAcVfI2S4piv+p5mT/4Pmw3+8jx94U8oVziLRdM2o+k1Spu407oO/502XyCqLNmdAZdv7372Tny2Dn",
+	"h89d98fO57/7r3r/+R9tTC3LzHZV8ed1DOcHU2bUvJyTyyP72vNnSJX7tLfM1G1T5vu+bursHr3d3CV5",
+	"2gZwi4yYXW8EODP880RBkqeNHRrO9sHB0+ct01aPfG+w/2x1D1Ou5aIQzIr+LWioX4Au4SmkUhQKmEbq",
+	"evdP3vn62dy2h/CdRjf1Os4pyfR8nMxpcraJt97isy/x0auogxNzY3UsWiMqfhEXVCZEUcio2S0qgpTN",
+	"zPTiZBM1p+rQKRZLAuGeN5wTlTdkZsrJJKMtDP0zO6eWkbymScB1AcxgxSlJKHRTOiVlpsEoQXAxpxzf",
+	"wTNqThTU8rsXHKwTITJKOG7flaUV51RmZDFW7EvLfH+STBuKIWXqDMwzNQ17g59/Wpa6LQoiKlyaSD0u",
+	"RMaSxSb++WCfPrYPG9jTStk7mgu5CKhxxNTn/8He/ruftiBPnbFiPDOSaUxmdM1ON2DxQ8k54zNUQUSp",
+	"4YIwbT5PnQaCbQC20Tb7UUeTmdpyvzY24trt+rxts54nRdmCbH6zmA9eHn9U9bTt+xVkeZlX8t9+qLel",
+	"4cAZlesOALvH1x8A3ghwuwPgjFld5Tqm8T38yzy7Vnp8tAYH5W0SqFpWUzGj3OAhmvYeVnJ8Cy5o2+lW",
+	"/VhRFhKRtkzVid32ipMzOkaBa54beg1l7LTvSmUZo74ejbj/rFlORakjKANVKjJ7xWrikdHDxlOjiEaV",
+	"em/eN7w0Nr9JStJFZPfTuOTknLDMEBV51X+shRhnRM5MvznVc5HiiyTLxIXpjDklO4IJSccza+eJICSt",
+	"anTEzaus1kz7I94QJxW5bWuaU6XcOVe/UYlyo3Hiq0O4oJPOJiSKK1K32bav3gh5djdYNZUiH0sr0ezy",
+	"4y6onl4yXZkpNYtnzhYglSishthlaEcqSg2Cg/kynSwiSDLBzUqY09kcA0K67bUqHNu37HuzRcUU5avp",
+	"Hrr2cH/wPSpnVFum3iR7zFqc4vMn+PjWioV58W6icfOchTryX23uwhdXJuHUMUxlSqzQUkKyDCTVpeSq",
+	"D68s3w89S6Nl+kSLoqDpiFcvWQOWYXH3mxMP3ByUv3fcy53ICE7D+vgXPhiQ7+Yo6lzumBd3zok0A1Sm",
+	"BRyQqNuxn+vW/GfX5lXUsUB7VaCb4ZYObVrqxNkqEcsz7d5qm+sQ0W/izyWxAYUUEwrzRUFza0NRQGbE",
+	"cGSLFOnDXOtiCD+/Ph1x/HN3d1QOBk8ThFb4Jx0aLLZbED2HvDTNcHVBJcT0sqCJpvYkKlV8CDophkBG",
+	"PBGc0wQtXVpAe4O2rQlFM1WhaXoI9JImQ4gTkeeEpzF0iZyd4zkBak6zrGeGA4wH2E/PpShn1j6N55Zt",
+	"ll4yDYP+iL8qraVRAZEUfhaQui/ArorqwxtGs9TolERDKvDoIEWRLQzpek5H3CxPRW1GpxpEqQ+BTJTp",
+	"T3CjkJIzVCaYBCfWVR+OuJmL6twmHGhe6AXYdYb461UMOSVcAReAmt7SCWiOtsYUd4b7g0HUmRKWlZKO",
+	"9VxSNRdZ2hk+jRAyynOSdYadvYHqRNapM+zsWl3yi/lGSN0Z/mPwj0HUcRoClUyknWHnKb6iyiShSoUt",
+	"G0xqj+/OsLOvavlj2MUw6zK4wcVbFQ8v5OzcyEgzDZc0sQOGrl/bQzSI/j7qqPmoE8Gos5PYf/v9/qjz",
+	"GSG/4PQOCv3+wfNrTS3R6my3YDRdGs0Xt40bwgXhOsT3g0ET4R/88EMI8c0CLoP81iVdMSMLrmhSaqO3",
+	"uscd1+aO++pzp+R20QN17aml6hpVI2ShFeHOcgoTqi+oE8+Up2Y1BaduGgzgQLlt+Ko+DC8N52vIKFEa",
+	"9lSozKol9dFy7Sbl0XL1qsJofVMopQyv4AJVne0un8D7g2f/aGscN8iKqcA2bYRWF9vFsSbFkiZ3cPD0",
+	"YNMMN3fdSkeSJBTsr86XPBFCG5F3MWfJvF53I82MpEpEyVF2oqSaMqk0uE1slkgB0wELmClfAtlPt5r0",
+	"FrlwHXu6xxv8yTSs8OTeFjxZCZ9Wlqz5LycLFMPIbrlQGmLPznGwO5eZbn+b4dsvtrbCnZrHWzXC4KGT",
+	"SsYsC9BqHsd+uQN/RDAz4ZPVjLc/mhGlrTFxTHAqp0Lm5q9OSjTdMXPcBizxNeq12DY3EwXzjPOpu5Vw",
+	"H7pntNCOizNi/l8R2euv7c0LwhuT6Vn0Ji/Wcn7zyrbDZdfCusWI2pdzA+Y7dezm0SSetFFHJwWyLk22",
+	"RLhBk29PT487zU5eLn3xGhuuKFmD8lOm0KA6rEGLFfmMz4YgPaTnAs6pTFmiYUF1v9r6uyNenU1D5J9K",
+	"pCi4oJKCpCSZ07QPJT/j4oIPgTi+Qq+yhkmpR7xx2jHrYnbgtqkneHo7TvbayXIUdKJORQ3+jT3eaHZf",
+	"1e1X8+Z7sV+8rdq3f30MevTfuH6vIuuaa5EK1iez3hfKywzNKj5cZxnbJGgXTG+0PVI2cxrykiWYcDY1",
+	"R6J9IAJhVkFSJbJzih6hNdTUTTfdPLcf1gZ/zDqXcb3tNkg3dIsKCYngzuVbxQ9tM0rT+NibU1vtfYlI",
+	"aWXPdgIiNPr5cD6jSNgApnHJcY9Yy1xlJBv7SKclA2DwIpITuVUb50zlRCdz08YY/2J8Ni4yog13REaL",
+	"k7Is9DgjCyojNwVWQle2PvOA+ZCYjZh5JX1L39J7w4WZoTLwRVsfdBWpuOviFHedV9rGKLYfIIUU6GXd",
+	"6Iw1e+zYP+wcHuPJQtM2zM++VLYdNwWGXgPLUqbODCHVbmJcP3+2njGaOHCLkwcJdUDhKuqURXrjPey8",
+	"U+OUIZdvYNl2b0N9yNVCpO0Ia85rC0LMC/MLTQFZCnDGjcBPQQmYEgldow8zPpuWmUG8md2A3rvWFIn4",
+	"9jgVnDZmw6/B6pzbF7TQVsHZ4g0ks+5j7QNVmxu8NwHJTXKaXS21u3aqT1bsTgXlqT173LxZBGKY1n5A",
+	"E3/H6pttljIMlKvWb+kMusURwtJ2se7kwf1GVVwbOoFBrY34ic38bJt/Z2TjDe3Ec6F0u9B7i65jjAUG",
+	"LQAFL3QJX1inMto/0U50CPHf+05R6Scij+2zVKHSk5EJzZZ0GVIU4QtLGu/B060VXqTRhusJyJjSlIPg",
+	"tRb1j8GNVd+r9fOLy3ez6c39kmzBHXb5KjP5lm9ZU/cKF9mOq7au4ZrTqrcbjMtD2mvi4dGFKiQcvYKu",
+	"h1xQUOl9dCuWDmf2ui70w3PBDRe0sb085a619pmpR3dDeHsfcHZbzHn/GPOS6XG71/f1JdMWAzqIgRiG",
+	"5E+UVaxlyaFrDm0rGJyG0utvBTKw38BRuhGvzokae199MLTAZ3iHuCT36k107tBQshKluu1ZU8VDtf8y",
+	"XqflvMLv/brgs00jKy7QRAhttYHtD7kgkul6SWQ7csGqm2OHQqh60YgjsnjLQusqiui+w4b869utsHu9",
+	"Xt1ro45sIJSlfx352N71MmHjDtjKh+oXxpmE3FubDGXWKcoUOHW/vx096H6805g2hb9sFmBVgNOmQyDA",
+	"WHbb+RltzpFbbN/wEl83pHtjWRvzEcrVJVm3JMkakuO6g+l9vTFXfdt+3z+pov5CyYwrvJTzIG0UG9Ot",
+	"8nptnOKq1GXFOqfE0fH5MyBpahAHdK1/0SYXyJ3cHCt1gKIBDUiqN4mtuF/6e4NBf9Df228NuCFJM9hm",
+	"sD8cDIYDMnz+DP9INobZ+DFetwSV2dGrNDagzTDWEWeakYx9sapM7bk/JqXCJ07mpU7FBQ9iAcL4gI/r",
+	"7HtL/bfpPkU5VjQRPFXtCR5mMyIT/PbuHSSCqzKnKXRJlsH5y+OP1uRd719RGk6o6OBlPvEuOEvHeM1p",
+	"lqM8XGeseCn4lM1KSVPnH7ePtxopVvGC34Uky0SCG7Dq5gZvN40pW7xYsBbzmJnGQgp0ZLHUGQMYAiLV",
+	"b21GKnWjboNQrNUdVxZmQcMl32LtthaTwRrXdEQNJgvHs7Tqq2JzecFaF2NlUG3bsDUxZmU35K1YdiJZ",
+	"OqPQPX1xjArJb+96EUoi6P6v1+8+tgqlHiYcCr6USWSbascoPuvpelmDJLaN8Jjo+RGfitVRbTi/7YZK",
+	"RJmlNqNNE5vOhj5ni00KKnOm0EycUs6cjN1sJ75kSqs1sl95213rb1OW0bU/qkWeMX7W/rv5ZVzrxBuJ",
+	"bF/0j5xdAi7qhGm1paDxUG/jo8sHiJ2ntmV1cPKnTCRnNP1QcYk/RnLCS5KNDX6w+vGYaG3OSzWmlwml",
+	"6dZxY66Ld9jgiW2v+u7yhWv1ddVoTdxxhatvENH1yRzZPpzLaBsKiA+JC3IXZoRxmCyAaUWzaR8agU8j",
+	"3hL5BN34YDDIVRxBfID/38ufDvCP/Xnc64MBPSnNyAImdCpMKw7hw3sM5DF4h1FlIG08IcmZmE5jsNIx",
+	"hfc7e3gmqggSgrQSPeKxmXj/bGRTi//NtKbyEBq/wY9BmzN2Ts2op+ySpiOONPXh19y8mMJUihwIr+fi",
+	"Yi4UBavEoG+QnlO5ElrlWu8MOwdqiSM6w4H9IngmR8OGXb+O4N6Xa/HpJKNjdHQjjMpXo6KqhlaUzGB+",
+	"rQsIQzj8RIfTXFnfDpZjGA62iWFoDvC66A3XuQIX1h2SF/pcJ5bpcRVHvHVL1UQP4EcoecZyhvH+uBqV",
+	"eak1JKqxACv0ksJrushxBt8iXwTRRjUD1VOXL09dvk3I0c31YZ8W0WSOlZg4tO9gjExGlHYJsJngM7MI",
+	"VCvndSq5ZQU3vWEQVb6C4jePaEmquuFdI1WDMa2MAXcXRgNUfNPFZbEk9vpQ75ahCwch5sjf+UKlwEjN",
+	"aMQJnLEsi4DAb+8gkUTNzd8ukiQjJU/mBilUX1ljUhU1SbILslBV83xh2wXGk6xMDXPQytA26MMLMOeA",
+	"aTClGdV0xMM40hfHR5XYgJKnBp00YgrwFwOyQjFgSdjyDHHz+t415D7+yt9UzbmvXrhW67VYPdpCNTi0",
+	"zzlPrcGL+RjndOszrtHX60umX9rmG98HNro3vqfGA7+9e+l7rek/WRNb6X42R9zZGaUFhpEUVCqmtBMy",
+	"TQnUFe4AQN1gxFH57ZnFXTkd8eWY00vtRdSY6BijSQg3aG7EYyfNXGp2jNl9pBLEzrFm+WAp9/9mQtWF",
+	"LyellJRrJ9zbNZomSVvKnyYC8tFR9bBvGFZ1o77rTpfmug1VO6OJm9lqppmC1KaSbkNlm7XqJLBgrwQn",
+	"Ow90u4knd8ZGb6n7onS6U7/UnkZzj27R7U3VKw/cJmfvelvCz4EBwdpf3YHrMzN8DsF2mH+tNfy64ItX",
+	"mARbkMSijyqPsFR0a10DqR1vsqssP7aW3LtaU68xmeIatlK8hr7aytq0mIZK/5LpINgCn6/ZO/9aF7PE",
+	"08kCfvRsgTng9Jwl3rxdZKVCl4NDAZUIdvkTI15l/VirnU3+wWZ7h5Xk/rHFhyF4tsBGR3y5Vf9eL8gu",
+	"8rROETZkRgYL6fPk6iaiqk+h51ReMLV02N82vSicyaCNxrd1atFHDO25aYJhc3WOX5y+fAu7VYGW3a8s",
+	"vTLn4ZTRLK0yV4xgM3iK8BlND1GtMj8brqBcGyUvqLKgqNbm3IM4RBZD+HoVg6S5OHfPBekrOeONAgcr",
+	"oRG3dyHeyUHVdlR8Ikx/cNXJVo8LF4p6O3fQXZ1Im906LKfp2IXGtxQeWA5TXnXC1C18bhNTBrtIphcn",
+	"hmKnx1IiqXxR2hQM++mNl8H//HTqy9ghLfjrcr7QFdq4rfltCQCWHH59eQSJ4JowTqX1uSogypdPgpwk",
+	"c8ap6sMnJikezUQzIyI8PhxxbysppDBDGYYp1f88+fV95K0pVaIi7tnIFuyCiUgXIx5/HWFW8Kgz9DlI",
+	"EYx8hnDw7VUMgoPB8Qt4dnm5e3B5GYEdOvzz0ymQUs/7Iz7ir/GRuvSVUZELDfGMasvlcZ1CU9DEGXKA",
+	"U5qqEY9fuIhOfHkIP9kebGodVqyyqXUxdN+e7B88N30jFraV0axJJK7Nkyoe8SQjLMccYrv1rTR1028J",
+	"SURhpyeFyaJZu+uJoepyx3PZDj4bY3E4AhcsSxMi0yHEf48jiL1MGppP/X6/Z+SOJZv74g4oRpAkA72n",
+	"ZZZhaqBSOH1YVGyKTgAVohCDSWSp58PQA4d6HuNVOvouKdjujHJgasSrqgPWcsQ0dGPMUPE/xL0q4d0m",
+	"2mAsLr7hMymtzspTsEnY2G0KREO8axavvyB5ZtfTffFvo1O44FimUVP3fPri+KgTVJ7qDPp7/QE6VArK",
+	"ScE6w87T/qD/1GX04T7cTZbKkTkj7nL5w4Wl3XFBThY22hLNDJh6hwvs1xBNCdUCH6UGBFLdqHy2VMxx",
+	"fzC4t2JtjX5aara9tXXB6oewbtyzwd66hitKdxvF5a6izoEl+/qXqoKBKAvLPCdygYoLmv2XCpXhWs/F",
+	"RccDxN87aqE0zTufzeu7WA10/UqdkByjwHOijbiLf359unyQuyZirOjgBE4IwZvrdoKh4K9tr1Gjiuzv",
+	"7QOvH9kNK51efd645Jpeakvdjo1Ab655S0HQpRJDbEqTRZJR7NOlx6LYPzl57RZ5i/UKinneli+eDZ5u",
+	"fqkubXlzTjIvbEHXUsXGJgNW02VLzCq0DGZZUJiva8XgDgp1+1AvYEzHi58NbG2K76CExtAICuzZ5Q8H",
+	"vLsiIlxi/AMKB9fDmvKfTuwbYFv0G9ilM/z9c3PyzimnSgXpx4YFKNeOrt66HWzByNpZ+IUpfWQfueM0",
+	"bBf5jHrfaszzVUsdEcCoB4em+t/v5ljicnPM+gn1K+K+WMO65kfHt1GnEG1BfSfWCOei4yE22Cb2QEDV",
+	"RYKNOK8D580xr4U1Tksh9Ihj6gd8sDUtzMEvKjtjHS3IsC6LLlVl5DLoCEvTWevfiLvfMS7HYgmSYYy+",
+	"XbTeIRQiy/yBgKPf/WqIvoqh5JplIx7j87HRbmNr8XVAo8mgQSlJV92ZKv2TSO+vDHNLscqrpiJiNJmr",
+	"le2xf28UuF2xuguOPZostCv9/Jc5Uhq7xo6z5l30iyIvdola8GQuBRdl4zTYYktdSOZSX5ssaLdXRtvy",
+	"RD/QKZp3cEs8G/zgInhCP22pwlKOqxjmFTZdc2yDaZ61+lLp97+8zyzpGwGArRiNL/yw+YWqavgdGcjO",
+	"YcU2N+MTxwtX0VqgsGYxBw8vAU5rPvtrscddVvtnivVrbrPW1TF7I82ivr/i6jOKE5srswlXVU99E2jF",
+	"q7zQTeCqIqz/V1c5DBjzg41AZClV2saqhGxTrdNWusU6jPaaJHOQZUZBilJTBW9PT49Di4xk5xjPzK0K",
+	"jkHWMWZm9c3f8YiHmWrO+BXm3THln/d5evFSCt6IO+/yNll4WD8bibDhdJYKENPAU+F/8l/EUVW7ioA0",
+	"6rzC5J/LhfcQp4TmgvdH/HQp7qYt62to0GOOoUTgfEG26IatBFjXoaojaZtVE2BGtYKDwX7fndbOPYvp",
+	"ZsxWuOIYqNE1o4vAz1wPCsJkiFxx1dLIxmvUK5QQbvqb0BGfGOF1DUh1O/BBYWqzuvhWQHXv/o4pL2PW",
+	"HFT25+/+qHpYYHIfkuu4nGRMzev9Y1hRNUSHuo0ECyGxfwfNdE1M3ApoA+7+bwpp/wRGCICtnX/oGkW8",
+	"5gK09EuaUaJo2rsDT1yDftet/OBRsPxX46cKOldrensU1ITQrRATjl75q5m+xaVdDpw7g/IGcO6f2jCS",
+	"X3m2CIzUiHKYc8FWY/qjpHJRD6ryW2/J/A2X+haui3tRF1xS+1b6ghv9X9gE5XQFN9BrdAXPNnfSFY7L",
+	"LAuMSC58PjCncls+0SbgCklhQbWB3tQnU2DMwG/vamMuWnJ9Jh/Wz+3aMIEw/9BsRsTXPSxcOuKtLrsL",
+	"wvR/4ss/OpgdG13BfF3VfHIJ/9eh4aqywkPC4Wbk0TfHw34TrW4alwD6aNa7+SG3v9Vk+esYm/vYTjtq",
+	"jzYwNzDd3mYfNxBzuEu2QczBDrgZZH406TaQrw+dV9pekmTlZe8267mFsXftsg2+ieAI7SaP7LAKXG+/",
+	"l29p/K2v+zXQrPA1nFqsf42QVAgiUon2IamA+RkXc5FR6E5tDXcf4jriYoo+29Wy7FgpeVHVT86pnIXZ",
+	"JZVj9pxkJe3V4bFV9KwLgp+IdNGIpO3DC5cux1w8oPXuWhGKHG5DxAy+GALxtVLDuhJhVhPjsyrhUlkP",
+	"dewrmMZQcqwf5u6b8NG3I74DcTNINh5C/HXkcrxs3CKmL2HkogU8VSdiOu2POMBLMyJDGuITm0cZ5KP5",
+	"TA1be1oqe+9axqZambfj1kzAuAeTUsMZpYVZtzjIx41tJuHQRngT04btAJvERe/jyMLI4XjYXlB/JSgZ",
+	"uvY116wuFcS+Akbc60PMyyyLrV0VXZY4j0fuXlBkA2sbsNce0BSeDQY1w1jusCGSDmf6IFHubt32d4w2",
+	"F6bvshOH0O/3414b/msGhT8Q/muPPN8K/317MW7nnWmFbO8kgXqEhnc4D3CzN+DBE1WnvdnNT3i6K2RD",
+	"PN0rBNxNiuW77m94nLS0uSHkEs8Ze0n7nCiIWRpjQb0yD+J4Gne0O+9RL4IY34tHHHNcbCNG9+/ZkN+U",
+	"aBJDl8BSZCNRGIDe6wNmv1kCRxzLXmdC6ap/e52lFsJoz+hIQVNJkjHTzJRmGUzonPHUdDjilpyhldGx",
+	"DUjm+hAk3XHhvgEQwrR+dyc63hDgcmZHPLaQLo0tZW0SyYaV+pl/DC/9b6lVPkQAa4hIN8WvssDieJNY",
+	"1ui+BcwlTe5fbE1dAbK7YetWY5m/ocv6eom9qiy1KdAkpxEerOKCQyKKRXshQcLTEfePZQLvTzLQ1CfR",
+	"VbfGMdMBvoI30h1aBOuT8rpCjjh+E17xCXF4R94Q71yNI3f1SVHqZuIHR3wd3HqHCm1w752CidDzXk2T",
+	"ESqMlzRs54ka8TDt9zr3NziTXX01GeNA7HsjjspJ5eTGHmkK3eU7TBtjbMd94V2DD4T62q4z/I5sfp5T",
+	"H8XztxfPL81eejBr364RGteDskzMIGMcN5gh5eTktcNYLo3N4iuXBybJBT7dh09YhyaeCqOHxxGKN/OL",
+	"Vd8sdqCpDZt2Bn7TyMz04Xa2RVgY3u3usFOHRlsdouJKMnZOY0hEbibO4yyXi7N3AAqvc8MAm7ZtHZjE",
+	"fjGTsMFf9h7ryhkxjGWvjAyxo9HC9Jta2906z5kmLGs4zqrrRvEGsqrS897A/Hd9LZ6raJm2f1FauBk1",
+	"dFUzvY4auybt9Lhc5tUM1uVOSVG4xPC6SHIiuBIZjeA8z92PQeXAKtUTfoSLuSvXZuOqIGXpWq8jyvd2",
+	"ag0VQXa4/XSe567IaE7aykt+C5QrPHs8Ats768RWzVnSiY3g2h6a/imItCCly2O/D/DYlF5YruF7MulH",
+	"wMWFqyLRfzz073bov5GUfqEtN8Q+UbZ+LXRrlLxAAxFLKb+d62g9OHDI/YH0H699/L//83999RHzpxvy",
+	"YXi0BLpCZXK0ExBVipCVCIxrkujV7JUPdijf045xph5vwxeSPu6bO+4bt8pYktMy18OgZmsYfCDR/gEb",
+	"/w45lWElzDJ/FPB31+qcPAPiRd/DMKov0aUeSIbHbp/FkJBC412462pRVVb8uh7ViLfI9zmVmBBxQVRQ",
+	"y9+XGrMJF2aTp4BWK7Tr9A4hdjavgJK6M1usivhXjX6JJiiMORtxMpVUzXtLxqbgzLUjqG4SwEqs+MwZ",
+	"42kfXox4RaAodYYFchlWF3Rm/rXhZCf1rQgPF07mO/mTTEvVGNfVC3C/PypJ314QnZIzI4Rq9p2usTXV",
+	"kqRdGPnftxFGu1/VvcHLFbuE5zY4ehUBvSSJduZ0IaHk7I+SwtErKCSdsss1wdvqfqO3r3MArKudFxTi",
+	"g64RS1U9vJ4vTBUKHY6ll5wnwBZdte9Wj0xslXFbOsFh7BG30rYhYY3cRfv6YVDZHLPrKLFyLfi2SccT",
+	"W2ywTdo5ZNYQd98r/n4UQN8SsguskVCvyoQkZ4ZHA56uZc/9yiNXB/JhoJFX3ZfUW7cxh844+mQ9YEIz",
+	"OTmn6YhrUau5ZkJ+e/cOS2gr6Mbh3UoxTGgicoN9ZEl7fXDbbsSbzjYPu0Kw1R5ggMR+f3YmR9ijHnLn",
+	"hEwdWJm6QjpW7dX7Ea+o8AVT71M10cRec/kAKjTWFfpObT1m77pL1B7DoD0f/iSMWrVSKv7eOU6vTZ47",
+	"0aTimGOLBpcYs8035XDjVlDx2eCHTXe/GjS73mE3zhg/Uzdz231+QOav7m5qYf5P3r9n72myd+8pIBNf",
+	"W9TM3CPe+vYS3/A5EHtLFuOKpTRYpi7Wtw2+ILPbehUexqWm/H2Am7Jc7MWB30Dy247aEuXclRKlqssc",
+	"PUp6owjaeC2clyV7A3QxCs3wH5YCMOz5XXGfKB4MsYji+zT5uzteHzm4lqCiaDDtTJKETsssu2eEfEGY",
+	"XhubtVLsctlsXRUA8oGRtuSRj6t07484JRJvcvDV5wGhRK/K2rZl95WPrERtkWUZGsLRJAR4gYOtj951",
+	"CC7yGloE/hZYf8VE5G9c7tkEMpcVTkbcEhhByTOqwut+WFWys49ZV5rGvrqSpIUtr+QSudEjgFdOiSko",
+	"ek4lySzh6hBid4VAbGvM2wrqnLohtpZA+kSYfiNks5bBhlCx02CioWspJJPM6ONu6NWgfUFwW40Krw4r",
+	"MrzZ0QLJ66owrAed6y/Tz8nlkf3Rmi3dh73Va/aVXmQWesq8xcoa3mBoE6ueDlQE+3nv0Cf3wfNBeN0g",
+	"HORro+NYTkWpO2uA8/Nntwnhur2MbFxDsc5nYX1aftNhDQHK08fE+D8D0+IlW0EkaSUCvexytkTEteyc",
+	"cicRvocshoaHdm1Zl5PAArq5rEvVpg+Un9qMpRpmHb2KbDB9i1PkMIyq9w8dvQKSKVGV26vtGXUyIFHu",
+	"Aj97dUHbTg8U+zu4Ux6+jEztstxcRqZam8cCcfdT2rJi37XlarY2/tdl8wPn41ZVLtZ7qh5rHX9PHOPr",
+	"aVRccxs22Vw941s4Lh/jJL5fNvN1Ou7CZbdDDJ4rVhHDXTIUG61eF6CAWYn+iA/LX4RBA0+qWwYJTyN3",
+	"yd+Jv9zPPxUFYV51BK/FYr2+r8k7dgqeLxECWlTXFIYhCVXAwkqSH+NaVB7CNQl9Dxx3FXbxnSb0hQv7",
+	"KFH+hBBQV9GrucPs9fl3EjPeoNS8d6d5W+Dvn82ud01/rSwL9oYdo+17vG5Lz4ffVIpS8KXTmIJvamob",
+	"7/panFefr/5/AAAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -183,19 +183,30 @@ func (s *Server) cleanup() {
 }
 
 // Do sends an authenticated request; body (if not nil) is JSON-encoded.
+// A transport error fails the test (call it from the test goroutine).
 func (s *Server) Do(method, path string, body any) (int, []byte) {
 	s.t.Helper()
+	st, out, err := s.TryDo(method, path, body)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return st, out
+}
+
+// TryDo is Do returning transport errors instead of failing the test: for
+// requests that are expected to die with the daemon, from any goroutine.
+func (s *Server) TryDo(method, path string, body any) (int, []byte, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			s.t.Fatal(err)
+			return 0, nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, s.BaseURL+path, rd)
 	if err != nil {
-		s.t.Fatal(err)
+		return 0, nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -203,11 +214,11 @@ func (s *Server) Do(method, path string, body any) (int, []byte) {
 	req.Header.Set("Authorization", "Bearer "+s.Token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		s.t.Fatalf("%s %s: %v", method, path, err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, out
+	return resp.StatusCode, out, nil
 }
 
 // JSON is Do plus decoding the response into out (when status < 300).
