@@ -197,6 +197,20 @@ func (m *Manager) allEntries() []*entry {
 // UpdateRestartStatus implements restart.Instances: the callback's change
 // is persisted atomically with every other status write (under e.mu).
 func (m *Manager) UpdateRestartStatus(ctx context.Context, id string, fn func(restart.Snapshot, *restart.Status)) error {
+	return m.mutateMeta(ctx, id, func(meta *Metadata, st state.State) bool {
+		cp := meta.RestartStatus
+		fn(restartSnapshot(*meta, st), &cp)
+		if reflect.DeepEqual(cp, meta.RestartStatus) {
+			return false
+		}
+		meta.RestartStatus = cp
+		return true
+	})
+}
+
+// mutateMeta derives id's state (without the op lock), then runs fn on its
+// metadata under e.mu and persists when fn reports a change.
+func (m *Manager) mutateMeta(ctx context.Context, id string, fn func(meta *Metadata, st state.State) bool) error {
 	e, err := m.resolve(id)
 	if err != nil {
 		return err
@@ -207,22 +221,32 @@ func (m *Manager) UpdateRestartStatus(ctx context.Context, id string, fn func(re
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return m.applyRestartStatus(e, st, func(s restart.Snapshot, rs *restart.Status) bool { fn(s, rs); return true })
-}
-
-// applyRestartStatus runs fn on a copy of the status and persists a change.
-// Caller holds e.mu.
-func (m *Manager) applyRestartStatus(e *entry, st state.State, fn func(restart.Snapshot, *restart.Status) bool) error {
 	if e.deleted {
 		return ErrNotFound
 	}
-	cp := e.meta.RestartStatus
-	fn(restartSnapshot(e.meta, st), &cp)
-	if reflect.DeepEqual(cp, e.meta.RestartStatus) {
+	if !fn(&e.meta, st) {
 		return nil
 	}
-	e.meta.RestartStatus = cp
 	return m.persist(e)
+}
+
+// checkRestart runs the restart controller's check on a copy of the status
+// under e.mu and persists a change (caller holds e.op). It returns the
+// state and whether check approved the action.
+func (m *Manager) checkRestart(ctx context.Context, e *entry, check func(restart.Snapshot, *restart.Status) bool) (state.State, bool, error) {
+	st := m.currentState(ctx, e)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.deleted {
+		return st, false, ErrNotFound
+	}
+	cp := e.meta.RestartStatus
+	ok := check(restartSnapshot(e.meta, st), &cp)
+	if reflect.DeepEqual(cp, e.meta.RestartStatus) {
+		return st, ok, nil
+	}
+	e.meta.RestartStatus = cp
+	return st, ok, m.persist(e)
 }
 
 // StartForRestart implements restart.Instances: check and start share the
@@ -234,21 +258,16 @@ func (m *Manager) StartForRestart(ctx context.Context, id string, check func(res
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
-	st := m.currentState(ctx, e)
-	ok := false
-	e.mu.Lock()
-	err = m.applyRestartStatus(e, st, func(s restart.Snapshot, rs *restart.Status) bool {
-		ok = check(s, rs)
-		return ok
-	})
-	image := e.meta.Image
-	e.mu.Unlock()
+	st, ok, err := m.checkRestart(ctx, e, check)
 	if err != nil || !ok {
 		return err
 	}
 	if err := checkTransition(ActionStart, st); err != nil {
 		return err
 	}
+	e.mu.Lock()
+	image := e.meta.Image
+	e.mu.Unlock()
 	img, err := m.cfg.Images.Resolve(ctx, image)
 	if err != nil {
 		m.recordLaunchFailure(e, err)
@@ -267,14 +286,7 @@ func (m *Manager) StopForRestart(ctx context.Context, id string, check func(rest
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
-	st := m.currentState(ctx, e)
-	ok := false
-	e.mu.Lock()
-	err = m.applyRestartStatus(e, st, func(s restart.Snapshot, rs *restart.Status) bool {
-		ok = check(s, rs)
-		return ok
-	})
-	e.mu.Unlock()
+	st, ok, err := m.checkRestart(ctx, e, check)
 	if err != nil || !ok {
 		return err
 	}
@@ -334,26 +346,15 @@ func (m *Manager) ListHealthTargets(ctx context.Context) ([]health.Target, error
 
 // UpdateHealthStatus implements health.Instances.
 func (m *Manager) UpdateHealthStatus(ctx context.Context, id string, fn func(health.Target, *health.Status)) error {
-	e, err := m.resolve(id)
-	if err != nil {
-		return err
-	}
-	_, st, err := m.snapshotState(ctx, e)
-	if err != nil {
-		return err
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.deleted {
-		return ErrNotFound
-	}
-	cp := e.meta.HealthStatus
-	fn(healthTarget(e.meta, st), &cp)
-	if reflect.DeepEqual(cp, e.meta.HealthStatus) {
-		return nil
-	}
-	e.meta.HealthStatus = cp
-	return m.persist(e)
+	return m.mutateMeta(ctx, id, func(meta *Metadata, st state.State) bool {
+		cp := meta.HealthStatus
+		fn(healthTarget(*meta, st), &cp)
+		if reflect.DeepEqual(cp, meta.HealthStatus) {
+			return false
+		}
+		meta.HealthStatus = cp
+		return true
+	})
 }
 
 // restartPendingFor reports the restart hook's answer for id.

@@ -121,6 +121,15 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	if r := lv.stopReason.Load(); r != nil {
 		noExit = "stopped by hypeman (" + *r + "): the guest did not report an exit status before the VM ended"
 	}
+	reason := "vm exited: " + noExit
+	if exit != nil {
+		reason = "program exited: " + exit.Message
+	}
+	if !lv.standby.Load() {
+		// Logged before the state becomes visible, so whoever sees
+		// Stopped also finds the reason in the hypeman log.
+		m.logf(id, "%s", reason)
+	}
 	e.mu.Lock()
 	if e.live != lv {
 		e.mu.Unlock()
@@ -147,7 +156,6 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	if !deleted {
 		err = m.persist(e)
 	}
-	msg := *e.meta.ExitMessage
 	e.mu.Unlock()
 	lv.vm.Close()
 	m.releaseNetwork(id)
@@ -157,11 +165,6 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	if err != nil {
 		m.log.Error("persist exit", "id", id, "err", err)
 	}
-	reason := "vm exited: " + msg
-	if exit != nil {
-		reason = "program exited: " + msg
-	}
-	m.logf(id, "%s", reason)
 	m.publish(id, from, state.Stopped, reason)
 }
 
