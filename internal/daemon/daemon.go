@@ -160,6 +160,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		DefaultOverlaySize: cfg.DefaultOverlaySize,
 		StepHook:           testPauseHook(logger),
 		CompressSnapshots:  cfg.CompressSnapshots,
+		// Running means the program started AND the guest agent serves
+		// (exec, cp, graceful stop work), unless skip_guest_agent.
+		RequireAgent: true,
 	})
 	if err != nil {
 		d.Images.Close()

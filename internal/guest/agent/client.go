@@ -56,7 +56,18 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 		var d net.Dialer
 		conn, err := d.DialContext(ctx, "unix", socketPath)
 		if err != nil {
-			return nil, fmt.Errorf("dial guest agent: %w", err)
+			// The VMM creates (binds) the socket an instant before it
+			// listens, and may not have created it yet: retry those two
+			// cases until ctx ends.
+			if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
+				return nil, fmt.Errorf("dial guest agent: %w", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("dial guest agent: %w (%v)", err, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+			continue
 		}
 		c, err := NewClient(ctx, conn)
 		if err == nil {
