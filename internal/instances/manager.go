@@ -167,6 +167,15 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.load(ctx); err != nil {
 		return nil, err
 	}
+	// Snapshots interrupted before their commit rename, or deletes
+	// interrupted after it, leave dot-dirs that never list: remove them.
+	if ents, err := os.ReadDir(cfg.Paths.SnapshotsDir()); err == nil {
+		for _, de := range ents {
+			if strings.HasPrefix(de.Name(), ".tmp-") || strings.HasPrefix(de.Name(), ".deleted-") {
+				os.RemoveAll(filepath.Join(cfg.Paths.SnapshotsDir(), de.Name()))
+			}
+		}
+	}
 	return m, nil
 }
 
@@ -205,6 +214,11 @@ func (m *Manager) load(ctx context.Context) error {
 		return fmt.Errorf("list instances: %w", err)
 	}
 	for _, de := range ents {
+		if strings.HasPrefix(de.Name(), ".deleted-") {
+			// A delete interrupted after its rename: finish it.
+			os.RemoveAll(filepath.Join(m.cfg.Paths.InstancesDir(), de.Name()))
+			continue
+		}
 		if !de.IsDir() || strings.HasPrefix(de.Name(), ".") {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -264,5 +265,21 @@ func TestAppLogsHideMarkersAndTail(t *testing.T) {
 	}
 	if _, err := ParseLogSource("bogus"); err == nil {
 		t.Fatal("bad source accepted")
+	}
+}
+
+func TestStartupRemovesInterruptedLeftovers(t *testing.T) {
+	root := t.TempDir()
+	p := filepath.Join
+	for _, d := range []string{p(root, "instances", ".deleted-abc", "x"), p(root, "snapshots", ".tmp-def"), p(root, "snapshots", ".deleted-ghi")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newTestManager(t, root, newFakeHV())
+	for _, d := range []string{p(root, "instances", ".deleted-abc"), p(root, "snapshots", ".tmp-def"), p(root, "snapshots", ".deleted-ghi")} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s survived startup", d)
+		}
 	}
 }
