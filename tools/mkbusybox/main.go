@@ -46,7 +46,9 @@ func run(out, tag, bbPath string) error {
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	dir := func(p string, mode int64) { tw.WriteHeader(&tar.Header{Name: p + "/", Typeflag: tar.TypeDir, Mode: mode}) }
+	dir := func(p string, mode int64) {
+		tw.WriteHeader(&tar.Header{Name: p + "/", Typeflag: tar.TypeDir, Mode: mode})
+	}
 	file := func(p string, mode int64, data []byte) {
 		tw.WriteHeader(&tar.Header{Name: p, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))})
 		tw.Write(data)
