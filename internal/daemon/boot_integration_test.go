@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -52,7 +53,12 @@ func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 		t.Fatal(err)
 	}
 	testutil.Kernel(t) // clear message when missing
-	d, err := daemon.New(context.Background(), cfg, nil)
+	var logger *slog.Logger // default: stderr, shown with the test output
+	if _, bench := t.(*testing.B); bench {
+		// Benchmark result lines must not be split by log lines.
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	d, err := daemon.New(context.Background(), cfg, logger)
 	if err != nil {
 		t.Fatalf("daemon: %v", err)
 	}
