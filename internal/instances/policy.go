@@ -160,36 +160,37 @@ func (m *Manager) snapshotState(ctx context.Context, e *entry) (Metadata, state.
 
 // RestartSnapshot implements restart.Instances (no op lock).
 func (m *Manager) RestartSnapshot(ctx context.Context, id string) (restart.Snapshot, error) {
-	e, err := m.resolve(id)
-	if err != nil {
-		return restart.Snapshot{}, err
-	}
-	meta, st, err := m.snapshotState(ctx, e)
-	if err != nil {
-		return restart.Snapshot{}, err
-	}
-	return restartSnapshot(meta, st), nil
+	return viewOne(ctx, m, id, restartSnapshot)
 }
 
 // ListRestartable implements restart.Instances.
 func (m *Manager) ListRestartable(ctx context.Context) ([]restart.Snapshot, error) {
-	var out []restart.Snapshot
-	for _, e := range m.allEntries() {
-		meta, st, err := m.snapshotState(ctx, e)
-		if err != nil || meta.RestartPolicy.IsZero() {
-			continue
-		}
-		out = append(out, restartSnapshot(meta, st))
-	}
-	return out, nil
+	return viewAll(ctx, m, func(meta Metadata) bool { return !meta.RestartPolicy.IsZero() }, restartSnapshot), nil
 }
 
-func (m *Manager) allEntries() []*entry {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]*entry, 0, len(m.entries))
-	for _, e := range m.entries {
-		out = append(out, e)
+// viewOne maps one instance (state derived without the op lock) to a
+// controller's view of it.
+func viewOne[T any](ctx context.Context, m *Manager, id string, conv func(Metadata, state.State) T) (T, error) {
+	var zero T
+	e, err := m.resolve(id)
+	if err != nil {
+		return zero, err
+	}
+	meta, st, err := m.snapshotState(ctx, e)
+	if err != nil {
+		return zero, err
+	}
+	return conv(meta, st), nil
+}
+
+// viewAll maps every instance that keep selects.
+func viewAll[T any](ctx context.Context, m *Manager, keep func(Metadata) bool, conv func(Metadata, state.State) T) []T {
+	var out []T
+	for _, e := range m.allEntries() {
+		meta, st, err := m.snapshotState(ctx, e)
+		if err == nil && keep(meta) {
+			out = append(out, conv(meta, st))
+		}
 	}
 	return out
 }
@@ -320,28 +321,15 @@ func healthTarget(meta Metadata, st state.State) health.Target {
 
 // HealthTarget implements health.Instances (no op lock).
 func (m *Manager) HealthTarget(ctx context.Context, id string) (health.Target, error) {
-	e, err := m.resolve(id)
-	if err != nil {
-		return health.Target{}, err
-	}
-	meta, st, err := m.snapshotState(ctx, e)
-	if err != nil {
-		return health.Target{}, err
-	}
-	return healthTarget(meta, st), nil
+	return viewOne(ctx, m, id, healthTarget)
 }
 
-// ListHealthTargets implements health.Instances.
+// ListHealthTargets implements health.Instances: instances with a check,
+// or with a leftover status to clear.
 func (m *Manager) ListHealthTargets(ctx context.Context) ([]health.Target, error) {
-	var out []health.Target
-	for _, e := range m.allEntries() {
-		meta, st, err := m.snapshotState(ctx, e)
-		if err != nil || (meta.HealthCheck.IsZero() && (meta.HealthStatus.IsZero() || meta.HealthStatus.Status == health.Disabled)) {
-			continue
-		}
-		out = append(out, healthTarget(meta, st))
-	}
-	return out, nil
+	return viewAll(ctx, m, func(meta Metadata) bool {
+		return !meta.HealthCheck.IsZero() || (!meta.HealthStatus.IsZero() && meta.HealthStatus.Status != health.Disabled)
+	}, healthTarget), nil
 }
 
 // UpdateHealthStatus implements health.Instances.
@@ -369,4 +357,14 @@ func initialHealth(c health.Check) health.Status {
 		return health.Status{}
 	}
 	return health.Initial(c)
+}
+
+func (m *Manager) allEntries() []*entry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*entry, 0, len(m.entries))
+	for _, e := range m.entries {
+		out = append(out, e)
+	}
+	return out
 }
