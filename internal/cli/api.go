@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"hypeman/internal/api/client"
 )
 
@@ -110,6 +112,73 @@ func (a *app) check(ctx context.Context, r response, err error, want int) error 
 		return fmt.Errorf("server answered %d with %q, not JSON: is %s a hypemand?", want, r.ContentType(), a.describeServer())
 	}
 	return nil
+}
+
+// refCall is one generated call on one object named on the command line
+// (GET, DELETE or a lifecycle POST by ID or name).
+type refCall func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error)
+
+// byRef adapts a method expression of the generated client, such as
+// (*client.ClientWithResponses).StopInstanceWithResponse, to a refCall.
+func byRef[R response](m func(*client.ClientWithResponses, context.Context, string, ...client.RequestEditorFn) (R, error)) refCall {
+	return func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error) {
+		return m(c, ctx, ref)
+	}
+}
+
+// showRun is the RunE of a "get"/"inspect" command: the one object named,
+// as indented JSON.
+func (a *app) showRun(call refCall) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		c, err := a.api()
+		if err != nil {
+			return err
+		}
+		r, err := call(ctx, c, args[0])
+		if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+			return err
+		}
+		return a.printPretty(r.GetBody())
+	}
+}
+
+// eachRun is the RunE of a command acting on every object named: call
+// answers want for each, then the name as given is printed (with --format
+// json the body, when there is one). Failures are reported per object.
+func (a *app) eachRun(call refCall, want int) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		c, err := a.api()
+		if err != nil {
+			return err
+		}
+		return a.each(ctx, args, func(ref string) error {
+			r, err := call(ctx, c, ref)
+			if err := a.check(ctx, r, err, want); err != nil {
+				return err
+			}
+			if want == http.StatusNoContent {
+				fmt.Fprintln(a.stdout, ref)
+			} else {
+				a.printCreated(ref, r.GetBody())
+			}
+			return nil
+		})
+	}
+}
+
+// listedAsJSON checks a list response and, with --format json, prints it as
+// sent. done means the caller has nothing left to print.
+func (a *app) listedAsJSON(ctx context.Context, r response, err error) (done bool, _ error) {
+	if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+		return true, err
+	}
+	if a.jsonOutput() {
+		a.printRaw(r.GetBody())
+		return true, nil
+	}
+	return false, nil
 }
 
 func (a *app) describeServer() string {

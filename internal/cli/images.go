@@ -115,12 +115,8 @@ func (a *app) imagesCommand() *cobra.Command {
 				return err
 			}
 			r, err := c.ListImagesWithResponse(ctx)
-			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+			if done, err := a.listedAsJSON(ctx, r, err); done {
 				return err
-			}
-			if a.jsonOutput() {
-				a.printRaw(r.Body)
-				return nil
 			}
 			tw := a.table()
 			fmt.Fprintln(tw, "NAME\tSTATUS\tDIGEST\tSIZE\tCREATED")
@@ -148,21 +144,7 @@ func (a *app) rmiCommand() *cobra.Command {
 		Long: `Delete images from the server. An image that an instance uses cannot be
 deleted (remove the instance first). Each deleted image is printed.`,
 		Args: minArgs(1, "at least one image"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			return a.each(ctx, args, func(name string) error {
-				r, err := c.DeleteImageWithResponse(ctx, name)
-				if err := a.check(ctx, r, err, http.StatusNoContent); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, name)
-				return nil
-			})
-		},
+		RunE: a.eachRun(byRef((*client.ClientWithResponses).DeleteImageWithResponse), http.StatusNoContent),
 	}
 }
 

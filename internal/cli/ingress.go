@@ -159,12 +159,8 @@ func (a *app) ingressListCommand() *cobra.Command {
 				return err
 			}
 			r, err := c.ListIngressesWithResponse(ctx)
-			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+			if done, err := a.listedAsJSON(ctx, r, err); done {
 				return err
-			}
-			if a.jsonOutput() {
-				a.printRaw(r.Body)
-				return nil
 			}
 			tw := a.table()
 			fmt.Fprintln(tw, "ID\tNAME\tRULES\tCREATED")
@@ -187,18 +183,7 @@ func (a *app) ingressGetCommand() *cobra.Command {
 		Aliases: []string{"inspect"},
 		Short:   "Show an ingress as JSON",
 		Args:    exactArgs(1, "exactly one ingress"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			r, err := c.GetIngressWithResponse(ctx, args[0])
-			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
-				return err
-			}
-			return a.printPretty(r.Body)
-		},
+		RunE:    a.showRun(byRef((*client.ClientWithResponses).GetIngressWithResponse)),
 	}
 }
 
@@ -208,20 +193,6 @@ func (a *app) ingressRmCommand() *cobra.Command {
 		Aliases: []string{"delete"},
 		Short:   "Delete ingresses (their host ports are released)",
 		Args:    minArgs(1, "at least one ingress"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			return a.each(ctx, args, func(ref string) error {
-				r, err := c.DeleteIngressWithResponse(ctx, ref)
-				if err := a.check(ctx, r, err, http.StatusNoContent); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, ref)
-				return nil
-			})
-		},
+		RunE:    a.eachRun(byRef((*client.ClientWithResponses).DeleteIngressWithResponse), http.StatusNoContent),
 	}
 }

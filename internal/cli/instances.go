@@ -476,49 +476,21 @@ func (a *app) inspectCommand() *cobra.Command {
 		Short: "Show an instance as JSON",
 		Long:  "Print the instance object (by ID, name or unique ID prefix) as indented JSON.",
 		Args:  exactArgs(1, "exactly one instance"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			r, err := c.GetInstanceWithResponse(ctx, args[0])
-			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
-				return err
-			}
-			return a.printPretty(r.Body)
-		},
+		RunE:  a.showRun(byRef((*client.ClientWithResponses).GetInstanceWithResponse)),
 	}
 }
 
 // --- stop, start, rm ---
 
-// lifecycleCommand builds stop and start: one POST per instance.
-func (a *app) lifecycleCommand(verb, short, long string, call func(context.Context, *client.ClientWithResponses, string) (response, []byte, error)) *cobra.Command {
+// lifecycleCommand builds stop, start, standby, restore, pause and resume:
+// one POST per instance.
+func (a *app) lifecycleCommand(verb, short, long string, call refCall) *cobra.Command {
 	return &cobra.Command{
 		Use:   verb + " INSTANCE...",
 		Short: short,
 		Long:  long,
 		Args:  minArgs(1, "at least one instance"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			return a.each(ctx, args, func(ref string) error {
-				r, body, err := call(ctx, c, ref)
-				if err := a.check(ctx, r, err, http.StatusOK); err != nil {
-					return err
-				}
-				if a.jsonOutput() {
-					a.printRaw(body)
-				} else {
-					fmt.Fprintln(a.stdout, ref)
-				}
-				return nil
-			})
-		},
+		RunE:  a.eachRun(call, http.StatusOK),
 	}
 }
 
@@ -527,13 +499,7 @@ func (a *app) stopCommand() *cobra.Command {
 		`Stop each instance gracefully (the program gets SIGTERM, then the VM is
 powered off) and print its name as given. With --format json each stopped
 instance is printed, one per line.`,
-		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
-			r, err := c.StopInstanceWithResponse(ctx, ref)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Body, nil
-		})
+		byRef((*client.ClientWithResponses).StopInstanceWithResponse))
 }
 
 func (a *app) startCommand() *cobra.Command {
@@ -541,13 +507,7 @@ func (a *app) startCommand() *cobra.Command {
 		`Boot each Stopped instance again and print its name as given. With
 --format json each instance is printed, one per line. Use
 "hypeman wait INSTANCE --state Running" to wait for the program.`,
-		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
-			r, err := c.StartInstanceWithResponse(ctx, ref)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Body, nil
-		})
+		byRef((*client.ClientWithResponses).StartInstanceWithResponse))
 }
 
 func (a *app) rmCommand() *cobra.Command {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -20,13 +19,7 @@ func (a *app) standbyCommand() *cobra.Command {
 (Running → Paused → Standby): it costs no CPU or memory until "hypeman
 restore" continues it where it was. Prints each name as given (with
 --format json the instance).`,
-		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
-			r, err := c.StandbyInstanceWithResponse(ctx, ref)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Body, nil
-		})
+		byRef((*client.ClientWithResponses).StandbyInstanceWithResponse))
 }
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -34,38 +27,20 @@ func (a *app) restoreCommand() *cobra.Command {
 		`Continue each Standby instance where it was put on standby: memory,
 disk and logs intact. Prints each name as given (with --format json the
 instance).`,
-		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
-			r, err := c.RestoreInstanceWithResponse(ctx, ref)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Body, nil
-		})
+		byRef((*client.ClientWithResponses).RestoreInstanceWithResponse))
 }
 
 func (a *app) pauseCommand() *cobra.Command {
 	return a.lifecycleCommand("pause", "Pause running instances",
 		`Freeze each Running instance's virtual CPUs (its memory stays
 allocated); "hypeman resume" continues it.`,
-		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
-			r, err := c.PauseInstanceWithResponse(ctx, ref)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Body, nil
-		})
+		byRef((*client.ClientWithResponses).PauseInstanceWithResponse))
 }
 
 func (a *app) resumeCommand() *cobra.Command {
 	return a.lifecycleCommand("resume", "Resume paused instances",
 		`Continue each Paused instance.`,
-		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, []byte, error) {
-			r, err := c.ResumeInstanceWithResponse(ctx, ref)
-			if err != nil {
-				return nil, nil, err
-			}
-			return r, r.Body, nil
-		})
+		byRef((*client.ClientWithResponses).ResumeInstanceWithResponse))
 }
 
 // forkTargetFlag validates --target-state (case-insensitive).
@@ -233,12 +208,8 @@ func (a *app) snapshotListCommand() *cobra.Command {
 				params.Instance = &instance
 			}
 			r, err := c.ListSnapshotsWithResponse(ctx, &params)
-			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+			if done, err := a.listedAsJSON(ctx, r, err); done {
 				return err
-			}
-			if a.jsonOutput() {
-				a.printRaw(r.Body)
-				return nil
 			}
 			list := *r.JSON200
 			tw := a.table()
@@ -262,18 +233,7 @@ func (a *app) snapshotGetCommand() *cobra.Command {
 		Aliases: []string{"inspect"},
 		Short:   "Show a snapshot as JSON",
 		Args:    exactArgs(1, "exactly one snapshot"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			r, err := c.GetSnapshotWithResponse(ctx, args[0])
-			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
-				return err
-			}
-			return a.printPretty(r.Body)
-		},
+		RunE:    a.showRun(byRef((*client.ClientWithResponses).GetSnapshotWithResponse)),
 	}
 }
 
@@ -342,21 +302,7 @@ func (a *app) snapshotRmCommand() *cobra.Command {
 		Aliases: []string{"delete"},
 		Short:   "Delete snapshots",
 		Args:    minArgs(1, "at least one snapshot"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			return a.each(ctx, args, func(ref string) error {
-				r, err := c.DeleteSnapshotWithResponse(ctx, ref)
-				if err := a.check(ctx, r, err, http.StatusNoContent); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, ref)
-				return nil
-			})
-		},
+		RunE:    a.eachRun(byRef((*client.ClientWithResponses).DeleteSnapshotWithResponse), http.StatusNoContent),
 	}
 }
 
