@@ -52,7 +52,7 @@ func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testutil.Kernel(t) // clear message when missing
+	testutil.Kernel(t)      // clear message when missing
 	var logger *slog.Logger // default: stderr, shown with the test output
 	if _, bench := t.(*testing.B); bench {
 		// Benchmark result lines must not be split by log lines.
