@@ -1,7 +1,8 @@
 // Package events owns instance lifecycle events: the in-memory bus every
 // state change is published on, the bounded history behind SSE
 // Last-Event-ID resume, the wait-for-state engine behind
-// GET /instances/{id}/wait, and the SSE encoding of events.
+// GET /instances/{id}/wait. (The HTTP layer, internal/api, encodes events
+// as SSE.)
 //
 // Why it is shaped this way:
 //
