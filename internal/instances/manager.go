@@ -311,16 +311,31 @@ func (m *Manager) resolve(ref string) (*entry, error) {
 	if e, ok := m.entries[ref]; ok {
 		return e, nil
 	}
-	var byName, byPrefix []*entry
-	for id, e := range m.entries {
+	all := make([]*entry, 0, len(m.entries))
+	for _, e := range m.entries {
+		all = append(all, e)
+	}
+	return matchRef(ref, all, func(e *entry) (string, string) {
 		e.mu.Lock()
-		name := e.meta.Name
-		e.mu.Unlock()
+		defer e.mu.Unlock()
+		return e.meta.ID, e.meta.Name
+	}, "instances", ErrNotFound)
+}
+
+// matchRef is the reference rule instances and snapshots share: an exact
+// name wins, then a unique ID prefix; a prefix matching several is
+// ErrAmbiguous (409), nothing is notFound (404). Callers check an exact ID
+// first (their fast path).
+func matchRef[T any](ref string, items []T, idName func(T) (id, name string), kind string, notFound error) (T, error) {
+	var zero T
+	var byName, byPrefix []T
+	for _, it := range items {
+		id, name := idName(it)
 		if name == ref {
-			byName = append(byName, e)
+			byName = append(byName, it)
 		}
 		if strings.HasPrefix(id, ref) {
-			byPrefix = append(byPrefix, e)
+			byPrefix = append(byPrefix, it)
 		}
 	}
 	switch {
@@ -329,9 +344,9 @@ func (m *Manager) resolve(ref string) (*entry, error) {
 	case len(byPrefix) == 1:
 		return byPrefix[0], nil
 	case len(byPrefix) > 1:
-		return nil, fmt.Errorf("%w: %q matches %d instances", ErrAmbiguous, ref, len(byPrefix))
+		return zero, fmt.Errorf("%w: %q matches %d %s", ErrAmbiguous, ref, len(byPrefix), kind)
 	}
-	return nil, fmt.Errorf("%w: %s", ErrNotFound, ref)
+	return zero, fmt.Errorf("%w: %s", notFound, ref)
 }
 
 // observe times one operation: defer m.observe("stop", time.Now(), &err).

@@ -271,24 +271,7 @@ func (m *Manager) resolveSnapshot(ref string) (*snapshotRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	var byName, byPrefix []*snapshotRecord
-	for _, r := range recs {
-		if r.Name == ref {
-			byName = append(byName, r)
-		}
-		if strings.HasPrefix(r.ID, ref) {
-			byPrefix = append(byPrefix, r)
-		}
-	}
-	switch {
-	case len(byName) == 1:
-		return byName[0], nil
-	case len(byPrefix) == 1:
-		return byPrefix[0], nil
-	case len(byPrefix) > 1:
-		return nil, fmt.Errorf("%w: %q matches %d snapshots", ErrAmbiguous, ref, len(byPrefix))
-	}
-	return nil, fmt.Errorf("%w: %s", ErrSnapshotNotFound, ref)
+	return matchRef(ref, recs, func(r *snapshotRecord) (string, string) { return r.ID, r.Name }, "snapshots", ErrSnapshotNotFound)
 }
 
 // GetSnapshot returns one snapshot.
