@@ -283,3 +283,27 @@ func TestStartupRemovesInterruptedLeftovers(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot name is refused only when another snapshot has exactly that
+// name, not when it happens to prefix another snapshot's ID.
+func TestSnapshotNameClashIsExact(t *testing.T) {
+	hv := newFakeHV()
+	m, _ := newTestManager(t, t.TempDir(), hv)
+	ctx := context.Background()
+	in, err := m.Create(ctx, CreateParams{Name: "src", Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hv.vm(m.dir(in.ID)).exit(0, "exited")
+	waitFor(t, m, in.ID, state.Stopped)
+	first, err := m.CreateSnapshot(ctx, in.ID, SnapshotParams{Name: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.CreateSnapshot(ctx, in.ID, SnapshotParams{Name: first.ID[:3]}); err != nil {
+		t.Fatalf("name %q (a prefix of %s) refused: %v", first.ID[:3], first.ID, err)
+	}
+	if _, err := m.CreateSnapshot(ctx, in.ID, SnapshotParams{Name: "one"}); !errors.Is(err, ErrNameInUse) {
+		t.Fatalf("duplicate name: %v", err)
+	}
+}

@@ -77,8 +77,14 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 		if err := ValidateName(p.Name); err != nil {
 			return nil, err
 		}
-		if _, err := m.GetSnapshot(ctx, p.Name); err == nil {
-			return nil, fmt.Errorf("%w: snapshot %s", ErrNameInUse, p.Name)
+		recs, err := m.snapshotRecords()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			if r.Name == p.Name {
+				return nil, fmt.Errorf("%w: snapshot %s", ErrNameInUse, p.Name)
+			}
 		}
 	}
 	if err := validateKV("tags", p.Tags, maxTags, tagKeyOK); err != nil {
