@@ -439,7 +439,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	defer e.op.Unlock()
 	e.mu.Lock()
 	deleted, id := e.deleted, e.meta.ID
-	lv := e.live
+	lv, attachErr := e.live, e.attachErr
 	e.mu.Unlock()
 	if deleted {
 		return fmt.Errorf("%w: %s", ErrNotFound, ref)
@@ -454,7 +454,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 		lv.stopReason.Store(&why)
 		_ = lv.vm.Kill()
 		<-lv.handled
-	} else if e.attachErr != "" {
+	} else if attachErr != "" {
 		m.stopLocked(ctx, e, "deleted")
 	}
 	m.mu.Lock()
