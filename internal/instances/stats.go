@@ -2,13 +2,12 @@ package instances
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"hypeman/internal/procfs"
 )
 
 // Stats is a point-in-time resource view of an instance's VMM process and
@@ -40,10 +39,8 @@ func (m *Manager) Stats(ctx context.Context, ref string) (*Stats, error) {
 	meta, lv := e.meta, e.live
 	e.mu.Unlock()
 	s := &Stats{InstanceID: meta.ID, MemoryBytes: meta.MemoryBytes, VCPUs: meta.VCPUs, OverlaySizeBytes: meta.OverlayBytes}
-	if st, err := os.Stat(filepath.Join(m.dir(meta.ID), overlayFile)); err == nil {
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			s.OverlayAllocatedBytes = sys.Blocks * 512
-		}
+	if fi, err := os.Stat(filepath.Join(m.dir(meta.ID), overlayFile)); err == nil {
+		s.OverlayAllocatedBytes = allocatedBytes(fi)
 	}
 	if lv == nil {
 		return s, nil
@@ -52,34 +49,19 @@ func (m *Manager) Stats(ctx context.Context, ref string) (*Stats, error) {
 	if meta.StartedAt != nil {
 		s.UptimeSeconds = time.Since(*meta.StartedAt).Seconds()
 	}
-	cpu, rss, err := procUsage(s.Pid)
+	ps, err := procfs.ReadStat(s.Pid)
 	if err != nil {
 		return s, nil // exited between the check and the read
 	}
-	s.CPUSeconds, s.RSSBytes = cpu, rss
+	s.CPUSeconds, s.RSSBytes = ps.CPUSeconds(), ps.RSSBytes()
 	return s, nil
 }
 
-// procUsage reads CPU seconds and RSS of pid from /proc.
-func procUsage(pid int) (float64, int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, err
+// allocatedBytes is the disk space a file really uses (sparse files count
+// only their allocated blocks).
+func allocatedBytes(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
 	}
-	// Fields after the parenthesised command name; utime/stime are 14/15,
-	// rss is 24 (1-based, counting the pid as field 1).
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 22 {
-		return 0, 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	stt, _ := strconv.ParseInt(f[12], 10, 64)
-	rss, _ := strconv.ParseInt(f[21], 10, 64)
-	const clkTck = 100 // USER_HZ on Linux/amd64
-	return float64(ut+stt) / clkTck, rss * int64(os.Getpagesize()), nil
+	return 0
 }

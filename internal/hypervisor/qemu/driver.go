@@ -44,6 +44,7 @@ import (
 	"hypeman/internal/fsutil"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/hypervisor/qemu/qmp"
+	"hypeman/internal/procfs"
 )
 
 // ErrAlreadyRunning is returned by Launch when a live VMM already owns the dir.
@@ -271,7 +272,7 @@ func (d *Driver) start(ctx context.Context, dir, id string, rec LaunchRecord, ex
 	pid := cmd.Process.Pid
 	// Not reaped yet (cmd.Wait runs below), so /proc/<pid> exists even if
 	// QEMU already exited.
-	st, statErr := readProcStat(pid)
+	st, statErr := procfs.ReadStat(pid)
 	pf := PidFile{Pid: pid, StartTime: st.StartTime}
 
 	exited := make(chan struct{})

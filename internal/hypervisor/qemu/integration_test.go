@@ -20,6 +20,7 @@ import (
 
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/hypervisor/qemu/qmp"
+	"hypeman/internal/procfs"
 )
 
 // testKernel finds a PVH vmlinux: $HYPEMAN_TEST_KERNEL, else the one the
@@ -129,7 +130,7 @@ func TestLaunchBootsKernelUntilPanicAndExits(t *testing.T) {
 	if err != nil || !strings.HasSuffix(rec.Argv[0], "qemu-system-x86_64") || rec.Accel != d.Accel().Accel {
 		t.Fatalf("launch record %+v %v", rec, err)
 	}
-	st, err := readProcStat(v.Pid())
+	st, err := procfs.ReadStat(v.Pid())
 	if err != nil || st.Pgrp != v.Pid() {
 		t.Fatalf("qemu not in its own process group: %+v %v", st, err)
 	}

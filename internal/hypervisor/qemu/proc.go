@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"hypeman/internal/fsutil"
+	"hypeman/internal/procfs"
 )
 
 // PidFile is the content of <dir>/qemu.pid. The start time (field 22 of
@@ -38,45 +38,6 @@ func readPidFile(path string) (PidFile, error) {
 	return p, nil
 }
 
-// procStat is the part of /proc/<pid>/stat we use.
-type procStat struct {
-	State     byte   // field 3: R, S, D, Z, ...
-	Pgrp      int    // field 5
-	StartTime uint64 // field 22
-}
-
-// parseProcStat parses /proc/<pid>/stat. The comm field (2) is in
-// parentheses and may itself contain spaces and ')', so fields are counted
-// from the last ')'.
-func parseProcStat(s string) (procStat, error) {
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procStat{}, errors.New("proc stat: no comm field")
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3; field n is f[n-3].
-	if len(f) < 20 {
-		return procStat{}, fmt.Errorf("proc stat: %d fields after comm", len(f))
-	}
-	pgrp, err := strconv.Atoi(f[5-3])
-	if err != nil {
-		return procStat{}, fmt.Errorf("proc stat: pgrp: %w", err)
-	}
-	st, err := strconv.ParseUint(f[22-3], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("proc stat: starttime: %w", err)
-	}
-	return procStat{State: f[0][0], Pgrp: pgrp, StartTime: st}, nil
-}
-
-func readProcStat(pid int) (procStat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	return parseProcStat(string(b))
-}
-
 // isQEMUCmdline reports whether a NUL-separated /proc/<pid>/cmdline belongs
 // to a qemu-system binary.
 func isQEMUCmdline(cmdline []byte) bool {
@@ -90,7 +51,7 @@ var errStale = errors.New("stale pid file")
 // checkProcess verifies that pf still names our live QEMU: the process
 // exists, is not a zombie, has the recorded start time and runs qemu-system.
 func checkProcess(pf PidFile) error {
-	st, err := readProcStat(pf.Pid)
+	st, err := procfs.ReadStat(pf.Pid)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("%w: pid %d does not exist", errStale, pf.Pid)

@@ -10,34 +10,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hypeman/internal/procfs"
 )
-
-func TestParseProcStat(t *testing.T) {
-	// comm with spaces and a ')' must not shift the fields.
-	line := "4242 (qemu (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 3 0 987654 1000000 100 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0\n"
-	st, err := parseProcStat(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.State != 'S' || st.Pgrp != 4242 || st.StartTime != 987654 {
-		t.Fatalf("got %+v", st)
-	}
-	if _, err := parseProcStat("1 (x) S 1 2"); err == nil {
-		t.Fatal("short stat accepted")
-	}
-}
-
-func TestReadProcStatSelfMatchesStartTimeStability(t *testing.T) {
-	a, err := readProcStat(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond)
-	b, err := readProcStat(os.Getpid())
-	if err != nil || a.StartTime != b.StartTime || a.StartTime == 0 {
-		t.Fatalf("start time unstable: %+v %+v %v", a, b, err)
-	}
-}
 
 func TestIsQEMUCmdline(t *testing.T) {
 	if !isQEMUCmdline([]byte("/usr/bin/qemu-system-x86_64\x00-machine\x00microvm\x00")) {
@@ -71,7 +46,7 @@ func startSleep(t *testing.T) (*exec.Cmd, PidFile, <-chan struct{}) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := readProcStat(cmd.Process.Pid)
+	st, err := procfs.ReadStat(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

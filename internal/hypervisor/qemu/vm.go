@@ -12,6 +12,7 @@ import (
 
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/hypervisor/qemu/qmp"
+	"hypeman/internal/procfs"
 )
 
 // ErrHandleClosed is returned by VM methods after Close.
@@ -230,7 +231,7 @@ func (v *VM) Kill() error {
 			}
 			return fmt.Errorf("qemu kill: %w", err)
 		}
-		st, err := readProcStat(v.pf.Pid)
+		st, err := procfs.ReadStat(v.pf.Pid)
 		if err == nil && st.Pgrp != v.pf.Pid {
 			// Not a group leader (launched by someone else): kill it alone.
 			if err := syscall.Kill(v.pf.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
