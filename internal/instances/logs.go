@@ -105,6 +105,7 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 		return nil
 	}
 	t := &lineTailer{path: path, offset: end}
+	defer t.Close()
 	var sendErr error
 	send := func(l string) {
 		l = strings.TrimRight(l, "\r\n")

@@ -60,6 +60,7 @@ func (m *Manager) startWatcher(e *entry, lv *liveVM, adopted bool) {
 func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted bool) {
 	path := filepath.Join(m.dir(id), hypervisor.SerialLogName)
 	t := &lineTailer{path: path, offset: offset}
+	defer t.Close()
 	silent := adopted
 	onLine := func(line string) {
 		switch {
@@ -168,25 +169,31 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	m.publish(id, from, state.Stopped, reason)
 }
 
-// lineTailer reads complete lines appended to a file since offset.
+// lineTailer reads complete lines appended to a file since offset. The file
+// and its buffered reader stay open across polls (a watcher polls every
+// 50 ms for the life of a VM); Close releases them.
 type lineTailer struct {
 	path    string
 	offset  int64
 	partial string
+	f       *os.File
+	r       *bufio.Reader
 }
 
 func (t *lineTailer) poll(fn func(string)) {
-	f, err := os.Open(t.path)
-	if err != nil {
-		return
+	if t.f == nil {
+		f, err := os.Open(t.path)
+		if err != nil {
+			return // not created yet
+		}
+		if _, err := f.Seek(t.offset, io.SeekStart); err != nil {
+			f.Close()
+			return
+		}
+		t.f, t.r = f, bufio.NewReaderSize(f, 64<<10)
 	}
-	defer f.Close()
-	if _, err := f.Seek(t.offset, io.SeekStart); err != nil {
-		return
-	}
-	r := bufio.NewReaderSize(f, 64<<10)
 	for {
-		s, err := r.ReadString('\n')
+		s, err := t.r.ReadString('\n')
 		t.offset += int64(len(s))
 		if err != nil {
 			t.partial += s
@@ -203,9 +210,18 @@ func (t *lineTailer) poll(fn func(string)) {
 	}
 }
 
+// Close releases the file.
+func (t *lineTailer) Close() {
+	if t.f != nil {
+		t.f.Close()
+		t.f, t.r = nil, nil
+	}
+}
+
 // scanExit finds the last exit marker in the serial log after offset.
 func scanExit(path string, offset int64) (*guestconfig.Exit, error) {
 	t := &lineTailer{path: path, offset: offset}
+	defer t.Close()
 	var exit *guestconfig.Exit
 	t.poll(func(line string) {
 		if ex, ok := guestconfig.ParseExit(line); ok {
