@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"hypeman/internal/durations"
 )
 
 // Type is the kind of health check.
@@ -164,16 +166,16 @@ func (c Check) Validate() error {
 		}
 	}
 	if c.Interval < MinInterval {
-		return fieldErr("interval", "must be at least %s, got %s", MinInterval, formatDuration(c.Interval))
+		return fieldErr("interval", "must be at least %s, got %s", MinInterval, durations.Format(c.Interval))
 	}
 	if c.Timeout <= 0 {
-		return fieldErr("timeout", "must be a positive duration, got %s", formatDuration(c.Timeout))
+		return fieldErr("timeout", "must be a positive duration, got %s", durations.Format(c.Timeout))
 	}
 	if c.Timeout > c.Interval {
-		return fieldErr("timeout", "must not exceed interval (%s), got %s", formatDuration(c.Interval), formatDuration(c.Timeout))
+		return fieldErr("timeout", "must not exceed interval (%s), got %s", durations.Format(c.Interval), durations.Format(c.Timeout))
 	}
 	if c.StartPeriod < 0 {
-		return fieldErr("start_period", "must not be negative, got %s", formatDuration(c.StartPeriod))
+		return fieldErr("start_period", "must not be negative, got %s", durations.Format(c.StartPeriod))
 	}
 	if c.FailureThreshold < 1 {
 		return fieldErr("failure_threshold", "must be at least 1, got %d", c.FailureThreshold)
@@ -201,7 +203,7 @@ type checkJSON struct {
 func (c Check) MarshalJSON() ([]byte, error) {
 	return json.Marshal(checkJSON{
 		Type: c.Type, Port: c.Port, Path: c.Path, ExpectedStatus: c.ExpectedStatus, Command: c.Command,
-		Interval: formatDuration(c.Interval), Timeout: formatDuration(c.Timeout), StartPeriod: formatDuration(c.StartPeriod),
+		Interval: durations.Format(c.Interval), Timeout: durations.Format(c.Timeout), StartPeriod: durations.Format(c.StartPeriod),
 		FailureThreshold: c.FailureThreshold, SuccessThreshold: c.SuccessThreshold,
 	})
 }
@@ -270,17 +272,4 @@ func (c *Check) UnmarshalJSON(b []byte) error {
 	}
 	*c = out
 	return nil
-}
-
-// formatDuration is time.Duration.String without trailing zero units
-// ("30s", "5m", "1h"); the result parses back with time.ParseDuration.
-func formatDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hypeman/internal/durations"
 	"hypeman/internal/events"
 	"hypeman/internal/instances/state"
 )
@@ -467,7 +468,7 @@ func (c *Controller) probe(ctx context.Context, id string, chk Check) (Result, O
 	case err == nil:
 		return Result{OK: true}, OutcomeSuccess
 	case errors.Is(context.Cause(pctx), errProbeTimeout):
-		return Result{Err: fmt.Sprintf("timed out after %s", formatDuration(chk.Timeout))}, OutcomeTimeout
+		return Result{Err: fmt.Sprintf("timed out after %s", durations.Format(chk.Timeout))}, OutcomeTimeout
 	}
 	return Result{Err: err.Error()}, OutcomeFailure
 }

@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"hypeman/internal/durations"
 )
 
 // Kind is the restart policy name.
@@ -117,11 +118,11 @@ func (p Policy) Validate() error {
 		d    time.Duration
 	}{{"backoff", p.Backoff}, {"max_backoff", p.MaxBackoff}, {"stable_after", p.StableAfter}} {
 		if f.d <= 0 {
-			return &FieldError{Field: FieldPrefix + f.name, Reason: fmt.Sprintf("must be a positive duration, got %s", formatDuration(f.d))}
+			return &FieldError{Field: FieldPrefix + f.name, Reason: fmt.Sprintf("must be a positive duration, got %s", durations.Format(f.d))}
 		}
 	}
 	if p.MaxBackoff < p.Backoff {
-		return &FieldError{Field: FieldPrefix + "max_backoff", Reason: fmt.Sprintf("must be at least backoff (%s), got %s", formatDuration(p.Backoff), formatDuration(p.MaxBackoff))}
+		return &FieldError{Field: FieldPrefix + "max_backoff", Reason: fmt.Sprintf("must be at least backoff (%s), got %s", durations.Format(p.Backoff), durations.Format(p.MaxBackoff))}
 	}
 	if p.MaxAttempts < 0 {
 		return &FieldError{Field: FieldPrefix + "max_attempts", Reason: fmt.Sprintf("must be 0 (unlimited) or more, got %d", p.MaxAttempts)}
@@ -141,8 +142,8 @@ type policyJSON struct {
 // ("5s", "5m", "1h30m").
 func (p Policy) MarshalJSON() ([]byte, error) {
 	return json.Marshal(policyJSON{
-		Policy: p.Kind(), Backoff: formatDuration(p.Backoff), MaxBackoff: formatDuration(p.MaxBackoff),
-		MaxAttempts: p.MaxAttempts, StableAfter: formatDuration(p.StableAfter),
+		Policy: p.Kind(), Backoff: durations.Format(p.Backoff), MaxBackoff: durations.Format(p.MaxBackoff),
+		MaxAttempts: p.MaxAttempts, StableAfter: durations.Format(p.StableAfter),
 	})
 }
 
@@ -199,17 +200,4 @@ func parseDurationField(name string, raw json.RawMessage, def time.Duration) (ti
 		return 0, &FieldError{Field: FieldPrefix + name, Reason: fmt.Sprintf("%q is not a Go duration (e.g. 5s, 1m30s)", s)}
 	}
 	return d, nil
-}
-
-// formatDuration is time.Duration.String without trailing zero units
-// ("5m" instead of "5m0s"); the result parses back with time.ParseDuration.
-func formatDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }
