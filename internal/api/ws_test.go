@@ -220,8 +220,15 @@ func TestExecProtocolErrors(t *testing.T) {
 	called := make(chan struct{}, 8)
 	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
 		called <- struct{}{}
-		_, err := io.Copy(io.Discard, stdio.Stdin)
-		return agent.ExecResult{}, err
+		if _, err := io.Copy(io.Discard, stdio.Stdin); err != nil {
+			return agent.ExecResult{}, err
+		}
+		// The command outlives its stdin, so a frame sent after the
+		// stdin end is read (and refused) before the exec finishes;
+		// without this the fake exited first and the server reported a
+		// clean exit.
+		<-ctx.Done()
+		return agent.ExecResult{}, ctx.Err()
 	}})
 	for _, c := range []struct {
 		name  string
@@ -417,8 +424,14 @@ func TestCopyFrom(t *testing.T) {
 func TestCopyProtocolErrors(t *testing.T) {
 	e := newGuestEnv(t, &fakeGuest{
 		copyTo: func(ctx context.Context, ref, dst string, r io.Reader) error {
-			_, err := io.Copy(io.Discard, r)
-			return err
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return err
+			}
+			// Still extracting when the client breaks the protocol after
+			// the end frame: without this the fake finished first and the
+			// server answered ok before reading the offending frame.
+			<-ctx.Done()
+			return ctx.Err()
 		},
 		copyFrom: func(ctx context.Context, ref, path string, w io.Writer) error {
 			<-ctx.Done() // waits for the client's protocol error
