@@ -289,6 +289,12 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdio ExecIO) (ExecR
 			if err := json.Unmarshal(payload, &res); err != nil {
 				return ExecResult{}, ctxErr(ctx, OpExec, fmt.Errorf("bad exit frame: %w", err))
 			}
+			if ctx.Err() != nil {
+				// The guest killed the command because ctx ended; its
+				// exit frame can win the race with the stream closing.
+				// Like every other path, a cancelled Exec reports ctx.
+				return ExecResult{}, ctxErr(ctx, OpExec, nil)
+			}
 			return res, nil
 		default:
 			return ExecResult{}, ctxErr(ctx, OpExec, fmt.Errorf("unexpected frame type %d", typ))
