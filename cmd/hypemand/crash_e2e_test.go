@@ -77,10 +77,12 @@ func TestCrashDuringStandbyAndRestore(t *testing.T) {
 			t.Fatalf("killed at %s: state %q (%d %s), want %s\n%s", c.step, got.State, st, body, c.want, s.Logs())
 		}
 		if c.want == "Running" {
-			time.Sleep(1500 * time.Millisecond)
 			after := lastCountHTTP(t, s, in.ID)
-			if after <= before || after < 0 {
-				t.Fatalf("killed at %s: program not counting after restart (%d → %d)", c.step, before, after)
+			for deadline := time.Now().Add(15 * time.Second); after <= before || after < 0; after = lastCountHTTP(t, s, in.ID) {
+				if time.Now().After(deadline) {
+					t.Fatalf("killed at %s: program not counting after restart (%d → %d)", c.step, before, after)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
 		}
 		t.Logf("killed at %-18s → %s", c.step, fmt.Sprint(c.want))
