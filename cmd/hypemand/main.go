@@ -116,11 +116,17 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Events:    d.Events,
 		Secret:    secret,
 		Version:   version,
+		Phases:    d.Phases,
 		Capabilities: func(context.Context) api.Capabilities {
-			return api.Capabilities{
-				Hypervisor: d.Hypervisor.Name(), Hypervisors: []string{d.Hypervisor.Name()},
+			c := api.Capabilities{
 				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,
+				Platform:        "linux/amd64",
+				RuntimeFeatures: []string{"snapshots", "standby", "fork", "pause"},
 			}
+			if d.Network != nil {
+				c.Gateway, c.Subnet = d.Network.GuestNetwork()
+			}
+			return c
 		},
 		RegistryDir: cfg.Paths().RegistryDir(),
 		Logger:      logger.With("component", "api"),

@@ -15,6 +15,7 @@ import (
 	"hypeman/internal/instances"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/restart"
+	"hypeman/internal/tags"
 )
 
 // Error codes (stable, snake_case; the `code` of every error body).
@@ -35,6 +36,15 @@ const (
 	CodeTimeout          = "timeout"
 	CodeUnavailable      = "unavailable"
 	CodeNotImplemented   = "not_implemented"
+	// CodeInvalidPlatform: a platform that is not os/arch[/variant].
+	CodeInvalidPlatform = "invalid_platform"
+	// CodeUnsupportedPlatform: a well-formed platform this host cannot run.
+	CodeUnsupportedPlatform = "unsupported_platform"
+	// CodeUnsupported: a field this server cannot honour (the message says
+	// which and why).
+	CodeUnsupported = "unsupported"
+	// CodeInstanceInStandby: the instance must be restored first.
+	CodeInstanceInStandby = "instance_in_standby"
 )
 
 // Error is an error with its HTTP status and code already decided. Handlers
@@ -87,7 +97,7 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusNotFound, CodeNotFound, msg
 	case errors.As(err, &re) && re.Code == agent.CodeBadRequest:
 		return http.StatusBadRequest, CodeInvalidRequest, msg
-	case errors.Is(err, ingress.ErrInvalid):
+	case errors.Is(err, ingress.ErrInvalid), errors.As(err, new(*tags.FieldError)):
 		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, ingress.ErrNotFound):
 		return http.StatusNotFound, CodeNotFound, msg
@@ -113,6 +123,8 @@ func classifyImageError(err error) (int, string, bool) {
 	switch {
 	case errors.Is(err, images.ErrInvalidReference), errors.Is(err, images.ErrNoMatchingPlatform):
 		return http.StatusBadRequest, CodeInvalidRequest, true
+	case errors.Is(err, images.ErrPullInFlight):
+		return http.StatusConflict, CodeConflict, true
 	case errors.Is(err, images.ErrNotFound), errors.Is(err, images.ErrNotFoundUpstream):
 		return http.StatusNotFound, CodeNotFound, true
 	case errors.Is(err, images.ErrRegistryUnreachable), errors.Is(err, images.ErrUnauthorized),

@@ -89,6 +89,8 @@ type fakeSnapshots struct {
 	created []instances.SnapshotParams
 	forks   []instances.ForkParams
 	restore []string // "instance snapshot"
+
+	lastRestore instances.RestoreSnapshotParams
 }
 
 func newFakeSnapshots(inst *fakeInstances) *fakeSnapshots {
@@ -137,12 +139,14 @@ func (f *fakeSnapshots) CreateSnapshot(ctx context.Context, ref string, p instan
 	return sn, nil
 }
 
-func (f *fakeSnapshots) ListSnapshots(ctx context.Context) ([]*instances.Snapshot, error) {
+func (f *fakeSnapshots) ListSnapshots(ctx context.Context, filter instances.SnapshotFilter) ([]*instances.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []*instances.Snapshot
 	for _, sn := range f.byID {
-		out = append(out, sn)
+		if filter.Matches(sn) {
+			out = append(out, sn)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
@@ -163,7 +167,10 @@ func (f *fakeSnapshots) DeleteSnapshot(ctx context.Context, ref string) error {
 	return nil
 }
 
-func (f *fakeSnapshots) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string) (*instances.Instance, error) {
+func (f *fakeSnapshots) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string, p instances.RestoreSnapshotParams) (*instances.Instance, error) {
+	f.mu.Lock()
+	f.lastRestore = p
+	f.mu.Unlock()
 	sn, err := f.find(snapshotRef)
 	if err != nil {
 		return nil, err

@@ -23,6 +23,7 @@ import (
 	"hypeman/internal/instances/state"
 	"hypeman/internal/paths"
 	"hypeman/internal/restart"
+	"hypeman/internal/tags"
 )
 
 var testSecret = []byte("api-test-secret-0123456789abcdef-xyz")
@@ -33,6 +34,7 @@ type fakeInstances struct {
 	byID       map[string]*instances.Instance
 	created    []instances.CreateParams
 	updated    []instances.UpdateParams
+	lastStart  instances.StartParams
 	logLines   []string
 	logOpts    []instances.LogOptions
 	logDone    chan struct{} // closed when a follow StreamLogs returns
@@ -136,7 +138,7 @@ func (f *fakeInstances) List(ctx context.Context, o instances.ListOptions) ([]*i
 	defer f.mu.Unlock()
 	var out []*instances.Instance
 	for _, in := range f.byID {
-		if o.State == "" || in.State == o.State {
+		if (o.State == "" || in.State == o.State) && tags.Match(in.Tags, o.Tags) {
 			out = append(out, in)
 		}
 	}
@@ -144,10 +146,13 @@ func (f *fakeInstances) List(ctx context.Context, o instances.ListOptions) ([]*i
 	return out, nil
 }
 
-func (f *fakeInstances) Start(ctx context.Context, ref string) (*instances.Instance, error) {
+func (f *fakeInstances) Start(ctx context.Context, ref string, p instances.StartParams) (*instances.Instance, error) {
 	if err := f.fail("Start"); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.lastStart = p
+	f.mu.Unlock()
 	in, err := f.find(ref)
 	if err != nil {
 		return nil, err
@@ -220,9 +225,10 @@ func (f *fakeInstances) Stats(ctx context.Context, ref string) (*instances.Stats
 
 // fakeImages is an in-memory Images.
 type fakeImages struct {
-	mu      sync.Mutex
-	byName  map[string]*images.Image
-	deleted []string
+	mu         sync.Mutex
+	byName     map[string]*images.Image
+	deleted    []string
+	lastEnsure images.EnsureOptions
 }
 
 func newFakeImages() *fakeImages { return &fakeImages{byName: map[string]*images.Image{}} }
@@ -255,13 +261,14 @@ func (f *fakeImages) Get(ctx context.Context, ref string) (*images.Image, error)
 	return &cp, nil
 }
 
-func (f *fakeImages) Ensure(ctx context.Context, ref string) (*images.Image, error) {
+func (f *fakeImages) Ensure(ctx context.Context, ref string, opts images.EnsureOptions) (*images.Image, error) {
 	n, err := f.norm(ref)
 	if err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lastEnsure = opts
 	if img, ok := f.byName[n]; ok {
 		cp := *img
 		return &cp, nil
@@ -335,7 +342,7 @@ func newTestEnv(t *testing.T, mutate func(*Options)) *testEnv {
 		Instances: e.inst, Images: e.imgs, Secret: testSecret, Version: "test-1",
 		RegistryDir: t.TempDir(),
 		Capabilities: func(context.Context) Capabilities {
-			return Capabilities{Hypervisor: "qemu", Hypervisors: []string{"qemu"},
+			return Capabilities{Platform: "linux/amd64", RuntimeFeatures: []string{"snapshots", "standby"},
 				Accelerator: hypervisor.AccelChoice{Accel: hypervisor.AccelTCG, Reason: "kvm_pvm detected"},
 				NetworkMode: "user", NetworkReason: "not root"}
 		},

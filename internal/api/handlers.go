@@ -2,14 +2,25 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"regexp"
+	"runtime"
 	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"hypeman/internal/api/gen"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/phases"
+	"hypeman/internal/tags"
 )
+
+// apiVersion is the hypeman API contract this server speaks.
+const apiVersion = "0.3.0"
 
 // --- system ---
 
@@ -17,64 +28,81 @@ func (s *server) GetHealth(ctx context.Context, _ gen.GetHealthRequestObject) (g
 	return gen.GetHealth200JSONResponse{Status: gen.Ok}, nil
 }
 
+// runtimeNames are the hypervisors hypeman knows, sorted by name.
+var runtimeNames = []gen.Hypervisor{gen.HypervisorCloudHypervisor, gen.HypervisorFirecracker, gen.HypervisorQemu, gen.HypervisorQemuMicrovm, gen.HypervisorVz}
+
 func (s *server) GetCapabilities(ctx context.Context, _ gen.GetCapabilitiesRequestObject) (gen.GetCapabilitiesResponseObject, error) {
 	var c Capabilities
 	if s.opts.Capabilities != nil {
 		c = s.opts.Capabilities(ctx)
 	}
+	if c.Platform == "" {
+		c.Platform = "linux/" + runtime.GOARCH
+	}
+	mode := c.NetworkMode
+	if mode == "" {
+		mode = "none"
+	}
+	model := gen.CapabilitiesNetworkModel(mode)
+	if mode == "user" {
+		model = "nat" // QEMU's user-mode networking is hypervisor-provided NAT
+	}
 	out := gen.GetCapabilities200JSONResponse{
-		Version:           s.opts.Version,
-		Hypervisor:        c.Hypervisor,
-		Hypervisors:       c.Hypervisors,
+		Server:         gen.CapabilitiesServer{Version: s.opts.Version, ApiVersion: apiVersion},
+		Host:           gen.CapabilitiesHost{Os: runtime.GOOS, Arch: runtime.GOARCH},
+		DefaultRuntime: gen.CapabilitiesDefaultRuntime{Name: string(gen.HypervisorQemuMicrovm), Available: true},
+		Network: gen.CapabilitiesNetwork{
+			Model: model, Gateway: optString(c.Gateway), Subnet: optString(c.Subnet), GuestToGuest: c.GuestToGuest,
+		},
+		Images:            gen.CapabilitiesImages{Platforms: []string{c.Platform}, DefaultPlatform: c.Platform},
+		Features:          s.features(),
 		Accelerator:       string(c.Accelerator.Accel),
 		AcceleratorReason: c.Accelerator.Reason,
-		Networking:        gen.NetworkingCapability{Mode: c.NetworkMode, Reason: optString(c.NetworkReason)},
+		Networking:        gen.NetworkingCapability{Mode: mode, Reason: optString(c.NetworkReason)},
 	}
-	if out.Hypervisors == nil {
-		out.Hypervisors = []string{}
-	}
-	if out.Networking.Mode == "" {
-		out.Networking.Mode = "none"
+	for _, name := range runtimeNames {
+		rt := gen.CapabilitiesRuntime{Name: string(name), Features: []string{}}
+		switch name {
+		case gen.HypervisorQemuMicrovm:
+			rt.Available = true
+			rt.Features = append(rt.Features, c.RuntimeFeatures...)
+		case gen.HypervisorQemu:
+			rt.Reason = optString("QEMU's standard board (PCI, ACPI memory hotplug) is not provided; a create naming qemu runs on qemu-microvm")
+		default:
+			rt.Reason = optString("not supported by this server")
+		}
+		out.Runtimes = append(out.Runtimes, rt)
 	}
 	return out, nil
 }
 
+// features are the server-level feature IDs this server exposes.
+func (s *server) features() []string {
+	f := []string{"instances", "images", "logs", "wait", "events"}
+	if s.opts.Guest != nil {
+		f = append(f, "exec", "cp")
+	}
+	if s.opts.Ingresses != nil {
+		f = append(f, "ingress")
+	}
+	if s.opts.Snapshots != nil {
+		f = append(f, "snapshots")
+	}
+	return f
+}
+
 // --- instances ---
 
-// toAPIInstance converts a manager instance to the API's. It fails only if
-// the spec and the restart/health packages disagree on a shape (a bug).
-func toAPIInstance(in *instances.Instance) (gen.Instance, error) {
-	out := gen.Instance{
-		Id: in.ID, Name: in.Name, Image: in.Image, ImageDigest: optString(in.ImageDigest),
-		State: gen.InstanceState(in.State), StateError: in.StateError,
-		Size: in.Size, Vcpus: in.VCPUs, OverlaySize: in.OverlaySize,
-		CreatedAt: in.CreatedAt, StartedAt: in.StartedAt, StoppedAt: in.StoppedAt,
-		ExitCode: in.ExitCode, ExitMessage: in.ExitMessage,
-		HasSnapshot: in.HasSnapshot, Hypervisor: in.Hypervisor,
+// instance converts a manager instance for the wire, with its phases.
+func (s *server) instance(in *instances.Instance) gen.Instance {
+	var v phases.View
+	if s.opts.Phases != nil {
+		v = s.opts.Phases.View(in.ID, in.State, phaseEntered(in))
+	} else {
+		cur := phases.Phase(in.State)
+		v = phases.View{DurationsMs: map[string]int64{cur: 0}, Current: cur, Since: time.Now().UTC()}
 	}
-	if in.Env != nil {
-		env := in.Env
-		out.Env = &env
-	}
-	if in.Tags != nil {
-		tags := in.Tags
-		out.Tags = &tags
-	}
-	if in.Entrypoint != nil {
-		ep := in.Entrypoint
-		out.Entrypoint = &ep
-	}
-	if in.Cmd != nil {
-		cmd := in.Cmd
-		out.Cmd = &cmd
-	}
-	if n := in.Network; n != nil {
-		out.Network = &gen.InstanceNetwork{Enabled: n.Enabled, Ip: optString(n.IP), Mac: optString(n.MAC)}
-	}
-	if err := policyFields(in, &out); err != nil {
-		return gen.Instance{}, err
-	}
-	return out, nil
+	return toAPIInstance(in, v)
 }
 
 func (s *server) ListInstances(ctx context.Context, req gen.ListInstancesRequestObject) (gen.ListInstancesResponseObject, error) {
@@ -86,19 +114,69 @@ func (s *server) ListInstances(ctx context.Context, req gen.ListInstancesRequest
 		}
 		opts.State = st
 	}
+	opts.Tags = derefTags(req.Params.Tags)
 	list, err := s.opts.Instances.List(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	out := make(gen.ListInstances200JSONResponse, 0, len(list))
 	for _, in := range list {
-		api, err := toAPIInstance(in)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, api)
+		out = append(out, s.instance(in))
 	}
 	return out, nil
+}
+
+// platformRE is hypeman's os/arch[/variant] grammar.
+var platformRE = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9]+(/[a-z0-9.]+)?$`)
+
+// checkPlatform accepts the platform this host runs (or none).
+func (s *server) checkPlatform(ctx context.Context, field string, p *string) error {
+	if p == nil {
+		return nil
+	}
+	if !platformRE.MatchString(*p) {
+		return newError(http.StatusBadRequest, CodeInvalidPlatform, "invalid %s %q: use os/arch[/variant], e.g. linux/amd64", field, *p)
+	}
+	host := "linux/" + runtime.GOARCH
+	if s.opts.Capabilities != nil {
+		if c := s.opts.Capabilities(ctx); c.Platform != "" {
+			host = c.Platform
+		}
+	}
+	if *p != host && !strings.HasPrefix(*p, host+"/") {
+		return newError(http.StatusBadRequest, CodeUnsupportedPlatform, "%s %s cannot run on this host; it runs %s", field, *p, host)
+	}
+	return nil
+}
+
+// unsupported is the 400 for a field this server cannot honour.
+func unsupported(field, reason string) error {
+	return newError(http.StatusBadRequest, CodeUnsupported, "%s is not supported by this server: %s", field, reason)
+}
+
+// checkAutoStandby accepts no policy or a disabled one.
+func checkAutoStandby(p *gen.AutoStandbyPolicy) error {
+	if p != nil && deref(p.Enabled) {
+		return unsupported("auto_standby", "instances are not put on standby automatically yet; put one on standby with POST /instances/{id}/standby, or omit the field")
+	}
+	return nil
+}
+
+// checkExpiry accepts no expiry ("0s" disables it).
+func checkExpiry(ttl *string, expiresAt *time.Time) error {
+	if ttl != nil {
+		d, err := time.ParseDuration(*ttl)
+		if err != nil {
+			return &instances.InvalidArgumentError{Field: "ttl", Reason: fmt.Sprintf("%q is not a Go duration (e.g. 24h)", *ttl)}
+		}
+		if d != 0 {
+			return unsupported("ttl", "automatic expiry is not built yet; delete the instance yourself, or send \"0s\"")
+		}
+	}
+	if expiresAt != nil {
+		return unsupported("expires_at", "automatic expiry is not built yet; delete the instance yourself")
+	}
+	return nil
 }
 
 func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceRequestObject) (gen.CreateInstanceResponseObject, error) {
@@ -106,37 +184,66 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 	if b == nil {
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "request body is required")
 	}
+	switch {
+	case b.Credentials != nil && len(*b.Credentials) > 0:
+		return nil, unsupported("credentials", "egress credential mediation is not available; pass secrets in env")
+	case b.Devices != nil && len(*b.Devices) > 0:
+		return nil, unsupported("devices", "PCI passthrough needs a PCI bus, which the qemu-microvm runtime does not have")
+	case b.Gpu != nil && deref(b.Gpu.Profile) != "":
+		return nil, unsupported("gpu", "GPUs need PCI passthrough, which the qemu-microvm runtime does not have")
+	case b.Volumes != nil && len(*b.Volumes) > 0:
+		return nil, unsupported("volumes", "volumes are not built yet")
+	case b.Network != nil && b.Network.Egress != nil && deref(b.Network.Egress.Enabled):
+		return nil, unsupported("network.egress.enabled", "host-mediated egress is not available; guests use direct outbound networking")
+	}
+	if err := checkHypervisor("hypervisor", b.Hypervisor); err != nil {
+		return nil, err
+	}
+	if err := s.checkPlatform(ctx, "platform", b.Platform); err != nil {
+		return nil, err
+	}
+	if err := checkAutoStandby(b.AutoStandby); err != nil {
+		return nil, err
+	}
+	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
+		return nil, err
+	}
+	if err := tags.Validate("tags", derefTags(b.Tags)); err != nil {
+		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "%v", err)
+	}
 	p := instances.CreateParams{
 		Name:           b.Name,
 		Image:          b.Image,
 		Size:           deref(b.Size),
+		HotplugSize:    deref(b.HotplugSize),
 		OverlaySize:    deref(b.OverlaySize),
+		DiskIOBps:      deref(b.DiskIoBps),
 		VCPUs:          deref(b.Vcpus),
 		Env:            deref(b.Env),
 		Entrypoint:     deref(b.Entrypoint),
 		Cmd:            deref(b.Cmd),
-		Tags:           deref(b.Tags),
+		Tags:           derefTags(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
 	}
-	if b.Network != nil {
-		p.NetworkEnabled = b.Network.Enabled
+	if n := b.Network; n != nil {
+		p.NetworkEnabled = n.Enabled
+		p.BandwidthDownload, p.BandwidthUpload = deref(n.BandwidthDownload), deref(n.BandwidthUpload)
 	}
-	var err error
-	if p.RestartPolicy, err = toRestartPolicy(b.RestartPolicy); err != nil {
+	if err := snapshotPolicyFromAPI(b.SnapshotPolicy); err != nil {
 		return nil, err
 	}
-	if p.HealthCheck, err = toHealthCheck(b.HealthCheck); err != nil {
+	var err error
+	if p.RestartPolicy, err = restartPolicyFromAPI(b.RestartPolicy); err != nil {
+		return nil, err
+	}
+	if p.HealthCheck, err = healthCheckFromAPI(b.HealthCheck); err != nil {
 		return nil, err
 	}
 	in, err := s.opts.Instances.Create(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.CreateInstance201JSONResponse(out), nil
+	return gen.CreateInstance201JSONResponse(s.instance(in)), nil
 }
 
 func (s *server) GetInstance(ctx context.Context, req gen.GetInstanceRequestObject) (gen.GetInstanceResponseObject, error) {
@@ -144,11 +251,7 @@ func (s *server) GetInstance(ctx context.Context, req gen.GetInstanceRequestObje
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.GetInstance200JSONResponse(out), nil
+	return gen.GetInstance200JSONResponse(s.instance(in)), nil
 }
 
 func (s *server) DeleteInstance(ctx context.Context, req gen.DeleteInstanceRequestObject) (gen.DeleteInstanceResponseObject, error) {
@@ -158,16 +261,60 @@ func (s *server) DeleteInstance(ctx context.Context, req gen.DeleteInstanceReque
 	return gen.DeleteInstance204Response{}, nil
 }
 
+// UpdateInstance is PATCH /instances/{id}: a field present replaces the
+// setting, a field left out is unchanged.
+func (s *server) UpdateInstance(ctx context.Context, req gen.UpdateInstanceRequestObject) (gen.UpdateInstanceResponseObject, error) {
+	b := req.Body
+	if b == nil {
+		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "request body is required")
+	}
+	if b.Env != nil {
+		return nil, unsupported("env", "PATCH env only rotates egress credential bindings, and this server has none; env is set at create")
+	}
+	if err := checkAutoStandby(b.AutoStandby); err != nil {
+		return nil, err
+	}
+	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
+		return nil, err
+	}
+	var p instances.UpdateParams
+	var err error
+	if p.RestartPolicy, err = restartPolicyFromAPI(b.RestartPolicy); err != nil {
+		return nil, err
+	}
+	if p.HealthCheck, err = healthCheckFromAPI(b.HealthCheck); err != nil {
+		return nil, err
+	}
+	if p.RestartPolicy == nil && p.HealthCheck == nil {
+		// Only no-op fields (a disabled auto_standby, ttl 0s): answer
+		// with the instance as it is.
+		return s.getForUpdate(ctx, req.Id)
+	}
+	in, err := s.opts.Instances.Update(ctx, req.Id, p)
+	if err != nil {
+		return nil, err
+	}
+	return gen.UpdateInstance200JSONResponse(s.instance(in)), nil
+}
+
+func (s *server) getForUpdate(ctx context.Context, ref string) (gen.UpdateInstanceResponseObject, error) {
+	in, err := s.opts.Instances.Get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return gen.UpdateInstance200JSONResponse(s.instance(in)), nil
+}
+
 func (s *server) StartInstance(ctx context.Context, req gen.StartInstanceRequestObject) (gen.StartInstanceResponseObject, error) {
-	in, err := s.opts.Instances.Start(ctx, req.Id)
+	var p instances.StartParams
+	if b := req.Body; b != nil {
+		p.Entrypoint, p.Cmd = b.Entrypoint, b.Cmd
+	}
+	in, err := s.opts.Instances.Start(ctx, req.Id, p)
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.StartInstance200JSONResponse(out), nil
+	return gen.StartInstance200JSONResponse(s.instance(in)), nil
 }
 
 func (s *server) StopInstance(ctx context.Context, req gen.StopInstanceRequestObject) (gen.StopInstanceResponseObject, error) {
@@ -175,11 +322,7 @@ func (s *server) StopInstance(ctx context.Context, req gen.StopInstanceRequestOb
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.StopInstance200JSONResponse(out), nil
+	return gen.StopInstance200JSONResponse(s.instance(in)), nil
 }
 
 func (s *server) GetInstanceStats(ctx context.Context, req gen.GetInstanceStatsRequestObject) (gen.GetInstanceStatsResponseObject, error) {
@@ -188,11 +331,16 @@ func (s *server) GetInstanceStats(ctx context.Context, req gen.GetInstanceStatsR
 		return nil, err
 	}
 	out := gen.GetInstanceStats200JSONResponse{
-		InstanceId: st.InstanceID, Running: st.Running,
-		CpuSeconds: st.CPUSeconds, RssBytes: st.RSSBytes,
-		MemoryBytes: st.MemoryBytes, Vcpus: st.VCPUs,
-		OverlayAllocatedBytes: st.OverlayAllocatedBytes, OverlaySizeBytes: st.OverlaySizeBytes,
-		UptimeSeconds: st.UptimeSeconds,
+		InstanceId: st.InstanceID, InstanceName: st.InstanceName,
+		CpuSeconds: st.CPUSeconds, MemoryRssBytes: st.RSSBytes, MemoryVmsBytes: st.VMSBytes,
+		NetworkRxBytes: st.NetRxBytes, NetworkTxBytes: st.NetTxBytes,
+		AllocatedVcpus: st.VCPUs, AllocatedMemoryBytes: st.AllocatedMemoryBytes,
+		Running: &st.Running, OverlayAllocatedBytes: &st.OverlayAllocatedBytes, OverlaySizeBytes: &st.OverlaySizeBytes,
+		UptimeSeconds: &st.UptimeSeconds,
+	}
+	if st.AllocatedMemoryBytes > 0 {
+		r := float64(st.RSSBytes) / float64(st.AllocatedMemoryBytes)
+		out.MemoryUtilizationRatio = &r
 	}
 	if st.Pid != 0 {
 		pid := st.Pid
@@ -222,63 +370,74 @@ func (s *server) StatInstancePath(ctx context.Context, req gen.StatInstancePathR
 	return out, nil
 }
 
-// --- images ---
-
-func toAPIImage(img *images.Image) gen.Image {
-	out := gen.Image{
-		Name: img.Name, Status: gen.ImageStatus(img.Status),
-		Digest: optString(img.Digest), Error: optString(img.Error), ErrorKind: optString(img.ErrorKind),
-		WorkingDir: optString(img.Config.WorkingDir), CreatedAt: img.CreatedAt,
+// autoStandbyStatus is every instance's answer until auto-standby exists:
+// hypeman's status for a host without it.
+func autoStandbyStatus() gen.AutoStandbyStatus {
+	return gen.AutoStandbyStatus{
+		Supported: false, Configured: false, Enabled: false, Eligible: false,
+		Status: "unsupported", Reason: "unsupported_platform", TrackingMode: "none",
 	}
-	if !img.UpdatedAt.IsZero() {
-		t := img.UpdatedAt
-		out.UpdatedAt = &t
-	}
-	if img.SizeBytes > 0 {
-		n := img.SizeBytes
-		out.SizeBytes = &n
-	}
-	if img.Config.Entrypoint != nil {
-		ep := img.Config.Entrypoint
-		out.Entrypoint = &ep
-	}
-	if img.Config.Cmd != nil {
-		cmd := img.Config.Cmd
-		out.Cmd = &cmd
-	}
-	if len(img.Config.Env) > 0 {
-		env := make(map[string]string, len(img.Config.Env))
-		for _, kv := range img.Config.Env {
-			k, v, _ := strings.Cut(kv, "=")
-			env[k] = v
-		}
-		out.Env = &env
-	}
-	switch img.Status {
-	case images.StatusPending, images.StatusPulling, images.StatusConverting:
-		p := img.Progress
-		out.Progress = &gen.ImageProgress{BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, LayersDone: p.LayersDone, LayersTotal: p.LayersTotal}
-	}
-	return out
 }
 
-func (s *server) ListImages(ctx context.Context, _ gen.ListImagesRequestObject) (gen.ListImagesResponseObject, error) {
+func (s *server) GetAutoStandbyStatus(ctx context.Context, req gen.GetAutoStandbyStatusRequestObject) (gen.GetAutoStandbyStatusResponseObject, error) {
+	if _, err := s.opts.Instances.Get(ctx, req.Id); err != nil {
+		return nil, err
+	}
+	return gen.GetAutoStandbyStatus200JSONResponse(autoStandbyStatus()), nil
+}
+
+func (s *server) HoldAutoStandby(ctx context.Context, req gen.HoldAutoStandbyRequestObject) (gen.HoldAutoStandbyResponseObject, error) {
+	in, err := s.opts.Instances.Get(ctx, req.Id)
+	if err != nil {
+		return nil, err
+	}
+	if in.State == state.Standby {
+		return nil, newError(http.StatusConflict, CodeInstanceInStandby, "instance %s is on standby: restore it before connecting", in.Name)
+	}
+	return gen.HoldAutoStandby200JSONResponse(autoStandbyStatus()), nil
+}
+
+// --- images ---
+
+func (s *server) ListImages(ctx context.Context, req gen.ListImagesRequestObject) (gen.ListImagesResponseObject, error) {
 	list, err := s.opts.Images.List(ctx)
 	if err != nil {
 		return nil, err
 	}
+	want := derefTags(req.Params.Tags)
 	out := make(gen.ListImages200JSONResponse, 0, len(list))
 	for i := range list {
-		out = append(out, toAPIImage(&list[i]))
+		if tags.Match(list[i].Tags, want) {
+			out = append(out, toAPIImage(&list[i]))
+		}
 	}
 	return out, nil
 }
 
 func (s *server) CreateImage(ctx context.Context, req gen.CreateImageRequestObject) (gen.CreateImageResponseObject, error) {
-	if req.Body == nil {
+	b := req.Body
+	if b == nil {
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "request body is required")
 	}
-	img, err := s.opts.Images.Ensure(ctx, req.Body.Name)
+	if err := s.checkPlatform(ctx, "platform", b.Platform); err != nil {
+		return nil, err
+	}
+	opts := images.EnsureOptions{Tags: derefTags(b.Tags)}
+	if err := tags.Validate("tags", opts.Tags); err != nil {
+		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "%v", err)
+	}
+	if c := b.Credentials; c != nil {
+		user, pass, token := deref(c.Username), deref(c.Password), deref(c.RegistryToken)
+		switch {
+		case token != "" && (user != "" || pass != ""):
+			return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "invalid credentials: give either registry_token or username and password, not both")
+		case token != "":
+			opts.Auth = &authn.Bearer{Token: token}
+		case user != "" || pass != "":
+			opts.Auth = &authn.Basic{Username: user, Password: pass}
+		}
+	}
+	img, err := s.opts.Images.Ensure(ctx, b.Name, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -322,19 +481,25 @@ func (s *server) DeleteImage(ctx context.Context, req gen.DeleteImageRequestObje
 	return gen.DeleteImage204Response{}, nil
 }
 
-// --- helpers ---
+// --- devices: served honestly for a runtime without PCI ---
 
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
+func (s *server) ListDevices(ctx context.Context, _ gen.ListDevicesRequestObject) (gen.ListDevicesResponseObject, error) {
+	return gen.ListDevices200JSONResponse{}, nil
 }
 
-func optString(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
+func (s *server) ListAvailableDevices(ctx context.Context, _ gen.ListAvailableDevicesRequestObject) (gen.ListAvailableDevicesResponseObject, error) {
+	return gen.ListAvailableDevices200JSONResponse{}, nil
+}
+
+func (s *server) CreateDevice(ctx context.Context, _ gen.CreateDeviceRequestObject) (gen.CreateDeviceResponseObject, error) {
+	return nil, newError(http.StatusNotImplemented, CodeNotImplemented,
+		"device passthrough is not available: it needs a PCI bus in the guest and VFIO on the host, and this server's runtime (QEMU microvm) has no PCI bus")
+}
+
+func (s *server) GetDevice(ctx context.Context, req gen.GetDeviceRequestObject) (gen.GetDeviceResponseObject, error) {
+	return nil, newError(http.StatusNotFound, CodeNotFound, "device %q not found (no device can be registered on this server)", req.Id)
+}
+
+func (s *server) DeleteDevice(ctx context.Context, req gen.DeleteDeviceRequestObject) (gen.DeleteDeviceResponseObject, error) {
+	return nil, newError(http.StatusNotFound, CodeNotFound, "device %q not found (no device can be registered on this server)", req.Id)
 }

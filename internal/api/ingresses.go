@@ -5,7 +5,7 @@ import (
 	"net/http"
 
 	"hypeman/internal/api/gen"
-	"hypeman/internal/network/ingress"
+	"hypeman/internal/tags"
 )
 
 func (s *server) ingresses() (Ingresses, error) {
@@ -15,19 +15,7 @@ func (s *server) ingresses() (Ingresses, error) {
 	return s.opts.Ingresses, nil
 }
 
-func toAPIIngress(ing *ingress.Ingress) gen.Ingress {
-	out := gen.Ingress{Id: ing.ID, Name: ing.Name, CreatedAt: ing.CreatedAt, Rules: make([]gen.IngressRule, 0, len(ing.Rules))}
-	for _, r := range ing.Rules {
-		port := r.Match.Port
-		out.Rules = append(out.Rules, gen.IngressRule{
-			Match:  gen.IngressMatch{Hostname: optString(r.Match.Hostname), Port: &port},
-			Target: gen.IngressTarget{Instance: r.Target.Instance, Port: r.Target.Port},
-		})
-	}
-	return out
-}
-
-func (s *server) ListIngresses(ctx context.Context, _ gen.ListIngressesRequestObject) (gen.ListIngressesResponseObject, error) {
+func (s *server) ListIngresses(ctx context.Context, req gen.ListIngressesRequestObject) (gen.ListIngressesResponseObject, error) {
 	im, err := s.ingresses()
 	if err != nil {
 		return nil, err
@@ -36,9 +24,12 @@ func (s *server) ListIngresses(ctx context.Context, _ gen.ListIngressesRequestOb
 	if err != nil {
 		return nil, err
 	}
+	want := derefTags(req.Params.Tags)
 	out := make(gen.ListIngresses200JSONResponse, 0, len(list))
 	for _, ing := range list {
-		out = append(out, toAPIIngress(ing))
+		if tags.Match(ing.Tags, want) {
+			out = append(out, toAPIIngress(ing))
+		}
 	}
 	return out, nil
 }
@@ -51,12 +42,9 @@ func (s *server) CreateIngress(ctx context.Context, req gen.CreateIngressRequest
 	if err != nil {
 		return nil, err
 	}
-	cr := ingress.CreateRequest{Name: req.Body.Name, Rules: make([]ingress.Rule, 0, len(req.Body.Rules))}
-	for _, r := range req.Body.Rules {
-		cr.Rules = append(cr.Rules, ingress.Rule{
-			Match:  ingress.Match{Hostname: deref(r.Match.Hostname), Port: deref(r.Match.Port)},
-			Target: ingress.Target{Instance: r.Target.Instance, Port: r.Target.Port},
-		})
+	cr, err := ingressFromAPI(req.Body)
+	if err != nil {
+		return nil, err
 	}
 	ing, err := im.Create(ctx, cr)
 	if err != nil {

@@ -27,10 +27,18 @@ func (s *server) transition(ctx context.Context, ref string, call func(Lifecycle
 	if err != nil {
 		return gen.Instance{}, err
 	}
-	return toAPIInstance(in)
+	return s.instance(in), nil
 }
 
 func (s *server) StandbyInstance(ctx context.Context, req gen.StandbyInstanceRequestObject) (gen.StandbyInstanceResponseObject, error) {
+	if b := req.Body; b != nil {
+		if b.Compression != nil && b.Compression.Enabled {
+			return nil, unsupported("compression", "per-standby compression is not built yet (the server's compress_snapshots setting applies)")
+		}
+		if d := deref(b.CompressionDelay); d != "" && d != "0s" {
+			return nil, unsupported("compression_delay", "this server compresses while saving; omit it or use 0s")
+		}
+	}
 	in, err := s.transition(ctx, req.Id, Lifecycle.Standby)
 	if err != nil {
 		return nil, err
@@ -62,9 +70,9 @@ func (s *server) ResumeInstance(ctx context.Context, req gen.ResumeInstanceReque
 	return gen.ResumeInstance200JSONResponse(in), nil
 }
 
-// forkTarget converts the optional target_state (the spec's enum already
-// limits it; the manager checks what a source allows).
-func forkTarget(t *gen.ForkTargetState) (state.State, error) {
+// targetState converts an optional target state (the spec's enums already
+// limit it; the manager checks what a source allows).
+func targetState[T ~string](t *T) (state.State, error) {
 	if t == nil {
 		return "", nil
 	}
@@ -83,7 +91,7 @@ func (s *server) ForkInstance(ctx context.Context, req gen.ForkInstanceRequestOb
 	if err != nil {
 		return nil, err
 	}
-	target, err := forkTarget(req.Body.TargetState)
+	target, err := targetState(req.Body.TargetState)
 	if err != nil {
 		return nil, err
 	}
@@ -93,9 +101,5 @@ func (s *server) ForkInstance(ctx context.Context, req gen.ForkInstanceRequestOb
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.ForkInstance201JSONResponse(out), nil
+	return gen.ForkInstance201JSONResponse(s.instance(in)), nil
 }

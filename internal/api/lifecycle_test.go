@@ -145,15 +145,20 @@ func TestSnapshotHandlers(t *testing.T) {
 		"source_instance_id": "idweb", "source_instance_name": "web",
 		"image": "docker.io/library/busybox:latest", "image_digest": "sha256:abc",
 		"tags": map[string]any{"why": "test"}, "created_at": "2025-02-03T04:05:06Z",
-		"size_bytes": float64(1234), "memory_bytes": float64(1 << 30), "compressed": true,
+		"size_bytes": float64(1234), "memory_bytes": float64(1 << 30), "source_hypervisor": "qemu-microvm",
+		"compression_state": "compressed", "compression": map[string]any{"enabled": true, "algorithm": "zstd"},
 	}
 	if resp.StatusCode != 201 || !reflect.DeepEqual(sn, want) {
 		t.Fatalf("create: %d\n got %v\nwant %v", resp.StatusCode, sn, want)
 	}
-	// kind is optional: the manager decides.
+	// kind is required (hypeman's rule); the name is optional.
 	resp = e.do("POST", "/instances/db/snapshots", write, `{}`)
+	if code, msg := errBody(t, resp); resp.StatusCode != 400 || code != "invalid_request" || !strings.Contains(msg, "kind") {
+		t.Fatalf("create without kind: %d %s %s", resp.StatusCode, code, msg)
+	}
+	resp = e.do("POST", "/instances/db/snapshots", write, `{"kind":"Stopped"}`)
 	resp.Body.Close()
-	if resp.StatusCode != 201 || fs.created[1].Kind != "" || fs.created[1].Name != "" {
+	if resp.StatusCode != 201 || fs.created[1].Kind != "Stopped" || fs.created[1].Name != "" {
 		t.Fatalf("create with defaults: %d %+v", resp.StatusCode, fs.created)
 	}
 	resp = e.do("POST", "/instances/web/snapshots", write, `{"kind":"Stopped"}`)
@@ -283,8 +288,10 @@ func TestIngressHandlers(t *testing.T) {
 	var ing map[string]any
 	jsonBody(t, resp, &ing)
 	want := map[string]any{"id": "ingweb", "name": "web", "created_at": "2025-05-06T07:08:09Z", "rules": []any{
-		map[string]any{"match": map[string]any{"hostname": "app.example.com", "port": float64(8080)}, "target": map[string]any{"instance": "web", "port": float64(80)}},
-		map[string]any{"match": map[string]any{"port": float64(80)}, "target": map[string]any{"instance": "api", "port": float64(3000)}},
+		map[string]any{"match": map[string]any{"hostname": "app.example.com", "port": float64(8080)}, "target": map[string]any{"instance": "web", "port": float64(80)},
+			"tls": false, "redirect_http": false},
+		map[string]any{"match": map[string]any{"port": float64(80)}, "target": map[string]any{"instance": "api", "port": float64(3000)},
+			"tls": false, "redirect_http": false},
 	}}
 	if resp.StatusCode != 201 || !reflect.DeepEqual(ing, want) {
 		t.Fatalf("create: %d\n got %v\nwant %v", resp.StatusCode, ing, want)
@@ -412,7 +419,7 @@ func TestInstanceNetworkField(t *testing.T) {
 	tok := mint(t)
 	var got map[string]any
 	jsonBody(t, e.do("GET", "/instances/web", tok, ""), &got)
-	if want := map[string]any{"enabled": true, "ip": "10.100.0.7", "mac": "02:00:0a:64:00:07"}; !reflect.DeepEqual(got["network"], want) {
+	if want := map[string]any{"enabled": true, "name": "default", "ip": "10.100.0.7", "mac": "02:00:0a:64:00:07"}; !reflect.DeepEqual(got["network"], want) {
 		t.Fatalf("network %v", got["network"])
 	}
 	got = nil

@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"hypeman/internal/api/gen"
 	"hypeman/internal/auth"
 	"hypeman/internal/health"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/phases"
 	"hypeman/internal/restart"
 )
 
@@ -20,7 +22,7 @@ func TestCreateWithPolicies(t *testing.T) {
 	tok := mint(t)
 	resp := e.do("POST", "/instances", tok, `{"name":"web","image":"busybox","network":{"enabled":false},
 		"restart_policy":{"policy":"on_failure","backoff":"2s","max_attempts":5},
-		"health_check":{"type":"http","port":8080,"path":"/healthz","interval":"5s","failure_threshold":2}}`)
+		"health_check":{"type":"http","http":{"port":8080,"path":"/healthz"},"interval":"5s","failure_threshold":2}}`)
 	var in map[string]any
 	jsonBody(t, resp, &in)
 	if resp.StatusCode != 201 {
@@ -46,7 +48,7 @@ func TestCreateWithPolicies(t *testing.T) {
 		t.Errorf("restart_policy in response: %s", rp)
 	}
 	hc, _ := json.Marshal(in["health_check"])
-	if string(hc) != `{"expected_status":200,"failure_threshold":2,"interval":"5s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}` {
+	if string(hc) != `{"failure_threshold":2,"http":{"expected_status":200,"path":"/healthz","port":8080,"scheme":"http"},"interval":"5s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}` {
 		t.Errorf("health_check in response: %s", hc)
 	}
 	if hs, _ := in["health_status"].(map[string]any); hs["status"] != "unknown" {
@@ -89,7 +91,7 @@ func TestUpdateInstance(t *testing.T) {
 	}
 
 	// Only the health check: an exec check, then {} to remove it.
-	resp = e.do("PATCH", "/instances/i1", tok, `{"health_check":{"type":"exec","command":["pg_isready","-q"]}}`)
+	resp = e.do("PATCH", "/instances/i1", tok, `{"health_check":{"type":"exec","exec":{"command":["pg_isready","-q"]}}}`)
 	in = nil // decode into a fresh map
 	jsonBody(t, resp, &in)
 	u = e.inst.updated[1]
@@ -98,7 +100,7 @@ func TestUpdateInstance(t *testing.T) {
 		u.HealthCheck.Interval != health.DefaultInterval {
 		t.Fatalf("patch exec check: %d %+v %+v", resp.StatusCode, u.RestartPolicy, u.HealthCheck)
 	}
-	if hc, _ := in["health_check"].(map[string]any); hc["type"] != "exec" || hc["port"] != nil {
+	if hc, _ := in["health_check"].(map[string]any); hc["type"] != "exec" || hc["http"] != nil || hc["exec"] == nil {
 		t.Fatalf("health_check in response: %v", in["health_check"])
 	}
 	resp = e.do("PATCH", "/instances/i1", tok, `{"health_check":{}}`)
@@ -115,7 +117,7 @@ func TestUpdateInstance(t *testing.T) {
 		t.Fatalf("health_status after removal: %v", in["health_status"])
 	}
 	// {"policy":"never"} turns restarts off: restart_policy disappears.
-	resp = e.do("PATCH", "/instances/i1", tok, `{"restart_policy":{"policy":"never"},"health_check":{"type":"tcp","port":5432}}`)
+	resp = e.do("PATCH", "/instances/i1", tok, `{"restart_policy":{"policy":"never"},"health_check":{"type":"tcp","tcp":{"port":5432}}}`)
 	in = nil // decode into a fresh map
 	jsonBody(t, resp, &in)
 	u = e.inst.updated[3]
@@ -139,7 +141,7 @@ func TestUpdateInstance(t *testing.T) {
 		t.Fatalf("manager field error: %d %s %q", resp.StatusCode, code, msg)
 	}
 	e.inst.errOn["Update"] = &health.FieldError{Field: "health_check.timeout", Reason: "too long"}
-	resp = e.do("PATCH", "/instances/web", tok, `{"health_check":{"type":"tcp","port":1}}`)
+	resp = e.do("PATCH", "/instances/web", tok, `{"health_check":{"type":"tcp","tcp":{"port":1}}}`)
 	if code, msg := errBody(t, resp); resp.StatusCode != 400 || code != "invalid_request" || msg != "invalid health_check.timeout: too long" {
 		t.Fatalf("manager field error: %d %s %q", resp.StatusCode, code, msg)
 	}
@@ -170,15 +172,15 @@ func TestUpdateInstanceScopes(t *testing.T) {
 	}
 }
 
-// TestPolicyJSONShapesMatch: the four fields read the same through the API
-// (spec-generated types) as the manager's own JSON, for every kind of
-// check and with every optional field set, so no field is lost or renamed.
-func TestPolicyJSONShapesMatch(t *testing.T) {
+// TestPolicyRoundTrip: every kind of check and a full restart policy
+// survive domain → wire → domain unchanged, and the statuses show every
+// field with hypeman's names.
+func TestPolicyRoundTrip(t *testing.T) {
 	at := func(s int) time.Time { return time.Date(2025, 6, 1, 12, 0, s, 123456789, time.UTC) }
 	http := health.DefaultCheck(health.HTTP)
-	http.Port, http.Path, http.ExpectedStatus, http.StartPeriod = 8080, "/healthz?x=1", 204, 0
+	http.Port, http.Path, http.Scheme, http.ExpectedStatus, http.StartPeriod = 8080, "/healthz?x=1", "https", 204, 0
 	exec := health.DefaultCheck(health.Exec)
-	exec.Command, exec.Interval, exec.Timeout = []string{"sh", "-c", "test -f /ready"}, 90*time.Second, 1500*time.Millisecond
+	exec.Command, exec.WorkingDir, exec.Interval, exec.Timeout = []string{"sh", "-c", "test -f /ready"}, "/app", 90*time.Second, 1500*time.Millisecond
 	tcp := health.DefaultCheck(health.TCP)
 	tcp.Port, tcp.FailureThreshold, tcp.SuccessThreshold = 5432, 7, 2
 	policy := restart.Policy{Policy: restart.Always, Backoff: 250 * time.Millisecond, MaxBackoff: 90 * time.Minute, MaxAttempts: 12, StableAfter: 36 * time.Hour}
@@ -187,45 +189,47 @@ func TestPolicyJSONShapesMatch(t *testing.T) {
 		LastCheckAt: at(3), LastSuccessAt: at(4), LastFailureAt: at(5), LastError: "HTTP status 503, want 204"}
 	for _, c := range []health.Check{http, exec, tcp} {
 		in := &instances.Instance{ID: "i", Name: "n", State: state.Running, RestartPolicy: &policy, RestartStatus: &rs, HealthCheck: &c, HealthStatus: &hs}
-		api, err := toAPIInstance(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fromAPI, fromManager map[string]json.RawMessage
-		b, _ := json.Marshal(api)
-		json.Unmarshal(b, &fromAPI)
-		b, _ = json.Marshal(in)
-		json.Unmarshal(b, &fromManager)
-		for _, k := range []string{"restart_policy", "restart_status", "health_check", "health_status"} {
-			if !jsonEqual(t, fromAPI[k], fromManager[k]) {
-				t.Errorf("%s check, %s:\n api     %s\n manager %s", c.Type, k, fromAPI[k], fromManager[k])
-			}
-		}
-		// And back: what the API shows decodes to the same settings.
-		back, err := toHealthCheck(api.HealthCheck)
+		api := toAPIInstance(in, phases.View{})
+		back, err := healthCheckFromAPI(api.HealthCheck)
 		if err != nil || !back.Equal(c) {
 			t.Errorf("health check round trip: %+v %v, want %+v", back, err, c)
 		}
-		backPolicy, err := toRestartPolicy(api.RestartPolicy)
+		backPolicy, err := restartPolicyFromAPI(api.RestartPolicy)
 		if err != nil || *backPolicy != policy {
 			t.Errorf("policy round trip: %+v %v", backPolicy, err)
+		}
+		b, _ := json.Marshal(api.HealthStatus)
+		want := `{"consecutive_failures":4,"consecutive_successes":0,"last_checked_at":"2025-06-01T12:00:03.123456789Z","last_error":"HTTP status 503, want 204","last_failure_at":"2025-06-01T12:00:05.123456789Z","last_success_at":"2025-06-01T12:00:04.123456789Z","status":"unhealthy"}`
+		if string(b) != want {
+			t.Errorf("health status:\n got %s\nwant %s", b, want)
+		}
+		b, _ = json.Marshal(api.RestartStatus)
+		want = `{"attempts":3,"blocked_reason":"max_attempts_exceeded","last_attempt_at":"2025-06-01T12:00:01.123456789Z","last_reason":"health_check_failed","next_attempt_at":"2025-06-01T12:00:02.123456789Z"}`
+		if string(b) != want {
+			t.Errorf("restart status:\n got %s\nwant %s", b, want)
 		}
 	}
 	// A bare status (the zero health.Status fields that are not omitted).
 	in := &instances.Instance{HealthStatus: &health.Status{Status: health.Disabled}, RestartStatus: &restart.Status{BlockedReason: restart.BlockedManualStop}}
-	api, err := toAPIInstance(in)
-	if err != nil {
-		t.Fatal(err)
-	}
+	api := toAPIInstance(in, phases.View{})
 	b, _ := json.Marshal(api.HealthStatus)
 	if string(b) != `{"consecutive_failures":0,"consecutive_successes":0,"status":"disabled"}` {
 		t.Errorf("bare health status: %s", b)
 	}
 	b, _ = json.Marshal(api.RestartStatus)
-	if string(b) != `{"blocked_reason":"manual_stop"}` {
+	if string(b) != `{"attempts":0,"blocked_reason":"manual_stop"}` {
 		t.Errorf("bare restart status: %s", b)
 	}
+	// No check and "none" both mean no check.
+	for _, body := range []*gen.HealthCheck{{}, {Type: ptrTo(gen.HealthCheckNone)}} {
+		c, err := healthCheckFromAPI(body)
+		if err != nil || !c.IsZero() {
+			t.Errorf("%+v: %+v %v", body, c, err)
+		}
+	}
 }
+
+func ptrTo[T any](v T) *T { return &v }
 
 func jsonEqual(t *testing.T, a, b json.RawMessage) bool {
 	t.Helper()
@@ -249,52 +253,54 @@ func jsonEqual(t *testing.T, a, b json.RawMessage) bool {
 var policyBadInput = []struct {
 	name, field, value, inMsg string
 }{
-	{"policy unknown", "restart_policy", `{"policy":"sometimes"}`, "restart_policy.policy"},
-	{"policy missing", "restart_policy", `{"backoff":"5s"}`, "policy"},
+	{"policy unknown", "restart_policy", `{"policy":"sometimes"}`, "policy"},
 	{"policy not object", "restart_policy", `"always"`, "restart_policy"},
 	{"policy null", "restart_policy", `null`, "restart_policy"},
 	{"policy unknown field", "restart_policy", `{"policy":"always","delay":"5s"}`, "delay"},
 	{"backoff garbage", "restart_policy", `{"policy":"always","backoff":"soon"}`, "restart_policy.backoff"},
-	{"backoff number", "restart_policy", `{"policy":"always","backoff":5}`, "restart_policy.backoff"},
+	{"backoff number", "restart_policy", `{"policy":"always","backoff":5}`, "backoff"},
 	{"backoff unitless", "restart_policy", `{"policy":"always","backoff":"5"}`, "restart_policy.backoff"},
 	{"backoff zero", "restart_policy", `{"policy":"always","backoff":"0s"}`, "restart_policy.backoff"},
 	{"backoff negative", "restart_policy", `{"policy":"on_failure","backoff":"-5s"}`, "restart_policy.backoff"},
 	{"max_backoff below backoff", "restart_policy", `{"policy":"always","backoff":"10s","max_backoff":"5s"}`, "restart_policy.max_backoff"},
 	{"max_backoff garbage", "restart_policy", `{"policy":"always","max_backoff":"1y"}`, "restart_policy.max_backoff"},
-	{"max_attempts negative", "restart_policy", `{"policy":"always","max_attempts":-1}`, "restart_policy.max_attempts"},
-	{"max_attempts string", "restart_policy", `{"policy":"always","max_attempts":"3"}`, "restart_policy.max_attempts"},
-	{"max_attempts float", "restart_policy", `{"policy":"always","max_attempts":1.5}`, "restart_policy.max_attempts"},
+	{"max_attempts negative", "restart_policy", `{"policy":"always","max_attempts":-1}`, "max_attempts"},
+	{"max_attempts string", "restart_policy", `{"policy":"always","max_attempts":"3"}`, "max_attempts"},
+	{"max_attempts float", "restart_policy", `{"policy":"always","max_attempts":1.5}`, "max_attempts"},
 	{"stable_after zero", "restart_policy", `{"policy":"always","stable_after":"0s"}`, "restart_policy.stable_after"},
-	{"stable_after too long", "restart_policy", `{"policy":"always","stable_after":"` + strings.Repeat("1", 40) + `h"}`, "restart_policy.stable_after"},
+	{"stable_after too long", "restart_policy", `{"policy":"always","stable_after":"` + strings.Repeat("1", 40) + `h"}`, "stable_after"},
 	{"never with bad backoff", "restart_policy", `{"policy":"never","backoff":"0s"}`, "restart_policy.backoff"},
 
-	{"type unknown", "health_check", `{"type":"udp","port":53}`, "health_check.type"},
-	{"type missing", "health_check", `{"port":80}`, "health_check.type"},
+	{"type unknown", "health_check", `{"type":"udp","tcp":{"port":53}}`, "type"},
+	{"flat port (old shape)", "health_check", `{"type":"tcp","port":80}`, "port"},
+	{"object without type", "health_check", `{"tcp":{"port":80}}`, "health_check.type"},
 	{"check null", "health_check", `null`, "health_check"},
 	{"check not object", "health_check", `[]`, "health_check"},
-	{"check unknown field", "health_check", `{"type":"tcp","port":80,"host":"x"}`, "host"},
-	{"http no port", "health_check", `{"type":"http"}`, "health_check.port"},
-	{"tcp port zero", "health_check", `{"type":"tcp","port":0}`, "health_check.port"},
-	{"tcp port too big", "health_check", `{"type":"tcp","port":70000}`, "health_check.port"},
-	{"port string", "health_check", `{"type":"tcp","port":"80"}`, "health_check.port"},
-	{"exec with port", "health_check", `{"type":"exec","command":["true"],"port":80}`, "health_check.port"},
-	{"http relative path", "health_check", `{"type":"http","port":80,"path":"healthz"}`, "health_check.path"},
-	{"http path with space", "health_check", `{"type":"http","port":80,"path":"/a b"}`, "health_check.path"},
-	{"tcp with path", "health_check", `{"type":"tcp","port":80,"path":"/"}`, "health_check.path"},
-	{"expected_status low", "health_check", `{"type":"http","port":80,"expected_status":99}`, "health_check.expected_status"},
-	{"expected_status on tcp", "health_check", `{"type":"tcp","port":80,"expected_status":200}`, "health_check.expected_status"},
-	{"exec no command", "health_check", `{"type":"exec"}`, "health_check.command"},
-	{"exec empty command", "health_check", `{"type":"exec","command":[]}`, "health_check.command"},
-	{"exec blank argv0", "health_check", `{"type":"exec","command":[" "]}`, "health_check.command"},
-	{"exec command string", "health_check", `{"type":"exec","command":"pg_isready"}`, "health_check.command"},
-	{"tcp with command", "health_check", `{"type":"tcp","port":80,"command":["true"]}`, "health_check.command"},
-	{"interval too short", "health_check", `{"type":"tcp","port":80,"interval":"500ms","timeout":"100ms"}`, "health_check.interval"},
-	{"interval garbage", "health_check", `{"type":"tcp","port":80,"interval":"often"}`, "health_check.interval"},
-	{"timeout above interval", "health_check", `{"type":"tcp","port":80,"interval":"5s","timeout":"6s"}`, "health_check.timeout"},
-	{"timeout zero", "health_check", `{"type":"tcp","port":80,"timeout":"0s"}`, "health_check.timeout"},
-	{"start_period negative", "health_check", `{"type":"tcp","port":80,"start_period":"-1s"}`, "health_check.start_period"},
-	{"failure_threshold zero", "health_check", `{"type":"tcp","port":80,"failure_threshold":0}`, "health_check.failure_threshold"},
-	{"success_threshold zero", "health_check", `{"type":"tcp","port":80,"success_threshold":0}`, "health_check.success_threshold"},
+	{"check unknown field", "health_check", `{"type":"tcp","tcp":{"port":80},"host":"x"}`, "host"},
+	{"http without http", "health_check", `{"type":"http"}`, "health_check.http"},
+	{"http no port", "health_check", `{"type":"http","http":{}}`, "port"},
+	{"tcp port zero", "health_check", `{"type":"tcp","tcp":{"port":0}}`, "port"},
+	{"tcp port too big", "health_check", `{"type":"tcp","tcp":{"port":70000}}`, "port"},
+	{"port string", "health_check", `{"type":"tcp","tcp":{"port":"80"}}`, "port"},
+	{"exec with http", "health_check", `{"type":"exec","exec":{"command":["true"]},"http":{"port":80}}`, "health_check.http"},
+	{"http relative path", "health_check", `{"type":"http","http":{"port":80,"path":"healthz"}}`, "health_check.http.path"},
+	{"http path with space", "health_check", `{"type":"http","http":{"port":80,"path":"/a b"}}`, "health_check.http.path"},
+	{"http bad scheme", "health_check", `{"type":"http","http":{"port":80,"scheme":"ftp"}}`, "scheme"},
+	{"tcp with http", "health_check", `{"type":"tcp","tcp":{"port":80},"http":{"port":80}}`, "health_check.http"},
+	{"expected_status low", "health_check", `{"type":"http","http":{"port":80,"expected_status":99}}`, "expected_status"},
+	{"exec no exec", "health_check", `{"type":"exec"}`, "health_check.exec"},
+	{"exec no command", "health_check", `{"type":"exec","exec":{}}`, "command"},
+	{"exec empty command", "health_check", `{"type":"exec","exec":{"command":[]}}`, "command"},
+	{"exec blank argv0", "health_check", `{"type":"exec","exec":{"command":[" "]}}`, "health_check.exec.command"},
+	{"exec relative working_dir", "health_check", `{"type":"exec","exec":{"command":["true"],"working_dir":"app"}}`, "health_check.exec.working_dir"},
+	{"exec command string", "health_check", `{"type":"exec","exec":{"command":"pg_isready"}}`, "command"},
+	{"interval too short", "health_check", `{"type":"tcp","tcp":{"port":80},"interval":"500ms","timeout":"100ms"}`, "health_check.interval"},
+	{"interval garbage", "health_check", `{"type":"tcp","tcp":{"port":80},"interval":"often"}`, "health_check.interval"},
+	{"timeout above interval", "health_check", `{"type":"tcp","tcp":{"port":80},"interval":"5s","timeout":"6s"}`, "health_check.timeout"},
+	{"timeout zero", "health_check", `{"type":"tcp","tcp":{"port":80},"timeout":"0s"}`, "health_check.timeout"},
+	{"start_period negative", "health_check", `{"type":"tcp","tcp":{"port":80},"start_period":"-1s"}`, "health_check.start_period"},
+	{"failure_threshold zero", "health_check", `{"type":"tcp","tcp":{"port":80},"failure_threshold":0}`, "failure_threshold"},
+	{"success_threshold zero", "health_check", `{"type":"tcp","tcp":{"port":80},"success_threshold":0}`, "success_threshold"},
 }
 
 func TestPolicyBadInput(t *testing.T) {
@@ -334,8 +340,15 @@ func TestUpdateBodyBadInput(t *testing.T) {
 		{`{"restart_policy":{"policy":"always"}}`, 404, "not_found", "x"},
 		{`{"restart_policy":{"policy":"never"}}`, 404, "not_found", "x"},
 		{`{"health_check":{}}`, 404, "not_found", "x"},
-		{`{"health_check":{"type":"http","port":8080,"path":"/healthz","expected_status":204,"interval":"1s","timeout":"1s","start_period":"0s","failure_threshold":1,"success_threshold":5}}`, 404, "not_found", "x"},
-		{`{"restart_policy":{"policy":"on_failure","backoff":"1s","max_backoff":"1s","max_attempts":0,"stable_after":"1m"},"health_check":{"type":"exec","command":["true"]}}`, 404, "not_found", "x"},
+		{`{"health_check":{"type":"none"}}`, 404, "not_found", "x"},
+		{`{"restart_policy":{}}`, 404, "not_found", "x"},
+		{`{"restart_policy":{"backoff":"5s"}}`, 404, "not_found", "x"},
+		{`{"health_check":{"type":"http","http":{"port":8080,"path":"/healthz","scheme":"https","expected_status":204},"interval":"1s","timeout":"1s","start_period":"0s","failure_threshold":1,"success_threshold":5}}`, 404, "not_found", "x"},
+		{`{"restart_policy":{"policy":"on_failure","backoff":"1s","max_backoff":"1s","max_attempts":0,"stable_after":"1m"},"health_check":{"type":"exec","exec":{"command":["true"],"working_dir":"/app"}}}`, 404, "not_found", "x"},
+		{`{"env":{"A":"b"}}`, 400, "unsupported", "env"},
+		{`{"ttl":"1h"}`, 400, "unsupported", "ttl"},
+		{`{"auto_standby":{"enabled":true}}`, 400, "unsupported", "auto_standby"},
+		{`{"ttl":"0s"}`, 404, "not_found", "x"},
 	}
 	for _, c := range cases {
 		rec := serve(h, "PATCH", "/instances/x", tok, "application/json", []byte(c.body))
@@ -347,7 +360,7 @@ func TestUpdateBodyBadInput(t *testing.T) {
 	// A valid create with both settings passes validation and ends at the
 	// (unresolvable) image.
 	rec := serve(h, "POST", "/instances", tok, "application/json", []byte(`{"name":"web","image":"busybox",
-		"restart_policy":{"policy":"always"},"health_check":{"type":"tcp","port":22}}`))
+		"restart_policy":{"policy":"always"},"health_check":{"type":"tcp","tcp":{"port":22}}}`))
 	if code, _ := checkErrorShape(t, rec); rec.Code != http.StatusNotFound || code != "not_found" {
 		t.Fatalf("valid create: %d %s", rec.Code, rec.Body)
 	}
@@ -358,14 +371,14 @@ func TestUpdateBodyBadInput(t *testing.T) {
 func FuzzUpdateInstance(f *testing.F) {
 	for _, s := range []string{
 		`{"restart_policy":{"policy":"on_failure","backoff":"5s","max_backoff":"5m","max_attempts":3,"stable_after":"10m"}}`,
-		`{"health_check":{"type":"http","port":8080,"path":"/healthz","interval":"10s","timeout":"2s"}}`,
-		`{"health_check":{"type":"exec","command":["sh","-c","true"]}}`,
-		`{"health_check":{"type":"tcp","port":1,"start_period":"1h"}}`,
+		`{"health_check":{"type":"http","http":{"port":8080,"path":"/healthz"},"interval":"10s","timeout":"2s"}}`,
+		`{"health_check":{"type":"exec","exec":{"command":["sh","-c","true"]}}}`,
+		`{"health_check":{"type":"tcp","tcp":{"port":1},"start_period":"1h"}}`,
 		`{"health_check":{}}`, `{"restart_policy":{"policy":"never"}}`,
 		`{"restart_policy":{"policy":"always","backoff":"9223372036854775807ns"}}`,
 		`{"restart_policy":{"policy":"always","backoff":"99999999999h"}}`,
-		`{"health_check":{"type":"http","port":80,"path":"/\u0000"}}`,
-		`{"health_check":{"type":"exec","command":["\u0000"]}}`,
+		`{"health_check":{"type":"http","http":{"port":80,"path":"/\u0000"}}}`,
+		`{"health_check":{"type":"exec","exec":{"command":["\u0000"]}}}`,
 		`{"restart_policy":{"policy":"always","max_attempts":1e20}}`,
 		`{}`, `[]`, `null`, ``, `{`,
 	} {

@@ -70,6 +70,9 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances/{id}/events"): scoped(auth.InstanceRead),
 		routeKey("GET", "/events"):                scoped(auth.InstanceRead),
 
+		routeKey("GET", "/instances/{id}/auto-standby/status"): scoped(auth.InstanceRead),
+		routeKey("POST", "/instances/{id}/auto-standby/hold"):  scoped(auth.InstanceWrite),
+
 		routeKey("POST", "/instances/{id}/standby"): scoped(auth.InstanceWrite),
 		routeKey("POST", "/instances/{id}/restore"): scoped(auth.InstanceWrite),
 		routeKey("POST", "/instances/{id}/pause"):   scoped(auth.InstanceWrite),
@@ -81,6 +84,9 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances/{id}/cp"):   scoped(auth.InstanceWrite),
 
 		routeKey("POST", "/instances/{id}/snapshots"):               scoped(auth.SnapshotWrite),
+		routeKey("GET", "/instances/{id}/snapshot-schedule"):        scoped(auth.SnapshotRead),
+		routeKey("PUT", "/instances/{id}/snapshot-schedule"):        scoped(auth.SnapshotWrite),
+		routeKey("DELETE", "/instances/{id}/snapshot-schedule"):     scoped(auth.SnapshotDelete),
 		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite),
 		routeKey("GET", "/snapshots"):                               scoped(auth.SnapshotRead),
 		routeKey("GET", "/snapshots/{id}"):                          scoped(auth.SnapshotRead),
@@ -93,6 +99,40 @@ func routePolicies() map[string]policy {
 		routeKey("POST", "/ingresses"):        scoped(auth.InstanceWrite),
 		routeKey("GET", "/ingresses/{id}"):    scoped(auth.InstanceRead),
 		routeKey("DELETE", "/ingresses/{id}"): scoped(auth.InstanceWrite),
+
+		routeKey("GET", "/resources"):                 scoped(auth.ResourceRead),
+		routeKey("POST", "/resources/memory/reclaim"): scoped(auth.ResourceWrite),
+
+		routeKey("POST", "/instances/{id}/volumes/{volumeId}"):   scoped(auth.VolumeWrite),
+		routeKey("DELETE", "/instances/{id}/volumes/{volumeId}"): scoped(auth.VolumeWrite),
+		routeKey("GET", "/volumes"):                              scoped(auth.VolumeRead),
+		routeKey("POST", "/volumes"):                             scoped(auth.VolumeWrite),
+		routeKey("POST", "/volumes/from-archive"):                scoped(auth.VolumeWrite),
+		routeKey("GET", "/volumes/{id}"):                         scoped(auth.VolumeRead),
+		routeKey("DELETE", "/volumes/{id}"):                      scoped(auth.VolumeDelete),
+
+		routeKey("GET", "/devices"):           scoped(auth.DeviceRead),
+		routeKey("POST", "/devices"):          scoped(auth.DeviceWrite),
+		routeKey("GET", "/devices/available"): scoped(auth.DeviceRead),
+		routeKey("GET", "/devices/{id}"):      scoped(auth.DeviceRead),
+		routeKey("DELETE", "/devices/{id}"):   scoped(auth.DeviceDelete),
+
+		routeKey("GET", "/builds"):               scoped(auth.BuildRead),
+		routeKey("POST", "/builds"):              scoped(auth.BuildWrite),
+		routeKey("GET", "/builds/{id}"):          scoped(auth.BuildRead),
+		routeKey("DELETE", "/builds/{id}"):       scoped(auth.BuildDelete),
+		routeKey("GET", "/builds/{id}/events"):   scoped(auth.BuildRead),
+		routeKey("GET", "/builders"):             scoped(auth.BuildRead),
+		routeKey("POST", "/builders"):            scoped(auth.BuildWrite),
+		routeKey("GET", "/builders/{id}"):        scoped(auth.BuildRead),
+		routeKey("DELETE", "/builders/{id}"):     scoped(auth.BuildDelete),
+		routeKey("POST", "/builders/{id}/prune"): scoped(auth.BuildWrite),
+
+		// Pushes export hypemand's images: reading them is image:read,
+		// starting one is image:write.
+		routeKey("GET", "/pushes"):      scoped(auth.ImageRead),
+		routeKey("POST", "/pushes"):     scoped(auth.ImageWrite),
+		routeKey("GET", "/pushes/{id}"): scoped(auth.ImageRead),
 
 		// The OCI distribution API (all methods under /v2/).
 		routeKey("*", "/v2/*"): registryPolicy(),

@@ -23,6 +23,7 @@ import (
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/phases"
 	"hypeman/internal/registry"
 )
 
@@ -32,7 +33,7 @@ type Instances interface {
 	Create(ctx context.Context, p instances.CreateParams) (*instances.Instance, error)
 	Get(ctx context.Context, ref string) (*instances.Instance, error)
 	List(ctx context.Context, opts instances.ListOptions) ([]*instances.Instance, error)
-	Start(ctx context.Context, ref string) (*instances.Instance, error)
+	Start(ctx context.Context, ref string, p instances.StartParams) (*instances.Instance, error)
 	Stop(ctx context.Context, ref string) (*instances.Instance, error)
 	Delete(ctx context.Context, ref string) error
 	// Update changes the restart policy and/or health check (PATCH).
@@ -47,7 +48,7 @@ type Images interface {
 	List(ctx context.Context) ([]images.Image, error)
 	Get(ctx context.Context, nameOrDigest string) (*images.Image, error)
 	// Ensure starts a pull (or joins one) and returns at once.
-	Ensure(ctx context.Context, ref string) (*images.Image, error)
+	Ensure(ctx context.Context, ref string, opts images.EnsureOptions) (*images.Image, error)
 	Delete(ctx context.Context, nameOrDigest string) error
 	// ImportImage converts a pushed image (the built-in registry uses it).
 	ImportImage(ctx context.Context, name string, img v1.Image) (*images.Image, error)
@@ -102,10 +103,10 @@ type Lifecycle interface {
 // must yield an error matching instances.ErrSnapshotNotFound.
 type Snapshots interface {
 	CreateSnapshot(ctx context.Context, ref string, p instances.SnapshotParams) (*instances.Snapshot, error)
-	ListSnapshots(ctx context.Context) ([]*instances.Snapshot, error)
+	ListSnapshots(ctx context.Context, f instances.SnapshotFilter) ([]*instances.Snapshot, error)
 	GetSnapshot(ctx context.Context, ref string) (*instances.Snapshot, error)
 	DeleteSnapshot(ctx context.Context, ref string) error
-	RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string) (*instances.Instance, error)
+	RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string, p instances.RestoreSnapshotParams) (*instances.Instance, error)
 	ForkSnapshot(ctx context.Context, snapshotRef string, p instances.ForkParams) (*instances.Instance, error)
 }
 
@@ -128,13 +129,27 @@ type Ingresses interface {
 	Delete(ctx context.Context, idOrName string) error
 }
 
+// Phases reports how long instances spent in each lifecycle phase
+// (*phases.Tracker satisfies it). Optional: without it an instance reports
+// only its current phase, since now.
+type Phases interface {
+	View(id string, st state.State, entered time.Time) phases.View
+}
+
 // Capabilities describe the host for GET /capabilities.
 type Capabilities struct {
-	Hypervisor    string
-	Hypervisors   []string
 	Accelerator   hypervisor.AccelChoice
 	NetworkMode   string // bridge, user or none
 	NetworkReason string
+	// Gateway and Subnet of the guest network (bridge mode).
+	Gateway, Subnet string
+	// GuestToGuest reports whether guests can reach each other directly.
+	GuestToGuest bool
+	// Platform is the image platform guests run (os/arch).
+	Platform string
+	// RuntimeFeatures are the feature IDs of the QEMU runtime on this
+	// host (snapshots, standby, fork, pause, ...).
+	RuntimeFeatures []string
 }
 
 // Options configure NewServer. Instances, Images and Secret are required.
@@ -148,6 +163,7 @@ type Options struct {
 	Snapshots Snapshots   // optional (501 without)
 	Guest     Guest       // optional (501 without)
 	Ingresses Ingresses   // optional (501 without)
+	Phases    Phases      // optional (current phase only without)
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
 	Secret []byte
 	// Version is reported by /capabilities.
@@ -207,6 +223,7 @@ var (
 	_ Snapshots                 = (*instances.Manager)(nil)
 	_ Guest                     = (*instances.Manager)(nil)
 	_ Ingresses                 = (*ingress.Manager)(nil)
+	_ Phases                    = (*phases.Tracker)(nil)
 	_ registry.Importer         = (*images.Store)(nil)
 )
 

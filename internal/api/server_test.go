@@ -92,8 +92,19 @@ func TestAuthentication(t *testing.T) {
 	resp = e.do("GET", "/capabilities", mint(t, auth.ImageRead), "")
 	var c map[string]any
 	jsonBody(t, resp, &c)
-	if resp.StatusCode != 200 || c["accelerator"] != "tcg" || c["version"] != "test-1" || c["networking"].(map[string]any)["mode"] != "user" {
+	if resp.StatusCode != 200 || c["accelerator"] != "tcg" || c["server"].(map[string]any)["version"] != "test-1" ||
+		c["server"].(map[string]any)["api_version"] != "0.3.0" || c["networking"].(map[string]any)["mode"] != "user" ||
+		c["network"].(map[string]any)["model"] != "nat" || c["default_runtime"].(map[string]any)["name"] != "qemu-microvm" {
 		t.Fatalf("capabilities: %d %v", resp.StatusCode, c)
+	}
+	var available []string
+	for _, rt := range c["runtimes"].([]any) {
+		if r := rt.(map[string]any); r["available"] == true {
+			available = append(available, r["name"].(string))
+		}
+	}
+	if len(available) != 1 || available[0] != "qemu-microvm" || len(c["runtimes"].([]any)) != 5 {
+		t.Fatalf("runtimes %v", c["runtimes"])
 	}
 }
 
@@ -145,13 +156,14 @@ func TestInstanceHandlers(t *testing.T) {
 		p.Env["A"] != "1" || p.Entrypoint[0] != "/bin/sh" || p.Cmd[1] != "sleep 1" || p.Tags["team"] != "x" || !p.SkipGuestAgent {
 		t.Fatalf("create params %+v", p)
 	}
-	// Nullable fields are present as null, hypeman style.
-	for _, k := range []string{"state_error", "started_at", "stopped_at", "exit_code", "exit_message"} {
+	// Required nullable fields are present as null, hypeman style.
+	for _, k := range []string{"state_error", "started_at", "stopped_at", "exit_code", "expires_at"} {
 		if v, ok := in[k]; !ok || v != nil {
 			t.Errorf("%s = %v (present %v), want null", k, v, ok)
 		}
 	}
-	if in["state"] != "Initializing" || in["id"] != "idweb" || in["created_at"] != "2025-01-02T03:04:05Z" || in["hypervisor"] != "qemu" {
+	if in["state"] != "Initializing" || in["id"] != "idweb" || in["created_at"] != "2025-01-02T03:04:05Z" || in["hypervisor"] != "qemu-microvm" ||
+		in["current_phase"] != "initializing" || in["phase_durations_ms"] == nil {
 		t.Fatalf("instance %v", in)
 	}
 

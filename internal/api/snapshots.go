@@ -16,55 +16,50 @@ func (s *server) snapshots() (Snapshots, error) {
 	return s.opts.Snapshots, nil
 }
 
-func toAPISnapshot(sn *instances.Snapshot) gen.Snapshot {
-	out := gen.Snapshot{
-		Id: sn.ID, Name: sn.Name, Kind: gen.SnapshotKind(sn.Kind),
-		SourceInstanceId: sn.SourceInstanceID, SourceInstanceName: sn.SourceInstanceName,
-		Image: sn.Image, ImageDigest: optString(sn.ImageDigest),
-		CreatedAt: sn.CreatedAt, SizeBytes: sn.SizeBytes, MemoryBytes: sn.MemoryBytes,
-		Compressed: sn.Compressed,
-	}
-	if sn.Tags != nil {
-		tags := sn.Tags
-		out.Tags = &tags
-	}
-	return out
-}
-
-func (s *server) CreateSnapshot(ctx context.Context, req gen.CreateSnapshotRequestObject) (gen.CreateSnapshotResponseObject, error) {
-	if req.Body == nil {
+func (s *server) CreateInstanceSnapshot(ctx context.Context, req gen.CreateInstanceSnapshotRequestObject) (gen.CreateInstanceSnapshotResponseObject, error) {
+	b := req.Body
+	if b == nil {
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "request body is required")
 	}
 	sm, err := s.snapshots()
 	if err != nil {
 		return nil, err
 	}
-	b := req.Body
-	kind := deref(b.Kind) // "" = the manager picks by state
-	switch kind {
-	case "", gen.SnapshotKindStandby, gen.SnapshotKindStopped:
+	switch b.Kind {
+	case gen.SnapshotKindStandby, gen.SnapshotKindStopped:
 	default: // the validator enforces the enum; this is the second line
 		return nil, &instances.InvalidArgumentError{Field: "kind", Reason: "must be Standby or Stopped"}
 	}
+	if b.Compression != nil && b.Compression.Enabled {
+		return nil, unsupported("compression", "per-snapshot compression is not built yet (the server's compress_snapshots setting applies)")
+	}
 	sn, err := sm.CreateSnapshot(ctx, req.Id, instances.SnapshotParams{
-		Kind: instances.SnapshotKind(kind), Name: deref(b.Name), Tags: deref(b.Tags),
+		Kind: instances.SnapshotKind(b.Kind), Name: deref(b.Name), Tags: derefTags(b.Tags),
 	})
 	if err != nil {
 		return nil, err
 	}
-	return gen.CreateSnapshot201JSONResponse(toAPISnapshot(sn)), nil
+	return gen.CreateInstanceSnapshot201JSONResponse(toAPISnapshot(sn)), nil
 }
 
-// ListSnapshots filters by source instance in the handler: the reference
-// resolves like any instance reference while the instance exists, and
-// still matches the recorded source id or name after it was deleted.
+// ListSnapshots filters by hypeman's fields in the manager; this server's
+// `instance` filter is resolved here: the reference resolves like any
+// instance reference while the instance exists, and still matches the
+// recorded source id or name after it was deleted.
 func (s *server) ListSnapshots(ctx context.Context, req gen.ListSnapshotsRequestObject) (gen.ListSnapshotsResponseObject, error) {
 	sm, err := s.snapshots()
 	if err != nil {
 		return nil, err
 	}
+	p := req.Params
+	f := instances.SnapshotFilter{
+		SourceInstanceID: deref(p.SourceInstanceId), Name: deref(p.Name), Tags: derefTags(p.Tags),
+	}
+	if p.Kind != nil {
+		f.Kind = instances.SnapshotKind(*p.Kind)
+	}
 	var match func(*instances.Snapshot) bool
-	if ref := deref(req.Params.Instance); ref != "" {
+	if ref := deref(p.Instance); ref != "" {
 		resolved := ""
 		in, err := s.opts.Instances.Get(ctx, ref)
 		switch {
@@ -78,7 +73,7 @@ func (s *server) ListSnapshots(ctx context.Context, req gen.ListSnapshotsRequest
 				(resolved != "" && sn.SourceInstanceID == resolved)
 		}
 	}
-	list, err := sm.ListSnapshots(ctx)
+	list, err := sm.ListSnapshots(ctx, f)
 	if err != nil {
 		return nil, err
 	}
@@ -114,41 +109,46 @@ func (s *server) DeleteSnapshot(ctx context.Context, req gen.DeleteSnapshotReque
 	return gen.DeleteSnapshot204Response{}, nil
 }
 
-func (s *server) RestoreSnapshot(ctx context.Context, req gen.RestoreSnapshotRequestObject) (gen.RestoreSnapshotResponseObject, error) {
+func (s *server) RestoreInstanceSnapshot(ctx context.Context, req gen.RestoreInstanceSnapshotRequestObject) (gen.RestoreInstanceSnapshotResponseObject, error) {
 	sm, err := s.snapshots()
 	if err != nil {
 		return nil, err
 	}
-	in, err := sm.RestoreSnapshot(ctx, req.Id, req.Sid)
+	var p instances.RestoreSnapshotParams
+	if b := req.Body; b != nil {
+		if err := checkHypervisor("target_hypervisor", b.TargetHypervisor); err != nil {
+			return nil, err
+		}
+		if p.TargetState, err = targetState(b.TargetState); err != nil {
+			return nil, err
+		}
+	}
+	in, err := sm.RestoreSnapshot(ctx, req.Id, req.Sid, p)
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.RestoreSnapshot200JSONResponse(out), nil
+	return gen.RestoreInstanceSnapshot200JSONResponse(s.instance(in)), nil
 }
 
 func (s *server) ForkSnapshot(ctx context.Context, req gen.ForkSnapshotRequestObject) (gen.ForkSnapshotResponseObject, error) {
-	if req.Body == nil {
+	b := req.Body
+	if b == nil {
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "request body is required")
 	}
 	sm, err := s.snapshots()
 	if err != nil {
 		return nil, err
 	}
-	target, err := forkTarget(req.Body.TargetState)
+	if err := checkHypervisor("target_hypervisor", b.TargetHypervisor); err != nil {
+		return nil, err
+	}
+	target, err := targetState(b.TargetState)
 	if err != nil {
 		return nil, err
 	}
-	in, err := sm.ForkSnapshot(ctx, req.Id, instances.ForkParams{Name: req.Body.Name, TargetState: target})
+	in, err := sm.ForkSnapshot(ctx, req.Id, instances.ForkParams{Name: b.Name, TargetState: target})
 	if err != nil {
 		return nil, err
 	}
-	out, err := toAPIInstance(in)
-	if err != nil {
-		return nil, err
-	}
-	return gen.ForkSnapshot201JSONResponse(out), nil
+	return gen.ForkSnapshot201JSONResponse(s.instance(in)), nil
 }

@@ -39,6 +39,17 @@ const (
 	SnapshotRead   Scope = "snapshot:read"
 	SnapshotWrite  Scope = "snapshot:write"
 	SnapshotDelete Scope = "snapshot:delete"
+	VolumeRead     Scope = "volume:read"
+	VolumeWrite    Scope = "volume:write"
+	VolumeDelete   Scope = "volume:delete"
+	DeviceRead     Scope = "device:read"
+	DeviceWrite    Scope = "device:write"
+	DeviceDelete   Scope = "device:delete"
+	BuildRead      Scope = "build:read"
+	BuildWrite     Scope = "build:write"
+	BuildDelete    Scope = "build:delete"
+	ResourceRead   Scope = "resource:read"
+	ResourceWrite  Scope = "resource:write"
 	// All grants everything.
 	All Scope = "*"
 )

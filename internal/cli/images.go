@@ -85,9 +85,9 @@ func (a *app) followImage(ctx context.Context, c *client.ClientWithResponses, im
 	for {
 		p.update(imageTransfer(img))
 		switch img.Status {
-		case client.Ready:
+		case client.ImageStatusReady:
 			return img, body, nil
-		case client.Failed:
+		case client.ImageStatusFailed:
 			return img, body, &PullError{Name: img.Name, Kind: deref(img.ErrorKind), Message: deref(img.Error)}
 		}
 		if err := sleep(ctx, a.pollInterval); err != nil {
@@ -114,7 +114,7 @@ func (a *app) imagesCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := c.ListImagesWithResponse(ctx)
+			r, err := c.ListImagesWithResponse(ctx, nil)
 			if done, err := a.listedAsJSON(ctx, r, err); done {
 				return err
 			}
@@ -127,10 +127,10 @@ func (a *app) imagesCommand() *cobra.Command {
 					size = humanBytes(n)
 				}
 				status := string(img.Status)
-				if img.Status == client.Pulling && img.Progress != nil && img.Progress.BytesTotal > 0 {
+				if img.Status == client.ImageStatusPulling && img.Progress != nil && img.Progress.BytesTotal > 0 {
 					status = fmt.Sprintf("pulling %d%%", img.Progress.BytesDone*100/img.Progress.BytesTotal)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, status, orDash(shortDigest(deref(img.Digest))), size, age(now, img.CreatedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, status, orDash(shortDigest(img.Digest)), size, age(now, img.CreatedAt))
 			}
 			return tw.Flush()
 		},

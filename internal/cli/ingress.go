@@ -158,7 +158,7 @@ func (a *app) ingressListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := c.ListIngressesWithResponse(ctx)
+			r, err := c.ListIngressesWithResponse(ctx, nil)
 			if done, err := a.listedAsJSON(ctx, r, err); done {
 				return err
 			}

@@ -153,7 +153,8 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 		req.Env = &env
 	}
 	if tags != nil {
-		req.Tags = &tags
+		t := client.Tags(tags)
+		req.Tags = &t
 	}
 	if f.size != "" {
 		req.Size = &f.size
@@ -180,9 +181,7 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 		return usage(fmt.Errorf("--timeout must be positive"))
 	}
 	if f.noNetwork {
-		req.Network = &struct {
-			Enabled *bool `json:"enabled,omitempty"`
-		}{Enabled: ptr(false)}
+		req.Network = &client.CreateInstanceNetwork{Enabled: ptr(false)}
 	}
 	if req.RestartPolicy, err = f.restart.build(cmd.Flags()); err != nil {
 		return usage(err)
@@ -301,7 +300,7 @@ func (a *app) printLogTail(ctx context.Context, c *client.ClientWithResponses, i
 // waitState calls the wait endpoint until a target is reached, the
 // instance settles elsewhere, or timeout passes, splitting long timeouts
 // into requests the server accepts. It returns the last response.
-func (a *app) waitState(ctx context.Context, c *client.ClientWithResponses, id string, states []string, timeout time.Duration) (*client.WaitResponse, []byte, error) {
+func (a *app) waitState(ctx context.Context, c *client.ClientWithResponses, id string, states []string, timeout time.Duration) (*client.WaitForStateResponse, []byte, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		left := time.Until(deadline)
@@ -507,7 +506,9 @@ func (a *app) startCommand() *cobra.Command {
 		`Boot each Stopped instance again and print its name as given. With
 --format json each instance is printed, one per line. Use
 "hypeman wait INSTANCE --state Running" to wait for the program.`,
-		byRef((*client.ClientWithResponses).StartInstanceWithResponse))
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error) {
+			return c.StartInstanceWithResponse(ctx, ref, client.StartInstanceRequest{})
+		})
 }
 
 func (a *app) rmCommand() *cobra.Command {

@@ -56,7 +56,7 @@ func (r *restartFlags) build(fl *pflag.FlagSet) (*client.RestartPolicy, error) {
 		}
 		return nil, nil
 	}
-	var kind client.RestartPolicyKind
+	var kind client.RestartPolicyPolicy
 	switch strings.ToLower(strings.TrimSpace(r.policy)) {
 	case "never":
 		kind = client.RestartNever
@@ -67,7 +67,7 @@ func (r *restartFlags) build(fl *pflag.FlagSet) (*client.RestartPolicy, error) {
 	default:
 		return nil, fmt.Errorf("invalid --%s %q: use never, on_failure or always", r.policyName, r.policy)
 	}
-	out := &client.RestartPolicy{Policy: kind}
+	out := &client.RestartPolicy{Policy: &kind}
 	if kind == client.RestartNever {
 		for _, n := range others {
 			if fl.Changed(n) {
@@ -167,7 +167,7 @@ func (h *healthFlags) build(fl *pflag.FlagSet) (*client.HealthCheck, error) {
 			}
 		}
 		if h.none {
-			return &client.HealthCheck{}, nil
+			return &client.HealthCheck{Type: ptr(client.HealthCheckNone)}, nil
 		}
 		return nil, nil
 	}
@@ -178,30 +178,30 @@ func (h *healthFlags) build(fl *pflag.FlagSet) (*client.HealthCheck, error) {
 		if err != nil {
 			return nil, fmt.Errorf("invalid --%s %q: %w", h.flag("http"), h.http, err)
 		}
-		out.Type, out.Port = ptr(client.HealthCheckHTTP), &port
+		out.Type, out.Http = ptr(client.HealthCheckHTTPType), &client.HealthCheckHTTP{Port: port}
 		if path != "" {
-			out.Path = &path
+			out.Http.Path = &path
 		}
 		if fl.Changed(h.flag("expected-status")) {
 			if h.expectedStatus < 100 || h.expectedStatus > 599 {
 				return nil, fmt.Errorf("--%s must be an HTTP status between 100 and 599", h.flag("expected-status"))
 			}
-			out.ExpectedStatus = ptr(h.expectedStatus)
+			out.Http.ExpectedStatus = ptr(h.expectedStatus)
 		}
 	case fl.Changed(h.flag("tcp")):
 		port, err := parseTCPTarget(h.tcp)
 		if err != nil {
 			return nil, fmt.Errorf("invalid --%s %q: %w", h.flag("tcp"), h.tcp, err)
 		}
-		out.Type, out.Port = ptr(client.HealthCheckTCP), &port
+		out.Type, out.Tcp = ptr(client.HealthCheckTCPType), &client.HealthCheckTCP{Port: port}
 	default:
 		argv, err := splitCommand(h.cmd)
 		if err != nil {
 			return nil, fmt.Errorf("invalid --%s %q: %w", h.flag("cmd"), h.cmd, err)
 		}
-		out.Type, out.Command = ptr(client.HealthCheckExec), &argv
+		out.Type, out.Exec = ptr(client.HealthCheckExecType), &client.HealthCheckExec{Command: argv}
 	}
-	if fl.Changed(h.flag("expected-status")) && out.ExpectedStatus == nil {
+	if fl.Changed(h.flag("expected-status")) && out.Http == nil {
 		return nil, fmt.Errorf("--%s only applies to --%s", h.flag("expected-status"), h.flag("http"))
 	}
 	if fl.Changed(h.flag("retries")) {

@@ -45,20 +45,20 @@ func TestRunSendsRestartAndHealthFlags(t *testing.T) {
 				"--health-http", ":8080/healthz?full=1", "--health-interval", "5s", "--health-timeout", "1500ms",
 				"--health-start-period", "1m", "--health-retries", "2", "--health-expected-status", "204", "--no-network"},
 			policy: `{"backoff":"2s","max_attempts":5,"max_backoff":"1m","policy":"on_failure","stable_after":"30m"}`,
-			check:  `{"expected_status":204,"failure_threshold":2,"interval":"5s","path":"/healthz?full=1","port":8080,"start_period":"1m","timeout":"1500ms","type":"http"}`,
+			check:  `{"failure_threshold":2,"http":{"expected_status":204,"path":"/healthz?full=1","port":8080},"interval":"5s","start_period":"1m","timeout":"1500ms","type":"http"}`,
 			netVal: `{"enabled":false}`,
 		},
 		{
 			args:   []string{"--restart", "always", "--restart-max-attempts", "0", "--health-tcp", "localhost:5432"},
 			policy: `{"max_attempts":0,"policy":"always"}`,
-			check:  `{"port":5432,"type":"tcp"}`,
+			check:  `{"tcp":{"port":5432},"type":"tcp"}`,
 		},
 		{
 			args:  []string{"--health-cmd", `pg_isready -h "db host" -U 'a b' --x=\$y`},
-			check: `{"command":["pg_isready","-h","db host","-U","a b","--x=$y"],"type":"exec"}`,
+			check: `{"exec":{"command":["pg_isready","-h","db host","-U","a b","--x=$y"]},"type":"exec"}`,
 		},
 		{args: []string{"--restart", "never"}, policy: `{"policy":"never"}`},
-		{args: []string{"--health-http", "http://127.0.0.1:80"}, check: `{"port":80,"type":"http"}`},
+		{args: []string{"--health-http", "http://127.0.0.1:80"}, check: `{"http":{"port":80},"type":"http"}`},
 		{args: nil},
 	}
 	for i, c := range cases {
@@ -141,12 +141,12 @@ func TestUpdateCommands(t *testing.T) {
 			`{"restart_policy":{"backoff":"1s","max_attempts":5,"max_backoff":"1s","policy":"on_failure","stable_after":"1h"}}`},
 		{[]string{"update", "restart-policy", "web", "--policy", "never"}, `{"restart_policy":{"policy":"never"}}`},
 		{[]string{"update", "health-check", "web", "--http", ":8080/healthz", "--interval", "5s", "--retries", "2"},
-			`{"health_check":{"failure_threshold":2,"interval":"5s","path":"/healthz","port":8080,"type":"http"}}`},
+			`{"health_check":{"failure_threshold":2,"http":{"path":"/healthz","port":8080},"interval":"5s","type":"http"}}`},
 		{[]string{"update", "health-check", "web", "--tcp", "5432", "--start-period", "0s", "--timeout", "1s"},
-			`{"health_check":{"port":5432,"start_period":"0s","timeout":"1s","type":"tcp"}}`},
+			`{"health_check":{"start_period":"0s","tcp":{"port":5432},"timeout":"1s","type":"tcp"}}`},
 		{[]string{"update", "health-check", "web", "--cmd", `sh -c 'test -f /ready'`},
-			`{"health_check":{"command":["sh","-c","test -f /ready"],"type":"exec"}}`},
-		{[]string{"update", "health-check", "web", "--none"}, `{"health_check":{}}`},
+			`{"health_check":{"exec":{"command":["sh","-c","test -f /ready"]},"type":"exec"}}`},
+		{[]string{"update", "health-check", "web", "--none"}, `{"health_check":{"type":"none"}}`},
 	}
 	for i, c := range cases {
 		res := f.run(c.args...)

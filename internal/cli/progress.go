@@ -27,14 +27,14 @@ func imageTransfer(img *client.Image) transfer {
 		t.LayersDone, t.LayersTotal = p.LayersDone, p.LayersTotal
 	}
 	switch img.Status {
-	case client.Ready:
-		if d := deref(img.Digest); d != "" {
+	case client.ImageStatusReady:
+		if d := img.Digest; d != "" {
 			t.Detail = append(t.Detail, shortDigest(d))
 		}
 		if n := deref(img.SizeBytes); n > 0 {
 			t.Detail = append(t.Detail, humanBytes(n))
 		}
-	case client.Failed:
+	case client.ImageStatusFailed:
 		if e := deref(img.Error); e != "" {
 			t.Detail = append(t.Detail, e)
 		}

@@ -58,7 +58,7 @@ func TestRenderProgress(t *testing.T) {
 	}
 	// Ready shows the digest and size instead of counters.
 	digest, size := "sha256:0123456789abcdef0123", int64(12_300_000)
-	ready := imageTransfer(&client.Image{Name: "x", Status: client.Ready, Digest: &digest, SizeBytes: &size})
+	ready := imageTransfer(&client.Image{Name: "x", Status: client.ImageStatusReady, Digest: digest, SizeBytes: &size})
 	if got := renderProgress(ready, 80); got != "x  ready       sha256:0123456789ab  12.3 MB" {
 		t.Errorf("ready line %q", got)
 	}

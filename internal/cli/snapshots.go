@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -19,7 +20,9 @@ func (a *app) standbyCommand() *cobra.Command {
 (Running → Paused → Standby): it costs no CPU or memory until "hypeman
 restore" continues it where it was. Prints each name as given (with
 --format json the instance).`,
-		byRef((*client.ClientWithResponses).StandbyInstanceWithResponse))
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error) {
+			return c.StandbyInstanceWithResponse(ctx, ref, client.StandbyInstanceRequest{})
+		})
 }
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -151,10 +154,24 @@ a Stopped one.`,
 			var req client.CreateSnapshotRequest
 			switch {
 			case kind == "":
+				// Like the server used to: Standby for a live or standby
+				// instance, Stopped for a stopped one.
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				r, err := c.GetInstanceWithResponse(ctx, args[0])
+				if err := a.check(ctx, r, err, http.StatusOK); err != nil {
+					return err
+				}
+				req.Kind = client.SnapshotKindStandby
+				if r.JSON200.State == client.Stopped {
+					req.Kind = client.SnapshotKindStopped
+				}
 			case strings.EqualFold(kind, string(client.SnapshotKindStandby)):
-				req.Kind = ptr(client.SnapshotKindStandby)
+				req.Kind = client.SnapshotKindStandby
 			case strings.EqualFold(kind, string(client.SnapshotKindStopped)):
-				req.Kind = ptr(client.SnapshotKindStopped)
+				req.Kind = client.SnapshotKindStopped
 			default:
 				return usage(fmt.Errorf("invalid --kind %q: use Standby or Stopped", kind))
 			}
@@ -169,13 +186,14 @@ a Stopped one.`,
 				return usage(err)
 			}
 			if t != nil {
-				req.Tags = &t
+				ct := client.Tags(t)
+				req.Tags = &ct
 			}
 			c, err := a.api()
 			if err != nil {
 				return err
 			}
-			r, err := c.CreateSnapshotWithResponse(ctx, args[0], req)
+			r, err := c.CreateInstanceSnapshotWithResponse(ctx, args[0], req)
 			if err := a.check(ctx, r, err, http.StatusCreated); err != nil {
 				return err
 			}
@@ -217,7 +235,7 @@ func (a *app) snapshotListCommand() *cobra.Command {
 			now := a.now()
 			for i := len(list) - 1; i >= 0; i-- {
 				s := list[i]
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(s.Id), s.Name, s.Kind, orDash(s.SourceInstanceName),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(s.Id), orDash(deref(s.Name)), s.Kind, orDash(s.SourceInstanceName),
 					humanBytes(s.SizeBytes), age(now, s.CreatedAt))
 			}
 			return tw.Flush()
@@ -238,21 +256,32 @@ func (a *app) snapshotGetCommand() *cobra.Command {
 }
 
 func (a *app) snapshotRestoreCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "restore INSTANCE SNAPSHOT",
+	var target string
+	cmd := &cobra.Command{
+		Use:   "restore [--target-state STATE] INSTANCE SNAPSHOT",
 		Short: "Roll an instance back to one of its snapshots",
 		Long: `Replace INSTANCE's state with SNAPSHOT (one of its own). The instance
-must be Stopped or Standby. A Standby snapshot brings it to Running where
-the snapshot was taken; a Stopped one leaves it Stopped on the snapshot's
-disk. Prints the instance as given (with --format json the instance).`,
+must be Stopped or Standby. By default a Standby snapshot brings it to
+Running where the snapshot was taken and a Stopped one leaves it Stopped on
+the snapshot's disk; --target-state chooses (a Stopped snapshot cannot end
+Standby). Prints the instance as given (with --format json the instance).`,
 		Args: exactArgs(2, "an instance and a snapshot"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			ts, err := forkTargetFlag(cmd, target)
+			if err != nil {
+				return err
+			}
+			var req client.RestoreSnapshotRequest
+			if ts != nil {
+				st := client.SnapshotTargetState(*ts)
+				req.TargetState = &st
+			}
 			c, err := a.api()
 			if err != nil {
 				return err
 			}
-			r, err := c.RestoreSnapshotWithResponse(ctx, args[0], args[1])
+			r, err := c.RestoreInstanceSnapshotWithResponse(ctx, args[0], args[1], req)
 			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
 				return err
 			}
@@ -260,6 +289,8 @@ disk. Prints the instance as given (with --format json the instance).`,
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&target, "target-state", "", "`STATE` after the restore: Running, Standby or Stopped (default by the snapshot's kind)")
+	return cmd
 }
 
 func (a *app) snapshotForkCommand() *cobra.Command {
@@ -284,7 +315,12 @@ state; from a Stopped one it boots on the snapshot's disk.`,
 			if err != nil {
 				return err
 			}
-			r, err := c.ForkSnapshotWithResponse(ctx, args[0], client.ForkSnapshotRequest{Name: args[1], TargetState: ts})
+			var sts *client.SnapshotTargetState
+			if ts != nil {
+				st := client.SnapshotTargetState(*ts)
+				sts = &st
+			}
+			r, err := c.ForkSnapshotWithResponse(ctx, args[0], client.ForkSnapshotRequest{Name: args[1], TargetState: sts})
 			if err := a.check(ctx, r, err, http.StatusCreated); err != nil {
 				return err
 			}

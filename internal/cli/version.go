@@ -75,9 +75,9 @@ the server cannot be reached (the command then exits 1).`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "Server: hypemand %s at %s\n", caps.Version, a.describeServer())
+			fmt.Fprintf(a.stdout, "Server: hypemand %s (API %s) at %s\n", caps.Server.Version, caps.Server.ApiVersion, a.describeServer())
 			fmt.Fprintf(a.stdout, "  hypervisor %s, accelerator %s (%s), networking %s\n",
-				orDash(caps.Hypervisor), orDash(caps.Accelerator), orDash(caps.AcceleratorReason), orDash(caps.Networking.Mode))
+				orDash(caps.DefaultRuntime.Name), orDash(caps.Accelerator), orDash(caps.AcceleratorReason), orDash(caps.Networking.Mode))
 			return nil
 		},
 	}

@@ -227,7 +227,7 @@ func TestBootWritableDiskPersistsAcrossBoots(t *testing.T) {
 	if !strings.Contains(serialLog(t, d, in.ID), "boots=1") {
 		t.Fatalf("first boot:\n%s", serialLog(t, d, in.ID))
 	}
-	if _, err := d.Instances.Start(ctx, in.ID); err != nil {
+	if _, err := d.Instances.Start(ctx, in.ID, instances.StartParams{}); err != nil {
 		t.Fatal(err)
 	}
 	got := waitState(t, d, in.ID, state.Stopped, bootTimeout)

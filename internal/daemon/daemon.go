@@ -10,6 +10,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ import (
 	"hypeman/internal/instances"
 	"hypeman/internal/network"
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/phases"
 	"hypeman/internal/restart"
 	"hypeman/internal/system"
 )
@@ -49,7 +51,11 @@ type Daemon struct {
 	Ingress    *ingress.Manager // nil when Network is nil
 	Restart    *restart.Controller
 	Health     *health.Controller
-	StartedAt  time.Time
+	// Phases accounts time per lifecycle phase (a bus consumer).
+	Phases    *phases.Tracker
+	StartedAt time.Time
+
+	phaseFollower *phases.Follower
 
 	cancel  context.CancelFunc
 	ctlDone chan struct{}
@@ -138,6 +144,12 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		return nil, fmt.Errorf("image store: %w", err)
 	}
 	d.Events = events.New(events.Options{})
+	if d.Phases, err = phases.Open(filepath.Join(p.Root, "phases.json"), nil, logger.With("component", "phases")); err != nil {
+		d.Images.Close()
+		return nil, err
+	}
+	// Subscribe before the manager starts publishing (re-adoption at load).
+	d.phaseFollower = d.Phases.Subscribe(d.Events)
 	var netDep instances.Network
 	if d.Network != nil && d.Network.Mode() != network.ModeNone {
 		netDep = d.Network
@@ -246,7 +258,7 @@ func (r ImageResolver) Resolve(ctx context.Context, ref string) (instances.Image
 	return instances.ImageInfo{
 		Name: img.Name, Digest: img.Digest, DiskPath: img.DiskPath, FSType: string(img.DiskFormat),
 		Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
-		WorkingDir: img.Config.WorkingDir, User: img.Config.User,
+		WorkingDir: img.Config.WorkingDir, User: img.Config.User, Platform: img.Platform,
 	}, nil
 }
 
@@ -300,7 +312,7 @@ func (d *Daemon) startControllers(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.ctlDone = cancel, make(chan struct{})
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run} {
+	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -333,12 +345,17 @@ func (p *prober) dial(ctx context.Context, id string, port int) (net.Conn, error
 	return d.DialContext(ctx, "tcp", addr)
 }
 
-func (p *prober) HTTP(ctx context.Context, id string, port int, path string) (int, error) {
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return p.dial(ctx, id, port)
-	}}
+func (p *prober) HTTP(ctx context.Context, id string, port int, scheme, path string) (int, error) {
+	tr := &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return p.dial(ctx, id, port)
+		},
+		// The guest's certificate is its own (no name or CA we could check).
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // probing the guest's own endpoint
+	}
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://guest"+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://guest"+path, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -358,8 +375,8 @@ func (p *prober) TCP(ctx context.Context, id string, port int) error {
 	return c.Close()
 }
 
-func (p *prober) Exec(ctx context.Context, id string, command []string) (int, error) {
-	res, err := p.m.Exec(ctx, id, agent.ExecRequest{Argv: command}, agent.ExecIO{})
+func (p *prober) Exec(ctx context.Context, id string, command []string, workingDir string) (int, error) {
+	res, err := p.m.Exec(ctx, id, agent.ExecRequest{Argv: command, Cwd: workingDir}, agent.ExecIO{})
 	if err != nil {
 		return 0, err
 	}

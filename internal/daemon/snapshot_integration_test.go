@@ -41,7 +41,7 @@ func TestSnapshotsTakeRestoreFork(t *testing.T) {
 	if _, err := d.Instances.CreateSnapshot(ctx, in.ID, instances.SnapshotParams{Name: "warm"}); !errors.Is(err, instances.ErrNameInUse) {
 		t.Fatalf("duplicate snapshot name: %v", err)
 	}
-	list, _ := d.Instances.ListSnapshots(ctx)
+	list, _ := d.Instances.ListSnapshots(ctx, instances.SnapshotFilter{})
 	if len(list) != 1 || list[0].ID != snap.ID {
 		t.Fatalf("list: %+v", list)
 	}
@@ -52,7 +52,7 @@ func TestSnapshotsTakeRestoreFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	offset := len(serialLog(t, d, in.ID))
-	if _, err := d.Instances.RestoreSnapshot(ctx, in.ID, "warm"); err != nil {
+	if _, err := d.Instances.RestoreSnapshot(ctx, in.ID, "warm", instances.RestoreSnapshotParams{}); err != nil {
 		t.Fatal(err)
 	}
 	waitNewCounts(t, d, in.ID, offset)

@@ -33,6 +33,7 @@ const (
 	DefaultSuccessThreshold = 1
 	DefaultExpectedStatus   = 200
 	DefaultPath             = "/"
+	DefaultScheme           = "http"
 	// MinInterval protects the host (and the guest) from probe storms.
 	MinInterval = time.Second
 )
@@ -79,10 +80,15 @@ type Check struct {
 	Port int
 	// Path for http (default "/").
 	Path string
+	// Scheme for http: "http" (default) or "https" (the guest's
+	// certificate is not verified: it is the guest's own, self-issued).
+	Scheme string
 	// ExpectedStatus for http (default 200).
 	ExpectedStatus int
 	// Command for exec (argv, no shell).
 	Command []string
+	// WorkingDir for exec ("" = the instance's).
+	WorkingDir string
 	// Interval between the end of one check and the start of the next.
 	Interval time.Duration
 	// Timeout of one check (≤ Interval); a timeout is a failure.
@@ -103,21 +109,21 @@ func DefaultCheck(t Type) Check {
 		FailureThreshold: DefaultFailureThreshold, SuccessThreshold: DefaultSuccessThreshold,
 	}
 	if t == HTTP {
-		c.Path, c.ExpectedStatus = DefaultPath, DefaultExpectedStatus
+		c.Path, c.Scheme, c.ExpectedStatus = DefaultPath, DefaultScheme, DefaultExpectedStatus
 	}
 	return c
 }
 
 // IsZero reports whether no check is configured.
 func (c Check) IsZero() bool {
-	return c.Type == "" && c.Port == 0 && c.Path == "" && c.ExpectedStatus == 0 && len(c.Command) == 0 &&
+	return c.Type == "" && c.Port == 0 && c.Path == "" && c.Scheme == "" && c.ExpectedStatus == 0 && len(c.Command) == 0 && c.WorkingDir == "" &&
 		c.Interval == 0 && c.Timeout == 0 && c.StartPeriod == 0 && c.FailureThreshold == 0 && c.SuccessThreshold == 0
 }
 
 // Equal reports whether two checks are the same.
 func (c Check) Equal(d Check) bool {
-	return c.Type == d.Type && c.Port == d.Port && c.Path == d.Path && c.ExpectedStatus == d.ExpectedStatus &&
-		slices.Equal(c.Command, d.Command) && c.Interval == d.Interval && c.Timeout == d.Timeout &&
+	return c.Type == d.Type && c.Port == d.Port && c.Path == d.Path && c.Scheme == d.Scheme && c.ExpectedStatus == d.ExpectedStatus &&
+		slices.Equal(c.Command, d.Command) && c.WorkingDir == d.WorkingDir && c.Interval == d.Interval && c.Timeout == d.Timeout &&
 		c.StartPeriod == d.StartPeriod && c.FailureThreshold == d.FailureThreshold && c.SuccessThreshold == d.SuccessThreshold
 }
 
@@ -127,43 +133,46 @@ func (c Check) Validate() error {
 	if c.IsZero() {
 		return nil
 	}
+	// Field names follow the API's nesting: health_check.http.port, ...
+	sub := string(c.Type) + "."
 	switch c.Type {
 	case HTTP, TCP:
 		if c.Port < 1 || c.Port > 65535 {
-			return fieldErr("port", "must be between 1 and 65535 for a %s check, got %d", c.Type, c.Port)
+			return fieldErr(sub+"port", "must be between 1 and 65535 for a %s check, got %d", c.Type, c.Port)
 		}
-		if len(c.Command) > 0 {
-			return fieldErr("command", "only applies to exec checks")
+		if len(c.Command) > 0 || c.WorkingDir != "" {
+			return fieldErr("exec", "only applies to exec checks")
 		}
 	case Exec:
 		if len(c.Command) == 0 || strings.TrimSpace(c.Command[0]) == "" {
-			return fieldErr("command", "is required for an exec check (argv, e.g. [\"pg_isready\"])")
+			return fieldErr("exec.command", "is required for an exec check (argv, e.g. [\"pg_isready\"])")
+		}
+		if c.WorkingDir != "" && !strings.HasPrefix(c.WorkingDir, "/") {
+			return fieldErr("exec.working_dir", "must be an absolute path, got %q", c.WorkingDir)
 		}
 		if c.Port != 0 {
-			return fieldErr("port", "only applies to http and tcp checks")
+			return fieldErr("http", "only applies to http and tcp checks")
 		}
 	case "":
 		return fieldErr("type", "is required (http, tcp or exec)")
 	default:
-		return fieldErr("type", "unknown type %q (want http, tcp or exec)", c.Type)
+		return fieldErr("type", "unknown type %q (want none, http, tcp or exec)", c.Type)
 	}
 	if c.Type == HTTP {
 		if !strings.HasPrefix(c.Path, "/") {
-			return fieldErr("path", "must start with /, got %q", c.Path)
+			return fieldErr("http.path", "must start with /, got %q", c.Path)
 		}
 		if strings.ContainsAny(c.Path, " \t\r\n") {
-			return fieldErr("path", "must not contain whitespace")
+			return fieldErr("http.path", "must not contain whitespace")
+		}
+		if c.Scheme != "http" && c.Scheme != "https" {
+			return fieldErr("http.scheme", "must be http or https, got %q", c.Scheme)
 		}
 		if c.ExpectedStatus < 100 || c.ExpectedStatus > 599 {
-			return fieldErr("expected_status", "must be an HTTP status between 100 and 599, got %d", c.ExpectedStatus)
+			return fieldErr("http.expected_status", "must be an HTTP status between 100 and 599, got %d", c.ExpectedStatus)
 		}
-	} else {
-		if c.Path != "" {
-			return fieldErr("path", "only applies to http checks")
-		}
-		if c.ExpectedStatus != 0 {
-			return fieldErr("expected_status", "only applies to http checks")
-		}
+	} else if c.Path != "" || c.Scheme != "" || c.ExpectedStatus != 0 {
+		return fieldErr("http", "only applies to http checks")
 	}
 	if c.Interval < MinInterval {
 		return fieldErr("interval", "must be at least %s, got %s", MinInterval, durations.Format(c.Interval))
@@ -190,8 +199,10 @@ type checkJSON struct {
 	Type             Type     `json:"type"`
 	Port             int      `json:"port,omitempty"`
 	Path             string   `json:"path,omitempty"`
+	Scheme           string   `json:"scheme,omitempty"`
 	ExpectedStatus   int      `json:"expected_status,omitempty"`
 	Command          []string `json:"command,omitempty"`
+	WorkingDir       string   `json:"working_dir,omitempty"`
 	Interval         string   `json:"interval"`
 	Timeout          string   `json:"timeout"`
 	StartPeriod      string   `json:"start_period"`
@@ -202,7 +213,7 @@ type checkJSON struct {
 // MarshalJSON writes the check; durations as short Go duration strings.
 func (c Check) MarshalJSON() ([]byte, error) {
 	return json.Marshal(checkJSON{
-		Type: c.Type, Port: c.Port, Path: c.Path, ExpectedStatus: c.ExpectedStatus, Command: c.Command,
+		Type: c.Type, Port: c.Port, Path: c.Path, Scheme: c.Scheme, ExpectedStatus: c.ExpectedStatus, Command: c.Command, WorkingDir: c.WorkingDir,
 		Interval: durations.Format(c.Interval), Timeout: durations.Format(c.Timeout), StartPeriod: durations.Format(c.StartPeriod),
 		FailureThreshold: c.FailureThreshold, SuccessThreshold: c.SuccessThreshold,
 	})
@@ -246,8 +257,9 @@ func (c *Check) UnmarshalJSON(b []byte) error {
 		}
 		switch {
 		case k == "type":
-		case k == "path":
-			if err := json.Unmarshal(v, &out.Path); err != nil {
+		case k == "path" || k == "scheme" || k == "working_dir":
+			dst := map[string]*string{"path": &out.Path, "scheme": &out.Scheme, "working_dir": &out.WorkingDir}[k]
+			if err := json.Unmarshal(v, dst); err != nil {
 				return fieldErr(k, "must be a string")
 			}
 		case k == "command":

@@ -15,7 +15,7 @@ func TestCheckJSONDefaults(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"type":"http","port":8080,"path":"/healthz"}`), &c); err != nil {
 		t.Fatal(err)
 	}
-	want := health.Check{Type: health.HTTP, Port: 8080, Path: "/healthz", ExpectedStatus: 200,
+	want := health.Check{Type: health.HTTP, Port: 8080, Path: "/healthz", Scheme: "http", ExpectedStatus: 200,
 		Interval: 10 * time.Second, Timeout: 2 * time.Second, StartPeriod: 30 * time.Second,
 		FailureThreshold: 3, SuccessThreshold: 1}
 	if !c.Equal(want) {
@@ -25,7 +25,7 @@ func TestCheckJSONDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := json.Marshal(c)
-	const wantJSON = `{"type":"http","port":8080,"path":"/healthz","expected_status":200,"interval":"10s","timeout":"2s","start_period":"30s","failure_threshold":3,"success_threshold":1}`
+	const wantJSON = `{"type":"http","port":8080,"path":"/healthz","scheme":"http","expected_status":200,"interval":"10s","timeout":"2s","start_period":"30s","failure_threshold":3,"success_threshold":1}`
 	if string(b) != wantJSON {
 		t.Fatalf("marshal = %s\nwant      %s", b, wantJSON)
 	}
@@ -96,35 +96,35 @@ func TestCheckValidate(t *testing.T) {
 		}, ""},
 		{"no type", func() health.Check { return health.Check{Port: 80} }, "health_check.type"},
 		{"bad type", func() health.Check { c := health.DefaultCheck("grpc"); c.Port = 1; return c }, "health_check.type"},
-		{"http no port", func() health.Check { return health.DefaultCheck(health.HTTP) }, "health_check.port"},
-		{"port too big", func() health.Check { c := health.DefaultCheck(health.TCP); c.Port = 70000; return c }, "health_check.port"},
+		{"http no port", func() health.Check { return health.DefaultCheck(health.HTTP) }, "health_check.http.port"},
+		{"port too big", func() health.Check { c := health.DefaultCheck(health.TCP); c.Port = 70000; return c }, "health_check.tcp.port"},
 		{"path without slash", func() health.Check {
 			c := health.DefaultCheck(health.HTTP)
 			c.Port, c.Path = 80, "healthz"
 			return c
-		}, "health_check.path"},
+		}, "health_check.http.path"},
 		{"status 42", func() health.Check {
 			c := health.DefaultCheck(health.HTTP)
 			c.Port, c.ExpectedStatus = 80, 42
 			return c
-		}, "health_check.expected_status"},
+		}, "health_check.http.expected_status"},
 		{"tcp with path", func() health.Check {
 			c := health.DefaultCheck(health.TCP)
 			c.Port, c.Path = 80, "/x"
 			return c
-		}, "health_check.path"},
+		}, "health_check.http"},
 		{"tcp with command", func() health.Check {
 			c := health.DefaultCheck(health.TCP)
 			c.Port, c.Command = 80, []string{"x"}
 			return c
-		}, "health_check.command"},
-		{"exec no command", func() health.Check { return health.DefaultCheck(health.Exec) }, "health_check.command"},
-		{"exec empty argv0", func() health.Check { c := health.DefaultCheck(health.Exec); c.Command = []string{" "}; return c }, "health_check.command"},
+		}, "health_check.exec"},
+		{"exec no command", func() health.Check { return health.DefaultCheck(health.Exec) }, "health_check.exec.command"},
+		{"exec empty argv0", func() health.Check { c := health.DefaultCheck(health.Exec); c.Command = []string{" "}; return c }, "health_check.exec.command"},
 		{"exec with port", func() health.Check {
 			c := health.DefaultCheck(health.Exec)
 			c.Command, c.Port = []string{"true"}, 80
 			return c
-		}, "health_check.port"},
+		}, "health_check.http"},
 		{"interval too short", func() health.Check {
 			c := health.DefaultCheck(health.TCP)
 			c.Port, c.Interval, c.Timeout = 1, 500*time.Millisecond, 100*time.Millisecond

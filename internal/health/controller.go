@@ -44,12 +44,14 @@ type Instances interface {
 // Prober runs one check against a guest. Every method must return promptly
 // once ctx ends (ctx carries the check's timeout).
 type Prober interface {
-	// HTTP performs GET http://<guest>:port<path> and returns the status.
-	HTTP(ctx context.Context, instanceID string, port int, path string) (statusCode int, err error)
+	// HTTP performs GET <scheme>://<guest>:port<path> and returns the
+	// status (https: the guest's certificate is not verified).
+	HTTP(ctx context.Context, instanceID string, port int, scheme, path string) (statusCode int, err error)
 	// TCP opens (and closes) a TCP connection to <guest>:port.
 	TCP(ctx context.Context, instanceID string, port int) error
-	// Exec runs command in the guest and returns its exit code.
-	Exec(ctx context.Context, instanceID string, command []string) (exitCode int, err error)
+	// Exec runs command in the guest (in workingDir when not empty) and
+	// returns its exit code.
+	Exec(ctx context.Context, instanceID string, command []string, workingDir string) (exitCode int, err error)
 }
 
 // Restarter is told when a boot's checks find the instance unhealthy (on
@@ -449,7 +451,7 @@ func (c *Controller) probe(ctx context.Context, id string, chk Check) (Result, O
 	switch chk.Type {
 	case HTTP:
 		var code int
-		code, err = c.cfg.Prober.HTTP(pctx, id, chk.Port, chk.Path)
+		code, err = c.cfg.Prober.HTTP(pctx, id, chk.Port, chk.Scheme, chk.Path)
 		if err == nil && code != chk.ExpectedStatus {
 			err = fmt.Errorf("HTTP status %d, want %d", code, chk.ExpectedStatus)
 		}
@@ -457,7 +459,7 @@ func (c *Controller) probe(ctx context.Context, id string, chk Check) (Result, O
 		err = c.cfg.Prober.TCP(pctx, id, chk.Port)
 	case Exec:
 		var code int
-		code, err = c.cfg.Prober.Exec(pctx, id, chk.Command)
+		code, err = c.cfg.Prober.Exec(pctx, id, chk.Command, chk.WorkingDir)
 		if err == nil && code != 0 {
 			err = fmt.Errorf("command exited with code %d", code)
 		}

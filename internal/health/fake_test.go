@@ -276,8 +276,8 @@ func (p *fakeProber) call(ctx context.Context, id string) (int, error) {
 	return fn(ctx)
 }
 
-func (p *fakeProber) HTTP(ctx context.Context, id string, port int, path string) (int, error) {
-	if port == 0 || path == "" {
+func (p *fakeProber) HTTP(ctx context.Context, id string, port int, scheme, path string) (int, error) {
+	if port == 0 || path == "" || (scheme != "http" && scheme != "https") {
 		return 0, errors.New("bad http probe arguments")
 	}
 	return p.call(ctx, id)
@@ -288,7 +288,7 @@ func (p *fakeProber) TCP(ctx context.Context, id string, port int) error {
 	return err
 }
 
-func (p *fakeProber) Exec(ctx context.Context, id string, cmd []string) (int, error) {
+func (p *fakeProber) Exec(ctx context.Context, id string, cmd []string, _ string) (int, error) {
 	if len(cmd) == 0 {
 		return 0, errors.New("no command")
 	}

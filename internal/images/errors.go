@@ -23,6 +23,9 @@ var (
 	ErrInvalidReference = errors.New("invalid image reference")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("image store closed")
+	// ErrPullInFlight: a pull with its own credentials met a pull of the
+	// same name already running (a 409-class error).
+	ErrPullInFlight = errors.New("image pull already in flight")
 
 	// ErrRegistryUnreachable: the registry could not be reached (DNS, refused
 	// connection, TLS failure, plain HTTP refused by policy).

@@ -106,9 +106,13 @@ func (s *Store) pull(j *job) (string, error) {
 // resolve fetches the manifest (or index) for j.ref and returns the image
 // for the configured platform, checking a pinned digest.
 func (s *Store) resolve(j *job) (v1.Image, error) {
+	auth := remote.WithAuthFromKeychain(s.cfg.Keychain)
+	if j.auth != nil {
+		auth = remote.WithAuth(j.auth)
+	}
 	opts := []remote.Option{
 		remote.WithContext(j.ctx),
-		remote.WithAuthFromKeychain(s.cfg.Keychain),
+		auth,
 		remote.WithPlatform(s.cfg.Platform),
 		remote.WithTransport(s.transport),
 		remote.WithUserAgent("hypeman"),
@@ -149,6 +153,19 @@ func (s *Store) resolve(j *job) (v1.Image, error) {
 	default:
 		return desc.Image()
 	}
+}
+
+// imagePlatform is os/arch[/variant] from an image config ("" when the
+// config does not say).
+func imagePlatform(cf *v1.ConfigFile) string {
+	if cf.OS == "" || cf.Architecture == "" {
+		return ""
+	}
+	p := cf.OS + "/" + cf.Architecture
+	if cf.Variant != "" {
+		p += "/" + cf.Variant
+	}
+	return p
 }
 
 func platformMatches(have, want v1.Platform) bool {
@@ -289,6 +306,7 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 			Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, Env: cf.Config.Env,
 			WorkingDir: cf.Config.WorkingDir, User: cf.Config.User,
 		},
+		Platform:         imagePlatform(cf),
 		SizeBytes:        size,
 		DiskFormat:       s.disk.format,
 		DiskFormatReason: s.disk.reason,

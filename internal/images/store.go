@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -58,18 +59,21 @@ type Progress struct {
 
 // Image is a snapshot of one named image.
 type Image struct {
-	Name       string      `json:"name"`             // normalized, e.g. docker.io/library/busybox:latest
-	Digest     string      `json:"digest,omitempty"` // manifest digest (linux/amd64 manifest, not the index)
-	Status     Status      `json:"status"`
-	Error      string      `json:"error,omitempty"`
-	ErrorKind  string      `json:"error_kind,omitempty"` // see ErrorKindOf
-	Progress   Progress    `json:"progress"`
-	Config     ImageConfig `json:"config"`
-	SizeBytes  int64       `json:"size_bytes,omitempty"` // root disk file size
-	DiskPath   string      `json:"disk_path,omitempty"`
-	DiskFormat DiskFormat  `json:"disk_format,omitempty"`
-	CreatedAt  time.Time   `json:"created_at"`
-	UpdatedAt  time.Time   `json:"updated_at"`
+	Name   string `json:"name"`             // normalized, e.g. docker.io/library/busybox:latest
+	Digest string `json:"digest,omitempty"` // manifest digest (linux/amd64 manifest, not the index)
+	// Platform is the image's os/arch[/variant] (known once resolved).
+	Platform   string            `json:"platform,omitempty"`
+	Tags       map[string]string `json:"tags,omitempty"` // user-defined, see internal/tags
+	Status     Status            `json:"status"`
+	Error      string            `json:"error,omitempty"`
+	ErrorKind  string            `json:"error_kind,omitempty"` // see ErrorKindOf
+	Progress   Progress          `json:"progress"`
+	Config     ImageConfig       `json:"config"`
+	SizeBytes  int64             `json:"size_bytes,omitempty"` // root disk file size
+	DiskPath   string            `json:"disk_path,omitempty"`
+	DiskFormat DiskFormat        `json:"disk_format,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+	UpdatedAt  time.Time         `json:"updated_at"`
 }
 
 // Config configures a Store.
@@ -125,12 +129,13 @@ type Store struct {
 
 // nameEntry is one name in index.json.
 type nameEntry struct {
-	Digest    string    `json:"digest,omitempty"`
-	Status    Status    `json:"status"`
-	Error     string    `json:"error,omitempty"`
-	ErrorKind string    `json:"error_kind,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Digest    string            `json:"digest,omitempty"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	Status    Status            `json:"status"`
+	Error     string            `json:"error,omitempty"`
+	ErrorKind string            `json:"error_kind,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
 
 	err error // the last failure, with its type, while the process lives
 }
@@ -143,15 +148,18 @@ type indexFile struct {
 // diskRecord is image.json in a digest directory; its presence marks the
 // disk complete.
 type diskRecord struct {
-	Digest           string       `json:"digest"`
-	Names            []string     `json:"names"`
-	Config           ImageConfig  `json:"config"`
-	SizeBytes        int64        `json:"size_bytes"`
-	DiskFormat       DiskFormat   `json:"disk_format"`
-	DiskFormatReason string       `json:"disk_format_reason"`
-	DiskFile         string       `json:"disk_file"`
-	CreatedAt        time.Time    `json:"created_at"`
-	Stats            ConvertStats `json:"stats"`
+	Digest           string      `json:"digest"`
+	Names            []string    `json:"names"`
+	Config           ImageConfig `json:"config"`
+	SizeBytes        int64       `json:"size_bytes"`
+	DiskFormat       DiskFormat  `json:"disk_format"`
+	DiskFormatReason string      `json:"disk_format_reason"`
+	DiskFile         string      `json:"disk_file"`
+	// Platform is os/arch[/variant] from the image config ("" in records
+	// written before it was recorded: the store's platform).
+	Platform  string       `json:"platform,omitempty"`
+	CreatedAt time.Time    `json:"created_at"`
+	Stats     ConvertStats `json:"stats"`
 }
 
 // ConvertStats records what a conversion cost.
@@ -169,6 +177,7 @@ type job struct {
 	name   string
 	ref    name.Reference
 	img    v1.Image
+	auth   authn.Authenticator // this pull's own credentials (nil: the keychain)
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -390,7 +399,7 @@ func (s *Store) Close() error {
 // joined; a ready image is returned as is (no registry round trip); a failed
 // one is pulled again. A pinned reference whose digest is already on disk
 // becomes ready immediately without touching the network.
-func (s *Store) Ensure(ctx context.Context, ref string) (*Image, error) {
+func (s *Store) Ensure(ctx context.Context, ref string, opts EnsureOptions) (*Image, error) {
 	p, err := parseRef(ref, s.policy.allowed)
 	if err != nil {
 		return nil, err
@@ -400,14 +409,29 @@ func (s *Store) Ensure(ctx context.Context, ref string) (*Image, error) {
 		s.mu.Unlock()
 		return nil, ErrClosed
 	}
+	setTags := func(e *nameEntry) {
+		if opts.Tags != nil {
+			e.Tags = maps.Clone(opts.Tags)
+		}
+	}
 	if j := s.jobs[p.name]; j != nil {
+		if opts.Auth != nil {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("%w: a pull of %s is already running; retry with your credentials when it ends", ErrPullInFlight, p.name)
+		}
+		setTags(s.names[p.name])
 		img := s.snapshotLocked(p.name)
 		s.mu.Unlock()
+		s.persist("")
 		return img, nil
 	}
 	if e := s.names[p.name]; e != nil && e.Status == StatusReady && s.digests[e.Digest] != nil {
+		setTags(e)
 		img := s.snapshotLocked(p.name)
 		s.mu.Unlock()
+		if opts.Tags != nil {
+			s.persist("")
+		}
 		return img, nil
 	}
 	if d, ok := p.ref.(name.Digest); ok && s.digests[d.DigestStr()] != nil {
@@ -418,16 +442,28 @@ func (s *Store) Ensure(ctx context.Context, ref string) (*Image, error) {
 			s.names[p.name] = e
 		}
 		e.Digest, e.Status, e.Error, e.ErrorKind, e.err, e.UpdatedAt = d.DigestStr(), StatusReady, "", "", nil, now
+		setTags(e)
 		img := s.snapshotLocked(p.name)
 		s.publishLocked(p.name)
 		s.mu.Unlock()
 		s.persist(d.DigestStr())
 		return img, nil
 	}
-	img := s.startLocked(p.name, p.ref, nil)
+	img := s.startLocked(p.name, p.ref, nil, opts)
 	s.mu.Unlock()
 	s.persist("")
 	return img, nil
+}
+
+// EnsureOptions go with one Ensure.
+type EnsureOptions struct {
+	// Tags replace the image's user-defined tags (nil keeps them).
+	Tags map[string]string
+	// Auth is this pull's own registry credentials: used for it only, kept
+	// in memory, never persisted or logged (nil: the store's keychain). A
+	// pull of the same name already running with other credentials is
+	// refused (ErrPullInFlight) rather than joined.
+	Auth authn.Authenticator
 }
 
 // ImportImage converts an image that arrived by other means (the built-in
@@ -450,7 +486,7 @@ func (s *Store) ImportImage(ctx context.Context, nameStr string, img v1.Image) (
 		}
 		j := s.jobs[p.name]
 		if j == nil {
-			out := s.startLocked(p.name, nil, img)
+			out := s.startLocked(p.name, nil, img, EnsureOptions{})
 			s.mu.Unlock()
 			s.persist("")
 			return out, nil
@@ -466,7 +502,7 @@ func (s *Store) ImportImage(ctx context.Context, nameStr string, img v1.Image) (
 }
 
 // startLocked registers a pending entry and a job for name and starts it.
-func (s *Store) startLocked(n string, ref name.Reference, img v1.Image) *Image {
+func (s *Store) startLocked(n string, ref name.Reference, img v1.Image, opts EnsureOptions) *Image {
 	now := time.Now().UTC()
 	e := s.names[n]
 	if e == nil {
@@ -474,8 +510,11 @@ func (s *Store) startLocked(n string, ref name.Reference, img v1.Image) *Image {
 		s.names[n] = e
 	}
 	e.Digest, e.Status, e.Error, e.ErrorKind, e.err, e.UpdatedAt = "", StatusPending, "", "", nil, now
+	if opts.Tags != nil {
+		e.Tags = maps.Clone(opts.Tags)
+	}
 	ctx, cancel := context.WithCancel(s.ctx)
-	j := &job{name: n, ref: ref, img: img, ctx: ctx, cancel: cancel, done: make(chan struct{}), status: StatusPending}
+	j := &job{name: n, ref: ref, img: img, auth: opts.Auth, ctx: ctx, cancel: cancel, done: make(chan struct{}), status: StatusPending}
 	s.jobs[n] = j
 	s.wg.Add(1)
 	go s.run(j)
@@ -523,7 +562,7 @@ func (s *Store) Wait(ctx context.Context, ref string) (*Image, error) {
 
 // Pull is Ensure followed by Wait.
 func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
-	img, err := s.Ensure(ctx, ref)
+	img, err := s.Ensure(ctx, ref, EnsureOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -778,7 +817,7 @@ func (s *Store) snapshotLocked(n string) *Image {
 	e := s.names[n]
 	img := &Image{
 		Name: n, Digest: e.Digest, Status: e.Status, Error: e.Error, ErrorKind: e.ErrorKind,
-		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
+		Tags: maps.Clone(e.Tags), CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
 	}
 	if j := s.jobs[n]; j != nil {
 		img.Status = j.status
@@ -813,6 +852,10 @@ func (s *Store) fillFromDisk(img *Image, rec *diskRecord) {
 	}
 	img.SizeBytes = rec.SizeBytes
 	img.DiskFormat = rec.DiskFormat
+	img.Platform = rec.Platform
+	if img.Platform == "" {
+		img.Platform = s.cfg.Platform.String()
+	}
 	img.DiskPath = filepath.Join(s.digestDir(rec.Digest), rec.DiskFile)
 	img.Progress = Progress{BytesDone: rec.Stats.CompressedBytes, BytesTotal: rec.Stats.CompressedBytes,
 		LayersDone: rec.Stats.Layers, LayersTotal: rec.Stats.Layers}

@@ -329,7 +329,7 @@ func TestDedupeSecondNameReusesDisk(t *testing.T) {
 	}
 	// Ensure on a ready name does not touch the registry.
 	m := cnt.manifests.Load()
-	if im, err := s.Ensure(ctxT(t), ref1); err != nil || im.Status != StatusReady {
+	if im, err := s.Ensure(ctxT(t), ref1, EnsureOptions{}); err != nil || im.Status != StatusReady {
 		t.Fatalf("Ensure ready: %v %v", im, err)
 	}
 	if cnt.manifests.Load() != m {
@@ -381,7 +381,7 @@ func TestDigestPinning(t *testing.T) {
 	s2 := newTestStore(t, Config{Dir: s.cfg.Dir})
 	s.Close()
 	other := "127.0.0.1:1/elsewhere@" + dA.String()
-	im, err = s2.Ensure(ctxT(t), other)
+	im, err = s2.Ensure(ctxT(t), other, EnsureOptions{})
 	if err != nil || im.Status != StatusReady || im.Digest != dA.String() {
 		t.Fatalf("offline pinned Ensure: %+v %v", im, err)
 	}
@@ -391,7 +391,7 @@ func TestUnknownImage(t *testing.T) {
 	host := startRegistry(t, nil)
 	s := newTestStore(t, Config{})
 	ref := host + "/no/such:thing"
-	im, err := s.Ensure(ctxT(t), ref)
+	im, err := s.Ensure(ctxT(t), ref, EnsureOptions{})
 	if err != nil {
 		t.Fatalf("Ensure: %v", err)
 	}
@@ -587,7 +587,7 @@ func TestConcurrentEnsureSingleFlight(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			im, err := s.Ensure(ctxT(t), ref)
+			im, err := s.Ensure(ctxT(t), ref, EnsureOptions{})
 			if err == nil && im.Status == StatusReady {
 				err = errors.New("ready before the layer was served")
 			}
@@ -806,7 +806,7 @@ func TestDeleteCancelsRunningPull(t *testing.T) {
 	})
 	ref := testimage.Push(t, host, "slow/pull:latest", testimage.Busybox(t, testimage.Options{}))
 	s := newTestStore(t, Config{})
-	if _, err := s.Ensure(ctxT(t), ref); err != nil {
+	if _, err := s.Ensure(ctxT(t), ref, EnsureOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -864,7 +864,7 @@ func TestReferences(t *testing.T) {
 	}
 	s := newTestStore(t, Config{})
 	for _, bad := range []string{"", "UPPER/case", "a b", "sha256:" + hex64, "busybox@sha256:short", "http://x/y"} {
-		if _, err := s.Ensure(ctxT(t), bad); !errors.Is(err, ErrInvalidReference) {
+		if _, err := s.Ensure(ctxT(t), bad, EnsureOptions{}); !errors.Is(err, ErrInvalidReference) {
 			t.Errorf("Ensure(%q) err = %v, want ErrInvalidReference", bad, err)
 		}
 	}

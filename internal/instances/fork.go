@@ -22,8 +22,8 @@ type ForkParams struct {
 	// cloned, and both are restored.
 	FromRunning bool
 	// TargetState is the fork's state when Fork returns: Running, Standby or
-	// Stopped. "" = Running for a Running/Standby source, Stopped for a
-	// Stopped one.
+	// Stopped. "" = the source's state (Running for a Running or Paused
+	// source).
 	TargetState state.State
 }
 
@@ -59,11 +59,14 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 	if (from == state.Running || from == state.Paused) && !p.FromRunning {
 		return nil, &TransitionError{Action: ActionFork, State: from, Allowed: Allowed(from)}
 	}
+	// Default: the source's own state (a Paused source continues Running).
 	target := p.TargetState
 	if target == "" {
-		target = state.Running
-		if from == state.Stopped {
-			target = state.Stopped
+		switch from {
+		case state.Stopped, state.Standby:
+			target = from
+		default:
+			target = state.Running
 		}
 	}
 	if from == state.Stopped && target == state.Standby {
@@ -140,7 +143,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		OverlayBytes: sm.OverlayBytes, OverlaySize: sm.OverlaySize,
 		Env: maps.Clone(sm.Env), Entrypoint: slices.Clone(sm.Entrypoint), Cmd: slices.Clone(sm.Cmd),
 		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent,
-		CreatedAt: now, Hypervisor: sm.Hypervisor, ForkedFrom: sm.ID,
+		CreatedAt: now, Hypervisor: sm.Hypervisor, Platform: sm.Platform, ForkedFrom: sm.ID,
 		// Same policies, clean status: a fork starts its own history.
 		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck,
 		HealthStatus: initialHealth(sm.HealthCheck),

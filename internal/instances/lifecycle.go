@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/tags"
 )
 
 // Create validates p, resolves (and if needed pulls) the image, creates the
@@ -36,7 +38,7 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	if err != nil {
 		return nil, err
 	}
-	meta.ImageDigest = img.Digest
+	meta.ImageDigest, meta.Platform = img.Digest, img.Platform
 	meta.ID = m.uniqueID()
 	meta.CreatedAt = time.Now().UTC()
 	meta.Hypervisor = m.cfg.Hypervisor.Name()
@@ -105,8 +107,13 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validateKV("env", p.Env, maxEnv, envKeyOK); err != nil {
 		return nil, err
 	}
-	if err := validateKV("tags", p.Tags, maxTags, tagKeyOK); err != nil {
+	if err := validateTags("tags", p.Tags); err != nil {
 		return nil, err
+	}
+	for field, v := range map[string][]string{"entrypoint": p.Entrypoint, "cmd": p.Cmd} {
+		if len(v) > maxArgs {
+			return nil, &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("at most %d elements", maxArgs)}
+		}
 	}
 	if err := validatePolicies(p.RestartPolicy, p.HealthCheck); err != nil {
 		return nil, err
@@ -114,7 +121,7 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	meta := &Metadata{
 		Name: p.Name, Image: strings.TrimSpace(p.Image),
 		MemoryBytes: mem, Size: size, VCPUs: vcpus, OverlayBytes: ov, OverlaySize: ovSize,
-		Env: maps.Clone(p.Env), Entrypoint: p.Entrypoint, Cmd: p.Cmd, Tags: maps.Clone(p.Tags),
+		Env: maps.Clone(p.Env), Entrypoint: p.Entrypoint, Cmd: p.Cmd, Tags: tags.Clone(p.Tags),
 		SkipGuestAgent:  p.SkipGuestAgent,
 		NetworkDisabled: p.NetworkEnabled != nil && !*p.NetworkEnabled,
 	}
@@ -184,8 +191,11 @@ func createOverlayDisk(ctx context.Context, path string, size int64) error {
 }
 
 // Start boots a Stopped instance.
-func (m *Manager) Start(ctx context.Context, ref string) (_ *Instance, err error) {
+func (m *Manager) Start(ctx context.Context, ref string, p StartParams) (_ *Instance, err error) {
 	defer m.observe("start", time.Now(), &err)
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
 	e, err := m.resolve(ref)
 	if err != nil {
 		return nil, err
@@ -195,23 +205,59 @@ func (m *Manager) Start(ctx context.Context, ref string) (_ *Instance, err error
 	if err := checkTransition(ActionStart, m.currentState(ctx, e)); err != nil {
 		return nil, err
 	}
+	if err := m.startLocked(ctx, e, p); err != nil {
+		return nil, err
+	}
+	return m.view(ctx, e)
+}
+
+// StartParams change what a start runs. nil keeps the instance's current
+// value; a non-nil empty slice clears the override (back to the image's).
+// The change is persisted: later starts and restarts run the same.
+type StartParams struct {
+	Entrypoint *[]string
+	Cmd        *[]string
+}
+
+func (p StartParams) validate() error {
+	for field, v := range map[string]*[]string{"entrypoint": p.Entrypoint, "cmd": p.Cmd} {
+		if v != nil && len(*v) > maxArgs {
+			return &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("at most %d elements", maxArgs)}
+		}
+	}
+	return nil
+}
+
+// startLocked boots a Stopped instance (caller holds e.op and checked the
+// transition), applying p first.
+func (m *Manager) startLocked(ctx context.Context, e *entry, p StartParams) error {
 	e.mu.Lock()
+	if p.Entrypoint != nil {
+		e.meta.Entrypoint = nilIfEmpty(*p.Entrypoint)
+	}
+	if p.Cmd != nil {
+		e.meta.Cmd = nilIfEmpty(*p.Cmd)
+	}
 	image := e.meta.Image
 	e.meta.RestartStatus.ClearForStart() // the user takes over
-	err = m.persist(e)
+	err := m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	img, err := m.cfg.Images.Resolve(ctx, image)
 	if err != nil {
 		m.recordLaunchFailure(e, err)
-		return nil, fmt.Errorf("start: %w", err)
+		return fmt.Errorf("start: %w", err)
 	}
-	if err := m.boot(ctx, e, img); err != nil {
-		return nil, err
+	return m.boot(ctx, e, img)
+}
+
+func nilIfEmpty(v []string) []string {
+	if len(v) == 0 {
+		return nil
 	}
-	return m.view(ctx, e)
+	return slices.Clone(v)
 }
 
 // guestConfig builds the config disk contents (Docker semantics for
@@ -274,7 +320,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.meta.StartedAt = &now
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
 	e.meta.RestoredAt, e.meta.ExitKind = nil, ""
-	e.meta.ImageDigest = img.Digest
+	e.meta.ImageDigest, e.meta.Platform = img.Digest, img.Platform
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {

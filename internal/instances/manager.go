@@ -19,6 +19,7 @@ import (
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/paths"
+	"hypeman/internal/tags"
 )
 
 // ImageInfo is what the manager needs to know about a ready image.
@@ -32,6 +33,7 @@ type ImageInfo struct {
 	Env        []string // KEY=VALUE, image order
 	WorkingDir string
 	User       string
+	Platform   string // os/arch[/variant]
 }
 
 // Images resolves image references for instances.
@@ -372,6 +374,8 @@ func (m *Manager) Get(ctx context.Context, ref string) (*Instance, error) {
 // ListOptions filters List.
 type ListOptions struct {
 	State state.State // "" = all
+	// Tags keeps only instances carrying every one of these tags.
+	Tags map[string]string
 }
 
 // List returns all instances, oldest first.
@@ -389,6 +393,14 @@ func (m *Manager) List(ctx context.Context, opts ListOptions) ([]*Instance, erro
 	m.mu.Unlock()
 	out := make([]*Instance, 0, len(es))
 	for _, e := range es {
+		if len(opts.Tags) > 0 {
+			e.mu.Lock()
+			match := tags.Match(e.meta.Tags, opts.Tags)
+			e.mu.Unlock()
+			if !match {
+				continue // cheap filter first: no state derivation
+			}
+		}
 		inst, err := m.view(ctx, e)
 		if err != nil {
 			continue // deleted meanwhile
@@ -499,7 +511,7 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		Env: meta.Env, Entrypoint: meta.Entrypoint, Cmd: meta.Cmd, Tags: meta.Tags,
 		CreatedAt: meta.CreatedAt, StartedAt: meta.StartedAt, StoppedAt: meta.StoppedAt,
 		ExitCode: meta.ExitCode, ExitMessage: meta.ExitMessage,
-		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor,
+		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor, Platform: meta.Platform,
 	}
 }
 

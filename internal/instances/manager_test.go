@@ -57,7 +57,7 @@ func TestLifecycleWithFakeHypervisor(t *testing.T) {
 	}
 	// Invalid transition: start while Running → 409-style error naming allowed actions.
 	var te *TransitionError
-	if _, err := m.Start(ctx, "web"); !errors.As(err, &te) || te.State != state.Running {
+	if _, err := m.Start(ctx, "web", StartParams{}); !errors.As(err, &te) || te.State != state.Running {
 		t.Fatalf("start running: %v", err)
 	}
 	// The guest exits by itself: the watcher records exit info, publishes Stopped.
@@ -80,7 +80,7 @@ func TestLifecycleWithFakeHypervisor(t *testing.T) {
 		t.Fatalf("event sequence %v", tos)
 	}
 	// Start again clears the exit info; Delete removes everything.
-	again, err := m.Start(ctx, "web")
+	again, err := m.Start(ctx, "web", StartParams{})
 	if err != nil || again.ExitCode != nil || again.State != state.Initializing {
 		t.Fatalf("restart: %v %+v", err, again)
 	}
@@ -154,7 +154,7 @@ func TestConcurrentOperationsOnOneInstance(t *testing.T) {
 			if i%2 == 0 {
 				_, err = m.Stop(ctx, in.ID)
 			} else {
-				_, err = m.Start(ctx, in.ID)
+				_, err = m.Start(ctx, in.ID, StartParams{})
 			}
 			var te *TransitionError
 			if err != nil && !errors.As(err, &te) {

@@ -15,6 +15,7 @@ import (
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/restart"
+	"hypeman/internal/tags"
 )
 
 // SnapshotKind says what a snapshot holds.
@@ -44,6 +45,8 @@ type Snapshot struct {
 	SizeBytes          int64             `json:"size_bytes"`
 	MemoryBytes        int64             `json:"memory_bytes"`
 	Compressed         bool              `json:"compressed"`
+	// Hypervisor the source ran on ("" in old records: qemu).
+	Hypervisor string `json:"hypervisor,omitempty"`
 }
 
 // SnapshotParams is a create-snapshot request.
@@ -86,7 +89,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 			}
 		}
 	}
-	if err := validateKV("tags", p.Tags, maxTags, tagKeyOK); err != nil {
+	if err := validateTags("tags", p.Tags); err != nil {
 		return nil, err
 	}
 	switch p.Kind {
@@ -138,7 +141,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 	dir := m.dir(meta.ID)
 	rec := snapshotRecord{Snapshot: Snapshot{
 		ID: sid, Name: name, Kind: kind, SourceInstanceID: meta.ID, SourceInstanceName: meta.Name,
-		Image: meta.Image, ImageDigest: meta.ImageDigest, Tags: maps.Clone(p.Tags),
+		Image: meta.Image, ImageDigest: meta.ImageDigest, Tags: maps.Clone(p.Tags), Hypervisor: meta.Hypervisor,
 		CreatedAt: time.Now().UTC(), MemoryBytes: meta.MemoryBytes,
 	}, Source: meta}
 
@@ -249,17 +252,35 @@ func (m *Manager) snapshotRecords() ([]*snapshotRecord, error) {
 }
 
 // ListSnapshots returns all snapshots, oldest first.
-func (m *Manager) ListSnapshots(ctx context.Context) ([]*Snapshot, error) {
+func (m *Manager) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*Snapshot, error) {
 	recs, err := m.snapshotRecords()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Snapshot, len(recs))
-	for i, r := range recs {
-		s := r.Snapshot
-		out[i] = &s
+	out := make([]*Snapshot, 0, len(recs))
+	for _, r := range recs {
+		if f.Matches(&r.Snapshot) {
+			s := r.Snapshot
+			out = append(out, &s)
+		}
 	}
 	return out, nil
+}
+
+// SnapshotFilter narrows ListSnapshots; zero fields match everything and
+// the fields combine (AND).
+type SnapshotFilter struct {
+	SourceInstanceID string
+	Kind             SnapshotKind
+	Name             string
+	Tags             map[string]string
+}
+
+func (f SnapshotFilter) Matches(s *Snapshot) bool {
+	return (f.SourceInstanceID == "" || s.SourceInstanceID == f.SourceInstanceID) &&
+		(f.Kind == "" || s.Kind == f.Kind) &&
+		(f.Name == "" || s.Name == f.Name) &&
+		tags.Match(s.Tags, f.Tags)
 }
 
 // resolveSnapshot finds a snapshot by id, exact name or unique id prefix.
@@ -301,16 +322,40 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, ref string) error {
 	return os.RemoveAll(trash)
 }
 
+// RestoreSnapshotParams choose the state a snapshot restore ends in.
+type RestoreSnapshotParams struct {
+	// TargetState "" = by kind: Running for a Standby snapshot (the program
+	// continues where the snapshot was taken), Stopped for a Stopped one.
+	// A Standby snapshot may also end Standby (memory state kept, not
+	// resumed) or Stopped (its disk only); a Stopped one Running (booted
+	// afresh) but not Standby.
+	TargetState state.State
+}
+
 // RestoreSnapshot rolls an instance back to one of its own snapshots. The
-// instance must be Stopped or Standby. A Standby snapshot brings it to
-// Running where the snapshot was taken; a Stopped one leaves it Stopped on
-// the snapshot's disk.
-func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string) (_ *Instance, err error) {
+// instance must be Stopped or Standby.
+func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef string, p RestoreSnapshotParams) (_ *Instance, err error) {
 	defer m.observe("snapshot_restore", time.Now(), &err)
 	rec, err := m.resolveSnapshot(snapshotRef)
 	if err != nil {
 		return nil, err
 	}
+	target := p.TargetState
+	switch target {
+	case "":
+		target = state.Stopped
+		if rec.Kind == SnapshotStandby {
+			target = state.Running
+		}
+	case state.Running, state.Stopped:
+	case state.Standby:
+		if rec.Kind != SnapshotStandby {
+			return nil, &InvalidArgumentError{Field: "target_state", Reason: "a Stopped snapshot has no memory state to restore into Standby"}
+		}
+	default:
+		return nil, &InvalidArgumentError{Field: "target_state", Reason: "must be Running, Standby or Stopped"}
+	}
+	withMemory := rec.Kind == SnapshotStandby && target != state.Stopped
 	e, err := m.resolve(instanceRef)
 	if err != nil {
 		return nil, err
@@ -343,29 +388,34 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 	if err := os.RemoveAll(filepath.Join(dir, standbyDir)); err != nil {
 		return nil, err
 	}
-	if rec.Kind == SnapshotStandby {
+	if withMemory {
 		if err := copyTree(ctx, filepath.Join(sdir, snapshotStateDir), filepath.Join(dir, standbyDir)); err != nil {
 			return nil, fmt.Errorf("restore snapshot: copy state: %w", err)
 		}
 	}
 	e.mu.Lock()
-	e.meta.HasSnapshot = rec.Kind == SnapshotStandby
+	e.meta.HasSnapshot = withMemory
 	e.meta.RestartStatus = restart.Status{} // a restored instance starts with clean status
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	m.logf(id, "restored snapshot %s (%s)", rec.Name, rec.ID)
-	if rec.Kind == SnapshotStandby {
-		if st == state.Stopped {
-			m.publish(id, state.Stopped, state.Standby, "snapshot restored")
-		}
+	m.logf(id, "restored snapshot %s (%s), target %s", rec.Name, rec.ID, target)
+	now := state.Stopped
+	if withMemory {
+		now = state.Standby
+	}
+	m.publish(id, st, now, "snapshot restored")
+	switch {
+	case target == state.Running && withMemory:
 		if err := m.restoreLocked(ctx, e, true, true); err != nil {
 			return nil, err
 		}
-	} else if st == state.Standby {
-		m.publish(id, state.Standby, state.Stopped, "snapshot restored")
+	case target == state.Running:
+		if err := m.startLocked(ctx, e, StartParams{}); err != nil {
+			return nil, err
+		}
 	}
 	return m.view(ctx, e)
 }

@@ -7,22 +7,33 @@ import (
 	"syscall"
 	"time"
 
+	"hypeman/internal/network"
 	"hypeman/internal/procfs"
 )
 
 // Stats is a point-in-time resource view of an instance's VMM process and
 // disks, read from /proc and the filesystem (no guest cooperation needed).
 type Stats struct {
-	InstanceID string `json:"instance_id"`
-	Running    bool   `json:"running"`
-	Pid        int    `json:"pid,omitempty"`
+	InstanceID   string `json:"instance_id"`
+	InstanceName string `json:"instance_name"`
+	Running      bool   `json:"running"`
+	Pid          int    `json:"pid,omitempty"`
 	// CPUSeconds is user+system CPU time the VMM consumed (all vCPUs).
 	CPUSeconds float64 `json:"cpu_seconds"`
 	// RSSBytes is the VMM's resident memory (guest RAM it touched + QEMU).
 	RSSBytes int64 `json:"rss_bytes"`
+	// VMSBytes is the VMM's virtual memory size.
+	VMSBytes int64 `json:"vms_bytes"`
 	// MemoryBytes is the guest memory size configured.
 	MemoryBytes int64 `json:"memory_bytes"`
-	VCPUs       int   `json:"vcpus"`
+	// AllocatedMemoryBytes is all the memory the VM was given (its size
+	// plus memory held back for hotplug).
+	AllocatedMemoryBytes int64 `json:"allocated_memory_bytes"`
+	VCPUs                int   `json:"vcpus"`
+	// NetRxBytes / NetTxBytes count what the VM received and sent through
+	// its TAP device (0 without one).
+	NetRxBytes int64 `json:"net_rx_bytes"`
+	NetTxBytes int64 `json:"net_tx_bytes"`
 	// OverlayAllocatedBytes is disk space the writable layer really uses.
 	OverlayAllocatedBytes int64   `json:"overlay_allocated_bytes"`
 	OverlaySizeBytes      int64   `json:"overlay_size_bytes"`
@@ -38,7 +49,10 @@ func (m *Manager) Stats(ctx context.Context, ref string) (*Stats, error) {
 	e.mu.Lock()
 	meta, lv := e.meta, e.live
 	e.mu.Unlock()
-	s := &Stats{InstanceID: meta.ID, MemoryBytes: meta.MemoryBytes, VCPUs: meta.VCPUs, OverlaySizeBytes: meta.OverlayBytes}
+	s := &Stats{
+		InstanceID: meta.ID, InstanceName: meta.Name, MemoryBytes: meta.MemoryBytes, AllocatedMemoryBytes: meta.MemoryBytes,
+		VCPUs: meta.VCPUs, OverlaySizeBytes: meta.OverlayBytes,
+	}
 	if fi, err := os.Stat(filepath.Join(m.dir(meta.ID), overlayFile)); err == nil {
 		s.OverlayAllocatedBytes = allocatedBytes(fi)
 	}
@@ -53,8 +67,22 @@ func (m *Manager) Stats(ctx context.Context, ref string) (*Stats, error) {
 	if err != nil {
 		return s, nil // exited between the check and the read
 	}
-	s.CPUSeconds, s.RSSBytes = ps.CPUSeconds(), ps.RSSBytes()
+	s.CPUSeconds, s.RSSBytes, s.VMSBytes = ps.CPUSeconds(), ps.RSSBytes(), int64(ps.VSize)
+	if tc, ok := m.cfg.Network.(tapCounter); ok {
+		c, found, err := tc.TAPCounters(meta.ID)
+		if err != nil {
+			m.log.Debug("stats: TAP counters", "id", meta.ID, "err", err)
+		}
+		if found {
+			s.NetRxBytes, s.NetTxBytes = int64(c.RxBytes), int64(c.TxBytes)
+		}
+	}
 	return s, nil
+}
+
+// tapCounter is implemented by networks that can count a VM's traffic.
+type tapCounter interface {
+	TAPCounters(instanceID string) (network.Counters, bool, error)
 }
 
 // allocatedBytes is the disk space a file really uses (sparse files count

@@ -32,6 +32,7 @@ type Instance struct {
 	ExitMessage *string           `json:"exit_message"`
 	HasSnapshot bool              `json:"has_snapshot"`
 	Hypervisor  string            `json:"hypervisor"`
+	Platform    string            `json:"platform,omitempty"` // the image's os/arch
 	Network     *NetworkInfo      `json:"network,omitempty"`
 	// RestartPolicy is omitted when the policy is never.
 	RestartPolicy *restart.Policy `json:"restart_policy,omitempty"`
@@ -67,6 +68,8 @@ type Metadata struct {
 	ExitMessage     *string    `json:"exit_message,omitempty"`
 	HasSnapshot     bool       `json:"has_snapshot"`
 	Hypervisor      string     `json:"hypervisor"`
+	// Platform is the os/arch of the image last booted.
+	Platform string `json:"platform,omitempty"`
 	// BootSerialOffset is the size of serial.log when the current (or last)
 	// boot began: markers before it belong to earlier boots.
 	BootSerialOffset int64 `json:"boot_serial_offset"`
@@ -93,16 +96,24 @@ type Metadata struct {
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
 type CreateParams struct {
-	Name           string
-	Image          string
-	Size           string // memory, default "1GB"
-	VCPUs          int    // default 2
-	OverlaySize    string // default "10GB"
-	Env            map[string]string
-	Entrypoint     []string
-	Cmd            []string
-	Tags           map[string]string
-	SkipGuestAgent bool
+	Name  string
+	Image string
+	Size  string // memory, default "1GB"
+	// HotplugSize is memory the guest may grow into ("" = none).
+	HotplugSize string
+	VCPUs       int    // default 2
+	OverlaySize string // default "10GB"
+	// DiskIOBps limits the writable disks' I/O ("" = unlimited).
+	DiskIOBps string
+	// BandwidthDownload / BandwidthUpload limit host → VM and VM → host
+	// traffic ("" = unlimited).
+	BandwidthDownload string
+	BandwidthUpload   string
+	Env               map[string]string
+	Entrypoint        []string
+	Cmd               []string
+	Tags              map[string]string
+	SkipGuestAgent    bool
 	// NetworkEnabled nil = default (enabled when the host has networking).
 	NetworkEnabled *bool
 	// RestartPolicy nil = never; HealthCheck nil = none.

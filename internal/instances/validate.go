@@ -2,11 +2,14 @@ package instances
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"hypeman/internal/tags"
 )
 
 // Limits applied to create requests. They bound what one request may ask of
@@ -19,8 +22,8 @@ const (
 	MinOverlayBytes = 16 << 20
 	MaxOverlayBytes = 4 << 40
 	maxNameLen      = 63
-	maxTags         = 64
 	maxEnv          = 1024
+	maxArgs         = 1024
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
@@ -117,7 +120,18 @@ func envKeyOK(k string) bool {
 	return k != "" && !strings.ContainsAny(k, "=\x00") && len(k) <= 256
 }
 
-func tagKeyOK(k string) bool { return k != "" && len(k) <= 128 && !strings.ContainsRune(k, 0) }
+// validateTags applies the tag rules (internal/tags) and reports a
+// violation as an InvalidArgumentError.
+func validateTags(field string, t map[string]string) error {
+	if err := tags.Validate(field, t); err != nil {
+		var fe *tags.FieldError
+		if errors.As(err, &fe) {
+			return &InvalidArgumentError{Field: fe.Field, Reason: fe.Reason}
+		}
+		return err
+	}
+	return nil
+}
 
 // newID returns a 24-character lowercase alphanumeric identifier (the shape
 // hypeman uses), random enough that prefixes of a few characters are unique

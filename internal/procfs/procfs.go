@@ -25,6 +25,7 @@ type Stat struct {
 	UTime     uint64 // field 14, clock ticks
 	STime     uint64 // field 15, clock ticks
 	StartTime uint64 // field 22, clock ticks since boot
+	VSize     uint64 // field 23, bytes of virtual memory
 	RSSPages  int64  // field 24
 }
 
@@ -62,6 +63,9 @@ func ParseStat(s string) (Stat, error) {
 	}
 	if st.StartTime, err = strconv.ParseUint(field(22), 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("proc stat: starttime: %w", err)
+	}
+	if st.VSize, err = strconv.ParseUint(field(23), 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("proc stat: vsize: %w", err)
 	}
 	if st.RSSPages, err = strconv.ParseInt(field(24), 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("proc stat: rss: %w", err)

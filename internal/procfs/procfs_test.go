@@ -16,7 +16,7 @@ func TestParseStat(t *testing.T) {
 	if st.State != 'S' || st.Pgrp != 4242 || st.StartTime != 987654 {
 		t.Fatalf("got %+v", st)
 	}
-	if st.UTime != 5 || st.STime != 6 || st.RSSPages != 100 || st.CPUSeconds() != 0.11 {
+	if st.UTime != 5 || st.STime != 6 || st.RSSPages != 100 || st.VSize != 1000000 || st.CPUSeconds() != 0.11 {
 		t.Fatalf("cpu/rss fields: %+v", st)
 	}
 	if _, err := ParseStat("1 (x) S 1 2"); err == nil {

@@ -17,6 +17,162 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for AutoStandbyStatusReason.
+const (
+	AutoStandbyStatusReasonActiveInboundConnections AutoStandbyStatusReason = "active_inbound_connections"
+	AutoStandbyStatusReasonHasVgpu                  AutoStandbyStatusReason = "has_vgpu"
+	AutoStandbyStatusReasonIdleTimeoutNotElapsed    AutoStandbyStatusReason = "idle_timeout_not_elapsed"
+	AutoStandbyStatusReasonInstanceNotRunning       AutoStandbyStatusReason = "instance_not_running"
+	AutoStandbyStatusReasonMissingIp                AutoStandbyStatusReason = "missing_ip"
+	AutoStandbyStatusReasonNetworkDisabled          AutoStandbyStatusReason = "network_disabled"
+	AutoStandbyStatusReasonObserverError            AutoStandbyStatusReason = "observer_error"
+	AutoStandbyStatusReasonPolicyDisabled           AutoStandbyStatusReason = "policy_disabled"
+	AutoStandbyStatusReasonPolicyMissing            AutoStandbyStatusReason = "policy_missing"
+	AutoStandbyStatusReasonReadyForStandby          AutoStandbyStatusReason = "ready_for_standby"
+	AutoStandbyStatusReasonUnsupportedPlatform      AutoStandbyStatusReason = "unsupported_platform"
+)
+
+// Valid indicates whether the value is a known member of the AutoStandbyStatusReason enum.
+func (e AutoStandbyStatusReason) Valid() bool {
+	switch e {
+	case AutoStandbyStatusReasonActiveInboundConnections:
+		return true
+	case AutoStandbyStatusReasonHasVgpu:
+		return true
+	case AutoStandbyStatusReasonIdleTimeoutNotElapsed:
+		return true
+	case AutoStandbyStatusReasonInstanceNotRunning:
+		return true
+	case AutoStandbyStatusReasonMissingIp:
+		return true
+	case AutoStandbyStatusReasonNetworkDisabled:
+		return true
+	case AutoStandbyStatusReasonObserverError:
+		return true
+	case AutoStandbyStatusReasonPolicyDisabled:
+		return true
+	case AutoStandbyStatusReasonPolicyMissing:
+		return true
+	case AutoStandbyStatusReasonReadyForStandby:
+		return true
+	case AutoStandbyStatusReasonUnsupportedPlatform:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AutoStandbyStatusStatus.
+const (
+	AutoStandbyStatusStatusActive           AutoStandbyStatusStatus = "active"
+	AutoStandbyStatusStatusDisabled         AutoStandbyStatusStatus = "disabled"
+	AutoStandbyStatusStatusError            AutoStandbyStatusStatus = "error"
+	AutoStandbyStatusStatusIdleCountdown    AutoStandbyStatusStatus = "idle_countdown"
+	AutoStandbyStatusStatusIneligible       AutoStandbyStatusStatus = "ineligible"
+	AutoStandbyStatusStatusReadyForStandby  AutoStandbyStatusStatus = "ready_for_standby"
+	AutoStandbyStatusStatusStandbyRequested AutoStandbyStatusStatus = "standby_requested"
+	AutoStandbyStatusStatusUnsupported      AutoStandbyStatusStatus = "unsupported"
+)
+
+// Valid indicates whether the value is a known member of the AutoStandbyStatusStatus enum.
+func (e AutoStandbyStatusStatus) Valid() bool {
+	switch e {
+	case AutoStandbyStatusStatusActive:
+		return true
+	case AutoStandbyStatusStatusDisabled:
+		return true
+	case AutoStandbyStatusStatusError:
+		return true
+	case AutoStandbyStatusStatusIdleCountdown:
+		return true
+	case AutoStandbyStatusStatusIneligible:
+		return true
+	case AutoStandbyStatusStatusReadyForStandby:
+		return true
+	case AutoStandbyStatusStatusStandbyRequested:
+		return true
+	case AutoStandbyStatusStatusUnsupported:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for BuildStatus.
+const (
+	BuildStatusBuilding  BuildStatus = "building"
+	BuildStatusCancelled BuildStatus = "cancelled"
+	BuildStatusFailed    BuildStatus = "failed"
+	BuildStatusPushing   BuildStatus = "pushing"
+	BuildStatusQueued    BuildStatus = "queued"
+	BuildStatusReady     BuildStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the BuildStatus enum.
+func (e BuildStatus) Valid() bool {
+	switch e {
+	case BuildStatusBuilding:
+		return true
+	case BuildStatusCancelled:
+		return true
+	case BuildStatusFailed:
+		return true
+	case BuildStatusPushing:
+		return true
+	case BuildStatusQueued:
+		return true
+	case BuildStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for BuilderStatus.
+const (
+	BuilderStatusDeleting BuilderStatus = "deleting"
+	BuilderStatusError    BuilderStatus = "error"
+	BuilderStatusPruning  BuilderStatus = "pruning"
+	BuilderStatusReady    BuilderStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the BuilderStatus enum.
+func (e BuilderStatus) Valid() bool {
+	switch e {
+	case BuilderStatusDeleting:
+		return true
+	case BuilderStatusError:
+		return true
+	case BuilderStatusPruning:
+		return true
+	case BuilderStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapabilitiesNetworkModel.
+const (
+	Bridge CapabilitiesNetworkModel = "bridge"
+	Nat    CapabilitiesNetworkModel = "nat"
+	None   CapabilitiesNetworkModel = "none"
+)
+
+// Valid indicates whether the value is a known member of the CapabilitiesNetworkModel enum.
+func (e CapabilitiesNetworkModel) Valid() bool {
+	switch e {
+	case Bridge:
+		return true
+	case Nat:
+		return true
+	case None:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CopyStartDirection.
 const (
 	CopyFromGuest CopyStartDirection = "from"
@@ -29,6 +185,24 @@ func (e CopyStartDirection) Valid() bool {
 	case CopyFromGuest:
 		return true
 	case CopyToGuest:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for DeviceType.
+const (
+	Gpu DeviceType = "gpu"
+	Pci DeviceType = "pci"
+)
+
+// Valid indicates whether the value is a known member of the DeviceType enum.
+func (e DeviceType) Valid() bool {
+	switch e {
+	case Gpu:
+		return true
+	case Pci:
 		return true
 	default:
 		return false
@@ -73,36 +247,111 @@ func (e HealthStatus) Valid() bool {
 
 // Defines values for HealthCheckType.
 const (
-	HealthCheckExec HealthCheckType = "exec"
-	HealthCheckHTTP HealthCheckType = "http"
-	HealthCheckTCP  HealthCheckType = "tcp"
+	HealthCheckExecType HealthCheckType = "exec"
+	HealthCheckHTTPType HealthCheckType = "http"
+	HealthCheckNone     HealthCheckType = "none"
+	HealthCheckTCPType  HealthCheckType = "tcp"
 )
 
 // Valid indicates whether the value is a known member of the HealthCheckType enum.
 func (e HealthCheckType) Valid() bool {
 	switch e {
-	case HealthCheckExec:
+	case HealthCheckExecType:
 		return true
-	case HealthCheckHTTP:
+	case HealthCheckHTTPType:
 		return true
-	case HealthCheckTCP:
+	case HealthCheckNone:
+		return true
+	case HealthCheckTCPType:
 		return true
 	default:
 		return false
 	}
 }
 
-// Defines values for HealthState.
+// Defines values for HealthCheckHTTPScheme.
 const (
-	HealthDisabled  HealthState = "disabled"
-	HealthHealthy   HealthState = "healthy"
-	HealthStarting  HealthState = "starting"
-	HealthUnhealthy HealthState = "unhealthy"
-	HealthUnknown   HealthState = "unknown"
+	Http  HealthCheckHTTPScheme = "http"
+	Https HealthCheckHTTPScheme = "https"
 )
 
-// Valid indicates whether the value is a known member of the HealthState enum.
-func (e HealthState) Valid() bool {
+// Valid indicates whether the value is a known member of the HealthCheckHTTPScheme enum.
+func (e HealthCheckHTTPScheme) Valid() bool {
+	switch e {
+	case Http:
+		return true
+	case Https:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for Hypervisor.
+const (
+	HypervisorCloudHypervisor Hypervisor = "cloud-hypervisor"
+	HypervisorFirecracker     Hypervisor = "firecracker"
+	HypervisorQemu            Hypervisor = "qemu"
+	HypervisorQemuMicrovm     Hypervisor = "qemu-microvm"
+	HypervisorVz              Hypervisor = "vz"
+)
+
+// Valid indicates whether the value is a known member of the Hypervisor enum.
+func (e Hypervisor) Valid() bool {
+	switch e {
+	case HypervisorCloudHypervisor:
+		return true
+	case HypervisorFirecracker:
+		return true
+	case HypervisorQemu:
+		return true
+	case HypervisorQemuMicrovm:
+		return true
+	case HypervisorVz:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImageStatus.
+const (
+	ImageStatusConverting ImageStatus = "converting"
+	ImageStatusFailed     ImageStatus = "failed"
+	ImageStatusPending    ImageStatus = "pending"
+	ImageStatusPulling    ImageStatus = "pulling"
+	ImageStatusReady      ImageStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the ImageStatus enum.
+func (e ImageStatus) Valid() bool {
+	switch e {
+	case ImageStatusConverting:
+		return true
+	case ImageStatusFailed:
+		return true
+	case ImageStatusPending:
+		return true
+	case ImageStatusPulling:
+		return true
+	case ImageStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for InstanceHealthStatusStatus.
+const (
+	HealthDisabled  InstanceHealthStatusStatus = "disabled"
+	HealthHealthy   InstanceHealthStatusStatus = "healthy"
+	HealthStarting  InstanceHealthStatusStatus = "starting"
+	HealthUnhealthy InstanceHealthStatusStatus = "unhealthy"
+	HealthUnknown   InstanceHealthStatusStatus = "unknown"
+)
+
+// Valid indicates whether the value is a known member of the InstanceHealthStatusStatus enum.
+func (e InstanceHealthStatusStatus) Valid() bool {
 	switch e {
 	case HealthDisabled:
 		return true
@@ -113,33 +362,6 @@ func (e HealthState) Valid() bool {
 	case HealthUnhealthy:
 		return true
 	case HealthUnknown:
-		return true
-	default:
-		return false
-	}
-}
-
-// Defines values for ImageStatus.
-const (
-	Converting ImageStatus = "converting"
-	Failed     ImageStatus = "failed"
-	Pending    ImageStatus = "pending"
-	Pulling    ImageStatus = "pulling"
-	Ready      ImageStatus = "ready"
-)
-
-// Valid indicates whether the value is a known member of the ImageStatus enum.
-func (e ImageStatus) Valid() bool {
-	switch e {
-	case Converting:
-		return true
-	case Failed:
-		return true
-	case Pending:
-		return true
-	case Pulling:
-		return true
-	case Ready:
 		return true
 	default:
 		return false
@@ -200,33 +422,75 @@ func (e LifecycleEventType) Valid() bool {
 	}
 }
 
-// Defines values for RestartBlockedReason.
+// Defines values for MemoryReclaimResponseHostPressureState.
 const (
-	BlockedManualStop          RestartBlockedReason = "manual_stop"
-	BlockedMaxAttemptsExceeded RestartBlockedReason = "max_attempts_exceeded"
+	Healthy  MemoryReclaimResponseHostPressureState = "healthy"
+	Pressure MemoryReclaimResponseHostPressureState = "pressure"
 )
 
-// Valid indicates whether the value is a known member of the RestartBlockedReason enum.
-func (e RestartBlockedReason) Valid() bool {
+// Valid indicates whether the value is a known member of the MemoryReclaimResponseHostPressureState enum.
+func (e MemoryReclaimResponseHostPressureState) Valid() bool {
 	switch e {
-	case BlockedManualStop:
+	case Healthy:
 		return true
-	case BlockedMaxAttemptsExceeded:
+	case Pressure:
 		return true
 	default:
 		return false
 	}
 }
 
-// Defines values for RestartPolicyKind.
+// Defines values for NetworkEgressEnforcementMode.
 const (
-	RestartAlways    RestartPolicyKind = "always"
-	RestartNever     RestartPolicyKind = "never"
-	RestartOnFailure RestartPolicyKind = "on_failure"
+	All           NetworkEgressEnforcementMode = "all"
+	HttpHttpsOnly NetworkEgressEnforcementMode = "http_https_only"
 )
 
-// Valid indicates whether the value is a known member of the RestartPolicyKind enum.
-func (e RestartPolicyKind) Valid() bool {
+// Valid indicates whether the value is a known member of the NetworkEgressEnforcementMode enum.
+func (e NetworkEgressEnforcementMode) Valid() bool {
+	switch e {
+	case All:
+		return true
+	case HttpHttpsOnly:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for PushStatus.
+const (
+	PushStatusFailed  PushStatus = "failed"
+	PushStatusPushed  PushStatus = "pushed"
+	PushStatusPushing PushStatus = "pushing"
+	PushStatusQueued  PushStatus = "queued"
+)
+
+// Valid indicates whether the value is a known member of the PushStatus enum.
+func (e PushStatus) Valid() bool {
+	switch e {
+	case PushStatusFailed:
+		return true
+	case PushStatusPushed:
+		return true
+	case PushStatusPushing:
+		return true
+	case PushStatusQueued:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartPolicyPolicy.
+const (
+	RestartAlways    RestartPolicyPolicy = "always"
+	RestartNever     RestartPolicyPolicy = "never"
+	RestartOnFailure RestartPolicyPolicy = "on_failure"
+)
+
+// Valid indicates whether the value is a known member of the RestartPolicyPolicy enum.
+func (e RestartPolicyPolicy) Valid() bool {
 	switch e {
 	case RestartAlways:
 		return true
@@ -239,21 +503,81 @@ func (e RestartPolicyKind) Valid() bool {
 	}
 }
 
-// Defines values for RestartReason.
+// Defines values for RestartStatusBlockedReason.
 const (
-	RestartReasonExitCode          RestartReason = "exit_code"
-	RestartReasonHealthCheckFailed RestartReason = "health_check_failed"
-	RestartReasonVMCrashed         RestartReason = "vm_crashed"
+	BlockedManualStop          RestartStatusBlockedReason = "manual_stop"
+	BlockedMaxAttemptsExceeded RestartStatusBlockedReason = "max_attempts_exceeded"
 )
 
-// Valid indicates whether the value is a known member of the RestartReason enum.
-func (e RestartReason) Valid() bool {
+// Valid indicates whether the value is a known member of the RestartStatusBlockedReason enum.
+func (e RestartStatusBlockedReason) Valid() bool {
+	switch e {
+	case BlockedManualStop:
+		return true
+	case BlockedMaxAttemptsExceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartStatusLastReason.
+const (
+	RestartReasonExitCode          RestartStatusLastReason = "exit_code"
+	RestartReasonHealthCheckFailed RestartStatusLastReason = "health_check_failed"
+	RestartReasonVMCrashed         RestartStatusLastReason = "vm_crashed"
+)
+
+// Valid indicates whether the value is a known member of the RestartStatusLastReason enum.
+func (e RestartStatusLastReason) Valid() bool {
 	switch e {
 	case RestartReasonExitCode:
 		return true
 	case RestartReasonHealthCheckFailed:
 		return true
 	case RestartReasonVMCrashed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotCompressionState.
+const (
+	CompressionCompressed  SnapshotCompressionState = "compressed"
+	CompressionCompressing SnapshotCompressionState = "compressing"
+	CompressionError       SnapshotCompressionState = "error"
+	CompressionNone        SnapshotCompressionState = "none"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotCompressionState enum.
+func (e SnapshotCompressionState) Valid() bool {
+	switch e {
+	case CompressionCompressed:
+		return true
+	case CompressionCompressing:
+		return true
+	case CompressionError:
+		return true
+	case CompressionNone:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotCompressionConfigAlgorithm.
+const (
+	Lz4  SnapshotCompressionConfigAlgorithm = "lz4"
+	Zstd SnapshotCompressionConfigAlgorithm = "zstd"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotCompressionConfigAlgorithm enum.
+func (e SnapshotCompressionConfigAlgorithm) Valid() bool {
+	switch e {
+	case Lz4:
+		return true
+	case Zstd:
 		return true
 	default:
 		return false
@@ -272,6 +596,27 @@ func (e SnapshotKind) Valid() bool {
 	case SnapshotKindStandby:
 		return true
 	case SnapshotKindStopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotTargetState.
+const (
+	SnapshotToRunning SnapshotTargetState = "Running"
+	SnapshotToStandby SnapshotTargetState = "Standby"
+	SnapshotToStopped SnapshotTargetState = "Stopped"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotTargetState enum.
+func (e SnapshotTargetState) Valid() bool {
+	switch e {
+	case SnapshotToRunning:
+		return true
+	case SnapshotToStandby:
+		return true
+	case SnapshotToStopped:
 		return true
 	default:
 		return false
@@ -299,25 +644,180 @@ func (e GetInstanceLogsParamsSource) Valid() bool {
 	}
 }
 
+// AttachVolumeRequest defines model for AttachVolumeRequest.
+type AttachVolumeRequest struct {
+	MountPath string `json:"mount_path"`
+	Readonly  *bool  `json:"readonly,omitempty"`
+}
+
+// AutoStandbyPolicy Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+type AutoStandbyPolicy struct {
+	Enabled                *bool     `json:"enabled,omitempty"`
+	IdleTimeout            *string   `json:"idle_timeout,omitempty"`
+	IgnoreDestinationPorts *[]int    `json:"ignore_destination_ports,omitempty"`
+	IgnoreSourceCidrs      *[]string `json:"ignore_source_cidrs,omitempty"`
+}
+
+// AutoStandbyStatus defines model for AutoStandbyStatus.
+type AutoStandbyStatus struct {
+	ActiveInboundConnections int                     `json:"active_inbound_connections"`
+	Configured               bool                    `json:"configured"`
+	CountdownRemaining       *string                 `json:"countdown_remaining,omitempty"`
+	Eligible                 bool                    `json:"eligible"`
+	Enabled                  bool                    `json:"enabled"`
+	HoldUntil                *time.Time              `json:"hold_until,omitempty"`
+	IdleSince                *time.Time              `json:"idle_since,omitempty"`
+	IdleTimeout              *string                 `json:"idle_timeout,omitempty"`
+	LastInboundActivityAt    *time.Time              `json:"last_inbound_activity_at,omitempty"`
+	NextStandbyAt            *time.Time              `json:"next_standby_at,omitempty"`
+	Reason                   AutoStandbyStatusReason `json:"reason"`
+	Status                   AutoStandbyStatusStatus `json:"status"`
+	Supported                bool                    `json:"supported"`
+	TrackingMode             string                  `json:"tracking_mode"`
+}
+
+// AutoStandbyStatusReason defines model for AutoStandbyStatus.Reason.
+type AutoStandbyStatusReason string
+
+// AutoStandbyStatusStatus defines model for AutoStandbyStatus.Status.
+type AutoStandbyStatusStatus string
+
+// AvailableDevice defines model for AvailableDevice.
+type AvailableDevice struct {
+	CurrentDriver *string `json:"current_driver,omitempty"`
+	DeviceId      string  `json:"device_id"`
+	DeviceName    *string `json:"device_name,omitempty"`
+	IommuGroup    int     `json:"iommu_group"`
+	PciAddress    string  `json:"pci_address"`
+	VendorId      string  `json:"vendor_id"`
+	VendorName    *string `json:"vendor_name,omitempty"`
+}
+
+// Build defines model for Build.
+type Build struct {
+	CompletedAt   *time.Time  `json:"completed_at,omitempty"`
+	CreatedAt     time.Time   `json:"created_at"`
+	DurationMs    *int64      `json:"duration_ms,omitempty"`
+	Error         *string     `json:"error,omitempty"`
+	Id            string      `json:"id"`
+	ImageDigest   *string     `json:"image_digest,omitempty"`
+	ImageRef      *string     `json:"image_ref,omitempty"`
+	QueuePosition *int        `json:"queue_position,omitempty"`
+	StartedAt     *time.Time  `json:"started_at,omitempty"`
+	Status        BuildStatus `json:"status"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// BuildStatus defines model for Build.Status.
+type BuildStatus string
+
+// Builder defines model for Builder.
+type Builder struct {
+	ActiveBuildId  *string       `json:"active_build_id,omitempty"`
+	CreatedAt      time.Time     `json:"created_at"`
+	DiskSizeGb     int           `json:"disk_size_gb"`
+	Id             string        `json:"id"`
+	LastUsedAt     *time.Time    `json:"last_used_at,omitempty"`
+	MaxConcurrency int           `json:"max_concurrency"`
+	Name           *string       `json:"name,omitempty"`
+	QueuedBuilds   []string      `json:"queued_builds"`
+	Status         BuilderStatus `json:"status"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// BuilderStatus defines model for Builder.Status.
+type BuilderStatus string
+
 // Capabilities defines model for Capabilities.
 type Capabilities struct {
-	// Accelerator CPU virtualization in use (kvm or tcg).
+	// Accelerator This server's addition. CPU virtualization in use (kvm or tcg).
 	//
 	// Example: tcg
 	Accelerator string `json:"accelerator"`
 
-	// AcceleratorReason Why this accelerator was chosen.
-	AcceleratorReason string `json:"accelerator_reason"`
+	// AcceleratorReason This server's addition. Why this accelerator was chosen.
+	AcceleratorReason string                     `json:"accelerator_reason"`
+	DefaultRuntime    CapabilitiesDefaultRuntime `json:"default_runtime"`
 
-	// Hypervisor Hypervisor new instances use.
-	//
-	// Example: qemu
-	Hypervisor string `json:"hypervisor"`
+	// Features Server-level feature IDs this server exposes (instances, images, ingress, exec, logs, snapshots, ...).
+	Features   []string             `json:"features"`
+	Host       CapabilitiesHost     `json:"host"`
+	Images     CapabilitiesImages   `json:"images"`
+	Network    CapabilitiesNetwork  `json:"network"`
+	Networking NetworkingCapability `json:"networking"`
 
-	// Hypervisors Hypervisors this host can run.
-	Hypervisors []string             `json:"hypervisors"`
-	Networking  NetworkingCapability `json:"networking"`
-	Version     string               `json:"version"`
+	// Runtimes Every runtime hypeman knows, sorted by name, each with whether it can launch here.
+	Runtimes []CapabilitiesRuntime `json:"runtimes"`
+	Server   CapabilitiesServer    `json:"server"`
+}
+
+// CapabilitiesDefaultRuntime defines model for CapabilitiesDefaultRuntime.
+type CapabilitiesDefaultRuntime struct {
+	Available bool `json:"available"`
+
+	// Name Example: qemu-microvm
+	Name string `json:"name"`
+}
+
+// CapabilitiesHost defines model for CapabilitiesHost.
+type CapabilitiesHost struct {
+	// Arch Example: amd64
+	Arch string `json:"arch"`
+
+	// Os Example: linux
+	Os string `json:"os"`
+}
+
+// CapabilitiesImages defines model for CapabilitiesImages.
+type CapabilitiesImages struct {
+	// DefaultPlatform Example: linux/amd64
+	DefaultPlatform string `json:"default_platform"`
+
+	// Platforms Example: ["linux/amd64"]
+	Platforms []string `json:"platforms"`
+}
+
+// CapabilitiesNetwork defines model for CapabilitiesNetwork.
+type CapabilitiesNetwork struct {
+	// Gateway Example: 10.100.0.1
+	Gateway      *string `json:"gateway,omitempty"`
+	GuestToGuest bool    `json:"guest_to_guest"`
+
+	// Model bridge = a Linux bridge with a TAP per VM; nat = QEMU user-mode networking; none = no guest networking (this server's addition).
+	Model CapabilitiesNetworkModel `json:"model"`
+
+	// Subnet Example: 10.100.0.0/16
+	Subnet *string `json:"subnet,omitempty"`
+}
+
+// CapabilitiesNetworkModel bridge = a Linux bridge with a TAP per VM; nat = QEMU user-mode networking; none = no guest networking (this server's addition).
+type CapabilitiesNetworkModel string
+
+// CapabilitiesRuntime defines model for CapabilitiesRuntime.
+type CapabilitiesRuntime struct {
+	Available bool `json:"available"`
+
+	// Features snapshots, standby, fork, pause, disk-io-limit, hotplug-memory, balloon-control, ...
+	Features []string `json:"features"`
+	Name     string   `json:"name"`
+
+	// Reason This server's addition. Why the runtime is not available.
+	Reason *string `json:"reason,omitempty"`
+}
+
+// CapabilitiesServer defines model for CapabilitiesServer.
+type CapabilitiesServer struct {
+	// ApiVersion Example: 0.3.0
+	ApiVersion string `json:"api_version"`
+	Version    string `json:"version"`
 }
 
 // CopyStart First message of a cp WebSocket (a text frame).
@@ -329,100 +829,266 @@ type CopyStart struct {
 // CopyStartDirection defines model for CopyStart.Direction.
 type CopyStartDirection string
 
+// CreateBuilderRequest defines model for CreateBuilderRequest.
+type CreateBuilderRequest struct {
+	DiskSizeGb *int    `json:"disk_size_gb,omitempty"`
+	Id         *string `json:"id,omitempty"`
+	Name       *string `json:"name,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// CreateDeviceRequest defines model for CreateDeviceRequest.
+type CreateDeviceRequest struct {
+	Name       *string `json:"name,omitempty"`
+	PciAddress string  `json:"pci_address"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
 // CreateImageRequest defines model for CreateImageRequest.
 type CreateImageRequest struct {
+	// Credentials Registry credentials borrowed for one pull (or push): kept in memory,
+	// never persisted or logged. Either username and password, or
+	// registry_token (a bearer token).
+	Credentials *PushCredentials `json:"credentials,omitempty"`
+
 	// Name Image reference to pull (e.g. alpine:3.20, ghcr.io/org/app@sha256:...).
 	Name string `json:"name"`
+
+	// Platform os/arch[/variant]; only the host's platform (linux/amd64) is accepted.
+	//
+	// Example: linux/amd64
+	Platform *string `json:"platform,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
 
 // CreateIngressRequest defines model for CreateIngressRequest.
 type CreateIngressRequest struct {
 	Name  string        `json:"name"`
 	Rules []IngressRule `json:"rules"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// CreateInstanceNetwork defines model for CreateInstanceNetwork.
+type CreateInstanceNetwork struct {
+	// BandwidthDownload Rate limit host → VM (e.g. 1Gbps, 125MB/s).
+	BandwidthDownload *string `json:"bandwidth_download,omitempty"`
+
+	// BandwidthUpload Rate limit VM → host (e.g. 1Gbps, 125MB/s).
+	BandwidthUpload *string `json:"bandwidth_upload,omitempty"`
+
+	// Egress Host-mediated egress; `enabled: true` is refused (400) on this server.
+	Egress *NetworkEgress `json:"egress,omitempty"`
+
+	// Enabled Give the instance a network interface (default true when the host has networking).
+	Enabled *bool `json:"enabled,omitempty"`
 }
 
 // CreateInstanceRequest defines model for CreateInstanceRequest.
 type CreateInstanceRequest struct {
+	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
+
 	// Cmd Replaces the image's cmd.
 	Cmd *[]string `json:"cmd,omitempty"`
+
+	// Credentials Egress credential brokering; refused (400) on this server, which has no mediated egress.
+	Credentials *map[string]map[string]interface{} `json:"credentials,omitempty"`
+
+	// Devices PCI devices to pass through; refused (400) unless empty (no PCI bus on microvm).
+	Devices *[]string `json:"devices,omitempty"`
+
+	// DiskIoBps Disk I/O rate limit of the instance's writable disks (e.g. 100MB/s; default unlimited).
+	DiskIoBps *string `json:"disk_io_bps,omitempty"`
 
 	// Entrypoint Replaces the image's entrypoint (and drops its cmd).
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
-	// HealthCheck A probe hypeman runs against a Running instance. http: GET
-	// http://<guest>:port/path must answer `expected_status`; tcp: a
-	// connection to <guest>:port must be accepted; exec: `command` (argv,
-	// no shell) run in the guest through the agent must exit 0.
-	// Durations are Go duration strings. Fields that do not apply to the
-	// type must be left out; absent ones take their defaults. In a
-	// request, an empty object `{}` means no check.
+	// ExpiresAt Absolute expiry; refused (400) until expiry is built.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Gpu       *GPUConfig `json:"gpu,omitempty"`
+
+	// HealthCheck A probe hypeman runs against a Running instance; health is reported
+	// in `health_status`, apart from the lifecycle state. Durations are Go
+	// duration strings; absent fields take their defaults. `type: none`
+	// (or an empty object) means no check.
 	//
 	//
-	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
-	Image       string       `json:"image"`
+
+	// HotplugSize Extra memory the guest may grow into at run time (default none).
+	// The VM is booted with size + hotplug_size and a virtio balloon
+	// holds hotplug_size back, so the guest starts with `size`.
+	HotplugSize *string `json:"hotplug_size,omitempty"`
+
+	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	Hypervisor *Hypervisor `json:"hypervisor,omitempty"`
+	Image      string      `json:"image"`
 
 	// Name Lowercase letters, digits and dashes; unique.
-	Name    string `json:"name"`
-	Network *struct {
-		// Enabled Give the instance a network interface (default true when the host has networking).
-		Enabled *bool `json:"enabled,omitempty"`
-	} `json:"network,omitempty"`
+	Name    string                 `json:"name"`
+	Network *CreateInstanceNetwork `json:"network,omitempty"`
 
 	// OverlaySize Writable disk size (default 10GB).
 	OverlaySize *string `json:"overlay_size,omitempty"`
 
+	// Platform os/arch[/variant]; only the host's platform (linux/amd64) is accepted.
+	Platform *string `json:"platform,omitempty"`
+
 	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 	// restart N of a series is `backoff` doubled N-1 times, capped at
-	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-	// delay. Omitted from an instance whose policy is never.
+	// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+	// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+	// policy is never.
 	//
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 
-	// Size Memory (default 1GB).
+	// Size Base memory (default 1GB).
 	//
 	// Example: 512MB
 	Size *string `json:"size,omitempty"`
 
-	// SkipGuestAgent Report Running without waiting for the guest agent.
-	SkipGuestAgent *bool              `json:"skip_guest_agent,omitempty"`
-	Tags           *map[string]string `json:"tags,omitempty"`
+	// SkipGuestAgent Report Running without waiting for the guest agent (exec, cp and stat then fail).
+	SkipGuestAgent *bool `json:"skip_guest_agent,omitempty"`
+
+	// SkipKernelHeaders Accepted for compatibility; this server never installs kernel headers in guests.
+	SkipKernelHeaders *bool           `json:"skip_kernel_headers,omitempty"`
+	SnapshotPolicy    *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+
+	// Ttl Lifetime before automatic deletion; refused (400) until expiry is built ("0s" is accepted).
+	Ttl *string `json:"ttl,omitempty"`
 
 	// Vcpus Virtual CPUs (default 2).
 	Vcpus *int `json:"vcpus,omitempty"`
+
+	// Volumes Volumes to attach; refused (400) unless empty until volumes are built.
+	Volumes *[]VolumeMount `json:"volumes,omitempty"`
+}
+
+// CreatePushRequest defines model for CreatePushRequest.
+type CreatePushRequest struct {
+	// Credentials Registry credentials borrowed for one pull (or push): kept in memory,
+	// never persisted or logged. Either username and password, or
+	// registry_token (a bearer token).
+	Credentials *PushCredentials `json:"credentials,omitempty"`
+	Image       string           `json:"image"`
+	Insecure    *bool            `json:"insecure,omitempty"`
+	Target      string           `json:"target"`
 }
 
 // CreateSnapshotRequest defines model for CreateSnapshotRequest.
 type CreateSnapshotRequest struct {
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+
 	// Kind Standby = memory and device state plus disks (the instance must be
 	// Running, Paused or Standby); Stopped = the writable disk only (the
-	// instance must be Stopped). Default: Standby for a live or standby
-	// instance, Stopped otherwise.
-	Kind *SnapshotKind `json:"kind,omitempty"`
+	// instance must be Stopped).
+	Kind SnapshotKind `json:"kind"`
 
 	// Name Unique snapshot name (default generated).
-	Name *string            `json:"name,omitempty"`
-	Tags *map[string]string `json:"tags,omitempty"`
+	Name *string `json:"name,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// CreateVolumeRequest defines model for CreateVolumeRequest.
+type CreateVolumeRequest struct {
+	Id     *string `json:"id,omitempty"`
+	Name   string  `json:"name"`
+	SizeGb int     `json:"size_gb"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// Device defines model for Device.
+type Device struct {
+	AttachedTo  *string   `json:"attached_to,omitempty"`
+	BoundToVfio bool      `json:"bound_to_vfio"`
+	CreatedAt   time.Time `json:"created_at"`
+	DeviceId    string    `json:"device_id"`
+	Id          string    `json:"id"`
+	IommuGroup  int       `json:"iommu_group"`
+	Name        *string   `json:"name,omitempty"`
+	PciAddress  string    `json:"pci_address"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags     *Tags      `json:"tags,omitempty"`
+	Type     DeviceType `json:"type"`
+	VendorId string     `json:"vendor_id"`
+}
+
+// DeviceType defines model for Device.Type.
+type DeviceType string
+
+// DiskBreakdown defines model for DiskBreakdown.
+type DiskBreakdown struct {
+	ImagesBytes   *int64 `json:"images_bytes,omitempty"`
+	OciCacheBytes *int64 `json:"oci_cache_bytes,omitempty"`
+	OverlaysBytes *int64 `json:"overlays_bytes,omitempty"`
+	VolumesBytes  *int64 `json:"volumes_bytes,omitempty"`
 }
 
 // Error defines model for Error.
 type Error struct {
 	// Code Stable snake_case code: invalid_request, invalid_state,
-	// invalid_timeout, unauthorized, forbidden, not_found, conflict,
-	// image_not_ready, agent_unavailable, request_too_large,
-	// method_not_allowed, internal, bad_gateway, timeout, unavailable,
-	// not_implemented.
+	// invalid_timeout, invalid_platform, unsupported_platform,
+	// unsupported, unauthorized, forbidden, not_found, conflict,
+	// image_not_ready, agent_unavailable, instance_in_standby,
+	// request_too_large, method_not_allowed, internal, bad_gateway,
+	// timeout, unavailable, not_implemented.
 	//
 	//
 	// Example: not_found
 	Code string `json:"code"`
 
+	// Details Further errors (hypeman's shape; this server does not send it yet).
+	Details    *[]ErrorDetail `json:"details,omitempty"`
+	InnerError *ErrorDetail   `json:"inner_error,omitempty"`
+
 	// Message Example: instance not found: web
 	Message string `json:"message"`
+}
+
+// ErrorDetail defines model for ErrorDetail.
+type ErrorDetail struct {
+	Code    *string `json:"code,omitempty"`
+	Message *string `json:"message,omitempty"`
 }
 
 // ExecControl A control message of an exec WebSocket (a text frame from the client).
@@ -474,8 +1140,7 @@ type ForkInstanceRequest struct {
 	// Name Name of the fork (unique).
 	Name string `json:"name"`
 
-	// TargetState The fork's state when the call returns. Default: Running, or Stopped
-	// when the source is Stopped.
+	// TargetState The fork's state when the call returns (default the source's state at fork time).
 	TargetState *ForkTargetState `json:"target_state,omitempty"`
 }
 
@@ -484,14 +1149,23 @@ type ForkSnapshotRequest struct {
 	// Name Name of the new instance (unique).
 	Name string `json:"name"`
 
-	// TargetState The fork's state when the call returns. Default: Running, or Stopped
-	// when the source is Stopped.
-	TargetState *ForkTargetState `json:"target_state,omitempty"`
+	// TargetHypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	TargetHypervisor *Hypervisor `json:"target_hypervisor,omitempty"`
+
+	// TargetState State after a snapshot restore or fork (default by kind - Running for Standby, Stopped for Stopped).
+	TargetState *SnapshotTargetState `json:"target_state,omitempty"`
 }
 
-// ForkTargetState The fork's state when the call returns. Default: Running, or Stopped
-// when the source is Stopped.
+// ForkTargetState The fork's state when the call returns (default the source's state at fork time).
 type ForkTargetState string
+
+// GPUConfig defines model for GPUConfig.
+type GPUConfig struct {
+	Profile *string `json:"profile,omitempty"`
+}
 
 // Health defines model for Health.
 type Health struct {
@@ -501,111 +1175,120 @@ type Health struct {
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
 
-// HealthCheck A probe hypeman runs against a Running instance. http: GET
-// http://<guest>:port/path must answer `expected_status`; tcp: a
-// connection to <guest>:port must be accepted; exec: `command` (argv,
-// no shell) run in the guest through the agent must exit 0.
-// Durations are Go duration strings. Fields that do not apply to the
-// type must be left out; absent ones take their defaults. In a
-// request, an empty object `{}` means no check.
+// HealthCheck A probe hypeman runs against a Running instance; health is reported
+// in `health_status`, apart from the lifecycle state. Durations are Go
+// duration strings; absent fields take their defaults. `type: none`
+// (or an empty object) means no check.
 //
-// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
 type HealthCheck struct {
-	// Command Argv of an exec check (no shell; use ["sh", "-c", "..."] for one).
-	Command *[]string `json:"command,omitempty"`
-
-	// ExpectedStatus Status an http check wants (default 200).
-	ExpectedStatus *int `json:"expected_status,omitempty"`
+	Exec *HealthCheckExec `json:"exec,omitempty"`
 
 	// FailureThreshold Consecutive failures that make the instance unhealthy (default 3).
-	FailureThreshold *int `json:"failure_threshold,omitempty"`
+	FailureThreshold *int             `json:"failure_threshold,omitempty"`
+	Http             *HealthCheckHTTP `json:"http,omitempty"`
 
 	// Interval Time between the end of one check and the start of the next, at least 1s (default 10s).
-	//
-	// Example: 10s
 	Interval *string `json:"interval,omitempty"`
 
-	// Path Request path for http (default /).
-	Path *string `json:"path,omitempty"`
-
-	// Port Guest port (http and tcp).
-	Port *int `json:"port,omitempty"`
-
-	// StartPeriod Grace period after boot in which failures are not counted; the
-	// first success ends it (default 30s).
-	//
-	//
-	// Example: 30s
+	// StartPeriod Grace period after boot in which failures do not count; the first success ends it (default 30s).
 	StartPeriod *string `json:"start_period,omitempty"`
 
 	// SuccessThreshold Consecutive successes that make it healthy (default 1).
-	SuccessThreshold *int `json:"success_threshold,omitempty"`
+	SuccessThreshold *int            `json:"success_threshold,omitempty"`
+	Tcp              *HealthCheckTCP `json:"tcp,omitempty"`
 
 	// Timeout Time one check may take, at most `interval` (default 2s).
-	//
-	// Example: 2s
 	Timeout *string          `json:"timeout,omitempty"`
 	Type    *HealthCheckType `json:"type,omitempty"`
 }
 
-// HealthCheckStatus defines model for HealthCheckStatus.
-type HealthCheckStatus struct {
-	ConsecutiveFailures  int        `json:"consecutive_failures"`
-	ConsecutiveSuccesses int        `json:"consecutive_successes"`
-	LastCheckAt          *time.Time `json:"last_check_at,omitempty"`
-
-	// LastError Why the last failed check failed (kept after later successes).
-	LastError     *string    `json:"last_error,omitempty"`
-	LastFailureAt *time.Time `json:"last_failure_at,omitempty"`
-	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
-
-	// Status disabled: no check. starting: running, no verdict yet. healthy /
-	// unhealthy: the thresholds were reached. unknown: a check is set but
-	// the instance is not Running.
-	Status HealthState `json:"status"`
-}
-
-// HealthCheckType defines model for HealthCheckType.
+// HealthCheckType defines model for HealthCheck.Type.
 type HealthCheckType string
 
-// HealthState disabled: no check. starting: running, no verdict yet. healthy /
-// unhealthy: the thresholds were reached. unknown: a check is set but
-// the instance is not Running.
-type HealthState string
+// HealthCheckExec defines model for HealthCheckExec.
+type HealthCheckExec struct {
+	// Command Argv run in the guest through the agent (no shell); must exit 0.
+	Command    []string `json:"command"`
+	WorkingDir *string  `json:"working_dir,omitempty"`
+}
+
+// HealthCheckHTTP defines model for HealthCheckHTTP.
+type HealthCheckHTTP struct {
+	// ExpectedStatus Exact status wanted (default 200).
+	ExpectedStatus *int `json:"expected_status,omitempty"`
+
+	// Path Request path (default /).
+	Path *string `json:"path,omitempty"`
+	Port int     `json:"port"`
+
+	// Scheme http (default) or https (the guest's certificate is not verified).
+	Scheme *HealthCheckHTTPScheme `json:"scheme,omitempty"`
+}
+
+// HealthCheckHTTPScheme http (default) or https (the guest's certificate is not verified).
+type HealthCheckHTTPScheme string
+
+// HealthCheckTCP defines model for HealthCheckTCP.
+type HealthCheckTCP struct {
+	Port int `json:"port"`
+}
+
+// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+// QEMU (the instance then reports `qemu-microvm`). The others are
+// refused with 400.
+type Hypervisor string
 
 // Image defines model for Image.
 type Image struct {
 	Cmd       *[]string `json:"cmd,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 
-	// Digest Manifest digest, once resolved.
-	Digest     *string            `json:"digest,omitempty"`
+	// Digest Manifest digest ("" until the pull resolved it).
+	Digest     string             `json:"digest"`
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
 	// Error Why the pull or conversion failed.
 	Error *string `json:"error,omitempty"`
 
-	// ErrorKind Stable code for the failure: invalid_reference,
-	// registry_unreachable, not_found_upstream, unauthorized,
-	// registry_error, digest_mismatch, no_matching_platform,
-	// corrupt_layer, convert_failed, interrupted, canceled.
+	// ErrorKind This server's addition. Stable code for the failure:
+	// invalid_reference, registry_unreachable, not_found_upstream,
+	// unauthorized, registry_error, digest_mismatch,
+	// no_matching_platform, corrupt_layer, convert_failed,
+	// interrupted, canceled.
 	ErrorKind *string `json:"error_kind,omitempty"`
 
 	// Name Normalized reference (e.g. docker.io/library/alpine:latest).
 	Name string `json:"name"`
 
-	// Progress Compressed layer bytes read so far (meaningful while pulling).
+	// Platform Platform of the image as os/arch[/variant].
+	//
+	// Example: linux/amd64
+	Platform *string `json:"platform,omitempty"`
+
+	// Progress This server's addition. Compressed layer bytes read so far (meaningful while pulling).
 	Progress *ImageProgress `json:"progress,omitempty"`
 
-	// SizeBytes Size of the converted root disk.
-	SizeBytes  *int64      `json:"size_bytes,omitempty"`
-	Status     ImageStatus `json:"status"`
-	UpdatedAt  *time.Time  `json:"updated_at,omitempty"`
-	WorkingDir *string     `json:"working_dir,omitempty"`
+	// QueuePosition Always null here (pulls are not queued behind each other).
+	QueuePosition *int `json:"queue_position,omitempty"`
+
+	// SizeBytes Size of the converted root disk (null until ready).
+	SizeBytes *int64      `json:"size_bytes,omitempty"`
+	Status    ImageStatus `json:"status"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+
+	// UpdatedAt This server's addition.
+	UpdatedAt  *time.Time `json:"updated_at,omitempty"`
+	WorkingDir *string    `json:"working_dir,omitempty"`
 }
 
-// ImageProgress Compressed layer bytes read so far (meaningful while pulling).
+// ImageProgress This server's addition. Compressed layer bytes read so far (meaningful while pulling).
 type ImageProgress struct {
 	BytesDone   int64 `json:"bytes_done"`
 	BytesTotal  int64 `json:"bytes_total"`
@@ -622,11 +1305,19 @@ type Ingress struct {
 	Id        string        `json:"id"`
 	Name      string        `json:"name"`
 	Rules     []IngressRule `json:"rules"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
 
 // IngressMatch defines model for IngressMatch.
 type IngressMatch struct {
-	// Hostname Host header to match (any host when empty; `*.example.com` matches one label).
+	// Hostname Host header to match: a literal name, `*.example.com` (one label),
+	// or a pattern with one capture such as `{instance}.example.com`.
+	// Any host when empty.
+	//
 	//
 	// Example: app.example.com
 	Hostname *string `json:"hostname,omitempty"`
@@ -635,117 +1326,246 @@ type IngressMatch struct {
 	Port *int `json:"port,omitempty"`
 }
 
+// IngressRequestHeaderAuth defines model for IngressRequestHeaderAuth.
+type IngressRequestHeaderAuth struct {
+	// Header A dedicated header (not Authorization, Cookie, Host, hop-by-hop or proxy headers).
+	Header string `json:"header"`
+	Value  string `json:"value"`
+}
+
 // IngressRule defines model for IngressRule.
 type IngressRule struct {
-	Match  IngressMatch  `json:"match"`
-	Target IngressTarget `json:"target"`
+	Match IngressMatch `json:"match"`
+
+	// RedirectHttp Only meaningful with tls; refused (400) when true.
+	RedirectHttp      *bool                     `json:"redirect_http,omitempty"`
+	RequestHeaderAuth *IngressRequestHeaderAuth `json:"request_header_auth,omitempty"`
+	Target            IngressTarget             `json:"target"`
+
+	// Tls TLS termination through ACME; refused (400) on this server.
+	Tls *bool `json:"tls,omitempty"`
 }
 
 // IngressTarget defines model for IngressTarget.
 type IngressTarget struct {
-	// Instance Instance name or ID (resolved per request).
+	// Instance Instance name or ID (resolved per request), or the hostname's capture (`{instance}`).
 	Instance string `json:"instance"`
 	Port     int    `json:"port"`
 }
 
 // Instance defines model for Instance.
 type Instance struct {
-	Cmd        *[]string          `json:"cmd,omitempty"`
-	CreatedAt  time.Time          `json:"created_at"`
+	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
+
+	// Cmd This server's addition. The cmd override, if any.
+	Cmd       *[]string `json:"cmd,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+
+	// CurrentPhase The lifecycle phase now (the state lowercased).
+	//
+	// Example: running
+	CurrentPhase string `json:"current_phase"`
+
+	// CurrentPhaseSince When the instance entered current_phase.
+	CurrentPhaseSince time.Time `json:"current_phase_since"`
+
+	// DiskIoBps Disk I/O rate limit in force (absent when unlimited).
+	//
+	// Example: 100MB/s
+	DiskIoBps *string `json:"disk_io_bps,omitempty"`
+
+	// Entrypoint This server's addition. The entrypoint override, if any.
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
 	// ExitCode Exit code of the program's last run (null when unknown).
-	ExitCode    *int    `json:"exit_code"`
-	ExitMessage *string `json:"exit_message"`
-	HasSnapshot bool    `json:"has_snapshot"`
+	ExitCode *int `json:"exit_code"`
 
-	// HealthCheck A probe hypeman runs against a Running instance. http: GET
-	// http://<guest>:port/path must answer `expected_status`; tcp: a
-	// connection to <guest>:port must be accepted; exec: `command` (argv,
-	// no shell) run in the guest through the agent must exit 0.
-	// Durations are Go duration strings. Fields that do not apply to the
-	// type must be left out; absent ones take their defaults. In a
-	// request, an empty object `{}` means no check.
+	// ExitMessage How the last run ended ("exited with code 3", "killed by signal 9 (SIGKILL)", ...).
+	ExitMessage *string `json:"exit_message,omitempty"`
+
+	// ExpiresAt When the instance is deleted automatically; always null here (no expiry yet).
+	ExpiresAt   *time.Time   `json:"expires_at"`
+	Gpu         *InstanceGPU `json:"gpu,omitempty"`
+	HasSnapshot bool         `json:"has_snapshot"`
+
+	// HealthCheck A probe hypeman runs against a Running instance; health is reported
+	// in `health_status`, apart from the lifecycle state. Durations are Go
+	// duration strings; absent fields take their defaults. `type: none`
+	// (or an empty object) means no check.
 	//
 	//
-	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
-	HealthCheck  *HealthCheck       `json:"health_check,omitempty"`
-	HealthStatus *HealthCheckStatus `json:"health_status,omitempty"`
-	Hypervisor   string             `json:"hypervisor"`
-	Id           string             `json:"id"`
-	Image        string             `json:"image"`
+	// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck  *HealthCheck          `json:"health_check,omitempty"`
+	HealthStatus *InstanceHealthStatus `json:"health_status,omitempty"`
 
-	// ImageDigest Digest of the image the instance last booted.
-	ImageDigest *string `json:"image_digest,omitempty"`
-	Name        string  `json:"name"`
+	// HotplugSize Extra memory the guest can grow into at run time (absent when none).
+	HotplugSize *string `json:"hotplug_size,omitempty"`
 
-	// Network The instance's network (null when the server does not report it).
-	Network *InstanceNetwork `json:"network,omitempty"`
+	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	Hypervisor Hypervisor `json:"hypervisor"`
+	Id         string     `json:"id"`
+	Image      string     `json:"image"`
+
+	// ImageDigest This server's addition. Digest of the image the instance last booted.
+	ImageDigest *string          `json:"image_digest,omitempty"`
+	Name        string           `json:"name"`
+	Network     *InstanceNetwork `json:"network,omitempty"`
 
 	// OverlaySize Size of the writable disk layer (e.g. 10GB).
 	OverlaySize string `json:"overlay_size"`
 
+	// PhaseDurationsMs Cumulative milliseconds spent in each lifecycle phase (the state
+	// lowercased: created, initializing, running, paused, shutdown,
+	// stopped, standby), including the current phase up to now.
+	PhaseDurationsMs map[string]int64 `json:"phase_durations_ms"`
+
+	// Platform Platform of the image (os/arch).
+	//
+	// Example: linux/amd64
+	Platform *string `json:"platform,omitempty"`
+
 	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 	// restart N of a series is `backoff` doubled N-1 times, capped at
-	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-	// delay. Omitted from an instance whose policy is never.
+	// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+	// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+	// policy is never.
 	//
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 
-	// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
-	// empty). A Stopped instance with `next_attempt_at` set and no
-	// `blocked_reason` has a restart pending.
+	// RestartStatus Restart bookkeeping (omitted while empty). A Stopped instance with
+	// `next_attempt_at` set and no `blocked_reason` has a restart pending.
 	RestartStatus *RestartStatus `json:"restart_status,omitempty"`
 
-	// Size Memory size (e.g. 1GB).
-	Size      string        `json:"size"`
-	StartedAt *time.Time    `json:"started_at"`
-	State     InstanceState `json:"state"`
+	// Size Base memory (e.g. 1GB).
+	Size           string          `json:"size"`
+	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+	StartedAt      *time.Time      `json:"started_at"`
 
-	// StateError Why the state is Unknown.
-	StateError *string            `json:"state_error"`
-	StoppedAt  *time.Time         `json:"stopped_at"`
-	Tags       *map[string]string `json:"tags,omitempty"`
-	Vcpus      int                `json:"vcpus"`
+	// State Created: VMM created, not started. Initializing: the VM runs, the
+	// guest init is still preparing the program. Running: the program has
+	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+	// memory snapshot to restore. Unknown: the state could not be
+	// determined (see state_error).
+	State InstanceState `json:"state"`
+
+	// StateError Why the state is Unknown (or why a Paused VM stopped by itself).
+	StateError *string    `json:"state_error"`
+	StoppedAt  *time.Time `json:"stopped_at"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags    *Tags          `json:"tags,omitempty"`
+	Vcpus   int            `json:"vcpus"`
+	Volumes *[]VolumeMount `json:"volumes,omitempty"`
 }
 
-// InstanceNetwork The instance's network (null when the server does not report it).
-type InstanceNetwork struct {
-	Enabled bool `json:"enabled"`
+// InstanceGPU defines model for InstanceGPU.
+type InstanceGPU struct {
+	MdevUuid *string `json:"mdev_uuid,omitempty"`
+	Profile  *string `json:"profile,omitempty"`
+}
 
-	// Ip Guest IPv4 address (empty in user-mode networking or when disabled).
+// InstanceHealthStatus defines model for InstanceHealthStatus.
+type InstanceHealthStatus struct {
+	ConsecutiveFailures  int        `json:"consecutive_failures"`
+	ConsecutiveSuccesses int        `json:"consecutive_successes"`
+	LastCheckedAt        *time.Time `json:"last_checked_at,omitempty"`
+
+	// LastError Why the last failed check failed (kept after later successes).
+	LastError     *string    `json:"last_error,omitempty"`
+	LastFailureAt *time.Time `json:"last_failure_at,omitempty"`
+	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
+
+	// Status disabled: no check. starting: running, no verdict yet. healthy /
+	// unhealthy: the thresholds were reached. unknown: a check is set
+	// but the instance is not Running.
+	Status InstanceHealthStatusStatus `json:"status"`
+}
+
+// InstanceHealthStatusStatus disabled: no check. starting: running, no verdict yet. healthy /
+// unhealthy: the thresholds were reached. unknown: a check is set
+// but the instance is not Running.
+type InstanceHealthStatusStatus string
+
+// InstanceNetwork defines model for InstanceNetwork.
+type InstanceNetwork struct {
+	// BandwidthDownload Download (host → VM) rate limit in force.
+	BandwidthDownload *string `json:"bandwidth_download,omitempty"`
+
+	// BandwidthUpload Upload (VM → host) rate limit in force.
+	BandwidthUpload *string `json:"bandwidth_upload,omitempty"`
+	Enabled         bool    `json:"enabled"`
+
+	// Ip Guest IPv4 address (null without an address, e.g. in user-mode networking).
 	//
 	// Example: 10.100.0.12
 	Ip *string `json:"ip,omitempty"`
 
 	// Mac Example: 02:00:0a:64:00:0c
 	Mac *string `json:"mac,omitempty"`
+
+	// Name Network name ("default" when enabled).
+	Name *string `json:"name,omitempty"`
 }
 
-// InstanceState defines model for InstanceState.
+// InstanceState Created: VMM created, not started. Initializing: the VM runs, the
+// guest init is still preparing the program. Running: the program has
+// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+// memory snapshot to restore. Unknown: the state could not be
+// determined (see state_error).
 type InstanceState string
 
 // InstanceStats defines model for InstanceStats.
 type InstanceStats struct {
-	// CpuSeconds CPU time the VMM consumed (all vCPUs).
-	CpuSeconds float64 `json:"cpu_seconds"`
-	InstanceId string  `json:"instance_id"`
+	// AllocatedMemoryBytes size + hotplug_size.
+	AllocatedMemoryBytes int64 `json:"allocated_memory_bytes"`
+	AllocatedVcpus       int   `json:"allocated_vcpus"`
 
-	// MemoryBytes Configured guest memory.
-	MemoryBytes           int64 `json:"memory_bytes"`
-	OverlayAllocatedBytes int64 `json:"overlay_allocated_bytes"`
-	OverlaySizeBytes      int64 `json:"overlay_size_bytes"`
+	// CpuSeconds CPU time the VMM process consumed (all vCPUs and QEMU's own threads).
+	CpuSeconds   float64 `json:"cpu_seconds"`
+	InstanceId   string  `json:"instance_id"`
+	InstanceName string  `json:"instance_name"`
 
-	// Pid VMM process id while it runs.
-	Pid           *int    `json:"pid,omitempty"`
-	RssBytes      int64   `json:"rss_bytes"`
-	Running       bool    `json:"running"`
-	UptimeSeconds float64 `json:"uptime_seconds"`
-	Vcpus         int     `json:"vcpus"`
+	// MemoryRssBytes Resident memory of the VMM process.
+	MemoryRssBytes int64 `json:"memory_rss_bytes"`
+
+	// MemoryUtilizationRatio memory_rss_bytes / allocated_memory_bytes (absent when nothing is allocated).
+	MemoryUtilizationRatio *float64 `json:"memory_utilization_ratio,omitempty"`
+
+	// MemoryVmsBytes Virtual memory size of the VMM process.
+	MemoryVmsBytes int64 `json:"memory_vms_bytes"`
+
+	// NetworkRxBytes Bytes the VM received (the TAP device's transmit counter; 0 without a TAP).
+	NetworkRxBytes int64 `json:"network_rx_bytes"`
+
+	// NetworkTxBytes Bytes the VM sent (the TAP device's receive counter; 0 without a TAP).
+	NetworkTxBytes int64 `json:"network_tx_bytes"`
+
+	// OverlayAllocatedBytes This server's addition. Disk space the writable layer really uses.
+	OverlayAllocatedBytes *int64 `json:"overlay_allocated_bytes,omitempty"`
+
+	// OverlaySizeBytes This server's addition.
+	OverlaySizeBytes *int64 `json:"overlay_size_bytes,omitempty"`
+
+	// Pid This server's addition. VMM process id while it runs.
+	Pid *int `json:"pid,omitempty"`
+
+	// Running This server's addition. Whether a VMM process runs.
+	Running *bool `json:"running,omitempty"`
+
+	// UptimeSeconds This server's addition. Time since the VM started (0 when not running).
+	UptimeSeconds *float64 `json:"uptime_seconds,omitempty"`
 }
 
 // LifecycleEvent defines model for LifecycleEvent.
@@ -765,6 +1585,59 @@ type LifecycleEvent struct {
 
 // LifecycleEventType defines model for LifecycleEvent.Type.
 type LifecycleEventType string
+
+// MemoryReclaimAction defines model for MemoryReclaimAction.
+type MemoryReclaimAction struct {
+	AppliedReclaimBytes int64   `json:"applied_reclaim_bytes"`
+	AssignedMemoryBytes int64   `json:"assigned_memory_bytes"`
+	Error               *string `json:"error,omitempty"`
+
+	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	Hypervisor                     Hypervisor `json:"hypervisor"`
+	InstanceId                     string     `json:"instance_id"`
+	InstanceName                   string     `json:"instance_name"`
+	PlannedTargetGuestMemoryBytes  int64      `json:"planned_target_guest_memory_bytes"`
+	PreviousTargetGuestMemoryBytes int64      `json:"previous_target_guest_memory_bytes"`
+	ProtectedFloorBytes            int64      `json:"protected_floor_bytes"`
+	Status                         string     `json:"status"`
+	TargetGuestMemoryBytes         int64      `json:"target_guest_memory_bytes"`
+}
+
+// MemoryReclaimRequest defines model for MemoryReclaimRequest.
+type MemoryReclaimRequest struct {
+	DryRun       *bool   `json:"dry_run,omitempty"`
+	HoldFor      *string `json:"hold_for,omitempty"`
+	Reason       *string `json:"reason,omitempty"`
+	ReclaimBytes int64   `json:"reclaim_bytes"`
+}
+
+// MemoryReclaimResponse defines model for MemoryReclaimResponse.
+type MemoryReclaimResponse struct {
+	Actions               []MemoryReclaimAction                  `json:"actions"`
+	AppliedReclaimBytes   int64                                  `json:"applied_reclaim_bytes"`
+	HoldUntil             *time.Time                             `json:"hold_until,omitempty"`
+	HostAvailableBytes    int64                                  `json:"host_available_bytes"`
+	HostPressureState     MemoryReclaimResponseHostPressureState `json:"host_pressure_state"`
+	PlannedReclaimBytes   int64                                  `json:"planned_reclaim_bytes"`
+	RequestedReclaimBytes int64                                  `json:"requested_reclaim_bytes"`
+}
+
+// MemoryReclaimResponseHostPressureState defines model for MemoryReclaimResponse.HostPressureState.
+type MemoryReclaimResponseHostPressureState string
+
+// NetworkEgress Host-mediated egress; `enabled: true` is refused (400) on this server.
+type NetworkEgress struct {
+	Enabled     *bool `json:"enabled,omitempty"`
+	Enforcement *struct {
+		Mode *NetworkEgressEnforcementMode `json:"mode,omitempty"`
+	} `json:"enforcement,omitempty"`
+}
+
+// NetworkEgressEnforcementMode defines model for NetworkEgress.Enforcement.Mode.
+type NetworkEgressEnforcementMode string
 
 // NetworkingCapability defines model for NetworkingCapability.
 type NetworkingCapability struct {
@@ -790,97 +1663,255 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
-// RestartBlockedReason defines model for RestartBlockedReason.
-type RestartBlockedReason string
+// Push defines model for Push.
+type Push struct {
+	Bytes         *int64     `json:"bytes,omitempty"`
+	CompletedAt   *time.Time `json:"completed_at,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	Digest        string     `json:"digest"`
+	Error         *string    `json:"error,omitempty"`
+	Id            string     `json:"id"`
+	Image         string     `json:"image"`
+	Layers        *int       `json:"layers,omitempty"`
+	QueuePosition *int       `json:"queue_position,omitempty"`
+	Status        PushStatus `json:"status"`
+	Target        string     `json:"target"`
+}
+
+// PushStatus defines model for Push.Status.
+type PushStatus string
+
+// PushCredentials Registry credentials borrowed for one pull (or push): kept in memory,
+// never persisted or logged. Either username and password, or
+// registry_token (a bearer token).
+type PushCredentials struct {
+	Password      *string `json:"password,omitempty"`
+	RegistryToken *string `json:"registry_token,omitempty"`
+	Username      *string `json:"username,omitempty"`
+}
+
+// ResourceAllocation defines model for ResourceAllocation.
+type ResourceAllocation struct {
+	Cpu                *int    `json:"cpu,omitempty"`
+	DiskBytes          *int64  `json:"disk_bytes,omitempty"`
+	DiskIoBps          *int64  `json:"disk_io_bps,omitempty"`
+	InstanceId         *string `json:"instance_id,omitempty"`
+	InstanceName       *string `json:"instance_name,omitempty"`
+	MemoryBytes        *int64  `json:"memory_bytes,omitempty"`
+	NetworkDownloadBps *int64  `json:"network_download_bps,omitempty"`
+	NetworkUploadBps   *int64  `json:"network_upload_bps,omitempty"`
+}
+
+// ResourceStatus defines model for ResourceStatus.
+type ResourceStatus struct {
+	Allocated      int64   `json:"allocated"`
+	Available      int64   `json:"available"`
+	Capacity       int64   `json:"capacity"`
+	EffectiveLimit int64   `json:"effective_limit"`
+	OversubRatio   float64 `json:"oversub_ratio"`
+	Source         *string `json:"source,omitempty"`
+	Type           string  `json:"type"`
+}
+
+// Resources defines model for Resources.
+type Resources struct {
+	Allocations   []ResourceAllocation `json:"allocations"`
+	Cpu           ResourceStatus       `json:"cpu"`
+	Disk          ResourceStatus       `json:"disk"`
+	DiskBreakdown *DiskBreakdown       `json:"disk_breakdown,omitempty"`
+	DiskIo        *ResourceStatus      `json:"disk_io,omitempty"`
+	Memory        ResourceStatus       `json:"memory"`
+	Network       ResourceStatus       `json:"network"`
+}
 
 // RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 // Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 // restart N of a series is `backoff` doubled N-1 times, capped at
-// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-// delay. Omitted from an instance whose policy is never.
+// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+// policy is never.
 //
 // Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 type RestartPolicy struct {
 	// Backoff Delay before the first restart of a series (default 5s).
-	//
-	// Example: 5s
 	Backoff *string `json:"backoff,omitempty"`
 
-	// MaxAttempts Consecutive restarts allowed before the instance is blocked with
-	// max_attempts_exceeded (default 0 = unlimited).
+	// MaxAttempts Consecutive restarts allowed before max_attempts_exceeded (default 0 = unlimited).
 	MaxAttempts *int `json:"max_attempts,omitempty"`
 
 	// MaxBackoff Cap of the doubling delay, at least `backoff` (default 5m).
-	//
-	// Example: 5m
 	MaxBackoff *string `json:"max_backoff,omitempty"`
 
-	// Policy never: no restarts (the default). on_failure: after a non-zero exit,
+	// Policy never (default): no restarts. on_failure: after a non-zero exit,
 	// a kill, a VM crash, a failed launch or a failed health check.
 	// always: after any exit, including exit code 0. A stop or delete
 	// through the API is never undone.
-	Policy RestartPolicyKind `json:"policy"`
+	Policy *RestartPolicyPolicy `json:"policy,omitempty"`
 
 	// StableAfter A run that lasts this long resets the count of attempts (default 10m).
-	//
-	// Example: 10m
 	StableAfter *string `json:"stable_after,omitempty"`
 }
 
-// RestartPolicyKind never: no restarts (the default). on_failure: after a non-zero exit,
+// RestartPolicyPolicy never (default): no restarts. on_failure: after a non-zero exit,
 // a kill, a VM crash, a failed launch or a failed health check.
 // always: after any exit, including exit code 0. A stop or delete
 // through the API is never undone.
-type RestartPolicyKind string
+type RestartPolicyPolicy string
 
-// RestartReason defines model for RestartReason.
-type RestartReason string
-
-// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
-// empty). A Stopped instance with `next_attempt_at` set and no
-// `blocked_reason` has a restart pending.
+// RestartStatus Restart bookkeeping (omitted while empty). A Stopped instance with
+// `next_attempt_at` set and no `blocked_reason` has a restart pending.
 type RestartStatus struct {
-	// Attempts Consecutive restarts in the current series.
-	Attempts      *int                  `json:"attempts,omitempty"`
-	BlockedReason *RestartBlockedReason `json:"blocked_reason,omitempty"`
-	LastAttemptAt *time.Time            `json:"last_attempt_at,omitempty"`
-	LastReason    *RestartReason        `json:"last_reason,omitempty"`
+	Attempts      *int                        `json:"attempts,omitempty"`
+	BlockedReason *RestartStatusBlockedReason `json:"blocked_reason,omitempty"`
+	LastAttemptAt *time.Time                  `json:"last_attempt_at,omitempty"`
 
-	// NextAttemptAt When the pending restart is due.
-	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+	// LastReason health_check_failed (hypeman's), or this server's exit_code and vm_crashed.
+	LastReason    *RestartStatusLastReason `json:"last_reason,omitempty"`
+	NextAttemptAt *time.Time               `json:"next_attempt_at,omitempty"`
+}
+
+// RestartStatusBlockedReason defines model for RestartStatus.BlockedReason.
+type RestartStatusBlockedReason string
+
+// RestartStatusLastReason health_check_failed (hypeman's), or this server's exit_code and vm_crashed.
+type RestartStatusLastReason string
+
+// RestoreSnapshotRequest defines model for RestoreSnapshotRequest.
+type RestoreSnapshotRequest struct {
+	// TargetHypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	TargetHypervisor *Hypervisor `json:"target_hypervisor,omitempty"`
+
+	// TargetState State after a snapshot restore or fork (default by kind - Running for Standby, Stopped for Stopped).
+	TargetState *SnapshotTargetState `json:"target_state,omitempty"`
+}
+
+// SetSnapshotScheduleRequest defines model for SetSnapshotScheduleRequest.
+type SetSnapshotScheduleRequest struct {
+	Interval string `json:"interval"`
+
+	// Metadata User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Metadata   *Tags                     `json:"metadata,omitempty"`
+	NamePrefix *string                   `json:"name_prefix,omitempty"`
+	Retention  SnapshotScheduleRetention `json:"retention"`
 }
 
 // Snapshot defines model for Snapshot.
 type Snapshot struct {
-	// Compressed The memory state is zstd-compressed.
-	Compressed  bool      `json:"compressed"`
-	CreatedAt   time.Time `json:"created_at"`
-	Id          string    `json:"id"`
-	Image       string    `json:"image"`
-	ImageDigest *string   `json:"image_digest,omitempty"`
+	CompressedSizeBytes *int64                     `json:"compressed_size_bytes,omitempty"`
+	Compression         *SnapshotCompressionConfig `json:"compression,omitempty"`
+	CompressionError    *string                    `json:"compression_error,omitempty"`
+	CompressionState    *SnapshotCompressionState  `json:"compression_state,omitempty"`
+	CreatedAt           time.Time                  `json:"created_at"`
+	Id                  string                     `json:"id"`
+
+	// Image This server's addition. The source instance's image.
+	Image *string `json:"image,omitempty"`
+
+	// ImageDigest This server's addition.
+	ImageDigest *string `json:"image_digest,omitempty"`
 
 	// Kind Standby = memory and device state plus disks (the instance must be
 	// Running, Paused or Standby); Stopped = the writable disk only (the
-	// instance must be Stopped). Default: Standby for a live or standby
-	// instance, Stopped otherwise.
+	// instance must be Stopped).
 	Kind SnapshotKind `json:"kind"`
 
-	// MemoryBytes Guest memory size of the source instance.
-	MemoryBytes int64  `json:"memory_bytes"`
-	Name        string `json:"name"`
+	// MemoryBytes This server's addition. Guest memory size of the source instance.
+	MemoryBytes *int64  `json:"memory_bytes,omitempty"`
+	Name        *string `json:"name"`
 
 	// SizeBytes Disk space the snapshot uses.
-	SizeBytes          int64              `json:"size_bytes"`
-	SourceInstanceId   string             `json:"source_instance_id"`
-	SourceInstanceName string             `json:"source_instance_name"`
-	Tags               *map[string]string `json:"tags,omitempty"`
+	SizeBytes int64 `json:"size_bytes"`
+
+	// SourceHypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	SourceHypervisor   Hypervisor `json:"source_hypervisor"`
+	SourceInstanceId   string     `json:"source_instance_id"`
+	SourceInstanceName string     `json:"source_instance_name"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags                  *Tags  `json:"tags,omitempty"`
+	UncompressedSizeBytes *int64 `json:"uncompressed_size_bytes,omitempty"`
 }
+
+// SnapshotCompressionState defines model for Snapshot.CompressionState.
+type SnapshotCompressionState string
+
+// SnapshotCompressionConfig defines model for SnapshotCompressionConfig.
+type SnapshotCompressionConfig struct {
+	// Algorithm Default zstd when enabled; ignored when disabled.
+	Algorithm *SnapshotCompressionConfigAlgorithm `json:"algorithm,omitempty"`
+	Enabled   bool                                `json:"enabled"`
+
+	// Level zstd 1-19 (default 1), lz4 0-9 (default 0).
+	Level *int `json:"level,omitempty"`
+}
+
+// SnapshotCompressionConfigAlgorithm Default zstd when enabled; ignored when disabled.
+type SnapshotCompressionConfigAlgorithm string
 
 // SnapshotKind Standby = memory and device state plus disks (the instance must be
 // Running, Paused or Standby); Stopped = the writable disk only (the
-// instance must be Stopped). Default: Standby for a live or standby
-// instance, Stopped otherwise.
+// instance must be Stopped).
 type SnapshotKind string
+
+// SnapshotPolicy defines model for SnapshotPolicy.
+type SnapshotPolicy struct {
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+
+	// StandbyCompressionDelay This server compresses while saving; only "0s" (or absent) is accepted.
+	StandbyCompressionDelay *string `json:"standby_compression_delay,omitempty"`
+}
+
+// SnapshotSchedule defines model for SnapshotSchedule.
+type SnapshotSchedule struct {
+	CreatedAt      time.Time  `json:"created_at"`
+	InstanceId     string     `json:"instance_id"`
+	Interval       string     `json:"interval"`
+	LastError      *string    `json:"last_error,omitempty"`
+	LastRunAt      *time.Time `json:"last_run_at,omitempty"`
+	LastSnapshotId *string    `json:"last_snapshot_id,omitempty"`
+
+	// Metadata User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Metadata   *Tags                     `json:"metadata,omitempty"`
+	NamePrefix *string                   `json:"name_prefix,omitempty"`
+	NextRunAt  time.Time                 `json:"next_run_at"`
+	Retention  SnapshotScheduleRetention `json:"retention"`
+	UpdatedAt  time.Time                 `json:"updated_at"`
+}
+
+// SnapshotScheduleRetention defines model for SnapshotScheduleRetention.
+type SnapshotScheduleRetention struct {
+	MaxAge   *string `json:"max_age,omitempty"`
+	MaxCount *int    `json:"max_count,omitempty"`
+}
+
+// SnapshotTargetState State after a snapshot restore or fork (default by kind - Running for Standby, Stopped for Stopped).
+type SnapshotTargetState string
+
+// StandbyInstanceRequest defines model for StandbyInstanceRequest.
+type StandbyInstanceRequest struct {
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+
+	// CompressionDelay Delay before compressing; this server compresses while saving, so only "0s" (or absent) is accepted.
+	CompressionDelay *string `json:"compression_delay,omitempty"`
+}
+
+// StartInstanceRequest defines model for StartInstanceRequest.
+type StartInstanceRequest struct {
+	Cmd        *[]string `json:"cmd,omitempty"`
+	Entrypoint *[]string `json:"entrypoint,omitempty"`
+}
 
 // StreamResult Last message of a cp WebSocket (`ok`), or of an exec or cp WebSocket
 // that failed (`error` and `code`, as in the Error schema).
@@ -890,39 +1921,93 @@ type StreamResult struct {
 	Ok    *bool   `json:"ok,omitempty"`
 }
 
-// UpdateInstanceRequest PATCH /instances/{id}. A field left out is unchanged; a field present
-// replaces the setting. `health_check: {}` removes the check.
+// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+//
+// Example: {"env":"staging","team":"backend"}
+type Tags map[string]string
+
+// UpdateInstanceRequest defines model for UpdateInstanceRequest.
 type UpdateInstanceRequest struct {
-	// HealthCheck A probe hypeman runs against a Running instance. http: GET
-	// http://<guest>:port/path must answer `expected_status`; tcp: a
-	// connection to <guest>:port must be accepted; exec: `command` (argv,
-	// no shell) run in the guest through the agent must exit 0.
-	// Durations are Go duration strings. Fields that do not apply to the
-	// type must be left out; absent ones take their defaults. In a
-	// request, an empty object `{}` means no check.
+	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
+	Env         *map[string]string `json:"env,omitempty"`
+	ExpiresAt   *time.Time         `json:"expires_at,omitempty"`
+
+	// HealthCheck A probe hypeman runs against a Running instance; health is reported
+	// in `health_status`, apart from the lifecycle state. Durations are Go
+	// duration strings; absent fields take their defaults. `type: none`
+	// (or an empty object) means no check.
 	//
 	//
-	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
 
 	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 	// restart N of a series is `backoff` doubled N-1 times, capped at
-	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-	// delay. Omitted from an instance whose policy is never.
+	// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+	// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+	// policy is never.
 	//
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+	Ttl           *string        `json:"ttl,omitempty"`
 }
 
-// WaitResponse defines model for WaitResponse.
-type WaitResponse struct {
-	Reached    *InstanceState `json:"reached,omitempty"`
-	State      InstanceState  `json:"state"`
-	StateError *string        `json:"state_error"`
-	TimedOut   bool           `json:"timed_out"`
+// Volume defines model for Volume.
+type Volume struct {
+	Attachments *[]VolumeAttachment `json:"attachments,omitempty"`
+	CreatedAt   time.Time           `json:"created_at"`
+	Id          string              `json:"id"`
+	Name        string              `json:"name"`
+	SizeGb      int                 `json:"size_gb"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
+
+// VolumeAttachment defines model for VolumeAttachment.
+type VolumeAttachment struct {
+	InstanceId string `json:"instance_id"`
+	MountPath  string `json:"mount_path"`
+	Readonly   bool   `json:"readonly"`
+}
+
+// VolumeMount defines model for VolumeMount.
+type VolumeMount struct {
+	MountPath   string  `json:"mount_path"`
+	Overlay     *bool   `json:"overlay,omitempty"`
+	OverlaySize *string `json:"overlay_size,omitempty"`
+	Readonly    *bool   `json:"readonly,omitempty"`
+	VolumeId    string  `json:"volume_id"`
+}
+
+// WaitForStateResponse defines model for WaitForStateResponse.
+type WaitForStateResponse struct {
+	// Reached Created: VMM created, not started. Initializing: the VM runs, the
+	// guest init is still preparing the program. Running: the program has
+	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+	// memory snapshot to restore. Unknown: the state could not be
+	// determined (see state_error).
+	Reached *InstanceState `json:"reached,omitempty"`
+
+	// State Created: VMM created, not started. Initializing: the VM runs, the
+	// guest init is still preparing the program. Running: the program has
+	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+	// memory snapshot to restore. Unknown: the state could not be
+	// determined (see state_error).
+	State      InstanceState `json:"state"`
+	StateError *string       `json:"state_error,omitempty"`
+	TimedOut   bool          `json:"timed_out"`
+}
+
+// GenericID defines model for GenericID.
+type GenericID = string
 
 // ImageName defines model for ImageName.
 type ImageName = string
@@ -935,6 +2020,17 @@ type LastEventID = string
 
 // SnapshotID defines model for SnapshotID.
 type SnapshotID = string
+
+// TagsFilter User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+//
+// Example: {"env":"staging","team":"backend"}
+type TagsFilter = Tags
+
+// VolumeID defines model for VolumeID.
+type VolumeID = string
+
+// VolumeIDInPath defines model for VolumeIDInPath.
+type VolumeIDInPath = string
 
 // BadGateway defines model for BadGateway.
 type BadGateway = Error
@@ -960,16 +2056,63 @@ type NotImplemented = Error
 // Unauthorized defines model for Unauthorized.
 type Unauthorized = Error
 
+// ListBuildersParams defines parameters for ListBuilders.
+type ListBuildersParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// ListBuildsParams defines parameters for ListBuilds.
+type ListBuildsParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// CreateBuildMultipartBody defines parameters for CreateBuild.
+type CreateBuildMultipartBody = map[string]interface{}
+
+// GetBuildEventsParams defines parameters for GetBuildEvents.
+type GetBuildEventsParams struct {
+	Follow *bool `form:"follow,omitempty" json:"follow,omitempty"`
+}
+
+// ListDevicesParams defines parameters for ListDevices.
+type ListDevicesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
 // StreamEventsParams defines parameters for StreamEvents.
 type StreamEventsParams struct {
 	// LastEventID Resume after this event ID.
 	LastEventID *LastEventID `json:"Last-Event-ID,omitempty"`
 }
 
+// ListImagesParams defines parameters for ListImages.
+type ListImagesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// ListIngressesParams defines parameters for ListIngresses.
+type ListIngressesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
 // ListInstancesParams defines parameters for ListInstances.
 type ListInstancesParams struct {
 	// State Only instances in this state.
 	State *InstanceState `form:"state,omitempty" json:"state,omitempty"`
+
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
 }
 
 // StreamInstanceEventsParams defines parameters for StreamInstanceEvents.
@@ -1010,9 +2153,51 @@ type WaitForInstanceStateParams struct {
 
 // ListSnapshotsParams defines parameters for ListSnapshots.
 type ListSnapshotsParams struct {
-	// Instance Only snapshots taken of this instance (ID, name or unique ID prefix; the source name or ID also matches after the instance was deleted).
+	// SourceInstanceId Only snapshots taken of this instance (its ID; the snapshot outlives it).
+	SourceInstanceId *string `form:"source_instance_id,omitempty" json:"source_instance_id,omitempty"`
+
+	// Kind Only snapshots of this kind.
+	Kind *SnapshotKind `form:"kind,omitempty" json:"kind,omitempty"`
+
+	// Name Only the snapshot(s) with this exact name.
+	Name *string `form:"name,omitempty" json:"name,omitempty"`
+
+	// Instance This server's addition: only snapshots taken of this instance, by
+	// ID, name or unique ID prefix (the source name or ID also matches
+	// after the instance was deleted).
 	Instance *string `form:"instance,omitempty" json:"instance,omitempty"`
+
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
 }
+
+// ListVolumesParams defines parameters for ListVolumes.
+type ListVolumesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// CreateVolumeFromArchiveParams defines parameters for CreateVolumeFromArchive.
+type CreateVolumeFromArchiveParams struct {
+	Name   string  `form:"name" json:"name"`
+	SizeGb int     `form:"size_gb" json:"size_gb"`
+	Id     *string `form:"id,omitempty" json:"id,omitempty"`
+
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// CreateBuilderJSONRequestBody defines body for CreateBuilder for application/json ContentType.
+type CreateBuilderJSONRequestBody = CreateBuilderRequest
+
+// CreateBuildMultipartRequestBody defines body for CreateBuild for multipart/form-data ContentType.
+type CreateBuildMultipartRequestBody = CreateBuildMultipartBody
+
+// CreateDeviceJSONRequestBody defines body for CreateDevice for application/json ContentType.
+type CreateDeviceJSONRequestBody = CreateDeviceRequest
 
 // CreateImageJSONRequestBody defines body for CreateImage for application/json ContentType.
 type CreateImageJSONRequestBody = CreateImageRequest
@@ -1029,11 +2214,35 @@ type UpdateInstanceJSONRequestBody = UpdateInstanceRequest
 // ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
 type ForkInstanceJSONRequestBody = ForkInstanceRequest
 
-// CreateSnapshotJSONRequestBody defines body for CreateSnapshot for application/json ContentType.
-type CreateSnapshotJSONRequestBody = CreateSnapshotRequest
+// SetInstanceSnapshotScheduleJSONRequestBody defines body for SetInstanceSnapshotSchedule for application/json ContentType.
+type SetInstanceSnapshotScheduleJSONRequestBody = SetSnapshotScheduleRequest
+
+// CreateInstanceSnapshotJSONRequestBody defines body for CreateInstanceSnapshot for application/json ContentType.
+type CreateInstanceSnapshotJSONRequestBody = CreateSnapshotRequest
+
+// RestoreInstanceSnapshotJSONRequestBody defines body for RestoreInstanceSnapshot for application/json ContentType.
+type RestoreInstanceSnapshotJSONRequestBody = RestoreSnapshotRequest
+
+// StandbyInstanceJSONRequestBody defines body for StandbyInstance for application/json ContentType.
+type StandbyInstanceJSONRequestBody = StandbyInstanceRequest
+
+// StartInstanceJSONRequestBody defines body for StartInstance for application/json ContentType.
+type StartInstanceJSONRequestBody = StartInstanceRequest
+
+// AttachVolumeJSONRequestBody defines body for AttachVolume for application/json ContentType.
+type AttachVolumeJSONRequestBody = AttachVolumeRequest
+
+// CreatePushJSONRequestBody defines body for CreatePush for application/json ContentType.
+type CreatePushJSONRequestBody = CreatePushRequest
+
+// ReclaimMemoryJSONRequestBody defines body for ReclaimMemory for application/json ContentType.
+type ReclaimMemoryJSONRequestBody = MemoryReclaimRequest
 
 // ForkSnapshotJSONRequestBody defines body for ForkSnapshot for application/json ContentType.
 type ForkSnapshotJSONRequestBody = ForkSnapshotRequest
+
+// CreateVolumeJSONRequestBody defines body for CreateVolume for application/json ContentType.
+type CreateVolumeJSONRequestBody = CreateVolumeRequest
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -1109,16 +2318,155 @@ func WithRequestEditorFn(fn RequestEditorFn) ClientOption {
 // The interface specification for the client above.
 type ClientInterface interface {
 
+	// ListBuilders List builders (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with GET /builders (the `ListBuilders` operationId).
+	ListBuilders(ctx context.Context, params *ListBuildersParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateBuilderWithBody Create a builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /builders (the `CreateBuilder` operationId).
+	CreateBuilderWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateBuilder Create a builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /builders (the `CreateBuilder` operationId).
+	CreateBuilder(ctx context.Context, body CreateBuilderJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteBuilder Delete a builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with DELETE /builders/{id} (the `DeleteBuilder` operationId).
+	DeleteBuilder(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetBuilder Get one builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with GET /builders/{id} (the `GetBuilder` operationId).
+	GetBuilder(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PruneBuilder Reset a builder's cache (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with POST /builders/{id}/prune (the `PruneBuilder` operationId).
+	PruneBuilder(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListBuilds List builds (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with GET /builds (the `ListBuilds` operationId).
+	ListBuilds(ctx context.Context, params *ListBuildsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateBuildWithBody Build an image from source (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /builds (the `CreateBuild` operationId).
+	CreateBuildWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelBuild Cancel a build (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with DELETE /builds/{id} (the `CancelBuild` operationId).
+	CancelBuild(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetBuild Get one build (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with GET /builds/{id} (the `GetBuild` operationId).
+	GetBuild(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetBuildEvents Stream a build's events (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Corresponds with GET /builds/{id}/events (the `GetBuildEvents` operationId).
+	GetBuildEvents(ctx context.Context, id GenericID, params *GetBuildEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetCapabilities What this host can run and how
 	//
-	// Any valid token may read this (no scope required).
+	// Server and API version, host OS/architecture, every runtime
+	// (hypervisor) this server knows with whether it can launch here and
+	// its feature IDs, the default runtime, the guest network model,
+	// image platforms, and server-level feature IDs. Any valid token may
+	// read it (no scope required). `accelerator`, `accelerator_reason`
+	// and `networking` are this server's additions.
 	//
 	// Corresponds with GET /capabilities (the `GetCapabilities` operationId).
 	GetCapabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListDevices List registered passthrough devices
+	//
+	// Always empty here: this server's runtime (QEMU microvm) has no PCI
+	// bus, so no device can be registered (see `createDevice`).
+	//
+	// Corresponds with GET /devices (the `ListDevices` operationId).
+	ListDevices(ctx context.Context, params *ListDevicesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateDeviceWithBody Register a device for passthrough (refused on this server)
+	//
+	// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+	// and VFIO on the host; this server's runtime (QEMU microvm) has no
+	// PCI bus.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /devices (the `CreateDevice` operationId).
+	CreateDeviceWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateDevice Register a device for passthrough (refused on this server)
+	//
+	// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+	// and VFIO on the host; this server's runtime (QEMU microvm) has no
+	// PCI bus.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /devices (the `CreateDevice` operationId).
+	CreateDevice(ctx context.Context, body CreateDeviceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListAvailableDevices Passthrough-capable devices on this host
+	//
+	// Always empty here (no device can be passed to a microvm guest).
+	//
+	// Corresponds with GET /devices/available (the `ListAvailableDevices` operationId).
+	ListAvailableDevices(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteDevice Unregister a device
+	//
+	// Always 404 here (no device can be registered).
+	//
+	// Corresponds with DELETE /devices/{id} (the `DeleteDevice` operationId).
+	DeleteDevice(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetDevice Get one device
+	//
+	// Always 404 here (no device can be registered).
+	//
+	// Corresponds with GET /devices/{id} (the `GetDevice` operationId).
+	GetDevice(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// StreamEvents Lifecycle events of all instances (server-sent events)
 	//
-	// Same format as `GET /instances/{id}/events`, for every instance.
+	// This server's addition; same format as `GET /instances/{id}/events`, for every instance.
 	//
 	// Corresponds with GET /events (the `StreamEvents` operationId).
 	StreamEvents(ctx context.Context, params *StreamEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1131,14 +2479,18 @@ type ClientInterface interface {
 	// ListImages List images
 	//
 	// Corresponds with GET /images (the `ListImages` operationId).
-	ListImages(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ListImages(ctx context.Context, params *ListImagesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateImageWithBody Pull and convert an image (asynchronous)
 	//
 	// Starts pulling `name` from its registry and converting it to a VM root
 	// disk. Returns at once with the image in status pending (or its current
 	// status when it is already known); poll `GET /images/{name}` until
-	// `ready` or `failed`.
+	// `ready` or `failed`. `credentials` are used for this pull only, kept
+	// in memory, never persisted or logged. `platform` must be one this
+	// host runs (see `/capabilities` `images.platforms`); a malformed one
+	// is 400 `invalid_platform`, one the host cannot run 400
+	// `unsupported_platform`.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1150,7 +2502,11 @@ type ClientInterface interface {
 	// Starts pulling `name` from its registry and converting it to a VM root
 	// disk. Returns at once with the image in status pending (or its current
 	// status when it is already known); poll `GET /images/{name}` until
-	// `ready` or `failed`.
+	// `ready` or `failed`. `credentials` are used for this pull only, kept
+	// in memory, never persisted or logged. `platform` must be one this
+	// host runs (see `/capabilities` `images.platforms`); a malformed one
+	// is 400 `invalid_platform`, one the host cannot run 400
+	// `unsupported_platform`.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1172,18 +2528,23 @@ type ClientInterface interface {
 	// ListIngresses List ingresses, oldest first
 	//
 	// Corresponds with GET /ingresses (the `ListIngresses` operationId).
-	ListIngresses(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ListIngresses(ctx context.Context, params *ListIngressesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateIngressWithBody Publish instance ports on host ports
 	//
 	// Each rule routes HTTP requests arriving on host port `match.port`
-	// (default 80) whose Host header is `match.hostname` (any host when
-	// omitted; `*.example.com` matches one label) to port `target.port` of
-	// instance `target.instance`, through a reverse proxy in the daemon.
-	// The instance is resolved per request: it may be created later, and a
-	// request while it is not Running gets 502. 409 when the name is taken,
-	// a (port, hostname) pair is already routed, or a host port cannot be
-	// bound.
+	// (default 80) whose Host header is `match.hostname` (`*.example.com`
+	// matches one label; `{instance}.example.com` routes by the captured
+	// label when `target.instance` is `{instance}`) to port `target.port`
+	// of instance `target.instance`, through a reverse proxy in the
+	// daemon. The instance is resolved per request: it may be created
+	// later, and a request while it is not Running gets 502.
+	// `request_header_auth` makes the proxy answer 401 unless the request
+	// carries that header with that exact value (the header is not passed
+	// on). `tls` needs certificates issued through ACME, which this server
+	// does not do: `tls: true` (and so `redirect_http: true`) is refused
+	// with 400. 409 when the name is taken, a (port, hostname) pair is
+	// already routed, or a host port cannot be bound.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1193,13 +2554,18 @@ type ClientInterface interface {
 	// CreateIngress Publish instance ports on host ports
 	//
 	// Each rule routes HTTP requests arriving on host port `match.port`
-	// (default 80) whose Host header is `match.hostname` (any host when
-	// omitted; `*.example.com` matches one label) to port `target.port` of
-	// instance `target.instance`, through a reverse proxy in the daemon.
-	// The instance is resolved per request: it may be created later, and a
-	// request while it is not Running gets 502. 409 when the name is taken,
-	// a (port, hostname) pair is already routed, or a host port cannot be
-	// bound.
+	// (default 80) whose Host header is `match.hostname` (`*.example.com`
+	// matches one label; `{instance}.example.com` routes by the captured
+	// label when `target.instance` is `{instance}`) to port `target.port`
+	// of instance `target.instance`, through a reverse proxy in the
+	// daemon. The instance is resolved per request: it may be created
+	// later, and a request while it is not Running gets 502.
+	// `request_header_auth` makes the proxy answer 401 unless the request
+	// carries that header with that exact value (the header is not passed
+	// on). `tls` needs certificates issued through ACME, which this server
+	// does not do: `tls: true` (and so `redirect_http: true`) is refused
+	// with 400. 409 when the name is taken, a (port, hostname) pair is
+	// already routed, or a host port cannot be bound.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1226,6 +2592,10 @@ type ClientInterface interface {
 	// Pulls the image first when it is not in the store yet, then boots the
 	// VM. Returns once the VMM runs (state Initializing or later); use
 	// `GET /instances/{id}/wait?state=Running` to wait for the program.
+	// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+	// other than QEMU, `credentials`, `network.egress.enabled`,
+	// `skip_kernel_headers: false` is fine, `platform` other than the
+	// host's) are refused with 400 naming the field.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1237,6 +2607,10 @@ type ClientInterface interface {
 	// Pulls the image first when it is not in the store yet, then boots the
 	// VM. Returns once the VMM runs (state Initializing or later); use
 	// `GET /instances/{id}/wait?state=Running` to wait for the program.
+	// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+	// other than QEMU, `credentials`, `network.egress.enabled`,
+	// `skip_kernel_headers: false` is fine, `platform` other than the
+	// host's) are refused with 400 naming the field.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1253,7 +2627,7 @@ type ClientInterface interface {
 	// Corresponds with GET /instances/{id} (the `GetInstance` operationId).
 	GetInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// UpdateInstanceWithBody Change an instance's restart policy and/or health check
+	// UpdateInstanceWithBody Change an instance's mutable settings
 	//
 	// Each field present replaces that setting as a whole (fields left out
 	// of it take their defaults; they are not merged with the current
@@ -1261,12 +2635,17 @@ type ClientInterface interface {
 	// state and applied at once: a running instance's health checking
 	// restarts from `starting` under the new check.
 	//
-	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
-	//   Changing the policy resets the restart counters (and lifts
+	// - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+	//   off. Changing the policy resets the restart counters (and lifts
 	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 	//   start lifts that.
-	// - `health_check`: an empty object `{}` removes the check (health
-	//   status `disabled`). `null` is refused.
+	// - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+	//   (health status `disabled`).
+	// - `env` only rotates credential bindings upstream; this server has
+	//   no credential mediation, so `env` is refused with 400.
+	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+	//   scale-to-zero and expiry are built (an `auto_standby` with
+	//   `enabled: false` is accepted: there is nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -1276,7 +2655,7 @@ type ClientInterface interface {
 	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
 	UpdateInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// UpdateInstance Change an instance's restart policy and/or health check
+	// UpdateInstance Change an instance's mutable settings
 	//
 	// Each field present replaces that setting as a whole (fields left out
 	// of it take their defaults; they are not merged with the current
@@ -1284,12 +2663,17 @@ type ClientInterface interface {
 	// state and applied at once: a running instance's health checking
 	// restarts from `starting` under the new check.
 	//
-	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
-	//   Changing the policy resets the restart counters (and lifts
+	// - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+	//   off. Changing the policy resets the restart counters (and lifts
 	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 	//   start lifts that.
-	// - `health_check`: an empty object `{}` removes the check (health
-	//   status `disabled`). `null` is refused.
+	// - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+	//   (health status `disabled`).
+	// - `env` only rotates credential bindings upstream; this server has
+	//   no credential mediation, so `env` is refused with 400.
+	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+	//   scale-to-zero and expiry are built (an `auto_standby` with
+	//   `enabled: false` is accepted: there is nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -1299,13 +2683,33 @@ type ClientInterface interface {
 	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
 	UpdateInstance(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// HoldAutoStandby Hold off auto-standby
+	//
+	// As in hypeman, an instance for which no auto-standby will occur
+	// answers 200 with its current status (here: always, until
+	// auto-standby is built), so callers may connect at once. 409
+	// `instance_in_standby` when the instance is on standby: restore it
+	// first.
+	//
+	// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+	HoldAutoStandby(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetAutoStandbyStatus Auto-standby diagnostic status
+	//
+	// This server does not put idle instances on standby by itself yet, so
+	// every instance reports `supported: false`, status `unsupported`
+	// (hypeman's answer on a host without auto-standby).
+	//
+	// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
+	GetAutoStandbyStatus(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	//
-	// Each event has `id` (resume with the Last-Event-ID header), `event`
-	// (the event type) and `data` (a LifecycleEvent as JSON). When events
-	// were lost (resume point too old, or this client fell behind) an
-	// `event: reset` is sent; re-read the instance. The stream ends after a
-	// `deleted` event.
+	// This server's addition. Each event has `id` (resume with the
+	// Last-Event-ID header), `event` (the event type) and `data` (a
+	// LifecycleEvent as JSON). When events were lost (resume point too
+	// old, or this client fell behind) an `event: reset` is sent; re-read
+	// the instance. The stream ends after a `deleted` event.
 	//
 	// Corresponds with GET /instances/{id}/events (the `StreamInstanceEvents` operationId).
 	StreamInstanceEvents(ctx context.Context, id InstanceID, params *StreamInstanceEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1315,9 +2719,11 @@ type ClientInterface interface {
 	// The fork gets a new id and name, its own copy of the writable disk and
 	// its own logs. From Stopped the fork is a disk clone; from Standby (or
 	// from Running with `from_running: true`, which puts the source on
-	// standby, clones it and restores both) the fork continues the source's
-	// memory state. 409 when the name is taken or the source is in a state
-	// that cannot be forked (Running without `from_running`).
+	// standby, clones it and restores the source) the fork continues the
+	// source's memory state. `target_state` defaults to the source's state
+	// at fork time (a Standby source gives a Standby fork). 409 when the
+	// name is taken or the source is in a state that cannot be forked
+	// (Running without `from_running`).
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1329,9 +2735,11 @@ type ClientInterface interface {
 	// The fork gets a new id and name, its own copy of the writable disk and
 	// its own logs. From Stopped the fork is a disk clone; from Standby (or
 	// from Running with `from_running: true`, which puts the source on
-	// standby, clones it and restores both) the fork continues the source's
-	// memory state. 409 when the name is taken or the source is in a state
-	// that cannot be forked (Running without `from_running`).
+	// standby, clones it and restores the source) the fork continues the
+	// source's memory state. `target_state` defaults to the source's state
+	// at fork time (a Standby source gives a Standby fork). 409 when the
+	// name is taken or the source is in a state that cannot be forked
+	// (Running without `from_running`).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1349,6 +2757,8 @@ type ClientInterface interface {
 
 	// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
 	//
+	// This server's addition.
+	//
 	// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
 	PauseInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
@@ -1361,58 +2771,150 @@ type ClientInterface interface {
 
 	// ResumeInstance Continue a Paused instance
 	//
+	// This server's addition.
+	//
 	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 	ResumeInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreateSnapshotWithBody Take a snapshot of an instance
+	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
 	//
-	// `Standby` captures memory and device state with the disks (the
-	// program continues where it was when the snapshot is restored or
-	// forked); `Stopped` captures the disks only (a restore or fork boots
-	// afresh). 409 when the instance's state does not allow the kind. A
-	// snapshot outlives its instance.
+	// Answers 501 until snapshot schedules are built.
+	//
+	// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
+	DeleteInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+	//
+	// Answers 501 until snapshot schedules are built.
+	//
+	// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
+	GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule (not built yet)
+	//
+	// Answers 501 until snapshot schedules are built.
 	//
 	// Takes any type of body and a specified content type.
 	//
-	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-	CreateSnapshotWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+	SetInstanceSnapshotScheduleWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreateSnapshot Take a snapshot of an instance
+	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+	//
+	// Answers 501 until snapshot schedules are built.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+	SetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, body SetInstanceSnapshotScheduleJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateInstanceSnapshotWithBody Take a snapshot of an instance
 	//
 	// `Standby` captures memory and device state with the disks (the
 	// program continues where it was when the snapshot is restored or
 	// forked); `Stopped` captures the disks only (a restore or fork boots
-	// afresh). 409 when the instance's state does not allow the kind. A
-	// snapshot outlives its instance.
+	// afresh). 409 when the instance's state does not allow the kind
+	// (Standby needs a Running, Paused or Standby instance; Stopped a
+	// Stopped one) or the name is taken. A snapshot outlives its instance.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+	CreateInstanceSnapshotWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateInstanceSnapshot Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind
+	// (Standby needs a Running, Paused or Standby instance; Stopped a
+	// Stopped one) or the name is taken. A snapshot outlives its instance.
 	//
 	// Takes a body of the `application/json` content type.
 	//
-	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-	CreateSnapshot(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+	CreateInstanceSnapshot(ctx context.Context, id InstanceID, body CreateInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// RestoreSnapshot Roll an instance back to one of its snapshots
+	// RestoreInstanceSnapshotWithBody Roll an instance back to one of its snapshots
 	//
 	// The instance must be Stopped or Standby (409 otherwise) and the
-	// snapshot one of its own. A Standby snapshot brings it to Running
-	// where the snapshot was taken; a Stopped one leaves it Stopped on the
-	// snapshot's disk.
+	// snapshot one of its own. `target_state` defaults by kind: a Standby
+	// snapshot brings the instance to Running where the snapshot was taken,
+	// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+	// snapshot may also be restored to Standby (memory state kept, not
+	// resumed) or Stopped (disk only); a Stopped one to Running (boots
+	// afresh) but not to Standby. `target_hypervisor` may only name the
+	// hypervisor the instance runs on.
 	//
-	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
-	RestoreSnapshot(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*http.Response, error)
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+	RestoreInstanceSnapshotWithBody(ctx context.Context, id InstanceID, sid string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RestoreInstanceSnapshot Roll an instance back to one of its snapshots
+	//
+	// The instance must be Stopped or Standby (409 otherwise) and the
+	// snapshot one of its own. `target_state` defaults by kind: a Standby
+	// snapshot brings the instance to Running where the snapshot was taken,
+	// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+	// snapshot may also be restored to Standby (memory state kept, not
+	// resumed) or Stopped (disk only); a Stopped one to Running (boots
+	// afresh) but not to Standby. `target_hypervisor` may only name the
+	// hypervisor the instance runs on.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+	RestoreInstanceSnapshot(ctx context.Context, id InstanceID, sid string, body RestoreInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StandbyInstanceWithBody Put a Running (or Paused) instance on standby
+	//
+	// Running → Paused → Standby: the VM's memory and device state are saved
+	// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+	// continues the program where it was. `compression` overrides the
+	// instance's snapshot policy and the server default for this standby.
+	// The body may be left out.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+	StandbyInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StandbyInstance Put a Running (or Paused) instance on standby
 	//
 	// Running → Paused → Standby: the VM's memory and device state are saved
 	// to disk and its VMM exits (`has_snapshot` becomes true). Restore
-	// continues the program where it was.
+	// continues the program where it was. `compression` overrides the
+	// instance's snapshot policy and the server default for this standby.
+	// The body may be left out.
+	//
+	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
-	StandbyInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	StandbyInstance(ctx context.Context, id InstanceID, body StandbyInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartInstanceWithBody Boot a Stopped instance
+	//
+	// `entrypoint` and `cmd`, when given, replace the instance's for this
+	// and later runs (like a create's); omitted ones keep their value. The
+	// body may be left out.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
+	StartInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartInstance Boot a Stopped instance
 	//
+	// `entrypoint` and `cmd`, when given, replace the instance's for this
+	// and later runs (like a create's); omitted ones keep their value. The
+	// body may be left out.
+	//
+	// Takes a body of the `application/json` content type.
+	//
 	// Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
-	StartInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	StartInstance(ctx context.Context, id InstanceID, body StartInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StatInstancePath Stat a path inside the guest (needs the guest agent)
 	//
@@ -1420,6 +2922,10 @@ type ClientInterface interface {
 	StatInstancePath(ctx context.Context, id InstanceID, params *StatInstancePathParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetInstanceStats Resource usage of an instance (from the host side)
+	//
+	// CPU time and memory of the VMM process (from /proc), network bytes
+	// of the instance's TAP device, and what was allocated. A stopped
+	// instance reports zeros for the live counters.
 	//
 	// Corresponds with GET /instances/{id}/stats (the `GetInstanceStats` operationId).
 	GetInstanceStats(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1429,18 +2935,103 @@ type ClientInterface interface {
 	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
 	StopInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DetachVolume Detach a volume from an instance (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
+	DetachVolume(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AttachVolumeWithBody Attach a volume to an instance (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+	AttachVolumeWithBody(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AttachVolume Attach a volume to an instance (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+	AttachVolume(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, body AttachVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	//
 	// Returns at once when the instance already is in a target state. Returns
 	// early (timed_out false) when it reaches a state it will not leave by
 	// itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
 	// target, unless a restart is pending. `state` may be repeated to wait
-	// for any of several states; `reached` names the one reached.
+	// for any of several states (an addition to hypeman's single state);
+	// `reached` names the one reached.
 	//
 	// Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 	WaitForInstanceState(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListPushes List image pushes (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Corresponds with GET /pushes (the `ListPushes` operationId).
+	ListPushes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreatePushWithBody Push an image to a remote registry (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /pushes (the `CreatePush` operationId).
+	CreatePushWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreatePush Push an image to a remote registry (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /pushes (the `CreatePush` operationId).
+	CreatePush(ctx context.Context, body CreatePushJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetPush Get one push (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
+	GetPush(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetResources Host capacity and allocations (not built yet)
+	//
+	// Answers 501 until host resource accounting is built.
+	//
+	// Corresponds with GET /resources (the `GetResources` operationId).
+	GetResources(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReclaimMemoryWithBody Reclaim guest memory through balloons (not built yet)
+	//
+	// Answers 501 until host resource accounting is built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+	ReclaimMemoryWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	//
+	// Answers 501 until host resource accounting is built.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+	ReclaimMemory(ctx context.Context, body ReclaimMemoryJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListSnapshots List snapshots, oldest first
+	//
+	// Filters combine (AND).
 	//
 	// Corresponds with GET /snapshots (the `ListSnapshots` operationId).
 	ListSnapshots(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1458,8 +3049,10 @@ type ClientInterface interface {
 	// ForkSnapshotWithBody Create a new instance from a snapshot
 	//
 	// The new instance starts from the snapshot's disks (and, for a Standby
-	// snapshot, continues its memory state). `target_state` defaults to
-	// Running; a Stopped snapshot cannot be forked into Standby.
+	// snapshot, continues its memory state). `target_state` defaults by
+	// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+	// Stopped snapshot cannot be forked into Standby.
+	// `target_hypervisor` may only name the snapshot's hypervisor.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1469,18 +3062,266 @@ type ClientInterface interface {
 	// ForkSnapshot Create a new instance from a snapshot
 	//
 	// The new instance starts from the snapshot's disks (and, for a Standby
-	// snapshot, continues its memory state). `target_state` defaults to
-	// Running; a Stopped snapshot cannot be forked into Standby.
+	// snapshot, continues its memory state). `target_state` defaults by
+	// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+	// Stopped snapshot cannot be forked into Standby.
+	// `target_hypervisor` may only name the snapshot's hypervisor.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
 	ForkSnapshot(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListVolumes List volumes (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Corresponds with GET /volumes (the `ListVolumes` operationId).
+	ListVolumes(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateVolumeWithBody Create an empty volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /volumes (the `CreateVolume` operationId).
+	CreateVolumeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateVolume Create an empty volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /volumes (the `CreateVolume` operationId).
+	CreateVolume(ctx context.Context, body CreateVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateVolumeFromArchiveWithBody Create a volume from a tar.gz archive (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /volumes/from-archive (the `CreateVolumeFromArchive` operationId).
+	CreateVolumeFromArchiveWithBody(ctx context.Context, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteVolume Delete a volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
+	DeleteVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetVolume Get one volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Corresponds with GET /volumes/{id} (the `GetVolume` operationId).
+	GetVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error)
+}
+
+// ListBuilders List builders (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with GET /builders (the `ListBuilders` operationId).
+func (c *Client) ListBuilders(ctx context.Context, params *ListBuildersParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListBuildersRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateBuilderWithBody Create a builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /builders (the `CreateBuilder` operationId).
+func (c *Client) CreateBuilderWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateBuilderRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateBuilder Create a builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /builders (the `CreateBuilder` operationId).
+func (c *Client) CreateBuilder(ctx context.Context, body CreateBuilderJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateBuilderRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteBuilder Delete a builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with DELETE /builders/{id} (the `DeleteBuilder` operationId).
+func (c *Client) DeleteBuilder(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteBuilderRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetBuilder Get one builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with GET /builders/{id} (the `GetBuilder` operationId).
+func (c *Client) GetBuilder(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetBuilderRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PruneBuilder Reset a builder's cache (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with POST /builders/{id}/prune (the `PruneBuilder` operationId).
+func (c *Client) PruneBuilder(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPruneBuilderRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListBuilds List builds (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with GET /builds (the `ListBuilds` operationId).
+func (c *Client) ListBuilds(ctx context.Context, params *ListBuildsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListBuildsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateBuildWithBody Build an image from source (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /builds (the `CreateBuild` operationId).
+func (c *Client) CreateBuildWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateBuildRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelBuild Cancel a build (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with DELETE /builds/{id} (the `CancelBuild` operationId).
+func (c *Client) CancelBuild(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelBuildRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetBuild Get one build (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with GET /builds/{id} (the `GetBuild` operationId).
+func (c *Client) GetBuild(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetBuildRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetBuildEvents Stream a build's events (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Corresponds with GET /builds/{id}/events (the `GetBuildEvents` operationId).
+func (c *Client) GetBuildEvents(ctx context.Context, id GenericID, params *GetBuildEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetBuildEventsRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
 }
 
 // GetCapabilities What this host can run and how
 //
-// Any valid token may read this (no scope required).
+// Server and API version, host OS/architecture, every runtime
+// (hypervisor) this server knows with whether it can launch here and
+// its feature IDs, the default runtime, the guest network model,
+// image platforms, and server-level feature IDs. Any valid token may
+// read it (no scope required). `accelerator`, `accelerator_reason`
+// and `networking` are this server's additions.
 //
 // Corresponds with GET /capabilities (the `GetCapabilities` operationId).
 func (c *Client) GetCapabilities(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1495,9 +3336,120 @@ func (c *Client) GetCapabilities(ctx context.Context, reqEditors ...RequestEdito
 	return c.Client.Do(req)
 }
 
+// ListDevices List registered passthrough devices
+//
+// Always empty here: this server's runtime (QEMU microvm) has no PCI
+// bus, so no device can be registered (see `createDevice`).
+//
+// Corresponds with GET /devices (the `ListDevices` operationId).
+func (c *Client) ListDevices(ctx context.Context, params *ListDevicesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListDevicesRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateDeviceWithBody Register a device for passthrough (refused on this server)
+//
+// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+// and VFIO on the host; this server's runtime (QEMU microvm) has no
+// PCI bus.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /devices (the `CreateDevice` operationId).
+func (c *Client) CreateDeviceWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateDeviceRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateDevice Register a device for passthrough (refused on this server)
+//
+// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+// and VFIO on the host; this server's runtime (QEMU microvm) has no
+// PCI bus.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /devices (the `CreateDevice` operationId).
+func (c *Client) CreateDevice(ctx context.Context, body CreateDeviceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateDeviceRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListAvailableDevices Passthrough-capable devices on this host
+//
+// Always empty here (no device can be passed to a microvm guest).
+//
+// Corresponds with GET /devices/available (the `ListAvailableDevices` operationId).
+func (c *Client) ListAvailableDevices(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListAvailableDevicesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteDevice Unregister a device
+//
+// Always 404 here (no device can be registered).
+//
+// Corresponds with DELETE /devices/{id} (the `DeleteDevice` operationId).
+func (c *Client) DeleteDevice(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteDeviceRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetDevice Get one device
+//
+// Always 404 here (no device can be registered).
+//
+// Corresponds with GET /devices/{id} (the `GetDevice` operationId).
+func (c *Client) GetDevice(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetDeviceRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // StreamEvents Lifecycle events of all instances (server-sent events)
 //
-// Same format as `GET /instances/{id}/events`, for every instance.
+// This server's addition; same format as `GET /instances/{id}/events`, for every instance.
 //
 // Corresponds with GET /events (the `StreamEvents` operationId).
 func (c *Client) StreamEvents(ctx context.Context, params *StreamEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1530,8 +3482,8 @@ func (c *Client) GetHealth(ctx context.Context, reqEditors ...RequestEditorFn) (
 // ListImages List images
 //
 // Corresponds with GET /images (the `ListImages` operationId).
-func (c *Client) ListImages(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewListImagesRequest(c.Server)
+func (c *Client) ListImages(ctx context.Context, params *ListImagesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListImagesRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1547,7 +3499,11 @@ func (c *Client) ListImages(ctx context.Context, reqEditors ...RequestEditorFn) 
 // Starts pulling `name` from its registry and converting it to a VM root
 // disk. Returns at once with the image in status pending (or its current
 // status when it is already known); poll `GET /images/{name}` until
-// `ready` or `failed`.
+// `ready` or `failed`. `credentials` are used for this pull only, kept
+// in memory, never persisted or logged. `platform` must be one this
+// host runs (see `/capabilities` `images.platforms`); a malformed one
+// is 400 `invalid_platform`, one the host cannot run 400
+// `unsupported_platform`.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1569,7 +3525,11 @@ func (c *Client) CreateImageWithBody(ctx context.Context, contentType string, bo
 // Starts pulling `name` from its registry and converting it to a VM root
 // disk. Returns at once with the image in status pending (or its current
 // status when it is already known); poll `GET /images/{name}` until
-// `ready` or `failed`.
+// `ready` or `failed`. `credentials` are used for this pull only, kept
+// in memory, never persisted or logged. `platform` must be one this
+// host runs (see `/capabilities` `images.platforms`); a malformed one
+// is 400 `invalid_platform`, one the host cannot run 400
+// `unsupported_platform`.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1621,8 +3581,8 @@ func (c *Client) GetImage(ctx context.Context, name ImageName, reqEditors ...Req
 // ListIngresses List ingresses, oldest first
 //
 // Corresponds with GET /ingresses (the `ListIngresses` operationId).
-func (c *Client) ListIngresses(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewListIngressesRequest(c.Server)
+func (c *Client) ListIngresses(ctx context.Context, params *ListIngressesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListIngressesRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1636,13 +3596,18 @@ func (c *Client) ListIngresses(ctx context.Context, reqEditors ...RequestEditorF
 // CreateIngressWithBody Publish instance ports on host ports
 //
 // Each rule routes HTTP requests arriving on host port `match.port`
-// (default 80) whose Host header is `match.hostname` (any host when
-// omitted; `*.example.com` matches one label) to port `target.port` of
-// instance `target.instance`, through a reverse proxy in the daemon.
-// The instance is resolved per request: it may be created later, and a
-// request while it is not Running gets 502. 409 when the name is taken,
-// a (port, hostname) pair is already routed, or a host port cannot be
-// bound.
+// (default 80) whose Host header is `match.hostname` (`*.example.com`
+// matches one label; `{instance}.example.com` routes by the captured
+// label when `target.instance` is `{instance}`) to port `target.port`
+// of instance `target.instance`, through a reverse proxy in the
+// daemon. The instance is resolved per request: it may be created
+// later, and a request while it is not Running gets 502.
+// `request_header_auth` makes the proxy answer 401 unless the request
+// carries that header with that exact value (the header is not passed
+// on). `tls` needs certificates issued through ACME, which this server
+// does not do: `tls: true` (and so `redirect_http: true`) is refused
+// with 400. 409 when the name is taken, a (port, hostname) pair is
+// already routed, or a host port cannot be bound.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1662,13 +3627,18 @@ func (c *Client) CreateIngressWithBody(ctx context.Context, contentType string, 
 // CreateIngress Publish instance ports on host ports
 //
 // Each rule routes HTTP requests arriving on host port `match.port`
-// (default 80) whose Host header is `match.hostname` (any host when
-// omitted; `*.example.com` matches one label) to port `target.port` of
-// instance `target.instance`, through a reverse proxy in the daemon.
-// The instance is resolved per request: it may be created later, and a
-// request while it is not Running gets 502. 409 when the name is taken,
-// a (port, hostname) pair is already routed, or a host port cannot be
-// bound.
+// (default 80) whose Host header is `match.hostname` (`*.example.com`
+// matches one label; `{instance}.example.com` routes by the captured
+// label when `target.instance` is `{instance}`) to port `target.port`
+// of instance `target.instance`, through a reverse proxy in the
+// daemon. The instance is resolved per request: it may be created
+// later, and a request while it is not Running gets 502.
+// `request_header_auth` makes the proxy answer 401 unless the request
+// carries that header with that exact value (the header is not passed
+// on). `tls` needs certificates issued through ACME, which this server
+// does not do: `tls: true` (and so `redirect_http: true`) is refused
+// with 400. 409 when the name is taken, a (port, hostname) pair is
+// already routed, or a host port cannot be bound.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1735,6 +3705,10 @@ func (c *Client) ListInstances(ctx context.Context, params *ListInstancesParams,
 // Pulls the image first when it is not in the store yet, then boots the
 // VM. Returns once the VMM runs (state Initializing or later); use
 // `GET /instances/{id}/wait?state=Running` to wait for the program.
+// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+// other than QEMU, `credentials`, `network.egress.enabled`,
+// `skip_kernel_headers: false` is fine, `platform` other than the
+// host's) are refused with 400 naming the field.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1756,6 +3730,10 @@ func (c *Client) CreateInstanceWithBody(ctx context.Context, contentType string,
 // Pulls the image first when it is not in the store yet, then boots the
 // VM. Returns once the VMM runs (state Initializing or later); use
 // `GET /instances/{id}/wait?state=Running` to wait for the program.
+// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+// other than QEMU, `credentials`, `network.egress.enabled`,
+// `skip_kernel_headers: false` is fine, `platform` other than the
+// host's) are refused with 400 naming the field.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1802,7 +3780,7 @@ func (c *Client) GetInstance(ctx context.Context, id InstanceID, reqEditors ...R
 	return c.Client.Do(req)
 }
 
-// UpdateInstanceWithBody Change an instance's restart policy and/or health check
+// UpdateInstanceWithBody Change an instance's mutable settings
 //
 // Each field present replaces that setting as a whole (fields left out
 // of it take their defaults; they are not merged with the current
@@ -1810,12 +3788,17 @@ func (c *Client) GetInstance(ctx context.Context, id InstanceID, reqEditors ...R
 // state and applied at once: a running instance's health checking
 // restarts from `starting` under the new check.
 //
-//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
-//     Changing the policy resets the restart counters (and lifts
+//   - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+//     off. Changing the policy resets the restart counters (and lifts
 //     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 //     start lifts that.
-//   - `health_check`: an empty object `{}` removes the check (health
-//     status `disabled`). `null` is refused.
+//   - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+//     (health status `disabled`).
+//   - `env` only rotates credential bindings upstream; this server has
+//     no credential mediation, so `env` is refused with 400.
+//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+//     scale-to-zero and expiry are built (an `auto_standby` with
+//     `enabled: false` is accepted: there is nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -1835,7 +3818,7 @@ func (c *Client) UpdateInstanceWithBody(ctx context.Context, id InstanceID, cont
 	return c.Client.Do(req)
 }
 
-// UpdateInstance Change an instance's restart policy and/or health check
+// UpdateInstance Change an instance's mutable settings
 //
 // Each field present replaces that setting as a whole (fields left out
 // of it take their defaults; they are not merged with the current
@@ -1843,12 +3826,17 @@ func (c *Client) UpdateInstanceWithBody(ctx context.Context, id InstanceID, cont
 // state and applied at once: a running instance's health checking
 // restarts from `starting` under the new check.
 //
-//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
-//     Changing the policy resets the restart counters (and lifts
+//   - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+//     off. Changing the policy resets the restart counters (and lifts
 //     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 //     start lifts that.
-//   - `health_check`: an empty object `{}` removes the check (health
-//     status `disabled`). `null` is refused.
+//   - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+//     (health status `disabled`).
+//   - `env` only rotates credential bindings upstream; this server has
+//     no credential mediation, so `env` is refused with 400.
+//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+//     scale-to-zero and expiry are built (an `auto_standby` with
+//     `enabled: false` is accepted: there is nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -1868,13 +3856,53 @@ func (c *Client) UpdateInstance(ctx context.Context, id InstanceID, body UpdateI
 	return c.Client.Do(req)
 }
 
+// HoldAutoStandby Hold off auto-standby
+//
+// As in hypeman, an instance for which no auto-standby will occur
+// answers 200 with its current status (here: always, until
+// auto-standby is built), so callers may connect at once. 409
+// `instance_in_standby` when the instance is on standby: restore it
+// first.
+//
+// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+func (c *Client) HoldAutoStandby(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHoldAutoStandbyRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetAutoStandbyStatus Auto-standby diagnostic status
+//
+// This server does not put idle instances on standby by itself yet, so
+// every instance reports `supported: false`, status `unsupported`
+// (hypeman's answer on a host without auto-standby).
+//
+// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
+func (c *Client) GetAutoStandbyStatus(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetAutoStandbyStatusRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 //
-// Each event has `id` (resume with the Last-Event-ID header), `event`
-// (the event type) and `data` (a LifecycleEvent as JSON). When events
-// were lost (resume point too old, or this client fell behind) an
-// `event: reset` is sent; re-read the instance. The stream ends after a
-// `deleted` event.
+// This server's addition. Each event has `id` (resume with the
+// Last-Event-ID header), `event` (the event type) and `data` (a
+// LifecycleEvent as JSON). When events were lost (resume point too
+// old, or this client fell behind) an `event: reset` is sent; re-read
+// the instance. The stream ends after a `deleted` event.
 //
 // Corresponds with GET /instances/{id}/events (the `StreamInstanceEvents` operationId).
 func (c *Client) StreamInstanceEvents(ctx context.Context, id InstanceID, params *StreamInstanceEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1894,9 +3922,11 @@ func (c *Client) StreamInstanceEvents(ctx context.Context, id InstanceID, params
 // The fork gets a new id and name, its own copy of the writable disk and
 // its own logs. From Stopped the fork is a disk clone; from Standby (or
 // from Running with `from_running: true`, which puts the source on
-// standby, clones it and restores both) the fork continues the source's
-// memory state. 409 when the name is taken or the source is in a state
-// that cannot be forked (Running without `from_running`).
+// standby, clones it and restores the source) the fork continues the
+// source's memory state. `target_state` defaults to the source's state
+// at fork time (a Standby source gives a Standby fork). 409 when the
+// name is taken or the source is in a state that cannot be forked
+// (Running without `from_running`).
 //
 // Takes any type of body and a specified content type.
 //
@@ -1918,9 +3948,11 @@ func (c *Client) ForkInstanceWithBody(ctx context.Context, id InstanceID, conten
 // The fork gets a new id and name, its own copy of the writable disk and
 // its own logs. From Stopped the fork is a disk clone; from Standby (or
 // from Running with `from_running: true`, which puts the source on
-// standby, clones it and restores both) the fork continues the source's
-// memory state. 409 when the name is taken or the source is in a state
-// that cannot be forked (Running without `from_running`).
+// standby, clones it and restores the source) the fork continues the
+// source's memory state. `target_state` defaults to the source's state
+// at fork time (a Standby source gives a Standby fork). 409 when the
+// name is taken or the source is in a state that cannot be forked
+// (Running without `from_running`).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1958,6 +3990,8 @@ func (c *Client) GetInstanceLogs(ctx context.Context, id InstanceID, params *Get
 
 // PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
 //
+// This server's addition.
+//
 // Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
 func (c *Client) PauseInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPauseInstanceRequest(c.Server, id)
@@ -1990,6 +4024,8 @@ func (c *Client) RestoreInstance(ctx context.Context, id InstanceID, reqEditors 
 
 // ResumeInstance Continue a Paused instance
 //
+// This server's addition.
+//
 // Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 func (c *Client) ResumeInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewResumeInstanceRequest(c.Server, id)
@@ -2003,19 +4039,49 @@ func (c *Client) ResumeInstance(ctx context.Context, id InstanceID, reqEditors .
 	return c.Client.Do(req)
 }
 
-// CreateSnapshotWithBody Take a snapshot of an instance
+// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
 //
-// `Standby` captures memory and device state with the disks (the
-// program continues where it was when the snapshot is restored or
-// forked); `Stopped` captures the disks only (a restore or fork boots
-// afresh). 409 when the instance's state does not allow the kind. A
-// snapshot outlives its instance.
+// Answers 501 until snapshot schedules are built.
+//
+// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
+func (c *Client) DeleteInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteInstanceSnapshotScheduleRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+//
+// Answers 501 until snapshot schedules are built.
+//
+// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
+func (c *Client) GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetInstanceSnapshotScheduleRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule (not built yet)
+//
+// Answers 501 until snapshot schedules are built.
 //
 // Takes any type of body and a specified content type.
 //
-// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-func (c *Client) CreateSnapshotWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateSnapshotRequestWithBody(c.Server, id, contentType, body)
+// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+func (c *Client) SetInstanceSnapshotScheduleWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetInstanceSnapshotScheduleRequestWithBody(c.Server, id, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2026,19 +4092,39 @@ func (c *Client) CreateSnapshotWithBody(ctx context.Context, id InstanceID, cont
 	return c.Client.Do(req)
 }
 
-// CreateSnapshot Take a snapshot of an instance
+// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+//
+// Answers 501 until snapshot schedules are built.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+func (c *Client) SetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, body SetInstanceSnapshotScheduleJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetInstanceSnapshotScheduleRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateInstanceSnapshotWithBody Take a snapshot of an instance
 //
 // `Standby` captures memory and device state with the disks (the
 // program continues where it was when the snapshot is restored or
 // forked); `Stopped` captures the disks only (a restore or fork boots
-// afresh). 409 when the instance's state does not allow the kind. A
-// snapshot outlives its instance.
+// afresh). 409 when the instance's state does not allow the kind
+// (Standby needs a Running, Paused or Standby instance; Stopped a
+// Stopped one) or the name is taken. A snapshot outlives its instance.
 //
-// Takes a body of the `application/json` content type.
+// Takes any type of body and a specified content type.
 //
-// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-func (c *Client) CreateSnapshot(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateSnapshotRequest(c.Server, id, body)
+// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+func (c *Client) CreateInstanceSnapshotWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateInstanceSnapshotRequestWithBody(c.Server, id, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2049,16 +4135,95 @@ func (c *Client) CreateSnapshot(ctx context.Context, id InstanceID, body CreateS
 	return c.Client.Do(req)
 }
 
-// RestoreSnapshot Roll an instance back to one of its snapshots
+// CreateInstanceSnapshot Take a snapshot of an instance
+//
+// `Standby` captures memory and device state with the disks (the
+// program continues where it was when the snapshot is restored or
+// forked); `Stopped` captures the disks only (a restore or fork boots
+// afresh). 409 when the instance's state does not allow the kind
+// (Standby needs a Running, Paused or Standby instance; Stopped a
+// Stopped one) or the name is taken. A snapshot outlives its instance.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+func (c *Client) CreateInstanceSnapshot(ctx context.Context, id InstanceID, body CreateInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateInstanceSnapshotRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RestoreInstanceSnapshotWithBody Roll an instance back to one of its snapshots
 //
 // The instance must be Stopped or Standby (409 otherwise) and the
-// snapshot one of its own. A Standby snapshot brings it to Running
-// where the snapshot was taken; a Stopped one leaves it Stopped on the
-// snapshot's disk.
+// snapshot one of its own. `target_state` defaults by kind: a Standby
+// snapshot brings the instance to Running where the snapshot was taken,
+// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+// snapshot may also be restored to Standby (memory state kept, not
+// resumed) or Stopped (disk only); a Stopped one to Running (boots
+// afresh) but not to Standby. `target_hypervisor` may only name the
+// hypervisor the instance runs on.
 //
-// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
-func (c *Client) RestoreSnapshot(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewRestoreSnapshotRequest(c.Server, id, sid)
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+func (c *Client) RestoreInstanceSnapshotWithBody(ctx context.Context, id InstanceID, sid string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRestoreInstanceSnapshotRequestWithBody(c.Server, id, sid, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RestoreInstanceSnapshot Roll an instance back to one of its snapshots
+//
+// The instance must be Stopped or Standby (409 otherwise) and the
+// snapshot one of its own. `target_state` defaults by kind: a Standby
+// snapshot brings the instance to Running where the snapshot was taken,
+// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+// snapshot may also be restored to Standby (memory state kept, not
+// resumed) or Stopped (disk only); a Stopped one to Running (boots
+// afresh) but not to Standby. `target_hypervisor` may only name the
+// hypervisor the instance runs on.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+func (c *Client) RestoreInstanceSnapshot(ctx context.Context, id InstanceID, sid string, body RestoreInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRestoreInstanceSnapshotRequest(c.Server, id, sid, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StandbyInstanceWithBody Put a Running (or Paused) instance on standby
+//
+// Running → Paused → Standby: the VM's memory and device state are saved
+// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+// continues the program where it was. `compression` overrides the
+// instance's snapshot policy and the server default for this standby.
+// The body may be left out.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+func (c *Client) StandbyInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStandbyInstanceRequestWithBody(c.Server, id, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2073,11 +4238,36 @@ func (c *Client) RestoreSnapshot(ctx context.Context, id InstanceID, sid string,
 //
 // Running → Paused → Standby: the VM's memory and device state are saved
 // to disk and its VMM exits (`has_snapshot` becomes true). Restore
-// continues the program where it was.
+// continues the program where it was. `compression` overrides the
+// instance's snapshot policy and the server default for this standby.
+// The body may be left out.
+//
+// Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
-func (c *Client) StandbyInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewStandbyInstanceRequest(c.Server, id)
+func (c *Client) StandbyInstance(ctx context.Context, id InstanceID, body StandbyInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStandbyInstanceRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartInstanceWithBody Boot a Stopped instance
+//
+// `entrypoint` and `cmd`, when given, replace the instance's for this
+// and later runs (like a create's); omitted ones keep their value. The
+// body may be left out.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
+func (c *Client) StartInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartInstanceRequestWithBody(c.Server, id, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2090,9 +4280,15 @@ func (c *Client) StandbyInstance(ctx context.Context, id InstanceID, reqEditors 
 
 // StartInstance Boot a Stopped instance
 //
+// `entrypoint` and `cmd`, when given, replace the instance's for this
+// and later runs (like a create's); omitted ones keep their value. The
+// body may be left out.
+//
+// Takes a body of the `application/json` content type.
+//
 // Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
-func (c *Client) StartInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewStartInstanceRequest(c.Server, id)
+func (c *Client) StartInstance(ctx context.Context, id InstanceID, body StartInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartInstanceRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2119,6 +4315,10 @@ func (c *Client) StatInstancePath(ctx context.Context, id InstanceID, params *St
 }
 
 // GetInstanceStats Resource usage of an instance (from the host side)
+//
+// CPU time and memory of the VMM process (from /proc), network bytes
+// of the instance's TAP device, and what was allocated. A stopped
+// instance reports zeros for the live counters.
 //
 // Corresponds with GET /instances/{id}/stats (the `GetInstanceStats` operationId).
 func (c *Client) GetInstanceStats(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2148,13 +4348,69 @@ func (c *Client) StopInstance(ctx context.Context, id InstanceID, reqEditors ...
 	return c.Client.Do(req)
 }
 
+// DetachVolume Detach a volume from an instance (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
+func (c *Client) DetachVolume(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDetachVolumeRequest(c.Server, id, volumeId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AttachVolumeWithBody Attach a volume to an instance (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+func (c *Client) AttachVolumeWithBody(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAttachVolumeRequestWithBody(c.Server, id, volumeId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AttachVolume Attach a volume to an instance (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+func (c *Client) AttachVolume(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, body AttachVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAttachVolumeRequest(c.Server, id, volumeId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // WaitForInstanceState Block until the instance reaches one of the given states
 //
 // Returns at once when the instance already is in a target state. Returns
 // early (timed_out false) when it reaches a state it will not leave by
 // itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
 // target, unless a restart is pending. `state` may be repeated to wait
-// for any of several states; `reached` names the one reached.
+// for any of several states (an addition to hypeman's single state);
+// `reached` names the one reached.
 //
 // Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 func (c *Client) WaitForInstanceState(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2169,7 +4425,136 @@ func (c *Client) WaitForInstanceState(ctx context.Context, id InstanceID, params
 	return c.Client.Do(req)
 }
 
+// ListPushes List image pushes (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Corresponds with GET /pushes (the `ListPushes` operationId).
+func (c *Client) ListPushes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListPushesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreatePushWithBody Push an image to a remote registry (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /pushes (the `CreatePush` operationId).
+func (c *Client) CreatePushWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreatePushRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreatePush Push an image to a remote registry (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /pushes (the `CreatePush` operationId).
+func (c *Client) CreatePush(ctx context.Context, body CreatePushJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreatePushRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetPush Get one push (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
+func (c *Client) GetPush(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetPushRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetResources Host capacity and allocations (not built yet)
+//
+// Answers 501 until host resource accounting is built.
+//
+// Corresponds with GET /resources (the `GetResources` operationId).
+func (c *Client) GetResources(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetResourcesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReclaimMemoryWithBody Reclaim guest memory through balloons (not built yet)
+//
+// Answers 501 until host resource accounting is built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+func (c *Client) ReclaimMemoryWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReclaimMemoryRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+//
+// Answers 501 until host resource accounting is built.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+func (c *Client) ReclaimMemory(ctx context.Context, body ReclaimMemoryJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReclaimMemoryRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListSnapshots List snapshots, oldest first
+//
+// Filters combine (AND).
 //
 // Corresponds with GET /snapshots (the `ListSnapshots` operationId).
 func (c *Client) ListSnapshots(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2217,8 +4602,10 @@ func (c *Client) GetSnapshot(ctx context.Context, id SnapshotID, reqEditors ...R
 // ForkSnapshotWithBody Create a new instance from a snapshot
 //
 // The new instance starts from the snapshot's disks (and, for a Standby
-// snapshot, continues its memory state). `target_state` defaults to
-// Running; a Stopped snapshot cannot be forked into Standby.
+// snapshot, continues its memory state). `target_state` defaults by
+// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+// Stopped snapshot cannot be forked into Standby.
+// `target_hypervisor` may only name the snapshot's hypervisor.
 //
 // Takes any type of body and a specified content type.
 //
@@ -2238,8 +4625,10 @@ func (c *Client) ForkSnapshotWithBody(ctx context.Context, id SnapshotID, conten
 // ForkSnapshot Create a new instance from a snapshot
 //
 // The new instance starts from the snapshot's disks (and, for a Standby
-// snapshot, continues its memory state). `target_state` defaults to
-// Running; a Stopped snapshot cannot be forked into Standby.
+// snapshot, continues its memory state). `target_state` defaults by
+// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+// Stopped snapshot cannot be forked into Standby.
+// `target_hypervisor` may only name the snapshot's hypervisor.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -2256,6 +4645,522 @@ func (c *Client) ForkSnapshot(ctx context.Context, id SnapshotID, body ForkSnaps
 	return c.Client.Do(req)
 }
 
+// ListVolumes List volumes (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Corresponds with GET /volumes (the `ListVolumes` operationId).
+func (c *Client) ListVolumes(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListVolumesRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateVolumeWithBody Create an empty volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /volumes (the `CreateVolume` operationId).
+func (c *Client) CreateVolumeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateVolumeRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateVolume Create an empty volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /volumes (the `CreateVolume` operationId).
+func (c *Client) CreateVolume(ctx context.Context, body CreateVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateVolumeRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateVolumeFromArchiveWithBody Create a volume from a tar.gz archive (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /volumes/from-archive (the `CreateVolumeFromArchive` operationId).
+func (c *Client) CreateVolumeFromArchiveWithBody(ctx context.Context, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateVolumeFromArchiveRequestWithBody(c.Server, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteVolume Delete a volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
+func (c *Client) DeleteVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteVolumeRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetVolume Get one volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Corresponds with GET /volumes/{id} (the `GetVolume` operationId).
+func (c *Client) GetVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetVolumeRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// NewListBuildersRequest constructs an http.Request for the ListBuilders method
+func NewListBuildersRequest(server string, params *ListBuildersParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builders")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateBuilderRequest calls the generic CreateBuilder builder with application/json body
+func NewCreateBuilderRequest(server string, body CreateBuilderJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateBuilderRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateBuilderRequestWithBody constructs an http.Request for the CreateBuilder method, with any body, and a specified content type
+func NewCreateBuilderRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builders")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeleteBuilderRequest constructs an http.Request for the DeleteBuilder method
+func NewDeleteBuilderRequest(server string, id GenericID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builders/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetBuilderRequest constructs an http.Request for the GetBuilder method
+func NewGetBuilderRequest(server string, id GenericID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builders/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPruneBuilderRequest constructs an http.Request for the PruneBuilder method
+func NewPruneBuilderRequest(server string, id GenericID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builders/%s/prune", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListBuildsRequest constructs an http.Request for the ListBuilds method
+func NewListBuildsRequest(server string, params *ListBuildsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builds")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateBuildRequestWithBody constructs an http.Request for the CreateBuild method, with any body, and a specified content type
+func NewCreateBuildRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builds")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewCancelBuildRequest constructs an http.Request for the CancelBuild method
+func NewCancelBuildRequest(server string, id GenericID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builds/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetBuildRequest constructs an http.Request for the GetBuild method
+func NewGetBuildRequest(server string, id GenericID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builds/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetBuildEventsRequest constructs an http.Request for the GetBuildEvents method
+func NewGetBuildEventsRequest(server string, id GenericID, params *GetBuildEventsParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/builds/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Follow != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "follow", *params.Follow, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewGetCapabilitiesRequest constructs an http.Request for the GetCapabilities method
 func NewGetCapabilitiesRequest(server string) (*http.Request, error) {
 	var err error
@@ -2266,6 +5171,195 @@ func NewGetCapabilitiesRequest(server string) (*http.Request, error) {
 	}
 
 	operationPath := fmt.Sprintf("/capabilities")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListDevicesRequest constructs an http.Request for the ListDevices method
+func NewListDevicesRequest(server string, params *ListDevicesParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/devices")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateDeviceRequest calls the generic CreateDevice builder with application/json body
+func NewCreateDeviceRequest(server string, body CreateDeviceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateDeviceRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateDeviceRequestWithBody constructs an http.Request for the CreateDevice method, with any body, and a specified content type
+func NewCreateDeviceRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/devices")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListAvailableDevicesRequest constructs an http.Request for the ListAvailableDevices method
+func NewListAvailableDevicesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/devices/available")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeleteDeviceRequest constructs an http.Request for the DeleteDevice method
+func NewDeleteDeviceRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/devices/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetDeviceRequest constructs an http.Request for the GetDevice method
+func NewGetDeviceRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/devices/%s", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -2353,7 +5447,7 @@ func NewGetHealthRequest(server string) (*http.Request, error) {
 }
 
 // NewListImagesRequest constructs an http.Request for the ListImages method
-func NewListImagesRequest(server string) (*http.Request, error) {
+func NewListImagesRequest(server string, params *ListImagesParams) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -2369,6 +5463,33 @@ func NewListImagesRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -2488,7 +5609,7 @@ func NewGetImageRequest(server string, name ImageName) (*http.Request, error) {
 }
 
 // NewListIngressesRequest constructs an http.Request for the ListIngresses method
-func NewListIngressesRequest(server string) (*http.Request, error) {
+func NewListIngressesRequest(server string, params *ListIngressesParams) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -2504,6 +5625,33 @@ func NewListIngressesRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -2653,6 +5801,18 @@ func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.
 		if params.State != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "state", *params.State, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -2827,6 +5987,74 @@ func NewUpdateInstanceRequestWithBody(server string, id InstanceID, contentType 
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewHoldAutoStandbyRequest constructs an http.Request for the HoldAutoStandby method
+func NewHoldAutoStandbyRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/auto-standby/hold", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetAutoStandbyStatusRequest constructs an http.Request for the GetAutoStandbyStatus method
+func NewGetAutoStandbyStatusRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/auto-standby/status", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -3114,19 +6342,134 @@ func NewResumeInstanceRequest(server string, id InstanceID) (*http.Request, erro
 	return req, nil
 }
 
-// NewCreateSnapshotRequest calls the generic CreateSnapshot builder with application/json body
-func NewCreateSnapshotRequest(server string, id InstanceID, body CreateSnapshotJSONRequestBody) (*http.Request, error) {
+// NewDeleteInstanceSnapshotScheduleRequest constructs an http.Request for the DeleteInstanceSnapshotSchedule method
+func NewDeleteInstanceSnapshotScheduleRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/snapshot-schedule", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetInstanceSnapshotScheduleRequest constructs an http.Request for the GetInstanceSnapshotSchedule method
+func NewGetInstanceSnapshotScheduleRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/snapshot-schedule", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSetInstanceSnapshotScheduleRequest calls the generic SetInstanceSnapshotSchedule builder with application/json body
+func NewSetInstanceSnapshotScheduleRequest(server string, id InstanceID, body SetInstanceSnapshotScheduleJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewCreateSnapshotRequestWithBody(server, id, "application/json", bodyReader)
+	return NewSetInstanceSnapshotScheduleRequestWithBody(server, id, "application/json", bodyReader)
 }
 
-// NewCreateSnapshotRequestWithBody constructs an http.Request for the CreateSnapshot method, with any body, and a specified content type
-func NewCreateSnapshotRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
+// NewSetInstanceSnapshotScheduleRequestWithBody constructs an http.Request for the SetInstanceSnapshotSchedule method, with any body, and a specified content type
+func NewSetInstanceSnapshotScheduleRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/snapshot-schedule", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewCreateInstanceSnapshotRequest calls the generic CreateInstanceSnapshot builder with application/json body
+func NewCreateInstanceSnapshotRequest(server string, id InstanceID, body CreateInstanceSnapshotJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateInstanceSnapshotRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewCreateInstanceSnapshotRequestWithBody constructs an http.Request for the CreateInstanceSnapshot method, with any body, and a specified content type
+func NewCreateInstanceSnapshotRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3161,8 +6504,19 @@ func NewCreateSnapshotRequestWithBody(server string, id InstanceID, contentType 
 	return req, nil
 }
 
-// NewRestoreSnapshotRequest constructs an http.Request for the RestoreSnapshot method
-func NewRestoreSnapshotRequest(server string, id InstanceID, sid string) (*http.Request, error) {
+// NewRestoreInstanceSnapshotRequest calls the generic RestoreInstanceSnapshot builder with application/json body
+func NewRestoreInstanceSnapshotRequest(server string, id InstanceID, sid string, body RestoreInstanceSnapshotJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRestoreInstanceSnapshotRequestWithBody(server, id, sid, "application/json", bodyReader)
+}
+
+// NewRestoreInstanceSnapshotRequestWithBody constructs an http.Request for the RestoreInstanceSnapshot method, with any body, and a specified content type
+func NewRestoreInstanceSnapshotRequestWithBody(server string, id InstanceID, sid string, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3194,16 +6548,29 @@ func NewRestoreSnapshotRequest(server string, id InstanceID, sid string) (*http.
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
 
+	req.Header.Add("Content-Type", contentType)
+
 	return req, nil
 }
 
-// NewStandbyInstanceRequest constructs an http.Request for the StandbyInstance method
-func NewStandbyInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+// NewStandbyInstanceRequest calls the generic StandbyInstance builder with application/json body
+func NewStandbyInstanceRequest(server string, id InstanceID, body StandbyInstanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStandbyInstanceRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewStandbyInstanceRequestWithBody constructs an http.Request for the StandbyInstance method, with any body, and a specified content type
+func NewStandbyInstanceRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3228,16 +6595,29 @@ func NewStandbyInstanceRequest(server string, id InstanceID) (*http.Request, err
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
 
+	req.Header.Add("Content-Type", contentType)
+
 	return req, nil
 }
 
-// NewStartInstanceRequest constructs an http.Request for the StartInstance method
-func NewStartInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+// NewStartInstanceRequest calls the generic StartInstance builder with application/json body
+func NewStartInstanceRequest(server string, id InstanceID, body StartInstanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStartInstanceRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewStartInstanceRequestWithBody constructs an http.Request for the StartInstance method, with any body, and a specified content type
+func NewStartInstanceRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3262,10 +6642,12 @@ func NewStartInstanceRequest(server string, id InstanceID) (*http.Request, error
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -3407,6 +6789,101 @@ func NewStopInstanceRequest(server string, id InstanceID) (*http.Request, error)
 	return req, nil
 }
 
+// NewDetachVolumeRequest constructs an http.Request for the DetachVolume method
+func NewDetachVolumeRequest(server string, id InstanceID, volumeId VolumeIDInPath) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "volumeId", volumeId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/volumes/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAttachVolumeRequest calls the generic AttachVolume builder with application/json body
+func NewAttachVolumeRequest(server string, id InstanceID, volumeId VolumeIDInPath, body AttachVolumeJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewAttachVolumeRequestWithBody(server, id, volumeId, "application/json", bodyReader)
+}
+
+// NewAttachVolumeRequestWithBody constructs an http.Request for the AttachVolume method, with any body, and a specified content type
+func NewAttachVolumeRequestWithBody(server string, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "volumeId", volumeId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/volumes/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewWaitForInstanceStateRequest constructs an http.Request for the WaitForInstanceState method
 func NewWaitForInstanceStateRequest(server string, id InstanceID, params *WaitForInstanceStateParams) (*http.Request, error) {
 	var err error
@@ -3480,6 +6957,174 @@ func NewWaitForInstanceStateRequest(server string, id InstanceID, params *WaitFo
 	return req, nil
 }
 
+// NewListPushesRequest constructs an http.Request for the ListPushes method
+func NewListPushesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/pushes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreatePushRequest calls the generic CreatePush builder with application/json body
+func NewCreatePushRequest(server string, body CreatePushJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreatePushRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreatePushRequestWithBody constructs an http.Request for the CreatePush method, with any body, and a specified content type
+func NewCreatePushRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/pushes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetPushRequest constructs an http.Request for the GetPush method
+func NewGetPushRequest(server string, id GenericID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/pushes/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetResourcesRequest constructs an http.Request for the GetResources method
+func NewGetResourcesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/resources")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewReclaimMemoryRequest calls the generic ReclaimMemory builder with application/json body
+func NewReclaimMemoryRequest(server string, body ReclaimMemoryJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewReclaimMemoryRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewReclaimMemoryRequestWithBody constructs an http.Request for the ReclaimMemory method, with any body, and a specified content type
+func NewReclaimMemoryRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/resources/memory/reclaim")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewListSnapshotsRequest constructs an http.Request for the ListSnapshots method
 func NewListSnapshotsRequest(server string, params *ListSnapshotsParams) (*http.Request, error) {
 	var err error
@@ -3508,9 +7153,57 @@ func NewListSnapshotsRequest(server string, params *ListSnapshotsParams) (*http.
 		// per the OpenAPI spec (e.g. "color=blue,black,brown").
 		var rawQueryFragments []string
 
+		if params.SourceInstanceId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "source_instance_id", *params.SourceInstanceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Kind != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "kind", *params.Kind, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Name != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "name", *params.Name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.Instance != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "instance", *params.Instance, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -3649,6 +7342,252 @@ func NewForkSnapshotRequestWithBody(server string, id SnapshotID, contentType st
 	return req, nil
 }
 
+// NewListVolumesRequest constructs an http.Request for the ListVolumes method
+func NewListVolumesRequest(server string, params *ListVolumesParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/volumes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateVolumeRequest calls the generic CreateVolume builder with application/json body
+func NewCreateVolumeRequest(server string, body CreateVolumeJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateVolumeRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateVolumeRequestWithBody constructs an http.Request for the CreateVolume method, with any body, and a specified content type
+func NewCreateVolumeRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/volumes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewCreateVolumeFromArchiveRequestWithBody constructs an http.Request for the CreateVolumeFromArchive method, with any body, and a specified content type
+func NewCreateVolumeFromArchiveRequestWithBody(server string, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/volumes/from-archive")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "name", params.Name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "size_gb", params.SizeGb, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Id != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "id", *params.Id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Tags != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "tags", *params.Tags, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeleteVolumeRequest constructs an http.Request for the DeleteVolume method
+func NewDeleteVolumeRequest(server string, id VolumeID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/volumes/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetVolumeRequest constructs an http.Request for the GetVolume method
+func NewGetVolumeRequest(server string, id VolumeID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/volumes/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -3693,18 +7632,181 @@ func WithBaseURL(baseURL string) ClientOption {
 // ClientWithResponsesInterface is the interface specification for the client with responses above.
 type ClientWithResponsesInterface interface {
 
+	// ListBuildersWithResponse List builders (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /builders (the `ListBuilders` operationId).
+	ListBuildersWithResponse(ctx context.Context, params *ListBuildersParams, reqEditors ...RequestEditorFn) (*ListBuildersResponse, error)
+
+	// CreateBuilderWithBodyWithResponse Create a builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /builders (the `CreateBuilder` operationId).
+	CreateBuilderWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateBuilderResponse, error)
+
+	// CreateBuilderWithResponse Create a builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /builders (the `CreateBuilder` operationId).
+	CreateBuilderWithResponse(ctx context.Context, body CreateBuilderJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateBuilderResponse, error)
+
+	// DeleteBuilderWithResponse Delete a builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /builders/{id} (the `DeleteBuilder` operationId).
+	DeleteBuilderWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*DeleteBuilderResponse, error)
+
+	// GetBuilderWithResponse Get one builder (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /builders/{id} (the `GetBuilder` operationId).
+	GetBuilderWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetBuilderResponse, error)
+
+	// PruneBuilderWithResponse Reset a builder's cache (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /builders/{id}/prune (the `PruneBuilder` operationId).
+	PruneBuilderWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*PruneBuilderResponse, error)
+
+	// ListBuildsWithResponse List builds (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /builds (the `ListBuilds` operationId).
+	ListBuildsWithResponse(ctx context.Context, params *ListBuildsParams, reqEditors ...RequestEditorFn) (*ListBuildsResponse, error)
+
+	// CreateBuildWithBodyWithResponse Build an image from source (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /builds (the `CreateBuild` operationId).
+	CreateBuildWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateBuildResponse, error)
+
+	// CancelBuildWithResponse Cancel a build (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /builds/{id} (the `CancelBuild` operationId).
+	CancelBuildWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*CancelBuildResponse, error)
+
+	// GetBuildWithResponse Get one build (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /builds/{id} (the `GetBuild` operationId).
+	GetBuildWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetBuildResponse, error)
+
+	// GetBuildEventsWithResponse Stream a build's events (not built yet)
+	//
+	// Answers 501 until image builds are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /builds/{id}/events (the `GetBuildEvents` operationId).
+	GetBuildEventsWithResponse(ctx context.Context, id GenericID, params *GetBuildEventsParams, reqEditors ...RequestEditorFn) (*GetBuildEventsResponse, error)
+
 	// GetCapabilitiesWithResponse What this host can run and how
 	//
-	// Any valid token may read this (no scope required).
+	// Server and API version, host OS/architecture, every runtime
+	// (hypervisor) this server knows with whether it can launch here and
+	// its feature IDs, the default runtime, the guest network model,
+	// image platforms, and server-level feature IDs. Any valid token may
+	// read it (no scope required). `accelerator`, `accelerator_reason`
+	// and `networking` are this server's additions.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /capabilities (the `GetCapabilities` operationId).
 	GetCapabilitiesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetCapabilitiesResponse, error)
 
+	// ListDevicesWithResponse List registered passthrough devices
+	//
+	// Always empty here: this server's runtime (QEMU microvm) has no PCI
+	// bus, so no device can be registered (see `createDevice`).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /devices (the `ListDevices` operationId).
+	ListDevicesWithResponse(ctx context.Context, params *ListDevicesParams, reqEditors ...RequestEditorFn) (*ListDevicesResponse, error)
+
+	// CreateDeviceWithBodyWithResponse Register a device for passthrough (refused on this server)
+	//
+	// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+	// and VFIO on the host; this server's runtime (QEMU microvm) has no
+	// PCI bus.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /devices (the `CreateDevice` operationId).
+	CreateDeviceWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateDeviceResponse, error)
+
+	// CreateDeviceWithResponse Register a device for passthrough (refused on this server)
+	//
+	// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+	// and VFIO on the host; this server's runtime (QEMU microvm) has no
+	// PCI bus.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /devices (the `CreateDevice` operationId).
+	CreateDeviceWithResponse(ctx context.Context, body CreateDeviceJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateDeviceResponse, error)
+
+	// ListAvailableDevicesWithResponse Passthrough-capable devices on this host
+	//
+	// Always empty here (no device can be passed to a microvm guest).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /devices/available (the `ListAvailableDevices` operationId).
+	ListAvailableDevicesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListAvailableDevicesResponse, error)
+
+	// DeleteDeviceWithResponse Unregister a device
+	//
+	// Always 404 here (no device can be registered).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /devices/{id} (the `DeleteDevice` operationId).
+	DeleteDeviceWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteDeviceResponse, error)
+
+	// GetDeviceWithResponse Get one device
+	//
+	// Always 404 here (no device can be registered).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /devices/{id} (the `GetDevice` operationId).
+	GetDeviceWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetDeviceResponse, error)
+
 	// StreamEventsWithResponse Lifecycle events of all instances (server-sent events)
 	//
-	// Same format as `GET /instances/{id}/events`, for every instance.
+	// This server's addition; same format as `GET /instances/{id}/events`, for every instance.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3723,14 +7825,18 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /images (the `ListImages` operationId).
-	ListImagesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListImagesResponse, error)
+	ListImagesWithResponse(ctx context.Context, params *ListImagesParams, reqEditors ...RequestEditorFn) (*ListImagesResponse, error)
 
 	// CreateImageWithBodyWithResponse Pull and convert an image (asynchronous)
 	//
 	// Starts pulling `name` from its registry and converting it to a VM root
 	// disk. Returns at once with the image in status pending (or its current
 	// status when it is already known); poll `GET /images/{name}` until
-	// `ready` or `failed`.
+	// `ready` or `failed`. `credentials` are used for this pull only, kept
+	// in memory, never persisted or logged. `platform` must be one this
+	// host runs (see `/capabilities` `images.platforms`); a malformed one
+	// is 400 `invalid_platform`, one the host cannot run 400
+	// `unsupported_platform`.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3742,7 +7848,11 @@ type ClientWithResponsesInterface interface {
 	// Starts pulling `name` from its registry and converting it to a VM root
 	// disk. Returns at once with the image in status pending (or its current
 	// status when it is already known); poll `GET /images/{name}` until
-	// `ready` or `failed`.
+	// `ready` or `failed`. `credentials` are used for this pull only, kept
+	// in memory, never persisted or logged. `platform` must be one this
+	// host runs (see `/capabilities` `images.platforms`); a malformed one
+	// is 400 `invalid_platform`, one the host cannot run 400
+	// `unsupported_platform`.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3770,18 +7880,23 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /ingresses (the `ListIngresses` operationId).
-	ListIngressesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListIngressesResponse, error)
+	ListIngressesWithResponse(ctx context.Context, params *ListIngressesParams, reqEditors ...RequestEditorFn) (*ListIngressesResponse, error)
 
 	// CreateIngressWithBodyWithResponse Publish instance ports on host ports
 	//
 	// Each rule routes HTTP requests arriving on host port `match.port`
-	// (default 80) whose Host header is `match.hostname` (any host when
-	// omitted; `*.example.com` matches one label) to port `target.port` of
-	// instance `target.instance`, through a reverse proxy in the daemon.
-	// The instance is resolved per request: it may be created later, and a
-	// request while it is not Running gets 502. 409 when the name is taken,
-	// a (port, hostname) pair is already routed, or a host port cannot be
-	// bound.
+	// (default 80) whose Host header is `match.hostname` (`*.example.com`
+	// matches one label; `{instance}.example.com` routes by the captured
+	// label when `target.instance` is `{instance}`) to port `target.port`
+	// of instance `target.instance`, through a reverse proxy in the
+	// daemon. The instance is resolved per request: it may be created
+	// later, and a request while it is not Running gets 502.
+	// `request_header_auth` makes the proxy answer 401 unless the request
+	// carries that header with that exact value (the header is not passed
+	// on). `tls` needs certificates issued through ACME, which this server
+	// does not do: `tls: true` (and so `redirect_http: true`) is refused
+	// with 400. 409 when the name is taken, a (port, hostname) pair is
+	// already routed, or a host port cannot be bound.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3791,13 +7906,18 @@ type ClientWithResponsesInterface interface {
 	// CreateIngressWithResponse Publish instance ports on host ports
 	//
 	// Each rule routes HTTP requests arriving on host port `match.port`
-	// (default 80) whose Host header is `match.hostname` (any host when
-	// omitted; `*.example.com` matches one label) to port `target.port` of
-	// instance `target.instance`, through a reverse proxy in the daemon.
-	// The instance is resolved per request: it may be created later, and a
-	// request while it is not Running gets 502. 409 when the name is taken,
-	// a (port, hostname) pair is already routed, or a host port cannot be
-	// bound.
+	// (default 80) whose Host header is `match.hostname` (`*.example.com`
+	// matches one label; `{instance}.example.com` routes by the captured
+	// label when `target.instance` is `{instance}`) to port `target.port`
+	// of instance `target.instance`, through a reverse proxy in the
+	// daemon. The instance is resolved per request: it may be created
+	// later, and a request while it is not Running gets 502.
+	// `request_header_auth` makes the proxy answer 401 unless the request
+	// carries that header with that exact value (the header is not passed
+	// on). `tls` needs certificates issued through ACME, which this server
+	// does not do: `tls: true` (and so `redirect_http: true`) is refused
+	// with 400. 409 when the name is taken, a (port, hostname) pair is
+	// already routed, or a host port cannot be bound.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3830,6 +7950,10 @@ type ClientWithResponsesInterface interface {
 	// Pulls the image first when it is not in the store yet, then boots the
 	// VM. Returns once the VMM runs (state Initializing or later); use
 	// `GET /instances/{id}/wait?state=Running` to wait for the program.
+	// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+	// other than QEMU, `credentials`, `network.egress.enabled`,
+	// `skip_kernel_headers: false` is fine, `platform` other than the
+	// host's) are refused with 400 naming the field.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3841,6 +7965,10 @@ type ClientWithResponsesInterface interface {
 	// Pulls the image first when it is not in the store yet, then boots the
 	// VM. Returns once the VMM runs (state Initializing or later); use
 	// `GET /instances/{id}/wait?state=Running` to wait for the program.
+	// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+	// other than QEMU, `credentials`, `network.egress.enabled`,
+	// `skip_kernel_headers: false` is fine, `platform` other than the
+	// host's) are refused with 400 naming the field.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3861,7 +7989,7 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /instances/{id} (the `GetInstance` operationId).
 	GetInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceResponse, error)
 
-	// UpdateInstanceWithBodyWithResponse Change an instance's restart policy and/or health check
+	// UpdateInstanceWithBodyWithResponse Change an instance's mutable settings
 	//
 	// Each field present replaces that setting as a whole (fields left out
 	// of it take their defaults; they are not merged with the current
@@ -3869,12 +7997,17 @@ type ClientWithResponsesInterface interface {
 	// state and applied at once: a running instance's health checking
 	// restarts from `starting` under the new check.
 	//
-	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
-	//   Changing the policy resets the restart counters (and lifts
+	// - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+	//   off. Changing the policy resets the restart counters (and lifts
 	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 	//   start lifts that.
-	// - `health_check`: an empty object `{}` removes the check (health
-	//   status `disabled`). `null` is refused.
+	// - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+	//   (health status `disabled`).
+	// - `env` only rotates credential bindings upstream; this server has
+	//   no credential mediation, so `env` is refused with 400.
+	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+	//   scale-to-zero and expiry are built (an `auto_standby` with
+	//   `enabled: false` is accepted: there is nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3884,7 +8017,7 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
 	UpdateInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error)
 
-	// UpdateInstanceWithResponse Change an instance's restart policy and/or health check
+	// UpdateInstanceWithResponse Change an instance's mutable settings
 	//
 	// Each field present replaces that setting as a whole (fields left out
 	// of it take their defaults; they are not merged with the current
@@ -3892,12 +8025,17 @@ type ClientWithResponsesInterface interface {
 	// state and applied at once: a running instance's health checking
 	// restarts from `starting` under the new check.
 	//
-	// - `restart_policy`: `{"policy": "never"}` turns restarts off.
-	//   Changing the policy resets the restart counters (and lifts
+	// - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+	//   off. Changing the policy resets the restart counters (and lifts
 	//   `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 	//   start lifts that.
-	// - `health_check`: an empty object `{}` removes the check (health
-	//   status `disabled`). `null` is refused.
+	// - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+	//   (health status `disabled`).
+	// - `env` only rotates credential bindings upstream; this server has
+	//   no credential mediation, so `env` is refused with 400.
+	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+	//   scale-to-zero and expiry are built (an `auto_standby` with
+	//   `enabled: false` is accepted: there is nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3907,13 +8045,37 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
 	UpdateInstanceWithResponse(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error)
 
+	// HoldAutoStandbyWithResponse Hold off auto-standby
+	//
+	// As in hypeman, an instance for which no auto-standby will occur
+	// answers 200 with its current status (here: always, until
+	// auto-standby is built), so callers may connect at once. 409
+	// `instance_in_standby` when the instance is on standby: restore it
+	// first.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+	HoldAutoStandbyWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error)
+
+	// GetAutoStandbyStatusWithResponse Auto-standby diagnostic status
+	//
+	// This server does not put idle instances on standby by itself yet, so
+	// every instance reports `supported: false`, status `unsupported`
+	// (hypeman's answer on a host without auto-standby).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
+	GetAutoStandbyStatusWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetAutoStandbyStatusResponse, error)
+
 	// StreamInstanceEventsWithResponse Lifecycle events of one instance (server-sent events)
 	//
-	// Each event has `id` (resume with the Last-Event-ID header), `event`
-	// (the event type) and `data` (a LifecycleEvent as JSON). When events
-	// were lost (resume point too old, or this client fell behind) an
-	// `event: reset` is sent; re-read the instance. The stream ends after a
-	// `deleted` event.
+	// This server's addition. Each event has `id` (resume with the
+	// Last-Event-ID header), `event` (the event type) and `data` (a
+	// LifecycleEvent as JSON). When events were lost (resume point too
+	// old, or this client fell behind) an `event: reset` is sent; re-read
+	// the instance. The stream ends after a `deleted` event.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3925,9 +8087,11 @@ type ClientWithResponsesInterface interface {
 	// The fork gets a new id and name, its own copy of the writable disk and
 	// its own logs. From Stopped the fork is a disk clone; from Standby (or
 	// from Running with `from_running: true`, which puts the source on
-	// standby, clones it and restores both) the fork continues the source's
-	// memory state. 409 when the name is taken or the source is in a state
-	// that cannot be forked (Running without `from_running`).
+	// standby, clones it and restores the source) the fork continues the
+	// source's memory state. `target_state` defaults to the source's state
+	// at fork time (a Standby source gives a Standby fork). 409 when the
+	// name is taken or the source is in a state that cannot be forked
+	// (Running without `from_running`).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3939,9 +8103,11 @@ type ClientWithResponsesInterface interface {
 	// The fork gets a new id and name, its own copy of the writable disk and
 	// its own logs. From Stopped the fork is a disk clone; from Standby (or
 	// from Running with `from_running: true`, which puts the source on
-	// standby, clones it and restores both) the fork continues the source's
-	// memory state. 409 when the name is taken or the source is in a state
-	// that cannot be forked (Running without `from_running`).
+	// standby, clones it and restores the source) the fork continues the
+	// source's memory state. `target_state` defaults to the source's state
+	// at fork time (a Standby source gives a Standby fork). 409 when the
+	// name is taken or the source is in a state that cannot be forked
+	// (Running without `from_running`).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3961,6 +8127,8 @@ type ClientWithResponsesInterface interface {
 
 	// PauseInstanceWithResponse Freeze a Running instance's vCPUs (memory stays resident)
 	//
+	// This server's addition.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
@@ -3977,66 +8145,156 @@ type ClientWithResponsesInterface interface {
 
 	// ResumeInstanceWithResponse Continue a Paused instance
 	//
+	// This server's addition.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 	ResumeInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*ResumeInstanceResponse, error)
 
-	// CreateSnapshotWithBodyWithResponse Take a snapshot of an instance
+	// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule (not built yet)
 	//
-	// `Standby` captures memory and device state with the disks (the
-	// program continues where it was when the snapshot is restored or
-	// forked); `Stopped` captures the disks only (a restore or fork boots
-	// afresh). 409 when the instance's state does not allow the kind. A
-	// snapshot outlives its instance.
-	//
-	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
-	//
-	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-	CreateSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error)
-
-	// CreateSnapshotWithResponse Take a snapshot of an instance
-	//
-	// `Standby` captures memory and device state with the disks (the
-	// program continues where it was when the snapshot is restored or
-	// forked); `Stopped` captures the disks only (a restore or fork boots
-	// afresh). 409 when the instance's state does not allow the kind. A
-	// snapshot outlives its instance.
-	//
-	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
-	//
-	// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-	CreateSnapshotWithResponse(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error)
-
-	// RestoreSnapshotWithResponse Roll an instance back to one of its snapshots
-	//
-	// The instance must be Stopped or Standby (409 otherwise) and the
-	// snapshot one of its own. A Standby snapshot brings it to Running
-	// where the snapshot was taken; a Stopped one leaves it Stopped on the
-	// snapshot's disk.
+	// Answers 501 until snapshot schedules are built.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
-	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
-	RestoreSnapshotWithResponse(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*RestoreSnapshotResponse, error)
+	// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
+	DeleteInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*DeleteInstanceSnapshotScheduleResponse, error)
+
+	// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule (not built yet)
+	//
+	// Answers 501 until snapshot schedules are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
+	GetInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceSnapshotScheduleResponse, error)
+
+	// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule (not built yet)
+	//
+	// Answers 501 until snapshot schedules are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+	SetInstanceSnapshotScheduleWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetInstanceSnapshotScheduleResponse, error)
+
+	// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule (not built yet)
+	//
+	// Answers 501 until snapshot schedules are built.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+	SetInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, body SetInstanceSnapshotScheduleJSONRequestBody, reqEditors ...RequestEditorFn) (*SetInstanceSnapshotScheduleResponse, error)
+
+	// CreateInstanceSnapshotWithBodyWithResponse Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind
+	// (Standby needs a Running, Paused or Standby instance; Stopped a
+	// Stopped one) or the name is taken. A snapshot outlives its instance.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+	CreateInstanceSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateInstanceSnapshotResponse, error)
+
+	// CreateInstanceSnapshotWithResponse Take a snapshot of an instance
+	//
+	// `Standby` captures memory and device state with the disks (the
+	// program continues where it was when the snapshot is restored or
+	// forked); `Stopped` captures the disks only (a restore or fork boots
+	// afresh). 409 when the instance's state does not allow the kind
+	// (Standby needs a Running, Paused or Standby instance; Stopped a
+	// Stopped one) or the name is taken. A snapshot outlives its instance.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+	CreateInstanceSnapshotWithResponse(ctx context.Context, id InstanceID, body CreateInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateInstanceSnapshotResponse, error)
+
+	// RestoreInstanceSnapshotWithBodyWithResponse Roll an instance back to one of its snapshots
+	//
+	// The instance must be Stopped or Standby (409 otherwise) and the
+	// snapshot one of its own. `target_state` defaults by kind: a Standby
+	// snapshot brings the instance to Running where the snapshot was taken,
+	// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+	// snapshot may also be restored to Standby (memory state kept, not
+	// resumed) or Stopped (disk only); a Stopped one to Running (boots
+	// afresh) but not to Standby. `target_hypervisor` may only name the
+	// hypervisor the instance runs on.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+	RestoreInstanceSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, sid string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RestoreInstanceSnapshotResponse, error)
+
+	// RestoreInstanceSnapshotWithResponse Roll an instance back to one of its snapshots
+	//
+	// The instance must be Stopped or Standby (409 otherwise) and the
+	// snapshot one of its own. `target_state` defaults by kind: a Standby
+	// snapshot brings the instance to Running where the snapshot was taken,
+	// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+	// snapshot may also be restored to Standby (memory state kept, not
+	// resumed) or Stopped (disk only); a Stopped one to Running (boots
+	// afresh) but not to Standby. `target_hypervisor` may only name the
+	// hypervisor the instance runs on.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+	RestoreInstanceSnapshotWithResponse(ctx context.Context, id InstanceID, sid string, body RestoreInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*RestoreInstanceSnapshotResponse, error)
+
+	// StandbyInstanceWithBodyWithResponse Put a Running (or Paused) instance on standby
+	//
+	// Running → Paused → Standby: the VM's memory and device state are saved
+	// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+	// continues the program where it was. `compression` overrides the
+	// instance's snapshot policy and the server default for this standby.
+	// The body may be left out.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+	StandbyInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error)
 
 	// StandbyInstanceWithResponse Put a Running (or Paused) instance on standby
 	//
 	// Running → Paused → Standby: the VM's memory and device state are saved
 	// to disk and its VMM exits (`has_snapshot` becomes true). Restore
-	// continues the program where it was.
+	// continues the program where it was. `compression` overrides the
+	// instance's snapshot policy and the server default for this standby.
+	// The body may be left out.
 	//
-	// Returns a wrapper object for the known response body format(s).
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
-	StandbyInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error)
+	StandbyInstanceWithResponse(ctx context.Context, id InstanceID, body StandbyInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error)
+
+	// StartInstanceWithBodyWithResponse Boot a Stopped instance
+	//
+	// `entrypoint` and `cmd`, when given, replace the instance's for this
+	// and later runs (like a create's); omitted ones keep their value. The
+	// body may be left out.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
+	StartInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartInstanceResponse, error)
 
 	// StartInstanceWithResponse Boot a Stopped instance
 	//
-	// Returns a wrapper object for the known response body format(s).
+	// `entrypoint` and `cmd`, when given, replace the instance's for this
+	// and later runs (like a create's); omitted ones keep their value. The
+	// body may be left out.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
-	StartInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StartInstanceResponse, error)
+	StartInstanceWithResponse(ctx context.Context, id InstanceID, body StartInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*StartInstanceResponse, error)
 
 	// StatInstancePathWithResponse Stat a path inside the guest (needs the guest agent)
 	//
@@ -4046,6 +8304,10 @@ type ClientWithResponsesInterface interface {
 	StatInstancePathWithResponse(ctx context.Context, id InstanceID, params *StatInstancePathParams, reqEditors ...RequestEditorFn) (*StatInstancePathResponse, error)
 
 	// GetInstanceStatsWithResponse Resource usage of an instance (from the host side)
+	//
+	// CPU time and memory of the VMM process (from /proc), network bytes
+	// of the instance's TAP device, and what was allocated. A stopped
+	// instance reports zeros for the live counters.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -4059,20 +8321,113 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
 	StopInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error)
 
+	// DetachVolumeWithResponse Detach a volume from an instance (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
+	DetachVolumeWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*DetachVolumeResponse, error)
+
+	// AttachVolumeWithBodyWithResponse Attach a volume to an instance (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+	AttachVolumeWithBodyWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AttachVolumeResponse, error)
+
+	// AttachVolumeWithResponse Attach a volume to an instance (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+	AttachVolumeWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, body AttachVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*AttachVolumeResponse, error)
+
 	// WaitForInstanceStateWithResponse Block until the instance reaches one of the given states
 	//
 	// Returns at once when the instance already is in a target state. Returns
 	// early (timed_out false) when it reaches a state it will not leave by
 	// itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
 	// target, unless a restart is pending. `state` may be repeated to wait
-	// for any of several states; `reached` names the one reached.
+	// for any of several states (an addition to hypeman's single state);
+	// `reached` names the one reached.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 	WaitForInstanceStateWithResponse(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*WaitForInstanceStateResponse, error)
 
+	// ListPushesWithResponse List image pushes (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /pushes (the `ListPushes` operationId).
+	ListPushesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListPushesResponse, error)
+
+	// CreatePushWithBodyWithResponse Push an image to a remote registry (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /pushes (the `CreatePush` operationId).
+	CreatePushWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePushResponse, error)
+
+	// CreatePushWithResponse Push an image to a remote registry (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /pushes (the `CreatePush` operationId).
+	CreatePushWithResponse(ctx context.Context, body CreatePushJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePushResponse, error)
+
+	// GetPushWithResponse Get one push (not built yet)
+	//
+	// Answers 501 until pushes to remote registries are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
+	GetPushWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetPushResponse, error)
+
+	// GetResourcesWithResponse Host capacity and allocations (not built yet)
+	//
+	// Answers 501 until host resource accounting is built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /resources (the `GetResources` operationId).
+	GetResourcesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetResourcesResponse, error)
+
+	// ReclaimMemoryWithBodyWithResponse Reclaim guest memory through balloons (not built yet)
+	//
+	// Answers 501 until host resource accounting is built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+	ReclaimMemoryWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReclaimMemoryResponse, error)
+
+	// ReclaimMemoryWithResponse Reclaim guest memory through balloons (not built yet)
+	//
+	// Answers 501 until host resource accounting is built.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+	ReclaimMemoryWithResponse(ctx context.Context, body ReclaimMemoryJSONRequestBody, reqEditors ...RequestEditorFn) (*ReclaimMemoryResponse, error)
+
 	// ListSnapshotsWithResponse List snapshots, oldest first
+	//
+	// Filters combine (AND).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -4096,8 +8451,10 @@ type ClientWithResponsesInterface interface {
 	// ForkSnapshotWithBodyWithResponse Create a new instance from a snapshot
 	//
 	// The new instance starts from the snapshot's disks (and, for a Standby
-	// snapshot, continues its memory state). `target_state` defaults to
-	// Running; a Stopped snapshot cannot be forked into Standby.
+	// snapshot, continues its memory state). `target_state` defaults by
+	// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+	// Stopped snapshot cannot be forked into Standby.
+	// `target_hypervisor` may only name the snapshot's hypervisor.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -4107,13 +8464,815 @@ type ClientWithResponsesInterface interface {
 	// ForkSnapshotWithResponse Create a new instance from a snapshot
 	//
 	// The new instance starts from the snapshot's disks (and, for a Standby
-	// snapshot, continues its memory state). `target_state` defaults to
-	// Running; a Stopped snapshot cannot be forked into Standby.
+	// snapshot, continues its memory state). `target_state` defaults by
+	// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+	// Stopped snapshot cannot be forked into Standby.
+	// `target_hypervisor` may only name the snapshot's hypervisor.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
 	ForkSnapshotWithResponse(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkSnapshotResponse, error)
+
+	// ListVolumesWithResponse List volumes (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /volumes (the `ListVolumes` operationId).
+	ListVolumesWithResponse(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*ListVolumesResponse, error)
+
+	// CreateVolumeWithBodyWithResponse Create an empty volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /volumes (the `CreateVolume` operationId).
+	CreateVolumeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVolumeResponse, error)
+
+	// CreateVolumeWithResponse Create an empty volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /volumes (the `CreateVolume` operationId).
+	CreateVolumeWithResponse(ctx context.Context, body CreateVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateVolumeResponse, error)
+
+	// CreateVolumeFromArchiveWithBodyWithResponse Create a volume from a tar.gz archive (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /volumes/from-archive (the `CreateVolumeFromArchive` operationId).
+	CreateVolumeFromArchiveWithBodyWithResponse(ctx context.Context, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVolumeFromArchiveResponse, error)
+
+	// DeleteVolumeWithResponse Delete a volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
+	DeleteVolumeWithResponse(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*DeleteVolumeResponse, error)
+
+	// GetVolumeWithResponse Get one volume (not built yet)
+	//
+	// Answers 501 until volumes are built.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /volumes/{id} (the `GetVolume` operationId).
+	GetVolumeWithResponse(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*GetVolumeResponse, error)
+}
+
+type ListBuildersResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Builder
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListBuildersResponse) GetJSON200() *[]Builder {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListBuildersResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListBuildersResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListBuildersResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ListBuildersResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ListBuildersResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListBuildersResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListBuildersResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListBuildersResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateBuilderResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Builder
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateBuilderResponse) GetJSON201() *Builder {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateBuilderResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateBuilderResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateBuilderResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateBuilderResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateBuilderResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateBuilderResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateBuilderResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateBuilderResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateBuilderResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteBuilderResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteBuilderResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteBuilderResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteBuilderResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteBuilderResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteBuilderResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DeleteBuilderResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteBuilderResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteBuilderResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteBuilderResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteBuilderResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetBuilderResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Builder
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetBuilderResponse) GetJSON200() *Builder {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetBuilderResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetBuilderResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetBuilderResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetBuilderResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetBuilderResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetBuilderResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetBuilderResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetBuilderResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetBuilderResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type PruneBuilderResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Builder
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r PruneBuilderResponse) GetJSON202() *Builder {
+	return r.JSON202
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PruneBuilderResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r PruneBuilderResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PruneBuilderResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r PruneBuilderResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r PruneBuilderResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r PruneBuilderResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r PruneBuilderResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PruneBuilderResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PruneBuilderResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PruneBuilderResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListBuildsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Build
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListBuildsResponse) GetJSON200() *[]Build {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListBuildsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListBuildsResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListBuildsResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ListBuildsResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ListBuildsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListBuildsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListBuildsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListBuildsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateBuildResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Build
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CreateBuildResponse) GetJSON202() *Build {
+	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateBuildResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateBuildResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateBuildResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateBuildResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateBuildResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateBuildResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateBuildResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateBuildResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateBuildResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CancelBuildResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CancelBuildResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CancelBuildResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CancelBuildResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CancelBuildResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CancelBuildResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CancelBuildResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelBuildResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelBuildResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelBuildResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelBuildResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetBuildResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Build
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetBuildResponse) GetJSON200() *Build {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetBuildResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetBuildResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetBuildResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetBuildResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetBuildResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetBuildResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetBuildResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetBuildResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetBuildResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetBuildEventsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetBuildEventsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetBuildEventsResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetBuildEventsResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetBuildEventsResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetBuildEventsResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetBuildEventsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetBuildEventsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetBuildEventsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetBuildEventsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
 }
 
 type GetCapabilitiesResponse struct {
@@ -4165,6 +9324,351 @@ func (r GetCapabilitiesResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetCapabilitiesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListDevicesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Device
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListDevicesResponse) GetJSON200() *[]Device {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListDevicesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListDevicesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListDevicesResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListDevicesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListDevicesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListDevicesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListDevicesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListDevicesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateDeviceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Device
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateDeviceResponse) GetJSON201() *Device {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateDeviceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateDeviceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateDeviceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateDeviceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateDeviceResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateDeviceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateDeviceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateDeviceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateDeviceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListAvailableDevicesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]AvailableDevice
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListAvailableDevicesResponse) GetJSON200() *[]AvailableDevice {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListAvailableDevicesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListAvailableDevicesResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListAvailableDevicesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListAvailableDevicesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListAvailableDevicesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListAvailableDevicesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListAvailableDevicesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteDeviceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteDeviceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteDeviceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteDeviceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteDeviceResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteDeviceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteDeviceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteDeviceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteDeviceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteDeviceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetDeviceResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Device
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetDeviceResponse) GetJSON200() *Device {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetDeviceResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetDeviceResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetDeviceResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetDeviceResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetDeviceResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetDeviceResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetDeviceResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetDeviceResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4286,6 +9790,8 @@ type ListImagesResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *[]Image
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
 	// JSON403 the response for an HTTP 403 `application/json` response
@@ -4297,6 +9803,11 @@ type ListImagesResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListImagesResponse) GetJSON200() *[]Image {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListImagesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
@@ -4354,6 +9865,10 @@ type CreateImageResponse struct {
 	JSON401 *Unauthorized
 	// JSON403 the response for an HTTP 403 `application/json` response
 	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
 }
@@ -4376,6 +9891,16 @@ func (r CreateImageResponse) GetJSON401() *Unauthorized {
 // GetJSON403 returns the response for an HTTP 403 `application/json` response
 func (r CreateImageResponse) GetJSON403() *Forbidden {
 	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreateImageResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateImageResponse) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
@@ -4569,6 +10094,8 @@ type ListIngressesResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *[]Ingress
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
 	// JSON403 the response for an HTTP 403 `application/json` response
@@ -4582,6 +10109,11 @@ type ListIngressesResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListIngressesResponse) GetJSON200() *[]Ingress {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListIngressesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
@@ -4727,6 +10259,8 @@ type DeleteIngressResponse struct {
 	JSON403 *Forbidden
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
 	// JSON501 the response for an HTTP 501 `application/json` response
@@ -4751,6 +10285,11 @@ func (r DeleteIngressResponse) GetJSON403() *Forbidden {
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
 func (r DeleteIngressResponse) GetJSON404() *NotFound {
 	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteIngressResponse) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
@@ -4805,6 +10344,8 @@ type GetIngressResponse struct {
 	JSON403 *Forbidden
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
 	// JSON501 the response for an HTTP 501 `application/json` response
@@ -4834,6 +10375,11 @@ func (r GetIngressResponse) GetJSON403() *Forbidden {
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
 func (r GetIngressResponse) GetJSON404() *NotFound {
 	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r GetIngressResponse) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
@@ -5256,6 +10802,158 @@ func (r UpdateInstanceResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r UpdateInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HoldAutoStandbyResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AutoStandbyStatus
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r HoldAutoStandbyResponse) GetJSON200() *AutoStandbyStatus {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r HoldAutoStandbyResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r HoldAutoStandbyResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r HoldAutoStandbyResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r HoldAutoStandbyResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r HoldAutoStandbyResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r HoldAutoStandbyResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HoldAutoStandbyResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HoldAutoStandbyResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HoldAutoStandbyResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetAutoStandbyStatusResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AutoStandbyStatus
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetAutoStandbyStatusResponse) GetJSON200() *AutoStandbyStatus {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetAutoStandbyStatusResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetAutoStandbyStatusResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetAutoStandbyStatusResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r GetAutoStandbyStatusResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetAutoStandbyStatusResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetAutoStandbyStatusResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetAutoStandbyStatusResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetAutoStandbyStatusResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetAutoStandbyStatusResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -5760,7 +11458,235 @@ func (r ResumeInstanceResponse) ContentType() string {
 	return ""
 }
 
-type CreateSnapshotResponse struct {
+type DeleteInstanceSnapshotScheduleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteInstanceSnapshotScheduleResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteInstanceSnapshotScheduleResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteInstanceSnapshotScheduleResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteInstanceSnapshotScheduleResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DeleteInstanceSnapshotScheduleResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteInstanceSnapshotScheduleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteInstanceSnapshotScheduleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteInstanceSnapshotScheduleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteInstanceSnapshotScheduleResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetInstanceSnapshotScheduleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SnapshotSchedule
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetInstanceSnapshotScheduleResponse) GetJSON200() *SnapshotSchedule {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetInstanceSnapshotScheduleResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetInstanceSnapshotScheduleResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetInstanceSnapshotScheduleResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetInstanceSnapshotScheduleResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetInstanceSnapshotScheduleResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetInstanceSnapshotScheduleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetInstanceSnapshotScheduleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetInstanceSnapshotScheduleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetInstanceSnapshotScheduleResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SetInstanceSnapshotScheduleResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SnapshotSchedule
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON200() *SnapshotSchedule {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r SetInstanceSnapshotScheduleResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r SetInstanceSnapshotScheduleResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SetInstanceSnapshotScheduleResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SetInstanceSnapshotScheduleResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SetInstanceSnapshotScheduleResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateInstanceSnapshotResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON201 the response for an HTTP 201 `application/json` response
@@ -5782,52 +11708,52 @@ type CreateSnapshotResponse struct {
 }
 
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
-func (r CreateSnapshotResponse) GetJSON201() *Snapshot {
+func (r CreateInstanceSnapshotResponse) GetJSON201() *Snapshot {
 	return r.JSON201
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
-func (r CreateSnapshotResponse) GetJSON400() *BadRequest {
+func (r CreateInstanceSnapshotResponse) GetJSON400() *BadRequest {
 	return r.JSON400
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
-func (r CreateSnapshotResponse) GetJSON401() *Unauthorized {
+func (r CreateInstanceSnapshotResponse) GetJSON401() *Unauthorized {
 	return r.JSON401
 }
 
 // GetJSON403 returns the response for an HTTP 403 `application/json` response
-func (r CreateSnapshotResponse) GetJSON403() *Forbidden {
+func (r CreateInstanceSnapshotResponse) GetJSON403() *Forbidden {
 	return r.JSON403
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
-func (r CreateSnapshotResponse) GetJSON404() *NotFound {
+func (r CreateInstanceSnapshotResponse) GetJSON404() *NotFound {
 	return r.JSON404
 }
 
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
-func (r CreateSnapshotResponse) GetJSON409() *Conflict {
+func (r CreateInstanceSnapshotResponse) GetJSON409() *Conflict {
 	return r.JSON409
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
-func (r CreateSnapshotResponse) GetJSON500() *Internal {
+func (r CreateInstanceSnapshotResponse) GetJSON500() *Internal {
 	return r.JSON500
 }
 
 // GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r CreateSnapshotResponse) GetJSON501() *NotImplemented {
+func (r CreateInstanceSnapshotResponse) GetJSON501() *NotImplemented {
 	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
-func (r CreateSnapshotResponse) GetBody() []byte {
+func (r CreateInstanceSnapshotResponse) GetBody() []byte {
 	return r.Body
 }
 
 // Status returns HTTPResponse.Status
-func (r CreateSnapshotResponse) Status() string {
+func (r CreateInstanceSnapshotResponse) Status() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Status
 	}
@@ -5835,7 +11761,7 @@ func (r CreateSnapshotResponse) Status() string {
 }
 
 // StatusCode returns HTTPResponse.StatusCode
-func (r CreateSnapshotResponse) StatusCode() int {
+func (r CreateInstanceSnapshotResponse) StatusCode() int {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.StatusCode
 	}
@@ -5843,14 +11769,14 @@ func (r CreateSnapshotResponse) StatusCode() int {
 }
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
-func (r CreateSnapshotResponse) ContentType() string {
+func (r CreateInstanceSnapshotResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
 	return ""
 }
 
-type RestoreSnapshotResponse struct {
+type RestoreInstanceSnapshotResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
@@ -5872,52 +11798,52 @@ type RestoreSnapshotResponse struct {
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON200() *Instance {
+func (r RestoreInstanceSnapshotResponse) GetJSON200() *Instance {
 	return r.JSON200
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON400() *BadRequest {
+func (r RestoreInstanceSnapshotResponse) GetJSON400() *BadRequest {
 	return r.JSON400
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON401() *Unauthorized {
+func (r RestoreInstanceSnapshotResponse) GetJSON401() *Unauthorized {
 	return r.JSON401
 }
 
 // GetJSON403 returns the response for an HTTP 403 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON403() *Forbidden {
+func (r RestoreInstanceSnapshotResponse) GetJSON403() *Forbidden {
 	return r.JSON403
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON404() *NotFound {
+func (r RestoreInstanceSnapshotResponse) GetJSON404() *NotFound {
 	return r.JSON404
 }
 
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON409() *Conflict {
+func (r RestoreInstanceSnapshotResponse) GetJSON409() *Conflict {
 	return r.JSON409
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON500() *Internal {
+func (r RestoreInstanceSnapshotResponse) GetJSON500() *Internal {
 	return r.JSON500
 }
 
 // GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r RestoreSnapshotResponse) GetJSON501() *NotImplemented {
+func (r RestoreInstanceSnapshotResponse) GetJSON501() *NotImplemented {
 	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
-func (r RestoreSnapshotResponse) GetBody() []byte {
+func (r RestoreInstanceSnapshotResponse) GetBody() []byte {
 	return r.Body
 }
 
 // Status returns HTTPResponse.Status
-func (r RestoreSnapshotResponse) Status() string {
+func (r RestoreInstanceSnapshotResponse) Status() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Status
 	}
@@ -5925,7 +11851,7 @@ func (r RestoreSnapshotResponse) Status() string {
 }
 
 // StatusCode returns HTTPResponse.StatusCode
-func (r RestoreSnapshotResponse) StatusCode() int {
+func (r RestoreInstanceSnapshotResponse) StatusCode() int {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.StatusCode
 	}
@@ -5933,7 +11859,7 @@ func (r RestoreSnapshotResponse) StatusCode() int {
 }
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
-func (r RestoreSnapshotResponse) ContentType() string {
+func (r RestoreInstanceSnapshotResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -5945,6 +11871,8 @@ type StandbyInstanceResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
 	// JSON403 the response for an HTTP 403 `application/json` response
@@ -5962,6 +11890,11 @@ type StandbyInstanceResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r StandbyInstanceResponse) GetJSON200() *Instance {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StandbyInstanceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
@@ -6028,6 +11961,8 @@ type StartInstanceResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Instance
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
 	// JSON403 the response for an HTTP 403 `application/json` response
@@ -6043,6 +11978,11 @@ type StartInstanceResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r StartInstanceResponse) GetJSON200() *Instance {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartInstanceResponse) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
@@ -6341,11 +12281,87 @@ func (r StopInstanceResponse) ContentType() string {
 	return ""
 }
 
-type WaitForInstanceStateResponse struct {
+type DetachVolumeResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
-	JSON200 *WaitResponse
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DetachVolumeResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DetachVolumeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DetachVolumeResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DetachVolumeResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DetachVolumeResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DetachVolumeResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DetachVolumeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DetachVolumeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DetachVolumeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DetachVolumeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AttachVolumeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -6363,7 +12379,97 @@ type WaitForInstanceStateResponse struct {
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
-func (r WaitForInstanceStateResponse) GetJSON200() *WaitResponse {
+func (r AttachVolumeResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AttachVolumeResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AttachVolumeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AttachVolumeResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r AttachVolumeResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r AttachVolumeResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AttachVolumeResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r AttachVolumeResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r AttachVolumeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AttachVolumeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AttachVolumeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AttachVolumeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type WaitForInstanceStateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *WaitForStateResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r WaitForInstanceStateResponse) GetJSON200() *WaitForStateResponse {
 	return r.JSON200
 }
 
@@ -6425,6 +12531,386 @@ func (r WaitForInstanceStateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r WaitForInstanceStateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListPushesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Push
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListPushesResponse) GetJSON200() *[]Push {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListPushesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListPushesResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListPushesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ListPushesResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ListPushesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListPushesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListPushesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListPushesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreatePushResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Push
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CreatePushResponse) GetJSON202() *Push {
+	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreatePushResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreatePushResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreatePushResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreatePushResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreatePushResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreatePushResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreatePushResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreatePushResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreatePushResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreatePushResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreatePushResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetPushResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Push
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetPushResponse) GetJSON200() *Push {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetPushResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetPushResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetPushResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetPushResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetPushResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetPushResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetPushResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetPushResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetPushResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetResourcesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Resources
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetResourcesResponse) GetJSON200() *Resources {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetResourcesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetResourcesResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetResourcesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetResourcesResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetResourcesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetResourcesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetResourcesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetResourcesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ReclaimMemoryResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MemoryReclaimResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ReclaimMemoryResponse) GetJSON200() *MemoryReclaimResponse {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ReclaimMemoryResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ReclaimMemoryResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ReclaimMemoryResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ReclaimMemoryResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ReclaimMemoryResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ReclaimMemoryResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReclaimMemoryResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReclaimMemoryResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReclaimMemoryResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6777,9 +13263,566 @@ func (r ForkSnapshotResponse) ContentType() string {
 	return ""
 }
 
+type ListVolumesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Volume
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListVolumesResponse) GetJSON200() *[]Volume {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListVolumesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListVolumesResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListVolumesResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r ListVolumesResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r ListVolumesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListVolumesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListVolumesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListVolumesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateVolumeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Volume
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateVolumeResponse) GetJSON201() *Volume {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateVolumeResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateVolumeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateVolumeResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateVolumeResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateVolumeResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateVolumeResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateVolumeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateVolumeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateVolumeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateVolumeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateVolumeFromArchiveResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Volume
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON201() *Volume {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateVolumeFromArchiveResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateVolumeFromArchiveResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateVolumeFromArchiveResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateVolumeFromArchiveResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteVolumeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteVolumeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteVolumeResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteVolumeResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteVolumeResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteVolumeResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DeleteVolumeResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteVolumeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteVolumeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteVolumeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteVolumeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetVolumeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Volume
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetVolumeResponse) GetJSON200() *Volume {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetVolumeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetVolumeResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetVolumeResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetVolumeResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r GetVolumeResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r GetVolumeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetVolumeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetVolumeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetVolumeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ListBuildersWithResponse List builders (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /builders (the `ListBuilders` operationId).
+func (c *ClientWithResponses) ListBuildersWithResponse(ctx context.Context, params *ListBuildersParams, reqEditors ...RequestEditorFn) (*ListBuildersResponse, error) {
+	rsp, err := c.ListBuilders(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListBuildersResponse(rsp)
+}
+
+// CreateBuilderWithBodyWithResponse Create a builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /builders (the `CreateBuilder` operationId).
+func (c *ClientWithResponses) CreateBuilderWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateBuilderResponse, error) {
+	rsp, err := c.CreateBuilderWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateBuilderResponse(rsp)
+}
+
+// CreateBuilderWithResponse Create a builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /builders (the `CreateBuilder` operationId).
+func (c *ClientWithResponses) CreateBuilderWithResponse(ctx context.Context, body CreateBuilderJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateBuilderResponse, error) {
+	rsp, err := c.CreateBuilder(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateBuilderResponse(rsp)
+}
+
+// DeleteBuilderWithResponse Delete a builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /builders/{id} (the `DeleteBuilder` operationId).
+func (c *ClientWithResponses) DeleteBuilderWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*DeleteBuilderResponse, error) {
+	rsp, err := c.DeleteBuilder(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteBuilderResponse(rsp)
+}
+
+// GetBuilderWithResponse Get one builder (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /builders/{id} (the `GetBuilder` operationId).
+func (c *ClientWithResponses) GetBuilderWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetBuilderResponse, error) {
+	rsp, err := c.GetBuilder(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetBuilderResponse(rsp)
+}
+
+// PruneBuilderWithResponse Reset a builder's cache (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /builders/{id}/prune (the `PruneBuilder` operationId).
+func (c *ClientWithResponses) PruneBuilderWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*PruneBuilderResponse, error) {
+	rsp, err := c.PruneBuilder(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePruneBuilderResponse(rsp)
+}
+
+// ListBuildsWithResponse List builds (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /builds (the `ListBuilds` operationId).
+func (c *ClientWithResponses) ListBuildsWithResponse(ctx context.Context, params *ListBuildsParams, reqEditors ...RequestEditorFn) (*ListBuildsResponse, error) {
+	rsp, err := c.ListBuilds(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListBuildsResponse(rsp)
+}
+
+// CreateBuildWithBodyWithResponse Build an image from source (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /builds (the `CreateBuild` operationId).
+func (c *ClientWithResponses) CreateBuildWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateBuildResponse, error) {
+	rsp, err := c.CreateBuildWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateBuildResponse(rsp)
+}
+
+// CancelBuildWithResponse Cancel a build (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /builds/{id} (the `CancelBuild` operationId).
+func (c *ClientWithResponses) CancelBuildWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*CancelBuildResponse, error) {
+	rsp, err := c.CancelBuild(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelBuildResponse(rsp)
+}
+
+// GetBuildWithResponse Get one build (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /builds/{id} (the `GetBuild` operationId).
+func (c *ClientWithResponses) GetBuildWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetBuildResponse, error) {
+	rsp, err := c.GetBuild(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetBuildResponse(rsp)
+}
+
+// GetBuildEventsWithResponse Stream a build's events (not built yet)
+//
+// Answers 501 until image builds are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /builds/{id}/events (the `GetBuildEvents` operationId).
+func (c *ClientWithResponses) GetBuildEventsWithResponse(ctx context.Context, id GenericID, params *GetBuildEventsParams, reqEditors ...RequestEditorFn) (*GetBuildEventsResponse, error) {
+	rsp, err := c.GetBuildEvents(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetBuildEventsResponse(rsp)
+}
+
 // GetCapabilitiesWithResponse What this host can run and how
 //
-// Any valid token may read this (no scope required).
+// Server and API version, host OS/architecture, every runtime
+// (hypervisor) this server knows with whether it can launch here and
+// its feature IDs, the default runtime, the guest network model,
+// image platforms, and server-level feature IDs. Any valid token may
+// read it (no scope required). `accelerator`, `accelerator_reason`
+// and `networking` are this server's additions.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -6792,9 +13835,104 @@ func (c *ClientWithResponses) GetCapabilitiesWithResponse(ctx context.Context, r
 	return ParseGetCapabilitiesResponse(rsp)
 }
 
+// ListDevicesWithResponse List registered passthrough devices
+//
+// Always empty here: this server's runtime (QEMU microvm) has no PCI
+// bus, so no device can be registered (see `createDevice`).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /devices (the `ListDevices` operationId).
+func (c *ClientWithResponses) ListDevicesWithResponse(ctx context.Context, params *ListDevicesParams, reqEditors ...RequestEditorFn) (*ListDevicesResponse, error) {
+	rsp, err := c.ListDevices(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListDevicesResponse(rsp)
+}
+
+// CreateDeviceWithBodyWithResponse Register a device for passthrough (refused on this server)
+//
+// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+// and VFIO on the host; this server's runtime (QEMU microvm) has no
+// PCI bus.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /devices (the `CreateDevice` operationId).
+func (c *ClientWithResponses) CreateDeviceWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateDeviceResponse, error) {
+	rsp, err := c.CreateDeviceWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateDeviceResponse(rsp)
+}
+
+// CreateDeviceWithResponse Register a device for passthrough (refused on this server)
+//
+// Refused with 501: PCI/GPU passthrough needs a PCI bus in the guest
+// and VFIO on the host; this server's runtime (QEMU microvm) has no
+// PCI bus.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /devices (the `CreateDevice` operationId).
+func (c *ClientWithResponses) CreateDeviceWithResponse(ctx context.Context, body CreateDeviceJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateDeviceResponse, error) {
+	rsp, err := c.CreateDevice(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateDeviceResponse(rsp)
+}
+
+// ListAvailableDevicesWithResponse Passthrough-capable devices on this host
+//
+// Always empty here (no device can be passed to a microvm guest).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /devices/available (the `ListAvailableDevices` operationId).
+func (c *ClientWithResponses) ListAvailableDevicesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListAvailableDevicesResponse, error) {
+	rsp, err := c.ListAvailableDevices(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListAvailableDevicesResponse(rsp)
+}
+
+// DeleteDeviceWithResponse Unregister a device
+//
+// Always 404 here (no device can be registered).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /devices/{id} (the `DeleteDevice` operationId).
+func (c *ClientWithResponses) DeleteDeviceWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteDeviceResponse, error) {
+	rsp, err := c.DeleteDevice(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteDeviceResponse(rsp)
+}
+
+// GetDeviceWithResponse Get one device
+//
+// Always 404 here (no device can be registered).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /devices/{id} (the `GetDevice` operationId).
+func (c *ClientWithResponses) GetDeviceWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetDeviceResponse, error) {
+	rsp, err := c.GetDevice(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetDeviceResponse(rsp)
+}
+
 // StreamEventsWithResponse Lifecycle events of all instances (server-sent events)
 //
-// Same format as `GET /instances/{id}/events`, for every instance.
+// This server's addition; same format as `GET /instances/{id}/events`, for every instance.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -6825,8 +13963,8 @@ func (c *ClientWithResponses) GetHealthWithResponse(ctx context.Context, reqEdit
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /images (the `ListImages` operationId).
-func (c *ClientWithResponses) ListImagesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListImagesResponse, error) {
-	rsp, err := c.ListImages(ctx, reqEditors...)
+func (c *ClientWithResponses) ListImagesWithResponse(ctx context.Context, params *ListImagesParams, reqEditors ...RequestEditorFn) (*ListImagesResponse, error) {
+	rsp, err := c.ListImages(ctx, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -6838,7 +13976,11 @@ func (c *ClientWithResponses) ListImagesWithResponse(ctx context.Context, reqEdi
 // Starts pulling `name` from its registry and converting it to a VM root
 // disk. Returns at once with the image in status pending (or its current
 // status when it is already known); poll `GET /images/{name}` until
-// `ready` or `failed`.
+// `ready` or `failed`. `credentials` are used for this pull only, kept
+// in memory, never persisted or logged. `platform` must be one this
+// host runs (see `/capabilities` `images.platforms`); a malformed one
+// is 400 `invalid_platform`, one the host cannot run 400
+// `unsupported_platform`.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -6856,7 +13998,11 @@ func (c *ClientWithResponses) CreateImageWithBodyWithResponse(ctx context.Contex
 // Starts pulling `name` from its registry and converting it to a VM root
 // disk. Returns at once with the image in status pending (or its current
 // status when it is already known); poll `GET /images/{name}` until
-// `ready` or `failed`.
+// `ready` or `failed`. `credentials` are used for this pull only, kept
+// in memory, never persisted or logged. `platform` must be one this
+// host runs (see `/capabilities` `images.platforms`); a malformed one
+// is 400 `invalid_platform`, one the host cannot run 400
+// `unsupported_platform`.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -6902,8 +14048,8 @@ func (c *ClientWithResponses) GetImageWithResponse(ctx context.Context, name Ima
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /ingresses (the `ListIngresses` operationId).
-func (c *ClientWithResponses) ListIngressesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListIngressesResponse, error) {
-	rsp, err := c.ListIngresses(ctx, reqEditors...)
+func (c *ClientWithResponses) ListIngressesWithResponse(ctx context.Context, params *ListIngressesParams, reqEditors ...RequestEditorFn) (*ListIngressesResponse, error) {
+	rsp, err := c.ListIngresses(ctx, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -6913,13 +14059,18 @@ func (c *ClientWithResponses) ListIngressesWithResponse(ctx context.Context, req
 // CreateIngressWithBodyWithResponse Publish instance ports on host ports
 //
 // Each rule routes HTTP requests arriving on host port `match.port`
-// (default 80) whose Host header is `match.hostname` (any host when
-// omitted; `*.example.com` matches one label) to port `target.port` of
-// instance `target.instance`, through a reverse proxy in the daemon.
-// The instance is resolved per request: it may be created later, and a
-// request while it is not Running gets 502. 409 when the name is taken,
-// a (port, hostname) pair is already routed, or a host port cannot be
-// bound.
+// (default 80) whose Host header is `match.hostname` (`*.example.com`
+// matches one label; `{instance}.example.com` routes by the captured
+// label when `target.instance` is `{instance}`) to port `target.port`
+// of instance `target.instance`, through a reverse proxy in the
+// daemon. The instance is resolved per request: it may be created
+// later, and a request while it is not Running gets 502.
+// `request_header_auth` makes the proxy answer 401 unless the request
+// carries that header with that exact value (the header is not passed
+// on). `tls` needs certificates issued through ACME, which this server
+// does not do: `tls: true` (and so `redirect_http: true`) is refused
+// with 400. 409 when the name is taken, a (port, hostname) pair is
+// already routed, or a host port cannot be bound.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -6935,13 +14086,18 @@ func (c *ClientWithResponses) CreateIngressWithBodyWithResponse(ctx context.Cont
 // CreateIngressWithResponse Publish instance ports on host ports
 //
 // Each rule routes HTTP requests arriving on host port `match.port`
-// (default 80) whose Host header is `match.hostname` (any host when
-// omitted; `*.example.com` matches one label) to port `target.port` of
-// instance `target.instance`, through a reverse proxy in the daemon.
-// The instance is resolved per request: it may be created later, and a
-// request while it is not Running gets 502. 409 when the name is taken,
-// a (port, hostname) pair is already routed, or a host port cannot be
-// bound.
+// (default 80) whose Host header is `match.hostname` (`*.example.com`
+// matches one label; `{instance}.example.com` routes by the captured
+// label when `target.instance` is `{instance}`) to port `target.port`
+// of instance `target.instance`, through a reverse proxy in the
+// daemon. The instance is resolved per request: it may be created
+// later, and a request while it is not Running gets 502.
+// `request_header_auth` makes the proxy answer 401 unless the request
+// carries that header with that exact value (the header is not passed
+// on). `tls` needs certificates issued through ACME, which this server
+// does not do: `tls: true` (and so `redirect_http: true`) is refused
+// with 400. 409 when the name is taken, a (port, hostname) pair is
+// already routed, or a host port cannot be bound.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -6998,6 +14154,10 @@ func (c *ClientWithResponses) ListInstancesWithResponse(ctx context.Context, par
 // Pulls the image first when it is not in the store yet, then boots the
 // VM. Returns once the VMM runs (state Initializing or later); use
 // `GET /instances/{id}/wait?state=Running` to wait for the program.
+// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+// other than QEMU, `credentials`, `network.egress.enabled`,
+// `skip_kernel_headers: false` is fine, `platform` other than the
+// host's) are refused with 400 naming the field.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -7015,6 +14175,10 @@ func (c *ClientWithResponses) CreateInstanceWithBodyWithResponse(ctx context.Con
 // Pulls the image first when it is not in the store yet, then boots the
 // VM. Returns once the VMM runs (state Initializing or later); use
 // `GET /instances/{id}/wait?state=Running` to wait for the program.
+// Fields this host cannot honour (`gpu`, `devices`, a `hypervisor`
+// other than QEMU, `credentials`, `network.egress.enabled`,
+// `skip_kernel_headers: false` is fine, `platform` other than the
+// host's) are refused with 400 naming the field.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -7053,7 +14217,7 @@ func (c *ClientWithResponses) GetInstanceWithResponse(ctx context.Context, id In
 	return ParseGetInstanceResponse(rsp)
 }
 
-// UpdateInstanceWithBodyWithResponse Change an instance's restart policy and/or health check
+// UpdateInstanceWithBodyWithResponse Change an instance's mutable settings
 //
 // Each field present replaces that setting as a whole (fields left out
 // of it take their defaults; they are not merged with the current
@@ -7061,12 +14225,17 @@ func (c *ClientWithResponses) GetInstanceWithResponse(ctx context.Context, id In
 // state and applied at once: a running instance's health checking
 // restarts from `starting` under the new check.
 //
-//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
-//     Changing the policy resets the restart counters (and lifts
+//   - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+//     off. Changing the policy resets the restart counters (and lifts
 //     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 //     start lifts that.
-//   - `health_check`: an empty object `{}` removes the check (health
-//     status `disabled`). `null` is refused.
+//   - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+//     (health status `disabled`).
+//   - `env` only rotates credential bindings upstream; this server has
+//     no credential mediation, so `env` is refused with 400.
+//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+//     scale-to-zero and expiry are built (an `auto_standby` with
+//     `enabled: false` is accepted: there is nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -7082,7 +14251,7 @@ func (c *ClientWithResponses) UpdateInstanceWithBodyWithResponse(ctx context.Con
 	return ParseUpdateInstanceResponse(rsp)
 }
 
-// UpdateInstanceWithResponse Change an instance's restart policy and/or health check
+// UpdateInstanceWithResponse Change an instance's mutable settings
 //
 // Each field present replaces that setting as a whole (fields left out
 // of it take their defaults; they are not merged with the current
@@ -7090,12 +14259,17 @@ func (c *ClientWithResponses) UpdateInstanceWithBodyWithResponse(ctx context.Con
 // state and applied at once: a running instance's health checking
 // restarts from `starting` under the new check.
 //
-//   - `restart_policy`: `{"policy": "never"}` turns restarts off.
-//     Changing the policy resets the restart counters (and lifts
+//   - `restart_policy`: `{"policy": "never"}` (or `{}`) turns restarts
+//     off. Changing the policy resets the restart counters (and lifts
 //     `max_attempts_exceeded`) but keeps a `manual_stop` block: only a
 //     start lifts that.
-//   - `health_check`: an empty object `{}` removes the check (health
-//     status `disabled`). `null` is refused.
+//   - `health_check`: `{"type": "none"}` (or `{}`) removes the check
+//     (health status `disabled`).
+//   - `env` only rotates credential bindings upstream; this server has
+//     no credential mediation, so `env` is refused with 400.
+//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
+//     scale-to-zero and expiry are built (an `auto_standby` with
+//     `enabled: false` is accepted: there is nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -7111,13 +14285,49 @@ func (c *ClientWithResponses) UpdateInstanceWithResponse(ctx context.Context, id
 	return ParseUpdateInstanceResponse(rsp)
 }
 
+// HoldAutoStandbyWithResponse Hold off auto-standby
+//
+// As in hypeman, an instance for which no auto-standby will occur
+// answers 200 with its current status (here: always, until
+// auto-standby is built), so callers may connect at once. 409
+// `instance_in_standby` when the instance is on standby: restore it
+// first.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+func (c *ClientWithResponses) HoldAutoStandbyWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error) {
+	rsp, err := c.HoldAutoStandby(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHoldAutoStandbyResponse(rsp)
+}
+
+// GetAutoStandbyStatusWithResponse Auto-standby diagnostic status
+//
+// This server does not put idle instances on standby by itself yet, so
+// every instance reports `supported: false`, status `unsupported`
+// (hypeman's answer on a host without auto-standby).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
+func (c *ClientWithResponses) GetAutoStandbyStatusWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetAutoStandbyStatusResponse, error) {
+	rsp, err := c.GetAutoStandbyStatus(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetAutoStandbyStatusResponse(rsp)
+}
+
 // StreamInstanceEventsWithResponse Lifecycle events of one instance (server-sent events)
 //
-// Each event has `id` (resume with the Last-Event-ID header), `event`
-// (the event type) and `data` (a LifecycleEvent as JSON). When events
-// were lost (resume point too old, or this client fell behind) an
-// `event: reset` is sent; re-read the instance. The stream ends after a
-// `deleted` event.
+// This server's addition. Each event has `id` (resume with the
+// Last-Event-ID header), `event` (the event type) and `data` (a
+// LifecycleEvent as JSON). When events were lost (resume point too
+// old, or this client fell behind) an `event: reset` is sent; re-read
+// the instance. The stream ends after a `deleted` event.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -7135,9 +14345,11 @@ func (c *ClientWithResponses) StreamInstanceEventsWithResponse(ctx context.Conte
 // The fork gets a new id and name, its own copy of the writable disk and
 // its own logs. From Stopped the fork is a disk clone; from Standby (or
 // from Running with `from_running: true`, which puts the source on
-// standby, clones it and restores both) the fork continues the source's
-// memory state. 409 when the name is taken or the source is in a state
-// that cannot be forked (Running without `from_running`).
+// standby, clones it and restores the source) the fork continues the
+// source's memory state. `target_state` defaults to the source's state
+// at fork time (a Standby source gives a Standby fork). 409 when the
+// name is taken or the source is in a state that cannot be forked
+// (Running without `from_running`).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -7155,9 +14367,11 @@ func (c *ClientWithResponses) ForkInstanceWithBodyWithResponse(ctx context.Conte
 // The fork gets a new id and name, its own copy of the writable disk and
 // its own logs. From Stopped the fork is a disk clone; from Standby (or
 // from Running with `from_running: true`, which puts the source on
-// standby, clones it and restores both) the fork continues the source's
-// memory state. 409 when the name is taken or the source is in a state
-// that cannot be forked (Running without `from_running`).
+// standby, clones it and restores the source) the fork continues the
+// source's memory state. `target_state` defaults to the source's state
+// at fork time (a Standby source gives a Standby fork). 409 when the
+// name is taken or the source is in a state that cannot be forked
+// (Running without `from_running`).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -7189,6 +14403,8 @@ func (c *ClientWithResponses) GetInstanceLogsWithResponse(ctx context.Context, i
 
 // PauseInstanceWithResponse Freeze a Running instance's vCPUs (memory stays resident)
 //
+// This server's addition.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
@@ -7217,6 +14433,8 @@ func (c *ClientWithResponses) RestoreInstanceWithResponse(ctx context.Context, i
 
 // ResumeInstanceWithResponse Continue a Paused instance
 //
+// This server's addition.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
@@ -7228,86 +14446,216 @@ func (c *ClientWithResponses) ResumeInstanceWithResponse(ctx context.Context, id
 	return ParseResumeInstanceResponse(rsp)
 }
 
-// CreateSnapshotWithBodyWithResponse Take a snapshot of an instance
+// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule (not built yet)
 //
-// `Standby` captures memory and device state with the disks (the
-// program continues where it was when the snapshot is restored or
-// forked); `Stopped` captures the disks only (a restore or fork boots
-// afresh). 409 when the instance's state does not allow the kind. A
-// snapshot outlives its instance.
+// Answers 501 until snapshot schedules are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
+func (c *ClientWithResponses) DeleteInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*DeleteInstanceSnapshotScheduleResponse, error) {
+	rsp, err := c.DeleteInstanceSnapshotSchedule(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteInstanceSnapshotScheduleResponse(rsp)
+}
+
+// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule (not built yet)
+//
+// Answers 501 until snapshot schedules are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
+func (c *ClientWithResponses) GetInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceSnapshotScheduleResponse, error) {
+	rsp, err := c.GetInstanceSnapshotSchedule(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetInstanceSnapshotScheduleResponse(rsp)
+}
+
+// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule (not built yet)
+//
+// Answers 501 until snapshot schedules are built.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
-// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-func (c *ClientWithResponses) CreateSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error) {
-	rsp, err := c.CreateSnapshotWithBody(ctx, id, contentType, body, reqEditors...)
+// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+func (c *ClientWithResponses) SetInstanceSnapshotScheduleWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetInstanceSnapshotScheduleResponse, error) {
+	rsp, err := c.SetInstanceSnapshotScheduleWithBody(ctx, id, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
-	return ParseCreateSnapshotResponse(rsp)
+	return ParseSetInstanceSnapshotScheduleResponse(rsp)
 }
 
-// CreateSnapshotWithResponse Take a snapshot of an instance
+// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule (not built yet)
+//
+// Answers 501 until snapshot schedules are built.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
+func (c *ClientWithResponses) SetInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, body SetInstanceSnapshotScheduleJSONRequestBody, reqEditors ...RequestEditorFn) (*SetInstanceSnapshotScheduleResponse, error) {
+	rsp, err := c.SetInstanceSnapshotSchedule(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetInstanceSnapshotScheduleResponse(rsp)
+}
+
+// CreateInstanceSnapshotWithBodyWithResponse Take a snapshot of an instance
 //
 // `Standby` captures memory and device state with the disks (the
 // program continues where it was when the snapshot is restored or
 // forked); `Stopped` captures the disks only (a restore or fork boots
-// afresh). 409 when the instance's state does not allow the kind. A
-// snapshot outlives its instance.
+// afresh). 409 when the instance's state does not allow the kind
+// (Standby needs a Running, Paused or Standby instance; Stopped a
+// Stopped one) or the name is taken. A snapshot outlives its instance.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+func (c *ClientWithResponses) CreateInstanceSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateInstanceSnapshotResponse, error) {
+	rsp, err := c.CreateInstanceSnapshotWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateInstanceSnapshotResponse(rsp)
+}
+
+// CreateInstanceSnapshotWithResponse Take a snapshot of an instance
+//
+// `Standby` captures memory and device state with the disks (the
+// program continues where it was when the snapshot is restored or
+// forked); `Stopped` captures the disks only (a restore or fork boots
+// afresh). 409 when the instance's state does not allow the kind
+// (Standby needs a Running, Paused or Standby instance; Stopped a
+// Stopped one) or the name is taken. A snapshot outlives its instance.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
-// Corresponds with POST /instances/{id}/snapshots (the `CreateSnapshot` operationId).
-func (c *ClientWithResponses) CreateSnapshotWithResponse(ctx context.Context, id InstanceID, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error) {
-	rsp, err := c.CreateSnapshot(ctx, id, body, reqEditors...)
+// Corresponds with POST /instances/{id}/snapshots (the `CreateInstanceSnapshot` operationId).
+func (c *ClientWithResponses) CreateInstanceSnapshotWithResponse(ctx context.Context, id InstanceID, body CreateInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateInstanceSnapshotResponse, error) {
+	rsp, err := c.CreateInstanceSnapshot(ctx, id, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
-	return ParseCreateSnapshotResponse(rsp)
+	return ParseCreateInstanceSnapshotResponse(rsp)
 }
 
-// RestoreSnapshotWithResponse Roll an instance back to one of its snapshots
+// RestoreInstanceSnapshotWithBodyWithResponse Roll an instance back to one of its snapshots
 //
 // The instance must be Stopped or Standby (409 otherwise) and the
-// snapshot one of its own. A Standby snapshot brings it to Running
-// where the snapshot was taken; a Stopped one leaves it Stopped on the
-// snapshot's disk.
+// snapshot one of its own. `target_state` defaults by kind: a Standby
+// snapshot brings the instance to Running where the snapshot was taken,
+// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+// snapshot may also be restored to Standby (memory state kept, not
+// resumed) or Stopped (disk only); a Stopped one to Running (boots
+// afresh) but not to Standby. `target_hypervisor` may only name the
+// hypervisor the instance runs on.
 //
-// Returns a wrapper object for the known response body format(s).
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
-// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreSnapshot` operationId).
-func (c *ClientWithResponses) RestoreSnapshotWithResponse(ctx context.Context, id InstanceID, sid string, reqEditors ...RequestEditorFn) (*RestoreSnapshotResponse, error) {
-	rsp, err := c.RestoreSnapshot(ctx, id, sid, reqEditors...)
+// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+func (c *ClientWithResponses) RestoreInstanceSnapshotWithBodyWithResponse(ctx context.Context, id InstanceID, sid string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RestoreInstanceSnapshotResponse, error) {
+	rsp, err := c.RestoreInstanceSnapshotWithBody(ctx, id, sid, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
-	return ParseRestoreSnapshotResponse(rsp)
+	return ParseRestoreInstanceSnapshotResponse(rsp)
 }
 
-// StandbyInstanceWithResponse Put a Running (or Paused) instance on standby
+// RestoreInstanceSnapshotWithResponse Roll an instance back to one of its snapshots
+//
+// The instance must be Stopped or Standby (409 otherwise) and the
+// snapshot one of its own. `target_state` defaults by kind: a Standby
+// snapshot brings the instance to Running where the snapshot was taken,
+// a Stopped one leaves it Stopped on the snapshot's disk. A Standby
+// snapshot may also be restored to Standby (memory state kept, not
+// resumed) or Stopped (disk only); a Stopped one to Running (boots
+// afresh) but not to Standby. `target_hypervisor` may only name the
+// hypervisor the instance runs on.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/snapshots/{sid}/restore (the `RestoreInstanceSnapshot` operationId).
+func (c *ClientWithResponses) RestoreInstanceSnapshotWithResponse(ctx context.Context, id InstanceID, sid string, body RestoreInstanceSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*RestoreInstanceSnapshotResponse, error) {
+	rsp, err := c.RestoreInstanceSnapshot(ctx, id, sid, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRestoreInstanceSnapshotResponse(rsp)
+}
+
+// StandbyInstanceWithBodyWithResponse Put a Running (or Paused) instance on standby
 //
 // Running → Paused → Standby: the VM's memory and device state are saved
 // to disk and its VMM exits (`has_snapshot` becomes true). Restore
-// continues the program where it was.
+// continues the program where it was. `compression` overrides the
+// instance's snapshot policy and the server default for this standby.
+// The body may be left out.
 //
-// Returns a wrapper object for the known response body format(s).
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
-func (c *ClientWithResponses) StandbyInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error) {
-	rsp, err := c.StandbyInstance(ctx, id, reqEditors...)
+func (c *ClientWithResponses) StandbyInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error) {
+	rsp, err := c.StandbyInstanceWithBody(ctx, id, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
 	return ParseStandbyInstanceResponse(rsp)
 }
 
-// StartInstanceWithResponse Boot a Stopped instance
+// StandbyInstanceWithResponse Put a Running (or Paused) instance on standby
 //
-// Returns a wrapper object for the known response body format(s).
+// Running → Paused → Standby: the VM's memory and device state are saved
+// to disk and its VMM exits (`has_snapshot` becomes true). Restore
+// continues the program where it was. `compression` overrides the
+// instance's snapshot policy and the server default for this standby.
+// The body may be left out.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/standby (the `StandbyInstance` operationId).
+func (c *ClientWithResponses) StandbyInstanceWithResponse(ctx context.Context, id InstanceID, body StandbyInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*StandbyInstanceResponse, error) {
+	rsp, err := c.StandbyInstance(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStandbyInstanceResponse(rsp)
+}
+
+// StartInstanceWithBodyWithResponse Boot a Stopped instance
+//
+// `entrypoint` and `cmd`, when given, replace the instance's for this
+// and later runs (like a create's); omitted ones keep their value. The
+// body may be left out.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
-func (c *ClientWithResponses) StartInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StartInstanceResponse, error) {
-	rsp, err := c.StartInstance(ctx, id, reqEditors...)
+func (c *ClientWithResponses) StartInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartInstanceResponse, error) {
+	rsp, err := c.StartInstanceWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartInstanceResponse(rsp)
+}
+
+// StartInstanceWithResponse Boot a Stopped instance
+//
+// `entrypoint` and `cmd`, when given, replace the instance's for this
+// and later runs (like a create's); omitted ones keep their value. The
+// body may be left out.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/start (the `StartInstance` operationId).
+func (c *ClientWithResponses) StartInstanceWithResponse(ctx context.Context, id InstanceID, body StartInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*StartInstanceResponse, error) {
+	rsp, err := c.StartInstance(ctx, id, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -7328,6 +14676,10 @@ func (c *ClientWithResponses) StatInstancePathWithResponse(ctx context.Context, 
 }
 
 // GetInstanceStatsWithResponse Resource usage of an instance (from the host side)
+//
+// CPU time and memory of the VMM process (from /proc), network bytes
+// of the instance's TAP device, and what was allocated. A stopped
+// instance reports zeros for the live counters.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -7353,13 +14705,59 @@ func (c *ClientWithResponses) StopInstanceWithResponse(ctx context.Context, id I
 	return ParseStopInstanceResponse(rsp)
 }
 
+// DetachVolumeWithResponse Detach a volume from an instance (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
+func (c *ClientWithResponses) DetachVolumeWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*DetachVolumeResponse, error) {
+	rsp, err := c.DetachVolume(ctx, id, volumeId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDetachVolumeResponse(rsp)
+}
+
+// AttachVolumeWithBodyWithResponse Attach a volume to an instance (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+func (c *ClientWithResponses) AttachVolumeWithBodyWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AttachVolumeResponse, error) {
+	rsp, err := c.AttachVolumeWithBody(ctx, id, volumeId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAttachVolumeResponse(rsp)
+}
+
+// AttachVolumeWithResponse Attach a volume to an instance (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
+func (c *ClientWithResponses) AttachVolumeWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, body AttachVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*AttachVolumeResponse, error) {
+	rsp, err := c.AttachVolume(ctx, id, volumeId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAttachVolumeResponse(rsp)
+}
+
 // WaitForInstanceStateWithResponse Block until the instance reaches one of the given states
 //
 // Returns at once when the instance already is in a target state. Returns
 // early (timed_out false) when it reaches a state it will not leave by
 // itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
 // target, unless a restart is pending. `state` may be repeated to wait
-// for any of several states; `reached` names the one reached.
+// for any of several states (an addition to hypeman's single state);
+// `reached` names the one reached.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -7372,7 +14770,114 @@ func (c *ClientWithResponses) WaitForInstanceStateWithResponse(ctx context.Conte
 	return ParseWaitForInstanceStateResponse(rsp)
 }
 
+// ListPushesWithResponse List image pushes (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /pushes (the `ListPushes` operationId).
+func (c *ClientWithResponses) ListPushesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListPushesResponse, error) {
+	rsp, err := c.ListPushes(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListPushesResponse(rsp)
+}
+
+// CreatePushWithBodyWithResponse Push an image to a remote registry (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /pushes (the `CreatePush` operationId).
+func (c *ClientWithResponses) CreatePushWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePushResponse, error) {
+	rsp, err := c.CreatePushWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreatePushResponse(rsp)
+}
+
+// CreatePushWithResponse Push an image to a remote registry (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /pushes (the `CreatePush` operationId).
+func (c *ClientWithResponses) CreatePushWithResponse(ctx context.Context, body CreatePushJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePushResponse, error) {
+	rsp, err := c.CreatePush(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreatePushResponse(rsp)
+}
+
+// GetPushWithResponse Get one push (not built yet)
+//
+// Answers 501 until pushes to remote registries are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
+func (c *ClientWithResponses) GetPushWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetPushResponse, error) {
+	rsp, err := c.GetPush(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetPushResponse(rsp)
+}
+
+// GetResourcesWithResponse Host capacity and allocations (not built yet)
+//
+// Answers 501 until host resource accounting is built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /resources (the `GetResources` operationId).
+func (c *ClientWithResponses) GetResourcesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetResourcesResponse, error) {
+	rsp, err := c.GetResources(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetResourcesResponse(rsp)
+}
+
+// ReclaimMemoryWithBodyWithResponse Reclaim guest memory through balloons (not built yet)
+//
+// Answers 501 until host resource accounting is built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+func (c *ClientWithResponses) ReclaimMemoryWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReclaimMemoryResponse, error) {
+	rsp, err := c.ReclaimMemoryWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReclaimMemoryResponse(rsp)
+}
+
+// ReclaimMemoryWithResponse Reclaim guest memory through balloons (not built yet)
+//
+// Answers 501 until host resource accounting is built.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
+func (c *ClientWithResponses) ReclaimMemoryWithResponse(ctx context.Context, body ReclaimMemoryJSONRequestBody, reqEditors ...RequestEditorFn) (*ReclaimMemoryResponse, error) {
+	rsp, err := c.ReclaimMemory(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReclaimMemoryResponse(rsp)
+}
+
 // ListSnapshotsWithResponse List snapshots, oldest first
+//
+// Filters combine (AND).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -7414,8 +14919,10 @@ func (c *ClientWithResponses) GetSnapshotWithResponse(ctx context.Context, id Sn
 // ForkSnapshotWithBodyWithResponse Create a new instance from a snapshot
 //
 // The new instance starts from the snapshot's disks (and, for a Standby
-// snapshot, continues its memory state). `target_state` defaults to
-// Running; a Stopped snapshot cannot be forked into Standby.
+// snapshot, continues its memory state). `target_state` defaults by
+// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+// Stopped snapshot cannot be forked into Standby.
+// `target_hypervisor` may only name the snapshot's hypervisor.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -7431,8 +14938,10 @@ func (c *ClientWithResponses) ForkSnapshotWithBodyWithResponse(ctx context.Conte
 // ForkSnapshotWithResponse Create a new instance from a snapshot
 //
 // The new instance starts from the snapshot's disks (and, for a Standby
-// snapshot, continues its memory state). `target_state` defaults to
-// Running; a Stopped snapshot cannot be forked into Standby.
+// snapshot, continues its memory state). `target_state` defaults by
+// kind: Running for a Standby snapshot, Stopped for a Stopped one; a
+// Stopped snapshot cannot be forked into Standby.
+// `target_hypervisor` may only name the snapshot's hypervisor.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -7443,6 +14952,698 @@ func (c *ClientWithResponses) ForkSnapshotWithResponse(ctx context.Context, id S
 		return nil, err
 	}
 	return ParseForkSnapshotResponse(rsp)
+}
+
+// ListVolumesWithResponse List volumes (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /volumes (the `ListVolumes` operationId).
+func (c *ClientWithResponses) ListVolumesWithResponse(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*ListVolumesResponse, error) {
+	rsp, err := c.ListVolumes(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListVolumesResponse(rsp)
+}
+
+// CreateVolumeWithBodyWithResponse Create an empty volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /volumes (the `CreateVolume` operationId).
+func (c *ClientWithResponses) CreateVolumeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVolumeResponse, error) {
+	rsp, err := c.CreateVolumeWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateVolumeResponse(rsp)
+}
+
+// CreateVolumeWithResponse Create an empty volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /volumes (the `CreateVolume` operationId).
+func (c *ClientWithResponses) CreateVolumeWithResponse(ctx context.Context, body CreateVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateVolumeResponse, error) {
+	rsp, err := c.CreateVolume(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateVolumeResponse(rsp)
+}
+
+// CreateVolumeFromArchiveWithBodyWithResponse Create a volume from a tar.gz archive (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /volumes/from-archive (the `CreateVolumeFromArchive` operationId).
+func (c *ClientWithResponses) CreateVolumeFromArchiveWithBodyWithResponse(ctx context.Context, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVolumeFromArchiveResponse, error) {
+	rsp, err := c.CreateVolumeFromArchiveWithBody(ctx, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateVolumeFromArchiveResponse(rsp)
+}
+
+// DeleteVolumeWithResponse Delete a volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
+func (c *ClientWithResponses) DeleteVolumeWithResponse(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*DeleteVolumeResponse, error) {
+	rsp, err := c.DeleteVolume(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteVolumeResponse(rsp)
+}
+
+// GetVolumeWithResponse Get one volume (not built yet)
+//
+// Answers 501 until volumes are built.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /volumes/{id} (the `GetVolume` operationId).
+func (c *ClientWithResponses) GetVolumeWithResponse(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*GetVolumeResponse, error) {
+	rsp, err := c.GetVolume(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetVolumeResponse(rsp)
+}
+
+// ParseListBuildersResponse parses an HTTP response from a ListBuildersWithResponse call
+func ParseListBuildersResponse(rsp *http.Response) (*ListBuildersResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListBuildersResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Builder
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateBuilderResponse parses an HTTP response from a CreateBuilderWithResponse call
+func ParseCreateBuilderResponse(rsp *http.Response) (*CreateBuilderResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateBuilderResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Builder
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteBuilderResponse parses an HTTP response from a DeleteBuilderWithResponse call
+func ParseDeleteBuilderResponse(rsp *http.Response) (*DeleteBuilderResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteBuilderResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetBuilderResponse parses an HTTP response from a GetBuilderWithResponse call
+func ParseGetBuilderResponse(rsp *http.Response) (*GetBuilderResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetBuilderResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Builder
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParsePruneBuilderResponse parses an HTTP response from a PruneBuilderWithResponse call
+func ParsePruneBuilderResponse(rsp *http.Response) (*PruneBuilderResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PruneBuilderResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Builder
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListBuildsResponse parses an HTTP response from a ListBuildsWithResponse call
+func ParseListBuildsResponse(rsp *http.Response) (*ListBuildsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListBuildsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Build
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateBuildResponse parses an HTTP response from a CreateBuildWithResponse call
+func ParseCreateBuildResponse(rsp *http.Response) (*CreateBuildResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateBuildResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Build
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCancelBuildResponse parses an HTTP response from a CancelBuildWithResponse call
+func ParseCancelBuildResponse(rsp *http.Response) (*CancelBuildResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelBuildResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetBuildResponse parses an HTTP response from a GetBuildWithResponse call
+func ParseGetBuildResponse(rsp *http.Response) (*GetBuildResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetBuildResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Build
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetBuildEventsResponse parses an HTTP response from a GetBuildEventsWithResponse call
+func ParseGetBuildEventsResponse(rsp *http.Response) (*GetBuildEventsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetBuildEventsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
 }
 
 // ParseGetCapabilitiesResponse parses an HTTP response from a GetCapabilitiesWithResponse call
@@ -7472,6 +15673,279 @@ func ParseGetCapabilitiesResponse(rsp *http.Response) (*GetCapabilitiesResponse,
 			return nil, err
 		}
 		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListDevicesResponse parses an HTTP response from a ListDevicesWithResponse call
+func ParseListDevicesResponse(rsp *http.Response) (*ListDevicesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListDevicesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Device
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateDeviceResponse parses an HTTP response from a CreateDeviceWithResponse call
+func ParseCreateDeviceResponse(rsp *http.Response) (*CreateDeviceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateDeviceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Device
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListAvailableDevicesResponse parses an HTTP response from a ListAvailableDevicesWithResponse call
+func ParseListAvailableDevicesResponse(rsp *http.Response) (*ListAvailableDevicesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListAvailableDevicesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []AvailableDevice
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteDeviceResponse parses an HTTP response from a DeleteDeviceWithResponse call
+func ParseDeleteDeviceResponse(rsp *http.Response) (*DeleteDeviceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteDeviceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetDeviceResponse parses an HTTP response from a GetDeviceWithResponse call
+func ParseGetDeviceResponse(rsp *http.Response) (*GetDeviceResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetDeviceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Device
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal
@@ -7586,6 +16060,13 @@ func ParseListImagesResponse(rsp *http.Response) (*ListImagesResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -7653,6 +16134,20 @@ func ParseCreateImageResponse(rsp *http.Response) (*CreateImageResponse, error) 
 			return nil, err
 		}
 		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal
@@ -7812,6 +16307,13 @@ func ParseListIngressesResponse(rsp *http.Response) (*ListIngressesResponse, err
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -7958,6 +16460,13 @@ func ParseDeleteIngressResponse(rsp *http.Response) (*DeleteIngressResponse, err
 		}
 		response.JSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -8025,6 +16534,13 @@ func ParseGetIngressResponse(rsp *http.Response) (*GetIngressResponse, error) {
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal
@@ -8319,6 +16835,128 @@ func ParseUpdateInstanceResponse(rsp *http.Response) (*UpdateInstanceResponse, e
 			return nil, err
 		}
 		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHoldAutoStandbyResponse parses an HTTP response from a HoldAutoStandbyWithResponse call
+func ParseHoldAutoStandbyResponse(rsp *http.Response) (*HoldAutoStandbyResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HoldAutoStandbyResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AutoStandbyStatus
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetAutoStandbyStatusResponse parses an HTTP response from a GetAutoStandbyStatusWithResponse call
+func ParseGetAutoStandbyStatusResponse(rsp *http.Response) (*GetAutoStandbyStatusResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetAutoStandbyStatusResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AutoStandbyStatus
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized
@@ -8768,15 +17406,201 @@ func ParseResumeInstanceResponse(rsp *http.Response) (*ResumeInstanceResponse, e
 	return response, nil
 }
 
-// ParseCreateSnapshotResponse parses an HTTP response from a CreateSnapshotWithResponse call
-func ParseCreateSnapshotResponse(rsp *http.Response) (*CreateSnapshotResponse, error) {
+// ParseDeleteInstanceSnapshotScheduleResponse parses an HTTP response from a DeleteInstanceSnapshotScheduleWithResponse call
+func ParseDeleteInstanceSnapshotScheduleResponse(rsp *http.Response) (*DeleteInstanceSnapshotScheduleResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
 	defer func() { _ = rsp.Body.Close() }()
 	if err != nil {
 		return nil, err
 	}
 
-	response := &CreateSnapshotResponse{
+	response := &DeleteInstanceSnapshotScheduleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetInstanceSnapshotScheduleResponse parses an HTTP response from a GetInstanceSnapshotScheduleWithResponse call
+func ParseGetInstanceSnapshotScheduleResponse(rsp *http.Response) (*GetInstanceSnapshotScheduleResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetInstanceSnapshotScheduleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SnapshotSchedule
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSetInstanceSnapshotScheduleResponse parses an HTTP response from a SetInstanceSnapshotScheduleWithResponse call
+func ParseSetInstanceSnapshotScheduleResponse(rsp *http.Response) (*SetInstanceSnapshotScheduleResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SetInstanceSnapshotScheduleResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SnapshotSchedule
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateInstanceSnapshotResponse parses an HTTP response from a CreateInstanceSnapshotWithResponse call
+func ParseCreateInstanceSnapshotResponse(rsp *http.Response) (*CreateInstanceSnapshotResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateInstanceSnapshotResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
 	}
@@ -8843,15 +17667,15 @@ func ParseCreateSnapshotResponse(rsp *http.Response) (*CreateSnapshotResponse, e
 	return response, nil
 }
 
-// ParseRestoreSnapshotResponse parses an HTTP response from a RestoreSnapshotWithResponse call
-func ParseRestoreSnapshotResponse(rsp *http.Response) (*RestoreSnapshotResponse, error) {
+// ParseRestoreInstanceSnapshotResponse parses an HTTP response from a RestoreInstanceSnapshotWithResponse call
+func ParseRestoreInstanceSnapshotResponse(rsp *http.Response) (*RestoreInstanceSnapshotResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
 	defer func() { _ = rsp.Body.Close() }()
 	if err != nil {
 		return nil, err
 	}
 
-	response := &RestoreSnapshotResponse{
+	response := &RestoreInstanceSnapshotResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
 	}
@@ -8939,6 +17763,13 @@ func ParseStandbyInstanceResponse(rsp *http.Response) (*StandbyInstanceResponse,
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -9006,6 +17837,13 @@ func ParseStartInstanceResponse(rsp *http.Response) (*StartInstanceResponse, err
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized
@@ -9244,22 +18082,83 @@ func ParseStopInstanceResponse(rsp *http.Response) (*StopInstanceResponse, error
 	return response, nil
 }
 
-// ParseWaitForInstanceStateResponse parses an HTTP response from a WaitForInstanceStateWithResponse call
-func ParseWaitForInstanceStateResponse(rsp *http.Response) (*WaitForInstanceStateResponse, error) {
+// ParseDetachVolumeResponse parses an HTTP response from a DetachVolumeWithResponse call
+func ParseDetachVolumeResponse(rsp *http.Response) (*DetachVolumeResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
 	defer func() { _ = rsp.Body.Close() }()
 	if err != nil {
 		return nil, err
 	}
 
-	response := &WaitForInstanceStateResponse{
+	response := &DetachVolumeResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
 	}
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
-		var dest WaitResponse
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAttachVolumeResponse parses an HTTP response from a AttachVolumeWithResponse call
+func ParseAttachVolumeResponse(rsp *http.Response) (*AttachVolumeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AttachVolumeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -9299,6 +18198,386 @@ func ParseWaitForInstanceStateResponse(rsp *http.Response) (*WaitForInstanceStat
 			return nil, err
 		}
 		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseWaitForInstanceStateResponse parses an HTTP response from a WaitForInstanceStateWithResponse call
+func ParseWaitForInstanceStateResponse(rsp *http.Response) (*WaitForInstanceStateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &WaitForInstanceStateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest WaitForStateResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListPushesResponse parses an HTTP response from a ListPushesWithResponse call
+func ParseListPushesResponse(rsp *http.Response) (*ListPushesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListPushesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Push
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreatePushResponse parses an HTTP response from a CreatePushWithResponse call
+func ParseCreatePushResponse(rsp *http.Response) (*CreatePushResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreatePushResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Push
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetPushResponse parses an HTTP response from a GetPushWithResponse call
+func ParseGetPushResponse(rsp *http.Response) (*GetPushResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetPushResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Push
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetResourcesResponse parses an HTTP response from a GetResourcesWithResponse call
+func ParseGetResourcesResponse(rsp *http.Response) (*GetResourcesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetResourcesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Resources
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseReclaimMemoryResponse parses an HTTP response from a ReclaimMemoryWithResponse call
+func ParseReclaimMemoryResponse(rsp *http.Response) (*ReclaimMemoryResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReclaimMemoryResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MemoryReclaimResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal
@@ -9588,6 +18867,321 @@ func ParseForkSnapshotResponse(rsp *http.Response) (*ForkSnapshotResponse, error
 			return nil, err
 		}
 		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListVolumesResponse parses an HTTP response from a ListVolumesWithResponse call
+func ParseListVolumesResponse(rsp *http.Response) (*ListVolumesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListVolumesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Volume
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateVolumeResponse parses an HTTP response from a CreateVolumeWithResponse call
+func ParseCreateVolumeResponse(rsp *http.Response) (*CreateVolumeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateVolumeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Volume
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateVolumeFromArchiveResponse parses an HTTP response from a CreateVolumeFromArchiveWithResponse call
+func ParseCreateVolumeFromArchiveResponse(rsp *http.Response) (*CreateVolumeFromArchiveResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateVolumeFromArchiveResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Volume
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteVolumeResponse parses an HTTP response from a DeleteVolumeWithResponse call
+func ParseDeleteVolumeResponse(rsp *http.Response) (*DeleteVolumeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteVolumeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetVolumeResponse parses an HTTP response from a GetVolumeWithResponse call
+func ParseGetVolumeResponse(rsp *http.Response) (*GetVolumeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetVolumeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Volume
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal

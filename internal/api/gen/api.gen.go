@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"path"
@@ -22,6 +23,180 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/oapi-codegen/runtime"
 )
+
+// Defines values for AutoStandbyStatusReason.
+const (
+	AutoStandbyStatusReasonActiveInboundConnections AutoStandbyStatusReason = "active_inbound_connections"
+	AutoStandbyStatusReasonHasVgpu                  AutoStandbyStatusReason = "has_vgpu"
+	AutoStandbyStatusReasonIdleTimeoutNotElapsed    AutoStandbyStatusReason = "idle_timeout_not_elapsed"
+	AutoStandbyStatusReasonInstanceNotRunning       AutoStandbyStatusReason = "instance_not_running"
+	AutoStandbyStatusReasonMissingIp                AutoStandbyStatusReason = "missing_ip"
+	AutoStandbyStatusReasonNetworkDisabled          AutoStandbyStatusReason = "network_disabled"
+	AutoStandbyStatusReasonObserverError            AutoStandbyStatusReason = "observer_error"
+	AutoStandbyStatusReasonPolicyDisabled           AutoStandbyStatusReason = "policy_disabled"
+	AutoStandbyStatusReasonPolicyMissing            AutoStandbyStatusReason = "policy_missing"
+	AutoStandbyStatusReasonReadyForStandby          AutoStandbyStatusReason = "ready_for_standby"
+	AutoStandbyStatusReasonUnsupportedPlatform      AutoStandbyStatusReason = "unsupported_platform"
+)
+
+// Valid indicates whether the value is a known member of the AutoStandbyStatusReason enum.
+func (e AutoStandbyStatusReason) Valid() bool {
+	switch e {
+	case AutoStandbyStatusReasonActiveInboundConnections:
+		return true
+	case AutoStandbyStatusReasonHasVgpu:
+		return true
+	case AutoStandbyStatusReasonIdleTimeoutNotElapsed:
+		return true
+	case AutoStandbyStatusReasonInstanceNotRunning:
+		return true
+	case AutoStandbyStatusReasonMissingIp:
+		return true
+	case AutoStandbyStatusReasonNetworkDisabled:
+		return true
+	case AutoStandbyStatusReasonObserverError:
+		return true
+	case AutoStandbyStatusReasonPolicyDisabled:
+		return true
+	case AutoStandbyStatusReasonPolicyMissing:
+		return true
+	case AutoStandbyStatusReasonReadyForStandby:
+		return true
+	case AutoStandbyStatusReasonUnsupportedPlatform:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AutoStandbyStatusStatus.
+const (
+	AutoStandbyStatusStatusActive           AutoStandbyStatusStatus = "active"
+	AutoStandbyStatusStatusDisabled         AutoStandbyStatusStatus = "disabled"
+	AutoStandbyStatusStatusError            AutoStandbyStatusStatus = "error"
+	AutoStandbyStatusStatusIdleCountdown    AutoStandbyStatusStatus = "idle_countdown"
+	AutoStandbyStatusStatusIneligible       AutoStandbyStatusStatus = "ineligible"
+	AutoStandbyStatusStatusReadyForStandby  AutoStandbyStatusStatus = "ready_for_standby"
+	AutoStandbyStatusStatusStandbyRequested AutoStandbyStatusStatus = "standby_requested"
+	AutoStandbyStatusStatusUnsupported      AutoStandbyStatusStatus = "unsupported"
+)
+
+// Valid indicates whether the value is a known member of the AutoStandbyStatusStatus enum.
+func (e AutoStandbyStatusStatus) Valid() bool {
+	switch e {
+	case AutoStandbyStatusStatusActive:
+		return true
+	case AutoStandbyStatusStatusDisabled:
+		return true
+	case AutoStandbyStatusStatusError:
+		return true
+	case AutoStandbyStatusStatusIdleCountdown:
+		return true
+	case AutoStandbyStatusStatusIneligible:
+		return true
+	case AutoStandbyStatusStatusReadyForStandby:
+		return true
+	case AutoStandbyStatusStatusStandbyRequested:
+		return true
+	case AutoStandbyStatusStatusUnsupported:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for BuildStatus.
+const (
+	BuildStatusBuilding  BuildStatus = "building"
+	BuildStatusCancelled BuildStatus = "cancelled"
+	BuildStatusFailed    BuildStatus = "failed"
+	BuildStatusPushing   BuildStatus = "pushing"
+	BuildStatusQueued    BuildStatus = "queued"
+	BuildStatusReady     BuildStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the BuildStatus enum.
+func (e BuildStatus) Valid() bool {
+	switch e {
+	case BuildStatusBuilding:
+		return true
+	case BuildStatusCancelled:
+		return true
+	case BuildStatusFailed:
+		return true
+	case BuildStatusPushing:
+		return true
+	case BuildStatusQueued:
+		return true
+	case BuildStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for BuilderStatus.
+const (
+	BuilderStatusDeleting BuilderStatus = "deleting"
+	BuilderStatusError    BuilderStatus = "error"
+	BuilderStatusPruning  BuilderStatus = "pruning"
+	BuilderStatusReady    BuilderStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the BuilderStatus enum.
+func (e BuilderStatus) Valid() bool {
+	switch e {
+	case BuilderStatusDeleting:
+		return true
+	case BuilderStatusError:
+		return true
+	case BuilderStatusPruning:
+		return true
+	case BuilderStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CapabilitiesNetworkModel.
+const (
+	Bridge CapabilitiesNetworkModel = "bridge"
+	Nat    CapabilitiesNetworkModel = "nat"
+	None   CapabilitiesNetworkModel = "none"
+)
+
+// Valid indicates whether the value is a known member of the CapabilitiesNetworkModel enum.
+func (e CapabilitiesNetworkModel) Valid() bool {
+	switch e {
+	case Bridge:
+		return true
+	case Nat:
+		return true
+	case None:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for DeviceType.
+const (
+	Gpu DeviceType = "gpu"
+	Pci DeviceType = "pci"
+)
+
+// Valid indicates whether the value is a known member of the DeviceType enum.
+func (e DeviceType) Valid() bool {
+	switch e {
+	case Gpu:
+		return true
+	case Pci:
+		return true
+	default:
+		return false
+	}
+}
 
 // Defines values for ForkTargetState.
 const (
@@ -61,36 +236,111 @@ func (e HealthStatus) Valid() bool {
 
 // Defines values for HealthCheckType.
 const (
-	HealthCheckExec HealthCheckType = "exec"
-	HealthCheckHTTP HealthCheckType = "http"
-	HealthCheckTCP  HealthCheckType = "tcp"
+	HealthCheckExecType HealthCheckType = "exec"
+	HealthCheckHTTPType HealthCheckType = "http"
+	HealthCheckNone     HealthCheckType = "none"
+	HealthCheckTCPType  HealthCheckType = "tcp"
 )
 
 // Valid indicates whether the value is a known member of the HealthCheckType enum.
 func (e HealthCheckType) Valid() bool {
 	switch e {
-	case HealthCheckExec:
+	case HealthCheckExecType:
 		return true
-	case HealthCheckHTTP:
+	case HealthCheckHTTPType:
 		return true
-	case HealthCheckTCP:
+	case HealthCheckNone:
+		return true
+	case HealthCheckTCPType:
 		return true
 	default:
 		return false
 	}
 }
 
-// Defines values for HealthState.
+// Defines values for HealthCheckHTTPScheme.
 const (
-	HealthDisabled  HealthState = "disabled"
-	HealthHealthy   HealthState = "healthy"
-	HealthStarting  HealthState = "starting"
-	HealthUnhealthy HealthState = "unhealthy"
-	HealthUnknown   HealthState = "unknown"
+	Http  HealthCheckHTTPScheme = "http"
+	Https HealthCheckHTTPScheme = "https"
 )
 
-// Valid indicates whether the value is a known member of the HealthState enum.
-func (e HealthState) Valid() bool {
+// Valid indicates whether the value is a known member of the HealthCheckHTTPScheme enum.
+func (e HealthCheckHTTPScheme) Valid() bool {
+	switch e {
+	case Http:
+		return true
+	case Https:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for Hypervisor.
+const (
+	HypervisorCloudHypervisor Hypervisor = "cloud-hypervisor"
+	HypervisorFirecracker     Hypervisor = "firecracker"
+	HypervisorQemu            Hypervisor = "qemu"
+	HypervisorQemuMicrovm     Hypervisor = "qemu-microvm"
+	HypervisorVz              Hypervisor = "vz"
+)
+
+// Valid indicates whether the value is a known member of the Hypervisor enum.
+func (e Hypervisor) Valid() bool {
+	switch e {
+	case HypervisorCloudHypervisor:
+		return true
+	case HypervisorFirecracker:
+		return true
+	case HypervisorQemu:
+		return true
+	case HypervisorQemuMicrovm:
+		return true
+	case HypervisorVz:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImageStatus.
+const (
+	ImageStatusConverting ImageStatus = "converting"
+	ImageStatusFailed     ImageStatus = "failed"
+	ImageStatusPending    ImageStatus = "pending"
+	ImageStatusPulling    ImageStatus = "pulling"
+	ImageStatusReady      ImageStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the ImageStatus enum.
+func (e ImageStatus) Valid() bool {
+	switch e {
+	case ImageStatusConverting:
+		return true
+	case ImageStatusFailed:
+		return true
+	case ImageStatusPending:
+		return true
+	case ImageStatusPulling:
+		return true
+	case ImageStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for InstanceHealthStatusStatus.
+const (
+	HealthDisabled  InstanceHealthStatusStatus = "disabled"
+	HealthHealthy   InstanceHealthStatusStatus = "healthy"
+	HealthStarting  InstanceHealthStatusStatus = "starting"
+	HealthUnhealthy InstanceHealthStatusStatus = "unhealthy"
+	HealthUnknown   InstanceHealthStatusStatus = "unknown"
+)
+
+// Valid indicates whether the value is a known member of the InstanceHealthStatusStatus enum.
+func (e InstanceHealthStatusStatus) Valid() bool {
 	switch e {
 	case HealthDisabled:
 		return true
@@ -101,33 +351,6 @@ func (e HealthState) Valid() bool {
 	case HealthUnhealthy:
 		return true
 	case HealthUnknown:
-		return true
-	default:
-		return false
-	}
-}
-
-// Defines values for ImageStatus.
-const (
-	Converting ImageStatus = "converting"
-	Failed     ImageStatus = "failed"
-	Pending    ImageStatus = "pending"
-	Pulling    ImageStatus = "pulling"
-	Ready      ImageStatus = "ready"
-)
-
-// Valid indicates whether the value is a known member of the ImageStatus enum.
-func (e ImageStatus) Valid() bool {
-	switch e {
-	case Converting:
-		return true
-	case Failed:
-		return true
-	case Pending:
-		return true
-	case Pulling:
-		return true
-	case Ready:
 		return true
 	default:
 		return false
@@ -170,33 +393,75 @@ func (e InstanceState) Valid() bool {
 	}
 }
 
-// Defines values for RestartBlockedReason.
+// Defines values for MemoryReclaimResponseHostPressureState.
 const (
-	BlockedManualStop          RestartBlockedReason = "manual_stop"
-	BlockedMaxAttemptsExceeded RestartBlockedReason = "max_attempts_exceeded"
+	Healthy  MemoryReclaimResponseHostPressureState = "healthy"
+	Pressure MemoryReclaimResponseHostPressureState = "pressure"
 )
 
-// Valid indicates whether the value is a known member of the RestartBlockedReason enum.
-func (e RestartBlockedReason) Valid() bool {
+// Valid indicates whether the value is a known member of the MemoryReclaimResponseHostPressureState enum.
+func (e MemoryReclaimResponseHostPressureState) Valid() bool {
 	switch e {
-	case BlockedManualStop:
+	case Healthy:
 		return true
-	case BlockedMaxAttemptsExceeded:
+	case Pressure:
 		return true
 	default:
 		return false
 	}
 }
 
-// Defines values for RestartPolicyKind.
+// Defines values for NetworkEgressEnforcementMode.
 const (
-	RestartAlways    RestartPolicyKind = "always"
-	RestartNever     RestartPolicyKind = "never"
-	RestartOnFailure RestartPolicyKind = "on_failure"
+	All           NetworkEgressEnforcementMode = "all"
+	HttpHttpsOnly NetworkEgressEnforcementMode = "http_https_only"
 )
 
-// Valid indicates whether the value is a known member of the RestartPolicyKind enum.
-func (e RestartPolicyKind) Valid() bool {
+// Valid indicates whether the value is a known member of the NetworkEgressEnforcementMode enum.
+func (e NetworkEgressEnforcementMode) Valid() bool {
+	switch e {
+	case All:
+		return true
+	case HttpHttpsOnly:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for PushStatus.
+const (
+	PushStatusFailed  PushStatus = "failed"
+	PushStatusPushed  PushStatus = "pushed"
+	PushStatusPushing PushStatus = "pushing"
+	PushStatusQueued  PushStatus = "queued"
+)
+
+// Valid indicates whether the value is a known member of the PushStatus enum.
+func (e PushStatus) Valid() bool {
+	switch e {
+	case PushStatusFailed:
+		return true
+	case PushStatusPushed:
+		return true
+	case PushStatusPushing:
+		return true
+	case PushStatusQueued:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartPolicyPolicy.
+const (
+	RestartAlways    RestartPolicyPolicy = "always"
+	RestartNever     RestartPolicyPolicy = "never"
+	RestartOnFailure RestartPolicyPolicy = "on_failure"
+)
+
+// Valid indicates whether the value is a known member of the RestartPolicyPolicy enum.
+func (e RestartPolicyPolicy) Valid() bool {
 	switch e {
 	case RestartAlways:
 		return true
@@ -209,21 +474,81 @@ func (e RestartPolicyKind) Valid() bool {
 	}
 }
 
-// Defines values for RestartReason.
+// Defines values for RestartStatusBlockedReason.
 const (
-	RestartReasonExitCode          RestartReason = "exit_code"
-	RestartReasonHealthCheckFailed RestartReason = "health_check_failed"
-	RestartReasonVMCrashed         RestartReason = "vm_crashed"
+	BlockedManualStop          RestartStatusBlockedReason = "manual_stop"
+	BlockedMaxAttemptsExceeded RestartStatusBlockedReason = "max_attempts_exceeded"
 )
 
-// Valid indicates whether the value is a known member of the RestartReason enum.
-func (e RestartReason) Valid() bool {
+// Valid indicates whether the value is a known member of the RestartStatusBlockedReason enum.
+func (e RestartStatusBlockedReason) Valid() bool {
+	switch e {
+	case BlockedManualStop:
+		return true
+	case BlockedMaxAttemptsExceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RestartStatusLastReason.
+const (
+	RestartReasonExitCode          RestartStatusLastReason = "exit_code"
+	RestartReasonHealthCheckFailed RestartStatusLastReason = "health_check_failed"
+	RestartReasonVMCrashed         RestartStatusLastReason = "vm_crashed"
+)
+
+// Valid indicates whether the value is a known member of the RestartStatusLastReason enum.
+func (e RestartStatusLastReason) Valid() bool {
 	switch e {
 	case RestartReasonExitCode:
 		return true
 	case RestartReasonHealthCheckFailed:
 		return true
 	case RestartReasonVMCrashed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotCompressionState.
+const (
+	CompressionCompressed  SnapshotCompressionState = "compressed"
+	CompressionCompressing SnapshotCompressionState = "compressing"
+	CompressionError       SnapshotCompressionState = "error"
+	CompressionNone        SnapshotCompressionState = "none"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotCompressionState enum.
+func (e SnapshotCompressionState) Valid() bool {
+	switch e {
+	case CompressionCompressed:
+		return true
+	case CompressionCompressing:
+		return true
+	case CompressionError:
+		return true
+	case CompressionNone:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotCompressionConfigAlgorithm.
+const (
+	Lz4  SnapshotCompressionConfigAlgorithm = "lz4"
+	Zstd SnapshotCompressionConfigAlgorithm = "zstd"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotCompressionConfigAlgorithm enum.
+func (e SnapshotCompressionConfigAlgorithm) Valid() bool {
+	switch e {
+	case Lz4:
+		return true
+	case Zstd:
 		return true
 	default:
 		return false
@@ -242,6 +567,27 @@ func (e SnapshotKind) Valid() bool {
 	case SnapshotKindStandby:
 		return true
 	case SnapshotKindStopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SnapshotTargetState.
+const (
+	SnapshotToRunning SnapshotTargetState = "Running"
+	SnapshotToStandby SnapshotTargetState = "Standby"
+	SnapshotToStopped SnapshotTargetState = "Stopped"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotTargetState enum.
+func (e SnapshotTargetState) Valid() bool {
+	switch e {
+	case SnapshotToRunning:
+		return true
+	case SnapshotToStandby:
+		return true
+	case SnapshotToStopped:
 		return true
 	default:
 		return false
@@ -269,121 +615,442 @@ func (e GetInstanceLogsParamsSource) Valid() bool {
 	}
 }
 
+// AttachVolumeRequest defines model for AttachVolumeRequest.
+type AttachVolumeRequest struct {
+	MountPath string `json:"mount_path"`
+	Readonly  *bool  `json:"readonly,omitempty"`
+}
+
+// AutoStandbyPolicy Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+type AutoStandbyPolicy struct {
+	Enabled                *bool     `json:"enabled,omitempty"`
+	IdleTimeout            *string   `json:"idle_timeout,omitempty"`
+	IgnoreDestinationPorts *[]int    `json:"ignore_destination_ports,omitempty"`
+	IgnoreSourceCidrs      *[]string `json:"ignore_source_cidrs,omitempty"`
+}
+
+// AutoStandbyStatus defines model for AutoStandbyStatus.
+type AutoStandbyStatus struct {
+	ActiveInboundConnections int                     `json:"active_inbound_connections"`
+	Configured               bool                    `json:"configured"`
+	CountdownRemaining       *string                 `json:"countdown_remaining,omitempty"`
+	Eligible                 bool                    `json:"eligible"`
+	Enabled                  bool                    `json:"enabled"`
+	HoldUntil                *time.Time              `json:"hold_until,omitempty"`
+	IdleSince                *time.Time              `json:"idle_since,omitempty"`
+	IdleTimeout              *string                 `json:"idle_timeout,omitempty"`
+	LastInboundActivityAt    *time.Time              `json:"last_inbound_activity_at,omitempty"`
+	NextStandbyAt            *time.Time              `json:"next_standby_at,omitempty"`
+	Reason                   AutoStandbyStatusReason `json:"reason"`
+	Status                   AutoStandbyStatusStatus `json:"status"`
+	Supported                bool                    `json:"supported"`
+	TrackingMode             string                  `json:"tracking_mode"`
+}
+
+// AutoStandbyStatusReason defines model for AutoStandbyStatus.Reason.
+type AutoStandbyStatusReason string
+
+// AutoStandbyStatusStatus defines model for AutoStandbyStatus.Status.
+type AutoStandbyStatusStatus string
+
+// AvailableDevice defines model for AvailableDevice.
+type AvailableDevice struct {
+	CurrentDriver *string `json:"current_driver,omitempty"`
+	DeviceId      string  `json:"device_id"`
+	DeviceName    *string `json:"device_name,omitempty"`
+	IommuGroup    int     `json:"iommu_group"`
+	PciAddress    string  `json:"pci_address"`
+	VendorId      string  `json:"vendor_id"`
+	VendorName    *string `json:"vendor_name,omitempty"`
+}
+
+// Build defines model for Build.
+type Build struct {
+	CompletedAt   *time.Time  `json:"completed_at,omitempty"`
+	CreatedAt     time.Time   `json:"created_at"`
+	DurationMs    *int64      `json:"duration_ms,omitempty"`
+	Error         *string     `json:"error,omitempty"`
+	Id            string      `json:"id"`
+	ImageDigest   *string     `json:"image_digest,omitempty"`
+	ImageRef      *string     `json:"image_ref,omitempty"`
+	QueuePosition *int        `json:"queue_position,omitempty"`
+	StartedAt     *time.Time  `json:"started_at,omitempty"`
+	Status        BuildStatus `json:"status"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// BuildStatus defines model for Build.Status.
+type BuildStatus string
+
+// Builder defines model for Builder.
+type Builder struct {
+	ActiveBuildId  *string       `json:"active_build_id,omitempty"`
+	CreatedAt      time.Time     `json:"created_at"`
+	DiskSizeGb     int           `json:"disk_size_gb"`
+	Id             string        `json:"id"`
+	LastUsedAt     *time.Time    `json:"last_used_at,omitempty"`
+	MaxConcurrency int           `json:"max_concurrency"`
+	Name           *string       `json:"name,omitempty"`
+	QueuedBuilds   []string      `json:"queued_builds"`
+	Status         BuilderStatus `json:"status"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// BuilderStatus defines model for Builder.Status.
+type BuilderStatus string
+
 // Capabilities defines model for Capabilities.
 type Capabilities struct {
-	// Accelerator CPU virtualization in use (kvm or tcg).
+	// Accelerator This server's addition. CPU virtualization in use (kvm or tcg).
 	//
 	// Example: tcg
 	Accelerator string `json:"accelerator"`
 
-	// AcceleratorReason Why this accelerator was chosen.
-	AcceleratorReason string `json:"accelerator_reason"`
+	// AcceleratorReason This server's addition. Why this accelerator was chosen.
+	AcceleratorReason string                     `json:"accelerator_reason"`
+	DefaultRuntime    CapabilitiesDefaultRuntime `json:"default_runtime"`
 
-	// Hypervisor Hypervisor new instances use.
+	// Features Server-level feature IDs this server exposes (instances, images, ingress, exec, logs, snapshots, ...).
+	Features   []string             `json:"features"`
+	Host       CapabilitiesHost     `json:"host"`
+	Images     CapabilitiesImages   `json:"images"`
+	Network    CapabilitiesNetwork  `json:"network"`
+	Networking NetworkingCapability `json:"networking"`
+
+	// Runtimes Every runtime hypeman knows, sorted by name, each with whether it can launch here.
+	Runtimes []CapabilitiesRuntime `json:"runtimes"`
+	Server   CapabilitiesServer    `json:"server"`
+}
+
+// CapabilitiesDefaultRuntime defines model for CapabilitiesDefaultRuntime.
+type CapabilitiesDefaultRuntime struct {
+	Available bool `json:"available"`
+
+	// Name Example: qemu-microvm
+	Name string `json:"name"`
+}
+
+// CapabilitiesHost defines model for CapabilitiesHost.
+type CapabilitiesHost struct {
+	// Arch Example: amd64
+	Arch string `json:"arch"`
+
+	// Os Example: linux
+	Os string `json:"os"`
+}
+
+// CapabilitiesImages defines model for CapabilitiesImages.
+type CapabilitiesImages struct {
+	// DefaultPlatform Example: linux/amd64
+	DefaultPlatform string `json:"default_platform"`
+
+	// Platforms Example: ["linux/amd64"]
+	Platforms []string `json:"platforms"`
+}
+
+// CapabilitiesNetwork defines model for CapabilitiesNetwork.
+type CapabilitiesNetwork struct {
+	// Gateway Example: 10.100.0.1
+	Gateway      *string `json:"gateway,omitempty"`
+	GuestToGuest bool    `json:"guest_to_guest"`
+
+	// Model bridge = a Linux bridge with a TAP per VM; nat = QEMU user-mode networking; none = no guest networking (this server's addition).
+	Model CapabilitiesNetworkModel `json:"model"`
+
+	// Subnet Example: 10.100.0.0/16
+	Subnet *string `json:"subnet,omitempty"`
+}
+
+// CapabilitiesNetworkModel bridge = a Linux bridge with a TAP per VM; nat = QEMU user-mode networking; none = no guest networking (this server's addition).
+type CapabilitiesNetworkModel string
+
+// CapabilitiesRuntime defines model for CapabilitiesRuntime.
+type CapabilitiesRuntime struct {
+	Available bool `json:"available"`
+
+	// Features snapshots, standby, fork, pause, disk-io-limit, hotplug-memory, balloon-control, ...
+	Features []string `json:"features"`
+	Name     string   `json:"name"`
+
+	// Reason This server's addition. Why the runtime is not available.
+	Reason *string `json:"reason,omitempty"`
+}
+
+// CapabilitiesServer defines model for CapabilitiesServer.
+type CapabilitiesServer struct {
+	// ApiVersion Example: 0.3.0
+	ApiVersion string `json:"api_version"`
+	Version    string `json:"version"`
+}
+
+// CreateBuilderRequest defines model for CreateBuilderRequest.
+type CreateBuilderRequest struct {
+	DiskSizeGb *int    `json:"disk_size_gb,omitempty"`
+	Id         *string `json:"id,omitempty"`
+	Name       *string `json:"name,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
 	//
-	// Example: qemu
-	Hypervisor string `json:"hypervisor"`
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
 
-	// Hypervisors Hypervisors this host can run.
-	Hypervisors []string             `json:"hypervisors"`
-	Networking  NetworkingCapability `json:"networking"`
-	Version     string               `json:"version"`
+// CreateDeviceRequest defines model for CreateDeviceRequest.
+type CreateDeviceRequest struct {
+	Name       *string `json:"name,omitempty"`
+	PciAddress string  `json:"pci_address"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
 
 // CreateImageRequest defines model for CreateImageRequest.
 type CreateImageRequest struct {
+	// Credentials Registry credentials borrowed for one pull (or push): kept in memory,
+	// never persisted or logged. Either username and password, or
+	// registry_token (a bearer token).
+	Credentials *PushCredentials `json:"credentials,omitempty"`
+
 	// Name Image reference to pull (e.g. alpine:3.20, ghcr.io/org/app@sha256:...).
 	Name string `json:"name"`
+
+	// Platform os/arch[/variant]; only the host's platform (linux/amd64) is accepted.
+	//
+	// Example: linux/amd64
+	Platform *string `json:"platform,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
 
 // CreateIngressRequest defines model for CreateIngressRequest.
 type CreateIngressRequest struct {
 	Name  string        `json:"name"`
 	Rules []IngressRule `json:"rules"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// CreateInstanceNetwork defines model for CreateInstanceNetwork.
+type CreateInstanceNetwork struct {
+	// BandwidthDownload Rate limit host → VM (e.g. 1Gbps, 125MB/s).
+	BandwidthDownload *string `json:"bandwidth_download,omitempty"`
+
+	// BandwidthUpload Rate limit VM → host (e.g. 1Gbps, 125MB/s).
+	BandwidthUpload *string `json:"bandwidth_upload,omitempty"`
+
+	// Egress Host-mediated egress; `enabled: true` is refused (400) on this server.
+	Egress *NetworkEgress `json:"egress,omitempty"`
+
+	// Enabled Give the instance a network interface (default true when the host has networking).
+	Enabled *bool `json:"enabled,omitempty"`
 }
 
 // CreateInstanceRequest defines model for CreateInstanceRequest.
 type CreateInstanceRequest struct {
+	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
+
 	// Cmd Replaces the image's cmd.
 	Cmd *[]string `json:"cmd,omitempty"`
+
+	// Credentials Egress credential brokering; refused (400) on this server, which has no mediated egress.
+	Credentials *map[string]map[string]interface{} `json:"credentials,omitempty"`
+
+	// Devices PCI devices to pass through; refused (400) unless empty (no PCI bus on microvm).
+	Devices *[]string `json:"devices,omitempty"`
+
+	// DiskIoBps Disk I/O rate limit of the instance's writable disks (e.g. 100MB/s; default unlimited).
+	DiskIoBps *string `json:"disk_io_bps,omitempty"`
 
 	// Entrypoint Replaces the image's entrypoint (and drops its cmd).
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
-	// HealthCheck A probe hypeman runs against a Running instance. http: GET
-	// http://<guest>:port/path must answer `expected_status`; tcp: a
-	// connection to <guest>:port must be accepted; exec: `command` (argv,
-	// no shell) run in the guest through the agent must exit 0.
-	// Durations are Go duration strings. Fields that do not apply to the
-	// type must be left out; absent ones take their defaults. In a
-	// request, an empty object `{}` means no check.
+	// ExpiresAt Absolute expiry; refused (400) until expiry is built.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Gpu       *GPUConfig `json:"gpu,omitempty"`
+
+	// HealthCheck A probe hypeman runs against a Running instance; health is reported
+	// in `health_status`, apart from the lifecycle state. Durations are Go
+	// duration strings; absent fields take their defaults. `type: none`
+	// (or an empty object) means no check.
 	//
 	//
-	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
-	Image       string       `json:"image"`
+
+	// HotplugSize Extra memory the guest may grow into at run time (default none).
+	// The VM is booted with size + hotplug_size and a virtio balloon
+	// holds hotplug_size back, so the guest starts with `size`.
+	HotplugSize *string `json:"hotplug_size,omitempty"`
+
+	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	Hypervisor *Hypervisor `json:"hypervisor,omitempty"`
+	Image      string      `json:"image"`
 
 	// Name Lowercase letters, digits and dashes; unique.
-	Name    string `json:"name"`
-	Network *struct {
-		// Enabled Give the instance a network interface (default true when the host has networking).
-		Enabled *bool `json:"enabled,omitempty"`
-	} `json:"network,omitempty"`
+	Name    string                 `json:"name"`
+	Network *CreateInstanceNetwork `json:"network,omitempty"`
 
 	// OverlaySize Writable disk size (default 10GB).
 	OverlaySize *string `json:"overlay_size,omitempty"`
 
+	// Platform os/arch[/variant]; only the host's platform (linux/amd64) is accepted.
+	Platform *string `json:"platform,omitempty"`
+
 	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 	// restart N of a series is `backoff` doubled N-1 times, capped at
-	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-	// delay. Omitted from an instance whose policy is never.
+	// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+	// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+	// policy is never.
 	//
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 
-	// Size Memory (default 1GB).
+	// Size Base memory (default 1GB).
 	//
 	// Example: 512MB
 	Size *string `json:"size,omitempty"`
 
-	// SkipGuestAgent Report Running without waiting for the guest agent.
-	SkipGuestAgent *bool              `json:"skip_guest_agent,omitempty"`
-	Tags           *map[string]string `json:"tags,omitempty"`
+	// SkipGuestAgent Report Running without waiting for the guest agent (exec, cp and stat then fail).
+	SkipGuestAgent *bool `json:"skip_guest_agent,omitempty"`
+
+	// SkipKernelHeaders Accepted for compatibility; this server never installs kernel headers in guests.
+	SkipKernelHeaders *bool           `json:"skip_kernel_headers,omitempty"`
+	SnapshotPolicy    *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+
+	// Ttl Lifetime before automatic deletion; refused (400) until expiry is built ("0s" is accepted).
+	Ttl *string `json:"ttl,omitempty"`
 
 	// Vcpus Virtual CPUs (default 2).
 	Vcpus *int `json:"vcpus,omitempty"`
+
+	// Volumes Volumes to attach; refused (400) unless empty until volumes are built.
+	Volumes *[]VolumeMount `json:"volumes,omitempty"`
+}
+
+// CreatePushRequest defines model for CreatePushRequest.
+type CreatePushRequest struct {
+	// Credentials Registry credentials borrowed for one pull (or push): kept in memory,
+	// never persisted or logged. Either username and password, or
+	// registry_token (a bearer token).
+	Credentials *PushCredentials `json:"credentials,omitempty"`
+	Image       string           `json:"image"`
+	Insecure    *bool            `json:"insecure,omitempty"`
+	Target      string           `json:"target"`
 }
 
 // CreateSnapshotRequest defines model for CreateSnapshotRequest.
 type CreateSnapshotRequest struct {
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+
 	// Kind Standby = memory and device state plus disks (the instance must be
 	// Running, Paused or Standby); Stopped = the writable disk only (the
-	// instance must be Stopped). Default: Standby for a live or standby
-	// instance, Stopped otherwise.
-	Kind *SnapshotKind `json:"kind,omitempty"`
+	// instance must be Stopped).
+	Kind SnapshotKind `json:"kind"`
 
 	// Name Unique snapshot name (default generated).
-	Name *string            `json:"name,omitempty"`
-	Tags *map[string]string `json:"tags,omitempty"`
+	Name *string `json:"name,omitempty"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// CreateVolumeRequest defines model for CreateVolumeRequest.
+type CreateVolumeRequest struct {
+	Id     *string `json:"id,omitempty"`
+	Name   string  `json:"name"`
+	SizeGb int     `json:"size_gb"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// Device defines model for Device.
+type Device struct {
+	AttachedTo  *string   `json:"attached_to,omitempty"`
+	BoundToVfio bool      `json:"bound_to_vfio"`
+	CreatedAt   time.Time `json:"created_at"`
+	DeviceId    string    `json:"device_id"`
+	Id          string    `json:"id"`
+	IommuGroup  int       `json:"iommu_group"`
+	Name        *string   `json:"name,omitempty"`
+	PciAddress  string    `json:"pci_address"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags     *Tags      `json:"tags,omitempty"`
+	Type     DeviceType `json:"type"`
+	VendorId string     `json:"vendor_id"`
+}
+
+// DeviceType defines model for Device.Type.
+type DeviceType string
+
+// DiskBreakdown defines model for DiskBreakdown.
+type DiskBreakdown struct {
+	ImagesBytes   *int64 `json:"images_bytes,omitempty"`
+	OciCacheBytes *int64 `json:"oci_cache_bytes,omitempty"`
+	OverlaysBytes *int64 `json:"overlays_bytes,omitempty"`
+	VolumesBytes  *int64 `json:"volumes_bytes,omitempty"`
 }
 
 // Error defines model for Error.
 type Error struct {
 	// Code Stable snake_case code: invalid_request, invalid_state,
-	// invalid_timeout, unauthorized, forbidden, not_found, conflict,
-	// image_not_ready, agent_unavailable, request_too_large,
-	// method_not_allowed, internal, bad_gateway, timeout, unavailable,
-	// not_implemented.
+	// invalid_timeout, invalid_platform, unsupported_platform,
+	// unsupported, unauthorized, forbidden, not_found, conflict,
+	// image_not_ready, agent_unavailable, instance_in_standby,
+	// request_too_large, method_not_allowed, internal, bad_gateway,
+	// timeout, unavailable, not_implemented.
 	//
 	//
 	// Example: not_found
 	Code string `json:"code"`
 
+	// Details Further errors (hypeman's shape; this server does not send it yet).
+	Details    *[]ErrorDetail `json:"details,omitempty"`
+	InnerError *ErrorDetail   `json:"inner_error,omitempty"`
+
 	// Message Example: instance not found: web
 	Message string `json:"message"`
+}
+
+// ErrorDetail defines model for ErrorDetail.
+type ErrorDetail struct {
+	Code    *string `json:"code,omitempty"`
+	Message *string `json:"message,omitempty"`
 }
 
 // ForkInstanceRequest defines model for ForkInstanceRequest.
@@ -394,8 +1061,7 @@ type ForkInstanceRequest struct {
 	// Name Name of the fork (unique).
 	Name string `json:"name"`
 
-	// TargetState The fork's state when the call returns. Default: Running, or Stopped
-	// when the source is Stopped.
+	// TargetState The fork's state when the call returns (default the source's state at fork time).
 	TargetState *ForkTargetState `json:"target_state,omitempty"`
 }
 
@@ -404,14 +1070,23 @@ type ForkSnapshotRequest struct {
 	// Name Name of the new instance (unique).
 	Name string `json:"name"`
 
-	// TargetState The fork's state when the call returns. Default: Running, or Stopped
-	// when the source is Stopped.
-	TargetState *ForkTargetState `json:"target_state,omitempty"`
+	// TargetHypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	TargetHypervisor *Hypervisor `json:"target_hypervisor,omitempty"`
+
+	// TargetState State after a snapshot restore or fork (default by kind - Running for Standby, Stopped for Stopped).
+	TargetState *SnapshotTargetState `json:"target_state,omitempty"`
 }
 
-// ForkTargetState The fork's state when the call returns. Default: Running, or Stopped
-// when the source is Stopped.
+// ForkTargetState The fork's state when the call returns (default the source's state at fork time).
 type ForkTargetState string
+
+// GPUConfig defines model for GPUConfig.
+type GPUConfig struct {
+	Profile *string `json:"profile,omitempty"`
+}
 
 // Health defines model for Health.
 type Health struct {
@@ -421,111 +1096,120 @@ type Health struct {
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
 
-// HealthCheck A probe hypeman runs against a Running instance. http: GET
-// http://<guest>:port/path must answer `expected_status`; tcp: a
-// connection to <guest>:port must be accepted; exec: `command` (argv,
-// no shell) run in the guest through the agent must exit 0.
-// Durations are Go duration strings. Fields that do not apply to the
-// type must be left out; absent ones take their defaults. In a
-// request, an empty object `{}` means no check.
+// HealthCheck A probe hypeman runs against a Running instance; health is reported
+// in `health_status`, apart from the lifecycle state. Durations are Go
+// duration strings; absent fields take their defaults. `type: none`
+// (or an empty object) means no check.
 //
-// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
 type HealthCheck struct {
-	// Command Argv of an exec check (no shell; use ["sh", "-c", "..."] for one).
-	Command *[]string `json:"command,omitempty"`
-
-	// ExpectedStatus Status an http check wants (default 200).
-	ExpectedStatus *int `json:"expected_status,omitempty"`
+	Exec *HealthCheckExec `json:"exec,omitempty"`
 
 	// FailureThreshold Consecutive failures that make the instance unhealthy (default 3).
-	FailureThreshold *int `json:"failure_threshold,omitempty"`
+	FailureThreshold *int             `json:"failure_threshold,omitempty"`
+	Http             *HealthCheckHTTP `json:"http,omitempty"`
 
 	// Interval Time between the end of one check and the start of the next, at least 1s (default 10s).
-	//
-	// Example: 10s
 	Interval *string `json:"interval,omitempty"`
 
-	// Path Request path for http (default /).
-	Path *string `json:"path,omitempty"`
-
-	// Port Guest port (http and tcp).
-	Port *int `json:"port,omitempty"`
-
-	// StartPeriod Grace period after boot in which failures are not counted; the
-	// first success ends it (default 30s).
-	//
-	//
-	// Example: 30s
+	// StartPeriod Grace period after boot in which failures do not count; the first success ends it (default 30s).
 	StartPeriod *string `json:"start_period,omitempty"`
 
 	// SuccessThreshold Consecutive successes that make it healthy (default 1).
-	SuccessThreshold *int `json:"success_threshold,omitempty"`
+	SuccessThreshold *int            `json:"success_threshold,omitempty"`
+	Tcp              *HealthCheckTCP `json:"tcp,omitempty"`
 
 	// Timeout Time one check may take, at most `interval` (default 2s).
-	//
-	// Example: 2s
 	Timeout *string          `json:"timeout,omitempty"`
 	Type    *HealthCheckType `json:"type,omitempty"`
 }
 
-// HealthCheckStatus defines model for HealthCheckStatus.
-type HealthCheckStatus struct {
-	ConsecutiveFailures  int        `json:"consecutive_failures"`
-	ConsecutiveSuccesses int        `json:"consecutive_successes"`
-	LastCheckAt          *time.Time `json:"last_check_at,omitempty"`
-
-	// LastError Why the last failed check failed (kept after later successes).
-	LastError     *string    `json:"last_error,omitempty"`
-	LastFailureAt *time.Time `json:"last_failure_at,omitempty"`
-	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
-
-	// Status disabled: no check. starting: running, no verdict yet. healthy /
-	// unhealthy: the thresholds were reached. unknown: a check is set but
-	// the instance is not Running.
-	Status HealthState `json:"status"`
-}
-
-// HealthCheckType defines model for HealthCheckType.
+// HealthCheckType defines model for HealthCheck.Type.
 type HealthCheckType string
 
-// HealthState disabled: no check. starting: running, no verdict yet. healthy /
-// unhealthy: the thresholds were reached. unknown: a check is set but
-// the instance is not Running.
-type HealthState string
+// HealthCheckExec defines model for HealthCheckExec.
+type HealthCheckExec struct {
+	// Command Argv run in the guest through the agent (no shell); must exit 0.
+	Command    []string `json:"command"`
+	WorkingDir *string  `json:"working_dir,omitempty"`
+}
+
+// HealthCheckHTTP defines model for HealthCheckHTTP.
+type HealthCheckHTTP struct {
+	// ExpectedStatus Exact status wanted (default 200).
+	ExpectedStatus *int `json:"expected_status,omitempty"`
+
+	// Path Request path (default /).
+	Path *string `json:"path,omitempty"`
+	Port int     `json:"port"`
+
+	// Scheme http (default) or https (the guest's certificate is not verified).
+	Scheme *HealthCheckHTTPScheme `json:"scheme,omitempty"`
+}
+
+// HealthCheckHTTPScheme http (default) or https (the guest's certificate is not verified).
+type HealthCheckHTTPScheme string
+
+// HealthCheckTCP defines model for HealthCheckTCP.
+type HealthCheckTCP struct {
+	Port int `json:"port"`
+}
+
+// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+// QEMU (the instance then reports `qemu-microvm`). The others are
+// refused with 400.
+type Hypervisor string
 
 // Image defines model for Image.
 type Image struct {
 	Cmd       *[]string `json:"cmd,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 
-	// Digest Manifest digest, once resolved.
-	Digest     *string            `json:"digest,omitempty"`
+	// Digest Manifest digest ("" until the pull resolved it).
+	Digest     string             `json:"digest"`
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
 	// Error Why the pull or conversion failed.
 	Error *string `json:"error,omitempty"`
 
-	// ErrorKind Stable code for the failure: invalid_reference,
-	// registry_unreachable, not_found_upstream, unauthorized,
-	// registry_error, digest_mismatch, no_matching_platform,
-	// corrupt_layer, convert_failed, interrupted, canceled.
+	// ErrorKind This server's addition. Stable code for the failure:
+	// invalid_reference, registry_unreachable, not_found_upstream,
+	// unauthorized, registry_error, digest_mismatch,
+	// no_matching_platform, corrupt_layer, convert_failed,
+	// interrupted, canceled.
 	ErrorKind *string `json:"error_kind,omitempty"`
 
 	// Name Normalized reference (e.g. docker.io/library/alpine:latest).
 	Name string `json:"name"`
 
-	// Progress Compressed layer bytes read so far (meaningful while pulling).
+	// Platform Platform of the image as os/arch[/variant].
+	//
+	// Example: linux/amd64
+	Platform *string `json:"platform,omitempty"`
+
+	// Progress This server's addition. Compressed layer bytes read so far (meaningful while pulling).
 	Progress *ImageProgress `json:"progress,omitempty"`
 
-	// SizeBytes Size of the converted root disk.
-	SizeBytes  *int64      `json:"size_bytes,omitempty"`
-	Status     ImageStatus `json:"status"`
-	UpdatedAt  *time.Time  `json:"updated_at,omitempty"`
-	WorkingDir *string     `json:"working_dir,omitempty"`
+	// QueuePosition Always null here (pulls are not queued behind each other).
+	QueuePosition *int `json:"queue_position,omitempty"`
+
+	// SizeBytes Size of the converted root disk (null until ready).
+	SizeBytes *int64      `json:"size_bytes,omitempty"`
+	Status    ImageStatus `json:"status"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
+
+	// UpdatedAt This server's addition.
+	UpdatedAt  *time.Time `json:"updated_at,omitempty"`
+	WorkingDir *string    `json:"working_dir,omitempty"`
 }
 
-// ImageProgress Compressed layer bytes read so far (meaningful while pulling).
+// ImageProgress This server's addition. Compressed layer bytes read so far (meaningful while pulling).
 type ImageProgress struct {
 	BytesDone   int64 `json:"bytes_done"`
 	BytesTotal  int64 `json:"bytes_total"`
@@ -542,11 +1226,19 @@ type Ingress struct {
 	Id        string        `json:"id"`
 	Name      string        `json:"name"`
 	Rules     []IngressRule `json:"rules"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
 
 // IngressMatch defines model for IngressMatch.
 type IngressMatch struct {
-	// Hostname Host header to match (any host when empty; `*.example.com` matches one label).
+	// Hostname Host header to match: a literal name, `*.example.com` (one label),
+	// or a pattern with one capture such as `{instance}.example.com`.
+	// Any host when empty.
+	//
 	//
 	// Example: app.example.com
 	Hostname *string `json:"hostname,omitempty"`
@@ -555,118 +1247,300 @@ type IngressMatch struct {
 	Port *int `json:"port,omitempty"`
 }
 
+// IngressRequestHeaderAuth defines model for IngressRequestHeaderAuth.
+type IngressRequestHeaderAuth struct {
+	// Header A dedicated header (not Authorization, Cookie, Host, hop-by-hop or proxy headers).
+	Header string `json:"header"`
+	Value  string `json:"value"`
+}
+
 // IngressRule defines model for IngressRule.
 type IngressRule struct {
-	Match  IngressMatch  `json:"match"`
-	Target IngressTarget `json:"target"`
+	Match IngressMatch `json:"match"`
+
+	// RedirectHttp Only meaningful with tls; refused (400) when true.
+	RedirectHttp      *bool                     `json:"redirect_http,omitempty"`
+	RequestHeaderAuth *IngressRequestHeaderAuth `json:"request_header_auth,omitempty"`
+	Target            IngressTarget             `json:"target"`
+
+	// Tls TLS termination through ACME; refused (400) on this server.
+	Tls *bool `json:"tls,omitempty"`
 }
 
 // IngressTarget defines model for IngressTarget.
 type IngressTarget struct {
-	// Instance Instance name or ID (resolved per request).
+	// Instance Instance name or ID (resolved per request), or the hostname's capture (`{instance}`).
 	Instance string `json:"instance"`
 	Port     int    `json:"port"`
 }
 
 // Instance defines model for Instance.
 type Instance struct {
-	Cmd        *[]string          `json:"cmd,omitempty"`
-	CreatedAt  time.Time          `json:"created_at"`
+	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
+
+	// Cmd This server's addition. The cmd override, if any.
+	Cmd       *[]string `json:"cmd,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+
+	// CurrentPhase The lifecycle phase now (the state lowercased).
+	//
+	// Example: running
+	CurrentPhase string `json:"current_phase"`
+
+	// CurrentPhaseSince When the instance entered current_phase.
+	CurrentPhaseSince time.Time `json:"current_phase_since"`
+
+	// DiskIoBps Disk I/O rate limit in force (absent when unlimited).
+	//
+	// Example: 100MB/s
+	DiskIoBps *string `json:"disk_io_bps,omitempty"`
+
+	// Entrypoint This server's addition. The entrypoint override, if any.
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
 	// ExitCode Exit code of the program's last run (null when unknown).
-	ExitCode    *int    `json:"exit_code"`
-	ExitMessage *string `json:"exit_message"`
-	HasSnapshot bool    `json:"has_snapshot"`
+	ExitCode *int `json:"exit_code"`
 
-	// HealthCheck A probe hypeman runs against a Running instance. http: GET
-	// http://<guest>:port/path must answer `expected_status`; tcp: a
-	// connection to <guest>:port must be accepted; exec: `command` (argv,
-	// no shell) run in the guest through the agent must exit 0.
-	// Durations are Go duration strings. Fields that do not apply to the
-	// type must be left out; absent ones take their defaults. In a
-	// request, an empty object `{}` means no check.
+	// ExitMessage How the last run ended ("exited with code 3", "killed by signal 9 (SIGKILL)", ...).
+	ExitMessage *string `json:"exit_message,omitempty"`
+
+	// ExpiresAt When the instance is deleted automatically; always null here (no expiry yet).
+	ExpiresAt   *time.Time   `json:"expires_at"`
+	Gpu         *InstanceGPU `json:"gpu,omitempty"`
+	HasSnapshot bool         `json:"has_snapshot"`
+
+	// HealthCheck A probe hypeman runs against a Running instance; health is reported
+	// in `health_status`, apart from the lifecycle state. Durations are Go
+	// duration strings; absent fields take their defaults. `type: none`
+	// (or an empty object) means no check.
 	//
 	//
-	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
-	HealthCheck  *HealthCheck       `json:"health_check,omitempty"`
-	HealthStatus *HealthCheckStatus `json:"health_status,omitempty"`
-	Hypervisor   string             `json:"hypervisor"`
-	Id           string             `json:"id"`
-	Image        string             `json:"image"`
+	// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	HealthCheck  *HealthCheck          `json:"health_check,omitempty"`
+	HealthStatus *InstanceHealthStatus `json:"health_status,omitempty"`
 
-	// ImageDigest Digest of the image the instance last booted.
-	ImageDigest *string `json:"image_digest,omitempty"`
-	Name        string  `json:"name"`
+	// HotplugSize Extra memory the guest can grow into at run time (absent when none).
+	HotplugSize *string `json:"hotplug_size,omitempty"`
 
-	// Network The instance's network (null when the server does not report it).
-	Network *InstanceNetwork `json:"network,omitempty"`
+	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	Hypervisor Hypervisor `json:"hypervisor"`
+	Id         string     `json:"id"`
+	Image      string     `json:"image"`
+
+	// ImageDigest This server's addition. Digest of the image the instance last booted.
+	ImageDigest *string          `json:"image_digest,omitempty"`
+	Name        string           `json:"name"`
+	Network     *InstanceNetwork `json:"network,omitempty"`
 
 	// OverlaySize Size of the writable disk layer (e.g. 10GB).
 	OverlaySize string `json:"overlay_size"`
 
+	// PhaseDurationsMs Cumulative milliseconds spent in each lifecycle phase (the state
+	// lowercased: created, initializing, running, paused, shutdown,
+	// stopped, standby), including the current phase up to now.
+	PhaseDurationsMs map[string]int64 `json:"phase_durations_ms"`
+
+	// Platform Platform of the image (os/arch).
+	//
+	// Example: linux/amd64
+	Platform *string `json:"platform,omitempty"`
+
 	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 	// restart N of a series is `backoff` doubled N-1 times, capped at
-	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-	// delay. Omitted from an instance whose policy is never.
+	// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+	// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+	// policy is never.
 	//
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
 
-	// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
-	// empty). A Stopped instance with `next_attempt_at` set and no
-	// `blocked_reason` has a restart pending.
+	// RestartStatus Restart bookkeeping (omitted while empty). A Stopped instance with
+	// `next_attempt_at` set and no `blocked_reason` has a restart pending.
 	RestartStatus *RestartStatus `json:"restart_status,omitempty"`
 
-	// Size Memory size (e.g. 1GB).
-	Size      string        `json:"size"`
-	StartedAt *time.Time    `json:"started_at"`
-	State     InstanceState `json:"state"`
+	// Size Base memory (e.g. 1GB).
+	Size           string          `json:"size"`
+	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+	StartedAt      *time.Time      `json:"started_at"`
 
-	// StateError Why the state is Unknown.
-	StateError *string            `json:"state_error"`
-	StoppedAt  *time.Time         `json:"stopped_at"`
-	Tags       *map[string]string `json:"tags,omitempty"`
-	Vcpus      int                `json:"vcpus"`
+	// State Created: VMM created, not started. Initializing: the VM runs, the
+	// guest init is still preparing the program. Running: the program has
+	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+	// memory snapshot to restore. Unknown: the state could not be
+	// determined (see state_error).
+	State InstanceState `json:"state"`
+
+	// StateError Why the state is Unknown (or why a Paused VM stopped by itself).
+	StateError *string    `json:"state_error"`
+	StoppedAt  *time.Time `json:"stopped_at"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags    *Tags          `json:"tags,omitempty"`
+	Vcpus   int            `json:"vcpus"`
+	Volumes *[]VolumeMount `json:"volumes,omitempty"`
 }
 
-// InstanceNetwork The instance's network (null when the server does not report it).
-type InstanceNetwork struct {
-	Enabled bool `json:"enabled"`
+// InstanceGPU defines model for InstanceGPU.
+type InstanceGPU struct {
+	MdevUuid *string `json:"mdev_uuid,omitempty"`
+	Profile  *string `json:"profile,omitempty"`
+}
 
-	// Ip Guest IPv4 address (empty in user-mode networking or when disabled).
+// InstanceHealthStatus defines model for InstanceHealthStatus.
+type InstanceHealthStatus struct {
+	ConsecutiveFailures  int        `json:"consecutive_failures"`
+	ConsecutiveSuccesses int        `json:"consecutive_successes"`
+	LastCheckedAt        *time.Time `json:"last_checked_at,omitempty"`
+
+	// LastError Why the last failed check failed (kept after later successes).
+	LastError     *string    `json:"last_error,omitempty"`
+	LastFailureAt *time.Time `json:"last_failure_at,omitempty"`
+	LastSuccessAt *time.Time `json:"last_success_at,omitempty"`
+
+	// Status disabled: no check. starting: running, no verdict yet. healthy /
+	// unhealthy: the thresholds were reached. unknown: a check is set
+	// but the instance is not Running.
+	Status InstanceHealthStatusStatus `json:"status"`
+}
+
+// InstanceHealthStatusStatus disabled: no check. starting: running, no verdict yet. healthy /
+// unhealthy: the thresholds were reached. unknown: a check is set
+// but the instance is not Running.
+type InstanceHealthStatusStatus string
+
+// InstanceNetwork defines model for InstanceNetwork.
+type InstanceNetwork struct {
+	// BandwidthDownload Download (host → VM) rate limit in force.
+	BandwidthDownload *string `json:"bandwidth_download,omitempty"`
+
+	// BandwidthUpload Upload (VM → host) rate limit in force.
+	BandwidthUpload *string `json:"bandwidth_upload,omitempty"`
+	Enabled         bool    `json:"enabled"`
+
+	// Ip Guest IPv4 address (null without an address, e.g. in user-mode networking).
 	//
 	// Example: 10.100.0.12
 	Ip *string `json:"ip,omitempty"`
 
 	// Mac Example: 02:00:0a:64:00:0c
 	Mac *string `json:"mac,omitempty"`
+
+	// Name Network name ("default" when enabled).
+	Name *string `json:"name,omitempty"`
 }
 
-// InstanceState defines model for InstanceState.
+// InstanceState Created: VMM created, not started. Initializing: the VM runs, the
+// guest init is still preparing the program. Running: the program has
+// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+// memory snapshot to restore. Unknown: the state could not be
+// determined (see state_error).
 type InstanceState string
 
 // InstanceStats defines model for InstanceStats.
 type InstanceStats struct {
-	// CpuSeconds CPU time the VMM consumed (all vCPUs).
-	CpuSeconds float64 `json:"cpu_seconds"`
-	InstanceId string  `json:"instance_id"`
+	// AllocatedMemoryBytes size + hotplug_size.
+	AllocatedMemoryBytes int64 `json:"allocated_memory_bytes"`
+	AllocatedVcpus       int   `json:"allocated_vcpus"`
 
-	// MemoryBytes Configured guest memory.
-	MemoryBytes           int64 `json:"memory_bytes"`
-	OverlayAllocatedBytes int64 `json:"overlay_allocated_bytes"`
-	OverlaySizeBytes      int64 `json:"overlay_size_bytes"`
+	// CpuSeconds CPU time the VMM process consumed (all vCPUs and QEMU's own threads).
+	CpuSeconds   float64 `json:"cpu_seconds"`
+	InstanceId   string  `json:"instance_id"`
+	InstanceName string  `json:"instance_name"`
 
-	// Pid VMM process id while it runs.
-	Pid           *int    `json:"pid,omitempty"`
-	RssBytes      int64   `json:"rss_bytes"`
-	Running       bool    `json:"running"`
-	UptimeSeconds float64 `json:"uptime_seconds"`
-	Vcpus         int     `json:"vcpus"`
+	// MemoryRssBytes Resident memory of the VMM process.
+	MemoryRssBytes int64 `json:"memory_rss_bytes"`
+
+	// MemoryUtilizationRatio memory_rss_bytes / allocated_memory_bytes (absent when nothing is allocated).
+	MemoryUtilizationRatio *float64 `json:"memory_utilization_ratio,omitempty"`
+
+	// MemoryVmsBytes Virtual memory size of the VMM process.
+	MemoryVmsBytes int64 `json:"memory_vms_bytes"`
+
+	// NetworkRxBytes Bytes the VM received (the TAP device's transmit counter; 0 without a TAP).
+	NetworkRxBytes int64 `json:"network_rx_bytes"`
+
+	// NetworkTxBytes Bytes the VM sent (the TAP device's receive counter; 0 without a TAP).
+	NetworkTxBytes int64 `json:"network_tx_bytes"`
+
+	// OverlayAllocatedBytes This server's addition. Disk space the writable layer really uses.
+	OverlayAllocatedBytes *int64 `json:"overlay_allocated_bytes,omitempty"`
+
+	// OverlaySizeBytes This server's addition.
+	OverlaySizeBytes *int64 `json:"overlay_size_bytes,omitempty"`
+
+	// Pid This server's addition. VMM process id while it runs.
+	Pid *int `json:"pid,omitempty"`
+
+	// Running This server's addition. Whether a VMM process runs.
+	Running *bool `json:"running,omitempty"`
+
+	// UptimeSeconds This server's addition. Time since the VM started (0 when not running).
+	UptimeSeconds *float64 `json:"uptime_seconds,omitempty"`
 }
+
+// MemoryReclaimAction defines model for MemoryReclaimAction.
+type MemoryReclaimAction struct {
+	AppliedReclaimBytes int64   `json:"applied_reclaim_bytes"`
+	AssignedMemoryBytes int64   `json:"assigned_memory_bytes"`
+	Error               *string `json:"error,omitempty"`
+
+	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	Hypervisor                     Hypervisor `json:"hypervisor"`
+	InstanceId                     string     `json:"instance_id"`
+	InstanceName                   string     `json:"instance_name"`
+	PlannedTargetGuestMemoryBytes  int64      `json:"planned_target_guest_memory_bytes"`
+	PreviousTargetGuestMemoryBytes int64      `json:"previous_target_guest_memory_bytes"`
+	ProtectedFloorBytes            int64      `json:"protected_floor_bytes"`
+	Status                         string     `json:"status"`
+	TargetGuestMemoryBytes         int64      `json:"target_guest_memory_bytes"`
+}
+
+// MemoryReclaimRequest defines model for MemoryReclaimRequest.
+type MemoryReclaimRequest struct {
+	DryRun       *bool   `json:"dry_run,omitempty"`
+	HoldFor      *string `json:"hold_for,omitempty"`
+	Reason       *string `json:"reason,omitempty"`
+	ReclaimBytes int64   `json:"reclaim_bytes"`
+}
+
+// MemoryReclaimResponse defines model for MemoryReclaimResponse.
+type MemoryReclaimResponse struct {
+	Actions               []MemoryReclaimAction                  `json:"actions"`
+	AppliedReclaimBytes   int64                                  `json:"applied_reclaim_bytes"`
+	HoldUntil             *time.Time                             `json:"hold_until,omitempty"`
+	HostAvailableBytes    int64                                  `json:"host_available_bytes"`
+	HostPressureState     MemoryReclaimResponseHostPressureState `json:"host_pressure_state"`
+	PlannedReclaimBytes   int64                                  `json:"planned_reclaim_bytes"`
+	RequestedReclaimBytes int64                                  `json:"requested_reclaim_bytes"`
+}
+
+// MemoryReclaimResponseHostPressureState defines model for MemoryReclaimResponse.HostPressureState.
+type MemoryReclaimResponseHostPressureState string
+
+// NetworkEgress Host-mediated egress; `enabled: true` is refused (400) on this server.
+type NetworkEgress struct {
+	Enabled     *bool `json:"enabled,omitempty"`
+	Enforcement *struct {
+		Mode *NetworkEgressEnforcementMode `json:"mode,omitempty"`
+	} `json:"enforcement,omitempty"`
+}
+
+// NetworkEgressEnforcementMode defines model for NetworkEgress.Enforcement.Mode.
+type NetworkEgressEnforcementMode string
 
 // NetworkingCapability defines model for NetworkingCapability.
 type NetworkingCapability struct {
@@ -692,131 +1566,343 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
-// RestartBlockedReason defines model for RestartBlockedReason.
-type RestartBlockedReason string
+// Push defines model for Push.
+type Push struct {
+	Bytes         *int64     `json:"bytes,omitempty"`
+	CompletedAt   *time.Time `json:"completed_at,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	Digest        string     `json:"digest"`
+	Error         *string    `json:"error,omitempty"`
+	Id            string     `json:"id"`
+	Image         string     `json:"image"`
+	Layers        *int       `json:"layers,omitempty"`
+	QueuePosition *int       `json:"queue_position,omitempty"`
+	Status        PushStatus `json:"status"`
+	Target        string     `json:"target"`
+}
+
+// PushStatus defines model for Push.Status.
+type PushStatus string
+
+// PushCredentials Registry credentials borrowed for one pull (or push): kept in memory,
+// never persisted or logged. Either username and password, or
+// registry_token (a bearer token).
+type PushCredentials struct {
+	Password      *string `json:"password,omitempty"`
+	RegistryToken *string `json:"registry_token,omitempty"`
+	Username      *string `json:"username,omitempty"`
+}
+
+// ResourceAllocation defines model for ResourceAllocation.
+type ResourceAllocation struct {
+	Cpu                *int    `json:"cpu,omitempty"`
+	DiskBytes          *int64  `json:"disk_bytes,omitempty"`
+	DiskIoBps          *int64  `json:"disk_io_bps,omitempty"`
+	InstanceId         *string `json:"instance_id,omitempty"`
+	InstanceName       *string `json:"instance_name,omitempty"`
+	MemoryBytes        *int64  `json:"memory_bytes,omitempty"`
+	NetworkDownloadBps *int64  `json:"network_download_bps,omitempty"`
+	NetworkUploadBps   *int64  `json:"network_upload_bps,omitempty"`
+}
+
+// ResourceStatus defines model for ResourceStatus.
+type ResourceStatus struct {
+	Allocated      int64   `json:"allocated"`
+	Available      int64   `json:"available"`
+	Capacity       int64   `json:"capacity"`
+	EffectiveLimit int64   `json:"effective_limit"`
+	OversubRatio   float64 `json:"oversub_ratio"`
+	Source         *string `json:"source,omitempty"`
+	Type           string  `json:"type"`
+}
+
+// Resources defines model for Resources.
+type Resources struct {
+	Allocations   []ResourceAllocation `json:"allocations"`
+	Cpu           ResourceStatus       `json:"cpu"`
+	Disk          ResourceStatus       `json:"disk"`
+	DiskBreakdown *DiskBreakdown       `json:"disk_breakdown,omitempty"`
+	DiskIo        *ResourceStatus      `json:"disk_io,omitempty"`
+	Memory        ResourceStatus       `json:"memory"`
+	Network       ResourceStatus       `json:"network"`
+}
 
 // RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 // Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 // restart N of a series is `backoff` doubled N-1 times, capped at
-// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-// delay. Omitted from an instance whose policy is never.
+// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+// policy is never.
 //
 // Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 type RestartPolicy struct {
 	// Backoff Delay before the first restart of a series (default 5s).
-	//
-	// Example: 5s
 	Backoff *string `json:"backoff,omitempty"`
 
-	// MaxAttempts Consecutive restarts allowed before the instance is blocked with
-	// max_attempts_exceeded (default 0 = unlimited).
+	// MaxAttempts Consecutive restarts allowed before max_attempts_exceeded (default 0 = unlimited).
 	MaxAttempts *int `json:"max_attempts,omitempty"`
 
 	// MaxBackoff Cap of the doubling delay, at least `backoff` (default 5m).
-	//
-	// Example: 5m
 	MaxBackoff *string `json:"max_backoff,omitempty"`
 
-	// Policy never: no restarts (the default). on_failure: after a non-zero exit,
+	// Policy never (default): no restarts. on_failure: after a non-zero exit,
 	// a kill, a VM crash, a failed launch or a failed health check.
 	// always: after any exit, including exit code 0. A stop or delete
 	// through the API is never undone.
-	Policy RestartPolicyKind `json:"policy"`
+	Policy *RestartPolicyPolicy `json:"policy,omitempty"`
 
 	// StableAfter A run that lasts this long resets the count of attempts (default 10m).
-	//
-	// Example: 10m
 	StableAfter *string `json:"stable_after,omitempty"`
 }
 
-// RestartPolicyKind never: no restarts (the default). on_failure: after a non-zero exit,
+// RestartPolicyPolicy never (default): no restarts. on_failure: after a non-zero exit,
 // a kill, a VM crash, a failed launch or a failed health check.
 // always: after any exit, including exit code 0. A stop or delete
 // through the API is never undone.
-type RestartPolicyKind string
+type RestartPolicyPolicy string
 
-// RestartReason defines model for RestartReason.
-type RestartReason string
-
-// RestartStatus Restart bookkeeping, persisted with the instance (omitted while
-// empty). A Stopped instance with `next_attempt_at` set and no
-// `blocked_reason` has a restart pending.
+// RestartStatus Restart bookkeeping (omitted while empty). A Stopped instance with
+// `next_attempt_at` set and no `blocked_reason` has a restart pending.
 type RestartStatus struct {
-	// Attempts Consecutive restarts in the current series.
-	Attempts      *int                  `json:"attempts,omitempty"`
-	BlockedReason *RestartBlockedReason `json:"blocked_reason,omitempty"`
-	LastAttemptAt *time.Time            `json:"last_attempt_at,omitempty"`
-	LastReason    *RestartReason        `json:"last_reason,omitempty"`
+	Attempts      *int                        `json:"attempts,omitempty"`
+	BlockedReason *RestartStatusBlockedReason `json:"blocked_reason,omitempty"`
+	LastAttemptAt *time.Time                  `json:"last_attempt_at,omitempty"`
 
-	// NextAttemptAt When the pending restart is due.
-	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+	// LastReason health_check_failed (hypeman's), or this server's exit_code and vm_crashed.
+	LastReason    *RestartStatusLastReason `json:"last_reason,omitempty"`
+	NextAttemptAt *time.Time               `json:"next_attempt_at,omitempty"`
+}
+
+// RestartStatusBlockedReason defines model for RestartStatus.BlockedReason.
+type RestartStatusBlockedReason string
+
+// RestartStatusLastReason health_check_failed (hypeman's), or this server's exit_code and vm_crashed.
+type RestartStatusLastReason string
+
+// RestoreSnapshotRequest defines model for RestoreSnapshotRequest.
+type RestoreSnapshotRequest struct {
+	// TargetHypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	TargetHypervisor *Hypervisor `json:"target_hypervisor,omitempty"`
+
+	// TargetState State after a snapshot restore or fork (default by kind - Running for Standby, Stopped for Stopped).
+	TargetState *SnapshotTargetState `json:"target_state,omitempty"`
+}
+
+// SetSnapshotScheduleRequest defines model for SetSnapshotScheduleRequest.
+type SetSnapshotScheduleRequest struct {
+	Interval string `json:"interval"`
+
+	// Metadata User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Metadata   *Tags                     `json:"metadata,omitempty"`
+	NamePrefix *string                   `json:"name_prefix,omitempty"`
+	Retention  SnapshotScheduleRetention `json:"retention"`
 }
 
 // Snapshot defines model for Snapshot.
 type Snapshot struct {
-	// Compressed The memory state is zstd-compressed.
-	Compressed  bool      `json:"compressed"`
-	CreatedAt   time.Time `json:"created_at"`
-	Id          string    `json:"id"`
-	Image       string    `json:"image"`
-	ImageDigest *string   `json:"image_digest,omitempty"`
+	CompressedSizeBytes *int64                     `json:"compressed_size_bytes,omitempty"`
+	Compression         *SnapshotCompressionConfig `json:"compression,omitempty"`
+	CompressionError    *string                    `json:"compression_error,omitempty"`
+	CompressionState    *SnapshotCompressionState  `json:"compression_state,omitempty"`
+	CreatedAt           time.Time                  `json:"created_at"`
+	Id                  string                     `json:"id"`
+
+	// Image This server's addition. The source instance's image.
+	Image *string `json:"image,omitempty"`
+
+	// ImageDigest This server's addition.
+	ImageDigest *string `json:"image_digest,omitempty"`
 
 	// Kind Standby = memory and device state plus disks (the instance must be
 	// Running, Paused or Standby); Stopped = the writable disk only (the
-	// instance must be Stopped). Default: Standby for a live or standby
-	// instance, Stopped otherwise.
+	// instance must be Stopped).
 	Kind SnapshotKind `json:"kind"`
 
-	// MemoryBytes Guest memory size of the source instance.
-	MemoryBytes int64  `json:"memory_bytes"`
-	Name        string `json:"name"`
+	// MemoryBytes This server's addition. Guest memory size of the source instance.
+	MemoryBytes *int64  `json:"memory_bytes,omitempty"`
+	Name        *string `json:"name"`
 
 	// SizeBytes Disk space the snapshot uses.
-	SizeBytes          int64              `json:"size_bytes"`
-	SourceInstanceId   string             `json:"source_instance_id"`
-	SourceInstanceName string             `json:"source_instance_name"`
-	Tags               *map[string]string `json:"tags,omitempty"`
+	SizeBytes int64 `json:"size_bytes"`
+
+	// SourceHypervisor A hypervisor backend. This server runs QEMU's microvm board
+	// (`qemu-microvm`); a create may also name `qemu`, which runs the same
+	// QEMU (the instance then reports `qemu-microvm`). The others are
+	// refused with 400.
+	SourceHypervisor   Hypervisor `json:"source_hypervisor"`
+	SourceInstanceId   string     `json:"source_instance_id"`
+	SourceInstanceName string     `json:"source_instance_name"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags                  *Tags  `json:"tags,omitempty"`
+	UncompressedSizeBytes *int64 `json:"uncompressed_size_bytes,omitempty"`
 }
+
+// SnapshotCompressionState defines model for Snapshot.CompressionState.
+type SnapshotCompressionState string
+
+// SnapshotCompressionConfig defines model for SnapshotCompressionConfig.
+type SnapshotCompressionConfig struct {
+	// Algorithm Default zstd when enabled; ignored when disabled.
+	Algorithm *SnapshotCompressionConfigAlgorithm `json:"algorithm,omitempty"`
+	Enabled   bool                                `json:"enabled"`
+
+	// Level zstd 1-19 (default 1), lz4 0-9 (default 0).
+	Level *int `json:"level,omitempty"`
+}
+
+// SnapshotCompressionConfigAlgorithm Default zstd when enabled; ignored when disabled.
+type SnapshotCompressionConfigAlgorithm string
 
 // SnapshotKind Standby = memory and device state plus disks (the instance must be
 // Running, Paused or Standby); Stopped = the writable disk only (the
-// instance must be Stopped). Default: Standby for a live or standby
-// instance, Stopped otherwise.
+// instance must be Stopped).
 type SnapshotKind string
 
-// UpdateInstanceRequest PATCH /instances/{id}. A field left out is unchanged; a field present
-// replaces the setting. `health_check: {}` removes the check.
+// SnapshotPolicy defines model for SnapshotPolicy.
+type SnapshotPolicy struct {
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+
+	// StandbyCompressionDelay This server compresses while saving; only "0s" (or absent) is accepted.
+	StandbyCompressionDelay *string `json:"standby_compression_delay,omitempty"`
+}
+
+// SnapshotSchedule defines model for SnapshotSchedule.
+type SnapshotSchedule struct {
+	CreatedAt      time.Time  `json:"created_at"`
+	InstanceId     string     `json:"instance_id"`
+	Interval       string     `json:"interval"`
+	LastError      *string    `json:"last_error,omitempty"`
+	LastRunAt      *time.Time `json:"last_run_at,omitempty"`
+	LastSnapshotId *string    `json:"last_snapshot_id,omitempty"`
+
+	// Metadata User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Metadata   *Tags                     `json:"metadata,omitempty"`
+	NamePrefix *string                   `json:"name_prefix,omitempty"`
+	NextRunAt  time.Time                 `json:"next_run_at"`
+	Retention  SnapshotScheduleRetention `json:"retention"`
+	UpdatedAt  time.Time                 `json:"updated_at"`
+}
+
+// SnapshotScheduleRetention defines model for SnapshotScheduleRetention.
+type SnapshotScheduleRetention struct {
+	MaxAge   *string `json:"max_age,omitempty"`
+	MaxCount *int    `json:"max_count,omitempty"`
+}
+
+// SnapshotTargetState State after a snapshot restore or fork (default by kind - Running for Standby, Stopped for Stopped).
+type SnapshotTargetState string
+
+// StandbyInstanceRequest defines model for StandbyInstanceRequest.
+type StandbyInstanceRequest struct {
+	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
+
+	// CompressionDelay Delay before compressing; this server compresses while saving, so only "0s" (or absent) is accepted.
+	CompressionDelay *string `json:"compression_delay,omitempty"`
+}
+
+// StartInstanceRequest defines model for StartInstanceRequest.
+type StartInstanceRequest struct {
+	Cmd        *[]string `json:"cmd,omitempty"`
+	Entrypoint *[]string `json:"entrypoint,omitempty"`
+}
+
+// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+//
+// Example: {"env":"staging","team":"backend"}
+type Tags map[string]string
+
+// UpdateInstanceRequest defines model for UpdateInstanceRequest.
 type UpdateInstanceRequest struct {
-	// HealthCheck A probe hypeman runs against a Running instance. http: GET
-	// http://<guest>:port/path must answer `expected_status`; tcp: a
-	// connection to <guest>:port must be accepted; exec: `command` (argv,
-	// no shell) run in the guest through the agent must exit 0.
-	// Durations are Go duration strings. Fields that do not apply to the
-	// type must be left out; absent ones take their defaults. In a
-	// request, an empty object `{}` means no check.
+	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
+	Env         *map[string]string `json:"env,omitempty"`
+	ExpiresAt   *time.Time         `json:"expires_at,omitempty"`
+
+	// HealthCheck A probe hypeman runs against a Running instance; health is reported
+	// in `health_status`, apart from the lifecycle state. Durations are Go
+	// duration strings; absent fields take their defaults. `type: none`
+	// (or an empty object) means no check.
 	//
 	//
-	// Example: {"expected_status":200,"failure_threshold":3,"interval":"10s","path":"/healthz","port":8080,"start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
+	// Example: {"failure_threshold":3,"http":{"path":"/healthz","port":8080},"interval":"10s","start_period":"30s","success_threshold":1,"timeout":"2s","type":"http"}
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
 
 	// RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
 	// Go duration strings (`500ms`, `5s`, `1m30s`, `2h`). The delay before
 	// restart N of a series is `backoff` doubled N-1 times, capped at
-	// `max_backoff`, with jitter; `max_backoff` = `backoff` gives a fixed
-	// delay. Omitted from an instance whose policy is never.
+	// `max_backoff` (this server's addition), with jitter; `max_backoff` =
+	// `backoff` gives hypeman's fixed delay. Omitted from an instance whose
+	// policy is never.
 	//
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
+	Ttl           *string        `json:"ttl,omitempty"`
 }
 
-// WaitResponse defines model for WaitResponse.
-type WaitResponse struct {
-	Reached    *InstanceState `json:"reached,omitempty"`
-	State      InstanceState  `json:"state"`
-	StateError *string        `json:"state_error"`
-	TimedOut   bool           `json:"timed_out"`
+// Volume defines model for Volume.
+type Volume struct {
+	Attachments *[]VolumeAttachment `json:"attachments,omitempty"`
+	CreatedAt   time.Time           `json:"created_at"`
+	Id          string              `json:"id"`
+	Name        string              `json:"name"`
+	SizeGb      int                 `json:"size_gb"`
+
+	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+	//
+	// Example: {"env":"staging","team":"backend"}
+	Tags *Tags `json:"tags,omitempty"`
 }
+
+// VolumeAttachment defines model for VolumeAttachment.
+type VolumeAttachment struct {
+	InstanceId string `json:"instance_id"`
+	MountPath  string `json:"mount_path"`
+	Readonly   bool   `json:"readonly"`
+}
+
+// VolumeMount defines model for VolumeMount.
+type VolumeMount struct {
+	MountPath   string  `json:"mount_path"`
+	Overlay     *bool   `json:"overlay,omitempty"`
+	OverlaySize *string `json:"overlay_size,omitempty"`
+	Readonly    *bool   `json:"readonly,omitempty"`
+	VolumeId    string  `json:"volume_id"`
+}
+
+// WaitForStateResponse defines model for WaitForStateResponse.
+type WaitForStateResponse struct {
+	// Reached Created: VMM created, not started. Initializing: the VM runs, the
+	// guest init is still preparing the program. Running: the program has
+	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+	// memory snapshot to restore. Unknown: the state could not be
+	// determined (see state_error).
+	Reached *InstanceState `json:"reached,omitempty"`
+
+	// State Created: VMM created, not started. Initializing: the VM runs, the
+	// guest init is still preparing the program. Running: the program has
+	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
+	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
+	// memory snapshot to restore. Unknown: the state could not be
+	// determined (see state_error).
+	State      InstanceState `json:"state"`
+	StateError *string       `json:"state_error,omitempty"`
+	TimedOut   bool          `json:"timed_out"`
+}
+
+// GenericID defines model for GenericID.
+type GenericID = string
 
 // ImageName defines model for ImageName.
 type ImageName = string
@@ -829,6 +1915,17 @@ type LastEventID = string
 
 // SnapshotID defines model for SnapshotID.
 type SnapshotID = string
+
+// TagsFilter User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
+//
+// Example: {"env":"staging","team":"backend"}
+type TagsFilter = Tags
+
+// VolumeID defines model for VolumeID.
+type VolumeID = string
+
+// VolumeIDInPath defines model for VolumeIDInPath.
+type VolumeIDInPath = string
 
 // BadGateway defines model for BadGateway.
 type BadGateway = Error
@@ -854,16 +1951,63 @@ type NotImplemented = Error
 // Unauthorized defines model for Unauthorized.
 type Unauthorized = Error
 
+// ListBuildersParams defines parameters for ListBuilders.
+type ListBuildersParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// ListBuildsParams defines parameters for ListBuilds.
+type ListBuildsParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// CreateBuildMultipartBody defines parameters for CreateBuild.
+type CreateBuildMultipartBody = map[string]interface{}
+
+// GetBuildEventsParams defines parameters for GetBuildEvents.
+type GetBuildEventsParams struct {
+	Follow *bool `form:"follow,omitempty" json:"follow,omitempty"`
+}
+
+// ListDevicesParams defines parameters for ListDevices.
+type ListDevicesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
 // StreamEventsParams defines parameters for StreamEvents.
 type StreamEventsParams struct {
 	// LastEventID Resume after this event ID.
 	LastEventID *LastEventID `json:"Last-Event-ID,omitempty"`
 }
 
+// ListImagesParams defines parameters for ListImages.
+type ListImagesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// ListIngressesParams defines parameters for ListIngresses.
+type ListIngressesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
 // ListInstancesParams defines parameters for ListInstances.
 type ListInstancesParams struct {
 	// State Only instances in this state.
 	State *InstanceState `form:"state,omitempty" json:"state,omitempty"`
+
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
 }
 
 // StreamInstanceEventsParams defines parameters for StreamInstanceEvents.
@@ -904,9 +2048,51 @@ type WaitForInstanceStateParams struct {
 
 // ListSnapshotsParams defines parameters for ListSnapshots.
 type ListSnapshotsParams struct {
-	// Instance Only snapshots taken of this instance (ID, name or unique ID prefix; the source name or ID also matches after the instance was deleted).
+	// SourceInstanceId Only snapshots taken of this instance (its ID; the snapshot outlives it).
+	SourceInstanceId *string `form:"source_instance_id,omitempty" json:"source_instance_id,omitempty"`
+
+	// Kind Only snapshots of this kind.
+	Kind *SnapshotKind `form:"kind,omitempty" json:"kind,omitempty"`
+
+	// Name Only the snapshot(s) with this exact name.
+	Name *string `form:"name,omitempty" json:"name,omitempty"`
+
+	// Instance This server's addition: only snapshots taken of this instance, by
+	// ID, name or unique ID prefix (the source name or ID also matches
+	// after the instance was deleted).
 	Instance *string `form:"instance,omitempty" json:"instance,omitempty"`
+
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
 }
+
+// ListVolumesParams defines parameters for ListVolumes.
+type ListVolumesParams struct {
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// CreateVolumeFromArchiveParams defines parameters for CreateVolumeFromArchive.
+type CreateVolumeFromArchiveParams struct {
+	Name   string  `form:"name" json:"name"`
+	SizeGb int     `form:"size_gb" json:"size_gb"`
+	Id     *string `form:"id,omitempty" json:"id,omitempty"`
+
+	// Tags Only items carrying every given tag with exactly that value:
+	// `?tags[team]=backend&tags[env]=staging` (deepObject style).
+	Tags *TagsFilter `json:"tags,omitempty"`
+}
+
+// CreateBuilderJSONRequestBody defines body for CreateBuilder for application/json ContentType.
+type CreateBuilderJSONRequestBody = CreateBuilderRequest
+
+// CreateBuildMultipartRequestBody defines body for CreateBuild for multipart/form-data ContentType.
+type CreateBuildMultipartRequestBody = CreateBuildMultipartBody
+
+// CreateDeviceJSONRequestBody defines body for CreateDevice for application/json ContentType.
+type CreateDeviceJSONRequestBody = CreateDeviceRequest
 
 // CreateImageJSONRequestBody defines body for CreateImage for application/json ContentType.
 type CreateImageJSONRequestBody = CreateImageRequest
@@ -923,17 +2109,86 @@ type UpdateInstanceJSONRequestBody = UpdateInstanceRequest
 // ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
 type ForkInstanceJSONRequestBody = ForkInstanceRequest
 
-// CreateSnapshotJSONRequestBody defines body for CreateSnapshot for application/json ContentType.
-type CreateSnapshotJSONRequestBody = CreateSnapshotRequest
+// SetInstanceSnapshotScheduleJSONRequestBody defines body for SetInstanceSnapshotSchedule for application/json ContentType.
+type SetInstanceSnapshotScheduleJSONRequestBody = SetSnapshotScheduleRequest
+
+// CreateInstanceSnapshotJSONRequestBody defines body for CreateInstanceSnapshot for application/json ContentType.
+type CreateInstanceSnapshotJSONRequestBody = CreateSnapshotRequest
+
+// RestoreInstanceSnapshotJSONRequestBody defines body for RestoreInstanceSnapshot for application/json ContentType.
+type RestoreInstanceSnapshotJSONRequestBody = RestoreSnapshotRequest
+
+// StandbyInstanceJSONRequestBody defines body for StandbyInstance for application/json ContentType.
+type StandbyInstanceJSONRequestBody = StandbyInstanceRequest
+
+// StartInstanceJSONRequestBody defines body for StartInstance for application/json ContentType.
+type StartInstanceJSONRequestBody = StartInstanceRequest
+
+// AttachVolumeJSONRequestBody defines body for AttachVolume for application/json ContentType.
+type AttachVolumeJSONRequestBody = AttachVolumeRequest
+
+// CreatePushJSONRequestBody defines body for CreatePush for application/json ContentType.
+type CreatePushJSONRequestBody = CreatePushRequest
+
+// ReclaimMemoryJSONRequestBody defines body for ReclaimMemory for application/json ContentType.
+type ReclaimMemoryJSONRequestBody = MemoryReclaimRequest
 
 // ForkSnapshotJSONRequestBody defines body for ForkSnapshot for application/json ContentType.
 type ForkSnapshotJSONRequestBody = ForkSnapshotRequest
 
+// CreateVolumeJSONRequestBody defines body for CreateVolume for application/json ContentType.
+type CreateVolumeJSONRequestBody = CreateVolumeRequest
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
+	// ListBuilders List builders (not built yet)
+	// (GET /builders)
+	ListBuilders(w http.ResponseWriter, r *http.Request, params ListBuildersParams)
+	// CreateBuilder Create a builder (not built yet)
+	// (POST /builders)
+	CreateBuilder(w http.ResponseWriter, r *http.Request)
+	// DeleteBuilder Delete a builder (not built yet)
+	// (DELETE /builders/{id})
+	DeleteBuilder(w http.ResponseWriter, r *http.Request, id GenericID)
+	// GetBuilder Get one builder (not built yet)
+	// (GET /builders/{id})
+	GetBuilder(w http.ResponseWriter, r *http.Request, id GenericID)
+	// PruneBuilder Reset a builder's cache (not built yet)
+	// (POST /builders/{id}/prune)
+	PruneBuilder(w http.ResponseWriter, r *http.Request, id GenericID)
+	// ListBuilds List builds (not built yet)
+	// (GET /builds)
+	ListBuilds(w http.ResponseWriter, r *http.Request, params ListBuildsParams)
+	// CreateBuild Build an image from source (not built yet)
+	// (POST /builds)
+	CreateBuild(w http.ResponseWriter, r *http.Request)
+	// CancelBuild Cancel a build (not built yet)
+	// (DELETE /builds/{id})
+	CancelBuild(w http.ResponseWriter, r *http.Request, id GenericID)
+	// GetBuild Get one build (not built yet)
+	// (GET /builds/{id})
+	GetBuild(w http.ResponseWriter, r *http.Request, id GenericID)
+	// GetBuildEvents Stream a build's events (not built yet)
+	// (GET /builds/{id}/events)
+	GetBuildEvents(w http.ResponseWriter, r *http.Request, id GenericID, params GetBuildEventsParams)
 	// GetCapabilities What this host can run and how
 	// (GET /capabilities)
 	GetCapabilities(w http.ResponseWriter, r *http.Request)
+	// ListDevices List registered passthrough devices
+	// (GET /devices)
+	ListDevices(w http.ResponseWriter, r *http.Request, params ListDevicesParams)
+	// CreateDevice Register a device for passthrough (refused on this server)
+	// (POST /devices)
+	CreateDevice(w http.ResponseWriter, r *http.Request)
+	// ListAvailableDevices Passthrough-capable devices on this host
+	// (GET /devices/available)
+	ListAvailableDevices(w http.ResponseWriter, r *http.Request)
+	// DeleteDevice Unregister a device
+	// (DELETE /devices/{id})
+	DeleteDevice(w http.ResponseWriter, r *http.Request, id string)
+	// GetDevice Get one device
+	// (GET /devices/{id})
+	GetDevice(w http.ResponseWriter, r *http.Request, id string)
 	// StreamEvents Lifecycle events of all instances (server-sent events)
 	// (GET /events)
 	StreamEvents(w http.ResponseWriter, r *http.Request, params StreamEventsParams)
@@ -942,7 +2197,7 @@ type ServerInterface interface {
 	GetHealth(w http.ResponseWriter, r *http.Request)
 	// ListImages List images
 	// (GET /images)
-	ListImages(w http.ResponseWriter, r *http.Request)
+	ListImages(w http.ResponseWriter, r *http.Request, params ListImagesParams)
 	// CreateImage Pull and convert an image (asynchronous)
 	// (POST /images)
 	CreateImage(w http.ResponseWriter, r *http.Request)
@@ -954,7 +2209,7 @@ type ServerInterface interface {
 	GetImage(w http.ResponseWriter, r *http.Request, name ImageName)
 	// ListIngresses List ingresses, oldest first
 	// (GET /ingresses)
-	ListIngresses(w http.ResponseWriter, r *http.Request)
+	ListIngresses(w http.ResponseWriter, r *http.Request, params ListIngressesParams)
 	// CreateIngress Publish instance ports on host ports
 	// (POST /ingresses)
 	CreateIngress(w http.ResponseWriter, r *http.Request)
@@ -976,9 +2231,15 @@ type ServerInterface interface {
 	// GetInstance Get one instance
 	// (GET /instances/{id})
 	GetInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
-	// UpdateInstance Change an instance's restart policy and/or health check
+	// UpdateInstance Change an instance's mutable settings
 	// (PATCH /instances/{id})
 	UpdateInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// HoldAutoStandby Hold off auto-standby
+	// (POST /instances/{id}/auto-standby/hold)
+	HoldAutoStandby(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// GetAutoStandbyStatus Auto-standby diagnostic status
+	// (GET /instances/{id}/auto-standby/status)
+	GetAutoStandbyStatus(w http.ResponseWriter, r *http.Request, id InstanceID)
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams)
@@ -997,12 +2258,21 @@ type ServerInterface interface {
 	// ResumeInstance Continue a Paused instance
 	// (POST /instances/{id}/resume)
 	ResumeInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
-	// CreateSnapshot Take a snapshot of an instance
+	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+	// (DELETE /instances/{id}/snapshot-schedule)
+	DeleteInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+	// (GET /instances/{id}/snapshot-schedule)
+	GetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+	// (PUT /instances/{id}/snapshot-schedule)
+	SetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// CreateInstanceSnapshot Take a snapshot of an instance
 	// (POST /instances/{id}/snapshots)
-	CreateSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID)
-	// RestoreSnapshot Roll an instance back to one of its snapshots
+	CreateInstanceSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// RestoreInstanceSnapshot Roll an instance back to one of its snapshots
 	// (POST /instances/{id}/snapshots/{sid}/restore)
-	RestoreSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string)
+	RestoreInstanceSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string)
 	// StandbyInstance Put a Running (or Paused) instance on standby
 	// (POST /instances/{id}/standby)
 	StandbyInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
@@ -1018,9 +2288,30 @@ type ServerInterface interface {
 	// StopInstance Stop an instance gracefully
 	// (POST /instances/{id}/stop)
 	StopInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// DetachVolume Detach a volume from an instance (not built yet)
+	// (DELETE /instances/{id}/volumes/{volumeId})
+	DetachVolume(w http.ResponseWriter, r *http.Request, id InstanceID, volumeId VolumeIDInPath)
+	// AttachVolume Attach a volume to an instance (not built yet)
+	// (POST /instances/{id}/volumes/{volumeId})
+	AttachVolume(w http.ResponseWriter, r *http.Request, id InstanceID, volumeId VolumeIDInPath)
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	// (GET /instances/{id}/wait)
 	WaitForInstanceState(w http.ResponseWriter, r *http.Request, id InstanceID, params WaitForInstanceStateParams)
+	// ListPushes List image pushes (not built yet)
+	// (GET /pushes)
+	ListPushes(w http.ResponseWriter, r *http.Request)
+	// CreatePush Push an image to a remote registry (not built yet)
+	// (POST /pushes)
+	CreatePush(w http.ResponseWriter, r *http.Request)
+	// GetPush Get one push (not built yet)
+	// (GET /pushes/{id})
+	GetPush(w http.ResponseWriter, r *http.Request, id GenericID)
+	// GetResources Host capacity and allocations (not built yet)
+	// (GET /resources)
+	GetResources(w http.ResponseWriter, r *http.Request)
+	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// (POST /resources/memory/reclaim)
+	ReclaimMemory(w http.ResponseWriter, r *http.Request)
 	// ListSnapshots List snapshots, oldest first
 	// (GET /snapshots)
 	ListSnapshots(w http.ResponseWriter, r *http.Request, params ListSnapshotsParams)
@@ -1033,15 +2324,120 @@ type ServerInterface interface {
 	// ForkSnapshot Create a new instance from a snapshot
 	// (POST /snapshots/{id}/fork)
 	ForkSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID)
+	// ListVolumes List volumes (not built yet)
+	// (GET /volumes)
+	ListVolumes(w http.ResponseWriter, r *http.Request, params ListVolumesParams)
+	// CreateVolume Create an empty volume (not built yet)
+	// (POST /volumes)
+	CreateVolume(w http.ResponseWriter, r *http.Request)
+	// CreateVolumeFromArchive Create a volume from a tar.gz archive (not built yet)
+	// (POST /volumes/from-archive)
+	CreateVolumeFromArchive(w http.ResponseWriter, r *http.Request, params CreateVolumeFromArchiveParams)
+	// DeleteVolume Delete a volume (not built yet)
+	// (DELETE /volumes/{id})
+	DeleteVolume(w http.ResponseWriter, r *http.Request, id VolumeID)
+	// GetVolume Get one volume (not built yet)
+	// (GET /volumes/{id})
+	GetVolume(w http.ResponseWriter, r *http.Request, id VolumeID)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
 
 type Unimplemented struct{}
 
+// ListBuilders List builders (not built yet)
+// (GET /builders)
+func (_ Unimplemented) ListBuilders(w http.ResponseWriter, r *http.Request, params ListBuildersParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateBuilder Create a builder (not built yet)
+// (POST /builders)
+func (_ Unimplemented) CreateBuilder(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeleteBuilder Delete a builder (not built yet)
+// (DELETE /builders/{id})
+func (_ Unimplemented) DeleteBuilder(w http.ResponseWriter, r *http.Request, id GenericID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetBuilder Get one builder (not built yet)
+// (GET /builders/{id})
+func (_ Unimplemented) GetBuilder(w http.ResponseWriter, r *http.Request, id GenericID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// PruneBuilder Reset a builder's cache (not built yet)
+// (POST /builders/{id}/prune)
+func (_ Unimplemented) PruneBuilder(w http.ResponseWriter, r *http.Request, id GenericID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListBuilds List builds (not built yet)
+// (GET /builds)
+func (_ Unimplemented) ListBuilds(w http.ResponseWriter, r *http.Request, params ListBuildsParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateBuild Build an image from source (not built yet)
+// (POST /builds)
+func (_ Unimplemented) CreateBuild(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CancelBuild Cancel a build (not built yet)
+// (DELETE /builds/{id})
+func (_ Unimplemented) CancelBuild(w http.ResponseWriter, r *http.Request, id GenericID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetBuild Get one build (not built yet)
+// (GET /builds/{id})
+func (_ Unimplemented) GetBuild(w http.ResponseWriter, r *http.Request, id GenericID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetBuildEvents Stream a build's events (not built yet)
+// (GET /builds/{id}/events)
+func (_ Unimplemented) GetBuildEvents(w http.ResponseWriter, r *http.Request, id GenericID, params GetBuildEventsParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // GetCapabilities What this host can run and how
 // (GET /capabilities)
 func (_ Unimplemented) GetCapabilities(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListDevices List registered passthrough devices
+// (GET /devices)
+func (_ Unimplemented) ListDevices(w http.ResponseWriter, r *http.Request, params ListDevicesParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateDevice Register a device for passthrough (refused on this server)
+// (POST /devices)
+func (_ Unimplemented) CreateDevice(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListAvailableDevices Passthrough-capable devices on this host
+// (GET /devices/available)
+func (_ Unimplemented) ListAvailableDevices(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeleteDevice Unregister a device
+// (DELETE /devices/{id})
+func (_ Unimplemented) DeleteDevice(w http.ResponseWriter, r *http.Request, id string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetDevice Get one device
+// (GET /devices/{id})
+func (_ Unimplemented) GetDevice(w http.ResponseWriter, r *http.Request, id string) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1059,7 +2455,7 @@ func (_ Unimplemented) GetHealth(w http.ResponseWriter, r *http.Request) {
 
 // ListImages List images
 // (GET /images)
-func (_ Unimplemented) ListImages(w http.ResponseWriter, r *http.Request) {
+func (_ Unimplemented) ListImages(w http.ResponseWriter, r *http.Request, params ListImagesParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1083,7 +2479,7 @@ func (_ Unimplemented) GetImage(w http.ResponseWriter, r *http.Request, name Ima
 
 // ListIngresses List ingresses, oldest first
 // (GET /ingresses)
-func (_ Unimplemented) ListIngresses(w http.ResponseWriter, r *http.Request) {
+func (_ Unimplemented) ListIngresses(w http.ResponseWriter, r *http.Request, params ListIngressesParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1129,9 +2525,21 @@ func (_ Unimplemented) GetInstance(w http.ResponseWriter, r *http.Request, id In
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// UpdateInstance Change an instance's restart policy and/or health check
+// UpdateInstance Change an instance's mutable settings
 // (PATCH /instances/{id})
 func (_ Unimplemented) UpdateInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// HoldAutoStandby Hold off auto-standby
+// (POST /instances/{id}/auto-standby/hold)
+func (_ Unimplemented) HoldAutoStandby(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetAutoStandbyStatus Auto-standby diagnostic status
+// (GET /instances/{id}/auto-standby/status)
+func (_ Unimplemented) GetAutoStandbyStatus(w http.ResponseWriter, r *http.Request, id InstanceID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1171,15 +2579,33 @@ func (_ Unimplemented) ResumeInstance(w http.ResponseWriter, r *http.Request, id
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// CreateSnapshot Take a snapshot of an instance
-// (POST /instances/{id}/snapshots)
-func (_ Unimplemented) CreateSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID) {
+// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+// (DELETE /instances/{id}/snapshot-schedule)
+func (_ Unimplemented) DeleteInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// RestoreSnapshot Roll an instance back to one of its snapshots
+// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+// (GET /instances/{id}/snapshot-schedule)
+func (_ Unimplemented) GetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+// (PUT /instances/{id}/snapshot-schedule)
+func (_ Unimplemented) SetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateInstanceSnapshot Take a snapshot of an instance
+// (POST /instances/{id}/snapshots)
+func (_ Unimplemented) CreateInstanceSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RestoreInstanceSnapshot Roll an instance back to one of its snapshots
 // (POST /instances/{id}/snapshots/{sid}/restore)
-func (_ Unimplemented) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string) {
+func (_ Unimplemented) RestoreInstanceSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1213,9 +2639,51 @@ func (_ Unimplemented) StopInstance(w http.ResponseWriter, r *http.Request, id I
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DetachVolume Detach a volume from an instance (not built yet)
+// (DELETE /instances/{id}/volumes/{volumeId})
+func (_ Unimplemented) DetachVolume(w http.ResponseWriter, r *http.Request, id InstanceID, volumeId VolumeIDInPath) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// AttachVolume Attach a volume to an instance (not built yet)
+// (POST /instances/{id}/volumes/{volumeId})
+func (_ Unimplemented) AttachVolume(w http.ResponseWriter, r *http.Request, id InstanceID, volumeId VolumeIDInPath) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // WaitForInstanceState Block until the instance reaches one of the given states
 // (GET /instances/{id}/wait)
 func (_ Unimplemented) WaitForInstanceState(w http.ResponseWriter, r *http.Request, id InstanceID, params WaitForInstanceStateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListPushes List image pushes (not built yet)
+// (GET /pushes)
+func (_ Unimplemented) ListPushes(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreatePush Push an image to a remote registry (not built yet)
+// (POST /pushes)
+func (_ Unimplemented) CreatePush(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetPush Get one push (not built yet)
+// (GET /pushes/{id})
+func (_ Unimplemented) GetPush(w http.ResponseWriter, r *http.Request, id GenericID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetResources Host capacity and allocations (not built yet)
+// (GET /resources)
+func (_ Unimplemented) GetResources(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+// (POST /resources/memory/reclaim)
+func (_ Unimplemented) ReclaimMemory(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1243,6 +2711,36 @@ func (_ Unimplemented) ForkSnapshot(w http.ResponseWriter, r *http.Request, id S
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// ListVolumes List volumes (not built yet)
+// (GET /volumes)
+func (_ Unimplemented) ListVolumes(w http.ResponseWriter, r *http.Request, params ListVolumesParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateVolume Create an empty volume (not built yet)
+// (POST /volumes)
+func (_ Unimplemented) CreateVolume(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// CreateVolumeFromArchive Create a volume from a tar.gz archive (not built yet)
+// (POST /volumes/from-archive)
+func (_ Unimplemented) CreateVolumeFromArchive(w http.ResponseWriter, r *http.Request, params CreateVolumeFromArchiveParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeleteVolume Delete a volume (not built yet)
+// (DELETE /volumes/{id})
+func (_ Unimplemented) DeleteVolume(w http.ResponseWriter, r *http.Request, id VolumeID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetVolume Get one volume (not built yet)
+// (GET /volumes/{id})
+func (_ Unimplemented) GetVolume(w http.ResponseWriter, r *http.Request, id VolumeID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // ServerInterfaceWrapper converts contexts to parameters.
 type ServerInterfaceWrapper struct {
 	Handler            ServerInterface
@@ -1252,11 +2750,390 @@ type ServerInterfaceWrapper struct {
 
 type MiddlewareFunc func(http.Handler) http.Handler
 
+// ListBuilders operation middleware
+func (siw *ServerInterfaceWrapper) ListBuilders(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListBuildersParams
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListBuilders(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateBuilder operation middleware
+func (siw *ServerInterfaceWrapper) CreateBuilder(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateBuilder(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeleteBuilder operation middleware
+func (siw *ServerInterfaceWrapper) DeleteBuilder(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeleteBuilder(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetBuilder operation middleware
+func (siw *ServerInterfaceWrapper) GetBuilder(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetBuilder(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// PruneBuilder operation middleware
+func (siw *ServerInterfaceWrapper) PruneBuilder(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.PruneBuilder(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListBuilds operation middleware
+func (siw *ServerInterfaceWrapper) ListBuilds(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListBuildsParams
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListBuilds(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateBuild operation middleware
+func (siw *ServerInterfaceWrapper) CreateBuild(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateBuild(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CancelBuild operation middleware
+func (siw *ServerInterfaceWrapper) CancelBuild(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CancelBuild(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetBuild operation middleware
+func (siw *ServerInterfaceWrapper) GetBuild(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetBuild(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetBuildEvents operation middleware
+func (siw *ServerInterfaceWrapper) GetBuildEvents(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetBuildEventsParams
+
+	// ------------- Optional query parameter "follow" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "follow", r.URL.Query(), &params.Follow, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "follow"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "follow", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetBuildEvents(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // GetCapabilities operation middleware
 func (siw *ServerInterfaceWrapper) GetCapabilities(w http.ResponseWriter, r *http.Request) {
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.GetCapabilities(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListDevices operation middleware
+func (siw *ServerInterfaceWrapper) ListDevices(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListDevicesParams
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListDevices(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateDevice operation middleware
+func (siw *ServerInterfaceWrapper) CreateDevice(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateDevice(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListAvailableDevices operation middleware
+func (siw *ServerInterfaceWrapper) ListAvailableDevices(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListAvailableDevices(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeleteDevice operation middleware
+func (siw *ServerInterfaceWrapper) DeleteDevice(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeleteDevice(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetDevice operation middleware
+func (siw *ServerInterfaceWrapper) GetDevice(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetDevice(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1324,8 +3201,27 @@ func (siw *ServerInterfaceWrapper) GetHealth(w http.ResponseWriter, r *http.Requ
 // ListImages operation middleware
 func (siw *ServerInterfaceWrapper) ListImages(w http.ResponseWriter, r *http.Request) {
 
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListImagesParams
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.ListImages(w, r)
+		siw.Handler.ListImages(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1404,8 +3300,27 @@ func (siw *ServerInterfaceWrapper) GetImage(w http.ResponseWriter, r *http.Reque
 // ListIngresses operation middleware
 func (siw *ServerInterfaceWrapper) ListIngresses(w http.ResponseWriter, r *http.Request) {
 
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListIngressesParams
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.ListIngresses(w, r)
+		siw.Handler.ListIngresses(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1499,6 +3414,19 @@ func (siw *ServerInterfaceWrapper) ListInstances(w http.ResponseWriter, r *http.
 			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "state"})
 		} else {
 			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "state", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
 		}
 		return
 	}
@@ -1597,6 +3525,58 @@ func (siw *ServerInterfaceWrapper) UpdateInstance(w http.ResponseWriter, r *http
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.UpdateInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// HoldAutoStandby operation middleware
+func (siw *ServerInterfaceWrapper) HoldAutoStandby(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.HoldAutoStandby(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetAutoStandbyStatus operation middleware
+func (siw *ServerInterfaceWrapper) GetAutoStandbyStatus(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetAutoStandbyStatus(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1828,8 +3808,8 @@ func (siw *ServerInterfaceWrapper) ResumeInstance(w http.ResponseWriter, r *http
 	handler.ServeHTTP(w, r)
 }
 
-// CreateSnapshot operation middleware
-func (siw *ServerInterfaceWrapper) CreateSnapshot(w http.ResponseWriter, r *http.Request) {
+// DeleteInstanceSnapshotSchedule operation middleware
+func (siw *ServerInterfaceWrapper) DeleteInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request) {
 
 	var err error
 	_ = err
@@ -1844,7 +3824,7 @@ func (siw *ServerInterfaceWrapper) CreateSnapshot(w http.ResponseWriter, r *http
 	}
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.CreateSnapshot(w, r, id)
+		siw.Handler.DeleteInstanceSnapshotSchedule(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1854,8 +3834,86 @@ func (siw *ServerInterfaceWrapper) CreateSnapshot(w http.ResponseWriter, r *http
 	handler.ServeHTTP(w, r)
 }
 
-// RestoreSnapshot operation middleware
-func (siw *ServerInterfaceWrapper) RestoreSnapshot(w http.ResponseWriter, r *http.Request) {
+// GetInstanceSnapshotSchedule operation middleware
+func (siw *ServerInterfaceWrapper) GetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetInstanceSnapshotSchedule(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// SetInstanceSnapshotSchedule operation middleware
+func (siw *ServerInterfaceWrapper) SetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.SetInstanceSnapshotSchedule(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateInstanceSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) CreateInstanceSnapshot(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateInstanceSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RestoreInstanceSnapshot operation middleware
+func (siw *ServerInterfaceWrapper) RestoreInstanceSnapshot(w http.ResponseWriter, r *http.Request) {
 
 	var err error
 	_ = err
@@ -1879,7 +3937,7 @@ func (siw *ServerInterfaceWrapper) RestoreSnapshot(w http.ResponseWriter, r *htt
 	}
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.RestoreSnapshot(w, r, id, sid)
+		siw.Handler.RestoreInstanceSnapshot(w, r, id, sid)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2048,6 +4106,76 @@ func (siw *ServerInterfaceWrapper) StopInstance(w http.ResponseWriter, r *http.R
 	handler.ServeHTTP(w, r)
 }
 
+// DetachVolume operation middleware
+func (siw *ServerInterfaceWrapper) DetachVolume(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "volumeId" -------------
+	var volumeId VolumeIDInPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "volumeId", chi.URLParam(r, "volumeId"), &volumeId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "volumeId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DetachVolume(w, r, id, volumeId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// AttachVolume operation middleware
+func (siw *ServerInterfaceWrapper) AttachVolume(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "volumeId" -------------
+	var volumeId VolumeIDInPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "volumeId", chi.URLParam(r, "volumeId"), &volumeId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "volumeId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.AttachVolume(w, r, id, volumeId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // WaitForInstanceState operation middleware
 func (siw *ServerInterfaceWrapper) WaitForInstanceState(w http.ResponseWriter, r *http.Request) {
 
@@ -2103,6 +4231,88 @@ func (siw *ServerInterfaceWrapper) WaitForInstanceState(w http.ResponseWriter, r
 	handler.ServeHTTP(w, r)
 }
 
+// ListPushes operation middleware
+func (siw *ServerInterfaceWrapper) ListPushes(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListPushes(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreatePush operation middleware
+func (siw *ServerInterfaceWrapper) CreatePush(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreatePush(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetPush operation middleware
+func (siw *ServerInterfaceWrapper) GetPush(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id GenericID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetPush(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetResources operation middleware
+func (siw *ServerInterfaceWrapper) GetResources(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetResources(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ReclaimMemory operation middleware
+func (siw *ServerInterfaceWrapper) ReclaimMemory(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ReclaimMemory(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // ListSnapshots operation middleware
 func (siw *ServerInterfaceWrapper) ListSnapshots(w http.ResponseWriter, r *http.Request) {
 
@@ -2111,6 +4321,45 @@ func (siw *ServerInterfaceWrapper) ListSnapshots(w http.ResponseWriter, r *http.
 
 	// Parameter object where we will unmarshal all parameters from the context
 	var params ListSnapshotsParams
+
+	// ------------- Optional query parameter "source_instance_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "source_instance_id", r.URL.Query(), &params.SourceInstanceId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "source_instance_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "source_instance_id", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "kind" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "kind", r.URL.Query(), &params.Kind, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "kind"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "kind", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "name" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "name", r.URL.Query(), &params.Name, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "name"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name", Err: err})
+		}
+		return
+	}
 
 	// ------------- Optional query parameter "instance" -------------
 
@@ -2121,6 +4370,19 @@ func (siw *ServerInterfaceWrapper) ListSnapshots(w http.ResponseWriter, r *http.
 			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "instance"})
 		} else {
 			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "instance", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
 		}
 		return
 	}
@@ -2205,6 +4467,177 @@ func (siw *ServerInterfaceWrapper) ForkSnapshot(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.ForkSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListVolumes operation middleware
+func (siw *ServerInterfaceWrapper) ListVolumes(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListVolumesParams
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListVolumes(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateVolume operation middleware
+func (siw *ServerInterfaceWrapper) CreateVolume(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateVolume(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateVolumeFromArchive operation middleware
+func (siw *ServerInterfaceWrapper) CreateVolumeFromArchive(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params CreateVolumeFromArchiveParams
+
+	// ------------- Required query parameter "name" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "name", r.URL.Query(), &params.Name, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "name"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "size_gb" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "size_gb", r.URL.Query(), &params.SizeGb, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "size_gb"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "size_gb", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "id", r.URL.Query(), &params.Id, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tags" -------------
+
+	err = runtime.BindQueryParameterWithOptions("deepObject", true, false, "tags", r.URL.Query(), &params.Tags, runtime.BindQueryParameterOptions{Type: "object", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tags"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tags", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateVolumeFromArchive(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeleteVolume operation middleware
+func (siw *ServerInterfaceWrapper) DeleteVolume(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id VolumeID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeleteVolume(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetVolume operation middleware
+func (siw *ServerInterfaceWrapper) GetVolume(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id VolumeID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetVolume(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2334,6 +4767,12 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/capabilities", wrapper.GetCapabilities)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/resources", wrapper.GetResources)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/resources/memory/reclaim", wrapper.ReclaimMemory)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/images", wrapper.ListImages)
 	})
 	r.Group(func(r chi.Router) {
@@ -2382,6 +4821,12 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/instances/{id}/events", wrapper.StreamInstanceEvents)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/instances/{id}/auto-standby/status", wrapper.GetAutoStandbyStatus)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/auto-standby/hold", wrapper.HoldAutoStandby)
+	})
+	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/instances/{id}/standby", wrapper.StandbyInstance)
 	})
 	r.Group(func(r chi.Router) {
@@ -2397,10 +4842,25 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Post(options.BaseURL+"/instances/{id}/fork", wrapper.ForkInstance)
 	})
 	r.Group(func(r chi.Router) {
-		r.Post(options.BaseURL+"/instances/{id}/snapshots", wrapper.CreateSnapshot)
+		r.Post(options.BaseURL+"/instances/{id}/snapshots", wrapper.CreateInstanceSnapshot)
 	})
 	r.Group(func(r chi.Router) {
-		r.Post(options.BaseURL+"/instances/{id}/snapshots/{sid}/restore", wrapper.RestoreSnapshot)
+		r.Delete(options.BaseURL+"/instances/{id}/snapshot-schedule", wrapper.DeleteInstanceSnapshotSchedule)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/instances/{id}/snapshot-schedule", wrapper.GetInstanceSnapshotSchedule)
+	})
+	r.Group(func(r chi.Router) {
+		r.Put(options.BaseURL+"/instances/{id}/snapshot-schedule", wrapper.SetInstanceSnapshotSchedule)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/snapshots/{sid}/restore", wrapper.RestoreInstanceSnapshot)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/instances/{id}/volumes/{volumeId}", wrapper.DetachVolume)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/volumes/{volumeId}", wrapper.AttachVolume)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/events", wrapper.StreamEvents)
@@ -2418,6 +4878,36 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Post(options.BaseURL+"/snapshots/{id}/fork", wrapper.ForkSnapshot)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/volumes", wrapper.ListVolumes)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/volumes", wrapper.CreateVolume)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/volumes/from-archive", wrapper.CreateVolumeFromArchive)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/volumes/{id}", wrapper.DeleteVolume)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/volumes/{id}", wrapper.GetVolume)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/devices", wrapper.ListDevices)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/devices", wrapper.CreateDevice)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/devices/available", wrapper.ListAvailableDevices)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/devices/{id}", wrapper.DeleteDevice)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/devices/{id}", wrapper.GetDevice)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/ingresses", wrapper.ListIngresses)
 	})
 	r.Group(func(r chi.Router) {
@@ -2428,6 +4918,45 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/ingresses/{id}", wrapper.GetIngress)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/builds", wrapper.ListBuilds)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/builds", wrapper.CreateBuild)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/builds/{id}", wrapper.CancelBuild)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/builds/{id}", wrapper.GetBuild)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/builds/{id}/events", wrapper.GetBuildEvents)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/builders", wrapper.ListBuilders)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/builders", wrapper.CreateBuilder)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/builders/{id}", wrapper.DeleteBuilder)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/builders/{id}", wrapper.GetBuilder)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/builders/{id}/prune", wrapper.PruneBuilder)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/pushes", wrapper.ListPushes)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/pushes", wrapper.CreatePush)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/pushes/{id}", wrapper.GetPush)
 	})
 
 	return r
@@ -2448,6 +4977,958 @@ type NotFoundJSONResponse Error
 type NotImplementedJSONResponse Error
 
 type UnauthorizedJSONResponse Error
+
+type ListBuildersRequestObject struct {
+	Params ListBuildersParams
+}
+
+type ListBuildersResponseObject interface {
+	VisitListBuildersResponse(w http.ResponseWriter) error
+}
+
+type ListBuilders200JSONResponse []Builder
+
+func (response ListBuilders200JSONResponse) VisitListBuildersResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilders401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListBuilders401JSONResponse) VisitListBuildersResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilders403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListBuilders403JSONResponse) VisitListBuildersResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilders500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListBuilders500JSONResponse) VisitListBuildersResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilders501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ListBuilders501JSONResponse) VisitListBuildersResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuilderRequestObject struct {
+	Body *CreateBuilderJSONRequestBody
+}
+
+type CreateBuilderResponseObject interface {
+	VisitCreateBuilderResponse(w http.ResponseWriter) error
+}
+
+type CreateBuilder201JSONResponse Builder
+
+func (response CreateBuilder201JSONResponse) VisitCreateBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuilder400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateBuilder400JSONResponse) VisitCreateBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuilder401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateBuilder401JSONResponse) VisitCreateBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuilder403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateBuilder403JSONResponse) VisitCreateBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuilder500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateBuilder500JSONResponse) VisitCreateBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuilder501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateBuilder501JSONResponse) VisitCreateBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteBuilderRequestObject struct {
+	Id GenericID `json:"id"`
+}
+
+type DeleteBuilderResponseObject interface {
+	VisitDeleteBuilderResponse(w http.ResponseWriter) error
+}
+
+type DeleteBuilder204Response struct {
+}
+
+func (response DeleteBuilder204Response) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeleteBuilder401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DeleteBuilder401JSONResponse) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteBuilder403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DeleteBuilder403JSONResponse) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteBuilder404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DeleteBuilder404JSONResponse) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteBuilder409JSONResponse struct{ ConflictJSONResponse }
+
+func (response DeleteBuilder409JSONResponse) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteBuilder500JSONResponse struct{ InternalJSONResponse }
+
+func (response DeleteBuilder500JSONResponse) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteBuilder501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response DeleteBuilder501JSONResponse) VisitDeleteBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuilderRequestObject struct {
+	Id GenericID `json:"id"`
+}
+
+type GetBuilderResponseObject interface {
+	VisitGetBuilderResponse(w http.ResponseWriter) error
+}
+
+type GetBuilder200JSONResponse Builder
+
+func (response GetBuilder200JSONResponse) VisitGetBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuilder401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetBuilder401JSONResponse) VisitGetBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuilder403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetBuilder403JSONResponse) VisitGetBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuilder404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetBuilder404JSONResponse) VisitGetBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuilder500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetBuilder500JSONResponse) VisitGetBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuilder501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetBuilder501JSONResponse) VisitGetBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilderRequestObject struct {
+	Id GenericID `json:"id"`
+}
+
+type PruneBuilderResponseObject interface {
+	VisitPruneBuilderResponse(w http.ResponseWriter) error
+}
+
+type PruneBuilder202JSONResponse Builder
+
+func (response PruneBuilder202JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilder401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response PruneBuilder401JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilder403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response PruneBuilder403JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilder404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response PruneBuilder404JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilder409JSONResponse struct{ ConflictJSONResponse }
+
+func (response PruneBuilder409JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilder500JSONResponse struct{ InternalJSONResponse }
+
+func (response PruneBuilder500JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PruneBuilder501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response PruneBuilder501JSONResponse) VisitPruneBuilderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuildsRequestObject struct {
+	Params ListBuildsParams
+}
+
+type ListBuildsResponseObject interface {
+	VisitListBuildsResponse(w http.ResponseWriter) error
+}
+
+type ListBuilds200JSONResponse []Build
+
+func (response ListBuilds200JSONResponse) VisitListBuildsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilds401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListBuilds401JSONResponse) VisitListBuildsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilds403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListBuilds403JSONResponse) VisitListBuildsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilds500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListBuilds500JSONResponse) VisitListBuildsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBuilds501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ListBuilds501JSONResponse) VisitListBuildsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuildRequestObject struct {
+	Body *multipart.Reader
+}
+
+type CreateBuildResponseObject interface {
+	VisitCreateBuildResponse(w http.ResponseWriter) error
+}
+
+type CreateBuild202JSONResponse Build
+
+func (response CreateBuild202JSONResponse) VisitCreateBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuild400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateBuild400JSONResponse) VisitCreateBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuild401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateBuild401JSONResponse) VisitCreateBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuild403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateBuild403JSONResponse) VisitCreateBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuild500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateBuild500JSONResponse) VisitCreateBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateBuild501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateBuild501JSONResponse) VisitCreateBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelBuildRequestObject struct {
+	Id GenericID `json:"id"`
+}
+
+type CancelBuildResponseObject interface {
+	VisitCancelBuildResponse(w http.ResponseWriter) error
+}
+
+type CancelBuild204Response struct {
+}
+
+func (response CancelBuild204Response) VisitCancelBuildResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type CancelBuild401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CancelBuild401JSONResponse) VisitCancelBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelBuild403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CancelBuild403JSONResponse) VisitCancelBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelBuild404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CancelBuild404JSONResponse) VisitCancelBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelBuild409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CancelBuild409JSONResponse) VisitCancelBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelBuild500JSONResponse struct{ InternalJSONResponse }
+
+func (response CancelBuild500JSONResponse) VisitCancelBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelBuild501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CancelBuild501JSONResponse) VisitCancelBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuildRequestObject struct {
+	Id GenericID `json:"id"`
+}
+
+type GetBuildResponseObject interface {
+	VisitGetBuildResponse(w http.ResponseWriter) error
+}
+
+type GetBuild200JSONResponse Build
+
+func (response GetBuild200JSONResponse) VisitGetBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuild401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetBuild401JSONResponse) VisitGetBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuild403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetBuild403JSONResponse) VisitGetBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuild404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetBuild404JSONResponse) VisitGetBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuild500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetBuild500JSONResponse) VisitGetBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuild501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetBuild501JSONResponse) VisitGetBuildResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuildEventsRequestObject struct {
+	Id     GenericID `json:"id"`
+	Params GetBuildEventsParams
+}
+
+type GetBuildEventsResponseObject interface {
+	VisitGetBuildEventsResponse(w http.ResponseWriter) error
+}
+
+type GetBuildEvents200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response GetBuildEvents200TexteventStreamResponse) VisitGetBuildEventsResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type GetBuildEvents401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetBuildEvents401JSONResponse) VisitGetBuildEventsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuildEvents403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetBuildEvents403JSONResponse) VisitGetBuildEventsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuildEvents404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetBuildEvents404JSONResponse) VisitGetBuildEventsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuildEvents500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetBuildEvents500JSONResponse) VisitGetBuildEventsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetBuildEvents501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetBuildEvents501JSONResponse) VisitGetBuildEventsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
 
 type GetCapabilitiesRequestObject struct {
 }
@@ -2487,6 +5968,403 @@ func (response GetCapabilities401JSONResponse) VisitGetCapabilitiesResponse(w ht
 type GetCapabilities500JSONResponse struct{ InternalJSONResponse }
 
 func (response GetCapabilities500JSONResponse) VisitGetCapabilitiesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListDevicesRequestObject struct {
+	Params ListDevicesParams
+}
+
+type ListDevicesResponseObject interface {
+	VisitListDevicesResponse(w http.ResponseWriter) error
+}
+
+type ListDevices200JSONResponse []Device
+
+func (response ListDevices200JSONResponse) VisitListDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListDevices400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListDevices400JSONResponse) VisitListDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListDevices401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListDevices401JSONResponse) VisitListDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListDevices403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListDevices403JSONResponse) VisitListDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListDevices500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListDevices500JSONResponse) VisitListDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateDeviceRequestObject struct {
+	Body *CreateDeviceJSONRequestBody
+}
+
+type CreateDeviceResponseObject interface {
+	VisitCreateDeviceResponse(w http.ResponseWriter) error
+}
+
+type CreateDevice201JSONResponse Device
+
+func (response CreateDevice201JSONResponse) VisitCreateDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateDevice400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateDevice400JSONResponse) VisitCreateDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateDevice401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateDevice401JSONResponse) VisitCreateDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateDevice403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateDevice403JSONResponse) VisitCreateDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateDevice500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateDevice500JSONResponse) VisitCreateDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateDevice501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateDevice501JSONResponse) VisitCreateDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListAvailableDevicesRequestObject struct {
+}
+
+type ListAvailableDevicesResponseObject interface {
+	VisitListAvailableDevicesResponse(w http.ResponseWriter) error
+}
+
+type ListAvailableDevices200JSONResponse []AvailableDevice
+
+func (response ListAvailableDevices200JSONResponse) VisitListAvailableDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListAvailableDevices401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListAvailableDevices401JSONResponse) VisitListAvailableDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListAvailableDevices403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListAvailableDevices403JSONResponse) VisitListAvailableDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListAvailableDevices500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListAvailableDevices500JSONResponse) VisitListAvailableDevicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteDeviceRequestObject struct {
+	Id string `json:"id"`
+}
+
+type DeleteDeviceResponseObject interface {
+	VisitDeleteDeviceResponse(w http.ResponseWriter) error
+}
+
+type DeleteDevice204Response struct {
+}
+
+func (response DeleteDevice204Response) VisitDeleteDeviceResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeleteDevice401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DeleteDevice401JSONResponse) VisitDeleteDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteDevice403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DeleteDevice403JSONResponse) VisitDeleteDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteDevice404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DeleteDevice404JSONResponse) VisitDeleteDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteDevice409JSONResponse struct{ ConflictJSONResponse }
+
+func (response DeleteDevice409JSONResponse) VisitDeleteDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteDevice500JSONResponse struct{ InternalJSONResponse }
+
+func (response DeleteDevice500JSONResponse) VisitDeleteDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetDeviceRequestObject struct {
+	Id string `json:"id"`
+}
+
+type GetDeviceResponseObject interface {
+	VisitGetDeviceResponse(w http.ResponseWriter) error
+}
+
+type GetDevice200JSONResponse Device
+
+func (response GetDevice200JSONResponse) VisitGetDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetDevice401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetDevice401JSONResponse) VisitGetDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetDevice403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetDevice403JSONResponse) VisitGetDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetDevice404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetDevice404JSONResponse) VisitGetDeviceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetDevice500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetDevice500JSONResponse) VisitGetDeviceResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -2641,6 +6519,7 @@ func (response GetHealth200JSONResponse) VisitGetHealthResponse(w http.ResponseW
 }
 
 type ListImagesRequestObject struct {
+	Params ListImagesParams
 }
 
 type ListImagesResponseObject interface {
@@ -2657,6 +6536,20 @@ func (response ListImages200JSONResponse) VisitListImagesResponse(w http.Respons
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListImages400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListImages400JSONResponse) VisitListImagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -2763,6 +6656,34 @@ func (response CreateImage403JSONResponse) VisitCreateImageResponse(w http.Respo
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateImage404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CreateImage404JSONResponse) VisitCreateImageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateImage409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreateImage409JSONResponse) VisitCreateImageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -2974,6 +6895,7 @@ func (response GetImage500JSONResponse) VisitGetImageResponse(w http.ResponseWri
 }
 
 type ListIngressesRequestObject struct {
+	Params ListIngressesParams
 }
 
 type ListIngressesResponseObject interface {
@@ -2990,6 +6912,20 @@ func (response ListIngresses200JSONResponse) VisitListIngressesResponse(w http.R
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListIngresses400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListIngresses400JSONResponse) VisitListIngressesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -3228,6 +7164,20 @@ func (response DeleteIngress404JSONResponse) VisitDeleteIngressResponse(w http.R
 	return err
 }
 
+type DeleteIngress409JSONResponse struct{ ConflictJSONResponse }
+
+func (response DeleteIngress409JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type DeleteIngress500JSONResponse struct{ InternalJSONResponse }
 
 func (response DeleteIngress500JSONResponse) VisitDeleteIngressResponse(w http.ResponseWriter) error {
@@ -3330,6 +7280,20 @@ func (response GetIngress404JSONResponse) VisitGetIngressResponse(w http.Respons
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetIngress409JSONResponse struct{ ConflictJSONResponse }
+
+func (response GetIngress409JSONResponse) VisitGetIngressResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -3834,6 +7798,190 @@ func (response UpdateInstance409JSONResponse) VisitUpdateInstanceResponse(w http
 type UpdateInstance500JSONResponse struct{ InternalJSONResponse }
 
 func (response UpdateInstance500JSONResponse) VisitUpdateInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type HoldAutoStandbyRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type HoldAutoStandbyResponseObject interface {
+	VisitHoldAutoStandbyResponse(w http.ResponseWriter) error
+}
+
+type HoldAutoStandby200JSONResponse AutoStandbyStatus
+
+func (response HoldAutoStandby200JSONResponse) VisitHoldAutoStandbyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type HoldAutoStandby401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response HoldAutoStandby401JSONResponse) VisitHoldAutoStandbyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type HoldAutoStandby403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response HoldAutoStandby403JSONResponse) VisitHoldAutoStandbyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type HoldAutoStandby404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response HoldAutoStandby404JSONResponse) VisitHoldAutoStandbyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type HoldAutoStandby409JSONResponse struct{ ConflictJSONResponse }
+
+func (response HoldAutoStandby409JSONResponse) VisitHoldAutoStandbyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type HoldAutoStandby500JSONResponse struct{ InternalJSONResponse }
+
+func (response HoldAutoStandby500JSONResponse) VisitHoldAutoStandbyResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetAutoStandbyStatusRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type GetAutoStandbyStatusResponseObject interface {
+	VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error
+}
+
+type GetAutoStandbyStatus200JSONResponse AutoStandbyStatus
+
+func (response GetAutoStandbyStatus200JSONResponse) VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetAutoStandbyStatus401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetAutoStandbyStatus401JSONResponse) VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetAutoStandbyStatus403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetAutoStandbyStatus403JSONResponse) VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetAutoStandbyStatus404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetAutoStandbyStatus404JSONResponse) VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetAutoStandbyStatus409JSONResponse struct{ ConflictJSONResponse }
+
+func (response GetAutoStandbyStatus409JSONResponse) VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetAutoStandbyStatus500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetAutoStandbyStatus500JSONResponse) VisitGetAutoStandbyStatusResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4570,46 +8718,25 @@ func (response ResumeInstance501JSONResponse) VisitResumeInstanceResponse(w http
 	return err
 }
 
-type CreateSnapshotRequestObject struct {
-	Id   InstanceID `json:"id"`
-	Body *CreateSnapshotJSONRequestBody
+type DeleteInstanceSnapshotScheduleRequestObject struct {
+	Id InstanceID `json:"id"`
 }
 
-type CreateSnapshotResponseObject interface {
-	VisitCreateSnapshotResponse(w http.ResponseWriter) error
+type DeleteInstanceSnapshotScheduleResponseObject interface {
+	VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error
 }
 
-type CreateSnapshot201JSONResponse Snapshot
-
-func (response CreateSnapshot201JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(201)
-	_, err := buf.WriteTo(w)
-	return err
+type DeleteInstanceSnapshotSchedule204Response struct {
 }
 
-type CreateSnapshot400JSONResponse struct{ BadRequestJSONResponse }
-
-func (response CreateSnapshot400JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(400)
-	_, err := buf.WriteTo(w)
-	return err
+func (response DeleteInstanceSnapshotSchedule204Response) VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
 }
 
-type CreateSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+type DeleteInstanceSnapshotSchedule401JSONResponse struct{ UnauthorizedJSONResponse }
 
-func (response CreateSnapshot401JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+func (response DeleteInstanceSnapshotSchedule401JSONResponse) VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4621,9 +8748,9 @@ func (response CreateSnapshot401JSONResponse) VisitCreateSnapshotResponse(w http
 	return err
 }
 
-type CreateSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+type DeleteInstanceSnapshotSchedule403JSONResponse struct{ ForbiddenJSONResponse }
 
-func (response CreateSnapshot403JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+func (response DeleteInstanceSnapshotSchedule403JSONResponse) VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4635,9 +8762,9 @@ func (response CreateSnapshot403JSONResponse) VisitCreateSnapshotResponse(w http
 	return err
 }
 
-type CreateSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+type DeleteInstanceSnapshotSchedule404JSONResponse struct{ NotFoundJSONResponse }
 
-func (response CreateSnapshot404JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+func (response DeleteInstanceSnapshotSchedule404JSONResponse) VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4649,23 +8776,9 @@ func (response CreateSnapshot404JSONResponse) VisitCreateSnapshotResponse(w http
 	return err
 }
 
-type CreateSnapshot409JSONResponse struct{ ConflictJSONResponse }
+type DeleteInstanceSnapshotSchedule500JSONResponse struct{ InternalJSONResponse }
 
-func (response CreateSnapshot409JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(409)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
-type CreateSnapshot500JSONResponse struct{ InternalJSONResponse }
-
-func (response CreateSnapshot500JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+func (response DeleteInstanceSnapshotSchedule500JSONResponse) VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4677,9 +8790,9 @@ func (response CreateSnapshot500JSONResponse) VisitCreateSnapshotResponse(w http
 	return err
 }
 
-type CreateSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+type DeleteInstanceSnapshotSchedule501JSONResponse struct{ NotImplementedJSONResponse }
 
-func (response CreateSnapshot501JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+func (response DeleteInstanceSnapshotSchedule501JSONResponse) VisitDeleteInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4691,18 +8804,17 @@ func (response CreateSnapshot501JSONResponse) VisitCreateSnapshotResponse(w http
 	return err
 }
 
-type RestoreSnapshotRequestObject struct {
-	Id  InstanceID `json:"id"`
-	Sid string     `json:"sid"`
+type GetInstanceSnapshotScheduleRequestObject struct {
+	Id InstanceID `json:"id"`
 }
 
-type RestoreSnapshotResponseObject interface {
-	VisitRestoreSnapshotResponse(w http.ResponseWriter) error
+type GetInstanceSnapshotScheduleResponseObject interface {
+	VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error
 }
 
-type RestoreSnapshot200JSONResponse Instance
+type GetInstanceSnapshotSchedule200JSONResponse SnapshotSchedule
 
-func (response RestoreSnapshot200JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+func (response GetInstanceSnapshotSchedule200JSONResponse) VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4714,23 +8826,9 @@ func (response RestoreSnapshot200JSONResponse) VisitRestoreSnapshotResponse(w ht
 	return err
 }
 
-type RestoreSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+type GetInstanceSnapshotSchedule401JSONResponse struct{ UnauthorizedJSONResponse }
 
-func (response RestoreSnapshot400JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(400)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
-type RestoreSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
-
-func (response RestoreSnapshot401JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+func (response GetInstanceSnapshotSchedule401JSONResponse) VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4742,9 +8840,9 @@ func (response RestoreSnapshot401JSONResponse) VisitRestoreSnapshotResponse(w ht
 	return err
 }
 
-type RestoreSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+type GetInstanceSnapshotSchedule403JSONResponse struct{ ForbiddenJSONResponse }
 
-func (response RestoreSnapshot403JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+func (response GetInstanceSnapshotSchedule403JSONResponse) VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4756,9 +8854,9 @@ func (response RestoreSnapshot403JSONResponse) VisitRestoreSnapshotResponse(w ht
 	return err
 }
 
-type RestoreSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+type GetInstanceSnapshotSchedule404JSONResponse struct{ NotFoundJSONResponse }
 
-func (response RestoreSnapshot404JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+func (response GetInstanceSnapshotSchedule404JSONResponse) VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4770,23 +8868,9 @@ func (response RestoreSnapshot404JSONResponse) VisitRestoreSnapshotResponse(w ht
 	return err
 }
 
-type RestoreSnapshot409JSONResponse struct{ ConflictJSONResponse }
+type GetInstanceSnapshotSchedule500JSONResponse struct{ InternalJSONResponse }
 
-func (response RestoreSnapshot409JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(409)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
-type RestoreSnapshot500JSONResponse struct{ InternalJSONResponse }
-
-func (response RestoreSnapshot500JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+func (response GetInstanceSnapshotSchedule500JSONResponse) VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4798,9 +8882,359 @@ func (response RestoreSnapshot500JSONResponse) VisitRestoreSnapshotResponse(w ht
 	return err
 }
 
-type RestoreSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+type GetInstanceSnapshotSchedule501JSONResponse struct{ NotImplementedJSONResponse }
 
-func (response RestoreSnapshot501JSONResponse) VisitRestoreSnapshotResponse(w http.ResponseWriter) error {
+func (response GetInstanceSnapshotSchedule501JSONResponse) VisitGetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotScheduleRequestObject struct {
+	Id   InstanceID `json:"id"`
+	Body *SetInstanceSnapshotScheduleJSONRequestBody
+}
+
+type SetInstanceSnapshotScheduleResponseObject interface {
+	VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error
+}
+
+type SetInstanceSnapshotSchedule200JSONResponse SnapshotSchedule
+
+func (response SetInstanceSnapshotSchedule200JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotSchedule400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response SetInstanceSnapshotSchedule400JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotSchedule401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response SetInstanceSnapshotSchedule401JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotSchedule403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response SetInstanceSnapshotSchedule403JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotSchedule404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response SetInstanceSnapshotSchedule404JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotSchedule500JSONResponse struct{ InternalJSONResponse }
+
+func (response SetInstanceSnapshotSchedule500JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SetInstanceSnapshotSchedule501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response SetInstanceSnapshotSchedule501JSONResponse) VisitSetInstanceSnapshotScheduleResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshotRequestObject struct {
+	Id   InstanceID `json:"id"`
+	Body *CreateInstanceSnapshotJSONRequestBody
+}
+
+type CreateInstanceSnapshotResponseObject interface {
+	VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error
+}
+
+type CreateInstanceSnapshot201JSONResponse Snapshot
+
+func (response CreateInstanceSnapshot201JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateInstanceSnapshot400JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateInstanceSnapshot401JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateInstanceSnapshot403JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CreateInstanceSnapshot404JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreateInstanceSnapshot409JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateInstanceSnapshot500JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateInstanceSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateInstanceSnapshot501JSONResponse) VisitCreateInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshotRequestObject struct {
+	Id   InstanceID `json:"id"`
+	Sid  string     `json:"sid"`
+	Body *RestoreInstanceSnapshotJSONRequestBody
+}
+
+type RestoreInstanceSnapshotResponseObject interface {
+	VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error
+}
+
+type RestoreInstanceSnapshot200JSONResponse Instance
+
+func (response RestoreInstanceSnapshot200JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response RestoreInstanceSnapshot400JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response RestoreInstanceSnapshot401JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response RestoreInstanceSnapshot403JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response RestoreInstanceSnapshot404JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot409JSONResponse struct{ ConflictJSONResponse }
+
+func (response RestoreInstanceSnapshot409JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot500JSONResponse struct{ InternalJSONResponse }
+
+func (response RestoreInstanceSnapshot500JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RestoreInstanceSnapshot501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response RestoreInstanceSnapshot501JSONResponse) VisitRestoreInstanceSnapshotResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -4813,7 +9247,8 @@ func (response RestoreSnapshot501JSONResponse) VisitRestoreSnapshotResponse(w ht
 }
 
 type StandbyInstanceRequestObject struct {
-	Id InstanceID `json:"id"`
+	Id   InstanceID `json:"id"`
+	Body *StandbyInstanceJSONRequestBody
 }
 
 type StandbyInstanceResponseObject interface {
@@ -4830,6 +9265,20 @@ func (response StandbyInstance200JSONResponse) VisitStandbyInstanceResponse(w ht
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StandbyInstance400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StandbyInstance400JSONResponse) VisitStandbyInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -4919,7 +9368,8 @@ func (response StandbyInstance501JSONResponse) VisitStandbyInstanceResponse(w ht
 }
 
 type StartInstanceRequestObject struct {
-	Id InstanceID `json:"id"`
+	Id   InstanceID `json:"id"`
+	Body *StartInstanceJSONRequestBody
 }
 
 type StartInstanceResponseObject interface {
@@ -4936,6 +9386,20 @@ func (response StartInstance200JSONResponse) VisitStartInstanceResponse(w http.R
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartInstance400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartInstance400JSONResponse) VisitStartInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -5315,6 +9779,221 @@ func (response StopInstance500JSONResponse) VisitStopInstanceResponse(w http.Res
 	return err
 }
 
+type DetachVolumeRequestObject struct {
+	Id       InstanceID     `json:"id"`
+	VolumeId VolumeIDInPath `json:"volumeId"`
+}
+
+type DetachVolumeResponseObject interface {
+	VisitDetachVolumeResponse(w http.ResponseWriter) error
+}
+
+type DetachVolume200JSONResponse Instance
+
+func (response DetachVolume200JSONResponse) VisitDetachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DetachVolume401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DetachVolume401JSONResponse) VisitDetachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DetachVolume403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DetachVolume403JSONResponse) VisitDetachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DetachVolume404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DetachVolume404JSONResponse) VisitDetachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DetachVolume500JSONResponse struct{ InternalJSONResponse }
+
+func (response DetachVolume500JSONResponse) VisitDetachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DetachVolume501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response DetachVolume501JSONResponse) VisitDetachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolumeRequestObject struct {
+	Id       InstanceID     `json:"id"`
+	VolumeId VolumeIDInPath `json:"volumeId"`
+	Body     *AttachVolumeJSONRequestBody
+}
+
+type AttachVolumeResponseObject interface {
+	VisitAttachVolumeResponse(w http.ResponseWriter) error
+}
+
+type AttachVolume200JSONResponse Instance
+
+func (response AttachVolume200JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response AttachVolume400JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response AttachVolume401JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response AttachVolume403JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response AttachVolume404JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume409JSONResponse struct{ ConflictJSONResponse }
+
+func (response AttachVolume409JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume500JSONResponse struct{ InternalJSONResponse }
+
+func (response AttachVolume500JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AttachVolume501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response AttachVolume501JSONResponse) VisitAttachVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type WaitForInstanceStateRequestObject struct {
 	Id     InstanceID `json:"id"`
 	Params WaitForInstanceStateParams
@@ -5324,7 +10003,7 @@ type WaitForInstanceStateResponseObject interface {
 	VisitWaitForInstanceStateResponse(w http.ResponseWriter) error
 }
 
-type WaitForInstanceState200JSONResponse WaitResponse
+type WaitForInstanceState200JSONResponse WaitForStateResponse
 
 func (response WaitForInstanceState200JSONResponse) VisitWaitForInstanceStateResponse(w http.ResponseWriter) error {
 
@@ -5425,6 +10104,464 @@ func (response WaitForInstanceState500JSONResponse) VisitWaitForInstanceStateRes
 type WaitForInstanceState501JSONResponse struct{ NotImplementedJSONResponse }
 
 func (response WaitForInstanceState501JSONResponse) VisitWaitForInstanceStateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListPushesRequestObject struct {
+}
+
+type ListPushesResponseObject interface {
+	VisitListPushesResponse(w http.ResponseWriter) error
+}
+
+type ListPushes200JSONResponse []Push
+
+func (response ListPushes200JSONResponse) VisitListPushesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListPushes401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListPushes401JSONResponse) VisitListPushesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListPushes403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListPushes403JSONResponse) VisitListPushesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListPushes500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListPushes500JSONResponse) VisitListPushesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListPushes501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ListPushes501JSONResponse) VisitListPushesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePushRequestObject struct {
+	Body *CreatePushJSONRequestBody
+}
+
+type CreatePushResponseObject interface {
+	VisitCreatePushResponse(w http.ResponseWriter) error
+}
+
+type CreatePush202JSONResponse Push
+
+func (response CreatePush202JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreatePush400JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreatePush401JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreatePush403JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CreatePush404JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreatePush409JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreatePush500JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreatePush501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreatePush501JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetPushRequestObject struct {
+	Id GenericID `json:"id"`
+}
+
+type GetPushResponseObject interface {
+	VisitGetPushResponse(w http.ResponseWriter) error
+}
+
+type GetPush200JSONResponse Push
+
+func (response GetPush200JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetPush401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetPush401JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetPush403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetPush403JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetPush404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetPush404JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetPush500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetPush500JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetPush501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetPush501JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetResourcesRequestObject struct {
+}
+
+type GetResourcesResponseObject interface {
+	VisitGetResourcesResponse(w http.ResponseWriter) error
+}
+
+type GetResources200JSONResponse Resources
+
+func (response GetResources200JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetResources401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetResources401JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetResources403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetResources403JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetResources500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetResources500JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetResources501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetResources501JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReclaimMemoryRequestObject struct {
+	Body *ReclaimMemoryJSONRequestBody
+}
+
+type ReclaimMemoryResponseObject interface {
+	VisitReclaimMemoryResponse(w http.ResponseWriter) error
+}
+
+type ReclaimMemory200JSONResponse MemoryReclaimResponse
+
+func (response ReclaimMemory200JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReclaimMemory400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ReclaimMemory400JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReclaimMemory401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ReclaimMemory401JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReclaimMemory403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ReclaimMemory403JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReclaimMemory500JSONResponse struct{ InternalJSONResponse }
+
+func (response ReclaimMemory500JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReclaimMemory501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ReclaimMemory501JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -5897,11 +11034,539 @@ func (response ForkSnapshot501JSONResponse) VisitForkSnapshotResponse(w http.Res
 	return err
 }
 
+type ListVolumesRequestObject struct {
+	Params ListVolumesParams
+}
+
+type ListVolumesResponseObject interface {
+	VisitListVolumesResponse(w http.ResponseWriter) error
+}
+
+type ListVolumes200JSONResponse []Volume
+
+func (response ListVolumes200JSONResponse) VisitListVolumesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListVolumes401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListVolumes401JSONResponse) VisitListVolumesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListVolumes403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response ListVolumes403JSONResponse) VisitListVolumesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListVolumes500JSONResponse struct{ InternalJSONResponse }
+
+func (response ListVolumes500JSONResponse) VisitListVolumesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListVolumes501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response ListVolumes501JSONResponse) VisitListVolumesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeRequestObject struct {
+	Body *CreateVolumeJSONRequestBody
+}
+
+type CreateVolumeResponseObject interface {
+	VisitCreateVolumeResponse(w http.ResponseWriter) error
+}
+
+type CreateVolume201JSONResponse Volume
+
+func (response CreateVolume201JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolume400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateVolume400JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolume401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateVolume401JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolume403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateVolume403JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolume409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreateVolume409JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolume500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateVolume500JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolume501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateVolume501JSONResponse) VisitCreateVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchiveRequestObject struct {
+	Params CreateVolumeFromArchiveParams
+	Body   io.Reader
+}
+
+type CreateVolumeFromArchiveResponseObject interface {
+	VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error
+}
+
+type CreateVolumeFromArchive201JSONResponse Volume
+
+func (response CreateVolumeFromArchive201JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchive400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateVolumeFromArchive400JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchive401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateVolumeFromArchive401JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchive403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response CreateVolumeFromArchive403JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchive409JSONResponse struct{ ConflictJSONResponse }
+
+func (response CreateVolumeFromArchive409JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchive500JSONResponse struct{ InternalJSONResponse }
+
+func (response CreateVolumeFromArchive500JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateVolumeFromArchive501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response CreateVolumeFromArchive501JSONResponse) VisitCreateVolumeFromArchiveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteVolumeRequestObject struct {
+	Id VolumeID `json:"id"`
+}
+
+type DeleteVolumeResponseObject interface {
+	VisitDeleteVolumeResponse(w http.ResponseWriter) error
+}
+
+type DeleteVolume204Response struct {
+}
+
+func (response DeleteVolume204Response) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeleteVolume401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DeleteVolume401JSONResponse) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteVolume403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DeleteVolume403JSONResponse) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteVolume404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DeleteVolume404JSONResponse) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteVolume409JSONResponse struct{ ConflictJSONResponse }
+
+func (response DeleteVolume409JSONResponse) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteVolume500JSONResponse struct{ InternalJSONResponse }
+
+func (response DeleteVolume500JSONResponse) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteVolume501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response DeleteVolume501JSONResponse) VisitDeleteVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetVolumeRequestObject struct {
+	Id VolumeID `json:"id"`
+}
+
+type GetVolumeResponseObject interface {
+	VisitGetVolumeResponse(w http.ResponseWriter) error
+}
+
+type GetVolume200JSONResponse Volume
+
+func (response GetVolume200JSONResponse) VisitGetVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetVolume401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetVolume401JSONResponse) VisitGetVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetVolume403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response GetVolume403JSONResponse) VisitGetVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetVolume404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetVolume404JSONResponse) VisitGetVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetVolume500JSONResponse struct{ InternalJSONResponse }
+
+func (response GetVolume500JSONResponse) VisitGetVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetVolume501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response GetVolume501JSONResponse) VisitGetVolumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
+	// ListBuilders List builders (not built yet)
+	// (GET /builders)
+	ListBuilders(ctx context.Context, request ListBuildersRequestObject) (ListBuildersResponseObject, error)
+	// CreateBuilder Create a builder (not built yet)
+	// (POST /builders)
+	CreateBuilder(ctx context.Context, request CreateBuilderRequestObject) (CreateBuilderResponseObject, error)
+	// DeleteBuilder Delete a builder (not built yet)
+	// (DELETE /builders/{id})
+	DeleteBuilder(ctx context.Context, request DeleteBuilderRequestObject) (DeleteBuilderResponseObject, error)
+	// GetBuilder Get one builder (not built yet)
+	// (GET /builders/{id})
+	GetBuilder(ctx context.Context, request GetBuilderRequestObject) (GetBuilderResponseObject, error)
+	// PruneBuilder Reset a builder's cache (not built yet)
+	// (POST /builders/{id}/prune)
+	PruneBuilder(ctx context.Context, request PruneBuilderRequestObject) (PruneBuilderResponseObject, error)
+	// ListBuilds List builds (not built yet)
+	// (GET /builds)
+	ListBuilds(ctx context.Context, request ListBuildsRequestObject) (ListBuildsResponseObject, error)
+	// CreateBuild Build an image from source (not built yet)
+	// (POST /builds)
+	CreateBuild(ctx context.Context, request CreateBuildRequestObject) (CreateBuildResponseObject, error)
+	// CancelBuild Cancel a build (not built yet)
+	// (DELETE /builds/{id})
+	CancelBuild(ctx context.Context, request CancelBuildRequestObject) (CancelBuildResponseObject, error)
+	// GetBuild Get one build (not built yet)
+	// (GET /builds/{id})
+	GetBuild(ctx context.Context, request GetBuildRequestObject) (GetBuildResponseObject, error)
+	// GetBuildEvents Stream a build's events (not built yet)
+	// (GET /builds/{id}/events)
+	GetBuildEvents(ctx context.Context, request GetBuildEventsRequestObject) (GetBuildEventsResponseObject, error)
 	// GetCapabilities What this host can run and how
 	// (GET /capabilities)
 	GetCapabilities(ctx context.Context, request GetCapabilitiesRequestObject) (GetCapabilitiesResponseObject, error)
+	// ListDevices List registered passthrough devices
+	// (GET /devices)
+	ListDevices(ctx context.Context, request ListDevicesRequestObject) (ListDevicesResponseObject, error)
+	// CreateDevice Register a device for passthrough (refused on this server)
+	// (POST /devices)
+	CreateDevice(ctx context.Context, request CreateDeviceRequestObject) (CreateDeviceResponseObject, error)
+	// ListAvailableDevices Passthrough-capable devices on this host
+	// (GET /devices/available)
+	ListAvailableDevices(ctx context.Context, request ListAvailableDevicesRequestObject) (ListAvailableDevicesResponseObject, error)
+	// DeleteDevice Unregister a device
+	// (DELETE /devices/{id})
+	DeleteDevice(ctx context.Context, request DeleteDeviceRequestObject) (DeleteDeviceResponseObject, error)
+	// GetDevice Get one device
+	// (GET /devices/{id})
+	GetDevice(ctx context.Context, request GetDeviceRequestObject) (GetDeviceResponseObject, error)
 	// StreamEvents Lifecycle events of all instances (server-sent events)
 	// (GET /events)
 	StreamEvents(ctx context.Context, request StreamEventsRequestObject) (StreamEventsResponseObject, error)
@@ -5944,9 +11609,15 @@ type StrictServerInterface interface {
 	// GetInstance Get one instance
 	// (GET /instances/{id})
 	GetInstance(ctx context.Context, request GetInstanceRequestObject) (GetInstanceResponseObject, error)
-	// UpdateInstance Change an instance's restart policy and/or health check
+	// UpdateInstance Change an instance's mutable settings
 	// (PATCH /instances/{id})
 	UpdateInstance(ctx context.Context, request UpdateInstanceRequestObject) (UpdateInstanceResponseObject, error)
+	// HoldAutoStandby Hold off auto-standby
+	// (POST /instances/{id}/auto-standby/hold)
+	HoldAutoStandby(ctx context.Context, request HoldAutoStandbyRequestObject) (HoldAutoStandbyResponseObject, error)
+	// GetAutoStandbyStatus Auto-standby diagnostic status
+	// (GET /instances/{id}/auto-standby/status)
+	GetAutoStandbyStatus(ctx context.Context, request GetAutoStandbyStatusRequestObject) (GetAutoStandbyStatusResponseObject, error)
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(ctx context.Context, request StreamInstanceEventsRequestObject) (StreamInstanceEventsResponseObject, error)
@@ -5965,12 +11636,21 @@ type StrictServerInterface interface {
 	// ResumeInstance Continue a Paused instance
 	// (POST /instances/{id}/resume)
 	ResumeInstance(ctx context.Context, request ResumeInstanceRequestObject) (ResumeInstanceResponseObject, error)
-	// CreateSnapshot Take a snapshot of an instance
+	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+	// (DELETE /instances/{id}/snapshot-schedule)
+	DeleteInstanceSnapshotSchedule(ctx context.Context, request DeleteInstanceSnapshotScheduleRequestObject) (DeleteInstanceSnapshotScheduleResponseObject, error)
+	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+	// (GET /instances/{id}/snapshot-schedule)
+	GetInstanceSnapshotSchedule(ctx context.Context, request GetInstanceSnapshotScheduleRequestObject) (GetInstanceSnapshotScheduleResponseObject, error)
+	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+	// (PUT /instances/{id}/snapshot-schedule)
+	SetInstanceSnapshotSchedule(ctx context.Context, request SetInstanceSnapshotScheduleRequestObject) (SetInstanceSnapshotScheduleResponseObject, error)
+	// CreateInstanceSnapshot Take a snapshot of an instance
 	// (POST /instances/{id}/snapshots)
-	CreateSnapshot(ctx context.Context, request CreateSnapshotRequestObject) (CreateSnapshotResponseObject, error)
-	// RestoreSnapshot Roll an instance back to one of its snapshots
+	CreateInstanceSnapshot(ctx context.Context, request CreateInstanceSnapshotRequestObject) (CreateInstanceSnapshotResponseObject, error)
+	// RestoreInstanceSnapshot Roll an instance back to one of its snapshots
 	// (POST /instances/{id}/snapshots/{sid}/restore)
-	RestoreSnapshot(ctx context.Context, request RestoreSnapshotRequestObject) (RestoreSnapshotResponseObject, error)
+	RestoreInstanceSnapshot(ctx context.Context, request RestoreInstanceSnapshotRequestObject) (RestoreInstanceSnapshotResponseObject, error)
 	// StandbyInstance Put a Running (or Paused) instance on standby
 	// (POST /instances/{id}/standby)
 	StandbyInstance(ctx context.Context, request StandbyInstanceRequestObject) (StandbyInstanceResponseObject, error)
@@ -5986,9 +11666,30 @@ type StrictServerInterface interface {
 	// StopInstance Stop an instance gracefully
 	// (POST /instances/{id}/stop)
 	StopInstance(ctx context.Context, request StopInstanceRequestObject) (StopInstanceResponseObject, error)
+	// DetachVolume Detach a volume from an instance (not built yet)
+	// (DELETE /instances/{id}/volumes/{volumeId})
+	DetachVolume(ctx context.Context, request DetachVolumeRequestObject) (DetachVolumeResponseObject, error)
+	// AttachVolume Attach a volume to an instance (not built yet)
+	// (POST /instances/{id}/volumes/{volumeId})
+	AttachVolume(ctx context.Context, request AttachVolumeRequestObject) (AttachVolumeResponseObject, error)
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	// (GET /instances/{id}/wait)
 	WaitForInstanceState(ctx context.Context, request WaitForInstanceStateRequestObject) (WaitForInstanceStateResponseObject, error)
+	// ListPushes List image pushes (not built yet)
+	// (GET /pushes)
+	ListPushes(ctx context.Context, request ListPushesRequestObject) (ListPushesResponseObject, error)
+	// CreatePush Push an image to a remote registry (not built yet)
+	// (POST /pushes)
+	CreatePush(ctx context.Context, request CreatePushRequestObject) (CreatePushResponseObject, error)
+	// GetPush Get one push (not built yet)
+	// (GET /pushes/{id})
+	GetPush(ctx context.Context, request GetPushRequestObject) (GetPushResponseObject, error)
+	// GetResources Host capacity and allocations (not built yet)
+	// (GET /resources)
+	GetResources(ctx context.Context, request GetResourcesRequestObject) (GetResourcesResponseObject, error)
+	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// (POST /resources/memory/reclaim)
+	ReclaimMemory(ctx context.Context, request ReclaimMemoryRequestObject) (ReclaimMemoryResponseObject, error)
 	// ListSnapshots List snapshots, oldest first
 	// (GET /snapshots)
 	ListSnapshots(ctx context.Context, request ListSnapshotsRequestObject) (ListSnapshotsResponseObject, error)
@@ -6001,6 +11702,21 @@ type StrictServerInterface interface {
 	// ForkSnapshot Create a new instance from a snapshot
 	// (POST /snapshots/{id}/fork)
 	ForkSnapshot(ctx context.Context, request ForkSnapshotRequestObject) (ForkSnapshotResponseObject, error)
+	// ListVolumes List volumes (not built yet)
+	// (GET /volumes)
+	ListVolumes(ctx context.Context, request ListVolumesRequestObject) (ListVolumesResponseObject, error)
+	// CreateVolume Create an empty volume (not built yet)
+	// (POST /volumes)
+	CreateVolume(ctx context.Context, request CreateVolumeRequestObject) (CreateVolumeResponseObject, error)
+	// CreateVolumeFromArchive Create a volume from a tar.gz archive (not built yet)
+	// (POST /volumes/from-archive)
+	CreateVolumeFromArchive(ctx context.Context, request CreateVolumeFromArchiveRequestObject) (CreateVolumeFromArchiveResponseObject, error)
+	// DeleteVolume Delete a volume (not built yet)
+	// (DELETE /volumes/{id})
+	DeleteVolume(ctx context.Context, request DeleteVolumeRequestObject) (DeleteVolumeResponseObject, error)
+	// GetVolume Get one volume (not built yet)
+	// (GET /volumes/{id})
+	GetVolume(ctx context.Context, request GetVolumeRequestObject) (GetVolumeResponseObject, error)
 }
 
 type StrictHandlerFunc func(ctx context.Context, w http.ResponseWriter, r *http.Request, request any) (any, error)
@@ -6042,6 +11758,277 @@ type strictHandler struct {
 	options     StrictHTTPServerOptions
 }
 
+// ListBuilders operation middleware
+func (sh *strictHandler) ListBuilders(w http.ResponseWriter, r *http.Request, params ListBuildersParams) {
+	var request ListBuildersRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListBuilders(ctx, request.(ListBuildersRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListBuilders")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListBuildersResponseObject); ok {
+		if err := validResponse.VisitListBuildersResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateBuilder operation middleware
+func (sh *strictHandler) CreateBuilder(w http.ResponseWriter, r *http.Request) {
+	var request CreateBuilderRequestObject
+
+	var body CreateBuilderJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateBuilder(ctx, request.(CreateBuilderRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateBuilder")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateBuilderResponseObject); ok {
+		if err := validResponse.VisitCreateBuilderResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeleteBuilder operation middleware
+func (sh *strictHandler) DeleteBuilder(w http.ResponseWriter, r *http.Request, id GenericID) {
+	var request DeleteBuilderRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeleteBuilder(ctx, request.(DeleteBuilderRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeleteBuilder")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeleteBuilderResponseObject); ok {
+		if err := validResponse.VisitDeleteBuilderResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetBuilder operation middleware
+func (sh *strictHandler) GetBuilder(w http.ResponseWriter, r *http.Request, id GenericID) {
+	var request GetBuilderRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetBuilder(ctx, request.(GetBuilderRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetBuilder")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetBuilderResponseObject); ok {
+		if err := validResponse.VisitGetBuilderResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// PruneBuilder operation middleware
+func (sh *strictHandler) PruneBuilder(w http.ResponseWriter, r *http.Request, id GenericID) {
+	var request PruneBuilderRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.PruneBuilder(ctx, request.(PruneBuilderRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "PruneBuilder")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(PruneBuilderResponseObject); ok {
+		if err := validResponse.VisitPruneBuilderResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListBuilds operation middleware
+func (sh *strictHandler) ListBuilds(w http.ResponseWriter, r *http.Request, params ListBuildsParams) {
+	var request ListBuildsRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListBuilds(ctx, request.(ListBuildsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListBuilds")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListBuildsResponseObject); ok {
+		if err := validResponse.VisitListBuildsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateBuild operation middleware
+func (sh *strictHandler) CreateBuild(w http.ResponseWriter, r *http.Request) {
+	var request CreateBuildRequestObject
+
+	if reader, err := r.MultipartReader(); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode multipart body: %w", err))
+		return
+	} else {
+		request.Body = reader
+	}
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateBuild(ctx, request.(CreateBuildRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateBuild")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateBuildResponseObject); ok {
+		if err := validResponse.VisitCreateBuildResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CancelBuild operation middleware
+func (sh *strictHandler) CancelBuild(w http.ResponseWriter, r *http.Request, id GenericID) {
+	var request CancelBuildRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CancelBuild(ctx, request.(CancelBuildRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CancelBuild")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CancelBuildResponseObject); ok {
+		if err := validResponse.VisitCancelBuildResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetBuild operation middleware
+func (sh *strictHandler) GetBuild(w http.ResponseWriter, r *http.Request, id GenericID) {
+	var request GetBuildRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetBuild(ctx, request.(GetBuildRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetBuild")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetBuildResponseObject); ok {
+		if err := validResponse.VisitGetBuildResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetBuildEvents operation middleware
+func (sh *strictHandler) GetBuildEvents(w http.ResponseWriter, r *http.Request, id GenericID, params GetBuildEventsParams) {
+	var request GetBuildEventsRequestObject
+
+	request.Id = id
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetBuildEvents(ctx, request.(GetBuildEventsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetBuildEvents")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetBuildEventsResponseObject); ok {
+		if err := validResponse.VisitGetBuildEventsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // GetCapabilities operation middleware
 func (sh *strictHandler) GetCapabilities(w http.ResponseWriter, r *http.Request) {
 	var request GetCapabilitiesRequestObject
@@ -6059,6 +12046,139 @@ func (sh *strictHandler) GetCapabilities(w http.ResponseWriter, r *http.Request)
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(GetCapabilitiesResponseObject); ok {
 		if err := validResponse.VisitGetCapabilitiesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListDevices operation middleware
+func (sh *strictHandler) ListDevices(w http.ResponseWriter, r *http.Request, params ListDevicesParams) {
+	var request ListDevicesRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListDevices(ctx, request.(ListDevicesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListDevices")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListDevicesResponseObject); ok {
+		if err := validResponse.VisitListDevicesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateDevice operation middleware
+func (sh *strictHandler) CreateDevice(w http.ResponseWriter, r *http.Request) {
+	var request CreateDeviceRequestObject
+
+	var body CreateDeviceJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateDevice(ctx, request.(CreateDeviceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateDevice")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateDeviceResponseObject); ok {
+		if err := validResponse.VisitCreateDeviceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListAvailableDevices operation middleware
+func (sh *strictHandler) ListAvailableDevices(w http.ResponseWriter, r *http.Request) {
+	var request ListAvailableDevicesRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListAvailableDevices(ctx, request.(ListAvailableDevicesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListAvailableDevices")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListAvailableDevicesResponseObject); ok {
+		if err := validResponse.VisitListAvailableDevicesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeleteDevice operation middleware
+func (sh *strictHandler) DeleteDevice(w http.ResponseWriter, r *http.Request, id string) {
+	var request DeleteDeviceRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeleteDevice(ctx, request.(DeleteDeviceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeleteDevice")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeleteDeviceResponseObject); ok {
+		if err := validResponse.VisitDeleteDeviceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetDevice operation middleware
+func (sh *strictHandler) GetDevice(w http.ResponseWriter, r *http.Request, id string) {
+	var request GetDeviceRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetDevice(ctx, request.(GetDeviceRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetDevice")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetDeviceResponseObject); ok {
+		if err := validResponse.VisitGetDeviceResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -6117,8 +12237,10 @@ func (sh *strictHandler) GetHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // ListImages operation middleware
-func (sh *strictHandler) ListImages(w http.ResponseWriter, r *http.Request) {
+func (sh *strictHandler) ListImages(w http.ResponseWriter, r *http.Request, params ListImagesParams) {
 	var request ListImagesRequestObject
+
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.ListImages(ctx, request.(ListImagesRequestObject))
@@ -6224,8 +12346,10 @@ func (sh *strictHandler) GetImage(w http.ResponseWriter, r *http.Request, name I
 }
 
 // ListIngresses operation middleware
-func (sh *strictHandler) ListIngresses(w http.ResponseWriter, r *http.Request) {
+func (sh *strictHandler) ListIngresses(w http.ResponseWriter, r *http.Request, params ListIngressesParams) {
 	var request ListIngressesRequestObject
+
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.ListIngresses(ctx, request.(ListIngressesRequestObject))
@@ -6472,6 +12596,58 @@ func (sh *strictHandler) UpdateInstance(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
+// HoldAutoStandby operation middleware
+func (sh *strictHandler) HoldAutoStandby(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request HoldAutoStandbyRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.HoldAutoStandby(ctx, request.(HoldAutoStandbyRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "HoldAutoStandby")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(HoldAutoStandbyResponseObject); ok {
+		if err := validResponse.VisitHoldAutoStandbyResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetAutoStandbyStatus operation middleware
+func (sh *strictHandler) GetAutoStandbyStatus(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request GetAutoStandbyStatusRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetAutoStandbyStatus(ctx, request.(GetAutoStandbyStatusRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetAutoStandbyStatus")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetAutoStandbyStatusResponseObject); ok {
+		if err := validResponse.VisitGetAutoStandbyStatusResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // StreamInstanceEvents operation middleware
 func (sh *strictHandler) StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams) {
 	var request StreamInstanceEventsRequestObject
@@ -6637,32 +12813,25 @@ func (sh *strictHandler) ResumeInstance(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
-// CreateSnapshot operation middleware
-func (sh *strictHandler) CreateSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID) {
-	var request CreateSnapshotRequestObject
+// DeleteInstanceSnapshotSchedule operation middleware
+func (sh *strictHandler) DeleteInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request DeleteInstanceSnapshotScheduleRequestObject
 
 	request.Id = id
 
-	var body CreateSnapshotJSONRequestBody
-	if err := runtime.BindJSONBody(r, &body); err != nil {
-		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
-		return
-	}
-	request.Body = &body
-
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
-		return sh.ssi.CreateSnapshot(ctx, request.(CreateSnapshotRequestObject))
+		return sh.ssi.DeleteInstanceSnapshotSchedule(ctx, request.(DeleteInstanceSnapshotScheduleRequestObject))
 	}
 	for _, middleware := range sh.middlewares {
-		handler = middleware(handler, "CreateSnapshot")
+		handler = middleware(handler, "DeleteInstanceSnapshotSchedule")
 	}
 
 	response, err := handler(r.Context(), w, r, request)
 
 	if err != nil {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
-	} else if validResponse, ok := response.(CreateSnapshotResponseObject); ok {
-		if err := validResponse.VisitCreateSnapshotResponse(w); err != nil {
+	} else if validResponse, ok := response.(DeleteInstanceSnapshotScheduleResponseObject); ok {
+		if err := validResponse.VisitDeleteInstanceSnapshotScheduleResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -6670,26 +12839,128 @@ func (sh *strictHandler) CreateSnapshot(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
-// RestoreSnapshot operation middleware
-func (sh *strictHandler) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string) {
-	var request RestoreSnapshotRequestObject
+// GetInstanceSnapshotSchedule operation middleware
+func (sh *strictHandler) GetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request GetInstanceSnapshotScheduleRequestObject
 
 	request.Id = id
-	request.Sid = sid
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
-		return sh.ssi.RestoreSnapshot(ctx, request.(RestoreSnapshotRequestObject))
+		return sh.ssi.GetInstanceSnapshotSchedule(ctx, request.(GetInstanceSnapshotScheduleRequestObject))
 	}
 	for _, middleware := range sh.middlewares {
-		handler = middleware(handler, "RestoreSnapshot")
+		handler = middleware(handler, "GetInstanceSnapshotSchedule")
 	}
 
 	response, err := handler(r.Context(), w, r, request)
 
 	if err != nil {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
-	} else if validResponse, ok := response.(RestoreSnapshotResponseObject); ok {
-		if err := validResponse.VisitRestoreSnapshotResponse(w); err != nil {
+	} else if validResponse, ok := response.(GetInstanceSnapshotScheduleResponseObject); ok {
+		if err := validResponse.VisitGetInstanceSnapshotScheduleResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// SetInstanceSnapshotSchedule operation middleware
+func (sh *strictHandler) SetInstanceSnapshotSchedule(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request SetInstanceSnapshotScheduleRequestObject
+
+	request.Id = id
+
+	var body SetInstanceSnapshotScheduleJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.SetInstanceSnapshotSchedule(ctx, request.(SetInstanceSnapshotScheduleRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "SetInstanceSnapshotSchedule")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(SetInstanceSnapshotScheduleResponseObject); ok {
+		if err := validResponse.VisitSetInstanceSnapshotScheduleResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateInstanceSnapshot operation middleware
+func (sh *strictHandler) CreateInstanceSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request CreateInstanceSnapshotRequestObject
+
+	request.Id = id
+
+	var body CreateInstanceSnapshotJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateInstanceSnapshot(ctx, request.(CreateInstanceSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateInstanceSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateInstanceSnapshotResponseObject); ok {
+		if err := validResponse.VisitCreateInstanceSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RestoreInstanceSnapshot operation middleware
+func (sh *strictHandler) RestoreInstanceSnapshot(w http.ResponseWriter, r *http.Request, id InstanceID, sid string) {
+	var request RestoreInstanceSnapshotRequestObject
+
+	request.Id = id
+	request.Sid = sid
+
+	var body RestoreInstanceSnapshotJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RestoreInstanceSnapshot(ctx, request.(RestoreInstanceSnapshotRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RestoreInstanceSnapshot")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RestoreInstanceSnapshotResponseObject); ok {
+		if err := validResponse.VisitRestoreInstanceSnapshotResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -6702,6 +12973,16 @@ func (sh *strictHandler) StandbyInstance(w http.ResponseWriter, r *http.Request,
 	var request StandbyInstanceRequestObject
 
 	request.Id = id
+
+	var body StandbyInstanceJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+			return
+		}
+	} else {
+		request.Body = &body
+	}
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.StandbyInstance(ctx, request.(StandbyInstanceRequestObject))
@@ -6728,6 +13009,16 @@ func (sh *strictHandler) StartInstance(w http.ResponseWriter, r *http.Request, i
 	var request StartInstanceRequestObject
 
 	request.Id = id
+
+	var body StartInstanceJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+			return
+		}
+	} else {
+		request.Body = &body
+	}
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.StartInstance(ctx, request.(StartInstanceRequestObject))
@@ -6828,6 +13119,67 @@ func (sh *strictHandler) StopInstance(w http.ResponseWriter, r *http.Request, id
 	}
 }
 
+// DetachVolume operation middleware
+func (sh *strictHandler) DetachVolume(w http.ResponseWriter, r *http.Request, id InstanceID, volumeId VolumeIDInPath) {
+	var request DetachVolumeRequestObject
+
+	request.Id = id
+	request.VolumeId = volumeId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DetachVolume(ctx, request.(DetachVolumeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DetachVolume")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DetachVolumeResponseObject); ok {
+		if err := validResponse.VisitDetachVolumeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// AttachVolume operation middleware
+func (sh *strictHandler) AttachVolume(w http.ResponseWriter, r *http.Request, id InstanceID, volumeId VolumeIDInPath) {
+	var request AttachVolumeRequestObject
+
+	request.Id = id
+	request.VolumeId = volumeId
+
+	var body AttachVolumeJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.AttachVolume(ctx, request.(AttachVolumeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "AttachVolume")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(AttachVolumeResponseObject); ok {
+		if err := validResponse.VisitAttachVolumeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // WaitForInstanceState operation middleware
 func (sh *strictHandler) WaitForInstanceState(w http.ResponseWriter, r *http.Request, id InstanceID, params WaitForInstanceStateParams) {
 	var request WaitForInstanceStateRequestObject
@@ -6848,6 +13200,142 @@ func (sh *strictHandler) WaitForInstanceState(w http.ResponseWriter, r *http.Req
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(WaitForInstanceStateResponseObject); ok {
 		if err := validResponse.VisitWaitForInstanceStateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListPushes operation middleware
+func (sh *strictHandler) ListPushes(w http.ResponseWriter, r *http.Request) {
+	var request ListPushesRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListPushes(ctx, request.(ListPushesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListPushes")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListPushesResponseObject); ok {
+		if err := validResponse.VisitListPushesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreatePush operation middleware
+func (sh *strictHandler) CreatePush(w http.ResponseWriter, r *http.Request) {
+	var request CreatePushRequestObject
+
+	var body CreatePushJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreatePush(ctx, request.(CreatePushRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreatePush")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreatePushResponseObject); ok {
+		if err := validResponse.VisitCreatePushResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetPush operation middleware
+func (sh *strictHandler) GetPush(w http.ResponseWriter, r *http.Request, id GenericID) {
+	var request GetPushRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetPush(ctx, request.(GetPushRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetPush")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetPushResponseObject); ok {
+		if err := validResponse.VisitGetPushResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetResources operation middleware
+func (sh *strictHandler) GetResources(w http.ResponseWriter, r *http.Request) {
+	var request GetResourcesRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetResources(ctx, request.(GetResourcesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetResources")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetResourcesResponseObject); ok {
+		if err := validResponse.VisitGetResourcesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ReclaimMemory operation middleware
+func (sh *strictHandler) ReclaimMemory(w http.ResponseWriter, r *http.Request) {
+	var request ReclaimMemoryRequestObject
+
+	var body ReclaimMemoryJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ReclaimMemory(ctx, request.(ReclaimMemoryRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ReclaimMemory")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ReclaimMemoryResponseObject); ok {
+		if err := validResponse.VisitReclaimMemoryResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -6966,168 +13454,440 @@ func (sh *strictHandler) ForkSnapshot(w http.ResponseWriter, r *http.Request, id
 	}
 }
 
+// ListVolumes operation middleware
+func (sh *strictHandler) ListVolumes(w http.ResponseWriter, r *http.Request, params ListVolumesParams) {
+	var request ListVolumesRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListVolumes(ctx, request.(ListVolumesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListVolumes")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListVolumesResponseObject); ok {
+		if err := validResponse.VisitListVolumesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateVolume operation middleware
+func (sh *strictHandler) CreateVolume(w http.ResponseWriter, r *http.Request) {
+	var request CreateVolumeRequestObject
+
+	var body CreateVolumeJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateVolume(ctx, request.(CreateVolumeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateVolume")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateVolumeResponseObject); ok {
+		if err := validResponse.VisitCreateVolumeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// CreateVolumeFromArchive operation middleware
+func (sh *strictHandler) CreateVolumeFromArchive(w http.ResponseWriter, r *http.Request, params CreateVolumeFromArchiveParams) {
+	var request CreateVolumeFromArchiveRequestObject
+
+	request.Params = params
+
+	request.Body = r.Body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CreateVolumeFromArchive(ctx, request.(CreateVolumeFromArchiveRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CreateVolumeFromArchive")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CreateVolumeFromArchiveResponseObject); ok {
+		if err := validResponse.VisitCreateVolumeFromArchiveResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeleteVolume operation middleware
+func (sh *strictHandler) DeleteVolume(w http.ResponseWriter, r *http.Request, id VolumeID) {
+	var request DeleteVolumeRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeleteVolume(ctx, request.(DeleteVolumeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeleteVolume")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeleteVolumeResponseObject); ok {
+		if err := validResponse.VisitDeleteVolumeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetVolume operation middleware
+func (sh *strictHandler) GetVolume(w http.ResponseWriter, r *http.Request, id VolumeID) {
+	var request GetVolumeRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetVolume(ctx, request.(GetVolumeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetVolume")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetVolumeResponseObject); ok {
+		if err := validResponse.VisitGetVolumeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // Base64 encoded, compressed with deflate, json marshaled OpenAPI spec.
 // Stored as a slice of fixed-width chunks rather than one concatenated
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H3dctu4tuarrNKcXZF20bLsxKndcnWdSeen4707aU/sdC5aGREiIQnbJMAGQNtKyrfzAPOI8yRTWABI",
-	"UKIs+S+d08d90bEkElgAFha+9YuvnUTkheCUa9UZfu0URJKcairx01FOZvQ9yan5kFKVSFZoJnhnaH8C",
-	"SadUUp7QCD5++GWH8kSkNIUu7c/6EKciOaOyz8Tf9t9kbCKJXPxt/w3JCsbp356+yIimSse9fifqMNNm",
-	"QfS8E3U4dmj/iTqS/lEySdPOUMuSRh2VzGlODEE5ufyF8pmed4YHe/tRJ2fcf96LOnpRmFaUlozPOldX",
-	"UeeIK014Qo9etQzH/QZHryKglyTRYPqPQEgoOfujNL9AIemUXa6hl6XbUru3/4/N1P5ClH59TrluI/cD",
-	"VWVOgUw1laDnTAE1j8LRq4q4OSUplTV5pr0dbHDn6FVnDWVP99tIOeGkUHPRSon/7XuZuCvTlCoEVxRZ",
-	"+CeS/kw0vSAL8ykRXFOuzZ+kKDKWEDOM3X8rM5avQaf/Iem0M+z8j916e+zaX9XuaymFtF015+IFh7JQ",
-	"WlKSg6QzprRcwJSwjKb9zlVkaPlA/yip0g9Py+nc7E7sDJiCnGRTIXOamnVh/JxkzNL0UvBpxpJvRpES",
-	"pUzoEwVKE00NNYYLIHFkKLhgeg46oL4rpPvsZI0ZD8knbFaKUvVwFG+EnLA0pfzbDEOLM8ohI8mZqkg1",
-	"zAsqEQVFio64ppKT7OEJOqHynEqg5nfs+r3Qb0TJ04fv+r0AVSbzall990d5kdGcck3Tb7EgTIGyk5AK",
-	"qoALDaosCiE1ro4oqMQeobug2jLMR05KPReSffkWJL5jSjE+i/zOM2xPLwtkGeSlPspZ147p5iUpyIRl",
-	"TDMrxgppRuE/kSShmRmUkKsS+eXxRzhnUpckY1/suBmHUlHonp3npmudzPDQpZfELFRn2NHJrLMiS6Ow",
-	"n7GkxE1Gs7tP84U9gYKH4YIoSOZCmZG1tDtfFFSeM9VG/tvqN+D0Apg7mJUZQZPoP2heXt+6uq55Zcme",
-	"C6UhIRxkicQyTXN8b6Vd9wWRkizMZ071hZBn5tcNjPG+erJaV2zhnErF7KSunrr1ifh79WBj6pojbaxW",
-	"p3XtGiR/rgYkJv+micbDQFKiKUK74KAiacrM7JHsOODCKckUjZYYk2+DFUELKMosczDR4sHh0/7+IILZ",
-	"PDGAcVfI2S4piv+p5mT/4Pmw3+8jx94U8oVziLRdM2o+k1Spu407oO/502XyCqLNmdAZdv7372Tny2Dn",
-	"h89d98fO57/7r3r/+R9tTC3LzHZV8ed1DOcHU2bUvJyTyyP72vNnSJX7tLfM1G1T5vu+bursHr3d3CV5",
-	"2gZwi4yYXW8EODP880RBkqeNHRrO9sHB0+ct01aPfG+w/2x1D1Ou5aIQzIr+LWioX4Au4SmkUhQKmEbq",
-	"evdP3vn62dy2h/CdRjf1Os4pyfR8nMxpcraJt97isy/x0auogxNzY3UsWiMqfhEXVCZEUcio2S0qgpTN",
-	"zPTiZBM1p+rQKRZLAuGeN5wTlTdkZsrJJKMtDP0zO6eWkbymScB1AcxgxSlJKHRTOiVlpsEoQXAxpxzf",
-	"wTNqThTU8rsXHKwTITJKOG7flaUV51RmZDFW7EvLfH+STBuKIWXqDMwzNQ17g59/Wpa6LQoiKlyaSD0u",
-	"RMaSxSb++WCfPrYPG9jTStk7mgu5CKhxxNTn/8He/ruftiBPnbFiPDOSaUxmdM1ON2DxQ8k54zNUQUSp",
-	"4YIwbT5PnQaCbQC20Tb7UUeTmdpyvzY24trt+rxts54nRdmCbH6zmA9eHn9U9bTt+xVkeZlX8t9+qLel",
-	"4cAZlesOALvH1x8A3ghwuwPgjFld5Tqm8T38yzy7Vnp8tAYH5W0SqFpWUzGj3OAhmvYeVnJ8Cy5o2+lW",
-	"/VhRFhKRtkzVid32ipMzOkaBa54beg1l7LTvSmUZo74ejbj/rFlORakjKANVKjJ7xWrikdHDxlOjiEaV",
-	"em/eN7w0Nr9JStJFZPfTuOTknLDMEBV51X+shRhnRM5MvznVc5HiiyTLxIXpjDklO4IJSccza+eJICSt",
-	"anTEzaus1kz7I94QJxW5bWuaU6XcOVe/UYlyo3Hiq0O4oJPOJiSKK1K32bav3gh5djdYNZUiH0sr0ezy",
-	"4y6onl4yXZkpNYtnzhYglSishthlaEcqSg2Cg/kynSwiSDLBzUqY09kcA0K67bUqHNu37HuzRcUU5avp",
-	"Hrr2cH/wPSpnVFum3iR7zFqc4vMn+PjWioV58W6icfOchTryX23uwhdXJuHUMUxlSqzQUkKyDCTVpeSq",
-	"D68s3w89S6Nl+kSLoqDpiFcvWQOWYXH3mxMP3ByUv3fcy53ICE7D+vgXPhiQ7+Yo6lzumBd3zok0A1Sm",
-	"BRyQqNuxn+vW/GfX5lXUsUB7VaCb4ZYObVrqxNkqEcsz7d5qm+sQ0W/izyWxAYUUEwrzRUFza0NRQGbE",
-	"cGSLFOnDXOtiCD+/Ph1x/HN3d1QOBk8ThFb4Jx0aLLZbED2HvDTNcHVBJcT0sqCJpvYkKlV8CDophkBG",
-	"PBGc0wQtXVpAe4O2rQlFM1WhaXoI9JImQ4gTkeeEpzF0iZyd4zkBak6zrGeGA4wH2E/PpShn1j6N55Zt",
-	"ll4yDYP+iL8qraVRAZEUfhaQui/ArorqwxtGs9TolERDKvDoIEWRLQzpek5H3CxPRW1GpxpEqQ+BTJTp",
-	"T3CjkJIzVCaYBCfWVR+OuJmL6twmHGhe6AXYdYb461UMOSVcAReAmt7SCWiOtsYUd4b7g0HUmRKWlZKO",
-	"9VxSNRdZ2hk+jRAyynOSdYadvYHqRNapM+zsWl3yi/lGSN0Z/mPwj0HUcRoClUyknWHnKb6iyiShSoUt",
-	"G0xqj+/OsLOvavlj2MUw6zK4wcVbFQ8v5OzcyEgzDZc0sQOGrl/bQzSI/j7qqPmoE8Gos5PYf/v9/qjz",
-	"GSG/4PQOCv3+wfNrTS3R6my3YDRdGs0Xt40bwgXhOsT3g0ET4R/88EMI8c0CLoP81iVdMSMLrmhSaqO3",
-	"uscd1+aO++pzp+R20QN17aml6hpVI2ShFeHOcgoTqi+oE8+Up2Y1BaduGgzgQLlt+Ko+DC8N52vIKFEa",
-	"9lSozKol9dFy7Sbl0XL1qsJofVMopQyv4AJVne0un8D7g2f/aGscN8iKqcA2bYRWF9vFsSbFkiZ3cPD0",
-	"YNMMN3fdSkeSJBTsr86XPBFCG5F3MWfJvF53I82MpEpEyVF2oqSaMqk0uE1slkgB0wELmClfAtlPt5r0",
-	"FrlwHXu6xxv8yTSs8OTeFjxZCZ9Wlqz5LycLFMPIbrlQGmLPznGwO5eZbn+b4dsvtrbCnZrHWzXC4KGT",
-	"SsYsC9BqHsd+uQN/RDAz4ZPVjLc/mhGlrTFxTHAqp0Lm5q9OSjTdMXPcBizxNeq12DY3EwXzjPOpu5Vw",
-	"H7pntNCOizNi/l8R2euv7c0LwhuT6Vn0Ji/Wcn7zyrbDZdfCusWI2pdzA+Y7dezm0SSetFFHJwWyLk22",
-	"RLhBk29PT487zU5eLn3xGhuuKFmD8lOm0KA6rEGLFfmMz4YgPaTnAs6pTFmiYUF1v9r6uyNenU1D5J9K",
-	"pCi4oJKCpCSZ07QPJT/j4oIPgTi+Qq+yhkmpR7xx2jHrYnbgtqkneHo7TvbayXIUdKJORQ3+jT3eaHZf",
-	"1e1X8+Z7sV+8rdq3f30MevTfuH6vIuuaa5EK1iez3hfKywzNKj5cZxnbJGgXTG+0PVI2cxrykiWYcDY1",
-	"R6J9IAJhVkFSJbJzih6hNdTUTTfdPLcf1gZ/zDqXcb3tNkg3dIsKCYngzuVbxQ9tM0rT+NibU1vtfYlI",
-	"aWXPdgIiNPr5cD6jSNgApnHJcY9Yy1xlJBv7SKclA2DwIpITuVUb50zlRCdz08YY/2J8Ni4yog13REaL",
-	"k7Is9DgjCyojNwVWQle2PvOA+ZCYjZh5JX1L39J7w4WZoTLwRVsfdBWpuOviFHedV9rGKLYfIIUU6GXd",
-	"6Iw1e+zYP+wcHuPJQtM2zM++VLYdNwWGXgPLUqbODCHVbmJcP3+2njGaOHCLkwcJdUDhKuqURXrjPey8",
-	"U+OUIZdvYNl2b0N9yNVCpO0Ia85rC0LMC/MLTQFZCnDGjcBPQQmYEgldow8zPpuWmUG8md2A3rvWFIn4",
-	"9jgVnDZmw6/B6pzbF7TQVsHZ4g0ks+5j7QNVmxu8NwHJTXKaXS21u3aqT1bsTgXlqT173LxZBGKY1n5A",
-	"E3/H6pttljIMlKvWb+kMusURwtJ2se7kwf1GVVwbOoFBrY34ic38bJt/Z2TjDe3Ec6F0u9B7i65jjAUG",
-	"LQAFL3QJX1inMto/0U50CPHf+05R6Scij+2zVKHSk5EJzZZ0GVIU4QtLGu/B060VXqTRhusJyJjSlIPg",
-	"tRb1j8GNVd+r9fOLy3ez6c39kmzBHXb5KjP5lm9ZU/cKF9mOq7au4ZrTqrcbjMtD2mvi4dGFKiQcvYKu",
-	"h1xQUOl9dCuWDmf2ui70w3PBDRe0sb085a619pmpR3dDeHsfcHZbzHn/GPOS6XG71/f1JdMWAzqIgRiG",
-	"5E+UVaxlyaFrDm0rGJyG0utvBTKw38BRuhGvzokae199MLTAZ3iHuCT36k107tBQshKluu1ZU8VDtf8y",
-	"XqflvMLv/brgs00jKy7QRAhttYHtD7kgkul6SWQ7csGqm2OHQqh60YgjsnjLQusqiui+w4b869utsHu9",
-	"Xt1ro45sIJSlfx352N71MmHjDtjKh+oXxpmE3FubDGXWKcoUOHW/vx096H6805g2hb9sFmBVgNOmQyDA",
-	"WHbb+RltzpFbbN/wEl83pHtjWRvzEcrVJVm3JMkakuO6g+l9vTFXfdt+3z+pov5CyYwrvJTzIG0UG9Ot",
-	"8nptnOKq1GXFOqfE0fH5MyBpahAHdK1/0SYXyJ3cHCt1gKIBDUiqN4mtuF/6e4NBf9Df228NuCFJM9hm",
-	"sD8cDIYDMnz+DP9INobZ+DFetwSV2dGrNDagzTDWEWeakYx9sapM7bk/JqXCJ07mpU7FBQ9iAcL4gI/r",
-	"7HtL/bfpPkU5VjQRPFXtCR5mMyIT/PbuHSSCqzKnKXRJlsH5y+OP1uRd719RGk6o6OBlPvEuOEvHeM1p",
-	"lqM8XGeseCn4lM1KSVPnH7ePtxopVvGC34Uky0SCG7Dq5gZvN40pW7xYsBbzmJnGQgp0ZLHUGQMYAiLV",
-	"b21GKnWjboNQrNUdVxZmQcMl32LtthaTwRrXdEQNJgvHs7Tqq2JzecFaF2NlUG3bsDUxZmU35K1YdiJZ",
-	"OqPQPX1xjArJb+96EUoi6P6v1+8+tgqlHiYcCr6USWSbascoPuvpelmDJLaN8Jjo+RGfitVRbTi/7YZK",
-	"RJmlNqNNE5vOhj5ni00KKnOm0EycUs6cjN1sJ75kSqs1sl95213rb1OW0bU/qkWeMX7W/rv5ZVzrxBuJ",
-	"bF/0j5xdAi7qhGm1paDxUG/jo8sHiJ2ntmV1cPKnTCRnNP1QcYk/RnLCS5KNDX6w+vGYaG3OSzWmlwml",
-	"6dZxY66Ld9jgiW2v+u7yhWv1ddVoTdxxhatvENH1yRzZPpzLaBsKiA+JC3IXZoRxmCyAaUWzaR8agU8j",
-	"3hL5BN34YDDIVRxBfID/38ufDvCP/Xnc64MBPSnNyAImdCpMKw7hw3sM5DF4h1FlIG08IcmZmE5jsNIx",
-	"hfc7e3gmqggSgrQSPeKxmXj/bGRTi//NtKbyEBq/wY9BmzN2Ts2op+ySpiOONPXh19y8mMJUihwIr+fi",
-	"Yi4UBavEoG+QnlO5ElrlWu8MOwdqiSM6w4H9IngmR8OGXb+O4N6Xa/HpJKNjdHQjjMpXo6KqhlaUzGB+",
-	"rQsIQzj8RIfTXFnfDpZjGA62iWFoDvC66A3XuQIX1h2SF/pcJ5bpcRVHvHVL1UQP4EcoecZyhvH+uBqV",
-	"eak1JKqxACv0ksJrushxBt8iXwTRRjUD1VOXL09dvk3I0c31YZ8W0WSOlZg4tO9gjExGlHYJsJngM7MI",
-	"VCvndSq5ZQU3vWEQVb6C4jePaEmquuFdI1WDMa2MAXcXRgNUfNPFZbEk9vpQ75ahCwch5sjf+UKlwEjN",
-	"aMQJnLEsi4DAb+8gkUTNzd8ukiQjJU/mBilUX1ljUhU1SbILslBV83xh2wXGk6xMDXPQytA26MMLMOeA",
-	"aTClGdV0xMM40hfHR5XYgJKnBp00YgrwFwOyQjFgSdjyDHHz+t415D7+yt9UzbmvXrhW67VYPdpCNTi0",
-	"zzlPrcGL+RjndOszrtHX60umX9rmG98HNro3vqfGA7+9e+l7rek/WRNb6X42R9zZGaUFhpEUVCqmtBMy",
-	"TQnUFe4AQN1gxFH57ZnFXTkd8eWY00vtRdSY6BijSQg3aG7EYyfNXGp2jNl9pBLEzrFm+WAp9/9mQtWF",
-	"LyellJRrJ9zbNZomSVvKnyYC8tFR9bBvGFZ1o77rTpfmug1VO6OJm9lqppmC1KaSbkNlm7XqJLBgrwQn",
-	"Ow90u4knd8ZGb6n7onS6U7/UnkZzj27R7U3VKw/cJmfvelvCz4EBwdpf3YHrMzN8DsF2mH+tNfy64ItX",
-	"mARbkMSijyqPsFR0a10DqR1vsqssP7aW3LtaU68xmeIatlK8hr7aytq0mIZK/5LpINgCn6/ZO/9aF7PE",
-	"08kCfvRsgTng9Jwl3rxdZKVCl4NDAZUIdvkTI15l/VirnU3+wWZ7h5Xk/rHFhyF4tsBGR3y5Vf9eL8gu",
-	"8rROETZkRgYL6fPk6iaiqk+h51ReMLV02N82vSicyaCNxrd1atFHDO25aYJhc3WOX5y+fAu7VYGW3a8s",
-	"vTLn4ZTRLK0yV4xgM3iK8BlND1GtMj8brqBcGyUvqLKgqNbm3IM4RBZD+HoVg6S5OHfPBekrOeONAgcr",
-	"oRG3dyHeyUHVdlR8Ikx/cNXJVo8LF4p6O3fQXZ1Im906LKfp2IXGtxQeWA5TXnXC1C18bhNTBrtIphcn",
-	"hmKnx1IiqXxR2hQM++mNl8H//HTqy9ghLfjrcr7QFdq4rfltCQCWHH59eQSJ4JowTqX1uSogypdPgpwk",
-	"c8ap6sMnJikezUQzIyI8PhxxbysppDBDGYYp1f88+fV95K0pVaIi7tnIFuyCiUgXIx5/HWFW8Kgz9DlI",
-	"EYx8hnDw7VUMgoPB8Qt4dnm5e3B5GYEdOvzz0ymQUs/7Iz7ir/GRuvSVUZELDfGMasvlcZ1CU9DEGXKA",
-	"U5qqEY9fuIhOfHkIP9kebGodVqyyqXUxdN+e7B88N30jFraV0axJJK7Nkyoe8SQjLMccYrv1rTR1028J",
-	"SURhpyeFyaJZu+uJoepyx3PZDj4bY3E4AhcsSxMi0yHEf48jiL1MGppP/X6/Z+SOJZv74g4oRpAkA72n",
-	"ZZZhaqBSOH1YVGyKTgAVohCDSWSp58PQA4d6HuNVOvouKdjujHJgasSrqgPWcsQ0dGPMUPE/xL0q4d0m",
-	"2mAsLr7hMymtzspTsEnY2G0KREO8axavvyB5ZtfTffFvo1O44FimUVP3fPri+KgTVJ7qDPp7/QE6VArK",
-	"ScE6w87T/qD/1GX04T7cTZbKkTkj7nL5w4Wl3XFBThY22hLNDJh6hwvs1xBNCdUCH6UGBFLdqHy2VMxx",
-	"fzC4t2JtjX5aara9tXXB6oewbtyzwd66hitKdxvF5a6izoEl+/qXqoKBKAvLPCdygYoLmv2XCpXhWs/F",
-	"RccDxN87aqE0zTufzeu7WA10/UqdkByjwHOijbiLf359unyQuyZirOjgBE4IwZvrdoKh4K9tr1Gjiuzv",
-	"7QOvH9kNK51efd645Jpeakvdjo1Ab655S0HQpRJDbEqTRZJR7NOlx6LYPzl57RZ5i/UKinneli+eDZ5u",
-	"fqkubXlzTjIvbEHXUsXGJgNW02VLzCq0DGZZUJiva8XgDgp1+1AvYEzHi58NbG2K76CExtAICuzZ5Q8H",
-	"vLsiIlxi/AMKB9fDmvKfTuwbYFv0G9ilM/z9c3PyzimnSgXpx4YFKNeOrt66HWzByNpZ+IUpfWQfueM0",
-	"bBf5jHrfaszzVUsdEcCoB4em+t/v5ljicnPM+gn1K+K+WMO65kfHt1GnEG1BfSfWCOei4yE22Cb2QEDV",
-	"RYKNOK8D580xr4U1Tksh9Ihj6gd8sDUtzMEvKjtjHS3IsC6LLlVl5DLoCEvTWevfiLvfMS7HYgmSYYy+",
-	"XbTeIRQiy/yBgKPf/WqIvoqh5JplIx7j87HRbmNr8XVAo8mgQSlJV92ZKv2TSO+vDHNLscqrpiJiNJmr",
-	"le2xf28UuF2xuguOPZostCv9/Jc5Uhq7xo6z5l30iyIvdola8GQuBRdl4zTYYktdSOZSX5ssaLdXRtvy",
-	"RD/QKZp3cEs8G/zgInhCP22pwlKOqxjmFTZdc2yDaZ61+lLp97+8zyzpGwGArRiNL/yw+YWqavgdGcjO",
-	"YcU2N+MTxwtX0VqgsGYxBw8vAU5rPvtrscddVvtnivVrbrPW1TF7I82ivr/i6jOKE5srswlXVU99E2jF",
-	"q7zQTeCqIqz/V1c5DBjzg41AZClV2saqhGxTrdNWusU6jPaaJHOQZUZBilJTBW9PT49Di4xk5xjPzK0K",
-	"jkHWMWZm9c3f8YiHmWrO+BXm3THln/d5evFSCt6IO+/yNll4WD8bibDhdJYKENPAU+F/8l/EUVW7ioA0",
-	"6rzC5J/LhfcQp4TmgvdH/HQp7qYt62to0GOOoUTgfEG26IatBFjXoaojaZtVE2BGtYKDwX7fndbOPYvp",
-	"ZsxWuOIYqNE1o4vAz1wPCsJkiFxx1dLIxmvUK5QQbvqb0BGfGOF1DUh1O/BBYWqzuvhWQHXv/o4pL2PW",
-	"HFT25+/+qHpYYHIfkuu4nGRMzev9Y1hRNUSHuo0ECyGxfwfNdE1M3ApoA+7+bwpp/wRGCICtnX/oGkW8",
-	"5gK09EuaUaJo2rsDT1yDftet/OBRsPxX46cKOldrensU1ITQrRATjl75q5m+xaVdDpw7g/IGcO6f2jCS",
-	"X3m2CIzUiHKYc8FWY/qjpHJRD6ryW2/J/A2X+haui3tRF1xS+1b6ghv9X9gE5XQFN9BrdAXPNnfSFY7L",
-	"LAuMSC58PjCncls+0SbgCklhQbWB3tQnU2DMwG/vamMuWnJ9Jh/Wz+3aMIEw/9BsRsTXPSxcOuKtLrsL",
-	"wvR/4ss/OpgdG13BfF3VfHIJ/9eh4aqywkPC4Wbk0TfHw34TrW4alwD6aNa7+SG3v9Vk+esYm/vYTjtq",
-	"jzYwNzDd3mYfNxBzuEu2QczBDrgZZH406TaQrw+dV9pekmTlZe8267mFsXftsg2+ieAI7SaP7LAKXG+/",
-	"l29p/K2v+zXQrPA1nFqsf42QVAgiUon2IamA+RkXc5FR6E5tDXcf4jriYoo+29Wy7FgpeVHVT86pnIXZ",
-	"JZVj9pxkJe3V4bFV9KwLgp+IdNGIpO3DC5cux1w8oPXuWhGKHG5DxAy+GALxtVLDuhJhVhPjsyrhUlkP",
-	"dewrmMZQcqwf5u6b8NG3I74DcTNINh5C/HXkcrxs3CKmL2HkogU8VSdiOu2POMBLMyJDGuITm0cZ5KP5",
-	"TA1be1oqe+9axqZambfj1kzAuAeTUsMZpYVZtzjIx41tJuHQRngT04btAJvERe/jyMLI4XjYXlB/JSgZ",
-	"uvY116wuFcS+Akbc60PMyyyLrV0VXZY4j0fuXlBkA2sbsNce0BSeDQY1w1jusCGSDmf6IFHubt32d4w2",
-	"F6bvshOH0O/3414b/msGhT8Q/muPPN8K/317MW7nnWmFbO8kgXqEhnc4D3CzN+DBE1WnvdnNT3i6K2RD",
-	"PN0rBNxNiuW77m94nLS0uSHkEs8Ze0n7nCiIWRpjQb0yD+J4Gne0O+9RL4IY34tHHHNcbCNG9+/ZkN+U",
-	"aBJDl8BSZCNRGIDe6wNmv1kCRxzLXmdC6ap/e52lFsJoz+hIQVNJkjHTzJRmGUzonPHUdDjilpyhldGx",
-	"DUjm+hAk3XHhvgEQwrR+dyc63hDgcmZHPLaQLo0tZW0SyYaV+pl/DC/9b6lVPkQAa4hIN8WvssDieJNY",
-	"1ui+BcwlTe5fbE1dAbK7YetWY5m/ocv6eom9qiy1KdAkpxEerOKCQyKKRXshQcLTEfePZQLvTzLQ1CfR",
-	"VbfGMdMBvoI30h1aBOuT8rpCjjh+E17xCXF4R94Q71yNI3f1SVHqZuIHR3wd3HqHCm1w752CidDzXk2T",
-	"ESqMlzRs54ka8TDt9zr3NziTXX01GeNA7HsjjspJ5eTGHmkK3eU7TBtjbMd94V2DD4T62q4z/I5sfp5T",
-	"H8XztxfPL81eejBr364RGteDskzMIGMcN5gh5eTktcNYLo3N4iuXBybJBT7dh09YhyaeCqOHxxGKN/OL",
-	"Vd8sdqCpDZt2Bn7TyMz04Xa2RVgY3u3usFOHRlsdouJKMnZOY0hEbibO4yyXi7N3AAqvc8MAm7ZtHZjE",
-	"fjGTsMFf9h7ryhkxjGWvjAyxo9HC9Jta2906z5kmLGs4zqrrRvEGsqrS897A/Hd9LZ6raJm2f1FauBk1",
-	"dFUzvY4auybt9Lhc5tUM1uVOSVG4xPC6SHIiuBIZjeA8z92PQeXAKtUTfoSLuSvXZuOqIGXpWq8jyvd2",
-	"ag0VQXa4/XSe567IaE7aykt+C5QrPHs8Ats768RWzVnSiY3g2h6a/imItCCly2O/D/DYlF5YruF7MulH",
-	"wMWFqyLRfzz073bov5GUfqEtN8Q+UbZ+LXRrlLxAAxFLKb+d62g9OHDI/YH0H699/L//83999RHzpxvy",
-	"YXi0BLpCZXK0ExBVipCVCIxrkujV7JUPdijf045xph5vwxeSPu6bO+4bt8pYktMy18OgZmsYfCDR/gEb",
-	"/w45lWElzDJ/FPB31+qcPAPiRd/DMKov0aUeSIbHbp/FkJBC412462pRVVb8uh7ViLfI9zmVmBBxQVRQ",
-	"y9+XGrMJF2aTp4BWK7Tr9A4hdjavgJK6M1usivhXjX6JJiiMORtxMpVUzXtLxqbgzLUjqG4SwEqs+MwZ",
-	"42kfXox4RaAodYYFchlWF3Rm/rXhZCf1rQgPF07mO/mTTEvVGNfVC3C/PypJ314QnZIzI4Rq9p2usTXV",
-	"kqRdGPnftxFGu1/VvcHLFbuE5zY4ehUBvSSJduZ0IaHk7I+SwtErKCSdsss1wdvqfqO3r3MArKudFxTi",
-	"g64RS1U9vJ4vTBUKHY6ll5wnwBZdte9Wj0xslXFbOsFh7BG30rYhYY3cRfv6YVDZHLPrKLFyLfi2SccT",
-	"W2ywTdo5ZNYQd98r/n4UQN8SsguskVCvyoQkZ4ZHA56uZc/9yiNXB/JhoJFX3ZfUW7cxh844+mQ9YEIz",
-	"OTmn6YhrUau5ZkJ+e/cOS2gr6Mbh3UoxTGgicoN9ZEl7fXDbbsSbzjYPu0Kw1R5ggMR+f3YmR9ijHnLn",
-	"hEwdWJm6QjpW7dX7Ea+o8AVT71M10cRec/kAKjTWFfpObT1m77pL1B7DoD0f/iSMWrVSKv7eOU6vTZ47",
-	"0aTimGOLBpcYs8035XDjVlDx2eCHTXe/GjS73mE3zhg/Uzdz231+QOav7m5qYf5P3r9n72myd+8pIBNf",
-	"W9TM3CPe+vYS3/A5EHtLFuOKpTRYpi7Wtw2+ILPbehUexqWm/H2Am7Jc7MWB30Dy247aEuXclRKlqssc",
-	"PUp6owjaeC2clyV7A3QxCs3wH5YCMOz5XXGfKB4MsYji+zT5uzteHzm4lqCiaDDtTJKETsssu2eEfEGY",
-	"XhubtVLsctlsXRUA8oGRtuSRj6t07484JRJvcvDV5wGhRK/K2rZl95WPrERtkWUZGsLRJAR4gYOtj951",
-	"CC7yGloE/hZYf8VE5G9c7tkEMpcVTkbcEhhByTOqwut+WFWys49ZV5rGvrqSpIUtr+QSudEjgFdOiSko",
-	"ek4lySzh6hBid4VAbGvM2wrqnLohtpZA+kSYfiNks5bBhlCx02CioWspJJPM6ONu6NWgfUFwW40Krw4r",
-	"MrzZ0QLJ66owrAed6y/Tz8nlkf3Rmi3dh73Va/aVXmQWesq8xcoa3mBoE6ueDlQE+3nv0Cf3wfNBeN0g",
-	"HORro+NYTkWpO2uA8/Nntwnhur2MbFxDsc5nYX1aftNhDQHK08fE+D8D0+IlW0EkaSUCvexytkTEteyc",
-	"cicRvocshoaHdm1Zl5PAArq5rEvVpg+Un9qMpRpmHb2KbDB9i1PkMIyq9w8dvQKSKVGV26vtGXUyIFHu",
-	"Aj97dUHbTg8U+zu4Ux6+jEztstxcRqZam8cCcfdT2rJi37XlarY2/tdl8wPn41ZVLtZ7qh5rHX9PHOPr",
-	"aVRccxs22Vw941s4Lh/jJL5fNvN1Ou7CZbdDDJ4rVhHDXTIUG61eF6CAWYn+iA/LX4RBA0+qWwYJTyN3",
-	"yd+Jv9zPPxUFYV51BK/FYr2+r8k7dgqeLxECWlTXFIYhCVXAwkqSH+NaVB7CNQl9Dxx3FXbxnSb0hQv7",
-	"KFH+hBBQV9GrucPs9fl3EjPeoNS8d6d5W+Dvn82ud01/rSwL9oYdo+17vG5Lz4ffVIpS8KXTmIJvamob",
-	"7/panFefr/5/AAAA//8=",
+	"7L37cts4ti/8Kih9e1ekObSs3PqbtqtrH+fa3hOnveMkXfW18okQCUkYkwAbAGUrqfx7HuA84nmSU1gA",
+	"SJAiJUq2k+wezx/TMUXiurCwLr+11pdexNOMM8KU7B196WVY4JQoIuCv14QRQaPTF/qPmMhI0ExRznpH",
+	"vdOYMEVnlIhhL+hR/SjDatELegynpHfUo3Ev6AnyZ04FiXtHSuQk6MloQVKsW0vx9RvC5mrRO3r46O9B",
+	"L6Ws+DvoqVWm25BKUDbvff0a9E5TPCdvoem1oeifkCAzIgiLSIA+vHtzQFjEYxKjPhnOhyiMeXRJxJDy",
+	"f3/0KqFTgcXq3x+9wklGGfn3xycJVkSqcNAyF/hPx9k8ffiow2yYVJhFpHFl7W/o9EWAyDWOFNL9B4gL",
+	"lDP6Z65/QZkgM3r9bdb+DZbq5ZIw1TTcd0TmKUF4pohAakElIvpVdPqiGNyC4JiIcni6vQNo8OD0Ra9l",
+	"ZI8fNQ3lguFMLnjjSNxvP87Cvcdz+Yomioj10f7GkhWiiqQSRViIFWVzvXJiheZ0SRhSeI6uqFqYmSQr",
+	"pBZYoSVOcnI0ZuF/KDyXfyiC00+/THF0SVg8zkejRz/Bc8KWn36RCs8pm4eoHxOS/Tb9J4kUkmqVkMFw",
+	"zHpBj1xnCY+Jmyesx585EatyQXRrlR36N0FmvaPe/3NY8o1D86s81NPtfQ160EfvqFd2q59+5EmeNlK8",
+	"+UVvDhewZd9md9yATtm57mbvYS1NO7c5uK+6KZlxJgkw4mc4fo0VucIr/VfEmSJM6X/iLEtohPWID/8p",
+	"9bC/dNysl0JwYbqqTvuEoTyTShCcIkHmVCqxQjNMExIP9T4+w/E78mdOpLr7sbxfaMYOnSEqUYqTGRcp",
+	"ifWOULbECTVjes7ZLKHRNxuR5LmIyAOJpMKKOPpAkR2GNCdXeaPvc2H/tteUng9Op3Se81wOYBavuJjS",
+	"OCbs20xD8UvCUIKjS1kMVRMvkhHPCIzolCkiGE7ufkAXRCyJQET/Dl2/5eoVz1l8912/5Ujm0aLYVtf9",
+	"aZolJCVMkfhbbAiVSJpFiDmRiHGFZJ5lXCjYHZ4RAT2i/oqowTE8TImUWviReCXR1YJGCzQjWOXCTOID",
+	"w7lacEE/f4spnFEpKZsH7mTqY0GuMyApoLUhsF3bju7mRCkcLQyf9XgKjmOq28TJudDTVlRzwRlOJAl6",
+	"mffoSy/lOVOTzPJvj8k+Gf380xpf1VwVx5wlK8PtZzhPVNGyfXnKeUIw6xkm7Pj5H35Xn4qXeXG9neSK",
+	"XyjM4unqnCc0Wm2dSV2gTsjBFEsSI5wrnmJFI81edIPHRrCy5IGjiGRKIj0PFBKGpwmJQwStor6mm2lO",
+	"E4U0megrq7pi9n39z/qEgx6NEzJRNCU8V9vlsaBH54wLMomJVJQBMU00wUJHINvYRmiap72jn54+ffwU",
+	"rj7zd3nxUabInAjdZIqvT82XPz0pfsdC4JXXoTmok4jGYq0vN2Dv83LAm1r/unlXLxRWuVGSKguKI0WX",
+	"ZELZVLOrScQZI5FeCumtsTdBfUnQeS7a9iDSdBbzKzYRJMWU6ZEffemxPEn0zjnRYm1qJKFzCi80tbpx",
+	"2xc8iSc5UxQYvb5isdLyG1bkQFODlnW2dQ+kIymLyA3b8Mhv6wcJlqpYedgIqlYTrPYfAiPXamKP3Y0a",
+	"EgRbtkqYJvY/ejmz/JzEkyzBSrerjydwi0lquGf5IKbSbJkWOo1KOGFcTUTOmHmREXXFxaX/pm1lQrNe",
+	"0FtgOVnOs7wXbCLS6rJDFyTBmYT2+NQwnQlczD3DQFeTGRdukTxmWE5eFmelYfK9oFeZW0G4bphuSMVJ",
+	"aOwXeoFtsjIWNGfG2Timov/GM6AEji710qWgEn1pUBj828CfjXeiy4PmHchiPQqq2LIh1bE03jZLTIH+",
+	"XpAlNUeuypWiXAjC1CQWdGnUz60UG0NTExo3zL74lVkTzPrZ5WmaT+aC51kz38siOsFxLIiUjQ0sCYu5",
+	"aOve/trSfW1z/K78hv05VkfctMbPcprEDSvLtVyoD/FN2EMkCN7SxvoW5EYCnJi7rviIMvXTk/ZOvT0w",
+	"p6MLMbRsA03xnExiOrei2vZ24AMQJzu8/WdOcjLJuKRGKvrSYU5SYXHT3VjnVzASTSValootY87lwvwL",
+	"uFEv6Bm1WLMAzZ4T/e8m1gNWlE7GkxohA50WzMOjmVZ6NWe9UUKBmdjzdTf0SeXlRNLPZDKfNvOAFqqC",
+	"azyXN9zEFF9rPmo4n5G/10fQyr/MhptFqsqU69tZE0rXqcfRRyZye1fHJCHK/LP9iroZnVSWv5ls1hep",
+	"PvEmwnqOMzylCXX0VKeuiCRaN+UNVk5PrX0gkVOHhuj5+Qe0pELlOKGfjVpLGcq1AnO5TLXmqKI5aC/k",
+	"Gmt+2zvqqWjeRHVe/5NS6Oo2jN8XK6NaeY2gKyxRtOBSK6yN1ySojVoOA8rcsl/+4r0wn76zX34NelZb",
+	"lw3WbBjtQUKWJHFKPTp9ISuqILnOuCQS9Z2EKAMEHFf/l831BRggck2iACV8LgMkrY1cBmg4HBp/R2c6",
+	"X3DD9LtO91f9vrsD5C5fnpovvhYy7i4fv7WflF9bFWpTA2+LN4umYM52lxs26CUY6+3vaLHKSIoZumT8",
+	"Sq8zyIZourIuCIKjhTEKXi2IWhCBqEIRZijBOYsWaEEEqWxG18l6tLTGloBGdmnM0Ny6rGseWwJYPwHe",
+	"KpUbVmy7R+SVw9prPLqVPdvGjGrnaZ01OSm5WeR3d0HJYv4kaX6Q0kjwZdoLtkiZ1itYdrJtuL/a81Mb",
+	"pIgW1VHgNAZ5bu1Acll9MaEsv946Tg4Lr3vZNsDT4qBWh+g2vNBa10dx2Dpo91F17H9UPvvUnQ3VRf2i",
+	"9WB9mNvm+7ZkLtUJz0tnSznPh6Phw9FoOBo+bJrmXKugE8Unc2fGXCc4rc4l65xkKmg8J+gXhNEbvSjI",
+	"PgB+gdH7k3OUEYE+nh0jhhX6Bf3Xy7MP+rIUB7pFVJ6YY8Q40y0xjmAc3m+orxpvQXPLWsHF9Ay+LX3S",
+	"dWstyvSUEdWyPqPDhz9tpUqzFmvrtm3L9j3r7RetdyVag0KAZlxcBijDuSQB0nLVAeUHCU2pCtCCqyzJ",
+	"5wcpSblYBWiKk4RzdhBxpgRP4GLd6VptFUn3k2ZIcSdR40UoVma4O0vzFm7bzlwU101tYzI6WRIhrUJX",
+	"0sto+Hg4ajpK3tubh+teDCqdNA4UZGCrIe3naqhrN5vN2EbTqXt9182Ndu+3vriTatAyfWMr2m/2nQda",
+	"M/Ns8yDsrfL4/bTvONxo+804EgQwTjjZOsDzXC6ee697G7sRqoQUR1meJBalZOBIR4+Hj0YBmi8iMaT8",
+	"kIv5Ic6y/ykX+NHTn46c1L4T4qi8hNeHxOWhlg3+OFxiQTFTn46NY0kzEi3vPZDIfYz63p09QFZtyhSJ",
+	"q4paVSDY5pLZmwJgiTdsvdF/bo3cf3pcX+UMK0WEXsT//w988Hl08POnvv3Hwae/uUeD//i3JiYn8oRU",
+	"7QybFsBNJk/Iuhsrpcz+9XD9drnZ8rpxblpmo3l6stQO6zzFLL6isVpMYn7FEo7jBoQZVgTB5QsEif7P",
+	"//rf6OOZPTMPX08zGaCHj56ePTuU9aPRyHLKPvNsa48fz6A/6HjvHsncscMOKuhL83LVZ1cd32u6JHBA",
+	"ndqPsBP0kL6DxAxHBPWtPIyUyInWO1lxqNECS080HHiSge/+3rLl+x0tnCteOHG2LMm6U/1r0IvSpi0j",
+	"WYIjYpAsoHk+kChK44oo5p/mp08f/7TRQfxw9KjBAV27FZrn/WV95Wq2A9hjVDaGpoJfEgEivCCzXJIY",
+	"9Z+MRgPEmW/xCSzKA/aPo5TEFCsSI0Nhlhb9oXgs1x+MFgQaZOHz56fI/gh3E5Z6QQXP54v6uHKW6CmQ",
+	"NFMr1Gcc6W+nudQDthr0oG3xmyWHzZ5/EL8on0yzhnG/oPISnR7+hkR5cvmsckQeSHQlqNInCiR66Y7z",
+	"aKTP8TFypyVn8D2Jux1tpsQq49SgajrQZPkB6mMWo1jwTCKqgFoHt02uhC03kWm3HvxvKt2UFGVwPtLa",
+	"72uAwqnkSa6IAQOt1glJ0cT+pmUKAK/odejmdJhn+TYu8vr8w3Nw0YIRk+BELSbRgkRbrYq/wrvP4VWw",
+	"f4LmB0pAgz3wWgmMjFYIO24U8BSv0FzwK82YOcJKa2cI1LOCP2stezAcs/cLou8bvQac61MNBgDdG/of",
+	"yO8cacLBYECn3CmgY7bgSSyrL05xdBkgyb0Bgb/MIhRD/VJo0MDbKH2xyohYUsm3mhR/Ld901t+dQfJt",
+	"EvQbfkVEhCVBCdHSl9T6+VwfHzhMWC6IPLZw79r5vWUBrqtlulFK+hr0+JKIBK9aqOl3n1cZGijo5eHo",
+	"9bNOzOkbSP3bpHtBgN4mWYGJ27RY78zb5V3fvDjP9P7bk1auil2UUg95+vDR2bMOyyQvaWbMTxM8Jy2c",
+	"nAuF3hnoDZwdnit0hanSf88suNccMGgD9Y3bJcqAMKXCAONkgKRulLfsOC6JYCSZmJiJhqvuxC4+dKqX",
+	"ECtq3BVVlCAj+v/h9ksSiUyzyDaLKDODlS0jsTaxjtvmIi/KfeuudQQ9pRpsom/ojACXnJIZF8TDRBpP",
+	"Kmed7hHUH/dGctzzybbT0VlGWd6w+h+NzxI9P/8gS9J75Jq0OMcn20COJmRAtsUcgPCFARy7UewyU7aN",
+	"ISxIeXl20ipNb2c8Z6oqTHhL0mx2t8qh4e3tyuF5Lhffw/rSeues41OYJFEuSBdAsCZrMSeqQ8N1/zyM",
+	"p/i+fcHcSdpz0XiaaT3AGk+7HNnn5SeljHRJDe6+SwP/0O+2XtcfTNyV4ycmTKI4N3PCiJbY147kLV/V",
+	"e9tAYCHad+smyPX9DcTri7N+o3U1U9/UOuQ6alqjNmiiYWwknijeCYpkEJKKT5Yzylsw0/uglTbCHdse",
+	"b0M5tjpztsEfd7ox4eMSbmQwvllEG311m4CVTTgieCXYA0RZ36qtiDWttj8TBF8CyHeNUAyAYDJdKdIM",
+	"eFxffh7RSaSpa7evjCi+W1f22t3hmyaL2kuHyKxz8riBm14YlUAyfEkmoATp945cwI0DQhcROBMITwvG",
+	"zP1tQd7lC07ID1ATOj0YM++xfqeMJwInqQlXCxDjajLTex8UMXC6V8B+Amad4HgVGMl4krPCvxgU5pkJ",
+	"Zc4oGIyZnchEcT5J9J0ZoJSoBY+hNa3vXukRUBueFqApjifWaR+MWTHNSlf6U1rGdLkYWKctFHNoZhYK",
+	"06RBYHuVC4DzAKhPor7FAT2QSC5wRqoyeRnYRViMaBmi00laA1J5AQNpciNTxgqc/m4t2Siyqne2MC3r",
+	"8cK6HKErMt3qQgbKLdv81EbztvtWyl83RJWjXB/BWh+vuLi8mZ16JnhaBFs0SIc1tUzTJOAGtEKIC1Wx",
+	"WMY+hRDWLFeIsxJpECWcaVLWSqLWlbmw0lA7XKkWvaglKmvr1N2jvjF+3LlIpSVZw2C2kZvei/fw/gW8",
+	"3tmRpz+8mUS8fc0YufI26Vuu3b4GtV2W3q3e3svvf9gARDE0VwRCF06mCCcJEkTlgnl6sv6lFjqNlaFa",
+	"zbIrSKQLxbMMsPUXRcCPPVTrUk7Quz7QHx4ssdDTkboFGD4v23F/u9bM30WbX4NeaSjejcoywWc06YKP",
+	"aGJVxsq8zgnXYeX8skHAq4M1zVefWjt67izfOwSnnqBM8GmJchU5kwjPsT44DczuGBkru2Z4ghjpQQsh",
+	"KLTWdzPIMEA4w0IhzWqBOBI6I9Eq0jKOpo4hemFDXox14zUfMxcEg8z85THCU0mYQjNKklgihS/BN0qF",
+	"8+jIIQr1WhyBoT0csz4XCDNrQzHLM0ApwQx8auAZqAkHXyDSIxdkohaCyAVP4t7R46C3UCozaXP0BvYO",
+	"zfQ+QxCfUL2jv4/+PoKrWRGxxAmA5GTPxqxMMiIoj3tHvcfmYR5FREq/C62zuXDI3iNZMhPo+OtabO81",
+	"iXbwabzUr38NmuZWP+nPOdhJFF0SZF+XJiNJate7ZKI5M8vg2WYfG466URV1a9lx8L++f3/eq6ztGncy",
+	"5kN1RSxT0kIXnyHOiNlkuHSBJ+ntKC+EaxVovpQQLBV6KH3Dezd/f3V717z3AkcEmV9t3pwp5wpR5kL4",
+	"3QLHHKQviIM0Af8zKqRCllL0hKQWI8t17jrAdVLbtOP29cqWU4XWtvlhh21W0S67/P45bLIXE9ywx+WG",
+	"pngFDAD2L+VSodDRR+iZa7stUl3LBjCspVMzj8CcuG7XkTert6alGjW/N3p3dfbrD/WphaefNtwm5fne",
+	"2YKYYtZADidivgTXJWWeq8NiA+CJdXswjuSCJMngGKW5VIhcU4VG+/u1Hz39aQvCyYJYJjEVXZJArOkr",
+	"ZsZbLkxgN7utJbnOSKTV6fIir3uMMWRk0r+iK6yVUo9IR6OqV+Hpzz/7Z2s0ajpdWWMmIys7I/1r2cNh",
+	"/RQ8Gj1pRHTCVbZrHgc4zA0yoz4+xRgGiAukn0jUL6jqgUSRXsUZjbSEaFHMSyLojFrlyB1Jexahhe2i",
+	"EUxkyz5rhrOj8LfH8nQeWEVFqMtkpQKBbAqwIfLzyICU9l8vzz48kA6Sg6Yci3jM+qEf6hIOjhFGxlgH",
+	"PBQnkhtbPbwXOtgRtAg3Jk7JmEEcQr9y+YOP08h8EtU60aMjiKsFESDPjZnzbQEY4cloZMUuu7tRwvP4",
+	"wFOTgt6MChIJPVn9l27e/seL2ll+7sqRi5af655+9Tsq/3hV6bJ8/l+m8+qDs2IU5fOPn0G5OHU+qRrH",
+	"NWi29nCBFvu4j0jbI1LXBXDXUvhgRmeaU5gXUH/cG/esm1FvM4CVBZE8WZIYUTVojJCsYqL2n9kW8FJb",
+	"YIWHSnLGsBq2wsZJwGzAi85s7ECR56xDuDE0PnGusm4RGtaAG/GYFKABK+0dlVZaL5WlS8A2yZkgOFqU",
+	"lkwwyU1cpjaw1PrG2eJDGGZgN3SSUpliFS2CMWN8Av/UV2dpBo64EHmmJgleERHYpVETsy5gSVYE3tCd",
+	"mKh3Z0rtiOB5qyk00aP0gPAGi1dk6Ty0OToPLSTe5OdsprZ2kMu5Q7A4KCCg77FEa+iXTfj19Q4F74Tn",
+	"hQN/7l5uzG5QtyFe4ZVEmvIgIBT1NYUa1VdfgSZSG03JgrLYhJQCMx0MOyV/AF9d4a2oeRbo58IiZvdc",
+	"749WSwCA1IdBGUYAxvxBBaHXPQNFKQttXTqbcGlH31iexR477HQsO2MNa5LmFhbR7DG1rLd7WocqGXWP",
+	"sLeOfRIjOMsIdh42D0mOZligfkowo2w+yxN9vyeGIzo8eA2or7+exFpx6eYeMx8ornDS8QsYZtlH6wtF",
+	"m1ukKm/I1eFUu6q127oFF2vmuIywIjMIrJvJBaQPT2OakCbnrA3saJAL9rjWW5zW7QGGN4lBubVAE/Aj",
+	"V6JNtp8JM5QzfX/tKK4vuFTNF9OvEBgBADmkOILL8QhhlFBFBE5sJH/4t6G9KYYRT0PU54ygBE9JMgjG",
+	"jAuEkXUOGKkWjBM4g/QNkGYSSxR+cfLy10pjwzE7YSsToQGmdDBR1h2VOMv8r2o63NPHG1S4hgmbBJMc",
+	"JVQqwhBnpYL495oG2k2xadssq4T+Cgt8kqudN85kkW7Qg2ISg6oYu92DJIgnVhoCa3GAnnN+SUmA9KQD",
+	"tODZwXR1sOCZFgAzwa9XDhtZ14q3p+sNepCWuWZ8cIaLzQmt/YNQ5Mk2zW0gfDiDO2bKdGelwxE35wpG",
+	"F2vtR02ccXazExRyWvuXCmTBTWQdxGjcRCInzY5O5/036zHBlla68KY1GquA9jq0YPxd8Fkit8/4/ZsL",
+	"pIhIbfbLwiB28vzs5eZInpaQq0qIPGzDRtRgddQ7ItAsD9qQgh5MAFyg0xeoX6h9GREurfEAkqs70Lh+",
+	"+4EsuF3fY3Phmq2pdjoe3pLhqX63uDkG7UaWU28dvkWoWpvE9l7L3mmM+JIIQWMSIDpDmK12yyawj9zg",
+	"kgVmCyxb3LylZw5eQoxfGcuPceMmLiwjrmHwy2yVm3stU4fWdXXrvCksTERroCRGlc+7y/A7x5FRplV1",
+	"raNaRyNwr2qUmJ8EA8LJejuGim2iCS9i7GakcXN7yjVVk2Zo2strqoxdw2qRoCXj9IFECZYm6skokXb5",
+	"Lhm/Yh01V+jXw//UxZgr4zx2/RAGlT/G8J2zLsLYHo97ARr3LmmSmOxMks4ZTtDPqH9x+vofp2/eDPQb",
+	"Lsh+fQs3hLmtUyqVJljBT+mMk2R1jPCaps+4C11wmLD9kuB1CIdz/O71+Qfwu2I5cfjslvTANwiZ8/39",
+	"XQdm2ijV/73i7iLM2uLu/HNsYu96txnvtiFzZqecmt04wwtjoa2YtirUB8fBBBION1nn9g1s2zmkzbcx",
+	"VUJxrYHCxePaOK51cQDuCYf/kDYLahs362BwqDm88zRPMPi7U5okVJKIs1gimWliocwY3Or3YHkHjll5",
+	"CR5ZZwpgVKmiOKGfITW+vQ5tbqE4QHKRQ4rjYMykQSoVaYgG+uMoyWPK5sYwZ24823OeabWN8auK9bVk",
+	"1rvaRfvWKjrYyRh6w/g+93k3BmE/LzlDh/BAm7OhhaZuHOh2W9lnSdfjZjF89qvJFheHkc6oRB/MhQt1",
+	"SK4WK4TROVAg+niGLOHp+5AqSZLZYNht2PDZjaa+i2W3CMnbGE+3T+DbxlA33zzl4rjMjlX3wFKjG2eN",
+	"G9bSsHqCRIWGKqvqC1y1e7pyPTWyxrpU3yxvb9KHtHywphKlMVlO8rzlkvOAkB2Aj433fQMgvAAiTRwy",
+	"qrWyQvFmAVlqMyVLZQSaGxIwNLTlEMJNbGzAFqdk/+hfkkxZCFiC9f8Xw+52BKF3B9+78TQcKux2MmlX",
+	"18Jl/D8qIZYGdkfZ/Ki8FhlHSyJiGkFsxLCAmB2OWQErPIJFLaBrEl1pCRrcoyQeOtXiCGG72CA/qTGb",
+	"5mpNPme8iOquYg+8CgVumD0nzq56Qa8YDfwbetwJB/aibL8gf9eLefBr0b751wevR/fE9tuCAW47EUHz",
+	"mdrEC1ozZXZJ4PTC/oL6Xv6mQZOO3XhHb8/X9CEzzXvJmro3v7kgTtaA3wT94vR8+QTZ+Din2dq0AJi5",
+	"HwIE4odJbb2WrXPNdODyiz7qlu48quVTfHQ0Gh2N8NFPT+AfUad6J80+eptMyoTrjp0RdNyzbgmzZIPt",
+	"CSXd4m6irZbgAhNiGx+hj2dnpTgN0VPmvhyiU0+2Nlzh4xlglAL9x5gZTVBL4MAEFE0SlAmSYeFEamul",
+	"GDomcOQ/RQsstVhuezMC0xFaQvD/TPDPhA3RhRXgj/wUK4tcIZDq7aDOxqwYgIJcz8jGJQA//Hh2BqzP",
+	"Xe8AFNEqQPkrHjMr0Rax1Iq7iKGhE++OPKEv4nkSw3pNyZjFxJip9a0jiX3HXFyDKuez697TG1Qurxd9",
+	"EfTMSvSCnps8RGmsx2t8aGOMtd1vyiqfJBx8OhMz7TbgQkN2nEZkwroIUPawQbCMsnxiFcEGCj3/YCwK",
+	"dpM13QAuW7PXPNVLjZPE0gtmscPiaTlcX184ljVLD89N0lU7EJanU5tOtAiTbLEuFBWC2rR6u4xCyral",
+	"fEckjbV+aQnNaofexDqurO0qV9Ql95+AYLreZX1Q6BA1b3zdaKMWEG8iy9dbVrKFAZYra3tZpq3r4nJ+",
+	"uPPnmTF2XxtXs0lct3X3DObrmBmJCF1qStIP3p+c2/RsDyRSAjOZUhseQMQxGpU3kH51sOOQVLchwTas",
+	"D8eO9MajcVpTSQctg2o3jMlLJDNswKilpckYmQTBSbLS17HccUCb4FMdgEXtHWR0ByeRz2ZobGE7FKyb",
+	"fi4fr/lKCGu3NNKmQgGudFbrwJOR8kwzwXY22erb0KwT1NCCtMxVi/qj4pw71aAbo2zx/tlUBRUeWeXt",
+	"DfyxgTU0HN+G47N+tQRt11mTWHQGL7wjUYJpehI5qGA9qXaWUBJPhHltp8QFWEo6Zw03a4dvC0339szl",
+	"N77ZsgQzPR0bF2sSee0xt0yQJeW5vIWGuDKRH7OEc7HTt6X+3BY2vOewdjoaFeNSM720TbPTOnbZtE0T",
+	"DloOQLAp/LVysPbMAa85RM66JYuCqpozLrqkQS9T/dcxEg2vbjvyBT5itJUMqo11WDVTlLy5xpgtedrJ",
+	"AtvE5Rpc1jfhcx2qmq5zMS7VpMgZsmN3Uk0AcpsLUkbnF6FKhfHGvdOoFrlzsc+EizqYe3y9RhfNTbUN",
+	"sP1ANq5o82oFBRU1EWI1PfZu8eu/cqkOasmSj4vayUeARQtNtPpmxNYOtZQJA5tT6gpu71LUOq6QDk4S",
+	"G+QGODw5gQrWnzokF/javo7VSlfrdv5GlIctTNMvS9IMAjBtoX5rTRqI8WOckaq1q6g0s4EXbq8g00gp",
+	"51gtTtmMr89qi6HeIgcKw4nL2mkDJ8GWlxEBRXY5QzFhLiBxe7TQNZVKthgZpYsoaPyt5lGp/ihXaULZ",
+	"ZfPv+pdJCX/cblJs3PQPjF4j2NQpVV21JueZ3ZXx2HVq3NZcNmTJ2IVBfsfSrQW6ozmO7MY1WVvqaq5s",
+	"Dtn1tdiz1GpbmdSyNqr+FzzaEPVQ0mSHfHTO6VpEztivu4fQ1DOE7nZ5vLOhdF66fommXAh+ZdPwcmaD",
+	"CftcID3/wREC1x5l1moUjJlJyJsRIam+WDVXTPh8TuIheklB4dbcEyzumMWQe/+KizhAXIxZEc6n+CVh",
+	"qI/RlGABgQqXhFkLbi0u2TZQIdLiYRXi/tPjvzcnb/Z7vUFDbmb1DDl+MvlNnuJ3xKQNOjFqdKNKHBnk",
+	"WwPMh8rLneSoGkS0wxe3Zp7dZZhF+XfrXtthvO5T41Dr/OGmrWlz3xeWj67WCb+OWxeejjMcWRGmiwFj",
+	"NiOmHDK4BndIECnzaWnG7mCyN8uyAVi7jfnZPJzFBNcH79mValXbqgP+tGHf2rdsJ32u4YQ2gdO3o1Nr",
+	"9GSP435fTaZ+ctFN31czkZY8YPd+zUHe/buOqMv6h/VsJpAJ1o7BLp1fk9Xf2haq8AB6u92TAIB2GcKm",
+	"nCuJsHNzepWK5piyEmpWS/E1Zq85qqf4Qv3w6WiUyjBA4VP4/4fp4xH849HCpZWISYJXNlu8vi9NTqe3",
+	"iM8Q1gocJVIreOEUR5d8NguRObkxenvwELx4MkARhrFiNWZhiq8nxbttpTMDgy3/J1Xg8qh+9MuYlb3N",
+	"6ZJIVGYHndFrEptBD9FvqW4gNnnQMCsX62rBJRkzA04EvIoWItaSk9leeke9p9LW+MZKkTTTGsfIPPDe",
+	"SSEaxuxwjzOHADEClVbSAZEEiIR0PclY0dAazMPbAS9ZldsKfyOKEMOn3VIxVWe0KVWV7c04Bq8gWh7G",
+	"47cwIdcRIbGfbWeEfqkX/tlgRKut6Np4cOYchEBklM3NTntpxUrKKNci7VbUozib1V6NfFlk1gHogFuN",
+	"ISq3+cgCzrBWyg8+E8EhR1MwZhhd0iQJwPGDIoHlQv/bYtVsoWoIcLWPbJI/lzDPBDUUzbOVadcDMZMi",
+	"SGQ0RCeAO9UNmiCJMfOzSZ2cnxb0jnIWc0aqMAX4Rd90Pv2aIXQEYlle99Y2ZP/8jb0qmrOPTmyrX+sH",
+	"ZD0UFYIMFnqXsVS2VnvC2VzvBFHS5lfImTkOlh79BHNdaOBrO+O+aIHf2Z81W768JCSDesDcsh3jRIRY",
+	"44HelzWerZncmIWMXCt3iCZYhUgSBboK4yicJhzAlMZ6E0KFMlwcfhsq36Sn+Oe6IY1ApVlf9Uwxy3Ey",
+	"0URU43nF+daEsFmrbiSMZ6bPM+jgwrRfPLs+sb28LDpx+MlyaW4IxGwr/OsH4kwchrS4U1wwpn9TFQBi",
+	"2KdlOoFjbQt22oWsgIzXe+gFvfK7PVfUkt87mNfLa6qem+4qz73QoVeu58oLH8+eu1GAwHR9G0vedpi4",
+	"uGExjh8gy+/axC6Icu9eRAsS58m+1Su8rJtbL2+icIwV7orz11QzyQSZ0et6Pr//t8MJEkQRpnYogVKu",
+	"hPtw3VlqZ+u33iQ+X3hxdM2lWUhcA5LskUPntsq8eO1Mulsh/a/WvFw2R2bxjs2J4ubec+bObje0N2qb",
+	"MrMyD7+Phh+gO++5KbXwaU8L7jbja/d4XqPA+YUpoZFGcPJesYFNDe1T0mcz8rJtigYe3QCWq827KzrN",
+	"Wsy2Rx5swGfVMGEFhHYHGJgZ/d7s3H6+zVBYf63VXrhTSix2e9xnQ3AUkFjjTFvm1bSotTgpb7Sb+O06",
+	"e9uxJnEy54KqRdqk1RrR/LNUcQX9fozonHFB7FMXMOJLVvqbXtBLPj9p9IJsdB8nZEkaklrDMB4ePPzZ",
+	"z7ocoOTzEzQ68B7WUvc8/HknWMgm2H6FSzSVqGHxdIV+cRwAynICSNTi0rMkl64CbyUcB9IFT8mYvXPR",
+	"QDZEkQuHhx8cF8rJLw1xxFDCsg/Q/3qr7rsa2L3Eqjv8erebyV8Er43KU9uet2QdzWp3U9TNRhVP/Psb",
+	"rBIbWTsqWIe0eqLESyhTDYttqytCRn0AaG8qENpRla3LZbeUG22ri6aUaLdE+XVU4nJ2CyF5Lj7ZjHq7",
+	"B/9msvb2cCGtdG2Z2Z1I5PXEjl163gJ5bJDpqxOs3UXeAD51INt3/qx3StR1PVmvXtlqFgVrUqXQ36ib",
+	"465JaWxi54oUBsNCbrJxR5ozm5pD7tqZrpAWA9BBURNkVnLvoGDe5qFlyLda9KWYlVf4xX9WZ9XVAjD2",
+	"95sVjroL9ayFUVdM7p7SVS071sLCoS743XFxhYW64ULWUmPfSj38xtTUN265aQXeWxG9Q/F9QPr6NaVO",
+	"Dv4/U0MKTYZHh7/8j/958Olv/9ZcmK4C1ZJEHMRkBnF+l2R1AJkEkVYWUP+SrKQWHR/9PUDwXKLRwaOn",
+	"P6FogQWOFBFSq2rhet9hNVL1i8kkpSWKuc3tRXCqxVeThd4ulz/bp6OGBfoADHVXGkkp858+DG47aduW",
+	"NFndaKUyRJ9g/GxafjKpjvjk/VMx3TBTi63SvTsjMLk22srAprrXHfN2nBRf3lYCvF0T53r1dW+xpq6v",
+	"TLsetmLb1pZkvYzqFsk31RLExFUOaYLjxgA4blBTN0pYXrteK+1zOHOSzE5QaX/s20q/FMF83QI46ums",
+	"OgRxFCu1vXWTs2bSqQ50bZ3LTyur3LS0v2OqXnEBclx79IZNnrFfDqKbZi7aniSIpiSe2PpPW0jQRRKU",
+	"33xqQsVD0XeqVhdQpcbgGgBQ6RITm79eOe7xn7+/75U1beyv9XJsX0GNnDXEOb/LGfrt+SmKOFOYMiKM",
+	"yVciLNHShRfjaEEZkcMxG7PfqSAHei2xotPEeGA99MjJ+SkaDR8PR0dFNRbAqMsA/efFb29N7VkJOcW0",
+	"/A7SMVhiTLUIlAmueMQTCTJg2S6/Yuj5m1N49eLFP9AVF5dj5gr9+TJlzlIeQ0EeCBgFxEf5K45jiSRP",
+	"CcRpj1kf0p0dCiLzlAReEjWyJEzZUckAXWGqnNIgyRLSbsMU9FxCS6VhUAXaBCj0zeShyd+ITNIHk4uD",
+	"msJ1lCQx5OgWPFfkGF3BwCkkC2RcoQVnPAeAg36zCP+ArCX91+cfZIDOn5+OmbFnycCUX/Dq8MgAvX9z",
+	"gZYUQwbgwIaaeMhhZKJQKGeDMdN7ZyNt/OAT2GyMnlxf651zqSrMmFzJOuMiLmDFkiaEqWTlbJJD9FtG",
+	"HK6Kz9CMYGVr9pW7tMCQAGfMpjlNIOEOwkxeEYGejh6isFYvOTQEhFdIcqDRl0siVqbwMSCrvoyheO+4",
+	"d4TGveFwaHJt2rSd3tOv4RCZb7kb45iRa61soHBOlJFbwrI6X0YiixZDjJBYjllYSe59hJ4ZMPQ4H40e",
+	"RwBWhn+SEPV/vdAi7n/+/h6gDQY+bWFVYRnLIUMEYUtQolcQiHEHy+GCJ3YUEc/MSYJEaWBkLMb/QKLw",
+	"+sDxoQN4NzT6FLqiSRxhER+h8G9Aq5YdHv3NUurxmGE3MBsxDzARGI/eo1meJKCNScMcwDw3g8Bv6XtW",
+	"+AwpkauFZQpO+YsJoqyolX2IM3o4J2zM3Po+f3P6QKIooTbPYeVN+xgLguaE6ek6nBpVY9YPoRag+yUc",
+	"BI6eTdUSqGcDnzgeQpWpdWxTsugxxmOGFQoP9T4PVzhNzNbbB/+UnIU2xSFVEDrkMIYn56dQmV4YVbsH",
+	"HBEu7owwnNHeUe/xcDR83DN10YDLH2paj21UhI1BqIF44AhIOAOm4InJjwgfmmnBedEqUUEAp3HvqPeG",
+	"SvXMNa/7FDglCvr6o/mKLF8BifAVTZSWIT+BtA53NYzz0WhkM6EpF02WZQk1QM7Df1qsiLlvO8vSdqQN",
+	"+e/W1Eo3qaF++cnoYVvTxaAPP3jFiMxHj7d/9MoVlNdfPDVz3vzFqSVV80GHcb3l6rRkaUYUyNMUi5Xd",
+	"P+TowxQRKDjjoOcE+z96hhK0YFE/81o00D8eaVHQgPXkrZKYSc7jtq4I+XzG49VOFLKJMCp9OK38a1XQ",
+	"0pLa1zUqfXhrYyiIc50Y3y+I2yRLjx0I5RmOi5n8lUnY7B3CboVuRsVXglokUcE2D7/Q+Kuh6IQ0WYz3",
+	"p+0X0KJP2xXietJo/iRgoPx2e/rEjGPrFr3iObNd/Lz9g+eczRJqNLbvQDVmHW+LaixlfA1u+359TVQr",
+	"dYy+D+v5MWnuO5DQa6IgDPJWKKi4PXeSoF5rKZRGpy96Xz+tsazDTOSmrtj+jd7+dX6uB9VK04++BU3D",
+	"EDxfzz0rvdE5eEcAFO/OAZTDiRbkdu/hO1Ve/ruoLp0Vl38dteXHV1o2qixpniiaYaEOZ1ykBw7HUhJH",
+	"3Y7bQSW5ZR7aSmS2OOu9RlKnTrM6mFlqAdORtVfdLk+8Q83kOdQ5Lgl4m15i3k/ur9Ob67Owku4+/cH1",
+	"kjvXSjbqJPcayQaN5IfRR6w2An6vuxDjHC2+NB2sjZnq5v/MCaQHMPiG3ownCb9y/k3cxX3dQc5T5FqZ",
+	"eR4Y/17jXV54uJuvVZgGMhc+eEsvLl7eE3qV0C+MT9fyyAfSOFXlj0DykcswZ3EGjcR+YX3GLAa/tvXn",
+	"BMbt+tsFFKWiikQqFyTQkxMrJPSpSMmY9Uvn66Di3Lxk/EoaV+qVTWhsHL0ukh18v5jFY0aVdA5SdPrC",
+	"FA9ADtFqewq8BHE2nQbkREuCMTNn09XbksbBZYZxAGEcfutDdMJWxjFmnX4pXo0Z1GWnCgoBGlej25jB",
+	"EIVaPU/0MeciDCp/unhr484Ly7R7IXCJ5rwV0vjT1jjHc3+77vAyq/TTcPShMLVPO/sf+R3PY+Vg/b7A",
+	"ykMAaNoROYPdXQC/dOdJrqQiqanDcmjBAe283dR+hHB7IMKj2i5ZirMpFVMaCb5MB9ZbbwAI09wgNxh3",
+	"sTV6cFNNNHMqTX1UKPMQGvTYC3gpHDTtu1YfX9gx//CavxloF9X/XbkSdkf+WrrZugnA2/sMS+myacTF",
+	"3jpydU+a+b/5dYsx4J0PVXk6enik6fLw9fmHSteA1kBY/4amuUSUlVzUMKyPr05/MzgbU0L6eJezMGa2",
+	"4Sayfu4R/p06Sk0X38lP6s5Ds15gtvLeJrFupDUnBWHHPmdcVCi377BY1RTAg11PkWelsO8fVhLcdbsh",
+	"QCqoMno9WKIlCITdsTDnatBs2j1xvZas/u65da3TLmzbDs8k0TGZeCvX2vC/CUc+L4npACSZxB1HWcEV",
+	"7seWfXraavYy1PRk9KSNlsrVHbR55T0+us349YF9n9364exfFXooV6VgOrtu/Tb71c32+TVRbZs8+h7X",
+	"1V9CvW80SO23+y0KeRP3RKcvIOc6TiHJBph8bBiGtfhQ54gppRTf+lOPRkgpK/5ej00ATX+LQas5Wcix",
+	"Qa6bGB2EJQpfv3yPDh1CtmIrCwO4pI367+cQqZKxMYa0Wb+2qDNvsFTwqXX337GF642DwW+wct1LbZ6S",
+	"U4kaAFw7TpKCGKRWecHoAvBt85IvsVkabT5mBSy7vGFNsJ1H02sc00DV75Jj2h5aOKa1dVGJ8mxYCWzp",
+	"Hf3xqbp4S8IgFAFq4urLQZMAYcqOa9BmzzCRKq2roIXLU/PKD289gHF2kUL/AbXSbYxOH2Kk1YJLfZMK",
+	"sYJUlsCHFJ4jLC9NRPvgr25goG6bHZ3YBy0HSv+4xYxwYXK1ZnkCSVJDfT2FLrxAIpd/HkxuEWdLAiWS",
+	"EVVG8fl4hgTnasxiKi+H6B1RuWASYX3P2rSVpuIzGGgpQ6ZggMtGCQEauh9bGd2ES+XSJPSx8UOJnsEK",
+	"zMlscIwyniTumoLZH37Rg/4aGj+NiVKKV6G+gEOTQDEcghnOlQ4whllQLmcuXyMUD9BkFkDdgDErCweg",
+	"DXUDQmdzDos0N1rA0E2OGdgsRc6ktQRWjPGhjZmSw8JsHQ6OtS6JE/0XaL4EqtY+GY1QSBlYrCdFh4Ht",
+	"iRS2UVusT78/ZmHOZJ5lHOraFx+122lObY2HuzPTQA87WWluDzpi+U4D+M5F9njYux+VffzY+pVZyZJN",
+	"lIiTPpYrFi0EZzyviAMduJdnvqmc9k36dsU0+mT0s8254af1zqUtp1ok/mvSucszsRsO/p6A9iEgh4G3",
+	"ZLMbnayp5muSYstmju6ex7wv6eyvRR63oYvvsdf7ecZhe95q7dvoy5TNTUqezYJ18daPL1uboXaRrotZ",
+	"3eu4jVjegjYCxJOYSGUqKfhkWtBFJ2W2Tfx+iaMFEnlCTEC8RL++f3/uR/AKutRyMmdGytPyHApTrKLF",
+	"UP87HLMi89ffRwMTV43Ae78gODaaqX1fN2DE+374t6HNJTSMeBqOGbwBhnGCEjwlyTEKv7g5fK287EZq",
+	"QrBRhDOVCxKPGXxnJPfQ5M4euhZCE55eNBgOtPpgJmNftbPhs/KSXmslQM47hJHQQrkkKBP8emX9mmMW",
+	"Y5K6LL9FOxDYL3myJDHUTLTLe6QVjBSydyGb4kVPQhFh8CO4yAxQ1PimEK5fZFabEyXR09GjISgd8O7E",
+	"LPtEU36IUnxp5QwzTBvc/wRAZQmREnkJCMZM67bUuV7s/lkVCitErnGkTN4ok7ez3GE9KOOPGjPOBkMU",
+	"Kq3mGO9vpHW2mWYuUIBF5iQu1tHkSLha0Gjhe9nGLObENBvzI2jNlejsA7SGo1CQmAoSKaiIaX8deEkU",
+	"xszKX6OhFcKI8TJDgTUqkcKXhAUIo77ee4M20r8NUIapntaYOd0PSA4KsSHsHQSr80wJmuoraYNyY1nj",
+	"nao3po/v5IYumH+L+GF+/uEFkB8fD32eTxMqFyV30ZQoKwxa7nNP+IqO+6bBs9iopnjUfa+o/PAxvsyd",
+	"RtSnSnpkA2YpQRKCJYkHNyCiDUpQG6mM7jnRX54AC5WrIIL9pdlNPlBLAej0RQCXPdzbOaN/5uAYNcmO",
+	"v5lftHBObdHz3FtbJvcbS1aew4s6dJLCqvT11uD9LiVa1wNUydb2NfgRVU0zxG66pl2rv7xzxk10g9Lo",
+	"iOxGSuN5niSe9dJW+fNcJlootkhPkyV6RRTA511VSNCVPp6VDhvw1uj3P56dOZcFJK47ZVRRnNDPoIUK",
+	"BPrR4BjlkL6rCSxwhan6D/j4F6snhVrZ04+tuwW0obnA6XDMXlGSxLKK8fYSwfXDeZaHAQotQiPU+kJY",
+	"RhxojREiC9QCM/RfL88+BFVXT1Ag8ocmE9zQVlYIgzEL5SXNJpdEMJJYxU0eIQi4AY11RhkJfB+P1xcs",
+	"oR7xAzmwF3fF6jxayxy3ST2xx+lu9ZNqlt9vrqA4lrHOIswA74XSPWSCR50W6zVW5MpmyV5PVQRZKbH1",
+	"2JSkuDPXqqgwPk/oosJ4J+A+6dD+nhOnlfal4pnU9wHcDoN99rODT6V120bfhHH4Zr57cliX8/c/y3v6",
+	"WOznLlkPVtGixehtkqm6TJ+CZAkuUOeSKECZQAHTqwVPCOrPjKCQkJlCPFfGUqzAiKivWCpcvKA81n+v",
+	"4E7WkkRKxNxdy2CwdlATsKQC5MKMxTXtqqVNeQwVn3MWLTADuMeJLWlMmYEfufS+YC7WFA61q0GaOkJY",
+	"C1JgJ/YKzfkVeyExb1EuGTA3IfwBMlPOYmKkJUauihK/Y3aAwmoi+fAIMr+aP0yWV0CsjHtfTQbU8AsY",
+	"3EHQc92NGUJ8Nhui53puTk6xZa69UrmufCwUOYGkjHquCZ2ZJsLGqq/hAE1zhS4JyfQOhl6h2BBBPdkj",
+	"U/YC6zZMB9AkbP8Q5ujn2bcz1JqGnR9npDY9QVK+tMZ2+Eg33bfLbVFFoSsRBnF4BygkbBmakQgOSY79",
+	"PMFTChglifLMgEuP67l7dReMN+YWhuBA0349r/CT0cj07tdJ0IKqUon+T1mVIDxalyotyAkhGeGEHChu",
+	"CkjrXYEPV2Vsut6rWi+2kDDSQ4OV8MVdB4OB7LWCWE1iAcTBgX40yQyACk8NHMmVscAQySuvIPZND7M4",
+	"buZsmay9VidxCYlZnwznwwLahKpkPbTZpY/QcDhsDpyslq+4I+m5uUZGJ+n521+CZt2pksA0LB+9N7bd",
+	"5DYFBlkRrh5IlOam6J1b4VsVlw/1kT2wR/ZwwZN496x59Zu4OaEU2K9sMuegIj9qTd24BQ1OuRgPuqJJ",
+	"gngU5WLMsM2S8cideA/L6Zhu30RYm8LwgeNflSapNAxrAFwzwkmiG03xCkWcMRIpd6mCJ3HMwrLMBfNY",
+	"m3Mw+o5fDpBT/cJRUTOLqjEDqbiJp/zKk9grSnOXkq3Xja0a33C631oODMue2czkxQzL6R0jiWdEM2q7",
+	"ZvfysDvBekv1zVWh4zs8sYbwu0TioMLNrneWxgnxTMvl3iJ9Rkz6fbDkST5m1TAcLUCDCyksQL/uZg8K",
+	"6cdDBIc2b4cpOmFhCZw577rLgu9Pa9CSsmKdir/3kfEvRD07n9WYtbg/G+5snPiLE1M8Z1wqGtl1+k6a",
+	"Y8MBi7Ib3oENbe4VMTdEoL6asikLLFFI4xD1TWGVQuwdszdYqgMIKzs4fWGhOgMt3etHoQHwmEa0WjMw",
+	"BRdirHCI+njMapFpWEJZmQGUemEu/EqL2yiB2ii2fyishxTnY8YTA5gBncUWkZiRJEFTsqAs1j3a0RwZ",
+	"hS809SCYOkaCHOhtNPVRCgOLqZ1uch0RFsuiKmVoLEVxaAbWxChMVKDbkfvowHsH9i3FH/qGrm3hh9Rz",
+	"8u4SinjbzIxck+j22dmMi8s7UhT0wYcys4B4xKBcUlMKyTj4tdzPrxiKeLZy9rNqZfAiz5d+LeFzOUSv",
+	"BE+LgrTKdUF1B/BJlHBGjo1hzFU173MxZvDEgTCB5Yb60cTa2ywY0eEas1xVi/QwMNuZerjQB9jJ9WSs",
+	"huC/PihHplkLZTmx/lPzu1YGTZ11AwFwqNUJ/BkWVkkwoRStPrCIASi8A42bJDu4mKgd7JwuiV4Q91i/",
+	"O6gCKsesgqhE1sdqG6Cg42Fb+t0k9Shgk7o1Eo9Z319MLfhV1rPZ+PKKi8s7Nr34XfyAbkt3Ku6vgu+Q",
+	"llaf2ztzWB5qBtUqGIIAmPA5SiizRgaiRQIrzxkMvpXlbH0wga/g7SH6HQywocn4GQbASvUvxoZq5BQS",
+	"25yjBpGhG5nrPuzJNsIcxNxaXV8eaynsCCzuOKFLEqKIpymUEzMynQ2XfvgUaX6FGUDaWzQ6R/Nv+Hwr",
+	"HOptnk616jhD5JpK8NqY2Siu+42N+7ENGKUwTZqznj4cjaCKrymo/nCk/xdsqbBeH9s/CMnsiupxFSvd",
+	"Npp9srCudYqzDP3ig1weSH1xSJ6QAC3T1P748exMvxARKQNngUO/oCuT8JAgE8iAYhq3gsqAvzePVo/C",
+	"K+pu/lqmaS9wpdvWi7l/i4yyb7gjj3sh+saqu8s6WzFMa8bVXQz+LtIvVCK9M0G1UWdfL/uix/AjoRcC",
+	"xPgVgmHd56y/qXDwShDymSBc6AjeAVk+P/8gUb+U2VfgFKcxYfuhZNqFCKtN3BGpO43g//yv/23pBv5p",
+	"p3zsX0Ge5lJ4aVxyC6ecGc5BmcJRQ1Lzd2YqP9KJsdYnB1Lggtyfm5uXTgIHWalu3o10bYyV3/kKeAeD",
+	"+AEpmipkFuj+Irixlmj5HsKORd4NQUuGM7ng6kBveZwnZLcqOO5z5D7vUKWziBKx3164nv8qCNrvHKFX",
+	"CAxrm7OhrIN7t42U3O+7V8LZjUQ8JX47fdweo1vrqy1pnv39nv7WgbvfgPhuB9ub3wHdXmyh29s3MV8Q",
+	"Ve/pO0H89jw8/6rJhG6xVjcXDn/+LU7fdilC3pFkHF44qJxN2lK4rrT+ZzNVGz9RAd/V6qEEtMKYNWiT",
+	"Bies0BWWJf6uWDaTeEWrFDECvx24mwbHKLReP28kZWeAx+7jAq7HhfGQQejimOGZIHJR84FVdg1mUCCr",
+	"cJLwK3jnkrJ4zPpOt3G1MazGHDgRkYs19ee4cFPiMXP/5IwMnEm+4oEbopNyDXiuEvDhaaW7gFJsDQV0",
+	"3OBOQwJdJ9/Jt1bMsY3T2d/vrcTfnjW+x5daayrJeNbibLtNvnf4Rd6a3WzNMeOoDdISmFxKuyYnkLeb",
+	"nWAT2qKwCbi0sgXXKblTX3NACEm+otJCyAwyodg1RhDESQHsoh2bMF0BczwqLT9eI1MBUTAV3LHiJf4C",
+	"7oAK39e3gcnuNGYYefwSJQQbXug9rXz7QCKTSvikYSQpXiGcSG5KKdiLRfFyQXwkBuTxDfQVAEFWeUri",
+	"gVk903EfLJ/6soEYMH+U3uz61VsH4pr0rVL2Wq6qF5YOQ4WLDG4GEyxe/FxdSwi356zpTqiZXe/4UrC9",
+	"NdwKX39ke+/9vfAtTcQcsvyWuzLF0aU+DR6rKa+E270mLHD/boRjd+Br7pQLFzxinPYP2kVmgG/gJYnH",
+	"TPHSraIX5OPZGSLX+l/9cIHlxE02RFMS8VRLvyIngyGyJ3DMKlCzwo3ji9tDFOrZCiIl5SxEfEmEoLED",
+	"pzVpMTa6014TRQiCTR9ZpEK36zwcs/cuCtZmSXQRss0AX/jqjhFhtV5+MBZlnLjuXrjnTt8hOZ/yvL59",
+	"LuxRHjRFTN2yC0Bhoe5KcSdMiRVg+0MTKBClMeBbCQOEKAsKC0ZNGXan2hR7hOw9Nr9PQkHCN5lPH8jB",
+	"MeIpVcqIQBKgZDawHmJ8Af0/ZjuwA6HunhmUffy40orm/kAd9xluboR3esa58gT1O/LkKaxaE8VdKFzQ",
+	"27nRDDsUd7c6ZCe18cno55+26Y3Bphryk4SyS3nbleT3Py96mU7ZjDedl98d2NEU9XYhjHjKbZirXrn7",
+	"I/M96tljfdL08utjRmPibVPf2E3LB3i+L3TqbvCF+gi3g7efn38wsRb6PrSyvA1Y8TC5qA8xJof6z0FQ",
+	"1JufrhSRkHqmds2+Pzm32oDJHQ443isswfocQXIzdIKkYV2ldF7Q/GciuCzS4yV0SYqMK1tA2hcw229w",
+	"45mOmrK32Xj/XJYlLu6vq947YiNwYF1qBlRLX0X1Jn3GfqgjxLNbk2XrdyjPfkzQlT2d9xRcXgM8qxDt",
+	"XOCIzPIkuWXdacmTPNV/mH+cbimnvAYysN9vBk0pHC0+wov32ep+ROiV3h+E7V6aoM8Kw2z1vNvdbyE/",
+	"82uZGf1GHqUtbxvyOn1xykA72JB4Zx8SPlE1Er59jdrv4gfPdHWvF3z7Q2rIozykit/BEW24H64wVa0C",
+	"/VrN0bU0UK6KjAuFNu46F69tvx8zgkWyQn2tHMQTrYKCvjwoEmsLgqFGkoulpsokZdKzBr8mmq4gxJ0k",
+	"M9S3ZorAmYMDdLHIVcyvmAOaBOgDM0VNTVi2TdyNx8wMMHA1gnCRhZEWlVOHkCpSkdAZ4wTJIImyy7UN",
+	"aBuEGWg3kiyJwIkZOORwLIDx+v0yE5CkbJ5Yj8bg2NRSjRYkDsGPabQ+zohdi8aU1r9jql5xUc1ivyWK",
+	"9L23I6hvpoKnCRkM3RoVq4NMrkBbGqoX9Mh1lvCYOLPKpvz77SaYIut9zdgCMain5kfj0Ld/PKwnvg96",
+	"Uq0SY4gRaQP+4DVHcW7WCZnEh49HMkCP0sFx4YP5ST+JsEEaKfQ0bQ2cpSnhueq1mJF+erJPdOf+TNvu",
+	"Oez1O9tJK6rHAMzcKYW88ITF98bR78HRnyU8uvSCzT3DBC4KwllzBzgaLAv5EZKqZLlckHZDz7qMZT7Q",
+	"DE+QlCviqlvTzXLXGyrVuenrW9TW0F11qathhgQJBIpaE8N/hdqMUPPC7mW7yHHjyui3Rj8Gawnbepdg",
+	"Tt3Bd6qubUi2mUTRnznJ75n79/GGy0VZhRvq9VcJd3Wz8+MJ7OZoFMUe7pYhvyaqOE135bZqoWgtwOhR",
+	"35tvmksO6LW5Jaa8k3DwmjAiaFTIBsIa33cRD8AQ7z5EOAIHDGQPkBso8V3R0x2SY9lJA00WjoZvn9v0",
+	"O1Dar6ZIVIYjqgyWzbrYKGeb5IGSIpqpz/1uCbBCRIfGT3goSJRgCklvusoMexDVO9PLGfR5RyKDadz2",
+	"9J0sfbUxtGuN9hWUJZi5NH15ou6LlzckcDArZRzz1rvtaj1P9UG5pUPiXf2VqLVGVmtKE0oU8XRKGUH9",
+	"k7cvBs161oUHHd5ehrHo2mU+nBkEa2mRpEqi0xfH1fAELyRrsDm71qRMNB/39o/0CLaM3o37krLWdF/6",
+	"t84lJN0y/kN/1Na/vyZ9OXAxf1R60TFto4H/tBmfHu+8Hs05O2yRmG27HIDd1RUbbQrnMdmWLQ92L52+",
+	"MLEktvT9mJWIvbKaBpbI5ja2OTCbFsNDot2AQn60Gp9ldN52W0RxbO8LjN+OkaOg+dZaojtG+1c4dcei",
+	"fJVwo/vC4j98YfGCam4lI8maptNODqP7kOB/ofLhN6Gy/bR7RxWFel/lZHtmPq+0uikWF7KdO5HAr9bX",
+	"ELhqCuQFAOVsCKYNvOQJZRY+62/dFJ87ZiZA18W2VNpHZfMOHe9+L4Jaj/3UBYUoXE8FjijzIlvHrFNo",
+	"q78G5YttOcPvOIjV7+IHzRnu09M9I/tuaV9w9WAbxNmNuJunFTvES3fzYwcEmBYNP9qGd+Wh31x/sEC1",
+	"DtqDndK/gvPSbfINoVK7ei470JY5FHeKLvS7+E6s2RFlM2M2y3Svw94ah2WIpJlaObzg7QEEHWJcM+0D",
+	"LKIFXZJdzPI7HohXgqcntpdOMX/WPtYp5q+TvazRRkk/k8l8urkfVzHhYXPFhEZ7VvxtLVldOM38M82q",
+	"x3zGRYpV76g3pQzD8BvKD9xzlr8oZ6nGCSCFxXD+GVlOcAeMZt1iditBKbqxtqCU/6Z5e/9bWcxu52La",
+	"OZtvB9p4TdTdRyvtwLTuoS41M9jtkM5+BjEXaNT7+gkGR6JcULWCT6cECyJOcn0///FJ37B2QF8KuWEl",
+	"FTEQdXfjG1yO/6RA9XoPLbzXe1KqxpVv54JIWf3WrYb3qPQ2ew9NFHXlkV7dWOq5/t8AAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

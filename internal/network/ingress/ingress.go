@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -193,11 +194,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Ingress, erro
 			return nil, fmt.Errorf("%w: an ingress named %q exists", ErrConflict, req.Name)
 		}
 		for _, r := range ing.Rules {
-			taken[routeKey{r.Match.Port, r.Match.Hostname}] = ing.Name
+			taken[routeKey{r.Match.Port, routeHost(r.Match.Hostname)}] = ing.Name
 		}
 	}
 	for _, r := range rules {
-		k := routeKey{r.Match.Port, r.Match.Hostname}
+		k := routeKey{r.Match.Port, routeHost(r.Match.Hostname)}
 		if other, ok := taken[k]; ok {
 			return nil, fmt.Errorf("%w: %s is already routed by ingress %q", ErrConflict, k, other)
 		}
@@ -220,7 +221,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Ingress, erro
 		}
 		opened[p] = ln
 	}
-	ing := &Ingress{ID: newID(), Name: req.Name, Rules: rules, CreatedAt: time.Now().UTC()}
+	ing := &Ingress{ID: newID(), Name: req.Name, Tags: maps.Clone(req.Tags), Rules: rules, CreatedAt: time.Now().UTC()}
 	next := append(append([]*Ingress(nil), m.ingresses...), ing)
 	if err := m.save(next); err != nil {
 		closeOpened()
@@ -417,6 +418,12 @@ func (m *Manager) handler(port int) http.Handler {
 			writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no ingress rule for host %q on port %d", host, port))
 			return
 		}
+		if !rule.RequestHeaderAuth.allows(r) {
+			writeError(w, http.StatusUnauthorized, "unauthorized", fmt.Sprintf("this route needs the %s header", rule.RequestHeaderAuth.Header))
+			return
+		}
+		rule.RequestHeaderAuth.strip(r)
+		rule.Target.Instance = targetInstance(rule, host)
 		addr, err := m.resolver.GuestAddr(r.Context(), rule.Target.Instance, rule.Target.Port)
 		if err != nil {
 			writeError(w, http.StatusBadGateway, "bad_gateway",
@@ -461,8 +468,8 @@ func buildTable(list []*Ingress) *routeTable {
 			case h == "":
 				r := r
 				pr.any = &r
-			case strings.HasPrefix(h, "*."):
-				pr.wildcard[h[2:]] = r
+			case strings.HasPrefix(h, "*.") || strings.HasPrefix(h, "{"):
+				pr.wildcard[strings.TrimPrefix(routeHost(h), "*.")] = r
 			default:
 				pr.exact[h] = r
 			}
@@ -509,6 +516,7 @@ func portsOf(list []*Ingress) []int {
 func cloneIngress(i *Ingress) *Ingress {
 	c := *i
 	c.Rules = append([]Rule(nil), i.Rules...)
+	c.Tags = maps.Clone(i.Tags)
 	return &c
 }
 

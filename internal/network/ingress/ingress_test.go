@@ -52,9 +52,14 @@ func (f *fakeResolver) GuestAddr(_ context.Context, instance string, port int) (
 
 // backend is a loopback HTTP server that reports who it is and what it saw.
 func backend(t *testing.T, name string) string {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return backendFunc(t, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s host=%s xff=%s path=%s", name, r.Host, r.Header.Get("X-Forwarded-For"), r.URL.Path)
-	}))
+	})
+}
+
+// backendFunc is a loopback HTTP server running h; it returns its address.
+func backendFunc(t *testing.T, h http.HandlerFunc) string {
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
 }

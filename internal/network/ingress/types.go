@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"hypeman/internal/tags"
 )
 
 // Match selects requests: those arriving on host Port whose Host header is
@@ -31,20 +33,25 @@ type Target struct {
 type Rule struct {
 	Match  Match  `json:"match"`
 	Target Target `json:"target"`
+	// RequestHeaderAuth, when set, lets through only requests carrying
+	// Header with exactly Value (see rules.go).
+	RequestHeaderAuth *HeaderAuth `json:"request_header_auth,omitempty"`
 }
 
 // Ingress is a named set of rules.
 type Ingress struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Rules     []Rule    `json:"rules"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	Rules     []Rule            `json:"rules"`
+	CreatedAt time.Time         `json:"created_at"`
 }
 
 // CreateRequest is the body of POST /ingresses.
 type CreateRequest struct {
-	Name  string `json:"name"`
-	Rules []Rule `json:"rules"`
+	Name  string            `json:"name"`
+	Tags  map[string]string `json:"tags,omitempty"`
+	Rules []Rule            `json:"rules"`
 }
 
 // Resolver finds where an instance's port can be dialed right now.
@@ -91,6 +98,9 @@ func normalize(req CreateRequest) ([]Rule, error) {
 	if len(req.Rules) == 0 {
 		return nil, fmt.Errorf("%w: at least one rule is required", ErrInvalid)
 	}
+	if err := tags.Validate("tags", req.Tags); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
 	out := make([]Rule, len(req.Rules))
 	seen := map[routeKey]bool{}
 	for i, r := range req.Rules {
@@ -109,10 +119,16 @@ func normalize(req CreateRequest) ([]Rule, error) {
 		if r.Target.Instance == "" || len(r.Target.Instance) > 256 {
 			return nil, fmt.Errorf("%w: rule %d: target instance is required", ErrInvalid, i)
 		}
+		if err := checkCaptureTarget(h, r.Target.Instance); err != nil {
+			return nil, fmt.Errorf("%w: rule %d: %v", ErrInvalid, i, err)
+		}
+		if err := r.RequestHeaderAuth.validate(); err != nil {
+			return nil, fmt.Errorf("%w: rule %d: request_header_auth: %v", ErrInvalid, i, err)
+		}
 		if r.Target.Port < 1 || r.Target.Port > 65535 {
 			return nil, fmt.Errorf("%w: rule %d: target port %d out of range", ErrInvalid, i, r.Target.Port)
 		}
-		k := routeKey{r.Match.Port, h}
+		k := routeKey{r.Match.Port, routeHost(h)}
 		if seen[k] {
 			return nil, fmt.Errorf("%w: rules repeat %s", ErrInvalid, k)
 		}
@@ -131,9 +147,15 @@ func normalizeHostname(h string) (string, error) {
 		return "", fmt.Errorf("hostname %q too long", h)
 	}
 	rest := strings.TrimPrefix(h, "*.")
+	if c, r, ok := splitCapture(h); ok {
+		if !captureRE.MatchString(c) {
+			return "", fmt.Errorf("hostname %q: capture name %q must be letters, digits and _", h, c)
+		}
+		rest = r
+	}
 	labels := strings.Split(rest, ".")
-	if strings.Contains(rest, "*") {
-		return "", fmt.Errorf("hostname %q: a wildcard is allowed only as a whole first label (*.example.com)", h)
+	if strings.ContainsAny(rest, "*{}") {
+		return "", fmt.Errorf("hostname %q: a wildcard or {capture} is allowed only as a whole first label (*.example.com, {instance}.example.com)", h)
 	}
 	for _, l := range labels {
 		if len(l) > 63 || !labelRE.MatchString(l) {

@@ -1,0 +1,125 @@
+package api
+
+// Operations of hypeman 0.3.0 whose feature this server has not built yet.
+// They are routed, authorized and validated like every other operation (so
+// clients see the real shapes and scopes) and answer 501 not_implemented
+// naming the feature, instead of a 404 that would look like a wrong URL.
+
+import (
+	"context"
+	"net/http"
+
+	"hypeman/internal/api/gen"
+)
+
+func notBuilt(feature string) error {
+	return newError(http.StatusNotImplemented, CodeNotImplemented, "%s: not implemented by this server yet", feature)
+}
+
+const (
+	featureResources = "host resource accounting (GET /resources, memory reclaim)"
+	featureSchedules = "snapshot schedules"
+	featureVolumes   = "volumes"
+	featureBuilds    = "image builds"
+	featurePushes    = "pushes to remote registries (push to hypemand's own registry at /v2/ instead)"
+)
+
+func (s *server) GetResources(context.Context, gen.GetResourcesRequestObject) (gen.GetResourcesResponseObject, error) {
+	return nil, notBuilt(featureResources)
+}
+
+func (s *server) ReclaimMemory(context.Context, gen.ReclaimMemoryRequestObject) (gen.ReclaimMemoryResponseObject, error) {
+	return nil, notBuilt(featureResources)
+}
+
+func (s *server) GetInstanceSnapshotSchedule(context.Context, gen.GetInstanceSnapshotScheduleRequestObject) (gen.GetInstanceSnapshotScheduleResponseObject, error) {
+	return nil, notBuilt(featureSchedules)
+}
+
+func (s *server) SetInstanceSnapshotSchedule(context.Context, gen.SetInstanceSnapshotScheduleRequestObject) (gen.SetInstanceSnapshotScheduleResponseObject, error) {
+	return nil, notBuilt(featureSchedules)
+}
+
+func (s *server) DeleteInstanceSnapshotSchedule(context.Context, gen.DeleteInstanceSnapshotScheduleRequestObject) (gen.DeleteInstanceSnapshotScheduleResponseObject, error) {
+	return nil, notBuilt(featureSchedules)
+}
+
+func (s *server) AttachVolume(context.Context, gen.AttachVolumeRequestObject) (gen.AttachVolumeResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) DetachVolume(context.Context, gen.DetachVolumeRequestObject) (gen.DetachVolumeResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) ListVolumes(context.Context, gen.ListVolumesRequestObject) (gen.ListVolumesResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) CreateVolume(context.Context, gen.CreateVolumeRequestObject) (gen.CreateVolumeResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) CreateVolumeFromArchive(context.Context, gen.CreateVolumeFromArchiveRequestObject) (gen.CreateVolumeFromArchiveResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) GetVolume(context.Context, gen.GetVolumeRequestObject) (gen.GetVolumeResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) DeleteVolume(context.Context, gen.DeleteVolumeRequestObject) (gen.DeleteVolumeResponseObject, error) {
+	return nil, notBuilt(featureVolumes)
+}
+
+func (s *server) ListBuilds(context.Context, gen.ListBuildsRequestObject) (gen.ListBuildsResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) CreateBuild(context.Context, gen.CreateBuildRequestObject) (gen.CreateBuildResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) GetBuild(context.Context, gen.GetBuildRequestObject) (gen.GetBuildResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) CancelBuild(context.Context, gen.CancelBuildRequestObject) (gen.CancelBuildResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) GetBuildEvents(context.Context, gen.GetBuildEventsRequestObject) (gen.GetBuildEventsResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) ListBuilders(context.Context, gen.ListBuildersRequestObject) (gen.ListBuildersResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) CreateBuilder(context.Context, gen.CreateBuilderRequestObject) (gen.CreateBuilderResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) GetBuilder(context.Context, gen.GetBuilderRequestObject) (gen.GetBuilderResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) DeleteBuilder(context.Context, gen.DeleteBuilderRequestObject) (gen.DeleteBuilderResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) PruneBuilder(context.Context, gen.PruneBuilderRequestObject) (gen.PruneBuilderResponseObject, error) {
+	return nil, notBuilt(featureBuilds)
+}
+
+func (s *server) ListPushes(context.Context, gen.ListPushesRequestObject) (gen.ListPushesResponseObject, error) {
+	return nil, notBuilt(featurePushes)
+}
+
+func (s *server) CreatePush(context.Context, gen.CreatePushRequestObject) (gen.CreatePushResponseObject, error) {
+	return nil, notBuilt(featurePushes)
+}
+
+func (s *server) GetPush(context.Context, gen.GetPushRequestObject) (gen.GetPushResponseObject, error) {
+	return nil, notBuilt(featurePushes)
+}
