@@ -59,7 +59,7 @@ func (p published) equal(o published) bool {
 func (f firewall) nftRuleset() string {
 	var b strings.Builder
 	br := strconv.Quote(f.bridge)
-	fmt.Fprintf(&b, "table inet %[1]s\ndelete table inet %[1]s\ntable ip %[1]s\ndelete table ip %[1]s\n", NFTTable)
+	b.WriteString(nftRemove())
 	fmt.Fprintf(&b, "table inet %s {\n", NFTTable)
 	fmt.Fprintf(&b, "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname %s jump guest_to_host\n\t}\n", br)
 	b.WriteString("\tchain guest_to_host {\n")
