@@ -40,7 +40,8 @@ func TestGuestIsolation(t *testing.T) {
 	}
 	outside := nettest.AddOutside(t, ns)
 	serveHTTP(t, outside, "192.0.2.2:9000", "outside")
-	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns, "ingress_listen": "127.0.0.1"})
+	// ingress_listen is left at its default: loopback.
+	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns})
 
 	ref := testimage.Push(t, testimage.Registry(t), "test/isol", testimage.Busybox(t, testimage.Options{
 		Entrypoint: []string{"/bin/sh", "-c"},
@@ -68,6 +69,14 @@ func TestGuestIsolation(t *testing.T) {
 	_, svcPort, _ := net.SplitHostPort(serveHTTP(t, ns, "0.0.0.0:0", "host service").String())
 	nettest.AssertReachable(t, outside, "192.0.2.1:"+svcPort)
 	bURL := "http://" + net.JoinHostPort(b.Network.IP, "8080") + "/"
+
+	// Both guests' TAPs are isolated bridge ports.
+	for _, in := range []*instances.Instance{a, b} {
+		l, _ := d.Network.Lease(in.ID)
+		if out := nettest.Run(t, ns, "bridge", "-d", "link", "show", "dev", l.TAP); !strings.Contains(out, "isolated on") {
+			t.Fatalf("%s's TAP %s is not isolated:\n%s", in.Name, l.TAP, out)
+		}
+	}
 
 	// What must work, first: it proves A's network is up, so the failures
 	// below are the isolation and not a guest that is not ready.
