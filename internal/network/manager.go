@@ -222,9 +222,9 @@ func (m *Manager) Setup(ctx context.Context) error {
 
 // Teardown removes what Setup and CreateTAP made: every TAP device of a
 // lease or named like ours on the bridge, the bridge, and the nftables
-// table (with the guest filters). Leases are kept (VMs restarted later get the same addresses). For
-// tests and uninstall; the daemon does not call it on shutdown because VMs
-// outlive it. ip_forward is left as it is.
+// table (NAT and guest filters). Leases are kept (VMs restarted later get
+// the same addresses). For tests and uninstall; the daemon does not call it
+// on shutdown because VMs outlive it. ip_forward is left as it is.
 func (m *Manager) Teardown(ctx context.Context) error {
 	if m.Mode() != ModeBridge {
 		return nil
@@ -333,8 +333,7 @@ func (m *Manager) Release(ctx context.Context, instanceID string) error {
 // attached to the bridge as an isolated port, up), adopting an existing one
 // of the same name. Every path that gives a VM its TAP (create, start,
 // restore, fork) comes through here; Setup isolates the TAPs of VMs that
-// were re-adopted.
-// A no-op for leases without a TAP (user mode).
+// were re-adopted. A no-op for leases without a TAP (user mode).
 func (m *Manager) CreateTAP(ctx context.Context, l *Lease) error {
 	if l == nil || l.TAP == "" {
 		return nil

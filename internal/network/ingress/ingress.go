@@ -210,7 +210,7 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	m.ingresses = st.Ingresses
 	m.routes.Store(buildTable(m.ingresses))
 	for _, port := range portsOf(m.ingresses) {
-		if err := m.checkPrivileged(-1, port); err != nil {
+		if !m.portAllowed(port) {
 			// Kept: it was allowed when created; the operator decides.
 			m.log.Warn("restored ingress uses a privileged port that is no longer allowed", "port", port, "setting", PrivilegedPortsSetting)
 		}
@@ -227,10 +227,15 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	return m, nil
 }
 
-// checkPrivileged refuses a host port below 1024 that the configuration
-// does not allow; i is the rule's index (-1: not from a request).
+// portAllowed reports whether rules may listen on a host port: 1024 and
+// up, or a privileged port the configuration lists.
+func (m *Manager) portAllowed(port int) bool {
+	return port >= 1024 || slices.Contains(m.cfg.AllowedPrivilegedPorts, port)
+}
+
+// checkPrivileged refuses rule i's host port when it is not allowed.
 func (m *Manager) checkPrivileged(i, port int) error {
-	if port >= 1024 || slices.Contains(m.cfg.AllowedPrivilegedPorts, port) {
+	if m.portAllowed(port) {
 		return nil
 	}
 	return fmt.Errorf("%w: rules[%d].match.port: %d is a privileged port (below 1024); allowed: %v; "+
@@ -264,6 +269,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Ingress, erro
 	}
 	for i, r := range rules {
 		if err := m.checkPrivileged(i, r.Match.Port); err != nil {
+			m.log.Info("ingress refused: privileged host port", "name", req.Name, "port", r.Match.Port, "setting", PrivilegedPortsSetting)
 			return nil, err
 		}
 	}
