@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -59,6 +60,9 @@ type Config struct {
 	NetworkNetNS       string   `json:"network_netns"`
 	IngressListen      string   `json:"ingress_listen"`
 	CompressSnapshots  bool     `json:"compress_snapshots"`
+	// IngressAllowedPrivilegedPorts: host ports below 1024 ingress rules
+	// may use. Env and flags take "80,443" or "none".
+	IngressAllowedPrivilegedPorts []int `json:"ingress_allowed_privileged_ports"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -165,6 +169,18 @@ func (c *Config) set(key, val string) error {
 				}
 			}
 			f.Set(reflect.ValueOf(parts))
+		case []int:
+			ports := []int{}
+			if strings.TrimSpace(val) != "none" {
+				for p := range strings.SplitSeq(val, ",") {
+					n, err := strconv.Atoi(strings.TrimSpace(p))
+					if err != nil {
+						return fmt.Errorf("%q is not a comma-separated list of integers (or \"none\")", val)
+					}
+					ports = append(ports, n)
+				}
+			}
+			f.Set(reflect.ValueOf(ports))
 		case Duration:
 			d, err := time.ParseDuration(val)
 			if err != nil {
@@ -213,6 +229,14 @@ func (c *Config) Validate() error {
 	}
 	if c.GuestStopTimeout < 0 {
 		errs = append(errs, errors.New("guest_stop_timeout must be >= 0"))
+	}
+	if c.IngressListen != "" && net.ParseIP(c.IngressListen) == nil {
+		errs = append(errs, fmt.Errorf("ingress_listen %q: want an IP address (127.0.0.1 for this host only, 0.0.0.0 for every address)", c.IngressListen))
+	}
+	for _, p := range c.IngressAllowedPrivilegedPorts {
+		if p < 1 || p > 1023 {
+			errs = append(errs, fmt.Errorf("ingress_allowed_privileged_ports: %d is not a privileged port (1-1023); ports from 1024 up need no permission", p))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -190,10 +190,17 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		} else if len(pruned) > 0 {
 			logger.Info("pruned network leases of instances that are gone", "instances", pruned)
 		}
-		d.Ingress, err = ingress.New(ctx, ingress.Config{
+		ic := ingress.Config{
 			StateDir: filepath.Join(p.Root, "ingress"), ListenAddress: cfg.IngressListen,
-			DialContext: d.Network.DialContext,
-		}, ingressResolver{d.Instances}, logger.With("component", "ingress"))
+			AllowedPrivilegedPorts: cfg.IngressAllowedPrivilegedPorts,
+			DialContext:            d.Network.DialContext,
+		}
+		if cfg.NetworkNetNS == "" {
+			// Guests share the daemon's namespace, where ingress
+			// listens: the firewall opens the ingress ports to them.
+			ic.Publisher = d.Network
+		}
+		d.Ingress, err = ingress.New(ctx, ic, ingressResolver{d.Instances}, logger.With("component", "ingress"))
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("ingress: %w", err)

@@ -2,21 +2,16 @@ package network
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// NFTTable is the nftables table (family ip) that holds all our rules.
-const NFTTable = "hypeman"
 
 // Errors of bridge setup that callers (or operators) act on.
 var (
@@ -176,46 +171,6 @@ func (m *Manager) enableForwarding() error {
 	})
 }
 
-// nftRuleset is applied with `nft -f -` as one transaction. Declaring the
-// table before deleting it makes the delete succeed when it did not exist,
-// so applying it any number of times leaves exactly this table.
-func nftRuleset(subnet netip.Prefix) string {
-	return fmt.Sprintf(`table ip %[1]s
-delete table ip %[1]s
-table ip %[1]s {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr %[2]s ip daddr != %[2]s masquerade
-	}
-}
-`, NFTTable, subnet)
-}
-
-// nftRemove deletes the table (and succeeds when it is absent).
-func nftRemove() string {
-	return fmt.Sprintf("table ip %[1]s\ndelete table ip %[1]s\n", NFTTable)
-}
-
-// nft applies a ruleset inside the namespace. The child process is forked
-// from a thread in the namespace, so it inherits it.
-func (m *Manager) nft(ctx context.Context, ruleset string) error {
-	bin, err := exec.LookPath("nft")
-	if err != nil {
-		return fmt.Errorf("nft: %w", err)
-	}
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "-f", "-")
-	cmd.Stdin = strings.NewReader(ruleset)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := m.ns.Do(cmd.Start); err != nil {
-		return fmt.Errorf("nft: %w", err)
-	}
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
-}
-
 // createTAP creates the persistent TAP device of a lease (owned by root),
 // attaches it to the bridge and brings it up. An existing TAP of that name
 // is adopted.
@@ -259,6 +214,11 @@ func (m *Manager) createTAP(l *Lease) error {
 				return fmt.Errorf("TAP %s: attach to %s: %w", l.TAP, m.cfg.Bridge, err)
 			}
 		}
+		// Before the link is up, so the guest never has a moment on an
+		// open port.
+		if err := isolateTAP(h, link); err != nil {
+			return err
+		}
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("TAP %s: up: %w", l.TAP, err)
 		}
@@ -288,26 +248,39 @@ func (m *Manager) deleteLink(name string) error {
 func (m *Manager) orphanTAPs(keep map[string]bool) ([]string, error) {
 	var out []string
 	err := m.withLinks(func(h *netlink.Handle) error {
-		br, err := h.LinkByName(m.cfg.Bridge)
-		if isNotFound(err) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		links, err := h.LinkList()
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return err
-		}
-		for _, l := range links {
-			a := l.Attrs()
-			if l.Type() == "tuntap" && a.MasterIndex == br.Attrs().Index && isTAPName(a.Name) && !keep[a.Name] {
-				out = append(out, a.Name)
+		taps, err := ourTAPs(h, m.cfg.Bridge)
+		for _, l := range taps {
+			if !keep[l.Attrs().Name] {
+				out = append(out, l.Attrs().Name)
 			}
 		}
-		return nil
+		return err
 	})
 	return out, err
+}
+
+// ourTAPs lists the TAP devices attached to bridge that are named like
+// ours (none when the bridge does not exist).
+func ourTAPs(h *netlink.Handle, bridge string) ([]netlink.Link, error) {
+	br, err := h.LinkByName(bridge)
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	links, err := h.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, err
+	}
+	var out []netlink.Link
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() == "tuntap" && a.MasterIndex == br.Attrs().Index && isTAPName(a.Name) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
 }
 
 func isTAPName(s string) bool {

@@ -93,6 +93,18 @@ func hasFlag(l ipLink, f string) bool {
 	return false
 }
 
+// isolated reports whether dev is an isolated bridge port in ns.
+func isolated(t *testing.T, ns, dev string) bool {
+	t.Helper()
+	var ports []struct {
+		Isolated bool `json:"isolated"`
+	}
+	if err := json.Unmarshal([]byte(nettest.Run(t, ns, "bridge", "-j", "-d", "link", "show", "dev", dev)), &ports); err != nil || len(ports) != 1 {
+		t.Fatalf("bridge link show %s: %v %+v", dev, err, ports)
+	}
+	return ports[0].Isolated
+}
+
 func TestBridgeLifecycleInNetNS(t *testing.T) {
 	ns := nettest.NewNS(t)
 	hostForward, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
@@ -134,19 +146,27 @@ func TestBridgeLifecycleInNetNS(t *testing.T) {
 		if fwd := strings.TrimSpace(nettest.Run(t, ns, "cat", "/proc/sys/net/ipv4/ip_forward")); fwd != "1" {
 			t.Fatalf("%s: ip_forward in netns = %s", when, fwd)
 		}
-		rules := nettest.Run(t, ns, "nft", "list", "table", "ip", "hypeman")
-		if strings.Count(rules, "masquerade") != 1 || !strings.Contains(rules, "ip saddr 10.100.0.0/16 ip daddr != 10.100.0.0/16 masquerade") {
+		rules := nettest.Run(t, ns, "nft", "-s", "list", "table", "inet", "hypeman")
+		if strings.Count(rules, "masquerade") != 1 || !strings.Contains(rules, "ip saddr 10.100.0.0/16 ip daddr != 10.100.0.0/16 masquerade") ||
+			strings.Count(rules, `iifname "vmbr0" jump guest_to_host`) != 1 || strings.Count(rules, `iifname "vmbr0" jump guest_forward`) != 1 {
 			t.Fatalf("%s: nft table:\n%s", when, rules)
+		}
+		if tables := nettest.Run(t, ns, "nft", "list", "tables"); strings.TrimSpace(tables) != "table inet hypeman" {
+			t.Fatalf("%s: tables:\n%s", when, tables)
 		}
 		return br
 	}
 	br1 := check("first setup")
+	first := nettest.Run(t, ns, "nft", "-s", "list", "ruleset")
 	start = time.Now()
 	if err := m.Setup(ctx); err != nil {
 		t.Fatalf("second Setup: %v", err)
 	}
 	t.Logf("Setup again (idempotent): %v", time.Since(start))
 	check("second setup")
+	if again := nettest.Run(t, ns, "nft", "-s", "list", "ruleset"); again != first {
+		t.Fatalf("ruleset changed by a second Setup:\n%s\nthen\n%s", first, again)
+	}
 
 	// The host namespace was not touched.
 	if now, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); string(now) != string(hostForward) {
@@ -181,6 +201,9 @@ func TestBridgeLifecycleInNetNS(t *testing.T) {
 		d := tap.LinkInfo.InfoData
 		if tap.LinkInfo.InfoKind != "tun" || d.Type != "tap" || tap.Master != "vmbr0" || !hasFlag(tap, "UP") || d.PI || d.Multi || d.User != "root" {
 			t.Fatalf("TAP %s: %+v", l.TAP, tap)
+		}
+		if !isolated(t, ns, l.TAP) {
+			t.Fatalf("TAP %s is not an isolated bridge port", l.TAP)
 		}
 	}
 	if br := ls["vmbr0"]; br.Address != br1.Address {
@@ -237,8 +260,16 @@ func TestBridgeLifecycleInNetNS(t *testing.T) {
 		t.Fatal("Prune deleted a kept instance's TAP")
 	}
 
-	// A new manager (daemon restart) keeps the lease and adopts the TAP.
+	// A new manager (daemon restart) keeps the lease and adopts the TAP,
+	// isolating it even when it was not (a TAP made by an older version),
+	// and replaces an older version's NAT-only table.
+	nettest.Run(t, ns, "bridge", "link", "set", "dev", c.TAP, "isolated", "off")
+	nettest.Run(t, ns, "nft", "add", "table", "ip", "hypeman")
 	m2 := newBridgeManager(t, ns, state)
+	if !isolated(t, ns, c.TAP) {
+		t.Fatal("a re-adopted TAP was not isolated at start")
+	}
+	check("restart")
 	if l, ok := m2.Lease("inst-c"); !ok || l.IP != c.IP || l.MAC != c.MAC || l.TAP != c.TAP {
 		t.Fatalf("lease after restart: %+v %v", l, ok)
 	}
@@ -256,7 +287,7 @@ func TestBridgeLifecycleInNetNS(t *testing.T) {
 	if _, ok := ls[c.TAP]; ok {
 		t.Fatal("TAP left after Teardown")
 	}
-	if out, err := nettest.Exec(ns, "nft", "list", "table", "ip", "hypeman"); err == nil {
+	if out := nettest.Run(t, ns, "nft", "list", "tables"); strings.Contains(out, "hypeman") {
 		t.Fatalf("nft table left after Teardown:\n%s", out)
 	}
 	if err := m2.Teardown(ctx); err != nil {
@@ -295,13 +326,7 @@ func TestGuestTrafficAndNAT(t *testing.T) {
 	}
 
 	// guest -> outside via NAT.
-	outside := nettest.NewNS(t)
-	nettest.Run(t, ns, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "out0")
-	nettest.Run(t, ns, "ip", "link", "set", "out0", "netns", outside)
-	nettest.Run(t, ns, "ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
-	nettest.Run(t, ns, "ip", "link", "set", "up0", "up")
-	nettest.Run(t, outside, "ip", "addr", "add", "192.0.2.2/24", "dev", "out0")
-	nettest.Run(t, outside, "ip", "link", "set", "out0", "up")
+	outside := nettest.AddOutside(t, ns)
 	ol := nettest.Listen(t, outside, "192.0.2.2:9000")
 	go http.Serve(ol, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.RemoteAddr) }))
 	gns, err := network.OpenNetNS(guest)

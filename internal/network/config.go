@@ -83,8 +83,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Bridge == "" {
 		c.Bridge = DefaultBridge
 	}
-	if len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/ \t\n:") {
-		return c, fmt.Errorf("%w: bridge name %q (at most 15 bytes, no spaces, '/' or ':')", ErrInvalidConfig, c.Bridge)
+	if len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/ \t\n:\"'\\") {
+		return c, fmt.Errorf("%w: bridge name %q (at most 15 bytes, no spaces, quotes, '/', '\\' or ':')", ErrInvalidConfig, c.Bridge)
 	}
 	if c.Subnet == "" {
 		c.Subnet = DefaultSubnet

@@ -16,13 +16,25 @@
 //     below IFNAMSIZ) and the MAC is a locally administered address hashed
 //     from the instance ID (stable per instance).
 //   - Devices are managed over netlink (vishvananda/netlink), which needs no
-//     binaries and reports typed errors. NAT uses the nft CLI with one
-//     ruleset file applied as a single transaction ("add table; delete table;
-//     define table"), which makes it idempotent and atomic, keeps every rule
-//     in our own table "ip hypeman" so nothing else on the host is touched,
-//     and stays readable to an operator (`nft list table ip hypeman`). The
-//     ruleset is two lines; a netlink nftables library would add a dependency
-//     and hide exactly what is installed.
+//     binaries and reports typed errors. NAT and the guest filters use the
+//     nft CLI with one ruleset file applied as a single transaction ("add
+//     table; delete table; define table"), which makes it idempotent and
+//     atomic (a daemon restart replaces the table, never duplicates rules),
+//     keeps every rule in our own table "inet hypeman" so nothing else on
+//     the host is touched, and stays readable to an operator (`nft list
+//     table inet hypeman`). A netlink nftables library would add a
+//     dependency and hide exactly what is installed.
+//   - Guests are isolated by default, because one tenant's VM must not be a
+//     foothold on another's or on the host: every TAP is an isolated bridge
+//     port (the bridge drops frames between two isolated ports, while the
+//     gateway stays reachable), routing guest → gateway → other guest is
+//     dropped, and guest → host is dropped except replies to connections the
+//     host opened (health checks, the ingress proxy), DNS to the servers the
+//     guests were given, and ingress ports published on a non-loopback
+//     address (PublishPorts). Guest → outside through NAT is unchanged. The
+//     daemon serves nothing to guests over the network (addresses come with
+//     the config disk, the agent talks over virtio-serial), so nothing else
+//     needs to be open.
 //   - Everything can run inside a named network namespace (Config.NetNS):
 //     tests use it so they never touch the host's network, and operators can
 //     use it for isolation. Namespace switches happen on a locked OS thread in

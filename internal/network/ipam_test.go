@@ -293,6 +293,7 @@ func TestConfigValidation(t *testing.T) {
 	for name, c := range map[string]Config{
 		"mode":     {Mode: "bridged", StateDir: "/x"},
 		"bridge":   {Bridge: "a-very-long-bridge-name", StateDir: "/x"},
+		"quote":    {Bridge: `br"0`, StateDir: "/x"}, // it is quoted in the nft ruleset
 		"dns":      {DNS: []string{"dns.example"}, StateDir: "/x"},
 		"statedir": {Mode: ModeBridge},
 	} {

@@ -39,7 +39,10 @@ type Manager struct {
 	// bridge mode only
 	pool    pool
 	ipam    *ipam
-	setupMu sync.Mutex
+	setupMu sync.Mutex // serializes Setup and firewall changes
+	// published is the ingress part of the firewall (PublishPorts); kept so
+	// a repeated Setup renders the same rules. Guarded by setupMu.
+	published published
 }
 
 // New decides the networking mode and, for bridge mode, sets the bridge up
@@ -171,10 +174,12 @@ func (m *Manager) Capability() Capability {
 func (m *Manager) Mode() Mode { return m.Capability().Mode }
 
 // Setup idempotently prepares bridge networking: the bridge with the
-// gateway address (first host of the subnet) and a fixed MAC, up;
-// net.ipv4.ip_forward=1; the nftables table "ip hypeman" with a masquerade
-// rule for traffic leaving the subnet. New calls it; call it again to repair
-// (e.g. after someone deleted the bridge). A no-op in other modes.
+// gateway address (first host of the subnet) and a fixed MAC, up; bridge
+// port isolation on every TAP of ours already attached (VMs that outlived a
+// daemon restart); net.ipv4.ip_forward=1; the nftables table "inet hypeman"
+// with outbound NAT and the guest filters (see firewall.nftRuleset). New
+// calls it; call it again to repair (e.g. after someone deleted the bridge).
+// A no-op in other modes.
 func (m *Manager) Setup(ctx context.Context) error {
 	if m.Mode() != ModeBridge {
 		return nil
@@ -188,17 +193,20 @@ func (m *Manager) Setup(ctx context.Context) error {
 	if err := m.setupBridge(); err != nil {
 		return err
 	}
+	if err := m.isolateAllTAPs(); err != nil {
+		return err
+	}
 	if err := m.enableForwarding(); err != nil {
 		return err
 	}
-	nat := "outbound NAT via nftables table ip " + NFTTable
+	fw := "outbound NAT and guest isolation via nftables table inet " + NFTTable
 	if _, err := exec.LookPath("nft"); err != nil {
-		nat = "no outbound NAT (nft not found)"
-		m.log.Warn("nft not found: guests can reach the host but not beyond it")
-	} else if err := m.nft(ctx, nftRuleset(m.pool.prefix)); err != nil {
+		fw = "guests isolated from each other on the bridge only: no outbound NAT and no host firewall (nft not found)"
+		m.log.Warn("nft not found: guests can reach services on the host but nothing beyond it; install nftables")
+	} else if err := m.nft(ctx, m.firewallLocked().nftRuleset()); err != nil {
 		return err
 	}
-	reason := fmt.Sprintf("bridge %s, gateway %s/%d, %s", m.cfg.Bridge, m.pool.gateway, m.pool.prefix.Bits(), nat)
+	reason := fmt.Sprintf("bridge %s, gateway %s/%d, %s", m.cfg.Bridge, m.pool.gateway, m.pool.prefix.Bits(), fw)
 	if m.cfg.NetNS != "" {
 		reason += ", in network namespace " + m.cfg.NetNS
 	}
@@ -214,9 +222,9 @@ func (m *Manager) Setup(ctx context.Context) error {
 
 // Teardown removes what Setup and CreateTAP made: every TAP device of a
 // lease or named like ours on the bridge, the bridge, and the nftables
-// table. Leases are kept (VMs restarted later get the same addresses). For
-// tests and uninstall; the daemon does not call it on shutdown because VMs
-// outlive it. ip_forward is left as it is.
+// table (NAT and guest filters). Leases are kept (VMs restarted later get
+// the same addresses). For tests and uninstall; the daemon does not call it
+// on shutdown because VMs outlive it. ip_forward is left as it is.
 func (m *Manager) Teardown(ctx context.Context) error {
 	if m.Mode() != ModeBridge {
 		return nil
@@ -322,8 +330,10 @@ func (m *Manager) Release(ctx context.Context, instanceID string) error {
 }
 
 // CreateTAP creates the lease's TAP device (persistent, owned by root,
-// attached to the bridge, up), adopting an existing one of the same name.
-// A no-op for leases without a TAP (user mode).
+// attached to the bridge as an isolated port, up), adopting an existing one
+// of the same name. Every path that gives a VM its TAP (create, start,
+// restore, fork) comes through here; Setup isolates the TAPs of VMs that
+// were re-adopted. A no-op for leases without a TAP (user mode).
 func (m *Manager) CreateTAP(ctx context.Context, l *Lease) error {
 	if l == nil || l.TAP == "" {
 		return nil

@@ -17,6 +17,14 @@
 //   - Connections to guests go through a dial function from the daemon (the
 //     network manager's DialContext), so they are made inside the network
 //     namespace where guest addresses live.
+//   - Safe by default: listeners bind loopback unless the operator names
+//     another address (publishing to a network is a deliberate act), and a
+//     rule may not take a privileged host port (below 1024: ssh, DNS, ...)
+//     unless the operator listed it in Config.AllowedPrivilegedPorts. The
+//     rule is a validation error (400 naming rules[i].match.port), checked
+//     here so every caller gets it. Where guests could reach the listeners,
+//     a Publisher (the network manager's firewall) is told the ports, since
+//     guests are otherwise cut off from the host.
 //   - One listener per host port, opened when the first rule needs it and
 //     closed with the last one. State (ingresses.json) is written atomically
 //     before a change takes effect and restored by New; a port that cannot
@@ -39,6 +47,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,12 +61,39 @@ import (
 // StateFile is the name of the ingress database inside Config.StateDir.
 const StateFile = "ingresses.json"
 
+// DefaultListenAddress is where listeners bind when Config.ListenAddress is
+// empty: loopback, so nothing is published to a network by default.
+const DefaultListenAddress = "127.0.0.1"
+
+// DefaultAllowedPrivilegedPorts are the ports below 1024 a rule may use when
+// Config.AllowedPrivilegedPorts is nil: HTTP and HTTPS, what an HTTP
+// ingress is for (80 is also a rule's default port).
+var DefaultAllowedPrivilegedPorts = []int{80, 443}
+
+// PrivilegedPortsSetting is the daemon setting that lists the privileged
+// ports rules may use (named in the error that refuses one).
+const PrivilegedPortsSetting = "ingress_allowed_privileged_ports"
+
+// Publisher opens the host ports ingress listens on to guests (the network
+// firewall closes the host to them otherwise). Each call gives the complete
+// set of ports; listen is Config.ListenAddress (resolved).
+type Publisher interface {
+	PublishPorts(ctx context.Context, listen string, ports []int) error
+}
+
 // Config configures a Manager.
 type Config struct {
 	// StateDir holds ingresses.json (required).
 	StateDir string
-	// ListenAddress is the host IP listeners bind to; "" means all.
+	// ListenAddress is the host IP listeners bind to (default
+	// DefaultListenAddress, loopback); 0.0.0.0 means every address.
 	ListenAddress string
+	// AllowedPrivilegedPorts lists the host ports below 1024 that rules may
+	// use; nil means DefaultAllowedPrivilegedPorts, empty means none.
+	AllowedPrivilegedPorts []int
+	// Publisher, when set, is told the listening ports whenever they
+	// change. Set it only when guests share the listeners' namespace.
+	Publisher Publisher
 	// DialContext connects to the address the Resolver returned. nil uses a
 	// plain net.Dialer (the daemon's namespace).
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -106,6 +142,17 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.ListenAddress == "" {
+		cfg.ListenAddress = DefaultListenAddress
+	}
+	if cfg.AllowedPrivilegedPorts == nil {
+		cfg.AllowedPrivilegedPorts = DefaultAllowedPrivilegedPorts
+	}
+	for _, p := range cfg.AllowedPrivilegedPorts {
+		if p < 1 || p >= 1024 {
+			return nil, fmt.Errorf("ingress: allowed privileged port %d is not in 1-1023", p)
+		}
 	}
 	dial := cfg.DialContext
 	if dial == nil {
@@ -164,6 +211,10 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	m.ingresses = st.Ingresses
 	m.routes.Store(buildTable(m.ingresses))
 	for _, port := range portsOf(m.ingresses) {
+		if !m.portAllowed(port) {
+			// Kept: it was allowed when created; the operator decides.
+			m.log.Warn("restored ingress uses a privileged port that is no longer allowed", "port", port, "setting", PrivilegedPortsSetting)
+		}
 		ln, err := m.listen(ctx, port)
 		if err != nil {
 			m.listenErrs[port] = err
@@ -172,8 +223,42 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 		}
 		m.serve(port, ln)
 	}
-	m.log.Info("ingresses restored", "count", len(m.ingresses), "listeners", len(m.listeners))
+	m.publish(ctx)
+	m.log.Info("ingresses restored", "count", len(m.ingresses), "listeners", len(m.listeners), "address", cfg.ListenAddress)
 	return m, nil
+}
+
+// portAllowed reports whether rules may listen on a host port: 1024 and
+// up, or a privileged port the configuration lists.
+func (m *Manager) portAllowed(port int) bool {
+	return port >= 1024 || slices.Contains(m.cfg.AllowedPrivilegedPorts, port)
+}
+
+// checkPrivileged refuses rule i's host port when it is not allowed.
+func (m *Manager) checkPrivileged(i, port int) error {
+	if m.portAllowed(port) {
+		return nil
+	}
+	return fmt.Errorf("%w: rules[%d].match.port: %d is a privileged port (below 1024); allowed: %v; "+
+		"use a port of 1024 or more, or have the operator add it to the daemon setting %s",
+		ErrInvalid, i, port, m.cfg.AllowedPrivilegedPorts, PrivilegedPortsSetting)
+}
+
+// publish tells the Publisher the ports listened on; m.mu is held or m is
+// not shared yet. A failure leaves guests without access to the ports
+// (the safe side) and is logged: the listeners themselves work.
+func (m *Manager) publish(ctx context.Context) {
+	if m.cfg.Publisher == nil {
+		return
+	}
+	ports := make([]int, 0, len(m.listeners))
+	for p := range m.listeners {
+		ports = append(ports, p)
+	}
+	sort.Ints(ports)
+	if err := m.cfg.Publisher.PublishPorts(context.WithoutCancel(ctx), m.cfg.ListenAddress, ports); err != nil {
+		m.log.Error("cannot open ingress ports to guests", "ports", ports, "error", err)
+	}
 }
 
 // Create validates req, opens the listeners it needs, persists and
@@ -182,6 +267,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Ingress, erro
 	rules, err := normalize(req)
 	if err != nil {
 		return nil, err
+	}
+	for i, r := range rules {
+		if err := m.checkPrivileged(i, r.Match.Port); err != nil {
+			m.log.Info("ingress refused: privileged host port", "name", req.Name, "port", r.Match.Port, "setting", PrivilegedPortsSetting)
+			return nil, err
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -232,6 +323,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Ingress, erro
 	for p, ln := range opened {
 		delete(m.listenErrs, p)
 		m.serve(p, ln)
+	}
+	if len(opened) > 0 {
+		m.publish(ctx)
 	}
 	m.log.Info("ingress created", "name", ing.Name, "id", ing.ID, "rules", len(rules))
 	return cloneIngress(ing), nil
@@ -292,6 +386,9 @@ func (m *Manager) Delete(ctx context.Context, idOrName string) error {
 			delete(m.listeners, p)
 		}
 	}
+	if len(stop) > 0 {
+		m.publish(ctx)
+	}
 	m.mu.Unlock()
 	m.log.Info("ingress deleted", "name", gone.Name, "id", gone.ID)
 	shutdown(ctx, stop)
@@ -333,6 +430,7 @@ func (m *Manager) Close() error {
 		stop = append(stop, l)
 		delete(m.listeners, p)
 	}
+	m.publish(context.Background())
 	m.mu.Unlock()
 	shutdown(context.Background(), stop)
 	m.tr.CloseIdleConnections()

@@ -72,8 +72,9 @@ func (f ResolverFunc) GuestAddr(ctx context.Context, instance string, port int) 
 	return f(ctx, instance, port)
 }
 
-// Errors callers map to HTTP statuses: ErrInvalid 400, ErrNotFound 404,
-// ErrConflict 409, ErrListen 409 (the host port cannot be bound).
+// Errors callers map to HTTP statuses: ErrInvalid 400 (the message names
+// the field, e.g. rules[0].match.port), ErrNotFound 404, ErrConflict 409,
+// ErrListen 409 (the host port cannot be bound).
 var (
 	ErrInvalid  = errors.New("invalid ingress")
 	ErrNotFound = errors.New("ingress not found")
@@ -108,16 +109,16 @@ func normalize(req CreateRequest) ([]Rule, error) {
 			r.Match.Port = DefaultPort
 		}
 		if r.Match.Port < 1 || r.Match.Port > 65535 {
-			return nil, fmt.Errorf("%w: rule %d: port %d out of range", ErrInvalid, i, r.Match.Port)
+			return nil, fmt.Errorf("%w: rules[%d].match.port: %d is out of range (1-65535)", ErrInvalid, i, r.Match.Port)
 		}
 		h, err := normalizeHostname(r.Match.Hostname)
 		if err != nil {
-			return nil, fmt.Errorf("%w: rule %d: %v", ErrInvalid, i, err)
+			return nil, fmt.Errorf("%w: rules[%d].match.hostname: %v", ErrInvalid, i, err)
 		}
 		r.Match.Hostname = h
 		r.Target.Instance = strings.TrimSpace(r.Target.Instance)
 		if r.Target.Instance == "" || len(r.Target.Instance) > 256 {
-			return nil, fmt.Errorf("%w: rule %d: target instance is required", ErrInvalid, i)
+			return nil, fmt.Errorf("%w: rules[%d].target.instance: give an instance name or ID (1-256 characters)", ErrInvalid, i)
 		}
 		if err := checkCaptureTarget(h, r.Target.Instance); err != nil {
 			return nil, fmt.Errorf("%w: rule %d: %v", ErrInvalid, i, err)
@@ -126,11 +127,11 @@ func normalize(req CreateRequest) ([]Rule, error) {
 			return nil, fmt.Errorf("%w: rule %d: request_header_auth: %v", ErrInvalid, i, err)
 		}
 		if r.Target.Port < 1 || r.Target.Port > 65535 {
-			return nil, fmt.Errorf("%w: rule %d: target port %d out of range", ErrInvalid, i, r.Target.Port)
+			return nil, fmt.Errorf("%w: rules[%d].target.port: %d is out of range (1-65535)", ErrInvalid, i, r.Target.Port)
 		}
 		k := routeKey{r.Match.Port, routeHost(h)}
 		if seen[k] {
-			return nil, fmt.Errorf("%w: rules repeat %s", ErrInvalid, k)
+			return nil, fmt.Errorf("%w: rules[%d]: an earlier rule already routes %s", ErrInvalid, i, k)
 		}
 		seen[k] = true
 		out[i] = r

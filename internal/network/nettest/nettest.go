@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"hypeman/internal/network"
 )
@@ -104,4 +105,63 @@ func Listen(t testing.TB, ns, addr string) net.Listener {
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// AddOutside simulates the network beyond the host: a new namespace linked
+// to hostNS by a veth pair, hostNS at 192.0.2.1/24 and the outside at
+// 192.0.2.2/24 (TEST-NET-1). The outside has no route back to the guest
+// subnet, so guests reach it only through the host's NAT. It returns the
+// outside namespace.
+func AddOutside(t testing.TB, hostNS string) string {
+	t.Helper()
+	outside := NewNS(t)
+	Run(t, hostNS, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "out0")
+	Run(t, hostNS, "ip", "link", "set", "out0", "netns", outside)
+	Run(t, hostNS, "ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
+	Run(t, hostNS, "ip", "link", "set", "up0", "up")
+	Run(t, outside, "ip", "addr", "add", "192.0.2.2/24", "dev", "out0")
+	Run(t, outside, "ip", "link", "set", "out0", "up")
+	return outside
+}
+
+// dialFrom makes one TCP connection attempt from namespace ns.
+func dialFrom(ns, addr string, timeout time.Duration) error {
+	n, err := network.OpenNetNS(ns)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := n.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// AssertReachable polls (up to 10 s) until a TCP connection from namespace
+// ns to addr succeeds, and fails the test if none does.
+func AssertReachable(t testing.TB, ns, addr string) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = dialFrom(ns, addr, time.Second); err == nil {
+			return
+		}
+	}
+	t.Fatalf("from netns %s: cannot connect to %s: %v", ns, addr, err)
+}
+
+// AssertBlocked fails the test if any of three short TCP connection
+// attempts from namespace ns to addr succeeds. Pair it with an
+// AssertReachable that proves the path itself works, so a broken setup
+// cannot pass for a blocked one.
+func AssertBlocked(t testing.TB, ns, addr string) {
+	t.Helper()
+	for range 3 {
+		if err := dialFrom(ns, addr, 500*time.Millisecond); err == nil {
+			t.Fatalf("from netns %s: connected to %s, want it blocked", ns, addr)
+		}
+	}
 }
