@@ -1322,7 +1322,9 @@ type IngressMatch struct {
 	// Example: app.example.com
 	Hostname *string `json:"hostname,omitempty"`
 
-	// Port Host port to listen on (default 80).
+	// Port Host port to listen on (default 80). Ports below 1024 are refused
+	// (400) unless the daemon's `ingress_allowed_privileged_ports` lists
+	// them (default 80 and 443).
 	Port *int `json:"port,omitempty"`
 }
 
