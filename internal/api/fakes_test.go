@@ -235,6 +235,8 @@ func newFakeImages() *fakeImages { return &fakeImages{byName: map[string]*images
 
 func (f *fakeImages) norm(ref string) (string, error) { return images.NormalizeName(ref) }
 
+func (f *fakeImages) CanonicalName(ref string) (string, error) { return f.norm(ref) }
+
 func (f *fakeImages) List(ctx context.Context) ([]images.Image, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

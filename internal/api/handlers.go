@@ -467,7 +467,7 @@ func (s *server) DeleteImage(ctx context.Context, req gen.DeleteImageRequestObje
 	}
 	var users []string
 	for _, in := range list {
-		n, _ := images.NormalizeName(in.Image)
+		n, _ := s.opts.Images.CanonicalName(in.Image)
 		if n == img.Name || in.Image == img.Name || (img.Digest != "" && in.ImageDigest == img.Digest) {
 			users = append(users, in.Name)
 		}

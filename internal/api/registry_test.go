@@ -72,7 +72,7 @@ func TestPushToBuiltInRegistry(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("push %v, ready after %v", pushed, time.Since(start))
-	if got["status"] != "ready" || got["digest"] != want.String() || got["name"] != "docker.io/apps/sleeper:v2" {
+	if got["status"] != "ready" || got["digest"] != want.String() || got["name"] != "apps/sleeper:v2" {
 		t.Fatalf("image %v, want ready %s", got, want)
 	}
 	if cmd, _ := got["cmd"].([]any); len(cmd) != 2 || cmd[0] != "sleep" {

@@ -52,6 +52,8 @@ type Images interface {
 	Delete(ctx context.Context, nameOrDigest string) error
 	// ImportImage converts a pushed image (the built-in registry uses it).
 	ImportImage(ctx context.Context, name string, img v1.Image) (*images.Image, error)
+	// CanonicalName is the name a reference is recorded under.
+	CanonicalName(ref string) (string, error)
 }
 
 // PathStat is what the guest reports about a path.

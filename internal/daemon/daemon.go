@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -136,9 +137,10 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 	logger.Info("accelerator selected", "accelerator", ac.Accel, "reason", ac.Reason)
 
 	d.Images, err = images.New(images.Config{
-		Dir:        p.ImagesDir(),
-		Insecure:   cfg.InsecureRegistries,
-		DiskFormat: images.DiskFormat(cfg.DiskFormat),
+		Dir:           p.ImagesDir(),
+		Insecure:      cfg.InsecureRegistries,
+		DiskFormat:    images.DiskFormat(cfg.DiskFormat),
+		LocalRegistry: ownRegistry(cfg.Listen),
 	}, logger.With("component", "images"))
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
@@ -388,4 +390,43 @@ func (p *prober) Exec(ctx context.Context, id string, command []string, workingD
 		return 0, err
 	}
 	return res.ExitCode, nil
+}
+
+// ownRegistry reports whether a registry host ("host:port") is this
+// daemon's API listener, where the built-in registry (/v2/) lives: the
+// listener's port on a loopback or local-interface address, "localhost",
+// or this machine's hostname. Image references through it name pushed
+// images and are never pulled over the network.
+func ownRegistry(listen string) func(host string) bool {
+	_, lport, err := net.SplitHostPort(listen)
+	if err != nil || lport == "" || lport == "0" {
+		return nil
+	}
+	hostname, _ := os.Hostname()
+	return func(host string) bool {
+		h, port, err := net.SplitHostPort(host)
+		if err != nil || port != lport {
+			return false
+		}
+		if strings.EqualFold(h, "localhost") || (hostname != "" && strings.EqualFold(h, hostname)) {
+			return true
+		}
+		ip := net.ParseIP(h)
+		if ip == nil {
+			return false
+		}
+		if ip.IsLoopback() {
+			return true
+		}
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return false
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+				return true
+			}
+		}
+		return false
+	}
 }

@@ -100,6 +100,10 @@ type Config struct {
 	// Transport is the base HTTP transport (default: a fresh transport with
 	// 30 s dial and 10 s TLS handshake timeouts). The plain-HTTP guard wraps it.
 	Transport http.RoundTripper
+	// LocalRegistry reports whether a registry host ("host:port") is
+	// hypemand's own registry: references through it name pushed images
+	// and are never pulled (see local.go). nil: none is.
+	LocalRegistry func(host string) bool
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
@@ -129,7 +133,9 @@ type Store struct {
 
 // nameEntry is one name in index.json.
 type nameEntry struct {
-	Digest    string            `json:"digest,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	// Local marks an image pushed to hypemand's own registry (see local.go).
+	Local     bool              `json:"local,omitempty"`
 	Tags      map[string]string `json:"tags,omitempty"`
 	Status    Status            `json:"status"`
 	Error     string            `json:"error,omitempty"`
@@ -400,10 +406,6 @@ func (s *Store) Close() error {
 // one is pulled again. A pinned reference whose digest is already on disk
 // becomes ready immediately without touching the network.
 func (s *Store) Ensure(ctx context.Context, ref string, opts EnsureOptions) (*Image, error) {
-	p, err := parseRef(ref, s.policy.allowed)
-	if err != nil {
-		return nil, err
-	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -413,6 +415,28 @@ func (s *Store) Ensure(ctx context.Context, ref string, opts EnsureOptions) (*Im
 		if opts.Tags != nil {
 			e.Tags = maps.Clone(opts.Tags)
 		}
+	}
+	if n, local, err := s.resolveLocked(ref); err != nil || local {
+		defer s.mu.Unlock()
+		switch e := s.names[n]; {
+		case err != nil:
+			return nil, err
+		case e == nil:
+			return nil, fmt.Errorf("%w: %s was never pushed to this server's registry (push it to /v2/ first)", ErrNotFound, n)
+		default:
+			setTags(e)
+			return s.snapshotLocked(n), nil
+		}
+	}
+	s.mu.Unlock()
+	p, err := parseRef(ref, s.policy.allowed)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
 	}
 	if j := s.jobs[p.name]; j != nil {
 		if opts.Auth != nil {
@@ -471,10 +495,11 @@ type EnsureOptions struct {
 // it returns at once; use Wait for the result. A running pull or import of
 // the same name is canceled first: the newest push wins.
 func (s *Store) ImportImage(ctx context.Context, nameStr string, img v1.Image) (*Image, error) {
-	p, err := parseRef(nameStr, nil)
+	n, err := localName(nameStr)
 	if err != nil {
 		return nil, err
 	}
+	p := parsedRef{name: n}
 	if img == nil {
 		return nil, fmt.Errorf("%w: nil image", ErrInvalidReference)
 	}
@@ -510,6 +535,7 @@ func (s *Store) startLocked(n string, ref name.Reference, img v1.Image, opts Ens
 		s.names[n] = e
 	}
 	e.Digest, e.Status, e.Error, e.ErrorKind, e.err, e.UpdatedAt = "", StatusPending, "", "", nil, now
+	e.Local = img != nil // imported from our own registry, never pulled
 	if opts.Tags != nil {
 		e.Tags = maps.Clone(opts.Tags)
 	}
@@ -794,12 +820,14 @@ func (s *Store) publishLocked(n string) {
 
 // lookupName normalizes a name for lookups (no network, no policy).
 func (s *Store) lookupName(ref string) (string, error) {
-	p, err := parseRef(ref, nil)
-	if err != nil {
-		return "", err
-	}
-	return p.name, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, _, err := s.resolveLocked(ref)
+	return n, err
 }
+
+// CanonicalName is the name ref is (or would be) recorded under.
+func (s *Store) CanonicalName(ref string) (string, error) { return s.lookupName(ref) }
 
 func (s *Store) namesForLocked(digest string) []string {
 	var out []string

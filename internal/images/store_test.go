@@ -825,22 +825,61 @@ func TestDeleteCancelsRunningPull(t *testing.T) {
 }
 
 func TestImportImage(t *testing.T) {
-	s := newTestStore(t, Config{})
+	local := func(host string) bool { return host == "localhost:8080" || host == "127.0.0.1:8080" }
+	s := newTestStore(t, Config{LocalRegistry: local})
 	img := testimage.Busybox(t, testimage.Options{Cmd: []string{"echo", "pushed"}})
-	im, err := s.ImportImage(ctxT(t), "localhost:8080/pushed/app:v1", img)
+	im, err := s.ImportImage(ctxT(t), "pushed/app:v1", img)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if im.Name != "localhost:8080/pushed/app:v1" {
+	// Recorded under the pushed path, never under docker.io.
+	if im.Name != "pushed/app:v1" {
 		t.Errorf("name %q", im.Name)
 	}
-	im, err = s.Wait(ctxT(t), "localhost:8080/pushed/app:v1")
+	im, err = s.Wait(ctxT(t), "pushed/app:v1")
 	if err != nil || im.Status != StatusReady || fmt.Sprint(im.Config.Cmd) != "[echo pushed]" {
 		t.Fatalf("import: %+v %v", im, err)
 	}
 	d, _ := img.Digest()
 	if im.Digest != d.String() {
 		t.Errorf("digest %s, want %s", im.Digest, d)
+	}
+	// Found by the bare path and through the registry's own addresses,
+	// without any pull.
+	for _, ref := range []string{"pushed/app:v1", "localhost:8080/pushed/app:v1", "127.0.0.1:8080/pushed/app:v1", " pushed/app:v1 "} {
+		got, err := s.Get(ctxT(t), ref)
+		if err != nil || got.Name != "pushed/app:v1" {
+			t.Errorf("Get(%q) = %v, %v", ref, got, err)
+		}
+		got, err = s.Ensure(ctxT(t), ref, EnsureOptions{})
+		if err != nil || got.Status != StatusReady || got.Name != "pushed/app:v1" {
+			t.Errorf("Ensure(%q) = %+v, %v", ref, got, err)
+		}
+	}
+	// A one-component path stays as pushed (no library/).
+	if im, err := s.ImportImage(ctxT(t), "demo:v1", img); err != nil || im.Name != "demo:v1" {
+		t.Fatalf("import demo:v1: %+v %v", im, err)
+	}
+	// Through our own address, a name nobody pushed is not found, and no
+	// failed record is left behind (it is never pulled).
+	if _, err := s.Ensure(ctxT(t), "127.0.0.1:8080/never/pushed:1", EnsureOptions{}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Ensure of an unpushed local name: %v", err)
+	}
+	list, _ := s.List(ctxT(t))
+	for _, im := range list {
+		if strings.Contains(im.Name, "never") || strings.HasPrefix(im.Name, "docker.io/") {
+			t.Errorf("unexpected record %s (%s)", im.Name, im.Status)
+		}
+	}
+	// A bare path nobody pushed keeps Docker's meaning.
+	if n, err := s.CanonicalName("busybox"); err != nil || n != "docker.io/library/busybox:latest" {
+		t.Errorf("CanonicalName(busybox) = %q, %v", n, err)
+	}
+	// The record survives a reopen as local.
+	s.Close()
+	s2 := newTestStore(t, Config{Dir: s.cfg.Dir, LocalRegistry: local})
+	if got, err := s2.Get(ctxT(t), "127.0.0.1:8080/pushed/app:v1"); err != nil || got.Status != StatusReady {
+		t.Fatalf("after reopen: %+v %v", got, err)
 	}
 }
 
