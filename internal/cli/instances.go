@@ -396,19 +396,29 @@ in another state (or on an error), 2 when the timeout passed.`,
 
 func (a *app) psCommand() *cobra.Command {
 	var all, quiet bool
+	var tagArgs []string
 	cmd := &cobra.Command{
-		Use:   "ps [-a] [-q]",
+		Use:   "ps [-a] [-q] [--tag KEY=VALUE]...",
 		Short: "List instances",
 		Long: `List instances, newest first. Without -a, Stopped instances are left out
-(like docker ps).`,
+(like docker ps). --tag keeps the instances carrying every tag given.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			tags, err := parseKV(tagArgs, "--tag", nil)
+			if err != nil {
+				return &usageErr{cmd: cmd.CommandPath(), err: err}
+			}
 			c, err := a.api()
 			if err != nil {
 				return err
 			}
-			r, err := c.ListInstancesWithResponse(ctx, nil)
+			var params client.ListInstancesParams
+			if tags != nil {
+				t := client.TagsFilter(tags)
+				params.Tags = &t
+			}
+			r, err := c.ListInstancesWithResponse(ctx, &params)
 			if err := a.check(ctx, r, err, http.StatusOK); err != nil {
 				return err
 			}
@@ -463,6 +473,7 @@ func (a *app) psCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "include Stopped instances")
+	cmd.Flags().StringArrayVar(&tagArgs, "tag", nil, "only instances tagged `KEY=VALUE`; repeatable (all must match)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print full IDs only")
 	return cmd
 }
@@ -502,13 +513,26 @@ instance is printed, one per line.`,
 }
 
 func (a *app) startCommand() *cobra.Command {
-	return a.lifecycleCommand("start", "Start stopped instances",
+	var entrypoint, command []string
+	cmd := a.lifecycleCommand("start", "Start stopped instances",
 		`Boot each Stopped instance again and print its name as given. With
 --format json each instance is printed, one per line. Use
-"hypeman wait INSTANCE --state Running" to wait for the program.`,
+"hypeman wait INSTANCE --state Running" to wait for the program.
+--entrypoint and --cmd (repeat for each argument) replace what the
+instance runs, for this and later starts.`,
 		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error) {
-			return c.StartInstanceWithResponse(ctx, ref, client.StartInstanceRequest{})
+			var body client.StartInstanceRequest
+			if len(entrypoint) > 0 {
+				body.Entrypoint = &entrypoint
+			}
+			if len(command) > 0 {
+				body.Cmd = &command
+			}
+			return c.StartInstanceWithResponse(ctx, ref, body)
 		})
+	cmd.Flags().StringArrayVar(&entrypoint, "entrypoint", nil, "entrypoint `ARG` to run instead of the image's; repeat for each argument")
+	cmd.Flags().StringArrayVar(&command, "cmd", nil, "command `ARG` to run instead of the instance's; repeat for each argument")
+	return cmd
 }
 
 func (a *app) rmCommand() *cobra.Command {

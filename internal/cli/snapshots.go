@@ -208,22 +208,44 @@ a Stopped one.`,
 }
 
 func (a *app) snapshotListCommand() *cobra.Command {
-	var instance string
+	var instance, kind, name string
+	var tagArgs []string
 	cmd := &cobra.Command{
-		Use:     "list [--instance INSTANCE]",
+		Use:     "list [--instance INSTANCE] [--kind KIND] [--name NAME] [--tag KEY=VALUE]...",
 		Aliases: []string{"ls"},
 		Short:   "List snapshots",
-		Long:    "List snapshots, newest first (with --format json the API's list, oldest first).",
-		Args:    exactArgs(0, "no arguments"),
+		Long: `List snapshots, newest first (with --format json the API's list, oldest
+first). The filters combine.`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
 			var params client.ListSnapshotsParams
 			if instance != "" {
 				params.Instance = &instance
+			}
+			if name != "" {
+				params.Name = &name
+			}
+			switch {
+			case kind == "":
+			case strings.EqualFold(kind, string(client.SnapshotKindStandby)):
+				params.Kind = ptr(client.SnapshotKindStandby)
+			case strings.EqualFold(kind, string(client.SnapshotKindStopped)):
+				params.Kind = ptr(client.SnapshotKindStopped)
+			default:
+				return &usageErr{cmd: cmd.CommandPath(), err: fmt.Errorf("invalid --kind %q: use Standby or Stopped", kind)}
+			}
+			tags, err := parseKV(tagArgs, "--tag", nil)
+			if err != nil {
+				return &usageErr{cmd: cmd.CommandPath(), err: err}
+			}
+			if tags != nil {
+				t := client.TagsFilter(tags)
+				params.Tags = &t
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
 			}
 			r, err := c.ListSnapshotsWithResponse(ctx, &params)
 			if done, err := a.listedAsJSON(ctx, r, err); done {
@@ -242,6 +264,9 @@ func (a *app) snapshotListCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&instance, "instance", "", "only snapshots of `INSTANCE` (also after it was deleted)")
+	cmd.Flags().StringVar(&kind, "kind", "", "only snapshots of `KIND` Standby or Stopped")
+	cmd.Flags().StringVar(&name, "name", "", "only the snapshot named `NAME`")
+	cmd.Flags().StringArrayVar(&tagArgs, "tag", nil, "only snapshots tagged `KEY=VALUE`; repeatable (all must match)")
 	return cmd
 }
 
