@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -58,6 +59,15 @@ func checkErrorShape(t testing.TB, rec *httptest.ResponseRecorder) (string, stri
 	return code, msg
 }
 
+// manyTags renders n distinct "kN":"v" JSON members.
+func manyTags(n int) string {
+	parts := make([]string, n)
+	for i := range parts {
+		parts[i] = fmt.Sprintf(`"k%d":"v"`, i)
+	}
+	return strings.Join(parts, ",")
+}
+
 func TestCreateBadInput(t *testing.T) {
 	h, tok := newRealEnv(t)
 	cases := []struct {
@@ -96,6 +106,35 @@ func TestCreateBadInput(t *testing.T) {
 		{"cmd not array", `{"name":"web","image":"busybox","cmd":"sleep 1"}`, "application/json", 400, "invalid_request", "cmd"},
 		{"skip agent string", `{"name":"web","image":"busybox","skip_guest_agent":"yes"}`, "application/json", 400, "invalid_request", "skip_guest_agent"},
 		{"bad image ref", `{"name":"web","image":"UPPER::case"}`, "application/json", 400, "invalid_request", ""},
+		// hypeman 0.3.0 fields
+		{"platform grammar", `{"name":"web","image":"busybox","platform":"linux"}`, "application/json", 400, "invalid_platform", "platform"},
+		{"platform other arch", `{"name":"web","image":"busybox","platform":"linux/s390x"}`, "application/json", 400, "unsupported_platform", "platform"},
+		{"hypervisor unknown", `{"name":"web","image":"busybox","hypervisor":"kvmtool"}`, "application/json", 400, "invalid_request", "hypervisor"},
+		{"hypervisor unavailable", `{"name":"web","image":"busybox","hypervisor":"vz"}`, "application/json", 400, "invalid_request", "hypervisor"},
+		{"hotplug garbage", `{"name":"web","image":"busybox","hotplug_size":"lots"}`, "application/json", 400, "invalid_request", "hotplug_size"},
+		{"hotplug number", `{"name":"web","image":"busybox","hotplug_size":3}`, "application/json", 400, "invalid_request", "hotplug_size"},
+		{"disk io garbage", `{"name":"web","image":"busybox","disk_io_bps":"fast"}`, "application/json", 400, "invalid_request", "disk_io_bps"},
+		{"bandwidth garbage", `{"name":"web","image":"busybox","network":{"bandwidth_download":"1 lightyear"}}`, "application/json", 400, "invalid_request", "bandwidth_download"},
+		{"network unknown field", `{"name":"web","image":"busybox","network":{"mode":"host"}}`, "application/json", 400, "invalid_request", "mode"},
+		{"egress mode", `{"name":"web","image":"busybox","network":{"egress":{"enforcement":{"mode":"some"}}}}`, "application/json", 400, "invalid_request", "mode"},
+		{"egress enabled", `{"name":"web","image":"busybox","network":{"egress":{"enabled":true}}}`, "application/json", 400, "unsupported", "network.egress.enabled"},
+		{"tags key charset", `{"name":"web","image":"busybox","tags":{"a$":"b"}}`, "application/json", 400, "invalid_request", "tags"},
+		{"tags value charset", `{"name":"web","image":"busybox","tags":{"a":"b\u0000"}}`, "application/json", 400, "invalid_request", "tags"},
+		{"tags too many", `{"name":"web","image":"busybox","tags":{` + manyTags(51) + `}}`, "application/json", 400, "invalid_request", "tags"},
+		{"tags value number", `{"name":"web","image":"busybox","tags":{"a":1}}`, "application/json", 400, "invalid_request", "tags"},
+		{"volumes wrong item", `{"name":"web","image":"busybox","volumes":[{"mount_path":"/x"}]}`, "application/json", 400, "invalid_request", "volume_id"},
+		{"volumes given", `{"name":"web","image":"busybox","volumes":[{"volume_id":"v","mount_path":"/x"}]}`, "application/json", 400, "unsupported", "volumes"},
+		{"devices given", `{"name":"web","image":"busybox","devices":["gpu0"]}`, "application/json", 400, "unsupported", "devices"},
+		{"gpu profile", `{"name":"web","image":"busybox","gpu":{"profile":"L40S-1Q"}}`, "application/json", 400, "unsupported", "gpu"},
+		{"credentials given", `{"name":"web","image":"busybox","credentials":{"K":{"source":{"env":"R"},"inject":[]}}}`, "application/json", 400, "unsupported", "credentials"},
+		{"ttl garbage", `{"name":"web","image":"busybox","ttl":"forever"}`, "application/json", 400, "invalid_request", "ttl"},
+		{"ttl set", `{"name":"web","image":"busybox","ttl":"1h"}`, "application/json", 400, "unsupported", "ttl"},
+		{"expires_at not a time", `{"name":"web","image":"busybox","expires_at":"tomorrow"}`, "application/json", 400, "invalid_request", "expires_at"},
+		{"auto_standby on", `{"name":"web","image":"busybox","auto_standby":{"enabled":true}}`, "application/json", 400, "unsupported", "auto_standby"},
+		{"auto_standby port", `{"name":"web","image":"busybox","auto_standby":{"ignore_destination_ports":[0]}}`, "application/json", 400, "invalid_request", "ignore_destination_ports"},
+		{"snapshot policy algo", `{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"algorithm":"gzip"}}}`, "application/json", 400, "invalid_request", "algorithm"},
+		{"snapshot policy level", `{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"level":20}}}`, "application/json", 400, "invalid_request", "level"},
+		{"skip headers string", `{"name":"web","image":"busybox","skip_kernel_headers":"yes"}`, "application/json", 400, "invalid_request", "skip_kernel_headers"},
 		{"image not found", `{"name":"web","image":"busybox"}`, "application/json", 404, "not_found", "image"},
 	}
 	for _, c := range cases {
@@ -193,6 +232,16 @@ func FuzzCreateInstance(f *testing.F) {
 		`{"name":"web","image":"busybox","health_check":{"type":"exec","command":["sh","-c","true"],"interval":"1s","timeout":"1s"}}`,
 		`{"name":"web","image":"busybox","health_check":{"type":"tcp","port":65536}}`,
 		`{"name":"web","image":"busybox","health_check":{},"network":{"enabled":false}}`,
+		`{"name":"web","image":"busybox","health_check":{"type":"http","http":{"port":8080,"path":"/healthz","scheme":"https","expected_status":204}}}`,
+		`{"name":"web","image":"busybox","health_check":{"type":"exec","exec":{"command":["true"],"working_dir":"/"}}}`,
+		`{"name":"web","image":"busybox","health_check":{"type":"tcp","tcp":{"port":1},"http":{"port":2}}}`,
+		`{"name":"web","image":"busybox","size":"1GB","hotplug_size":"3GB","overlay_size":"10GB","vcpus":2,"disk_io_bps":"100MB/s"}`,
+		`{"name":"web","image":"busybox","network":{"enabled":true,"bandwidth_download":"1Gbps","bandwidth_upload":"125MB/s","egress":{"enabled":false,"enforcement":{"mode":"all"}}}}`,
+		`{"name":"web","image":"busybox","platform":"linux/amd64","hypervisor":"qemu","tags":{"a b:c":"d/e=f+g@h-i"}}`,
+		`{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"algorithm":"lz4","level":9},"standby_compression_delay":"0s"}}`,
+		`{"name":"web","image":"busybox","auto_standby":{"enabled":false,"idle_timeout":"5m","ignore_source_cidrs":["10.0.0.0/8"],"ignore_destination_ports":[22]}}`,
+		`{"name":"web","image":"busybox","ttl":"0s","skip_kernel_headers":true,"devices":[],"volumes":[],"credentials":{}}`,
+		`{"name":"web","image":"busybox","expires_at":"2030-01-01T00:00:00Z","gpu":{"profile":""}}`,
 		`{`, `"`, `[]`, `null`, `0`, ``,
 	} {
 		f.Add([]byte(s))
