@@ -30,6 +30,7 @@ import (
 	"hypeman/internal/config"
 	"hypeman/internal/daemon"
 	"hypeman/internal/guest/agent"
+	"hypeman/internal/httpserver"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -135,7 +136,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	limits := httpLimits(cfg, logger)
+	ln = httpserver.Listen(ln, limits, logger.With("component", "http"))
+	httpSrv := httpserver.NewServer(srv, limits, logger.With("component", "http"))
 	errc := make(chan error, 2)
 	go func() { errc <- httpSrv.Serve(ln) }()
 
@@ -171,6 +174,32 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		_ = metricsSrv.Shutdown(sctx)
 	}
 	return nil
+}
+
+// httpLimits turns the http_* settings into the API server's limits. The
+// connection cap is kept under half of the descriptor limit (raised to the
+// hard limit first), so a flood cannot take the descriptors VMs and image
+// pulls need.
+func httpLimits(cfg *config.Config, logger *slog.Logger) httpserver.Limits {
+	l := httpserver.Limits{
+		ReadHeaderTimeout: time.Duration(cfg.HTTPReadHeaderTimeout),
+		BodyTimeout:       time.Duration(cfg.HTTPBodyTimeout),
+		BodyMinRate:       int64(cfg.HTTPBodyMinRate),
+		BodyIdleTimeout:   time.Duration(cfg.HTTPBodyIdleTimeout),
+		WriteTimeout:      time.Duration(cfg.HTTPWriteTimeout),
+		IdleTimeout:       time.Duration(cfg.HTTPIdleTimeout),
+		MaxConns:          cfg.HTTPMaxConnections,
+		MaxConnsPerIP:     cfg.HTTPMaxConnectionsPerIP,
+	}
+	nofile, err := httpserver.RaiseNoFileLimit()
+	if err != nil {
+		logger.Warn("file descriptor limit", "err", err)
+	}
+	if budget := int(nofile / 2); nofile > 0 && (l.MaxConns <= 0 || l.MaxConns > budget) {
+		logger.Info("http_max_connections lowered to half the file descriptor limit", "configured", l.MaxConns, "nofile", nofile, "effective", budget)
+		l.MaxConns = budget
+	}
+	return l
 }
 
 func newLogger(level string, w io.Writer) *slog.Logger {

@@ -33,6 +33,7 @@ const (
 	CodeInternal         = "internal"
 	CodeBadGateway       = "bad_gateway"
 	CodeTimeout          = "timeout"
+	CodeRequestTimeout   = "request_timeout"
 	CodeUnavailable      = "unavailable"
 	CodeNotImplemented   = "not_implemented"
 )
