@@ -19,7 +19,7 @@ const (
 	accessPublic access = iota + 1
 	// accessAuthenticated: any valid token.
 	accessAuthenticated
-	// accessScope: a valid token granting policy.scope.
+	// accessScope: a valid token granting every scope in policy.scopes.
 	accessScope
 	// accessRegistry: the registry authenticates itself (Bearer or Basic,
 	// image:read to pull, image:write to push, image:delete to delete),
@@ -29,15 +29,30 @@ const (
 
 type policy struct {
 	access access
-	scope  auth.Scope
+	scopes []auth.Scope // all of them are required
 }
 
 func public() policy                         { return policy{access: accessPublic} }
 func authenticated() policy                  { return policy{access: accessAuthenticated} }
-func scoped(s auth.Scope) policy             { return policy{access: accessScope, scope: s} }
 func registryPolicy() policy                 { return policy{access: accessRegistry} }
-func (p policy) String() string              { return fmt.Sprintf("%d:%s", p.access, p.scope) }
+func (p policy) String() string              { return fmt.Sprintf("%d:%v", p.access, p.scopes) }
 func routeKey(method, pattern string) string { return method + " " + pattern }
+
+// scoped requires s and every one of also (a route whose effect spans two
+// resources needs both resources' scopes).
+func scoped(s auth.Scope, also ...auth.Scope) policy {
+	return policy{access: accessScope, scopes: append([]auth.Scope{s}, also...)}
+}
+
+// missingScope returns the first scope of pol that p lacks ("" = none).
+func (pol policy) missingScope(p *auth.Principal) auth.Scope {
+	for _, s := range pol.scopes {
+		if !p.Allows(s) {
+			return s
+		}
+	}
+	return ""
+}
 
 // routePolicies is the route → scope table: every route the router serves
 // must be here (TestRouteTableCoversRouter walks the real router) and every
@@ -80,12 +95,14 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances/{id}/exec"): scoped(auth.InstanceWrite),
 		routeKey("GET", "/instances/{id}/cp"):   scoped(auth.InstanceWrite),
 
-		routeKey("POST", "/instances/{id}/snapshots"):               scoped(auth.SnapshotWrite),
-		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite),
+		routeKey("POST", "/instances/{id}/snapshots"): scoped(auth.SnapshotWrite),
+		// Restoring overwrites an instance and forking boots one: the
+		// instance scope is needed as well as the snapshot one.
+		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite, auth.InstanceWrite),
 		routeKey("GET", "/snapshots"):                               scoped(auth.SnapshotRead),
 		routeKey("GET", "/snapshots/{id}"):                          scoped(auth.SnapshotRead),
 		routeKey("DELETE", "/snapshots/{id}"):                       scoped(auth.SnapshotDelete),
-		routeKey("POST", "/snapshots/{id}/fork"):                    scoped(auth.SnapshotWrite),
+		routeKey("POST", "/snapshots/{id}/fork"):                    scoped(auth.SnapshotWrite, auth.InstanceWrite),
 
 		// Ingresses route traffic to instances: they are part of the
 		// instance resource for authorization (no ingress:* scopes exist).
@@ -142,9 +159,11 @@ func (s *server) authorize(next http.Handler) http.Handler {
 			writeJSONError(w, http.StatusUnauthorized, CodeUnauthorized, msg)
 			return
 		}
-		if pol.access == accessScope && !p.Allows(pol.scope) {
-			writeJSONError(w, http.StatusForbidden, CodeForbidden, "missing required scope: "+string(pol.scope))
-			return
+		if pol.access == accessScope {
+			if miss := pol.missingScope(p); miss != "" {
+				writeJSONError(w, http.StatusForbidden, CodeForbidden, "missing required scope: "+string(miss))
+				return
+			}
 		}
 		next.ServeHTTP(w, r.WithContext(contextWithPrincipal(r, p)))
 	})
