@@ -96,6 +96,18 @@ func TestCreateBadInput(t *testing.T) {
 		{"cmd not array", `{"name":"web","image":"busybox","cmd":"sleep 1"}`, "application/json", 400, "invalid_request", "cmd"},
 		{"skip agent string", `{"name":"web","image":"busybox","skip_guest_agent":"yes"}`, "application/json", 400, "invalid_request", "skip_guest_agent"},
 		{"bad image ref", `{"name":"web","image":"UPPER::case"}`, "application/json", 400, "invalid_request", ""},
+		{"image path traversal", `{"name":"web","image":"../../etc/passwd"}`, "application/json", 400, "invalid_request", "image"},
+		{"image slash", `{"name":"web","image":"/"}`, "application/json", 400, "invalid_request", "image"},
+		{"image empty component", `{"name":"web","image":"team//app"}`, "application/json", 400, "invalid_request", "empty path component"},
+		{"image trailing slash", `{"name":"web","image":"team/app/"}`, "application/json", 400, "invalid_request", "image"},
+		{"image dot component", `{"name":"web","image":"team/./app"}`, "application/json", 400, "invalid_request", "image"},
+		{"trailing garbage", `{"name":"web","image":"busybox"}xyz`, "application/json", 400, "invalid_request", "after the JSON value"},
+		{"two JSON values", `{"name":"web","image":"busybox"}{"name":"x"}`, "application/json", 400, "invalid_request", "after the JSON value"},
+		{"latin1 charset", `{"name":"web","image":"busybox"}`, "application/json; charset=latin1", 415, "unsupported_media_type", "UTF-8"},
+		{"utf-16 charset", `{"name":"web","image":"busybox"}`, "application/json; charset=utf-16", 415, "unsupported_media_type", "utf-16"},
+		{"invalid utf-8 bytes", "{\"name\":\"web\",\"image\":\"busy\xffbox\"}", "application/json", 400, "invalid_request", "UTF-8"},
+		{"utf-8 charset is fine", `{"name":"web","image":"busybox"}`, "application/json; charset=UTF-8", 404, "not_found", "image"},
+		{"trailing whitespace is fine", "{\"name\":\"web\",\"image\":\"busybox\"} \n", "application/json", 404, "not_found", "image"},
 		{"image not found", `{"name":"web","image":"busybox"}`, "application/json", 404, "not_found", "image"},
 	}
 	for _, c := range cases {
@@ -107,6 +119,30 @@ func TestCreateBadInput(t *testing.T) {
 				t.Fatalf("%d %s %q, want %d %s containing %q", rec.Code, code, msg, c.status, c.code, c.inMsg)
 			}
 		})
+	}
+}
+
+// TestCreateImageBadInput: image names that are not references, or that
+// would name a host or a path they should not, are 400 naming `name`.
+func TestCreateImageBadInput(t *testing.T) {
+	h, tok := newRealEnv(t)
+	for _, c := range []struct {
+		body, inMsg string
+		status      int
+	}{
+		{`{"name":"../../etc/passwd"}`, "invalid name", 400},
+		{`{"name":"/"}`, "invalid name", 400},
+		{`{"name":"a//b"}`, "empty path component", 400},
+		{`{"name":"..:5000/x"}`, "invalid name", 400},
+		{`{"name":"reg..example.com/x"}`, "not a valid host name", 400},
+		{`{"name":"x:99999/y"}`, "invalid port", 400},
+		{`{"name":"busybox"}garbage`, "after the JSON value", 400},
+	} {
+		rec := serve(h, "POST", "/images", tok, "application/json", []byte(c.body))
+		code, msg := checkErrorShape(t, rec)
+		if rec.Code != c.status || code != "invalid_request" || !strings.Contains(msg, c.inMsg) {
+			t.Errorf("POST /images %s: %d %s %q, want %d containing %q", c.body, rec.Code, code, msg, c.status, c.inMsg)
+		}
 	}
 }
 

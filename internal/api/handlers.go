@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 
@@ -279,6 +280,9 @@ func (s *server) CreateImage(ctx context.Context, req gen.CreateImageRequestObje
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "request body is required")
 	}
 	img, err := s.opts.Images.Ensure(ctx, req.Body.Name)
+	if errors.Is(err, images.ErrInvalidReference) {
+		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "invalid name: %v", err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -266,7 +266,7 @@ func NewServer(opts Options) (*Server, error) {
 		r.Handle("/v2/*", reg)
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(s.authorize, maxBody(opts.MaxBodyBytes), validator)
+		r.Use(s.authorize, maxBody(opts.MaxBodyBytes), strictJSON, validator)
 		strict := gen.NewStrictHandlerWithOptions(s, []gen.StrictMiddlewareFunc{s.streamingDeadlines}, gen.StrictHTTPServerOptions{
 			RequestErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
 				s.writeError(w, r, &Error{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Message: err.Error()})

@@ -856,6 +856,8 @@ func TestReferences(t *testing.T) {
 		"127.0.0.1:5000/a/b@sha256:" + hex64: "127.0.0.1:5000/a/b@sha256:" + hex64,
 		"busybox@sha256:" + hex64:            "docker.io/library/busybox@sha256:" + hex64,
 		"  busybox  ":                        "docker.io/library/busybox:latest",
+		"[::1]:5000/a__b/c-d.e:1":            "[::1]:5000/a__b/c-d.e:1",
+		"reg-1.example.com/x":                "reg-1.example.com/x:latest",
 	} {
 		got, err := NormalizeName(in)
 		if err != nil || got != want {
@@ -863,7 +865,11 @@ func TestReferences(t *testing.T) {
 		}
 	}
 	s := newTestStore(t, Config{})
-	for _, bad := range []string{"", "UPPER/case", "a b", "sha256:" + hex64, "busybox@sha256:short", "http://x/y"} {
+	for _, bad := range []string{"", "UPPER/case", "a b", "sha256:" + hex64, "busybox@sha256:short", "http://x/y",
+		// Accepted by go-containerregistry's parser, refused here: no
+		// registry "..", no empty or dot path components, valid ports.
+		"../../etc/passwd", "/", "a//b", "/a", "a/", "./a", "a/./b", "a/../b", "..", "a..b/c", "-a/b", "a_/b",
+		"reg.example.com:0/x", "reg.example.com:70000/x", "[zz]:5000/x"} {
 		if _, err := s.Ensure(ctxT(t), bad); !errors.Is(err, ErrInvalidReference) {
 			t.Errorf("Ensure(%q) err = %v, want ErrInvalidReference", bad, err)
 		}

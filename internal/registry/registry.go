@@ -38,7 +38,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -142,9 +141,6 @@ func regError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
 }
 
-// Repository names (OCI distribution spec grammar).
-var repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
-
 // Tags (OCI distribution spec grammar).
 var tagRE = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 
@@ -237,9 +233,11 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		regError(w, http.StatusForbidden, "DENIED", "missing required scope: "+string(need[0]))
 		return
 	}
-	if rt.repo != "" && (len(rt.repo) > 255 || !repoRE.MatchString(rt.repo)) {
-		regError(w, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", rt.repo))
-		return
+	if rt.repo != "" {
+		if err := images.CheckRepository(rt.repo); err != nil {
+			regError(w, http.StatusBadRequest, "NAME_INVALID", err.Error())
+			return
+		}
 	}
 	switch {
 	case rt.kind == "upload":
