@@ -7,8 +7,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -17,10 +20,17 @@ import (
 	"testing"
 	"time"
 
+	ggcr "github.com/google/go-containerregistry/pkg/registry"
+
 	"hypeman/internal/auth"
+	"hypeman/internal/daemon"
 	"hypeman/internal/events"
 	"hypeman/internal/httpserver"
+	"hypeman/internal/images"
+	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/paths"
+	"hypeman/internal/testutil/testimage"
 )
 
 // hardened serves h the way hypemand does (httpserver.Listen +
@@ -285,4 +295,67 @@ func TestStreamsOutliveBodyDeadlines(t *testing.T) {
 		t.Fatalf("steady upload: %d after %v", up.StatusCode, time.Since(started))
 	}
 	t.Logf("256 KB upload at ~128 KB/s took %v under a %v body timeout", time.Since(started).Round(time.Millisecond), lim.BodyTimeout)
+}
+
+// TestAutoPullNeedsImageWrite: creating an instance from an image the store
+// does not hold pulls it, which is an image write. With only
+// instance:write the daemon must not connect anywhere (it used to: the
+// create was a way to make it fetch any URL and echo the answer).
+func TestAutoPullNeedsImageWrite(t *testing.T) {
+	var hits atomic.Int64
+	reg := ggcr.New(ggcr.Logger(log.New(io.Discard, "", 0)))
+	regSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		reg.ServeHTTP(w, r)
+	}))
+	defer regSrv.Close()
+	host := strings.TrimPrefix(regSrv.URL, "http://")
+	testimage.Push(t, host, "probe:v1", testimage.Busybox(t, testimage.Options{Cmd: []string{"true"}}))
+	pushed := hits.Load()
+
+	dir := t.TempDir()
+	store, err := images.New(images.Config{Dir: filepath.Join(dir, "images"), AllowRegistries: []string{"127.0.0.1"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m, err := instances.New(context.Background(), instances.Config{
+		Paths: paths.New(filepath.Join(dir, "data")), Hypervisor: fakeHypervisor{},
+		Images: daemon.ImageResolver{Store: store}, Events: events.New(events.Options{}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	e := newTestEnv(t, func(o *Options) { o.Instances = m; o.Images = store })
+	body := `{"name":"probe","image":"` + host + `/probe:v1"}`
+
+	resp := e.do("POST", "/instances", mint(t, auth.InstanceWrite), body)
+	code, msg := errBody(t, resp)
+	if resp.StatusCode != 403 || code != "forbidden" || !strings.Contains(msg, "image:write") || !strings.Contains(msg, "POST /images") {
+		t.Fatalf("create with instance:write only: %d %s %q, want 403 naming image:write and POST /images", resp.StatusCode, code, msg)
+	}
+	if n := hits.Load() - pushed; n != 0 {
+		t.Fatalf("the daemon connected to the registry %d times for a create that may not pull", n)
+	}
+
+	// With image:write as well the create pulls (and then fails to boot:
+	// the fake hypervisor launches nothing).
+	resp = e.do("POST", "/instances", mint(t, auth.InstanceWrite, auth.ImageWrite), body)
+	resp.Body.Close()
+	if resp.StatusCode == 403 || hits.Load() == pushed {
+		t.Fatalf("create with image:write: %d after %d registry requests", resp.StatusCode, hits.Load()-pushed)
+	}
+	if img, err := store.Get(context.Background(), host+"/probe:v1"); err != nil || img.Status != images.StatusReady {
+		t.Fatalf("image after the allowed pull: %+v %v", img, err)
+	}
+
+	// Once the image is in the store, instance:write is enough and nothing
+	// is fetched again.
+	before := hits.Load()
+	resp = e.do("POST", "/instances", mint(t, auth.InstanceWrite), body)
+	_, msg = errBody(t, resp)
+	if resp.StatusCode == 403 || !strings.Contains(msg, "fake hypervisor") || hits.Load() != before {
+		t.Fatalf("create from a stored image with instance:write: %d %q, %d registry requests", resp.StatusCode, msg, hits.Load()-before)
+	}
 }

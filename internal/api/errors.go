@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	"hypeman/internal/auth"
 	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
@@ -78,6 +79,9 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, instances.ErrImageNotReady):
 		return http.StatusConflict, CodeImageNotReady, msg
+	case errors.Is(err, instances.ErrPullNotAllowed):
+		return http.StatusForbidden, CodeForbidden, msg + "; pulling it needs scope " + string(auth.ImageWrite) +
+			": pull it first with POST /images (a token with image:write), then create the instance"
 	case errors.Is(err, events.ErrInvalidTimeout):
 		return http.StatusBadRequest, CodeInvalidTimeout, msg
 	case errors.Is(err, events.ErrInvalidState):

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"hypeman/internal/api/gen"
+	"hypeman/internal/auth"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -118,6 +119,8 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Cmd:            deref(b.Cmd),
 		Tags:           deref(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
+		// Pulling an image the store lacks is an image write.
+		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}
 	if b.Network != nil {
 		p.NetworkEnabled = b.Network.Enabled

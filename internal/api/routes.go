@@ -169,6 +169,13 @@ func (s *server) authorize(next http.Handler) http.Handler {
 	})
 }
 
+// principalAllows reports whether the request's caller holds scope (a
+// request without a principal, on a public route, holds none).
+func principalAllows(ctx context.Context, scope auth.Scope) bool {
+	p, _ := ctx.Value(principalKey{}).(*auth.Principal)
+	return p != nil && p.Allows(scope)
+}
+
 func contextWithPrincipal(r *http.Request, p *auth.Principal) context.Context {
 	return context.WithValue(r.Context(), principalKey{}, p)
 }

@@ -176,17 +176,41 @@ func (p httpPolicy) allowed(host string) bool {
 // not allow. go-containerregistry falls back to HTTP by itself for RFC 1918
 // addresses and *.localhost, and follows redirects and token realms to other
 // hosts; this is the one place that enforces our rule for all of them.
+//
+// It also applies the registry policy where the dialer cannot (a custom
+// base transport, a proxy that dials for us) and strips error responses of
+// anything but registry error codes and short messages (sanitizeErrorBody).
 type guardTransport struct {
-	base   http.RoundTripper
-	policy httpPolicy
+	base       http.RoundTripper
+	policy     httpPolicy
+	registries *registryPolicy
+	ownDialer  bool // base dials through registries.DialContext
 }
 
 func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme == "http" && !g.policy.allowed(req.URL.Host) {
+	refuse := func(err error) (*http.Response, error) {
 		if req.Body != nil {
 			req.Body.Close()
 		}
-		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), ErrInsecureRefused)
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
 	}
-	return g.base.RoundTrip(req)
+	if req.URL.Scheme == "http" && !g.policy.allowed(req.URL.Host) {
+		return refuse(ErrInsecureRefused)
+	}
+	proxied := false
+	if g.ownDialer {
+		if u, err := http.ProxyFromEnvironment(req); err == nil && u != nil {
+			proxied = true
+		}
+	}
+	if !g.ownDialer || proxied {
+		if err := g.registries.checkURLHost(req.Context(), req.URL, proxied); err != nil {
+			return refuse(err)
+		}
+	}
+	resp, err := g.base.RoundTrip(req)
+	if err == nil && resp.StatusCode >= 400 {
+		sanitizeErrorBody(resp)
+	}
+	return resp, err
 }

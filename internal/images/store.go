@@ -94,18 +94,33 @@ type Config struct {
 	// unpacked size while it converts.
 	StagingDir string
 	// Transport is the base HTTP transport (default: a fresh transport with
-	// 30 s dial and 10 s TLS handshake timeouts). The plain-HTTP guard wraps it.
+	// 30 s dial and 10 s TLS handshake timeouts, dialing through the
+	// registry policy). The plain-HTTP guard wraps it. A custom transport
+	// does its own dialing: the registry policy then only sees IP literals.
 	Transport http.RoundTripper
+
+	// AllowRegistries lists what pulls may connect to besides public
+	// addresses: "host", "host:port", an IP or a CIDR. Loopback, private,
+	// link-local and other non-public addresses are refused unless listed.
+	AllowRegistries []string
+	// DenyPublicRegistries refuses public addresses not in AllowRegistries.
+	DenyPublicRegistries bool
+	// SelfAddr is the daemon's listen address: its built-in registry may
+	// always be pulled from.
+	SelfAddr string
+	// Resolver resolves registry host names (default net.DefaultResolver).
+	Resolver Resolver
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
 type Store struct {
-	cfg       Config
-	log       *slog.Logger
-	disk      diskBuilder
-	transport http.RoundTripper
-	ownTr     *http.Transport // closed on Close when we created it
-	policy    httpPolicy
+	cfg        Config
+	log        *slog.Logger
+	disk       diskBuilder
+	transport  http.RoundTripper
+	ownTr      *http.Transport // closed on Close when we created it
+	policy     httpPolicy
+	registries *registryPolicy
 
 	ctx    context.Context // canceled by Close; parent of every job
 	cancel context.CancelFunc
@@ -231,11 +246,18 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 		flights: map[string]*flight{},
 		subs:    map[*subscriber]struct{}{},
 	}
+	s.registries, err = newRegistryPolicy(cfg.AllowRegistries, cfg.DenyPublicRegistries, cfg.SelfAddr, cfg.Resolver, os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
 	base := cfg.Transport
 	if base == nil {
+		dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 		s.ownTr = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return s.registries.DialContext(ctx, dialer, network, addr)
+			},
 			ForceAttemptHTTP2:     true,
 			MaxIdleConns:          20,
 			MaxIdleConnsPerHost:   10,
@@ -245,7 +267,7 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 		}
 		base = s.ownTr
 	}
-	s.transport = guardTransport{base: base, policy: s.policy}
+	s.transport = guardTransport{base: base, policy: s.policy, registries: s.registries, ownDialer: cfg.Transport == nil}
 	for _, d := range []string{cfg.Dir, s.disksDir(), s.tmpDir(), s.stagingDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("images: %w", err)
@@ -862,7 +884,7 @@ func (s *Store) saveDiskRecord(digest string) error {
 }
 
 // ErrorKindOf returns a stable code for an error's kind, for the API and
-// for index.json: "not_found", "invalid_reference", "registry_unreachable",
+// for index.json: "not_found", "invalid_reference", "registry_not_allowed", "registry_unreachable",
 // "not_found_upstream", "unauthorized", "registry_error", "digest_mismatch",
 // "no_matching_platform", "corrupt_layer", "convert_failed", "interrupted",
 // "canceled", or "" when none applies.
@@ -884,6 +906,7 @@ func errorKinds() []errorKind {
 	return []errorKind{
 		{"not_found", ErrNotFound},
 		{"invalid_reference", ErrInvalidReference},
+		{"registry_not_allowed", ErrRegistryNotAllowed},
 		{"registry_unreachable", ErrRegistryUnreachable},
 		{"not_found_upstream", ErrNotFoundUpstream},
 		{"unauthorized", ErrUnauthorized},

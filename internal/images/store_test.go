@@ -78,6 +78,9 @@ func newTestStore(t testing.TB, cfg Config) *Store {
 	if cfg.Keychain == nil {
 		cfg.Keychain = authn.NewMultiKeychain() // anonymous; never read ~/.docker
 	}
+	if cfg.AllowRegistries == nil {
+		cfg.AllowRegistries = []string{"127.0.0.0/8"} // the tests' in-process registries
+	}
 	s, err := New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -465,7 +468,7 @@ func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error
 
 func TestPlainHTTPOnlyForInsecureOrLoopback(t *testing.T) {
 	rt := &recordingTransport{}
-	s := newTestStore(t, Config{Transport: rt, Insecure: []string{"registry.internal:5000"}})
+	s := newTestStore(t, Config{Transport: rt, Insecure: []string{"registry.internal:5000"}, AllowRegistries: []string{"10.0.0.0/8"}})
 
 	// RFC 1918 address: go-containerregistry alone would fall back to HTTP.
 	_, err := s.Pull(ctxT(t), "10.1.2.3:5000/app:latest")

@@ -32,7 +32,11 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	}
 	defer m.releaseName(meta.Name)
 
-	img, err := m.cfg.Images.Resolve(ctx, p.Image)
+	resolve := m.cfg.Images.Resolve
+	if p.NoPull {
+		resolve = m.cfg.Images.ResolveLocal
+	}
+	img, err := resolve(ctx, p.Image)
 	if err != nil {
 		return nil, err
 	}
