@@ -35,6 +35,7 @@ import (
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/metrics"
+	"hypeman/internal/registry"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -124,8 +125,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			}
 		},
 		RegistryDir: cfg.Paths().RegistryDir(),
-		Logger:      logger.With("component", "api"),
-		Metrics:     m.Registry,
+		RegistryLimits: registry.Limits{
+			MaxManifestBytes: int64(cfg.ImageMaxManifestSize),
+			MaxBlobBytes:     int64(cfg.RegistryMaxBlobSize),
+			MaxPushBytes:     int64(cfg.RegistryMaxPushSize),
+		},
+		Logger:  logger.With("component", "api"),
+		Metrics: m.Registry,
 	})
 	if err != nil {
 		return err

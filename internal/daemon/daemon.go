@@ -136,6 +136,12 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		AllowRegistries:      cfg.RegistriesAllow,
 		DenyPublicRegistries: !cfg.RegistriesAllowPublic,
 		SelfAddr:             cfg.Listen,
+		Limits: images.Limits{
+			MaxUnpackedBytes: int64(cfg.ImageMaxUnpackedSize),
+			MaxConfigBytes:   int64(cfg.ImageMaxConfigSize),
+			MaxManifestBytes: int64(cfg.ImageMaxManifestSize),
+			MaxLayers:        cfg.ImageMaxLayers,
+		},
 	}, logger.With("component", "images"))
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)

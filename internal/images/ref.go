@@ -181,10 +181,11 @@ func (p httpPolicy) allowed(host string) bool {
 // base transport, a proxy that dials for us) and strips error responses of
 // anything but registry error codes and short messages (sanitizeErrorBody).
 type guardTransport struct {
-	base       http.RoundTripper
-	policy     httpPolicy
-	registries *registryPolicy
-	ownDialer  bool // base dials through registries.DialContext
+	base        http.RoundTripper
+	policy      httpPolicy
+	registries  *registryPolicy
+	ownDialer   bool  // base dials through registries.DialContext
+	maxManifest int64 // Limits.MaxManifestBytes
 }
 
 func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -209,8 +210,13 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	resp, err := g.base.RoundTrip(req)
-	if err == nil && resp.StatusCode >= 400 {
-		sanitizeErrorBody(resp)
+	if err != nil {
+		return nil, err
 	}
-	return resp, err
+	if resp.StatusCode >= 400 {
+		sanitizeErrorBody(resp)
+	} else if err := capManifestResponse(resp, g.maxManifest); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+	}
+	return resp, nil
 }

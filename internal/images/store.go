@@ -110,6 +110,8 @@ type Config struct {
 	SelfAddr string
 	// Resolver resolves registry host names (default net.DefaultResolver).
 	Resolver Resolver
+	// Limits cap each image (zero: no limit).
+	Limits Limits
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
@@ -267,7 +269,8 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 		}
 		base = s.ownTr
 	}
-	s.transport = guardTransport{base: base, policy: s.policy, registries: s.registries, ownDialer: cfg.Transport == nil}
+	s.transport = guardTransport{base: base, policy: s.policy, registries: s.registries, ownDialer: cfg.Transport == nil,
+		maxManifest: cfg.Limits.MaxManifestBytes}
 	for _, d := range []string{cfg.Dir, s.disksDir(), s.tmpDir(), s.stagingDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("images: %w", err)
@@ -886,7 +889,7 @@ func (s *Store) saveDiskRecord(digest string) error {
 // ErrorKindOf returns a stable code for an error's kind, for the API and
 // for index.json: "not_found", "invalid_reference", "registry_not_allowed", "registry_unreachable",
 // "not_found_upstream", "unauthorized", "registry_error", "digest_mismatch",
-// "no_matching_platform", "corrupt_layer", "convert_failed", "interrupted",
+// "no_matching_platform", "corrupt_layer", "convert_failed", "interrupted", "too_large",
 // "canceled", or "" when none applies.
 func ErrorKindOf(err error) string {
 	for _, k := range errorKinds() {
@@ -915,6 +918,7 @@ func errorKinds() []errorKind {
 		{"corrupt_layer", ErrCorruptLayer},
 		{"convert_failed", ErrConvert},
 		{"interrupted", ErrInterrupted},
+		{"too_large", ErrImageTooLarge},
 		{"registry_error", ErrRegistry},
 		{"canceled", context.Canceled},
 		{"canceled", context.DeadlineExceeded},

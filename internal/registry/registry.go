@@ -68,10 +68,24 @@ type Options struct {
 	// Importer receives pushed tags; nil disables the import.
 	Importer Importer
 	Logger   *slog.Logger
-	// MaxManifestBytes bounds manifest uploads (default 4 MiB).
-	MaxManifestBytes int64
+	// Limits cap uploads.
+	Limits Limits
 	// Platform picks the image from a pushed index (default linux/amd64).
 	Platform v1.Platform
+}
+
+// Limits cap what clients may upload. Uploads past a cap are answered 413
+// with the registry's error shape, naming the setting.
+type Limits struct {
+	// MaxManifestBytes bounds one manifest (default 4 MiB).
+	MaxManifestBytes int64
+	// MaxBlobBytes bounds one uploaded blob (0: no limit). An upload that
+	// goes past it is stopped while it streams.
+	MaxBlobBytes int64
+	// MaxPushBytes bounds the blobs one pushed image manifest references
+	// (config and layers, as declared), checked when the manifest is put
+	// (0: no limit).
+	MaxPushBytes int64
 }
 
 // Registry is an http.Handler for /v2/.
@@ -95,8 +109,8 @@ func New(opts Options) (*Registry, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("registry: Dir is required")
 	}
-	if opts.MaxManifestBytes <= 0 {
-		opts.MaxManifestBytes = 4 << 20
+	if opts.Limits.MaxManifestBytes <= 0 {
+		opts.Limits.MaxManifestBytes = 4 << 20
 	}
 	l := opts.Logger
 	if l == nil {
