@@ -2,14 +2,21 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 
+	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/instances"
+	"hypeman/internal/paths"
 )
 
 // newRealEnv serves the API over the real instance manager (with a
@@ -347,4 +354,94 @@ func FuzzExecStart(f *testing.F) {
 			t.Fatalf("%q: error %v is not a protocol error", data, err)
 		}
 	})
+}
+
+// resolvingImages resolves every reference to a fixed image; "bigenv"
+// carries 1.1 MiB of environment.
+type resolvingImages struct{}
+
+func (r resolvingImages) Resolve(ctx context.Context, ref string) (instances.ImageInfo, error) {
+	info := instances.ImageInfo{Name: ref, Digest: "sha256:" + strings.Repeat("a", 64), DiskPath: "/nonexistent/rootfs.erofs",
+		FSType: "erofs", Cmd: []string{"/bin/true"}}
+	if ref == "bigenv" {
+		for i := 0; i < 1100; i++ {
+			info.Env = append(info.Env, fmt.Sprintf("V%04d=%s", i, strings.Repeat("x", 1024)))
+		}
+	}
+	return info, nil
+}
+
+func (r resolvingImages) ResolveLocal(ctx context.Context, ref string) (instances.ImageInfo, error) {
+	return r.Resolve(ctx, ref)
+}
+
+// memoryRefusingHypervisor answers a launch the way QEMU does when the
+// kernel will not map the guest's memory (above 32 GiB here).
+type memoryRefusingHypervisor struct{ fakeHypervisor }
+
+func (memoryRefusingHypervisor) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hypervisor.VM, error) {
+	if cfg.MemoryMiB > 32<<10 {
+		return nil, fmt.Errorf("qemu launch: %w: qemu exited during startup (exit status 1): qemu-system-x86_64: cannot set up guest memory 'microvm.ram': Cannot allocate memory", hypervisor.ErrHostResources)
+	}
+	return nil, errors.New("fake hypervisor: launch not supported")
+}
+
+// tinyTmpfs mounts a tmpfs of size bytes for the test (root only).
+func tinyTmpfs(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// TestCreateHostLimitsBadInput: creates that fail on the host's limits or
+// on what the image brings answer 4xx/507 with a message, never 500.
+func TestCreateHostLimitsBadInput(t *testing.T) {
+	newEnv := func(root string) http.Handler {
+		m, err := instances.New(context.Background(), instances.Config{
+			Paths: paths.New(root), Hypervisor: memoryRefusingHypervisor{}, Images: resolvingImages{},
+			Events: events.New(events.Options{}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		h, err := NewServer(Options{Instances: m, Images: newFakeImages(), Secret: testSecret})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	tok := mint(t)
+	roomy := newEnv(t.TempDir())
+	full := newEnv(tinyTmpfs(t, 512<<10))
+	for _, c := range []struct {
+		name   string
+		h      http.Handler
+		body   string
+		status int
+		code   string
+		inMsg  string
+	}{
+		{"image env over 1 MiB", roomy, `{"name":"web","image":"bigenv"}`, 400, "invalid_request", "env"},
+		{"request env over 1 MiB", roomy, `{"name":"web","image":"small","env":{"A":"` + strings.Repeat("x", 1100<<10) + `"}}`, 413, "request_too_large", ""},
+		{"64GB the host refuses", roomy, `{"name":"web","image":"small","size":"64GB","overlay_size":"16MB"}`, 409, "insufficient_resources", "size"},
+		{"disk full", full, `{"name":"web","image":"small","overlay_size":"64MB"}`, 507, "insufficient_storage", "disk space"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := serve(c.h, "POST", "/instances", tok, "application/json", []byte(c.body))
+			if rec.Code != 507 {
+				checkErrorShape(t, rec)
+			}
+			var e struct{ Code, Message string }
+			_ = json.Unmarshal(rec.Body.Bytes(), &e)
+			t.Logf("%d %s: %.300s", rec.Code, e.Code, e.Message)
+			if rec.Code != c.status || e.Code != c.code || !strings.Contains(e.Message, c.inMsg) {
+				t.Fatalf("%d %s %q, want %d %s containing %q", rec.Code, e.Code, e.Message, c.status, c.code, c.inMsg)
+			}
+		})
+	}
 }

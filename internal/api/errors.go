@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"syscall"
 
 	"hypeman/internal/auth"
 	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
+	"hypeman/internal/hypervisor"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/network/ingress"
@@ -37,6 +39,9 @@ const (
 	CodeRequestTimeout   = "request_timeout"
 	CodeUnavailable      = "unavailable"
 	CodeNotImplemented   = "not_implemented"
+	// The host's limits, not the request's fault nor a server bug.
+	CodeInsufficientStorage   = "insufficient_storage"
+	CodeInsufficientResources = "insufficient_resources"
 )
 
 // Error is an error with its HTTP status and code already decided. Handlers
@@ -98,6 +103,12 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusNotFound, CodeNotFound, msg
 	case errors.Is(err, ingress.ErrConflict), errors.Is(err, ingress.ErrListen):
 		return http.StatusConflict, CodeConflict, msg
+	}
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return http.StatusInsufficientStorage, CodeInsufficientStorage, "the host is out of disk space: " + msg
+	case errors.Is(err, hypervisor.ErrHostResources):
+		return http.StatusConflict, CodeInsufficientResources, msg + "; ask for less memory (size) or free some on the host"
 	}
 	if st, code, ok := classifyImageError(err); ok {
 		return st, code, msg
