@@ -29,6 +29,12 @@
 //     image:write; /v2/ itself needs any valid token. Errors use the
 //     registry's {"errors": [...]} format and a Basic challenge, which is
 //     what OCI clients understand.
+//   - Uploads are capped (Limits): a blob past registry_max_blob_size is
+//     stopped while it streams, a manifest whose blobs add up past
+//     registry_max_push_size is refused at PUT, both 413 in the registry
+//     error shape. Reading the body is paced by the daemon's HTTP layer
+//     (internal/httpserver: a minimum rate, not a total time), so large
+//     uploads work while they make progress.
 //   - Limitations: a tag is imported when its manifest is pushed; a push by
 //     digest only is stored but not imported. Deleting from the registry does
 //     not delete the imported image (DELETE /images/{name} does that).
