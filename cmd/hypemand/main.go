@@ -202,7 +202,7 @@ func httpLimits(cfg *config.Config, logger *slog.Logger) httpserver.Limits {
 		logger.Warn("file descriptor limit", "err", err)
 	}
 	if budget := int(nofile / 2); nofile > 0 && (l.MaxConns <= 0 || l.MaxConns > budget) {
-		logger.Info("http_max_connections lowered to half the file descriptor limit", "configured", l.MaxConns, "nofile", nofile, "effective", budget)
+		logger.Info("http_max_connections bounded by half the file descriptor limit", "configured", l.MaxConns, "nofile", nofile, "effective", budget)
 		l.MaxConns = budget
 	}
 	return l

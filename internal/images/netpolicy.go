@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"unicode"
 )
@@ -109,7 +110,7 @@ func (p *registryPolicy) listedName(host, port string) bool {
 // allowIP reports whether ip:port may be dialed, and why not.
 func (p *registryPolicy) allowIP(ip netip.Addr, port uint16) (bool, string) {
 	ip = ip.Unmap()
-	if p.ipPorts[netip.AddrPortFrom(ip, port)] || p.self[net.JoinHostPort(ip.String(), fmt.Sprint(port))] {
+	if p.ipPorts[netip.AddrPortFrom(ip, port)] || p.self[netip.AddrPortFrom(ip, port).String()] {
 		return true, ""
 	}
 	for _, pfx := range p.prefixes {
@@ -205,11 +206,11 @@ func (p *registryPolicy) checkURLHost(ctx context.Context, u *url.URL, resolve b
 }
 
 func parsePort(s string) (uint16, error) {
-	var n uint16
-	if _, err := fmt.Sscan(s, &n); err != nil || n == 0 {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
 		return 0, fmt.Errorf("invalid port %q", s)
 	}
-	return n, nil
+	return uint16(n), nil
 }
 
 // nonPublic lists special-purpose ranges not covered by netip's
