@@ -157,7 +157,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 		metricsSrv = httpserver.NewServer(mux, limits, logger.With("component", "metrics-http"))
-		go func() { errc <- metricsSrv.Serve(httpserver.Listen(mln, limits, logger.With("component", "metrics-http"))) }()
+		go func() {
+			errc <- metricsSrv.Serve(httpserver.Listen(mln, limits, logger.With("component", "metrics-http")))
+		}()
 		logger.Info("metrics listening", "addr", mln.Addr().String())
 	}
 	logger.Info("hypemand listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "version", version,
