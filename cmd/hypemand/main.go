@@ -30,10 +30,12 @@ import (
 	"hypeman/internal/config"
 	"hypeman/internal/daemon"
 	"hypeman/internal/guest/agent"
+	"hypeman/internal/httpserver"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/metrics"
+	"hypeman/internal/registry"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -129,8 +131,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			return c
 		},
 		RegistryDir: cfg.Paths().RegistryDir(),
-		Logger:      logger.With("component", "api"),
-		Metrics:     m.Registry,
+		RegistryLimits: registry.Limits{
+			MaxManifestBytes: int64(cfg.ImageMaxManifestSize),
+			MaxBlobBytes:     int64(cfg.RegistryMaxBlobSize),
+			MaxPushBytes:     int64(cfg.RegistryMaxPushSize),
+		},
+		Logger:  logger.With("component", "api"),
+		Metrics: m.Registry,
 	})
 	if err != nil {
 		return err
@@ -141,7 +148,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	limits := httpLimits(cfg, logger)
+	ln = httpserver.Listen(ln, limits, logger.With("component", "http"))
+	httpSrv := httpserver.NewServer(srv, limits, logger.With("component", "http"))
 	errc := make(chan error, 2)
 	go func() { errc <- httpSrv.Serve(ln) }()
 
@@ -153,8 +162,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { errc <- metricsSrv.Serve(mln) }()
+		metricsSrv = httpserver.NewServer(mux, limits, logger.With("component", "metrics-http"))
+		go func() {
+			errc <- metricsSrv.Serve(httpserver.Listen(mln, limits, logger.With("component", "metrics-http")))
+		}()
 		logger.Info("metrics listening", "addr", mln.Addr().String())
 	}
 	logger.Info("hypemand listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "version", version,
@@ -177,6 +188,32 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		_ = metricsSrv.Shutdown(sctx)
 	}
 	return nil
+}
+
+// httpLimits turns the http_* settings into the API server's limits. The
+// connection cap is kept under half of the descriptor limit (raised to the
+// hard limit first), so a flood cannot take the descriptors VMs and image
+// pulls need.
+func httpLimits(cfg *config.Config, logger *slog.Logger) httpserver.Limits {
+	l := httpserver.Limits{
+		ReadHeaderTimeout: time.Duration(cfg.HTTPReadHeaderTimeout),
+		BodyTimeout:       time.Duration(cfg.HTTPBodyTimeout),
+		BodyMinRate:       int64(cfg.HTTPBodyMinRate),
+		BodyIdleTimeout:   time.Duration(cfg.HTTPBodyIdleTimeout),
+		WriteTimeout:      time.Duration(cfg.HTTPWriteTimeout),
+		IdleTimeout:       time.Duration(cfg.HTTPIdleTimeout),
+		MaxConns:          cfg.HTTPMaxConnections,
+		MaxConnsPerIP:     cfg.HTTPMaxConnectionsPerIP,
+	}
+	nofile, err := httpserver.RaiseNoFileLimit()
+	if err != nil {
+		logger.Warn("file descriptor limit", "err", err)
+	}
+	if budget := int(nofile / 2); nofile > 0 && (l.MaxConns <= 0 || l.MaxConns > budget) {
+		logger.Info("http_max_connections bounded by half the file descriptor limit", "configured", l.MaxConns, "nofile", nofile, "effective", budget)
+		l.MaxConns = budget
+	}
+	return l
 }
 
 func newLogger(level string, w io.Writer) *slog.Logger {

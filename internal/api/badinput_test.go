@@ -1,16 +1,22 @@
 package api
 
 import (
-	"fmt"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 
+	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
+	"hypeman/internal/hypervisor"
+	"hypeman/internal/instances"
+	"hypeman/internal/paths"
 )
 
 // newRealEnv serves the API over the real instance manager (with a
@@ -135,6 +141,18 @@ func TestCreateBadInput(t *testing.T) {
 		{"snapshot policy algo", `{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"algorithm":"gzip"}}}`, "application/json", 400, "invalid_request", "algorithm"},
 		{"snapshot policy level", `{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"level":20}}}`, "application/json", 400, "invalid_request", "level"},
 		{"skip headers string", `{"name":"web","image":"busybox","skip_kernel_headers":"yes"}`, "application/json", 400, "invalid_request", "skip_kernel_headers"},
+		{"image path traversal", `{"name":"web","image":"../../etc/passwd"}`, "application/json", 400, "invalid_request", "image"},
+		{"image slash", `{"name":"web","image":"/"}`, "application/json", 400, "invalid_request", "image"},
+		{"image empty component", `{"name":"web","image":"team//app"}`, "application/json", 400, "invalid_request", "empty path component"},
+		{"image trailing slash", `{"name":"web","image":"team/app/"}`, "application/json", 400, "invalid_request", "image"},
+		{"image dot component", `{"name":"web","image":"team/./app"}`, "application/json", 400, "invalid_request", "image"},
+		{"trailing garbage", `{"name":"web","image":"busybox"}xyz`, "application/json", 400, "invalid_request", "after the JSON value"},
+		{"two JSON values", `{"name":"web","image":"busybox"}{"name":"x"}`, "application/json", 400, "invalid_request", "after the JSON value"},
+		{"latin1 charset", `{"name":"web","image":"busybox"}`, "application/json; charset=latin1", 415, "unsupported_media_type", "UTF-8"},
+		{"utf-16 charset", `{"name":"web","image":"busybox"}`, "application/json; charset=utf-16", 415, "unsupported_media_type", "utf-16"},
+		{"invalid utf-8 bytes", "{\"name\":\"web\",\"image\":\"busy\xffbox\"}", "application/json", 400, "invalid_request", "UTF-8"},
+		{"utf-8 charset is fine", `{"name":"web","image":"busybox"}`, "application/json; charset=UTF-8", 404, "not_found", "image"},
+		{"trailing whitespace is fine", "{\"name\":\"web\",\"image\":\"busybox\"} \n", "application/json", 404, "not_found", "image"},
 		{"image not found", `{"name":"web","image":"busybox"}`, "application/json", 404, "not_found", "image"},
 	}
 	for _, c := range cases {
@@ -146,6 +164,30 @@ func TestCreateBadInput(t *testing.T) {
 				t.Fatalf("%d %s %q, want %d %s containing %q", rec.Code, code, msg, c.status, c.code, c.inMsg)
 			}
 		})
+	}
+}
+
+// TestCreateImageBadInput: image names that are not references, or that
+// would name a host or a path they should not, are 400 naming `name`.
+func TestCreateImageBadInput(t *testing.T) {
+	h, tok := newRealEnv(t)
+	for _, c := range []struct {
+		body, inMsg string
+		status      int
+	}{
+		{`{"name":"../../etc/passwd"}`, "invalid name", 400},
+		{`{"name":"/"}`, "invalid name", 400},
+		{`{"name":"a//b"}`, "empty path component", 400},
+		{`{"name":"..:5000/x"}`, "invalid name", 400},
+		{`{"name":"reg..example.com/x"}`, "not a valid host name", 400},
+		{`{"name":"x:99999/y"}`, "invalid port", 400},
+		{`{"name":"busybox"}garbage`, "after the JSON value", 400},
+	} {
+		rec := serve(h, "POST", "/images", tok, "application/json", []byte(c.body))
+		code, msg := checkErrorShape(t, rec)
+		if rec.Code != c.status || code != "invalid_request" || !strings.Contains(msg, c.inMsg) {
+			t.Errorf("POST /images %s: %d %s %q, want %d containing %q", c.body, rec.Code, code, msg, c.status, c.inMsg)
+		}
 	}
 }
 
@@ -362,4 +404,94 @@ func FuzzExecStart(f *testing.F) {
 			t.Fatalf("%q: error %v is not a protocol error", data, err)
 		}
 	})
+}
+
+// resolvingImages resolves every reference to a fixed image; "bigenv"
+// carries 1.1 MiB of environment.
+type resolvingImages struct{}
+
+func (r resolvingImages) Resolve(ctx context.Context, ref string) (instances.ImageInfo, error) {
+	info := instances.ImageInfo{Name: ref, Digest: "sha256:" + strings.Repeat("a", 64), DiskPath: "/nonexistent/rootfs.erofs",
+		FSType: "erofs", Cmd: []string{"/bin/true"}}
+	if ref == "bigenv" {
+		for i := 0; i < 1100; i++ {
+			info.Env = append(info.Env, fmt.Sprintf("V%04d=%s", i, strings.Repeat("x", 1024)))
+		}
+	}
+	return info, nil
+}
+
+func (r resolvingImages) ResolveLocal(ctx context.Context, ref string) (instances.ImageInfo, error) {
+	return r.Resolve(ctx, ref)
+}
+
+// memoryRefusingHypervisor answers a launch the way QEMU does when the
+// kernel will not map the guest's memory (above 32 GiB here).
+type memoryRefusingHypervisor struct{ fakeHypervisor }
+
+func (memoryRefusingHypervisor) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hypervisor.VM, error) {
+	if cfg.MemoryMiB > 32<<10 {
+		return nil, fmt.Errorf("qemu launch: %w: qemu exited during startup (exit status 1): qemu-system-x86_64: cannot set up guest memory 'microvm.ram': Cannot allocate memory", hypervisor.ErrHostResources)
+	}
+	return nil, errors.New("fake hypervisor: launch not supported")
+}
+
+// tinyTmpfs mounts a tmpfs of size bytes for the test (root only).
+func tinyTmpfs(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// TestCreateHostLimitsBadInput: creates that fail on the host's limits or
+// on what the image brings answer 4xx/507 with a message, never 500.
+func TestCreateHostLimitsBadInput(t *testing.T) {
+	newEnv := func(root string) http.Handler {
+		m, err := instances.New(context.Background(), instances.Config{
+			Paths: paths.New(root), Hypervisor: memoryRefusingHypervisor{}, Images: resolvingImages{},
+			Events: events.New(events.Options{}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		h, err := NewServer(Options{Instances: m, Images: newFakeImages(), Secret: testSecret})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	tok := mint(t)
+	roomy := newEnv(t.TempDir())
+	full := newEnv(tinyTmpfs(t, 512<<10))
+	for _, c := range []struct {
+		name   string
+		h      http.Handler
+		body   string
+		status int
+		code   string
+		inMsg  string
+	}{
+		{"image env over 1 MiB", roomy, `{"name":"web","image":"bigenv"}`, 400, "invalid_request", "env"},
+		{"request env over 1 MiB", roomy, `{"name":"web","image":"small","env":{"A":"` + strings.Repeat("x", 1100<<10) + `"}}`, 413, "request_too_large", ""},
+		{"64GB the host refuses", roomy, `{"name":"web","image":"small","size":"64GB","overlay_size":"16MB"}`, 409, "insufficient_resources", "size"},
+		{"disk full", full, `{"name":"web","image":"small","overlay_size":"64MB"}`, 507, "insufficient_storage", "disk space"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := serve(c.h, "POST", "/instances", tok, "application/json", []byte(c.body))
+			if rec.Code != 507 {
+				checkErrorShape(t, rec)
+			}
+			var e struct{ Code, Message string }
+			_ = json.Unmarshal(rec.Body.Bytes(), &e)
+			t.Logf("%d %s: %.300s", rec.Code, e.Code, e.Message)
+			if rec.Code != c.status || e.Code != c.code || !strings.Contains(e.Message, c.inMsg) {
+				t.Fatalf("%d %s %q, want %d %s containing %q", rec.Code, e.Code, e.Message, c.status, c.code, c.inMsg)
+			}
+		})
+	}
 }

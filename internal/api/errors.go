@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"syscall"
 
+	"hypeman/internal/auth"
 	"hypeman/internal/events"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
+	"hypeman/internal/hypervisor"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/network/ingress"
@@ -34,6 +37,7 @@ const (
 	CodeInternal         = "internal"
 	CodeBadGateway       = "bad_gateway"
 	CodeTimeout          = "timeout"
+	CodeRequestTimeout   = "request_timeout"
 	CodeUnavailable      = "unavailable"
 	CodeNotImplemented   = "not_implemented"
 	// CodeInvalidPlatform: a platform that is not os/arch[/variant].
@@ -45,6 +49,9 @@ const (
 	CodeUnsupported = "unsupported"
 	// CodeInstanceInStandby: the instance must be restored first.
 	CodeInstanceInStandby = "instance_in_standby"
+	// The host's limits, not the request's fault nor a server bug.
+	CodeInsufficientStorage   = "insufficient_storage"
+	CodeInsufficientResources = "insufficient_resources"
 )
 
 // Error is an error with its HTTP status and code already decided. Handlers
@@ -87,6 +94,9 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, instances.ErrImageNotReady):
 		return http.StatusConflict, CodeImageNotReady, msg
+	case errors.Is(err, instances.ErrPullNotAllowed):
+		return http.StatusForbidden, CodeForbidden, msg + "; pulling it needs scope " + string(auth.ImageWrite) +
+			": pull it first with POST /images (a token with image:write), then create the instance"
 	case errors.Is(err, events.ErrInvalidTimeout):
 		return http.StatusBadRequest, CodeInvalidTimeout, msg
 	case errors.Is(err, events.ErrInvalidState):
@@ -103,6 +113,12 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusNotFound, CodeNotFound, msg
 	case errors.Is(err, ingress.ErrConflict), errors.Is(err, ingress.ErrListen):
 		return http.StatusConflict, CodeConflict, msg
+	}
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return http.StatusInsufficientStorage, CodeInsufficientStorage, "the host is out of disk space: " + msg
+	case errors.Is(err, hypervisor.ErrHostResources):
+		return http.StatusConflict, CodeInsufficientResources, msg + "; ask for less memory (size) or free some on the host"
 	}
 	if st, code, ok := classifyImageError(err); ok {
 		return st, code, msg

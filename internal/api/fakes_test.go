@@ -422,8 +422,16 @@ func (fakeHypervisor) Attach(ctx context.Context, dir string) (hypervisor.VM, er
 	return nil, hypervisor.ErrNotRunning
 }
 
-// noImages resolves nothing: every valid create ends in a 404 for the image.
+// noImages resolves nothing: every valid create ends in a 404 for the image
+// (403 when the token may not pull).
 type noImages struct{}
+
+func (noImages) ResolveLocal(ctx context.Context, ref string) (instances.ImageInfo, error) {
+	if _, err := images.NormalizeName(ref); err != nil {
+		return instances.ImageInfo{}, err
+	}
+	return instances.ImageInfo{}, fmt.Errorf("%w: %s", instances.ErrPullNotAllowed, ref)
+}
 
 func (noImages) Resolve(ctx context.Context, ref string) (instances.ImageInfo, error) {
 	if _, err := images.NormalizeName(ref); err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"hypeman/internal/api/gen"
+	"hypeman/internal/auth"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -224,6 +226,8 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Cmd:            deref(b.Cmd),
 		Tags:           derefTags(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
+		// Pulling an image the store lacks is an image write.
+		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}
 	if n := b.Network; n != nil {
 		p.NetworkEnabled = n.Enabled
@@ -438,6 +442,9 @@ func (s *server) CreateImage(ctx context.Context, req gen.CreateImageRequestObje
 		}
 	}
 	img, err := s.opts.Images.Ensure(ctx, b.Name, opts)
+	if errors.Is(err, images.ErrInvalidReference) {
+		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "invalid name: %v", err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -136,6 +136,8 @@ func TestSnapshotHandlers(t *testing.T) {
 	addInstance(e, "web", state.Running)
 	addInstance(e, "db", state.Stopped)
 	write, read := mint(t, auth.SnapshotWrite), mint(t, auth.SnapshotRead)
+	// Restore and fork act on instances too.
+	restorer := mint(t, auth.SnapshotWrite, auth.InstanceWrite)
 
 	resp := e.do("POST", "/instances/web/snapshots", write, `{"kind":"Standby","name":"before-upgrade","tags":{"why":"test"}}`)
 	var sn map[string]any
@@ -209,18 +211,18 @@ func TestSnapshotHandlers(t *testing.T) {
 		t.Fatalf("get unknown: %d %s", resp.StatusCode, code)
 	}
 
-	resp = e.do("POST", "/instances/web/snapshots/before-upgrade/restore", write, "")
+	resp = e.do("POST", "/instances/web/snapshots/before-upgrade/restore", restorer, "")
 	var in map[string]any
 	jsonBody(t, resp, &in)
 	if resp.StatusCode != 200 || in["state"] != "Running" || !reflect.DeepEqual(fs.restore, []string{"idweb snapbefore-upgrade"}) {
 		t.Fatalf("restore: %d %v %v", resp.StatusCode, in, fs.restore)
 	}
-	resp = e.do("POST", "/instances/web/snapshots/nope/restore", write, "")
+	resp = e.do("POST", "/instances/web/snapshots/nope/restore", restorer, "")
 	if code, _ := errBody(t, resp); resp.StatusCode != 404 {
 		t.Fatalf("restore unknown snapshot: %d %s", resp.StatusCode, code)
 	}
 
-	resp = e.do("POST", "/snapshots/before-upgrade/fork", write, `{"name":"clone","target_state":"Running"}`)
+	resp = e.do("POST", "/snapshots/before-upgrade/fork", restorer, `{"name":"clone","target_state":"Running"}`)
 	jsonBody(t, resp, &in)
 	if resp.StatusCode != 201 || in["name"] != "clone" || !reflect.DeepEqual(fs.forks, []instances.ForkParams{{Name: "clone", TargetState: state.Running}}) {
 		t.Fatalf("fork: %d %v %+v", resp.StatusCode, in, fs.forks)

@@ -19,7 +19,7 @@ const (
 	accessPublic access = iota + 1
 	// accessAuthenticated: any valid token.
 	accessAuthenticated
-	// accessScope: a valid token granting policy.scope.
+	// accessScope: a valid token granting every scope in policy.scopes.
 	accessScope
 	// accessRegistry: the registry authenticates itself (Bearer or Basic,
 	// image:read to pull, image:write to push, image:delete to delete),
@@ -29,15 +29,30 @@ const (
 
 type policy struct {
 	access access
-	scope  auth.Scope
+	scopes []auth.Scope // all of them are required
 }
 
 func public() policy                         { return policy{access: accessPublic} }
 func authenticated() policy                  { return policy{access: accessAuthenticated} }
-func scoped(s auth.Scope) policy             { return policy{access: accessScope, scope: s} }
 func registryPolicy() policy                 { return policy{access: accessRegistry} }
-func (p policy) String() string              { return fmt.Sprintf("%d:%s", p.access, p.scope) }
+func (p policy) String() string              { return fmt.Sprintf("%d:%v", p.access, p.scopes) }
 func routeKey(method, pattern string) string { return method + " " + pattern }
+
+// scoped requires s and every one of also (a route whose effect spans two
+// resources needs both resources' scopes).
+func scoped(s auth.Scope, also ...auth.Scope) policy {
+	return policy{access: accessScope, scopes: append([]auth.Scope{s}, also...)}
+}
+
+// missingScope returns the first scope of pol that p lacks ("" = none).
+func (pol policy) missingScope(p *auth.Principal) auth.Scope {
+	for _, s := range pol.scopes {
+		if !p.Allows(s) {
+			return s
+		}
+	}
+	return ""
+}
 
 // routePolicies is the route → scope table: every route the router serves
 // must be here (TestRouteTableCoversRouter walks the real router) and every
@@ -87,11 +102,13 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances/{id}/snapshot-schedule"):        scoped(auth.SnapshotRead),
 		routeKey("PUT", "/instances/{id}/snapshot-schedule"):        scoped(auth.SnapshotWrite),
 		routeKey("DELETE", "/instances/{id}/snapshot-schedule"):     scoped(auth.SnapshotDelete),
-		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite),
+		// Restoring overwrites an instance and forking boots one: the
+		// instance scope is needed as well as the snapshot one.
+		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite, auth.InstanceWrite),
 		routeKey("GET", "/snapshots"):                               scoped(auth.SnapshotRead),
 		routeKey("GET", "/snapshots/{id}"):                          scoped(auth.SnapshotRead),
 		routeKey("DELETE", "/snapshots/{id}"):                       scoped(auth.SnapshotDelete),
-		routeKey("POST", "/snapshots/{id}/fork"):                    scoped(auth.SnapshotWrite),
+		routeKey("POST", "/snapshots/{id}/fork"):                    scoped(auth.SnapshotWrite, auth.InstanceWrite),
 
 		// Ingresses route traffic to instances: they are part of the
 		// instance resource for authorization (no ingress:* scopes exist).
@@ -182,12 +199,21 @@ func (s *server) authorize(next http.Handler) http.Handler {
 			writeJSONError(w, http.StatusUnauthorized, CodeUnauthorized, msg)
 			return
 		}
-		if pol.access == accessScope && !p.Allows(pol.scope) {
-			writeJSONError(w, http.StatusForbidden, CodeForbidden, "missing required scope: "+string(pol.scope))
-			return
+		if pol.access == accessScope {
+			if miss := pol.missingScope(p); miss != "" {
+				writeJSONError(w, http.StatusForbidden, CodeForbidden, "missing required scope: "+string(miss))
+				return
+			}
 		}
 		next.ServeHTTP(w, r.WithContext(contextWithPrincipal(r, p)))
 	})
+}
+
+// principalAllows reports whether the request's caller holds scope (a
+// request without a principal, on a public route, holds none).
+func principalAllows(ctx context.Context, scope auth.Scope) bool {
+	p, _ := ctx.Value(principalKey{}).(*auth.Principal)
+	return p != nil && p.Allows(scope)
 }
 
 func contextWithPrincipal(r *http.Request, p *auth.Principal) context.Context {

@@ -175,7 +175,9 @@ type Options struct {
 	// RegistryDir holds the built-in registry (paths.RegistryDir()).
 	// Empty disables /v2/ (it answers 404).
 	RegistryDir string
-	Logger      *slog.Logger
+	// RegistryLimits cap uploads into the built-in registry.
+	RegistryLimits registry.Limits
+	Logger         *slog.Logger
 	// Metrics, when set, receives hypeman_http_request_duration_seconds.
 	Metrics prometheus.Registerer
 	// MaxBodyBytes bounds API request bodies (default 1 MiB).
@@ -263,7 +265,8 @@ func NewServer(opts Options) (*Server, error) {
 		writeJSONError(w, http.StatusNotFound, CodeNotFound, "the built-in registry is disabled")
 	})
 	if opts.RegistryDir != "" {
-		s.registry, err = registry.New(registry.Options{Dir: opts.RegistryDir, Verifier: v, Importer: opts.Images, Logger: s.log})
+		s.registry, err = registry.New(registry.Options{Dir: opts.RegistryDir, Verifier: v, Importer: opts.Images, Logger: s.log,
+			Limits: opts.RegistryLimits})
 		if err != nil {
 			return nil, err
 		}
@@ -285,7 +288,7 @@ func NewServer(opts Options) (*Server, error) {
 		r.Handle("/v2/*", reg)
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(s.authorize, maxBody(opts.MaxBodyBytes), validator)
+		r.Use(s.authorize, maxBody(opts.MaxBodyBytes), strictJSON, validator)
 		strict := gen.NewStrictHandlerWithOptions(s, []gen.StrictMiddlewareFunc{s.streamingDeadlines}, gen.StrictHTTPServerOptions{
 			RequestErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
 				s.writeError(w, r, &Error{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Message: err.Error()})

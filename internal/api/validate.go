@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -43,6 +44,10 @@ func validationError(err error, suggested int) *Error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return newError(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body larger than %d bytes", mbe.Limit)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection's body deadline (internal/httpserver) passed.
+		return newError(http.StatusRequestTimeout, CodeRequestTimeout, "request body not received in time")
 	}
 	switch {
 	case errors.Is(err, routers.ErrMethodNotAllowed):

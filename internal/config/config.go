@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"hypeman/internal/paths"
+	"hypeman/internal/sizes"
 )
 
 //go:embed default.yaml
@@ -63,6 +64,50 @@ type Config struct {
 	// IngressAllowedPrivilegedPorts: host ports below 1024 ingress rules
 	// may use. Env and flags take "80,443" or "none".
 	IngressAllowedPrivilegedPorts []int `json:"ingress_allowed_privileged_ports"`
+
+	// HTTP API limits (internal/httpserver).
+	HTTPReadHeaderTimeout   Duration `json:"http_read_header_timeout"`
+	HTTPBodyTimeout         Duration `json:"http_body_timeout"`
+	HTTPBodyMinRate         Size     `json:"http_body_min_rate"`
+	HTTPBodyIdleTimeout     Duration `json:"http_body_idle_timeout"`
+	HTTPWriteTimeout        Duration `json:"http_write_timeout"`
+	HTTPIdleTimeout         Duration `json:"http_idle_timeout"`
+	HTTPMaxConnections      int      `json:"http_max_connections"`
+	HTTPMaxConnectionsPerIP int      `json:"http_max_connections_per_ip"`
+
+	// Which registries pulls may reach (internal/images).
+	RegistriesAllow       []string `json:"registries_allow"`
+	RegistriesAllowPublic bool     `json:"registries_allow_public"`
+
+	// Caps on what one image may cost (pulls and pushes alike).
+	ImageMaxUnpackedSize Size `json:"image_max_unpacked_size"`
+	ImageMaxConfigSize   Size `json:"image_max_config_size"`
+	ImageMaxManifestSize Size `json:"image_max_manifest_size"`
+	ImageMaxLayers       int  `json:"image_max_layers"`
+	// Caps on the built-in registry's uploads.
+	RegistryMaxBlobSize Size `json:"registry_max_blob_size"`
+	RegistryMaxPushSize Size `json:"registry_max_push_size"`
+}
+
+// Size is a byte count written as "16GB", "512MB", "64KB" or a number
+// (binary units, see internal/sizes).
+type Size int64
+
+func (s Size) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.Quote(sizes.Format(int64(s)))), nil
+}
+
+func (s *Size) UnmarshalJSON(b []byte) error {
+	str := string(b)
+	if u, err := strconv.Unquote(str); err == nil {
+		str = u
+	}
+	n, err := sizes.Parse(str)
+	if err != nil {
+		return err
+	}
+	*s = Size(n)
+	return nil
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -181,6 +226,12 @@ func (c *Config) set(key, val string) error {
 				}
 			}
 			f.Set(reflect.ValueOf(ports))
+		case Size:
+			n, err := sizes.Parse(val)
+			if err != nil {
+				return err
+			}
+			f.SetInt(n)
 		case Duration:
 			d, err := time.ParseDuration(val)
 			if err != nil {
@@ -227,8 +278,31 @@ func (c *Config) Validate() error {
 	if c.TSCKHz < 0 {
 		errs = append(errs, errors.New("tsc_khz must be >= 0"))
 	}
-	if c.GuestStopTimeout < 0 {
-		errs = append(errs, errors.New("guest_stop_timeout must be >= 0"))
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"guest_stop_timeout", c.GuestStopTimeout}, {"http_read_header_timeout", c.HTTPReadHeaderTimeout},
+		{"http_body_timeout", c.HTTPBodyTimeout}, {"http_body_idle_timeout", c.HTTPBodyIdleTimeout},
+		{"http_write_timeout", c.HTTPWriteTimeout}, {"http_idle_timeout", c.HTTPIdleTimeout},
+	} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must be >= 0", d.key))
+		}
+	}
+	for _, n := range []struct {
+		key string
+		v   int64
+	}{
+		{"http_body_min_rate", int64(c.HTTPBodyMinRate)}, {"http_max_connections", int64(c.HTTPMaxConnections)},
+		{"http_max_connections_per_ip", int64(c.HTTPMaxConnectionsPerIP)},
+		{"image_max_unpacked_size", int64(c.ImageMaxUnpackedSize)}, {"image_max_config_size", int64(c.ImageMaxConfigSize)},
+		{"image_max_manifest_size", int64(c.ImageMaxManifestSize)}, {"image_max_layers", int64(c.ImageMaxLayers)},
+		{"registry_max_blob_size", int64(c.RegistryMaxBlobSize)}, {"registry_max_push_size", int64(c.RegistryMaxPushSize)},
+	} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must be >= 0 (0 = no limit)", n.key))
+		}
 	}
 	if c.IngressListen != "" && net.ParseIP(c.IngressListen) == nil {
 		errs = append(errs, fmt.Errorf("ingress_listen %q: want an IP address (127.0.0.1 for this host only, 0.0.0.0 for every address)", c.IngressListen))

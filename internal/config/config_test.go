@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -55,6 +56,42 @@ func TestInvalid(t *testing.T) {
 	os.WriteFile(f, []byte("listn: typo\n"), 0o644)
 	if _, err := Load(f, nil, nil); err == nil {
 		t.Error("unknown key in file must fail")
+	}
+}
+
+func TestLimitsSettings(t *testing.T) {
+	c, err := Load("", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ImageMaxUnpackedSize != 16<<30 || c.HTTPBodyMinRate != 16<<10 || c.HTTPMaxConnectionsPerIP != 256 ||
+		time.Duration(c.HTTPBodyTimeout) != 30*time.Second || !c.RegistriesAllowPublic || len(c.RegistriesAllow) != 0 {
+		t.Fatalf("defaults: %+v", c)
+	}
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(f, []byte("image_max_config_size: 2MB\nregistry_max_blob_size: 1073741824\nregistries_allow: [10.0.0.0/8]\n"), 0o644)
+	env := map[string]string{"HYPEMAN_IMAGE_MAX_UNPACKED_SIZE": "1.5GB", "HYPEMAN_REGISTRIES_ALLOW": "127.0.0.1:5000, reg.lan"}
+	c, err = Load(f, func(k string) string { return env[k] }, map[string]string{"http_body_min_rate": "64KB"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ImageMaxConfigSize != 2<<20 || c.RegistryMaxBlobSize != 1<<30 || c.ImageMaxUnpackedSize != 3<<29 ||
+		c.HTTPBodyMinRate != 64<<10 || len(c.RegistriesAllow) != 2 || c.RegistriesAllow[1] != "reg.lan" {
+		t.Fatalf("limits: %+v", c)
+	}
+	for name, env := range map[string]map[string]string{
+		"size":      {"HYPEMAN_IMAGE_MAX_LAYERS": "many"},
+		"size unit": {"HYPEMAN_REGISTRY_MAX_PUSH_SIZE": "10XB"},
+		"negative":  {"HYPEMAN_HTTP_MAX_CONNECTIONS": "-1"},
+		"timeout":   {"HYPEMAN_HTTP_BODY_TIMEOUT": "-1s"},
+	} {
+		if _, err := Load("", func(k string) string { return env[k] }, nil); err == nil {
+			t.Errorf("%s: want error", name)
+		}
+	}
+	// The defaults print back as sizes, not byte counts.
+	if b, _ := json.Marshal(c.ImageMaxUnpackedSize); string(b) != `"1536MB"` {
+		t.Errorf("size marshals as %s", b)
 	}
 }
 

@@ -44,6 +44,8 @@ func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 		"kernel_dir":   testutil.KernelDir(),
 		"init_binary":  testutil.InitBinary(t),
 		"network_mode": "none",
+		// The tests' registries are in-process, on loopback.
+		"registries_allow": "127.0.0.0/8",
 	}
 	for k, v := range extra {
 		settings[k] = v

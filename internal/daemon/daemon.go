@@ -137,10 +137,19 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 	logger.Info("accelerator selected", "accelerator", ac.Accel, "reason", ac.Reason)
 
 	d.Images, err = images.New(images.Config{
-		Dir:           p.ImagesDir(),
-		Insecure:      cfg.InsecureRegistries,
-		DiskFormat:    images.DiskFormat(cfg.DiskFormat),
-		LocalRegistry: ownRegistry(cfg.Listen),
+		Dir:                  p.ImagesDir(),
+		Insecure:             cfg.InsecureRegistries,
+		DiskFormat:           images.DiskFormat(cfg.DiskFormat),
+		AllowRegistries:      cfg.RegistriesAllow,
+		DenyPublicRegistries: !cfg.RegistriesAllowPublic,
+		SelfAddr:             cfg.Listen,
+		LocalRegistry:        ownRegistry(cfg.Listen),
+		Limits: images.Limits{
+			MaxUnpackedBytes: int64(cfg.ImageMaxUnpackedSize),
+			MaxConfigBytes:   int64(cfg.ImageMaxConfigSize),
+			MaxManifestBytes: int64(cfg.ImageMaxManifestSize),
+			MaxLayers:        cfg.ImageMaxLayers,
+		},
 	}, logger.With("component", "images"))
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
@@ -264,11 +273,42 @@ func (r ImageResolver) Resolve(ctx context.Context, ref string) (instances.Image
 	if img.Status != images.StatusReady {
 		return instances.ImageInfo{}, fmt.Errorf("%w: %s is %s: %s", instances.ErrImageNotReady, ref, img.Status, img.Error)
 	}
+	return imageInfo(img), nil
+}
+
+// ResolveLocal implements instances.Images: only what the store holds (a
+// pull under way is waited for), never a new pull.
+func (r ImageResolver) ResolveLocal(ctx context.Context, ref string) (instances.ImageInfo, error) {
+	img, err := r.Store.Get(ctx, ref)
+	if errors.Is(err, images.ErrNotFound) {
+		return instances.ImageInfo{}, fmt.Errorf("%w: %s", instances.ErrPullNotAllowed, ref)
+	}
+	if err != nil {
+		return instances.ImageInfo{}, err
+	}
+	switch img.Status {
+	case images.StatusPending, images.StatusPulling, images.StatusConverting:
+		if w, werr := r.Store.Wait(ctx, ref); w != nil {
+			img = w
+		} else if werr != nil {
+			return instances.ImageInfo{}, werr
+		}
+	}
+	switch img.Status {
+	case images.StatusReady:
+		return imageInfo(img), nil
+	case images.StatusFailed:
+		return instances.ImageInfo{}, fmt.Errorf("%w: %s (its last pull failed: %s)", instances.ErrPullNotAllowed, img.Name, img.Error)
+	}
+	return instances.ImageInfo{}, fmt.Errorf("%w: %s is %s", instances.ErrImageNotReady, ref, img.Status)
+}
+
+func imageInfo(img *images.Image) instances.ImageInfo {
 	return instances.ImageInfo{
 		Name: img.Name, Digest: img.Digest, DiskPath: img.DiskPath, FSType: string(img.DiskFormat),
 		Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
 		WorkingDir: img.Config.WorkingDir, User: img.Config.User, Platform: img.Platform,
-	}, nil
+	}
 }
 
 // AgentDialer adapts the guest agent client to instances.GuestAgent.

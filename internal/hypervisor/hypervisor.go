@@ -87,6 +87,11 @@ const (
 // ErrNotRunning is returned by Attach when no live VMM belongs to the dir.
 var ErrNotRunning = errors.New("vmm not running")
 
+// ErrHostResources is wrapped by Launch when the host refused what the VM
+// asks for (the kernel would not give QEMU the guest memory): the request
+// was valid, this host cannot serve it now.
+var ErrHostResources = errors.New("the host cannot provide the resources the VM asks for")
+
 // Snapshot errors returned by Restore (wrapped, with the reason in the text).
 var (
 	// ErrSnapshotIncompatible: the snapshot is intact but cannot run here

@@ -11,6 +11,20 @@
 //     and the configured insecure list; a guarding RoundTripper refuses any
 //     other http:// request, because go-containerregistry on its own also
 //     falls back to HTTP for RFC 1918 addresses.
+//   - Reach: a pull is a request the daemon makes on a client's behalf, to
+//     any URL the client names (and any the registry redirects to), so it
+//     connects only where the registry policy allows (netpolicy.go): public
+//     addresses by default, loopback/private/link-local only when listed.
+//     The check is made in the dialer on the IP actually dialed (one DNS
+//     lookup, no rebinding window), for registries, token services and blob
+//     redirects alike. Error bodies are stripped to registry error codes
+//     and short messages before anything can quote them, so a failed pull
+//     cannot be used to read what another service answered.
+//   - Caps (limits.go): an image may cost only so much, whoever sent it.
+//     Manifest size, layer count and the config's declared size are checked
+//     before any blob is fetched; unpacked bytes are counted while layers
+//     stream (decompressed tar and file bytes written), so a gzip bomb stops
+//     at the cap. The error names the cap and the setting that raises it.
 //   - Flatten: layers are applied in order into a staging directory by our own
 //     tar applier (flatten.go), which honours whiteouts and opaque
 //     directories, keeps modes (setuid/setgid/sticky), owners, symlinks,

@@ -130,6 +130,10 @@ func classify(err error, ph phase) error {
 			return context.DeadlineExceeded
 		}
 		return context.Canceled
+	case errors.Is(err, ErrImageTooLarge):
+		return ErrImageTooLarge
+	case errors.Is(err, ErrRegistryNotAllowed):
+		return ErrRegistryNotAllowed
 	case errors.Is(err, ErrInsecureRefused):
 		return ErrRegistryUnreachable
 	case errors.Is(err, ErrUnsafePath), errors.Is(err, ErrCorruptLayer):

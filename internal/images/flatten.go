@@ -52,6 +52,8 @@ type flattener struct {
 
 	xattrWarned bool
 	stats       flattenStats
+	// writes caps the regular file bytes written (nil: no cap).
+	writes *budget
 }
 
 type flattenStats struct {
@@ -433,7 +435,7 @@ func (f *flattener) writeFile(full string, r io.Reader) error {
 	if err != nil {
 		return &localError{Op: "create", Path: full, Err: err}
 	}
-	n, err := io.Copy(out, sourceReader{r})
+	n, err := io.Copy(out, sourceReader{f.writes.reader(r)})
 	f.stats.Bytes += n
 	if err != nil {
 		out.Close()

@@ -72,6 +72,12 @@ func (s *Store) pull(j *job) (string, error) {
 	if err != nil {
 		return "", fail(phaseManifest, err)
 	}
+	// Before any blob is fetched: the layer count, the config's declared
+	// size (go-containerregistry then reads no more than that) and the
+	// manifest itself.
+	if err := s.cfg.Limits.checkManifest(img); err != nil {
+		return "", fail(phaseManifest, err)
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return "", fail(phaseManifest, fmt.Errorf("image config: %w", err))
@@ -254,11 +260,17 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 		return nil, err
 	}
 	defer fz.Close()
+	// The unpacked cap counts twice, each on its own: the decompressed tar
+	// streams (a bomb of skipped or tiny entries) and the file bytes
+	// written (sparse entries expand beyond their stream).
+	maxUnpacked := s.cfg.Limits.MaxUnpackedBytes
+	stream := &budget{limit: maxUnpacked, what: "unpacked content", setting: "image_max_unpacked_size"}
+	fz.writes = &budget{limit: maxUnpacked, what: "unpacked file content", setting: "image_max_unpacked_size"}
 
 	t0 := time.Now()
 	for i, l := range layers {
 		ld, _ := l.Digest()
-		if err := s.applyLayer(ctx, fz, l, fl); err != nil {
+		if err := s.applyLayer(ctx, fz, l, fl, stream); err != nil {
 			return nil, &PullError{Ref: j.name, Registry: registryOf(j), Layer: ld.String(),
 				Kind: classify(err, phaseLayer), Err: fmt.Errorf("layer %d/%d: %w", i+1, len(layers), err)}
 		}
@@ -346,7 +358,7 @@ func registryOf(j *job) string {
 // applyLayer streams one layer: count and hash the compressed bytes,
 // decompress (gzip, zstd or none, by magic number), apply the tar, then
 // check the digest over everything read.
-func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *flight) error {
+func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *flight, unpacked *budget) error {
 	want, err := l.Digest()
 	if err != nil {
 		return err
@@ -386,10 +398,11 @@ func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *f
 		tarStream, closeDec = br, func() {}
 	}
 	defer closeDec()
+	tarStream = unpacked.reader(tarStream)
 
 	if err := fz.applyLayer(ctx, tarStream); err != nil {
 		var le *localError
-		if errors.As(err, &le) || errors.Is(err, ErrUnsafePath) || ctx.Err() != nil {
+		if errors.As(err, &le) || errors.Is(err, ErrUnsafePath) || errors.Is(err, ErrImageTooLarge) || ctx.Err() != nil {
 			return err
 		}
 		return s.streamError(br, cr, want, err)
@@ -397,6 +410,9 @@ func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *f
 	// Read what the tar reader left (end-of-archive padding, the gzip
 	// trailer with its CRC, bytes after it) so the digest covers the blob.
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {
+		if errors.Is(err, ErrImageTooLarge) {
+			return err
+		}
 		return s.streamError(br, cr, want, fmt.Errorf("after tar end: %w", err))
 	}
 	if _, err := io.Copy(io.Discard, br); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -21,6 +22,59 @@ var digestRE = regexp.MustCompile(`^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32
 
 // isDigest reports whether s is a bare digest ("sha256:…"), not a name.
 func isDigest(s string) bool { return digestRE.MatchString(s) }
+
+// repoComponentRE is one path component of a repository name (OCI
+// distribution spec grammar).
+var repoComponentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
+
+// hostLabelRE is one DNS label of a registry host.
+var hostLabelRE = regexp.MustCompile(`^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?$`)
+
+// CheckRepository reports why repo ("library/busybox") is not a valid
+// repository name: non-empty components of lowercase letters and digits
+// joined by ".", "_", "__" or dashes, separated by single slashes, at most
+// 255 characters in all.
+func CheckRepository(repo string) error {
+	if repo == "" || len(repo) > 255 {
+		return fmt.Errorf("repository name must be 1 to 255 characters")
+	}
+	for c := range strings.SplitSeq(repo, "/") {
+		if c == "" {
+			return fmt.Errorf("repository %q has an empty path component (a leading, trailing or double slash)", repo)
+		}
+		if !repoComponentRE.MatchString(c) {
+			return fmt.Errorf("repository path component %q is invalid: use lowercase letters and digits, separated by '.', '_', '__' or '-'", c)
+		}
+	}
+	return nil
+}
+
+// checkRegistryHost reports why host ("registry.example.com:5000",
+// "[::1]:5000") is not a registry host name with an optional port.
+func checkRegistryHost(host string) error {
+	h, port := host, ""
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		h, port = host[:i], host[i+1:]
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("registry %q has an invalid port", host)
+		}
+	}
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		if net.ParseIP(h[1:len(h)-1]) == nil {
+			return fmt.Errorf("registry %q is not a valid IPv6 address", host)
+		}
+		return nil
+	}
+	if len(h) == 0 || len(h) > 253 {
+		return fmt.Errorf("registry host %q is not a valid host name", host)
+	}
+	for l := range strings.SplitSeq(h, ".") {
+		if !hostLabelRE.MatchString(l) {
+			return fmt.Errorf("registry host %q is not a valid host name", host)
+		}
+	}
+	return nil
+}
 
 // parsedRef is a reference as the store uses it.
 type parsedRef struct {
@@ -53,6 +107,15 @@ func parseRef(ref string, allowHTTP func(host string) bool) (parsedRef, error) {
 	r, err := name.ParseReference(s)
 	if err != nil {
 		return parsedRef{}, fmt.Errorf("%w: %q: %v", ErrInvalidReference, s, err)
+	}
+	// go-containerregistry accepts "../../etc/passwd" (registry "..") and
+	// "/", "a//b" (empty path components): hold references to the
+	// distribution grammar before they name a host to dial or a record.
+	if err := checkRegistryHost(r.Context().RegistryStr()); err != nil {
+		return parsedRef{}, fmt.Errorf("%w %q: %v", ErrInvalidReference, s, err)
+	}
+	if err := CheckRepository(r.Context().RepositoryStr()); err != nil {
+		return parsedRef{}, fmt.Errorf("%w %q: %v", ErrInvalidReference, s, err)
 	}
 	if allowHTTP != nil && allowHTTP(r.Context().RegistryStr()) {
 		if r, err = name.ParseReference(s, name.Insecure); err != nil {
@@ -113,17 +176,47 @@ func (p httpPolicy) allowed(host string) bool {
 // not allow. go-containerregistry falls back to HTTP by itself for RFC 1918
 // addresses and *.localhost, and follows redirects and token realms to other
 // hosts; this is the one place that enforces our rule for all of them.
+//
+// It also applies the registry policy where the dialer cannot (a custom
+// base transport, a proxy that dials for us) and strips error responses of
+// anything but registry error codes and short messages (sanitizeErrorBody).
 type guardTransport struct {
-	base   http.RoundTripper
-	policy httpPolicy
+	base        http.RoundTripper
+	policy      httpPolicy
+	registries  *registryPolicy
+	ownDialer   bool  // base dials through registries.DialContext
+	maxManifest int64 // Limits.MaxManifestBytes
 }
 
 func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme == "http" && !g.policy.allowed(req.URL.Host) {
+	refuse := func(err error) (*http.Response, error) {
 		if req.Body != nil {
 			req.Body.Close()
 		}
-		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), ErrInsecureRefused)
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
 	}
-	return g.base.RoundTrip(req)
+	if req.URL.Scheme == "http" && !g.policy.allowed(req.URL.Host) {
+		return refuse(ErrInsecureRefused)
+	}
+	proxied := false
+	if g.ownDialer {
+		if u, err := http.ProxyFromEnvironment(req); err == nil && u != nil {
+			proxied = true
+		}
+	}
+	if !g.ownDialer || proxied {
+		if err := g.registries.checkURLHost(req.Context(), req.URL, proxied); err != nil {
+			return refuse(err)
+		}
+	}
+	resp, err := g.base.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 400 {
+		sanitizeErrorBody(resp)
+	} else if err := capManifestResponse(resp, g.maxManifest); err != nil {
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+	}
+	return resp, nil
 }

@@ -98,22 +98,39 @@ type Config struct {
 	// unpacked size while it converts.
 	StagingDir string
 	// Transport is the base HTTP transport (default: a fresh transport with
-	// 30 s dial and 10 s TLS handshake timeouts). The plain-HTTP guard wraps it.
+	// 30 s dial and 10 s TLS handshake timeouts, dialing through the
+	// registry policy). The plain-HTTP guard wraps it. A custom transport
+	// does its own dialing: the registry policy then only sees IP literals.
 	Transport http.RoundTripper
 	// LocalRegistry reports whether a registry host ("host:port") is
 	// hypemand's own registry: references through it name pushed images
 	// and are never pulled (see local.go). nil: none is.
 	LocalRegistry func(host string) bool
+
+	// AllowRegistries lists what pulls may connect to besides public
+	// addresses: "host", "host:port", an IP or a CIDR. Loopback, private,
+	// link-local and other non-public addresses are refused unless listed.
+	AllowRegistries []string
+	// DenyPublicRegistries refuses public addresses not in AllowRegistries.
+	DenyPublicRegistries bool
+	// SelfAddr is the daemon's listen address: its built-in registry may
+	// always be pulled from.
+	SelfAddr string
+	// Resolver resolves registry host names (default net.DefaultResolver).
+	Resolver Resolver
+	// Limits cap each image (zero: no limit).
+	Limits Limits
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
 type Store struct {
-	cfg       Config
-	log       *slog.Logger
-	disk      diskBuilder
-	transport http.RoundTripper
-	ownTr     *http.Transport // closed on Close when we created it
-	policy    httpPolicy
+	cfg        Config
+	log        *slog.Logger
+	disk       diskBuilder
+	transport  http.RoundTripper
+	ownTr      *http.Transport // closed on Close when we created it
+	policy     httpPolicy
+	registries *registryPolicy
 
 	ctx    context.Context // canceled by Close; parent of every job
 	cancel context.CancelFunc
@@ -246,11 +263,18 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 		flights: map[string]*flight{},
 		subs:    map[*subscriber]struct{}{},
 	}
+	s.registries, err = newRegistryPolicy(cfg.AllowRegistries, cfg.DenyPublicRegistries, cfg.SelfAddr, cfg.Resolver, os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
 	base := cfg.Transport
 	if base == nil {
+		dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 		s.ownTr = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return s.registries.DialContext(ctx, dialer, network, addr)
+			},
 			ForceAttemptHTTP2:     true,
 			MaxIdleConns:          20,
 			MaxIdleConnsPerHost:   10,
@@ -260,7 +284,8 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 		}
 		base = s.ownTr
 	}
-	s.transport = guardTransport{base: base, policy: s.policy}
+	s.transport = guardTransport{base: base, policy: s.policy, registries: s.registries, ownDialer: cfg.Transport == nil,
+		maxManifest: cfg.Limits.MaxManifestBytes}
 	for _, d := range []string{cfg.Dir, s.disksDir(), s.tmpDir(), s.stagingDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("images: %w", err)
@@ -933,9 +958,9 @@ func (s *Store) saveDiskRecord(digest string) error {
 }
 
 // ErrorKindOf returns a stable code for an error's kind, for the API and
-// for index.json: "not_found", "invalid_reference", "registry_unreachable",
+// for index.json: "not_found", "invalid_reference", "registry_not_allowed", "registry_unreachable",
 // "not_found_upstream", "unauthorized", "registry_error", "digest_mismatch",
-// "no_matching_platform", "corrupt_layer", "convert_failed", "interrupted",
+// "no_matching_platform", "corrupt_layer", "convert_failed", "interrupted", "too_large",
 // "canceled", or "" when none applies.
 func ErrorKindOf(err error) string {
 	for _, k := range errorKinds() {
@@ -955,6 +980,7 @@ func errorKinds() []errorKind {
 	return []errorKind{
 		{"not_found", ErrNotFound},
 		{"invalid_reference", ErrInvalidReference},
+		{"registry_not_allowed", ErrRegistryNotAllowed},
 		{"registry_unreachable", ErrRegistryUnreachable},
 		{"not_found_upstream", ErrNotFoundUpstream},
 		{"unauthorized", ErrUnauthorized},
@@ -963,6 +989,7 @@ func errorKinds() []errorKind {
 		{"corrupt_layer", ErrCorruptLayer},
 		{"convert_failed", ErrConvert},
 		{"interrupted", ErrInterrupted},
+		{"too_large", ErrImageTooLarge},
 		{"registry_error", ErrRegistry},
 		{"canceled", context.Canceled},
 		{"canceled", context.DeadlineExceeded},

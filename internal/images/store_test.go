@@ -78,6 +78,9 @@ func newTestStore(t testing.TB, cfg Config) *Store {
 	if cfg.Keychain == nil {
 		cfg.Keychain = authn.NewMultiKeychain() // anonymous; never read ~/.docker
 	}
+	if cfg.AllowRegistries == nil {
+		cfg.AllowRegistries = []string{"127.0.0.0/8"} // the tests' in-process registries
+	}
 	s, err := New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -465,7 +468,7 @@ func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error
 
 func TestPlainHTTPOnlyForInsecureOrLoopback(t *testing.T) {
 	rt := &recordingTransport{}
-	s := newTestStore(t, Config{Transport: rt, Insecure: []string{"registry.internal:5000"}})
+	s := newTestStore(t, Config{Transport: rt, Insecure: []string{"registry.internal:5000"}, AllowRegistries: []string{"10.0.0.0/8"}})
 
 	// RFC 1918 address: go-containerregistry alone would fall back to HTTP.
 	_, err := s.Pull(ctxT(t), "10.1.2.3:5000/app:latest")
@@ -895,6 +898,8 @@ func TestReferences(t *testing.T) {
 		"127.0.0.1:5000/a/b@sha256:" + hex64: "127.0.0.1:5000/a/b@sha256:" + hex64,
 		"busybox@sha256:" + hex64:            "docker.io/library/busybox@sha256:" + hex64,
 		"  busybox  ":                        "docker.io/library/busybox:latest",
+		"[::1]:5000/a__b/c-d.e:1":            "[::1]:5000/a__b/c-d.e:1",
+		"reg-1.example.com/x":                "reg-1.example.com/x:latest",
 	} {
 		got, err := NormalizeName(in)
 		if err != nil || got != want {
@@ -902,7 +907,11 @@ func TestReferences(t *testing.T) {
 		}
 	}
 	s := newTestStore(t, Config{})
-	for _, bad := range []string{"", "UPPER/case", "a b", "sha256:" + hex64, "busybox@sha256:short", "http://x/y"} {
+	for _, bad := range []string{"", "UPPER/case", "a b", "sha256:" + hex64, "busybox@sha256:short", "http://x/y",
+		// Accepted by go-containerregistry's parser, refused here: no
+		// registry "..", no empty or dot path components, valid ports.
+		"../../etc/passwd", "/", "a//b", "/a", "a/", "./a", "a/./b", "a/../b", "..", "a..b/c", "-a/b", "a_/b",
+		"reg.example.com:0/x", "reg.example.com:70000/x", "[zz]:5000/x"} {
 		if _, err := s.Ensure(ctxT(t), bad, EnsureOptions{}); !errors.Is(err, ErrInvalidReference) {
 			t.Errorf("Ensure(%q) err = %v, want ErrInvalidReference", bad, err)
 		}

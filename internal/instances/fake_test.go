@@ -126,6 +126,14 @@ func (v *fakeVM) SaveState(ctx context.Context, dir string, o hypervisor.SaveOpt
 
 type fakeImages struct{}
 
+// ResolveLocal holds only the image named "local".
+func (f fakeImages) ResolveLocal(ctx context.Context, ref string) (ImageInfo, error) {
+	if ref != "local" {
+		return ImageInfo{}, fmt.Errorf("%w: %s", ErrPullNotAllowed, ref)
+	}
+	return f.Resolve(ctx, ref)
+}
+
 func (fakeImages) Resolve(ctx context.Context, ref string) (ImageInfo, error) {
 	if ref == "missing" {
 		return ImageInfo{}, fmt.Errorf("%w: %s", ErrImageNotReady, ref)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"hypeman/internal/fsutil"
@@ -34,7 +35,11 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	}
 	defer m.releaseName(meta.Name)
 
-	img, err := m.cfg.Images.Resolve(ctx, p.Image)
+	resolve := m.cfg.Images.Resolve
+	if p.NoPull {
+		resolve = m.cfg.Images.ResolveLocal
+	}
+	img, err := resolve(ctx, p.Image)
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +190,10 @@ func createOverlayDisk(ctx context.Context, path string, size int64) error {
 	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "hm-overlay",
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path).CombinedOutput()
 	if err != nil {
+		if strings.Contains(string(out), "No space left on device") {
+			// mkfs only says so in its output: keep the errno for callers.
+			err = syscall.ENOSPC
+		}
 		return fmt.Errorf("format overlay disk: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
@@ -305,6 +314,10 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	disk, err := gc.Encode()
 	if err != nil {
 		m.releaseNetwork(meta.ID)
+		if errors.Is(err, guestconfig.ErrTooLarge) {
+			return &InvalidArgumentError{Field: "env", Reason: "the image's and this instance's environment, entrypoint and cmd " +
+				"together are too large for the guest (" + err.Error() + "); use a smaller environment or an image with less of it"}
+		}
 		return err
 	}
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, configFile), disk, 0o644); err != nil {

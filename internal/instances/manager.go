@@ -41,6 +41,11 @@ type Images interface {
 	// Resolve returns a ready image, pulling and converting it first when
 	// the store does not have it yet.
 	Resolve(ctx context.Context, ref string) (ImageInfo, error)
+	// ResolveLocal returns a ready image the store already holds (waiting
+	// for a pull of it that is under way) and never starts a pull: an
+	// image the store lacks, or whose last pull failed, is an error
+	// matching ErrPullNotAllowed.
+	ResolveLocal(ctx context.Context, ref string) (ImageInfo, error)
 }
 
 // Metrics receives operation timings (optional).

@@ -194,6 +194,10 @@ func TestCreateRejectsBadInput(t *testing.T) {
 	if _, err := m.Create(ctx, CreateParams{Name: "a", Image: "missing"}); !errors.Is(err, ErrImageNotReady) {
 		t.Errorf("missing image: %v", err)
 	}
+	// A caller that may not pull gets only what the store holds.
+	if _, err := m.Create(ctx, CreateParams{Name: "a", Image: "img", NoPull: true}); !errors.Is(err, ErrPullNotAllowed) {
+		t.Errorf("image not in the store, no pull allowed: %v", err)
+	}
 	if list, _ := m.List(ctx, ListOptions{}); len(list) != 0 {
 		t.Errorf("failed creates left %d instances", len(list))
 	}

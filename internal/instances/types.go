@@ -119,6 +119,10 @@ type CreateParams struct {
 	// RestartPolicy nil = never; HealthCheck nil = none.
 	RestartPolicy *restart.Policy
 	HealthCheck   *health.Check
+	// NoPull: the caller may not pull (its token lacks image:write), so an
+	// image the store does not hold fails with ErrPullNotAllowed instead of
+	// being pulled. A pull already under way is waited for.
+	NoPull bool
 }
 
 // Errors callers branch on (the API maps them to status codes).
@@ -134,6 +138,9 @@ var (
 	ErrAgentUnavailable = errors.New("guest agent unavailable")
 	// ErrImageNotReady: the image is known but failed or cannot be used.
 	ErrImageNotReady = errors.New("image not ready")
+	// ErrPullNotAllowed: the image is not in the store and the request may
+	// not pull it (CreateParams.NoPull).
+	ErrPullNotAllowed = errors.New("image is not in the image store and this request may not pull it")
 )
 
 // InvalidArgumentError names the offending field; it wraps ErrInvalid.

@@ -20,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"hypeman/internal/fsutil"
+	"hypeman/internal/sizes"
 )
 
 // diskBlobs stores blobs as files named by digest (blobs/sha256/<hex>) and
@@ -232,15 +233,31 @@ func (r *Registry) appendChunk(w http.ResponseWriter, req *http.Request, path st
 			return 0, false
 		}
 	}
+	maxBlob := r.opts.Limits.MaxBlobBytes
+	if maxBlob > 0 && req.ContentLength > 0 && size+req.ContentLength > maxBlob {
+		blobTooLarge(w, maxBlob)
+		return 0, false
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		regError(w, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "unknown upload")
 		return 0, false
 	}
-	n, err := io.Copy(f, req.Body)
+	var body io.Reader = req.Body
+	if maxBlob > 0 {
+		// Stop copying one byte past the cap (the declared length may be
+		// absent, chunked, or wrong).
+		body = io.LimitReader(req.Body, maxBlob-size+1)
+	}
+	n, err := io.Copy(f, body)
 	cerr := f.Close()
 	if err == nil {
 		err = cerr
+	}
+	if err == nil && maxBlob > 0 && size+n > maxBlob {
+		_ = os.Truncate(path, size)
+		blobTooLarge(w, maxBlob)
+		return 0, false
 	}
 	if err != nil {
 		// Drop what this chunk wrote so a retry can start at the old size.
@@ -249,6 +266,12 @@ func (r *Registry) appendChunk(w http.ResponseWriter, req *http.Request, path st
 		return 0, false
 	}
 	return size + n, true
+}
+
+func blobTooLarge(w http.ResponseWriter, max int64) {
+	w.Header().Set("Connection", "close") // the rest of the body is not read
+	regError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID",
+		fmt.Sprintf("blob larger than %s; raise registry_max_blob_size to allow it", sizes.Format(max)))
 }
 
 // finishUpload verifies the session file against ?digest= and commits it.

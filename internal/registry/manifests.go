@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,10 +19,12 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"hypeman/internal/fsutil"
+	"hypeman/internal/sizes"
 )
 
 // manifestStore persists the manifests the in-memory library handler holds.
@@ -110,13 +113,13 @@ func (m *manifestStore) replay(h http.Handler) (int, error) {
 // putManifest stores a manifest through the library handler, persists it,
 // and imports the image when the reference is a tag.
 func (r *Registry) putManifest(w http.ResponseWriter, req *http.Request, rt route) {
-	body, err := io.ReadAll(io.LimitReader(req.Body, r.opts.MaxManifestBytes+1))
+	body, err := io.ReadAll(io.LimitReader(req.Body, r.opts.Limits.MaxManifestBytes+1))
 	if err != nil {
 		regError(w, http.StatusBadRequest, "MANIFEST_INVALID", "reading manifest: "+err.Error())
 		return
 	}
-	if int64(len(body)) > r.opts.MaxManifestBytes {
-		regError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID", fmt.Sprintf("manifest larger than %d bytes", r.opts.MaxManifestBytes))
+	if int64(len(body)) > r.opts.Limits.MaxManifestBytes {
+		regError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID", fmt.Sprintf("manifest larger than %d bytes", r.opts.Limits.MaxManifestBytes))
 		return
 	}
 	isTag := tagRE.MatchString(rt.ref)
@@ -128,6 +131,32 @@ func (r *Registry) putManifest(w http.ResponseWriter, req *http.Request, rt rout
 	if !types.MediaType(ct).IsImage() && !types.MediaType(ct).IsIndex() {
 		regError(w, http.StatusBadRequest, "MANIFEST_INVALID", fmt.Sprintf("unsupported manifest media type %q", ct))
 		return
+	}
+	if max := r.opts.Limits.MaxPushBytes; max > 0 && types.MediaType(ct).IsImage() {
+		var m v1.Manifest
+		if err := json.Unmarshal(body, &m); err != nil {
+			regError(w, http.StatusBadRequest, "MANIFEST_INVALID", "manifest is not valid JSON")
+			return
+		}
+		total := int64(0)
+		for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			if d.Size < 0 {
+				regError(w, http.StatusBadRequest, "MANIFEST_INVALID", fmt.Sprintf("blob %s has a negative size", d.Digest))
+				return
+			}
+			switch {
+			case d.Size > max:
+				total = max + 1
+			case total <= max: // past max the sum only needs to stay past it (no overflow)
+				total += d.Size
+			}
+		}
+		if total > max {
+			regError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID",
+				fmt.Sprintf("image references %s of blobs, more than %s; raise registry_max_push_size to allow it",
+					sizes.Format(total), sizes.Format(max)))
+			return
+		}
 	}
 	req.Body = io.NopCloser(bytes.NewReader(body))
 	cw := &capture{ResponseWriter: w}

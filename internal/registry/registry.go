@@ -29,6 +29,12 @@
 //     image:write; /v2/ itself needs any valid token. Errors use the
 //     registry's {"errors": [...]} format and a Basic challenge, which is
 //     what OCI clients understand.
+//   - Uploads are capped (Limits): a blob past registry_max_blob_size is
+//     stopped while it streams, a manifest whose blobs add up past
+//     registry_max_push_size is refused at PUT, both 413 in the registry
+//     error shape. Reading the body is paced by the daemon's HTTP layer
+//     (internal/httpserver: a minimum rate, not a total time), so large
+//     uploads work while they make progress.
 //   - Limitations: a tag is imported when its manifest is pushed; a push by
 //     digest only is stored but not imported. Deleting from the registry does
 //     not delete the imported image (DELETE /images/{name} does that).
@@ -38,7 +44,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -69,10 +74,24 @@ type Options struct {
 	// Importer receives pushed tags; nil disables the import.
 	Importer Importer
 	Logger   *slog.Logger
-	// MaxManifestBytes bounds manifest uploads (default 4 MiB).
-	MaxManifestBytes int64
+	// Limits cap uploads.
+	Limits Limits
 	// Platform picks the image from a pushed index (default linux/amd64).
 	Platform v1.Platform
+}
+
+// Limits cap what clients may upload. Uploads past a cap are answered 413
+// with the registry's error shape, naming the setting.
+type Limits struct {
+	// MaxManifestBytes bounds one manifest (default 4 MiB).
+	MaxManifestBytes int64
+	// MaxBlobBytes bounds one uploaded blob (0: no limit). An upload that
+	// goes past it is stopped while it streams.
+	MaxBlobBytes int64
+	// MaxPushBytes bounds the blobs one pushed image manifest references
+	// (config and layers, as declared), checked when the manifest is put
+	// (0: no limit).
+	MaxPushBytes int64
 }
 
 // Registry is an http.Handler for /v2/.
@@ -96,8 +115,8 @@ func New(opts Options) (*Registry, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("registry: Dir is required")
 	}
-	if opts.MaxManifestBytes <= 0 {
-		opts.MaxManifestBytes = 4 << 20
+	if opts.Limits.MaxManifestBytes <= 0 {
+		opts.Limits.MaxManifestBytes = 4 << 20
 	}
 	l := opts.Logger
 	if l == nil {
@@ -141,9 +160,6 @@ func regError(w http.ResponseWriter, status int, code, msg string) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
 }
-
-// Repository names (OCI distribution spec grammar).
-var repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
 
 // Tags (OCI distribution spec grammar).
 var tagRE = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
@@ -237,9 +253,11 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		regError(w, http.StatusForbidden, "DENIED", "missing required scope: "+string(need[0]))
 		return
 	}
-	if rt.repo != "" && (len(rt.repo) > 255 || !repoRE.MatchString(rt.repo)) {
-		regError(w, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", rt.repo))
-		return
+	if rt.repo != "" {
+		if err := images.CheckRepository(rt.repo); err != nil {
+			regError(w, http.StatusBadRequest, "NAME_INVALID", err.Error())
+			return
+		}
 	}
 	switch {
 	case rt.kind == "upload":

@@ -1070,8 +1070,10 @@ type Error struct {
 	// invalid_timeout, invalid_platform, unsupported_platform,
 	// unsupported, unauthorized, forbidden, not_found, conflict,
 	// image_not_ready, agent_unavailable, instance_in_standby,
-	// request_too_large, method_not_allowed, internal, bad_gateway,
-	// timeout, unavailable, not_implemented.
+	// request_too_large, request_timeout, unsupported_media_type,
+	// method_not_allowed, insufficient_resources,
+	// insufficient_storage, internal, bad_gateway, timeout,
+	// unavailable, not_implemented.
 	//
 	//
 	// Example: not_found
@@ -1254,10 +1256,11 @@ type Image struct {
 	Error *string `json:"error,omitempty"`
 
 	// ErrorKind This server's addition. Stable code for the failure:
-	// invalid_reference, registry_unreachable, not_found_upstream,
-	// unauthorized, registry_error, digest_mismatch,
-	// no_matching_platform, corrupt_layer, convert_failed,
-	// interrupted, canceled.
+	// invalid_reference, registry_unreachable, registry_not_allowed,
+	// not_found_upstream, unauthorized, registry_error,
+	// digest_mismatch, no_matching_platform, corrupt_layer,
+	// too_large (an image cap was reached; the error names the
+	// setting), convert_failed, interrupted, canceled.
 	ErrorKind *string `json:"error_kind,omitempty"`
 
 	// Name Normalized reference (e.g. docker.io/library/alpine:latest).

@@ -42,6 +42,10 @@ const (
 // ConfigDiskSize is the size of the raw config disk. The JSON must fit.
 const ConfigDiskSize = 1 << 20
 
+// ErrTooLarge is returned by Encode when the config does not fit the disk
+// (an image or a request with megabytes of environment or arguments).
+var ErrTooLarge = errors.New("guest config does not fit the 1 MiB config disk")
+
 // Config is the per-instance configuration the init reads from the config disk.
 type Config struct {
 	// Entrypoint and Cmd are already resolved by the host from the image
@@ -88,7 +92,7 @@ func (c *Config) Encode() ([]byte, error) {
 		return nil, fmt.Errorf("encode guest config: %w", err)
 	}
 	if len(b) >= ConfigDiskSize {
-		return nil, fmt.Errorf("guest config is %d bytes, limit %d", len(b), ConfigDiskSize-1)
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), ConfigDiskSize-1)
 	}
 	out := make([]byte, ConfigDiskSize)
 	copy(out, b)

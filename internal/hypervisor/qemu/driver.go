@@ -316,7 +316,12 @@ func (d *Driver) start(ctx context.Context, dir, id string, rec LaunchRecord, ex
 			v.mu.Lock()
 			werr := v.exitErr
 			v.mu.Unlock()
-			return fail(fmt.Errorf("%w (%s): %s", ErrExitedEarly, exitStatus(werr), logTail(logPath, 20)))
+			tail := logTail(logPath, 20)
+			if strings.Contains(tail, "cannot set up guest memory") {
+				// The kernel refused the mmap of guest RAM (overcommit).
+				return fail(fmt.Errorf("%w: %w (%s): %s", hypervisor.ErrHostResources, ErrExitedEarly, exitStatus(werr), tail))
+			}
+			return fail(fmt.Errorf("%w (%s): %s", ErrExitedEarly, exitStatus(werr), tail))
 		default:
 		}
 		return fail(fmt.Errorf("waiting for QMP: %w; vmm.log: %s", err, logTail(logPath, 10)))

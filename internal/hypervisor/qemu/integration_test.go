@@ -361,3 +361,26 @@ func TestBootProbe(t *testing.T) {
 		}
 	}
 }
+
+// TestLaunchRefusedMemoryIsHostResources: guest memory the kernel will not
+// map (more than RAM + swap under the default overcommit heuristic) is
+// reported as ErrHostResources, not as an anonymous launch failure.
+func TestLaunchRefusedMemoryIsHostResources(t *testing.T) {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil {
+		t.Fatal(err)
+	}
+	hostMiB := (uint64(si.Totalram) + uint64(si.Totalswap)) * uint64(si.Unit) >> 20
+	if b, _ := os.ReadFile("/proc/sys/vm/overcommit_memory"); strings.TrimSpace(string(b)) == "1" {
+		t.Skip("vm.overcommit_memory=1: the kernel maps any size")
+	}
+	d := newTestDriver(t)
+	dir := t.TempDir()
+	killOnCleanup(t, dir)
+	cfg := baseConfig(t, dir, "console=ttyS0")
+	cfg.MemoryMiB = int(hostMiB * 2)
+	_, err := d.Launch(context.Background(), cfg)
+	if !errors.Is(err, hypervisor.ErrHostResources) || !errors.Is(err, ErrExitedEarly) || !strings.Contains(err.Error(), "guest memory") {
+		t.Fatalf("launch with %d MiB on a %d MiB host: %v, want ErrHostResources", cfg.MemoryMiB, hostMiB, err)
+	}
+}

@@ -109,6 +109,8 @@ func (s *Server) start() {
 		// Tests never touch the host's network namespace: networking is
 		// off unless a test passes --network-mode with its own netns.
 		"--network-mode", "none",
+		// The tests' registries are in-process, on loopback.
+		"--registries-allow", "127.0.0.0/8",
 	}, s.Extra...)
 	cmd := exec.Command(Binary(s.t), args...)
 	cmd.Env = append(os.Environ(), s.Env...)
