@@ -30,10 +30,7 @@ import (
 	"hypeman/internal/config"
 	"hypeman/internal/daemon"
 	"hypeman/internal/guest/agent"
-	"hypeman/internal/images"
 	"hypeman/internal/instances"
-	"hypeman/internal/instances/state"
-	"hypeman/internal/metrics"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -71,9 +68,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	m := metrics.New()
-	pm := m.NewPolicy()
-	d, err := daemon.New(ctx, cfg, logger, daemon.WithPolicyMetrics(pm, pm))
+	d, err := daemon.New(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
@@ -87,12 +82,6 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	}
 	if os.IsNotExist(statErr) {
 		logger.Info("created API token secret", "file", secretFile)
-	}
-
-	m.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
-	go m.CountTransitions(ctx, d.Events, logger)
-	if err := countPulls(ctx, d.Images, m); err != nil {
-		return err
 	}
 
 	var ingresses api.Ingresses
@@ -124,7 +113,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		},
 		RegistryDir: cfg.Paths().RegistryDir(),
 		Logger:      logger.With("component", "api"),
-		Metrics:     m.Registry,
+		Metrics:     d.Metrics.Registry,
 	})
 	if err != nil {
 		return err
@@ -146,7 +135,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			return fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+		mux.Handle("/metrics", promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{}))
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- metricsSrv.Serve(mln) }()
 		logger.Info("metrics listening", "addr", mln.Addr().String())
@@ -177,69 +166,6 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
-}
-
-func instanceCounts(mgr *instances.Manager) metrics.StateCounter {
-	return func(ctx context.Context) map[state.State]int {
-		out := map[state.State]int{}
-		list, err := mgr.List(ctx, instances.ListOptions{})
-		if err != nil {
-			return out
-		}
-		for _, in := range list {
-			out[in.State]++
-		}
-		return out
-	}
-}
-
-func imageCounts(store *images.Store) metrics.StatusCounter {
-	return func(ctx context.Context) map[string]int {
-		out := map[string]int{}
-		list, err := store.List(ctx)
-		if err != nil {
-			return out
-		}
-		for _, img := range list {
-			out[string(img.Status)]++
-		}
-		return out
-	}
-}
-
-// countPulls feeds hypeman_image_pulls_total from the image store's updates:
-// a pull counts once, when its record first reaches ready or failed.
-func countPulls(ctx context.Context, store *images.Store, m *metrics.Metrics) error {
-	updates, cancel, err := store.Subscribe("")
-	if err != nil {
-		return fmt.Errorf("image updates: %w", err)
-	}
-	go func() {
-		defer cancel()
-		last := map[string]images.Status{}
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case img, ok := <-updates:
-				if !ok {
-					return
-				}
-				prev := last[img.Name]
-				last[img.Name] = img.Status
-				if prev == img.Status {
-					continue
-				}
-				switch img.Status {
-				case images.StatusReady:
-					m.ImagePullFinished(true)
-				case images.StatusFailed:
-					m.ImagePullFinished(false)
-				}
-			}
-		}
-	}()
-	return nil
 }
 
 // pathStatter adapts the manager's agent-backed Stat to the API's

@@ -298,6 +298,28 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// MetricsURL returns the /metrics URL of the current daemon's metrics
+// listener, read from its "metrics listening" log line. Start the server
+// with "--metrics-listen", "127.0.0.1:0" (e2e disables metrics otherwise).
+func (s *Server) MetricsURL() string {
+	s.t.Helper()
+	if !s.WaitLog(`msg="metrics listening"`, 30*time.Second) {
+		s.t.Fatalf("no metrics listener (start with --metrics-listen 127.0.0.1:0):\n%s", s.Logs())
+	}
+	for _, line := range strings.Split(s.Logs(), "\n") {
+		if !strings.Contains(line, `msg="metrics listening"`) {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if addr, ok := strings.CutPrefix(f, "addr="); ok {
+				return "http://" + addr + "/metrics"
+			}
+		}
+	}
+	s.t.Fatalf("metrics log line has no addr:\n%s", s.Logs())
+	return ""
+}
+
 // WaitLog waits until the daemon's output contains s.
 func (s *Server) WaitLog(sub string, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
