@@ -31,6 +31,7 @@ import (
 
 	"hypeman/internal/fsutil"
 	"hypeman/internal/testutil/testimage"
+	"hypeman/internal/testutil/tier"
 )
 
 func TestMain(m *testing.M) {
@@ -93,6 +94,7 @@ func ctxT(t testing.TB) context.Context {
 }
 
 func TestPullBusyboxEndToEnd(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	img := testimage.Busybox(t, testimage.Options{
 		Env:        []string{"GREETING=hello"},
@@ -217,6 +219,7 @@ func containsStatus(ss []Status, want Status) bool {
 // and unmounts it when the test ends.
 func mountDisk(t *testing.T, disk, fstype string) string {
 	t.Helper()
+	tier.Root(t, "it loop-mounts the root disk")
 	mnt := t.TempDir()
 	out, err := exec.Command("mount", "-t", fstype, "-o", "loop,ro", disk, mnt).CombinedOutput()
 	if err != nil {
@@ -233,8 +236,10 @@ func mountDisk(t *testing.T, disk, fstype string) string {
 // TestDiskFormatsKeepMetadata builds both disk formats from one staged tree
 // and checks, through a read-only mount, what flatten produced survived.
 func TestDiskFormatsKeepMetadata(t *testing.T) {
+	needsChown(t)
 	for _, format := range []DiskFormat{DiskErofs, DiskExt4} {
 		t.Run(string(format), func(t *testing.T) {
+			tier.Tools(t, "mkfs."+string(format))
 			b, err := chooseDisk(format, exec.LookPath)
 			if err != nil {
 				t.Fatal(err)
@@ -287,6 +292,7 @@ func mkTarMeta(t *testing.T) []byte {
 }
 
 func TestDedupeSecondNameReusesDisk(t *testing.T) {
+	needsChown(t)
 	var cnt requestCounter
 	host := startRegistry(t, cnt.wrap)
 	img := testimage.Busybox(t, testimage.Options{})
@@ -338,6 +344,7 @@ func TestDedupeSecondNameReusesDisk(t *testing.T) {
 }
 
 func TestDigestPinning(t *testing.T) {
+	needsChown(t)
 	imgA := testimage.Busybox(t, testimage.Options{Env: []string{"WHICH=a"}})
 	imgB := testimage.Busybox(t, testimage.Options{Env: []string{"WHICH=b"}})
 	dA, _ := imgA.Digest()
@@ -388,6 +395,7 @@ func TestDigestPinning(t *testing.T) {
 }
 
 func TestUnknownImage(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	s := newTestStore(t, Config{})
 	ref := host + "/no/such:thing"
@@ -510,6 +518,7 @@ func TestHTTPPolicy(t *testing.T) {
 }
 
 func TestCorruptLayer(t *testing.T) {
+	needsChown(t)
 	for _, tc := range []struct {
 		name    string
 		corrupt func([]byte) []byte
@@ -560,6 +569,7 @@ func TestCorruptLayer(t *testing.T) {
 }
 
 func TestConcurrentEnsureSingleFlight(t *testing.T) {
+	needsChown(t)
 	var cnt requestCounter
 	release := make(chan struct{})
 	img := testimage.Busybox(t, testimage.Options{})
@@ -614,6 +624,7 @@ func TestConcurrentEnsureSingleFlight(t *testing.T) {
 }
 
 func TestIndexResolvesPlatform(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	amd := testimage.Busybox(t, testimage.Options{Env: []string{"ARCH=amd64"}})
 	arm := withArch(t, testimage.Busybox(t, testimage.Options{Env: []string{"ARCH=arm64"}}), "arm64")
@@ -680,6 +691,7 @@ func containsString(ss []string, want string) bool {
 }
 
 func TestRestartKeepsReadyAndFailsInterrupted(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	ref := testimage.Push(t, host, "persist/me:latest", testimage.Busybox(t, testimage.Options{}))
 	dir := t.TempDir()
@@ -736,6 +748,7 @@ func TestRestartKeepsReadyAndFailsInterrupted(t *testing.T) {
 }
 
 func TestDelete(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	img := testimage.Busybox(t, testimage.Options{})
 	r1 := testimage.Push(t, host, "del/one:latest", img)
@@ -825,6 +838,7 @@ func TestDeleteCancelsRunningPull(t *testing.T) {
 }
 
 func TestImportImage(t *testing.T) {
+	needsChown(t)
 	s := newTestStore(t, Config{})
 	img := testimage.Busybox(t, testimage.Options{Cmd: []string{"echo", "pushed"}})
 	im, err := s.ImportImage(ctxT(t), "localhost:8080/pushed/app:v1", img)

@@ -28,6 +28,7 @@ import (
 
 	"hypeman/internal/auth"
 	"hypeman/internal/testutil"
+	"hypeman/internal/testutil/tier"
 )
 
 var (
@@ -75,9 +76,11 @@ type Server struct {
 	done chan struct{}
 }
 
-// Start launches hypemand with a fresh data dir and waits for /health.
+// Start launches hypemand with a fresh data dir and waits for /health. The
+// daemon boots VMs: the test is skipped in the unit tier (package tier).
 func Start(t testing.TB, extraFlags ...string) *Server {
 	t.Helper()
+	tier.VM(t)
 	testutil.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4")
 	testutil.Kernel(t)
 	s := &Server{t: t, DataDir: t.TempDir(), Extra: extraFlags}
