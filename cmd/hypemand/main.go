@@ -31,6 +31,7 @@ import (
 	"hypeman/internal/daemon"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/instances"
+	"hypeman/internal/network"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -68,6 +69,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	// Say what bridge networking will change on the host before doing it.
+	fmt.Fprint(stderr, networkNotice(cfg, network.BridgeUnavailable))
 	d, err := daemon.New(ctx, cfg, logger)
 	if err != nil {
 		return err
