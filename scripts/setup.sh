@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# setup.sh: make this Debian host able to run hypeman guests.
+# setup.sh: make this Debian host able to build hypeman and run its guests.
 #
-# 1. Installs the Debian packages hypeman shells out to (QEMU, mkfs tools, ...),
-#    checking dpkg first so that a second run does no apt work at all.
-# 2. Fetches the guest kernel (a Debian cloud kernel, via `apt-get download`, never
-#    installed on the host) and lays it out for internal/system:
+#   scripts/setup.sh [packages] [go] [kernel]     (no argument: all three, in this order)
+#
+# 1. packages: installs the Debian packages hypeman shells out to (QEMU, mkfs
+#    tools, ...), checking dpkg first so that a second run does no apt work at all.
+# 2. go: makes sure the Go toolchain go.mod asks for is there. When `go` is missing
+#    from PATH or older than go.mod's `toolchain`/`go` line (Debian 12 ships 1.19), it
+#    fetches the toolchain module golang.org/toolchain@v0.0.1-go<ver>.linux-<arch>
+#    from the Go module proxy ($GOPROXY, default https://proxy.golang.org), checks
+#    the go.sum-style h1: hash of the module zip, and unpacks it to
+#    $HYPEMAN_GO_PREFIX/go-<ver> (default /usr/local/go-<ver>), linking go and gofmt
+#    into $HYPEMAN_GO_PREFIX/bin. The Makefile looks there first.
+# 3. kernel: fetches the guest kernel (a Debian cloud kernel, via `apt-get download`,
+#    never installed on the host) and lays it out for internal/system:
 #      $KERNEL_DIR/<version>/vmlinux   uncompressed ELF (QEMU boots it via PVH)
 #      $KERNEL_DIR/<version>/vmlinuz   the original bzImage
 #      $KERNEL_DIR/<version>/config    the kernel build config
 #      $KERNEL_DIR/<version>/modules/lib/modules/<version>/  modules tree + modules.dep
 #      $KERNEL_DIR/current -> <version>                  (switched atomically)
 #
-# Idempotent and fast when everything is present (no apt-cache / apt-get calls then).
+# Idempotent and fast when everything is present (no apt-cache / apt-get / network
+# calls then); concurrent runs are serialized with flock.
 #
 # Environment:
 #   HYPEMAN_DATA_DIR        data dir (default /var/lib/hypeman)
@@ -21,8 +31,18 @@
 #                           install it if it differs from `current` (otherwise an installed
 #                           kernel fetched for the same package name is kept as is)
 #   HYPEMAN_SKIP_PACKAGES   if non-empty, do not check/install Debian packages
+#   HYPEMAN_GO_PREFIX       where the Go toolchain goes (default /usr/local): <prefix>/go-<ver>,
+#                           links in <prefix>/bin
+#   HYPEMAN_GO_VERSION      Go version to require (default: go.mod's toolchain or go line)
+#   HYPEMAN_GO_H1           expected h1: hash of the toolchain zip (default: pinned below for
+#                           known versions, else looked up in the Go checksum database)
+#   HYPEMAN_GO_CACHE        if set, a directory keeping downloaded toolchain zips (re-checked
+#                           by hash on every use)
+#   GOPROXY                 Go module proxy list; the first http(s) entry is used
 set -euo pipefail
 
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$SCRIPT_DIR")
 DATA_DIR=${HYPEMAN_DATA_DIR:-/var/lib/hypeman}
 KERNEL_DIR=${HYPEMAN_KERNEL_DIR:-$DATA_DIR/system/kernel}
 KERNEL_PACKAGE=${HYPEMAN_KERNEL_PACKAGE:-linux-image-cloud-amd64}
@@ -62,15 +82,17 @@ apt_update() {
 
 # ---------------------------------------------------------------- packages
 
+# install_packages [PKG...]: install the missing ones of PKG (default: PACKAGES).
 install_packages() {
-	local status missing=() p
-	status=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
-	for p in "${PACKAGES[@]}"; do
+	local status missing=() p pkgs=("$@")
+	[[ ${#pkgs[@]} -gt 0 ]] || pkgs=("${PACKAGES[@]}")
+	status=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${pkgs[@]}" 2>/dev/null || true)
+	for p in "${pkgs[@]}"; do
 		if grep -qE "^$p ii" <<<"$status"; then continue; fi
 		missing+=("$p")
 	done
 	if [[ ${#missing[@]} -eq 0 ]]; then
-		log "packages: all ${#PACKAGES[@]} present (${PACKAGES[*]})"
+		log "packages: all ${#pkgs[@]} present (${pkgs[*]})"
 		return
 	fi
 	[[ $EUID -eq 0 || ${#SUDO[@]} -gt 0 ]] || die "packages missing (${missing[*]}) and not root (no sudo): install them yourself"
@@ -83,6 +105,193 @@ install_packages() {
 	fi
 	rm -f /tmp/hypeman-setup-apt-install.$$
 	log "packages: installed ${missing[*]}"
+}
+
+# ---------------------------------------------------------------- go toolchain
+
+# Known h1: hashes (go.sum style: dirhash of the module zip) of toolchain modules,
+# taken from the Go checksum database (sum.golang.org). A version not listed here is
+# looked up there at run time, or given with HYPEMAN_GO_H1.
+declare -A GO_TOOLCHAIN_H1=(
+	[v0.0.1-go1.26.8.linux-amd64]="h1:ZOmGe1OnfREDMIdb1Qi4G9JSuDPBLGExZMQ4nis1RXM="
+)
+
+# go_required prints the Go version the repo needs: $HYPEMAN_GO_VERSION, else go.mod's
+# toolchain line, else its go line.
+go_required() {
+	if [[ -n ${HYPEMAN_GO_VERSION:-} ]]; then
+		printf '%s\n' "${HYPEMAN_GO_VERSION#go}"
+		return
+	fi
+	local tc gl
+	tc=$(sed -n 's/^toolchain go\([0-9][^ ]*\).*/\1/p' "$REPO_DIR/go.mod")
+	gl=$(sed -n 's/^go \([0-9][^ ]*\).*/\1/p' "$REPO_DIR/go.mod")
+	[[ -n $tc || -n $gl ]] || die "go: $REPO_DIR/go.mod has no go or toolchain line"
+	printf '%s\n' "${tc:-$gl}"
+}
+
+# go_version_of BIN prints BIN's Go version (1.26.8), or nothing. GOTOOLCHAIN=local and
+# running outside the repo keep a newer go from fetching another toolchain for the check.
+go_version_of() {
+	local out
+	out=$(cd / && GOTOOLCHAIN=local "$1" version 2>/dev/null) || return 0
+	sed -n 's/^go version go\([0-9][0-9.]*\)[^ ]* .*/\1/p' <<<"$out"
+}
+
+# version_ge A B: A >= B for dotted versions.
+version_ge() { [[ $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1) == "$2" ]]; }
+
+# go_proxy_url prints the first http(s) entry of $GOPROXY (default proxy.golang.org).
+go_proxy_url() {
+	local list=${GOPROXY:-https://proxy.golang.org} e
+	for e in ${list//[,|]/ }; do
+		case $e in
+		http://* | https://*)
+			printf '%s\n' "${e%/}"
+			return
+			;;
+		off) die "go: GOPROXY=off: cannot fetch the Go toolchain (install Go $GO_REQUIRED yourself)" ;;
+		esac
+	done
+	printf '%s\n' https://proxy.golang.org
+}
+
+# go_expected_h1 MODVER prints the h1: hash the toolchain zip must have: $HYPEMAN_GO_H1,
+# the pinned table, or the checksum database's record (asked directly, then through the
+# proxy's sumdb endpoint, which serves the same signed database).
+go_expected_h1() {
+	local modver=$1 url out h1
+	if [[ -n ${HYPEMAN_GO_H1:-} ]]; then
+		printf '%s\n' "$HYPEMAN_GO_H1"
+		return
+	fi
+	if [[ -n ${GO_TOOLCHAIN_H1[$modver]:-} ]]; then
+		printf '%s\n' "${GO_TOOLCHAIN_H1[$modver]}"
+		return
+	fi
+	for url in "https://sum.golang.org/lookup/golang.org/toolchain@$modver" \
+		"$(go_proxy_url)/sumdb/sum.golang.org/lookup/golang.org/toolchain@$modver"; do
+		out=$(curl -fsSL --max-time 30 "$url" 2>/dev/null) || continue
+		h1=$(awk -v m="golang.org/toolchain" -v v="$modver" '$1 == m && $2 == v { print $3; exit }' <<<"$out")
+		if [[ $h1 == h1:* ]]; then
+			log "go: h1 hash of toolchain@$modver from ${url%%/lookup/*}"
+			printf '%s\n' "$h1"
+			return
+		fi
+	done
+	die "go: no known hash for golang.org/toolchain@$modver and the checksum database is unreachable; set HYPEMAN_GO_H1=h1:... (from a go.sum or https://sum.golang.org/lookup/golang.org/toolchain@$modver)"
+}
+
+# tree_h1 DIR prints the go.sum-style h1: hash of the files under DIR, named relative
+# to DIR exactly as in the module zip: base64(sha256 of the sorted "sha256  name" lines).
+tree_h1() {
+	local hex
+	hex=$(cd "$1" && find . -mindepth 1 -type f -printf '%P\0' | LC_ALL=C sort -z |
+		xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1)
+	printf 'h1:%s\n' "$(printf "$(sed 's/../\\x&/g' <<<"$hex")" | base64)"
+}
+
+go_arch() {
+	case $(uname -m) in
+	x86_64) echo amd64 ;;
+	aarch64) echo arm64 ;;
+	*) die "go: no Go toolchain for machine $(uname -m)" ;;
+	esac
+}
+
+install_go() {
+	GO_REQUIRED=$(go_required)
+	local prefix=${HYPEMAN_GO_PREFIX:-/usr/local}
+	local root="$prefix/go-$GO_REQUIRED" have onpath
+	have=$(go_version_of "$root/bin/go")
+	if [[ -n $have ]] && version_ge "$have" "$GO_REQUIRED"; then
+		log "go: $have present in $root, skipped"
+		return
+	fi
+	onpath=$(command -v go || true)
+	if [[ -n $onpath ]]; then
+		have=$(go_version_of "$onpath")
+		if [[ -n $have ]] && version_ge "$have" "$GO_REQUIRED"; then
+			log "go: $have on PATH ($onpath) satisfies go.mod's $GO_REQUIRED, skipped"
+			return
+		fi
+		log "go: $onpath is go ${have:-(unknown version)}, older than go.mod's $GO_REQUIRED: installing $GO_REQUIRED into $root"
+	else
+		log "go: no go on PATH: installing $GO_REQUIRED into $root"
+	fi
+
+	mkdir -p "$prefix" 2>/dev/null && [[ -w $prefix ]] ||
+		die "go: cannot write $prefix: run as root, or set HYPEMAN_GO_PREFIX to a writable directory (e.g. \$HOME/.local)"
+	local need=()
+	command -v curl >/dev/null || need+=(curl ca-certificates)
+	command -v unzip >/dev/null || need+=(unzip)
+	[[ ${#need[@]} -eq 0 ]] || install_packages "${need[@]}"
+
+	# Serialize concurrent setups (make run and make test started together).
+	exec 8>"$prefix/.go-$GO_REQUIRED.setup.lock"
+	flock 8
+	have=$(go_version_of "$root/bin/go")
+	if [[ -n $have ]] && version_ge "$have" "$GO_REQUIRED"; then
+		log "go: $have installed meanwhile by another setup run, skipped"
+		return
+	fi
+	rm -rf "$prefix"/.go-stage-* # leftovers of an interrupted run (we hold the lock)
+
+	local modver="v0.0.1-go$GO_REQUIRED.linux-$(go_arch)" want
+	want=$(go_expected_h1 "$modver")
+	local stage="$prefix/.go-stage-$$"
+	TMPDIRS+=("$stage")
+	mkdir -p "$stage"
+	local zip="$stage/toolchain.zip" cached=""
+	if [[ -n ${HYPEMAN_GO_CACHE:-} ]]; then
+		mkdir -p "$HYPEMAN_GO_CACHE"
+		cached="$HYPEMAN_GO_CACHE/golang.org-toolchain@$modver.zip"
+	fi
+	if [[ -n $cached && -s $cached ]]; then
+		log "go: using cached $cached"
+		cp "$cached" "$zip"
+	else
+		local url
+		url="$(go_proxy_url)/golang.org/toolchain/@v/$modver.zip"
+		log "go: fetching $url"
+		curl -fsSL --retry 2 --max-time 600 -o "$zip" "$url" ||
+			die "go: download of $url failed (no network to the Go module proxy? set GOPROXY)"
+		if [[ -n $cached ]]; then
+			cp "$zip" "$cached.tmp.$$" && mv -f "$cached.tmp.$$" "$cached"
+		fi
+	fi
+	unzip -q "$zip" -d "$stage/x" || die "go: $zip is not a valid zip"
+	rm -f "$zip"
+	local got
+	got=$(tree_h1 "$stage/x")
+	if [[ $got != "$want" ]]; then
+		[[ -z $cached ]] || rm -f "$cached"
+		die "go: hash mismatch for golang.org/toolchain@$modver: got $got, want $want (refusing to install)"
+	fi
+	local tree="$stage/x/golang.org/toolchain@$modver"
+	[[ -f $tree/bin/go && -d $tree/pkg/tool ]] || die "go: toolchain zip has no bin/go or pkg/tool"
+	# The module zip need not carry file modes: make the commands executable (the
+	# same files the go command fixes up after a toolchain download).
+	find "$tree/pkg/tool" "$tree/bin" -type f -exec chmod a+rx {} +
+	find "$tree/lib" -type f -name 'go_?*_?*_exec' -exec chmod a+rx {} + 2>/dev/null || true
+	chmod -R a+rX "$tree"
+	have=$(go_version_of "$tree/bin/go")
+	[[ $have == "$GO_REQUIRED" ]] || die "go: unpacked toolchain reports version '${have}', want $GO_REQUIRED"
+
+	rm -rf "$root"
+	mv -T "$tree" "$root"
+	mkdir -p "$prefix/bin"
+	local tool link
+	for tool in go gofmt; do
+		link="$prefix/bin/$tool"
+		if [[ -e $link && ! -L $link ]]; then
+			log "go: $link exists and is not a link: left alone (use $root/bin/$tool)"
+			continue
+		fi
+		ln -sfn "../go-$GO_REQUIRED/bin/$tool" "$link.tmp.$$"
+		mv -T "$link.tmp.$$" "$link"
+	done
+	log "go: installed $(cd / && GOTOOLCHAIN=local "$root/bin/go" version) into $root (hash $got), linked into $prefix/bin"
 }
 
 # ---------------------------------------------------------------- kernel
@@ -235,9 +444,19 @@ install_kernel() {
 	log "kernel: installed $ver into $KERNEL_DIR/$ver (vmlinux $(du -h "$KERNEL_DIR/$ver/vmlinux" | cut -f1) from $comp payload, $(find "$KERNEL_DIR/$ver/modules" -name '*.ko*' | wc -l) modules), current -> $ver"
 }
 
-if [[ -z ${HYPEMAN_SKIP_PACKAGES:-} ]]; then
-	install_packages
-else
-	log "packages: skipped (HYPEMAN_SKIP_PACKAGES set)"
-fi
-install_kernel
+steps=("$@")
+[[ ${#steps[@]} -gt 0 ]] || steps=(packages go kernel)
+for step in "${steps[@]}"; do
+	case $step in
+	packages)
+		if [[ -z ${HYPEMAN_SKIP_PACKAGES:-} ]]; then
+			install_packages
+		else
+			log "packages: skipped (HYPEMAN_SKIP_PACKAGES set)"
+		fi
+		;;
+	go) install_go ;;
+	kernel) install_kernel ;;
+	*) die "unknown step '$step' (want packages, go or kernel)" ;;
+	esac
+done

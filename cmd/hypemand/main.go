@@ -31,10 +31,8 @@ import (
 	"hypeman/internal/daemon"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/httpserver"
-	"hypeman/internal/images"
 	"hypeman/internal/instances"
-	"hypeman/internal/instances/state"
-	"hypeman/internal/metrics"
+	"hypeman/internal/network"
 	"hypeman/internal/registry"
 )
 
@@ -73,9 +71,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	m := metrics.New()
-	pm := m.NewPolicy()
-	d, err := daemon.New(ctx, cfg, logger, daemon.WithPolicyMetrics(pm, pm))
+	// Say what bridge networking will change on the host before doing it.
+	fmt.Fprint(stderr, networkNotice(cfg, network.BridgeUnavailable))
+	d, err := daemon.New(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
@@ -89,12 +87,6 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	}
 	if os.IsNotExist(statErr) {
 		logger.Info("created API token secret", "file", secretFile)
-	}
-
-	m.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
-	go m.CountTransitions(ctx, d.Events, logger)
-	if err := countPulls(ctx, d.Images, m); err != nil {
-		return err
 	}
 
 	var ingresses api.Ingresses
@@ -137,7 +129,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			MaxPushBytes:     int64(cfg.RegistryMaxPushSize),
 		},
 		Logger:  logger.With("component", "api"),
-		Metrics: m.Registry,
+		Metrics: d.Metrics.Registry,
 	})
 	if err != nil {
 		return err
@@ -161,7 +153,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			return fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+		mux.Handle("/metrics", promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{}))
 		metricsSrv = httpserver.NewServer(mux, limits, logger.With("component", "metrics-http"))
 		go func() {
 			errc <- metricsSrv.Serve(httpserver.Listen(mln, limits, logger.With("component", "metrics-http")))
@@ -220,69 +212,6 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
-}
-
-func instanceCounts(mgr *instances.Manager) metrics.StateCounter {
-	return func(ctx context.Context) map[state.State]int {
-		out := map[state.State]int{}
-		list, err := mgr.List(ctx, instances.ListOptions{})
-		if err != nil {
-			return out
-		}
-		for _, in := range list {
-			out[in.State]++
-		}
-		return out
-	}
-}
-
-func imageCounts(store *images.Store) metrics.StatusCounter {
-	return func(ctx context.Context) map[string]int {
-		out := map[string]int{}
-		list, err := store.List(ctx)
-		if err != nil {
-			return out
-		}
-		for _, img := range list {
-			out[string(img.Status)]++
-		}
-		return out
-	}
-}
-
-// countPulls feeds hypeman_image_pulls_total from the image store's updates:
-// a pull counts once, when its record first reaches ready or failed.
-func countPulls(ctx context.Context, store *images.Store, m *metrics.Metrics) error {
-	updates, cancel, err := store.Subscribe("")
-	if err != nil {
-		return fmt.Errorf("image updates: %w", err)
-	}
-	go func() {
-		defer cancel()
-		last := map[string]images.Status{}
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case img, ok := <-updates:
-				if !ok {
-					return
-				}
-				prev := last[img.Name]
-				last[img.Name] = img.Status
-				if prev == img.Status {
-					continue
-				}
-				switch img.Status {
-				case images.StatusReady:
-					m.ImagePullFinished(true)
-				case images.StatusFailed:
-					m.ImagePullFinished(false)
-				}
-			}
-		}
-	}()
-	return nil
 }
 
 // pathStatter adapts the manager's agent-backed Stat to the API's

@@ -14,12 +14,14 @@ import (
 	"hypeman/internal/auth"
 	"hypeman/internal/images"
 	"hypeman/internal/testutil/testimage"
+	"hypeman/internal/testutil/tier"
 )
 
 // TestPushToBuiltInRegistry pushes an image with an ordinary OCI client and
 // Basic auth through the whole server, then watches it become a ready image
 // through the images API (real image store, real mkfs.erofs).
 func TestPushToBuiltInRegistry(t *testing.T) {
+	tier.Root(t, "image conversion gives files their owners (chown to any uid)")
 	dir := t.TempDir()
 	store, err := images.New(images.Config{Dir: filepath.Join(dir, "images")}, nil)
 	if err != nil {

@@ -80,9 +80,17 @@ func TestCLIAgainstRealDaemon(t *testing.T) {
 	if r := must("ps"); !strings.Contains(r.stdout, id[:12]) || !strings.Contains(r.stdout, "Running") {
 		t.Fatalf("ps:\n%s", r.stdout)
 	}
-	time.Sleep(time.Second)
-	if r := must("logs", "--tail", "2", "ticker"); len(strings.Split(strings.TrimSpace(r.stdout), "\n")) != 2 || !strings.HasPrefix(r.stdout, "tick ") {
-		t.Fatalf("logs --tail 2: %q", r.stdout)
+	// Wait (bounded) for the ticker's second line rather than a fixed
+	// second: boots under a loaded TCG host vary.
+	var tail result
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		tail = must("logs", "--tail", "2", "ticker")
+		if strings.Count(tail.stdout, "tick ") >= 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(strings.Split(strings.TrimSpace(tail.stdout), "\n")) != 2 || !strings.HasPrefix(tail.stdout, "tick ") {
+		t.Fatalf("logs --tail 2: %q", tail.stdout)
 	}
 	if r := must("wait", "ticker", "--state", "Running", "--timeout", "10s"); r.stdout != "Running\n" {
 		t.Fatalf("wait: %q", r.stdout)

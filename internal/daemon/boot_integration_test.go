@@ -22,6 +22,7 @@ import (
 	"hypeman/internal/system"
 	"hypeman/internal/testutil"
 	"hypeman/internal/testutil/testimage"
+	"hypeman/internal/testutil/tier"
 )
 
 // newDaemon assembles the real core on a fresh data dir with the installed
@@ -30,6 +31,7 @@ func newDaemon(t *testing.T) *daemon.Daemon { return newDaemonB(t) }
 
 func newDaemonB(t testing.TB) *daemon.Daemon {
 	t.Helper()
+	tier.VM(t)
 	testutil.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4")
 	return newDaemonWith(t, nil)
 }
@@ -39,6 +41,7 @@ func newDaemonB(t testing.TB) *daemon.Daemon {
 // network namespace.
 func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 	t.Helper()
+	tier.VM(t)
 	settings := map[string]string{
 		"data_dir":     t.TempDir(),
 		"kernel_dir":   testutil.KernelDir(),

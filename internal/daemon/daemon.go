@@ -1,5 +1,6 @@
 // Package daemon assembles hypemand from its parts: image store, guest
-// kernel + initrd, hypervisor driver, event bus and instance manager.
+// kernel + initrd, hypervisor driver, event bus, instance manager, the
+// restart and health controllers, and the Prometheus metrics they all feed.
 //
 // Why a package instead of code in main: the integration tests run the very
 // same assembly in-process (and the kill -9 tests run the real binary), so
@@ -25,12 +26,15 @@ import (
 
 	"hypeman/internal/config"
 	"hypeman/internal/events"
+	"hypeman/internal/events/eventsprom"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/hypervisor/qemu"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
+	"hypeman/internal/instances/state"
+	"hypeman/internal/metrics"
 	"hypeman/internal/network"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/phases"
@@ -53,7 +57,11 @@ type Daemon struct {
 	Restart    *restart.Controller
 	Health     *health.Controller
 	// Phases accounts time per lifecycle phase (a bus consumer).
-	Phases    *phases.Tracker
+	Phases *phases.Tracker
+	// Metrics is the Prometheus registry every part reports into (operation
+	// durations, time to Running, events, transitions, pulls, restarts,
+	// health checks); hypemand serves it on metrics_listen.
+	Metrics   *metrics.Metrics
 	StartedAt time.Time
 
 	phaseFollower *phases.Follower
@@ -62,26 +70,9 @@ type Daemon struct {
 	ctlDone chan struct{}
 }
 
-// Option tunes New.
-type Option func(*options)
-
-type options struct {
-	restartMetrics restart.Metrics
-	healthMetrics  health.Metrics
-}
-
-// WithPolicyMetrics reports restart and health check metrics.
-func WithPolicyMetrics(rm restart.Metrics, hm health.Metrics) Option {
-	return func(o *options) { o.restartMetrics, o.healthMetrics = rm, hm }
-}
-
 // New builds and starts the core. It fails with actionable errors when the
 // host lacks what guests need (kernel, init binary, QEMU).
-func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...Option) (*Daemon, error) {
-	var o options
-	for _, fn := range opts {
-		fn(&o)
-	}
+func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -91,8 +82,11 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 			return nil, fmt.Errorf("data dir: %w", err)
 		}
 	}
-	d := &Daemon{Config: cfg, Logger: logger, StartedAt: time.Now()}
-	var err error
+	d := &Daemon{Config: cfg, Logger: logger, StartedAt: time.Now(), Metrics: metrics.New()}
+	busMetrics, err := eventsprom.New(d.Metrics.Registry)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.KernelPath != "" {
 		d.Kernel, err = system.KernelFromPaths(cfg.KernelPath, cfg.ModulesDir)
 	} else {
@@ -154,7 +148,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
 	}
-	d.Events = events.New(events.Options{})
+	d.Events = events.New(events.Options{Metrics: busMetrics})
 	if d.Phases, err = phases.Open(filepath.Join(p.Root, "phases.json"), nil, logger.With("component", "phases")); err != nil {
 		d.Images.Close()
 		return nil, err
@@ -176,6 +170,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		},
 		Agent:              AgentDialer{},
 		Events:             d.Events,
+		Metrics:            d.Metrics,
 		Logger:             logger.With("component", "instances"),
 		GuestStopTimeout:   time.Duration(cfg.GuestStopTimeout),
 		DefaultSize:        cfg.DefaultSize,
@@ -191,7 +186,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		d.Images.Close()
 		return nil, fmt.Errorf("instance manager: %w", err)
 	}
-	if err := d.startControllers(o); err != nil {
+	if err := d.startBackground(); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -335,12 +330,14 @@ func testPauseHook(logger *slog.Logger) func(string) {
 	}
 }
 
-// startControllers runs the restart and health controllers: they subscribe
-// to the lifecycle bus and drive the manager's start/stop paths.
-func (d *Daemon) startControllers(o options) error {
+// startBackground runs the restart and health controllers (they subscribe
+// to the lifecycle bus and drive the manager's start/stop paths) and the
+// metrics feeds (transitions from the bus, pulls from the image store).
+func (d *Daemon) startBackground() error {
+	policyMetrics := d.Metrics.NewPolicy()
 	var err error
 	d.Restart, err = restart.New(restart.Config{
-		Instances: d.Instances, Events: d.Events, Metrics: o.restartMetrics,
+		Instances: d.Instances, Events: d.Events, Metrics: policyMetrics,
 		Logger: d.Logger.With("component", "restart"),
 	})
 	if err != nil {
@@ -348,7 +345,7 @@ func (d *Daemon) startControllers(o options) error {
 	}
 	d.Health, err = health.New(health.Config{
 		Instances: d.Instances, Prober: &prober{m: d.Instances, net: d.Network}, Events: d.Events,
-		Restarter: d.Restart, Metrics: o.healthMetrics, Logger: d.Logger.With("component", "health"),
+		Restarter: d.Restart, Metrics: policyMetrics, Logger: d.Logger.With("component", "health"),
 	})
 	if err != nil {
 		return fmt.Errorf("health controller: %w", err)
@@ -358,10 +355,19 @@ func (d *Daemon) startControllers(o options) error {
 		d.Restart.Refresh(id)
 		d.Health.Refresh(id)
 	})
+	d.Metrics.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
+	pulls, err := pullCounter(d.Images, d.Metrics)
+	if err != nil {
+		return err
+	}
+	transitions := func(ctx context.Context) error {
+		d.Metrics.CountTransitions(ctx, d.Events, d.Logger.With("component", "metrics"))
+		return nil
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.ctlDone = cancel, make(chan struct{})
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run} {
+	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run, transitions, pulls} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -372,6 +378,70 @@ func (d *Daemon) startControllers(o options) error {
 	}
 	go func() { wg.Wait(); close(d.ctlDone) }()
 	return nil
+}
+
+func instanceCounts(mgr *instances.Manager) metrics.StateCounter {
+	return func(ctx context.Context) map[state.State]int {
+		out := map[state.State]int{}
+		list, err := mgr.List(ctx, instances.ListOptions{})
+		if err != nil {
+			return out
+		}
+		for _, in := range list {
+			out[in.State]++
+		}
+		return out
+	}
+}
+
+func imageCounts(store *images.Store) metrics.StatusCounter {
+	return func(ctx context.Context) map[string]int {
+		out := map[string]int{}
+		list, err := store.List(ctx)
+		if err != nil {
+			return out
+		}
+		for _, img := range list {
+			out[string(img.Status)]++
+		}
+		return out
+	}
+}
+
+// pullCounter feeds hypeman_image_pulls_total from the image store's
+// updates: a pull counts once, when its record first reaches ready or
+// failed. It subscribes at once (so no update is missed) and returns the
+// loop to run until ctx ends.
+func pullCounter(store *images.Store, m *metrics.Metrics) (func(context.Context) error, error) {
+	updates, unsubscribe, err := store.Subscribe("")
+	if err != nil {
+		return nil, fmt.Errorf("image updates: %w", err)
+	}
+	return func(ctx context.Context) error {
+		defer unsubscribe()
+		last := map[string]images.Status{}
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case img, ok := <-updates:
+				if !ok {
+					return nil
+				}
+				prev := last[img.Name]
+				last[img.Name] = img.Status
+				if prev == img.Status {
+					continue
+				}
+				switch img.Status {
+				case images.StatusReady:
+					m.ImagePullFinished(true)
+				case images.StatusFailed:
+					m.ImagePullFinished(false)
+				}
+			}
+		}
+	}, nil
 }
 
 // prober runs health checks against guests: HTTP/TCP to the guest's IP

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hypeman/internal/testutil/tier"
 )
 
 var testMTime = time.Date(2023, 5, 6, 7, 8, 9, 0, time.UTC)
@@ -71,6 +73,7 @@ func mkTar(t *testing.T, entries ...entry) []byte {
 // flattenLayers applies the layers into a fresh dir and returns it.
 func flattenLayers(t *testing.T, layers ...[]byte) (string, error) {
 	t.Helper()
+	needsChown(t)
 	dir := filepath.Join(t.TempDir(), "root")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -95,6 +98,14 @@ func mustFlatten(t *testing.T, layers ...[]byte) string {
 		t.Fatalf("flatten: %v", err)
 	}
 	return dir
+}
+
+// needsChown marks a test that converts layers: the flattener gives every
+// file its owner from the tar header, which needs root (package tier skips
+// it in the unit tier).
+func needsChown(t testing.TB) {
+	t.Helper()
+	tier.Root(t, "image conversion gives files their owners (chown to any uid)")
 }
 
 func lstat(t *testing.T, p string) (fs.FileInfo, *syscall.Stat_t) {
@@ -335,6 +346,7 @@ func TestFlattenRejectsTraversal(t *testing.T) {
 		{"whiteout dotdot", []entry{{name: "a/.wh..", data: ""}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			needsChown(t)
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "root")
 			os.Mkdir(dir, 0o755)
@@ -353,6 +365,7 @@ func TestFlattenRejectsTraversal(t *testing.T) {
 }
 
 func TestFlattenSymlinkEscapesStayInside(t *testing.T) {
+	needsChown(t)
 	parent := t.TempDir()
 	outside := filepath.Join(parent, "outside")
 	os.Mkdir(outside, 0o755)

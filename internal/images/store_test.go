@@ -31,6 +31,7 @@ import (
 
 	"hypeman/internal/fsutil"
 	"hypeman/internal/testutil/testimage"
+	"hypeman/internal/testutil/tier"
 )
 
 func TestMain(m *testing.M) {
@@ -96,6 +97,7 @@ func ctxT(t testing.TB) context.Context {
 }
 
 func TestPullBusyboxEndToEnd(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	img := testimage.Busybox(t, testimage.Options{
 		Env:        []string{"GREETING=hello"},
@@ -220,6 +222,7 @@ func containsStatus(ss []Status, want Status) bool {
 // and unmounts it when the test ends.
 func mountDisk(t *testing.T, disk, fstype string) string {
 	t.Helper()
+	tier.Root(t, "it loop-mounts the root disk")
 	mnt := t.TempDir()
 	out, err := exec.Command("mount", "-t", fstype, "-o", "loop,ro", disk, mnt).CombinedOutput()
 	if err != nil {
@@ -236,8 +239,10 @@ func mountDisk(t *testing.T, disk, fstype string) string {
 // TestDiskFormatsKeepMetadata builds both disk formats from one staged tree
 // and checks, through a read-only mount, what flatten produced survived.
 func TestDiskFormatsKeepMetadata(t *testing.T) {
+	needsChown(t)
 	for _, format := range []DiskFormat{DiskErofs, DiskExt4} {
 		t.Run(string(format), func(t *testing.T) {
+			tier.Tools(t, "mkfs."+string(format))
 			b, err := chooseDisk(format, exec.LookPath)
 			if err != nil {
 				t.Fatal(err)
@@ -290,6 +295,7 @@ func mkTarMeta(t *testing.T) []byte {
 }
 
 func TestDedupeSecondNameReusesDisk(t *testing.T) {
+	needsChown(t)
 	var cnt requestCounter
 	host := startRegistry(t, cnt.wrap)
 	img := testimage.Busybox(t, testimage.Options{})
@@ -341,6 +347,7 @@ func TestDedupeSecondNameReusesDisk(t *testing.T) {
 }
 
 func TestDigestPinning(t *testing.T) {
+	needsChown(t)
 	imgA := testimage.Busybox(t, testimage.Options{Env: []string{"WHICH=a"}})
 	imgB := testimage.Busybox(t, testimage.Options{Env: []string{"WHICH=b"}})
 	dA, _ := imgA.Digest()
@@ -391,6 +398,7 @@ func TestDigestPinning(t *testing.T) {
 }
 
 func TestUnknownImage(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	s := newTestStore(t, Config{})
 	ref := host + "/no/such:thing"
@@ -513,6 +521,7 @@ func TestHTTPPolicy(t *testing.T) {
 }
 
 func TestCorruptLayer(t *testing.T) {
+	needsChown(t)
 	for _, tc := range []struct {
 		name    string
 		corrupt func([]byte) []byte
@@ -563,6 +572,7 @@ func TestCorruptLayer(t *testing.T) {
 }
 
 func TestConcurrentEnsureSingleFlight(t *testing.T) {
+	needsChown(t)
 	var cnt requestCounter
 	release := make(chan struct{})
 	img := testimage.Busybox(t, testimage.Options{})
@@ -617,6 +627,7 @@ func TestConcurrentEnsureSingleFlight(t *testing.T) {
 }
 
 func TestIndexResolvesPlatform(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	amd := testimage.Busybox(t, testimage.Options{Env: []string{"ARCH=amd64"}})
 	arm := withArch(t, testimage.Busybox(t, testimage.Options{Env: []string{"ARCH=arm64"}}), "arm64")
@@ -683,6 +694,7 @@ func containsString(ss []string, want string) bool {
 }
 
 func TestRestartKeepsReadyAndFailsInterrupted(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	ref := testimage.Push(t, host, "persist/me:latest", testimage.Busybox(t, testimage.Options{}))
 	dir := t.TempDir()
@@ -739,6 +751,7 @@ func TestRestartKeepsReadyAndFailsInterrupted(t *testing.T) {
 }
 
 func TestDelete(t *testing.T) {
+	needsChown(t)
 	host := startRegistry(t, nil)
 	img := testimage.Busybox(t, testimage.Options{})
 	r1 := testimage.Push(t, host, "del/one:latest", img)
@@ -828,6 +841,7 @@ func TestDeleteCancelsRunningPull(t *testing.T) {
 }
 
 func TestImportImage(t *testing.T) {
+	needsChown(t)
 	local := func(host string) bool { return host == "localhost:8080" || host == "127.0.0.1:8080" }
 	s := newTestStore(t, Config{LocalRegistry: local})
 	img := testimage.Busybox(t, testimage.Options{Cmd: []string{"echo", "pushed"}})

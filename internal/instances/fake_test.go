@@ -15,6 +15,7 @@ import (
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/paths"
+	"hypeman/internal/testutil/tier"
 )
 
 // fakeHV is an in-memory hypervisor: launched VMs "run" until killed or
@@ -142,6 +143,7 @@ func (fakeImages) Resolve(ctx context.Context, ref string) (ImageInfo, error) {
 }
 
 func newTestManager(t testing.TB, root string, hv *fakeHV) (*Manager, *events.Bus) {
+	tier.Tools(t, "mkfs.ext4") // the manager formats real overlay disks
 	t.Helper()
 	bus := events.New(events.Options{})
 	m, err := New(context.Background(), Config{Paths: paths.New(root), Hypervisor: hv, Images: fakeImages{}, Events: bus, GuestStopTimeout: time.Second,

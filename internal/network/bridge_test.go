@@ -22,6 +22,7 @@ import (
 
 	"hypeman/internal/network"
 	"hypeman/internal/network/nettest"
+	"hypeman/internal/testutil/tier"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -460,9 +461,7 @@ func TestAutoFallsBackToUserMode(t *testing.T) {
 		return
 	}
 	ns := nettest.NewNS(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Fatal("this test needs setpriv (util-linux)")
-	}
+	tier.Tools(t, "setpriv")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

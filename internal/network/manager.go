@@ -105,6 +105,11 @@ func isConfigError(err error) bool {
 	return false
 }
 
+// BridgeUnavailable returns why bridge mode cannot work in this process
+// (no CAP_NET_ADMIN, no /dev/net/tun), or "" when mode auto will try it.
+// hypemand uses it to announce host network changes before making them.
+func BridgeUnavailable() string { return bridgeUnavailable() }
+
 // bridgeUnavailable returns why bridge mode cannot work in this process, or
 // "" when it may.
 func bridgeUnavailable() string {

@@ -23,6 +23,7 @@ import (
 	"hypeman/internal/auth"
 	"hypeman/internal/images"
 	"hypeman/internal/testutil/testimage"
+	"hypeman/internal/testutil/tier"
 )
 
 var secret = []byte("registry-test-secret-0123456789abcdef")
@@ -252,6 +253,7 @@ func TestUploadProtocolErrors(t *testing.T) {
 // TestPushBecomesReadyImage pushes a real busybox image and checks the real
 // image store converts it (mkfs.erofs).
 func TestPushBecomesReadyImage(t *testing.T) {
+	tier.Root(t, "image conversion gives files their owners (chown to any uid)")
 	dir := t.TempDir()
 	store, err := images.New(images.Config{Dir: filepath.Join(dir, "images")}, nil)
 	if err != nil {

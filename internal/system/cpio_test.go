@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"hypeman/internal/testutil/tier"
 )
 
 func sampleEntries() []cpioEntry {
@@ -68,9 +70,7 @@ func TestCPIORoundTrip(t *testing.T) {
 // Cross-check with GNU cpio (an independent implementation): it must list
 // our archive and extract file contents byte-exactly.
 func TestCPIOReadableByGNUCpio(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Fatalf("GNU cpio not found: run scripts/setup.sh (installs cpio)")
-	}
+	tier.Tools(t, "cpio")
 	var buf bytes.Buffer
 	cw := newCPIOWriter(&buf)
 	for _, e := range sampleEntries() {

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+
+	"hypeman/internal/testutil/tier"
 )
 
 const fixtureVersion = "6.0.0-test"
@@ -175,9 +177,7 @@ func TestDecodeCompressedModules(t *testing.T) {
 
 func xzCompress(t *testing.T, data []byte) []byte {
 	t.Helper()
-	if _, err := exec.LookPath("xz"); err != nil {
-		t.Fatalf("xz not found: run scripts/setup.sh (installs xz-utils)")
-	}
+	tier.Tools(t, "xz")
 	cmd := exec.Command("xz", "-c")
 	cmd.Stdin = bytes.NewReader(data)
 	out, err := cmd.Output()

@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"hypeman/internal/system"
+	"hypeman/internal/testutil/tier"
 )
 
 // KernelDir is where tests look for the guest kernel: $HYPEMAN_KERNEL_DIR or
@@ -29,9 +30,12 @@ func KernelDir() string {
 	return "/var/lib/hypeman/system/kernel"
 }
 
-// Kernel loads the installed guest kernel or fails the test with the fix.
+// Kernel loads the installed guest kernel for a test that boots VMs: in
+// the unit tier (see package tier) the test is skipped; otherwise a missing
+// kernel fails it with the fix.
 func Kernel(t testing.TB) *system.Kernel {
 	t.Helper()
+	tier.VM(t)
 	k, err := system.LoadKernel(KernelDir())
 	if err != nil {
 		t.Fatalf("guest kernel missing: %v\nrun `make setup` (scripts/setup.sh) to install it", err)
@@ -103,12 +107,9 @@ func Initrd(t testing.TB) (kernel *system.Kernel, initrd string) {
 	return k, p
 }
 
-// RequireTools fails the test with a clear message if a host tool is missing.
+// RequireTools fails the test with a clear message if a host tool is
+// missing (in the unit tier it skips instead; see package tier).
 func RequireTools(t testing.TB, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found on this host: run `make setup` (scripts/setup.sh)", tool)
-		}
-	}
+	tier.Tools(t, tools...)
 }

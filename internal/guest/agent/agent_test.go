@@ -24,6 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"hypeman/internal/guest/guestproc"
+	"hypeman/internal/testutil/tier"
 )
 
 func TestMain(m *testing.M) {
@@ -34,9 +35,8 @@ func TestMain(m *testing.M) {
 // chroot into it (the tests run as root, as the guest init does).
 func makeRoot(t *testing.T) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("agent tests chroot and must run as root")
-	}
+	tier.Root(t, "agent tests chroot into a busybox root")
+	tier.File(t, "/usr/bin/busybox", "Debian busybox-static")
 	bb, err := os.ReadFile("/usr/bin/busybox")
 	if err != nil {
 		t.Fatalf("agent tests need a static busybox at /usr/bin/busybox (Debian busybox-static): %v", err)

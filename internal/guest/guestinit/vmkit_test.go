@@ -16,6 +16,7 @@ import (
 	"hypeman/internal/hypervisor/qemu"
 	"hypeman/internal/paths"
 	"hypeman/internal/system"
+	"hypeman/internal/testutil/tier"
 )
 
 // vmKit boots the real init in a real VM (QEMU microvm, TCG): the init is
@@ -48,22 +49,13 @@ func kernelDir() string {
 
 func newVMKit(t *testing.T) *vmKit {
 	t.Helper()
-	var missing []string
-	for _, tool := range []string{"qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4", "e2fsck", "debugfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if _, err := os.Stat("/usr/bin/busybox"); err != nil {
-		missing = append(missing, "/usr/bin/busybox (busybox-static)")
-	}
-	if len(missing) > 0 {
-		t.Fatalf("VM test needs %s: run the setup step (make setup)", strings.Join(missing, ", "))
-	}
+	tier.VM(t)
+	tier.Tools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4", "e2fsck", "debugfs")
+	tier.File(t, "/usr/bin/busybox", "Debian busybox-static: run the setup step (make setup)")
 	dir := kernelDir()
 	k, err := system.LoadKernel(dir)
 	if err != nil {
-		t.Fatalf("no guest kernel in %s (set HYPEMAN_KERNEL_DIR or run make setup): %v", dir, err)
+		tier.Missing(t, "no guest kernel in %s (set HYPEMAN_KERNEL_DIR or run make setup): %v", dir, err)
 	}
 	work := t.TempDir()
 	initBin := filepath.Join(work, "init")

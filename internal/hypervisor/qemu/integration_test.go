@@ -21,12 +21,14 @@ import (
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/hypervisor/qemu/qmp"
 	"hypeman/internal/procfs"
+	"hypeman/internal/testutil/tier"
 )
 
 // testKernel finds a PVH vmlinux: $HYPEMAN_TEST_KERNEL, else the one the
 // setup step installs.
 func testKernel(t testing.TB) string {
 	t.Helper()
+	tier.VM(t)
 	cands := []string{os.Getenv("HYPEMAN_TEST_KERNEL"), "/var/lib/hypeman/system/kernel/current/vmlinux"}
 	for _, p := range cands {
 		if p == "" {
@@ -36,12 +38,13 @@ func testKernel(t testing.TB) string {
 			return p
 		}
 	}
-	t.Fatalf("no guest kernel: run the setup step (installs /var/lib/hypeman/system/kernel/current/vmlinux) or set HYPEMAN_TEST_KERNEL to a PVH vmlinux")
+	tier.Missing(t, "no guest kernel: run the setup step (installs /var/lib/hypeman/system/kernel/current/vmlinux) or set HYPEMAN_TEST_KERNEL to a PVH vmlinux")
 	return ""
 }
 
 func newTestDriver(t testing.TB) *Driver {
 	t.Helper()
+	tier.VM(t)
 	d, err := New(context.Background(), Config{})
 	if err != nil {
 		t.Fatalf("qemu driver: %v (is qemu-system-x86 installed?)", err)
@@ -321,6 +324,7 @@ func TestLaunchEarlyExitReportsLog(t *testing.T) {
 }
 
 func TestAttachStalePidFile(t *testing.T) {
+	tier.Tools(t, "qemu-system-x86_64") // New resolves it (nothing is launched)
 	d, err := New(context.Background(), Config{TSCKHz: 1_000_000})
 	if err != nil {
 		t.Fatal(err)

@@ -14,25 +14,22 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"hypeman/internal/network"
+	"hypeman/internal/testutil/tier"
 )
 
 // RequireRoot fails the test unless it runs as root (namespaces, bridges
-// and TAP devices need CAP_NET_ADMIN / CAP_SYS_ADMIN).
+// and TAP devices need CAP_NET_ADMIN / CAP_SYS_ADMIN) with `ip`; in the unit
+// tier it skips (package tier).
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root: it creates network namespaces, bridges and TAP devices (run `go test` as root)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatal("this test needs the `ip` command (iproute2)")
-	}
+	tier.Root(t, "it creates network namespaces, bridges and TAP devices")
+	tier.Tools(t, "ip")
 }
 
 // NewNS creates a fresh named network namespace with loopback up and

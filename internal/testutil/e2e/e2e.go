@@ -28,6 +28,7 @@ import (
 
 	"hypeman/internal/auth"
 	"hypeman/internal/testutil"
+	"hypeman/internal/testutil/tier"
 )
 
 var (
@@ -75,9 +76,11 @@ type Server struct {
 	done chan struct{}
 }
 
-// Start launches hypemand with a fresh data dir and waits for /health.
+// Start launches hypemand with a fresh data dir and waits for /health. The
+// daemon boots VMs: the test is skipped in the unit tier (package tier).
 func Start(t testing.TB, extraFlags ...string) *Server {
 	t.Helper()
+	tier.VM(t)
 	testutil.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mkfs.ext4")
 	testutil.Kernel(t)
 	s := &Server{t: t, DataDir: t.TempDir(), Extra: extraFlags}
@@ -298,6 +301,28 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// MetricsURL returns the /metrics URL of the current daemon's metrics
+// listener, read from its "metrics listening" log line. Start the server
+// with "--metrics-listen", "127.0.0.1:0" (e2e disables metrics otherwise).
+func (s *Server) MetricsURL() string {
+	s.t.Helper()
+	if !s.WaitLog(`msg="metrics listening"`, 30*time.Second) {
+		s.t.Fatalf("no metrics listener (start with --metrics-listen 127.0.0.1:0):\n%s", s.Logs())
+	}
+	for _, line := range strings.Split(s.Logs(), "\n") {
+		if !strings.Contains(line, `msg="metrics listening"`) {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if addr, ok := strings.CutPrefix(f, "addr="); ok {
+				return "http://" + addr + "/metrics"
+			}
+		}
+	}
+	s.t.Fatalf("metrics log line has no addr:\n%s", s.Logs())
+	return ""
 }
 
 // WaitLog waits until the daemon's output contains s.

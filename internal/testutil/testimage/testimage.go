@@ -33,6 +33,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/klauspost/compress/gzip"
+
+	"hypeman/internal/testutil/tier"
 )
 
 // BusyboxPath is where Debian's busybox-static installs the binary.
@@ -121,9 +123,7 @@ func Applets(t testing.TB) []string {
 
 func requireBusybox(t testing.TB) {
 	t.Helper()
-	if _, err := os.Stat(BusyboxPath); err != nil {
-		t.Fatalf("testimage: %s is missing (%v): install Debian's busybox-static (apt-get install busybox-static)", BusyboxPath, err)
-	}
+	tier.File(t, BusyboxPath, "testimage: install Debian's busybox-static (apt-get install busybox-static)")
 }
 
 func busyboxLayer(t testing.TB) v1.Layer {

@@ -217,11 +217,12 @@ func recvEvent(t *testing.T, ch <-chan Event) Event {
 }
 
 func TestContextCancelDoesNotDesyncStream(t *testing.T) {
-	release := make(chan struct{})
+	release, lateSent := make(chan struct{}), make(chan struct{})
 	c, _ := newClient(t, func(s *fakeServer, c fakeCmd) {
 		if c.Execute == "slow" {
 			<-release
 			s.reply(c, `{"which": "slow"}`)
+			close(lateSent)
 			return
 		}
 		s.reply(c, `{"which": "fast"}`)
@@ -233,7 +234,9 @@ func TestContextCancelDoesNotDesyncStream(t *testing.T) {
 		t.Fatalf("err = %v, want deadline exceeded", err)
 	}
 	close(release) // the late reply must be dropped, not handed to the next caller
-	time.Sleep(20 * time.Millisecond)
+	// Once it is on the wire, it precedes the next command's reply on the
+	// stream: no need to give the reader time.
+	<-lateSent
 	var out struct{ Which string }
 	if err := c.Execute(context.Background(), "fast", nil, &out); err != nil || out.Which != "fast" {
 		t.Fatalf("after cancel: %+v %v", out, err)
