@@ -1,5 +1,7 @@
 // Package fsutil holds the few filesystem primitives every persisting package
-// needs, chiefly atomic file replacement.
+// needs, chiefly atomic file replacement, and the conversion between Go file
+// modes and the Unix permission bits that wire formats (tar, the cp
+// protocol) carry.
 //
 // Why: the daemon can be killed at any instant (kill -9 is part of the test
 // plan). A reader must see either the old or the new content of a metadata
@@ -10,9 +12,42 @@ package fsutil
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
+
+// UnixPerm returns m's permission bits the Unix way: 0o777 plus 0o4000
+// setuid, 0o2000 setgid and 0o1000 sticky (Go keeps those three elsewhere).
+func UnixPerm(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
+}
+
+// FileMode is the inverse of UnixPerm; bits above 0o7777 (a file type a
+// tar header may carry) are ignored.
+func FileMode(u uint32) fs.FileMode {
+	m := fs.FileMode(u & 0o777)
+	if u&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if u&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if u&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
+}
 
 // WriteFileAtomic replaces path with data atomically and durably.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
