@@ -53,11 +53,13 @@ func (s *Server) stat(p string) (*FileInfo, error) {
 	return out, nil
 }
 
-// errConflict marks a request the guest's filesystem is in the way of.
-var errConflict = errors.New("conflict")
+// conflictError is a request the guest's filesystem is in the way of.
+type conflictError struct{ msg string }
+
+func (e conflictError) Error() string { return e.msg }
 
 func conflictf(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{errConflict}, args...)...)
+	return conflictError{msg: fmt.Sprintf(format, args...)}
 }
 
 // inRoot resolves a guest path to a name relative to the instance root
@@ -130,7 +132,7 @@ func (s *Server) putDir(root *os.Root, req *PutRequest) error {
 	fi, err := root.Lstat(name)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := root.MkdirAll(name, 0o755); err != nil {
+		if err := mkdirAll(root, name); err != nil {
 			return err
 		}
 		created = true
@@ -170,10 +172,8 @@ func prepareEntry(root *os.Root, name string) error {
 	if name == "." {
 		return conflictf("it is the root directory")
 	}
-	if dir := path.Dir(name); dir != "." {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
+	if err := mkdirAll(root, path.Dir(name)); err != nil {
+		return err
 	}
 	fi, err := root.Lstat(name)
 	switch {
@@ -185,6 +185,18 @@ func prepareEntry(root *os.Root, name string) error {
 		return conflictf("a directory is in the way")
 	}
 	return root.Remove(name)
+}
+
+// mkdirAll creates dir and its missing parents (0755).
+func mkdirAll(root *os.Root, dir string) error {
+	if dir == "." {
+		return nil
+	}
+	err := root.MkdirAll(dir, 0o755)
+	if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTDIR) {
+		return conflictf("a file is in the way of its parent directories")
+	}
+	return err
 }
 
 // setMeta applies owner, mode and mtime (in that order: chown clears the
@@ -251,10 +263,8 @@ func (s *Server) createFile(root *os.Root, p string) (*os.File, string, bool, er
 	if name == "." {
 		return nil, "", false, conflictf("it is the root directory")
 	}
-	if dir := path.Dir(name); dir != "." {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return nil, "", false, err
-		}
+	if err := mkdirAll(root, path.Dir(name)); err != nil {
+		return nil, "", false, err
 	}
 	created := false
 	fi, err := root.Lstat(name)

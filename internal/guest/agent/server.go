@@ -215,12 +215,13 @@ var errBadPath = errors.New("bad path")
 func errorResponse(err error) Response {
 	r := Response{Error: err.Error()}
 	var br badRequestError
+	var ce conflictError
 	switch {
 	case errors.As(err, &br), errors.Is(err, errBadPath):
 		r.Code = CodeBadRequest
 	case errors.Is(err, os.ErrNotExist):
 		r.Code = CodeNotFound
-	case errors.Is(err, errConflict), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR),
+	case errors.As(err, &ce), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR),
 		errors.Is(err, syscall.EEXIST), errors.Is(err, syscall.ELOOP):
 		r.Code = CodeConflict
 	}
