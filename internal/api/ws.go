@@ -28,8 +28,8 @@ package api
 //  4. server → client, text, last: {"exitCode":N, "message":"...",
 //     "timed_out":bool} (a timeout kills the command: exitCode 124). When
 //     the command could not run, a binary "Error: <msg>\r\n" frame comes
-//     first and the last message is {"exitCode":127, "error":"...",
-//     "code":"..."} (the API's error codes). Then a close frame: 1000, 1008
+//     first (not with separate_stderr) and the last message is
+//     {"exitCode":127, "error":"...", "code":"..."} (the API's error codes). Then a close frame: 1000, 1008
 //     when the client broke the protocol, 1011 on a server failure.
 //
 // A client that goes away kills the command (the exec context is
@@ -458,17 +458,20 @@ func execWaitingForAgent(ctx context.Context, g Guest, id string, req agent.Exec
 
 // execFailed ends an exec that could not run the way hypeman's server
 // does (an "Error: ..." output frame, exit code 127), with our error and
-// code fields added to the last message.
+// code fields added to the last message. A separate_stderr client reads
+// those fields, so it does not get the frame (it would print the error
+// twice).
 func (s *server) execFailed(ctx context.Context, conn *websocket.Conn, r *http.Request, separate bool, err error) {
 	code, msg, status, gone := s.failure(r, err)
 	if gone {
 		return
 	}
-	out := []byte("Error: " + msg + "\r\n")
+	exit := execExit{ExitCode: execExitFailed, Error: msg, Code: code}
 	if separate {
-		out = append([]byte{streamStderr}, out...)
+		closeWith(ctx, conn, status, exit)
+		return
 	}
-	closeWith(ctx, conn, status, out, execExit{ExitCode: execExitFailed, Error: msg, Code: code})
+	closeWith(ctx, conn, status, []byte("Error: "+msg+"\r\n"), exit)
 }
 
 // request validates the start message into the agent's request.
