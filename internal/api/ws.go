@@ -401,11 +401,11 @@ func (s *server) serveExec(w http.ResponseWriter, r *http.Request) {
 	stdinR, stdinW := io.Pipe()
 	resize := make(chan agent.WindowSize, 4)
 	signals := make(chan syscall.Signal, 4)
-	inputDone := make(chan struct{})
-	go func() {
-		defer close(inputDone)
-		cancel(execInput(ctx, conn, stdinW, resize, signals))
-	}()
+	// Stopping releases the input loop: it may be blocked on the
+	// connection or handing a resize or signal to an exec that no longer
+	// listens.
+	stop := watchInput(conn, cancel, func() error { return execInput(ctx, conn, stdinW, resize, signals) })
+	defer stop()
 
 	stdio := agent.ExecIO{
 		Stdin:  stdinR,
@@ -431,11 +431,23 @@ func (s *server) serveExec(w http.ResponseWriter, r *http.Request) {
 		}
 		closeWith(ctx, conn, websocket.StatusNormalClosure, exit)
 	}
-	// Release the input loop: it may be blocked on the closed connection
-	// or handing a resize or signal to an exec that no longer listens.
-	cancel(nil)
-	conn.CloseNow()
-	<-inputDone
+}
+
+// watchInput runs a session's input loop in its own goroutine; what the
+// loop returns (why the client's side ended: errClientGone, a protocol
+// error) cancels the session's context. stop ends the session and waits
+// for the loop.
+func watchInput(conn *websocket.Conn, cancel context.CancelCauseFunc, loop func() error) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cancel(loop())
+	}()
+	return func() {
+		cancel(nil)
+		conn.CloseNow()
+		<-done
+	}
 }
 
 // execWaitingForAgent runs the exec, retrying for up to wait while the
@@ -676,16 +688,8 @@ func (s *server) copyTo(ctx context.Context, cancel context.CancelCauseFunc, con
 		pr, pw = io.Pipe()
 	}
 	ended := make(chan struct{}) // closed at the client's end message
-	inputDone := make(chan struct{})
-	go func() {
-		defer close(inputDone)
-		cancel(copyInput(ctx, conn, pw, ended))
-	}()
-	defer func() {
-		cancel(nil)
-		conn.CloseNow()
-		<-inputDone
-	}()
+	stop := watchInput(conn, cancel, func() error { return copyInput(ctx, conn, pw, ended) })
+	defer stop()
 
 	var (
 		n   int64
@@ -726,16 +730,8 @@ func (s *server) copyToFailed(ctx context.Context, conn *websocket.Conn, r *http
 }
 
 func (s *server) copyFrom(ctx context.Context, cancel context.CancelCauseFunc, conn *websocket.Conn, r *http.Request, g Guest, id string, start copyStart) {
-	inputDone := make(chan struct{})
-	go func() {
-		defer close(inputDone)
-		cancel(copyInput(ctx, conn, nil, nil))
-	}()
-	defer func() {
-		cancel(nil)
-		conn.CloseNow()
-		<-inputDone
-	}()
+	stop := watchInput(conn, cancel, func() error { return copyInput(ctx, conn, nil, nil) })
+	defer stop()
 
 	pending := false // an entry was sent and its end marker is owed
 	buf := make([]byte, 32<<10)

@@ -770,16 +770,11 @@ func (x *extractor) name(p string) (string, error) {
 // replaceable removes what is at name unless it is a directory (a file
 // replaces a file or a link, never a directory).
 func (x *extractor) replaceable(name string) error {
-	fi, err := x.root.Lstat(name)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		return err
-	case fi.IsDir():
+	err := fsutil.MakeRoom(x.root, name)
+	if errors.Is(err, fsutil.ErrIsDir) {
 		return fmt.Errorf("cannot overwrite the directory %s with a file", filepath.Join(x.root.Name(), name))
 	}
-	return x.root.Remove(name)
+	return err
 }
 
 // close sets directory modes and times last, deepest first: a read-only

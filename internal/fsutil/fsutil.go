@@ -11,11 +11,31 @@ package fsutil
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 )
+
+// ErrIsDir is MakeRoom finding a directory where a file or link should go.
+var ErrIsDir = errors.New("a directory is in the way")
+
+// MakeRoom removes the entry at name in root unless it is a directory
+// (ErrIsDir), so that a file or symlink can be created there without
+// writing through a link that was there. Nothing there is fine.
+func MakeRoom(root *os.Root, name string) error {
+	fi, err := root.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return ErrIsDir
+	}
+	return root.Remove(name)
+}
 
 // UnixPerm returns m's permission bits the Unix way: 0o777 plus 0o4000
 // setuid, 0o2000 setgid and 0o1000 sticky (Go keeps those three elsewhere).

@@ -175,16 +175,11 @@ func prepareEntry(root *os.Root, name string) error {
 	if err := mkdirAll(root, path.Dir(name)); err != nil {
 		return err
 	}
-	fi, err := root.Lstat(name)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		return err
-	case fi.IsDir():
+	err := fsutil.MakeRoom(root, name)
+	if errors.Is(err, fsutil.ErrIsDir) {
 		return conflictf("a directory is in the way")
 	}
-	return root.Remove(name)
+	return err
 }
 
 // mkdirAll creates dir and its missing parents (0755).
