@@ -9,51 +9,19 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"hypeman/internal/cli"
-	"hypeman/internal/testutil"
 	"hypeman/internal/testutil/e2e"
 	"hypeman/internal/testutil/testimage"
 	"hypeman/internal/testutil/upstreamcli"
 )
-
-var (
-	ourCLIOnce sync.Once
-	ourCLIPath string
-	ourCLIErr  error
-)
-
-// ourCLIBinary builds cmd/hypeman once, so that its timings compare with
-// the upstream binary's (both pay for a process start).
-func ourCLIBinary(t *testing.T) string {
-	t.Helper()
-	ourCLIOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hypeman-cli-e2e-")
-		if err != nil {
-			ourCLIErr = err
-			return
-		}
-		ourCLIPath = filepath.Join(dir, "hypeman")
-		cmd := exec.Command("go", "build", "-o", ourCLIPath, "./cmd/hypeman")
-		cmd.Dir = testutil.RepoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ourCLIErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if ourCLIErr != nil {
-		t.Fatalf("build hypeman: %v", ourCLIErr)
-	}
-	return ourCLIPath
-}
 
 // clients runs both CLIs against one daemon.
 type clients struct {
@@ -86,7 +54,7 @@ func TestStreamsWithBothCLIs(t *testing.T) {
 	t.Parallel()
 	s := e2e.Start(t)
 	c := &clients{t: t, s: s, up: upstreamcli.New(t, s.BaseURL, s.Token)}
-	c.our = &upstreamcli.CLI{Bin: ourCLIBinary(t), BaseURL: s.BaseURL, Token: s.Token, Home: t.TempDir()}
+	c.our = &upstreamcli.CLI{Bin: e2e.CLIBinary(t), BaseURL: s.BaseURL, Token: s.Token, Home: t.TempDir()}
 	pushImage(t, s, "apps/streams:v1", testimage.Options{Entrypoint: []string{"/bin/sh", "-c"},
 		Cmd: []string{`i=0; while true; do i=$((i+1)); echo "line $i"; sleep 1; done`}})
 	if r := c.ours(t.Context(), nil, "run", "--name", "box", "--memory", "256MB", "--cpus", "1", "apps/streams:v1"); r.Code != 0 {
