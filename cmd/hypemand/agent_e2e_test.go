@@ -65,17 +65,30 @@ func TestExecAndCopyThroughCLI(t *testing.T) {
 		t.Fatal("cp round trip changed the file")
 	}
 
-	// A hostile tar stream: entries that try to leave the destination.
-	hm(t, s, nil, "exec", "box", "--", "mkdir", "-p", "/tmp/dest")
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	for _, name := range []string{"../escaped.txt", "/abs-escaped.txt", "ok/../../escaped2.txt", "fine.txt"} {
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: 2, Typeflag: tar.TypeReg})
-		tw.Write([]byte("x\n"))
+	// A tar stream on stdin: absolute names land under the destination,
+	// names that climb out of it are refused.
+	tarOf := func(names ...string) []byte {
+		var tb bytes.Buffer
+		tw := tar.NewWriter(&tb)
+		for _, name := range names {
+			tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: 2, Typeflag: tar.TypeReg})
+			tw.Write([]byte("x\n"))
+		}
+		tw.Close()
+		return tb.Bytes()
 	}
-	tw.Close()
-	hm(t, s, tb.Bytes(), "cp", "-", "box:/tmp/dest")
-	code, out, _ = hm(t, s, nil, "exec", "box", "--", "sh", "-c", "ls /tmp/escaped.txt /escaped.txt /abs-escaped.txt /tmp/escaped2.txt 2>/dev/null; true")
+	if code, _, errs := hm(t, s, tarOf("/abs.txt", "fine.txt"), "cp", "-", "box:/tmp/dest"); code != 0 {
+		t.Fatalf("cp - : %d %s", code, errs)
+	}
+	if code, out, _ = hm(t, s, nil, "exec", "box", "--", "cat", "/tmp/dest/abs.txt", "/tmp/dest/fine.txt"); code != 0 || out != "x\nx\n" {
+		t.Fatalf("cp - landed elsewhere: %d %q", code, out)
+	}
+	for _, names := range [][]string{{"../escaped.txt"}, {"ok/../../escaped2.txt"}} {
+		if code, _, errs := hm(t, s, tarOf(names...), "cp", "-", "box:/tmp/dest"); code != 1 || !strings.Contains(errs, "climbs out of the destination") {
+			t.Fatalf("cp - %v: %d %q", names, code, errs)
+		}
+	}
+	code, out, _ = hm(t, s, nil, "exec", "box", "--", "sh", "-c", "ls /tmp/escaped.txt /tmp/escaped2.txt 2>/dev/null; true")
 	if strings.TrimSpace(out) != "" {
 		t.Fatalf("cp wrote outside the destination: %q", out)
 	}

@@ -17,7 +17,7 @@ var tickRE = regexp.MustCompile(`count (\d+)`)
 // lastCount reads the counter's last printed value through the logs API.
 func lastCountHTTP(t *testing.T, s *e2e.Server, id string) int {
 	t.Helper()
-	lines := collect(s.SSE(context.Background(), "/instances/"+id+"/logs?tail=20"), 5*time.Second)
+	lines := collect(s.LogLines(context.Background(), "/instances/"+id+"/logs?tail=20"), 5*time.Second)
 	n := -1
 	for _, l := range lines {
 		if m := tickRE.FindStringSubmatch(l); m != nil {

@@ -114,12 +114,12 @@ func TestHTTPLifecycleAndDaemonKill(t *testing.T) {
 			t.Fatal("the ticker never printed three ticks")
 		}
 	}
-	lines := collect(s.SSE(ctx, "/instances/"+in.ID+"/logs?tail=3"), 5*time.Second)
+	lines := collect(s.LogLines(ctx, "/instances/"+in.ID+"/logs?tail=3"), 5*time.Second)
 	if len(lines) != 3 || !strings.HasPrefix(lines[2], "tick ") {
 		t.Fatalf("tail=3 gave %q", lines)
 	}
 	fctx, fcancel := context.WithTimeout(ctx, 20*time.Second)
-	follow := s.SSE(fctx, "/instances/ticker/logs?tail=1&follow=true")
+	follow := s.LogLines(fctx, "/instances/ticker/logs?tail=1&follow=true")
 	first := <-follow
 	var next string
 	for next = range follow {
@@ -197,7 +197,7 @@ func lastTick(t *testing.T, s *e2e.Server, id string) int {
 
 // tickCount is the last tick number in the app log (-1 when none yet).
 func tickCount(s *e2e.Server, id string) int {
-	lines := collect(s.SSE(context.Background(), "/instances/"+id+"/logs?tail=1"), 5*time.Second)
+	lines := collect(s.LogLines(context.Background(), "/instances/"+id+"/logs?tail=1"), 5*time.Second)
 	n := -1
 	if len(lines) == 1 {
 		fmt.Sscanf(lines[0], "tick %d", &n)

@@ -381,8 +381,8 @@ func FuzzNewBodies(f *testing.F) {
 func FuzzExecStart(f *testing.F) {
 	for _, s := range []string{
 		`{"command":["sh","-c","echo hi"]}`,
-		`{"command":["sh"],"tty":true,"rows":24,"cols":80,"env":{"A":"1"},"cwd":"/","user":"root","timeout_seconds":5}`,
-		`{"command":[]}`, `{"command":["a"],"rows":-1}`, `{"command":["a"],"timeout_seconds":1e9}`,
+		`{"command":["sh"],"tty":true,"rows":24,"cols":80,"env":{"A":"1"},"cwd":"/","user":"root","timeout":5,"wait_for_agent":3,"separate_stderr":true}`,
+		`{"command":[]}`, `{}`, `{"command":["a"],"rows":-1}`, `{"command":["a"],"timeout":1e9}`, `{"command":["a"],"timeout_seconds":1}`,
 		`{"command":["a"]} x`, `{"command":null}`, `[]`, ``,
 	} {
 		f.Add([]byte(s))
@@ -494,4 +494,41 @@ func TestCreateHostLimitsBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzCopyStart: any first cp message is either refused as a protocol
+// error or yields a request with an absolute guest path and a valid put.
+func FuzzCopyStart(f *testing.F) {
+	for _, s := range []string{
+		`{"direction":"to","guest_path":"/a/b","is_dir":false,"mode":420,"follow_links":false,"uid":1,"gid":2}`,
+		`{"direction":"to","guest_path":"/d","is_dir":true,"mode":33261,"src_basename":"d","mtime":1700000000}`,
+		`{"direction":"to","guest_path":"/l","link_target":"../x"}`, `{"direction":"to","guest_path":"/l","link_target":"x","is_dir":true}`,
+		`{"direction":"from","guest_path":"/","follow_links":true,"uid":0,"gid":0}`, `{"direction":"from","guest_path":"rel"}`,
+		`{"direction":"up","guest_path":"/"}`, `{"direction":"to","guest_path":"/a","mode":-1}`, `{"direction":"to","path":"/a"}`,
+		`{"direction":"to","guest_path":"/a\u0000b"}`, `null`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var st copyStart
+		err := decodeStrict(data, &st, "start message")
+		if err == nil {
+			if err = st.validate(); err == nil {
+				if !strings.HasPrefix(st.GuestPath, "/") || strings.ContainsRune(st.GuestPath, 0) {
+					t.Fatalf("accepted guest path %q", st.GuestPath)
+				}
+				if st.Direction == "to" {
+					req := st.putRequest()
+					if req.Mode > 0o7777 || (req.Kind == agent.PutSymlink) != (req.LinkTarget != "") || req.Path != st.GuestPath {
+						t.Fatalf("accepted %q as %+v", data, req)
+					}
+				}
+				return
+			}
+		}
+		var pe *protocolError
+		if !errors.As(err, &pe) {
+			t.Fatalf("%q: error %v is not a protocol error", data, err)
+		}
+	})
 }

@@ -107,6 +107,8 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusNotFound, CodeNotFound, msg
 	case errors.As(err, &re) && re.Code == agent.CodeBadRequest:
 		return http.StatusBadRequest, CodeInvalidRequest, msg
+	case errors.As(err, &re) && re.Code == agent.CodeConflict:
+		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, ingress.ErrInvalid), errors.As(err, new(*tags.FieldError)):
 		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, ingress.ErrNotFound):

@@ -204,18 +204,18 @@ func (f *fakeSnapshots) ForkSnapshot(ctx context.Context, snapshotRef string, p 
 // fakeGuest plays the guest agent through a per-test function.
 type fakeGuest struct {
 	exec     func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error)
-	copyTo   func(ctx context.Context, ref, dst string, r io.Reader) error
-	copyFrom func(ctx context.Context, ref, path string, w io.Writer) error
+	copyTo   func(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error)
+	copyFrom func(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error
 }
 
 func (f *fakeGuest) Exec(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
 	return f.exec(ctx, ref, req, stdio)
 }
-func (f *fakeGuest) CopyTo(ctx context.Context, ref, dst string, r io.Reader) error {
-	return f.copyTo(ctx, ref, dst, r)
+func (f *fakeGuest) CopyTo(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error) {
+	return f.copyTo(ctx, ref, req, data)
 }
-func (f *fakeGuest) CopyFrom(ctx context.Context, ref, path string, w io.Writer) error {
-	return f.copyFrom(ctx, ref, path, w)
+func (f *fakeGuest) CopyFrom(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error {
+	return f.copyFrom(ctx, ref, req, visit)
 }
 
 // echoExec copies stdin to stdout (prefixed), writes to stderr, reports

@@ -98,10 +98,10 @@ func routePolicies() map[string]policy {
 		routeKey("GET", "/instances/{id}/exec"): scoped(auth.InstanceWrite),
 		routeKey("GET", "/instances/{id}/cp"):   scoped(auth.InstanceWrite),
 
-		routeKey("POST", "/instances/{id}/snapshots"):               scoped(auth.SnapshotWrite),
-		routeKey("GET", "/instances/{id}/snapshot-schedule"):        scoped(auth.SnapshotRead),
-		routeKey("PUT", "/instances/{id}/snapshot-schedule"):        scoped(auth.SnapshotWrite),
-		routeKey("DELETE", "/instances/{id}/snapshot-schedule"):     scoped(auth.SnapshotDelete),
+		routeKey("POST", "/instances/{id}/snapshots"):           scoped(auth.SnapshotWrite),
+		routeKey("GET", "/instances/{id}/snapshot-schedule"):    scoped(auth.SnapshotRead),
+		routeKey("PUT", "/instances/{id}/snapshot-schedule"):    scoped(auth.SnapshotWrite),
+		routeKey("DELETE", "/instances/{id}/snapshot-schedule"): scoped(auth.SnapshotDelete),
 		// Restoring overwrites an instance and forking boots one: the
 		// instance scope is needed as well as the snapshot one.
 		routeKey("POST", "/instances/{id}/snapshots/{sid}/restore"): scoped(auth.SnapshotWrite, auth.InstanceWrite),

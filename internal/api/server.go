@@ -117,8 +117,8 @@ type Snapshots interface {
 // WebSockets answer 501.
 type Guest interface {
 	Exec(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error)
-	CopyTo(ctx context.Context, ref, dstDir string, tarStream io.Reader) error
-	CopyFrom(ctx context.Context, ref, path string, w io.Writer) error
+	CopyTo(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error)
+	CopyFrom(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error
 }
 
 // Ingresses publishes instance ports through the daemon's reverse proxy

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,21 +61,20 @@ func (s *sse) write(b []byte) error {
 	return s.err
 }
 
-// data sends one event whose data is text. CR and LF end an SSE field, so
-// text containing them is sent as several data fields, which the client
-// joins with "\n".
-func (s *sse) data(text string) error {
-	var b strings.Builder
-	for _, part := range strings.FieldsFunc(text, func(r rune) bool { return r == '\n' || r == '\r' }) {
-		b.WriteString("data: ")
-		b.WriteString(part)
-		b.WriteByte('\n')
-	}
-	if b.Len() == 0 {
-		b.WriteString("data: \n")
+// jsonString sends one event whose data is text as a JSON string (the log
+// framing of hypeman's API: its SDK JSON-decodes every event's data). The
+// encoding escapes line breaks, so one line is always one data field.
+// Invalid UTF-8 becomes U+FFFD.
+func (s *sse) jsonString(text string) error {
+	var b bytes.Buffer
+	b.WriteString("data: ")
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(text); err != nil { // ends with "\n"
+		return err
 	}
 	b.WriteByte('\n')
-	return s.write([]byte(b.String()))
+	return s.write(b.Bytes())
 }
 
 // event sends a typed event with an optional id and JSON data.
@@ -95,6 +95,12 @@ func (s *sse) event(id, typ string, v any) error {
 }
 
 func (s *sse) comment(text string) error { return s.write([]byte(": " + text + "\n\n")) }
+
+// bareComment sends a comment line without the blank line that would
+// follow it in an event: hypeman's SDK dispatches an event at every blank
+// line, even one without data, and fails to JSON-decode that empty event.
+// A comment line alone is ignored by every parser.
+func (s *sse) bareComment(text string) error { return s.write([]byte(": " + text + "\n")) }
 
 // --- logs ---
 
@@ -140,7 +146,7 @@ func (l logStream) VisitGetInstanceLogsResponse(w http.ResponseWriter) error {
 			keepalive(ctx, out, l.keepalive, cancel)
 		}()
 	}
-	err := l.s.opts.Instances.StreamLogs(ctx, l.ref, l.opts, out.data)
+	err := l.s.opts.Instances.StreamLogs(ctx, l.ref, l.opts, out.jsonString)
 	cancel()
 	wg.Wait()
 	if err != nil && out.err == nil && l.ctx.Err() == nil {
@@ -153,8 +159,8 @@ func (l logStream) VisitGetInstanceLogsResponse(w http.ResponseWriter) error {
 	return nil
 }
 
-// keepalive sends a comment every interval until ctx ends; a failed write
-// (client gone) cancels the stream.
+// keepalive sends a bare comment every interval until ctx ends; a failed
+// write (client gone) cancels the stream.
 func keepalive(ctx context.Context, out *sse, interval time.Duration, cancel context.CancelFunc) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -163,7 +169,7 @@ func keepalive(ctx context.Context, out *sse, interval time.Duration, cancel con
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := out.comment("keepalive"); err != nil {
+			if err := out.bareComment("keepalive"); err != nil {
 				cancel()
 				return
 			}

@@ -2,8 +2,11 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -53,22 +56,64 @@ func readSSE(t *testing.T, resp *http.Response, n int) (evs []sseEvent, comments
 	return evs, comments
 }
 
+// sdkDecode reads a log stream the way hypeman's Go SDK does: every blank
+// line dispatches an event (with or without data) and its data, the data
+// lines joined with newlines, is JSON-decoded as a string. It returns the
+// lines until the stream ends, n lines were read, or decoding fails.
+func sdkDecode(t *testing.T, body io.Reader, n int) ([]string, error) {
+	t.Helper()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(nil, bufio.MaxScanTokenSize<<9)
+	var lines []string
+	var data bytes.Buffer
+	for sc.Scan() {
+		txt := sc.Bytes()
+		if len(txt) == 0 {
+			var line string
+			if err := json.Unmarshal(data.Bytes(), &line); err != nil {
+				return lines, fmt.Errorf("event %d (%q): %w", len(lines), data.String(), err)
+			}
+			lines = append(lines, line)
+			if len(lines) == n {
+				return lines, nil
+			}
+			data.Reset()
+			continue
+		}
+		name, value, _ := bytes.Cut(txt, []byte(":"))
+		value = bytes.TrimPrefix(value, []byte(" "))
+		if string(name) == "data" {
+			data.Write(value)
+			data.WriteByte('\n')
+		}
+	}
+	return lines, sc.Err()
+}
+
 func TestLogsSSE(t *testing.T) {
 	e := newTestEnv(t, nil)
 	e.inst.add(&instances.Instance{ID: "abc", Name: "web", State: state.Running})
-	e.inst.logLines = []string{"one", "two", "multi\rline", "four"}
+	e.inst.logLines = []string{"one", "two", "quote\" and <html> & back\\slash", "multi\rline\nhere", "", "\xffbad utf-8"}
 	tok := mint(t)
 
-	resp := e.do("GET", "/instances/web/logs?tail=3&source=vmm", tok, "")
+	resp := e.do("GET", "/instances/web/logs?tail=5&source=vmm", tok, "")
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("logs: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	evs, _ := readSSE(t, resp, -1)
+	raw, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if len(evs) != 3 || evs[0].data[0] != "two" || len(evs[1].data) != 2 || evs[1].data[1] != "line" || evs[2].data[0] != "four" {
-		t.Fatalf("events %+v", evs)
+	// Each line is one event whose data is the line as a JSON string, HTML
+	// left unescaped.
+	want := "data: \"two\"\n\n" + `data: "quote\" and <html> & back\\slash"` + "\n\n" +
+		`data: "multi\rline\nhere"` + "\n\n" + "data: \"\"\n\n" + `data: "\ufffdbad utf-8"` + "\n\n"
+	if string(raw) != want {
+		t.Fatalf("stream\n%q\nwant\n%q", raw, want)
 	}
-	if o := e.inst.logOpts[0]; o.Tail != 3 || o.Source != instances.LogVMM || o.Follow {
+	lines, err := sdkDecode(t, bytes.NewReader(raw), -1)
+	if err != nil || len(lines) != 5 || lines[1] != "quote\" and <html> & back\\slash" || lines[2] != "multi\rline\nhere" || lines[3] != "" {
+		t.Fatalf("as the SDK reads it: %q %v", lines, err)
+	}
+	if o := e.inst.logOpts[0]; o.Tail != 5 || o.Source != instances.LogVMM || o.Follow {
 		t.Fatalf("log options %+v", o)
 	}
 	// Defaults: tail 100, app, no follow.
@@ -79,27 +124,31 @@ func TestLogsSSE(t *testing.T) {
 		t.Fatalf("default log options %+v", o)
 	}
 
-	// Follow: lines, keepalives, and the manager's stream ends when the
-	// client goes away.
+	// Follow: lines and keepalives (a bare comment line: a comment
+	// followed by a blank line would be an empty event, which the SDK
+	// fails to decode), and the manager's stream ends when the client
+	// goes away.
+	e.inst.logLines = []string{"four"}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", e.srv.URL+"/instances/web/logs?follow=true&tail=1", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := e.srv.Client().Do(req)
+	resp, err = e.srv.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	var sawLine, sawKeepalive bool
-	for sc.Scan() && !(sawLine && sawKeepalive) {
-		switch sc.Text() {
-		case "data: four":
-			sawLine = true
-		case ": keepalive":
-			sawKeepalive = true
+	var seen bytes.Buffer
+	sc := bufio.NewScanner(io.TeeReader(resp.Body, &seen))
+	keepalives := 0
+	for sc.Scan() && keepalives < 3 {
+		if sc.Text() == ": keepalive" {
+			keepalives++
 		}
 	}
-	if !sawLine || !sawKeepalive {
-		t.Fatalf("follow: line %v keepalive %v", sawLine, sawKeepalive)
+	if keepalives < 3 || !strings.HasPrefix(seen.String(), "data: \"four\"\n\n: keepalive\n: keepalive\n") {
+		t.Fatalf("follow stream %q", seen.String())
+	}
+	if lines, err := sdkDecode(t, &seen, -1); err != nil || len(lines) != 1 || lines[0] != "four" {
+		t.Fatalf("follow as the SDK reads it: %q %v", lines, err)
 	}
 	cancel()
 	resp.Body.Close()
@@ -112,7 +161,7 @@ func TestLogsSSE(t *testing.T) {
 	// An error after the headers is reported as an error event.
 	e.inst.errOn["StreamLogs"] = fmt.Errorf("%w: gone", instances.ErrNotFound)
 	resp = e.do("GET", "/instances/web/logs?tail=0", tok, "")
-	evs, _ = readSSE(t, resp, -1)
+	evs, _ := readSSE(t, resp, -1)
 	resp.Body.Close()
 	if len(evs) != 1 || evs[0].event != "error" || !strings.Contains(evs[0].data[0], `"code":"not_found"`) {
 		t.Fatalf("error event %+v", evs)

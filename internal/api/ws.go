@@ -1,6 +1,8 @@
 package api
 
-// The exec and cp WebSockets.
+// The exec and cp WebSockets, in the framing hypeman's own CLI and SDK speak
+// (so they work unmodified against this server), plus a few additive fields
+// our CLI uses.
 //
 // The generated strict server cannot express a protocol upgrade, so these
 // two routes are plain chi handlers registered next to the generated
@@ -11,22 +13,24 @@ package api
 // answered as ordinary HTTP with the {code, message} body, so clients see
 // the same errors as on every other route.
 //
-// Exec protocol, after the upgrade:
+// Exec, after the upgrade:
 //
-//  1. client → server, text: ExecStart JSON
-//     {"command":[...], "tty":bool, "env":{}, "cwd":"", "user":"",
-//     "timeout_seconds":N, "rows":R, "cols":C} (only command is required;
-//     unknown fields are refused like in every request body).
-//  2. client → server, binary: stdin bytes; an empty binary frame is stdin
-//     EOF (a client without input sends one at once). Text: control JSON,
-//     {"resize":{"rows":R,"cols":C}} or {"signal":"TERM"}.
-//  3. server → client, binary: [stream][data] with stream 1 = stdout and
-//     2 = stderr (always 1 with a TTY). One framing for both modes keeps
-//     clients simple.
-//  4. server → client, text, last: {"exit_code":N,"message":"...",
-//     "timed_out":bool} when the command ran, or {"error":"...","code":"..."}
-//     (the API's error codes) when it could not; then a close frame: 1000,
-//     1008 when the client broke the protocol, 1011 on a server failure.
+//  1. client → server, text: ExecStart {"command":[...], "tty":bool,
+//     "env":{}, "cwd":"", "timeout":<s>, "rows":R, "cols":C,
+//     "wait_for_agent":<s>} plus our "user" and "separate_stderr". A
+//     missing or empty command runs /bin/sh; unknown fields are refused.
+//  2. client → server, binary: stdin. Text: {"resize":{"rows":R,"cols":C}}
+//     or {"signal":"TERM"}. An empty binary frame is stdin EOF (our
+//     extension: hypeman's CLI never ends stdin, it just stops sending).
+//  3. server → client, binary: output bytes, stdout and stderr as they
+//     come. With separate_stderr each frame starts with a stream byte,
+//     1 = stdout, 2 = stderr.
+//  4. server → client, text, last: {"exitCode":N, "message":"...",
+//     "timed_out":bool} (a timeout kills the command: exitCode 124). When
+//     the command could not run, a binary "Error: <msg>\r\n" frame comes
+//     first (not with separate_stderr) and the last message is
+//     {"exitCode":127, "error":"...", "code":"..."} (the API's error codes). Then a close frame: 1000, 1008
+//     when the client broke the protocol, 1011 on a server failure.
 //
 // A client that goes away kills the command (the exec context is
 // cancelled). Stdin is a pipe with no buffer of its own: a client that
@@ -34,14 +38,25 @@ package api
 // agent's per-stream window is the only buffer), and control messages
 // queued behind that stdin wait with it.
 //
-// Cp protocol: the client's first text frame is {"direction":"to"|"from",
-// "path":"..."}. "to": binary frames carry a tar stream extracted under
-// path in the guest, an empty binary frame ends it. "from": the server
-// sends the tar stream of path as binary frames. The server ends with
-// {"ok":true} or {"error":"...","code":"..."} and a close frame. Paths and
-// tar entry names are passed to the guest agent unmodified: confinement
-// under the destination is the agent's job (it sees the real filesystem,
-// with its symlinks), not something to approximate here.
+// Cp: one WebSocket per file, directory or symlink to the guest, one per
+// tree from it. The first text frame is CopyStart {"direction":"to"|"from",
+// "guest_path":"/abs", "is_dir", "mode", "follow_links", "uid", "gid"}
+// (hypeman's "src_basename" is accepted and unused; "mtime" and
+// "link_target" are our additions).
+//   - "to": a file's bytes as binary frames, then {"type":"end"} (a
+//     directory or symlink sends the end at once); the server answers
+//     {"type":"result","success":bool,"bytes_written":N,"error":"...",
+//     "code":"..."}. When writing fails the rest of the upload is read and
+//     dropped, so the client, which reads only after its end, gets the
+//     reason.
+//   - "from": per entry a text {"type":"header", ...} (path relative to the
+//     source: "." is the source itself), a regular file's bytes as binary
+//     frames, then {"type":"end","final":bool}; the last entry's end is
+//     final. A failure is {"type":"error","message","path","code"}.
+//
+// Guest paths are handed to the agent unmodified: it resolves them inside
+// the guest's root (chroot semantics, an os.Root for every access), which
+// is where confinement can be enforced with the real filesystem in view.
 
 import (
 	"bytes"
@@ -66,17 +81,26 @@ import (
 
 const (
 	// wsReadLimit bounds one client message (the start message, a stdin or
-	// tar chunk). The CLI sends 32 KiB chunks.
+	// file chunk). Clients send 32 KiB chunks.
 	wsReadLimit = 1 << 20
 	// wsStartTimeout bounds the wait for the first message.
 	wsStartTimeout = 30 * time.Second
-	// wsFinalTimeout bounds writing the last frame to a slow client.
+	// wsFinalTimeout bounds writing the last frames to a slow client.
 	wsFinalTimeout = 5 * time.Second
+	// agentRetryInterval paces exec retries while wait_for_agent runs.
+	agentRetryInterval = 250 * time.Millisecond
 
 	streamStdout byte = 1
 	streamStderr byte = 2
 
 	maxExecTimeoutSeconds = 7 * 24 * 3600
+	maxWaitForAgent       = 3600
+	// execExitTimeout is the exit code of a command killed by its timeout
+	// (GNU timeout's, as hypeman reports it).
+	execExitTimeout = 124
+	// execExitFailed is the exit code reported when the command could not
+	// be run at all.
+	execExitFailed = 127
 )
 
 // execStart is the first message of an exec session (ExecStart in the spec).
@@ -85,10 +109,12 @@ type execStart struct {
 	TTY            bool              `json:"tty"`
 	Env            map[string]string `json:"env"`
 	Cwd            string            `json:"cwd"`
-	User           string            `json:"user"`
-	TimeoutSeconds int64             `json:"timeout_seconds"`
+	Timeout        int64             `json:"timeout"`
 	Rows           uint16            `json:"rows"`
 	Cols           uint16            `json:"cols"`
+	WaitForAgent   int64             `json:"wait_for_agent"`
+	User           string            `json:"user"`
+	SeparateStderr bool              `json:"separate_stderr"`
 }
 
 // execControl is a control message from the exec client.
@@ -100,24 +126,62 @@ type execControl struct {
 	Signal string `json:"signal"`
 }
 
-// execExit is the last message of an exec that ran.
+// execExit is the last message of an exec (ExecExit in the spec).
 type execExit struct {
-	ExitCode int    `json:"exit_code"`
-	Message  string `json:"message"`
+	ExitCode int    `json:"exitCode"`
+	Message  string `json:"message,omitempty"`
 	TimedOut bool   `json:"timed_out"`
+	Error    string `json:"error,omitempty"`
+	Code     string `json:"code,omitempty"`
 }
 
 // copyStart is the first message of a cp session (CopyStart in the spec).
 type copyStart struct {
-	Direction string `json:"direction"`
-	Path      string `json:"path"`
+	Direction   string `json:"direction"`
+	GuestPath   string `json:"guest_path"`
+	IsDir       bool   `json:"is_dir"`
+	Mode        uint32 `json:"mode"`
+	FollowLinks bool   `json:"follow_links"`
+	UID         uint32 `json:"uid"`
+	GID         uint32 `json:"gid"`
+	SrcBasename string `json:"src_basename"`
+	Mtime       int64  `json:"mtime"`
+	LinkTarget  string `json:"link_target"`
 }
 
-// streamResult ends a cp session ({"ok":true}) or any failed session.
-type streamResult struct {
-	OK    bool   `json:"ok,omitempty"`
-	Error string `json:"error,omitempty"`
-	Code  string `json:"code,omitempty"`
+// copyHeader, copyEnd, copyResult and copyError are the server's cp
+// messages (CopyFileHeader, CopyEnd, CopyResult, CopyError in the spec).
+type copyHeader struct {
+	Type       string `json:"type"` // header
+	Path       string `json:"path"`
+	Mode       uint32 `json:"mode"`
+	IsDir      bool   `json:"is_dir"`
+	IsSymlink  bool   `json:"is_symlink"`
+	LinkTarget string `json:"link_target,omitempty"`
+	Size       int64  `json:"size"`
+	Mtime      int64  `json:"mtime"`
+	UID        uint32 `json:"uid"`
+	GID        uint32 `json:"gid"`
+}
+
+type copyEnd struct {
+	Type  string `json:"type"` // end
+	Final bool   `json:"final"`
+}
+
+type copyResult struct {
+	Type         string `json:"type"` // result
+	Success      bool   `json:"success"`
+	BytesWritten int64  `json:"bytes_written"`
+	Error        string `json:"error,omitempty"`
+	Code         string `json:"code,omitempty"`
+}
+
+type copyError struct {
+	Type    string `json:"type"` // error
+	Message string `json:"message"`
+	Path    string `json:"path,omitempty"`
+	Code    string `json:"code"`
 }
 
 // protocolError is a client breaking the WebSocket protocol: it ends the
@@ -230,44 +294,58 @@ func decodeStrict(data []byte, v any, what string) error {
 	return nil
 }
 
-// finish ends a session with a final text frame and a close frame. An
-// err that is errClientGone ends it silently: nobody is listening.
-func (s *server) finish(ctx context.Context, conn *websocket.Conn, r *http.Request, final any, err error) {
+// failure classifies the error that ends a session: its code and message
+// for the last message and the close status. gone is true when the client
+// went away (nobody to tell).
+func (s *server) failure(r *http.Request, err error) (code, msg string, status websocket.StatusCode, gone bool) {
 	if errors.Is(err, errClientGone) {
 		s.log.Debug("websocket client went away", "path", r.URL.Path, "err", err)
-		return
+		return "", "", 0, true
 	}
-	code := websocket.StatusNormalClosure
-	if err != nil {
-		var pe *protocolError
-		res := streamResult{}
-		if errors.As(err, &pe) {
-			res.Error, res.Code = pe.msg, CodeInvalidRequest
-			code = websocket.StatusPolicyViolation
-		} else {
-			status, c, msg := s.classify(err)
-			res.Error, res.Code = msg, c
-			if status >= 500 {
-				code = websocket.StatusInternalError
-			}
-		}
-		if code == websocket.StatusInternalError {
-			s.log.Error("websocket session failed", "path", r.URL.Path, "err", err)
-		} else {
-			s.log.Debug("websocket session refused", "path", r.URL.Path, "err", err)
-		}
-		final = res
+	var pe *protocolError
+	if errors.As(err, &pe) {
+		s.log.Debug("websocket session refused", "path", r.URL.Path, "err", err)
+		return CodeInvalidRequest, pe.msg, websocket.StatusPolicyViolation, false
 	}
-	b, merr := json.Marshal(final)
-	if merr != nil {
-		b = []byte(`{"error":"internal error","code":"internal"}`)
+	st, code, msg := s.classify(err)
+	if st >= 500 {
+		s.log.Error("websocket session failed", "path", r.URL.Path, "err", err)
+		return code, msg, websocket.StatusInternalError, false
 	}
+	s.log.Debug("websocket session refused", "path", r.URL.Path, "err", err)
+	return code, msg, websocket.StatusNormalClosure, false
+}
+
+// closeWith sends the last messages ([]byte as binary, anything else as
+// JSON text) and the close frame, within wsFinalTimeout.
+func closeWith(ctx context.Context, conn *websocket.Conn, status websocket.StatusCode, msgs ...any) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wsFinalTimeout)
 	defer cancel()
-	if werr := conn.Write(wctx, websocket.MessageText, b); werr != nil {
-		return
+	for _, m := range msgs {
+		if writeMsg(wctx, conn, m) != nil {
+			return
+		}
 	}
-	_ = conn.Close(code, "")
+	_ = conn.Close(status, "")
+}
+
+// writeMsg sends b ([]byte) as a binary message or v as a JSON text one;
+// a failure is errClientGone.
+func writeMsg(ctx context.Context, conn *websocket.Conn, v any) error {
+	typ, b := websocket.MessageBinary, []byte(nil)
+	if raw, ok := v.([]byte); ok {
+		b = raw
+	} else {
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			return err
+		}
+		typ = websocket.MessageText
+	}
+	if err := conn.Write(ctx, typ, b); err != nil {
+		return fmt.Errorf("%w: %v", errClientGone, err)
+	}
+	return nil
 }
 
 // wsWriter sends each Write as one binary message, prefixed by a stream
@@ -279,14 +357,14 @@ type wsWriter struct {
 }
 
 func (w wsWriter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil // an empty frame would mean something else
+	}
 	msg := p
 	if w.prefix != 0 {
 		msg = make([]byte, 1+len(p))
 		msg[0] = w.prefix
 		copy(msg[1:], p)
-	}
-	if len(msg) == 0 {
-		return 0, nil // an empty frame would mean something else
 	}
 	if err := w.conn.Write(w.ctx, websocket.MessageBinary, msg); err != nil {
 		return 0, fmt.Errorf("%w: %v", errClientGone, err)
@@ -310,60 +388,122 @@ func (s *server) serveExec(w http.ResponseWriter, r *http.Request) {
 	defer cancel(nil)
 
 	var start execStart
-	if err := readStart(ctx, conn, &start); err != nil {
-		s.finish(ctx, conn, r, nil, err)
-		return
+	err := readStart(ctx, conn, &start)
+	var req agent.ExecRequest
+	if err == nil {
+		req, err = start.request()
 	}
-	req, err := start.request()
 	if err != nil {
-		s.finish(ctx, conn, r, nil, err)
+		s.execFailed(ctx, conn, r, start.SeparateStderr, err)
 		return
 	}
 
 	stdinR, stdinW := io.Pipe()
 	resize := make(chan agent.WindowSize, 4)
 	signals := make(chan syscall.Signal, 4)
-	inputDone := make(chan struct{})
-	go func() {
-		defer close(inputDone)
-		cancel(execInput(ctx, conn, stdinW, resize, signals))
-	}()
+	// Stopping releases the input loop: it may be blocked on the
+	// connection or handing a resize or signal to an exec that no longer
+	// listens.
+	stop := watchInput(conn, cancel, func() error { return execInput(ctx, conn, stdinW, resize, signals) })
+	defer stop()
 
-	res, err := g.Exec(ctx, id, req, agent.ExecIO{
+	stdio := agent.ExecIO{
 		Stdin:  stdinR,
-		Stdout: wsWriter{ctx: ctx, conn: conn, prefix: streamStdout},
-		Stderr: wsWriter{ctx: ctx, conn: conn, prefix: streamStderr},
+		Stdout: wsWriter{ctx: ctx, conn: conn},
+		Stderr: wsWriter{ctx: ctx, conn: conn},
 		Resize: resize, Signals: signals,
-	})
+	}
+	if start.SeparateStderr {
+		stdio.Stdout = wsWriter{ctx: ctx, conn: conn, prefix: streamStdout}
+		stdio.Stderr = wsWriter{ctx: ctx, conn: conn, prefix: streamStderr}
+	}
+	res, err := execWaitingForAgent(ctx, g, id, req, stdio, time.Duration(start.WaitForAgent)*time.Second)
 	_ = stdinR.CloseWithError(io.ErrClosedPipe) // unblocks the agent's stdin copy and our input loop
 	if cause := context.Cause(ctx); cause != nil {
 		err = cause // the client went away or broke the protocol
 	}
 	if err != nil {
-		s.finish(ctx, conn, r, nil, err)
+		s.execFailed(ctx, conn, r, start.SeparateStderr, err)
 	} else {
-		s.finish(ctx, conn, r, execExit{ExitCode: res.ExitCode, Message: res.Message, TimedOut: res.TimedOut}, nil)
+		exit := execExit{ExitCode: res.ExitCode, Message: res.Message, TimedOut: res.TimedOut}
+		if res.TimedOut {
+			exit.ExitCode = execExitTimeout
+		}
+		closeWith(ctx, conn, websocket.StatusNormalClosure, exit)
 	}
-	// Release the input loop: it may be blocked on the closed connection
-	// or handing a resize or signal to an exec that no longer listens.
-	cancel(nil)
-	conn.CloseNow()
-	<-inputDone
+}
+
+// watchInput runs a session's input loop in its own goroutine; what the
+// loop returns (why the client's side ended: errClientGone, a protocol
+// error) cancels the session's context. stop ends the session and waits
+// for the loop.
+func watchInput(conn *websocket.Conn, cancel context.CancelCauseFunc, loop func() error) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cancel(loop())
+	}()
+	return func() {
+		cancel(nil)
+		conn.CloseNow()
+		<-done
+	}
+}
+
+// execWaitingForAgent runs the exec, retrying for up to wait while the
+// guest agent is unavailable (a VM that has just booted). The manager
+// reports that before touching stdio, so a retry starts clean.
+func execWaitingForAgent(ctx context.Context, g Guest, id string, req agent.ExecRequest, stdio agent.ExecIO, wait time.Duration) (agent.ExecResult, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		res, err := g.Exec(ctx, id, req, stdio)
+		if err == nil || !errors.Is(err, instances.ErrAgentUnavailable) || time.Now().Add(agentRetryInterval).After(deadline) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return res, err
+		case <-time.After(agentRetryInterval):
+		}
+	}
+}
+
+// execFailed ends an exec that could not run the way hypeman's server
+// does (an "Error: ..." output frame, exit code 127), with our error and
+// code fields added to the last message. A separate_stderr client reads
+// those fields, so it does not get the frame (it would print the error
+// twice).
+func (s *server) execFailed(ctx context.Context, conn *websocket.Conn, r *http.Request, separate bool, err error) {
+	code, msg, status, gone := s.failure(r, err)
+	if gone {
+		return
+	}
+	exit := execExit{ExitCode: execExitFailed, Error: msg, Code: code}
+	if separate {
+		closeWith(ctx, conn, status, exit)
+		return
+	}
+	closeWith(ctx, conn, status, []byte("Error: "+msg+"\r\n"), exit)
 }
 
 // request validates the start message into the agent's request.
 func (st execStart) request() (agent.ExecRequest, error) {
+	if len(st.Command) == 0 {
+		st.Command = []string{"/bin/sh"}
+	}
 	switch {
-	case len(st.Command) == 0 || st.Command[0] == "":
-		return agent.ExecRequest{}, protocolErrorf("invalid start message: command is required")
+	case st.Command[0] == "":
+		return agent.ExecRequest{}, protocolErrorf("invalid start message: command[0] is empty (leave command out to run /bin/sh)")
 	case len(st.Command) > 1024:
 		return agent.ExecRequest{}, protocolErrorf("invalid start message: command has more than 1024 words")
-	case st.TimeoutSeconds < 0 || st.TimeoutSeconds > maxExecTimeoutSeconds:
-		return agent.ExecRequest{}, protocolErrorf("invalid start message: timeout_seconds must be between 0 and %d", maxExecTimeoutSeconds)
+	case st.Timeout < 0 || st.Timeout > maxExecTimeoutSeconds:
+		return agent.ExecRequest{}, protocolErrorf("invalid start message: timeout must be between 0 and %d seconds", maxExecTimeoutSeconds)
+	case st.WaitForAgent < 0 || st.WaitForAgent > maxWaitForAgent:
+		return agent.ExecRequest{}, protocolErrorf("invalid start message: wait_for_agent must be between 0 and %d seconds", maxWaitForAgent)
 	case len(st.Cwd) > 4096 || strings.ContainsRune(st.Cwd, 0):
-		return agent.ExecRequest{}, protocolErrorf("invalid start message: bad cwd")
+		return agent.ExecRequest{}, protocolErrorf("invalid start message: cwd must be at most 4096 bytes without NUL")
 	case len(st.User) > 256 || strings.ContainsRune(st.User, 0):
-		return agent.ExecRequest{}, protocolErrorf("invalid start message: bad user")
+		return agent.ExecRequest{}, protocolErrorf("invalid start message: user must be at most 256 bytes without NUL")
 	case len(st.Env) > 1024:
 		return agent.ExecRequest{}, protocolErrorf("invalid start message: more than 1024 env entries")
 	}
@@ -374,12 +514,12 @@ func (st execStart) request() (agent.ExecRequest, error) {
 	}
 	for k, v := range st.Env {
 		if k == "" || strings.ContainsAny(k, "=\x00") || len(v) > 65536 || strings.ContainsRune(v, 0) {
-			return agent.ExecRequest{}, protocolErrorf("invalid start message: bad env entry %q", k)
+			return agent.ExecRequest{}, protocolErrorf("invalid start message: bad env entry %q (names are non-empty without = or NUL, values at most 64 KiB without NUL)", k)
 		}
 	}
 	return agent.ExecRequest{
 		Argv: st.Command, Env: st.Env, Cwd: st.Cwd, User: st.User, TTY: st.TTY,
-		Rows: st.Rows, Cols: st.Cols, Timeout: time.Duration(st.TimeoutSeconds) * time.Second,
+		Rows: st.Rows, Cols: st.Cols, Timeout: time.Duration(st.Timeout) * time.Second,
 	}, nil
 }
 
@@ -489,60 +629,165 @@ func (s *server) serveCopy(w http.ResponseWriter, r *http.Request) {
 	defer cancel(nil)
 
 	var start copyStart
-	if err := readStart(ctx, conn, &start); err != nil {
-		s.finish(ctx, conn, r, nil, err)
+	err := readStart(ctx, conn, &start)
+	if err == nil {
+		err = start.validate()
+	}
+	if err != nil {
+		if start.Direction == "to" {
+			s.copyToFailed(ctx, conn, r, err)
+		} else {
+			s.copyFromFailed(ctx, conn, r, start.GuestPath, err)
+		}
 		return
+	}
+	if start.Direction == "to" {
+		s.copyTo(ctx, cancel, conn, r, g, id, start)
+	} else {
+		s.copyFrom(ctx, cancel, conn, r, g, id, start)
+	}
+}
+
+func (st copyStart) validate() error {
+	switch {
+	case st.Direction != "to" && st.Direction != "from":
+		return protocolErrorf(`invalid start message: direction must be "to" or "from"`)
+	case st.GuestPath == "" || st.GuestPath[0] != '/' || len(st.GuestPath) > 4096 || strings.ContainsRune(st.GuestPath, 0):
+		return protocolErrorf("invalid start message: guest_path must be an absolute path of at most 4096 bytes without NUL")
+	case len(st.SrcBasename) > 4096:
+		return protocolErrorf("invalid start message: src_basename is longer than 4096 bytes")
+	case st.Direction == "from":
+		return nil // the "to" fields are ignored
+	case st.LinkTarget != "" && (st.IsDir || len(st.LinkTarget) > 4096 || strings.ContainsRune(st.LinkTarget, 0)):
+		return protocolErrorf("invalid start message: link_target must be at most 4096 bytes without NUL, and not with is_dir")
+	}
+	return nil
+}
+
+// putRequest is the agent request for a "to" copy. Mode bits above 0o7777
+// (a file type some tar writers leave in) are dropped.
+func (st copyStart) putRequest() agent.PutRequest {
+	req := agent.PutRequest{
+		Path: st.GuestPath, Kind: agent.PutFile, Mode: st.Mode & 0o7777,
+		UID: st.UID, GID: st.GID, Mtime: st.Mtime,
 	}
 	switch {
-	case start.Direction != "to" && start.Direction != "from":
-		s.finish(ctx, conn, r, nil, protocolErrorf(`invalid start message: direction must be "to" or "from"`))
-		return
-	case start.Path == "" || len(start.Path) > 4096 || strings.ContainsRune(start.Path, 0):
-		s.finish(ctx, conn, r, nil, protocolErrorf("invalid start message: path must be 1 to 4096 bytes without NUL"))
-		return
+	case st.IsDir:
+		req.Kind = agent.PutDir
+	case st.LinkTarget != "":
+		req.Kind, req.LinkTarget = agent.PutSymlink, st.LinkTarget
 	}
+	return req
+}
 
-	inputDone := make(chan struct{})
-	var err error
-	if start.Direction == "to" {
-		pr, pw := io.Pipe()
-		go func() {
-			defer close(inputDone)
-			cancel(copyInput(ctx, conn, pw))
-		}()
-		err = g.CopyTo(ctx, id, start.Path, pr)
-		_ = pr.CloseWithError(io.ErrClosedPipe)
+func (s *server) copyTo(ctx context.Context, cancel context.CancelCauseFunc, conn *websocket.Conn, r *http.Request, g Guest, id string, start copyStart) {
+	req := start.putRequest()
+	var pr *io.PipeReader
+	var pw *io.PipeWriter
+	if req.Kind == agent.PutFile {
+		pr, pw = io.Pipe()
+	}
+	ended := make(chan struct{}) // closed at the client's end message
+	stop := watchInput(conn, cancel, func() error { return copyInput(ctx, conn, pw, ended) })
+	defer stop()
+
+	var (
+		n   int64
+		err error
+	)
+	if pr != nil {
+		n, err = g.CopyTo(ctx, id, req, pr)
+		_ = pr.CloseWithError(io.ErrClosedPipe) // the input loop drops the rest
 	} else {
-		go func() {
-			defer close(inputDone)
-			cancel(copyInput(ctx, conn, nil))
-		}()
-		err = g.CopyFrom(ctx, id, start.Path, wsWriter{ctx: ctx, conn: conn})
+		// A directory or symlink is made once the client has ended.
+		select {
+		case <-ended:
+			n, err = g.CopyTo(ctx, id, req, nil)
+		case <-ctx.Done():
+		}
+	}
+	// The client reads the result only after its end message: wait for it
+	// (or for the connection to fail) so that it gets the reason.
+	select {
+	case <-ended:
+	case <-ctx.Done():
 	}
 	if cause := context.Cause(ctx); cause != nil {
 		err = cause
 	}
 	if err != nil {
-		s.finish(ctx, conn, r, nil, err)
-	} else {
-		s.finish(ctx, conn, r, streamResult{OK: true}, nil)
+		s.copyToFailed(ctx, conn, r, err)
+		return
 	}
-	cancel(nil)
-	conn.CloseNow()
-	<-inputDone
+	closeWith(ctx, conn, websocket.StatusNormalClosure, copyResult{Type: "result", Success: true, BytesWritten: n})
 }
 
-// copyInput feeds the client's tar stream into pw ("to"), or, with a nil
-// pw ("from"), only watches for the client going away: a "from" client
-// sends nothing.
-func copyInput(ctx context.Context, conn *websocket.Conn, pw *io.PipeWriter) error {
-	open := pw != nil
+func (s *server) copyToFailed(ctx context.Context, conn *websocket.Conn, r *http.Request, err error) {
+	code, msg, status, gone := s.failure(r, err)
+	if !gone {
+		closeWith(ctx, conn, status, copyResult{Type: "result", Error: msg, Code: code})
+	}
+}
+
+func (s *server) copyFrom(ctx context.Context, cancel context.CancelCauseFunc, conn *websocket.Conn, r *http.Request, g Guest, id string, start copyStart) {
+	stop := watchInput(conn, cancel, func() error { return copyInput(ctx, conn, nil, nil) })
+	defer stop()
+
+	pending := false // an entry was sent and its end marker is owed
+	buf := make([]byte, 32<<10)
+	err := g.CopyFrom(ctx, id, agent.TreeRequest{Path: start.GuestPath, FollowLinks: start.FollowLinks},
+		func(e agent.TreeEntry, data io.Reader) error {
+			if pending {
+				if err := writeMsg(ctx, conn, copyEnd{Type: "end"}); err != nil {
+					return err
+				}
+			}
+			h := copyHeader{Type: "header", Path: e.Path, Mode: e.Mode, IsDir: e.IsDir, IsSymlink: e.IsSymlink,
+				LinkTarget: e.LinkTarget, Size: e.Size, Mtime: e.Mtime, UID: e.UID, GID: e.GID}
+			if err := writeMsg(ctx, conn, h); err != nil {
+				return err
+			}
+			pending = true
+			if !e.Regular() {
+				return nil
+			}
+			_, err := io.CopyBuffer(wsWriter{ctx: ctx, conn: conn}, data, buf)
+			return err
+		})
+	if cause := context.Cause(ctx); cause != nil {
+		err = cause
+	}
+	if err == nil && !pending {
+		err = errors.New("the guest sent no entry") // cannot happen: the source is one
+	}
+	if err != nil {
+		s.copyFromFailed(ctx, conn, r, start.GuestPath, err)
+		return
+	}
+	closeWith(ctx, conn, websocket.StatusNormalClosure, copyEnd{Type: "end", Final: true})
+}
+
+func (s *server) copyFromFailed(ctx context.Context, conn *websocket.Conn, r *http.Request, guestPath string, err error) {
+	code, msg, status, gone := s.failure(r, err)
+	if !gone {
+		closeWith(ctx, conn, status, copyError{Type: "error", Message: msg, Path: guestPath, Code: code})
+	}
+}
+
+// copyInput reads the client's messages after the start message. For a
+// file upload (pw set) binary frames are its bytes, written to pw until
+// the copy stops taking them (then dropped); {"type":"end"} closes pw and
+// ended. Without pw a binary frame is a protocol error, and with a nil
+// ended (a download) so is any message. It returns why the connection
+// ended: errClientGone, a protocol error, or nil when ctx ended first.
+func copyInput(ctx context.Context, conn *websocket.Conn, pw *io.PipeWriter, ended chan<- struct{}) error {
 	fail := func(err error) error {
 		if pw != nil {
 			_ = pw.CloseWithError(err)
 		}
 		return err
 	}
+	done := false
 	for {
 		typ, data, err := conn.Read(ctx)
 		if err != nil {
@@ -552,19 +797,29 @@ func copyInput(ctx context.Context, conn *websocket.Conn, pw *io.PipeWriter) err
 			return fail(fmt.Errorf("%w: %v", errClientGone, err))
 		}
 		switch {
-		case pw == nil:
+		case ended == nil:
 			return fail(protocolErrorf(`a "from" copy takes no messages after the start message`))
-		case typ != websocket.MessageBinary:
-			return fail(protocolErrorf("only binary frames may follow the start message of a copy"))
-		case !open:
-			return fail(protocolErrorf("data after the end of the tar stream"))
-		case len(data) == 0:
-			open = false
-			_ = pw.Close()
-		default:
-			// An error means the extraction already ended (it failed, and
-			// says why): drop the rest.
-			_, _ = pw.Write(data)
+		case done:
+			return fail(protocolErrorf(`nothing may follow {"type":"end"}`))
+		case typ == websocket.MessageBinary && pw == nil:
+			return fail(protocolErrorf("a directory or symlink copy takes no data: send {\"type\":\"end\"}"))
+		case typ == websocket.MessageBinary:
+			_, _ = pw.Write(data) // an error: the copy ended (and says why)
+			continue
 		}
+		var m struct {
+			Type string `json:"type"`
+		}
+		if err := decodeStrict(data, &m, "message"); err != nil {
+			return fail(err)
+		}
+		if m.Type != "end" {
+			return fail(protocolErrorf(`invalid message: want {"type":"end"}, got type %q`, m.Type))
+		}
+		done = true
+		if pw != nil {
+			_ = pw.Close()
+		}
+		close(ended)
 	}
 }

@@ -1,14 +1,16 @@
 package api
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,15 +61,16 @@ func send(t *testing.T, conn *websocket.Conn, typ websocket.MessageType, data st
 
 // session is everything the server sent until it closed.
 type session struct {
-	stdout, stderr bytes.Buffer
-	raw            bytes.Buffer // unprefixed binary frames (cp)
+	raw            bytes.Buffer // binary frames, concatenated
+	binary         [][]byte     // binary frames, one by one
+	stdout, stderr bytes.Buffer // binary frames split by their stream byte (separate_stderr)
+	texts          []map[string]any
+	order          []string // "b" or the text message's type/keys, in arrival order
 	final          map[string]any
-	finals         int
 	close          websocket.StatusCode
-	other          []string
 }
 
-func readSession(t *testing.T, conn *websocket.Conn, prefixed bool) *session {
+func readSession(t *testing.T, conn *websocket.Conn) *session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -81,20 +84,27 @@ func readSession(t *testing.T, conn *websocket.Conn, prefixed bool) *session {
 			}
 			return s
 		}
-		switch {
-		case typ == websocket.MessageText:
-			s.finals++
-			if err := json.Unmarshal(data, &s.final); err != nil {
+		if typ == websocket.MessageText {
+			var m map[string]any
+			if err := json.Unmarshal(data, &m); err != nil {
 				t.Fatalf("text frame %q: %v", data, err)
 			}
-		case !prefixed:
-			s.raw.Write(data)
-		case len(data) > 0 && data[0] == streamStdout:
+			s.texts = append(s.texts, m)
+			s.final = m
+			label, _ := m["type"].(string)
+			if label == "" {
+				label = "text"
+			}
+			s.order = append(s.order, label)
+			continue
+		}
+		s.raw.Write(data)
+		s.binary = append(s.binary, data)
+		s.order = append(s.order, "b")
+		if len(data) > 0 && data[0] == streamStdout {
 			s.stdout.Write(data[1:])
-		case len(data) > 0 && data[0] == streamStderr:
+		} else if len(data) > 0 && data[0] == streamStderr {
 			s.stderr.Write(data[1:])
-		default:
-			s.other = append(s.other, string(data))
 		}
 	}
 }
@@ -118,16 +128,107 @@ func TestExecRoundTrip(t *testing.T) {
 	send(t, conn, websocket.MessageBinary, "hello ")
 	send(t, conn, websocket.MessageBinary, "world")
 	send(t, conn, websocket.MessageBinary, "") // stdin EOF: the fake's ReadAll returns
-	s := readSession(t, conn, true)
-	if got := s.stdout.String(); got != "idweb:cat -:hello world" {
-		t.Errorf("stdout %q (the exec runs on the resolved instance ID)", got)
+	s := readSession(t, conn)
+	// Output is raw bytes, stdout and stderr in the order written, as
+	// hypeman's CLI expects (it writes every binary frame to stdout).
+	if got := s.raw.String(); got != "idweb:cat -:hello worldto stderr" {
+		t.Errorf("output %q (the exec runs on the resolved instance ID)", got)
 	}
-	if got := s.stderr.String(); got != "to stderr" {
-		t.Errorf("stderr %q", got)
+	want := map[string]any{"exitCode": float64(3), "message": "exited with code 3", "timed_out": false}
+	if len(s.texts) != 1 || !equalJSON(s.final, want) || s.close != websocket.StatusNormalClosure {
+		t.Fatalf("final %v (%d texts), close %v", s.final, len(s.texts), s.close)
 	}
-	want := map[string]any{"exit_code": float64(3), "message": "exited with code 3", "timed_out": false}
-	if s.finals != 1 || !equalJSON(s.final, want) || s.close != websocket.StatusNormalClosure || len(s.other) != 0 {
-		t.Fatalf("final %v (%d), close %v, other %q", s.final, s.finals, s.close, s.other)
+}
+
+// TestExecUpstreamClientFraming drives the session with exactly the bytes
+// hypeman's CLI sends and reads the end the way it does.
+func TestExecUpstreamClientFraming(t *testing.T) {
+	got := make(chan agent.ExecRequest, 1)
+	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
+		got <- req
+		fmt.Fprint(stdio.Stdout, "partial output\n")
+		return agent.ExecResult{ExitCode: 137, Message: "timed out after 5s: killed by signal 9 (SIGKILL)", TimedOut: true}, nil
+	}})
+	conn := mustDial(t, e, "/instances/web/exec")
+	send(t, conn, websocket.MessageText, `{"command":["sleep","99"],"tty":false,"env":{"A":"1"},"cwd":"/tmp","timeout":5,"rows":24,"cols":80}`)
+	s := readSession(t, conn)
+	req := <-got
+	if req.Timeout != 5*time.Second || req.Cwd != "/tmp" || req.Env["A"] != "1" || req.TTY || req.Rows != 24 || req.Cols != 80 ||
+		!reflect.DeepEqual(req.Argv, []string{"sleep", "99"}) {
+		t.Fatalf("request %+v", req)
+	}
+	if s.raw.String() != "partial output\n" {
+		t.Fatalf("output %q", s.raw.String())
+	}
+	// The CLI finds the last message with bytes.Contains(msg, "exitCode")
+	// and decodes {"exitCode": int}; a timeout is 124.
+	last, _ := json.Marshal(s.final)
+	var exit struct {
+		ExitCode int `json:"exitCode"`
+	}
+	if !bytes.Contains(last, []byte("exitCode")) || json.Unmarshal(last, &exit) != nil || exit.ExitCode != 124 ||
+		s.final["timed_out"] != true || s.close != websocket.StatusNormalClosure {
+		t.Fatalf("final %s close %v", last, s.close)
+	}
+}
+
+func TestExecSeparateStderrAndUser(t *testing.T) {
+	got := make(chan agent.ExecRequest, 1)
+	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
+		got <- req
+		return echoExec(ctx, ref, req, stdio)
+	}})
+	conn := mustDial(t, e, "/instances/web/exec")
+	send(t, conn, websocket.MessageText, `{"command":["id"],"user":"nobody","separate_stderr":true}`)
+	send(t, conn, websocket.MessageBinary, "in")
+	send(t, conn, websocket.MessageBinary, "")
+	s := readSession(t, conn)
+	if req := <-got; req.User != "nobody" {
+		t.Fatalf("request %+v", req)
+	}
+	if s.stdout.String() != "idweb:id:in" || s.stderr.String() != "to stderr" || s.final["exitCode"] != float64(3) {
+		t.Fatalf("stdout %q stderr %q final %v", s.stdout.String(), s.stderr.String(), s.final)
+	}
+}
+
+func TestExecDefaultCommand(t *testing.T) {
+	got := make(chan agent.ExecRequest, 2)
+	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
+		got <- req
+		return agent.ExecResult{}, nil
+	}})
+	for _, start := range []string{`{"tty":true}`, `{"command":[]}`} {
+		conn := mustDial(t, e, "/instances/web/exec")
+		send(t, conn, websocket.MessageText, start)
+		s := readSession(t, conn)
+		if req := <-got; !reflect.DeepEqual(req.Argv, []string{"/bin/sh"}) || s.final["exitCode"] != float64(0) {
+			t.Fatalf("%s: argv %q, final %v", start, req.Argv, s.final)
+		}
+	}
+}
+
+func TestExecWaitForAgent(t *testing.T) {
+	var calls atomic.Int32
+	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
+		if calls.Add(1) <= 2 {
+			return agent.ExecResult{}, fmt.Errorf("%w: dial: connection refused", instances.ErrAgentUnavailable)
+		}
+		fmt.Fprint(stdio.Stdout, "up")
+		return agent.ExecResult{}, nil
+	}})
+	conn := mustDial(t, e, "/instances/web/exec")
+	send(t, conn, websocket.MessageText, `{"command":["true"],"wait_for_agent":30}`)
+	s := readSession(t, conn)
+	if calls.Load() != 3 || s.raw.String() != "up" || s.final["exitCode"] != float64(0) {
+		t.Fatalf("calls %d output %q final %v", calls.Load(), s.raw.String(), s.final)
+	}
+	// Without it the first refusal ends the session.
+	calls.Store(0)
+	conn = mustDial(t, e, "/instances/web/exec")
+	send(t, conn, websocket.MessageText, `{"command":["true"]}`)
+	s = readSession(t, conn)
+	if calls.Load() != 1 || s.final["code"] != "agent_unavailable" || s.final["exitCode"] != float64(127) {
+		t.Fatalf("calls %d final %v", calls.Load(), s.final)
 	}
 }
 
@@ -137,24 +238,6 @@ func equalJSON(a, b any) bool {
 	return bytes.Equal(ja, jb)
 }
 
-func TestExecStartFieldsAndTimeout(t *testing.T) {
-	got := make(chan agent.ExecRequest, 1)
-	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
-		got <- req
-		return agent.ExecResult{ExitCode: 137, Message: "timed out after 5s: killed", TimedOut: true}, nil
-	}})
-	conn := mustDial(t, e, "/instances/web/exec")
-	send(t, conn, websocket.MessageText, `{"command":["sleep","99"],"env":{"A":"1"},"cwd":"/tmp","user":"nobody","timeout_seconds":5}`)
-	s := readSession(t, conn, true)
-	req := <-got
-	if req.Timeout != 5*time.Second || req.Cwd != "/tmp" || req.User != "nobody" || req.Env["A"] != "1" || req.TTY {
-		t.Fatalf("request %+v", req)
-	}
-	if s.final["timed_out"] != true || s.final["exit_code"] != float64(137) || s.close != websocket.StatusNormalClosure {
-		t.Fatalf("final %v close %v", s.final, s.close)
-	}
-}
-
 func TestExecTTYResizeAndSignal(t *testing.T) {
 	e := newGuestEnv(t, &fakeGuest{exec: ttyExec})
 	conn := mustDial(t, e, "/instances/web/exec")
@@ -162,12 +245,12 @@ func TestExecTTYResizeAndSignal(t *testing.T) {
 	send(t, conn, websocket.MessageText, `{"resize":{"rows":50,"cols":132}}`)
 	send(t, conn, websocket.MessageText, `{"signal":"SIGHUP"}`)
 	send(t, conn, websocket.MessageText, `{"signal":"term"}`)
-	s := readSession(t, conn, true)
+	s := readSession(t, conn)
 	want := "tty=true 24x80\r\nresize 50x132\r\nsignal 1\r\nsignal 15\r\n"
-	if s.stdout.String() != want || s.stderr.Len() != 0 {
-		t.Fatalf("stdout %q stderr %q", s.stdout.String(), s.stderr.String())
+	if s.raw.String() != want {
+		t.Fatalf("output %q", s.raw.String())
 	}
-	if s.final["exit_code"] != float64(143) || s.close != websocket.StatusNormalClosure {
+	if s.final["exitCode"] != float64(143) || s.close != websocket.StatusNormalClosure {
 		t.Fatalf("final %v close %v", s.final, s.close)
 	}
 }
@@ -216,6 +299,17 @@ func TestExecRefusedBeforeUpgrade(t *testing.T) {
 	}
 }
 
+func sendAll(t *testing.T, conn *websocket.Conn, msgs []string) {
+	t.Helper()
+	for _, m := range msgs { // "t:" text, "b:" binary
+		typ := websocket.MessageText
+		if m[0] == 'b' {
+			typ = websocket.MessageBinary
+		}
+		send(t, conn, typ, m[2:])
+	}
+}
+
 func TestExecProtocolErrors(t *testing.T) {
 	called := make(chan struct{}, 8)
 	e := newGuestEnv(t, &fakeGuest{exec: func(ctx context.Context, ref string, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error) {
@@ -239,9 +333,10 @@ func TestExecProtocolErrors(t *testing.T) {
 		{"binary start", []string{"b:{}"}, "first message must be a JSON text frame", false},
 		{"not json", []string{"t:sh"}, "invalid start message", false},
 		{"unknown field", []string{`t:{"command":["sh"],"stdin":true}`}, "unknown field", false},
-		{"no command", []string{`t:{"command":[]}`}, "command is required", false},
-		{"empty argv0", []string{`t:{"command":[""]}`}, "command is required", false},
-		{"negative timeout", []string{`t:{"command":["sh"],"timeout_seconds":-1}`}, "timeout_seconds", false},
+		{"old timeout name", []string{`t:{"command":["sh"],"timeout_seconds":5}`}, "unknown field", false},
+		{"empty argv0", []string{`t:{"command":[""]}`}, "command[0] is empty", false},
+		{"negative timeout", []string{`t:{"command":["sh"],"timeout":-1}`}, "timeout must be", false},
+		{"huge wait_for_agent", []string{`t:{"command":["sh"],"wait_for_agent":99999}`}, "wait_for_agent", false},
 		{"rows too big", []string{`t:{"command":["sh"],"rows":70000}`}, "invalid start message", false},
 		{"bad env", []string{`t:{"command":["sh"],"env":{"A=B":"1"}}`}, "env", false},
 		{"nul in argv", []string{`t:{"command":["a\u0000b"]}`}, "NUL", false},
@@ -252,17 +347,14 @@ func TestExecProtocolErrors(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			conn := mustDial(t, e, "/instances/web/exec")
-			for _, m := range c.msgs {
-				typ := websocket.MessageText
-				if m[0] == 'b' {
-					typ = websocket.MessageBinary
-				}
-				send(t, conn, typ, m[2:])
-			}
-			s := readSession(t, conn, true)
+			sendAll(t, conn, c.msgs)
+			s := readSession(t, conn)
+			// As hypeman reports a failed exec: an "Error:" output frame,
+			// then exit code 127; our error and code ride along.
 			msg, _ := s.final["error"].(string)
-			if s.final["code"] != "invalid_request" || !strings.Contains(msg, c.inMsg) || s.close != websocket.StatusPolicyViolation {
-				t.Fatalf("final %v close %v", s.final, s.close)
+			if s.final["code"] != "invalid_request" || !strings.Contains(msg, c.inMsg) || s.final["exitCode"] != float64(127) ||
+				s.raw.String() != "Error: "+msg+"\r\n" || s.close != websocket.StatusPolicyViolation {
+				t.Fatalf("output %q final %v close %v", s.raw.String(), s.final, s.close)
 			}
 			select {
 			case <-called:
@@ -284,20 +376,27 @@ func TestExecErrorsAfterUpgrade(t *testing.T) {
 		return agent.ExecResult{}, fail
 	}})
 	for _, c := range []struct {
-		err   error
-		code  string
-		close websocket.StatusCode
+		err       error
+		code      string
+		close     websocket.StatusCode
+		separate  bool
+		wantBytes string
 	}{
-		{instances.ErrAgentUnavailable, "agent_unavailable", websocket.StatusNormalClosure},
-		{&instances.TransitionError{Action: instances.ActionExec, State: state.Stopped}, "invalid_state", websocket.StatusNormalClosure},
-		{errors.New("disk on fire"), "internal", websocket.StatusInternalError},
+		{instances.ErrAgentUnavailable, "agent_unavailable", websocket.StatusNormalClosure, false, "Error: guest agent unavailable\r\n"},
+		{&instances.TransitionError{Action: instances.ActionExec, State: state.Stopped}, "invalid_state", websocket.StatusNormalClosure, false, ""},
+		{errors.New("disk on fire"), "internal", websocket.StatusInternalError, true, ""},
 	} {
 		fail = c.err
 		conn := mustDial(t, e, "/instances/web/exec")
-		send(t, conn, websocket.MessageText, `{"command":["true"]}`)
-		s := readSession(t, conn, true)
-		if s.final["code"] != c.code || s.final["error"] != c.err.Error() || s.close != c.close {
-			t.Errorf("%v: final %v close %v", c.err, s.final, s.close)
+		send(t, conn, websocket.MessageText, fmt.Sprintf(`{"command":["true"],"separate_stderr":%v}`, c.separate))
+		s := readSession(t, conn)
+		order := []string{"b", "text"}
+		if c.separate {
+			order = order[1:] // the client reads the error field instead
+		}
+		if s.final["code"] != c.code || s.final["error"] != c.err.Error() || s.final["exitCode"] != float64(127) || s.close != c.close ||
+			(c.wantBytes != "" && s.raw.String() != c.wantBytes) || !reflect.DeepEqual(s.order, order) {
+			t.Errorf("%v: output %q final %v close %v order %v", c.err, s.raw.String(), s.final, s.close, s.order)
 		}
 	}
 }
@@ -324,150 +423,6 @@ func TestExecClientGoneKillsCommand(t *testing.T) {
 	}
 }
 
-func tarOf(t *testing.T, files map[string]string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, name := range []string{"../evil", "/abs/x", "ok/file"} {
-		body, ok := files[name]
-		if !ok {
-			continue
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(body))
-	}
-	tw.Close()
-	return buf.Bytes()
-}
-
-func TestCopyToPassesNamesThrough(t *testing.T) {
-	type call struct {
-		ref, dst string
-		data     []byte
-	}
-	calls := make(chan call, 1)
-	e := newGuestEnv(t, &fakeGuest{copyTo: func(ctx context.Context, ref, dst string, r io.Reader) error {
-		b, err := io.ReadAll(r)
-		calls <- call{ref, dst, b}
-		return err
-	}})
-	archive := tarOf(t, map[string]string{"../evil": "x", "/abs/x": "y", "ok/file": strings.Repeat("z", 100000)})
-	conn := mustDial(t, e, "/instances/web/cp")
-	send(t, conn, websocket.MessageText, `{"direction":"to","path":"/tmp/../../etc"}`)
-	for i := 0; i < len(archive); i += 32 << 10 {
-		send(t, conn, websocket.MessageBinary, string(archive[i:min(i+32<<10, len(archive))]))
-	}
-	send(t, conn, websocket.MessageBinary, "")
-	s := readSession(t, conn, false)
-	c := <-calls
-	if c.ref != "idweb" || c.dst != "/tmp/../../etc" || !bytes.Equal(c.data, archive) {
-		t.Fatalf("agent got ref %q dst %q and %d bytes (want %d, unmodified)", c.ref, c.dst, len(c.data), len(archive))
-	}
-	if s.final["ok"] != true || s.finals != 1 || s.close != websocket.StatusNormalClosure {
-		t.Fatalf("final %v close %v", s.final, s.close)
-	}
-}
-
-func TestCopyToErrorStopsUpload(t *testing.T) {
-	e := newGuestEnv(t, &fakeGuest{copyTo: func(ctx context.Context, ref, dst string, r io.Reader) error {
-		buf := make([]byte, 10)
-		io.ReadFull(r, buf)
-		return &agent.RemoteError{Op: agent.OpCopyTo, Code: agent.CodeBadRequest, Message: "not a tar stream"}
-	}})
-	conn := mustDial(t, e, "/instances/web/cp")
-	send(t, conn, websocket.MessageText, `{"direction":"to","path":"/tmp"}`)
-	go func() { // keep sending: the server must not block on an abandoned upload
-		for i := 0; i < 100; i++ {
-			if conn.Write(context.Background(), websocket.MessageBinary, bytes.Repeat([]byte("a"), 32<<10)) != nil {
-				return
-			}
-		}
-	}()
-	s := readSession(t, conn, false)
-	if s.final["code"] != "invalid_request" || !strings.Contains(s.final["error"].(string), "not a tar stream") {
-		t.Fatalf("final %v close %v", s.final, s.close)
-	}
-}
-
-func TestCopyFrom(t *testing.T) {
-	payload := bytes.Repeat([]byte("0123456789"), 20000)
-	e := newGuestEnv(t, &fakeGuest{copyFrom: func(ctx context.Context, ref, path string, w io.Writer) error {
-		switch path {
-		case "/missing":
-			return &agent.RemoteError{Op: agent.OpCopyFrom, Code: agent.CodeNotFound, Message: "stat /missing: no such file"}
-		case "/../etc/passwd":
-			for i := 0; i < len(payload); i += 32 << 10 {
-				if _, err := w.Write(payload[i:min(i+32<<10, len(payload))]); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		return errors.New("unexpected path " + path)
-	}})
-	conn := mustDial(t, e, "/instances/web/cp")
-	send(t, conn, websocket.MessageText, `{"direction":"from","path":"/../etc/passwd"}`)
-	s := readSession(t, conn, false)
-	if !bytes.Equal(s.raw.Bytes(), payload) || s.final["ok"] != true || s.close != websocket.StatusNormalClosure {
-		t.Fatalf("got %d bytes, final %v close %v", s.raw.Len(), s.final, s.close)
-	}
-	conn = mustDial(t, e, "/instances/web/cp")
-	send(t, conn, websocket.MessageText, `{"direction":"from","path":"/missing"}`)
-	s = readSession(t, conn, false)
-	if s.final["code"] != "not_found" || s.raw.Len() != 0 || s.close != websocket.StatusNormalClosure {
-		t.Fatalf("missing: final %v close %v", s.final, s.close)
-	}
-}
-
-func TestCopyProtocolErrors(t *testing.T) {
-	e := newGuestEnv(t, &fakeGuest{
-		copyTo: func(ctx context.Context, ref, dst string, r io.Reader) error {
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				return err
-			}
-			// Still extracting when the client breaks the protocol after
-			// the end frame: without this the fake finished first and the
-			// server answered ok before reading the offending frame.
-			<-ctx.Done()
-			return ctx.Err()
-		},
-		copyFrom: func(ctx context.Context, ref, path string, w io.Writer) error {
-			<-ctx.Done() // waits for the client's protocol error
-			return ctx.Err()
-		},
-	})
-	for _, c := range []struct {
-		name  string
-		msgs  []string
-		inMsg string
-	}{
-		{"bad direction", []string{`t:{"direction":"sideways","path":"/x"}`}, "direction"},
-		{"no path", []string{`t:{"direction":"to"}`}, "path"},
-		{"unknown field", []string{`t:{"direction":"to","path":"/x","mode":1}`}, "unknown field"},
-		{"text during upload", []string{`t:{"direction":"to","path":"/x"}`, "t:{}"}, "only binary frames"},
-		{"data after end", []string{`t:{"direction":"to","path":"/x"}`, "b:", "b:x"}, "after the end"},
-		{"message during download", []string{`t:{"direction":"from","path":"/x"}`, "b:x"}, "takes no messages"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			conn := mustDial(t, e, "/instances/web/cp")
-			for _, m := range c.msgs {
-				typ := websocket.MessageText
-				if m[0] == 'b' {
-					typ = websocket.MessageBinary
-				}
-				send(t, conn, typ, m[2:])
-			}
-			s := readSession(t, conn, false)
-			msg, _ := s.final["error"].(string)
-			if s.final["code"] != "invalid_request" || !strings.Contains(msg, c.inMsg) || s.close != websocket.StatusPolicyViolation {
-				t.Fatalf("final %v close %v", s.final, s.close)
-			}
-		})
-	}
-}
-
 // TestExecHandlerEnds: the handler returns after the exec even when the
 // client keeps sending control messages nobody reads any more.
 func TestExecHandlerEnds(t *testing.T) {
@@ -491,13 +446,238 @@ func TestExecHandlerEnds(t *testing.T) {
 		}
 	}
 	close(sent)
-	s := readSession(t, conn, true)
-	if s.final["exit_code"] != float64(0) {
+	s := readSession(t, conn)
+	if s.final["exitCode"] != float64(0) {
 		t.Fatalf("final %v", s.final)
 	}
 	select {
 	case <-returned:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the exec handler did not return")
+	}
+}
+
+// --- cp ---
+
+type putCall struct {
+	ref  string
+	req  agent.PutRequest
+	data []byte
+}
+
+func recordingPut(calls chan<- putCall) func(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error) {
+	return func(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error) {
+		var b []byte
+		var err error
+		if data != nil {
+			b, err = io.ReadAll(data)
+		}
+		calls <- putCall{ref, req, b}
+		return int64(len(b)), err
+	}
+}
+
+// TestCopyToFile sends what hypeman's SDK sends for a file: the start
+// message, raw chunks, {"type":"end"}; the guest path goes to the agent
+// unmodified (it confines it to the guest's root).
+func TestCopyToFile(t *testing.T) {
+	calls := make(chan putCall, 1)
+	e := newGuestEnv(t, &fakeGuest{copyTo: recordingPut(calls)})
+	payload := bytes.Repeat([]byte("0123456789"), 10000)
+	conn := mustDial(t, e, "/instances/web/cp")
+	send(t, conn, websocket.MessageText, `{"direction":"to","guest_path":"/tmp/../../etc/f","mode":420,"uid":5,"gid":6,"src_basename":"f"}`)
+	for i := 0; i < len(payload); i += 32 << 10 {
+		send(t, conn, websocket.MessageBinary, string(payload[i:min(i+32<<10, len(payload))]))
+	}
+	send(t, conn, websocket.MessageText, `{"type":"end"}`)
+	s := readSession(t, conn)
+	c := <-calls
+	want := agent.PutRequest{Path: "/tmp/../../etc/f", Kind: agent.PutFile, Mode: 0o644, UID: 5, GID: 6}
+	if c.ref != "idweb" || c.req != want || !bytes.Equal(c.data, payload) {
+		t.Fatalf("agent got ref %q req %+v and %d bytes", c.ref, c.req, len(c.data))
+	}
+	res := map[string]any{"type": "result", "success": true, "bytes_written": float64(len(payload))}
+	if len(s.texts) != 1 || !equalJSON(s.final, res) || s.close != websocket.StatusNormalClosure {
+		t.Fatalf("final %v close %v", s.texts, s.close)
+	}
+}
+
+func TestCopyToDirAndSymlink(t *testing.T) {
+	calls := make(chan putCall, 1)
+	e := newGuestEnv(t, &fakeGuest{copyTo: recordingPut(calls)})
+	for _, c := range []struct {
+		start string
+		want  agent.PutRequest
+	}{
+		{`{"direction":"to","guest_path":"/d","is_dir":true,"mode":16877,"uid":0,"gid":0}`, // 0o40755: type bits dropped
+			agent.PutRequest{Path: "/d", Kind: agent.PutDir, Mode: 0o755}},
+		{`{"direction":"to","guest_path":"/d/l","link_target":"../x","mtime":1600000000}`,
+			agent.PutRequest{Path: "/d/l", Kind: agent.PutSymlink, LinkTarget: "../x", Mtime: 1600000000}},
+	} {
+		conn := mustDial(t, e, "/instances/web/cp")
+		send(t, conn, websocket.MessageText, c.start)
+		send(t, conn, websocket.MessageText, `{"type":"end"}`)
+		s := readSession(t, conn)
+		got := <-calls
+		if got.req != c.want || got.data != nil || s.final["success"] != true || s.close != websocket.StatusNormalClosure {
+			t.Fatalf("%s: agent got %+v, final %v", c.start, got.req, s.final)
+		}
+	}
+}
+
+// TestCopyToFailureAfterEnd: when the guest fails mid-upload the rest is
+// read and dropped, and the reason comes as the result the client reads
+// after its end message.
+func TestCopyToFailureAfterEnd(t *testing.T) {
+	e := newGuestEnv(t, &fakeGuest{copyTo: func(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error) {
+		buf := make([]byte, 10)
+		io.ReadFull(data, buf)
+		return 10, &agent.RemoteError{Op: agent.OpPut, Code: agent.CodeConflict, Message: "/etc: cannot write a file over a directory"}
+	}})
+	conn := mustDial(t, e, "/instances/web/cp")
+	send(t, conn, websocket.MessageText, `{"direction":"to","guest_path":"/etc"}`)
+	for i := 0; i < 50; i++ {
+		send(t, conn, websocket.MessageBinary, string(bytes.Repeat([]byte("a"), 32<<10)))
+	}
+	send(t, conn, websocket.MessageText, `{"type":"end"}`)
+	s := readSession(t, conn)
+	if len(s.texts) != 1 || s.final["type"] != "result" || s.final["success"] != false || s.final["code"] != "conflict" ||
+		!strings.Contains(s.final["error"].(string), "over a directory") || s.close != websocket.StatusNormalClosure {
+		t.Fatalf("final %v close %v", s.texts, s.close)
+	}
+}
+
+// fakeTree plays a read_tree: entries with their data.
+func fakeTree(entries []agent.TreeEntry, data map[string]string, then error) func(context.Context, string, agent.TreeRequest, agent.TreeVisitor) error {
+	return func(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error {
+		for _, e := range entries {
+			if err := visit(e, strings.NewReader(data[e.Path])); err != nil {
+				return err
+			}
+		}
+		return then
+	}
+}
+
+func TestCopyFrom(t *testing.T) {
+	big := strings.Repeat("0123456789", 20000)
+	var got agent.TreeRequest
+	tree := fakeTree([]agent.TreeEntry{
+		{Path: ".", IsDir: true, Mode: 0o750, Mtime: 1600000000, UID: 1000, GID: 1000},
+		{Path: "a.txt", Mode: 0o644, Size: int64(len(big)), Mtime: 1600000001},
+		{Path: "link", IsSymlink: true, LinkTarget: "a.txt", Mode: 0o777},
+		{Path: "sub", IsDir: true, Mode: 0o755},
+		{Path: "sub/empty", Mode: 0o600},
+	}, map[string]string{"a.txt": big}, nil)
+	e := newGuestEnv(t, &fakeGuest{copyFrom: func(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error {
+		got = req
+		if req.Path == "/missing" {
+			return &agent.RemoteError{Op: agent.OpReadTree, Code: agent.CodeNotFound, Message: "/missing: no such file or directory"}
+		}
+		return tree(ctx, ref, req, visit)
+	}})
+	conn := mustDial(t, e, "/instances/web/cp")
+	// The CLI's stdout mode sends uid and gid (zero) too.
+	send(t, conn, websocket.MessageText, `{"direction":"from","guest_path":"/srv/pkg","follow_links":true,"uid":0,"gid":0}`)
+	s := readSession(t, conn)
+	if got.Path != "/srv/pkg" || !got.FollowLinks {
+		t.Fatalf("agent request %+v", got)
+	}
+	var order []string
+	for _, o := range s.order {
+		if o != "b" || len(order) == 0 || order[len(order)-1] != "b" {
+			order = append(order, o)
+		}
+	}
+	// header, [data], end per entry; only the last end is final.
+	want := []string{"header", "end", "header", "b", "end", "header", "end", "header", "end", "header", "end"}
+	if !reflect.DeepEqual(order, want) || s.raw.String() != big || s.close != websocket.StatusNormalClosure {
+		t.Fatalf("order %v (%d bytes) close %v", order, s.raw.Len(), s.close)
+	}
+	finals := 0
+	for i, m := range s.texts {
+		if m["final"] == true {
+			finals++
+			if i != len(s.texts)-1 {
+				t.Fatalf("final marker before the end: %v", s.texts)
+			}
+		}
+	}
+	h := map[string]any{"type": "header", "path": ".", "mode": float64(0o750), "is_dir": true, "is_symlink": false,
+		"size": float64(0), "mtime": float64(1600000000), "uid": float64(1000), "gid": float64(1000)}
+	if finals != 1 || !equalJSON(s.texts[0], h) || s.texts[4]["link_target"] != "a.txt" || s.texts[4]["is_symlink"] != true ||
+		s.texts[2]["size"] != float64(len(big)) {
+		t.Fatalf("messages %v", s.texts)
+	}
+
+	// A missing source: an error message (hypeman's shape plus our code).
+	conn = mustDial(t, e, "/instances/web/cp")
+	send(t, conn, websocket.MessageText, `{"direction":"from","guest_path":"/missing"}`)
+	s = readSession(t, conn)
+	if len(s.texts) != 1 || s.final["type"] != "error" || s.final["code"] != "not_found" || s.final["path"] != "/missing" ||
+		!strings.Contains(s.final["message"].(string), "no such file") || s.raw.Len() != 0 || s.close != websocket.StatusNormalClosure {
+		t.Fatalf("missing: %v close %v", s.texts, s.close)
+	}
+
+	// A failure after some entries: no final marker, an error instead.
+	tree = fakeTree([]agent.TreeEntry{{Path: ".", IsDir: true}}, nil, &agent.RemoteError{Op: agent.OpReadTree, Message: "/srv/pkg: input/output error"})
+	conn = mustDial(t, e, "/instances/web/cp")
+	send(t, conn, websocket.MessageText, `{"direction":"from","guest_path":"/srv/pkg"}`)
+	s = readSession(t, conn)
+	if !reflect.DeepEqual(s.order, []string{"header", "error"}) || s.final["code"] != "internal" || s.close != websocket.StatusInternalError {
+		t.Fatalf("late failure: %v close %v", s.texts, s.close)
+	}
+}
+
+func TestCopyProtocolErrors(t *testing.T) {
+	e := newGuestEnv(t, &fakeGuest{
+		copyTo: func(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (int64, error) {
+			if data != nil {
+				if _, err := io.Copy(io.Discard, data); err != nil {
+					return 0, err
+				}
+			}
+			// Still writing when the client breaks the protocol after
+			// its end message.
+			<-ctx.Done()
+			return 0, ctx.Err()
+		},
+		copyFrom: func(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error {
+			<-ctx.Done() // waits for the client's protocol error
+			return ctx.Err()
+		},
+	})
+	for _, c := range []struct {
+		name   string
+		msgs   []string
+		inMsg  string
+		result bool // a "to" session ends with a result, others with an error
+	}{
+		{"bad direction", []string{`t:{"direction":"sideways","guest_path":"/x"}`}, "direction", false},
+		{"no guest_path", []string{`t:{"direction":"to"}`}, "guest_path", true},
+		{"relative guest_path", []string{`t:{"direction":"from","guest_path":"x"}`}, "absolute", false},
+		{"old path field", []string{`t:{"direction":"to","path":"/x"}`}, "unknown field", true},
+		{"unknown field", []string{`t:{"direction":"to","guest_path":"/x","owner":"me"}`}, "unknown field", true},
+		{"link with is_dir", []string{`t:{"direction":"to","guest_path":"/x","is_dir":true,"link_target":"y"}`}, "link_target", true},
+		{"bad message during upload", []string{`t:{"direction":"to","guest_path":"/x"}`, `t:{"type":"fin"}`}, "want {\"type\":\"end\"}", true},
+		{"data after end", []string{`t:{"direction":"to","guest_path":"/x"}`, `t:{"type":"end"}`, "b:x"}, "nothing may follow", true},
+		{"data for a directory", []string{`t:{"direction":"to","guest_path":"/x","is_dir":true}`, "b:x"}, "takes no data", true},
+		{"message during download", []string{`t:{"direction":"from","guest_path":"/x"}`, "b:x"}, "takes no messages", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn := mustDial(t, e, "/instances/web/cp")
+			sendAll(t, conn, c.msgs)
+			s := readSession(t, conn)
+			msg, _ := s.final["message"].(string)
+			typ := "error"
+			if c.result {
+				msg, _ = s.final["error"].(string)
+				typ = "result"
+			}
+			if len(s.texts) != 1 || s.final["type"] != typ || s.final["code"] != "invalid_request" || !strings.Contains(msg, c.inMsg) ||
+				s.close != websocket.StatusPolicyViolation {
+				t.Fatalf("texts %v close %v", s.texts, s.close)
+			}
+		})
 	}
 }

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,9 +46,9 @@ input is a terminal too it is switched to raw mode for the session and
 window size changes follow you.
 
 Exit status: the command's exit code (126/127 when it could not be
-executed, 128+N when signal N killed it); 1 when the command could not be
-started (the instance is not Running, no guest agent, ...); 130 when you
-interrupt (the command is killed).`,
+executed, 128+N when signal N killed it, 124 when --timeout killed it); 1
+when the command could not be started (the instance is not Running, no
+guest agent, ...); 130 when you interrupt (the command is killed).`,
 		Example: `  hypeman exec web -- ls -l /
   hypeman exec -it web sh
   echo hi | hypeman exec -i -e GREETING=x web -- sh -c 'cat; echo $GREETING'`,
@@ -83,7 +85,9 @@ func (a *app) execInstance(cmd *cobra.Command, f execFlags, instance string, com
 	if f.timeout < 0 || f.timeout%time.Second != 0 {
 		return usage(fmt.Errorf("--timeout must be a whole number of seconds, 0 or more"))
 	}
-	start := client.ExecStart{Command: command}
+	// Our own framing extension: a stream byte on every output frame, so
+	// stderr stays stderr.
+	start := client.ExecStart{Command: &command, SeparateStderr: ptr(true)}
 	if f.tty {
 		start.Tty = &f.tty
 	}
@@ -97,8 +101,7 @@ func (a *app) execInstance(cmd *cobra.Command, f execFlags, instance string, com
 		start.User = &f.user
 	}
 	if f.timeout > 0 {
-		secs := int(f.timeout / time.Second)
-		start.TimeoutSeconds = &secs
+		start.Timeout = ptr(int(f.timeout / time.Second))
 	}
 	// A terminal on our side: its size goes with the request, and with -i
 	// it is put in raw mode so every key reaches the remote terminal.
@@ -163,21 +166,21 @@ func (a *app) execInstance(cmd *cobra.Command, f execFlags, instance string, com
 			}
 			continue
 		}
-		res, err := parseResult(data)
-		if err != nil {
-			return err
-		}
-		if res.ExitCode == nil {
-			return fmt.Errorf("server ended the exec without an exit code: %q", truncate(string(data), 200))
+		var exit client.ExecExit
+		if err := json.Unmarshal(data, &exit); err != nil || !bytes.Contains(data, []byte(`"exitCode"`)) {
+			return fmt.Errorf("server sent an invalid message: %q", truncate(string(data), 200))
 		}
 		_ = conn.Close(websocket.StatusNormalClosure, "")
-		if res.TimedOut {
-			fmt.Fprintf(a.stderr, "hypeman exec: %s\n", res.Message)
+		if exit.Error != nil || exit.Code != nil {
+			return &APIError{Code: deref(exit.Code), Message: deref(exit.Error)}
 		}
-		if *res.ExitCode == 0 {
+		if deref(exit.TimedOut) {
+			fmt.Fprintf(a.stderr, "hypeman exec: %s\n", deref(exit.Message))
+		}
+		if exit.ExitCode == 0 {
 			return nil
 		}
-		return &exitErr{code: *res.ExitCode}
+		return &exitErr{code: exit.ExitCode}
 	}
 }
 

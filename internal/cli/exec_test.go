@@ -86,7 +86,7 @@ func TestExecNonInteractive(t *testing.T) {
 	f.handle("GET /instances/{id}/exec", wsHandler(t, func(ctx context.Context, conn *websocket.Conn) {
 		start := readStartMsg(t, ctx, conn)
 		want := map[string]any{"command": []any{"sh", "-c", "echo hi --not-a-flag"}, "env": map[string]any{"A": "1"},
-			"cwd": "/srv", "user": "nobody", "timeout_seconds": float64(5)}
+			"cwd": "/srv", "user": "nobody", "timeout": float64(5), "separate_stderr": true}
 		if !reflect.DeepEqual(start, want) {
 			t.Errorf("start\n got %v\nwant %v", start, want)
 		}
@@ -96,7 +96,7 @@ func TestExecNonInteractive(t *testing.T) {
 		}
 		out(ctx, conn, 1, "hi\n")
 		out(ctx, conn, 2, "warn\n")
-		final(ctx, conn, `{"exit_code":7,"message":"exited with code 7","timed_out":false}`)
+		final(ctx, conn, `{"exitCode":7,"message":"exited with code 7","timed_out":false}`)
 	}))
 	o, stdout, stderr := testOptions(f.srv.URL, nil)
 	o.stdin = strings.NewReader("must not be read")
@@ -123,7 +123,7 @@ func TestExecInteractiveStdinAndExitZero(t *testing.T) {
 			t.Errorf("stdin: %v", err)
 		}
 		out(ctx, conn, 1, strings.ToUpper(in))
-		final(ctx, conn, `{"exit_code":0,"message":"exited with code 0","timed_out":false}`)
+		final(ctx, conn, `{"exitCode":0,"message":"exited with code 0","timed_out":false}`)
 	}))
 	o, stdout, _ := testOptions(f.srv.URL, nil)
 	o.stdin = strings.NewReader(strings.Repeat("abc\n", 20000)) // several 32 KiB messages
@@ -140,16 +140,20 @@ func TestExecFailures(t *testing.T) {
 	})
 	f.handle("GET /instances/noagent/exec", wsHandler(t, func(ctx context.Context, conn *websocket.Conn) {
 		readStartMsg(t, ctx, conn)
-		final(ctx, conn, `{"error":"guest agent unavailable: the instance was created with skip_guest_agent","code":"agent_unavailable"}`)
+		final(ctx, conn, `{"exitCode":127,"error":"guest agent unavailable: the instance was created with skip_guest_agent","code":"agent_unavailable"}`)
 	}))
 	f.handle("GET /instances/dropped/exec", wsHandler(t, func(ctx context.Context, conn *websocket.Conn) {
 		readStartMsg(t, ctx, conn)
 		out(ctx, conn, 1, "partial")
 		conn.Close(websocket.StatusInternalError, "boom")
 	}))
+	f.handle("GET /instances/noexit/exec", wsHandler(t, func(ctx context.Context, conn *websocket.Conn) {
+		readStartMsg(t, ctx, conn)
+		final(ctx, conn, `{"exit_code":0}`)
+	}))
 	f.handle("GET /instances/timeout/exec", wsHandler(t, func(ctx context.Context, conn *websocket.Conn) {
 		readStartMsg(t, ctx, conn)
-		final(ctx, conn, `{"exit_code":137,"message":"timed out after 1s: killed by signal 9 (SIGKILL)","timed_out":true}`)
+		final(ctx, conn, `{"exitCode":124,"message":"timed out after 1s: killed by signal 9 (SIGKILL)","timed_out":true}`)
 	}))
 	for _, c := range []struct {
 		inst  string
@@ -159,7 +163,8 @@ func TestExecFailures(t *testing.T) {
 		{"stopped", 1, "Error: cannot exec instance in state Stopped"},
 		{"noagent", 1, "Error: guest agent unavailable"},
 		{"dropped", 1, "closed the connection before the end (status 1011 boom)"},
-		{"timeout", 137, "hypeman exec: timed out after 1s"},
+		{"timeout", 124, "hypeman exec: timed out after 1s"},
+		{"noexit", 1, "server sent an invalid message"},
 	} {
 		res := f.run("exec", c.inst, "true")
 		if res.code != c.code || !strings.Contains(res.stderr, c.inErr) {
@@ -263,7 +268,7 @@ func TestExecTTY(t *testing.T) {
 			t.Error("no resize to 40x120 relayed")
 		}
 		out(ctx, conn, 1, "file1\r\nfile2\r\n")
-		final(ctx, conn, `{"exit_code":5,"message":"exited with code 5","timed_out":false}`)
+		final(ctx, conn, `{"exitCode":5,"message":"exited with code 5","timed_out":false}`)
 	}))
 	o, stdout, _ := testOptions(f.srv.URL, nil)
 	o.stdin = tty

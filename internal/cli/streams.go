@@ -69,8 +69,9 @@ process's own output, hypeman what the server did to the instance.`,
 	return cmd
 }
 
-// copyLogs prints each log event's data as a line. An "error" event (the
-// server's {code, message}) ends the stream with that error.
+// copyLogs prints each log event's data, a JSON string, as a line. An
+// "error" event (the server's {code, message}) ends the stream with that
+// error.
 func (a *app) copyLogs(body io.Reader) error {
 	rd := newSSEReader(body)
 	for {
@@ -83,7 +84,11 @@ func (a *app) copyLogs(body io.Reader) error {
 		}
 		switch ev.Type {
 		case "message":
-			if _, err := fmt.Fprintln(a.stdout, ev.Data); err != nil {
+			var line string
+			if err := json.Unmarshal([]byte(ev.Data), &line); err != nil {
+				return fmt.Errorf("the log stream sent %q, not a JSON string: %w", truncate(ev.Data, 200), err)
+			}
+			if _, err := fmt.Fprintln(a.stdout, line); err != nil {
 				return err
 			}
 		case "error":

@@ -24,10 +24,11 @@ func TestLogsPrintsLinesAndPassesOptions(t *testing.T) {
 			return
 		}
 		sseHeaders(w)
-		fmt.Fprint(w, "data: first line\n\n: keepalive\n\ndata: \n\ndata: two\ndata: parts\n\n")
+		// Lines are JSON strings; keepalives are bare comment lines.
+		fmt.Fprint(w, "data: \"first line\"\n\n: keepalive\ndata: \"\"\n\ndata: \"tab\\there \\u00e9 <b>\"\n\n")
 	})
 	res := f.run("logs", "--tail", "5", "--source", "vmm", "web")
-	if res.code != 0 || res.stdout != "first line\n\ntwo\nparts\n" {
+	if res.code != 0 || res.stdout != "first line\n\ntab\there é <b>\n" {
 		t.Fatal(res)
 	}
 	q := f.requests("GET", "/instances/web/logs")[0].Query
@@ -48,10 +49,19 @@ func TestLogsErrorEvent(t *testing.T) {
 	f := newFake(t)
 	f.handle("GET /instances/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
 		sseHeaders(w)
-		fmt.Fprint(w, "data: partial\n\nevent: error\ndata: {\"code\":\"internal\",\"message\":\"log file vanished\"}\n\n")
+		fmt.Fprint(w, "data: \"partial\"\n\nevent: error\ndata: {\"code\":\"internal\",\"message\":\"log file vanished\"}\n\n")
 	})
 	res := f.run("logs", "web")
 	if res.code != 1 || res.stdout != "partial\n" || !strings.Contains(res.stderr, "Error: log stream failed: log file vanished") {
+		t.Fatal(res)
+	}
+	// A line that is not a JSON string is a broken stream, not output.
+	f = newFake(t)
+	f.handle("GET /instances/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
+		sseHeaders(w)
+		fmt.Fprint(w, "data: raw line\n\n")
+	})
+	if res := f.run("logs", "web"); res.code != 1 || !strings.Contains(res.stderr, `sent "raw line", not a JSON string`) {
 		t.Fatal(res)
 	}
 }
@@ -60,7 +70,7 @@ func TestLogsFollowEndsCleanlyOnInterrupt(t *testing.T) {
 	f := newFake(t)
 	f.handle("GET /instances/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
 		sseHeaders(w)
-		fmt.Fprint(w, "data: line\n\n")
+		fmt.Fprint(w, "data: \"line\"\n\n")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
 	})

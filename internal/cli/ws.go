@@ -44,29 +44,6 @@ func (a *app) dialWS(ctx context.Context, instance, endpoint string) (*websocket
 	return conn, nil
 }
 
-// wsResult is the server's last message on an exec or cp WebSocket.
-type wsResult struct {
-	ExitCode *int   `json:"exit_code"`
-	Message  string `json:"message"`
-	TimedOut bool   `json:"timed_out"`
-	OK       bool   `json:"ok"`
-	Error    string `json:"error"`
-	Code     string `json:"code"`
-}
-
-// parseResult decodes a final text frame; an error result becomes an
-// *APIError carrying the server's code.
-func parseResult(data []byte) (*wsResult, error) {
-	var r wsResult
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("server sent an invalid message: %q", truncate(string(data), 200))
-	}
-	if r.Error != "" || r.Code != "" {
-		return nil, &APIError{Code: r.Code, Message: r.Error}
-	}
-	return &r, nil
-}
-
 // endedEarly describes a connection that closed before the final message.
 func endedEarly(ctx context.Context, err error) error {
 	if ctx.Err() != nil {

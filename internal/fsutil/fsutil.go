@@ -1,5 +1,7 @@
 // Package fsutil holds the few filesystem primitives every persisting package
-// needs, chiefly atomic file replacement.
+// needs, chiefly atomic file replacement, and the conversion between Go file
+// modes and the Unix permission bits that wire formats (tar, the cp
+// protocol) carry.
 //
 // Why: the daemon can be killed at any instant (kill -9 is part of the test
 // plan). A reader must see either the old or the new content of a metadata
@@ -9,10 +11,63 @@ package fsutil
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
+
+// ErrIsDir is MakeRoom finding a directory where a file or link should go.
+var ErrIsDir = errors.New("a directory is in the way")
+
+// MakeRoom removes the entry at name in root unless it is a directory
+// (ErrIsDir), so that a file or symlink can be created there without
+// writing through a link that was there. Nothing there is fine.
+func MakeRoom(root *os.Root, name string) error {
+	fi, err := root.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return ErrIsDir
+	}
+	return root.Remove(name)
+}
+
+// UnixPerm returns m's permission bits the Unix way: 0o777 plus 0o4000
+// setuid, 0o2000 setgid and 0o1000 sticky (Go keeps those three elsewhere).
+func UnixPerm(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
+}
+
+// FileMode is the inverse of UnixPerm; bits above 0o7777 (a file type a
+// tar header may carry) are ignored.
+func FileMode(u uint32) fs.FileMode {
+	m := fs.FileMode(u & 0o777)
+	if u&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if u&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if u&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
+}
 
 // WriteFileAtomic replaces path with data atomically and durably.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {

@@ -1,6 +1,8 @@
 package fsutil
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -26,5 +28,53 @@ func TestWriteFileAtomicReplacesAndLeavesNoTemp(t *testing.T) {
 	st, _ := os.Stat(p)
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("perm %v", st.Mode().Perm())
+	}
+}
+
+func TestUnixPermRoundTrip(t *testing.T) {
+	for _, c := range []struct {
+		m fs.FileMode
+		u uint32
+	}{
+		{0o644, 0o644},
+		{fs.ModeSetuid | 0o755, 0o4755},
+		{fs.ModeSetgid | fs.ModeSticky | 0o770, 0o3770},
+		{fs.ModeDir | fs.ModeSticky | 0o777, 0o1777}, // the type is not part of it
+	} {
+		if got := UnixPerm(c.m); got != c.u {
+			t.Errorf("UnixPerm(%v) = %o, want %o", c.m, got, c.u)
+		}
+		if got := FileMode(c.u); got != c.m&^fs.ModeType {
+			t.Errorf("FileMode(%o) = %v, want %v", c.u, got, c.m&^fs.ModeType)
+		}
+	}
+	if got := FileMode(0o100644); got != 0o644 {
+		t.Errorf("FileMode keeps the tar file type bits: %v", got)
+	}
+}
+
+func TestMakeRoom(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "file"), []byte("x"), 0o644)
+	os.Symlink("/etc/passwd", filepath.Join(dir, "link"))
+	os.Mkdir(filepath.Join(dir, "dir"), 0o755)
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	for _, name := range []string{"file", "link", "missing"} {
+		if err := MakeRoom(root, name); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s still there: %v", name, err)
+		}
+	}
+	if _, err := os.Stat("/etc/passwd"); err != nil {
+		t.Fatalf("the link's target was removed: %v", err)
+	}
+	if err := MakeRoom(root, "dir"); !errors.Is(err, ErrIsDir) {
+		t.Fatalf("dir: %v", err)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hypeman/internal/fsutil"
 )
 
 // Whiteout markers from the OCI image layer spec.
@@ -477,7 +479,7 @@ func (f *flattener) setMeta(p string, hdr *tar.Header, withMode bool) error {
 		}
 		return nil
 	}
-	if err := f.root.Chmod(p, tarMode(hdr.Mode)); err != nil {
+	if err := f.root.Chmod(p, fsutil.FileMode(uint32(hdr.Mode))); err != nil {
 		return &localError{Op: "chmod", Path: p, Err: err}
 	}
 	if err := f.setXattrs(p, hdr); err != nil {
@@ -495,22 +497,6 @@ func (f *flattener) setMeta(p string, hdr *tar.Header, withMode bool) error {
 		return &localError{Op: "chtimes", Path: p, Err: err}
 	}
 	return nil
-}
-
-// tarMode converts tar mode bits (with the C setuid/setgid/sticky values)
-// to an os.FileMode that os.Chmod understands.
-func tarMode(m int64) os.FileMode {
-	mode := os.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= os.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		mode |= os.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		mode |= os.ModeSticky
-	}
-	return mode
 }
 
 func (f *flattener) setXattrs(p string, hdr *tar.Header) error {

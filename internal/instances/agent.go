@@ -17,8 +17,8 @@ type AgentConn interface {
 	Shutdown(ctx context.Context) error
 	Stat(ctx context.Context, path string) (agent.FileInfo, error)
 	Exec(ctx context.Context, req agent.ExecRequest, stdio agent.ExecIO) (agent.ExecResult, error)
-	CopyTo(ctx context.Context, dstDir string, tarStream io.Reader) error
-	CopyFrom(ctx context.Context, path string, w io.Writer) error
+	Put(ctx context.Context, req agent.PutRequest, data io.Reader) (int64, error)
+	ReadTree(ctx context.Context, req agent.TreeRequest, visit agent.TreeVisitor) error
 	Close() error
 	Done() <-chan struct{}
 }
@@ -132,19 +132,25 @@ func (m *Manager) Stat(ctx context.Context, ref, path string) (fi agent.FileInfo
 	return fi, err
 }
 
-// CopyTo extracts a tar stream under dstDir inside a Running instance;
-// entries can never escape dstDir (the agent enforces it).
-func (m *Manager) CopyTo(ctx context.Context, ref, dstDir string, tarStream io.Reader) error {
-	if dstDir == "" {
-		return &InvalidArgumentError{Field: "path", Reason: "is required"}
+// CopyTo creates one file, directory or symlink inside a Running instance
+// (data is a file's content) and returns the bytes written. Paths resolve
+// inside the guest's root (the agent enforces it).
+func (m *Manager) CopyTo(ctx context.Context, ref string, req agent.PutRequest, data io.Reader) (n int64, err error) {
+	if req.Path == "" {
+		return 0, &InvalidArgumentError{Field: "guest_path", Reason: "is required"}
 	}
-	return m.withAgent(ctx, ref, ActionExec, func(c AgentConn) error { return c.CopyTo(ctx, dstDir, tarStream) })
+	err = m.withAgent(ctx, ref, ActionExec, func(c AgentConn) error {
+		n, err = c.Put(ctx, req, data)
+		return err
+	})
+	return n, err
 }
 
-// CopyFrom writes a tar stream of path inside a Running instance to w.
-func (m *Manager) CopyFrom(ctx context.Context, ref, path string, w io.Writer) error {
-	if path == "" {
-		return &InvalidArgumentError{Field: "path", Reason: "is required"}
+// CopyFrom streams a file or directory tree inside a Running instance to
+// visit, entry by entry.
+func (m *Manager) CopyFrom(ctx context.Context, ref string, req agent.TreeRequest, visit agent.TreeVisitor) error {
+	if req.Path == "" {
+		return &InvalidArgumentError{Field: "guest_path", Reason: "is required"}
 	}
-	return m.withAgent(ctx, ref, ActionExec, func(c AgentConn) error { return c.CopyFrom(ctx, path, w) })
+	return m.withAgent(ctx, ref, ActionExec, func(c AgentConn) error { return c.ReadTree(ctx, req, visit) })
 }

@@ -173,6 +173,66 @@ func (e CapabilitiesNetworkModel) Valid() bool {
 	}
 }
 
+// Defines values for CopyEndType.
+const (
+	End CopyEndType = "end"
+)
+
+// Valid indicates whether the value is a known member of the CopyEndType enum.
+func (e CopyEndType) Valid() bool {
+	switch e {
+	case End:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CopyErrorType.
+const (
+	CopyErrorTypeError CopyErrorType = "error"
+)
+
+// Valid indicates whether the value is a known member of the CopyErrorType enum.
+func (e CopyErrorType) Valid() bool {
+	switch e {
+	case CopyErrorTypeError:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CopyFileHeaderType.
+const (
+	Header CopyFileHeaderType = "header"
+)
+
+// Valid indicates whether the value is a known member of the CopyFileHeaderType enum.
+func (e CopyFileHeaderType) Valid() bool {
+	switch e {
+	case Header:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CopyResultType.
+const (
+	Result CopyResultType = "result"
+)
+
+// Valid indicates whether the value is a known member of the CopyResultType enum.
+func (e CopyResultType) Valid() bool {
+	switch e {
+	case Result:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CopyStartDirection.
 const (
 	CopyFromGuest CopyStartDirection = "from"
@@ -820,10 +880,93 @@ type CapabilitiesServer struct {
 	Version    string `json:"version"`
 }
 
+// CopyEnd Ends a "to" upload (client → server, `{"type": "end"}`) or an entry
+// of a "from" copy (server → client; `final` on the last entry).
+type CopyEnd struct {
+	Final *bool       `json:"final,omitempty"`
+	Type  CopyEndType `json:"type"`
+}
+
+// CopyEndType defines model for CopyEnd.Type.
+type CopyEndType string
+
+// CopyError Last message of a failed "from" copy (or of a session without a valid start message).
+type CopyError struct {
+	// Code As in the Error schema.
+	Code    string        `json:"code"`
+	Message string        `json:"message"`
+	Path    *string       `json:"path,omitempty"`
+	Type    CopyErrorType `json:"type"`
+}
+
+// CopyErrorType defines model for CopyError.Type.
+type CopyErrorType string
+
+// CopyFileHeader One entry of a "from" copy; a regular file's bytes follow as binary frames.
+type CopyFileHeader struct {
+	Gid        int     `json:"gid"`
+	IsDir      bool    `json:"is_dir"`
+	IsSymlink  bool    `json:"is_symlink"`
+	LinkTarget *string `json:"link_target,omitempty"`
+
+	// Mode Permission bits (0o7777).
+	Mode  int   `json:"mode"`
+	Mtime int64 `json:"mtime"`
+
+	// Path Relative to the source ("." is the source itself), slash-separated.
+	Path string `json:"path"`
+
+	// Size Bytes that follow (regular files; 0 otherwise).
+	Size int64              `json:"size"`
+	Type CopyFileHeaderType `json:"type"`
+	Uid  int                `json:"uid"`
+}
+
+// CopyFileHeaderType defines model for CopyFileHeader.Type.
+type CopyFileHeaderType string
+
+// CopyResult Last message of a "to" copy.
+type CopyResult struct {
+	BytesWritten *int64 `json:"bytes_written,omitempty"`
+
+	// Code Error code of `error`, as in the Error schema.
+	Code    *string        `json:"code,omitempty"`
+	Error   *string        `json:"error,omitempty"`
+	Success bool           `json:"success"`
+	Type    CopyResultType `json:"type"`
+}
+
+// CopyResultType defines model for CopyResult.Type.
+type CopyResultType string
+
 // CopyStart First message of a cp WebSocket (a text frame).
 type CopyStart struct {
 	Direction CopyStartDirection `json:"direction"`
-	Path      string             `json:"path"`
+
+	// FollowLinks (from) follow symlinks inside the guest instead of sending them as links.
+	FollowLinks *bool `json:"follow_links,omitempty"`
+	Gid         *int  `json:"gid,omitempty"`
+
+	// GuestPath Absolute path in the guest.
+	GuestPath string `json:"guest_path"`
+
+	// IsDir (to) create a directory instead of writing a file.
+	IsDir *bool `json:"is_dir,omitempty"`
+
+	// LinkTarget (to) create a symbolic link with this target; an extension.
+	LinkTarget *string `json:"link_target,omitempty"`
+
+	// Mode (to) permission bits; bits above 0o7777 are ignored.
+	Mode *int `json:"mode,omitempty"`
+
+	// Mtime (to) modification time, Unix seconds; an extension.
+	Mtime *int64 `json:"mtime,omitempty"`
+
+	// SrcBasename Accepted for compatibility with hypeman's clients; unused.
+	SrcBasename *string `json:"src_basename,omitempty"`
+
+	// Uid (to) owner, applied when uid or gid is non-zero.
+	Uid *int `json:"uid,omitempty"`
 }
 
 // CopyStartDirection defines model for CopyStart.Direction.
@@ -1100,22 +1243,34 @@ type ExecControl struct {
 		Rows int `json:"rows"`
 	} `json:"resize,omitempty"`
 
-	// Signal Example: TERM
+	// Signal HUP, INT, QUIT, KILL, USR1, USR2, TERM, ALRM, CONT, STOP, TSTP or WINCH, with or without SIG
+	//
+	// Example: TERM
 	Signal *string `json:"signal,omitempty"`
 }
 
-// ExecExit Last message of an exec WebSocket when the command ran.
+// ExecExit Last message of an exec WebSocket. `exitCode` is hypeman's field
+// (127 when the command could not be run); the others are additive.
 type ExecExit struct {
-	ExitCode int    `json:"exit_code"`
-	Message  string `json:"message"`
-	TimedOut bool   `json:"timed_out"`
+	// Code Error code of `error`, as in the Error schema.
+	Code *string `json:"code,omitempty"`
+
+	// Error Why the command could not be run.
+	Error    *string `json:"error,omitempty"`
+	ExitCode int     `json:"exitCode"`
+
+	// Message How the command ended ("exited with code 3", "timed out after 5s: ...").
+	Message  *string `json:"message,omitempty"`
+	TimedOut *bool   `json:"timed_out,omitempty"`
 }
 
 // ExecStart First message of an exec WebSocket (a text frame).
 type ExecStart struct {
 	// Cols Initial terminal columns (TTY only).
-	Cols    *int     `json:"cols,omitempty"`
-	Command []string `json:"command"`
+	Cols *int `json:"cols,omitempty"`
+
+	// Command Argv; missing or empty runs /bin/sh.
+	Command *[]string `json:"command,omitempty"`
 
 	// Cwd Working directory (default the instance's).
 	Cwd *string `json:"cwd,omitempty"`
@@ -1126,12 +1281,19 @@ type ExecStart struct {
 	// Rows Initial terminal rows (TTY only).
 	Rows *int `json:"rows,omitempty"`
 
-	// TimeoutSeconds Kill the command after this many seconds (0 = never).
-	TimeoutSeconds *int  `json:"timeout_seconds,omitempty"`
-	Tty            *bool `json:"tty,omitempty"`
+	// SeparateStderr Prefix every output frame with a stream byte (1 = stdout,
+	// 2 = stderr). An extension; without it output is raw bytes.
+	SeparateStderr *bool `json:"separate_stderr,omitempty"`
 
-	// User User name or uid[:gid] (default the instance's).
+	// Timeout Kill the command after this many seconds (0 = never); it then exits 124.
+	Timeout *int  `json:"timeout,omitempty"`
+	Tty     *bool `json:"tty,omitempty"`
+
+	// User User name or uid[:gid] (default the instance's). An extension.
 	User *string `json:"user,omitempty"`
+
+	// WaitForAgent Seconds to keep retrying while the guest agent is unavailable (0 = fail at once).
+	WaitForAgent *int `json:"wait_for_agent,omitempty"`
 }
 
 // ForkInstanceRequest defines model for ForkInstanceRequest.
@@ -1916,14 +2078,6 @@ type StandbyInstanceRequest struct {
 type StartInstanceRequest struct {
 	Cmd        *[]string `json:"cmd,omitempty"`
 	Entrypoint *[]string `json:"entrypoint,omitempty"`
-}
-
-// StreamResult Last message of a cp WebSocket (`ok`), or of an exec or cp WebSocket
-// that failed (`error` and `code`, as in the Error schema).
-type StreamResult struct {
-	Code  *string `json:"code,omitempty"`
-	Error *string `json:"error,omitempty"`
-	Ok    *bool   `json:"ok,omitempty"`
 }
 
 // Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
@@ -2753,9 +2907,15 @@ type ClientInterface interface {
 
 	// GetInstanceLogs Stream an instance's logs (server-sent events)
 	//
-	// Each log line is one SSE event whose `data` is the raw line. With
-	// `follow`, new lines are streamed until the VM is gone or the client
-	// disconnects; a `: keepalive` comment is sent every 15 s meanwhile.
+	// Each log line is one SSE event whose `data` is the line encoded as
+	// a JSON string (`data: "listening on :8080"`), as hypeman's SDK
+	// decodes it; the encoding escapes line breaks, so an event has one
+	// data field, and invalid UTF-8 becomes U+FFFD. With `follow`, new
+	// lines are streamed until the VM is gone or the client disconnects;
+	// meanwhile a `: keepalive` comment line is sent every 15 s, without a
+	// blank line after it (a blank line would dispatch an empty event,
+	// which the SDK cannot decode). A failure after the stream started is
+	// one event named `error` whose data is the Error object.
 	//
 	// Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 	GetInstanceLogs(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -3976,9 +4136,15 @@ func (c *Client) ForkInstance(ctx context.Context, id InstanceID, body ForkInsta
 
 // GetInstanceLogs Stream an instance's logs (server-sent events)
 //
-// Each log line is one SSE event whose `data` is the raw line. With
-// `follow`, new lines are streamed until the VM is gone or the client
-// disconnects; a `: keepalive` comment is sent every 15 s meanwhile.
+// Each log line is one SSE event whose `data` is the line encoded as
+// a JSON string (`data: "listening on :8080"`), as hypeman's SDK
+// decodes it; the encoding escapes line breaks, so an event has one
+// data field, and invalid UTF-8 becomes U+FFFD. With `follow`, new
+// lines are streamed until the VM is gone or the client disconnects;
+// meanwhile a `: keepalive` comment line is sent every 15 s, without a
+// blank line after it (a blank line would dispatch an empty event,
+// which the SDK cannot decode). A failure after the stream started is
+// one event named `error` whose data is the Error object.
 //
 // Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 func (c *Client) GetInstanceLogs(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -8121,9 +8287,15 @@ type ClientWithResponsesInterface interface {
 
 	// GetInstanceLogsWithResponse Stream an instance's logs (server-sent events)
 	//
-	// Each log line is one SSE event whose `data` is the raw line. With
-	// `follow`, new lines are streamed until the VM is gone or the client
-	// disconnects; a `: keepalive` comment is sent every 15 s meanwhile.
+	// Each log line is one SSE event whose `data` is the line encoded as
+	// a JSON string (`data: "listening on :8080"`), as hypeman's SDK
+	// decodes it; the encoding escapes line breaks, so an event has one
+	// data field, and invalid UTF-8 becomes U+FFFD. With `follow`, new
+	// lines are streamed until the VM is gone or the client disconnects;
+	// meanwhile a `: keepalive` comment line is sent every 15 s, without a
+	// blank line after it (a blank line would dispatch an empty event,
+	// which the SDK cannot decode). A failure after the stream started is
+	// one event named `error` whose data is the Error object.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -14391,9 +14563,15 @@ func (c *ClientWithResponses) ForkInstanceWithResponse(ctx context.Context, id I
 
 // GetInstanceLogsWithResponse Stream an instance's logs (server-sent events)
 //
-// Each log line is one SSE event whose `data` is the raw line. With
-// `follow`, new lines are streamed until the VM is gone or the client
-// disconnects; a `: keepalive` comment is sent every 15 s meanwhile.
+// Each log line is one SSE event whose `data` is the line encoded as
+// a JSON string (`data: "listening on :8080"`), as hypeman's SDK
+// decodes it; the encoding escapes line breaks, so an event has one
+// data field, and invalid UTF-8 becomes U+FFFD. With `follow`, new
+// lines are streamed until the VM is gone or the client disconnects;
+// meanwhile a `: keepalive` comment line is sent every 15 s, without a
+// blank line after it (a blank line would dispatch an empty event,
+// which the SDK cannot decode). A failure after the stream started is
+// one event named `error` whose data is the Error object.
 //
 // Returns a wrapper object for the known response body format(s).
 //

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -450,161 +448,250 @@ func TestClientCloseKillsExec(t *testing.T) {
 	waitFor(t, func() bool { return !pidAlive(pid) }, "exec to be killed when the session ends")
 }
 
-type tarEntry struct {
-	hdr  tar.Header
-	data string
+// tree is what ReadTree sent: entries in order, file contents by path.
+type tree struct {
+	entries []TreeEntry
+	data    map[string]string
 }
 
-func makeTar(t *testing.T, entries []tarEntry) *bytes.Buffer {
+func (tr tree) paths() []string {
+	var out []string
+	for _, e := range tr.entries {
+		out = append(out, e.Path)
+	}
+	return out
+}
+
+func (tr tree) get(t *testing.T, p string) TreeEntry {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		if h.ModTime.IsZero() {
-			h.ModTime = time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
-		}
-		require.NoError(t, tw.WriteHeader(&h))
-		if e.data != "" {
-			_, err := tw.Write([]byte(e.data))
-			require.NoError(t, err)
+	for _, e := range tr.entries {
+		if e.Path == p {
+			return e
 		}
 	}
-	require.NoError(t, tw.Close())
-	return &buf
+	t.Fatalf("no entry %q in %v", p, tr.paths())
+	return TreeEntry{}
 }
 
-func readTar(t *testing.T, r io.Reader) map[string]tarEntry {
+func (h *harness) readTree(t *testing.T, req TreeRequest) (tree, error) {
 	t.Helper()
-	out := map[string]tarEntry{}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out
+	tr := tree{data: map[string]string{}}
+	err := h.client.ReadTree(ctxT(t), req, func(e TreeEntry, data io.Reader) error {
+		tr.entries = append(tr.entries, e)
+		b, err := io.ReadAll(data)
+		if err != nil {
+			return err
 		}
-		require.NoError(t, err)
-		b, err := io.ReadAll(tr)
-		require.NoError(t, err)
-		out[h.Name] = tarEntry{hdr: *h, data: string(b)}
-	}
-}
-
-func TestCopyRoundTrip(t *testing.T) {
-	h := newHarness(t)
-	ctx := ctxT(t)
-	big := strings.Repeat("x", 300<<10)
-	in := makeTar(t, []tarEntry{
-		{hdr: tar.Header{Name: "pkg/", Typeflag: tar.TypeDir, Mode: 0o750}},
-		{hdr: tar.Header{Name: "pkg/a.txt", Typeflag: tar.TypeReg, Mode: 0o600, Uid: 1000, Gid: 1000}, data: "alpha"},
-		{hdr: tar.Header{Name: "pkg/big.bin", Typeflag: tar.TypeReg, Mode: 0o644}, data: big},
-		{hdr: tar.Header{Name: "pkg/run.sh", Typeflag: tar.TypeReg, Mode: 0o755}, data: "#!/bin/sh\necho ran\n"},
-		{hdr: tar.Header{Name: "pkg/sub/deep.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "deep"},
-		{hdr: tar.Header{Name: "pkg/link", Typeflag: tar.TypeSymlink, Linkname: "a.txt"}},
-		{hdr: tar.Header{Name: "pkg/hard", Typeflag: tar.TypeLink, Linkname: "pkg/a.txt"}},
+		if e.Regular() {
+			tr.data[e.Path] = string(b)
+		} else if len(b) != 0 {
+			t.Errorf("%s: %d data bytes for a non-file", e.Path, len(b))
+		}
+		return nil
 	})
-	require.NoError(t, h.client.CopyTo(ctx, "/dest/new", in))
+	return tr, err
+}
 
-	base := filepath.Join(h.root, "dest/new/pkg")
-	b, err := os.ReadFile(filepath.Join(base, "a.txt"))
-	require.NoError(t, err)
-	assert.Equal(t, "alpha", string(b))
+func (h *harness) put(t *testing.T, req PutRequest, data string) (int64, error) {
+	t.Helper()
+	var r io.Reader
+	if data != "" {
+		r = strings.NewReader(data)
+	}
+	return h.client.Put(ctxT(t), req, r)
+}
+
+func TestPutAndReadTree(t *testing.T) {
+	h := newHarness(t)
+	mtime := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC).Unix()
+	big := strings.Repeat("0123456789abcdef", 300<<10/16+7) // several frames, not a multiple of one
+	puts := []struct {
+		req  PutRequest
+		data string
+	}{
+		{PutRequest{Path: "/dest/pkg", Kind: PutDir, Mode: 0o750}, ""},
+		{PutRequest{Path: "/dest/pkg/a.txt", Kind: PutFile, Mode: 0o600, UID: 1000, GID: 1000, Mtime: mtime}, "alpha"},
+		{PutRequest{Path: "/dest/pkg/big.bin", Kind: PutFile}, big},
+		{PutRequest{Path: "/dest/pkg/run.sh", Kind: PutFile, Mode: 0o755}, "#!/bin/sh\necho ran\n"},
+		{PutRequest{Path: "/dest/pkg/suid", Kind: PutFile, Mode: 0o4755, UID: 1000}, "s"},
+		{PutRequest{Path: "/dest/pkg/sub/deep.txt", Kind: PutFile}, "deep"}, // parent created
+		{PutRequest{Path: "/dest/pkg/empty", Kind: PutFile}, ""},
+		{PutRequest{Path: "/dest/pkg/link", Kind: PutSymlink, LinkTarget: "a.txt"}, ""},
+	}
+	for _, p := range puts {
+		n, err := h.put(t, p.req, p.data)
+		require.NoError(t, err, p.req.Path)
+		assert.Equal(t, int64(len(p.data)), n, p.req.Path)
+	}
+
+	base := filepath.Join(h.root, "dest/pkg")
 	st, err := os.Stat(filepath.Join(base, "a.txt"))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
 	assert.Equal(t, uint32(1000), st.Sys().(*syscall.Stat_t).Uid)
-	assert.Equal(t, 2020, st.ModTime().Year())
-	assert.Equal(t, uint64(2), uint64(st.Sys().(*syscall.Stat_t).Nlink), "hard link")
-	dst, err := os.Stat(base)
+	assert.Equal(t, mtime, st.ModTime().Unix())
+	st, err = os.Stat(filepath.Join(base, "suid"))
 	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o750), dst.Mode().Perm())
+	assert.Equal(t, os.ModeSetuid|0o755, st.Mode()&(os.ModeSetuid|os.ModePerm), "setuid survives the chown")
+	st, err = os.Stat(filepath.Join(base, "big.bin"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), st.Mode().Perm(), "default mode of a new file")
+	st, err = os.Stat(base)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o750), st.Mode().Perm())
+	st, err = os.Stat(filepath.Join(base, "sub"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o755), st.Mode().Perm(), "created parent")
 	l, err := os.Readlink(filepath.Join(base, "link"))
 	require.NoError(t, err)
 	assert.Equal(t, "a.txt", l)
 
 	// The copied script runs in the guest.
-	o := h.run(t, ExecRequest{Argv: []string{"/dest/new/pkg/run.sh"}}, nil)
+	o := h.run(t, ExecRequest{Argv: []string{"/dest/pkg/run.sh"}}, nil)
 	assert.Equal(t, "ran\n", o.stdout)
 
-	// And comes back the same way.
-	var out bytes.Buffer
-	require.NoError(t, h.client.CopyFrom(ctx, "/dest/new/pkg", &out))
-	got := readTar(t, &out)
-	var names []string
-	for n := range got {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	assert.Equal(t, []string{"pkg/", "pkg/a.txt", "pkg/big.bin", "pkg/hard", "pkg/link", "pkg/run.sh", "pkg/sub/", "pkg/sub/deep.txt"}, names)
-	assert.Equal(t, "alpha", got["pkg/a.txt"].data)
-	assert.Equal(t, big, got["pkg/big.bin"].data)
-	assert.Equal(t, int64(0o755), got["pkg/run.sh"].hdr.Mode&0o777)
-	assert.Equal(t, "a.txt", got["pkg/link"].hdr.Linkname)
-	assert.Equal(t, byte(tar.TypeSymlink), got["pkg/link"].hdr.Typeflag)
-	assert.Equal(t, 1000, got["pkg/a.txt"].hdr.Uid)
-	// One of the two hard-linked names is stored as a link to the other.
-	hard := []byte{got["pkg/a.txt"].hdr.Typeflag, got["pkg/hard"].hdr.Typeflag}
-	assert.Contains(t, hard, byte(tar.TypeLink))
+	// Rewriting a file without a mode keeps its mode; the content is replaced.
+	_, err = h.put(t, PutRequest{Path: "/dest/pkg/a.txt", Kind: PutFile}, "beta")
+	require.NoError(t, err)
+	b, _ := os.ReadFile(filepath.Join(base, "a.txt"))
+	assert.Equal(t, "beta", string(b))
+	st, _ = os.Stat(filepath.Join(base, "a.txt"))
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	// A put of an existing directory applies its mode and mtime.
+	_, err = h.put(t, PutRequest{Path: "/dest/pkg/sub", Kind: PutDir, Mode: 0o700, Mtime: mtime}, "")
+	require.NoError(t, err)
+	st, _ = os.Stat(filepath.Join(base, "sub"))
+	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm())
+	assert.Equal(t, mtime, st.ModTime().Unix())
 
-	// A single file; a symlink is archived as a link, not followed.
-	out.Reset()
-	require.NoError(t, h.client.CopyFrom(ctx, "/data/link", &out))
-	got = readTar(t, &out)
-	require.Len(t, got, 1)
-	assert.Equal(t, "/data/file.txt", got["link"].hdr.Linkname)
+	// The tree comes back relative to its top, directories first.
+	got, err := h.readTree(t, TreeRequest{Path: "/dest/pkg/"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{".", "a.txt", "big.bin", "empty", "link", "run.sh", "sub", "sub/deep.txt", "suid"}, got.paths())
+	top := got.get(t, ".")
+	assert.True(t, top.IsDir)
+	assert.Equal(t, uint32(0o750), top.Mode)
+	assert.Equal(t, "beta", got.data["a.txt"])
+	assert.Equal(t, big, got.data["big.bin"])
+	assert.Equal(t, "", got.data["empty"])
+	a := got.get(t, "a.txt")
+	assert.Equal(t, uint32(1000), a.UID)
+	assert.Equal(t, uint32(0o600), a.Mode)
+	assert.Equal(t, int64(4), a.Size)
+	assert.Equal(t, uint32(0o4755), got.get(t, "suid").Mode)
+	link := got.get(t, "link")
+	assert.True(t, link.IsSymlink)
+	assert.Equal(t, "a.txt", link.LinkTarget)
+	assert.Equal(t, mtime, got.get(t, "sub").Mtime)
 
-	out.Reset()
-	err = h.client.CopyFrom(ctx, "/data/missing", &out)
+	// A single file is the entry "."; a symlink is sent as a link unless
+	// followed.
+	got, err = h.readTree(t, TreeRequest{Path: "/data/link"})
+	require.NoError(t, err)
+	require.Len(t, got.entries, 1)
+	assert.Equal(t, TreeEntry{Path: ".", Mode: 0o777, IsSymlink: true, LinkTarget: "/data/file.txt", Mtime: got.entries[0].Mtime}, got.entries[0])
+	got, err = h.readTree(t, TreeRequest{Path: "/data/link", FollowLinks: true})
+	require.NoError(t, err)
+	require.Len(t, got.entries, 1)
+	assert.Equal(t, "hello file\n", got.data["."])
+	assert.Equal(t, uint32(0o640), got.entries[0].Mode)
+
+	_, err = h.readTree(t, TreeRequest{Path: "/data/missing"})
 	assert.ErrorIs(t, err, ErrNotFound)
+
+	// A visitor error ends the walk with it.
+	boom := errors.New("visitor says no")
+	err = h.client.ReadTree(ctxT(t), TreeRequest{Path: "/dest/pkg"}, func(TreeEntry, io.Reader) error { return boom })
+	assert.ErrorIs(t, err, boom)
+	// A visitor that reads nothing still gets every entry.
+	n := 0
+	require.NoError(t, h.client.ReadTree(ctxT(t), TreeRequest{Path: "/dest/pkg"}, func(TreeEntry, io.Reader) error { n++; return nil }))
+	assert.Equal(t, 9, n)
 }
 
-func TestCopyToTraversal(t *testing.T) {
+func TestPutRefusals(t *testing.T) {
 	h := newHarness(t)
-	ctx := ctxT(t)
-	outside := filepath.Join(h.root, "data")
-	before := listTree(t, h.root)
-	cases := map[string][]tarEntry{
-		"dotdot":        {{hdr: tar.Header{Name: "../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"}},
-		"nested dotdot": {{hdr: tar.Header{Name: "a/../../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"}},
-		"absolute symlink then write through it": {
-			{hdr: tar.Header{Name: "abs", Typeflag: tar.TypeSymlink, Linkname: outside}},
-			{hdr: tar.Header{Name: "abs/escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"},
-		},
-		"relative symlink climbing out": {
-			{hdr: tar.Header{Name: "up", Typeflag: tar.TypeSymlink, Linkname: "../../data"}},
-			{hdr: tar.Header{Name: "up/escape.txt", Typeflag: tar.TypeReg, Mode: 0o644}, data: "x"},
-		},
-		"hard link to outside": {{hdr: tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "../data/file.txt"}}},
-	}
-	for name, entries := range cases {
-		err := h.client.CopyTo(ctx, "/dest", makeTar(t, entries))
+	for _, c := range []struct {
+		name string
+		req  PutRequest
+		code string
+	}{
+		{"file over a directory", PutRequest{Path: "/data", Kind: PutFile}, CodeConflict},
+		{"file at the root", PutRequest{Path: "/", Kind: PutFile}, CodeConflict},
+		{"directory over a file", PutRequest{Path: "/data/file.txt", Kind: PutDir}, CodeConflict},
+		{"symlink over a directory", PutRequest{Path: "/data", Kind: PutSymlink, LinkTarget: "x"}, CodeConflict},
+		{"file under a file", PutRequest{Path: "/data/file.txt/x", Kind: PutFile}, CodeConflict},
+		{"relative path", PutRequest{Path: "data/x", Kind: PutFile}, CodeBadRequest},
+		{"unknown kind", PutRequest{Path: "/data/x", Kind: "fifo"}, CodeBadRequest},
+		{"empty link target", PutRequest{Path: "/data/x", Kind: PutSymlink}, CodeBadRequest},
+	} {
+		_, err := h.put(t, c.req, "data")
 		var re *RemoteError
-		assert.ErrorAs(t, err, &re, name)
-		// Nothing was created outside /dest.
-		after := listTree(t, h.root)
-		for p := range after {
-			if !strings.HasPrefix(p, "dest") {
-				assert.Contains(t, before, p, "%s: created %s outside the destination", name, p)
-			}
+		if assert.ErrorAs(t, err, &re, c.name) {
+			assert.Equal(t, c.code, re.Code, "%s: %v", c.name, err)
 		}
-		os.RemoveAll(filepath.Join(h.root, "dest"))
 	}
-	// The leading "/" of an absolute entry name is relative to the destination.
-	require.NoError(t, h.client.CopyTo(ctx, "/dest", makeTar(t, []tarEntry{
-		{hdr: tar.Header{Name: "/etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, data: "not the real one"},
-	})))
-	b, err := os.ReadFile(filepath.Join(h.root, "dest/etc/passwd"))
-	require.NoError(t, err)
-	assert.Equal(t, "not the real one", string(b))
-	b, _ = os.ReadFile(filepath.Join(h.root, "etc/passwd"))
-	assert.Contains(t, string(b), "root:x:0:0")
+	b, _ := os.ReadFile(filepath.Join(h.root, "data/file.txt"))
+	assert.Equal(t, "hello file\n", string(b), "refused puts change nothing")
 
-	// A corrupt stream is an error, not a hang.
-	err = h.client.CopyTo(ctx, "/dest", strings.NewReader(strings.Repeat("garbage!", 200)))
-	assert.Error(t, err)
+	// A client that aborts its upload gets its own error back.
+	_, err := h.client.Put(ctxT(t), PutRequest{Path: "/data/aborted", Kind: PutFile}, io.MultiReader(strings.NewReader("part"), errReader{errors.New("disk unplugged")}))
+	assert.ErrorContains(t, err, "disk unplugged")
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// TestCopyConfinedToRoot: whatever path or symlink a put or read_tree
+// meets, it stays inside the instance root (chroot semantics).
+func TestCopyConfinedToRoot(t *testing.T) {
+	h := newHarness(t)
+	outside := filepath.Dir(h.root) // the host directory holding the root
+	before := listTree(t, outside)
+	require.NoError(t, os.Symlink("/etc", filepath.Join(h.root, "data/abs")))
+	require.NoError(t, os.Symlink("../../../../..", filepath.Join(h.root, "data/up")))
+	require.NoError(t, os.Symlink(outside, filepath.Join(h.root, "data/hostpath")))
+	require.NoError(t, os.Symlink("../../../../../../etc/passwd", filepath.Join(h.root, "data/pw")))
+
+	cases := map[string]string{ // guest path → where it must land, relative to the root
+		"/../../escape1.txt":     "escape1.txt",
+		"/data/abs/escape2.txt":  "etc/escape2.txt",
+		"/data/up/escape3.txt":   "escape3.txt",
+		"/data/hostpath/esc.txt": strings.TrimPrefix(filepath.Join(outside, "esc.txt"), "/"),
+	}
+	for p, want := range cases {
+		_, err := h.put(t, PutRequest{Path: p, Kind: PutFile}, "x")
+		require.NoError(t, err, p)
+		b, err := os.ReadFile(filepath.Join(h.root, want))
+		require.NoError(t, err, "%s should land at <root>/%s", p, want)
+		assert.Equal(t, "x", string(b))
+	}
+	// Symlinks a put creates are plain links; writing through them later
+	// is re-rooted like any other.
+	_, err := h.put(t, PutRequest{Path: "/dest/evil", Kind: PutSymlink, LinkTarget: outside}, "")
+	require.NoError(t, err)
+	_, err = h.put(t, PutRequest{Path: "/dest/evil/escape4.txt", Kind: PutFile}, "x")
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(h.root, outside, "escape4.txt"))
+	require.NoError(t, err)
+
+	// Following links reads the guest's files, never the host's.
+	got, err := h.readTree(t, TreeRequest{Path: "/data/pw", FollowLinks: true})
+	require.NoError(t, err)
+	assert.Contains(t, got.data["."], "app:x:1000:1000", "the root's passwd, not the host's")
+	got, err = h.readTree(t, TreeRequest{Path: "/data", FollowLinks: true})
+	require.NoError(t, err)
+	assert.Contains(t, got.data["pw"], "app:x:1000:1000")
+	assert.True(t, got.get(t, "up").IsDir, "a linked directory is sent as a directory")
+	assert.NotContains(t, got.paths(), "up/bin", "but not walked")
+
+	after := listTree(t, outside)
+	for p := range after {
+		if !strings.HasPrefix(p, filepath.Base(h.root)) {
+			assert.Contains(t, before, p, "created %s outside the root", p)
+		}
+	}
 }
 
 func listTree(t *testing.T, root string) map[string]bool {

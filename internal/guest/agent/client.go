@@ -307,15 +307,23 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdio ExecIO) (ExecR
 	}
 }
 
-// CopyTo extracts the tar stream r under dstDir in the guest (created if
-// missing). Entries cannot escape dstDir; entry owners, modes and times are
-// applied as given.
-func (c *Client) CopyTo(ctx context.Context, dstDir string, r io.Reader) error {
-	st, br, _, cleanup, err := c.call(ctx, Request{Op: OpCopyTo, Path: dstDir})
+// Put creates one file, directory or symlink in the guest (see
+// PutRequest). For a file, r's bytes are its content (nil = empty) and the
+// number of bytes the guest stored is returned. Put does not wait for r
+// after the guest answered: a Read blocked then keeps the sending goroutine
+// until it returns.
+func (c *Client) Put(ctx context.Context, req PutRequest, r io.Reader) (int64, error) {
+	st, br, _, cleanup, err := c.call(ctx, Request{Op: OpPut, Put: &req})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer cleanup()
+	if req.Kind != PutFile {
+		return 0, nil // done with the response line
+	}
+	if r == nil {
+		r = eofReader{}
+	}
 	fw := &frameWriter{w: st}
 	sent := make(chan error, 1)
 	go func() {
@@ -330,45 +338,154 @@ func (c *Client) CopyTo(ctx context.Context, dstDir string, r io.Reader) error {
 		}
 		sent <- err
 	}()
-	// The guest answers with an end frame, early if extraction failed.
-	typ, payload, err := readFrame(br)
+	// The guest answers with an end frame, early if writing failed.
+	resp, err := readEnd(br)
 	if err != nil {
-		return ctxErr(ctx, OpCopyTo, err)
-	}
-	if typ != frameEnd {
-		return ctxErr(ctx, OpCopyTo, fmt.Errorf("unexpected frame type %d", typ))
-	}
-	var resp Response
-	if err := json.Unmarshal(payload, &resp); err != nil {
-		return ctxErr(ctx, OpCopyTo, err)
+		return 0, ctxErr(ctx, OpPut, err)
 	}
 	if resp.Error != "" {
 		_ = st.Close() // unblocks the sender
-		return &RemoteError{Op: OpCopyTo, Code: resp.Code, Message: resp.Error}
+		return resp.Written, &RemoteError{Op: OpPut, Code: resp.Code, Message: resp.Error}
 	}
 	if err := <-sent; err != nil {
-		return ctxErr(ctx, OpCopyTo, err)
+		return resp.Written, ctxErr(ctx, OpPut, err)
 	}
-	return nil
+	return resp.Written, nil
 }
 
-// CopyFrom writes a tar stream of path in the guest to w. The top entry is
-// the path's base name; symlinks are archived, not followed.
-func (c *Client) CopyFrom(ctx context.Context, path string, w io.Writer) error {
-	_, br, _, cleanup, err := c.call(ctx, Request{Op: OpCopyFrom, Path: path})
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// readEnd reads the frame that must be an end frame.
+func readEnd(r io.Reader) (Response, error) {
+	typ, payload, err := readFrame(r)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return Response{}, err
+	}
+	if typ != frameEnd {
+		return Response{}, fmt.Errorf("unexpected frame type %d", typ)
+	}
+	var resp Response
+	if err := json.Unmarshal(payload, &resp); err != nil {
+		return Response{}, fmt.Errorf("bad end frame: %w", err)
+	}
+	return resp, nil
+}
+
+// TreeVisitor receives each entry of a ReadTree in walk order. data yields a
+// regular file's bytes (exactly e.Size of them); what the visitor does not
+// read is skipped. An error from the visitor ends the ReadTree with it.
+type TreeVisitor func(e TreeEntry, data io.Reader) error
+
+// ReadTree streams a file or a directory tree of the guest to visit (see
+// TreeRequest). A missing path is a RemoteError matching ErrNotFound before
+// any entry; an error found later ends the walk after the entries sent.
+func (c *Client) ReadTree(ctx context.Context, req TreeRequest, visit TreeVisitor) error {
+	_, br, _, cleanup, err := c.call(ctx, Request{Op: OpReadTree, Tree: &req})
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	data := &frameDataReader{r: br}
-	if _, err := io.Copy(w, data); err != nil {
-		if data.err != nil && !errors.Is(data.err, io.EOF) {
-			return ctxErr(ctx, OpCopyFrom, err)
+	for {
+		typ, payload, err := readFrame(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return ctxErr(ctx, OpReadTree, err)
 		}
-		return fmt.Errorf("guest agent copy_from: write: %w", err)
+		switch typ {
+		case frameHeader:
+			var e TreeEntry
+			if err := json.Unmarshal(payload, &e); err != nil {
+				return ctxErr(ctx, OpReadTree, fmt.Errorf("bad header frame: %w", err))
+			}
+			if e.Size < 0 || (!e.Regular() && e.Size != 0) {
+				return ctxErr(ctx, OpReadTree, fmt.Errorf("bad header frame: size %d", e.Size))
+			}
+			data := &entryData{r: br, left: e.Size}
+			if !e.Regular() {
+				data.left = 0
+			}
+			if err := visit(e, data); err != nil {
+				if data.err != nil {
+					return data.failure(ctx) // the visitor failed because the data did
+				}
+				return err
+			}
+			if _, err := io.Copy(io.Discard, data); err != nil {
+				return data.failure(ctx)
+			}
+		case frameEnd:
+			var resp Response
+			if err := json.Unmarshal(payload, &resp); err != nil {
+				return ctxErr(ctx, OpReadTree, fmt.Errorf("bad end frame: %w", err))
+			}
+			if resp.Error != "" {
+				return &RemoteError{Op: OpReadTree, Code: resp.Code, Message: resp.Error}
+			}
+			return nil
+		default:
+			return ctxErr(ctx, OpReadTree, fmt.Errorf("unexpected frame type %d", typ))
+		}
 	}
-	if data.end != nil && data.end.Error != "" {
-		return &RemoteError{Op: OpCopyFrom, Code: data.end.Code, Message: data.end.Error}
+}
+
+// entryData reads one entry's data frames.
+type entryData struct {
+	r    io.Reader
+	left int64
+	buf  []byte
+	err  error     // sticky
+	end  *Response // an end frame that cut the entry short
+}
+
+// errShortEntry: the data of an entry ended before its announced size.
+var errShortEntry = errors.New("guest agent read_tree: entry data ended early")
+
+func (d *entryData) Read(p []byte) (int, error) {
+	for len(d.buf) == 0 {
+		if d.err != nil {
+			return 0, d.err
+		}
+		if d.left == 0 {
+			return 0, io.EOF
+		}
+		typ, payload, err := readFrame(d.r)
+		switch {
+		case err != nil:
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			d.err = err
+		case typ == frameData && int64(len(payload)) <= d.left:
+			d.buf = payload
+			d.left -= int64(len(payload))
+		case typ == frameEnd:
+			// The guest failed while reading the file: its end frame
+			// says why.
+			var resp Response
+			if json.Unmarshal(payload, &resp) == nil && resp.Error != "" {
+				d.end = &resp
+			}
+			d.err = errShortEntry
+		default:
+			d.err = fmt.Errorf("unexpected frame type %d (%d bytes) in entry data", typ, len(payload))
+		}
 	}
-	return nil
+	n := copy(p, d.buf)
+	d.buf = d.buf[n:]
+	return n, nil
+}
+
+// failure is the error to report after a read of d failed.
+func (d *entryData) failure(ctx context.Context) error {
+	if d.end != nil {
+		return &RemoteError{Op: OpReadTree, Code: d.end.Code, Message: d.end.Error}
+	}
+	return ctxErr(ctx, OpReadTree, d.err)
 }

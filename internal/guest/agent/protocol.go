@@ -18,6 +18,13 @@
 // the transfer began. JSON keeps the headers debuggable; gRPC would add a code
 // generator and HTTP/2 for no gain on a single point-to-point link.
 //
+// Copies are per entry, not archives: "put" creates one file (its bytes
+// follow as data frames), directory or symbolic link at an absolute guest
+// path, and "read_tree" streams a file or a directory tree as a header frame
+// per entry followed by the entry's bytes. This matches the hypeman API's cp
+// WebSocket (one file per connection to the guest, headers plus raw chunks
+// from it), so the daemon relays frames without spooling or re-encoding.
+//
 // Besides exec, stat, copies and shutdown, the agent re-addresses the guest
 // (configure_network) and reseeds its kernel RNG (reseed): a fork restored
 // from a snapshot wakes up with its source's MAC, IP and RNG state, and only
@@ -57,8 +64,10 @@ const (
 	OpShutdown = "shutdown"
 	OpExec     = "exec"
 	OpStat     = "stat"
-	OpCopyTo   = "copy_to"
-	OpCopyFrom = "copy_from"
+	// OpPut creates one file, directory or symbolic link (Request.Put).
+	OpPut = "put"
+	// OpReadTree streams a file or a directory tree (Request.Tree).
+	OpReadTree = "read_tree"
 	// OpConfigureNetwork re-addresses the guest's NIC (Request.Network).
 	OpConfigureNetwork = "configure_network"
 	// OpReseed adds host entropy to the guest kernel RNG (Request.Seed).
@@ -68,8 +77,10 @@ const (
 // Request is the first line the client sends on a stream.
 type Request struct {
 	Op   string       `json:"op"`
-	Path string       `json:"path,omitempty"` // stat, copy_to (destination dir), copy_from
+	Path string       `json:"path,omitempty"` // stat
 	Exec *ExecRequest `json:"exec,omitempty"`
+	Put  *PutRequest  `json:"put,omitempty"`
+	Tree *TreeRequest `json:"tree,omitempty"`
 	// Network is the configuration for configure_network.
 	Network *guestconfig.Network `json:"network,omitempty"`
 	// Seed is the entropy for reseed (base64 in JSON).
@@ -83,12 +94,17 @@ type Response struct {
 	Code    string    `json:"code,omitempty"`
 	Stat    *FileInfo `json:"stat,omitempty"`
 	Version int       `json:"version,omitempty"` // hello only
+	// Written is the number of bytes a put stored (its end frame).
+	Written int64 `json:"written,omitempty"`
 }
 
 // Error codes carried in Response.Code.
 const (
-	CodeNotFound     = "not_found"
-	CodeBadRequest   = "bad_request"
+	CodeNotFound   = "not_found"
+	CodeBadRequest = "bad_request"
+	// CodeConflict: the request is valid but the guest's filesystem is in
+	// the way (a directory where a file should go, a file in a path).
+	CodeConflict     = "conflict"
 	CodeStaleSession = "stale_session"
 )
 
@@ -132,6 +148,63 @@ type FileInfo struct {
 	ModTime    time.Time   `json:"mtime"`
 }
 
+// PutKind is what a put creates.
+type PutKind string
+
+const (
+	PutFile    PutKind = "file"    // a regular file; its bytes follow as data frames
+	PutDir     PutKind = "dir"     // a directory (and missing parents)
+	PutSymlink PutKind = "symlink" // a symbolic link to LinkTarget
+)
+
+// PutRequest creates one entry at an absolute guest path (op put). Missing
+// parent directories are created (0755). A file is written through a
+// symlink in the final component (resolved inside the guest root); a
+// symlink replaces whatever non-directory is there.
+type PutRequest struct {
+	Path       string  `json:"path"`
+	Kind       PutKind `json:"kind"`
+	LinkTarget string  `json:"link_target,omitempty"`
+	// Mode holds Unix permission bits (0o7777, setuid/setgid/sticky
+	// included). Zero keeps an existing entry's mode and gives a new one
+	// 0644 (file) or 0755 (directory).
+	Mode uint32 `json:"mode,omitempty"`
+	// UID and GID are applied when either is non-zero.
+	UID uint32 `json:"uid,omitempty"`
+	GID uint32 `json:"gid,omitempty"`
+	// Mtime (Unix seconds) is applied when non-zero (not to symlinks).
+	Mtime int64 `json:"mtime,omitempty"`
+}
+
+// TreeRequest asks for a file or directory tree (op read_tree). Without
+// FollowLinks a symlink is sent as a link; with it, symlinks (the source
+// and entries inside it) are resolved inside the guest root and sent as
+// what they point to (a directory reached that way is sent empty, which
+// also keeps cycles out), and a dangling one is sent as a link.
+type TreeRequest struct {
+	Path        string `json:"path"`
+	FollowLinks bool   `json:"follow_links,omitempty"`
+}
+
+// TreeEntry is one header frame of a read_tree, in walk order (a directory
+// before its contents). A regular file's Size bytes follow as data frames.
+type TreeEntry struct {
+	// Path is relative to the source and slash-separated: "." is the
+	// source itself, "a.txt" and "sub/b.txt" are inside it.
+	Path       string `json:"path"`
+	Mode       uint32 `json:"mode"` // Unix permission bits (0o7777)
+	IsDir      bool   `json:"is_dir,omitempty"`
+	IsSymlink  bool   `json:"is_symlink,omitempty"`
+	LinkTarget string `json:"link_target,omitempty"`
+	Size       int64  `json:"size,omitempty"`
+	Mtime      int64  `json:"mtime"`
+	UID        uint32 `json:"uid,omitempty"`
+	GID        uint32 `json:"gid,omitempty"`
+}
+
+// Regular reports whether data frames follow the entry.
+func (e TreeEntry) Regular() bool { return !e.IsDir && !e.IsSymlink }
+
 // WindowSize is a terminal size.
 type WindowSize struct {
 	Rows uint16
@@ -140,15 +213,16 @@ type WindowSize struct {
 
 // Frame types.
 const (
-	frameStdin      byte = 1 // client → server: stdin bytes
-	frameStdinClose byte = 2 // client → server: stdin EOF
-	frameResize     byte = 3 // client → server: rows, cols (2×uint16 BE)
-	frameSignal     byte = 4 // client → server: signal number (1 byte)
-	frameStdout     byte = 5 // server → client
-	frameStderr     byte = 6 // server → client
-	frameExit       byte = 7 // server → client: JSON ExecResult, last frame
-	frameData       byte = 8 // copy payload, either direction
-	frameEnd        byte = 9 // copy end: JSON Response, either direction
+	frameStdin      byte = 1  // client → server: stdin bytes
+	frameStdinClose byte = 2  // client → server: stdin EOF
+	frameResize     byte = 3  // client → server: rows, cols (2×uint16 BE)
+	frameSignal     byte = 4  // client → server: signal number (1 byte)
+	frameStdout     byte = 5  // server → client
+	frameStderr     byte = 6  // server → client
+	frameExit       byte = 7  // server → client: JSON ExecResult, last frame
+	frameData       byte = 8  // copy payload, either direction
+	frameEnd        byte = 9  // copy end: JSON Response, either direction
+	frameHeader     byte = 10 // read_tree: JSON TreeEntry, server → client
 )
 
 // maxFrame bounds a frame's payload; larger writes are split.
@@ -223,46 +297,4 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 		return 0, nil, err
 	}
 	return hdr[0], payload, nil
-}
-
-// frameDataReader presents a sequence of frameData frames ended by frameEnd
-// as an io.Reader. After EOF, end holds the end frame's Response.
-type frameDataReader struct {
-	r   io.Reader
-	buf []byte
-	end *Response
-	err error
-}
-
-func (f *frameDataReader) Read(p []byte) (int, error) {
-	for len(f.buf) == 0 {
-		if f.err != nil {
-			return 0, f.err
-		}
-		typ, payload, err := readFrame(f.r)
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF // the stream ended without an end frame
-			}
-			f.err = err
-			return 0, err
-		}
-		switch typ {
-		case frameData:
-			f.buf = payload
-		case frameEnd:
-			var resp Response
-			if err := json.Unmarshal(payload, &resp); err != nil {
-				f.err = fmt.Errorf("agent: bad end frame: %w", err)
-				return 0, f.err
-			}
-			f.end = &resp
-			f.err = io.EOF
-		default:
-			f.err = fmt.Errorf("agent: unexpected frame type %d in data stream", typ)
-		}
-	}
-	n := copy(p, f.buf)
-	f.buf = f.buf[n:]
-	return n, nil
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -195,10 +196,10 @@ func (s *Server) handle(ctx context.Context, st net.Conn, state *sessionState) {
 			return
 		}
 		s.exec(ctx, st, br, req.Exec, log)
-	case OpCopyTo:
-		s.copyTo(st, br, req.Path, log)
-	case OpCopyFrom:
-		s.copyFrom(st, req.Path, log)
+	case OpPut:
+		s.put(st, br, req.Put, log)
+	case OpReadTree:
+		s.readTree(st, req.Tree, log)
 	case OpConfigureNetwork:
 		_ = writeJSONLine(st, s.configureNetwork(ctx, req.Network, log))
 	case OpReseed:
@@ -214,11 +215,15 @@ var errBadPath = errors.New("bad path")
 func errorResponse(err error) Response {
 	r := Response{Error: err.Error()}
 	var br badRequestError
+	var ce conflictError
 	switch {
 	case errors.As(err, &br), errors.Is(err, errBadPath):
 		r.Code = CodeBadRequest
 	case errors.Is(err, os.ErrNotExist):
 		r.Code = CodeNotFound
+	case errors.As(err, &ce), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR),
+		errors.Is(err, syscall.EEXIST), errors.Is(err, syscall.ELOOP):
+		r.Code = CodeConflict
 	}
 	return r
 }

@@ -1,7 +1,6 @@
 package guestinit
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"io"
@@ -95,23 +94,24 @@ func TestBootInVM(t *testing.T) {
 	assert.True(t, fi.Exists)
 	assert.Equal(t, int64(len("persisted-data\n")), fi.Size)
 
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "in.txt", Mode: 0o644, Size: 6, Typeflag: tar.TypeReg}))
-	_, _ = tw.Write([]byte("copied"))
-	require.NoError(t, tw.Close())
-	require.NoError(t, c.CopyTo(ctx, "/copied", &tb))
+	n, err := c.Put(ctx, agent.PutRequest{Path: "/copied/in.txt", Kind: agent.PutFile, Mode: 0o640}, strings.NewReader("copied"))
+	require.NoError(t, err)
+	assert.Equal(t, int64(6), n)
 	res, out = run(agent.ExecRequest{Argv: []string{"cat", "/copied/in.txt"}})
 	assert.Equal(t, 0, res.ExitCode)
 	assert.Equal(t, "copied", out)
-	var back bytes.Buffer
-	require.NoError(t, c.CopyFrom(ctx, "/copied/in.txt", &back))
-	tr := tar.NewReader(&back)
-	h, err := tr.Next()
-	require.NoError(t, err)
-	assert.Equal(t, "in.txt", h.Name)
-	b, _ := io.ReadAll(tr)
-	assert.Equal(t, "copied", string(b))
+	var got []agent.TreeEntry
+	var back []byte
+	require.NoError(t, c.ReadTree(ctx, agent.TreeRequest{Path: "/copied"}, func(e agent.TreeEntry, data io.Reader) error {
+		got = append(got, e)
+		b, err := io.ReadAll(data)
+		back = append(back, b...)
+		return err
+	}))
+	require.Len(t, got, 2)
+	assert.Equal(t, "in.txt", got[1].Path)
+	assert.Equal(t, uint32(0o640), got[1].Mode)
+	assert.Equal(t, "copied", string(back))
 
 	require.NoError(t, c.Shutdown(ctx))
 	exit := vm.wait(t, 60*time.Second)

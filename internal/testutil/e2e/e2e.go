@@ -31,32 +31,52 @@ import (
 	"hypeman/internal/testutil/tier"
 )
 
+// goBuild builds one main package of this repository once per test
+// process.
+type goBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	daemonBuild goBuild
+	cliBuild    goBuild
 )
+
+func (b *goBuild) get(t testing.TB, pkg, name string) string {
+	t.Helper()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", name+"-e2e-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", b.path, pkg)
+		cmd.Dir = testutil.RepoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatalf("build %s: %v", name, b.err)
+	}
+	return b.path
+}
 
 // Binary builds hypemand once per test process.
 func Binary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hypemand-e2e-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "hypemand")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/hypemand")
-		cmd.Dir = testutil.RepoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build hypemand: %v", buildErr)
-	}
-	return binPath
+	return daemonBuild.get(t, "./cmd/hypemand", "hypemand")
+}
+
+// CLIBinary builds our CLI (cmd/hypeman) once per test process, for tests
+// that run it as a separate process the way users do (timings, or side by
+// side with another client's binary).
+func CLIBinary(t testing.TB) string {
+	t.Helper()
+	return cliBuild.get(t, "./cmd/hypeman", "hypeman")
 }
 
 // Server is one hypemand process (and its successors after Restart).
@@ -282,6 +302,30 @@ func (s *Server) SSE(ctx context.Context, path string) <-chan string {
 		}
 	}()
 	return ch
+}
+
+// LogLines opens a log stream (GET /instances/{id}/logs?...) and returns
+// its lines: every event's data is the line as a JSON string (data that is
+// not one comes through marked, so a test sees it).
+func (s *Server) LogLines(ctx context.Context, path string) <-chan string {
+	s.t.Helper()
+	events := s.SSE(ctx, path)
+	out := make(chan string, 1024)
+	go func() {
+		defer close(out)
+		for d := range events {
+			var line string
+			if err := json.Unmarshal([]byte(d), &line); err != nil {
+				line = "<not a JSON string: " + d + ">"
+			}
+			select {
+			case out <- line:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // syncBuffer is a bytes.Buffer safe for the daemon's output goroutine and

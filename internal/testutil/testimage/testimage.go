@@ -34,6 +34,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/klauspost/compress/gzip"
 
+	"hypeman/internal/fsutil"
 	"hypeman/internal/testutil/tier"
 )
 
@@ -184,23 +185,9 @@ func filesLayer(t testing.TB, files []File) v1.Layer {
 		if mode == 0 {
 			mode = 0o644
 		}
-		w.file(p, f.Data, tarModeBits(mode), f.UID, f.GID)
+		w.file(p, f.Data, int64(fsutil.UnixPerm(mode)), f.UID, f.GID)
 	}
 	return w.layer()
-}
-
-func tarModeBits(m os.FileMode) int64 {
-	bits := int64(m.Perm())
-	if m&os.ModeSetuid != 0 {
-		bits |= 0o4000
-	}
-	if m&os.ModeSetgid != 0 {
-		bits |= 0o2000
-	}
-	if m&os.ModeSticky != 0 {
-		bits |= 0o1000
-	}
-	return bits
 }
 
 // tarWriter builds an uncompressed layer tar in memory.
