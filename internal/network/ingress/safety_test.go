@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/testutil/tier"
 )
 
 func rule(port int) ingress.Rule {
@@ -81,6 +82,7 @@ func TestPrivilegedPortsRefusedUnlessAllowed(t *testing.T) {
 	}
 
 	t.Run("default allows 80 and 443 only", func(t *testing.T) {
+		tier.Root(t, "binds ports 80 and 443")
 		m := newM(t, nil)
 		for _, p := range []int{1, 22, 53, 1023} {
 			refused(t, m, ingress.CreateRequest{Name: "x", Rules: []ingress.Rule{rule(freePort(t)), rule(p)}}, "rules[1].match.port")
@@ -95,6 +97,7 @@ func TestPrivilegedPortsRefusedUnlessAllowed(t *testing.T) {
 		}
 	})
 	t.Run("an operator allows a port", func(t *testing.T) {
+		tier.Root(t, "binds port 22")
 		m := newM(t, []int{22})
 		if _, err := m.Create(ctx, ingress.CreateRequest{Name: "ssh", Rules: []ingress.Rule{rule(22)}}); err != nil {
 			t.Fatal(err)
@@ -112,6 +115,7 @@ func TestPrivilegedPortsRefusedUnlessAllowed(t *testing.T) {
 		}
 	})
 	t.Run("restored rules keep working", func(t *testing.T) {
+		tier.Root(t, "binds port 22")
 		dir := t.TempDir()
 		m1, err := ingress.New(ctx, ingress.Config{StateDir: dir, ListenAddress: randomLoopback(), AllowedPrivilegedPorts: []int{22}}, &fakeResolver{}, nil)
 		if err != nil {
