@@ -31,7 +31,11 @@ func (s *server) transition(ctx context.Context, ref string, call func(Lifecycle
 }
 
 func (s *server) StandbyInstance(ctx context.Context, req gen.StandbyInstanceRequestObject) (gen.StandbyInstanceResponseObject, error) {
-	in, err := s.transition(ctx, req.Id, Lifecycle.Standby)
+	// TODO(lead): map the request body's compression / compression_delay
+	// into StandbyParams (hypervisor.NewCompression, time.ParseDuration).
+	in, err := s.transition(ctx, req.Id, func(l Lifecycle, ctx context.Context, ref string) (*instances.Instance, error) {
+		return l.Standby(ctx, ref, instances.StandbyParams{})
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -22,7 +22,7 @@ func toAPISnapshot(sn *instances.Snapshot) gen.Snapshot {
 		SourceInstanceId: sn.SourceInstanceID, SourceInstanceName: sn.SourceInstanceName,
 		Image: sn.Image, ImageDigest: optString(sn.ImageDigest),
 		CreatedAt: sn.CreatedAt, SizeBytes: sn.SizeBytes, MemoryBytes: sn.MemoryBytes,
-		Compressed: sn.Compressed,
+		Compressed: sn.CompressionState == instances.CompressionStateCompressed,
 	}
 	if sn.Tags != nil {
 		tags := sn.Tags

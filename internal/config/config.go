@@ -23,6 +23,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"hypeman/internal/hypervisor"
 	"hypeman/internal/paths"
 )
 
@@ -58,7 +59,11 @@ type Config struct {
 	NetworkDNS         []string `json:"network_dns"`
 	NetworkNetNS       string   `json:"network_netns"`
 	IngressListen      string   `json:"ingress_listen"`
-	CompressSnapshots  bool     `json:"compress_snapshots"`
+	// SnapshotCompression is the server default for standby and snapshot
+	// memory: none, zstd[:1-19] or lz4[:0-9]. CompressSnapshots (older
+	// knob) = zstd:1 when SnapshotCompression is empty.
+	SnapshotCompression string `json:"snapshot_compression"`
+	CompressSnapshots   bool   `json:"compress_snapshots"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -214,7 +219,30 @@ func (c *Config) Validate() error {
 	if c.GuestStopTimeout < 0 {
 		errs = append(errs, errors.New("guest_stop_timeout must be >= 0"))
 	}
+	if _, err := c.ResolvedSnapshotCompression(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// ResolvedSnapshotCompression is the server default compression:
+// snapshot_compression, or zstd:1 when only compress_snapshots is set.
+func (c *Config) ResolvedSnapshotCompression() (hypervisor.Compression, error) {
+	zstd1 := hypervisor.Compression{Algorithm: hypervisor.CompressionZstd, Level: hypervisor.ZstdDefaultLevel}
+	if c.SnapshotCompression == "" {
+		if c.CompressSnapshots {
+			return zstd1, nil
+		}
+		return hypervisor.Compression{}, nil
+	}
+	comp, err := hypervisor.ParseCompression(c.SnapshotCompression)
+	if err != nil {
+		return comp, fmt.Errorf("snapshot_compression %q: want none, zstd[:1-19] or lz4[:0-9]: %w", c.SnapshotCompression, err)
+	}
+	if c.CompressSnapshots && comp != zstd1 {
+		return comp, fmt.Errorf("compress_snapshots: true means zstd:1 but snapshot_compression is %s: set only snapshot_compression", comp)
+	}
+	return comp, nil
 }
 
 // Paths returns the data dir layout.

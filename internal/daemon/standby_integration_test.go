@@ -87,7 +87,7 @@ func TestStandbyRestoreContinuesProgram(t *testing.T) {
 	waitCountAbove(t, d, in.ID, 5)
 	pid := mustGet(t, d, in.ID).Pid
 
-	sb, err := d.Instances.Standby(ctx, in.ID)
+	sb, err := d.Instances.Standby(ctx, in.ID, instances.StandbyParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestForkFromStandbyAndRunning(t *testing.T) {
 	_ = got
 
 	// Fork from Standby: the source stays in Standby.
-	if _, err := d.Instances.Standby(ctx, src.ID); err != nil {
+	if _, err := d.Instances.Standby(ctx, src.ID, instances.StandbyParams{}); err != nil {
 		t.Fatal(err)
 	}
 	atStandby, _ := lastCount(t, d, src.ID)

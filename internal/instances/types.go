@@ -38,6 +38,12 @@ type Instance struct {
 	RestartStatus *restart.Status `json:"restart_status,omitempty"`
 	HealthCheck   *health.Check   `json:"health_check,omitempty"`
 	HealthStatus  *health.Status  `json:"health_status,omitempty"`
+	// SnapshotPolicy is the instance's compression policy (nil: none set,
+	// the server default applies).
+	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+	// StandbyCompression describes the saved state while Standby (nil
+	// otherwise, and for states saved before it was recorded).
+	StandbyCompression *StandbyCompression `json:"standby_compression,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -89,6 +95,11 @@ type Metadata struct {
 	HealthStatus  health.Status  `json:"health_status,omitzero"`
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
+	// SnapshotPolicy is the instance's compression policy (never mutated
+	// after create: copies of Metadata share it).
+	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+	// StandbyCompression describes the standby state while HasSnapshot.
+	StandbyCompression StandbyCompression `json:"standby_compression,omitzero"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
@@ -108,6 +119,8 @@ type CreateParams struct {
 	// RestartPolicy nil = never; HealthCheck nil = none.
 	RestartPolicy *restart.Policy
 	HealthCheck   *health.Check
+	// SnapshotPolicy nil = the server default compression, no delay.
+	SnapshotPolicy *SnapshotPolicy
 }
 
 // Errors callers branch on (the API maps them to status codes).
