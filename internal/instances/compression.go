@@ -281,20 +281,10 @@ func (m *Manager) runCompression(e *entry, j *compressJob, c hypervisor.Compress
 		time.Since(start).Round(time.Millisecond))
 }
 
-// stopCompressions cancels every job (daemon shutdown); the next daemon
-// reschedules them from the metadata.
-func (m *Manager) stopCompressions() {
-	m.mu.Lock()
-	var jobs []*compressJob
-	for _, e := range m.entries {
-		e.mu.Lock()
-		if e.compress != nil {
-			jobs = append(jobs, e.compress)
-			e.compress = nil
-		}
-		e.mu.Unlock()
-	}
-	m.mu.Unlock()
+// stopCompressions cancels the jobs Close took from the entries (daemon
+// shutdown) and waits for all jobs to end; the next daemon reschedules
+// them from the metadata.
+func (m *Manager) stopCompressions(jobs []*compressJob) {
 	for _, j := range jobs {
 		j.cancel()
 		if j.timer.Stop() {

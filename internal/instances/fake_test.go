@@ -88,12 +88,17 @@ func (h *fakeHV) Accel() hypervisor.AccelChoice {
 }
 
 func (h *fakeHV) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hypervisor.VM, error) {
+	return h.start(cfg.Dir, hypervisor.RunStateRunning), nil
+}
+
+// start registers a new fake VMM in dir.
+func (h *fakeHV) start(dir string, st hypervisor.RunState) *fakeVM {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning, hv: h}
-	h.vms[cfg.Dir] = vm
-	return vm, nil
+	vm := &fakeVM{dir: dir, pid: h.pid, done: make(chan struct{}), state: st, hv: h}
+	h.vms[dir] = vm
+	return vm
 }
 
 func (h *fakeHV) Attach(ctx context.Context, dir string) (hypervisor.VM, error) {
@@ -110,12 +115,7 @@ func (h *fakeHV) Restore(ctx context.Context, cfg hypervisor.RestoreConfig) (hyp
 	if _, err := readFakeState(cfg.SnapshotDir); err != nil {
 		return nil, fmt.Errorf("fake restore: %w: %w", hypervisor.ErrSnapshotCorrupt, err)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStatePaused, hv: h}
-	h.vms[cfg.Dir] = vm
-	return vm, nil
+	return h.start(cfg.Dir, hypervisor.RunStatePaused), nil
 }
 
 func (h *fakeHV) vm(dir string) *fakeVM {

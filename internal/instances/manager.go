@@ -201,10 +201,15 @@ func (m *Manager) Close() error {
 	close(m.closed)
 	m.mu.Lock()
 	var lives []*liveVM
+	var jobs []*compressJob
 	for _, e := range m.entries {
 		e.mu.Lock()
 		if e.live != nil {
 			lives = append(lives, e.live)
+		}
+		if e.compress != nil {
+			jobs = append(jobs, e.compress)
+			e.compress = nil
 		}
 		e.mu.Unlock()
 	}
@@ -213,7 +218,7 @@ func (m *Manager) Close() error {
 		lv.agentConn.close()
 		lv.vm.Close()
 	}
-	m.stopCompressions()
+	m.stopCompressions(jobs)
 	m.wg.Wait()
 	return nil
 }

@@ -2,16 +2,13 @@ package qemu
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
 
-	"hypeman/internal/fsutil"
 	"hypeman/internal/hypervisor"
 )
 
@@ -30,15 +27,9 @@ func (d *Driver) ConvertState(ctx context.Context, srcDir, dstDir string, c hype
 
 func convertState(ctx context.Context, srcDir, dstDir string, c hypervisor.Compression, logf func(string, ...any)) (*hypervisor.SnapshotInfo, error) {
 	start := time.Now()
-	if err := c.Validate(); err != nil {
+	dstDir, err := newSnapshotDir(dstDir, c)
+	if err != nil {
 		return nil, err
-	}
-	if !filepath.IsAbs(dstDir) {
-		return nil, fmt.Errorf("snapshot dir %q: must be an absolute path", dstDir)
-	}
-	dstDir = filepath.Clean(dstDir)
-	if _, err := os.Lstat(dstDir); err == nil {
-		return nil, fmt.Errorf("snapshot dir %s: %w", dstDir, fs.ErrExist)
 	}
 	meta, err := ReadSnapshotMeta(srcDir)
 	if err != nil {
@@ -53,45 +44,16 @@ func convertState(ctx context.Context, srcDir, dstDir string, c hypervisor.Compr
 		return nil, fmt.Errorf("%w: state file %s is not the %d bytes snapshot.json says", hypervisor.ErrSnapshotCorrupt, meta.State.File, meta.State.Size)
 	}
 
-	parent := filepath.Dir(dstDir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, err
-	}
-	removeSnapshotTemps(dstDir)
-	tmp, err := os.MkdirTemp(parent, filepath.Base(dstDir)+".tmp-")
-	if err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.RemoveAll(tmp)
+	err = publishSnapshot(dstDir, func(tmp string) (*SnapshotMeta, error) {
+		var err error
+		if meta.State.compression() == c {
+			err = copyState(ctx, src, tmp, meta.State)
+		} else {
+			meta.State, err = recodeState(ctx, src, tmp, meta.State, c)
 		}
-	}()
-
-	if meta.State.compression() == c {
-		err = copyState(ctx, src, tmp, meta.State)
-	} else {
-		meta.State, err = recodeState(ctx, src, tmp, meta.State, c)
-	}
+		return meta, err
+	})
 	if err != nil {
-		return nil, err
-	}
-	b, err := json.MarshalIndent(meta, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := writeSynced(filepath.Join(tmp, SnapshotMetaName), append(b, '\n')); err != nil {
-		return nil, err
-	}
-	if err := fsutil.SyncDir(tmp); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, dstDir); err != nil {
-		return nil, fmt.Errorf("publish snapshot: %w", err)
-	}
-	ok = true
-	if err := fsutil.SyncDir(parent); err != nil {
 		return nil, err
 	}
 	logf("vm state converted", "from", srcDir, "to", dstDir, "compression", c.String(),

@@ -65,15 +65,9 @@ func (v *VM) SaveState(ctx context.Context, snapshotDir string, opts hypervisor.
 
 func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
 	start := time.Now()
-	if err := opts.Compression.Validate(); err != nil {
+	snapshotDir, err := newSnapshotDir(snapshotDir, opts.Compression)
+	if err != nil {
 		return nil, err
-	}
-	if !filepath.IsAbs(snapshotDir) {
-		return nil, fmt.Errorf("snapshot dir %q: must be an absolute path", snapshotDir)
-	}
-	snapshotDir = filepath.Clean(snapshotDir)
-	if _, err := os.Lstat(snapshotDir); err == nil {
-		return nil, fmt.Errorf("snapshot dir %s: %w", snapshotDir, fs.ErrExist)
 	}
 	rec, err := ReadLaunchRecord(v.dir)
 	if err != nil {
@@ -143,44 +137,18 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	}
 	paused := time.Now()
 
-	parent := filepath.Dir(snapshotDir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, err
-	}
-	removeSnapshotTemps(snapshotDir)
-	tmp, err := os.MkdirTemp(parent, filepath.Base(snapshotDir)+".tmp-")
-	if err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.RemoveAll(tmp)
+	var state StateMeta
+	var streamed time.Time
+	err = publishSnapshot(snapshotDir, func(tmp string) (*SnapshotMeta, error) {
+		if state, err = v.streamOut(ctx, c, tmp, opts.Compression); err != nil {
+			return nil, err
 		}
-	}()
-
-	state, err := v.streamOut(ctx, c, tmp, opts.Compression)
+		streamed = time.Now()
+		meta.State = state
+		meta.CreatedAt = time.Now().UTC()
+		return meta, nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	streamed := time.Now()
-	meta.State = state
-	meta.CreatedAt = time.Now().UTC()
-	b, err := json.MarshalIndent(meta, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := writeSynced(filepath.Join(tmp, SnapshotMetaName), append(b, '\n')); err != nil {
-		return nil, err
-	}
-	if err := fsutil.SyncDir(tmp); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, snapshotDir); err != nil {
-		return nil, fmt.Errorf("publish snapshot: %w", err)
-	}
-	ok = true
-	if err := fsutil.SyncDir(parent); err != nil {
 		return nil, err
 	}
 	v.log.Info("vm state saved", "snapshot", snapshotDir, "describe_ms", described.Sub(start).Milliseconds(),
@@ -188,6 +156,64 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 		"total_ms", time.Since(start).Milliseconds(),
 		"stream_bytes", state.StreamSize, "file_bytes", state.Size, "compression", state.compression().String())
 	return meta.Info(snapshotDir), nil
+}
+
+// newSnapshotDir checks the arguments of a save or conversion: the target
+// dir (returned cleaned) must be absolute and not exist, c valid.
+func newSnapshotDir(dir string, c hypervisor.Compression) (string, error) {
+	if err := c.Validate(); err != nil {
+		return "", err
+	}
+	if !filepath.IsAbs(dir) {
+		return "", fmt.Errorf("snapshot dir %q: must be an absolute path", dir)
+	}
+	dir = filepath.Clean(dir)
+	if _, err := os.Lstat(dir); err == nil {
+		return "", fmt.Errorf("snapshot dir %s: %w", dir, fs.ErrExist)
+	}
+	return dir, nil
+}
+
+// publishSnapshot makes a snapshot dir appear atomically at snapshotDir:
+// fill writes the state into a temp dir beside it and returns the
+// metadata, which is written last; the dir is synced and renamed into
+// place. On error nothing is left (and temp dirs of earlier interrupted
+// attempts are gone too).
+func publishSnapshot(snapshotDir string, fill func(tmp string) (*SnapshotMeta, error)) error {
+	parent := filepath.Dir(snapshotDir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return err
+	}
+	removeSnapshotTemps(snapshotDir)
+	tmp, err := os.MkdirTemp(parent, filepath.Base(snapshotDir)+".tmp-")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	meta, err := fill(tmp)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeSynced(filepath.Join(tmp, SnapshotMetaName), append(b, '\n')); err != nil {
+		return err
+	}
+	if err := fsutil.SyncDir(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, snapshotDir); err != nil {
+		return fmt.Errorf("publish snapshot: %w", err)
+	}
+	ok = true
+	return fsutil.SyncDir(parent)
 }
 
 // removeSnapshotTemps deletes <snapshotDir>.tmp-* left by an interrupted
