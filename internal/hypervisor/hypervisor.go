@@ -3,9 +3,11 @@
 //
 // Why so small: the manager needs to launch a VM from a fully resolved
 // description, find it again after a daemon restart, ask its status, pause,
-// resume, save/restore and stop it. Everything VMM-specific (command lines,
-// QMP, accelerator probing) lives in a driver package (today qemu), so a Cloud
-// Hypervisor or Firecracker driver can be added without touching the manager.
+// resume, save/restore and stop it, and re-store a saved state with another
+// compression (compression.go: the settings every driver accepts).
+// Everything VMM-specific (command lines, QMP, accelerator probing, state
+// codecs) lives in a driver package (today qemu), so a Cloud Hypervisor or
+// Firecracker driver can be added without touching the manager.
 package hypervisor
 
 import (
