@@ -11,8 +11,9 @@ package qemu
 //   - lz4: 0 is lz4's fast mode; 1-9 use pierrec/lz4's high-compression
 //     (HC) mode: 1-3 its Level1, 4-6 Level2, 7-9 Level3. Its deeper HC
 //     levels only search longer: on a 207 MB state (1 GiB guest, 128 MiB
-//     random data) Level1 took 3.8 s, Level3 13 s, Level5 42 s and Level9
-//     98 s, for the same size within 0.1% (fast mode: 0.5 s, 2% larger).
+//     random data; one run each on a loaded 2-core host) Level1 took 3.8 s,
+//     Level3 13 s, Level5 42 s and Level9 98 s, for the same size within
+//     0.1% (fast mode: 0.5 s, 2% larger).
 //     A VM stays paused while its state compresses, so the range is mapped
 //     onto the levels that are worth their time.
 // Neither codec's own content checksum is written: the state file's XXH64
