@@ -33,8 +33,11 @@ Boot (issue 2)     program start through our stack: $(metric BootToProgramStart 
 Images (issue 2)   ~100 MB image pull+convert: $(grep -E 'Convert100MB' "$out" | awk '{printf "%s ", $1; for (i=2;i<=NF;i++) if ($i=="ns/op") printf "%.2f s  ", $(i-1)/1e9}')
 List (issue 3)     200 instances: p50 $(metric List200 p50-ms) ms, p99 $(metric List200 p99-ms) ms (target p99 < 5 ms)
 Wait (issue 4)     publish→response p50 $(metric 'WaitLatency-' p50-µs) µs, p99 $(metric 'WaitLatency-' p99-µs) µs (target ≤ 20 ms); idle waiter $(metric IdleWaiterMemory bytes/waiter) bytes
-Standby (issue 5)  raw:  cold $(metric 'compress=false' cold-s) s, standby $(metric 'compress=false' standby-s) s, restore→Running $(metric 'compress=false' restore-s) s, restore/cold $(metric 'compress=false' restore/cold) (goal ≤ 0.25), snapshot $(metric 'compress=false' snapshot-MiB) MiB = $(metric 'compress=false' snapshot/memory) × memory
-                   zstd: cold $(metric 'compress=true' cold-s) s, standby $(metric 'compress=true' standby-s) s, restore→Running $(metric 'compress=true' restore-s) s, restore/cold $(metric 'compress=true' restore/cold), snapshot $(metric 'compress=true' snapshot-MiB) MiB = $(metric 'compress=true' snapshot/memory) × memory
+Standby (issue 5)  per memory storage setting (512 MB guest; restore/cold goal ≤ 0.25):
+$(for c in none zstd-1 zstd-19 lz4-0 lz4-9 zstd-19-delayed; do printf '                   %-16s cold %s s, standby %s s, restore→Running %s s, restore/cold %s, snapshot %s MiB = %s × memory%s\n' "$c" \
+    "$(metric "comp=$c-[0-9]+[[:space:]]" cold-s)" "$(metric "comp=$c-[0-9]+[[:space:]]" standby-s)" "$(metric "comp=$c-[0-9]+[[:space:]]" restore-s)" "$(metric "comp=$c-[0-9]+[[:space:]]" restore/cold)" \
+    "$(metric "comp=$c-[0-9]+[[:space:]]" snapshot-MiB)" "$(metric "comp=$c-[0-9]+[[:space:]]" snapshot/memory)" \
+    "$(v=$(metric "comp=$c-[0-9]+[[:space:]]" compress-s); [ -n "$v" ] && echo ", compressed in the background in $v s")"; done)
 Agent (issue 6)    exec echo p50 $(metric ExecAndCopy exec-p50-ms) ms, p99 $(metric ExecAndCopy exec-p99-ms) ms; cp 50 MB in $(metric ExecAndCopy cp-in-MB/s) MB/s, out $(metric ExecAndCopy cp-out-MB/s) MB/s
 ================================================================
 SUMMARY

@@ -7,6 +7,7 @@ package api
 // compile here instead of vanishing.
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"hypeman/internal/api/gen"
 	"hypeman/internal/durations"
 	"hypeman/internal/health"
+	"hypeman/internal/hypervisor"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -90,6 +92,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 	if in.HealthStatus != nil {
 		out.HealthStatus = toAPIHealthStatus(*in.HealthStatus)
 	}
+	out.SnapshotPolicy = toAPISnapshotPolicy(in.SnapshotPolicy)
 	return out
 }
 
@@ -300,13 +303,15 @@ func toAPISnapshot(sn *instances.Snapshot) gen.Snapshot {
 		CreatedAt: sn.CreatedAt, SizeBytes: sn.SizeBytes, MemoryBytes: optInt64(sn.MemoryBytes),
 		Tags: optTags(sn.Tags),
 	}
-	st := gen.CompressionNone
-	if sn.Compressed {
-		st = gen.CompressionCompressed
-		algo := gen.SnapshotCompressionConfigAlgorithm("zstd")
-		out.Compression = &gen.SnapshotCompressionConfig{Enabled: true, Algorithm: &algo}
+	st := gen.SnapshotCompressionState(sn.CompressionState)
+	if st == "" {
+		st = gen.CompressionNone
 	}
 	out.CompressionState = &st
+	out.CompressionError = optString(sn.CompressionError)
+	out.Compression = toAPICompression(sn.Compression)
+	out.CompressedSizeBytes = optInt64(sn.CompressedBytes)
+	out.UncompressedSizeBytes = optInt64(sn.UncompressedBytes)
 	return out
 }
 
@@ -452,18 +457,79 @@ func derefTags(t *gen.Tags) map[string]string {
 	return maps.Clone(map[string]string(*t))
 }
 
-// snapshotPolicyFromAPI checks a create's snapshot policy. Compression
-// settings per instance arrive with the compression policies; until then
-// only "no policy" or compression disabled is accepted.
-func snapshotPolicyFromAPI(p *gen.SnapshotPolicy) error {
+// compressionFromAPI converts a SnapshotCompressionConfig (nil stays nil:
+// the next level of precedence decides). field prefixes the error's field
+// ("compression", "snapshot_policy.compression").
+func compressionFromAPI(field string, c *gen.SnapshotCompressionConfig) (*hypervisor.Compression, error) {
+	if c == nil {
+		return nil, nil
+	}
+	var algo string
+	if c.Algorithm != nil {
+		algo = string(*c.Algorithm)
+	}
+	out, err := hypervisor.NewCompression(c.Enabled, algo, c.Level)
+	if err != nil {
+		var ce *hypervisor.CompressionError
+		if errors.As(err, &ce) {
+			return nil, &instances.InvalidArgumentError{Field: field + strings.TrimPrefix(ce.Field, "compression"), Reason: ce.Reason}
+		}
+		return nil, err
+	}
+	return &out, nil
+}
+
+func toAPICompression(c hypervisor.Compression) *gen.SnapshotCompressionConfig {
+	out := &gen.SnapshotCompressionConfig{Enabled: c.Enabled()}
+	if c.Enabled() {
+		algo, level := gen.SnapshotCompressionConfigAlgorithm(c.Algorithm), c.Level
+		out.Algorithm, out.Level = &algo, &level
+	}
+	return out
+}
+
+// delayFromAPI parses an optional Go duration (nil stays nil).
+func delayFromAPI(field string, s *string) (*time.Duration, error) {
+	if s == nil {
+		return nil, nil
+	}
+	d, err := time.ParseDuration(*s)
+	if err != nil {
+		return nil, &instances.InvalidArgumentError{Field: field, Reason: fmt.Sprintf("%q is not a Go duration (e.g. 30s, 5m)", *s)}
+	}
+	return &d, nil
+}
+
+// snapshotPolicyFromAPI converts a create's snapshot policy (nil stays nil).
+func snapshotPolicyFromAPI(p *gen.SnapshotPolicy) (*instances.SnapshotPolicy, error) {
+	if p == nil {
+		return nil, nil
+	}
+	c, err := compressionFromAPI("snapshot_policy.compression", p.Compression)
+	if err != nil {
+		return nil, err
+	}
+	out := &instances.SnapshotPolicy{Compression: c}
+	d, err := delayFromAPI("snapshot_policy.standby_compression_delay", p.StandbyCompressionDelay)
+	if err != nil {
+		return nil, err
+	}
+	if d != nil {
+		out.StandbyCompressionDelay = *d
+	}
+	return out, nil
+}
+
+func toAPISnapshotPolicy(p *instances.SnapshotPolicy) *gen.SnapshotPolicy {
 	if p == nil {
 		return nil
 	}
-	if p.Compression != nil && p.Compression.Enabled {
-		return unsupported("snapshot_policy.compression", "per-instance compression is not built yet (the server's compress_snapshots setting applies)")
+	out := &gen.SnapshotPolicy{}
+	if p.Compression != nil {
+		out.Compression = toAPICompression(*p.Compression)
 	}
-	if d := deref(p.StandbyCompressionDelay); d != "" && d != "0s" {
-		return unsupported("snapshot_policy.standby_compression_delay", "this server compresses while saving; omit it or use 0s")
+	if p.StandbyCompressionDelay != 0 {
+		out.StandbyCompressionDelay = optDuration(p.StandbyCompressionDelay)
 	}
-	return nil
+	return out
 }

@@ -89,7 +89,8 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusConflict, CodeAgentUnavailable, msg
 	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse):
 		return http.StatusConflict, CodeConflict, msg
-	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid):
+	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid),
+		errors.Is(err, hypervisor.ErrInvalidCompression):
 		// The restart and health errors name the field (restart_policy.backoff, …).
 		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, instances.ErrImageNotReady):

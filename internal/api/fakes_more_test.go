@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"hypeman/internal/guest/agent"
+	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/network/ingress"
@@ -43,7 +44,7 @@ func (f *fakeLifecycle) step(ref, action string, to state.State) (*instances.Ins
 	return &cp, nil
 }
 
-func (f *fakeLifecycle) Standby(ctx context.Context, ref string) (*instances.Instance, error) {
+func (f *fakeLifecycle) Standby(ctx context.Context, ref string, _ instances.StandbyParams) (*instances.Instance, error) {
 	return f.step(ref, "standby", state.Standby)
 }
 func (f *fakeLifecycle) Restore(ctx context.Context, ref string) (*instances.Instance, error) {
@@ -134,7 +135,8 @@ func (f *fakeSnapshots) CreateSnapshot(ctx context.Context, ref string, p instan
 	}
 	sn := &instances.Snapshot{ID: "snap" + name, Name: name, Kind: p.Kind, SourceInstanceID: in.ID, SourceInstanceName: in.Name,
 		Image: in.Image, ImageDigest: "sha256:abc", Tags: p.Tags, CreatedAt: time.Date(2025, 2, 3, 4, 5, 6, 0, time.UTC),
-		SizeBytes: 1234, MemoryBytes: 1 << 30, Compressed: true}
+		SizeBytes: 1234, MemoryBytes: 1 << 30,
+		Compression: hypervisor.Compression{Algorithm: "zstd", Level: 1}, CompressionState: instances.CompressionStateCompressed}
 	f.add(sn)
 	return sn, nil
 }

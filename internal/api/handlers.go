@@ -233,10 +233,10 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		p.NetworkEnabled = n.Enabled
 		p.BandwidthDownload, p.BandwidthUpload = deref(n.BandwidthDownload), deref(n.BandwidthUpload)
 	}
-	if err := snapshotPolicyFromAPI(b.SnapshotPolicy); err != nil {
+	var err error
+	if p.SnapshotPolicy, err = snapshotPolicyFromAPI(b.SnapshotPolicy); err != nil {
 		return nil, err
 	}
-	var err error
 	if p.RestartPolicy, err = restartPolicyFromAPI(b.RestartPolicy); err != nil {
 		return nil, err
 	}

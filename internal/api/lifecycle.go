@@ -31,15 +31,19 @@ func (s *server) transition(ctx context.Context, ref string, call func(Lifecycle
 }
 
 func (s *server) StandbyInstance(ctx context.Context, req gen.StandbyInstanceRequestObject) (gen.StandbyInstanceResponseObject, error) {
+	var p instances.StandbyParams
 	if b := req.Body; b != nil {
-		if b.Compression != nil && b.Compression.Enabled {
-			return nil, unsupported("compression", "per-standby compression is not built yet (the server's compress_snapshots setting applies)")
+		var err error
+		if p.Compression, err = compressionFromAPI("compression", b.Compression); err != nil {
+			return nil, err
 		}
-		if d := deref(b.CompressionDelay); d != "" && d != "0s" {
-			return nil, unsupported("compression_delay", "this server compresses while saving; omit it or use 0s")
+		if p.CompressionDelay, err = delayFromAPI("compression_delay", b.CompressionDelay); err != nil {
+			return nil, err
 		}
 	}
-	in, err := s.transition(ctx, req.Id, Lifecycle.Standby)
+	in, err := s.transition(ctx, req.Id, func(l Lifecycle, ctx context.Context, ref string) (*instances.Instance, error) {
+		return l.Standby(ctx, ref, p)
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -148,7 +148,7 @@ func TestSnapshotHandlers(t *testing.T) {
 		"image": "docker.io/library/busybox:latest", "image_digest": "sha256:abc",
 		"tags": map[string]any{"why": "test"}, "created_at": "2025-02-03T04:05:06Z",
 		"size_bytes": float64(1234), "memory_bytes": float64(1 << 30), "source_hypervisor": "qemu-microvm",
-		"compression_state": "compressed", "compression": map[string]any{"enabled": true, "algorithm": "zstd"},
+		"compression_state": "compressed", "compression": map[string]any{"enabled": true, "algorithm": "zstd", "level": float64(1)},
 	}
 	if resp.StatusCode != 201 || !reflect.DeepEqual(sn, want) {
 		t.Fatalf("create: %d\n got %v\nwant %v", resp.StatusCode, sn, want)

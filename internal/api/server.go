@@ -93,7 +93,7 @@ type EventSource interface {
 // Lifecycle is standby, restore, pause, resume and fork (*instances.Manager
 // satisfies it). Optional: without it those routes answer 501.
 type Lifecycle interface {
-	Standby(ctx context.Context, ref string) (*instances.Instance, error)
+	Standby(ctx context.Context, ref string, p instances.StandbyParams) (*instances.Instance, error)
 	Restore(ctx context.Context, ref string) (*instances.Instance, error)
 	Pause(ctx context.Context, ref string) (*instances.Instance, error)
 	Resume(ctx context.Context, ref string) (*instances.Instance, error)

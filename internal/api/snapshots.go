@@ -30,11 +30,12 @@ func (s *server) CreateInstanceSnapshot(ctx context.Context, req gen.CreateInsta
 	default: // the validator enforces the enum; this is the second line
 		return nil, &instances.InvalidArgumentError{Field: "kind", Reason: "must be Standby or Stopped"}
 	}
-	if b.Compression != nil && b.Compression.Enabled {
-		return nil, unsupported("compression", "per-snapshot compression is not built yet (the server's compress_snapshots setting applies)")
+	comp, err := compressionFromAPI("compression", b.Compression)
+	if err != nil {
+		return nil, err
 	}
 	sn, err := sm.CreateSnapshot(ctx, req.Id, instances.SnapshotParams{
-		Kind: instances.SnapshotKind(b.Kind), Name: deref(b.Name), Tags: derefTags(b.Tags),
+		Kind: instances.SnapshotKind(b.Kind), Name: deref(b.Name), Tags: derefTags(b.Tags), Compression: comp,
 	})
 	if err != nil {
 		return nil, err

@@ -24,6 +24,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"hypeman/internal/hypervisor"
 	"hypeman/internal/paths"
 	"hypeman/internal/sizes"
 )
@@ -60,7 +61,6 @@ type Config struct {
 	NetworkDNS         []string `json:"network_dns"`
 	NetworkNetNS       string   `json:"network_netns"`
 	IngressListen      string   `json:"ingress_listen"`
-	CompressSnapshots  bool     `json:"compress_snapshots"`
 	// IngressAllowedPrivilegedPorts: host ports below 1024 ingress rules
 	// may use. Env and flags take "80,443" or "none".
 	IngressAllowedPrivilegedPorts []int `json:"ingress_allowed_privileged_ports"`
@@ -87,6 +87,12 @@ type Config struct {
 	// Caps on the built-in registry's uploads.
 	RegistryMaxBlobSize Size `json:"registry_max_blob_size"`
 	RegistryMaxPushSize Size `json:"registry_max_push_size"`
+
+	// SnapshotCompression is the server default for standby and snapshot
+	// memory: none, zstd[:1-19] or lz4[:0-9]. CompressSnapshots (older
+	// knob) = zstd:1 when SnapshotCompression is empty.
+	SnapshotCompression string `json:"snapshot_compression"`
+	CompressSnapshots   bool   `json:"compress_snapshots"`
 }
 
 // Size is a byte count written as "16GB", "512MB", "64KB" or a number
@@ -312,7 +318,30 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("ingress_allowed_privileged_ports: %d is not a privileged port (1-1023); ports from 1024 up need no permission", p))
 		}
 	}
+	if _, err := c.ResolvedSnapshotCompression(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// ResolvedSnapshotCompression is the server default compression:
+// snapshot_compression, or zstd:1 when only compress_snapshots is set.
+func (c *Config) ResolvedSnapshotCompression() (hypervisor.Compression, error) {
+	zstd1 := hypervisor.Compression{Algorithm: hypervisor.CompressionZstd, Level: hypervisor.ZstdDefaultLevel}
+	if c.SnapshotCompression == "" {
+		if c.CompressSnapshots {
+			return zstd1, nil
+		}
+		return hypervisor.Compression{}, nil
+	}
+	comp, err := hypervisor.ParseCompression(c.SnapshotCompression)
+	if err != nil {
+		return comp, fmt.Errorf("snapshot_compression %q: want none, zstd[:1-19] or lz4[:0-9]: %w", c.SnapshotCompression, err)
+	}
+	if c.CompressSnapshots && comp != zstd1 {
+		return comp, fmt.Errorf("compress_snapshots: true means zstd:1 but snapshot_compression is %s: set only snapshot_compression", comp)
+	}
+	return comp, nil
 }
 
 // Paths returns the data dir layout.

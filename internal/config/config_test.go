@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -128,6 +129,37 @@ func TestIngressDefaultsAndOverrides(t *testing.T) {
 	} {
 		if _, err := Load("", func(k string) string { return env[k] }, nil); err == nil {
 			t.Errorf("%s: want error", name)
+		}
+	}
+}
+
+func TestSnapshotCompressionSetting(t *testing.T) {
+	for _, tc := range []struct {
+		set  map[string]string
+		want string // Compression.String(), or "error: <substring>"
+	}{
+		{nil, "none"},
+		{map[string]string{"compress_snapshots": "true"}, "zstd:1"},
+		{map[string]string{"snapshot_compression": "lz4"}, "lz4:0"},
+		{map[string]string{"snapshot_compression": "zstd:19"}, "zstd:19"},
+		{map[string]string{"snapshot_compression": "zstd:1", "compress_snapshots": "true"}, "zstd:1"},
+		{map[string]string{"snapshot_compression": "none", "compress_snapshots": "true"}, "error: set only snapshot_compression"},
+		{map[string]string{"snapshot_compression": "zstd:25"}, "error: zstd levels are 1-19"},
+		{map[string]string{"snapshot_compression": "gzip"}, "error: want none, zstd[:1-19] or lz4[:0-9]"},
+	} {
+		c, err := Load("", nil, tc.set)
+		if want, isErr := strings.CutPrefix(tc.want, "error: "); isErr {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%v: err %v, want one mentioning %q", tc.set, err, want)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%v: %v", tc.set, err)
+			continue
+		}
+		if got, err := c.ResolvedSnapshotCompression(); err != nil || got.String() != tc.want {
+			t.Errorf("%v: %s %v, want %s", tc.set, got, err, tc.want)
 		}
 	}
 }

@@ -159,6 +159,10 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 	if d.Network != nil && d.Network.Mode() != network.ModeNone {
 		netDep = d.Network
 	}
+	snapComp, err := cfg.ResolvedSnapshotCompression()
+	if err != nil {
+		return nil, err
+	}
 	d.Instances, err = instances.New(ctx, instances.Config{
 		Network:    netDep,
 		Paths:      p,
@@ -168,16 +172,16 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 			KernelPath: d.Kernel.BootImage(),
 			InitrdPath: d.Initrd,
 		},
-		Agent:              AgentDialer{},
-		Events:             d.Events,
-		Metrics:            d.Metrics,
-		Logger:             logger.With("component", "instances"),
-		GuestStopTimeout:   time.Duration(cfg.GuestStopTimeout),
-		DefaultSize:        cfg.DefaultSize,
-		DefaultVCPUs:       cfg.DefaultVCPUs,
-		DefaultOverlaySize: cfg.DefaultOverlaySize,
-		StepHook:           testPauseHook(logger),
-		CompressSnapshots:  cfg.CompressSnapshots,
+		Agent:               AgentDialer{},
+		Events:              d.Events,
+		Metrics:             d.Metrics,
+		Logger:              logger.With("component", "instances"),
+		GuestStopTimeout:    time.Duration(cfg.GuestStopTimeout),
+		DefaultSize:         cfg.DefaultSize,
+		DefaultVCPUs:        cfg.DefaultVCPUs,
+		DefaultOverlaySize:  cfg.DefaultOverlaySize,
+		StepHook:            testPauseHook(logger),
+		SnapshotCompression: snapComp,
 		// Running means the program started AND the guest agent serves
 		// (exec, cp, graceful stop work), unless skip_guest_agent.
 		RequireAgent: true,

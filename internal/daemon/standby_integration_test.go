@@ -87,7 +87,7 @@ func TestStandbyRestoreContinuesProgram(t *testing.T) {
 	waitCountAbove(t, d, in.ID, 5)
 	pid := mustGet(t, d, in.ID).Pid
 
-	sb, err := d.Instances.Standby(ctx, in.ID)
+	sb, err := d.Instances.Standby(ctx, in.ID, instances.StandbyParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,8 +162,9 @@ func TestForkFromStandbyAndRunning(t *testing.T) {
 	waitCountAbove(t, d, src.ID, atFork+2)
 	_ = got
 
-	// Fork from Standby: the source stays in Standby.
-	if _, err := d.Instances.Standby(ctx, src.ID); err != nil {
+	// Fork from Standby: the source stays in Standby, and so does the fork
+	// unless asked otherwise (hypeman's default: the source's state).
+	if _, err := d.Instances.Standby(ctx, src.ID, instances.StandbyParams{}); err != nil {
 		t.Fatal(err)
 	}
 	atStandby, _ := lastCount(t, d, src.ID)
@@ -171,8 +172,11 @@ func TestForkFromStandbyAndRunning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := mustGet(t, d, src.ID); s.State != state.Standby {
-		t.Fatalf("source after fork-from-standby: %s", s.State)
+	if s := mustGet(t, d, src.ID); s.State != state.Standby || f2.State != state.Standby {
+		t.Fatalf("after fork-from-standby: source %s, fork %s", s.State, f2.State)
+	}
+	if f2, err = d.Instances.Restore(ctx, f2.ID); err != nil || f2.State != state.Running {
+		t.Fatalf("restore the fork: %v %v", f2, err)
 	}
 	waitCountAbove(t, d, f2.ID, atStandby+2)
 	if c := countsAfter(t, d, f2.ID, 0); c[0] != atStandby+1 {

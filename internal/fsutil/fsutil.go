@@ -16,6 +16,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrIsDir is MakeRoom finding a directory where a file or link should go.
@@ -133,6 +135,22 @@ func SyncDir(dir string) error {
 	defer d.Close()
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Exchange atomically swaps two existing paths in the same filesystem (files
+// or directories; Linux renameat2 RENAME_EXCHANGE) and syncs their parent
+// dirs: a crash leaves either both old or both new names, never neither.
+func Exchange(a, b string) error {
+	if err := unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE); err != nil {
+		return &os.LinkError{Op: "exchange", Old: a, New: b, Err: err}
+	}
+	if err := SyncDir(filepath.Dir(a)); err != nil {
+		return err
+	}
+	if filepath.Dir(a) != filepath.Dir(b) {
+		return SyncDir(filepath.Dir(b))
 	}
 	return nil
 }

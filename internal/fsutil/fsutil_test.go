@@ -78,3 +78,23 @@ func TestMakeRoom(t *testing.T) {
 		t.Fatalf("dir: %v", err)
 	}
 }
+
+func TestExchangeSwapsDirs(t *testing.T) {
+	base := t.TempDir()
+	a, b := filepath.Join(base, "a"), filepath.Join(base, "b")
+	os.Mkdir(a, 0o755)
+	os.Mkdir(b, 0o755)
+	os.WriteFile(filepath.Join(a, "f"), []byte("was a"), 0o644)
+	os.WriteFile(filepath.Join(b, "f"), []byte("was b"), 0o644)
+	if err := Exchange(a, b); err != nil {
+		t.Fatal(err)
+	}
+	ga, _ := os.ReadFile(filepath.Join(a, "f"))
+	gb, _ := os.ReadFile(filepath.Join(b, "f"))
+	if string(ga) != "was b" || string(gb) != "was a" {
+		t.Fatalf("after exchange a=%q b=%q", ga, gb)
+	}
+	if err := Exchange(a, filepath.Join(base, "missing")); err == nil {
+		t.Fatal("exchange with a missing path succeeded")
+	}
+}

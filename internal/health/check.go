@@ -165,7 +165,7 @@ func (c Check) Validate() error {
 		if strings.ContainsAny(c.Path, " \t\r\n") {
 			return fieldErr("http.path", "must not contain whitespace")
 		}
-		if c.Scheme != "http" && c.Scheme != "https" {
+		if c.Scheme != "" && c.Scheme != "http" && c.Scheme != "https" {
 			return fieldErr("http.scheme", "must be http or https, got %q", c.Scheme)
 		}
 		if c.ExpectedStatus < 100 || c.ExpectedStatus > 599 {

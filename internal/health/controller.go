@@ -1,6 +1,7 @@
 package health
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -451,7 +452,7 @@ func (c *Controller) probe(ctx context.Context, id string, chk Check) (Result, O
 	switch chk.Type {
 	case HTTP:
 		var code int
-		code, err = c.cfg.Prober.HTTP(pctx, id, chk.Port, chk.Scheme, chk.Path)
+		code, err = c.cfg.Prober.HTTP(pctx, id, chk.Port, cmp.Or(chk.Scheme, DefaultScheme), chk.Path)
 		if err == nil && code != chk.ExpectedStatus {
 			err = fmt.Errorf("HTTP status %d, want %d", code, chk.ExpectedStatus)
 		}

@@ -3,9 +3,11 @@
 //
 // Why so small: the manager needs to launch a VM from a fully resolved
 // description, find it again after a daemon restart, ask its status, pause,
-// resume, save/restore and stop it. Everything VMM-specific (command lines,
-// QMP, accelerator probing) lives in a driver package (today qemu), so a Cloud
-// Hypervisor or Firecracker driver can be added without touching the manager.
+// resume, save/restore and stop it, and re-store a saved state with another
+// compression (compression.go: the settings every driver accepts).
+// Everything VMM-specific (command lines, QMP, accelerator probing, state
+// codecs) lives in a driver package (today qemu), so a Cloud Hypervisor or
+// Firecracker driver can be added without touching the manager.
 package hypervisor
 
 import (
@@ -105,8 +107,10 @@ var (
 
 // SaveOptions tune VM.SaveState.
 type SaveOptions struct {
-	// Compress stores the state compressed (zstd): smaller, slower.
-	Compress bool
+	// Compression is how the state is stored (zero value: uncompressed).
+	// It is compressed while it streams out of the VMM, so a slow level
+	// makes the save (and the pause) longer; it must pass Validate.
+	Compression Compression
 }
 
 // SnapshotInfo describes a saved VM state: a snapshot dir written by
@@ -117,10 +121,11 @@ type SnapshotInfo struct {
 	// MemoryMiB is the guest memory size.
 	MemoryMiB int
 	// StateBytes is the size of the state file on disk; StreamBytes the
-	// uncompressed state (equal unless Compressed).
+	// uncompressed state (equal unless compressed).
 	StateBytes  int64
 	StreamBytes int64
-	Compressed  bool
+	// Compression is how the state file is stored.
+	Compression Compression
 	// InstanceFiles are the files, relative to the instance dir, that the
 	// restored VM opens (the disks kept in the instance dir: writable
 	// overlay, config disk). Restore requires them in RestoreConfig.Dir with
@@ -168,6 +173,14 @@ type Hypervisor interface {
 	// loaded and verified. The snapshot is checked first: errors wrap
 	// ErrSnapshotIncompatible or ErrSnapshotCorrupt with the reason.
 	Restore(ctx context.Context, cfg RestoreConfig) (VM, error)
+	// ConvertState writes a copy of the snapshot in srcDir to dstDir
+	// (absolute, must not exist; it appears atomically, as for
+	// VM.SaveState) with its state stored as c says: recompressed,
+	// decompressed, or copied when it already is stored that way. srcDir
+	// is only read; its state checksum is verified on the way (errors wrap
+	// ErrSnapshotCorrupt). No VMM runs. On error (ctx ended included)
+	// nothing is left at dstDir.
+	ConvertState(ctx context.Context, srcDir, dstDir string, c Compression) (*SnapshotInfo, error)
 }
 
 // VM is a handle on one live VMM process.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"hypeman/internal/events"
+	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/paths"
@@ -25,6 +26,59 @@ type fakeHV struct {
 	mu  sync.Mutex
 	vms map[string]*fakeVM // by dir
 	pid int
+	// saves and converts record the compression of every SaveState and
+	// ConvertState; convertHook, when set, runs at the start of
+	// ConvertState (tests block conversions with it).
+	saves, converts []hypervisor.Compression
+	convertHook     func(ctx context.Context) error
+}
+
+// fakeStreamBytes is the "migration stream" size of every fake save; a
+// compressed fake state is a quarter of it.
+const fakeStreamBytes = 1000
+
+// writeFakeState publishes a fake saved state in dir: fakeState.json names
+// its compression.
+func writeFakeState(dir string, c hypervisor.Compression) (*hypervisor.SnapshotInfo, error) {
+	if _, err := os.Lstat(dir); err == nil {
+		return nil, fmt.Errorf("%s: %w", dir, os.ErrExist)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := fsutil.WriteJSONAtomic(filepath.Join(dir, fakeStateFile), c, 0o644); err != nil {
+		return nil, err
+	}
+	info := &hypervisor.SnapshotInfo{Dir: dir, StreamBytes: fakeStreamBytes, StateBytes: fakeStreamBytes, Compression: c}
+	if c.Enabled() {
+		info.StateBytes = fakeStreamBytes / 4
+	}
+	return info, nil
+}
+
+const fakeStateFile = "fake-state.json"
+
+// readFakeState returns the compression of the fake state in dir.
+func readFakeState(dir string) (hypervisor.Compression, error) {
+	var c hypervisor.Compression
+	err := fsutil.ReadJSON(filepath.Join(dir, fakeStateFile), &c)
+	return c, err
+}
+
+func (h *fakeHV) ConvertState(ctx context.Context, src, dst string, c hypervisor.Compression) (*hypervisor.SnapshotInfo, error) {
+	h.mu.Lock()
+	h.converts = append(h.converts, c)
+	hook := h.convertHook
+	h.mu.Unlock()
+	if hook != nil {
+		if err := hook(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := readFakeState(src); err != nil {
+		return nil, fmt.Errorf("fake convert: %w", err)
+	}
+	return writeFakeState(dst, c)
 }
 
 func newFakeHV() *fakeHV { return &fakeHV{vms: map[string]*fakeVM{}, pid: 1000} }
@@ -35,12 +89,17 @@ func (h *fakeHV) Accel() hypervisor.AccelChoice {
 }
 
 func (h *fakeHV) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hypervisor.VM, error) {
+	return h.start(cfg.Dir, hypervisor.RunStateRunning), nil
+}
+
+// start registers a new fake VMM in dir.
+func (h *fakeHV) start(dir string, st hypervisor.RunState) *fakeVM {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning}
-	h.vms[cfg.Dir] = vm
-	return vm, nil
+	vm := &fakeVM{dir: dir, pid: h.pid, done: make(chan struct{}), state: st, hv: h}
+	h.vms[dir] = vm
+	return vm
 }
 
 func (h *fakeHV) Attach(ctx context.Context, dir string) (hypervisor.VM, error) {
@@ -52,8 +111,12 @@ func (h *fakeHV) Attach(ctx context.Context, dir string) (hypervisor.VM, error) 
 	return nil, fmt.Errorf("attach %s: %w", dir, hypervisor.ErrNotRunning)
 }
 
+// Restore "loads" a fake state: the VM comes up paused in cfg.Dir.
 func (h *fakeHV) Restore(ctx context.Context, cfg hypervisor.RestoreConfig) (hypervisor.VM, error) {
-	return nil, fmt.Errorf("fake: restore not supported")
+	if _, err := readFakeState(cfg.SnapshotDir); err != nil {
+		return nil, fmt.Errorf("fake restore: %w: %w", hypervisor.ErrSnapshotCorrupt, err)
+	}
+	return h.start(cfg.Dir, hypervisor.RunStatePaused), nil
 }
 
 func (h *fakeHV) vm(dir string) *fakeVM {
@@ -63,6 +126,7 @@ func (h *fakeHV) vm(dir string) *fakeVM {
 }
 
 type fakeVM struct {
+	hv    *fakeHV
 	dir   string
 	pid   int
 	mu    sync.Mutex
@@ -122,7 +186,16 @@ func (v *fakeVM) Kill() error           { v.once.Do(func() { close(v.done) }); r
 func (v *fakeVM) Done() <-chan struct{} { return v.done }
 func (v *fakeVM) Close() error          { return nil }
 func (v *fakeVM) SaveState(ctx context.Context, dir string, o hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
-	return nil, fmt.Errorf("fake: save not supported")
+	if err := o.Compression.Validate(); err != nil {
+		return nil, err
+	}
+	v.hv.mu.Lock()
+	v.hv.saves = append(v.hv.saves, o.Compression)
+	v.hv.mu.Unlock()
+	v.mu.Lock()
+	v.state = hypervisor.RunStatePaused
+	v.mu.Unlock()
+	return writeFakeState(dir, o.Compression)
 }
 
 type fakeImages struct{}
@@ -143,11 +216,20 @@ func (fakeImages) Resolve(ctx context.Context, ref string) (ImageInfo, error) {
 }
 
 func newTestManager(t testing.TB, root string, hv *fakeHV) (*Manager, *events.Bus) {
+	return newTestManagerWith(t, root, hv, nil)
+}
+
+// newTestManagerWith lets a test adjust the Config (nil: no change).
+func newTestManagerWith(t testing.TB, root string, hv *fakeHV, adjust func(*Config)) (*Manager, *events.Bus) {
 	tier.Tools(t, "mkfs.ext4") // the manager formats real overlay disks
 	t.Helper()
 	bus := events.New(events.Options{})
-	m, err := New(context.Background(), Config{Paths: paths.New(root), Hypervisor: hv, Images: fakeImages{}, Events: bus, GuestStopTimeout: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg := Config{Paths: paths.New(root), Hypervisor: hv, Images: fakeImages{}, Events: bus, GuestStopTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	m, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,11 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 		if lv == nil {
 			return nil, &TransitionError{Action: ActionFork, State: from, Allowed: Allowed(from)}
 		}
-		if err := m.standbyLocked(ctx, src, lv, from); err != nil {
+		src.mu.Lock()
+		policy := src.meta.SnapshotPolicy
+		src.mu.Unlock()
+		comp, delay := m.standbyPlan(StandbyParams{}, policy)
+		if err := m.standbyLocked(ctx, src, lv, from, comp, delay); err != nil {
 			return nil, fmt.Errorf("fork: standby source: %w", err)
 		}
 		defer func() {
@@ -105,6 +109,7 @@ func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, targe
 	fs := forkSource{meta: sm, diskDir: m.dir(sm.ID)}
 	if sm.HasSnapshot {
 		fs.stateDir = filepath.Join(m.dir(sm.ID), standbyDir)
+		fs.state = sm.StandbyCompression
 	}
 	return m.forkFrom(ctx, fs, name, target)
 }
@@ -115,6 +120,9 @@ type forkSource struct {
 	meta     Metadata
 	diskDir  string
 	stateDir string // "" = disk-only
+	// state describes the saved state in stateDir (a fork kept in Standby
+	// inherits it, a pending delayed compression included).
+	state StandbyCompression
 }
 
 // forkFrom creates a new instance from src and brings it to target.
@@ -146,13 +154,15 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		CreatedAt: now, Hypervisor: sm.Hypervisor, Platform: sm.Platform, ForkedFrom: sm.ID,
 		// Same policies, clean status: a fork starts its own history.
 		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck,
-		HealthStatus: initialHealth(sm.HealthCheck),
+		HealthStatus:   initialHealth(sm.HealthCheck),
+		SnapshotPolicy: sm.SnapshotPolicy,
 	}
 	if src.stateDir != "" && target == state.Standby {
 		if err := copyTree(ctx, src.stateDir, filepath.Join(dir, standbyDir)); err != nil {
 			return nil, fmt.Errorf("fork: copy snapshot: %w", err)
 		}
 		meta.HasSnapshot = true
+		meta.StandbyCompression = src.state
 	}
 	e := &entry{meta: meta}
 	e.op.Lock()
@@ -173,6 +183,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 	}
 	m.logf(id, "forked from %s (%s)", sm.Name, sm.ID)
 	m.publish(id, "", created, "forked from "+sm.ID)
+	m.scheduleCompression(e) // a pending compression comes along with the state
 
 	switch {
 	case target == state.Running && src.stateDir != "":

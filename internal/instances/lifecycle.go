@@ -123,6 +123,9 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validatePolicies(p.RestartPolicy, p.HealthCheck); err != nil {
 		return nil, err
 	}
+	if err := validateSnapshotPolicy(p.SnapshotPolicy); err != nil {
+		return nil, err
+	}
 	meta := &Metadata{
 		Name: p.Name, Image: strings.TrimSpace(p.Image),
 		MemoryBytes: mem, Size: size, VCPUs: vcpus, OverlayBytes: ov, OverlaySize: ovSize,
@@ -132,6 +135,14 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	}
 	if p.RestartPolicy != nil {
 		meta.RestartPolicy = *p.RestartPolicy
+	}
+	if sp := p.SnapshotPolicy; sp != nil {
+		cp := *sp
+		if sp.Compression != nil {
+			c := *sp.Compression
+			cp.Compression = &c
+		}
+		meta.SnapshotPolicy = &cp
 	}
 	if p.HealthCheck != nil && !p.HealthCheck.IsZero() {
 		meta.HealthCheck = *p.HealthCheck
@@ -504,6 +515,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 		return fmt.Errorf("%w: %s", ErrNotFound, ref)
 	}
 	from := m.currentState(ctx, e)
+	m.cancelCompression(e)
 	e.mu.Lock()
 	e.meta.RestartStatus.MarkManualStop() // no restart races the delete
 	e.mu.Unlock()

@@ -87,9 +87,10 @@ type Config struct {
 	// GuestStopTimeout is how long the guest waits between SIGTERM and
 	// SIGKILL of the program on a graceful stop (default 10s).
 	GuestStopTimeout time.Duration
-	// CompressSnapshots zstd-compresses standby/snapshot state files
-	// (about 4x smaller, slower to save; off by default).
-	CompressSnapshots bool
+	// SnapshotCompression is the server default for how standby and
+	// snapshot memory state is stored (zero value: uncompressed); instance
+	// policies and requests override it (see compression.go).
+	SnapshotCompression hypervisor.Compression
 	// StepHook, when set, is called at each step of multi-step operations
 	// ("standby:paused", "standby:saved", "standby:committed",
 	// "restore:loaded", "restore:committed"). Crash tests use it to kill the
@@ -118,6 +119,11 @@ type Manager struct {
 
 	wg     sync.WaitGroup // watchers
 	closed chan struct{}
+
+	// Delayed standby compressions: jobs counts scheduled ones,
+	// compressSlot lets one convert at a time.
+	jobs         sync.WaitGroup
+	compressSlot chan struct{}
 }
 
 // entry is one instance in memory.
@@ -129,6 +135,7 @@ type entry struct {
 	live      *liveVM
 	attachErr string // re-adoption failed for a live VMM (state Unknown)
 	deleted   bool
+	compress  *compressJob // delayed standby compression, if scheduled
 }
 
 const (
@@ -167,7 +174,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Boot.Cmdline == "" {
 		cfg.Boot.Cmdline = DefaultCmdline
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, entries: map[string]*entry{}, reserved: map[string]bool{}, closed: make(chan struct{})}
+	if err := cfg.SnapshotCompression.Validate(); err != nil {
+		return nil, fmt.Errorf("instances: server snapshot compression: %w", err)
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, entries: map[string]*entry{}, reserved: map[string]bool{}, closed: make(chan struct{}),
+		compressSlot: make(chan struct{}, 1)}
 	if err := os.MkdirAll(cfg.Paths.InstancesDir(), 0o755); err != nil {
 		return nil, fmt.Errorf("instances dir: %w", err)
 	}
@@ -197,10 +208,15 @@ func (m *Manager) Close() error {
 	close(m.closed)
 	m.mu.Lock()
 	var lives []*liveVM
+	var jobs []*compressJob
 	for _, e := range m.entries {
 		e.mu.Lock()
 		if e.live != nil {
 			lives = append(lives, e.live)
+		}
+		if e.compress != nil {
+			jobs = append(jobs, e.compress)
+			e.compress = nil
 		}
 		e.mu.Unlock()
 	}
@@ -209,6 +225,7 @@ func (m *Manager) Close() error {
 		lv.agentConn.close()
 		lv.vm.Close()
 	}
+	m.stopCompressions(jobs)
 	m.wg.Wait()
 	return nil
 }
@@ -239,6 +256,10 @@ func (m *Manager) load(ctx context.Context) error {
 		e := &entry{meta: meta}
 		m.entries[meta.ID] = e
 		m.adopt(ctx, e)
+		removeStandbyNext(m.dir(meta.ID))
+	}
+	for _, e := range m.entries {
+		m.scheduleCompression(e) // interrupted or still pending delayed compressions
 	}
 	return nil
 }
@@ -456,6 +477,14 @@ func (m *Manager) view(ctx context.Context, e *entry) (*Instance, error) {
 	inst := toInstance(meta, st, stErr)
 	inst.Network = m.networkInfo(meta)
 	policyView(inst, meta)
+	if meta.SnapshotPolicy != nil {
+		p := *meta.SnapshotPolicy
+		inst.SnapshotPolicy = &p
+	}
+	if meta.HasSnapshot && meta.StandbyCompression.State != "" {
+		sc := meta.StandbyCompression
+		inst.StandbyCompression = &sc
+	}
 	if lv != nil {
 		inst.Pid = lv.vm.Pid()
 	}

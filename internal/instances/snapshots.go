@@ -44,9 +44,19 @@ type Snapshot struct {
 	CreatedAt          time.Time         `json:"created_at"`
 	SizeBytes          int64             `json:"size_bytes"`
 	MemoryBytes        int64             `json:"memory_bytes"`
-	Compressed         bool              `json:"compressed"`
 	// Hypervisor the source ran on ("" in old records: qemu).
 	Hypervisor string `json:"hypervisor,omitempty"`
+	// Compression is how the memory state is stored (zero: uncompressed
+	// or no memory state); CompressionState is "none" or "compressed"
+	// (snapshots compress while saving, never later).
+	Compression      hypervisor.Compression `json:"compression"`
+	CompressionState CompressionState       `json:"compression_state"`
+	CompressionError string                 `json:"compression_error,omitempty"`
+	// CompressedBytes is the stored memory state when compressed (else 0);
+	// UncompressedBytes the memory state's size (0: no memory state, or
+	// not recorded by the version that took the snapshot).
+	CompressedBytes   int64 `json:"compressed_bytes,omitempty"`
+	UncompressedBytes int64 `json:"uncompressed_bytes,omitempty"`
 }
 
 // SnapshotParams is a create-snapshot request.
@@ -54,6 +64,8 @@ type SnapshotParams struct {
 	Kind SnapshotKind // "" = Standby for a live or standby instance, Stopped otherwise
 	Name string       // "" = generated from the instance name and time
 	Tags map[string]string
+	// Compression nil = the instance's policy, else the server default.
+	Compression *hypervisor.Compression
 }
 
 // ErrSnapshotNotFound is returned for unknown snapshot references.
@@ -64,6 +76,37 @@ var ErrSnapshotNotFound = errors.New("snapshot not found")
 type snapshotRecord struct {
 	Snapshot
 	Source Metadata `json:"source"`
+	// LegacyCompressed is what snapshot.json held before compression
+	// settings existed (zstd at level 1); migrated on read.
+	LegacyCompressed bool `json:"compressed,omitempty"`
+}
+
+// migrate fills the compression fields of a record written before they
+// existed.
+func (r *snapshotRecord) migrate() {
+	if r.CompressionState != "" {
+		return
+	}
+	r.CompressionState = CompressionStateNone
+	if r.LegacyCompressed {
+		r.Compression = hypervisor.Compression{Algorithm: hypervisor.CompressionZstd, Level: hypervisor.ZstdDefaultLevel}
+		r.CompressionState = CompressionStateCompressed
+	}
+	r.LegacyCompressed = false
+}
+
+// setState records the memory state a snapshot holds.
+func (r *snapshotRecord) setState(info *hypervisor.SnapshotInfo) {
+	sc := savedCompression(info)
+	r.Compression, r.CompressionState = sc.Compression, sc.State
+	r.CompressedBytes, r.UncompressedBytes = sc.CompressedBytes, sc.UncompressedBytes
+}
+
+// standbyCompression is how the snapshot's state is stored, for an
+// instance restored or forked into Standby from it.
+func (r *snapshotRecord) standbyCompression() StandbyCompression {
+	return StandbyCompression{Compression: r.Compression, State: r.CompressionState,
+		CompressedBytes: r.CompressedBytes, UncompressedBytes: r.UncompressedBytes}
 }
 
 const (
@@ -90,6 +133,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 		}
 	}
 	if err := validateTags("tags", p.Tags); err != nil {
+		return nil, err
+	}
+	if err := compressionArg("", p.Compression); err != nil {
 		return nil, err
 	}
 	switch p.Kind {
@@ -143,7 +189,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 		ID: sid, Name: name, Kind: kind, SourceInstanceID: meta.ID, SourceInstanceName: meta.Name,
 		Image: meta.Image, ImageDigest: meta.ImageDigest, Tags: maps.Clone(p.Tags), Hypervisor: meta.Hypervisor,
 		CreatedAt: time.Now().UTC(), MemoryBytes: meta.MemoryBytes,
+		CompressionState: CompressionStateNone,
 	}, Source: meta}
+	comp := m.compressionFor(p.Compression, meta.SnapshotPolicy)
 
 	copyDisks := func() error {
 		for _, f := range []string{overlayFile, configFile} {
@@ -159,9 +207,14 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 			return nil, err
 		}
 	case st == state.Standby:
-		if err := copyTree(ctx, filepath.Join(dir, standbyDir), filepath.Join(tmp, snapshotStateDir)); err != nil {
+		// Copied (a byte copy when already stored as comp says) with its
+		// checksum verified; a delayed compression running meanwhile only
+		// reads the same state.
+		info, err := m.cfg.Hypervisor.ConvertState(ctx, filepath.Join(dir, standbyDir), filepath.Join(tmp, snapshotStateDir), comp)
+		if err != nil {
 			return nil, fmt.Errorf("snapshot: copy state: %w", err)
 		}
+		rec.setState(info)
 		if err := copyDisks(); err != nil {
 			return nil, err
 		}
@@ -182,11 +235,11 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 				m.publish(meta.ID, state.Paused, state.Running, "snapshot: resumed")
 			}()
 		}
-		info, err := lv.vm.SaveState(ctx, filepath.Join(tmp, snapshotStateDir), hypervisor.SaveOptions{Compress: m.cfg.CompressSnapshots})
+		info, err := lv.vm.SaveState(ctx, filepath.Join(tmp, snapshotStateDir), hypervisor.SaveOptions{Compression: comp})
 		if err != nil {
 			return nil, fmt.Errorf("snapshot: save state: %w", err)
 		}
-		rec.Compressed = info.Compressed
+		rec.setState(info)
 		if err := copyDisks(); err != nil {
 			return nil, err
 		}
@@ -201,7 +254,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 	if err := fsutil.SyncDir(root); err != nil {
 		return nil, err
 	}
-	m.logf(meta.ID, "snapshot %s (%s, %s) taken", name, sid, kind)
+	m.logf(meta.ID, "snapshot %s (%s, %s, memory %s) taken", name, sid, kind, rec.Compression)
 	out := rec.Snapshot
 	return &out, nil
 }
@@ -227,6 +280,7 @@ func (m *Manager) readSnapshot(sid string) (*snapshotRecord, error) {
 		}
 		return nil, err
 	}
+	rec.migrate()
 	return &rec, nil
 }
 
@@ -385,6 +439,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 			return nil, fmt.Errorf("restore snapshot: %w", err)
 		}
 	}
+	m.cancelCompression(e)
 	if err := os.RemoveAll(filepath.Join(dir, standbyDir)); err != nil {
 		return nil, err
 	}
@@ -395,6 +450,10 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 	}
 	e.mu.Lock()
 	e.meta.HasSnapshot = withMemory
+	e.meta.StandbyCompression = StandbyCompression{}
+	if e.meta.HasSnapshot {
+		e.meta.StandbyCompression = rec.standbyCompression()
+	}
 	e.meta.RestartStatus = restart.Status{} // a restored instance starts with clean status
 	err = m.persist(e)
 	e.mu.Unlock()
@@ -454,6 +513,7 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapshotRef string, p ForkPa
 	fs := forkSource{meta: rec.Source, diskDir: sdir}
 	if rec.Kind == SnapshotStandby {
 		fs.stateDir = filepath.Join(sdir, snapshotStateDir)
+		fs.state = rec.standbyCompression()
 	}
 	return m.forkFrom(ctx, fs, p.Name, target)
 }

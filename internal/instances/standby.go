@@ -78,22 +78,36 @@ func (m *Manager) lockLive(ctx context.Context, ref string, a Action) (*entry, *
 
 // Standby saves a Running (or Paused) instance's memory and device state to
 // disk and ends its VMM: Running → Paused → Standby. Restore continues it.
-func (m *Manager) Standby(ctx context.Context, ref string) (_ *Instance, err error) {
+// p chooses how the state is compressed (see compression.go).
+func (m *Manager) Standby(ctx context.Context, ref string, p StandbyParams) (_ *Instance, err error) {
 	defer m.observe("standby", time.Now(), &err)
+	if err := compressionArg("", p.Compression); err != nil {
+		return nil, err
+	}
+	if err := delayArg("compression_delay", p.CompressionDelay); err != nil {
+		return nil, err
+	}
 	e, lv, from, err := m.lockLive(ctx, ref, ActionStandby)
 	if err != nil {
 		return nil, err
 	}
 	defer e.op.Unlock()
-	if err := m.standbyLocked(ctx, e, lv, from); err != nil {
+	e.mu.Lock()
+	policy := e.meta.SnapshotPolicy
+	e.mu.Unlock()
+	comp, delay := m.standbyPlan(p, policy)
+	if err := m.standbyLocked(ctx, e, lv, from, comp, delay); err != nil {
 		return nil, err
 	}
 	return m.view(ctx, e)
 }
 
-func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from state.State) error {
+// standbyLocked saves e's state compressed as comp says: at once, or after
+// delay by a background job (the save itself is then uncompressed).
+func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from state.State, comp hypervisor.Compression, delay time.Duration) error {
 	id := e.meta.ID
 	snap := filepath.Join(m.dir(id), standbyDir)
+	m.cancelCompression(e) // nothing should be pending for a live VM; be sure
 	// A leftover from an interrupted standby or a committed restore.
 	if err := os.RemoveAll(snap); err != nil {
 		return fmt.Errorf("standby: clear old snapshot: %w", err)
@@ -110,7 +124,11 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 		m.publish(id, from, state.Paused, "standby: paused")
 	}
 	m.step("standby:paused")
-	info, err := lv.vm.SaveState(ctx, snap, hypervisor.SaveOptions{Compress: m.cfg.CompressSnapshots})
+	saveAs := comp
+	if delay > 0 {
+		saveAs = hypervisor.Compression{}
+	}
+	info, err := lv.vm.SaveState(ctx, snap, hypervisor.SaveOptions{Compression: saveAs})
 	if err != nil {
 		// Roll back to the old state: the VM is paused and intact.
 		m.setTransition(e, "")
@@ -124,9 +142,15 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 	}
 	m.step("standby:saved")
 	// Commit point: the snapshot is durable; record it before ending the VMM.
+	sc := savedCompression(info)
+	if delay > 0 {
+		at := time.Now().Add(delay).UTC()
+		sc.Compression, sc.State, sc.CompressAt = comp, CompressionStateCompressing, &at
+	}
 	e.mu.Lock()
 	e.meta.HasSnapshot = true
 	e.meta.Transition = ""
+	e.meta.StandbyCompression = sc
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
@@ -137,8 +161,12 @@ func (m *Manager) standbyLocked(ctx context.Context, e *entry, lv *liveVM, from 
 	lv.agentConn.close()
 	_ = lv.vm.Kill()
 	<-lv.handled
-	m.logf(id, "standby: saved %d MiB guest in %s (state %d bytes, compressed=%v)", info.MemoryMiB, time.Since(start).Round(time.Millisecond), info.StateBytes, info.Compressed)
+	m.logf(id, "standby: saved %d MiB guest in %s (state %d bytes, %s)", info.MemoryMiB, time.Since(start).Round(time.Millisecond), info.StateBytes, info.Compression)
+	if delay > 0 {
+		m.logf(id, "standby: the state will be compressed (%s) at %s", comp, sc.CompressAt.Format(time.RFC3339))
+	}
 	m.publish(id, state.Paused, state.Standby, "standby")
+	m.scheduleCompression(e)
 	return nil
 }
 
@@ -191,10 +219,14 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress
 		rc.Net = lease.NetConfig()
 		rc.Net.MAC = "" // the saved MAC stays in the device; the guest changes it
 	}
+	// A pending compression would compete with the restore for the CPU,
+	// and the state is consumed anyway (a failed restore reschedules it).
+	m.cancelCompression(e)
 	vm, err := m.cfg.Hypervisor.Restore(ctx, rc)
 	if err != nil {
 		m.setTransition(e, "")
 		m.logf(id, "restore failed: %v", err)
+		m.scheduleCompression(e)
 		return fmt.Errorf("restore: %w", err)
 	}
 	m.step("restore:loaded")
@@ -208,6 +240,7 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress
 	e.mu.Lock()
 	e.live, e.attachErr = lv, ""
 	e.meta.HasSnapshot = false
+	e.meta.StandbyCompression = StandbyCompression{}
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
 	now := time.Now().UTC()
 	e.meta.RestoredAt = &now

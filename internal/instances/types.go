@@ -39,6 +39,12 @@ type Instance struct {
 	RestartStatus *restart.Status `json:"restart_status,omitempty"`
 	HealthCheck   *health.Check   `json:"health_check,omitempty"`
 	HealthStatus  *health.Status  `json:"health_status,omitempty"`
+	// SnapshotPolicy is the instance's compression policy (nil: none set,
+	// the server default applies).
+	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+	// StandbyCompression describes the saved state while Standby (nil
+	// otherwise, and for states saved before it was recorded).
+	StandbyCompression *StandbyCompression `json:"standby_compression,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -92,6 +98,11 @@ type Metadata struct {
 	HealthStatus  health.Status  `json:"health_status,omitzero"`
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
+	// SnapshotPolicy is the instance's compression policy (never mutated
+	// after create: copies of Metadata share it).
+	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
+	// StandbyCompression describes the standby state while HasSnapshot.
+	StandbyCompression StandbyCompression `json:"standby_compression,omitzero"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
@@ -123,6 +134,8 @@ type CreateParams struct {
 	// image the store does not hold fails with ErrPullNotAllowed instead of
 	// being pulled. A pull already under way is waited for.
 	NoPull bool
+	// SnapshotPolicy nil = the server default compression, no delay.
+	SnapshotPolicy *SnapshotPolicy
 }
 
 // Errors callers branch on (the API maps them to status codes).

@@ -2018,7 +2018,11 @@ type SnapshotCompressionConfig struct {
 	Algorithm *SnapshotCompressionConfigAlgorithm `json:"algorithm,omitempty"`
 	Enabled   bool                                `json:"enabled"`
 
-	// Level zstd 1-19 (default 1), lz4 0-9 (default 0).
+	// Level zstd 1-19 (default 1; 1-2 fastest, 3-5 default, 6-9 better,
+	// 10-19 best of the encoder's four speeds), lz4 0-9 (default 0 =
+	// fast; 1-3, 4-6, 7-9 the encoder's three high-compression
+	// levels). High levels cost seconds of pause on a standby unless
+	// delayed.
 	Level *int `json:"level,omitempty"`
 }
 
@@ -2034,7 +2038,7 @@ type SnapshotKind string
 type SnapshotPolicy struct {
 	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
 
-	// StandbyCompressionDelay This server compresses while saving; only "0s" (or absent) is accepted.
+	// StandbyCompressionDelay Default delay before a standby's state is compressed (see `compression_delay` of a standby; snapshots always compress while saving).
 	StandbyCompressionDelay *string `json:"standby_compression_delay,omitempty"`
 }
 
@@ -2070,7 +2074,12 @@ type SnapshotTargetState string
 type StandbyInstanceRequest struct {
 	Compression *SnapshotCompressionConfig `json:"compression,omitempty"`
 
-	// CompressionDelay Delay before compressing; this server compresses while saving, so only "0s" (or absent) is accepted.
+	// CompressionDelay Delay before the saved state is compressed (Go duration, at most
+	// 168h): the standby saves uncompressed and returns at once, the
+	// state is compressed in the background later (restore, delete or
+	// a new standby cancel a pending compression). Default: the
+	// instance's `snapshot_policy.standby_compression_delay`, else 0
+	// (compress while saving).
 	CompressionDelay *string `json:"compression_delay,omitempty"`
 }
 

@@ -11,9 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-	"github.com/klauspost/compress/zstd"
-
 	"hypeman/internal/hypervisor"
 )
 
@@ -164,36 +161,15 @@ func (e errWriter) Write(p []byte) (int, error) {
 // closes w, hashing every stored byte. It always hashes the whole file, even
 // after QEMU stopped reading, so a damaged file is reported as such.
 func feedState(w *os.File, state *os.File, sm StateMeta) error {
-	want, err := parseChecksum(sm.Checksum)
+	sr, err := openState(state, sm)
 	if err != nil {
 		w.Close()
-		return fmt.Errorf("%w: %w", hypervisor.ErrSnapshotCorrupt, err)
+		return err
 	}
-	h := xxhash.New()
-	tee := io.TeeReader(state, h)
-	var src io.Reader = tee
-	var dec *zstd.Decoder
-	if sm.Compression == "zstd" {
-		// One decoder goroutine ahead of the copy is enough on a 2-core
-		// host; more only competes with QEMU for the CPUs.
-		dec, err = zstd.NewReader(tee, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxWindow(64<<20))
-		if err != nil {
-			w.Close()
-			return err
-		}
-		src = dec
-	}
-	n, copyErr := copyStream(errWriter{w}, src, nil)
+	n, copyErr := copyStream(errWriter{w}, sr, nil)
 	w.Close()
-	if dec != nil {
-		dec.Close() // stops its goroutines: nothing reads tee after this
-	}
-	if _, err := io.Copy(io.Discard, tee); err != nil {
-		return fmt.Errorf("reading state: %w", err)
-	}
-	if got := h.Sum64(); got != want {
-		return fmt.Errorf("%w: state file %s checksum %s, snapshot.json says %s", hypervisor.ErrSnapshotCorrupt,
-			sm.File, formatChecksum(got), sm.Checksum)
+	if err := sr.verify(); err != nil {
+		return err
 	}
 	var we *writeError
 	switch {

@@ -7,8 +7,9 @@ package qemu
 //     URI, so the stream goes through a pipe whose one end is handed to QEMU
 //     over QMP (getfd + "fd:" URI) and whose other end the driver reads or
 //     writes. Compared with exec:cat this keeps the bytes in our process, so
-//     they are checksummed (and optionally zstd-compressed) on the fly, in one
-//     pass, and no socket file or shell is involved.
+//     they are checksummed (and optionally zstd- or lz4-compressed, see
+//     codec.go) on the fly, in one pass, and no socket file or shell is
+//     involved.
 //   - A snapshot dir is written as <snapshotDir>.tmp-*, every file and the
 //     dir fsynced, then renamed into place: a crash leaves at most a temp dir
 //     (removed by the next save to the same path), never a snapshotDir that
@@ -32,8 +33,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"hypeman/internal/fsutil"
@@ -66,12 +65,9 @@ func (v *VM) SaveState(ctx context.Context, snapshotDir string, opts hypervisor.
 
 func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
 	start := time.Now()
-	if !filepath.IsAbs(snapshotDir) {
-		return nil, fmt.Errorf("snapshot dir %q: must be an absolute path", snapshotDir)
-	}
-	snapshotDir = filepath.Clean(snapshotDir)
-	if _, err := os.Lstat(snapshotDir); err == nil {
-		return nil, fmt.Errorf("snapshot dir %s: %w", snapshotDir, fs.ErrExist)
+	snapshotDir, err := newSnapshotDir(snapshotDir, opts.Compression)
+	if err != nil {
+		return nil, err
 	}
 	rec, err := ReadLaunchRecord(v.dir)
 	if err != nil {
@@ -141,14 +137,57 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	}
 	paused := time.Now()
 
+	var state StateMeta
+	var streamed time.Time
+	err = publishSnapshot(snapshotDir, func(tmp string) (*SnapshotMeta, error) {
+		if state, err = v.streamOut(ctx, c, tmp, opts.Compression); err != nil {
+			return nil, err
+		}
+		streamed = time.Now()
+		meta.State = state
+		meta.CreatedAt = time.Now().UTC()
+		return meta, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	v.log.Info("vm state saved", "snapshot", snapshotDir, "describe_ms", described.Sub(start).Milliseconds(),
+		"pause_ms", paused.Sub(described).Milliseconds(), "stream_ms", streamed.Sub(paused).Milliseconds(),
+		"total_ms", time.Since(start).Milliseconds(),
+		"stream_bytes", state.StreamSize, "file_bytes", state.Size, "compression", state.compression().String())
+	return meta.Info(snapshotDir), nil
+}
+
+// newSnapshotDir checks the arguments of a save or conversion: the target
+// dir (returned cleaned) must be absolute and not exist, c valid.
+func newSnapshotDir(dir string, c hypervisor.Compression) (string, error) {
+	if err := c.Validate(); err != nil {
+		return "", err
+	}
+	if !filepath.IsAbs(dir) {
+		return "", fmt.Errorf("snapshot dir %q: must be an absolute path", dir)
+	}
+	dir = filepath.Clean(dir)
+	if _, err := os.Lstat(dir); err == nil {
+		return "", fmt.Errorf("snapshot dir %s: %w", dir, fs.ErrExist)
+	}
+	return dir, nil
+}
+
+// publishSnapshot makes a snapshot dir appear atomically at snapshotDir:
+// fill writes the state into a temp dir beside it and returns the
+// metadata, which is written last; the dir is synced and renamed into
+// place. On error nothing is left (and temp dirs of earlier interrupted
+// attempts are gone too).
+func publishSnapshot(snapshotDir string, fill func(tmp string) (*SnapshotMeta, error)) error {
 	parent := filepath.Dir(snapshotDir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, err
+		return err
 	}
 	removeSnapshotTemps(snapshotDir)
 	tmp, err := os.MkdirTemp(parent, filepath.Base(snapshotDir)+".tmp-")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	ok := false
 	defer func() {
@@ -156,36 +195,25 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 			os.RemoveAll(tmp)
 		}
 	}()
-
-	state, err := v.streamOut(ctx, c, tmp, opts.Compress)
+	meta, err := fill(tmp)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	streamed := time.Now()
-	meta.State = state
-	meta.CreatedAt = time.Now().UTC()
 	b, err := json.MarshalIndent(meta, "", "  ")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := writeSynced(filepath.Join(tmp, SnapshotMetaName), append(b, '\n')); err != nil {
-		return nil, err
+		return err
 	}
 	if err := fsutil.SyncDir(tmp); err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.Rename(tmp, snapshotDir); err != nil {
-		return nil, fmt.Errorf("publish snapshot: %w", err)
+		return fmt.Errorf("publish snapshot: %w", err)
 	}
 	ok = true
-	if err := fsutil.SyncDir(parent); err != nil {
-		return nil, err
-	}
-	v.log.Info("vm state saved", "snapshot", snapshotDir, "describe_ms", described.Sub(start).Milliseconds(),
-		"pause_ms", paused.Sub(described).Milliseconds(), "stream_ms", streamed.Sub(paused).Milliseconds(),
-		"total_ms", time.Since(start).Milliseconds(),
-		"stream_bytes", state.StreamSize, "file_bytes", state.Size, "compression", state.Compression)
-	return meta.Info(snapshotDir), nil
+	return fsutil.SyncDir(parent)
 }
 
 // removeSnapshotTemps deletes <snapshotDir>.tmp-* left by an interrupted
@@ -218,70 +246,54 @@ func writeSynced(path string, data []byte) error {
 	return f.Close()
 }
 
-// streamOut migrates the (stopped) VM into dir/memory[.zst] and returns the
-// state description. It returns only after QEMU reports the migration
-// completed and the file is synced.
-func (v *VM) streamOut(ctx context.Context, c *qmp.Client, dir string, compress bool) (StateMeta, error) {
-	sm := StateMeta{File: StateFileName}
-	if compress {
-		sm.File, sm.Compression = StateFileNameZstd, "zstd"
-	}
+// streamOut migrates the (stopped) VM into a state file in dir, stored as
+// comp says, and returns the state description. It returns only after QEMU
+// reports the migration completed and the file is synced.
+func (v *VM) streamOut(ctx context.Context, c *qmp.Client, dir string, comp hypervisor.Compression) (StateMeta, error) {
 	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}, nil); err != nil {
-		return sm, err
+		return StateMeta{}, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, sm.File), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	sw, err := createState(dir, comp)
 	if err != nil {
-		return sm, err
+		return StateMeta{}, err
 	}
-	defer f.Close()
 
 	r, w, err := os.Pipe()
 	if err != nil {
-		return sm, err
+		sw.abort()
+		return StateMeta{}, err
 	}
 	setPipeSize(r)
 	err = c.ExecuteFD(ctx, "getfd", map[string]any{"fdname": saveFDName}, w, nil)
 	w.Close() // QEMU holds its own copy: EOF comes when QEMU closes it
 	if err != nil {
 		r.Close()
-		return sm, err
+		sw.abort()
+		return StateMeta{}, err
 	}
 
 	type result struct {
-		stream, file int64
-		sum          uint64
-		err          error
+		sm  StateMeta
+		err error
 	}
 	done := make(chan result, 1)
 	go func() {
 		defer r.Close()
-		h := xxhash.New()
-		fileW := &countWriter{w: io.MultiWriter(f, h)}
-		var dst io.Writer = fileW
-		var enc *zstd.Encoder
-		if compress {
-			var eerr error
-			enc, eerr = zstd.NewWriter(fileW, zstd.WithEncoderLevel(zstd.SpeedFastest))
-			if eerr != nil {
-				done <- result{err: eerr}
-				return
-			}
-			dst = enc
+		_, err := copyStream(sw, r, v.saveHook)
+		if err != nil {
+			sw.abort()
+			done <- result{err: err}
+			return
 		}
-		n, err := copyStream(dst, r, v.saveHook)
-		if enc != nil {
-			if cerr := enc.Close(); err == nil {
-				err = cerr
-			}
-		}
-		done <- result{stream: n, file: fileW.n, sum: h.Sum64(), err: err}
+		sm, err := sw.finish()
+		done <- result{sm: sm, err: err}
 	}()
 
 	if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + saveFDName}, nil); err != nil {
 		_ = c.Execute(context.WithoutCancel(ctx), "closefd", map[string]any{"fdname": saveFDName}, nil)
 		r.Close() // unblocks the reader if QEMU still holds the write end
 		<-done
-		return sm, err
+		return StateMeta{}, err
 	}
 
 	var res result
@@ -296,21 +308,17 @@ func (v *VM) streamOut(ctx context.Context, c *qmp.Client, dir string, compress 
 		r.Close()
 		<-done
 		_ = v.waitMigration(wctx, true)
-		return sm, ctx.Err()
+		return StateMeta{}, ctx.Err()
 	}
 	// The stream ended: either QEMU completed (it closes the fd in cleanup,
 	// after setting the final status) or it failed or died.
 	if err := v.waitMigration(ctx, true); err != nil {
-		return sm, err
+		return StateMeta{}, err
 	}
 	if res.err != nil {
-		return sm, fmt.Errorf("reading migration stream: %w", res.err)
+		return StateMeta{}, fmt.Errorf("reading migration stream: %w", res.err)
 	}
-	if err := f.Sync(); err != nil {
-		return sm, err
-	}
-	sm.Size, sm.StreamSize, sm.Checksum = res.file, res.stream, formatChecksum(res.sum)
-	return sm, f.Close()
+	return res.sm, nil
 }
 
 // waitMigration polls query-migrate until the migration is no longer in

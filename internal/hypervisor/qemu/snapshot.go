@@ -26,12 +26,15 @@ import (
 const (
 	// SnapshotMetaName is the snapshot's metadata file (SnapshotMeta).
 	SnapshotMetaName = "snapshot.json"
-	// StateFileName / StateFileNameZstd hold the QEMU migration stream,
-	// uncompressed or as one zstd stream.
+	// StateFileName / StateFileNameZstd / StateFileNameLZ4 hold the QEMU
+	// migration stream, uncompressed, as one zstd stream or as one lz4
+	// frame (see codec.go).
 	StateFileName     = "memory"
 	StateFileNameZstd = "memory.zst"
+	StateFileNameLZ4  = "memory.lz4"
 	// SnapshotFormat is the layout version written into snapshot.json.
-	// Restore accepts exactly this version.
+	// Restore accepts exactly this version. Additions that older readers
+	// can ignore (state.level, lz4 files) kept it at 1.
 	SnapshotFormat = 1
 	// snapshotKind tags snapshot.json so a foreign JSON file is not taken
 	// for one.
@@ -92,7 +95,10 @@ type StateMeta struct {
 	// without compression).
 	Size        int64  `json:"size"`
 	StreamSize  int64  `json:"stream_size"`
-	Compression string `json:"compression,omitempty"` // "" or "zstd"
+	Compression string `json:"compression,omitempty"` // "", "zstd" or "lz4"
+	// Level is the compression level asked for (absent in zstd snapshots
+	// written before levels existed: those used level 1).
+	Level int `json:"level,omitempty"`
 	// Checksum is "xxh64:<16 hex digits>" of the file's bytes as stored.
 	Checksum string `json:"checksum"`
 }
@@ -110,7 +116,7 @@ func (m *SnapshotMeta) Info(dir string) *hypervisor.SnapshotInfo {
 		MemoryMiB:     m.MemoryMiB,
 		StateBytes:    m.State.Size,
 		StreamBytes:   m.State.StreamSize,
-		Compressed:    m.State.Compression != "",
+		Compression:   m.State.compression(),
 		InstanceFiles: files,
 	}
 }
@@ -140,17 +146,15 @@ func ReadSnapshotMeta(dir string) (*SnapshotMeta, error) {
 	if m.Kernel == nil || m.Kernel.Path == "" {
 		bad = append(bad, "no kernel")
 	}
-	switch m.State.File {
-	case StateFileName:
-		if m.State.Compression != "" || m.State.Size != m.State.StreamSize {
-			bad = append(bad, "uncompressed state with compression fields")
-		}
-	case StateFileNameZstd:
-		if m.State.Compression != "zstd" {
-			bad = append(bad, "state file "+m.State.File+" without zstd compression")
-		}
-	default:
+	switch c := m.State.compression(); {
+	case m.State.File != StateFileName && m.State.File != StateFileNameZstd && m.State.File != StateFileNameLZ4:
 		bad = append(bad, fmt.Sprintf("state file name %q", m.State.File))
+	case m.State.File != stateFileName(c.Algorithm):
+		bad = append(bad, fmt.Sprintf("state file %s with compression %q", m.State.File, m.State.Compression))
+	case !c.Enabled() && (m.State.Level != 0 || m.State.Size != m.State.StreamSize):
+		bad = append(bad, "uncompressed state with compression fields")
+	case c.Validate() != nil:
+		bad = append(bad, c.Validate().Error())
 	}
 	if _, err := parseChecksum(m.State.Checksum); err != nil {
 		bad = append(bad, err.Error())

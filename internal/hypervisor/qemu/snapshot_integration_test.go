@@ -106,6 +106,30 @@ func assertContinued(t *testing.T, dir string) []counterLine {
 	return lines
 }
 
+// dropStateLevel rewrites snapshot.json without state.level, as the driver
+// wrote it before levels were recorded.
+func dropStateLevel(t testing.TB, snap string) {
+	t.Helper()
+	p := filepath.Join(snap, SnapshotMetaName)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	st := raw["state"].(map[string]any)
+	if _, ok := st["level"]; !ok {
+		t.Fatalf("%s has no state.level to drop", p)
+	}
+	delete(st, "level")
+	b, _ = json.Marshal(raw)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestSaveRestoreContinuesCounter(t *testing.T) {
 	d := newTestDriver(t)
 	base := t.TempDir()
@@ -127,13 +151,25 @@ func TestSaveRestoreContinuesCounter(t *testing.T) {
 	stale := mkdir(t, filepath.Join(base, "snap-0.tmp-crashed"))
 	os.WriteFile(filepath.Join(stale, StateFileName), []byte("partial"), 0o644)
 
+	// One round per storage setting; the zstd:1 round's snapshot.json is
+	// rewritten as the driver wrote it before levels existed, and the last
+	// round restores a state converted after the save.
+	rounds := []struct {
+		c       hypervisor.Compression
+		legacy  bool                    // drop state.level from snapshot.json
+		convert *hypervisor.Compression // restore a ConvertState copy
+	}{
+		{c: none}, {c: zstd1, legacy: true}, {c: hypervisor.Compression{Algorithm: "zstd", Level: 19}},
+		{c: hypervisor.Compression{Algorithm: "lz4", Level: 0}}, {c: hypervisor.Compression{Algorithm: "lz4", Level: 9}},
+		{c: none, convert: &hypervisor.Compression{Algorithm: "zstd", Level: 3}},
+	}
 	var snaps []string
-	for round, compress := range []bool{false, true} {
+	for round, rc := range rounds {
 		snap := filepath.Join(base, fmt.Sprintf("snap-%d", round))
 		start := time.Now()
-		info, err := hv.SaveState(ctx, snap, hypervisor.SaveOptions{Compress: compress})
+		info, err := hv.SaveState(ctx, snap, hypervisor.SaveOptions{Compression: rc.c})
 		if err != nil {
-			t.Fatalf("round %d: save: %v", round, err)
+			t.Fatalf("round %d (%s): save: %v", round, rc.c, err)
 		}
 		saveTime := time.Since(start)
 		snaps = append(snaps, snap)
@@ -141,14 +177,12 @@ func TestSaveRestoreContinuesCounter(t *testing.T) {
 			t.Fatalf("status after save = %q, %v", st, err)
 		}
 		frozen, _ := lastCounter(t, dir)
-		if info.Dir != snap || info.Compressed != compress || info.MemoryMiB != 256 || info.StateBytes <= 0 ||
-			(compress && info.StateBytes >= info.StreamBytes) || (!compress && info.StateBytes != info.StreamBytes) {
+		compressed := rc.c.Enabled()
+		if info.Dir != snap || info.Compression != rc.c || info.MemoryMiB != 256 || info.StateBytes <= 0 ||
+			(compressed && info.StateBytes >= info.StreamBytes) || (!compressed && info.StateBytes != info.StreamBytes) {
 			t.Fatalf("info = %+v", info)
 		}
-		wantFile := StateFileName
-		if compress {
-			wantFile = StateFileNameZstd
-		}
+		wantFile := stateFileName(rc.c.Algorithm)
 		if got := dirSums(t, snap); len(got) != 2 || got[wantFile] == 0 || got[SnapshotMetaName] == 0 {
 			t.Fatalf("snapshot dir holds %v", got)
 		}
@@ -164,7 +198,24 @@ func TestSaveRestoreContinuesCounter(t *testing.T) {
 			meta.Kernel.Path != testKernel(t) || len(meta.Kernel.SHA256) != 64 || meta.QEMUVersion == "" {
 			t.Fatalf("snapshot.json = %+v", meta)
 		}
-		t.Logf("round %d (compress=%v): save %v, stream %d B, file %d B", round, compress, saveTime, info.StreamBytes, info.StateBytes)
+		t.Logf("round %d (%s): save %v, stream %d B, file %d B", round, rc.c, saveTime, info.StreamBytes, info.StateBytes)
+		if rc.legacy {
+			dropStateLevel(t, snap)
+		}
+		if rc.convert != nil {
+			conv := snap + "-converted"
+			t0 := time.Now()
+			ci, err := d.ConvertState(ctx, snap, conv, *rc.convert)
+			if err != nil {
+				t.Fatalf("round %d: convert: %v", round, err)
+			}
+			t.Logf("round %d: converted to %s in %v: file %d B", round, rc.convert, time.Since(t0), ci.StateBytes)
+			if ci.Compression != *rc.convert || ci.StreamBytes != info.StreamBytes || ci.StateBytes >= info.StateBytes {
+				t.Fatalf("converted info = %+v", ci)
+			}
+			snap = conv
+			snaps = append(snaps, snap)
+		}
 
 		if err := hv.Kill(); err != nil {
 			t.Fatal(err)
@@ -174,7 +225,7 @@ func TestSaveRestoreContinuesCounter(t *testing.T) {
 		start = time.Now()
 		rv, err := d.Restore(ctx, hypervisor.RestoreConfig{Dir: dir, SnapshotDir: snap})
 		if err != nil {
-			t.Fatalf("round %d: restore: %v", round, err)
+			t.Fatalf("round %d (%s): restore: %v", round, rc.c, err)
 		}
 		hv = rv
 		restoreTime := time.Since(start)
@@ -272,7 +323,7 @@ func TestForkIntoTwoDirs(t *testing.T) {
 		t.Fatalf("guest MAC %q, want %q", l.MAC, mac)
 	}
 	snap := filepath.Join(base, "snap")
-	info, err := hv.SaveState(ctx, snap, hypervisor.SaveOptions{Compress: true})
+	info, err := hv.SaveState(ctx, snap, hypervisor.SaveOptions{Compression: hypervisor.Compression{Algorithm: "lz4", Level: 3}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +451,7 @@ func TestSaveKilledMidStreamLeavesNoSnapshot(t *testing.T) {
 			scancel()
 		}
 	}
-	if _, err := hv.SaveState(sctx, snap, hypervisor.SaveOptions{Compress: true}); !errors.Is(err, context.Canceled) {
+	if _, err := hv.SaveState(sctx, snap, hypervisor.SaveOptions{Compression: zstd1}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled save: %v", err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(base, "snap*")); len(m) != 0 {

@@ -5,8 +5,10 @@ package qemu
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -14,9 +16,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
-	"github.com/klauspost/compress/zstd"
 
 	"hypeman/internal/hypervisor"
 )
@@ -27,8 +26,8 @@ const (
 )
 
 // fakeSnapshot writes a complete, consistent snapshot (state = stream
-// bytes, optionally zstd) plus a kernel, initrd and instance file, and returns
-// its dir, the run dir and the metadata.
+// bytes, stored as the given compression) plus a kernel, initrd and instance
+// file, and returns its dir, the run dir and the metadata.
 type fakeSnap struct {
 	snapDir, runDir string
 	kernel, initrd  string
@@ -37,7 +36,12 @@ type fakeSnap struct {
 	digests         *digestCache
 }
 
-func newFakeSnapshot(t *testing.T, compress bool) *fakeSnap {
+var (
+	none  = hypervisor.Compression{}
+	zstd1 = hypervisor.Compression{Algorithm: hypervisor.CompressionZstd, Level: 1}
+)
+
+func newFakeSnapshot(t *testing.T, c hypervisor.Compression) *fakeSnap {
 	t.Helper()
 	base := t.TempDir()
 	f := &fakeSnap{snapDir: filepath.Join(base, "snap"), runDir: filepath.Join(base, "run"), digests: &digestCache{}}
@@ -49,20 +53,16 @@ func newFakeSnapshot(t *testing.T, compress bool) *fakeSnap {
 	os.WriteFile(f.initrd, []byte("initrd bytes"), 0o644)
 	os.WriteFile(filepath.Join(f.runDir, "overlay.raw"), make([]byte, 4096), 0o644)
 
-	f.stream = bytes.Repeat([]byte("QEVM migration stream "), 50000)
-	stored := f.stream
-	sm := StateMeta{File: StateFileName, StreamSize: int64(len(f.stream))}
-	if compress {
-		var b bytes.Buffer
-		enc, _ := zstd.NewWriter(&b)
-		enc.Write(f.stream)
-		enc.Close()
-		stored = b.Bytes()
-		sm.File, sm.Compression = StateFileNameZstd, "zstd"
+	f.stream = fakeStream()
+	sw, err := createState(f.snapDir, c)
+	if err != nil {
+		t.Fatal(err)
 	}
-	sm.Size = int64(len(stored))
-	sm.Checksum = formatChecksum(xxhash.Sum64(stored))
-	os.WriteFile(filepath.Join(f.snapDir, sm.File), stored, 0o644)
+	sw.Write(f.stream)
+	sm, err := sw.finish()
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	kd := f.digestOf(t, f.kernel)
 	id := f.digestOf(t, f.initrd)
@@ -115,13 +115,13 @@ func (f *fakeSnap) check(t *testing.T) error {
 }
 
 func TestReadSnapshotMeta(t *testing.T) {
-	f := newFakeSnapshot(t, false)
+	f := newFakeSnapshot(t, none)
 	m, err := ReadSnapshotMeta(f.snapDir)
 	if err != nil {
 		t.Fatalf("valid snapshot: %v", err)
 	}
 	info := m.Info(f.snapDir)
-	if info.MemoryMiB != 256 || info.Compressed || info.StateBytes != int64(len(f.stream)) ||
+	if info.MemoryMiB != 256 || info.Compression.Enabled() || info.StateBytes != int64(len(f.stream)) ||
 		len(info.InstanceFiles) != 1 || info.InstanceFiles[0] != "overlay.raw" {
 		t.Fatalf("info = %+v", info)
 	}
@@ -138,13 +138,17 @@ func TestReadSnapshotMeta(t *testing.T) {
 		{name: "bad checksum", edit: func(m *SnapshotMeta) { m.State.Checksum = "sha1:abc" }, want: hypervisor.ErrSnapshotCorrupt},
 		{name: "unknown state file", edit: func(m *SnapshotMeta) { m.State.File = "../memory" }, want: hypervisor.ErrSnapshotCorrupt},
 		{name: "zst without compression", edit: func(m *SnapshotMeta) { m.State.File = StateFileNameZstd }, want: hypervisor.ErrSnapshotCorrupt},
+		{name: "lz4 file named zst", edit: func(m *SnapshotMeta) { m.State.File, m.State.Compression = StateFileNameZstd, "lz4" }, want: hypervisor.ErrSnapshotCorrupt},
+		{name: "unknown algorithm", edit: func(m *SnapshotMeta) { m.State.Compression = "brotli" }, want: hypervisor.ErrSnapshotCorrupt},
+		{name: "level without compression", edit: func(m *SnapshotMeta) { m.State.Level = 3 }, want: hypervisor.ErrSnapshotCorrupt},
+		{name: "lz4 level out of range", edit: func(m *SnapshotMeta) { m.State.File, m.State.Compression, m.State.Level = StateFileNameLZ4, "lz4", 12 }, want: hypervisor.ErrSnapshotCorrupt},
 		{name: "no argv", edit: func(m *SnapshotMeta) { m.Argv = nil }, want: hypervisor.ErrSnapshotCorrupt},
 		{name: "no kernel", edit: func(m *SnapshotMeta) { m.Kernel = nil }, want: hypervisor.ErrSnapshotCorrupt},
 		{name: "escaping instance file", edit: func(m *SnapshotMeta) { m.InstanceFiles[0].Name = "../other/disk.raw" }, want: hypervisor.ErrSnapshotCorrupt},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFakeSnapshot(t, false)
+			f := newFakeSnapshot(t, none)
 			if c.raw != "" {
 				os.WriteFile(filepath.Join(f.snapDir, SnapshotMetaName), []byte(c.raw), 0o644)
 			} else {
@@ -162,7 +166,7 @@ func TestReadSnapshotMeta(t *testing.T) {
 }
 
 func TestCheckSnapshot(t *testing.T) {
-	if err := newFakeSnapshot(t, false).check(t); err != nil {
+	if err := newFakeSnapshot(t, none).check(t); err != nil {
 		t.Fatalf("valid snapshot: %v", err)
 	}
 	cases := []struct {
@@ -205,7 +209,7 @@ func TestCheckSnapshot(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFakeSnapshot(t, false)
+			f := newFakeSnapshot(t, none)
 			env := f.env()
 			c.setup(t, f, &env)
 			m, err := ReadSnapshotMeta(f.snapDir)
@@ -220,7 +224,7 @@ func TestCheckSnapshot(t *testing.T) {
 	}
 
 	// A relative boot file path is looked up in the run dir.
-	f := newFakeSnapshot(t, false)
+	f := newFakeSnapshot(t, none)
 	copyFile(t, f.kernel, filepath.Join(f.runDir, "vmlinux"))
 	f.meta.Kernel.Path = "vmlinux"
 	f.writeMeta(t)
@@ -258,30 +262,33 @@ func feed(t *testing.T, f *fakeSnap, readLimit int) ([]byte, error) {
 }
 
 func TestFeedState(t *testing.T) {
-	for _, compress := range []bool{false, true} {
-		f := newFakeSnapshot(t, compress)
+	for _, c := range allCompressions {
+		f := newFakeSnapshot(t, c)
 		out, err := feed(t, f, -1)
 		if err != nil || !bytes.Equal(out, f.stream) {
-			t.Fatalf("compress=%v: good state: %v (%d of %d bytes)", compress, err, len(out), len(f.stream))
+			t.Fatalf("%s: good state: %v (%d of %d bytes)", c, err, len(out), len(f.stream))
+		}
+		if c.Enabled() && f.meta.State.Size >= f.meta.State.StreamSize/2 {
+			t.Fatalf("%s: %d stream bytes stored in %d", c, f.meta.State.StreamSize, f.meta.State.Size)
 		}
 
 		// QEMU stops reading (it failed for its own reasons): not corrupt.
 		if _, err := feed(t, f, 1000); err == nil || errors.Is(err, hypervisor.ErrSnapshotCorrupt) {
-			t.Fatalf("compress=%v: reader gone: %v", compress, err)
+			t.Fatalf("%s: reader gone: %v", c, err)
 		}
 
 		flipByte(t, filepath.Join(f.snapDir, f.meta.State.File))
 		if _, err := feed(t, f, -1); !errors.Is(err, hypervisor.ErrSnapshotCorrupt) {
-			t.Fatalf("compress=%v: flipped byte: %v", compress, err)
+			t.Fatalf("%s: flipped byte: %v", c, err)
 		}
 		// ... also when QEMU gave up early on the damaged stream.
 		if _, err := feed(t, f, 1000); !errors.Is(err, hypervisor.ErrSnapshotCorrupt) {
-			t.Fatalf("compress=%v: flipped byte, reader gone: %v", compress, err)
+			t.Fatalf("%s: flipped byte, reader gone: %v", c, err)
 		}
 	}
 
 	// Checksum right but the recorded stream size wrong.
-	f := newFakeSnapshot(t, true)
+	f := newFakeSnapshot(t, zstd1)
 	f.meta.State.StreamSize++
 	if _, err := feed(t, f, -1); !errors.Is(err, hypervisor.ErrSnapshotCorrupt) || !strings.Contains(err.Error(), "stream bytes") {
 		t.Fatalf("stream size mismatch: %v", err)
@@ -289,7 +296,7 @@ func TestFeedState(t *testing.T) {
 }
 
 func TestRestoreArgv(t *testing.T) {
-	f := newFakeSnapshot(t, false)
+	f := newFakeSnapshot(t, none)
 	saved := f.meta.Argv
 	join := func(a []string) string { return strings.Join(a, " ") }
 
@@ -447,5 +454,142 @@ func TestRemoveSnapshotTemps(t *testing.T) {
 	}
 	if strings.Join(left, ",") != "s1.tmp-c,s[1],s[1]x.tmp-d" {
 		t.Fatalf("left: %v", left)
+	}
+}
+
+// allCompressions are the settings the tests store states with: none, the
+// ends of both level ranges and one middle level.
+var allCompressions = []hypervisor.Compression{
+	none, zstd1,
+	{Algorithm: hypervisor.CompressionZstd, Level: 7},
+	{Algorithm: hypervisor.CompressionZstd, Level: 19},
+	{Algorithm: hypervisor.CompressionLZ4, Level: 0},
+	{Algorithm: hypervisor.CompressionLZ4, Level: 9},
+}
+
+// fakeStream is ~5 MiB that compresses like guest memory: long zero runs,
+// repeated text and incompressible stretches, over two lz4 blocks.
+func fakeStream() []byte {
+	var b bytes.Buffer
+	x := uint64(0x9e3779b97f4a7c15)
+	for b.Len() < 5<<20 {
+		b.Write(make([]byte, 64<<10))
+		b.Write(bytes.Repeat([]byte("QEVM migration stream "), 3000))
+		for range 4 << 10 { // 32 KiB of xorshift noise
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			b.Write([]byte{byte(x), byte(x >> 8), byte(x >> 16), byte(x >> 24), byte(x >> 32), byte(x >> 40), byte(x >> 48), byte(x >> 56)})
+		}
+	}
+	return b.Bytes()
+}
+
+func TestLegacyZstdSnapshotWithoutLevel(t *testing.T) {
+	// What the driver wrote before levels existed: zstd, no "level" key.
+	f := newFakeSnapshot(t, zstd1)
+	b, _ := os.ReadFile(filepath.Join(f.snapDir, SnapshotMetaName))
+	var raw map[string]any
+	json.Unmarshal(b, &raw)
+	delete(raw["state"].(map[string]any), "level")
+	b, _ = json.Marshal(raw)
+	os.WriteFile(filepath.Join(f.snapDir, SnapshotMetaName), b, 0o644)
+	if strings.Contains(string(b), `"level"`) {
+		t.Fatal("level still in snapshot.json")
+	}
+
+	m, err := ReadSnapshotMeta(f.snapDir)
+	if err != nil {
+		t.Fatalf("legacy snapshot: %v", err)
+	}
+	if info := m.Info(f.snapDir); info.Compression != zstd1 {
+		t.Fatalf("legacy zstd snapshot reports %s, want zstd:1", info.Compression)
+	}
+	f.meta = m
+	if out, err := feed(t, f, -1); err != nil || !bytes.Equal(out, f.stream) {
+		t.Fatalf("legacy snapshot feed: %v", err)
+	}
+}
+
+func TestConvertState(t *testing.T) {
+	ctx := t.Context()
+	f := newFakeSnapshot(t, none)
+	base := filepath.Dir(f.snapDir)
+	srcSums := dirSums(t, f.snapDir)
+	logf := func(string, ...any) {}
+
+	// A chain through every setting, ending uncompressed again: each step
+	// reads the previous one.
+	src := f.snapDir
+	for i, c := range append(allCompressions[1:], none) {
+		dst := filepath.Join(base, fmt.Sprintf("conv-%d", i))
+		info, err := convertState(ctx, src, dst, c, logf)
+		if err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
+		m, err := ReadSnapshotMeta(dst)
+		if err != nil {
+			t.Fatalf("%s: converted snapshot unreadable: %v", c, err)
+		}
+		if info.Compression != c || m.State.File != stateFileName(c.Algorithm) || info.StreamBytes != int64(len(f.stream)) ||
+			(c.Enabled() && info.StateBytes >= info.StreamBytes) || strings.Join(m.Argv, " ") != strings.Join(f.meta.Argv, " ") {
+			t.Fatalf("%s: info %+v, state %+v", c, info, m.State)
+		}
+		if got := dirSums(t, dst); len(got) != 2 {
+			t.Fatalf("%s: converted dir holds %v", c, got)
+		}
+		g := *f
+		g.snapDir, g.meta = dst, m
+		if out, err := feed(t, &g, -1); err != nil || !bytes.Equal(out, f.stream) {
+			t.Fatalf("%s: converted state does not feed the original stream: %v", c, err)
+		}
+		src = dst
+	}
+	if got := dirSums(t, f.snapDir); fmt.Sprint(got) != fmt.Sprint(srcSums) {
+		t.Fatal("source snapshot changed by conversion")
+	}
+
+	// Same setting: a verified byte copy.
+	lz := filepath.Join(base, "conv-4") // lz4:9 from the chain
+	same := filepath.Join(base, "same")
+	if _, err := convertState(ctx, lz, same, allCompressions[5], logf); err != nil {
+		t.Fatal(err)
+	}
+	a, b := dirSums(t, lz), dirSums(t, same)
+	if a[StateFileNameLZ4] != b[StateFileNameLZ4] {
+		t.Fatal("same-setting conversion changed the state bytes")
+	}
+
+	// Refusals leave nothing at dst.
+	noDst := func(name string, dst string) {
+		t.Helper()
+		if m, _ := filepath.Glob(dst + "*"); len(m) != 0 {
+			t.Fatalf("%s: left %v", name, m)
+		}
+	}
+	if _, err := convertState(ctx, f.snapDir, same, zstd1, logf); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("existing dst: %v", err)
+	}
+	bad := hypervisor.Compression{Algorithm: "lz4", Level: 10}
+	var ce *hypervisor.CompressionError
+	if _, err := convertState(ctx, f.snapDir, filepath.Join(base, "bad"), bad, logf); !errors.As(err, &ce) || ce.Field != "compression.level" {
+		t.Fatalf("bad level: %v", err)
+	}
+	noDst("bad level", filepath.Join(base, "bad"))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := convertState(cctx, f.snapDir, filepath.Join(base, "cancelled"), zstd1, logf); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	noDst("cancelled", filepath.Join(base, "cancelled"))
+	for _, c := range []hypervisor.Compression{none, zstd1, allCompressions[4]} {
+		damaged := filepath.Join(base, "damaged-"+c.Algorithm)
+		copyDir(t, lz, damaged)
+		flipByte(t, filepath.Join(damaged, StateFileNameLZ4))
+		out := filepath.Join(base, "from-damaged-"+c.Algorithm)
+		if _, err := convertState(ctx, damaged, out, c, logf); !errors.Is(err, hypervisor.ErrSnapshotCorrupt) {
+			t.Fatalf("damaged source to %s: %v", c, err)
+		}
+		noDst("damaged", out)
 	}
 }
