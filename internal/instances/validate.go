@@ -3,10 +3,10 @@ package instances
 import (
 	"crypto/rand"
 	"fmt"
-	"math"
 	"regexp"
-	"strconv"
 	"strings"
+
+	"hypeman/internal/units"
 )
 
 // Limits applied to create requests. They bound what one request may ask of
@@ -39,40 +39,9 @@ func ValidateName(name string) error {
 	return nil
 }
 
-var sizeUnits = map[string]int64{
-	"": 1, "b": 1,
-	"k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
-	"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
-	"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
-	"t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
-}
-
-// ParseSize parses "1GB", "512MB", "2G", "1.5GiB" or a byte count. Units are
-// binary (1GB = 1024^3), matching hypeman.
-func ParseSize(s string) (int64, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	if t == "" {
-		return 0, fmt.Errorf("empty size")
-	}
-	i := 0
-	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
-		i++
-	}
-	num, unit := t[:i], strings.TrimSpace(t[i:])
-	mult, ok := sizeUnits[unit]
-	if !ok || num == "" {
-		return 0, fmt.Errorf("%q is not a size (examples: 512MB, 1GB, 2GiB)", s)
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
-		return 0, fmt.Errorf("%q is not a size (examples: 512MB, 1GB, 2GiB)", s)
-	}
-	v := f * float64(mult)
-	if v >= math.MaxInt64/2 {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return int64(v), nil
-}
+// ParseSize parses a size string; see units.ParseSize (kept here for the
+// instance API's callers).
+func ParseSize(s string) (int64, error) { return units.ParseSize(s) }
 
 func parseSizeField(field, s, def string, lo, hi int64) (int64, string, error) {
 	if s == "" {
@@ -88,18 +57,9 @@ func parseSizeField(field, s, def string, lo, hi int64) (int64, string, error) {
 	return n, s, nil
 }
 
-// FormatSize renders bytes with the largest exact binary unit.
-func FormatSize(n int64) string {
-	for _, u := range []struct {
-		s string
-		m int64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}} {
-		if n >= u.m && n%u.m == 0 {
-			return fmt.Sprintf("%d%s", n/u.m, u.s)
-		}
-	}
-	return fmt.Sprintf("%dB", n)
-}
+// FormatSize renders bytes with the largest exact binary unit; see
+// units.FormatSize.
+func FormatSize(n int64) string { return units.FormatSize(n) }
 
 func validateKV(field string, m map[string]string, max int, keyOK func(string) bool) error {
 	if len(m) > max {
