@@ -218,9 +218,9 @@ func (m *Manager) nft(ctx context.Context, ruleset string) error {
 
 // createTAP creates the persistent TAP device of a lease (owned by root),
 // attaches it to the bridge and brings it up. An existing TAP of that name
-// is adopted.
-func (m *Manager) createTAP(l *Lease) error {
-	return m.withLinks(func(h *netlink.Handle) error {
+// is adopted (fresh is false then).
+func (m *Manager) createTAP(l *Lease) (fresh bool, err error) {
+	err = m.withLinks(func(h *netlink.Handle) error {
 		br, err := h.LinkByName(m.cfg.Bridge)
 		if err != nil {
 			return fmt.Errorf("bridge %s: %w", m.cfg.Bridge, err)
@@ -247,6 +247,7 @@ func (m *Manager) createTAP(l *Lease) error {
 			if link, err = h.LinkByName(l.TAP); err != nil {
 				return fmt.Errorf("TAP %s: %w", l.TAP, err)
 			}
+			fresh = true
 		case err != nil:
 			return fmt.Errorf("TAP %s: %w", l.TAP, err)
 		default:
@@ -264,6 +265,7 @@ func (m *Manager) createTAP(l *Lease) error {
 		}
 		return nil
 	})
+	return fresh, err
 }
 
 // deleteLink removes a link by name; a missing link is not an error.
