@@ -37,7 +37,10 @@ func (h *fakeHV) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning}
+	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning, cfg: cfg}
+	if cfg.BalloonMiB > 0 {
+		vm.memTarget = int64(cfg.MemoryMiB-cfg.BalloonMiB) << 20
+	}
 	h.vms[cfg.Dir] = vm
 	return vm, nil
 }
@@ -64,10 +67,32 @@ func (h *fakeHV) vm(dir string) *fakeVM {
 type fakeVM struct {
 	dir   string
 	pid   int
+	cfg   hypervisor.VMConfig // as launched
 	mu    sync.Mutex
 	state hypervisor.RunState
 	done  chan struct{}
 	once  sync.Once
+	// memTarget is the balloon target (0 = no balloon).
+	memTarget int64
+}
+
+func (v *fakeVM) SetMemoryTarget(ctx context.Context, target int64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.memTarget == 0 {
+		return hypervisor.ErrNoBalloon
+	}
+	v.memTarget = target
+	return nil
+}
+
+func (v *fakeVM) MemoryActual(ctx context.Context) (int64, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.memTarget == 0 {
+		return 0, hypervisor.ErrNoBalloon
+	}
+	return v.memTarget, nil
 }
 
 func (v *fakeVM) exited() bool {

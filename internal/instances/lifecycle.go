@@ -111,12 +111,18 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validatePolicies(p.RestartPolicy, p.HealthCheck); err != nil {
 		return nil, err
 	}
+	networkDisabled := p.NetworkEnabled != nil && !*p.NetworkEnabled
+	limits, err := parseLimits(p, mem, m.shapeableNetwork(networkDisabled))
+	if err != nil {
+		return nil, err
+	}
 	meta := &Metadata{
 		Name: p.Name, Image: strings.TrimSpace(p.Image),
 		MemoryBytes: mem, Size: size, VCPUs: vcpus, OverlayBytes: ov, OverlaySize: ovSize,
 		Env: maps.Clone(p.Env), Entrypoint: p.Entrypoint, Cmd: p.Cmd, Tags: maps.Clone(p.Tags),
 		SkipGuestAgent:  p.SkipGuestAgent,
-		NetworkDisabled: p.NetworkEnabled != nil && !*p.NetworkEnabled,
+		NetworkDisabled: networkDisabled,
+		Limits:          limits,
 	}
 	if p.RestartPolicy != nil {
 		meta.RestartPolicy = *p.RestartPolicy
@@ -280,10 +286,11 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if err != nil {
 		return err
 	}
+	memMiB, balloonMiB := vmMemory(meta)
 	cfg := hypervisor.VMConfig{
 		ID: meta.ID, Dir: dir,
 		KernelPath: m.cfg.Boot.KernelPath, InitrdPath: m.cfg.Boot.InitrdPath, Cmdline: m.cfg.Boot.Cmdline,
-		MemoryMiB: int(meta.MemoryBytes >> 20), VCPUs: meta.VCPUs,
+		MemoryMiB: memMiB, BalloonMiB: balloonMiB, VCPUs: meta.VCPUs, DiskIOBps: meta.Limits.DiskIOBytesPerSec,
 		Disks: []hypervisor.Disk{
 			{Path: img.DiskPath, ReadOnly: true, Serial: guestconfig.SerialRoot},
 			{Path: filepath.Join(dir, overlayFile), Serial: guestconfig.SerialOverlay},
@@ -313,7 +320,8 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.live, e.attachErr = lv, ""
 	e.mu.Unlock()
 	m.startWatcher(e, lv, false)
-	m.logf(meta.ID, "vm launched (pid %d, %s, %d MiB, %d vcpus)", vm.Pid(), m.cfg.Hypervisor.Accel().Accel, cfg.MemoryMiB, cfg.VCPUs)
+	m.logf(meta.ID, "vm launched (pid %d, %s, %d MiB of which %d MiB hotplug held by the balloon, %d vcpus)",
+		vm.Pid(), m.cfg.Hypervisor.Accel().Accel, cfg.MemoryMiB, cfg.BalloonMiB, cfg.VCPUs)
 	m.publish(meta.ID, state.Stopped, state.Initializing, "start")
 	return nil
 }

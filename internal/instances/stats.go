@@ -20,9 +20,13 @@ type Stats struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
 	// RSSBytes is the VMM's resident memory (guest RAM it touched + QEMU).
 	RSSBytes int64 `json:"rss_bytes"`
-	// MemoryBytes is the guest memory size configured.
+	// MemoryBytes is the guest memory size configured (size).
 	MemoryBytes int64 `json:"memory_bytes"`
-	VCPUs       int   `json:"vcpus"`
+	// AllocatedMemoryBytes is the RAM the VM is built with: size +
+	// hotplug_size (the hotplug part is held by the balloon until the
+	// memory target is raised, and returned to the host meanwhile).
+	AllocatedMemoryBytes int64 `json:"allocated_memory_bytes"`
+	VCPUs                int   `json:"vcpus"`
 	// OverlayAllocatedBytes is disk space the writable layer really uses.
 	OverlayAllocatedBytes int64   `json:"overlay_allocated_bytes"`
 	OverlaySizeBytes      int64   `json:"overlay_size_bytes"`
@@ -38,7 +42,8 @@ func (m *Manager) Stats(ctx context.Context, ref string) (*Stats, error) {
 	e.mu.Lock()
 	meta, lv := e.meta, e.live
 	e.mu.Unlock()
-	s := &Stats{InstanceID: meta.ID, MemoryBytes: meta.MemoryBytes, VCPUs: meta.VCPUs, OverlaySizeBytes: meta.OverlayBytes}
+	s := &Stats{InstanceID: meta.ID, MemoryBytes: meta.MemoryBytes, VCPUs: meta.VCPUs, OverlaySizeBytes: meta.OverlayBytes,
+		AllocatedMemoryBytes: meta.MemoryBytes + meta.Limits.HotplugBytes}
 	if fi, err := os.Stat(filepath.Join(m.dir(meta.ID), overlayFile)); err == nil {
 		s.OverlayAllocatedBytes = allocatedBytes(fi)
 	}
