@@ -237,12 +237,16 @@ func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config 
 		}
 	}
 	maps.Copy(env, meta.Env)
-	return &guestconfig.Config{
+	gc := &guestconfig.Config{
 		Entrypoint: entry, Cmd: cmd, Env: env, WorkingDir: img.WorkingDir, User: img.User,
 		Hostname: meta.Name, RootFS: img.FSType,
 		StopTimeoutSeconds: int(m.cfg.GuestStopTimeout / time.Second),
 		SkipGuestAgent:     meta.SkipGuestAgent,
 	}
+	if memMiB, balloonMiB := vmMemory(meta); balloonMiB > 0 {
+		gc.MemoryTarget = int64(memMiB-balloonMiB) << 20 // the program starts with size
+	}
+	return gc
 }
 
 // boot launches the VM for e (caller holds e.op; e has no live VM).
