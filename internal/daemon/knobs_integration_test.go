@@ -358,4 +358,3 @@ func TestBandwidthLimits(t *testing.T) {
 		t.Fatalf("over the limit after restore: download %.0f B/s, upload %.0f B/s", down, up)
 	}
 }
-
