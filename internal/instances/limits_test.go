@@ -103,6 +103,22 @@ func TestKnobsReachVMAndTAP(t *testing.T) {
 		t.Fatalf("re-adopt did not re-apply the limits: %+v", got)
 	}
 
+	// A fork (here of the Stopped instance: a fresh boot) has the same knobs.
+	if _, err := m2.Stop(ctx, in.ID); err != nil {
+		t.Fatal(err)
+	}
+	f, err := m2.Fork(ctx, in.ID, ForkParams{Name: "knobs-fork", TargetState: state.Running})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := hv.vm(m2.dir(f.ID)).cfg
+	if fc.MemoryMiB != 4096 || fc.BalloonMiB != 3072 || fc.DiskIOBps != 100<<20 || f.BandwidthDownload != "1Gbps" {
+		t.Fatalf("fork: cfg %+v view %+v", fc, f)
+	}
+	if got := nw.shaped(f.ID); len(got) != 1 || got[0] != want {
+		t.Fatalf("fork TAP limits %+v", got)
+	}
+
 	// Nothing set: no balloon, no limits, empty display strings.
 	plain, err := m2.Create(ctx, CreateParams{Name: "plain", Image: "img", Size: "512MB", HotplugSize: "0", DiskIOBps: "0"})
 	if err != nil {

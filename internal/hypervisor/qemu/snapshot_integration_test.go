@@ -111,7 +111,7 @@ func TestSaveRestoreContinuesCounter(t *testing.T) {
 	base := t.TempDir()
 	dir := mkdir(t, filepath.Join(base, "vm"))
 	killOnCleanup(t, dir)
-	initrd := counterInitrd(t, base, false)
+	initrd := counterInitrd(t, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -251,7 +251,7 @@ func TestForkIntoTwoDirs(t *testing.T) {
 	base := t.TempDir()
 	src := mkdir(t, filepath.Join(base, "src"))
 	killOnCleanup(t, src)
-	initrd := counterInitrd(t, base, true)
+	initrd := counterInitrd(t, base, "virtio_mmio", "virtio_net")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -380,7 +380,7 @@ func TestSaveKilledMidStreamLeavesNoSnapshot(t *testing.T) {
 	base := t.TempDir()
 	dir := mkdir(t, filepath.Join(base, "vm"))
 	killOnCleanup(t, dir)
-	initrd := counterInitrd(t, base, false)
+	initrd := counterInitrd(t, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	hv, err := d.Launch(ctx, counterVMConfig(t, dir, initrd, 256, ""))
