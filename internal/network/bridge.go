@@ -297,19 +297,28 @@ func (m *Manager) orphanTAPs(keep map[string]bool) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		links, err := h.LinkList()
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return err
-		}
-		for _, l := range links {
+		out, err = linkNames(h, func(l netlink.Link) bool {
 			a := l.Attrs()
-			if l.Type() == "tuntap" && a.MasterIndex == br.Attrs().Index && isTAPName(a.Name) && !keep[a.Name] {
-				out = append(out, a.Name)
-			}
-		}
-		return nil
+			return l.Type() == "tuntap" && a.MasterIndex == br.Attrs().Index && isTAPName(a.Name) && !keep[a.Name]
+		})
+		return err
 	})
 	return out, err
+}
+
+// linkNames lists the names of the links match accepts.
+func linkNames(h *netlink.Handle, match func(netlink.Link) bool) ([]string, error) {
+	links, err := h.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, err
+	}
+	var out []string
+	for _, l := range links {
+		if match(l) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out, nil
 }
 
 func isTAPName(s string) bool {

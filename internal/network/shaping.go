@@ -167,18 +167,12 @@ func (m *Manager) ensureIFB(name string) error {
 // orphanIFBs lists ifb devices named like ours whose TAP is not in keep.
 func (m *Manager) orphanIFBs(keep map[string]bool) ([]string, error) {
 	var out []string
-	err := m.withLinks(func(h *netlink.Handle) error {
-		links, err := h.LinkList()
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return err
-		}
-		for _, l := range links {
+	err := m.withLinks(func(h *netlink.Handle) (err error) {
+		out, err = linkNames(h, func(l netlink.Link) bool {
 			name := l.Attrs().Name
-			if l.Type() == "ifb" && isIFBName(name) && !keep["hm"+name[2:]] {
-				out = append(out, name)
-			}
-		}
-		return nil
+			return l.Type() == "ifb" && isIFBName(name) && !keep["hm"+name[2:]]
+		})
+		return err
 	})
 	return out, err
 }
