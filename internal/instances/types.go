@@ -12,55 +12,53 @@ import (
 
 // Instance is the public view of an instance (what the API returns).
 type Instance struct {
-	ID          string      `json:"id"`
-	Name        string      `json:"name"`
-	Image       string      `json:"image"`
-	ImageDigest string      `json:"image_digest,omitempty"`
-	State       state.State `json:"state"`
-	StateError  *string     `json:"state_error"`
-	Size        string      `json:"size"`
-	VCPUs       int         `json:"vcpus"`
-	OverlaySize string      `json:"overlay_size"`
-	// Knobs in force, in display form ("3GB", "100MB/s", "1Gbps"); "" = not
-	// set (no hotplug memory, no limit).
-	HotplugSize       string            `json:"hotplug_size,omitempty"`
-	DiskIOBps         string            `json:"disk_io_bps,omitempty"`
-	BandwidthDownload string            `json:"bandwidth_download,omitempty"`
-	BandwidthUpload   string            `json:"bandwidth_upload,omitempty"`
-	Env               map[string]string `json:"env,omitempty"`
-	Entrypoint        []string          `json:"entrypoint,omitempty"`
-	Cmd               []string          `json:"cmd,omitempty"`
-	Tags              map[string]string `json:"tags,omitempty"`
-	CreatedAt         time.Time         `json:"created_at"`
-	StartedAt         *time.Time        `json:"started_at"`
-	StoppedAt         *time.Time        `json:"stopped_at"`
-	ExitCode          *int              `json:"exit_code"`
-	ExitMessage       *string           `json:"exit_message"`
-	HasSnapshot       bool              `json:"has_snapshot"`
-	Hypervisor        string            `json:"hypervisor"`
-	Network           *NetworkInfo      `json:"network,omitempty"`
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest,omitempty"`
+	State       state.State       `json:"state"`
+	StateError  *string           `json:"state_error"`
+	Size        string            `json:"size"`
+	VCPUs       int               `json:"vcpus"`
+	OverlaySize string            `json:"overlay_size"`
+	Env         map[string]string `json:"env,omitempty"`
+	Entrypoint  []string          `json:"entrypoint,omitempty"`
+	Cmd         []string          `json:"cmd,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	StartedAt   *time.Time        `json:"started_at"`
+	StoppedAt   *time.Time        `json:"stopped_at"`
+	ExitCode    *int              `json:"exit_code"`
+	ExitMessage *string           `json:"exit_message"`
+	HasSnapshot bool              `json:"has_snapshot"`
+	Hypervisor  string            `json:"hypervisor"`
+	Network     *NetworkInfo      `json:"network,omitempty"`
 	// RestartPolicy is omitted when the policy is never.
 	RestartPolicy *restart.Policy `json:"restart_policy,omitempty"`
 	RestartStatus *restart.Status `json:"restart_status,omitempty"`
 	HealthCheck   *health.Check   `json:"health_check,omitempty"`
 	HealthStatus  *health.Status  `json:"health_status,omitempty"`
+	// Knobs in force, in display form ("3GB", "100MB/s", "1Gbps"); "" = not
+	// set (no hotplug memory, no limit).
+	HotplugSize       string `json:"hotplug_size,omitempty"`
+	DiskIOBps         string `json:"disk_io_bps,omitempty"`
+	BandwidthDownload string `json:"bandwidth_download,omitempty"`
+	BandwidthUpload   string `json:"bandwidth_upload,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
 
 // Metadata is what is persisted per instance (metadata.json).
 type Metadata struct {
-	ID           string `json:"id"`
-	Name         string `json:"name"`
-	Image        string `json:"image"`
-	ImageDigest  string `json:"image_digest"`
-	MemoryBytes  int64  `json:"memory_bytes"`
-	Size         string `json:"size"`
-	VCPUs        int    `json:"vcpus"`
-	OverlayBytes int64  `json:"overlay_bytes"`
-	OverlaySize  string `json:"overlay_size"`
-	// Limits: hotplug memory, disk I/O and network bandwidth limits.
-	Limits         Limits            `json:"limits,omitzero"`
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Image          string            `json:"image"`
+	ImageDigest    string            `json:"image_digest"`
+	MemoryBytes    int64             `json:"memory_bytes"`
+	Size           string            `json:"size"`
+	VCPUs          int               `json:"vcpus"`
+	OverlayBytes   int64             `json:"overlay_bytes"`
+	OverlaySize    string            `json:"overlay_size"`
 	Env            map[string]string `json:"env,omitempty"`
 	Entrypoint     []string          `json:"entrypoint,omitempty"`
 	Cmd            []string          `json:"cmd,omitempty"`
@@ -97,15 +95,27 @@ type Metadata struct {
 	HealthStatus  health.Status  `json:"health_status,omitzero"`
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
+	// Limits: hotplug memory, disk I/O and network bandwidth limits.
+	Limits Limits `json:"limits,omitzero"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
 type CreateParams struct {
-	Name        string
-	Image       string
-	Size        string // memory, default "1GB"
-	VCPUs       int    // default 2
-	OverlaySize string // default "10GB"
+	Name           string
+	Image          string
+	Size           string // memory, default "1GB"
+	VCPUs          int    // default 2
+	OverlaySize    string // default "10GB"
+	Env            map[string]string
+	Entrypoint     []string
+	Cmd            []string
+	Tags           map[string]string
+	SkipGuestAgent bool
+	// NetworkEnabled nil = default (enabled when the host has networking).
+	NetworkEnabled *bool
+	// RestartPolicy nil = never; HealthCheck nil = none.
+	RestartPolicy *restart.Policy
+	HealthCheck   *health.Check
 	// Knobs as sent (human strings; "" or "0" = not set): hotplug memory
 	// ("3GB"), disk I/O limit ("100MB/s") and network bandwidth limits
 	// ("1Gbps", "125MB/s"). See Limits and units.ParseRate.
@@ -113,16 +123,6 @@ type CreateParams struct {
 	DiskIOBps         string
 	BandwidthDownload string
 	BandwidthUpload   string
-	Env               map[string]string
-	Entrypoint        []string
-	Cmd               []string
-	Tags              map[string]string
-	SkipGuestAgent    bool
-	// NetworkEnabled nil = default (enabled when the host has networking).
-	NetworkEnabled *bool
-	// RestartPolicy nil = never; HealthCheck nil = none.
-	RestartPolicy *restart.Policy
-	HealthCheck   *health.Check
 }
 
 // Errors callers branch on (the API maps them to status codes).
