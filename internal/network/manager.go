@@ -213,8 +213,8 @@ func (m *Manager) Setup(ctx context.Context) error {
 }
 
 // Teardown removes what Setup and CreateTAP made: every TAP device of a
-// lease or named like ours on the bridge, their ifb devices, the bridge, and the nftables
-// table. Leases are kept (VMs restarted later get the same addresses). For
+// lease or named like ours on the bridge, their ifb devices, the bridge,
+// and the nftables table. Leases are kept (VMs restarted later get the same addresses). For
 // tests and uninstall; the daemon does not call it on shutdown because VMs
 // outlive it. ip_forward is left as it is.
 func (m *Manager) Teardown(ctx context.Context) error {
@@ -377,9 +377,8 @@ func (m *Manager) DeleteTAP(ctx context.Context, l *Lease) error {
 // Prune releases the leases of instances for which keep returns false and
 // deletes TAP devices on the bridge (and ifb devices) that are named like
 // ours but belong to no lease (left by a crash between CreateTAP and
-// Release). The daemon
-// calls it at start, after re-adopting its VMs. It returns the released
-// instance IDs.
+// Release). The daemon calls it at start, after re-adopting its VMs. It
+// returns the released instance IDs.
 func (m *Manager) Prune(ctx context.Context, keep func(instanceID string) bool) ([]string, error) {
 	if m.Mode() != ModeBridge {
 		return nil, nil
