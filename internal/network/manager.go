@@ -214,9 +214,9 @@ func (m *Manager) Setup(ctx context.Context) error {
 
 // Teardown removes what Setup and CreateTAP made: every TAP device of a
 // lease or named like ours on the bridge, their ifb devices, the bridge,
-// and the nftables table. Leases are kept (VMs restarted later get the same addresses). For
-// tests and uninstall; the daemon does not call it on shutdown because VMs
-// outlive it. ip_forward is left as it is.
+// and the nftables table. Leases are kept (VMs restarted later get the
+// same addresses). For tests and uninstall; the daemon does not call it on
+// shutdown because VMs outlive it. ip_forward is left as it is.
 func (m *Manager) Teardown(ctx context.Context) error {
 	if m.Mode() != ModeBridge {
 		return nil
