@@ -131,8 +131,8 @@ func TestHotplugMemoryBalloon(t *testing.T) {
 	if err != nil || st.AllocatedMemoryBytes != size+hotplug {
 		t.Fatalf("stats: %+v %v", st, err)
 	}
-	t.Logf("1GB+3GB guest: Running after %v, balloon at target by %v; MemTotal %d MiB at program start, then %d MiB, MemAvailable %d MiB; VMM RSS %d MiB",
-		running.Round(time.Millisecond), inflated.Round(time.Millisecond), startMem>>20, total>>20, avail>>20, st.RSSBytes>>20)
+	t.Logf("1GB+3GB guest: Running after %v, balloon at target by %v; MemTotal %d MiB at program start, then %d MiB, MemAvailable %d MiB; VMM RSS %d MiB, CPU %.1f s",
+		running.Round(time.Millisecond), inflated.Round(time.Millisecond), startMem>>20, total>>20, avail>>20, st.RSSBytes>>20, st.CPUSeconds)
 
 	if err := d.Instances.SetMemoryTarget(ctx, in.ID, size+hotplug); err != nil {
 		t.Fatal(err)
@@ -192,8 +192,8 @@ func TestBootWithoutHotplugForComparison(t *testing.T) {
 	if err != nil || st.AllocatedMemoryBytes != 1<<30 {
 		t.Fatalf("stats: %+v %v", st, err)
 	}
-	t.Logf("1GB guest: Running after %v; MemTotal %d MiB, MemAvailable %d MiB; VMM RSS %d MiB",
-		running.Round(time.Millisecond), total>>20, avail>>20, st.RSSBytes>>20)
+	t.Logf("1GB guest: Running after %v; MemTotal %d MiB, MemAvailable %d MiB; VMM RSS %d MiB, CPU %.1f s",
+		running.Round(time.Millisecond), total>>20, avail>>20, st.RSSBytes>>20, st.CPUSeconds)
 	if _, err := d.Instances.Standby(context.Background(), in.ID); err != nil {
 		t.Fatal(err)
 	}

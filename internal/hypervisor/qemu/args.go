@@ -73,7 +73,7 @@ func BuildArgs(spec LaunchSpec) ([]string, error) {
 	if vm.InitrdPath != "" {
 		args = append(args, "-initrd", rel(vm.Dir, vm.InitrdPath))
 	}
-	args = append(args, "-append", KernelCmdline(balloonCmdline(vm.Cmdline, vm.BalloonMiB), spec.TSCKHz))
+	args = append(args, "-append", KernelCmdline(memoryCmdline(vm.Cmdline, vm.MemoryMiB, vm.BalloonMiB), spec.TSCKHz))
 
 	args = append(args,
 		"-chardev", "file,id=ser0,path="+hypervisor.SerialLogName+",append=on",
@@ -131,17 +131,32 @@ const diskThrottleGroup = "hm-io"
 // host deflates the balloon, and its MemTotal shows what it may use.
 const balloonDevice = "virtio-balloon-device"
 
-// balloonCmdline adds init_on_alloc=0 to the guest kernel command line of a
-// VM with a balloon (unless the command line sets it). The Debian kernel
-// zeroes every page it allocates (INIT_ON_ALLOC_DEFAULT_ON), including the
-// pages it hands to the balloon, which QEMU discards right after: measured
-// under TCG, inflating a 3 GiB balloon at boot cost ~7 s of vCPU time with
-// zeroing and ~1.4 s without.
-func balloonCmdline(cmdline string, balloonMiB int) string {
-	if balloonMiB <= 0 || strings.Contains(cmdline, "init_on_alloc=") {
-		return cmdline
+// memoryCmdline adds the guest kernel options big and ballooned VMs need,
+// unless the command line already chooses them:
+//   - init_on_alloc=0 with a balloon. The Debian kernel zeroes every page
+//     it allocates (INIT_ON_ALLOC_DEFAULT_ON), including the pages it hands
+//     to the balloon, which QEMU discards right after: measured under TCG,
+//     inflating a 3 GiB balloon at boot cost ~7 s of vCPU time with zeroing
+//     and ~1.4 s without.
+//   - swiotlb=noforce above 3 GiB of RAM. Once guest RAM crosses the 4 GiB
+//     boundary Linux reserves (and touches) a 64 MiB bounce buffer for
+//     DMA, but virtio-mmio devices without VIRTIO_F_ACCESS_PLATFORM (all of
+//     ours) never use the DMA API: measured on a 4 GiB guest, 64 MiB more
+//     MemTotal and ~70 MiB less VMM RSS without it.
+func memoryCmdline(cmdline string, memoryMiB, balloonMiB int) string {
+	add := func(opt string) {
+		key, _, _ := strings.Cut(opt, "=")
+		if !strings.Contains(cmdline, key+"=") {
+			cmdline = strings.TrimSpace(cmdline + " " + opt)
+		}
 	}
-	return strings.TrimSpace(cmdline + " init_on_alloc=0")
+	if balloonMiB > 0 {
+		add("init_on_alloc=0")
+	}
+	if memoryMiB > 3<<10 {
+		add("swiotlb=noforce")
+	}
+	return cmdline
 }
 
 // netDeviceModel is the -device model of the (only) NIC; its backend is

@@ -132,7 +132,7 @@ func TestBuildArgsBalloonAndDiskThrottle(t *testing.T) {
 	if got[len(got)-2] != "-device" || got[len(got)-1] != "virtio-balloon-device" {
 		t.Errorf("balloon device missing at the end: %q", got[len(got)-4:])
 	}
-	if i := slices.Index(got, "-append"); i < 0 || got[i+1] != "console=ttyS0 panic=-1 quiet init_on_alloc=0 tsc_early_khz=2499998" {
+	if i := slices.Index(got, "-append"); i < 0 || got[i+1] != "console=ttyS0 panic=-1 quiet init_on_alloc=0 swiotlb=noforce tsc_early_khz=2499998" {
 		t.Errorf("cmdline: %q", got[i+1])
 	}
 
@@ -142,14 +142,21 @@ func TestBuildArgsBalloonAndDiskThrottle(t *testing.T) {
 		t.Fatal(err)
 	}
 	joined := strings.Join(plain, " ")
-	for _, absent := range []string{"balloon", "throttling", "init_on_alloc"} {
+	for _, absent := range []string{"balloon", "throttling", "init_on_alloc", "swiotlb"} {
 		if strings.Contains(joined, absent) {
 			t.Errorf("unexpected %q in %s", absent, joined)
 		}
 	}
-	// A command line that already chooses init_on_alloc keeps its choice.
-	if got := balloonCmdline("a init_on_alloc=1", 512); got != "a init_on_alloc=1" {
-		t.Errorf("balloonCmdline = %q", got)
+	// A command line that already chooses keeps its choice; small VMs
+	// without a balloon get nothing.
+	if got := memoryCmdline("a init_on_alloc=1 swiotlb=force", 8192, 512); got != "a init_on_alloc=1 swiotlb=force" {
+		t.Errorf("memoryCmdline = %q", got)
+	}
+	if got := memoryCmdline("a", 8192, 0); got != "a swiotlb=noforce" {
+		t.Errorf("memoryCmdline big, no balloon = %q", got)
+	}
+	if got := memoryCmdline("a", 3072, 0); got != "a" {
+		t.Errorf("memoryCmdline 3 GiB = %q", got)
 	}
 }
 
