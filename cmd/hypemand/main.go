@@ -115,7 +115,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			c := api.Capabilities{
 				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,
 				Platform:        "linux/amd64",
-				RuntimeFeatures: []string{"snapshots", "standby", "fork", "pause"},
+				RuntimeFeatures: []string{"snapshots", "standby", "fork", "pause", "disk-io-limit"},
 			}
 			if d.Network != nil {
 				c.Gateway, c.Subnet = d.Network.GuestNetwork()

@@ -74,8 +74,10 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 	if out.PhaseDurationsMs == nil {
 		out.PhaseDurationsMs = map[string]int64{}
 	}
+	out.HotplugSize, out.DiskIoBps = optString(in.HotplugSize), optString(in.DiskIOBps)
 	if n := in.Network; n != nil {
-		out.Network = &gen.InstanceNetwork{Enabled: n.Enabled, Ip: optString(n.IP), Mac: optString(n.MAC)}
+		out.Network = &gen.InstanceNetwork{Enabled: n.Enabled, Ip: optString(n.IP), Mac: optString(n.MAC),
+			BandwidthDownload: optString(in.BandwidthDownload), BandwidthUpload: optString(in.BandwidthUpload)}
 		if n.Enabled {
 			out.Network.Name = optString("default")
 		}

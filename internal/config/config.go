@@ -26,7 +26,7 @@ import (
 
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/paths"
-	"hypeman/internal/sizes"
+	"hypeman/internal/units"
 )
 
 //go:embed default.yaml
@@ -100,7 +100,7 @@ type Config struct {
 type Size int64
 
 func (s Size) MarshalJSON() ([]byte, error) {
-	return []byte(strconv.Quote(sizes.Format(int64(s)))), nil
+	return []byte(strconv.Quote(units.FormatSize(int64(s)))), nil
 }
 
 func (s *Size) UnmarshalJSON(b []byte) error {
@@ -108,7 +108,7 @@ func (s *Size) UnmarshalJSON(b []byte) error {
 	if u, err := strconv.Unquote(str); err == nil {
 		str = u
 	}
-	n, err := sizes.Parse(str)
+	n, err := units.ParseSize(str)
 	if err != nil {
 		return err
 	}
@@ -233,7 +233,7 @@ func (c *Config) set(key, val string) error {
 			}
 			f.Set(reflect.ValueOf(ports))
 		case Size:
-			n, err := sizes.Parse(val)
+			n, err := units.ParseSize(val)
 			if err != nil {
 				return err
 			}

@@ -122,7 +122,7 @@ func serveHTTP(t *testing.T, ns, addr, body string) net.Addr {
 // guestExec runs argv in the guest and returns its output and exit code.
 func guestExec(t *testing.T, d *daemon.Daemon, id string, argv ...string) (string, int, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out strings.Builder
 	res, err := d.Instances.Exec(ctx, id, agent.ExecRequest{Argv: argv}, agent.ExecIO{Stdout: &out, Stderr: &out})

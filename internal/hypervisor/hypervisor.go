@@ -71,9 +71,20 @@ type VMConfig struct {
 	KernelPath string
 	InitrdPath string
 	Cmdline    string
-	MemoryMiB  int
+	// MemoryMiB is the guest RAM the VM is built with.
+	MemoryMiB int
+	// BalloonMiB, when > 0, adds a memory balloon that holds this much of
+	// MemoryMiB back from the guest from boot on: the guest starts with
+	// MemoryMiB-BalloonMiB usable and grows into the rest when the balloon
+	// is deflated (VM.SetMemoryTarget). The held-back memory is returned to
+	// the host. Must be less than MemoryMiB.
+	BalloonMiB int
 	VCPUs      int
 	Disks      []Disk
+	// DiskIOBps, when > 0, limits the combined read+write throughput of
+	// the writable disks to this many bytes per second (one budget shared
+	// by all of them). Read-only disks are not limited.
+	DiskIOBps int64
 	// AgentSocket is the host unix socket path the guest agent channel is
 	// bound to (the VMM listens, the host connects).
 	AgentSocket string
@@ -182,6 +193,21 @@ type Hypervisor interface {
 	// nothing is left at dstDir.
 	ConvertState(ctx context.Context, srcDir, dstDir string, c Compression) (*SnapshotInfo, error)
 }
+
+// MemoryBalloon is implemented by VMs launched with a balloon
+// (VMConfig.BalloonMiB > 0); callers type-assert a VM to it.
+type MemoryBalloon interface {
+	// SetMemoryTarget asks the guest to make target bytes of its RAM
+	// usable (the balloon holds the rest). The guest follows
+	// asynchronously; MemoryActual reports where it is.
+	SetMemoryTarget(ctx context.Context, target int64) error
+	// MemoryActual is the guest RAM not held by the balloon, in bytes.
+	MemoryActual(ctx context.Context) (int64, error)
+}
+
+// ErrNoBalloon is returned by MemoryBalloon methods of a VM that has no
+// balloon device.
+var ErrNoBalloon = errors.New("vm has no memory balloon")
 
 // VM is a handle on one live VMM process.
 type VM interface {

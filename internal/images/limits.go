@@ -9,7 +9,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"hypeman/internal/sizes"
+	"hypeman/internal/units"
 )
 
 // ErrImageTooLarge is the kind of a pull or import stopped by one of the
@@ -42,7 +42,7 @@ type LimitError struct {
 }
 
 func (e *LimitError) Error() string {
-	limit, got := sizes.Format(e.Limit), ""
+	limit, got := units.FormatSize(e.Limit), ""
 	if e.count {
 		limit = fmt.Sprint(e.Limit)
 	}

@@ -89,16 +89,19 @@ func (h *fakeHV) Accel() hypervisor.AccelChoice {
 }
 
 func (h *fakeHV) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hypervisor.VM, error) {
-	return h.start(cfg.Dir, hypervisor.RunStateRunning), nil
+	return h.start(cfg, hypervisor.RunStateRunning), nil
 }
 
 // start registers a new fake VMM in dir.
-func (h *fakeHV) start(dir string, st hypervisor.RunState) *fakeVM {
+func (h *fakeHV) start(cfg hypervisor.VMConfig, st hypervisor.RunState) *fakeVM {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: dir, pid: h.pid, done: make(chan struct{}), state: st, hv: h}
-	h.vms[dir] = vm
+	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: st, hv: h, cfg: cfg}
+	if cfg.BalloonMiB > 0 {
+		vm.memTarget = int64(cfg.MemoryMiB-cfg.BalloonMiB) << 20
+	}
+	h.vms[cfg.Dir] = vm
 	return vm
 }
 
@@ -116,7 +119,7 @@ func (h *fakeHV) Restore(ctx context.Context, cfg hypervisor.RestoreConfig) (hyp
 	if _, err := readFakeState(cfg.SnapshotDir); err != nil {
 		return nil, fmt.Errorf("fake restore: %w: %w", hypervisor.ErrSnapshotCorrupt, err)
 	}
-	return h.start(cfg.Dir, hypervisor.RunStatePaused), nil
+	return h.start(hypervisor.VMConfig{Dir: cfg.Dir}, hypervisor.RunStatePaused), nil
 }
 
 func (h *fakeHV) vm(dir string) *fakeVM {
@@ -129,10 +132,32 @@ type fakeVM struct {
 	hv    *fakeHV
 	dir   string
 	pid   int
+	cfg   hypervisor.VMConfig // as launched
 	mu    sync.Mutex
 	state hypervisor.RunState
 	done  chan struct{}
 	once  sync.Once
+	// memTarget is the balloon target (0 = no balloon).
+	memTarget int64
+}
+
+func (v *fakeVM) SetMemoryTarget(ctx context.Context, target int64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.memTarget == 0 {
+		return hypervisor.ErrNoBalloon
+	}
+	v.memTarget = target
+	return nil
+}
+
+func (v *fakeVM) MemoryActual(ctx context.Context) (int64, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.memTarget == 0 {
+		return 0, hypervisor.ErrNoBalloon
+	}
+	return v.memTarget, nil
 }
 
 func (v *fakeVM) exited() bool {

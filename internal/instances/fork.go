@@ -148,7 +148,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 	meta := Metadata{
 		ID: id, Name: name, Image: sm.Image, ImageDigest: sm.ImageDigest,
 		MemoryBytes: sm.MemoryBytes, Size: sm.Size, VCPUs: sm.VCPUs,
-		OverlayBytes: sm.OverlayBytes, OverlaySize: sm.OverlaySize,
+		OverlayBytes: sm.OverlayBytes, OverlaySize: sm.OverlaySize, Limits: sm.Limits,
 		Env: maps.Clone(sm.Env), Entrypoint: slices.Clone(sm.Entrypoint), Cmd: slices.Clone(sm.Cmd),
 		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent,
 		CreatedAt: now, Hypervisor: sm.Hypervisor, Platform: sm.Platform, ForkedFrom: sm.ID,

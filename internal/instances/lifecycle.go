@@ -126,12 +126,18 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validateSnapshotPolicy(p.SnapshotPolicy); err != nil {
 		return nil, err
 	}
+	networkDisabled := p.NetworkEnabled != nil && !*p.NetworkEnabled
+	limits, err := parseLimits(p, mem, m.shapeableNetwork(networkDisabled))
+	if err != nil {
+		return nil, err
+	}
 	meta := &Metadata{
 		Name: p.Name, Image: strings.TrimSpace(p.Image),
 		MemoryBytes: mem, Size: size, VCPUs: vcpus, OverlayBytes: ov, OverlaySize: ovSize,
 		Env: maps.Clone(p.Env), Entrypoint: p.Entrypoint, Cmd: p.Cmd, Tags: tags.Clone(p.Tags),
 		SkipGuestAgent:  p.SkipGuestAgent,
-		NetworkDisabled: p.NetworkEnabled != nil && !*p.NetworkEnabled,
+		NetworkDisabled: networkDisabled,
+		Limits:          limits,
 	}
 	if p.RestartPolicy != nil {
 		meta.RestartPolicy = *p.RestartPolicy
@@ -297,12 +303,16 @@ func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config 
 		}
 	}
 	maps.Copy(env, meta.Env)
-	return &guestconfig.Config{
+	gc := &guestconfig.Config{
 		Entrypoint: entry, Cmd: cmd, Env: env, WorkingDir: img.WorkingDir, User: img.User,
 		Hostname: meta.Name, RootFS: img.FSType,
 		StopTimeoutSeconds: int(m.cfg.GuestStopTimeout / time.Second),
 		SkipGuestAgent:     meta.SkipGuestAgent,
 	}
+	if memMiB, balloonMiB := vmMemory(meta); balloonMiB > 0 {
+		gc.MemoryTarget = int64(memMiB-balloonMiB) << 20 // the program starts with size
+	}
+	return gc
 }
 
 // boot launches the VM for e (caller holds e.op; e has no live VM).
@@ -350,10 +360,11 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if err != nil {
 		return err
 	}
+	memMiB, balloonMiB := vmMemory(meta)
 	cfg := hypervisor.VMConfig{
 		ID: meta.ID, Dir: dir,
 		KernelPath: m.cfg.Boot.KernelPath, InitrdPath: m.cfg.Boot.InitrdPath, Cmdline: m.cfg.Boot.Cmdline,
-		MemoryMiB: int(meta.MemoryBytes >> 20), VCPUs: meta.VCPUs,
+		MemoryMiB: memMiB, BalloonMiB: balloonMiB, VCPUs: meta.VCPUs, DiskIOBps: meta.Limits.DiskIOBytesPerSec,
 		Disks: []hypervisor.Disk{
 			{Path: img.DiskPath, ReadOnly: true, Serial: guestconfig.SerialRoot},
 			{Path: filepath.Join(dir, overlayFile), Serial: guestconfig.SerialOverlay},
@@ -383,7 +394,8 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.live, e.attachErr = lv, ""
 	e.mu.Unlock()
 	m.startWatcher(e, lv, false)
-	m.logf(meta.ID, "vm launched (pid %d, %s, %d MiB, %d vcpus)", vm.Pid(), m.cfg.Hypervisor.Accel().Accel, cfg.MemoryMiB, cfg.VCPUs)
+	m.logf(meta.ID, "vm launched (pid %d, %s, %d MiB of which %d MiB hotplug held by the balloon, %d vcpus)",
+		vm.Pid(), m.cfg.Hypervisor.Accel().Accel, cfg.MemoryMiB, cfg.BalloonMiB, cfg.VCPUs)
 	m.publish(meta.ID, state.Stopped, state.Initializing, "start")
 	return nil
 }

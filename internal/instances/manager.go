@@ -282,6 +282,7 @@ func (m *Manager) adopt(ctx context.Context, e *entry) {
 			return
 		}
 		m.startWatcher(e, lv, true)
+		m.reshapeTAP(ctx, e.meta)
 		m.log.Info("re-adopted running instance", "id", id, "name", e.meta.Name, "pid", vm.Pid())
 	case errors.Is(err, hypervisor.ErrNotRunning):
 		m.adoptTransition(ctx, e)
@@ -542,6 +543,8 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		ID: meta.ID, Name: meta.Name, Image: meta.Image, ImageDigest: meta.ImageDigest,
 		State: st, StateError: stErr,
 		Size: meta.Size, VCPUs: meta.VCPUs, OverlaySize: meta.OverlaySize,
+		HotplugSize: meta.Limits.HotplugSize, DiskIOBps: meta.Limits.DiskIOBps,
+		BandwidthDownload: meta.Limits.BandwidthDownload, BandwidthUpload: meta.Limits.BandwidthUpload,
 		Env: meta.Env, Entrypoint: meta.Entrypoint, Cmd: meta.Cmd, Tags: meta.Tags,
 		CreatedAt: meta.CreatedAt, StartedAt: meta.StartedAt, StoppedAt: meta.StoppedAt,
 		ExitCode: meta.ExitCode, ExitMessage: meta.ExitMessage,

@@ -15,8 +15,10 @@ type Network interface {
 	Allocate(ctx context.Context, instanceID string) (*network.Lease, error)
 	Lease(instanceID string) (*network.Lease, bool)
 	Release(ctx context.Context, instanceID string) error
-	CreateTAP(ctx context.Context, l *network.Lease) error
+	// CreateTAP creates (or re-adopts) the TAP with exactly these limits.
+	CreateTAP(ctx context.Context, l *network.Lease, bw network.Bandwidth) error
 	DeleteTAP(ctx context.Context, l *network.Lease) error
+	Mode() network.Mode
 }
 
 // NetworkInfo is the instance's network as the API shows it.
@@ -38,7 +40,8 @@ func (m *Manager) networkEnabled(meta Metadata) bool {
 }
 
 // leaseFor allocates (or reuses) the instance's lease and makes sure its
-// TAP device exists. nil lease = no network for this instance.
+// TAP device exists with the instance's bandwidth limits. nil lease = no
+// network for this instance.
 func (m *Manager) leaseFor(ctx context.Context, meta Metadata) (*network.Lease, error) {
 	if !m.networkEnabled(meta) {
 		return nil, nil
@@ -48,11 +51,27 @@ func (m *Manager) leaseFor(ctx context.Context, meta Metadata) (*network.Lease, 
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	if l.TAP != "" {
-		if err := m.cfg.Network.CreateTAP(ctx, l); err != nil {
+		if err := m.cfg.Network.CreateTAP(ctx, l, meta.Limits.bandwidth()); err != nil {
 			return nil, fmt.Errorf("network: %w", err)
 		}
 	}
 	return l, nil
+}
+
+// reshapeTAP re-applies a re-adopted VM's bandwidth limits to its TAP (a
+// previous daemon may have died before applying them, or applied others).
+func (m *Manager) reshapeTAP(ctx context.Context, meta Metadata) {
+	if !m.networkEnabled(meta) {
+		return
+	}
+	l, ok := m.cfg.Network.Lease(meta.ID)
+	if !ok || l.TAP == "" {
+		return
+	}
+	if err := m.cfg.Network.CreateTAP(ctx, l, meta.Limits.bandwidth()); err != nil {
+		m.log.Warn("re-apply bandwidth limits", "id", meta.ID, "tap", l.TAP, "err", err)
+		m.logf(meta.ID, "re-adopted, but re-applying the bandwidth limits failed: %v", err)
+	}
 }
 
 // releaseNetwork frees an instance's lease and TAP (VM ended for good).

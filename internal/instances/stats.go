@@ -24,10 +24,11 @@ type Stats struct {
 	RSSBytes int64 `json:"rss_bytes"`
 	// VMSBytes is the VMM's virtual memory size.
 	VMSBytes int64 `json:"vms_bytes"`
-	// MemoryBytes is the guest memory size configured.
+	// MemoryBytes is the guest memory size configured (size).
 	MemoryBytes int64 `json:"memory_bytes"`
-	// AllocatedMemoryBytes is all the memory the VM was given (its size
-	// plus memory held back for hotplug).
+	// AllocatedMemoryBytes is the RAM the VM is built with: size +
+	// hotplug_size (the hotplug part is held by the balloon until the
+	// memory target is raised, and returned to the host meanwhile).
 	AllocatedMemoryBytes int64 `json:"allocated_memory_bytes"`
 	VCPUs                int   `json:"vcpus"`
 	// NetRxBytes / NetTxBytes count what the VM received and sent through
@@ -50,7 +51,7 @@ func (m *Manager) Stats(ctx context.Context, ref string) (*Stats, error) {
 	meta, lv := e.meta, e.live
 	e.mu.Unlock()
 	s := &Stats{
-		InstanceID: meta.ID, InstanceName: meta.Name, MemoryBytes: meta.MemoryBytes, AllocatedMemoryBytes: meta.MemoryBytes,
+		InstanceID: meta.ID, InstanceName: meta.Name, MemoryBytes: meta.MemoryBytes, AllocatedMemoryBytes: meta.MemoryBytes + meta.Limits.HotplugBytes,
 		VCPUs: meta.VCPUs, OverlaySizeBytes: meta.OverlayBytes,
 	}
 	if fi, err := os.Stat(filepath.Join(m.dir(meta.ID), overlayFile)); err == nil {

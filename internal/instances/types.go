@@ -45,6 +45,12 @@ type Instance struct {
 	// StandbyCompression describes the saved state while Standby (nil
 	// otherwise, and for states saved before it was recorded).
 	StandbyCompression *StandbyCompression `json:"standby_compression,omitempty"`
+	// Knobs in force, in display form ("3GB", "100MB/s", "1Gbps"); "" = not
+	// set (no hotplug memory, no limit).
+	HotplugSize       string `json:"hotplug_size,omitempty"`
+	DiskIOBps         string `json:"disk_io_bps,omitempty"`
+	BandwidthDownload string `json:"bandwidth_download,omitempty"`
+	BandwidthUpload   string `json:"bandwidth_upload,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -103,6 +109,8 @@ type Metadata struct {
 	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
 	// StandbyCompression describes the standby state while HasSnapshot.
 	StandbyCompression StandbyCompression `json:"standby_compression,omitzero"`
+	// Limits: hotplug memory, disk I/O and network bandwidth limits.
+	Limits Limits `json:"limits,omitzero"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
@@ -110,14 +118,16 @@ type CreateParams struct {
 	Name  string
 	Image string
 	Size  string // memory, default "1GB"
-	// HotplugSize is memory the guest may grow into ("" = none).
+	// HotplugSize is memory the guest may grow into ("3GB"; "" or "0" =
+	// none).
 	HotplugSize string
 	VCPUs       int    // default 2
 	OverlaySize string // default "10GB"
-	// DiskIOBps limits the writable disks' I/O ("" = unlimited).
+	// DiskIOBps limits the writable disks' I/O ("100MB/s"; "" or "0" =
+	// unlimited). See Limits and units.ParseRate.
 	DiskIOBps string
 	// BandwidthDownload / BandwidthUpload limit host → VM and VM → host
-	// traffic ("" = unlimited).
+	// traffic ("1Gbps", "125MB/s"; "" or "0" = unlimited).
 	BandwidthDownload string
 	BandwidthUpload   string
 	Env               map[string]string

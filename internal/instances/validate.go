@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"hypeman/internal/tags"
-	"hypeman/internal/sizes"
+	"hypeman/internal/units"
 )
 
 // Limits applied to create requests. They bound what one request may ask of
@@ -43,7 +43,7 @@ func ValidateName(name string) error {
 
 // ParseSize parses "1GB", "512MB", "2G", "1.5GiB" or a byte count. Units are
 // binary (1GB = 1024^3), matching hypeman.
-func ParseSize(s string) (int64, error) { return sizes.Parse(s) }
+func ParseSize(s string) (int64, error) { return units.ParseSize(s) }
 
 func parseSizeField(field, s, def string, lo, hi int64) (int64, string, error) {
 	if s == "" {
@@ -60,7 +60,7 @@ func parseSizeField(field, s, def string, lo, hi int64) (int64, string, error) {
 }
 
 // FormatSize renders bytes with the largest exact binary unit.
-func FormatSize(n int64) string { return sizes.Format(n) }
+func FormatSize(n int64) string { return units.FormatSize(n) }
 
 func validateKV(field string, m map[string]string, max int, keyOK func(string) bool) error {
 	if len(m) > max {

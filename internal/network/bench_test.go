@@ -61,7 +61,7 @@ func BenchmarkCreateDeleteTAP(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		t0 := time.Now()
-		if err := m.CreateTAP(ctx, l); err != nil {
+		if err := m.CreateTAP(ctx, l, network.Bandwidth{}); err != nil {
 			b.Fatal(err)
 		}
 		t1 := time.Now()

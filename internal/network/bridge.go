@@ -173,9 +173,9 @@ func (m *Manager) enableForwarding() error {
 
 // createTAP creates the persistent TAP device of a lease (owned by root),
 // attaches it to the bridge and brings it up. An existing TAP of that name
-// is adopted.
-func (m *Manager) createTAP(l *Lease) error {
-	return m.withLinks(func(h *netlink.Handle) error {
+// is adopted (fresh is false then).
+func (m *Manager) createTAP(l *Lease) (fresh bool, err error) {
+	err = m.withLinks(func(h *netlink.Handle) error {
 		br, err := h.LinkByName(m.cfg.Bridge)
 		if err != nil {
 			return fmt.Errorf("bridge %s: %w", m.cfg.Bridge, err)
@@ -202,6 +202,7 @@ func (m *Manager) createTAP(l *Lease) error {
 			if link, err = h.LinkByName(l.TAP); err != nil {
 				return fmt.Errorf("TAP %s: %w", l.TAP, err)
 			}
+			fresh = true
 		case err != nil:
 			return fmt.Errorf("TAP %s: %w", l.TAP, err)
 		default:
@@ -224,6 +225,7 @@ func (m *Manager) createTAP(l *Lease) error {
 		}
 		return nil
 	})
+	return fresh, err
 }
 
 // deleteLink removes a link by name; a missing link is not an error.
@@ -269,18 +271,35 @@ func ourTAPs(h *netlink.Handle, bridge string) ([]netlink.Link, error) {
 	if err != nil {
 		return nil, err
 	}
-	links, err := h.LinkList()
+	return links(h, func(l netlink.Link) bool {
+		a := l.Attrs()
+		return l.Type() == "tuntap" && a.MasterIndex == br.Attrs().Index && isTAPName(a.Name)
+	})
+}
+
+// links lists the links match accepts.
+func links(h *netlink.Handle, match func(netlink.Link) bool) ([]netlink.Link, error) {
+	all, err := h.LinkList()
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return nil, err
 	}
 	var out []netlink.Link
-	for _, l := range links {
-		a := l.Attrs()
-		if l.Type() == "tuntap" && a.MasterIndex == br.Attrs().Index && isTAPName(a.Name) {
+	for _, l := range all {
+		if match(l) {
 			out = append(out, l)
 		}
 	}
 	return out, nil
+}
+
+// linkNames lists the names of the links match accepts.
+func linkNames(h *netlink.Handle, match func(netlink.Link) bool) ([]string, error) {
+	ls, err := links(h, match)
+	out := make([]string, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, l.Attrs().Name)
+	}
+	return out, err
 }
 
 func isTAPName(s string) bool {

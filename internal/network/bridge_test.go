@@ -188,7 +188,7 @@ func TestBridgeLifecycleInNetNS(t *testing.T) {
 	}
 	for _, l := range []*network.Lease{a, b, a} { // a twice: adoption is idempotent
 		start := time.Now()
-		if err := m.CreateTAP(ctx, l); err != nil {
+		if err := m.CreateTAP(ctx, l, network.Bandwidth{}); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("CreateTAP %s: %v", l.TAP, time.Since(start))
@@ -243,7 +243,7 @@ func TestBridgeLifecycleInNetNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CreateTAP(ctx, c); err != nil {
+	if err := m.CreateTAP(ctx, c, network.Bandwidth{}); err != nil {
 		t.Fatal(err)
 	}
 	released, err := m.Prune(ctx, func(id string) bool { return id == "inst-c" })

@@ -35,6 +35,12 @@
 //     daemon serves nothing to guests over the network (addresses come with
 //     the config disk, the agent talks over virtio-serial), so nothing else
 //     needs to be open.
+//   - Per-VM bandwidth limits are traffic control on the VM's TAP, applied
+//     whenever the TAP is created or re-adopted and gone with it (see
+//     Bandwidth). They use the tc CLI as one batch, for the same reasons as
+//     nft: readable to an operator (`tc qdisc show dev hm…`) and no extra
+//     dependency; the ifb device upload shaping needs is a netlink device
+//     like the TAP.
 //   - Everything can run inside a named network namespace (Config.NetNS):
 //     tests use it so they never touch the host's network, and operators can
 //     use it for isolation. Namespace switches happen on a locked OS thread in

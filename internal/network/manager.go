@@ -226,10 +226,11 @@ func (m *Manager) Setup(ctx context.Context) error {
 }
 
 // Teardown removes what Setup and CreateTAP made: every TAP device of a
-// lease or named like ours on the bridge, the bridge, and the nftables
-// table (NAT and guest filters). Leases are kept (VMs restarted later get
-// the same addresses). For tests and uninstall; the daemon does not call it
-// on shutdown because VMs outlive it. ip_forward is left as it is.
+// lease or named like ours on the bridge, their ifb devices, the bridge,
+// and the nftables table (NAT and guest filters). Leases are kept (VMs
+// restarted later get the same addresses). For tests and uninstall; the
+// daemon does not call it on shutdown because VMs outlive it. ip_forward is
+// left as it is.
 func (m *Manager) Teardown(ctx context.Context) error {
 	if m.Mode() != ModeBridge {
 		return nil
@@ -242,6 +243,11 @@ func (m *Manager) Teardown(ctx context.Context) error {
 	}
 	for _, t := range taps {
 		errs = append(errs, m.deleteLink(t))
+	}
+	ifbs, err := m.orphanIFBs(nil)
+	errs = append(errs, err)
+	for _, d := range ifbs {
+		errs = append(errs, m.deleteLink(d))
 	}
 	errs = append(errs, m.deleteLink(m.cfg.Bridge))
 	if _, err := exec.LookPath("nft"); err == nil {
@@ -336,11 +342,18 @@ func (m *Manager) Release(ctx context.Context, instanceID string) error {
 
 // CreateTAP creates the lease's TAP device (persistent, owned by root,
 // attached to the bridge as an isolated port, up), adopting an existing one
-// of the same name. Every path that gives a VM its TAP (create, start,
-// restore, fork) comes through here; Setup isolates the TAPs of VMs that
-// were re-adopted. A no-op for leases without a TAP (user mode).
-func (m *Manager) CreateTAP(ctx context.Context, l *Lease) error {
+// of the same name, and gives it exactly the bandwidth limits bw (see
+// Bandwidth; an adopted TAP loses limits it had before). Every path that
+// gives a VM its TAP (create, start, restore, fork) comes through here;
+// Setup isolates the TAPs of VMs that were re-adopted. Calling it again on a
+// live VM's TAP is safe: it re-applies the limits. A no-op for leases
+// without a TAP (user mode), where limits cannot be enforced: bw must be
+// zero there.
+func (m *Manager) CreateTAP(ctx context.Context, l *Lease, bw Bandwidth) error {
 	if l == nil || l.TAP == "" {
+		if !bw.IsZero() {
+			return fmt.Errorf("bandwidth limits need bridge networking (mode is %s)", m.Mode())
+		}
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -350,15 +363,24 @@ func (m *Manager) CreateTAP(ctx context.Context, l *Lease) error {
 		return fmt.Errorf("create TAP %s: networking mode is %s", l.TAP, m.Mode())
 	}
 	start := time.Now()
-	if err := m.createTAP(l); err != nil {
+	fresh, err := m.createTAP(l)
+	if err != nil {
 		return err
 	}
-	m.log.Debug("TAP ready", "tap", l.TAP, "instance", l.InstanceID, "took", time.Since(start))
+	if err := m.shape(ctx, l.TAP, bw, fresh); err != nil {
+		if fresh {
+			_ = m.deleteLink(l.TAP)
+		}
+		return err
+	}
+	m.log.Debug("TAP ready", "tap", l.TAP, "instance", l.InstanceID, "download_bps", bw.Download, "upload_bps", bw.Upload,
+		"took", time.Since(start))
 	return nil
 }
 
-// DeleteTAP deletes the lease's TAP device; a missing device is not an
-// error. A VMM still holding the device loses its network.
+// DeleteTAP deletes the lease's TAP device and its ifb (upload shaping); a
+// missing device is not an error. A VMM still holding the device loses its
+// network.
 func (m *Manager) DeleteTAP(ctx context.Context, l *Lease) error {
 	if l == nil || l.TAP == "" || m.Mode() != ModeBridge {
 		return nil
@@ -366,14 +388,14 @@ func (m *Manager) DeleteTAP(ctx context.Context, l *Lease) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return m.deleteLink(l.TAP)
+	return errors.Join(m.deleteLink(ifbName(l.TAP)), m.deleteLink(l.TAP))
 }
 
 // Prune releases the leases of instances for which keep returns false and
-// deletes TAP devices on the bridge that are named like ours but belong to
-// no lease (left by a crash between CreateTAP and Release). The daemon
-// calls it at start, after re-adopting its VMs. It returns the released
-// instance IDs.
+// deletes TAP devices on the bridge (and ifb devices) that are named like
+// ours but belong to no lease (left by a crash between CreateTAP and
+// Release). The daemon calls it at start, after re-adopting its VMs. It
+// returns the released instance IDs.
 func (m *Manager) Prune(ctx context.Context, keep func(instanceID string) bool) ([]string, error) {
 	if m.Mode() != ModeBridge {
 		return nil, nil
@@ -399,6 +421,12 @@ func (m *Manager) Prune(ctx context.Context, keep func(instanceID string) bool) 
 	for _, t := range orphans {
 		m.log.Info("deleting orphan TAP", "tap", t)
 		errs = append(errs, m.deleteLink(t))
+	}
+	ifbs, err := m.orphanIFBs(names)
+	errs = append(errs, err)
+	for _, d := range ifbs {
+		m.log.Info("deleting orphan ifb", "ifb", d)
+		errs = append(errs, m.deleteLink(d))
 	}
 	return released, errors.Join(errs...)
 }

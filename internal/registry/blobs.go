@@ -20,7 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"hypeman/internal/fsutil"
-	"hypeman/internal/sizes"
+	"hypeman/internal/units"
 )
 
 // diskBlobs stores blobs as files named by digest (blobs/sha256/<hex>) and
@@ -271,7 +271,7 @@ func (r *Registry) appendChunk(w http.ResponseWriter, req *http.Request, path st
 func blobTooLarge(w http.ResponseWriter, max int64) {
 	w.Header().Set("Connection", "close") // the rest of the body is not read
 	regError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID",
-		fmt.Sprintf("blob larger than %s; raise registry_max_blob_size to allow it", sizes.Format(max)))
+		fmt.Sprintf("blob larger than %s; raise registry_max_blob_size to allow it", units.FormatSize(max)))
 }
 
 // finishUpload verifies the session file against ?digest= and commits it.

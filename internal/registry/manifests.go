@@ -24,7 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"hypeman/internal/fsutil"
-	"hypeman/internal/sizes"
+	"hypeman/internal/units"
 )
 
 // manifestStore persists the manifests the in-memory library handler holds.
@@ -154,7 +154,7 @@ func (r *Registry) putManifest(w http.ResponseWriter, req *http.Request, rt rout
 		if total > max {
 			regError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID",
 				fmt.Sprintf("image references %s of blobs, more than %s; raise registry_max_push_size to allow it",
-					sizes.Format(total), sizes.Format(max)))
+					units.FormatSize(total), units.FormatSize(max)))
 			return
 		}
 	}

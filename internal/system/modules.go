@@ -17,13 +17,15 @@ import (
 )
 
 // DefaultGuestModules returns the modules the hypeman guest needs: the
-// virtio-mmio transport (microvm), block disks, the serial agent channel,
-// networking, the erofs image disk under an overlay, ext4 writable disks, and
-// vsock for hosts that have vhost-vsock. Built-ins (ext4 on the cloud kernel)
-// are skipped by the resolver; dependencies are added by it.
+// virtio-mmio transport (microvm), the memory balloon that holds hotplug
+// memory back, block disks, the serial agent channel, networking, the erofs
+// image disk under an overlay, ext4 writable disks, and vsock for hosts that
+// have vhost-vsock. Built-ins (ext4 on the cloud kernel) are skipped by the
+// resolver; dependencies are added by it. The balloon comes right after the
+// transport so it inflates while the rest of the guest boots.
 func DefaultGuestModules() []string {
 	return []string{
-		"virtio_mmio", "virtio_blk", "virtio_console", "virtio_net",
+		"virtio_mmio", "virtio_balloon", "virtio_blk", "virtio_console", "virtio_net",
 		"erofs", "overlay", "ext4",
 		"vsock", "vmw_vsock_virtio_transport",
 		// ACPI power button → evdev: lets a VMM power-down request reach

@@ -40,7 +40,7 @@ func TestResolveDefaultModulesOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
+		"virtio_ring", "virtio", "virtio_mmio", "virtio_balloon", "virtio_blk", "virtio_console",
 		"failover", "net_failover", "virtio_net", "libcrc32c", "erofs", "overlay",
 		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
 		"button", "evdev",
@@ -51,8 +51,8 @@ func TestResolveDefaultModulesOrder(t *testing.T) {
 	if !ix.IsBuiltin("ext4") || ix.IsBuiltin("virtio") {
 		t.Fatalf("builtin detection wrong: ext4=%v virtio=%v", ix.IsBuiltin("ext4"), ix.IsBuiltin("virtio"))
 	}
-	if mods[9].Path != "kernel/fs/erofs/erofs.ko.zst" {
-		t.Fatalf("erofs path = %q", mods[9].Path)
+	if mods[10].Path != "kernel/fs/erofs/erofs.ko.zst" {
+		t.Fatalf("erofs path = %q", mods[10].Path)
 	}
 }
 

@@ -1029,10 +1029,10 @@ type CreateIngressRequest struct {
 
 // CreateInstanceNetwork defines model for CreateInstanceNetwork.
 type CreateInstanceNetwork struct {
-	// BandwidthDownload Rate limit host → VM (e.g. 1Gbps, 125MB/s).
+	// BandwidthDownload Rate limit host → VM (e.g. 1Gbps, 125MB/s; rates as for disk_io_bps), traffic control on the VM's TAP. Needs bridge networking.
 	BandwidthDownload *string `json:"bandwidth_download,omitempty"`
 
-	// BandwidthUpload Rate limit VM → host (e.g. 1Gbps, 125MB/s).
+	// BandwidthUpload Rate limit VM → host (e.g. 1Gbps, 125MB/s), shaped through an ifb device. Needs bridge networking.
 	BandwidthUpload *string `json:"bandwidth_upload,omitempty"`
 
 	// Egress Host-mediated egress; `enabled: true` is refused (400) on this server.
@@ -1056,7 +1056,11 @@ type CreateInstanceRequest struct {
 	// Devices PCI devices to pass through; refused (400) unless empty (no PCI bus on microvm).
 	Devices *[]string `json:"devices,omitempty"`
 
-	// DiskIoBps Disk I/O rate limit of the instance's writable disks (e.g. 100MB/s; default unlimited).
+	// DiskIoBps Disk I/O rate limit of the instance's writable disks (default
+	// unlimited), a QEMU throttle group. Rates: `…/s` is bytes with the
+	// binary size units ("100MB/s" = 100 × 1024² B/s); `…bps` or
+	// `…bit/s` is bits with decimal prefixes ("1Gbps" = 125,000,000
+	// B/s); "100MBps" is refused as ambiguous. 1 Mbps to 100 GB/s.
 	DiskIoBps *string `json:"disk_io_bps,omitempty"`
 
 	// Entrypoint Replaces the image's entrypoint (and drops its cmd).
@@ -1077,8 +1081,11 @@ type CreateInstanceRequest struct {
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
 
 	// HotplugSize Extra memory the guest may grow into at run time (default none).
-	// The VM is booted with size + hotplug_size and a virtio balloon
-	// holds hotplug_size back, so the guest starts with `size`.
+	// QEMU's microvm board has no memory hotplug, so the VM is built
+	// with size + hotplug_size and a virtio balloon holds hotplug_size
+	// back: the guest starts (and its program sees MemTotal) with
+	// `size`, and the held memory is returned to the host until the
+	// target is raised. Stats report size + hotplug_size as allocated.
 	HotplugSize *string `json:"hotplug_size,omitempty"`
 
 	// Hypervisor A hypervisor backend. This server runs QEMU's microvm board

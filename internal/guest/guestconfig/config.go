@@ -67,6 +67,11 @@ type Config struct {
 	Network *Network `json:"network,omitempty"`
 	// SkipGuestAgent disables the agent.
 	SkipGuestAgent bool `json:"skip_guest_agent,omitempty"`
+	// MemoryTarget, when set, is the guest RAM in bytes the program starts
+	// with while the VM has more (hotplug memory held back by a balloon
+	// that inflates during boot): the init waits, bounded, until MemTotal
+	// is at most this before it starts the program.
+	MemoryTarget int64 `json:"memory_target,omitempty"`
 }
 
 // Network is the static guest network configuration.

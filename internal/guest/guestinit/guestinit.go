@@ -185,6 +185,14 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 	if !cfg.SkipGuestAgent {
 		in.startAgent(ctx, cfg)
 	}
+	if cfg.MemoryTarget > 0 {
+		total, err := waitForMemTotal(ctx, "/proc/meminfo", cfg.MemoryTarget, memoryWaitTimeout, 20*time.Millisecond)
+		if err != nil {
+			in.log.Error("memory balloon did not reach its target, starting the program anyway", "err", err)
+		} else {
+			in.log.Info("memory at target", "mem_total_mib", total>>20)
+		}
+	}
 	return in.runProgram(cfg)
 }
 

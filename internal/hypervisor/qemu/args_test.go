@@ -96,6 +96,70 @@ func TestBuildArgsKVMUserNetNoInitrd(t *testing.T) {
 	}
 }
 
+// hotplug memory = a balloon holding it back; disk_io_bps = one throttle
+// group over the writable disks only.
+func TestBuildArgsBalloonAndDiskThrottle(t *testing.T) {
+	s := fullSpec()
+	s.VM.MemoryMiB = 4096
+	s.VM.BalloonMiB = 3072
+	s.VM.DiskIOBps = 2 << 20
+	s.VM.Disks = append(s.VM.Disks, hypervisor.Disk{Path: s.VM.Dir + "/data.ext4", Serial: "hm-data"})
+	got, err := BuildArgs(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"disk0": "if=none,id=disk0,file=/var/lib/hypeman/images/disks/sha256:ab/root.erofs,format=raw,readonly=on",
+		"disk1": "if=none,id=disk1,file=./overlay.ext4,format=raw,throttling.bps-total=2097152,throttling.group=hm-io",
+		"disk2": "if=none,id=disk2,file=./config.raw,format=raw,readonly=on",
+		"disk3": "if=none,id=disk3,file=./data.ext4,format=raw,throttling.bps-total=2097152,throttling.group=hm-io",
+	}
+	for i := 0; i+1 < len(got); i++ {
+		if got[i] == "-drive" {
+			id, _ := optValue(got[i+1], "id")
+			if got[i+1] != want[id] {
+				t.Errorf("drive %s = %q, want %q", id, got[i+1], want[id])
+			}
+			delete(want, id)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("drives missing: %v", want)
+	}
+	if i := slices.Index(got, "-m"); i < 0 || got[i+1] != "4096M" {
+		t.Errorf("-m: %q", got)
+	}
+	if got[len(got)-2] != "-device" || got[len(got)-1] != "virtio-balloon-device" {
+		t.Errorf("balloon device missing at the end: %q", got[len(got)-4:])
+	}
+	if i := slices.Index(got, "-append"); i < 0 || got[i+1] != "console=ttyS0 panic=-1 quiet init_on_alloc=0 swiotlb=noforce tsc_early_khz=2499998" {
+		t.Errorf("cmdline: %q", got[i+1])
+	}
+
+	// Without them: no balloon, no throttling, cmdline untouched.
+	plain, err := BuildArgs(fullSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(plain, " ")
+	for _, absent := range []string{"balloon", "throttling", "init_on_alloc", "swiotlb"} {
+		if strings.Contains(joined, absent) {
+			t.Errorf("unexpected %q in %s", absent, joined)
+		}
+	}
+	// A command line that already chooses keeps its choice; small VMs
+	// without a balloon get nothing.
+	if got := memoryCmdline("a init_on_alloc=1 swiotlb=force", 8192, 512); got != "a init_on_alloc=1 swiotlb=force" {
+		t.Errorf("memoryCmdline = %q", got)
+	}
+	if got := memoryCmdline("a", 8192, 0); got != "a swiotlb=noforce" {
+		t.Errorf("memoryCmdline big, no balloon = %q", got)
+	}
+	if got := memoryCmdline("a", 3072, 0); got != "a" {
+		t.Errorf("memoryCmdline 3 GiB = %q", got)
+	}
+}
+
 func TestBuildArgsLongDirUsesRelativeSockets(t *testing.T) {
 	s := fullSpec()
 	dir := "/tmp/" + strings.Repeat("x", 150) + "/inst"
@@ -149,6 +213,8 @@ func TestBuildArgsValidation(t *testing.T) {
 		"invalid MAC":             func(s *LaunchSpec) { s.VM.Net.MAC = "02:00:00:00:00" },
 		"host forwards":           func(s *LaunchSpec) { s.VM.Net.HostForwards = []string{"tcp::1-:1"} },
 		"newline":                 func(s *LaunchSpec) { s.VM.Cmdline = "a\nb" },
+		"balloon":                 func(s *LaunchSpec) { s.VM.BalloonMiB = s.VM.MemoryMiB - 8 },
+		"disk I/O limit":          func(s *LaunchSpec) { s.VM.DiskIOBps = -1 },
 	}
 	for want, mutate := range cases {
 		s := fullSpec()

@@ -32,7 +32,7 @@ var benchCompressions = []hypervisor.Compression{
 func BenchmarkSnapshot(b *testing.B) {
 	d := newTestDriver(b)
 	base := b.TempDir()
-	initrd := counterInitrd(b, base, false)
+	initrd := counterInitrd(b, base)
 	ctx := context.Background()
 	seq := 0
 	for _, g := range []struct{ mem, fill int }{{256, 0}, {1024, 0}, {1024, 256}} {

@@ -135,7 +135,7 @@ func TestSaveRestoreContinuesCounter(t *testing.T) {
 	base := t.TempDir()
 	dir := mkdir(t, filepath.Join(base, "vm"))
 	killOnCleanup(t, dir)
-	initrd := counterInitrd(t, base, false)
+	initrd := counterInitrd(t, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -302,7 +302,7 @@ func TestForkIntoTwoDirs(t *testing.T) {
 	base := t.TempDir()
 	src := mkdir(t, filepath.Join(base, "src"))
 	killOnCleanup(t, src)
-	initrd := counterInitrd(t, base, true)
+	initrd := counterInitrd(t, base, "virtio_mmio", "virtio_net")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -431,7 +431,7 @@ func TestSaveKilledMidStreamLeavesNoSnapshot(t *testing.T) {
 	base := t.TempDir()
 	dir := mkdir(t, filepath.Join(base, "vm"))
 	killOnCleanup(t, dir)
-	initrd := counterInitrd(t, base, false)
+	initrd := counterInitrd(t, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	hv, err := d.Launch(ctx, counterVMConfig(t, dir, initrd, 256, ""))

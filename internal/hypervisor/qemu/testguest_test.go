@@ -43,9 +43,10 @@ done
 `
 
 // counterInitrd writes the counter guest's initrd into dir and returns its
-// path. withNet adds the virtio-mmio and virtio-net modules (from the test
-// kernel's module tree) so the guest sees its NIC.
-func counterInitrd(t testing.TB, dir string, withNet bool) string {
+// path. modules (with their dependencies, from the test kernel's module
+// tree) are loaded before the counter starts: e.g. virtio_mmio and
+// virtio_net so the guest sees its NIC.
+func counterInitrd(t testing.TB, dir string, modules ...string) string {
 	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
@@ -61,17 +62,17 @@ func counterInitrd(t testing.TB, dir string, withNet bool) string {
 	cw.file("bin/busybox", 0o755, bb)
 	cw.file("init", 0o755, []byte(counterInit))
 	var list strings.Builder
-	if withNet {
+	if len(modules) > 0 {
 		kdir := filepath.Dir(testKernel(t))
 		k, err := system.LoadKernel(kdir)
 		if err != nil || k.ModuleTree() == "" {
-			t.Fatalf("test kernel %s has no module tree (need virtio_net for the NIC test): %v", kdir, err)
+			t.Fatalf("test kernel %s has no module tree (need %v): %v", kdir, modules, err)
 		}
 		ix, err := system.ReadModuleIndex(k.ModuleTree())
 		if err != nil {
 			t.Fatal(err)
 		}
-		mods, err := ix.Resolve([]string{"virtio_mmio", "virtio_net"})
+		mods, err := ix.Resolve(modules)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,7 +45,10 @@ type VM struct {
 	exitErr error // child only: cmd.Wait result
 }
 
-var _ hypervisor.VM = (*VM)(nil)
+var (
+	_ hypervisor.VM            = (*VM)(nil)
+	_ hypervisor.MemoryBalloon = (*VM)(nil)
+)
 
 // Pid implements hypervisor.VM.
 func (v *VM) Pid() int { return v.pf.Pid }
@@ -274,4 +277,36 @@ func (v *VM) Close() error {
 		v.stopWatch()
 	}
 	return nil
+}
+
+// SetMemoryTarget implements hypervisor.MemoryBalloon (QMP balloon).
+func (v *VM) SetMemoryTarget(ctx context.Context, target int64) error {
+	if target <= 0 {
+		return fmt.Errorf("qemu balloon: target %d bytes must be positive", target)
+	}
+	if err := v.execute(ctx, "balloon", map[string]any{"value": target}, nil); err != nil {
+		return fmt.Errorf("qemu balloon: %w", balloonError(err))
+	}
+	return nil
+}
+
+// MemoryActual implements hypervisor.MemoryBalloon (QMP query-balloon).
+func (v *VM) MemoryActual(ctx context.Context) (int64, error) {
+	var r struct {
+		Actual int64 `json:"actual"`
+	}
+	if err := v.execute(ctx, "query-balloon", nil, &r); err != nil {
+		return 0, fmt.Errorf("qemu query-balloon: %w", balloonError(err))
+	}
+	return r.Actual, nil
+}
+
+// balloonError maps QEMU's DeviceNotActive (no balloon device) to
+// hypervisor.ErrNoBalloon.
+func balloonError(err error) error {
+	var qe *qmp.Error
+	if errors.As(err, &qe) && qe.Class == "DeviceNotActive" {
+		return fmt.Errorf("%w: %w", hypervisor.ErrNoBalloon, err)
+	}
+	return err
 }
