@@ -37,7 +37,7 @@ func (h *fakeHV) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning}
+	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning, ioErrs: make(chan hypervisor.DiskError, 1)}
 	h.vms[cfg.Dir] = vm
 	return vm, nil
 }
@@ -51,8 +51,17 @@ func (h *fakeHV) Attach(ctx context.Context, dir string) (hypervisor.VM, error) 
 	return nil, fmt.Errorf("attach %s: %w", dir, hypervisor.ErrNotRunning)
 }
 
+// Restore starts a paused VM in cfg.Dir from a dir SaveState wrote.
 func (h *fakeHV) Restore(ctx context.Context, cfg hypervisor.RestoreConfig) (hypervisor.VM, error) {
-	return nil, fmt.Errorf("fake: restore not supported")
+	if _, err := os.Stat(filepath.Join(cfg.SnapshotDir, "state")); err != nil {
+		return nil, fmt.Errorf("fake restore: %w", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pid++
+	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStatePaused, ioErrs: make(chan hypervisor.DiskError, 1)}
+	h.vms[cfg.Dir] = vm
+	return vm, nil
 }
 
 func (h *fakeHV) vm(dir string) *fakeVM {
@@ -62,12 +71,34 @@ func (h *fakeHV) vm(dir string) *fakeVM {
 }
 
 type fakeVM struct {
-	dir   string
-	pid   int
-	mu    sync.Mutex
-	state hypervisor.RunState
-	done  chan struct{}
-	once  sync.Once
+	dir    string
+	pid    int
+	mu     sync.Mutex
+	state  hypervisor.RunState
+	done   chan struct{}
+	once   sync.Once
+	ioErrs chan hypervisor.DiskError
+	// diskErrs are reported by DiskErrors while state is io-error.
+	diskErrs []hypervisor.DiskError
+	// exiting: the VMM closed its control channel on its way out but is
+	// not reaped yet (Status fails with ErrExiting, Done still open).
+	exiting bool
+}
+
+// ioError stops the guest the way a failed disk write does.
+func (v *fakeVM) ioError(de hypervisor.DiskError) {
+	v.mu.Lock()
+	v.state = hypervisor.RunStateIOError
+	v.diskErrs = []hypervisor.DiskError{de}
+	v.mu.Unlock()
+	v.ioErrs <- de
+}
+
+// startExiting makes the VMM hang up its control channel without exiting.
+func (v *fakeVM) startExiting() {
+	v.mu.Lock()
+	v.exiting = true
+	v.mu.Unlock()
 }
 
 func (v *fakeVM) exited() bool {
@@ -99,8 +130,24 @@ func (v *fakeVM) Status(ctx context.Context) (hypervisor.RunState, error) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.exiting {
+		return "", fmt.Errorf("fake: qmp: connection closed: %w", hypervisor.ErrExiting)
+	}
 	return v.state, nil
 }
+func (v *fakeVM) DiskErrors(ctx context.Context) ([]hypervisor.DiskError, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.state != hypervisor.RunStateIOError {
+		return nil, nil
+	}
+	return append([]hypervisor.DiskError(nil), v.diskErrs...), nil
+}
+func (v *fakeVM) IOErrors() <-chan hypervisor.DiskError { return v.ioErrs }
+
+// ReopenSerialLog: print opens the log by name for every line, so it
+// follows a rename by itself.
+func (v *fakeVM) ReopenSerialLog(ctx context.Context) error { return nil }
 func (v *fakeVM) Pause(ctx context.Context) error {
 	v.mu.Lock()
 	v.state = hypervisor.RunStatePaused
@@ -110,6 +157,7 @@ func (v *fakeVM) Pause(ctx context.Context) error {
 func (v *fakeVM) Resume(ctx context.Context) error {
 	v.mu.Lock()
 	v.state = hypervisor.RunStateRunning
+	v.diskErrs = nil
 	v.mu.Unlock()
 	return nil
 }
@@ -120,8 +168,18 @@ func (v *fakeVM) Shutdown(ctx context.Context, timeout time.Duration) error {
 func (v *fakeVM) Kill() error           { v.once.Do(func() { close(v.done) }); return nil }
 func (v *fakeVM) Done() <-chan struct{} { return v.done }
 func (v *fakeVM) Close() error          { return nil }
+// SaveState writes a one-file "snapshot" and leaves the VM paused.
 func (v *fakeVM) SaveState(ctx context.Context, dir string, o hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
-	return nil, fmt.Errorf("fake: save not supported")
+	v.mu.Lock()
+	v.state = hypervisor.RunStatePaused
+	v.mu.Unlock()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state"), []byte("memory"), 0o644); err != nil {
+		return nil, err
+	}
+	return &hypervisor.SnapshotInfo{Dir: dir, MemoryMiB: 1}, nil
 }
 
 type fakeImages struct{}
@@ -135,9 +193,19 @@ func (fakeImages) Resolve(ctx context.Context, ref string) (ImageInfo, error) {
 
 func newTestManager(t testing.TB, root string, hv *fakeHV) (*Manager, *events.Bus) {
 	t.Helper()
+	return newTestManagerWith(t, root, hv, nil)
+}
+
+// newTestManagerWith is newTestManager with config changes (e.g. StepHook).
+func newTestManagerWith(t testing.TB, root string, hv *fakeHV, edit func(*Config)) (*Manager, *events.Bus) {
+	t.Helper()
 	bus := events.New(events.Options{})
-	m, err := New(context.Background(), Config{Paths: paths.New(root), Hypervisor: hv, Images: fakeImages{}, Events: bus, GuestStopTimeout: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg := Config{Paths: paths.New(root), Hypervisor: hv, Images: fakeImages{}, Events: bus, GuestStopTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if edit != nil {
+		edit(&cfg)
+	}
+	m, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -333,6 +333,9 @@ func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error)
 	e.mu.Lock()
 	id := e.meta.ID
 	e.mu.Unlock()
+	if err := m.refuseBroken(e, ActionStop); err != nil {
+		return nil, err
+	}
 	// A Stopped instance waiting in restart backoff can be stopped: that
 	// cancels the pending restart and keeps it down.
 	pendingRestart := st == state.Stopped && m.restartPendingFor(id)
@@ -429,6 +432,10 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 }
 
 // Delete stops the instance if needed and removes it and its data.
+//
+// The intent is persisted first (Transition "delete", restarts off): a
+// daemon killed at any later step finishes the delete when it starts
+// (finishDelete) instead of finding a dead VM and restarting it.
 func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	defer m.observe("delete", time.Now(), &err)
 	e, err := m.resolve(ref)
@@ -439,7 +446,6 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	defer e.op.Unlock()
 	e.mu.Lock()
 	deleted, id := e.deleted, e.meta.ID
-	lv, attachErr := e.live, e.attachErr
 	e.mu.Unlock()
 	if deleted {
 		return fmt.Errorf("%w: %s", ErrNotFound, ref)
@@ -447,32 +453,79 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	from := m.currentState(ctx, e)
 	e.mu.Lock()
 	e.meta.RestartStatus.MarkManualStop() // no restart races the delete
+	e.meta.Transition = transitionDelete
+	perr := m.persist(e)
+	broken := e.broken != ""
+	lv := e.live
 	e.mu.Unlock()
+	if perr != nil && !broken {
+		// Deleting is how users free space: go on, but say that a crash
+		// before the end would leave the instance (stopped) behind.
+		m.log.Warn("delete: cannot persist the delete intent; continuing", "id", id, "err", perr)
+	}
+	m.step("delete:intent")
 	if lv != nil {
 		// Delete does not need a graceful stop: kill at once.
 		why := "deleted"
 		lv.stopReason.Store(&why)
 		_ = lv.vm.Kill()
 		<-lv.handled
-	} else if attachErr != "" {
-		m.stopLocked(ctx, e, "deleted")
+	} else {
+		// No handle (re-adoption failed, or metadata unreadable): a VMM
+		// may still run in the dir.
+		m.killDirVMM(ctx, id)
 	}
+	m.step("delete:killed")
 	m.mu.Lock()
 	delete(m.entries, id)
 	m.mu.Unlock()
 	e.mu.Lock()
 	e.deleted = true
 	e.mu.Unlock()
+	if err := m.removeInstanceDir(id); err != nil {
+		return err
+	}
+	m.publish(id, from, "", "deleted")
+	return nil
+}
+
+// killDirVMM kills a VMM running in the instance's dir that the manager
+// holds no handle on.
+func (m *Manager) killDirVMM(ctx context.Context, id string) {
+	vm, err := m.cfg.Hypervisor.Attach(ctx, m.dir(id))
+	if err != nil {
+		return
+	}
+	if err := vm.Kill(); err != nil {
+		m.log.Warn("kill vmm", "id", id, "err", err)
+	}
+	vm.Close()
+}
+
+// removeInstanceDir releases the instance's network and removes its dir:
+// renamed first so a crash mid-removal never leaves a half-deleted instance
+// that still loads (load removes .deleted-* dirs).
+func (m *Manager) removeInstanceDir(id string) error {
 	m.releaseNetwork(id)
-	// Rename first so a crash mid-removal never leaves a half-deleted
-	// instance that still loads.
 	trash := filepath.Join(m.cfg.Paths.InstancesDir(), ".deleted-"+id)
 	if err := os.Rename(m.dir(id), trash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete instance: %w", err)
 	}
+	m.step("delete:renamed")
 	if err := os.RemoveAll(trash); err != nil {
 		m.log.Warn("remove deleted instance data", "id", id, "err", err)
 	}
-	m.publish(id, from, "", "deleted")
 	return nil
+}
+
+// finishDelete completes a delete a previous daemon was killed in the
+// middle of (called from load; the instance is never registered).
+func (m *Manager) finishDelete(ctx context.Context, e *entry) {
+	id := e.meta.ID
+	m.killDirVMM(ctx, id)
+	if err := m.removeInstanceDir(id); err != nil {
+		m.log.Error("finish interrupted delete", "id", id, "err", err)
+		return
+	}
+	m.log.Info("finished interrupted delete", "id", id, "name", e.meta.Name)
 }

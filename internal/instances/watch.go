@@ -3,6 +3,7 @@ package instances
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -93,14 +94,60 @@ func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted b
 		silent = false
 		select {
 		case <-lv.vm.Done():
+			m.step("vm:exited")
 			t.poll(onLine) // drain what the guest printed last
 			m.recordExit(e, id, lv)
 			return
 		case <-m.closed:
 			return
+		case de := <-lv.vm.IOErrors():
+			m.recordIOError(id, lv, de)
 		case <-ticker.C:
 		}
 	}
+}
+
+// recordIOError logs and publishes a guest stopped by a failed disk
+// request (the VMM paused it; Resume retries the request).
+func (m *Manager) recordIOError(id string, lv *liveVM, de hypervisor.DiskError) {
+	msg := ioErrorMessage([]hypervisor.DiskError{de}, nil)
+	m.log.Warn("guest paused by a disk I/O error", "id", id, "disk", de.File, "reason", de.Reason)
+	m.logf(id, "paused by the vmm: %s", msg)
+	from := state.Initializing
+	if lv.programStarted() {
+		from = state.Running
+	}
+	m.publish(id, from, state.Paused, msg)
+}
+
+// ioErrorMessage explains an io-error pause (state_error): which disk, why,
+// and what to do.
+func ioErrorMessage(errs []hypervisor.DiskError, err error) string {
+	if err != nil || len(errs) == 0 {
+		return "guest paused by a disk I/O error; free space on the host (or fix the disk) and resume"
+	}
+	parts := make([]string, 0, len(errs))
+	noSpace := false
+	for _, de := range errs {
+		parts = append(parts, fmt.Sprintf("guest I/O error on disk %s: %s", diskName(de.File), de.Reason))
+		noSpace = noSpace || de.NoSpace
+	}
+	fix := "fix the host disk and resume"
+	if noSpace {
+		fix = "free space on the host filesystem and resume"
+	}
+	return strings.Join(parts, "; ") + "; " + fix
+}
+
+// diskName names an instance disk by its role.
+func diskName(file string) string {
+	switch file {
+	case overlayFile:
+		return "overlay"
+	case configFile:
+		return "config"
+	}
+	return "root (" + file + ")"
 }
 
 func (m *Manager) skipAgent(e *entry) bool {
