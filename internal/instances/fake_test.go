@@ -168,6 +168,7 @@ func (v *fakeVM) Shutdown(ctx context.Context, timeout time.Duration) error {
 func (v *fakeVM) Kill() error           { v.once.Do(func() { close(v.done) }); return nil }
 func (v *fakeVM) Done() <-chan struct{} { return v.done }
 func (v *fakeVM) Close() error          { return nil }
+
 // SaveState writes a one-file "snapshot" and leaves the VM paused.
 func (v *fakeVM) SaveState(ctx context.Context, dir string, o hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
 	v.mu.Lock()
