@@ -34,6 +34,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(daemonEnv) == "1" {
+		runConvertingDaemon()
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"hypeman/internal/childproc"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
 )
@@ -304,7 +304,7 @@ func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
 // copySparse copies a disk image keeping holes (and sharing extents where
 // the filesystem supports reflinks), so a 10 GB sparse overlay copies in ms.
 func copySparse(ctx context.Context, src, dst string) error {
-	out, err := exec.CommandContext(ctx, "cp", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
+	out, err := childproc.CommandContext(ctx, "cp", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -313,7 +313,7 @@ func copySparse(ctx context.Context, src, dst string) error {
 
 // copyTree copies a directory (snapshot) the same way.
 func copyTree(ctx context.Context, src, dst string) error {
-	out, err := exec.CommandContext(ctx, "cp", "-r", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
+	out, err := childproc.CommandContext(ctx, "cp", "-r", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 	}

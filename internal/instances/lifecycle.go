@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"hypeman/internal/childproc"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/health"
@@ -175,7 +175,7 @@ func createOverlayDisk(ctx context.Context, path string, size int64) error {
 		return fmt.Errorf("size overlay disk: %w", err)
 	}
 	f.Close()
-	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "hm-overlay",
+	out, err := childproc.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "hm-overlay",
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("format overlay disk: %w: %s", err, strings.TrimSpace(string(out)))
