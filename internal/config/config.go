@@ -59,6 +59,8 @@ type Config struct {
 	NetworkNetNS       string   `json:"network_netns"`
 	IngressListen      string   `json:"ingress_listen"`
 	CompressSnapshots  bool     `json:"compress_snapshots"`
+	SerialLogMaxSize   string   `json:"serial_log_max_size"`
+	SerialLogFiles     int      `json:"serial_log_files"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -213,6 +215,9 @@ func (c *Config) Validate() error {
 	}
 	if c.GuestStopTimeout < 0 {
 		errs = append(errs, errors.New("guest_stop_timeout must be >= 0"))
+	}
+	if c.SerialLogFiles < 1 {
+		errs = append(errs, fmt.Errorf("serial_log_files %d: keep at least 1 rotated file", c.SerialLogFiles))
 	}
 	return errors.Join(errs...)
 }

@@ -137,6 +137,11 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
 	}
+	serialMax, err := instances.ParseSize(cfg.SerialLogMaxSize)
+	if err != nil {
+		d.Images.Close()
+		return nil, fmt.Errorf("serial_log_max_size: %w", err)
+	}
 	d.Events = events.New(events.Options{})
 	var netDep instances.Network
 	if d.Network != nil && d.Network.Mode() != network.ModeNone {
@@ -160,6 +165,8 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts ...O
 		DefaultOverlaySize: cfg.DefaultOverlaySize,
 		StepHook:           testPauseHook(logger),
 		CompressSnapshots:  cfg.CompressSnapshots,
+		SerialLogMaxBytes:  serialMax,
+		SerialLogFiles:     cfg.SerialLogFiles,
 		// Running means the program started AND the guest agent serves
 		// (exec, cp, graceful stop work), unless skip_guest_agent.
 		RequireAgent: true,

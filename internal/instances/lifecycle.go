@@ -16,6 +16,7 @@ import (
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/rotlog"
 )
 
 // Create validates p, resolves (and if needed pulls) the image, creates the
@@ -264,9 +265,9 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, configFile), disk, 0o644); err != nil {
 		return err
 	}
-	var offset int64
-	if st, err := os.Stat(filepath.Join(dir, hypervisor.SerialLogName)); err == nil {
-		offset = st.Size()
+	offset, err := rotlog.End(filepath.Join(dir, hypervisor.SerialLogName))
+	if err != nil {
+		return err
 	}
 	now := time.Now().UTC()
 	e.mu.Lock()

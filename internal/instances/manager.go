@@ -92,6 +92,12 @@ type Config struct {
 	// RequireAgent makes Running wait for the agent-ready marker too
 	// (unless the instance sets skip_guest_agent).
 	RequireAgent bool
+	// SerialLogMaxBytes rotates a VM's serial log (the app log) when it
+	// reaches this size; SerialLogFiles rotated files are kept (at least
+	// 1), so an instance holds at most (SerialLogFiles+1) × SerialLogMaxBytes
+	// of console output while the daemon runs. 0 = no rotation.
+	SerialLogMaxBytes int64
+	SerialLogFiles    int
 	// Defaults for create requests.
 	DefaultSize        string
 	DefaultVCPUs       int
