@@ -275,6 +275,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.meta.StartedAt = &now
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
 	e.meta.RestoredAt, e.meta.ExitKind = nil, ""
+	e.meta.ProgramStarted, e.meta.AgentReady = false, false
 	e.meta.ImageDigest = img.Digest
 	err = m.persist(e)
 	e.mu.Unlock()

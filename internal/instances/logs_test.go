@@ -150,3 +150,36 @@ func lens(ss []string) []int {
 	}
 	return out
 }
+
+// A chatty program's console rotates its start marker away; a daemon that
+// re-adopts the VM afterwards still knows the program started (Running,
+// not Initializing forever).
+func TestReadoptionAfterMarkersRotatedAway(t *testing.T) {
+	root := t.TempDir()
+	hv := newFakeHV()
+	cfg := func(c *Config) { c.SerialLogMaxBytes, c.SerialLogFiles = 1024, 1 }
+	m, _ := newTestManagerWith(t, root, hv, cfg)
+	in, vm := runningInstance(t, m, hv, CreateParams{Name: "rotated", Image: "img"})
+	path := filepath.Join(m.dir(in.ID), hypervisor.SerialLogName)
+	oldest := func() int64 {
+		segs, _ := rotlog.Segments(path)
+		if len(segs) == 0 {
+			return 0
+		}
+		return segs[0].Start
+	}
+	for b := 0; oldest() == 0; b++ {
+		if b == 50 {
+			t.Fatal("the start of the log was not rotated away")
+		}
+		for i := range 200 {
+			vm.print(fmt.Sprintf("chatter %d", b*200+i))
+		}
+		time.Sleep(serialPollInterval) // pacing: let the watcher rotate
+	}
+	m.Close()
+	m2, _ := newTestManagerWith(t, root, hv, cfg)
+	if got, err := m2.Get(context.Background(), in.ID); err != nil || got.State != state.Running {
+		t.Fatalf("re-adopted: %v %+v", err, got)
+	}
+}

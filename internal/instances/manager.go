@@ -328,6 +328,8 @@ func (m *Manager) adopt(ctx context.Context, e *entry) {
 			lv.started.Store(true)
 			lv.agent.Store(true)
 		}
+		lv.started.Store(lv.started.Load() || e.meta.ProgramStarted)
+		lv.agent.Store(lv.agent.Load() || e.meta.AgentReady)
 		e.live = lv
 		m.adoptTransition(ctx, e)
 		if e.live == nil {

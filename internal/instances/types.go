@@ -84,6 +84,12 @@ type Metadata struct {
 	// of another operation (a fork from Running): the state it must end in.
 	// A daemon killed midway restores it to that state on start.
 	ReturnTo state.State `json:"return_to,omitempty"`
+	// ProgramStarted and AgentReady record that the current boot's guest
+	// printed its program-start and agent-ready markers: the console log
+	// holding them may be rotated away before a later daemon re-adopts the
+	// VM and replays the log.
+	ProgramStarted bool `json:"program_started,omitempty"`
+	AgentReady     bool `json:"agent_ready,omitempty"`
 	// RestoredAt is set when the running VM was restored from a snapshot
 	// (cleared by a fresh boot): its program started before the restore,
 	// so no start marker will appear in this VM's serial log.

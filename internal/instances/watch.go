@@ -69,6 +69,7 @@ func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted b
 		switch {
 		case strings.Contains(line, guestconfig.MarkerProgramStart):
 			if !lv.started.Swap(true) {
+				m.recordMarker(e, lv, func(meta *Metadata) *bool { return &meta.ProgramStarted })
 				if !silent {
 					m.logf(id, "program started")
 					if !lv.launchedAt.IsZero() {
@@ -80,7 +81,11 @@ func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted b
 				}
 			}
 		case strings.Contains(line, guestconfig.MarkerAgentReady):
-			if !lv.agent.Swap(true) && !silent && m.cfg.RequireAgent && lv.programStarted() && !m.skipAgent(e) {
+			if lv.agent.Swap(true) {
+				break
+			}
+			m.recordMarker(e, lv, func(meta *Metadata) *bool { return &meta.AgentReady })
+			if !silent && m.cfg.RequireAgent && lv.programStarted() && !m.skipAgent(e) {
 				m.publish(id, state.Initializing, state.Running, "guest agent ready")
 			}
 		default:
@@ -154,6 +159,20 @@ func diskName(file string) string {
 		return "config"
 	}
 	return "root (" + file + ")"
+}
+
+// recordMarker persists that lv's boot printed a marker (flag picks the
+// Metadata field), unless the entry has moved on to another VM.
+func (m *Manager) recordMarker(e *entry, lv *liveVM, flag func(*Metadata) *bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.live != lv || e.deleted || *flag(&e.meta) {
+		return
+	}
+	*flag(&e.meta) = true
+	if err := m.persist(e); err != nil {
+		m.log.Warn("persist boot marker", "id", e.meta.ID, "err", err)
+	}
 }
 
 func (m *Manager) skipAgent(e *entry) bool {
