@@ -18,8 +18,8 @@
 //   - A daemon may be killed at any instant. Every multi-step operation
 //     (standby, restore, delete, fork, the temporary standby of a fork from
 //     Running) persists its intent in metadata before its first step, and
-//     load finishes or rolls it back (adoptTransition, finishDelete,
-//     dropHalfFork, finishReturn); the temporary files an interrupted step
+//     load finishes or rolls it back (adoptTransition, discardAtLoad,
+//     finishReturn); the temporary files an interrupted step
 //     leaves are removed at load. Metadata a build cannot read (a newer
 //     format version) is never written over: that instance shows as Unknown
 //     with the reason and the others load.

@@ -34,12 +34,17 @@ func (h *fakeHV) Accel() hypervisor.AccelChoice {
 }
 
 func (h *fakeHV) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hypervisor.VM, error) {
+	return h.start(cfg.Dir, hypervisor.RunStateRunning), nil
+}
+
+// start registers a new "running" VMM in dir.
+func (h *fakeHV) start(dir string, st hypervisor.RunState) *fakeVM {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStateRunning, ioErrs: make(chan hypervisor.DiskError, 1)}
-	h.vms[cfg.Dir] = vm
-	return vm, nil
+	vm := &fakeVM{dir: dir, pid: h.pid, done: make(chan struct{}), state: st, ioErrs: make(chan hypervisor.DiskError, 1)}
+	h.vms[dir] = vm
+	return vm
 }
 
 func (h *fakeHV) Attach(ctx context.Context, dir string) (hypervisor.VM, error) {
@@ -56,12 +61,7 @@ func (h *fakeHV) Restore(ctx context.Context, cfg hypervisor.RestoreConfig) (hyp
 	if _, err := os.Stat(filepath.Join(cfg.SnapshotDir, "state")); err != nil {
 		return nil, fmt.Errorf("fake restore: %w", err)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: hypervisor.RunStatePaused, ioErrs: make(chan hypervisor.DiskError, 1)}
-	h.vms[cfg.Dir] = vm
-	return vm, nil
+	return h.start(cfg.Dir, hypervisor.RunStatePaused), nil
 }
 
 func (h *fakeHV) vm(dir string) *fakeVM {

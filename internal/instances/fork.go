@@ -137,18 +137,7 @@ func (m *Manager) finishReturn(ctx context.Context, e *entry) {
 	m.log.Info("finished interrupted fork: source restored", "id", e.meta.ID, "state", m.currentState(ctx, e))
 }
 
-// dropHalfFork removes a fork a previous daemon was killed in the middle of
-// creating (called from load; the fork is never registered). Its source
-// is restored by finishReturn.
-func (m *Manager) dropHalfFork(ctx context.Context, e *entry) {
-	id := e.meta.ID
-	m.killDirVMM(ctx, id)
-	if err := m.removeInstanceDir(id); err != nil {
-		m.log.Error("remove interrupted fork", "id", id, "err", err)
-		return
-	}
-	m.log.Info("removed interrupted fork", "id", id, "name", e.meta.Name, "source", e.meta.ForkedFrom)
-}
+
 
 // forkLocked clones src (op lock held; src is Stopped or Standby).
 func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, target state.State) (*Instance, error) {

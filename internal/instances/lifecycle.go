@@ -437,7 +437,7 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 //
 // The intent is persisted first (Transition "delete", restarts off): a
 // daemon killed at any later step finishes the delete when it starts
-// (finishDelete) instead of finding a dead VM and restarting it.
+// (discardAtLoad) instead of finding a dead VM and restarting it.
 func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	defer m.observe("delete", time.Now(), &err)
 	e, err := m.resolve(ref)
@@ -520,14 +520,16 @@ func (m *Manager) removeInstanceDir(id string) error {
 	return nil
 }
 
-// finishDelete completes a delete a previous daemon was killed in the
-// middle of (called from load; the instance is never registered).
-func (m *Manager) finishDelete(ctx context.Context, e *entry) {
+// discardAtLoad removes an instance a previous daemon was killed in the
+// middle of deleting, or of creating as a fork (called from load; it is
+// never registered): its VMM is killed, its network released, its dir
+// removed. A fork's source is restored by finishReturn.
+func (m *Manager) discardAtLoad(ctx context.Context, e *entry, what string) {
 	id := e.meta.ID
 	m.killDirVMM(ctx, id)
 	if err := m.removeInstanceDir(id); err != nil {
-		m.log.Error("finish interrupted delete", "id", id, "err", err)
+		m.log.Error("remove "+what, "id", id, "err", err)
 		return
 	}
-	m.log.Info("finished interrupted delete", "id", id, "name", e.meta.Name)
+	m.log.Info("removed "+what, "id", id, "name", e.meta.Name)
 }

@@ -262,10 +262,10 @@ func (m *Manager) load(ctx context.Context) error {
 		e := &entry{meta: meta}
 		switch meta.Transition {
 		case transitionDelete:
-			m.finishDelete(ctx, e)
+			m.discardAtLoad(ctx, e, "instance whose delete was interrupted")
 			continue
 		case transitionFork:
-			m.dropHalfFork(ctx, e)
+			m.discardAtLoad(ctx, e, "fork interrupted before it was complete")
 			continue
 		}
 		m.entries[meta.ID] = e

@@ -18,8 +18,8 @@ const standbyDir = "standby"
 const (
 	transitionStandby = "standby"
 	transitionRestore = "restore"
-	transitionDelete  = "delete" // see Delete and finishDelete
-	transitionFork    = "fork"   // on a fork until it reaches its target (dropHalfFork)
+	transitionDelete  = "delete" // see Delete and discardAtLoad
+	transitionFork    = "fork"   // on a fork until it reaches its target (discardAtLoad)
 )
 
 // Pause freezes a Running instance's vCPUs (memory stays resident).

@@ -77,8 +77,8 @@ type Metadata struct {
 	// "restore", "delete", and "fork" on a fork that has not reached its
 	// target state yet). It is persisted before the first step so that a
 	// daemon killed midway finishes or rolls back the operation on restart
-	// instead of leaving a half state (see adoptTransition, finishDelete,
-	// dropHalfFork).
+	// instead of leaving a half state (see adoptTransition and
+	// discardAtLoad).
 	Transition string `json:"transition,omitempty"`
 	// ReturnTo is set while an instance is on standby only for the length
 	// of another operation (a fork from Running): the state it must end in.
