@@ -137,8 +137,6 @@ func (m *Manager) finishReturn(ctx context.Context, e *entry) {
 	m.log.Info("finished interrupted fork: source restored", "id", e.meta.ID, "state", m.currentState(ctx, e))
 }
 
-
-
 // forkLocked clones src (op lock held; src is Stopped or Standby).
 func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, target state.State) (*Instance, error) {
 	src.mu.Lock()
