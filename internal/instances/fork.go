@@ -107,7 +107,8 @@ func (m *Manager) setReturnTo(e *entry, st state.State) error {
 // returnFromStandby restores an instance put on standby for the length of
 // another operation to its ReturnTo state and clears ReturnTo (caller holds
 // e.op). The instance must be in Standby, or already back (a daemon killed
-// after the restore committed).
+// after the restore committed). If the restore fails the instance stays in
+// Standby, visible, for the user to restore; it is not retried.
 func (m *Manager) returnFromStandby(ctx context.Context, e *entry) error {
 	e.mu.Lock()
 	id, to := e.meta.ID, e.meta.ReturnTo
@@ -118,8 +119,8 @@ func (m *Manager) returnFromStandby(ctx context.Context, e *entry) error {
 			m.log.Error("restore instance after a temporary standby", "id", id, "err", err)
 		}
 	}
-	if err == nil {
-		err = m.setReturnTo(e, "")
+	if cerr := m.setReturnTo(e, ""); err == nil {
+		err = cerr
 	}
 	return err
 }
