@@ -17,6 +17,7 @@ import (
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances"
 	"hypeman/internal/paths"
+	"hypeman/internal/testutil/tier"
 )
 
 // newRealEnv serves the API over the real instance manager (with a
@@ -439,9 +440,10 @@ func (memoryRefusingHypervisor) Launch(ctx context.Context, cfg hypervisor.VMCon
 // tinyTmpfs mounts a tmpfs of size bytes for the test (root only).
 func tinyTmpfs(t *testing.T, size int) string {
 	t.Helper()
+	tier.Root(t, "it mounts a small tmpfs to fill")
 	dir := t.TempDir()
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+		t.Fatalf("mount a tmpfs: %v", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 	return dir

@@ -11,6 +11,7 @@ import (
 
 	"hypeman/internal/auth"
 	"hypeman/internal/events"
+	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
@@ -52,6 +53,9 @@ const (
 	// The host's limits, not the request's fault nor a server bug.
 	CodeInsufficientStorage   = "insufficient_storage"
 	CodeInsufficientResources = "insufficient_resources"
+	// CodeUnsupportedFormat: stored data (an instance's metadata, a
+	// snapshot record) is in a format version this build cannot read.
+	CodeUnsupportedFormat = "unsupported_format"
 )
 
 // Error is an error with its HTTP status and code already decided. Handlers
@@ -78,7 +82,12 @@ func (s *server) classify(err error) (int, string, string) {
 	var te *instances.TransitionError
 	var mbe *http.MaxBytesError
 	var re *agent.RemoteError
+	var ve *fsutil.VersionError
 	switch {
+	case errors.As(err, &ve):
+		// Not a server fault that retrying fixes, not the request's either:
+		// the data was written by a newer hypemand.
+		return http.StatusConflict, CodeUnsupportedFormat, msg
 	case errors.As(err, &te):
 		return http.StatusConflict, CodeInvalidState, msg
 	case errors.Is(err, instances.ErrNotFound), errors.Is(err, instances.ErrSnapshotNotFound):

@@ -93,6 +93,11 @@ type Config struct {
 	// knob) = zstd:1 when SnapshotCompression is empty.
 	SnapshotCompression string `json:"snapshot_compression"`
 	CompressSnapshots   bool   `json:"compress_snapshots"`
+
+	// Console (app) log rotation per instance: rotate at SerialLogMaxSize
+	// (0 = never), keep SerialLogFiles rotated files.
+	SerialLogMaxSize Size `json:"serial_log_max_size"`
+	SerialLogFiles   int  `json:"serial_log_files"`
 }
 
 // Size is a byte count written as "16GB", "512MB", "64KB" or a number
@@ -305,6 +310,7 @@ func (c *Config) Validate() error {
 		{"image_max_unpacked_size", int64(c.ImageMaxUnpackedSize)}, {"image_max_config_size", int64(c.ImageMaxConfigSize)},
 		{"image_max_manifest_size", int64(c.ImageMaxManifestSize)}, {"image_max_layers", int64(c.ImageMaxLayers)},
 		{"registry_max_blob_size", int64(c.RegistryMaxBlobSize)}, {"registry_max_push_size", int64(c.RegistryMaxPushSize)},
+		{"serial_log_max_size", int64(c.SerialLogMaxSize)},
 	} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must be >= 0 (0 = no limit)", n.key))
@@ -320,6 +326,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.ResolvedSnapshotCompression(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.SerialLogFiles < 1 {
+		errs = append(errs, fmt.Errorf("serial_log_files %d: keep at least 1 rotated file", c.SerialLogFiles))
 	}
 	return errors.Join(errs...)
 }

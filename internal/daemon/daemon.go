@@ -182,6 +182,8 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		DefaultOverlaySize:  cfg.DefaultOverlaySize,
 		StepHook:            testPauseHook(logger),
 		SnapshotCompression: snapComp,
+		SerialLogMaxBytes:   int64(cfg.SerialLogMaxSize),
+		SerialLogFiles:      cfg.SerialLogFiles,
 		// Running means the program started AND the guest agent serves
 		// (exec, cp, graceful stop work), unless skip_guest_agent.
 		RequireAgent: true,

@@ -1,12 +1,16 @@
 // Package fsutil holds the few filesystem primitives every persisting package
-// needs, chiefly atomic file replacement, and the conversion between Go file
-// modes and the Unix permission bits that wire formats (tar, the cp
-// protocol) carry.
+// needs: atomic file replacement, versioned JSON records, and the conversion
+// between Go file modes and the Unix permission bits that wire formats (tar,
+// the cp protocol) carry.
 //
 // Why: the daemon can be killed at any instant (kill -9 is part of the test
 // plan). A reader must see either the old or the new content of a metadata
 // file, never a torn one, so every state write goes temp file → fsync →
-// rename → fsync(dir).
+// rename → fsync(dir). And a data dir outlives the binary that wrote it: every
+// persisted JSON format carries a "version", files written before versions
+// existed read as version 1, and a version this build does not know is
+// refused with an error naming the file (VersionError) instead of being
+// misread or silently rewritten in an older format.
 package fsutil
 
 import (
@@ -69,6 +73,48 @@ func FileMode(u uint32) fs.FileMode {
 		m |= fs.ModeSticky
 	}
 	return m
+}
+
+// VersionError says a persisted file carries a format version this build
+// cannot read (written by a newer hypemand, or damaged).
+type VersionError struct {
+	Path    string
+	Version int
+	Known   int // the newest version this build reads
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("%s: format version %d is unknown to this hypemand (it reads versions 1 to %d); "+
+		"the file was written by a newer hypemand: run that version again, or restore the file from a backup",
+		e.Path, e.Version, e.Known)
+}
+
+// ReadVersionedJSON reads the JSON record at path into v after checking its
+// top-level "version" field: a record without one is version 1 (written
+// before formats were versioned); a version outside 1..known returns a
+// *VersionError and leaves v untouched. It returns the record's version.
+func ReadVersionedJSON(path string, known int, v any) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	var head struct {
+		Version *int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	version := 1
+	if head.Version != nil {
+		version = *head.Version
+	}
+	if version < 1 || version > known {
+		return version, &VersionError{Path: path, Version: version, Known: known}
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return version, fmt.Errorf("read %s: %w", path, err)
+	}
+	return version, nil
 }
 
 // WriteFileAtomic replaces path with data atomically and durably.

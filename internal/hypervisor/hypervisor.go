@@ -39,7 +39,21 @@ const (
 	RunStatePaused   RunState = "paused"   // stopped by us (pause/standby in progress)
 	RunStateCreated  RunState = "created"  // launched, not started yet (incoming migration, prelaunch)
 	RunStateShutdown RunState = "shutdown" // guest powered off, VMM still alive
+	// RunStateIOError: the VMM stopped the vCPUs itself because a disk
+	// request failed (e.g. the host filesystem is full); DiskErrors says
+	// which disk and why, and Resume retries the request.
+	RunStateIOError RunState = "io-error"
 )
+
+// DiskError is a disk whose last request failed and stopped the guest.
+type DiskError struct {
+	// File is the base name of the disk's file ("overlay.ext4").
+	File string
+	// NoSpace is set when the host filesystem is full (ENOSPC).
+	NoSpace bool
+	// Reason is the failure in words ("no space left on device").
+	Reason string
+}
 
 // Disk is one virtio block device.
 type Disk struct {
@@ -104,6 +118,11 @@ var ErrNotRunning = errors.New("vmm not running")
 // asks for (the kernel would not give QEMU the guest memory): the request
 // was valid, this host cannot serve it now.
 var ErrHostResources = errors.New("the host cannot provide the resources the VM asks for")
+
+// ErrExiting is returned by VM methods when the VMM closed its control
+// channel because it is exiting, but the process has not been reaped yet:
+// the VM is going away (Done closes shortly), it is not in an unknown state.
+var ErrExiting = errors.New("vmm is exiting")
 
 // Snapshot errors returned by Restore (wrapped, with the reason in the text).
 var (
@@ -234,6 +253,18 @@ type VM interface {
 	Kill() error
 	// Done is closed when the VMM process has exited.
 	Done() <-chan struct{}
+	// IOErrors receives a notice each time the VMM stops the guest because
+	// a disk request failed (the VM is then in RunStateIOError until
+	// Resume). Buffered; a notice nobody reads in time is dropped
+	// (DiskErrors reports the current failures at any time).
+	IOErrors() <-chan DiskError
+	// DiskErrors lists the disks whose I/O is currently failed.
+	DiskErrors(ctx context.Context) ([]DiskError, error)
+	// ReopenSerialLog makes the VMM close its serial log and create
+	// SerialLogName in its dir afresh, after the caller renamed the old
+	// file (log rotation). No output is lost: what was written before the
+	// switch is in the renamed file, everything after in the new one.
+	ReopenSerialLog(ctx context.Context) error
 	// Close releases the handle (control connection) without touching the VM.
 	Close() error
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"hypeman/internal/childproc"
 )
 
 // DiskFormat is the filesystem of an image's root disk.
@@ -191,7 +193,7 @@ func estimateExt4(dir string) (ext4Estimate, error) {
 
 // run executes a mkfs tool and folds its output into the error.
 func run(ctx context.Context, tool string, args ...string) error {
-	cmd := exec.CommandContext(ctx, tool, args...)
+	cmd := childproc.CommandContext(ctx, tool, args...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out

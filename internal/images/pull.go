@@ -312,8 +312,9 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 	mkfsDur := time.Since(t1)
 
 	rec := &diskRecord{
-		Digest: d,
-		Names:  []string{j.name},
+		Version: diskRecordVersion,
+		Digest:  d,
+		Names:   []string{j.name},
 		Config: ImageConfig{
 			Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, Env: cf.Config.Env,
 			WorkingDir: cf.Config.WorkingDir, User: cf.Config.User,

@@ -168,9 +168,17 @@ type indexFile struct {
 	Names   map[string]*nameEntry `json:"names"`
 }
 
+// Persisted format versions (a file without "version" is version 1; a
+// newer one is refused with fsutil.VersionError).
+const (
+	indexVersion      = 1 // index.json
+	diskRecordVersion = 1 // image.json
+)
+
 // diskRecord is image.json in a digest directory; its presence marks the
 // disk complete.
 type diskRecord struct {
+	Version          int         `json:"version"`
 	Digest           string      `json:"digest"`
 	Names            []string    `json:"names"`
 	Config           ImageConfig `json:"config"`
@@ -349,10 +357,19 @@ func (s *Store) load() error {
 	if err != nil {
 		return fmt.Errorf("images: %w", err)
 	}
+	// Disks whose image.json has a format this build does not know: kept
+	// (a newer hypemand wrote them), their names are reported failed.
+	unreadable := map[string]error{}
 	for _, e := range ents {
 		dir := filepath.Join(s.disksDir(), e.Name())
 		var rec diskRecord
-		err := fsutil.ReadJSON(filepath.Join(dir, "image.json"), &rec)
+		_, err := fsutil.ReadVersionedJSON(filepath.Join(dir, "image.json"), diskRecordVersion, &rec)
+		var ve *fsutil.VersionError
+		if errors.As(err, &ve) {
+			s.log.Error("image disk record has an unknown format; keeping it unused", "dir", dir, "err", err)
+			unreadable[strings.Replace(e.Name(), "-", ":", 1)] = err
+			continue
+		}
 		if err == nil && rec.Digest != "" && s.digestDir(rec.Digest) == dir {
 			if _, serr := os.Stat(filepath.Join(dir, rec.DiskFile)); serr == nil {
 				s.digests[rec.Digest] = &rec
@@ -364,7 +381,7 @@ func (s *Store) load() error {
 	}
 
 	var idx indexFile
-	err = fsutil.ReadJSON(s.indexPath(), &idx)
+	_, err = fsutil.ReadVersionedJSON(s.indexPath(), indexVersion, &idx)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -381,7 +398,11 @@ func (s *Store) load() error {
 			e.Status, e.Error, e.ErrorKind = StatusFailed, "interrupted: the daemon stopped during the pull; pull again to retry", ErrorKindOf(ErrInterrupted)
 			e.UpdatedAt, changed = now, true
 		case StatusReady:
-			if s.digests[e.Digest] == nil {
+			if uerr := unreadable[e.Digest]; uerr != nil {
+				// Failed for this process only; index.json keeps
+				// "ready" unless something else rewrites it.
+				e.Status, e.Error = StatusFailed, "root disk unusable: "+uerr.Error()
+			} else if s.digests[e.Digest] == nil {
 				e.Status, e.Error, e.ErrorKind = StatusFailed, "root disk missing from the store; pull again", ErrorKindOf(ErrInterrupted)
 				e.UpdatedAt, changed = now, true
 			}
@@ -932,7 +953,7 @@ func (s *Store) saveIndex() error {
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
 	s.mu.Lock()
-	idx := indexFile{Version: 1, Names: make(map[string]*nameEntry, len(s.names))}
+	idx := indexFile{Version: indexVersion, Names: make(map[string]*nameEntry, len(s.names))}
 	for n, e := range s.names {
 		c := *e
 		idx.Names[n] = &c
@@ -951,6 +972,7 @@ func (s *Store) saveDiskRecord(digest string) error {
 		return nil
 	}
 	c := *rec
+	c.Version = diskRecordVersion
 	c.Names = s.namesForLocked(digest)
 	rec.Names = c.Names
 	s.mu.Unlock()

@@ -35,6 +35,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(daemonEnv) == "1" {
+		runConvertingDaemon()
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -956,5 +959,76 @@ func TestChooseDisk(t *testing.T) {
 	}
 	if b, err := chooseDisk("", exec.LookPath); err != nil || b.format != DiskErofs {
 		t.Errorf("default on this host: %+v %v (erofs-utils is part of the setup)", b, err)
+	}
+}
+
+// rewriteJSON loads a JSON object file, lets edit change it, writes it back.
+func rewriteJSON(t *testing.T, path string, edit func(map[string]any)) {
+	t.Helper()
+	var m map[string]any
+	if err := fsutil.ReadJSON(path, &m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if err := fsutil.WriteJSONAtomic(path, m, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// index.json and image.json carry a format version: files from before
+// versions (no field) load as version 1; an unknown image.json version keeps
+// the disk but reports its names failed with the file and version; an
+// unknown index.json version refuses to open the store, naming the file.
+func TestPersistedFormatVersions(t *testing.T) {
+	s := newTestStore(t, Config{})
+	dir := s.cfg.Dir
+	img := testimage.Busybox(t, testimage.Options{Cmd: []string{"true"}})
+	name := "versions/app:v1"
+	if _, err := s.ImportImage(ctxT(t), name, img); err != nil {
+		t.Fatal(err)
+	}
+	ready, err := s.Wait(ctxT(t), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	index := filepath.Join(dir, "index.json")
+	record := filepath.Join(filepath.Dir(ready.DiskPath), "image.json")
+	for _, p := range []string{index, record} {
+		var v struct{ Version int }
+		if err := fsutil.ReadJSON(p, &v); err != nil || v.Version != 1 {
+			t.Fatalf("%s: version %d (%v), want 1 written", p, v.Version, err)
+		}
+	}
+
+	// Written before versions existed: no field at all.
+	for _, p := range []string{index, record} {
+		rewriteJSON(t, p, func(m map[string]any) { delete(m, "version") })
+	}
+	s2 := newTestStore(t, Config{Dir: dir})
+	if got, err := s2.Get(ctxT(t), name); err != nil || got.Status != StatusReady {
+		t.Fatalf("unversioned files: %+v %v", got, err)
+	}
+	s2.Close()
+
+	// A disk record from the future: kept on disk, its name failed.
+	rewriteJSON(t, record, func(m map[string]any) { m["version"] = 42 })
+	s3 := newTestStore(t, Config{Dir: dir})
+	got, err := s3.Get(ctxT(t), name)
+	if err != nil || got.Status != StatusFailed || !strings.Contains(got.Error, record) || !strings.Contains(got.Error, "version 42") {
+		t.Fatalf("future image.json: %+v %v", got, err)
+	}
+	if _, err := os.Stat(ready.DiskPath); err != nil {
+		t.Fatalf("disk of an unknown record removed: %v", err)
+	}
+	s3.Close()
+	rewriteJSON(t, record, func(m map[string]any) { m["version"] = 1 })
+
+	// An index from the future: the store does not open.
+	rewriteJSON(t, index, func(m map[string]any) { m["version"] = 9 })
+	_, err = New(Config{Dir: dir}, slog.New(slog.DiscardHandler))
+	var ve *fsutil.VersionError
+	if !errors.As(err, &ve) || ve.Path != index || ve.Version != 9 {
+		t.Fatalf("future index.json: %v", err)
 	}
 }

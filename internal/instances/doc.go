@@ -15,6 +15,17 @@
 //   - A watcher goroutine follows each live VM (serial markers, process exit)
 //     and publishes derived transitions, so changes that happen while nobody
 //     calls the API are still observed and recorded.
+//   - A daemon may be killed at any instant. Every multi-step operation
+//     (standby, restore, delete, fork, the temporary standby of a fork from
+//     Running) persists its intent in metadata before its first step, and
+//     load finishes or rolls it back (adoptTransition, discardAtLoad,
+//     finishReturn); the temporary files an interrupted step
+//     leaves are removed at load. Metadata a build cannot read (a newer
+//     format version) is never written over: that instance shows as Unknown
+//     with the reason and the others load.
+//   - A VM's exit is recorded (exit code, reason) before anyone can see it
+//     Stopped: readers that find the VMM gone or exiting wait for the
+//     watcher's record (read).
 //   - Dependencies (images, hypervisor, guest agent, event sink) are small
 //     interfaces declared here, at the consumer.
 package instances

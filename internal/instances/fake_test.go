@@ -97,7 +97,8 @@ func (h *fakeHV) start(cfg hypervisor.VMConfig, st hypervisor.RunState) *fakeVM 
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pid++
-	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: st, hv: h, cfg: cfg}
+	vm := &fakeVM{dir: cfg.Dir, pid: h.pid, done: make(chan struct{}), state: st, hv: h, cfg: cfg,
+		ioErrs: make(chan hypervisor.DiskError, 1)}
 	if cfg.BalloonMiB > 0 {
 		vm.memTarget = int64(cfg.MemoryMiB-cfg.BalloonMiB) << 20
 	}
@@ -139,6 +140,12 @@ type fakeVM struct {
 	once  sync.Once
 	// memTarget is the balloon target (0 = no balloon).
 	memTarget int64
+	ioErrs    chan hypervisor.DiskError
+	// diskErrs are reported by DiskErrors while state is io-error.
+	diskErrs []hypervisor.DiskError
+	// exiting: the VMM closed its control channel on its way out but is
+	// not reaped yet (Status fails with ErrExiting, Done still open).
+	exiting bool
 }
 
 func (v *fakeVM) SetMemoryTarget(ctx context.Context, target int64) error {
@@ -158,6 +165,22 @@ func (v *fakeVM) MemoryActual(ctx context.Context) (int64, error) {
 		return 0, hypervisor.ErrNoBalloon
 	}
 	return v.memTarget, nil
+}
+
+// ioError stops the guest the way a failed disk write does.
+func (v *fakeVM) ioError(de hypervisor.DiskError) {
+	v.mu.Lock()
+	v.state = hypervisor.RunStateIOError
+	v.diskErrs = []hypervisor.DiskError{de}
+	v.mu.Unlock()
+	v.ioErrs <- de
+}
+
+// startExiting makes the VMM hang up its control channel without exiting.
+func (v *fakeVM) startExiting() {
+	v.mu.Lock()
+	v.exiting = true
+	v.mu.Unlock()
 }
 
 func (v *fakeVM) exited() bool {
@@ -189,8 +212,24 @@ func (v *fakeVM) Status(ctx context.Context) (hypervisor.RunState, error) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.exiting {
+		return "", fmt.Errorf("fake: qmp: connection closed: %w", hypervisor.ErrExiting)
+	}
 	return v.state, nil
 }
+func (v *fakeVM) DiskErrors(ctx context.Context) ([]hypervisor.DiskError, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.state != hypervisor.RunStateIOError {
+		return nil, nil
+	}
+	return append([]hypervisor.DiskError(nil), v.diskErrs...), nil
+}
+func (v *fakeVM) IOErrors() <-chan hypervisor.DiskError { return v.ioErrs }
+
+// ReopenSerialLog: print opens the log by name for every line, so it
+// follows a rename by itself.
+func (v *fakeVM) ReopenSerialLog(ctx context.Context) error { return nil }
 func (v *fakeVM) Pause(ctx context.Context) error {
 	v.mu.Lock()
 	v.state = hypervisor.RunStatePaused
@@ -200,6 +239,7 @@ func (v *fakeVM) Pause(ctx context.Context) error {
 func (v *fakeVM) Resume(ctx context.Context) error {
 	v.mu.Lock()
 	v.state = hypervisor.RunStateRunning
+	v.diskErrs = nil
 	v.mu.Unlock()
 	return nil
 }
@@ -210,6 +250,8 @@ func (v *fakeVM) Shutdown(ctx context.Context, timeout time.Duration) error {
 func (v *fakeVM) Kill() error           { v.once.Do(func() { close(v.done) }); return nil }
 func (v *fakeVM) Done() <-chan struct{} { return v.done }
 func (v *fakeVM) Close() error          { return nil }
+
+// SaveState writes a one-file "snapshot" and leaves the VM paused.
 func (v *fakeVM) SaveState(ctx context.Context, dir string, o hypervisor.SaveOptions) (*hypervisor.SnapshotInfo, error) {
 	if err := o.Compression.Validate(); err != nil {
 		return nil, err
@@ -246,8 +288,8 @@ func newTestManager(t testing.TB, root string, hv *fakeHV) (*Manager, *events.Bu
 
 // newTestManagerWith lets a test adjust the Config (nil: no change).
 func newTestManagerWith(t testing.TB, root string, hv *fakeHV, adjust func(*Config)) (*Manager, *events.Bus) {
-	tier.Tools(t, "mkfs.ext4") // the manager formats real overlay disks
 	t.Helper()
+	tier.Tools(t, "mkfs.ext4") // the manager formats real overlay disks
 	bus := events.New(events.Options{})
 	cfg := Config{Paths: paths.New(root), Hypervisor: hv, Images: fakeImages{}, Events: bus, GuestStopTimeout: time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"hypeman/internal/childproc"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
 )
@@ -74,7 +74,8 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 	}
 
 	// From Running: standby the source first, and restore it afterwards
-	// whatever happens to the fork.
+	// whatever happens to the fork. ReturnTo is persisted first, so a
+	// daemon killed anywhere in between restores the source on start.
 	if from == state.Running || from == state.Paused {
 		src.mu.Lock()
 		lv := src.live
@@ -86,19 +87,62 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 		policy := src.meta.SnapshotPolicy
 		src.mu.Unlock()
 		comp, delay := m.standbyPlan(StandbyParams{}, policy)
+		if err := m.setReturnTo(src, from); err != nil {
+			return nil, fmt.Errorf("fork: %w", err)
+		}
 		if err := m.standbyLocked(ctx, src, lv, from, comp, delay); err != nil {
+			m.setReturnTo(src, "")
 			return nil, fmt.Errorf("fork: standby source: %w", err)
 		}
 		defer func() {
-			if rerr := m.restoreLocked(context.WithoutCancel(ctx), src, from == state.Running, false); rerr != nil {
-				m.log.Error("fork: restore source", "id", src.meta.ID, "err", rerr)
-				if err == nil {
-					err = fmt.Errorf("fork: restore source: %w", rerr)
-				}
+			if rerr := m.returnFromStandby(context.WithoutCancel(ctx), src); rerr != nil && err == nil {
+				err = fmt.Errorf("fork: restore source: %w", rerr)
 			}
 		}()
 	}
 	return m.forkLocked(ctx, src, p.Name, target)
+}
+
+// setReturnTo persists the state a temporarily stopped instance returns to.
+func (m *Manager) setReturnTo(e *entry, st state.State) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.meta.ReturnTo = st
+	return m.persist(e)
+}
+
+// returnFromStandby restores an instance put on standby for the length of
+// another operation to its ReturnTo state and clears ReturnTo (caller holds
+// e.op). The instance must be in Standby, or already back (a daemon killed
+// after the restore committed). If the restore fails the instance stays in
+// Standby, visible, for the user to restore; it is not retried.
+func (m *Manager) returnFromStandby(ctx context.Context, e *entry) error {
+	e.mu.Lock()
+	id, to := e.meta.ID, e.meta.ReturnTo
+	e.mu.Unlock()
+	var err error
+	if m.currentState(ctx, e) == state.Standby {
+		if err = m.restoreLocked(ctx, e, to != state.Paused, false); err != nil {
+			m.log.Error("restore instance after a temporary standby", "id", id, "err", err)
+		}
+	}
+	if cerr := m.setReturnTo(e, ""); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// finishReturn completes a temporary standby a previous daemon was killed
+// in the middle of (called from load, after adopt and the removal of half
+// forks).
+func (m *Manager) finishReturn(ctx context.Context, e *entry) {
+	e.op.Lock()
+	defer e.op.Unlock()
+	if err := m.returnFromStandby(ctx, e); err != nil {
+		m.log.Error("finish interrupted fork: source not restored", "id", e.meta.ID, "err", err)
+		return
+	}
+	m.log.Info("finished interrupted fork: source restored", "id", e.meta.ID, "state", m.currentState(ctx, e))
 }
 
 // forkLocked clones src (op lock held; src is Stopped or Standby).
@@ -144,6 +188,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 			return nil, fmt.Errorf("fork: copy %s: %w", f, err)
 		}
 	}
+	m.step("fork:copied")
 	now := time.Now().UTC()
 	meta := Metadata{
 		ID: id, Name: name, Image: sm.Image, ImageDigest: sm.ImageDigest,
@@ -156,6 +201,9 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck,
 		HealthStatus:   initialHealth(sm.HealthCheck),
 		SnapshotPolicy: sm.SnapshotPolicy,
+		// Until the fork reaches its target: a daemon killed before
+		// then removes it on start.
+		Transition: transitionFork,
 	}
 	if src.stateDir != "" && target == state.Standby {
 		if err := copyTree(ctx, src.stateDir, filepath.Join(dir, standbyDir)); err != nil {
@@ -184,6 +232,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 	m.logf(id, "forked from %s (%s)", sm.Name, sm.ID)
 	m.publish(id, "", created, "forked from "+sm.ID)
 	m.scheduleCompression(e) // a pending compression comes along with the state
+	m.step("fork:created")
 
 	switch {
 	case target == state.Running && src.stateDir != "":
@@ -227,6 +276,11 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 			return nil, m.failFork(ctx, e, err)
 		}
 	}
+	m.step("fork:started")
+	if err := m.setTransition(e, ""); err != nil {
+		return nil, m.failFork(ctx, e, fmt.Errorf("fork: %w", err))
+	}
+	m.step("fork:done")
 	return m.view(ctx, e)
 }
 
@@ -252,7 +306,7 @@ func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
 // copySparse copies a disk image keeping holes (and sharing extents where
 // the filesystem supports reflinks), so a 10 GB sparse overlay copies in ms.
 func copySparse(ctx context.Context, src, dst string) error {
-	out, err := exec.CommandContext(ctx, "cp", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
+	out, err := childproc.CommandContext(ctx, "cp", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -261,7 +315,7 @@ func copySparse(ctx context.Context, src, dst string) error {
 
 // copyTree copies a directory (snapshot) the same way.
 func copyTree(ctx context.Context, src, dst string) error {
-	out, err := exec.CommandContext(ctx, "cp", "-r", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
+	out, err := childproc.CommandContext(ctx, "cp", "-r", "--reflink=auto", "--sparse=always", src, dst).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 	}

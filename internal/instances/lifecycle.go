@@ -6,18 +6,19 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"hypeman/internal/childproc"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/rotlog"
 	"hypeman/internal/tags"
 )
 
@@ -204,7 +205,7 @@ func createOverlayDisk(ctx context.Context, path string, size int64) error {
 		return fmt.Errorf("size overlay disk: %w", err)
 	}
 	f.Close()
-	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "hm-overlay",
+	out, err := childproc.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-L", "hm-overlay",
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path).CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "No space left on device") {
@@ -344,9 +345,9 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, configFile), disk, 0o644); err != nil {
 		return err
 	}
-	var offset int64
-	if st, err := os.Stat(filepath.Join(dir, hypervisor.SerialLogName)); err == nil {
-		offset = st.Size()
+	offset, err := rotlog.End(filepath.Join(dir, hypervisor.SerialLogName))
+	if err != nil {
+		return err
 	}
 	now := time.Now().UTC()
 	e.mu.Lock()
@@ -354,6 +355,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.meta.StartedAt = &now
 	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
 	e.meta.RestoredAt, e.meta.ExitKind = nil, ""
+	e.meta.ProgramStarted, e.meta.AgentReady = false, false
 	e.meta.ImageDigest, e.meta.Platform = img.Digest, img.Platform
 	err = m.persist(e)
 	e.mu.Unlock()
@@ -415,6 +417,9 @@ func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error)
 	e.mu.Lock()
 	id := e.meta.ID
 	e.mu.Unlock()
+	if err := m.refuseBroken(e, ActionStop); err != nil {
+		return nil, err
+	}
 	// A Stopped instance waiting in restart backoff can be stopped: that
 	// cancels the pending restart and keeps it down.
 	pendingRestart := st == state.Stopped && m.restartPendingFor(id)
@@ -511,6 +516,10 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 }
 
 // Delete stops the instance if needed and removes it and its data.
+//
+// The intent is persisted first (Transition "delete", restarts off): a
+// daemon killed at any later step finishes the delete when it starts
+// (discardAtLoad) instead of finding a dead VM and restarting it.
 func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	defer m.observe("delete", time.Now(), &err)
 	e, err := m.resolve(ref)
@@ -521,7 +530,6 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	defer e.op.Unlock()
 	e.mu.Lock()
 	deleted, id := e.deleted, e.meta.ID
-	lv, attachErr := e.live, e.attachErr
 	e.mu.Unlock()
 	if deleted {
 		return fmt.Errorf("%w: %s", ErrNotFound, ref)
@@ -530,32 +538,81 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	m.cancelCompression(e)
 	e.mu.Lock()
 	e.meta.RestartStatus.MarkManualStop() // no restart races the delete
+	e.meta.Transition = transitionDelete
+	perr := m.persist(e)
+	broken := e.broken != ""
+	lv := e.live
 	e.mu.Unlock()
+	if perr != nil && !broken {
+		// Deleting is how users free space: go on, but say that a crash
+		// before the end would leave the instance (stopped) behind.
+		m.log.Warn("delete: cannot persist the delete intent; continuing", "id", id, "err", perr)
+	}
+	m.step("delete:intent")
 	if lv != nil {
 		// Delete does not need a graceful stop: kill at once.
 		why := "deleted"
 		lv.stopReason.Store(&why)
 		_ = lv.vm.Kill()
 		<-lv.handled
-	} else if attachErr != "" {
-		m.stopLocked(ctx, e, "deleted")
+	} else {
+		// No handle (re-adoption failed, or metadata unreadable): a VMM
+		// may still run in the dir.
+		m.killDirVMM(ctx, id)
 	}
+	m.step("delete:killed")
 	m.mu.Lock()
 	delete(m.entries, id)
 	m.mu.Unlock()
 	e.mu.Lock()
 	e.deleted = true
 	e.mu.Unlock()
+	if err := m.removeInstanceDir(id); err != nil {
+		return err
+	}
+	m.publish(id, from, "", "deleted")
+	return nil
+}
+
+// killDirVMM kills a VMM running in the instance's dir that the manager
+// holds no handle on.
+func (m *Manager) killDirVMM(ctx context.Context, id string) {
+	vm, err := m.cfg.Hypervisor.Attach(ctx, m.dir(id))
+	if err != nil {
+		return
+	}
+	if err := vm.Kill(); err != nil {
+		m.log.Warn("kill vmm", "id", id, "err", err)
+	}
+	vm.Close()
+}
+
+// removeInstanceDir releases the instance's network and removes its dir:
+// renamed first so a crash mid-removal never leaves a half-deleted instance
+// that still loads (load removes .deleted-* dirs).
+func (m *Manager) removeInstanceDir(id string) error {
 	m.releaseNetwork(id)
-	// Rename first so a crash mid-removal never leaves a half-deleted
-	// instance that still loads.
 	trash := filepath.Join(m.cfg.Paths.InstancesDir(), ".deleted-"+id)
 	if err := os.Rename(m.dir(id), trash); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete instance: %w", err)
 	}
+	m.step("delete:renamed")
 	if err := os.RemoveAll(trash); err != nil {
 		m.log.Warn("remove deleted instance data", "id", id, "err", err)
 	}
-	m.publish(id, from, "", "deleted")
 	return nil
+}
+
+// discardAtLoad removes an instance a previous daemon was killed in the
+// middle of deleting, or of creating as a fork (called from load; it is
+// never registered): its VMM is killed, its network released, its dir
+// removed. A fork's source is restored by finishReturn.
+func (m *Manager) discardAtLoad(ctx context.Context, e *entry, what string) {
+	id := e.meta.ID
+	m.killDirVMM(ctx, id)
+	if err := m.removeInstanceDir(id); err != nil {
+		m.log.Error("remove "+what, "id", id, "err", err)
+		return
+	}
+	m.log.Info("removed "+what, "id", id, "name", e.meta.Name)
 }

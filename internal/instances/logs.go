@@ -1,17 +1,15 @@
 package instances
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/hypervisor"
+	"hypeman/internal/rotlog"
 )
 
 // LogSource selects one of an instance's logs.
@@ -41,6 +39,8 @@ type LogOptions struct {
 	Tail int
 	// Follow keeps streaming new lines until ctx ends or the instance's VM
 	// is gone and everything it wrote has been sent (like docker logs -f).
+	// Tail and follow read across rotated serial log files (package
+	// rotlog); lines longer than rotlog.MaxLine come in pieces.
 	Follow bool
 }
 
@@ -83,13 +83,17 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 	if want > 0 {
 		want += extra
 	}
-	lines, end, err := tailLines(path, want)
+	lines, end, partial, err := rotlog.Tail(path, want)
 	if err != nil {
 		return err
 	}
+	if partial && opts.Follow {
+		// Unfinished: the follower sends it once, when it is complete.
+		lines = lines[:len(lines)-1]
+	}
 	var kept []string
 	for _, l := range lines {
-		if show(l) {
+		if l = strings.TrimRight(l, "\r"); show(l) {
 			kept = append(kept, l)
 		}
 	}
@@ -104,11 +108,12 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 	if !opts.Follow {
 		return nil
 	}
-	t := &lineTailer{path: path, offset: end}
-	defer t.Close()
+	// The follower reads on from end across rotations of the log.
+	r := rotlog.NewReader(path, end)
+	defer r.Close()
 	var sendErr error
-	send := func(l string) {
-		l = strings.TrimRight(l, "\r\n")
+	send := func(b []byte) {
+		l := strings.TrimRight(string(b), "\r\n")
 		if sendErr == nil && show(l) {
 			sendErr = fn(l)
 		}
@@ -119,14 +124,14 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 		e.mu.Lock()
 		live, deleted := e.live != nil, e.deleted
 		e.mu.Unlock()
-		t.poll(send)
+		if err := r.Poll(send); err != nil {
+			return err
+		}
 		if sendErr != nil {
 			return sendErr
 		}
 		if deleted || !live {
-			if t.partial != "" {
-				send(t.partial)
-			}
+			r.Flush(send)
 			return sendErr
 		}
 		select {
@@ -135,63 +140,6 @@ func (m *Manager) StreamLogs(ctx context.Context, ref string, opts LogOptions, f
 		case <-tick.C:
 		}
 	}
-}
-
-// tailLines returns the last n lines of path (all when n < 0) and the file
-// offset after them. A missing file is an empty log.
-func tailLines(path string, n int) ([]string, int64, error) {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("open log: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	size := st.Size()
-	if n == 0 {
-		return nil, size, nil
-	}
-	// Read backwards in chunks until enough newlines are seen.
-	start := int64(0)
-	if n > 0 {
-		const chunk = 64 << 10
-		pos, count := size, 0
-		buf := make([]byte, chunk)
-		for pos > 0 && count <= n {
-			step := min(int64(chunk), pos)
-			pos -= step
-			if _, err := f.ReadAt(buf[:step], pos); err != nil && err != io.EOF {
-				return nil, 0, err
-			}
-			for i := step - 1; i >= 0; i-- {
-				if buf[i] == '\n' && pos+i != size-1 {
-					count++
-					if count == n {
-						start = pos + i + 1
-						break
-					}
-				}
-			}
-			if count >= n {
-				break
-			}
-		}
-	}
-	if _, err := f.Seek(start, io.SeekStart); err != nil {
-		return nil, 0, err
-	}
-	var out []string
-	sc := bufio.NewScanner(io.LimitReader(f, size-start))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		out = append(out, strings.TrimRight(sc.Text(), "\r"))
-	}
-	return out, size, sc.Err()
 }
 
 // isMarkerLine reports whether a console line is one of the guest init's

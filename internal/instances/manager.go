@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -99,6 +100,12 @@ type Config struct {
 	// RequireAgent makes Running wait for the agent-ready marker too
 	// (unless the instance sets skip_guest_agent).
 	RequireAgent bool
+	// SerialLogMaxBytes rotates a VM's serial log (the app log) when it
+	// reaches this size; SerialLogFiles rotated files are kept (at least
+	// 1), so an instance holds at most (SerialLogFiles+1) × SerialLogMaxBytes
+	// of console output while the daemon runs. 0 = no rotation.
+	SerialLogMaxBytes int64
+	SerialLogFiles    int
 	// Defaults for create requests.
 	DefaultSize        string
 	DefaultVCPUs       int
@@ -134,9 +141,18 @@ type entry struct {
 	meta      Metadata
 	live      *liveVM
 	attachErr string // re-adoption failed for a live VMM (state Unknown)
-	deleted   bool
-	compress  *compressJob // delayed standby compression, if scheduled
+	// broken is set when metadata.json could not be read (an unknown
+	// format version, a damaged file): the instance shows as Unknown with
+	// this reason, nothing is written over its files, and only Delete is
+	// allowed.
+	broken   string
+	deleted  bool
+	compress *compressJob // delayed standby compression, if scheduled
 }
+
+// metadataVersion is the metadata.json format this build writes and the
+// newest it reads.
+const metadataVersion = 1
 
 const (
 	metadataFile = "metadata.json"
@@ -246,22 +262,86 @@ func (m *Manager) load(ctx context.Context) error {
 		if !de.IsDir() || strings.HasPrefix(de.Name(), ".") {
 			continue
 		}
+		id := de.Name()
 		var meta Metadata
-		if err := fsutil.ReadJSON(filepath.Join(m.dir(de.Name()), metadataFile), &meta); err != nil {
-			// A create that died before its first metadata write leaves a
-			// dir without metadata: it never existed as far as users know.
-			m.log.Warn("skipping instance dir without readable metadata", "dir", de.Name(), "err", err)
+		_, err := fsutil.ReadVersionedJSON(filepath.Join(m.dir(id), metadataFile), metadataVersion, &meta)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// A create or fork that died before its first metadata
+			// write: it never existed as far as users know.
+			m.removeOrphanDir(ctx, id)
+			continue
+		case err != nil:
+			// Keep the data (a newer hypemand may own it) and report the
+			// instance as Unknown; every other instance loads.
+			e := &entry{meta: Metadata{ID: id, Name: id}, broken: "cannot read instance metadata: " + err.Error()}
+			if st, serr := os.Stat(m.dir(id)); serr == nil {
+				e.meta.CreatedAt = st.ModTime().UTC()
+			}
+			m.entries[id] = e
+			m.log.Error("instance metadata unreadable; instance reported as Unknown", "id", id, "err", err)
 			continue
 		}
+		removeLeftovers(m.dir(id))
 		e := &entry{meta: meta}
+		switch meta.Transition {
+		case transitionDelete:
+			m.discardAtLoad(ctx, e, "instance whose delete was interrupted")
+			continue
+		case transitionFork:
+			m.discardAtLoad(ctx, e, "fork interrupted before it was complete")
+			continue
+		}
 		m.entries[meta.ID] = e
 		m.adopt(ctx, e)
-		removeStandbyNext(m.dir(meta.ID))
 	}
 	for _, e := range m.entries {
 		m.scheduleCompression(e) // interrupted or still pending delayed compressions
 	}
+	for _, e := range m.entries {
+		// Sources of forks from Running that a killed daemon left on
+		// standby: bring them back (after the half forks above are gone).
+		if e.meta.ReturnTo != "" {
+			m.finishReturn(ctx, e)
+		}
+		if e.broken == "" && !e.meta.HasSnapshot {
+			// A committed restore killed before removing its consumed
+			// snapshot leaves it behind (as large as the guest's memory).
+			os.RemoveAll(filepath.Join(m.dir(e.meta.ID), standbyDir))
+		}
+	}
 	return nil
+}
+
+// removeOrphanDir deletes an instance dir without metadata, unless a VMM
+// still runs in it (never the case for dirs our creates and forks leave).
+func (m *Manager) removeOrphanDir(ctx context.Context, id string) {
+	dir := m.dir(id)
+	if vm, err := m.cfg.Hypervisor.Attach(ctx, dir); err == nil {
+		vm.Close()
+		m.log.Warn("instance dir without metadata has a live vmm; leaving it", "dir", dir)
+		return
+	}
+	m.log.Info("removing instance dir without metadata (interrupted create or fork)", "dir", dir)
+	os.RemoveAll(dir)
+}
+
+// leftoverPatterns are temporary files an interrupted operation leaves in an
+// instance dir: atomic-write temps (fsutil), a half-written standby
+// snapshot (the driver's SaveState), half-copied disks of a snapshot
+// restore (RestoreSnapshot), the output of a delayed compression that did
+// not finish (compression.go).
+var leftoverPatterns = []string{".*.tmp-*", standbyDir + ".tmp-*", ".*.restore", standbyNextPrefix + "*"}
+
+// removeLeftovers deletes them; called only while nothing runs on the
+// instance (at load).
+func removeLeftovers(dir string) {
+	for _, pat := range leftoverPatterns {
+		matches, _ := filepath.Glob(filepath.Join(dir, pat))
+		for _, p := range matches {
+			os.RemoveAll(p)
+		}
+	}
 }
 
 // adopt re-attaches a VMM left running by a previous daemon, or reconciles
@@ -276,6 +356,8 @@ func (m *Manager) adopt(ctx context.Context, e *entry) {
 			lv.started.Store(true)
 			lv.agent.Store(true)
 		}
+		lv.started.Store(lv.started.Load() || e.meta.ProgramStarted)
+		lv.agent.Store(lv.agent.Load() || e.meta.AgentReady)
 		e.live = lv
 		m.adoptTransition(ctx, e)
 		if e.live == nil {
@@ -320,9 +402,26 @@ func (m *Manager) Exists(id string) bool {
 	return ok
 }
 
-// persist writes e.meta atomically. Caller holds e.mu.
+// persist writes e.meta atomically. Caller holds e.mu. An instance whose
+// metadata could not be read is never written over.
 func (m *Manager) persist(e *entry) error {
+	if e.broken != "" {
+		return fmt.Errorf("instance %s: not saving metadata: %s", e.meta.ID, e.broken)
+	}
+	e.meta.Version = metadataVersion
 	return fsutil.WriteJSONAtomic(filepath.Join(m.dir(e.meta.ID), metadataFile), &e.meta, 0o644)
+}
+
+// refuseBroken returns a TransitionError for an instance whose metadata
+// could not be read: only Delete applies to it (the other actions would
+// have to write its metadata over).
+func (m *Manager) refuseBroken(e *entry, a Action) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.broken == "" {
+		return nil
+	}
+	return &TransitionError{Action: a, State: state.Unknown, Allowed: []Action{ActionDelete}}
 }
 
 // resolve finds an instance by ID, exact name, or unique ID prefix.
@@ -449,32 +548,12 @@ func (m *Manager) List(ctx context.Context, opts ListOptions) ([]*Instance, erro
 // view snapshots an entry and derives its state.
 func (m *Manager) view(ctx context.Context, e *entry) (*Instance, error) {
 	e.mu.Lock()
-	if e.deleted {
-		e.mu.Unlock()
+	deleted := e.deleted
+	e.mu.Unlock()
+	if deleted {
 		return nil, ErrNotFound
 	}
-	meta := e.meta
-	lv := e.live
-	attachErr := e.attachErr
-	e.mu.Unlock()
-	if lv != nil {
-		select {
-		case <-lv.vm.Done():
-			// The VMM is gone but its watcher may not have recorded the
-			// exit yet: wait for it so nobody sees Stopped without exit
-			// info (the watcher drains the log and persists in ms).
-			select {
-			case <-lv.handled:
-			case <-ctx.Done():
-			case <-time.After(5 * time.Second):
-			}
-			e.mu.Lock()
-			meta, lv, attachErr = e.meta, e.live, e.attachErr
-			e.mu.Unlock()
-		default:
-		}
-	}
-	st, stErr := m.derive(ctx, meta, lv, attachErr)
+	meta, lv, st, stErr := m.read(ctx, e)
 	inst := toInstance(meta, st, stErr)
 	inst.Network = m.networkInfo(meta)
 	policyView(inst, meta)
@@ -492,21 +571,60 @@ func (m *Manager) view(ctx context.Context, e *entry) (*Instance, error) {
 	return inst, nil
 }
 
-// derive computes the state from the VMM and guest markers.
-func (m *Manager) derive(ctx context.Context, meta Metadata, lv *liveVM, attachErr string) (state.State, *string) {
+// exitRecordWait bounds how long a reader waits for the watcher to record
+// the exit of a VMM that is going away (it takes milliseconds: drain the
+// console, persist).
+const exitRecordWait = 5 * time.Second
+
+// read returns a consistent reading of e: its metadata, live VM and derived
+// state. A VM that is exiting (process gone, or its control channel hung
+// up on the way out) is not reported until the watcher has recorded its
+// exit: read waits for that, so Stopped is never visible without its exit
+// information and an exiting VM is never Unknown. If the exit is still not
+// recorded after exitRecordWait (or ctx ends), the VM is reported as
+// Shutdown (the guest is off, the VMM still ends).
+func (m *Manager) read(ctx context.Context, e *entry) (Metadata, *liveVM, state.State, *string) {
+	for waited := false; ; waited = true {
+		e.mu.Lock()
+		meta, lv, attachErr, broken := e.meta, e.live, e.attachErr, e.broken
+		e.mu.Unlock()
+		if broken != "" {
+			return meta, lv, state.Unknown, &broken
+		}
+		st, stErr, exiting := m.derive(ctx, meta, lv, attachErr)
+		if !exiting {
+			return meta, lv, st, stErr
+		}
+		if waited || ctx.Err() != nil {
+			msg := "the vmm is exiting; its exit status is not recorded yet"
+			return meta, lv, state.Shutdown, &msg
+		}
+		t := time.NewTimer(exitRecordWait)
+		select {
+		case <-lv.handled:
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// derive computes the state from the VMM and guest markers. exiting means
+// the VMM is going away and its watcher has not recorded the exit yet (the
+// returned state is then meaningless).
+func (m *Manager) derive(ctx context.Context, meta Metadata, lv *liveVM, attachErr string) (st state.State, stErr *string, exiting bool) {
 	if attachErr != "" {
-		return state.Unknown, &attachErr
+		return state.Unknown, &attachErr, false
 	}
 	if lv == nil {
 		if meta.HasSnapshot {
-			return state.Standby, nil
+			return state.Standby, nil, false
 		}
-		return state.Stopped, nil
+		return state.Stopped, nil, false
 	}
 	select {
 	case <-lv.vm.Done():
-		// Exited; the watcher is recording it. Report the outcome now.
-		return state.Stopped, nil
+		return "", nil, true
 	default:
 	}
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -515,27 +633,33 @@ func (m *Manager) derive(ctx context.Context, meta Metadata, lv *liveVM, attachE
 	if err != nil {
 		select {
 		case <-lv.vm.Done():
-			return state.Stopped, nil
+			return "", nil, true
 		default:
 		}
+		if errors.Is(err, hypervisor.ErrExiting) || errors.Is(err, hypervisor.ErrNotRunning) {
+			return "", nil, true
+		}
 		msg := fmt.Sprintf("vmm control channel unreachable: %v", err)
-		return state.Unknown, &msg
+		return state.Unknown, &msg, false
 	}
 	switch rs {
 	case hypervisor.RunStateCreated:
-		return state.Created, nil
+		return state.Created, nil, false
 	case hypervisor.RunStatePaused:
-		return state.Paused, nil
+		return state.Paused, nil, false
+	case hypervisor.RunStateIOError:
+		msg := ioErrorMessage(lv.vm.DiskErrors(qctx))
+		return state.Paused, &msg, false
 	case hypervisor.RunStateShutdown:
-		return state.Shutdown, nil
+		return state.Shutdown, nil, false
 	case hypervisor.RunStateRunning:
 		if lv.programStarted() && (!m.cfg.RequireAgent || meta.SkipGuestAgent || lv.agentReady()) {
-			return state.Running, nil
+			return state.Running, nil, false
 		}
-		return state.Initializing, nil
+		return state.Initializing, nil, false
 	}
 	msg := fmt.Sprintf("unexpected vmm run state %q", rs)
-	return state.Unknown, &msg
+	return state.Unknown, &msg, false
 }
 
 func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
@@ -554,10 +678,7 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 
 // currentState derives the state of e (caller holds e.op).
 func (m *Manager) currentState(ctx context.Context, e *entry) state.State {
-	e.mu.Lock()
-	meta, lv, ae := e.meta, e.live, e.attachErr
-	e.mu.Unlock()
-	st, _ := m.derive(ctx, meta, lv, ae)
+	_, _, st, _ := m.read(ctx, e)
 	return st
 }
 

@@ -73,6 +73,9 @@ func (m *Manager) Update(ctx context.Context, ref string, p UpdateParams) (*Inst
 	if err != nil {
 		return nil, err
 	}
+	if err := m.refuseBroken(e, "update"); err != nil {
+		return nil, err
+	}
 	st := m.currentState(ctx, e)
 	e.mu.Lock()
 	if p.RestartPolicy != nil {
@@ -152,9 +155,8 @@ func (m *Manager) snapshotState(ctx context.Context, e *entry) (Metadata, state.
 		e.mu.Unlock()
 		return Metadata{}, "", ErrNotFound
 	}
-	meta, lv, ae := e.meta, e.live, e.attachErr
 	e.mu.Unlock()
-	st, _ := m.derive(ctx, meta, lv, ae)
+	meta, _, st, _ := m.read(ctx, e)
 	return meta, st, nil
 }
 

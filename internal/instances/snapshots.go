@@ -74,6 +74,9 @@ var ErrSnapshotNotFound = errors.New("snapshot not found")
 // snapshotRecord is snapshot.json: the public view plus the source
 // instance's metadata (what a fork or restore recreates).
 type snapshotRecord struct {
+	// Version is the snapshot.json format (snapshotVersion; a file
+	// without one is version 1).
+	Version int `json:"version"`
 	Snapshot
 	Source Metadata `json:"source"`
 	// LegacyCompressed is what snapshot.json held before compression
@@ -108,6 +111,10 @@ func (r *snapshotRecord) standbyCompression() StandbyCompression {
 	return StandbyCompression{Compression: r.Compression, State: r.CompressionState,
 		CompressedBytes: r.CompressedBytes, UncompressedBytes: r.UncompressedBytes}
 }
+
+// snapshotVersion is the snapshot.json format this build writes and the
+// newest it reads.
+const snapshotVersion = 1
 
 const (
 	snapshotFile     = "snapshot.json"
@@ -185,7 +192,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 	}
 	defer os.RemoveAll(tmp) // no-op after the rename
 	dir := m.dir(meta.ID)
-	rec := snapshotRecord{Snapshot: Snapshot{
+	rec := snapshotRecord{Version: snapshotVersion, Snapshot: Snapshot{
 		ID: sid, Name: name, Kind: kind, SourceInstanceID: meta.ID, SourceInstanceName: meta.Name,
 		Image: meta.Image, ImageDigest: meta.ImageDigest, Tags: maps.Clone(p.Tags), Hypervisor: meta.Hypervisor,
 		CreatedAt: time.Now().UTC(), MemoryBytes: meta.MemoryBytes,
@@ -274,7 +281,7 @@ func diskUsage(dir string) int64 {
 
 func (m *Manager) readSnapshot(sid string) (*snapshotRecord, error) {
 	var rec snapshotRecord
-	if err := fsutil.ReadJSON(filepath.Join(m.cfg.Paths.SnapshotDir(sid), snapshotFile), &rec); err != nil {
+	if _, err := fsutil.ReadVersionedJSON(filepath.Join(m.cfg.Paths.SnapshotDir(sid), snapshotFile), snapshotVersion, &rec); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s", ErrSnapshotNotFound, sid)
 		}
@@ -297,9 +304,12 @@ func (m *Manager) snapshotRecords() ([]*snapshotRecord, error) {
 		if !de.IsDir() || strings.HasPrefix(de.Name(), ".") {
 			continue
 		}
-		if rec, err := m.readSnapshot(de.Name()); err == nil {
-			out = append(out, rec)
+		rec, err := m.readSnapshot(de.Name())
+		if err != nil {
+			m.log.Warn("skipping unreadable snapshot", "id", de.Name(), "err", err)
+			continue
 		}
+		out = append(out, rec)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out, nil
@@ -342,8 +352,13 @@ func (m *Manager) resolveSnapshot(ref string) (*snapshotRecord, error) {
 	if ref == "" || strings.ContainsAny(ref, "/\\") || strings.HasPrefix(ref, ".") {
 		return nil, fmt.Errorf("%w: %q", ErrSnapshotNotFound, ref)
 	}
-	if rec, err := m.readSnapshot(ref); err == nil {
+	rec, err := m.readSnapshot(ref)
+	var ve *fsutil.VersionError
+	switch {
+	case err == nil:
 		return rec, nil
+	case errors.As(err, &ve):
+		return nil, err // say why this snapshot cannot be used
 	}
 	recs, err := m.snapshotRecords()
 	if err != nil {

@@ -18,6 +18,8 @@ const standbyDir = "standby"
 const (
 	transitionStandby = "standby"
 	transitionRestore = "restore"
+	transitionDelete  = "delete" // see Delete and discardAtLoad
+	transitionFork    = "fork"   // on a fork until it reaches its target (discardAtLoad)
 )
 
 // Pause freezes a Running instance's vCPUs (memory stays resident).
@@ -295,7 +297,7 @@ func (m *Manager) adoptTransition(ctx context.Context, e *entry) {
 	case !e.meta.HasSnapshot && lv != nil:
 		// Standby not committed (or restore committed): the VM is intact
 		// and merely paused → continue it.
-		if rs, err := lv.vm.Status(ctx); err == nil && rs == hypervisor.RunStatePaused {
+		if rs, err := lv.vm.Status(ctx); err == nil && rs == hypervisor.RunStatePaused && e.meta.ReturnTo != state.Paused {
 			if err := lv.vm.Resume(ctx); err != nil {
 				m.log.Error("resume after interrupted operation", "id", id, "err", err)
 			}

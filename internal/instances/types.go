@@ -57,6 +57,9 @@ type Instance struct {
 
 // Metadata is what is persisted per instance (metadata.json).
 type Metadata struct {
+	// Version is the metadata.json format (metadataVersion; a file
+	// without one is version 1). persist writes it.
+	Version        int               `json:"version"`
 	ID             string            `json:"id"`
 	Name           string            `json:"name"`
 	Image          string            `json:"image"`
@@ -86,10 +89,22 @@ type Metadata struct {
 	// boot began: markers before it belong to earlier boots.
 	BootSerialOffset int64 `json:"boot_serial_offset"`
 	// Transition names a multi-step operation in progress ("standby",
-	// "restore"). It is persisted before the first step so that a daemon
-	// killed midway finishes or rolls back the operation on restart
-	// instead of leaving a half state (see adoptTransition).
+	// "restore", "delete", and "fork" on a fork that has not reached its
+	// target state yet). It is persisted before the first step so that a
+	// daemon killed midway finishes or rolls back the operation on restart
+	// instead of leaving a half state (see adoptTransition and
+	// discardAtLoad).
 	Transition string `json:"transition,omitempty"`
+	// ReturnTo is set while an instance is on standby only for the length
+	// of another operation (a fork from Running): the state it must end in.
+	// A daemon killed midway restores it to that state on start.
+	ReturnTo state.State `json:"return_to,omitempty"`
+	// ProgramStarted and AgentReady record that the current boot's guest
+	// printed its program-start and agent-ready markers: the console log
+	// holding them may be rotated away before a later daemon re-adopts the
+	// VM and replays the log.
+	ProgramStarted bool `json:"program_started,omitempty"`
+	AgentReady     bool `json:"agent_ready,omitempty"`
 	// RestoredAt is set when the running VM was restored from a snapshot
 	// (cleared by a fresh boot): its program started before the restore,
 	// so no start marker will appear in this VM's serial log.

@@ -1,10 +1,9 @@
 package instances
 
 import (
-	"bufio"
+	"context"
 	"errors"
-	"io"
-	"os"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/rotlog"
 )
 
 // liveVM is a VMM process the manager holds a handle on.
@@ -29,6 +29,8 @@ type liveVM struct {
 	standby atomic.Bool
 	// agentConn is the VM's shared guest agent connection.
 	agentConn agentSlot
+	// rotateErr is the last serial log rotation failure (logged once).
+	rotateErr atomic.Pointer[string]
 }
 
 func newLiveVM(vm hypervisor.VM) *liveVM {
@@ -59,13 +61,15 @@ func (m *Manager) startWatcher(e *entry, lv *liveVM, adopted bool) {
 
 func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted bool) {
 	path := filepath.Join(m.dir(id), hypervisor.SerialLogName)
-	t := &lineTailer{path: path, offset: offset}
-	defer t.Close()
+	r := rotlog.NewReader(path, offset)
+	defer r.Close()
 	silent := adopted
-	onLine := func(line string) {
+	onLine := func(b []byte) {
+		line := string(b)
 		switch {
 		case strings.Contains(line, guestconfig.MarkerProgramStart):
 			if !lv.started.Swap(true) {
+				m.recordMarker(e, lv, func(meta *Metadata) *bool { return &meta.ProgramStarted })
 				if !silent {
 					m.logf(id, "program started")
 					if !lv.launchedAt.IsZero() {
@@ -77,7 +81,11 @@ func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted b
 				}
 			}
 		case strings.Contains(line, guestconfig.MarkerAgentReady):
-			if !lv.agent.Swap(true) && !silent && m.cfg.RequireAgent && lv.programStarted() && !m.skipAgent(e) {
+			if lv.agent.Swap(true) {
+				break
+			}
+			m.recordMarker(e, lv, func(meta *Metadata) *bool { return &meta.AgentReady })
+			if !silent && m.cfg.RequireAgent && lv.programStarted() && !m.skipAgent(e) {
 				m.publish(id, state.Initializing, state.Running, "guest agent ready")
 			}
 		default:
@@ -89,17 +97,81 @@ func (m *Manager) watch(e *entry, id string, lv *liveVM, offset int64, adopted b
 	ticker := time.NewTicker(serialPollInterval)
 	defer ticker.Stop()
 	for {
-		t.poll(onLine)
+		if err := r.Poll(onLine); err != nil {
+			m.log.Warn("read serial log", "id", id, "err", err)
+		}
 		silent = false
+		m.rotateSerial(id, lv, path)
 		select {
 		case <-lv.vm.Done():
-			t.poll(onLine) // drain what the guest printed last
+			m.step("vm:exited")
+			r.Poll(onLine) // drain what the guest printed last
+			r.Flush(onLine)
 			m.recordExit(e, id, lv)
 			return
 		case <-m.closed:
 			return
+		case de := <-lv.vm.IOErrors():
+			m.recordIOError(id, lv, de)
 		case <-ticker.C:
 		}
+	}
+}
+
+// recordIOError logs and publishes a guest stopped by a failed disk
+// request (the VMM paused it; Resume retries the request).
+func (m *Manager) recordIOError(id string, lv *liveVM, de hypervisor.DiskError) {
+	msg := ioErrorMessage([]hypervisor.DiskError{de}, nil)
+	m.log.Warn("guest paused by a disk I/O error", "id", id, "disk", de.File, "reason", de.Reason)
+	m.logf(id, "paused by the vmm: %s", msg)
+	from := state.Initializing
+	if lv.programStarted() {
+		from = state.Running
+	}
+	m.publish(id, from, state.Paused, msg)
+}
+
+// ioErrorMessage explains an io-error pause (state_error): which disk, why,
+// and what to do.
+func ioErrorMessage(errs []hypervisor.DiskError, err error) string {
+	if err != nil || len(errs) == 0 {
+		return "guest paused by a disk I/O error; free space on the host (or fix the disk) and resume"
+	}
+	parts := make([]string, 0, len(errs))
+	noSpace := false
+	for _, de := range errs {
+		parts = append(parts, fmt.Sprintf("guest I/O error on disk %s: %s", diskName(de.File), de.Reason))
+		noSpace = noSpace || de.NoSpace
+	}
+	fix := "fix the host disk and resume"
+	if noSpace {
+		fix = "free space on the host filesystem and resume"
+	}
+	return strings.Join(parts, "; ") + "; " + fix
+}
+
+// diskName names an instance disk by its role.
+func diskName(file string) string {
+	switch file {
+	case overlayFile:
+		return "overlay"
+	case configFile:
+		return "config"
+	}
+	return "root (" + file + ")"
+}
+
+// recordMarker persists that lv's boot printed a marker (flag picks the
+// Metadata field), unless the entry has moved on to another VM.
+func (m *Manager) recordMarker(e *entry, lv *liveVM, flag func(*Metadata) *bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.live != lv || e.deleted || *flag(&e.meta) {
+		return
+	}
+	*flag(&e.meta) = true
+	if err := m.persist(e); err != nil {
+		m.log.Warn("persist boot marker", "id", e.meta.ID, "err", err)
 	}
 }
 
@@ -169,70 +241,45 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 	m.publish(id, from, state.Stopped, reason)
 }
 
-// lineTailer reads complete lines appended to a file since offset. The file
-// and its buffered reader stay open across polls (a watcher polls every
-// 50 ms for the life of a VM); Close releases them.
-type lineTailer struct {
-	path    string
-	offset  int64
-	partial string
-	f       *os.File
-	r       *bufio.Reader
-}
-
-func (t *lineTailer) poll(fn func(string)) {
-	if t.f == nil {
-		f, err := os.Open(t.path)
-		if err != nil {
-			return // not created yet
-		}
-		if _, err := f.Seek(t.offset, io.SeekStart); err != nil {
-			f.Close()
-			return
-		}
-		t.f, t.r = f, bufio.NewReaderSize(f, 64<<10)
+// rotateSerial rotates the VM's serial log once it reaches the configured
+// size (see package rotlog: the VMM reopens it, no output is lost), and
+// finishes a rotation a killed daemon left half done.
+func (m *Manager) rotateSerial(id string, lv *liveVM, path string) {
+	if m.cfg.SerialLogMaxBytes <= 0 {
+		return
 	}
-	for {
-		s, err := t.r.ReadString('\n')
-		t.offset += int64(len(s))
-		if err != nil {
-			t.partial += s
-			// Keep partial lines bounded: a program printing without
-			// newlines must not grow memory without end.
-			if len(t.partial) > 64<<10 {
-				fn(t.partial)
-				t.partial = ""
-			}
-			return
-		}
-		fn(t.partial + s)
-		t.partial = ""
-	}
-}
-
-// Close releases the file.
-func (t *lineTailer) Close() {
-	if t.f != nil {
-		t.f.Close()
-		t.f, t.r = nil, nil
-	}
-}
-
-// scanExit finds the last exit marker in the serial log after offset.
-func scanExit(path string, offset int64) (*guestconfig.Exit, error) {
-	t := &lineTailer{path: path, offset: offset}
-	defer t.Close()
-	var exit *guestconfig.Exit
-	t.poll(func(line string) {
-		if ex, ok := guestconfig.ParseExit(line); ok {
-			exit = &ex
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rotated, err := rotlog.Rotate(path, m.cfg.SerialLogMaxBytes, m.cfg.SerialLogFiles, func() error {
+		return lv.vm.ReopenSerialLog(ctx)
 	})
-	if t.partial != "" {
-		if ex, ok := guestconfig.ParseExit(t.partial); ok {
+	if err != nil {
+		// Retried at every poll; logged once until a rotation succeeds.
+		if msg := err.Error(); lv.rotateErr.Swap(&msg) == nil {
+			m.log.Warn("serial log rotation failed", "id", id, "err", err)
+		}
+		return
+	}
+	if rotated {
+		lv.rotateErr.Store(nil)
+	}
+}
+
+// scanExit finds the last exit marker in the serial log after offset (a
+// logical offset: see package rotlog).
+func scanExit(path string, offset int64) (*guestconfig.Exit, error) {
+	r := rotlog.NewReader(path, offset)
+	defer r.Close()
+	var exit *guestconfig.Exit
+	find := func(line []byte) {
+		if ex, ok := guestconfig.ParseExit(string(line)); ok {
 			exit = &ex
 		}
 	}
+	if err := r.Poll(find); err != nil {
+		return nil, err
+	}
+	r.Flush(find)
 	if exit == nil {
 		return nil, errors.New("no exit marker")
 	}

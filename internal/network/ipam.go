@@ -26,6 +26,10 @@ var ErrSubnetChanged = errors.New("subnet changed while leases exist")
 // ErrCorruptLeases is wrapped when leases.json cannot be trusted.
 var ErrCorruptLeases = errors.New("corrupt lease database")
 
+// leasesVersion is the leases.json format this build writes and the newest
+// it reads (a file without "version" is version 1).
+const leasesVersion = 1
+
 type leaseState struct {
 	Version int               `json:"version"`
 	Subnet  string            `json:"subnet"`
@@ -54,20 +58,18 @@ func openIPAM(dir string, p pool) (*ipam, error) {
 	a := &ipam{
 		path: filepath.Join(dir, LeasesFile),
 		pool: p,
-		st:   leaseState{Version: 1, Subnet: p.prefix.String(), Leases: map[string]*Lease{}},
+		st:   leaseState{Version: leasesVersion, Subnet: p.prefix.String(), Leases: map[string]*Lease{}},
 		used: map[netip.Addr]string{},
 		macs: map[string]string{},
 	}
 	var st leaseState
-	err := fsutil.ReadJSON(a.path, &st)
+	_, err := fsutil.ReadVersionedJSON(a.path, leasesVersion, &st)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return a, nil
 	case err != nil:
+		// An unknown version wraps *fsutil.VersionError (file, version).
 		return nil, fmt.Errorf("%w: %w", ErrCorruptLeases, err)
-	}
-	if st.Version != 1 {
-		return nil, fmt.Errorf("%w: %s: version %d", ErrCorruptLeases, a.path, st.Version)
 	}
 	if st.Subnet != p.prefix.String() {
 		if len(st.Leases) > 0 {
@@ -187,6 +189,7 @@ func (a *ipam) list() []*Lease {
 }
 
 func (a *ipam) saveLocked() error {
+	a.st.Version = leasesVersion
 	if err := fsutil.WriteJSONAtomic(a.path, &a.st, 0o600); err != nil {
 		return fmt.Errorf("save leases: %w", err)
 	}

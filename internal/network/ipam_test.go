@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"hypeman/internal/fsutil"
 )
 
 func mustPool(t *testing.T, s string) pool {
@@ -194,6 +196,25 @@ func TestSubnetChangeAndCorruption(t *testing.T) {
 		if _, err := openIPAM(dir, mustPool(t, "198.51.100.0/24")); !errors.Is(err, ErrCorruptLeases) {
 			t.Errorf("%s: want ErrCorruptLeases, got %v", name, err)
 		}
+	}
+	// An unknown version names the file and the version.
+	os.WriteFile(path, []byte(`{"version":2,"subnet":"198.51.100.0/24","leases":{}}`), 0o600)
+	var ve *fsutil.VersionError
+	if _, err := openIPAM(dir, mustPool(t, "198.51.100.0/24")); !errors.As(err, &ve) || ve.Path != path || ve.Version != 2 {
+		t.Errorf("unknown version: %v", err)
+	}
+	// Written before versions existed: read as version 1.
+	os.WriteFile(path, []byte(`{"subnet":"198.51.100.0/24","leases":{"y":{"instance_id":"y","ip":"198.51.100.2","mac":"02:00:00:00:00:01"}}}`), 0o600)
+	c, err := openIPAM(dir, mustPool(t, "198.51.100.0/24"))
+	if err != nil {
+		t.Fatalf("unversioned leases: %v", err)
+	}
+	if _, _, err := c.allocate("z", nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	var saved leaseState
+	if err := fsutil.ReadJSON(path, &saved); err != nil || saved.Version != 1 || len(saved.Leases) != 2 {
+		t.Errorf("rewritten leases: %+v %v", saved, err)
 	}
 }
 

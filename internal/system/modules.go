@@ -9,11 +9,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+
+	"hypeman/internal/childproc"
 )
 
 // DefaultGuestModules returns the modules the hypeman guest needs: the
@@ -224,7 +225,7 @@ func decodeModule(ctx context.Context, name string, raw []byte) ([]byte, error) 
 // module set has no xz decoder, and Debian 12 modules are not compressed.
 func decompressXZ(ctx context.Context, raw []byte) ([]byte, error) {
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "xz", "-dc")
+	cmd := childproc.CommandContext(ctx, "xz", "-dc")
 	cmd.Stdin = bytes.NewReader(raw)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

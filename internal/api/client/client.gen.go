@@ -1222,7 +1222,7 @@ type Error struct {
 	// image_not_ready, agent_unavailable, instance_in_standby,
 	// request_too_large, request_timeout, unsupported_media_type,
 	// method_not_allowed, insufficient_resources,
-	// insufficient_storage, internal, bad_gateway, timeout,
+	// insufficient_storage, unsupported_format, internal, bad_gateway, timeout,
 	// unavailable, not_implemented.
 	//
 	//
@@ -1625,13 +1625,19 @@ type Instance struct {
 
 	// State Created: VMM created, not started. Initializing: the VM runs, the
 	// guest init is still preparing the program. Running: the program has
-	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
-	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
-	// memory snapshot to restore. Unknown: the state could not be
-	// determined (see state_error).
+	// started. Paused: vCPUs frozen (by a request, or by a disk error
+	// such as a full host disk: state_error says which disk and why; free
+	// the space and resume). Shutdown: the guest shut down, the VMM is
+	// still there (also seen for a moment while a VM process exits,
+	// before its exit is recorded). Stopped: no VMM, no snapshot.
+	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// could not be determined (see state_error); an instance whose stored
+	// metadata cannot be read is Unknown and can only be deleted.
 	State InstanceState `json:"state"`
 
-	// StateError Why the state is Unknown (or why a Paused VM stopped by itself).
+	// StateError Why the state is Unknown, or why a Paused VM stopped by itself
+	// (e.g. "guest I/O error on disk overlay: no space left on
+	// device; free space on the host filesystem and resume").
 	StateError *string    `json:"state_error"`
 	StoppedAt  *time.Time `json:"stopped_at"`
 
@@ -1694,10 +1700,14 @@ type InstanceNetwork struct {
 
 // InstanceState Created: VMM created, not started. Initializing: the VM runs, the
 // guest init is still preparing the program. Running: the program has
-// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
-// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
-// memory snapshot to restore. Unknown: the state could not be
-// determined (see state_error).
+// started. Paused: vCPUs frozen (by a request, or by a disk error
+// such as a full host disk: state_error says which disk and why; free
+// the space and resume). Shutdown: the guest shut down, the VMM is
+// still there (also seen for a moment while a VM process exits,
+// before its exit is recorded). Stopped: no VMM, no snapshot.
+// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+// could not be determined (see state_error); an instance whose stored
+// metadata cannot be read is Unknown and can only be deleted.
 type InstanceState string
 
 // InstanceStats defines model for InstanceStats.
@@ -2164,18 +2174,26 @@ type VolumeMount struct {
 type WaitForStateResponse struct {
 	// Reached Created: VMM created, not started. Initializing: the VM runs, the
 	// guest init is still preparing the program. Running: the program has
-	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
-	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
-	// memory snapshot to restore. Unknown: the state could not be
-	// determined (see state_error).
+	// started. Paused: vCPUs frozen (by a request, or by a disk error
+	// such as a full host disk: state_error says which disk and why; free
+	// the space and resume). Shutdown: the guest shut down, the VMM is
+	// still there (also seen for a moment while a VM process exits,
+	// before its exit is recorded). Stopped: no VMM, no snapshot.
+	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// could not be determined (see state_error); an instance whose stored
+	// metadata cannot be read is Unknown and can only be deleted.
 	Reached *InstanceState `json:"reached,omitempty"`
 
 	// State Created: VMM created, not started. Initializing: the VM runs, the
 	// guest init is still preparing the program. Running: the program has
-	// started. Paused: vCPUs frozen. Shutdown: the guest shut down, the VMM
-	// is still there. Stopped: no VMM, no snapshot. Standby: no VMM, a
-	// memory snapshot to restore. Unknown: the state could not be
-	// determined (see state_error).
+	// started. Paused: vCPUs frozen (by a request, or by a disk error
+	// such as a full host disk: state_error says which disk and why; free
+	// the space and resume). Shutdown: the guest shut down, the VMM is
+	// still there (also seen for a moment while a VM process exits,
+	// before its exit is recorded). Stopped: no VMM, no snapshot.
+	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// could not be determined (see state_error); an instance whose stored
+	// metadata cannot be read is Unknown and can only be deleted.
 	State      InstanceState `json:"state"`
 	StateError *string       `json:"state_error,omitempty"`
 	TimedOut   bool          `json:"timed_out"`
@@ -2931,7 +2949,10 @@ type ClientInterface interface {
 	// meanwhile a `: keepalive` comment line is sent every 15 s, without a
 	// blank line after it (a blank line would dispatch an empty event,
 	// which the SDK cannot decode). A failure after the stream started is
-	// one event named `error` whose data is the Error object.
+	// one event named `error` whose data is the Error object. The
+	// console log is rotated by size (`serial_log_max_size`); tail and
+	// follow read across the rotated files. A line longer than 64 KiB
+	// arrives as several lines of at most 64 KiB.
 	//
 	// Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 	GetInstanceLogs(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -4160,7 +4181,10 @@ func (c *Client) ForkInstance(ctx context.Context, id InstanceID, body ForkInsta
 // meanwhile a `: keepalive` comment line is sent every 15 s, without a
 // blank line after it (a blank line would dispatch an empty event,
 // which the SDK cannot decode). A failure after the stream started is
-// one event named `error` whose data is the Error object.
+// one event named `error` whose data is the Error object. The
+// console log is rotated by size (`serial_log_max_size`); tail and
+// follow read across the rotated files. A line longer than 64 KiB
+// arrives as several lines of at most 64 KiB.
 //
 // Corresponds with GET /instances/{id}/logs (the `GetInstanceLogs` operationId).
 func (c *Client) GetInstanceLogs(ctx context.Context, id InstanceID, params *GetInstanceLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -8311,7 +8335,10 @@ type ClientWithResponsesInterface interface {
 	// meanwhile a `: keepalive` comment line is sent every 15 s, without a
 	// blank line after it (a blank line would dispatch an empty event,
 	// which the SDK cannot decode). A failure after the stream started is
-	// one event named `error` whose data is the Error object.
+	// one event named `error` whose data is the Error object. The
+	// console log is rotated by size (`serial_log_max_size`); tail and
+	// follow read across the rotated files. A line longer than 64 KiB
+	// arrives as several lines of at most 64 KiB.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -14587,7 +14614,10 @@ func (c *ClientWithResponses) ForkInstanceWithResponse(ctx context.Context, id I
 // meanwhile a `: keepalive` comment line is sent every 15 s, without a
 // blank line after it (a blank line would dispatch an empty event,
 // which the SDK cannot decode). A failure after the stream started is
-// one event named `error` whose data is the Error object.
+// one event named `error` whose data is the Error object. The
+// console log is rotated by size (`serial_log_max_size`); tail and
+// follow read across the rotated files. A line longer than 64 KiB
+// arrives as several lines of at most 64 KiB.
 //
 // Returns a wrapper object for the known response body format(s).
 //

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"hypeman/internal/childproc"
 	"hypeman/internal/hypervisor"
 )
 
@@ -128,7 +128,7 @@ func BootProbe(ctx context.Context, binary, kernel string, accel hypervisor.Acce
 	}
 	serial := filepath.Join(dir, "serial.log")
 	// panic=-1 + -no-reboot: the panic at root mount makes QEMU exit at once.
-	cmd := exec.CommandContext(ctx, binary,
+	cmd := childproc.CommandContext(ctx, binary,
 		"-machine", "microvm,accel="+string(accel)+",isa-serial=on,rtc=on",
 		"-cpu", cpu, "-m", "256M", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -76,8 +76,8 @@ func BuildArgs(spec LaunchSpec) ([]string, error) {
 	args = append(args, "-append", KernelCmdline(memoryCmdline(vm.Cmdline, vm.MemoryMiB, vm.BalloonMiB), spec.TSCKHz))
 
 	args = append(args,
-		"-chardev", "file,id=ser0,path="+hypervisor.SerialLogName+",append=on",
-		"-serial", "chardev:ser0",
+		"-chardev", "file,id="+serialChardev+",path="+hypervisor.SerialLogName+",append=on",
+		"-serial", "chardev:"+serialChardev,
 		"-chardev", "socket,id=qmp,path="+QMPSocketName+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 	)

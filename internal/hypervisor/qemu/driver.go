@@ -289,7 +289,7 @@ func (d *Driver) start(ctx context.Context, dir, id string, rec LaunchRecord, ex
 	pf := PidFile{Pid: pid, StartTime: st.StartTime}
 
 	exited := make(chan struct{})
-	v := &VM{drv: d, dir: dir, pf: pf, child: true, log: d.log.With("vm", id, "pid", pid), done: exited}
+	v := newVM(&VM{drv: d, dir: dir, pf: pf, child: true, log: d.log.With("vm", id, "pid", pid), done: exited})
 	go func() {
 		werr := cmd.Wait()
 		v.mu.Lock()
@@ -341,6 +341,7 @@ func (d *Driver) start(ctx context.Context, dir, id string, rec LaunchRecord, ex
 	}
 	v.qmp = c
 	v.qmpReady = time.Since(start)
+	go v.watchEvents()
 	v.log.Info("qemu launched", "qmp_ready_ms", v.qmpReady.Milliseconds(), "qemu", c.Version().String(), "accelerator", rec.Accel)
 	return v, nil
 }
@@ -407,7 +408,9 @@ func (d *Driver) Attach(ctx context.Context, dir string) (hypervisor.VM, error) 
 		}
 		return nil, fmt.Errorf("qemu attach %s: %w", dir, err)
 	}
-	return &VM{drv: d, dir: dir, pf: pf, log: d.log.With("dir", dir, "pid", pf.Pid), qmp: c, done: done, stopWatch: stop}, nil
+	v := newVM(&VM{drv: d, dir: dir, pf: pf, log: d.log.With("dir", dir, "pid", pf.Pid), qmp: c, done: done, stopWatch: stop})
+	go v.watchEvents()
+	return v, nil
 }
 
 // removeStale deletes the pid file and QMP socket of a VMM that is gone.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"hypeman/internal/childproc"
 	"hypeman/internal/hypervisor"
 )
 
@@ -318,7 +318,7 @@ func (d *Driver) installedVersion(ctx context.Context) (string, string, error) {
 	if d.verOK {
 		return d.version, d.versionPkg, nil
 	}
-	out, err := exec.CommandContext(ctx, d.binary, "--version").Output()
+	out, err := childproc.CommandContext(ctx, d.binary, "--version").Output()
 	if err != nil {
 		return "", "", fmt.Errorf("%s --version: %w", d.binary, err)
 	}

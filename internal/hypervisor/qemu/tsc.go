@@ -6,13 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hypeman/internal/childproc"
 )
 
 // TSCSource is where the host TSC rate can be found. Tests fake it.
@@ -120,7 +121,7 @@ func (Host) KernelLog(ctx context.Context) (string, error) {
 	if kerr == nil {
 		return s, nil
 	}
-	out, err := exec.CommandContext(ctx, "dmesg").Output()
+	out, err := childproc.CommandContext(ctx, "dmesg").Output()
 	if err != nil {
 		return "", fmt.Errorf("/dev/kmsg: %w; dmesg: %w", kerr, err)
 	}

@@ -2,10 +2,12 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,10 +41,27 @@ type VM struct {
 	// after each chunk SaveState reads.
 	saveHook func(streamed int64)
 
-	mu      sync.Mutex
-	qmp     *qmp.Client
-	closed  bool
+	// ioErrs carries BLOCK_IO_ERROR events that stopped the guest
+	// (watchEvents); quit and eventsDone end that goroutine on Close.
+	ioErrs     chan hypervisor.DiskError
+	quit       chan struct{}
+	eventsDone chan struct{}
+
+	mu     sync.Mutex
+	qmp    *qmp.Client
+	closed bool
+	// lostQMP: QEMU itself closed the QMP connection (it does so only
+	// when exiting) and no new one has been made since.
+	lostQMP bool
 	exitErr error // child only: cmd.Wait result
+}
+
+// newVM fills in the channels every handle needs.
+func newVM(v *VM) *VM {
+	v.ioErrs = make(chan hypervisor.DiskError, 4)
+	v.quit = make(chan struct{})
+	v.eventsDone = make(chan struct{})
+	return v
 }
 
 var (
@@ -94,6 +113,9 @@ func (v *VM) QMP(ctx context.Context) (*qmp.Client, error) {
 	if v.qmp != nil {
 		select {
 		case <-v.qmp.Done():
+			if v.qmp.ClosedByPeer() {
+				v.lostQMP = true
+			}
 			v.qmp.Close()
 			v.qmp = nil
 		default:
@@ -105,9 +127,14 @@ func (v *VM) QMP(ctx context.Context) (*qmp.Client, error) {
 		if v.exited() {
 			return nil, fmt.Errorf("pid %d: %w", v.pf.Pid, hypervisor.ErrNotRunning)
 		}
+		if v.lostQMP {
+			// QEMU hung up and takes no new connection: it is on its
+			// way out, its exit is not observed yet.
+			return nil, fmt.Errorf("pid %d: %w: qemu closed its control channel: %w", v.pf.Pid, hypervisor.ErrExiting, err)
+		}
 		return nil, fmt.Errorf("reconnect qmp: %w", err)
 	}
-	v.qmp = c
+	v.qmp, v.lostQMP = c, false
 	return c, nil
 }
 
@@ -126,6 +153,9 @@ func (v *VM) execute(ctx context.Context, cmd string, args, result any) error {
 			return fmt.Errorf("%w: %w", hypervisor.ErrNotRunning, err)
 		case <-time.After(200 * time.Millisecond):
 		}
+		if c.ClosedByPeer() {
+			return fmt.Errorf("%w: %w", hypervisor.ErrExiting, err)
+		}
 	}
 	return err
 }
@@ -135,8 +165,9 @@ func (v *VM) execute(ctx context.Context, cmd string, args, result any) error {
 //	running                                   → running
 //	prelaunch, inmigrate                      → created (not started yet)
 //	paused, postmigrate, finish-migrate,
-//	save-vm, restore-vm, suspended, io-error,
+//	save-vm, restore-vm, suspended,
 //	watchdog, debug, colo                     → paused (vCPUs stopped, resumable)
+//	io-error                                  → io-error (stopped by a failed disk request)
 //	shutdown, guest-panicked, internal-error  → shutdown (guest will not run again)
 func MapRunState(status string) (hypervisor.RunState, error) {
 	switch status {
@@ -145,8 +176,10 @@ func MapRunState(status string) (hypervisor.RunState, error) {
 	case "prelaunch", "inmigrate":
 		return hypervisor.RunStateCreated, nil
 	case "paused", "postmigrate", "finish-migrate", "save-vm", "restore-vm",
-		"suspended", "io-error", "watchdog", "debug", "colo":
+		"suspended", "watchdog", "debug", "colo":
 		return hypervisor.RunStatePaused, nil
+	case "io-error":
+		return hypervisor.RunStateIOError, nil
 	case "shutdown", "guest-panicked", "internal-error":
 		return hypervisor.RunStateShutdown, nil
 	}
@@ -270,9 +303,11 @@ func (v *VM) Close() error {
 	c := v.qmp
 	v.qmp = nil
 	v.mu.Unlock()
+	close(v.quit)
 	if c != nil {
 		c.Close()
 	}
+	<-v.eventsDone
 	if v.stopWatch != nil {
 		v.stopWatch()
 	}
@@ -286,6 +321,27 @@ func (v *VM) SetMemoryTarget(ctx context.Context, target int64) error {
 	}
 	if err := v.execute(ctx, "balloon", map[string]any{"value": target}, nil); err != nil {
 		return fmt.Errorf("qemu balloon: %w", balloonError(err))
+	}
+	return nil
+}
+
+// serialChardev is the id of the serial console's chardev (BuildArgs).
+const serialChardev = "ser0"
+
+// ReopenSerialLog implements hypervisor.VM with QMP chardev-change: QEMU
+// swaps the serial console's file backend for a fresh SerialLogName
+// (relative to its working directory, the instance dir). The switch happens
+// between two writes of the serial device, so no byte is lost or doubled.
+func (v *VM) ReopenSerialLog(ctx context.Context) error {
+	args := map[string]any{
+		"id": serialChardev,
+		"backend": map[string]any{
+			"type": "file",
+			"data": map[string]any{"out": hypervisor.SerialLogName, "append": true},
+		},
+	}
+	if err := v.execute(ctx, "chardev-change", args, nil); err != nil {
+		return fmt.Errorf("qemu reopen serial log: %w", err)
 	}
 	return nil
 }
@@ -309,4 +365,117 @@ func balloonError(err error) error {
 		return fmt.Errorf("%w: %w", hypervisor.ErrNoBalloon, err)
 	}
 	return err
+}
+
+// IOErrors implements hypervisor.VM.
+func (v *VM) IOErrors() <-chan hypervisor.DiskError { return v.ioErrs }
+
+// blockInfo is the part of a query-block entry the driver reads.
+type blockInfo struct {
+	Device   string `json:"device"`
+	IOStatus string `json:"io-status"` // "ok", "failed", "nospace"; absent when not tracked
+	Inserted *struct {
+		File string `json:"file"`
+	} `json:"inserted"`
+}
+
+func (b blockInfo) file() string {
+	if b.Inserted == nil {
+		return b.Device
+	}
+	return filepath.Base(b.Inserted.File)
+}
+
+// DiskErrors implements hypervisor.VM from query-block's io-status (QEMU
+// tracks it for virtio-blk under the default werror=enospc policy and
+// resets it on cont).
+func (v *VM) DiskErrors(ctx context.Context) ([]hypervisor.DiskError, error) {
+	var blocks []blockInfo
+	if err := v.execute(ctx, "query-block", nil, &blocks); err != nil {
+		return nil, fmt.Errorf("qemu disk errors: %w", err)
+	}
+	var out []hypervisor.DiskError
+	for _, b := range blocks {
+		switch b.IOStatus {
+		case "", "ok":
+		case "nospace":
+			out = append(out, hypervisor.DiskError{File: b.file(), NoSpace: true, Reason: "no space left on device"})
+		default:
+			out = append(out, hypervisor.DiskError{File: b.file(), Reason: "I/O error"})
+		}
+	}
+	return out, nil
+}
+
+// ioErrorEvent is BLOCK_IO_ERROR's data.
+type ioErrorEvent struct {
+	Device    string `json:"device"`
+	Operation string `json:"operation"`
+	Action    string `json:"action"` // "stop" when the guest was stopped
+	NoSpace   bool   `json:"nospace"`
+	Reason    string `json:"reason"`
+}
+
+// watchEvents forwards BLOCK_IO_ERROR events that stopped the guest to
+// ioErrs, following QMP reconnects, until the VM exits or Close.
+func (v *VM) watchEvents() {
+	defer close(v.eventsDone)
+	backoff := 50 * time.Millisecond
+	for {
+		v.mu.Lock()
+		c, closed := v.qmp, v.closed
+		v.mu.Unlock()
+		if closed || v.exited() {
+			return
+		}
+		if c != nil {
+			for ev := range c.Events(context.Background()) {
+				if ev.Name == "BLOCK_IO_ERROR" {
+					v.forwardIOError(ev)
+				}
+			}
+		}
+		// The connection ended: QEMU is exiting, or it dropped and a later
+		// command reconnects. Look again after a pause.
+		select {
+		case <-v.done:
+			return
+		case <-v.quit:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if _, err := v.QMP(ctx); err == nil {
+			backoff = 50 * time.Millisecond
+		}
+		cancel()
+	}
+}
+
+func (v *VM) forwardIOError(ev qmp.Event) {
+	var d ioErrorEvent
+	if err := json.Unmarshal(ev.Data, &d); err != nil || d.Action != "stop" {
+		return
+	}
+	de := hypervisor.DiskError{File: d.Device, NoSpace: d.NoSpace, Reason: strings.ToLower(d.Reason)}
+	if de.Reason == "" {
+		de.Reason = "I/O error"
+	}
+	// Name the disk by its file: that is what the manager knows.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	var blocks []blockInfo
+	if err := v.execute(ctx, "query-block", nil, &blocks); err == nil {
+		for _, b := range blocks {
+			if b.Device == d.Device {
+				de.File = b.file()
+			}
+		}
+	}
+	cancel()
+	v.log.Warn("guest stopped by a disk I/O error", "disk", de.File, "operation", d.Operation, "reason", de.Reason)
+	select {
+	case v.ioErrs <- de:
+	default: // nobody reads: DiskErrors still reports it
+	}
 }

@@ -14,7 +14,7 @@ func TestMapRunState(t *testing.T) {
 		"paused":         hypervisor.RunStatePaused,
 		"postmigrate":    hypervisor.RunStatePaused,
 		"finish-migrate": hypervisor.RunStatePaused,
-		"io-error":       hypervisor.RunStatePaused,
+		"io-error":       hypervisor.RunStateIOError,
 		"suspended":      hypervisor.RunStatePaused,
 		"shutdown":       hypervisor.RunStateShutdown,
 		"guest-panicked": hypervisor.RunStateShutdown,

@@ -124,6 +124,10 @@ type listener struct {
 	srv *http.Server
 }
 
+// stateVersion is the ingress state file format this build writes and the
+// newest it reads (a file without "version" is version 1).
+const stateVersion = 1
+
 type stateFile struct {
 	Version   int        `json:"version"`
 	Ingresses []*Ingress `json:"ingresses"`
@@ -201,12 +205,11 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	}
 
 	var st stateFile
-	switch err := fsutil.ReadJSON(m.path, &st); {
+	switch _, err := fsutil.ReadVersionedJSON(m.path, stateVersion, &st); {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
+		// An unknown version is a *fsutil.VersionError naming the file.
 		return nil, fmt.Errorf("ingress state: %w", err)
-	case st.Version != 1:
-		return nil, fmt.Errorf("ingress state %s: unknown version %d", m.path, st.Version)
 	}
 	m.ingresses = st.Ingresses
 	m.routes.Store(buildTable(m.ingresses))
@@ -469,7 +472,7 @@ func (m *Manager) save(list []*Ingress) error {
 	if list == nil {
 		list = []*Ingress{}
 	}
-	if err := fsutil.WriteJSONAtomic(m.path, &stateFile{Version: 1, Ingresses: list}, 0o600); err != nil {
+	if err := fsutil.WriteJSONAtomic(m.path, &stateFile{Version: stateVersion, Ingresses: list}, 0o600); err != nil {
 		return fmt.Errorf("save ingresses: %w", err)
 	}
 	return nil

@@ -13,12 +13,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"hypeman/internal/fsutil"
 	"hypeman/internal/network"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/network/nettest"
@@ -364,5 +367,31 @@ func TestProxyIntoNetNS(t *testing.T) {
 	t.Logf("request via ingress into netns (new client connection each, pooled upstream): first %v, last %v", took[0], took[len(took)-1])
 	if st, body := get(t, p, "ghost.test", "/"); st != 502 {
 		t.Fatalf("unknown instance: %d %s", st, body)
+	}
+}
+
+// The state file carries a format version: a file without one (written
+// before versions) loads as version 1; an unknown version is refused with
+// an error naming the file and the version.
+func TestStateFileVersion(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, ingress.StateFile)
+	p := freePort(t)
+	old := fmt.Sprintf(`{"ingresses":[{"id":"abc","name":"old","rules":[{"match":{"port":%d},"target":{"instance":"app","port":80}}],"created_at":"2024-01-01T00:00:00Z"}]}`, p)
+	if err := os.WriteFile(path, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t, dir, &fakeResolver{}, nil)
+	if list, _ := m.List(context.Background()); len(list) != 1 || list[0].Name != "old" {
+		t.Fatalf("unversioned state: %+v", list)
+	}
+	m.Close()
+	if err := os.WriteFile(path, []byte(`{"version":3,"ingresses":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ingress.New(context.Background(), ingress.Config{StateDir: dir, ListenAddress: "127.0.0.1"}, &fakeResolver{}, nil)
+	var ve *fsutil.VersionError
+	if !errors.As(err, &ve) || ve.Path != path || ve.Version != 3 {
+		t.Fatalf("unknown version: %v", err)
 	}
 }

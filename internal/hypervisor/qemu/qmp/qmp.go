@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -218,6 +219,18 @@ func (c *Client) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
+}
+
+// ClosedByPeer reports whether the connection ended because QEMU closed it
+// (as it does when it exits) rather than through Close.
+func (c *Client) ClosedByPeer() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		return false
+	}
+	return errors.Is(c.err, io.EOF) || errors.Is(c.err, io.ErrUnexpectedEOF) ||
+		errors.Is(c.err, unix.ECONNRESET) || errors.Is(c.err, unix.EPIPE)
 }
 
 // Close ends the connection and waits for the reader goroutine to exit.

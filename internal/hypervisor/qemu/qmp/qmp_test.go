@@ -266,6 +266,9 @@ func TestServerHangupFailsPendingAndClosesEvents(t *testing.T) {
 	if err := c.Execute(context.Background(), "query-status", nil, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after hangup err = %v", err)
 	}
+	if !c.ClosedByPeer() {
+		t.Fatalf("hangup not reported as closed by peer (err %v)", c.Err())
+	}
 	_ = s
 }
 
@@ -287,6 +290,9 @@ func TestCloseUnblocksPendingExecute(t *testing.T) {
 		if _, ok := <-ch; ok {
 			t.Fatal("Events after Close delivered")
 		}
+	}
+	if c.ClosedByPeer() {
+		t.Fatal("our own Close reported as closed by peer")
 	}
 }
 
