@@ -5,14 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"hypeman/internal/testutil/e2e"
 	"hypeman/internal/testutil/testimage"
@@ -34,33 +29,11 @@ type event struct {
 	Type       string `json:"type"`
 }
 
-// pushImage pushes img to the daemon's built-in registry with the API token
-// as the Basic-auth password, like `docker login -p $TOKEN`.
+// pushImage pushes a busybox image built with opts to the daemon's built-in
+// registry (as `hypeman push` does) and waits until it is ready.
 func pushImage(t *testing.T, s *e2e.Server, repoTag string, opts testimage.Options) {
 	t.Helper()
-	ref, err := name.ParseReference(s.Addr+"/"+repoTag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, testimage.Busybox(t, opts), remote.WithAuth(&authn.Basic{Username: "hypeman", Password: s.Token})); err != nil {
-		t.Fatalf("push: %v", err)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		var img struct {
-			Status string `json:"status"`
-			Error  string `json:"error"`
-		}
-		st, body := s.JSON("GET", "/images/"+url.PathEscape(repoTag), nil, &img)
-		if st == 200 && img.Status == "ready" {
-			return
-		}
-		if img.Status == "failed" {
-			t.Fatalf("pushed image failed to convert: %s", body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatal("pushed image never became ready")
+	s.PushImage(repoTag, testimage.Busybox(t, opts))
 }
 
 // The issue-3 acceptance path, through HTTP only, with a kill -9 of the daemon

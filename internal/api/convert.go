@@ -273,6 +273,10 @@ func healthCheckFromAPI(in *gen.HealthCheck) (*health.Check, error) {
 		}
 		*f.d = d
 	}
+	if in.Timeout == nil && c.Timeout > c.Interval {
+		// A short interval alone must not fail on the default timeout.
+		c.Timeout = c.Interval
+	}
 	if in.FailureThreshold != nil {
 		c.FailureThreshold = *in.FailureThreshold
 	}

@@ -393,3 +393,19 @@ func FuzzUpdateInstance(f *testing.F) {
 		checkErrorShape(t, rec)
 	})
 }
+
+// An interval shorter than the default timeout, given alone, takes the
+// timeout down with it instead of failing; an explicit timeout is kept
+// (and checked).
+func TestHealthCheckShortIntervalAlone(t *testing.T) {
+	one := "1s"
+	c, err := healthCheckFromAPI(&gen.HealthCheck{Type: ptrTo(gen.HealthCheckTCPType), Tcp: &gen.HealthCheckTCP{Port: 80}, Interval: &one})
+	if err != nil || c.Interval != time.Second || c.Timeout != time.Second || c.Validate() != nil {
+		t.Fatalf("interval 1s alone: %+v %v", c, err)
+	}
+	five := "5s"
+	c, err = healthCheckFromAPI(&gen.HealthCheck{Type: ptrTo(gen.HealthCheckTCPType), Tcp: &gen.HealthCheckTCP{Port: 80}, Interval: &one, Timeout: &five})
+	if err != nil || c.Timeout != 5*time.Second || c.Validate() == nil {
+		t.Fatalf("explicit timeout above interval: %+v %v (want kept and refused)", c, err)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -273,12 +272,14 @@ func (s *transferServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // network.bandwidth_*: a real guest downloading from and uploading to an
-// HTTP server in the test's netns is held to the limits, and a restored VM
-// gets its shaped TAP back.
+// HTTP server beyond the host (a namespace behind the test's netns: guests
+// may not open connections to the host itself) is held to the limits, and
+// a restored VM gets its shaped TAP back.
 func TestBandwidthLimits(t *testing.T) {
 	t.Parallel()
 	nettest.RequireRoot(t)
 	ns := nettest.NewNS(t)
+	outside := nettest.AddOutside(t, ns)
 	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns})
 	ref := sleeper(t)
 	ctx := context.Background()
@@ -296,10 +297,7 @@ func TestBandwidthLimits(t *testing.T) {
 	if !ok {
 		t.Fatal("no lease")
 	}
-	ln, err := d.Network.Listen(ctx, "tcp", net.JoinHostPort(lease.Gateway, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := nettest.Listen(t, outside, "192.0.2.2:0")
 	srv := &transferServer{}
 	hs := &http.Server{Handler: srv}
 	go hs.Serve(ln)

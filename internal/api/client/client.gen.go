@@ -1369,7 +1369,7 @@ type HealthCheck struct {
 	SuccessThreshold *int            `json:"success_threshold,omitempty"`
 	Tcp              *HealthCheckTCP `json:"tcp,omitempty"`
 
-	// Timeout Time one check may take, at most `interval` (default 2s).
+	// Timeout Time one check may take, at most `interval` (default 2s, or `interval` when that is shorter).
 	Timeout *string          `json:"timeout,omitempty"`
 	Type    *HealthCheckType `json:"type,omitempty"`
 }

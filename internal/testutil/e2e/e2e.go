@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"hypeman/internal/auth"
 	"hypeman/internal/testutil"
@@ -379,4 +385,47 @@ func (s *Server) WaitLog(sub string, timeout time.Duration) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return false
+}
+
+// PushImage pushes img to the daemon's built-in registry as repoTag
+// ("apps/web:v1") the way hypeman's CLI does (`hypeman push`: anonymous
+// registry auth, the API token as a Bearer header on every request) and
+// waits until the image is ready to run.
+func (s *Server) PushImage(repoTag string, img v1.Image) {
+	s.t.Helper()
+	ref, err := name.ParseReference(s.Addr+"/"+repoTag, name.Insecure)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	tr := bearerTransport{base: http.DefaultTransport, token: s.Token}
+	if err := remote.Write(ref, img, remote.WithAuth(authn.Anonymous), remote.WithTransport(tr)); err != nil {
+		s.t.Fatalf("push %s: %v", repoTag, err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		var im struct {
+			Status string `json:"status"`
+		}
+		st, body := s.JSON("GET", "/images/"+url.PathEscape(repoTag), nil, &im)
+		switch {
+		case st == 200 && im.Status == "ready":
+			return
+		case im.Status == "failed":
+			s.t.Fatalf("pushed image %s failed to convert: %s", repoTag, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("pushed image %s not ready after 2 minutes", repoTag)
+}
+
+// bearerTransport sets the Authorization header on every request.
+type bearerTransport struct {
+	base  http.RoundTripper
+	token string
+}
+
+func (b bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(req)
 }

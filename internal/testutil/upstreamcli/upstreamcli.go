@@ -1,7 +1,9 @@
 // Package upstreamcli builds and runs hypeman's own CLI (kernel/hypeman-cli
 // with its Go SDK, kept unmodified in the shared/compat directory next to
 // the repository) for tests that check wire compatibility: hypeman users
-// drive hypemand with that binary, so tests do too.
+// drive hypemand with that binary, so tests do too. It also builds small
+// test programs against that SDK (SDKProgram), for what the CLI does not
+// expose.
 //
 // Why a package: several tests (the stream protocols, the API conformance
 // test) need the same binary, built the same way - from a copy of the
@@ -90,6 +92,49 @@ func build(compat string) (string, error) {
 		return "", fmt.Errorf("%v (dependencies come from the Go module proxy):\n%s", err, bytes.TrimSpace(out))
 	}
 	return bin, nil
+}
+
+// SDKProgram builds the Go program (package main) in dir against hypeman's
+// Go SDK from the compat directory, unmodified, and returns the binary. The
+// program gets its own module (the SDK is not a dependency of this
+// repository): a go.mod requiring the SDK, replaced by a copy of the compat
+// sources; the SDK's own dependencies come from the Go module proxy.
+func SDKProgram(t testing.TB, dir string) string {
+	t.Helper()
+	compat := CompatDir(t)
+	tmp := t.TempDir()
+	sdk := filepath.Join(tmp, "hypeman-go")
+	if err := os.CopyFS(sdk, os.DirFS(filepath.Join(compat, "hypeman-go"))); err != nil {
+		t.Fatalf("copy hypeman's Go SDK: %v", err)
+	}
+	goVersion := "1.24.0"
+	if b, err := os.ReadFile(filepath.Join(sdk, "go.mod")); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "go "); ok {
+				goVersion = v
+				break
+			}
+		}
+	}
+	prog := filepath.Join(tmp, "prog")
+	if err := os.CopyFS(prog, os.DirFS(dir)); err != nil {
+		t.Fatalf("copy %s: %v", dir, err)
+	}
+	gomod := "module sdkprogram\n\ngo " + goVersion + "\n\nrequire github.com/kernel/hypeman-go v0.0.0\n\n" +
+		"replace github.com/kernel/hypeman-go => ../hypeman-go\n"
+	if err := os.WriteFile(filepath.Join(prog, "go.mod"), []byte(gomod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(tmp, filepath.Base(dir))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	cmd.Dir = prog
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s against hypeman's Go SDK (dependencies come from the Go module proxy): %v\n%s", dir, err, bytes.TrimSpace(out))
+	}
+	return bin
 }
 
 // CLI runs the binary against one server with a throwaway HOME (the CLI
