@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -221,26 +219,12 @@ func TestKnobFieldsInJSONOutput(t *testing.T) {
 // what the real API server decoded from the CLI's bodies and answers with
 // the settings in force, as the manager does.
 type knobRecorder struct {
-	oneInstance
+	recordingInstances
 	api.Lifecycle
 	api.Snapshots
 
-	mu       sync.Mutex
-	created  []instances.CreateParams
 	standbys []instances.StandbyParams
 	snaps    []instances.SnapshotParams
-}
-
-func (k *knobRecorder) Create(ctx context.Context, p instances.CreateParams) (*instances.Instance, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.created = append(k.created, p)
-	in := &instances.Instance{ID: "i-" + p.Name, Name: p.Name, State: state.Initializing, SnapshotPolicy: p.SnapshotPolicy,
-		HotplugSize: p.HotplugSize, DiskIOBps: p.DiskIOBps, BandwidthDownload: p.BandwidthDownload, BandwidthUpload: p.BandwidthUpload}
-	if p.NetworkEnabled == nil || *p.NetworkEnabled {
-		in.Network = &instances.NetworkInfo{Enabled: true}
-	}
-	return in, nil
 }
 
 func (k *knobRecorder) Standby(ctx context.Context, ref string, p instances.StandbyParams) (*instances.Instance, error) {
@@ -266,19 +250,8 @@ func (k *knobRecorder) CreateSnapshot(ctx context.Context, ref string, p instanc
 // spec validation accepts the bodies, its conversion hands the manager the
 // intended settings, and its field errors reach the user.
 func TestContractKnobs(t *testing.T) {
-	secret := []byte("cli-contract-secret-0123456789abcdef")
 	rec := &knobRecorder{}
-	srv, err := api.NewServer(api.Options{Instances: rec, Lifecycle: rec, Snapshots: rec, Images: noImages{}, Secret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() { hs.Close(); srv.Close() })
-	tok, err := auth.Mint(secret, auth.MintOptions{UserID: "cli", Scopes: []auth.Scope{auth.InstanceRead, auth.InstanceWrite, auth.SnapshotWrite}, TTL: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := hs.URL + "|" + tok
+	target := startContractAPI(t, api.Options{Instances: rec, Lifecycle: rec, Snapshots: rec, Images: noImages{}}, auth.SnapshotWrite)
 
 	res := contractRun(t, target, nil, "--format", "json", "run", "-d", "--name", "web", "--hotplug-size", "3GB", "--disk-io", "100MB/s",
 		"--bandwidth-down", "1Gbps", "--bandwidth-up", "125MB/s", "--snapshot-compression-algorithm", "lz4", "--snapshot-compression-level", "4",
