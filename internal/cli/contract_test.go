@@ -109,14 +109,23 @@ func (g *agentGuest) StatPath(ctx context.Context, ref, p string, followLinks bo
 
 func newContractServer(t *testing.T, g *agentGuest) string {
 	t.Helper()
-	secret := []byte("cli-contract-secret-0123456789abcdef")
-	srv, err := api.NewServer(api.Options{Instances: oneInstance{}, Images: noImages{}, Guest: g, Stat: g, Secret: secret})
+	return startContractAPI(t, api.Options{Instances: oneInstance{}, Images: noImages{}, Guest: g, Stat: g})
+}
+
+// startContractAPI serves the real API server with o's managers and
+// returns the target for contractRun ("URL|token"); the token holds the
+// instance read and write scopes plus extra.
+func startContractAPI(t *testing.T, o api.Options, extra ...auth.Scope) string {
+	t.Helper()
+	o.Secret = []byte("cli-contract-secret-0123456789abcdef")
+	srv, err := api.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(func() { hs.Close(); srv.Close() })
-	tok, err := auth.Mint(secret, auth.MintOptions{UserID: "cli", Scopes: []auth.Scope{auth.InstanceRead, auth.InstanceWrite}, TTL: time.Hour})
+	scopes := append([]auth.Scope{auth.InstanceRead, auth.InstanceWrite}, extra...)
+	tok, err := auth.Mint(o.Secret, auth.MintOptions{UserID: "cli", Scopes: scopes, TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,12 @@
 //     `--format json`, which prints the API's JSON bodies as received.
 //     Results go to stdout, progress and diagnostics to stderr, so
 //     `id=$(hypeman run ...)` works.
+//   - Flags that hypeman's own CLI also has keep its names (--hotplug-size,
+//     --disk-io, --bandwidth-down, --snapshot-compression-level, standby's
+//     --compression-delay, ...), so people moving over keep their habits.
+//     Flag combinations, choices and durations are checked here (usage
+//     errors); sizes, rates and ranges are the server's, whose 400 names
+//     the field.
 //   - Errors carry the server's {code, message} body; every failure exits 1
 //     except where a command documents other codes (wait: 2 on timeout) and
 //     an interrupt (130).

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"hypeman/internal/api/client"
 )
@@ -53,10 +54,17 @@ type runFlags struct {
 	noNetwork  bool
 	restart    restartFlags
 	health     healthFlags
+
+	hotplug, diskIO, bandwidthDown, bandwidthUp string
+	compression                                 compressionFlags
 }
 
 func (a *app) runCommand() *cobra.Command {
-	f := runFlags{restart: restartFlags{policyName: "restart", prefix: "restart-"}, health: healthFlags{prefix: "health-"}}
+	f := runFlags{
+		restart: restartFlags{policyName: "restart", prefix: "restart-"}, health: healthFlags{prefix: "health-"},
+		compression: compressionFlags{prefix: "snapshot-compression-", policy: true, fallback: "the server's",
+			delayUsage: "standbys save uncompressed and compress after `DURATION`, e.g. 30s (default 0: while saving)"},
+	}
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
 		Short: "Create and start an instance",
@@ -79,6 +87,8 @@ consecutive failures; with a restart policy it is then restarted.
 		Example: `  hypeman run --name web -m 512MB -e PORT=8080 nginx:alpine
   hypeman run --restart on_failure --restart-max-attempts 5 --health-http :8080/healthz web:v2
   hypeman run --restart always --health-cmd "pg_isready -q" --health-interval 5s postgres:16
+  hypeman run --hotplug-size 3GB --disk-io 100MB/s --bandwidth-down 1Gbps --bandwidth-up 500Mbps web:v2
+  hypeman run --snapshot-compression-algorithm lz4 --snapshot-compression-delay 30s web:v2
   hypeman run -d busybox:latest sh -c 'while true; do date; sleep 1; done'
   hypeman run --entrypoint /bin/sh alpine:3.20 -c 'echo hello'`,
 		Args: minArgs(1, "an image"),
@@ -100,10 +110,50 @@ consecutive failures; with a restart policy it is then restarted.
 	fl.BoolVar(&f.skipAgent, "skip-guest-agent", false, "report Running without waiting for the guest agent")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "do not wait for Running; print the ID once the VM is created")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "how long to wait for Running")
+	fl.StringVar(&f.hotplug, "hotplug-size", "", "extra memory `SIZE` the guest can grow into at run time, e.g. 3GB (default none)")
+	fl.StringVar(&f.diskIO, "disk-io", "", "disk I/O limit `RATE`, e.g. 100MB/s or 800Mbps (default unlimited)")
 	fl.BoolVar(&f.noNetwork, "no-network", false, "give the instance no network interface")
+	fl.StringVar(&f.bandwidthDown, "bandwidth-down", "", "download (host → instance) limit `RATE`, e.g. 1Gbps or 125MB/s (default unlimited)")
+	fl.StringVar(&f.bandwidthUp, "bandwidth-up", "", "upload (instance → host) limit `RATE`, e.g. 500Mbps (default unlimited)")
+	f.compression.register(fl)
 	f.restart.register(fl)
 	f.health.register(fl)
 	return cmd
+}
+
+// network returns the network object to send (nil: the server default).
+func (f *runFlags) network(fl *pflag.FlagSet) (*client.CreateInstanceNetwork, error) {
+	var n client.CreateInstanceNetwork
+	for _, b := range []struct {
+		name string
+		dst  **string
+		val  string
+	}{{"bandwidth-down", &n.BandwidthDownload, f.bandwidthDown}, {"bandwidth-up", &n.BandwidthUpload, f.bandwidthUp}} {
+		if !fl.Changed(b.name) {
+			continue
+		}
+		if f.noNetwork {
+			return nil, fmt.Errorf("--%s limits the network: it cannot be combined with --no-network", b.name)
+		}
+		*b.dst = ptr(b.val)
+	}
+	if f.noNetwork {
+		n.Enabled = ptr(false)
+	}
+	if n == (client.CreateInstanceNetwork{}) {
+		return nil, nil
+	}
+	return &n, nil
+}
+
+// snapshotPolicy returns the snapshot policy to send (nil: the server
+// default).
+func (f *runFlags) snapshotPolicy(fl *pflag.FlagSet) (*client.SnapshotPolicy, error) {
+	comp, delay, err := f.compression.build(fl)
+	if err != nil || (comp == nil && delay == nil) {
+		return nil, err
+	}
+	return &client.SnapshotPolicy{Compression: comp, StandbyCompressionDelay: delay}, nil
 }
 
 // parseKV parses KEY=VALUE items. With lookup, a bare KEY takes its value
@@ -180,8 +230,17 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 	if f.timeout <= 0 {
 		return usage(fmt.Errorf("--timeout must be positive"))
 	}
-	if f.noNetwork {
-		req.Network = &client.CreateInstanceNetwork{Enabled: ptr(false)}
+	if cmd.Flags().Changed("hotplug-size") {
+		req.HotplugSize = &f.hotplug
+	}
+	if cmd.Flags().Changed("disk-io") {
+		req.DiskIoBps = &f.diskIO
+	}
+	if req.Network, err = f.network(cmd.Flags()); err != nil {
+		return usage(err)
+	}
+	if req.SnapshotPolicy, err = f.snapshotPolicy(cmd.Flags()); err != nil {
+		return usage(err)
 	}
 	if req.RestartPolicy, err = f.restart.build(cmd.Flags()); err != nil {
 		return usage(err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"reflect"
 	"strings"
 	"sync"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"hypeman/internal/api"
-	"hypeman/internal/auth"
 	"hypeman/internal/health"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -276,7 +274,12 @@ func (r *recordingInstances) Create(ctx context.Context, p instances.CreateParam
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.created = append(r.created, p)
-	return &instances.Instance{ID: "i-" + p.Name, Name: p.Name, State: state.Initializing, RestartPolicy: p.RestartPolicy, HealthCheck: p.HealthCheck}, nil
+	// Echo the settings in force, as the manager does.
+	in := &instances.Instance{ID: "i-" + p.Name, Name: p.Name, State: state.Initializing, RestartPolicy: p.RestartPolicy, HealthCheck: p.HealthCheck,
+		SnapshotPolicy: p.SnapshotPolicy, HotplugSize: p.HotplugSize, DiskIOBps: p.DiskIOBps,
+		BandwidthDownload: p.BandwidthDownload, BandwidthUpload: p.BandwidthUpload,
+		Network: &instances.NetworkInfo{Enabled: p.NetworkEnabled == nil || *p.NetworkEnabled}}
+	return in, nil
 }
 
 func (r *recordingInstances) Update(ctx context.Context, ref string, p instances.UpdateParams) (*instances.Instance, error) {
@@ -295,19 +298,8 @@ func (r *recordingInstances) Update(ctx context.Context, ref string, p instances
 }
 
 func TestContractPolicies(t *testing.T) {
-	secret := []byte("cli-contract-secret-0123456789abcdef")
 	rec := &recordingInstances{}
-	srv, err := api.NewServer(api.Options{Instances: rec, Images: noImages{}, Secret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() { hs.Close(); srv.Close() })
-	tok, err := auth.Mint(secret, auth.MintOptions{UserID: "cli", Scopes: []auth.Scope{auth.InstanceRead, auth.InstanceWrite}, TTL: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := hs.URL + "|" + tok
+	target := startContractAPI(t, api.Options{Instances: rec, Images: noImages{}})
 
 	res := contractRun(t, target, nil, "run", "-d", "--name", "web", "--no-network",
 		"--restart", "on_failure", "--restart-max-attempts", "5", "--restart-backoff", "2s", "--restart-max-backoff", "2s",

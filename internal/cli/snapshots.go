@@ -15,14 +15,30 @@ import (
 // --- standby, restore, pause, resume, fork ---
 
 func (a *app) standbyCommand() *cobra.Command {
-	return a.lifecycleCommand("standby", "Put running instances on standby",
+	cf := compressionFlags{prefix: "compression-", fallback: "the instance's policy",
+		delayUsage: "save uncompressed and compress after `DURATION`, e.g. 5m (default: the instance's policy, else 0: while saving)"}
+	var body client.StandbyInstanceRequest
+	cmd := a.lifecycleCommand("standby", "Put running instances on standby",
 		`Save each instance's memory and device state to disk and end its VM
 (Running → Paused → Standby): it costs no CPU or memory until "hypeman
 restore" continues it where it was. Prints each name as given (with
---format json the instance).`,
+--format json the instance). The --compression flags override the
+instance's snapshot policy for this standby.`,
 		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error) {
-			return c.StandbyInstanceWithResponse(ctx, ref, client.StandbyInstanceRequest{})
+			return c.StandbyInstanceWithResponse(ctx, ref, body)
 		})
+	cmd.Example = `  hypeman standby web
+  hypeman standby --compression-algorithm lz4 --compression-delay 1m web`
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		comp, delay, err := cf.build(cmd.Flags())
+		if err != nil {
+			return &usageErr{cmd: cmd.CommandPath(), err: err}
+		}
+		body = client.StandbyInstanceRequest{Compression: comp, CompressionDelay: delay}
+		return nil
+	}
+	cf.register(cmd.Flags())
+	return cmd
 }
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -137,21 +153,29 @@ func (a *app) snapshotCreateCommand() *cobra.Command {
 	var (
 		kind, name string
 		tags       []string
+		cf         = compressionFlags{prefix: "compression-", fallback: "the instance's policy"}
 	)
 	cmd := &cobra.Command{
-		Use:   "create [--kind Standby|Stopped] [--name NAME] [--tag KEY=VALUE] INSTANCE",
+		Use:   "create [--kind Standby|Stopped] [--name NAME] [--tag KEY=VALUE] [--compression-algorithm zstd|lz4] INSTANCE",
 		Short: "Take a snapshot of an instance",
 		Long: `Take a snapshot of INSTANCE and print its ID (with --format json the
 snapshot). The default kind is Standby for a Running, Paused or Standby
 instance (a running one is paused for the save and continues), Stopped for
-a Stopped one.`,
+a Stopped one. The --compression flags override the instance's snapshot
+policy for the saved memory of a Standby snapshot.`,
 		Example: `  hypeman snapshot create web
-  hypeman snapshot create --name before-upgrade --tag reason=upgrade web`,
+  hypeman snapshot create --name before-upgrade --tag reason=upgrade web
+  hypeman snapshot create --compression-algorithm zstd --compression-level 6 web`,
 		Args: exactArgs(1, "exactly one instance"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			usage := func(err error) error { return &usageErr{cmd: cmd.CommandPath(), err: err} }
 			var req client.CreateSnapshotRequest
+			comp, _, err := cf.build(cmd.Flags())
+			if err != nil {
+				return usage(err)
+			}
+			req.Compression = comp
 			switch {
 			case kind == "":
 				// Like the server used to: Standby for a live or standby
@@ -167,11 +191,17 @@ a Stopped one.`,
 				req.Kind = client.SnapshotKindStandby
 				if r.JSON200.State == client.Stopped {
 					req.Kind = client.SnapshotKindStopped
+					if comp != nil {
+						return fmt.Errorf("instance %s is Stopped, so its snapshot holds no memory to compress: leave out --%s", args[0], cf.given(cmd.Flags()))
+					}
 				}
 			case strings.EqualFold(kind, string(client.SnapshotKindStandby)):
 				req.Kind = client.SnapshotKindStandby
 			case strings.EqualFold(kind, string(client.SnapshotKindStopped)):
 				req.Kind = client.SnapshotKindStopped
+				if comp != nil {
+					return usage(fmt.Errorf("--%s has no effect with --kind Stopped (a Stopped snapshot holds no memory)", cf.given(cmd.Flags())))
+				}
 			default:
 				return usage(fmt.Errorf("invalid --kind %q: use Standby or Stopped", kind))
 			}
@@ -204,6 +234,7 @@ a Stopped one.`,
 	cmd.Flags().StringVar(&kind, "kind", "", "`KIND` of snapshot: Standby (memory + disks) or Stopped (disk only)")
 	cmd.Flags().StringVar(&name, "name", "", "snapshot `NAME` (default: generated from the instance name and time)")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "attach a tag `KEY=VALUE`; repeatable")
+	cf.register(cmd.Flags())
 	return cmd
 }
 
