@@ -43,6 +43,7 @@ func runConvertingDaemon() {
 // A daemon killed with -9 while mkfs.erofs builds a root disk does not
 // leave the mkfs running.
 func TestMkfsDiesWithTheDaemon(t *testing.T) {
+	needsChown(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	os.Mkdir(bin, 0o755)

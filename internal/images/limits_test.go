@@ -51,6 +51,7 @@ func dirBytes(dir string) int64 {
 // stops at the unpacked cap, with an error naming it, having written no
 // more than the cap to disk and without a jump in memory.
 func TestGzipBombStopsAtCap(t *testing.T) {
+	needsChown(t)
 	const limit = 32 << 20
 	bomb := testimage.GzipBomb(t, 256<<20)
 	if n, _ := bomb.Size(); n > 1<<20 {
@@ -110,6 +111,7 @@ func TestGzipBombStopsAtCap(t *testing.T) {
 // its cap or a manifest over its cap fail the pull before any blob is
 // fetched.
 func TestManifestCapsRefuseBeforeBlobs(t *testing.T) {
+	needsChown(t)
 	var blobs atomic.Int64
 	host := startRegistry(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -84,6 +84,7 @@ func (r *fixedResolver) LookupNetIP(ctx context.Context, network, host string) (
 // a loopback or private registry, whether named by address or by a name
 // that resolves there; listing it lets the pull through.
 func TestPullRefusesNonPublicRegistries(t *testing.T) {
+	needsChown(t)
 	var hits atomic.Int64
 	host := startRegistry(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1); h.ServeHTTP(w, r) })

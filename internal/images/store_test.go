@@ -980,6 +980,7 @@ func rewriteJSON(t *testing.T, path string, edit func(map[string]any)) {
 // the disk but reports its names failed with the file and version; an
 // unknown index.json version refuses to open the store, naming the file.
 func TestPersistedFormatVersions(t *testing.T) {
+	needsChown(t)
 	s := newTestStore(t, Config{})
 	dir := s.cfg.Dir
 	img := testimage.Busybox(t, testimage.Options{Cmd: []string{"true"}})

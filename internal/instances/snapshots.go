@@ -409,20 +409,9 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 	if err != nil {
 		return nil, err
 	}
-	target := p.TargetState
-	switch target {
-	case "":
-		target = state.Stopped
-		if rec.Kind == SnapshotStandby {
-			target = state.Running
-		}
-	case state.Running, state.Stopped:
-	case state.Standby:
-		if rec.Kind != SnapshotStandby {
-			return nil, &InvalidArgumentError{Field: "target_state", Reason: "a Stopped snapshot has no memory state to restore into Standby"}
-		}
-	default:
-		return nil, &InvalidArgumentError{Field: "target_state", Reason: "must be Running, Standby or Stopped"}
+	target, err := snapshotTarget(rec, p.TargetState, "restore")
+	if err != nil {
+		return nil, err
 	}
 	withMemory := rec.Kind == SnapshotStandby && target != state.Stopped
 	e, err := m.resolve(instanceRef)
@@ -505,20 +494,9 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapshotRef string, p ForkPa
 	if err != nil {
 		return nil, err
 	}
-	target := p.TargetState
-	switch target {
-	case "":
-		target = state.Stopped
-		if rec.Kind == SnapshotStandby {
-			target = state.Running
-		}
-	case state.Running, state.Stopped:
-	case state.Standby:
-		if rec.Kind != SnapshotStandby {
-			return nil, &InvalidArgumentError{Field: "target_state", Reason: "a Stopped snapshot has no memory state to fork into Standby"}
-		}
-	default:
-		return nil, &InvalidArgumentError{Field: "target_state", Reason: "must be Running, Standby or Stopped"}
+	target, err := snapshotTarget(rec, p.TargetState, "fork")
+	if err != nil {
+		return nil, err
 	}
 	if err := m.reserveName(p.Name); err != nil {
 		return nil, err
@@ -531,4 +509,25 @@ func (m *Manager) ForkSnapshot(ctx context.Context, snapshotRef string, p ForkPa
 		fs.state = rec.standbyCompression()
 	}
 	return m.forkFrom(ctx, fs, p.Name, target)
+}
+
+// snapshotTarget is the state a restore or fork (verb) of rec ends in:
+// requested, or by the snapshot's kind (Standby → Running, Stopped →
+// Stopped). Only a Standby snapshot has the memory to end in Standby.
+func snapshotTarget(rec *snapshotRecord, requested state.State, verb string) (state.State, error) {
+	switch requested {
+	case "":
+		if rec.Kind == SnapshotStandby {
+			return state.Running, nil
+		}
+		return state.Stopped, nil
+	case state.Running, state.Stopped:
+		return requested, nil
+	case state.Standby:
+		if rec.Kind != SnapshotStandby {
+			return "", &InvalidArgumentError{Field: "target_state", Reason: "a Stopped snapshot has no memory state to " + verb + " into Standby"}
+		}
+		return requested, nil
+	}
+	return "", &InvalidArgumentError{Field: "target_state", Reason: "must be Running, Standby or Stopped"}
 }
