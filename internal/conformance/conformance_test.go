@@ -27,12 +27,12 @@ import (
 	"hypeman/internal/testutil/upstreamcli"
 )
 
-// webImage serves /www over HTTP on 8080 and prints "tick N" every second:
-// the counter shows whether a restored VM continued (memory kept) or
-// started over.
+// webImage serves /www over HTTP on 8080, prints "booted" once and then
+// "tick N" every second: a restored VM continues the count (memory kept)
+// without a new "booted"; a fresh boot prints it again.
 var webImage = testimage.Options{
 	Entrypoint: []string{"/bin/sh", "-c"},
-	Cmd: []string{`mkdir -p /www && echo hello conformance > /www/index.html
+	Cmd: []string{`echo booted; mkdir -p /www && echo hello conformance > /www/index.html
 (i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 1; done) &
 exec httpd -f -p 8080 -h /www`},
 }
@@ -162,6 +162,19 @@ func (f *flow) lastTick(t *testing.T, ref string) int {
 	return last
 }
 
+// boots counts the "booted" lines in ref's whole log: how many times the
+// image's program started fresh.
+func (f *flow) boots(t *testing.T, ref string) int {
+	t.Helper()
+	n := 0
+	for _, l := range strings.Split(f.cli(t, nil, "logs", "--tail", "100000", ref).Stdout, "\n") {
+		if l == "booted" {
+			n++
+		}
+	}
+	return n
+}
+
 // tickAbove waits until ref's log shows a tick above n (the program runs
 // on from where it was) and returns it.
 func (f *flow) tickAbove(t *testing.T, ref string, n int) int {
@@ -214,6 +227,9 @@ func (f *flow) run() {
 
 	f.step("logs", func(t *testing.T) {
 		first := f.tickAbove(t, "web", 2)
+		if b := f.boots(t, "web"); b != 1 {
+			t.Fatalf("%d \"booted\" lines in the whole log, want 1", b)
+		}
 		// Follow: a tick written after the stream opened arrives.
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
@@ -399,18 +415,20 @@ func (f *flow) run() {
 
 	f.step("snapshot restore", func(t *testing.T) {
 		f.cli(t, nil, "stop", "web")
+		boots := f.boots(t, "web")
 		var in instance
 		f.json(t, &in, "snapshot", "restore", "--target-state", "Running", "web", "web-snap")
 		f.wait(t, "web", "Running")
 		// The ticker is back, counting on from where the snapshot was
 		// taken: memory came back, the program did not start over.
-		if n := f.tickAbove(t, "web", snapTick); n < snapTick {
-			t.Fatalf("tick %d after restore, snapshot taken at %d", n, snapTick)
+		f.tickAbove(t, "web", snapTick)
+		if got := f.boots(t, "web"); got != boots {
+			t.Fatalf("the program started fresh (%d boots, %d before the restore), want it resumed from the snapshot", got, boots)
 		}
 	})
 
 	f.step("standby and restore", func(t *testing.T) {
-		before := f.lastTick(t, "web")
+		before, boots := f.lastTick(t, "web"), f.boots(t, "web")
 		f.cli(t, nil, "standby", "web")
 		if in := f.inspect(t, "web"); in.State != "Standby" || !in.HasSnapshot {
 			t.Fatalf("after standby: %s has_snapshot %v", in.State, in.HasSnapshot)
@@ -418,6 +436,9 @@ func (f *flow) run() {
 		f.cli(t, nil, "restore", "web")
 		f.wait(t, "web", "Running")
 		f.tickAbove(t, "web", before)
+		if got := f.boots(t, "web"); got != boots {
+			t.Fatalf("the program started fresh after restore (%d boots, %d before standby)", got, boots)
+		}
 	})
 
 	f.step("fork of a standby instance", func(t *testing.T) {
