@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -120,16 +121,27 @@ func serveHTTP(t *testing.T, ns, addr, body string) net.Addr {
 }
 
 // guestExec runs argv in the guest and returns its output and exit code.
+// An agent that does not answer yet (a guest just booted or restored on a
+// loaded host) is retried for up to 2 minutes, as API clients do with
+// wait_for_agent; the wait is logged.
 func guestExec(t *testing.T, d *daemon.Daemon, id string, argv ...string) (string, int, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var out strings.Builder
-	res, err := d.Instances.Exec(ctx, id, agent.ExecRequest{Argv: argv}, agent.ExecIO{Stdout: &out, Stderr: &out})
-	if err != nil {
-		return out.String(), -1, err
+	start := time.Now()
+	for {
+		var out strings.Builder
+		res, err := d.Instances.Exec(ctx, id, agent.ExecRequest{Argv: argv}, agent.ExecIO{Stdout: &out, Stderr: &out})
+		if errors.Is(err, instances.ErrAgentUnavailable) && ctx.Err() == nil {
+			t.Logf("guest agent not answering yet after %s: %v", time.Since(start).Round(time.Millisecond), err)
+			time.Sleep(250 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return out.String(), -1, err
+		}
+		return out.String(), res.ExitCode, nil
 	}
-	return out.String(), res.ExitCode, nil
 }
 
 // guestRun is guestExec that fails the test unless argv exits 0.
