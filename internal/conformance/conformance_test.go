@@ -27,15 +27,19 @@ import (
 	"hypeman/internal/testutil/upstreamcli"
 )
 
-// webImage serves /www over HTTP on 8080, prints "booted" once and then
-// "tick N" every second: a restored VM continues the count (memory kept)
-// without a new "booted"; a fresh boot prints it again.
+// webImage's own command only sleeps: the instance runs webScript, given
+// with `run --cmd`, so an ignored --cmd fails every later step.
 var webImage = testimage.Options{
 	Entrypoint: []string{"/bin/sh", "-c"},
-	Cmd: []string{`echo booted; mkdir -p /www && echo hello conformance > /www/index.html
-(i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 1; done) &
-exec httpd -f -p 8080 -h /www`},
+	Cmd:        []string{`echo "the image's own command ran"; exec sleep 1000000`},
 }
+
+// webScript serves /www over HTTP on 8080, prints "booted" once and then
+// "tick N" every second: a restored VM continues the count (memory kept)
+// without a new "booted"; a fresh boot prints it again.
+const webScript = `echo booted; mkdir -p /www && echo hello conformance > /www/index.html
+(i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 1; done) &
+exec httpd -f -p 8080 -h /www`
 
 // TestUpstreamClients drives one hypemand (bridge networking inside a
 // network namespace this test owns) with hypeman's unmodified CLI through
@@ -195,7 +199,7 @@ func (f *flow) tickAbove(t *testing.T, ref string, n int) int {
 func (f *flow) run() {
 	f.step("run", func(t *testing.T) {
 		r := f.cli(t, nil, "run", "--name", "web", "--memory", "256MB", "--cpus", "1",
-			"--tag", "suite=conformance", "--tag", "role=web", "conformance/web:v1")
+			"--tag", "suite=conformance", "--tag", "role=web", "--cmd", webScript, "conformance/web:v1")
 		f.id = strings.TrimSpace(r.Stdout)
 		if f.id == "" || strings.Contains(f.id, "\n") {
 			t.Fatalf("run printed %q, want the instance id", r.Stdout)
