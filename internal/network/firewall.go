@@ -111,22 +111,28 @@ func nftRemove() string {
 	return fmt.Sprintf("table inet %[1]s\ndelete table inet %[1]s\ntable ip %[1]s\ndelete table ip %[1]s\n", NFTTable)
 }
 
-// nft applies a ruleset inside the namespace. The child process is forked
-// from a thread in the namespace, so it inherits it.
+// nft applies a ruleset inside the namespace.
 func (m *Manager) nft(ctx context.Context, ruleset string) error {
 	bin, err := exec.LookPath("nft")
 	if err != nil {
 		return fmt.Errorf("nft: %w", err)
 	}
+	return m.runInNS(ctx, "nft", ruleset, bin, "-f", "-")
+}
+
+// runInNS runs bin with args inside the namespace, stdin as its input; a
+// failure carries the tool's output. The child is forked from a thread in
+// the namespace, so it inherits it.
+func (m *Manager) runInNS(ctx context.Context, tool, stdin, bin string, args ...string) error {
 	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "-f", "-")
-	cmd.Stdin = strings.NewReader(ruleset)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := m.ns.Do(cmd.Start); err != nil {
-		return fmt.Errorf("nft: %w", err)
+		return fmt.Errorf("%s: %w", tool, err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(out.String()))
+		return fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(out.String()))
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package network
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -125,17 +124,7 @@ func (m *Manager) tc(ctx context.Context, bin string, force bool, batch string) 
 	if force {
 		args = append([]string{"-force"}, args...)
 	}
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Stdin = strings.NewReader(batch)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := m.ns.Do(cmd.Start); err != nil {
-		return fmt.Errorf("tc: %w", err)
-	}
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("tc: %w: %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	return m.runInNS(ctx, "tc", batch, bin, args...)
 }
 
 // ensureIFB creates (or adopts) an ifb device and brings it up.
