@@ -324,7 +324,7 @@ func (f *flow) run() {
 	})
 
 	f.step("ingress", func(t *testing.T) {
-		port := freePort(t)
+		port := testutil.FreePort(t)
 		r := f.cli(t, nil, "ingress", "create", "web", "--hostname", "web.conformance.test", "--port", "8080",
 			"--host-port", strconv.Itoa(port), "--name", "web-ing", "--tag", "suite=conformance")
 		if strings.TrimSpace(r.Stdout) == "" {
@@ -527,15 +527,6 @@ func httpGet(t *testing.T, url, host string, want int) string {
 	}
 	t.Fatalf("GET %s (Host %s): %s, want %d", url, host, last, want)
 	return ""
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // tail returns the last n lines of s.

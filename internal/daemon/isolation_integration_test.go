@@ -19,6 +19,7 @@ import (
 	"hypeman/internal/instances/state"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/network/nettest"
+	"hypeman/internal/testutil"
 	"hypeman/internal/testutil/testimage"
 )
 
@@ -95,7 +96,7 @@ func TestGuestIsolation(t *testing.T) {
 	guestFetchFails(t, d, a.ID, bURL) // A → gateway → B
 
 	// B's published path and health check still work.
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	if _, err := d.Ingress.Create(ctx, ingress.CreateRequest{Name: "iso-b", Rules: []ingress.Rule{
 		{Match: ingress.Match{Port: port}, Target: ingress.Target{Instance: "iso-b", Port: 8080}},
 	}}); err != nil {

@@ -16,6 +16,7 @@ import (
 	"hypeman/internal/instances/state"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/network/nettest"
+	"hypeman/internal/testutil"
 	"hypeman/internal/testutil/testimage"
 )
 
@@ -80,7 +81,7 @@ func TestNetworkingIPsAndIngress(t *testing.T) {
 	}
 
 	// Publish web-b on a loopback port through an ingress.
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	if _, err := d.Ingress.Create(ctx, ingress.CreateRequest{Name: "web", Rules: []ingress.Rule{
 		{Match: ingress.Match{Port: port}, Target: ingress.Target{Instance: "web-b", Port: 8080}},
 	}}); err != nil {
@@ -108,15 +109,6 @@ func TestNetworkingIPsAndIngress(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("ingress to a stopped instance: %d", resp.StatusCode)
 	}
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // getVia GETs url, dialing with dial (nil = default), retrying for a while

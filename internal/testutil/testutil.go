@@ -9,6 +9,7 @@ package testutil
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,4 +113,16 @@ func Initrd(t testing.TB) (kernel *system.Kernel, initrd string) {
 func RequireTools(t testing.TB, tools ...string) {
 	t.Helper()
 	tier.Tools(t, tools...)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago (for
+// a listener the code under test opens itself, such as an ingress).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -25,6 +25,7 @@ import (
 	"hypeman/internal/network"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/network/nettest"
+	"hypeman/internal/testutil"
 )
 
 // fakeResolver maps "instance:port" to a dial address; unknown instances
@@ -65,16 +66,6 @@ func backendFunc(t *testing.T, h http.HandlerFunc) string {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func newManager(t *testing.T, dir string, res ingress.Resolver, dial func(context.Context, string, string) (net.Conn, error)) *ingress.Manager {
@@ -122,7 +113,7 @@ func TestHostRoutingAndErrors(t *testing.T) {
 	res.set("app-c", 80, backend(t, "C"))
 	m := newManager(t, t.TempDir(), res, nil)
 	ctx := context.Background()
-	p := freePort(t)
+	p := testutil.FreePort(t)
 
 	web, err := m.Create(ctx, ingress.CreateRequest{Name: "web", Rules: []ingress.Rule{
 		{Match: ingress.Match{Hostname: "a.test", Port: p}, Target: ingress.Target{Instance: "app-a", Port: 80}},
@@ -169,7 +160,7 @@ func TestHostRoutingAndErrors(t *testing.T) {
 		t.Fatalf("stopped target: %d %s", st, body)
 	}
 	// Target resolves but refuses connections -> 502 too.
-	res.set("app-stopped", 80, "127.0.0.1:"+strconv.Itoa(freePort(t)))
+	res.set("app-stopped", 80, "127.0.0.1:"+strconv.Itoa(testutil.FreePort(t)))
 	st, body = get(t, p, "stopped.test", "/")
 	if code, _ := errorBody(t, body); st != 502 || code != "bad_gateway" {
 		t.Fatalf("refused target: %d %s", st, body)
@@ -195,7 +186,7 @@ func TestHostRoutingAndErrors(t *testing.T) {
 	defer busy.Close()
 	busyPort := busy.Addr().(*net.TCPAddr).Port
 	if _, err := m.Create(ctx, ingress.CreateRequest{Name: "busy", Rules: []ingress.Rule{
-		{Match: ingress.Match{Port: freePort(t)}, Target: ingress.Target{Instance: "x", Port: 1}},
+		{Match: ingress.Match{Port: testutil.FreePort(t)}, Target: ingress.Target{Instance: "x", Port: 1}},
 		{Match: ingress.Match{Port: busyPort}, Target: ingress.Target{Instance: "x", Port: 1}},
 	}}); !errors.Is(err, ingress.ErrListen) {
 		t.Fatalf("busy port: want ErrListen, got %v", err)
@@ -219,7 +210,7 @@ func TestListenersFollowIngresses(t *testing.T) {
 	res.set("app", 80, backend(t, "APP"))
 	m := newManager(t, t.TempDir(), res, nil)
 	ctx := context.Background()
-	shared, own := freePort(t), freePort(t)
+	shared, own := testutil.FreePort(t), testutil.FreePort(t)
 	rule := func(host string, port int) ingress.Rule {
 		return ingress.Rule{Match: ingress.Match{Hostname: host, Port: port}, Target: ingress.Target{Instance: "app", Port: 80}}
 	}
@@ -267,7 +258,7 @@ func TestRestoreFromState(t *testing.T) {
 	res := &fakeResolver{}
 	res.set("app", 80, backend(t, "APP"))
 	ctx := context.Background()
-	p1, p2 := freePort(t), freePort(t)
+	p1, p2 := testutil.FreePort(t), testutil.FreePort(t)
 
 	m1, err := ingress.New(ctx, ingress.Config{StateDir: dir, ListenAddress: "127.0.0.1"}, res, nil)
 	if err != nil {
@@ -346,7 +337,7 @@ func TestProxyIntoNetNS(t *testing.T) {
 		return "", errors.New("no such instance")
 	})
 	m := newManager(t, t.TempDir(), res, nm.DialContext)
-	p := freePort(t)
+	p := testutil.FreePort(t)
 	if _, err := m.Create(ctx, ingress.CreateRequest{Name: "guest", Rules: []ingress.Rule{
 		{Match: ingress.Match{Hostname: "guest.test", Port: p}, Target: ingress.Target{Instance: "guest-vm", Port: 80}},
 		{Match: ingress.Match{Hostname: "ghost.test", Port: p}, Target: ingress.Target{Instance: "ghost", Port: 80}},
@@ -376,7 +367,7 @@ func TestProxyIntoNetNS(t *testing.T) {
 func TestStateFileVersion(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, ingress.StateFile)
-	p := freePort(t)
+	p := testutil.FreePort(t)
 	old := fmt.Sprintf(`{"ingresses":[{"id":"abc","name":"old","rules":[{"match":{"port":%d},"target":{"instance":"app","port":80}}],"created_at":"2024-01-01T00:00:00Z"}]}`, p)
 	if err := os.WriteFile(path, []byte(old), 0o600); err != nil {
 		t.Fatal(err)

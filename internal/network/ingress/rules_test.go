@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/testutil"
 )
 
 func TestCaptureHostnameRoutesByLabel(t *testing.T) {
@@ -16,7 +17,7 @@ func TestCaptureHostnameRoutesByLabel(t *testing.T) {
 	res.set("alpha", 80, backend(t, "ALPHA"))
 	res.set("beta", 80, backend(t, "BETA"))
 	m := newManager(t, t.TempDir(), res, nil)
-	p := freePort(t)
+	p := testutil.FreePort(t)
 	ing, err := m.Create(context.Background(), ingress.CreateRequest{Name: "per-instance", Tags: map[string]string{"team": "web"}, Rules: []ingress.Rule{
 		{Match: ingress.Match{Hostname: "{instance}.apps.test", Port: p}, Target: ingress.Target{Instance: "{instance}", Port: 80}},
 	}})
@@ -45,7 +46,7 @@ func TestCaptureHostnameRoutesByLabel(t *testing.T) {
 
 func TestCaptureValidation(t *testing.T) {
 	m := newManager(t, t.TempDir(), &fakeResolver{}, nil)
-	p := freePort(t)
+	p := testutil.FreePort(t)
 	bad := []ingress.Rule{
 		{Match: ingress.Match{Hostname: "a.{x}.test", Port: p}, Target: ingress.Target{Instance: "a", Port: 80}},
 		{Match: ingress.Match{Hostname: "{x}.test", Port: p}, Target: ingress.Target{Instance: "{y}", Port: 80}},
@@ -73,7 +74,7 @@ func TestRequestHeaderAuth(t *testing.T) {
 	})
 	res.set("app", 80, srv)
 	m := newManager(t, t.TempDir(), res, nil)
-	p := freePort(t)
+	p := testutil.FreePort(t)
 	secret := strings.Repeat("s", 32)
 	if _, err := m.Create(context.Background(), ingress.CreateRequest{Name: "guarded", Rules: []ingress.Rule{
 		{Match: ingress.Match{Port: p}, Target: ingress.Target{Instance: "app", Port: 80},
@@ -114,7 +115,7 @@ func TestRequestHeaderAuth(t *testing.T) {
 	} {
 		ha := ha
 		_, err := m.Create(context.Background(), ingress.CreateRequest{Name: "g-" + strings.ReplaceAll(name, " ", ""), Rules: []ingress.Rule{
-			{Match: ingress.Match{Port: freePort(t)}, Target: ingress.Target{Instance: "app", Port: 80}, RequestHeaderAuth: &ha},
+			{Match: ingress.Match{Port: testutil.FreePort(t)}, Target: ingress.Target{Instance: "app", Port: 80}, RequestHeaderAuth: &ha},
 		}})
 		if !errors.Is(err, ingress.ErrInvalid) {
 			t.Errorf("%s: err %v, want ErrInvalid", name, err)

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/testutil"
 	"hypeman/internal/testutil/tier"
 )
 
@@ -37,7 +38,7 @@ func TestDefaultListenAddressIsLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	p := freePort(t)
+	p := testutil.FreePort(t)
 	if _, err := m.Create(context.Background(), ingress.CreateRequest{Name: "web", Rules: []ingress.Rule{rule(p)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -85,10 +86,10 @@ func TestPrivilegedPortsRefusedUnlessAllowed(t *testing.T) {
 		tier.Root(t, "binds ports 80 and 443")
 		m := newM(t, nil)
 		for _, p := range []int{1, 22, 53, 1023} {
-			refused(t, m, ingress.CreateRequest{Name: "x", Rules: []ingress.Rule{rule(freePort(t)), rule(p)}}, "rules[1].match.port")
+			refused(t, m, ingress.CreateRequest{Name: "x", Rules: []ingress.Rule{rule(testutil.FreePort(t)), rule(p)}}, "rules[1].match.port")
 		}
 		// A rule without a port gets 80, which the default allows.
-		ing, err := m.Create(ctx, ingress.CreateRequest{Name: "web", Rules: []ingress.Rule{rule(0), rule(443), rule(freePort(t))}})
+		ing, err := m.Create(ctx, ingress.CreateRequest{Name: "web", Rules: []ingress.Rule{rule(0), rule(443), rule(testutil.FreePort(t))}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +170,7 @@ func TestPublisherFollowsListeners(t *testing.T) {
 	if got := pub.last(); got != "127.0.0.1 []" {
 		t.Fatalf("at start: %q", got)
 	}
-	p1, p2 := freePort(t), freePort(t)
+	p1, p2 := testutil.FreePort(t), testutil.FreePort(t)
 	if _, err := m.Create(ctx, ingress.CreateRequest{Name: "a", Rules: []ingress.Rule{rule(p1)}}); err != nil {
 		t.Fatal(err)
 	}
