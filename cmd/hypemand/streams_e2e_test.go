@@ -114,18 +114,8 @@ func testLogs(t *testing.T, c *clients) {
 	// error).
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	cmd := c.up.Command(ctx, "", nil, "logs", "-f", "--tail", "1", "box")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	sc, stop := c.up.Follow(t, ctx, "logs", "-f", "--tail", "1", "box")
 	start := time.Now()
-	sc := bufio.NewScanner(stdout)
 	first, last := -1, -1
 	for sc.Scan() {
 		n := lineNumbers(t, sc.Text())[0]
@@ -137,10 +127,9 @@ func testLogs(t *testing.T, c *clients) {
 			break
 		}
 	}
-	cancel()
-	cmd.Wait()
+	stderr := stop()
 	if first < 0 || last <= first || time.Since(start) < 17*time.Second {
-		t.Fatalf("upstream logs -f: lines %d..%d in %s, stderr %q", first, last, time.Since(start), stderr.String())
+		t.Fatalf("upstream logs -f: lines %d..%d in %s, stderr %q", first, last, time.Since(start), stderr)
 	}
 
 	// Follow with ours: a new line arrives.

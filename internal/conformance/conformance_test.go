@@ -1,7 +1,6 @@
 package conformance_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -237,18 +236,8 @@ func (f *flow) run() {
 		// Follow: a tick written after the stream opened arrives.
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
-		cmd := f.up.Command(ctx, "", nil, "logs", "-f", "--tail", "1", "web")
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { cancel(); cmd.Wait() }()
-		sc := bufio.NewScanner(stdout)
+		sc, stop := f.up.Follow(t, ctx, "logs", "-f", "--tail", "1", "web")
+		defer stop()
 		for sc.Scan() {
 			m := tickLine.FindStringSubmatch(sc.Text())
 			if m == nil {
@@ -258,7 +247,7 @@ func (f *flow) run() {
 				return
 			}
 		}
-		t.Fatalf("logs -f ended without a new tick after %d: %v %s", first, sc.Err(), stderr.String())
+		t.Fatalf("logs -f ended without a new tick after %d: %v %s", first, sc.Err(), stop())
 	})
 
 	f.step("exec", func(t *testing.T) {

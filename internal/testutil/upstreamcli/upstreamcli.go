@@ -13,6 +13,7 @@
 package upstreamcli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -195,6 +196,32 @@ func (c *CLI) Run(t testing.TB, ctx context.Context, dir string, stdin []byte, a
 		t.Fatalf("run %s %v: %v\n%s", c.Bin, args, err, res)
 	}
 	return res
+}
+
+// Follow starts a streaming command (logs -f) bounded by ctx and returns
+// a scanner over its output lines; stop (safe to call more than once) ends
+// it if still running, waits for it and returns what it wrote to stderr. A CLI that cannot be started
+// fails the test.
+func (c *CLI) Follow(t testing.TB, ctx context.Context, args ...string) (lines *bufio.Scanner, stop func() (stderr string)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := c.Command(ctx, "", nil, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start %s %v: %v", c.Bin, args, err)
+	}
+	wait := sync.OnceFunc(func() { cancel(); cmd.Wait() })
+	return bufio.NewScanner(stdout), func() string {
+		wait()
+		return errb.String()
+	}
 }
 
 // cleanEnv is the environment without the variables the CLI reads, so a
