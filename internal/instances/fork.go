@@ -78,14 +78,11 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 	// daemon killed anywhere in between restores the source on start.
 	if from == state.Running || from == state.Paused {
 		src.mu.Lock()
-		lv := src.live
+		lv, policy := src.live, src.meta.SnapshotPolicy
 		src.mu.Unlock()
 		if lv == nil {
 			return nil, &TransitionError{Action: ActionFork, State: from, Allowed: Allowed(from)}
 		}
-		src.mu.Lock()
-		policy := src.meta.SnapshotPolicy
-		src.mu.Unlock()
 		comp, delay := m.standbyPlan(StandbyParams{}, policy)
 		if err := m.setReturnTo(src, from); err != nil {
 			return nil, fmt.Errorf("fork: %w", err)

@@ -41,26 +41,19 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// ParseSize parses "1GB", "512MB", "2G", "1.5GiB" or a byte count. Units are
-// binary (1GB = 1024^3), matching hypeman.
-func ParseSize(s string) (int64, error) { return units.ParseSize(s) }
-
 func parseSizeField(field, s, def string, lo, hi int64) (int64, string, error) {
 	if s == "" {
 		s = def
 	}
-	n, err := ParseSize(s)
+	n, err := units.ParseSize(s)
 	if err != nil {
 		return 0, "", &InvalidArgumentError{Field: field, Reason: err.Error()}
 	}
 	if n < lo || n > hi {
-		return 0, "", &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("%s is out of range (%s to %s)", s, FormatSize(lo), FormatSize(hi))}
+		return 0, "", &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("%s is out of range (%s to %s)", s, units.FormatSize(lo), units.FormatSize(hi))}
 	}
 	return n, s, nil
 }
-
-// FormatSize renders bytes with the largest exact binary unit.
-func FormatSize(n int64) string { return units.FormatSize(n) }
 
 func validateKV(field string, m map[string]string, max int, keyOK func(string) bool) error {
 	if len(m) > max {
