@@ -12,6 +12,8 @@
 //	  registry/                     built-in OCI registry blobs
 //	  instances/<id>/               one dir per instance (metadata.json, disks, logs, sockets)
 //	  snapshots/<id>/               snapshots taken from instances
+//	  volumes/<id>/                 one dir per volume (volume.json, data.ext4)
+//	  pushes/                       image push jobs (one JSON record each)
 package paths
 
 import "path/filepath"
@@ -31,3 +33,6 @@ func (p Paths) InstancesDir() string         { return filepath.Join(p.Root, "ins
 func (p Paths) InstanceDir(id string) string { return filepath.Join(p.Root, "instances", id) }
 func (p Paths) SnapshotsDir() string         { return filepath.Join(p.Root, "snapshots") }
 func (p Paths) SnapshotDir(id string) string { return filepath.Join(p.Root, "snapshots", id) }
+func (p Paths) VolumesDir() string           { return filepath.Join(p.Root, "volumes") }
+func (p Paths) VolumeDir(id string) string   { return filepath.Join(p.Root, "volumes", id) }
+func (p Paths) PushesDir() string            { return filepath.Join(p.Root, "pushes") }
