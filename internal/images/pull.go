@@ -238,6 +238,9 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 	}
 	fl.bytesTotal.Store(total)
 	fl.layersTotal.Store(int64(len(layers)))
+	// Keep the blobs this image shares with cached ones until it is a
+	// cache root itself (or failed).
+	defer s.cache.pin(s.blobsOf(img, d))()
 	s.publishFlight(fl, true)
 
 	staging, err := os.MkdirTemp(s.stagingDir(), s.stagePrefix())
@@ -336,10 +339,26 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	if err := s.cache.commitImage(img); err != nil {
+		s.log.Warn("oci cache: image kept without its layers; it cannot be pushed", "name", j.name, "digest", d, "err", err)
+	}
 	s.log.Info("image converted", "name", j.name, "digest", d, "format", rec.DiskFormat,
 		"size_bytes", size, "entries", rec.Stats.Entries, "fetch_flatten", fetchDur.Round(time.Millisecond),
 		"mkfs", mkfsDur.Round(time.Millisecond))
 	return rec, nil
+}
+
+// blobsOf lists the digests of img's manifest, config and layers.
+func (s *Store) blobsOf(img v1.Image, d string) []v1.Hash {
+	var out []v1.Hash
+	if h, err := v1.NewHash(d); err == nil {
+		out = append(out, h)
+	}
+	if m, err := img.Manifest(); err == nil {
+		out = append(out, m.Config.Digest)
+		out = append(out, layerDigests(m)...)
+	}
+	return out
 }
 
 func writeDiskRecordFile(path string, rec *diskRecord) error {
@@ -370,10 +389,20 @@ func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *f
 	}
 	defer rc.Close()
 	var h hash.Hash
+	var tee *blobWriter
 	if want.Algorithm == "sha256" {
 		h = sha256.New()
+		// The compressed bytes also go to the OCI cache; they are kept
+		// only if the digest over all of them checks out.
+		tee = s.cache.newBlobWriter(want)
 	}
-	cr := &countingReader{r: rc, h: h, onRead: func(n int) {
+	kept := false
+	defer func() {
+		if !kept {
+			tee.abort()
+		}
+	}()
+	cr := &countingReader{r: rc, h: h, tee: tee, onRead: func(n int) {
 		fl.bytesDone.Add(int64(n))
 		s.publishFlight(fl, false)
 	}}
@@ -419,7 +448,12 @@ func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *f
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return s.streamError(br, cr, want, err)
 	}
-	return checkDigest(cr, want)
+	if err := checkDigest(cr, want); err != nil {
+		return err
+	}
+	kept = true
+	tee.commit()
+	return nil
 }
 
 // streamError reports a failed layer stream. When the rest of the blob can
@@ -451,6 +485,7 @@ func checkDigest(cr *countingReader, want v1.Hash) error {
 type countingReader struct {
 	r      io.Reader
 	h      hash.Hash
+	tee    *blobWriter // nil: not cached
 	n      int64
 	onRead func(int)
 }
@@ -462,6 +497,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		if c.h != nil {
 			c.h.Write(p[:n])
 		}
+		c.tee.Write(p[:n])
 		c.onRead(n)
 	}
 	return n, err
@@ -531,6 +567,7 @@ func (s *Store) finish(j *job, digest string, err error) {
 	s.mu.Unlock()
 	if trash != "" {
 		os.RemoveAll(trash)
+		s.cache.drop(digest)
 	}
 	if err == nil {
 		s.persist(digest)

@@ -120,6 +120,10 @@ type Config struct {
 	Resolver Resolver
 	// Limits cap each image (zero: no limit).
 	Limits Limits
+	// DisableOCICache stops keeping manifests, configs and compressed
+	// layers next to the root disks (ocicache.go). Images then take only
+	// their disk's space but cannot be pushed to another registry.
+	DisableOCICache bool
 }
 
 // Store is the image store. Its methods are safe for concurrent use.
@@ -131,6 +135,7 @@ type Store struct {
 	ownTr      *http.Transport // closed on Close when we created it
 	policy     httpPolicy
 	registries *registryPolicy
+	cache      *ociCache // nil when Config.DisableOCICache
 
 	ctx    context.Context // canceled by Close; parent of every job
 	cancel context.CancelFunc
@@ -299,8 +304,17 @@ func New(cfg Config, logger *slog.Logger) (*Store, error) {
 			return nil, fmt.Errorf("images: %w", err)
 		}
 	}
+	if !cfg.DisableOCICache {
+		if s.cache, err = newOCICache(filepath.Join(cfg.Dir, "oci-cache"), logger); err != nil {
+			return nil, fmt.Errorf("images: %w", err)
+		}
+	}
 	if err := s.load(); err != nil {
 		return nil, err
+	}
+	if s.cache != nil {
+		s.cache.adopt(slices.Collect(maps.Keys(s.digests)))
+		s.cache.gc()
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.log.Info("image store open", "dir", cfg.Dir, "disk_format", disk.format, "reason", disk.reason,
@@ -708,7 +722,7 @@ func (s *Store) Delete(ctx context.Context, nameOrDigest string) error {
 		victims = []string{n}
 	}
 
-	var trash []string
+	var trash, dropped []string
 	touched := map[string]bool{}
 	for {
 		// Cancel and wait out running jobs first.
@@ -770,6 +784,7 @@ func (s *Store) Delete(ctx context.Context, nameOrDigest string) error {
 		}
 		delete(s.digests, d)
 		trash = append(trash, t)
+		dropped = append(dropped, d)
 	}
 	for _, n := range victims {
 		s.publishLocked(n)
@@ -786,6 +801,9 @@ func (s *Store) Delete(ctx context.Context, nameOrDigest string) error {
 		if e := os.RemoveAll(t); e != nil {
 			s.log.Warn("removing deleted image disk", "path", t, "err", e)
 		}
+	}
+	for _, d := range dropped {
+		s.cache.drop(d)
 	}
 	return err
 }

@@ -570,6 +570,12 @@ func TestCorruptLayer(t *testing.T) {
 			if ents, _ := os.ReadDir(filepath.Join(s.cfg.Dir, "disks")); len(ents) != 0 {
 				t.Errorf("disk dir left after failure: %v", ents)
 			}
+			// The tee to the OCI cache kept nothing of the bad layer.
+			for _, d := range []string{"oci-cache/blobs/sha256", "oci-cache/tmp"} {
+				if ents, _ := os.ReadDir(filepath.Join(s.cfg.Dir, d)); len(ents) != 0 {
+					t.Errorf("%s not empty after a corrupt layer: %v", d, ents)
+				}
+			}
 		})
 	}
 }
