@@ -22,7 +22,7 @@ type PushSource struct {
 	Digest string // manifest digest
 	Image  v1.Image
 	Layers int
-	Bytes  int64 // compressed layers + config
+	Bytes  int64 // compressed layers + config + manifest
 	// Release lets the cache collect the image's blobs again (call it once
 	// the push ended; until then deleting the image keeps its blobs).
 	Release func()
@@ -64,7 +64,13 @@ func (s *Store) PushSource(ctx context.Context, ref string) (*PushSource, error)
 		release()
 		return nil, s.notCached(img.Name, err)
 	}
-	out := &PushSource{Name: img.Name, Digest: img.Digest, Image: ci, Layers: len(m.Layers), Bytes: m.Config.Size, Release: release}
+	raw, err := ci.RawManifest()
+	if err != nil {
+		release()
+		return nil, err
+	}
+	out := &PushSource{Name: img.Name, Digest: img.Digest, Image: ci, Layers: len(m.Layers),
+		Bytes: int64(len(raw)) + m.Config.Size, Release: release}
 	for _, l := range m.Layers {
 		out.Bytes += l.Size
 	}

@@ -90,8 +90,8 @@ type Push struct {
 	QueuePosition int    `json:"-"`
 	Error         string `json:"error,omitempty"`
 	// Layers and Bytes are the image's layer count and the bytes to send
-	// (compressed layers plus config); BytesDone counts what has been
-	// sent or found present at the target.
+	// (compressed layers, config and manifest); BytesDone counts what has
+	// been sent or found present at the target.
 	Layers      int        `json:"layers"`
 	Bytes       int64      `json:"bytes"`
 	BytesDone   int64      `json:"bytes_done"`
@@ -444,8 +444,9 @@ func (m *Manager) push(j *job) error {
 		auth = authn.Anonymous
 	}
 	progress := make(chan v1.Update, 16)
-	stop := make(chan struct{})
+	stop, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		for {
 			select {
 			case u, ok := <-progress:
@@ -462,7 +463,7 @@ func (m *Manager) push(j *job) error {
 			}
 		}
 	}()
-	defer close(stop)
+	defer func() { close(stop); <-exited }()
 	return remote.Write(ref, j.src.Image,
 		remote.WithContext(m.ctx),
 		remote.WithAuth(auth),
