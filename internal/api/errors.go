@@ -132,6 +132,9 @@ func (s *server) classify(err error) (int, string, string) {
 	case errors.Is(err, hypervisor.ErrHostResources):
 		return http.StatusConflict, CodeInsufficientResources, msg + "; ask for less memory (size) or free some on the host"
 	}
+	if st, code, ok := classifyPushError(err); ok {
+		return st, code, msg
+	}
 	if st, code, ok := classifyImageError(err); ok {
 		return st, code, msg
 	}
@@ -151,7 +154,9 @@ func classifyImageError(err error) (int, string, bool) {
 	switch {
 	case errors.Is(err, images.ErrInvalidReference), errors.Is(err, images.ErrNoMatchingPlatform):
 		return http.StatusBadRequest, CodeInvalidRequest, true
-	case errors.Is(err, images.ErrPullInFlight):
+	case errors.Is(err, images.ErrNotReady):
+		return http.StatusConflict, CodeImageNotReady, true
+	case errors.Is(err, images.ErrPullInFlight), errors.Is(err, images.ErrNotCached):
 		return http.StatusConflict, CodeConflict, true
 	case errors.Is(err, images.ErrNotFound), errors.Is(err, images.ErrNotFoundUpstream):
 		return http.StatusNotFound, CodeNotFound, true

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-
 	"hypeman/internal/api/gen"
 	"hypeman/internal/auth"
 	"hypeman/internal/images"
@@ -430,17 +428,11 @@ func (s *server) CreateImage(ctx context.Context, req gen.CreateImageRequestObje
 	if err := tags.Validate("tags", opts.Tags); err != nil {
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "%v", err)
 	}
-	if c := b.Credentials; c != nil {
-		user, pass, token := deref(c.Username), deref(c.Password), deref(c.RegistryToken)
-		switch {
-		case token != "" && (user != "" || pass != ""):
-			return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "invalid credentials: give either registry_token or username and password, not both")
-		case token != "":
-			opts.Auth = &authn.Bearer{Token: token}
-		case user != "" || pass != "":
-			opts.Auth = &authn.Basic{Username: user, Password: pass}
-		}
+	auth, err := registryAuth(b.Credentials)
+	if err != nil {
+		return nil, err
 	}
+	opts.Auth = auth
 	img, err := s.opts.Images.Ensure(ctx, b.Name, opts)
 	if errors.Is(err, images.ErrInvalidReference) {
 		return nil, newError(http.StatusBadRequest, CodeInvalidRequest, "invalid name: %v", err)

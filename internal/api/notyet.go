@@ -21,7 +21,6 @@ const (
 	featureSchedules = "snapshot schedules"
 	featureVolumes   = "volumes"
 	featureBuilds    = "image builds"
-	featurePushes    = "pushes to remote registries (push to hypemand's own registry at /v2/ instead)"
 )
 
 func (s *server) GetResources(context.Context, gen.GetResourcesRequestObject) (gen.GetResourcesResponseObject, error) {
@@ -110,16 +109,4 @@ func (s *server) DeleteBuilder(context.Context, gen.DeleteBuilderRequestObject) 
 
 func (s *server) PruneBuilder(context.Context, gen.PruneBuilderRequestObject) (gen.PruneBuilderResponseObject, error) {
 	return nil, notBuilt(featureBuilds)
-}
-
-func (s *server) ListPushes(context.Context, gen.ListPushesRequestObject) (gen.ListPushesResponseObject, error) {
-	return nil, notBuilt(featurePushes)
-}
-
-func (s *server) CreatePush(context.Context, gen.CreatePushRequestObject) (gen.CreatePushResponseObject, error) {
-	return nil, notBuilt(featurePushes)
-}
-
-func (s *server) GetPush(context.Context, gen.GetPushRequestObject) (gen.GetPushResponseObject, error) {
-	return nil, notBuilt(featurePushes)
 }

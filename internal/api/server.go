@@ -166,6 +166,7 @@ type Options struct {
 	Guest     Guest       // optional (501 without)
 	Ingresses Ingresses   // optional (501 without)
 	Phases    Phases      // optional (current phase only without)
+	Pushes    Pushes      // optional (501 without)
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
 	Secret []byte
 	// Version is reported by /capabilities.

@@ -1149,9 +1149,15 @@ type CreatePushRequest struct {
 	// never persisted or logged. Either username and password, or
 	// registry_token (a bearer token).
 	Credentials *PushCredentials `json:"credentials,omitempty"`
-	Image       string           `json:"image"`
-	Insecure    *bool            `json:"insecure,omitempty"`
-	Target      string           `json:"target"`
+
+	// Image A ready image (name as listed by GET /images, or its manifest digest).
+	Image string `json:"image"`
+
+	// Insecure Allow plain HTTP to the target registry (reach is still limited by registries_allow).
+	Insecure *bool `json:"insecure,omitempty"`
+
+	// Target Full reference to push to, e.g. registry.example.com/team/app:1.
+	Target string `json:"target"`
 }
 
 // CreateSnapshotRequest defines model for CreateSnapshotRequest.
@@ -1847,19 +1853,37 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
-// Push defines model for Push.
+// Push One export of an image to a registry (POST /pushes).
 type Push struct {
-	Bytes         *int64     `json:"bytes,omitempty"`
-	CompletedAt   *time.Time `json:"completed_at,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	Digest        string     `json:"digest"`
-	Error         *string    `json:"error,omitempty"`
-	Id            string     `json:"id"`
-	Image         string     `json:"image"`
-	Layers        *int       `json:"layers,omitempty"`
+	// Bytes Bytes sent so far, or found already present at the target
+	// (compressed layers, config, manifest); equals bytes_total once
+	// pushed.
+	Bytes *int64 `json:"bytes,omitempty"`
+
+	// BytesTotal Bytes of the image to push (compressed layers, config, manifest). Not in hypeman 0.3.0.
+	BytesTotal  *int64     `json:"bytes_total,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+
+	// Digest Manifest digest pushed (the target ends up with this digest).
+	Digest string `json:"digest"`
+
+	// Error Why the push failed.
+	Error *string `json:"error,omitempty"`
+	Id    string  `json:"id"`
+
+	// Image The image's name as the server records it.
+	Image string `json:"image"`
+
+	// Layers Layers in the image.
+	Layers *int `json:"layers,omitempty"`
+
+	// QueuePosition While queued, 1 for the next push to start; absent otherwise.
 	QueuePosition *int       `json:"queue_position,omitempty"`
 	Status        PushStatus `json:"status"`
-	Target        string     `json:"target"`
+
+	// Target The reference pushed to, as given.
+	Target string `json:"target"`
 }
 
 // PushStatus defines model for Push.Status.
@@ -3174,34 +3198,94 @@ type ClientInterface interface {
 	// Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 	WaitForInstanceState(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ListPushes List image pushes (not built yet)
+	// ListPushes List image pushes
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// Every push this server knows, newest first: running, queued and
+	// finished ones (the newest 1000 finished pushes are kept, across
+	// restarts).
 	//
 	// Corresponds with GET /pushes (the `ListPushes` operationId).
 	ListPushes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreatePushWithBody Push an image to a remote registry (not built yet)
+	// CreatePushWithBody Push an image to a remote registry
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// Exports a ready image to `target`, a full reference on another
+	// registry (`registry.example.com/team/app:1`; Docker Hub when no
+	// registry host is named), as it was pulled: same manifest digest,
+	// same compressed layers, sent by go-containerregistry (blobs the
+	// target already has are not sent again). The push runs in the
+	// background: the answer is the queued job; poll GET /pushes/{id}
+	// until `status` is `pushed` or `failed` (`error` then says why:
+	// registry unreachable, registry denied access, registry address not
+	// allowed, ...; remote error bodies are reduced to registry error codes
+	// and short messages). At most `push_concurrency` pushes run at once;
+	// the others wait in order (`queue_position`, 1 = next).
+	//
+	// The daemon connects only where pulls may (`registries_allow`:
+	// loopback, private and link-local addresses only when listed).
+	// Plain HTTP is used for loopback registries, `insecure_registries`,
+	// and the target of a push with `insecure: true`.
+	//
+	// `credentials` (username and password, or `registry_token`) are
+	// used for this push only: kept in memory, never persisted or logged.
+	//
+	// Images are pushable when the server kept their layers (the OCI
+	// cache, `image_oci_cache`, on by default). An image pulled before
+	// this server kept layers answers 409: delete it and pull it again.
+	// A daemon restart marks pushes that were queued or running failed
+	// ("daemon restarted during push").
+	//
+	// Errors: 400 `invalid_request` for a bad `target` (or credentials
+	// given both ways, or a target pinned to another digest); 404 for an
+	// unknown image; 409 `image_not_ready` while the image is pulling or
+	// failed, 409 `conflict` when its layers were not kept.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /pushes (the `CreatePush` operationId).
 	CreatePushWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreatePush Push an image to a remote registry (not built yet)
+	// CreatePush Push an image to a remote registry
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// Exports a ready image to `target`, a full reference on another
+	// registry (`registry.example.com/team/app:1`; Docker Hub when no
+	// registry host is named), as it was pulled: same manifest digest,
+	// same compressed layers, sent by go-containerregistry (blobs the
+	// target already has are not sent again). The push runs in the
+	// background: the answer is the queued job; poll GET /pushes/{id}
+	// until `status` is `pushed` or `failed` (`error` then says why:
+	// registry unreachable, registry denied access, registry address not
+	// allowed, ...; remote error bodies are reduced to registry error codes
+	// and short messages). At most `push_concurrency` pushes run at once;
+	// the others wait in order (`queue_position`, 1 = next).
+	//
+	// The daemon connects only where pulls may (`registries_allow`:
+	// loopback, private and link-local addresses only when listed).
+	// Plain HTTP is used for loopback registries, `insecure_registries`,
+	// and the target of a push with `insecure: true`.
+	//
+	// `credentials` (username and password, or `registry_token`) are
+	// used for this push only: kept in memory, never persisted or logged.
+	//
+	// Images are pushable when the server kept their layers (the OCI
+	// cache, `image_oci_cache`, on by default). An image pulled before
+	// this server kept layers answers 409: delete it and pull it again.
+	// A daemon restart marks pushes that were queued or running failed
+	// ("daemon restarted during push").
+	//
+	// Errors: 400 `invalid_request` for a bad `target` (or credentials
+	// given both ways, or a target pinned to another digest); 404 for an
+	// unknown image; 409 `image_not_ready` while the image is pulling or
+	// failed, 409 `conflict` when its layers were not kept.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /pushes (the `CreatePush` operationId).
 	CreatePush(ctx context.Context, body CreatePushJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// GetPush Get one push (not built yet)
+	// GetPush Get one push
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// The push's status, progress and, when failed, why.
 	//
 	// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
 	GetPush(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -4636,9 +4720,11 @@ func (c *Client) WaitForInstanceState(ctx context.Context, id InstanceID, params
 	return c.Client.Do(req)
 }
 
-// ListPushes List image pushes (not built yet)
+// ListPushes List image pushes
 //
-// Answers 501 until pushes to remote registries are built.
+// Every push this server knows, newest first: running, queued and
+// finished ones (the newest 1000 finished pushes are kept, across
+// restarts).
 //
 // Corresponds with GET /pushes (the `ListPushes` operationId).
 func (c *Client) ListPushes(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4653,9 +4739,38 @@ func (c *Client) ListPushes(ctx context.Context, reqEditors ...RequestEditorFn) 
 	return c.Client.Do(req)
 }
 
-// CreatePushWithBody Push an image to a remote registry (not built yet)
+// CreatePushWithBody Push an image to a remote registry
 //
-// Answers 501 until pushes to remote registries are built.
+// Exports a ready image to `target`, a full reference on another
+// registry (`registry.example.com/team/app:1`; Docker Hub when no
+// registry host is named), as it was pulled: same manifest digest,
+// same compressed layers, sent by go-containerregistry (blobs the
+// target already has are not sent again). The push runs in the
+// background: the answer is the queued job; poll GET /pushes/{id}
+// until `status` is `pushed` or `failed` (`error` then says why:
+// registry unreachable, registry denied access, registry address not
+// allowed, ...; remote error bodies are reduced to registry error codes
+// and short messages). At most `push_concurrency` pushes run at once;
+// the others wait in order (`queue_position`, 1 = next).
+//
+// The daemon connects only where pulls may (`registries_allow`:
+// loopback, private and link-local addresses only when listed).
+// Plain HTTP is used for loopback registries, `insecure_registries`,
+// and the target of a push with `insecure: true`.
+//
+// `credentials` (username and password, or `registry_token`) are
+// used for this push only: kept in memory, never persisted or logged.
+//
+// Images are pushable when the server kept their layers (the OCI
+// cache, `image_oci_cache`, on by default). An image pulled before
+// this server kept layers answers 409: delete it and pull it again.
+// A daemon restart marks pushes that were queued or running failed
+// ("daemon restarted during push").
+//
+// Errors: 400 `invalid_request` for a bad `target` (or credentials
+// given both ways, or a target pinned to another digest); 404 for an
+// unknown image; 409 `image_not_ready` while the image is pulling or
+// failed, 409 `conflict` when its layers were not kept.
 //
 // Takes any type of body and a specified content type.
 //
@@ -4672,9 +4787,38 @@ func (c *Client) CreatePushWithBody(ctx context.Context, contentType string, bod
 	return c.Client.Do(req)
 }
 
-// CreatePush Push an image to a remote registry (not built yet)
+// CreatePush Push an image to a remote registry
 //
-// Answers 501 until pushes to remote registries are built.
+// Exports a ready image to `target`, a full reference on another
+// registry (`registry.example.com/team/app:1`; Docker Hub when no
+// registry host is named), as it was pulled: same manifest digest,
+// same compressed layers, sent by go-containerregistry (blobs the
+// target already has are not sent again). The push runs in the
+// background: the answer is the queued job; poll GET /pushes/{id}
+// until `status` is `pushed` or `failed` (`error` then says why:
+// registry unreachable, registry denied access, registry address not
+// allowed, ...; remote error bodies are reduced to registry error codes
+// and short messages). At most `push_concurrency` pushes run at once;
+// the others wait in order (`queue_position`, 1 = next).
+//
+// The daemon connects only where pulls may (`registries_allow`:
+// loopback, private and link-local addresses only when listed).
+// Plain HTTP is used for loopback registries, `insecure_registries`,
+// and the target of a push with `insecure: true`.
+//
+// `credentials` (username and password, or `registry_token`) are
+// used for this push only: kept in memory, never persisted or logged.
+//
+// Images are pushable when the server kept their layers (the OCI
+// cache, `image_oci_cache`, on by default). An image pulled before
+// this server kept layers answers 409: delete it and pull it again.
+// A daemon restart marks pushes that were queued or running failed
+// ("daemon restarted during push").
+//
+// Errors: 400 `invalid_request` for a bad `target` (or credentials
+// given both ways, or a target pinned to another digest); 404 for an
+// unknown image; 409 `image_not_ready` while the image is pulling or
+// failed, 409 `conflict` when its layers were not kept.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -4691,9 +4835,9 @@ func (c *Client) CreatePush(ctx context.Context, body CreatePushJSONRequestBody,
 	return c.Client.Do(req)
 }
 
-// GetPush Get one push (not built yet)
+// GetPush Get one push
 //
-// Answers 501 until pushes to remote registries are built.
+// The push's status, progress and, when failed, why.
 //
 // Corresponds with GET /pushes/{id} (the `GetPush` operationId).
 func (c *Client) GetPush(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -8582,36 +8726,96 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /instances/{id}/wait (the `WaitForInstanceState` operationId).
 	WaitForInstanceStateWithResponse(ctx context.Context, id InstanceID, params *WaitForInstanceStateParams, reqEditors ...RequestEditorFn) (*WaitForInstanceStateResponse, error)
 
-	// ListPushesWithResponse List image pushes (not built yet)
+	// ListPushesWithResponse List image pushes
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// Every push this server knows, newest first: running, queued and
+	// finished ones (the newest 1000 finished pushes are kept, across
+	// restarts).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /pushes (the `ListPushes` operationId).
 	ListPushesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListPushesResponse, error)
 
-	// CreatePushWithBodyWithResponse Push an image to a remote registry (not built yet)
+	// CreatePushWithBodyWithResponse Push an image to a remote registry
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// Exports a ready image to `target`, a full reference on another
+	// registry (`registry.example.com/team/app:1`; Docker Hub when no
+	// registry host is named), as it was pulled: same manifest digest,
+	// same compressed layers, sent by go-containerregistry (blobs the
+	// target already has are not sent again). The push runs in the
+	// background: the answer is the queued job; poll GET /pushes/{id}
+	// until `status` is `pushed` or `failed` (`error` then says why:
+	// registry unreachable, registry denied access, registry address not
+	// allowed, ...; remote error bodies are reduced to registry error codes
+	// and short messages). At most `push_concurrency` pushes run at once;
+	// the others wait in order (`queue_position`, 1 = next).
+	//
+	// The daemon connects only where pulls may (`registries_allow`:
+	// loopback, private and link-local addresses only when listed).
+	// Plain HTTP is used for loopback registries, `insecure_registries`,
+	// and the target of a push with `insecure: true`.
+	//
+	// `credentials` (username and password, or `registry_token`) are
+	// used for this push only: kept in memory, never persisted or logged.
+	//
+	// Images are pushable when the server kept their layers (the OCI
+	// cache, `image_oci_cache`, on by default). An image pulled before
+	// this server kept layers answers 409: delete it and pull it again.
+	// A daemon restart marks pushes that were queued or running failed
+	// ("daemon restarted during push").
+	//
+	// Errors: 400 `invalid_request` for a bad `target` (or credentials
+	// given both ways, or a target pinned to another digest); 404 for an
+	// unknown image; 409 `image_not_ready` while the image is pulling or
+	// failed, 409 `conflict` when its layers were not kept.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /pushes (the `CreatePush` operationId).
 	CreatePushWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreatePushResponse, error)
 
-	// CreatePushWithResponse Push an image to a remote registry (not built yet)
+	// CreatePushWithResponse Push an image to a remote registry
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// Exports a ready image to `target`, a full reference on another
+	// registry (`registry.example.com/team/app:1`; Docker Hub when no
+	// registry host is named), as it was pulled: same manifest digest,
+	// same compressed layers, sent by go-containerregistry (blobs the
+	// target already has are not sent again). The push runs in the
+	// background: the answer is the queued job; poll GET /pushes/{id}
+	// until `status` is `pushed` or `failed` (`error` then says why:
+	// registry unreachable, registry denied access, registry address not
+	// allowed, ...; remote error bodies are reduced to registry error codes
+	// and short messages). At most `push_concurrency` pushes run at once;
+	// the others wait in order (`queue_position`, 1 = next).
+	//
+	// The daemon connects only where pulls may (`registries_allow`:
+	// loopback, private and link-local addresses only when listed).
+	// Plain HTTP is used for loopback registries, `insecure_registries`,
+	// and the target of a push with `insecure: true`.
+	//
+	// `credentials` (username and password, or `registry_token`) are
+	// used for this push only: kept in memory, never persisted or logged.
+	//
+	// Images are pushable when the server kept their layers (the OCI
+	// cache, `image_oci_cache`, on by default). An image pulled before
+	// this server kept layers answers 409: delete it and pull it again.
+	// A daemon restart marks pushes that were queued or running failed
+	// ("daemon restarted during push").
+	//
+	// Errors: 400 `invalid_request` for a bad `target` (or credentials
+	// given both ways, or a target pinned to another digest); 404 for an
+	// unknown image; 409 `image_not_ready` while the image is pulling or
+	// failed, 409 `conflict` when its layers were not kept.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /pushes (the `CreatePush` operationId).
 	CreatePushWithResponse(ctx context.Context, body CreatePushJSONRequestBody, reqEditors ...RequestEditorFn) (*CreatePushResponse, error)
 
-	// GetPushWithResponse Get one push (not built yet)
+	// GetPushWithResponse Get one push
 	//
-	// Answers 501 until pushes to remote registries are built.
+	// The push's status, progress and, when failed, why.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -12768,8 +12972,6 @@ type ListPushesResponse struct {
 	JSON403 *Forbidden
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
-	// JSON501 the response for an HTTP 501 `application/json` response
-	JSON501 *NotImplemented
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -12790,11 +12992,6 @@ func (r ListPushesResponse) GetJSON403() *Forbidden {
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
 func (r ListPushesResponse) GetJSON500() *Internal {
 	return r.JSON500
-}
-
-// GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r ListPushesResponse) GetJSON501() *NotImplemented {
-	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
@@ -12843,8 +13040,6 @@ type CreatePushResponse struct {
 	JSON409 *Conflict
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
-	// JSON501 the response for an HTTP 501 `application/json` response
-	JSON501 *NotImplemented
 }
 
 // GetJSON202 returns the response for an HTTP 202 `application/json` response
@@ -12880,11 +13075,6 @@ func (r CreatePushResponse) GetJSON409() *Conflict {
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
 func (r CreatePushResponse) GetJSON500() *Internal {
 	return r.JSON500
-}
-
-// GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r CreatePushResponse) GetJSON501() *NotImplemented {
-	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
@@ -12929,8 +13119,6 @@ type GetPushResponse struct {
 	JSON404 *NotFound
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
-	// JSON501 the response for an HTTP 501 `application/json` response
-	JSON501 *NotImplemented
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -12956,11 +13144,6 @@ func (r GetPushResponse) GetJSON404() *NotFound {
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
 func (r GetPushResponse) GetJSON500() *Internal {
 	return r.JSON500
-}
-
-// GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r GetPushResponse) GetJSON501() *NotImplemented {
-	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
@@ -14999,9 +15182,11 @@ func (c *ClientWithResponses) WaitForInstanceStateWithResponse(ctx context.Conte
 	return ParseWaitForInstanceStateResponse(rsp)
 }
 
-// ListPushesWithResponse List image pushes (not built yet)
+// ListPushesWithResponse List image pushes
 //
-// Answers 501 until pushes to remote registries are built.
+// Every push this server knows, newest first: running, queued and
+// finished ones (the newest 1000 finished pushes are kept, across
+// restarts).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15014,9 +15199,38 @@ func (c *ClientWithResponses) ListPushesWithResponse(ctx context.Context, reqEdi
 	return ParseListPushesResponse(rsp)
 }
 
-// CreatePushWithBodyWithResponse Push an image to a remote registry (not built yet)
+// CreatePushWithBodyWithResponse Push an image to a remote registry
 //
-// Answers 501 until pushes to remote registries are built.
+// Exports a ready image to `target`, a full reference on another
+// registry (`registry.example.com/team/app:1`; Docker Hub when no
+// registry host is named), as it was pulled: same manifest digest,
+// same compressed layers, sent by go-containerregistry (blobs the
+// target already has are not sent again). The push runs in the
+// background: the answer is the queued job; poll GET /pushes/{id}
+// until `status` is `pushed` or `failed` (`error` then says why:
+// registry unreachable, registry denied access, registry address not
+// allowed, ...; remote error bodies are reduced to registry error codes
+// and short messages). At most `push_concurrency` pushes run at once;
+// the others wait in order (`queue_position`, 1 = next).
+//
+// The daemon connects only where pulls may (`registries_allow`:
+// loopback, private and link-local addresses only when listed).
+// Plain HTTP is used for loopback registries, `insecure_registries`,
+// and the target of a push with `insecure: true`.
+//
+// `credentials` (username and password, or `registry_token`) are
+// used for this push only: kept in memory, never persisted or logged.
+//
+// Images are pushable when the server kept their layers (the OCI
+// cache, `image_oci_cache`, on by default). An image pulled before
+// this server kept layers answers 409: delete it and pull it again.
+// A daemon restart marks pushes that were queued or running failed
+// ("daemon restarted during push").
+//
+// Errors: 400 `invalid_request` for a bad `target` (or credentials
+// given both ways, or a target pinned to another digest); 404 for an
+// unknown image; 409 `image_not_ready` while the image is pulling or
+// failed, 409 `conflict` when its layers were not kept.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15029,9 +15243,38 @@ func (c *ClientWithResponses) CreatePushWithBodyWithResponse(ctx context.Context
 	return ParseCreatePushResponse(rsp)
 }
 
-// CreatePushWithResponse Push an image to a remote registry (not built yet)
+// CreatePushWithResponse Push an image to a remote registry
 //
-// Answers 501 until pushes to remote registries are built.
+// Exports a ready image to `target`, a full reference on another
+// registry (`registry.example.com/team/app:1`; Docker Hub when no
+// registry host is named), as it was pulled: same manifest digest,
+// same compressed layers, sent by go-containerregistry (blobs the
+// target already has are not sent again). The push runs in the
+// background: the answer is the queued job; poll GET /pushes/{id}
+// until `status` is `pushed` or `failed` (`error` then says why:
+// registry unreachable, registry denied access, registry address not
+// allowed, ...; remote error bodies are reduced to registry error codes
+// and short messages). At most `push_concurrency` pushes run at once;
+// the others wait in order (`queue_position`, 1 = next).
+//
+// The daemon connects only where pulls may (`registries_allow`:
+// loopback, private and link-local addresses only when listed).
+// Plain HTTP is used for loopback registries, `insecure_registries`,
+// and the target of a push with `insecure: true`.
+//
+// `credentials` (username and password, or `registry_token`) are
+// used for this push only: kept in memory, never persisted or logged.
+//
+// Images are pushable when the server kept their layers (the OCI
+// cache, `image_oci_cache`, on by default). An image pulled before
+// this server kept layers answers 409: delete it and pull it again.
+// A daemon restart marks pushes that were queued or running failed
+// ("daemon restarted during push").
+//
+// Errors: 400 `invalid_request` for a bad `target` (or credentials
+// given both ways, or a target pinned to another digest); 404 for an
+// unknown image; 409 `image_not_ready` while the image is pulling or
+// failed, 409 `conflict` when its layers were not kept.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15044,9 +15287,9 @@ func (c *ClientWithResponses) CreatePushWithResponse(ctx context.Context, body C
 	return ParseCreatePushResponse(rsp)
 }
 
-// GetPushWithResponse Get one push (not built yet)
+// GetPushWithResponse Get one push
 //
-// Answers 501 until pushes to remote registries are built.
+// The push's status, progress and, when failed, why.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -18564,13 +18807,6 @@ func ParseListPushesResponse(rsp *http.Response) (*ListPushesResponse, error) {
 		}
 		response.JSON500 = &dest
 
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
-		var dest NotImplemented
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON501 = &dest
-
 	}
 
 	return response, nil
@@ -18639,13 +18875,6 @@ func ParseCreatePushResponse(rsp *http.Response) (*CreatePushResponse, error) {
 		}
 		response.JSON500 = &dest
 
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
-		var dest NotImplemented
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON501 = &dest
-
 	}
 
 	return response, nil
@@ -18699,13 +18928,6 @@ func ParseGetPushResponse(rsp *http.Response) (*GetPushResponse, error) {
 			return nil, err
 		}
 		response.JSON500 = &dest
-
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
-		var dest NotImplemented
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON501 = &dest
 
 	}
 

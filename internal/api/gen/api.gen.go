@@ -968,9 +968,15 @@ type CreatePushRequest struct {
 	// never persisted or logged. Either username and password, or
 	// registry_token (a bearer token).
 	Credentials *PushCredentials `json:"credentials,omitempty"`
-	Image       string           `json:"image"`
-	Insecure    *bool            `json:"insecure,omitempty"`
-	Target      string           `json:"target"`
+
+	// Image A ready image (name as listed by GET /images, or its manifest digest).
+	Image string `json:"image"`
+
+	// Insecure Allow plain HTTP to the target registry (reach is still limited by registries_allow).
+	Insecure *bool `json:"insecure,omitempty"`
+
+	// Target Full reference to push to, e.g. registry.example.com/team/app:1.
+	Target string `json:"target"`
 }
 
 // CreateSnapshotRequest defines model for CreateSnapshotRequest.
@@ -1588,19 +1594,37 @@ type PathInfo struct {
 	Size *int64 `json:"size,omitempty"`
 }
 
-// Push defines model for Push.
+// Push One export of an image to a registry (POST /pushes).
 type Push struct {
-	Bytes         *int64     `json:"bytes,omitempty"`
-	CompletedAt   *time.Time `json:"completed_at,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	Digest        string     `json:"digest"`
-	Error         *string    `json:"error,omitempty"`
-	Id            string     `json:"id"`
-	Image         string     `json:"image"`
-	Layers        *int       `json:"layers,omitempty"`
+	// Bytes Bytes sent so far, or found already present at the target
+	// (compressed layers, config, manifest); equals bytes_total once
+	// pushed.
+	Bytes *int64 `json:"bytes,omitempty"`
+
+	// BytesTotal Bytes of the image to push (compressed layers, config, manifest). Not in hypeman 0.3.0.
+	BytesTotal  *int64     `json:"bytes_total,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+
+	// Digest Manifest digest pushed (the target ends up with this digest).
+	Digest string `json:"digest"`
+
+	// Error Why the push failed.
+	Error *string `json:"error,omitempty"`
+	Id    string  `json:"id"`
+
+	// Image The image's name as the server records it.
+	Image string `json:"image"`
+
+	// Layers Layers in the image.
+	Layers *int `json:"layers,omitempty"`
+
+	// QueuePosition While queued, 1 for the next push to start; absent otherwise.
 	QueuePosition *int       `json:"queue_position,omitempty"`
 	Status        PushStatus `json:"status"`
-	Target        string     `json:"target"`
+
+	// Target The reference pushed to, as given.
+	Target string `json:"target"`
 }
 
 // PushStatus defines model for Push.Status.
@@ -2336,13 +2360,13 @@ type ServerInterface interface {
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	// (GET /instances/{id}/wait)
 	WaitForInstanceState(w http.ResponseWriter, r *http.Request, id InstanceID, params WaitForInstanceStateParams)
-	// ListPushes List image pushes (not built yet)
+	// ListPushes List image pushes
 	// (GET /pushes)
 	ListPushes(w http.ResponseWriter, r *http.Request)
-	// CreatePush Push an image to a remote registry (not built yet)
+	// CreatePush Push an image to a remote registry
 	// (POST /pushes)
 	CreatePush(w http.ResponseWriter, r *http.Request)
-	// GetPush Get one push (not built yet)
+	// GetPush Get one push
 	// (GET /pushes/{id})
 	GetPush(w http.ResponseWriter, r *http.Request, id GenericID)
 	// GetResources Host capacity and allocations (not built yet)
@@ -2696,19 +2720,19 @@ func (_ Unimplemented) WaitForInstanceState(w http.ResponseWriter, r *http.Reque
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// ListPushes List image pushes (not built yet)
+// ListPushes List image pushes
 // (GET /pushes)
 func (_ Unimplemented) ListPushes(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// CreatePush Push an image to a remote registry (not built yet)
+// CreatePush Push an image to a remote registry
 // (POST /pushes)
 func (_ Unimplemented) CreatePush(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// GetPush Get one push (not built yet)
+// GetPush Get one push
 // (GET /pushes/{id})
 func (_ Unimplemented) GetPush(w http.ResponseWriter, r *http.Request, id GenericID) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -10217,20 +10241,6 @@ func (response ListPushes500JSONResponse) VisitListPushesResponse(w http.Respons
 	return err
 }
 
-type ListPushes501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response ListPushes501JSONResponse) VisitListPushesResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
 type CreatePushRequestObject struct {
 	Body *CreatePushJSONRequestBody
 }
@@ -10337,20 +10347,6 @@ func (response CreatePush500JSONResponse) VisitCreatePushResponse(w http.Respons
 	return err
 }
 
-type CreatePush501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response CreatePush501JSONResponse) VisitCreatePushResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
 type GetPushRequestObject struct {
 	Id GenericID `json:"id"`
 }
@@ -10425,20 +10421,6 @@ func (response GetPush500JSONResponse) VisitGetPushResponse(w http.ResponseWrite
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(500)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
-type GetPush501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response GetPush501JSONResponse) VisitGetPushResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -11714,13 +11696,13 @@ type StrictServerInterface interface {
 	// WaitForInstanceState Block until the instance reaches one of the given states
 	// (GET /instances/{id}/wait)
 	WaitForInstanceState(ctx context.Context, request WaitForInstanceStateRequestObject) (WaitForInstanceStateResponseObject, error)
-	// ListPushes List image pushes (not built yet)
+	// ListPushes List image pushes
 	// (GET /pushes)
 	ListPushes(ctx context.Context, request ListPushesRequestObject) (ListPushesResponseObject, error)
-	// CreatePush Push an image to a remote registry (not built yet)
+	// CreatePush Push an image to a remote registry
 	// (POST /pushes)
 	CreatePush(ctx context.Context, request CreatePushRequestObject) (CreatePushResponseObject, error)
-	// GetPush Get one push (not built yet)
+	// GetPush Get one push
 	// (GET /pushes/{id})
 	GetPush(ctx context.Context, request GetPushRequestObject) (GetPushResponseObject, error)
 	// GetResources Host capacity and allocations (not built yet)
@@ -13635,323 +13617,342 @@ func (sh *strictHandler) GetVolume(w http.ResponseWriter, r *http.Request, id Vo
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L3rktu4kj/4KgjtTFg6w1LJ1+muio75u33rmtPu9rhsd8S2vBJEQhKmSIAHAKtKdjhiP/0f4P9l32Af",
-	"YB9h903mSTaQCZCgREpUXWzPOfXhnHZRJK6JRF5+mfm5F8ssl4IJo3tHn3s5VTRjhin46xUTTPH45Ln9",
-	"I2E6Vjw3XIreUe8kYcLwOWdq2It63D7KqVn2op6gGesd9XjSi3qK/a3giiW9I6MKFvV0vGQZta1l9PJX",
-	"JhZm2Tu6/+CHqJdxUf4d9cwqt21oo7hY9L58iXonGV2w36DpjaHYn4hic6aYiFlE3r/99YCJWCYsIX02",
-	"XAzJNJHxGVNDLv/5wcuUzxRVq39+8JKmORfsnx8+Talh2kwHLXOB/3SczeP7DzrMRmhDRcwaV9b9Rk6e",
-	"R4Rd0tgQ239EpCKF4H8r7C8kV2zOL7/O2v9KtXlxzoRpGu5bpouMETo3TBGz5Jow+yo5eV4ObslowlQ1",
-	"PNveATR4cPK81zKyhw+ahnIqaK6XsnEk/rfvZ+He0YV+yVPD1OZofxfpinDDMk1iqtSKi4VdObUiC37O",
-	"BDF0QS64WeJM0hUxS2rIOU0LdjQW038zdKH/NIxmH3+a0fiMiWRcjEYPnsBzJs4//qQNXXCxmJJ+wlj+",
-	"++w/WWyINquUDYZj0Yt67DJPZcL8PGE9/lYwtaoWxLZW26F/UmzeO+r9b4cV3zjEX/WhnW7vS9SDPnpH",
-	"vapb+/SDTIuskeLxF7s5UsGWfZ3d8QM6EW9sN1ce1jm2c5OD+2Kb0rkUmgEj/pkmr6hhF3Rl/4qlMEwY",
-	"+0+a5ymPqR3x4X9qO+zPHTfrhVJSYVf1aT8VpMi1UYxmRLEF10atyJzylCVDu48/0+Qt+1vBtLn9sbxb",
-	"WsYOnRGuSUbTuVQZS+yOcHFOU45jeibFPOXxVxuRloWK2T1NtKGGefogsRuGxpNrgtH3pXJ/u2vKzodm",
-	"M74oZKEHMIuXUs14kjDxdaZh5BkTJKXxmS6HaomX6FjmDEZ0IgxTgqa3P6BTps6ZIsz+Dl3/Js1LWYjk",
-	"9rv+TRJdxMtyW333J1mesowJw5KvsSFcE42LkEimiZCG6CLPpTKwOzJnCnok/RUzg2N4mDGtrfCj6UqT",
-	"iyWPl2TOqCkUTuK9oIVZSsU/fY0pvOZac7GI/Mm0x4Jd5kBSQGtDYLuuHdvNU2NovEQ+G/AUmiTctknT",
-	"N8pO23DLBec01Szq5cGjz71MFsJMcse/Ayb7aPTjkw2+arkqTaRIV8jt57RITdmye3kmZcqo6CET9vz8",
-	"z7Crj+XLsrzenhZGnhoqktnqjUx5vNo5k3WBOmUHM6pZQmhhZEYNjy17sQ0eo2DlyIPGMcuNJnYeZMoE",
-	"naUsmRJolfQt3cwKnhpiycReWfUVc+/bf65POOrxJGUTwzMmC7NbHot6fCGkYpOEacMFENPEEix0BLKN",
-	"a4RnRdY7evL48cPHcPXh39XFx4VhC6Zskxm9PMEvnzwqf6dK0VXQIR7UScwTtdGXH3DweTXgba1/2b6r",
-	"p4aaApWk2oLS2PBzNuFiZtnVJJZCsNguhQ7WOJigvST4olBtexBbOkvkhZgollEu7MiPPvdEkaZ257xo",
-	"sTE1lvIFhxeaWt267UuZJpNCGA6M3l6x1Fj5jRp2YKnByjq7ugfS0VzE7JptBOS384OUalOuPGwEN6sJ",
-	"NVcfgmCXZuKO3bUaUow6tsqEJfY/e4Vw/JwlkzylxrZrjydwi0mG3LN6kHCNW2aFTlQJJ0KaiSqEwBcF",
-	"MxdSnYVvulYmPO9FvSXVk/NFXvSibURaX3bogqU019CenCHTmcDF3EMGuprMpfKLFDDDavK6PCsNk+9F",
-	"vdrcSsL1w/RDKk9CY7/QC2yTk7GgORxn45jK/hvPgFE0PrNLl4FK9LlBYQhvg3A2wYmuDlpwIMv1KKli",
-	"x4bUx9J425xTDvT3nJ1zPHJ1rhQXSjFhJoni56h+7qTYBJqa8KRh9uWvwplgNs+uzLJislCyyJv5Xh7z",
-	"CU0SxbRubOCciUSqtu7dry3dr21O2FXYcDjH+oib1vjngqdJw8pKKxfaQ3wd9hArRne0sbkFBUqAE7zr",
-	"yo+4ME8etXca7AGeji7E0LINPKMLNkn4wolqu9uBD0Cc7PD23wpWsEkuNUep6HOHOWlD1XV3Y5NfwUgs",
-	"lVhZKnGMudBL/Bdwo17UQ7XYsgDLnlP77ybWA1aUTsaTNUIGOi2ZR0AzrfSKZ71RQoGZuPN1O/TJ9dlE",
-	"809sspg184AWqoJrvNDX3MSMXlo+ipwP5e/NEbTyL9xwXKS6TLm5nWtC6Sb1ePrIVeHu6oSlzOA/26+o",
-	"69FJbfmbyWZzkdYn3kRYz2hOZzzlnp7WqStmqdVNZYOVM1Br72ni1aEhefbmPTnnyhQ05Z9QreWCFFaB",
-	"OTvPrOZo4gVoL+ySWn7bO+qZeNFEdUH/k0ro6jaMP5YrVK2CRsgF1SReSm0V1sZrEtRGK4cBZe7Yr3Dx",
-	"nuOnb92XX6Ke09Z1gzUbRnuQsnOWeqWenDzXNVWQXeZSM036XkLUEQGOa/8rFvYCjAi7ZHFEUrnQEdHO",
-	"Rq4jMhwO0d/Rmc6XEpl+1+n+Yt/3d4De58sT/OJLKePu8/Fv7pPqa6dCbWvgt/LNsimYs9vlhg16AcZ6",
-	"9ztZrnKWUUHOhLyw6wyyIZmtnAuC0XiJRsGLJTNLpgg3JKaCpLQQ8ZIsmWK1zeg62YCWNtgS0Mg+jSHN",
-	"bcq6+NgRwOYJCFap2rBy2wMirx3WXuPRre3ZLma0dp42WZOXkptFfn8XVCzmbywrDjIeK3me9aIdUqbz",
-	"Clad7BruL+78rA1Sxcv6KGiWgDy3cSClrr+YclFc7hynhIW3vewa4El5UOtD9Bteaq2bozhsHbT/qD72",
-	"P2uffezOhtZF/bL1aHOYu+b7W8Vc6hNeVM6Wap73R8P7o9FwNLzfNM2FVUEnRk4W3oy5SXBWnUs3OclM",
-	"8WTByE+Ekl/tohD3APgFJe+eviE5U+TD62MiqCE/kf948fq9vSzVgW2RVCfmmAgpbEtCEhhH8Bvpm8Zb",
-	"EG9ZJ7hgz+DbsifdttaiTM8EMy3rMzq8/2QnVeJabKzbri276llvv2iDK9EZFCIyl+osIjktNIuIlasO",
-	"uDxIecZNRJbS5GmxOMhYJtUqIjOaplKKg1gKo2QKF+te12qrSHo1aYaVdxJHL0K5MsP9WVqwcLt25rS8",
-	"btY2JueTc6a0U+gqehkNHw5HTUcpeHv7cP2LUa2TxoGCDOw0pKu5Gta1m+1mbNR01r2+m+ZGt/c7X9xL",
-	"NWiZPtqKrjb7zgNdM/Ps8iBcWeUJ+2nfcbjRrjbjWDHAONF05wDfFHr5LHg92NitUCViJMmLNHUoJYQj",
-	"HT0cPhhFZLGM1ZDLQ6kWhzTP/4de0gePnxx5qX0vxFF1CW8OSepDKxv8eXhOFafCfDxGx5JlJFbeu6eJ",
-	"/5j0gzt7QJzalBuW1BW1ukCwyyVzZQqAJd6y9aj/3Bi5P3m4vso5NYYpu4j/x5/04NPo4MePffePg49/",
-	"8Y8G//ZPTUxOFSmr2xm2LYCfTJGyTTdWxoX76/7m7XK95fXj3LbMqHkGstQe6zyjIrngiVlOEnkhUkmT",
-	"BoQZNYzA5QsESf7rf/4v8uG1OzP3X81yHZH7Dx6//vlQHxNFDdOEanuFw8094XIyy/UgIkbR+ZzHxF3U",
-	"RAog8g+v72krYw3Jb4wl2gtfleC0dtwa2Vg1jyLfOYsPr2EOMJmmWQwiopc0ZwkxSyWLxZJQQfh8RtB6",
-	"fa2BsoXnzB204Rf4ct19WJ/WK37OYBm9BYJQPyJir0M1pzEjfSeaE6MKZlVgUfIXsqQ6mMMgEFJCT/wO",
-	"6rvaKaeFkaU/aceSbPr3v0S9OGvaaZanNGYIqgEl+J4mcZbUpMKQsTx+/PDJVl/1/dGDBl/42gXVPO/P",
-	"myu3ZsaAPSZVY2Sm5BlToE0oNi80S0j/0Wg0wANTip6RA5zA/kmSsYRTwxKCFOZoMRxKwP3DwViSbhDL",
-	"3zw7cfSu4ZqkWvvjsD6uQqR2CizLzYr0hST221mh7YCdMj9oW/xmIWY7CCFgK5vjfs71GTk5/B04kTvw",
-	"cl47Ivc0uVDc2BMFLEqX52MsCgGfsGQQEYqKnp21MSkj4KoaEstJ9BGZ/tf/+X8f6qm9hmcry/Q85mws",
-	"ZlxQtSJWWCWF4EaT/rh3fzSyzGXcIz+R+6MR+f/+L2Lp6v/9f4hlOcfQ3izXUyLVWMAf3Pj2uYe0JSzm",
-	"GU0dipZhw5Z5YbMPHkej0cj+byywVdcvvMB1uXE0AL8NyX3yepbDNtuBvfr5UCNAdSczE0atcskR0tTh",
-	"FFYfkD4VCUmUzDWxs4uzZHDTB5SJ820Hs1sP4Te1bqozhCAr7Zwna2jOmZZpYRgisVabR8fw1P0GO13w",
-	"1Nh16ObxWeTFLr756s37Z+AfBwsyo6lZTuIli3eadH+Bd5/Bq2B8BrUbNLAGY+ylUZSgSg47jtaPjK7s",
-	"qbmwV5Ek1FjVmIBuXN5IQgrAQ9ujdk97fkFmkqqk4m3QrhtCRLR0kkO5ZGMBxwNO3L+QcKzE0hkFZweX",
-	"3lhAljJNdO29sZjR+OwoGDw4NjUSqiXRXMmFohnRjGnymmXvpKHpAM7lWExtG9MIeoOrlaWJHzecO1Mo",
-	"AUC86ubFzQeOYahaMMDYKso1S4bk1FBjvwMAYuO8NLGTiS3T73Zcl6ucqXOu5U6j9C/Vm95/sHeYRZsO",
-	"9qu8YCqmmpGUWfldRyThC7vAwBGoXjJ97AIG1iSqG1YBuvo2GuXsL1FPnjOV0lXLkfgjvGJwB0uivz96",
-	"9fOgi7j4FfTGXfqhYnAQJnmJqty2WG/x7UpEa16cn+3+u+NRrYpblEqTfXz/weufOyyTPuM5GjAndMFa",
-	"riN7kN4ieAsOrSwMuaDc2L/nDh6OJx/aIH103MU5EKY2FIDAArD4jWKyG8cZU4KlE4y6aZBQnrrFh07t",
-	"ElLD0eFVx5kKZv8fhJY01QSbJa5ZwgUOVreMxFlVO26bj92p9q273hr1jGmwqv/K5wxY/YzNpWIBqhZ9",
-	"8VJ0ugythDNy0osn205H5zzOi4bV/4Beb/LszftK7iMPfJMOKftoF0wWg050W9QKCFMU4NVbpWWcsmuM",
-	"UMUqCaCTXQJ7ey0LYeoSUbAkzY4bZ15A3t5uXnhT6OW3sN+13jmbCCehWVwo1gVSbsnaXrQdGl5HeMB4",
-	"yu/bF8yfpCsumsxyq74583uXI/us+qQS9M44Rm50aeCv9t3W6/o9Ru55foKBNuW5WTDBrKK1cSRv+Kq+",
-	"shUNFqJ9t64T+3B1F8Pm4mzeaF0dHde1L/qOmtaoDdyKjI0lEyM7gdkQY2vk5HzOZQvq/ip4t62A2bbH",
-	"u3Cyre7AXQDavW5M+LgCrCFKPI95o7d3GzS3CYkGr0RXgOGub9VOzONzrs9+VoyeAUx8g1AQgjIB+0gj",
-	"ZHZz+WXMJ7Glrv2+QlF8v67ctbvHN02G0Bce07vOyZMGbnqKKoEW9IxNQAmy7x35kC0PpS9juCYQ4BiN",
-	"hf/bhQlUL3ghPyJN8Q3RWASP7TtVRBq42THgMSJCmsnc7n1URlHaXgE9DFEPjCarCCXjSSFKD3VUWtUm",
-	"XHhbbjQWbiITI+UktXdmRMpHfgrhgMF8ObGLG41FxsxSJtCvVXEv7Fi50MV8zmNuB+BDBTWsTPCDNlJR",
-	"21nYNm5rhPZwQdOIzGgycRiTiPjx2KUK5mV751UIog/Z9qpJuWDNnMlQnjZIhy8LBegzwKBq0newtXsa",
-	"PQ51BaCKQ2RggigjyjqJhkCXz2EgTagHLkQZVrJfSy7osQ4mKN0PdrywLkfkgs12Ih7gmFRtfmw7YK77",
-	"1mO2abqrRrk5go0+Xkp1dj1fxlzJrIwNahBF13RAS9YAc7HaJy310nIZ+xysQXlhiBQVMCZOpbCnwWqk",
-	"VjGXyole7ei6tWBbK745e7jtnvTR0nLr8psVm5Gb7SI3uxfv4P1TeL2z39l+eD3xe/eaCXYRbNLXXLur",
-	"Wu/2WXq/elde/vDDBtwU0lwZt186ImOaps5GGijl9pe1SH9qkGotz64B506NzHMIBTkt49PcodoUqaLe",
-	"5YH98OCcKjsdbVuA4cuqHf+3bw3/Ltv8EvUq0/p+VJYrOedpFzhPE6tCu/wmJ9yMgpBnDdLkOrYYv/rY",
-	"2tEz7yvYI5b6KcmVnFWgbFUITeiC2oPTwOyOCfol0FCOl7a918nU+StwkNOI0JwqQyyrBeJI+ZzFq9gK",
-	"VJY6huS5i9BCU8orORY+Zovg/PUxoTPNhCFzztJEE0PPwH/OFXFkp4dkatfiCFwT07HoS0WocAYbXJ4B",
-	"yRgV4JsAX8qacPAZApMKxSZmqZheyjTpHT2MektjcszyZDewd4jT+wQxp8r0jn4Y/TCCq9kwdU5TwHTq",
-	"nguxmuRMcZn0jnoP8WERx0zrsAurIPro3d4DXTET6PjLRij6JYv38AK9sK9/iZrmtn7Sn0kwyhh+zoh7",
-	"XWMCncytd8VEC4HLEBiCHyJH3ar3+rXsOPhf3r1706ut7QZ3QluluWCOKVmhS86JFAw3ufTtwHZUF8Kl",
-	"iSxfShnVhtzXoZVfd7JU1rd3A+GhaMwI/urSPM2kNIQLn3HCL3AiQfqCsF3MTzHnShviKMVOSFsxslrn",
-	"rgPcJLVtO+5er205N2Rjm+932GYT77PL757BJgch7A17XG1oRlfAAGD/MqkNmXr6mAa2YQ0prIKf3L1F",
-	"QUTTS8uwVKeFXFf7Ad/taBnnGuGp7HZlBTP/DVtao/h3aAior9DmQ3uy4enHLTdOxQP2NmlmVDSQzFO1",
-	"OAeHMBeB78VDruwT54cRkuglS9PBMckKbQi75IaMro4WePD4yQ7QngNDTRKuuuQ12dBpcMY7LlVgSfut",
-	"JbvMWWxV2uqyX/fDU0gyZn8lF9QqrgEhj0Z1N8fjH38Mz99o1HQC88bkXE6+JvbXqofD9VPwYPSoEaQM",
-	"192+qUngwDfIlfb4lGMY2LNqn2jSL6nqniaxXcU5j60U6YD550zxOXcKlD+S7ixCC7vFJ5jIjn22TGlP",
-	"AfEKy9N5YDU1Yl1uq5QM4rLaDUmYGgkkuSaoxlj0p2H01nRwTChB6yHwWZpqic4DeG/q4WvQItyqNGMI",
-	"A8GNKwUEcLqiXKjJWid2dIxIs2QKZL6x8M42wIM8Go2caOZ2N05lkRwEqlTUm3PFYmUna/+yzbv/BIFo",
-	"55+6cuSy5We2p1/Cjqo/Xta6rJ7/B3Zef/C6HEX1/MMnUEBOvJNsjeMiKrI9AqbFYB8iG68QfO5zEqxl",
-	"paKCzy2nwBdIf9wb9yroC+LvFdMyPWcJ4WbQGPRbR5pdfWY7IGFtsUIB1ssbzNbAHi70B2YDbn3hwmHK",
-	"1H0dIuih8Yn33XULOnIW5VgmrEQxOInwqDIbB9lZfU7BSSEUo/ESrZ3l09DoOhallXPicxKu25DLD2Hw",
-	"0VjgPk8yrjNq4mVEhJzAv+yFWlmrY6lUkZtJSlfMflYaikmfCgQMkpjmEA0O42QJyrTQD3ASjdgpzYzh",
-	"YjGI3KqbCS65M/jaXuwfmCLCG3I7gpV+s7Sf2pkGUSOIGS9T2h66hLaHLn4Ek9k203E7nueNB+t4sCqs",
-	"ANVkA+izLdhjs0MlOyHOgZW88S83pgJZt2Be0JUmlqYhepr0Le2j4m0vV0xrQGZsyUWC8dfApgfDTplS",
-	"wC1ZOmbWnCj8U2mPc1tu98cqRYC16sOgkMWA32JQQ1R2T9dSSVk7l85lJ9vTDVjkScBoOx34ztjQNRl2",
-	"B/Npdg47pt49B0qdjLqno3AYBpYQ4AcOUW03j2hJ5lSRfsao4GIxL1IrOaTIa33EwlpUi/16kliVqJsn",
-	"ED8w0tC04xcwzKqP1hfKNnfIa8GQ68Opd7XWbusWnG4YA3MmyjQ6sG6YOMsensacOk1+aBcF1SBxXEFg",
-	"aPHPt0fjXidg68aissBlXgvN2n0mcCiv7R24pyKwlNo0X0y/QOgOYAGJkQQu2CNCScoNUzR1aS+mfxm6",
-	"m2IYy2xK+lIwktIZSwfRWEhFKHGuCZSXwTRCc8h1AjlZqSbTz14S/1JrbDgWT8UKkcxgEAED6bqblOZ5",
-	"+NWadvj44RblsGHCmI1VkpRrwwSRolI9fxgNhuQN6AgzlsoLCK6A28hpBGNRw9/ZyyOhLJPiniZTl6zF",
-	"Sz6TXPFznrKF/adtcwpd6rEwS5aFnYJR8NGjh4MSgr2PxtZGK067/gX292lh9qYbzPjeoOAlLAEdOPHE",
-	"AwlLnzqBDkzlEXkm5RlnEbFrHpGlzA9mq4OlzK1kmyt5ufIo1HV1f3dq7agHKdTXrCreIrM9+Xx4Dsuc",
-	"9tjclnMHLGDPrLb+qHbgMHisYXSJVevMxFumt3uAIf98eKdB9FCq1+GiaGtUBWv28npQBa7HhDpa6cIa",
-	"N2isBo/s0AI6++CzVO+e8btfT4lhKnOZaktL39Nnr19sD3VriUmspbOAbdiKz6yPek+sn2OBW8pFgG1D",
-	"KnLynPRLfTZnyuNeBmBF9vB8+/Y9XTLbfsBlpxtGtLXTcf+GLGrrV5ufY9RuPToJ1uFrxHK2CYzvrOif",
-	"JUSeM6V4wiLC54SK1X6ZP64itvjEnvmS6hYfd+WWhJeIkBdo0kIfduoDYJK1aIcqs+z2Xqs0v+tGCOe5",
-	"Kk1nzCrALCG1z7urEHsHWnJB5lJZFdl5WYF7VTGV9fm6iMjenpGF22giCDC8Hmlc31B0yc2kGQT44pIb",
-	"NNg4JdZFlt3TJKUag+RQh3XLdybkheioOEO/AfhpXYq6QM+574cJqNIzhu+82RTG9nDci8i4d8bTFDOp",
-	"ab4QNCU/kv7pyau/nvz668C+4RNibG7hlqjITUrlGsNCwvTrNE1Xx4RuGBqE9EEiHhB3tYSVHaInPb97",
-	"9eY9OJ2pnngkfEsq72tEWIZgh64DwzYq68OVwjRjKtrCNMNzjKGavZuMLNyS5bZT/ttunOE5mp5rlrUa",
-	"9cFxmEnpQuK6K6UdQwj3Dh4MTVy1WHVnH3FpK3wY4aY4APeEB79ol7G4jZt1sHesefuLrEgpOPsznqZc",
-	"s1iKRBOdW2LhAu196/dgdQeORXUJHjkvEdhrueE05Z+gjIW7Dl0esCQiellAOvJoLDTCtMqUYQP7cZwW",
-	"CRcLtAvijed6LnKrNQp5UTP+Vsx6X7Ns3xllB3vZYq8ZSek/78Yg3OcVZ+gQiOlyobTQ1LVDCm8qUzTr",
-	"etwcgNF9Ndnhu0HpjGvyHi9ckNcvlitCyRugQPLhNXGEZ+9DbjRL52OByzbGTHogEaGLQgo8se6kHxEh",
-	"ic6pZTdsbogUY4FxGMdkrhhzv8kgNcucp0yvtGGZB/wWGRv3nK2hw1rBWK+13vtYs8uIy63hkleJa9wa",
-	"yRia5HyYHpJJfePdEfDjXGPBa3maA+mlRri1VQ2lvDXhoHYnNvLjdVWiWcjfpoRZoWRDD8sSdj4pipab",
-	"NYCedoCaNgoZDRD8Evo18Vi01tIr5ZslSKzNfK4NSlHXJGBoaMfJh+sf7d4OGeb+6J+x3DjQXUrt/5fD",
-	"Hgw79+4Bk9eehsfh3Uyq/fpa+JIgRxWoFYGOXCyOqrtYSHLOVMJjiEYZlqC+w7EogZyYRKMEC2pywcAM",
-	"C07coddnjgh1iw1CmxmLWWE2lAIhy6D9OpIjKGHih9nzMvSqF/XK0cC/oce9UHXPq/ZL8ve94INfyvbx",
-	"X++DHv0T128L6rrtRETNZ2obL2hNpdslw9tz9wvpBwneBk2KfaNgsDv52vscmw8yr3VvfnvFrLwBMYsX",
-	"8ZvzR8SFP3p12mV9oML/EBG4vDH3/UY63w17hU9A/KBbPYR4LeHqg6PR6GhEj548gn/EnQoiNeMSXIo3",
-	"jMYee8vruOdcMbhkg90ZZ/3ibqOtlnAOjKBOjsiH168rGR7i1fC+HJKTQKA/8jl7VCF0hNANFJms2A9M",
-	"wPAUUlvlVHk53plGhp4JHIVPyZJqqwu43lBKOyLnkNthruQnJkh/ZgW4Mq5SKgIPQDKDa2EsvKeLkjkY",
-	"GaRGIMERCcSHsMYffGwlsovlCoU3cAw5Ca4S1QZDcup0llpioWVhCCgybkleEw7zsNM3aOMAuJxmDA4G",
-	"oSSTGerhPGWE2mXMlURU9yU3OhoLl2aDG3yEwRSxVImlA+LiWoC7f3j9Ghi5F1aGY+GssdXPpZWgDPw3",
-	"0kecDb2EfEQCjS6WRZrA9s8YSRha+u0dqhkLF3JwDOkUPY+/WEptf5eKJRD5SRNqKImpcE0BCKCSymF5",
-	"Yyow2w10BWaj+u3gaLNnibgiwSAmKOohtfSint8iiB3ajCJ633Z5rJ2QptIcPj/TBBezDdDSkN6pEbGy",
-	"KSZVPWwRvuO8mDgNveEUv3mPph5Pip6u7BVUZHYDaZq6M2XX3qE/7VbYK54mes0EJwvMXO0GIops5nIy",
-	"l5HCLWafssxam7nFLaPSum0p3zLNE3tSHPk6tT2YWMeVdV0VhvsKKRMQ3je7XB8UOSTNG79uTTNLiIIK",
-	"8ni1rGTLJVGtrOvlPGtdF5/2xp/qwL60/9r4wnfqsq27n2G+nuGzmPFzS0n2wbunb1xiyXuaGEWFzrgL",
-	"WmHqmIyqW9q+OthzSKbbkGAbNofjRnrt0XjNsqKDlkG1Wyz1mbtOaiZAtP4pRtN0ZUUWveeAtsHqOgDO",
-	"2jvI+R7eu5DN8MRdahzMzmE6q6D5WmB1t1z8WOaF1jpb6yCQI4vcMsF2NtnqdLKsE1T1krRQHCH9UXnO",
-	"vfrUjVG2uGVdto4aj6zz9gb+2MAaGo5vw/HZvFqituusSXR8DS+8ZXFKefY09hDS9coEecpZMlH42l65",
-	"O6jWfCEabtYO35bWgJvzY1z7ZstTKux0XLQ25rK7wtxyxc65LPQNNCQNxhrNUynVXt9WNoa2YPYrDmuv",
-	"o1EzwDXTS9s0O61jl03bNuGo5QBE24KyawfrioU0LIcoRLd8aVCaeC5Vl1oSVb2UdfBKw6u7jnwJXBnt",
-	"JIN6Yx1WTedSaNZcqNHVje5kpW7icg1YguvwuQ6loTe5mNRmUmay2bM7bSYAxS4Uq3JGlMFxpYHLv9Oo",
-	"FvlzcZUJl8WEr/D1Bl00N9U2wPYD2biizasVlVTURIj1xP77ZVX4RWpzsJbm/bgsQH8EIMFpmOS7DUq3",
-	"R0F6JsAul7mcqvtgKB30xZMOTVMXVgkAST2x+ntzgOXaqn1pX8d6ucBNX0gj/MbVbehXdb0GEZj/SL+1",
-	"sBdElQopWN0iWJbr2sILd5fhaqSUN9QsT8Rcbs5qhzPDQTpKa4xPXOtCdcHemTMFlcqlIAkTPgR2d3za",
-	"JddGtxhitY80afxtzetU/1GvspSLs+bf7S+TCpe62+zauOnvBb8ksKkzbrpqTd5lvi/jcevUuK2Fbsjd",
-	"sg+D/Ib1r0vYTXPk4rULW7cUJ165NMqba3HFetVttaarAtP2X/BoSzRMRZMdUjJ6x3QZUeW+7h5atZ4k",
-	"d7/L460L0wwKjWgyk0rJC5eJWgoXvtqXitj5D44IuD+5cFajaCwwJ3XOlOb2YrVcMZWLBUuG5AUHhdty",
-	"T/BKUJFA1ZALqZIIilqUoaJGnjFB+pTMGFUQwHLGhEM1rEXCuwZqRFo+rMcePHn4Q3P+8rDXazTkZ7ae",
-	"tyksCrHNm/7WJS18imp0o0ocIySxAX/F9dlectQadrfDFzdmnt1nmN7w4J2Te4zXf4pOx84fbtuaNohD",
-	"afnoap0Ii2F24ek0p7ETYboYMOZzhjXlwX26R45UXcwqM3YHkz0uyxbE8y7m51LRlhPcHHxgV1orfVkf",
-	"8Mct+9a+ZXvpcw0ntClqYDdseI2e3HG82leTWZhfd9v39WS8FQ/Yv188yPt/1xEOu/7hev4cSIbsxuCW",
-	"LixsHW5tC1UEyMn97klApvu8dTMpjSbUO0+DGmsLykWFAVxLPDcWryRZTzxH+tPHo1GmpxGZPob/v589",
-	"HME/Hix9IpOEpXTlCibY+xIzjf1G5JxQq8Bxpq2CN53R+EzO51OCJzchvx3cBy+ejkhMYazUjMU0o5eT",
-	"8t22+sMRgv7/kxtwedQ/+mksqt4W/JxpUuWsnfNLluCgh+T3zDaQYHa+DQ/vWCBqFDA9VojYSJnneukd",
-	"9R5rvJAn1BiW5VbjGOGD4J0MwpRwh3tSeJQMClRWSQfUFqA2ss3Ud2VDG1CYYAeCFGp+K8KNKKNAH3fL",
-	"olaf0bYEaq43dAxeQBYFGE/YwoRdxowlYX6nEflpLdZmmxFtbUU3xkNz7yAEIuNigTsdJLurKKNai6xb",
-	"XZvybNZ7RfmyzOUEeAS/GkNSbfORA+VRq5QffGJKAughGgtKzniaRoiRiBXVS/tvh+dz1f4BUeEeudST",
-	"Po0jRpuUzYsVthugy1kZvTMakqcACLYNIgxhLML8ZU/fnJT0TgqRSMHqMAX4xd50If3iEDqC1Ryv+801",
-	"5P78Xbwsm3OPnrpWv6wfkM0YYYj+WNpdptpotB6lUizsTjCjXd6NQuBxcPQYpj3sQgNf2hn3aQtE0f1s",
-	"2fLZGWM5FFWXju2gExFi0Ad2XzZ4tqvTJdil8YdoQs2UaGZAVxGSTGepBMApWm+mUH+MloffpVBo0lPC",
-	"c92QXqLWbKh6ZlQUNJ1YIlrjeeX5toSwXatuJIyfsc/X0MEptl8+u3zqenlRduIxptXSXBOs2lY9PYyQ",
-	"mnicbXmn+CjZ8KYqQdawT+fZBI61q3rsFrIGxN7soRf1qu+uuKKO/N7CvF5ccvMMu6s9D2K6Xvqeay98",
-	"eP3MjwIEpsubWPK2wyTVNevRfAe5pzcmdsqMf/c0XrKkSK9awCXIBbvz8nbAtK6xEJZqJlilcz2D5L92",
-	"OEGKGSbMHlWAqpXwH246S91sw9abxOfTIMCxuToRS9aAJFfIrXRTlY6CdibdrZDhVxteLpeVtXzH5crx",
-	"c+95c2e3GzoYtUvSWptH2EfDD9Bd8ByrjXy8ogV3l/G1e6A1KnBhSV1opBHAfaWgzaaGrlLVajvysm2K",
-	"CCFvAMutzbsrOs1ZzHZHZ2zBZ61hwkpg7h4wMBz9ldm5+3yXoXD9tVZ74V6p0sTNcZ8tAWRAYo0zbZlX",
-	"06KuxZIFo93GbzfZ257V1NOFVNwssyatFkXzT9oktQiBY8IXQirmnvqgmlCyst/0ol766VGjF2Sr+zhl",
-	"56wh1ToM4/7B/R8DpeGY3D94QOZUG8DpPzx47BPyR+TJwY9kBsVio7G4P7IfzoKAbias4GcP8FwWiuic",
-	"scQKkumnR2R08GNNQR4L24Xt7GFEHh08ici/Hvy41opZKsbIki+WB8E9MRYwGz0Ykl/4YknwLxJLbYiP",
-	"f5ZzDFYmUhDqY5NdxqmxAPU5KNbrErP8uBfYZVvARo33NdWeguH85Pka1NsF6KuLfc3TQvuK6LVALEi7",
-	"PWNj8dbHgbmIWKmIa3ZwXKpcPzWErQNavw9BH+ut+u8Gdd24QuB7VH63+zZchKCN2lPXXrBkHY2Ft1Ot",
-	"0RHKJJRKgFjaT3JoKaxIrayTwjWp2CWGYEw3Wp86cxZ+e1zeKNrn3PBfOOVa03MPYt1ft18XVG8oieBO",
-	"n1Ul4u8IDe2o1RbiBuI4fSQ9jno3pOF6ysfuGDOrhe6Y2a2oKOsZULv0vAMD2qDk1Ce4djkHA/jYgWzf",
-	"hrPeK6Xc5WSzom2rnRjMa7Xin6NunswmLbrpJjCstKCWgqQL77JMHUuD+XtztiJWLiIHZemeecX4o5Lv",
-	"40PHy2+0NlM5q6A+U/hsncvX6zS5369X3+029NVWHr/mg9D0nCXNnD3wNJVVTMbi/pMfloMyOg9ufduG",
-	"JqEU7QIVsegWNURCenBMqd3QlavSMaPx2ULJQiQuIr7vyCZyJnCAelAolOb7xtTbhHoLKgkWYTAk7k47",
-	"IjXx4J4m07WUI8PWi3IaEZZqRkZj0W+5tbzUte+9Zagy1ySdtXz8exUrqcFLgvRkjfnwr91y0wq8c1pa",
-	"W/agdbB3WOzu6cH/jsXtyGR4dPjTv/yPg49/+afmipk1tJ5m6iBhcwggPWOrA8jySay+SPpnbKWt9vDg",
-	"h4jAc01GBw8ePyHxkioaG6ZAEJ9u9j2tB3R/xixvVvxauLx7jGZWg8HSF265wtk+HjUs0Hu4QvalkYyL",
-	"8On96KYTKu5IYdeNVmpDDAkmzHQXJnrrCFG/epq0a2ZRMqaDvbfpGGBKmrZi2Jntdc/0Nk/LL28qOeW+",
-	"ObWDKuM3WFk8tKf4HnbCGzeWZLOY9A5ZP7My08SXK2pCZCeAOW+wVGyVKYN2g1ba5/Day257oeXDse+q",
-	"N1XGc3aL4VlPNdchjqdcqd2tY2qnSadq+GvrXH1aW+Wmpf2DcvNSKpBc2wN4XI6Zq+UHu25Wsd25tHjG",
-	"kokrTLeDBH0wSfXNx6bACM3iQnGzOoXSWAhtAUytTxqOf7303OPf/3jXqwppuV/X60R+AcV53hDq/rYQ",
-	"5PdnJySWwlAumEKrvyZUk3MfYU7jJRdMD8diLP7gioERjRo+S9EJHwCInr45IaPhw+HoqCwBBWEKOiL/",
-	"fvr7b1gUW0deIMWiL1ZsxVo0JFfSyFimOiJaBu3KC0Ge/XoCr54+/yu5kOpsLHwF0rDGdiEymUAVMIgZ",
-	"BoG7+pUmiSZaZgxC9ceiD9a9Q8zuEQUJDtk5E8aNSkfkgnLj1STNziEjP0zBzmXqqHQa1bFWEZmGnpIp",
-	"5lYlmMoDU9ZwrKjJWZpA+n4lC8OOyQUMnBufNWMphSwA42LfLCOAILFJ/9Wb9zoib56d+PRzOsLKLEHx",
-	"Lx2Rd7+eknNOITt35KKNAvA4wUAkK8Bj7hMXbBXGH8FmU/Lo8tLunM/ogmPytTQRJVAiyzVPmTDpypul",
-	"h+T3nHlonZyTOaPGFROtdmlJIU/UWMwKnkJeKkKFvmCKPB7dJ9O1Qu5TJCC6IloCjb44Z2rlcvZxTaaf",
-	"x1BVfNw7IuPecDjEPLgupW7w9Mt0SPBb6cc4FuwyZrkh0wUzKLdMq7KhOYsdYJAIxhI9FtNa4v0j8jPi",
-	"4cfFaPQwBrw6/JNNSf+XUyvi/vsf7wDdggh6h6ybVuE8ekogcg1qhysGaQ7AzLqUqRtFLHM8SZDEEFSu",
-	"cvxW57o88HzoAN6dQkAAJRc8TWKqkiMy/QvQqmOHR39xlHo8FiUhQrUEYi5kRKAa4oFmOVWYIWgmLVko",
-	"Botgt7icDqZaQHrCadithaQ8FHJjDQkkdoGa6Rs5ZDA1p8sZxoVLyQMWDUsSWJ6IG194DrbAHbmjC8UN",
-	"m1o2dsHSlPQfjR6OBZyKC67ZEQZGcOPQgEDY0ze/n74jh8gApwMgpV95xo0+Kg+DK5MAJDCTCWcad4Mq",
-	"ZQ8y91l2dSovSJxye9+MxYIZ8mj0A5n65P6unul0EBHqXoOaerCplMysNs4SgrBtIudjEUshGMYhkv7j",
-	"0UMyYyspEmgAOOtMJoDFlIKR9+9eHvyAqhTpG0U5gv2ooWPxaDSKCMWlAAVL28Hdf0ymhdBFjsWaJ8AM",
-	"JvYS8UhWy2uQEY8RkYiVoR5dXh4+vrz0rMGdftixx6PREXk0+hEoq5jPeWznOVEe4j31mTYXoW+2zJXp",
-	"WN+Cn7NBRB6P/nWtHUsIdAH1nMEhYakK8yIplsBk7XZQgoI28dXbgM9YvpL4Hqx0NBZ9SzGGCcwmJdiF",
-	"458ZFcnALizMJFwjbHgaBbxwLOY8ZUA54IieQx4MHTqa5ZwYVZiluyCR4QEWigusbyZoekhzfrhgYiw8",
-	"r3n268k97Ull/U332O7HggkGxxJhu9yMRX8KBXv9L5boHB3iFkJBOfjE36f2TNmOXRYvO8ZkLKgh00PL",
-	"84YrmqXIBt2D/9RSTF0qXm4gktJDrp++OelFPbf6vaMeSAcgxOZM0Jz3jnoPh6Phwx4WJgWJ5xD2xwWJ",
-	"uZCsNUwjXAca7gOsC4bMAj7EacHdMexBR8gMT5LeUe9Xrs3Pvnnbp6IZM9DXn83iYvUKaEcveWqsPvUR",
-	"NFeQW2GcD0YjlzzT+ODaPE854toP/9NB51D27KxXupE2pEzdMLH4SQ3ty49G99uaLgd9+D6o+4cfPdz9",
-	"0UupZjxJGKgKj3HO2784caSKH3QY12/SnFTXO4rFRZZRtXL7Rzx9YLGbUkoY9LyS+2cPKcEK2ev3nxWT",
-	"7Y9H9uAjdlnfKIlhrjK/dWUE/M8yWe1FIdsIo9aHt1B9qSsdVmv5skGl929sDCVxbhKjvTHcJjl67EAo",
-	"P9OknMnfMwnj3tl7HlfoelQMkg70ULLNw888+YIUnbImf9HVafs5tBjSdo24HjU6PyCd31fc00c4jp1b",
-	"9NLKWfjBj7s/eCbFPOVovfgGVIPreFNU4yjjS3TT9+srZlqpY/RtWM/3SXPfgIReMQP6wY1QUHl77iVB",
-	"vbJSKI9Pnve+fNxgWYe5KrD85tUbvfnr/I0dVCtNP/gaNA1DAJU5v2Ol1z8HbxnECPlzAGXb4iW72Xv4",
-	"VpWX/y6qS2fF5R9Hbfn+lZatKktWpIbnVJnDuVTZgUexVcSx7tPooJLcMA9tJTJXw/xOI1mnTlydskw/",
-	"mI6cvepmeeItaibPAJNUEfAuvQTfT++u0+vrsx4NhmbV71svuXWtZKtOcqeRbNFIvht9xGkj4AO+DTHO",
-	"0+IL7GBjzNw2/7eCQbYUxPr05jJN5YX39dMuUI4Ocp5hlwbneYC+7sa7vER7NF+rMA2CFz4gB05PX9wR",
-	"ep3QTxHf4HjkPY0AA/09kHzsE246zE0jsZ86/IRIAOPh/DkRuup+P4Xiidyw2BSKRXZyakWUPRUZG4t+",
-	"BUQY1Bz9Z0JeaPQdXrj87gh68Ik9wP1MRTIW3GgPFiAnz7HejA8o8z1FQb5Ml10IUkSm0Vjg2fR1ITU6",
-	"uHAYBxD5FbY+JE/FCh1jzpWd0dVYYOUSAwVr0e3uN2YwJFOrnqf2mEs1jWp/+vQT6M6bVllIp8AlmtP4",
-	"aPSnbXCOZ+F23eJlVuun4ej/gk7a6qWrH/k9z2PtYP2xpCZAw1jaUQUWlVkCv/TnCesuYumuQweUaeft",
-	"GC8F2UeACI/WdslRnMswm/FYyfNs4JArCMaZFYhiEtIH5dnBQQGcBddYx9sFcoHu9Rxemg6a9t2qj8/d",
-	"mL97zR8H2kX1f1uthNuRvy/dbNMEEOx9TrX2yYWScm89ufonzfwff91hDHgbwrYej+4fWbo8fPXmfa1r",
-	"hM1Q+xuZFdqHhQAXRYb14eXJ72EZ0+N9zsJYuIabyPpZQPi36ijFLr6Rn9Sfh2a9ALfyziaxaaTFk0Ko",
-	"Z59zqWqU2/e4xHpG9MG+pyiwUrj3D2v5PrvdECAV1Bm9HSyzEgSh/ljguRo0m3af+l4rVn/73Hqt0y5s",
-	"2w0Pc4phYvLatTb8b8KR31TEdACSTOqPo65hbK/GlkN62mn2Qmp6NHrURkvV6g7avPIBH91l/Hovvs1u",
-	"fXf2rxo9VKtSMp19t36X/ep6+/yKmbZNHn2L6+rvQr1vNEhdbfdbFPIm7klOnkMJCppBziEw+biQJGfx",
-	"4d4RU0kpofVnPTIn46L8ezNOBzT9HQat5txJxxjF4WC0VJPpqxfvyKHHatdsZdMILmlU/8OUSnUyRmNI",
-	"m/VrhzrzK9UGPnXu/lu2cP3qQ0K2WLnupLZAyalF0ECMB03Tkhi0VXnB6AKhDPhSKLE5Gm0+ZmWIQnXD",
-	"YuBpQNMbHBPDNm6TY7oeWjims3VxTYp8WAvy6h39+bG+eOdMQFgOlFG3l4MlASaMG9egzZ6BQQutq2CF",
-	"yxN85bu3HsA4u0ihf4XqwS5erQ/5iAzEjcRUqRVk9gU+ZOiCUH2G+SwGf+8GBu632dOJe9ByoCBYZrsZ",
-	"4RRTV+dFCmEkU3s9TX14gSa+HAfWcZbinEFVfcINKj4fXhMlpRmLhOuzIXlbz0+BxgnITYXRPoJg/ZQy",
-	"tURfKugnLpRiwmDoYKExv5mLpUvtDFZgThaDY5LLNPXXFMz+8LMd9Jcp+mkwYi9ZTe0FPMV8stMhmOF8",
-	"JRU0zIJyOffpayFkyJJZBGVUxqKqo0K2lFGZepvztMyPZQUM2+RYgM1SFUI7S2DNGD91wUx6WJqtp4Nj",
-	"q0vS1P4Fmi8bCwhOGZEpF2CxnpQdRq6nekSNKoR9fyxq0SzlR+12mhNX8ub2zDTQw15WmpuDjji+0wC+",
-	"8+FqAfbue2Uf37d+hStZsYkKcdKneiXipZJCFjVxoAP3Csw3tdO+Td+umUYfjX70dfiDGMRCu+rSZR7U",
-	"Jp27OhP74eDvCOgqBOQx8I5s9qOTDdV8Q1Js2czR7fOYdxWd/X2Rx03o4lfY66t5xmF7frPaN+rLXECU",
-	"/C7Bunzr+5etcahdpOtyVnc6biOWt6SNiMg0YdqFkodkWtJFJ2W2Tfx+QeMlUUXKMDmEJr+8e/cmjOBV",
-	"/NzKyVKglGflOTLNqImXQ/tvCJB2OIkfRgMXWw/ee4xmhxwJ+L5tAMX7/vQvQ5dXaxjLbDoW8AbDAPOU",
-	"zlh6TKaf/Ry+1F72I8V0BCSmuSkUS8YCvkPJfYqlBIa+hSmmaigbnA6s+oCTca+62ch5dUlvtBIR7x2i",
-	"RFmhXDOSK3m5cn7NsUgoy3zS87IdSHKhZXrOEigh65b3yCoYGeTuIy7dkZ2EYQrxI7RMDIDyA6ojVsj2",
-	"eRUXzGjyePRgCEoHRv/jsk8s5U9JRs+cnIHDdIkuHgGoLGVakyAZx1hY3ZZ714vbP6dCUUPYJY1NGfhv",
-	"5f5yh+2g0B81FpCkb2qsmoPe39jqbHPLXKAelS5YUq4j5gvBFAuBl20sEsmw2UQeQWu+YnEfoDWSTBVL",
-	"uGKxgQLB7tdBkFBkLJz8NRo6IYyhlxnqTXJNDD1jIiKU9O3eI9rI/jYgOeV2WmPhdT8gOahLSWhwEJzO",
-	"M2OYVGGLcuNY462qN9jHN3JDl8y/RfzAn797AeT7x0O/KWYp18uKu1hK1DUGra9yT4SKjv+mwbPYqKYE",
-	"1H2nqHz3Mb7Cn0bS50YHZANmKcVSRjVLBtcgoi1KUBupjO440d89AZYqV0kEV5dmt/lAHQWQk+eQPofB",
-	"vV0I/rcCHKOY6vyr+UVL59QOPc+/tWNyv4t0FTi8uEcnGWoqX+8avN+nB+x6gGqZC79E36OqiUPspmu6",
-	"tfq7d874iW5RGj2RXUtpfAO50Sq3iktzVrlMMKUaqWVUA/i8L5ILutKH15XDBrw19v0Pr197lwUkcTwR",
-	"3HCa8k+ghSrMIj44JgWksmsCC1xQbv4NPv7J6UlTq+zZx87dAtrQQtFsOBYvOUsTXcd4B0kR+9NFXkwj",
-	"MnUIjanVF6ZVxMHU5X2zGpIg//Hi9fuo7uqJSkT+ELMiDl1Jlmk0FlN9xvPJGVOCpU5x00cEAm5AY51z",
-	"waLQxxP0BUuIedMG7uKuWZ1HG1kUt6kn7jjdrn5Sz3j91RUUzzI2WQQO8E4ovYJM8KDTYr2ihl24jPGb",
-	"qYogQyt1HpuKFPfmWjUVJuQJXVSY4ATcJR26uufEa6V9bWSuyySYg6vsZwefSuu2jb4K4wjNfHfksCnn",
-	"X/0sX9HH4j73yXqoiZctRm9MLOyz3iqWp7REnWtmMGusJpRcLGXKSH+OgkLK5oZA2lk5BxQKPQPBhSsf",
-	"L6iP7d8rzFkrDcmYWvhrGQzWHmoCllSAXOBYfNO+UJ1PulqIeEkFwD2eugrvXCD8yKe6BnOxpXAo5Q/S",
-	"1BGhVpACO3FQJCUsYA5Jqsvq8YC5mcIfIDMVImEoLQl2UVY8H4sDMq0XVZgeQRZk/AMzHgNiZdz7gtmA",
-	"p5/B4A6Cnu9uLAiR8/mQPLNz83KKq/ofVA731bShxBEkZbRzTfkcm5g2FsGeDsisMOSMsdzu4DSomz0l",
-	"UF77CEvMUdsGdgBNwvYPYY5hzQk3Q6tpuPlJwdamp1gmz52xHT6yTffdcjtU0dRXTIQ4vAMyZeJ8iiNR",
-	"EhJ+hzmzZxwwSpoUOYJLj9fzWNsuhGzMsw3Bgdj+eo7tR6MR9h7WDLGCqjGp/U9VoWN6tClVOpATITqm",
-	"KTswEuvp212BD1dVbLrdq7VeXF11YocGKxGKux4GA9lrlU/OvATikEA/lmQwd/IJwpF8SRcKkbz6AmLf",
-	"7DDL44ZnCzNYO53EJ+d2GYI9tInUyXroMq0fkeFw2Bw4WS/lckvSc3O9mE7S89e/BHHdudFY0Qn56J2x",
-	"7Tq3KTDImnB1T5OswGqZfoVvVFw+tEf2wB3Zw6VMk/2z5q3fxM0JpcB+5ZI5RzX50WrqLvM64JTL8ZAL",
-	"nqZExnGhxoK6LBkP/IkPsJye6fYxwhqLVEaef9WadEm7zQC4ZkzT1Daa0RVxmdH9pQqexLGYViVfRMDa",
-	"vIMxdPxK4euaHZUV87gZC5CKm3jKLzJNggJNtynZBt2cwlo1ne7fHAeGZc8LU59hNb1joumcWUbt1uxO",
-	"HvYn2G6pvblqdHyLJxYJv0skDind7HZneZKywLRc7S2xZwRLUYAlT8uxqIfhWAEaXEjTEvTrb/aolH4C",
-	"RPDU5e3AAiwOlgBlkMEI52o71BZs0JKyYpOKv/WRCS9EO7uQ1eBa3J0NfzaehouTcLoQUhseu3X6Rppj",
-	"wwGL82vegQ1tXilibkhAfcUSQkuqyZQnUyirWWRVwMNY/Eq1OYCwsoOT5w6qM7DSvX00RQAPNmLVmgEW",
-	"XEiooVPSp2OxFplGNRQCGUDZI+HDr6y4TVKoE+T6hyKTxEg5FjJFwAzoLK6IxJylKZmxJReJ7dGN5ggV",
-	"vinWgxDmmCh2gIUzwssGUVWulhMTiS5r0k7RUpRMcWBNjAKjAv2O3EUH3jmwbyj+MDR07Qo/5IGTd59Q",
-	"xJtmZuySxTfPzuZSnd2SomAPPhSZBsQjlgvmWBYMHfxW7pcXgsQyX3n7mZWWMOsC12dVni/7WioXekhe",
-	"KpmV5aiN74LbDuCTOJWCHaNhzF36pC/VWMATD8LE8k720cTZ2xwY0eMa88LUi/QIMNthNWzoA+zkWF8Z",
-	"NITw9UE1MstauCiY85/i71YZxOJGCAHwqNUJ/DktrZJgQilb9aX/ofAONI5Jdmg5UTfYBT9ndkH8Y/vu",
-	"oA6oHIsaopI4H6trgGuslISGSkzqUcImbWssGYt+uJhW8KutZ7Px5aVUZ7dsegm7+A7dlv5U3F0F3yAt",
-	"rT23t+awPLQMqlUwBAEwlQuScsF8WbbT0xdOnkMMvpPlXH0weJOJWCYsIVSPhSvshsIH6cPbR2TcS7k2",
-	"TDjI/9EPox9G4x5UktNBwczT538di4TZ1izrAocHtg6B0TqmOdPY50wxeoap6qgIpFaILYU6amCgdSXB",
-	"nCEWS8zNWCwzpsn7f3n58uXzIfkDGS2kKp1G9g4YC9sHWn9RwmKJy5aKWBI7/YVdHceTnBiacO2MFPp4",
-	"LDJGhYvQI9Mj8BrQlJ+zKRQjtO/7dfbXulqR+4+Jjio9dSxmKRVn+CaKpdxYdho8voBcRgnX4JaC5YD8",
-	"TrAo0Vh4FDyDIqSOSeIqQxXHOeVpoXzzppKFwWrNEkCs28niKqPJewqVKqeOKLBwHZLECyhhiUIliNZQ",
-	"B1DLlAFtce18ElD4UfNPjPSnmilO00kqF5OMXkKJ4OngmBjKU7xgcXeg6h2hsZI+wsC1NOcp03YusCCp",
-	"FAsPZ3nyiPyV/zwWWOsQhFxfChX3WM4JNSSzyga+22IO8AzzV7nYiaX7zZdAJOySa3D5YWdG2r1O0Hfd",
-	"hqqzs25OmXt/NIJy6DwrMvhrBA+4wAdVVfiyfvaXaH1sf2Usdxtsx2UlHhhb22iuksJ3o1Oa5+SnECF1",
-	"TxNHFBE5zzL344fXr+0LMdM68myB/EQuMFumJTOWSUESnrQiEkE4aB6tHYUVkIVdqz/dX+dZ1ot83b+g",
-	"unGFtbx9dUx68rjTwK5t9/Epi2teDXvrddehvonqBCWdb03LaTT4bNYMsmP4nqAvERHygsCw7goeXFey",
-	"fKkY+2Rlkbeb6I3zZ2/ea9KvFL4VICp4wsTVIFbtEqhTRW+J1L06+V//8385uoF/uikfh1dQoPaWLj6f",
-	"GcVr9sg5uDA0bsiI/xan8j2dmECIcwt9d26uX3cLvKuVreJ2VDO0dH/jK+AtDOI7pGhuCC7Q3UVwbROD",
-	"43uEehZ5OwStBc31UpoDu+VJkbL9Sij5z4n/vEOJ1zLEyH176nv+e4Fff+PwzlJg2NicLTVB/LttpOR/",
-	"37+M0n4kEijxu+nj5hjdRl9tGRfd73f0t4n6/grEdzPA8OIW6PZ0B93evH/ilJn1nr4RPvSKh+cfNRPV",
-	"DRZ6l8oHL3yN07dbitC3JBlPTz3O0mX8Kf2eVv9zac7RyVhiv616qAHqMhYN2iSCzA25oLoCb5bLhll7",
-	"rEqREHD6gq9ycEymzmUcjKTqDMD8fVpiPaVC9yrEvY4FnSuml2sO1NquwQxKWB4Fc7p954yLZCz6Xrfx",
-	"hVWcxhx5EVGqDfXnuPRx07Hw/5SCDbxXpOa+HZKn1RrIwqRgjrdKd4nD2RlH6rnBrcaT+k6+kWO2nGMb",
-	"p3O/31mJvz5rfEfPrNZUkfG8xVN7k3zv8LO+MbvZhmPGUxvktMBEXPtmttA3m9piG1SntAn4nMQl16m4",
-	"U99yQIhnv+Da4Q8R1lLummAEguwAs9MObJmtgDkeVZafoJGZghCqGmjdyAq8A3dAje/b2wBTg40FJQG/",
-	"JCmjyAuDp7Vv72mCeaifNowkoytCUy2xDoe7WIysFiSE8UAS6MheARChV2QsGeDqYcd9sHzaywYCCMNR",
-	"BrPr128dCIqzt0rVa7WqQU4DGCpcZHAzYKaB8uf6WkKuBima7oQ1s+stXwqut4Zb4cv3bO+9uxe+polY",
-	"QoroaldmND6zpyFgNdWVcNVrIupic3NBILcjK/vzv+ZdOfWBSOjDv9cuQQOghp6zZCyMrLwsdn0+vH5N",
-	"2KX9V3+6pHri5z4t8Tr2YhkMiTuQgCqpYIulVyeUvodkamermNZciimR50wpnnigY5NS4yKF3a1RhrO4",
-	"VKRlWn23zsOxeOcjql3GTR9t3QwWh69uGV241st3xrHQp+uviTtm9Q0SPZrACdyXyh3lQVP03Q17BAxV",
-	"5rb0eCaMWkGcyBSDTuIsAaw0E4A2FlFp0FjTjf2pxsKhkAnK5YpKOQj8mEX3nh4cE5lxY1Ai0gDpc0ka",
-	"IF7cwd32YAfK3D4zqPr4foUXy/0d3PCOJ1wD/vSzlCaQ22/JsWeoaU06eGpoSW9vUFFcO+1NuD2nUnbS",
-	"Ih+NfnyyS42MPm8BM05SLs70fpDGj7d4XuwynYi5bDovf3jsIxaI9+GwdCZdyLRdubsj8/WvUUvnhMLy",
-	"22PGExZsUx/NqNUDurgqkup24Ib2CLcHAjx78x7jdux96GR5F/wUQHRJH+KVDu2fg4i4dIRktjJMQxqj",
-	"tWv23dM3ThtAVD7Aei+oBmN0DInyyFOikXVV0nlJ85+YkrpMtZjyc1Zm79mB2T6F2X6FGw87asoE6HJH",
-	"FLoql3J3XfXeMhfNBeuyZk919FVWArNn7Ls6QjK/MVl2/Q6V+feJwXKn846Cq2tA5jWiXSgas3mRpjes",
-	"O53LtMjsH/iPkx2luTcwB+777RgqQ+PlB3jxLvPh94jEsvtDqNtLDCCuMcxWR7zb/Rbyw1+rLPvXcjDt",
-	"eBvJ6+T5iQDtYEsSp6uQ8FOzRsI3r1GHXXznWdPu9IKvf0iRPKpDauQtHNGG++GCctMq0G/Ur91IKeYr",
-	"EvmwevTe+dh/9/1YMKrSFelb5SCZWBUU9OVBmaRdMQr1tnxcPjeY4MvOGtycZLaCdAksnZO+M1NE3hwc",
-	"kdNlYRJ5ITzuJCLvBRbIxRB/lwSejgUOMPL1pmiZ0ZOXVXiHkHbUsKk3ximWQ0Jun7cdwDeECtBufFio",
-	"xoSZfSpKnLx9v4pS1lwsUufRGBxjXd54yZIpuDVR65OCubVoTI/+B+XmpVT1igg7gkrfBTtC+jgVOkvZ",
-	"YOjXqFwdguHOrsxYL+qxyzyVCfNmlW21HNpNMGUFhTVjC4SknuCP6N93f9xfL6IQ9bRZpWiIUVkDHOGV",
-	"JEmB60QwiebDkY7Ig2xwXPpgntgnMUXgkSGPs9Y4Wp4xWZheixnpyaOrBHtenWm7PYe9fus6aQX5IN7M",
-	"n1KoMcBEcmcc/RYc/edUxmdB+H9gmKBlcUFn7gBHg2Mh30OCnrzQS9Zu6NmUsfADy/AUy6RhvlI63y53",
-	"/cq1eYN9fY06LbarLjVacEiQ06GsWzL8R6jzCfVT3F62ixzXrrJ/Y/SD0EvY1tvEdtoOvlGldiTZZhIl",
-	"fytYccfcv403XC+riu5WWF8j3NX1zk8gsOPRKAuH3C5DfsVMeZpuy23VQtFWgLGjvjPfNJevsGtzQ0x5",
-	"L+HgFRNM8biUDZQzvu8jHoAh3n9IaAwOGEgmoLdQ4tuyp1skx6qTBposHQ1fP0/uN6C0X7DgWE5jbhDL",
-	"5lxsXIpt8kBFEc3U5393BFgjokP0Ex4qFqeUQw6crjLDFYjqLfbyGvq8JZEBG3c9fSNL39oY2rVG9wrJ",
-	"Uyp8ysciNXeF8BvyOeBKoWPeebd93fCZPSg3dEiCq78WxNbIarHMpSaxzGZcMNJ/+tvzQbOedRogiXeX",
-	"9Cy79lk054hgrSyS3Ghy8vy4Hq0QRGgNtifbmlRFC5Le1QM/oh2j9+M+46I1+5f9rXM5Ur+Mf7UftfUf",
-	"rklfD3wIINdBsEzbaOA/bcanh3uvR3MKD1dwaNcuR2B39YVrm6J7MHO348H+pZPnGFqSURMvGUR8eMRe",
-	"VZmFauLyZLt8qk2LESDRrkEh31u92CpYb7ctojy2d8Xqb8bIUdJ8a13aPYP/a5y6Y4HHWvTRXZH6775I",
-	"fUk1N5KgZEPTaSeH0V2E8D9QKfrrUNnVtHtPFaV6X+dkV8yiX2t1W2guZM73IkFY+bEhjhWLLUYA5WyI",
-	"rY2CXApVUj7nb90WrjsWGK/rY1tq7ZOqeY+O97+XMa7HYSaDUhReTytPuAgCXceiU6RruAbVi2355285",
-	"pjXs4jvNPx/S0x0j+2ZZYGj9YCPi7FrcrT2U1QNgulsjOwDCrKT4wTW8L0v96uqEw611UCbclP4RfJl+",
-	"k6+JnNrXkdmBtvCM3CrYMOziG3FqT5TNfBqX6U6lvTGG66s3OPjgzeEFPYDc8vADquIlP2f7WOn3PBAv",
-	"lcyeul46hQA6c1mnEMBO5rNGkyX/xCaL2fZ+fD2F+831FBrNW8nXNWx14TSLTzyvH/O5VBk1vaPejAsK",
-	"w28oTnDHWf5OOUs9bIAYqoaLT8RxgltgNJsGtBuJUbGNtcWo/DfN6vvfyoB2MxfT3rl+O9DGK2ZuP3hp",
-	"D6Z1h3xZs4rdDOlczT7m4456Xz7C4FhcKG5W8OmMUcXU08Lez39+tDesG9DnUm5YacMQse5vfITphE9K",
-	"kG/w0KF9gyeVplz7dqGY1vVv/WoEjyrnc/AQg6prj+zqJtrO9f8PAAD//w==",
+	"7L1rktu4ti44FYT63rC0D1Op9OtUKaPiXJdflWeXq/I47aqILrlFiIQk7CQBFgBmpuxwRP+6A7h/egY9",
+	"gB5C90zOSDqwFsCHREpUPmzvOvlj73JSJJ4LC+v5rU+9SKaZFEwY3Rt/6mVU0ZQZpuCv10wwxaOTF/aP",
+	"mOlI8cxwKXrj3knMhOFzztSwF/S4fZRRs+wFPUFT1hv3eNwLeor9mXPF4t7YqJwFPR0tWUptaym9+pmJ",
+	"hVn2xkcPvwt6KRfF30HPrDLbhjaKi0Xv8+egd5LSBfsFmt4Yiv2JKDZniomIBeT9258PmIhkzGLSZ8PF",
+	"kISxjM6ZGnL53x++SvhMUbX67w9f0STjgv33R88Sapg24aBlLvCfjrN5cvSww2yENlRErHFl3W/k5EVA",
+	"2BWNDLH9B0Qqkgv+Z25/IZlic371Zdb+Z6rNywsmTNNw3zKdp4zQuWGKmCXXhNlXycmLYnBLRmOmyuHZ",
+	"9g6gwYOTF72WkT162DSUM0EzvZSNI/G/fTsL944u9CueGKY2R/urSFaEG5ZqElGlVlws7MqpFVnwCyaI",
+	"oQtyyc0SZ5KsiFlSQy5okrPxRIT/ZuhC/2EYTT/8MKPRORPxJB+NHj6F50xcfPhBG7rgYhGSfsxY9uvs",
+	"HywyRJtVwgbDiegFPXaVJTJmfp6wHn/mTK3KBbGt1Xbovyk27417/9thyTcO8Vd9aKfb+xz0oI/euFd2",
+	"a5/+JpM8baR4/MVujlSwZV9md/yATsSp7ebaw7rAdm5zcJ9tUzqTQjNgxD/S+DU17JKu7F+RFIYJY/9J",
+	"syzhEbUjPvyHtsP+1HGzXiolFXZVn/YzQfJMG8VoShRbcG3UiswpT1g8tPv4I43fsj9zps3dj+Xd0jJ2",
+	"6IxwTVKazKVKWWx3hIsLmnAc03Mp5gmPvtiItMxVxB5oog01zNMHidwwNJ5cUxl9Xyr3t7um7HxoOuOL",
+	"XOZ6ALN4JdWMxzETX2YaRp4zQRIanetiqJZ4iY5kxmBEJ8IwJWhy9wM6Y+qCKcLs79D1L9K8krmI777r",
+	"XyTRebQsttV3f5JmCUuZMCz+EhvCNdG4CLFkmghpiM6zTCoDuyMzpqBH0l8xMziGhynT2go/mq40uVzy",
+	"aEnmjJpc4STeC5qbpVT845eYwhuuNReLwJ9MeyzYVQYkBbQ2BLbr2rHdPDOGRkvksxWeQuOY2zZpcqrs",
+	"tA23XHBOE82CXlZ59KmXylyYaeb4d4XJPh59/3SDr1quSmMpkhVy+znNE1O07F6eSZkwKnrIhD0//6Pa",
+	"1YfiZVlcb89yI88MFfFsdSoTHq12zmRdoE7YwYxqFhOaG5lSwyPLXmyDxyhYOfKgUcQyo4mdBwmZoLOE",
+	"xSGBVknf0s0s54khlkzslVVfMfe+/ef6hIMejxM2NTxlMje75bGgxxdCKjaNmTZcADFNLcFCRyDbuEZ4",
+	"mqe98dMnTx49gasP/y4vPi4MWzBlm0zp1Ql++fRx8TtViq4qHeJBnUY8Vht9+QFXPi8HvK31z9t39cxQ",
+	"k6OSVFtQGhl+waZczCy7mkZSCBbZpdCVNa5M0F4SfJGrtj2ILJ3F8lJMFUspF3bk4089kSeJ3TkvWmxM",
+	"jSV8weGFpla3bvtSJvE0F4YDo7dXLDVWfqOGHVhqsLLOru6BdDQXEbthGxXy2/lBQrUpVh42gpvVlJrr",
+	"D0GwKzN1x+5GDSlGHVtlwhL7H71cOH7O4mmWUGPbtccTuMU0Re5ZPoi5xi2zQieqhFMhzVTlQuCLgplL",
+	"qc6rb7pWpjzrBb0l1dOLRZb3gm1EWl926IIlNNPQnpwh05nCxdxDBrqazqXyi1RhhuXkdXFWGibfC3q1",
+	"uRWE64fph1SchMZ+oRfYJidjQXM4zsYxFf03ngGjaHRuly4FlehTg8JQvQ2qs6mc6PKgVQ5ksR4FVezY",
+	"kPpYGm+bC8qB/l6wC45Hrs6VolwpJsw0VvwC1c+dFBtDU1MeN8y++FU4E8zm2ZVpmk8XSuZZM9/LIj6l",
+	"cayY1o0NXDARS9XWvfu1pfu1zal2VW24Osf6iJvW+MecJ3HDykorF9pDfBP2EClGd7SxuQU5SoBTvOuK",
+	"j7gwTx+3d1rZAzwdXYihZRt4ShdsGvOFE9V2twMfgDjZ4e0/c5azaSY1R6noU4c5aUPVTXdjk1/BSCyV",
+	"WFkqdow510v8F3CjXtBDtdiyAMueE/vvJtYDVpROxpM1QgY6LZhHhWZa6RXPeqOEAjNx5+tu6JPr86nm",
+	"H9l0MWvmAS1UBdd4rm+4iSm9snwUOR/K35sjaOVfuOG4SHWZcnM714TSTerx9JGp3N3VMUuYwX+2X1E3",
+	"o5Pa8jeTzeYirU+8ibCe04zOeMI9Pa1TV8QSq5vKBitnRa19oIlXh4bk+el7csGVyWnCP6JaywXJrQJz",
+	"fpFazdFEC9Be2BW1/LY37plo0UR1lf6npdDVbRi/L1eoWlUaIZdUk2gptVVYG69JUButHAaUuWO/qov3",
+	"Aj996778HPSctq4brNkw2oOEXbDEK/Xk5IWuqYLsKpOaadL3EqIOCHBc+1+xsBdgQNgViwKSyIUOiHY2",
+	"ch2Q4XCI/o7OdL6UyPS7Tvcn+76/A/Q+X57gF58LGXefj39xn5RfOxVqWwO/FG8WTcGc3S43bNBLMNa7",
+	"38lylbGUCnIu5KVdZ5ANyWzlXBCMRks0Cl4umVkyRbghERUkobmIlmTJFKttRtfJVmhpgy0BjezTGNLc",
+	"pqyLjx0BbJ6AyiqVG1Zse4XIa4e113h0a3u2ixmtnadN1uSl5GaR398FJYv5k6X5QcojJS/SXrBDynRe",
+	"wbKTXcP9yZ2ftUGqaFkfBU1jkOc2DqTU9RcTLvKrneOUsPC2l10DPCkOan2IfsMLrXVzFIetg/Yf1cf+",
+	"R+2zD93Z0LqoX7QebA5z13x/KZlLfcKL0tlSzvNoNDwajYaj4VHTNBdWBZ0aOV14M+YmwVl1LtnkJDPF",
+	"4wUjPxBKfraLQtwD4BeUvHt2SjKmyG9vjomghvxA/uPlm/f2slQHtkVSnphjIqSwLQlJYByV30jfNN6C",
+	"eMs6wQV7Bt+WPem2tRZleiaYaVmf0eHR051UiWuxsW67tuy6Z739oq1cic6gEJC5VOcByWiuWUCsXHXA",
+	"5UHCU24CspQmS/LFQcpSqVYBmdEkkVIcRFIYJRO4WPe6VltF0utJM6y4kzh6EYqVGe7P0ioLt2tnzorr",
+	"Zm1jMj69YEo7ha6kl9Hw0XDUdJQqb28frn8xqHXSOFCQgZ2GdD1Xw7p2s92MjZrOutd309zo9n7ni3up",
+	"Bi3TR1vR9WbfeaBrZp5dHoRrqzzVftp3HG606804UgxinGiyc4CnuV4+r7xe2ditoUrESJLlSeKilDAc",
+	"afxo+HAUkMUyUkMuD6VaHNIs+x96SR8+eTr2UvteEUflJbw5JKkPrWzwx+EFVZwK8+EYHUuWkVh574Em",
+	"/mPSr9zZA+LUpsywuK6o1QWCXS6Za1MALPGWrUf959bI/emj9VXOqDFM2UX8P/6gBx9HB99/6Lt/HHz4",
+	"m380+Lf/1sTkVJ6wup1h2wL4yeQJ23RjpVy4v442b5ebLa8f57ZlRs2zIkvtsc4zKuJLHpvlNJaXIpE0",
+	"bogwo4YRuHyBIMl//s//RX57487M0etZpgNy9PDJmx8P9TFR1DBNqLZXONzcUy6ns0wPAmIUnc95RNxF",
+	"TaQAIv/tzQNtZawh+YWxWHvhqxSc1o5bIxsr55FnO2fx2xuYA0ymaRaDgOglzVhMzFLJfLEkVBA+nxG0",
+	"Xt9ooGzhOXMHbfglvlx3H9an9ZpfMFhGb4Eg1I+I2OtQzWnESN+J5sSonFkVWBT8hSyprsxhUBFSqp74",
+	"HdR3vVNOcyMLf9KOJdn0738OelHatNMsS2jEMKgGlOAHmkRpXJMKq4zlyZNHT7f6qo9GDxt84WsXVPO8",
+	"P22u3JoZA/aYlI2RmZLnTIE2odg81ywm/cej0QAPTCF6Bi7gBPZPkpTFnBoWE6QwR4vVoVS4f3UwlqQb",
+	"xPLT5yeO3jVck1RrfxzWx5WLxE6BpZlZkb6QxH47y7UdsFPmB22L3yzEbA9CqLCVzXG/4PqcnBz+CpzI",
+	"HXg5rx2RB5pcKm7siQIWpYvzMRG5gE9YPAgIRUXPztqYhBFwVQ2J5SR6TML//D//70Md2mt4trJMz8ec",
+	"TcSMC6pWxAqrJBfcaNKf9I5GI8tcJj3yAzkajcj/938RS1f/7/9DLMs5hvZmmQ6JVBMBf3Dj2+c+pC1m",
+	"EU9p4qJoGTZsmRc2+/BJMBqN7P8mAlt1/cILXBcbRyvBb0NyRN7MMthmO7DXPx5qDFDdycyEUatMcgxp",
+	"6nAKyw9In4qYxEpmmtjZRWk8uO0DysTFtoPZrYfqN7VuyjOEQVbaOU/WojlnWia5YRiJtdo8OoYn7jfY",
+	"6Zwnxq5DN4/PIst38c3Xp++fg38cLMiMJmY5jZYs2mnS/QnefQ6vgvEZ1G7QwBqMsVdGUYIqOew4Wj9S",
+	"urKn5tJeRZJQY1VjArpxcSMJKSAe2h61B9rzCzKTVMUlb4N23RACoqWTHIolmwg4HnDi/oVUx0osnVFw",
+	"dnDpjQVkKZNY196biBmNzseVwYNjUyOhWhLNlFwomhLNmCZvWPpOGpoM4FxORGjbCAPoDa5WlsR+3HDu",
+	"TK4EBOKVNy9uPnAMQ9WCQYytolyzeEjODDX2OwhAbJyXJnYykWX63Y7rcpUxdcG13GmU/ql80/sP9k6z",
+	"aNPBfpaXTEVUM5IwK7/rgMR8YRcYOALVS6aPXcLAmkR1yypAV99Go5z9OejJC6YSumo5Er9XrxjcwYLo",
+	"j0avfxx0ERe/gN64Sz9UDA7CNCuiKrct1lt8uxTRmhfnR7v/7niUq+IWpdRknxw9fPNjh2XS5zxDA+aU",
+	"LljLdWQP0lsM3oJDK3NDLik39u+5Cw/Hkw9tkD467qIMCFMbCoHAAmLxG8VkN45zpgRLpph10yChPHOL",
+	"D53aJaSGo8OrHmcqmP1/EFqSRBNslrhmCRc4WN0yEmdV7bhtPnen3LfuemvQM6bBqv4znzNg9TM2l4pV",
+	"omrRFy9Fp8vQSjgjJ714su10dC6iLG9Y/d/Q602en74v5T7y0DfpImUf7wqTxaQT3Za1AsIUhfDqrdIy",
+	"Ttk1RqhipQTQyS6Bvb2RuTB1iaiyJM2OG2deQN7ebl44zfXya9jvijtn7ewQCO1AgZL0IeuDapJw7dy9",
+	"r1++I4feBS8VXNwpFXxuzzXGTTXa7zYDp4RmUa5YU6T62piSRF5aZssF+endu1N/x7s7vcjh6SvwQtsD",
+	"bniSEKdo2FG7d7gVIm1rLewFW9xclVd5kqxbNfWSGBkQMG/4IQwdZx1GMj00jKaHNMvGRx3WYz3eBXan",
+	"GFA7+Xi+ck0SkmlmlVnnjOjCwJ6Xn5Ri7znHPJYuDfzdvtsqvLzHPEbPXTHtqOAiCyaYVTs3GNQtCy7X",
+	"tinCQrTv1k0yQa7vcNlcnM37vavb56bWVt9R0xq1hfoim2fx1MhOoX0YcWzk9GLOZUsOwnWi/7aGD7c9",
+	"3hU13Ooc3RVOvJf8AB+X4XsYM59FvNH3vS1QuSkuD14JrhGUvL5VOyNAX3B9/qNi9ByC5jcIBa+lKViL",
+	"GgOIN5dfRnwaWera7ytUTPbrygkhe3zTZBZ+6SOc1zl53MBNz1BB0oKesymohPa9sU9g84kFRUbbFNI9",
+	"g4nwf7ukifIFr/IEpCnbI5iIymP7TpmfB0EHmP4ZECHNdG73PihySm2vEEsNOSBWCAlQT5jmovDXB4WN",
+	"ccqFt2wHE+EmMjVSThN7ZwakeOSnUB0wGHOndnGDiUiZWcoY+gXhwI6VC53P5zzidgA+cVLDylR+0EYq",
+	"ajurto3bGqB3QNAkIDMaT13ETUD8eOxSVeZle+dlQqZPYPeKWrFgzZzJUJ7oJrlFQSweRORq0ndBfA80",
+	"+l/q6lCZlcnAIFPk13USlIEuX8BAmmJAuBBFks1+LbkU0HpoReGMseOFdRmTSzbbGf8Bx6Rs80PbAXPd",
+	"tx6zTUNmOcrNEWz08Uqq85t5duZKpkWmVEcJeu7ipGihpRfL2OdgG8tyQ6Qow4SiRAp7Gqx+rpildid6",
+	"tccarqUeW/HNeQds96SPdqc7l9+s2IzcbBe52b14B++fweudvfD2w5uJ37vXTLDLyiZ9ybW7ri1zn6X3",
+	"q3ft5a9+2BBFhjRXoBgUbtmIgjpnciUqJgr7yxruATVItZZn18IIz4zMMkiMOSuy9dyh2hSpgt7Vgf3w",
+	"4IIqOx1tW4Dhy7Id/7dvDf8u2vwc9EpHw35Ulik550mX4KYmVoVeik1OuJkTIs8bpMn1SGv86kNrR8+9",
+	"52SPzPJnJFNyVoaoq1xoQhfUHpwGZndM0EuDbgO8tO29TkLnvcFBhgGhGVWGWFYLxJHwOYtWkRWoLHUM",
+	"yQuXr4aGpddyInwGG8H562NCZ5oJQ+acJbEmhp5DNAFXxJGdHpLQrsUYHDXhRPSlIlQ48xUuz4CkjArw",
+	"1IBnaU04+ARpWrliU7NUTC9lEvfGj4Le0pgMMa/sBvYOcXofIQNXmd74u9F3I7iaDVMXNIEIV91zCWfT",
+	"jCku49649wgf5lHEtK52YRVEn8vce6hLZgIdf95IzL9i0R4+sZf29c9B09zWT/pzCbYkwy8Yca9rhBNK",
+	"3XqXTDQXuAwVs/gj5Khb9V6/lh0H/9O7d6e92tpucCe03JpL5piSFbrknEjBcJMLTxdsR3khXJnA8qWE",
+	"UW3Ika76PHQnu219ezfiXRSNGMFfHejVTEpDuPD4G36BYwnSFyQxI1rHnCttiKMUOyFtxchynbsOcJPU",
+	"tu24e7225dyQjW0+6rDNJtpnl989h02uJPQ37HG5oSldAQOA/UulNiT09BFWLOVoV6385O4tCiKaXlqG",
+	"pTot5LraD9HujpZxrgGeym5XVmXmv2BLaxT/Dg0B9RXafGhPNjz9sOXGKXnA3ibNlIoGknmmFhfgHuei",
+	"4onyAWj2ifNKCUn0kiXJ4JikuTaEXXFDRtePnXj45OmOEEYXGjaNueqC8rKh0+CMd1yqwJL2W0t2lbHI",
+	"qrTlZb8elUABcs3+Si6pVVwrhDwa1Z0+T77/vnr+RqOmE5g1QpU5+ZrYX8seDtdPwcPR48aQbbju9gVq",
+	"gQPfIFfa41OMYWDPqn2iSb+gqgeaRHYV5zyyUqRLU7hgis+5U6D8kXRnEVrYLT7BRHbss2VKewqI11ie",
+	"zgOrqRHrclupZBCH8TckVaAokOSaAlcmoh9Wc9nCwTGhBK2HwGdpoiU6D+C90AfzQYtwq9KUYVAMblwh",
+	"IIALGuVCTdY6saNjRJolUyDzTYR3PUJ0zOPRyIlmbnejRObxQUWVCnpzrlik7GTtX7Z5959KWt7Fx64c",
+	"uWj5ue3pp2pH5R+val2Wz/8DO68/eFOMonz+20dQQE68y3CN42KMaHs+UIvBvhrneY1UfI/QsIbRVXdF",
+	"kv6kN+mVgUCYjaCYlskFiwk3g8YU6Hrc3fVntiNAri1zqhL55g1ma6EvLhEKZgNBDsIlBxVAhh3wBKDx",
+	"qffddUvBchblSMasiOlwEuG4NBtXsGq9a3SaC3DPorWzeFo1uk5EYeWceoTGdRty8SEMPpgI3OdpynVK",
+	"TbQMiJBT+Je9UEtrdSSVyjMzTeiK2c8KQzHpU+G83RHNIDcexslilGmhH+AkGiPJNDOGi8UgcKtuprjk",
+	"zuBre7F/IGCGN+R2DN36xdJ+Ymda8TZjBH0B8Hvo4H0PXTYNQvs203F7dNOpD13yobuwAlSTjbCnbakv",
+	"mx0q2Sn+HljJqX+5ERhl3YJ5SVeaWJqGXHLSt7SPire9XBHkgczYkosYs9GBTQ+GnXBjwC1ZOGbWnCj8",
+	"Y2GPc1tu98cqRRB51odBIYsBv8WgFl/aHbymlLJ2Lp3DatvTDZhncYXRdjrwnSNl12TYHcyn2TnsmHp3",
+	"RJg6GXUH53AxDCwmwA9cfLndPKIlmVNF+imjgovFPE+s5JAgr/X5G2s5PvbraWxVom6eQPzASEOTjl/A",
+	"MMs+Wl8o2twhr1WGXB9Ovau1dlu34GzDGJgxUYAKwbohjJg9PI0IQ01+aJcT1iBxXENgaPHPt+cm3yR9",
+	"7dZy1MBlXktU230mcChv7B24pyKwlNo0X0w/QSITREYSIwlcsGNCScINUzRxICDh36oBUCHpS8FIQmcs",
+	"GQQTIRWhxLkmUF4G0wjNAPkFEGqpJuEnL4l/rjU2nIhnYoVx3WAQAQPpupuUZln1qzXt8MmjLcphw4QR",
+	"m1Zi9JsgUpSq53ejwZCcgo4wY4m8hFQTuI2cRjARtWhEe3nElKVSPNAkdNA1XvKZZopf8IQt7D9tmyF0",
+	"qSfCLFla7RSMgo8fPxoUAen7aGxttOK0659gf5/lZm+6Qfz7BgUvZjHowLEnHoBvfeYEOjCVB+S5lOec",
+	"BcSueUCWMjuYrQ6WMrOSbabk1crH5K6r+7uBxoMeAMqvWVW8RWY7FH/1HBYI/9jclnMHLGBPjF9/VDtw",
+	"GDzWMLrYqnVm6i3T2z3AgMZfvdMglyrR68GzaGtUOWv28vqgClyPKXW00oU1btBYLd6yQwvo7IPPEr17",
+	"xu9+PiOGqdTh9haWvmfP37zcnvjXkqFZA/eAbdgan1kf9Z6xfo4FbimeAbYNqcjJC9Iv9NmMKR/3MgAr",
+	"sk9WsG8/0AWz7Ve4bLhhRFs7HUe3ZFFbv9r8HIN269FJZR2+RGZrm8D4zor+aUzkBVOKxywgfE6oWO2H",
+	"g3IdscXDnGZLqlt83KVbEl4iQl6iSQt92IlPB4rXcj9KnN3tvZagx+tGCOe5KkxnzCrALCa1z7urEHun",
+	"nXJB5lJZFdl5WYF7lRmm9fm6/NDennmW22iikm55M9K4uaHoiptpcxDgyytu0GDjlFiXZ/dAk4RqTBlE",
+	"HdYt37mQl6Kj4gz9VoKf1qWoS/Sc+36YgJpFE/jOm01hbI8mvYBMeuc8STBkX/OFoAn5nvTPTl7//eTn",
+	"nwf2DQ8PsrmFW3JENymVa0ySqYLR0yRZHRO6YWgQ0qfM+IC468F3dsgl9fzu9el7cDpTPfWR8C3A5jfI",
+	"N60GO3QdGLZRWh+ulbQaUdGWtFo9x5i42rvNPMstmL+d0IC7cYYXaHquWdZq1AfHYSalSxDsrpR2TKjc",
+	"O5WyauKqZe47+4gD8fBJlZviANwTPvhFO/zmNm7Wwd6x5u3P0zyh4OxPeZJwzSIpYk10ZomFC7T3rd+D",
+	"5R04EeUlOHZeIrDXcsNpwj9CUQ93HTpUtDggepkDOHswERrDtAoAtYH9OErymIsF2gXxxnM955nVGoW8",
+	"rBl/S2a9r1m274yyg71ssTfMK/Wfd2MQ7vOSM3RIS3XIMC00deMEy9vCzWZdj5sLYHRfTXf4blA645q8",
+	"xwsX5PXL5YpQcgoUSH57Qxzh2fuQG82S+UTgsk0QVxAkInRRSIEn1p30MRGS6IxadsPmhkgxEZiHcUzm",
+	"ijH3m6wA1cx5wvRKG5b6gN88ZZOeszV0WCsY643Wex9rdpF/ujV59DpZnlvzOqsmOZ+mh2RS33h3BPw4",
+	"11jwGmp1RXqpEW5tVatS3ppwULsTG/nxuirRLORvU8KsULKhh6Uxu5jmecvNWgk97RBq2ihkNITgF6Ff",
+	"Ux+L1lqIpnizCBJrM59rg1LUDQkYGtpx8uH6R7u3iwxzf/TPWWZc0F1C7f8Xwx4MO/fuAyZvPA0fh3c7",
+	"hQfqa+ELpIzLoFYMdORiMS7vYiHJBVMxjyAbZVgE9R1ORBHIiZAiRbCgJpcMzLDgxB16fWZMqFtsENrM",
+	"RMxys6EUCFlAGNQjOSoFXfwwe16GXvWCXjEa+Df0uFdU3Yuy/YL8fS/44KeiffzX+0qP/onrtyXquu1E",
+	"BM1nahsvaAUW7oJ398L9QvoVuLtBk2LfKBjshqJ7n2HzFRy67s1vrx+WNUTM4kV8evGYuPRHr047DAwq",
+	"/A8uXRwrAWyAG2/YKzwc88Nu1SGiNfjZh+PRaDyi46eP4R9Rp/JQzXEJDvAOs7En3vI66TlXDC7ZYDf+",
+	"rl/cbbTVks6BGdTxmPz25k0pw0O+Gt6XQ3JSEejHHsFI5UIHGLqBIpMV+0uQgEyxjCovxzvTyNAzgXH1",
+	"KVlSbXUB1xtKaWNyAUgXcyU/MkH6MyvAFXmVUhF4AJIZXAsT4T1dlMzByCA1BhKMSUV8qFY8hI+tRHa5",
+	"XKHwBo4hJ8GVotpgSM6czlKDWVrmhoAi45bkDeEwDzt9gzYOCJfTjMHBIJSkMkU9nCeMULuMmZIY1X3F",
+	"jQ4mwoGOcIOPMJkikiq2dEBcXgtw99/evAFG7oWV4UQ4a2z5c2ElKBL/jfQZZ0MvIY9JRaOLZJ7EsP0z",
+	"RmKGln57h2rGqgs5OAZwSc/jL5dS29+lYjFkftKYGkoiKlxTEARQSuWwvBEViP0DXYHZqH47ONrsWSIu",
+	"SbCSExT0kFp6Qc9vEeQObWYRvW+7PNZOSFOhEo9WNcXFbAtoaQC7aoxY2RSTyh62CN9Rlk+dht5wik/f",
+	"o6nHk6KnK3sF5andQJok7kzZtXfRn3Yr7BVPY71mgpM54ni7gYg8nTmE6iJTuMXsUxSdazO3uGVUWrct",
+	"5VumeWxPiiNfp7ZXJtZxZV1XueG+XswUhPfNLtcHRQ5J88avW9PMErKgKqhmLSvZckmUK+t6uUhb18WD",
+	"APlTXbEv7b82vgygumrr7keYr2f4LGL8wlKSffDu2amD2XygiVFU6JS7pBWmjsmovKXtq4M9h2S6DQm2",
+	"YXM4bqQ3Ho3XLEs6aBlUu8VSn7vrpGYCROufYjRJVlZk0XsOaFtYXYeAs/YOMr6H967KZnjsLjUOZucq",
+	"uFel+VpidbfKBFj0htY6W+ugIkfmmWWC7Wyy1elkWSeo6gVpoThC+qPinHv1qRujbHHLOrSOGo+s8/YG",
+	"/tjAGhqOb8Px2bxagrbrrEl0fAMvvGVRQnn6LPIhpOt1GrKEs3iq8LW9sDuo1nwhGm7WDt8W1oDb82Pc",
+	"+GbLEirsdFy2NiL7XWNumWIXXOb6FhqSBnON5omUaq9vSxtDWzL7NYe119GoGeCa6aVtmp3WscumbZtw",
+	"0HIAgm1J2bWDdc2yIpZD5KJLQXJXqHkuVZfKGmX1mPXglYZXdx35InBltJMM6o11WDWdSaFZc9lKV0W7",
+	"k5W6ics1xBLchM91KJS9ycWkNtMCyWbP7rSZQih2rliJGVEkxxUGLv9Oo1rkz8V1JlyUVr7G1xt00dxU",
+	"2wDbD2TjijavVlBQURMh1ssc7Ieq8JPU5mAN9P64KMc/hiDBsAp53hZKt0d5fibALpc6hNl9Yihd6Isn",
+	"HZokLq0SAiT11OrvzQmWa6v2uX0d68UTN30hjeE3ropFv6xyNgjA/Ef6rWXOIKtUSMHqFsGieNkWXri7",
+	"KFkjpZxSszwRc7k5qx3ODBfSUVhjPIyvS9UFe2fGFNRtl4LETPgU2N35aVdcG91iiNU+06TxtzWvU/1H",
+	"vUoTLs6bf7e/TMu41N1m18ZNfy/4FYFNnXHTVWvyLvN9GY9bp8ZtzXVDNvWvAuDyJcJKFPlvRoLp0qOp",
+	"nv569o4cZrleOvdTQ9ZLm94LCi+m0oARFJL6CE0QXNbyMPuCoxRc7YnoR2t5ORrR4fgiKCBmB8eE/ZnT",
+	"xNWEwMQUIkXEJgKG6ixz+2fhNE2jHsLjUF87DXNIfkHQDA9KA8XgOhLCV6zA3jGtFpcaTRoOhhfgPvLM",
+	"V+nguooG3Jx7ui2xVS/3SWXdFdm1GTXrK2Z4hGMwLbusc7Bja8JN49BxzxvwuOG5h5eA9putC7tyHX8H",
+	"AwVmNAbkqMizFezKeOBh1PsLeCHIdbzkGG27T6bhRjn4sgY87vH2FK02wGS7wmUGq6MWIwO70gt+0Vh5",
+	"uinOwgdYFJmBrsPuKYLr0Nf7CUFvPTesgG2TmVRKXjp8eSlcGnZfKpjoYEzAjc+Fs34GE4FI8xlTGnG0",
+	"pSKJXCxYPCQvORiOrBSApChiqAV0KVUcQKmaIuXZyHMmSJ+SGaMKErHOmXDROWuIDq6B2sEvHtZzaJ4+",
+	"+q65KkG11xs05Ge2jj9WLfWyLSrkrQPffIbmoEbTToShtQ1xhFyf76UPrMWgd/ji1twM+wzTG9C8k32P",
+	"8fpP0Xne+cNtW9MWqlNY8Lpa2aolbrvckzSjkRPFuxji5nMWQYwDhAHsgfWr81npjungesJl2RK5v0tO",
+	"d5DKxQQ3B1+xj64VtK0P+MOWfWvfsr3sEg0ntCn7ZXf4+xo9ueN4va+msypO9Lbv66DSJQ/Yv188yPt/",
+	"1zGse/3DdRwoAPV2Y3BLVy1XX93aFqqoRADvd09ChoUXdWdSGk2oDwKoVE5cUC7KWNY1AMWJeC3JOoAi",
+	"6YdPRqNUhwEJn8D/H6WPRvCPh0sPyBOzhK5cGRR7XyJi3i+g3FihjjNNuCbhjEbncj4PCZ7cmPxycATe",
+	"aCvBUxgrNRMRpvRqWrzbVlU8QEn3H9yA667+0Q8TUfZmBR5NSuzlOb9iMQ56SH5NbQMxokxuRCpMBEY/",
+	"Q2yaFSI2oB9dL71x74nGC3lKjWFpZjXnET6ovJNCuh3ucE8KH+2FAtUsYVOIPoToo3QTwrFoaCOkq7ID",
+	"FShAvxXVjSiymZ90QwOsz2gbEKDrDR3cl4AGAuOptjBlVxFjcRWnbER+WMsZ22YMXlvRjfHQzGuNQGRc",
+	"LHCnK6CNJWWUa5F2q1ZVnM16ryhfFphkEFfjV2NIym0eu+BSSoQUBx+ZkhC8E0wEJec8SQKM9YkU1Uv7",
+	"bxeXmtBcREsCkUHukYNQ9XCkmDVVNC9W2G4lS4IVWWijIXkGge22QQynmYgqDt+z05OC3kkuYilYPdwG",
+	"frE3XZV+cQgdgy4dr/vFNeT+/FW8Kppzj565Vj+vH5CGwjm5Q2lMqDYaVeBEioXdCWa0w4/JBR4HR49V",
+	"+M4uNPC5nXGftYTaup8tWz4/Zyyzu9GXju2gMxywFAZ2XzZ4tqu+Z3VPf4im1IREMwO6ipAknCUSAqfR",
+	"ChlCVUFaHH4HBdKkp1TPdYOBptZsVVtNqchpMrVEtMbzivNtCWG72aCRMH7EPt9AB2fYfvHs6pnr5WXR",
+	"iY+VLpfmhkHX5WTXUAcrmX5THy9e3Ck+27t6UxXJArBPF+kUjrWrZe4WspZQsNlDL+iV311zRR35vYV5",
+	"vbzi5jl2V3teyU185XuuvfDbm+d+FCAwXd3GkrcdJqluWFfpG8BQ35jYGTP+3bNoyeI8uW4hogqm8c7L",
+	"2wVYds3psVQzxdq760io/9rhBClmmDB7VLMqV8J/uOn0d7Ottt4kPp9VEnWbq2yxeC0g6hoYYbdVsavS",
+	"TpmustukXPlqw1vr0IWLdxzmk597zxt9u93QlVE7sOHaPKp9NPwA3VWeY9WcD9e0iu9rXW4HDEAFrloo",
+	"e91OfMPk46aGrlOdbXsEcdsUMRWiIehzbd5doyydxWx3ltGWOMO12MYiwHyPcEYc/bXZuft8l6Fw/bVW",
+	"e+FekH/i9rjPlkRIILHGmbbMq2lR13IiK6Pdxm832dt+1xlNFlJxs0ybtFoUzT9qE9cyXY4JXwipmHvq",
+	"k8OqkpX9phf0ko+PGx0nW8MgEnbBGnySMIyjg6PvK0rDMTk6eEjmVBvIN3l08MQXlgjI04PvyQxKQAcT",
+	"cTSyH84qwARMWMHPHuC5zBXRGWOxFSSTj4/J6OD7moI8EbYL29mjgDw+eBqQfz34fq0Vs1SMkSVfLA8q",
+	"98REwGz0YEh+4oslwb9IJLUhPo9fzjHpnkhBqM+xd8hpEwHqc6UEtwMY+n6voK1tiUc13tdUQw2G84Pn",
+	"a1BFG0K4XQ53luQaknT0GpQ0wMfP2ES89fmMLrNbKuKaHRwXKtcPDfALkHXSh+Sl9Vb9d4O6blxmkvjs",
+	"km73bXURKm3Unrr2KkvW0Vh4N1VHHaFMq1IJEEv7Sa5aCktSK+r9cE0qzn1IJQo3Wg+dOQu/PS5uFO2x",
+	"Y/wXTrnW9MIHY++v268LqrcEhrnTZ1WK+DtSnDtqtbm4hXxkjwiBo94dmnMz5WN3rqTVQnfM7E5UlHUk",
+	"3y4974hlblBy6hNcu5wrA/jQgWzfVme9FzTi1dQJ2V3sxGBeqxWxHXXzZDZp0U03gWGFBbUQJF2aIoY5",
+	"qfPy3pytiJWLyEFRgmpeMv6g4Pv40PHyW60xVsyqUmes+mydy9frjbnfb1an8C701VYev+aD0PSCxc2c",
+	"veJpKqrxTMTR0++WgyLLFG5924YmVSnaJdxi8ThqIPbM5Rc3deXCgWY0Ol8oiIJDZIe+I5vAmcAh1INC",
+	"wT/fN0LIE+otqKSyCIMhcXfamNTEgweahGvQOcPWizIMCEs0I6NK8N3areWlrn3vLUOVuSHprNWV2Kvo",
+	"Ti28pAKz11jX4cYtN63AO6eltaFgrSctVIs2Pjv437FII5kOx4c//Mv/OPjwt//WXPm1FnWqmTqI2RwS",
+	"oc/Z6gDQaonVF0n/nK201R4efhcQeK7J6ODhk6ckWlJFI8MUCOLhZt9hHZjgE6IVWvFr4fAjGU2tBoMl",
+	"XNxyVWf7ZNSwQO/hCtmXRlIuqk+PgtsGBt0BxdiNVmpDrBJMFbGxCljYMdXi+nB/N0QDM6aDvbfpGCC0",
+	"UltR99T2uidM07Piy9sCWd0XG75SLf8WK+RX7Sm+h53hjRtLslkUfYesn1qZaerLbjVlFsSQO9Fgqdgq",
+	"U1barbTSPoc3XnbbK+ujOvZdddOKvORuuWjrkIkd8tGKldrdOkKUuU3ZXZe1us7lp7VVblra3yk3r6QC",
+	"ybU9Ec1hJV0P5+6m6Hi7MeF4yuKpK7C4gwR9UlT5zYemBB/NolxxszqDEm8Y2gIxtR78Hv965bnHv//+",
+	"rlcWhHO/rtc7/QyK87wBsuFtLsivz09IJIWhXDCFVn9NqCYXHimBRksumB5OxET8zhUDIxo1fJagE74S",
+	"QPTs9ATzCcZFKTNIt9EB+fezX3/B4u468AIpFi+yYivWVCKZkkZGMtEB0bLSrrwU5PnPJ/Dq2Yu/k0up",
+	"zifCV9Kt1orPRSpjqGYHue8gcJe/0jjWRMuUAeTERPTBuneIKDVBBaiTXUCeCIxKB+SScuPVJM0uoLIE",
+	"TMHOJXRUGgb1WKuAhFVPSYgYwQQhaRB6iWNlWM6SGMpQKJkbdkwuYeDcePSXpRQyhxgX+2aRyQYAPf3X",
+	"p+91QE6fn3gYRR1g1H2liJ0OyLufz8gFp4AyH7isuUrwOMGEOivAI4aPSxqs5tHBZlPy+OrK7pxHJsIx",
+	"+ZqwGCVQRJZrnjBhkpU3Sw/JrxnzoXVyTuaMGlcUt9ylJQW8s4mY5TwBfDVChb5kijwZHZFQSDPlVuKz",
+	"1wqLQyQguiJaAo2+vGBq5bAnuSbhpwlUx5/0xmTSGw6HiOfsoKErTz+HQ4LfSj/GiWBXEcsMCRfMoNwS",
+	"luVvMxa5gEEiGIv1RIS1AhJj8iPGw0/y0ehRBPHq8E8Wkv5PZ1bE/fff30F0C0bQu8i6sExL0yGBDEyo",
+	"ge+Sk8DMupSJG0UkMzxJAMYJKlcxfqtzXR14PnQA74aQEEDJJU/iiKp4TMK/Aa06djj+m6PU44koCBGq",
+	"fhBzKQMCVT0PNMuoQqSrmbRkoRgsgt3iYjoIGYL0hNOwWwvgUhQw3oYEAIqg9v8GFhImNznsOy4ctBRY",
+	"NCxJYJktbnwBRdgCd+TGl4obFlo2dsmShPQfjx5NRJGLMsbECG5cNCAQdohpZcgAwwGQ0s885UaPi8Pg",
+	"yn0ACcxkzJnG3aBK2YPMPVq0TuQliRJu75uJWDBDHo++I6EvUuHq8oaDgFD3GtSGhE2lZGa1cRYTDNsm",
+	"cj4RkRSCYT4t6T8ZPSIztpIihgaAs85kDLGYUjDy/t2rg+9QlSJ9oyjHYD9q6EQ8Ho0CQnEpQMHSdnBH",
+	"T0iYC51nWHR8Csxgai8RH8lqeQ0y4glGJGKFs8dXV4dPrq48a3CnH3bsyWg0Jo9H3wNl5fM5j+w8p8qH",
+	"eIceMXZR9c0WmK+O9S34BRsE5MnoX9fasYRAF1CXHBwSlqoQ30uxGCZrt4MSFLSJr0IIfMbyldj3YKWj",
+	"iehbijFMICqaYJeOf6ZUxAO7sDCT6hphw2FQ4YUTMecJA8oBR/Qc8Fx01dEs58So3CzH1bwuiIXiAuv0",
+	"CZoc0owfLpiYCM9rnv988kB7Ull/0z22+7FggsGxxLBdbiaiH0Lhaf+LJTpHh7iFUBgRPvH3qT1TtmOH",
+	"RmfHGE8ENSQ8tDxvuKJpgmzQPfiHliJ0kNLcQEawD7l+dnrSC3pu9XvjHkgHIMRmTNCM98a9R8PR8FEP",
+	"C+yCxHMI++NS2RqzuJ7BdaDhPsD6dsgs4EOcFtwdwx50hMzwJO6Nez9zbX70zds+FU2Zgb7+aBYXy1dA",
+	"O3rFE2P1qQ+guYLcCuN8OBo5EFjjk8SzLOEY1374Dxc6h7JnZ73SjbQB+nfDxOInNbQvPx4dtTVdDPrw",
+	"faV+JX70aPdHr6Sa8ThmoCo8wTlv/+LEkSp+0GFcv0hzUl7vKBbnaUrVyu0f8fSBRZsKKWHQ80ruHz2k",
+	"BCtkr99/Vky2P47twcfYZX2rJIaYe37rCiSHH2W82otCthFGrQ9vofpcVzqs1vJ5g0qPbm0MBXFuEqO9",
+	"MdwmOXrsQCg/0riYyV+ZhHHv7D2PK3QzKgZJB3oo2ObhJx5/RopOWJO/6Pq0/QJarNJ2jbgeNzo/AJby",
+	"C+7pYxzHzi16ZeUs/OD73R88l2KecLRefAWqwXW8LapxlPE5uO379TUzrdQx+jqs59ukua9AQq+ZAf3g",
+	"ViiouD33kqBeWymURycvep8/bLCsw0zlWEb2+o3e/nV+agfVStMPvwRNwxBAZc7uWenNz8FbBjlC/hxA",
+	"+cFoyW73Hr5T5eWfRXXprLj811Fbvn2lZavKkuaJ4RlV5nAuVXrgo9hK4lj3aXRQSW6Zh7YSmUOuuddI",
+	"1qkTV6eA2wLTkbNX3S5PvEPN5DnEJJUEvEsvwfeT++v05vqsjwZDs+q3rZfcuVayVSe510i2aCTfjD7i",
+	"tBHwAd+FGOdp8SV2sDFmbpv/M2eAloKxPr25TBJ56X39tEsoRwc5z7Arg/M8QF93411eRHs0X6swDYIX",
+	"PkQOnJ29vCf0OqGfYXyD45EPNAYY6G+B5CMPHOtibhqJ/czFT4gYYjycPydAV92vZ1AElBsWmVyxwE5O",
+	"rYiypyJlE9EvAxEGNUf/uZCXGn2Hl65OAQY9eGAPcD9TEU8EN9oHC5CTF1g3ySeU+Z6CCu6rQxcCqNMk",
+	"mAg8m76+qUYHFw7jADK/qq0PyTOxQseYc2WndDURWIHHQOFldLv7jRkMSWjV88Qec6nCoPanh59Ad15Y",
+	"oumGwCWaYXw0+tM2OMfz6nbd4WVW66fh6P+ETtrypesf+T3PY+1g/b6kphINY2lH5VgcaQn80p8nrB+K",
+	"JegOXaBMO2/HfClAHwEiHK/tkqM4h5Sc8kjJi3TgIlcwGGeWYxSTkD4pzw4OCjktuMZ69C6RC3SvF/BS",
+	"OGjad6s+vnBj/uY1fxxoF9X/bbkSbkf+WrrZpgmgsvcZ1dqDC8XF3npy9U+a+T/+usMY8LYatvVkdDS2",
+	"dHn4+vR9rWsMm6H2NzLLC5RY4KLIsH57dfJrtRzv8T5nYSJcw01k/bxC+HfqKMUuvpKf1J+HZr0At/Le",
+	"JrFppMWTQqhnn3OpapTb93GJdWT/wb6nqGKlcO8f1vA+u90QIBXUGb0dLKALE+qPBZ6rQbNp95nvtWT1",
+	"d8+t1zrtwrbd8BBTDAH2a9fa8J+EI5+WxHQAkkzij6Ouxdhejy1X6Wmn2Qup6fHocRstlas7aPPKV/jo",
+	"LuPXe/F1duubs3/V6KFclYLp7Lv1u+xXN9vn18y0bfLoa1xXfwn1vtEgdb3db1HIm7gnOXkBpVRoCphD",
+	"YPJxKUnO4sO9I6aUUqrWn/XMnJSL4u/NPB3Q9HcYtJqxk44xi8OF0VJNwtcv35FDH6tds5WFAVzSqP5X",
+	"IZXqZIzGkDbr1w515meqDXzq3P13bOH62aeEbLFy3UttFSWnlkEDOR40SQpi0FblBaMLpDLgS1WJzdFo",
+	"8zErUhTKGxYTTys0vcExMW3jLjmm66GFYzpbF9ckz4a1JK/e+I8P9cW7YALScpYsOofLwZIAE8aNa9Bm",
+	"z8CkhdZVsMLlCb7yzVsPYJxdpNC/QxVsl6/WBzwiA3kjEVVqBci+wIcMXRCqzxHPYvBXNzBwv82eTtyD",
+	"lgMFyTLbzQhnCF2d5QmkkYT2egp9eoEuyzJBPXIpLpiCfB5uUPH57Q1RUpqJiLk+H5K3dXwKX5SnyPYR",
+	"BOunFNASfamgnyhXigmDqYO5Rnwzl0vnqjdBffLBMclkkvhrCmZ/+MkO+nOIfhrM2ItXob2AQ8STDYdg",
+	"hvOVVNAwC8rl3MPXQsqQJbMAyqhMRFlHhWwpoxJ6m3NY4GNZAcM2ORFgs1S50M4SWDPGhy6ZSQ8Ls3U4",
+	"OLa6JE3sX6D5somA5JQRCbkAi/W06DBwPdUzalQu7PsTUctmKT5qt9OcuJI3d2emgR72stLcXuiI4zsN",
+	"wXc+Xa0Se/etso9vW7/ClSzZRBlx0qd6JaKlkkLmNXGgA/eqmG9qp32bvl0zjT4efe+gZao5iLl2VdIL",
+	"HNQmnbs8E/vFwd8T0HUIyMfAO7LZj042VPMNSbFlM0d3z2PelXT21yKP29DFr7HX1/OMw/b8YrVv1Je5",
+	"gCz5XYJ18da3L1vjULtI18Ws7nXcxljegjYCIpOYaZdKXiXTgi46KbNt4vdLGi2JyhOG4BCa/PTu3Wk1",
+	"g1fxCysnS4FSHhRPDVNqouXQ/hsSpF2cxHejgcutB+89ZrMDRgK+bxtA8b4f/m3ocLWGkUzDiYA3GCaY",
+	"J3TGkmMSfvJz+Fx72Y8U4QhIRDOTKxZPBHyHknuIpQSGvoUQoRqKBsMBlDWFybhX3WzkvLykN1oJiPcO",
+	"UaKsUK4ZyZS8Wjm/5kTElKUe9LxoB0AutEwuWAylkN3yjq2CkQJ2H3FwR3YShimMH6EFMADKD6iOWCHb",
+	"4youmNHkyejhEJQOzP7HZZ9ayg9JSs+dnIHDdEAXjyGoLGFakwoYx0RY3ZZ714vbP6dCUUPYFY1Mkfhv",
+	"5f5ih+2g0B81EQDSFxqr5qD3N7I629wyF6hHpXMWF+uIeCEIsVDxsk1ELBk2G8sxtOYrb/chtEaSULGY",
+	"KxYZKHTtfh1UAEUmwslfo6ETwhh6maHeJNfE0HMmAkJJ3+49RhvZ3wYko9xOayK87gckB3UpCa0cBKfz",
+	"zBiCKmxRbhxrvFP1Bvv4Sm7ogvm3iB/48zcvgHz78dCn+SzhellyF0uJusag9XXuiaqi479p8Cw2qikV",
+	"6r5XVL75HF/hTyPpc6MrZANmKcUSRjWLBzcgoi1KUBupjO450V+eAAuVqyCC60uz23ygjgLIyQuAz2Fw",
+	"b+eC/5mDYxShzr+YX7RwTu3Q8/xbOyb3q0hWFYcX99FJhprS17sW3u/hAbseoBpy4efgW1Q1cYjddE23",
+	"Vn9554yf6Bal0RPZjZTGU8BGK90qDuasdJkgpBqpIapB+Lwvkgu60m9vSocNeGvs+7+9eeNdFgDieCK4",
+	"4TThH0ELVYgiPjgmOUDZNQULXFJu/g0+/sHpSaFV9uxj524BbWihaDqciFecJbGux3hXQBH74SLLw4CE",
+	"LkIjtPpCWGYchA73zWpIgvzHyzfvg7qrJygi8oeIijh0JVnCYCJCfc6z6TlTgiVOcdNjAgk3oLHOuWBB",
+	"1cdT6QuWEHHTBu7irlmdRxsoitvUE3ec7lY/qSNef3EFxbOMTRaBA7wXSq8hEzzstFivqWGXDjF+E6oI",
+	"EFqp89iUpLg316qpMFWe0EWFqZyAe9Ch63tOvFba10ZmugDBHFxnPzv4VFq3bfRFGEfVzHdPDpty/vXP",
+	"8jV9LO5zD9ZDTbRsMXojsLBHvVUsS2gRda6ZQdRYTSi5XMqEkf4cBYWEzQ0B2Fk5hygUeg6CC1c+X1Af",
+	"279XiFkrDUmZWvhrGQzWPtQELKkQcoFj8U37QnUedDUX0ZIKCPd45iq8c4HhRx7qGszFlsKhlD9IU2NC",
+	"rSAFduJKkZRqAXMAqS6qx0PMTQh/gMyUi5ihtCTYZVHxfCIOSFgvqhCOAQUZ/0DEY4hYmfQ+Ixpw+AkM",
+	"7iDo+e4mghA5nw/Jczs3L6e4qv+VyuG+mjaUOAJQRjvXhM+xibCxCHY4ILPckHPGMruDYaVudkigvPYY",
+	"S8xR2wZ2AE3C9g9hjtWaE26GVtNw85OCrU1PsVReOGM7fGSb7rvldlFFoa+YCHl4ByRk4iLEkSgJgN9V",
+	"zOwZhxglTfIMg0uP13GsbRdCNuJsQ3Igtr+Osf14NMLeqzVDrKBqTGL/U1boCMebUqULciJERzRhB0Zi",
+	"PX27K/DhqsxNt3u11ourq07s0GAlquKuD4MB9FrlwZmXQBwS6MeSDGInn2A4ki/pQiGTV19C7psdZnHc",
+	"8GwhgrXTSTw4t0MI9qFNpE7WQ4e0PibD4bA5cbJeyuWOpOfmejGdpOcvfwniunOjsaIT8tF7Y9tNblNg",
+	"kDXh6oEmaY7VMv0K36q4fGiP7IE7sodLmcT7o+at38TNgFJgv3JgzkFNfrSaukNehzjlYjzkkicJkVGU",
+	"q4mgDiXjoT/xlVhOz3T7mGGNRSoDz79qTTrQbjMArhnRJLGNpnRFHDK6v1TBkzgRYVnyRVRYm3cwVh2/",
+	"Uvi6ZuOiYh43EwFScRNP+UkmcaVA011KtpVuzmCtmk73L44Dw7JnuanPsJzeMdF0ziyjdmt2Lw/7E2y3",
+	"1N5cNTq+wxOLhN8lE4cUbna7szxOWMW0XO4tsWcES1GAJU/Liain4VgBGlxIYRH062/2oJB+KhHBocPt",
+	"wAIsLiwByiCDEc7Vdqgt2KAFsmKTir/2kaleiHZ2VVaDa3F/NvzZeFZdnJjThZDa8Mit01fSHBsOWJTd",
+	"8A5saPNaGXNDAuorlhBaUk1CHodQVjNPy4SHifiZanMAaWUHJy9cqM7ASvf2UYgBPNiIVWsGWHAhpoaG",
+	"pE8nYi0zjWooBDKAskfCp19ZcZskUCfI9Q9FJomRciJkggEzoLO4IhJzliRkxpZcxLZHN5oxKnwh1oMQ",
+	"5pgodoCFM6qXDUZVuVpOTMS6qEkboqUoDnFgTYwCswL9jtxnB947sG8p/7Bq6NqVfsgrTt59UhFvm5mx",
+	"KxbdPjubS3V+R4qCPfhQZBoiHrFcMMeyYOjgt3K/vBQkktnK28+stISoC1yflzhf9rVELvSQvFIyLcpR",
+	"G98Ftx3AJ1EiBTtGw5i79ElfqomAJz4IE8s72UdTZ29zwYg+rjHLTb1IjwCzHVbDhj7ATo71lUFDqL4+",
+	"KEdmWQsXOXP+U/zdKoNY3AhDAHzU6hT+DAurJJhQilZ96X8ovAONI8gOLSbqBrvgF8wuiH9s3x3UAyon",
+	"ohZRSZyP1TXANVZKQkMlgnoUYZO2NRZPRL+6mFbwq61ns/HllVTnd2x6qXbxDbot/am4vwq+AiytPbd3",
+	"5rA8tAyqVTAEATCRC5JwwXxZtrOzl06ewxh8J8u5+mDwJhORjFlMqJ4IV9gNhQ/Sh7fHZNJLuDZMuJD/",
+	"8Xej70aTHlSS05WCmWcv/j4RMbOtWdYFDg9sHRKjdUQzprHPmWL0HKHqqKhIrZBbCnXUwEDrSoI5QyyW",
+	"mJuxSKZMk/f/8urVqxdD8jsyWoAqDQN7B0yE7QOtvyhhsdihpWIsiZ3+wq6O40lODI25dkYKfTwRKaPC",
+	"ZeiRcAxeA5rwCxZCMUL7vl9nf62rFTl6QnRQ6qkTMUuoOMc3USzlxrLTyuNLwDKKuQa3FCwH4DvBogQT",
+	"4aPgGRQhdUwSVxmqOM4pT3LlmzelLAxWaxZDxLqdLK4ymrxDqFQZOqLAwnVIEi+hhCUKlSBaQx1ALRMG",
+	"tMW180lA4UfNPzLSDzVTnCbTRC6mKb2CEsHh4JgYyhO8YHF3oOodoZGSPsPAtTTnCdN2LrAgiRQLH87y",
+	"9DH5O/9xIrDWIQi5vhQq7rGcE2pIapUNfLfFHOAZ5s9ysTOW7hdfApGwK67B5YedGWn3OkbfdVtUnZ11",
+	"M2Tu0WgE5dB5mqfw1wgecIEPyqrwRf3sz8H62P7OWOY22I7LSjwwtrbRXAfCd6NTmmXkh2qE1ANNHFEE",
+	"5CJN3Y+/vXljX4iY1oFnC+QHcolomZbMWCoFiXncGpEIwkHzaO0orIAs7Fr94f66SNNe4Ov+Vaobl7GW",
+	"d6+OSU8e9xrYje0+HrK45tWwt153HeqrqE5Q0vnOtJxGg89mzSA7hm8p9CUgQl4SGNZ9wYObSpavFGMf",
+	"rSzydjN64+L56XtN+qXCt4KICh4zcb0Qq3YJ1Kmid0TqXp38z//5vxzdwD/dlI+rV1BF7S1cfB4ZxWv2",
+	"yDm4MDRqQMR/i1P5lk5MRYhzC31/bm5edwu8q6Wt4m5UM7R0f+Ur4C0M4hukaG4ILtD9RXBjE4Pje4R6",
+	"Fnk3BK0FzfRSmgO75XGesP1KKPnPif+8Q4nXIsXIfXvme/6rhF9/5fTOQmDY2JwtNUH8u22k5H/fv4zS",
+	"fiRSUeJ308ftMbqNvtoQF93v9/S3GfX9BYjvdgLD8zug27MddHv7/okzZtZ7+krxodc8PP9VkahusdC7",
+	"VD554Uucvt1ShL4jyTg883GWDvGn8Hta/c/BnKOTsYj9tuqhhlCXiWjQJjHI3JBLqsvgzWLZELXHqhQx",
+	"Aacv+CoHxyR0LuPKSMrOIJi/T4tYT6nQvQp5rxNB54rp5ZoDtbZrMIMiLI+COd2+c85FPBF9r9v4wipO",
+	"Yw68iCjVhvpzXPi46UT4f0rBBt4rUnPfDsmzcg1kbhIwx1ulu4jD2ZlH6rnBneaT+k6+kmO2mGMbp3O/",
+	"31uJvzxrfEfPrdZUkvG8xVN7m3zv8JO+NbvZhmPGUxtgWiAQ177IFvp2oS22heoUNgGPSVxwnZI79S0H",
+	"hHz2S65d/CGGtRS7JhiBJDuI2WkPbJmtgDmOS8tPpZGZghSqWtC6kWXwDtwBNb5vbwOEBpsISir8kiSM",
+	"Ii+sPK19+0ATxKF+1jCSlK4ITbTEOhzuYjGyXJBqGA+AQAf2CoAMvTxl8QBXDzvug+XTXjaQQFgdZWV2",
+	"/fqtA0lx9lYpey1XtYJpAEOFiwxuBkQaKH6uryVgNUjRdCesmV3v+FJwvTXcCp+/ZXvv/b3wJU3EEiCi",
+	"y12Z0ejcnoYKqymvhOteE0EXm5tLArkbWdmf/zXvyplPREIf/oN2CRoCaugFiyfCyNLLYtfntzdvCLuy",
+	"/+qHS6qnfu5hEa9jL5bBkLgDCVElZdhi4dWpSt9DEtrZKqY1lyIk8oIpxWMf6Nik1LhMYXdrFOksDoq0",
+	"gNV36zyciHc+o9ohbvps6+ZgcfjqjqML13r5xjgW+nT9NXHPrL4C0KOpOIH7UrmjPGjKvrtlj4ChytyV",
+	"Hs+EUSvIEwkx6SRKY4iVZgKijUVQGDTWdGN/qrFwKCBBOayohIPAjyi6D/TgmMiUG4MSkYaQPgfSAPni",
+	"LtxtD3agzN0zg7KPb1d4sdzfhRve84QbhD/9KKWpyO135Ngz1LSCDp4ZWtDbKSqKa6e9KW7PqZSdtMjH",
+	"o++f7lIjg09bghmnCRfner+Qxg93eF7sMp2IuWw6L7/72EcsEO/TYelMupRpu3L3R+bLX6OWzgmF5bfH",
+	"jMessk19NKOWD+jiupFUdxNuaI9weyLA89P3mLdj70Mny7vkp0qILulDvtKh/XMQEAdHSGYrwzTAGK1d",
+	"s++enTptAKPyIaz3kmowRkcAlEeeEY2sq5TOC5r/yJTUBdRiwi9Ygd6zI2b7DGb7BW487KgJCdBhR+S6",
+	"LJdyf1313jKXzQXrsmZPdfRVVAKzZ+ybOkIyuzVZdv0Oldm3GYPlTuc9BZfXgMxqRLtQNGLzPEluWXe6",
+	"kEme2j/wHyc7SnNvxBy477fHUBkaLX+DF++RD7/FSCy7P4S6vcQE4hrDbHXEu91vIT/8tUTZv5GDacfb",
+	"SF4nL04EaAdbQJyuQ8LPzBoJ375GXe3iG0dNu9cLvvwhRfIoD6mRd3BEG+6HS8pNq0C/Ub92A1LMVyTy",
+	"afXovfO5/+77iWBUJSvSt8pBPLUqKOjLgwKkXTEK9bZ8Xj43CPBlZw1uTjJbAVwCS+ak78wUgTcHB+Rs",
+	"mZtYXgofdxKQ9wIL5GKKvwOBpxOBAwx8vSlaIHryogrvEGBHDQu9MU6xDAC5PW47BN8QKkC78WmhGgEz",
+	"+1QUcfL2/TJLWXOxSJxHY3CMdXmjJYtDcGui1icFc2vRCI/+O+XmlVT1igg7kkrfVXaE9HEqdJawwdCv",
+	"UbE6BNOdXZmxXtBjV1kiY+bNKttqObSbYIoKCmvGFkhJPcEf0b/v/jhaL6IQ9LRZJWiIUWlDOMJrSeIc",
+	"14kgiOajkQ7Iw3RwXPhgntonEcXAI0OepK15tDxlMje9FjPS08fXSfa8PtN2ew57/dZ10hrkg/Fm/pRC",
+	"jQEm4nvj6Nfg6D8mMjqvpP9XDBO0KC7ozB3gaHAs5FsA6MlyvWRbEB8Ac8C+VIMAttxEAxJCUe1j7EGf",
+	"A/JnznIWu7x8Lrheen9I36E626+ORqMRKX7GcYDkhhEomMRfwkQ3QrH8zLU5xRl8ieovtqsulV9wSPX1",
+	"Gf7Tldt3e3KbRfdfXjnrNHHCBPRjpA8GgionVjcmis2ZYs7XSLHWiSUGV5W/H/p/Vkt0HhpG00OaZeOj",
+	"8Ji8kNE5U+SnfIaMUshKA2AwstchTVmMMCMuIDfLE4CH1jRlJKWCz+0exnzBtAkmAh77oAEWk4SumNIB",
+	"QnTMVmQhDyzRUS6YKoc7S+TMBRU4wcnLU0uqC8R2aIMuKBcDxJyDgweeRl/nc0aj84Wy3BGjKRyCpYPW",
+	"cCfvH3J2TDKZJATq1OA+ghQ4EcimQoQ5xPKk8HscEqlIOKc8sf/ue/wOKJ6j6UqTy+VqXFnBXAB7sxJG",
+	"QIqnMROABR8hRkPxnMYxlMaCwDKKaPIBGQ6HxwBgbhiB/shMxpz5gnBxHqEsVjSDLwH+Czpj9VIq44G1",
+	"9WBInjmsDpjVNJICUXmjVeh5jMqFl3OPEegPqEvjLcoFkSpmivRDWM1pJjXIeGFAjsgPRLArg0jg70rA",
+	"CQ/qgsFrGGGSQbEiK1gWxMqZnsLcw/FEJFJmdjcDkil+4cH0Ey7ODxIZ0cQvGStbFQRQcmLb/2lCucCq",
+	"uVwTCLWxsqpvlZRdBiTkQrMoV2xaPg0DXEA7f0eSck4okhxCi/mvHKwYTLpWY4j0c215iHMEZFTrS6kQ",
+	"fbE4oFMjz5kIoVbQRBQDhesEOrOzGwPXt4vvM6wB55VkTGmYMpRgkosFiMsTATWtkUxsG4C2VkbSu0vK",
+	"tojOdzykeP38+vxkIiJ7MduFse1MZcSn8CQMLLuZrbwsaelJFNzQ8gUyY3MILqpdh7Yn14dHhn48+n5M",
+	"0PrmQdZsC/Bve8KHE/HMk4/XTFKqzrUnU1BnAOjSnWqpiroKeEonoj/p1ZtgsZWP7Su2lUkPKRUQd/QY",
+	"8Ok96PzUmT5C2A1KZjQuuDAEfVQ2eiJQbJlJsySIZg3fOLrJuBB4Th2jdtxycEwejx5j+8JyHqeE2OU8",
+	"hkQEt/5Cmilww9BVHC5LfHFkyFiEayJw4gF+HDmxL/TapfabAMtmOardmfa0AbjP7zJVwHawlwno4e35",
+	"jEFWaZZNHEXd6wo3kJNgHakoRRjqLzLP+PYTnCqGm8p9vQWjFzmfy9zJdYABjmDqELELa/LH5XK5akx3",
+	"LQ7AXQUutBChH/1fyYDfWIkowwW+jgC9l173mgmmeFSodcr5Tds1u03rOYjE/kMrwUn7XCyKKgWNJPS2",
+	"6OkO6ajspIGYCh/xl4c4/wrGhp+wVmRGI24wDNlFR3Ap9BbrcUkRzdTnf3cEWCOiQxTKDhWLEsoBvqyr",
+	"S+YaRPUWe3kDfd7R9YyNu56+kpNmbQztBj/3CskSKjxab56Yv1hd2duB4sGVwpgqF5hklkrmiyWZ2YNy",
+	"S4ekclvX8o8bWS1WKNYkkumMC0b6z355MRg2GrPOKkkgu6sxF117AOQ5qlWlM8nKxCcvjuuJZpXk2sF2",
+	"nMRpWW8m7l0/Zy/YMXo/7nMuWoEb7W+dK0n7Zfy7/ait/+qa9PXAZ29zXclzbBsN/KfNb/Bo7/VoRl9y",
+	"teJ27XIALjNfc7wpMRMVX8eD/UsnLzArMKUmWoI5pQi2LotqUe102NjZX5sWoxJEfAMK+dZKfZd51rsN",
+	"vsWx/eZVqn+GWgfalDTfWlJ8T9yWGqfuWJu3lji6HzjUvU79FQCoCqq5FWypDU2nnRxG9+AO/wXIzOv0",
+	"N6Gy62n3nioK9b7Oya5ZAKXW6jZUBSh64kWCatHeBggCrJMbOKPyBhhBUIHBKfFUXajMNqSFiUCoBZ+W",
+	"WGuflM37xCb/ewFPcFwFoSlE4fWKIISLCkbBRHQCKaiuQfliW+mQO4YjqHbxjZYOqdLTPSP7agBetH6w",
+	"MVj4RtytHYXAxy52t0Z2iOW1kuJvruF9WeoXVydcyHEHZcJN6S9uxwQx32/yDYNetwedXIu28IzcaZx4",
+	"tYuvxKk9UTbzaVyme5X21hiuL7zjIr9vL9Tb5/5YHn5AVbTkF2wfK/2eB+KVkukz10un7G1nLuuUvd3J",
+	"fNZosuQf2XQx296PL4Vz1FwKp9G8FX9Zw1YXTrP4yLP6MZ9LlVLTG/dmXFB0Pm/WlbnnLH9RzlLP+CKG",
+	"quHiI3Gc4A4YzaYB7VbSC21jbemF/6SA7P9UBrTbuZj2hmnvQBuvmbn7vNM9mNZ9zumaVex2SOd69jGf",
+	"Mtr7/AEGx6JccbOCT2eMKqae5fZ+/uODvWHdgD4VcsNKG4bJRv7GxzCd6pMiP6Py0CVqVJ6UmnLt2wXG",
+	"8VYf+tWoPCqdz5WHiIdRe2RXN9Z2rv9/AAAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,
