@@ -111,6 +111,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Secret:    secret,
 		Version:   version,
 		Phases:    d.Phases,
+		Pushes:    d.Pushes,
 		Capabilities: func(context.Context) api.Capabilities {
 			c := api.Capabilities{
 				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,

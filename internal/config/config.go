@@ -84,6 +84,12 @@ type Config struct {
 	ImageMaxConfigSize   Size `json:"image_max_config_size"`
 	ImageMaxManifestSize Size `json:"image_max_manifest_size"`
 	ImageMaxLayers       int  `json:"image_max_layers"`
+	// ImageOCICache keeps each image's manifest, config and compressed
+	// layers next to its root disk, so it can be pushed to another
+	// registry (POST /pushes). false saves that disk space.
+	ImageOCICache bool `json:"image_oci_cache"`
+	// PushConcurrency bounds pushes to other registries running at once.
+	PushConcurrency int `json:"push_concurrency"`
 	// Caps on the built-in registry's uploads.
 	RegistryMaxBlobSize Size `json:"registry_max_blob_size"`
 	RegistryMaxPushSize Size `json:"registry_max_push_size"`
@@ -326,6 +332,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.ResolvedSnapshotCompression(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.PushConcurrency < 1 || c.PushConcurrency > 8 {
+		errs = append(errs, fmt.Errorf("push_concurrency %d: want 1 to 8 pushes at once", c.PushConcurrency))
 	}
 	if c.SerialLogFiles < 1 {
 		errs = append(errs, fmt.Errorf("serial_log_files %d: keep at least 1 rotated file", c.SerialLogFiles))

@@ -38,15 +38,18 @@ import (
 	"hypeman/internal/network"
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/phases"
+	"hypeman/internal/pushes"
 	"hypeman/internal/restart"
 	"hypeman/internal/system"
 )
 
 // Daemon is a running hypemand core (everything but the HTTP servers).
 type Daemon struct {
-	Config     *config.Config
-	Logger     *slog.Logger
-	Images     *images.Store
+	Config *config.Config
+	Logger *slog.Logger
+	Images *images.Store
+	// Pushes exports images to other registries (POST /pushes).
+	Pushes     *pushes.Manager
 	Hypervisor *qemu.Driver
 	Kernel     *system.Kernel
 	Initrd     string
@@ -144,12 +147,20 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 			MaxManifestBytes: int64(cfg.ImageMaxManifestSize),
 			MaxLayers:        cfg.ImageMaxLayers,
 		},
+		DisableOCICache: !cfg.ImageOCICache,
 	}, logger.With("component", "images"))
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
 	}
+	d.Pushes, err = pushes.New(pushes.Config{Dir: p.PushesDir(), Images: d.Images, Concurrency: cfg.PushConcurrency,
+		Logger: logger.With("component", "pushes")})
+	if err != nil {
+		d.Images.Close()
+		return nil, fmt.Errorf("pushes: %w", err)
+	}
 	d.Events = events.New(events.Options{Metrics: busMetrics})
 	if d.Phases, err = phases.Open(filepath.Join(p.Root, "phases.json"), nil, logger.With("component", "phases")); err != nil {
+		d.Pushes.Close()
 		d.Images.Close()
 		return nil, err
 	}
@@ -189,6 +200,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		RequireAgent: true,
 	})
 	if err != nil {
+		d.Pushes.Close()
 		d.Images.Close()
 		return nil, fmt.Errorf("instance manager: %w", err)
 	}
@@ -245,6 +257,9 @@ func (d *Daemon) Close() error {
 	}
 	if d.Instances != nil {
 		errs = append(errs, d.Instances.Close())
+	}
+	if d.Pushes != nil {
+		errs = append(errs, d.Pushes.Close())
 	}
 	if d.Images != nil {
 		errs = append(errs, d.Images.Close())
