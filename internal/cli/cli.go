@@ -185,7 +185,7 @@ Environment:
 	pf.StringVar(&a.format, "format", "", "output format: json (the API's JSON), or omit for human-readable output")
 	pf.StringVar(&a.baseURL, "base-url", "", "server `URL` (overrides HYPEMAN_BASE_URL)")
 	root.AddCommand(
-		a.pullCommand(), a.imagesCommand(), a.rmiCommand(), a.pushCommand(),
+		a.pullCommand(), a.imagesCommand(), a.rmiCommand(), a.pushCommand(), a.pushesCommand(),
 		a.runCommand(), a.psCommand(), a.inspectCommand(), a.logsCommand(),
 		a.stopCommand(), a.startCommand(), a.rmCommand(),
 		a.waitCommand(), a.eventsCommand(), a.versionCommand(),

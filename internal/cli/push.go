@@ -30,20 +30,41 @@ import (
 const ociRefName = "org.opencontainers.image.ref.name"
 
 func (a *app) pushCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "push ARCHIVE NAME[:TAG]",
-		Short: "Push a local image archive to the server",
+	var export exportFlags
+	cmd := &cobra.Command{
+		Use:   "push ARCHIVE NAME[:TAG] | push --to TARGET IMAGE",
+		Short: "Push a local image archive to the server, or an image from the server to a registry",
 		Long: `Push uploads an image from ARCHIVE to the server's built-in registry
 (<base-url>/v2/) as NAME:TAG (TAG defaults to latest), then follows its
 conversion like pull and prints the image name.
 
 ARCHIVE is a "docker save" tarball (docker-archive), an OCI image layout
 tarball, or an OCI image layout directory; gzip-compressed tarballs are
-accepted. The API key is sent as the password of HTTP Basic auth.`,
+accepted. The API key is sent as the password of HTTP Basic auth.
+
+With --to, the server pushes its image IMAGE to the registry reference
+TARGET (POST /pushes) as it was pulled: same digest, same layers. Push
+follows it until it is pushed and prints TARGET@DIGEST (--detach: prints
+the push id at once; see hypeman pushes). Registry credentials: --username
+with --password-stdin, or --registry-token (or HYPEMAN_REGISTRY_TOKEN).`,
 		Example: `  docker save myapp:dev -o myapp.tar && hypeman push myapp.tar myapp:dev
-  skopeo copy docker://alpine:3.20 oci-archive:alpine.tar && hypeman push alpine.tar alpine:3.20`,
-		Args: exactArgs(2, "an archive and a NAME[:TAG]"),
+  skopeo copy docker://alpine:3.20 oci-archive:alpine.tar && hypeman push alpine.tar alpine:3.20
+  echo "$PASS" | hypeman push --to registry.example.com/team/app:1 --username me --password-stdin app:1`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if export.to != "" {
+				return exactArgs(1, "one server image with --to")(cmd, args)
+			}
+			for _, f := range []string{"detach", "insecure", "username", "password-stdin", "registry-token"} {
+				if cmd.Flags().Changed(f) {
+					return &usageErr{cmd: cmd.CommandPath(), err: fmt.Errorf("--%s goes with --to (a push from the server to a registry)", f)}
+				}
+			}
+			return exactArgs(2, "an archive and a NAME[:TAG] (or --to TARGET and one server image)")(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if export.to != "" {
+				return a.exportImage(cmd, args[0], &export)
+			}
 			ctx := cmd.Context()
 			target := args[1]
 			if strings.Contains(target, "@") {
@@ -85,6 +106,8 @@ accepted. The API key is sent as the password of HTTP Basic auth.`,
 			return a.finishImage(ctx, c, first, body)
 		},
 	}
+	export.bind(cmd)
+	return cmd
 }
 
 // pushImage uploads img to ref with progress on stderr.
