@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -229,4 +230,38 @@ func TestOCICacheSurvivesRestart(t *testing.T) {
 		t.Fatalf("PushSource after restart: %v", err)
 	}
 	src.Release()
+}
+
+func TestPushTransportInsecureTarget(t *testing.T) {
+	rt := &recordingTransport{}
+	s := newTestStore(t, Config{Transport: rt, AllowRegistries: []string{"10.0.0.0/8"}})
+	get := func(tr http.RoundTripper, u string) error {
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	// Without the push's insecure flag, plain HTTP to a private registry
+	// is refused as for pulls.
+	if err := get(s.PushTransport(""), "http://10.1.2.3:5000/v2/"); !errors.Is(err, ErrInsecureRefused) {
+		t.Errorf("plain HTTP without insecure: %v, want ErrInsecureRefused", err)
+	}
+	// With it, that registry (only) may be spoken to over HTTP.
+	tr := s.PushTransport("10.1.2.3:5000")
+	if err := get(tr, "http://10.1.2.3:5000/v2/"); errors.Is(err, ErrInsecureRefused) {
+		t.Errorf("plain HTTP to the insecure target refused: %v", err)
+	}
+	if err := get(tr, "http://10.9.9.9:5000/v2/"); !errors.Is(err, ErrInsecureRefused) {
+		t.Errorf("plain HTTP to another registry: %v, want ErrInsecureRefused", err)
+	}
+	// The reach policy still holds: a loopback target is not allowed here.
+	if err := get(tr, "https://127.0.0.1:5000/v2/"); !errors.Is(err, ErrRegistryNotAllowed) {
+		t.Errorf("loopback target outside registries_allow: %v, want ErrRegistryNotAllowed", err)
+	}
+	// The store's own pulls are unaffected.
+	if err := get(s.transport, "http://10.1.2.3:5000/v2/"); !errors.Is(err, ErrInsecureRefused) {
+		t.Errorf("pull transport after an insecure push: %v, want ErrInsecureRefused", err)
+	}
 }
