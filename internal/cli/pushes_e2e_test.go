@@ -3,17 +3,13 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
-	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"hypeman/internal/testutil/e2e"
@@ -41,17 +37,16 @@ func TestPushExportAgainstRealDaemon(t *testing.T) {
 	want, _ := img.Digest()
 
 	// A registry that wants alice:right.
-	registryHandler := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "right" {
-			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		registryHandler.ServeHTTP(w, r)
-	}))
-	t.Cleanup(dst.Close)
-	host := strings.TrimPrefix(dst.URL, "http://")
+	host := testimage.RegistryWith(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "right" {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
 	target := host + "/exported/web:v1"
 
 	r := cli("right\n", "push", "--to", target, "--username", "alice", "--password-stdin", "apps/web:v1")
@@ -66,19 +61,11 @@ func TestPushExportAgainstRealDaemon(t *testing.T) {
 	if desc.Digest != want {
 		t.Fatalf("target has %s, want %s", desc.Digest, want)
 	}
-	got, _ := desc.Image()
-	gl, _ := got.Layers()
-	wl, _ := img.Layers()
-	if len(gl) != len(wl) {
-		t.Fatalf("target has %d layers, want %d", len(gl), len(wl))
+	got, err := desc.Image()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i := range gl {
-		a, _ := gl[i].Digest()
-		b, _ := wl[i].Digest()
-		if a != b {
-			t.Errorf("layer %d: %s at the target, %s pushed", i, a, b)
-		}
-	}
+	testimage.CheckSameImage(t, got, img)
 
 	// Failures.
 	if r := cli("", "push", "--to", target, "apps/nope:v1"); r.code == 0 || !strings.Contains(r.stderr, "not found") {

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.uber.org/goleak"
@@ -29,18 +26,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// startRegistry serves an in-memory registry on loopback, wrapped by mw.
-func startRegistry(t testing.TB, mw func(http.Handler) http.Handler) string {
-	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if mw != nil {
-		h = mw(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
 
 func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -60,7 +45,7 @@ type fixture struct {
 func newFixture(t *testing.T, allow []string) *fixture {
 	t.Helper()
 	tier.Root(t, "image conversion gives files their owners (chown to any uid)")
-	src := startRegistry(t, nil)
+	src := testimage.RegistryWith(t, nil)
 	img := testimage.Busybox(t, testimage.Options{Files: []testimage.File{{Path: "/app/hello", Data: []byte("hi\n"), Mode: 0o644}}})
 	ref := testimage.Push(t, src, "src/app:v1", img)
 	if allow == nil {
@@ -92,7 +77,7 @@ func newManager(t *testing.T, src Source, dir string, conc int) *Manager {
 
 func TestPushToRegistry(t *testing.T) {
 	f := newFixture(t, nil)
-	dst := startRegistry(t, nil)
+	dst := testimage.RegistryWith(t, nil)
 	dir := t.TempDir()
 	m := newManager(t, f.store, dir, 1)
 	target := dst + "/mirror/app:exported"
@@ -125,26 +110,7 @@ func TestPushToRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gl, _ := got.Layers()
-	wl, _ := f.img.Layers()
-	if len(gl) != len(wl) {
-		t.Fatalf("target image has %d layers, want %d", len(gl), len(wl))
-	}
-	for i := range gl {
-		a, _ := gl[i].Digest()
-		b, _ := wl[i].Digest()
-		if a != b {
-			t.Errorf("layer %d: target %s, source %s", i, a, b)
-		}
-		rc, err := gl[i].Compressed() // the blob itself is there
-		if err != nil {
-			t.Fatalf("layer %d blob: %v", i, err)
-		}
-		if _, err := io.Copy(io.Discard, rc); err != nil {
-			t.Errorf("layer %d blob read: %v", i, err)
-		}
-		rc.Close()
-	}
+	testimage.CheckSameImage(t, got, f.img)
 
 	// The record is on disk, versioned.
 	var rec record
@@ -236,7 +202,7 @@ func TestPushFailures(t *testing.T) {
 	})
 
 	t.Run("bad credentials", func(t *testing.T) {
-		dst := startRegistry(t, func(next http.Handler) http.Handler {
+		dst := testimage.RegistryWith(t, func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "right" {
 					w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
@@ -267,7 +233,7 @@ func TestPushFailures(t *testing.T) {
 
 	t.Run("remote body stripped", func(t *testing.T) {
 		const secret = "internal-secret-body-7f3a"
-		dst := startRegistry(t, func(next http.Handler) http.Handler {
+		dst := testimage.RegistryWith(t, func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Method != http.MethodPost {
 					next.ServeHTTP(w, r)
@@ -290,7 +256,7 @@ func TestPushFailures(t *testing.T) {
 func TestPushReachPolicy(t *testing.T) {
 	// The store may reach only the source registry's port on loopback.
 	f := newFixture(t, []string{})
-	dst := startRegistry(t, nil)
+	dst := testimage.RegistryWith(t, nil)
 	m := newManager(t, f.store, t.TempDir(), 1)
 	p := failedPush(t, m, f, Request{Target: dst + "/x/y:z"})
 	t.Logf("error: %s", p.Error)
@@ -303,7 +269,7 @@ func TestQueueAndRestart(t *testing.T) {
 	f := newFixture(t, nil)
 	release := make(chan struct{})
 	entered := make(chan struct{}, 10)
-	dst := startRegistry(t, func(next http.Handler) http.Handler {
+	dst := testimage.RegistryWith(t, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path != "/v2/" {
 				select {

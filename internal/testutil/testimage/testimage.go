@@ -16,6 +16,7 @@ import (
 	"io"
 	"log"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -332,9 +333,57 @@ func fillText(rng *rand.Rand, b []byte) {
 // test ends.
 func Registry(t testing.TB) string {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	return RegistryWith(t, nil)
+}
+
+// RegistryWith is Registry with the handler wrapped by mw (to count, delay,
+// refuse or corrupt requests); nil mw serves it as is.
+func RegistryWith(t testing.TB, mw func(http.Handler) http.Handler) string {
+	t.Helper()
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if mw != nil {
+		h = mw(h)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// CheckSameImage fails t unless got has want's manifest digest and the
+// same layers (by digest), each of whose blobs can be read in full.
+func CheckSameImage(t testing.TB, got, want v1.Image) {
+	t.Helper()
+	gd, err := got.Digest()
+	if err != nil {
+		t.Fatalf("testimage: digest: %v", err)
+	}
+	if wd, _ := want.Digest(); gd != wd {
+		t.Errorf("image digest %s, want %s", gd, wd)
+	}
+	gl, err := got.Layers()
+	if err != nil {
+		t.Fatalf("testimage: layers: %v", err)
+	}
+	wl, _ := want.Layers()
+	if len(gl) != len(wl) {
+		t.Fatalf("image has %d layers, want %d", len(gl), len(wl))
+	}
+	for i := range gl {
+		a, _ := gl[i].Digest()
+		b, _ := wl[i].Digest()
+		if a != b {
+			t.Errorf("layer %d: %s, want %s", i, a, b)
+		}
+		rc, err := gl[i].Compressed()
+		if err != nil {
+			t.Fatalf("layer %d blob: %v", i, err)
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			t.Errorf("layer %d blob read: %v", i, err)
+		}
+	}
 }
 
 // Push writes img to host/repo (":latest" added when repo has no tag or
