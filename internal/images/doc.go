@@ -40,6 +40,12 @@
 //     normalized names to digests and statuses and is replaced atomically.
 //     Two names that resolve to the same digest share one disk; the second
 //     one downloads nothing and converts nothing.
+//   - Keep for export (ocicache.go, export.go): the manifest, config and
+//     compressed layer blobs are kept under <Dir>/oci-cache, teed from the
+//     stream a pull already hashes and kept only once the digest checks
+//     out, so an image can be pushed to another registry exactly as it was
+//     pulled (internal/pushes). Blobs are shared by digest and collected
+//     when no image's disk needs them. Config.DisableOCICache turns it off.
 //
 // # Why these choices
 //

@@ -348,3 +348,42 @@ func TestQueueAndRestart(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPush100MB exports a ~100 MB image (half incompressible) from the
+// store's OCI cache to an empty in-process registry on loopback.
+func BenchmarkPush100MB(b *testing.B) {
+	tier.Root(b, "image conversion gives files their owners (chown to any uid)")
+	src := testimage.Registry(b)
+	img := testimage.Large(b, 100<<20)
+	ref := testimage.Push(b, src, "bench/large:latest", img)
+	st, err := images.New(images.Config{Dir: b.TempDir(), Keychain: authn.NewMultiKeychain(),
+		AllowRegistries: []string{"127.0.0.0/8"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Pull(ctxT(b), ref); err != nil {
+		b.Fatal(err)
+	}
+	m, err := New(Config{Dir: b.TempDir(), Images: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	var bytes int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dst := testimage.Registry(b) // empty: every blob is sent
+		b.StartTimer()
+		p, err := m.Create(ctxT(b), Request{Image: ref, Target: dst + "/bench/out:v1"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if p, err = m.Wait(ctxT(b), p.ID); err != nil || p.Status != StatusPushed {
+			b.Fatalf("push: %+v %v", p, err)
+		}
+		bytes = p.Bytes
+	}
+	b.ReportMetric(float64(bytes)/1e6, "pushed-MB")
+}
