@@ -132,6 +132,9 @@ func (s *server) classify(err error) (int, string, string) {
 	case errors.Is(err, hypervisor.ErrHostResources):
 		return http.StatusConflict, CodeInsufficientResources, msg + "; ask for less memory (size) or free some on the host"
 	}
+	if st, code, ok := classifyVolumeError(err); ok {
+		return st, code, msg
+	}
 	if st, code, ok := classifyImageError(err); ok {
 		return st, code, msg
 	}
