@@ -15,7 +15,7 @@ import (
 )
 
 // TestUpstreamVolumes drives hypemand's volumes with hypeman's unmodified
-// CLI (volume create/list/get/delete) and Go SDK (testdata/volumecheck,
+// CLI (volume create/list/get/delete) and Go SDK (`sdkcheck volumes`,
 // which also streams a from-archive body). No VM boots.
 func TestUpstreamVolumes(t *testing.T) {
 	s := e2e.Start(t)
@@ -59,11 +59,11 @@ func TestUpstreamVolumes(t *testing.T) {
 	})
 
 	t.Run("sdk", func(t *testing.T) {
-		bin := upstreamcli.SDKProgram(t, filepath.Join(testutil.RepoRoot(t), "internal", "conformance", "testdata", "volumecheck"))
-		cmd := exec.CommandContext(t.Context(), bin)
+		bin := upstreamcli.SDKProgram(t, filepath.Join(testutil.RepoRoot(t), "internal", "conformance", "testdata", "sdkcheck"))
+		cmd := exec.CommandContext(t.Context(), bin, "volumes")
 		cmd.Env = append(os.Environ(), "HYPEMAN_BASE_URL="+s.BaseURL, "HYPEMAN_API_KEY="+s.Token)
 		out, err := cmd.CombinedOutput()
-		t.Logf("volumecheck:\n%s", out)
+		t.Logf("sdkcheck volumes:\n%s", out)
 		if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "PASS") {
 			t.Fatalf("hypeman's Go SDK against hypemand's volumes: %v", err)
 		}

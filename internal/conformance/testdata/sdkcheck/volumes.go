@@ -1,10 +1,3 @@
-// Command volumecheck drives hypemand's volumes with hypeman's Go SDK
-// (kernel/hypeman-go, unmodified): create empty, create from a tar.gz body
-// (streamed), list by tag, get, a refused hostile archive, delete. It is
-// built and run by the conformance test; it prints one line per check and
-// exits 1 on the first failure.
-//
-//	HYPEMAN_BASE_URL=... HYPEMAN_API_KEY=... volumecheck
 package main
 
 import (
@@ -23,23 +16,6 @@ import (
 	"github.com/kernel/hypeman-go/option"
 )
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		os.Exit(1)
-	}
-	fmt.Println("PASS")
-}
-
-func check(ok bool, format string, args ...any) error {
-	msg := fmt.Sprintf(format, args...)
-	if !ok {
-		return errors.New(msg)
-	}
-	fmt.Println("ok:", msg)
-	return nil
-}
-
 // tarGz is a tar.gz of name → content files.
 func tarGz(files ...[2]string) []byte {
 	var buf bytes.Buffer
@@ -54,7 +30,9 @@ func tarGz(files ...[2]string) []byte {
 	return buf.Bytes()
 }
 
-func run() error {
+// runVolumes drives the volume routes: create empty, create from a tar.gz
+// body (streamed), list by tag, get, a refused hostile archive, delete.
+func runVolumes() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := hypeman.NewClient(
