@@ -116,7 +116,7 @@ const (
 )
 
 // classify maps an error from go-containerregistry, the network, the
-// flattener or mkfs to one of our kinds.
+// tar applier or mkfs to one of our kinds.
 func classify(err error, ph phase) error {
 	var te *transport.Error
 	var ne net.Error
