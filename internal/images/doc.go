@@ -27,8 +27,8 @@
 //     at the cap. The error names the cap and the setting that raises it.
 //   - Flatten: layers are applied in order into a staging directory by our
 //     own tar applier (internal/untar, shared with volumes), which honours
-//     whiteouts and opaque directories, keeps modes (setuid/setgid/sticky), owners, symlinks,
-//     hardlinks, device nodes, fifos, xattrs and mtimes. Every filesystem
+//     whiteouts and opaque directories, keeps modes (setuid/setgid/sticky),
+//     owners, symlinks, hardlinks, device nodes, fifos, xattrs and mtimes. Every filesystem
 //     operation goes through an os.Root and parents are resolved by hand
 //     (symlinks followed inside the root, never out of it), so a hostile layer
 //     cannot write outside the staging directory. Layer bytes are hashed while
