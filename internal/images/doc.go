@@ -28,10 +28,10 @@
 //   - Flatten: layers are applied in order into a staging directory by our
 //     own tar applier (internal/untar, shared with volumes), which honours
 //     whiteouts and opaque directories, keeps modes (setuid/setgid/sticky),
-//     owners, symlinks, hardlinks, device nodes, fifos, xattrs and mtimes. Every filesystem
-//     operation goes through an os.Root and parents are resolved by hand
-//     (symlinks followed inside the root, never out of it), so a hostile layer
-//     cannot write outside the staging directory. Layer bytes are hashed while
+//     owners, symlinks, hardlinks, device nodes, fifos, xattrs and mtimes.
+//     Every filesystem operation goes through an os.Root and parents are
+//     resolved by hand (symlinks followed inside the root, never out of it),
+//     so a hostile layer cannot write outside the staging directory. Layer bytes are hashed while
 //     they stream and checked against the layer digest.
 //   - Convert: the staging tree becomes one file, rootfs.erofs or rootfs.ext4,
 //     built under a temporary name and renamed into place.
