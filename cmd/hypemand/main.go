@@ -100,6 +100,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	}
 	srv, err := api.NewServer(api.Options{
 		Ingresses: ingresses,
+		Volumes:   d.Volumes,
 		Instances: d.Instances,
 		Images:    d.Images,
 		Waiter:    d.Instances,

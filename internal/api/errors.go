@@ -135,6 +135,9 @@ func (s *server) classify(err error) (int, string, string) {
 	if st, code, ok := classifyPushError(err); ok {
 		return st, code, msg
 	}
+	if st, code, ok := classifyVolumeError(err); ok {
+		return st, code, msg
+	}
 	if st, code, ok := classifyImageError(err); ok {
 		return st, code, msg
 	}

@@ -51,26 +51,6 @@ func (s *server) DetachVolume(context.Context, gen.DetachVolumeRequestObject) (g
 	return nil, notBuilt(featureVolumes)
 }
 
-func (s *server) ListVolumes(context.Context, gen.ListVolumesRequestObject) (gen.ListVolumesResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
-func (s *server) CreateVolume(context.Context, gen.CreateVolumeRequestObject) (gen.CreateVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
-func (s *server) CreateVolumeFromArchive(context.Context, gen.CreateVolumeFromArchiveRequestObject) (gen.CreateVolumeFromArchiveResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
-func (s *server) GetVolume(context.Context, gen.GetVolumeRequestObject) (gen.GetVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
-func (s *server) DeleteVolume(context.Context, gen.DeleteVolumeRequestObject) (gen.DeleteVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
 func (s *server) ListBuilds(context.Context, gen.ListBuildsRequestObject) (gen.ListBuildsResponseObject, error) {
 	return nil, notBuilt(featureBuilds)
 }

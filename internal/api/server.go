@@ -165,6 +165,7 @@ type Options struct {
 	Snapshots Snapshots   // optional (501 without)
 	Guest     Guest       // optional (501 without)
 	Ingresses Ingresses   // optional (501 without)
+	Volumes   Volumes     // optional (501 without)
 	Phases    Phases      // optional (current phase only without)
 	Pushes    Pushes      // optional (501 without)
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
@@ -258,7 +259,11 @@ func NewServer(opts Options) (*Server, error) {
 	if s.specYAML, err = yaml.JSONToYAML(s.specJSON); err != nil {
 		return nil, fmt.Errorf("api: embedded spec: %w", err)
 	}
-	validator, err := s.requestValidator()
+	validator, err := s.requestValidator(false)
+	if err != nil {
+		return nil, err
+	}
+	streamValidator, err := s.requestValidator(true)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +294,10 @@ func NewServer(opts Options) (*Server, error) {
 		r.Handle("/v2/*", reg)
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(s.authorize, maxBody(opts.MaxBodyBytes), strictJSON, validator)
+		// Streamed bodies (volumes/from-archive) skip the JSON body limit,
+		// buffering and body validation; their parameters are validated.
+		r.Use(s.authorize, unlessStreamed(maxBody(opts.MaxBodyBytes)), unlessStreamed(strictJSON),
+			unlessStreamed(validator), onlyStreamed(streamValidator))
 		strict := gen.NewStrictHandlerWithOptions(s, []gen.StrictMiddlewareFunc{s.streamingDeadlines}, gen.StrictHTTPServerOptions{
 			RequestErrorHandlerFunc: func(w http.ResponseWriter, r *http.Request, err error) {
 				s.writeError(w, r, &Error{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Message: err.Error()})

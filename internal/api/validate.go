@@ -19,8 +19,10 @@ import (
 // requestValidator validates every API request against the embedded spec
 // (parameters, body shape, sizes, unknown fields) before a handler runs, and
 // answers violations with our error body. Authentication is not its job
-// (authorize runs first), so its security check is a no-op.
-func (s *server) requestValidator() (func(http.Handler) http.Handler, error) {
+// (authorize runs first), so its security check is a no-op. excludeBody
+// leaves the body alone (streamed bodies are checked by their handler while
+// it reads).
+func (s *server) requestValidator(excludeBody bool) (func(http.Handler) http.Handler, error) {
 	spec, err := gen.GetSpec()
 	if err != nil {
 		return nil, fmt.Errorf("api: load embedded spec: %w", err)
@@ -29,6 +31,7 @@ func (s *server) requestValidator() (func(http.Handler) http.Handler, error) {
 	return middleware.OapiRequestValidatorWithOptions(spec, &middleware.Options{
 		Options: openapi3filter.Options{
 			AuthenticationFunc: openapi3filter.NoopAuthenticationFunc,
+			ExcludeRequestBody: excludeBody,
 		},
 		SilenceServersWarning: true,
 		ErrorHandlerWithOpts: func(ctx context.Context, err error, w http.ResponseWriter, r *http.Request, o middleware.ErrorHandlerOpts) {

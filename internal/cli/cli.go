@@ -190,7 +190,7 @@ Environment:
 		a.stopCommand(), a.startCommand(), a.rmCommand(),
 		a.waitCommand(), a.eventsCommand(), a.versionCommand(),
 		a.standbyCommand(), a.restoreCommand(), a.pauseCommand(), a.resumeCommand(),
-		a.forkCommand(), a.snapshotCommand(), a.execCommand(), a.cpCommand(), a.ingressCommand(),
+		a.forkCommand(), a.snapshotCommand(), a.execCommand(), a.cpCommand(), a.ingressCommand(), a.volumeCommand(),
 		a.updateCommand(),
 	)
 	return root

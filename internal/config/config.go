@@ -93,6 +93,8 @@ type Config struct {
 	// Caps on the built-in registry's uploads.
 	RegistryMaxBlobSize Size `json:"registry_max_blob_size"`
 	RegistryMaxPushSize Size `json:"registry_max_push_size"`
+	// VolumeMaxSizeGB bounds a volume's size_gb (internal/volumes).
+	VolumeMaxSizeGB int `json:"volume_max_size_gb"`
 
 	// SnapshotCompression is the server default for standby and snapshot
 	// memory: none, zstd[:1-19] or lz4[:0-9]. CompressSnapshots (older
@@ -316,7 +318,7 @@ func (c *Config) Validate() error {
 		{"image_max_unpacked_size", int64(c.ImageMaxUnpackedSize)}, {"image_max_config_size", int64(c.ImageMaxConfigSize)},
 		{"image_max_manifest_size", int64(c.ImageMaxManifestSize)}, {"image_max_layers", int64(c.ImageMaxLayers)},
 		{"registry_max_blob_size", int64(c.RegistryMaxBlobSize)}, {"registry_max_push_size", int64(c.RegistryMaxPushSize)},
-		{"serial_log_max_size", int64(c.SerialLogMaxSize)},
+		{"serial_log_max_size", int64(c.SerialLogMaxSize)}, {"volume_max_size_gb", int64(c.VolumeMaxSizeGB)},
 	} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must be >= 0 (0 = no limit)", n.key))

@@ -41,6 +41,7 @@ import (
 	"hypeman/internal/pushes"
 	"hypeman/internal/restart"
 	"hypeman/internal/system"
+	"hypeman/internal/volumes"
 )
 
 // Daemon is a running hypemand core (everything but the HTTP servers).
@@ -57,6 +58,7 @@ type Daemon struct {
 	Instances  *instances.Manager
 	Network    *network.Manager // nil when network_mode is none
 	Ingress    *ingress.Manager // nil when Network is nil
+	Volumes    *volumes.Store
 	Restart    *restart.Controller
 	Health     *health.Controller
 	// Phases accounts time per lifecycle phase (a bus consumer).
@@ -166,6 +168,13 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 	}
 	// Subscribe before the manager starts publishing (re-adoption at load).
 	d.phaseFollower = d.Phases.Subscribe(d.Events)
+	d.Volumes, err = volumes.New(volumes.Config{
+		Dir: p.VolumesDir(), MaxSizeGB: cfg.VolumeMaxSizeGB, Log: logger.With("component", "volumes"),
+	})
+	if err != nil {
+		d.Images.Close()
+		return nil, fmt.Errorf("volume store: %w", err)
+	}
 	var netDep instances.Network
 	if d.Network != nil && d.Network.Mode() != network.ModeNone {
 		netDep = d.Network

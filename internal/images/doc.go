@@ -25,13 +25,13 @@
 //     before any blob is fetched; unpacked bytes are counted while layers
 //     stream (decompressed tar and file bytes written), so a gzip bomb stops
 //     at the cap. The error names the cap and the setting that raises it.
-//   - Flatten: layers are applied in order into a staging directory by our own
-//     tar applier (flatten.go), which honours whiteouts and opaque
-//     directories, keeps modes (setuid/setgid/sticky), owners, symlinks,
-//     hardlinks, device nodes, fifos, xattrs and mtimes. Every filesystem
-//     operation goes through an os.Root and parents are resolved by hand
-//     (symlinks followed inside the root, never out of it), so a hostile layer
-//     cannot write outside the staging directory. Layer bytes are hashed while
+//   - Flatten: layers are applied in order into a staging directory by our
+//     own tar applier (internal/untar, shared with volumes), which honours
+//     whiteouts and opaque directories, keeps modes (setuid/setgid/sticky),
+//     owners, symlinks, hardlinks, device nodes, fifos, xattrs and mtimes.
+//     Every filesystem operation goes through an os.Root and parents are
+//     resolved by hand (symlinks followed inside the root, never out of it),
+//     so a hostile layer cannot write outside the staging directory. Layer bytes are hashed while
 //     they stream and checked against the layer digest.
 //   - Convert: the staging tree becomes one file, rootfs.erofs or rootfs.ext4,
 //     built under a temporary name and renamed into place.
@@ -60,7 +60,7 @@
 // configuration asks for it. The format chosen and the reason are recorded in
 // image.json and on the Image record.
 //
-// We write our own flattener instead of mutate.Extract because Extract yields
+// We use our own applier instead of mutate.Extract because Extract yields
 // a single merged tar stream with no control over how it is applied, and we
 // need the application itself to be safe (os.Root, no escapes) and faithful
 // (owners, device nodes, hardlinks, deferred directory mtimes).

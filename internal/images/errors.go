@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"hypeman/internal/untar"
 )
 
 // Sentinel errors callers branch on with errors.Is. Pull failures arrive as a
@@ -50,7 +52,7 @@ var (
 
 	// ErrUnsafePath is wrapped (under ErrCorruptLayer) when a layer entry
 	// would land outside the root filesystem.
-	ErrUnsafePath = errors.New("layer entry escapes the root filesystem")
+	ErrUnsafePath = untar.ErrUnsafePath
 	// ErrInsecureRefused is wrapped (under ErrRegistryUnreachable) when a
 	// plain-HTTP request was refused because the registry is neither loopback
 	// nor listed as insecure.
@@ -114,7 +116,7 @@ const (
 )
 
 // classify maps an error from go-containerregistry, the network, the
-// flattener or mkfs to one of our kinds.
+// tar applier or mkfs to one of our kinds.
 func classify(err error, ph phase) error {
 	var te *transport.Error
 	var ne net.Error
@@ -136,9 +138,10 @@ func classify(err error, ph phase) error {
 		return ErrRegistryNotAllowed
 	case errors.Is(err, ErrInsecureRefused):
 		return ErrRegistryUnreachable
-	case errors.Is(err, ErrUnsafePath), errors.Is(err, ErrCorruptLayer):
+	case errors.Is(err, ErrUnsafePath), errors.Is(err, ErrCorruptLayer),
+		errors.Is(err, untar.ErrBadEntry), errors.Is(err, untar.ErrRefused):
 		return ErrCorruptLayer
-	case errors.As(err, new(*localError)):
+	case errors.As(err, new(*localError)), errors.As(err, new(*untar.LocalError)):
 		return ErrConvert
 	case errors.As(err, &te):
 		switch {

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"hypeman/internal/units"
+	"hypeman/internal/untar"
 )
 
 // ErrImageTooLarge is the kind of a pull or import stopped by one of the
@@ -82,45 +83,12 @@ func (l Limits) checkManifest(img v1.Image) error {
 	return nil
 }
 
-// budget counts bytes against one cap across several readers (all layers
-// of one image).
-type budget struct {
-	limit   int64
-	used    int64
-	what    string
-	setting string
-}
-
-func (b *budget) err() error {
-	return &LimitError{What: b.what, Limit: b.limit, Setting: b.setting}
-}
-
-// reader counts what r yields against b and fails once it goes past.
-func (b *budget) reader(r io.Reader) io.Reader {
-	if b == nil || b.limit <= 0 {
-		return r
-	}
-	return &budgetReader{r: r, b: b}
-}
-
-type budgetReader struct {
-	r io.Reader
-	b *budget
-}
-
-func (br *budgetReader) Read(p []byte) (int, error) {
-	if br.b.used > br.b.limit {
-		return 0, br.b.err()
-	}
-	if room := br.b.limit - br.b.used + 1; int64(len(p)) > room {
-		p = p[:room]
-	}
-	n, err := br.r.Read(p)
-	br.b.used += int64(n)
-	if br.b.used > br.b.limit {
-		return n, br.b.err()
-	}
-	return n, err
+// newBudget is a cap on unpacked bytes whose error is a *LimitError naming
+// what and the setting that raises it.
+func newBudget(limit int64, what, setting string) *untar.Budget {
+	return &untar.Budget{Limit: limit, Err: func() error {
+		return &LimitError{What: what, Limit: limit, Setting: setting}
+	}}
 }
 
 // capManifestResponse bounds a manifest response body to max bytes while
@@ -133,8 +101,8 @@ func capManifestResponse(resp *http.Response, max int64) error {
 		resp.Body.Close() // declared too long: not read at all
 		return &LimitError{What: "manifest", Limit: max, Got: resp.ContentLength, Setting: "image_max_manifest_size"}
 	}
-	b := &budget{limit: max, what: "manifest", setting: "image_max_manifest_size"}
-	resp.Body = readCloser{b.reader(resp.Body), resp.Body}
+	b := newBudget(max, "manifest", "image_max_manifest_size")
+	resp.Body = readCloser{b.Reader(resp.Body), resp.Body}
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"hypeman/internal/fsutil"
+	"hypeman/internal/untar"
 )
 
 // progressInterval throttles progress snapshots to subscribers.
@@ -258,17 +259,19 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 	if err := os.Mkdir(rootfs, 0o700); err != nil {
 		return nil, &localError{Op: "mkdir", Path: rootfs, Err: err}
 	}
-	fz, err := newFlattener(rootfs, s.log)
-	if err != nil {
-		return nil, err
-	}
-	defer fz.Close()
 	// The unpacked cap counts twice, each on its own: the decompressed tar
 	// streams (a bomb of skipped or tiny entries) and the file bytes
 	// written (sparse entries expand beyond their stream).
 	maxUnpacked := s.cfg.Limits.MaxUnpackedBytes
-	stream := &budget{limit: maxUnpacked, what: "unpacked content", setting: "image_max_unpacked_size"}
-	fz.writes = &budget{limit: maxUnpacked, what: "unpacked file content", setting: "image_max_unpacked_size"}
+	stream := newBudget(maxUnpacked, "unpacked content", "image_max_unpacked_size")
+	fz, err := untar.New(rootfs, untar.Options{
+		Whiteouts: true, Log: s.log,
+		Files: newBudget(maxUnpacked, "unpacked file content", "image_max_unpacked_size"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer fz.Close()
 
 	t0 := time.Now()
 	for i, l := range layers {
@@ -280,7 +283,7 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 		fl.layersDone.Add(1)
 		s.publishFlight(fl, true)
 	}
-	if err := fz.finish(); err != nil {
+	if err := fz.Finish(); err != nil {
 		return nil, err
 	}
 	fetchDur := time.Since(t0)
@@ -330,7 +333,7 @@ func (s *Store) convert(j *job, fl *flight, img v1.Image, d string, cf *v1.Confi
 		CreatedAt:        time.Now().UTC(),
 		Stats: ConvertStats{
 			Layers: len(layers), CompressedBytes: total,
-			Entries: fz.stats.Entries, ContentBytes: fz.stats.Bytes,
+			Entries: fz.Stats().Entries, ContentBytes: fz.Stats().Bytes,
 			FetchMillis: fetchDur.Milliseconds(), MkfsMillis: mkfsDur.Milliseconds(),
 		},
 	}
@@ -378,7 +381,7 @@ func registryOf(j *job) string {
 // applyLayer streams one layer: count and hash the compressed bytes,
 // decompress (gzip, zstd or none, by magic number), apply the tar, then
 // check the digest over everything read.
-func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *flight, unpacked *budget) error {
+func (s *Store) applyLayer(ctx context.Context, fz *untar.Applier, l v1.Layer, fl *flight, unpacked *untar.Budget) error {
 	want, err := l.Digest()
 	if err != nil {
 		return err
@@ -428,10 +431,10 @@ func (s *Store) applyLayer(ctx context.Context, fz *flattener, l v1.Layer, fl *f
 		tarStream, closeDec = br, func() {}
 	}
 	defer closeDec()
-	tarStream = unpacked.reader(tarStream)
+	tarStream = unpacked.Reader(tarStream)
 
-	if err := fz.applyLayer(ctx, tarStream); err != nil {
-		var le *localError
+	if err := fz.Apply(ctx, tarStream); err != nil {
+		var le *untar.LocalError
 		if errors.As(err, &le) || errors.Is(err, ErrUnsafePath) || errors.Is(err, ErrImageTooLarge) || ctx.Err() != nil {
 			return err
 		}

@@ -289,11 +289,11 @@ func TestDiskFormatsKeepMetadata(t *testing.T) {
 
 func mkTarMeta(t *testing.T) []byte {
 	return mkTar(t,
-		entry{name: "bin/su", data: "suid", mode: 0o4755, uid: 1000, gid: 1001},
-		entry{name: "bin/hl", typ: '1', link: "bin/su"},
-		entry{name: "bin/sh", typ: '2', link: "su"},
-		entry{name: "dev/null", typ: '3', mode: 0o666, major: 1, minor: 3},
-		entry{name: "run/fifo", typ: '6', mode: 0o644},
+		entry{Name: "bin/su", Data: "suid", Mode: 0o4755, UID: 1000, GID: 1001},
+		entry{Name: "bin/hl", Typ: '1', Link: "bin/su"},
+		entry{Name: "bin/sh", Typ: '2', Link: "su"},
+		entry{Name: "dev/null", Typ: '3', Mode: 0o666, Major: 1, Minor: 3},
+		entry{Name: "run/fifo", Typ: '6', Mode: 0o644},
 	)
 }
 

@@ -3358,50 +3358,71 @@ type ClientInterface interface {
 	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
 	ForkSnapshot(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ListVolumes List volumes (not built yet)
+	// ListVolumes List volumes
 	//
-	// Answers 501 until volumes are built.
+	// Every volume, oldest first, with its current attachments; `tags[k]=v` keeps only volumes carrying
+	// every given tag.
 	//
 	// Corresponds with GET /volumes (the `ListVolumes` operationId).
 	ListVolumes(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreateVolumeWithBody Create an empty volume (not built yet)
+	// CreateVolumeWithBody Create an empty volume
 	//
-	// Answers 501 until volumes are built.
+	// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+	// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+	// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+	// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+	// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+	// (default 1024) answers 400 naming the limit.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /volumes (the `CreateVolume` operationId).
 	CreateVolumeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreateVolume Create an empty volume (not built yet)
+	// CreateVolume Create an empty volume
 	//
-	// Answers 501 until volumes are built.
+	// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+	// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+	// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+	// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+	// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+	// (default 1024) answers 400 naming the limit.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /volumes (the `CreateVolume` operationId).
 	CreateVolume(ctx context.Context, body CreateVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// CreateVolumeFromArchiveWithBody Create a volume from a tar.gz archive (not built yet)
+	// CreateVolumeFromArchiveWithBody Create a volume from a tar.gz archive
 	//
-	// Answers 501 until volumes are built.
+	// The body is a tar.gz (an uncompressed tar is accepted too), streamed, never held in memory; the
+	// API's JSON body limit does not apply. Its content lands in a new ext4 volume of `size_gb` GiB with
+	// modes, owners, mtimes, symlinks and hardlinks kept. `size_gb` is a hard cap enforced while the
+	// archive streams: the compressed bytes, the unpacked tar stream and the file bytes each stop at
+	// `size_gb` GiB, so a gzip bomb is cut at the cap with 413 `request_too_large` naming `size_gb`.
+	// Entries that could write outside the volume or are not plain data are refused with 400
+	// `invalid_request` naming the entry: absolute paths, any `..` component, a path through a symlink
+	// (symlink then write-through), hardlinks through symlinks or out of the tree, device nodes and fifos.
+	// A failed create leaves no volume and nothing on disk. `tags` (deepObject, `tags[k]=v`) are the new
+	// volume's tags.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /volumes/from-archive (the `CreateVolumeFromArchive` operationId).
 	CreateVolumeFromArchiveWithBody(ctx context.Context, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// DeleteVolume Delete a volume (not built yet)
+	// DeleteVolume Delete a volume
 	//
-	// Answers 501 until volumes are built.
+	// Deletes the volume and its data. A volume attached to any instance (running or not) answers 409
+	// `conflict` naming the instances: detach it or delete them first.
 	//
 	// Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
 	DeleteVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// GetVolume Get one volume (not built yet)
+	// GetVolume Get one volume
 	//
-	// Answers 501 until volumes are built.
+	// The volume by ID or exact name, with its attachments.
 	//
 	// Corresponds with GET /volumes/{id} (the `GetVolume` operationId).
 	GetVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -5000,9 +5021,10 @@ func (c *Client) ForkSnapshot(ctx context.Context, id SnapshotID, body ForkSnaps
 	return c.Client.Do(req)
 }
 
-// ListVolumes List volumes (not built yet)
+// ListVolumes List volumes
 //
-// Answers 501 until volumes are built.
+// Every volume, oldest first, with its current attachments; `tags[k]=v` keeps only volumes carrying
+// every given tag.
 //
 // Corresponds with GET /volumes (the `ListVolumes` operationId).
 func (c *Client) ListVolumes(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -5017,9 +5039,14 @@ func (c *Client) ListVolumes(ctx context.Context, params *ListVolumesParams, req
 	return c.Client.Do(req)
 }
 
-// CreateVolumeWithBody Create an empty volume (not built yet)
+// CreateVolumeWithBody Create an empty volume
 //
-// Answers 501 until volumes are built.
+// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+// (default 1024) answers 400 naming the limit.
 //
 // Takes any type of body and a specified content type.
 //
@@ -5036,9 +5063,14 @@ func (c *Client) CreateVolumeWithBody(ctx context.Context, contentType string, b
 	return c.Client.Do(req)
 }
 
-// CreateVolume Create an empty volume (not built yet)
+// CreateVolume Create an empty volume
 //
-// Answers 501 until volumes are built.
+// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+// (default 1024) answers 400 naming the limit.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -5055,9 +5087,18 @@ func (c *Client) CreateVolume(ctx context.Context, body CreateVolumeJSONRequestB
 	return c.Client.Do(req)
 }
 
-// CreateVolumeFromArchiveWithBody Create a volume from a tar.gz archive (not built yet)
+// CreateVolumeFromArchiveWithBody Create a volume from a tar.gz archive
 //
-// Answers 501 until volumes are built.
+// The body is a tar.gz (an uncompressed tar is accepted too), streamed, never held in memory; the
+// API's JSON body limit does not apply. Its content lands in a new ext4 volume of `size_gb` GiB with
+// modes, owners, mtimes, symlinks and hardlinks kept. `size_gb` is a hard cap enforced while the
+// archive streams: the compressed bytes, the unpacked tar stream and the file bytes each stop at
+// `size_gb` GiB, so a gzip bomb is cut at the cap with 413 `request_too_large` naming `size_gb`.
+// Entries that could write outside the volume or are not plain data are refused with 400
+// `invalid_request` naming the entry: absolute paths, any `..` component, a path through a symlink
+// (symlink then write-through), hardlinks through symlinks or out of the tree, device nodes and fifos.
+// A failed create leaves no volume and nothing on disk. `tags` (deepObject, `tags[k]=v`) are the new
+// volume's tags.
 //
 // Takes any type of body and a specified content type.
 //
@@ -5074,9 +5115,10 @@ func (c *Client) CreateVolumeFromArchiveWithBody(ctx context.Context, params *Cr
 	return c.Client.Do(req)
 }
 
-// DeleteVolume Delete a volume (not built yet)
+// DeleteVolume Delete a volume
 //
-// Answers 501 until volumes are built.
+// Deletes the volume and its data. A volume attached to any instance (running or not) answers 409
+// `conflict` naming the instances: detach it or delete them first.
 //
 // Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
 func (c *Client) DeleteVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -5091,9 +5133,9 @@ func (c *Client) DeleteVolume(ctx context.Context, id VolumeID, reqEditors ...Re
 	return c.Client.Do(req)
 }
 
-// GetVolume Get one volume (not built yet)
+// GetVolume Get one volume
 //
-// Answers 501 until volumes are built.
+// The volume by ID or exact name, with its attachments.
 //
 // Corresponds with GET /volumes/{id} (the `GetVolume` operationId).
 func (c *Client) GetVolume(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -8898,54 +8940,75 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /snapshots/{id}/fork (the `ForkSnapshot` operationId).
 	ForkSnapshotWithResponse(ctx context.Context, id SnapshotID, body ForkSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkSnapshotResponse, error)
 
-	// ListVolumesWithResponse List volumes (not built yet)
+	// ListVolumesWithResponse List volumes
 	//
-	// Answers 501 until volumes are built.
+	// Every volume, oldest first, with its current attachments; `tags[k]=v` keeps only volumes carrying
+	// every given tag.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /volumes (the `ListVolumes` operationId).
 	ListVolumesWithResponse(ctx context.Context, params *ListVolumesParams, reqEditors ...RequestEditorFn) (*ListVolumesResponse, error)
 
-	// CreateVolumeWithBodyWithResponse Create an empty volume (not built yet)
+	// CreateVolumeWithBodyWithResponse Create an empty volume
 	//
-	// Answers 501 until volumes are built.
+	// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+	// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+	// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+	// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+	// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+	// (default 1024) answers 400 naming the limit.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /volumes (the `CreateVolume` operationId).
 	CreateVolumeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVolumeResponse, error)
 
-	// CreateVolumeWithResponse Create an empty volume (not built yet)
+	// CreateVolumeWithResponse Create an empty volume
 	//
-	// Answers 501 until volumes are built.
+	// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+	// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+	// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+	// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+	// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+	// (default 1024) answers 400 naming the limit.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /volumes (the `CreateVolume` operationId).
 	CreateVolumeWithResponse(ctx context.Context, body CreateVolumeJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateVolumeResponse, error)
 
-	// CreateVolumeFromArchiveWithBodyWithResponse Create a volume from a tar.gz archive (not built yet)
+	// CreateVolumeFromArchiveWithBodyWithResponse Create a volume from a tar.gz archive
 	//
-	// Answers 501 until volumes are built.
+	// The body is a tar.gz (an uncompressed tar is accepted too), streamed, never held in memory; the
+	// API's JSON body limit does not apply. Its content lands in a new ext4 volume of `size_gb` GiB with
+	// modes, owners, mtimes, symlinks and hardlinks kept. `size_gb` is a hard cap enforced while the
+	// archive streams: the compressed bytes, the unpacked tar stream and the file bytes each stop at
+	// `size_gb` GiB, so a gzip bomb is cut at the cap with 413 `request_too_large` naming `size_gb`.
+	// Entries that could write outside the volume or are not plain data are refused with 400
+	// `invalid_request` naming the entry: absolute paths, any `..` component, a path through a symlink
+	// (symlink then write-through), hardlinks through symlinks or out of the tree, device nodes and fifos.
+	// A failed create leaves no volume and nothing on disk. `tags` (deepObject, `tags[k]=v`) are the new
+	// volume's tags.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /volumes/from-archive (the `CreateVolumeFromArchive` operationId).
 	CreateVolumeFromArchiveWithBodyWithResponse(ctx context.Context, params *CreateVolumeFromArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateVolumeFromArchiveResponse, error)
 
-	// DeleteVolumeWithResponse Delete a volume (not built yet)
+	// DeleteVolumeWithResponse Delete a volume
 	//
-	// Answers 501 until volumes are built.
+	// Deletes the volume and its data. A volume attached to any instance (running or not) answers 409
+	// `conflict` naming the instances: detach it or delete them first.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /volumes/{id} (the `DeleteVolume` operationId).
 	DeleteVolumeWithResponse(ctx context.Context, id VolumeID, reqEditors ...RequestEditorFn) (*DeleteVolumeResponse, error)
 
-	// GetVolumeWithResponse Get one volume (not built yet)
+	// GetVolumeWithResponse Get one volume
 	//
-	// Answers 501 until volumes are built.
+	// The volume by ID or exact name, with its attachments.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -13831,6 +13894,8 @@ type CreateVolumeFromArchiveResponse struct {
 	JSON403 *Forbidden
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *Error
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
 	// JSON501 the response for an HTTP 501 `application/json` response
@@ -13860,6 +13925,11 @@ func (r CreateVolumeFromArchiveResponse) GetJSON403() *Forbidden {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r CreateVolumeFromArchiveResponse) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r CreateVolumeFromArchiveResponse) GetJSON413() *Error {
+	return r.JSON413
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
@@ -15426,9 +15496,10 @@ func (c *ClientWithResponses) ForkSnapshotWithResponse(ctx context.Context, id S
 	return ParseForkSnapshotResponse(rsp)
 }
 
-// ListVolumesWithResponse List volumes (not built yet)
+// ListVolumesWithResponse List volumes
 //
-// Answers 501 until volumes are built.
+// Every volume, oldest first, with its current attachments; `tags[k]=v` keeps only volumes carrying
+// every given tag.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15441,9 +15512,14 @@ func (c *ClientWithResponses) ListVolumesWithResponse(ctx context.Context, param
 	return ParseListVolumesResponse(rsp)
 }
 
-// CreateVolumeWithBodyWithResponse Create an empty volume (not built yet)
+// CreateVolumeWithBodyWithResponse Create an empty volume
 //
-// Answers 501 until volumes are built.
+// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+// (default 1024) answers 400 naming the limit.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15456,9 +15532,14 @@ func (c *ClientWithResponses) CreateVolumeWithBodyWithResponse(ctx context.Conte
 	return ParseCreateVolumeResponse(rsp)
 }
 
-// CreateVolumeWithResponse Create an empty volume (not built yet)
+// CreateVolumeWithResponse Create an empty volume
 //
-// Answers 501 until volumes are built.
+// Creates a sparse ext4 disk of `size_gb` GiB (it costs host disk only as the guest writes; sparse
+// volumes may oversubscribe the host's disk). Its root directory is 0755 owned by 0:0. `name` follows
+// the instance name rule; `id` is optional (1-128 letters, digits, `-`, `_`, `.`; generated when absent).
+// IDs and names share one namespace (`GET /volumes/{id}` takes either), so a name or ID already used by
+// any volume as either answers 409 `conflict`. `size_gb` above the server's `volume_max_size_gb`
+// (default 1024) answers 400 naming the limit.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15471,9 +15552,18 @@ func (c *ClientWithResponses) CreateVolumeWithResponse(ctx context.Context, body
 	return ParseCreateVolumeResponse(rsp)
 }
 
-// CreateVolumeFromArchiveWithBodyWithResponse Create a volume from a tar.gz archive (not built yet)
+// CreateVolumeFromArchiveWithBodyWithResponse Create a volume from a tar.gz archive
 //
-// Answers 501 until volumes are built.
+// The body is a tar.gz (an uncompressed tar is accepted too), streamed, never held in memory; the
+// API's JSON body limit does not apply. Its content lands in a new ext4 volume of `size_gb` GiB with
+// modes, owners, mtimes, symlinks and hardlinks kept. `size_gb` is a hard cap enforced while the
+// archive streams: the compressed bytes, the unpacked tar stream and the file bytes each stop at
+// `size_gb` GiB, so a gzip bomb is cut at the cap with 413 `request_too_large` naming `size_gb`.
+// Entries that could write outside the volume or are not plain data are refused with 400
+// `invalid_request` naming the entry: absolute paths, any `..` component, a path through a symlink
+// (symlink then write-through), hardlinks through symlinks or out of the tree, device nodes and fifos.
+// A failed create leaves no volume and nothing on disk. `tags` (deepObject, `tags[k]=v`) are the new
+// volume's tags.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15486,9 +15576,10 @@ func (c *ClientWithResponses) CreateVolumeFromArchiveWithBodyWithResponse(ctx co
 	return ParseCreateVolumeFromArchiveResponse(rsp)
 }
 
-// DeleteVolumeWithResponse Delete a volume (not built yet)
+// DeleteVolumeWithResponse Delete a volume
 //
-// Answers 501 until volumes are built.
+// Deletes the volume and its data. A volume attached to any instance (running or not) answers 409
+// `conflict` naming the instances: detach it or delete them first.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15501,9 +15592,9 @@ func (c *ClientWithResponses) DeleteVolumeWithResponse(ctx context.Context, id V
 	return ParseDeleteVolumeResponse(rsp)
 }
 
-// GetVolumeWithResponse Get one volume (not built yet)
+// GetVolumeWithResponse Get one volume
 //
-// Answers 501 until volumes are built.
+// The volume by ID or exact name, with its attachments.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -19508,6 +19599,13 @@ func ParseCreateVolumeFromArchiveResponse(rsp *http.Response) (*CreateVolumeFrom
 			return nil, err
 		}
 		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal

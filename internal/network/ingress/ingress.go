@@ -34,7 +34,6 @@ package ingress
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +55,7 @@ import (
 	"time"
 
 	"hypeman/internal/fsutil"
+	"hypeman/internal/ids"
 )
 
 // StateFile is the name of the ingress database inside Config.StateDir.
@@ -315,7 +315,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Ingress, erro
 		}
 		opened[p] = ln
 	}
-	ing := &Ingress{ID: newID(), Name: req.Name, Tags: maps.Clone(req.Tags), Rules: rules, CreatedAt: time.Now().UTC()}
+	ing := &Ingress{ID: ids.New(), Name: req.Name, Tags: maps.Clone(req.Tags), Rules: rules, CreatedAt: time.Now().UTC()}
 	next := append(append([]*Ingress(nil), m.ingresses...), ing)
 	if err := m.save(next); err != nil {
 		closeOpened()
@@ -619,18 +619,4 @@ func cloneIngress(i *Ingress) *Ingress {
 	c.Rules = append([]Rule(nil), i.Rules...)
 	c.Tags = maps.Clone(i.Tags)
 	return &c
-}
-
-// newID returns a 24-character lowercase alphanumeric ID starting with a
-// letter (the shape of instance IDs).
-func newID() string {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-	var rnd [24]byte
-	rand.Read(rnd[:]) // never fails on Linux
-	b := make([]byte, len(rnd))
-	for i, v := range rnd {
-		b[i] = alphabet[int(v)%len(alphabet)]
-	}
-	b[0] = alphabet[int(rnd[0])%26]
-	return string(b)
 }

@@ -4,7 +4,11 @@
 // and run by the conformance test (internal/conformance); it prints one
 // line per check and exits 1 on the first failure.
 //
+// With the single argument "volumes" it drives the volume routes instead
+// (volumes.go), booting nothing.
+//
 //	HYPEMAN_BASE_URL=... HYPEMAN_API_KEY=... sdkcheck IMAGE NAME
+//	HYPEMAN_BASE_URL=... HYPEMAN_API_KEY=... sdkcheck volumes
 package main
 
 import (
@@ -21,11 +25,17 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: sdkcheck IMAGE NAME")
+	var err error
+	switch {
+	case len(os.Args) == 2 && os.Args[1] == "volumes":
+		err = runVolumes()
+	case len(os.Args) == 3:
+		err = run(os.Args[1], os.Args[2])
+	default:
+		fmt.Fprintln(os.Stderr, "usage: sdkcheck IMAGE NAME | sdkcheck volumes")
 		os.Exit(2)
 	}
-	if err := run(os.Args[1], os.Args[2]); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		os.Exit(1)
 	}

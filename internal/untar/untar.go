@@ -1,4 +1,22 @@
-package images
+// Package untar applies tar streams onto a directory without ever writing
+// outside it: image layers (OCI whiteouts, device nodes, symlinked parents
+// followed inside the root) and user archives for volumes (a strict policy
+// that refuses anything that is not a plain file, directory, symlink or
+// hardlink inside the tree).
+//
+// Why a package of its own: the image store and the volume store both turn
+// untrusted tar bytes into a staging tree that mkfs then packs into a disk.
+// The hard part is the same for both (every call through an os.Root, parents
+// resolved by hand one component at a time, the final component replaced and
+// never followed, deferred directory mtimes, owners, modes and xattrs kept, a
+// byte budget enforced while the bytes stream), so it is written once; only
+// the policy differs (Options).
+//
+// Errors: entries that would land outside the root match ErrUnsafePath,
+// entries the policy refuses match ErrRefused, malformed ones ErrBadEntry;
+// all three are the archive's fault. A failure of our own filesystem is a
+// *LocalError. The error for an entry names it ("entry \"a/b\": ...").
+package untar
 
 import (
 	"archive/tar"
@@ -18,6 +36,50 @@ import (
 	"hypeman/internal/fsutil"
 )
 
+// Errors callers branch on with errors.Is.
+var (
+	// ErrUnsafePath: the entry would land outside the root (or, under
+	// Strict, names a path with "..", an absolute path, or goes through a
+	// symlink).
+	ErrUnsafePath = errors.New("tar entry escapes the root directory")
+	// ErrBadEntry: the entry is malformed (empty name, symlink loop,
+	// hardlink to nothing, root entry that is not a directory).
+	ErrBadEntry = errors.New("bad tar entry")
+	// ErrRefused: the policy does not allow this kind of entry (device
+	// nodes and fifos under Strict).
+	ErrRefused = errors.New("tar entry type not allowed")
+)
+
+// LocalError marks a failure of our own filesystem (staging directory, disk
+// space), as opposed to a problem with the archive's bytes.
+type LocalError struct {
+	Op   string
+	Path string
+	Err  error
+}
+
+func (e *LocalError) Error() string { return fmt.Sprintf("%s %s: %v", e.Op, e.Path, e.Err) }
+func (e *LocalError) Unwrap() error { return e.Err }
+
+// Options is the policy of an Applier.
+type Options struct {
+	// Whiteouts applies OCI layer whiteouts (".wh.NAME" hides NAME from lower
+	// layers, ".wh..wh..opq" makes a directory opaque). Without it such names
+	// are ordinary files.
+	Whiteouts bool
+	// Strict refuses, instead of containing, what only a hostile or broken
+	// archive carries: absolute names, any ".." component, a path through a
+	// symlink (symlink then write-through), hardlinks whose target goes
+	// through one, device nodes and fifos. Without Strict, absolute names
+	// are taken relative to the root and symlinked parents are followed with
+	// the root as "/", as container runtimes do for image layers.
+	Strict bool
+	// Files, when set, counts regular file bytes written (sparse entries
+	// expand beyond their share of the stream).
+	Files *Budget
+	Log   *slog.Logger
+}
+
 // Whiteout markers from the OCI image layer spec.
 const (
 	whiteoutPrefix = ".wh."
@@ -29,16 +91,18 @@ const (
 // kernel's ELOOP limit.
 const maxSymlinkHops = 64
 
-// flattener applies layer tars, in order, onto one staging directory.
+// Applier applies tar streams, in order, onto one directory (image layers
+// one after the other, or a single archive).
 //
 // Safety: every filesystem call goes through an os.Root opened on the staging
 // directory, and the parent directory of each entry is resolved by hand one
 // component at a time (resolveDir): symlinks met on the way are followed as if
 // the staging directory were "/", so "../../etc" or "/etc" in a symlink target
 // stays inside. The final component is never followed: it is replaced.
-type flattener struct {
+type Applier struct {
 	root *os.Root
 	log  *slog.Logger
+	opts Options
 
 	// dirTimes holds directory mtimes, applied once at the end: creating
 	// entries inside a directory would otherwise bump them again.
@@ -53,38 +117,46 @@ type flattener struct {
 	opaque      []string
 
 	xattrWarned bool
-	stats       flattenStats
-	// writes caps the regular file bytes written (nil: no cap).
-	writes *budget
+	stats       Stats
 }
 
-type flattenStats struct {
+// Stats count what an Applier wrote.
+type Stats struct {
 	Entries int   // tar entries applied (all layers)
 	Bytes   int64 // regular file bytes written
 }
 
-func newFlattener(dir string, log *slog.Logger) (*flattener, error) {
+// New opens an Applier on dir (an existing directory, normally empty). The
+// root becomes 0755 owned by 0:0 unless an archive entry "./" says otherwise.
+func New(dir string, opts Options) (*Applier, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, &localError{Op: "open staging root", Path: dir, Err: err}
+		return nil, &LocalError{Op: "open staging root", Path: dir, Err: err}
 	}
-	f := &flattener{root: root, log: log, dirTimes: map[string]time.Time{}}
-	// The image root is 0755 root:root unless a layer says otherwise ("./").
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	f := &Applier{root: root, log: opts.Log, opts: opts, dirTimes: map[string]time.Time{}}
 	if err := root.Chmod(".", 0o755); err != nil {
 		root.Close()
-		return nil, &localError{Op: "chmod", Path: dir, Err: err}
+		return nil, &LocalError{Op: "chmod", Path: dir, Err: err}
 	}
 	if err := root.Lchown(".", 0, 0); err != nil {
 		root.Close()
-		return nil, &localError{Op: "chown", Path: dir, Err: err}
+		return nil, &LocalError{Op: "chown", Path: dir, Err: err}
 	}
 	return f, nil
 }
 
-func (f *flattener) Close() error { return f.root.Close() }
+// Close releases the root.
+func (f *Applier) Close() error { return f.root.Close() }
 
-// applyLayer reads one uncompressed layer tar and applies it.
-func (f *flattener) applyLayer(ctx context.Context, r io.Reader) error {
+// Stats returns what was applied so far.
+func (f *Applier) Stats() Stats { return f.stats }
+
+// Apply reads one uncompressed tar stream and applies it. Call Finish after
+// the last one.
+func (f *Applier) Apply(ctx context.Context, r io.Reader) error {
 	f.touched = map[string]struct{}{}
 	f.touchedDirs = map[string]struct{}{}
 	f.opaque = nil
@@ -113,11 +185,11 @@ func (f *flattener) applyLayer(ctx context.Context, r io.Reader) error {
 	return nil
 }
 
-// finish applies the deferred directory mtimes.
-func (f *flattener) finish() error {
+// Finish applies the deferred directory mtimes.
+func (f *Applier) Finish() error {
 	for p, mt := range f.dirTimes {
 		if err := f.root.Chtimes(p, mt, mt); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return &localError{Op: "chtimes", Path: p, Err: err}
+			return &LocalError{Op: "chtimes", Path: p, Err: err}
 		}
 	}
 	return nil
@@ -126,9 +198,20 @@ func (f *flattener) finish() error {
 // cleanEntryPath turns a tar entry name into a clean path relative to the
 // root ("." for the root itself). Absolute names are taken as relative to the
 // image root, as every runtime does; names that climb above it are refused.
-func cleanEntryPath(name string) (string, error) {
+// strict refuses absolute names and any ".." component outright.
+func cleanEntryPath(name string, strict bool) (string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
-		return "", fmt.Errorf("%w: bad name %q", ErrCorruptLayer, name)
+		return "", fmt.Errorf("%w: bad name %q", ErrBadEntry, name)
+	}
+	if strict {
+		if strings.HasPrefix(name, "/") {
+			return "", fmt.Errorf("%w: absolute path %q", ErrUnsafePath, name)
+		}
+		for _, c := range strings.Split(name, "/") {
+			if c == ".." {
+				return "", fmt.Errorf("%w: %q has a \"..\" component", ErrUnsafePath, name)
+			}
+		}
 	}
 	c := path.Clean(name)
 	if c == ".." || strings.HasPrefix(c, "../") {
@@ -153,7 +236,7 @@ func joinRel(dir, base string) string {
 // With create, missing components become 0755 directories and non-directory
 // components are replaced by directories (what an overlay mount shows when
 // an upper layer puts a directory over a lower file).
-func (f *flattener) resolveDir(p string, create bool) (string, error) {
+func (f *Applier) resolveDir(p string, create bool) (string, error) {
 	var pending []string
 	if p != "." {
 		pending = strings.Split(p, "/")
@@ -178,22 +261,25 @@ func (f *flattener) resolveDir(p string, create bool) (string, error) {
 				return "", err
 			}
 			if err := f.root.Mkdir(next, 0o755); err != nil {
-				return "", &localError{Op: "mkdir", Path: next, Err: err}
+				return "", &LocalError{Op: "mkdir", Path: next, Err: err}
 			}
 			f.mark(next)
 			cur = next
 		case err != nil:
-			return "", &localError{Op: "lstat", Path: next, Err: err}
+			return "", &LocalError{Op: "lstat", Path: next, Err: err}
 		case fi.IsDir():
 			cur = next
 		case fi.Mode()&fs.ModeSymlink != 0:
+			if f.opts.Strict {
+				return "", fmt.Errorf("%w: %q goes through the symlink %q", ErrUnsafePath, p, next)
+			}
 			hops++
 			if hops > maxSymlinkHops {
-				return "", fmt.Errorf("%w: too many levels of symbolic links resolving %q", ErrCorruptLayer, p)
+				return "", fmt.Errorf("%w: too many levels of symbolic links resolving %q", ErrBadEntry, p)
 			}
 			target, err := f.root.Readlink(next)
 			if err != nil {
-				return "", &localError{Op: "readlink", Path: next, Err: err}
+				return "", &LocalError{Op: "readlink", Path: next, Err: err}
 			}
 			if strings.HasPrefix(target, "/") {
 				cur = "."
@@ -209,7 +295,7 @@ func (f *flattener) resolveDir(p string, create bool) (string, error) {
 				return "", err
 			}
 			if err := f.root.Mkdir(next, 0o755); err != nil {
-				return "", &localError{Op: "mkdir", Path: next, Err: err}
+				return "", &LocalError{Op: "mkdir", Path: next, Err: err}
 			}
 			f.mark(next)
 			cur = next
@@ -219,7 +305,7 @@ func (f *flattener) resolveDir(p string, create bool) (string, error) {
 }
 
 // mark records that this layer wrote p (and so all its ancestors).
-func (f *flattener) mark(p string) {
+func (f *Applier) mark(p string) {
 	f.touched[p] = struct{}{}
 	for d := path.Dir(p); d != "."; d = path.Dir(d) {
 		if _, ok := f.touchedDirs[d]; ok {
@@ -230,9 +316,9 @@ func (f *flattener) mark(p string) {
 }
 
 // remove deletes p (recursively) and forgets deferred mtimes under it.
-func (f *flattener) remove(p string) error {
+func (f *Applier) remove(p string) error {
 	if err := f.root.RemoveAll(p); err != nil {
-		return &localError{Op: "remove", Path: p, Err: err}
+		return &LocalError{Op: "remove", Path: p, Err: err}
 	}
 	if len(f.dirTimes) > 0 {
 		prefix := p + "/"
@@ -248,13 +334,13 @@ func (f *flattener) remove(p string) error {
 // replace removes whatever is at p, except an existing real directory when
 // keepDir is set (a directory entry over a directory only updates metadata).
 // It reports whether p is now absent.
-func (f *flattener) replace(p string, keepDir bool) (absent bool, err error) {
+func (f *Applier) replace(p string, keepDir bool) (absent bool, err error) {
 	fi, err := f.root.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return true, nil
 	}
 	if err != nil {
-		return false, &localError{Op: "lstat", Path: p, Err: err}
+		return false, &LocalError{Op: "lstat", Path: p, Err: err}
 	}
 	if keepDir && fi.IsDir() {
 		return false, nil
@@ -262,8 +348,8 @@ func (f *flattener) replace(p string, keepDir bool) (absent bool, err error) {
 	return true, f.remove(p)
 }
 
-func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
-	rel, err := cleanEntryPath(hdr.Name)
+func (f *Applier) applyEntry(hdr *tar.Header, r io.Reader) error {
+	rel, err := cleanEntryPath(hdr.Name, f.opts.Strict)
 	if err != nil {
 		return err
 	}
@@ -274,7 +360,7 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 	}
 
 	// Whiteouts.
-	if strings.HasPrefix(base, whiteoutPrefix) {
+	if f.opts.Whiteouts && strings.HasPrefix(base, whiteoutPrefix) {
 		switch {
 		case base == whiteoutOpaque:
 			d, err := f.resolveDir(dir, true)
@@ -306,7 +392,7 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 
 	if rel == "." {
 		if hdr.Typeflag != tar.TypeDir {
-			return fmt.Errorf("%w: root entry is not a directory", ErrCorruptLayer)
+			return fmt.Errorf("%w: root entry is not a directory", ErrBadEntry)
 		}
 		f.mark(".")
 		return f.setMeta(".", hdr, true)
@@ -327,7 +413,7 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 		}
 		if absent {
 			if err := f.root.Mkdir(full, 0o700); err != nil {
-				return &localError{Op: "mkdir", Path: full, Err: err}
+				return &LocalError{Op: "mkdir", Path: full, Err: err}
 			}
 		}
 		return f.setMeta(full, hdr, true)
@@ -346,17 +432,17 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 		if hdr.Linkname == "" {
-			return fmt.Errorf("%w: symlink with empty target", ErrCorruptLayer)
+			return fmt.Errorf("%w: symlink with empty target", ErrBadEntry)
 		}
 		// The target is stored verbatim; it is only ever interpreted later,
 		// inside the guest, or by resolveDir, which keeps it inside the root.
 		if err := f.root.Symlink(hdr.Linkname, full); err != nil {
-			return &localError{Op: "symlink", Path: full, Err: err}
+			return &LocalError{Op: "symlink", Path: full, Err: err}
 		}
 		return f.setMeta(full, hdr, false)
 
 	case tar.TypeLink:
-		target, err := cleanEntryPath(hdr.Linkname)
+		target, err := cleanEntryPath(hdr.Linkname, f.opts.Strict)
 		if err != nil {
 			return fmt.Errorf("hardlink target: %w", err)
 		}
@@ -367,7 +453,7 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 		}
 		tparent, err := f.resolveDir(tdir, false)
 		if err != nil {
-			return fmt.Errorf("%w: hardlink target %q: %v", ErrCorruptLayer, hdr.Linkname, err)
+			return fmt.Errorf("%w: hardlink target %q: %v", ErrBadEntry, hdr.Linkname, err)
 		}
 		tfull := joinRel(tparent, tbase)
 		if tfull == full {
@@ -375,20 +461,23 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 		}
 		tfi, err := f.root.Lstat(tfull)
 		if err != nil {
-			return fmt.Errorf("%w: hardlink target %q: %v", ErrCorruptLayer, hdr.Linkname, err)
+			return fmt.Errorf("%w: hardlink target %q: %v", ErrBadEntry, hdr.Linkname, err)
 		}
 		if tfi.IsDir() {
-			return fmt.Errorf("%w: hardlink to directory %q", ErrCorruptLayer, hdr.Linkname)
+			return fmt.Errorf("%w: hardlink to directory %q", ErrBadEntry, hdr.Linkname)
 		}
 		if _, err := f.replace(full, false); err != nil {
 			return err
 		}
 		if err := f.root.Link(tfull, full); err != nil {
-			return &localError{Op: "link", Path: full, Err: err}
+			return &LocalError{Op: "link", Path: full, Err: err}
 		}
 		return nil
 
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		if f.opts.Strict {
+			return fmt.Errorf("%w: device nodes and fifos are refused (type %q)", ErrRefused, string(rune(hdr.Typeflag)))
+		}
 		if _, err := f.replace(full, false); err != nil {
 			return err
 		}
@@ -403,13 +492,16 @@ func (f *flattener) applyEntry(hdr *tar.Header, r io.Reader) error {
 		}
 		dev := int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
 		if err := f.atParent(parent, func(fd int) error { return unix.Mknodat(fd, base, mode, dev) }); err != nil {
-			return &localError{Op: "mknod", Path: full, Err: err}
+			return &LocalError{Op: "mknod", Path: full, Err: err}
 		}
 		return f.setMeta(full, hdr, true)
 
 	case tar.TypeXGlobalHeader, tar.TypeXHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
 		return nil // consumed by archive/tar; nothing to create
 	default:
+		if f.opts.Strict {
+			return fmt.Errorf("%w: unsupported entry type %q", ErrRefused, string(rune(hdr.Typeflag)))
+		}
 		f.log.Warn("skipping unsupported tar entry type", "name", hdr.Name, "type", string(rune(hdr.Typeflag)))
 		return nil
 	}
@@ -432,12 +524,12 @@ func (s sourceReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (f *flattener) writeFile(full string, r io.Reader) error {
+func (f *Applier) writeFile(full string, r io.Reader) error {
 	out, err := f.root.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return &localError{Op: "create", Path: full, Err: err}
+		return &LocalError{Op: "create", Path: full, Err: err}
 	}
-	n, err := io.Copy(out, sourceReader{f.writes.reader(r)})
+	n, err := io.Copy(out, sourceReader{f.opts.Files.Reader(r)})
 	f.stats.Bytes += n
 	if err != nil {
 		out.Close()
@@ -445,19 +537,19 @@ func (f *flattener) writeFile(full string, r io.Reader) error {
 		if errors.As(err, &se) {
 			return se.err
 		}
-		return &localError{Op: "write", Path: full, Err: err}
+		return &LocalError{Op: "write", Path: full, Err: err}
 	}
 	if err := out.Close(); err != nil {
-		return &localError{Op: "close", Path: full, Err: err}
+		return &LocalError{Op: "close", Path: full, Err: err}
 	}
 	return nil
 }
 
 // setMeta applies owner, mode, xattrs and mtime. Order matters: chown
 // clears setuid/setgid and file capabilities, so it goes first.
-func (f *flattener) setMeta(p string, hdr *tar.Header, withMode bool) error {
+func (f *Applier) setMeta(p string, hdr *tar.Header, withMode bool) error {
 	if err := f.root.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
-		return &localError{Op: "chown", Path: p, Err: err}
+		return &LocalError{Op: "chown", Path: p, Err: err}
 	}
 	if !withMode {
 		// Symlink: no mode; set its own mtime without following it.
@@ -475,12 +567,12 @@ func (f *flattener) setMeta(p string, hdr *tar.Header, withMode bool) error {
 		if err := f.atParent(dir, func(fd int) error {
 			return unix.UtimesNanoAt(fd, base, ts, unix.AT_SYMLINK_NOFOLLOW)
 		}); err != nil {
-			return &localError{Op: "lutimes", Path: p, Err: err}
+			return &LocalError{Op: "lutimes", Path: p, Err: err}
 		}
 		return nil
 	}
 	if err := f.root.Chmod(p, fsutil.FileMode(uint32(hdr.Mode))); err != nil {
-		return &localError{Op: "chmod", Path: p, Err: err}
+		return &LocalError{Op: "chmod", Path: p, Err: err}
 	}
 	if err := f.setXattrs(p, hdr); err != nil {
 		return err
@@ -494,12 +586,12 @@ func (f *flattener) setMeta(p string, hdr *tar.Header, withMode bool) error {
 		at = hdr.ModTime
 	}
 	if err := f.root.Chtimes(p, at, hdr.ModTime); err != nil {
-		return &localError{Op: "chtimes", Path: p, Err: err}
+		return &LocalError{Op: "chtimes", Path: p, Err: err}
 	}
 	return nil
 }
 
-func (f *flattener) setXattrs(p string, hdr *tar.Header) error {
+func (f *Applier) setXattrs(p string, hdr *tar.Header) error {
 	const prefix = "SCHILY.xattr."
 	var attrs [][2]string
 	for k, v := range hdr.PAXRecords {
@@ -512,7 +604,7 @@ func (f *flattener) setXattrs(p string, hdr *tar.Header) error {
 	}
 	fh, err := f.root.Open(p)
 	if err != nil {
-		return &localError{Op: "open", Path: p, Err: err}
+		return &LocalError{Op: "open", Path: p, Err: err}
 	}
 	defer fh.Close()
 	for _, a := range attrs {
@@ -525,7 +617,7 @@ func (f *flattener) setXattrs(p string, hdr *tar.Header) error {
 				f.log.Warn("cannot set xattr in staging dir; dropping", "path", p, "xattr", a[0], "err", err)
 			}
 		default:
-			return &localError{Op: "setxattr " + a[0], Path: p, Err: err}
+			return &LocalError{Op: "setxattr " + a[0], Path: p, Err: err}
 		}
 	}
 	return nil
@@ -533,7 +625,7 @@ func (f *flattener) setXattrs(p string, hdr *tar.Header) error {
 
 // atParent runs fn with a file descriptor for dir (a resolved real
 // directory inside the root), for the *at syscalls os.Root does not wrap.
-func (f *flattener) atParent(dir string, fn func(fd int) error) error {
+func (f *Applier) atParent(dir string, fn func(fd int) error) error {
 	d, err := f.root.Open(dir)
 	if err != nil {
 		return err
@@ -543,18 +635,18 @@ func (f *flattener) atParent(dir string, fn func(fd int) error) error {
 }
 
 // clearOpaque removes from d everything this layer did not write.
-func (f *flattener) clearOpaque(d string) error {
+func (f *Applier) clearOpaque(d string) error {
 	fh, err := f.root.Open(d)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
-		return &localError{Op: "open", Path: d, Err: err}
+		return &LocalError{Op: "open", Path: d, Err: err}
 	}
 	entries, err := fh.ReadDir(-1)
 	fh.Close()
 	if err != nil {
-		return &localError{Op: "readdir", Path: d, Err: err}
+		return &LocalError{Op: "readdir", Path: d, Err: err}
 	}
 	for _, e := range entries {
 		p := joinRel(d, e.Name())

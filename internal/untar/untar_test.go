@@ -1,74 +1,30 @@
-package images
+package untar
 
 import (
 	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"hypeman/internal/testutil/tier"
+	"hypeman/internal/untar/untartest"
 )
 
-var testMTime = time.Date(2023, 5, 6, 7, 8, 9, 0, time.UTC)
+type entry = untartest.Entry
 
-// entry describes one tar entry for tests.
-type entry struct {
-	name     string
-	typ      byte
-	data     string
-	mode     int64
-	uid, gid int
-	link     string
-	major    int64
-	minor    int64
-	xattrs   map[string]string
-}
-
-func mkTar(t *testing.T, entries ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
-			Linkname: e.link, ModTime: testMTime, Devmajor: e.major, Devminor: e.minor, Format: tar.FormatPAX}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-		}
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		if len(e.xattrs) > 0 {
-			h.PAXRecords = map[string]string{}
-			for k, v := range e.xattrs {
-				h.PAXRecords["SCHILY.xattr."+k] = v
-			}
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatalf("tar header %s: %v", e.name, err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write([]byte(e.data)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+var (
+	mkTar        = untartest.Tar
+	lstat        = untartest.Lstat
+	assertAbsent = untartest.AssertAbsent
+	readFile     = untartest.ReadFile
+	testMTime    = untartest.MTime
+)
 
 // flattenLayers applies the layers into a fresh dir and returns it.
 func flattenLayers(t *testing.T, layers ...[]byte) (string, error) {
@@ -78,17 +34,17 @@ func flattenLayers(t *testing.T, layers ...[]byte) (string, error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	f, err := newFlattener(dir, slog.New(slog.DiscardHandler))
+	f, err := New(dir, Options{Whiteouts: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	for _, l := range layers {
-		if err := f.applyLayer(context.Background(), bytes.NewReader(l)); err != nil {
+		if err := f.Apply(context.Background(), bytes.NewReader(l)); err != nil {
 			return dir, err
 		}
 	}
-	return dir, f.finish()
+	return dir, f.Finish()
 }
 
 func mustFlatten(t *testing.T, layers ...[]byte) string {
@@ -100,55 +56,30 @@ func mustFlatten(t *testing.T, layers ...[]byte) string {
 	return dir
 }
 
-// needsChown marks a test that converts layers: the flattener gives every
+// needsChown marks a test that applies tars: the applier gives every
 // file its owner from the tar header, which needs root (package tier skips
 // it in the unit tier).
 func needsChown(t testing.TB) {
 	t.Helper()
-	tier.Root(t, "image conversion gives files their owners (chown to any uid)")
-}
-
-func lstat(t *testing.T, p string) (fs.FileInfo, *syscall.Stat_t) {
-	t.Helper()
-	fi, err := os.Lstat(p)
-	if err != nil {
-		t.Fatalf("lstat %s: %v", p, err)
-	}
-	return fi, fi.Sys().(*syscall.Stat_t)
-}
-
-func assertAbsent(t *testing.T, p string) {
-	t.Helper()
-	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("%s should not exist (err=%v)", p, err)
-	}
-}
-
-func readFile(t *testing.T, p string) string {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("read %s: %v", p, err)
-	}
-	return string(b)
+	tier.Root(t, "extraction gives files their owners (chown to any uid)")
 }
 
 func TestFlattenKeepsMetadata(t *testing.T) {
 	dir := mustFlatten(t, mkTar(t,
-		entry{name: "./", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "bin/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "bin/su", data: "suid", mode: 0o4755, uid: 0, gid: 0},
-		entry{name: "bin/sg", data: "sgid", mode: 0o2711, uid: 0, gid: 50},
-		entry{name: "tmp/", typ: tar.TypeDir, mode: 0o1777},
-		entry{name: "home/app/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
-		entry{name: "home/app/notes", data: "hello", mode: 0o600, uid: 1000, gid: 1001},
-		entry{name: "bin/sh", typ: tar.TypeSymlink, link: "busybox", uid: 7, gid: 8},
-		entry{name: "bin/busybox", data: "BB", mode: 0o755},
-		entry{name: "bin/ash", typ: tar.TypeLink, link: "bin/busybox"},
-		entry{name: "dev/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
-		entry{name: "dev/loop9", typ: tar.TypeBlock, mode: 0o660, major: 7, minor: 9, gid: 6},
-		entry{name: "run/fifo", typ: tar.TypeFifo, mode: 0o620},
-		entry{name: "bin/ping", data: "ping", mode: 0o755, xattrs: map[string]string{"user.hypeman": "cap"}},
+		entry{Name: "./", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "bin/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "bin/su", Data: "suid", Mode: 0o4755, UID: 0, GID: 0},
+		entry{Name: "bin/sg", Data: "sgid", Mode: 0o2711, UID: 0, GID: 50},
+		entry{Name: "tmp/", Typ: tar.TypeDir, Mode: 0o1777},
+		entry{Name: "home/app/", Typ: tar.TypeDir, Mode: 0o750, UID: 1000, GID: 1000},
+		entry{Name: "home/app/notes", Data: "hello", Mode: 0o600, UID: 1000, GID: 1001},
+		entry{Name: "bin/sh", Typ: tar.TypeSymlink, Link: "busybox", UID: 7, GID: 8},
+		entry{Name: "bin/busybox", Data: "BB", Mode: 0o755},
+		entry{Name: "bin/ash", Typ: tar.TypeLink, Link: "bin/busybox"},
+		entry{Name: "dev/null", Typ: tar.TypeChar, Mode: 0o666, Major: 1, Minor: 3},
+		entry{Name: "dev/loop9", Typ: tar.TypeBlock, Mode: 0o660, Major: 7, Minor: 9, GID: 6},
+		entry{Name: "run/fifo", Typ: tar.TypeFifo, Mode: 0o620},
+		entry{Name: "bin/ping", Data: "ping", Mode: 0o755, Xattrs: map[string]string{"user.hypeman": "cap"}},
 	))
 
 	check := func(p string, wantMode os.FileMode, uid, gid uint32) *syscall.Stat_t {
@@ -217,19 +148,19 @@ func TestFlattenKeepsMetadata(t *testing.T) {
 
 func TestFlattenWhiteouts(t *testing.T) {
 	l1 := mkTar(t,
-		entry{name: "a/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "a/gone", data: "x"},
-		entry{name: "a/kept", data: "y"},
-		entry{name: "a/dir/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "a/dir/deep", data: "z"},
-		entry{name: "link", typ: tar.TypeSymlink, link: "a/kept"},
+		entry{Name: "a/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "a/gone", Data: "x"},
+		entry{Name: "a/kept", Data: "y"},
+		entry{Name: "a/dir/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "a/dir/deep", Data: "z"},
+		entry{Name: "link", Typ: tar.TypeSymlink, Link: "a/kept"},
 	)
 	l2 := mkTar(t,
-		entry{name: "a/.wh.gone", data: ""},
-		entry{name: "a/.wh.dir", data: ""},
-		entry{name: ".wh.link", data: ""},    // removes the symlink, not its target
-		entry{name: "nodir/.wh.x", data: ""}, // nothing to hide: no error, no dir created
-		entry{name: "a/new", data: "n"},
+		entry{Name: "a/.wh.gone", Data: ""},
+		entry{Name: "a/.wh.dir", Data: ""},
+		entry{Name: ".wh.link", Data: ""},    // removes the symlink, not its target
+		entry{Name: "nodir/.wh.x", Data: ""}, // nothing to hide: no error, no dir created
+		entry{Name: "a/new", Data: "n"},
 	)
 	dir := mustFlatten(t, l1, l2)
 	assertAbsent(t, filepath.Join(dir, "a/gone"))
@@ -247,22 +178,22 @@ func TestFlattenWhiteouts(t *testing.T) {
 
 func TestFlattenOpaqueDir(t *testing.T) {
 	l1 := mkTar(t,
-		entry{name: "d/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "d/old", data: "old"},
-		entry{name: "d/sub/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "d/sub/old", data: "old"},
-		entry{name: "d/sub2/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "d/sub2/old", data: "old"},
-		entry{name: "other", data: "o"},
+		entry{Name: "d/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "d/old", Data: "old"},
+		entry{Name: "d/sub/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "d/sub/old", Data: "old"},
+		entry{Name: "d/sub2/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "d/sub2/old", Data: "old"},
+		entry{Name: "other", Data: "o"},
 	)
 	// The new entries come before and after the marker: the marker hides
 	// only lower layers, whatever the order.
 	l2 := mkTar(t,
-		entry{name: "d/", typ: tar.TypeDir, mode: 0o700},
-		entry{name: "d/+before", data: "b"},
-		entry{name: "d/.wh..wh..opq", data: ""},
-		entry{name: "d/sub/new", data: "n"},
-		entry{name: "d/zafter", data: "a"},
+		entry{Name: "d/", Typ: tar.TypeDir, Mode: 0o700},
+		entry{Name: "d/+before", Data: "b"},
+		entry{Name: "d/.wh..wh..opq", Data: ""},
+		entry{Name: "d/sub/new", Data: "n"},
+		entry{Name: "d/zafter", Data: "a"},
 	)
 	dir := mustFlatten(t, l1, l2)
 	assertAbsent(t, filepath.Join(dir, "d/old"))
@@ -281,19 +212,19 @@ func TestFlattenOpaqueDir(t *testing.T) {
 
 func TestFlattenReplacesTypes(t *testing.T) {
 	l1 := mkTar(t,
-		entry{name: "f", data: "file"},
-		entry{name: "d/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "d/x", data: "x"},
-		entry{name: "s", typ: tar.TypeSymlink, link: "d"},
-		entry{name: "keep/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "keep/x", data: "x"},
+		entry{Name: "f", Data: "file"},
+		entry{Name: "d/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "d/x", Data: "x"},
+		entry{Name: "s", Typ: tar.TypeSymlink, Link: "d"},
+		entry{Name: "keep/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "keep/x", Data: "x"},
 	)
 	l2 := mkTar(t,
-		entry{name: "f/", typ: tar.TypeDir, mode: 0o755}, // file → dir
-		entry{name: "f/in", data: "in"},
-		entry{name: "d", data: "now a file"},                // dir → file
-		entry{name: "s/", typ: tar.TypeDir, mode: 0o711},    // symlink → real dir (not followed)
-		entry{name: "keep/", typ: tar.TypeDir, mode: 0o700}, // dir over dir: contents kept
+		entry{Name: "f/", Typ: tar.TypeDir, Mode: 0o755}, // file → dir
+		entry{Name: "f/in", Data: "in"},
+		entry{Name: "d", Data: "now a file"},                // dir → file
+		entry{Name: "s/", Typ: tar.TypeDir, Mode: 0o711},    // symlink → real dir (not followed)
+		entry{Name: "keep/", Typ: tar.TypeDir, Mode: 0o700}, // dir over dir: contents kept
 	)
 	dir := mustFlatten(t, l1, l2)
 	if got := readFile(t, filepath.Join(dir, "f/in")); got != "in" {
@@ -314,14 +245,14 @@ func TestFlattenFollowsSymlinkedParentsInsideRoot(t *testing.T) {
 	// usrmerge style: lib -> usr/lib; a later layer writes lib/x without a
 	// lib/ entry: the file lands in usr/lib.
 	l1 := mkTar(t,
-		entry{name: "usr/lib/", typ: tar.TypeDir, mode: 0o755},
-		entry{name: "lib", typ: tar.TypeSymlink, link: "usr/lib"},
-		entry{name: "var/run", typ: tar.TypeSymlink, link: "/run"}, // absolute
-		entry{name: "run/", typ: tar.TypeDir, mode: 0o755},
+		entry{Name: "usr/lib/", Typ: tar.TypeDir, Mode: 0o755},
+		entry{Name: "lib", Typ: tar.TypeSymlink, Link: "usr/lib"},
+		entry{Name: "var/run", Typ: tar.TypeSymlink, Link: "/run"}, // absolute
+		entry{Name: "run/", Typ: tar.TypeDir, Mode: 0o755},
 	)
 	l2 := mkTar(t,
-		entry{name: "lib/libz.so", data: "z"},
-		entry{name: "var/run/pid", data: "1"},
+		entry{Name: "lib/libz.so", Data: "z"},
+		entry{Name: "var/run/pid", Data: "1"},
 	)
 	dir := mustFlatten(t, l1, l2)
 	if got := readFile(t, filepath.Join(dir, "usr/lib/libz.so")); got != "z" {
@@ -340,22 +271,22 @@ func TestFlattenRejectsTraversal(t *testing.T) {
 		name  string
 		layer []entry
 	}{
-		{"dotdot", []entry{{name: "../escaped", data: "x"}}},
-		{"nested dotdot", []entry{{name: "a/../../escaped", data: "x"}}},
-		{"hardlink out", []entry{{name: "h", typ: tar.TypeLink, link: "../../../etc/passwd"}}},
-		{"whiteout dotdot", []entry{{name: "a/.wh..", data: ""}}},
+		{"dotdot", []entry{{Name: "../escaped", Data: "x"}}},
+		{"nested dotdot", []entry{{Name: "a/../../escaped", Data: "x"}}},
+		{"hardlink out", []entry{{Name: "h", Typ: tar.TypeLink, Link: "../../../etc/passwd"}}},
+		{"whiteout dotdot", []entry{{Name: "a/.wh..", Data: ""}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			needsChown(t)
 			parent := t.TempDir()
 			dir := filepath.Join(parent, "root")
 			os.Mkdir(dir, 0o755)
-			f, err := newFlattener(dir, slog.New(slog.DiscardHandler))
+			f, err := New(dir, Options{Whiteouts: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			err = f.applyLayer(context.Background(), bytes.NewReader(mkTar(t, tc.layer...)))
+			err = f.Apply(context.Background(), bytes.NewReader(mkTar(t, tc.layer...)))
 			if !errors.Is(err, ErrUnsafePath) {
 				t.Fatalf("err = %v, want ErrUnsafePath", err)
 			}
@@ -373,32 +304,32 @@ func TestFlattenSymlinkEscapesStayInside(t *testing.T) {
 
 	dir := filepath.Join(parent, "root")
 	os.Mkdir(dir, 0o755)
-	f, err := newFlattener(dir, slog.New(slog.DiscardHandler))
+	f, err := New(dir, Options{Whiteouts: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	layers := [][]entry{
 		{
-			{name: "up", typ: tar.TypeSymlink, link: "../outside"},
-			{name: "abs", typ: tar.TypeSymlink, link: parent + "/outside"},
-			{name: "root", typ: tar.TypeSymlink, link: "/"},
-			{name: "deep/l", typ: tar.TypeSymlink, link: "../../../../../../outside"},
-			{name: "loop1", typ: tar.TypeSymlink, link: "loop2"},
-			{name: "loop2", typ: tar.TypeSymlink, link: "loop1"},
+			{Name: "up", Typ: tar.TypeSymlink, Link: "../outside"},
+			{Name: "abs", Typ: tar.TypeSymlink, Link: parent + "/outside"},
+			{Name: "root", Typ: tar.TypeSymlink, Link: "/"},
+			{Name: "deep/l", Typ: tar.TypeSymlink, Link: "../../../../../../outside"},
+			{Name: "loop1", Typ: tar.TypeSymlink, Link: "loop2"},
+			{Name: "loop2", Typ: tar.TypeSymlink, Link: "loop1"},
 		},
 		{
-			{name: "up/victim", data: "pwned-up"},
-			{name: "abs/victim", data: "pwned-abs"},
-			{name: "root/../outside/victim", data: "pwned-root"},
-			{name: "deep/l/victim2", data: "pwned-deep"},
-			{name: "root/via-root", data: "r"},
-			{name: "up/.wh.victim", data: ""},
-			{name: "hl", typ: tar.TypeLink, link: "up/victim"},
+			{Name: "up/victim", Data: "pwned-up"},
+			{Name: "abs/victim", Data: "pwned-abs"},
+			{Name: "root/../outside/victim", Data: "pwned-root"},
+			{Name: "deep/l/victim2", Data: "pwned-deep"},
+			{Name: "root/via-root", Data: "r"},
+			{Name: "up/.wh.victim", Data: ""},
+			{Name: "hl", Typ: tar.TypeLink, Link: "up/victim"},
 		},
 	}
 	for i, l := range layers {
-		if err := f.applyLayer(context.Background(), bytes.NewReader(mkTar(t, l...))); err != nil {
+		if err := f.Apply(context.Background(), bytes.NewReader(mkTar(t, l...))); err != nil {
 			t.Fatalf("layer %d: %v", i, err)
 		}
 	}
@@ -424,26 +355,26 @@ func TestFlattenSymlinkEscapesStayInside(t *testing.T) {
 	}
 
 	// A symlink loop is an error, not a hang.
-	err = f.applyLayer(context.Background(), bytes.NewReader(mkTar(t, entry{name: "loop1/x", data: "x"})))
-	if !errors.Is(err, ErrCorruptLayer) {
-		t.Fatalf("loop: err = %v, want ErrCorruptLayer", err)
+	err = f.Apply(context.Background(), bytes.NewReader(mkTar(t, entry{Name: "loop1/x", Data: "x"})))
+	if !errors.Is(err, ErrBadEntry) {
+		t.Fatalf("loop: err = %v, want ErrBadEntry", err)
 	}
 }
 
 func TestFlattenHardlinkTargetMissing(t *testing.T) {
-	_, err := flattenLayers(t, mkTar(t, entry{name: "h", typ: tar.TypeLink, link: "nope"}))
-	if !errors.Is(err, ErrCorruptLayer) {
-		t.Fatalf("err = %v, want ErrCorruptLayer", err)
+	_, err := flattenLayers(t, mkTar(t, entry{Name: "h", Typ: tar.TypeLink, Link: "nope"}))
+	if !errors.Is(err, ErrBadEntry) {
+		t.Fatalf("err = %v, want ErrBadEntry", err)
 	}
 }
 
 func TestFlattenTruncatedTar(t *testing.T) {
-	b := mkTar(t, entry{name: "big", data: string(bytes.Repeat([]byte("x"), 10000))})
+	b := mkTar(t, entry{Name: "big", Data: string(bytes.Repeat([]byte("x"), 10000))})
 	_, err := flattenLayers(t, b[:3000])
 	if err == nil {
 		t.Fatal("truncated tar applied without error")
 	}
-	var le *localError
+	var le *LocalError
 	if errors.As(err, &le) {
 		t.Fatalf("truncated tar reported as a local error: %v", err)
 	}
@@ -453,13 +384,13 @@ func TestCleanEntryPath(t *testing.T) {
 	for in, want := range map[string]string{
 		"./": ".", "/": ".", "a/b/": "a/b", "/etc/passwd": "etc/passwd", "./a/../b": "b", "a//b": "a/b", "/../x": "x",
 	} {
-		got, err := cleanEntryPath(in)
+		got, err := cleanEntryPath(in, false)
 		if err != nil || got != want {
 			t.Errorf("cleanEntryPath(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{"..", "../x", "a/../../x", ""} {
-		if _, err := cleanEntryPath(bad); err == nil {
+		if _, err := cleanEntryPath(bad, false); err == nil {
 			t.Errorf("cleanEntryPath(%q) accepted", bad)
 		}
 	}
