@@ -17,20 +17,11 @@ func notBuilt(feature string) error {
 }
 
 const (
-	featureResources = "host resource accounting (GET /resources, memory reclaim)"
 	featureSchedules = "snapshot schedules"
 	featureVolumes   = "volumes"
 	featureBuilds    = "image builds"
 	featurePushes    = "pushes to remote registries (push to hypemand's own registry at /v2/ instead)"
 )
-
-func (s *server) GetResources(context.Context, gen.GetResourcesRequestObject) (gen.GetResourcesResponseObject, error) {
-	return nil, notBuilt(featureResources)
-}
-
-func (s *server) ReclaimMemory(context.Context, gen.ReclaimMemoryRequestObject) (gen.ReclaimMemoryResponseObject, error) {
-	return nil, notBuilt(featureResources)
-}
 
 func (s *server) GetInstanceSnapshotSchedule(context.Context, gen.GetInstanceSnapshotScheduleRequestObject) (gen.GetInstanceSnapshotScheduleResponseObject, error) {
 	return nil, notBuilt(featureSchedules)

@@ -86,6 +86,10 @@ func (m *Manager) seedAdmission() {
 	}
 }
 
+// StandbyDirName is the dir inside an instance dir holding its saved memory
+// state (the disk breakdown counts it with snapshots).
+const StandbyDirName = standbyDir
+
 // --- resources.Guests (memory reclaim) ---
 
 // BalloonGuests lists the running instances whose memory a balloon can

@@ -1025,12 +1025,22 @@ type Device struct {
 // DeviceType defines model for Device.Type.
 type DeviceType string
 
-// DiskBreakdown defines model for DiskBreakdown.
+// DiskBreakdown What the data dir holds, in allocated bytes (st_blocks × 512, so
+// sparse overlays and volumes count what they really use).
 type DiskBreakdown struct {
-	ImagesBytes   *int64 `json:"images_bytes,omitempty"`
+	// ImagesBytes Image root disks.
+	ImagesBytes *int64 `json:"images_bytes,omitempty"`
+
+	// OciCacheBytes OCI blobs kept by the built-in registry (and pushes).
 	OciCacheBytes *int64 `json:"oci_cache_bytes,omitempty"`
+
+	// OverlaysBytes Instance dirs (writable overlays, config disks, logs) except saved memory states.
 	OverlaysBytes *int64 `json:"overlays_bytes,omitempty"`
-	VolumesBytes  *int64 `json:"volumes_bytes,omitempty"`
+
+	// SnapshotsBytes Snapshots plus standby memory states (not in upstream 0.3.0's
+	// schema, which has no place for them).
+	SnapshotsBytes *int64 `json:"snapshots_bytes,omitempty"`
+	VolumesBytes   *int64 `json:"volumes_bytes,omitempty"`
 }
 
 // Error defines model for Error.
@@ -1513,6 +1523,7 @@ type InstanceStats struct {
 
 // MemoryReclaimAction defines model for MemoryReclaimAction.
 type MemoryReclaimAction struct {
+	// AppliedReclaimBytes What the guest actually gave back (previous target minus its memory when the wait ended).
 	AppliedReclaimBytes int64   `json:"applied_reclaim_bytes"`
 	AssignedMemoryBytes int64   `json:"assigned_memory_bytes"`
 	Error               *string `json:"error,omitempty"`
@@ -1527,16 +1538,24 @@ type MemoryReclaimAction struct {
 	PlannedTargetGuestMemoryBytes  int64      `json:"planned_target_guest_memory_bytes"`
 	PreviousTargetGuestMemoryBytes int64      `json:"previous_target_guest_memory_bytes"`
 	ProtectedFloorBytes            int64      `json:"protected_floor_bytes"`
-	Status                         string     `json:"status"`
-	TargetGuestMemoryBytes         int64      `json:"target_guest_memory_bytes"`
+
+	// Status planned (dry run), applied (reached its target), partial (moved
+	// but not all the way within the wait), unchanged (nothing asked of
+	// it), error (see error).
+	Status                 string `json:"status"`
+	TargetGuestMemoryBytes int64  `json:"target_guest_memory_bytes"`
 }
 
 // MemoryReclaimRequest defines model for MemoryReclaimRequest.
 type MemoryReclaimRequest struct {
-	DryRun       *bool   `json:"dry_run,omitempty"`
-	HoldFor      *string `json:"hold_for,omitempty"`
-	Reason       *string `json:"reason,omitempty"`
-	ReclaimBytes int64   `json:"reclaim_bytes"`
+	DryRun *bool `json:"dry_run,omitempty"`
+
+	// HoldFor Go duration the reclaim is held (default 5m, more than 0 and at most 24h).
+	HoldFor *string `json:"hold_for,omitempty"`
+	Reason  *string `json:"reason,omitempty"`
+
+	// ReclaimBytes Total guest memory to reclaim across eligible guests.
+	ReclaimBytes int64 `json:"reclaim_bytes"`
 }
 
 // MemoryReclaimResponse defines model for MemoryReclaimResponse.
@@ -1615,7 +1634,9 @@ type PushCredentials struct {
 	Username      *string `json:"username,omitempty"`
 }
 
-// ResourceAllocation defines model for ResourceAllocation.
+// ResourceAllocation What one instance holds. cpu, memory_bytes, network_* and
+// disk_io_bps are 0 while it has no VMM (Stopped, Standby); disk_bytes
+// (overlay_size plus mounted volumes' sizes) is held in every state.
 type ResourceAllocation struct {
 	Cpu                *int    `json:"cpu,omitempty"`
 	DiskBytes          *int64  `json:"disk_bytes,omitempty"`
@@ -1627,26 +1648,59 @@ type ResourceAllocation struct {
 	NetworkUploadBps   *int64  `json:"network_upload_bps,omitempty"`
 }
 
-// ResourceStatus defines model for ResourceStatus.
+// ResourceStatus Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+// bytes per second.
 type ResourceStatus struct {
-	Allocated      int64   `json:"allocated"`
-	Available      int64   `json:"available"`
-	Capacity       int64   `json:"capacity"`
-	EffectiveLimit int64   `json:"effective_limit"`
-	OversubRatio   float64 `json:"oversub_ratio"`
-	Source         *string `json:"source,omitempty"`
-	Type           string  `json:"type"`
+	// Allocated What instances (and, for disk, stored data) hold.
+	Allocated int64 `json:"allocated"`
+
+	// Available effective_limit - allocated (never below 0).
+	Available int64 `json:"available"`
+
+	// Capacity Raw host capacity.
+	Capacity int64 `json:"capacity"`
+
+	// EffectiveLimit capacity × oversub_ratio.
+	EffectiveLimit int64 `json:"effective_limit"`
+
+	// OversubRatio Set by the oversub_<type> config key.
+	OversubRatio float64 `json:"oversub_ratio"`
+
+	// Source How capacity was found: detected, configured (the <type>_limit
+	// key), or default (nothing to detect: network 10Gbps, disk_io 1GB/s).
+	Source *string `json:"source,omitempty"`
+
+	// Type cpu, memory, disk, network or disk_io.
+	Type string `json:"type"`
 }
 
 // Resources defines model for Resources.
 type Resources struct {
-	Allocations   []ResourceAllocation `json:"allocations"`
-	Cpu           ResourceStatus       `json:"cpu"`
-	Disk          ResourceStatus       `json:"disk"`
-	DiskBreakdown *DiskBreakdown       `json:"disk_breakdown,omitempty"`
-	DiskIo        *ResourceStatus      `json:"disk_io,omitempty"`
-	Memory        ResourceStatus       `json:"memory"`
-	Network       ResourceStatus       `json:"network"`
+	Allocations []ResourceAllocation `json:"allocations"`
+
+	// Cpu Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Cpu ResourceStatus `json:"cpu"`
+
+	// Disk Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Disk ResourceStatus `json:"disk"`
+
+	// DiskBreakdown What the data dir holds, in allocated bytes (st_blocks × 512, so
+	// sparse overlays and volumes count what they really use).
+	DiskBreakdown *DiskBreakdown `json:"disk_breakdown,omitempty"`
+
+	// DiskIo Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	DiskIo *ResourceStatus `json:"disk_io,omitempty"`
+
+	// Memory Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Memory ResourceStatus `json:"memory"`
+
+	// Network Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Network ResourceStatus `json:"network"`
 }
 
 // RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
@@ -2345,10 +2399,10 @@ type ServerInterface interface {
 	// GetPush Get one push (not built yet)
 	// (GET /pushes/{id})
 	GetPush(w http.ResponseWriter, r *http.Request, id GenericID)
-	// GetResources Host capacity and allocations (not built yet)
+	// GetResources Host capacity, oversubscription-aware limits and allocations
 	// (GET /resources)
 	GetResources(w http.ResponseWriter, r *http.Request)
-	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemory Reclaim guest memory through balloons
 	// (POST /resources/memory/reclaim)
 	ReclaimMemory(w http.ResponseWriter, r *http.Request)
 	// ListSnapshots List snapshots, oldest first
@@ -2714,13 +2768,13 @@ func (_ Unimplemented) GetPush(w http.ResponseWriter, r *http.Request, id Generi
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// GetResources Host capacity and allocations (not built yet)
+// GetResources Host capacity, oversubscription-aware limits and allocations
 // (GET /resources)
 func (_ Unimplemented) GetResources(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+// ReclaimMemory Reclaim guest memory through balloons
 // (POST /resources/memory/reclaim)
 func (_ Unimplemented) ReclaimMemory(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -10506,20 +10560,6 @@ func (response GetResources500JSONResponse) VisitGetResourcesResponse(w http.Res
 	return err
 }
 
-type GetResources501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response GetResources501JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
 type ReclaimMemoryRequestObject struct {
 	Body *ReclaimMemoryJSONRequestBody
 }
@@ -10594,20 +10634,6 @@ func (response ReclaimMemory500JSONResponse) VisitReclaimMemoryResponse(w http.R
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(500)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
-type ReclaimMemory501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response ReclaimMemory501JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -11723,10 +11749,10 @@ type StrictServerInterface interface {
 	// GetPush Get one push (not built yet)
 	// (GET /pushes/{id})
 	GetPush(ctx context.Context, request GetPushRequestObject) (GetPushResponseObject, error)
-	// GetResources Host capacity and allocations (not built yet)
+	// GetResources Host capacity, oversubscription-aware limits and allocations
 	// (GET /resources)
 	GetResources(ctx context.Context, request GetResourcesRequestObject) (GetResourcesResponseObject, error)
-	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemory Reclaim guest memory through balloons
 	// (POST /resources/memory/reclaim)
 	ReclaimMemory(ctx context.Context, request ReclaimMemoryRequestObject) (ReclaimMemoryResponseObject, error)
 	// ListSnapshots List snapshots, oldest first
@@ -13635,323 +13661,343 @@ func (sh *strictHandler) GetVolume(w http.ResponseWriter, r *http.Request, id Vo
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L3rktu4kj/4KgjtTFg6w1LJ1+muio75u33rmtPu9rhsd8S2vBJEQhKmSIAHAKtKdjhiP/0f4P9l32Af",
-	"YB9h903mSTaQCZCgREpUXWzPOfXhnHZRJK6JRF5+mfm5F8ssl4IJo3tHn3s5VTRjhin46xUTTPH45Ln9",
-	"I2E6Vjw3XIreUe8kYcLwOWdq2It63D7KqVn2op6gGesd9XjSi3qK/a3giiW9I6MKFvV0vGQZta1l9PJX",
-	"JhZm2Tu6/+CHqJdxUf4d9cwqt21oo7hY9L58iXonGV2w36DpjaHYn4hic6aYiFlE3r/99YCJWCYsIX02",
-	"XAzJNJHxGVNDLv/5wcuUzxRVq39+8JKmORfsnx8+Talh2kwHLXOB/3SczeP7DzrMRmhDRcwaV9b9Rk6e",
-	"R4Rd0tgQ239EpCKF4H8r7C8kV2zOL7/O2v9KtXlxzoRpGu5bpouMETo3TBGz5Jow+yo5eV4ObslowlQ1",
-	"PNveATR4cPK81zKyhw+ahnIqaK6XsnEk/rfvZ+He0YV+yVPD1OZofxfpinDDMk1iqtSKi4VdObUiC37O",
-	"BDF0QS64WeJM0hUxS2rIOU0LdjQW038zdKH/NIxmH3+a0fiMiWRcjEYPnsBzJs4//qQNXXCxmJJ+wlj+",
-	"++w/WWyINquUDYZj0Yt67DJPZcL8PGE9/lYwtaoWxLZW26F/UmzeO+r9b4cV3zjEX/WhnW7vS9SDPnpH",
-	"vapb+/SDTIuskeLxF7s5UsGWfZ3d8QM6EW9sN1ce1jm2c5OD+2Kb0rkUmgEj/pkmr6hhF3Rl/4qlMEwY",
-	"+0+a5ymPqR3x4X9qO+zPHTfrhVJSYVf1aT8VpMi1UYxmRLEF10atyJzylCVDu48/0+Qt+1vBtLn9sbxb",
-	"WsYOnRGuSUbTuVQZS+yOcHFOU45jeibFPOXxVxuRloWK2T1NtKGGefogsRuGxpNrgtH3pXJ/u2vKzodm",
-	"M74oZKEHMIuXUs14kjDxdaZh5BkTJKXxmS6HaomX6FjmDEZ0IgxTgqa3P6BTps6ZIsz+Dl3/Js1LWYjk",
-	"9rv+TRJdxMtyW333J1mesowJw5KvsSFcE42LkEimiZCG6CLPpTKwOzJnCnok/RUzg2N4mDGtrfCj6UqT",
-	"iyWPl2TOqCkUTuK9oIVZSsU/fY0pvOZac7GI/Mm0x4Jd5kBSQGtDYLuuHdvNU2NovEQ+G/AUmiTctknT",
-	"N8pO23DLBec01Szq5cGjz71MFsJMcse/Ayb7aPTjkw2+arkqTaRIV8jt57RITdmye3kmZcqo6CET9vz8",
-	"z7Crj+XLsrzenhZGnhoqktnqjUx5vNo5k3WBOmUHM6pZQmhhZEYNjy17sQ0eo2DlyIPGMcuNJnYeZMoE",
-	"naUsmRJolfQt3cwKnhpiycReWfUVc+/bf65POOrxJGUTwzMmC7NbHot6fCGkYpOEacMFENPEEix0BLKN",
-	"a4RnRdY7evL48cPHcPXh39XFx4VhC6Zskxm9PMEvnzwqf6dK0VXQIR7UScwTtdGXH3DweTXgba1/2b6r",
-	"p4aaApWk2oLS2PBzNuFiZtnVJJZCsNguhQ7WOJigvST4olBtexBbOkvkhZgollEu7MiPPvdEkaZ257xo",
-	"sTE1lvIFhxeaWt267UuZJpNCGA6M3l6x1Fj5jRp2YKnByjq7ugfS0VzE7JptBOS384OUalOuPGwEN6sJ",
-	"NVcfgmCXZuKO3bUaUow6tsqEJfY/e4Vw/JwlkzylxrZrjydwi0mG3LN6kHCNW2aFTlQJJ0KaiSqEwBcF",
-	"MxdSnYVvulYmPO9FvSXVk/NFXvSibURaX3bogqU019CenCHTmcDF3EMGuprMpfKLFDDDavK6PCsNk+9F",
-	"vdrcSsL1w/RDKk9CY7/QC2yTk7GgORxn45jK/hvPgFE0PrNLl4FK9LlBYQhvg3A2wYmuDlpwIMv1KKli",
-	"x4bUx9J425xTDvT3nJ1zPHJ1rhQXSjFhJoni56h+7qTYBJqa8KRh9uWvwplgNs+uzLJislCyyJv5Xh7z",
-	"CU0SxbRubOCciUSqtu7dry3dr21O2FXYcDjH+oib1vjngqdJw8pKKxfaQ3wd9hArRne0sbkFBUqAE7zr",
-	"yo+4ME8etXca7AGeji7E0LINPKMLNkn4wolqu9uBD0Cc7PD23wpWsEkuNUep6HOHOWlD1XV3Y5NfwUgs",
-	"lVhZKnGMudBL/Bdwo17UQ7XYsgDLnlP77ybWA1aUTsaTNUIGOi2ZR0AzrfSKZ71RQoGZuPN1O/TJ9dlE",
-	"809sspg184AWqoJrvNDX3MSMXlo+ipwP5e/NEbTyL9xwXKS6TLm5nWtC6Sb1ePrIVeHu6oSlzOA/26+o",
-	"69FJbfmbyWZzkdYn3kRYz2hOZzzlnp7WqStmqdVNZYOVM1Br72ni1aEhefbmPTnnyhQ05Z9QreWCFFaB",
-	"OTvPrOZo4gVoL+ySWn7bO+qZeNFEdUH/k0ro6jaMP5YrVK2CRsgF1SReSm0V1sZrEtRGK4cBZe7Yr3Dx",
-	"nuOnb92XX6Ke09Z1gzUbRnuQsnOWeqWenDzXNVWQXeZSM036XkLUEQGOa/8rFvYCjAi7ZHFEUrnQEdHO",
-	"Rq4jMhwO0d/Rmc6XEpl+1+n+Yt/3d4De58sT/OJLKePu8/Fv7pPqa6dCbWvgt/LNsimYs9vlhg16AcZ6",
-	"9ztZrnKWUUHOhLyw6wyyIZmtnAuC0XiJRsGLJTNLpgg3JKaCpLQQ8ZIsmWK1zeg62YCWNtgS0Mg+jSHN",
-	"bcq6+NgRwOYJCFap2rBy2wMirx3WXuPRre3ZLma0dp42WZOXkptFfn8XVCzmbywrDjIeK3me9aIdUqbz",
-	"Clad7BruL+78rA1Sxcv6KGiWgDy3cSClrr+YclFc7hynhIW3vewa4El5UOtD9Bteaq2bozhsHbT/qD72",
-	"P2uffezOhtZF/bL1aHOYu+b7W8Vc6hNeVM6Wap73R8P7o9FwNLzfNM2FVUEnRk4W3oy5SXBWnUs3OclM",
-	"8WTByE+Ekl/tohD3APgFJe+eviE5U+TD62MiqCE/kf948fq9vSzVgW2RVCfmmAgpbEtCEhhH8Bvpm8Zb",
-	"EG9ZJ7hgz+DbsifdttaiTM8EMy3rMzq8/2QnVeJabKzbri276llvv2iDK9EZFCIyl+osIjktNIuIlasO",
-	"uDxIecZNRJbS5GmxOMhYJtUqIjOaplKKg1gKo2QKF+te12qrSHo1aYaVdxJHL0K5MsP9WVqwcLt25rS8",
-	"btY2JueTc6a0U+gqehkNHw5HTUcpeHv7cP2LUa2TxoGCDOw0pKu5Gta1m+1mbNR01r2+m+ZGt/c7X9xL",
-	"NWiZPtqKrjb7zgNdM/Ps8iBcWeUJ+2nfcbjRrjbjWDHAONF05wDfFHr5LHg92NitUCViJMmLNHUoJYQj",
-	"HT0cPhhFZLGM1ZDLQ6kWhzTP/4de0gePnxx5qX0vxFF1CW8OSepDKxv8eXhOFafCfDxGx5JlJFbeu6eJ",
-	"/5j0gzt7QJzalBuW1BW1ukCwyyVzZQqAJd6y9aj/3Bi5P3m4vso5NYYpu4j/x5/04NPo4MePffePg49/",
-	"8Y8G//ZPTUxOFSmr2xm2LYCfTJGyTTdWxoX76/7m7XK95fXj3LbMqHkGstQe6zyjIrngiVlOEnkhUkmT",
-	"BoQZNYzA5QsESf7rf/4v8uG1OzP3X81yHZH7Dx6//vlQHxNFDdOEanuFw8094XIyy/UgIkbR+ZzHxF3U",
-	"RAog8g+v72krYw3Jb4wl2gtfleC0dtwa2Vg1jyLfOYsPr2EOMJmmWQwiopc0ZwkxSyWLxZJQQfh8RtB6",
+	"7L3rkts4lj/4KgjtTFjqYSrl61RlRsX8Xb5VTperPE7bHbElrwSRkIROEmADYGbKFY7YT/8HmC/zBvsA",
+	"+wg7bzJPsoFzABKUSInKi+2uzg/d5aRIXA8OzvV3fu/FMsulYMLo3tHvvZwqmjHDFPz1igmmeHzy3P6R",
+	"MB0rnhsuRe+od5IwYficMzXsRT1uH+XULHtRT9CM9Y56POlFPcX+VnDFkt6RUQWLejpesoza1jJ6+TMT",
+	"C7PsHd1/8F3Uy7go/456ZpXbNrRRXCx6nz9HvZOMLtgv0PTGUOxPRLE5U0zELCLv3/58wEQsE5aQPhsu",
+	"hmSayPiMqSGX//zgZcpniqrVPz94SdOcC/bPD5+m1DBtpoOWucB/Os7m8f0HHWYjtKEiZo0r634jJ88j",
+	"wi5pbIjtPyJSkULwvxX2F5IrNueXX2btf6bavDhnwjQN9y3TRcYInRumiFlyTZh9lZw8Lwe3ZDRhqhqe",
+	"be8AGjw4ed5rGdnDB01DORU010vZOBL/27ezcO/oQr/kqWFqc7S/inRFuGGZJjFVasXFwq6cWpEFP2eC",
+	"GLogF9wscSbpipglNeScpgU7Govpvxm60L8ZRrOPP8xofMZEMi5GowdP4DkT5x9/0IYuuFhMST9hLP91",
+	"9lcWG6LNKmWD4Vj0oh67zFOZMD9PWI+/FUytqgWxrdV26J8Um/eOev/HYcU3DvFXfWin2/sc9aCP3lGv",
+	"6tY+/SDTImukePzFbo5UsGVfZnf8gE7EG9vNlYd1ju3c5OA+26Z0LoVmwIh/pMkratgFXdm/YikME8b+",
+	"k+Z5ymNqR3z4V22H/XvHzXqhlFTYVX3aTwUpcm0UoxlRbMG1USsypzxlydDu4480ecv+VjBtbn8s75aW",
+	"sUNnhGuS0XQuVcYSuyNcnNOU45ieSTFPefzFRqRloWJ2TxNtqGGePkjshqHx5Jpg9H2p3N/umrLzodmM",
+	"LwpZ6AHM4qVUM54kTHyZaRh5xgRJaXymy6Fa4iU6ljmDEZ0Iw5Sg6e0P6JSpc6YIs79D179I81IWIrn9",
+	"rn+RRBfxstxW3/1JlqcsY8Kw5EtsCNdE4yIkkmkipCG6yHOpDOyOzJmCHkl/xczgGB5mTGsr/Gi60uRi",
+	"yeMlmTNqCoWTeC9oYZZS8U9fYgqvudZcLCJ/Mu2xYJc5kBTQ2hDYrmvHdvPUGBovkc8GPIUmCbdt0vSN",
+	"stM23HLBOU01i3p58Oj3XiYLYSa5498Bk300+v7JBl+1XJUmUqQr5PZzWqSmbNm9PJMyZVT0kAl7fv5b",
+	"2NXH8mVZXm9PCyNPDRXJbPVGpjxe7ZzJukCdsoMZ1SwhtDAyo4bHlr3YBo9RsHLkQeOY5UYTOw8yZYLO",
+	"UpZMCbRK+pZuZgVPDbFkYq+s+oq59+0/1ycc9XiSsonhGZOF2S2PRT2+EFKxScK04QKIaWIJFjoC2cY1",
+	"wrMi6x09efz44WO4+vDv6uLjwrAFU7bJjF6e4JdPHpW/U6XoKugQD+ok5ona6MsPOPi8GvC21j9v39VT",
+	"Q02BSlJtQWls+DmbcDGz7GoSSyFYbJdCB2scTNBeEnxRqLY9iC2dJfJCTBTLKBd25Ee/90SRpnbnvGix",
+	"MTWW8gWHF5pa3brtS5kmk0IYDozeXrHUWPmNGnZgqcHKOru6B9LRXMTsmm0E5Lfzg5RqU648bAQ3qwk1",
+	"Vx+CYJdm4o7dtRpSjDq2yoQl9t96hXD8nCWTPKXGtmuPJ3CLSYbcs3qQcI1bZoVOVAknQpqJKoTAFwUz",
+	"F1KdhW+6ViY870W9JdWT80Ve9KJtRFpfduiCpTTX0J6cIdOZwMXcQwa6msyl8osUMMNq8ro8Kw2T70W9",
+	"2txKwvXD9EMqT0Jjv9ALbJOTsaA5HGfjmMr+G8+AUTQ+s0uXgUr0e4PCEN4G4WyCE10dtOBAlutRUsWO",
+	"DamPpfG2Oacc6O85O+d45OpcKS6UYsJMEsXPUf3cSbEJNDXhScPsy1+FM8Fsnl2ZZcVkoWSRN/O9POYT",
+	"miSKad3YwDkTiVRt3btfW7pf25ywq7DhcI71ETet8Y8FT5OGlZVWLrSH+DrsIVaM7mhjcwsKlAAneNeV",
+	"H3Fhnjxq7zTYAzwdXYihZRt4RhdskvCFE9V2twMfgDjZ4e2/Faxgk1xqjlLR7x3mpA1V192NTX4FI7FU",
+	"YmWpxDHmQi/xX8CNelEP1WLLAix7Tu2/m1gPWFE6GU/WCBnotGQeAc200iue9UYJBWbiztft0CfXZxPN",
+	"P7HJYtbMA1qoCq7xQl9zEzN6afkocj6UvzdH0Mq/cMNxkeoy5eZ2rgmlm9Tj6SNXhburE5Yyg/9sv6Ku",
+	"Rye15W8mm81FWp94E2E9ozmd8ZR7elqnrpilVjeVDVbOQK29p4lXh4bk2Zv35JwrU9CUf0K1lgtSWAXm",
+	"7DyzmqOJF6C9sEtq+W3vqGfiRRPVBf1PKqGr2zD+slyhahU0Qi6oJvFSaquwNl6ToDZaOQwoc8d+hYv3",
+	"HD996778HPWctq4brNkw2oOUnbPUK/Xk5LmuqYLsMpeaadL3EqKOCHBc+1+xsBdgRNgliyOSyoWOiHY2",
+	"ch2R4XCI/o7OdL6UyPS7Tvcn+76/A/Q+X57gF59LGXefj39xn1RfOxVqWwO/lG+WTcGc3S43bNALMNa7",
+	"38lylbOMCnIm5IVdZ5ANyWzlXBCMxks0Cl4smVkyRbghMRUkpYWIl2TJFKttRtfJBrS0wZaARvZpDGlu",
+	"U9bFx44ANk9AsErVhpXbHhB57bD2Go9ubc92MaO187TJmryU3Czy+7ugYjF/Y1lxkPFYyfOsF+2QMp1X",
+	"sOpk13B/cudnbZAqXtZHQbME5LmNAyl1/cWUi+Jy5zglLLztZdcAT8qDWh+i3/BSa90cxWHroP1H9bH/",
+	"VvvsY3c2tC7ql61Hm8PcNd9fKuZSn/CicrZU87w/Gt4fjYaj4f2maS6sCjoxcrLwZsxNgrPqXLrJSWaK",
+	"JwtGfiCU/GwXhbgHwC8oeff0DcmZIh9eHxNBDfmB/MeL1+/tZakObIukOjHHREhhWxKSwDiC30jfNN6C",
+	"eMs6wQV7Bt+WPem2tRZleiaYaVmf0eH9JzupEtdiY912bdlVz3r7RRtcic6gEJG5VGcRyWmhWUSsXHXA",
+	"5UHKM24ispQmT4vFQcYyqVYRmdE0lVIcxFIYJVO4WPe6VltF0qtJM6y8kzh6EcqVGe7P0oKF27Uzp+V1",
+	"s7YxOZ+cM6WdQlfRy2j4cDhqOkrB29uH61+Map00DhRkYKchXc3VsK7dbDdjo6az7vXdNDe6vd/54l6q",
+	"Qcv00VZ0tdl3HuiamWeXB+HKKk/YT/uOw412tRnHikGME013DvBNoZfPgteDjd0aqkSMJHmRpi5KCcOR",
+	"jh4OH4wisljGasjloVSLQ5rn/0sv6YPHT4681L5XxFF1CW8OSepDKxv8dnhOFafCfDxGx5JlJFbeu6eJ",
+	"/5j0gzt7QJzalBuW1BW1ukCwyyVzZQqAJd6y9aj/3Bi5P3m4vso5NYYpu4j/12/04NPo4PuPffePg49/",
+	"8o8G//ZPTUxOFSmr2xm2LYCfTJGyTTdWxoX76/7m7XK95fXj3LbMqHkGstQe6zyjIrngiVlOEnkhUkmT",
+	"hggzahiByxcIkvzP//5P8uG1OzP3X81yHZH7Dx6//vFQHxNFDdOEanuFw8094XIyy/UgIkbR+ZzHxF3U",
+	"RAog8g+v72krYw3JL4wl2gtfleC0dtwa2Vg1jyLfOYsPr2EOMJmmWQwiopc0ZwkxSyWLxZJQQfh8RtB6",
 	"fa2BsoXnzB204Rf4ct19WJ/WK37OYBm9BYJQPyJir0M1pzEjfSeaE6MKZlVgUfIXsqQ6mMMgEFJCT/wO",
-	"6rvaKaeFkaU/aceSbPr3v0S9OGvaaZanNGYIqgEl+J4mcZbUpMKQsTx+/PDJVl/1/dGDBl/42gXVPO/P",
-	"myu3ZsaAPSZVY2Sm5BlToE0oNi80S0j/0Wg0wANTip6RA5zA/kmSsYRTwxKCFOZoMRxKwP3DwViSbhDL",
-	"3zw7cfSu4ZqkWvvjsD6uQqR2CizLzYr0hST221mh7YCdMj9oW/xmIWY7CCFgK5vjfs71GTk5/B04kTvw",
-	"cl47Ivc0uVDc2BMFLEqX52MsCgGfsGQQEYqKnp21MSkj4KoaEstJ9BGZ/tf/+X8f6qm9hmcry/Q85mws",
-	"ZlxQtSJWWCWF4EaT/rh3fzSyzGXcIz+R+6MR+f/+L2Lp6v/9f4hlOcfQ3izXUyLVWMAf3Pj2uYe0JSzm",
-	"GU0dipZhw5Z5YbMPHkej0cj+byywVdcvvMB1uXE0AL8NyX3yepbDNtuBvfr5UCNAdSczE0atcskR0tTh",
-	"FFYfkD4VCUmUzDWxs4uzZHDTB5SJ820Hs1sP4Te1bqozhCAr7Zwna2jOmZZpYRgisVabR8fw1P0GO13w",
-	"1Nh16ObxWeTFLr756s37Z+AfBwsyo6lZTuIli3eadH+Bd5/Bq2B8BrUbNLAGY+ylUZSgSg47jtaPjK7s",
-	"qbmwV5Ek1FjVmIBuXN5IQgrAQ9ujdk97fkFmkqqk4m3QrhtCRLR0kkO5ZGMBxwNO3L+QcKzE0hkFZweX",
-	"3lhAljJNdO29sZjR+OwoGDw4NjUSqiXRXMmFohnRjGnymmXvpKHpAM7lWExtG9MIeoOrlaWJHzecO1Mo",
-	"AUC86ubFzQeOYahaMMDYKso1S4bk1FBjvwMAYuO8NLGTiS3T73Zcl6ucqXOu5U6j9C/Vm95/sHeYRZsO",
-	"9qu8YCqmmpGUWfldRyThC7vAwBGoXjJ97AIG1iSqG1YBuvo2GuXsL1FPnjOV0lXLkfgjvGJwB0uivz96",
-	"9fOgi7j4FfTGXfqhYnAQJnmJqty2WG/x7UpEa16cn+3+u+NRrYpblEqTfXz/weufOyyTPuM5GjAndMFa",
-	"riN7kN4ieAsOrSwMuaDc2L/nDh6OJx/aIH103MU5EKY2FIDAArD4jWKyG8cZU4KlE4y6aZBQnrrFh07t",
-	"ElLD0eFVx5kKZv8fhJY01QSbJa5ZwgUOVreMxFlVO26bj92p9q273hr1jGmwqv/K5wxY/YzNpWIBqhZ9",
-	"8VJ0ugythDNy0osn205H5zzOi4bV/4Beb/LszftK7iMPfJMOKftoF0wWg050W9QKCFMU4NVbpWWcsmuM",
-	"UMUqCaCTXQJ7ey0LYeoSUbAkzY4bZ15A3t5uXnhT6OW3sN+13jmbCCehWVwo1gVSbsnaXrQdGl5HeMB4",
-	"yu/bF8yfpCsumsxyq74583uXI/us+qQS9M44Rm50aeCv9t3W6/o9Ru55foKBNuW5WTDBrKK1cSRv+Kq+",
-	"shUNFqJ9t64T+3B1F8Pm4mzeaF0dHde1L/qOmtaoDdyKjI0lEyM7gdkQY2vk5HzOZQvq/ip4t62A2bbH",
-	"u3Cyre7AXQDavW5M+LgCrCFKPI95o7d3GzS3CYkGr0RXgOGub9VOzONzrs9+VoyeAUx8g1AQgjIB+0gj",
-	"ZHZz+WXMJ7Glrv2+QlF8v67ctbvHN02G0Bce07vOyZMGbnqKKoEW9IxNQAmy7x35kC0PpS9juCYQ4BiN",
-	"hf/bhQlUL3ghPyJN8Q3RWASP7TtVRBq42THgMSJCmsnc7n1URlHaXgE9DFEPjCarCCXjSSFKD3VUWtUm",
-	"XHhbbjQWbiITI+UktXdmRMpHfgrhgMF8ObGLG41FxsxSJtCvVXEv7Fi50MV8zmNuB+BDBTWsTPCDNlJR",
-	"21nYNm5rhPZwQdOIzGgycRiTiPjx2KUK5mV751UIog/Z9qpJuWDNnMlQnjZIhy8LBegzwKBq0newtXsa",
-	"PQ51BaCKQ2RggigjyjqJhkCXz2EgTagHLkQZVrJfSy7osQ4mKN0PdrywLkfkgs12Ih7gmFRtfmw7YK77",
-	"1mO2abqrRrk5go0+Xkp1dj1fxlzJrIwNahBF13RAS9YAc7HaJy310nIZ+xysQXlhiBQVMCZOpbCnwWqk",
-	"VjGXyole7ei6tWBbK745e7jtnvTR0nLr8psVm5Gb7SI3uxfv4P1TeL2z39l+eD3xe/eaCXYRbNLXXLur",
-	"Wu/2WXq/elde/vDDBtwU0lwZt186ImOaps5GGijl9pe1SH9qkGotz64B506NzHMIBTkt49PcodoUqaLe",
-	"5YH98OCcKjsdbVuA4cuqHf+3bw3/Ltv8EvUq0/p+VJYrOedpFzhPE6tCu/wmJ9yMgpBnDdLkOrYYv/rY",
-	"2tEz7yvYI5b6KcmVnFWgbFUITeiC2oPTwOyOCfol0FCOl7a918nU+StwkNOI0JwqQyyrBeJI+ZzFq9gK",
-	"VJY6huS5i9BCU8orORY+Zovg/PUxoTPNhCFzztJEE0PPwH/OFXFkp4dkatfiCFwT07HoS0WocAYbXJ4B",
-	"yRgV4JsAX8qacPAZApMKxSZmqZheyjTpHT2MektjcszyZDewd4jT+wQxp8r0jn4Y/TCCq9kwdU5TwHTq",
-	"nguxmuRMcZn0jnoP8WERx0zrsAurIPro3d4DXTET6PjLRij6JYv38AK9sK9/iZrmtn7Sn0kwyhh+zoh7",
-	"XWMCncytd8VEC4HLEBiCHyJH3ar3+rXsOPhf3r1706ut7QZ3QluluWCOKVmhS86JFAw3ufTtwHZUF8Kl",
-	"iSxfShnVhtzXoZVfd7JU1rd3A+GhaMwI/urSPM2kNIQLn3HCL3AiQfqCsF3MTzHnShviKMVOSFsxslrn",
-	"rgPcJLVtO+5er205N2Rjm+932GYT77PL757BJgch7A17XG1oRlfAAGD/MqkNmXr6mAa2YQ0prIKf3L1F",
-	"QUTTS8uwVKeFXFf7Ad/taBnnGuGp7HZlBTP/DVtao/h3aAior9DmQ3uy4enHLTdOxQP2NmlmVDSQzFO1",
-	"OAeHMBeB78VDruwT54cRkuglS9PBMckKbQi75IaMro4WePD4yQ7QngNDTRKuuuQ12dBpcMY7LlVgSfut",
-	"JbvMWWxV2uqyX/fDU0gyZn8lF9QqrgEhj0Z1N8fjH38Mz99o1HQC88bkXE6+JvbXqofD9VPwYPSoEaQM",
-	"192+qUngwDfIlfb4lGMY2LNqn2jSL6nqniaxXcU5j60U6YD550zxOXcKlD+S7ixCC7vFJ5jIjn22TGlP",
-	"AfEKy9N5YDU1Yl1uq5QM4rLaDUmYGgkkuSaoxlj0p2H01nRwTChB6yHwWZpqic4DeG/q4WvQItyqNGMI",
-	"A8GNKwUEcLqiXKjJWid2dIxIs2QKZL6x8M42wIM8Go2caOZ2N05lkRwEqlTUm3PFYmUna/+yzbv/BIFo",
-	"55+6cuSy5We2p1/Cjqo/Xta6rJ7/B3Zef/C6HEX1/MMnUEBOvJNsjeMiKrI9AqbFYB8iG68QfO5zEqxl",
-	"paKCzy2nwBdIf9wb9yroC+LvFdMyPWcJ4WbQGPRbR5pdfWY7IGFtsUIB1ssbzNbAHi70B2YDbn3hwmHK",
-	"1H0dIuih8Yn33XULOnIW5VgmrEQxOInwqDIbB9lZfU7BSSEUo/ESrZ3l09DoOhallXPicxKu25DLD2Hw",
-	"0VjgPk8yrjNq4mVEhJzAv+yFWlmrY6lUkZtJSlfMflYaikmfCgQMkpjmEA0O42QJyrTQD3ASjdgpzYzh",
-	"YjGI3KqbCS65M/jaXuwfmCLCG3I7gpV+s7Sf2pkGUSOIGS9T2h66hLaHLn4Ek9k203E7nueNB+t4sCqs",
-	"ANVkA+izLdhjs0MlOyHOgZW88S83pgJZt2Be0JUmlqYhepr0Le2j4m0vV0xrQGZsyUWC8dfApgfDTplS",
-	"wC1ZOmbWnCj8U2mPc1tu98cqRYC16sOgkMWA32JQQ1R2T9dSSVk7l85lJ9vTDVjkScBoOx34ztjQNRl2",
-	"B/Npdg47pt49B0qdjLqno3AYBpYQ4AcOUW03j2hJ5lSRfsao4GIxL1IrOaTIa33EwlpUi/16kliVqJsn",
-	"ED8w0tC04xcwzKqP1hfKNnfIa8GQ68Opd7XWbusWnG4YA3MmyjQ6sG6YOMsensacOk1+aBcF1SBxXEFg",
-	"aPHPt0fjXidg68aissBlXgvN2n0mcCiv7R24pyKwlNo0X0y/QOgOYAGJkQQu2CNCScoNUzR1aS+mfxm6",
-	"m2IYy2xK+lIwktIZSwfRWEhFKHGuCZSXwTRCc8h1AjlZqSbTz14S/1JrbDgWT8UKkcxgEAED6bqblOZ5",
-	"+NWadvj44RblsGHCmI1VkpRrwwSRolI9fxgNhuQN6AgzlsoLCK6A28hpBGNRw9/ZyyOhLJPiniZTl6zF",
-	"Sz6TXPFznrKF/adtcwpd6rEwS5aFnYJR8NGjh4MSgr2PxtZGK067/gX292lh9qYbzPjeoOAlLAEdOPHE",
-	"AwlLnzqBDkzlEXkm5RlnEbFrHpGlzA9mq4OlzK1kmyt5ufIo1HV1f3dq7agHKdTXrCreIrM9+Xx4Dsuc",
-	"9tjclnMHLGDPrLb+qHbgMHisYXSJVevMxFumt3uAIf98eKdB9FCq1+GiaGtUBWv28npQBa7HhDpa6cIa",
-	"N2isBo/s0AI6++CzVO+e8btfT4lhKnOZaktL39Nnr19sD3VriUmspbOAbdiKz6yPek+sn2OBW8pFgG1D",
-	"KnLynPRLfTZnyuNeBmBF9vB8+/Y9XTLbfsBlpxtGtLXTcf+GLGrrV5ufY9RuPToJ1uFrxHK2CYzvrOif",
-	"JUSeM6V4wiLC54SK1X6ZP64itvjEnvmS6hYfd+WWhJeIkBdo0kIfduoDYJK1aIcqs+z2Xqs0v+tGCOe5",
-	"Kk1nzCrALCG1z7urEHsHWnJB5lJZFdl5WYF7VTGV9fm6iMjenpGF22giCDC8Hmlc31B0yc2kGQT44pIb",
-	"NNg4JdZFlt3TJKUag+RQh3XLdybkheioOEO/AfhpXYq6QM+574cJqNIzhu+82RTG9nDci8i4d8bTFDOp",
-	"ab4QNCU/kv7pyau/nvz668C+4RNibG7hlqjITUrlGsNCwvTrNE1Xx4RuGBqE9EEiHhB3tYSVHaInPb97",
-	"9eY9OJ2pnngkfEsq72tEWIZgh64DwzYq68OVwjRjKtrCNMNzjKGavZuMLNyS5bZT/ttunOE5mp5rlrUa",
-	"9cFxmEnpQuK6K6UdQwj3Dh4MTVy1WHVnH3FpK3wY4aY4APeEB79ol7G4jZt1sHesefuLrEgpOPsznqZc",
-	"s1iKRBOdW2LhAu196/dgdQeORXUJHjkvEdhrueE05Z+gjIW7Dl0esCQiellAOvJoLDTCtMqUYQP7cZwW",
-	"CRcLtAvijed6LnKrNQp5UTP+Vsx6X7Ns3xllB3vZYq8ZSek/78Yg3OcVZ+gQiOlyobTQ1LVDCm8qUzTr",
-	"etwcgNF9Ndnhu0HpjGvyHi9ckNcvlitCyRugQPLhNXGEZ+9DbjRL52OByzbGTHogEaGLQgo8se6kHxEh",
-	"ic6pZTdsbogUY4FxGMdkrhhzv8kgNcucp0yvtGGZB/wWGRv3nK2hw1rBWK+13vtYs8uIy63hkleJa9wa",
-	"yRia5HyYHpJJfePdEfDjXGPBa3maA+mlRri1VQ2lvDXhoHYnNvLjdVWiWcjfpoRZoWRDD8sSdj4pipab",
-	"NYCedoCaNgoZDRD8Evo18Vi01tIr5ZslSKzNfK4NSlHXJGBoaMfJh+sf7d4OGeb+6J+x3DjQXUrt/5fD",
-	"Hgw79+4Bk9eehsfh3Uyq/fpa+JIgRxWoFYGOXCyOqrtYSHLOVMJjiEYZlqC+w7EogZyYRKMEC2pywcAM",
-	"C07coddnjgh1iw1CmxmLWWE2lAIhy6D9OpIjKGHih9nzMvSqF/XK0cC/oce9UHXPq/ZL8ve94INfyvbx",
-	"X++DHv0T128L6rrtRETNZ2obL2hNpdslw9tz9wvpBwneBk2KfaNgsDv52vscmw8yr3VvfnvFrLwBMYsX",
-	"8ZvzR8SFP3p12mV9oML/EBG4vDH3/UY63w17hU9A/KBbPYR4LeHqg6PR6GhEj548gn/EnQoiNeMSXIo3",
-	"jMYee8vruOdcMbhkg90ZZ/3ibqOtlnAOjKBOjsiH168rGR7i1fC+HJKTQKA/8jl7VCF0hNANFJms2A9M",
-	"wPAUUlvlVHk53plGhp4JHIVPyZJqqwu43lBKOyLnkNthruQnJkh/ZgW4Mq5SKgIPQDKDa2EsvKeLkjkY",
-	"GaRGIMERCcSHsMYffGwlsovlCoU3cAw5Ca4S1QZDcup0llpioWVhCCgybkleEw7zsNM3aOMAuJxmDA4G",
-	"oSSTGerhPGWE2mXMlURU9yU3OhoLl2aDG3yEwRSxVImlA+LiWoC7f3j9Ghi5F1aGY+GssdXPpZWgDPw3",
-	"0kecDb2EfEQCjS6WRZrA9s8YSRha+u0dqhkLF3JwDOkUPY+/WEptf5eKJRD5SRNqKImpcE0BCKCSymF5",
-	"Yyow2w10BWaj+u3gaLNnibgiwSAmKOohtfSint8iiB3ajCJ633Z5rJ2QptIcPj/TBBezDdDSkN6pEbGy",
-	"KSZVPWwRvuO8mDgNveEUv3mPph5Pip6u7BVUZHYDaZq6M2XX3qE/7VbYK54mes0EJwvMXO0GIops5nIy",
-	"l5HCLWafssxam7nFLaPSum0p3zLNE3tSHPk6tT2YWMeVdV0VhvsKKRMQ3je7XB8UOSTNG79uTTNLiIIK",
-	"8ni1rGTLJVGtrOvlPGtdF5/2xp/qwL60/9r4wnfqsq27n2G+nuGzmPFzS0n2wbunb1xiyXuaGEWFzrgL",
-	"WmHqmIyqW9q+OthzSKbbkGAbNofjRnrt0XjNsqKDlkG1Wyz1mbtOaiZAtP4pRtN0ZUUWveeAtsHqOgDO",
-	"2jvI+R7eu5DN8MRdahzMzmE6q6D5WmB1t1z8WOaF1jpb6yCQI4vcMsF2NtnqdLKsE1T1krRQHCH9UXnO",
-	"vfrUjVG2uGVdto4aj6zz9gb+2MAaGo5vw/HZvFqituusSXR8DS+8ZXFKefY09hDS9coEecpZMlH42l65",
-	"O6jWfCEabtYO35bWgJvzY1z7ZstTKux0XLQ25rK7wtxyxc65LPQNNCQNxhrNUynVXt9WNoa2YPYrDmuv",
-	"o1EzwDXTS9s0O61jl03bNuGo5QBE24KyawfrioU0LIcoRLd8aVCaeC5Vl1oSVb2UdfBKw6u7jnwJXBnt",
-	"JIN6Yx1WTedSaNZcqNHVje5kpW7icg1YguvwuQ6loTe5mNRmUmay2bM7bSYAxS4Uq3JGlMFxpYHLv9Oo",
-	"FvlzcZUJl8WEr/D1Bl00N9U2wPYD2biizasVlVTURIj1xP77ZVX4RWpzsJbm/bgsQH8EIMFpmOS7DUq3",
-	"R0F6JsAul7mcqvtgKB30xZMOTVMXVgkAST2x+ntzgOXaqn1pX8d6ucBNX0gj/MbVbehXdb0GEZj/SL+1",
-	"sBdElQopWN0iWJbr2sILd5fhaqSUN9QsT8Rcbs5qhzPDQTpKa4xPXOtCdcHemTMFlcqlIAkTPgR2d3za",
-	"JddGtxhitY80afxtzetU/1GvspSLs+bf7S+TCpe62+zauOnvBb8ksKkzbrpqTd5lvi/jcevUuK2Fbsjd",
-	"sg+D/Ib1r0vYTXPk4rULW7cUJ165NMqba3HFetVttaarAtP2X/BoSzRMRZMdUjJ6x3QZUeW+7h5atZ4k",
-	"d7/L460L0wwKjWgyk0rJC5eJWgoXvtqXitj5D44IuD+5cFajaCwwJ3XOlOb2YrVcMZWLBUuG5AUHhdty",
-	"T/BKUJFA1ZALqZIIilqUoaJGnjFB+pTMGFUQwHLGhEM1rEXCuwZqRFo+rMcePHn4Q3P+8rDXazTkZ7ae",
-	"tyksCrHNm/7WJS18imp0o0ocIySxAX/F9dlectQadrfDFzdmnt1nmN7w4J2Te4zXf4pOx84fbtuaNohD",
-	"afnoap0Ii2F24ek0p7ETYboYMOZzhjXlwX26R45UXcwqM3YHkz0uyxbE8y7m51LRlhPcHHxgV1orfVkf",
-	"8Mct+9a+ZXvpcw0ntClqYDdseI2e3HG82leTWZhfd9v39WS8FQ/Yv188yPt/1xEOu/7hev4cSIbsxuCW",
-	"LixsHW5tC1UEyMn97klApvu8dTMpjSbUO0+DGmsLykWFAVxLPDcWryRZTzxH+tPHo1GmpxGZPob/v589",
-	"HME/Hix9IpOEpXTlCibY+xIzjf1G5JxQq8Bxpq2CN53R+EzO51OCJzchvx3cBy+ejkhMYazUjMU0o5eT",
-	"8t22+sMRgv7/kxtwedQ/+mksqt4W/JxpUuWsnfNLluCgh+T3zDaQYHa+DQ/vWCBqFDA9VojYSJnneukd",
-	"9R5rvJAn1BiW5VbjGOGD4J0MwpRwh3tSeJQMClRWSQfUFqA2ss3Ud2VDG1CYYAeCFGp+K8KNKKNAH3fL",
-	"olaf0bYEaq43dAxeQBYFGE/YwoRdxowlYX6nEflpLdZmmxFtbUU3xkNz7yAEIuNigTsdJLurKKNai6xb",
-	"XZvybNZ7RfmyzOUEeAS/GkNSbfORA+VRq5QffGJKAughGgtKzniaRoiRiBXVS/tvh+dz1f4BUeEeudST",
-	"Po0jRpuUzYsVthugy1kZvTMakqcACLYNIgxhLML8ZU/fnJT0TgqRSMHqMAX4xd50If3iEDqC1Ryv+801",
-	"5P78Xbwsm3OPnrpWv6wfkM0YYYj+WNpdptpotB6lUizsTjCjXd6NQuBxcPQYpj3sQgNf2hn3aQtE0f1s",
-	"2fLZGWM5FFWXju2gExFi0Ad2XzZ4tqvTJdil8YdoQs2UaGZAVxGSTGepBMApWm+mUH+MloffpVBo0lPC",
-	"c92QXqLWbKh6ZlQUNJ1YIlrjeeX5toSwXatuJIyfsc/X0MEptl8+u3zqenlRduIxptXSXBOs2lY9PYyQ",
-	"mnicbXmn+CjZ8KYqQdawT+fZBI61q3rsFrIGxN7soRf1qu+uuKKO/N7CvF5ccvMMu6s9D2K6Xvqeay98",
-	"eP3MjwIEpsubWPK2wyTVNevRfAe5pzcmdsqMf/c0XrKkSK9awCXIBbvz8nbAtK6xEJZqJlilcz2D5L92",
-	"OEGKGSbMHlWAqpXwH246S91sw9abxOfTIMCxuToRS9aAJFfIrXRTlY6CdibdrZDhVxteLpeVtXzH5crx",
-	"c+95c2e3GzoYtUvSWptH2EfDD9Bd8ByrjXy8ogV3l/G1e6A1KnBhSV1opBHAfaWgzaaGrlLVajvysm2K",
-	"CCFvAMutzbsrOs1ZzHZHZ2zBZ61hwkpg7h4wMBz9ldm5+3yXoXD9tVZ74V6p0sTNcZ8tAWRAYo0zbZlX",
-	"06KuxZIFo93GbzfZ257V1NOFVNwssyatFkXzT9oktQiBY8IXQirmnvqgmlCyst/0ol766VGjF2Sr+zhl",
-	"56wh1ToM4/7B/R8DpeGY3D94QOZUG8DpPzx47BPyR+TJwY9kBsVio7G4P7IfzoKAbias4GcP8FwWiuic",
-	"scQKkumnR2R08GNNQR4L24Xt7GFEHh08ici/Hvy41opZKsbIki+WB8E9MRYwGz0Ykl/4YknwLxJLbYiP",
-	"f5ZzDFYmUhDqY5NdxqmxAPU5KNbrErP8uBfYZVvARo33NdWeguH85Pka1NsF6KuLfc3TQvuK6LVALEi7",
-	"PWNj8dbHgbmIWKmIa3ZwXKpcPzWErQNavw9BH+ut+u8Gdd24QuB7VH63+zZchKCN2lPXXrBkHY2Ft1Ot",
-	"0RHKJJRKgFjaT3JoKaxIrayTwjWp2CWGYEw3Wp86cxZ+e1zeKNrn3PBfOOVa03MPYt1ft18XVG8oieBO",
-	"n1Ul4u8IDe2o1RbiBuI4fSQ9jno3pOF6ysfuGDOrhe6Y2a2oKOsZULv0vAMD2qDk1Ce4djkHA/jYgWzf",
-	"hrPeK6Xc5WSzom2rnRjMa7Xin6NunswmLbrpJjCstKCWgqQL77JMHUuD+XtztiJWLiIHZemeecX4o5Lv",
-	"40PHy2+0NlM5q6A+U/hsncvX6zS5369X3+029NVWHr/mg9D0nCXNnD3wNJVVTMbi/pMfloMyOg9ufduG",
-	"JqEU7QIVsegWNURCenBMqd3QlavSMaPx2ULJQiQuIr7vyCZyJnCAelAolOb7xtTbhHoLKgkWYTAk7k47",
-	"IjXx4J4m07WUI8PWi3IaEZZqRkZj0W+5tbzUte+9Zagy1ySdtXz8exUrqcFLgvRkjfnwr91y0wq8c1pa",
-	"W/agdbB3WOzu6cH/jsXtyGR4dPjTv/yPg49/+afmipk1tJ5m6iBhcwggPWOrA8jySay+SPpnbKWt9vDg",
-	"h4jAc01GBw8ePyHxkioaG6ZAEJ9u9j2tB3R/xixvVvxauLx7jGZWg8HSF265wtk+HjUs0Hu4QvalkYyL",
-	"8On96KYTKu5IYdeNVmpDDAkmzHQXJnrrCFG/epq0a2ZRMqaDvbfpGGBKmrZi2Jntdc/0Nk/LL28qOeW+",
-	"ObWDKuM3WFk8tKf4HnbCGzeWZLOY9A5ZP7My08SXK2pCZCeAOW+wVGyVKYN2g1ba5/Day257oeXDse+q",
-	"N1XGc3aL4VlPNdchjqdcqd2tY2qnSadq+GvrXH1aW+Wmpf2DcvNSKpBc2wN4XI6Zq+UHu25Wsd25tHjG",
-	"kokrTLeDBH0wSfXNx6bACM3iQnGzOoXSWAhtAUytTxqOf7303OPf/3jXqwppuV/X60R+AcV53hDq/rYQ",
-	"5PdnJySWwlAumEKrvyZUk3MfYU7jJRdMD8diLP7gioERjRo+S9EJHwCInr45IaPhw+HoqCwBBWEKOiL/",
-	"fvr7b1gUW0deIMWiL1ZsxVo0JFfSyFimOiJaBu3KC0Ge/XoCr54+/yu5kOpsLHwF0rDGdiEymUAVMIgZ",
-	"BoG7+pUmiSZaZgxC9ceiD9a9Q8zuEQUJDtk5E8aNSkfkgnLj1STNziEjP0zBzmXqqHQa1bFWEZmGnpIp",
-	"5lYlmMoDU9ZwrKjJWZpA+n4lC8OOyQUMnBufNWMphSwA42LfLCOAILFJ/9Wb9zoib56d+PRzOsLKLEHx",
-	"Lx2Rd7+eknNOITt35KKNAvA4wUAkK8Bj7hMXbBXGH8FmU/Lo8tLunM/ogmPytTQRJVAiyzVPmTDpypul",
-	"h+T3nHlonZyTOaPGFROtdmlJIU/UWMwKnkJeKkKFvmCKPB7dJ9O1Qu5TJCC6IloCjb44Z2rlcvZxTaaf",
-	"x1BVfNw7IuPecDjEPLgupW7w9Mt0SPBb6cc4FuwyZrkh0wUzKLdMq7KhOYsdYJAIxhI9FtNa4v0j8jPi",
-	"4cfFaPQwBrw6/JNNSf+XUyvi/vsf7wDdggh6h6ybVuE8ekogcg1qhysGaQ7AzLqUqRtFLHM8SZDEEFSu",
-	"cvxW57o88HzoAN6dQkAAJRc8TWKqkiMy/QvQqmOHR39xlHo8FiUhQrUEYi5kRKAa4oFmOVWYIWgmLVko",
-	"Botgt7icDqZaQHrCadithaQ8FHJjDQkkdoGa6Rs5ZDA1p8sZxoVLyQMWDUsSWJ6IG194DrbAHbmjC8UN",
-	"m1o2dsHSlPQfjR6OBZyKC67ZEQZGcOPQgEDY0ze/n74jh8gApwMgpV95xo0+Kg+DK5MAJDCTCWcad4Mq",
-	"ZQ8y91l2dSovSJxye9+MxYIZ8mj0A5n65P6unul0EBHqXoOaerCplMysNs4SgrBtIudjEUshGMYhkv7j",
-	"0UMyYyspEmgAOOtMJoDFlIKR9+9eHvyAqhTpG0U5gv2ooWPxaDSKCMWlAAVL28Hdf0ymhdBFjsWaJ8AM",
-	"JvYS8UhWy2uQEY8RkYiVoR5dXh4+vrz0rMGdftixx6PREXk0+hEoq5jPeWznOVEe4j31mTYXoW+2zJXp",
-	"WN+Cn7NBRB6P/nWtHUsIdAH1nMEhYakK8yIplsBk7XZQgoI28dXbgM9YvpL4Hqx0NBZ9SzGGCcwmJdiF",
-	"458ZFcnALizMJFwjbHgaBbxwLOY8ZUA54IieQx4MHTqa5ZwYVZiluyCR4QEWigusbyZoekhzfrhgYiw8",
-	"r3n268k97Ull/U332O7HggkGxxJhu9yMRX8KBXv9L5boHB3iFkJBOfjE36f2TNmOXRYvO8ZkLKgh00PL",
-	"84YrmqXIBt2D/9RSTF0qXm4gktJDrp++OelFPbf6vaMeSAcgxOZM0Jz3jnoPh6Phwx4WJgWJ5xD2xwWJ",
-	"uZCsNUwjXAca7gOsC4bMAj7EacHdMexBR8gMT5LeUe9Xrs3Pvnnbp6IZM9DXn83iYvUKaEcveWqsPvUR",
-	"NFeQW2GcD0YjlzzT+ODaPE854toP/9NB51D27KxXupE2pEzdMLH4SQ3ty49G99uaLgd9+D6o+4cfPdz9",
-	"0UupZjxJGKgKj3HO2784caSKH3QY12/SnFTXO4rFRZZRtXL7Rzx9YLGbUkoY9LyS+2cPKcEK2ev3nxWT",
-	"7Y9H9uAjdlnfKIlhrjK/dWUE/M8yWe1FIdsIo9aHt1B9qSsdVmv5skGl929sDCVxbhKjvTHcJjl67EAo",
-	"P9OknMnfMwnj3tl7HlfoelQMkg70ULLNw888+YIUnbImf9HVafs5tBjSdo24HjU6PyCd31fc00c4jp1b",
-	"9NLKWfjBj7s/eCbFPOVovfgGVIPreFNU4yjjS3TT9+srZlqpY/RtWM/3SXPfgIReMQP6wY1QUHl77iVB",
-	"vbJSKI9Pnve+fNxgWYe5KrD85tUbvfnr/I0dVCtNP/gaNA1DAJU5v2Ol1z8HbxnECPlzAGXb4iW72Xv4",
-	"VpWX/y6qS2fF5R9Hbfn+lZatKktWpIbnVJnDuVTZgUexVcSx7tPooJLcMA9tJTJXw/xOI1mnTlydskw/",
-	"mI6cvepmeeItaibPAJNUEfAuvQTfT++u0+vrsx4NhmbV71svuXWtZKtOcqeRbNFIvht9xGkj4AO+DTHO",
-	"0+IL7GBjzNw2/7eCQbYUxPr05jJN5YX39dMuUI4Ocp5hlwbneYC+7sa7vER7NF+rMA2CFz4gB05PX9wR",
-	"ep3QTxHf4HjkPY0AA/09kHzsE246zE0jsZ86/IRIAOPh/DkRuup+P4Xiidyw2BSKRXZyakWUPRUZG4t+",
-	"BUQY1Bz9Z0JeaPQdXrj87gh68Ik9wP1MRTIW3GgPFiAnz7HejA8o8z1FQb5Ml10IUkSm0Vjg2fR1ITU6",
-	"uHAYBxD5FbY+JE/FCh1jzpWd0dVYYOUSAwVr0e3uN2YwJFOrnqf2mEs1jWp/+vQT6M6bVllIp8AlmtP4",
-	"aPSnbXCOZ+F23eJlVuun4ej/gk7a6qWrH/k9z2PtYP2xpCZAw1jaUQUWlVkCv/TnCesuYumuQweUaeft",
-	"GC8F2UeACI/WdslRnMswm/FYyfNs4JArCMaZFYhiEtIH5dnBQQGcBddYx9sFcoHu9Rxemg6a9t2qj8/d",
-	"mL97zR8H2kX1f1uthNuRvy/dbNMEEOx9TrX2yYWScm89ufonzfwff91hDHgbwrYej+4fWbo8fPXmfa1r",
-	"hM1Q+xuZFdqHhQAXRYb14eXJ72EZ0+N9zsJYuIabyPpZQPi36ijFLr6Rn9Sfh2a9ALfyziaxaaTFk0Ko",
-	"Z59zqWqU2/e4xHpG9MG+pyiwUrj3D2v5PrvdECAV1Bm9HSyzEgSh/ljguRo0m3af+l4rVn/73Hqt0y5s",
-	"2w0Pc4phYvLatTb8b8KR31TEdACSTOqPo65hbK/GlkN62mn2Qmp6NHrURkvV6g7avPIBH91l/Hovvs1u",
-	"fXf2rxo9VKtSMp19t36X/ep6+/yKmbZNHn2L6+rvQr1vNEhdbfdbFPIm7klOnkMJCppBziEw+biQJGfx",
-	"4d4RU0kpofVnPTIn46L8ezNOBzT9HQat5txJxxjF4WC0VJPpqxfvyKHHatdsZdMILmlU/8OUSnUyRmNI",
-	"m/VrhzrzK9UGPnXu/lu2cP3qQ0K2WLnupLZAyalF0ECMB03Tkhi0VXnB6AKhDPhSKLE5Gm0+ZmWIQnXD",
-	"YuBpQNMbHBPDNm6TY7oeWjims3VxTYp8WAvy6h39+bG+eOdMQFgOlFG3l4MlASaMG9egzZ6BQQutq2CF",
-	"yxN85bu3HsA4u0ihf4XqwS5erQ/5iAzEjcRUqRVk9gU+ZOiCUH2G+SwGf+8GBu632dOJe9ByoCBYZrsZ",
-	"4RRTV+dFCmEkU3s9TX14gSa+HAfWcZbinEFVfcINKj4fXhMlpRmLhOuzIXlbz0+BxgnITYXRPoJg/ZQy",
-	"tURfKugnLpRiwmDoYKExv5mLpUvtDFZgThaDY5LLNPXXFMz+8LMd9Jcp+mkwYi9ZTe0FPMV8stMhmOF8",
-	"JRU0zIJyOffpayFkyJJZBGVUxqKqo0K2lFGZepvztMyPZQUM2+RYgM1SFUI7S2DNGD91wUx6WJqtp4Nj",
-	"q0vS1P4Fmi8bCwhOGZEpF2CxnpQdRq6nekSNKoR9fyxq0SzlR+12mhNX8ub2zDTQw15WmpuDjji+0wC+",
-	"8+FqAfbue2Uf37d+hStZsYkKcdKneiXipZJCFjVxoAP3Csw3tdO+Td+umUYfjX70dfiDGMRCu+rSZR7U",
-	"Jp27OhP74eDvCOgqBOQx8I5s9qOTDdV8Q1Js2czR7fOYdxWd/X2Rx03o4lfY66t5xmF7frPaN+rLXECU",
-	"/C7Bunzr+5etcahdpOtyVnc6biOWt6SNiMg0YdqFkodkWtJFJ2W2Tfx+QeMlUUXKMDmEJr+8e/cmjOBV",
-	"/NzKyVKglGflOTLNqImXQ/tvCJB2OIkfRgMXWw/ee4xmhxwJ+L5tAMX7/vQvQ5dXaxjLbDoW8AbDAPOU",
-	"zlh6TKaf/Ry+1F72I8V0BCSmuSkUS8YCvkPJfYqlBIa+hSmmaigbnA6s+oCTca+62ch5dUlvtBIR7x2i",
-	"RFmhXDOSK3m5cn7NsUgoy3zS87IdSHKhZXrOEigh65b3yCoYGeTuIy7dkZ2EYQrxI7RMDIDyA6ojVsj2",
-	"eRUXzGjyePRgCEoHRv/jsk8s5U9JRs+cnIHDdIkuHgGoLGVakyAZx1hY3ZZ714vbP6dCUUPYJY1NGfhv",
-	"5f5yh+2g0B81FpCkb2qsmoPe39jqbHPLXKAelS5YUq4j5gvBFAuBl20sEsmw2UQeQWu+YnEfoDWSTBVL",
-	"uGKxgQLB7tdBkFBkLJz8NRo6IYyhlxnqTXJNDD1jIiKU9O3eI9rI/jYgOeV2WmPhdT8gOahLSWhwEJzO",
-	"M2OYVGGLcuNY462qN9jHN3JDl8y/RfzAn797AeT7x0O/KWYp18uKu1hK1DUGra9yT4SKjv+mwbPYqKYE",
-	"1H2nqHz3Mb7Cn0bS50YHZANmKcVSRjVLBtcgoi1KUBupjO440d89AZYqV0kEV5dmt/lAHQWQk+eQPofB",
-	"vV0I/rcCHKOY6vyr+UVL59QOPc+/tWNyv4t0FTi8uEcnGWoqX+8avN+nB+x6gGqZC79E36OqiUPspmu6",
-	"tfq7d874iW5RGj2RXUtpfAO50Sq3iktzVrlMMKUaqWVUA/i8L5ILutKH15XDBrw19v0Pr197lwUkcTwR",
-	"3HCa8k+ghSrMIj44JgWksmsCC1xQbv4NPv7J6UlTq+zZx87dAtrQQtFsOBYvOUsTXcd4B0kR+9NFXkwj",
-	"MnUIjanVF6ZVxMHU5X2zGpIg//Hi9fuo7uqJSkT+ELMiDl1Jlmk0FlN9xvPJGVOCpU5x00cEAm5AY51z",
-	"waLQxxP0BUuIedMG7uKuWZ1HG1kUt6kn7jjdrn5Sz3j91RUUzzI2WQQO8E4ovYJM8KDTYr2ihl24jPGb",
-	"qYogQyt1HpuKFPfmWjUVJuQJXVSY4ATcJR26uufEa6V9bWSuyySYg6vsZwefSuu2jb4K4wjNfHfksCnn",
-	"X/0sX9HH4j73yXqoiZctRm9MLOyz3iqWp7REnWtmMGusJpRcLGXKSH+OgkLK5oZA2lk5BxQKPQPBhSsf",
-	"L6iP7d8rzFkrDcmYWvhrGQzWHmoCllSAXOBYfNO+UJ1PulqIeEkFwD2eugrvXCD8yKe6BnOxpXAo5Q/S",
-	"1BGhVpACO3FQJCUsYA5Jqsvq8YC5mcIfIDMVImEoLQl2UVY8H4sDMq0XVZgeQRZk/AMzHgNiZdz7gtmA",
-	"p5/B4A6Cnu9uLAiR8/mQPLNz83KKq/ofVA731bShxBEkZbRzTfkcm5g2FsGeDsisMOSMsdzu4DSomz0l",
-	"UF77CEvMUdsGdgBNwvYPYY5hzQk3Q6tpuPlJwdamp1gmz52xHT6yTffdcjtU0dRXTIQ4vAMyZeJ8iiNR",
-	"EhJ+hzmzZxwwSpoUOYJLj9fzWNsuhGzMsw3Bgdj+eo7tR6MR9h7WDLGCqjGp/U9VoWN6tClVOpATITqm",
-	"KTswEuvp212BD1dVbLrdq7VeXF11YocGKxGKux4GA9lrlU/OvATikEA/lmQwd/IJwpF8SRcKkbz6AmLf",
-	"7DDL44ZnCzNYO53EJ+d2GYI9tInUyXroMq0fkeFw2Bw4WS/lckvSc3O9mE7S89e/BHHdudFY0Qn56J2x",
-	"7Tq3KTDImnB1T5OswGqZfoVvVFw+tEf2wB3Zw6VMk/2z5q3fxM0JpcB+5ZI5RzX50WrqLvM64JTL8ZAL",
-	"nqZExnGhxoK6LBkP/IkPsJye6fYxwhqLVEaef9WadEm7zQC4ZkzT1Daa0RVxmdH9pQqexLGYViVfRMDa",
-	"vIMxdPxK4euaHZUV87gZC5CKm3jKLzJNggJNtynZBt2cwlo1ne7fHAeGZc8LU59hNb1joumcWUbt1uxO",
-	"HvYn2G6pvblqdHyLJxYJv0skDind7HZneZKywLRc7S2xZwRLUYAlT8uxqIfhWAEaXEjTEvTrb/aolH4C",
-	"RPDU5e3AAiwOlgBlkMEI52o71BZs0JKyYpOKv/WRCS9EO7uQ1eBa3J0NfzaehouTcLoQUhseu3X6Rppj",
-	"wwGL82vegQ1tXilibkhAfcUSQkuqyZQnUyirWWRVwMNY/Eq1OYCwsoOT5w6qM7DSvX00RQAPNmLVmgEW",
-	"XEiooVPSp2OxFplGNRQCGUDZI+HDr6y4TVKoE+T6hyKTxEg5FjJFwAzoLK6IxJylKZmxJReJ7dGN5ggV",
-	"vinWgxDmmCh2gIUzwssGUVWulhMTiS5r0k7RUpRMcWBNjAKjAv2O3EUH3jmwbyj+MDR07Qo/5IGTd59Q",
-	"xJtmZuySxTfPzuZSnd2SomAPPhSZBsQjlgvmWBYMHfxW7pcXgsQyX3n7mZWWMOsC12dVni/7WioXekhe",
-	"KpmV5aiN74LbDuCTOJWCHaNhzF36pC/VWMATD8LE8k720cTZ2xwY0eMa88LUi/QIMNthNWzoA+zkWF8Z",
-	"NITw9UE1MstauCiY85/i71YZxOJGCAHwqNUJ/DktrZJgQilb9aX/ofAONI5Jdmg5UTfYBT9ndkH8Y/vu",
-	"oA6oHIsaopI4H6trgGuslISGSkzqUcImbWssGYt+uJhW8KutZ7Px5aVUZ7dsegm7+A7dlv5U3F0F3yAt",
-	"rT23t+awPLQMqlUwBAEwlQuScsF8WbbT0xdOnkMMvpPlXH0weJOJWCYsIVSPhSvshsIH6cPbR2TcS7k2",
-	"TDjI/9EPox9G4x5UktNBwczT538di4TZ1izrAocHtg6B0TqmOdPY50wxeoap6qgIpFaILYU6amCgdSXB",
-	"nCEWS8zNWCwzpsn7f3n58uXzIfkDGS2kKp1G9g4YC9sHWn9RwmKJy5aKWBI7/YVdHceTnBiacO2MFPp4",
-	"LDJGhYvQI9Mj8BrQlJ+zKRQjtO/7dfbXulqR+4+Jjio9dSxmKRVn+CaKpdxYdho8voBcRgnX4JaC5YD8",
-	"TrAo0Vh4FDyDIqSOSeIqQxXHOeVpoXzzppKFwWrNEkCs28niKqPJewqVKqeOKLBwHZLECyhhiUIliNZQ",
-	"B1DLlAFtce18ElD4UfNPjPSnmilO00kqF5OMXkKJ4OngmBjKU7xgcXeg6h2hsZI+wsC1NOcp03YusCCp",
-	"FAsPZ3nyiPyV/zwWWOsQhFxfChX3WM4JNSSzyga+22IO8AzzV7nYiaX7zZdAJOySa3D5YWdG2r1O0Hfd",
-	"hqqzs25OmXt/NIJy6DwrMvhrBA+4wAdVVfiyfvaXaH1sf2Usdxtsx2UlHhhb22iuksJ3o1Oa5+SnECF1",
-	"TxNHFBE5zzL344fXr+0LMdM68myB/EQuMFumJTOWSUESnrQiEkE4aB6tHYUVkIVdqz/dX+dZ1ot83b+g",
-	"unGFtbx9dUx68rjTwK5t9/Epi2teDXvrddehvonqBCWdb03LaTT4bNYMsmP4nqAvERHygsCw7goeXFey",
-	"fKkY+2Rlkbeb6I3zZ2/ea9KvFL4VICp4wsTVIFbtEqhTRW+J1L06+V//8385uoF/uikfh1dQoPaWLj6f",
-	"GcVr9sg5uDA0bsiI/xan8j2dmECIcwt9d26uX3cLvKuVreJ2VDO0dH/jK+AtDOI7pGhuCC7Q3UVwbROD",
-	"43uEehZ5OwStBc31UpoDu+VJkbL9Sij5z4n/vEOJ1zLEyH176nv+e4Fff+PwzlJg2NicLTVB/LttpOR/",
-	"37+M0n4kEijxu+nj5hjdRl9tGRfd73f0t4n6/grEdzPA8OIW6PZ0B93evH/ilJn1nr4RPvSKh+cfNRPV",
-	"DRZ6l8oHL3yN07dbitC3JBlPTz3O0mX8Kf2eVv9zac7RyVhiv616qAHqMhYN2iSCzA25oLoCb5bLhll7",
-	"rEqREHD6gq9ycEymzmUcjKTqDMD8fVpiPaVC9yrEvY4FnSuml2sO1NquwQxKWB4Fc7p954yLZCz6Xrfx",
-	"hVWcxhx5EVGqDfXnuPRx07Hw/5SCDbxXpOa+HZKn1RrIwqRgjrdKd4nD2RlH6rnBrcaT+k6+kWO2nGMb",
-	"p3O/31mJvz5rfEfPrNZUkfG8xVN7k3zv8LO+MbvZhmPGUxvktMBEXPtmttA3m9piG1SntAn4nMQl16m4",
-	"U99yQIhnv+Da4Q8R1lLummAEguwAs9MObJmtgDkeVZafoJGZghCqGmjdyAq8A3dAje/b2wBTg40FJQG/",
-	"JCmjyAuDp7Vv72mCeaifNowkoytCUy2xDoe7WIysFiSE8UAS6MheARChV2QsGeDqYcd9sHzaywYCCMNR",
-	"BrPr128dCIqzt0rVa7WqQU4DGCpcZHAzYKaB8uf6WkKuBima7oQ1s+stXwqut4Zb4cv3bO+9uxe+polY",
-	"QoroaldmND6zpyFgNdWVcNVrIupic3NBILcjK/vzv+ZdOfWBSOjDv9cuQQOghp6zZCyMrLwsdn0+vH5N",
-	"2KX9V3+6pHri5z4t8Tr2YhkMiTuQgCqpYIulVyeUvodkamermNZciimR50wpnnigY5NS4yKF3a1RhrO4",
-	"VKRlWn23zsOxeOcjql3GTR9t3QwWh69uGV241st3xrHQp+uviTtm9Q0SPZrACdyXyh3lQVP03Q17BAxV",
-	"5rb0eCaMWkGcyBSDTuIsAaw0E4A2FlFp0FjTjf2pxsKhkAnK5YpKOQj8mEX3nh4cE5lxY1Ai0gDpc0ka",
-	"IF7cwd32YAfK3D4zqPr4foUXy/0d3PCOJ1wD/vSzlCaQ22/JsWeoaU06eGpoSW9vUFFcO+1NuD2nUnbS",
-	"Ih+NfnyyS42MPm8BM05SLs70fpDGj7d4XuwynYi5bDovf3jsIxaI9+GwdCZdyLRdubsj8/WvUUvnhMLy",
-	"22PGExZsUx/NqNUDurgqkup24Ib2CLcHAjx78x7jdux96GR5F/wUQHRJH+KVDu2fg4i4dIRktjJMQxqj",
-	"tWv23dM3ThtAVD7Aei+oBmN0DInyyFOikXVV0nlJ85+YkrpMtZjyc1Zm79mB2T6F2X6FGw87asoE6HJH",
-	"FLoql3J3XfXeMhfNBeuyZk919FVWArNn7Ls6QjK/MVl2/Q6V+feJwXKn846Cq2tA5jWiXSgas3mRpjes",
-	"O53LtMjsH/iPkx2luTcwB+777RgqQ+PlB3jxLvPh94jEsvtDqNtLDCCuMcxWR7zb/Rbyw1+rLPvXcjDt",
-	"eBvJ6+T5iQDtYEsSp6uQ8FOzRsI3r1GHXXznWdPu9IKvf0iRPKpDauQtHNGG++GCctMq0G/Ur91IKeYr",
-	"EvmwevTe+dh/9/1YMKrSFelb5SCZWBUU9OVBmaRdMQr1tnxcPjeY4MvOGtycZLaCdAksnZO+M1NE3hwc",
-	"kdNlYRJ5ITzuJCLvBRbIxRB/lwSejgUOMPL1pmiZ0ZOXVXiHkHbUsKk3ximWQ0Jun7cdwDeECtBufFio",
-	"xoSZfSpKnLx9v4pS1lwsUufRGBxjXd54yZIpuDVR65OCubVoTI/+B+XmpVT1igg7gkrfBTtC+jgVOkvZ",
-	"YOjXqFwdguHOrsxYL+qxyzyVCfNmlW21HNpNMGUFhTVjC4SknuCP6N93f9xfL6IQ9bRZpWiIUVkDHOGV",
-	"JEmB60QwiebDkY7Ig2xwXPpgntgnMUXgkSGPs9Y4Wp4xWZheixnpyaOrBHtenWm7PYe9fus6aQX5IN7M",
-	"n1KoMcBEcmcc/RYc/edUxmdB+H9gmKBlcUFn7gBHg2Mh30OCnrzQS9Zu6NmUsfADy/AUy6RhvlI63y53",
-	"/cq1eYN9fY06LbarLjVacEiQ06GsWzL8R6jzCfVT3F62ixzXrrJ/Y/SD0EvY1tvEdtoOvlGldiTZZhIl",
-	"fytYccfcv403XC+riu5WWF8j3NX1zk8gsOPRKAuH3C5DfsVMeZpuy23VQtFWgLGjvjPfNJevsGtzQ0x5",
-	"L+HgFRNM8biUDZQzvu8jHoAh3n9IaAwOGEgmoLdQ4tuyp1skx6qTBposHQ1fP0/uN6C0X7DgWE5jbhDL",
-	"5lxsXIpt8kBFEc3U5393BFgjokP0Ex4qFqeUQw6crjLDFYjqLfbyGvq8JZEBG3c9fSNL39oY2rVG9wrJ",
-	"Uyp8ysciNXeF8BvyOeBKoWPeebd93fCZPSg3dEiCq78WxNbIarHMpSaxzGZcMNJ/+tvzQbOedRogiXeX",
-	"9Cy79lk054hgrSyS3Ghy8vy4Hq0QRGgNtifbmlRFC5Le1QM/oh2j9+M+46I1+5f9rXM5Ur+Mf7UftfUf",
-	"rklfD3wIINdBsEzbaOA/bcanh3uvR3MKD1dwaNcuR2B39YVrm6J7MHO348H+pZPnGFqSURMvGUR8eMRe",
-	"VZmFauLyZLt8qk2LESDRrkEh31u92CpYb7ctojy2d8Xqb8bIUdJ8a13aPYP/a5y6Y4HHWvTRXZH6775I",
-	"fUk1N5KgZEPTaSeH0V2E8D9QKfrrUNnVtHtPFaV6X+dkV8yiX2t1W2guZM73IkFY+bEhjhWLLUYA5WyI",
-	"rY2CXApVUj7nb90WrjsWGK/rY1tq7ZOqeY+O97+XMa7HYSaDUhReTytPuAgCXceiU6RruAbVi2355285",
-	"pjXs4jvNPx/S0x0j+2ZZYGj9YCPi7FrcrT2U1QNgulsjOwDCrKT4wTW8L0v96uqEw611UCbclP4RfJl+",
-	"k6+JnNrXkdmBtvCM3CrYMOziG3FqT5TNfBqX6U6lvTGG66s3OPjgzeEFPYDc8vADquIlP2f7WOn3PBAv",
-	"lcyeul46hQA6c1mnEMBO5rNGkyX/xCaL2fZ+fD2F+831FBrNW8nXNWx14TSLTzyvH/O5VBk1vaPejAsK",
-	"w28oTnDHWf5OOUs9bIAYqoaLT8RxgltgNJsGtBuJUbGNtcWo/DfN6vvfyoB2MxfT3rl+O9DGK2ZuP3hp",
-	"D6Z1h3xZs4rdDOlczT7m4456Xz7C4FhcKG5W8OmMUcXU08Lez39+tDesG9DnUm5YacMQse5vfITphE9K",
-	"kG/w0KF9gyeVplz7dqGY1vVv/WoEjyrnc/AQg6prj+zqJtrO9f8PAAD//w==",
+	"6rvaKaeFkaU/aceSbPr3P0e9OGvaaZanNGYYVANK8D1N4iypSYUhY3n8+OGTrb7q+6MHDb7wtQuqed6/",
+	"b67cmhkD9phUjZGZkmdMgTah2LzQLCH9R6PRAA9MKXpGLuAE9k+SjCWcGpYQpDBHi+FQAu4fDsaSdINY",
+	"/ubZiaN3Ddck1dofh/VxFSK1U2BZblakLySx384KbQfslPlB2+I3CzHbgxACtrI57udcn5GTw1+BE7kD",
+	"L+e1I3JPkwvFjT1RwKJ0eT7GohDwCUsGEaGo6NlZG5MyAq6qIbGcRB+R6f/83//PoZ7aa3i2skzPx5yN",
+	"xYwLqlbECqukENxo0h/37o9GlrmMe+QHcn80Iv/9X8TS1f/3/xLLco6hvVmup0SqsYA/uPHtcx/SlrCY",
+	"ZzR1UbQMG7bMC5t98DgajUb2f2OBrbp+4QWuy42jQfDbkNwnr2c5bLMd2KsfDzUGqO5kZsKoVS45hjR1",
+	"OIXVB6RPRUISJXNN7OziLBnc9AFl4nzbwezWQ/hNrZvqDGGQlXbOk7VozpmWaWEYRmKtNo+O4an7DXa6",
+	"4Kmx69DN47PIi11889Wb98/APw4WZEZTs5zESxbvNOn+BO8+g1fB+AxqN2hgDcbYS6MoQZUcdhytHxld",
+	"2VNzYa8iSaixqjEB3bi8kYQUEA9tj9o97fkFmUmqkoq3QbtuCBHR0kkO5ZKNBRwPOHH/QsKxEktnFJwd",
+	"XHpjAVnKNNG198ZiRuOzo2Dw4NjUSKiWRHMlF4pmRDOmyWuWvZOGpgM4l2MxtW1MI+gNrlaWJn7ccO5M",
+	"oQQE4lU3L24+cAxD1YJBjK2iXLNkSE4NNfY7CEBsnJcmdjKxZfrdjutylTN1zrXcaZT+qXrT+w/2TrNo",
+	"08F+lhdMxVQzkjIrv+uIJHxhFxg4AtVLpo9dwsCaRHXDKkBX30ajnP056slzplK6ajkSfwmvGNzBkujv",
+	"j179OOgiLn4BvXGXfqgYHIRJXkZVblust/h2JaI1L86Pdv/d8ahWxS1Kpck+vv/g9Y8dlkmf8RwNmBO6",
+	"YC3XkT1IbzF4Cw6tLAy5oNzYv+cuPBxPPrRB+ui4i3MgTG0oBAILiMVvFJPdOM6YEiydYNZNg4Ty1C0+",
+	"dGqXkBqODq96nKlg9v9BaElTTbBZ4polXOBgdctInFW147b53J1q37rrrVHPmAar+s98zoDVz9hcKhZE",
+	"1aIvXopOl6GVcEZOevFk2+nonMd50bD6H9DrTZ69eV/JfeSBb9JFyj7aFSaLSSe6LWsFhCkK4dVbpWWc",
+	"smuMUMUqCaCTXQJ7ey0LYeoSUbAkzY4bZ15A3t5uXnhT6OXXsN+13jmbEU5Cs7hQrEtIuSVre9F2aHg9",
+	"wgPGU37fvmD+JF1x0WSWW/XNmd+7HNln1SeVoHfGMXOjSwN/tu+2XtfvMXPP8xNMtCnPzYIJZhWtjSN5",
+	"w1f1la1osBDtu3Wd3Ieruxg2F2fzRuvq6LiufdF31LRGbcGtyNhYMjGyUzAbxtgaOTmfc9kSdX+VeLet",
+	"AbNtj3fFyba6A3cF0O51Y8LHVcAaRonnMW/09m4LzW2KRINXoiuE4a5v1c6Yx+dcn/2oGD2DMPFNGXiJ",
+	"QhNJqKEk4QoVr8hKL6Xy4swnfW0ms1TGZ5r8938Ry5KJlmOhc6o0I07WRiXB35cQoE4uXCcrohhN0xUp",
+	"tM+wXTuwEF4xge5afUNSGjQK1bRwH+K7SS4y5pPYnoa2dn99dkJmqZxZCS43ZIYiOlzzB1xUKZ6gZ+aF",
+	"VX8GXft2i9I6JW8TTrjSpF8avfx3EcHQeZwwxqgNCLu0UhbR9JyVKizkWXZdktKj3zYuf/NYFaXQ3u1f",
+	"7wszqXiQDAv+6nt6LPAwrdk/wdrk5fjM7X+HwTpaqoa685sma/gLH9i9fp0nDVfqKe6CFvSMTUATtu8d",
+	"+bw9n09RJvJNYEWisfB/u1yR6gWv6UWkKcklGovgsX2nSkuEWAvMeo2IkGYytwwgKlNpba8QQg6pL4wm",
+	"qwjVo0khyjCFqDStTrjwBv1oLNxEJkbKSWoFp4iUj/wUwgGDDXtiFzcai4yZpUygX8sqLuxYudDFfM5j",
+	"bgfg80U1rEzwgzZSUdtZ2DZua4ROEUHTiMxoMnGBRhHx47FLFczL9s6rPFSft+/103LBmq8nQ3naQP4v",
+	"CwUhiBCIrEnfxS7e0+h2qmuBVTIqAztUmVbYST8AunwOA2kKfeFClLlF+7XkMl/rESWlD8qOF9bliFyw",
+	"2c6wFzgmVZsf2w6Y6771mG3ab6tRbo5go4+XUp1dz6E1VzIrE8Qa9JE1Q4Ala4h14mJBaGmcKJexz8Ek",
+	"mBeGSFFFR8WpFPY02AtDMUvtTv5uD7Fcy7i2MrxzitjuSR/NbbcuxFvdCbnZLnKze/EO3j+F1zsHH9gP",
+	"r6eD7V4zwS6CTfqSa3dVE+4+S+9X78rLH37YEDyHNFeCN5Te6JimqTOUB5YZ+8sa3AM1SLWWZ9eiJ0+N",
+	"zHPIBzotkxTdodqUq6Pe5YH98OCcKjsdbVuA4cuqHf+3bw3/Ltv8HPUq/8p+VJYrOedpl5iuJlaFzplN",
+	"TriZCiPPGlSK9QBz/Opja0fPvMNoj4T6pyRXclZF5qtCaEIX1B6cBmZ3TNA5hd4SvLTtvU6mzmmFg5xG",
+	"hOZUGWJZLRBHyucsXsVWoLLUMSTPXZoe2tNeybHwiXsE56+PCZ1pJgyZc5Ymmhh6BkEUXBFHdnpIpnYt",
+	"jsA/NR2LvlSECme1w+UZkIxRAcInONTWhIPfITutUGxiloppq/j0jh5GvaUxOUJ92Q3sHeL0PkHisTK9",
+	"o+9G343gajZMndMUAnt1z+XZTXKmuEx6R72H+LCIY6Z12MX9qFemcPce6IqZQMefN/AILlm8hyvwhX39",
+	"c9Q0t/WT/kyCZc7wc0bc6xpRlDK33hUTLQQuQ+ANeIgcdavxw69lx8H/9O7dm15tbTe4ExqszQVzTMkK",
+	"XXJOpGC4yaWDD7ajuhAuTWT5UsqoNuS+Dl09upO5ur69G2E+ymo3+KvD+ppJ1I8c7Ihf4ESC9AWqMYKU",
+	"zLnShjhKsRPSVoys1rnrADdJbduOu9drW84N2djm+x222cT77PK7Z7DJAY5Bwx5XG5rRFTAA2L9MakOm",
+	"nj6mgYNAA45Z8JO7tyiIaHppGZbqtJDrth8I8ne0jHON8FR2u7KCmf+CLa1R/Du0BtVXaPOhPdnw9OOW",
+	"G6fiAXvbtTMqGkjmqVqcQ1QAF4EDzsfd2SfOGSck0UuWpoNjkhXaEHbJDRldPWTkweMnOyI3XUTcJOGq",
+	"C7jNhk6DM95xqQJL2m8t2WXOYqvSVpf9ejAGBaQ5+yu5oFZxDQh5NKr7uh5//314/kajphOYNyK0Ofma",
+	"2F+rHg7XT8GD0aPGSHW47vbFp4ED3yBX2uNTjmFgz6p9okm/pKp7msR2Fec8tlKky844Z4rPuVOg/JF0",
+	"ZxFa2C0+wUR27LNlSnsKiFdYns4Dq6kR63JbpWQQB204JCE+FkhyTfE6Y9Gfhil808ExoQRNyMBnaaol",
+	"epDgvam34UGLcKvSjGEsEG5cKSCA5x3lQk3WOrGjY0SaJVMg842F97hCUNCj0ciJZm5341QWyUGgSkW9",
+	"OVcsVnay9i/bvPtPkI14/qkrRy5bfmZ7+insqPrjZa3L6vl/YOf1B6/LUVTPP3wCBeTEe0rXOC6Gxran",
+	"QbV4bcLw1isgEHhgijVoMir43HIKfIH0x71xr4p/wiQMxbRMz1lCuBk0Zn7Xww2vPrMdcYFtCWNBwJ83",
+	"mK17O1bVbCC2Q7icqBK/sQOMAjQ+8Q7cbplnzqIcy6Q0gXuJ8KgyGwcQvd7rMCmEYjReorWzfBoaXcei",
+	"tHJOvC1+3YZcfgiDj8YC93mScZ1REy8jIuQE/mUv1MpaHUulitxMUrpi9rPSUEz6VGDUKIlpDpAAME6W",
+	"oEwL/QAn0RhAp5kxXCwGkVt1M8EldwZf24v9A3FCvCG3Y8TaL5b2UzvTIHUIEwdKXONDh2p86JKIENG4",
+	"mY7bg7re+IgtH7EMK0A12Yj22pbxs9mhkp3SDoCVvPEvN+LBrFswL+hKE0vTkEJP+pb2UfG2lytiW5AZ",
+	"W3KRYBI+sOnBsBNcDvim23xI/FNpj3NbbvfHu+9IHwaFLAb8Fs1OtU74Nk7K2rl0DqJuT19wkScBo+10",
+	"4DsHCK/JsDuYT3OEgGPq3YFw6mTUHZPEBbKwhAA/cH5hu3lESzKnivQzRgUXi3mRWskhRV7r01bWUpvs",
+	"15PEqkRdvHqR+8BIQ9OOX8Awqz5aXyjb3CGvBUOuD6fe1Vq7rVtwumEMzJkosZRg3RA9zR6eRmClpmAE",
+	"lwrXIHFcQWBoCdJoT8m+TtbejaXmQdxELT9v95nAoby2d+CeisBSatN8Mf0E+VsQEEqMJHDBHhFKUm6Y",
+	"oqnDPpn+aehuimEssynpS8FISmcsHURjIRWhxLkmUF4G0wjNAfAGgHmpJtPfvST+udbYcCyeihWGs4NB",
+	"BAyk625SmufhV2va4eOHW5TDhgkjJK8kKdeGCSJFpXp+NxoMyRvQEWYslReQYQO3kdMIxqIWhImhKSyT",
+	"4p4mU4fY4yWfSa74OU/Zwv7TtjmFLvVYmCXLwk7BKPjo0cNBGYe/j8bWRitOu/4J9vdpYfamG4T9b1Dw",
+	"EpZwDL1xxAOxFk+dQAem8og8k/KMs4jYNY/IUuYHs9XBUuZWss2VvFz5UOR1dX83vnrUAxz9NauKt8hs",
+	"r0AQnsOysAE2t+XcAQvYE9rYH9UOHAaPNYwusWqdmXjL9HYPMBQhCO80SCFL9XrMMNoaVcGavbw+qALX",
+	"Y0IdrXRhjRs0VouR7dACOvvgs1TvnvG7n0+JYSpzcMWlpe/ps9cvtuc7tiSm1jBNYBu2BunWR71nwKdj",
+	"gVsCrcC2IRU5eU76pT6bM+XjXgZgRfY5Gvbte7pktv2Ay043jGhrp+P+DVnU1q82P8eo3Xp0EqzDl0jo",
+	"bRMY31nRP0sgnE3xhEWEzwkVq/3gX64itnh013xJdYuPu3JLwktEyAs0aaEPO/VZUMlayksFL7y91wrr",
+	"ed0I4TxXpemMWQWYJaT2eXcVYu9sWy7IXCqrIjsvK3CvKrG2Pl+XFtvbM710G00EWabXI43rG4ouuZk0",
+	"BwG+uOQGDTZOiXXphfc0SanGTEnUYd3ynQl5IToqztBvEPy0LkVdoOfc98MElGoaw3febApjezjuRWTc",
+	"O+NpinB6mi8ETcn3pH968urPJz//PLBveFSUzS3ckhq7SalcY25QiMFP03R1TOiGoUFInynkA+Kuhlra",
+	"IYXW87tXb96D05nqiQ9xbcFzv0aabRjs0HVg2EZlfbhSrm5MRVuubniOMV+3d5PppVugjjuBIHfjDM/R",
+	"9FyzrNWoD47DTEqXF9ldKe2YR7p3Bmlo4qoBFjj7iMMu8bmkm+IA3BM++EU72Oo2btbB3rHm7S+yIqXg",
+	"7M94mnLNYikSTXRuiYULtPet34PVHTgW1SV45LxEYK/lhtOUf4JaJu46dGBwSUT0sgBM+mgsNIZplbhx",
+	"A/txnBYJFwu0C+KN53oucqs1CnlRM/5WzHpfs2zfGWUHe9lir5lO6z/vxiDc5xVn6JCN6wBxWmjq2nml",
+	"NwUXzroeNxfA6L6a7PDdoHTGNXmPFy7I6xfLFaHkDVAg+fCaOMKz9yE3mqXzscBlGyOcIkhE6KKQAk+s",
+	"O+lHREiic2rZDZsbIsVYYDLOMZkrxtxvMsDnmfOU6ZU2LPMBv0XGxj1na+iwVjDWa633PtbsMu12a87s",
+	"VZJbt6azhiY5n6uJZFLfeHcE/DjXWPAaWHcgvdQIt7aqoZS3JhzU7sRGfryuSjQL+duUMCuUbOhhWcLO",
+	"J0XRcrMGoacdQk0bhYyGEPwy9GviY9Fa6++Ub5ZBYm3mc21QiromAUNDO04+XP9o93aRYe6PPuRtYdBd",
+	"Su3/l8MeDDv37gMmrz0NH4d3M/UW6mvh68IcVUGtGOjIxeKououFJOdMJTyGbJRhGdR3OBZlICciqZTB",
+	"gppcMDDDghN36PWZI0LdYoPQZsZiVpgNpUDIErmhHskR1LHxw+x5GXrVi3rlaODf0ONeUXXPq/ZL8ve9",
+	"4IOfyvbxX++DHv0T129L1HXbiYiaz9Q2XtCKp9wF5u+5+4X0A5S/QZNi3ygY7Ebge59j8wH8Xvfmt5dN",
+	"yxsiZvEifnP+iLgcWK9OO+gPKvwPEYHLGwsgbGA6b9grPAr1g25FMeI11N0HR6PR0YgePXkE/4g7VcVq",
+	"jktwOH+Ykj/2ltdxz7licMkGu2GH/eJuo62WdA5Mo0+OyIfXrysZHvLV8L4ckpNAoD/ywE2qEDrC0A0U",
+	"mazYD0zA8BTwzXKqvBzvTCNDzwSOwqdkSbXVBVxvKKUdkXMA+Jgr+YkJ0p9ZAa7Mq5SKwAOQzOBaGAvv",
+	"6aJkDkYGqTGQ4IgE4kNY6BE+thLZxXKFwhs4hpwEV4lqgyE5dTpLDV1qWRgCioxbkteEwzzs9A3aOCBc",
+	"TjMGB4NQkskM9XCeMkLtMuZKYlT3JTc6GguHtcINPsJkiliqxNIBcXktwN0/vH4NjNwLK8OxcNbY6ufS",
+	"SlCiPxjpM86GXkI+IoFGF8siTWD7Z4wkDC399g7VjIULOTgGTE3P4y+WUtvfpWIJZH5SSBiPqXBNQRBA",
+	"JZXD8sZUIOQRdAVmo/rt4GizZ4m4IsEgJyjqIbX0op7fIsgd2swiet92eaydkKb6LD7PfYKL2RbQ0oDx",
+	"1THfuuphi/Ad58XEaegNp/jNezT1eFL0dGWvoCKzG0jT1J0pu/Yu+tNuhb3iabKWs57IAuHL3UBEkc0c",
+	"MHeZKdxi9ilr7bWZW9wyKt2aX/6WaZ7Yk+LI16ntwcQ6rqzrqjDcl8mZgPC+2eX6oMghad74dWuaWUIW",
+	"VADm1rKSLZdEtbKul/OsdV089pE/1YF9af+18dUP1WVbdz/CfD3DZzHj55aS7IN3T984dNF7mhhFhc64",
+	"S1ph6piMqlvavjrYc0im25BgGzaH40Z67dF4zbKig5ZBtVss9Zm7TmomQLT+VWAXes8BbQur6xBw1t5B",
+	"zvfw3oVshifuUuNgdg4xzYLma4nV3QoyYK0fWutsrYNAjixyywTb2WSr08myTlDVS9JCcYT0R+U59+pT",
+	"N0bZ4pZ1kC01Hlnn7Q38sYE1NBzfhuOzebVEbddZk+j4Gl54y+KU8uxp7ENI18tT5ClnyUTha210WSLJ",
+	"OIS+2DKydEUW9JxBlgLp54qdc1lo4sA0My4KBJd1/K7MNL6g3KDTq+tZplrzhWi4wzt8W9odbs5jcu07",
+	"NE+psNNxeeEInXiFufk1v4GGpMGspnkqpdrr2zZrhpsk6SdYKGwQEUdtpO8MEUAeOPZBRHKr3NOU9DN5",
+	"bgXRWWGwgguK5OSCruAq4BUZDSJSiHhJxcK26q9zqs9YQuR8LOAN1B1ABkbptyX8/HqLuBfLqBkmm6m7",
+	"bVM67XoXEts24aiFMUTbktVrDOeKVWYs5yxENzBBqNs9bzIqvpKkTDqHkkA4JivnATJwGTz4OItIZlU2",
+	"s6SCYCShz0N98GjZKaG0qlO0Hi/U8OpWLguQxh672TmIZTl4GitpdU1XVznAH92gzTLiaLSTTutD6rCt",
+	"OpdCs+Yyq67qeyf3QtP11BAE0npBdeBMHQq7b14KUptJCUG0Z3faTCCGvlCsAvsosxpLy6R/p1Gf9Qf3",
+	"KhMuS4Ff4esNumhuqm2A7RyjcUWbVysqqaiJEOtlOfaDw/hJanOwVqThmEyd6e0IojunIUR/WwzkWjLw",
+	"NrsoE2BQzRwi8j7Bry5myZMOTVOXDwuRrXoiRbpqzoxdW7XP7etYL/a56cRqjJtyVVf6VVU+ewVrpki/",
+	"tSwfpAMLKVjdlFsW29vCUXcX0WuklDfULE/EXG7OaocXysXilGY0DzvtcqzBUJ0zlXEAfCUJEz53eXdi",
+	"4SXXRrdY0LVPEWr8bc1dWP9Rr7KUi7Pm3+0vkyqgeLe9vHHT3wt+SWBTZ9x0hiF0sQ77Mh63To3bWugG",
+	"0J19GORXrF5fxks1p5xeuyx9S2nxlQNB31yLK1abb6sUX5WHBxTNZHsaU0WTHQBVfURBmQrnvu6eE7cO",
+	"cb3f5fHWg4QGoNpkJpWSFw5HXgqXd9yXClBEB0eIN8qFk+SisUBE+Zwpze3FarliKhcLlgzJCw6WEss9",
+	"wZ0EYKRU6wupkghK0pQ5vkaeMUH6lMwYVZB5dMZEI+Cqb6BGpOXDetLIk4ffNVcfCHu9RkN+ZuuAW2FJ",
+	"l21hEG8d2uRTtH80psOCkcLuROnYANf3kMR5EZFQv4n87TT5k13qsQiirCFfaVQZxBzA6YfXr0n/1Ie8",
+	"OdfE4BiLrEGjY9EPTXwIrpqBFbPEzL0HVl89KDURLgiDStqIntWwizFGyDaEA5Y9d40frIeSd/jixrwF",
+	"+wzTb433le8xXv8p+sA7f7iN4E5brBvvBTf6yJKW3UNwzXgaw0oqXJ/ZX+r0Vv404ZJwMRbolLCSFFoQ",
+	"myigtPm1kHxZ/R5AjKOy9l/kXHoA/zyAw9DV3hZWE673yOZzFkNMBIYNHARI0n3kcJj7N+pq3ItpTmMn",
+	"gq4XDbxAT7B/pWOLa2PcbNi3R/77vyA0UBcz9CztYcovv2mIHGYl0LR/c1yMRg9j2xL8i3no5zO26ui5",
+	"Q3JsTico53MBpR8B+TVhaDzyKNOF8t6f9bHgKo3FGVthgpS3jpQGNSNdc0clId8fYdFGT8z3X/14qFst",
+	"aw5za20XKrYcOYL1rVfVK3eHTzi49ZKMNvc/MJuvlXeub+THLXyg3bW8l9Wj4R5rSoranRWxxp8ce7/a",
+	"V5NZiCG/7fs64Hx1p+zfL+77/t91jPZf/3AdHgwA/90Y3NJVbUe1rW2hiiAwfD9pEhJvPCznTEqjCfWx",
+	"IUEd0QWF28OFOK/hao5FaOJ0uJqkP308GmV6GpHpY/j/+9nDEfzjwdLjNCUspStXFMhKlQik+AuRc0KJ",
+	"ZoozbYWT6YzGZ3I+nxLkSAn55eA+BCnoyLIbO1ZqxmKa0ctJ+W5bjf0Ic5r+yg14dOsf/TAWVW8Lfs40",
+	"qSC55/zSXmB20EPya2YbSBB8dCOAZSwwKB5CFu1FtIEI6nrpHfUeaxRbJ9QYluVWLx/hg+CdDLIwcYd7",
+	"UvggQFQ7ZimbQFAqBKVlm8ieZUMbkX7BDgQIkX4rwo2o7NTdQCLrM9qGD+l6w7iHCwCJgfGELUzYZcxY",
+	"EsLXjcgPa6mE20zNayu6MR6a+/gHIDJ708BOB1ieFWUENvtutdvKs1nvFWWUEqoOwq38agxJtc1HLuaY",
+	"EiHFwSemJMR0RWNByRlP0whDwGJF9dL+24Urp7QQ8ZJAwJh75JB1PUotJtOVzYsVthskz7AyOXE0JE8h",
+	"3wGv5ZQZCHOr4Bmfvjkp6Z0UIpGC1aOw4Bd704X0i0PoGIvreN0vriH356/iZdmce/TUtfp5/YBsQiBA",
+	"cpuVXVOqjUYbayrFwu4EM9rBChUCj4OjxxDVtQsNfG5n3G1SvfvZsuWzM8Zyuxt96dgOqoQAsTGw+7LB",
+	"s10tSsEujT9EE2qmRDMDgr+QZAo1VsBKTrUUU1AvaXn4HUJMoxYQnOsG9Jxas6GBJqOioOnEEtEazyvP",
+	"tyWE7banRsL4Eft8DR2cYvvls8unrpcXZSc+hL5ammvG4leTXQOjDBJAJz6NoLxTPAhAeFOVOSRY4Cab",
+	"wLF2lf3dQtbyTDZ76EW96rsrrqgjv7cwrxeX3DzD7mrPg5TVl77n2gsfXj/zowCB6fImlrztMEl1zZpr",
+	"3wC0/sbETpnx757GS5YU6VWLlAVQ1zsvbxd32zXVy1LNBCtRrwPk/muHE6SYYcLsUemuWgn/4WbMg5tt",
+	"2HqT+Hwa5G83V+BjyVqc3BWg426qml/QzqS7rT78asMX7ECny3ccFJife887Bbrd0MGoHQZ1bR5hHw0/",
+	"QHfBcyym9PGKfo5dLoruOBKowIVl46GRxvyUK+WkNzV0lcqN2wPL26b4KgzzCGOB1+bdNfjWWWB3J59t",
+	"CT9dC3kt8w72iHLF0V+ZnbvPdxme119rtT/vhQQpbo77bMmPBRJrnGnLvJoWdS1VNhjtNn67yd72u85o",
+	"upCKm2XWpNWiaP5Jm6SWAHVM+EKAGRqe+pzBULKy3/SiXvrpUaOvcGuQRcrOWUMlCRjG/YP73wdKwzG5",
+	"f/CAzKk2kIb08OCxt3RG5MnB92QGBdGjsbg/sh/OArwKJqzgZw/wXBaK6JyxxAqS6adHZHTwfU1BHgvb",
+	"he3sYUQeHTyJyL8efL/WilkqxsiSL5YHwT0xFjAbPRiSn/hiSfAvEkttiId3kHPEYiBSEFrW7kNAvbEA",
+	"9TkoSO9wp77fKyRsWz5ajfc1ldaD4fxQ84RAZL9L7QenGNQ7XEMYh6oCMzYWb32aq0v4lyrwtnmV64cG",
+	"VA5IRupDTtt6q/67QV03rhKMfNJRt/s2XISgjdpT116wZB2NhbdTkdgRyiSUSoBY2k9yaCmsSK0sA8U1",
+	"qdglRtdON1qfOnMWfntc3ijaQwr5L5xyrem5j9HfX7dfF1RvCCN1pw+0EvF3ZL531GoLcQNp6h4oBEe9",
+	"O/DnesrH7hRaq4XumNmtqCjrAM9det4Ryt2g5NQnuHY5BwP42IFs34az3gsx83KyWbW91U4M5rVagetR",
+	"N894kxbddBMYVlpQS0HSZa9apo6VD/29OVsRKxeRg7Iy2bxi/FHJ9/Gh4+U3WnqunFVQfi58ts7l62Xo",
+	"3O/XK195G/pqK49f80FgueFGzh54msoiTWNx/8l3y0GZfAy3vm1Dk1CKdnnYWFMQgnNi5tLOm7pyiR0z",
+	"Gp8tlCxE4gA/+o5sImcCh4AoCnUgfd9YWYBQb0ElwSIMhsTdaUekJh7c02S6hqg0bL0opxFhqWZkNBb9",
+	"llvLS1373luGKnNN0lkrN7JXLaZaEFaAvthY7uPaLTetwDunpbWBo60nVoS1PJ8e/J9Yu5NMhkeHP/zL",
+	"/zr4+Kd/ai4IXIvf0UwdJGwO+fFnbHUAIMbE6oukf8ZW2moPD76LCDzXZHTw4PETEi+porFhCgTx6Wbf",
+	"0zpexe8IYmnFr4WDFWU0sxoMVvZxyxXO9vGoYYHewxWyL41kXIRP70c3jRe7A6GzG63UhhgSTAjkGeJY",
+	"dkzkuDoK5DVB4ozpYO9tOgaIuNUQaGIMjZeZ7XVP9K6n5Zc3hb27b8kAsEwsZs1eqxspAeB72BkEvLEk",
+	"Gwu9S9aHaM6Jr8bWlLeQQGZGg6Viq0wZtBu00j6H11522yunJBz7rnJ6Zbp6t1S8dSTNDjlz5Urtbh2D",
+	"Z92m7C7XG65z9WltlZuW9i+Um5dSgeTanubmMlevBn94XdDE3VCBPGPJxNXd3EGCPuWq+uZjU/qQZnGh",
+	"uFmdQuU/DG2ByHNfEwH/eum5x7//5V2vqhPofl0vg/sZFOd5Q+zk20KQX5+dkFgKQ7lgCq3+mlBNzj2A",
+	"Bo2XXDA9HIux+AtXDIxo1EBaJEQaVQFET9+ckNHw4XB0VFa4g2QeHZF/P/31F6z5ryMvkGJNKyu2Yqkt",
+	"kitpZCxTHREtg3blhSDPfj6BV0+f/5lcSHU2Fr7AcuBdJoXIZAJFDgESAQTu6leaJJpomTGItByLPlj3",
+	"DhG8KArwW9k5E8aNSkeQ/ezVJM3OoeAITMHOZeqodBrVY60iMg09JVOEjiaIVISIXBwLBnOWJlCdRMnC",
+	"sGNyAQPnxoMCLaWQBcS42DfLPDmI1u2/gmDoN89OPLqmjrDwVFDbUEfk3c+n5JxTKD4QuZy8IMWCYLqe",
+	"FeAR2smlJIZZerDZlDy6vLQ75wGrcEy+VDBGCZT5F5qnTJh05c3SQ/JrznxonZyTOaPG1UqudgmTAAAf",
+	"j6cAu0eo0BdMkcej+2QqpJlwK/HZa4UlUyQguiJaAo2+gBB/zEPnmkx/H/dimbBx74iMe8PhEGG+HWJ4",
+	"8PTzdEjwW+nHOBbsMma5IdMFMyi3TKuqyDmLXcAgEYwleiymtboiR+RHzBpxMcDyjAkMAp6S/k+nVsT9",
+	"97+8g+gWzDNxkXXTKulNT0mZTG2VIAD6KbSB+HIcRSxzPEmJC4Mei3L8Vue6PPB86ADenULaDCUXPE1i",
+	"qpIjMv0T0Kpjh0d/cpR6PBYlIUIxGGIuZESg2OuBZjlVCIA2k5YsFINFsFtcTgeRZJCecBp2awFzjAL0",
+	"35AAbhXACGxAZCHysINE5MIhjoFFw5IEVl/jxtfVhC1wR+7oQnHDppaNXbA0Jf1Ho4djAafigmt2hOlD",
+	"3LhoQCDs6ZtfT9+RQ2SA0wGQ0s88g8QDfxhcFRgggZlMONO4G1Qpe5C5BxHXqbwgccrtfTMWC2bIo9F3",
+	"ZOprl7hyzdNBRKh7DUqGwqZSMrPaOEsIhqMDtEIshWCYrUv6j0cPyYytpEigAeCsM5lALKYUjLx/9/Lg",
+	"O1SlSN8oyjHYjxo6Fo9Go4hQXApQsLQd3P3HZFoIXeRYi34CzGBiLxEfyWp5DTLiMUYkYurOo8vLw8eX",
+	"l541uNMPO/Z4NDoij0bfA2UV8zmP7Twnyod4Tz2QcD0F30MBO9a34OdsEJHHo39da8cSAl1AuXpwSFiq",
+	"Qtg3n4Rht4MSFLSJL04JfMbylcT3YKWjsehbijFMIFieYBeOf2ZUJJBABDMJ1wgbnkYBLxyLOU8ZUA44",
+	"oueQ1aRDR7OcE6MKs3QXJDI8iIXiAss3Cpoe0pwfLpgYC89rnv18ck97Ull/0z22+7FggsGxxLBdbsai",
+	"P4V65P4XS3SODnELoV4mfOLvU3umbMcOpNCOMRkLasj00PK84YpmKbJB9+CvWoqpy0bgBvKNfcj10zcn",
+	"vajnVr931APpAITYnAma895R7+FwNHzYw7rLIPEcwv64VEqXuLgW0wjXgYb7AMseIrOAD3FacHcMe9AR",
+	"MsOTpHfU+5lr86Nv3vapaMYM9PVbs7hYvQLa0UueGqtPfQTNFeRWGOeD0chhAxufgp7nKce49sO/utA5",
+	"lD0765VupA2I0BsmFj+poX350eh+W9PloA/fB2VN8aOHuz96KdWMJwkDVeExznn7FyeOVPGDDuP6RZqT",
+	"6npHsbjIMqpWbv+Ipw+s5VVKCYOeV3J/6yElWCF7/f6zYrL98cgefIxd1jdKYgjF6LeuxIn4USarvShk",
+	"G2HU+vAWqs91pcNqLZ83qPT+jY2hJM5NYrQ3htskR48dCOVHmpQz+SOTMO6dvedxha5HxSDpQA8l2zz8",
+	"nSefkaJT1uQvujptP4cWQ9quEdejRucHoJV+wT19hOPYuUUvrZyFH3y/+4NnUsxTjtaLr0A1uI43RTWO",
+	"Mj5HN32/vmKmlTpGX4f1fJs09xVI6BXDjP0boaDy9txLgnplpVAenzzvff64wbIOc1VgdeGrN3rz1/kb",
+	"O6hWmn7wJWgahgAqc37HSq9/Dt4yyBHy5wCqUsZLdrP38K0qL38vqktnxeUfR2359pWWrSpLVqSG51SZ",
+	"w7lU2YGPYquIY92n0UEluWEe2kpkBOGT7jSSderE1aHCUQuYjpy96mZ54i1qJs8gJqki4F16Cb6f3l2n",
+	"19dnfTQYmlW/bb3k1rWSrTrJnUayRSP5ZvQRp42AD/g2xDhPiy+wg40xc9v83woGaCkY69ObyzSVF97X",
+	"T7uEcnSQ8wy7NDjPA/R1N97lZbRH87UK0yB44UPkwOnpiztCrxP6KcY3OB55T2OAgf4WSD72sLQu5qaR",
+	"2E9d/IRIIMbD+XMidNX9egq1YblhsSkUixzInrKnImNj0a8CEQY1R/+ZkBcafYcXrnwFBj14YA9wPwNm",
+	"IDfaBwuQk+dYTquEznI9RQGqrMe2ymTC0mgs8Gz6srcaHVw4jAPI/ApbH5KnYoWOMefKzuhqLLAwEyB1",
+	"Obe735jBkEytep7aYy7VNKr96eEn0J03rbB6p8AlmmF8NPrTNjjHs3C7bvEyq/XTcPR/8lBx/qWrH/k9",
+	"z2PtYLlaGT4axtKOKrBm1hL4pT9PWFYWKxMeukCZdt6O+VKAPgJEeLS2S47iHA5zxmMlz7OBh6+EYJxZ",
+	"gVFMQvqkPDs4qO+14NowVSVyge71HF6aDpr23aqPz92Yv3nNHwfaRfV/W62E25E/lm62aQII9j6nWntw",
+	"oaTcW0+u/kkz/8dfdxgD3oZhW49H948sXR6+evO+1jWGzVD7G5kV2qeFABdFhvXh5cmvYZXm433Owli4",
+	"hpvI+llA+LfqKMUuvpKf1J+HZr0At/LOJrFppMWTQqhnn3OpapTb93GJ9boBg31PUWClcO8f1iBZu90Q",
+	"IBXUGb0dLLMSBKH+WOC5GjSbdp/6XitWf/vceq3TLmzbDQ8xxRC+v3atDf9OOPKbipgOQJJJ/XHUtRjb",
+	"q7HlkJ52mr2Qmh6NHrXRUrW6gzavfMBHdxm/3ouvs1vfnP2rRg/VqpRMZ9+t32W/ut4+v2KmbZNHX+O6",
+	"+kOo940GqavtfotC3sQ9yclzKNRCM8AcApOPS0lyFh/uHTGVlBJaf9YzczIuyr8383RA099h0GrGTjrG",
+	"LA4XRks1mb568Y4cljDooa1sinDoqP6HkEp1MkZjSJv1a4c68zPVBj517v5btnD97FNCtli57qS2QMmp",
+	"ZdBAjgdN0xA13xldIJUBXwolNkejzcesTFGoblhMPA1oeoNjYtrGbXJM10MLx3S2Lq5JkQ9rSV69o98+",
+	"1hfvnAlIy1my+AwuB0sCTBg3rkGbPQOTFlpXwQqXJ/jKN289gHF2kUL/DMXRXb5aH/CIDOSNxFSpFSD7",
+	"Ah8y1NeonEs1+KMbGLjfZk8n7kHLgYJkme1mhFOErs6LFNJIpvZ6mvr0Ak180RosUy/FOVOQz8MNKj4f",
+	"XhMlpcGqL0Pyto5PgcYJwKbCbB9BsMpQCS3Rlwr6iQulmDCYOlhoxDdzuXSpncEKzMlicExymab+moLZ",
+	"H/5uB/15in4azNhLVlN7AU8RT3Y6BDOcrzeEhllQLucevhZShiyZRVBsaCyqakNkS7Ghqbc5T0t8LCtg",
+	"2CbHAmyWqhDaWQJrxvipS2bSw9JsPR0cW12SpvYv0HzZWEByyohMuQCL9aTsMHI91TNqVCHs+2NRy2Yp",
+	"P2q305y4wlC3Z6aBHvay0txc6IjjOw3Bdz5dLYi9+1bZx7etX+FKVmyiijjpU70S8VJJIYuaONCBewXm",
+	"m9pp36Zv10yjj0bfO2iZMAex0K54fomD2qRzV2divzj4OwK6CgH5GHhHNvvRyYZqviEptmzm6PZ5zLuK",
+	"zv5Y5HETuvgV9vpqnnHYnl+s9o36MheQJb9LsC7f+vZlaxxqF+m6nNWdjtsYy1vSRkRkmjDtUslDMi3p",
+	"opMy2yZ+v6DxkqgiZQgOoclP7969CTN4FT+3crIUKOVZeY5MM2ri5dD+GxKkXZzEd6OBy60H7z1mswNG",
+	"Ar5vG0Dxvj/909Dhag1jmU3HAt5gmGCe0hlLj8n0dz+Hz7WX/UhdVbaY5qZQLBkL+A4l9ymWEhj6FqYI",
+	"1VA2OB1Y9QEn4151s5Hz6pLeaCUi3jtEibJCuWYkV/Jy5fyaY5FQlnnQ87IdALnQMj1nCZQHdMt7ZBWM",
+	"DLD7iIM7spMwTGH8CC2BAcoClg6uwOMqLpjR5PHowRCUDsz+x2WfWMqfkoyeOTkDh+mALh5BUFnKtCYB",
+	"GMdYWN2We9eL2z+nQlFD2CWNTZn4b+X+coftoNAfNRYA0jc1Vs1B729sdba5ZS5Qj0oXLCnXEfFCEGIh",
+	"8LKNRSIZNpvII2jN1/XuQ2iNJFPFEq5YbKCMtvt1EACKjIWTv0ZDJ4Qx9DJDVVauiaFnTESEkr7de4w2",
+	"sr8NSE65ndZYeN0PSA6qtxIaHASn88wYgipsUW4ca7xV9Qb7+Epu6JL5t4gf+PM3L4B8+/HQb4pZyvWy",
+	"4i6WEnWNQeur3BOhouO/afAsNqopAXXfKSrffI6v8KeR9LnRAdmAWUqxlFHNksE1iGiLEtRGKqM7TvSH",
+	"J8BS5SqJ4OrS7DYfqKMAcvIc4HMY3NuF4H8rwDGKUOdfzC9aOqd26Hn+rR2T+1Wkq8DhxX10EtQc93Na",
+	"C+/38IBdD1ANufBz9C2qmjjEbrqmW6s/vHPGT3SL0uiJ7FpK4xvARqvcKg7mrHKZIKQaqSGqQfi8L5IL",
+	"utKH15XDBrw19v0Pr197lwWAOJ4IbjhN+SfQQhWiiA+OSQFQdk3BAheUm3+Dj39wetLUKnv2sXO3gDa0",
+	"UDQbjsVLztJE12O8A1DE/nSRF9OITF2ExtTqC9Mq42DqcN+shiTIf7x4/T6qu3qiMiJ/iKiIQ1eSZRqN",
+	"xVSf8XxyxpRgqVPc9BGBhBvQWOdcsCj08QR9wRIibtrAXdw1q/NoA0Vxm3rijtPt6id1xOsvrqB4lrHJ",
+	"InCAd0LpFWSCB50W6xU17MIhxm9CFQFCK3Uem4oU9+ZaNRUm5AldVJjgBNyBDl3dc+K10r42MtclCObg",
+	"KvvZwafSum2jL8I4QjPfHTlsyvlXP8tX9LG4zz1YDzXxssXojcDCHvVWsTylZdS5ZgZRYzWh5GIpU0b6",
+	"cxQUUjY3BGBn5RyiUOgZCC5c+XxBfWz/XiFmrTQkY2rhr2UwWPtQE7CkQsgFjsU37QvVedDVQsRLKiDc",
+	"46mr8M4Fhh95qGswF1sKh1L+IE0dEWoFKbATB0VSwgLmAFJdVo+HmJsp/AEyUyEShtKSYBdlxfOxOCDT",
+	"elGF6RGgIOMfiHgMESvj3mdEA57+DgZ3EPR8d2NBiJzPh+SZnZuXU1zV/6ByuK+mDSWOAJTRzjXlc2xi",
+	"2lgEezogs8KQM8Zyu4PToG72lEB57SMsMUdtG9gBNAnbP4Q5hjUn3AytpuHmJwVbm55imTx3xnb4yDbd",
+	"d8vtooqmvmIi5OEdkCkT51MciZIA+B1iZs84xChpUuQYXHq8jmNtuxCyEWcbkgOx/XWM7UejEfYe1gyx",
+	"gqoxqf1PVaFjerQpVbogJ0J0TFN2YCTW07e7Ah+uqtx0u1drvbi66sQODVYiFHd9GAyg1yoPzrwE4pBA",
+	"P5ZkEDv5BMORfEkXCpm8+gJy3+wwy+OGZwsRrJ1O4sG5HUKwD20idbIeOqT1IzIcDpsTJ+ulXG5Jem6u",
+	"F9NJev7ylyCuOzcaKzohH70ztl3nNgUGWROu7mmSFVgt06/wjYrLh/bIHrgje7iUabI/at76TdwMKAX2",
+	"KwfmHNXkR6upO+R1iFMux0MueJoSGceFGgvqUDIe+BMfxHJ6ptvHDGssUhl5/lVr0oF2mwFwzZimqW00",
+	"oyvikNH9pQqexLGYViVfRMDavIMxdPxK4euaHZUV87gZC5CKm3jKTzJNggJNtynZBt2cwlo1ne5fHAeG",
+	"Zc8LU59hNb1joumcWUbt1uxOHvYn2G6pvblqdHyLJxYJv0smDind7HZneZKywLRc7S2xZwRLUYAlT8ux",
+	"qKfhWAEaXEjTMujX3+xRKf0EEcFTh9uBBVhcWAKUQQYjnKvtUFuwQQtkxSYVf+0jE16IdnYhq8G1uDsb",
+	"/mw8DRcn4XQhpDY8duv0lTTHhgMW59e8AxvavFLG3JCA+oolhJZUkylPplBWs8iqhIex+JlqcwBpZQcn",
+	"z12ozsBK9/bRFAN4sBGr1gyw4EJCDZ2SPh2Ltcw0qqEQyADKHgmffmXFbZJCnSDXPxSZJEbKsZApBsyA",
+	"zuKKSMxZmpIZW3KR2B7daI5Q4ZtiPQhhjoliB1g4I7xsMKrK1XJiItFlTdopWoqSKQ6siVFgVqDfkbvs",
+	"wDsH9g3lH4aGrl3phzxw8u6TinjTzIxdsvjm2dlcqrNbUhTswYci0xDxiOWCOZYFQwe/lfvlhSCxzFfe",
+	"fmalJURd4Pqswvmyr6VyoYfkpZJZWY7a+C647QA+iVMp2DEaxtylT/pSjQU88UGYWN7JPpo4e5sLRvRx",
+	"jXlh6kV6BJjtsBo29AF2cqyvDBpC+PqgGpllLVwUzPlP8XerDGJxIwwB8FGrE/hzWlolwYRStupL/0Ph",
+	"HWgcQXZoOVE32AU/Z3ZB/GP77qAeUDkWtYhK4nysrgGusVISGioR1KMMm7StsWQs+uFiWsGvtp7NxpeX",
+	"Up3dsukl7OIbdFv6U3F3FXwFWFp7bm/NYXloGVSrYAgCYCoXJOWC+bJsp6cvnDyHMfhOlnP1weBNJmKZ",
+	"sIRQPRausBsKH6QPbx+RcS/l2jDhQv6Pvht9Nxr3oJKcDgpmnj7/81gkzLZmWRc4PLB1SIzWMc2Zxj5n",
+	"itEzhKqjIpBaIbcU6qiBgdaVBHOGWCwxN2OxzJgm7//l5cuXz4fkL8hoAap0Gtk7YCxsH2j9RQmLJQ4t",
+	"FWNJ7PQXdnUcT3JiaMK1M1Lo47HIGBUuQ49Mj8BrQFN+zqZQjNC+79fZX+tqRe4/Jjqq9NSxmKVUnOGb",
+	"KJZyY9lp8PgCsIwSrsEtBcsB+E6wKNFY+Ch4BkVIHZPEVYYqjnPK00L55k0lC4PVmiUQsW4ni6uMJu8p",
+	"VKqcOqLAwnVIEi+ghCUKlSBaQx1ALVMGtMW180lA4UfNPzHSn2qmOE0nqVxMMnoJJYKng2NiKE/xgsXd",
+	"gap3hMZK+gwD19Kcp0zbucCCpFIsfDjLk0fkz/zHscBahyDk+lKouMdyTqghmVU28N0Wc4BnmD/Lxc5Y",
+	"ul98CUTCLrkGlx92ZqTd6wR9121RdXbWzZC590cjKIfOsyKDv0bwgAt8UFWFL+tnf47Wx/ZnxnK3wXZc",
+	"VuKBsbWN5ioQvhud0jwnP4QRUvc0cUQRkfMscz9+eP3avhAzrSPPFsgP5ALRMi2ZsUwKkvCkNSIRhIPm",
+	"0dpRWAFZ2LX6zf11nmW9yNf9C6obV7GWt6+OSU8edxrYte0+HrK45tWwt153HeqrqE5Q0vnWtJxGg89m",
+	"zSA7hm8p9CUiQl4QGNZdwYPrSpYvFWOfrCzydjN64/zZm/ea9CuFbwURFTxh4mohVu0SqFNFb4nUvTr5",
+	"P//7Px3dwD/dlI/DKyhQe0sXn0dG8Zo9cg4uDI0bEPHf4lS+pRMTCHFuoe/OzfXrboF3tbJV3I5qhpbu",
+	"r3wFvIVBfIMUzQ3BBbq7CK5tYnB8j1DPIm+HoLWguV5Kc2C3PClStl8JJf858Z93KPFaphi5b099z3+U",
+	"8OuvnN5ZCgwbm7OlJoh/t42U/O/7l1Haj0QCJX43fdwco9voqw1x0f1+R3+bUd9fgPhuJjC8uAW6Pd1B",
+	"tzfvnzhlZr2nrxQfesXD84+KRHWDhd6l8skLX+L07ZYi9C1JxtNTH2fpEH9Kv6fV/xzMOToZy9hvqx5q",
+	"CHUZiwZtEoPMDbmgugreLJcNUXusSpEQcPqCr3JwTKbOZRyMpOoMgvn7tIz1lArdq5D3OhZ0rpherjlQ",
+	"a7sGMyjD8iiY0+07Z1wkY9H3uo0vrOI05siLiFJtqD/HpY+bjoX/pxRs4L0iNfftkDyt1kAWJgVzvFW6",
+	"yzicnXmknhvcaj6p7+QrOWbLObZxOvf7nZX4y7PGd/TMak0VGc9bPLU3yfcOf9c3ZjfbcMx4agNMCwTi",
+	"2hfZQt8stMW2UJ3SJuAxiUuuU3GnvuWAkM9+wbWLP8SwlnLXBCOQZAcxO+2BLbMVMMejyvITNDJTkEJV",
+	"C1o3sgregTugxvftbYDQYGNBScAvScoo8sLgae3be5ogDvXThpFkdEVoqiXW4XAXi5HVgoRhPAACHdkr",
+	"ADL0iowlA1w97LgPlk972UACYTjKYHb9+q0DSXH2Vql6rVY1wDSAocJFBjcDIg2UP9fXErAapGi6E9bM",
+	"rrd8KbjeGm6Fz9+yvffuXviSJmIJENHVrsxofGZPQ8BqqivhqtdE1MXm5pJAbkdW9ud/zbty6hOR0Id/",
+	"r12ChoAaes6SsTCy8rLY9fnw+jVhl/Zf/emS6omf+7SM17EXy2BI3IGEqJIqbLH06oTS95BM7WwV05pL",
+	"MSXynCnFEx/o2KTUuExhd2uU6SwOirSE1XfrPByLdz6j2iFu+mzr5mBx+OqWowvXevnGOBb6dP01cces",
+	"vgLQowmcwH2p3FEeNGXf3bBHwFBlbkuPZ8KoFeSJTDHpJM4SiJVmAqKNRVQaNNZ0Y3+qsXAoIEE5rKiU",
+	"g8CPKLr39OCYyIwbgxKRhpA+B9IA+eIu3G0PdqDM7TODqo9vV3ix3N+FG97xhGuEP/0opQnk9lty7Blq",
+	"WkEHTw0t6e0NKoprp70pbs+plJ20yEej75/sUiOj37cEM05SLs70fiGNH2/xvNhlOhFz2XRe/uJjH7FA",
+	"vE+HpTPpUqbtyt0dmS9/jVo6JxSW3x4znrBgm/poRq0e0MVVI6luJ9zQHuH2RIBnb95j3o69D50s75Kf",
+	"ghBd0od8pUP75yAiDo6QzFaGaYAxWrtm3z1947QBjMqHsN4LqsEYHQNQHnlKNLKuSjovaf4TU1KXUIsp",
+	"P2cles+OmO1TmO0XuPGwoyYkQIcdUeiqXMrdddV7y1w2F6zLmj3V0VdZCcyesW/qCMn8xmTZ9TtU5t9m",
+	"DJY7nXcUXF0DMq8R7ULRmM2LNL1h3elcpkVm/8B/nOwozb0Rc+C+3x5DZWi8/AAv3iEffouRWHZ/CHV7",
+	"iQnENYbZ6oh3u99CfvhrhbJ/LQfTjreRvE6enwjQDraAOF2FhJ+aNRK+eY067OIbR0270wu+/CFF8qgO",
+	"qZG3cEQb7ocLyk2rQL9Rv3YDUsxXJPJp9ei987n/7vuxYFSlK9K3ykEysSoo6MuDEqRdMQr1tnxePjcI",
+	"8GVnDW5OMlsBXAJL56TvzBSRNwdH5HRZmEReCB93EpH3AgvkYoq/A4GnY4EDjHy9KVoievKyCu8QYEcN",
+	"m3pjnGI5AHJ73HYIviFUgHbj00I1Amb2qSjj5O37VZay5mKROo/G4Bjr8sZLlkzBrYlanxTMrUUjPPpf",
+	"KDcvpapXRNiRVPou2BHSx6nQWcoGQ79G5eoQTHd2ZcZ6UY9d5qlMmDerbKvl0G6CKSsorBlbICX1BH9E",
+	"/7774/56EYWop80qRUOMyhrCEV5JkhS4TgRBNB+OdEQeZIPj0gfzxD6JKQYeGfI4a82j5RmThem1mJGe",
+	"PLpKsufVmbbbc9jrt66T1iAfjDfzpxRqDDCR3BlHvwZH/zGV8VmQ/h8YJmhZXNCZO8DR4FjItwDQkxd6",
+	"ydoNPZsyFn5gGZ5imTTMV0rn2+Wun7k2b7CvL1GnxXbVpUYLDgkwHcq6JcN/hDqfUD/F7WW7yHHtKvs3",
+	"Rj8YegnbepuxnbaDr1SpHUm2mUTJ3wpW3DH3r+MN18uqorsV1tcId3W98xMI7Hg0ysIht8uQXzFTnqbb",
+	"clu1ULQVYOyo78w3zeUr7NrcEFPeSzh4xQRTPC5lA+WM71v8QDSnMTegHsV5EdXy4yuPD4R5cX024TJC",
+	"yKb5nMWGn7OxSHnGDenHvqX//i/Uj86Z0sVs8icCNDuI0BtUgQQvZZqUXqKx4FghY0ieJhmHaC5SaI9n",
+	"RzNGBEDu6KMyWiPCeIIoyJjAXAtUJBE0aSFJTjXkl5VjJjjkzeoGDqC7mM95zJkwk3IBp0NSVoPDtyk4",
+	"yvphlbFoLNaSKgY4y/M4L7RfW9IHSKR/IUtp8rRYABZS5V0bCwBYTa1mp5zQyRWxKnMqaXJY5PY/OAU9",
+	"KHeGnBz+6h4eb0As20FgJobdlZSuoE/bOAYdP4cwPe+jg1jjsQDPm0a2qaOKWc5SOdNRZaoTSRX5SKgm",
+	"c3sACYD4aDubql2on6Ej1GDznCLWOv/EdBtC89uSgG+Ry1WdNLC60n/15eGXrwccDgXp8EhG/jCWEzug",
+	"F/ZmQXrBGjC4S1yKUKupGEgzs/K/O35V4zmHSO6HisUp5QCZ1Cxinoh5CgYZKF1jByIFoHb5IjQLLCnv",
+	"Kp3j8QsPD6CKQ+Ucq5wR1+EE3NRloK53MjoUZHTaO4xKRAcbC3vI7Lt2UWZUMzIFnDLSz5U0LDYsmcxT",
+	"KRU2PTiu3P86wE8GpDEjcTALiToJ4NgBHicqKnb5E65NoWYscfjEGIl6QbnRY9EvctvI/cdED0qXuOvL",
+	"Ns6Mq3WC6J/oQAcWa3XWsaCxKWiarsgCbHI0PsNegCGlVBvkwBPbdFmI/3EWVavx4NFy4GovBn27jrny",
+	"7Mw2feyQVd3Sl0WREIbZ9jMkPwETAqe+q6aCYF9lMPFRYOKTc2+OA2g4tXBVfTLSd+MIIvN82Qa0hg2G",
+	"JFGriSoEZiLkKRW6OcsABvsaOr8lpQQbdz19JV/C2hja7VLuFVgxDypbpOaPXP7UTxnZgaNos1SyWCxL",
+	"XnQVhhhoBbX81kYpDCvgahLLbMYFI/2nvzwfNJtgToMkg93VfquL2QHszjG4vXJWWFZ38vy4nsgUJG8O",
+	"tuPwTap6Jknv6jlh0Y7R+3GfcdEKDGh/61yp2C/jn+1Hbf2Ha9LXA8/iuQ7y6NpGA/9ps0s/3Hs9mtF9",
+	"XC2yXbscgUvG17RuSvxDUH8n6fiXTp5j1llGTbxkkAzmg3mrok1UEweh72S4psUIglSvQSHfWinpKo93",
+	"t5myPLbfvAXo7wFLX5uK5ltLVu+JC1Lj1B1rv9YSE/cDH7ozAX4FgKOSam4Eu2hDW20nh9EdeMA/AJl5",
+	"8991qOxqhj9PFaXlr87Jrlhgo9bqtqx9KKrhRYKwKGxDijvWYY1ApW1Iu48CmJUKr9OFYmzL5B8LTOX3",
+	"aW+19knVvE+c8b+X6e/HIchJKQqvV5wgXAQ58GPRKQk+XIPqxbbSFLec7h528Y2Wpgjp6Y6RfTWAKFo/",
+	"2BiMei3u1p7l7mPjurvNOsSKWknxg2t4X5b6xdUJF9LaQZlwU/pHCHPwm3zNoMp9Yxw60BaekVuNQw67",
+	"+Eqc2hNlM5/GZbpTaW+M4frCLi6y+OZCiX1uieXhB1TFS37O2j0y1z4QL5XMnrpeOmUHO3NZp+zgTuaz",
+	"RpMl/8Qmi9n2fnyplfvNpVYazVvJlzVsdeE0i088rx/zuVQZNb2j3owLCsNvqFtyx1n+oJylnlFEDFXD",
+	"xSfiOMEtMJpNA9qNpK/ZxtrS1/5OAb//rgxoN3Mx7Q0D3oE2XjFz+3mNezCtu6C4NavYzZDO1exjPiWx",
+	"9/kjDI7FheJmBZ/OGFVMPS3s/fzbR3vDugH9XsoNK20YJrP4Gx8j+MInZfx/8NAlAgRPKk259u1CMa3r",
+	"3/rVCB5VzufgIeIt1B7Z1U20nev/HwAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,
