@@ -76,13 +76,14 @@ type InsufficientError struct {
 }
 
 func (e *InsufficientError) Error() string {
+	f := func(v int64) string { return formatAmount(e.Resource, v, e.Limit) }
 	return fmt.Sprintf("insufficient %s: asked %s, %s free of %s (capacity %s, oversubscription %.1f; set %s to allow more)",
-		e.Resource, formatAmount(e.Resource, e.Asked), formatAmount(e.Resource, e.Free), formatAmount(e.Resource, e.Limit),
-		formatAmount(e.Resource, e.Capacity), e.Ratio, RatioKeys[e.Resource])
+		e.Resource, f(e.Asked), f(e.Free), f(e.Limit), f(e.Capacity), e.Ratio, RatioKeys[e.Resource])
 }
 
-// formatAmount renders an amount of k for people.
-func formatAmount(k Kind, v int64) string {
+// formatAmount renders an amount of k for people, bytes in the unit that
+// suits scale (so the numbers of one message compare at a glance).
+func formatAmount(k Kind, v, scale int64) string {
 	switch k {
 	case CPU:
 		return fmt.Sprintf("%d vCPUs", v)
@@ -91,7 +92,7 @@ func formatAmount(k Kind, v int64) string {
 	case DiskIO:
 		return fmt.Sprintf("%.1f MB/s", float64(v)/(1<<20))
 	}
-	if v != 0 && v > -(1<<30) && v < 1<<30 {
+	if scale < 1<<30 {
 		return fmt.Sprintf("%.1f MiB", float64(v)/(1<<20))
 	}
 	return fmt.Sprintf("%.1f GiB", float64(v)/(1<<30))
