@@ -235,8 +235,10 @@ func (r *Reclaimer) Reclaim(ctx context.Context, req ReclaimRequest) (*ReclaimRe
 		switch {
 		case errs[g.InstanceID] != nil:
 			a.Status, a.Error = StatusError, errs[g.InstanceID].Error()
-		case req.DryRun:
+		case req.DryRun && a.PlannedTargetBytes != a.PreviousTargetBytes:
 			a.Status = StatusPlanned
+		case req.DryRun:
+			a.Status = StatusUnchanged
 		}
 		actions[i] = a
 	}
