@@ -28,7 +28,7 @@ var (
 
 func (s *server) GetResources(ctx context.Context, _ gen.GetResourcesRequestObject) (gen.GetResourcesResponseObject, error) {
 	if s.opts.Resources == nil {
-		return nil, newError(http.StatusNotImplemented, CodeNotImplemented, "host resource accounting is not available on this server")
+		return nil, newError(http.StatusNotImplemented, CodeNotImplemented, "host resource accounting: not implemented by this server configuration")
 	}
 	st, err := s.opts.Resources.Status(ctx)
 	if err != nil {
@@ -68,7 +68,7 @@ func toAPIResources(st *resources.Status) gen.Resources {
 
 func (s *server) ReclaimMemory(ctx context.Context, req gen.ReclaimMemoryRequestObject) (gen.ReclaimMemoryResponseObject, error) {
 	if s.opts.Reclaimer == nil {
-		return nil, newError(http.StatusNotImplemented, CodeNotImplemented, "memory reclaim is not available on this server")
+		return nil, newError(http.StatusNotImplemented, CodeNotImplemented, "memory reclaim: not implemented by this server configuration")
 	}
 	b := req.Body
 	if b == nil {
