@@ -9,6 +9,7 @@ import (
 
 	"hypeman/internal/instances/state"
 	"hypeman/internal/resources"
+	"hypeman/internal/restart"
 )
 
 // newLedger is a ledger with 4 vCPUs × 4.0, 3 GiB of memory (ratio 1.0)
@@ -210,5 +211,28 @@ func TestBalloonGuests(t *testing.T) {
 	}
 	if gs, _ := m.BalloonGuests(ctx); len(gs) != 0 {
 		t.Errorf("stopped guest listed: %+v", gs)
+	}
+}
+
+// A restart-policy restart goes through admission: on a full host it
+// fails (the restart controller backs off and retries) and nothing runs.
+func TestRestartRefusedOnFullHost(t *testing.T) {
+	hv := newFakeHV()
+	led := newLedger(t)
+	m, _ := newTestManagerWith(t, t.TempDir(), hv, func(c *Config) { c.Admission = led })
+	ctx := context.Background()
+	a := running(t, m, hv, CreateParams{Name: "a", Size: "2GB", VCPUs: 1})
+	hv.vm(m.dir(a.ID)).exit(1, "crash")
+	waitFor(t, m, a.ID, state.Stopped)
+	if _, err := m.Create(ctx, CreateParams{Name: "b", Image: "img", Size: "2GB", VCPUs: 1}); err != nil {
+		t.Fatal(err)
+	}
+	err := m.StartForRestart(ctx, a.ID, func(restart.Snapshot, *restart.Status) bool { return true })
+	var ie *resources.InsufficientError
+	if !errors.As(err, &ie) || ie.Resource != resources.Memory {
+		t.Fatalf("restart on a full host: %v", err)
+	}
+	if in, _ := m.Get(ctx, a.ID); in.State != state.Stopped || heldMemory(led, a.ID) != 0 {
+		t.Errorf("after a refused restart: %s, holds %d", in.State, heldMemory(led, a.ID))
 	}
 }
