@@ -145,4 +145,16 @@ func TestAdmissionThroughHTTP(t *testing.T) {
 	if st != http.StatusConflict || !strings.Contains(string(body), "insufficient_resources") {
 		t.Fatalf("start on a full host: %d %s", st, body)
 	}
+
+	// A new daemon (after kill -9) seeds the ledger from the VMs it
+	// re-adopts: still full.
+	s.Kill()
+	s.Restart()
+	r = decodeResources(t, s)
+	if r.Memory.Allocated != 768<<20 || len(r.Allocations) != 4 {
+		t.Fatalf("after a daemon restart: %+v", r)
+	}
+	if st, body := create("after-restart"); st != http.StatusConflict {
+		t.Fatalf("create after a daemon restart: %d %s", st, body)
+	}
 }
