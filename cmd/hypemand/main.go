@@ -101,6 +101,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	srv, err := api.NewServer(api.Options{
 		Ingresses: ingresses,
 		Volumes:   d.Volumes,
+		Resources: d.Resources,
+		Reclaimer: d.Reclaimer,
 		Instances: d.Instances,
 		Images:    d.Images,
 		Waiter:    d.Instances,

@@ -18,6 +18,7 @@ import (
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/network/ingress"
+	"hypeman/internal/resources"
 	"hypeman/internal/restart"
 	"hypeman/internal/tags"
 )
@@ -83,6 +84,7 @@ func (s *server) classify(err error) (int, string, string) {
 	var mbe *http.MaxBytesError
 	var re *agent.RemoteError
 	var ve *fsutil.VersionError
+	var ins *resources.InsufficientError
 	switch {
 	case errors.As(err, &ve):
 		// Not a server fault that retrying fixes, not the request's either:
@@ -129,6 +131,10 @@ func (s *server) classify(err error) (int, string, string) {
 	switch {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return http.StatusInsufficientStorage, CodeInsufficientStorage, "the host is out of disk space: " + msg
+	case errors.As(err, &ins):
+		return http.StatusConflict, CodeInsufficientResources, msg
+	case errors.Is(err, resources.ErrInvalid):
+		return http.StatusBadRequest, CodeInvalidRequest, msg
 	case errors.Is(err, hypervisor.ErrHostResources):
 		return http.StatusConflict, CodeInsufficientResources, msg + "; ask for less memory (size) or free some on the host"
 	}

@@ -17,19 +17,10 @@ func notBuilt(feature string) error {
 }
 
 const (
-	featureResources = "host resource accounting (GET /resources, memory reclaim)"
 	featureSchedules = "snapshot schedules"
 	featureVolumes   = "volumes"
 	featureBuilds    = "image builds"
 )
-
-func (s *server) GetResources(context.Context, gen.GetResourcesRequestObject) (gen.GetResourcesResponseObject, error) {
-	return nil, notBuilt(featureResources)
-}
-
-func (s *server) ReclaimMemory(context.Context, gen.ReclaimMemoryRequestObject) (gen.ReclaimMemoryResponseObject, error) {
-	return nil, notBuilt(featureResources)
-}
 
 func (s *server) GetInstanceSnapshotSchedule(context.Context, gen.GetInstanceSnapshotScheduleRequestObject) (gen.GetInstanceSnapshotScheduleResponseObject, error) {
 	return nil, notBuilt(featureSchedules)

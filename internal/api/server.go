@@ -158,16 +158,18 @@ type Capabilities struct {
 type Options struct {
 	Instances Instances
 	Images    Images
-	Stat      PathStatter // optional (501 without)
-	Waiter    StateWaiter // optional (501 without)
-	Events    EventSource // optional (501 without)
-	Lifecycle Lifecycle   // optional (501 without)
-	Snapshots Snapshots   // optional (501 without)
-	Guest     Guest       // optional (501 without)
-	Ingresses Ingresses   // optional (501 without)
-	Volumes   Volumes     // optional (501 without)
-	Phases    Phases      // optional (current phase only without)
-	Pushes    Pushes      // optional (501 without)
+	Stat      PathStatter     // optional (501 without)
+	Waiter    StateWaiter     // optional (501 without)
+	Events    EventSource     // optional (501 without)
+	Lifecycle Lifecycle       // optional (501 without)
+	Snapshots Snapshots       // optional (501 without)
+	Guest     Guest           // optional (501 without)
+	Ingresses Ingresses       // optional (501 without)
+	Volumes   Volumes         // optional (501 without)
+	Phases    Phases          // optional (current phase only without)
+	Pushes    Pushes          // optional (501 without)
+	Resources ResourceLedger  // optional (501 without)
+	Reclaimer MemoryReclaimer // optional (501 without)
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
 	Secret []byte
 	// Version is reported by /capabilities.

@@ -56,7 +56,7 @@ const (
 
 // Resources and actions a scope may name.
 var (
-	resources = []string{"instance", "image", "snapshot", "volume"}
+	resources = []string{"instance", "image", "snapshot", "volume", "resource"}
 	actions   = []string{"read", "write", "delete"}
 )
 

@@ -26,6 +26,7 @@ import (
 
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/paths"
+	"hypeman/internal/resources"
 	"hypeman/internal/units"
 )
 
@@ -106,6 +107,23 @@ type Config struct {
 	// (0 = never), keep SerialLogFiles rotated files.
 	SerialLogMaxSize Size `json:"serial_log_max_size"`
 	SerialLogFiles   int  `json:"serial_log_files"`
+
+	// Host resources and admission (internal/resources): oversubscription
+	// ratios (effective limit = capacity × ratio) and capacity overrides
+	// (0 = detect; memory_reserve is kept back from a detected MemTotal).
+	OversubCPU     float64 `json:"oversub_cpu"`
+	OversubMemory  float64 `json:"oversub_memory"`
+	OversubDisk    float64 `json:"oversub_disk"`
+	OversubNetwork float64 `json:"oversub_network"`
+	OversubDiskIO  float64 `json:"oversub_disk_io"`
+	CPULimit       int     `json:"cpu_limit"`
+	MemoryLimit    Size    `json:"memory_limit"`
+	MemoryReserve  Size    `json:"memory_reserve"`
+	DiskLimit      Size    `json:"disk_limit"`
+	// NetworkLimit and DiskIOLimit are rates ("10Gbps", "1GB/s"; "" or
+	// "0" = detect / default).
+	NetworkLimit string `json:"network_limit"`
+	DiskIOLimit  string `json:"disk_io_limit"`
 }
 
 // Size is a byte count written as "16GB", "512MB", "64KB" or a number
@@ -219,6 +237,12 @@ func (c *Config) set(key, val string) error {
 				return fmt.Errorf("%q is not a boolean", val)
 			}
 			f.SetBool(b)
+		case float64:
+			n, err := strconv.ParseFloat(val, 64)
+			if err != nil {
+				return fmt.Errorf("%q is not a number", val)
+			}
+			f.SetFloat(n)
 		case int:
 			n, err := strconv.Atoi(val)
 			if err != nil {
@@ -338,6 +362,9 @@ func (c *Config) Validate() error {
 	if c.PushConcurrency < 1 || c.PushConcurrency > 8 {
 		errs = append(errs, fmt.Errorf("push_concurrency %d: want 1 to 8 pushes at once", c.PushConcurrency))
 	}
+	if _, err := c.ResourceSettings(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.SerialLogFiles < 1 {
 		errs = append(errs, fmt.Errorf("serial_log_files %d: keep at least 1 rotated file", c.SerialLogFiles))
 	}
@@ -362,6 +389,30 @@ func (c *Config) ResolvedSnapshotCompression() (hypervisor.Compression, error) {
 		return comp, fmt.Errorf("compress_snapshots: true means zstd:1 but snapshot_compression is %s: set only snapshot_compression", comp)
 	}
 	return comp, nil
+}
+
+// ResourceSettings are the resource keys for internal/resources, validated.
+func (c *Config) ResourceSettings() (resources.Settings, error) {
+	s := resources.Settings{
+		DataDir: c.DataDir, CPULimit: c.CPULimit, MemoryLimit: int64(c.MemoryLimit), MemoryReserve: int64(c.MemoryReserve),
+		DiskLimit: int64(c.DiskLimit),
+		Ratios: resources.Ratios{resources.CPU: c.OversubCPU, resources.Memory: c.OversubMemory, resources.Disk: c.OversubDisk,
+			resources.Network: c.OversubNetwork, resources.DiskIO: c.OversubDiskIO},
+	}
+	for _, r := range []struct {
+		key, val string
+		dst      *int64
+	}{{"network_limit", c.NetworkLimit, &s.NetworkLimit}, {"disk_io_limit", c.DiskIOLimit, &s.DiskIOLimit}} {
+		if r.val == "" {
+			continue
+		}
+		rate, err := units.ParseRate(r.val)
+		if err != nil {
+			return s, fmt.Errorf("%s: %w", r.key, err)
+		}
+		*r.dst = rate.BytesPerSec
+	}
+	return s, s.Validate()
 }
 
 // Paths returns the data dir layout.

@@ -228,6 +228,47 @@ func (f *flow) run() {
 		}
 	})
 
+	f.step("resources", func(t *testing.T) {
+		// hypeman's table and JSON of GET /resources, then a dry-run reclaim
+		// (web, created with hypeman's default hotplug memory, is the one
+		// guest with a balloon; a dry run applies nothing).
+		table := f.cli(t, nil, "resources").Stdout
+		for _, want := range []string{"RESOURCE", "memory", "ALLOCATIONS:", "web"} {
+			if !strings.Contains(table, want) {
+				t.Errorf("hypeman resources lacks %q:\n%s", want, table)
+			}
+		}
+		var res struct {
+			Memory struct {
+				Capacity  int64 `json:"capacity"`
+				Allocated int64 `json:"allocated"`
+			} `json:"memory"`
+			Allocations []struct {
+				InstanceID  string `json:"instance_id"`
+				MemoryBytes int64  `json:"memory_bytes"`
+				Cpu         int    `json:"cpu"`
+			} `json:"allocations"`
+		}
+		f.json(t, &res, "resources")
+		// The SDK check runs beside this flow: add up, find web (hypeman's
+		// run adds hotplug memory by default: size + hotplug_size is held).
+		var sum int64
+		found := false
+		for _, a := range res.Allocations {
+			sum += a.MemoryBytes
+			found = found || (a.InstanceID == f.id && a.MemoryBytes >= 256<<20 && a.Cpu == 1)
+		}
+		if res.Memory.Capacity <= 0 || res.Memory.Allocated != sum || !found {
+			t.Errorf("resources: %+v", res)
+		}
+		r := f.cli(t, nil, "resources", "reclaim-memory", "--reclaim-bytes", "64MB", "--dry-run")
+		if !strings.Contains(r.Stdout, "Requested reclaim: 67108864 bytes") || !strings.Contains(r.Stdout, "Applied reclaim:   0 bytes") ||
+			!strings.Contains(r.Stdout, "Actions:           1") {
+			t.Errorf("reclaim-memory --dry-run: %q", r.Stdout)
+		}
+		f.ours(t, "resources")
+	})
+
 	f.step("logs", func(t *testing.T) {
 		first := f.tickAbove(t, "web", 2)
 		if b := f.boots(t, "web"); b != 1 {

@@ -39,6 +39,7 @@ import (
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/phases"
 	"hypeman/internal/pushes"
+	"hypeman/internal/resources"
 	"hypeman/internal/restart"
 	"hypeman/internal/system"
 	"hypeman/internal/volumes"
@@ -59,8 +60,12 @@ type Daemon struct {
 	Network    *network.Manager // nil when network_mode is none
 	Ingress    *ingress.Manager // nil when Network is nil
 	Volumes    *volumes.Store
-	Restart    *restart.Controller
-	Health     *health.Controller
+	// Resources is the allocation ledger (admission); Reclaimer runs
+	// guest memory reclaims.
+	Resources *resources.Ledger
+	Reclaimer *resources.Reclaimer
+	Restart   *restart.Controller
+	Health    *health.Controller
 	// Phases accounts time per lifecycle phase (a bus consumer).
 	Phases *phases.Tracker
 	// Metrics is the Prometheus registry every part reports into (operation
@@ -183,7 +188,12 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 	if err != nil {
 		return nil, err
 	}
+	if d.Resources, err = newLedger(cfg, logger); err != nil {
+		d.Images.Close()
+		return nil, err
+	}
 	d.Instances, err = instances.New(ctx, instances.Config{
+		Admission:  d.Resources,
 		Network:    netDep,
 		Paths:      p,
 		Hypervisor: d.Hypervisor,
@@ -212,6 +222,12 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		d.Pushes.Close()
 		d.Images.Close()
 		return nil, fmt.Errorf("instance manager: %w", err)
+	}
+	if d.Reclaimer, err = resources.NewReclaimer(resources.ReclaimerConfig{Guests: d.Instances,
+		Logger: logger.With("component", "resources")}); err != nil {
+		d.Instances.Close()
+		d.Images.Close()
+		return nil, err
 	}
 	if err := d.startBackground(); err != nil {
 		d.Close()
@@ -263,6 +279,9 @@ func (d *Daemon) Close() error {
 	}
 	if d.Ingress != nil {
 		errs = append(errs, d.Ingress.Close())
+	}
+	if d.Reclaimer != nil {
+		d.Reclaimer.Close()
 	}
 	if d.Instances != nil {
 		errs = append(errs, d.Instances.Close())
@@ -569,4 +588,25 @@ func ownRegistry(listen string) func(host string) bool {
 		}
 		return false
 	}
+}
+
+// newLedger builds the allocation ledger from the resource settings: host
+// capacity detected or configured, and a disk scanner over the data dir
+// (rescanned at most every 10 s for admissions; GET /resources rescans).
+func newLedger(cfg *config.Config, logger *slog.Logger) (*resources.Ledger, error) {
+	rs, err := cfg.ResourceSettings()
+	if err != nil {
+		return nil, err
+	}
+	host, err := resources.DetectHost(rs, resources.HostProbe())
+	if err != nil {
+		return nil, err
+	}
+	p := cfg.Paths()
+	scan := resources.NewDiskScanner(resources.DiskDirs{
+		Images: p.ImagesDir(), OCICache: []string{p.RegistryDir(), p.PushesDir()},
+		Instances: p.InstancesDir(), StandbyDirName: instances.StandbyDirName,
+		Volumes: p.VolumesDir(), Snapshots: p.SnapshotsDir(),
+	}, 10*time.Second, nil)
+	return resources.NewLedger(resources.Config{Settings: rs, Host: host, Disk: scan, Logger: logger.With("component", "resources")})
 }

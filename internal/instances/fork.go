@@ -13,6 +13,7 @@ import (
 	"hypeman/internal/childproc"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/resources"
 )
 
 // ForkParams is a fork request.
@@ -178,6 +179,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 	defer func() {
 		if !ok {
 			os.RemoveAll(dir)
+			m.release(id, resources.ReleaseAll)
 		}
 	}()
 	for _, f := range []string{overlayFile, configFile} {
@@ -208,6 +210,9 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		}
 		meta.HasSnapshot = true
 		meta.StandbyCompression = src.state
+	}
+	if err := m.admit(ctx, meta, target == state.Running); err != nil {
+		return nil, err
 	}
 	e := &entry{meta: meta}
 	e.op.Lock()
@@ -295,6 +300,7 @@ func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
 	m.mu.Lock()
 	delete(m.entries, id)
 	m.mu.Unlock()
+	m.release(id, resources.ReleaseAll)
 	os.RemoveAll(m.dir(id))
 	m.publish(id, state.Stopped, "", "fork failed")
 	return cause

@@ -18,6 +18,7 @@ import (
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/resources"
 	"hypeman/internal/rotlog"
 	"hypeman/internal/tags"
 )
@@ -53,7 +54,11 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create instance dir: %w", err)
 	}
-	cleanup := func() { os.RemoveAll(dir) }
+	cleanup := func() { os.RemoveAll(dir); m.release(meta.ID, resources.ReleaseAll) }
+	if err := m.admit(ctx, *meta, true); err != nil {
+		cleanup()
+		return nil, err
+	}
 	if err := createOverlayDisk(ctx, filepath.Join(dir, overlayFile), meta.OverlayBytes); err != nil {
 		cleanup()
 		return nil, err
@@ -325,6 +330,10 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
 		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
 	}
+	if err := m.admit(ctx, meta, true); err != nil {
+		return err
+	}
+	defer m.settleAdmission(e)
 	lease, err := m.leaseFor(ctx, meta)
 	if err != nil {
 		return err
@@ -564,6 +573,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	m.mu.Lock()
 	delete(m.entries, id)
 	m.mu.Unlock()
+	m.release(id, resources.ReleaseAll)
 	e.mu.Lock()
 	e.deleted = true
 	e.mu.Unlock()

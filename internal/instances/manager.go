@@ -106,6 +106,9 @@ type Config struct {
 	// of console output while the daemon runs. 0 = no rotation.
 	SerialLogMaxBytes int64
 	SerialLogFiles    int
+	// Admission, when set, must admit what an instance holds before it is
+	// created, booted, restored or forked (see admission.go).
+	Admission Admission
 	// Defaults for create requests.
 	DefaultSize        string
 	DefaultVCPUs       int
@@ -201,6 +204,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.load(ctx); err != nil {
 		return nil, err
 	}
+	m.seedAdmission()
 	// Snapshots interrupted before their commit rename, or deletes
 	// interrupted after it, leave dot-dirs that never list: remove them.
 	if ents, err := os.ReadDir(cfg.Paths.SnapshotsDir()); err == nil {

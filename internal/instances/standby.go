@@ -209,6 +209,10 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress
 	e.mu.Lock()
 	meta := e.meta
 	e.mu.Unlock()
+	if err := m.admit(ctx, meta, true); err != nil {
+		return err
+	}
+	defer m.settleAdmission(e)
 	lease, err := m.leaseFor(ctx, meta)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)

@@ -209,6 +209,7 @@ func (m *Manager) recordExit(e *entry, id string, lv *liveVM) {
 		return
 	}
 	e.live = nil
+	m.releaseOnExit(e)
 	if lv.standby.Load() {
 		e.mu.Unlock()
 		lv.vm.Close()

@@ -1212,12 +1212,22 @@ type Device struct {
 // DeviceType defines model for Device.Type.
 type DeviceType string
 
-// DiskBreakdown defines model for DiskBreakdown.
+// DiskBreakdown What the data dir holds, in allocated bytes (st_blocks × 512, so
+// sparse overlays and volumes count what they really use).
 type DiskBreakdown struct {
-	ImagesBytes   *int64 `json:"images_bytes,omitempty"`
+	// ImagesBytes Image root disks.
+	ImagesBytes *int64 `json:"images_bytes,omitempty"`
+
+	// OciCacheBytes OCI blobs kept by the built-in registry (and pushes).
 	OciCacheBytes *int64 `json:"oci_cache_bytes,omitempty"`
+
+	// OverlaysBytes Instance dirs (writable overlays, config disks, logs) except saved memory states.
 	OverlaysBytes *int64 `json:"overlays_bytes,omitempty"`
-	VolumesBytes  *int64 `json:"volumes_bytes,omitempty"`
+
+	// SnapshotsBytes Snapshots plus standby memory states (not in upstream 0.3.0's
+	// schema, which has no place for them).
+	SnapshotsBytes *int64 `json:"snapshots_bytes,omitempty"`
+	VolumesBytes   *int64 `json:"volumes_bytes,omitempty"`
 }
 
 // Error defines model for Error.
@@ -1778,6 +1788,7 @@ type LifecycleEventType string
 
 // MemoryReclaimAction defines model for MemoryReclaimAction.
 type MemoryReclaimAction struct {
+	// AppliedReclaimBytes What the guest actually gave back (previous target minus its memory when the wait ended).
 	AppliedReclaimBytes int64   `json:"applied_reclaim_bytes"`
 	AssignedMemoryBytes int64   `json:"assigned_memory_bytes"`
 	Error               *string `json:"error,omitempty"`
@@ -1792,16 +1803,24 @@ type MemoryReclaimAction struct {
 	PlannedTargetGuestMemoryBytes  int64      `json:"planned_target_guest_memory_bytes"`
 	PreviousTargetGuestMemoryBytes int64      `json:"previous_target_guest_memory_bytes"`
 	ProtectedFloorBytes            int64      `json:"protected_floor_bytes"`
-	Status                         string     `json:"status"`
-	TargetGuestMemoryBytes         int64      `json:"target_guest_memory_bytes"`
+
+	// Status planned (dry run), applied (reached its target), partial (moved
+	// but not all the way within the wait), unchanged (nothing asked of
+	// it), error (see error).
+	Status                 string `json:"status"`
+	TargetGuestMemoryBytes int64  `json:"target_guest_memory_bytes"`
 }
 
 // MemoryReclaimRequest defines model for MemoryReclaimRequest.
 type MemoryReclaimRequest struct {
-	DryRun       *bool   `json:"dry_run,omitempty"`
-	HoldFor      *string `json:"hold_for,omitempty"`
-	Reason       *string `json:"reason,omitempty"`
-	ReclaimBytes int64   `json:"reclaim_bytes"`
+	DryRun *bool `json:"dry_run,omitempty"`
+
+	// HoldFor Go duration the reclaim is held (default 5m, more than 0 and at most 24h).
+	HoldFor *string `json:"hold_for,omitempty"`
+	Reason  *string `json:"reason,omitempty"`
+
+	// ReclaimBytes Total guest memory to reclaim across eligible guests.
+	ReclaimBytes int64 `json:"reclaim_bytes"`
 }
 
 // MemoryReclaimResponse defines model for MemoryReclaimResponse.
@@ -1898,7 +1917,9 @@ type PushCredentials struct {
 	Username      *string `json:"username,omitempty"`
 }
 
-// ResourceAllocation defines model for ResourceAllocation.
+// ResourceAllocation What one instance holds. cpu, memory_bytes, network_* and
+// disk_io_bps are 0 while it has no VMM (Stopped, Standby); disk_bytes
+// (overlay_size plus mounted volumes' sizes) is held in every state.
 type ResourceAllocation struct {
 	Cpu                *int    `json:"cpu,omitempty"`
 	DiskBytes          *int64  `json:"disk_bytes,omitempty"`
@@ -1910,26 +1931,59 @@ type ResourceAllocation struct {
 	NetworkUploadBps   *int64  `json:"network_upload_bps,omitempty"`
 }
 
-// ResourceStatus defines model for ResourceStatus.
+// ResourceStatus Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+// bytes per second.
 type ResourceStatus struct {
-	Allocated      int64   `json:"allocated"`
-	Available      int64   `json:"available"`
-	Capacity       int64   `json:"capacity"`
-	EffectiveLimit int64   `json:"effective_limit"`
-	OversubRatio   float64 `json:"oversub_ratio"`
-	Source         *string `json:"source,omitempty"`
-	Type           string  `json:"type"`
+	// Allocated What instances (and, for disk, stored data) hold.
+	Allocated int64 `json:"allocated"`
+
+	// Available effective_limit - allocated (never below 0).
+	Available int64 `json:"available"`
+
+	// Capacity Raw host capacity.
+	Capacity int64 `json:"capacity"`
+
+	// EffectiveLimit capacity × oversub_ratio.
+	EffectiveLimit int64 `json:"effective_limit"`
+
+	// OversubRatio Set by the oversub_<type> config key.
+	OversubRatio float64 `json:"oversub_ratio"`
+
+	// Source How capacity was found: detected, configured (the <type>_limit
+	// key), or default (nothing to detect: network 10Gbps, disk_io 1GB/s).
+	Source *string `json:"source,omitempty"`
+
+	// Type cpu, memory, disk, network or disk_io.
+	Type string `json:"type"`
 }
 
 // Resources defines model for Resources.
 type Resources struct {
-	Allocations   []ResourceAllocation `json:"allocations"`
-	Cpu           ResourceStatus       `json:"cpu"`
-	Disk          ResourceStatus       `json:"disk"`
-	DiskBreakdown *DiskBreakdown       `json:"disk_breakdown,omitempty"`
-	DiskIo        *ResourceStatus      `json:"disk_io,omitempty"`
-	Memory        ResourceStatus       `json:"memory"`
-	Network       ResourceStatus       `json:"network"`
+	Allocations []ResourceAllocation `json:"allocations"`
+
+	// Cpu Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Cpu ResourceStatus `json:"cpu"`
+
+	// Disk Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Disk ResourceStatus `json:"disk"`
+
+	// DiskBreakdown What the data dir holds, in allocated bytes (st_blocks × 512, so
+	// sparse overlays and volumes count what they really use).
+	DiskBreakdown *DiskBreakdown `json:"disk_breakdown,omitempty"`
+
+	// DiskIo Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	DiskIo *ResourceStatus `json:"disk_io,omitempty"`
+
+	// Memory Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Memory ResourceStatus `json:"memory"`
+
+	// Network Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Network ResourceStatus `json:"network"`
 }
 
 // RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
@@ -3290,25 +3344,50 @@ type ClientInterface interface {
 	// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
 	GetPush(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// GetResources Host capacity and allocations (not built yet)
+	// GetResources Host capacity, oversubscription-aware limits and allocations
 	//
-	// Answers 501 until host resource accounting is built.
+	// Capacity of cpu, memory, disk, network and disk_io, the effective
+	// limit (capacity × the oversub_* ratio), what instances hold and what
+	// is left. Admission uses the same numbers: a create, start, restore or
+	// fork that would go past an effective limit is refused with 409
+	// `insufficient_resources`. Instances with a VMM (Initializing,
+	// Running, Paused) hold vcpus, memory (size + hotplug_size), network
+	// (the larger of their download/upload limits) and disk I/O limits;
+	// every instance holds its overlay_size of disk. Disk allocated also
+	// counts images, registry blobs, volumes and snapshots as found on disk
+	// (allocated blocks, not apparent sizes).
 	//
 	// Corresponds with GET /resources (the `GetResources` operationId).
 	GetResources(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ReclaimMemoryWithBody Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemoryWithBody Reclaim guest memory through balloons
 	//
-	// Answers 501 until host resource accounting is built.
+	// Inflates the balloons of running guests created with hotplug_size so
+	// they give reclaim_bytes back to the host. Each guest gives at most
+	// down to its base `size` (protected_floor_bytes); the guests with the
+	// most to give go first, so the fewest are disturbed. The server waits
+	// (up to 15 s) for the guests to get there and reports what each
+	// actually gave back. The hold lasts hold_for (default 5m, at most
+	// 24h), then the guests get their memory back; a new reclaim replaces
+	// the hold. Holds live in the daemon's memory: a restart of hypemand
+	// forgets them (guests keep their current target). dry_run only plans.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
 	ReclaimMemoryWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemory Reclaim guest memory through balloons
 	//
-	// Answers 501 until host resource accounting is built.
+	// Inflates the balloons of running guests created with hotplug_size so
+	// they give reclaim_bytes back to the host. Each guest gives at most
+	// down to its base `size` (protected_floor_bytes); the guests with the
+	// most to give go first, so the fewest are disturbed. The server waits
+	// (up to 15 s) for the guests to get there and reports what each
+	// actually gave back. The hold lasts hold_for (default 5m, at most
+	// 24h), then the guests get their memory back; a new reclaim replaces
+	// the hold. Holds live in the daemon's memory: a restart of hypemand
+	// forgets them (guests keep their current target). dry_run only plans.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -4873,9 +4952,18 @@ func (c *Client) GetPush(ctx context.Context, id GenericID, reqEditors ...Reques
 	return c.Client.Do(req)
 }
 
-// GetResources Host capacity and allocations (not built yet)
+// GetResources Host capacity, oversubscription-aware limits and allocations
 //
-// Answers 501 until host resource accounting is built.
+// Capacity of cpu, memory, disk, network and disk_io, the effective
+// limit (capacity × the oversub_* ratio), what instances hold and what
+// is left. Admission uses the same numbers: a create, start, restore or
+// fork that would go past an effective limit is refused with 409
+// `insufficient_resources`. Instances with a VMM (Initializing,
+// Running, Paused) hold vcpus, memory (size + hotplug_size), network
+// (the larger of their download/upload limits) and disk I/O limits;
+// every instance holds its overlay_size of disk. Disk allocated also
+// counts images, registry blobs, volumes and snapshots as found on disk
+// (allocated blocks, not apparent sizes).
 //
 // Corresponds with GET /resources (the `GetResources` operationId).
 func (c *Client) GetResources(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4890,9 +4978,17 @@ func (c *Client) GetResources(ctx context.Context, reqEditors ...RequestEditorFn
 	return c.Client.Do(req)
 }
 
-// ReclaimMemoryWithBody Reclaim guest memory through balloons (not built yet)
+// ReclaimMemoryWithBody Reclaim guest memory through balloons
 //
-// Answers 501 until host resource accounting is built.
+// Inflates the balloons of running guests created with hotplug_size so
+// they give reclaim_bytes back to the host. Each guest gives at most
+// down to its base `size` (protected_floor_bytes); the guests with the
+// most to give go first, so the fewest are disturbed. The server waits
+// (up to 15 s) for the guests to get there and reports what each
+// actually gave back. The hold lasts hold_for (default 5m, at most
+// 24h), then the guests get their memory back; a new reclaim replaces
+// the hold. Holds live in the daemon's memory: a restart of hypemand
+// forgets them (guests keep their current target). dry_run only plans.
 //
 // Takes any type of body and a specified content type.
 //
@@ -4909,9 +5005,17 @@ func (c *Client) ReclaimMemoryWithBody(ctx context.Context, contentType string, 
 	return c.Client.Do(req)
 }
 
-// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+// ReclaimMemory Reclaim guest memory through balloons
 //
-// Answers 501 until host resource accounting is built.
+// Inflates the balloons of running guests created with hotplug_size so
+// they give reclaim_bytes back to the host. Each guest gives at most
+// down to its base `size` (protected_floor_bytes); the guests with the
+// most to give go first, so the fewest are disturbed. The server waits
+// (up to 15 s) for the guests to get there and reports what each
+// actually gave back. The hold lasts hold_for (default 5m, at most
+// 24h), then the guests get their memory back; a new reclaim replaces
+// the hold. Holds live in the daemon's memory: a restart of hypemand
+// forgets them (guests keep their current target). dry_run only plans.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -8864,27 +8968,52 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /pushes/{id} (the `GetPush` operationId).
 	GetPushWithResponse(ctx context.Context, id GenericID, reqEditors ...RequestEditorFn) (*GetPushResponse, error)
 
-	// GetResourcesWithResponse Host capacity and allocations (not built yet)
+	// GetResourcesWithResponse Host capacity, oversubscription-aware limits and allocations
 	//
-	// Answers 501 until host resource accounting is built.
+	// Capacity of cpu, memory, disk, network and disk_io, the effective
+	// limit (capacity × the oversub_* ratio), what instances hold and what
+	// is left. Admission uses the same numbers: a create, start, restore or
+	// fork that would go past an effective limit is refused with 409
+	// `insufficient_resources`. Instances with a VMM (Initializing,
+	// Running, Paused) hold vcpus, memory (size + hotplug_size), network
+	// (the larger of their download/upload limits) and disk I/O limits;
+	// every instance holds its overlay_size of disk. Disk allocated also
+	// counts images, registry blobs, volumes and snapshots as found on disk
+	// (allocated blocks, not apparent sizes).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /resources (the `GetResources` operationId).
 	GetResourcesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetResourcesResponse, error)
 
-	// ReclaimMemoryWithBodyWithResponse Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemoryWithBodyWithResponse Reclaim guest memory through balloons
 	//
-	// Answers 501 until host resource accounting is built.
+	// Inflates the balloons of running guests created with hotplug_size so
+	// they give reclaim_bytes back to the host. Each guest gives at most
+	// down to its base `size` (protected_floor_bytes); the guests with the
+	// most to give go first, so the fewest are disturbed. The server waits
+	// (up to 15 s) for the guests to get there and reports what each
+	// actually gave back. The hold lasts hold_for (default 5m, at most
+	// 24h), then the guests get their memory back; a new reclaim replaces
+	// the hold. Holds live in the daemon's memory: a restart of hypemand
+	// forgets them (guests keep their current target). dry_run only plans.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /resources/memory/reclaim (the `ReclaimMemory` operationId).
 	ReclaimMemoryWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReclaimMemoryResponse, error)
 
-	// ReclaimMemoryWithResponse Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemoryWithResponse Reclaim guest memory through balloons
 	//
-	// Answers 501 until host resource accounting is built.
+	// Inflates the balloons of running guests created with hotplug_size so
+	// they give reclaim_bytes back to the host. Each guest gives at most
+	// down to its base `size` (protected_floor_bytes); the guests with the
+	// most to give go first, so the fewest are disturbed. The server waits
+	// (up to 15 s) for the guests to get there and reports what each
+	// actually gave back. The hold lasts hold_for (default 5m, at most
+	// 24h), then the guests get their memory back; a new reclaim replaces
+	// the hold. Holds live in the daemon's memory: a restart of hypemand
+	// forgets them (guests keep their current target). dry_run only plans.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -13249,8 +13378,6 @@ type GetResourcesResponse struct {
 	JSON403 *Forbidden
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
-	// JSON501 the response for an HTTP 501 `application/json` response
-	JSON501 *NotImplemented
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -13271,11 +13398,6 @@ func (r GetResourcesResponse) GetJSON403() *Forbidden {
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
 func (r GetResourcesResponse) GetJSON500() *Internal {
 	return r.JSON500
-}
-
-// GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r GetResourcesResponse) GetJSON501() *NotImplemented {
-	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
@@ -13320,8 +13442,6 @@ type ReclaimMemoryResponse struct {
 	JSON403 *Forbidden
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
-	// JSON501 the response for an HTTP 501 `application/json` response
-	JSON501 *NotImplemented
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -13347,11 +13467,6 @@ func (r ReclaimMemoryResponse) GetJSON403() *Forbidden {
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
 func (r ReclaimMemoryResponse) GetJSON500() *Internal {
 	return r.JSON500
-}
-
-// GetJSON501 returns the response for an HTTP 501 `application/json` response
-func (r ReclaimMemoryResponse) GetJSON501() *NotImplemented {
-	return r.JSON501
 }
 
 // GetBody returns the raw response body bytes
@@ -15372,9 +15487,18 @@ func (c *ClientWithResponses) GetPushWithResponse(ctx context.Context, id Generi
 	return ParseGetPushResponse(rsp)
 }
 
-// GetResourcesWithResponse Host capacity and allocations (not built yet)
+// GetResourcesWithResponse Host capacity, oversubscription-aware limits and allocations
 //
-// Answers 501 until host resource accounting is built.
+// Capacity of cpu, memory, disk, network and disk_io, the effective
+// limit (capacity × the oversub_* ratio), what instances hold and what
+// is left. Admission uses the same numbers: a create, start, restore or
+// fork that would go past an effective limit is refused with 409
+// `insufficient_resources`. Instances with a VMM (Initializing,
+// Running, Paused) hold vcpus, memory (size + hotplug_size), network
+// (the larger of their download/upload limits) and disk I/O limits;
+// every instance holds its overlay_size of disk. Disk allocated also
+// counts images, registry blobs, volumes and snapshots as found on disk
+// (allocated blocks, not apparent sizes).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15387,9 +15511,17 @@ func (c *ClientWithResponses) GetResourcesWithResponse(ctx context.Context, reqE
 	return ParseGetResourcesResponse(rsp)
 }
 
-// ReclaimMemoryWithBodyWithResponse Reclaim guest memory through balloons (not built yet)
+// ReclaimMemoryWithBodyWithResponse Reclaim guest memory through balloons
 //
-// Answers 501 until host resource accounting is built.
+// Inflates the balloons of running guests created with hotplug_size so
+// they give reclaim_bytes back to the host. Each guest gives at most
+// down to its base `size` (protected_floor_bytes); the guests with the
+// most to give go first, so the fewest are disturbed. The server waits
+// (up to 15 s) for the guests to get there and reports what each
+// actually gave back. The hold lasts hold_for (default 5m, at most
+// 24h), then the guests get their memory back; a new reclaim replaces
+// the hold. Holds live in the daemon's memory: a restart of hypemand
+// forgets them (guests keep their current target). dry_run only plans.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15402,9 +15534,17 @@ func (c *ClientWithResponses) ReclaimMemoryWithBodyWithResponse(ctx context.Cont
 	return ParseReclaimMemoryResponse(rsp)
 }
 
-// ReclaimMemoryWithResponse Reclaim guest memory through balloons (not built yet)
+// ReclaimMemoryWithResponse Reclaim guest memory through balloons
 //
-// Answers 501 until host resource accounting is built.
+// Inflates the balloons of running guests created with hotplug_size so
+// they give reclaim_bytes back to the host. Each guest gives at most
+// down to its base `size` (protected_floor_bytes); the guests with the
+// most to give go first, so the fewest are disturbed. The server waits
+// (up to 15 s) for the guests to get there and reports what each
+// actually gave back. The hold lasts hold_for (default 5m, at most
+// 24h), then the guests get their memory back; a new reclaim replaces
+// the hold. Holds live in the daemon's memory: a restart of hypemand
+// forgets them (guests keep their current target). dry_run only plans.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -19067,13 +19207,6 @@ func ParseGetResourcesResponse(rsp *http.Response) (*GetResourcesResponse, error
 		}
 		response.JSON500 = &dest
 
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
-		var dest NotImplemented
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON501 = &dest
-
 	}
 
 	return response, nil
@@ -19127,13 +19260,6 @@ func ParseReclaimMemoryResponse(rsp *http.Response) (*ReclaimMemoryResponse, err
 			return nil, err
 		}
 		response.JSON500 = &dest
-
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
-		var dest NotImplemented
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON501 = &dest
 
 	}
 

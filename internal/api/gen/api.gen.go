@@ -1031,12 +1031,22 @@ type Device struct {
 // DeviceType defines model for Device.Type.
 type DeviceType string
 
-// DiskBreakdown defines model for DiskBreakdown.
+// DiskBreakdown What the data dir holds, in allocated bytes (st_blocks × 512, so
+// sparse overlays and volumes count what they really use).
 type DiskBreakdown struct {
-	ImagesBytes   *int64 `json:"images_bytes,omitempty"`
+	// ImagesBytes Image root disks.
+	ImagesBytes *int64 `json:"images_bytes,omitempty"`
+
+	// OciCacheBytes OCI blobs kept by the built-in registry (and pushes).
 	OciCacheBytes *int64 `json:"oci_cache_bytes,omitempty"`
+
+	// OverlaysBytes Instance dirs (writable overlays, config disks, logs) except saved memory states.
 	OverlaysBytes *int64 `json:"overlays_bytes,omitempty"`
-	VolumesBytes  *int64 `json:"volumes_bytes,omitempty"`
+
+	// SnapshotsBytes Snapshots plus standby memory states (not in upstream 0.3.0's
+	// schema, which has no place for them).
+	SnapshotsBytes *int64 `json:"snapshots_bytes,omitempty"`
+	VolumesBytes   *int64 `json:"volumes_bytes,omitempty"`
 }
 
 // Error defines model for Error.
@@ -1519,6 +1529,7 @@ type InstanceStats struct {
 
 // MemoryReclaimAction defines model for MemoryReclaimAction.
 type MemoryReclaimAction struct {
+	// AppliedReclaimBytes What the guest actually gave back (previous target minus its memory when the wait ended).
 	AppliedReclaimBytes int64   `json:"applied_reclaim_bytes"`
 	AssignedMemoryBytes int64   `json:"assigned_memory_bytes"`
 	Error               *string `json:"error,omitempty"`
@@ -1533,16 +1544,24 @@ type MemoryReclaimAction struct {
 	PlannedTargetGuestMemoryBytes  int64      `json:"planned_target_guest_memory_bytes"`
 	PreviousTargetGuestMemoryBytes int64      `json:"previous_target_guest_memory_bytes"`
 	ProtectedFloorBytes            int64      `json:"protected_floor_bytes"`
-	Status                         string     `json:"status"`
-	TargetGuestMemoryBytes         int64      `json:"target_guest_memory_bytes"`
+
+	// Status planned (dry run), applied (reached its target), partial (moved
+	// but not all the way within the wait), unchanged (nothing asked of
+	// it), error (see error).
+	Status                 string `json:"status"`
+	TargetGuestMemoryBytes int64  `json:"target_guest_memory_bytes"`
 }
 
 // MemoryReclaimRequest defines model for MemoryReclaimRequest.
 type MemoryReclaimRequest struct {
-	DryRun       *bool   `json:"dry_run,omitempty"`
-	HoldFor      *string `json:"hold_for,omitempty"`
-	Reason       *string `json:"reason,omitempty"`
-	ReclaimBytes int64   `json:"reclaim_bytes"`
+	DryRun *bool `json:"dry_run,omitempty"`
+
+	// HoldFor Go duration the reclaim is held (default 5m, more than 0 and at most 24h).
+	HoldFor *string `json:"hold_for,omitempty"`
+	Reason  *string `json:"reason,omitempty"`
+
+	// ReclaimBytes Total guest memory to reclaim across eligible guests.
+	ReclaimBytes int64 `json:"reclaim_bytes"`
 }
 
 // MemoryReclaimResponse defines model for MemoryReclaimResponse.
@@ -1639,7 +1658,9 @@ type PushCredentials struct {
 	Username      *string `json:"username,omitempty"`
 }
 
-// ResourceAllocation defines model for ResourceAllocation.
+// ResourceAllocation What one instance holds. cpu, memory_bytes, network_* and
+// disk_io_bps are 0 while it has no VMM (Stopped, Standby); disk_bytes
+// (overlay_size plus mounted volumes' sizes) is held in every state.
 type ResourceAllocation struct {
 	Cpu                *int    `json:"cpu,omitempty"`
 	DiskBytes          *int64  `json:"disk_bytes,omitempty"`
@@ -1651,26 +1672,59 @@ type ResourceAllocation struct {
 	NetworkUploadBps   *int64  `json:"network_upload_bps,omitempty"`
 }
 
-// ResourceStatus defines model for ResourceStatus.
+// ResourceStatus Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+// bytes per second.
 type ResourceStatus struct {
-	Allocated      int64   `json:"allocated"`
-	Available      int64   `json:"available"`
-	Capacity       int64   `json:"capacity"`
-	EffectiveLimit int64   `json:"effective_limit"`
-	OversubRatio   float64 `json:"oversub_ratio"`
-	Source         *string `json:"source,omitempty"`
-	Type           string  `json:"type"`
+	// Allocated What instances (and, for disk, stored data) hold.
+	Allocated int64 `json:"allocated"`
+
+	// Available effective_limit - allocated (never below 0).
+	Available int64 `json:"available"`
+
+	// Capacity Raw host capacity.
+	Capacity int64 `json:"capacity"`
+
+	// EffectiveLimit capacity × oversub_ratio.
+	EffectiveLimit int64 `json:"effective_limit"`
+
+	// OversubRatio Set by the oversub_<type> config key.
+	OversubRatio float64 `json:"oversub_ratio"`
+
+	// Source How capacity was found: detected, configured (the <type>_limit
+	// key), or default (nothing to detect: network 10Gbps, disk_io 1GB/s).
+	Source *string `json:"source,omitempty"`
+
+	// Type cpu, memory, disk, network or disk_io.
+	Type string `json:"type"`
 }
 
 // Resources defines model for Resources.
 type Resources struct {
-	Allocations   []ResourceAllocation `json:"allocations"`
-	Cpu           ResourceStatus       `json:"cpu"`
-	Disk          ResourceStatus       `json:"disk"`
-	DiskBreakdown *DiskBreakdown       `json:"disk_breakdown,omitempty"`
-	DiskIo        *ResourceStatus      `json:"disk_io,omitempty"`
-	Memory        ResourceStatus       `json:"memory"`
-	Network       ResourceStatus       `json:"network"`
+	Allocations []ResourceAllocation `json:"allocations"`
+
+	// Cpu Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Cpu ResourceStatus `json:"cpu"`
+
+	// Disk Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Disk ResourceStatus `json:"disk"`
+
+	// DiskBreakdown What the data dir holds, in allocated bytes (st_blocks × 512, so
+	// sparse overlays and volumes count what they really use).
+	DiskBreakdown *DiskBreakdown `json:"disk_breakdown,omitempty"`
+
+	// DiskIo Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	DiskIo *ResourceStatus `json:"disk_io,omitempty"`
+
+	// Memory Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Memory ResourceStatus `json:"memory"`
+
+	// Network Units: cpu in vCPUs, memory and disk in bytes, network and disk_io in
+	// bytes per second.
+	Network ResourceStatus `json:"network"`
 }
 
 // RestartPolicy When hypeman boots a Stopped instance again by itself. Durations are
@@ -2369,10 +2423,10 @@ type ServerInterface interface {
 	// GetPush Get one push
 	// (GET /pushes/{id})
 	GetPush(w http.ResponseWriter, r *http.Request, id GenericID)
-	// GetResources Host capacity and allocations (not built yet)
+	// GetResources Host capacity, oversubscription-aware limits and allocations
 	// (GET /resources)
 	GetResources(w http.ResponseWriter, r *http.Request)
-	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemory Reclaim guest memory through balloons
 	// (POST /resources/memory/reclaim)
 	ReclaimMemory(w http.ResponseWriter, r *http.Request)
 	// ListSnapshots List snapshots, oldest first
@@ -2738,13 +2792,13 @@ func (_ Unimplemented) GetPush(w http.ResponseWriter, r *http.Request, id Generi
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// GetResources Host capacity and allocations (not built yet)
+// GetResources Host capacity, oversubscription-aware limits and allocations
 // (GET /resources)
 func (_ Unimplemented) GetResources(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+// ReclaimMemory Reclaim guest memory through balloons
 // (POST /resources/memory/reclaim)
 func (_ Unimplemented) ReclaimMemory(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -10488,20 +10542,6 @@ func (response GetResources500JSONResponse) VisitGetResourcesResponse(w http.Res
 	return err
 }
 
-type GetResources501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response GetResources501JSONResponse) VisitGetResourcesResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
 type ReclaimMemoryRequestObject struct {
 	Body *ReclaimMemoryJSONRequestBody
 }
@@ -10576,20 +10616,6 @@ func (response ReclaimMemory500JSONResponse) VisitReclaimMemoryResponse(w http.R
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(500)
-	_, err := buf.WriteTo(w)
-	return err
-}
-
-type ReclaimMemory501JSONResponse struct{ NotImplementedJSONResponse }
-
-func (response ReclaimMemory501JSONResponse) VisitReclaimMemoryResponse(w http.ResponseWriter) error {
-
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(501)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -11719,10 +11745,10 @@ type StrictServerInterface interface {
 	// GetPush Get one push
 	// (GET /pushes/{id})
 	GetPush(ctx context.Context, request GetPushRequestObject) (GetPushResponseObject, error)
-	// GetResources Host capacity and allocations (not built yet)
+	// GetResources Host capacity, oversubscription-aware limits and allocations
 	// (GET /resources)
 	GetResources(ctx context.Context, request GetResourcesRequestObject) (GetResourcesResponseObject, error)
-	// ReclaimMemory Reclaim guest memory through balloons (not built yet)
+	// ReclaimMemory Reclaim guest memory through balloons
 	// (POST /resources/memory/reclaim)
 	ReclaimMemory(ctx context.Context, request ReclaimMemoryRequestObject) (ReclaimMemoryResponseObject, error)
 	// ListSnapshots List snapshots, oldest first
@@ -13631,355 +13657,377 @@ func (sh *strictHandler) GetVolume(w http.ResponseWriter, r *http.Request, id Vo
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L3rkts4ti74KgjNOWGpN1Op9KV2lTIq9nH5Vrm7XOXttKsjpuQRIRKS0EkCbADMTFWFI+bXeYDzZ95g",
-	"HmAeYeZN9pNMYC2ABCVSl7zY7tr+0V1OisR1YWFdv/VHL5F5IQUTRvfGf/QKqmjODFPw1ysmmOLJ2XP7",
-	"R8p0onhhuBS9ce8sZcLwOWdq2It63D4qqFn2op6gOeuNezztRT3F/lFyxdLe2KiSRT2dLFlObWs5vf6J",
+	"7L37kts4ljf4KgjtN2Gph6lU+lJTpYyK+Vy+VU6XqzxOuzpiS14RIiEJnSTABsDMVFU4Yv/6HuD7Z95g",
+	"H2AfYedN5kk2cA5AghKpS15sd4//6C4nReJ6cHCuv/NHL5F5IQUTRvfGf/QKqmjODFPw1ysmmOLJ2XP7",
+	"R8p0onhhuBS9ce8sZcLwOWdq2It63D4qqFn2op6gOeuNezztRT3F/lZyxdLe2KiSRT2dLFlObWs5vf6J",
 	"iYVZ9sYnD7+NejkX1d9Rz6wK24Y2iotF7+PHqHeW0wX7GZreGIr9iSg2Z4qJhEXk/dufjphIZMpS0mfD",
-	"xZDEqUwumBpy+d8fvsz4TFG1+u8PX9Ks4IL990dPM2qYNvGgYy7wnz1n8+Tk4R6zEdpQkbDWlXW/kbPn",
-	"EWHXNDHE9h8RqUgp+D9K+wspFJvz60+z9j9RbV5cMmHahvuW6TJnhM4NU8QsuSbMvkrOnleDWzKaMlUP",
-	"z7Z3BA0enT3vdYzs0cO2oZwLWuilbB2J/+3LWbh3dKFf8swwtTnaX0S2ItywXJOEKrXiYmFXTq3Igl8y",
-	"QQxdkCtuljiTbEXMkhpySbOSjSci/jdDF/o3w2j+4fsZTS6YSCflaPTwG3jOxOWH77WhCy4WMemnjBW/",
-	"zP7OEkO0WWVsMJyIXtRj10UmU+bnCevxj5KpVb0gtrXGDv03xea9ce9/O675xjH+qo/tdHsfox700Rv3",
-	"6m7t019lVuatFI+/2M2RCrbs0+yOH9CZeGO7ufGwLrGduxzcR9uULqTQDBjxDzR9RQ27oiv7VyKFYcLY",
-	"f9KiyHhC7YiP/67tsP/Yc7NeKCUVdtWc9lNBykIbxWhOFFtwbdSKzCnPWDq0+/gDTd+yf5RMm/sfy7ul",
-	"ZezQGeGa5DSbS5Wz1O4IF5c04zimZ1LMM558shFpWaqEPdBEG2qYpw+SuGFoPLkmGH1fKve3u6bsfGg+",
-	"44tSlnoAs3gp1YynKROfZhpGXjBBMppc6GqolniJTmTBYERnwjAlaHb/Azpn6pIpwuzv0PXP0ryUpUjv",
-	"v+ufJdFlsqy21Xd/lhcZy5kwLP0UG8I10bgIqWSaCGmILotCKgO7IwumoEfSXzEzOIWHOdPaCj+arjS5",
-	"WvJkSeaMmlLhJN4LWpqlVPz3TzGF11xrLhaRP5n2WLDrAkgKaG0IbNe1Y7t5agxNlshnA55C05TbNmn2",
-	"RtlpG2654JxmmkW9Inj0Ry+XpTDTwvHvgMk+Hn33zQZftVyVplJkK+T2c1pmpmrZvTyTMmNU9JAJe37+",
-	"W9jVh+plWV1vT0sjzw0V6Wz1RmY8We2cybpAnbGjGdUsJbQ0MqeGJ5a92AZPUbBy5EGThBVGEzsPEjNB",
-	"ZxlLYwKtkr6lm1nJM0Msmdgrq7li7n37z/UJRz2eZmxqeM5kaXbLY1GPL4RUbJoybbgAYppagoWOQLZx",
-	"jfC8zHvjb548efQErj78u774uDBswZRtMqfXZ/jlN4+r36lSdBV0iAd1mvBUbfTlBxx8Xg94W+sft+/q",
-	"uaGmRCWpsaA0MfySTbmYWXY1TaQQLLFLoYM1DiZoLwm+KFXXHiSWzlJ5JaaK5ZQLO/LxHz1RZpndOS9a",
-	"bEyNZXzB4YW2Vrdu+1Jm6bQUhgOjt1csNVZ+o4YdWWqwss6u7oF0NBcJu2UbAfnt/CCj2lQrDxvBzWpK",
-	"zc2HINi1mbpjd6uGFKOOrTJhif23XikcP2fptMiose3a4wncYpoj96wfpFzjllmhE1XCqZBmqkoh8EXB",
-	"zJVUF+GbrpUpL3pRb0n19HJRlL1oG5E2lx26YBktNLQnZ8h0pnAx95CBrqZzqfwiBcywnryuzkrL5HtR",
-	"rzG3inD9MP2QqpPQ2i/0AtvkZCxoDsfZOqaq/9YzYBRNLuzS5aAS/dGiMIS3QTib4ETXBy04kNV6VFSx",
-	"Y0OaY2m9bS4pB/p7zi45HrkmV0pKpZgw01TxS1Q/d1JsCk1Nedoy++pX4Uwwm2dX5nk5XShZFu18r0j4",
-	"lKapYlq3NnDJRCpVV/fu147u1zYn7CpsOJxjc8Rta/xDybO0ZWWllQvtIb4Ne0gUozva2NyCEiXAKd51",
-	"1UdcmG8ed3ca7AGejn2IoWMbeE4XbJryhRPVdrcDH4A4ucfb/yhZyaaF1Byloj/2mJM2VN12Nzb5FYzE",
-	"UomVpVLHmEu9xH8BN+pFPVSLLQuw7Dmz/25jPWBF2ct4skbIQKcV8whoppNe8ay3SigwE3e+7oc+ub6Y",
-	"av47my5m7Tygg6rgGi/1LTcxp9eWjyLnQ/l7cwSd/As3HBepKVNubueaULpJPZ4+ClW6uzplGTP4z+4r",
-	"6nZ00lj+drLZXKT1ibcR1jNa0BnPuKendepKWGZ1U9li5QzU2geaeHVoSJ69eU8uuTIlzfjvqNZyQUqr",
-	"wFxc5lZzNMkCtBd2TS2/7Y17Jlm0UV3Q/7QWuvYbxt+WK1StgkbIFdUkWUptFdbWaxLURiuHAWXu2K9w",
-	"8Z7jp2/dlx+jntPWdYs1G0Z7lLFLlnmlnpw91w1VkF0XUjNN+l5C1BEBjmv/Kxb2AowIu2ZJRDK50BHR",
-	"zkauIzIcDtHfsTedLyUy/X2n+6N9398B+pAvz/CLj5WMe8jHP7tP6q+dCrWtgZ+rN6umYM5ul1s26AUY",
-	"693vZLkqWE4FuRDyyq4zyIZktnIuCEaTJRoFr5bMLJki3JCECpLRUiRLsmSKNTZj38kGtLTBloBGDmkM",
-	"aW5T1sXHjgA2T0CwSvWGVdseEHnjsPZaj25jz3Yxo7XztMmavJTcLvL7u6BmMf9geXmU80TJy7wX7ZAy",
-	"nVew7mTXcH9052dtkCpZNkdB8xTkuY0DKXXzxYyL8nrnOCUsvO1l1wDPqoPaHKLf8Epr3RzFceeg/UfN",
-	"sf/W+OzD/mxoXdSvWo82h7lrvj/XzKU54UXtbKnneTIanoxGw9HwpG2aC6uCTo2cLrwZc5PgrDqXbXKS",
-	"meLpgpHvCSU/2UUh7gHwC0rePX1DCqbIr69PiaCGfE/+48Xr9/ayVEe2RVKfmFMipLAtCUlgHMFvpG9a",
-	"b0G8ZZ3ggj2Db8uedNtahzI9E8x0rM/o+OSbnVSJa7Gxbru27KZnvfuiDa5EZ1CIyFyqi4gUtNQsIlau",
-	"OuLyKOM5NxFZSlNk5eIoZ7lUq4jMaJZJKY4SKYySGVysB12rnSLpzaQZVt1JHL0I1coMD2dpwcLt2pnz",
-	"6rpZ25iCTy+Z0k6hq+llNHw0HLUdpeDt7cP1L0aNTloHCjKw05Bu5mpY1262m7FR01n3+m6aG93e73zx",
-	"INWgY/poK7rZ7Pce6JqZZ5cH4cYqT9hP947DjXazGSeKQYwTzXYO8E2pl8+C14ON3RqqRIwkRZllLkoJ",
-	"w5HGj4YPRxFZLBM15PJYqsUxLYr/oZf04ZNvxl5qPyjiqL6EN4ck9bGVDX47vqSKU2E+nKJjyTISK+89",
-	"0MR/TPrBnT0gTm0qDEubilpTINjlkrkxBcASb9l61H/ujNy/ebS+ygU1him7iP/Hb/To99HRdx/67h9H",
-	"H/7iHw3+7b+1MTlVZqxpZ9i2AH4yZcY23Vg5F+6vk83b5XbL68e5bZlR8wxkqQPWeUZFesVTs5ym8kpk",
-	"kqYtEWbUMAKXLxAk+c//+b/Ir6/dmTl5NSt0RE4ePnn9w7E+JYoapgnV9gqHm3vK5XRW6EFEjKLzOU+I",
-	"u6iJFEDkv75+oK2MNSQ/M5ZqL3zVgtPacWtlY/U8ymLnLH59DXOAybTNYhARvaQFS4lZKlkuloQKwucz",
-	"gtbrWw2ULTxn3kMbfoEvN92HzWm94pcMltFbIAj1IyL2OlRzmjDSd6I5MapkVgUWFX8hS6qDOQwCISX0",
-	"xO+gvpudcloaWfmTdizJpn//Y9RL8radZkVGE4ZBNaAEP9AkydOGVBgylidPHn2z1Vd9MnrY4gtfu6Da",
-	"5/3H5sqtmTFgj0ndGJkpecEUaBOKzUvNUtJ/PBoN8MBUomfkAk5g/yTJWcqpYSlBCnO0GA4l4P7hYCxJ",
-	"t4jlb56dOXrXcE1Srf1xWB9XKTI7BZYXZkX6QhL77azUdsBOmR90LX67ELM9CCFgK5vjfs71BTk7/gU4",
-	"kTvwct44Ig80uVLc2BMFLEpX52MiSgGfsHQQEYqKnp21MRkj4KoaEstJ9JjE//l//t/HOrbX8GxlmZ6P",
-	"OZuIGRdUrYgVVkkpuNGkP+mdjEaWuUx65HtyMhqR/+//Ipau/t//h1iWcwrtzQodE6kmAv7gxrfPfUhb",
-	"yhKe08xF0TJs2DIvbPbhk2g0Gtn/TQS26vqFF7iuNo4GwW9DckJezwrYZjuwVz8cawxQ3cnMhFGrQnIM",
-	"adrjFNYfkD4VKUmVLDSxs0vydHDXB5SJy20Hc78ewm8a3dRnCIOstHOerEVzzrTMSsMwEmu1eXQMz9xv",
-	"sNMlz4xdh/08Poui3MU3X715/wz842BBZjQzy2myZMlOk+6P8O4zeBWMz6B2gwbWYoy9NooSVMlhx9H6",
-	"kdOVPTVX9iqShBqrGhPQjasbSUgB8dD2qD3Qnl+QmaQqrXkbtOuGEBEtneRQLdlEwPGAE/cvJBwrsXRG",
-	"wdnBpTcWkKXMUt14byJmNLkYB4MHx6ZGQrUkWii5UDQnmjFNXrP8nTQ0G8C5nIjYthFH0BtcrSxL/bjh",
-	"3JlSCQjEq29e3HzgGIaqBYMYW0W5ZumQnBtq7HcQgNg6L03sZBLL9Pc7rstVwdQl13KnUfrH+k3vPzg4",
-	"zaJLB/tJXjGVUM1Ixqz8riOS8oVdYOAIVC+ZPnUJA2sS1R2rAPv6Nlrl7I9RT14yldFVx5H4W3jF4A5W",
-	"RH8yevXDYB9x8RPojbv0Q8XgIEyLKqpy22K9xbdrEa19cX6w+++OR70qblFqTfbJycPXP+yxTPqCF2jA",
-	"nNIF67iO7EF6i8FbcGhlacgV5cb+PXfh4XjyoQ3SR8ddUgBhakMhEFhALH6rmOzGccGUYNkUs25aJJSn",
-	"bvGhU7uE1HB0eDXjTAWz/w9CS5Zpgs0S1yzhAgerO0birKp7bpvP3an3bX+9NeoZ02JV/4nPGbD6GZtL",
-	"xYKoWvTFS7HXZWglnJGTXjzZ7nV0LpOibFn9X9HrTZ69eV/LfeShb9JFyj7eFSaLSSe6K2sFhCkK4dVb",
-	"pWWcsmuMUMVqCWAvuwT29lqWwjQlomBJ2h03zryAvL3bvPCm1MvPYb+r7py1s0MgtAMFStKHrA+qSca1",
-	"c/e+evGOHHsXvFRwcedU8Lk91xg31Wq/2wycEpolpWJtkeprY8oyeWWZLRfkx3fv3vg73t3pVQ5PX4EX",
-	"2h5ww7OMOEXDjtq9w60QaVvrYC/Y4uaqvCyzbN2qqZfEyIiAecMPYeg46zCR+bFhND+mRTE+2WM91uNd",
-	"YHeqAXWTj+crNyQhmRdWmXXOiH0Y2LP6k1rsveCYx7JPA3+173YKL+8xj9FzV0w7qrjIgglm1c4NBnXH",
-	"gsuNbYqwEN27dZtMkJs7XDYXZ/N+39ftc1trq++obY26Qn2RzbN0auReoX0YcWzk9HLOZUcOwk2i/7aG",
-	"D3c93hU13Okc3RVOfJD8AB/X4XsYM18kvNX3vS1QuS0uD16JbhCUvL5VOyNAn3N98YNi9AKC5jcIBa+l",
-	"KViLWgOIN5dfJnyaWOo67CtUTA7rygkhB3zTZhZ+4SOc1zl52sJNz1FB0oJesCmohPa9sU9g84kFVUbb",
-	"FNI9o4nwf7ukifoFr/JEpC3bI5qI4LF9p87Pg6ADTP+MiJBmOrd7H1U5pbZXiKWGHBArhESoJ0xLUfnr",
-	"o8rGOOXCW7ajiXATmRopp5m9MyNSPfJTCAcMxtypXdxoInJmljKFfkE4sGPlQpfzOU+4HYBPnNSwMsEP",
-	"2khFbWdh27itEXoHBM0iMqPp1EXcRMSPxy5VMC/bO68TMn0Cu1fUqgVr50yG8ky3yS0KYvEgIleTvgvi",
-	"e6DR/9JUh+qsTAYGmSq/bi9BGejyOQykLQaEC1El2RzWkksBbYZWVM4YO15YlzG5YrOd8R9wTOo2P3Qd",
-	"MNd95zHbNGTWo9wcwUYfL6W6uJ1nZ65kXmVK7SlBz12cFK209GoZ+xxsY0VpiBR1mFCSSWFPg9XPFbPU",
-	"7kSv7ljDtdRjK74574DtnvTR7nTv8psVm5Gb7SI3uxfv4P1zeH1vL7z98Hbi9+41E+wq2KRPuXY3tWUe",
-	"svR+9W68/OGHLVFkSHMVikHllk0oqHOmVCIwUdhf1nAPqEGqtTy7EUZ4bmRRQGLMeZWt5w7VpkgV9a6P",
-	"7IdHl1TZ6WjbAgxf1u34v31r+HfV5seoVzsaDqOyQsk5z/YJbmpjVeil2OSEmzkh8qJFmlyPtMavPnR2",
-	"9Mx7Tg7ILH9KCiVndYi6KoUmdEHtwWlhdqcEvTToNsBL297rJHbeGxxkHBFaUGWIZbVAHBmfs2SVWIHK",
-	"UseQPHf5amhYeiUnwmewEZy/PiV0ppkwZM5Zlmpi6AVEE3BFHNnpIYntWozBURNPRF8qQoUzX+HyDEjO",
-	"qABPDXiW1oSDPyBNq1RsapaK6aXM0t74UdRbGlMg5pXdwN4xTu93yMBVpjf+dvTtCK5mw9QlzSDCVfdc",
-	"wtm0YIrLtDfuPcKHZZIwrcMurILoc5l7D3XNTKDjjxuJ+dcsOcAn9sK+/jFqm9v6SX8mwZZk+CUj7nWN",
-	"cEK5W++aiZYClyEwiz9CjrpV7/Vruefgf3z37k2vsbYb3Aktt+aKOaZkhS45J1Iw3OTK0wXbUV8I1yay",
-	"fCljVBtyokOfh97Lbtvc3o14F0UTRvBXB3o1k9IQLjz+hl/gVIL0BUnMiNYx50ob4ijFTkhbMbJe530H",
-	"uElq23bcvd7Ycm7Ixjaf7LHNJjlkl989g00OEvpb9rje0JyugAHA/uVSGxJ7+ogDSznaVYOf3L1FQUTT",
-	"S8uw1F4Lua72Q7S7o2Wca4Sncr8rK5j5z9jSGsW/Q0NAc4U2H9qTDU8/bLlxah5wsEkzp6KFZJ6qxSW4",
-	"x7kIPFE+AM0+cV4pIYlesiwbnJK81Iawa27I6OaxEw+ffLMjhNGFhk1TrvZBednQaXDGOy5VYEmHrSW7",
-	"LlhiVdr6sl+PSqAAuWZ/JVfUKq4BIY9GTafPk+++C8/faNR2AotWqDInXxP7a93D8fopeDh63BqyDdfd",
-	"oUAtcOBb5Ep7fKoxDOxZtU806VdU9UCTxK7inCdWinRpCpdM8Tl3CpQ/ku4sQgu7xSeYyI59tkzpQAHx",
-	"Bsuz98AaasS63FYrGcRh/A1JCBQFklxb4MpE9OMwly0enBJK0HoIfJZmWqLzAN6LfTAftAi3Ks0ZBsXg",
-	"xlUCArigUS7UZK0TOzpGpFkyBTLfRHjXI0THPB6NnGjmdjfJZJkeBapU1JtzxRJlJ2v/ss27/wRpeZe/",
-	"78uRq5af2Z5+DDuq/3jZ6LJ+/h/YefPB62oU9fNffwcF5My7DNc4LsaIducDdRjswzjPG6Tie4SGNYyu",
-	"piuS9Ce9Sa8OBMJsBMW0zC5ZSrgZtKZAN+Pubj6zHQFyXZlTQeSbN5ithb64RCiYDQQ5CJccVAEZ7oEn",
-	"AI1Pve9uvxQsZ1FOZMqqmA4nEY5rs3GAVetdo9NSgHsWrZ3V09DoOhGVlXPqERrXbcjVhzD4aCJwn6c5",
-	"1zk1yTIiQk7hX/ZCra3ViVSqLMw0oytmP6sMxaRPhfN2J7SA3HgYJ0tRpoV+gJNojCTTzBguFoPIrbqZ",
-	"4pI7g6/txf6BgBnekLtn6NbPlvYzO9PA24wR9BXA77GD9z122TQI7dtOx93RTW986JIP3YUVoJpshD1t",
-	"S33Z7FDJveLvgZW88S+3AqOsWzCv6EoTS9OQS076lvZR8baXK4I8kBlbcpFiNjqw6cFwL9wYcEtWjpk1",
-	"Jwr/vbLHuS23+2OVIog868OgkMWA32LQiC/dH7ymlrJ2Lp3DajvQDVgWacBo9zrwe0fKrsmwO5hPu3PY",
-	"MfX9EWGaZLQ/OIeLYWApAX7g4svt5hEtyZwq0s8ZFVws5mVmJYcMea3P31jL8bFfT1OrEu3nCcQPjDQ0",
-	"2/MLGGbdR+cLVZs75LVgyM3hNLtaa7dzC843jIEFExWoEKwbwojZw9OKMNTmh3Y5YS0Sxw0Ehg7/fHdu",
-	"8m3S1+4sRw1c5o1Etd1nAofy2t6BByoCS6lN+8X0IyQyQWQkMZLABTsmlGTcMEUzBwIS/yUMgIpJXwpG",
-	"Mjpj2SCaCKkIJc41gfIymEZoAcgvgFBLNYn/8JL4x0Zjw4l4KlYY1w0GETCQrrtJaVGEX61ph08ebVEO",
-	"WyaM2LQSo98EkaJWPb8dDYbkDegIM5bJK0g1gdvIaQQT0YhGtJdHSlkuxQNNYgdd4yWfaaH4Jc/Ywv7T",
-	"thlDl3oizJLlYadgFHz8+NGgCkg/RGProhWnXf8I+/u0NAfTDeLftyh4KUtBB0498QB861Mn0IGpPCLP",
-	"pLzgLCJ2zSOylMXRbHW0lIWVbAslr1c+Jndd3d8NNB71AFB+zariLTLbofjDc1gh/GNzW84dsIADMX79",
-	"Ud2Dw+CxhtGlVq0zU2+Z3u4BBjT+8E6DXKpMrwfPoq1Rlazdy+uDKnA9ptTRyj6scYPGGvGWe7SAzj74",
-	"LNO7Z/zup3NimModbm9l6Xv67PWL7Yl/HRmaDXAP2Iat8ZnNUR8Y6+dY4JbiGWDbkIqcPSf9Sp8tmPJx",
-	"LwOwIvtkBfv2A10x237AZeMNI9ra6Ti5I4va+tXm5xh1W4/OgnX4FJmtXQLjOyv65ymRl0wpnrKI8Dmh",
-	"YnUYDspNxBYPc1osqe7wcdduSXiJCHmFJi30YWc+HShdy/2ocXa391qDHq8bIZznqjKdMasAs5Q0Pt9f",
-	"hTg47ZQLMpfKqsjOywrcq84wbc7X5Yf2Dsyz3EYTQbrl7Ujj9oaia26m7UGAL665QYONU2Jdnt0DTTKq",
-	"MWUQdVi3fBdCXok9FWfoNwh+WpeirtBz7vthAmoWTeA7bzaFsT2a9CIy6V3wLMOQfc0XgmbkO9I/P3v1",
-	"17OffhrYNzw8yOYWbskR3aRUrjFJJgSjp1m2OiV0w9AgpE+Z8QFxN4Pv3COX1PO7V2/eg9OZ6qmPhO8A",
-	"Nr9FvmkY7LDvwLCN2vpwo6TVhIqupNXwHGPiau8u8yy3YP7uhQa8H2d4jqbnhmWtQX1wHGZSugTB/ZXS",
-	"PRMqD06lDE1cjcx9Zx9xIB4+qXJTHIB7wge/aIff3MXN9rB3rHn7y7zMKDj7c55lXLNEilQTXVhi4QLt",
-	"fev3YH0HTkR9CY6dlwjstdxwmvHfoaiHuw4dKloaEb0sAZw9mgiNYVoVgNrAfpxkZcrFAu2CeOO5nsvC",
-	"ao1CXjWMvzWzPtQs23dG2cFBtthb5pX6z/djEO7zmjPskZbqkGE6aOrWCZZ3hZvN9j1uLoDRfTXd4btB",
-	"6Yxr8h4vXJDXr5YrQskboEDy62viCM/eh9xols0nApdtgriCIBGhi0IKPLHupI+JkEQX1LIbNjdEionA",
-	"PIxTMleMud9kAFQz5xnTK21Y7gN+y5xNes7WsMdawVhvtd6HWLOr/NOtyaM3yfLcmtcZmuR8mh6SSXPj",
-	"3RHw41xjwWuo1YH00iDcxqqGUt6acNC4E1v58boq0S7kb1PCrFCyoYflKbuclmXHzRqEnu4RatoqZLSE",
-	"4FehX1Mfi9ZZiKZ6swoS6zKfa4NS1C0JGBracfLh+ke7t4sMc3/0L1hhXNBdRu3/V8MeDPfu3QdM3noa",
-	"Pg7vbgoPNNfCF0gZ10GtGOjIxWJc38VCkkumUp5ANsqwCuo7nogqkBMhRapgQU2uGJhhwYk79PrMmFC3",
-	"2CC0mYmYlWZDKRCygjBoRnIEBV38MHtehl71ol41Gvg39HhQVN3zuv2K/H0v+ODHqn381/ugR//E9dsR",
-	"dd11IqL2M7WNF3QCC++Dd/fc/UL6AdzdoE2xbxUMdkPRvS+w+QCHbv/mt9cPK1oiZvEifnP5mLj0R69O",
-	"OwwMKvwPLl0cKwFsgBtv2Cs8HPPD/apDJGvwsw/Ho9F4RMffPIZ/JHuVh2qPS3CAd5iNPfGW10nPuWJw",
-	"yQa78Xf94m6jrY50DsygTsfk19evaxke8tXwvhySs0CgH3sEI1UKHWHoBopMVuyvQQIKxQqqvBzvTCND",
-	"zwTG4VOypNrqAq43lNLG5BKQLuZK/s4E6c+sAFflVUpF4AFIZnAtTIT3dFEyByOD1BhIMCaB+BBWPISP",
-	"rUR2tVyh8AaOISfB1aLaYEjOnc7SgFlaloaAIuOW5DXhMA87fYM2DgiX04zBwSCU5DJHPZxnjFC7jIWS",
-	"GNV9zY2OJsKBjnCDjzCZIpEqtXRAXF4LcPdfX78GRu6FleFEOGts/XNlJagS/430GWdDLyGPSaDRJbLM",
-	"Utj+GSMpQ0u/vUM1Y+FCDk4BXNLz+Kul1PZ3qVgKmZ80pYaShArXFAQB1FI5LG9CBWL/QFdgNmreDo42",
-	"e5aIaxIMcoKiHlJLL+r5LYLcoc0sovddl8faCWkrVOLRqqa4mF0BLS1gV60RK5tiUt3DFuE7Kcqp09Bb",
-	"TvGb92jq8aTo6cpeQWVuN5BmmTtTdu1d9KfdCnvF01SvmeBkiTjebiCizGcOobrKFO4w+1RF57rMLW4Z",
-	"ldZdS/mWaZ7ak+LI16ntwcT2XFnXVWm4rxczBeF9s8v1QZFj0r7x69Y0s4QsqADVrGMlOy6JemVdL5d5",
-	"57p4ECB/qgP70uFr48sAquuu7n6A+XqGzxLGLy0l2Qfvnr5xMJsPNDGKCp1zl7TC1CkZ1be0fXVw4JDM",
-	"fkOCbdgcjhvprUfjNcuaDjoG1W2x1BfuOmmYANH6pxjNspUVWfSBA9oWVrdHwFl3BwU/wHsXshmeukuN",
-	"g9k5BPcKmm8kVu9XmQCL3tBGZ2sdBHJkWVgm2M0mO51OlnWCql6RFoojpD+qzrlXn/ZjlB1uWYfW0eCR",
-	"Td7ewh9bWEPL8W05PptXS9R1nbWJjq/hhbcsySjPnyY+hHS9TkORcZZOFb52EHYH1ZovRMvNuse3lTXg",
-	"7vwYt77ZiowKOx2XrY3IfjeYW6HYJZelvoOGpMFco3kmpTro29rG0JXMfsNhHXQ0Gga4dnrpmuZe67jP",
-	"pm2bcNRxAKJtSdmNg3XDsiKWQ5Rin4LkrlDzXKp9KmvU1WPWg1daXt115KvAldFOMmg2tseq6UIKzdrL",
-	"Vroq2ntZqdu4XEsswW343B6Fsje5mNRmWiHZHNidNlMIxS4VqzEjquS4ysDl32lVi/y5uMmEq9LKN/h6",
-	"gy7am+oaYPeBbF3R9tWKKipqI8RmmYPDUBV+lNocrYHen1bl+McQJBiHkOddoXQHlOdnAuxyuUOYPSSG",
-	"0oW+eNKhWebSKiFAUk+t/t6eYLm2ah+717FZPHHTF9IafuOqWPTrKmeDCMx/pN9Z5gyySoUUrGkRrIqX",
-	"beGFu4uStVLKG2qWZ2IuN2e1w5nhQjoqa4yH8XWpumDvLJiCuu1SkJQJnwK7Oz/tmmujOwyx2meatP62",
-	"5nVq/qhXecbFRfvv9pdpHZe62+zauunvBb8msKkzbvbVmrzL/FDG49apdVtL3ZJN/YsAuHyJsBJV/puR",
-	"YLr0aKpvfjl/R46LUi+d+6kl66VL7wWFF1NpwAgKSX2EZggua3mYfcFRCq72RPSTtbwcjehwfBFVELOD",
-	"U8L+UdLM1YTAxBQiRcImAobqLHOHZ+G0TaMZwuNQX/ca5pD8jKAZHpQGisHtSQifsQL7nmm1uNRo0nAw",
-	"vAD3URa+SgfXIRpwe+7ptsRWvTwklXVXZNdm1KyvmOERjsG07LLOwY6tCTetQ8c9b8HjhuceXgLab7cu",
-	"7Mp1/BsYKDCjMSInVZ6tYNfGAw+j3l/BC0Gu4xXHaNtDMg03ysHXNeBxj7enaHUBJtsVrjNYHbUYGdmV",
-	"XvDL1srTbXEWPsCiygx0He6fIrgOfX2YEPTWc8MAbJvMpFLyyuHLS+HSsPtSwUQHYwJufC6c9TOaCESa",
-	"L5jSiKMtFcnkYsHSIXnBwXBkpQAkRZFCLaArqdIIStVUKc9GXjBB+pTMGFWQiHXBhIvOWUN0cA00Dn71",
-	"sJlD882jb9urEoS93qIhP7N1/LGw1Mu2qJC3DnzzKZqDWk07CYbWtsQRcn1xkD6wFoO+xxd35mY4ZJje",
-	"gOad7AeM13+KzvO9P9y2NV2hOpUFb18rW1jidp97khY0caL4Poa4+ZwlEOMAYQAHYP3qcla7Y/ZwPeGy",
-	"bInc3yWnO0jlaoKbgw/so2sFbZsD/rBl37q37CC7RMsJbct+2R3+vkZP7jje7KvpLMSJ3vZ9E1S65gGH",
-	"94sH+fDv9gzrXv9wHQcKQL3dGNzSheXqw63toIogAviwexIyLLyoO5PSaEJ9EEBQOXFBuahjWdcAFCfi",
-	"lSTrAIqkHz8ZjXIdRyR+Av9/kj8awT8eLj0gT8oyunJlUOx9iYh5P4NyY4U6zjThmsQzmlzI+TwmeHJT",
-	"8vPRCXijrQRPYazUTESc0+tp9W5XVfEIJd2/cwOuu+ZH309E3ZsVeDSpsZfn/JqlOOgh+SW3DaSIMrkR",
-	"qTARGP0MsWlWiNiAfnS99Ma9Jxov5Ck1huWF1ZxH+CB4J4d0O9zhnhQ+2gsFqlnGphB9CNFH+SaEY9XQ",
-	"RkhXsAMBFKDfinAjqmzmJ/uhATZntA0I0PWGDu4rQAOB8YQtTNl1wlga4pSNyPdrOWPbjMFrK7oxHlp4",
-	"rRGIjIsF7nQA2lhTRr0W+X7Vqqqz2ewV5csKkwziavxqDEm9zWMXXEqJkOLod6YkBO9EE0HJBc+yCGN9",
-	"EkX10v7bxaVmtBTJkkBkkHvkIFQ9HClmTVXNixW2G2RJsCoLbTQkTyGw3TaI4TQTEeLwPX1zVtE7KUUq",
-	"BWuG28Av9qYL6ReHsGfQpeN1P7uG3J+/iJdVc+7RU9fqx/UD0lI4p3QojRnVRqMKnEmxsDvBjHb4MaXA",
-	"4+DoMYTv3IcGPnYz7vOOUFv3s2XLFxeMFXY3+tKxHXSGA5bCwO7LBs921fes7ukP0ZSamGhmQFcRksSz",
-	"TELgNFohY6gqSKvD76BA2vSU8Fy3GGgazYbaak5FSbOpJaI1nledb0sI280GrYTxA/b5Gjo4x/arZ9dP",
-	"XS8vqk58rHS9NLcMuq4nu4Y6GGT6TX28eHWn+Gzv8KaqkgVgny7zKRxrV8vcLWQjoWCzh17Uq7+74Yo6",
-	"8nsL83pxzc0z7K7xPMhNfOl7brzw6+tnfhQgMF3fxZJ3HSapbllX6QvAUN+Y2Dkz/t3zZMnSMrtpIaIA",
-	"03jn5e0CLPfN6bFUM8Xau+tIqP+6xwlSzDBhDqhmVa+E/3DT6e9mG7beJj6fB4m67VW2WLoWEHUDjLC7",
-	"qtgVtFOnq+w2KQdfbXhrHbpw9Y7DfPJz73mj7343dDBqBzbcmEfYR8sP0F3wHKvmfLihVfxQ63I3YAAq",
-	"cGGh7HU78S2Tj9saukl1tu0RxF1TxFSIlqDPtXnvG2XpLGa7s4y2xBmuxTZWAeYHhDPi6G/Mzt3nuwyF",
-	"66912gsPgvwTd8d9tiRCAom1zrRjXm2LupYTGYx2G7/dZG+HXWc0W0jFzTJv02pRNP9dm7SR6XJK+EJI",
-	"xdxTnxwWSlb2m17Uy35/3Oo42RoGkbFL1uKThGGcHJ18FygNp+Tk6CGZU20g3+TR0RNfWCIi3xx9R2ZQ",
-	"AjqaiJOR/XAWABMwYQU/e4DnslREF4ylVpDMfn9MRkffNRTkibBd2M4eReTx0TcR+dej79ZaMUvFGFny",
-	"xfIouCcmAmajB0PyI18sCf5FEqkN8Xn8co5J90QKQn2OvUNOmwhQn4MS3A5g6LuDgra2JR41eF9bDTUY",
-	"zveer0EVbQjhdjncRVZqSNLRa1DSAB8/YxPx1uczusxuqYhrdnBaqVzft8AvQNZJH5KX1lv13w2aunGd",
-	"SeKzS/a7b8NFCNpoPHXtBUu2p7HwfqqOOkKZhlIJEEv3SQ4thTWpVfV+uCaBcx9SieKN1mNnzsJvT6sb",
-	"RXvsGP+FU641vfTB2Ifr9uuC6h2BYe70WdUi/o4U5z212lLcQT6yR4TAUe8Ozbmd8rE7V9JqoTtmdi8q",
-	"yjqS7z4974hlblFymhNcu5yDAXzYg2zfhrM+CBrxeuqE7H3sxGBeaxSxHe3nyWzTottuAsMqC2olSLo0",
-	"RQxzUhf1vTlbESsXkaOqBNW8ZvxRxffxoePld1pjrJpVUGcsfLbO5Zv1xtzvt6tTeB/6aiePX/NBaHrJ",
-	"0nbOHniaqmo8E3HyzbfLQZVlCre+bUOTUIp2CbdYPI4aiD1z+cVtXblwoBlNLhYKouAQ2aHvyCZyJnAI",
-	"9aBQ8M/3jRDyhHoLKgkWYTAk7k4bk4Z48ECTeA06Z9h5UcYRYZlmZBQE363dWl7qOvTeMlSZW5LOWl2J",
-	"g4ruNMJLApi91roOt265bQXeOS2tCwVrPWkhLNr49Oh/xyKNZDocH3//L//j6MNf/lt75ddG1Klm6ihl",
-	"c0iEvmCrI0CrJVZfJP0LttJWe3j4bUTguSajo4dPviHJkiqaGKZAEI83+46bwAR/IFqhFb8WDj+S0dxq",
-	"MFjCxS1XONsno5YFeg9XyKE0knMRPj2J7hoYdAcU43600hhiSDAhYmMIWLhnqsXN4f5uiQZmzB723rZj",
-	"gNBKXUXdc9vrgTBNT6sv7wpk9VBs+KBa/h1WyA/tKb6HneGNG0uyWRR9h6yfW5lp6stutWUWpJA70WKp",
-	"2CpTBu0GrXTP4bWX3Q7K+gjHvqtuWpWXvF8u2jpk4h75aNVK7W4dIcrcpuyuyxquc/1pY5XblvZvlJuX",
-	"UoHk2p2I5rCSboZzd1t0vN2YcDxn6dQVWNxBgj4pqv7mQ1uCj2ZJqbhZnUOJNwxtgZhaD36Pf7303OPf",
-	"//auVxeEc7+u1zv9CIrzvAWy4W0pyC/PzkgihaFcMIVWf02oJpceKYEmSy6YHk7ERPyNKwZGNGr4LEMn",
-	"fBBA9PTNGeYTjKtSZpBuoyPy7+e//IzF3XXkBVIsXmTFVqypRAoljUxkpiOiZdCuvBLk2U9n8Or587+S",
-	"K6kuJsJX0g1rxZcilylUs4PcdxC4619pmmqiZc4AcmIi+mDdO0aUmigA6mSXkCcCo9IRuaLceDVJs0uo",
-	"LAFTsHOJHZXGUTPWKiJx6CmJESOYICQNQi9xrAzLWZZCGQolS8NOyRUMnBuP/rKUQpYQ42LfrDLZAKCn",
-	"/+rNex2RN8/OPIyijjDqPihipyPy7qdzcskpoMxHLmsuCB4nmFBnBXjE8HFJg2EeHWw2JY+vr+3OeWQi",
-	"HJOvCYtRAlVkueYZEyZbebP0kPxSMB9aJ+dkzqhxRXHrXVpSwDubiFnJM8BXI1ToK6bIk9EJiYU0U24l",
-	"PnutsDRGAqIroiXQ6ItLplYOe5JrEv8xger4k96YTHrD4RDxnB00dPD0Yzwk+K30Y5wIdp2wwpB4wQzK",
-	"LXFd/rZgiQsYJIKxVE9E3CggMSY/YDz8pByNHiUQrw7/ZDHp/3huRdx//9s7iG7BCHoXWRfXaWk6JpCB",
-	"CTXwXXISmFmXMnOjSGSBJwnAOEHlqsZvda7rI8+HjuDdGBICKLniWZpQlY5J/BegVccOx39xlHo6ERUh",
-	"QtUPYq5kRKCq55FmBVWIdDWTliwUg0WwW1xNByFDkJ5wGnZrAVyKAsbbkABAEdT+38BCwuQmh33HhYOW",
-	"AouGJQkss8WNL6AIW+CO3PhKccNiy8auWJaR/uPRo4moclHGmBjBjYsGBMKOMa0MGWA8AFL6iefc6HF1",
-	"GFy5DyCBmUw507gbVCl7kLlHi9aZvCJJxu19MxELZsjj0bck9kUqXF3eeBAR6l6D2pCwqZTMrDbOUoJh",
-	"20TOJyKRQjDMpyX9J6NHZMZWUqTQAHDWmUwhFlMKRt6/e3n0LapSpG8U5RjsRw2diMejUUQoLgUoWNoO",
-	"7uQJiUuhywKLjk+BGUztJeIjWS2vQUY8wYhErHD2+Pr6+Mn1tWcN7vTDjj0Zjcbk8eg7oKxyPueJnedU",
-	"+RDv2CPGLkLfbIX56ljfgl+yQUSejP51rR1LCHQBdcnBIWGpCvG9FEthsnY7KEFBm/gqhMBnLF9JfQ9W",
-	"OpqIvqUYwwSiogl25fhnTkU6sAsLMwnXCBuOo4AXTsScZwwoBxzRc8Bz0aGjWc6JUaVZjsO8LoiF4gLr",
-	"9AmaHdOCHy+YmAjPa579dPZAe1JZf9M9tvuxYILBscSwXW4moh9D4Wn/iyU6R4e4hVAYET7x96k9U7Zj",
-	"h0Znx5hOBDUkPrY8b7iieYZs0D34u5YidpDS3EBGsA+5fvrmrBf13Or3xj2QDkCILZigBe+Ne4+Go+Gj",
-	"HhbYBYnnGPbHpbK1ZnE9hetAw32A9e2QWcCHOC24O4Y96AiZ4VnaG/d+4tr84Ju3fSqaMwN9/dYuLtav",
-	"gHb0kmfG6lMfQHMFuRXG+XA0ciCwxieJF0XGMa79+O8udA5lz731SjfSFujfDROLn9TQvvx4dNLVdDXo",
-	"4/dB/Ur86NHuj15KNeNpykBVeIJz3v7FmSNV/GCPcf0szVl9vaNYXOY5VSu3f8TTBxZtqqSEQc8rub/1",
-	"kBKskL1+/1kx2f44tgcfY5f1nZIYYu75rauQHH6Q6eogCtlGGI0+vIXqY1PpsFrLxw0qPbmzMVTEuUmM",
-	"9sZwm+TocQ9C+YGm1Uz+zCSMe2fveVyh21ExSDrQQ8U2j//g6Uek6Iy1+YtuTtvPocWQthvE9bjV+QGw",
-	"lJ9wTx/jOHZu0UsrZ+EH3+3+4JkU84yj9eIzUA2u411RjaOMj9Fd36+vmOmkjtHnYT1fJs19BhJ6xQzo",
-	"B3dCQdXteZAE9cpKoTw5e977+GGDZR0XqsQysjdv9O6v8zd2UJ00/fBT0DQMAVTm4isrvf05eMsgR8if",
-	"Ayg/mCzZ3d7D96q8/LOoLnsrLv911JYvX2nZqrLkZWZ4QZU5nkuVH/kotpo41n0ae6gkd8xDO4nMIdd8",
-	"1UjWqRNXp4LbAtORs1fdLU+8R83kGcQk1QS8Sy/B97Ov1+nt9VkfDYZm1S9bL7l3rWSrTvJVI9mikXwx",
-	"+ojTRsAHfB9inKfFF9jBxpi5bf4fJQO0FIz16c1llskr7+un+4Ry7CHnGXZtcJ5H6OtuvcuraI/2axWm",
-	"QfDCh8iB8/MXXwm9SejnGN/geOQDjQEG+ksg+cQDx7qYm1ZiP3fxEyKFGA/nz4nQVffLORQB5YYlplQs",
-	"spNTK6LsqcjZRPTrQIRBw9F/IeSVRt/hlatTgEEPHtgD3M9UpBPBjfbBAuTsOdZN8gllvqcowH116EIA",
-	"dZpFE4Fn09c31ejgwmEcQeZX2PqQPBUrdIw5V3ZOVxOBFXgMFF5Gt7vfmMGQxFY9z+wxlyqOGn96+Al0",
-	"58U1mm4MXKIdxkejP22DczwLt+seL7NGPy1H/0d00tYv3fzIH3geGwfrb0tqgmgYSzuqxOJIS+CX/jxh",
-	"/VAsQXfsAmW6eTvmSwH6CBDheG2XHMU5pOScJ0pe5gMXuYLBOLMSo5iE9El5dnBQyGnBNdajd4lcoHs9",
-	"h5fiQdu+W/XxuRvzF6/540D3Uf3f1ivhduTPpZttmgCCvS+o1h5cKK321pOrf9LO//HXHcaAt2HY1pPR",
-	"ydjS5fGrN+8bXWPYDLW/kVlZocQCF0WG9evLs1/Ccrynh5yFiXANt5H1s4Dw79VRil18Jj+pPw/tegFu",
-	"5VebxKaRFk8KoZ59zqVqUG7fxyU2kf0Hh56iwErh3j9u4H3ud0OAVNBk9HawgC5MqD8WeK4G7abdp77X",
-	"mtXfP7de63Qftu2Gh5hiCLDfuNaG/yQc+U1NTEcgyWT+OOpGjO3N2HJITzvNXkhNj0ePu2ipXt1Bl1c+",
-	"4KO7jF/vxefZrS/O/tWgh3pVKqZz6Nbvsl/dbp9fMdO1yaPPcV39KdT7VoPUzXa/QyFv457k7DmUUqE5",
-	"YA6BycelJDmLD/eOmFpKCa0/65k5ORfV35t5OqDp7zBotWMnnWIWhwujpZrEr168I8c+VrthK4sjuKRR",
-	"/Q8hlZpkjMaQLuvXDnXmJ6oNfOrc/fds4frJp4RssXJ9ldoCJaeRQQM5HjTLKmLQVuUFowukMuBLocTm",
-	"aLT9mFUpCvUNi4mnAU1vcExM27hPjul66OCYztbFNSmLYSPJqzf+7UNz8S6ZgLScJUsu4HKwJMCEceMa",
-	"dNkzMGmhcxWscHmGr3zx1gMY5z5S6F+hCrbLV+sDHpGBvJGEKrUCZF/gQ4YuCNUXiGcx+LMbGLjfZk8n",
-	"7kHHgYJkme1mhHOEri7KDNJIYns9xT69QNdlmaAeuRSXTEE+Dzeo+Pz6migpzUSkXF8MydsmPoUvylNl",
-	"+wiC9VMqaIm+VNBPUirFhMHUwVIjvpnLpXPVm6A++eCUFDLL/DUFsz/+ww76Y4x+GszYS1exvYBjxJON",
-	"h2CG85VU0DALyuXcw9dCypAlswjKqExEXUeFbCmjEnubc1zhY1kBwzY5EWCzVKXQzhLYMMbHLplJDyuz",
-	"dTw4tbokzexfoPmyiYDklBGJuQCL9bTqMHI9NTNqVCns+xPRyGapPuq205y5kjf3Z6aBHg6y0txd6Ijj",
-	"Oy3Bdz5dLYi9+1LZx5etX+FK1myijjjpU70SyVJJIcuGOLAH9wrMN43Tvk3fbphGH4++c9AyYQ5iqV2V",
-	"9AoHtU3nrs/EYXHwXwnoJgTkY+Ad2RxGJxuq+Yak2LGZo/vnMe9qOvtzkcdd6OI32OubecZhe3622jfq",
-	"y1xAlvwuwbp668uXrXGo+0jX1ay+6ritsbwVbUREZinTLpU8JNOKLvZSZrvE7xc0WRJVZgzBITT58d27",
-	"N2EGr+KXVk6WAqU8KJ4a59Qky6H9NyRIuziJb0cDl1sP3nvMZgeMBHzfNoDifT/+y9Dhag0TmccTAW8w",
-	"TDDP6IxlpyT+w8/hY+NlP1KEIyAJLUypWDoR8B1K7jGWEhj6FmKEaqgajAdQ1hQm4151s5Hz+pLeaCUi",
-	"3jtEibJCuWakUPJ65fyaE5FSlnvQ86odALnQMrtkKZRCdss7tgpGDth9xMEd2UkYpjB+hFbAACg/oDpi",
-	"hWyPq7hgRpMno4dDUDow+x+XfWopPyY5vXByBg7TAV08hqCyjGlNAjCOibC6LfeuF7d/ToWihrBrmpgq",
-	"8d/K/dUO20GhP2oiAKQvNlbNQe9vYnW2uWUuUI9Klyyt1hHxQhBiIfCyTUQqGTabyjG05itv9yG0RpJY",
-	"sZQrlhgodO1+HQSAIhPh5K/R0AlhDL3MUG+Sa2LoBRMRoaRv9x6jjexvA1JQbqc1EV73A5KDupSEBgfB",
-	"6TwzhqAKW5QbxxrvVb3BPj6TG7pi/h3iB/78xQsgX3489JtylnG9rLmLpUTdYND6JvdEqOj4b1o8i61q",
-	"SkDdXxWVLz7HV/jTSPrc6IBswCylWMaoZungFkS0RQnqIpXRV070pyfASuWqiODm0uw2H6ijAHL2HOBz",
-	"GNzbpeD/KMExilDnn8wvWjmnduh5/q0dk/tFZKvA4cV9dJKhpvb1roX3e3jAfQ9QA7nwY/Qlqpo4xP10",
-	"TbdWf3rnjJ/oFqXRE9mtlMY3gI1Wu1UczFntMkFINdJAVIPweV8kF3SlX1/XDhvw1tj3f3392rssAMTx",
-	"THDDacZ/By1UIYr44JSUAGXXFixwRbn5N/j4e6cnxVbZs4+duwW0oYWi+XAiXnKWpboZ4x2AIvbjRVHG",
-	"EYldhEZs9YW4zjiIHe6b1ZAE+Y8Xr99HTVdPVEXkDxEVcehKssTRRMT6ghfTC6YEy5zipscEEm5AY51z",
-	"waLQxxP0BUuIuGkDd3E3rM6jDRTFbeqJO073q580Ea8/uYLiWcYmi8ABfhVKbyATPNxrsV5Rw64cYvwm",
-	"VBEgtFLnsalJ8WCu1VBhQp6wjwoTnICvoEM395x4rbSvjSx0BYI5uMl+7uFT6dy20SdhHKGZ7ys5bMr5",
-	"Nz/LN/SxuM89WA81ybLD6I3Awh71VrEio1XUuWYGUWM1oeRqKTNG+nMUFDI2NwRgZ+UcolDoBQguXPl8",
-	"QX1q/14hZq00JGdq4a9lMFj7UBOwpELIBY7FN+0L1XnQ1VIkSyog3OOpq/DOBYYfeahrMBdbCodS/iBN",
-	"jQm1ghTYiYMiKWEBcwCprqrHQ8xNDH+AzFSKlKG0JNhVVfF8Io5I3CyqEI8BBRn/QMRjiFiZ9D4iGnD8",
-	"BxjcQdDz3U0EIXI+H5Jndm5eTnFV/4PK4b6aNpQ4AlBGO9eMz7GJuLUIdjwgs9KQC8YKu4NxUDc7JlBe",
-	"e4wl5qhtAzuAJmH7hzDHsOaEm6HVNNz8pGBr01Msl5fO2A4f2ab7brldVFHsKyZCHt4RiZm4jHEkSgLg",
-	"d4iZPeMQo6RJWWBw6ek6jrXtQshWnG1IDsT21zG2H49G2HtYM8QKqsZk9j91hY54vClVuiAnQnRCM3Zk",
-	"JNbTt7sCH67q3HS7V2u9uLrqxA4NViIUd30YDKDXKg/OvATikEA/lmQQO/kMw5F8SRcKmbz6CnLf7DCr",
-	"44ZnCxGsnU7iwbkdQrAPbSJNsh46pPUxGQ6H7YmTzVIu9yQ9t9eL2Ut6/vSXIK47NxorOiEf/Wpsu81t",
-	"CgyyIVw90CQvsVqmX+E7FZeP7ZE9ckf2eCmz9HDUvPWbuB1QCuxXDsw5asiPVlN3yOsQp1yNh1zxLCMy",
-	"SUo1EdShZDz0Jz6I5fRMt48Z1likMvL8q9GkA+02A+CaCc0y22hOV8Qho/tLFTyJExHXJV9EwNq8gzF0",
-	"/Erh65qNq4p53EwESMVtPOVHmaVBgab7lGyDbs5hrdpO98+OA8OyF6VpzrCe3inRdM4so3Zr9lUe9ifY",
-	"bqm9uRp0fI8nFgl/n0wcUrnZ7c7yNGOBabneW2LPCJaiAEuelhPRTMOxAjS4kOIq6Nff7FEl/QQRwbHD",
-	"7cACLC4sAcoggxHO1XZoLNigA7Jik4o/95EJL0Q7u5DV4Fp8PRv+bDwNFyfldCGkNjxx6/SZNMeWA5YU",
-	"t7wDW9q8UcbckID6iiWEllSTmKcxlNUs8zrhYSJ+otocQVrZ0dlzF6ozsNK9fRRjAA82YtWaARZcSKmh",
-	"MenTiVjLTKMaCoEMoOyR8OlXVtwmGdQJcv1DkUlipJwImWHADOgsrojEnGUZmbElF6nt0Y1mjApfjPUg",
-	"hDklih1h4YzwssGoKlfLiYlUVzVpY7QUpTEOrI1RYFag35Gv2YFfHdh3lH8YGrp2pR/ywMl7SCriXTMz",
-	"ds2Su2dnc6ku7klRsAcfikxDxCOWC+ZYFgwd/Fbul1eCJLJYefuZlZYQdYHrixrny76WyYUekpdK5lU5",
-	"auO74LYD+CTJpGCnaBhzlz7pSzUR8MQHYWJ5J/to6uxtLhjRxzUWpWkW6RFgtsNq2NAH2MmxvjJoCOHr",
-	"g3pklrVwUTLnP8XfrTKIxY0wBMBHrU7hz7iySoIJpWrVl/6HwjvQOILs0GqibrALfsnsgvjH9t1BM6By",
-	"IhoRlcT5WF0DXGOlJDRUIqhHFTZpW2PpRPTDxbSCX2M9240vL6W6uGfTS9jFF+i29Kfi61XwGWBp7bm9",
-	"N4flsWVQnYIhCICZXJCMC+bLsp2fv3DyHMbgO1nO1QeDN5lIZMpSQvVEuMJuKHyQPrw9JpNexrVhwoX8",
-	"j78dfTua9KCSnA4KZp4//+tEpMy2ZlkXODywdUiM1gktmMY+Z4rRC4SqoyKQWiG3FOqogYHWlQRzhlgs",
-	"MTdjicyZJu//5eXLl8+H5G/IaAGqNI7sHTARtg+0/qKExVKHloqxJHb6C7s6jic5MTTl2hkp9OlE5IwK",
-	"l6FH4jF4DWjGL1kMxQjt+36d/bWuVuTkCdFRradOxCyj4gLfRLGUG8tOg8dXgGWUcg1uKVgOwHeCRYkm",
-	"wkfBMyhC6pgkrjJUcZxTnpXKN29qWRis1iyFiHU7WVxlNHnHUKkydkSBheuQJF5ACUsUKkG0hjqAWmYM",
-	"aItr55OAwo+a/85IP9ZMcZpNM7mY5vQaSgTHg1NiKM/wgsXdgap3hCZK+gwD19KcZ0zbucCCZFIsfDjL",
-	"N4/JX/kPE4G1DkHI9aVQcY/lnFBDcqts4Lsd5gDPMH+Si52xdD/7EoiEXXMNLj/szEi71yn6rrui6uys",
-	"2yFzT0YjKIfO8zKHv0bwgAt8UFeFr+pnf4zWx/ZXxgq3wXZcVuKBsXWN5iYQvhud0qIg34cRUg80cUQR",
-	"kcs8dz/++vq1fSFhWkeeLZDvyRWiZVoyY7kUJOVpZ0QiCAfto7WjsAKysGv1m/vrMs97ka/7F1Q3rmMt",
-	"718dk548vmpgt7b7eMjihlfD3nr761CfRXWCks73puW0Gnw2awbZMXxJoS8REfKKwLC+Fjy4rWT5UjH2",
-	"u5VF3m5Gb1w+e/Nek36t8K0gooKnTNwsxKpbAnWq6D2Rulcn//N//i9HN/BPN+XT8AoK1N7KxeeRUbxm",
-	"j5yDC0OTFkT8tziVL+nEBEKcW+iv5+b2dbfAu1rbKu5HNUNL92e+At7CIL5AiuaG4AJ9vQhubWJwfI9Q",
-	"zyLvh6C1oIVeSnNktzwtM3ZYCSX/OfGf71HitUoxct+e+57/LOHXnzm9sxIYNjZnS00Q/24XKfnfDy+j",
-	"dBiJBEr8bvq4O0a30VcX4qL7/Sv9bUZ9fwLiu5vA8PIe6PZ8B93evX/inJn1nj5TfOgND89/VSSqOyz0",
-	"LpVPXvgUp2+3FKHvSTKOz32cpUP8qfyeVv9zMOfoZKxiv616qCHUZSJatEkMMjfkiuo6eLNaNkTtsSpF",
-	"SsDpC77KwSmJncs4GEndGQTz92kV6ykVulch73Ui6FwxvVxzoDZ2DWZQheVRMKfbdy64SCei73UbX1jF",
-	"acyRFxGl2lB/TisfN50I/08p2MB7RRru2yF5Wq+BLE0G5nirdFdxODvzSD03uNd8Ut/JZ3LMVnPs4nTu",
-	"969W4k/PGt/RC6s11WQ87/DU3iXfO/5D35ndbMMx46kNMC0QiOtQZAt9t9AW20J1KpuAxySuuE7NnfqW",
-	"A0I++xXXLv4Qw1qqXROMQJIdxOx0B7bMVsAcx7XlJ2hkpiCFqhG0bmQdvAN3QIPv29sAocEmgpKAX5KM",
-	"UeSFwdPGtw80QRzqpy0jyemK0ExLrMPhLhYj6wUJw3gABDqyVwBk6JU5Swe4ethxHyyf9rKBBMJwlMHs",
-	"+s1bB5Li7K1S91qvaoBpAEOFiwxuBkQaqH5uriVgNUjRdiesmV3v+VJwvbXcCh+/ZHvv13vhU5qIJUBE",
-	"17syo8mFPQ0Bq6mvhJteE9E+NjeXBHI/srI//2velXOfiIQ+/AfdEjQE1NBLlk6EkbWXxa7Pr69fE3Zt",
-	"/9WPl1RP/dzjKl7HXiyDIXEHEqJK6rDFyqsTSt9DEtvZKqY1lyIm8pIpxVMf6Nim1LhMYXdrVOksDoq0",
-	"gtV36zyciHc+o9ohbvps6/ZgcfjqnqML13r5wjgW+nT9NfGVWX0GoEcTOIH7UrmjPGjLvrtjj4ChytyX",
-	"Hs+EUSvIE4kx6STJU4iVZgKijUVUGTTWdGN/qrFwKCBBOayojIPAjyi6D/TglMicG4MSkYaQPgfSAPni",
-	"LtztAHagzP0zg7qPL1d4sdzfhRt+5Qm3CH/6QUoTyO335Ngz1HSCDp4bWtHbG1QU1057W9yeUyn30iIf",
-	"j777ZpcaGf2xJZhxmnFxoQ8Lafxwj+fFLtOZmMu28/I3H/uIBeJ9OiydSZcybVfu65H59NeopXNCYfnt",
-	"MeMpC7apj2bU+gFd3DSS6n7CDe0R7k4EePbmPebt2PvQyfIu+SkI0SV9yFc6tn8OIuLgCMlsZZgGGKO1",
-	"a/bd0zdOG8CofAjrvaIajNEJAOWRp0Qj66ql84rmf2dK6gpqMeOXrELv2RGzfQ6z/QQ3HnbUhgTosCNK",
-	"XZdL+Xpd9d4yl80F67JmT3X0VVUCs2fsizpCsrgzWXb9DpXFlxmD5U7nVwqurwFZNIh2oWjC5mWW3bHu",
-	"dCmzMrd/4D/OdpTm3og5cN9vj6EyNFn+Ci9+RT78EiOx7P4Q6vYSE4gbDLPTEe92v4P88NcaZf9WDqYd",
-	"byN5nT0/E6AdbAFxugkJPzVrJHz3GnXYxReOmvZVL/j0hxTJoz6kRt7DEW25H64oN50C/Ub92g1IMV+R",
-	"yKfVo/fO5/677yeCUZWtSN8qB+nUqqCgLw8qkHbFKNTb8nn53CDAl501uDnJbAVwCSybk74zU0TeHByR",
-	"82VpUnklfNxJRN4LLJCLKf4OBJ5OBA4w8vWmaIXoyasqvEOAHTUs9sY4xQoA5Pa47RB8Q6gA7canhWoE",
-	"zOxTUcXJ2/frLGXNxSJzHo3BKdblTZYsjcGtiVqfFMytRSs8+t8oNy+lalZE2JFU+i7YEdLHqdBZxgZD",
-	"v0bV6hBMd3ZlxnpRj10XmUyZN6tsq+XQbYKpKiisGVsgJfUMf0T/vvvjZL2IQtTTZpWhIUblLeEIryRJ",
-	"S1wngiCaj0Y6Ig/zwWnlg/nGPkkoBh4Z8iTvzKPlOZOl6XWYkb55fJNkz5szbbfnsNdvXSedQT4Yb+ZP",
-	"KdQYYCL9ahz9HBz9h0wmF0H6f2CYoFVxQWfuAEeDYyFfAkBPUeol24L4AJgD9qUGBLDlJhqQEKpqH2MP",
-	"+hyRf5SsZKnLy+eC66X3h/QdqrP96mQ0GpHqZxwHSG4YgYJJ/DVMdCsUy09cmzc4g09R/cV2tU/lFxxS",
-	"c32G/3Tl9t2e3GXR/RfXzjpNnDAB/Rjpg4GgyonVjYlic6aY8zVSrHViicFV5e/H/p9hic5jw2h+TIti",
-	"fBKfkucyuWCK/FjOkFEKGTQABiN7HdKcpQgz4gJyizIDeGhNc0ZyKvjc7mHKF0ybaCLgsQ8aYCnJ6Iop",
-	"HSFEx2xFFvLIEh3lgql6uLNMzlxQgROcvDy1pLpCbIc26IJyMUDMOTh44Gn0dT5nNLlYKMsdMZrCIVg6",
-	"aA138v4uZ6ekkFlGoE4N7iNIgROBbCpGmEMsTwq/pzGRisRzyjP7777H74DiOZquNLlarsbBCpYC2JuV",
-	"MCJSPU2ZACz4BDEaquc0TaE0FgSWUUSTj8hwODwFAHPDCPRHZjLlzBeES8sEZbGqGXwJ8F/QGauXUhkP",
-	"rK0HQ/LUYXXArKaJFIjKm6xiz2NUKbyce4pAf0BdGm9RLohUKVOkH8NqTgupQcaLI3JCvieCXRtEAn9X",
-	"A054UBcMXsMIkwKKFVnBsiJWzvQU5h6PJyKTsrC7GZFC8UsPpp9xcXGUyYRmfslY3aoggJKT2v7fZJQL",
-	"rJrLNYFQGyur+lZJ3WVEYi40S0rFpvXTOMIFtPN3JCnnhCLJIbSY/8rBisGkGzWGSL/Uloc4R0BBtb6S",
-	"CtEXqwM6NfKCiRhqBU1ENVC4TqAzO7sxcH27+D7DGnBeScGUhilDCSa5WIC4PBFQ0xrJxLYBaGt1JL27",
-	"pGyL6HzHQ4rXzy/PziYisRezXRjbzlQmfApP4siym9nKy5KWnkTFDS1fIDM2h+CixnVoe3J9eGTox6Pv",
-	"xgStbx5kzbYA/7YnfDgRTz35eM0kp+pCezIFdQaALt2plqqqq4CndCL6k16zCZZa+di+YluZ9JBSAXFH",
-	"jwGf3oPOT53pI4bdoGRG04oLQ9BHsNETgWLLTJolQTRr+MbRTcGFwHPqGLXjloNT8nj0GNsXlvM4JcQu",
-	"5ykkIrj1F9JMgRvGruJwXeKLI0PGIlwTgROP8OPEiX2x1y613wRYNstR7c50pw3AfX6fqQK2g4NMQA/v",
-	"zmcMskq7bOIo6quucAs5CdaRilqEof4i84zvMMEpMNwE9/UWjF7kfC5zp9QRBjiCqUOkLqzJH5er5ao1",
-	"3bU6APcVuNBBhH70fyYDfmslogIX+CYC9EF63SsmmOJJpdYp5zft1uw2recgEvsPrQQn7XOxqKoUtJLQ",
-	"26qne6SjupMWYqp8xJ8e4vwzGBt+xFqRBU24wTBkFx3BpdBbrMc1RbRTn//dEWCDiI5RKDtWLMkoB/iy",
-	"fV0yNyCqt9jLa+jznq5nbNz19JmcNGtj6Db4uVdIkVHh0XrLzPzJ6sreDRQPrhTGVLnAJLNUslwsycwe",
-	"lDs6JMFt3cg/bmW1WKFYk0TmMy4Y6T/9+flg2GrMOg+SQHZXY6669gDIc1SrameSlYnPnp82E82C5NrB",
-	"dpzEaV1vJu3dPGcv2jF6P+4LLjqBG+1ve1eS9sv4V/tRV//hmvT1wGdvcx3kOXaNBv7T5Td4dPB6tKMv",
-	"uVpxu3Y5ApeZrznelpiJiq/jwf6ls+eYFZhTkyzBnFIFW9dFtah2Omzq7K9tixEEEd+CQr60Ut91nvVu",
-	"g291bL94leqfodaBNjXNd5YUPxC3pcGp96zN20gcPQwc6qtO/RkAqCqquRNsqQ1Np5scRl/BHf4LkJnX",
-	"6W9DZTfT7j1VVOp9k5PdsABKo9VtqApQ9MSLBGHR3hYIAqyTGzmj8gYYQRTA4NR4qi5UZhvSwkQg1IJP",
-	"S2y0T+rmfWKT/72CJzgNQWgqUXi9IgjhIsAomIi9QArCNahf7Codcs9wBGEXX2jpkJCevjKyzwbgRZsH",
-	"G4OFb8XdulEIfOzi9jgTfKsp8kWb9VUpRFDaqelTyzIW+reLD99fxq7uNpxNHwqcUKVWUG8cy2egI8vQ",
-	"RVc4ya9upIfy6E+un7gY5j20EzelP7lhFPSGy2r3Doqa3R61gucFYlYLqjQj7No8RnAKOSex5r+z6WIW",
-	"k1f8B9LnhiRSG42Wzwoth9Aw2w9Ohj517U2Ep1a4Wi6Z0uXMDmDGquQmd70OhuTMaKKktG0rlhh7fXJN",
-	"Rv/65AmRVwKrpozGoyGJ7f0UE0xp1c2Shnh3qTJjp1jHkWsiYb40I/2To5OH35KMGQOhLSlfcKuJxUdx",
-	"ROKp/b9hfEoWTNjDw1L0NdGZZgJCI86e66pCmiZ6SRXGu8LfBU0Y6ccQmFKlrPD0YwzWDU0YN0soGKml",
-	"5VChsQIDZiCCwAoEVPhjbhcXvwvd74GDeBjsEp3JSxbECTzQJMZmqtIy9r2J6PuA0pPRw8eDoOWRHRYU",
-	"h4c0w5xvcTHfa6ZB2MVnuus9F2q/6XFdvxpF7uzK9qWbLj1Z3TQ5wB89e+sfUZUs+SXr9utUGDZQo9BQ",
-	"NVz8DgHwpQhC4QyFQDSaJKzAIHppz7Grj+VDepYsS+tAn1MMa3v65uwBVnrFfuBUBWiURZGtkPU5qiUZ",
-	"FalLRbBiDLBkxw02mLKVICYilynTETBJy9Vyw3P7t17lkO4PLGtJVYp/QeRI0A7M3P5MEloQJuZSJcD6",
-	"XLzKRLhVdBPWGJ8XLA/kPUfwtBQFTS7ckmlfkcbVgrQNwruE0WQJGZWEmolozMnxx8XvvCAzmc/s+JIS",
-	"6sVDt7RAuenxySMSO94zNVJOM6vQxJ6DVW0OJ+KFgMAwVyoRaoYBwRBZmip93S+xqoIWCwhEgwJfGLU3",
-	"Bw6NvY9GULR+LeIoYJ8AyjK2l4fMSoNoBTqClIt4OIRKaHhUIp9L79051O/cRPTdvzBYEQZ95F4bRMGe",
-	"+k+rLZfKTs7HZhvFWOTxqATUmKNQi2suNYRrYTiFQ3vxqHxCVreQvfNc1XqoQqUvhiifxqSfMlb8AjXP",
-	"olBmhbA44sKivSDwQFsJVe+6VV4qmT91R3cvEA3ntdgLRGMvL0ar5wgpans/viLZSXtFslYvQ/pp/Qv7",
-	"XNf2+DXvyrlUOTW9cW/GBcUYoM3yXl+v5/u8nh+fPLqz9YPIya7l8wwfuTkU78slnGYq1tUCe8JdlLKT",
-	"i6sXBsPPbQdopAv7651WnOW2Msamt6XNdaLD+8WD/tlrZUieVo9B8/expqvA0e0jY6WyLDiU1r+biCBS",
-	"NLh6qpybMUkxcZob+70L2jVLlrvUjRY+jGPuSoX/Jy0e8k/l7LmZCLyjhEjNFa0affbc0kOIelzZogIb",
-	"VGtY3P2DJBzA2r8CJKy5cG5GOzdz3ng8g97HDzAYlpSKmxV8OmNUMfW0tFLLbx+s3OEG9EclTa20YZgJ",
-	"6+UgjCENn1TJg8FDl0UYPKnNuI1vF5hkEj70qxE8qiOjgocoKjcezUqepdrO9f8PAAD//w==",
+	"xZDEqUwumBpy+U8PX2Z8pqha/dPDlzQruGD/9OhpRg3TJh50zAX+s+dsnpw83GM2QhsqEta6su43cvY8",
+	"IuyaJobY/iMiFSkF/1tpfyGFYnN+/WnW/ieqzYtLJkzbcN8yXeaM0Llhipgl14TZV8nZ82pwS0ZTpurh",
+	"2faOoMGjs+e9jpE9etg2lHNBC72UrSPxv305C/eOLvRLnhmmNkf7i8hWhBuWa5JQpVZcLOzKqRVZ8Esm",
+	"iKELcsXNEmeSrYhZUkMuaVay8UTE/2roQv9mGM0/fD+jyQUT6aQcjR5+A8+ZuPzwvTZ0wcUiJv2UseKX",
+	"2V9ZYog2q4wNhhPRi3rsushkyvw8YT3+VjK1qhfEttbYof+h2Lw37v0fxzXfOMZf9bGdbu9j1IM+euNe",
+	"3a19+qvMyryV4vEXuzlSwZZ9mt3xAzoTb2w3Nx7WJbZzl4P7aJvShRSaASP+gaavqGFXdGX/SqQwTBj7",
+	"T1oUGU+oHfHxX7Ud9h97btYLpaTCrprTfipIWWijGM2JYguujVqROeUZS4d2H3+g6Vv2t5Jpc/9jebe0",
+	"jB06I1yTnGZzqXKW2h3h4pJmHMf0TIp5xpNPNiItS5WwB5poQw3z9EESNwyNJ9cEo+9Lyx3ZRFT3lJ0Q",
+	"zWd8UcpSDyyXivAze3GRmAtdzuc84UyYqe9RxxGhE5EoRg2LbO/KRHY8RioYxlyqC5JKpomQhsy5gUEs",
+	"pTYPNGHzOUsMv2QTkfGcG036r168I8dV64MxvJ4zre2Vauek3SzwjYhcWS50RfVEUH3BUveAazJXjBEq",
+	"UnhfXjKly9n0T0QzYyxrA+51JcssJTTL5BXJpWKWDX2Mei+lmvE0ZeLTbJ+RF0yQjCYXutoie2iJTmTB",
+	"gJ7OhGFK0Oz+B3TO1CVThNnfoeufpXkpS5Hef9c/S6LLZFltru/+LC8yljNhWPopNoRronERKrrVZVFI",
+	"hbQrC6agR9JfMTM4bVCopitNrpY8WZI5o6ZUOIn3gpZmKRX//VNM4TXXmotF5DmSPYfsugCSAlobwnXj",
+	"2rHdPDWGJku8XwJeStOU2zZp9kbZaRtuuf+cZppFvSJ49Ecvl6Uw08LdW8Hl8nj03Tcb94m9TWgqRbbC",
+	"W25Oy8xULbuXZ1JmjIoeXj7+Hvst7OpD9bKsrvWnpZHnhop0tnojM56sds5kXZHI2NGMapYSWhqZU8MT",
+	"y9hsg6coUDryoEnCCqOJnQeJmaCzjKUxgVZJ39LNrOSZIZZM7FXdXDH3vv3n+oSjHk8zNjU8Z7I0u+XQ",
+	"qMcXQio2TZk2XAAxTS3BQkcg07lGeF7mvfE3T548egJXPv5dX/hcGLZgyjaZ0+sz/PKbx9XvVCm6CjrE",
+	"gzpNeKo2+vIDDj6vB7yt9Y/bd/XcUFOicthYUApXyZSLmWVX00QKYW8XKXSwxsEE7eXIF6Xq2oPE0lkq",
+	"r8RUsZxyYUc+/qMnyiyzO+dFqo2psYwvOLzQ1urWbV/KLJ2WwnBg9Fa0oMbKrdSwI0sNVsbb1T2QjuYi",
+	"YbdsIyC/nR9kVJtq5WEjuFlNqbn5EAS7NlN37G7VkGLUsVUmLLH/1iuF4+csnRYZNbZdezyBW0xz5J71",
+	"g5Rr3DIrbKMqPBXSTFUpBL4omLmS6iJ807Uy5UUv6i2pnl4uirIXbSPS5rJDFyyjhYb25AyZzhQu5h4y",
+	"0NV0LpVfpIAZ1pPX1VlpmXwv6jXmVhGuH6YfUnUSWvuFXmCbnGwJzeE4W8dU9d96BoyiyYVduhxUwT9a",
+	"FKXwNghnE5zo+qAFB7Jaj4oqdmxIcyytt80l5UB/z9klxyPX5EpJqZSVmFPFL1Ht3kmxKTQ15WnL7Ktf",
+	"hTM9bZ5dmefldKFkWbTzvSLhU5qmimnd2sAlE6lUXd27Xzu6X9ucsKuw4XCOzRG3rfEPJc/SlpWVVi60",
+	"h/g27AFVl61tbG5BiRLgFO+66iMuzDePuzsN9gBPxz7E0LENPKcLNk35wolqu9uBD0Cc3OPtv5WsZNNC",
+	"ao5S0R97zAmUv1vuxia/gpFYKrGyVOoYc6mX+C/gRr2oh+YAywIse87sv9tYD1iP9jIarREy0GnFPAKa",
+	"6aRXPOutEgrMxJ2v+6FPri+mmv/OpotZOw/ooCq4xkt9y03M6bXlo8j5UP7eHEEn/8INx0VqypSb27km",
+	"lG5Sj6ePQpXurk5Zxgz+s/uKuh2dNJa/nWw2F2l94m2E9YwWdMYz7ulpnboSllndVLZYdwO19oEmXh0a",
+	"kmdv3pNLrkxJM/47qrVckNIqMBeXudUcTbIA7YVdU8tve+OeSRZtVBf0P62Frv2G8ZflClWroBFyRTVJ",
+	"llJbhbX1mgS10cphQJk79itcvOf46Vv35ceo57R13WLFh9EeZeySZV6pJ2fPdUMVZNeF1EyTvpcQdUSA",
+	"49r/ioW9ACPCrlkSkUwudES08w3oiAyHQ/Tz7E3nS4lMf9/p/mjf93eAPuTLM/ziYyXjHvLxz+6T+mun",
+	"Qm1r4OfqzaopmLPb5ZYNegFOCvc7Wa4KllNBLoS8susMsiGZrZzrhdFkiVbNqyUzS6YINyShgmS0FMmS",
+	"LJlijc3Yd7IBLW2wJaCRQxpDmtuUdfGxI4DNExCsUr1h1bYHRN44rL3Wo9vYs13MaO08bbImLyW3i/z+",
+	"LqhZzN9YXh7lPFHyMu9FO6RM5w2tO9k13B/d+VkbpEqWzVHQPAV5buNASt18MeOivN45TgkLb3vZNcCz",
+	"6qA2h+g3vNJaN0dx3Dlo/1Fz7L81PvuwPxtaF/Wr1qPNYe6a7881c2lOeFE7mep5noyGJ6PRcDQ8aZvm",
+	"wqqgUyOnC2/G3CQ4q85lm5xkpni6YOR7QslPdlGIewD8gpJ3T9+Qginy6+tTIqgh35N/f/H6vb0s1ZFt",
+	"kdQn5pQIKWxLQhIYR/Ab6ZvWWxBvWSe4YM/g07Mn3bbWoUzPBDMd6zM6PvlmJ1XiWmys264tu+lZ775o",
+	"gyvRGRQicB9FpKClZhGxctURl0fgK4rIUpoiKxdHOculWkVkRrNMSnGUSGGUzOBiPeha7RRJbybNsOpO",
+	"4uhFqFZmeDhLCxZu186cV9fN2sYUfHrJlHYKXU0vo+Gj4ajtKAVvbx+ufzFqdNI6UJCBnYZ0M1fDunaz",
+	"3YyNms66t3vT3Oj2fueLB6kGHdNHW9HNZr/3QNfMPLs8CDdWecJ+unccbrSbzThRDGK7aLZzgG9KvXwW",
+	"vB5s7NYQLWIkKcosc9FZGIY1fjR8OIrIYpmoIZfHUi2OaVH8T72kD598M/ZS+0GRVvUlvDkkqY+tbPDb",
+	"8SVVnArz4RQdS4G/3H9M+sGdPSBObSoMS5uKWlMg2OWSuTEFwBJv2XrUf+6M3L95tL7KBTWGKbuI/9dv",
+	"9Oj30dF3H/ruH0cf/uQfDf71f7QxOVVmrGln2LYAfjJlxjbdWDkX7q+Tzdvldsvrx7ltmVHzDGSpA9Z5",
+	"RkV6xVOznKbySmSSpi2RddQwApcvECT5r//1v8mvr92ZOXk1K3RETh4+ef3DsT4lihqmCdX2Coebe8rl",
+	"dFboQUSMovM5T4i7qIkUQOS/vn6grYw1JD8zlmovfNWC09pxa2Vj9TzKYucsfn0Nc4DJtM1iEBG9pAVL",
+	"iVkqWS6WhArC5zOC1utbDZQtPGfeQxt+gS833YfNab3ilwyW0VsgCPUjIvY6VHOaMNJ3ojkxqmRWBRYV",
+	"fyFLqoM5DAIhJfTE76C+m51yWhpZ+ZN2LMmmf/9j1Evytp1mRUYTFzEESvADTZI8bUiFIWN58uTRN1t9",
+	"1Sejhy2+8LULqn3ef2yu3JoZA/aY1I2RmZIXTIE2odi81Cwl/cej0QAPTCV6Ri7gBPZPkpylnBqWEqQw",
+	"R4vhUALuHw7GknSLWP7m2Zmjdw3XJNXaH4f1cZUis1NgeWFWpC8ksd/OSm0H7JT5Qdfitwsx24MQAray",
+	"Oe7nXF+Qs+NfgBO5Ay/njSPyQJMrxY09UcCidHU+JqLEkDSWDiJCUdGzszYmYwRcVUNiOYkek/i//u//",
+	"51jH9hqerSzT87F2EzHjgqoVscIqKQUEuE16J6ORZS6THvmenIxG5D//g1i6+v/+X2JZzim0Nyt0TKSa",
+	"CPiDG98+96F8KUt4TjMXPcywYcu8sNmHT6LRaGT/NxHYqusXXuC62jgaxPwNyQl5PStgm+3AXv1wrDEw",
+	"dyczE0atCskxpGmPU1h/QPpUpCRVstDEzi7J08FdH1AmLrcdzP16CL9pdFOfIQyy0s55shbFOtMyKw3D",
+	"SKzV5tExPHO/wU6XPDN2Hfbz+CyKchfffPXm/TPwj4MFmdHMLKfJkiU7Tbo/wrvP4FUwPoPaDRpYizH2",
+	"2ihKUCWHHUfrR05X9tRc2atIEmqsakxAN65uJCEFxIHbo/ZAe35BZpKqtOZt0K4bQkS0dJJDtWQTAccD",
+	"Ttw/k3CsEAtKwdnBpTcWkKXMUt14byJmNLkYB4MHx6ZGQrUkWii5UDQnmjFNXrP8nTQ0G8C5nIjYthFH",
+	"VeTpkmWpHzecO1MqAYF49c2Lmw8cw1C1YBC/qijXLB2Sc0ON/Q4CEFvnpSGCNbFMf7/julwVTF1yLXca",
+	"pX+s3/T+g4PTS7p0sJ/kFVMJ1YxkzMrvOiIpX9gFBo5A9ZLpU5cosSZR3bEKsK9vo1XO/hj15CVTGV11",
+	"HIm/hFcM7mBF9CejVz8M9hEXP4HeuEs/VAwOwrSooiq3LdZbfLsW0doX5we7/+541KviFqXWZJ+cPHz9",
+	"wx7LpC94gQbMKV2wjuvIHqS3GLwFh1aWhlxRDmHhcwyLdycf2iB9dNwlBRCmNhQCgQXkILSKyW4cF0wJ",
+	"lk0x26hFQnnqFh86tUtIDUeHVzPOVDD7/yC0ZJkm2CxxzRIucLC6YyTOqrrntvmcpXrf9tdbo54xLVb1",
+	"n/icAaufsblULIiqRV+8FHtdhlbCGTnpxZPtXkfnMinKltX/Fb3e5Nmb97XcRx76Jl2k7ONdYbKYbKO7",
+	"snVAmKIQXr1VWsYpu8YIVayWAPayS2Bvr2UpTFMiCpak3XHjzAvI27vNC29Kvfwc9rvqzlk7OwRCO1Cg",
+	"JH3IdqGaZFw7dy8kkngXvFRwcedU8Lk91xg31Wq/2wycEpolpWJtkeprY4I8kiKjXJAf37174+94d6dX",
+	"uUt9BV5oe8ANzzLiFA07avcOt0Kkba2DvWCLm6vyssyydaumXhIjIwLmDT+EoeOsw0Tmx4bR/JgWxfhk",
+	"j/VYj3eB3akG1E0+nq/ckIRkXlhl1jkj9mFgz+pParH3gmMeyz4N/Nm+2ym8vMf8Tc9dMd2q4iILJphV",
+	"OzcY1B0LLje2KcJCdO/WbTJBbu5w2Vyczft9X7fPba2tvqO2NeoK9UU2z9KpkXuF9mHEsZHTyzmXHTkI",
+	"N4n+2xo+3PV4V9Rwp3N0VzjxQfIDfFyH72HMfJHwVt/3tkDltrg8eCW6QVDy+lbtjAB9zvXFD4rRCwia",
+	"39QIlihCkpQaSlKuUA2NrCxXqXLOmNTXZjrLZHKhyX/+B7EsmWg5EbqgSmNeY0ZXqDJ56QHC9TEP0iyZ",
+	"vVRolq1IqX2e9dqBhUtyCt11esqkNGgia9gkfMDzJrnIhE8Texq62v3l2RmZZXJm5dnC2LvPLggIPUdc",
+	"BJelnZm9xZge7Nu3W5TOKXkLecqVJv3KBOi/iwgmEuCEMWJvQNi1lTmJppesUugh23bfJaniG7rG5W8e",
+	"q7CV2gdBNPvCvDIepESD9/6Bngg8TGvWYLC9ea0md/u/x2AdLdVD3flNm2/ghQ9zX7/O05Yr9Rx3QQt6",
+	"waZgF7DvjX0Wo88uqdIap7Ai0UT4v13mTP2C13sj0pbyE01E8Ni+UydpQuQJ5gBHREgznVsGEFUJ1bZX",
+	"CKiHRCAriUaoLE5LUQVtRJWhecqFd29EE+EmMjVSTjMrOEWkeuSnEA4YLPpTu7jRROTMLGUK/YKEaMfa",
+	"npoNKxP8oI1U1HYWto3bGqGLSNAsIjOaTl3YVUT8eOxSBfOyvfM6K9ejN3htvVqw9uvJUJ7pNuFVQUAm",
+	"hGVr0neRnA80OuGaOnGdmsvAKlclWe6lLQFdPoeBtAUCcSGqTKvDWnJ5wM34msojBynwdl3G5IrNdgYB",
+	"wTGp2/zQdcBc953HbNOaXY9ycwQbfbyU6uJ27r25knmVLrenGjV3wXK0MtVUy9jnYCAtSkOkqGPFkkwK",
+	"exrsheEQCNIO/aldpv/ZyvDORQS4BX00Pt67EG91J+Rmu8jN7sU7eP8cXt87FMN+eDsdbPeaCXYVbNKn",
+	"XLubGrQPWXq/ejde/vDDllBCpLkKwqPyzScUdHpTKhHYqewva6Af1CDVWp7diCU9N7IoIDvqvErZdIdq",
+	"U66OetdH9sOjS6oAb8O2AMOXdTv+b98a/l21+THq1d6mw6isUHLOs30i3NpYFbqqNjnhZmKQvGhRKdbD",
+	"7fGrD50dPfPuswPgBZ6SQslZnaegSqEJXVB7cFqY3SlBVx36jvDStvc6iZ0LDwcZR4QWVBliWS0QR8bn",
+	"LFklVqCy1DEkz13SIloXX8mJ8GmMBOevTwmdaSYMmXOWpZoYegEhJVwRR3Z6SGK7FmPw1sUT0ZeKUOFs",
+	"mLg8A5IzKkD4BPfimnDwB+TqlYpNzVIxbRWf3vhR1FsaUyDgm93A3jFO73dIw1amN/529O0IrmbD1CXN",
+	"IMxZ91zW4bRgisu0N+49wodlkjCtwy5Ool6V0N57qGtmAh1/3EBnuGbJAY7RF/b1j1Hb3NZP+jMJBkXD",
+	"Lxlxr2tEo8ndetdMtBS4DIFv5BFy1K3GD7+Wew7+x3fv3vQaa7vBndB8b66YY0pW6JJzIgXDTa7cnbAd",
+	"9YVwbSLLlzJGtSEnOnR86b2M983t3Qh6Ula7wV8d4ttMon7kQFj8AqcSpC9QjRGyZc6VNsRRip2QtmJk",
+	"vc77DnCT1LbtuHu9seXckI1tPtljm01yyC6/ewabHKA6tOxxvaE5XQEDgP3LpTYk9vQRB+4SNK4HP7l7",
+	"CzGY9NIyLLXXQq7bfiDlwdEyzjXCU7nflRXM/GdsaY3i36E1qLlCmw/tyYanH7bcODUPONiunVPRQjJP",
+	"1eISYiS4CNyRPgrRPnGuSSGJXrIsG5ySvNSGsGtuyOjmATQPn3yzI47VxQdOU672gfrZ0GlwxjsuVWBJ",
+	"h60luy5YYlXa+rJfD02hgDdofyVX1CquASGPRk3P35PvvgvP32jUdgKLVpw+J18T+2vdw/H6KXg4etwa",
+	"tw/X3aFoPXDgW+RKe3yqMQzsWbVPNOlXVPVAk8Su4pwnVop0uSqXTPE5dwqUP5LuLEILu8UnmMiOfbZM",
+	"6UAB8QbLs/fAGmrEutxWKxnEAVwOSYgWBpJcW/TSRPTjMKExHpwSStCEDHyWZlqiBwnei70ND1qEW5Xm",
+	"DCOjcOMqAQHiEFAu1GStEzs6RqRZMgUyH0D9gf8ZQqQej0ZONHO7m2SyTI8CVSrqzbliibKTtX/Z5t1/",
+	"gtzMy9/35chVy89sTz+GHdV/vGx0WT//d+y8+eB1NYr6+a+/gwJy5v3GaxwXA4W7k8I6vDZhsO8N8Bg8",
+	"TMcaUFvTH036k96kV0eDYUqKYlpmlywl3Axa8+CbwZc3n9mOKMmu9Lkg/NEbzNa9Hat6NhDpIlyGWIXi",
+	"uQeoBDQ+9Q7c/fLwnEUZ8Ct9YI+TCMe12TgAavZeh2kpwEeP1s7qaWh0nYjKyjn1tvh1G3L1IQw+mgjc",
+	"52nOdU5NsoyIkFP4l71Qa2t1IpUqCzPN6IrZzypDMelT4UIeEloAQAKMk6Uo00I/NUzmRDi0y0HkVt1M",
+	"ccmdwdf2Yv9A1BRvyN0zfu9nS/uZnWkQcoBpFBW69bHDtj52KVWIa91Ox90hbm98/JqP34YVoJpsxL5t",
+	"y3/a7FDJvZIwgJW88S+3ouOsWzCv6EoTS9MAKED6lvZR8baXKyJ9kBlbcpEiJAGw6cFwL/Ag8E13+ZD4",
+	"75U9zm253R/vviN9GBSyGPBbtDvV9kL7cVLWzqVzgH0H+oLLIg0Y7V4Hfu9w6TUZdgfzaY8QcEx9f1ig",
+	"Jhntj9DiAllYSoAfOL+w3TyiJZlTRfo5o4KLxbzMrOSQIa/1STxriV7262lqVaJ9vHqR+8BIQ7M9v4Bh",
+	"1n10vlC1uUNeC4bcHE6zq7V2O7fgfMMYWDBRIUvBuiGWnD08rTBTbcEILjGwReK4gcDQEaTRnaB+mxzG",
+	"O0tUhLiJRrbi7jOBQ3lt78ADFYGl1Kb9YvoRstkgPJYYSeCCHRNKMm6YoplDgon/FEbBxaQvBSMZnbFs",
+	"EE2EVIQS55pAeRlMI7QA+B+AKaaaxH94Sfxjo7HhRDwVKwzuB4MIGEjX3aS0KMKv1rTDJ4+2KIctE0aA",
+	"YokhkIJIUaue344GQ/IGdIQZy+QV5BvBbeQ0golohKRiaArLpXigSezwi7zkMy0Uv+QZW9h/2jZj6FJP",
+	"hFmyPOwUjIKPHz8aVFkJh2hsXbTitOsfYX+fluZgusHiDy0KXspSjqE3jngg1uKpE+jAVB6RZ1JecBYR",
+	"u+YRWcriaLY6WsrCSraFktcrH5i9ru7vRtmPelBNYc2q4i0y2+tQhOewKm+BzW05d8ACDgR69kd1Dw6D",
+	"xxpGl1q1zky9ZXq7BxhKUYR3GiTUZXo9ghptjapk7V5eH1SB6zGljlb2YY0bNNYIut2jBXT2wWeZ3j3j",
+	"dz+dE8NU7sCbK0vf02evX2zP/uxI020gvMA2bA3SbY76wIBPxwK3BFqBbUMqcvac9Ct9tmDKx71AtYEq",
+	"Y8W+/UBXzLYfcNl4w4i2djpO7siitn61+TlG3dajs2AdPkV6c5fA+M6K/nkK4WyKpywifE6oWB0GhnMT",
+	"scVj3RZLqjt83LVbEl4iQl6hSQt92JnPCUvXEoBqsOXtvdbI1+tGCOe5qkxnzCrALCWNz/dXIQ7OPeaC",
+	"zKWyKrLzsgL3qtOMm/N1ScK9A5Ntt9FEkHN7O9K4vaHomptpexDgi2tu0GDjlFiXbPlAk4xqzBtFHdYt",
+	"34WQV2JPxRn6DYKf1qWoK/Sc+36YgIJdE/jOm01hbI8mvYhMehc8yzBvQ/OFoBn5jvTPz179+eynnwb2",
+	"DY8Rs7mFWxKFNymVa8yUCisS0CxbnRK6YWgQ0udN+YC4m2G47pFQ7PndqzfvwelM9dSHuHag298i6TgM",
+	"dth3YNhGbX24UeZyQkVX5nJ4jjF7uXeXybZbgJ/3goTejzM8R9Nzw7LWoD44DjMpXZbo/krpnlm1B+fT",
+	"hiauBnyDs484JBefWbspDsA94YNftAPx7uJme9g71rz9ZV5mFJz9Oc8yrlkiRaqJLiyxcIH2vvV7sL4D",
+	"J6K+BMfOSwT2Wm44zfjvUNnFXYcOGi+NiF6WgNAfTYTGMK0KRW9gP06yMsWyR8zfeK7nsrBao5BXDeNv",
+	"zawPNcv2nVF2cJAt9pbJxf7z/RiE+7zmDHvkJjt4oA6aunWW7V2Bp7N9j5sLYHRfTXf4blA645q8xwsX",
+	"5PWr5YpQ8gYokPz6mjjCs/chN5pl84nAZZsguCRIROiikAJPrDvpYyIk0QW17IbNDZFiIjAZ5xTreOFv",
+	"MkArmvOM6ZU2LPcBv2XOJj1na9hjrWCst1rvQ6zZVRLy1gzim6T6bk3uDU1yPlcTyaS58e4I+HGuseA1",
+	"6PJAemkQbmNVQylvTTho3Imt/HhdlWgX8rcpYVYo2dDD8pRdTsuy42YNQk/3CDVtFTJaQvCr0K+pj0Xr",
+	"rEZUvVkFiXWZz7VBKeqWBAwN7Tj5cP2j3dtFhrk/+pC3hUF3GbX/Xw17MNy7dx8weetp+Di8u6k+0VwL",
+	"XyVnXAe1YqAjF4txfRcLSS6ZSnkC2SjDKqjveCKqQE7ElamCBTW5YmCGBSfu0OszY0LdYoPQZiZiVpoN",
+	"pUDICseiGckRVPXxw+x5GXrVi3rVaODf0ONBUXXP6/Yr8ve94IMfq/bxX++DHv0T129H1HXXiYjaz9Q2",
+	"XtCJLr0P6OFz9wvpB5iHgzbFvlUw2I1H+L7A5gMwwv2b315ErmiJmMWL+M3lY+JyYL067YBQqPA/OMwA",
+	"LAexgXC9Ya/wmNwP9ysRkqxhED8cj0bjER1/8xj+kexVI6w9LsGhHmJK/sRbXic954rBJRvsBmH2i7uN",
+	"tjrSOTCNPh2TX1+/rmV4yFfD+3JIzgKBfuxhrFQpdIShGygyWbG/RoooFCuo8nK8M40MPRMYh0/Jkmqr",
+	"C7jeUEobk0uAO5kr+TsTpD+zAlyVVykVgQcgmcG1MBHe00XJHIwMUmMgwZgE4kNY9hI+thLZ1XKFwhs4",
+	"hpwEV4tqgyE5dzpLA2trWRoCioxbkteEwzzs9A3aOCBcTjMGB4NQkssc9XCeMULtMhZKYlT3NTc6mgiH",
+	"PMMNPsJkikSq1NIBcXktwN1/ff0aGLkXVoYT4ayx9c+VlaBCfzDSZ5wNvYQ8JoFGl0CdWagIyUjK0NJv",
+	"71DNWLiQg1NAGPU8/moptf1dKpZC5ieFhPGECtcUBAHUUjksb0IFAkBBV2A2at4OjjZ7lohrEgxygqIe",
+	"Uksv6vktgtyhzSyi912Xx9oJaatW4/Pcp7iYXQEtLYhne+Zb1z1sEb6Topw6Db3lFL95j6YeT4qeruwV",
+	"VOZ2A2mWuTNl195Ff9qtsFc8Tddy1lNZIpi7G4go85mDKa8yhTvMPlXlwS5zi1tGpTvzy98yzVN7Uhz5",
+	"OrU9mNieK+u6Kg33RYOmILxvdrk+KHJM2jd+3ZpmlpAFFUDbdaxkxyVRr6zr5TLvXBePBOVPdWBfOnxt",
+	"fC1Idd3V3Q8wX8/wWcL4paUk++Dd0zcOa/WBJkZRoXPuklaYOiWj+pa2rw4OHJLZb0iwDZvDcSO99Wi8",
+	"ZlnTQcegui2W+sJdJw0TIFr/arALfeCAtoXV7RFw1t1BwQ/w3oVshqfuUuNgdg4R3oLmG4nV+5WnwMpH",
+	"tNHZWgeBHFkWlgl2s8lOp5NlnaCqV6SF4gjpj6pz7tWn/Rhlh1vWQbY0eGSTt7fwxxbW0HJ8W47P5tUS",
+	"dV1nbaLja3jhLUsyyvOniQ8hXS/WUWScpVOFr3XRZYUk4/AKE8vIshVZ0EsGWQqkXyh2yWWpPQxZzkWJ",
+	"ULuO31WZxleUG3R67XuWqdZ8IVru8D2+rewOd+cxufUdWmRU2Om4vHAEkrzB3Pya30FD0mBW0zyTUh30",
+	"bZc1w02S9FMsmzaIiKM2h0zHEOYWxz6ISGGVe5qRfi4vrSA6Kw3Ws0GRnFzRFVwFvCajQURKkSypWNhW",
+	"/XVO9QVLiZxPBLyBugPIwCj9doSf324RD2IZDcNkO3V3bcpeu74PiW2bcNTBGKJtyeoNhnPDmjuWc5Zi",
+	"n2r9ror5vM2o+EqSKukcCiThmKycBzjJVfDgkzwiuVXZzJIKgpGEPg/14ePlXgmlddWm9Xihlle3clkA",
+	"ePZI1s5BLKvB00RJq2u6KtMBGusGbVYRR6OddNoc0h7bqgspNGsvOutq4O/lXmi7nlqCQDovqD040x5l",
+	"7jcvBanNtIIgOrA7baYQQ18qVoN9VFmNlWXSv9Oqz/qDe5MJV4XRb/D1Bl20N9U1wG6O0bqi7asVVVTU",
+	"RojNIiWHwWH8KLU5WitZcUpiZ3obQ3RnHBYs6IqBXEsG3mYXZQIMqrnDhz4k+NXFLHnSoVnm8mEhslVP",
+	"pchW7Zmxa6v2sXsdm6VPN51YrXFTrgZNv65RaK9gzRTpdxYphHRgIQVrmnKr0oNbOOrukoKtlPKGmuWZ",
+	"mMvNWe3wQrlYnMqM5kG4XY41GKoLpnIOgK8kZcLnLu9OLLzm2ugOC7r2KUKtv625C5s/6lWecXHR/rv9",
+	"ZVoHFO+2l7du+nvBrwls6oybvWEIXazDoYzHrVPrtpa6JQ3+FwHFLiTigVSJi0aCzdnDO7755fwdOQ4A",
+	"HlvSlboMFmCpwBwosF5DNiahGUJDWx5mX3CUgqs9Ef1kLaGqwnuMKoDowSlhfytp5iq6YEYRkSJhEwFD",
+	"TfcGUlxLn2qbRjP2ymE27zXMIfkZ0U48mhCAQe5JCLYDMA/fymd6n/nQuNRoi3LaK+C0lIWvscN1iOXd",
+	"njS8LSNZLw/JQd4VkrcZ7uzr3Xh8cvAJOLgAcEBYTbx16LjnLWj68NzjgkD77WahXUmqfwHLEqaiRuSk",
+	"SpAW7Np42HA02FS4UJCkesUxTPqQFFF/X2JvkGenlz7jzu7x9ty6Lrjzd8uwhqOjFiMju9ILftlaN74t",
+	"QMZHxlQpna7D/XM714HrDxOC3npuGEDlk5lUSl656hBSuPz5vlQw0cEYcXO5cBpJNBFYJ6JgSiMKvlQk",
+	"k4sFS4fkBQeLn5UCkBRFCpW8rqRKIyg0VeWqG3nBBOlTMmNUQQbdBROtwMG+gcbBrx42k5++efRte02R",
+	"sNdbNORntg4cFxZq2hbO89ahpj5FO17HiaEGdqJy0EEIx5AkRRmRUE+PvJQ1/ZNd6okIsgUg725UG3Yd",
+	"UO+vr1+T/rkP3XQutsEplk6ERieiH5qqESQ4B2t8hf38ALwXelBp1FwQBvXxEQWuZRcTjPRuCWutet43",
+	"DraZErHHF3fm9TpkmH5rfMzHAeP1n2Isx94fbiO48w4r3XvBjR5b0rJ7CC5GT2NYH4nrC/tLk96qn6Zc",
+	"Ei4mAp1rViNAS3gbBVS26w6S97uAJbCiqqJn5FzTAGM+gMOwr904rBHe7JHN5yyB2B4MfzkKENH7yOEw",
+	"h3W0r5E6oQVNnCq1Xgr0CiMa/Ct7trg2xs2GfXvkP/8DQlx1OUMP6QEuqeqblgh4VgGm+zcn5Wj0KLEt",
+	"wb+YhzC/YKs9PdBIju1pMdV8rqCgKyAYpwyNoF4sLZUX1dbHgqs0ERdshYl+3spXGYaNdM2NK0I+GWEp",
+	"Vk/MJ69+ONadFmKHHbe2CzVbjhzB+tbrmrS7RQRXNqAio839D9w/a0Xbmxv5YQsf6A6ROMh613KPtSX3",
+	"7c7uWeNPjr3f7KvpLKyFsO37ZuGE+k45vF/c98O/2zNrZf3DdZg7KFzhxuCWrm47amxtB1UECQ6HSZOQ",
+	"QOYVwpmURhPqY5yC6sALCreHC9Vfw4ediNBU7/BhST9+MhrlOo5I/AT+/yR/NIJ/PFx6vLGUZXTlSn1Z",
+	"qRIBQX8GE4BVfTjTVjiJZzS5kPN5TJAjpeTnoxMItrF6LoWxUjMRcU6vp9W7fdPqah5EqA/+lRuITGh+",
+	"9P1E1L1ZtUCTGlp+zq/tBWYHPSS/5LaBFEF0NwKxJgKTOyD01l5EG8i2rpfeuPdEo9g6pcawvDAaTP7B",
+	"sOw7OWQT4w73pPDBrKh2zDI2heBqCK7MNxFqq4Y2IlaDHQiQTv1WhBtR+1v2AzttzmgbzqnrDeN3rgDs",
+	"CMYTtjBl1wljaQjDOCLfr6XEbnOZrK3oxnho4W0rQGT2poGdDjBpa8oIfE/7VWSszmazV5RRKshFCBv0",
+	"qzEk9TaPXew8JUKKo9+ZkhCbGE0EJRc8yyIMZUwU1Uv7bxd2n9FSJEsCgY/ukUOI9mjLmBRaNS9W2G6Q",
+	"BMaqJNvRkDyFvB28ljNmIFyzhhl9+uasondSilQK1owmhF/sTRfSLw5hz5hyx+t+dg25P38RL6vm3KOn",
+	"rtWP6wekpThc6UBoM6qNRkNRJsXC7gQz2sFjlQKPg6PHEJ14Hxr42M24u6R697NlyxcXjBV2N/rSsR1U",
+	"CQEqZmD3ZYNnuwqzgl0bf4im1MREMwOCv5AkhlpB4O2hWooY1EtaHX6HdNSqBQTnusWM2Wg2tOnkVJQ0",
+	"m1oiWuN51fm2hLDduNZKGD9gn6+hg3Nsv3p2/dT18qLqxKeC1Etzy5ySerJroKpBIvPUp8NUd4oHswhv",
+	"qioXCgs15VM41mh29AvZyJfa7KEX9ervbriijvzewrxeXHPzDLtrPA9Sr1/6nhsv/Pr6mR8FCEzXd7Hk",
+	"XYdJqlvWDvwCSkRsTOycGf/uebJkaZndtNheANm+8/J28eP7pixaqpliffl1oOd/2eMEKWaYMAdUbKxX",
+	"wn+4GbvjZhu23iY+nwc4BO2VJFm6Fu95AwjEu6pKGbRTZ+PtdrwEX23ENDjw9OodB2nn597zrpH9buhg",
+	"1A5LvTGPsI+WH6C74DkWBftwQ9/RoT6YbjwUVOCq2/WB3vCm3BJboa2hm1Qg3Z4g0TXFV2G4UhjTvjbv",
+	"fYPInQV2dxLlljDqtdDtKn/mgGhtHP2N2bn7fJfhef21TvvzQYim4u64z5Y8byCx1pl2zKttUddSvoPR",
+	"buO3m+ztsOuMZgupuFnmbVotiua/a5M2EvlOCV8IMEPDU5/7GkpW9pte1Mt+f9zqXtwaLJSxS9biuYdh",
+	"nBydfBcoDafk5OghmVNtIJ3u0dETb+mMyDdH35EZMwbwnE9G9sNZgLvChBX87AGey1IRXTCWWkEy+/0x",
+	"GR1911CQJ8J2YTt7FJHHR99E5F+OvltrxSwVY2TJF8uj4J6YCJiNHgzJj3yxJPgXSaQ2xMOUyDliihAp",
+	"CK1qUCIw5ESA+uyjHyo8tZPvDgpt3JZX2eB9bSUiYTjfNzwhkKHiICrAKQZ1O9eQ8qE6xoxNxFufru2A",
+	"K6QKvG1e5fq+BV0Gkur6kJu53qr/btDUjetEOZ88t999Gy5C0EbjqWsvWLI9jYX3U1nbEco0lEqAWLpP",
+	"cmgprEmtKmfGLWFWITAQJR5vtB47cxZ+e1rdKNpDY/kvnHKt6aXPNTlct18XVO8I63enD7QW8XcgOOyp",
+	"1ZbiDuAWPOANjnp3ANvtlI/dqeBWC90xs3tRUdaByvfpeUdKQouS05zg2uUcDODDHmT7Npz1Qciv11Mn",
+	"ZO9jJwbzWqNQ+2g/z3ibFt12ExhWWVArQdJlYWMwoLqo783Zili5iBxVFfbmNeOPKr6PDx0vv9MSitWs",
+	"gjKK4bN1Lt8sp+h+v10Z1vvQVzt5/JoPAstmt3L2wNNUFRubiJNvvl0OqiR6uPVtG5qEUrTDE8DamBCc",
+	"kzAHn9DWlQuam9HkYqEgVhSBa/qObCJnAoeAKAr1TH3fWCGDUG9BJcEiDIbE3Wlj0hAPHmgSryGDDTsv",
+	"yjgiLNOMjIIQ1bVby0tdh95bhipzS9JZK5tzUE2xRhBWgCLaWrbm1i23rcA7p6V1gfytJwiFNWmfHv2f",
+	"WIOWTIfj4+//+X8effjT/2gvbN2I39FMHaVsDjgPF2x1BGDcxOqLpH/BVtpqDw+/jQg812R09PDJNyRZ",
+	"UkUTwxQI4vFm33ETd+UPBGO14tfCweMymlsNBitUueUKZ/tk1LJA7+EKOZRGci7CpyfRXeMe70Ca3Y9W",
+	"GkMMCSYEpA3xWPdMSLo5muktwQ6N2cPe23YMEDmuJdDEGJosc9vrgSh0T6sv7wpD+tDSF2CZWMzavVZ3",
+	"UsrC97AzCHhjSTYWepesD9GcU19VsC3/JoUMoxZLxVaZMmg3aKV7Dq+97HZQblQ49l1lISvYhf1SStcR",
+	"YffI/axWanfrGDzrNmV32elwnetPG6vctrR/ody8lAok1+50TZeBfTMYz9uCf+6GvOQ5S6eufuwOEvSp",
+	"g/U3H9rS4DRLSsXN6hwqWGJoC0Se+9oe+NdLzz3+7S/venW9S/frejnnj6A4z1tiJ9+Wgvzy7IwkUhjK",
+	"BVNo9deEanLpgWBosuSC6eFETMRfuGJgRKMG0nsh0qgOIHr65gyzbsZVpUZIStMR+bfzX34mekkLpiMv",
+	"kGJtNiu2Ysk4UihpZCIzHREtg3bllSDPfjqDV8+f/5lcSXUxEb5QeOBdJqXIZQrFOgHaAwTu+leapppo",
+	"mTOItJyIPlj3jhGEKwpwiNklZFPBqHQEWfxeTdLsEgrnwBTsXGJHpXHUjLWKSBx6SmKEQCeIuIXIchwL",
+	"X3OWpVBlR8nSsFNyBQPnxoNbLaWQJcS42DerfE+I1u2/gmDoN8/OPEqsjjA3JajRqSPy7qdzcskpFNGI",
+	"XG5pkGJBMO3UCvAIUeZSa8NsU9hsSh5fX9ud88BrOCZf8hqjBKr8C80zJky28mbpIfmlYD60Ts7JnFHj",
+	"an7Xu4RJAIDzyDOAjyRU6CumyJPRCYmFNFNuJT57rbA0RgKiK6Il0OgLCPFHPAWuSfzHpJfIlE16YzLp",
+	"DYdDhKt3yPfB04/xkOC30o9xIth1wgpD4gUzKLfEdXXvgiUuYJAIxlI9EXGjPs6Y/IBZIy4GWF4wgUHA",
+	"Men/eG5F3H/7yzuIbsE8ExdZF9fJmzomFSiAT+EDM+tSZm4UiSzwJKUuDHoiqvFbnev6yPOhI3g3hrQZ",
+	"Sq54liZUpWMS/wlo1bHD8Z8cpZ5OREWIUNSImCsZEShafKRZQRUC+c2kJQvFYBHsFlfTQUQkpCecht1a",
+	"wM6jAGE5JIC/BnAYG1BvmALooD25cMh5YNGwJIFVBLnx9WFhC9yRG18pblhs2dgVyzLSfzx6NBFVxtYY",
+	"04e4cdGAQNgxJl8iA4wHQEo/8RwSD/xhcNWMgARmMuVM425QpexB5h4MX2fyiiQZt/fNRCyYIY9H35LY",
+	"1+BxZcfjQUSoew1K38KmUjKz2jhLCYajA0RIIoVgmHVO+k9Gj8iMraRIoQHgrDOZQiymFIy8f/fy6FtU",
+	"pUjfKMox2I8aOhGPR6OIUFwKULC0HdzJExKXQpdFIRXC9qScTu0l4iNZLa9BRjzBiERM3Xl8fX385Pra",
+	"swZ3+mHHnoxGY/J49B1QVjmf88TOc6p8iHfsAbGbUBIe0tqxvgW/ZIOIPBn9y1o7lhDogtlWwCFhqQrh",
+	"C30Sht0OSlDQJr7IKvAZy1dS34OVjiaibynGMIGgj4JdOf6ZU5FCAhHMJFwjbDiOAl44EXOeMaAccETP",
+	"IatJh45mOSdGlWY5DrMfIRaKCyxDKmh2TAt+vGBiIjyvefbT2QPtSWX9TffY7seCCQbHEsN2uZmIfgx1",
+	"9f0vlugcHeIWQt1X+MTfp/ZM2Y4d2KYdYzoR1JD42PK84YrmGbJB9+CvWorYZSNwA3nzPuT66ZuzXtRz",
+	"q98b90A6ACG2YIIWvDfuPRqOho96WD8cJJ5j2B+X8Nma6/gUrgMN9wGW70RmAR/itODuGPagI2SGZ2lv",
+	"3PuJa/ODb972qWjODPT1W7u4WL8C2tFLnhmrT30AzRXkVhjnw9HIYVwbD6VQFBnHuPbjv7rQOZQ999Yr",
+	"3UhbkM03TCx+UkP78uPRSVfT1aCP3wflefGjR7s/einVjKcpA1XhCc55+xdnjlTxgz3G9bM0Z/X1jmJx",
+	"medUrdz+EU8fWJOukhIGPa/k/tZDSrBC9vr9Z8Vk++PYHnyMXdZ3SmIIKeq3rsI7+UGmq4MoZBthNPrw",
+	"FqqPTaXDai0fN6j05M7GUBHnJjHaG8NtkqPHPQjlB5pWM/lHJmHcO3vP4wrdjopB0oEeKrZ5/AdPPyJF",
+	"Z6zNX3Rz2n4OLYa03SCux63OD0Dd/YR7+hjHsXOLXlo5Cz/4bvcHz6SYZxytF5+BanAd74pqHGV8jO76",
+	"fn3FTCd1jD4P6/kyae4zkNArhhn7d0JB1e15kAT1ykqhPDl73vv4YYNlHReqxCrZN2/07q/zN3ZQnTT9",
+	"8FPQNAwBVObiKyu9/Tl4yyBHyJ8DqK6aLNnd3sP3qrz8vagueysu/33Uli9fadmqsuRlZnhBlTmeS5Uf",
+	"+Si2mjjWfRp7qCR3zEM7iczhO33VSNapE1enAqUD05GzV90tT7xHzeQZxCTVBLxLL8H3s6/X6e31WR8N",
+	"hmbVL1svuXetZKtO8lUj2aKRfDH6iNNGwAd8H2Kcp8UX2MHGmLlt/m8lA7QUjPXpzWWWySvv66f7hHLs",
+	"IecZdm1wnkfo6269y6toj/ZrFaZB8MKHyIHz8xdfCb1J6OcY3+B45AONAQb6SyD5xMMru5ibVmI/d/ET",
+	"IoUYD+fPidBV98s51DjmhiWmVCxyIHvKnoqcTUS/DkQYNBz9F0JeafQdXrkyLBj04IE9wP0MmIHcaB8s",
+	"QM6eY1m4CjrL9RQF6Mge2yqXKcuiicCz6cs3a3Rw4TCOIPMrbH1InooVOsacKzunq4nAAmOA1OXc7n5j",
+	"BkMSW/U8s8dcqjhq/OnhJ9CdF9eY0zFwiXYYH43+tA3O8Szcrnu8zBr9tBz9Hz1UnH/p5kf+wPPYOFiu",
+	"5ouPhrG0o0qs/bYEfunPE5ZHxgqbxy5Qppu3Y74UoI8AEY7XdslRnMMTz3mi5GU+8PCVEIwzKzGKSUif",
+	"lGcHB3XqFlwbpupELtC9nsNL8aBt3636+NyN+YvX/HGg+6j+b+uVcDvyj6WbbZoAgr0vqNYeXCit9taT",
+	"q3/Szv/x1x3GgLdh2NaT0cnY0uXxqzfvG11j2Ay1v5FZWWEpAxdFhvXry7Nfwmrjp4echYlwDbeR9bOA",
+	"8O/VUYpdfCY/qT8P7XoBbuVXm8SmkRZPCqGefc6lalBu38clNutfDA49RYGVwr1/3IBk3e+GAKmgyejt",
+	"YAGDm1B/LPBcDdpNu099rzWrv39uvdbpPmzbDQ8xxbAMReNaG/6dcOQ3NTEdgSST+eOoGzG2N2PLIT3t",
+	"NHshNT0ePe6ipXp1B11e+YCP7jJ+vRefZ7e+OPtXgx7qVamYzqFbv8t+dbt9fsVM1yaPPsd19Q+h3rca",
+	"pG62+x0KeRv3JGfPoeAQzQFzCEw+LiXJWXy4d8TUUkpo/VnPzMm5qP7ezNMBTX+HQasdO+kUszhcGC3V",
+	"JH714h05rmDQQ1tZjHDoqP6HkEpNMkZjSJf1a4c68xPVBj517v57tnD95FNCtli5vkptgZLTyKCBHA+a",
+	"ZSFqvjO6QCoDvhRKbI5G249ZlaJQ37CYeBrQ9AbHxLSN++SYrocOjulsXVyTshg2krx6498+NBfvkglI",
+	"y1my5AIuB0sCTBg3rkGXPQOTFjpXwQqXZ/jKF289gHHuI4X+Wcgr4fPV+oBHZCBvJKFKrQDZF/iQob7W",
+	"6lyqwT+6gYH7bfZ04h50HChIltluRjhH6OqizCCNJLbXU+zTC3RdvIyKlCRSXDIF+TzcoOLz62uipDRY",
+	"9WVI3jbxKXzpqirbRxCsMlRBS/Slgn6SUikmDKYOlhrxzVwunatxdmEpYnBKCpll/pqC2R//YQf9MUY/",
+	"DWbspavYXsAx4snGQzDD+XpDaJgF5XLu4WshZciSWQTFhiairjZEthQbir3NOa7wsayAYZucCLBZqlJo",
+	"ZwlsGONjl8ykh5XZOh6cWl2SZvYv0HzZREByyojEXIDFelp1GLmemhk1qhT2/YloZLNUH3Xbac5cYaj7",
+	"M9NADwdZae4udMTxnZbgO5+uFsTefans48vWr3AlazZRR5z0qV6JZKmkkGVDHNiDewXmm8Zp36ZvN0yj",
+	"j0ffOWiZMAex1Ew3q8q16dz1mTgsDv4rAd2EgHwMvCObw+hkQzXfkBQ7NnN0/zzmXU1n/1jkcRe6+A32",
+	"+maecdien632jfoyF5Alv0uwrt768mVrHOo+0nU1q686bmssb0UbEZFZyrRLJQ/JtKKLvZTZLvH7BU2W",
+	"RJUZQ3AITX589+5NmMGr+KWVk6VAKQ9KDMc5NclyaP8NCdIuTuLb0cDl1oP3HrPZASMB37cNoHjfj/80",
+	"dLhaw0Tm8UTAGwwTzDM6Y9kpif/wc/jYeNmP1FVlS2hhSsXSiYDvUHKPsZTA0LcQI1RD1WA8gOK/MBn3",
+	"qpuNnNeX9EYrEfHeIUqUFco1I4WS1yvn15yIlLLcg55X7QDIhZbZJUuhPKBb3rFVMHLA7iMO7shOwjCF",
+	"8SO0AgaoClg6uAKPq7hgRpMno4dDUDow+x+XfWopPyY5vXByBg7TAV08hqCyjGlNAjCOibC6LfeuF7d/",
+	"ToWihrBrmpgq8d/K/dUO20GhP2oiAKQvNlbNQe9vYnW2uWUuUI9Klyyt1hHxQhBiIfCyTUQqGTabyjG0",
+	"5uvT9yG0RpJYsZQrlhgoB+9+HQSAIhPh5K/R0AlhDL3MUJWVa2LoBRMRoaRv9x6jjexvA1JQbqc1EV73",
+	"A5KD6q2EBgfB6TwzhqAKW5QbxxrvVb3BPj6TG7pi/h3iB/78xQsgX3489JtylnG9rLmLpUTdYND6JvdE",
+	"qOj4b1o8i61qSkDdXxWVLz7HV/jTSPrc6IBswCylWMaoZungFkS0RQnqIpXRV070D0+AlcpVEcHNpdlt",
+	"PlBHAeTsOcDnMLi3S8H/VoJjFKHOP5lftHJO7dDz/Fs7JveLyFaBw4v76CSoOe7ntBbe7+EB9z1ADeTC",
+	"j9GXqGriEPfTNd1a/cM7Z/xEtyiNnshupTS+AWy02q3iYM5qlwlCqpEGohqEz/siuaAr/fq6dtiAt8a+",
+	"/+vr195lASCOZ4IbTjP+O2ihClHEB6ekBCi7tmCBK8rNv8LH3zs9KbbKnn3s3C2gDS0UzYcT8ZKzLNXN",
+	"GO8AFLEfL4oyjkjsIjRiqy/EdcZB7HDfrIYkyL+/eP0+arp6oioif4ioiENXkiWOJiLWF7yYXjAlWOYU",
+	"Nz0mkHADGuucCxaFPp6gL1hCxE0buIu7YXUebaAoblNP3HG6X/2kiXj9yRUUzzI2WQQO8KtQegOZ4OFe",
+	"i/WKGnblEOM3oYoAoZU6j01NigdzrYYKE/KEfVSY4AR8BR26uefEa6V9bWShKxDMwU32cw+fSue2jT4J",
+	"4wjNfF/JYVPOv/lZvqGPxX3uwXqoSZYdRm8EFvaot4oVGa2izjUziBqrCSVXS5kx0p+joJCxuSEAOyvn",
+	"EIVCL0Bw4crnC+pT+/cKMWulITlTC38tg8Hah5qAJRVCLnAsvmlfqM6DrpYiWVIB4R5PXYV3LjD8yENd",
+	"g7nYUjiU8gdpakyoFaTAThwUSQkLmANIdVU9HmJuYvgDZKZSpAylJcGuqornE3FE4mZRhXgMKMj4ByIe",
+	"Q8TKpPcR0YDjP8DgDoKe724iCJHz+ZA8s3Pzcoqr+h9UDvfVtKHEEYAy2rlmfI5NxK1FsOMBmZWGXDBW",
+	"2B2Mg7rZMYHy2mMsMUdtG9gBNAnbP4Q5hjUn3AytpuHmJwVbm55iubx0xnb4yDbdd8vtoopiXzER8vCO",
+	"SMzEZYwjURIAv0PM7BmHGCVNygKDS0/XcaxtF0K24mxDciC2v46x/Xg0wt7DmiFWUDUms/+pK3TE402p",
+	"0gU5EaITmrEjI7Gevt0V+HBV56bbvVrrxdVVJ3ZosBKhuOvDYAC9Vnlw5iUQhwT6sSSD2MlnGI7kS7pQ",
+	"yOTVV5D7ZodZHTc8W4hg7XQSD87tEIJ9aBNpkvXQIa2PyXA4bE+cbJZyuSfpub1ezF7S86e/BHHdudFY",
+	"0Qn56Fdj221uU2CQDeHqgSZ5idUy/Qrfqbh8bI/skTuyx0uZpYej5q3fxO2AUmC/cmDOUUN+tJq6Q16H",
+	"OOVqPOSKZxmRSVKqiaAOJeOhP/FBLKdnun3MsMYilZHnX40mHWi3GQDXTGiW2UZzuiIOGd1fquBJnIi4",
+	"LvkiAtbmHYyh41cKX9dsXFXM42YiQCpu4yk/yiwNCjTdp2QbdHMOa9V2un92HBiWvShNc4b19E6JpnNm",
+	"GbVbs6/ysD/BdkvtzdWg43s8sUj4+2TikMrNbneWpxkLTMv13hJ7RrAUBVjytJyIZhqOFaDBhRRXQb/+",
+	"Zo8q6SeICI4dbgcWYHFhCVAGGYxwrrZDY8EGHZAVm1T8uY9MeCHa2YWsBtfi69nwZ+NpuDgppwshteGJ",
+	"W6fPpDm2HLCkuOUd2NLmjTLmhgTUVywhtKSaxDyNoaxmmdcJDxPxE9XmCNLKjs6eu1CdgZXu7aMYA3iw",
+	"EavWDLDgQkoNjUmfTsRaZhrVUAhkAGWPhE+/suI2yaBOkOsfikwSI+VEyAwDZkBncUUk5izLyIwtuUht",
+	"j240Y1T4YqwHIcwpUewIC2eElw1GVblaTkykuqpJG6OlKI1xYG2MArMC/Y58zQ786sC+o/zD0NC1K/2Q",
+	"B07eQ1IR75qZsWuW3D07m0t1cU+Kgj34UGQaIh6xXDDHsmDo4Ldyv7wSJJHFytvPrLSEqAtcX9Q4X/a1",
+	"TC70kLxUMq/KURvfBbcdwCdJJgU7RcOYu/RJX6qJgCc+CBPLO9lHU2dvc8GIPq6xKE2zSI8Asx1Ww4Y+",
+	"wE6O9ZVBQwhfH9Qjs6yFi5I5/yn+bpVBLG6EIQA+anUKf8aVVRJMKFWrvvQ/FN6BxhFkh1YTdYNd8Etm",
+	"F8Q/tu8OmgGVE9GIqCTOx+oa4BorJaGhEkE9qrBJ2xpLJ6IfLqYV/Brr2W58eSnVxT2bXsIuvkC3pT8V",
+	"X6+CzwBLa8/tvTksjy2D6hQMQQDM5IJkXDBflu38/IWT5zAG38lyrj4YvMlEIlOWEqonwhV2Q+GD9OHt",
+	"MZn0Mq4NEy7kf/zt6NvRpAeV5HRQMPP8+Z8nImW2Ncu6wOGBrUNitE5owTT2OVOMXiBUHRWB1Aq5pVBH",
+	"DQy0riSYM8RiibkZS2TONHn/zy9fvnw+JH9BRgtQpXFk74CJsH2g9RclLJY6tFSMJbHTX9jVcTzJiaEp",
+	"185IoU8nImdUuAw9Eo/Ba0AzfsliKEZo3/fr7K91tSInT4iOaj11ImYZFRf4Joql3Fh2Gjy+AiyjlGtw",
+	"S8FyAL4TLEo0ET4KnkERUsckcZWhiuOc8qxUvnlTy8JgtWYpRKzbyeIqo8k7hkqVsSMKLFyHJPECSlii",
+	"UAmiNdQB1DJjQFtcO58EFH7U/HdG+rFmitNsmsnFNKfXUCI4HpwSQ3mGFyzuDlS9IzRR0mcYuJbmPGPa",
+	"zgUWJJNi4cNZvnlM/sx/mAisdQhCri+Finss54QakltlA9/tMAd4hvmTXOyMpfvZl0Ak7JprcPlhZ0ba",
+	"vU7Rd90VVWdn3Q6ZezIaQTl0npc5/DWCB1zgg7oqfFU/+2O0PrY/M1a4DbbjshIPjK1rNDeB8N3olBYF",
+	"+T6MkHqgiSOKiFzmufvx19ev7QsJ0zrybIF8T64QLdOSGculIClPOyMSQThoH60dhRWQhV2r39xfl3ne",
+	"i3zdv6C6cR1ref/qmPTk8VUDu7Xdx0MWN7wa9tbbX4f6LKoTlHS+Ny2n1eCzWTPIjuFLCn2JiJBXBIb1",
+	"teDBbSXLl4qx360s8nYzeuPy2Zv3mvRrhW8FERU8ZeJmIVbdEqhTRe+J1L06+V//6387uoF/uimfhldQ",
+	"oPZWLj6PjOI1e+QcXBiatCDiv8WpfEknJhDi3EJ/PTe3r7sF3tXaVnE/qhlauj/zFfAWBvEFUjQ3BBfo",
+	"60VwaxOD43uEehZ5PwStBS30Upoju+VpmbHDSij5z4n/fI8Sr1WKkfv23Pf8jxJ+/ZnTOyuBYWNzttQE",
+	"8e92kZL//fAySoeRSKDE76aPu2N0G311IS6637/S32bU9ycgvrsJDC/vgW7Pd9Dt3fsnzplZ7+kzxYfe",
+	"8PD8d0WiusNC71L55IVPcfp2SxH6niTj+NzHWTrEn8rvafU/B3OOTsYq9tuqhxpCXSaiRZvEIHNDrqiu",
+	"gzerZUPUHqtSpAScvuCrHJyS2LmMg5HUnUEwf59WsZ5SoXsV8l4ngs4V08s1B2pj12AGVVgeBXO6feeC",
+	"i3Qi+l638YVVnMYceRFRqg3157TycdOJ8P+Ugg28V6Thvh2Sp/UayNJkYI63SncVh7Mzj9Rzg3vNJ/Wd",
+	"fCbHbDXHLk7nfv9qJf70rPEdvbBaU03G8w5P7V3yveM/9J3ZzTYcM57aANMCgbgORbbQdwttsS1Up7IJ",
+	"eEziiuvU3KlvOSDks19x7eIPMayl2jXBCCTZQcxOd2DLbAXMcVxbfoJGZgpSqBpB60bWwTtwBzT4vr0N",
+	"EBpsIigJ+CXJGEVeGDxtfPtAE8ShftoykpyuCM20xDoc7mIxsl6QMIwHQKAjewVAhl6Zs3SAq4cd98Hy",
+	"aS8bSCAMRxnMrt+8dSApzt4qda/1qgaYBjBUuMjgZkCkgern5loCVoMUbXfCmtn1ni8F11vLrfDxS7b3",
+	"fr0XPqWJWAJEdL0rM5pc2NMQsJr6SrjpNRHtY3NzSSD3Iyv787/mXTn3iUjow3/QLUFDQA29ZOlEGFl7",
+	"Wez6/Pr6NWHX9l/9eEn11M89ruJ17MUyGBJ3ICGqpA5brLw6ofQ9JLGdrWJacyliIi+ZUjz1gY5tSo3L",
+	"FHa3RpXO4qBIK1h9t87DiXjnM6od4qbPtm4PFoev7jm6cK2XL4xjoU/XXxNfmdVnAHo0gRO4L5U7yoO2",
+	"7Ls79ggYqsx96fFMGLWCPJEYk06SPIVYaSYg2lhElUFjTTf2pxoLhwISlMOKyjgI/Iii+0APTonMuTEo",
+	"EWkI6XMgDZAv7sLdDmAHytw/M6j7+HKFF8v9XbjhV55wi/CnH6Q0gdx+T449Q00n6OC5oRW9vUFFce20",
+	"t8XtOZVyLy3y8ei7b3apkdEfW4IZpxkXF/qwkMYP93he7DKdiblsOy9/8bGPWCDep8PSmXQp03blvh6Z",
+	"T3+NWjonFJbfHjOesmCb+mhGrR/QxU0jqe4n3NAe4e5EgGdv3mPejr0PnSzvkp+CEF3Sh3ylY/vnICIO",
+	"jpDMVoZpgDFau2bfPX3jtAGMyoew3iuqwRidAFAeeUo0sq5aOq9o/nempK6gFjN+ySr0nh0x2+cw209w",
+	"42FHbUiADjui1HW5lK/XVe8tc9lcsC5r9lRHX1UlMHvGvqgjJIs7k2XX71BZfJkxWO50fqXg+hqQRYNo",
+	"F4ombF5m2R3rTpcyK3P7B/7jbEdp7o2YA/f99hgqQ5Plr/DiV+TDLzESy+4PoW4vMYG4wTA7HfFu9zvI",
+	"D3+tUfZv5WDa8TaS19nzMwHawRYQp5uQ8FOzRsJ3r1GHXXzhqGlf9YJPf0iRPOpDauQ9HNGW++GKctMp",
+	"0G/Ur92AFPMViXxaPXrvfO6/+34iGFXZivStcpBOrQoK+vKgAmlXjEK9LZ+Xzw0CfNlZg5uTzFYAl8Cy",
+	"Oek7M0XkzcEROV+WJpVXwsedROS9wAK5mOLvQODpROAAI19vilaInryqwjsE2FHDYm+MU6wAQG6P2w7B",
+	"N4QK0G58WqhGwMw+FVWcvH2/zlLWXCwy59EYnGJd3mTJ0hjcmqj1ScHcWrTCo/+FcvNSqmZFhB1Jpe+C",
+	"HSF9nAqdZWww9GtUrQ7BdGdXZqwX9dh1kcmUebPKtloO3SaYqoLCmrEFUlLP8Ef077s/TtaLKEQ9bVYZ",
+	"GmJU3hKO8EqStMR1Igii+WikI/IwH5xWPphv7JOEYuCRIU/yzjxanjNZml6HGembxzdJ9rw503Z7Dnv9",
+	"1nXSGeSD8Wb+lEKNASbSr8bRz8HRf8hkchGk/weGCVoVF3TmDnA0OBbyJQD0FKVesi2ID4A5YF9qQABb",
+	"bqIBCaGq9jH2oM8R+VvJSpa6vHwuuF56f0jfoTrbr05GoxGpfsZxgOSGESiYxF/DRLdCsfzEtXmDM/gU",
+	"1V9sV/tUfsEhNddn+HdXbt/tyV0W3X9x7azTxAkT0I+RPhgIqpxY3ZgoNmeKOV8jxVonlhhcVf5+7P8Z",
+	"lug8Nozmx7QoxifxKXkukwumyI/lDBmlkEEDYDCy1yHNWYowIy4gtygzgIfWNGckp4LP7R6mfMG0iSYC",
+	"HvugAZaSjK6Y0hFCdMxWZCGPLNFRLpiqhzvL5MwFFTjByctTS6orxHZogy4oFwPEnIODB55GX+dzRpOL",
+	"hbLcEaMpHIKlg9ZwJ++vcnZKCpllBOrU4D6CFDgRyKZihDnE8qTwexoTqUg8pzyz/+57/A4onqPpSpOr",
+	"5WocrGApgL1ZCSMi1dOUCcCCTxCjoXpO0xRKY0FgGUU0+YgMh8NTADA3jEB/ZCZTznxBuLRMUBarmsGX",
+	"AP8FnbF6KZXxwNp6MCRPHVYHzGqaSIGovMkq9jxGlcLLuacI9AfUpfEW5YJIlTJF+jGs5rSQGmS8OCIn",
+	"5Hsi2LVBJPB3NeCEB3XB4DWMMCmgWJEVLCti5UxPYe7xeCIyKQu7mxEpFL/0YPoZFxdHmUxo5peM1a0K",
+	"Aig5qe3/TUa5wKq5XBMItbGyqm+V1F1GJOZCs6RUbFo/jSNcQDt/R5JyTiiSHEKL+a8crBhMulFjiPRL",
+	"bXmIcwQUVOsrqRB9sTqgUyMvmIihVtBEVAOF6wQ6s7MbA9e3i+8zrAHnlRRMaZgylGCSiwWIyxMBNa2R",
+	"TGwbgLZWR9K7S8q2iM53PKR4/fzy7GwiEnsx24Wx7UxlwqfwJI4su5mtvCxp6UlU3NDyBTJjcwgualyH",
+	"tifXh0eGfjz6bkzQ+uZB1mwL8G97wocT8dSTj9dMcqoutCdTUGcA6NKdaqmqugp4SieiP+k1m2CplY/t",
+	"K7aVSQ8pFRB39Bjw6T3o/NSZPmLYDUpmNK24MAR9BBs9ESi2zKRZEkSzhm8c3RRcCDynjlE7bjk4JY9H",
+	"j7F9YTmPU0Lscp5CIoJbfyHNFLhh7CoO1yW+ODJkLMI1ETjxCD9OnNgXe+1S+02AZbMc1e5Md9oA3Of3",
+	"mSpgOzjIBPTw7nzGIKu0yyaOor7qCreQk2AdqahFGOovMs/4DhOcAsNNcF9vwehFzucyd0odYYAjmDpE",
+	"6sKa/HG5Wq5a012rA3BfgQsdROhH/49kwG+tRFTgAt9EgD5Ir3vFBFM8qdQ65fymW1z4tKAJN2DZSooy",
+	"akCb1M56iNDl+mLKZYRoe/M5Swy/ZBOR8Zwb0k98S//5H2jaumRKl7PpnwgQ2yBCR36N776UWVo5+CeC",
+	"Y3GjIXma5hwCca0446BIrWwhAC1Nj6tAuwhDwaIg2Q3T5NylCXh3C2kFEkgNrsZMcMibhWlcbYVyPucJ",
+	"Z8JeR24B4yGpCnni2xRiHPphgchoItby4QY4y8uksEfThUj0Ac3un8lSmiIrFwBjVwdGTATIJ5m9VJWz",
+	"F3BFUnklMknT47Kw/8Ep6EG1M+Ts+Bf38HQDHd8OApPo7K5kdAV92sYxX+Q5RFj78ApIE5kICJrQyNlC",
+	"GR6UmKj2sljx2weoWwVqbk8OAfw1bWdTtwulj3SExseioFgmg//OdBe4/tuKgO+RPdWdtPCoKvTg0yPn",
+	"367mA9QSxSMZ+cNYTeyIXlmhGekFy3fhLnEpQlW/ZiDtzMr/7vhVg+ccI7kfK5ZklAPaXbs54EzMM7Cl",
+	"Q9UxOxApAHDRy7kQG6XdqXeHNTw8UBACip5ZAZW4DqcQYVTlWPj4EAdgj/FWDl4YlcWJsIfMvmsXZUY1",
+	"IzFATJJ+oaRhiWHpdJ5JqbDpwWkduaUD6HtQPI3EwSwkGn4AghSglNEaZJc/5dqUasZSBy2PaoTVP/VE",
+	"9MvCNnLyhOhBFc3k+rKNM+PKVCFwM1pUgMVafXwiaGJKmmUrsgB3Ck0usBdgSBnVBjnw1Dbd90bzJ3lU",
+	"r8bDx8uBK5sb9O065sqzM9v0qQPFdktf1bNDxdr2MyQ/AhOCeCxXCAuVlioPZBx4Z+Tce1IA1VMtXEG2",
+	"nPTdOIKgal9xBxWRwZCkajW1+j1ozEVGhW5PEIPBvobO70kBwMZdT5/JDbw2hm6XgnsFVszjgZeZ+Ueu",
+	"XO2njOzAUbRZKlkulhUvuglDDAT5BjRBqxSGxcs1SWQ+44KR/tOfnw+GrXbu8yA/bHeh9vpidtjoc7S4",
+	"1H5my+rOnp82c1CDvPvBdgjVaV2KKu3dPJ032jF6P+4LLjoxXe1vexeZ98v4Z/tRV//hmvT1wLN4roMU",
+	"6K7RwH+6XIqPDl6PdmA2V0Zy1y5H4E0/ex5hQm1LzjbaxJyk4186e44Jwzk1yRIsrVUeRl1vj2pn3kqd",
+	"DNe2GEF+wS0oZIfy844uNB6k3q0dtHv5gWoIht2+oOrYfvHWlr+HMija1DQfEZmllX/t5pBODU69Z9nu",
+	"Rk75YbhxX81tnwGbrqKaO4Gd29BWu8lh9BX35b8BmXlz322o7GaGP08VleWvycluWBup0eo2wBWoh+RF",
+	"grCedws6CZbQjpy/aQOnJAoQsmqoZRdFtw2EZSIQhcVnLDfaJ3XzPufR/14hl5yG+FSVKLxeLIhwEcCX",
+	"TMRe+CXhGtQvdlUVumekkrCLL7SqUEhPXxnZZ8P2o82DjXkEt+Ju3QAlPqx5ewgavtUU+aLN0ssUgqvt",
+	"1PSpZRkL/dvFh+8vY1eSH86mt18nVKkVFwtvNEcft6GLrkizX91ID+XRn1w/cekNe2gnbkpfsHH7zvSG",
+	"y2r3Dgqo3x7QhucFwtkLqjQj7No8RreMnKMRebqYxeQV/4H0uSGJRPMrRJQ5IC1Cw0RgOBn61LU3EZ5a",
+	"4WqpjfkzVtm13fU6GJIzo4mS0ratWGLs9ck1Gf3LkydEXgksqDQaj4YktvdTTDDbXTerneLdpcqMnWKJ",
+	"V66JhPnSjPRPjk4efksyZgxEvaV8wa0mFh/FEYmn9v+G8SlZMGEPD0vRDU1nmgmImjp7rqviiZroJVUY",
+	"Cg9/FzRhpB9DzFqVzcbTjzFYNzRh3CyhlqyWlkOFxgqMpQOPnhUIqPDH3C4ufhdG5gSxI8Ngl+hMXrIg",
+	"hOiBJjE2U1Wdsu9NRGU2Pxk9fDwIWh7ZYVkhBDOQc74l+uRek5DCLj7TXe+5UPtNj+v61ShyZ1e2r+p2",
+	"6cnqpnlD/ujZW/+IqmTJL1m3D6+Ct4LypYaq4eJ3yI0pRRAlayjEqNIkYQXm10h7jl3pPB/tt2RZWscA",
+	"nqJT7embswdYBBr7QRd+DVRbFNkKWZ+jWpJRkbosJSvGAEt23GCDKVsJYiJymTIdAZO0XC03PLd/61UO",
+	"SCDAspZUpfgXBJUF7cDM7c8koQVhYi5VAqzPhbJNhFtFN2GNobvB8oBXEeMrSlHQ5MItmfbFqlyZWNsg",
+	"OjcZTZaQbE2omYjGnBx/XPzOCzKT+cyOLymtbITd0sJFPZw8IrHjPVMj5RQiD2LPwao2hxPxQkDMqKui",
+	"CuEVQDBElqZCtvBLrKp45gJiVKH2Hwb0NmIuRhBzsRaMGLBPwGsa28tDZqVBIBMdQTZWPBxCkUQ8KpGH",
+	"2fDuG+p3biL67l/ozYRBH7nXBlGwp/7TasulspPzaRtGMRZ5qDoB5ScplOmbSw2RnBhp5TzVHrBTyOoW",
+	"sneeNEtX3xKDL0A+jUk/Zaz4BcohRqHMChGzxGVMeEHggbYSqt51q7xUMn/qju5e+DrOa7EXvs5eXoxW",
+	"zxFS1PZ+fLHCk/Ziha1ehvTT+hf2ua7t8WvelXOpcmp6496MC4rhgZuV/75ez/d5PT8+eXRn6wdB1V3L",
+	"5xk+cnOI28glnGYq1tUCe8JdAoOTi6sXBsPPbQdoIAn4651WnOW2Msamt6XNdaLD+8XjgdprZUieVo9B",
+	"8/dh6EEIXN8HE0llWXAorX83EUEQeXD1VLGKY5IipgI39nsXzw/hKJjV1cKHccxdKBl/p3WF/q6cPTcT",
+	"gXdUF6q5olWjz55beggB0StbVGCDag26vn/8lANY+1fslDUXzs1o52bOGw910vv4AQbDklJxs4JPZ4wq",
+	"pp6WVmr57YOVO9yA/qikqZU2DJPkvRyE4eXhkyqvOHjoEoyDJ7UZt/HtAvPPwod+NYJHdWRU8BBF5caj",
+	"WcmzVNu5/v8BAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -129,6 +129,24 @@ func run(image, name string) error {
 		return err
 	}
 
+	res, err := c.Resources.Get(ctx)
+	if err != nil {
+		return fmt.Errorf("resources: %w", err)
+	}
+	var held *hypeman.ResourceAllocation
+	for i := range res.Allocations {
+		if res.Allocations[i].InstanceID == in.ID {
+			held = &res.Allocations[i]
+		}
+	}
+	if err := all(
+		check(held != nil && held.MemoryBytes == 512<<20 && held.CPU == 1 && held.DiskBytes == 1<<30, "resources: allocation %+v", held),
+		check(res.Memory.Allocated >= 512<<20 && res.Memory.EffectiveLimit == res.Memory.Capacity && res.CPU.OversubRatio == 4,
+			"resources: memory %d of %d, cpu ratio %.1f", res.Memory.Allocated, res.Memory.EffectiveLimit, res.CPU.OversubRatio),
+	); err != nil {
+		return err
+	}
+
 	// The SDK has no typed health_check yet: send hypeman's nested shape as
 	// raw JSON and read it back from the response body.
 	var raw map[string]any
