@@ -58,6 +58,24 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 		cleanup()
 		return nil, err
 	}
+	if len(meta.Volumes) > 0 {
+		// The store first: a daemon killed before the metadata below is
+		// written leaves attachments its start-up reconcile drops.
+		field := func(i int) string { return fmt.Sprintf("volumes[%d].volume_id", i) }
+		if err := m.attachVolumes(ctx, meta.ID, meta.Volumes, field); err != nil {
+			cleanup()
+			return nil, err
+		}
+		cleanup = func() { os.RemoveAll(dir); m.detachAll(ctx, meta.ID) }
+		if err := m.checkVolumeSet(meta.Volumes, func(i int) string { return fmt.Sprintf("volumes[%d]", i) }); err != nil {
+			cleanup()
+			return nil, err
+		}
+		if err := createVolumeOverlays(ctx, dir, meta.Volumes, nil); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
 	e := &entry{meta: *meta}
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -127,6 +145,10 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validateSnapshotPolicy(p.SnapshotPolicy); err != nil {
 		return nil, err
 	}
+	vols, err := m.validateVolumes(p.Volumes)
+	if err != nil {
+		return nil, err
+	}
 	networkDisabled := p.NetworkEnabled != nil && !*p.NetworkEnabled
 	limits, err := parseLimits(p, mem, m.shapeableNetwork(networkDisabled))
 	if err != nil {
@@ -139,6 +161,7 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 		SkipGuestAgent:  p.SkipGuestAgent,
 		NetworkDisabled: networkDisabled,
 		Limits:          limits,
+		Volumes:         vols,
 	}
 	if p.RestartPolicy != nil {
 		meta.RestartPolicy = *p.RestartPolicy
@@ -309,6 +332,7 @@ func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config 
 		Hostname: meta.Name, RootFS: img.FSType,
 		StopTimeoutSeconds: int(m.cfg.GuestStopTimeout / time.Second),
 		SkipGuestAgent:     meta.SkipGuestAgent,
+		Volumes:            deriveDisks("", "", meta).Guest,
 	}
 	if memMiB, balloonMiB := vmMemory(meta); balloonMiB > 0 {
 		gc.MemoryTarget = int64(memMiB-balloonMiB) << 20 // the program starts with size
@@ -367,11 +391,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 		ID: meta.ID, Dir: dir,
 		KernelPath: m.cfg.Boot.KernelPath, InitrdPath: m.cfg.Boot.InitrdPath, Cmdline: m.cfg.Boot.Cmdline,
 		MemoryMiB: memMiB, BalloonMiB: balloonMiB, VCPUs: meta.VCPUs, DiskIOBps: meta.Limits.DiskIOBytesPerSec,
-		Disks: []hypervisor.Disk{
-			{Path: img.DiskPath, ReadOnly: true, Serial: guestconfig.SerialRoot},
-			{Path: filepath.Join(dir, overlayFile), Serial: guestconfig.SerialOverlay},
-			{Path: filepath.Join(dir, configFile), ReadOnly: true, Serial: guestconfig.SerialConfig},
-		},
+		Disks:       deriveDisks(dir, img.DiskPath, meta).Disks,
 		AgentSocket: filepath.Join(dir, agentSock),
 	}
 	if lease != nil {
@@ -570,6 +590,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	if err := m.removeInstanceDir(id); err != nil {
 		return err
 	}
+	m.detachAll(ctx, id)
 	m.publish(id, from, "", "deleted")
 	return nil
 }
@@ -614,5 +635,6 @@ func (m *Manager) discardAtLoad(ctx context.Context, e *entry, what string) {
 		m.log.Error("remove "+what, "id", id, "err", err)
 		return
 	}
+	m.detachAll(ctx, id)
 	m.log.Info("removed "+what, "id", id, "name", e.meta.Name)
 }
