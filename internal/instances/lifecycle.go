@@ -61,16 +61,12 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	if len(meta.Volumes) > 0 {
 		// The store first: a daemon killed before the metadata below is
 		// written leaves attachments its start-up reconcile drops.
-		field := func(i int) string { return fmt.Sprintf("volumes[%d].volume_id", i) }
-		if err := m.attachVolumes(ctx, meta.ID, meta.Volumes, field); err != nil {
+		field := func(i int) string { return fmt.Sprintf("volumes[%d]", i) }
+		if err := m.attachVolumes(ctx, meta.ID, meta.Volumes, 0, field); err != nil {
 			cleanup()
 			return nil, err
 		}
 		cleanup = func() { os.RemoveAll(dir); m.detachAll(ctx, meta.ID) }
-		if err := m.checkVolumeSet(meta.Volumes, func(i int) string { return fmt.Sprintf("volumes[%d]", i) }); err != nil {
-			cleanup()
-			return nil, err
-		}
 		if err := createVolumeOverlays(ctx, dir, meta.Volumes, nil); err != nil {
 			cleanup()
 			return nil, err

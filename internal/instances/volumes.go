@@ -1,6 +1,7 @@
 package instances
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -166,12 +167,7 @@ func deriveDisks(dir, imagePath string, meta Metadata) diskSet {
 // "volumes[0]", or "" for the attach route's body) and returns its overlay
 // disk size.
 func (m *Manager) checkVolumeMount(field string, v *VolumeMount) (int64, error) {
-	f := func(name string) string {
-		if field == "" {
-			return name
-		}
-		return field + "." + name
-	}
+	f := func(name string) string { return subField(field, name) }
 	if strings.TrimSpace(v.VolumeID) == "" {
 		return 0, &InvalidArgumentError{Field: f("volume_id"), Reason: "is required"}
 	}
@@ -204,20 +200,37 @@ func (m *Manager) checkVolumeSet(vols []attachedVolume, field func(i int) string
 			w := vols[j]
 			switch {
 			case v.VolumeID == w.VolumeID:
-				return &InvalidArgumentError{Field: field(i) + ".volume_id", Reason: fmt.Sprintf("volume %s is already mounted at %s; a volume is mounted once per instance", v.VolumeID, w.MountPath)}
+				return &InvalidArgumentError{Field: subField(field(i), "volume_id"), Reason: fmt.Sprintf("volume %s is already mounted at %s; a volume is mounted once per instance", v.VolumeID, w.MountPath)}
 			case v.MountPath == w.MountPath:
-				return &InvalidArgumentError{Field: field(i) + ".mount_path", Reason: fmt.Sprintf("%s is already the mount path of volume %s", v.MountPath, w.VolumeID)}
+				return &InvalidArgumentError{Field: subField(field(i), "mount_path"), Reason: fmt.Sprintf("%s is already the mount path of volume %s", v.MountPath, w.VolumeID)}
 			case strings.HasPrefix(v.MountPath, w.MountPath+"/"), strings.HasPrefix(w.MountPath, v.MountPath+"/"):
-				return &InvalidArgumentError{Field: field(i) + ".mount_path", Reason: fmt.Sprintf("%s and %s (volume %s) are nested; mount volumes at paths that do not contain each other", v.MountPath, w.MountPath, w.VolumeID)}
+				return &InvalidArgumentError{Field: subField(field(i), "mount_path"), Reason: fmt.Sprintf("%s and %s (volume %s) are nested; mount volumes at paths that do not contain each other", v.MountPath, w.MountPath, w.VolumeID)}
 			}
 		}
 	}
 	if limit, slots := m.maxVolumeDisks(); limit >= 0 && volumeDisks(vols) > limit {
-		return &InvalidArgumentError{Field: field(len(vols) - 1), Reason: fmt.Sprintf(
+		return &InvalidArgumentError{Field: cmp.Or(field(len(vols)-1), "volumes"), Reason: fmt.Sprintf(
 			"too many volumes: at most %d volume disks per instance on this runtime (%s has %d device slots, %d used by the instance's own devices; an overlay mount uses 2 disks), this asks for %d",
 			limit, m.cfg.Hypervisor.Name(), slots, ownMMIODevices, volumeDisks(vols))}
 	}
 	return nil
+}
+
+// subField names field name inside prefix ("volumes[0].mount_path"; just
+// name without a prefix).
+func subField(prefix, name string) string {
+	if prefix == "" {
+		return name
+	}
+	return prefix + "." + name
+}
+
+// inField prefixes err with the field it is about (when there is one).
+func inField(field string, err error) error {
+	if field == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", field, err)
 }
 
 // validateVolumes checks a create request's volumes.
@@ -245,10 +258,21 @@ func (m *Manager) validateVolumes(in []VolumeMount) ([]attachedVolume, error) {
 	return out, nil
 }
 
-// attachVolumes records instance id's use of each volume in the store,
-// resolving names to ids and filling in the disk paths. On error every
-// attachment made is undone.
-func (m *Manager) attachVolumes(ctx context.Context, id string, vols []attachedVolume, field func(i int) string) (err error) {
+// attachVolumes records instance id's use of vols[from:] in the store,
+// resolving names to ids (the whole set is checked again with ids: the
+// same volume by name and by id is refused) and filling in the disk
+// paths. On error every attachment made is undone.
+func (m *Manager) attachVolumes(ctx context.Context, id string, vols []attachedVolume, from int, field func(i int) string) (err error) {
+	for i := from; i < len(vols); i++ {
+		info, err := m.cfg.Volumes.Get(ctx, vols[i].VolumeID)
+		if err != nil {
+			return inField(field(i), err)
+		}
+		vols[i].VolumeID = info.ID
+	}
+	if err := m.checkVolumeSet(vols, field); err != nil {
+		return err
+	}
 	var done []string
 	defer func() {
 		if err != nil {
@@ -259,12 +283,12 @@ func (m *Manager) attachVolumes(ctx context.Context, id string, vols []attachedV
 			}
 		}
 	}()
-	for i := range vols {
+	for i := from; i < len(vols); i++ {
 		v := &vols[i]
 		info, err := m.cfg.Volumes.Attach(ctx, v.VolumeID, VolumeAttachment{InstanceID: id, MountPath: v.MountPath,
 			ReadOnly: v.ReadOnly || v.Overlay, Overlay: v.Overlay})
 		if err != nil {
-			return fmt.Errorf("%s: %w", field(i), err)
+			return inField(field(i), err)
 		}
 		done = append(done, info.ID)
 		v.VolumeID, v.Path = info.ID, info.Path
@@ -377,22 +401,17 @@ func (m *Manager) AttachVolume(ctx context.Context, ref, volumeRef string, p Vol
 	vols := append(cur, attachedVolume{VolumeMount: p, OverlayBytes: ovBytes})
 	field := func(i int) string {
 		if i == len(vols)-1 {
-			return "volume"
+			return "" // the request's own fields
 		}
 		return fmt.Sprintf("volumes[%d]", i)
 	}
 	if err := m.checkVolumeSet(vols, field); err != nil {
 		return nil, err
 	}
-	added := vols[len(vols)-1:]
-	if err := m.attachVolumes(ctx, id, added, func(int) string { return "volume" }); err != nil {
+	if err := m.attachVolumes(ctx, id, vols, len(cur), field); err != nil {
 		return nil, err
 	}
-	// Ids are known now: the same volume under another name is refused.
-	if err := m.checkVolumeSet(vols, field); err != nil {
-		m.undoAttach(ctx, id, added[0])
-		return nil, err
-	}
+	added := vols[len(cur):]
 	if err := createVolumeOverlays(ctx, m.dir(id), added, cur); err != nil {
 		m.undoAttach(ctx, id, added[0])
 		return nil, err
@@ -544,7 +563,7 @@ func (m *Manager) reattachVolumes(ctx context.Context, id string, vols []attache
 		return nil, &InvalidArgumentError{Field: "volumes", Reason: from + " mounts volumes and this server has no volume store"}
 	}
 	out := slices.Clone(vols)
-	err := m.attachVolumes(ctx, id, out, func(i int) string {
+	err := m.attachVolumes(ctx, id, out, 0, func(i int) string {
 		return fmt.Sprintf("%s mounts volume %s at %s", from, vols[i].VolumeID, vols[i].MountPath)
 	})
 	if err != nil {
