@@ -121,7 +121,6 @@ func TestCreateRefusesWhatThisHostCannotHonour(t *testing.T) {
 		`"credentials":{"KEY":{"source":{"env":"REAL"},"inject":[{"as":{"header":"Authorization","format":"Bearer ${value}"}}]}}`: "credentials",
 		`"devices":["l4-gpu"]`:                                "devices",
 		`"gpu":{"profile":"L40S-1Q"}`:                         "gpu",
-		`"volumes":[{"volume_id":"v","mount_path":"/data"}]`:  "volumes",
 		`"network":{"egress":{"enabled":true}}`:               "network.egress.enabled",
 		`"hypervisor":"firecracker"`:                          "hypervisor",
 		`"hypervisor":"cloud-hypervisor"`:                     "hypervisor",

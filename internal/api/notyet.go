@@ -44,14 +44,6 @@ func (s *server) DeleteInstanceSnapshotSchedule(context.Context, gen.DeleteInsta
 	return nil, notBuilt(featureSchedules)
 }
 
-func (s *server) AttachVolume(context.Context, gen.AttachVolumeRequestObject) (gen.AttachVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
-func (s *server) DetachVolume(context.Context, gen.DetachVolumeRequestObject) (gen.DetachVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
 func (s *server) ListVolumes(context.Context, gen.ListVolumesRequestObject) (gen.ListVolumesResponseObject, error) {
 	return nil, notBuilt(featureVolumes)
 }

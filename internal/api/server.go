@@ -166,6 +166,9 @@ type Options struct {
 	Guest     Guest       // optional (501 without)
 	Ingresses Ingresses   // optional (501 without)
 	Phases    Phases      // optional (current phase only without)
+	// InstanceVolumes attaches and detaches volumes (instance_volumes.go);
+	// optional (501 without).
+	InstanceVolumes InstanceVolumes
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
 	Secret []byte
 	// Version is reported by /capabilities.

@@ -70,9 +70,22 @@ type Daemon struct {
 	ctlDone chan struct{}
 }
 
+// Options are dependencies New cannot build from the config (zero value:
+// none).
+type Options struct {
+	// Volumes is the volume store the instance manager attaches volumes
+	// through (nil: instances cannot mount volumes).
+	Volumes instances.VolumeStore
+}
+
 // New builds and starts the core. It fails with actionable errors when the
 // host lacks what guests need (kernel, init binary, QEMU).
 func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
+	return NewWithOptions(ctx, cfg, logger, Options{})
+}
+
+// NewWithOptions is New with opts.
+func NewWithOptions(ctx context.Context, cfg *config.Config, logger *slog.Logger, opts Options) (*Daemon, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -168,6 +181,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		Paths:      p,
 		Hypervisor: d.Hypervisor,
 		Images:     ImageResolver{Store: d.Images},
+		Volumes:    opts.Volumes,
 		Boot: instances.Boot{
 			KernelPath: d.Kernel.BootImage(),
 			InitrdPath: d.Initrd,
