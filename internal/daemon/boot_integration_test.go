@@ -41,6 +41,12 @@ func newDaemonB(t testing.TB) *daemon.Daemon {
 // network namespace.
 func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 	t.Helper()
+	return newDaemonOpts(t, extra, daemon.Options{})
+}
+
+// newDaemonOpts is newDaemonWith with construction options.
+func newDaemonOpts(t testing.TB, extra map[string]string, opts daemon.Options) *daemon.Daemon {
+	t.Helper()
 	tier.VM(t)
 	settings := map[string]string{
 		"data_dir":     t.TempDir(),
@@ -63,7 +69,7 @@ func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 		// Benchmark result lines must not be split by log lines.
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	d, err := daemon.New(context.Background(), cfg, logger)
+	d, err := daemon.NewWithOptions(context.Background(), cfg, logger, opts)
 	if err != nil {
 		t.Fatalf("daemon: %v", err)
 	}

@@ -147,7 +147,11 @@ func (m *mounter) mountWritable(src, target, fstype string, flags uintptr, data 
 func (m *mounter) mountVolumes(disks map[string]string, vols []guestconfig.VolumeMount) error {
 	for i, v := range vols {
 		if err := m.mountVolume(i, disks, v); err != nil {
-			return fmt.Errorf("volume %s at %s: %w", v.Serial, v.MountPath, err)
+			hint := ""
+			if errors.Is(err, unix.EINVAL) {
+				hint = " (a volume must hold an ext4 filesystem)"
+			}
+			return fmt.Errorf("volume %s at %s: %w%s", v.Serial, v.MountPath, err, hint)
 		}
 	}
 	return nil

@@ -1,0 +1,322 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hypeman/internal/daemon"
+	"hypeman/internal/instances"
+	"hypeman/internal/instances/state"
+	"hypeman/internal/testutil/testimage"
+)
+
+// diskVolumes is a volume store for the VM tests until the real one
+// (internal/volumes) is plugged in: real ext4 disk images made with
+// mkfs.ext4 (-d for initial files), the attachment rules of the contract.
+type diskVolumes struct {
+	dir  string
+	mu   sync.Mutex
+	vols map[string]*diskVolume
+}
+
+type diskVolume struct {
+	info instances.VolumeInfo
+	att  []instances.VolumeAttachment
+}
+
+func newDiskVolumes(t testing.TB) *diskVolumes {
+	return &diskVolumes{dir: t.TempDir(), vols: map[string]*diskVolume{}}
+}
+
+// create makes volume name of sizeMB holding the files (path → content,
+// mode 0640) in its root.
+func (s *diskVolumes) create(t testing.TB, name string, sizeMB int, files map[string]string) string {
+	t.Helper()
+	id := "vol-" + name
+	path := filepath.Join(s.dir, id+".ext4")
+	args := []string{"-q", "-F", "-m", "0", "-E", "root_owner=0:0"}
+	if len(files) > 0 {
+		src := t.TempDir()
+		for p, content := range files {
+			if err := os.WriteFile(filepath.Join(src, p), []byte(content), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(filepath.Join(src, p), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
+		args = append(args, "-d", src)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(int64(sizeMB) << 20)
+	f.Close()
+	if out, err := exec.Command("mkfs.ext4", append(args, path)...).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	s.mu.Lock()
+	s.vols[id] = &diskVolume{info: instances.VolumeInfo{ID: id, Name: name, Path: path}}
+	s.mu.Unlock()
+	return id
+}
+
+func (s *diskVolumes) find(ref string) (*diskVolume, error) {
+	for _, v := range s.vols {
+		if v.info.ID == ref || v.info.Name == ref {
+			return v, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", instances.ErrVolumeNotFound, ref)
+}
+
+func (s *diskVolumes) Get(ctx context.Context, ref string) (instances.VolumeInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := s.find(ref)
+	if err != nil {
+		return instances.VolumeInfo{}, err
+	}
+	return v.info, nil
+}
+
+func (s *diskVolumes) Attach(ctx context.Context, ref string, a instances.VolumeAttachment) (instances.VolumeInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := s.find(ref)
+	if err != nil {
+		return instances.VolumeInfo{}, err
+	}
+	for _, o := range v.att {
+		if o.InstanceID == a.InstanceID || !a.ReadOnly || !o.ReadOnly {
+			return instances.VolumeInfo{}, fmt.Errorf("%w: %s is attached to %s", instances.ErrVolumeInUse, v.info.ID, o.InstanceID)
+		}
+	}
+	v.att = append(v.att, a)
+	return v.info, nil
+}
+
+func (s *diskVolumes) Detach(ctx context.Context, id, instanceID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.vols[id]; ok {
+		v.att = slices.DeleteFunc(v.att, func(a instances.VolumeAttachment) bool { return a.InstanceID == instanceID })
+	}
+	return nil
+}
+
+func (s *diskVolumes) DetachInstance(ctx context.Context, instanceID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range s.vols {
+		v.att = slices.DeleteFunc(v.att, func(a instances.VolumeAttachment) bool { return a.InstanceID == instanceID })
+	}
+	return nil
+}
+
+func (s *diskVolumes) attachments(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.vols[id].att)
+}
+
+// TestVolumesInGuests runs the volume acceptance flows on one daemon and
+// real VMs (sequential subtests: each builds on the volumes' state).
+func TestVolumesInGuests(t *testing.T) {
+	store := newDiskVolumes(t)
+	d := newDaemonOpts(t, nil, daemon.Options{Volumes: store})
+	host := testimage.Registry(t)
+	ref := testimage.Push(t, host, "test/vol", testimage.Busybox(t, testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"exec sleep 100000"},
+	}))
+	ctx := context.Background()
+	data := store.create(t, "data", 64, nil)
+	shared := store.create(t, "shared", 64, map[string]string{"hello.txt": "hello from the volume\n"})
+	sharedSum := fileSum(t, store.vols[shared].info.Path)
+
+	run := func(t *testing.T, name string, vols ...instances.VolumeMount) *instances.Instance {
+		t.Helper()
+		start := time.Now()
+		in, err := d.Instances.Create(ctx, instances.CreateParams{Name: name, Image: ref, Size: "256MB", VCPUs: 1, Volumes: vols})
+		if err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		in = waitState(t, d, in.ID, state.Running, bootTimeout)
+		t.Logf("%s: Running %s after create (%d volumes)", name, time.Since(start).Round(time.Millisecond), len(vols))
+		return in
+	}
+	stop := func(t *testing.T, id string) {
+		t.Helper()
+		if _, err := d.Instances.Stop(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d, id, state.Stopped, bootTimeout)
+	}
+
+	t.Run("writable volume outlives its instance", func(t *testing.T) {
+		a := run(t, "writer", instances.VolumeMount{VolumeID: "data", MountPath: "/data"})
+		guestRun(t, d, a.ID, "sh", "-c", "echo written-by-a > /data/note && sync")
+		// A writable volume is one instance's.
+		_, err := d.Instances.Create(ctx, instances.CreateParams{Name: "second", Image: ref, Volumes: []instances.VolumeMount{{VolumeID: data, MountPath: "/d", ReadOnly: true}}})
+		if !errors.Is(err, instances.ErrVolumeInUse) {
+			t.Fatalf("second attach of a writable volume: %v", err)
+		}
+		if err := d.Instances.Delete(ctx, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if n := store.attachments(data); n != 0 {
+			t.Fatalf("delete left %d attachments", n)
+		}
+		b := run(t, "reader", instances.VolumeMount{VolumeID: data, MountPath: "/mnt/deep/data"})
+		if got := guestRun(t, d, b.ID, "cat", "/mnt/deep/data/note"); got != "written-by-a\n" {
+			t.Fatalf("second instance reads %q", got)
+		}
+
+		// Standby/restore keeps the mount and the data.
+		guestRun(t, d, b.ID, "sh", "-c", "echo before-standby >> /mnt/deep/data/note")
+		if _, err := d.Instances.Fork(ctx, b.ID, instances.ForkParams{Name: "nofork", FromRunning: true}); !errors.Is(err, instances.ErrVolumeInUse) ||
+			!strings.Contains(err.Error(), "/mnt/deep/data") {
+			t.Fatalf("fork with a writable volume: %v", err)
+		}
+		if _, err := d.Instances.Standby(ctx, b.ID, instances.StandbyParams{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Instances.Restore(ctx, b.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d, b.ID, state.Running, bootTimeout)
+		if got := guestRun(t, d, b.ID, "sh", "-c", "grep -c ' /mnt/deep/data ext4 rw' /proc/mounts; cat /mnt/deep/data/note"); got != "1\nwritten-by-a\nbefore-standby\n" {
+			t.Fatalf("after restore: %q", got)
+		}
+		// A graceful stop unmounts the volume before power-off: the
+		// unsynced write is on the disk and the filesystem is clean.
+		guestRun(t, d, b.ID, "sh", "-c", "echo unsynced >> /mnt/deep/data/note")
+		stop(t, b.ID)
+		path := store.vols[data].info.Path
+		if out, err := exec.Command("debugfs", "-R", "cat /note", path).Output(); err != nil || string(out) != "written-by-a\nbefore-standby\nunsynced\n" {
+			t.Fatalf("volume after a graceful stop: %v %q", err, out)
+		}
+		if out, err := exec.Command("dumpe2fs", "-h", path).CombinedOutput(); err != nil || !regexp.MustCompile(`Filesystem state:\s+clean\n`).Match(out) {
+			t.Fatalf("volume not cleanly unmounted: %v\n%s", err, out)
+		}
+		if err := d.Instances.Delete(ctx, b.ID); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("read-only volume in two running instances", func(t *testing.T) {
+		var ids []string
+		for _, name := range []string{"ro1", "ro2"} {
+			in := run(t, name, instances.VolumeMount{VolumeID: "shared", MountPath: "/shared", ReadOnly: true})
+			ids = append(ids, in.ID)
+		}
+		for _, id := range ids {
+			if got := guestRun(t, d, id, "sh", "-c", "cat /shared/hello.txt; stat -c %a /shared/hello.txt"); got != "hello from the volume\n640\n" {
+				t.Fatalf("%s reads %q", id, got)
+			}
+			out, code, err := guestExec(t, d, id, "touch", "/shared/x")
+			if err != nil || code == 0 || !strings.Contains(out, "Read-only file system") {
+				t.Fatalf("write to a read-only volume: exit %d %v %q", code, err, out)
+			}
+		}
+		for _, id := range ids {
+			if err := d.Instances.Delete(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("overlay writes stay each instance's own", func(t *testing.T) {
+		ov := instances.VolumeMount{VolumeID: "shared", MountPath: "/work", ReadOnly: true, Overlay: true, OverlaySize: "32MB"}
+		o1, o2 := run(t, "ov1", ov), run(t, "ov2", ov)
+		guestRun(t, d, o1.ID, "sh", "-c", "echo mine > /work/o1.txt && echo changed > /work/hello.txt && sync")
+		if got := guestRun(t, d, o1.ID, "cat", "/work/o1.txt", "/work/hello.txt"); got != "mine\nchanged\n" {
+			t.Fatalf("ov1 sees %q", got)
+		}
+		if got := guestRun(t, d, o2.ID, "sh", "-c", "cat /work/hello.txt; ls /work"); got != "hello from the volume\nhello.txt\nlost+found\n" {
+			t.Fatalf("ov2 sees %q", got)
+		}
+		stop(t, o1.ID)
+		// Its writes survive a reboot (the overlay disk is the instance's).
+		if _, err := d.Instances.Start(ctx, o1.ID, instances.StartParams{}); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d, o1.ID, state.Running, bootTimeout)
+		if got := guestRun(t, d, o1.ID, "cat", "/work/o1.txt"); got != "mine\n" {
+			t.Fatalf("ov1 after reboot: %q", got)
+		}
+		for _, id := range []string{o1.ID, o2.ID} {
+			if err := d.Instances.Delete(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if fileSum(t, store.vols[shared].info.Path) != sharedSum {
+			t.Fatal("the read-only volume changed under overlay mounts")
+		}
+	})
+
+	t.Run("detach and attach on a Stopped instance", func(t *testing.T) {
+		in := run(t, "roundtrip", instances.VolumeMount{VolumeID: "shared", MountPath: "/shared", ReadOnly: true})
+		var te *instances.TransitionError
+		if _, err := d.Instances.DetachVolume(ctx, in.ID, "shared"); !errors.As(err, &te) {
+			t.Fatalf("detach while Running: %v", err)
+		}
+		stop(t, in.ID)
+		if _, err := d.Instances.DetachVolume(ctx, in.ID, "shared"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Instances.Start(ctx, in.ID, instances.StartParams{}); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d, in.ID, state.Running, bootTimeout)
+		if got := guestRun(t, d, in.ID, "sh", "-c", "grep -c /shared /proc/mounts; ls /shared"); got != "0\n" {
+			t.Fatalf("after detach: %q", got)
+		}
+		stop(t, in.ID)
+		if _, err := d.Instances.AttachVolume(ctx, in.ID, "shared", instances.VolumeMount{MountPath: "/again", ReadOnly: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Instances.Start(ctx, in.ID, instances.StartParams{}); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d, in.ID, state.Running, bootTimeout)
+		if got := guestRun(t, d, in.ID, "cat", "/again/hello.txt"); got != "hello from the volume\n" {
+			t.Fatalf("after attach: %q", got)
+		}
+		if err := d.Instances.Delete(ctx, in.ID); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a mount failure is a clear init failure", func(t *testing.T) {
+		// Not ext4: the guest cannot mount it and says which volume.
+		bad := filepath.Join(store.dir, "vol-raw.ext4")
+		if err := os.WriteFile(bad, make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		store.mu.Lock()
+		store.vols["vol-raw"] = &diskVolume{info: instances.VolumeInfo{ID: "vol-raw", Name: "raw", Path: bad}}
+		store.mu.Unlock()
+		in, err := d.Instances.Create(ctx, instances.CreateParams{Name: "badmount", Image: ref, Size: "256MB", VCPUs: 1,
+			Volumes: []instances.VolumeMount{{VolumeID: "raw", MountPath: "/raw", ReadOnly: true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := waitState(t, d, in.ID, state.Stopped, bootTimeout)
+		if got.ExitMessage == nil || !strings.Contains(*got.ExitMessage, "volume hm-vol0 at /raw") {
+			t.Fatalf("exit message %v\n%s", got.ExitMessage, serialLog(t, d, in.ID))
+		}
+		t.Logf("exit message: %s", *got.ExitMessage)
+	})
+}
