@@ -126,8 +126,8 @@ func TestCreateRefusesWhatThisHostCannotHonour(t *testing.T) {
 		`"hypervisor":"cloud-hypervisor"`:                     "hypervisor",
 		`"platform":"linux/arm64"`:                            "platform",
 		`"auto_standby":{"enabled":true,"idle_timeout":"5m"}`: "auto_standby",
-		`"ttl":"24h"`:                         "ttl",
-		`"expires_at":"2030-01-01T00:00:00Z"`: "expires_at",
+		`"ttl":"24h"`:                                         "ttl",
+		`"expires_at":"2030-01-01T00:00:00Z"`:                 "expires_at",
 	}
 	for extra, field := range cases {
 		resp := e.do("POST", "/instances", tok, `{"name":"web","image":"busybox",`+extra+`}`)
