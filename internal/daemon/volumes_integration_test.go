@@ -247,6 +247,26 @@ func TestVolumesInGuests(t *testing.T) {
 		if got := guestRun(t, d, o2.ID, "sh", "-c", "cat /work/hello.txt; ls /work"); got != "hello from the volume\nhello.txt\nlost+found\n" {
 			t.Fatalf("ov2 sees %q", got)
 		}
+		// A fork from Running continues with the same read-only volume and
+		// its own copy of the overlay layer.
+		f, err := d.Instances.Fork(ctx, o1.ID, instances.ForkParams{Name: "ov1-fork", FromRunning: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d, f.ID, state.Running, bootTimeout)
+		guestRun(t, d, f.ID, "sh", "-c", "echo fork > /work/o1.txt && sync")
+		if got := guestRun(t, d, o1.ID, "cat", "/work/o1.txt"); got != "mine\n" {
+			t.Fatalf("the fork's write reached its source: %q", got)
+		}
+		if got := guestRun(t, d, f.ID, "cat", "/work/o1.txt", "/work/hello.txt"); got != "fork\nchanged\n" {
+			t.Fatalf("fork sees %q", got)
+		}
+		if n := store.attachments(shared); n != 3 {
+			t.Fatalf("shared has %d attachments, want 3 (ov1, ov2, fork)", n)
+		}
+		if err := d.Instances.Delete(ctx, f.ID); err != nil {
+			t.Fatal(err)
+		}
 		stop(t, o1.ID)
 		// Its writes survive a reboot (the overlay disk is the instance's).
 		if _, err := d.Instances.Start(ctx, o1.ID, instances.StartParams{}); err != nil {
@@ -319,4 +339,45 @@ func TestVolumesInGuests(t *testing.T) {
 		}
 		t.Logf("exit message: %s", *got.ExitMessage)
 	})
+}
+
+// BenchmarkBootWithVolume measures what one volume adds to Create →
+// Running: the same image booted with no volume and with one read-only
+// volume (its mount point created in the root at boot).
+func BenchmarkBootWithVolume(b *testing.B) {
+	store := newDiskVolumes(b)
+	d := newDaemonOpts(b, nil, daemon.Options{Volumes: store})
+	host := testimage.Registry(b)
+	ref := testimage.Push(b, host, "bench/vol", testimage.Busybox(b, testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"exec sleep 600"},
+	}))
+	store.create(b, "bench", 64, map[string]string{"f": "x"})
+	ctx := context.Background()
+	if _, err := d.Images.Pull(ctx, ref); err != nil {
+		b.Fatal(err)
+	}
+	boot := func(name string, vols []instances.VolumeMount) time.Duration {
+		start := time.Now()
+		in, err := d.Instances.Create(ctx, instances.CreateParams{Name: name, Image: ref, Size: "256MB", VCPUs: 1, Volumes: vols})
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := d.Instances.WaitForState(ctx, in.ID, []state.State{state.Running}, 2*time.Minute)
+		if err != nil || res.State != state.Running {
+			b.Fatalf("wait: %v %+v", err, res)
+		}
+		took := time.Since(start)
+		if err := d.Instances.Delete(ctx, in.ID); err != nil {
+			b.Fatal(err)
+		}
+		return took
+	}
+	var without, with time.Duration
+	for i := 0; i < b.N; i++ {
+		without += boot(fmt.Sprintf("plain%d", i), nil)
+		with += boot(fmt.Sprintf("vol%d", i), []instances.VolumeMount{{VolumeID: "bench", MountPath: "/data", ReadOnly: true}})
+	}
+	b.ReportMetric(without.Seconds()/float64(b.N), "no-volume-s/op")
+	b.ReportMetric(with.Seconds()/float64(b.N), "one-volume-s/op")
+	b.ReportMetric((with-without).Seconds()/float64(b.N)*1000, "volume-cost-ms/op")
 }
