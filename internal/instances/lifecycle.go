@@ -345,6 +345,9 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
 		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
 	}
+	if err := checkVolumeFiles(meta.Volumes); err != nil {
+		return err
+	}
 	lease, err := m.leaseFor(ctx, meta)
 	if err != nil {
 		return err

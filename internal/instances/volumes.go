@@ -328,6 +328,19 @@ func freeOverlayFile(used map[string]bool) string {
 	}
 }
 
+// checkVolumeFiles makes sure every volume's disk image is there before a
+// boot (the store never moves or deletes an attached volume's file, so a
+// missing one was removed behind its back).
+func checkVolumeFiles(vols []attachedVolume) error {
+	for _, v := range vols {
+		if _, err := os.Stat(v.Path); err != nil {
+			return fmt.Errorf("%w: volume %s (mounted at %s): its disk image is gone (%v); detach it to start the instance without it",
+				ErrVolumeNotFound, v.VolumeID, v.MountPath, err)
+		}
+	}
+	return nil
+}
+
 // detachAll removes an instance's attachments from the store (delete,
 // failed create or fork). Errors are logged: the daemon's start-up
 // reconcile drops attachments of instances that no longer exist.

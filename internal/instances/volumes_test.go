@@ -346,3 +346,16 @@ func (m *Manager) mustMeta(t *testing.T, id string) Metadata {
 	defer e.mu.Unlock()
 	return e.meta
 }
+
+func TestBootRefusesAMissingVolumeDisk(t *testing.T) {
+	vols := newFakeVolumes(t, "gone")
+	m, hv := newVolumeManager(t, vols)
+	in := stopped(t, m, hv, CreateParams{Name: "a", Image: "img", Volumes: []VolumeMount{{VolumeID: "gone", MountPath: "/g"}}})
+	require.NoError(t, os.Remove(vols.vols["vol-gone"].info.Path))
+	_, err := m.Start(context.Background(), in.ID, StartParams{})
+	assert.ErrorIs(t, err, ErrVolumeNotFound)
+	assert.ErrorContains(t, err, "detach it")
+	got, err := m.DetachVolume(context.Background(), in.ID, "vol-gone")
+	require.NoError(t, err)
+	assert.Empty(t, got.Volumes)
+}
