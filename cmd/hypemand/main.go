@@ -110,11 +110,14 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Lifecycle: d.Instances,
 		Snapshots: d.Instances,
 		Guest:     d.Instances,
-		Events:    d.Events,
-		Secret:    secret,
-		Version:   version,
-		Phases:    d.Phases,
-		Pushes:    d.Pushes,
+		// Attach/detach; without a volume store they refuse with a 400
+		// naming volumes.
+		InstanceVolumes: d.Instances,
+		Events:          d.Events,
+		Secret:          secret,
+		Version:         version,
+		Phases:          d.Phases,
+		Pushes:          d.Pushes,
 		Capabilities: func(context.Context) api.Capabilities {
 			c := api.Capabilities{
 				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,

@@ -130,7 +130,6 @@ func TestCreateBadInput(t *testing.T) {
 		{"tags too many", `{"name":"web","image":"busybox","tags":{` + manyTags(51) + `}}`, "application/json", 400, "invalid_request", "tags"},
 		{"tags value number", `{"name":"web","image":"busybox","tags":{"a":1}}`, "application/json", 400, "invalid_request", "tags"},
 		{"volumes wrong item", `{"name":"web","image":"busybox","volumes":[{"mount_path":"/x"}]}`, "application/json", 400, "invalid_request", "volume_id"},
-		{"volumes given", `{"name":"web","image":"busybox","volumes":[{"volume_id":"v","mount_path":"/x"}]}`, "application/json", 400, "unsupported", "volumes"},
 		{"devices given", `{"name":"web","image":"busybox","devices":["gpu0"]}`, "application/json", 400, "unsupported", "devices"},
 		{"gpu profile", `{"name":"web","image":"busybox","gpu":{"profile":"L40S-1Q"}}`, "application/json", 400, "unsupported", "gpu"},
 		{"credentials given", `{"name":"web","image":"busybox","credentials":{"K":{"source":{"env":"R"},"inject":[]}}}`, "application/json", 400, "unsupported", "credentials"},

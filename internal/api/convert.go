@@ -95,7 +95,36 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 		out.HealthStatus = toAPIHealthStatus(*in.HealthStatus)
 	}
 	out.SnapshotPolicy = toAPISnapshotPolicy(in.SnapshotPolicy)
+	out.Volumes = toAPIVolumeMounts(in.Volumes)
 	return out
+}
+
+// volumeMountsFromAPI converts a create request's volumes field by field
+// (validation is the manager's: it names volumes[i].<field>).
+func volumeMountsFromAPI(in []gen.VolumeMount) []instances.VolumeMount {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]instances.VolumeMount, len(in))
+	for i, v := range in {
+		out[i] = instances.VolumeMount{VolumeID: v.VolumeId, MountPath: v.MountPath,
+			ReadOnly: deref(v.Readonly), Overlay: deref(v.Overlay), OverlaySize: deref(v.OverlaySize)}
+	}
+	return out
+}
+
+func toAPIVolumeMounts(in []instances.VolumeMount) *[]gen.VolumeMount {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]gen.VolumeMount, len(in))
+	for i, v := range in {
+		out[i] = gen.VolumeMount{VolumeId: v.VolumeID, MountPath: v.MountPath, Readonly: &v.ReadOnly}
+		if v.Overlay {
+			out[i].Overlay, out[i].OverlaySize = &v.Overlay, optString(v.OverlaySize)
+		}
+	}
+	return &out
 }
 
 // phaseEntered is the best-known time the instance entered its current

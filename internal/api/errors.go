@@ -92,13 +92,13 @@ func (s *server) classify(err error) (int, string, string) {
 		return http.StatusConflict, CodeUnsupportedFormat, msg
 	case errors.As(err, &te):
 		return http.StatusConflict, CodeInvalidState, msg
-	case errors.Is(err, instances.ErrNotFound), errors.Is(err, instances.ErrSnapshotNotFound):
+	case errors.Is(err, instances.ErrNotFound), errors.Is(err, instances.ErrSnapshotNotFound), errors.Is(err, instances.ErrVolumeNotFound):
 		return http.StatusNotFound, CodeNotFound, msg
 	case errors.Is(err, instances.ErrAgentUnavailable):
 		// 409, not 503: the instance is not (yet) in a state where the
 		// agent answers; the client can wait for Running and retry.
 		return http.StatusConflict, CodeAgentUnavailable, msg
-	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse):
+	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse), errors.Is(err, instances.ErrVolumeInUse):
 		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid),
 		errors.Is(err, hypervisor.ErrInvalidCompression):

@@ -191,8 +191,6 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		return nil, unsupported("devices", "PCI passthrough needs a PCI bus, which the qemu-microvm runtime does not have")
 	case b.Gpu != nil && deref(b.Gpu.Profile) != "":
 		return nil, unsupported("gpu", "GPUs need PCI passthrough, which the qemu-microvm runtime does not have")
-	case b.Volumes != nil && len(*b.Volumes) > 0:
-		return nil, unsupported("volumes", "volumes are not built yet")
 	case b.Network != nil && b.Network.Egress != nil && deref(b.Network.Egress.Enabled):
 		return nil, unsupported("network.egress.enabled", "host-mediated egress is not available; guests use direct outbound networking")
 	}
@@ -224,6 +222,7 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Cmd:            deref(b.Cmd),
 		Tags:           derefTags(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
+		Volumes:        volumeMountsFromAPI(deref(b.Volumes)),
 		// Pulling an image the store lacks is an image write.
 		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}

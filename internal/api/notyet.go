@@ -34,14 +34,6 @@ func (s *server) DeleteInstanceSnapshotSchedule(context.Context, gen.DeleteInsta
 	return nil, notBuilt(featureSchedules)
 }
 
-func (s *server) AttachVolume(context.Context, gen.AttachVolumeRequestObject) (gen.AttachVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
-func (s *server) DetachVolume(context.Context, gen.DetachVolumeRequestObject) (gen.DetachVolumeResponseObject, error) {
-	return nil, notBuilt(featureVolumes)
-}
-
 func (s *server) ListBuilds(context.Context, gen.ListBuildsRequestObject) (gen.ListBuildsResponseObject, error) {
 	return nil, notBuilt(featureBuilds)
 }

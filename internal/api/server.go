@@ -170,6 +170,9 @@ type Options struct {
 	Pushes    Pushes          // optional (501 without)
 	Resources ResourceLedger  // optional (501 without)
 	Reclaimer MemoryReclaimer // optional (501 without)
+	// InstanceVolumes attaches and detaches volumes (instance_volumes.go);
+	// optional (501 without).
+	InstanceVolumes InstanceVolumes
 	// Secret is the HS256 key (auth.LoadOrCreateSecret).
 	Secret []byte
 	// Version is reported by /capabilities.

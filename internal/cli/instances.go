@@ -54,6 +54,7 @@ type runFlags struct {
 	noNetwork  bool
 	restart    restartFlags
 	health     healthFlags
+	volumes    []string
 
 	hotplug, diskIO, bandwidthDown, bandwidthUp string
 	compression                                 compressionFlags
@@ -89,6 +90,7 @@ consecutive failures; with a restart policy it is then restarted.
   hypeman run --restart always --health-cmd "pg_isready -q" --health-interval 5s postgres:16
   hypeman run --hotplug-size 3GB --disk-io 100MB/s --bandwidth-down 1Gbps --bandwidth-up 500Mbps web:v2
   hypeman run --snapshot-compression-algorithm lz4 --snapshot-compression-delay 30s web:v2
+  hypeman run --volume data:/data --volume models:/models:ro:overlay=1GB app:v1
   hypeman run -d busybox:latest sh -c 'while true; do date; sleep 1; done'
   hypeman run --entrypoint /bin/sh alpine:3.20 -c 'echo hello'`,
 		Args: minArgs(1, "an image"),
@@ -115,6 +117,7 @@ consecutive failures; with a restart policy it is then restarted.
 	fl.BoolVar(&f.noNetwork, "no-network", false, "give the instance no network interface")
 	fl.StringVar(&f.bandwidthDown, "bandwidth-down", "", "download (host → instance) limit `RATE`, e.g. 1Gbps or 125MB/s (default unlimited)")
 	fl.StringVar(&f.bandwidthUp, "bandwidth-up", "", "upload (instance → host) limit `RATE`, e.g. 500Mbps (default unlimited)")
+	fl.StringArrayVar(&f.volumes, "volume", nil, "attach a volume: `"+volumeSpecUsage+"`; repeatable")
 	f.compression.register(fl)
 	f.restart.register(fl)
 	f.health.register(fl)
@@ -246,6 +249,9 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 		return usage(err)
 	}
 	if req.HealthCheck, err = f.health.build(cmd.Flags()); err != nil {
+		return usage(err)
+	}
+	if req.Volumes, err = volumeMounts(f.volumes); err != nil {
 		return usage(err)
 	}
 

@@ -23,6 +23,7 @@ may grow to.`,
 		RunE: groupRun,
 	}
 	cmd.AddCommand(a.volumeCreateCommand(), a.volumeListCommand(), a.volumeGetCommand(), a.volumeRmCommand())
+	cmd.AddCommand(a.volumeAttachCommands()...)
 	return cmd
 }
 

@@ -198,6 +198,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		Paths:      p,
 		Hypervisor: d.Hypervisor,
 		Images:     ImageResolver{Store: d.Images},
+		Volumes:    volumeStore{d.Volumes},
 		Boot: instances.Boot{
 			KernelPath: d.Kernel.BootImage(),
 			InitrdPath: d.Initrd,
@@ -222,6 +223,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		d.Pushes.Close()
 		d.Images.Close()
 		return nil, fmt.Errorf("instance manager: %w", err)
+	}
+	if err := reconcileVolumes(ctx, d.Volumes, d.Instances.VolumeAttachments()); err != nil {
+		logger.Warn("reconcile volume attachments", "err", err)
 	}
 	if d.Reclaimer, err = resources.NewReclaimer(resources.ReclaimerConfig{Guests: d.Instances,
 		Logger: logger.With("component", "resources")}); err != nil {

@@ -224,6 +224,14 @@ type MemoryBalloon interface {
 	MemoryActual(ctx context.Context) (int64, error)
 }
 
+// DeviceBudget is implemented by drivers whose machine has a fixed number
+// of device slots (callers type-assert a Hypervisor to it): every disk,
+// NIC, balloon and serial controller takes one.
+type DeviceBudget interface {
+	// DeviceSlots is how many devices a VM can have in total.
+	DeviceSlots() int
+}
+
 // ErrNoBalloon is returned by MemoryBalloon methods of a VM that has no
 // balloon device.
 var ErrNoBalloon = errors.New("vm has no memory balloon")

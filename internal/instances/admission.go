@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/resources"
@@ -27,10 +28,17 @@ type Admission interface {
 // demand is what an instance of meta holds; running adds cpu, memory,
 // network and disk I/O to its disk.
 func demand(meta Metadata, running bool) resources.Demand {
+	disk, vols := meta.OverlayBytes, int64(0)
+	for _, v := range meta.Volumes {
+		disk += v.OverlayBytes // the instance's own layer over the volume
+		if fi, err := os.Stat(v.Path); err == nil {
+			vols += fi.Size()
+		}
+	}
 	return resources.Demand{
 		InstanceID: meta.ID, InstanceName: meta.Name, Running: running,
 		CPU: meta.VCPUs, MemoryBytes: meta.MemoryBytes + meta.Limits.HotplugBytes,
-		DiskBytes:          meta.OverlayBytes,
+		DiskBytes: disk, VolumeBytes: vols,
 		NetworkDownloadBps: meta.Limits.DownloadBytesPerSec, NetworkUploadBps: meta.Limits.UploadBytesPerSec,
 		DiskIOBps: meta.Limits.DiskIOBytesPerSec,
 	}

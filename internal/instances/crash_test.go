@@ -245,8 +245,8 @@ func TestStartupCleansLeftoversAndReportsUnreadableMetadata(t *testing.T) {
 	m.Close()
 
 	var v struct{ Version int }
-	if err := fsutil.ReadJSON(filepath.Join(m.dir(good.ID), metadataFile), &v); err != nil || v.Version != metadataVersion {
-		t.Fatalf("metadata.json version %d (%v), want %d", v.Version, err, metadataVersion)
+	if err := fsutil.ReadJSON(filepath.Join(m.dir(good.ID), metadataFile), &v); err != nil || v.Version != 1 {
+		t.Fatalf("metadata.json version %d (%v), want 1 (no volumes)", v.Version, err)
 	}
 	futurePath := filepath.Join(m.dir(future.ID), metadataFile)
 	futureBody := []byte(`{"version": 99, "id": "` + future.ID + `", "name": "future", "shape": {"new": true}}`)
@@ -357,7 +357,7 @@ func TestSnapshotRecordVersion(t *testing.T) {
 	}
 	path := filepath.Join(m.cfg.Paths.SnapshotDir(snap.ID), snapshotFile)
 	var raw map[string]any
-	if err := fsutil.ReadJSON(path, &raw); err != nil || raw["version"] != float64(snapshotVersion) {
+	if err := fsutil.ReadJSON(path, &raw); err != nil || raw["version"] != float64(1) {
 		t.Fatalf("snapshot.json version %v (%v)", raw["version"], err)
 	}
 	raw["version"] = 5

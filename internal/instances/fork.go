@@ -73,6 +73,12 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 	if from == state.Stopped && target == state.Standby {
 		return nil, &InvalidArgumentError{Field: "target_state", Reason: "a Stopped instance has no memory state to fork into Standby"}
 	}
+	src.mu.Lock()
+	srcMeta := src.meta
+	src.mu.Unlock()
+	if err := refuseWritableVolumes(srcMeta, "fork"); err != nil {
+		return nil, err
+	}
 
 	// From Running: standby the source first, and restore it afterwards
 	// whatever happens to the fork. ReturnTo is persisted first, so a
@@ -182,12 +188,27 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 			m.release(id, resources.ReleaseAll)
 		}
 	}()
-	for _, f := range []string{overlayFile, configFile} {
+	if err := refuseWritableVolumes(sm, "fork"); err != nil {
+		return nil, err
+	}
+	for _, f := range deriveDisks(src.diskDir, "", sm).Files {
 		if err := copySparse(ctx, filepath.Join(src.diskDir, f), filepath.Join(dir, f)); err != nil {
 			return nil, fmt.Errorf("fork: copy %s: %w", f, err)
 		}
 	}
 	m.step("fork:copied")
+	// The fork mounts the same read-only volumes (overlay disks were
+	// copied above): recorded in the store before the fork exists, undone
+	// if it is not created (the start-up reconcile covers a crash).
+	vols, err := m.reattachVolumes(ctx, id, sm.Volumes, "the fork's source "+sm.Name)
+	if err != nil {
+		return nil, fmt.Errorf("fork: %w", err)
+	}
+	defer func() {
+		if !ok && len(vols) > 0 {
+			m.detachAll(ctx, id)
+		}
+	}()
 	now := time.Now().UTC()
 	meta := Metadata{
 		ID: id, Name: name, Image: sm.Image, ImageDigest: sm.ImageDigest,
@@ -200,6 +221,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck,
 		HealthStatus:   initialHealth(sm.HealthCheck),
 		SnapshotPolicy: sm.SnapshotPolicy,
+		Volumes:        vols,
 		// Until the fork reaches its target: a daemon killed before
 		// then removes it on start.
 		Transition: transitionFork,
@@ -218,7 +240,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 	e.op.Lock()
 	defer e.op.Unlock()
 	e.mu.Lock()
-	err := m.persist(e)
+	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -302,6 +324,7 @@ func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
 	m.mu.Unlock()
 	m.release(id, resources.ReleaseAll)
 	os.RemoveAll(m.dir(id))
+	m.detachAll(ctx, id)
 	m.publish(id, state.Stopped, "", "fork failed")
 	return cause
 }

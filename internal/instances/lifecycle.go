@@ -63,6 +63,20 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 		cleanup()
 		return nil, err
 	}
+	if len(meta.Volumes) > 0 {
+		// The store first: a daemon killed before the metadata below is
+		// written leaves attachments its start-up reconcile drops.
+		field := func(i int) string { return fmt.Sprintf("volumes[%d]", i) }
+		if err := m.attachVolumes(ctx, meta.ID, meta.Volumes, 0, field); err != nil {
+			cleanup()
+			return nil, err
+		}
+		cleanup = func() { os.RemoveAll(dir); m.detachAll(ctx, meta.ID); m.release(meta.ID, resources.ReleaseAll) }
+		if err := createVolumeOverlays(ctx, dir, meta.Volumes, nil); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
 	e := &entry{meta: *meta}
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -132,6 +146,10 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err := validateSnapshotPolicy(p.SnapshotPolicy); err != nil {
 		return nil, err
 	}
+	vols, err := m.validateVolumes(p.Volumes)
+	if err != nil {
+		return nil, err
+	}
 	networkDisabled := p.NetworkEnabled != nil && !*p.NetworkEnabled
 	limits, err := parseLimits(p, mem, m.shapeableNetwork(networkDisabled))
 	if err != nil {
@@ -144,6 +162,7 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 		SkipGuestAgent:  p.SkipGuestAgent,
 		NetworkDisabled: networkDisabled,
 		Limits:          limits,
+		Volumes:         vols,
 	}
 	if p.RestartPolicy != nil {
 		meta.RestartPolicy = *p.RestartPolicy
@@ -314,6 +333,7 @@ func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config 
 		Hostname: meta.Name, RootFS: img.FSType,
 		StopTimeoutSeconds: int(m.cfg.GuestStopTimeout / time.Second),
 		SkipGuestAgent:     meta.SkipGuestAgent,
+		Volumes:            deriveDisks("", "", meta).Guest,
 	}
 	if memMiB, balloonMiB := vmMemory(meta); balloonMiB > 0 {
 		gc.MemoryTarget = int64(memMiB-balloonMiB) << 20 // the program starts with size
@@ -329,6 +349,9 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	dir := m.dir(meta.ID)
 	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
 		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
+	}
+	if err := checkVolumeFiles(meta.Volumes); err != nil {
+		return err
 	}
 	if err := m.admit(ctx, meta, true); err != nil {
 		return err
@@ -376,11 +399,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 		ID: meta.ID, Dir: dir,
 		KernelPath: m.cfg.Boot.KernelPath, InitrdPath: m.cfg.Boot.InitrdPath, Cmdline: m.cfg.Boot.Cmdline,
 		MemoryMiB: memMiB, BalloonMiB: balloonMiB, VCPUs: meta.VCPUs, DiskIOBps: meta.Limits.DiskIOBytesPerSec,
-		Disks: []hypervisor.Disk{
-			{Path: img.DiskPath, ReadOnly: true, Serial: guestconfig.SerialRoot},
-			{Path: filepath.Join(dir, overlayFile), Serial: guestconfig.SerialOverlay},
-			{Path: filepath.Join(dir, configFile), ReadOnly: true, Serial: guestconfig.SerialConfig},
-		},
+		Disks:       deriveDisks(dir, img.DiskPath, meta).Disks,
 		AgentSocket: filepath.Join(dir, agentSock),
 	}
 	if lease != nil {
@@ -580,6 +599,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	if err := m.removeInstanceDir(id); err != nil {
 		return err
 	}
+	m.detachAll(ctx, id)
 	m.publish(id, from, "", "deleted")
 	return nil
 }
@@ -624,5 +644,6 @@ func (m *Manager) discardAtLoad(ctx context.Context, e *entry, what string) {
 		m.log.Error("remove "+what, "id", id, "err", err)
 		return
 	}
+	m.detachAll(ctx, id)
 	m.log.Info("removed "+what, "id", id, "name", e.meta.Name)
 }

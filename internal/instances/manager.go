@@ -80,6 +80,9 @@ type Config struct {
 	Boot       Boot
 	Agent      GuestAgent // optional: graceful stop through the guest agent
 	Network    Network    // optional: nil = VMs without a NIC
+	// Volumes is the volume store (optional: nil = requests with volumes
+	// are refused).
+	Volumes VolumeStore
 	// Events is the lifecycle bus: the manager publishes every transition
 	// on it and WaitForState subscribes to it. Required.
 	Events  *events.Bus
@@ -153,9 +156,19 @@ type entry struct {
 	compress *compressJob // delayed standby compression, if scheduled
 }
 
-// metadataVersion is the metadata.json format this build writes and the
-// newest it reads.
-const metadataVersion = 1
+// metadataVersion is the newest metadata.json format this build reads.
+// Version 2 added volumes; an instance without volumes is still written as
+// version 1, so a build that predates volumes keeps reading it, and one
+// with volumes is never booted without them by such a build.
+const metadataVersion = 2
+
+// metadataVersionFor is the format version meta is written with.
+func metadataVersionFor(meta *Metadata) int {
+	if len(meta.Volumes) > 0 {
+		return 2
+	}
+	return 1
+}
 
 const (
 	metadataFile = "metadata.json"
@@ -412,7 +425,7 @@ func (m *Manager) persist(e *entry) error {
 	if e.broken != "" {
 		return fmt.Errorf("instance %s: not saving metadata: %s", e.meta.ID, e.broken)
 	}
-	e.meta.Version = metadataVersion
+	e.meta.Version = metadataVersionFor(&e.meta)
 	return fsutil.WriteJSONAtomic(filepath.Join(m.dir(e.meta.ID), metadataFile), &e.meta, 0o644)
 }
 
@@ -677,6 +690,7 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		CreatedAt: meta.CreatedAt, StartedAt: meta.StartedAt, StoppedAt: meta.StoppedAt,
 		ExitCode: meta.ExitCode, ExitMessage: meta.ExitMessage,
 		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor, Platform: meta.Platform,
+		Volumes: publicVolumes(meta.Volumes),
 	}
 }
 

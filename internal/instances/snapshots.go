@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -112,9 +113,10 @@ func (r *snapshotRecord) standbyCompression() StandbyCompression {
 		CompressedBytes: r.CompressedBytes, UncompressedBytes: r.UncompressedBytes}
 }
 
-// snapshotVersion is the snapshot.json format this build writes and the
-// newest it reads.
-const snapshotVersion = 1
+// snapshotVersion is the newest snapshot.json format this build reads.
+// Version 2 added volumes (in Source); a snapshot without volumes is still
+// written as version 1 (see metadataVersionFor).
+const snapshotVersion = 2
 
 const (
 	snapshotFile     = "snapshot.json"
@@ -174,6 +176,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 		return nil, &TransitionError{Action: "snapshot (kind Standby)", State: st, Allowed: Allowed(st)}
 	}
 
+	if err := refuseWritableVolumes(meta, "snapshot"); err != nil {
+		return nil, err
+	}
 	sid := newID()
 	name := p.Name
 	if name == "" {
@@ -192,7 +197,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 	}
 	defer os.RemoveAll(tmp) // no-op after the rename
 	dir := m.dir(meta.ID)
-	rec := snapshotRecord{Version: snapshotVersion, Snapshot: Snapshot{
+	rec := snapshotRecord{Version: metadataVersionFor(&meta), Snapshot: Snapshot{
 		ID: sid, Name: name, Kind: kind, SourceInstanceID: meta.ID, SourceInstanceName: meta.Name,
 		Image: meta.Image, ImageDigest: meta.ImageDigest, Tags: maps.Clone(p.Tags), Hypervisor: meta.Hypervisor,
 		CreatedAt: time.Now().UTC(), MemoryBytes: meta.MemoryBytes,
@@ -201,7 +206,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref string, p SnapshotPara
 	comp := m.compressionFor(p.Compression, meta.SnapshotPolicy)
 
 	copyDisks := func() error {
-		for _, f := range []string{overlayFile, configFile} {
+		for _, f := range deriveDisks(dir, "", meta).Files {
 			if err := copySparse(ctx, filepath.Join(dir, f), filepath.Join(tmp, f)); err != nil {
 				return fmt.Errorf("snapshot: copy %s: %w", f, err)
 			}
@@ -430,10 +435,24 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 	if rec.SourceInstanceID != id {
 		return nil, &InvalidArgumentError{Field: "snapshot", Reason: fmt.Sprintf("snapshot %s was taken from instance %s, not %s; fork it instead", rec.ID, rec.SourceInstanceID, id)}
 	}
+	e.mu.Lock()
+	oldVols := e.meta.Volumes
+	e.mu.Unlock()
+	// The instance mounts what the snapshot's source mounted.
+	vols, err := m.switchVolumes(ctx, id, oldVols, rec.Source.Volumes, "snapshot "+rec.Name)
+	if err != nil {
+		return nil, fmt.Errorf("restore snapshot: %w", err)
+	}
 	dir, sdir := m.dir(id), m.cfg.Paths.SnapshotDir(rec.ID)
+	newFiles := deriveDisks(sdir, "", rec.Source).Files
+	for _, f := range deriveDisks(dir, "", Metadata{Volumes: oldVols}).Files {
+		if !slices.Contains(newFiles, f) {
+			os.Remove(filepath.Join(dir, f)) // an overlay disk of a volume the snapshot does not mount
+		}
+	}
 	// Replace the disks through temp files + rename, so a crash leaves
 	// either the old or the new disk, never a half copy.
-	for _, f := range []string{overlayFile, configFile} {
+	for _, f := range newFiles {
 		tmp := filepath.Join(dir, "."+f+".restore")
 		os.Remove(tmp)
 		if err := copySparse(ctx, filepath.Join(sdir, f), tmp); err != nil {
@@ -453,6 +472,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 		}
 	}
 	e.mu.Lock()
+	e.meta.Volumes = vols
 	e.meta.HasSnapshot = withMemory
 	e.meta.StandbyCompression = StandbyCompression{}
 	if e.meta.HasSnapshot {

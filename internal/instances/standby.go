@@ -209,6 +209,9 @@ func (m *Manager) restoreLocked(ctx context.Context, e *entry, resume, readdress
 	e.mu.Lock()
 	meta := e.meta
 	e.mu.Unlock()
+	if err := checkVolumeFiles(meta.Volumes); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	if err := m.admit(ctx, meta, true); err != nil {
 		return err
 	}

@@ -51,6 +51,8 @@ type Instance struct {
 	DiskIOBps         string `json:"disk_io_bps,omitempty"`
 	BandwidthDownload string `json:"bandwidth_download,omitempty"`
 	BandwidthUpload   string `json:"bandwidth_upload,omitempty"`
+	// Volumes mounted from the next (or the current) boot on.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -126,6 +128,9 @@ type Metadata struct {
 	StandbyCompression StandbyCompression `json:"standby_compression,omitzero"`
 	// Limits: hotplug memory, disk I/O and network bandwidth limits.
 	Limits Limits `json:"limits,omitzero"`
+	// Volumes the instance mounts, in disk order (see deriveDisks). Only
+	// written by format version 2 (metadataVersionFor).
+	Volumes []attachedVolume `json:"volumes,omitempty"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
@@ -161,6 +166,8 @@ type CreateParams struct {
 	NoPull bool
 	// SnapshotPolicy nil = the server default compression, no delay.
 	SnapshotPolicy *SnapshotPolicy
+	// Volumes to attach (VolumeID may be a name). Needs Config.Volumes.
+	Volumes []VolumeMount
 }
 
 // Errors callers branch on (the API maps them to status codes).

@@ -158,7 +158,10 @@ func diskName(file string) string {
 	case configFile:
 		return "config"
 	}
-	return "root (" + file + ")"
+	if strings.HasPrefix(file, "volume-overlay-") {
+		return "volume overlay (" + file + ")"
+	}
+	return "image or volume (" + file + ")"
 }
 
 // recordMarker persists that lv's boot printed a marker (flag picks the

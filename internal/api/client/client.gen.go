@@ -1139,7 +1139,10 @@ type CreateInstanceRequest struct {
 	// Vcpus Virtual CPUs (default 2).
 	Vcpus *int `json:"vcpus,omitempty"`
 
-	// Volumes Volumes to attach; refused (400) unless empty until volumes are built.
+	// Volumes Volumes to attach and mount before the program starts (same rules as
+	// `POST /instances/{id}/volumes/{volumeId}`; errors name `volumes[i].<field>`). An unknown volume
+	// is a 404, a writable volume attached elsewhere a 409. Instances with a writable volume cannot be
+	// forked or snapshotted (409): detach it, or attach it read-only.
 	Volumes *[]VolumeMount `json:"volumes,omitempty"`
 }
 
@@ -2241,11 +2244,19 @@ type VolumeAttachment struct {
 
 // VolumeMount defines model for VolumeMount.
 type VolumeMount struct {
-	MountPath   string  `json:"mount_path"`
-	Overlay     *bool   `json:"overlay,omitempty"`
+	// MountPath Absolute, clean path in the guest; not `/`, not on or under `/proc`, `/sys`, `/dev`.
+	MountPath string `json:"mount_path"`
+
+	// Overlay Give the instance its own copy-on-write layer over the volume (requires `readonly: true`):
+	// the instance's writes go to its own overlay disk, the volume is never written.
+	Overlay *bool `json:"overlay,omitempty"`
+
+	// OverlaySize Size of the overlay disk ("1GB"); only with `overlay`. Default the server's overlay size (10GB).
 	OverlaySize *string `json:"overlay_size,omitempty"`
 	Readonly    *bool   `json:"readonly,omitempty"`
-	VolumeId    string  `json:"volume_id"`
+
+	// VolumeId Volume id or name in requests; the id in responses.
+	VolumeId string `json:"volume_id"`
 }
 
 // WaitForStateResponse defines model for WaitForStateResponse.
@@ -3215,25 +3226,41 @@ type ClientInterface interface {
 	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
 	StopInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// DetachVolume Detach a volume from an instance (not built yet)
+	// DetachVolume Detach a volume from a Stopped instance
 	//
-	// Answers 501 until volumes are built.
+	// The volume (by id or name) is no longer mounted from the next boot on; an overlay mount's
+	// per-instance overlay disk is deleted. Only a Stopped instance accepts it (409 `invalid_state`
+	// otherwise). A volume not attached to the instance: 404.
 	//
 	// Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
 	DetachVolume(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// AttachVolumeWithBody Attach a volume to an instance (not built yet)
+	// AttachVolumeWithBody Attach a volume to a Stopped instance
 	//
-	// Answers 501 until volumes are built.
+	// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+	// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+	// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+	// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+	// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+	// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+	// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+	// 400 naming the limit. Unknown volume or instance: 404.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
 	AttachVolumeWithBody(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// AttachVolume Attach a volume to an instance (not built yet)
+	// AttachVolume Attach a volume to a Stopped instance
 	//
-	// Answers 501 until volumes are built.
+	// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+	// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+	// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+	// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+	// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+	// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+	// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+	// 400 naming the limit. Unknown volume or instance: 404.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -4743,9 +4770,11 @@ func (c *Client) StopInstance(ctx context.Context, id InstanceID, reqEditors ...
 	return c.Client.Do(req)
 }
 
-// DetachVolume Detach a volume from an instance (not built yet)
+// DetachVolume Detach a volume from a Stopped instance
 //
-// Answers 501 until volumes are built.
+// The volume (by id or name) is no longer mounted from the next boot on; an overlay mount's
+// per-instance overlay disk is deleted. Only a Stopped instance accepts it (409 `invalid_state`
+// otherwise). A volume not attached to the instance: 404.
 //
 // Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
 func (c *Client) DetachVolume(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4760,9 +4789,16 @@ func (c *Client) DetachVolume(ctx context.Context, id InstanceID, volumeId Volum
 	return c.Client.Do(req)
 }
 
-// AttachVolumeWithBody Attach a volume to an instance (not built yet)
+// AttachVolumeWithBody Attach a volume to a Stopped instance
 //
-// Answers 501 until volumes are built.
+// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+// 400 naming the limit. Unknown volume or instance: 404.
 //
 // Takes any type of body and a specified content type.
 //
@@ -4779,9 +4815,16 @@ func (c *Client) AttachVolumeWithBody(ctx context.Context, id InstanceID, volume
 	return c.Client.Do(req)
 }
 
-// AttachVolume Attach a volume to an instance (not built yet)
+// AttachVolume Attach a volume to a Stopped instance
 //
-// Answers 501 until volumes are built.
+// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+// 400 naming the limit. Unknown volume or instance: 404.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -8831,27 +8874,43 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
 	StopInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error)
 
-	// DetachVolumeWithResponse Detach a volume from an instance (not built yet)
+	// DetachVolumeWithResponse Detach a volume from a Stopped instance
 	//
-	// Answers 501 until volumes are built.
+	// The volume (by id or name) is no longer mounted from the next boot on; an overlay mount's
+	// per-instance overlay disk is deleted. Only a Stopped instance accepts it (409 `invalid_state`
+	// otherwise). A volume not attached to the instance: 404.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /instances/{id}/volumes/{volumeId} (the `DetachVolume` operationId).
 	DetachVolumeWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, reqEditors ...RequestEditorFn) (*DetachVolumeResponse, error)
 
-	// AttachVolumeWithBodyWithResponse Attach a volume to an instance (not built yet)
+	// AttachVolumeWithBodyWithResponse Attach a volume to a Stopped instance
 	//
-	// Answers 501 until volumes are built.
+	// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+	// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+	// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+	// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+	// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+	// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+	// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+	// 400 naming the limit. Unknown volume or instance: 404.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/volumes/{volumeId} (the `AttachVolume` operationId).
 	AttachVolumeWithBodyWithResponse(ctx context.Context, id InstanceID, volumeId VolumeIDInPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AttachVolumeResponse, error)
 
-	// AttachVolumeWithResponse Attach a volume to an instance (not built yet)
+	// AttachVolumeWithResponse Attach a volume to a Stopped instance
 	//
-	// Answers 501 until volumes are built.
+	// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+	// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+	// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+	// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+	// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+	// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+	// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+	// 400 naming the limit. Unknown volume or instance: 404.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -12908,6 +12967,8 @@ type DetachVolumeResponse struct {
 	JSON403 *Forbidden
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSON500 the response for an HTTP 500 `application/json` response
 	JSON500 *Internal
 	// JSON501 the response for an HTTP 501 `application/json` response
@@ -12932,6 +12993,11 @@ func (r DetachVolumeResponse) GetJSON403() *Forbidden {
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
 func (r DetachVolumeResponse) GetJSON404() *NotFound {
 	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DetachVolumeResponse) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSON500 returns the response for an HTTP 500 `application/json` response
@@ -15302,9 +15368,11 @@ func (c *ClientWithResponses) StopInstanceWithResponse(ctx context.Context, id I
 	return ParseStopInstanceResponse(rsp)
 }
 
-// DetachVolumeWithResponse Detach a volume from an instance (not built yet)
+// DetachVolumeWithResponse Detach a volume from a Stopped instance
 //
-// Answers 501 until volumes are built.
+// The volume (by id or name) is no longer mounted from the next boot on; an overlay mount's
+// per-instance overlay disk is deleted. Only a Stopped instance accepts it (409 `invalid_state`
+// otherwise). A volume not attached to the instance: 404.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15317,9 +15385,16 @@ func (c *ClientWithResponses) DetachVolumeWithResponse(ctx context.Context, id I
 	return ParseDetachVolumeResponse(rsp)
 }
 
-// AttachVolumeWithBodyWithResponse Attach a volume to an instance (not built yet)
+// AttachVolumeWithBodyWithResponse Attach a volume to a Stopped instance
 //
-// Answers 501 until volumes are built.
+// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+// 400 naming the limit. Unknown volume or instance: 404.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15332,9 +15407,16 @@ func (c *ClientWithResponses) AttachVolumeWithBodyWithResponse(ctx context.Conte
 	return ParseAttachVolumeResponse(rsp)
 }
 
-// AttachVolumeWithResponse Attach a volume to an instance (not built yet)
+// AttachVolumeWithResponse Attach a volume to a Stopped instance
 //
-// Answers 501 until volumes are built.
+// The volume is mounted at `mount_path` from the instance's next boot on (the guest init creates the
+// directory if missing). Only a Stopped instance accepts it: otherwise 409 `invalid_state` (stop it
+// first; a Standby instance must be restored and stopped). A writable volume may be attached to one
+// instance at a time, a read-only one to many (409 `conflict` otherwise). `mount_path` must be absolute
+// and clean, not `/`, not on or under `/proc`, `/sys` or `/dev`, and not on, under or over another
+// volume of the instance (400 naming the field). The qemu microvm runtime has 24 device slots, 6 used by
+// the instance's own devices: at most 18 volume disks per instance (an overlay mount uses 2); more is a
+// 400 naming the limit. Unknown volume or instance: 404.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -18826,6 +18908,13 @@ func ParseDetachVolumeResponse(rsp *http.Response) (*DetachVolumeResponse, error
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Internal

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -72,6 +73,61 @@ type Config struct {
 	// that inflates during boot): the init waits, bounded, until MemTotal
 	// is at most this before it starts the program.
 	MemoryTarget int64 `json:"memory_target,omitempty"`
+	// Volumes are mounted in the instance root, in this order, before the
+	// program starts.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
+}
+
+// VolumeMount is one volume disk the init mounts at MountPath inside the
+// instance root (created if missing). Disks are found by serial, like the
+// instance's own disks.
+type VolumeMount struct {
+	Serial    string `json:"serial"`
+	MountPath string `json:"mount_path"`
+	// ReadOnly mounts the ext4 volume read-only (the host also attaches the
+	// disk read-only).
+	ReadOnly bool `json:"readonly,omitempty"`
+	// Overlay mounts an overlayfs at MountPath: the (read-only) volume is
+	// the lower layer, the ext4 disk OverlaySerial holds upper/ and work/.
+	Overlay       bool   `json:"overlay,omitempty"`
+	OverlaySerial string `json:"overlay_serial,omitempty"`
+}
+
+// VolumeSerial is the serial of the i-th volume disk of an instance and
+// VolumeOverlaySerial that of its per-instance overlay disk. Both stay
+// within the 20 bytes virtio-blk allows for any index below 10^12.
+func VolumeSerial(i int) string        { return fmt.Sprintf("hm-vol%d", i) }
+func VolumeOverlaySerial(i int) string { return fmt.Sprintf("hm-vol%d-ov", i) }
+
+// ReservedMountPaths are the guest paths no volume may be mounted on or
+// under: the kernel filesystems the init mounts in the instance root (a
+// volume there would hide them or be hidden by them).
+var ReservedMountPaths = []string{"/proc", "/sys", "/dev"}
+
+// CheckMountPath says why p cannot be a volume mount path ("" when it
+// can): it must be absolute and clean (no "..", ".", "//" or trailing
+// slash), not "/", and not on or under a ReservedMountPaths entry. Both
+// sides use it: the host on the request, the guest on the path after
+// resolving the image's symlinks.
+func CheckMountPath(p string) string {
+	switch {
+	case p == "":
+		return "is required"
+	case !strings.HasPrefix(p, "/"):
+		return "must be an absolute path (starting with /)"
+	case strings.ContainsRune(p, 0):
+		return "must not contain NUL bytes"
+	case path.Clean(p) != p:
+		return fmt.Sprintf("must be a clean path without \"..\", \".\", repeated or trailing slashes (e.g. %s)", path.Clean(p))
+	case p == "/":
+		return "must not be / (the instance root)"
+	}
+	for _, r := range ReservedMountPaths {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return fmt.Sprintf("must not be on or under %s (reserved: %s)", r, strings.Join(ReservedMountPaths, ", "))
+		}
+	}
+	return ""
 }
 
 // Network is the static guest network configuration.

@@ -161,7 +161,16 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 	if err != nil {
 		return initFailure("%v", err)
 	}
-	in.log.Info("config", "argv", cfg.Argv(), "rootfs", cfg.RootFS)
+	in.log.Info("config", "argv", cfg.Argv(), "rootfs", cfg.RootFS, "volumes", len(cfg.Volumes))
+	if want := volumeSerials(cfg.Volumes); len(want) > 0 {
+		// Probed together with the instance's own disks: by now they
+		// are normally present.
+		vdisks, err := WaitForDisks(ctx, "/sys/block", want, diskWaitTimeout)
+		if err != nil {
+			return initFailure("volumes: %v", err)
+		}
+		disks = vdisks
+	}
 	// The network is configured while the root is mounted (both are slow
 	// under TCG and independent) and is ready before the program starts.
 	in.net = &guestNetwork{log: in.log.With("component", "network"), con: in.con, mounts: &in.mounts, hostname: cfg.Hostname}
@@ -180,6 +189,9 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 	if err := in.mounts.writeEtc(cfg); err != nil {
 		return initFailure("%v", err)
 	}
+	if err := in.mounts.mountVolumes(disks, cfg.Volumes); err != nil {
+		return initFailure("%v", err)
+	}
 	<-netReady
 	in.log.Info("root ready")
 	if !cfg.SkipGuestAgent {
@@ -194,6 +206,18 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 		}
 	}
 	return in.runProgram(cfg)
+}
+
+// volumeSerials lists the disks the volumes need.
+func volumeSerials(vols []guestconfig.VolumeMount) []string {
+	var out []string
+	for _, v := range vols {
+		out = append(out, v.Serial)
+		if v.Overlay {
+			out = append(out, v.OverlaySerial)
+		}
+	}
+	return out
 }
 
 // readConfig reads the config disk up to the first NUL byte, in chunks: the

@@ -188,3 +188,12 @@ func TestPowerButton(t *testing.T) {
 	watchPowerButton(&stream, func() { presses++ })
 	assert.Equal(t, 1, presses)
 }
+
+func TestVolumeSerials(t *testing.T) {
+	got := volumeSerials([]guestconfig.VolumeMount{
+		{Serial: "hm-vol0", MountPath: "/a"},
+		{Serial: "hm-vol1", MountPath: "/b", ReadOnly: true, Overlay: true, OverlaySerial: "hm-vol1-ov"},
+	})
+	assert.Equal(t, []string{"hm-vol0", "hm-vol1", "hm-vol1-ov"}, got)
+	assert.Empty(t, volumeSerials(nil))
+}

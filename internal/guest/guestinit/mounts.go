@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -23,6 +24,7 @@ const (
 	diskDir  = "/hm/disk"  // writable overlay disk (ext4): upper/ and work/
 	RootDir  = "/hm/root"  // overlayfs: the instance root
 	etcDir   = "/hm/etc"   // generated hostname/hosts/resolv.conf
+	volDir   = "/hm/vol"   // overlay volumes: <i>/lower (volume) and <i>/disk (upper disk)
 )
 
 // mounter mounts filesystems and remembers them so teardown can undo them in
@@ -30,6 +32,10 @@ const (
 type mounter struct {
 	mu      sync.Mutex // guards mounted: the agent may bind /etc files late
 	mounted []string
+	// writable holds the mounted targets of writable disks: if one cannot
+	// be unmounted at teardown it is remounted read-only, so its data is
+	// flushed and its journal clean.
+	writable map[string]bool
 	// etcMu serializes setEtcFile; etcBound holds the /etc files already
 	// bind-mounted into the root.
 	etcMu    sync.Mutex
@@ -94,19 +100,93 @@ func (m *mounter) mountRoot(rootDev, overlayDev, rootFS string) error {
 	if err := m.mount(rootDev, lowerDir, rootFS, unix.MS_RDONLY, ""); err != nil {
 		return fmt.Errorf("image disk: %w", err)
 	}
-	if err := m.mount(overlayDev, diskDir, "ext4", unix.MS_NOATIME, ""); err != nil {
+	if err := m.mountOverlay(lowerDir, overlayDev, diskDir, RootDir); err != nil {
+		return fmt.Errorf("root %w", err)
+	}
+	return nil
+}
+
+// mountOverlay mounts the writable ext4 disk dev at disk (holding upper/
+// and work/) and an overlayfs of lower and it at target.
+func (m *mounter) mountOverlay(lower, dev, disk, target string) error {
+	if err := m.mountWritable(dev, disk, "ext4", unix.MS_NOATIME, ""); err != nil {
 		return fmt.Errorf("overlay disk: %w", err)
 	}
 	for _, d := range []string{"upper", "work"} {
-		if err := os.MkdirAll(filepath.Join(diskDir, d), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(disk, d), 0o755); err != nil {
 			return fmt.Errorf("overlay disk: %w", err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lowerDir, diskDir, diskDir)
-	if err := m.mount("overlay", RootDir, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("root overlay: %w", err)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, disk, disk)
+	if err := m.mount("overlay", target, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("overlay: %w", err)
 	}
 	return nil
+}
+
+// mountWritable is mount for a writable disk (see mounter.writable).
+func (m *mounter) mountWritable(src, target, fstype string, flags uintptr, data string) error {
+	if err := m.mount(src, target, fstype, flags, data); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.writable == nil {
+		m.writable = map[string]bool{}
+	}
+	m.writable[target] = true
+	return nil
+}
+
+// mountVolumes mounts the volumes at their paths inside the instance root
+// (after the root is ready, so teardown unmounts them first). disks maps
+// serials to device names. The mount point is created inside the root if
+// missing, resolving the image's symlinks as the program would see them
+// (never outside the root); a path that resolves onto a reserved path is
+// refused like the same path in the request.
+func (m *mounter) mountVolumes(disks map[string]string, vols []guestconfig.VolumeMount) error {
+	for i, v := range vols {
+		if err := m.mountVolume(i, disks, v); err != nil {
+			hint := ""
+			if errors.Is(err, unix.EINVAL) {
+				hint = " (a volume must hold an ext4 filesystem)"
+			}
+			return fmt.Errorf("volume %s at %s: %w%s", v.Serial, v.MountPath, err, hint)
+		}
+	}
+	return nil
+}
+
+func (m *mounter) mountVolume(i int, disks map[string]string, v guestconfig.VolumeMount) error {
+	if why := guestconfig.CheckMountPath(v.MountPath); why != "" {
+		return fmt.Errorf("mount path %s", why)
+	}
+	target, err := guestproc.ResolveInRoot(RootDir, v.MountPath)
+	if err != nil {
+		return err
+	}
+	if inRoot := strings.TrimPrefix(target, RootDir); inRoot != v.MountPath {
+		if why := guestconfig.CheckMountPath(inRoot); why != "" {
+			return fmt.Errorf("mount path resolves (through the image's symlinks) to %s, which %s", inRoot, why)
+		}
+	}
+	if err := ensureDir(RootDir, v.MountPath, 0o755); err != nil {
+		return err
+	}
+	dev := "/dev/" + disks[v.Serial]
+	switch {
+	case v.Overlay:
+		base := filepath.Join(volDir, strconv.Itoa(i))
+		lower := filepath.Join(base, "lower")
+		if err := m.mount(dev, lower, "ext4", unix.MS_RDONLY, ""); err != nil {
+			return err
+		}
+		return m.mountOverlay(lower, "/dev/"+disks[v.OverlaySerial], filepath.Join(base, "disk"), target)
+	case v.ReadOnly:
+		return m.mount(dev, target, "ext4", unix.MS_RDONLY, "")
+	default:
+		return m.mountWritable(dev, target, "ext4", unix.MS_NOATIME, "")
+	}
 }
 
 // prepareRoot mounts proc, sys and dev inside the instance root and makes
@@ -254,9 +334,12 @@ func (m *mounter) setEtcFile(name, content string) error {
 	return nil
 }
 
-// unmountAll undoes the mounts in reverse order. A mount that is still busy
-// is detached lazily; the writable overlay disk, if it cannot be unmounted,
-// is at least remounted read-only so its journal is clean for the next boot.
+// unmountAll undoes the mounts in reverse order: volumes first (they were
+// mounted after the root), then the root overlay and its disks. A mount
+// that is still busy is detached lazily; a writable disk (the overlay disk,
+// writable volumes, volume overlay disks) that cannot be unmounted is at
+// least remounted read-only so its data is flushed and its journal clean
+// for the next boot.
 func (m *mounter) unmountAll() []error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -270,8 +353,8 @@ func (m *mounter) unmountAll() []error {
 		if err == nil {
 			continue
 		}
-		if t == diskDir {
-			if rerr := unix.Mount("", diskDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); rerr != nil {
+		if m.writable[t] {
+			if rerr := unix.Mount("", t, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); rerr != nil {
 				errs = append(errs, fmt.Errorf("unmount %s: %v; remount read-only: %w", t, err, rerr))
 			}
 			continue
