@@ -69,6 +69,11 @@ func TestUpstreamClients(t *testing.T) {
 			f := &flow{t: t, s: s, up: up}
 			f.run()
 		})
+		t.Run("volumes", func(t *testing.T) {
+			t.Parallel()
+			f := &flow{t: t, s: s, up: up}
+			f.volumes()
+		})
 	})
 }
 
