@@ -267,8 +267,11 @@ func (f *flow) run() {
 			t.Errorf("resources: %+v", res)
 		}
 		r := f.cli(t, nil, "resources", "reclaim-memory", "--reclaim-bytes", "64MB", "--dry-run")
+		// One action per ballooned guest: web, and whatever the flows
+		// beside this one run.
+		actions := regexp.MustCompile(`(?m)^Actions: +([1-9]\d*)$`)
 		if !strings.Contains(r.Stdout, "Requested reclaim: 67108864 bytes") || !strings.Contains(r.Stdout, "Applied reclaim:   0 bytes") ||
-			!strings.Contains(r.Stdout, "Actions:           1") {
+			!actions.MatchString(r.Stdout) {
 			t.Errorf("reclaim-memory --dry-run: %q", r.Stdout)
 		}
 		f.ours(t, "resources")

@@ -44,4 +44,8 @@
 // any number of readers), persisted with the volume so the rule holds across
 // restarts and reconciled against the instances at daemon start
 // (Reconcile). A volume with attachments is never deleted (ErrInUse).
+// A writer killed without unmounting leaves committed data in the ext4
+// journal, which a guest mounting the volume read-only from a read-only
+// disk cannot replay: the first read-only attachment replays it on the host
+// (e2fsck -E journal_only, a no-op on a clean filesystem).
 package volumes

@@ -167,9 +167,12 @@ func (s *Store) load() error {
 func (s *Store) view(r *record) *Volume {
 	return &Volume{
 		ID: r.ID, Name: r.Name, SizeGB: r.SizeGB, Tags: tags.Clone(r.Tags), CreatedAt: r.CreatedAt,
-		Attachments: slices.Clone(r.Attachments), Path: filepath.Join(s.dir, r.ID, dataFile),
+		Attachments: slices.Clone(r.Attachments), Path: s.diskPath(r),
 	}
 }
+
+// diskPath is r's disk image.
+func (s *Store) diskPath(r *record) string { return filepath.Join(s.dir, r.ID, dataFile) }
 
 // resolveLocked finds a volume by ID, then by exact name.
 func (s *Store) resolveLocked(ref string) (*record, error) {
@@ -291,6 +294,12 @@ func (s *Store) Attach(ctx context.Context, ref string, a Attachment) (*Volume, 
 			return nil, fmt.Errorf("%w (a writable volume is attached to one instance at a time; attach it readonly to share it)", e)
 		}
 		return nil, fmt.Errorf("%w (it is attached writable there; a volume is shared only when every attachment is readonly)", e)
+	}
+	if !a.writable() && len(r.Attachments) == 0 {
+		// The first reader after a writer: see replayJournal.
+		if err := replayJournal(ctx, s.diskPath(r)); err != nil {
+			return nil, fmt.Errorf("attach volume %s read-only: %w", r.ID, err)
+		}
 	}
 	prev := r.Attachments
 	r.Attachments = append(slices.Clone(prev), a)

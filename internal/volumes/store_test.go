@@ -306,3 +306,41 @@ func TestNewRemovesLeftovers(t *testing.T) {
 		t.Errorf("complete volume lost: %v", err)
 	}
 }
+
+// TestReadOnlyAttachReplaysJournal: a volume whose writer was killed
+// (journal needing recovery) is clean before its first read-only
+// attachment, which a read-only guest mount needs.
+func TestReadOnlyAttachReplaysJournal(t *testing.T) {
+	tier.Tools(t, "mkfs.ext4", "debugfs", "e2fsck", "dumpe2fs")
+	s := newStore(t, t.TempDir())
+	v := mustCreate(t, s, CreateParams{Name: "dirty", SizeGB: 1})
+	if out, err := exec.Command("debugfs", "-w", "-R", "feature needs_recovery", v.Path).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v: %s", err, out)
+	}
+	features := func() string {
+		out, err := exec.Command("dumpe2fs", "-h", v.Path).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dumpe2fs: %v: %s", err, out)
+		}
+		return string(out)
+	}
+	if !strings.Contains(features(), "needs_recovery") {
+		t.Fatal("setup: the volume is not marked as needing recovery")
+	}
+	// A writable attachment leaves it to the guest kernel.
+	if _, err := s.Attach(t.Context(), v.ID, Attachment{InstanceID: "w", MountPath: "/data"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(features(), "needs_recovery") {
+		t.Error("a writable attach replayed the journal; the guest does that")
+	}
+	if err := s.Detach(t.Context(), v.ID, "w"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Attach(t.Context(), v.ID, Attachment{InstanceID: "r", MountPath: "/data", ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if f := features(); strings.Contains(f, "needs_recovery") {
+		t.Errorf("still needs recovery after a read-only attach:\n%s", f)
+	}
+}
