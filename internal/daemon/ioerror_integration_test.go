@@ -32,7 +32,9 @@ func TestFullHostDiskPausesWithReasonAndResumes(t *testing.T) {
 		t.Fatalf("mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(dataDir, unix.MNT_DETACH) })
-	d := newDaemonWith(t, map[string]string{"data_dir": dataDir})
+	// The 1 GB sparse overlay on a 512 MB filesystem oversubscribes the
+	// disk on purpose (that is how a host runs out): admission must let it.
+	d := newDaemonWith(t, map[string]string{"data_dir": dataDir, "oversub_disk": "4"})
 	host := testimage.Registry(t)
 	ref := testimage.Push(t, host, "test/writer", testimage.Busybox(t, testimage.Options{
 		Entrypoint: []string{"/bin/sh", "-c"},

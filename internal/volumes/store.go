@@ -297,8 +297,10 @@ func (s *Store) Attach(ctx context.Context, ref string, a Attachment) (*Volume, 
 	}
 	if !a.writable() && len(r.Attachments) == 0 {
 		// The first reader after a writer: see replayJournal.
+		// Not fatal: a disk e2fsck cannot read (not ext4) fails the
+		// guest's mount with a message naming the volume.
 		if err := replayJournal(ctx, s.diskPath(r)); err != nil {
-			return nil, fmt.Errorf("attach volume %s read-only: %w", r.ID, err)
+			s.log.Warn("volume attached read-only without a journal replay", "id", r.ID, "name", r.Name, "err", err)
 		}
 	}
 	prev := r.Attachments
