@@ -41,6 +41,13 @@ func (f *flow) volumes() {
 			"--tag", "suite=conformance-volumes", "-v", "confdata:/data", "--cmd", volumeWriter, "conformance/web:v1")
 		writerID = strings.TrimSpace(r.Stdout)
 		f.wait(t, "vol-writer", "Running")
+		// Running is the program's start: wait for its note to be written.
+		for deadline := time.Now().Add(time.Minute); !strings.Contains(f.cli(t, nil, "logs", "--tail", "20", "vol-writer").Stdout, "wrote-note"); {
+			if time.Now().After(deadline) {
+				t.Fatal("the writer did not print wrote-note in a minute")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 		if r := f.cli(t, nil, "exec", "-T", "vol-writer", "--", "cat", "/data/note"); r.Stdout != "from-writer\n" {
 			t.Errorf("the writer's note on its volume: %q", r.Stdout)
 		}
