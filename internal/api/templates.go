@@ -18,33 +18,30 @@ type Templates interface {
 	DemoteTemplate(ctx context.Context, ref string) (*instances.Instance, error)
 }
 
-func (s *server) templates() (Templates, error) {
+// templateCall runs promote or demote (501 without Templates).
+func (s *server) templateCall(ctx context.Context, ref string, call func(Templates, context.Context, string) (*instances.Instance, error)) (gen.Instance, error) {
 	if s.opts.Templates == nil {
-		return nil, newError(http.StatusNotImplemented, CodeNotImplemented, "templates are not available on this server")
+		return gen.Instance{}, newError(http.StatusNotImplemented, CodeNotImplemented, "templates are not available on this server")
 	}
-	return s.opts.Templates, nil
+	in, err := call(s.opts.Templates, ctx, ref)
+	if err != nil {
+		return gen.Instance{}, err
+	}
+	return s.instance(in), nil
 }
 
 func (s *server) PromoteTemplate(ctx context.Context, req gen.PromoteTemplateRequestObject) (gen.PromoteTemplateResponseObject, error) {
-	t, err := s.templates()
+	in, err := s.templateCall(ctx, req.Id, Templates.PromoteTemplate)
 	if err != nil {
 		return nil, err
 	}
-	in, err := t.PromoteTemplate(ctx, req.Id)
-	if err != nil {
-		return nil, err
-	}
-	return gen.PromoteTemplate200JSONResponse(s.instance(in)), nil
+	return gen.PromoteTemplate200JSONResponse(in), nil
 }
 
 func (s *server) DemoteTemplate(ctx context.Context, req gen.DemoteTemplateRequestObject) (gen.DemoteTemplateResponseObject, error) {
-	t, err := s.templates()
+	in, err := s.templateCall(ctx, req.Id, Templates.DemoteTemplate)
 	if err != nil {
 		return nil, err
 	}
-	in, err := t.DemoteTemplate(ctx, req.Id)
-	if err != nil {
-		return nil, err
-	}
-	return gen.DemoteTemplate200JSONResponse(s.instance(in)), nil
+	return gen.DemoteTemplate200JSONResponse(in), nil
 }

@@ -86,16 +86,11 @@ func templateOr(meta Metadata, fallback state.State) state.State {
 // again returns it unchanged.
 func (m *Manager) PromoteTemplate(ctx context.Context, ref string) (_ *Instance, err error) {
 	defer m.observe("promote_template", time.Now(), &err)
-	e, err := m.resolve(ref)
+	e, st, unlock, err := m.lockTemplateOp(ctx, ref, ActionPromote)
 	if err != nil {
 		return nil, err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
-	if err := m.refuseBroken(e, ActionPromote); err != nil {
-		return nil, err
-	}
-	st := m.currentState(ctx, e)
+	defer unlock()
 	if st == state.Template {
 		return m.view(ctx, e)
 	}
@@ -129,16 +124,11 @@ func (m *Manager) PromoteTemplate(ctx context.Context, ref string) (_ *Instance,
 // Standby instance returns it unchanged.
 func (m *Manager) DemoteTemplate(ctx context.Context, ref string) (_ *Instance, err error) {
 	defer m.observe("demote_template", time.Now(), &err)
-	e, err := m.resolve(ref)
+	e, st, unlock, err := m.lockTemplateOp(ctx, ref, ActionDemote)
 	if err != nil {
 		return nil, err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
-	if err := m.refuseBroken(e, ActionDemote); err != nil {
-		return nil, err
-	}
-	st := m.currentState(ctx, e)
+	defer unlock()
 	if st == state.Standby {
 		return m.view(ctx, e)
 	}
@@ -149,6 +139,21 @@ func (m *Manager) DemoteTemplate(ctx context.Context, ref string) (_ *Instance, 
 		return nil, err
 	}
 	return m.view(ctx, e)
+}
+
+// lockTemplateOp resolves ref, takes its op lock (unlock releases it) and
+// returns its state; an instance whose metadata is unreadable is refused.
+func (m *Manager) lockTemplateOp(ctx context.Context, ref string, a Action) (*entry, state.State, func(), error) {
+	e, err := m.resolve(ref)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	e.op.Lock()
+	if err := m.refuseBroken(e, a); err != nil {
+		e.op.Unlock()
+		return nil, "", nil, err
+	}
+	return e, m.currentState(ctx, e), e.op.Unlock, nil
 }
 
 // checkAction is checkTransition for an instance that may be a Template: an
