@@ -108,6 +108,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Waiter:    d.Instances,
 		Stat:      pathStatter{Instances: d.Instances},
 		Lifecycle: d.Instances,
+		Templates: d.Instances,
 		Snapshots: d.Instances,
 		Guest:     d.Instances,
 		// Attach/detach; without a volume store they refuse with a 400

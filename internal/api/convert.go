@@ -62,6 +62,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 		CreatedAt: in.CreatedAt, StartedAt: in.StartedAt, StoppedAt: in.StoppedAt,
 		ExitCode: in.ExitCode, ExitMessage: in.ExitMessage,
 		HasSnapshot: in.HasSnapshot, Hypervisor: hypervisorName(in.Hypervisor),
+		ForkCount:         &in.ForkCount,
 		Platform:          optString(in.Platform),
 		Env:               optMap(in.Env),
 		Tags:              optTags(in.Tags),

@@ -392,7 +392,7 @@ func (s *server) HoldAutoStandby(ctx context.Context, req gen.HoldAutoStandbyReq
 	if err != nil {
 		return nil, err
 	}
-	if in.State == state.Standby {
+	if in.State == state.Standby || in.State == state.Template {
 		return nil, newError(http.StatusConflict, CodeInstanceInStandby, "instance %s is on standby: restore it before connecting", in.Name)
 	}
 	return gen.HoldAutoStandby200JSONResponse(autoStandbyStatus()), nil

@@ -93,6 +93,9 @@ func routePolicies() map[string]policy {
 		routeKey("POST", "/instances/{id}/pause"):   scoped(auth.InstanceWrite),
 		routeKey("POST", "/instances/{id}/resume"):  scoped(auth.InstanceWrite),
 		routeKey("POST", "/instances/{id}/fork"):    scoped(auth.InstanceWrite),
+		// Templates (kernel/hypeman PR #229): they change an instance.
+		routeKey("POST", "/instances/{id}/promote-template"): scoped(auth.InstanceWrite),
+		routeKey("POST", "/instances/{id}/demote-template"):  scoped(auth.InstanceWrite),
 		// WebSockets (ws.go): running commands and writing files in a guest
 		// is a write, even to read a file out.
 		routeKey("GET", "/instances/{id}/exec"): scoped(auth.InstanceWrite),

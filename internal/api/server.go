@@ -170,6 +170,7 @@ type Options struct {
 	Pushes    Pushes          // optional (501 without)
 	Resources ResourceLedger  // optional (501 without)
 	Reclaimer MemoryReclaimer // optional (501 without)
+	Templates Templates       // optional (501 without); templates.go
 	// InstanceVolumes attaches and detaches volumes (instance_volumes.go);
 	// optional (501 without).
 	InstanceVolumes InstanceVolumes

@@ -1,7 +1,7 @@
 // Package cli is the `hypeman` command line client: cobra commands that talk
 // to hypemand's REST API (pull, images, rmi, run, ps, inspect, logs, stop,
 // start, rm, push, wait, events, version, standby, restore, pause, resume,
-// fork, snapshot, exec, cp, ingress, update). cmd/hypeman is a thin main
+// fork, snapshot, exec, cp, ingress, update, template). cmd/hypeman is a thin main
 // around Run.
 //
 // Why it is shaped this way:

@@ -35,7 +35,7 @@ func canonicalState(s string) string {
 
 // removableStates can be deleted without -f: no VM is running.
 func removable(s client.InstanceState) bool {
-	return s == client.Stopped || s == client.Standby
+	return s == client.Stopped || s == client.Standby || s == client.Template
 }
 
 // --- run ---
@@ -452,7 +452,7 @@ in another state (or on an error), 2 when the timeout passed.`,
 			}
 		},
 	}
-	cmd.Flags().StringArrayVar(&states, "state", nil, "`STATE` to wait for (Created, Initializing, Running, Paused, Shutdown, Stopped, Standby); repeatable: any of them")
+	cmd.Flags().StringArrayVar(&states, "state", nil, "`STATE` to wait for (Created, Initializing, Running, Paused, Shutdown, Stopped, Standby, Template); repeatable: any of them")
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "give up after this long (exit status 2)")
 	return cmd
 }
@@ -529,9 +529,9 @@ func (a *app) psCommand() *cobra.Command {
 			for _, i := range keep {
 				in := list[i]
 				if showHealth {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, in.State, healthColumn(in), age(now, in.CreatedAt))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, stateColumn(in), healthColumn(in), age(now, in.CreatedAt))
 				} else {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, in.State, age(now, in.CreatedAt))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shortID(in.Id), in.Name, in.Image, stateColumn(in), age(now, in.CreatedAt))
 				}
 			}
 			return tw.Flush()
@@ -606,7 +606,7 @@ func (a *app) rmCommand() *cobra.Command {
 		Use:   "rm [-f] INSTANCE...",
 		Short: "Delete instances",
 		Long: `Delete instances and their disks. An instance whose VM is running (any
-state but Stopped or Standby) is refused unless -f is given, which stops
+state but Stopped, Standby or Template) is refused unless -f is given, which stops
 and deletes it.`,
 		Args: minArgs(1, "at least one instance"),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -1,5 +1,5 @@
 // Package instances is the instance manager: it owns every instance's
-// lifecycle (create, start, stop, delete, and later standby/restore/fork), its
+// lifecycle (create, start, stop, delete, standby/restore/fork, templates), its
 // on-disk metadata, and the derivation of its state.
 //
 // Why it is shaped this way:
@@ -26,6 +26,10 @@
 //   - A VM's exit is recorded (exit code, reason) before anyone can see it
 //     Stopped: readers that find the VMM gone or exiting wait for the
 //     watcher's record (read).
+//   - Templates (templates.go, hypeman PR #229's semantics): a promoted
+//     Standby instance is a fork source; forks record their Template, whose
+//     fork count is recomputed from them (at load too), and restore, start,
+//     delete or demote of a Template with forks is refused naming them.
 //   - Dependencies (images, hypervisor, guest agent, event sink) are small
 //     interfaces declared here, at the consumer.
 package instances

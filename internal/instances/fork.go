@@ -66,6 +66,8 @@ func (m *Manager) Fork(ctx context.Context, ref string, p ForkParams) (_ *Instan
 		switch from {
 		case state.Stopped, state.Standby:
 			target = from
+		case state.Template:
+			target = state.Standby
 		default:
 			target = state.Running
 		}
@@ -155,6 +157,9 @@ func (m *Manager) forkLocked(ctx context.Context, src *entry, name string, targe
 	sm := src.meta
 	src.mu.Unlock()
 	fs := forkSource{meta: sm, diskDir: m.dir(sm.ID)}
+	if sm.IsTemplate {
+		fs.template = sm.ID // templates.go: the fork counts toward it
+	}
 	if sm.HasSnapshot {
 		fs.stateDir = filepath.Join(m.dir(sm.ID), standbyDir)
 		fs.state = sm.StandbyCompression
@@ -171,6 +176,8 @@ type forkSource struct {
 	// state describes the saved state in stateDir (a fork kept in Standby
 	// inherits it, a pending delayed compression included).
 	state StandbyCompression
+	// template is the ID of the Template forked from ("" = not one).
+	template string
 }
 
 // forkFrom creates a new instance from src and brings it to target.
@@ -222,6 +229,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		HealthStatus:   initialHealth(sm.HealthCheck),
 		SnapshotPolicy: sm.SnapshotPolicy,
 		Volumes:        vols,
+		ForkOfTemplate: src.template,
 		// Until the fork reaches its target: a daemon killed before
 		// then removes it on start.
 		Transition: transitionFork,
@@ -248,6 +256,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 	m.mu.Lock()
 	m.entries[id] = e
 	m.mu.Unlock()
+	m.syncForkCount(src.template)
 	ok = true
 	created := state.Stopped
 	if meta.HasSnapshot {
@@ -325,6 +334,7 @@ func (m *Manager) failFork(ctx context.Context, e *entry, cause error) error {
 	m.release(id, resources.ReleaseAll)
 	os.RemoveAll(m.dir(id))
 	m.detachAll(ctx, id)
+	m.forkGone(e)
 	m.publish(id, state.Stopped, "", "fork failed")
 	return cause
 }

@@ -253,7 +253,7 @@ func (m *Manager) Start(ctx context.Context, ref string, p StartParams) (_ *Inst
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
-	if err := checkTransition(ActionStart, m.currentState(ctx, e)); err != nil {
+	if err := m.checkAction(e, ActionStart, m.currentState(ctx, e)); err != nil {
 		return nil, err
 	}
 	if err := m.startLocked(ctx, e, p); err != nil {
@@ -563,6 +563,9 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 		return fmt.Errorf("%w: %s", ErrNotFound, ref)
 	}
 	from := m.currentState(ctx, e)
+	if err := m.checkAction(e, ActionDelete, from); err != nil {
+		return err // a Template with forks
+	}
 	m.cancelCompression(e)
 	e.mu.Lock()
 	e.meta.RestartStatus.MarkManualStop() // no restart races the delete
@@ -600,6 +603,7 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 		return err
 	}
 	m.detachAll(ctx, id)
+	m.forkGone(e)
 	m.publish(id, from, "", "deleted")
 	return nil
 }

@@ -159,11 +159,16 @@ type entry struct {
 // metadataVersion is the newest metadata.json format this build reads.
 // Version 2 added volumes; an instance without volumes is still written as
 // version 1, so a build that predates volumes keeps reading it, and one
-// with volumes is never booted without them by such a build.
-const metadataVersion = 2
+// with volumes is never booted without them by such a build. Version 3
+// marks a Template (is_template): a build without templates would wake or
+// delete it under its forks.
+const metadataVersion = 3
 
 // metadataVersionFor is the format version meta is written with.
 func metadataVersionFor(meta *Metadata) int {
+	if meta.IsTemplate {
+		return 3
+	}
 	if len(meta.Volumes) > 0 {
 		return 2
 	}
@@ -312,6 +317,7 @@ func (m *Manager) load(ctx context.Context) error {
 		m.entries[meta.ID] = e
 		m.adopt(ctx, e)
 	}
+	m.recountForks() // templates.go: counts follow the forks that exist
 	for _, e := range m.entries {
 		m.scheduleCompression(e) // interrupted or still pending delayed compressions
 	}
@@ -635,7 +641,7 @@ func (m *Manager) derive(ctx context.Context, meta Metadata, lv *liveVM, attachE
 	}
 	if lv == nil {
 		if meta.HasSnapshot {
-			return state.Standby, nil, false
+			return templateOr(meta, state.Standby), nil, false
 		}
 		return state.Stopped, nil, false
 	}
@@ -690,7 +696,8 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		CreatedAt: meta.CreatedAt, StartedAt: meta.StartedAt, StoppedAt: meta.StoppedAt,
 		ExitCode: meta.ExitCode, ExitMessage: meta.ExitMessage,
 		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor, Platform: meta.Platform,
-		Volumes: publicVolumes(meta.Volumes),
+		Volumes:   publicVolumes(meta.Volumes),
+		ForkCount: meta.ForkCount, ForkOfTemplate: meta.ForkOfTemplate,
 	}
 }
 

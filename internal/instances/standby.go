@@ -190,7 +190,11 @@ func (m *Manager) Restore(ctx context.Context, ref string) (_ *Instance, err err
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
-	if err := checkTransition(ActionRestore, m.currentState(ctx, e)); err != nil {
+	st, err := m.wakeTemplate(e, m.currentState(ctx, e))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkTransition(ActionRestore, st); err != nil {
 		return nil, err
 	}
 	if err := m.restoreLocked(ctx, e, true, false); err != nil {

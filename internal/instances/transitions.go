@@ -20,6 +20,9 @@ const (
 	ActionResume  Action = "resume"
 	ActionFork    Action = "fork"
 	ActionExec    Action = "exec"
+	// Templates (templates.go).
+	ActionPromote Action = "promote-template"
+	ActionDemote  Action = "demote-template"
 )
 
 // allowed is the single-hop transition table: which actions each state
@@ -32,8 +35,11 @@ var allowedActions = map[state.State][]Action{
 	state.Paused:       {ActionResume, ActionStop, ActionStandby, ActionDelete},
 	state.Shutdown:     {ActionStop, ActionDelete},
 	state.Stopped:      {ActionStart, ActionFork, ActionDelete},
-	state.Standby:      {ActionRestore, ActionFork, ActionDelete},
-	state.Unknown:      {ActionStop, ActionDelete},
+	state.Standby:      {ActionRestore, ActionFork, ActionPromote, ActionDelete},
+	// Restore, delete and demote of a Template are refused while it has
+	// forks (templates.go); restore un-promotes it first.
+	state.Template: {ActionFork, ActionRestore, ActionDemote, ActionDelete},
+	state.Unknown:  {ActionStop, ActionDelete},
 }
 
 // Allowed returns the actions permitted in s.

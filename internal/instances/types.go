@@ -53,6 +53,11 @@ type Instance struct {
 	BandwidthUpload   string `json:"bandwidth_upload,omitempty"`
 	// Volumes mounted from the next (or the current) boot on.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// ForkCount is how many forks of this Template exist (0 for other
+	// instances); ForkOfTemplate is the Template this instance was forked
+	// from ("" if none). See templates.go.
+	ForkCount      int    `json:"fork_count"`
+	ForkOfTemplate string `json:"fork_of_template,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -131,6 +136,12 @@ type Metadata struct {
 	// Volumes the instance mounts, in disk order (see deriveDisks). Only
 	// written by format version 2 (metadataVersionFor).
 	Volumes []attachedVolume `json:"volumes,omitempty"`
+	// Templates (templates.go): IsTemplate marks a Standby instance
+	// promoted to Template (format version 3); ForkCount counts the
+	// instances whose ForkOfTemplate names it (recounted at load).
+	IsTemplate     bool   `json:"is_template,omitempty"`
+	ForkCount      int    `json:"fork_count,omitempty"`
+	ForkOfTemplate string `json:"fork_of_template,omitempty"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).

@@ -72,6 +72,7 @@ hypeman_instances{state="Running"} 2
 hypeman_instances{state="Shutdown"} 0
 hypeman_instances{state="Standby"} 0
 hypeman_instances{state="Stopped"} 0
+hypeman_instances{state="Template"} 0
 hypeman_instances{state="Unknown"} 0
 `), "hypeman_instances"); err != nil {
 		t.Fatal(err)

@@ -437,6 +437,7 @@ const (
 	Shutdown     InstanceState = "Shutdown"
 	Standby      InstanceState = "Standby"
 	Stopped      InstanceState = "Stopped"
+	Template     InstanceState = "Template"
 	Unknown      InstanceState = "Unknown"
 )
 
@@ -456,6 +457,8 @@ func (e InstanceState) Valid() bool {
 	case Standby:
 		return true
 	case Stopped:
+		return true
+	case Template:
 		return true
 	case Unknown:
 		return true
@@ -1579,7 +1582,11 @@ type Instance struct {
 	ExitMessage *string `json:"exit_message,omitempty"`
 
 	// ExpiresAt When the instance is deleted automatically; always null here (no expiry yet).
-	ExpiresAt   *time.Time   `json:"expires_at"`
+	ExpiresAt *time.Time `json:"expires_at"`
+
+	// ForkCount How many forks of this instance exist while it is a Template (0
+	// otherwise). From kernel/hypeman PR #229 (not in 0.3.0).
+	ForkCount   *int         `json:"fork_count,omitempty"`
 	Gpu         *InstanceGPU `json:"gpu,omitempty"`
 	HasSnapshot bool         `json:"has_snapshot"`
 
@@ -1649,7 +1656,11 @@ type Instance struct {
 	// the space and resume). Shutdown: the guest shut down, the VMM is
 	// still there (also seen for a moment while a VM process exits,
 	// before its exit is recorded). Stopped: no VMM, no snapshot.
-	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+	// instance promoted to fork source (POST
+	// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+	// 0.3.0): it is forked like a Standby instance and cannot be restored,
+	// started, deleted or demoted while forks of it exist. Unknown: the state
 	// could not be determined (see state_error); an instance whose stored
 	// metadata cannot be read is Unknown and can only be deleted.
 	State InstanceState `json:"state"`
@@ -1724,7 +1735,11 @@ type InstanceNetwork struct {
 // the space and resume). Shutdown: the guest shut down, the VMM is
 // still there (also seen for a moment while a VM process exits,
 // before its exit is recorded). Stopped: no VMM, no snapshot.
-// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+// instance promoted to fork source (POST
+// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+// 0.3.0): it is forked like a Standby instance and cannot be restored,
+// started, deleted or demoted while forks of it exist. Unknown: the state
 // could not be determined (see state_error); an instance whose stored
 // metadata cannot be read is Unknown and can only be deleted.
 type InstanceState string
@@ -2268,7 +2283,11 @@ type WaitForStateResponse struct {
 	// the space and resume). Shutdown: the guest shut down, the VMM is
 	// still there (also seen for a moment while a VM process exits,
 	// before its exit is recorded). Stopped: no VMM, no snapshot.
-	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+	// instance promoted to fork source (POST
+	// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+	// 0.3.0): it is forked like a Standby instance and cannot be restored,
+	// started, deleted or demoted while forks of it exist. Unknown: the state
 	// could not be determined (see state_error); an instance whose stored
 	// metadata cannot be read is Unknown and can only be deleted.
 	Reached *InstanceState `json:"reached,omitempty"`
@@ -2280,7 +2299,11 @@ type WaitForStateResponse struct {
 	// the space and resume). Shutdown: the guest shut down, the VMM is
 	// still there (also seen for a moment while a VM process exits,
 	// before its exit is recorded). Stopped: no VMM, no snapshot.
-	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+	// instance promoted to fork source (POST
+	// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+	// 0.3.0): it is forked like a Standby instance and cannot be restored,
+	// started, deleted or demoted while forks of it exist. Unknown: the state
 	// could not be determined (see state_error); an instance whose stored
 	// metadata cannot be read is Unknown and can only be deleted.
 	State      InstanceState `json:"state"`
@@ -2985,6 +3008,16 @@ type ClientInterface interface {
 	// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
 	GetAutoStandbyStatus(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DemoteTemplate Turn a Template without forks back into a Standby instance
+	//
+	// From kernel/hypeman PR #229 (not in 0.3.0). Template → Standby; 409
+	// naming the forks while any exist (delete them first). Demoting a
+	// Standby instance returns it unchanged. Restoring a Template without
+	// forks demotes it implicitly.
+	//
+	// Corresponds with POST /instances/{id}/demote-template (the `DemoteTemplate` operationId).
+	DemoteTemplate(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	//
 	// This server's addition. Each event has `id` (resume with the
@@ -3053,9 +3086,25 @@ type ClientInterface interface {
 	// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
 	PauseInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// PromoteTemplate Promote a Standby instance to Template
+	//
+	// From kernel/hypeman PR #229 (its route and shapes; hypeman 0.3.0 has
+	// no templates). Standby → Template: the instance's saved state becomes
+	// a fork source. Fork it with POST /instances/{id}/fork like any Standby
+	// instance (it stays a Template; each fork counts in `fork_count`).
+	// While forks of it exist, restore, start, delete and demote answer 409
+	// naming them. Promoting a Template returns it unchanged; any other
+	// state is a 409. This server never promotes implicitly (hypeman's PR
+	// promoted a Standby instance on its first fork).
+	//
+	// Corresponds with POST /instances/{id}/promote-template (the `PromoteTemplate` operationId).
+	PromoteTemplate(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// RestoreInstance Restore a Standby instance
 	//
-	// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+	// Standby → Paused → Running; the program continues with its memory,
+	// disk and logs intact. A Template without forks is demoted first; one
+	// with forks is refused (409 naming them).
 	//
 	// Corresponds with POST /instances/{id}/restore (the `RestoreInstance` operationId).
 	RestoreInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -3271,7 +3320,7 @@ type ClientInterface interface {
 	//
 	// Returns at once when the instance already is in a target state. Returns
 	// early (timed_out false) when it reaches a state it will not leave by
-	// itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
+	// itself (Stopped, Standby, Template, Shutdown, Paused, Unknown) that is not a
 	// target, unless a restart is pending. `state` may be repeated to wait
 	// for any of several states (an addition to hypeman's single state);
 	// `reached` names the one reached.
@@ -4309,6 +4358,26 @@ func (c *Client) GetAutoStandbyStatus(ctx context.Context, id InstanceID, reqEdi
 	return c.Client.Do(req)
 }
 
+// DemoteTemplate Turn a Template without forks back into a Standby instance
+//
+// From kernel/hypeman PR #229 (not in 0.3.0). Template → Standby; 409
+// naming the forks while any exist (delete them first). Demoting a
+// Standby instance returns it unchanged. Restoring a Template without
+// forks demotes it implicitly.
+//
+// Corresponds with POST /instances/{id}/demote-template (the `DemoteTemplate` operationId).
+func (c *Client) DemoteTemplate(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDemoteTemplateRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 //
 // This server's addition. Each event has `id` (resume with the
@@ -4427,9 +4496,35 @@ func (c *Client) PauseInstance(ctx context.Context, id InstanceID, reqEditors ..
 	return c.Client.Do(req)
 }
 
+// PromoteTemplate Promote a Standby instance to Template
+//
+// From kernel/hypeman PR #229 (its route and shapes; hypeman 0.3.0 has
+// no templates). Standby → Template: the instance's saved state becomes
+// a fork source. Fork it with POST /instances/{id}/fork like any Standby
+// instance (it stays a Template; each fork counts in `fork_count`).
+// While forks of it exist, restore, start, delete and demote answer 409
+// naming them. Promoting a Template returns it unchanged; any other
+// state is a 409. This server never promotes implicitly (hypeman's PR
+// promoted a Standby instance on its first fork).
+//
+// Corresponds with POST /instances/{id}/promote-template (the `PromoteTemplate` operationId).
+func (c *Client) PromoteTemplate(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPromoteTemplateRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // RestoreInstance Restore a Standby instance
 //
-// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+// Standby → Paused → Running; the program continues with its memory,
+// disk and logs intact. A Template without forks is demoted first; one
+// with forks is refused (409 naming them).
 //
 // Corresponds with POST /instances/{id}/restore (the `RestoreInstance` operationId).
 func (c *Client) RestoreInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4845,7 +4940,7 @@ func (c *Client) AttachVolume(ctx context.Context, id InstanceID, volumeId Volum
 //
 // Returns at once when the instance already is in a target state. Returns
 // early (timed_out false) when it reaches a state it will not leave by
-// itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
+// itself (Stopped, Standby, Template, Shutdown, Paused, Unknown) that is not a
 // target, unless a restart is pending. `state` may be repeated to wait
 // for any of several states (an addition to hypeman's single state);
 // `reached` names the one reached.
@@ -6603,6 +6698,40 @@ func NewGetAutoStandbyStatusRequest(server string, id InstanceID) (*http.Request
 	return req, nil
 }
 
+// NewDemoteTemplateRequest constructs an http.Request for the DemoteTemplate method
+func NewDemoteTemplateRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/demote-template", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewStreamInstanceEventsRequest constructs an http.Request for the StreamInstanceEvents method
 func NewStreamInstanceEventsRequest(server string, id InstanceID, params *StreamInstanceEventsParams) (*http.Request, error) {
 	var err error
@@ -6801,6 +6930,40 @@ func NewPauseInstanceRequest(server string, id InstanceID) (*http.Request, error
 	}
 
 	operationPath := fmt.Sprintf("/instances/%s/pause", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPromoteTemplateRequest constructs an http.Request for the PromoteTemplate method
+func NewPromoteTemplateRequest(server string, id InstanceID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/promote-template", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -8613,6 +8776,18 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
 	GetAutoStandbyStatusWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetAutoStandbyStatusResponse, error)
 
+	// DemoteTemplateWithResponse Turn a Template without forks back into a Standby instance
+	//
+	// From kernel/hypeman PR #229 (not in 0.3.0). Template → Standby; 409
+	// naming the forks while any exist (delete them first). Demoting a
+	// Standby instance returns it unchanged. Restoring a Template without
+	// forks demotes it implicitly.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/demote-template (the `DemoteTemplate` operationId).
+	DemoteTemplateWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*DemoteTemplateResponse, error)
+
 	// StreamInstanceEventsWithResponse Lifecycle events of one instance (server-sent events)
 	//
 	// This server's addition. Each event has `id` (resume with the
@@ -8687,9 +8862,27 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /instances/{id}/pause (the `PauseInstance` operationId).
 	PauseInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*PauseInstanceResponse, error)
 
+	// PromoteTemplateWithResponse Promote a Standby instance to Template
+	//
+	// From kernel/hypeman PR #229 (its route and shapes; hypeman 0.3.0 has
+	// no templates). Standby → Template: the instance's saved state becomes
+	// a fork source. Fork it with POST /instances/{id}/fork like any Standby
+	// instance (it stays a Template; each fork counts in `fork_count`).
+	// While forks of it exist, restore, start, delete and demote answer 409
+	// naming them. Promoting a Template returns it unchanged; any other
+	// state is a 409. This server never promotes implicitly (hypeman's PR
+	// promoted a Standby instance on its first fork).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/promote-template (the `PromoteTemplate` operationId).
+	PromoteTemplateWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*PromoteTemplateResponse, error)
+
 	// RestoreInstanceWithResponse Restore a Standby instance
 	//
-	// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+	// Standby → Paused → Running; the program continues with its memory,
+	// disk and logs intact. A Template without forks is demoted first; one
+	// with forks is refused (409 naming them).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -8921,7 +9114,7 @@ type ClientWithResponsesInterface interface {
 	//
 	// Returns at once when the instance already is in a target state. Returns
 	// early (timed_out false) when it reaches a state it will not leave by
-	// itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
+	// itself (Stopped, Standby, Template, Shutdown, Paused, Unknown) that is not a
 	// target, unless a restart is pending. `state` may be repeated to wait
 	// for any of several states (an addition to hypeman's single state);
 	// `reached` names the one reached.
@@ -11635,6 +11828,89 @@ func (r GetAutoStandbyStatusResponse) ContentType() string {
 	return ""
 }
 
+type DemoteTemplateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DemoteTemplateResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DemoteTemplateResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DemoteTemplateResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DemoteTemplateResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DemoteTemplateResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DemoteTemplateResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r DemoteTemplateResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r DemoteTemplateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DemoteTemplateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DemoteTemplateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DemoteTemplateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type StreamInstanceEventsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -11961,6 +12237,89 @@ func (r PauseInstanceResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r PauseInstanceResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type PromoteTemplateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Instance
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *Internal
+	// JSON501 the response for an HTTP 501 `application/json` response
+	JSON501 *NotImplemented
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PromoteTemplateResponse) GetJSON200() *Instance {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PromoteTemplateResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r PromoteTemplateResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PromoteTemplateResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r PromoteTemplateResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r PromoteTemplateResponse) GetJSON500() *Internal {
+	return r.JSON500
+}
+
+// GetJSON501 returns the response for an HTTP 501 `application/json` response
+func (r PromoteTemplateResponse) GetJSON501() *NotImplemented {
+	return r.JSON501
+}
+
+// GetBody returns the raw response body bytes
+func (r PromoteTemplateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PromoteTemplateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PromoteTemplateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PromoteTemplateResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -14975,6 +15334,24 @@ func (c *ClientWithResponses) GetAutoStandbyStatusWithResponse(ctx context.Conte
 	return ParseGetAutoStandbyStatusResponse(rsp)
 }
 
+// DemoteTemplateWithResponse Turn a Template without forks back into a Standby instance
+//
+// From kernel/hypeman PR #229 (not in 0.3.0). Template → Standby; 409
+// naming the forks while any exist (delete them first). Demoting a
+// Standby instance returns it unchanged. Restoring a Template without
+// forks demotes it implicitly.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/demote-template (the `DemoteTemplate` operationId).
+func (c *ClientWithResponses) DemoteTemplateWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*DemoteTemplateResponse, error) {
+	rsp, err := c.DemoteTemplate(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDemoteTemplateResponse(rsp)
+}
+
 // StreamInstanceEventsWithResponse Lifecycle events of one instance (server-sent events)
 //
 // This server's addition. Each event has `id` (resume with the
@@ -15079,9 +15456,33 @@ func (c *ClientWithResponses) PauseInstanceWithResponse(ctx context.Context, id 
 	return ParsePauseInstanceResponse(rsp)
 }
 
+// PromoteTemplateWithResponse Promote a Standby instance to Template
+//
+// From kernel/hypeman PR #229 (its route and shapes; hypeman 0.3.0 has
+// no templates). Standby → Template: the instance's saved state becomes
+// a fork source. Fork it with POST /instances/{id}/fork like any Standby
+// instance (it stays a Template; each fork counts in `fork_count`).
+// While forks of it exist, restore, start, delete and demote answer 409
+// naming them. Promoting a Template returns it unchanged; any other
+// state is a 409. This server never promotes implicitly (hypeman's PR
+// promoted a Standby instance on its first fork).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/promote-template (the `PromoteTemplate` operationId).
+func (c *ClientWithResponses) PromoteTemplateWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*PromoteTemplateResponse, error) {
+	rsp, err := c.PromoteTemplate(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePromoteTemplateResponse(rsp)
+}
+
 // RestoreInstanceWithResponse Restore a Standby instance
 //
-// Standby → Paused → Running; the program continues with its memory, disk and logs intact.
+// Standby → Paused → Running; the program continues with its memory,
+// disk and logs intact. A Template without forks is demoted first; one
+// with forks is refused (409 naming them).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15433,7 +15834,7 @@ func (c *ClientWithResponses) AttachVolumeWithResponse(ctx context.Context, id I
 //
 // Returns at once when the instance already is in a target state. Returns
 // early (timed_out false) when it reaches a state it will not leave by
-// itself (Stopped, Standby, Shutdown, Paused, Unknown) that is not a
+// itself (Stopped, Standby, Template, Shutdown, Paused, Unknown) that is not a
 // target, unless a restart is pending. `state` may be repeated to wait
 // for any of several states (an addition to hypeman's single state);
 // `reached` names the one reached.
@@ -17783,6 +18184,74 @@ func ParseGetAutoStandbyStatusResponse(rsp *http.Response) (*GetAutoStandbyStatu
 	return response, nil
 }
 
+// ParseDemoteTemplateResponse parses an HTTP response from a DemoteTemplateWithResponse call
+func ParseDemoteTemplateResponse(rsp *http.Response) (*DemoteTemplateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DemoteTemplateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseStreamInstanceEventsResponse parses an HTTP response from a StreamInstanceEventsWithResponse call
 func ParseStreamInstanceEventsResponse(rsp *http.Response) (*StreamInstanceEventsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -17996,6 +18465,74 @@ func ParsePauseInstanceResponse(rsp *http.Response) (*PauseInstanceResponse, err
 	}
 
 	response := &PauseInstanceResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Instance
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Internal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest NotImplemented
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON501 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParsePromoteTemplateResponse parses an HTTP response from a PromoteTemplateWithResponse call
+func ParsePromoteTemplateResponse(rsp *http.Response) (*PromoteTemplateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PromoteTemplateResponse{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
 	}

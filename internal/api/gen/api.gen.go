@@ -366,6 +366,7 @@ const (
 	Shutdown     InstanceState = "Shutdown"
 	Standby      InstanceState = "Standby"
 	Stopped      InstanceState = "Stopped"
+	Template     InstanceState = "Template"
 	Unknown      InstanceState = "Unknown"
 )
 
@@ -385,6 +386,8 @@ func (e InstanceState) Valid() bool {
 	case Standby:
 		return true
 	case Stopped:
+		return true
+	case Template:
 		return true
 	case Unknown:
 		return true
@@ -1338,7 +1341,11 @@ type Instance struct {
 	ExitMessage *string `json:"exit_message,omitempty"`
 
 	// ExpiresAt When the instance is deleted automatically; always null here (no expiry yet).
-	ExpiresAt   *time.Time   `json:"expires_at"`
+	ExpiresAt *time.Time `json:"expires_at"`
+
+	// ForkCount How many forks of this instance exist while it is a Template (0
+	// otherwise). From kernel/hypeman PR #229 (not in 0.3.0).
+	ForkCount   *int         `json:"fork_count,omitempty"`
 	Gpu         *InstanceGPU `json:"gpu,omitempty"`
 	HasSnapshot bool         `json:"has_snapshot"`
 
@@ -1408,7 +1415,11 @@ type Instance struct {
 	// the space and resume). Shutdown: the guest shut down, the VMM is
 	// still there (also seen for a moment while a VM process exits,
 	// before its exit is recorded). Stopped: no VMM, no snapshot.
-	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+	// instance promoted to fork source (POST
+	// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+	// 0.3.0): it is forked like a Standby instance and cannot be restored,
+	// started, deleted or demoted while forks of it exist. Unknown: the state
 	// could not be determined (see state_error); an instance whose stored
 	// metadata cannot be read is Unknown and can only be deleted.
 	State InstanceState `json:"state"`
@@ -1483,7 +1494,11 @@ type InstanceNetwork struct {
 // the space and resume). Shutdown: the guest shut down, the VMM is
 // still there (also seen for a moment while a VM process exits,
 // before its exit is recorded). Stopped: no VMM, no snapshot.
-// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+// instance promoted to fork source (POST
+// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+// 0.3.0): it is forked like a Standby instance and cannot be restored,
+// started, deleted or demoted while forks of it exist. Unknown: the state
 // could not be determined (see state_error); an instance whose stored
 // metadata cannot be read is Unknown and can only be deleted.
 type InstanceState string
@@ -2009,7 +2024,11 @@ type WaitForStateResponse struct {
 	// the space and resume). Shutdown: the guest shut down, the VMM is
 	// still there (also seen for a moment while a VM process exits,
 	// before its exit is recorded). Stopped: no VMM, no snapshot.
-	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+	// instance promoted to fork source (POST
+	// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+	// 0.3.0): it is forked like a Standby instance and cannot be restored,
+	// started, deleted or demoted while forks of it exist. Unknown: the state
 	// could not be determined (see state_error); an instance whose stored
 	// metadata cannot be read is Unknown and can only be deleted.
 	Reached *InstanceState `json:"reached,omitempty"`
@@ -2021,7 +2040,11 @@ type WaitForStateResponse struct {
 	// the space and resume). Shutdown: the guest shut down, the VMM is
 	// still there (also seen for a moment while a VM process exits,
 	// before its exit is recorded). Stopped: no VMM, no snapshot.
-	// Standby: no VMM, a memory snapshot to restore. Unknown: the state
+	// Standby: no VMM, a memory snapshot to restore. Template: a Standby
+	// instance promoted to fork source (POST
+	// /instances/{id}/promote-template; from kernel/hypeman PR #229, not in
+	// 0.3.0): it is forked like a Standby instance and cannot be restored,
+	// started, deleted or demoted while forks of it exist. Unknown: the state
 	// could not be determined (see state_error); an instance whose stored
 	// metadata cannot be read is Unknown and can only be deleted.
 	State      InstanceState `json:"state"`
@@ -2368,6 +2391,9 @@ type ServerInterface interface {
 	// GetAutoStandbyStatus Auto-standby diagnostic status
 	// (GET /instances/{id}/auto-standby/status)
 	GetAutoStandbyStatus(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// DemoteTemplate Turn a Template without forks back into a Standby instance
+	// (POST /instances/{id}/demote-template)
+	DemoteTemplate(w http.ResponseWriter, r *http.Request, id InstanceID)
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams)
@@ -2380,6 +2406,9 @@ type ServerInterface interface {
 	// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
 	// (POST /instances/{id}/pause)
 	PauseInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
+	// PromoteTemplate Promote a Standby instance to Template
+	// (POST /instances/{id}/promote-template)
+	PromoteTemplate(w http.ResponseWriter, r *http.Request, id InstanceID)
 	// RestoreInstance Restore a Standby instance
 	// (POST /instances/{id}/restore)
 	RestoreInstance(w http.ResponseWriter, r *http.Request, id InstanceID)
@@ -2671,6 +2700,12 @@ func (_ Unimplemented) GetAutoStandbyStatus(w http.ResponseWriter, r *http.Reque
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DemoteTemplate Turn a Template without forks back into a Standby instance
+// (POST /instances/{id}/demote-template)
+func (_ Unimplemented) DemoteTemplate(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 // (GET /instances/{id}/events)
 func (_ Unimplemented) StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams) {
@@ -2692,6 +2727,12 @@ func (_ Unimplemented) GetInstanceLogs(w http.ResponseWriter, r *http.Request, i
 // PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
 // (POST /instances/{id}/pause)
 func (_ Unimplemented) PauseInstance(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// PromoteTemplate Promote a Standby instance to Template
+// (POST /instances/{id}/promote-template)
+func (_ Unimplemented) PromoteTemplate(w http.ResponseWriter, r *http.Request, id InstanceID) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -3714,6 +3755,32 @@ func (siw *ServerInterfaceWrapper) GetAutoStandbyStatus(w http.ResponseWriter, r
 	handler.ServeHTTP(w, r)
 }
 
+// DemoteTemplate operation middleware
+func (siw *ServerInterfaceWrapper) DemoteTemplate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DemoteTemplate(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // StreamInstanceEvents operation middleware
 func (siw *ServerInterfaceWrapper) StreamInstanceEvents(w http.ResponseWriter, r *http.Request) {
 
@@ -3875,6 +3942,32 @@ func (siw *ServerInterfaceWrapper) PauseInstance(w http.ResponseWriter, r *http.
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.PauseInstance(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// PromoteTemplate operation middleware
+func (siw *ServerInterfaceWrapper) PromoteTemplate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id InstanceID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.PromoteTemplate(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -4959,6 +5052,12 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/instances/{id}/restore", wrapper.RestoreInstance)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/promote-template", wrapper.PromoteTemplate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/instances/{id}/demote-template", wrapper.DemoteTemplate)
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/instances/{id}/pause", wrapper.PauseInstance)
@@ -8121,6 +8220,112 @@ func (response GetAutoStandbyStatus500JSONResponse) VisitGetAutoStandbyStatusRes
 	return err
 }
 
+type DemoteTemplateRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type DemoteTemplateResponseObject interface {
+	VisitDemoteTemplateResponse(w http.ResponseWriter) error
+}
+
+type DemoteTemplate200JSONResponse Instance
+
+func (response DemoteTemplate200JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DemoteTemplate401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DemoteTemplate401JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DemoteTemplate403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response DemoteTemplate403JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DemoteTemplate404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DemoteTemplate404JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DemoteTemplate409JSONResponse struct{ ConflictJSONResponse }
+
+func (response DemoteTemplate409JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DemoteTemplate500JSONResponse struct{ InternalJSONResponse }
+
+func (response DemoteTemplate500JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DemoteTemplate501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response DemoteTemplate501JSONResponse) VisitDemoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type StreamInstanceEventsRequestObject struct {
 	Id     InstanceID `json:"id"`
 	Params StreamInstanceEventsParams
@@ -8623,6 +8828,112 @@ func (response PauseInstance500JSONResponse) VisitPauseInstanceResponse(w http.R
 type PauseInstance501JSONResponse struct{ NotImplementedJSONResponse }
 
 func (response PauseInstance501JSONResponse) VisitPauseInstanceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(501)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplateRequestObject struct {
+	Id InstanceID `json:"id"`
+}
+
+type PromoteTemplateResponseObject interface {
+	VisitPromoteTemplateResponse(w http.ResponseWriter) error
+}
+
+type PromoteTemplate200JSONResponse Instance
+
+func (response PromoteTemplate200JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplate401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response PromoteTemplate401JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplate403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response PromoteTemplate403JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplate404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response PromoteTemplate404JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplate409JSONResponse struct{ ConflictJSONResponse }
+
+func (response PromoteTemplate409JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplate500JSONResponse struct{ InternalJSONResponse }
+
+func (response PromoteTemplate500JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(500)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type PromoteTemplate501JSONResponse struct{ NotImplementedJSONResponse }
+
+func (response PromoteTemplate501JSONResponse) VisitPromoteTemplateResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response); err != nil {
@@ -11704,6 +12015,9 @@ type StrictServerInterface interface {
 	// GetAutoStandbyStatus Auto-standby diagnostic status
 	// (GET /instances/{id}/auto-standby/status)
 	GetAutoStandbyStatus(ctx context.Context, request GetAutoStandbyStatusRequestObject) (GetAutoStandbyStatusResponseObject, error)
+	// DemoteTemplate Turn a Template without forks back into a Standby instance
+	// (POST /instances/{id}/demote-template)
+	DemoteTemplate(ctx context.Context, request DemoteTemplateRequestObject) (DemoteTemplateResponseObject, error)
 	// StreamInstanceEvents Lifecycle events of one instance (server-sent events)
 	// (GET /instances/{id}/events)
 	StreamInstanceEvents(ctx context.Context, request StreamInstanceEventsRequestObject) (StreamInstanceEventsResponseObject, error)
@@ -11716,6 +12030,9 @@ type StrictServerInterface interface {
 	// PauseInstance Freeze a Running instance's vCPUs (memory stays resident)
 	// (POST /instances/{id}/pause)
 	PauseInstance(ctx context.Context, request PauseInstanceRequestObject) (PauseInstanceResponseObject, error)
+	// PromoteTemplate Promote a Standby instance to Template
+	// (POST /instances/{id}/promote-template)
+	PromoteTemplate(ctx context.Context, request PromoteTemplateRequestObject) (PromoteTemplateResponseObject, error)
 	// RestoreInstance Restore a Standby instance
 	// (POST /instances/{id}/restore)
 	RestoreInstance(ctx context.Context, request RestoreInstanceRequestObject) (RestoreInstanceResponseObject, error)
@@ -12734,6 +13051,32 @@ func (sh *strictHandler) GetAutoStandbyStatus(w http.ResponseWriter, r *http.Req
 	}
 }
 
+// DemoteTemplate operation middleware
+func (sh *strictHandler) DemoteTemplate(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request DemoteTemplateRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DemoteTemplate(ctx, request.(DemoteTemplateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DemoteTemplate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DemoteTemplateResponseObject); ok {
+		if err := validResponse.VisitDemoteTemplateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // StreamInstanceEvents operation middleware
 func (sh *strictHandler) StreamInstanceEvents(w http.ResponseWriter, r *http.Request, id InstanceID, params StreamInstanceEventsParams) {
 	var request StreamInstanceEventsRequestObject
@@ -12840,6 +13183,32 @@ func (sh *strictHandler) PauseInstance(w http.ResponseWriter, r *http.Request, i
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(PauseInstanceResponseObject); ok {
 		if err := validResponse.VisitPauseInstanceResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// PromoteTemplate operation middleware
+func (sh *strictHandler) PromoteTemplate(w http.ResponseWriter, r *http.Request, id InstanceID) {
+	var request PromoteTemplateRequestObject
+
+	request.Id = id
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.PromoteTemplate(ctx, request.(PromoteTemplateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "PromoteTemplate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(PromoteTemplateResponseObject); ok {
+		if err := validResponse.VisitPromoteTemplateResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -13682,388 +14051,398 @@ func (sh *strictHandler) GetVolume(w http.ResponseWriter, r *http.Request, id Vo
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L37kttGljf4Khncb0JkD4rFkkoemxWO+WTJkmvasjUqyR2xhpdIAkkyu4BMdGaiqmiHIvav7wG+f+YN",
-	"9gH2EXbeZJ5kI8/JBBIkeKuLpO7RH91WgUBeT54819/5o5fKopSCCaN74z96JVW0YIYp+OsVE0zx9PyF",
-	"/SNjOlW8NFyK3rh3njFh+IwzNexFPW4fldQselFP0IL1xj2e9aKeYn+ruGJZb2xUxaKeThesoLa1gt78",
-	"yMTcLHrjk8dfR72Ci/rvqGeWpW1DG8XFvPfhQ9Q7L+ic/QRNrw3F/kQUmzHFRMoi8v7tj0dMpDJjGemz",
-	"4XxIkkyml0wNufynxy9zPlVULf/p8Uual1ywf3ryLKeGaZMMNswF/rPnbJ6ePN5jNkIbKlLWubLuN3L+",
-	"IiLshqaG2P4jIhWpBP9bZX8hpWIzfvNx1v5Hqs33V0yYruG+ZboqGKEzwxQxC64Js6+S8xf14BaMZkw1",
-	"w7PtHUGDR+cvehtG9uRx11AuBC31QnaOxP/2+SzcOzrXL3lumFof7c8iXxJuWKFJSpVacjG3K6eWZM6v",
-	"mCCGzsk1NwucSb4kZkENuaJ5xcaxSP7V0Ln+1TBa/PbtlKaXTGRxNRo9/gqeM3H127fa0DkX84T0M8bK",
-	"n6d/Zakh2ixzNhjGohf12E2Zy4z5ecJ6/K1iatksiG2ttUP/Q7FZb9z7P44bvnGMv+pjO93eh6gHffTG",
-	"vaZb+/QXmVdFJ8XjL3ZzpIIt+zi74wd0Lt7Ybm49rCts5z4H98E2pUspNANG/B3NXlHDrunS/pVKYZgw",
-	"9p+0LHOeUjvi479qO+w/9tys75WSCrtqT/uZIFWpjWK0IIrNuTZqSWaU5ywb2n38jmZv2d8qps3Dj+Xd",
-	"wjJ26IxwTQqaz6QqWGZ3hIsrmnMc03MpZjlPP9qItKxUyh5pog01zNMHSd0wNJ5cE4y+Ly13ZLGo7yk7",
-	"IVpM+bySlR5YLhXhZ/biIgkXuprNeMqZMBPfo04iQmORKkYNi2zvykR2PEYqGMZMqkuSSaaJkIbMuIFB",
-	"LKQ2jzRhsxlLDb9isch5wY0m/VffvyPHdeuDMbxeMK3tlWrnpN0s8I2IXFsudE11LKi+ZJl7wDWZKcYI",
-	"FRm8L6+Y0tV08ieimTGWtQH3upZVnhGa5/KaFFIxy4Y+RL2XUk15ljHxcbbPyEsmSE7TS11vkT20RKey",
-	"ZEBP58IwJWj+8AO6YOqKKcLs79D1T9K8lJXIHr7rnyTRVbqoN9d3f16UOSuYMCz7GBvCNdG4CDXd6qos",
-	"pULalSVT0CPpL5kZnLUoVNOlJtcLni7IjFFTKZzEe0Ers5CK//4xpvCaa83FPPIcyZ5DdlMCSQGtDeG6",
-	"ce3Ybp4ZQ9MF3i8BL6VZxm2bNH+j7LQNt9x/RnPNol4ZPPqjV8hKmEnp7q3gcjkdffPV2n1ibxOaSZEv",
-	"8Zab0So3dcvu5amUOaOih5ePv8d+Dbv6rX5Z1tf6s8rIC0NFNl2+kTlPlztnsqpI5OxoSjXLCK2MLKjh",
-	"qWVstsEzFCgdedA0ZaXRxM6DJEzQac6yhECrpG/pZlrx3BBLJvaqbq+Ye9/+c3XCUY9nOZsYXjBZmd1y",
-	"aNTjcyEVm2RMGy6AmCaWYKEjkOlcI7yoit74q6dPnzyFKx//bi58LgybM2WbLOjNOX751Wn9O1WKLoMO",
-	"8aBOUp6ptb78gIPPmwFva/3D9l29MNRUqBy2FpTCVTLhYmrZ1SSVQtjbRQodrHEwQXs58nmlNu1Bauks",
-	"k9diolhBubAjH//RE1We253zItXa1FjO5xxe6Gp167YvZJ5NKmE4MHorWlBj5VZq2JGlBivj7eoeSEdz",
-	"kbI7thGQ384PcqpNvfKwEdwsJ9TcfgiC3ZiJO3Z3akgx6tgqE5bYf+1VwvFzlk3KnBrbrj2ewC0mBXLP",
-	"5kHGNW6ZFbZRFZ4IaSaqEgJfFMxcS3UZvulamfCyF/UWVE+u5mXVi7YRaXvZoQuW01JDe3KKTGcCF3MP",
-	"GehyMpPKL1LADJvJ6/qsdEy+F/Vac6sJ1w/TD6k+CZ39Qi+wTU62hOZwnJ1jqvvvPANG0fTSLl0BquAf",
-	"HYpSeBuEswlOdHPQggNZr0dNFTs2pD2WztvminKgvxfsiuORa3OltFLKSsyZ4leodu+k2AyamvCsY/b1",
-	"r8KZntbPriyKajJXsiq7+V6Z8gnNMsW07mzgiolMqk3du183dL+yOWFXYcPhHNsj7lrj7yqeZx0rK61c",
-	"aA/xXdgDqi5b21jfggolwAnedfVHXJivTjd3GuwBno59iGHDNvCCztkk43Mnqu1uBz4AcXKPt/9WsYpN",
-	"Sqk5SkV/7DEnUP7uuBvr/ApGYqnEylKZY8yVXuC/gBv1oh6aAywLsOw5t//uYj1gPdrLaLRCyECnNfMI",
-	"aGYjveJZ75RQYCbufD0MfXJ9OdH8dzaZT7t5wAaqgmu80nfcxILeWD6KnA/l7/URbORfuOG4SG2Zcn07",
-	"V4TSderx9FGqyt3VGcuZwX9uvqLuRiet5e8mm/VFWp14F2E9pyWd8px7elqlrpTlVjeVHdbdQK19pIlX",
-	"h4bk+Zv35IorU9Gc/45qLReksgrM5VVhNUeTzkF7YTfU8tveuGfSeRfVBf1PGqFrv2H8ZbFE1SpohFxT",
-	"TdKF1FZh7bwmQW20chhQ5o79ChfvBX761n35Ieo5bV13WPFhtEc5u2K5V+rJ+QvdUgXZTSk106TvJUQd",
-	"EeC49r9ibi/AiLAblkYkl3MdEe18Azoiw+EQ/Tx70/lCItPfd7o/2Pf9HaAP+fIcv/hQy7iHfPyT+6T5",
-	"2qlQ2xr4qX6zbgrm7Ha5Y4O+ByeF+50sliUrqCCXQl7bdQbZkEyXzvXCaLpAq+b1gpkFU4QbklJBclqJ",
-	"dEEWTLHWZuw72YCW1tgS0MghjSHNrcu6+NgRwPoJCFap2bB62wMibx3WXufRbe3ZLma0cp7WWZOXkrtF",
-	"fn8XNCzmb6yojgqeKnlV9KIdUqbzhjad7BruD+78rAxSpYv2KGiRgTy3diClbr+Yc1Hd7BynhIW3vewa",
-	"4Hl9UNtD9Btea63rozjeOGj/UXvsv7Y++21/NrQq6tetR+vD3DXfnxrm0p7wvHEyNfM8GQ1PRqPhaHjS",
-	"Nc25VUEnRk7m3oy5TnBWncvXOclU8WzOyLeEkh/tohD3APgFJe+evSElU+SX12dEUEO+Jf/+/ev39rJU",
-	"R7ZF0pyYMyKksC0JSWAcwW+kbzpvQbxlneCCPYNPz55029oGZXoqmNmwPqPjk692UiWuxdq67dqy2571",
-	"zRdtcCU6g0IE7qOIlLTSLCJWrjri8gh8RRFZSFPm1fyoYIVUy4hMaZ5LKY5SKYySOVysB12rG0XS20kz",
-	"rL6TOHoR6pUZHs7SgoXbtTMX9XWzsjEln1wxpZ1C19DLaPhkOOo6SsHb24frX4xanXQOFGRgpyHdztWw",
-	"qt1sN2OjprPq7V43N7q93/niQarBhumjreh2s997oCtmnl0ehFurPGE/m3ccbrTbzThVDGK7aL5zgG8q",
-	"vXgevB5s7NYQLWIkKas8d9FZGIY1fjJ8PIrIfJGqIZfHUs2PaVn+T72gj59+NfZS+0GRVs0lvD4kqY+t",
-	"bPDr8RVVnArz2xk6lgJ/uf+Y9IM7e0Cc2lQalrUVtbZAsMslc2sKgCXesvWo/9wbuX/1ZHWVS2oMU3YR",
-	"/69f6dHvo6Nvfuu7fxz99if/aPCv/6OLyakqZ207w7YF8JOpcrbuxiq4cH+drN8ud1teP85ty4yaZyBL",
-	"HbDOUyqya56ZxSST1yKXNOuIrKOGEbh8gSDJf/2v/01+ee3OzMmraakjcvL46evvjvUZUdQwTai2Vzjc",
-	"3BMuJ9NSDyJiFJ3NeErcRU2kACL/5fUjbWWsIfmJsUx74asRnFaOWycba+ZRlTtn8ctrmANMpmsWg4jo",
-	"BS1ZRsxCyWq+IFQQPpsStF7faaBs7jnzHtrw9/hy233YntYrfsVgGb0FglA/ImKvQzWjKSN9J5oToypm",
-	"VWBR8xeyoDqYwyAQUkJP/A7qu90pp5WRtT9px5Ks+/c/RL206NppVuY0dRFDoAQ/0iQtspZUGDKWp0+f",
-	"fLXVV30yetzhC1+5oLrn/cf6yq2YMWCPSdMYmSp5yRRoE4rNKs0y0j8djQZ4YGrRM3IBJ7B/khQs49Sw",
-	"jCCFOVoMhxJw/3AwlqQ7xPI3z88dvWu4JqnW/jisjqsSuZ0CK0qzJH0hif12Wmk7YKfMDzYtfrcQsz0I",
-	"IWAr6+N+wfUlOT/+GTiRO/By1joijzS5VtzYEwUsStfnIxYVhqSxbBARioqenbUxOSPgqhoSy0n0mCT/",
-	"9X//P8c6sdfwdGmZno+1i8WUC6qWxAqrpBIQ4Bb3TkYjy1ziHvmWnIxG5D//g1i6+v/+X2JZzhm0Ny11",
-	"QqSKBfzBjW+f+1C+jKW8oLmLHmbYsGVe2Ozjp9FoNLL/iwW26vqFF7iuN44GMX9DckJeT0vYZjuwV98d",
-	"awzM3cnMhFHLUnIMadrjFDYfkD4VGcmULDWxs0uLbHDfB5SJq20Hc78ewm9a3TRnCIOstHOerESxTrXM",
-	"K8MwEmu5fnQMz91vsNMVz41dh/08PvOy2sU3X715/xz842BBZjQ3i0m6YOlOk+4P8O5zeBWMz6B2gwbW",
-	"YYy9MYoSVMlhx9H6UdClPTXX9iqShBqrGhPQjesbSUgBceD2qD3Snl+QqaQqa3gbtOuGEBEtneRQL1ks",
-	"4HjAiftnEo4VYkEpODu49MYCspB5plvvxWJK08txMHhwbGokVEuipZJzRQuiGdPkNSveSUPzAZzLWCS2",
-	"jSSqI08XLM/8uOHcmUoJCMRrbl7cfOAYhqo5g/hVRblm2ZBcGGrsdxCA2DkvDRGsqWX6+x3XxbJk6opr",
-	"udMo/UPzpvcfHJxeskkH+1FeM5VSzUjOrPyuI5LxuV1g4AhUL5g+c4kSKxLVPasA+/o2OuXsD1FPXjGV",
-	"0+WGI/GX8IrBHayJ/mT06rvBPuLiR9Abd+mHisFBmJR1VOW2xXqLbzciWvfifGf33x2PZlXcojSa7NOT",
-	"x6+/22OZ9CUv0YA5oXO24TqyB+ktBm/BoZWVIdeUQ1j4DMPi3cmHNkgfHXdpCYSpDYVAYAE5CJ1ishvH",
-	"JVOC5RPMNuqQUJ65xYdO7RJSw9Hh1Y4zFcz+Pwgtea4JNktcs4QLHKzeMBJnVd1z23zOUrNv++utUc+Y",
-	"Dqv6j3zGgNVP2UwqFkTVoi9eir0uQyvhjJz04sl2r6NzlZZVx+r/gl5v8vzN+0buI499ky5S9nRXmCwm",
-	"2+hN2TogTFEIrwbqgeBlvxKW0OrLxF0ymhaMgK5PqI5F8ubni3fkuHYrH//Bsw/HrtPjP3yqz4fkDEP2",
-	"NSZ+JO6NX/lvw7gajZ6kM85yyMh6wpLBkDwTpBKXQl4Lgq/Gwq4rOR2dWnm3FovxRzcDq1Tkml0vmN1G",
-	"cjr6Zkg8O9TeS7L6aUoFhEKzWMykusRcGU+VBvf8m8GYZAwWiRvIj3NLxg1RjGZHlqPh3baXlQbX/rVd",
-	"67Z8GBBItxvLGVvwpttsbHlT6cWnsGbWN/AKJ4FVWqJ4TfpAAlSTnGvn/Ia0Gh+QIBWIMQUVfGa5HEaR",
-	"dVoz18PIhGZppVhX3P7KmCCrpswpF+SHd+/eeInHSTh1JldfgU/esjvD85w4tcuO2r3DrUhtW9vAbLHF",
-	"9VV5WeX5qo1XL4iREQFjjx/C0N0zw1QWx4bR4piW5fhkj/VYjf6B3akHtJl8PJe9JQnJorSqvXPN7MPO",
-	"nzefNErAJcesnn0a+LN9d6Mo9x6zWf2pRh5U89Q5E8wq4Wvs+p7FuFtbWGEhNu/WXfJibu9+Wl+cdWln",
-	"XyfYXW3PvqOuNdoU+OyvjImRewU6Yvy1kZOrGZcbMjJuEwu5NZh60+NdMdQbXcW7gqsPkqbg4yaYETMI",
-	"ypR3RgJsC9vuilKEV6JbhGivbtXOeNgXXF9+pxi9hBSCdf1ogQI1yaihJOMKlfLISra1YutMa31tJtNc",
-	"ppea/Od/EMuSiZax0CVVGrM8c7pEBdJJQASSFzAr1CyYvVRoni9JpX3W+cqBhUtyAt1t9BtKadBg2LLQ",
-	"+PDvdXKRKZ+k9jRsavfn5+dkmsuple5LY+8+uyAg9x5xEVyWdmb2FmN6sG/fblE2Tsn7CzKuNOnX4pv/",
-	"LiKYVoETxvjFAWE3VgInml6x2rwBucf7Lkkd7bFpXP7mseprpX1ISLsvzLLjQYI4xDI80rHAw7RiGwdL",
-	"pNfxCrf/ewzW0VIz1J3fdHlKvvdB/6vXedZxpV7gLmhBL9kErCT2vbHP6fS5NnWS5wRWJIqF/9vlETUv",
-	"eCtARLoSoKJYBI/tO03KKsThYEZ0RIQ0k5llAFGdXm57hfQCSIuykmiEqvOkEnUIS1Sb3SdceGdPFAs3",
-	"kYmRcpJbwSki9SM/hXDA4N+Y2MWNYlEws5AZ9AsSoh1rd6I6rEzwgzZSUdtZ2DZua4QOM0HziExpNnFB",
-	"aBHx47FLFczL9s6bHGWPZeFtF/WCdV9PhvJcdwmvCsJTnVbXd3GtjzS6JNsWgiZRmYGNsk453UtbArp8",
-	"AQPpCoviQtR5Z4e15LKi29FGtX8SAAHsuozJNZvuDImCY9K0+dumA+a633jM1m37zSjXR7DWx0upLu/m",
-	"7JwpWdTJg3uqUTMXOkhrw1W9jH0O5uKyMkSKJnIuzaWwp8FeGA6PIdugP3XL9D9ZGd45zADFoY+m2AcX",
-	"4q3uhNxsF7nZvXgH71/A63sHptgP76aD7V4zwa6DTfqYa3db8/4hS+9X79bLH37YEViJNFcDmtSRCikF",
-	"nd5USgRWO/vLCgQKNUi1lme3ImsvjCxLyBW7qBNY3aFal6uj3s2R/fDoiipAH7EtwPBl047/27eGf9dt",
-	"foh6je/tMCorlZzxfJ94vy5WhY67dU64niYlLztUitXkA/zqt40dPffOxAPAFp6RUslpk7WhKqEJnVN7",
-	"cDqY3RlBxyV60vDStvc6SZxDEweZRISWVBliWS0QR85nLF2mVqCy1DEkL1wKpyZUMfJKxsIndRKcvz4j",
-	"dKqZMAQsp5oYegkWW66IIzs9JIldizH4LpNY9KUiVLj4B1yeASkYFSB8grN1RTj4AzIXK8UmZqGYtopP",
-	"b/wk6i2MKRH+zm5g7xin9zskpSvTG389+noEV7Nh6ormEPStey4Hc1IyxWXWG/ee4MMqTZnWYRcnUa9O",
-	"7+891g0zgY4/rGFV3LD0ADfx9/b1D1HX3FZP+nMJBkXDrxhxr2vE5incejdMtBK4DIGn6Aly1K3GD7+W",
-	"ew7+h3fv3vRaa7vGndCZYa6ZY0pW6JIzIgXDTa6dv7AdzYVwYyLLl3JGtSEnOnQD6r1cGe3tXQsBU1a7",
-	"wV8d/t1Uon7kIGn8AmcSpC9QjRHAZsaVNsRRip2QtmJks877DnCd1LbtuHu9teXckLVtPtljm016yC6/",
-	"ew6bHGBcdOxxs6EFXQIDgP0rpDYk8fSRBM4jNK4HP7l7CxGp9MIyLLXXQq7afiABxNEyzjXCU7nflRXM",
-	"/CdsaYXi36E1qL1C6w/tyYanv225cRoecLBdu6Cig2SeqfkVRIxwEThnfUymfeIctUISvWB5PjgjRaUN",
-	"YTfckNHtw4keP/1qR1Svi5acZFztA3y0ptPgjHdcqsCSDltLdlOy1Kq0zWW/GqhDAX3R/kquqQBPXE3I",
-	"o1HbD/r0m2/C8zcadZ3AshO10MnXxP7a9HC8egoej047sxjgujsUuwgOfIdcaY9PPYaBPav2iSb9mqoe",
-	"aZLaVZzx1EqRLnPniik+406B8kfSnUVoYbf4BBPZsc+WKR0oIN5iefYeWEuNWJXbGiWDOLjPIQmx00CS",
-	"64rlikU/CdM7k8EZoQRNyMBnaa6l82Lb9xJvw4MW4ValBcM4Mdy4WkCAqAyUCzVZ6cSOjhFpFkyBzAfA",
-	"hxBzAH7r09HIiWZud9NcVtlRoEpFvRlXLFV2svYv27z7T5CpevX7vhy5bvm57emHsKPmj5etLpvn/46d",
-	"tx+8rkfRPP/ld1BAzr3feIXjYtj05hS5DV6bMPT5FugUHrRkBbau7Y8m/bgX95rYOEzQUUzL/IplhJtB",
-	"JypAOxT19jPbETO6KZkwCAb1BrNVb8eymQ3E/QiXL1djmu4BsQGNT7wDd7+sRGdRBjRPH+bkJMJxYzYO",
-	"YKu912FSCfDRo7WzfhoaXWNRWzkn3ha/akOuP4TBR7HAfZ4UXBfUpIuICDmBf9kLtbFWp1KpqjSTnC6Z",
-	"/aw2FJM+FS7kIaUlwEXAOFmGMi3004CGxsJhfw4it+pmgkvuDL62F/sHYsh4Q+6e0Yw/WdrP7UyDkANM",
-	"Kqmxvo8d0vexSzBDlO9uOt4c8PfGR/P5aHZYAarJWiTgtmyw9Q6V3CslBVjJG/9yJ1bQqgXzmi41sTQN",
-	"8Aqkb2kfFW97uSLuCZmyBRcZAjQAmx4M94JSAt/0Jh8S/722x7ktt/vj3XekD4NCFgN+i26n2l7YR07K",
-	"2rl0Dr7wQF9wVWYBo93rwO8dPL4iw+5gPt0RAo6p7w+S1Caj/fFqXCALywjwA+cXtptHtCQzqki/YFRw",
-	"MZ9VuZUccuS1PqVpJe3Nfj3JrEq0j1cvch8YaWi+5xcwzKaPjS/Ube6Q14Iht4fT7mql3Y1bcLFmDCyZ",
-	"qHG2YN0QWc8enk7Qra5gBJcm2SFx3EJg2BCksTld/y4ZnfeWtglxE63czd1nAofy2t6BByoCC6lN98X0",
-	"A+T2QbAwMZLABTsmlOTcMEVzh4uT/CmMgktIXwpGcjpl+SCKhVSEEueaQHkZTCO0BDAkAG2mmiR/eEn8",
-	"Q6uxYSyeiSWmOoBBBAykq25SWpbhVyva4dMnW5TDjgkjXLPEEEhBpGhUz69HgyF5AzrClOXyGrKv4DZy",
-	"GkEsWulsGJrCCikeaZI4NCcv+UxKxa94zub2n7bNBLrUsTALVoSdglHw9PTJoM7ROERj20QrTrv+Afb3",
-	"WWUOphsshdGh4GUs4xh644gHYi2eOYEOTOUReS7lJWcRsWsekYUsj6bLo4UsrWRbKnmz9GHqq+r+7poD",
-	"UQ9qS6xYVbxFZntVjvAc1sU+sLkt5w5YwIGw1/6o7sFh8FjD6DKr1pmJt0xv9wBDYY7wToP0wlyvRs2j",
-	"rVFVrNvL64MqcD0m1NHKPqxxjcZaQbd7tIDOPvgs17tn/O7HC2KYKhyUdW3pe/b89ffbc2E3JC238G5g",
-	"G7YG6bZHfWDAp2OBWwKtwLYhFTl/Qfq1Plsy5eNeoPZCnb9j336ka2bbD7hssmZEWzkdJ/dkUVu92vwc",
-	"o83Wo/NgHT5GsvcmgfGdFf2LDMLZFM9YRPiMULE8DBroNmKLR/4tF1Rv8HE3bkl4iQh5jSYt9GHnPkMu",
-	"W0mHaqCnt/fa4ICvGiGc56o2nTGrALOMtD7fX4U4OBObCzKTyqrIzssK3KtJum7P16VM9w5MPd5GE0EG",
-	"8t1I4+6GohtuJt1BgN/fcIMGG6fEumyhR5rkVGMWLeqwbvkgo2dPxRn6DYKfVqWoa/Sc+36YgPJlMXzn",
-	"zaYwtidxLyJx75LnOeZtaD4XNCffkP7F+as/n//448C+4RFz1rdwS9r0OqVyjXljYX0GmufLM0LXDA1C",
-	"+iwyHxB3O0TbPdKrPb979eY9OJ2pnvgQ1w1Y/3dIwQ6DHfYdGLbRWB9ulcedUrEpjzs8x5jL3bvP1OMt",
-	"MNh7AWTvxxleoOm5ZVlrUR8ch6mULmd2f6V0zxzjg7OLQxNXC8zC2Uccro3PM14XB+Ce8MEv2kGab+Jm",
-	"e9g7Vrz9VVHlFJz9Bc9zrlkqRaaJLi2xcIH2vtV7sLkDY9FcgmPnJQJ7LTec5vx3qHPjrkMHFJhFRC8q",
-	"qFcQxUJjmFaNKTiwH6d5lWERKOZvPNdzVVqtUcjrlvG3YdaHmmX7zig7OMgWe8dUa//5fgzCfd5whj0y",
-	"tR1Y0gaaunPO8X1BybN9j5sLYHRfTXb4blA645q8xwsX5PXrxZJQ8gYokPzymjjCs/chN5rls1jgssUI",
-	"tQkSEboopMAT6076mAhJdEktu2EzQ6SIBSbjnGFVM/xNBthNM54zvdSGFT7gtypY3HO2hj3WCsZ6p/U+",
-	"xJpdp2Rvzae+Tarv1uTe0CTnczWRTNob746AH+cKC14Bcg+klxbhtlY1lPJWhIPWndjJj1dViW4hf5sS",
-	"ZoWSNT2syNjVpKo23KxB6OkeoaadQkZHCH4d+jXxsWgbazPVb9ZBYpvM59qgFHVHAoaGdpx8uP7R7u0i",
-	"w9wffcjbwqC7nNr/r4c9GO7duw+YvPM0fBze/dTiaK+Frxk0boJaMdCRi/m4uYuFJFdMZTyFbJRhHdR3",
-	"HIs6kBNRdupgQU2uGZhhwYk79PrMmFC32CC0mVhMK7OmFAhZo3q0IzmCGkd+mD0vQy97Ua8eDfwbejwo",
-	"qu5F035N/r4XfPBD3T7+633Qo3/i+t0Qdb3pRETdZ2obL9iItb0PBOQL9wvpBwiQgy7FvlMw2I3O+L7E",
-	"5gNoxv2b315Sr+yImMWL+M3VKXE5sF6ddrAwVPgfHGYAFsdYw/tes1d4hPLH+xVMSVcQmR+PR6PxiI6/",
-	"OoV/pHtVTOuOS3AYkJiSH3vLa9xzrhhcssFuSGq/uNtoa0M6B6bRZ2Pyy+vXjQwP+Wp4Xw7JeSDQjz2o",
-	"l6qEjjB0A0UmK/Y3SBGlYiVVXo53ppGhZwLjFrzKgmqrC7jeUEobkysAf5kp+TsTpD+1AlydVykVgQcg",
-	"mcG1EAvv6aJkBkYGqTGQYEwC8SEsAgofW4nserFE4Q0cQ06Ca0S1wZBcOJ2lhTy2qAwBRcYtyWvCYR52",
-	"+gZtHBAupxmDg0EoKWSBejjPGaF2GUslMar7hhsdxcKhz3CDjzCZIpUqs3RAXF4LcPdfXr8GRu6FlWEs",
-	"nDW2+bm2EtToD0b6jLOhl5DHJNDoUqi6i6AwJGNo6bd3qGYsXMjBGeCteh5/vZDa/i4VyyDzk0LCeI0v",
-	"g0EAjVQOy5tSgXBY0BWYjdq3g6PNniXihgSDnKCoh9TSi3p+iyB3aD2L6P2my2PlhHTV7vF57hNczE0B",
-	"LR34b3vmWzc9bBG+07KaOA294xS/eY+mHk+Knq7sFVQVdgNpnrszZdfeRX/arbBXPM1WctYzWSG0vRuI",
-	"qIqpA22vM4U3mH3qOoybzC1uGZXemF/+lmme2ZPiyNep7cHE9lxZ11VluC+hNAHhfb3L1UGRY9K98avW",
-	"NLOALKgA6G/DSm64JJqVdb1cFRvXxeNi+VMd2JcOXxtfGVPdbOruO5ivZ/gsZfzKUpJ98O7ZG4c8+0gT",
-	"o6jQBXdJK0ydkVFzS9tXBwcOyew3JNiG9eG4kd55NF6zbOhgw6A2Wyz1pbtOWiZAtP41YBf6wAFtC6vb",
-	"I+BscwclP8B7F7IZnrlLjYPZOcS7C5pvJVbvV6wD60DRVmcrHQRyZFVaJriZTW50OlnWCap6TVoojpD+",
-	"qD7nXn3aj1FucMs6yJYWj2zz9g7+2MEaOo5vx/FZv1qiTddZl+j4Gl54y9Kc8uJZ6kNIV0uXlDln2UTh",
-	"a5voskaSceiNqWVk+ZLM6RWDLAXSLxW74rLSHoas4KJC4GHH7+pM42vKDTq99j3LVGs+Fx13+B7f1naH",
-	"+/OY3PkOLXMq7HRcXjjCat5ibn7N76EhaTCraZZLqQ76dpM1w02S9DMsIjeIiKM2h0zHEPQXxz6ISGmV",
-	"e5qTfiGvrCA6rQxW90GRnFzTJVwFvCGjQUQqkS6omNtW/XVONYAhzmIBb6DuADIwSr8bws/vtogHsYyW",
-	"YbKbujdtyl67vg+JbZtwtIExRNuS1VsM55YViCznrERXINOGmu6zLqPiK0nqpHMoF4VjsnIeoEbXwYNP",
-	"i4gUCBhKBcFIQp+H+vh0sVdCaVPDajVeqOPVrVwW4K49rrdzEMt68DRV0uqaruZ2gE27Rpt1xNFoJ522",
-	"h7THtupSCs26S/BKsb97oet66ggC2XhB7cGZ9ij6v34pSG0mNQTRgd1pM4EY+kqxBuyjzmqsLZP+nU59",
-	"1h/c20y4LhN/i6/X6KK7qU0D3MwxOle0e7Wimoq6CLFdsuUwOIwfpDZHKwU8zkjiTG9jiO5MwvINm2Ig",
-	"V5KBt9lFmQCDauHQsg8JfnUxS550aJ67fFiIbNUTKfJld2bsyqp92LyO7UKw606szrgpV5Gn31RstFew",
-	"Zor0N5ZshHRgIQVrm3LrQoxbOOruAoudlPKGmsW5mMn1We3wQrlYnNqM5iHJXY41GKpLpgoOgK8kY8Ln",
-	"Lu9OLLzh2ugNFnTtU4Q6f1txF7Z/1Msi5+Ky+3f7y6QJKN5tL+/c9PeC3xDY1Ck3e8MQuliHQxmPW6fO",
-	"ba10Rxr8zwJKf0jEA6kTF40Em7OHd0S07wDgsSNdaZPBAiwVmAMF1mvIxiQ0R2hoy8PsC45ScLVj0U9X",
-	"EqpqvMeoBogenBH2t4rmrr4NZhQRKVIWCxhqtjeQ4kr6VNc02rFXDrN5r2EOyU+IduLRhAAMck9CsB2A",
-	"efhOPtOHzIfGpUZblNNeAaelKn3FIa5DLO/upOFtGcl6cUgO8q6QvPVwZ1/9x+OTg0/AwQWAA8Jq4p1D",
-	"xz3vqC0Azz0uCLTfbRbalaT6F7AsYSpqRE7qBGnBboyHDUeDTY0LBUmq1xzDpA9JEfX3JfYGeXZ64TPu",
-	"7B5vz63bBHf+bhFWtHTUYmRkV3rOrzqr6HcFyPjImDql03W4f27nKnD9YULQW88NA6h8MpVKyWtXK0MK",
-	"lz/flwomOhgjbi4XTiOJYoFVM0qmNKLgS0VyOZ+zbEi+52Dxs1IAkqLIoK7ZtVRZBGW36lx1Iy+ZIH1K",
-	"powqyKC7ZKITONg30Dr49cN28tNXT77urrAS9nqHhvzMVoHjwrJV28J53jrU1Gdox9twYqiBnagddBDC",
-	"MSRpWUUk1NMjL2VN/mSXOhZBtgDk3Y0aw64D6v3l9WvSv/Chm87FNjjDQpLQaCz6oakaQYKhugarsZ8f",
-	"gfdCD2qNmgtiqcLBB3ftYoqR3h1hrXXP+8bBtlMi9vji3rxehwzTb42P+ThgvP5TjOXY+8NtBHexwUr3",
-	"XnCjx5a07B6Ci9HTGFaL4vrS/tKmt/qnCZeEi1igc81qBGgJ76KA2na9geTrUiwAxh3V9U0j55oGGPMB",
-	"HIZ97cZhxfR2j2w2YynE9mD4y1GAiN5HDoc5rKN9jdQpLWnqVKnVwqjXGNHgX9mzxZUxrjfs2yP/+R8Q",
-	"4qqrKXpID3BJ1d90RMCzGjDdv4klb2xLWPHGQ5hfsuWeHmgkx+60mHo+11DeFhCMM4ZGUC+WVsqLaqtj",
-	"wVWKxSVbYqKft/LVhmEjXXPjmpBPRliY1hPzyavvjvVGC7HDjlvZhYYtR45gfetNhd7dIoIrG1CT0fr+",
-	"B+6flRL27Y38bQsf2BwicZD1ruMe60ru253ds8KfHHu/3VeTaVgLYdv37cIJzZ1yeL+474d/t2fWyuqH",
-	"qzB3ULjCjcEtXdN21NraDVQRJDgcJk1CAplXCKdSGk2oj3EKaiXPKdweLlR/BR82FqGp3uHDkn7ydDQq",
-	"dBKR5Cn8/0nxZAT/eLzweGMZy+nSlfuyUiUCgv4EJgCr+nCmrXCSTGl6KWezhCBHyshPRycQbGP1XApj",
-	"pSYWSUFvJvW7fdPpah5EqA/+lRuITGh/9G0smt6sWqBJAy0/4zf2ArODHpKfCw71uQBEdy0QKxaY3AGh",
-	"t/YiWkO2db30xr2nGsXWCTWGFaXRYPIPhmXfKSCbGHe4J4UPZkW1Y5qzCQRXQ3BlsY5QWze0FrEa7ECA",
-	"dOq3ItyIxt+yH9hpe0bbcE5dbxi/cw1gRzCesIUJu0kZy0IYxhH5diUldpvLZGVF18ZDS29bASKzNw3s",
-	"dIBJ21BG4Hvarz5lfTbbvaKMUkMuQtigX40habZ57GLnKRFSHP3OlITYxCgWlFzyPI8wlDFVVC/sv13Y",
-	"fU4rkS6gYJx/5BCiPdoyJoXWzYslthskgbE6yXY0JM8gbwev5ZwZCNdsYEafvTmv6Z1UIpOCtaMJ4Rd7",
-	"04X0i0PYM6bc8bqfXEPuz5/Fy7o59+iZa/XD6gHpKA5XORDanGqj0VCUSzG3O8GMdvBYlcDj4OgxRCfe",
-	"hwY+bGbcm6R697Nly5eXjJV2N/rSsR1UCQEqZmD3ZY1nu3q7gt0Yf4gm1CREMwOCv5AkgVpB4O2hWooE",
-	"1EtaH36HdNSpBQTnusOM2Wo2tOkUVFQ0n1giWuF59fm2hLDduNZJGN9hn6+hgwtsv35288z18n3diU8F",
-	"aZbmjjklzWRXQFWDROaJT4ep7xQPZhHeVHUuFBZqKiZwrNHs6BeylS+13kMv6jXf3XJFHfm9hXl9f8PN",
-	"c+yu9TxIvX7pe2698Mvr534UIDDd3MeSbzpMUt2xduBnUCJibWIXzPh3L9IFy6r8tsX2Asj2nZe3ix/f",
-	"N2XRUs0Eq+2vAj3/yx4nSDHDhDmgYmOzEv7D9dgdN9uw9S7x+SLAIeiuJMmylXjPW0Ag3ldVyqCdJhtv",
-	"t+Ml+GotpsGBp9fvOEg7P/eed43sd0MHo3ZY6q15hH10/ADdBc+xKNhvt/QdHeqD2YyHggpcfbs+0mve",
-	"lDtiK3Q1dJsKpNsTJDZN8VUYrhTGtK/Me98gcmeB3Z1EuSWMeiV0u86fOSBaG0d/a3buPt9leF59baP9",
-	"+SBEU3F/3GdLnjeQWOdMN8yra1FXUr6D0W7jt+vs7bDrjOZzqbhZFF1aLYrmv2uTtRL5zgifCzBDw1Of",
-	"+xpKVvabXtTLfz/tdC9uDRbK2RXr8NzDME6OTr4JlIYzcnL0mMyoNpBO9+Toqbd0RuSro2/IlBkDeM4n",
-	"I/vhNMBdYcIKfvYAz2SliC4Zy6wgmf9+SkZH37QU5FjYLmxnTyJyevRVRP7l6JuVVsxCMUYWfL44Cu6J",
-	"WMBs9GBIfuDzBcG/SCq1IR6mRM4QU4RIQWhdgxKBIWMB6rOPfqjx1E6+OSi0cVteZYv3dZWIhOF82/KE",
-	"QIaKg6gApxjU7VxByofqGFMWi7c+XdsBV0gVeNu8yvVtB7oMJNX1ITdztVX/3aCtGzeJcj55br/7NlyE",
-	"oI3WU9desGR7GgsfprK2I5RJKJUAsWw+yaGlsCG1upwZt4RZh8BAlHiy1nrizFn47Vl9o2gPjeW/cMq1",
-	"plc+1+Rw3X5VUL0nrN+dPtBGxN+B4LCnVluJe4Bb8IA3OOrdAWx3Uz52p4JbLXTHzB5ERVkFKt+n5x0p",
-	"CR1KTnuCK5dzMIDf9iDbt+GsD0J+vZk4IXsfOzGY11qF2kf7eca7tOium8Cw2oJaC5IuCxuDAdVlc29O",
-	"l8TKReSorrA3axh/VPN9fOh4+b2WUKxnFZRRDJ+tcvl2OUX3+93KsD6EvrqRx6/4ILBsdidnDzxNdbGx",
-	"WJx89fViUCfRw61v29AklKIdngDWxoTgnJQ5+ISurlzQ3JSml3MFsaIIXNN3ZBM5EzgERFGoZ+r7xgoZ",
-	"hHoLKgkWYTAk7k4bk5Z48EiTZAUZbLjxokwiwnLNyCgIUV25tbzUdei9ZagydySdlbI5B9UUawVhBSii",
-	"nWVr7txy1wq8c1raJpC/1QShsCbts6P/E2vQkslwfPztP//Po9/+9D+6C1u34nc0U0cZmwHOwyVbHgEY",
-	"N7H6IulfsqW22sPjryMCzzUZHT1++hVJF1TR1DAFgniy3nfSxl35A8FYrfg1d/C4jBZWg8EKVW65wtk+",
-	"HXUs0Hu4Qg6lkYKL8OlJdN+4xzuQZvejldYQQ4IJAWlDPNY9E5Juj2Z6R7BDY/aw93YdA0SO6wg0MYam",
-	"i8L2eiAK3bP6y/vCkD609AVYJubTbq/VvZSy8D3sDAJeW5K1hd4l60M058RXFezKv8kgw6jDUrFVpgza",
-	"DVrZPIfXXnY7KDcqHPuKQ3aqZV4ZFpHUjhazdsLSlmeQ1ZMcJwiSJIWV4CqRMUWS41LJNIlIcqyXEGxy",
-	"nLGrZEWF66w9WWM77Abgf8WvVnBvuUEgl1SWyyMpjq4VNx5kwjYLb2PYrRUgYOk1SfzqutS1wRjhjwKR",
-	"ABrSZC6JkXUvbqAuTC1ouna+288ME60IuMBOtT9mbtgV6ce9k1ffxb3BGdo3II4mca8ktWATJC480nUL",
-	"YFXu10i7eyTk1uS7O4sY5z/pws74xS0NGG8gnp0LD2OlsRIaz/AZZsXqrloc25WypvvW8ek6M3+h3LyU",
-	"ClSSzXm4LrX+dvisd0V13Y1lyguWTVxh4B28xeeENt/81pXfqFlaKW6WF1CaFGOWIKXAF23Bv176a+Hf",
-	"/vKu1xQydb+u1un+ABaRWUdQ7NtKkJ+fn5NUCkO5YArdOZpQTa48wg9NF1wwPYxFLP7CFQPrKDWQtw2k",
-	"30SGPXtzjulU47oEJ/AtHZF/u/j5J6IXtGQ68poGFt2z+gjWAiSlkkamMtcR0TJo15725z+ew6sXL/5M",
-	"rqW6jIWvAB+EDZBKFDKDKqyA2QKaVPMrzTJNtCwYhNDGog9m22NEV4sCgGl2BWlyMCodATyD13+15Sw0",
-	"R73MziVxVGrZbBhEF5EkdIEliG1PEEoNIQM5VjTnLM+gfJKSlWFn5BoGzo1HLVtIISsIXrJv1om8EIbd",
-	"fwVR7m+en3v4Xx1h0lFQfFVH5N2PF+SKU6iOErmk4SB3hmA+sdXMkPk61hCmEcNmU3J6c2N3ziPq4Zh8",
-	"LXMM/6gTazTPmTD50vsbhuTnkvmYSTkjM0aNK+be7BJmdwCAJ88BF5RQoa+ZIk9HJyQR0ky4FeWtvMCy",
-	"BAnIslYJNPo95G4gUAbXJPkj7qUyY3FvTOLecDjEOgSupEHw9EMyJPit9GOMBbtJWWlIMmcGBdKkKdte",
-	"stRFghLBWKZjkbQKH43Jd5gO5IK75SUTGN2dkP4PF1Z3+be/vIOwJUwgciGTSZOVqxNSoz343Eywny9k",
-	"7kaRyhJPUubi22NRj98q0zdHng8dwbsJ5ENRcs3zLKUqG5PkT0Crjh2O/+Qo9SwWNSFCtSpirmVEoBr1",
-	"kWYlVYjQOJWWLBSDRbBbXE8Hoa6QnnAadmsBFJECNumQALAe4JysYfhhbqfDbOXCQSKCqcqSBJaH5MYX",
-	"/oUtcEduDPJCYtnYNctz0j8dPYlFnYo3xrwwblyYJ17gmFWLDDAZACn9yAvIKPGHwZWpAhKYyowzjbtB",
-	"lbIHmfsqBzqX1yTNub1vYjFnhpyOvrZyDhZXcvXkk0FEqHsNahrDplIylRVU0cA8A8B+SaUQDOEESP/p",
-	"6AmZsqUUGTQAnHUqMwiylYKR9+9eHn2NOjLpG0U5RnFSQ2NxOhpFhOJSgOas7eBOnpKkEroqS6kQjynj",
-	"dGIvER+ibHkNMuIYQ00xJ+v05ub46c2NZw3u9MOOPR2NxuR09A1QVjWb8dTOc6J87H7ikc7bGCEeq9yx",
-	"vjm/YoOIPB39y0o7lhDonNlWQCizVIW4lD67xm4HJahBEV89F/iM5SuZ78FKWLHoO1ER0TwFu3b8s6Ai",
-	"g8wwmEm4RtiwFb5rXhiLGc8ZUA5EGMwgXU2HEQRWnlSVWYzDtFYIcuMC68sKmh/Tkh/PmYiF5zXPfzx/",
-	"pD2prL7pHtv9mDPB4FhiPDY3segnBb1sfrFE58U++AQK+sIn/j61Z8p27FBU7RizWFCra1ieN1zSIkc2",
-	"6B78VUuROCGbGwBE8LH0z96c96KeW/3euAfSAcjeJRO05L1x78lwNHzSw8LwIPEcw/64TN7OJNZncB1o",
-	"uA+wLisyC/gQpwV3hxVha2Z4nvXGvR+5Nt/55m2fihbMQF+/douLzSug9r7kubGK8m9gkkBJ2Q7w8Wjk",
-	"wMuNx8goy5xjwsLxX11MJMqeexsM3Eg7IOvXbGd+UkP78unoZFPT9aCP3wd1l/GjJ7s/einVlGcZA3Xj",
-	"Kc55+xfnjlTxgz3G9ZM05831jmJxVRRULd3+EU8fWGywlhIGPW+9+LWHlGCF7NX7z4rJ9sexPfgYlK7v",
-	"lcQQK9ZvXQ1k853MlgdRyDbCaPXhTY8f2kqH1Vo+rFHpyb2NoSbOdWK0N4bbJEePexDKdzSrZ/KPTMK4",
-	"d/aexxW6GxWDpAM91Gzz+A+efUCKzlmXI/D2tP0CWgxpu0Vcp51eLYBT/oh7eorj2LlFL62chR98s/uD",
-	"51LMco7Wi09ANbiO90U1jjI+RPd9v75iZiN1jD4N6/k8ae4TkNArhlAM90JB9e15kAT1ykqhPD1/0fvw",
-	"2xrLOi5VheXPb9/o/V/nb+ygNtL0449B0zAEUJnLL6z07ufgLYPkL38OoGxuumD3ew8/qPLy96K67K24",
-	"/PdRWz5/pWWrylJUueElVeZ4JlVx5MMTG+JY9WnsoZLcMw/dSGQOuOuLRrJKnbg6NdogmI6cvep+eeID",
-	"aibPIdisIeBdegm+n3+5Tu+uz/owPzSrft56yYNrJVt1ki8ayRaN5LPRR5w2Aj7ghxDjPC1+jx2sjZnb",
-	"5v9WMYDBwSCu3kzmubz2vn66TzjIHnKeYTcG53mEvu7Ou7yO9ui+VmEaBC98iBy4uPj+C6G3Cf0C4xsc",
-	"j3ykMcBAfw4kn3rcbBdz00nsFy5+QmQQ4+H8ORG66n6+gOLV3LDUVIpFDj1R2VNRsFj0m0CEQcvRfynk",
-	"tUbf4bWrr4NBDx6xBdzPAAbJjfbBAuT8Bdb7qzHRXE9RAHvtQcsKmbE8igWeTV+XW6ODC4dxBCl9YetD",
-	"8kws0THmXNkFXcYCK8cBBJtzu/uNGQxJYtXz3B5zqZKo9afHFUF3XtKAiSfAJbrxmTT609Y4x/Nwux7w",
-	"Mmv103H0f/AYgP6l2x/5A89j62C5Yj4+GsbSjqqwqN8C+KU/T1j3GkunHrtAmc28HRPhAFYGiHC8skuO",
-	"4hxQfMFTJa+KgcclhWCcaYVRTEL6bEs7OChAOOfaMNVk6IHu9QJeSgZd+27VxxduzJ+95o8D3Uf1f9us",
-	"hNuRfyzdbN0EEOx9SbX2qFFZvbeeXP2Tbv6Pv+4wBrwNw7aejk7Gli6PX7153+oaw2ao/Y1MK92KMEaG",
-	"9cvL85/DMvJnh5yFWLiGu8j6eUD4D+ooxS4+kZ/Un4duvQC38otNYt1IiyeFUM8+Z1K1KLfv4xLbhU0G",
-	"h56iwErh3j9uYe3ud0OAVNBm9HawAK5OqD8WeK4G3abdZ77XhtU/PLde6XQftu2Gh2BxWF+kda0N/044",
-	"8puGmI5Aksn9cdStGNvbseWQnnaavZCaTkenm2ipWd3BJq98wEd3Gb/ei0+zW5+d/atFD82q1Ezn0K3f",
-	"Zb+62z6/YmbTJo8+xXX1D6Hedxqkbrf7GxTyLu5Jzl/4RJwhABhA9QbINXMWH+4dMY2UElp/VjNzCi7q",
-	"v9fzdEDT32HQ6gbFOsMsDhdGSzVJXn3/jhzX+PahrSxBnHtU/0OsrDYZozFkk/VrhzrzI9UGPnXu/ge2",
-	"cP3oU0K2WLm+SG2BktPKoIEcD5rnYTkEZ3SBVAZ8KZTYHI12H7M6RaG5YTGjOKDpNY6JaRsPyTFdDxs4",
-	"prN1cU2qcthK8uqNf/2tvXhXTEBazoKll3A5WBJgwrhxDTbZMzBpYeMqWOHyHF/57K0HMM59pNA/C3kt",
-	"fL5aHxIxDeSNpFSpJUA2Ax8y1BfRnUk1+Ec3MHC/zZ5O3IMNBwqSZbabES4Qk7ysckgjSez1lPj0At1U",
-	"paMiI6kUV0xBPg83qPj88pooKQ2W8xmSt23gEV+TrM72EQTLR9WYIX2poJ+0UooJg6mDlUbgOpdL54rX",
-	"XVqKGJyRUua5v6Zg9sd/2EF/SNBPgxl72TKxF3CCQMHJEMxwvpAUGmZBuZx5XGJIGbJkFkEVqVg0ZaTI",
-	"lipSibc5JzXwmRUwbJOxAJulqoR2lsCWMT5xyUx6WJutk8GZ1SVpbv8CzZfFApJTRiThAizWk7rDyPXU",
-	"zqhRlbDvx6KVzVJ/tNlOc+4qfj2cmQZ6OMhKc3+hI47vdATf+XS1IPbuc2Ufn7d+hSvZsIkm4qRP9VKk",
-	"CyWFrFriwB7cKzDftE77Nn27ZRo9HX3jMIPCHMRKM90uF9ilczdn4rA4+C8EdBsC8jHwjmwOo5M11XxN",
-	"UtywmaOH5zHvGjr7xyKP+9DFb7HXt/OMw/b8ZLVv1Je5gCz5XYJ1/dbnL1vjUPeRrutZfdFxO2N5a9qI",
-	"iMwzpl0qeUimNV3spcxuEr+/p+mCqCpnCA6hyQ/v3r0JM3gVv7JyshQo5UHt6KSgJl0M7b8hQdrFSXw9",
-	"GrjcevDeYzY7YCTg+7YBFO/7yZ+GDjBtmMoiiQW8wTDBPKdTlp+R5A8/hw+tl/1IXbm9lJamUiyLBXyH",
-	"knuCNSKGvoUEoRrqBpMBVHWGybhX3WzkrLmk11qJiPcOUaKsUK4ZKZW8WTq/ZiwyygqPZt/gFlk9Rsv8",
-	"imVQ99Et79gqGAWAMhKHY2UnYZjC+BFaAwPUlUkdXIEHzJwzo8nT0eMhKB2Y/Y/LPrGUn5CCXjo5A4fp",
-	"gC5OIagsZ1qTAIwjFla35d714vbPqVDUEHZDU1Mn/lu5v95hOyj0R8UC0BcTY9Uc9P6mVmebWeYChcZ0",
-	"xbJ6HREvBCEWAi9bLDLJsNlMjqE1h94EBS+JliRRLOOKpQbq/HtspwBQJBZO/hoNnRDG0MuM8ESaGHrJ",
-	"REQo6du9x2gj+9uAlJTbacXC635AclCWl9DgIDidZ8oQVGGLcuNY44OqN9jHJ3JD18x/g/iBP3/2Asjn",
-	"Hw/9pprmXC8a7mIpUbcYtL7NPREqOv6bDs9ip5oSUPcXReWzz/EV/jSSPjc6IBswSymWM6pZNrgDEW1R",
-	"gjaRyugLJ/qHJ8Ba5aqJ4PbS7DYfqKMAcv4C4HNYhNCV/G8VOEYRw/6j+UVr59QOPc+/tWNyP4t8GTi8",
-	"uI9OgmLyfk4r4f0eHnDfA9RCLvwQfY6qJg5xP13TrdU/vHPGT3SL0uiJ7E5K4xvARmvcKg7mrHGZIKQa",
-	"aSGqQfi8r34MutIvrxuHDXhr7Pu/vH7tXRYA4nguuOE057+DFqoQHn5wRiqAsusKFrim3PwrfPyt05MS",
-	"q+zZx87dAtrQXNFiGIuXnOWZbsd4B6CI/WReVklEEhehkVh9IWkyDhKH+2Y1JEH+/fvX76O2qyeqI/KH",
-	"iIo4dLV2kigWib7k5eSSKcFyp7jpMYGEG9BYZ1ywKPTxBH3BEiJu2sBd3C2r82gNRXGbeuKO08PqJ20o",
-	"84+uoHiWsc4icIBfhNJbyASP91qsV9Swa1cKYB2qCBBaqfPYNKR4MNdqqTAhT9hHhQlOwBfQodt7TrxW",
-	"2tdGlroGwRzcZj/38Kls3LbRR2EcoZnvCzmsy/m3P8u39LG4zz1YDzXpYoPRG4GFPeqtYmVO66hzzQyi",
-	"xmpCyfVC5oz0Zygo5GxmCMDOyhlEodBLEFy48vmCCHe+RMxaaUjB1Nxfy2Cw9qEmYEmFkAsci2/ao8J7",
-	"0NVKpAsqINzjmSvdzwWGH3moazAXWwpnmY99GRNqBSmwEwdQ92FlegCp9oXwMeYmgT9AZkKsfzCYsuu6",
-	"lH0sjkjSrpaRjAEFGf9AxGOIWIl7HxANOPkDDO4g6PnuYkGInM2G5Lmdm5dTsI2wJLwvkw61qwCU0c41",
-	"5zNsIumsbp4MyLQy5JKx0u5gEhRETwjUTR8jtj61bWAH0CRs/xDmGBYTcTO0moabnxRsZXqKFfLKGdvh",
-	"I9t03y23iypKfClMyMM7IgkTVwmOREkA/A4xs6ccYpQ0qUoMLj1bxbG2XQjZibMNyYHY/irG9ulohL2H",
-	"xWCsoGpMbv/TlF5JxutSpQtyIkSnNGdHRh79zpQECoQPl01uut2rlV5cwXxihwYrEYq7PgwG0GuVB2de",
-	"AHFIoB9LMoidfI7hSL5WD4VMXn0NuW92mPVxw7OFCNZOJ/Hg3A4h2Ic2kTZZDx3S+pgMh8PuxMl2jZ4H",
-	"kp67CwHtJT1//EsQ150bjaW6kI9+Mbbd5TYFBtkSrh5pUlRYBtWv8L2Ky8f2yB65I3u8kHl2OGre6k3c",
-	"DSgF9isH5hy15EerqTvkdYhTrsdDrnmeE5mmlYoFdSgZj/2JD2I5PdPtY4Y1Vh+NPP9qNelAu80AuGZK",
-	"89w2WtAlccjo/lIFT2IskqaWjwhYm3cwho5fKXzBunFdCpGbWIBU3MVTfpB5FlTeekjJNujmAtaq63T/",
-	"5DgwLHtZmfYMm+mdEU1nzDJqt2Zf5GF/gu2W2purRccPeGKR8PfJxCG1m93uLM9yFpiWm70l9oxgKQqw",
-	"5GkZi3YajhWgwYWU1EG//maPaukniAhOHG4HFmBxYQlQ3xqMcK62Q2vBBhsgK9ap+FMfmXft6lItVoNr",
-	"8eVs+LPxLFycjNO5kNrw1K3TJ9IcOw5YWt7xDuxo81YZc0MC6iuWEFpQTRKeJVAvtSqahIdY/Ei1OYK0",
-	"sqPzFy5UZ2Cle/sowQAebMSqNQMsuJBRQxPSp7FYyUyjGgqBDKDskfDpV1bcJjnUCXL9Q/VQYqSMhcwx",
-	"YAZ0FldEYsbynEzZgovM9uhGM0aFL8F6EMKcEcWOsHBGeNlgVJWr5cREputiwwlairIEB9bFKDAr0O/I",
-	"l+zALw7se8o/DA1du9IPeeDkPSQV8b6ZGbth6f2zs5lUlw+kKNiDD9XDIeIR60BzLAuGDv6wNKS3n1lp",
-	"CVEXuL5scL7sa7mc6yF5qWRR1xk3vgtuO4BP0lwKdoaGMXfpk75UsYAnPggTyzvZRxNnb3PBiD6usaxM",
-	"u0iPALMdljmHPsBOjoWzQUMIXx80I7OshYuKOf8p/m6VQSxuhCEAPmp1An8mtVUSTCh1q49cxAAU3oHG",
-	"EWSH1hN1g53zK2YXxD+27w7aAZWxaEVUEudjdQ1wjZWS0FCJoB512KRtjWWx6IeLaQW/1np2G19eSnX5",
-	"wKaXsIvP0G3pT8WXq+ATwNLac/tgDstjy6A2CoYgAOZyTnIumC/LdnHxvZPnMAbfyXKuPhi8yUQqM5YR",
-	"qmPhCruh8EH68PaYxL2ca8OEC/kffz36ehT3oJKcDgpmXrz4cywyZluzrAvru0LrkBitU1oyjX1OFaOX",
-	"CFVHRSC1Qm4p1FEDA60rCeYMsVhibspSWTBN3v/zy5cvXwzJX5DRAlRpEtk7IBa2D7T+ooTFMoeWirEk",
-	"dvpzuzqOJzkxNOPaGSn0WSwKRoXL0CPJGLwGNOdXLIFihPZ9v87+WldLcvKU6KjRU2Mxzam4xDdRLOXG",
-	"stPg8TVgGWVcg1sKlgPwnWBRolj4KHgGRUgdk8RVhiqOM8rzSvnmTSMLg9WaZRCxbieLq4wm7wQqVSaO",
-	"KLBwHZLE91DCEoVKEK2hDqCWOQPa4tr5JKDwI9YVTjRTnOaTXM4nBb2BysbJ4IwYynO8YHF3oOodoamS",
-	"PsPAtTTjOdN2LrAguRRzH87y1Sn5M/8uFljrEIRcXwoV91jOCDWksMoGvrvBHOAZ5o9yvjOW7idfApGw",
-	"G67B5YedGWn3OkPf9aaoOjvrbsjck9EIihvzoirgrxE84AIfNOX+68LoH6LVsf2ZsdJtsB2XlXhgbJtG",
-	"cxsI37VOaVmSb8MIqUeaOKKIyFVRuB9/ef3avpAyrSPPFsi35BrRMi2ZsUIKkvFsY0QiCAfdo7WjsAKy",
-	"sGv1q/vrqih6ka/7F1Q3bmItH14dk548vmhgd7b7eMjillfD3nr761CfRHWCks4PpuV0GnzWawbZMXxO",
-	"oS8REfKawLC+FDy4q2T5UjH2u5VF3q5Hb1w9f/Nek36j8C0hooJnTNwuxGqzBOpU0Qcida9O/tf/+t+O",
-	"buCfbspn4RUUqL21i88jo3jNHjkHF4amHYj4b3Eqn9OJCYQ4t9Bfzs3d626Bd7WxVTyMaoaW7k98BbyF",
-	"QXyGFM0NwQX6chHc2cTg+B6hnkU+DEFrQUu9kObIbnlW5eywEkr+c+I/36PEa51i5L698D3/o4Rff+L0",
-	"zlpgWNucLTVB/LubSMn/fngZpcNIJFDid9PH/TG6tb42IS6637/Q33rU90cgvvsJDK8egG4vdtDt/fsn",
-	"LphZ7ekTxYfe8vD8d0WiusdC71L55IWPcfp2SxH6gSTj5MLHWTrEn9rvafU/B3OOTsY69tuqhxpCXWLR",
-	"oU1ikLkh11Q3wZv1siFqj1UpMgJOX/BVDs5I4lzGwUiaziCYv0/rWE+p0L0Kea+xoDPF9GLFgdraNZhB",
-	"HZZHwZxu37nkIotF3+s2vrCK05gjLyJKtab+nNU+bhoL/08p2MB7RVru2yF51qyBrEwO5nirdNdxODvz",
-	"SD03eNB8Ut/JJ3LM1nPcxOnc71+sxB+fNb6jl1Zrash4tsFTe5987/gPfW92szXHjKc2wLRAIK5DkS30",
-	"/UJbbAvVqW0CHpO45joNd+pbDgj57Ndcu/hDDGupd00wAkl2ELOzObBlugTmOG4sP0EjUwUpVK2gdSOb",
-	"4B24A1p8394GCA0WC0oCfklyRpEXBk9b3z7SBHGon3WMpKBLQnMtsQ6Hu1iMbBYkDOMBEOjIXgGQoVcV",
-	"LBvg6mHHfbB82ssGEgjDUQaz67dvHUiKs7dK02uzqgGmAQwVLjK4GRBpoP65vZaA1SBF152wYnZ94EvB",
-	"9dZxK3z4nO29X+6Fj2kilgAR3ezKlKaX9jQErKa5Em57TUT72NxcEsjDyMr+/K94Vy58IhL68B9tlqAh",
-	"oIZesSwWRjZeFrs+v7x+TdiN/Vc/WVA98XNP6ngde7EMhsQdSIgqacIWa69OKH0PSWJnq5jWXIqEyCum",
-	"FM98oGOXUuMyhd2tUaezOCjSGlbfrfMwFu98RrVD3PTZ1t3B4vDVA0cXrvTymXEs9On6a+ILs/oEQI8m",
-	"cAL3pXJHedCVfXfPHgFDlXkoPZ4Jo5aQJ5Jg0klaZBArzQREG4uoNmis6Mb+VGPhUECCclhROQeBH1F0",
-	"H+nBGZEFNwYlIg0hfQ6kAfLFXbjbAexAmYdnBk0fn6/wYrm/Czf8whPuEP70nZQmkNsfyLFnqNkIOnhh",
-	"aE1vb1BRXDntXXF7TqXcS4s8HX3z1S41MvpjSzDjJOfiUh8W0vjbA54Xu0znYia7zstffOwjFoj36bB0",
-	"Kl3KtF25L0fm41+jls4JheW3x4xnLNimPppRmwd0fttIqocJN7RHeHMiwPM37zFvx96HTpZ3yU9BiC7p",
-	"Q77Ssf1zEBEHR0imS8M0wBitXLPvnr1x2gBG5UNY7zXVYIxOASiPPCMaWVcjndc0/ztTUtdQizm/YjV6",
-	"z46Y7QuY7Ue48bCjLiRAhx1R6aZcypfrqveWuWwuWJcVe6qjr7oSmD1jn9URkuW9ybKrd6gsP88YLHc6",
-	"v1Bwcw3IskW0c0VTNqvy/J51pyuZV4X9A/9xvr00t909fJH0p0vCM1+2d4DoVz5HpgAGmpH6pAl2Y8Cp",
-	"SKQ4sxOTV0zldIlvPtKxKJk6ajRF9yuYcrgmLmF+SABOel0QdVhcYOwGS31d/w+t7w72Fkz39jZwcwCX",
-	"pTE0XaBtO7xZxuR0dNp1Abxg9oNfoIUvQI7/EIUG7IYS6qkCiHarsuMOzYZTh782xQXu5Ffb8TaS4fmL",
-	"cwFK0XY/l5sf1/X5pIYk8O+JFTiT5rwG8lV4dBGHA2VPLrhxJgxn+MQCN1aq4zNScK25mA/2ObPjxrNG",
-	"Ok4vorM2OFRnHUHTte+u9lUhTi/0CWe+zq93y+AsKeH5xwqi9fisIG7l1QhqG9HsCJxMzmlVUOG8gknq",
-	"6DchIZdpLawfHZ1qmVeQyC4yklotENxmJDlO8B9SoJM0Y4okIAQnEUmO9VJjidbjjF0lKOni65F7WSpg",
-	"m4Qir4uFm+eKxGzHvA62PUC0kr+xoiIFT5W8KoiqBEjrC6rJ49Pa4p5LoyPyFRaEnS7boCePELDAwY+P",
-	"6xzIk6/9smPcSWnv/XpEq/cB1pt8PDgjhURgRRqLlWHnvOBmSN4LKHTrW5dqNwN/ZlYY+P2bx8IuPnMI",
-	"xC9K/se/cZA8mhsHakPf033TIeNdU242KuVrNajXYAF9VTEPjYEeeI/f4b6PBaMqX5K+ZRnZRFYG8dQG",
-	"daEFxSjUzPPYGtwgSJ/lYhCqAMzE4bb13WpEntFH5GJRmUxeCx87FvmzP0CYDlfIgcYCBxj5mnG0RuXl",
-	"dSXtIUAH27vFXQOKlQCq72svQAAdsTxezurUbo2gt5Zf+VwX+36DNGBvvNx5JQdnWFvbXi4JCMloubH3",
-	"h3vcxZ3+Qrl5KVW7qsmOxPB3wY6QPk7FXnWDhj/61SEIWeBKBfaiHrspc5kxbxrdVo9lsxm1roKyYjCF",
-	"tPJz/BFjdNwfJ6uFUKKeNsscjamq6AgpeiVJVuE6EQTCfTLSEXlcDM5qP+pX9klKMXjQkKfFxlx4XjBZ",
-	"md4GU/BXp7dJ2L49r3Z7Dnv91nWyMVAPY0b9KYU6IUxkXxwcn4KRf5fL9DKA8AiMi7QuEOoEMHAWOhby",
-	"OYBslZVesC2oLYAbYl9qwXhbbqIBzaSu2DP2wO0R+VvFKhS9raguuF54n2bfIbPbr05GoxGpf8ZxQAwH",
-	"RpEhEEcD9d4Jp/Qj1+YNzuBjVHCyXe1TvQmH1F6f4d9VVSYokVT6lb1Nmenuyr03zsNEnDAB/RjpA/qg",
-	"UtGsynOi2Iwp5uIFamVGsTnXRi1JP/H/DMvsHhtGi2NaluOT5Iy8kOklU+SHaoqMUsigATD62uuQFixD",
-	"qCAXVF9WOUC8awrqoeAzu4cZnzNtoljAYx/4wzKS0yVTOkKYnemSzOWRJTrKBVPNcKe5nDr92AlOXp6y",
-	"epWvugBt0DnlwmlicPAgWsDX6p3S9HKuLHfEiCiHQuvgcdzJ+6ucnpFS5jmBWlO4jyAFxgLZVIJQpVhi",
-	"GH7PULGcUZ7bf/c9Bg8UwNJ0qcn1YjkOVrASwN6shBGR+mnGBNRzSBFnpX5OswzK20FwKMWKEBEZDodn",
-	"UITAMAL9kanMOPNFHbMqRVmsbgZfAgwnVJ71QirjwfG1VfGdrgmzmqRSILJ2ukw8j1GV8HLuGeqtQF0a",
-	"b1FuNW+rSfcTWM1JKTXIeElETsi3YAhBNP93DWiMB2bCAFSMEiuh4JgVLGti5UxPYO7JOBa5lKXdzYiU",
-	"il/5ghg5F5dHuUxp7peMNa0KAkhXme3/TU65wMrXXKMabmVV3yppuoxIwoVmaaXYpHmaRLiAdv6OJOWM",
-	"UCQ5hAf0XzloQJh0q04Y6Vfa8hDnzCup1tdSIYJqfUAnRl4ykUC9r1jUA4XrBDqzsxsD17eL71ESAKuZ",
-	"lExpmDKUUZPzOYjLsYC69Egmtg2w6DTZMO6Ssi1iAA0eUrx+fn5+HovUXsx2YWw7E5nyCTxJIstupksv",
-	"S1p6EjU3tHyBTNkMAgRb16HtyfXh0d1PR9+MncXaAyXaFuDf9oQPY/HMk4/XTAqqLrUnU1BnAKzWnWqp",
-	"6tooeEpj0Y977SZYZuVj+4ptJe4hpQJqlh5DjYnaquYsHgnsBiVTmtVcGAK3go2OBYotU2kWBBHp4RtH",
-	"NyUXAs+pY9SOWw7OyOnoFNsXlvM4JcQu55kz8cH6C2kmwA0TVzW8KdPHkSFjIb1Y4MQjsmJxc9ql9psA",
-	"y2Y5qt2Zzak/cJ8/ZLqP7eAgy8/j+4v7AFmlWzZxFPVFV7iDnATrSEUjwlB/kXnGd5jgFBhugvt6C842",
-	"cj6XfVfpCIOUwdQhMhea6I/L9WLZmbJeH4CHCj7aQIR+9P9I6eid1cRKXODbCNAH6XWvmGCKp7Vap1zs",
-	"w5YwHFrSlBuwbKVlFbXgiZqAG4iy5/pywmWEiJmzGUsNv2KxAOM76ae+pf/8DzRtXTGlq+nkTwSIbRBh",
-	"ME5To2Eh86wO0okFxwJlQ/IsA3eRFGj5h6vcyhYCEA/1uA6WjTCcMwoSVjHV1V2agFk5l1YggfT+eszo",
-	"L+goLuXqo1SzGU85E/Y6cguYDEldjBffphCn1A+LvEaxWMlpHeAsr9LSHk0X5tQHRMp/JgtpyryaAxRl",
-	"E9wUC5BPcnupKmcv4Ipk8lrkkmbHVWn/g1PQg3pnyPnxz+7h2VqFCzsITIR1rhXo0zaOOV8vIEvCh0hB",
-	"qlcsIPBJI2cLZXhQYiJnrtboWvNJJlaBmtmTQwBDUdvZNO1C+TKNri1alhRL3fDfmd5UIONtTcAPyJ6a",
-	"Tjp4VB0+9PGrX9ytbgvUA8YjGfnDWE/siF5boRnpBUvw4S5xKUJVv2Eg3czK/+74VYvnHCO5HyuW5pQD",
-	"YmW3OeBczHLvOCZTOxApADTVy7ngY9bu1LvDGh4eKOoChQutgEpchxOIEqzzpHyMlytCgX5rBxGOymIs",
-	"7CGz79pFmVLNSAIwsaRfKmlYalg2meVSKmx6cNZEX+qgfAUonkbiYOYSDT8AIwwuVrQG2eXPuDaVmrLM",
-	"lYdANcLqnzoW/aq0jZw8JXpQRyS6vmzjzLhScwi+jhYVYLFWH48FTU1F83xJ5uBOoekl9gIMKae2GfvP",
-	"iW26743mT4uoWY3Hp4uBK30d9O065sqzM9v0mQO2d0tf16RExdr2MyQ/ABOCmEpXzA6VljqXaxx4Z+TM",
-	"e1IAmVfNXVHFgvTdOILECF81CxWRwZBkajmx+j1ozGVOhe5O8oTBvobOH0gBwMZdT5/I+7syhs0uBfcK",
-	"rJjH9K9y849cfd5PGdmBo2izULKaL2pedBuGGAjyLXiRTinsJc+hQGgqiykXjPSf/fRiMOy0c18EOZ5b",
-	"/YAQadNczK6+wQwtLk24hWV15y/O2nnkAXbGYDsM8qQpJ5f1bp+SH+0YvR/3JRcbcZntb60h7AOB8Wf7",
-	"0ab+wzXp64Fn8VwHMAabRgP/2eRSfHLwenSDK7pSsLt2OQJv+vmLCJPiO3AX0CbmJB3/0vkLTPovqEkX",
-	"YGmtc6mampm0Dsh0MlzXYgRhDHegkB3Kzzs613iQend20O7lB2pgVHb7gupj+9lbW/4eShlp09B8RGSe",
-	"1f6128OytTj1nqX3W7gQh2E/fjG3fQJ8yZpq7gU6ck1b3UwOoy/YTf8NyMyb++5CZbcz/HmqqC1/bU52",
-	"y/pmrVa3BZNDTTMvEoQ1+TsQhrAMfuT8TWtYQ1GActfApbsoum1ASrFAJCWPOtBqnzTN+9BK/3uNPnQW",
-	"YszVovBqwS/CRQBBFIu9MIjCNWhe3FQZ7IHRhsIuPtPKYCE9fWFknwyfk7YPtsuFuQt32wwy5MOat4eg",
-	"4VttkS9aL5+OeRx2avrMsoy5/vXyt2+vEjAauUAKb79OqVJLLubeaI4+bkPnmyLNfnEjPZRHf3T9xGU1",
-	"7KGduCl9xsbte9MbrurdOyigfntA23OX+USJLqnSjLAbc4puGTlDI/JkPk3IK/4d6XNDUonmV4goc2B4",
-	"hIbJ/HAy9Jlrz+fvYCBRYMyfstqu7a7XwZCcG02UlLbtOgdLk9G/PH1K5LXAomij8WhIEns/JQQRK3Q7",
-	"eQfvLlXl7AzLNHNNJMyX5qR/cnTy+GuSM2Mg6i3jc241seQoiUgysf83TM7InAl7eFiGbmg61UxA1NT5",
-	"C10XQNVEL6jCUHj4u6QpI/0EYtbqjFSefUjAuqEJ42YB9aC1tBwqNFZgLF2djESFP+Z2cfG7MDIniB0Z",
-	"BrtEp/KKBSFEjzRJsJm6cpx9Lxa12fxk9Ph0ELTckZy0MfrkQXOPwi4+0V3vuVD3TY/r+sUocm9Xtq/M",
-	"eOXJ6rZ5Q/7o2Vv/iKp0wa/YZh9eDVEHJYgNVcP575AbU4kgStZQiFHFZE+IFZP2HLvylz7ab8HyrIkB",
-	"PEOn2rM354+wkDv2gy78Bmy6LPMlsj5HtSSnInNZSlaMAZbcpEG2mbKVIGJRyIzpCJik5WqF4YX9Wy8L",
-	"QPMBlrWgKsO/IKgsaAdmbn8mKS0JEzOpUmB9LpQtFm4V3YQ1hu4GywNeRYyvqERJ00u3ZNoXnHOlnm2D",
-	"6NxkNF1AYiuhJhatOTn+OP+dl2Qqi6kdX1pZ2Qi7paWLejh5QhLHeyZGyglEHiSeg9VtDmPxvYCYUVcJ",
-	"GcIrgGCIrEyNTtMkX/p45hJiVKF+Jwb0tmIuRhBzsRKMGLBPwFwb18mygIajI8jGSoZDKHSKRyXyUDne",
-	"fUP9zsWi7/6F3kwY9JF7bRAFe+o/rbdcKjs5n7ZhFGORT34VUEKWQqnNmdQQyYmRVs5T7UF3haxvIUzU",
-	"XbgatRh8AfJpQvoZY+XPUNI0CmVWiJh1uAnXXhB4pK2EqnfdKi+VLJ65o7sXRpbzWuyFkbWXF6PTc4QU",
-	"tb0fX3D0pLvgaKeXIfu4/oV9rmt7/Np35UyqgpreuDflgmJ44Hr1zi/X80Nez6cnT+5t/SCoetPyeYaP",
-	"3BziNiCJHcoGr6gF9oS7BAYnF9cvDIaf2g7QRsNw1zutOctdZYx1b0uX60SH94vH9LXXSoDiEiI42Cui",
-	"cXT7YCKpLAsOpfVvYhEEkQdXTx2rOCYZ4oJwY7938fwQjoJZXZ3QMPalTdAwf6e1wf6unD23E4F3VAgL",
-	"sFOmS6t1StUqalDbogIbVGfQ9cODBh3A2r9UJlpx4dyOdm7nvPG4Pb0Pv8FgWFopbpbw6ZRRxdSzykot",
-	"v/5m5Q43oD9qaWqpDcMkeS8HYXh5+KTOKw4eugTj4Eljxm19O8f8s/ChX43gURMZFTx02C/ho2nF80zb",
-	"uf7/AQAA//8=",
+	"7P3bchs5lj8KvwqCMxMme1IUZcs1ZSoq5u/yqTRdrtJYdnXEV/THBDNBEq1MIAtASmJVOGJfzQPMzbzB",
+	"foD9CHveZJ5kB9YCMpFk8qSD7e7RRXdZyUwcFxbW8bf+6CQyL6RgwujO8I9OQRXNmWEK/nrDBFM8OX1p",
+	"/0iZThQvDJeiM+ycpkwYPuVM9TtRh9tHBTXzTtQRNGedYYennaij2G8lVyztDI0qWdTRyZzl1LaW0+sf",
+	"mZiZeWd49PjbqJNzUf0ddcyisG1oo7iYdT59ijqnOZ2xn6DplaHYn4hiU6aYSFhEPrz78YCJRKYsJV3W",
+	"n/VJnMrkgqk+l//0+HXGJ4qqxT89fk2zggv2T0+eZ9QwbeLemrnAf3aczdOjxzvMRmhDRcJaV9b9Rk5f",
+	"RoRd08QQ239EpCKl4L+V9hdSKDbl159n7X+k2ry6ZMK0Dfcd02XOCJ0apoiZc02YfZWcvqwGN2c0Zaoe",
+	"nm3vABo8OH3ZWTOyJ4/bhnIuaKHnsnUk/revZ+He05l+zTPD1OpofxbZgnDDck0SqtSCi5ldObUgM37J",
+	"BDF0Rq64meNMsgUxc2rIJc1KNhyJ+F8NnelfDaP5x+8mNLlgIh2Vg8Hjb+A5E5cfv9OGzriYxaSbMlb8",
+	"PPkrSwzRZpGxXn8kOlGHXReZTJmfJ6zHbyVTi3pBbGuNHfpHxaadYecfDmu+cYi/6kM73c6nqAN9dIad",
+	"ulv79BeZlXkrxeMvdnOkgi37PLvjB3Qqzmw3Nx7WJbZzl4P7ZJvShRSaASP+nqZvqGFXdGH/SqQwTBj7",
+	"T1oUGU+oHfHhX7Ud9h87btYrpaTCrprTfi5IWWijGM2JYjOujVqQKeUZS/t2H7+n6Tv2W8m0uf+xvJ9b",
+	"xg6dEa5JTrOpVDlL7Y5wcUkzjmN6IcU048lnG5GWpUrYI020oYZ5+iCJG4bGk2uC0Xel5Y5sJKp7yk6I",
+	"5hM+K2Wpe5ZLRfiZvbhIzIUup1OecCbM2Peo44jQkUgUo4ZFtndlIjseIxUMYyrVBUkl00RIQ6bcwCDm",
+	"UptHmrDplCWGX7KRyHjOjSbdN6/ek8Oq9d4QXs+Z1vZKtXPSbhb4RkSuLBe6onokqL5gqXvANZkqxggV",
+	"KbwvL5nS5WT8J6KZMZa1Afe6kmWWEppl8orkUjHLhj5FnddSTXiaMvF5ts/ICyZIRpMLXW2RPbREJ7Jg",
+	"QE+nwjAlaHb/Azpn6pIpwuzv0PVP0ryWpUjvv+ufJNFlMq8213d/mhcZy5kwLP0cG8I10bgIFd3qsiik",
+	"QtqVBVPQI+kumOmdNChU04UmV3OezMmUUVMqnMQHQUszl4r//jmm8JZrzcUs8hzJnkN2XQBJAa314bpx",
+	"7dhunhtDkzneLwEvpWnKbZs0O1N22oZb7j+lmWZRpwge/dHJZSnMuHD3VnC5HA+efbNyn9jbhKZSZAu8",
+	"5aa0zEzVsnt5ImXGqOjg5ePvsV/Drj5WL8vqWn9eGnluqEgnizOZ8WSxdSbLikTGDiZUs5TQ0sicGp5Y",
+	"xmYbPEGB0pEHTRJWGE3sPEjMBJ1kLI0JtEq6lm4mJc8MsWRir+rmirn37T+XJxx1eJqxseE5k6XZLodG",
+	"HT4TUrFxyrThAohpbAkWOgKZzjXC8zLvDL95+vTJU7jy8e/6wufCsBlTtsmcXp/il98cV79Tpegi6BAP",
+	"6jjhqVrpyw84+Lwe8KbWP23e1XNDTYnKYWNBKVwlYy4mll2NEymEvV2k0MEaBxO0lyOflWrdHiSWzlJ5",
+	"JcaK5ZQLO/LhHx1RZpndOS9SrUyNZXzG4YW2Vjdu+1xm6bgUhgOjt6IFNVZupYYdWGqwMt627oF0NBcJ",
+	"u2UbAflt/SCj2lQrDxvBzWJMzc2HINi1Gbtjd6uGFKOOrTJhif3XTikcP2fpuMiose3a4wncYpwj96wf",
+	"pFzjlllhG1XhsZBmrEoh8EXBzJVUF+GbrpUxLzpRZ071+HJWlJ1oE5E2lx26YBktNLQnJ8h0xnAxd5CB",
+	"LsZTqfwiBcywnryuzkrL5DtRpzG3inD9MP2QqpPQ2i/0AtvkZEtoDsfZOqaq/9YzYBRNLuzS5aAK/tGi",
+	"KIW3QTib4ETXBy04kNV6VFSxZUOaY2m9bS4pB/p7yS45HrkmV0pKpazEnCp+iWr3VopNoakxT1tmX/0q",
+	"nOlp9ezKPC/HMyXLop3vFQkf0zRVTOvWBi6ZSKVa1737dU33S5sTdhU2HM6xOeK2Nf6+5FnasrLSyoX2",
+	"EN+GPaDqsrGN1S0oUQIc411XfcSF+eZ4fafBHuDp2IUY1mwDz+mMjVM+c6La9nbgAxAnd3j7t5KVbFxI",
+	"zVEq+mOHOYHyd8vdWOVXMBJLJVaWSh1jLvUc/wXcqBN10BxgWYBlz5n9dxvrAevRTkajJUIGOq2YR0Az",
+	"a+kVz3qrhAIzcefrfuiT64ux5r+z8WzSzgPWUBVc46W+5Sbm9NryUeR8KH+vjmAt/8INx0VqypSr27kk",
+	"lK5Sj6ePQpXurk5Zxgz+c/0VdTs6aSx/O9msLtLyxNsI6wUt6IRn3NPTMnUlLLO6qWyx7gZq7SNNvDrU",
+	"Jy/OPpBLrkxJM/47qrVckNIqMBeXudUcTTID7YVdU8tvO8OOSWZtVBf0P66Frt2G8Zf5AlWroBFyRTVJ",
+	"5lJbhbX1mgS10cphQJlb9itcvJf46Tv35aeo47R13WLFh9EeZOySZV6pJ6cvdUMVZNeF1EyTrpcQdUSA",
+	"49r/ipm9ACPCrlkSkUzOdES08w3oiPT7ffTz7Eznc4lMf9fp/mDf93eA3ufLU/ziUyXj7vPxT+6T+mun",
+	"Qm1q4KfqzaopmLPb5ZYNegVOCvc7mS8KllNBLoS8susMsiGZLJzrhdFkjlbNqzkzc6YINyShgmS0FMmc",
+	"zJlijc3YdbIBLa2wJaCRfRpDmluVdfGxI4DVExCsUr1h1bYHRN44rJ3Wo9vYs23MaOk8rbImLyW3i/z+",
+	"LqhZzG8sLw9ynih5mXeiLVKm84bWnWwb7g/u/CwNUiXz5ihonoI8t3IgpW6+mHFRXm8dp4SFt71sG+Bp",
+	"dVCbQ/QbXmmtq6M4XDto/1Fz7L82Pvu4OxtaFvWr1qPVYW6b7081c2lOeFY7mep5Hg36R4NBf9A/apvm",
+	"zKqgYyPHM2/GXCU4q85lq5xkong6Y+Q7QsmPdlGIewD8gpL3z89IwRT55e0JEdSQ78i/v3r7wV6W6sC2",
+	"SOoTc0KEFLYlIQmMI/iNdE3rLYi3rBNcsGfw6dmTbltbo0xPBDNr1mdwePTNVqrEtVhZt21bdtOzvv6i",
+	"Da5EZ1CIwH0UkYKWmkXEylUHXB6Arygic2mKrJwd5CyXahGRCc0yKcVBIoVRMoOLda9rda1IejNphlV3",
+	"EkcvQrUy/f1ZWrBw23bmvLpuljam4ONLprRT6Gp6GfSf9AdtRyl4e/Nw/YtRo5PWgYIM7DSkm7kalrWb",
+	"zWZs1HSWvd2r5ka391tf3Es1WDN9tBXdbPY7D3TJzLPNg3BjlSfsZ/2Ow412sxknikFsF822DvCs1PMX",
+	"wevBxm4M0SJGkqLMMhedhWFYwyf9x4OIzOaJ6nN5KNXskBbF/9Fz+vjpN0Mvte8VaVVfwqtDkvrQyga/",
+	"Hl5SxakwH0/QsRT4y/3HpBvc2T3i1KbCsLSpqDUFgm0umRtTACzxhq1H/efOyP2bJ8urXFBjmLKL+P//",
+	"lR78Pjh49rHr/nHw8U/+Ue9f/7GNyakyY007w6YF8JMpM7bqxsq5cH8drd4ut1teP85Ny4yaZyBL7bHO",
+	"EyrSK56a+TiVVyKTNG2JrKOGEbh8gSDJ//zHf5Jf3rozc/RmUuiIHD1++vb7Q31CFDVME6rtFQ4395jL",
+	"8aTQvYgYRadTnhB3URMpgMh/eftIWxmrT35iLNVe+KoFp6Xj1srG6nmUxdZZ/PIW5gCTaZtFLyJ6TguW",
+	"EjNXspzNCRWETycErde3Giibec68gzb8Cl9uug+b03rDLxkso7dAEOpHROx1qKY0YaTrRHNiVMmsCiwq",
+	"/kLmVAdz6AVCSuiJ30J9NzvltDSy8idtWZJV//6nqJPkbTvNiowmLmIIlOBHmiR52pAKQ8by9OmTbzb6",
+	"qo8Gj1t84UsXVPu8/1hduSUzBuwxqRsjEyUvmAJtQrFpqVlKuseDQQ8PTCV6Ri7gBPZPkpylnBqWEqQw",
+	"R4vhUALuHw7GknSLWH724tTRu4Zrkmrtj8PyuEqR2SmwvDAL0hWS2G8npbYDdsp8b93itwsxm4MQAray",
+	"Ou6XXF+Q08OfgRO5Ay+njSPySJMrxY09UcCidHU+RqLEkDSW9iJCUdGzszYmYwRcVX1iOYkekvh//q//",
+	"+1DH9hqeLCzT87F2IzHhgqoFscIqKQUEuI06R4OBZS6jDvmOHA0G5L//i1i6+n//H2JZzgm0Nyl0TKQa",
+	"CfiDG98+96F8KUt4TjMXPcywYcu8sNnHT6PBYGD/NxLYqusXXuC62jgaxPz1yRF5Oylgm+3A3nx/qDEw",
+	"dyszE0YtCskxpGmHU1h/QLpUpCRVstDEzi7J095dH1AmLjcdzN16CL9pdFOfIQyy0s55shTFOtEyKw3D",
+	"SKzF6tExPHO/wU6XPDN2HXbz+MyKchvffHP24QX4x8GCzGhm5uNkzpKtJt0f4N0X8CoYn0HtBg2sxRh7",
+	"bRQlqJLDjqP1I6cLe2qu7FUkCTVWNSagG1c3kpAC4sDtUXukPb8gE0lVWvM2aNcNISJaOsmhWrKRgOMB",
+	"J+6fSThWiAWl4Ozg0hsLyFxmqW68NxITmlwMg8GDY1MjoVoSLZScKZoTzZgmb1n+Xhqa9eBcjkRs24ij",
+	"KvJ0zrLUjxvOnSmVgEC8+ubFzQeOYaiaMYhfVZRrlvbJuaHGfgcBiK3z0hDBmlimv9txnS8Kpi65lluN",
+	"0j/Ub3r/wd7pJet0sB/lFVMJ1YxkzMrvOiIpn9kFBo5A9ZzpE5cosSRR3bEKsKtvo1XO/hR15CVTGV2s",
+	"ORJ/Ca8Y3MGK6I8Gb77v7SIufga9cZt+qBgchHFRRVVuWqx3+HYtorUvzvd2/93xqFfFLUqtyT49evz2",
+	"+x2WSV/wAg2YYzpja64je5DeYfAWHFpZGnJFOYSFTzEs3p18aIN00XGXFECY2lAIBBaQg9AqJrtxXDAl",
+	"WDbGbKMWCeW5W3zo1C4hNRwdXs04U8Hs/4PQkmWaYLPENUu4wMHqNSNxVtUdt83nLNX7trveGnWMabGq",
+	"/8inDFj9hE2lYkFULfripdjpMrQSzsBJL55sdzo6l0lRtqz+L+j1Ji/OPtRyH3nsm3SRssfbwmQx2Uav",
+	"y9YBYYpCeDVQDwQv+5WwhFZdJu6S0TRnBHR9QvVIxGc/n78nh5Vb+fAPnn46dJ0e/uFTfT7FJxiyrzHx",
+	"I3Zv/Mo/9kflYPAkmXKWQUbWExb3+uS5IKW4EPJKEHx1JOy6kuPBsZV3K7EYf3QzsEpFptnVnNltJMeD",
+	"Z33i2aH2XpLlTxMqIBSajcRUqgvMlfFUaXDPn/WGJGWwSNxAfpxbMm6IYjQ9sBwN77adrDS49m/tWjfl",
+	"w4BA2t1YztiCN916Y8tZqedfwppZ3cBLnARWaYHiNekCCVBNMq6d8xvSanxAglQgxuRU8KnlchhF1mrN",
+	"XA0jE5olpWJtcftLY4KsmiKjXJAf3r8/8xKPk3CqTK6uAp+8ZXeGZxlxapcdtXuHW5HatraG2WKLq6vy",
+	"usyyZRuvnhMjIwLGHj+Evrtn+onMDw2j+SEtiuHRDuuxHP0Du1MNaD35eC57QxKSeWFVe+ea2YWdv6g/",
+	"qZWAC45ZPbs08Gf77lpR7gNms/pTjTyo4qkzJphVwlfY9R2LcTe2sMJCrN+t2+TF3Nz9tLo4q9LOrk6w",
+	"29qefUdta7Qu8NlfGWMjdwp0xPhrI8eXUy7XZGTcJBZyYzD1usfbYqjXuoq3BVfvJU3Bx3UwI2YQFAlv",
+	"jQTYFLbdFqUIr0Q3CNFe3qqt8bAvub74XjF6ASkEq/rRHAVqklJDScoVKuWRlWwrxdaZ1rrajCeZTC40",
+	"+e//IpYlEy1HQhdUaczyzOgCFUgnARFIXsCsUDNn9lKhWbYgpfZZ50sHFi7JMXS31m8opUGDYcNC48O/",
+	"V8lFJnyc2NOwrt2fX5ySSSYnVrovjL377IKA3HvARXBZ2pnZW4zp3q59u0VZOyXvL0i50qRbiW/+u4hg",
+	"WgVOGOMXe4RdWwmcaHrJKvMG5B7vuiRVtMe6cfmbx6qvpfYhIc2+MMuOBwniEMvwSI8EHqYl2zhYIr2O",
+	"l7v932GwjpbqoW79ps1T8soH/S9f52nLlXqOu6AFvWBjsJLY94Y+p9Pn2lRJnmNYkWgk/N8uj6h+wVsB",
+	"ItKWABWNRPDYvlOnrEIcDmZER0RIM55aBhBV6eW2V0gvgLQoK4lGqDqPS1GFsESV2X3MhXf2RCPhJjI2",
+	"Uo4zKzhFpHrkpxAOGPwbY7u40UjkzMxlCv2ChGjH2p6oDisT/KCNVNR2FraN2xqhw0zQLCITmo5dEFpE",
+	"/HjsUgXzsr3zOkfZY1l420W1YO3Xk6E8023Cq4LwVKfVdV1c6yONLsmmhaBOVGZgo6xSTnfSloAuX8JA",
+	"2sKiuBBV3tl+Lbms6Ga0UeWfBEAAuy5DcsUmW0Oi4JjUbX5cd8Bc92uP2aptvx7l6ghW+ngt1cXtnJ1T",
+	"JfMqeXBHNWrqQgdpZbiqlrHLwVxclIZIUUfOJZkU9jTYC8PhMaRr9Kd2mf4nK8M7hxmgOHTRFHvvQrzV",
+	"nZCbbSM3uxfv4f1zeH3nwBT74e10sO1rJthVsEmfc+1uat7fZ+n96t14+cMPWwIrkeYqQJMqUiGhoNOb",
+	"UonAamd/WYJAoQap1vLsRmTtuZFFAbli51UCqztUq3J11Lk+sB8eXFIF6CO2BRi+rNvxf/vW8O+qzU9R",
+	"p/a97UdlhZJTnu0S79fGqtBxt8oJV9Ok5EWLSrGcfIBffVzb0QvvTNwDbOE5KZSc1FkbqhSa0Bm1B6eF",
+	"2Z0QdFyiJw0vbXuvk9g5NHGQcURoQZUhltUCcWR8ypJFYgUqSx198tKlcGpCFSNv5Ej4pE6C89cnhE40",
+	"E4aA5VQTQy/AYssVcWSn+yS2azEE32U8El2pCBUu/gGXp0dyRgUIn+BsXRIO/oDMxVKxsZkrpq3i0xk+",
+	"iTpzYwqEv7Mb2DnE6f0OSenKdIbfDr4dwNVsmLqkGQR9647LwRwXTHGZdoadJ/iwTBKmddjFUdSp0vs7",
+	"j3XNTKDjTytYFdcs2cNN/Mq+/ilqm9vySX8hwaBo+CUj7nWN2Dy5W++aiZYClyHwFD1BjrrR+OHXcsfB",
+	"//D+/VmnsbYr3AmdGeaKOaZkhS45JVIw3OTK+QvbUV8I1yayfCljVBtypEM3oN7JldHc3pUQMGW1G/zV",
+	"4d9NJOpHDpLGL3AqQfoC1RgBbKZcaUMcpdgJaStG1uu86wBXSW3TjrvXG1vODVnZ5qMdttkk++zy+xew",
+	"yQHGRcse1xua0wUwANi/XGpDYk8fceA8QuN68JO7txCRSs8tw1I7LeSy7QcSQBwt41wjPJW7XVnBzH/C",
+	"lpYo/j1ag5ortPrQnmx4+nHDjVPzgL3t2jkVLSTzXM0uIWKEi8A562My7RPnqBWS6DnLst4JyUttCLvm",
+	"hgxuHk70+Ok3W6J6XbTkOOVqF+CjFZ0GZ7zlUgWWtN9asuuCJValrS/75UAdCuiL9ldyRQV44ipCHgya",
+	"ftCnz56F528waDuBRStqoZOvif217uFw+RQ8Hhy3ZjHAdbcvdhEc+Ba50h6fagw9e1btE026FVU90iSx",
+	"qzjliZUiXebOJVN8yp0C5Y+kO4vQwnbxCSayZZ8tU9pTQLzB8uw8sIYasSy31UoGcXCffRJip4Ek1xbL",
+	"NRLdOEzvjHsnhBI0IQOfpZmWzott34u9DQ9ahFuV5gzjxHDjKgEBojJQLtRkqRM7OkakmTMFMh8AH0LM",
+	"AfitjwcDJ5q53U0yWaYHgSoVdaZcsUTZydq/bPPuP0Gm6uXvu3LkquUXtqcfwo7qP143uqyf/zt23nzw",
+	"thpF/fyX30EBOfV+4yWOi2HT61Pk1nhtwtDnG6BTeNCSJdi6pj+adEedUaeOjcMEHcW0zC5ZSrjptaIC",
+	"NENRbz6zLTGj65IJg2BQbzBb9nYs6tlA3I9w+XIVpukOEBvQ+Ng7cHfLSnQWZUDz9GFOTiIc1mbjALba",
+	"ex3GpQAfPVo7q6eh0XUkKivn2Nvil23I1Ycw+GgkcJ/HOdc5Nck8IkKO4V/2Qq2t1YlUqizMOKMLZj+r",
+	"DMWkS4ULeUhoAXARME6WokwL/dSgoSPhsD97kVt1M8YldwZf24v9AzFkvCF3x2jGnyztZ3amQcgBJpVU",
+	"WN+HDun70CWYIcp3Ox2vD/g789F8PpodVoBqshIJuCkbbLVDJXdKSQFWcuZfbsUKWrZgXtGFJpamAV6B",
+	"dC3to+JtL1fEPSETNuciRYAGYNO9/k5QSuCbXudD4r9X9ji35XZ/vPuOdGFQyGLAb9HuVNsJ+8hJWVuX",
+	"zsEX7ukLLos0YLQ7Hfidg8eXZNgtzKc9QsAx9d1BkppktDtejQtkYSkBfuD8wnbziJZkShXp5owKLmbT",
+	"MrOSQ4a81qc0LaW92a/HqVWJdvHqRe4DIw3NdvwChln3sfaFqs0t8low5OZwml0ttbt2C85XjIEFExXO",
+	"FqwbIuvZw9MKutUWjODSJFskjhsIDGuCNNan698mo/PO0jYhbqKRu7n9TOBQ3to7cE9FYC61ab+YfoDc",
+	"PggWJkYSuGCHhJKMG6Zo5nBx4j+FUXAx6UrBSEYnLOtFIyEVocS5JlBeBtMILQAMCUCbqSbxH14S/9Ro",
+	"rD8Sz8UCUx3AIAIG0mU3KS2K8Ksl7fDpkw3KYcuEEa5ZYgikIFLUque3g16fnIGOMGGZvILsK7iNnEYw",
+	"Eo10NgxNYbkUjzSJHZqTl3zGheKXPGMz+0/bZgxd6pEwc5aHnYJR8Pj4Sa/K0dhHY1tHK067/gH293lp",
+	"9qYbLIXRouClLOUYeuOIB2ItnjuBDkzlEXkh5QVnEbFrHpG5LA4mi4O5LKxkWyh5vfBh6svq/vaaA1EH",
+	"akssWVW8RWZzVY7wHFbFPrC5DecOWMCesNf+qO7AYfBYw+hSq9aZsbdMb/YAQ2GO8E6D9MJML0fNo61R",
+	"lazdy+uDKnA9xtTRyi6scYXGGkG3O7SAzj74LNPbZ/z+x3NimModlHVl6Xv+4u2rzbmwa5KWG3g3sA0b",
+	"g3Sbo94z4NOxwA2BVmDbkIqcviTdSp8tmPJxL1B7ocrfsW8/0hWz7QZcNl4xoi2djqM7sqgtX21+jtF6",
+	"69FpsA6fI9l7ncD43or+eQrhbIqnLCJ8SqhY7AcNdBOxxSP/FnOq1/i4a7ckvESEvEKTFvqwM58hly6l",
+	"Q9XQ05t7rXHAl40QznNVmc6YVYBZShqf765C7J2JzQWZSmVVZOdlBe5VJ1035+tSpjt7ph5vookgA/l2",
+	"pHF7Q9E1N+P2IMBX19ygwcYpsS5b6JEmGdWYRYs6rFs+yOjZUXGGfoPgp2Up6go9574fJqB82Qi+82ZT",
+	"GNuTUScio84FzzLM29B8JmhGnpHu+embP5/++GPPvuERc1a3cEPa9Cqlco15Y2F9BpplixNCVwwNQvos",
+	"Mh8QdzNE26lUF4iC3r5QORULCDfRuFFcByfrmoPcaxVRDNWi5D3Li8wehu5gJMDYccU16/XJayVzl+B3",
+	"6GMizt6Rf3j8+FkV6wohrl6K9Ey71SGzQ1a4Z9Nvzj6Ar5zqsY/MXVOi4BaZ42GMxq4DwzZqo8mN0s8T",
+	"Ktaln4fsB1PQO3eZMb0BvXsnXO/dGNpLtJg3DIKNQwOneCKlS/XdXZfeMTV676To0DLXwOBwZh0Hx+PT",
+	"o1elGLjefMyOdkjs65jwDmaapSCFMi8zCjEKOc8yrlkiRaqJLiyxcIFmyuXru766R6K+u4fOuQVmZm44",
+	"zfjvUJ7H3eIO3zCNiJ6XUGYhGgmN0WUVFGLPfpxkZYq1q5i/qF3PZWGVXSGvGjbr+o7Z15rcdbbk3l4m",
+	"5FtmiPvPd2MQ7vOaM+yQYO4wntbQ1K1Tpe8KAZ/tetxc3KX7arzF5YRCJdfkA8oJoGZczReEkjOgQPLL",
+	"W+IIz17j3GiWTUcCl22ECKEgyKFnRQo8se6kD4mQRBfUshs2NUSKkcAcohMsxoa/yQByasozphfasNzH",
+	"KZc5G3Xc5bbDWsFYb7Xe+xjhq0zyjWngN8lQ3piTHFoSfYopkklz490R8ONcYsFL+POB0NUg3MaqhsLp",
+	"knDQuBNb+fGyBtSum2zSHa1QsqI+5im7HJflmps1iJjdIUK2VchoyRyoItbGPoRubUmp6s0qtm2d1V8b",
+	"lKJuScDQ0JaTD9c/mutdQJv7owvpZhgraAVSVYfk9fo79+7jPG89DR8+eDclRJpr4UsdDetYXIzP5GI2",
+	"rO9iIcklUylPIImmX8UiHo5EFX+K4EBVjKMmVwysx+B77ns1bEioW2wQ2sxITEqzostYod6FOTcDUILS",
+	"TH6YHS9DLzpRpxoN/Bt63CsY8GXdfkX+vhd88EPVPv7rQ9Cjf+L6XRMsvu5ERO1nahMvWAsRvgty5Uv3",
+	"C+kGwJW9NntEq2CwHVTyQ4HNB4iSuze/uRJg0RLoixfx2eUxcam73grg0Gyo8D84qAOs6bECU75iZvHA",
+	"6o93q/OSLAFJPx4OBsMBHX5zDP9Idir01h5O4aArEUlg5A3Go47zIOGS9bYjafvF3URba7JQMPs/HZJf",
+	"3r6tZXhIs8P7sk9OA4F+6LHIVCl0hBEnKDJZsb8GuCgUK6jycryz6PQ9Exg2UGHmVFtdwPWGUtqQXAJm",
+	"zVTJ35kg3YkV4Kp0UKkIPADJDK6FkfAOOkqmYBuRGuMfhiQQH8LapfCxlciu5gsU3sCf5SS4WlTr9cm5",
+	"01kagGnz0hBQZNySvCUc5mGnb9A0A1F+mjE4GISSXOaoh/OMEWqXsVASg9GvudHRSDjQHG7wEeaAJFKl",
+	"lg6IS8cB7v7L27fAyL2w0h8JZ0Suf66sBBVohZE+Ua5fGWgsD3efQv4osu1Cydyq0vYTSDLC3CPSPfv5",
+	"/P1ILKP1uNcPjGv0BPNS2s08SGBcjATaeYbOaOSwczJ+weoxBWCvIq2RdqqEv6ginqgymklFUobDx8Wu",
+	"7FbcoLGq7xWEIQkU2gRqJbsOUob+GStCaMZCOuqdAEquH9jVXGr7ux0O5OtSSPMPx0rTQCnxM0EQM+gK",
+	"xt28HN3R7NgzXJ/AIJMr6uBh6UQdT6GQ8bWa++W3uhN1Pqy7Rpd4RVvxJQ9UMEayWheR1ALgt2PCfN3D",
+	"BjUkKcqxs1W08LOzD2j08ofSnzB7GZe53UuaZY672G1w4bt2V6ywQ9Ml0IFUllibwA1ElPnEoe5Xqd5r",
+	"DGBVIc11hie3jEqvBQh4xzRPLc9wB9kZMIKJ7biyrqvScF8DawxqzGqXy4Mih6R945ftimYOaWwBUuOa",
+	"lVxzXdYr63q5zNeuiwc28/wtsLTtvza+tKm6Xtfd9zBff/WxhPFLS0n2wfvnZw46+JEmRlGhc+6yjpg6",
+	"IYNaXrGv9vYcktltSLANq8NxI731aLyOXdPBmkGtt93qC3exNoyhaAet0Ur0ngPaFBe5Q8Tg+g4Kvof7",
+	"NWQzPK3dIFZG6rc238iM363aChbyoo3OljoIJOqysExwPZtc6zW0rBOMFhVp4d1KuoPqnHtFcjdGucav",
+	"7jB3Gjyyydtb+GMLa2g5vi3HZ/VqidZdZ21C9Ft44R1LMsrz54mPAV6uPVNknKVjha+to8sKCsjBbyaW",
+	"kWULMqOXDNJMSLdQ7JLLUnscuZyLEpGjHb+rUsWvqBVoRLrMazdcsVrzmWi5w3f4trLA3J3v6NZ3aJFR",
+	"YafjEvsRF/UGc/NrfgcNSYNpadNMSrXXt+vsOm6SpJtiFcBeRBy1OWhBhqjNOPZeRAqqAF6/m8tLK5NO",
+	"SoPlmVA5IVd0AVcBr8moF5FSJHMqZrZVf51TDWiW05GAN1CLAnEYBeE1+QO3W8S9WEbDRNtO3es2Zadd",
+	"34XENk04WsMYok1oAw2Gc8MSUpZzlqItEm1NUf5pm3n1jSQVagDU+8IxWTkPYL+r6M+neURyRHylgmAo",
+	"qE8kfnw83ykjuC5Cthzw1fLqRi4LeOUemN25ymU1eJooabVuVzQ9ABdeoc1N0QdLdNoc0g7bqgspNGuv",
+	"oSzF7o6WtuupJYpn7QW1A2cCAoEkkt2Dw+ZSm3GFIbVnd9qMIQmiVKxGa6nSUisbrX+nVZ/1B/cmE67q",
+	"/N/g6xW6aG9q3QDXc4zWFW1fraiiojZCbNbc2Q/P5AepzcFSBZYTEjsj5BDCc+Ow/sa6INalbO5NFmIm",
+	"wLScO7jzfaKXXdCZJx2aZS6hGUKT9ViKbNGe2ry0ap/Wr2Ozku+qO6818M2VVOrWJTftFayZIt21NTch",
+	"n1tIwZpG7aqS5gaOur1CZiulnFEzPxVTuTqrLf44F5VUWdQ8prxLkgeTfcFUzgGxl6RM+OTz7Zmh11wb",
+	"vcaXoH2OV+tvS47T5o96kWdcXLT/bn8Z1xHh2z0HrZv+QfBrAps64WZnHEkX9bEv43Hr1LqtpW7BMfhZ",
+	"QO0WiYAuVeapkWB99/icCNceIHS25JutM1iApQKT2MCOD+m0hGaI7W15mH3BUQqu9kh0k6WMuAqwM6oQ",
+	"vnsnhP1W0swVKMKUMCJFwkYChprujIS5lP/WNo1mFJoD3d5pmH3yE4Y4eps4mMB3JATbAViKb+U9vs+E",
+	"dlxqtEU57RWAdsrCl4ziOgRjb8/63pRSruf7JJFvC05cjVf35Zs8wDy4BxzeA7hirCbeOnTc85biEPDc",
+	"A7tA++1moW1Zxn8ByxLmEkfkqMpwF+zaeNx3NNhUwF5V4G1/zxxff19ib5Aoqec+ZdLu8ebkyHV49e/n",
+	"YUlSRy1GRnalZ/ySie3eTtQCXYxQlZPrOtw9OXe58sB+QtA7zw2DWgdkIpWSV67YiRQOAKErFUy0N0Tg",
+	"Yy6cRhKNBJY9KZjSWMZAKpLJ2YylffKKg8XPSgFIiiKFwnRXUqUR1E2rwAaMvGCCdCmZMKogBfKCiVbk",
+	"Z99A4+BXD5vZa988+ba9RE7Y6y0a8jNbRv4L645tCmx652Bvn6Mdb82JoQZ2ovLVQTBLnyRFGZFQT4+8",
+	"lDX+k13qkQjSPSBxclAbdh3S8i9v35LuuQ9idd623glWAoVGR6IbmqoR5RnKo7AKvPsReC90r9KouSCW",
+	"Khz+c9suJhjz3hLgW/W8a0RwM6dlhy/uzOu1zzD91vjolz3G6z/FqJadP9xEcOdrrHQfBDd6aEnL7iG4",
+	"GD2NYbkvri/sL016q34acwk+cXSuWY0ALeFtFFDZrteQfOWdBzT1qCpQGzkvNeDQ9+Aw7Go3DkveN3tk",
+	"0ylLIMoJA4EOAkj7LnI4TEIe7GqkTmhBE6dKLVe2vcLYDv/Kji0ujXG1Yd8e+e//gmBfXU7QQ7qHS6r6",
+	"piUXgFWI9/5NrFlkW8KSRR6D/oItdvRAIzm2p+tU87mC+sQAQZ0yNIJ6sbRUXlRbHguu0khcsAVmanor",
+	"X2UYNtI1N6wI+WiAlYU9MR+9+f5Qr7UQO/C/pV2o2XLkCNa3XpdY3i4iuLoPFRmt7n/g/umExL28kR83",
+	"8IH1IRJ7We9a7rG27MzteU5L/Mmx95t9NZ6ExSw2fd+sfFHfKfv3i/u+/3c75u8sf7iMUwiVR9wY3NLV",
+	"bUeNrV1DFUGqx37SJGQAeoVwIqXREP+EWQp1/NOMwu3hkhaWAH5HIjTVO4Bf0o2fDga5jiMSP4X/P8qf",
+	"DOAfj+ceMC5lGV24em1WqkRE15/ABGBVH860FU7iCU0u5HQaE+RIKfnp4AiCbayeS2Gs1IxEnNPrcfVu",
+	"17S6mnsR6oN/5QYiE5offTcSdW9WLdCkrg0w5df2ArOD7pOfcw4F1iDabCUmayQwzQWCkO1FtAJN7Hrp",
+	"DDtPNYqtY2oMywujweQfDMu+k0M6OO5wRwof1otqxyRjYwgzhzDTfBViuGpoJXY32IEAqtZvRbgRtb9l",
+	"N7Ta5ow2AdW63jB+5wrQqmA8YQtjdp0wloY4mgPy3VJO8+aEzcaKroyHFt62AkRmbxrY6QBUuKaMwPe0",
+	"W4HR6mw2e0UZpcLMhABKvxp9Um/z0GURUCKkOPidKQlRmtFIUHLBsyzCoM5EUT23/3YJCBktRTKHin/+",
+	"kYP49nDZmNVbNS8W2G6QDseqLOlBnzyHDCa8ljNmIHC1xol9fnZa0TspRSoFawYWwi/2pgvpF4ewY3S9",
+	"43U/uYbcnz+L11Vz7tFz1+qn5QPSUt2vdCjCGdVGo6Eok2Jmd4IZ7fDNSoHHwdFjCC+9Cw18Ws+410n1",
+	"7mfLli8uGCvsbnSlYzuoEgLWT8/uywrPdgWTBbs2/hCNqYmJZgYEfyFJDMWewNtDtRQxqJe0OvwOqqpV",
+	"CwjOdYsZs9FsaNPJqShpNrZEtMTzqvNtCWGzca2VML7HPt9CB+fYfvXs+rnr5VXViU+KqZfmltk19WSX",
+	"UHGDlO6xTwyq7hSPRhLeVFVWGFbaysdwrNHs6BeykTm22kMn6tTf3XBFHfm9g3m9uubmBXbXeB4kob/2",
+	"PTde+OXtCz8KEJiu72LJ1x0mqW5Z/PErqPGxMrFzZvy758mcpWV202qJAeb+1svbhZLvmrxpqWZcKDbl",
+	"18tI3f+ywwlSzDBh9ii5Wa+E/3A1dsfNNmy9TXw+DxAZ2kuBsnQp3vMGGJZ3VVY0aKfOS9zueAm+Wolp",
+	"cOj31TsOk9DPveNdI7vd0MGoHRh+Yx5hHy0/QHfBc6zq9vGGvqN9fTDrAW1cDoq/XR/pFW/KLVEm2hq6",
+	"SQnZzQkS66b4JgxXCmPal+a9axC5s8BuTyfdEEa9FLpdZRLtEa2No78xO3efbzM8L7+21v68FyStuDvu",
+	"syHjHUisdaZr5tW2qEvJ78FoN/HbVfa233VGs5lU3MzzNq0WRfPftUkbKY0nhM8EmKHhqc8CDiUr+00n",
+	"6mS/H7e6FzcGC2XskrV47mEYRwdHzwKl4YQcHTwmU6oNJBY+OXjqLZ0R+ebgGZkwYwCQ+2hgP5wECDRM",
+	"WMHPHuCpLBXRBWOpFSSz34/J4OBZQ0EeCduF7exJRI4PvonIvxw8W2rFzBVjZM5n84PgnhgJmI3u9ckP",
+	"fDYn+BdJpDbEA7bIKaKrECkIrYqIIrLnSID67KMfKkC8o2d7hTZuyjBt8L62Gp8wnO8anhDIUHFgHeAU",
+	"g8KrS6UOoLzJhI3EO5+47iA8pAq8bV7l+q4FZwfy67qQpbrcqv+u19SN65w5n0e3230bLkLQRuOpay9Y",
+	"sh2NhfdTGt0RyjiUSoBY1p/k0FJYk1pVj45bwqxCYCBKPF5pPXbmLPz2pLpRtMc281845VrTS59rsr9u",
+	"vyyo3hFY81YfaC3ib8Gy2FGrLcUdAE946B8c9fYAttspH9uT4q0WumVm96KiLCPN79LzlpSEFiWnOcGl",
+	"yzkYwMcdyPZdOOu9oHuvx07I3sVOXKH/bbkZ1o53Y8HLc6xZ6SyolSDp8rgxGFBd1PfmZEGsXEQOqhKJ",
+	"05rxRxXfx4eOl99pDcxqVkEdzPDZMpdv1sN0v9+uju596KtrefySDwLrnrdy9sDTVFWLG4mjb76d96p8",
+	"erj1bRuahFK0Q1bA4qYQnJMwByTR1pULmpvQ5GKmIFYUIXy6jmx8zj8ERFEoSOv7xhInhHoLKgkWodcn",
+	"7k4bkoZ48EiTeAkjrb/2oowjwjLNyCAIUV26tbzUte+9ZagytySdpbpHexWFawRhBTCwrXWHbt1y2wq8",
+	"d1raOrjD5QShsKjw84P/HxYRJuP+8PC7f/4/Bx//9I/tlckb8TuaqYOUTQHy4YItDgBNnVh9kXQv2EJb",
+	"7eHxtxGB55oMDh4//YYkc6poYpgCQTxe7TtuItD8gWi6VvyaOXxjRnOrwWCJMbdc4WyfDloW6ANcIfvS",
+	"SM5F+PQoumvg6i1QwbvRSmOIIcGEiMIhoO6OCUk3x3W9JeyjMTvYe9uOAWLotQSaGEOTeW573ROP73n1",
+	"5V2BgO9buwQsE7NJu9fqTmqR+B62BgGvLMnKQm+T9SGac+zLQrbl36SQYdRiqdgoUwbtBq2sn8NbL7vt",
+	"lRsVjn3JITvRMisNi0hiR4tZO2Ft0hPI6okPY0TzkcJKcKVImSLxYaFkEkckPtQLCDY5TNllvKTCtRYP",
+	"rbAdtldQeMMvlxCAuUEgl0QWiwMpDq4UNx5kwjYLb2PYrRUgYOk1if3qutS13hCBoAKRABrSZCaJkVUv",
+	"bqAuTC1ounK+288ME40IuMBOtTt6cNgV6Y46R2++H3V6J2jfgDia2L0SV4JNkLjwSFctgFW5W2EO75CQ",
+	"W5Hv9ixinP+4DTvjF7c0YLyBeHYuPKCXxlJ2PMVnmBWr24qpbFbK6u4bx6ftzPyFcvNaKlBJ1ufhutT6",
+	"myHV3hbfdjuqK89ZOnaVnbfwFp8TWn/zsS2/UbOkVNwszqG2LMYsQUqBr7qDf73218K//eV9p65E635d",
+	"LrT+CSwi05ag2HelID+/OCWJFIZywRS6czShmlx6hB+azLlguj8SI/EXrhhYR6mBvG0g/Toy7PnZKaZT",
+	"DasaqsC3dET+7fznn4ie04LpyGsaWDXR6iNYzJEUShqZyExHRMugXXvaX/x4Cq+ev/wzuZLqYiR8Cf8g",
+	"bICUIpcplNEFzBbQpOpfaZpqomXOIIR2JLpgtj1EnLkogNpml5AmB6PSEcAzeP1XW85CM9TL7FxiR6WW",
+	"zYZBdBGJQxdYjMUJPDy/cG6nS4a1/6H+lZKlYSfkCgbOjQcwm0shSwhesm9WibwQht19A1HuZy9OPRCy",
+	"jjDpKKieqyPy/sdzcskplLeJXNJwkDtDMJ/YambIfB1rCNOIYbMpOb6+tjvnsQVxTL4YPYZ/VIk1mmdM",
+	"mGzh/Q198nPBfMyknJIpo8ZV4693CbM7AMqUZ4CQSqjQV0yRp4MjEgtpxtyK8lZeYGmMBGRZqwQafQW5",
+	"GwiUwTWJ/xh1EpmyUWdIRp1+v4+FJFxNiuDpp7hP8FvpxzgS7DphhSHxjBkUSOO67n7BEhcJSgRjqR6J",
+	"uFG5aki+x3QgF9wtL5jA6O6YdH84t7rLv/3lPYQtYQKRC5mM66xcHZMK7cHnZoL9fC4zN4pEFniSUhff",
+	"PhLV+K0yfX3g+dABvBtDPhQlVzxLE6rSIYn/BLTq2OHwT45ST0aiIkQoN0bMlYwIlBM/0KygCrEqJ9KS",
+	"hWKwCHaLq+kg1BXSE07Dbi3AQ1JAae0TwNgDnJMVOD/M7XTotVw4cEgwVVmSwPqe3PjKzbAF7sgNQV6I",
+	"LRu7YllGuseDJ0ENjCHmhXHjwjzxAsesWmSAcQ9I6UeeQ0aJPwyuzhiQwESmnGncDaqUPcjc13vQmbwi",
+	"ScbtfTMSM2bI8eBbK+dgdSz7kixN3IsIda9BUWrYVEomsoQyKJhnANgviRSCIZwA6T4dPCETtpAihQaA",
+	"s05kCkG2UjDy4f3rg29RRyZdoyjHKE5q6EgcDwYRobgUoDlrO7ijpyQuhS6LQirEY0o5HdtLxIcoW16D",
+	"jHiEoaaYk3V8fX349PraswZ3+mHHng4GQ3I8eAaUVU6nPLHzHCsfux97zPcmRohHbXesb8YvWS8iTwf/",
+	"stSOJQQ6Y7YVEMosVSFCp8+usdtBCWpQxJc/Bj5j+UqFZGklrJHoOlERcU0Fu3L8M6cihcwwmEm4Rtiw",
+	"Fb4rXjgSU54xoByIMJhCupoOIwisPKlKMx+Gaa0Q5MYFFggWNDukBT+cMTESnte8+PH0kfaksvyme2z3",
+	"Y8YEg2OJ8djcjEQ3zulF/YslOi/2wSdQkRk+8fepPVO2Y4cna8eYjgS1uoblef0FzTNkg+7BX7UUsROy",
+	"uQFABB9L//zstBN13Op3hh2QDkD2LpigBe8MO0/6g/6TDlb2B4nnEPbHZfK2JrE+h+tAw32AhXWRWcCH",
+	"OC24O6wIWzHD07Qz7PzItfneN2/7VDRnBvr6tV1crF8Btfc1z4xVlD+CSQIlZTvAx4OBg3E3HiOjKDKO",
+	"CQuHf3UxkSh77mwwcCNtAe9fsZ35SfXty8eDo3VNV4M+/BAUzsaPnmz/6LVUE56mDNSNpzjnzV+cOlLF",
+	"D3YY10/SnNbXO4rFZZ5TtXD7Rzx9YLWiSkrodbz14tcOUoIVspfvPysm2x+H9uBjULq+UxJD2Fi/dRWQ",
+	"zfcyXexFIZsIo9GHNz1+aiodVmv5tEKlR3c2hoo4V4nR3hhukxw97kAo39O0msnfMwnj3tl7HlfodlQM",
+	"kg70ULFNAIRGis5YmyPw5rT9EloMabtBXMetXi1AVv6Me3qM49i6Ra+tnIUfPNv+wQspphlH68UXoBpc",
+	"x7uiGkcZn6K7vl/fMLOWOgZfhvV8nTT3BUjoDUMohjuhoOr23EuCemOlUJ6cvux8+rjCsg4LVWL9+ps3",
+	"evfX+Zkd1Fqafvw5aBqGACpz8cBKb38O3jFI/vLnAOoeJ3N2t/fwvSovfyuqy86Ky/8eteXrV1o2qix5",
+	"mRleUGUOp1LlBz48sSaOZZ/GDirJHfPQtUTmgLseNJJl6sTVqdAGwXTkq83cKU+8R83kBQSb1QS8TS/B",
+	"97OH6/T2+qwP80Oz6tetl9y7VrJRJ3nQSDZoJF+NPuK0EfAB34cY52nxFXawMmZum/+tZACDg0FcnanM",
+	"Mnnlff10l3CQHeQ8w64NzvMAfd2td3kV7dF+rcI0CF74EDlwfv7qgdCbhH6O8Q2ORz7SGGCgvwaSTzxu",
+	"tou5aSX2cxc/IVKI8XD+nAhddT+fQxlvblhiSsUih56o7KnI2Uh060CEXsPRfyHklUbf4ZWrr4NBDx6x",
+	"BdzPAAbJjfbBAuT0JVY+rDDRXE9RAHvtQctymbIsGgk8m75CuUYHFw7jAFL6wtb75LlYoGPMubJzuhgJ",
+	"LCIHEGzO7e43ptcnsVXPM3vMpYqjxp8eVwTdeXENJh4Dl2jHZ9LoT1vhHC/C7brHy6zRT8vR/8FjAPqX",
+	"bn7k9zyPjYPlivn4aBhLO6rE+n5z4Jf+PGEFcCwie+gCZdbzdkyEA1gZIMLh0i45inNA8TlPlLzMex6X",
+	"FIJxJiVGMQnpsy3t4KAW4Yxrw1SdoQe610t4Ke617btVH1+6MX/1mj8OdBfV/129Em5H/r50s1UTQLD3",
+	"BdXao0al1d56cvVP2vk//rrFGPAuDNt6OjgaWro8fHP2odE1hs1Q+xuZlLoRYYwM65fXpz+HBfVP9jkL",
+	"I+EabiPrFwHh36ujFLv4Qn5Sfx7a9QLcygebxKqRFk8KoZ59TqVqUG7XxyU2C5v09j1FgZXCvX/YwNrd",
+	"7YYAqaDJ6O1gsX4v9ccCz1Wv3bT73Pdas/r759ZLne7Ctt3wECwO64s0rrX+3whHPquJ6QAkmcwfR92I",
+	"sb0ZWw7paavZC6npeHC8jpbq1e2t88oHfHSb8euD+DK79dXZvxr0UK9KxXT23fpt9qvb7fMbZtZt8uBL",
+	"XFd/F+p9q0HqZru/RiFv457k9KVPxOkDgAFUb4BcM2fx4d4RU0spofVnOTMn56L6ezVPBzT9LQatdlCs",
+	"E8zicGG0VJP4zav3ZLn6PDYdI849qv8hVlaTjNEYss76tUWd+ZFqA586d/89W7h+9CkhG6xcD1JboOQ0",
+	"Mmggx4NmWVgOwRldIJUBXwolNkej7cesSlGob1jMKA5oeoVjYtrGfXJM18MajulsXVyTsug3krw6w18/",
+	"NhfvkglIy5mz5AIuB0sCTBg3rt46ewYmLaxdBStcnuIrX731AMa5ixT6ZyGvhM9X60IipoG8kYQqtQDI",
+	"ZuBDhvoiulOpen/vBgbut9nTiXuw5kBBssxmM8I5YpIXZQZpJLG9nmKfXqDrqnRUpCSR4pIpyOfhBhWf",
+	"X94SJaXBcj598q4JPOJrklXZPoJg+agKM6QrFfSTlEoxYTB1sNQIXOdy6VzxugtLEb0TUsgs89cUzP7w",
+	"DzvoTzH6aTBjL13E9gKOESg47oMZzheSQsMsKJdTj0sMKUOWzCKoIjUSdRkpsqGKVOxtznEFfGYFDNvk",
+	"SIDNUpVCO0tgwxgfu2Qm3a/M1nHvxOqSNLN/gebLRgKSUwYk5gIs1uOqw8j11MyoUaWw749EI5ul+mi9",
+	"nebUVfy6PzMN9LCXlebuQkcc32kJvvPpakHs3dfKPr5u/QpXsmYTdcRJl+qFSOZKClk2xIEduFdgvmmc",
+	"9k36dsM0ejx45jCDwhzEUjPdLBfYpnPXZ2K/OPgHAroJAfkYeEc2+9HJimq+Iimu2czB/fOY9zWd/X2R",
+	"x13o4jfY65t5xmF7frLaN+rLXECW/DbBunrr65etcai7SNfVrB503NZY3oo2IiKzlGmXSh6SaUUXOymz",
+	"68TvVzSZE1VmDMEhNPnh/fuzMINX8UsrJ0uBUh7Ujo5zapJ53/4bEqRdnMS3g57LrQfvPWazA0YCvm8b",
+	"QPG+G/+p7wDT+onM45GANxgmmGd0wrITEv/h5/Cp8bIfqSu3l9DClIqlIwHfoeQeY42Ivm8hRqiGqsG4",
+	"B1WdYTLuVTcbOa0v6ZVWIuK9Q5QoK5RrRgolrxfOrzkSKWW5R7OvcYusHqNldslSqPvolndoFYwcQBmJ",
+	"w7GykzBMYfwIrYABqsqkDq7AA2bOmNHk6eBxH5QOzP7HZR9byo9JTi+cnIHDdEAXxxBUljGtSQDGMRJW",
+	"t+Xe9eL2z6lQ1BB2TRNTJf5bub/aYTso9EeNBKAvxsaqOej9TazONrXMBQqN6ZKl1ToiXghCLARetpFI",
+	"JcNmUzmE1hx6ExS8JFqSWLGUK5YYqPPvsZ0CQJGRcPLXoO+EMIZeZoQn0sTQCyYiQknX7j1GG9nfeqSg",
+	"3E5rJLzuByQHZXkJDQ6C03kmDEEVNig3jjXeq3qDfXwhN3TF/NeIH/jzVy+AfP3x0GflJON6XnMXS4m6",
+	"waD1Te6JUNHx37R4FlvVlIC6HxSVrz7HV/jTSLrc6IBswCylWMaoZmnvFkS0QQlaRyqDB070d0+AlcpV",
+	"EcHNpdlNPlBHAeT0JcDnsAihK/lvJThGEcP+s/lFK+fUFj3Pv7Vlcj+LbBE4vLiPToJi8n5OS+H9Hh5w",
+	"1wPUQC78FH2NqiYOcTdd063V371zxk90g9LoiexWSuMZYKPVbhUHc1a7TBBSjTQQ1SB83lc/Bl3pl7e1",
+	"wwa8Nfb9X96+9S4LAHE8FdxwmvHfQQtVCA/fOyElQNm1BQtcUW7+FT7+zulJsVX27GPnbgFtaKZo3h+J",
+	"15xlqW7GeAegiN14VpRxRGIXoRFbfSGuMw5ih/tmNSRB/v3V2w9R09UTVRH5fURF7LtaO3E0ErG+4MX4",
+	"ginBMqe46SGBhBvQWKdcsCj08QR9wRIiblrPXdwNq/NgBUVxk3rijtP96idNKPPPrqB4lrHKInCAD0Lp",
+	"DWSCxzst1htq2JUrBbAKVQQIrdR5bGpS3JtrNVSYkCfsosIEJ+ABdOjmnhOvlXa1kYWuQDB7N9nPHXwq",
+	"a7dt8FkYR2jmeyCHVTn/5mf5hj4W97kH66Emma8xeiOwsEe9VazIaBV1rplB1FhNKLmay4yR7hQFhYxN",
+	"DQHYWTmFKBR6AYILVz5fEOHOF4hZKw3JmZr5axkM1j7UBCypEHKBY/FNe1R4D7paimROBYR7PHel+7nA",
+	"8CMPdQ3mYkvhLPWxL0NCrSAFduIA6j6sTA8g1b4QPsbcxPAHyEyI9Q8GU3ZVlbIfiQMSN6tlxENAQcY/",
+	"EPEYIlZGnU+IBhz/AQZ3EPR8dyNBiJxO++SFnZuXU7CNsCS8L5MOtasAlNHONeNTbCJurW4e98ikNOSC",
+	"scLuYBwURI8J1E0fIrY+tW1gB9AkbH8f5hgWE3EztJqGm58UbGl6iuXy0hnb4SPbdNctt4sqin0pTMjD",
+	"OyAxE5cxjkRJAPwOMbMnHGKUNCkLDC49Wcaxtl0I2YqzDcmB2P4yxvbxYIC9h8VgrKBqTGb/U5deiYer",
+	"UqULciJEJzRjB0Ye/M6UBAqEDxd1brrdq6VeXMF8YocGKxGKuz4MBtBrlQdnngNxSKAfSzKInXyK4Ui+",
+	"Vg+FTF59BblvdpjVccOzhQjWTifx4NwOIdiHNpEmWfcd0vqQ9Pv99sTJZo2ee5Ke2wsB7SQ9f/5LENed",
+	"G42lupCPPhjbbnObAoNsCFePNMlLLIPqV/hOxeVDe2QP3JE9nMss3R81b/kmbgeUAvuVA3OOGvKj1dQd",
+	"8jrEKVfjIVc8y4hMklKNBHUoGY/9iQ9iOT3T7WKGNVYfjTz/ajTpQLtND7hmQrPMNprTBXHI6P5SBU/i",
+	"SMR1LR8RsDbvYAwdv1L4gnXDqhQiNyMBUnEbT/lBZmlQees+Jdugm3NYq7bT/ZPjwLDsRWmaM6ynd0I0",
+	"nTLLqN2aPcjD/gTbLbU3V4OO7/HEIuHvkolDKje73VmeZiwwLdd7S+wZwVIUYMnTciSaaThWgAYXUlwF",
+	"/fqbPaqknyAiOHa4HViAxYUlQH1rMMK52g6NBeutgaxYpeIvfWTeN6tLNVgNrsXD2fBn43m4OCmnMyG1",
+	"4Ylbpy+kObYcsKS45R3Y0mbKcmnYgVVeMldR6h4u2ddWr0Mb86Gvm3D2jvzD48fPECCIC6yq1OuT924o",
+	"5H/+4z99Kd4TvPNCa7JUF7oKal4Qds21IV1XqdXMWe6MPn3y0k4RVOmR8KXiA56BOiE3oY77Dm5J+KYe",
+	"T1XsBfvGlYMveW7PMjfZoo0/QP/MN/M1mIkiIuSVX9sHdMBbupTfW6VwlU4ciVoNjnABmULL1He39++N",
+	"kl/7BCxRWA1sTjWJeRpD6eMyr3OXRuJHqs0BZIgenL50UXc9q6jbRzHG4mEjZlGwHtZOSamhMenSkVhK",
+	"MqUaavr0oIKZ8JmUVnMmGZT8cv1DIWBipBwJmWHsG5gfXD2YKcsyMmFzLlLboxvNEG03MZZ2EeaEKHaA",
+	"NXBCuREDJF1ZNiZSXdUNj5GLpDEOrO1MY4KvP28Pib4PjOOOUolDm/W2TGIexGvsk1V813IJu2bJ3Usm",
+	"ln3ekzjy3gkQGLyMJd05VvjDWJ2wyqs3hVvGiwAqXF/UkH32tUzOdJ+AkOPK+FcyCtgU8ZMkk4KdoI3b",
+	"3wRdqUYCnvh4aqzUZh+NnencxRX7EOWiNM16WwIs8La5CPsAmQRr4IOyH77eq0dmWQsXJXOhEPj7I+3r",
+	"lGE0jw9AH8OfceVgAGto1eojF/wDNbSgccTLqq88N9gZv2Q6uAntu71mbDSIeXVwNHHhEq4BrrHoGfoc",
+	"EJ+nioC2rbF0JLrhYtqruLGe7XbU11Jd3LMVNeziK4xA8Kfi4Sr4AgjT9tzeW+zBoWVQawVDEAAzOSMZ",
+	"F8xXWDw/f+XkOUyncbKcK/UHbzKRyJSlhOqRcDUaUfggXXh7SEadjGvDhMveGX47+HYw6kBRSB3Uvj1/",
+	"+eeRSJltzbIuLNUMrQPGgU5owTT2OVGMXiDqJBWB1App4lASEXwtrrqf86lgtcgJS2TONPnwz69fv37Z",
+	"J39BRguow3Fk74CRsH2gIwclLJY64GMMC7PTn9nVcTzJiaEp187eqE9GImdUOL2UxENwANKMX7IY6ora",
+	"9/06+2tdLcjRU6Kj2uQ0EpOMigt8E8VSbiw7DR5fASxZyjV4mGE5AKoNFiUaCZ/QwqCesGOSuMpQkHVK",
+	"eVYq37ypZWFwQLEUkk/sZHGV0XsVQ9HZ2BEF1qBEkngF1WhRqATRGkp6apkxoC2unXsRarhiifBYM8Vp",
+	"Ns7kbJzTayhSHvdOiKE8wwsWdwcKWBKaKOmThVxLU54xbecCC5JJMfORad8ckz/z70cCy5aCkOurGuMe",
+	"yymhhuRW2cB311j2PMP8Uc62hsX+5KuZojXCEi92ZqTd6xQtEusCZO2s29GvjwYDqFPO8zKHvwbwgAt8",
+	"MKjiT7kwbAYFdqLlsf2ZscJtsB2XlXhgbOtGcxM07pVOaVGQ78Jgx0eaOKKIyGWeux9/efvWvpAwrSPP",
+	"Fsh35AqBby2ZsVwKkvJ0bXAxCAfto7WjsAKysGv1q/vrMs87kS/hGRQqr8Om718dk548HjSwW5twPfp4",
+	"w0Fpb73ddagvojpBdfZ703JaDT6r5b/sGL6mKDY0T8KwHmqX3FayfK0Y+93KIu9WA7EuX5x90KRbK3wL",
+	"CI7iKRM3i5ZcL4EWSn5xRwOAOcnSh/vOrVh5Ul044H/AiCYhiR+nhorbqKz+z3/8Z2XlHTZ80Fb/pZcs",
+	"dWqpEzWtWAzKMF5PffIaDAKuGrsrxr5q9CAZv0Cnhut4JGqLEDdun2qD8wlhEEyIOn0pDKjIsf17DH+D",
+	"wvsXEEnRJo1hgyCkRN5IEKHcF5HUB9KmzsVRZ2w3XDB5n5zBpi65Sdo8KicwHcgc8OGCYBc5HjyzsmLt",
+	"C3YwU0gsOnCskMBVe/ZuJNwraYtV3aoaUEwBUkLQwtAi3OHgv0K/TL2WD8zvtonKuMdtRGIkCbb+Djmd",
+	"O0/3xOBCXoQ3JPzTMfeTUNgODHxVXJKDc0OsOjjjICRxYahV256v82Jx7+90SswJatzQbvWGj9PsHg+e",
+	"BZk/eevxQxfrVyV3BKqw28SHA3j7QqQQbnbfvk/0F35hQfodDOIrpGhuCC7Qgzh9a0Ot46mEevZ7PwSt",
+	"BS30XJoDu+VpmbH9akr6z4n/fIea91XOtfv23Pf895KP9oXxLmpVYXlzNhRJ8++uIyX/+/51JfcjkcAU",
+	"up0+7o7RrfS1DoLa/f5Af6tpcJ+B+O4mU668B7o930K3d+/lPWdmuacvlDBzw8PzvxWa807EA0wnl8pn",
+	"c36O07dditD3JBnH5z7xxEEgVtEjaD6COiBo76mS4azmqSFgEKw4y5oqZt0ZckV1nc1SLRvCGFqVIiUQ",
+	"OgMRH70TErvAm2AkdWeQ3dilVfKLVGgtAyCQkaBTxfR8KQylsWswgypPgYJT0r5zwUU6El2v2/hKc04b",
+	"j7yIKNWK+nNSRQpBVDL+UwrW877lRhCM1cyrNZClycCpycHS56IZtwJreG5wrwAbvpMvFN5SzXEdp3O/",
+	"P/javkCYNL2wWlNNxtM18S53yfcO/9B3ZpNbcW97agOQL0Qm3RfqS98t1temgMfKJuCLNFRcp+ZOYLkD",
+	"M/0V1y6KG4MDq10TDN0HEPm4PjxwsgDmOKwtP0EjEwU55Y0sPiPrEEi4Axp8394GiJU6EpQE/JJkjCIv",
+	"DJ42vn2kCRbmeN4ykpwuCM20xMJk7mIxsl6QMBgSqmJE9goAyIIyZ2kPVw877oJR1V42gKgQjjKYXbd5",
+	"6wBKgL1V6l7rVQ1AnmCocJHBzYDQS9XPzbUE8CopdjC73vOl4HpruRU+fc323od74XOaiCXUzKh3BTJm",
+	"jAxZTX0l3PSaiHaxubms2PuRlf35X/LcnPvMbIyEerRegoawRHrJ0pEwsopCh/X55e1bwq7tv7rxnOqx",
+	"n3tcRT3ai6XnE9swNq8O/q48RqH03Sexna1iWnMpYiIvmVI89eHibUqNg05xt0aV3+uw2as6Q26d+yPx",
+	"3kPMOAhyDz/TnnIDX91zjPZSL18Zx2pL3HtgVp8V+doEoTRdqdxR7rXBEdyxR8BQZe5Lj2fCqAVk28WY",
+	"upfkKWScMAE5GyKqDBpLurE/1VhJHaAxHXgmhrG4sgKPdO+EyJwbgxKRhsBoh1oFADouaHgPdqDM/TOD",
+	"uo+vV3ix3N8FbT/whFsEkX4vpQnk9nty7Blq1qIwnxta0dsZKopLp70t+tmplDtpkceDZ99sUyOjPzaE",
+	"hI8zLi70foHhH+/xvNhlOhVT2XZe/uIjyKEmfYUPQifSYcjYlXs4Mp//GrV0Tigsvz1mPGXBNnXRjFo/",
+	"oLObxqPeT9C2PcLr06lenH3A7Ed7HzpZ3qWQBokOpAtZn4f2z15EHD4zmSwM04DruHTNvn9+5rQBzG2C",
+	"5IgrqsEYnQByMHlONLKuIGDU0/zvTEldYU9n/JJVcIZbMl/OYbaf4cbDjtqgkR2YVqnr+nEP11XnHXM5",
+	"sbAuS/ZUR19VaVR7xr6qIySLO5Nll+9QWXydMVjudD5QcH0NyKJBtDNFEzYts+yOdadLmZW5/QP/cZpu",
+	"rJ1qdw9fJN3JgnAwkWNVLoAD9ZmGOTDQlFQnTbBrA05FIsWJnZi8ZCqjC3zzkR6JgqmDWlN0v4IpByJs",
+	"MYaKQH2NVUHUgZOCsRss9VVBZLS+uzoAYLq3t4GbA7gsjaHJHG3b4c0yJMeD43bQIvvBL9DCA7L130Xl",
+	"JbuhhHqqAKLdqOy4Q7Pm1OGvdbWlW/nVtryNZHj68lSAUrTZz+Xmx3V1PqkhMfx7bAXOuD6vgXwVHl1E",
+	"M0LZkwtunAnDGT6x4p+V6viU5FxrLma9Xc7ssPaskZbTi3D1NTDnSVvWgvfdVb4qLFwAfcKZr1BK3DI4",
+	"S0p4/rGkejU+K4hbeTWCYo80PQAnk3Na5VQ4r2CcOPqNSchlGgvrR0cnWmYlwIGIlCRWCwS3GYkPY/yH",
+	"FOgkTZkiMQjBcUTiQ73QWLP+MGWXMUq6+HrkXpYK2CahwmUTuXkuScx2zKvVR3qI+fQby0uS80TJy5yo",
+	"UoC0PqeaPD6uLO6ZNDoi32CF/MmiCR31CGFfXD2WYZVJfvStX3aMOynsvV+NaPk+wALcj3snJJeINE1H",
+	"YmnYGc+56ZMPAir/+9al2s7An5slBn735rGwi68cE/pByf/8Nw6SR33jOAi8O7lvWmS8K8rNWqXc13hy",
+	"GMotOMm+zKoHGEIPvEdBct+PBKMqW5CuZRnpGPKjaKZZr6o8pRiFIsIeoQiyPbMMuBiEKgAzcUC2Xbca",
+	"kWf0UZV/FZHzeWlSeSV8FFnkuUAPYY9cjSs6EjjUyJfTpVXBAm5ZEAD496Gqgr1l3IWgWAH1hnxZKgil",
+	"wyzNaQWVobEegOVcPuvFvl9nYtq7L3P+yd4JVACGayYGcRltOPYmcY/b+NRfKDevpWoWfNsCtPE+2BvS",
+	"xanYS69Xc0q/OgQhYFwV5U7UYddFJlPmjaSbStWtN6hWBeKWTKcA03GKP2K0jvvjaLlGXNTRZpGhWVXl",
+	"LcFFbyRJS1wngjUCngx0RB7nvZPKo/qNfZJQDCM05Gm+FluE50yWprPGKPzN8U0AMG7Otd2ew16/c52s",
+	"DdnD6FF/XqGEGhPpg6vjS7D07zOZXASQSIGZkVa1050oBm5Dx0K+BtDCotRztgEFC3CY7EuNCieWm2hA",
+	"h6qKGQ59TZuI/FayEoVwK7QLrufeu9l1RWvsV0eDwYBUP+M4IJoD48kQ2KiugtOaLvsj1+YMZ/A5ilva",
+	"rnYpbIlDaq5P/2+qYCVUjyz8ylZUah+vpUz745b6lK+una+JOLEC+jHSh/ZBEcdpmWVEsSlTzEUOVGqN",
+	"YjOujVqQbuz/2WfX1J7MfiLzQ8NofkiLYngUn5CXMrlgivxQTpBRChk0AOZfex3SnKUIvebC64syg+o3",
+	"moKiKPjU7mHKZ0ybaCTgsQ8BYinJ6IIpHSFs2WRBZvLAEh3lgql6uJNMTpym7EQoL1lZDcsXpII26Ixy",
+	"4XQyOHgQN8AdCuSEJhczZbkjxkY5FAoHN+ZO3l/l5IQUMssIlOHEfQR5cCSQTcWI4g7QdTH8nqKKOaU8",
+	"s//uekwzqA2q6UKTq/liGKxgKYC9WQkjItXTlAkodZUgblX1nKYpVP6FMFGKxbIi0u/3T6A+k2EE+iMT",
+	"mXLm612nZYKyWNUMvgSYeKhG67lUxtcN0lbZd1onzGqcSIFFR5JF7HmMKoWXeE9QgwXq0niLcquDW526",
+	"G8NqjgupQcaLI3JEvgOTCBY6el+DcHmgOwxFxXixAmqxWsGyIlbO9BjmHg9HIpOysLsZkULxS18rLOPi",
+	"4iCTCc38krG6VUEAOTC1/Z9llAvyw/v3Z1CJzJKilVV9q6TuMiIxF5olpWLj+mkc4QLa+TuSlFNCkeQQ",
+	"btV/5aBWYdKNEqqkW2rLQ5xbr6BaX0mFiNTVAR0becFEDKVQR6IaKFwn0Jmd3RC4vl18h8XgMU+Y0jBl",
+	"qDArZzMQl0fiFDgRkIltA2w7dV6Mu6RsixhKg4cUr5+fX5yORGIvZrswtp2xTPgYnsSRZTeThZclLT2J",
+	"ihtavkAmbAqhgo3r0Pbk+vCFb44Hz4YeNcYBz9oW4N/2hPdH4rknH6+Z5FRdaE+moM4A+Lc71VJVZePw",
+	"lI5Ed9RpNsFSKx/bV2wrow5SKqAQ6iGU36rsa872EcNuUDKhacWFIYQr2OiRQLFlIs2cYLEe+MbRTcGF",
+	"wHPqGLXjlr0Tcjw4xvaF5TxOCbHLeeKMfbD+QpoxcMPY1S6oKxhzZMhYY3gkcOIRWbK9OT1T+02AZbMc",
+	"1e7M+iQguM/vM/HHdrCXDejx3UWAgKzSLps4inrQFW4hJ8E6UlGLMNRfZJ7x7Sc4BSac4L7eULcAOZ/L",
+	"wyt1hOHKYOoQqQtS9Mflar5oTV6vDsB9hSGtIUI/+r+nxPTWQqsFLvBNBOi99Lo3TDDFk0qtUy4KYkNA",
+	"Di1owg1YtpKijKqLN+X6og69gXh7ri/GXEaIQDydssTwSzYSYIYn3cS39N//haatS6Z0ORn/iQCx9SIM",
+	"y6nLV81lllbhOiPBsXZrnzxPwXEkBfoA4Cq3soUABFk9rMJmK1S2OnUVk17dpQkYwDNpBRJI9K/GjJ6D",
+	"lrqbrnRcOZ3yhDNhryO3gHGfnFYjh7cpRCx1w/r30UgsZbf2cJaXSWGPpgt46gLC7z+TuTRFVs4A2rcO",
+	"cxoJkE8ye6kqZy/giqTySmSSpodlYf+DU9C9amfI6eHP7uHJSvEvOwhMiXVOFujTNo7ZXy8hX8IHS0HS",
+	"10h4uDwg1kCGByUmcoZrjU42n25iFaipPTkEMGm1nU3dLlR21ejkokVBsQog/53pdbXD3lUEfI/sqe6k",
+	"hUdVgUSfvzDY7UraaUP8kYz8YawmdkCvrNCM9ILViXGXuBShql8zkHZm5X93/KrBcw6R3A8VSzLKAQG4",
+	"3RxwKqaZdyGTiR2IFIDD6OVc8DZrd+rdYQ0PD9S7g5rOVkAlrsMxxAtWGVM+2ssV9UEPtiu5gMriSNhD",
+	"Zt+1izKhmpEYYLdJt1DSsMSwdDzNpFTYdO+kjsPUQTkgUDyNxMHMJBp+AJYdnK1oDbLLn3JtSjVhqSu3",
+	"g2qE1T/1SHTLwjZy9JToXhWb6PqyjTPjqvBiMQu0qACLtfr4SNDElDTLFmQGjhWaXGAvwJAyapux/xzb",
+	"prveaP40j+rVeHw870Wo+Qd9u4658uzMNn3iCoW4pa/KdaNibfvpkx+ACUF0pavzi0pLldU1DLwzcuo9",
+	"KYB0rmau3nROum4cQYqELyiKikivT1K1GFv9HjTmIqNCt6d7wmDfQuf3pABg466nL+QHXhrDepeCewVW",
+	"zNdIKTPztZcHvl2cKE4Z2YGjaDNXspzNK150E4YYCPINoJFWKew1z6B2eiLzCReMdJ//9LLXb7VznwfZ",
+	"nhv9gBBzU1/Mrl7MFC0uIWauJqcvT5oZ5QGKRm8zrPy4rrSbdm6enB9tGb0f9wUXa3Hu7W+NIewChvFn",
+	"+9G6/sM16eqeZ/FcB4AG60YD/1nnUnyy93q0wyy6KvnbdjkCv/rpywjT41sQGNAm5iQd/9LpS0z/z6lJ",
+	"5mBprbKq6nLitArNdDJc22IEAQ23oJAtys97OtN4kDq3dtDu5AeqAVW2+4KqY/vVW1v+FkrDaVPTfERk",
+	"llb+tZsDtDU4dWV1qcOg21AhGwgR+6FAPpjbvgDSZEU1dwIiuaKtrieHwQOK0/8CMvPmvttQ2c0Mf54q",
+	"Kstfk5PdsF5ko9VNYeVQI9KLBBioUQeSL2ENQchcGjl/0wrqUBTg3dWg7C6KbhOk0kggppLHH2i0T+rm",
+	"fZCl/73CIToJ0eYqUXi5gCKWKz6vUDp2QiMK16B+cV2lxXvGHQq7+EorLYb09MDIvhhSJ20ebJcVcxvu",
+	"th5uyAc4bw5Bw7eaIl9UV3DwhiDM6LBT0yeWZcz0rxcfv7uMwWjkAim8/TqhSi24mHmjOfq4DZ2tizT7",
+	"xY10Xx792fUTl9+wg3bipvQVG7fvTG+4rHZvr9D6zQFtL1wOFCW6oEozwq7NMbpl5BSNyOPZJCZv+PdQ",
+	"pSiRaH6FiDIHi0domNYPJ0OfuPZ8Jg8GEgXG/Amr7Nrueu31ySmUcpK27SobS5PBvzx9SuSVwCKTg+Gg",
+	"T2J7P8UEsSt0M40H7y5VZuwEy95zTSTMl2ake3Rw9PhbkjFjIOot5TNuNbH4II5IPLb/149PyIwJe3hY",
+	"im5oOtFMQNTU6UtdFZTWRM+pwlB4+LugCSPdGGLWqtxUnn6KwbqhCeNmDvX1tbQcKjRWYCxdlZZEhT/m",
+	"dnHxuzAyJ4gd6Qe7RCfykgUhRI80ibGZqhKnfW8kKrP50eDxcS9ouSVNaW30yb1mIYVdfKG73nOh9pse",
+	"1/XBKHJnV7avdHvpyeqmGUT+6Nlb/4CqZM4v2XofXgVWB6XLDFX92e+QG1OKIErWUIhRxbRPiBWT9hy7",
+	"csI+2m/OsrSOATxBp9rzs9NHGgspQz/owq9hp4siWyDrc1RLMipSl69kxRhgyXVCZJMpWwliJHKZMh0B",
+	"k7RcLTc8t3/rRQ64PsCy5lSl+BcElQXtwMztzyShBWFiKlUCrM+Fso2EW0U3YY2hu8HygFcR4ytKUdDk",
+	"wi2Z9gU8Xel82yA6N6G4HaTGUjMSjTk5/jj7nRdkIvOJHV9SWtkIu6WFi3o4ekJix3vGRsoxRB7EnoNV",
+	"bfZH4pWAmFFXWR7CK4BgiCxNhVNTp2H6eOYCYlShHjIG9DZiLgYQc7EUjBiwT0BfG1Zps4CLoyPIxor7",
+	"fSgcjUcl8qA53n1D/c6NRNf9C72ZMOgD91ovCvbUf1ptuVR2cj5twyjGIp8GK6AkN4XSxVOpIZITI62c",
+	"p9rD7wpZ3UKYsjt3Nb8x+ALk05h0U8aKn6FEdBTKrBAx6xAUrrwg8EhbCVVvu1VeK5k/d0d3J7Qs57XY",
+	"CS1rJy9Gq+cIKWpzP76A81F7AedWL0P6ef0Lu1zX9vg178qpVDk1nWFnwgXF8MDVasgP1/N9Xs/HR0/u",
+	"bP0gqHrd8nmGj9wc4jYgnR3KsC+pBfaEuwQGJxdXL/T6X9oO0MTFcNc7rTjLbWWMVW9Lm+tEh/eLR/e1",
+	"10qA5xJiOdgronZ0+2AiqSwLDqX1ZyMRBJEHV08VqzgkKSKEcGO/d/H8EI6CWV2tIDH2pXUgMX+jVcL+",
+	"ppw9NxOBt9QKC1BUJgurdUrVKG9Q2aICG1Rr0PX9wwftwdofahQtuXBuRjs3c954BJ/Op48wGJaUipsF",
+	"fDphVDH1vLRSy68frdzhBvRHJU0ttGGYJO/lIAwvD59UecXBQ5dgHDypzbiNb2eYfxY+9KsRPKojo4KH",
+	"DgUmfDQpeZZqO9f/LwAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -27,6 +27,7 @@ const (
 	Shutdown     State = "Shutdown"     // guest powered off, VMM still alive
 	Stopped      State = "Stopped"      // no VMM process; program exited or was stopped
 	Standby      State = "Standby"      // memory snapshotted to disk, no VMM process
+	Template     State = "Template"     // a Standby instance promoted to fork source (hypeman PR #229); not woken while forks exist
 	Unknown      State = "Unknown"      // state could not be determined
 )
 
@@ -35,13 +36,13 @@ var ErrInvalid = errors.New("invalid state")
 
 // All returns every state in lifecycle order. The slice is fresh on each call.
 func All() []State {
-	return []State{Created, Initializing, Running, Paused, Shutdown, Stopped, Standby, Unknown}
+	return []State{Created, Initializing, Running, Paused, Shutdown, Stopped, Standby, Template, Unknown}
 }
 
 // Valid reports whether s is one of the defined states.
 func (s State) Valid() bool {
 	switch s {
-	case Created, Initializing, Running, Paused, Shutdown, Stopped, Standby, Unknown:
+	case Created, Initializing, Running, Paused, Shutdown, Stopped, Standby, Template, Unknown:
 		return true
 	}
 	return false
@@ -53,7 +54,7 @@ func (s State) Valid() bool {
 // which the wait engine checks separately).
 func (s State) TerminalForWait() bool {
 	switch s {
-	case Stopped, Standby, Shutdown, Paused, Unknown:
+	case Stopped, Standby, Template, Shutdown, Paused, Unknown:
 		return true
 	}
 	return false

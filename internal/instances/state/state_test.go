@@ -23,7 +23,7 @@ func TestParseExactNames(t *testing.T) {
 func TestTerminalForWait(t *testing.T) {
 	want := map[State]bool{
 		Created: false, Initializing: false, Running: false,
-		Paused: true, Shutdown: true, Stopped: true, Standby: true, Unknown: true,
+		Paused: true, Shutdown: true, Stopped: true, Standby: true, Template: true, Unknown: true,
 	}
 	if len(want) != len(All()) {
 		t.Fatalf("test table covers %d states, All() has %d", len(want), len(All()))
