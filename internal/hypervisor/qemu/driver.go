@@ -230,9 +230,17 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 			return nil, fmt.Errorf("qemu launch: %w", err)
 		}
 	}
+	if cfg.MemoryFile != "" {
+		if err := createMemoryFile(cfg.MemoryFile, int64(cfg.MemoryMiB)<<20); err != nil {
+			return nil, fmt.Errorf("qemu launch: %w", err)
+		}
+	}
 	rec := LaunchRecord{Argv: append([]string{d.binary}, args...), Accel: d.accel.Accel, TSCKHz: khz}
 	v, err := d.start(ctx, cfg.Dir, cfg.ID, rec, nil)
 	if err != nil {
+		if cfg.MemoryFile != "" {
+			os.Remove(cfg.MemoryFile)
+		}
 		return nil, fmt.Errorf("qemu launch: %w", err)
 	}
 	if cfg.BalloonMiB > 0 {
