@@ -4,7 +4,10 @@
 // Why so small: the manager needs to launch a VM from a fully resolved
 // description, find it again after a daemon restart, ask its status, pause,
 // resume, save/restore and stop it, and re-store a saved state with another
-// compression (compression.go: the settings every driver accepts).
+// compression (compression.go: the settings every driver accepts). Template
+// VMs can keep their RAM in a file (VMConfig.MemoryFile) and be saved
+// without it (SaveOptions.ExcludeMemory), so that many clones map one copy
+// (RestoreConfig.MemoryFile) instead of each loading its own.
 // Everything VMM-specific (command lines, QMP, accelerator probing, state
 // codecs) lives in a driver package (today qemu), so a Cloud Hypervisor or
 // Firecracker driver can be added without touching the manager.

@@ -23,6 +23,9 @@
 //     through a pipe handed over QMP, so the driver checksums and optionally
 //     compresses it in one pass; a snapshot dir appears atomically and
 //     restore replays the recorded argv with "-S -incoming defer" (save.go).
+//   - Templates keep guest RAM in a shared memory file, saved without it
+//     (x-ignore-shared); clones map the file privately, copy-on-write, so
+//     their untouched memory is one page-cache copy (memfile.go).
 package qemu
 
 import (
