@@ -230,13 +230,3 @@ func checkMemoryFile(want *MemoryFileMeta, path string) error {
 	}
 	return nil
 }
-
-// syncFile flushes a file's data to disk.
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}

@@ -161,7 +161,7 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 		streamed = time.Now()
 		if opts.ExcludeMemory {
 			// The VM is stopped: its RAM (the file) no longer changes.
-			if err := syncFile(memFile); err != nil {
+			if err := fsutil.SyncFile(memFile); err != nil {
 				return nil, fmt.Errorf("memory file: %w", err)
 			}
 			size, fp, err := memFingerprint(memFile)

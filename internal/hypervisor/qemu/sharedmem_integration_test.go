@@ -162,33 +162,13 @@ func TestSharedMemoryClones(t *testing.T) {
 
 	// Two clones at once.
 	clones := []string{filepath.Join(base, "clone1"), filepath.Join(base, "clone2")}
-	vms := make([]hypervisor.VM, len(clones))
-	errs := make([]error, len(clones))
-	var wg sync.WaitGroup
-	for i, dir := range clones {
+	var cfgs []hypervisor.RestoreConfig
+	for _, dir := range clones {
 		mkdir(t, dir)
 		killOnCleanup(t, dir)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			start := time.Now()
-			v, err := d.Restore(ctx, hypervisor.RestoreConfig{ID: filepath.Base(dir), Dir: dir, SnapshotDir: snap, MemoryFile: memFile})
-			if err == nil {
-				err = v.Resume(ctx)
-				t.Logf("%s: restore→running %v", filepath.Base(dir), time.Since(start))
-			}
-			vms[i], errs[i] = v, err
-		}()
+		cfgs = append(cfgs, hypervisor.RestoreConfig{ID: filepath.Base(dir), Dir: dir, SnapshotDir: snap, MemoryFile: memFile})
 	}
-	wg.Wait()
-	for i, v := range vms {
-		if v != nil {
-			defer func() { v.Kill(); v.Close() }()
-		}
-		if errs[i] != nil {
-			t.Fatalf("clone %d: %v", i+1, errs[i])
-		}
-	}
+	vms := restoreAll(ctx, t, d, cfgs)
 	for i, dir := range clones {
 		waitCounter(t, dir, frozen.N+10, time.Minute)
 		lines := assertContinued(t, dir)
@@ -258,4 +238,38 @@ func TestSharedMemoryClones(t *testing.T) {
 	if _, err := d.Restore(ctx, hypervisor.RestoreConfig{Dir: bad, SnapshotDir: snap, MemoryFile: memFile}); !errors.Is(err, hypervisor.ErrSnapshotCorrupt) {
 		t.Fatalf("restore of the template after its file was deleted: %v", err)
 	}
+}
+
+// restoreAll restores and resumes every cfg at once and returns the VMs,
+// killed and closed when the test ends.
+func restoreAll(ctx context.Context, t testing.TB, d *Driver, cfgs []hypervisor.RestoreConfig) []hypervisor.VM {
+	t.Helper()
+	vms := make([]hypervisor.VM, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			v, err := d.Restore(ctx, cfg)
+			if err == nil {
+				err = v.Resume(ctx)
+			}
+			t.Logf("%s: restore→running %v", filepath.Base(cfg.Dir), time.Since(start))
+			vms[i], errs[i] = v, err
+		}()
+	}
+	wg.Wait()
+	for _, v := range vms {
+		if v != nil {
+			t.Cleanup(func() { v.Kill(); v.Close() })
+		}
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("restore into %s: %v", cfgs[i].Dir, err)
+		}
+	}
+	return vms
 }
