@@ -112,7 +112,9 @@ type VMConfig struct {
 	// and clones map the file instead of loading a copy. For template VMs
 	// only. The driver creates the file (sparse, MemoryMiB long); it must
 	// not exist (a clone may still map an old one). Cannot be combined with
-	// BalloonMiB (see the driver for why).
+	// BalloonMiB (see the driver for why). The caller removes the file when
+	// no more clones will be restored from it: running clones keep their
+	// mapping after the unlink (the space is freed when the last exits).
 	MemoryFile string
 }
 

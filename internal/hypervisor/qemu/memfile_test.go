@@ -211,11 +211,12 @@ func TestSnapshotMetaMemoryFile(t *testing.T) {
 	}
 
 	for name, edit := range map[string]func(m *SnapshotMeta){
-		"format 1":            func(m *SnapshotMeta) { m.Format = 1 },
-		"relative path":       func(m *SnapshotMeta) { m.MemoryFile.Path = "mem" },
-		"size":                func(m *SnapshotMeta) { m.MemoryFile.Size = 128 << 20 },
-		"fingerprint":         func(m *SnapshotMeta) { m.MemoryFile.Fingerprint = "sha1:x" },
-		"no shared file argv": func(m *SnapshotMeta) { m.Argv = argvWithAnonMemory(m.Argv) },
+		"format 1":                    func(m *SnapshotMeta) { m.Format = 1 },
+		"relative path":               func(m *SnapshotMeta) { m.MemoryFile.Path = "mem" },
+		"size":                        func(m *SnapshotMeta) { m.MemoryFile.Size = 128 << 20 },
+		"fingerprint":                 func(m *SnapshotMeta) { m.MemoryFile.Fingerprint = "sha1:x" },
+		"no shared file argv":         func(m *SnapshotMeta) { m.Argv = argvWithAnonMemory(m.Argv) },
+		"shared file argv, no record": func(m *SnapshotMeta) { m.MemoryFile = nil },
 	} {
 		f := newFakeSnapshot(t, none)
 		withMemoryFile(f.meta)

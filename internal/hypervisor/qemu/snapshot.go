@@ -180,8 +180,12 @@ func ReadSnapshotMeta(dir string) (*SnapshotMeta, error) {
 			bad = append(bad, fmt.Sprintf("instance file %q outside the instance dir", f.Name))
 		}
 	}
+	_, shared := sharedMemoryFile(m.Argv)
+	if shared && m.MemoryFile == nil {
+		// Restoring it would load the RAM into the file: another VM's memory.
+		bad = append(bad, "shared memory file in argv without a memory_file record")
+	}
 	if mf := m.MemoryFile; mf != nil {
-		_, shared := sharedMemoryFile(m.Argv)
 		switch {
 		case m.Format < 2:
 			bad = append(bad, fmt.Sprintf("memory_file in a format %d snapshot", m.Format))
