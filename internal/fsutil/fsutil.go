@@ -173,14 +173,21 @@ func ReadJSON(path string, v any) error {
 }
 
 // SyncDir fsyncs a directory so a rename or create inside it is durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+func SyncDir(dir string) error { return syncPath("sync dir", dir) }
+
+// SyncFile fsyncs a file by name: for data another process wrote (e.g.
+// through a shared mapping) that must be on disk before something refers
+// to it.
+func SyncFile(path string) error { return syncPath("sync", path) }
+
+func syncPath(what, path string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
+		return fmt.Errorf("%s %s: %w", what, path, err)
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return nil
 }

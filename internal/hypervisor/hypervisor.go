@@ -4,7 +4,10 @@
 // Why so small: the manager needs to launch a VM from a fully resolved
 // description, find it again after a daemon restart, ask its status, pause,
 // resume, save/restore and stop it, and re-store a saved state with another
-// compression (compression.go: the settings every driver accepts).
+// compression (compression.go: the settings every driver accepts). Template
+// VMs can keep their RAM in a file (VMConfig.MemoryFile) and be saved
+// without it (SaveOptions.ExcludeMemory), so that many clones map one copy
+// (RestoreConfig.MemoryFile) instead of each loading its own.
 // Everything VMM-specific (command lines, QMP, accelerator probing, state
 // codecs) lives in a driver package (today qemu), so a Cloud Hypervisor or
 // Firecracker driver can be added without touching the manager.
@@ -103,6 +106,16 @@ type VMConfig struct {
 	// bound to (the VMM listens, the host connects).
 	AgentSocket string
 	Net         *NetConfig
+	// MemoryFile, when set (absolute path), backs guest RAM with this file
+	// mapped shared: everything the guest has in RAM is in the file, so a
+	// save with SaveOptions.ExcludeMemory leaves the RAM out of the state
+	// and clones map the file instead of loading a copy. For template VMs
+	// only. The driver creates the file (sparse, MemoryMiB long); it must
+	// not exist (a clone may still map an old one). Cannot be combined with
+	// BalloonMiB (see the driver for why). The caller removes the file when
+	// no more clones will be restored from it: running clones keep their
+	// mapping after the unlink (the space is freed when the last exits).
+	MemoryFile string
 }
 
 // Well-known file names inside VMConfig.Dir written by drivers.
@@ -141,6 +154,13 @@ type SaveOptions struct {
 	// It is compressed while it streams out of the VMM, so a slow level
 	// makes the save (and the pause) longer; it must pass Validate.
 	Compression Compression
+	// ExcludeMemory: the VM was launched with VMConfig.MemoryFile; its RAM
+	// is not written to the state (it stays in the file, which the caller
+	// must keep unchanged from then on: the VM is normally killed after
+	// the save, and Resume is refused). The snapshot records that it needs
+	// its memory file (size and a fingerprint, checked by Restore), so its
+	// state is tiny (device state only) and any Compression is moot.
+	ExcludeMemory bool
 }
 
 // SnapshotInfo describes a saved VM state: a snapshot dir written by
@@ -164,6 +184,11 @@ type SnapshotInfo struct {
 	// snapshot kept for later must keep copies taken while the VM is
 	// stopped (before or right after SaveState, before any resume).
 	InstanceFiles []string
+	// MemoryFile is set when the snapshot was saved with ExcludeMemory: the
+	// memory file the saving VM used (absolute). Restore needs this file,
+	// unchanged, in RestoreConfig.MemoryFile. Empty: the state holds the
+	// whole RAM (self-contained).
+	MemoryFile string
 }
 
 // RestoreConfig describes a VM to start from a snapshot.
@@ -184,6 +209,15 @@ type RestoreConfig struct {
 	// in the device state (QEMU would silently keep the saved one), so a
 	// fork that needs its own MAC must change it from inside the guest.
 	Net *NetConfig
+	// MemoryFile is the memory file of a snapshot saved with ExcludeMemory
+	// (absolute path): the restored VM maps it privately (copy-on-write:
+	// reads share the page cache with every other clone of it, writes go
+	// to the clone's own anonymous memory; the file is never written).
+	// Required for such snapshots (ErrSnapshotIncompatible without it; a
+	// file of another size or content is ErrSnapshotCorrupt), refused for
+	// others. The clone's own later SaveState without ExcludeMemory writes
+	// its full RAM: that snapshot never needs this file.
+	MemoryFile string
 }
 
 // Hypervisor launches and re-attaches VMs.

@@ -4,6 +4,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseStat(t *testing.T) {
@@ -36,5 +38,61 @@ func TestReadStatSelfStartTimeStable(t *testing.T) {
 	}
 	if b.RSSBytes() <= 0 {
 		t.Fatalf("rss %d", b.RSSBytes())
+	}
+}
+
+func TestParseSmapsRollup(t *testing.T) {
+	const rollup = `56100d1bf000-7ffe753e6000 ---p 00000000 00:00 0                          [rollup]
+Rss:              131072 kB
+Pss:               70000 kB
+Pss_Dirty:         60000 kB
+Pss_Anon:          60000 kB
+Pss_File:           9000 kB
+Pss_Shmem:          1000 kB
+Shared_Clean:      65536 kB
+Private_Dirty:     60000 kB
+SwapPss:               0 kB
+`
+	u, err := ParseSmapsRollup(rollup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := MemUsage{RSS: 131072 << 10, PSS: 70000 << 10, PSSAnon: 60000 << 10, PSSFile: 9000 << 10, PSSShmem: 1000 << 10}
+	if u != want {
+		t.Fatalf("got %+v, want %+v", u, want)
+	}
+	if _, err := ParseSmapsRollup("Rss: 12 kB\n"); err == nil {
+		t.Fatal("rollup without Pss accepted")
+	}
+	if _, err := ParseSmapsRollup("Rss: 12 kB\nPss: x kB\n"); err == nil {
+		t.Fatal("non-numeric Pss accepted")
+	}
+}
+
+// Touching 32 MiB of private anonymous memory shows up in this process's
+// PSS (anon) and RSS.
+func TestReadMemUsageSeesTouchedMemory(t *testing.T) {
+	before, err := ReadMemUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 32 << 20
+	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	for i := 0; i < n; i += 4096 {
+		mem[i] = 1
+	}
+	after, err := ReadMemUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grew := after.PSSAnon - before.PSSAnon; grew < n*9/10 {
+		t.Fatalf("anon PSS grew %d bytes after touching %d: before %+v after %+v", grew, n, before, after)
+	}
+	if after.PSS > after.RSS || after.RSS-before.RSS < n*9/10 {
+		t.Fatalf("before %+v after %+v", before, after)
 	}
 }

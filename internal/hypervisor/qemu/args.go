@@ -61,10 +61,20 @@ func BuildArgs(spec LaunchSpec) ([]string, error) {
 	if vm.ID != "" {
 		args = append(args, "-name", "guest="+escapeOpt(vm.ID))
 	}
+	machine := MachineOptions(spec.Accel)
+	if vm.MemoryFile != "" {
+		machine += ",memory-backend=" + memBackendID
+	}
 	args = append(args,
-		"-machine", MachineOptions(spec.Accel),
+		"-machine", machine,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(vm.MemoryMiB)+"M",
+	)
+	if vm.MemoryFile != "" {
+		// Guest RAM in the file, mapped shared (memfile.go).
+		args = append(args, "-object", memoryBackendObject(vm.MemoryMiB, rel(vm.Dir, vm.MemoryFile), true))
+	}
+	args = append(args,
 		"-smp", strconv.Itoa(vm.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-msg", "timestamp=on",
@@ -224,6 +234,12 @@ func validate(spec LaunchSpec) error {
 	}
 	if vm.BalloonMiB < 0 || (vm.BalloonMiB > 0 && vm.MemoryMiB-vm.BalloonMiB < 16) {
 		bad("balloon %d MiB: must leave the guest at least 16 of its %d MiB", vm.BalloonMiB, vm.MemoryMiB)
+	}
+	abs("memory file", vm.MemoryFile)
+	if vm.MemoryFile != "" && vm.BalloonMiB > 0 {
+		// QEMU 7.2 punches ballooned pages out of a RAM file even when a
+		// clone maps it privately: the template's file would lose them.
+		bad("memory file and balloon cannot be combined (a balloon discards pages by punching holes in the memory file that clones share)")
 	}
 	if vm.DiskIOBps < 0 {
 		bad("disk I/O limit %d bytes/s: must not be negative", vm.DiskIOBps)

@@ -215,6 +215,8 @@ func TestBuildArgsValidation(t *testing.T) {
 		"newline":                 func(s *LaunchSpec) { s.VM.Cmdline = "a\nb" },
 		"balloon":                 func(s *LaunchSpec) { s.VM.BalloonMiB = s.VM.MemoryMiB - 8 },
 		"disk I/O limit":          func(s *LaunchSpec) { s.VM.DiskIOBps = -1 },
+		"memory file":             func(s *LaunchSpec) { s.VM.MemoryFile = "mem.raw" },
+		"memory file and balloon": func(s *LaunchSpec) { s.VM.MemoryFile, s.VM.BalloonMiB = s.VM.Dir+"/mem.raw", 128 },
 	}
 	for want, mutate := range cases {
 		s := fullSpec()
@@ -259,5 +261,32 @@ func TestRelAndEscape(t *testing.T) {
 	}
 	if got := escapeOpt("a,b,,c"); got != "a,,b,,,,c" {
 		t.Errorf("escapeOpt = %q", got)
+	}
+}
+
+// A memory file becomes the machine's RAM backend, mapped shared; a path
+// inside the instance dir is relative, commas are escaped.
+func TestBuildArgsMemoryFile(t *testing.T) {
+	for _, c := range []struct{ file, want string }{
+		{"/var/lib/hypeman/instances/inst-1/mem.raw", "memory-backend-file,id=hm-ram,size=512M,mem-path=mem.raw,share=on"},
+		{"/srv/templates/a,b/mem", "memory-backend-file,id=hm-ram,size=512M,mem-path=/srv/templates/a,,b/mem,share=on"},
+	} {
+		s := fullSpec()
+		s.VM.MemoryFile = c.file
+		got, err := BuildArgs(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := strings.Join(got, " ")
+		if !strings.Contains(j, "-machine microvm,accel=tcg,isa-serial=on,rtc=on,memory-backend=hm-ram -cpu max -m 512M -object "+c.want+" ") {
+			t.Errorf("%s: argv %s", c.file, j)
+		}
+		if p, ok := sharedMemoryFile(append([]string{"qemu"}, got...)); !ok || p != strings.TrimPrefix(c.file, s.VM.Dir+"/") {
+			t.Errorf("%s: sharedMemoryFile = %q %v", c.file, p, ok)
+		}
+	}
+	got, _ := BuildArgs(fullSpec())
+	if j := strings.Join(got, " "); strings.Contains(j, "memory-backend") {
+		t.Errorf("no memory file, yet: %s", j)
 	}
 }

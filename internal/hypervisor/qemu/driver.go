@@ -23,6 +23,9 @@
 //     through a pipe handed over QMP, so the driver checksums and optionally
 //     compresses it in one pass; a snapshot dir appears atomically and
 //     restore replays the recorded argv with "-S -incoming defer" (save.go).
+//   - Templates keep guest RAM in a shared memory file, saved without it
+//     (x-ignore-shared); clones map the file privately, copy-on-write, so
+//     their untouched memory is one page-cache copy (memfile.go).
 package qemu
 
 import (
@@ -230,9 +233,17 @@ func (d *Driver) Launch(ctx context.Context, cfg hypervisor.VMConfig) (hyperviso
 			return nil, fmt.Errorf("qemu launch: %w", err)
 		}
 	}
+	if cfg.MemoryFile != "" {
+		if err := createMemoryFile(cfg.MemoryFile, int64(cfg.MemoryMiB)<<20); err != nil {
+			return nil, fmt.Errorf("qemu launch: %w", err)
+		}
+	}
 	rec := LaunchRecord{Argv: append([]string{d.binary}, args...), Accel: d.accel.Accel, TSCKHz: khz}
 	v, err := d.start(ctx, cfg.Dir, cfg.ID, rec, nil)
 	if err != nil {
+		if cfg.MemoryFile != "" {
+			os.Remove(cfg.MemoryFile)
+		}
 		return nil, fmt.Errorf("qemu launch: %w", err)
 	}
 	if cfg.BalloonMiB > 0 {

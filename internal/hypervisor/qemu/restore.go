@@ -42,6 +42,9 @@ func (d *Driver) restore(ctx context.Context, cfg hypervisor.RestoreConfig) (*VM
 	if err != nil {
 		return nil, err
 	}
+	if err := checkMemoryFile(meta.MemoryFile, cfg.MemoryFile); err != nil {
+		return nil, err
+	}
 	ver, pkg, err := d.installedVersion(ctx)
 	if err != nil {
 		return nil, err
@@ -79,7 +82,7 @@ func (d *Driver) restore(ctx context.Context, cfg hypervisor.RestoreConfig) (*VM
 		v.Close()
 		return nil, err
 	}
-	if err := v.streamIn(ctx, state, meta.State); err != nil {
+	if err := v.streamIn(ctx, state, meta.State, meta.MemoryFile != nil); err != nil {
 		return fail(err)
 	}
 	st, err := v.Status(ctx)
@@ -98,11 +101,17 @@ func (d *Driver) restore(ctx context.Context, cfg hypervisor.RestoreConfig) (*VM
 // streamIn feeds the state file into the incoming QEMU and waits until QEMU
 // has loaded it. A checksum, size or decompression failure is
 // ErrSnapshotCorrupt and takes precedence over QEMU's own failure (which a
-// damaged stream usually causes).
-func (v *VM) streamIn(ctx context.Context, state *os.File, sm StateMeta) error {
+// damaged stream usually causes). ignoreShared must match the save's
+// capability (it changes the stream format).
+func (v *VM) streamIn(ctx context.Context, state *os.File, sm StateMeta, ignoreShared bool) error {
 	c, err := v.QMP(ctx)
 	if err != nil {
 		return err
+	}
+	if ignoreShared {
+		if err := setIgnoreShared(ctx, c, true); err != nil {
+			return err
+		}
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -185,9 +194,16 @@ func feedState(w *os.File, state *os.File, sm StateMeta) error {
 }
 
 // restoreArgv returns the saved argv to run with binary, with cfg's
-// overrides: ID replaces the -name, Net the network backend.
+// overrides: ID replaces the -name, Net the network backend, MemoryFile
+// the file-backed RAM (mapped privately; paths inside cfg.Dir relative).
 func restoreArgv(binary string, saved []string, cfg hypervisor.RestoreConfig) ([]string, error) {
 	argv := append([]string{binary}, saved[1:]...)
+	if cfg.MemoryFile != "" {
+		var err error
+		if argv, err = argvWithPrivateMemory(argv, rel(cfg.Dir, cfg.MemoryFile)); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.ID != "" {
 		name := "guest=" + escapeOpt(cfg.ID)
 		if i := flagIndex(argv, "-name", nil); i >= 0 {

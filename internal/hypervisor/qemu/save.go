@@ -76,6 +76,21 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	if len(rec.Argv) < 2 {
 		return nil, fmt.Errorf("launch record %s: empty argv", ArgsFileName)
 	}
+	// A full-RAM snapshot of a file-backed VM records anonymous RAM, so it
+	// never needs the file (memfile.go); ExcludeMemory needs a VM whose RAM
+	// is the file.
+	argv := argvWithAnonMemory(rec.Argv)
+	var memFile string
+	if opts.ExcludeMemory {
+		mp, ok := sharedMemoryFile(rec.Argv)
+		if !ok {
+			return nil, errors.New("exclude memory: the VM's RAM is not in a shared memory file (launch it with a memory file; a clone maps its template's file privately and is saved with its RAM)")
+		}
+		argv, memFile = rec.Argv, mp
+		if !filepath.IsAbs(memFile) {
+			memFile = filepath.Join(v.dir, memFile)
+		}
+	}
 	c, err := v.QMP(ctx)
 	if err != nil {
 		return nil, err
@@ -88,7 +103,7 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 		QEMUPackage: c.Version().Package,
 		Accel:       rec.Accel,
 		TSCKHz:      rec.TSCKHz,
-		Argv:        rec.Argv,
+		Argv:        argv,
 	}
 	if meta.MemoryMiB, err = memoryMiBOf(rec.Argv); err != nil {
 		return nil, err
@@ -138,12 +153,24 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	paused := time.Now()
 
 	var state StateMeta
-	var streamed time.Time
+	var streamed, memSynced time.Time
 	err = publishSnapshot(snapshotDir, func(tmp string) (*SnapshotMeta, error) {
-		if state, err = v.streamOut(ctx, c, tmp, opts.Compression); err != nil {
+		if state, err = v.streamOut(ctx, c, tmp, opts.Compression, opts.ExcludeMemory); err != nil {
 			return nil, err
 		}
 		streamed = time.Now()
+		if opts.ExcludeMemory {
+			// The VM is stopped: its RAM (the file) no longer changes.
+			if err := fsutil.SyncFile(memFile); err != nil {
+				return nil, fmt.Errorf("memory file: %w", err)
+			}
+			size, fp, err := memFingerprint(memFile)
+			if err != nil {
+				return nil, fmt.Errorf("memory file: %w", err)
+			}
+			meta.MemoryFile = &MemoryFileMeta{Path: memFile, Size: size, Fingerprint: fp}
+		}
+		memSynced = time.Now()
 		meta.State = state
 		meta.CreatedAt = time.Now().UTC()
 		return meta, nil
@@ -151,8 +178,14 @@ func (v *VM) saveState(ctx context.Context, snapshotDir string, opts hypervisor.
 	if err != nil {
 		return nil, err
 	}
+	if opts.ExcludeMemory {
+		v.mu.Lock()
+		v.memoryExported = true
+		v.mu.Unlock()
+	}
 	v.log.Info("vm state saved", "snapshot", snapshotDir, "describe_ms", described.Sub(start).Milliseconds(),
 		"pause_ms", paused.Sub(described).Milliseconds(), "stream_ms", streamed.Sub(paused).Milliseconds(),
+		"memory_file_ms", memSynced.Sub(streamed).Milliseconds(), "exclude_memory", opts.ExcludeMemory,
 		"total_ms", time.Since(start).Milliseconds(),
 		"stream_bytes", state.StreamSize, "file_bytes", state.Size, "compression", state.compression().String())
 	return meta.Info(snapshotDir), nil
@@ -248,9 +281,15 @@ func writeSynced(path string, data []byte) error {
 
 // streamOut migrates the (stopped) VM into a state file in dir, stored as
 // comp says, and returns the state description. It returns only after QEMU
-// reports the migration completed and the file is synced.
-func (v *VM) streamOut(ctx context.Context, c *qmp.Client, dir string, comp hypervisor.Compression) (StateMeta, error) {
+// reports the migration completed and the file is synced. ignoreShared
+// leaves shared RAM (a memory file) out of the stream; it is set either
+// way, since a restored clone's QEMU keeps the capability its incoming
+// migration turned on.
+func (v *VM) streamOut(ctx context.Context, c *qmp.Client, dir string, comp hypervisor.Compression, ignoreShared bool) (StateMeta, error) {
 	if err := c.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}, nil); err != nil {
+		return StateMeta{}, err
+	}
+	if err := setIgnoreShared(ctx, c, ignoreShared); err != nil {
 		return StateMeta{}, err
 	}
 	sw, err := createState(dir, comp)
@@ -409,4 +448,13 @@ func setPipeSize(f *os.File) {
 	_ = rc.Control(func(fd uintptr) {
 		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, streamBuf)
 	})
+}
+
+// setIgnoreShared sets the x-ignore-shared migration capability.
+func setIgnoreShared(ctx context.Context, c *qmp.Client, on bool) error {
+	caps := []map[string]any{{"capability": capIgnoreShared, "state": on}}
+	if err := c.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		return fmt.Errorf("migration capability %s: %w", capIgnoreShared, err)
+	}
+	return nil
 }

@@ -33,9 +33,12 @@ const (
 	StateFileNameZstd = "memory.zst"
 	StateFileNameLZ4  = "memory.lz4"
 	// SnapshotFormat is the layout version written into snapshot.json.
-	// Restore accepts exactly this version. Additions that older readers
-	// can ignore (state.level, lz4 files) kept it at 1.
-	SnapshotFormat = 1
+	// Restore accepts minSnapshotFormat up to this version. Additions that
+	// older readers can ignore (state.level, lz4 files) kept it at 1;
+	// format 2 added memory_file (a snapshot without its RAM, which a
+	// format-1 reader would restore as a guest with empty memory).
+	SnapshotFormat    = 2
+	minSnapshotFormat = 1
 	// snapshotKind tags snapshot.json so a foreign JSON file is not taken
 	// for one.
 	snapshotKind = "hypeman-qemu-snapshot"
@@ -71,8 +74,12 @@ type SnapshotMeta struct {
 	// InstanceFiles are the in-dir files the VM opens (its disks) with
 	// their sizes at save time.
 	InstanceFiles []InstanceFile `json:"instance_files"`
-	State         StateMeta      `json:"state"`
-	CreatedAt     time.Time      `json:"created_at"`
+	// MemoryFile is set when the state leaves the RAM out
+	// (SaveOptions.ExcludeMemory): the RAM is in this file, which Restore
+	// maps (format 2).
+	MemoryFile *MemoryFileMeta `json:"memory_file,omitempty"`
+	State      StateMeta       `json:"state"`
+	CreatedAt  time.Time       `json:"created_at"`
 }
 
 // FileDigest identifies a boot file by content.
@@ -110,6 +117,10 @@ func (m *SnapshotMeta) Info(dir string) *hypervisor.SnapshotInfo {
 	for i, f := range m.InstanceFiles {
 		files[i] = f.Name
 	}
+	mf := ""
+	if m.MemoryFile != nil {
+		mf = m.MemoryFile.Path
+	}
 	return &hypervisor.SnapshotInfo{
 		Dir:           dir,
 		CreatedAt:     m.CreatedAt,
@@ -118,6 +129,7 @@ func (m *SnapshotMeta) Info(dir string) *hypervisor.SnapshotInfo {
 		StreamBytes:   m.State.StreamSize,
 		Compression:   m.State.compression(),
 		InstanceFiles: files,
+		MemoryFile:    mf,
 	}
 }
 
@@ -136,8 +148,9 @@ func ReadSnapshotMeta(dir string) (*SnapshotMeta, error) {
 	if m.Kind != snapshotKind {
 		return nil, fmt.Errorf("%w: %s is not a QEMU snapshot (kind %q)", hypervisor.ErrSnapshotIncompatible, SnapshotMetaName, m.Kind)
 	}
-	if m.Format != SnapshotFormat {
-		return nil, fmt.Errorf("%w: snapshot format %d, this driver reads format %d", hypervisor.ErrSnapshotIncompatible, m.Format, SnapshotFormat)
+	if m.Format < minSnapshotFormat || m.Format > SnapshotFormat {
+		return nil, fmt.Errorf("%w: snapshot format %d, this driver reads formats %d-%d", hypervisor.ErrSnapshotIncompatible,
+			m.Format, minSnapshotFormat, SnapshotFormat)
 	}
 	var bad []string
 	if len(m.Argv) < 2 {
@@ -165,6 +178,25 @@ func ReadSnapshotMeta(dir string) (*SnapshotMeta, error) {
 	for _, f := range m.InstanceFiles {
 		if !filepath.IsLocal(f.Name) {
 			bad = append(bad, fmt.Sprintf("instance file %q outside the instance dir", f.Name))
+		}
+	}
+	_, shared := sharedMemoryFile(m.Argv)
+	if shared && m.MemoryFile == nil {
+		// Restoring it would load the RAM into the file: another VM's memory.
+		bad = append(bad, "shared memory file in argv without a memory_file record")
+	}
+	if mf := m.MemoryFile; mf != nil {
+		switch {
+		case m.Format < 2:
+			bad = append(bad, fmt.Sprintf("memory_file in a format %d snapshot", m.Format))
+		case !filepath.IsAbs(mf.Path):
+			bad = append(bad, fmt.Sprintf("memory file path %q not absolute", mf.Path))
+		case mf.Size != int64(m.MemoryMiB)<<20:
+			bad = append(bad, fmt.Sprintf("memory file of %d bytes for %d MiB of RAM", mf.Size, m.MemoryMiB))
+		case !strings.HasPrefix(mf.Fingerprint, fingerprintAlgo+":"):
+			bad = append(bad, fmt.Sprintf("memory file fingerprint %q", mf.Fingerprint))
+		case !shared:
+			bad = append(bad, "memory file without a shared file-backed RAM in argv")
 		}
 	}
 	if len(bad) > 0 {

@@ -346,33 +346,15 @@ func TestForkIntoTwoDirs(t *testing.T) {
 	}
 
 	forks := []string{filepath.Join(base, "fork1"), filepath.Join(base, "fork2")}
-	vms := make([]hypervisor.VM, len(forks))
-	var wg sync.WaitGroup
-	errs := make([]error, len(forks))
+	var cfgs []hypervisor.RestoreConfig
 	for i, f := range forks {
 		mkdir(t, f)
 		killOnCleanup(t, f)
 		copyFile(t, disk, filepath.Join(f, "data.raw"))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			v, err := d.Restore(ctx, hypervisor.RestoreConfig{ID: fmt.Sprintf("fork%d", i+1), Dir: f, SnapshotDir: snap,
-				Net: &hypervisor.NetConfig{User: true, HostForwards: []string{"tcp:127.0.0.1:0-:80"}}})
-			if err == nil {
-				err = v.Resume(ctx)
-			}
-			vms[i], errs[i] = v, err
-		}()
+		cfgs = append(cfgs, hypervisor.RestoreConfig{ID: fmt.Sprintf("fork%d", i+1), Dir: f, SnapshotDir: snap,
+			Net: &hypervisor.NetConfig{User: true, HostForwards: []string{"tcp:127.0.0.1:0-:80"}}})
 	}
-	wg.Wait()
-	for i, v := range vms {
-		if v != nil {
-			defer func() { v.Kill(); v.Close() }()
-		}
-		if errs[i] != nil {
-			t.Fatalf("fork %d: %v", i+1, errs[i])
-		}
-	}
+	vms := restoreAll(ctx, t, d, cfgs)
 	if vms[0].Pid() == vms[1].Pid() {
 		t.Fatal("forks share a process")
 	}

@@ -20,6 +20,11 @@ import (
 // ErrHandleClosed is returned by VM methods after Close.
 var ErrHandleClosed = errors.New("vm handle closed")
 
+// ErrMemoryExported is returned by Resume after SaveState with
+// ExcludeMemory: the guest would write into the memory file the snapshot
+// (and its clones) rely on.
+var ErrMemoryExported = errors.New("the vm's memory file belongs to a snapshot saved without RAM: the vm cannot run again")
+
 // killWait bounds how long Kill waits for the process to disappear.
 const killWait = 10 * time.Second
 
@@ -54,6 +59,9 @@ type VM struct {
 	// when exiting) and no new one has been made since.
 	lostQMP bool
 	exitErr error // child only: cmd.Wait result
+	// memoryExported: SaveState with ExcludeMemory succeeded, so the
+	// memory file belongs to that snapshot and Resume is refused.
+	memoryExported bool
 }
 
 // newVM fills in the channels every handle needs.
@@ -206,8 +214,15 @@ func (v *VM) Pause(ctx context.Context) error {
 	return nil
 }
 
-// Resume implements hypervisor.VM (QMP cont).
+// Resume implements hypervisor.VM (QMP cont). It is refused
+// (ErrMemoryExported) after a SaveState with ExcludeMemory on this handle.
 func (v *VM) Resume(ctx context.Context) error {
+	v.mu.Lock()
+	exported := v.memoryExported
+	v.mu.Unlock()
+	if exported {
+		return fmt.Errorf("qemu resume: %w", ErrMemoryExported)
+	}
 	if err := v.execute(ctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("qemu resume: %w", err)
 	}
