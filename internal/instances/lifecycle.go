@@ -93,7 +93,7 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	m.logf(meta.ID, "created from image %s (%s)", meta.Image, img.Digest)
 	m.publish(meta.ID, "", state.Stopped, "created")
 
-	if err := m.boot(ctx, e, img); err != nil {
+	if err := m.bootOrWarm(ctx, e, img); err != nil {
 		m.mu.Lock()
 		delete(m.entries, meta.ID)
 		m.mu.Unlock()
@@ -389,6 +389,7 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	e.meta.RestoredAt, e.meta.ExitKind = nil, ""
 	e.meta.ProgramStarted, e.meta.AgentReady = false, false
 	e.meta.ImageDigest, e.meta.Platform = img.Digest, img.Platform
+	e.meta.StartMode = StartCold
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {

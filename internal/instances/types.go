@@ -53,6 +53,11 @@ type Instance struct {
 	BandwidthUpload   string `json:"bandwidth_upload,omitempty"`
 	// Volumes mounted from the next (or the current) boot on.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// StartMode is how the instance's current (or last) boot started:
+	// StartCold (a kernel boot) or StartWarm (restored from a pre-booted
+	// template); "" for instances never booted by this build (forks,
+	// older instances).
+	StartMode string `json:"start_mode,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -121,6 +126,8 @@ type Metadata struct {
 	HealthStatus  health.Status  `json:"health_status,omitzero"`
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
+	// StartMode: see Instance.StartMode.
+	StartMode string `json:"start_mode,omitempty"`
 	// SnapshotPolicy is the instance's compression policy (never mutated
 	// after create: copies of Metadata share it).
 	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
