@@ -258,9 +258,9 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 // BuildTemplate implements warm.Builder: it boots the image in template
 // mode in dir (no instance record: it never shows in /instances), waits
 // for the agent, saves the state and kills the VM. The template's NIC (when
-// the shape has one) is user-mode: clones replace the backend with their
-// own (hypervisor.RestoreConfig.Net), so the template holds no lease or
-// TAP. Resource admission does not see the build's VM (one at a time).
+// the shape has one) has a lease and TAP only while it is built; clones
+// replace the backend with their own (hypervisor.RestoreConfig.Net) and
+// their guest takes the clone's MAC and address at start. Resource admission does not see the build's VM (one at a time).
 func (m *Manager) BuildTemplate(ctx context.Context, key warm.Key, image, dir string) ([]string, error) {
 	img, err := m.cfg.Images.ResolveLocal(ctx, image)
 	if err != nil {
@@ -296,7 +296,19 @@ func (m *Manager) BuildTemplate(ctx context.Context, key warm.Key, image, dir st
 		// sharedmem: MemoryFile: filepath.Join(dir, templateMemoryFile),
 	}
 	if key.NIC {
-		cfg.Net = &hypervisor.NetConfig{User: true, MAC: templateMAC}
+		// The same kind of backend as the clones' (QEMU saves user-mode
+		// networking's state, so a TAP clone cannot load a slirp
+		// template): a lease and TAP of its own while it is built.
+		if !m.networkEnabled(meta) {
+			return nil, errors.New("the shape has a NIC but this server has no network")
+		}
+		meta.ID = "template-" + key.ID()
+		lease, err := m.leaseFor(ctx, meta)
+		if err != nil {
+			return nil, err
+		}
+		defer m.releaseNetwork(meta.ID)
+		cfg.Net = lease.NetConfig()
 	}
 	vm, err := m.cfg.Hypervisor.Launch(ctx, cfg)
 	if err != nil {
@@ -318,10 +330,6 @@ func (m *Manager) BuildTemplate(ctx context.Context, key warm.Key, image, dir st
 	}
 	return info.InstanceFiles, nil
 }
-
-// templateMAC is the MAC templates are booted with (locally administered;
-// a clone's guest changes it to the clone's own at start).
-const templateMAC = "02:68:6d:00:00:01"
 
 // waitForMarker polls a VM's serial log until a line contains marker, the
 // VM exits, or timeout.
