@@ -108,6 +108,11 @@ func TestWarmCreate(t *testing.T) {
 			t.Fatalf("%s and %s read the same /dev/urandom bytes %s", w.Name, other, rnd)
 		}
 		seen[rnd] = w.Name
+		// The template's clocksource is every clone's: a jiffies clock
+		// drifts by seconds (see instances.templateCmdline).
+		if got := run(w.ID, "cat", "/sys/devices/system/clocksource/clocksource0/current_clocksource"); got != "tsc" {
+			t.Fatalf("%s: clocksource %q", w.Name, got)
+		}
 		before := time.Now().Unix()
 		guest, err := strconv.ParseInt(run(w.ID, "date", "+%s"), 10, 64)
 		after := time.Now().Unix()

@@ -284,6 +284,10 @@ func readConfig(dev string) (*guestconfig.Config, error) {
 // program's output.
 const agentStartTimeout = 2 * time.Second
 
+// templatePortRetry is how often a template-mode guest reopens its agent
+// port while no host is connected.
+const templatePortRetry = 5 * time.Millisecond
+
 // agentStopTimeout bounds the wait for the agent's handlers at teardown (a
 // copy into the root must end before the root is unmounted).
 const agentStopTimeout = 3 * time.Second
@@ -312,13 +316,21 @@ func (in *initProc) startAgent(ctx context.Context, cfg *guestconfig.Config) {
 	go func() {
 		defer close(in.agentDone)
 		defer markReady()
-		err := srv.ServePort(ctx, agent.PortConfig{
+		pc := agent.PortConfig{
 			Name: guestconfig.AgentPortName,
 			Ready: func() {
 				in.con.Line(guestconfig.MarkerAgentReady)
 				markReady()
 			},
-		})
+		}
+		if in.startCh != nil {
+			// A template is saved with no host connected: its clones
+			// find the host within ms of their restore, so they retry
+			// the port often (the default 200 ms would be most of a
+			// warm start).
+			pc.Retry = templatePortRetry
+		}
+		err := srv.ServePort(ctx, pc)
 		if err != nil && ctx.Err() == nil {
 			in.log.Error("agent stopped", "err", err)
 			in.con.Line("hypeman-init: guest agent unavailable: " + err.Error())
