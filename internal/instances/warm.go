@@ -64,8 +64,8 @@ func (m *Manager) openWarm(ctx context.Context) error {
 		return nil
 	}
 	probe := &warm.EnvProbe{
-		KernelPath: m.cfg.Boot.KernelPath, InitrdPath: m.cfg.Boot.InitrdPath, Cmdline: m.cfg.Boot.Cmdline,
-		GuestFormat: guestconfig.FormatVersion,
+		KernelPath: m.cfg.Boot.KernelPath, InitrdPath: m.cfg.Boot.InitrdPath,
+		Cmdline: m.cfg.Boot.Cmdline + " " + templateCmdline, GuestFormat: guestconfig.FormatVersion,
 	}
 	if br, ok := m.cfg.Hypervisor.(hypervisor.BuildReporter); ok {
 		probe.VMMBuild = br.VMMBuild

@@ -23,7 +23,7 @@ func TestWarmFailureFallsBackToCold(t *testing.T) {
 	// The key a default create of image "local" has in this manager.
 	key := warm.Key{
 		Shape: warm.Shape{ImageDigest: "sha256:abc", MemoryMiB: 1024, VCPUs: 2, OverlayBytes: 10 << 30},
-		Env:   warm.Env{Cmdline: DefaultCmdline, GuestFormat: guestconfig.FormatVersion},
+		Env:   warm.Env{Cmdline: DefaultCmdline + " " + templateCmdline, GuestFormat: guestconfig.FormatVersion},
 	}
 	tdir := filepath.Join(root, "templates", key.ID())
 	if err := os.MkdirAll(filepath.Join(tdir, warm.SnapshotDirName), 0o755); err != nil { // no state in it
@@ -75,4 +75,3 @@ func TestWarmFailureFallsBackToCold(t *testing.T) {
 		t.Fatal("a create with volumes served warm")
 	}
 }
-
