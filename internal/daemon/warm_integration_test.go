@@ -75,6 +75,9 @@ func TestWarmCreate(t *testing.T) {
 		t.Fatalf("first create: %s %s", cold.StartMode, cold.State)
 	}
 	waitTemplates(1)
+	if list, err := d.Instances.List(ctx, instances.ListOptions{}); err != nil || len(list) != 1 {
+		t.Fatalf("the template shows as an instance: %d instances (%v)", len(list), err)
+	}
 	if _, err := d.Instances.Exec(ctx, cold.ID, agent.ExecRequest{Argv: []string{"sh", "-c", "echo cold > /cold-file"}}, agent.ExecIO{}); err != nil {
 		t.Fatal(err)
 	}
