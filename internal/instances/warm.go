@@ -163,8 +163,8 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 	}
 	m.warm.Release(tpl)
 	copied := time.Now()
-	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
-		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
+	if err := checkCommand(meta, img); err != nil {
+		return err
 	}
 	if err := m.admit(ctx, meta, true); err != nil {
 		return err
@@ -185,14 +185,9 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 	if err != nil {
 		return err
 	}
-	now := time.Now().UTC()
 	e.mu.Lock()
-	e.meta.BootSerialOffset = offset
-	e.meta.StartedAt, e.meta.RestoredAt = &now, nil
-	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage, e.meta.ExitKind = nil, nil, nil, ""
-	e.meta.ProgramStarted, e.meta.AgentReady = false, true
-	e.meta.ImageDigest, e.meta.Platform = img.Digest, img.Platform
-	e.meta.StartMode = StartWarm
+	markBooting(&e.meta, img, offset, StartWarm)
+	e.meta.AgentReady = true // announced by the template before its save
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
