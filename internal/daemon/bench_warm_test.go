@@ -21,7 +21,7 @@ import (
 // create caused) and their ratio (target ≤ 0.15), then the summed PSS of
 // 10 idle warm clones and of 10 idle cold instances (ratio target ≤ 0.35).
 func BenchmarkWarmCreate(b *testing.B) {
-	d := newDaemonWith(b, map[string]string{"warm_enabled": "true", "warm_max_size": "8GB"})
+	d := newDaemonWith(b, map[string]string{"warm_enabled": "true", "oversub_cpu": "16", "oversub_memory": "4"})
 	host := testimage.Registry(b)
 	ref := testimage.Push(b, host, "bench/warm", testimage.Busybox(b, testimage.Options{
 		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"echo up; sleep 3600"},

@@ -18,6 +18,11 @@
 //     starts, concurrently with mounting the root. A network failure is
 //     printed on the console but is not fatal (see guestNetwork.boot); the
 //     agent can re-address the guest later (forks).
+//   - Template mode (guestconfig.Config.Template, warm create): the init
+//     stops at "ready to run a program" (root mounted, agent serving) and
+//     waits for the agent's start op, which brings the instance's own
+//     config; the host saves the guest while it waits and restores clones
+//     of it (template.go).
 //   - Diagnostics go to the kernel log (/dev/kmsg, level info): the serial
 //     console is the program's log and only carries the program's output and
 //     the marker lines.
