@@ -238,6 +238,7 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 	if err != nil {
 		return fail(fmt.Errorf("guest agent: %w", err))
 	}
+	connected := time.Now()
 	ws, ok := c.(warmStarter)
 	if !ok {
 		return fail(errors.New("the guest agent connection cannot start a template's program"))
@@ -253,7 +254,8 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 	m.logf(meta.ID, "vm restored from warm template %s (pid %d)", filepath.Base(tpl.Dir()), vm.Pid())
 	m.log.Info("warm start", "id", meta.ID, "template", filepath.Base(tpl.Dir()),
 		"copy_ms", copied.Sub(t0).Milliseconds(), "prepare_ms", prepared.Sub(copied).Milliseconds(),
-		"restore_ms", restored.Sub(prepared).Milliseconds(), "start_op_ms", time.Since(restored).Milliseconds())
+		"restore_ms", restored.Sub(prepared).Milliseconds(), "agent_ms", connected.Sub(restored).Milliseconds(),
+		"start_op_ms", time.Since(connected).Milliseconds())
 	return nil
 }
 
