@@ -164,6 +164,15 @@ func TestWarmCreate(t *testing.T) {
 	if w3.StartMode != instances.StartWarm || w3.ExitCode == nil || *w3.ExitCode != 7 {
 		t.Fatalf("w3: mode %s exit %v", w3.StartMode, w3.ExitCode)
 	}
+	// A start after the exit (what a restart policy does) is a cold boot
+	// of this instance, running its own program again.
+	if _, err := d.Instances.Start(ctx, w3.ID, instances.StartParams{}); err != nil {
+		t.Fatal(err)
+	}
+	w3 = waitState(t, d, w3.ID, state.Stopped, bootTimeout)
+	if w3.StartMode != instances.StartCold || w3.ExitCode == nil || *w3.ExitCode != 7 {
+		t.Fatalf("w3 restarted: mode %s exit %v", w3.StartMode, w3.ExitCode)
+	}
 
 	// Standby/restore and fork.
 	if _, err := d.Instances.Standby(ctx, w1.ID, instances.StandbyParams{}); err != nil {
