@@ -70,6 +70,7 @@ func (m *Manager) openWarm(ctx context.Context) error {
 	if br, ok := m.cfg.Hypervisor.(hypervisor.BuildReporter); ok {
 		probe.VMMBuild = br.VMMBuild
 	}
+	m.killTemplateBuilds(ctx)
 	wm, _ := m.cfg.Metrics.(warm.Metrics)
 	p, err := warm.New(ctx, *m.cfg.Warm, probe.Env, m, wm, m.log.With("component", "warm"))
 	if err != nil {
@@ -77,6 +78,26 @@ func (m *Manager) openWarm(ctx context.Context) error {
 	}
 	m.warm = p
 	return nil
+}
+
+// killTemplateBuilds kills the VMs of template builds a previous daemon
+// was killed in the middle of (VMMs outlive the daemon); the pool then
+// deletes their dirs.
+func (m *Manager) killTemplateBuilds(ctx context.Context) {
+	ents, _ := os.ReadDir(m.cfg.Warm.Dir)
+	for _, de := range ents {
+		if !strings.HasSuffix(de.Name(), warm.BuildingSuffix) {
+			continue
+		}
+		vm, err := m.cfg.Hypervisor.Attach(ctx, filepath.Join(m.cfg.Warm.Dir, de.Name()))
+		if err != nil {
+			continue
+		}
+		m.log.Info("killing the VM of an interrupted template build", "dir", de.Name())
+		_ = vm.Kill()
+		<-vm.Done()
+		vm.Close()
+	}
 }
 
 // WarmStatus reports warm create for /capabilities: whether it is enabled,

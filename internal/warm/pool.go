@@ -32,7 +32,6 @@ package warm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -88,6 +87,12 @@ const recordName = "template.json"
 
 // recordVersion is the format version of template.json.
 const recordVersion = 1
+
+// BuildingSuffix marks the dir of a template being built (renamed into
+// place when complete). A daemon killed mid-build leaves one behind; New
+// deletes it (its VM, if still alive, must be ended first by the builder's
+// owner).
+const BuildingSuffix = ".building"
 
 // failedRetry is how long a key whose build failed is not built again.
 const failedRetry = 10 * time.Minute
@@ -400,7 +405,7 @@ func (p *Pool) worker(ctx context.Context) {
 func (p *Pool) build(ctx context.Context, r buildReq) (*Template, error) {
 	id := r.key.ID()
 	final := filepath.Join(p.cfg.Dir, id)
-	tmp := final + ".building"
+	tmp := final + BuildingSuffix
 	os.RemoveAll(tmp)
 	os.RemoveAll(final)
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
@@ -472,6 +477,3 @@ func diskUsage(dir string) int64 {
 	})
 	return n
 }
-
-// ErrDisabled is returned where the pool is needed and warm create is off.
-var ErrDisabled = errors.New("warm create is disabled")
