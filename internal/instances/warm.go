@@ -247,6 +247,11 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 		if published {
 			m.publish(meta.ID, state.Initializing, state.Stopped, "warm start failed")
 		}
+		if ctx.Err() == nil {
+			// The template's guest did not come up as an instance:
+			// build it again rather than fail every create of the shape.
+			m.warm.Discard(tpl, err)
+		}
 		return err
 	}
 	if err := vm.Resume(ctx); err != nil {
