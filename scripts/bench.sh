@@ -21,6 +21,7 @@ run ./internal/events 'IdleWaiterMemory|WaitFanout1000' 10x
 run ./internal/daemon 'StandbyRestore' 2x
 run ./internal/daemon 'ExecAndCopy' 2x
 run ./internal/hypervisor/qemu 'Snapshot' 2x || true
+run ./internal/daemon 'WarmCreate' 1x
 
 metric() { # line-regex, unit → value
 	grep -E "$1" "$out" | head -1 | awk -v u="$2" '{for (i=2;i<=NF;i++) if ($i==u) print $(i-1)}'
@@ -38,6 +39,8 @@ $(for c in none zstd-1 zstd-19 lz4-0 lz4-9 zstd-19-delayed; do printf '         
     "$(metric "comp=$c-[0-9]+[[:space:]]" cold-s)" "$(metric "comp=$c-[0-9]+[[:space:]]" standby-s)" "$(metric "comp=$c-[0-9]+[[:space:]]" restore-s)" "$(metric "comp=$c-[0-9]+[[:space:]]" restore/cold)" \
     "$(metric "comp=$c-[0-9]+[[:space:]]" snapshot-MiB)" "$(metric "comp=$c-[0-9]+[[:space:]]" snapshot/memory)" \
     "$(v=$(metric "comp=$c-[0-9]+[[:space:]]" compress-s); [ -n "$v" ] && echo ", compressed in the background in $v s")"; done)
+Warm (issue 13)    create→Running cold $(metric WarmCreate cold-s) s, warm $(metric WarmCreate warm-s) s, warm/cold $(metric WarmCreate warm/cold) (target ≤ 0.15)
+                   PSS of 10 idle instances: warm $(metric WarmCreate warm10-PSS-MiB) MiB, cold $(metric WarmCreate cold10-PSS-MiB) MiB, warm/cold $(metric WarmCreate PSS-warm/cold) (target ≤ 0.35)
 Agent (issue 6)    exec echo p50 $(metric ExecAndCopy exec-p50-ms) ms, p99 $(metric ExecAndCopy exec-p99-ms) ms; cp 50 MB in $(metric ExecAndCopy cp-in-MB/s) MB/s, out $(metric ExecAndCopy cp-out-MB/s) MB/s
 ================================================================
 SUMMARY

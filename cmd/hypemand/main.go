@@ -128,6 +128,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			if d.Network != nil {
 				c.Gateway, c.Subnet = d.Network.GuestNetwork()
 			}
+			c.WarmEnabled, c.WarmReason, c.WarmStatus = d.Instances.WarmStatus()
 			return c
 		},
 		RegistryDir: cfg.Paths().RegistryDir(),

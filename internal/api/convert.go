@@ -97,6 +97,10 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 	}
 	out.SnapshotPolicy = toAPISnapshotPolicy(in.SnapshotPolicy)
 	out.Volumes = toAPIVolumeMounts(in.Volumes)
+	if in.StartMode != "" {
+		sm := gen.InstanceStartMode(in.StartMode)
+		out.StartMode = &sm
+	}
 	return out
 }
 

@@ -59,6 +59,9 @@ func (s *server) GetCapabilities(ctx context.Context, _ gen.GetCapabilitiesReque
 		Accelerator:       string(c.Accelerator.Accel),
 		AcceleratorReason: c.Accelerator.Reason,
 		Networking:        gen.NetworkingCapability{Mode: mode, Reason: optString(c.NetworkReason)},
+		WarmCreate: &gen.WarmCreateCapability{
+			Enabled: c.WarmEnabled, Templates: c.WarmStatus.Templates, Reason: optString(c.WarmReason),
+		},
 	}
 	for _, name := range runtimeNames {
 		rt := gen.CapabilitiesRuntime{Name: string(name), Features: []string{}}

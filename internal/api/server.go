@@ -25,6 +25,7 @@ import (
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/phases"
 	"hypeman/internal/registry"
+	"hypeman/internal/warm"
 )
 
 // Instances is what the handlers need from the instance manager
@@ -152,6 +153,10 @@ type Capabilities struct {
 	// RuntimeFeatures are the feature IDs of the QEMU runtime on this
 	// host (snapshots, standby, fork, pause, ...).
 	RuntimeFeatures []string
+	// Warm create (package warm): enabled, why not, and the pool.
+	WarmEnabled bool
+	WarmReason  string
+	WarmStatus  warm.Status
 }
 
 // Options configure NewServer. Instances, Images and Secret are required.

@@ -124,6 +124,13 @@ type Config struct {
 	// "0" = detect / default).
 	NetworkLimit string `json:"network_limit"`
 	DiskIOLimit  string `json:"disk_io_limit"`
+
+	// Warm create (internal/warm): pre-booted templates per shape,
+	// built in the background after the first cold create of a shape.
+	WarmEnabled        bool `json:"warm_enabled"`
+	WarmMaxTemplates   int  `json:"warm_max_templates"`
+	WarmMaxSize        Size `json:"warm_max_size"`
+	WarmRebuildOnStart bool `json:"warm_rebuild_on_start"`
 }
 
 // Size is a byte count written as "16GB", "512MB", "64KB" or a number

@@ -49,6 +49,8 @@ func newDaemonWith(t testing.TB, extra map[string]string) *daemon.Daemon {
 		"network_mode": "none",
 		// The tests' registries are in-process, on loopback.
 		"registries_allow": "127.0.0.0/8",
+		// No background template builds (extra VMs) unless a test asks.
+		"warm_enabled": "false",
 	}
 	for k, v := range extra {
 		settings[k] = v

@@ -43,6 +43,7 @@ import (
 	"hypeman/internal/restart"
 	"hypeman/internal/system"
 	"hypeman/internal/volumes"
+	"hypeman/internal/warm"
 )
 
 // Daemon is a running hypemand core (everything but the HTTP servers).
@@ -218,6 +219,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 		// Running means the program started AND the guest agent serves
 		// (exec, cp, graceful stop work), unless skip_guest_agent.
 		RequireAgent: true,
+		Warm:         warmConfig(cfg),
 	})
 	if err != nil {
 		d.Pushes.Close()
@@ -613,4 +615,15 @@ func newLedger(cfg *config.Config, logger *slog.Logger) (*resources.Ledger, erro
 		Volumes: p.VolumesDir(), Snapshots: p.SnapshotsDir(),
 	}, 10*time.Second, nil)
 	return resources.NewLedger(resources.Config{Settings: rs, Host: host, Disk: scan, Logger: logger.With("component", "resources")})
+}
+
+// warmConfig is the warm pool's configuration (nil: warm create off).
+func warmConfig(cfg *config.Config) *warm.Config {
+	if !cfg.WarmEnabled {
+		return nil
+	}
+	return &warm.Config{
+		Dir: cfg.Paths().TemplatesDir(), MaxTemplates: cfg.WarmMaxTemplates, MaxBytes: int64(cfg.WarmMaxSize),
+		RebuildOnStart: cfg.WarmRebuildOnStart,
+	}
 }

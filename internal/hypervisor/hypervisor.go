@@ -247,6 +247,13 @@ type Hypervisor interface {
 	ConvertState(ctx context.Context, srcDir, dstDir string, c Compression) (*SnapshotInfo, error)
 }
 
+// BuildReporter is implemented by drivers that can name the exact VMM build
+// they run (callers type-assert a Hypervisor to it): a saved state is only
+// restored by the build that wrote it, so caches of saved states key on it.
+type BuildReporter interface {
+	VMMBuild(ctx context.Context) (string, error)
+}
+
 // MemoryBalloon is implemented by VMs launched with a balloon
 // (VMConfig.BalloonMiB > 0); callers type-assert a VM to it.
 type MemoryBalloon interface {

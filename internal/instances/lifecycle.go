@@ -93,7 +93,7 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	m.logf(meta.ID, "created from image %s (%s)", meta.Image, img.Digest)
 	m.publish(meta.ID, "", state.Stopped, "created")
 
-	if err := m.boot(ctx, e, img); err != nil {
+	if err := m.bootOrWarm(ctx, e, img); err != nil {
 		m.mu.Lock()
 		delete(m.entries, meta.ID)
 		m.mu.Unlock()
@@ -347,8 +347,8 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	meta := e.meta
 	e.mu.Unlock()
 	dir := m.dir(meta.ID)
-	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
-		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
+	if err := checkCommand(meta, img); err != nil {
+		return err
 	}
 	if err := checkVolumeFiles(meta.Volumes); err != nil {
 		return err
@@ -381,14 +381,8 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now().UTC()
 	e.mu.Lock()
-	e.meta.BootSerialOffset = offset
-	e.meta.StartedAt = &now
-	e.meta.StoppedAt, e.meta.ExitCode, e.meta.ExitMessage = nil, nil, nil
-	e.meta.RestoredAt, e.meta.ExitKind = nil, ""
-	e.meta.ProgramStarted, e.meta.AgentReady = false, false
-	e.meta.ImageDigest, e.meta.Platform = img.Digest, img.Platform
+	markBooting(&e.meta, img, offset, StartCold)
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {
@@ -428,6 +422,27 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 		vm.Pid(), m.cfg.Hypervisor.Accel().Accel, cfg.MemoryMiB, cfg.BalloonMiB, cfg.VCPUs)
 	m.publish(meta.ID, state.Stopped, state.Initializing, "start")
 	return nil
+}
+
+// checkCommand refuses a boot with nothing to run.
+func checkCommand(meta Metadata, img ImageInfo) error {
+	if len(img.Entrypoint) == 0 && len(img.Cmd) == 0 && len(meta.Entrypoint) == 0 && len(meta.Cmd) == 0 {
+		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
+	}
+	return nil
+}
+
+// markBooting resets meta's run fields for a boot (cold or warm) whose
+// console output starts at offset in the serial log (caller holds e.mu).
+func markBooting(meta *Metadata, img ImageInfo, offset int64, mode string) {
+	now := time.Now().UTC()
+	meta.BootSerialOffset = offset
+	meta.StartedAt = &now
+	meta.StoppedAt, meta.ExitCode, meta.ExitMessage = nil, nil, nil
+	meta.RestoredAt, meta.ExitKind = nil, ""
+	meta.ProgramStarted, meta.AgentReady = false, false
+	meta.ImageDigest, meta.Platform = img.Digest, img.Platform
+	meta.StartMode = mode
 }
 
 // Stop stops the instance gracefully: the guest program gets SIGTERM through

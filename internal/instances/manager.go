@@ -21,6 +21,7 @@ import (
 	"hypeman/internal/instances/state"
 	"hypeman/internal/paths"
 	"hypeman/internal/tags"
+	"hypeman/internal/warm"
 )
 
 // ImageInfo is what the manager needs to know about a ready image.
@@ -116,6 +117,9 @@ type Config struct {
 	DefaultSize        string
 	DefaultVCPUs       int
 	DefaultOverlaySize string
+	// Warm, when set, enables warm create from pre-booted templates
+	// (warm.go, package warm).
+	Warm *warm.Config
 }
 
 // Manager owns all instances under Paths.InstancesDir().
@@ -137,6 +141,8 @@ type Manager struct {
 	// compressSlot lets one convert at a time.
 	jobs         sync.WaitGroup
 	compressSlot chan struct{}
+
+	warm *warm.Pool // nil: warm create disabled
 }
 
 // entry is one instance in memory.
@@ -223,6 +229,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m.seedAdmission()
+	if err := m.openWarm(ctx); err != nil {
+		return nil, err
+	}
 	// Snapshots interrupted before their commit rename, or deletes
 	// interrupted after it, leave dot-dirs that never list: remove them.
 	if ents, err := os.ReadDir(cfg.Paths.SnapshotsDir()); err == nil {
@@ -244,6 +253,9 @@ func (m *Manager) Close() error {
 	default:
 	}
 	close(m.closed)
+	if m.warm != nil {
+		m.warm.Close()
+	}
 	m.mu.Lock()
 	var lives []*liveVM
 	var jobs []*compressJob
@@ -698,6 +710,7 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor, Platform: meta.Platform,
 		Volumes:   publicVolumes(meta.Volumes),
 		ForkCount: meta.ForkCount, ForkOfTemplate: meta.ForkOfTemplate,
+		StartMode: meta.StartMode,
 	}
 }
 

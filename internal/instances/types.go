@@ -58,6 +58,11 @@ type Instance struct {
 	// from ("" if none). See templates.go.
 	ForkCount      int    `json:"fork_count"`
 	ForkOfTemplate string `json:"fork_of_template,omitempty"`
+	// StartMode is how the instance's current (or last) boot started:
+	// StartCold (a kernel boot) or StartWarm (restored from a pre-booted
+	// template); "" for instances never booted by this build (forks,
+	// older instances).
+	StartMode string `json:"start_mode,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -126,6 +131,8 @@ type Metadata struct {
 	HealthStatus  health.Status  `json:"health_status,omitzero"`
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
+	// StartMode: see Instance.StartMode.
+	StartMode string `json:"start_mode,omitempty"`
 	// SnapshotPolicy is the instance's compression policy (never mutated
 	// after create: copies of Metadata share it).
 	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`

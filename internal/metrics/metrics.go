@@ -29,6 +29,7 @@ type Metrics struct {
 	timeToRunning prometheus.Histogram
 	transitions   *prometheus.CounterVec
 	imagePulls    *prometheus.CounterVec
+	warm          *prometheus.CounterVec
 }
 
 // New creates the registry with Go and process collectors.
@@ -55,8 +56,12 @@ func New() *Metrics {
 			Name: "hypeman_image_pulls_total",
 			Help: "Image pulls/imports that finished, by result (ready or failed).",
 		}, []string{"result"}),
+		warm: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hypeman_warm_events_total",
+			Help: "Warm create template pool events: hit, miss, build, build_failed, evict, invalidate.",
+		}, []string{"event"}),
 	}
-	r.MustRegister(m.opDuration, m.timeToRunning, m.transitions, m.imagePulls)
+	r.MustRegister(m.opDuration, m.timeToRunning, m.transitions, m.imagePulls, m.warm)
 	return m
 }
 
@@ -71,6 +76,9 @@ func (m *Metrics) ObserveOperation(op string, d time.Duration, err error) {
 
 // ObserveTimeToRunning records launch → program start (instances.Metrics).
 func (m *Metrics) ObserveTimeToRunning(d time.Duration) { m.timeToRunning.Observe(d.Seconds()) }
+
+// WarmEvent counts a warm template pool event (implements warm.Metrics).
+func (m *Metrics) WarmEvent(event string) { m.warm.WithLabelValues(event).Inc() }
 
 // ImagePullFinished counts a finished pull.
 func (m *Metrics) ImagePullFinished(ok bool) {

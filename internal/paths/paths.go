@@ -14,6 +14,7 @@
 //	  snapshots/<id>/               snapshots taken from instances
 //	  volumes/<id>/                 one dir per volume (volume.json, data.ext4)
 //	  pushes/                       image push jobs (one JSON record each)
+//	  templates/<key>/              warm create: pre-booted templates (package warm)
 package paths
 
 import "path/filepath"
@@ -36,3 +37,4 @@ func (p Paths) SnapshotDir(id string) string { return filepath.Join(p.Root, "sna
 func (p Paths) VolumesDir() string           { return filepath.Join(p.Root, "volumes") }
 func (p Paths) VolumeDir(id string) string   { return filepath.Join(p.Root, "volumes", id) }
 func (p Paths) PushesDir() string            { return filepath.Join(p.Root, "pushes") }
+func (p Paths) TemplatesDir() string         { return filepath.Join(p.Root, "templates") }

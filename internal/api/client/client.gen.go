@@ -401,6 +401,24 @@ func (e ImageStatus) Valid() bool {
 	}
 }
 
+// Defines values for InstanceStartMode.
+const (
+	StartModeCold InstanceStartMode = "cold"
+	StartModeWarm InstanceStartMode = "warm"
+)
+
+// Valid indicates whether the value is a known member of the InstanceStartMode enum.
+func (e InstanceStartMode) Valid() bool {
+	switch e {
+	case StartModeCold:
+		return true
+	case StartModeWarm:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for InstanceHealthStatusStatus.
 const (
 	HealthDisabled  InstanceHealthStatusStatus = "disabled"
@@ -820,6 +838,15 @@ type Capabilities struct {
 	// Runtimes Every runtime hypeman knows, sorted by name, each with whether it can launch here.
 	Runtimes []CapabilitiesRuntime `json:"runtimes"`
 	Server   CapabilitiesServer    `json:"server"`
+
+	// WarmCreate This server's addition. Warm create: after the first cold create of a
+	// shape (image digest, size, hotplug, vcpus, overlay size, disk I/O
+	// limit, NIC) the server boots and saves a template of it in the
+	// background; a later create of that shape without volumes restores the
+	// template instead of booting (instance `start_mode: warm`). Templates
+	// are invalidated when the kernel, initrd, QEMU build or guest format
+	// changes.
+	WarmCreate *WarmCreateCapability `json:"warm_create,omitempty"`
 }
 
 // CapabilitiesDefaultRuntime defines model for CapabilitiesDefaultRuntime.
@@ -1647,7 +1674,14 @@ type Instance struct {
 	// Size Base memory (e.g. 1GB).
 	Size           string          `json:"size"`
 	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
-	StartedAt      *time.Time      `json:"started_at"`
+
+	// StartMode This server's addition. How the current (or last) boot started:
+	// `cold` booted the guest kernel, `warm` restored a pre-booted
+	// template of the same shape (see `warm_create` in
+	// /capabilities). null for instances not booted since this field
+	// exists (forks keep their source's memory and report null).
+	StartMode *InstanceStartMode `json:"start_mode,omitempty"`
+	StartedAt *time.Time         `json:"started_at"`
 
 	// State Created: VMM created, not started. Initializing: the VM runs, the
 	// guest init is still preparing the program. Running: the program has
@@ -1678,6 +1712,13 @@ type Instance struct {
 	Vcpus   int            `json:"vcpus"`
 	Volumes *[]VolumeMount `json:"volumes,omitempty"`
 }
+
+// InstanceStartMode This server's addition. How the current (or last) boot started:
+// `cold` booted the guest kernel, `warm` restored a pre-booted
+// template of the same shape (see `warm_create` in
+// /capabilities). null for instances not booted since this field
+// exists (forks keep their source's memory and report null).
+type InstanceStartMode string
 
 // InstanceGPU defines model for InstanceGPU.
 type InstanceGPU struct {
@@ -2309,6 +2350,23 @@ type WaitForStateResponse struct {
 	State      InstanceState `json:"state"`
 	StateError *string       `json:"state_error,omitempty"`
 	TimedOut   bool          `json:"timed_out"`
+}
+
+// WarmCreateCapability This server's addition. Warm create: after the first cold create of a
+// shape (image digest, size, hotplug, vcpus, overlay size, disk I/O
+// limit, NIC) the server boots and saves a template of it in the
+// background; a later create of that shape without volumes restores the
+// template instead of booting (instance `start_mode: warm`). Templates
+// are invalidated when the kernel, initrd, QEMU build or guest format
+// changes.
+type WarmCreateCapability struct {
+	Enabled bool `json:"enabled"`
+
+	// Reason Why warm create is disabled.
+	Reason *string `json:"reason,omitempty"`
+
+	// Templates Templates ready to serve creates.
+	Templates int `json:"templates"`
 }
 
 // GenericID defines model for GenericID.

@@ -41,9 +41,10 @@ type execOutput struct {
 // docker exec.
 func (s *Server) exec(ctx context.Context, st net.Conn, br *bufio.Reader, req *ExecRequest, log *slog.Logger) {
 	fw := &frameWriter{w: st}
+	defs := s.defaults()
 	userSpec := req.User
 	if userSpec == "" {
-		userSpec = s.DefaultUser
+		userSpec = defs.user
 	}
 	user, err := guestproc.ResolveUser(s.Root, userSpec)
 	if err != nil {
@@ -52,14 +53,14 @@ func (s *Server) exec(ctx context.Context, st net.Conn, br *bufio.Reader, req *E
 	}
 	cwd := req.Cwd
 	if cwd == "" {
-		cwd = s.DefaultCwd
+		cwd = defs.cwd
 	}
-	d := guestproc.EnvDefaults{Home: user.Home, Hostname: s.Hostname}
+	d := guestproc.EnvDefaults{Home: user.Home, Hostname: defs.hostname}
 	if req.TTY {
 		d.Term = "xterm"
 	}
 	cmd, err := guestproc.Command(guestproc.Spec{
-		Root: s.Root, Argv: req.Argv, Env: guestproc.BuildEnv(d, s.BaseEnv, req.Env),
+		Root: s.Root, Argv: req.Argv, Env: guestproc.BuildEnv(d, defs.env, req.Env),
 		Cwd: cwd, User: user, Setsid: true, Setctty: req.TTY,
 	})
 	if err != nil {

@@ -72,6 +72,9 @@ const (
 	OpConfigureNetwork = "configure_network"
 	// OpReseed adds host entropy to the guest kernel RNG (Request.Seed).
 	OpReseed = "reseed"
+	// OpStart gives a guest booted in template mode (guestconfig.Config
+	// Template) its identity and its program (Request.Start).
+	OpStart = "start"
 )
 
 // Request is the first line the client sends on a stream.
@@ -85,6 +88,26 @@ type Request struct {
 	Network *guestconfig.Network `json:"network,omitempty"`
 	// Seed is the entropy for reseed (base64 in JSON).
 	Seed []byte `json:"seed,omitempty"`
+	// Start is the instance a template-mode guest becomes (op start).
+	Start *StartRequest `json:"start,omitempty"`
+}
+
+// StartRequest turns a guest restored from a warm template into an
+// instance: the init sets the wall clock, reseeds the kernel RNG, sets the
+// hostname and /etc files, configures Config.Network, then runs the program
+// exactly as a cold boot runs the config disk's (markers, exit line).
+type StartRequest struct {
+	// Config is the instance's configuration, as the config disk of a cold
+	// boot would carry it (Template false; Volumes must be empty: a
+	// template has no volume disks).
+	Config guestconfig.Config `json:"config"`
+	// HostTimeUnixNano is the host's wall clock when it sent the request:
+	// the restored guest's clock is the template's, from when it was saved.
+	HostTimeUnixNano int64 `json:"host_time_unix_nano"`
+	// Seed (MinSeed..MaxSeed bytes from the host's CSPRNG) is mixed into
+	// the kernel RNG before anything else, so no two clones share a
+	// random stream.
+	Seed []byte `json:"seed"`
 }
 
 // Response is the server's answer line. Code classifies errors the caller

@@ -48,8 +48,30 @@ type Server struct {
 	// Network applies configure_network requests; nil refuses them.
 	Network NetworkConfigurer
 	// RNG takes reseed requests; nil means the kernel RNG (KernelRNG).
-	RNG    Reseeder
-	Logger *slog.Logger
+	RNG Reseeder
+	// Program takes start requests (a template-mode guest); nil refuses
+	// them.
+	Program ProgramStarter
+	Logger  *slog.Logger
+
+	// started holds the instance defaults a start request set; they
+	// replace BaseEnv, DefaultUser, DefaultCwd and Hostname for execs.
+	started atomic.Pointer[execDefaults]
+}
+
+// execDefaults are what an exec inherits from the instance.
+type execDefaults struct {
+	env       map[string]string
+	user, cwd string
+	hostname  string
+}
+
+// defaults returns the instance defaults execs inherit.
+func (s *Server) defaults() execDefaults {
+	if d := s.started.Load(); d != nil {
+		return *d
+	}
+	return execDefaults{env: s.BaseEnv, user: s.DefaultUser, cwd: s.DefaultCwd, hostname: s.Hostname}
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -204,6 +226,8 @@ func (s *Server) handle(ctx context.Context, st net.Conn, state *sessionState) {
 		_ = writeJSONLine(st, s.configureNetwork(ctx, req.Network, log))
 	case OpReseed:
 		_ = writeJSONLine(st, s.reseed(req.Seed, log))
+	case OpStart:
+		_ = writeJSONLine(st, s.start(ctx, req.Start, log))
 	default:
 		_ = writeJSONLine(st, Response{Error: fmt.Sprintf("unknown op %q", req.Op), Code: CodeBadRequest})
 	}

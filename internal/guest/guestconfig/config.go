@@ -40,6 +40,12 @@ const (
 	MarkerAgentReady = "HYPEMAN-AGENT-READY"
 )
 
+// FormatVersion is the version of this contract (Config, markers, agent
+// start op) as a pre-booted warm template depends on it: a template saved by
+// a guest of another version is never restored (it is part of the warm
+// template key). Bump it on any change a saved guest would misread.
+const FormatVersion = 1
+
 // ConfigDiskSize is the size of the raw config disk. The JSON must fit.
 const ConfigDiskSize = 1 << 20
 
@@ -76,6 +82,13 @@ type Config struct {
 	// Volumes are mounted in the instance root, in this order, before the
 	// program starts.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// Template boots a warm template: the init does everything up to
+	// "ready to run a program" (modules, disks, root and overlay mounted,
+	// memory target reached, agent serving) and then waits for the agent's
+	// start op, which carries the instance's own Config (program, env,
+	// hostname, network...) instead of running this one's. Network and
+	// Volumes are ignored in a template.
+	Template bool `json:"template,omitempty"`
 }
 
 // VolumeMount is one volume disk the init mounts at MountPath inside the

@@ -18,6 +18,11 @@
 //     starts, concurrently with mounting the root. A network failure is
 //     printed on the console but is not fatal (see guestNetwork.boot); the
 //     agent can re-address the guest later (forks).
+//   - Template mode (guestconfig.Config.Template, warm create): the init
+//     stops at "ready to run a program" (root mounted, agent serving) and
+//     waits for the agent's start op, which brings the instance's own
+//     config; the host saves the guest while it waits and restores clones
+//     of it (template.go).
 //   - Diagnostics go to the kernel log (/dev/kmsg, level info): the serial
 //     console is the program's log and only carries the program's output and
 //     the marker lines.
@@ -82,6 +87,10 @@ type initProc struct {
 	// agentDone is closed when the agent has stopped (nil: never started).
 	agentDone chan struct{}
 	net       *guestNetwork
+	// startCh (template mode only) receives the instance config of the
+	// agent's start op; startOnce makes it single use.
+	startCh   chan *guestconfig.Config
+	startOnce sync.Once
 }
 
 // requestStop asks for a graceful stop (agent "shutdown", SIGTERM, SIGINT or
@@ -161,7 +170,16 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 	if err != nil {
 		return initFailure("%v", err)
 	}
-	in.log.Info("config", "argv", cfg.Argv(), "rootfs", cfg.RootFS, "volumes", len(cfg.Volumes))
+	in.log.Info("config", "argv", cfg.Argv(), "rootfs", cfg.RootFS, "volumes", len(cfg.Volumes), "template", cfg.Template)
+	if cfg.Template {
+		// A template has no network or volumes of its own: the
+		// instance restored from it brings them (start op).
+		cfg.Network, cfg.Volumes = nil, nil
+		if cfg.SkipGuestAgent {
+			return initFailure("a template needs the guest agent (it receives its program through it)")
+		}
+		in.startCh = make(chan *guestconfig.Config, 1)
+	}
 	if want := volumeSerials(cfg.Volumes); len(want) > 0 {
 		// Probed together with the instance's own disks: by now they
 		// are normally present.
@@ -194,18 +212,37 @@ func (in *initProc) run(ctx context.Context) guestconfig.Exit {
 	}
 	<-netReady
 	in.log.Info("root ready")
+	if cfg.Template {
+		// Ready means ready to run: the balloon is settled before the
+		// agent announces itself and the host saves the template.
+		in.waitMemory(ctx, cfg)
+		in.startAgent(ctx, cfg)
+		select {
+		case started := <-in.startCh:
+			return in.runProgram(started)
+		case <-in.stop:
+			return guestconfig.Exit{Code: 0, Message: "template stopped before it was given a program"}
+		}
+	}
 	if !cfg.SkipGuestAgent {
 		in.startAgent(ctx, cfg)
 	}
-	if cfg.MemoryTarget > 0 {
-		total, err := waitForMemTotal(ctx, "/proc/meminfo", cfg.MemoryTarget, memoryWaitTimeout, 20*time.Millisecond)
-		if err != nil {
-			in.log.Error("memory balloon did not reach its target, starting the program anyway", "err", err)
-		} else {
-			in.log.Info("memory at target", "mem_total_mib", total>>20)
-		}
-	}
+	in.waitMemory(ctx, cfg)
 	return in.runProgram(cfg)
+}
+
+// waitMemory waits, bounded, for the balloon to hold the guest at
+// cfg.MemoryTarget (when set).
+func (in *initProc) waitMemory(ctx context.Context, cfg *guestconfig.Config) {
+	if cfg.MemoryTarget <= 0 {
+		return
+	}
+	total, err := waitForMemTotal(ctx, "/proc/meminfo", cfg.MemoryTarget, memoryWaitTimeout, 20*time.Millisecond)
+	if err != nil {
+		in.log.Error("memory balloon did not reach its target, starting the program anyway", "err", err)
+	} else {
+		in.log.Info("memory at target", "mem_total_mib", total>>20)
+	}
 }
 
 // volumeSerials lists the disks the volumes need.
@@ -252,6 +289,10 @@ func readConfig(dev string) (*guestconfig.Config, error) {
 // program's output.
 const agentStartTimeout = 2 * time.Second
 
+// templatePortRetry is how often a template-mode guest reopens its agent
+// port while no host is connected.
+const templatePortRetry = 5 * time.Millisecond
+
 // agentStopTimeout bounds the wait for the agent's handlers at teardown (a
 // copy into the root must end before the root is unmounted).
 const agentStopTimeout = 3 * time.Second
@@ -270,6 +311,9 @@ func (in *initProc) startAgent(ctx context.Context, cfg *guestconfig.Config) {
 		Network:     in.net,
 		Logger:      in.log.With("component", "agent"),
 	}
+	if in.startCh != nil {
+		srv.Program = in
+	}
 	ready := make(chan struct{})
 	var once sync.Once
 	markReady := func() { once.Do(func() { close(ready) }) }
@@ -277,13 +321,21 @@ func (in *initProc) startAgent(ctx context.Context, cfg *guestconfig.Config) {
 	go func() {
 		defer close(in.agentDone)
 		defer markReady()
-		err := srv.ServePort(ctx, agent.PortConfig{
+		pc := agent.PortConfig{
 			Name: guestconfig.AgentPortName,
 			Ready: func() {
 				in.con.Line(guestconfig.MarkerAgentReady)
 				markReady()
 			},
-		})
+		}
+		if in.startCh != nil {
+			// A template is saved with no host connected: its clones
+			// find the host within ms of their restore, so they retry
+			// the port often (the default 200 ms would be most of a
+			// warm start).
+			pc.Retry = templatePortRetry
+		}
+		err := srv.ServePort(ctx, pc)
 		if err != nil && ctx.Err() == nil {
 			in.log.Error("agent stopped", "err", err)
 			in.con.Line("hypeman-init: guest agent unavailable: " + err.Error())

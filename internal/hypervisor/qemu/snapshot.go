@@ -457,3 +457,13 @@ func xxhashOf(path string) (uint64, int64, error) {
 	}
 	return h.Sum64(), n, nil
 }
+
+// VMMBuild implements hypervisor.BuildReporter: QEMU's version and its
+// package build ("7.2.22 Debian 1:7.2+dfsg-7+deb12u18+b3").
+func (d *Driver) VMMBuild(ctx context.Context) (string, error) {
+	v, pkg, err := d.installedVersion(ctx)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(v + " " + pkg), nil
+}

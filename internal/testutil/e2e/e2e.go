@@ -140,6 +140,8 @@ func (s *Server) start() {
 		"--network-mode", "none",
 		// The tests' registries are in-process, on loopback.
 		"--registries-allow", "127.0.0.0/8",
+		// No background template builds (VMs the tests do not own).
+		"--warm-enabled", "false",
 	}, s.Extra...)
 	cmd := exec.Command(Binary(s.t), args...)
 	cmd.Env = append(os.Environ(), s.Env...)
