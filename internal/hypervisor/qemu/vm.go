@@ -154,14 +154,17 @@ func (v *VM) execute(ctx context.Context, cmd string, args, result any) error {
 		return err
 	}
 	err = c.Execute(ctx, cmd, args, result)
-	if err != nil && errors.Is(err, qmp.ErrClosed) {
+	// A write into a socket QEMU already closed fails with EPIPE (or
+	// ECONNRESET) before our reader has seen the hang-up: the same exit.
+	peerGone := errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+	if err != nil && (errors.Is(err, qmp.ErrClosed) || peerGone) {
 		// The connection drops as QEMU exits; let Done catch up briefly.
 		select {
 		case <-v.done:
 			return fmt.Errorf("%w: %w", hypervisor.ErrNotRunning, err)
 		case <-time.After(200 * time.Millisecond):
 		}
-		if c.ClosedByPeer() {
+		if peerGone || c.ClosedByPeer() {
 			return fmt.Errorf("%w: %w", hypervisor.ErrExiting, err)
 		}
 	}
