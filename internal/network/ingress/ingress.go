@@ -8,7 +8,9 @@
 //     WebSocket upgrades, streaming). A rule without hostname is the port's
 //     catch-all, so one port can carry hostname routes and a default at the
 //     same time, and a request for a stopped instance gets a JSON 502 in the
-//     API's error shape. Raw TCP publishing is not offered: it would make a
+//     API's error shape. With a Waker (wake.go), a request for an instance
+//     in Standby (or Stopped, when its rule sets wake_stopped) is held while
+//     the instance wakes, then proxied. Raw TCP publishing is not offered: it would make a
 //     port exclusive to one target and cannot answer errors; hypeman's
 //     ingress (Caddy) is HTTP as well.
 //   - Targets are instance names resolved on every request through a small
@@ -99,6 +101,15 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DialTimeout bounds connecting to a guest (default 10s).
 	DialTimeout time.Duration
+	// Waker, when set, wakes a target the resolver cannot reach because it
+	// is asleep (see wake.go); nil answers 502 as for any target that is
+	// not running.
+	Waker Waker
+	// WakeTimeout bounds how long a request is held while its target
+	// wakes (default DefaultWakeTimeout).
+	WakeTimeout time.Duration
+	// WakeMetrics, when set, observes every wake.
+	WakeMetrics WakeMetrics
 }
 
 // Manager owns the ingresses and their listeners. Safe for concurrent use.
@@ -111,6 +122,7 @@ type Manager struct {
 	tr       *http.Transport
 
 	routes atomic.Pointer[routeTable]
+	wake   *wakeFlights // nil without a Waker
 
 	mu         sync.Mutex
 	ingresses  []*Ingress
@@ -147,6 +159,9 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
+	if cfg.WakeTimeout <= 0 {
+		cfg.WakeTimeout = DefaultWakeTimeout
+	}
 	if cfg.ListenAddress == "" {
 		cfg.ListenAddress = DefaultListenAddress
 	}
@@ -173,6 +188,11 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 		log:        logger.With("component", "ingress"),
 		listeners:  map[int]*listener{},
 		listenErrs: map[int]error{},
+	}
+	if cfg.Waker != nil {
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		m.wake = &wakeFlights{waker: cfg.Waker, metrics: cfg.WakeMetrics, timeout: cfg.WakeTimeout, log: m.log,
+			ctx: wctx, cancel: cancel, flights: map[flightKey]*flight{}}
 	}
 	m.tr = &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -436,6 +456,9 @@ func (m *Manager) Close() error {
 	m.publish(context.Background())
 	m.mu.Unlock()
 	shutdown(context.Background(), stop)
+	if m.wake != nil {
+		m.wake.close()
+	}
 	m.tr.CloseIdleConnections()
 	return nil
 }
@@ -526,6 +549,13 @@ func (m *Manager) handler(port int) http.Handler {
 		rule.RequestHeaderAuth.strip(r)
 		rule.Target.Instance = targetInstance(rule, host)
 		addr, err := m.resolver.GuestAddr(r.Context(), rule.Target.Instance, rule.Target.Port)
+		if err != nil && m.wake != nil {
+			var ok bool
+			if addr, ok = m.wakeTarget(w, r, rule, err); !ok {
+				return
+			}
+			err = nil
+		}
 		if err != nil {
 			writeError(w, http.StatusBadGateway, "bad_gateway",
 				fmt.Sprintf("instance %q port %d is not reachable: %v", rule.Target.Instance, rule.Target.Port, err))

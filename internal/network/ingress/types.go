@@ -36,6 +36,10 @@ type Rule struct {
 	// RequestHeaderAuth, when set, lets through only requests carrying
 	// Header with exactly Value (see rules.go).
 	RequestHeaderAuth *HeaderAuth `json:"request_header_auth,omitempty"`
+	// WakeStopped lets a request start the target when it is Stopped (a
+	// Standby target is always woken when the daemon has a Waker). Our
+	// addition to hypeman's rule; default false.
+	WakeStopped bool `json:"wake_stopped,omitempty"`
 }
 
 // Ingress is a named set of rules.
