@@ -65,6 +65,9 @@ type Config struct {
 	// IngressAllowedPrivilegedPorts: host ports below 1024 ingress rules
 	// may use. Env and flags take "80,443" or "none".
 	IngressAllowedPrivilegedPorts []int `json:"ingress_allowed_privileged_ports"`
+	// IngressWakeTimeout bounds how long a request is held while its
+	// target wakes (internal/network/ingress wake.go).
+	IngressWakeTimeout Duration `json:"ingress_wake_timeout"`
 
 	// HTTP API limits (internal/httpserver).
 	HTTPReadHeaderTimeout   Duration `json:"http_read_header_timeout"`
@@ -335,6 +338,7 @@ func (c *Config) Validate() error {
 		{"guest_stop_timeout", c.GuestStopTimeout}, {"http_read_header_timeout", c.HTTPReadHeaderTimeout},
 		{"http_body_timeout", c.HTTPBodyTimeout}, {"http_body_idle_timeout", c.HTTPBodyIdleTimeout},
 		{"http_write_timeout", c.HTTPWriteTimeout}, {"http_idle_timeout", c.HTTPIdleTimeout},
+		{"ingress_wake_timeout", c.IngressWakeTimeout},
 	} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must be >= 0", d.key))

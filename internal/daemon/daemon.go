@@ -249,6 +249,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Daemon,
 			StateDir: filepath.Join(p.Root, "ingress"), ListenAddress: cfg.IngressListen,
 			AllowedPrivilegedPorts: cfg.IngressAllowedPrivilegedPorts,
 			DialContext:            d.Network.DialContext,
+			// A request for a Standby (or opted-in Stopped) target wakes it.
+			Waker: ingressWaker{d.Instances}, WakeTimeout: time.Duration(cfg.IngressWakeTimeout),
+			WakeMetrics: d.Metrics.NewWake(),
 		}
 		if cfg.NetworkNetNS == "" {
 			// Guests share the daemon's namespace, where ingress

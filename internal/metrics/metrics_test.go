@@ -78,3 +78,20 @@ hypeman_instances{state="Unknown"} 0
 		t.Fatal(err)
 	}
 }
+
+func TestWakeFamilies(t *testing.T) {
+	m := New()
+	w := m.NewWake()
+	w.WakeFinished("Standby", "ok", 400*time.Millisecond)
+	w.WakeFinished("Standby", "ok", 600*time.Millisecond)
+	w.WakeFinished("Stopped", "refused", time.Millisecond)
+	if v := testutil.ToFloat64(w.total.WithLabelValues("Standby", "ok")); v != 2 {
+		t.Fatalf("wakes Standby/ok = %v", v)
+	}
+	if v := testutil.ToFloat64(w.total.WithLabelValues("Stopped", "refused")); v != 1 {
+		t.Fatalf("wakes Stopped/refused = %v", v)
+	}
+	if n := testutil.CollectAndCount(w.duration, "hypeman_ingress_wake_duration_seconds"); n != 2 {
+		t.Fatalf("%d wake latency series, want 2", n)
+	}
+}
