@@ -402,6 +402,9 @@ func toAPIIngress(ing *ingress.Ingress) gen.Ingress {
 		if a := r.RequestHeaderAuth; a != nil {
 			rule.RequestHeaderAuth = &gen.IngressRequestHeaderAuth{Header: a.Header, Value: a.Value}
 		}
+		if r.WakeStopped { // our addition: absent unless set (hypeman's shape otherwise)
+			rule.WakeStopped = &r.WakeStopped
+		}
 		out.Rules = append(out.Rules, rule)
 	}
 	return out
@@ -419,8 +422,9 @@ func ingressFromAPI(b *gen.CreateIngressRequest) (ingress.CreateRequest, error) 
 				Reason: "only applies with tls, which this server does not offer; omit it"}
 		}
 		rule := ingress.Rule{
-			Match:  ingress.Match{Hostname: deref(r.Match.Hostname), Port: deref(r.Match.Port)},
-			Target: ingress.Target{Instance: r.Target.Instance, Port: r.Target.Port},
+			Match:       ingress.Match{Hostname: deref(r.Match.Hostname), Port: deref(r.Match.Port)},
+			Target:      ingress.Target{Instance: r.Target.Instance, Port: r.Target.Port},
+			WakeStopped: deref(r.WakeStopped),
 		}
 		if a := r.RequestHeaderAuth; a != nil {
 			rule.RequestHeaderAuth = &ingress.HeaderAuth{Header: a.Header, Value: a.Value}

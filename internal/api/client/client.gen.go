@@ -1567,6 +1567,16 @@ type IngressRule struct {
 
 	// Tls TLS termination through ACME; refused (400) on this server.
 	Tls *bool `json:"tls,omitempty"`
+
+	// WakeStopped Not in hypeman 0.3.0 (this server's addition). A request for a
+	// Stopped target starts it when true; when false (the default) it
+	// gets 502 as for any target that is not running. A target in
+	// Standby is always woken: the request is held while the instance
+	// is restored (one restore however many requests arrive; at most
+	// the daemon's `ingress_wake_timeout`, default 30s, then 504
+	// `wake_timeout`; a wake the host has no room for gets 503
+	// `wake_refused` with the reason). A Paused target is not resumed.
+	WakeStopped *bool `json:"wake_stopped,omitempty"`
 }
 
 // IngressTarget defines model for IngressTarget.
@@ -2901,7 +2911,9 @@ type ClientInterface interface {
 	// label when `target.instance` is `{instance}`) to port `target.port`
 	// of instance `target.instance`, through a reverse proxy in the
 	// daemon. The instance is resolved per request: it may be created
-	// later, and a request while it is not Running gets 502.
+	// later, and a request while it is not Running gets 502, except that
+	// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+	// woken and the request held until it runs (see `wake_stopped`).
 	// `request_header_auth` makes the proxy answer 401 unless the request
 	// carries that header with that exact value (the header is not passed
 	// on). `tls` needs certificates issued through ACME, which this server
@@ -2922,7 +2934,9 @@ type ClientInterface interface {
 	// label when `target.instance` is `{instance}`) to port `target.port`
 	// of instance `target.instance`, through a reverse proxy in the
 	// daemon. The instance is resolved per request: it may be created
-	// later, and a request while it is not Running gets 502.
+	// later, and a request while it is not Running gets 502, except that
+	// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+	// woken and the request held until it runs (see `wake_stopped`).
 	// `request_header_auth` makes the proxy answer 401 unless the request
 	// carries that header with that exact value (the header is not passed
 	// on). `tls` needs certificates issued through ACME, which this server
@@ -4121,7 +4135,9 @@ func (c *Client) ListIngresses(ctx context.Context, params *ListIngressesParams,
 // label when `target.instance` is `{instance}`) to port `target.port`
 // of instance `target.instance`, through a reverse proxy in the
 // daemon. The instance is resolved per request: it may be created
-// later, and a request while it is not Running gets 502.
+// later, and a request while it is not Running gets 502, except that
+// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+// woken and the request held until it runs (see `wake_stopped`).
 // `request_header_auth` makes the proxy answer 401 unless the request
 // carries that header with that exact value (the header is not passed
 // on). `tls` needs certificates issued through ACME, which this server
@@ -4152,7 +4168,9 @@ func (c *Client) CreateIngressWithBody(ctx context.Context, contentType string, 
 // label when `target.instance` is `{instance}`) to port `target.port`
 // of instance `target.instance`, through a reverse proxy in the
 // daemon. The instance is resolved per request: it may be created
-// later, and a request while it is not Running gets 502.
+// later, and a request while it is not Running gets 502, except that
+// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+// woken and the request held until it runs (see `wake_stopped`).
 // `request_header_auth` makes the proxy answer 401 unless the request
 // carries that header with that exact value (the header is not passed
 // on). `tls` needs certificates issued through ACME, which this server
@@ -8655,7 +8673,9 @@ type ClientWithResponsesInterface interface {
 	// label when `target.instance` is `{instance}`) to port `target.port`
 	// of instance `target.instance`, through a reverse proxy in the
 	// daemon. The instance is resolved per request: it may be created
-	// later, and a request while it is not Running gets 502.
+	// later, and a request while it is not Running gets 502, except that
+	// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+	// woken and the request held until it runs (see `wake_stopped`).
 	// `request_header_auth` makes the proxy answer 401 unless the request
 	// carries that header with that exact value (the header is not passed
 	// on). `tls` needs certificates issued through ACME, which this server
@@ -8676,7 +8696,9 @@ type ClientWithResponsesInterface interface {
 	// label when `target.instance` is `{instance}`) to port `target.port`
 	// of instance `target.instance`, through a reverse proxy in the
 	// daemon. The instance is resolved per request: it may be created
-	// later, and a request while it is not Running gets 502.
+	// later, and a request while it is not Running gets 502, except that
+	// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+	// woken and the request held until it runs (see `wake_stopped`).
 	// `request_header_auth` makes the proxy answer 401 unless the request
 	// carries that header with that exact value (the header is not passed
 	// on). `tls` needs certificates issued through ACME, which this server
@@ -15135,7 +15157,9 @@ func (c *ClientWithResponses) ListIngressesWithResponse(ctx context.Context, par
 // label when `target.instance` is `{instance}`) to port `target.port`
 // of instance `target.instance`, through a reverse proxy in the
 // daemon. The instance is resolved per request: it may be created
-// later, and a request while it is not Running gets 502.
+// later, and a request while it is not Running gets 502, except that
+// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+// woken and the request held until it runs (see `wake_stopped`).
 // `request_header_auth` makes the proxy answer 401 unless the request
 // carries that header with that exact value (the header is not passed
 // on). `tls` needs certificates issued through ACME, which this server
@@ -15162,7 +15186,9 @@ func (c *ClientWithResponses) CreateIngressWithBodyWithResponse(ctx context.Cont
 // label when `target.instance` is `{instance}`) to port `target.port`
 // of instance `target.instance`, through a reverse proxy in the
 // daemon. The instance is resolved per request: it may be created
-// later, and a request while it is not Running gets 502.
+// later, and a request while it is not Running gets 502, except that
+// a target in Standby (or Stopped, with the rule's `wake_stopped`) is
+// woken and the request held until it runs (see `wake_stopped`).
 // `request_header_auth` makes the proxy answer 401 unless the request
 // carries that header with that exact value (the header is not passed
 // on). `tls` needs certificates issued through ACME, which this server
