@@ -44,6 +44,7 @@ func (w ingressWaker) Wake(ctx context.Context, ref string, opts ingress.WakeOpt
 			return ingress.WakeInfo{}, fmt.Errorf("%w: instance %s is Stopped and the ingress rule does not set wake_stopped", ingress.ErrNotAsleep, in.Name)
 		}
 		_, err = w.m.Start(ctx, in.ID, instances.StartParams{})
+		info.Booted = true
 	case state.Running:
 		return ingress.WakeInfo{}, nil
 	case state.Initializing:

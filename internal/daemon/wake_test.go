@@ -85,6 +85,9 @@ func TestIngressWakerStates(t *testing.T) {
 			if info.From != c.wantFrom {
 				t.Fatalf("from %q, want %q", info.From, c.wantFrom)
 			}
+			if info.Booted != strings.HasPrefix(c.calls, "start") {
+				t.Fatalf("booted %v after calls %q", info.Booted, c.calls)
+			}
 			if got := strings.Join(f.called, " "); got != c.calls {
 				t.Fatalf("calls %q, want %q", got, c.calls)
 			}

@@ -120,6 +120,7 @@ type Manager struct {
 	log      *slog.Logger
 	proxy    *httputil.ReverseProxy
 	tr       *http.Transport
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	routes atomic.Pointer[routeTable]
 	wake   *wakeFlights // nil without a Waker
@@ -185,6 +186,7 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 		cfg:        cfg,
 		path:       filepath.Join(cfg.StateDir, StateFile),
 		resolver:   resolver,
+		dial:       dial,
 		log:        logger.With("component", "ingress"),
 		listeners:  map[int]*listener{},
 		listenErrs: map[int]error{},

@@ -68,6 +68,10 @@ type WakeInfo struct {
 	// From is the state the instance was woken from ("Standby",
 	// "Stopped"), "" when it needed no wake.
 	From string
+	// Booted is set when the program was started afresh (not resumed):
+	// its server may not listen yet, so held requests wait until the
+	// target port accepts a connection.
+	Booted bool
 }
 
 // Wake results, as reported to WakeMetrics.
@@ -222,5 +226,39 @@ func (m *Manager) wakeTarget(w http.ResponseWriter, r *http.Request, rule Rule, 
 		unreachable(fmt.Errorf("after waking it: %w", err))
 		return "", false
 	}
+	if f.info.Booted {
+		return addr, m.awaitListening(w, r, inst, addr, t.C)
+	}
 	return addr, true
+}
+
+// awaitListening holds a request for a freshly booted target until addr
+// accepts a connection (its server starts after the program does), or
+// the request's wake time is up (504).
+func (m *Manager) awaitListening(w http.ResponseWriter, r *http.Request, inst, addr string, expired <-chan time.Time) bool {
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	var last error
+	for {
+		select {
+		case <-r.Context().Done():
+			return false
+		case <-expired:
+			w.Header().Set("Retry-After", "5")
+			writeError(w, http.StatusGatewayTimeout, "wake_timeout",
+				fmt.Sprintf("instance %q was started but %s did not accept connections within %s (daemon setting %s): %v",
+					inst, addr, m.wake.timeout, WakeTimeoutSetting, last))
+			return false
+		case <-retry.C:
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), m.cfg.DialTimeout)
+		c, err := m.dial(ctx, "tcp", addr)
+		cancel()
+		if err == nil {
+			c.Close()
+			return true
+		}
+		last = err
+		retry.Reset(100 * time.Millisecond)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -60,7 +61,7 @@ func (f *fakeWaker) Wake(ctx context.Context, instance string, opts ingress.Wake
 	delete(f.state, instance)
 	f.mu.Unlock()
 	f.res.set(instance, 80, f.addr)
-	return ingress.WakeInfo{From: st}, nil
+	return ingress.WakeInfo{From: st, Booted: st == "Stopped"}, nil
 }
 
 func (f *fakeWaker) wakeCalls() []ingress.WakeOptions {
@@ -281,5 +282,64 @@ func TestNoWakerIs502(t *testing.T) {
 	list, _ := m.List(context.Background())
 	if !list[0].Rules[0].WakeStopped {
 		t.Fatal("wake_stopped not kept on the rule")
+	}
+}
+
+// A target started afresh (Booted) may not listen yet: the held request
+// waits until its port accepts a connection instead of answering 502.
+func TestWakeBootedWaitsForListener(t *testing.T) {
+	res := &countingResolver{fakeResolver: &fakeResolver{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := ln.Addr().String()
+	ln.Close() // nothing listens until the test says so
+	var dials atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == target {
+			dials.Add(1)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	waker := &fakeWaker{res: res.fakeResolver, addr: target, release: make(chan struct{}), state: map[string]string{"app": "Stopped"}}
+	close(waker.release)
+	m, err := ingress.New(context.Background(), ingress.Config{StateDir: t.TempDir(), Waker: waker, DialContext: dial}, res, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	p := testutil.FreePort(t)
+	if _, err := m.Create(context.Background(), ingress.CreateRequest{Name: "x", Rules: []ingress.Rule{
+		{Match: ingress.Match{Port: p}, Target: ingress.Target{Instance: "app", Port: 80}, WakeStopped: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		st   int
+		body string
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, body := get(t, p, "x", "/")
+		done <- result{st, body}
+	}()
+	// Start the server only once the proxy has found the port closed and
+	// tried again.
+	for deadline := time.Now().Add(10 * time.Second); dials.Load() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			r := <-done
+			t.Fatalf("%d dials to the booted target; request ended %d %s", dials.Load(), r.st, r.body)
+		}
+	}
+	ln, err = net.Listen("tcp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "BOOTED") })}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if r := <-done; r.st != 200 || r.body != "BOOTED" {
+		t.Fatalf("held request: %d %s", r.st, r.body)
 	}
 }
