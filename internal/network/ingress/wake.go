@@ -223,7 +223,10 @@ func (m *Manager) wakeTarget(w http.ResponseWriter, r *http.Request, rule Rule, 
 	}
 	addr, err = m.resolver.GuestAddr(r.Context(), inst, port)
 	if err != nil {
-		unreachable(fmt.Errorf("after waking it: %w", err))
+		if f.info.From != "" {
+			err = fmt.Errorf("after waking it from %s: %w", f.info.From, err)
+		}
+		unreachable(err)
 		return "", false
 	}
 	if f.info.Booted {
