@@ -9,10 +9,10 @@
 //     catch-all, so one port can carry hostname routes and a default at the
 //     same time, and a request for a stopped instance gets a JSON 502 in the
 //     API's error shape. With a Waker (wake.go), a request for an instance
-//     in Standby (or Stopped, when its rule sets wake_stopped) is held while
-//     the instance wakes, then proxied. Raw TCP publishing is not offered: it would make a
-//     port exclusive to one target and cannot answer errors; hypeman's
-//     ingress (Caddy) is HTTP as well.
+//     in Standby (or Stopped, when its rule sets wake_stopped) is held
+//     while the instance wakes, then proxied. Raw TCP publishing is not
+//     offered: it would make a port exclusive to one target and cannot
+//     answer errors; hypeman's ingress (Caddy) is HTTP as well.
 //   - Targets are instance names resolved on every request through a small
 //     Resolver the daemon implements, so an instance that restarts with
 //     another address (or another networking mode) needs no ingress update.
@@ -231,6 +231,9 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		// An unknown version is a *fsutil.VersionError naming the file.
+		if m.wake != nil {
+			m.wake.cancel()
+		}
 		return nil, fmt.Errorf("ingress state: %w", err)
 	}
 	m.ingresses = st.Ingresses
