@@ -243,3 +243,17 @@ func TestServePortHostsComeAndGo(t *testing.T) {
 	assert.Equal(t, 1, port.opens)
 	port.mu.Unlock()
 }
+
+// TestHelloTimeoutSaysGuestWasSilent: a hello nobody answers fails with the
+// caller's deadline and says the guest sent nothing on the connection, so
+// a lost hello is told apart from a confused session.
+func TestHelloTimeoutSaysGuestWasSilent(t *testing.T) {
+	hostEnd, guestEnd := net.Pipe()
+	defer guestEnd.Close()
+	go func() { _, _ = io.Copy(io.Discard, guestEnd) }() // reads, never answers
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := NewClient(ctx, hostEnd)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "(0 bytes from the guest on this connection)")
+}
