@@ -725,7 +725,10 @@ func TestFindPort(t *testing.T) {
 
 // TestServePortReconnects checks the reopen loop: when the host side goes
 // away the session ends, the port is reopened and a new host session works;
-// Ready fires once. The port device is replaced by an in-memory pipe per open.
+// Ready fires once. The port device is replaced by an in-memory pipe per open;
+// a pipe whose host end is closed takes no deadlines, so this is the path of
+// a port that is closed after every session (port_test.go has the port that
+// stays open).
 func TestServePortReconnects(t *testing.T) {
 	dir := t.TempDir()
 	sys := filepath.Join(dir, "vport0p1")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -88,7 +89,8 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 // handshake (waiting, bounded by ctx, for the guest to answer). The
 // connection is closed when NewClient fails.
 func NewClient(ctx context.Context, conn io.ReadWriteCloser) (*Client, error) {
-	sess, err := yamux.Client(conn, yamuxConfig())
+	cc := &countingConn{ReadWriteCloser: conn}
+	sess, err := yamux.Client(cc, yamuxConfig())
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("guest agent session: %w", err)
@@ -101,7 +103,10 @@ func NewClient(ctx context.Context, conn io.ReadWriteCloser) (*Client, error) {
 		if errors.As(err, &re) && re.Code == CodeStaleSession {
 			return nil, ErrStaleSession
 		}
-		return nil, err
+		// Whether the guest sent anything tells a silent guest (its agent
+		// not reading the port, the hello lost on the way) from a
+		// confused session.
+		return nil, fmt.Errorf("%w (%d bytes from the guest on this connection)", err, cc.n.Load())
 	}
 	cleanup()
 	if resp.Version != ProtocolVersion {
@@ -109,6 +114,18 @@ func NewClient(ctx context.Context, conn io.ReadWriteCloser) (*Client, error) {
 		return nil, fmt.Errorf("guest agent speaks protocol %d, want %d", resp.Version, ProtocolVersion)
 	}
 	return c, nil
+}
+
+// countingConn counts the bytes read from the guest.
+type countingConn struct {
+	io.ReadWriteCloser
+	n atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.ReadWriteCloser.Read(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // Close ends the session; running execs in the guest are killed.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,8 +51,23 @@ type PortConfig struct {
 
 // ServePort serves the agent on a virtio-serial port until ctx is done.
 // While the host side is not connected the port reads EOF at once, which
-// ends the session; the port is then reopened after a short pause, so a
-// restarted host daemon simply reconnects and gets a fresh session.
+// ends the session; a new session starts on the same port after a short
+// pause, so a restarted host daemon simply reconnects and gets a fresh
+// session.
+//
+// After a session that ended because the host went away (EOF) the port
+// stays open for the next one. Closing it there would lose host bytes:
+// QEMU forwards a host's bytes as soon as it connects if the guest has the
+// port open, and the guest kernel (virtio_console) discards unread input on
+// close. A host that connects just after the ending session read EOF (its
+// hello racing the teardown) had its hello thrown away, waited for an
+// answer until its deadline, and its redial could land in the next such
+// teardown again. At EOF the port holds nothing of the previous host, so
+// whatever arrives belongs to the next one. A session that ended otherwise
+// (stale-session reset, protocol error) may leave that host's bytes
+// unread: the port is closed to discard them and reopened, which is also
+// what a port without deadlines (nothing else can interrupt its reads)
+// gets after every session.
 func (s *Server) ServePort(ctx context.Context, pc PortConfig) error {
 	if pc.SysDir == "" {
 		pc.SysDir = "/sys/class/virtio-ports"
@@ -74,24 +90,39 @@ func (s *Server) ServePort(ctx context.Context, pc PortConfig) error {
 	if open == nil {
 		open = func(p string) (io.ReadWriteCloser, error) { return os.OpenFile(p, os.O_RDWR, 0) }
 	}
+	var f io.ReadWriteCloser
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
 	ready := false
 	for {
-		f, err := open(dev)
-		if err != nil {
-			log.Error("open agent port", "err", err)
-		} else {
+		if f == nil {
+			if f, err = open(dev); err != nil {
+				log.Error("open agent port", "err", err)
+				f = nil
+			}
+		}
+		if f != nil {
 			if !ready && pc.Ready != nil {
 				pc.Ready()
 			}
 			ready = true
+			conn, keep := sessionOn(f)
 			// While no host is connected every session ends at once; only
 			// sessions that carried something are worth a log line.
 			t0 := time.Now()
-			n, err := s.serve(ctx, f)
+			n, hostGone, err := s.serve(ctx, conn)
 			if (err != nil && ctx.Err() == nil) || n > 0 {
-				log.Info("agent session ended", "streams", n, "err", err, "after", time.Since(t0))
+				log.Info("agent session ended", "streams", n, "host_gone", hostGone, "err", err, "after", time.Since(t0))
 			}
-			f.Close()
+			if !keep || !hostGone {
+				if keep {
+					f.Close()
+				}
+				f = nil // closed by the session or just now
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -99,6 +130,53 @@ func (s *Server) ServePort(ctx context.Context, pc PortConfig) error {
 		case <-time.After(pc.Retry):
 		}
 	}
+}
+
+// deadlinePort is an open port whose blocked reads and writes a deadline
+// interrupts (an *os.File of a pollable device, a net.Conn in tests).
+type deadlinePort interface {
+	io.ReadWriteCloser
+	SetDeadline(t time.Time) error
+}
+
+// sessionOn returns the connection one session runs on and whether the
+// port can stay open after it (see ServePort). A port without deadlines is
+// handed over as is: the session's end closes it.
+func sessionOn(f io.ReadWriteCloser) (io.ReadWriteCloser, bool) {
+	dp, ok := f.(deadlinePort)
+	if !ok || dp.SetDeadline(time.Time{}) != nil {
+		return f, false
+	}
+	return &portSession{port: dp}, true
+}
+
+// portSession is one session's use of a port that stays open: Close ends
+// the session's blocked reads and writes (a deadline in the past) and
+// refuses further ones, but leaves the port open for the next session.
+type portSession struct {
+	port   deadlinePort
+	closed atomic.Bool
+}
+
+func (p *portSession) Read(b []byte) (int, error) {
+	if p.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	return p.port.Read(b)
+}
+
+func (p *portSession) Write(b []byte) (int, error) {
+	if p.closed.Load() {
+		return 0, os.ErrClosed
+	}
+	return p.port.Write(b)
+}
+
+func (p *portSession) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	return p.port.SetDeadline(time.Unix(1, 0))
 }
 
 func waitForPort(ctx context.Context, pc PortConfig) (string, error) {

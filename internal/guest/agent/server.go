@@ -96,15 +96,17 @@ func yamuxConfig() *yamux.Config {
 // Serve runs one yamux session over conn until the peer goes away, conn
 // fails or ctx is done. It waits for its handlers before returning.
 func (s *Server) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
-	_, err := s.serve(ctx, conn)
+	_, _, err := s.serve(ctx, conn)
 	return err
 }
 
-// serve is Serve that also reports how many streams the session carried.
-func (s *Server) serve(ctx context.Context, conn io.ReadWriteCloser) (streams int, err error) {
+// serve is Serve that also reports how many streams the session carried and
+// whether it ended because conn reached EOF (the host went away with nothing
+// of its left unread), rather than being reset or failing.
+func (s *Server) serve(ctx context.Context, conn io.ReadWriteCloser) (streams int, eof bool, err error) {
 	sess, err := yamux.Server(conn, yamuxConfig())
 	if err != nil {
-		return 0, fmt.Errorf("agent: start session: %w", err)
+		return 0, false, fmt.Errorf("agent: start session: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
@@ -116,12 +118,15 @@ func (s *Server) serve(ctx context.Context, conn io.ReadWriteCloser) (streams in
 		st, err := sess.AcceptStream()
 		if err != nil {
 			if ctx.Err() != nil {
-				return streams, ctx.Err()
+				return streams, false, ctx.Err()
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrSessionShutdown) {
-				return streams, nil
+			if errors.Is(err, io.EOF) {
+				return streams, true, nil
 			}
-			return streams, fmt.Errorf("agent: accept: %w", err)
+			if errors.Is(err, yamux.ErrSessionShutdown) {
+				return streams, false, nil
+			}
+			return streams, false, fmt.Errorf("agent: accept: %w", err)
 		}
 		streams++
 		wg.Add(1)
