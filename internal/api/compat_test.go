@@ -125,7 +125,7 @@ func TestCreateRefusesWhatThisHostCannotHonour(t *testing.T) {
 		`"hypervisor":"firecracker"`:                          "hypervisor",
 		`"hypervisor":"cloud-hypervisor"`:                     "hypervisor",
 		`"platform":"linux/arm64"`:                            "platform",
-		`"auto_standby":{"enabled":true,"idle_timeout":"5m"}`: "auto_standby",
+		`"auto_standby":{"enabled":true,"idle_timeout":"5ms"}`: "auto_standby.idle_timeout",
 		`"ttl":"24h"`:                                         "ttl",
 		`"expires_at":"2030-01-01T00:00:00Z"`:                 "expires_at",
 	}

@@ -509,3 +509,39 @@ func (c *Controller) Status(s Snapshot) Status {
 	}
 	return st
 }
+
+// ErrInStandby: a hold was asked for an instance on standby.
+var ErrInStandby = errors.New("instance is on standby")
+
+// InstanceStatus is the status of instance ref (ID or name).
+func (c *Controller) InstanceStatus(ctx context.Context, ref string) (Status, error) {
+	s, err := c.cfg.Instances.AutoStandbySnapshot(ctx, ref)
+	if err != nil {
+		return Status{}, err
+	}
+	return c.Status(s), nil
+}
+
+// HoldInstance holds instance ref until until, or for d from now when until
+// is zero, or for the policy's idle timeout when both are zero. It returns
+// the status with the hold in effect; ErrInStandby for an instance on
+// standby.
+func (c *Controller) HoldInstance(ctx context.Context, ref string, until time.Time, d time.Duration) (Status, error) {
+	s, err := c.cfg.Instances.AutoStandbySnapshot(ctx, ref)
+	if err != nil {
+		return Status{}, err
+	}
+	if s.State == state.Standby {
+		return Status{}, ErrInStandby
+	}
+	if until.IsZero() {
+		if d <= 0 {
+			d = s.Policy.Timeout()
+		}
+		until = c.cfg.Clock.Now().Add(d)
+	}
+	if _, err := c.Hold(s.ID, until); err != nil {
+		return Status{}, err
+	}
+	return c.Status(s), nil
+}
