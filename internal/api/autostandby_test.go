@@ -58,9 +58,9 @@ func TestAutoStandbyStatusAndHoldRoutes(t *testing.T) {
 		t.Fatalf("hold_until passed as %s, want %s", fa.until, until)
 	}
 	for body, field := range map[string]string{
-		`{"duration":"1ms"}`:                                   "duration",
-		`{"duration":"soon"}`:                                  "duration",
-		`{"hold_until":"2001-01-01T00:00:00Z"}`:                "hold_until",
+		`{"duration":"1ms"}`:                                    "duration",
+		`{"duration":"soon"}`:                                   "duration",
+		`{"hold_until":"2001-01-01T00:00:00Z"}`:                 "hold_until",
 		`{"duration":"1m","hold_until":"2099-01-01T00:00:00Z"}`: "hold_until",
 	} {
 		code, msg := errBody(t, e.do("POST", "/instances/web/auto-standby/hold", tok, body))
