@@ -109,8 +109,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Stat:      pathStatter{Instances: d.Instances},
 		Lifecycle: d.Instances,
 		Templates: d.Instances,
-		Snapshots: d.Instances,
-		Guest:     d.Instances,
+		// nil interface (status unsupported) without bridge networking.
+		AutoStandby: autoStandbyAPI(d),
+		Snapshots:   d.Instances,
+		Guest:       d.Instances,
 		// Attach/detach; without a volume store they refuse with a 400
 		// naming volumes.
 		InstanceVolumes: d.Instances,
@@ -256,4 +258,13 @@ func (p pathStatter) StatPath(ctx context.Context, ref, path string, followLinks
 			LinkTarget: fi.LinkTarget, Mode: uint32(fi.Mode.Perm()), Size: fi.Size,
 		}, nil
 	}
+}
+
+// autoStandbyAPI is the daemon's controller as the API option, or a nil
+// interface when there is none.
+func autoStandbyAPI(d *daemon.Daemon) api.AutoStandby {
+	if d.AutoStandby == nil {
+		return nil
+	}
+	return d.AutoStandby
 }
