@@ -62,11 +62,14 @@ func toAPIAutoStandbyStatus(s autostandby.Status) gen.AutoStandbyStatus {
 		IdleSince: utcPtr(s.IdleSince), LastInboundActivityAt: utcPtr(s.LastInboundActivityAt),
 		NextStandbyAt: utcPtr(s.NextStandbyAt), HoldUntil: utcPtr(s.HoldUntil),
 	}
+	// Go's Duration.String, as hypeman prints them ("5m0s").
 	if s.IdleTimeout != nil {
-		out.IdleTimeout = optDuration(*s.IdleTimeout)
+		v := s.IdleTimeout.String()
+		out.IdleTimeout = &v
 	}
 	if s.CountdownRemaining != nil {
-		out.CountdownRemaining = optDuration(s.CountdownRemaining.Round(time.Second))
+		v := s.CountdownRemaining.Round(time.Second).String()
+		out.CountdownRemaining = &v
 	}
 	return out
 }

@@ -255,9 +255,11 @@ func (c *Controller) setSnapshot(s Snapshot) {
 		return
 	}
 	t := c.tracks[s.ID]
-	if t == nil || t.snap.State != s.State || t.snap.GuestIP != s.GuestIP || !samePolicy(t.snap.Policy, s.Policy) {
-		requested := t != nil && t.requested
-		t = &track{requested: requested}
+	// While a standby is being taken the track stays as it is: its seen
+	// set is what the paused re-check compares with (the pause itself
+	// publishes state changes); standby() resets it afterwards.
+	if t == nil || !t.requested && (t.snap.State != s.State || t.snap.GuestIP != s.GuestIP || !samePolicy(t.snap.Policy, s.Policy)) {
+		t = &track{}
 		c.tracks[s.ID] = t
 	}
 	t.snap = s
@@ -386,6 +388,11 @@ func (c *Controller) standby(ctx context.Context, id string) {
 	}
 	if t != nil {
 		t.requested = false
+		if err == nil {
+			// On standby now: the next snapshot (the Standby event)
+			// starts a fresh track.
+			t.polled, t.seen, t.idleSince = false, nil, time.Time{}
+		}
 	}
 }
 

@@ -434,3 +434,24 @@ func TestPolicyValidate(t *testing.T) {
 		t.Fatal("default idle timeout")
 	}
 }
+
+// The pause publishes a state change that the controller may handle before
+// the re-check: a connection that closed before the countdown (still in
+// TIME_WAIT) must not then look new and block the standby forever.
+func TestPauseEventKeepsBaselineForRecheck(t *testing.T) {
+	e := newEnv(t, policy5s())
+	e.obs.set(conn("10.100.0.1", 40000, 80, false)) // closed earlier, lingering
+	e.poll()
+	e.inst.onPause = func() {
+		s := e.inst.snap
+		s.State = state.Paused
+		e.c.setSnapshot(s)
+	}
+	e.clk.Advance(5 * time.Second)
+	if due := e.poll(); len(due) != 1 {
+		t.Fatal("standby not attempted")
+	}
+	if standbys, resumes := e.inst.counts(); standbys != 1 || resumes != 0 {
+		t.Fatalf("standbys %d resumes %d: the lingering entry blocked the standby", standbys, resumes)
+	}
+}
