@@ -30,6 +30,8 @@ func autoStandbyFromAPI(in *gen.AutoStandbyPolicy) (*autostandby.Policy, error) 
 	p := autostandby.Policy{Enabled: deref(in.Enabled), IdleTimeout: deref(in.IdleTimeout)}
 	p.IgnoreSourceCIDRs = deref(in.IgnoreSourceCidrs)
 	p.IgnoreDestinationPorts = deref(in.IgnoreDestinationPorts)
+	// {"enabled": false} is a policy (disabled); {} removes it.
+	p.Configured = in.Enabled != nil || !p.IsZero()
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}

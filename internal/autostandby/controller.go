@@ -266,7 +266,7 @@ func (c *Controller) setSnapshot(s Snapshot) {
 }
 
 func samePolicy(a, b Policy) bool {
-	return a.Enabled == b.Enabled && a.IdleTimeout == b.IdleTimeout &&
+	return a.Configured == b.Configured && a.Enabled == b.Enabled && a.IdleTimeout == b.IdleTimeout &&
 		fmt.Sprint(a.IgnoreSourceCIDRs) == fmt.Sprint(b.IgnoreSourceCIDRs) &&
 		fmt.Sprint(a.IgnoreDestinationPorts) == fmt.Sprint(b.IgnoreDestinationPorts)
 }

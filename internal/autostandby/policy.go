@@ -37,7 +37,11 @@ func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 // Policy is an instance's auto_standby setting, as sent by the API and
 // persisted in its metadata. The zero value is "no policy".
 type Policy struct {
-	Enabled bool `json:"enabled"`
+	// Configured marks a policy that was set, even if it only says
+	// enabled: false (status disabled/policy_disabled rather than
+	// policy_missing).
+	Configured bool `json:"configured,omitempty"`
+	Enabled    bool `json:"enabled"`
 	// IdleTimeout is a Go duration string; "" means DefaultIdleTimeout.
 	IdleTimeout            string   `json:"idle_timeout,omitempty"`
 	IgnoreSourceCIDRs      []string `json:"ignore_source_cidrs,omitempty"`
@@ -46,7 +50,7 @@ type Policy struct {
 
 // IsZero reports whether no policy is configured.
 func (p Policy) IsZero() bool {
-	return !p.Enabled && p.IdleTimeout == "" && len(p.IgnoreSourceCIDRs) == 0 && len(p.IgnoreDestinationPorts) == 0
+	return !p.Configured && !p.Enabled && p.IdleTimeout == "" && len(p.IgnoreSourceCIDRs) == 0 && len(p.IgnoreDestinationPorts) == 0
 }
 
 // Validate checks every field; the error names the field and the fix.

@@ -77,6 +77,13 @@ func TestUpstreamAutoStandby(t *testing.T) {
 	f.step("a request through the ingress is inbound activity", func(t *testing.T) {
 		f.cli(t, nil, "ingress", "create", "asweb", "--hostname", "asweb.conformance.test", "--port", "8080",
 			"--host-port", strconv.Itoa(port), "--name", "asweb-ing")
+		// Connections before the controller's first look at a freshly
+		// Running instance are its baseline: wait for the countdown.
+		for deadline := time.Now().Add(30 * time.Second); status(t).Status != "idle_countdown"; time.Sleep(250 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no idle countdown: %+v", status(t))
+			}
+		}
 		before := time.Now()
 		if body := httpGet(t, url, "asweb.conformance.test", 200); body != "hello conformance\n" {
 			t.Fatalf("through the ingress: %q", body)
@@ -114,7 +121,13 @@ func TestUpstreamAutoStandby(t *testing.T) {
 	})
 
 	f.step("idle instance goes to standby by itself, after the hold", func(t *testing.T) {
-		f.wait(t, "asweb", "Standby")
+		// Polled, not `wait`: the standby passes through Paused, where
+		// wait returns (Paused is a resting state for it).
+		for deadline := time.Now().Add(3 * time.Minute); f.inspect(t, "asweb").State != "Standby"; time.Sleep(250 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not on standby after 3 minutes: %+v", status(t))
+			}
+		}
 		if now := time.Now(); now.Before(holdUntil) {
 			t.Fatalf("standby at %s, before the hold ended at %s", now, holdUntil)
 		}
@@ -124,7 +137,7 @@ func TestUpstreamAutoStandby(t *testing.T) {
 		var out, errb bytes.Buffer
 		env := map[string]string{"HYPEMAN_BASE_URL": s.BaseURL, "HYPEMAN_API_KEY": s.Token}
 		code := cli.Run(t.Context(), []string{"--format", "json", "auto-standby", "hold", "asweb"}, bytes.NewReader(nil), &out, &errb, func(k string) string { return env[k] })
-		if code == 0 || !strings.Contains(out.String()+errb.String(), "instance_in_standby") {
+		if code == 0 || !strings.Contains(out.String()+errb.String(), "is on standby: restore it") {
 			t.Fatalf("hold on standby: exit %d %s%s", code, out.String(), errb.String())
 		}
 	})

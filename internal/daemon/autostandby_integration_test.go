@@ -67,9 +67,16 @@ func TestAutoStandbyIdleHTTP(t *testing.T) {
 		}
 		return st
 	}
+	waitFor(t, "observed", 30*time.Second, func() bool { return status().Status == autostandby.StatusIdleCountdown })
+	before := time.Now()
 	if body := get(); !strings.Contains(body, "hello") {
 		t.Fatalf("page: %q", body)
 	}
+	// A short request between two polls is activity: the countdown restarts.
+	waitFor(t, "the short request seen", 30*time.Second, func() bool {
+		st := status()
+		return st.LastInboundActivityAt != nil && st.IdleSince != nil && !st.IdleSince.Before(before)
+	})
 
 	// A slow request: the headers never finish, so httpd keeps the
 	// connection open (its header timeout is 60s).
