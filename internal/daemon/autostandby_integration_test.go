@@ -2,8 +2,11 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -125,4 +128,84 @@ func TestAutoStandbyIdleHTTP(t *testing.T) {
 		t.Fatalf("page after restore: %q", body)
 	}
 	waitFor(t, "Standby again", 90*time.Second, func() bool { return mustGet(t, d, in.ID).State == state.Standby })
+}
+
+// The race of hypeman's PR #318, on a real VM: a client connects while the
+// auto-standby re-check has the VM paused. The host's conntrack table shows
+// the connection to the paused guest (so the controller's check refuses the
+// standby), the VM is resumed, and the request is served, not cut.
+func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
+	t.Parallel()
+	nettest.RequireRoot(t)
+	ns := nettest.NewNS(t)
+	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns})
+	ref := testimage.Push(t, testimage.Registry(t), "test/asrace", testimage.Busybox(t, testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"},
+	}))
+	ctx := context.Background()
+	// No policy: only this test's StandbyIfIdle acts on the instance.
+	in, err := d.Instances.Create(ctx, instances.CreateParams{Name: "asrace", Image: ref, Size: "256MB", VCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Instances.Delete(context.Background(), in.ID) })
+	waitFor(t, "Running", 90*time.Second, func() bool { return mustGet(t, d, in.ID).State == state.Running })
+	ip, err := d.Instances.GuestIP(ctx, in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := netip.MustParseAddr(ip)
+	obs := autostandby.ConntrackObserver{InNS: d.Network.InNetNS}
+	type reply struct {
+		body string
+		err  error
+	}
+	got := make(chan reply, 1)
+	err = d.Instances.StandbyIfIdle(ctx, in.ID, func(ctx context.Context) error {
+		if st := mustGet(t, d, in.ID).State; st != state.Paused {
+			return fmt.Errorf("check ran in state %s, want Paused", st)
+		}
+		go func() {
+			c, err := d.Network.DialContext(ctx, "tcp", net.JoinHostPort(ip, "8080"))
+			if err != nil {
+				got <- reply{err: err}
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+				got <- reply{err: err}
+				return
+			}
+			b, err := io.ReadAll(c)
+			got <- reply{string(b), err}
+		}()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			conns, err := obs.Connections(ctx, map[netip.Addr]bool{guest: true})
+			if err != nil {
+				return err
+			}
+			for _, c := range conns {
+				if c.Active && c.DstPort == 8080 {
+					return autostandby.ErrBusy
+				}
+			}
+		}
+		return errors.New("the connection to the paused guest never showed in conntrack")
+	})
+	if !errors.Is(err, autostandby.ErrBusy) {
+		t.Fatalf("StandbyIfIdle: %v, want ErrBusy (connection seen while paused)", err)
+	}
+	if st := mustGet(t, d, in.ID).State; st != state.Running {
+		t.Fatalf("after the refused standby: %s, want Running", st)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || !strings.Contains(r.body, "hello") {
+			t.Fatalf("the request made while paused: %q, %v", r.body, r.err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the request made while paused got no answer")
+	}
 }
