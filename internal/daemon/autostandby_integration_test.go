@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"hypeman/internal/autostandby"
+	"hypeman/internal/daemon"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/network/nettest"
@@ -25,28 +26,12 @@ import (
 func TestAutoStandbyIdleHTTP(t *testing.T) {
 	t.Parallel()
 	nettest.RequireRoot(t)
-	ns := nettest.NewNS(t)
-	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns})
+	const idle = 5 * time.Second
+	d, in, ip := httpdInstance(t, "asweb", &autostandby.Policy{Enabled: true, IdleTimeout: idle.String()})
 	if d.AutoStandby == nil {
 		t.Fatal("no auto-standby controller with bridge networking")
 	}
-	ref := testimage.Push(t, testimage.Registry(t), "test/asweb", testimage.Busybox(t, testimage.Options{
-		Entrypoint: []string{"/bin/sh", "-c"},
-		Cmd:        []string{"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"},
-	}))
 	ctx := context.Background()
-	const idle = 5 * time.Second
-	in, err := d.Instances.Create(ctx, instances.CreateParams{Name: "asweb", Image: ref, Size: "256MB", VCPUs: 1,
-		AutoStandby: &autostandby.Policy{Enabled: true, IdleTimeout: idle.String()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Instances.Delete(context.Background(), in.ID) })
-	waitFor(t, "Running", 90*time.Second, func() bool { return mustGet(t, d, in.ID).State == state.Running })
-	ip, err := d.Instances.GuestIP(ctx, in.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
 	addr := net.JoinHostPort(ip, "8080")
 	get := func() string {
 		t.Helper()
@@ -137,24 +122,9 @@ func TestAutoStandbyIdleHTTP(t *testing.T) {
 func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
 	t.Parallel()
 	nettest.RequireRoot(t)
-	ns := nettest.NewNS(t)
-	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns})
-	ref := testimage.Push(t, testimage.Registry(t), "test/asrace", testimage.Busybox(t, testimage.Options{
-		Entrypoint: []string{"/bin/sh", "-c"},
-		Cmd:        []string{"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"},
-	}))
-	ctx := context.Background()
 	// No policy: only this test's StandbyIfIdle acts on the instance.
-	in, err := d.Instances.Create(ctx, instances.CreateParams{Name: "asrace", Image: ref, Size: "256MB", VCPUs: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Instances.Delete(context.Background(), in.ID) })
-	waitFor(t, "Running", 90*time.Second, func() bool { return mustGet(t, d, in.ID).State == state.Running })
-	ip, err := d.Instances.GuestIP(ctx, in.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, in, ip := httpdInstance(t, "asrace", nil)
+	ctx := context.Background()
 	guest := netip.MustParseAddr(ip)
 	obs := autostandby.ConntrackObserver{InNS: d.Network.InNetNS}
 	type reply struct {
@@ -162,7 +132,7 @@ func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
 		err  error
 	}
 	got := make(chan reply, 1)
-	err = d.Instances.StandbyIfIdle(ctx, in.ID, func(ctx context.Context) error {
+	err := d.Instances.StandbyIfIdle(ctx, in.ID, func(ctx context.Context) error {
 		if st := mustGet(t, d, in.ID).State; st != state.Paused {
 			return fmt.Errorf("check ran in state %s, want Paused", st)
 		}
@@ -208,4 +178,29 @@ func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the request made while paused got no answer")
 	}
+}
+
+// httpdInstance starts a daemon with bridge networking in a netns of the
+// test and a Running busybox httpd instance (port 8080, "hello") with
+// policy; it returns the daemon, the instance and its guest address.
+func httpdInstance(t *testing.T, name string, policy *autostandby.Policy) (*daemon.Daemon, *instances.Instance, string) {
+	t.Helper()
+	ns := nettest.NewNS(t)
+	d := newDaemonWith(t, map[string]string{"network_mode": "bridge", "network_netns": ns})
+	ref := testimage.Push(t, testimage.Registry(t), "test/"+name, testimage.Busybox(t, testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"},
+	}))
+	ctx := context.Background()
+	in, err := d.Instances.Create(ctx, instances.CreateParams{Name: name, Image: ref, Size: "256MB", VCPUs: 1, AutoStandby: policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Instances.Delete(context.Background(), in.ID) })
+	waitFor(t, "Running", 90*time.Second, func() bool { return mustGet(t, d, in.ID).State == state.Running })
+	ip, err := d.Instances.GuestIP(ctx, in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, in, ip
 }
