@@ -109,18 +109,18 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Stat:      pathStatter{Instances: d.Instances},
 		Lifecycle: d.Instances,
 		Templates: d.Instances,
-		// nil interface (status unsupported) without bridge networking.
-		AutoStandby: autoStandbyAPI(d),
-		Snapshots:   d.Instances,
-		Guest:       d.Instances,
+		Snapshots: d.Instances,
+		Guest:     d.Instances,
 		// Attach/detach; without a volume store they refuse with a 400
 		// naming volumes.
 		InstanceVolumes: d.Instances,
-		Events:          d.Events,
-		Secret:          secret,
-		Version:         version,
-		Phases:          d.Phases,
-		Pushes:          d.Pushes,
+		// nil interface (status unsupported) without bridge networking.
+		AutoStandby: autoStandbyAPI(d),
+		Events:      d.Events,
+		Secret:      secret,
+		Version:     version,
+		Phases:      d.Phases,
+		Pushes:      d.Pushes,
 		Capabilities: func(context.Context) api.Capabilities {
 			c := api.Capabilities{
 				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,

@@ -3,9 +3,9 @@ package instances
 import (
 	"errors"
 	"fmt"
-	"hypeman/internal/autostandby"
 	"time"
 
+	"hypeman/internal/autostandby"
 	"hypeman/internal/health"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/restart"
@@ -36,11 +36,12 @@ type Instance struct {
 	Platform    string            `json:"platform,omitempty"` // the image's os/arch
 	Network     *NetworkInfo      `json:"network,omitempty"`
 	// RestartPolicy is omitted when the policy is never.
-	RestartPolicy *restart.Policy     `json:"restart_policy,omitempty"`
-	RestartStatus *restart.Status     `json:"restart_status,omitempty"`
-	HealthCheck   *health.Check       `json:"health_check,omitempty"`
-	HealthStatus  *health.Status      `json:"health_status,omitempty"`
-	AutoStandby   *autostandby.Policy `json:"auto_standby,omitempty"` // see autostandby.go
+	RestartPolicy *restart.Policy `json:"restart_policy,omitempty"`
+	RestartStatus *restart.Status `json:"restart_status,omitempty"`
+	HealthCheck   *health.Check   `json:"health_check,omitempty"`
+	HealthStatus  *health.Status  `json:"health_status,omitempty"`
+
+	AutoStandby *autostandby.Policy `json:"auto_standby,omitempty"` // see autostandby.go
 	// SnapshotPolicy is the instance's compression policy (nil: none set,
 	// the server default applies).
 	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
@@ -127,11 +128,12 @@ type Metadata struct {
 	// stopped_by_hypeman, launch_failed, code, vm_crashed.
 	ExitKind string `json:"exit_kind,omitempty"`
 	// Restart policy and health check, with their persisted status.
-	RestartPolicy restart.Policy     `json:"restart_policy,omitzero"`
-	RestartStatus restart.Status     `json:"restart_status,omitzero"`
-	HealthCheck   health.Check       `json:"health_check,omitzero"`
-	HealthStatus  health.Status      `json:"health_status,omitzero"`
-	AutoStandby   autostandby.Policy `json:"auto_standby,omitzero"` // see autostandby.go
+	RestartPolicy restart.Policy `json:"restart_policy,omitzero"`
+	RestartStatus restart.Status `json:"restart_status,omitzero"`
+	HealthCheck   health.Check   `json:"health_check,omitzero"`
+	HealthStatus  health.Status  `json:"health_status,omitzero"`
+
+	AutoStandby autostandby.Policy `json:"auto_standby,omitzero"` // see autostandby.go
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
 	// StartMode: see Instance.StartMode.
