@@ -192,7 +192,7 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.reconcile(ctx)
 				lastReconcile = now
 			}
-			for _, id := range c.Poll(ctx) {
+			for _, id := range c.poll(ctx) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -284,10 +284,10 @@ func watched(t *track) (netip.Addr, bool) {
 	return ip.Unmap(), true
 }
 
-// Poll reads the observer once, updates every watched instance and returns
+// poll reads the observer once, updates every watched instance and returns
 // the instances whose standby is due (marked requested). Run calls it every
 // PollInterval; tests call it directly.
-func (c *Controller) Poll(ctx context.Context) []string {
+func (c *Controller) poll(ctx context.Context) []string {
 	c.mu.Lock()
 	guests := map[netip.Addr]bool{}
 	for _, t := range c.tracks {

@@ -155,7 +155,7 @@ func (e *env) controller(t *testing.T) *Controller {
 // poll runs one observation and takes any due standby synchronously.
 func (e *env) poll() []string {
 	ctx := context.Background()
-	due := e.c.Poll(ctx)
+	due := e.c.poll(ctx)
 	for _, id := range due {
 		e.c.standby(ctx, id)
 	}
