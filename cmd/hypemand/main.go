@@ -114,11 +114,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		// Attach/detach; without a volume store they refuse with a 400
 		// naming volumes.
 		InstanceVolumes: d.Instances,
-		Events:          d.Events,
-		Secret:          secret,
-		Version:         version,
-		Phases:          d.Phases,
-		Pushes:          d.Pushes,
+		// nil interface (status unsupported) without bridge networking.
+		AutoStandby: autoStandbyAPI(d),
+		Events:      d.Events,
+		Secret:      secret,
+		Version:     version,
+		Phases:      d.Phases,
+		Pushes:      d.Pushes,
 		Capabilities: func(context.Context) api.Capabilities {
 			c := api.Capabilities{
 				Accelerator: d.Hypervisor.Accel(), NetworkMode: netMode, NetworkReason: netReason,
@@ -256,4 +258,13 @@ func (p pathStatter) StatPath(ctx context.Context, ref, path string, followLinks
 			LinkTarget: fi.LinkTarget, Mode: uint32(fi.Mode.Perm()), Size: fi.Size,
 		}, nil
 	}
+}
+
+// autoStandbyAPI is the daemon's controller as the API option, or a nil
+// interface when there is none.
+func autoStandbyAPI(d *daemon.Daemon) api.AutoStandby {
+	if d.AutoStandby == nil {
+		return nil
+	}
+	return d.AutoStandby
 }

@@ -136,7 +136,7 @@ func TestCreateBadInput(t *testing.T) {
 		{"ttl garbage", `{"name":"web","image":"busybox","ttl":"forever"}`, "application/json", 400, "invalid_request", "ttl"},
 		{"ttl set", `{"name":"web","image":"busybox","ttl":"1h"}`, "application/json", 400, "unsupported", "ttl"},
 		{"expires_at not a time", `{"name":"web","image":"busybox","expires_at":"tomorrow"}`, "application/json", 400, "invalid_request", "expires_at"},
-		{"auto_standby on", `{"name":"web","image":"busybox","auto_standby":{"enabled":true}}`, "application/json", 400, "unsupported", "auto_standby"},
+		{"auto_standby idle_timeout", `{"name":"web","image":"busybox","auto_standby":{"enabled":true,"idle_timeout":"100ms"}}`, "application/json", 400, "invalid_request", "auto_standby.idle_timeout"},
 		{"auto_standby port", `{"name":"web","image":"busybox","auto_standby":{"ignore_destination_ports":[0]}}`, "application/json", 400, "invalid_request", "ignore_destination_ports"},
 		{"snapshot policy algo", `{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"algorithm":"gzip"}}}`, "application/json", 400, "invalid_request", "algorithm"},
 		{"snapshot policy level", `{"name":"web","image":"busybox","snapshot_policy":{"compression":{"enabled":true,"level":20}}}`, "application/json", 400, "invalid_request", "level"},

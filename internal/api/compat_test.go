@@ -119,15 +119,15 @@ func TestCreateRefusesWhatThisHostCannotHonour(t *testing.T) {
 	tok := mint(t)
 	cases := map[string]string{
 		`"credentials":{"KEY":{"source":{"env":"REAL"},"inject":[{"as":{"header":"Authorization","format":"Bearer ${value}"}}]}}`: "credentials",
-		`"devices":["l4-gpu"]`:                                "devices",
-		`"gpu":{"profile":"L40S-1Q"}`:                         "gpu",
-		`"network":{"egress":{"enabled":true}}`:               "network.egress.enabled",
-		`"hypervisor":"firecracker"`:                          "hypervisor",
-		`"hypervisor":"cloud-hypervisor"`:                     "hypervisor",
-		`"platform":"linux/arm64"`:                            "platform",
-		`"auto_standby":{"enabled":true,"idle_timeout":"5m"}`: "auto_standby",
-		`"ttl":"24h"`:                                         "ttl",
-		`"expires_at":"2030-01-01T00:00:00Z"`:                 "expires_at",
+		`"devices":["l4-gpu"]`:                                 "devices",
+		`"gpu":{"profile":"L40S-1Q"}`:                          "gpu",
+		`"network":{"egress":{"enabled":true}}`:                "network.egress.enabled",
+		`"hypervisor":"firecracker"`:                           "hypervisor",
+		`"hypervisor":"cloud-hypervisor"`:                      "hypervisor",
+		`"platform":"linux/arm64"`:                             "platform",
+		`"auto_standby":{"enabled":true,"idle_timeout":"5ms"}`: "auto_standby.idle_timeout",
+		`"ttl":"24h"`:                                          "ttl",
+		`"expires_at":"2030-01-01T00:00:00Z"`:                  "expires_at",
 	}
 	for extra, field := range cases {
 		resp := e.do("POST", "/instances", tok, `{"name":"web","image":"busybox",`+extra+`}`)

@@ -83,6 +83,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 			out.Network.Name = optString("default")
 		}
 	}
+	out.AutoStandby = toAPIAutoStandby(in.AutoStandby)
 	if in.RestartPolicy != nil {
 		out.RestartPolicy = toAPIRestartPolicy(*in.RestartPolicy)
 	}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"hypeman/internal/auth"
+	"hypeman/internal/autostandby"
 	"hypeman/internal/events"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/agent"
@@ -101,6 +102,7 @@ func (s *server) classify(err error) (int, string, string) {
 	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse), errors.Is(err, instances.ErrVolumeInUse):
 		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid),
+		errors.Is(err, autostandby.ErrInvalid),
 		errors.Is(err, hypervisor.ErrInvalidCompression):
 		// The restart and health errors name the field (restart_policy.backoff, …).
 		return http.StatusBadRequest, CodeInvalidRequest, msg

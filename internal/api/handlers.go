@@ -157,14 +157,6 @@ func unsupported(field, reason string) error {
 	return newError(http.StatusBadRequest, CodeUnsupported, "%s is not supported by this server: %s", field, reason)
 }
 
-// checkAutoStandby accepts no policy or a disabled one.
-func checkAutoStandby(p *gen.AutoStandbyPolicy) error {
-	if p != nil && deref(p.Enabled) {
-		return unsupported("auto_standby", "instances are not put on standby automatically yet; put one on standby with POST /instances/{id}/standby, or omit the field")
-	}
-	return nil
-}
-
 // checkExpiry accepts no expiry ("0s" disables it).
 func checkExpiry(ttl *string, expiresAt *time.Time) error {
 	if ttl != nil {
@@ -203,7 +195,8 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 	if err := s.checkPlatform(ctx, "platform", b.Platform); err != nil {
 		return nil, err
 	}
-	if err := checkAutoStandby(b.AutoStandby); err != nil {
+	autoStandby, err := autoStandbyFromAPI(b.AutoStandby)
+	if err != nil {
 		return nil, err
 	}
 	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
@@ -226,6 +219,7 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Tags:           derefTags(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
 		Volumes:        volumeMountsFromAPI(deref(b.Volumes)),
+		AutoStandby:    autoStandby,
 		// Pulling an image the store lacks is an image write.
 		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}
@@ -233,7 +227,6 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		p.NetworkEnabled = n.Enabled
 		p.BandwidthDownload, p.BandwidthUpload = deref(n.BandwidthDownload), deref(n.BandwidthUpload)
 	}
-	var err error
 	if p.SnapshotPolicy, err = snapshotPolicyFromAPI(b.SnapshotPolicy); err != nil {
 		return nil, err
 	}
@@ -275,22 +268,22 @@ func (s *server) UpdateInstance(ctx context.Context, req gen.UpdateInstanceReque
 	if b.Env != nil {
 		return nil, unsupported("env", "PATCH env only rotates egress credential bindings, and this server has none; env is set at create")
 	}
-	if err := checkAutoStandby(b.AutoStandby); err != nil {
-		return nil, err
-	}
 	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
 		return nil, err
 	}
 	var p instances.UpdateParams
 	var err error
+	if p.AutoStandby, err = autoStandbyFromAPI(b.AutoStandby); err != nil {
+		return nil, err
+	}
 	if p.RestartPolicy, err = restartPolicyFromAPI(b.RestartPolicy); err != nil {
 		return nil, err
 	}
 	if p.HealthCheck, err = healthCheckFromAPI(b.HealthCheck); err != nil {
 		return nil, err
 	}
-	if p.RestartPolicy == nil && p.HealthCheck == nil {
-		// Only no-op fields (a disabled auto_standby, ttl 0s): answer
+	if p.RestartPolicy == nil && p.HealthCheck == nil && p.AutoStandby == nil {
+		// Only no-op fields (ttl 0s): answer
 		// with the instance as it is.
 		return s.getForUpdate(ctx, req.Id)
 	}
@@ -372,33 +365,6 @@ func (s *server) StatInstancePath(ctx context.Context, req gen.StatInstancePathR
 		out.LinkTarget = optString(ps.LinkTarget)
 	}
 	return out, nil
-}
-
-// autoStandbyStatus is every instance's answer until auto-standby exists:
-// hypeman's status for a host without it.
-func autoStandbyStatus() gen.AutoStandbyStatus {
-	return gen.AutoStandbyStatus{
-		Supported: false, Configured: false, Enabled: false, Eligible: false,
-		Status: "unsupported", Reason: "unsupported_platform", TrackingMode: "none",
-	}
-}
-
-func (s *server) GetAutoStandbyStatus(ctx context.Context, req gen.GetAutoStandbyStatusRequestObject) (gen.GetAutoStandbyStatusResponseObject, error) {
-	if _, err := s.opts.Instances.Get(ctx, req.Id); err != nil {
-		return nil, err
-	}
-	return gen.GetAutoStandbyStatus200JSONResponse(autoStandbyStatus()), nil
-}
-
-func (s *server) HoldAutoStandby(ctx context.Context, req gen.HoldAutoStandbyRequestObject) (gen.HoldAutoStandbyResponseObject, error) {
-	in, err := s.opts.Instances.Get(ctx, req.Id)
-	if err != nil {
-		return nil, err
-	}
-	if in.State == state.Standby || in.State == state.Template {
-		return nil, newError(http.StatusConflict, CodeInstanceInStandby, "instance %s is on standby: restore it before connecting", in.Name)
-	}
-	return gen.HoldAutoStandby200JSONResponse(autoStandbyStatus()), nil
 }
 
 // --- images ---

@@ -347,7 +347,9 @@ func TestUpdateBodyBadInput(t *testing.T) {
 		{`{"restart_policy":{"policy":"on_failure","backoff":"1s","max_backoff":"1s","max_attempts":0,"stable_after":"1m"},"health_check":{"type":"exec","exec":{"command":["true"],"working_dir":"/app"}}}`, 404, "not_found", "x"},
 		{`{"env":{"A":"b"}}`, 400, "unsupported", "env"},
 		{`{"ttl":"1h"}`, 400, "unsupported", "ttl"},
-		{`{"auto_standby":{"enabled":true}}`, 400, "unsupported", "auto_standby"},
+		{`{"auto_standby":{"enabled":true,"idle_timeout":"soon"}}`, 400, "invalid_request", "auto_standby.idle_timeout"},
+		{`{"auto_standby":{"ignore_source_cidrs":["10.0.0.0/33"]}}`, 400, "invalid_request", "auto_standby.ignore_source_cidrs[0]"},
+		{`{"auto_standby":{"enabled":true,"idle_timeout":"5s"}}`, 404, "not_found", "x"},
 		{`{"ttl":"0s"}`, 404, "not_found", "x"},
 	}
 	for _, c := range cases {

@@ -176,6 +176,9 @@ type Options struct {
 	Resources ResourceLedger  // optional (501 without)
 	Reclaimer MemoryReclaimer // optional (501 without)
 	Templates Templates       // optional (501 without); templates.go
+	// AutoStandby answers the auto-standby status and hold routes
+	// (autostandby.go); optional (status unsupported without).
+	AutoStandby AutoStandby
 	// InstanceVolumes attaches and detaches volumes (instance_volumes.go);
 	// optional (501 without).
 	InstanceVolumes InstanceVolumes

@@ -191,7 +191,7 @@ Environment:
 		a.waitCommand(), a.eventsCommand(), a.versionCommand(),
 		a.standbyCommand(), a.restoreCommand(), a.pauseCommand(), a.resumeCommand(),
 		a.forkCommand(), a.snapshotCommand(), a.execCommand(), a.cpCommand(), a.ingressCommand(), a.volumeCommand(),
-		a.updateCommand(), a.resourcesCommand(), a.templateCommand(),
+		a.updateCommand(), a.resourcesCommand(), a.templateCommand(), a.autoStandbyCommand(),
 	)
 	return root
 }

@@ -54,6 +54,7 @@ type runFlags struct {
 	noNetwork  bool
 	restart    restartFlags
 	health     healthFlags
+	autoStdby  autoStandbyFlags
 	volumes    []string
 
 	hotplug, diskIO, bandwidthDown, bandwidthUp string
@@ -63,6 +64,7 @@ type runFlags struct {
 func (a *app) runCommand() *cobra.Command {
 	f := runFlags{
 		restart: restartFlags{policyName: "restart", prefix: "restart-"}, health: healthFlags{prefix: "health-"},
+		autoStdby: autoStandbyFlags{prefix: "auto-standby-"},
 		compression: compressionFlags{prefix: "snapshot-compression-", policy: true, fallback: "the server's",
 			delayUsage: "standbys save uncompressed and compress after `DURATION`, e.g. 30s (default 0: while saving)"},
 	}
@@ -121,6 +123,7 @@ consecutive failures; with a restart policy it is then restarted.
 	f.compression.register(fl)
 	f.restart.register(fl)
 	f.health.register(fl)
+	f.autoStdby.register(fl)
 	return cmd
 }
 
@@ -249,6 +252,9 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 		return usage(err)
 	}
 	if req.HealthCheck, err = f.health.build(cmd.Flags()); err != nil {
+		return usage(err)
+	}
+	if req.AutoStandby, err = f.autoStdby.build(cmd.Flags()); err != nil {
 		return usage(err)
 	}
 	if req.Volumes, err = volumeMounts(f.volumes); err != nil {

@@ -368,7 +368,7 @@ at once. Each subcommand replaces that setting as a whole: options left out
 take the server's defaults, not the instance's current values.`,
 		RunE: groupRun,
 	}
-	cmd.AddCommand(a.updateRestartCommand(), a.updateHealthCommand())
+	cmd.AddCommand(a.updateRestartCommand(), a.updateHealthCommand(), a.updateAutoStandbyCommand())
 	return cmd
 }
 

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"hypeman/internal/autostandby"
 	"hypeman/internal/config"
 	"hypeman/internal/events"
 	"hypeman/internal/events/eventsprom"
@@ -67,6 +68,8 @@ type Daemon struct {
 	Reclaimer *resources.Reclaimer
 	Restart   *restart.Controller
 	Health    *health.Controller
+	// AutoStandby is nil without bridge networking (autostandby.go).
+	AutoStandby *autostandby.Controller
 	// Phases accounts time per lifecycle phase (a bus consumer).
 	Phases *phases.Tracker
 	// Metrics is the Prometheus registry every part reports into (operation
@@ -408,10 +411,16 @@ func (d *Daemon) startBackground() error {
 	if err != nil {
 		return fmt.Errorf("health controller: %w", err)
 	}
+	if d.AutoStandby, err = d.newAutoStandby(); err != nil {
+		return err
+	}
 	d.Instances.SetRestartPending(d.Restart.RestartPending)
 	d.Instances.SetPolicyChangedHook(func(id string) {
 		d.Restart.Refresh(id)
 		d.Health.Refresh(id)
+		if d.AutoStandby != nil {
+			d.AutoStandby.Refresh(id)
+		}
 	})
 	d.Metrics.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
 	pulls, err := pullCounter(d.Images, d.Metrics)
@@ -425,7 +434,11 @@ func (d *Daemon) startBackground() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.ctlDone = cancel, make(chan struct{})
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run, transitions, pulls} {
+	runs := []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run, transitions, pulls}
+	if d.AutoStandby != nil {
+		runs = append(runs, d.AutoStandby.Run)
+	}
+	for _, run := range runs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -225,7 +225,7 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent,
 		CreatedAt: now, Hypervisor: sm.Hypervisor, Platform: sm.Platform, ForkedFrom: sm.ID,
 		// Same policies, clean status: a fork starts its own history.
-		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck,
+		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck, AutoStandby: sm.AutoStandby,
 		HealthStatus:   initialHealth(sm.HealthCheck),
 		SnapshotPolicy: sm.SnapshotPolicy,
 		Volumes:        vols,

@@ -140,6 +140,9 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 			return nil, &InvalidArgumentError{Field: field, Reason: fmt.Sprintf("at most %d elements", maxArgs)}
 		}
 	}
+	if err := validateAutoStandby(p.AutoStandby); err != nil {
+		return nil, err
+	}
 	if err := validatePolicies(p.RestartPolicy, p.HealthCheck); err != nil {
 		return nil, err
 	}
@@ -163,6 +166,9 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 		NetworkDisabled: networkDisabled,
 		Limits:          limits,
 		Volumes:         vols,
+	}
+	if p.AutoStandby != nil {
+		meta.AutoStandby = *p.AutoStandby
 	}
 	if p.RestartPolicy != nil {
 		meta.RestartPolicy = *p.RestartPolicy

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"time"
 
+	"hypeman/internal/autostandby"
 	"hypeman/internal/health"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/restart"
@@ -53,6 +54,7 @@ func policyView(inst *Instance, meta Metadata) {
 		s := meta.HealthStatus
 		inst.HealthStatus = &s
 	}
+	autoStandbyView(inst, meta)
 }
 
 // UpdateParams is a PATCH /instances/{id} request: nil fields are left
@@ -61,12 +63,16 @@ func policyView(inst *Instance, meta Metadata) {
 type UpdateParams struct {
 	RestartPolicy *restart.Policy
 	HealthCheck   *health.Check
+	AutoStandby   *autostandby.Policy // see autostandby.go
 }
 
 // Update changes an instance's restart policy and/or health check. Changing
 // the policy resets the restart counters but keeps a manual stop.
 func (m *Manager) Update(ctx context.Context, ref string, p UpdateParams) (*Instance, error) {
 	if err := validatePolicies(p.RestartPolicy, p.HealthCheck); err != nil {
+		return nil, err
+	}
+	if err := validateAutoStandby(p.AutoStandby); err != nil {
 		return nil, err
 	}
 	e, err := m.resolve(ref)
@@ -87,6 +93,9 @@ func (m *Manager) Update(ctx context.Context, ref string, p UpdateParams) (*Inst
 		old := e.meta.HealthCheck
 		e.meta.HealthStatus = health.ForCheckChange(old, *p.HealthCheck, e.meta.HealthStatus, st == state.Running)
 		e.meta.HealthCheck = *p.HealthCheck
+	}
+	if p.AutoStandby != nil {
+		e.meta.AutoStandby = *p.AutoStandby
 	}
 	err = m.persist(e)
 	id := e.meta.ID

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"hypeman/internal/autostandby"
 	"hypeman/internal/health"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/restart"
@@ -39,6 +40,8 @@ type Instance struct {
 	RestartStatus *restart.Status `json:"restart_status,omitempty"`
 	HealthCheck   *health.Check   `json:"health_check,omitempty"`
 	HealthStatus  *health.Status  `json:"health_status,omitempty"`
+
+	AutoStandby *autostandby.Policy `json:"auto_standby,omitempty"` // see autostandby.go
 	// SnapshotPolicy is the instance's compression policy (nil: none set,
 	// the server default applies).
 	SnapshotPolicy *SnapshotPolicy `json:"snapshot_policy,omitempty"`
@@ -129,6 +132,8 @@ type Metadata struct {
 	RestartStatus restart.Status `json:"restart_status,omitzero"`
 	HealthCheck   health.Check   `json:"health_check,omitzero"`
 	HealthStatus  health.Status  `json:"health_status,omitzero"`
+
+	AutoStandby autostandby.Policy `json:"auto_standby,omitzero"` // see autostandby.go
 	// ForkedFrom is the source instance of a fork.
 	ForkedFrom string `json:"forked_from,omitempty"`
 	// StartMode: see Instance.StartMode.
@@ -178,6 +183,7 @@ type CreateParams struct {
 	// RestartPolicy nil = never; HealthCheck nil = none.
 	RestartPolicy *restart.Policy
 	HealthCheck   *health.Check
+	AutoStandby   *autostandby.Policy // nil = none (see autostandby.go)
 	// NoPull: the caller may not pull (its token lacks image:write), so an
 	// image the store does not hold fails with ErrPullNotAllowed instead of
 	// being pulled. A pull already under way is waited for.

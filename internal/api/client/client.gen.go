@@ -731,9 +731,24 @@ type AttachVolumeRequest struct {
 	Readonly  *bool  `json:"readonly,omitempty"`
 }
 
-// AutoStandbyPolicy Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+// AutoStandbyHoldRequest At most one of the two; neither holds for the policy's idle_timeout.
+type AutoStandbyHoldRequest struct {
+	// Duration Go duration from now, 1s to 720h.
+	Duration *string `json:"duration,omitempty"`
+
+	// HoldUntil Absolute end of the hold; in the future, at most 720h ahead.
+	HoldUntil *time.Time `json:"hold_until,omitempty"`
+}
+
+// AutoStandbyPolicy Idle-based automatic standby: a Running instance with no qualifying
+// inbound TCP connection (as seen in the host's conntrack table, the
+// ingress proxy's connections included) for `idle_timeout` is put on
+// standby. Connections from `ignore_source_cidrs` or to
+// `ignore_destination_ports` do not keep it awake.
 type AutoStandbyPolicy struct {
-	Enabled                *bool     `json:"enabled,omitempty"`
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// IdleTimeout Go duration, 1s to 720h (default 5m).
 	IdleTimeout            *string   `json:"idle_timeout,omitempty"`
 	IgnoreDestinationPorts *[]int    `json:"ignore_destination_ports,omitempty"`
 	IgnoreSourceCidrs      *[]string `json:"ignore_source_cidrs,omitempty"`
@@ -1074,7 +1089,11 @@ type CreateInstanceNetwork struct {
 
 // CreateInstanceRequest defines model for CreateInstanceRequest.
 type CreateInstanceRequest struct {
-	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	// AutoStandby Idle-based automatic standby: a Running instance with no qualifying
+	// inbound TCP connection (as seen in the host's conntrack table, the
+	// ingress proxy's connections included) for `idle_timeout` is put on
+	// standby. Connections from `ignore_source_cidrs` or to
+	// `ignore_destination_ports` do not keep it awake.
 	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
 
 	// Cmd Replaces the image's cmd.
@@ -1588,7 +1607,11 @@ type IngressTarget struct {
 
 // Instance defines model for Instance.
 type Instance struct {
-	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	// AutoStandby Idle-based automatic standby: a Running instance with no qualifying
+	// inbound TCP connection (as seen in the host's conntrack table, the
+	// ingress proxy's connections included) for `idle_timeout` is put on
+	// standby. Connections from `ignore_source_cidrs` or to
+	// `ignore_destination_ports` do not keep it awake.
 	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
 
 	// Cmd This server's addition. The cmd override, if any.
@@ -2260,7 +2283,11 @@ type Tags map[string]string
 
 // UpdateInstanceRequest defines model for UpdateInstanceRequest.
 type UpdateInstanceRequest struct {
-	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
+	// AutoStandby Idle-based automatic standby: a Running instance with no qualifying
+	// inbound TCP connection (as seen in the host's conntrack table, the
+	// ingress proxy's connections included) for `idle_timeout` is put on
+	// standby. Connections from `ignore_source_cidrs` or to
+	// `ignore_destination_ports` do not keep it awake.
 	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
 	Env         *map[string]string `json:"env,omitempty"`
 	ExpiresAt   *time.Time         `json:"expires_at,omitempty"`
@@ -2583,6 +2610,9 @@ type CreateInstanceJSONRequestBody = CreateInstanceRequest
 
 // UpdateInstanceJSONRequestBody defines body for UpdateInstance for application/json ContentType.
 type UpdateInstanceJSONRequestBody = UpdateInstanceRequest
+
+// HoldAutoStandbyJSONRequestBody defines body for HoldAutoStandby for application/json ContentType.
+type HoldAutoStandbyJSONRequestBody = AutoStandbyHoldRequest
 
 // ForkInstanceJSONRequestBody defines body for ForkInstance for application/json ContentType.
 type ForkInstanceJSONRequestBody = ForkInstanceRequest
@@ -3020,9 +3050,9 @@ type ClientInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `auto_standby`: replaces the policy (`{}` removes it); the
+	//   controller restarts the instance's idle countdown.
+	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3048,9 +3078,9 @@ type ClientInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `auto_standby`: replaces the policy (`{}` removes it); the
+	//   controller restarts the instance's idle countdown.
+	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3060,22 +3090,44 @@ type ClientInterface interface {
 	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
 	UpdateInstance(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// HoldAutoStandby Hold off auto-standby
+	// HoldAutoStandbyWithBody Hold off auto-standby
 	//
-	// As in hypeman, an instance for which no auto-standby will occur
-	// answers 200 with its current status (here: always, until
-	// auto-standby is built), so callers may connect at once. 409
-	// `instance_in_standby` when the instance is on standby: restore it
-	// first.
+	// Blocks auto-standby of the instance until `hold_until`, or for
+	// `duration` from now (default: the policy's idle_timeout), and
+	// restarts its idle countdown, so a caller may connect without the
+	// instance going to standby under it. A later hold replaces an
+	// earlier one; an earlier one is ignored. Holds survive a daemon
+	// restart. 409 `instance_in_standby` when the instance is on
+	// standby: restore it first.
+	//
+	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
-	HoldAutoStandby(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	HoldAutoStandbyWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HoldAutoStandby Hold off auto-standby
+	//
+	// Blocks auto-standby of the instance until `hold_until`, or for
+	// `duration` from now (default: the policy's idle_timeout), and
+	// restarts its idle countdown, so a caller may connect without the
+	// instance going to standby under it. A later hold replaces an
+	// earlier one; an earlier one is ignored. Holds survive a daemon
+	// restart. 409 `instance_in_standby` when the instance is on
+	// standby: restore it first.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+	HoldAutoStandby(ctx context.Context, id InstanceID, body HoldAutoStandbyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetAutoStandbyStatus Auto-standby diagnostic status
 	//
-	// This server does not put idle instances on standby by itself yet, so
-	// every instance reports `supported: false`, status `unsupported`
-	// (hypeman's answer on a host without auto-standby).
+	// Where the auto-standby controller stands for this instance: whether
+	// it is eligible (Running, with a network address, policy enabled),
+	// the qualifying inbound TCP connections it sees in the host's
+	// conntrack table, and the countdown to standby (`idle_since`,
+	// `next_standby_at`, `countdown_remaining`) or the hold in effect.
+	// `supported` is false only when the daemon runs without networking.
 	//
 	// Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
 	GetAutoStandbyStatus(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -4334,9 +4386,9 @@ func (c *Client) GetInstance(ctx context.Context, id InstanceID, reqEditors ...R
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `auto_standby`: replaces the policy (`{}` removes it); the
+//     controller restarts the instance's idle countdown.
+//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -4372,9 +4424,9 @@ func (c *Client) UpdateInstanceWithBody(ctx context.Context, id InstanceID, cont
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `auto_standby`: replaces the policy (`{}` removes it); the
+//     controller restarts the instance's idle countdown.
+//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -4394,17 +4446,46 @@ func (c *Client) UpdateInstance(ctx context.Context, id InstanceID, body UpdateI
 	return c.Client.Do(req)
 }
 
-// HoldAutoStandby Hold off auto-standby
+// HoldAutoStandbyWithBody Hold off auto-standby
 //
-// As in hypeman, an instance for which no auto-standby will occur
-// answers 200 with its current status (here: always, until
-// auto-standby is built), so callers may connect at once. 409
-// `instance_in_standby` when the instance is on standby: restore it
-// first.
+// Blocks auto-standby of the instance until `hold_until`, or for
+// `duration` from now (default: the policy's idle_timeout), and
+// restarts its idle countdown, so a caller may connect without the
+// instance going to standby under it. A later hold replaces an
+// earlier one; an earlier one is ignored. Holds survive a daemon
+// restart. 409 `instance_in_standby` when the instance is on
+// standby: restore it first.
+//
+// Takes any type of body and a specified content type.
 //
 // Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
-func (c *Client) HoldAutoStandby(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewHoldAutoStandbyRequest(c.Server, id)
+func (c *Client) HoldAutoStandbyWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHoldAutoStandbyRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HoldAutoStandby Hold off auto-standby
+//
+// Blocks auto-standby of the instance until `hold_until`, or for
+// `duration` from now (default: the policy's idle_timeout), and
+// restarts its idle countdown, so a caller may connect without the
+// instance going to standby under it. A later hold replaces an
+// earlier one; an earlier one is ignored. Holds survive a daemon
+// restart. 409 `instance_in_standby` when the instance is on
+// standby: restore it first.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+func (c *Client) HoldAutoStandby(ctx context.Context, id InstanceID, body HoldAutoStandbyJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHoldAutoStandbyRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -4417,9 +4498,12 @@ func (c *Client) HoldAutoStandby(ctx context.Context, id InstanceID, reqEditors 
 
 // GetAutoStandbyStatus Auto-standby diagnostic status
 //
-// This server does not put idle instances on standby by itself yet, so
-// every instance reports `supported: false`, status `unsupported`
-// (hypeman's answer on a host without auto-standby).
+// Where the auto-standby controller stands for this instance: whether
+// it is eligible (Running, with a network address, policy enabled),
+// the qualifying inbound TCP connections it sees in the host's
+// conntrack table, and the countdown to standby (`idle_since`,
+// `next_standby_at`, `countdown_remaining`) or the hold in effect.
+// `supported` is false only when the daemon runs without networking.
 //
 // Corresponds with GET /instances/{id}/auto-standby/status (the `GetAutoStandbyStatus` operationId).
 func (c *Client) GetAutoStandbyStatus(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -6706,8 +6790,19 @@ func NewUpdateInstanceRequestWithBody(server string, id InstanceID, contentType 
 	return req, nil
 }
 
-// NewHoldAutoStandbyRequest constructs an http.Request for the HoldAutoStandby method
-func NewHoldAutoStandbyRequest(server string, id InstanceID) (*http.Request, error) {
+// NewHoldAutoStandbyRequest calls the generic HoldAutoStandby builder with application/json body
+func NewHoldAutoStandbyRequest(server string, id InstanceID, body HoldAutoStandbyJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewHoldAutoStandbyRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewHoldAutoStandbyRequestWithBody constructs an http.Request for the HoldAutoStandby method, with any body, and a specified content type
+func NewHoldAutoStandbyRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -6732,10 +6827,12 @@ func NewHoldAutoStandbyRequest(server string, id InstanceID) (*http.Request, err
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -8792,9 +8889,9 @@ type ClientWithResponsesInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `auto_standby`: replaces the policy (`{}` removes it); the
+	//   controller restarts the instance's idle countdown.
+	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -8820,9 +8917,9 @@ type ClientWithResponsesInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `auto_standby`: replaces the policy (`{}` removes it); the
+	//   controller restarts the instance's idle countdown.
+	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -8832,24 +8929,44 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /instances/{id} (the `UpdateInstance` operationId).
 	UpdateInstanceWithResponse(ctx context.Context, id InstanceID, body UpdateInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateInstanceResponse, error)
 
-	// HoldAutoStandbyWithResponse Hold off auto-standby
+	// HoldAutoStandbyWithBodyWithResponse Hold off auto-standby
 	//
-	// As in hypeman, an instance for which no auto-standby will occur
-	// answers 200 with its current status (here: always, until
-	// auto-standby is built), so callers may connect at once. 409
-	// `instance_in_standby` when the instance is on standby: restore it
-	// first.
+	// Blocks auto-standby of the instance until `hold_until`, or for
+	// `duration` from now (default: the policy's idle_timeout), and
+	// restarts its idle countdown, so a caller may connect without the
+	// instance going to standby under it. A later hold replaces an
+	// earlier one; an earlier one is ignored. Holds survive a daemon
+	// restart. 409 `instance_in_standby` when the instance is on
+	// standby: restore it first.
 	//
-	// Returns a wrapper object for the known response body format(s).
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
-	HoldAutoStandbyWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error)
+	HoldAutoStandbyWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error)
+
+	// HoldAutoStandbyWithResponse Hold off auto-standby
+	//
+	// Blocks auto-standby of the instance until `hold_until`, or for
+	// `duration` from now (default: the policy's idle_timeout), and
+	// restarts its idle countdown, so a caller may connect without the
+	// instance going to standby under it. A later hold replaces an
+	// earlier one; an earlier one is ignored. Holds survive a daemon
+	// restart. 409 `instance_in_standby` when the instance is on
+	// standby: restore it first.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+	HoldAutoStandbyWithResponse(ctx context.Context, id InstanceID, body HoldAutoStandbyJSONRequestBody, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error)
 
 	// GetAutoStandbyStatusWithResponse Auto-standby diagnostic status
 	//
-	// This server does not put idle instances on standby by itself yet, so
-	// every instance reports `supported: false`, status `unsupported`
-	// (hypeman's answer on a host without auto-standby).
+	// Where the auto-standby controller stands for this instance: whether
+	// it is eligible (Running, with a network address, policy enabled),
+	// the qualifying inbound TCP connections it sees in the host's
+	// conntrack table, and the countdown to standby (`idle_since`,
+	// `next_standby_at`, `countdown_remaining`) or the hold in effect.
+	// `supported` is false only when the daemon runs without networking.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -15330,9 +15447,9 @@ func (c *ClientWithResponses) GetInstanceWithResponse(ctx context.Context, id In
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `auto_standby`: replaces the policy (`{}` removes it); the
+//     controller restarts the instance's idle countdown.
+//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -15364,9 +15481,9 @@ func (c *ClientWithResponses) UpdateInstanceWithBodyWithResponse(ctx context.Con
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `auto_standby`: replaces the policy (`{}` removes it); the
+//     controller restarts the instance's idle countdown.
+//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -15382,19 +15499,42 @@ func (c *ClientWithResponses) UpdateInstanceWithResponse(ctx context.Context, id
 	return ParseUpdateInstanceResponse(rsp)
 }
 
-// HoldAutoStandbyWithResponse Hold off auto-standby
+// HoldAutoStandbyWithBodyWithResponse Hold off auto-standby
 //
-// As in hypeman, an instance for which no auto-standby will occur
-// answers 200 with its current status (here: always, until
-// auto-standby is built), so callers may connect at once. 409
-// `instance_in_standby` when the instance is on standby: restore it
-// first.
+// Blocks auto-standby of the instance until `hold_until`, or for
+// `duration` from now (default: the policy's idle_timeout), and
+// restarts its idle countdown, so a caller may connect without the
+// instance going to standby under it. A later hold replaces an
+// earlier one; an earlier one is ignored. Holds survive a daemon
+// restart. 409 `instance_in_standby` when the instance is on
+// standby: restore it first.
 //
-// Returns a wrapper object for the known response body format(s).
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
-func (c *ClientWithResponses) HoldAutoStandbyWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error) {
-	rsp, err := c.HoldAutoStandby(ctx, id, reqEditors...)
+func (c *ClientWithResponses) HoldAutoStandbyWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error) {
+	rsp, err := c.HoldAutoStandbyWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHoldAutoStandbyResponse(rsp)
+}
+
+// HoldAutoStandbyWithResponse Hold off auto-standby
+//
+// Blocks auto-standby of the instance until `hold_until`, or for
+// `duration` from now (default: the policy's idle_timeout), and
+// restarts its idle countdown, so a caller may connect without the
+// instance going to standby under it. A later hold replaces an
+// earlier one; an earlier one is ignored. Holds survive a daemon
+// restart. 409 `instance_in_standby` when the instance is on
+// standby: restore it first.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/auto-standby/hold (the `HoldAutoStandby` operationId).
+func (c *ClientWithResponses) HoldAutoStandbyWithResponse(ctx context.Context, id InstanceID, body HoldAutoStandbyJSONRequestBody, reqEditors ...RequestEditorFn) (*HoldAutoStandbyResponse, error) {
+	rsp, err := c.HoldAutoStandby(ctx, id, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -15403,9 +15543,12 @@ func (c *ClientWithResponses) HoldAutoStandbyWithResponse(ctx context.Context, i
 
 // GetAutoStandbyStatusWithResponse Auto-standby diagnostic status
 //
-// This server does not put idle instances on standby by itself yet, so
-// every instance reports `supported: false`, status `unsupported`
-// (hypeman's answer on a host without auto-standby).
+// Where the auto-standby controller stands for this instance: whether
+// it is eligible (Running, with a network address, policy enabled),
+// the qualifying inbound TCP connections it sees in the host's
+// conntrack table, and the countdown to standby (`idle_since`,
+// `next_standby_at`, `countdown_remaining`) or the hold in effect.
+// `supported` is false only when the daemon runs without networking.
 //
 // Returns a wrapper object for the known response body format(s).
 //
