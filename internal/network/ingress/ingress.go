@@ -203,7 +203,12 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 			return dial(ctx, network, addr)
 		},
 		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       60 * time.Second,
+		// A pooled connection to a guest is an established inbound TCP
+		// connection to it, which auto-standby counts as activity: idle
+		// ones are closed after a second so the last request's connection
+		// does not keep an instance awake (a new connect on the bridge
+		// costs well under a millisecond).
+		IdleConnTimeout:       time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
 	m.proxy = &httputil.ReverseProxy{
