@@ -202,7 +202,7 @@ func New(ctx context.Context, cfg Config, resolver Resolver, logger *slog.Logger
 			defer cancel()
 			return dial(ctx, network, addr)
 		},
-		MaxIdleConnsPerHost:   16,
+		MaxIdleConnsPerHost: 16,
 		// A pooled connection to a guest is an established inbound TCP
 		// connection to it, which auto-standby counts as activity: idle
 		// ones are closed after a second so the last request's connection
