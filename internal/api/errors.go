@@ -11,6 +11,7 @@ import (
 
 	"hypeman/internal/auth"
 	"hypeman/internal/events"
+	"hypeman/internal/expiry"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
@@ -20,6 +21,7 @@ import (
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/resources"
 	"hypeman/internal/restart"
+	"hypeman/internal/schedules"
 	"hypeman/internal/tags"
 )
 
@@ -98,6 +100,12 @@ func (s *server) classify(err error) (int, string, string) {
 		// 409, not 503: the instance is not (yet) in a state where the
 		// agent answers; the client can wait for Running and retry.
 		return http.StatusConflict, CodeAgentUnavailable, msg
+	case errors.Is(err, schedules.ErrNotFound):
+		return http.StatusNotFound, CodeNotFound, msg
+	case errors.Is(err, expiry.ErrInvalid), errors.Is(err, schedules.ErrInvalid):
+		return http.StatusBadRequest, CodeInvalidRequest, msg
+	case errors.Is(err, expiry.ErrExpired):
+		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse), errors.Is(err, instances.ErrVolumeInUse):
 		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid),

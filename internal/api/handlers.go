@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"regexp"
 	"runtime"
@@ -12,6 +11,7 @@ import (
 
 	"hypeman/internal/api/gen"
 	"hypeman/internal/auth"
+	"hypeman/internal/expiry"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -165,21 +165,10 @@ func checkAutoStandby(p *gen.AutoStandbyPolicy) error {
 	return nil
 }
 
-// checkExpiry accepts no expiry ("0s" disables it).
-func checkExpiry(ttl *string, expiresAt *time.Time) error {
-	if ttl != nil {
-		d, err := time.ParseDuration(*ttl)
-		if err != nil {
-			return &instances.InvalidArgumentError{Field: "ttl", Reason: fmt.Sprintf("%q is not a Go duration (e.g. 24h)", *ttl)}
-		}
-		if d != 0 {
-			return unsupported("ttl", "automatic expiry is not built yet; delete the instance yourself, or send \"0s\"")
-		}
-	}
-	if expiresAt != nil {
-		return unsupported("expires_at", "automatic expiry is not built yet; delete the instance yourself")
-	}
-	return nil
+// resolveExpiry reads ttl / expires_at (package expiry: ttl is relative to
+// now, "0s" disables, the two are mutually exclusive).
+func (s *server) resolveExpiry(ttl *string, expiresAt *time.Time) (expiry.Change, error) {
+	return expiry.Resolve(ttl, expiresAt, s.now())
 }
 
 func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceRequestObject) (gen.CreateInstanceResponseObject, error) {
@@ -206,7 +195,8 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 	if err := checkAutoStandby(b.AutoStandby); err != nil {
 		return nil, err
 	}
-	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
+	exp, err := s.resolveExpiry(b.Ttl, b.ExpiresAt)
+	if err != nil {
 		return nil, err
 	}
 	if err := tags.Validate("tags", derefTags(b.Tags)); err != nil {
@@ -226,6 +216,7 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Tags:           derefTags(b.Tags),
 		SkipGuestAgent: deref(b.SkipGuestAgent),
 		Volumes:        volumeMountsFromAPI(deref(b.Volumes)),
+		ExpiresAt:      exp.At,
 		// Pulling an image the store lacks is an image write.
 		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}
@@ -233,7 +224,6 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		p.NetworkEnabled = n.Enabled
 		p.BandwidthDownload, p.BandwidthUpload = deref(n.BandwidthDownload), deref(n.BandwidthUpload)
 	}
-	var err error
 	if p.SnapshotPolicy, err = snapshotPolicyFromAPI(b.SnapshotPolicy); err != nil {
 		return nil, err
 	}
@@ -278,19 +268,20 @@ func (s *server) UpdateInstance(ctx context.Context, req gen.UpdateInstanceReque
 	if err := checkAutoStandby(b.AutoStandby); err != nil {
 		return nil, err
 	}
-	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
-		return nil, err
-	}
 	var p instances.UpdateParams
 	var err error
+	if p.Expiry, err = s.resolveExpiry(b.Ttl, b.ExpiresAt); err != nil {
+		return nil, err
+	}
+	p.Now = s.now()
 	if p.RestartPolicy, err = restartPolicyFromAPI(b.RestartPolicy); err != nil {
 		return nil, err
 	}
 	if p.HealthCheck, err = healthCheckFromAPI(b.HealthCheck); err != nil {
 		return nil, err
 	}
-	if p.RestartPolicy == nil && p.HealthCheck == nil {
-		// Only no-op fields (a disabled auto_standby, ttl 0s): answer
+	if p.RestartPolicy == nil && p.HealthCheck == nil && !p.Expiry.Set {
+		// Only no-op fields (a disabled auto_standby): answer
 		// with the instance as it is.
 		return s.getForUpdate(ctx, req.Id)
 	}

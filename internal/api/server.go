@@ -176,6 +176,9 @@ type Options struct {
 	Resources ResourceLedger  // optional (501 without)
 	Reclaimer MemoryReclaimer // optional (501 without)
 	Templates Templates       // optional (501 without); templates.go
+	// Schedules are the snapshot schedules (schedules.go); optional (501
+	// without).
+	Schedules Schedules
 	// InstanceVolumes attaches and detaches volumes (instance_volumes.go);
 	// optional (501 without).
 	InstanceVolumes InstanceVolumes

@@ -27,6 +27,7 @@ import (
 	"hypeman/internal/config"
 	"hypeman/internal/events"
 	"hypeman/internal/events/eventsprom"
+	"hypeman/internal/expiry"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
@@ -41,6 +42,7 @@ import (
 	"hypeman/internal/pushes"
 	"hypeman/internal/resources"
 	"hypeman/internal/restart"
+	"hypeman/internal/schedules"
 	"hypeman/internal/system"
 	"hypeman/internal/volumes"
 	"hypeman/internal/warm"
@@ -67,6 +69,10 @@ type Daemon struct {
 	Reclaimer *resources.Reclaimer
 	Restart   *restart.Controller
 	Health    *health.Controller
+	// Expiry deletes instances whose ttl / expires_at passed; Schedules
+	// takes scheduled snapshots.
+	Expiry    *expiry.Controller
+	Schedules *schedules.Controller
 	// Phases accounts time per lifecycle phase (a bus consumer).
 	Phases *phases.Tracker
 	// Metrics is the Prometheus registry every part reports into (operation
@@ -405,10 +411,25 @@ func (d *Daemon) startBackground() error {
 	if err != nil {
 		return fmt.Errorf("health controller: %w", err)
 	}
+	d.Expiry, err = expiry.New(expiry.Config{
+		Instances: d.Instances, Events: d.Events, Metrics: d.Metrics.NewExpiry(),
+		Logger: d.Logger.With("component", "expiry"),
+	})
+	if err != nil {
+		return fmt.Errorf("expiry controller: %w", err)
+	}
+	d.Schedules, err = schedules.New(schedules.Config{
+		Dir: d.Config.Paths().SchedulesDir(), Instances: d.Instances, Events: d.Events,
+		Metrics: d.Metrics.NewSchedules(), Logger: d.Logger.With("component", "schedules"),
+	})
+	if err != nil {
+		return fmt.Errorf("snapshot schedules: %w", err)
+	}
 	d.Instances.SetRestartPending(d.Restart.RestartPending)
 	d.Instances.SetPolicyChangedHook(func(id string) {
 		d.Restart.Refresh(id)
 		d.Health.Refresh(id)
+		d.Expiry.Refresh(id)
 	})
 	d.Metrics.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
 	pulls, err := pullCounter(d.Images, d.Metrics)
@@ -422,7 +443,7 @@ func (d *Daemon) startBackground() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.ctlDone = cancel, make(chan struct{})
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run, transitions, pulls} {
+	for _, run := range []func(context.Context) error{d.Restart.Run, d.Health.Run, d.Expiry.Run, d.Schedules.Run, d.phaseFollower.Run, transitions, pulls} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"time"
 
+	"hypeman/internal/expiry"
 	"hypeman/internal/health"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/restart"
@@ -61,6 +62,10 @@ func policyView(inst *Instance, meta Metadata) {
 type UpdateParams struct {
 	RestartPolicy *restart.Policy
 	HealthCheck   *health.Check
+	// Expiry, when Set, replaces the deadline (expiry.go); Now is the
+	// caller's clock, for refusing an update of an expired instance.
+	Expiry expiry.Change
+	Now    time.Time
 }
 
 // Update changes an instance's restart policy and/or health check. Changing
@@ -78,6 +83,10 @@ func (m *Manager) Update(ctx context.Context, ref string, p UpdateParams) (*Inst
 	}
 	st := m.currentState(ctx, e)
 	e.mu.Lock()
+	if err := applyExpiry(&e.meta, p); err != nil {
+		e.mu.Unlock()
+		return nil, err
+	}
 	if p.RestartPolicy != nil {
 		old := e.meta.RestartPolicy
 		e.meta.RestartStatus = e.meta.RestartStatus.ForPolicyChange(old, *p.RestartPolicy)
