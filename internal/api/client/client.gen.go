@@ -1097,7 +1097,7 @@ type CreateInstanceRequest struct {
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
-	// ExpiresAt Absolute expiry; refused (400) until expiry is built.
+	// ExpiresAt Absolute time of automatic deletion; must be in the future. Mutually exclusive with ttl.
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	Gpu       *GPUConfig `json:"gpu,omitempty"`
 
@@ -1163,7 +1163,7 @@ type CreateInstanceRequest struct {
 	// Example: {"env":"staging","team":"backend"}
 	Tags *Tags `json:"tags,omitempty"`
 
-	// Ttl Lifetime before automatic deletion; refused (400) until expiry is built ("0s" is accepted).
+	// Ttl Lifetime from creation before automatic deletion (Go duration, at most 876000h); "0s" or omitted means never. Mutually exclusive with expires_at.
 	Ttl *string `json:"ttl,omitempty"`
 
 	// Vcpus Virtual CPUs (default 2).
@@ -1608,7 +1608,7 @@ type Instance struct {
 	// ExitMessage How the last run ended ("exited with code 3", "killed by signal 9 (SIGKILL)", ...).
 	ExitMessage *string `json:"exit_message,omitempty"`
 
-	// ExpiresAt When the instance is deleted automatically; always null here (no expiry yet).
+	// ExpiresAt When the instance is deleted automatically (null when expiry is off). Survives daemon restarts; an instance that expired while the daemon was down is deleted when it starts.
 	ExpiresAt *time.Time `json:"expires_at"`
 
 	// ForkCount How many forks of this instance exist while it is a Template (0
@@ -2111,12 +2111,15 @@ type RestoreSnapshotRequest struct {
 
 // SetSnapshotScheduleRequest defines model for SetSnapshotScheduleRequest.
 type SetSnapshotScheduleRequest struct {
+	// Interval Go duration, at least 1m.
 	Interval string `json:"interval"`
 
 	// Metadata User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
 	//
 	// Example: {"env":"staging","team":"backend"}
-	Metadata   *Tags                     `json:"metadata,omitempty"`
+	Metadata *Tags `json:"metadata,omitempty"`
+
+	// NamePrefix Prefix of the snapshot names (lowercase letters, digits, dashes); default the instance name.
 	NamePrefix *string                   `json:"name_prefix,omitempty"`
 	Retention  SnapshotScheduleRetention `json:"retention"`
 }
@@ -2253,7 +2256,9 @@ type UpdateInstanceRequest struct {
 	// AutoStandby Idle-based automatic standby; this server accepts only `enabled` false (not built yet).
 	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
 	Env         *map[string]string `json:"env,omitempty"`
-	ExpiresAt   *time.Time         `json:"expires_at,omitempty"`
+
+	// ExpiresAt Absolute time of automatic deletion; must be in the future. Mutually exclusive with ttl.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 
 	// HealthCheck A probe hypeman runs against a Running instance; health is reported
 	// in `health_status`, apart from the lifecycle state. Durations are Go
@@ -2274,7 +2279,9 @@ type UpdateInstanceRequest struct {
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
-	Ttl           *string        `json:"ttl,omitempty"`
+
+	// Ttl Lifetime from this update before automatic deletion (Go duration); "0s" turns expiry off. Mutually exclusive with expires_at.
+	Ttl *string `json:"ttl,omitempty"`
 }
 
 // Volume defines model for Volume.
@@ -3006,9 +3013,13 @@ type ClientInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
+	// - `auto_standby`: refused with 400 until scale-to-zero is built (an
+	//   `auto_standby` with `enabled: false` is accepted: there is
+	//   nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3034,9 +3045,13 @@ type ClientInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
+	// - `auto_standby`: refused with 400 until scale-to-zero is built (an
+	//   `auto_standby` with `enabled: false` is accepted: there is
+	//   nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3174,32 +3189,46 @@ type ClientInterface interface {
 	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 	ResumeInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The snapshots it took are kept. Deleting the instance deletes its schedule.
 	//
 	// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
 	DeleteInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 	//
 	// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
 	GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
 	SetInstanceSnapshotScheduleWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -4316,9 +4345,13 @@ func (c *Client) GetInstance(ctx context.Context, id InstanceID, reqEditors ...R
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
+//   - `auto_standby`: refused with 400 until scale-to-zero is built (an
+//     `auto_standby` with `enabled: false` is accepted: there is
+//     nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -4354,9 +4387,13 @@ func (c *Client) UpdateInstanceWithBody(ctx context.Context, id InstanceID, cont
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
+//   - `auto_standby`: refused with 400 until scale-to-zero is built (an
+//     `auto_standby` with `enabled: false` is accepted: there is
+//     nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -4614,9 +4651,9 @@ func (c *Client) ResumeInstance(ctx context.Context, id InstanceID, reqEditors .
 	return c.Client.Do(req)
 }
 
-// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The snapshots it took are kept. Deleting the instance deletes its schedule.
 //
 // Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
 func (c *Client) DeleteInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4631,9 +4668,9 @@ func (c *Client) DeleteInstanceSnapshotSchedule(ctx context.Context, id Instance
 	return c.Client.Do(req)
 }
 
-// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+// GetInstanceSnapshotSchedule Get an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 //
 // Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
 func (c *Client) GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4648,9 +4685,16 @@ func (c *Client) GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID,
 	return c.Client.Do(req)
 }
 
-// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes any type of body and a specified content type.
 //
@@ -4667,9 +4711,16 @@ func (c *Client) SetInstanceSnapshotScheduleWithBody(ctx context.Context, id Ins
 	return c.Client.Do(req)
 }
 
-// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -8770,9 +8821,13 @@ type ClientWithResponsesInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
+	// - `auto_standby`: refused with 400 until scale-to-zero is built (an
+	//   `auto_standby` with `enabled: false` is accepted: there is
+	//   nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -8798,9 +8853,13 @@ type ClientWithResponsesInterface interface {
 	//   (health status `disabled`).
 	// - `env` only rotates credential bindings upstream; this server has
 	//   no credential mediation, so `env` is refused with 400.
-	// - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-	//   scale-to-zero and expiry are built (an `auto_standby` with
-	//   `enabled: false` is accepted: there is nothing to turn off).
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
+	// - `auto_standby`: refused with 400 until scale-to-zero is built (an
+	//   `auto_standby` with `enabled: false` is accepted: there is
+	//   nothing to turn off).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -8956,36 +9015,50 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 	ResumeInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*ResumeInstanceResponse, error)
 
-	// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule (not built yet)
+	// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The snapshots it took are kept. Deleting the instance deletes its schedule.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
 	DeleteInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*DeleteInstanceSnapshotScheduleResponse, error)
 
-	// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule (not built yet)
+	// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
 	GetInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceSnapshotScheduleResponse, error)
 
-	// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
 	SetInstanceSnapshotScheduleWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetInstanceSnapshotScheduleResponse, error)
 
-	// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -15304,9 +15377,13 @@ func (c *ClientWithResponses) GetInstanceWithResponse(ctx context.Context, id In
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
+//   - `auto_standby`: refused with 400 until scale-to-zero is built (an
+//     `auto_standby` with `enabled: false` is accepted: there is
+//     nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -15338,9 +15415,13 @@ func (c *ClientWithResponses) UpdateInstanceWithBodyWithResponse(ctx context.Con
 //     (health status `disabled`).
 //   - `env` only rotates credential bindings upstream; this server has
 //     no credential mediation, so `env` is refused with 400.
-//   - `auto_standby`, `ttl`, `expires_at`: refused with 400 until
-//     scale-to-zero and expiry are built (an `auto_standby` with
-//     `enabled: false` is accepted: there is nothing to turn off).
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
+//   - `auto_standby`: refused with 400 until scale-to-zero is built (an
+//     `auto_standby` with `enabled: false` is accepted: there is
+//     nothing to turn off).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -15568,9 +15649,9 @@ func (c *ClientWithResponses) ResumeInstanceWithResponse(ctx context.Context, id
 	return ParseResumeInstanceResponse(rsp)
 }
 
-// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule (not built yet)
+// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The snapshots it took are kept. Deleting the instance deletes its schedule.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15583,9 +15664,9 @@ func (c *ClientWithResponses) DeleteInstanceSnapshotScheduleWithResponse(ctx con
 	return ParseDeleteInstanceSnapshotScheduleResponse(rsp)
 }
 
-// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule (not built yet)
+// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15598,9 +15679,16 @@ func (c *ClientWithResponses) GetInstanceSnapshotScheduleWithResponse(ctx contex
 	return ParseGetInstanceSnapshotScheduleResponse(rsp)
 }
 
-// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15613,9 +15701,16 @@ func (c *ClientWithResponses) SetInstanceSnapshotScheduleWithBodyWithResponse(ct
 	return ParseSetInstanceSnapshotScheduleResponse(rsp)
 }
 
-// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
