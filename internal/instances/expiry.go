@@ -14,16 +14,15 @@ import (
 )
 
 // applyExpiry applies an update's expiry change (caller holds e.mu). An
-// instance already past its deadline cannot be updated (409): it is being
-// deleted.
+// instance already past its deadline cannot be updated at all (409): it is
+// being deleted.
 func applyExpiry(meta *Metadata, p UpdateParams) error {
-	if !p.Expiry.Set {
-		return nil
-	}
 	if meta.ExpiresAt != nil && !p.Now.IsZero() && !meta.ExpiresAt.After(p.Now) {
 		return fmt.Errorf("%w at %s and is being deleted; create a new instance instead", expiry.ErrExpired, meta.ExpiresAt.UTC().Format(time.RFC3339))
 	}
-	meta.ExpiresAt = p.Expiry.At
+	if p.Expiry.Set {
+		meta.ExpiresAt = p.Expiry.At
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"hypeman/internal/events"
 	"hypeman/internal/expiry"
+	"hypeman/internal/health"
 )
 
 // The manager side of expiry: the deadline is persisted, PATCH moves or
@@ -50,6 +51,9 @@ func TestExpiryPersistUpdateAndDeleteOnce(t *testing.T) {
 	// Past the deadline an update is refused with ErrExpired (409).
 	if _, err := m2.Update(ctx, "web", UpdateParams{Expiry: expiry.Change{Set: true}, Now: later.Add(time.Second)}); !errors.Is(err, expiry.ErrExpired) {
 		t.Fatalf("update of an expired instance: %v", err)
+	}
+	if _, err := m2.Update(ctx, "web", UpdateParams{HealthCheck: &health.Check{}, Now: later.Add(time.Second)}); !errors.Is(err, expiry.ErrExpired) {
+		t.Fatalf("policy update of an expired instance: %v", err)
 	}
 	sub := bus.Subscribe(events.SubscribeOptions{InstanceID: in.ID})
 	defer sub.Close()
