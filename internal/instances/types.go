@@ -151,7 +151,8 @@ type Metadata struct {
 	ForkCount      int    `json:"fork_count,omitempty"`
 	ForkOfTemplate string `json:"fork_of_template,omitempty"`
 	// ExpiresAt is when the expiry controller deletes the instance
-	// (package expiry; nil: never).
+	// (package expiry; nil: never). No format version bump: a build
+	// without expiry ignores it and the instance simply lives on.
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
