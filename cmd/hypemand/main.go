@@ -110,6 +110,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Lifecycle: d.Instances,
 		Templates: d.Instances,
 		Snapshots: d.Instances,
+		Schedules: d.Schedules,
 		Guest:     d.Instances,
 		// Attach/detach; without a volume store they refuse with a 400
 		// naming volumes.

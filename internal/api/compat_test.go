@@ -126,8 +126,6 @@ func TestCreateRefusesWhatThisHostCannotHonour(t *testing.T) {
 		`"hypervisor":"cloud-hypervisor"`:                      "hypervisor",
 		`"platform":"linux/arm64"`:                             "platform",
 		`"auto_standby":{"enabled":true,"idle_timeout":"5ms"}`: "auto_standby.idle_timeout",
-		`"ttl":"24h"`:                                          "ttl",
-		`"expires_at":"2030-01-01T00:00:00Z"`:                  "expires_at",
 	}
 	for extra, field := range cases {
 		resp := e.do("POST", "/instances", tok, `{"name":"web","image":"busybox",`+extra+`}`)
@@ -251,8 +249,6 @@ func TestAutoStandbyDevicesAndNotBuilt(t *testing.T) {
 	}
 	notBuilt := []struct{ method, path, body string }{
 		{"GET", "/resources", ""}, {"POST", "/resources/memory/reclaim", `{"reclaim_bytes":1}`},
-		{"GET", "/instances/web/snapshot-schedule", ""}, {"PUT", "/instances/web/snapshot-schedule", `{"interval":"1h","retention":{"max_count":3}}`},
-		{"DELETE", "/instances/web/snapshot-schedule", ""},
 		{"GET", "/volumes", ""}, {"POST", "/volumes", `{"name":"v","size_gb":1}`}, {"GET", "/volumes/v", ""}, {"DELETE", "/volumes/v", ""},
 		{"POST", "/instances/web/volumes/v", `{"mount_path":"/data"}`}, {"DELETE", "/instances/web/volumes/v", ""},
 		{"GET", "/builds", ""}, {"GET", "/builds/b", ""}, {"DELETE", "/builds/b", ""}, {"GET", "/builds/b/events", ""},

@@ -59,7 +59,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 		Id: in.ID, Name: in.Name, Image: in.Image, ImageDigest: optString(in.ImageDigest),
 		State: gen.InstanceState(in.State), StateError: in.StateError,
 		Size: in.Size, Vcpus: in.VCPUs, OverlaySize: in.OverlaySize,
-		CreatedAt: in.CreatedAt, StartedAt: in.StartedAt, StoppedAt: in.StoppedAt,
+		CreatedAt: in.CreatedAt, StartedAt: in.StartedAt, StoppedAt: in.StoppedAt, ExpiresAt: in.ExpiresAt,
 		ExitCode: in.ExitCode, ExitMessage: in.ExitMessage,
 		HasSnapshot: in.HasSnapshot, Hypervisor: hypervisorName(in.Hypervisor),
 		ForkCount:         &in.ForkCount,

@@ -12,6 +12,7 @@ import (
 	"hypeman/internal/auth"
 	"hypeman/internal/autostandby"
 	"hypeman/internal/events"
+	"hypeman/internal/expiry"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
@@ -21,6 +22,7 @@ import (
 	"hypeman/internal/network/ingress"
 	"hypeman/internal/resources"
 	"hypeman/internal/restart"
+	"hypeman/internal/schedules"
 	"hypeman/internal/tags"
 )
 
@@ -99,6 +101,12 @@ func (s *server) classify(err error) (int, string, string) {
 		// 409, not 503: the instance is not (yet) in a state where the
 		// agent answers; the client can wait for Running and retry.
 		return http.StatusConflict, CodeAgentUnavailable, msg
+	case errors.Is(err, schedules.ErrNotFound):
+		return http.StatusNotFound, CodeNotFound, msg
+	case errors.Is(err, expiry.ErrInvalid), errors.Is(err, schedules.ErrInvalid):
+		return http.StatusBadRequest, CodeInvalidRequest, msg
+	case errors.Is(err, expiry.ErrExpired):
+		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrAmbiguous), errors.Is(err, instances.ErrNameInUse), errors.Is(err, instances.ErrVolumeInUse):
 		return http.StatusConflict, CodeConflict, msg
 	case errors.Is(err, instances.ErrInvalid), errors.Is(err, restart.ErrInvalid), errors.Is(err, health.ErrInvalid),

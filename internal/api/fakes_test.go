@@ -84,6 +84,7 @@ func (f *fakeInstances) Create(ctx context.Context, p instances.CreateParams) (*
 		Size: "1GB", VCPUs: 2, OverlaySize: "10GB", Env: p.Env, Tags: p.Tags, Cmd: p.Cmd,
 		CreatedAt: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), Hypervisor: "qemu"}
 	applyPolicies(in, p.RestartPolicy, p.HealthCheck)
+	in.ExpiresAt = p.ExpiresAt
 	f.add(in)
 	return in, nil
 }

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"regexp"
 	"runtime"
@@ -12,6 +11,7 @@ import (
 
 	"hypeman/internal/api/gen"
 	"hypeman/internal/auth"
+	"hypeman/internal/expiry"
 	"hypeman/internal/images"
 	"hypeman/internal/instances"
 	"hypeman/internal/instances/state"
@@ -157,21 +157,10 @@ func unsupported(field, reason string) error {
 	return newError(http.StatusBadRequest, CodeUnsupported, "%s is not supported by this server: %s", field, reason)
 }
 
-// checkExpiry accepts no expiry ("0s" disables it).
-func checkExpiry(ttl *string, expiresAt *time.Time) error {
-	if ttl != nil {
-		d, err := time.ParseDuration(*ttl)
-		if err != nil {
-			return &instances.InvalidArgumentError{Field: "ttl", Reason: fmt.Sprintf("%q is not a Go duration (e.g. 24h)", *ttl)}
-		}
-		if d != 0 {
-			return unsupported("ttl", "automatic expiry is not built yet; delete the instance yourself, or send \"0s\"")
-		}
-	}
-	if expiresAt != nil {
-		return unsupported("expires_at", "automatic expiry is not built yet; delete the instance yourself")
-	}
-	return nil
+// resolveExpiry reads ttl / expires_at (package expiry: ttl is relative to
+// now, "0s" disables, the two are mutually exclusive).
+func (s *server) resolveExpiry(ttl *string, expiresAt *time.Time) (expiry.Change, error) {
+	return expiry.Resolve(ttl, expiresAt, s.now())
 }
 
 func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceRequestObject) (gen.CreateInstanceResponseObject, error) {
@@ -199,7 +188,8 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 	if err != nil {
 		return nil, err
 	}
-	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
+	exp, err := s.resolveExpiry(b.Ttl, b.ExpiresAt)
+	if err != nil {
 		return nil, err
 	}
 	if err := tags.Validate("tags", derefTags(b.Tags)); err != nil {
@@ -220,6 +210,7 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		SkipGuestAgent: deref(b.SkipGuestAgent),
 		Volumes:        volumeMountsFromAPI(deref(b.Volumes)),
 		AutoStandby:    autoStandby,
+		ExpiresAt:      exp.At,
 		// Pulling an image the store lacks is an image write.
 		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}
@@ -268,23 +259,23 @@ func (s *server) UpdateInstance(ctx context.Context, req gen.UpdateInstanceReque
 	if b.Env != nil {
 		return nil, unsupported("env", "PATCH env only rotates egress credential bindings, and this server has none; env is set at create")
 	}
-	if err := checkExpiry(b.Ttl, b.ExpiresAt); err != nil {
-		return nil, err
-	}
 	var p instances.UpdateParams
 	var err error
 	if p.AutoStandby, err = autoStandbyFromAPI(b.AutoStandby); err != nil {
 		return nil, err
 	}
+	if p.Expiry, err = s.resolveExpiry(b.Ttl, b.ExpiresAt); err != nil {
+		return nil, err
+	}
+	p.Now = s.now()
 	if p.RestartPolicy, err = restartPolicyFromAPI(b.RestartPolicy); err != nil {
 		return nil, err
 	}
 	if p.HealthCheck, err = healthCheckFromAPI(b.HealthCheck); err != nil {
 		return nil, err
 	}
-	if p.RestartPolicy == nil && p.HealthCheck == nil && p.AutoStandby == nil {
-		// Only no-op fields (ttl 0s): answer
-		// with the instance as it is.
+	if p.RestartPolicy == nil && p.HealthCheck == nil && p.AutoStandby == nil && !p.Expiry.Set {
+		// Only no-op fields: answer with the instance as it is.
 		return s.getForUpdate(ctx, req.Id)
 	}
 	in, err := s.opts.Instances.Update(ctx, req.Id, p)

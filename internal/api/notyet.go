@@ -17,22 +17,9 @@ func notBuilt(feature string) error {
 }
 
 const (
-	featureSchedules = "snapshot schedules"
-	featureVolumes   = "volumes"
-	featureBuilds    = "image builds"
+	featureVolumes = "volumes"
+	featureBuilds  = "image builds"
 )
-
-func (s *server) GetInstanceSnapshotSchedule(context.Context, gen.GetInstanceSnapshotScheduleRequestObject) (gen.GetInstanceSnapshotScheduleResponseObject, error) {
-	return nil, notBuilt(featureSchedules)
-}
-
-func (s *server) SetInstanceSnapshotSchedule(context.Context, gen.SetInstanceSnapshotScheduleRequestObject) (gen.SetInstanceSnapshotScheduleResponseObject, error) {
-	return nil, notBuilt(featureSchedules)
-}
-
-func (s *server) DeleteInstanceSnapshotSchedule(context.Context, gen.DeleteInstanceSnapshotScheduleRequestObject) (gen.DeleteInstanceSnapshotScheduleResponseObject, error) {
-	return nil, notBuilt(featureSchedules)
-}
 
 func (s *server) ListBuilds(context.Context, gen.ListBuildsRequestObject) (gen.ListBuildsResponseObject, error) {
 	return nil, notBuilt(featureBuilds)

@@ -346,10 +346,12 @@ func TestUpdateBodyBadInput(t *testing.T) {
 		{`{"health_check":{"type":"http","http":{"port":8080,"path":"/healthz","scheme":"https","expected_status":204},"interval":"1s","timeout":"1s","start_period":"0s","failure_threshold":1,"success_threshold":5}}`, 404, "not_found", "x"},
 		{`{"restart_policy":{"policy":"on_failure","backoff":"1s","max_backoff":"1s","max_attempts":0,"stable_after":"1m"},"health_check":{"type":"exec","exec":{"command":["true"],"working_dir":"/app"}}}`, 404, "not_found", "x"},
 		{`{"env":{"A":"b"}}`, 400, "unsupported", "env"},
-		{`{"ttl":"1h"}`, 400, "unsupported", "ttl"},
 		{`{"auto_standby":{"enabled":true,"idle_timeout":"soon"}}`, 400, "invalid_request", "auto_standby.idle_timeout"},
 		{`{"auto_standby":{"ignore_source_cidrs":["10.0.0.0/33"]}}`, 400, "invalid_request", "auto_standby.ignore_source_cidrs[0]"},
 		{`{"auto_standby":{"enabled":true,"idle_timeout":"5s"}}`, 404, "not_found", "x"},
+		{`{"ttl":"-1h"}`, 400, "invalid_request", "ttl"},
+		{`{"ttl":"1h","expires_at":"2030-01-01T00:00:00Z"}`, 400, "invalid_request", "mutually exclusive"},
+		{`{"ttl":"1h"}`, 404, "not_found", "x"},
 		{`{"ttl":"0s"}`, 404, "not_found", "x"},
 	}
 	for _, c := range cases {

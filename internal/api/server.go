@@ -179,6 +179,9 @@ type Options struct {
 	// AutoStandby answers the auto-standby status and hold routes
 	// (autostandby.go); optional (status unsupported without).
 	AutoStandby AutoStandby
+	// Schedules are the snapshot schedules (schedules.go); optional (501
+	// without).
+	Schedules Schedules
 	// InstanceVolumes attaches and detaches volumes (instance_volumes.go);
 	// optional (501 without).
 	InstanceVolumes InstanceVolumes

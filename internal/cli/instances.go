@@ -56,6 +56,7 @@ type runFlags struct {
 	health     healthFlags
 	autoStdby  autoStandbyFlags
 	volumes    []string
+	ttl        string
 
 	hotplug, diskIO, bandwidthDown, bandwidthUp string
 	compression                                 compressionFlags
@@ -120,6 +121,7 @@ consecutive failures; with a restart policy it is then restarted.
 	fl.StringVar(&f.bandwidthDown, "bandwidth-down", "", "download (host → instance) limit `RATE`, e.g. 1Gbps or 125MB/s (default unlimited)")
 	fl.StringVar(&f.bandwidthUp, "bandwidth-up", "", "upload (instance → host) limit `RATE`, e.g. 500Mbps (default unlimited)")
 	fl.StringArrayVar(&f.volumes, "volume", nil, "attach a volume: `"+volumeSpecUsage+"`; repeatable")
+	fl.StringVar(&f.ttl, "ttl", "", "delete the instance automatically after `DURATION`, e.g. 24h (default never)")
 	f.compression.register(fl)
 	f.restart.register(fl)
 	f.health.register(fl)
@@ -226,6 +228,9 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 	}
 	if len(f.entrypoint) > 0 {
 		req.Entrypoint = &f.entrypoint
+	}
+	if f.ttl != "" {
+		req.Ttl = &f.ttl
 	}
 	if len(command) > 0 {
 		req.Cmd = &command

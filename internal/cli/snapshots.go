@@ -145,7 +145,7 @@ disk only.`,
 		RunE: groupRun,
 	}
 	cmd.AddCommand(a.snapshotCreateCommand(), a.snapshotListCommand(), a.snapshotGetCommand(),
-		a.snapshotRestoreCommand(), a.snapshotForkCommand(), a.snapshotRmCommand())
+		a.snapshotRestoreCommand(), a.snapshotForkCommand(), a.snapshotRmCommand(), a.snapshotScheduleCommand())
 	return cmd
 }
 

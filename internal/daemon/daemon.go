@@ -28,6 +28,7 @@ import (
 	"hypeman/internal/config"
 	"hypeman/internal/events"
 	"hypeman/internal/events/eventsprom"
+	"hypeman/internal/expiry"
 	"hypeman/internal/guest/agent"
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
@@ -42,6 +43,7 @@ import (
 	"hypeman/internal/pushes"
 	"hypeman/internal/resources"
 	"hypeman/internal/restart"
+	"hypeman/internal/schedules"
 	"hypeman/internal/system"
 	"hypeman/internal/volumes"
 	"hypeman/internal/warm"
@@ -70,6 +72,10 @@ type Daemon struct {
 	Health    *health.Controller
 	// AutoStandby is nil without bridge networking (autostandby.go).
 	AutoStandby *autostandby.Controller
+	// Expiry deletes instances whose ttl / expires_at passed; Schedules
+	// takes scheduled snapshots.
+	Expiry    *expiry.Controller
+	Schedules *schedules.Controller
 	// Phases accounts time per lifecycle phase (a bus consumer).
 	Phases *phases.Tracker
 	// Metrics is the Prometheus registry every part reports into (operation
@@ -411,6 +417,20 @@ func (d *Daemon) startBackground() error {
 	if err != nil {
 		return fmt.Errorf("health controller: %w", err)
 	}
+	d.Expiry, err = expiry.New(expiry.Config{
+		Instances: d.Instances, Events: d.Events, Metrics: d.Metrics.NewExpiry(),
+		Logger: d.Logger.With("component", "expiry"),
+	})
+	if err != nil {
+		return fmt.Errorf("expiry controller: %w", err)
+	}
+	d.Schedules, err = schedules.New(schedules.Config{
+		Dir: d.Config.Paths().SchedulesDir(), Instances: d.Instances, Events: d.Events,
+		Metrics: d.Metrics.NewSchedules(), Logger: d.Logger.With("component", "schedules"),
+	})
+	if err != nil {
+		return fmt.Errorf("snapshot schedules: %w", err)
+	}
 	if d.AutoStandby, err = d.newAutoStandby(); err != nil {
 		return err
 	}
@@ -421,6 +441,7 @@ func (d *Daemon) startBackground() error {
 		if d.AutoStandby != nil {
 			d.AutoStandby.Refresh(id)
 		}
+		d.Expiry.Refresh(id)
 	})
 	d.Metrics.RegisterGauges(instanceCounts(d.Instances), imageCounts(d.Images))
 	pulls, err := pullCounter(d.Images, d.Metrics)
@@ -434,7 +455,7 @@ func (d *Daemon) startBackground() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.ctlDone = cancel, make(chan struct{})
 	var wg sync.WaitGroup
-	runs := []func(context.Context) error{d.Restart.Run, d.Health.Run, d.phaseFollower.Run, transitions, pulls}
+	runs := []func(context.Context) error{d.Restart.Run, d.Health.Run, d.Expiry.Run, d.Schedules.Run, d.phaseFollower.Run, transitions, pulls}
 	if d.AutoStandby != nil {
 		runs = append(runs, d.AutoStandby.Run)
 	}

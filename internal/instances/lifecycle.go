@@ -48,6 +48,7 @@ func (m *Manager) Create(ctx context.Context, p CreateParams) (_ *Instance, err 
 	meta.ImageDigest, meta.Platform = img.Digest, img.Platform
 	meta.ID = m.uniqueID()
 	meta.CreatedAt = time.Now().UTC()
+	meta.ExpiresAt = p.ExpiresAt
 	meta.Hypervisor = m.cfg.Hypervisor.Name()
 
 	dir := m.dir(meta.ID)
@@ -570,10 +571,18 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 // daemon killed at any later step finishes the delete when it starts
 // (discardAtLoad) instead of finding a dead VM and restarting it.
 func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
+	_, err = m.deleteIf(ctx, ref, "deleted", nil)
+	return err
+}
+
+// deleteIf is Delete; when check is non-nil it runs under the operation
+// lock on the current metadata and the delete goes ahead only if it returns
+// true. reason is the Deleted event's reason.
+func (m *Manager) deleteIf(ctx context.Context, ref, reason string, check func(Metadata) bool) (done bool, err error) {
 	defer m.observe("delete", time.Now(), &err)
 	e, err := m.resolve(ref)
 	if err != nil {
-		return err
+		return false, err
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -581,11 +590,19 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	deleted, id := e.deleted, e.meta.ID
 	e.mu.Unlock()
 	if deleted {
-		return fmt.Errorf("%w: %s", ErrNotFound, ref)
+		return false, fmt.Errorf("%w: %s", ErrNotFound, ref)
+	}
+	if check != nil {
+		e.mu.Lock()
+		ok := check(e.meta)
+		e.mu.Unlock()
+		if !ok {
+			return false, nil
+		}
 	}
 	from := m.currentState(ctx, e)
 	if err := m.checkAction(e, ActionDelete, from); err != nil {
-		return err // a Template with forks
+		return false, err // a Template with forks
 	}
 	m.cancelCompression(e)
 	e.mu.Lock()
@@ -621,12 +638,12 @@ func (m *Manager) Delete(ctx context.Context, ref string) (err error) {
 	e.deleted = true
 	e.mu.Unlock()
 	if err := m.removeInstanceDir(id); err != nil {
-		return err
+		return true, err
 	}
 	m.detachAll(ctx, id)
 	m.forkGone(e)
-	m.publish(id, from, "", "deleted")
-	return nil
+	m.publish(id, from, "", reason)
+	return true, nil
 }
 
 // killDirVMM kills a VMM running in the instance's dir that the manager

@@ -705,7 +705,7 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		HotplugSize: meta.Limits.HotplugSize, DiskIOBps: meta.Limits.DiskIOBps,
 		BandwidthDownload: meta.Limits.BandwidthDownload, BandwidthUpload: meta.Limits.BandwidthUpload,
 		Env: meta.Env, Entrypoint: meta.Entrypoint, Cmd: meta.Cmd, Tags: meta.Tags,
-		CreatedAt: meta.CreatedAt, StartedAt: meta.StartedAt, StoppedAt: meta.StoppedAt,
+		CreatedAt: meta.CreatedAt, StartedAt: meta.StartedAt, StoppedAt: meta.StoppedAt, ExpiresAt: meta.ExpiresAt,
 		ExitCode: meta.ExitCode, ExitMessage: meta.ExitMessage,
 		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor, Platform: meta.Platform,
 		Volumes:   publicVolumes(meta.Volumes),

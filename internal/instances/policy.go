@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"hypeman/internal/autostandby"
+	"hypeman/internal/expiry"
 	"hypeman/internal/health"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/restart"
@@ -64,6 +65,10 @@ type UpdateParams struct {
 	RestartPolicy *restart.Policy
 	HealthCheck   *health.Check
 	AutoStandby   *autostandby.Policy // see autostandby.go
+	// Expiry, when Set, replaces the deadline (expiry.go); Now is the
+	// caller's clock, for refusing an update of an expired instance.
+	Expiry expiry.Change
+	Now    time.Time
 }
 
 // Update changes an instance's restart policy and/or health check. Changing
@@ -84,6 +89,10 @@ func (m *Manager) Update(ctx context.Context, ref string, p UpdateParams) (*Inst
 	}
 	st := m.currentState(ctx, e)
 	e.mu.Lock()
+	if err := applyExpiry(&e.meta, p); err != nil {
+		e.mu.Unlock()
+		return nil, err
+	}
 	if p.RestartPolicy != nil {
 		old := e.meta.RestartPolicy
 		e.meta.RestartStatus = e.meta.RestartStatus.ForPolicyChange(old, *p.RestartPolicy)

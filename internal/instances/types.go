@@ -27,6 +27,7 @@ type Instance struct {
 	Cmd         []string          `json:"cmd,omitempty"`
 	Tags        map[string]string `json:"tags,omitempty"`
 	CreatedAt   time.Time         `json:"created_at"`
+	ExpiresAt   *time.Time        `json:"expires_at"`
 	StartedAt   *time.Time        `json:"started_at"`
 	StoppedAt   *time.Time        `json:"stopped_at"`
 	ExitCode    *int              `json:"exit_code"`
@@ -154,13 +155,19 @@ type Metadata struct {
 	IsTemplate     bool   `json:"is_template,omitempty"`
 	ForkCount      int    `json:"fork_count,omitempty"`
 	ForkOfTemplate string `json:"fork_of_template,omitempty"`
+	// ExpiresAt is when the expiry controller deletes the instance
+	// (package expiry; nil: never). No format version bump: a build
+	// without expiry ignores it and the instance simply lives on.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
 type CreateParams struct {
-	Name  string
-	Image string
-	Size  string // memory, default "1GB"
+	Name string
+	// ExpiresAt: see Metadata.ExpiresAt (resolved from ttl by the caller).
+	ExpiresAt *time.Time
+	Image     string
+	Size      string // memory, default "1GB"
 	// HotplugSize is memory the guest may grow into ("3GB"; "" or "0" =
 	// none).
 	HotplugSize string

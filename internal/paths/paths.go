@@ -33,6 +33,7 @@ func (p Paths) RegistryDir() string          { return filepath.Join(p.Root, "reg
 func (p Paths) InstancesDir() string         { return filepath.Join(p.Root, "instances") }
 func (p Paths) InstanceDir(id string) string { return filepath.Join(p.Root, "instances", id) }
 func (p Paths) SnapshotsDir() string         { return filepath.Join(p.Root, "snapshots") }
+func (p Paths) SchedulesDir() string         { return filepath.Join(p.Root, "schedules") }
 func (p Paths) SnapshotDir(id string) string { return filepath.Join(p.Root, "snapshots", id) }
 func (p Paths) VolumesDir() string           { return filepath.Join(p.Root, "volumes") }
 func (p Paths) VolumeDir(id string) string   { return filepath.Join(p.Root, "volumes", id) }

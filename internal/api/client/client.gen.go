@@ -1116,7 +1116,7 @@ type CreateInstanceRequest struct {
 	Entrypoint *[]string          `json:"entrypoint,omitempty"`
 	Env        *map[string]string `json:"env,omitempty"`
 
-	// ExpiresAt Absolute expiry; refused (400) until expiry is built.
+	// ExpiresAt Absolute time of automatic deletion; must be in the future. Mutually exclusive with ttl.
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	Gpu       *GPUConfig `json:"gpu,omitempty"`
 
@@ -1182,7 +1182,7 @@ type CreateInstanceRequest struct {
 	// Example: {"env":"staging","team":"backend"}
 	Tags *Tags `json:"tags,omitempty"`
 
-	// Ttl Lifetime before automatic deletion; refused (400) until expiry is built ("0s" is accepted).
+	// Ttl Lifetime from creation before automatic deletion (Go duration, at most 876000h); "0s" or omitted means never. Mutually exclusive with expires_at.
 	Ttl *string `json:"ttl,omitempty"`
 
 	// Vcpus Virtual CPUs (default 2).
@@ -1641,7 +1641,7 @@ type Instance struct {
 	// ExitMessage How the last run ended ("exited with code 3", "killed by signal 9 (SIGKILL)", ...).
 	ExitMessage *string `json:"exit_message,omitempty"`
 
-	// ExpiresAt When the instance is deleted automatically; always null here (no expiry yet).
+	// ExpiresAt When the instance is deleted automatically (null when expiry is off). Survives daemon restarts; an instance that expired while the daemon was down is deleted when it starts.
 	ExpiresAt *time.Time `json:"expires_at"`
 
 	// ForkCount How many forks of this instance exist while it is a Template (0
@@ -2144,12 +2144,15 @@ type RestoreSnapshotRequest struct {
 
 // SetSnapshotScheduleRequest defines model for SetSnapshotScheduleRequest.
 type SetSnapshotScheduleRequest struct {
+	// Interval Go duration, at least 1m.
 	Interval string `json:"interval"`
 
 	// Metadata User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
 	//
 	// Example: {"env":"staging","team":"backend"}
-	Metadata   *Tags                     `json:"metadata,omitempty"`
+	Metadata *Tags `json:"metadata,omitempty"`
+
+	// NamePrefix Prefix of the snapshot names (lowercase letters, digits, dashes); default the instance name.
 	NamePrefix *string                   `json:"name_prefix,omitempty"`
 	Retention  SnapshotScheduleRetention `json:"retention"`
 }
@@ -2290,7 +2293,9 @@ type UpdateInstanceRequest struct {
 	// `ignore_destination_ports` do not keep it awake.
 	AutoStandby *AutoStandbyPolicy `json:"auto_standby,omitempty"`
 	Env         *map[string]string `json:"env,omitempty"`
-	ExpiresAt   *time.Time         `json:"expires_at,omitempty"`
+
+	// ExpiresAt Absolute time of automatic deletion; must be in the future. Mutually exclusive with ttl.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 
 	// HealthCheck A probe hypeman runs against a Running instance; health is reported
 	// in `health_status`, apart from the lifecycle state. Durations are Go
@@ -2311,7 +2316,9 @@ type UpdateInstanceRequest struct {
 	//
 	// Example: {"backoff":"5s","max_attempts":0,"max_backoff":"5m","policy":"on_failure","stable_after":"10m"}
 	RestartPolicy *RestartPolicy `json:"restart_policy,omitempty"`
-	Ttl           *string        `json:"ttl,omitempty"`
+
+	// Ttl Lifetime from this update before automatic deletion (Go duration); "0s" turns expiry off. Mutually exclusive with expires_at.
+	Ttl *string `json:"ttl,omitempty"`
 }
 
 // Volume defines model for Volume.
@@ -3052,7 +3059,10 @@ type ClientInterface interface {
 	//   no credential mediation, so `env` is refused with 400.
 	// - `auto_standby`: replaces the policy (`{}` removes it); the
 	//   controller restarts the instance's idle countdown.
-	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3080,7 +3090,10 @@ type ClientInterface interface {
 	//   no credential mediation, so `env` is refused with 400.
 	// - `auto_standby`: replaces the policy (`{}` removes it); the
 	//   controller restarts the instance's idle countdown.
-	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -3240,32 +3253,46 @@ type ClientInterface interface {
 	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 	ResumeInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+	// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The snapshots it took are kept. Deleting the instance deletes its schedule.
 	//
 	// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
 	DeleteInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+	// GetInstanceSnapshotSchedule Get an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 	//
 	// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
 	GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
 	SetInstanceSnapshotScheduleWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -4388,7 +4415,10 @@ func (c *Client) GetInstance(ctx context.Context, id InstanceID, reqEditors ...R
 //     no credential mediation, so `env` is refused with 400.
 //   - `auto_standby`: replaces the policy (`{}` removes it); the
 //     controller restarts the instance's idle countdown.
-//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -4426,7 +4456,10 @@ func (c *Client) UpdateInstanceWithBody(ctx context.Context, id InstanceID, cont
 //     no credential mediation, so `env` is refused with 400.
 //   - `auto_standby`: replaces the policy (`{}` removes it); the
 //     controller restarts the instance's idle countdown.
-//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -4716,9 +4749,9 @@ func (c *Client) ResumeInstance(ctx context.Context, id InstanceID, reqEditors .
 	return c.Client.Do(req)
 }
 
-// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule (not built yet)
+// DeleteInstanceSnapshotSchedule Delete an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The snapshots it took are kept. Deleting the instance deletes its schedule.
 //
 // Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
 func (c *Client) DeleteInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4733,9 +4766,9 @@ func (c *Client) DeleteInstanceSnapshotSchedule(ctx context.Context, id Instance
 	return c.Client.Do(req)
 }
 
-// GetInstanceSnapshotSchedule Get an instance's snapshot schedule (not built yet)
+// GetInstanceSnapshotSchedule Get an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 //
 // Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
 func (c *Client) GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4750,9 +4783,16 @@ func (c *Client) GetInstanceSnapshotSchedule(ctx context.Context, id InstanceID,
 	return c.Client.Do(req)
 }
 
-// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotScheduleWithBody Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes any type of body and a specified content type.
 //
@@ -4769,9 +4809,16 @@ func (c *Client) SetInstanceSnapshotScheduleWithBody(ctx context.Context, id Ins
 	return c.Client.Do(req)
 }
 
-// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotSchedule Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -8891,7 +8938,10 @@ type ClientWithResponsesInterface interface {
 	//   no credential mediation, so `env` is refused with 400.
 	// - `auto_standby`: replaces the policy (`{}` removes it); the
 	//   controller restarts the instance's idle countdown.
-	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -8919,7 +8969,10 @@ type ClientWithResponsesInterface interface {
 	//   no credential mediation, so `env` is refused with 400.
 	// - `auto_standby`: replaces the policy (`{}` removes it); the
 	//   controller restarts the instance's idle countdown.
-	// - `ttl`, `expires_at`: refused with 400 until expiry is built.
+	// - `ttl` (relative to this update; `"0s"` turns expiry off) or
+	//   `expires_at` (absolute, in the future), mutually exclusive: set
+	//   the time the instance is deleted. An instance already past its
+	//   expiry answers 409 (it is being deleted).
 	//
 	// Invalid values are answered 400 with the field named in the message
 	// (e.g. `invalid restart_policy.backoff: ...`).
@@ -9095,36 +9148,50 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /instances/{id}/resume (the `ResumeInstance` operationId).
 	ResumeInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*ResumeInstanceResponse, error)
 
-	// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule (not built yet)
+	// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The snapshots it took are kept. Deleting the instance deletes its schedule.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /instances/{id}/snapshot-schedule (the `DeleteInstanceSnapshotSchedule` operationId).
 	DeleteInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*DeleteInstanceSnapshotScheduleResponse, error)
 
-	// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule (not built yet)
+	// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /instances/{id}/snapshot-schedule (the `GetInstanceSnapshotSchedule` operationId).
 	GetInstanceSnapshotScheduleWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceSnapshotScheduleResponse, error)
 
-	// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PUT /instances/{id}/snapshot-schedule (the `SetInstanceSnapshotSchedule` operationId).
 	SetInstanceSnapshotScheduleWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetInstanceSnapshotScheduleResponse, error)
 
-	// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule (not built yet)
+	// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule
 	//
-	// Answers 501 until snapshot schedules are built.
+	// Every `interval` (at least 1m) the server takes a Standby snapshot of
+	// the instance if it is Running (it is paused only for the save),
+	// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+	// instance name) and tagged with `metadata`, then deletes this
+	// schedule's snapshots beyond `retention` (at least one of max_count,
+	// max_age). A run missed while the daemon was down runs once when it
+	// starts. Replacing a schedule keeps the snapshots it took under its
+	// retention; the first run is one interval after the PUT.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -15449,7 +15516,10 @@ func (c *ClientWithResponses) GetInstanceWithResponse(ctx context.Context, id In
 //     no credential mediation, so `env` is refused with 400.
 //   - `auto_standby`: replaces the policy (`{}` removes it); the
 //     controller restarts the instance's idle countdown.
-//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -15483,7 +15553,10 @@ func (c *ClientWithResponses) UpdateInstanceWithBodyWithResponse(ctx context.Con
 //     no credential mediation, so `env` is refused with 400.
 //   - `auto_standby`: replaces the policy (`{}` removes it); the
 //     controller restarts the instance's idle countdown.
-//   - `ttl`, `expires_at`: refused with 400 until expiry is built.
+//   - `ttl` (relative to this update; `"0s"` turns expiry off) or
+//     `expires_at` (absolute, in the future), mutually exclusive: set
+//     the time the instance is deleted. An instance already past its
+//     expiry answers 409 (it is being deleted).
 //
 // Invalid values are answered 400 with the field named in the message
 // (e.g. `invalid restart_policy.backoff: ...`).
@@ -15737,9 +15810,9 @@ func (c *ClientWithResponses) ResumeInstanceWithResponse(ctx context.Context, id
 	return ParseResumeInstanceResponse(rsp)
 }
 
-// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule (not built yet)
+// DeleteInstanceSnapshotScheduleWithResponse Delete an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The snapshots it took are kept. Deleting the instance deletes its schedule.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15752,9 +15825,9 @@ func (c *ClientWithResponses) DeleteInstanceSnapshotScheduleWithResponse(ctx con
 	return ParseDeleteInstanceSnapshotScheduleResponse(rsp)
 }
 
-// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule (not built yet)
+// GetInstanceSnapshotScheduleWithResponse Get an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// The schedule with its last run (last_run_at, last_snapshot_id, last_error) and next_run_at; 404 when the instance has none.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -15767,9 +15840,16 @@ func (c *ClientWithResponses) GetInstanceSnapshotScheduleWithResponse(ctx contex
 	return ParseGetInstanceSnapshotScheduleResponse(rsp)
 }
 
-// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotScheduleWithBodyWithResponse Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -15782,9 +15862,16 @@ func (c *ClientWithResponses) SetInstanceSnapshotScheduleWithBodyWithResponse(ct
 	return ParseSetInstanceSnapshotScheduleResponse(rsp)
 }
 
-// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule (not built yet)
+// SetInstanceSnapshotScheduleWithResponse Create or replace an instance's snapshot schedule
 //
-// Answers 501 until snapshot schedules are built.
+// Every `interval` (at least 1m) the server takes a Standby snapshot of
+// the instance if it is Running (it is paused only for the save),
+// named `<name_prefix>-<UTC yyyymmdd-hhmmss>` (prefix default: the
+// instance name) and tagged with `metadata`, then deletes this
+// schedule's snapshots beyond `retention` (at least one of max_count,
+// max_age). A run missed while the daemon was down runs once when it
+// starts. Replacing a schedule keeps the snapshots it took under its
+// retention; the first run is one interval after the PUT.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
