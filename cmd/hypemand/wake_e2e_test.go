@@ -158,4 +158,27 @@ func TestWakeOnRequestThroughIngress(t *testing.T) {
 	if got := sample(scrape(t, metricsURL), "hypeman_ingress_wakes_total", map[string]string{"from": "Stopped", "result": "ok"}); got != 1 {
 		t.Fatalf("hypeman_ingress_wakes_total{from=Stopped,result=ok} = %v, want 1", got)
 	}
+
+	// Scale to zero and back with nobody calling standby or restore: idle
+	// for 3 s, the instance goes to Standby by itself; the next request
+	// through the ingress wakes it and gets the page.
+	if st, body := s.Do("PATCH", "/instances/web", map[string]any{"auto_standby": map[string]any{"enabled": true, "idle_timeout": "3s"}}); st != http.StatusOK {
+		t.Fatalf("PATCH auto_standby: %d %s", st, body)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
+		if st, _ := s.JSON("GET", "/instances/web", nil, &in); st == 200 && in.State == "Standby" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle instance with idle_timeout 3s still %s after 2 min\n%s", in.State, s.Logs())
+		}
+	}
+	st, body, d, err = ingressGet(port, "web.test")
+	if err != nil || st != 200 || !strings.Contains(body, "hello from web") {
+		t.Fatalf("request to the auto-standby instance: %d %q %v\n%s", st, body, err, s.Logs())
+	}
+	t.Logf("woken after auto-standby: client saw %v", d.Round(time.Millisecond))
+	if got := sample(scrape(t, metricsURL), "hypeman_ingress_wakes_total", map[string]string{"from": "Standby", "result": "ok"}); got != 2 {
+		t.Fatalf("hypeman_ingress_wakes_total{from=Standby,result=ok} = %v after the auto-standby, want 2", got)
+	}
 }
