@@ -412,6 +412,44 @@ func TestRunFollowsEvents(t *testing.T) {
 	}
 }
 
+// Refresh makes Run re-read an instance at once: a policy set after the
+// start (no lifecycle event, reconcile far away) still leads to a standby.
+func TestRunRefreshRereadsPolicy(t *testing.T) {
+	clk := eventstest.NewClock(t0)
+	bus := events.New(events.Options{})
+	defer bus.Close()
+	inst := &fakeInstances{snap: Snapshot{ID: "i1", State: state.Running, GuestIP: guest}} // no policy yet
+	c, err := New(Config{Instances: inst, Observer: &fakeObserver{}, Events: bus, Clock: clk,
+		PollInterval: time.Second, ReconcileInterval: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if err := clk.WaitTimers(ctx, 1); err != nil { // Run's first reconcile is done
+		t.Fatal(err)
+	}
+	inst.mu.Lock()
+	inst.snap.Policy = Policy{Enabled: true, IdleTimeout: "2s"}
+	inst.mu.Unlock()
+	c.Refresh("i1")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if n, _ := inst.counts(); n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("instance never put on standby after Refresh")
+		}
+		if clk.Timers() > 0 {
+			clk.Advance(time.Second)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestPolicyValidate(t *testing.T) {
 	for _, tc := range []struct {
 		p     Policy
