@@ -11,6 +11,7 @@ import (
 
 	"hypeman/internal/events"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/pending"
 )
 
 // Snapshot is what the controller needs to know about one instance.
@@ -99,10 +100,10 @@ type Controller struct {
 	cfg   Config
 	holds *holdStore
 
-	mu      sync.Mutex
-	tracks  map[string]*track
-	pending map[string]bool
-	kick    chan struct{}
+	mu     sync.Mutex
+	tracks map[string]*track
+
+	pending *pending.Set // Refresh → Run
 }
 
 // New returns a controller; it loads the persisted holds.
@@ -129,19 +130,11 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Controller{cfg: cfg, holds: holds, tracks: map[string]*track{}, pending: map[string]bool{}, kick: make(chan struct{}, 1)}, nil
+	return &Controller{cfg: cfg, holds: holds, tracks: map[string]*track{}, pending: pending.NewSet()}, nil
 }
 
 // Refresh asks for instance id to be re-read soon (after its policy changed).
-func (c *Controller) Refresh(id string) {
-	c.mu.Lock()
-	c.pending[id] = true
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
+func (c *Controller) Refresh(id string) { c.pending.Add(id) }
 
 // Run reacts to lifecycle events and polls the connection observer until
 // ctx ends. It waits for standbys it started before returning.
@@ -179,12 +172,8 @@ func (c *Controller) Run(ctx context.Context) error {
 				continue
 			}
 			c.refreshOne(ctx, ev.InstanceID)
-		case <-c.kick:
-			c.mu.Lock()
-			ids := c.pending
-			c.pending = map[string]bool{}
-			c.mu.Unlock()
-			for id := range ids {
+		case <-c.pending.C():
+			for _, id := range c.pending.Take() {
 				c.refreshOne(ctx, id)
 			}
 		case <-poll.C():

@@ -368,26 +368,54 @@ func TestStatusNotEligible(t *testing.T) {
 	}
 }
 
-func TestRunFollowsEvents(t *testing.T) {
+// runController starts Run on a controller over inst with a fake clock and
+// returns once Run's first reconcile is done; the test's end stops it.
+func runController(t *testing.T, inst *fakeInstances, cfg Config) (*Controller, *events.Bus, *eventstest.Clock) {
+	t.Helper()
 	clk := eventstest.NewClock(t0)
 	bus := events.New(events.Options{})
-	defer bus.Close()
-	inst := &fakeInstances{snap: Snapshot{ID: "i1", State: state.Stopped, Policy: Policy{Enabled: true, IdleTimeout: "2s"}, GuestIP: guest}}
-	obs := &fakeObserver{}
-	c, err := New(Config{Instances: inst, Observer: obs, Events: bus, Clock: clk, PollInterval: time.Second})
+	t.Cleanup(bus.Close)
+	cfg.Instances, cfg.Observer, cfg.Events, cfg.Clock = inst, &fakeObserver{}, bus, clk
+	cfg.PollInterval = time.Second
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
 	if err := clk.WaitTimers(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
+	return c, bus, clk
+}
+
+// waitStandby advances the fake clock while Run polls until inst was put on
+// standby once (bounded by a real-time deadline).
+func waitStandby(t *testing.T, clk *eventstest.Clock, inst *fakeInstances, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if n, _ := inst.counts(); n == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance never put on standby %s", what)
+		}
+		if clk.Timers() > 0 {
+			clk.Advance(time.Second)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRunFollowsEvents(t *testing.T) {
+	inst := &fakeInstances{snap: Snapshot{ID: "i1", State: state.Stopped, Policy: Policy{Enabled: true, IdleTimeout: "2s"}, GuestIP: guest}}
+	_, bus, clk := runController(t, inst, Config{})
 	// Stopped: never observed, however long.
 	clk.Advance(time.Second)
-	if err := clk.WaitTimers(ctx, 1); err != nil {
+	if err := clk.WaitTimers(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
 	// It starts: the event makes the controller track it.
@@ -397,19 +425,19 @@ func TestRunFollowsEvents(t *testing.T) {
 	if _, err := bus.Publish(events.StateChange("i1", state.Stopped, state.Running, "start")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if n, _ := inst.counts(); n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("instance never put on standby by Run")
-		}
-		if clk.Timers() > 0 {
-			clk.Advance(time.Second)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitStandby(t, clk, inst, "by Run")
+}
+
+// Refresh makes Run re-read an instance at once: a policy set after the
+// start (no lifecycle event, reconcile far away) still leads to a standby.
+func TestRunRefreshRereadsPolicy(t *testing.T) {
+	inst := &fakeInstances{snap: Snapshot{ID: "i1", State: state.Running, GuestIP: guest}} // no policy yet
+	c, _, clk := runController(t, inst, Config{ReconcileInterval: 24 * time.Hour})
+	inst.mu.Lock()
+	inst.snap.Policy = Policy{Enabled: true, IdleTimeout: "2s"}
+	inst.mu.Unlock()
+	c.Refresh("i1")
+	waitStandby(t, clk, inst, "after Refresh")
 }
 
 func TestPolicyValidate(t *testing.T) {

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"hypeman/internal/events"
+	"hypeman/internal/pending"
 )
 
 // Item is one instance with a deadline.
@@ -60,10 +60,7 @@ type Config struct {
 type Controller struct {
 	cfg     Config
 	running atomic.Bool
-
-	mu      sync.Mutex
-	pending map[string]struct{}
-	kick    chan struct{}
+	pending *pending.Set // Refresh → Run
 }
 
 // New returns a controller.
@@ -83,28 +80,12 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Retry <= 0 {
 		cfg.Retry = DefaultRetry
 	}
-	return &Controller{cfg: cfg, pending: map[string]struct{}{}, kick: make(chan struct{}, 1)}, nil
+	return &Controller{cfg: cfg, pending: pending.NewSet()}, nil
 }
 
 // Refresh asks the controller to re-read instance id's deadline (after a
 // PATCH changed it).
-func (c *Controller) Refresh(id string) {
-	c.mu.Lock()
-	c.pending[id] = struct{}{}
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (c *Controller) takePending() map[string]struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p := c.pending
-	c.pending = map[string]struct{}{}
-	return p
-}
+func (c *Controller) Refresh(id string) { c.pending.Add(id) }
 
 // Run arms the deadlines of every instance (deleting at once those already
 // past), then follows the lifecycle bus and Refresh until ctx ends.
@@ -135,9 +116,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			stop()
 			return nil
 		case <-timerC:
-		case <-c.kick:
+		case <-c.pending.C():
 			stop()
-			for id := range c.takePending() {
+			for _, id := range c.pending.Take() {
 				c.reload(ctx, due, id)
 			}
 		case ev, ok := <-sub.C():

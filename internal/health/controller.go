@@ -13,6 +13,7 @@ import (
 	"hypeman/internal/durations"
 	"hypeman/internal/events"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/pending"
 )
 
 // Target is one instance as the health controller sees it.
@@ -103,10 +104,7 @@ type Config struct {
 type Controller struct {
 	cfg     Config
 	running atomic.Bool
-
-	mu      sync.Mutex
-	pending map[string]struct{}
-	kick    chan struct{}
+	pending *pending.Set // Refresh → loop
 }
 
 // New returns a controller.
@@ -126,20 +124,12 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = DefaultReconcileInterval
 	}
-	return &Controller{cfg: cfg, pending: map[string]struct{}{}, kick: make(chan struct{}, 1)}, nil
+	return &Controller{cfg: cfg, pending: pending.NewSet()}, nil
 }
 
 // Refresh asks for instance id to be re-synced soon, e.g. after its check
 // was updated (otherwise the next reconcile picks the change up).
-func (c *Controller) Refresh(id string) {
-	c.mu.Lock()
-	c.pending[id] = struct{}{}
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
+func (c *Controller) Refresh(id string) { c.pending.Add(id) }
 
 // Run checks Running instances until ctx ends, then stops every check and
 // returns. It can run once at a time.
@@ -224,12 +214,8 @@ func (l *loop) run() error {
 				l.stopRunner(ev.InstanceID)
 			}
 			l.requestSync(ev.InstanceID)
-		case <-l.c.kick:
-			l.c.mu.Lock()
-			ids := l.c.pending
-			l.c.pending = map[string]struct{}{}
-			l.c.mu.Unlock()
-			for id := range ids {
+		case <-l.c.pending.C():
+			for _, id := range l.c.pending.Take() {
 				l.requestSync(id)
 			}
 		case <-reconcile.C():

@@ -12,6 +12,7 @@ import (
 
 	"hypeman/internal/events"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/pending"
 )
 
 // Instances is what the controller needs from the instance manager.
@@ -99,11 +100,14 @@ type Config struct {
 type Controller struct {
 	cfg     Config
 	running atomic.Bool
+	pending *pending.Map[request] // Refresh, HealthFailed → loop
+}
 
-	mu         sync.Mutex
-	pendEval   map[string]struct{}
-	pendHealth map[string]healthReq
-	kick       chan struct{} // capacity 1: "the queues are not empty"
+// request is what Refresh and HealthFailed left for the loop about one
+// instance.
+type request struct {
+	eval   bool       // Refresh: re-evaluate the policy
+	health *healthReq // HealthFailed: the latest report, if any
 }
 
 type healthReq struct {
@@ -134,9 +138,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.SnapshotTimeout <= 0 {
 		cfg.SnapshotTimeout = 2 * time.Second
 	}
-	return &Controller{
-		cfg: cfg, pendEval: map[string]struct{}{}, pendHealth: map[string]healthReq{}, kick: make(chan struct{}, 1),
-	}, nil
+	return &Controller{cfg: cfg, pending: pending.NewMap[request]()}, nil
 }
 
 // RestartPending is the wait endpoint's hook (Manager.SetRestartPending):
@@ -159,34 +161,19 @@ func (c *Controller) RestartPending(id string) bool {
 // report about an earlier boot, or for an instance no longer Running, is
 // ignored. Repeated reports are harmless.
 func (c *Controller) HealthFailed(id string, boot time.Time, detail string) {
-	c.mu.Lock()
-	c.pendHealth[id] = healthReq{boot: boot, detail: detail}
-	c.mu.Unlock()
-	c.signal()
+	c.pending.Update(id, func(r request) request {
+		r.health = &healthReq{boot: boot, detail: detail}
+		return r
+	})
 }
 
 // Refresh asks for instance id to be re-evaluated soon, e.g. after its
 // policy was updated (otherwise the next reconcile picks the change up).
 func (c *Controller) Refresh(id string) {
-	c.mu.Lock()
-	c.pendEval[id] = struct{}{}
-	c.mu.Unlock()
-	c.signal()
-}
-
-func (c *Controller) signal() {
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (c *Controller) takeRequests() (map[string]struct{}, map[string]healthReq) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ev, h := c.pendEval, c.pendHealth
-	c.pendEval, c.pendHealth = map[string]struct{}{}, map[string]healthReq{}
-	return ev, h
+	c.pending.Update(id, func(r request) request {
+		r.eval = true
+		return r
+	})
 }
 
 // Run subscribes to the lifecycle events, re-evaluates every restartable
@@ -302,13 +289,16 @@ func (l *loop) run() error {
 			if _, scheduled := l.due[ev.InstanceID]; ev.To == state.Stopped || scheduled {
 				l.requestEval(ev.InstanceID)
 			}
-		case <-l.c.kick:
-			evals, healths := l.c.takeRequests()
-			for id, h := range healths {
-				l.requestHealth(id, h)
-			}
-			for id := range evals {
-				l.requestEval(id)
+		case <-l.c.pending.C():
+			for id, r := range l.c.pending.Take() {
+				// Health first: an eval of the same id then waits for
+				// the health stop to finish (the id is busy).
+				if r.health != nil {
+					l.requestHealth(id, *r.health)
+				}
+				if r.eval {
+					l.requestEval(id)
+				}
 			}
 		case <-reconcile.C():
 			l.startList()
