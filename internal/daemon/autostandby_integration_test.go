@@ -127,6 +127,21 @@ func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
 	ctx := context.Background()
 	guest := netip.MustParseAddr(ip)
 	obs := autostandby.ConntrackObserver{InNS: d.Network.InNetNS}
+	// Running is the program's start: wait until httpd answers, so a
+	// refused connection below can only be the standby's doing.
+	waitFor(t, "httpd serving", 60*time.Second, func() bool {
+		c, err := d.Network.DialContext(ctx, "tcp", net.JoinHostPort(ip, "8080"))
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(c)
+		return strings.Contains(string(b), "hello")
+	})
 	type reply struct {
 		body string
 		err  error
