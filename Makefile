@@ -23,7 +23,7 @@ TESTFLAGS ?=
 # Each test run logs to its own file here (git-ignored); the path is printed at the end.
 TEST_LOG_DIR ?= .test-logs
 
-.PHONY: all setup build init run test test-unit generate bench lint clean example-image
+.PHONY: all setup build init run test test-unit generate bench lint clean example-image k8s-bins k8s-test
 
 all: build
 
@@ -66,6 +66,15 @@ test: setup init
 # VM and root tests skip with a message; tests whose host tool is missing skip too.
 test-unit:
 	$(call run_tests,unit,-short)
+
+# The Kubernetes test harness is its own module (test/k8s) so this one never depends on
+# k8s.io/kubernetes. k8s-bins builds its pinned etcd/kube-apiserver/kube-scheduler/kubectl once
+# (minutes) into $HYPEMAN_K8S_CACHE or /var/cache/hypeman/k8s/<key>/bin; later runs reuse them.
+k8s-bins:
+	cd test/k8s && $(GO) run ./cmd/k8sbins
+
+k8s-test: k8s-bins
+	cd test/k8s && $(GO) vet ./... && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
 
 generate:
 	$(OAPI_CODEGEN) -config internal/api/gen/oapi-codegen.yaml openapi.yaml

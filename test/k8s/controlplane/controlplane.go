@@ -63,6 +63,7 @@ type ControlPlane struct {
 	Dir string
 
 	procs []*process
+	api   *http.Client // verifies the apiserver against CAPEM
 }
 
 // Timings are measured from the component's start to its first healthy answer.
@@ -158,11 +159,14 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(cp.CAPEM)
-	verified := &http.Client{Timeout: 5 * time.Second,
+	cp.api = &http.Client{Timeout: 10 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	if cp.Timings.APIServer, err = waitHealthy(ctx, api, opts.ReadyTimeout, func(ctx context.Context) error {
-		return get(ctx, verified, cp.Server+"/readyz", cp.AdminToken, "ok")
+		return get(ctx, cp.api, cp.Server+"/readyz", cp.AdminToken, "ok")
 	}); err != nil {
+		return nil, err
+	}
+	if err := cp.EnsureNamespace(ctx, "default"); err != nil {
 		return nil, err
 	}
 
@@ -187,6 +191,38 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		return nil, err
 	}
 	return cp, nil
+}
+
+// EnsureNamespace creates namespace ns (when missing) and its "default"
+// ServiceAccount. There is no controller manager to create that account, and
+// the ServiceAccount admission plugin refuses pods in a namespace without it.
+func (cp *ControlPlane) EnsureNamespace(ctx context.Context, ns string) error {
+	if err := cp.create(ctx, "/api/v1/namespaces",
+		fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, ns)); err != nil {
+		return err
+	}
+	return cp.create(ctx, "/api/v1/namespaces/"+ns+"/serviceaccounts",
+		`{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}`)
+}
+
+// create POSTs an object as the admin; an existing object is not an error.
+func (cp *ControlPlane) create(ctx context.Context, path, body string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cp.Server+path, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+cp.AdminToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cp.api.Do(req)
+	if err != nil {
+		return fmt.Errorf("controlplane: POST %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusConflict {
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return fmt.Errorf("controlplane: POST %s: %s: %s", path, resp.Status, b)
 }
 
 // PIDs are the process ids of the running components, oldest first.

@@ -14,7 +14,7 @@ import (
 
 // TestStartListNamespaces starts a control plane, lists its namespaces with
 // the cached kubectl through the admin kubeconfig, checks the scheduler's
-// RBAC identity works, and checks Stop leaves none of its processes behind.
+// RBAC identity works, that the scheduler handles a pod, and checks Stop leaves none of its processes behind.
 func TestStartListNamespaces(t *testing.T) {
 	ctx := t.Context()
 	// Builds the binaries when they are not cached yet (many minutes on a
@@ -46,6 +46,26 @@ func TestStartListNamespaces(t *testing.T) {
 	out = kubectl(t, ctx, bins, cp, "auth", "can-i", "watch", "pods", "--as", "system:kube-scheduler")
 	if strings.TrimSpace(out) != "yes" {
 		t.Errorf("kube-scheduler can watch pods = %q, want yes", out)
+	}
+
+	// A pod is admitted (the default ServiceAccount exists) and the scheduler
+	// marks it unschedulable: it runs, is authorised, and there are no nodes.
+	apply := exec.CommandContext(ctx, bins.Path(k8sbin.Kubectl), "--kubeconfig", cp.Kubeconfig, "apply", "-f", "-")
+	apply.Stdin = strings.NewReader(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe"},
+		"spec":{"containers":[{"name":"c","image":"example.invalid/none"}]}}`)
+	if out, err := apply.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply pod: %v\n%s", err, out)
+	}
+	var reason string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		reason = kubectl(t, ctx, bins, cp, "get", "pod", "probe", "-o",
+			`jsonpath={.status.conditions[?(@.type=="PodScheduled")].reason}`)
+		if reason != "" {
+			break
+		}
+	}
+	if reason != "Unschedulable" {
+		t.Errorf("pod PodScheduled reason = %q, want Unschedulable (from kube-scheduler)", reason)
 	}
 
 	cp.Stop()
