@@ -50,14 +50,15 @@ const (
 // pin is one nested module under pins/ and the binaries `go build` makes of it.
 type pin struct {
 	dir      string   // under the pins directory
+	module   string   // the pinned module, recorded in the manifest
 	packages []string // arguments to go build
 	bins     []string // what the build leaves in the output directory
 }
 
 var pins = []pin{
-	{dir: "etcd", packages: []string{"."}, bins: []string{Etcd}},
+	{dir: "etcd", module: "go.etcd.io/etcd/server/v3", packages: []string{"."}, bins: []string{Etcd}},
 	// "tool" is every tool directive of pins/kube/go.mod.
-	{dir: "kube", packages: []string{"tool"}, bins: []string{KubeAPIServer, KubeScheduler, Kubectl}},
+	{dir: "kube", module: "k8s.io/kubernetes", packages: []string{"tool"}, bins: []string{KubeAPIServer, KubeScheduler, Kubectl}},
 }
 
 // Options says where the pins are and where the cache is. Zero values pick the
@@ -90,7 +91,7 @@ type Manifest struct {
 	Version   int               `json:"version"`
 	Key       string            `json:"key"`
 	GoVersion string            `json:"go_version"`
-	Modules   map[string]string `json:"modules"`       // pin dir → its main requirement line(s)
+	Modules   map[string]string `json:"modules"`       // pin dir → "module version"
 	BuildSecs map[string]int    `json:"build_seconds"` // pin dir → wall time of its go build
 	BuiltAt   time.Time         `json:"built_at"`
 }
@@ -236,7 +237,8 @@ func build(ctx context.Context, o Options, key, goVersion, final string) error {
 		if err != nil {
 			return fmt.Errorf("k8sbin: go list -m in %s: %w", dir, err)
 		}
-		m.Modules[p.dir] = mainRequirements(mods)
+		mod := requirement(mods, p.module)
+		m.Modules[p.dir] = mod
 		fmt.Fprintf(o.Log, "k8sbin: building %s (%s) into %s\n", strings.Join(p.bins, ", "), m.Modules[p.dir], bin)
 		start := time.Now()
 		args := append([]string{"build", "-o", bin + string(filepath.Separator)}, p.packages...)
@@ -269,17 +271,15 @@ func build(ctx context.Context, o Options, key, goVersion, final string) error {
 	return syncDir(o.CacheRoot)
 }
 
-// mainRequirements picks the pinned modules (k8s.io/kubernetes, etcd server)
-// out of go list -m all output.
-func mainRequirements(list string) string {
-	var out []string
-	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 && (f[0] == "k8s.io/kubernetes" || f[0] == "go.etcd.io/etcd/server/v3") {
-			out = append(out, f[0]+" "+f[1])
+// requirement is the "path version" line of module in go list -m all output,
+// or "" when the build does not use it.
+func requirement(list, module string) string {
+	for _, line := range strings.Split(list, "\n") {
+		if strings.HasPrefix(line, module+" ") {
+			return line
 		}
 	}
-	return strings.Join(out, ", ")
+	return ""
 }
 
 func syncDir(dir string) error {
