@@ -53,8 +53,11 @@ type ControlPlane struct {
 	Server string
 	// Kubeconfig is the path of an admin kubeconfig (system:masters).
 	Kubeconfig string
-	// CAPEM is the CA that signed the apiserver's certificate.
-	CAPEM []byte
+	// CAPEM is the CA that signed the apiserver's serving certificate and the
+	// client certificate it presents to kubelets; CAFile holds it. A
+	// kubelet (hypeman-kubelet) trusts it as its client CA for logs/exec.
+	CAPEM  []byte
+	CAFile string
 	// AdminToken is the bearer token of the admin user.
 	AdminToken string
 	// Timings says how long each component took to become healthy.
@@ -99,7 +102,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: keys: %w", err)
 	}
-	cp.CAPEM = pki.caPEM
+	cp.CAPEM, cp.CAFile = pki.caPEM, pki.caFile
 	cp.AdminToken = randomToken()
 	schedToken := randomToken()
 	tokens := filepath.Join(opts.Dir, "tokens.csv")
@@ -153,6 +156,8 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--token-auth-file", tokens,
 		"--authorization-mode", "RBAC",
 		"--service-cluster-ip-range", ServiceClusterIPRange,
+		"--kubelet-client-certificate", pki.kubeletClientCert, "--kubelet-client-key", pki.kubeletClientKey,
+		"--kubelet-preferred-address-types", "InternalIP",
 		"--cert-dir", filepath.Join(opts.Dir, "apiserver-certs"))
 	if err != nil {
 		return nil, err
