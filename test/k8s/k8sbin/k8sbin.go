@@ -155,6 +155,14 @@ func Ensure(ctx context.Context, opts Options) (Set, error) {
 	if set, err := load(final, key); err == nil {
 		return set, nil
 	}
+	// Holding the lock, nothing else builds: clear an incomplete set and the
+	// temporary directories of builds that were killed.
+	stale, _ := filepath.Glob(filepath.Join(o.CacheRoot, ".build-*"))
+	for _, dir := range append(stale, final) {
+		if err := os.RemoveAll(dir); err != nil {
+			return Set{}, fmt.Errorf("k8sbin: %w", err)
+		}
+	}
 	if err := build(ctx, o, key, goVersion, final); err != nil {
 		return Set{}, err
 	}

@@ -34,7 +34,7 @@ func fakePins(t *testing.T) string {
 
 // TestEnsureBuildsOnceAndRebuildsOnPinChange checks the cache contract: the
 // first Ensure builds every binary into <root>/<key>/bin, a second one reuses
-// that set without building, and changing a pin yields a new key and a new set
+// that set without building, an incomplete set is rebuilt, and changing a pin yields a new key and a new set
 // while leaving no temporary build directory behind.
 func TestEnsureBuildsOnceAndRebuildsOnPinChange(t *testing.T) {
 	ctx := t.Context()
@@ -61,6 +61,21 @@ func TestEnsureBuildsOnceAndRebuildsOnPinChange(t *testing.T) {
 	if second.Key != first.Key || !second.Manifest.BuiltAt.Equal(first.Manifest.BuiltAt) {
 		t.Errorf("second Ensure = key %s built %s, want the cached key %s built %s",
 			second.Key, second.Manifest.BuiltAt, first.Key, first.Manifest.BuiltAt)
+	}
+
+	// A set missing a binary, and a killed build's leftovers, are rebuilt/cleared.
+	if err := os.Remove(first.Path(Kubectl)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(root, ".build-"+first.Key+"-killed"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	repaired, err := Ensure(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if repaired.Key != first.Key || repaired.Manifest.BuiltAt.Equal(first.Manifest.BuiltAt) {
+		t.Errorf("Ensure after losing kubectl = key %s built %s, want key %s rebuilt", repaired.Key, repaired.Manifest.BuiltAt, first.Key)
 	}
 
 	if err := os.WriteFile(filepath.Join(pins, "etcd", "main.go"), []byte("package main\n\nfunc main() { println() }\n"), 0o644); err != nil {
