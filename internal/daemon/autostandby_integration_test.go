@@ -127,21 +127,6 @@ func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
 	ctx := context.Background()
 	guest := netip.MustParseAddr(ip)
 	obs := autostandby.ConntrackObserver{InNS: d.Network.InNetNS}
-	// Running is the program's start: wait until httpd answers, so a
-	// refused connection below can only be the standby's doing.
-	waitFor(t, "httpd serving", 60*time.Second, func() bool {
-		c, err := d.Network.DialContext(ctx, "tcp", net.JoinHostPort(ip, "8080"))
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
-			return false
-		}
-		b, _ := io.ReadAll(c)
-		return strings.Contains(string(b), "hello")
-	})
 	type reply struct {
 		body string
 		err  error
@@ -197,7 +182,9 @@ func TestAutoStandbyConnectionWhilePausedIsServed(t *testing.T) {
 
 // httpdInstance starts a daemon with bridge networking in a netns of the
 // test and a Running busybox httpd instance (port 8080, "hello") with
-// policy; it returns the daemon, the instance and its guest address.
+// policy; it returns the daemon, the instance and its guest address once
+// httpd answers (Running is the program's start, not its listen), so a
+// refused connection later can only be the test's or the controller's doing.
 func httpdInstance(t *testing.T, name string, policy *autostandby.Policy) (*daemon.Daemon, *instances.Instance, string) {
 	t.Helper()
 	ns := nettest.NewNS(t)
@@ -217,5 +204,18 @@ func httpdInstance(t *testing.T, name string, policy *autostandby.Policy) (*daem
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "httpd serving", 60*time.Second, func() bool {
+		c, err := d.Network.DialContext(ctx, "tcp", net.JoinHostPort(ip, "8080"))
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(c)
+		return strings.Contains(string(b), "hello")
+	})
 	return d, in, ip
 }

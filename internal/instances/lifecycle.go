@@ -18,6 +18,7 @@ import (
 	"hypeman/internal/health"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
+	"hypeman/internal/network"
 	"hypeman/internal/resources"
 	"hypeman/internal/rotlog"
 	"hypeman/internal/tags"
@@ -354,33 +355,11 @@ func (m *Manager) boot(ctx context.Context, e *entry, img ImageInfo) error {
 	meta := e.meta
 	e.mu.Unlock()
 	dir := m.dir(meta.ID)
-	if err := checkCommand(meta, img); err != nil {
-		return err
-	}
-	if err := checkVolumeFiles(meta.Volumes); err != nil {
-		return err
-	}
-	if err := m.admit(ctx, meta, true); err != nil {
+	lease, _, disk, err := m.prepareRun(ctx, e, meta, img)
+	if err != nil {
 		return err
 	}
 	defer m.settleAdmission(e)
-	lease, err := m.leaseFor(ctx, meta)
-	if err != nil {
-		return err
-	}
-	gc := m.guestConfig(meta, img)
-	if lease != nil {
-		gc.Network = lease.GuestConfig()
-	}
-	disk, err := gc.Encode()
-	if err != nil {
-		m.releaseNetwork(meta.ID)
-		if errors.Is(err, guestconfig.ErrTooLarge) {
-			return &InvalidArgumentError{Field: "env", Reason: "the image's and this instance's environment, entrypoint and cmd " +
-				"together are too large for the guest (" + err.Error() + "); use a smaller environment or an image with less of it"}
-		}
-		return err
-	}
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, configFile), disk, 0o644); err != nil {
 		return err
 	}
@@ -437,6 +416,44 @@ func checkCommand(meta Metadata, img ImageInfo) error {
 		return &InvalidArgumentError{Field: "cmd", Reason: "the image has no entrypoint or cmd; give one"}
 	}
 	return nil
+}
+
+// prepareRun is what a cold boot and a warm start do before their VM runs
+// (caller holds e.op; e has no live VM): check the command and the volume
+// files, admit meta to run, lease its network and build and encode its
+// guest config.
+// On success the caller defers m.settleAdmission(e); on error nothing is
+// held.
+func (m *Manager) prepareRun(ctx context.Context, e *entry, meta Metadata, img ImageInfo) (*network.Lease, *guestconfig.Config, []byte, error) {
+	if err := checkCommand(meta, img); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := checkVolumeFiles(meta.Volumes); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := m.admit(ctx, meta, true); err != nil {
+		return nil, nil, nil, err
+	}
+	lease, err := m.leaseFor(ctx, meta)
+	if err != nil {
+		m.settleAdmission(e)
+		return nil, nil, nil, err
+	}
+	gc := m.guestConfig(meta, img)
+	if lease != nil {
+		gc.Network = lease.GuestConfig()
+	}
+	disk, err := gc.Encode()
+	if err != nil {
+		m.releaseNetwork(meta.ID)
+		m.settleAdmission(e)
+		if errors.Is(err, guestconfig.ErrTooLarge) {
+			return nil, nil, nil, &InvalidArgumentError{Field: "env", Reason: "the image's and this instance's environment, entrypoint and cmd " +
+				"together are too large for the guest (" + err.Error() + "); use a smaller environment or an image with less of it"}
+		}
+		return nil, nil, nil, err
+	}
+	return lease, gc, disk, nil
 }
 
 // markBooting resets meta's run fields for a boot (cold or warm) whose

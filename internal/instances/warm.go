@@ -184,24 +184,13 @@ func (m *Manager) warmStart(ctx context.Context, e *entry, img ImageInfo, shape 
 	}
 	m.warm.Release(tpl)
 	copied := time.Now()
-	if err := checkCommand(meta, img); err != nil {
-		return err
-	}
-	if err := m.admit(ctx, meta, true); err != nil {
-		return err
-	}
-	defer m.settleAdmission(e)
-	lease, err := m.leaseFor(ctx, meta)
+	// The encoded config is not written: the template's config disk stays,
+	// the guest gets its config through the agent's start op.
+	lease, gc, _, err := m.prepareRun(ctx, e, meta, img)
 	if err != nil {
 		return err
 	}
-	gc := m.guestConfig(meta, img)
-	if lease != nil {
-		gc.Network = lease.GuestConfig()
-	}
-	if _, err := gc.Encode(); err != nil {
-		return err // too large: the cold boot reports it as a bad request
-	}
+	defer m.settleAdmission(e)
 	offset, err := rotlog.End(filepath.Join(dir, hypervisor.SerialLogName))
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"hypeman/internal/childproc"
+	"hypeman/internal/fsutil"
 	"hypeman/internal/tags"
 	"hypeman/internal/untar"
 )
@@ -71,7 +72,7 @@ func (s *Store) create(ctx context.Context, p CreateParams, body io.Reader) (_ *
 	if err != nil {
 		return nil, err
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := fsutil.SyncFile(tmp); err != nil {
 		return nil, err
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, dataFile)); err != nil {
@@ -219,16 +220,4 @@ func mkfsArchive(ctx context.Context, out string, size int64, staging string, si
 		return &TooLargeError{SizeGB: sizeGB, What: "archive content (files plus filesystem metadata)"}
 	}
 	return err
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	return nil
 }
