@@ -581,11 +581,21 @@ func (a *app) lifecycleCommand(verb, short, long string, call refCall) *cobra.Co
 }
 
 func (a *app) stopCommand() *cobra.Command {
-	return a.lifecycleCommand("stop", "Stop instances gracefully",
+	var timeout string
+	cmd := a.lifecycleCommand("stop", "Stop instances gracefully",
 		`Stop each instance gracefully (the program gets SIGTERM, then the VM is
 powered off) and print its name as given. With --format json each stopped
-instance is printed, one per line.`,
-		byRef((*client.ClientWithResponses).StopInstanceWithResponse))
+instance is printed, one per line. The program has the instance's
+stop timeout (run --stop-timeout) to exit; --timeout shortens it.`,
+		func(ctx context.Context, c *client.ClientWithResponses, ref string) (response, error) {
+			var body client.StopInstanceRequest
+			if timeout != "" {
+				body.Timeout = &timeout
+			}
+			return c.StopInstanceWithResponse(ctx, ref, body)
+		})
+	cmd.Flags().StringVar(&timeout, "timeout", "", "time the program has between SIGTERM and SIGKILL for this stop (`DURATION`, 0s kills at once; default the instance's stop timeout)")
+	return cmd
 }
 
 func (a *app) startCommand() *cobra.Command {

@@ -1177,6 +1177,11 @@ type CreateInstanceRequest struct {
 	SkipKernelHeaders *bool           `json:"skip_kernel_headers,omitempty"`
 	SnapshotPolicy    *SnapshotPolicy `json:"snapshot_policy,omitempty"`
 
+	// StopTimeout This server's addition. How long the program has between SIGTERM
+	// and SIGKILL when the instance is stopped (Go duration, 1s to 1h;
+	// default the server's `guest_stop_timeout`, 10s).
+	StopTimeout *string `json:"stop_timeout,omitempty"`
+
 	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
 	//
 	// Example: {"env":"staging","team":"backend"}
@@ -1735,8 +1740,11 @@ type Instance struct {
 	// StateError Why the state is Unknown, or why a Paused VM stopped by itself
 	// (e.g. "guest I/O error on disk overlay: no space left on
 	// device; free space on the host filesystem and resume").
-	StateError *string    `json:"state_error"`
-	StoppedAt  *time.Time `json:"stopped_at"`
+	StateError *string `json:"state_error"`
+
+	// StopTimeout This server's addition. Time between SIGTERM and SIGKILL when the instance is stopped.
+	StopTimeout *string    `json:"stop_timeout,omitempty"`
+	StoppedAt   *time.Time `json:"stopped_at"`
 
 	// Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
 	//
@@ -2122,6 +2130,11 @@ type RestartStatus struct {
 	// LastReason health_check_failed (hypeman's), or this server's exit_code and vm_crashed.
 	LastReason    *RestartStatusLastReason `json:"last_reason,omitempty"`
 	NextAttemptAt *time.Time               `json:"next_attempt_at,omitempty"`
+
+	// Restarts This server's addition. Restarts hypeman has made of this
+	// instance in its whole life (never reset, unlike `attempts`), as
+	// a Kubernetes container's restartCount.
+	Restarts *int `json:"restarts,omitempty"`
 }
 
 // RestartStatusBlockedReason defines model for RestartStatus.BlockedReason.
@@ -2277,6 +2290,15 @@ type StandbyInstanceRequest struct {
 type StartInstanceRequest struct {
 	Cmd        *[]string `json:"cmd,omitempty"`
 	Entrypoint *[]string `json:"entrypoint,omitempty"`
+}
+
+// StopInstanceRequest defines model for StopInstanceRequest.
+type StopInstanceRequest struct {
+	// Timeout Go duration, 0s to the instance's `stop_timeout`: how long the
+	// program has between SIGTERM and SIGKILL for this stop (default
+	// the instance's `stop_timeout`). A longer value is refused (400):
+	// the guest was booted with its own limit.
+	Timeout *string `json:"timeout,omitempty"`
 }
 
 // Tags User-defined key-value tags (keys 1-128, values 0-256 characters of `A-Za-z0-9 _.:/=+@-`).
@@ -2638,6 +2660,9 @@ type StandbyInstanceJSONRequestBody = StandbyInstanceRequest
 
 // StartInstanceJSONRequestBody defines body for StartInstance for application/json ContentType.
 type StartInstanceJSONRequestBody = StartInstanceRequest
+
+// StopInstanceJSONRequestBody defines body for StopInstance for application/json ContentType.
+type StopInstanceJSONRequestBody = StopInstanceRequest
 
 // AttachVolumeJSONRequestBody defines body for AttachVolume for application/json ContentType.
 type AttachVolumeJSONRequestBody = AttachVolumeRequest
@@ -3421,10 +3446,27 @@ type ClientInterface interface {
 	// Corresponds with GET /instances/{id}/stats (the `GetInstanceStats` operationId).
 	GetInstanceStats(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// StopInstance Stop an instance gracefully
+	// StopInstanceWithBody Stop an instance gracefully
+	//
+	// The program gets SIGTERM and the instance's `stop_timeout` to exit
+	// before it is killed. The optional body (this server's addition) can
+	// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+	//
+	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
-	StopInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	StopInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StopInstance Stop an instance gracefully
+	//
+	// The program gets SIGTERM and the instance's `stop_timeout` to exit
+	// before it is killed. The optional body (this server's addition) can
+	// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
+	StopInstance(ctx context.Context, id InstanceID, body StopInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DetachVolume Detach a volume from a Stopped instance
 	//
@@ -5057,11 +5099,38 @@ func (c *Client) GetInstanceStats(ctx context.Context, id InstanceID, reqEditors
 	return c.Client.Do(req)
 }
 
-// StopInstance Stop an instance gracefully
+// StopInstanceWithBody Stop an instance gracefully
+//
+// The program gets SIGTERM and the instance's `stop_timeout` to exit
+// before it is killed. The optional body (this server's addition) can
+// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+//
+// Takes any type of body and a specified content type.
 //
 // Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
-func (c *Client) StopInstance(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewStopInstanceRequest(c.Server, id)
+func (c *Client) StopInstanceWithBody(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStopInstanceRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StopInstance Stop an instance gracefully
+//
+// The program gets SIGTERM and the instance's `stop_timeout` to exit
+// before it is killed. The optional body (this server's addition) can
+// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
+func (c *Client) StopInstance(ctx context.Context, id InstanceID, body StopInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStopInstanceRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -7682,8 +7751,19 @@ func NewGetInstanceStatsRequest(server string, id InstanceID) (*http.Request, er
 	return req, nil
 }
 
-// NewStopInstanceRequest constructs an http.Request for the StopInstance method
-func NewStopInstanceRequest(server string, id InstanceID) (*http.Request, error) {
+// NewStopInstanceRequest calls the generic StopInstance builder with application/json body
+func NewStopInstanceRequest(server string, id InstanceID, body StopInstanceJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStopInstanceRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewStopInstanceRequestWithBody constructs an http.Request for the StopInstance method, with any body, and a specified content type
+func NewStopInstanceRequestWithBody(server string, id InstanceID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -7708,10 +7788,12 @@ func NewStopInstanceRequest(server string, id InstanceID) (*http.Request, error)
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -9324,12 +9406,27 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /instances/{id}/stats (the `GetInstanceStats` operationId).
 	GetInstanceStatsWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*GetInstanceStatsResponse, error)
 
-	// StopInstanceWithResponse Stop an instance gracefully
+	// StopInstanceWithBodyWithResponse Stop an instance gracefully
 	//
-	// Returns a wrapper object for the known response body format(s).
+	// The program gets SIGTERM and the instance's `stop_timeout` to exit
+	// before it is killed. The optional body (this server's addition) can
+	// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
-	StopInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error)
+	StopInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error)
+
+	// StopInstanceWithResponse Stop an instance gracefully
+	//
+	// The program gets SIGTERM and the instance's `stop_timeout` to exit
+	// before it is killed. The optional body (this server's addition) can
+	// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
+	StopInstanceWithResponse(ctx context.Context, id InstanceID, body StopInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error)
 
 	// DetachVolumeWithResponse Detach a volume from a Stopped instance
 	//
@@ -16070,13 +16167,34 @@ func (c *ClientWithResponses) GetInstanceStatsWithResponse(ctx context.Context, 
 	return ParseGetInstanceStatsResponse(rsp)
 }
 
-// StopInstanceWithResponse Stop an instance gracefully
+// StopInstanceWithBodyWithResponse Stop an instance gracefully
 //
-// Returns a wrapper object for the known response body format(s).
+// The program gets SIGTERM and the instance's `stop_timeout` to exit
+// before it is killed. The optional body (this server's addition) can
+// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
-func (c *ClientWithResponses) StopInstanceWithResponse(ctx context.Context, id InstanceID, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error) {
-	rsp, err := c.StopInstance(ctx, id, reqEditors...)
+func (c *ClientWithResponses) StopInstanceWithBodyWithResponse(ctx context.Context, id InstanceID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error) {
+	rsp, err := c.StopInstanceWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStopInstanceResponse(rsp)
+}
+
+// StopInstanceWithResponse Stop an instance gracefully
+//
+// The program gets SIGTERM and the instance's `stop_timeout` to exit
+// before it is killed. The optional body (this server's addition) can
+// shorten that wait for this stop; `"timeout": "0s"` kills at once.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /instances/{id}/stop (the `StopInstance` operationId).
+func (c *ClientWithResponses) StopInstanceWithResponse(ctx context.Context, id InstanceID, body StopInstanceJSONRequestBody, reqEditors ...RequestEditorFn) (*StopInstanceResponse, error) {
+	rsp, err := c.StopInstance(ctx, id, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
