@@ -200,7 +200,7 @@ func restartPolicyFromAPI(in *gen.RestartPolicy) (*restart.Policy, error) {
 }
 
 func toAPIRestartStatus(s restart.Status) *gen.RestartStatus {
-	out := &gen.RestartStatus{Attempts: &s.Attempts, LastAttemptAt: optTime(s.LastAttemptAt), NextAttemptAt: optTime(s.NextAttemptAt)}
+	out := &gen.RestartStatus{Restarts: &s.Restarts, Attempts: &s.Attempts, LastAttemptAt: optTime(s.LastAttemptAt), NextAttemptAt: optTime(s.NextAttemptAt)}
 	if s.BlockedReason != "" {
 		r := gen.RestartStatusBlockedReason(s.BlockedReason)
 		out.BlockedReason = &r
