@@ -68,6 +68,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 		Tags:              optTags(in.Tags),
 		Entrypoint:        optSlice(in.Entrypoint),
 		Cmd:               optSlice(in.Cmd),
+		StopTimeout:       optString(in.StopTimeout),
 		PhaseDurationsMs:  ph.DurationsMs,
 		CurrentPhase:      ph.Current,
 		CurrentPhaseSince: ph.Since,

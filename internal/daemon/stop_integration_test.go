@@ -49,7 +49,7 @@ func TestGracefulStopAndReadoption(t *testing.T) {
 	}
 
 	start := time.Now()
-	stopped, err := d2.Instances.Stop(ctx, "loop")
+	stopped, err := d2.Instances.Stop(ctx, "loop", instances.StopParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestGracefulStopAndReadoption(t *testing.T) {
 		t.Fatal("no got-sigterm in serial log")
 	}
 	t.Logf("graceful stop took %s", time.Since(start))
-	if _, err := d2.Instances.Stop(ctx, in.ID); err == nil || !strings.Contains(err.Error(), "allowed: start") {
+	if _, err := d2.Instances.Stop(ctx, in.ID, instances.StopParams{}); err == nil || !strings.Contains(err.Error(), "allowed: start") {
 		t.Fatalf("stop of a stopped instance: %v", err)
 	}
 	if err := d2.Instances.Delete(ctx, in.ID); err != nil {
