@@ -3,15 +3,16 @@ package instances
 // Stop timeouts: how long a stopped instance's program has between SIGTERM
 // and SIGKILL.
 //
-// An instance's stop_timeout (create; default the server's
-// GuestStopTimeout, resolved and persisted in Metadata.StopTimeout so that
-// a later change of the server default never disagrees with what a running
+// An instance's stop_timeout is set at create (default the server's
+// GuestStopTimeout, resolved and persisted in Metadata.StopTimeout, so a
+// later change of the server default never disagrees with what a running
 // guest was booted with; metadata written before the field existed has ""
-// and gets the server default) is given to the guest init in its config at every
-// boot, cold or warm (the per-run program config, never the template's), so
-// the guest kills the program itself when the window ends and reports how
-// it ended. The host waits that long plus the guest's teardown before it
-// ends the VM itself (stopTimeout is the one place that derives it).
+// and gets the server default). It is given to the guest init in its config
+// at every boot, cold or warm (the per-run program config, never the
+// template's), so the guest kills the program itself when the window ends
+// and reports how it ended. The host waits that long plus the guest's
+// teardown before it ends the VM itself. stopTimeout is the one place that
+// derives the window from an instance.
 //
 // A stop request may shorten the window for that stop (StopParams.Timeout;
 // the Kubernetes provider maps a pod's deletion grace period to it). The
@@ -44,8 +45,9 @@ const (
 )
 
 // parseStopTimeout validates a create request's stop_timeout ("" = def)
-// and returns the value to persist. Whole seconds only: the guest init
-// counts in seconds.
+// and returns the value to persist. The guest init counts whole seconds:
+// it gets the value rounded up (guestStopSeconds), which the host's wait
+// covers.
 func parseStopTimeout(s string, def time.Duration) (string, error) {
 	if s == "" {
 		return durations.Format(def), nil
@@ -56,9 +58,6 @@ func parseStopTimeout(s string, def time.Duration) (string, error) {
 	}
 	if d < MinStopTimeout || d > MaxStopTimeout {
 		return "", &InvalidArgumentError{Field: "stop_timeout", Reason: fmt.Sprintf("%s is out of range (%s to %s)", s, durations.Format(MinStopTimeout), durations.Format(MaxStopTimeout))}
-	}
-	if d%time.Second != 0 {
-		return "", &InvalidArgumentError{Field: "stop_timeout", Reason: fmt.Sprintf("%s is not a whole number of seconds", s)}
 	}
 	return durations.Format(d), nil
 }

@@ -19,7 +19,6 @@ func TestStopTimeoutCreateValidation(t *testing.T) {
 	for in, want := range map[string]string{
 		"soon": "not a Go duration", "30": "not a Go duration", "0s": "out of range (1s to 1h)",
 		"500ms": "out of range (1s to 1h)", "61m": "out of range (1s to 1h)", "-5s": "out of range",
-		"1.5s": "whole number of seconds",
 	} {
 		_, err := m.Create(context.Background(), CreateParams{Name: "x", Image: "img", StopTimeout: in})
 		var ie *InvalidArgumentError
@@ -64,8 +63,15 @@ func TestStopTimeoutPersistedAndUsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.StopTimeout != "1m30s" || def.StopTimeout != "1s" {
-		t.Fatalf("views: %q %q", in.StopTimeout, def.StopTimeout)
+	odd, err := m.Create(ctx, CreateParams{Name: "odd", Image: "img", StopTimeout: "2500ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.StopTimeout != "1m30s" || def.StopTimeout != "1s" || odd.StopTimeout != "2.5s" {
+		t.Fatalf("views: %q %q %q", in.StopTimeout, def.StopTimeout, odd.StopTimeout)
+	}
+	if got := guestStopSecondsOf(t, m, odd.ID); got != 3 {
+		t.Fatalf("guest config stop timeout of 2.5s: %d, want 3 (rounded up)", got)
 	}
 	if got := guestStopSecondsOf(t, m, in.ID); got != 90 {
 		t.Fatalf("guest config stop timeout %d, want 90", got)

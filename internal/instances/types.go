@@ -208,7 +208,7 @@ type CreateParams struct {
 	// Volumes to attach (VolumeID may be a name). Needs Config.Volumes.
 	Volumes []VolumeMount
 	// StopTimeout is the program's SIGTERM → SIGKILL window on a stop
-	// (Go duration, MinStopTimeout to MaxStopTimeout, whole seconds; "" =
+	// (Go duration, MinStopTimeout to MaxStopTimeout; "" =
 	// the server's GuestStopTimeout).
 	StopTimeout string
 }
