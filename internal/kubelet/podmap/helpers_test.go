@@ -52,7 +52,7 @@ func (f *fakeResolver) ServiceAccountToken(_ context.Context, pod *corev1.Pod, a
 func newResolver() *fakeResolver {
 	return &fakeResolver{
 		cms: map[string]*corev1.ConfigMap{
-			"ns/app": {Data: map[string]string{"MODE": "prod", "LEVEL": "3", "bad=key": "x", "conf.yaml": "a: 1\n"}, BinaryData: map[string][]byte{"blob": {0, 1, 2}}},
+			"ns/app":              {Data: map[string]string{"MODE": "prod", "LEVEL": "3", "bad=key": "x", "conf.yaml": "a: 1\n"}, BinaryData: map[string][]byte{"blob": {0, 1, 2}}},
 			"ns/kube-root-ca.crt": {Data: map[string]string{"ca.crt": "-----BEGIN CERTIFICATE-----\n"}},
 		},
 		secrets: map[string]*corev1.Secret{

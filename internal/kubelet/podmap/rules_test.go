@@ -53,8 +53,12 @@ func TestRulesRefused(t *testing.T) {
 			a := corev1.ContainerRestartPolicyAlways
 			p.Spec.Containers[0].RestartPolicy = &a
 		}, ctr + ".restartPolicy"},
-		{"hostPort", func(p *corev1.Pod) { p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 80}, {ContainerPort: 81, HostPort: 8081}} }, ctr + ".ports[1].hostPort"},
-		{"volumeDevices", func(p *corev1.Pod) { p.Spec.Containers[0].VolumeDevices = []corev1.VolumeDevice{{Name: "d", DevicePath: "/dev/xvda"}} }, ctr + ".volumeDevices[0]"},
+		{"hostPort", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 80}, {ContainerPort: 81, HostPort: 8081}}
+		}, ctr + ".ports[1].hostPort"},
+		{"volumeDevices", func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeDevices = []corev1.VolumeDevice{{Name: "d", DevicePath: "/dev/xvda"}}
+		}, ctr + ".volumeDevices[0]"},
 		{"subPath", func(p *corev1.Pod) {
 			mountVol(p, emptyDir("data"), "/data")
 			p.Spec.Containers[0].VolumeMounts[0].SubPath = "x"
@@ -165,7 +169,10 @@ func TestRulesWarned(t *testing.T) {
 		{"readOnlyRootFilesystem", func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: &yes}
 		}, ctr + ".securityContext.readOnlyRootFilesystem"},
-		{"fsGroup", func(p *corev1.Pod) { g := int64(2000); p.Spec.SecurityContext = &corev1.PodSecurityContext{FSGroup: &g} }, "spec.securityContext.fsGroup"},
+		{"fsGroup", func(p *corev1.Pod) {
+			g := int64(2000)
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{FSGroup: &g}
+		}, "spec.securityContext.fsGroup"},
 		{"dnsPolicy ClusterFirst", func(p *corev1.Pod) { p.Spec.DNSPolicy = corev1.DNSClusterFirst }, "spec.dnsPolicy"},
 		{"dnsConfig", func(p *corev1.Pod) { p.Spec.DNSConfig = &corev1.PodDNSConfig{Nameservers: []string{"1.1.1.1"}} }, "spec.dnsConfig"},
 		{"enableServiceLinks default", func(p *corev1.Pod) { p.Spec.EnableServiceLinks = nil }, "spec.enableServiceLinks"},

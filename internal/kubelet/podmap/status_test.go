@@ -60,7 +60,9 @@ func TestStatus(t *testing.T) {
 	liveness := func(p *corev1.Pod) {
 		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(80)}}}
 	}
-	policy := func(rp corev1.RestartPolicy) func(*corev1.Pod) { return func(p *corev1.Pod) { p.Spec.RestartPolicy = rp } }
+	policy := func(rp corev1.RestartPolicy) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { p.Spec.RestartPolicy = rp }
+	}
 	cases := []struct {
 		name     string
 		pod      func(*corev1.Pod)
