@@ -46,28 +46,24 @@ type objects struct {
 
 // configMap returns the ConfigMap (nil when it is missing and optional).
 func (o *objects) configMap(field, name string, optional *bool) (*corev1.ConfigMap, error) {
-	if cm, ok := o.configMaps[name]; ok {
-		return cm, nil
-	}
-	cm, err := o.r.ConfigMap(o.ctx, o.ns, name)
-	if err != nil {
-		return nil, o.missing(field, "configmap", name, optional, err)
-	}
-	o.configMaps[name] = cm
-	return cm, nil
+	return cached(o, o.configMaps, o.r.ConfigMap, field, "configmap", name, optional)
 }
 
 // secret returns the Secret (nil when it is missing and optional).
 func (o *objects) secret(field, name string, optional *bool) (*corev1.Secret, error) {
-	if s, ok := o.secrets[name]; ok {
-		return s, nil
+	return cached(o, o.secrets, o.r.Secret, field, "secret", name, optional)
+}
+
+func cached[T any](o *objects, cache map[string]*T, get func(context.Context, string, string) (*T, error), field, kind, name string, optional *bool) (*T, error) {
+	if v, ok := cache[name]; ok {
+		return v, nil
 	}
-	s, err := o.r.Secret(o.ctx, o.ns, name)
+	v, err := get(o.ctx, o.ns, name)
 	if err != nil {
-		return nil, o.missing(field, "secret", name, optional, err)
+		return nil, o.missing(field, kind, name, optional, err)
 	}
-	o.secrets[name] = s
-	return s, nil
+	cache[name] = v
+	return v, nil
 }
 
 // missing turns a Resolver error into nil (not found, optional), a
