@@ -1,6 +1,9 @@
 // Module k8s is the Kubernetes test harness. It is a module of its own so the
 // hypeman module never depends on k8s.io/kubernetes; the pinned control-plane
-// sources live in the nested modules under pins/.
+// sources live in the nested modules under pins/. It requires the hypeman module
+// through the replace below (the checkout it sits in) for the test helpers
+// (internal/testutil/...) and the binaries its cluster test builds; hypeman
+// itself requires nothing from here.
 module hypeman/test/k8s
 
 go 1.26.8

@@ -389,7 +389,7 @@ func (c *Cluster) Eventually(t testing.TB, timeout time.Duration, what string, c
 }
 
 // Dump logs what a failure needs: pods and nodes (wide, described), each
-// kubelet's log and the control plane's log directory. hypemand's output is
+// kubelet's log and the end of the scheduler's and apiserver's logs. hypemand's output is
 // printed by package e2e's own cleanup.
 func (c *Cluster) Dump(t testing.TB) {
 	ctx := context.WithoutCancel(t.Context())
@@ -408,7 +408,21 @@ func (c *Cluster) Dump(t testing.TB) {
 			t.Logf("hypeman-kubelet %s log:\n%s", n.Name, n.Kubelet.Logs())
 		}
 	}
-	t.Logf("control plane logs: %s/{etcd,kube-apiserver,kube-scheduler}.log", c.CP.Dir)
+	for _, name := range []string{"kube-scheduler", "kube-apiserver"} {
+		t.Logf("end of %s.log:\n%s", name, tail(filepath.Join(c.CP.Dir, name+".log"), 4<<10))
+	}
+}
+
+// tail is the last n bytes of file path (or why it cannot be read).
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > n {
+		b = append([]byte("...\n"), b[len(b)-n:]...)
+	}
+	return string(b)
 }
 
 // Process is a started helper process (a kubelet), logging to a file.
@@ -469,13 +483,4 @@ func (p *Process) Exited() error {
 }
 
 // Logs is the process's output so far (the last 64 KB).
-func (p *Process) Logs() string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return err.Error()
-	}
-	if len(b) > 64<<10 {
-		b = append([]byte("...\n"), b[len(b)-64<<10:]...)
-	}
-	return string(b)
-}
+func (p *Process) Logs() string { return tail(p.log, 64<<10) }
