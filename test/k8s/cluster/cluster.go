@@ -254,21 +254,31 @@ func (c *Cluster) Apply(t testing.TB, objs ...any) {
 // Pod reads pod name in namespace default (nil when it does not exist).
 func (c *Cluster) Pod(t testing.TB, name string) *corev1.Pod {
 	t.Helper()
-	r, err := c.Kubectl(t.Context(), "", "get", "pod", name, "-o", "json")
-	if err != nil {
-		t.Fatalf("kubectl get pod %s: %v", name, err)
-	}
-	if r.ExitCode != 0 {
-		if strings.Contains(r.Stderr, "NotFound") {
-			return nil
-		}
-		t.Fatalf("kubectl get pod %s: exit %d: %s", name, r.ExitCode, r.Stderr)
-	}
 	var p corev1.Pod
-	if err := json.Unmarshal([]byte(r.Stdout), &p); err != nil {
-		t.Fatalf("kubectl get pod %s: %v", name, err)
+	if !c.get(t, "pod", name, &p) {
+		return nil
 	}
 	return &p
+}
+
+// get decodes `kubectl get KIND NAME -o json` into out; false when the
+// object does not exist, and any other failure fails t.
+func (c *Cluster) get(t testing.TB, kind, name string, out any) bool {
+	t.Helper()
+	r, err := c.Kubectl(t.Context(), "", "get", kind, name, "-o", "json")
+	if err == nil && r.ExitCode != 0 {
+		if strings.Contains(r.Stderr, "NotFound") {
+			return false
+		}
+		err = fmt.Errorf("exit %d: %s", r.ExitCode, r.Stderr)
+	}
+	if err == nil {
+		err = json.Unmarshal([]byte(r.Stdout), out)
+	}
+	if err != nil {
+		t.Fatalf("kubectl get %s %s: %v", kind, name, err)
+	}
+	return true
 }
 
 // MustPod is Pod that fails t when the pod is missing.
@@ -308,16 +318,9 @@ func (c *Cluster) NodeReady(t testing.TB, name string) corev1.ConditionStatus {
 
 func (c *Cluster) node(t testing.TB, name string) *corev1.Node {
 	t.Helper()
-	r, err := c.Kubectl(t.Context(), "", "get", "node", name, "-o", "json")
-	if err != nil {
-		t.Fatalf("kubectl get node %s: %v", name, err)
-	}
-	if r.ExitCode != 0 {
-		return nil
-	}
 	var n corev1.Node
-	if err := json.Unmarshal([]byte(r.Stdout), &n); err != nil {
-		t.Fatalf("kubectl get node %s: %v", name, err)
+	if !c.get(t, "node", name, &n) {
+		return nil
 	}
 	return &n
 }
