@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -240,7 +241,7 @@ func (a *app) streamResponse(ctx context.Context, resp *http.Response, err error
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		body, _ := readLimited(resp.Body, 1<<20)
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		return nil, a.apiError(resp.StatusCode, body)
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {

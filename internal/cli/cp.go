@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hypeman/internal/api/client"
+	"hypeman/internal/api/execws"
 	"hypeman/internal/fsutil"
 )
 
@@ -283,9 +284,9 @@ func (a *app) putEntry(ctx context.Context, instance string, start client.CopySt
 		if r := <-result; r.err != nil {
 			return 0, r.err
 		}
-		return 0, endedEarly(ctx, err)
+		return 0, execws.EndedEarly(ctx, err)
 	}
-	if err := sendJSON(ctx, conn, start); err != nil {
+	if err := execws.SendJSON(ctx, conn, start); err != nil {
 		return fail(err)
 	}
 	if data != nil {
@@ -305,7 +306,7 @@ func (a *app) putEntry(ctx context.Context, instance string, start client.CopySt
 			}
 		}
 	}
-	if err := sendJSON(ctx, conn, client.CopyEnd{Type: "end"}); err != nil {
+	if err := execws.SendJSON(ctx, conn, client.CopyEnd{Type: "end"}); err != nil {
 		return fail(err)
 	}
 	r := <-result
@@ -324,7 +325,7 @@ type putResult struct {
 func readPutResult(ctx context.Context, conn *websocket.Conn) putResult {
 	typ, msg, err := conn.Read(ctx)
 	if err != nil {
-		return putResult{err: endedEarly(ctx, err)}
+		return putResult{err: execws.EndedEarly(ctx, err)}
 	}
 	var r client.CopyResult
 	if typ != websocket.MessageText || json.Unmarshal(msg, &r) != nil || r.Type != "result" {
@@ -449,8 +450,8 @@ func (a *app) copyFromInstance(ctx context.Context, f cpFlags, instance, src, ds
 	if f.followLinks {
 		start.FollowLinks = ptr(true)
 	}
-	if err := sendJSON(ctx, conn, start); err != nil {
-		return endedEarly(ctx, err)
+	if err := execws.SendJSON(ctx, conn, start); err != nil {
+		return execws.EndedEarly(ctx, err)
 	}
 	rd := &treeReader{ctx: ctx, conn: conn}
 	var sink entrySink
@@ -523,7 +524,7 @@ func (r *treeReader) next() (websocket.MessageType, []byte, string, error) {
 		if errors.As(err, &ce) && ce.Code == websocket.StatusNormalClosure {
 			return 0, nil, "", errors.New("the copy ended before it was complete (no final marker)")
 		}
-		return 0, nil, "", endedEarly(r.ctx, err)
+		return 0, nil, "", execws.EndedEarly(r.ctx, err)
 	}
 	if typ == websocket.MessageBinary {
 		return typ, msg, "", nil

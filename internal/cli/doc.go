@@ -13,9 +13,10 @@
 //   - Requests go through the client generated from openapi.yaml
 //     (internal/api/client), so the CLI cannot drift from the spec; the only
 //     hand-written wire code is what the generator does not cover: the small
-//     server-sent-events reader (sse.go) for logs and lifecycle events, and
-//     the exec and cp WebSockets (ws.go, exec.go, cp.go; their first
-//     messages use the generated ExecStart and CopyStart types).
+//     server-sent-events reader (internal/api/sse) for logs and lifecycle
+//     events, and the exec and cp WebSockets (internal/api/execws for the
+//     dialing and the exec protocol, shared with hypeman-kubelet; cp.go;
+//     their first messages use the generated ExecStart and CopyStart types).
 //   - Output is for people by default (tables, a progress bar when stderr is
 //     a terminal, plain status lines otherwise) and for programs with
 //     `--format json`, which prints the API's JSON bodies as received.

@@ -1,28 +1,16 @@
 package cli
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/spf13/cobra"
 
 	"hypeman/internal/api/client"
-)
-
-// Output stream bytes of the exec protocol (first byte of each binary
-// message from the server).
-const (
-	execStdout byte = 1
-	execStderr byte = 2
+	"hypeman/internal/api/execws"
 )
 
 type execFlags struct {
@@ -85,9 +73,9 @@ func (a *app) execInstance(cmd *cobra.Command, f execFlags, instance string, com
 	if f.timeout < 0 || f.timeout%time.Second != 0 {
 		return usage(fmt.Errorf("--timeout must be a whole number of seconds, 0 or more"))
 	}
-	// Our own framing extension: a stream byte on every output frame, so
-	// stderr stays stderr.
-	start := client.ExecStart{Command: &command, SeparateStderr: ptr(true)}
+	// execws sets our own framing extension (separate_stderr): a stream
+	// byte on every output frame, so stderr stays stderr.
+	start := client.ExecStart{Command: &command}
 	if f.tty {
 		start.Tty = &f.tty
 	}
@@ -121,10 +109,8 @@ func (a *app) execInstance(cmd *cobra.Command, f execFlags, instance string, com
 		return err
 	}
 	defer conn.CloseNow()
-	if err := sendJSON(ctx, conn, start); err != nil {
-		return endedEarly(ctx, err)
-	}
 
+	rw := execws.IO{Stdout: a.stdout, Stderr: a.stderr}
 	if isTerm && f.interactive {
 		restore, err := makeRaw(termFd)
 		if err != nil {
@@ -132,97 +118,50 @@ func (a *app) execInstance(cmd *cobra.Command, f execFlags, instance string, com
 		}
 		defer restore()
 	}
-	done := make(chan struct{})
-	defer close(done)
 	if f.interactive {
-		go pumpStdin(ctx, conn, a.stdin)
-	} else if err := conn.Write(ctx, websocket.MessageBinary, nil); err != nil { // stdin EOF at once
-		return endedEarly(ctx, err)
+		rw.Stdin = a.stdin
 	}
 	if isTerm {
+		done := make(chan struct{})
+		defer close(done)
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
 		defer signal.Stop(winch)
-		go followWindowSize(ctx, conn, termFd, winch, done)
+		sizes := make(chan execws.Size, 1)
+		rw.Resize = sizes
+		go followWindowSize(termFd, winch, sizes, done)
 	}
-
-	for {
-		typ, data, err := conn.Read(ctx)
-		if err != nil {
-			return endedEarly(ctx, err)
-		}
-		if typ == websocket.MessageBinary {
-			if len(data) == 0 {
-				continue
-			}
-			switch data[0] {
-			case execStdout:
-				_, err = a.stdout.Write(data[1:])
-			case execStderr:
-				_, err = a.stderr.Write(data[1:])
-			}
-			if err != nil {
-				return fmt.Errorf("write output: %w", err)
-			}
-			continue
-		}
-		var exit client.ExecExit
-		if err := json.Unmarshal(data, &exit); err != nil || !bytes.Contains(data, []byte(`"exitCode"`)) {
-			return fmt.Errorf("server sent an invalid message: %q", truncate(string(data), 200))
-		}
-		_ = conn.Close(websocket.StatusNormalClosure, "")
-		if exit.Error != nil || exit.Code != nil {
-			return &APIError{Code: deref(exit.Code), Message: deref(exit.Error)}
-		}
-		if deref(exit.TimedOut) {
-			fmt.Fprintf(a.stderr, "hypeman exec: %s\n", deref(exit.Message))
-		}
-		if exit.ExitCode == 0 {
-			return nil
-		}
-		return &exitErr{code: exit.ExitCode}
+	exit, err := execws.Run(ctx, conn, start, rw)
+	if err != nil {
+		return err
 	}
+	if exit.Error != nil || exit.Code != nil {
+		return &APIError{Code: deref(exit.Code), Message: deref(exit.Error)}
+	}
+	if deref(exit.TimedOut) {
+		fmt.Fprintf(a.stderr, "hypeman exec: %s\n", deref(exit.Message))
+	}
+	if exit.ExitCode == 0 {
+		return nil
+	}
+	return &exitErr{code: exit.ExitCode}
 }
 
-// pumpStdin sends r as binary messages and then the empty message that
-// means end of input. It may outlive the exec while blocked in Read (a
-// terminal); its next write then fails and it returns.
-func pumpStdin(ctx context.Context, conn *websocket.Conn, r io.Reader) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if conn.Write(ctx, websocket.MessageBinary, buf[:n]) != nil {
-				return
-			}
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				_ = conn.Write(ctx, websocket.MessageBinary, nil)
-			}
-			return
-		}
-	}
-}
-
-// followWindowSize sends a resize message for every SIGWINCH until done.
-func followWindowSize(ctx context.Context, conn *websocket.Conn, fd int, winch <-chan os.Signal, done <-chan struct{}) {
-	type size struct {
-		Rows uint16 `json:"rows"`
-		Cols uint16 `json:"cols"`
-	}
+// followWindowSize turns every SIGWINCH into the terminal's new size until
+// done.
+func followWindowSize(fd int, winch <-chan os.Signal, sizes chan<- execws.Size, done <-chan struct{}) {
 	for {
 		select {
 		case <-done:
-			return
-		case <-ctx.Done():
 			return
 		case <-winch:
 			rows, cols, ok := windowSize(fd)
 			if !ok {
 				continue
 			}
-			if sendJSON(ctx, conn, map[string]size{"resize": {rows, cols}}) != nil {
+			select {
+			case sizes <- execws.Size{Rows: rows, Cols: cols}:
+			case <-done:
 				return
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"hypeman/internal/api/client"
+	"hypeman/internal/api/sse"
 )
 
 // knownStates are the API's instance states, for case-insensitive flags.
@@ -363,7 +364,7 @@ func (a *app) printLogTail(ctx context.Context, c *client.ClientWithResponses, i
 		return
 	}
 	defer resp.Body.Close()
-	rd := newSSEReader(resp.Body)
+	rd := sse.NewReader(resp.Body)
 	header := false
 	for {
 		ev, err := rd.Next()

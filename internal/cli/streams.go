@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"hypeman/internal/api/client"
+	"hypeman/internal/api/sse"
 )
 
 // --- logs ---
@@ -73,7 +74,7 @@ process's own output, hypeman what the server did to the instance.`,
 // "error" event (the server's {code, message}) ends the stream with that
 // error.
 func (a *app) copyLogs(body io.Reader) error {
-	rd := newSSEReader(body)
+	rd := sse.NewReader(body)
 	for {
 		ev, err := rd.Next()
 		if errors.Is(err, io.EOF) {
@@ -203,8 +204,8 @@ func (e *printError) Unwrap() error { return e.err }
 // read error when the connection ends, errStreamEnded after a deleted event
 // on an instance stream, or a *printError.
 func (a *app) printEvents(ctx context.Context, body io.Reader, lastID *string, names *nameCache, single bool) error {
-	rd := newSSEReader(body)
-	rd.lastID = *lastID
+	rd := sse.NewReader(body)
+	rd.SetLastEventID(*lastID)
 	for {
 		ev, err := rd.Next()
 		if err != nil {

@@ -2,18 +2,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 
 	"github.com/coder/websocket"
-)
 
-// wsReadLimit bounds one server message (output chunks are at most 32 KiB).
-const wsReadLimit = 4 << 20
+	"hypeman/internal/api/execws"
+)
 
 // dialWS opens one of the API's WebSockets (exec, cp) for an instance.
 // Refusals before the upgrade are ordinary error responses and come back
@@ -23,43 +17,14 @@ func (a *app) dialWS(ctx context.Context, instance, endpoint string) (*websocket
 	if err != nil {
 		return nil, err
 	}
-	u.Path += "/instances/" + url.PathEscape(instance) + "/" + endpoint
-	u.RawPath = ""
-	h := http.Header{}
-	h.Set("User-Agent", userAgent())
-	if key := a.apiKey(); key != "" {
-		h.Set("Authorization", "Bearer "+key)
-	}
-	conn, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
-		HTTPClient: a.httpClient, HTTPHeader: h, CompressionMode: websocket.CompressionDisabled,
-	})
+	d := execws.Dialer{BaseURL: u.String(), Token: a.apiKey(), UserAgent: userAgent(), HTTPClient: a.httpClient}
+	conn, err := d.Open(ctx, instance, endpoint)
 	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-			return nil, a.apiError(resp.StatusCode, body)
+		var re *execws.RefusedError
+		if errors.As(err, &re) {
+			return nil, a.apiError(re.Status, re.Body)
 		}
 		return nil, a.transportError(ctx, err)
 	}
-	conn.SetReadLimit(wsReadLimit)
 	return conn, nil
-}
-
-// endedEarly describes a connection that closed before the final message.
-func endedEarly(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	var ce websocket.CloseError
-	if errors.As(err, &ce) {
-		return fmt.Errorf("the server closed the connection before the end (status %d %s)", ce.Code, ce.Reason)
-	}
-	return fmt.Errorf("connection to the server lost: %w", err)
-}
-
-func sendJSON(ctx context.Context, conn *websocket.Conn, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return conn.Write(ctx, websocket.MessageText, b)
 }

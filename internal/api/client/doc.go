@@ -10,5 +10,6 @@
 // means a changed field name, type or query-parameter style breaks the CLI's
 // build instead of its behaviour. Server-sent event endpoints (logs, events)
 // are used through the raw Client, whose *http.Response body the caller
-// streams; the SSE framing itself is parsed in internal/cli.
+// streams; the SSE framing itself is parsed by
+// internal/api/sse.
 package client

@@ -1,4 +1,8 @@
-package cli
+// Package sse parses text/event-stream bodies (server-sent events) on the
+// client side. hypemand streams logs and lifecycle events this way; both the
+// hypeman CLI and hypeman-kubelet read them, so the framing rules live once,
+// here, next to the generated client whose raw responses they parse.
+package sse
 
 import (
 	"bufio"
@@ -7,43 +11,48 @@ import (
 	"strings"
 )
 
-// sseEvent is one dispatched server-sent event.
-type sseEvent struct {
+// Event is one dispatched server-sent event.
+type Event struct {
 	ID   string // the last event ID in effect when it was dispatched
 	Type string // "message" when the stream named none
 	Data string // data fields joined with "\n"
 }
 
-// sseReader parses a text/event-stream body following the WHATWG rules the
+// Reader parses a text/event-stream body following the WHATWG rules the
 // client side needs: lines end in LF, CRLF or CR; a line starting with ':' is
 // a comment; "field: value" loses one space after the colon; data fields
 // accumulate (joined by LF); an empty line dispatches the event unless no
 // data field was seen; "id" persists across events (and is ignored when it
 // contains NUL); unknown fields and "retry" are ignored; an incomplete event
 // at end of stream is dropped.
-type sseReader struct {
+type Reader struct {
 	sc     *bufio.Scanner
 	lastID string
 	first  bool
 }
 
-// maxSSELine bounds one line (a log line can be long; an unbounded line is a
+// MaxLine bounds one line (a log line can be long; an unbounded line is a
 // broken server).
-const maxSSELine = 16 << 20
+const MaxLine = 16 << 20
 
-func newSSEReader(r io.Reader) *sseReader {
+// NewReader reads events from r.
+func NewReader(r io.Reader) *Reader {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxSSELine)
-	sc.Split(splitSSELines)
-	return &sseReader{sc: sc, first: true}
+	sc.Buffer(make([]byte, 0, 64<<10), MaxLine)
+	sc.Split(splitLines)
+	return &Reader{sc: sc, first: true}
 }
 
+// SetLastEventID sets the ID in effect before the first "id" field (the
+// Last-Event-ID a resumed stream was requested with).
+func (r *Reader) SetLastEventID(id string) { r.lastID = id }
+
 // LastEventID is the ID to resume from (the Last-Event-ID header value).
-func (r *sseReader) LastEventID() string { return r.lastID }
+func (r *Reader) LastEventID() string { return r.lastID }
 
 // Next returns the next event, or io.EOF at the end of the stream, or the
 // read error.
-func (r *sseReader) Next() (sseEvent, error) {
+func (r *Reader) Next() (Event, error) {
 	var (
 		typ     string
 		data    strings.Builder
@@ -64,7 +73,7 @@ func (r *sseReader) Next() (sseEvent, error) {
 				typ = "message"
 			}
 			d := data.String()
-			return sseEvent{ID: r.lastID, Type: typ, Data: d[:len(d)-1]}, nil
+			return Event{ID: r.lastID, Type: typ, Data: d[:len(d)-1]}, nil
 		}
 		if line[0] == ':' {
 			continue
@@ -87,13 +96,13 @@ func (r *sseReader) Next() (sseEvent, error) {
 		}
 	}
 	if err := r.sc.Err(); err != nil {
-		return sseEvent{}, err
+		return Event{}, err
 	}
-	return sseEvent{}, io.EOF
+	return Event{}, io.EOF
 }
 
-// splitSSELines is a bufio.SplitFunc for LF, CRLF and CR line endings.
-func splitSSELines(data []byte, atEOF bool) (int, []byte, error) {
+// splitLines is a bufio.SplitFunc for LF, CRLF and CR line endings.
+func splitLines(data []byte, atEOF bool) (int, []byte, error) {
 	if atEOF && len(data) == 0 {
 		return 0, nil, nil
 	}
@@ -117,9 +126,4 @@ func splitSSELines(data []byte, atEOF bool) (int, []byte, error) {
 		return len(data), data, nil
 	}
 	return 0, nil, nil
-}
-
-// readLimited reads at most n bytes of r.
-func readLimited(r io.Reader, n int64) ([]byte, error) {
-	return io.ReadAll(io.LimitReader(r, n))
 }

@@ -1,4 +1,4 @@
-package cli
+package sse
 
 import (
 	"errors"
@@ -9,10 +9,10 @@ import (
 	"testing/iotest"
 )
 
-func readAllEvents(t *testing.T, r io.Reader) ([]sseEvent, error) {
+func readAllEvents(t *testing.T, r io.Reader) ([]Event, error) {
 	t.Helper()
-	rd := newSSEReader(r)
-	var out []sseEvent
+	rd := NewReader(r)
+	var out []Event
 	for {
 		ev, err := rd.Next()
 		if errors.Is(err, io.EOF) {
@@ -29,35 +29,35 @@ func TestSSEReader(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		in   string
-		want []sseEvent
+		want []Event
 	}{
 		{"log lines", "data: hello\n\ndata: world\n\n",
-			[]sseEvent{{Type: "message", Data: "hello"}, {Type: "message", Data: "world"}}},
+			[]Event{{Type: "message", Data: "hello"}, {Type: "message", Data: "world"}}},
 		{"typed with id", "id: 7\nevent: state_change\ndata: {\"a\":1}\n\n",
-			[]sseEvent{{ID: "7", Type: "state_change", Data: `{"a":1}`}}},
+			[]Event{{ID: "7", Type: "state_change", Data: `{"a":1}`}}},
 		{"id persists", "id: 3\ndata: a\n\ndata: b\n\n",
-			[]sseEvent{{ID: "3", Type: "message", Data: "a"}, {ID: "3", Type: "message", Data: "b"}}},
+			[]Event{{ID: "3", Type: "message", Data: "a"}, {ID: "3", Type: "message", Data: "b"}}},
 		{"multi-line data joined", "data: one\ndata: two\ndata:three\n\n",
-			[]sseEvent{{Type: "message", Data: "one\ntwo\nthree"}}},
+			[]Event{{Type: "message", Data: "one\ntwo\nthree"}}},
 		{"only one leading space removed", "data:  indented\n\n",
-			[]sseEvent{{Type: "message", Data: " indented"}}},
+			[]Event{{Type: "message", Data: " indented"}}},
 		{"empty data dispatches empty event", "data: \n\ndata\n\n",
-			[]sseEvent{{Type: "message", Data: ""}, {Type: "message", Data: ""}}},
+			[]Event{{Type: "message", Data: ""}, {Type: "message", Data: ""}}},
 		{"comments and keepalives ignored", ": keepalive\n\n: x\ndata: y\n\n",
-			[]sseEvent{{Type: "message", Data: "y"}}},
+			[]Event{{Type: "message", Data: "y"}}},
 		{"no data, no event", "event: ping\n\nid: 9\n\ndata: z\n\n",
-			[]sseEvent{{ID: "9", Type: "message", Data: "z"}}},
+			[]Event{{ID: "9", Type: "message", Data: "z"}}},
 		{"CRLF and CR endings", "data: a\r\n\r\ndata: b\r\rdata: c\n\n",
-			[]sseEvent{{Type: "message", Data: "a"}, {Type: "message", Data: "b"}, {Type: "message", Data: "c"}}},
+			[]Event{{Type: "message", Data: "a"}, {Type: "message", Data: "b"}, {Type: "message", Data: "c"}}},
 		{"unknown fields and retry ignored", "retry: 10\nfoo: bar\ndata: q\n\n",
-			[]sseEvent{{Type: "message", Data: "q"}}},
+			[]Event{{Type: "message", Data: "q"}}},
 		{"id with NUL ignored", "id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
-			[]sseEvent{{ID: "1", Type: "message", Data: "a"}, {ID: "1", Type: "message", Data: "b"}}},
-		{"BOM stripped", "\uFEFFdata: x\n\n", []sseEvent{{Type: "message", Data: "x"}}},
-		{"incomplete trailing event dropped", "data: a\n\ndata: partial\n", []sseEvent{{Type: "message", Data: "a"}}},
-		{"colon in value kept", "data: a: b\n\n", []sseEvent{{Type: "message", Data: "a: b"}}},
+			[]Event{{ID: "1", Type: "message", Data: "a"}, {ID: "1", Type: "message", Data: "b"}}},
+		{"BOM stripped", "\uFEFFdata: x\n\n", []Event{{Type: "message", Data: "x"}}},
+		{"incomplete trailing event dropped", "data: a\n\ndata: partial\n", []Event{{Type: "message", Data: "a"}}},
+		{"colon in value kept", "data: a: b\n\n", []Event{{Type: "message", Data: "a: b"}}},
 		{"error event", "event: error\ndata: {\"code\":\"internal\",\"message\":\"boom\"}\n\n",
-			[]sseEvent{{Type: "error", Data: `{"code":"internal","message":"boom"}`}}},
+			[]Event{{Type: "error", Data: `{"code":"internal","message":"boom"}`}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := readAllEvents(t, strings.NewReader(tc.in))
@@ -81,7 +81,7 @@ func TestSSEReader(t *testing.T) {
 }
 
 func TestSSEReaderLastEventIDAndErrors(t *testing.T) {
-	rd := newSSEReader(strings.NewReader("id: 41\nevent: state_change\ndata: {}\n\nid: 42\n"))
+	rd := NewReader(strings.NewReader("id: 41\nevent: state_change\ndata: {}\n\nid: 42\n"))
 	if _, err := rd.Next(); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestSSEReaderLastEventIDAndErrors(t *testing.T) {
 		t.Fatalf("LastEventID = %q, want 42", got)
 	}
 	boom := errors.New("connection reset")
-	rd = newSSEReader(io.MultiReader(strings.NewReader("data: a\n\n"), iotest.ErrReader(boom)))
+	rd = NewReader(io.MultiReader(strings.NewReader("data: a\n\n"), iotest.ErrReader(boom)))
 	if ev, err := rd.Next(); err != nil || ev.Data != "a" {
 		t.Fatalf("first event: %v %v", ev, err)
 	}

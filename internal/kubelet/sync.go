@@ -1,0 +1,275 @@
+package kubelet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"hypeman/internal/api/client"
+	"hypeman/internal/api/sse"
+	"hypeman/internal/kubelet/podmap"
+)
+
+// ping is one GET /health.
+func (p *Provider) ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, max(p.cfg.HealthInterval, time.Second))
+	defer cancel()
+	r, err := p.api.GetHealthWithResponse(ctx)
+	if err != nil {
+		return &UnreachableError{Err: err}
+	}
+	if err := result(r.StatusCode(), r.Body, nil); err != nil {
+		return err
+	}
+	if r.JSON200 != nil && r.JSON200.Status != "ok" && r.JSON200.Status != "" {
+		return fmt.Errorf("hypemand health is %q", r.JSON200.Status)
+	}
+	return nil
+}
+
+// healthLoop polls GET /health: two misses in a row make hypemand
+// unreachable, one answer reachable again (with a full re-sync).
+func (p *Provider) healthLoop(ctx context.Context) {
+	t := time.NewTicker(p.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := p.ping(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		p.healthResult(ctx, err)
+	}
+}
+
+// healthResult counts one health observation.
+func (p *Provider) healthResult(ctx context.Context, err error) {
+	p.mu.Lock()
+	if err == nil {
+		p.misses = 0
+	} else {
+		p.misses++
+	}
+	misses, was := p.misses, p.reachable
+	p.mu.Unlock()
+	switch {
+	case err == nil && !was:
+		p.log.Info("hypemand reachable again: re-syncing")
+		p.setReachable(ctx, true, "")
+		if err := p.resync(ctx); err != nil {
+			p.log.Warn("re-sync failed", "err", err)
+		}
+		p.refreshResources(ctx)
+	case err != nil && was && misses >= 2:
+		p.log.Warn("hypemand unreachable", "err", err)
+		p.setReachable(ctx, false, err.Error())
+	}
+}
+
+// setReachable records hypemand's reachability in the node's Ready
+// condition and, when it changes, in every pod's status.
+func (p *Provider) setReachable(ctx context.Context, ok bool, why string) {
+	p.mu.Lock()
+	changed := p.reachable != ok
+	p.reachable = ok
+	if changed {
+		for _, e := range p.pods {
+			p.notify(e)
+		}
+	}
+	p.mu.Unlock()
+	p.updateNode(func(n *corev1.Node) { setReadyCondition(n, ok, why, p.now()) })
+}
+
+// resync re-lists this node's instances: known pods get their instance,
+// instances of unknown pods become orphan entries (virtual-kubelet deletes
+// those whose pod is gone), pods whose instance vanished are told so.
+func (p *Provider) resync(ctx context.Context) error {
+	tags := client.TagsFilter{podmap.TagNode: p.cfg.NodeName}
+	r, err := p.api.ListInstancesWithResponse(ctx, &client.ListInstancesParams{Tags: &tags})
+	if err != nil {
+		return &UnreachableError{Err: err}
+	}
+	if err := result(r.StatusCode(), r.Body, nil); err != nil {
+		return err
+	}
+	listed := map[string]bool{}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, inst := range deref(r.JSON200) {
+		inst := inst
+		t := instTags(&inst)
+		uid := t[podmap.TagUID]
+		if uid == "" || t[podmap.TagNamespace] == "" || t[podmap.TagPod] == "" {
+			continue
+		}
+		key := podKey(t[podmap.TagNamespace], t[podmap.TagPod])
+		listed[key] = true
+		e := p.pods[key]
+		if e != nil && string(e.pod.UID) != uid {
+			// Another pod of that name: the old instance is left for
+			// virtual-kubelet's dangling-pod cleanup through GetPods only
+			// when its key is free, so remember it by id.
+			p.log.Warn("instance of a replaced pod", "instance", inst.Id, "pod", key, "uid", uid)
+			continue
+		}
+		if e == nil {
+			e = &entry{pod: orphanPod(t), orphan: true}
+			p.pods[key] = e
+		}
+		p.setInstance(key, e, &inst)
+		if e.fixed != nil && e.fixed.Phase == corev1.PodPending {
+			e.fixed = nil
+		}
+		p.notify(e)
+	}
+	for key, e := range p.pods {
+		if e.inst != nil && !listed[key] && !e.deleted {
+			p.instanceGone(key, e)
+		}
+	}
+	return nil
+}
+
+// instanceGone handles an instance deleted behind Kubernetes' back. Called
+// with p.mu held.
+func (p *Provider) instanceGone(key string, e *entry) {
+	if e.orphan {
+		p.setInstance(key, e, nil)
+		delete(p.pods, key)
+		return
+	}
+	st := p.cfg.Mapper.Failed(e.pod, "InstanceDeleted", "the pod's hypeman instance "+e.inst.Id+" was deleted outside Kubernetes", p.now())
+	e.fixed = &st
+	p.setInstance(key, e, nil)
+	p.notify(e)
+}
+
+// eventLoop follows GET /events, resuming with Last-Event-ID, and re-syncs
+// on connect and on a reset event. Failing to reconnect counts as a missed
+// health check.
+func (p *Provider) eventLoop(ctx context.Context) {
+	var lastID string
+	delay := p.cfg.ReconnectMin
+	for ctx.Err() == nil {
+		err := p.followEvents(ctx, &lastID)
+		if ctx.Err() != nil {
+			return
+		}
+		p.log.Debug("event stream ended", "err", err)
+		var ue *UnreachableError
+		if errors.As(err, &ue) {
+			p.healthResult(ctx, err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, p.cfg.ReconnectMax)
+		if err == nil {
+			delay = p.cfg.ReconnectMin
+		}
+	}
+}
+
+// followEvents reads one connection of the event stream.
+func (p *Provider) followEvents(ctx context.Context, lastID *string) error {
+	var params client.StreamEventsParams
+	if *lastID != "" {
+		id := client.LastEventID(*lastID)
+		params.LastEventID = &id
+	}
+	resp, err := p.api.ClientInterface.StreamEvents(ctx, &params)
+	if err != nil {
+		return &UnreachableError{Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		return result(resp.StatusCode, body, nil)
+	}
+	// Connected: whatever happened while disconnected is re-read.
+	if err := p.resync(ctx); err != nil {
+		p.log.Warn("re-sync failed", "err", err)
+	}
+	rd := sse.NewReader(resp.Body)
+	rd.SetLastEventID(*lastID)
+	for {
+		ev, err := rd.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		*lastID = rd.LastEventID()
+		switch ev.Type {
+		case "reset":
+			p.log.Info("events were missed: re-syncing")
+			if err := p.resync(ctx); err != nil {
+				p.log.Warn("re-sync failed", "err", err)
+			}
+		case string(client.StateChange), string(client.Deleted):
+			var le client.LifecycleEvent
+			if err := json.Unmarshal([]byte(ev.Data), &le); err != nil {
+				p.log.Warn("skipping an event that is not a lifecycle event", "err", err)
+				continue
+			}
+			p.instanceEvent(ctx, le)
+		}
+	}
+}
+
+// instanceEvent refreshes the pod of the event's instance, if it is ours.
+func (p *Provider) instanceEvent(ctx context.Context, le client.LifecycleEvent) {
+	p.mu.Lock()
+	key, ok := p.byInst[le.InstanceId]
+	p.mu.Unlock()
+	if !ok {
+		return
+	}
+	var inst *client.Instance
+	gone := le.Type == client.Deleted
+	if !gone {
+		r, err := p.api.GetInstanceWithResponse(ctx, le.InstanceId)
+		if err != nil {
+			p.log.Warn("cannot read an instance after its event", "instance", le.InstanceId, "err", err)
+			return
+		}
+		err = result(r.StatusCode(), r.Body, nil)
+		switch {
+		case isStatus(err, 404):
+			gone = true
+		case err != nil:
+			p.log.Warn("cannot read an instance after its event", "instance", le.InstanceId, "err", err)
+			return
+		default:
+			inst = r.JSON200
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.pods[key]
+	if e == nil || e.inst == nil || e.inst.Id != le.InstanceId {
+		return
+	}
+	if gone {
+		if !e.deleted {
+			p.instanceGone(key, e)
+		}
+		return
+	}
+	p.setInstance(key, e, inst)
+	p.notify(e)
+}
