@@ -47,7 +47,9 @@ func TestAcceptance(t *testing.T) {
 
 	for _, n := range c.Nodes {
 		var res struct {
-			Memory struct{ EffectiveLimit int64 } `json:"memory"`
+			Memory struct {
+				EffectiveLimit int64 `json:"effective_limit"`
+			} `json:"memory"`
 		}
 		if st, body := n.Server.JSON("GET", "/resources", nil, &res); st != 200 || res.Memory.EffectiveLimit != hostMemoryByte {
 			t.Fatalf("hypemand %s /resources memory effective_limit = %d (%d %s), want %d", n.Name, res.Memory.EffectiveLimit, st, body, hostMemoryByte)

@@ -143,7 +143,10 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 
 	// kube-apiserver. --endpoint-reconciler-type none: the default reconciler
-	// refuses a loopback advertise address.
+	// refuses a loopback advertise address. TaintNodesByCondition is off: it
+	// taints every new node node.kubernetes.io/not-ready:NoSchedule, and only
+	// the controller manager's node lifecycle controller (not run here)
+	// lifts it once the node is Ready, so no pod would ever be scheduled.
 	api, err := cp.start(opts, "kube-apiserver",
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
@@ -155,6 +158,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--token-auth-file", tokens,
 		"--authorization-mode", "RBAC",
+		"--disable-admission-plugins", "TaintNodesByCondition",
 		"--service-cluster-ip-range", ServiceClusterIPRange,
 		"--kubelet-client-certificate", pki.kubeletClientCert, "--kubelet-client-key", pki.kubeletClientKey,
 		"--kubelet-preferred-address-types", "InternalIP",
