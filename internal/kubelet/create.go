@@ -62,16 +62,25 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	p.mu.Unlock()
 
 	inst, fixed, retry := p.create(ctx, pod)
+	if p.recordCreate(ctx, key, e, pod, inst, fixed, retry) {
+		// Events of the instance before the index knew it were dropped:
+		// read it once now.
+		p.instanceEvent(ctx, client.LifecycleEvent{Type: client.StateChange, InstanceId: inst.Id})
+	}
+	return nil
+}
 
+// recordCreate stores an attempt's outcome; true when inst was indexed.
+func (p *Provider) recordCreate(ctx context.Context, key string, e *entry, pod *corev1.Pod, inst *client.Instance, fixed *corev1.PodStatus, retry bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e.creating = false
 	if p.pods[key] != e || e.deleted {
 		// Deleted while being made: DeletePod found no instance yet.
 		if inst != nil {
-			go p.removeLeftover(context.WithoutCancel(ctx), inst.Id, pod)
+			go p.removeLeftover(context.WithoutCancel(ctx), inst, pod)
 		}
-		return nil
+		return false
 	}
 	e.fixed = fixed
 	if inst != nil {
@@ -82,7 +91,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.scheduleRetry(key, e)
 	}
 	p.notify(e)
-	return nil
+	return inst != nil
 }
 
 // create runs one attempt: it returns the instance, or a status to show

@@ -87,6 +87,7 @@ type Provider struct {
 	mu        sync.Mutex
 	pods      map[string]*entry // by namespace/name
 	byInst    map[string]string // instance id → pod key
+	removing  map[string]bool   // instance ids being removed in the background
 	notifyPod func(*corev1.Pod)
 	pending   map[string]*corev1.Pod // statuses notifyLoop delivers
 	kick      chan struct{}
@@ -162,10 +163,11 @@ func NewProvider(cfg ProviderConfig) *Provider {
 		retries:   make(chan string, 64),
 		pods:      map[string]*entry{},
 		byInst:    map[string]string{},
+		removing:  map[string]bool{},
 		pending:   map[string]*corev1.Pod{},
 		kick:      make(chan struct{}, 1),
 		reachable: true,
-		node:      cfg.Node,
+		node:      cfg.Node.DeepCopy(), // virtual-kubelet reads cfg.Node without our lock
 	}
 }
 
@@ -206,6 +208,14 @@ func podKey(namespace, name string) string { return namespace + "/" + name }
 // p.mu held.
 func (p *Provider) podWithStatus(e *entry) *corev1.Pod {
 	pod := e.pod.DeepCopy()
+	if e.orphan {
+		// No spec to translate: enough for virtual-kubelet to delete it.
+		pod.Status = corev1.PodStatus{Phase: corev1.PodUnknown}
+		if e.inst != nil && e.inst.State == client.Running {
+			pod.Status.Phase = corev1.PodRunning
+		}
+		return pod
+	}
 	if e.fixed != nil {
 		pod.Status = *e.fixed.DeepCopy()
 	} else {
