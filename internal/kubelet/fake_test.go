@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,6 +62,7 @@ func newFake(t *testing.T) *fakeHypemand {
 	mux.HandleFunc("POST /volumes/from-archive", f.createVolumeFromArchive)
 	mux.HandleFunc("DELETE /volumes/{id}", f.deleteVolume)
 	mux.HandleFunc("GET /events", f.streamEvents)
+	mux.HandleFunc("GET /instances/{id}/exec", f.exec)
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		down := f.down
@@ -326,6 +328,41 @@ func (f *fakeHypemand) streamEvents(w http.ResponseWriter, r *http.Request) {
 			w.(http.Flusher).Flush()
 		}
 	}
+}
+
+// exec answers every command with "<stdin>|<command>" on stdout, "warn" on
+// stderr and exit code 3.
+func (f *fakeHypemand) exec(w http.ResponseWriter, r *http.Request) {
+	conn, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer conn.CloseNow()
+	ctx := r.Context()
+	_, data, err := conn.Read(ctx)
+	if err != nil {
+		return
+	}
+	var start client.ExecStart
+	json.Unmarshal(data, &start)
+	var in []byte
+	for {
+		typ, d, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ == websocket.MessageBinary {
+			if len(d) == 0 {
+				break
+			}
+			in = append(in, d...)
+		}
+	}
+	out := string(in) + "|" + strings.Join(deref(start.Command), " ")
+	conn.Write(ctx, websocket.MessageBinary, append([]byte{execws.StreamStdout}, out...))
+	conn.Write(ctx, websocket.MessageBinary, append([]byte{execws.StreamStderr}, "warn"...))
+	conn.Write(ctx, websocket.MessageText, []byte(`{"exitCode":3,"message":"exited with code 3"}`))
+	conn.Close(websocket.StatusNormalClosure, "")
 }
 
 func (f *fakeHypemand) count(call string) int {

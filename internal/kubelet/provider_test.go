@@ -1,7 +1,9 @@
 package kubelet
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"slices"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	utilexec "k8s.io/utils/exec"
 
 	"hypeman/internal/api/client"
 	"hypeman/internal/kubelet/podmap"
@@ -353,5 +356,44 @@ func TestParseTaintAndNames(t *testing.T) {
 	}
 	if got := suffixName(long[:63], "1234abcd-ef"); len(got) > 63 || !strings.HasSuffix(got, "-1234abcd") {
 		t.Errorf("suffixName %q", got)
+	}
+}
+
+type attachIO struct {
+	stdin          io.Reader
+	stdout, stderr *bytes.Buffer
+}
+
+type nopCloser struct{ *bytes.Buffer }
+
+func (nopCloser) Close() error { return nil }
+
+func (a attachIO) Stdin() io.Reader            { return a.stdin }
+func (a attachIO) Stdout() io.WriteCloser      { return nopCloser{a.stdout} }
+func (a attachIO) Stderr() io.WriteCloser      { return nopCloser{a.stderr} }
+func (a attachIO) TTY() bool                   { return false }
+func (a attachIO) Resize() <-chan api.TermSize { return nil }
+
+// TestExecExitCode: kubectl exec's command runs over hypemand's exec
+// WebSocket; a non-zero exit is a CodeExitError with that code (what makes
+// kubectl exit with it).
+func TestExecExitCode(t *testing.T) {
+	f := newFake(t)
+	h := newHarness(t, f)
+	if err := h.p.CreatePod(t.Context(), testPod("ex")); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStatus(t, "ex", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	rw := attachIO{stdin: strings.NewReader("in"), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	err := h.p.RunInContainer(t.Context(), "default", "ex", "main", []string{"sh", "-c", "exit 3"}, rw)
+	var ce utilexec.CodeExitError
+	if !errors.As(err, &ce) || ce.Code != 3 {
+		t.Fatalf("err %#v", err)
+	}
+	if rw.stdout.String() != "in|sh -c exit 3" || rw.stderr.String() != "warn" {
+		t.Fatalf("stdout %q stderr %q", rw.stdout, rw.stderr)
+	}
+	if err := h.p.RunInContainer(t.Context(), "default", "nope", "main", []string{"true"}, rw); err == nil {
+		t.Fatal("exec in an unknown pod")
 	}
 }
