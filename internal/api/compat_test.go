@@ -266,3 +266,62 @@ func TestAutoStandbyDevicesAndNotBuilt(t *testing.T) {
 		t.Errorf("volumes without volume:read: %d", resp.StatusCode)
 	}
 }
+
+// TestStopBodyOptional: upstream clients stop without a body (no
+// Content-Type either); ours may send {"timeout"}, which reaches the
+// manager as given; malformed bodies are 400s naming the field.
+func TestStopBodyOptional(t *testing.T) {
+	e := newTestEnv(t, nil)
+	tok := mint(t)
+	in := addInstance(e, "web", state.Running)
+	in.StopTimeout = "30s"
+	cases := []struct {
+		body string
+		want instances.StopParams
+	}{
+		{``, instances.StopParams{}},
+		{`{}`, instances.StopParams{}},
+		{`{"timeout":"1s"}`, instances.StopParams{Timeout: "1s"}},
+		{`{"timeout":"0s"}`, instances.StopParams{Timeout: "0s"}},
+	}
+	for _, c := range cases {
+		e.inst.mu.Lock()
+		e.inst.stops = nil
+		e.inst.mu.Unlock()
+		resp := e.do("POST", "/instances/web/stop", tok, c.body)
+		var out map[string]any
+		jsonBody(t, resp, &out)
+		e.inst.mu.Lock()
+		stops := e.inst.stops
+		e.inst.mu.Unlock()
+		if resp.StatusCode != 200 || len(stops) != 1 || stops[0] != c.want {
+			t.Errorf("stop %q: %d, manager got %+v, want %+v", c.body, resp.StatusCode, stops, c.want)
+		}
+		if out["stop_timeout"] != "30s" {
+			t.Errorf("stop %q: instance stop_timeout %v", c.body, out["stop_timeout"])
+		}
+	}
+	for body, field := range map[string]string{
+		`{"timeout":5}`:  "timeout",
+		`{"grace":"5s"}`: "grace",
+		`{"timeout":"` + strings.Repeat("1", 40) + `s"}`: "timeout",
+	} {
+		resp := e.do("POST", "/instances/web/stop", tok, body)
+		code, msg := errBody(t, resp)
+		if resp.StatusCode != 400 || code != "invalid_request" || !strings.Contains(msg, field) {
+			t.Errorf("stop %s: %d %s %q, want 400 naming %s", body, resp.StatusCode, code, msg, field)
+		}
+	}
+	// stop_timeout at create reaches the manager, which validates it.
+	resp := e.do("POST", "/instances", tok, `{"name":"k8s","image":"busybox","stop_timeout":"30s"}`)
+	resp.Body.Close()
+	if resp.StatusCode != 201 || len(e.inst.created) != 1 || e.inst.created[0].StopTimeout != "30s" {
+		t.Fatalf("create with stop_timeout: %d %+v", resp.StatusCode, e.inst.created)
+	}
+	// The manager's refusal (timeout above the instance's) is a 400 too.
+	e.inst.errOn["Stop"] = &instances.InvalidArgumentError{Field: "timeout", Reason: "1m is out of range: 0s to the instance's stop_timeout (30s, set at create)"}
+	resp = e.do("POST", "/instances/web/stop", tok, `{"timeout":"1m"}`)
+	if code, msg := errBody(t, resp); resp.StatusCode != 400 || code != "invalid_request" || !strings.Contains(msg, "timeout") || !strings.Contains(msg, "30s") {
+		t.Errorf("stop over the instance's timeout: %d %s %q", resp.StatusCode, code, msg)
+	}
+}

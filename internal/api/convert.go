@@ -68,6 +68,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 		Tags:              optTags(in.Tags),
 		Entrypoint:        optSlice(in.Entrypoint),
 		Cmd:               optSlice(in.Cmd),
+		StopTimeout:       optString(in.StopTimeout),
 		PhaseDurationsMs:  ph.DurationsMs,
 		CurrentPhase:      ph.Current,
 		CurrentPhaseSince: ph.Since,
@@ -200,7 +201,7 @@ func restartPolicyFromAPI(in *gen.RestartPolicy) (*restart.Policy, error) {
 }
 
 func toAPIRestartStatus(s restart.Status) *gen.RestartStatus {
-	out := &gen.RestartStatus{Attempts: &s.Attempts, LastAttemptAt: optTime(s.LastAttemptAt), NextAttemptAt: optTime(s.NextAttemptAt)}
+	out := &gen.RestartStatus{Restarts: &s.Restarts, Attempts: &s.Attempts, LastAttemptAt: optTime(s.LastAttemptAt), NextAttemptAt: optTime(s.NextAttemptAt)}
 	if s.BlockedReason != "" {
 		r := gen.RestartStatusBlockedReason(s.BlockedReason)
 		out.BlockedReason = &r

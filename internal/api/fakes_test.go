@@ -35,6 +35,7 @@ type fakeInstances struct {
 	created    []instances.CreateParams
 	updated    []instances.UpdateParams
 	lastStart  instances.StartParams
+	stops      []instances.StopParams
 	logLines   []string
 	logOpts    []instances.LogOptions
 	logDone    chan struct{} // closed when a follow StreamLogs returns
@@ -163,7 +164,10 @@ func (f *fakeInstances) Start(ctx context.Context, ref string, p instances.Start
 	return &cp, nil
 }
 
-func (f *fakeInstances) Stop(ctx context.Context, ref string) (*instances.Instance, error) {
+func (f *fakeInstances) Stop(ctx context.Context, ref string, p instances.StopParams) (*instances.Instance, error) {
+	f.mu.Lock()
+	f.stops = append(f.stops, p)
+	f.mu.Unlock()
 	time.Sleep(f.stopDelay)
 	if err := f.fail("Stop"); err != nil {
 		return nil, err

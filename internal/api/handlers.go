@@ -211,6 +211,7 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		Volumes:        volumeMountsFromAPI(deref(b.Volumes)),
 		AutoStandby:    autoStandby,
 		ExpiresAt:      exp.At,
+		StopTimeout:    deref(b.StopTimeout),
 		// Pulling an image the store lacks is an image write.
 		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}
@@ -306,7 +307,11 @@ func (s *server) StartInstance(ctx context.Context, req gen.StartInstanceRequest
 }
 
 func (s *server) StopInstance(ctx context.Context, req gen.StopInstanceRequestObject) (gen.StopInstanceResponseObject, error) {
-	in, err := s.opts.Instances.Stop(ctx, req.Id)
+	var p instances.StopParams
+	if b := req.Body; b != nil {
+		p.Timeout = deref(b.Timeout)
+	}
+	in, err := s.opts.Instances.Stop(ctx, req.Id, p)
 	if err != nil {
 		return nil, err
 	}

@@ -184,7 +184,7 @@ func TestPolicyRoundTrip(t *testing.T) {
 	tcp := health.DefaultCheck(health.TCP)
 	tcp.Port, tcp.FailureThreshold, tcp.SuccessThreshold = 5432, 7, 2
 	policy := restart.Policy{Policy: restart.Always, Backoff: 250 * time.Millisecond, MaxBackoff: 90 * time.Minute, MaxAttempts: 12, StableAfter: 36 * time.Hour}
-	rs := restart.Status{Attempts: 3, LastAttemptAt: at(1), NextAttemptAt: at(2), BlockedReason: restart.BlockedMaxAttempts, LastReason: restart.ReasonHealthCheck}
+	rs := restart.Status{Restarts: 5, Attempts: 3, LastAttemptAt: at(1), NextAttemptAt: at(2), BlockedReason: restart.BlockedMaxAttempts, LastReason: restart.ReasonHealthCheck}
 	hs := health.Status{Status: health.Unhealthy, ConsecutiveSuccesses: 0, ConsecutiveFailures: 4,
 		LastCheckAt: at(3), LastSuccessAt: at(4), LastFailureAt: at(5), LastError: "HTTP status 503, want 204"}
 	for _, c := range []health.Check{http, exec, tcp} {
@@ -204,7 +204,7 @@ func TestPolicyRoundTrip(t *testing.T) {
 			t.Errorf("health status:\n got %s\nwant %s", b, want)
 		}
 		b, _ = json.Marshal(api.RestartStatus)
-		want = `{"attempts":3,"blocked_reason":"max_attempts_exceeded","last_attempt_at":"2025-06-01T12:00:01.123456789Z","last_reason":"health_check_failed","next_attempt_at":"2025-06-01T12:00:02.123456789Z"}`
+		want = `{"attempts":3,"blocked_reason":"max_attempts_exceeded","last_attempt_at":"2025-06-01T12:00:01.123456789Z","last_reason":"health_check_failed","next_attempt_at":"2025-06-01T12:00:02.123456789Z","restarts":5}`
 		if string(b) != want {
 			t.Errorf("restart status:\n got %s\nwant %s", b, want)
 		}
@@ -217,7 +217,7 @@ func TestPolicyRoundTrip(t *testing.T) {
 		t.Errorf("bare health status: %s", b)
 	}
 	b, _ = json.Marshal(api.RestartStatus)
-	if string(b) != `{"attempts":0,"blocked_reason":"manual_stop"}` {
+	if string(b) != `{"attempts":0,"blocked_reason":"manual_stop","restarts":0}` {
 		t.Errorf("bare restart status: %s", b)
 	}
 	// No check and "none" both mean no check.

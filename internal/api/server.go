@@ -35,7 +35,7 @@ type Instances interface {
 	Get(ctx context.Context, ref string) (*instances.Instance, error)
 	List(ctx context.Context, opts instances.ListOptions) ([]*instances.Instance, error)
 	Start(ctx context.Context, ref string, p instances.StartParams) (*instances.Instance, error)
-	Stop(ctx context.Context, ref string) (*instances.Instance, error)
+	Stop(ctx context.Context, ref string, p instances.StopParams) (*instances.Instance, error)
 	Delete(ctx context.Context, ref string) error
 	// Update changes the restart policy and/or health check (PATCH).
 	Update(ctx context.Context, ref string, p instances.UpdateParams) (*instances.Instance, error)

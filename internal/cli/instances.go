@@ -58,6 +58,7 @@ type runFlags struct {
 	autoStdby  autoStandbyFlags
 	volumes    []string
 	ttl        string
+	stopTO     string
 
 	hotplug, diskIO, bandwidthDown, bandwidthUp string
 	compression                                 compressionFlags
@@ -123,6 +124,7 @@ consecutive failures; with a restart policy it is then restarted.
 	fl.StringVar(&f.bandwidthUp, "bandwidth-up", "", "upload (instance → host) limit `RATE`, e.g. 500Mbps (default unlimited)")
 	fl.StringArrayVar(&f.volumes, "volume", nil, "attach a volume: `"+volumeSpecUsage+"`; repeatable")
 	fl.StringVar(&f.ttl, "ttl", "", "delete the instance automatically after `DURATION`, e.g. 24h (default never)")
+	fl.StringVar(&f.stopTO, "stop-timeout", "", "time the program has between SIGTERM and SIGKILL when the instance is stopped (`DURATION`, 1s to 1h; server default 10s)")
 	f.compression.register(fl)
 	f.restart.register(fl)
 	f.health.register(fl)
@@ -232,6 +234,9 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 	}
 	if f.ttl != "" {
 		req.Ttl = &f.ttl
+	}
+	if f.stopTO != "" {
+		req.StopTimeout = &f.stopTO
 	}
 	if len(command) > 0 {
 		req.Cmd = &command

@@ -65,3 +65,40 @@ func TestRunTTL(t *testing.T) {
 		t.Fatalf("ttl sent %v", got)
 	}
 }
+
+// run --stop-timeout sets the instance's stop_timeout; stop --timeout
+// shortens one stop (no flag: an empty body, the instance's own).
+func TestRunStopTimeoutAndStopTimeout(t *testing.T) {
+	f := newFake(t)
+	f.handle("POST /instances", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusCreated, instanceJSON(instID, "x", "Initializing", testNow, ""))
+	})
+	f.handle("POST /instances/{id}/stop", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, instanceJSON(instID, "x", "Stopped", testNow, ""))
+	})
+	if res := f.run("run", "-d", "--name", "tmp", "--stop-timeout", "30s", "busybox"); res.code != 0 {
+		t.Fatal(res)
+	}
+	if got := mustJSON(t, f.requests("POST", "/instances")[0].Body)["stop_timeout"]; got != "30s" {
+		t.Fatalf("stop_timeout sent %v", got)
+	}
+	if res := f.run("run", "-d", "--name", "tmp2", "busybox"); res.code != 0 {
+		t.Fatal(res)
+	}
+	if _, sent := mustJSON(t, f.requests("POST", "/instances")[1].Body)["stop_timeout"]; sent {
+		t.Fatal("stop_timeout sent without --stop-timeout")
+	}
+	if res := f.run("stop", "--timeout", "1s", "tmp"); res.code != 0 {
+		t.Fatal(res)
+	}
+	if res := f.run("stop", "tmp"); res.code != 0 {
+		t.Fatal(res)
+	}
+	stops := f.requests("POST", "/instances/tmp/stop")
+	if len(stops) != 2 || mustJSON(t, stops[0].Body)["timeout"] != "1s" {
+		t.Fatalf("stop --timeout sent %+v", stops)
+	}
+	if _, sent := mustJSON(t, stops[1].Body)["timeout"]; sent {
+		t.Fatalf("stop without --timeout sent a timeout: %s", stops[1].Body)
+	}
+}

@@ -86,7 +86,7 @@ func BenchmarkWarmCreate(b *testing.B) {
 	warmPSS := idlePSS(b, d, count, func() *instances.Instance { in, _ := create(instances.StartWarm); return in })
 	coldPSS := idlePSS(b, d, count, func() *instances.Instance {
 		in, _ := create(instances.StartWarm)
-		if _, err := d.Instances.Stop(ctx, in.ID); err != nil {
+		if _, err := d.Instances.Stop(ctx, in.ID, instances.StopParams{}); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := d.Instances.Start(ctx, in.ID, instances.StartParams{}); err != nil {

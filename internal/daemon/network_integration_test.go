@@ -92,7 +92,7 @@ func TestNetworkingIPsAndIngress(t *testing.T) {
 	}
 
 	// Stop releases the address (and the ingress answers 502 meanwhile).
-	if _, err := d.Instances.Stop(ctx, b.ID); err != nil {
+	if _, err := d.Instances.Stop(ctx, b.ID, instances.StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := d.Network.Lease(b.ID); ok {

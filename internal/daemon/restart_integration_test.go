@@ -89,7 +89,7 @@ func TestRestartBackoffStopAndWait(t *testing.T) {
 		})
 	}
 	// Stop during backoff: accepted, blocks, keeps it down.
-	st, err := d.Instances.Stop(ctx, keep.ID)
+	st, err := d.Instances.Stop(ctx, keep.ID, instances.StopParams{})
 	if err != nil || st.RestartStatus == nil || st.RestartStatus.BlockedReason != restart.BlockedManualStop {
 		t.Fatalf("stop during backoff: %v %+v", err, st)
 	}

@@ -80,7 +80,7 @@ func TestScheduledSnapshotOfRunningInstance(t *testing.T) {
 		}
 	}
 	sc, _ := ctl.Get(ctx, in.ID)
-	if _, err := d.Instances.Stop(ctx, in.ID); err != nil {
+	if _, err := d.Instances.Stop(ctx, in.ID, instances.StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	offset := len(serialLog(t, d, in.ID))

@@ -48,7 +48,7 @@ func TestSnapshotsTakeRestoreFork(t *testing.T) {
 
 	// Restore the instance to the snapshot: it continues from the snapshot's
 	// counter value, not from where it was stopped.
-	if _, err := d.Instances.Stop(ctx, in.ID); err != nil {
+	if _, err := d.Instances.Stop(ctx, in.ID, instances.StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	offset := len(serialLog(t, d, in.ID))

@@ -119,7 +119,7 @@ func TestStandbyRestoreContinuesProgram(t *testing.T) {
 	}
 	// State transitions are in the instance log, and the program is still
 	// controllable: a graceful stop works after a restore.
-	st, err := d.Instances.Stop(ctx, in.ID)
+	st, err := d.Instances.Stop(ctx, in.ID, instances.StopParams{})
 	if err != nil || st.State != state.Stopped {
 		t.Fatalf("stop after restore: %v %+v", err, st)
 	}
@@ -184,11 +184,11 @@ func TestForkFromStandbyAndRunning(t *testing.T) {
 	}
 
 	// Separate disks: stop f2 early, let f1 run on; their /data/count differ.
-	if _, err := d.Instances.Stop(ctx, f2.ID); err != nil {
+	if _, err := d.Instances.Stop(ctx, f2.ID, instances.StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	waitCountAbove(t, d, f1.ID, atStandby+15)
-	if _, err := d.Instances.Stop(ctx, f1.ID); err != nil {
+	if _, err := d.Instances.Stop(ctx, f1.ID, instances.StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	c1 := diskCount(t, d, f1.ID)

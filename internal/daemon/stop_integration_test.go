@@ -49,7 +49,7 @@ func TestGracefulStopAndReadoption(t *testing.T) {
 	}
 
 	start := time.Now()
-	stopped, err := d2.Instances.Stop(ctx, "loop")
+	stopped, err := d2.Instances.Stop(ctx, "loop", instances.StopParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestGracefulStopAndReadoption(t *testing.T) {
 		t.Fatal("no got-sigterm in serial log")
 	}
 	t.Logf("graceful stop took %s", time.Since(start))
-	if _, err := d2.Instances.Stop(ctx, in.ID); err == nil || !strings.Contains(err.Error(), "allowed: start") {
+	if _, err := d2.Instances.Stop(ctx, in.ID, instances.StopParams{}); err == nil || !strings.Contains(err.Error(), "allowed: start") {
 		t.Fatalf("stop of a stopped instance: %v", err)
 	}
 	if err := d2.Instances.Delete(ctx, in.ID); err != nil {
@@ -78,4 +78,48 @@ func mustGet(t *testing.T, d *daemon.Daemon, id string) *instances.Instance {
 		t.Fatal(err)
 	}
 	return in
+}
+
+// A stop's timeout shortens the instance's stop_timeout: a program that
+// ignores SIGTERM, in an instance with a 30s stop_timeout, is killed after
+// a stop with timeout 1s, long before its own window would end.
+func TestStopTimeoutKillsSigtermIgnorer(t *testing.T) {
+	t.Parallel()
+	d := newDaemon(t)
+	host := testimage.Registry(t)
+	ref := testimage.Push(t, host, "test/stubborn", testimage.Busybox(t, testimage.Options{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"trap '' TERM; echo ignoring; while true; do sleep 0.2; done"},
+	}))
+	ctx := context.Background()
+	in, err := d.Instances.Create(ctx, instances.CreateParams{Name: "stubborn", Image: ref, Size: "256MB", VCPUs: 1, StopTimeout: "30s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.StopTimeout != "30s" {
+		t.Fatalf("stop_timeout %q", in.StopTimeout)
+	}
+	waitState(t, d, in.ID, state.Running, bootTimeout)
+	waitFor(t, "program output", 30*time.Second, func() bool { return strings.Contains(serialLog(t, d, in.ID), "ignoring") })
+
+	start := time.Now()
+	stopped, err := d.Instances.Stop(ctx, in.ID, instances.StopParams{Timeout: "1s"})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := ""
+	if stopped.ExitMessage != nil {
+		msg = *stopped.ExitMessage
+	}
+	if stopped.State != state.Stopped || !strings.Contains(msg, "killed") {
+		t.Fatalf("after stop: %s, exit message %q", stopped.State, msg)
+	}
+	if took >= 30*time.Second {
+		t.Fatalf("stop took %s: the 1s timeout was not enforced within the 30s stop_timeout", took)
+	}
+	t.Logf("stop with timeout 1s took %s: %s", took, msg)
+	if err := d.Instances.Delete(ctx, in.ID); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -96,7 +96,7 @@ func TestVolumesInGuests(t *testing.T) {
 	}
 	stop := func(t *testing.T, id string) {
 		t.Helper()
-		if _, err := d.Instances.Stop(ctx, id); err != nil {
+		if _, err := d.Instances.Stop(ctx, id, instances.StopParams{}); err != nil {
 			t.Fatal(err)
 		}
 		waitState(t, d, id, state.Stopped, bootTimeout)

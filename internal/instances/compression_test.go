@@ -128,7 +128,7 @@ func TestCompressionPrecedence(t *testing.T) {
 	}
 	// Restoring that snapshot into the instance: its standby state is the
 	// snapshot's.
-	if _, err := m.Stop(ctx, plain.ID); err != nil {
+	if _, err := m.Stop(ctx, plain.ID, StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	in, err := m.RestoreSnapshot(ctx, pol.ID, sn.ID, RestoreSnapshotParams{})

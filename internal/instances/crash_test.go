@@ -289,7 +289,7 @@ func TestStartupCleansLeftoversAndReportsUnreadableMetadata(t *testing.T) {
 	if _, err := m2.Start(ctx, future.ID, StartParams{}); !errors.As(err, &te) {
 		t.Errorf("start: %v", err)
 	}
-	if _, err := m2.Stop(ctx, future.ID); !errors.As(err, &te) || len(te.Allowed) != 1 || te.Allowed[0] != ActionDelete {
+	if _, err := m2.Stop(ctx, future.ID, StopParams{}); !errors.As(err, &te) || len(te.Allowed) != 1 || te.Allowed[0] != ActionDelete {
 		t.Errorf("stop: %v", err)
 	}
 	if _, err := m2.Update(ctx, future.ID, UpdateParams{RestartPolicy: ptr(restart.DefaultPolicy(restart.Always))}); !errors.As(err, &te) {

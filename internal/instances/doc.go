@@ -30,6 +30,9 @@
 //     Standby instance is a fork source; forks record their Template, whose
 //     fork count is recomputed from them (at load too), and restore, start,
 //     delete or demote of a Template with forks is refused naming them.
+//   - Stop timeouts (stoptimeout.go): each instance has its own SIGTERM →
+//     SIGKILL window, enforced by the guest init; a stop may shorten it,
+//     which the host enforces (the guest's deadline is fixed at boot).
 //   - Dependencies (images, hypervisor, guest agent, event sink) are small
 //     interfaces declared here, at the consumer.
 package instances

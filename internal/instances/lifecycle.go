@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"hypeman/internal/childproc"
+	"hypeman/internal/durations"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/health"
@@ -155,6 +156,10 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
+	stopTimeout, err := parseStopTimeout(p.StopTimeout, m.cfg.GuestStopTimeout)
+	if err != nil {
+		return nil, err
+	}
 	networkDisabled := p.NetworkEnabled != nil && !*p.NetworkEnabled
 	limits, err := parseLimits(p, mem, m.shapeableNetwork(networkDisabled))
 	if err != nil {
@@ -168,6 +173,7 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 		NetworkDisabled: networkDisabled,
 		Limits:          limits,
 		Volumes:         vols,
+		StopTimeout:     stopTimeout,
 	}
 	if p.AutoStandby != nil {
 		meta.AutoStandby = *p.AutoStandby
@@ -339,7 +345,7 @@ func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config 
 	gc := &guestconfig.Config{
 		Entrypoint: entry, Cmd: cmd, Env: env, WorkingDir: img.WorkingDir, User: img.User,
 		Hostname: meta.Name, RootFS: img.FSType,
-		StopTimeoutSeconds: int(m.cfg.GuestStopTimeout / time.Second),
+		StopTimeoutSeconds: guestStopSeconds(m.stopTimeout(meta)),
 		SkipGuestAgent:     meta.SkipGuestAgent,
 		Volumes:            deriveDisks("", "", meta).Guest,
 	}
@@ -471,8 +477,9 @@ func markBooting(meta *Metadata, img ImageInfo, offset int64, mode string) {
 
 // Stop stops the instance gracefully: the guest program gets SIGTERM through
 // the guest agent and the guest powers off; if that does not finish in time
-// the VMM is powered down and then killed.
-func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error) {
+// the VMM is powered down and then killed. p.Timeout shortens the program's
+// window for this stop (see stoptimeout.go).
+func (m *Manager) Stop(ctx context.Context, ref string, p StopParams) (_ *Instance, err error) {
 	defer m.observe("stop", time.Now(), &err)
 	e, err := m.resolve(ref)
 	if err != nil {
@@ -483,8 +490,13 @@ func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error)
 	st := m.currentState(ctx, e)
 	e.mu.Lock()
 	id := e.meta.ID
+	full := m.stopTimeout(e.meta)
 	e.mu.Unlock()
 	if err := m.refuseBroken(e, ActionStop); err != nil {
+		return nil, err
+	}
+	window, short, err := p.window(full)
+	if err != nil {
 		return nil, err
 	}
 	// A Stopped instance waiting in restart backoff can be stopped: that
@@ -506,62 +518,82 @@ func (m *Manager) Stop(ctx context.Context, ref string) (_ *Instance, err error)
 		m.logf(id, "stop requested during restart backoff: restarts cancelled")
 		return m.view(ctx, e)
 	}
-	m.stopLocked(ctx, e, "stop requested")
+	if short {
+		m.stopShortLocked(ctx, e, "stop requested", window)
+	} else {
+		m.stopLocked(ctx, e, "stop requested")
+	}
 	return m.view(ctx, e)
 }
 
-// stopLocked ends e's VM (caller holds e.op) and waits until its exit is
-// recorded.
-func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
+// liveForStop returns e's VM for a stop (caller holds e.op): nil when there
+// is none. A VM whose re-adoption failed earlier is attached again so that
+// it can be stopped.
+func (m *Manager) liveForStop(ctx context.Context, e *entry) *liveVM {
 	e.mu.Lock()
-	lv, id := e.live, e.meta.ID
-	if lv == nil && e.attachErr != "" {
-		// Re-adoption failed earlier: try again so the VMM can be stopped.
-		e.mu.Unlock()
-		if vm, err := m.cfg.Hypervisor.Attach(ctx, m.dir(id)); err == nil {
-			lv = newLiveVM(vm)
-			e.mu.Lock()
-			e.live, e.attachErr = lv, ""
-			e.mu.Unlock()
-			m.startWatcher(e, lv, true)
-		} else {
-			e.mu.Lock()
-			e.attachErr = ""
-			e.mu.Unlock()
-			return
-		}
-	} else {
-		e.mu.Unlock()
+	lv, id, attachErr := e.live, e.meta.ID, e.attachErr
+	e.mu.Unlock()
+	if lv != nil || attachErr == "" {
+		return lv
 	}
+	vm, err := m.cfg.Hypervisor.Attach(ctx, m.dir(id))
+	e.mu.Lock()
+	e.attachErr = ""
+	e.mu.Unlock()
+	if err != nil {
+		return nil
+	}
+	lv = newLiveVM(vm)
+	e.mu.Lock()
+	e.live = lv
+	e.mu.Unlock()
+	m.startWatcher(e, lv, true)
+	return lv
+}
+
+// requestShutdown asks e's guest to stop its program through the guest
+// agent; false when that is not possible (no agent, or it failed).
+func (m *Manager) requestShutdown(ctx context.Context, e *entry, lv *liveVM) bool {
+	e.mu.Lock()
+	id, skipAgent := e.meta.ID, e.meta.SkipGuestAgent
+	e.mu.Unlock()
+	if m.cfg.Agent == nil || skipAgent {
+		return false
+	}
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := m.agentFor(actx, e, lv)
+	if err == nil {
+		err = c.Shutdown(actx)
+	}
+	if err != nil {
+		m.logf(id, "guest agent shutdown failed: %v; sending an ACPI power-down", err)
+		return false
+	}
+	return true
+}
+
+// stopLocked ends e's VM (caller holds e.op) within the instance's stop
+// timeout (enforced by the guest) and waits until its exit is recorded.
+func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
+	lv := m.liveForStop(ctx, e)
 	if lv == nil {
 		return
 	}
+	e.mu.Lock()
+	id, full := e.meta.ID, m.stopTimeout(e.meta)
+	e.mu.Unlock()
 	lv.stopReason.Store(&why)
 	m.logf(id, "%s", why)
-	graceful := m.cfg.GuestStopTimeout + 5*time.Second
-	e.mu.Lock()
-	skipAgent := e.meta.SkipGuestAgent
-	e.mu.Unlock()
-	if m.cfg.Agent != nil && !skipAgent {
-		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		c, err := m.agentFor(actx, e, lv)
-		if err == nil {
-			err = c.Shutdown(actx)
-		}
-		cancel()
-		if err != nil {
-			m.logf(id, "guest agent shutdown failed: %v; sending an ACPI power-down", err)
-			graceful = 0
-		}
-	} else {
-		graceful = 0
-	}
+	// The guest kills the program after its stop timeout, then tears
+	// down and powers off.
+	graceful := full + stopTeardownSlack
 	// Without the agent the ACPI power button (system_powerdown) reaches
 	// the guest init, which stops the program gracefully: give it the same
 	// time before the VMM is killed.
 	powerdown := 3 * time.Second
-	if graceful == 0 {
-		powerdown = m.cfg.GuestStopTimeout + 5*time.Second
+	if !m.requestShutdown(ctx, e, lv) {
+		graceful, powerdown = 0, full+stopTeardownSlack
 	}
 	if graceful > 0 {
 		select {
@@ -577,6 +609,60 @@ func (m *Manager) stopLocked(ctx context.Context, e *entry, why string) {
 		if err := lv.vm.Shutdown(context.WithoutCancel(ctx), powerdown); err != nil {
 			m.logf(id, "vmm shutdown: %v; killing", err)
 			_ = lv.vm.Kill()
+		}
+	}
+	<-lv.handled
+}
+
+// stopShortLocked ends e's VM (caller holds e.op) within window, shorter
+// than the stop timeout the guest was booted with: the program gets the
+// same graceful request, but the host kills the VMM once the window (plus
+// shortStopSlack for the guest's teardown) has passed; window 0 kills it at
+// once. It waits until the exit is recorded.
+func (m *Manager) stopShortLocked(ctx context.Context, e *entry, why string, window time.Duration) {
+	lv := m.liveForStop(ctx, e)
+	if lv == nil {
+		return
+	}
+	e.mu.Lock()
+	id := e.meta.ID
+	e.mu.Unlock()
+	w := durations.Format(window)
+	killed := fmt.Sprintf("%s with timeout %s; killed after the timeout", why, w)
+	if window == 0 {
+		killed = why + " with timeout 0s; killed at once"
+	}
+	if window > 0 {
+		reason := fmt.Sprintf("%s with timeout %s", why, w)
+		lv.stopReason.Store(&reason)
+		m.logf(id, "%s", reason)
+		deadline := time.NewTimer(window + shortStopSlack)
+		defer deadline.Stop()
+		if m.requestShutdown(ctx, e, lv) {
+			select {
+			case <-lv.vm.Done():
+			case <-deadline.C:
+			case <-ctx.Done():
+			}
+		} else {
+			// The ACPI power button; Shutdown kills the VMM itself when
+			// the window ends (a guest that powers off in time prints
+			// its exit, which the record prefers to the stop reason).
+			lv.stopReason.Store(&killed)
+			if err := lv.vm.Shutdown(context.WithoutCancel(ctx), window+shortStopSlack); err != nil {
+				m.logf(id, "vmm shutdown: %v", err)
+			}
+		}
+	}
+	select {
+	case <-lv.vm.Done():
+	default:
+		// Recorded as the stop reason: the exit message says the
+		// program was killed (the guest reports nothing).
+		lv.stopReason.Store(&killed)
+		m.logf(id, "%s", killed)
+		if err := lv.vm.Kill(); err != nil {
+			m.logf(id, "kill vmm: %v", err)
 		}
 	}
 	<-lv.handled

@@ -104,7 +104,7 @@ func TestKnobsReachVMAndTAP(t *testing.T) {
 	}
 
 	// A fork (here of the Stopped instance: a fresh boot) has the same knobs.
-	if _, err := m2.Stop(ctx, in.ID); err != nil {
+	if _, err := m2.Stop(ctx, in.ID, StopParams{}); err != nil {
 		t.Fatal(err)
 	}
 	f, err := m2.Fork(ctx, in.ID, ForkParams{Name: "knobs-fork", TargetState: state.Running})

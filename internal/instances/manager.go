@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hypeman/internal/durations"
 	"hypeman/internal/events"
 	"hypeman/internal/fsutil"
 	"hypeman/internal/guest/guestconfig"
@@ -590,6 +591,7 @@ func (m *Manager) view(ctx context.Context, e *entry) (*Instance, error) {
 	}
 	meta, lv, st, stErr := m.read(ctx, e)
 	inst := toInstance(meta, st, stErr)
+	inst.StopTimeout = durations.Format(m.stopTimeout(meta))
 	inst.Network = m.networkInfo(meta)
 	policyView(inst, meta)
 	if meta.SnapshotPolicy != nil {

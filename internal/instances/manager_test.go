@@ -152,7 +152,7 @@ func TestConcurrentOperationsOnOneInstance(t *testing.T) {
 			defer wg.Done()
 			var err error
 			if i%2 == 0 {
-				_, err = m.Stop(ctx, in.ID)
+				_, err = m.Stop(ctx, in.ID, StopParams{})
 			} else {
 				_, err = m.Start(ctx, in.ID, StartParams{})
 			}

@@ -15,7 +15,6 @@ import (
 	"hypeman/internal/fsutil"
 	"hypeman/internal/hypervisor"
 	"hypeman/internal/instances/state"
-	"hypeman/internal/restart"
 	"hypeman/internal/tags"
 )
 
@@ -478,7 +477,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, instanceRef, snapshotRef 
 	if e.meta.HasSnapshot {
 		e.meta.StandbyCompression = rec.standbyCompression()
 	}
-	e.meta.RestartStatus = restart.Status{} // a restored instance starts with clean status
+	e.meta.RestartStatus = e.meta.RestartStatus.Cleared() // a restored instance starts with clean status
 	err = m.persist(e)
 	e.mu.Unlock()
 	if err != nil {

@@ -67,6 +67,9 @@ type Instance struct {
 	// template); "" for instances never booted by this build (forks,
 	// older instances).
 	StartMode string `json:"start_mode,omitempty"`
+	// StopTimeout is the program's SIGTERM → SIGKILL window on a stop
+	// ("30s"; the server default when the instance has none).
+	StopTimeout string `json:"stop_timeout,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -159,6 +162,11 @@ type Metadata struct {
 	// (package expiry; nil: never). No format version bump: a build
 	// without expiry ignores it and the instance simply lives on.
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// StopTimeout is the instance's stop_timeout (Go duration, resolved
+	// at create; "" in metadata written before it existed = the server's
+	// default). No format version bump: a build without it stops the
+	// instance with the server default. See stoptimeout.go.
+	StopTimeout string `json:"stop_timeout,omitempty"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
@@ -199,6 +207,10 @@ type CreateParams struct {
 	SnapshotPolicy *SnapshotPolicy
 	// Volumes to attach (VolumeID may be a name). Needs Config.Volumes.
 	Volumes []VolumeMount
+	// StopTimeout is the program's SIGTERM → SIGKILL window on a stop
+	// (Go duration, MinStopTimeout to MaxStopTimeout; "" =
+	// the server's GuestStopTimeout).
+	StopTimeout string
 }
 
 // Errors callers branch on (the API maps them to status codes).

@@ -298,7 +298,9 @@ func (m *Manager) BuildTemplate(ctx context.Context, key warm.Key, image, dir st
 	}
 	gc := &guestconfig.Config{
 		Template: true, RootFS: img.FSType,
-		StopTimeoutSeconds: int(m.cfg.GuestStopTimeout / time.Second),
+		// Only for a template stopped before it was given a program: a
+		// clone's window comes with its program (the start op's config).
+		StopTimeoutSeconds: guestStopSeconds(m.cfg.GuestStopTimeout),
 	}
 	if key.BalloonMiB > 0 {
 		gc.MemoryTarget = int64(key.MemoryMiB-key.BalloonMiB) << 20

@@ -470,3 +470,44 @@ func TestRunTwiceAndConfig(t *testing.T) {
 		t.Fatal("second concurrent Run succeeded")
 	}
 }
+
+// TestRestartsCountsEveryRestart: Restarts counts each restart the
+// controller makes and is never reset: not by a stable run (which resets
+// Attempts), a manual stop and start (which are not restarts), or a policy
+// change.
+func TestRestartsCountsEveryRestart(t *testing.T) {
+	h := newHarness(t)
+	h.m.add("a", restart.DefaultPolicy(restart.OnFailure))
+	h.m.start(t, "a")
+	ctrl, _ := h.run(t, 0)
+	restartOnce := func(wantAttempts, wantRestarts int) {
+		t.Helper()
+		h.m.exit(t, "a", restart.ExitInfo{Code: code(1)})
+		eventually(t, "scheduled", scheduled(h, "a"))
+		h.clock.Advance(h.m.get("a").Status.NextAttemptAt.Sub(h.clock.Now()))
+		eventually(t, "restarted", isRunning(h, "a"))
+		if s := h.m.get("a").Status; s.Attempts != wantAttempts || s.Restarts != wantRestarts {
+			t.Fatalf("status %+v, want attempts %d restarts %d", s, wantAttempts, wantRestarts)
+		}
+	}
+	restartOnce(1, 1)
+	restartOnce(2, 2)
+	h.clock.Advance(restart.DefaultStableAfter) // a stable run: a new series
+	restartOnce(1, 3)
+
+	h.m.stop("a") // manual stop and start: not restarts
+	h.m.start(t, "a")
+	if s := h.m.get("a").Status; s.Restarts != 3 || s.Attempts != 0 {
+		t.Fatalf("after manual stop/start: %+v", s)
+	}
+	p := restart.DefaultPolicy(restart.Always)
+	h.m.setPolicy("a", p)
+	ctrl.Refresh("a")
+	if s := h.m.get("a").Status; s.Restarts != 3 {
+		t.Fatalf("after a policy change: %+v", s)
+	}
+	restartOnce(1, 4)
+	if got := h.m.restartStarts.Load(); got != 4 {
+		t.Fatalf("the manager saw %d restarts, status says 4", got)
+	}
+}

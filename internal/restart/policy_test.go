@@ -134,14 +134,25 @@ func TestPolicyUnmarshalErrorsNameTheField(t *testing.T) {
 
 func TestStatusHelpers(t *testing.T) {
 	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	st := restart.Status{Attempts: 3, LastAttemptAt: now, NextAttemptAt: now.Add(time.Minute), LastReason: restart.ReasonExitCode}
+	st := restart.Status{Restarts: 9, Attempts: 3, LastAttemptAt: now, NextAttemptAt: now.Add(time.Minute), LastReason: restart.ReasonExitCode}
 	st.MarkManualStop()
-	if st.BlockedReason != restart.BlockedManualStop || !st.NextAttemptAt.IsZero() || st.Attempts != 3 {
+	if st.BlockedReason != restart.BlockedManualStop || !st.NextAttemptAt.IsZero() || st.Attempts != 3 || st.Restarts != 9 {
 		t.Fatalf("MarkManualStop → %+v", st)
 	}
 	st.ClearForStart()
-	if st.BlockedReason != "" || st.Attempts != 0 || st.LastAttemptAt != now || st.LastReason != restart.ReasonExitCode {
+	if st.BlockedReason != "" || st.Attempts != 0 || st.LastAttemptAt != now || st.LastReason != restart.ReasonExitCode || st.Restarts != 9 {
 		t.Fatalf("ClearForStart → %+v", st)
+	}
+	if got := st.Cleared(); got != (restart.Status{Restarts: 9}) {
+		t.Fatalf("Cleared → %+v, want only the lifetime count", got)
+	}
+	b, err := json.Marshal(restart.Status{Restarts: 2})
+	if err != nil || string(b) != `{"restarts":2}` {
+		t.Fatalf("JSON %s %v", b, err)
+	}
+	var back restart.Status
+	if err := json.Unmarshal([]byte(`{"attempts":1}`), &back); err != nil || back.Restarts != 0 {
+		t.Fatalf("status written before restarts existed: %+v %v", back, err)
 	}
 }
 
@@ -150,7 +161,7 @@ func TestPolicyChangeSemantics(t *testing.T) {
 	a := restart.DefaultPolicy(restart.OnFailure)
 	b := a
 	b.MaxAttempts = 10
-	running := restart.Status{Attempts: 4, LastAttemptAt: now, NextAttemptAt: now.Add(time.Minute), LastReason: restart.ReasonVMCrashed}
+	running := restart.Status{Restarts: 6, Attempts: 4, LastAttemptAt: now, NextAttemptAt: now.Add(time.Minute), LastReason: restart.ReasonVMCrashed}
 
 	if got := running.ForPolicyChange(a, a); got != running {
 		t.Errorf("same policy changed the status: %+v", got)
@@ -160,9 +171,9 @@ func TestPolicyChangeSemantics(t *testing.T) {
 		t.Errorf("never → never changed the status: %+v", got)
 	}
 	got := running.ForPolicyChange(a, b)
-	want := restart.Status{LastAttemptAt: now, LastReason: restart.ReasonVMCrashed}
+	want := restart.Status{Restarts: 6, LastAttemptAt: now, LastReason: restart.ReasonVMCrashed}
 	if got != want {
-		t.Errorf("policy change: %+v, want %+v (counters and schedule reset, history kept)", got, want)
+		t.Errorf("policy change: %+v, want %+v (attempts and schedule reset, history and restarts kept)", got, want)
 	}
 	blocked := running
 	blocked.BlockedReason = restart.BlockedMaxAttempts

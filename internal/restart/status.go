@@ -32,9 +32,15 @@ const (
 // JSON (snake_case, every field omitted when empty; the whole status is
 // omitted by a parent field tagged `json:",omitzero"` when IsZero):
 //
-//	{"attempts":2,"last_attempt_at":"…","next_attempt_at":"…",
+//	{"restarts":7,"attempts":2,"last_attempt_at":"…","next_attempt_at":"…",
 //	 "blocked_reason":"manual_stop","last_reason":"exit_code"}
 type Status struct {
+	// Restarts counts every restart the controller made of this instance
+	// in its whole life (a Kubernetes container's restartCount): it only
+	// grows, one per start the controller attempted, and unlike Attempts
+	// no stable run, API start, policy change or snapshot restore resets
+	// it. Manual (API) starts are not restarts and do not count.
+	Restarts int `json:"restarts,omitempty"`
 	// Attempts is the number of consecutive restarts of the current series
 	// (reset by a stable run, API start and policy changes).
 	Attempts int `json:"attempts,omitempty"`
@@ -62,7 +68,7 @@ func (s *Status) MarkManualStop() {
 }
 
 // ClearForStart records an API start: the user takes over, so any block is
-// lifted and a new series begins (history fields are kept).
+// lifted and a new series begins (history fields and Restarts are kept).
 func (s *Status) ClearForStart() {
 	s.BlockedReason = ""
 	s.Attempts = 0
@@ -70,24 +76,31 @@ func (s *Status) ClearForStart() {
 }
 
 // ForPolicyChange returns the status to persist when the policy changes
-// from old to new: unchanged if they are Equal; otherwise counters and the
+// from old to new: unchanged if they are Equal; otherwise Attempts and the
 // pending schedule are reset and max_attempts_exceeded is lifted, while
-// manual_stop is kept (only a start lifts it) and so is the history. The
+// manual_stop is kept (only a start lifts it) and so are the history and
+// Restarts. The
 // controller then re-decides under the new policy (Controller.Refresh).
 func (s Status) ForPolicyChange(old, new Policy) Status {
 	if old.Equal(new) {
 		return s
 	}
-	out := Status{LastAttemptAt: s.LastAttemptAt, LastReason: s.LastReason}
+	out := Status{Restarts: s.Restarts, LastAttemptAt: s.LastAttemptAt, LastReason: s.LastReason}
 	if s.BlockedReason == BlockedManualStop {
 		out.BlockedReason = BlockedManualStop
 	}
 	return out
 }
 
+// Cleared is the status of an instance whose history starts over (a
+// snapshot restore): everything reset but the lifetime Restarts count.
+func (s Status) Cleared() Status { return Status{Restarts: s.Restarts} }
+
 // recordAttempt is applied by the start check right before the manager
-// starts the instance.
+// starts the instance: one more restart (counted whether or not the start
+// then succeeds, as Attempts is).
 func (s *Status) recordAttempt(d Decision, now time.Time) {
+	s.Restarts++
 	s.Attempts = d.Attempt
 	s.LastAttemptAt = now
 	s.NextAttemptAt = time.Time{}

@@ -46,8 +46,9 @@ type goBuild struct {
 }
 
 var (
-	daemonBuild goBuild
-	cliBuild    goBuild
+	daemonBuild  goBuild
+	cliBuild     goBuild
+	kubeletBuild goBuild
 )
 
 func (b *goBuild) get(t testing.TB, pkg, name string) string {
@@ -83,6 +84,14 @@ func Binary(t testing.TB) string {
 func CLIBinary(t testing.TB) string {
 	t.Helper()
 	return cliBuild.get(t, "./cmd/hypeman", "hypeman")
+}
+
+// KubeletBinary builds hypeman-kubelet (cmd/hypeman-kubelet, the
+// Kubernetes node provider) once per test process, for the cluster tests in
+// test/k8s that run one beside each hypemand.
+func KubeletBinary(t testing.TB) string {
+	t.Helper()
+	return kubeletBuild.get(t, "./cmd/hypeman-kubelet", "hypeman-kubelet")
 }
 
 // Server is one hypemand process (and its successors after Restart).

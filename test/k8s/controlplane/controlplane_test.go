@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"hypeman/internal/testutil/tier"
 	"hypeman/test/k8s/controlplane"
 	"hypeman/test/k8s/k8sbin"
 )
@@ -16,6 +17,9 @@ import (
 // the cached kubectl through the admin kubeconfig, checks the scheduler's
 // RBAC identity works, that the scheduler handles a pod, and checks Stop leaves none of its processes behind.
 func TestStartListNamespaces(t *testing.T) {
+	if tier.IsUnit(t) {
+		t.Skipf("builds (once, minutes) and runs etcd, kube-apiserver and kube-scheduler: skipped in the unit tier (%s=%s); `make test` runs it", tier.Env, tier.Unit)
+	}
 	ctx := t.Context()
 	// Builds the binaries when they are not cached yet (many minutes on a
 	// small host; `go run ./cmd/k8sbins` does it ahead of time).
