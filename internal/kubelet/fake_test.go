@@ -421,7 +421,7 @@ func (testMapper) Translate(ctx context.Context, pod *corev1.Pod, r podmap.Resol
 	}
 	if name := pod.Annotations["test/missing"]; name != "" {
 		if _, err := r.ConfigMap(ctx, pod.Namespace, name); err != nil {
-			return nil, fmt.Errorf("configmap %s: %w", name, err)
+			return nil, &podmap.ConfigError{Field: "metadata.annotations", Err: err}
 		}
 	}
 	plan := &podmap.Plan{Instance: client.CreateInstanceRequest{Name: pod.Name, Image: pod.Spec.Containers[0].Image}}
@@ -432,7 +432,8 @@ func (testMapper) Translate(ctx context.Context, pod *corev1.Pod, r podmap.Resol
 	return plan, nil
 }
 
-func (testMapper) InstanceName(pod *corev1.Pod) string { return pod.Name }
+func (testMapper) InstanceName(pod *corev1.Pod) string    { return pod.Name }
+func (testMapper) AltInstanceName(pod *corev1.Pod) string { return pod.Name + "-alt" }
 
 func (testMapper) Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus {
 	st := corev1.PodStatus{Phase: corev1.PodPending}

@@ -23,19 +23,23 @@ import (
 type Mapper interface {
 	Translate(ctx context.Context, pod *corev1.Pod, r podmap.Resolver, opts podmap.Options) (*podmap.Plan, error)
 	InstanceName(pod *corev1.Pod) string
+	// AltInstanceName is used when InstanceName is taken by another pod's
+	// instance.
+	AltInstanceName(pod *corev1.Pod) string
 	Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus
 	Failed(pod *corev1.Pod, reason, message string, now time.Time) corev1.PodStatus
 }
 
-// PodMap is the Mapper of package podmap.
-type PodMap struct{}
+// PodMap is the Mapper of package podmap; NodeIP is the pods' hostIP.
+type PodMap struct{ NodeIP string }
 
 func (PodMap) Translate(ctx context.Context, pod *corev1.Pod, r podmap.Resolver, opts podmap.Options) (*podmap.Plan, error) {
 	return podmap.Translate(ctx, pod, r, opts)
 }
-func (PodMap) InstanceName(pod *corev1.Pod) string { return podmap.InstanceName(pod) }
-func (PodMap) Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus {
-	return podmap.Status(pod, inst, reachable, now)
+func (PodMap) InstanceName(pod *corev1.Pod) string    { return podmap.InstanceName(pod) }
+func (PodMap) AltInstanceName(pod *corev1.Pod) string { return podmap.AltInstanceName(pod) }
+func (m PodMap) Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus {
+	return podmap.StatusOn(pod, inst, reachable, now, m.NodeIP)
 }
 func (PodMap) Failed(pod *corev1.Pod, reason, message string, now time.Time) corev1.PodStatus {
 	return podmap.Failed(pod, reason, message, now)
@@ -120,7 +124,7 @@ type entry struct {
 // NewProvider returns a provider; Run starts its loops.
 func NewProvider(cfg ProviderConfig) *Provider {
 	if cfg.Mapper == nil {
-		cfg.Mapper = PodMap{}
+		cfg.Mapper = PodMap{NodeIP: cfg.NodeIP}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -354,9 +354,6 @@ func TestParseTaintAndNames(t *testing.T) {
 	if resourceName("web-data") != "web-data" || resourceName(long) == resourceName(long+"y") {
 		t.Error("names not stable/distinct")
 	}
-	if got := suffixName(long[:63], "1234abcd-ef"); len(got) > 63 || !strings.HasSuffix(got, "-1234abcd") {
-		t.Errorf("suffixName %q", got)
-	}
 }
 
 type attachIO struct {
@@ -395,5 +392,22 @@ func TestExecExitCode(t *testing.T) {
 	}
 	if err := h.p.RunInContainer(t.Context(), "default", "nope", "main", []string{"true"}, rw); err == nil {
 		t.Fatal("exec in an unknown pod")
+	}
+}
+
+// TestNameTakenUsesAltName: a name taken by an instance of something else
+// (no matching pod UID) makes the create use the alternative name.
+func TestNameTakenUsesAltName(t *testing.T) {
+	f := newFake(t)
+	f.insts["x"] = &client.Instance{Id: "x", Name: "clash", State: client.Running}
+	h := newHarness(t, f)
+	if err := h.p.CreatePod(t.Context(), testPod("clash")); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStatus(t, "clash", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.find("clash-alt") == nil || len(f.insts) != 2 {
+		t.Fatalf("instances %v", f.insts)
 	}
 }
