@@ -107,6 +107,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// client-go and virtual-kubelet log through klog and their own logger:
 	// both go to ours (they are process-wide, hence set here).
 	klog.SetSlogLogger(logger.With("component", "client-go"))
+	// virtual-kubelet builds a default client from $KUBECONFIG before it
+	// takes ours; point it at the same file instead of a failing
+	// in-cluster lookup and its warning.
+	os.Setenv("KUBECONFIG", cfg.Kubeconfig)
 	vklog.L = vkslog.FromSlog(logger.With("component", "virtual-kubelet"))
 	return kubelet.Run(ctx, cfg)
 }

@@ -62,16 +62,25 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	p.mu.Unlock()
 
 	inst, fixed, retry := p.create(ctx, pod)
+	if p.recordCreate(ctx, key, e, pod, inst, fixed, retry) {
+		// Events of the instance before the index knew it were dropped:
+		// read it once now.
+		p.instanceEvent(ctx, client.LifecycleEvent{Type: client.StateChange, InstanceId: inst.Id})
+	}
+	return nil
+}
 
+// recordCreate stores an attempt's outcome; true when inst was indexed.
+func (p *Provider) recordCreate(ctx context.Context, key string, e *entry, pod *corev1.Pod, inst *client.Instance, fixed *corev1.PodStatus, retry bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e.creating = false
 	if p.pods[key] != e || e.deleted {
 		// Deleted while being made: DeletePod found no instance yet.
 		if inst != nil {
-			go p.removeLeftover(context.WithoutCancel(ctx), inst.Id, pod)
+			go p.removeLeftover(context.WithoutCancel(ctx), inst, pod)
 		}
-		return nil
+		return false
 	}
 	e.fixed = fixed
 	if inst != nil {
@@ -82,7 +91,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.scheduleRetry(key, e)
 	}
 	p.notify(e)
-	return nil
+	return inst != nil
 }
 
 // create runs one attempt: it returns the instance, or a status to show
@@ -115,9 +124,12 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 	switch {
 	case errors.As(err, &ue):
 		return failed("Unsupported", err)
-	case err != nil:
-		// A missing non-optional reference (or the resolver failing).
+	case podmap.IsConfigError(err):
+		// A missing non-optional reference: it may appear.
 		return waiting(reasonConfigError, err)
+	case err != nil:
+		// The resolver failing (apiserver, TokenRequest).
+		return waiting(reasonCreateError, err)
 	}
 	for _, w := range plan.Warnings {
 		p.cfg.Recorder.Event(pod, corev1.EventTypeWarning, "NotEnforced", w)
@@ -167,7 +179,7 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 		req.Volumes = &mounts
 	}
 
-	inst, err = p.createInstance(ctx, req, string(pod.UID))
+	inst, err = p.createInstance(ctx, req, string(pod.UID), p.cfg.Mapper.AltInstanceName(pod))
 	switch {
 	case isCode(err, "insufficient_resources"):
 		return failed(outOfReason(err), err)
@@ -179,10 +191,10 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 	return inst, nil, false
 }
 
-// createInstance posts req; a name taken by another instance gets the pod
-// UID as suffix, a name taken by this pod's own instance (a race with an
-// earlier attempt) is adopted.
-func (p *Provider) createInstance(ctx context.Context, req client.CreateInstanceRequest, uid string) (*client.Instance, error) {
+// createInstance posts req; a name taken by another instance is replaced
+// by alt, a name taken by this pod's own instance (a race with an earlier
+// attempt) is adopted.
+func (p *Provider) createInstance(ctx context.Context, req client.CreateInstanceRequest, uid, alt string) (*client.Instance, error) {
 	for attempt := 0; ; attempt++ {
 		r, err := p.api.CreateInstanceWithResponse(ctx, req)
 		if err != nil {
@@ -192,7 +204,7 @@ func (p *Provider) createInstance(ctx context.Context, req client.CreateInstance
 		if err == nil {
 			return r.JSON201, nil
 		}
-		if !isStatus(err, 409) || isCode(err, "insufficient_resources") || attempt > 0 {
+		if !isStatus(err, 409) || isCode(err, "insufficient_resources") || attempt > 0 || alt == "" || alt == req.Name {
 			return nil, err
 		}
 		if mine, ferr := p.findByUID(ctx, uid); ferr == nil && mine != nil {
@@ -202,7 +214,7 @@ func (p *Provider) createInstance(ctx context.Context, req client.CreateInstance
 		if gerr != nil || g.JSON200 == nil {
 			return nil, err // the conflict is not a taken name
 		}
-		req.Name = suffixName(req.Name, uid)
+		req.Name = alt
 	}
 }
 
@@ -411,18 +423,6 @@ func resourceName(s string) string {
 		return "k8s-" + h
 	}
 	return clean + "-" + h
-}
-
-// suffixName is name with (part of) the pod UID appended, within 63.
-func suffixName(name, uid string) string {
-	u := strings.ReplaceAll(uid, "-", "")
-	if len(u) > 8 {
-		u = u[:8]
-	}
-	if len(name) > 63-len(u)-1 {
-		name = strings.TrimRight(name[:63-len(u)-1], "-")
-	}
-	return name + "-" + u
 }
 
 func deref[T any](p *T) T {

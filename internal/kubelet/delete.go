@@ -91,11 +91,16 @@ func (p *Provider) removeInstance(ctx context.Context, inst *client.Instance, gr
 	return nil
 }
 
-// removeLeftover deletes an instance made for a pod deleted meanwhile.
-func (p *Provider) removeLeftover(ctx context.Context, id string, pod *corev1.Pod) {
-	inst := &client.Instance{Id: id, State: client.Running}
+// removeLeftover deletes an instance made for a pod deleted meanwhile (or
+// replaced under its name), and the pod's volumes.
+func (p *Provider) removeLeftover(ctx context.Context, inst *client.Instance, pod *corev1.Pod) {
+	defer func() {
+		p.mu.Lock()
+		delete(p.removing, inst.Id)
+		p.mu.Unlock()
+	}()
 	if err := p.removeInstance(ctx, inst, grace(pod)); err != nil {
-		p.log.Warn("cannot remove the instance of a deleted pod", "instance", id, "err", err)
+		p.log.Warn("cannot remove the instance of a deleted pod", "instance", inst.Id, "err", err)
 	}
 	if err := p.deleteVolumes(ctx, string(pod.UID)); err != nil {
 		p.log.Warn("cannot remove the volumes of a deleted pod", "pod", podKey(pod.Namespace, pod.Name), "err", err)

@@ -23,19 +23,23 @@ import (
 type Mapper interface {
 	Translate(ctx context.Context, pod *corev1.Pod, r podmap.Resolver, opts podmap.Options) (*podmap.Plan, error)
 	InstanceName(pod *corev1.Pod) string
+	// AltInstanceName is used when InstanceName is taken by another pod's
+	// instance.
+	AltInstanceName(pod *corev1.Pod) string
 	Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus
 	Failed(pod *corev1.Pod, reason, message string, now time.Time) corev1.PodStatus
 }
 
-// PodMap is the Mapper of package podmap.
-type PodMap struct{}
+// PodMap is the Mapper of package podmap; NodeIP is the pods' hostIP.
+type PodMap struct{ NodeIP string }
 
 func (PodMap) Translate(ctx context.Context, pod *corev1.Pod, r podmap.Resolver, opts podmap.Options) (*podmap.Plan, error) {
 	return podmap.Translate(ctx, pod, r, opts)
 }
-func (PodMap) InstanceName(pod *corev1.Pod) string { return podmap.InstanceName(pod) }
-func (PodMap) Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus {
-	return podmap.Status(pod, inst, reachable, now)
+func (PodMap) InstanceName(pod *corev1.Pod) string    { return podmap.InstanceName(pod) }
+func (PodMap) AltInstanceName(pod *corev1.Pod) string { return podmap.AltInstanceName(pod) }
+func (m PodMap) Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus {
+	return podmap.StatusOn(pod, inst, reachable, now, m.NodeIP)
 }
 func (PodMap) Failed(pod *corev1.Pod, reason, message string, now time.Time) corev1.PodStatus {
 	return podmap.Failed(pod, reason, message, now)
@@ -87,6 +91,7 @@ type Provider struct {
 	mu        sync.Mutex
 	pods      map[string]*entry // by namespace/name
 	byInst    map[string]string // instance id → pod key
+	removing  map[string]bool   // instance ids being removed in the background
 	notifyPod func(*corev1.Pod)
 	pending   map[string]*corev1.Pod // statuses notifyLoop delivers
 	kick      chan struct{}
@@ -119,7 +124,7 @@ type entry struct {
 // NewProvider returns a provider; Run starts its loops.
 func NewProvider(cfg ProviderConfig) *Provider {
 	if cfg.Mapper == nil {
-		cfg.Mapper = PodMap{}
+		cfg.Mapper = PodMap{NodeIP: cfg.NodeIP}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -162,10 +167,11 @@ func NewProvider(cfg ProviderConfig) *Provider {
 		retries:   make(chan string, 64),
 		pods:      map[string]*entry{},
 		byInst:    map[string]string{},
+		removing:  map[string]bool{},
 		pending:   map[string]*corev1.Pod{},
 		kick:      make(chan struct{}, 1),
 		reachable: true,
-		node:      cfg.Node,
+		node:      cfg.Node.DeepCopy(), // virtual-kubelet reads cfg.Node without our lock
 	}
 }
 
@@ -206,6 +212,14 @@ func podKey(namespace, name string) string { return namespace + "/" + name }
 // p.mu held.
 func (p *Provider) podWithStatus(e *entry) *corev1.Pod {
 	pod := e.pod.DeepCopy()
+	if e.orphan {
+		// No spec to translate: enough for virtual-kubelet to delete it.
+		pod.Status = corev1.PodStatus{Phase: corev1.PodUnknown}
+		if e.inst != nil && e.inst.State == client.Running {
+			pod.Status.Phase = corev1.PodRunning
+		}
+		return pod
+	}
 	if e.fixed != nil {
 		pod.Status = *e.fixed.DeepCopy()
 	} else {

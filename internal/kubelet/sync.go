@@ -117,10 +117,13 @@ func (p *Provider) resync(ctx context.Context) error {
 		listed[key] = true
 		e := p.pods[key]
 		if e != nil && string(e.pod.UID) != uid {
-			// Another pod of that name: the old instance is left for
-			// virtual-kubelet's dangling-pod cleanup through GetPods only
-			// when its key is free, so remember it by id.
-			p.log.Warn("instance of a replaced pod", "instance", inst.Id, "pod", key, "uid", uid)
+			// The pod was replaced by another of the same name, so the
+			// old one is gone from Kubernetes: remove its instance.
+			if p.byInst[inst.Id] == "" && !p.removing[inst.Id] {
+				p.log.Info("removing the instance of a replaced pod", "instance", inst.Id, "pod", key, "uid", uid)
+				p.removing[inst.Id] = true
+				go p.removeLeftover(context.WithoutCancel(ctx), &inst, orphanPod(t))
+			}
 			continue
 		}
 		if e == nil {
