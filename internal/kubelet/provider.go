@@ -224,6 +224,11 @@ func (p *Provider) podWithStatus(e *entry) *corev1.Pod {
 		pod.Status = *e.fixed.DeepCopy()
 	} else {
 		pod.Status = p.cfg.Mapper.Status(e.pod, e.inst, p.reachable, p.now())
+		// The next status builds on this one: podmap keeps transition
+		// times, the start time and, above all, a terminal phase from the
+		// pod's previous status (and an unreachable hypemand keeps the
+		// phase it last reported).
+		e.pod.Status = *pod.Status.DeepCopy()
 	}
 	return pod
 }
