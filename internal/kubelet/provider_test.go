@@ -12,8 +12,6 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 	utilexec "k8s.io/utils/exec"
 
 	"hypeman/internal/api/client"
@@ -411,22 +409,5 @@ func TestNameTakenUsesAltName(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.find("clash-alt") == nil || len(f.insts) != 2 {
 		t.Fatalf("instances %v", f.insts)
-	}
-}
-
-// TestDropNotReadyTaint: the apiserver's not-ready taint goes, the
-// provider's own taint stays.
-func TestDropNotReadyTaint(t *testing.T) {
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "hn1"}, Spec: corev1.NodeSpec{Taints: []corev1.Taint{
-		{Key: "virtual-kubelet.io/provider", Value: "hypeman", Effect: corev1.TaintEffectNoSchedule},
-		{Key: corev1.TaintNodeNotReady, Effect: corev1.TaintEffectNoSchedule},
-	}}}
-	kube := fake.NewClientset(node)
-	if err := dropTaint(t.Context(), kube, "hn1", corev1.TaintNodeNotReady); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := kube.CoreV1().Nodes().Get(t.Context(), "hn1", metav1.GetOptions{})
-	if len(got.Spec.Taints) != 1 || got.Spec.Taints[0].Key != "virtual-kubelet.io/provider" {
-		t.Fatalf("taints %v", got.Spec.Taints)
 	}
 }

@@ -181,13 +181,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 	defer func() { cancel(); <-done }()
 	log.Info("hypeman-kubelet starting", "node", cfg.NodeName, "server", cfg.Server, "listen", cfg.Listen, "node_ip", cfg.NodeIP)
-	go func() {
-		select {
-		case <-n.Ready():
-			clearNotReadyTaint(ctx, kube, cfg.NodeName, provider, log)
-		case <-ctx.Done():
-		}
-	}()
 	err = n.Run(ctx)
 	if ctx.Err() != nil {
 		return nil
@@ -230,55 +223,4 @@ func (r *resolver) ServiceAccountToken(ctx context.Context, pod *corev1.Pod, aud
 		return "", fmt.Errorf("token for service account %s/%s: %w", pod.Namespace, sa, err)
 	}
 	return tr.Status.Token, nil
-}
-
-// clearNotReadyTaint removes the node.kubernetes.io/not-ready NoSchedule
-// taint the apiserver puts on a new node while the node is Ready (checked
-// at once, then every 10s). That is the node lifecycle controller's job
-// in a full cluster; a control plane without kube-controller-manager (the
-// test harness, small setups) would otherwise never schedule a pod here.
-func clearNotReadyTaint(ctx context.Context, kube kubernetes.Interface, name string, p *Provider, log *slog.Logger) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		if ready(p.Node()) {
-			if err := dropTaint(ctx, kube, name, corev1.TaintNodeNotReady); err != nil && ctx.Err() == nil {
-				log.Warn("cannot remove the not-ready taint", "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func ready(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-// dropTaint removes the NoSchedule taint key from the node, if present.
-func dropTaint(ctx context.Context, kube kubernetes.Interface, name, key string) error {
-	node, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	var kept []corev1.Taint
-	for _, t := range node.Spec.Taints {
-		if t.Key != key || t.Effect != corev1.TaintEffectNoSchedule {
-			kept = append(kept, t)
-		}
-	}
-	if len(kept) == len(node.Spec.Taints) {
-		return nil
-	}
-	node.Spec.Taints = kept
-	_, err = kube.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
-	return err
 }
