@@ -375,6 +375,10 @@ func waitRunning(t *testing.T, c *cluster.Cluster, name string) *corev1.Pod {
 		p = c.MustPod(t, name)
 		return p.Status.Phase == corev1.PodRunning && cluster.Ready(p) && p.Status.PodIP != "", podState(p)
 	})
+	if cond := cluster.Condition(p, corev1.PodReady); cond != nil {
+		// For the record (second resolution, not asserted): created → Ready.
+		t.Logf("%s on %s: created → Ready in %s", name, p.Spec.NodeName, cond.LastTransitionTime.Sub(p.CreationTimestamp.Time))
+	}
 	return p
 }
 
