@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"hypeman/internal/guest/guestconfig"
 	"hypeman/internal/instances/state"
 	"hypeman/internal/warm"
 )
@@ -47,15 +46,7 @@ func TestWorkingDirCreateValidation(t *testing.T) {
 // disk gives the program.
 func guestWorkDirOf(t *testing.T, m *Manager, id string) string {
 	t.Helper()
-	disk, err := os.ReadFile(filepath.Join(m.dir(id), configFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gc, err := guestconfig.Decode(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return gc.WorkingDir
+	return guestConfigOf(t, m, id).WorkingDir
 }
 
 // working_dir replaces the image's WORKDIR in the guest config at every
