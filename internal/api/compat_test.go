@@ -325,3 +325,37 @@ func TestStopBodyOptional(t *testing.T) {
 		t.Errorf("stop over the instance's timeout: %d %s %q", resp.StatusCode, code, msg)
 	}
 }
+
+// TestWorkingDirAndReportOnly: this server's working_dir and
+// health_check.report_only reach the manager from a create and are shown
+// on the instance (absent when unset).
+func TestWorkingDirAndReportOnly(t *testing.T) {
+	e := newTestEnv(t, nil)
+	tok := mint(t)
+	resp := e.do("POST", "/instances", tok, `{"name":"wd","image":"busybox","working_dir":"/srv/app",`+
+		`"health_check":{"type":"tcp","tcp":{"port":80},"report_only":true}}`)
+	var out map[string]any
+	jsonBody(t, resp, &out)
+	if resp.StatusCode != 201 || len(e.inst.created) != 1 {
+		t.Fatalf("create: %d %+v", resp.StatusCode, e.inst.created)
+	}
+	p := e.inst.created[0]
+	if p.WorkingDir != "/srv/app" || p.HealthCheck == nil || !p.HealthCheck.ReportOnly || p.HealthCheck.Port != 80 {
+		t.Fatalf("manager got working_dir %q, check %+v", p.WorkingDir, p.HealthCheck)
+	}
+	if hc, _ := out["health_check"].(map[string]any); hc["report_only"] != true {
+		t.Errorf("created instance's health_check %v", out["health_check"])
+	}
+	if got := toAPIInstance(&instances.Instance{WorkingDir: "/srv/app"}, phases.View{}).WorkingDir; got == nil || *got != "/srv/app" {
+		t.Errorf("instance working_dir %v", got)
+	}
+	if got := toAPIInstance(&instances.Instance{}, phases.View{}).WorkingDir; got != nil {
+		t.Errorf("instance without working_dir shows %q", *got)
+	}
+	// The manager's refusal is a 400 naming the field.
+	e.inst.errOn["Create"] = &instances.InvalidArgumentError{Field: "working_dir", Reason: "must be a clean path"}
+	resp = e.do("POST", "/instances", tok, `{"name":"wd2","image":"busybox","working_dir":"/a/"}`)
+	if code, msg := errBody(t, resp); resp.StatusCode != 400 || code != "invalid_request" || !strings.Contains(msg, "working_dir") {
+		t.Errorf("refused working_dir: %d %s %q", resp.StatusCode, code, msg)
+	}
+}

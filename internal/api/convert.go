@@ -69,6 +69,7 @@ func toAPIInstance(in *instances.Instance, ph phases.View) gen.Instance {
 		Entrypoint:        optSlice(in.Entrypoint),
 		Cmd:               optSlice(in.Cmd),
 		StopTimeout:       optString(in.StopTimeout),
+		WorkingDir:        optString(in.WorkingDir),
 		PhaseDurationsMs:  ph.DurationsMs,
 		CurrentPhase:      ph.Current,
 		CurrentPhaseSince: ph.Since,
@@ -229,6 +230,9 @@ func toAPIHealthCheck(c health.Check) *gen.HealthCheck {
 		FailureThreshold: &c.FailureThreshold,
 		SuccessThreshold: &c.SuccessThreshold,
 	}
+	if c.ReportOnly {
+		out.ReportOnly = &c.ReportOnly // absent when false, as upstream's checks
+	}
 	switch c.Type {
 	case health.HTTP:
 		scheme := gen.HealthCheckHTTPScheme(c.Scheme)
@@ -258,6 +262,7 @@ func healthCheckFromAPI(in *gen.HealthCheck) (*health.Check, error) {
 	given := map[string]bool{"http": in.Http != nil, "tcp": in.Tcp != nil, "exec": in.Exec != nil}
 	if typ == gen.HealthCheckNone {
 		if in.Type == nil {
+			given["report_only"] = deref(in.ReportOnly)
 			for name, set := range given {
 				if set {
 					return nil, fe("type", "is required with %s (http, tcp or exec)", name)
@@ -319,6 +324,7 @@ func healthCheckFromAPI(in *gen.HealthCheck) (*health.Check, error) {
 	if in.SuccessThreshold != nil {
 		c.SuccessThreshold = *in.SuccessThreshold
 	}
+	c.ReportOnly = deref(in.ReportOnly)
 	return &c, nil
 }
 

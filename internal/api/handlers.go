@@ -212,6 +212,7 @@ func (s *server) CreateInstance(ctx context.Context, req gen.CreateInstanceReque
 		AutoStandby:    autoStandby,
 		ExpiresAt:      exp.At,
 		StopTimeout:    deref(b.StopTimeout),
+		WorkingDir:     deref(b.WorkingDir),
 		// Pulling an image the store lacks is an image write.
 		NoPull: !principalAllows(ctx, auth.ImageWrite),
 	}

@@ -187,12 +187,18 @@ func TestPolicyRoundTrip(t *testing.T) {
 	rs := restart.Status{Restarts: 5, Attempts: 3, LastAttemptAt: at(1), NextAttemptAt: at(2), BlockedReason: restart.BlockedMaxAttempts, LastReason: restart.ReasonHealthCheck}
 	hs := health.Status{Status: health.Unhealthy, ConsecutiveSuccesses: 0, ConsecutiveFailures: 4,
 		LastCheckAt: at(3), LastSuccessAt: at(4), LastFailureAt: at(5), LastError: "HTTP status 503, want 204"}
-	for _, c := range []health.Check{http, exec, tcp} {
+	ready := tcp
+	ready.ReportOnly = true
+	for _, c := range []health.Check{http, exec, tcp, ready} {
 		in := &instances.Instance{ID: "i", Name: "n", State: state.Running, RestartPolicy: &policy, RestartStatus: &rs, HealthCheck: &c, HealthStatus: &hs}
 		api := toAPIInstance(in, phases.View{})
 		back, err := healthCheckFromAPI(api.HealthCheck)
 		if err != nil || !back.Equal(c) {
 			t.Errorf("health check round trip: %+v %v, want %+v", back, err, c)
+		}
+		// report_only is written only when set (upstream's checks have none).
+		if b, _ := json.Marshal(api.HealthCheck); strings.Contains(string(b), `"report_only":true`) != c.ReportOnly || strings.Contains(string(b), `"report_only":false`) {
+			t.Errorf("health check JSON %s (report_only %v)", b, c.ReportOnly)
 		}
 		backPolicy, err := restartPolicyFromAPI(api.RestartPolicy)
 		if err != nil || *backPolicy != policy {
@@ -289,6 +295,8 @@ var policyBadInput = []struct {
 	{"tcp with http", "health_check", `{"type":"tcp","tcp":{"port":80},"http":{"port":80}}`, "health_check.http"},
 	{"expected_status low", "health_check", `{"type":"http","http":{"port":80,"expected_status":99}}`, "expected_status"},
 	{"exec no exec", "health_check", `{"type":"exec"}`, "health_check.exec"},
+	{"report_only not a boolean", "health_check", `{"type":"tcp","tcp":{"port":80},"report_only":"yes"}`, "report_only"},
+	{"report_only without type", "health_check", `{"report_only":true}`, "health_check.type"},
 	{"exec no command", "health_check", `{"type":"exec","exec":{}}`, "command"},
 	{"exec empty command", "health_check", `{"type":"exec","exec":{"command":[]}}`, "command"},
 	{"exec blank argv0", "health_check", `{"type":"exec","exec":{"command":[" "]}}`, "health_check.exec.command"},

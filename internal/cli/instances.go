@@ -59,6 +59,7 @@ type runFlags struct {
 	volumes    []string
 	ttl        string
 	stopTO     string
+	workdir    string
 
 	hotplug, diskIO, bandwidthDown, bandwidthUp string
 	compression                                 compressionFlags
@@ -88,7 +89,8 @@ its program exits (non-zero only, or any way) or its VM dies, waiting
 --restart-backoff, doubled per consecutive attempt up to
 --restart-max-backoff. A health check (--health-http, --health-tcp or
 --health-cmd) marks the instance unhealthy after --health-retries
-consecutive failures; with a restart policy it is then restarted.
+consecutive failures; with a restart policy it is then restarted, unless
+--health-report-only makes it a readiness check that only reports.
 "hypeman update" changes both later.`,
 		Example: `  hypeman run --name web -m 512MB -e PORT=8080 nginx:alpine
   hypeman run --restart on_failure --restart-max-attempts 5 --health-http :8080/healthz web:v2
@@ -124,6 +126,7 @@ consecutive failures; with a restart policy it is then restarted.
 	fl.StringVar(&f.bandwidthUp, "bandwidth-up", "", "upload (instance → host) limit `RATE`, e.g. 500Mbps (default unlimited)")
 	fl.StringArrayVar(&f.volumes, "volume", nil, "attach a volume: `"+volumeSpecUsage+"`; repeatable")
 	fl.StringVar(&f.ttl, "ttl", "", "delete the instance automatically after `DURATION`, e.g. 24h (default never)")
+	fl.StringVarP(&f.workdir, "workdir", "w", "", "working `DIR` of the program, an absolute path (default: the image's WORKDIR)")
 	fl.StringVar(&f.stopTO, "stop-timeout", "", "time the program has between SIGTERM and SIGKILL when the instance is stopped (`DURATION`, 1s to 1h; server default 10s)")
 	f.compression.register(fl)
 	f.restart.register(fl)
@@ -237,6 +240,9 @@ func (a *app) runInstance(cmd *cobra.Command, f runFlags, image string, command 
 	}
 	if f.stopTO != "" {
 		req.StopTimeout = &f.stopTO
+	}
+	if f.workdir != "" {
+		req.WorkingDir = &f.workdir
 	}
 	if len(command) > 0 {
 		req.Cmd = &command

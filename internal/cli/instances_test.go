@@ -320,3 +320,28 @@ func TestWaitSplitsLongTimeouts(t *testing.T) {
 		t.Errorf("gave up after %v", el)
 	}
 }
+
+// run --workdir (or -w) sets the instance's working_dir; without it none
+// is sent (the image's WORKDIR).
+func TestRunWorkdir(t *testing.T) {
+	f := newFake(t)
+	f.handle("POST /instances", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusCreated, instanceJSON(instID, "x", "Initializing", testNow, ""))
+	})
+	for i, args := range [][]string{
+		{"--workdir", "/srv/app"}, {"-w", "/srv/app"}, nil,
+	} {
+		if res := f.run(append(append([]string{"run", "-d"}, args...), "busybox", "-w", "x")...); res.code != 0 {
+			t.Fatal(res)
+		}
+		body := mustJSON(t, f.requests("POST", "/instances")[i].Body)
+		got, sent := body["working_dir"]
+		if want := args != nil; sent != want || (want && got != "/srv/app") {
+			t.Errorf("%v: working_dir %v (sent %v)", args, got, sent)
+		}
+		// Flags after IMAGE still belong to the program.
+		if cmd := jsonOf(t, body["cmd"]); cmd != `["-w","x"]` {
+			t.Errorf("%v: cmd %s", args, cmd)
+		}
+	}
+}

@@ -119,7 +119,7 @@ type healthFlags struct {
 	withNone bool   // offer --none (update only)
 
 	http, tcp, cmd                 string
-	none                           bool
+	none, reportOnly               bool
 	interval, timeout, startPeriod string
 	retries, expectedStatus        int
 }
@@ -138,6 +138,7 @@ func (h *healthFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&h.startPeriod, h.flag("start-period"), "", "grace `DURATION` after boot in which failures do not count (server default 30s)")
 	fl.IntVar(&h.retries, h.flag("retries"), 0, "consecutive failures that make the instance unhealthy: `N` (server default 3)")
 	fl.IntVar(&h.expectedStatus, h.flag("expected-status"), 0, "HTTP status the HTTP check wants: `CODE` (server default 200)")
+	fl.BoolVar(&h.reportOnly, h.flag("report-only"), false, "only report health_status: an unhealthy instance is never restarted for it (a readiness check)")
 }
 
 // build returns the check to send: nil when no health flag was given, an
@@ -147,7 +148,7 @@ func (h *healthFlags) build(fl *pflag.FlagSet) (*client.HealthCheck, error) {
 	if h.withNone {
 		kinds = append(kinds, "none")
 	}
-	modifiers := []string{h.flag("interval"), h.flag("timeout"), h.flag("start-period"), h.flag("retries"), h.flag("expected-status")}
+	modifiers := []string{h.flag("interval"), h.flag("timeout"), h.flag("start-period"), h.flag("retries"), h.flag("expected-status"), h.flag("report-only")}
 	var given []string
 	for _, k := range kinds {
 		if fl.Changed(k) {
@@ -209,6 +210,9 @@ func (h *healthFlags) build(fl *pflag.FlagSet) (*client.HealthCheck, error) {
 			return nil, fmt.Errorf("--%s must be at least 1", h.flag("retries"))
 		}
 		out.FailureThreshold = ptr(h.retries)
+	}
+	if h.reportOnly {
+		out.ReportOnly = ptr(true)
 	}
 	var err error
 	for _, d := range []struct {

@@ -184,6 +184,12 @@ func TestBootConfigReachesProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// working_dir replaces the image's WORKDIR (/app); a missing one is
+	// created, as Docker does.
+	wd, err := d.Instances.Create(ctx, instances.CreateParams{Name: "wd", Image: ref, Size: "256MB", VCPUs: 1, WorkingDir: "/srv/work"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := waitState(t, d, in.ID, state.Stopped, bootTimeout)
 	log := serialLog(t, d, in.ID)
 	for _, want := range []string{"args=one two words", "pwd=/app", "from_image=image-value", "from_req=request value", "overridden=from-request", "uid=1000"} {
@@ -196,6 +202,11 @@ func TestBootConfigReachesProgram(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(log)
+	}
+	got = waitState(t, d, wd.ID, state.Stopped, bootTimeout)
+	if wdLog := serialLog(t, d, wd.ID); !strings.Contains(wdLog, "pwd=/srv/work") || got.WorkingDir != "/srv/work" ||
+		got.ExitCode == nil || *got.ExitCode != 0 {
+		t.Errorf("working_dir /srv/work: instance %q, exit %v %v, serial log:\n%s", got.WorkingDir, got.ExitCode, got.ExitMessage, wdLog)
 	}
 
 	// Entrypoint override drops the image cmd (Docker semantics).

@@ -34,11 +34,14 @@ func TestWarmCreate(t *testing.T) {
 		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"sleep 600"},
 	}))
 	ctx := context.Background()
+	// working_dir is not part of the template shape: w2 is served warm and
+	// gets its own through the start op.
+	workDirs := map[string]string{"w2": "/srv/w2"}
 	create := func(name, script string, env map[string]string) *instances.Instance {
 		t.Helper()
 		t0 := time.Now()
 		in, err := d.Instances.Create(ctx, instances.CreateParams{Name: name, Image: ref, Size: "256MB", VCPUs: 1,
-			Cmd: []string{script}, Env: env})
+			Cmd: []string{script}, Env: env, WorkingDir: workDirs[name]})
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)
 		}
@@ -82,7 +85,7 @@ func TestWarmCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	script := `echo "$NAME-line $FOO"; sleep 600`
+	script := `echo "$NAME-line $FOO in $(pwd)"; sleep 600`
 	w1 := create("w1", script, map[string]string{"NAME": "w1", "FOO": "one"})
 	w2 := create("w2", script, map[string]string{"NAME": "w2", "FOO": "two"})
 	for _, w := range []*instances.Instance{w1, w2} {
@@ -130,7 +133,7 @@ func TestWarmCreate(t *testing.T) {
 
 	// Logs: only the clone's own console output.
 	for _, w := range []*instances.Instance{w1, w2} {
-		want := map[string]string{"w1": "w1-line one", "w2": "w2-line two"}[w.Name]
+		want := map[string]string{"w1": "w1-line one in /", "w2": "w2-line two in /srv/w2"}[w.Name]
 		log := waitSerial(t, d, w.ID, want)
 		if strings.Contains(log, guestconfig.MarkerAgentReady) || strings.Contains(log, "cold-line") {
 			t.Fatalf("%s: the clone's log holds the template's (or another instance's) lines:\n%s", w.Name, log)

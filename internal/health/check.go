@@ -65,11 +65,11 @@ func fieldErr(field, format string, args ...any) error {
 // `json:",omitzero"` is omitted.
 //
 // JSON (snake_case, durations as Go duration strings; fields that do not
-// apply to the type are omitted):
+// apply to the type are omitted, and report_only when false):
 //
 //	{"type":"http","port":8080,"path":"/healthz","expected_status":200,
 //	 "interval":"10s","timeout":"2s","start_period":"30s",
-//	 "failure_threshold":3,"success_threshold":1}
+//	 "failure_threshold":3,"success_threshold":1,"report_only":true}
 //	{"type":"tcp","port":5432,…}   {"type":"exec","command":["pg_isready"],…}
 //
 // Decoding starts from DefaultCheck(type), so absent fields get their
@@ -100,6 +100,10 @@ type Check struct {
 	FailureThreshold int
 	// SuccessThreshold consecutive successes make it healthy.
 	SuccessThreshold int
+	// ReportOnly checks run and the status is reported as usual, but an
+	// unhealthy verdict is not reported to the Restarter: the instance is
+	// never restarted for it (a readiness check).
+	ReportOnly bool
 }
 
 // DefaultCheck returns a check of type t with every default filled in.
@@ -117,14 +121,15 @@ func DefaultCheck(t Type) Check {
 // IsZero reports whether no check is configured.
 func (c Check) IsZero() bool {
 	return c.Type == "" && c.Port == 0 && c.Path == "" && c.Scheme == "" && c.ExpectedStatus == 0 && len(c.Command) == 0 && c.WorkingDir == "" &&
-		c.Interval == 0 && c.Timeout == 0 && c.StartPeriod == 0 && c.FailureThreshold == 0 && c.SuccessThreshold == 0
+		c.Interval == 0 && c.Timeout == 0 && c.StartPeriod == 0 && c.FailureThreshold == 0 && c.SuccessThreshold == 0 && !c.ReportOnly
 }
 
 // Equal reports whether two checks are the same.
 func (c Check) Equal(d Check) bool {
 	return c.Type == d.Type && c.Port == d.Port && c.Path == d.Path && c.Scheme == d.Scheme && c.ExpectedStatus == d.ExpectedStatus &&
 		slices.Equal(c.Command, d.Command) && c.WorkingDir == d.WorkingDir && c.Interval == d.Interval && c.Timeout == d.Timeout &&
-		c.StartPeriod == d.StartPeriod && c.FailureThreshold == d.FailureThreshold && c.SuccessThreshold == d.SuccessThreshold
+		c.StartPeriod == d.StartPeriod && c.FailureThreshold == d.FailureThreshold && c.SuccessThreshold == d.SuccessThreshold &&
+		c.ReportOnly == d.ReportOnly
 }
 
 // Validate checks c; the zero Check (none) is valid. Failures are
@@ -208,6 +213,7 @@ type checkJSON struct {
 	StartPeriod      string   `json:"start_period"`
 	FailureThreshold int      `json:"failure_threshold"`
 	SuccessThreshold int      `json:"success_threshold"`
+	ReportOnly       bool     `json:"report_only,omitempty"`
 }
 
 // MarshalJSON writes the check; durations as short Go duration strings.
@@ -215,7 +221,7 @@ func (c Check) MarshalJSON() ([]byte, error) {
 	return json.Marshal(checkJSON{
 		Type: c.Type, Port: c.Port, Path: c.Path, Scheme: c.Scheme, ExpectedStatus: c.ExpectedStatus, Command: c.Command, WorkingDir: c.WorkingDir,
 		Interval: durations.Format(c.Interval), Timeout: durations.Format(c.Timeout), StartPeriod: durations.Format(c.StartPeriod),
-		FailureThreshold: c.FailureThreshold, SuccessThreshold: c.SuccessThreshold,
+		FailureThreshold: c.FailureThreshold, SuccessThreshold: c.SuccessThreshold, ReportOnly: c.ReportOnly,
 	})
 }
 
@@ -261,6 +267,10 @@ func (c *Check) UnmarshalJSON(b []byte) error {
 			dst := map[string]*string{"path": &out.Path, "scheme": &out.Scheme, "working_dir": &out.WorkingDir}[k]
 			if err := json.Unmarshal(v, dst); err != nil {
 				return fieldErr(k, "must be a string")
+			}
+		case k == "report_only":
+			if err := json.Unmarshal(v, &out.ReportOnly); err != nil {
+				return fieldErr(k, "must be a boolean")
 			}
 		case k == "command":
 			if err := json.Unmarshal(v, &out.Command); err != nil {

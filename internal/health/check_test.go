@@ -48,6 +48,51 @@ func TestCheckJSONDefaults(t *testing.T) {
 	}
 }
 
+// TestCheckReportOnly: report_only round-trips through the persisted
+// JSON (omitted when false), counts in Equal and IsZero, and must be a
+// boolean on a typed check.
+func TestCheckReportOnly(t *testing.T) {
+	var c health.Check
+	if err := json.Unmarshal([]byte(`{"type":"tcp","port":80,"report_only":true}`), &c); err != nil {
+		t.Fatal(err)
+	}
+	if !c.ReportOnly || c.Validate() != nil {
+		t.Fatalf("decoded %+v (%v)", c, c.Validate())
+	}
+	b, _ := json.Marshal(c)
+	if !strings.HasSuffix(string(b), `,"report_only":true}`) {
+		t.Fatalf("marshal %s", b)
+	}
+	var back health.Check
+	if err := json.Unmarshal(b, &back); err != nil || !back.Equal(c) {
+		t.Fatalf("round trip %+v %v", back, err)
+	}
+	plain := c
+	plain.ReportOnly = false
+	if plain.Equal(c) {
+		t.Fatal("Equal ignores report_only")
+	}
+	if b, _ := json.Marshal(plain); strings.Contains(string(b), "report_only") {
+		t.Fatalf("report_only false is written: %s", b)
+	}
+	if (health.Check{ReportOnly: true}).IsZero() {
+		t.Fatal("a check with only report_only is zero (would drop the field silently)")
+	}
+	var fe *health.FieldError
+	if err := (health.Check{ReportOnly: true}).Validate(); !errors.As(err, &fe) || fe.Field != "health_check.type" {
+		t.Fatalf("report_only without a type: %v", err)
+	}
+	for in, field := range map[string]string{
+		`{"type":"tcp","port":80,"report_only":"yes"}`: "health_check.report_only",
+		`{"report_only":true}`:                         "health_check.type",
+	} {
+		err := json.Unmarshal([]byte(in), &c)
+		if !errors.As(err, &fe) || fe.Field != field {
+			t.Errorf("%s: err %v, want FieldError on %s", in, err, field)
+		}
+	}
+}
+
 func TestCheckJSONNoneAndErrors(t *testing.T) {
 	for _, in := range []string{`null`, `{}`, `{"type":""}`, `{"type":null}`} {
 		c := health.DefaultCheck(health.TCP)

@@ -57,7 +57,8 @@ type Prober interface {
 }
 
 // Restarter is told when a boot's checks find the instance unhealthy (on
-// every failed check while unhealthy; it must tolerate repeats). The
+// every failed check while unhealthy; it must tolerate repeats), unless
+// the check is ReportOnly. The
 // restart controller implements it and decides, from the restart policy,
 // whether that means a restart.
 type Restarter interface {
@@ -406,7 +407,8 @@ func (c *Controller) runChecks(ctx context.Context, t Target) {
 			}
 			c.cfg.Logger.Log(ctx, lvl, "health status changed", "id", id, "from", prev, "to", next, "last_error", res.Err)
 		}
-		if next == Unhealthy && !res.OK && c.cfg.Restarter != nil {
+		// A report-only check (a readiness check) stops at the status.
+		if next == Unhealthy && !res.OK && c.cfg.Restarter != nil && !chk.ReportOnly {
 			c.cfg.Restarter.HealthFailed(id, boot, res.Err)
 		}
 	}

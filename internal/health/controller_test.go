@@ -77,6 +77,54 @@ func TestChecksDriveStatusAndReportUnhealthy(t *testing.T) {
 	}
 }
 
+// TestReportOnlyNeverCallsTheRestarter: a report-only check reaches
+// unhealthy like any other, but only the ordinary check beside it is
+// reported to the Restarter, on every failing tick.
+func TestReportOnlyNeverCallsTheRestarter(t *testing.T) {
+	h := newHarness(t)
+	ready := httpCheck()
+	ready.StartPeriod, ready.FailureThreshold, ready.ReportOnly = 0, 2, true
+	live := ready
+	live.ReportOnly = false
+	for id, c := range map[string]health.Check{"ready": ready, "live": live} {
+		h.prober.status(id, 200)
+		h.m.add(id, c, restart.DefaultPolicy(restart.Always))
+	}
+	h.run(t)
+	h.waitTimers(t, 3) // reconcile + two runners
+	h.tick(t, 10*time.Second, 3, "ready", "live")
+	for _, id := range []string{"ready", "live"} {
+		if s := h.m.get(id).hst; s.Status != health.Healthy {
+			t.Fatalf("%s before failing: %+v", id, s)
+		}
+		h.prober.status(id, 503)
+	}
+	for i := 1; i <= 4; i++ {
+		h.tick(t, 10*time.Second, 3, "ready", "live")
+		wantStatus, wantCalls := health.Healthy, 0
+		if i >= 2 {
+			wantStatus, wantCalls = health.Unhealthy, i-1
+		}
+		for _, id := range []string{"ready", "live"} {
+			if s := h.m.get(id).hst; s.Status != wantStatus || s.ConsecutiveFailures != i {
+				t.Fatalf("%s after failure %d: %+v, want %s", id, i, s, wantStatus)
+			}
+		}
+		calls := h.restarter.get()
+		if len(calls) != wantCalls {
+			t.Fatalf("after failure %d: %d restarter calls %+v, want %d (for live only)", i, len(calls), calls, wantCalls)
+		}
+		for _, c := range calls {
+			if c.id != "live" {
+				t.Fatalf("restarter told about the report-only check: %+v", c)
+			}
+		}
+	}
+	if s := h.m.get("ready"); s.state != state.Running {
+		t.Fatalf("report-only instance left Running: %s", s.state)
+	}
+}
+
 func TestProbeTimeoutUsesTheClock(t *testing.T) {
 	h := newHarness(t)
 	c := httpCheck()

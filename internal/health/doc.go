@@ -13,7 +13,9 @@
 //     three-method Prober interface the instance manager implements with
 //     the guest's IP and agent. Nor does it know restart policies: it tells
 //     a Restarter (the restart controller) that a boot went unhealthy, and
-//     the restart policy decides whether that means a restart. Persistence
+//     the restart policy decides whether that means a restart; a
+//     report-only check (Check.ReportOnly, a readiness check) is never
+//     reported, so its verdict only shows in the status. Persistence
 //     goes through a small Instances interface whose update callback runs
 //     under the instance lock and carries the boot, so a result computed for
 //     an earlier boot is never written over a newer one.

@@ -279,8 +279,15 @@ func (fakeImages) Resolve(ctx context.Context, ref string) (ImageInfo, error) {
 	if ref == "missing" {
 		return ImageInfo{}, fmt.Errorf("%w: %s", ErrImageNotReady, ref)
 	}
-	return ImageInfo{Name: ref, Digest: "sha256:abc", DiskPath: "/nonexistent/rootfs.erofs", FSType: "erofs", Cmd: []string{"/bin/true"}}, nil
+	img := ImageInfo{Name: ref, Digest: "sha256:abc", DiskPath: "/nonexistent/rootfs.erofs", FSType: "erofs", Cmd: []string{"/bin/true"}}
+	if ref == "workdir-img" {
+		img.WorkingDir = fakeImageWorkDir
+	}
+	return img, nil
 }
+
+// fakeImageWorkDir is the WORKDIR of fakeImages' image "workdir-img".
+const fakeImageWorkDir = "/from-image"
 
 func newTestManager(t testing.TB, root string, hv *fakeHV) (*Manager, *events.Bus) {
 	return newTestManagerWith(t, root, hv, nil)

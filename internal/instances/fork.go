@@ -223,7 +223,8 @@ func (m *Manager) forkFrom(ctx context.Context, src forkSource, name string, tar
 		OverlayBytes: sm.OverlayBytes, OverlaySize: sm.OverlaySize, Limits: sm.Limits,
 		Env: maps.Clone(sm.Env), Entrypoint: slices.Clone(sm.Entrypoint), Cmd: slices.Clone(sm.Cmd),
 		Tags: maps.Clone(sm.Tags), SkipGuestAgent: sm.SkipGuestAgent, StopTimeout: sm.StopTimeout,
-		CreatedAt: now, Hypervisor: sm.Hypervisor, Platform: sm.Platform, ForkedFrom: sm.ID,
+		WorkingDir: sm.WorkingDir,
+		CreatedAt:  now, Hypervisor: sm.Hypervisor, Platform: sm.Platform, ForkedFrom: sm.ID,
 		// Same policies, clean status: a fork starts its own history.
 		RestartPolicy: sm.RestartPolicy, HealthCheck: sm.HealthCheck, AutoStandby: sm.AutoStandby,
 		HealthStatus:   initialHealth(sm.HealthCheck),

@@ -160,6 +160,9 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := validateWorkingDir(p.WorkingDir); err != nil {
+		return nil, err
+	}
 	networkDisabled := p.NetworkEnabled != nil && !*p.NetworkEnabled
 	limits, err := parseLimits(p, mem, m.shapeableNetwork(networkDisabled))
 	if err != nil {
@@ -174,6 +177,7 @@ func (m *Manager) validateCreate(p CreateParams) (*Metadata, error) {
 		Limits:          limits,
 		Volumes:         vols,
 		StopTimeout:     stopTimeout,
+		WorkingDir:      p.WorkingDir,
 	}
 	if p.AutoStandby != nil {
 		meta.AutoStandby = *p.AutoStandby
@@ -326,7 +330,11 @@ func nilIfEmpty(v []string) []string {
 }
 
 // guestConfig builds the config disk contents (Docker semantics for
-// entrypoint/cmd: overriding the entrypoint drops the image's cmd).
+// entrypoint/cmd: overriding the entrypoint drops the image's cmd; the
+// instance's working_dir replaces the image's WORKDIR). It is the program's
+// config on both paths: a cold boot's config disk and a warm start's start
+// op (the template itself carries no program, so its shape never depends
+// on these fields).
 func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config {
 	entry, cmd := img.Entrypoint, img.Cmd
 	if meta.Entrypoint != nil {
@@ -342,8 +350,12 @@ func (m *Manager) guestConfig(meta Metadata, img ImageInfo) *guestconfig.Config 
 		}
 	}
 	maps.Copy(env, meta.Env)
+	cwd := img.WorkingDir
+	if meta.WorkingDir != "" {
+		cwd = meta.WorkingDir
+	}
 	gc := &guestconfig.Config{
-		Entrypoint: entry, Cmd: cmd, Env: env, WorkingDir: img.WorkingDir, User: img.User,
+		Entrypoint: entry, Cmd: cmd, Env: env, WorkingDir: cwd, User: img.User,
 		Hostname: meta.Name, RootFS: img.FSType,
 		StopTimeoutSeconds: guestStopSeconds(m.stopTimeout(meta)),
 		SkipGuestAgent:     meta.SkipGuestAgent,

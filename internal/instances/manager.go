@@ -712,7 +712,7 @@ func toInstance(meta Metadata, st state.State, stErr *string) *Instance {
 		HasSnapshot: meta.HasSnapshot, Hypervisor: meta.Hypervisor, Platform: meta.Platform,
 		Volumes:   publicVolumes(meta.Volumes),
 		ForkCount: meta.ForkCount, ForkOfTemplate: meta.ForkOfTemplate,
-		StartMode: meta.StartMode,
+		StartMode: meta.StartMode, WorkingDir: meta.WorkingDir,
 	}
 }
 

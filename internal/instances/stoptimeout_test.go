@@ -31,9 +31,9 @@ func TestStopTimeoutCreateValidation(t *testing.T) {
 	}
 }
 
-// guestStopSecondsOf reads the stop timeout the instance's guest config
-// disk gives the guest init.
-func guestStopSecondsOf(t *testing.T, m *Manager, id string) int {
+// guestConfigOf reads the instance's guest config disk (what the guest
+// init gets at its next boot).
+func guestConfigOf(t *testing.T, m *Manager, id string) *guestconfig.Config {
 	t.Helper()
 	disk, err := os.ReadFile(filepath.Join(m.dir(id), configFile))
 	if err != nil {
@@ -43,7 +43,14 @@ func guestStopSecondsOf(t *testing.T, m *Manager, id string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return gc.StopTimeoutSeconds
+	return gc
+}
+
+// guestStopSecondsOf reads the stop timeout the instance's guest config
+// disk gives the guest init.
+func guestStopSecondsOf(t *testing.T, m *Manager, id string) int {
+	t.Helper()
+	return guestConfigOf(t, m, id).StopTimeoutSeconds
 }
 
 // An instance's stop_timeout is shown, reaches the guest config at every

@@ -70,6 +70,9 @@ type Instance struct {
 	// StopTimeout is the program's SIGTERM → SIGKILL window on a stop
 	// ("30s"; the server default when the instance has none).
 	StopTimeout string `json:"stop_timeout,omitempty"`
+	// WorkingDir is the program's working directory set at create ("" =
+	// the image's WORKDIR).
+	WorkingDir string `json:"working_dir,omitempty"`
 	// Pid is the VMM process id while one is alive (0 otherwise).
 	Pid int `json:"-"`
 }
@@ -167,6 +170,10 @@ type Metadata struct {
 	// default). No format version bump: a build without it stops the
 	// instance with the server default. See stoptimeout.go.
 	StopTimeout string `json:"stop_timeout,omitempty"`
+	// WorkingDir replaces the image's WORKDIR for the program (absolute,
+	// clean; "" = the image's). No format version bump: a build without
+	// it runs the program in the image's WORKDIR.
+	WorkingDir string `json:"working_dir,omitempty"`
 }
 
 // CreateParams is a create request after HTTP decoding (sizes still strings).
@@ -211,6 +218,9 @@ type CreateParams struct {
 	// (Go duration, MinStopTimeout to MaxStopTimeout; "" =
 	// the server's GuestStopTimeout).
 	StopTimeout string
+	// WorkingDir replaces the image's WORKDIR for the program (absolute,
+	// clean, at most MaxWorkingDirLen bytes; "" = the image's).
+	WorkingDir string
 }
 
 // Errors callers branch on (the API maps them to status codes).

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"path"
 	"regexp"
 	"strings"
 
@@ -23,6 +24,8 @@ const (
 	maxNameLen      = 63
 	maxEnv          = 1024
 	maxArgs         = 1024
+	// MaxWorkingDirLen bounds working_dir (Linux's PATH_MAX).
+	MaxWorkingDirLen = 4096
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
@@ -37,6 +40,25 @@ func ValidateName(name string) error {
 		return &InvalidArgumentError{Field: "name", Reason: fmt.Sprintf("must be at most %d characters", maxNameLen)}
 	case !nameRE.MatchString(name):
 		return &InvalidArgumentError{Field: "name", Reason: "must contain only lowercase letters, digits and dashes, and start and end with a letter or digit"}
+	}
+	return nil
+}
+
+// validateWorkingDir checks a create request's working_dir: "" (the
+// image's) or an absolute, clean path the guest can chdir to.
+func validateWorkingDir(dir string) error {
+	bad := func(reason string) error { return &InvalidArgumentError{Field: "working_dir", Reason: reason} }
+	switch {
+	case dir == "":
+		return nil
+	case len(dir) > MaxWorkingDirLen:
+		return bad(fmt.Sprintf("must be at most %d bytes", MaxWorkingDirLen))
+	case strings.ContainsRune(dir, 0):
+		return bad("must not contain a NUL byte")
+	case !strings.HasPrefix(dir, "/"):
+		return bad(fmt.Sprintf("must be an absolute path (starting with /), got %q", dir))
+	case path.Clean(dir) != dir:
+		return bad(fmt.Sprintf("must be a clean path (no //, . or .. elements, no trailing /): use %q", path.Clean(dir)))
 	}
 	return nil
 }

@@ -1198,6 +1198,12 @@ type CreateInstanceRequest struct {
 	// is a 404, a writable volume attached elsewhere a 409. Instances with a writable volume cannot be
 	// forked or snapshotted (409): detach it, or attach it read-only.
 	Volumes *[]VolumeMount `json:"volumes,omitempty"`
+
+	// WorkingDir This server's addition. Working directory of the program,
+	// replacing the image's WORKDIR (absolute, clean path; created in
+	// the guest when missing). Kept across restarts, forks and
+	// snapshot restores. Default: the image's WORKDIR, else /.
+	WorkingDir *string `json:"working_dir,omitempty"`
 }
 
 // CreatePushRequest defines model for CreatePushRequest.
@@ -1434,6 +1440,11 @@ type HealthCheck struct {
 
 	// Interval Time between the end of one check and the start of the next, at least 1s (default 10s).
 	Interval *string `json:"interval,omitempty"`
+
+	// ReportOnly This server's addition. Run the check and report `health_status`
+	// as usual, but never restart the instance for being unhealthy,
+	// whatever its restart policy (a readiness check). Default false.
+	ReportOnly *bool `json:"report_only,omitempty"`
 
 	// StartPeriod Grace period after boot in which failures do not count; the first success ends it (default 30s).
 	StartPeriod *string `json:"start_period,omitempty"`
@@ -1752,6 +1763,9 @@ type Instance struct {
 	Tags    *Tags          `json:"tags,omitempty"`
 	Vcpus   int            `json:"vcpus"`
 	Volumes *[]VolumeMount `json:"volumes,omitempty"`
+
+	// WorkingDir This server's addition. The program's working directory when set at create (absent = the image's WORKDIR).
+	WorkingDir *string `json:"working_dir,omitempty"`
 }
 
 // InstanceStartMode This server's addition. How the current (or last) boot started:

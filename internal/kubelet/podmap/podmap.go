@@ -19,6 +19,7 @@
 //	metadata uid, node                              | tags k8s.uid (the identity), k8s.namespace, k8s.pod, k8s.node
 //	containers[0].image                             | image, as given
 //	containers[0].command / args                    | entrypoint / cmd, with $(VAR) expansion ($$ escapes; unknown stays)
+//	containers[0].workingDir                        | working_dir (absolute; cleaned; created in the guest when missing)
 //	containers[0].env, envFrom                      | env: envFrom first, then env; configMap/secret refs (optional
 //	                                                | honoured), fieldRef metadata.name/namespace/uid/labels['k']/
 //	                                                | annotations['k'], spec.nodeName, spec.serviceAccountName,
@@ -35,6 +36,8 @@
 //	containers[0].livenessProbe                     | health_check: httpGet (port number or name, path, scheme),
 //	                                                | tcpSocket, exec; period → interval, timeout (≤ interval),
 //	                                                | initialDelay → start_period, thresholds; Ready needs healthy
+//	containers[0].readinessProbe (without a         | the same health_check with report_only: true (health_status
+//	livenessProbe: a mapped readinessProbe)         | is reported, never a restart); Ready needs healthy
 //	spec.volumes emptyDir                           | empty volume of sizeLimit (else Options.EmptyDirSize, 1 GiB),
 //	                                                | mounted read-write unless the mount is readOnly
 //	spec.volumes configMap, secret, downwardAPI,    | read-only volume made from the files kubelet would write
@@ -58,7 +61,6 @@
 //	spec.securityContext.runAsUser, runAsGroup      | the image's user runs the program (also on the container)
 //	spec.securityContext.sysctls                    | no guest kernel parameters at create
 //	securityContext.privileged                      | needs the host's kernel
-//	containers[0].workingDir                        | no working directory in a create request
 //	containers[0].restartPolicy, restartPolicyRules | use the pod's restartPolicy
 //	containers[0].ports[].hostPort                  | (and hostIP) the instance has its own IP
 //	containers[0].volumeDevices                     | no raw block devices
@@ -69,14 +71,14 @@
 //	spec.volumes[].projected.sources[].clusterTrustBundle, podCertificate | not supported
 //	containers[0].env[].valueFrom.fieldRef status.podIP, status.podIPs | the IP comes after the env is fixed
 //	containers[0].env[].valueFrom.fileKeyRef        | not supported
-//	containers[0].livenessProbe.grpc                | http, tcp or exec only
-//	containers[0].livenessProbe.httpGet.host, httpHeaders; tcpSocket.host | the instance itself, no headers
+//	containers[0].livenessProbe (or a mapped readinessProbe): grpc | http, tcp or exec only
+//	containers[0].livenessProbe (or a mapped readinessProbe): httpGet.host, httpHeaders; tcpSocket.host | the instance itself, no headers
 //
 // Warned (accepted, not enforced):
 //
-//	containers[0].readinessProbe                    | not run; Ready follows Running (+ liveness health)
+//	containers[0].readinessProbe (with a livenessProbe) | not run; Ready follows the liveness check
 //	containers[0].startupProbe                      | not run; initialDelaySeconds is the start period
-//	containers[0].livenessProbe.httpGet (status 200–399) | hypeman wants exactly 200
+//	containers[0].livenessProbe (or a mapped readinessProbe): httpGet (status 200–399) | hypeman wants exactly 200
 //	containers[0].livenessProbe.terminationGracePeriodSeconds | the stop_timeout is used
 //	containers[0].lifecycle (postStart, preStop, stopSignal) | not run; SIGTERM then SIGKILL
 //	containers[0].imagePullPolicy (Always, Never)   | hypemand pulls what it lacks, reuses what it has
@@ -102,6 +104,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"path"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -219,6 +222,10 @@ func Translate(ctx context.Context, pod *corev1.Pod, r Resolver, opts Options) (
 	}
 	stop, w := stopTimeout(pod)
 	warnings = append(warnings, w...)
+	wd, err := workingDir(c)
+	if err != nil {
+		return nil, err
+	}
 
 	tags := client.Tags(Tags(pod, opts.NodeName))
 	req := client.CreateInstanceRequest{
@@ -228,6 +235,7 @@ func Translate(ctx context.Context, pod *corev1.Pod, r Resolver, opts Options) (
 		RestartPolicy: restartPolicy(pod),
 		StopTimeout:   &stop,
 		HealthCheck:   hc,
+		WorkingDir:    wd,
 	}
 	if len(c.Command) > 0 {
 		req.Entrypoint = ptr(expandAll(c.Command, env))
@@ -279,6 +287,27 @@ func stopTimeout(pod *corev1.Pod) (string, []string) {
 		return "1h", []string{fmt.Sprintf("%s: %d is above hypeman's maximum stop timeout; the program gets 1h between SIGTERM and SIGKILL", field, g)}
 	}
 	return secs(g), nil
+}
+
+// maxWorkingDir is hypemand's working_dir limit (PATH_MAX).
+const maxWorkingDir = 4096
+
+// workingDir maps containers[0].workingDir (nil: the image's WORKDIR).
+// hypemand wants an absolute, clean path: an unclean one is cleaned (the
+// same directory); a relative one is refused, as there is no runtime to
+// resolve it against the image's WORKDIR.
+func workingDir(c *corev1.Container) (*string, error) {
+	const field = ctr + ".workingDir"
+	switch wd := c.WorkingDir; {
+	case wd == "":
+		return nil, nil
+	case !strings.HasPrefix(wd, "/"):
+		return nil, &UnsupportedError{Field: field, Reason: fmt.Sprintf("%q is relative; hypeman needs an absolute working directory", wd)}
+	case len(wd) > maxWorkingDir:
+		return nil, &UnsupportedError{Field: field, Reason: fmt.Sprintf("longer than hypeman's %d bytes", maxWorkingDir)}
+	default:
+		return ptr(path.Clean(wd)), nil
+	}
 }
 
 // Tags returns the tags of pod's instance and volumes on node.

@@ -21,16 +21,31 @@ const (
 	probeSuccess = 1
 )
 
-// healthCheck maps the liveness probe (grpc, host and headers are refused
-// by the rules table first): httpGet → http, tcpSocket → tcp, exec → exec;
-// periodSeconds → interval, timeoutSeconds → timeout (at most interval),
-// initialDelaySeconds → start_period, thresholds as they are.
+// mappedProbe is the probe that becomes the instance's health check: the
+// livenessProbe, else the readinessProbe as a report-only check (hypemand
+// reports its verdict in health_status but never restarts for it, as the
+// kubelet never restarts for readiness). field is its path; p is nil when
+// the container has neither.
+func mappedProbe(c *corev1.Container) (p *corev1.Probe, field string, reportOnly bool) {
+	switch {
+	case c.LivenessProbe != nil:
+		return c.LivenessProbe, ctr + ".livenessProbe", false
+	case c.ReadinessProbe != nil:
+		return c.ReadinessProbe, ctr + ".readinessProbe", true
+	}
+	return nil, "", false
+}
+
+// healthCheck maps the container's mappedProbe (grpc, host and headers are
+// refused by the rules table first): httpGet → http, tcpSocket → tcp, exec
+// → exec; periodSeconds → interval, timeoutSeconds → timeout (at most
+// interval), initialDelaySeconds → start_period, thresholds as they are;
+// a readinessProbe gives report_only.
 func healthCheck(c *corev1.Container) (*client.HealthCheck, error) {
-	p := c.LivenessProbe
+	p, field, reportOnly := mappedProbe(c)
 	if p == nil {
 		return nil, nil
 	}
-	field := ctr + ".livenessProbe"
 	period := orDefault(int64(p.PeriodSeconds), probePeriod)
 	timeout := min(orDefault(int64(p.TimeoutSeconds), probeTimeout), period)
 	hc := &client.HealthCheck{
@@ -39,6 +54,9 @@ func healthCheck(c *corev1.Container) (*client.HealthCheck, error) {
 		StartPeriod:      ptr(secs(int64(p.InitialDelaySeconds))),
 		FailureThreshold: ptr(int(orDefault(int64(p.FailureThreshold), probeFailure))),
 		SuccessThreshold: ptr(int(orDefault(int64(p.SuccessThreshold), probeSuccess))),
+	}
+	if reportOnly {
+		hc.ReportOnly = ptr(true)
 	}
 	switch {
 	case p.HTTPGet != nil:

@@ -31,15 +31,18 @@ type rule struct {
 }
 
 const (
-	ctr        = "spec.containers[0]"
+	ctr = "spec.containers[0]"
+	// probeRow names the probe that maps (mappedProbe) in the table.
+	probeRow   = "livenessProbe (or a mapped readinessProbe):"
 	oneVMWhy   = "a hypeman pod runs one container per VM"
 	notEnforce = "not enforced on hypeman"
 )
 
 // rules is the table of pod fields that do not map one to one (see the
 // package doc for the same table in prose; TestRulesDocumented keeps them
-// in step). Fields mapped by Translate (image, command, args, env, envFrom,
-// resources, restartPolicy, terminationGracePeriodSeconds, livenessProbe,
+// in step). Fields mapped by Translate (image, command, args, workingDir,
+// env, envFrom, resources, restartPolicy, terminationGracePeriodSeconds,
+// livenessProbe, readinessProbe without a livenessProbe,
 // emptyDir/configMap/secret/downwardAPI/projected volumes) are not here,
 // nor scheduling fields (nodeSelector, affinity, tolerations, priority,
 // topologySpreadConstraints, schedulingGates, runtimeClassName), which
@@ -89,9 +92,6 @@ var rules = []rule{
 		sc := p.Spec.Containers[0].SecurityContext
 		return sc != nil && sc.Privileged != nil && *sc.Privileged
 	}, ctr+".securityContext.privileged")},
-	{"containers[0].workingDir", refuse, "hypeman's create request has no working directory (the image's is used); set it in the image", flag(func(p *corev1.Pod) bool {
-		return p.Spec.Containers[0].WorkingDir != ""
-	}, ctr+".workingDir")},
 	{"containers[0].restartPolicy, restartPolicyRules", refuse, "per-container restart rules are not supported; use the pod's restartPolicy", func(p *corev1.Pod) []string {
 		c := p.Spec.Containers[0]
 		return appendIf(appendIf(nil, c.RestartPolicy != nil, ctr+".restartPolicy"), len(c.RestartPolicyRules) > 0, ctr+".restartPolicyRules")
@@ -179,37 +179,38 @@ var rules = []rule{
 		}
 		return out
 	}},
-	{"containers[0].livenessProbe.grpc", refuse, "hypeman health checks are http, tcp or exec", flag(func(p *corev1.Pod) bool {
-		lp := p.Spec.Containers[0].LivenessProbe
-		return lp != nil && lp.GRPC != nil
-	}, ctr+".livenessProbe.grpc")},
-	{"containers[0].livenessProbe.httpGet.host, httpHeaders; tcpSocket.host", refuse, "hypeman probes the instance itself, without extra headers", func(p *corev1.Pod) []string {
-		lp := p.Spec.Containers[0].LivenessProbe
-		if lp == nil {
+	{"containers[0]." + probeRow + " grpc", refuse, "hypeman health checks are http, tcp or exec", func(p *corev1.Pod) []string {
+		pr, f, _ := mappedProbe(&p.Spec.Containers[0])
+		return appendIf(nil, pr != nil && pr.GRPC != nil, f+".grpc")
+	}},
+	{"containers[0]." + probeRow + " httpGet.host, httpHeaders; tcpSocket.host", refuse, "hypeman probes the instance itself, without extra headers", func(p *corev1.Pod) []string {
+		pr, f, _ := mappedProbe(&p.Spec.Containers[0])
+		if pr == nil {
 			return nil
 		}
 		var out []string
-		if h := lp.HTTPGet; h != nil {
-			out = appendIf(out, h.Host != "", ctr+".livenessProbe.httpGet.host")
-			out = appendIf(out, len(h.HTTPHeaders) > 0, ctr+".livenessProbe.httpGet.httpHeaders")
+		if h := pr.HTTPGet; h != nil {
+			out = appendIf(out, h.Host != "", f+".httpGet.host")
+			out = appendIf(out, len(h.HTTPHeaders) > 0, f+".httpGet.httpHeaders")
 		}
-		if t := lp.TCPSocket; t != nil {
-			out = appendIf(out, t.Host != "", ctr+".livenessProbe.tcpSocket.host")
+		if t := pr.TCPSocket; t != nil {
+			out = appendIf(out, t.Host != "", f+".tcpSocket.host")
 		}
 		return out
 	}},
 
 	// --- accepted, not enforced ---
-	{"containers[0].readinessProbe", warn, "not run; Ready follows Running (and the livenessProbe's health when there is one)", flag(func(p *corev1.Pod) bool {
-		return p.Spec.Containers[0].ReadinessProbe != nil
+	{"containers[0].readinessProbe (with a livenessProbe)", warn, "not run; Ready follows the liveness check (hypeman runs one check per instance)", flag(func(p *corev1.Pod) bool {
+		c := p.Spec.Containers[0]
+		return c.ReadinessProbe != nil && c.LivenessProbe != nil
 	}, ctr+".readinessProbe")},
 	{"containers[0].startupProbe", warn, "not run; the livenessProbe's initialDelaySeconds becomes hypeman's start period", flag(func(p *corev1.Pod) bool {
 		return p.Spec.Containers[0].StartupProbe != nil
 	}, ctr+".startupProbe")},
-	{"containers[0].livenessProbe.httpGet (status 200–399)", warn, "hypeman counts only HTTP 200 as a success (Kubernetes accepts 200-399)", flag(func(p *corev1.Pod) bool {
-		lp := p.Spec.Containers[0].LivenessProbe
-		return lp != nil && lp.HTTPGet != nil
-	}, ctr+".livenessProbe.httpGet")},
+	{"containers[0]." + probeRow + " httpGet (status 200–399)", warn, "hypeman counts only HTTP 200 as a success (Kubernetes accepts 200-399)", func(p *corev1.Pod) []string {
+		pr, f, _ := mappedProbe(&p.Spec.Containers[0])
+		return appendIf(nil, pr != nil && pr.HTTPGet != nil, f+".httpGet")
+	}},
 	{"containers[0].livenessProbe.terminationGracePeriodSeconds", warn, "not used; a failed check stops the instance with its stop_timeout", flag(func(p *corev1.Pod) bool {
 		lp := p.Spec.Containers[0].LivenessProbe
 		return lp != nil && lp.TerminationGracePeriodSeconds != nil

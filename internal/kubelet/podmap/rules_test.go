@@ -48,7 +48,8 @@ func TestRulesRefused(t *testing.T) {
 			p.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "net.core.somaxconn", Value: "1024"}}}
 		}, "spec.securityContext.sysctls[0]"},
 		{"privileged", func(p *corev1.Pod) { p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: &yes} }, ctr + ".securityContext.privileged"},
-		{"workingDir", func(p *corev1.Pod) { p.Spec.Containers[0].WorkingDir = "/app" }, ctr + ".workingDir"},
+		{"relative workingDir", func(p *corev1.Pod) { p.Spec.Containers[0].WorkingDir = "app" }, ctr + ".workingDir"},
+		{"workingDir too long", func(p *corev1.Pod) { p.Spec.Containers[0].WorkingDir = "/" + strings.Repeat("d", 4096) }, ctr + ".workingDir"},
 		{"container restartPolicy", func(p *corev1.Pod) {
 			a := corev1.ContainerRestartPolicyAlways
 			p.Spec.Containers[0].RestartPolicy = &a
@@ -93,6 +94,15 @@ func TestRulesRefused(t *testing.T) {
 		{"grpc liveness", func(p *corev1.Pod) {
 			p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9000}}}
 		}, ctr + ".livenessProbe.grpc"},
+		{"grpc readiness without liveness", func(p *corev1.Pod) {
+			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9000}}}
+		}, ctr + ".readinessProbe.grpc"},
+		{"readiness httpGet headers without liveness", func(p *corev1.Pod) {
+			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{HTTPHeaders: []corev1.HTTPHeader{{Name: "X", Value: "y"}}, Port: intstr.FromInt32(80)}}}
+		}, ctr + ".readinessProbe.httpGet.httpHeaders"},
+		{"readiness probe without a handler", func(p *corev1.Pod) {
+			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{}
+		}, ctr + ".readinessProbe"},
 		{"httpGet host", func(p *corev1.Pod) {
 			p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Host: "example", Port: intstr.FromInt32(80)}}}
 		}, ctr + ".livenessProbe.httpGet.host"},
@@ -145,9 +155,14 @@ func TestRulesWarned(t *testing.T) {
 		mut   func(p *corev1.Pod)
 		field string // the warning starts with "<field>: "
 	}{
-		{"readinessProbe", func(p *corev1.Pod) {
+		{"readinessProbe beside a livenessProbe", func(p *corev1.Pod) {
+			// Not mapped, so its grpc handler is not refused either.
 			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 1}}}
+			p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
 		}, ctr + ".readinessProbe"},
+		{"http readiness 2xx-3xx", func(p *corev1.Pod) {
+			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromInt32(80)}}}
+		}, ctr + ".readinessProbe.httpGet"},
 		{"startupProbe", func(p *corev1.Pod) {
 			p.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
 		}, ctr + ".startupProbe"},

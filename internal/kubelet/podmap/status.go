@@ -38,7 +38,8 @@ func Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Tim
 //
 // The mapping: no instance, Created, Initializing → Pending with the
 // container Waiting (ContainerCreating). Running → Running; Ready when the
-// instance is Running, healthy if the pod has a livenessProbe, and the
+// instance is Running, healthy if the pod has a livenessProbe or a
+// readinessProbe (whichever is the health check, see mappedProbe), and the
 // pod's readiness gates are True. Paused, Standby, Template (and Shutdown
 // before the exit is recorded) → Running, not ready, "instance is <state>".
 // Stopped/Shutdown → terminal (Succeeded on exit 0, else Failed; container
@@ -95,7 +96,7 @@ func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.T
 	case state == client.Running:
 		phase, cs.State, sandbox = corev1.PodRunning, running(inst), true
 		ready = true
-		if c.LivenessProbe != nil {
+		if p, _, _ := mappedProbe(c); p != nil {
 			h := client.InstanceHealthStatusStatus("unknown")
 			if inst.HealthStatus != nil {
 				h = inst.HealthStatus.Status

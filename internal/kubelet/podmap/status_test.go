@@ -60,6 +60,9 @@ func TestStatus(t *testing.T) {
 	liveness := func(p *corev1.Pod) {
 		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(80)}}}
 	}
+	readiness := func(p *corev1.Pod) {
+		p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(80)}}}
+	}
 	policy := func(rp corev1.RestartPolicy) func(*corev1.Pod) {
 		return func(p *corev1.Pod) { p.Spec.RestartPolicy = rp }
 	}
@@ -80,6 +83,10 @@ func TestStatus(t *testing.T) {
 		{"running", nil, inst(client.Running, restartStatus(2, nil, "")), corev1.PodRunning, "running", true, 2, -1, ""},
 		{"running, liveness starting", liveness, inst(client.Running, health(client.HealthStarting)), corev1.PodRunning, "running", false, 0, -1, "health check is starting"},
 		{"running, liveness healthy", liveness, inst(client.Running, health(client.HealthHealthy)), corev1.PodRunning, "running", true, 0, -1, ""},
+		{"running, readiness starting", readiness, inst(client.Running, health(client.HealthStarting)), corev1.PodRunning, "running", false, 0, -1, "health check is starting"},
+		{"running, readiness unhealthy", readiness, inst(client.Running, health(client.HealthUnhealthy)), corev1.PodRunning, "running", false, 0, -1, "health check is unhealthy"},
+		{"running, readiness no status yet", readiness, inst(client.Running), corev1.PodRunning, "running", false, 0, -1, "health check is unknown"},
+		{"running, readiness healthy", readiness, inst(client.Running, health(client.HealthHealthy)), corev1.PodRunning, "running", true, 0, -1, ""},
 		{"paused", nil, inst(client.Paused), corev1.PodRunning, "running", false, 0, -1, "instance is Paused"},
 		{"standby", nil, inst(client.Standby), corev1.PodRunning, "running", false, 0, -1, "instance is Standby"},
 		{"shutdown before the exit is recorded", policy(corev1.RestartPolicyNever), inst(client.Shutdown), corev1.PodRunning, "running", false, 0, -1, "instance is Shutdown"},

@@ -332,11 +332,41 @@ func TestHealthCheck(t *testing.T) {
 			}
 		})
 	}
-	// Readiness alone never becomes a health check (hypemand restarts on
-	// failure; readiness must not).
+	// A readinessProbe alone becomes the same check, report-only: hypemand
+	// reports it and never restarts for it (as the kubelet for readiness).
+	exec := func(cmd string) *corev1.Probe {
+		return probe(corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{cmd}}})
+	}
 	p := testPod()
-	p.Spec.Containers[0].ReadinessProbe = probe(corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}})
-	if hc := mustTranslate(t, p).Instance.HealthCheck; hc != nil {
-		t.Errorf("readinessProbe mapped to %s", jsonOf(hc))
+	p.Spec.Containers[0].ReadinessProbe = exec("ready")
+	want := client.HealthCheck{Type: ptr(client.HealthCheckExecType), Exec: &client.HealthCheckExec{Command: []string{"ready"}},
+		Interval: ptr("5s"), Timeout: ptr("5s"), StartPeriod: ptr("7s"), FailureThreshold: ptr(4), SuccessThreshold: ptr(1), ReportOnly: ptr(true)}
+	if got := mustTranslate(t, p).Instance.HealthCheck; got == nil || !reflect.DeepEqual(*got, want) {
+		t.Errorf("readinessProbe alone\n got %s\nwant %s", jsonOf(got), jsonOf(&want))
+	}
+	// Both: the liveness probe is the check (restarts on failure); the
+	// readiness probe is only a warning.
+	p.Spec.Containers[0].LivenessProbe = exec("alive")
+	plan := mustTranslate(t, p)
+	want.Exec.Command, want.ReportOnly = []string{"alive"}, nil
+	if got := plan.Instance.HealthCheck; got == nil || !reflect.DeepEqual(*got, want) {
+		t.Errorf("liveness and readiness\n got %s\nwant %s", jsonOf(got), jsonOf(&want))
+	}
+	if len(plan.Warnings) != 1 || !strings.HasPrefix(plan.Warnings[0], ctr+".readinessProbe: not run; Ready follows the liveness check") {
+		t.Errorf("warnings %q", plan.Warnings)
+	}
+}
+
+func TestWorkingDir(t *testing.T) {
+	for in, want := range map[string]string{"/app": "/app", "/srv//app/./x/": "/srv/app/x", "/": "/", "/a/../b": "/b"} {
+		p := testPod()
+		p.Spec.Containers[0].WorkingDir = in
+		plan := mustTranslate(t, p)
+		if got := plan.Instance.WorkingDir; got == nil || *got != want || len(plan.Warnings) != 0 {
+			t.Errorf("workingDir %q: working_dir %v (warnings %q), want %q", in, got, plan.Warnings, want)
+		}
+	}
+	if got := mustTranslate(t, testPod()).Instance.WorkingDir; got != nil {
+		t.Errorf("no workingDir: working_dir %q sent (want the image's)", *got)
 	}
 }
