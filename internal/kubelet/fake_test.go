@@ -43,6 +43,11 @@ type fakeHypemand struct {
 	events    chan client.LifecycleEvent
 	eventID   int64
 	logLines  []string
+	// listHold, when set, holds node-wide listings (filter k8s.node only)
+	// after their snapshot is taken, until it is closed; listHeld gets one
+	// value per held listing.
+	listHold chan struct{}
+	listHeld chan struct{}
 }
 
 func newFake(t *testing.T) *fakeHypemand {
@@ -131,13 +136,18 @@ func (f *fakeHypemand) resources(w http.ResponseWriter, r *http.Request) {
 
 func (f *fakeHypemand) listInstances(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	filter := tagFilter(r)
 	out := []client.Instance{}
 	for _, in := range f.insts {
 		if matches(in.Tags, filter) {
 			out = append(out, *in)
 		}
+	}
+	hold, held := f.listHold, f.listHeld
+	f.mu.Unlock()
+	if _, node := filter[podmap.TagNode]; hold != nil && node && len(filter) == 1 {
+		held <- struct{}{}
+		<-hold
 	}
 	writeJSON(w, 200, out)
 }

@@ -97,6 +97,9 @@ type Provider struct {
 	kick      chan struct{}
 	reachable bool
 	misses    int
+	// seq counts setInstance calls; a re-sync applies its listing only to
+	// entries not updated since the listing started (see resync).
+	seq uint64
 
 	nodeMu     sync.Mutex
 	node       *corev1.Node
@@ -119,6 +122,8 @@ type entry struct {
 	backoff  time.Duration
 	retry    *time.Timer
 	deleted  bool
+	// seq is the Provider.seq of the last setInstance.
+	seq uint64
 }
 
 // NewProvider returns a provider; Run starts its loops.
@@ -381,4 +386,6 @@ func (p *Provider) setInstance(key string, e *entry, inst *client.Instance) {
 	if inst != nil {
 		p.byInst[inst.Id] = key
 	}
+	p.seq++
+	e.seq = p.seq
 }

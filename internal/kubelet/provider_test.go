@@ -411,3 +411,36 @@ func TestNameTakenUsesAltName(t *testing.T) {
 		t.Fatalf("instances %v", f.insts)
 	}
 }
+
+// TestResyncDoesNotUndoANewerCreate: a re-sync whose listing was taken
+// before a pod's instance existed neither declares that instance gone (a
+// terminal Failed) nor rolls the entry back to the listing.
+func TestResyncDoesNotUndoANewerCreate(t *testing.T) {
+	f := newFake(t)
+	h := newHarness(t, f)
+	hold := make(chan struct{})
+	f.mu.Lock()
+	f.listHold, f.listHeld = hold, make(chan struct{}, 1)
+	held := f.listHeld
+	f.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- h.p.resync(t.Context()) }()
+	<-held // the listing (no instance yet) is taken
+	if err := h.p.CreatePod(t.Context(), testPod("late")); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.listHold = nil
+	f.mu.Unlock()
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.p.mu.Lock()
+	e := h.p.pods["default/late"]
+	gone := e == nil || e.inst == nil || (e.fixed != nil && e.fixed.Phase == corev1.PodFailed)
+	h.p.mu.Unlock()
+	if gone {
+		t.Fatalf("the re-sync undid the create: entry %+v", e)
+	}
+}

@@ -94,7 +94,15 @@ func (p *Provider) setReachable(ctx context.Context, ok bool, why string) {
 // resync re-lists this node's instances: known pods get their instance,
 // instances of unknown pods become orphan entries (virtual-kubelet deletes
 // those whose pod is gone), pods whose instance vanished are told so.
+//
+// The listing is a snapshot taken before the lock: a create or an event
+// that set an entry's instance since then is newer than the listing, so
+// such entries are left alone (neither rolled back to the listed state nor
+// declared gone because the listing predates their instance).
 func (p *Provider) resync(ctx context.Context) error {
+	p.mu.Lock()
+	since := p.seq
+	p.mu.Unlock()
 	tags := client.TagsFilter{podmap.TagNode: p.cfg.NodeName}
 	r, err := p.api.ListInstancesWithResponse(ctx, &client.ListInstancesParams{Tags: &tags})
 	if err != nil {
@@ -126,6 +134,9 @@ func (p *Provider) resync(ctx context.Context) error {
 			}
 			continue
 		}
+		if e != nil && e.seq > since {
+			continue // updated after the listing began
+		}
 		if e == nil {
 			e = &entry{pod: orphanPod(t), orphan: true}
 			p.pods[key] = e
@@ -137,7 +148,7 @@ func (p *Provider) resync(ctx context.Context) error {
 		p.notify(e)
 	}
 	for key, e := range p.pods {
-		if e.inst != nil && !listed[key] && !e.deleted {
+		if e.inst != nil && !listed[key] && !e.deleted && e.seq <= since {
 			p.instanceGone(key, e)
 		}
 	}
