@@ -53,13 +53,22 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 	}
 
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if e != nil && p.pods[key] == e {
 		final := terminatedStatus(p.podWithStatus(e), p.now())
 		e.fixed = &final
 		p.setInstance(key, e, nil)
 		p.notify(e)
 		delete(p.pods, key)
+	}
+	p.mu.Unlock()
+	// Nothing of the pod runs any more: finish the deletion Kubernetes
+	// asked for now instead of after the whole grace period (virtual-kubelet
+	// only re-checks a deleted pod when that period ends, because status
+	// changes do not re-queue it).
+	if pod.DeletionTimestamp != nil && uid != "" && p.cfg.Pods != nil {
+		if err := p.cfg.Pods.RemovePod(ctx, pod.Namespace, pod.Name, pod.UID); err != nil {
+			p.log.Warn("cannot remove the deleted pod's object; virtual-kubelet will after its grace period", "pod", key, "err", err)
+		}
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -505,6 +506,7 @@ type harness struct {
 	recorder *record.FakeRecorder
 	statuses chan *corev1.Pod
 	nodes    chan *corev1.Node
+	removed  *removals
 }
 
 func newHarness(t *testing.T, f *fakeHypemand) *harness {
@@ -513,13 +515,13 @@ func newHarness(t *testing.T, f *fakeHypemand) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{f: f, resolver: &testResolver{cms: map[string]bool{}}, recorder: record.NewFakeRecorder(100),
+	h := &harness{f: f, resolver: &testResolver{cms: map[string]bool{}}, recorder: record.NewFakeRecorder(100), removed: &removals{},
 		statuses: make(chan *corev1.Pod, 1000), nodes: make(chan *corev1.Node, 1000)}
 	node := &corev1.Node{}
 	SetupNode(node, NodeSpec{Name: "hn1", IP: "10.0.0.1", Port: 10250, Version: "test", MaxPods: 10}, time.Now())
 	h.p = NewProvider(ProviderConfig{
 		NodeName: "hn1", NodeIP: "10.0.0.1", API: api, Dialer: execws.Dialer{BaseURL: f.srv.URL},
-		Mapper: testMapper{}, Resolver: h.resolver, Recorder: h.recorder,
+		Mapper: testMapper{}, Resolver: h.resolver, Recorder: h.recorder, Pods: h.removed,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Node: node, MaxPods: 10,
 		HealthInterval: 20 * time.Millisecond, ResourcesInterval: time.Hour,
 		RetryMin: 20 * time.Millisecond, RetryMax: 50 * time.Millisecond,
@@ -539,6 +541,25 @@ func newHarness(t *testing.T, f *fakeHypemand) *harness {
 		<-done
 	})
 	return h
+}
+
+// removals records RemovePod calls ("namespace/name/uid").
+type removals struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (r *removals) RemovePod(_ context.Context, namespace, name string, uid types.UID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, namespace+"/"+name+"/"+string(uid))
+	return nil
+}
+
+func (r *removals) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
 }
 
 // waitStatus waits for a notified status of pod name that satisfies ok.

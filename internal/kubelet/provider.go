@@ -57,7 +57,11 @@ type ProviderConfig struct {
 	Resolver podmap.Resolver
 	// Recorder receives pod events (translation warnings).
 	Recorder record.EventRecorder
-	Logger   *slog.Logger
+	// Pods removes a pod object whose deletion was requested once its
+	// instance is gone, as kubelet does after the containers stopped; nil
+	// leaves it to virtual-kubelet, which waits out the grace period.
+	Pods   PodRemover
+	Logger *slog.Logger
 	// Node is the node object the provider keeps up to date (status).
 	Node *corev1.Node
 	// MaxPods is the node's pods capacity.
@@ -76,6 +80,12 @@ type ProviderConfig struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+// PodRemover deletes a pod object (grace period 0, only if its UID is
+// still uid).
+type PodRemover interface {
+	RemovePod(ctx context.Context, namespace, name string, uid types.UID) error
 }
 
 // Provider is the virtual-kubelet provider: PodLifecycleHandler,

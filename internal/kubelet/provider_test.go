@@ -8,10 +8,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilexec "k8s.io/utils/exec"
 
 	"hypeman/internal/api/client"
@@ -149,8 +151,13 @@ func TestDeleteStopsWithGraceThenDeletes(t *testing.T) {
 	h.waitStatus(t, "del", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
 	grace := int64(7)
 	pod.DeletionGracePeriodSeconds = &grace
+	pod.DeletionTimestamp = &metav1.Time{Time: time.Now().Add(7 * time.Second)}
 	if err := h.p.DeletePod(t.Context(), pod); err != nil {
 		t.Fatal(err)
+	}
+	// The VM is gone: the pod object goes now, not after the grace period.
+	if got := h.removed.list(); !slices.Equal(got, []string{"default/del/" + string(pod.UID)}) {
+		t.Fatalf("pod objects removed: %v", got)
 	}
 	calls := f.callsMatching("")
 	var order []string

@@ -18,7 +18,9 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -145,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 			NodeName: cfg.NodeName, NodeIP: cfg.NodeIP, API: api,
 			Dialer:   execws.Dialer{BaseURL: cfg.Server, Token: cfg.Token, UserAgent: "hypeman-kubelet/" + cfg.Version},
 			Resolver: &resolver{configMaps: pc.ConfigMaps, secrets: pc.Secrets, kube: kube},
-			Recorder: recorder, Logger: log, Node: pc.Node, MaxPods: cfg.MaxPods, HealthInterval: cfg.HealthInterval,
+			Recorder: recorder, Pods: podRemover{kube}, Logger: log, Node: pc.Node, MaxPods: cfg.MaxPods, HealthInterval: cfg.HealthInterval,
 		})
 		return provider, provider, nil
 	},
@@ -184,6 +186,20 @@ func Run(ctx context.Context, cfg Config) error {
 	err = n.Run(ctx)
 	if ctx.Err() != nil {
 		return nil
+	}
+	return err
+}
+
+// podRemover deletes pod objects through the API (grace period 0, UID
+// precondition: a pod re-created under the same name is left alone).
+type podRemover struct{ kube kubernetes.Interface }
+
+func (r podRemover) RemovePod(ctx context.Context, namespace, name string, uid types.UID) error {
+	zero := int64(0)
+	err := r.kube.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{
+		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &uid}})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone already, or another pod now has the name
 	}
 	return err
 }
