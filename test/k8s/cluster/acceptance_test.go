@@ -195,6 +195,16 @@ func testLogsExec(t *testing.T, c *cluster.Cluster, pod string) {
 		t.Errorf("kubectl exec %s -- sh -c 'echo $((40+2)); exit 3' = stdout %q, exit %d (stderr %q), want \"42\" and exit 3",
 			pod, r.Stdout, r.ExitCode, r.Stderr)
 	}
+	// -i: stdin reaches the program and its end is an EOF there; stderr
+	// stays stderr.
+	r, err = c.Kubectl(t.Context(), "line one\nline two\n", "exec", "-i", pod, "--", "sh", "-c", "wc -l; echo oops >&2")
+	if err != nil {
+		t.Fatalf("kubectl exec -i: %v", err)
+	}
+	if strings.TrimSpace(r.Stdout) != "2" || strings.TrimSpace(r.Stderr) != "oops" || r.ExitCode != 0 {
+		t.Errorf("kubectl exec -i %s -- sh -c 'wc -l; echo oops >&2' with two lines in = stdout %q, stderr %q, exit %d; want \"2\", \"oops\", 0",
+			pod, r.Stdout, r.Stderr, r.ExitCode)
+	}
 }
 
 // testNodeDown: SIGKILL one hypemand (its VMs keep running): its node and
