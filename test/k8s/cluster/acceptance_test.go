@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -204,6 +205,17 @@ func testLogsExec(t *testing.T, c *cluster.Cluster, pod string) {
 	if strings.TrimSpace(r.Stdout) != "2" || strings.TrimSpace(r.Stderr) != "oops" || r.ExitCode != 0 {
 		t.Errorf("kubectl exec -i %s -- sh -c 'wc -l; echo oops >&2' with two lines in = stdout %q, stderr %q, exit %d; want \"2\", \"oops\", 0",
 			pod, r.Stdout, r.Stderr, r.ExitCode)
+	}
+	// -it from a terminal (script(1), from Debian's essential bsdutils,
+	// gives kubectl one): the program runs on a TTY and its exit code
+	// still comes back.
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	line := c.Bins.Path(k8sbin.Kubectl) + " --kubeconfig " + c.CP.Kubeconfig + " exec -it " + pod + " -- sh -c 'tty; exit 4'"
+	tout, err := exec.CommandContext(ctx, "script", "-qec", line, "/dev/null").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(string(tout), "/dev/pts/") {
+		t.Errorf("kubectl exec -it %s -- sh -c 'tty; exit 4' in a terminal = %q (%v), want a /dev/pts/ name and exit 4", pod, tout, err)
 	}
 }
 
