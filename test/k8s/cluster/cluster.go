@@ -153,7 +153,7 @@ func Start(t *testing.T, opts Options) *Cluster {
 	for _, n := range c.Nodes {
 		c.Eventually(t, 2*time.Minute, "node "+n.Name+" Ready", func() (bool, string) {
 			if err := n.Kubelet.Exited(); err != nil {
-				t.Fatalf("hypeman-kubelet for %s %v (on a branch without the provider, cmd/hypeman-kubelet is the scaffold that exits 2); its log:\n%s",
+				t.Fatalf("hypeman-kubelet for %s %v; its log:\n%s",
 					n.Name, err, n.Kubelet.Logs())
 			}
 			return c.NodeReady(t, n.Name) == corev1.ConditionTrue, c.nodeState(t, n.Name)
