@@ -78,6 +78,9 @@ func TestAcceptance(t *testing.T) {
 	if !t.Run("node down", func(t *testing.T) { testNodeDown(t, c, spread) }) {
 		return
 	}
+	if !t.Run("kubelet crash", func(t *testing.T) { testKubeletCrash(t, c, spread) }) {
+		return
+	}
 	deletePods(t, c, spread...)
 
 	t.Run("pods", func(t *testing.T) {
@@ -467,4 +470,59 @@ func podState(p *corev1.Pod) string {
 	return fmt.Sprintf("%s node=%q phase=%s reason=%q message=%q podIP=%q conditions=[%s] containers=[%s]",
 		p.Name, p.Spec.NodeName, p.Status.Phase, p.Status.Reason, p.Status.Message, p.Status.PodIP,
 		strings.Join(conds, " "), strings.Join(cs, "; "))
+}
+
+// testKubeletCrash: SIGKILL one hypeman-kubelet and start it again (its
+// index is in memory only): the node comes back Ready, its pods keep running
+// with the same instances (adopted by pod UID, none made twice, none
+// restarted).
+func testKubeletCrash(t *testing.T, c *cluster.Cluster, pods []string) {
+	n := c.Nodes[0]
+	type was struct {
+		instance string
+		restarts int32
+	}
+	before := map[string]was{}
+	for _, name := range pods {
+		p := c.MustPod(t, name)
+		if p.Spec.NodeName != n.Name {
+			continue
+		}
+		list := n.Instances(t, map[string]string{podmap.TagUID: string(p.UID)})
+		if len(list) != 1 {
+			t.Fatalf("%s: %d instances before the crash", name, len(list))
+		}
+		before[name] = was{list[0].ID, cluster.RestartCount(p)}
+	}
+	if len(before) == 0 {
+		t.Fatalf("no pod of %v on %s", pods, n.Name)
+	}
+	total := len(n.Instances(t, nil))
+	crashed := time.Now().Truncate(time.Second) // heartbeats have second resolution
+	n.Kubelet.Crash()
+	c.Eventually(t, stateTimeout, "node "+n.Name+" Ready, reported by the restarted kubelet", func() (bool, string) {
+		if err := n.Kubelet.Exited(); err != nil {
+			t.Fatalf("the restarted kubelet %v; its log:\n%s", err, n.Kubelet.Logs())
+		}
+		out := c.MustKubectl(t, "get", "node", n.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
+		status, beat, _ := strings.Cut(out, " ")
+		at, err := time.Parse(time.RFC3339, beat)
+		return status == "True" && err == nil && !at.Before(crashed), out
+	})
+	// Prove the new kubelet serves these pods (logs go through it), then
+	// that nothing was recreated or restarted.
+	for name, w := range before {
+		c.Eventually(t, stateTimeout, name+" logs through the new kubelet", func() (bool, string) {
+			r, err := c.Kubectl(t.Context(), "", "logs", "--tail", "1", name)
+			return err == nil && r.ExitCode == 0 && strings.Contains(r.Stdout, "tick"), r.Stdout + r.Stderr
+		})
+		p := c.MustPod(t, name)
+		list := n.Instances(t, map[string]string{podmap.TagUID: string(p.UID)})
+		if len(list) != 1 || list[0].ID != w.instance || !cluster.Ready(p) || cluster.RestartCount(p) != w.restarts {
+			t.Errorf("%s after the kubelet crash: instances %+v (was %s), %s (restartCount was %d)", name, list, w.instance, podState(p), w.restarts)
+		}
+	}
+	if got := len(n.Instances(t, nil)); got != total {
+		t.Errorf("%s has %d instances after the kubelet crash, %d before", n.Name, got, total)
+	}
 }

@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -430,8 +431,14 @@ func tail(path string, n int) string {
 
 // Process is a started helper process (a kubelet), logging to a file.
 type Process struct {
-	cmd  *exec.Cmd
+	t    testing.TB
+	bin  string
+	env  []string
+	args []string
 	log  string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
 	done chan struct{}
 }
 
@@ -440,46 +447,74 @@ type Process struct {
 // test binary dies first.
 func startProcess(t testing.TB, logPath, bin string, env []string, args ...string) *Process {
 	t.Helper()
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	p := &Process{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
+	p := &Process{t: t, bin: bin, env: env, args: args, log: logPath}
+	p.start()
 	t.Cleanup(func() {
+		cmd, done := p.current()
 		select {
-		case <-p.done:
+		case <-done:
 			return
 		default:
 		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-p.done:
+		case <-done:
 		case <-time.After(15 * time.Second):
 			cmd.Process.Kill()
-			<-p.done
+			<-done
 		}
 	})
 	return p
 }
 
+// start runs the process once more, appending to its log.
+func (p *Process) start() {
+	p.t.Helper()
+	logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		p.t.Fatalf("start %s: %v", p.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		logf.Close()
+		close(done)
+	}()
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+}
+
+func (p *Process) current() (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd, p.done
+}
+
+// Crash SIGKILLs the process (no graceful shutdown) and starts it again
+// with the same arguments.
+func (p *Process) Crash() {
+	p.t.Helper()
+	cmd, done := p.current()
+	cmd.Process.Kill()
+	<-done
+	p.start()
+}
+
 // Exited is nil while the process runs, else how it ended.
 func (p *Process) Exited() error {
+	cmd, done := p.current()
 	select {
-	case <-p.done:
-		return fmt.Errorf("exited (%v)", p.cmd.ProcessState)
+	case <-done:
+		return fmt.Errorf("exited (%v)", cmd.ProcessState)
 	default:
 		return nil
 	}
