@@ -40,6 +40,19 @@ type fakeHypemand struct {
 	nextID    int
 	calls     []string // "METHOD /path" in order
 	stopBody  map[string]string
+	// stopExit, when set, is the exit code (and message) a stop records.
+	stopExit *int
+	stopMsg  string
+	// createRefusal, when set, refuses instance creates with this status
+	// and error.
+	createRefusal *apiRefusal
+	// eventsRefusal, when set, refuses GET /events with this status and
+	// error.
+	eventsRefusal *apiRefusal
+	// getHold, when set, holds the next GET /instances/{id} after its
+	// snapshot is taken until it is closed (one request); getHeld gets a
+	// value then.
+	getHold, getHeld chan struct{}
 	admission *client.Error // refuse creates with 409 this error
 	events    chan client.LifecycleEvent
 	eventID   int64
@@ -49,6 +62,12 @@ type fakeHypemand struct {
 	// value per held listing.
 	listHold chan struct{}
 	listHeld chan struct{}
+}
+
+// apiRefusal is an error answer of the fake.
+type apiRefusal struct {
+	status        int
+	code, message string
 }
 
 func newFake(t *testing.T) *fakeHypemand {
@@ -173,6 +192,10 @@ func (f *fakeHypemand) createInstance(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if rf := f.createRefusal; rf != nil {
+		apiErr(w, rf.status, rf.code, rf.message)
+		return
+	}
 	if f.admission != nil {
 		writeJSON(w, 409, f.admission)
 		return
@@ -189,8 +212,9 @@ func (f *fakeHypemand) createInstance(w http.ResponseWriter, r *http.Request) {
 	}
 	f.nextID++
 	id := fmt.Sprintf("inst%d", f.nextID)
+	now := time.Now()
 	in := &client.Instance{Id: id, Name: req.Name, Image: req.Image, State: client.Running, Tags: req.Tags,
-		Volumes: req.Volumes, StopTimeout: req.StopTimeout, CreatedAt: time.Now()}
+		Volumes: req.Volumes, StopTimeout: req.StopTimeout, CreatedAt: now, StartedAt: &now}
 	f.insts[id] = in
 	f.emit(id, "", "Running")
 	writeJSON(w, 201, in)
@@ -222,13 +246,21 @@ func (f *fakeHypemand) setState(id string, state client.InstanceState, exit int)
 
 func (f *fakeHypemand) getInstance(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	in := f.find(r.PathValue("id"))
 	if in == nil {
+		f.mu.Unlock()
 		apiErr(w, 404, "not_found", "instance not found")
 		return
 	}
-	writeJSON(w, 200, in)
+	snap := *in
+	hold, held := f.getHold, f.getHeld
+	f.getHold = nil
+	f.mu.Unlock()
+	if hold != nil {
+		held <- struct{}{}
+		<-hold
+	}
+	writeJSON(w, 200, snap)
 }
 
 func (f *fakeHypemand) stopInstance(w http.ResponseWriter, r *http.Request) {
@@ -242,6 +274,10 @@ func (f *fakeHypemand) stopInstance(w http.ResponseWriter, r *http.Request) {
 	}
 	f.stopBody[in.Id] = string(body)
 	in.State = client.Stopped
+	if f.stopExit != nil {
+		code, msg, now := *f.stopExit, f.stopMsg, time.Now()
+		in.ExitCode, in.ExitMessage, in.StoppedAt = &code, &msg, &now
+	}
 	writeJSON(w, 200, in)
 }
 
@@ -326,6 +362,13 @@ func (f *fakeHypemand) deleteVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeHypemand) streamEvents(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	rf := f.eventsRefusal
+	f.mu.Unlock()
+	if rf != nil {
+		apiErr(w, rf.status, rf.code, rf.message)
+		return
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(200)
 	w.(http.Flusher).Flush()
@@ -447,6 +490,12 @@ func (testMapper) InstanceName(pod *corev1.Pod) string    { return pod.Name }
 func (testMapper) AltInstanceName(pod *corev1.Pod) string { return pod.Name + "-alt" }
 
 func (testMapper) Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time) corev1.PodStatus {
+	if !reachable && pod.Status.Phase != "" {
+		// As podmap: the last status is kept, not ready.
+		st := *pod.Status.DeepCopy()
+		st.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}
+		return st
+	}
 	st := corev1.PodStatus{Phase: corev1.PodPending}
 	ready := corev1.ConditionFalse
 	if inst != nil {
@@ -458,6 +507,9 @@ func (testMapper) Status(pod *corev1.Pod, inst *client.Instance, reachable bool,
 			}
 		case client.Stopped:
 			st.Phase = corev1.PodFailed
+			if inst.ExitCode != nil && *inst.ExitCode == 0 {
+				st.Phase = corev1.PodSucceeded
+			}
 		}
 		st.Message = string(inst.State)
 	}

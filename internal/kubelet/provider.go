@@ -132,6 +132,11 @@ type entry struct {
 	backoff  time.Duration
 	retry    *time.Timer
 	deleted  bool
+	// deletedPod is the pod DeletePod was given (deletion timestamp,
+	// grace period), kept so a failed removal can be finished later;
+	// deleting: a DeletePod is working on it.
+	deletedPod *corev1.Pod
+	deleting   bool
 	// seq is the Provider.seq of the last setInstance.
 	seq uint64
 }

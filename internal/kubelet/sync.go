@@ -152,6 +152,7 @@ func (p *Provider) resync(ctx context.Context) error {
 			p.instanceGone(key, e)
 		}
 	}
+	p.finishDeletes(context.WithoutCancel(ctx))
 	return nil
 }
 

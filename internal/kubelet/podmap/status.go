@@ -107,7 +107,7 @@ func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.T
 		// Stopped before any run ended (never booted): nothing to report yet.
 		phase, cs.State, why = orPending(st.Phase), creating, "instance is "+string(state)
 	case exited:
-		term := terminated(inst)
+		term := Terminated(inst)
 		if terminalRun(pod, inst) {
 			phase = corev1.PodFailed
 			if term.ExitCode == 0 {
@@ -308,8 +308,9 @@ func running(inst *client.Instance) corev1.ContainerState {
 	return corev1.ContainerState{Running: r}
 }
 
-// terminated describes the run that ended.
-func terminated(inst *client.Instance) *corev1.ContainerStateTerminated {
+// Terminated describes the run of inst that ended (exit code 137, reason
+// Error when hypemand recorded no exit code).
+func Terminated(inst *client.Instance) *corev1.ContainerStateTerminated {
 	t := &corev1.ContainerStateTerminated{ExitCode: unknownExitCode, Reason: "Error", ContainerID: "hypeman://" + inst.Id}
 	if inst.ExitCode != nil {
 		t.ExitCode = int32(*inst.ExitCode)
