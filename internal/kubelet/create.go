@@ -165,7 +165,7 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 		}
 	}()
 	for _, v := range plan.Volumes {
-		id, err := p.createVolume(ctx, req.Name, v, tags)
+		id, err := p.createVolume(ctx, string(pod.UID), v, tags)
 		if err != nil {
 			if isStatus(err, 400) || isStatus(err, 413) {
 				return failed("InvalidVolume", err)
@@ -249,11 +249,18 @@ func (p *Provider) findByUID(ctx context.Context, uid string) (*client.Instance,
 	return &inst, nil
 }
 
+// volumeName is the hypeman name of pod volume vol: the start of the pod
+// UID (unique per pod, unlike the instance name, whose alternative is only
+// known once the instance is made) and the volume's name.
+func volumeName(uid, vol string) string {
+	return resourceName(uid[:min(len(uid), 13)] + "-" + vol)
+}
+
 // createVolume makes one plan volume and returns its id.
-func (p *Provider) createVolume(ctx context.Context, instName string, v podmap.Volume, podTags map[string]string) (string, error) {
+func (p *Provider) createVolume(ctx context.Context, uid string, v podmap.Volume, podTags map[string]string) (string, error) {
 	tags := maps.Clone(podTags)
 	tags[podmap.TagVolume] = v.Name
-	name := resourceName(instName + "-" + v.Name)
+	name := volumeName(uid, v.Name)
 	sizeGB := int((v.SizeBytes + (1<<30 - 1)) >> 30)
 	if sizeGB < 1 {
 		sizeGB = 1
