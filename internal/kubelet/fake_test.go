@@ -567,7 +567,7 @@ func newHarness(t *testing.T, f *fakeHypemand) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{f: f, resolver: &testResolver{cms: map[string]bool{}}, recorder: record.NewFakeRecorder(100), removed: &removals{},
+	h := &harness{f: f, resolver: &testResolver{cms: map[string]bool{}}, recorder: record.NewFakeRecorder(10000), removed: &removals{},
 		statuses: make(chan *corev1.Pod, 1000), nodes: make(chan *corev1.Node, 1000)}
 	node := &corev1.Node{}
 	SetupNode(node, NodeSpec{Name: "hn1", IP: "10.0.0.1", Port: 10250, Version: "test", MaxPods: 10}, time.Now())
