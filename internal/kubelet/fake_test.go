@@ -563,6 +563,25 @@ type harness struct {
 
 func newHarness(t *testing.T, f *fakeHypemand) *harness {
 	t.Helper()
+	h := newIdleHarness(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.p.Start(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.p.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return h
+}
+
+// newIdleHarness is a harness whose provider is neither started nor run
+// (no loops: the test drives it).
+func newIdleHarness(t *testing.T, f *fakeHypemand) *harness {
+	t.Helper()
 	api, err := client.NewClientWithResponses(f.srv.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -579,19 +598,8 @@ func newHarness(t *testing.T, f *fakeHypemand) *harness {
 		RetryMin: 20 * time.Millisecond, RetryMax: 50 * time.Millisecond,
 		ReconnectMin: 10 * time.Millisecond, ReconnectMax: 20 * time.Millisecond,
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	h.p.NotifyPods(ctx, func(p *corev1.Pod) { h.statuses <- p })
-	h.p.NotifyNodeStatus(ctx, func(n *corev1.Node) { h.nodes <- n })
-	h.p.Start(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		h.p.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	h.p.NotifyPods(t.Context(), func(p *corev1.Pod) { h.statuses <- p })
+	h.p.NotifyNodeStatus(t.Context(), func(n *corev1.Node) { h.nodes <- n })
 	return h
 }
 

@@ -97,12 +97,13 @@ func setReadyCondition(n *corev1.Node, ok bool, why string, now time.Time) {
 // virtual-kubelet from writing any node status, NotReady included.
 func (p *Provider) Ping(ctx context.Context) error { return ctx.Err() }
 
-// NotifyNodeStatus registers virtual-kubelet's node status callback.
+// NotifyNodeStatus registers virtual-kubelet's node status callback;
+// nodeLoop delivers the current node to it.
 func (p *Provider) NotifyNodeStatus(_ context.Context, cb func(*corev1.Node)) {
 	p.nodeMu.Lock()
-	defer p.nodeMu.Unlock()
 	p.notifyNode = cb
-	cb(p.node.DeepCopy())
+	p.nodeMu.Unlock()
+	p.kickNode()
 }
 
 // Node is a copy of the node object as the provider last set it.
@@ -112,14 +113,49 @@ func (p *Provider) Node() *corev1.Node {
 	return p.node.DeepCopy()
 }
 
-// updateNode changes the node object and pushes it (under the lock, so
-// pushes keep the order of changes).
+// updateNode changes the node object and has nodeLoop push it.
 func (p *Provider) updateNode(change func(*corev1.Node)) {
 	p.nodeMu.Lock()
-	defer p.nodeMu.Unlock()
 	change(p.node)
-	if p.notifyNode != nil {
-		p.notifyNode(p.node.DeepCopy())
+	p.nodeMu.Unlock()
+	p.kickNode()
+}
+
+func (p *Provider) kickNode() {
+	select {
+	case p.nodeKick <- struct{}{}:
+	default: // a push is due already; it will carry this change
+	}
+}
+
+// nodeLoop pushes the node to virtual-kubelet after changes, outside any
+// lock: virtual-kubelet's callback is a blocking send to its control loop,
+// which must not stall the health and event loops. Changes made while a
+// push waits coalesce (the next push carries the latest node); a push
+// still blocked when ctx ends is abandoned so Run returns.
+func (p *Provider) nodeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.nodeKick:
+		}
+		p.nodeMu.Lock()
+		cb, n := p.notifyNode, p.node.DeepCopy()
+		p.nodeMu.Unlock()
+		if cb == nil {
+			continue // NotifyNodeStatus kicks again
+		}
+		pushed := make(chan struct{})
+		go func() {
+			defer close(pushed)
+			cb(n)
+		}()
+		select {
+		case <-pushed:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 

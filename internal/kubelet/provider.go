@@ -114,6 +114,7 @@ type Provider struct {
 	nodeMu     sync.Mutex
 	node       *corev1.Node
 	notifyNode func(*corev1.Node)
+	nodeKick   chan struct{} // a node push is due (nodeLoop)
 	resources  *client.Resources
 }
 
@@ -190,6 +191,7 @@ func NewProvider(cfg ProviderConfig) *Provider {
 		removing:  map[string]bool{},
 		pending:   map[string]*corev1.Pod{},
 		kick:      make(chan struct{}, 1),
+		nodeKick:  make(chan struct{}, 1),
 		reachable: true,
 		node:      cfg.Node.DeepCopy(), // virtual-kubelet reads cfg.Node without our lock
 	}
@@ -200,7 +202,7 @@ func NewProvider(cfg ProviderConfig) *Provider {
 // virtual-kubelet asks for pods.
 func (p *Provider) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){p.notifyLoop, p.healthLoop, p.eventLoop, p.resourcesLoop, p.retryLoop} {
+	for _, loop := range []func(context.Context){p.notifyLoop, p.nodeLoop, p.healthLoop, p.eventLoop, p.resourcesLoop, p.retryLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
