@@ -33,13 +33,13 @@ type fakeHypemand struct {
 	t   *testing.T
 	srv *httptest.Server
 
-	mu        sync.Mutex
-	down      bool // every request gets its connection closed
-	insts     map[string]*client.Instance
-	vols      map[string]*client.Volume
-	nextID    int
-	calls     []string // "METHOD /path" in order
-	stopBody  map[string]string
+	mu       sync.Mutex
+	down     bool // every request gets its connection closed
+	insts    map[string]*client.Instance
+	vols     map[string]*client.Volume
+	nextID   int
+	calls    []string // "METHOD /path" in order
+	stopBody map[string]string
 	// stopExit, when set, is the exit code (and message) a stop records.
 	stopExit *int
 	stopMsg  string
@@ -53,10 +53,10 @@ type fakeHypemand struct {
 	// snapshot is taken until it is closed (one request); getHeld gets a
 	// value then.
 	getHold, getHeld chan struct{}
-	admission *client.Error // refuse creates with 409 this error
-	events    chan client.LifecycleEvent
-	eventID   int64
-	logLines  []string
+	admission        *client.Error // refuse creates with 409 this error
+	events           chan client.LifecycleEvent
+	eventID          int64
+	logLines         []string
 	// listHold, when set, holds node-wide listings (filter k8s.node only)
 	// after their snapshot is taken, until it is closed; listHeld gets one
 	// value per held listing.
