@@ -248,11 +248,31 @@ func (p *Provider) followEvents(ctx context.Context, lastID *string) error {
 
 // instanceEvent refreshes the pod of the event's instance, if it is ours.
 func (p *Provider) instanceEvent(ctx context.Context, le client.LifecycleEvent) {
+	// A read is applied only if the entry did not change while it was on
+	// the way (seq): a state recorded meanwhile by another reader (an
+	// event, a re-sync) may be newer than this answer. Reading again then
+	// gets an answer newer than that change.
+	for range 3 {
+		if p.refreshInstance(ctx, le) {
+			return
+		}
+	}
+	p.log.Debug("instance kept changing while read; the next event refreshes it", "instance", le.InstanceId)
+}
+
+// refreshInstance reads the event's instance and records it; false when
+// the entry changed while the read was on the way (nothing recorded).
+func (p *Provider) refreshInstance(ctx context.Context, le client.LifecycleEvent) bool {
 	p.mu.Lock()
 	key, ok := p.byInst[le.InstanceId]
+	was := p.pods[key]
+	var seq uint64
+	if was != nil {
+		seq = was.seq
+	}
 	p.mu.Unlock()
-	if !ok {
-		return
+	if !ok || was == nil {
+		return true
 	}
 	var inst *client.Instance
 	gone := le.Type == client.Deleted
@@ -260,7 +280,7 @@ func (p *Provider) instanceEvent(ctx context.Context, le client.LifecycleEvent) 
 		r, err := p.api.GetInstanceWithResponse(ctx, le.InstanceId)
 		if err != nil {
 			p.log.Warn("cannot read an instance after its event", "instance", le.InstanceId, "err", err)
-			return
+			return true
 		}
 		err = result(r.StatusCode(), r.Body, nil)
 		switch {
@@ -268,7 +288,7 @@ func (p *Provider) instanceEvent(ctx context.Context, le client.LifecycleEvent) 
 			gone = true
 		case err != nil:
 			p.log.Warn("cannot read an instance after its event", "instance", le.InstanceId, "err", err)
-			return
+			return true
 		default:
 			inst = r.JSON200
 		}
@@ -277,14 +297,18 @@ func (p *Provider) instanceEvent(ctx context.Context, le client.LifecycleEvent) 
 	defer p.mu.Unlock()
 	e := p.pods[key]
 	if e == nil || e.inst == nil || e.inst.Id != le.InstanceId {
-		return
+		return true // no longer this instance's pod
+	}
+	if e != was || e.seq != seq {
+		return false
 	}
 	if gone {
 		if !e.deleted {
 			p.instanceGone(key, e)
 		}
-		return
+		return true
 	}
 	p.setInstance(key, e, inst)
 	p.notify(e)
+	return true
 }
