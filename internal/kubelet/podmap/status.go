@@ -37,7 +37,9 @@ func Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Tim
 // (Options.NodeIP; "" keeps the pod's).
 //
 // The mapping: no instance, Created, Initializing → Pending with the
-// container Waiting (ContainerCreating). Running → Running; Ready when the
+// container Waiting (ContainerCreating), or Running with it so once the pod
+// has run (its previous phase Running or a restart count above 0: a
+// restart passes through Initializing). Running → Running; Ready when the
 // instance is Running, healthy if the pod has a livenessProbe or a
 // readinessProbe (whichever is the health check, see mappedProbe), and the
 // pod's readiness gates are True. Paused, Standby, Template (and Shutdown
@@ -90,6 +92,11 @@ func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.T
 	}
 	exited := inst != nil && (state == client.Stopped || state == client.Shutdown && inst.StoppedAt != nil)
 	switch {
+	case (inst == nil || state == client.Created || state == client.Initializing) && (st.Phase == corev1.PodRunning || cs.RestartCount > 0):
+		// A restart passes through Initializing: a pod that has run stays
+		// Running (as with kubelet) with its container waiting.
+		phase, cs.State, why = corev1.PodRunning, creating, "container is restarting"
+		sandbox = state == client.Initializing
 	case inst == nil || state == client.Created || state == client.Initializing:
 		phase, cs.State, why = corev1.PodPending, creating, "container is being created"
 		sandbox = state == client.Initializing

@@ -63,6 +63,7 @@ func TestStatus(t *testing.T) {
 	readiness := func(p *corev1.Pod) {
 		p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(80)}}}
 	}
+	hasRun := func(p *corev1.Pod) { p.Status.Phase = corev1.PodRunning }
 	policy := func(rp corev1.RestartPolicy) func(*corev1.Pod) {
 		return func(p *corev1.Pod) { p.Spec.RestartPolicy = rp }
 	}
@@ -80,6 +81,9 @@ func TestStatus(t *testing.T) {
 		{"not created", nil, nil, corev1.PodPending, "waiting:ContainerCreating", false, 0, -1, ""},
 		{"created", nil, inst(client.Created), corev1.PodPending, "waiting:ContainerCreating", false, 0, -1, ""},
 		{"initializing", nil, inst(client.Initializing), corev1.PodPending, "waiting:ContainerCreating", false, 0, -1, ""},
+		{"initializing after running (a restart)", hasRun, inst(client.Initializing), corev1.PodRunning, "waiting:ContainerCreating", false, 0, -1, "container is restarting"},
+		{"created after running", hasRun, inst(client.Created), corev1.PodRunning, "waiting:ContainerCreating", false, 0, -1, "container is restarting"},
+		{"initializing with restarts", nil, inst(client.Initializing, restartStatus(2, nil, "")), corev1.PodRunning, "waiting:ContainerCreating", false, 2, -1, "container is restarting"},
 		{"running", nil, inst(client.Running, restartStatus(2, nil, "")), corev1.PodRunning, "running", true, 2, -1, ""},
 		{"running, liveness starting", liveness, inst(client.Running, health(client.HealthStarting)), corev1.PodRunning, "running", false, 0, -1, "health check is starting"},
 		{"running, liveness healthy", liveness, inst(client.Running, health(client.HealthHealthy)), corev1.PodRunning, "running", true, 0, -1, ""},
