@@ -52,7 +52,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.pods[key] = e
 	}
 	e.pod, e.orphan, e.deleted = pod.DeepCopy(), false, false
-	if e.inst != nil || e.creating || (e.fixed != nil && e.fixed.Phase == corev1.PodFailed) {
+	if e.inst != nil || e.creating || (e.fixed != nil && terminal(e.fixed.Phase)) {
 		// Known already (adopted by re-sync, or being made): status only.
 		p.notify(e)
 		p.mu.Unlock()
@@ -109,7 +109,16 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 	}
 
 	existing, err := p.findByUID(ctx, string(pod.UID))
-	if err != nil {
+	var ue *UnreachableError
+	switch {
+	case errors.As(err, &ue) && pod.Status.Phase == corev1.PodRunning:
+		// A pod that has run (its instance likely still does, e.g. after a
+		// kubelet restart while hypemand is down) keeps its phase, not
+		// ready, until hypemand answers: no Pending, no new startTime.
+		log.Warn("hypemand unreachable: keeping the running pod's status until it answers", "err", err)
+		st := p.cfg.Mapper.Status(pod, nil, false, p.now())
+		return nil, &st, true
+	case err != nil:
 		return waiting(reasonCreateError, err)
 	}
 	if existing != nil {
@@ -120,9 +129,9 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 	plan, err := p.cfg.Mapper.Translate(ctx, pod, p.cfg.Resolver, podmap.Options{
 		NodeName: p.cfg.NodeName, NodeIP: p.cfg.NodeIP, EmptyDirSize: p.cfg.EmptyDirSize,
 	})
-	var ue *podmap.UnsupportedError
+	var unsupported *podmap.UnsupportedError
 	switch {
-	case errors.As(err, &ue):
+	case errors.As(err, &unsupported):
 		return failed("Unsupported", err)
 	case podmap.IsConfigError(err):
 		// A missing non-optional reference: it may appear.
@@ -399,7 +408,7 @@ func (p *Provider) retryLoop(ctx context.Context) {
 		case key := <-p.retries:
 			p.mu.Lock()
 			e := p.pods[key]
-			if e == nil || e.deleted || e.inst != nil || e.creating || e.fixed == nil || e.fixed.Phase != corev1.PodPending {
+			if e == nil || e.deleted || e.inst != nil || e.creating || e.fixed == nil || terminal(e.fixed.Phase) {
 				p.mu.Unlock()
 				continue
 			}
@@ -430,6 +439,11 @@ func resourceName(s string) string {
 		return "k8s-" + h
 	}
 	return clean + "-" + h
+}
+
+// terminal reports a phase a pod never leaves.
+func terminal(phase corev1.PodPhase) bool {
+	return phase == corev1.PodSucceeded || phase == corev1.PodFailed
 }
 
 func deref[T any](p *T) T {

@@ -2,9 +2,14 @@ package kubelet
 
 import (
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"hypeman/internal/api/client"
+	"hypeman/internal/kubelet/podmap"
 )
 
 // TestVolumeNamesFollowThePodUID: two pods whose instance names collide
@@ -54,5 +59,33 @@ func TestVolumeName(t *testing.T) {
 	long := volumeName("3f2a9c1e-8b7d-4e11", "a-very-long-volume-name-that-goes-past-the-sixty-three-limit")
 	if len(long) > 63 || long == volumeName("3f2a9c1e-8b7d-4e11", "a-very-long-volume-name-that-goes-past-the-sixty-three-limiu") {
 		t.Errorf("long name %q", long)
+	}
+}
+
+// TestUnreachableAtStartKeepsRunningPods: a kubelet starting while
+// hypemand is down keeps its running pods Running (not ready, same
+// startTime) instead of rewriting them to Pending, and adopts their
+// instances once hypemand answers.
+func TestUnreachableAtStartKeepsRunningPods(t *testing.T) {
+	f := newFake(t)
+	pod := testPod("web")
+	tags := client.Tags(podmap.Tags(pod, "hn1"))
+	f.insts["inst9"] = &client.Instance{Id: "inst9", Name: "web", State: client.Running, Tags: &tags}
+	started := metav1.NewTime(time.Now().Add(-time.Hour).Truncate(time.Second))
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &started,
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+	f.setDown(true)
+	h := newHarness(t, f)
+	if err := h.p.CreatePod(t.Context(), pod); err != nil {
+		t.Fatal(err)
+	}
+	st := h.waitStatus(t, "web", func(corev1.PodStatus) bool { return true })
+	if st.Phase != corev1.PodRunning || readyOf(st) != corev1.ConditionFalse || st.StartTime == nil || !st.StartTime.Equal(&started) {
+		t.Fatalf("status while hypemand is down: %+v", st)
+	}
+	f.setDown(false)
+	h.waitStatus(t, "web", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning && readyOf(s) == corev1.ConditionTrue })
+	if n := f.count("POST /instances"); n != 0 {
+		t.Fatalf("%d creates for a pod whose instance exists", n)
 	}
 }

@@ -261,7 +261,7 @@ func terminatedStatus(pod *corev1.Pod, inst *client.Instance, now time.Time) cor
 			})
 		}
 	}
-	if st.Phase != corev1.PodFailed && st.Phase != corev1.PodSucceeded {
+	if !terminal(st.Phase) {
 		st.Phase = corev1.PodFailed
 		if allZero && len(st.ContainerStatuses) > 0 {
 			st.Phase = corev1.PodSucceeded

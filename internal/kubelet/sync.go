@@ -142,7 +142,7 @@ func (p *Provider) resync(ctx context.Context) error {
 			p.pods[key] = e
 		}
 		p.setInstance(key, e, &inst)
-		if e.fixed != nil && e.fixed.Phase == corev1.PodPending {
+		if e.fixed != nil && !terminal(e.fixed.Phase) {
 			e.fixed = nil
 		}
 		p.notify(e)
