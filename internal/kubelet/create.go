@@ -192,6 +192,10 @@ func (p *Provider) create(ctx context.Context, pod *corev1.Pod) (inst *client.In
 	switch {
 	case isCode(err, "insufficient_resources"):
 		return failed(outOfReason(err), err)
+	case isStatus(err, 400) || isStatus(err, 422):
+		// hypemand refused the request itself (an invalid image reference,
+		// env, ...): the same request will not pass later.
+		return failed(reasonCreateError, err)
 	case err != nil:
 		return waiting(reasonCreateError, err)
 	}

@@ -1,6 +1,8 @@
 package kubelet
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,5 +89,30 @@ func TestUnreachableAtStartKeepsRunningPods(t *testing.T) {
 	h.waitStatus(t, "web", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning && readyOf(s) == corev1.ConditionTrue })
 	if n := f.count("POST /instances"); n != 0 {
 		t.Fatalf("%d creates for a pod whose instance exists", n)
+	}
+}
+
+// TestInvalidCreateFails: a create hypemand refuses as invalid (400, 422)
+// ends the pod Failed with hypemand's message instead of retrying, and
+// removes the volumes made for it.
+func TestInvalidCreateFails(t *testing.T) {
+	for _, status := range []int{400, 422} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			f := newFake(t)
+			f.createRefusal = &apiRefusal{status: status, code: "invalid_request", message: "image: \"Bad Ref\" is not a valid reference"}
+			h := newHarness(t, f)
+			pod := testPod("bad")
+			pod.Spec.Volumes = []corev1.Volume{{Name: "data"}}
+			if err := h.p.CreatePod(t.Context(), pod); err != nil {
+				t.Fatal(err)
+			}
+			st := h.waitStatus(t, "bad", func(s corev1.PodStatus) bool { return s.Phase != "" })
+			if st.Phase != corev1.PodFailed || st.Reason != reasonCreateError || !strings.Contains(st.Message, "not a valid reference") {
+				t.Fatalf("status %+v", st)
+			}
+			if f.volumeCount() != 0 || f.instanceCount() != 0 {
+				t.Fatalf("left %d volumes, %d instances", f.volumeCount(), f.instanceCount())
+			}
+		})
 	}
 }
