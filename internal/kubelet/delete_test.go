@@ -81,3 +81,34 @@ func TestTerminatedStatus(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestFailedDeleteFinishesWhenHypemandIsBack: a delete that failed while
+// hypemand was down (virtual-kubelet gives up after its retries) is
+// finished by the re-sync once hypemand answers: instance and volumes
+// removed, the pod object removed, the pod forgotten.
+func TestFailedDeleteFinishesWhenHypemandIsBack(t *testing.T) {
+	f := newFake(t)
+	h := newHarness(t, f)
+	pod := testPod("gone")
+	pod.Spec.Volumes = []corev1.Volume{{Name: "data"}}
+	if err := h.p.CreatePod(t.Context(), pod); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStatus(t, "gone", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	f.setDown(true)
+	pod.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	if err := h.p.DeletePod(t.Context(), pod); err == nil {
+		t.Fatal("delete succeeded with hypemand down")
+	}
+	if f.instanceCount() != 1 {
+		t.Fatal("the instance went while hypemand was down")
+	}
+	f.setDown(false)
+	waitFor(t, "the deletion finished", func() bool {
+		_, err := h.p.GetPod(t.Context(), "default", "gone")
+		return f.instanceCount() == 0 && f.volumeCount() == 0 && len(h.removed.list()) == 1 && err != nil
+	})
+	if got := h.removed.list(); got[0] != "default/gone/"+string(pod.UID) {
+		t.Fatalf("removed %v", got)
+	}
+}
