@@ -400,7 +400,16 @@ func (p *Provider) scheduleRetry(key string, e *entry) {
 	if e.retry != nil {
 		e.retry.Stop()
 	}
-	e.retry = time.AfterFunc(e.backoff, func() { p.retries <- key })
+	e.retry = time.AfterFunc(e.backoff, func() { p.queueRetry(key) })
+}
+
+// queueRetry hands key to retryLoop; once Run has stopped, nobody takes
+// it and it is dropped.
+func (p *Provider) queueRetry(key string) {
+	select {
+	case p.retries <- key:
+	case <-p.stopped:
+	}
 }
 
 // retryLoop runs due create attempts.

@@ -86,7 +86,9 @@ func TestUnreachableAtStartKeepsRunningPods(t *testing.T) {
 		t.Fatalf("status while hypemand is down: %+v", st)
 	}
 	f.setDown(false)
-	h.waitStatus(t, "web", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning && readyOf(s) == corev1.ConditionTrue })
+	h.waitStatus(t, "web", func(s corev1.PodStatus) bool {
+		return s.Phase == corev1.PodRunning && readyOf(s) == corev1.ConditionTrue
+	})
 	if n := f.count("POST /instances"); n != 0 {
 		t.Fatalf("%d creates for a pod whose instance exists", n)
 	}

@@ -73,7 +73,10 @@ func SetupNode(n *corev1.Node, s NodeSpec, now time.Time) {
 func setReadyCondition(n *corev1.Node, ok bool, why string, now time.Time) {
 	c := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "hypemand is healthy"}
 	if !ok {
-		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "HypemanUnreachable", "hypemand does not answer: "+why
+		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "HypemanUnreachable", why
+		if why == "" {
+			c.Message = "hypemand does not answer"
+		}
 	}
 	t := metav1.Time{Time: now}
 	c.LastHeartbeatTime = t

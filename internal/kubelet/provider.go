@@ -97,6 +97,9 @@ type Provider struct {
 	now func() time.Time
 
 	retries chan string // pod keys whose create is due again
+	// stopped is closed when Run's context ends.
+	stopped  chan struct{}
+	stopOnce sync.Once
 
 	mu        sync.Mutex
 	pods      map[string]*entry // by namespace/name
@@ -107,6 +110,12 @@ type Provider struct {
 	kick      chan struct{}
 	reachable bool
 	misses    int
+	// refusals counts GET /events refused in a row (refusedStatus the
+	// last status, for logging once per status); refused is set once
+	// they persist and makes health checks misses.
+	refusals      int
+	refusedStatus int
+	refused       error
 	// seq counts setInstance calls; a re-sync applies its listing only to
 	// entries not updated since the listing started (see resync).
 	seq uint64
@@ -186,6 +195,7 @@ func NewProvider(cfg ProviderConfig) *Provider {
 		log:       cfg.Logger,
 		now:       cfg.Now,
 		retries:   make(chan string, 64),
+		stopped:   make(chan struct{}),
 		pods:      map[string]*entry{},
 		byInst:    map[string]string{},
 		removing:  map[string]bool{},
@@ -201,6 +211,8 @@ func NewProvider(cfg ProviderConfig) *Provider {
 // retries) until ctx ends. Call Start first so the index is filled before
 // virtual-kubelet asks for pods.
 func (p *Provider) Run(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() { p.stopOnce.Do(func() { close(p.stopped) }) })
+	defer stop()
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context){p.notifyLoop, p.nodeLoop, p.healthLoop, p.eventLoop, p.resourcesLoop, p.retryLoop} {
 		wg.Add(1)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -52,9 +53,13 @@ func (p *Provider) healthLoop(ctx context.Context) {
 	}
 }
 
-// healthResult counts one health observation.
+// healthResult counts one health observation. An event stream hypemand
+// keeps refusing makes a good answer a miss.
 func (p *Provider) healthResult(ctx context.Context, err error) {
 	p.mu.Lock()
+	if err == nil && p.refused != nil {
+		err = p.refused
+	}
 	if err == nil {
 		p.misses = 0
 	} else {
@@ -172,7 +177,8 @@ func (p *Provider) instanceGone(key string, e *entry) {
 
 // eventLoop follows GET /events, resuming with Last-Event-ID, and re-syncs
 // on connect and on a reset event. Failing to reconnect counts as a missed
-// health check.
+// health check, and so does a stream hypemand keeps refusing (a 401 of an
+// expired token): without events the pods' statuses would silently stop.
 func (p *Provider) eventLoop(ctx context.Context) {
 	var lastID string
 	delay := p.cfg.ReconnectMin
@@ -181,10 +187,18 @@ func (p *Provider) eventLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		p.log.Debug("event stream ended", "err", err)
-		var ue *UnreachableError
-		if errors.As(err, &ue) {
+		var (
+			ue *UnreachableError
+			sr *StreamRefusedError
+		)
+		switch {
+		case errors.As(err, &ue):
+			p.log.Debug("event stream ended", "err", err)
 			p.healthResult(ctx, err)
+		case errors.As(err, &sr):
+			p.streamRefused(ctx, sr)
+		default:
+			p.log.Debug("event stream ended", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -196,6 +210,52 @@ func (p *Provider) eventLoop(ctx context.Context) {
 			delay = p.cfg.ReconnectMin
 		}
 	}
+}
+
+// StreamRefusedError is hypemand answering GET /events with an error.
+type StreamRefusedError struct{ Err *APIError }
+
+func (e *StreamRefusedError) Error() string {
+	msg := fmt.Sprintf("hypemand refused the event stream: %d %s", e.Err.Status, strings.ToLower(http.StatusText(e.Err.Status)))
+	if e.Err.Message != "" {
+		msg += ": " + e.Err.Message
+	}
+	if e.Err.Status == http.StatusUnauthorized || e.Err.Status == http.StatusForbidden {
+		msg += ": check HYPEMAN_API_KEY"
+	}
+	return msg
+}
+
+func (e *StreamRefusedError) Unwrap() error { return e.Err }
+
+// streamRefused records one refusal of the event stream: logged at warn
+// once per distinct status; from the second in a row it counts as
+// hypemand unreachable (healthResult) until a stream is accepted.
+func (p *Provider) streamRefused(ctx context.Context, err *StreamRefusedError) {
+	p.mu.Lock()
+	p.refusals++
+	persists := p.refusals >= 2
+	if persists {
+		p.refused = err
+	}
+	first := p.refusedStatus != err.Err.Status
+	p.refusedStatus = err.Err.Status
+	p.mu.Unlock()
+	if first {
+		p.log.Warn("hypemand refused the event stream", "err", err)
+	} else {
+		p.log.Debug("hypemand refused the event stream", "err", err)
+	}
+	if persists {
+		p.healthResult(ctx, err)
+	}
+}
+
+// streamAccepted clears the refusals of the event stream.
+func (p *Provider) streamAccepted() {
+	p.mu.Lock()
+	p.refusals, p.refused, p.refusedStatus = 0, nil, 0
+	p.mu.Unlock()
 }
 
 // followEvents reads one connection of the event stream.
@@ -212,8 +272,13 @@ func (p *Provider) followEvents(ctx context.Context, lastID *string) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-		return result(resp.StatusCode, body, nil)
+		var ae *APIError
+		if errors.As(result(resp.StatusCode, body, nil), &ae) {
+			return &StreamRefusedError{Err: ae}
+		}
+		return fmt.Errorf("event stream: status %d", resp.StatusCode)
 	}
+	p.streamAccepted()
 	// Connected: whatever happened while disconnected is re-read.
 	if err := p.resync(ctx); err != nil {
 		p.log.Warn("re-sync failed", "err", err)

@@ -1,7 +1,10 @@
 package kubelet
 
 import (
+	"context"
+	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -66,5 +69,59 @@ func TestLateReadDoesNotUndoNewerState(t *testing.T) {
 	pod, err := h.p.GetPod(t.Context(), "default", "web")
 	if err != nil || pod.Status.Phase != corev1.PodRunning {
 		t.Fatalf("pod %v (%v)", pod, err)
+	}
+}
+
+// TestRefusedEventStreamMakesNodeNotReady: an event stream hypemand keeps
+// refusing (401: the token expired) makes the node NotReady with a message
+// naming the status and the fix, though /health answers; an accepted
+// stream makes it Ready again.
+func TestRefusedEventStreamMakesNodeNotReady(t *testing.T) {
+	f := newFake(t)
+	f.eventsRefusal = &apiRefusal{status: 401, code: "unauthorized", message: "token expired"}
+	h := newHarness(t, f)
+	n := h.waitNode(t, func(n *corev1.Node) bool { s, _ := nodeReady(n); return s == corev1.ConditionFalse })
+	msg := readyMessage(n)
+	for _, want := range []string{"refused the event stream", "401 unauthorized", "token expired", "HYPEMAN_API_KEY"} {
+		if !strings.Contains(msg, want) {
+			t.Fatalf("Ready message %q lacks %q", msg, want)
+		}
+	}
+	f.mu.Lock()
+	f.eventsRefusal = nil
+	f.mu.Unlock()
+	h.waitNode(t, func(n *corev1.Node) bool { s, _ := nodeReady(n); return s == corev1.ConditionTrue })
+}
+
+func readyMessage(n *corev1.Node) string {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Message
+		}
+	}
+	return ""
+}
+
+// TestRetryAfterStopDoesNotBlock: a create retry falling due after Run
+// stopped (nobody reads the queue) is dropped instead of blocking its
+// timer goroutine forever.
+func TestRetryAfterStopDoesNotBlock(t *testing.T) {
+	f := newFake(t)
+	h := newIdleHarness(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.p.Run(ctx)
+	for len(h.p.retries) < cap(h.p.retries) {
+		h.p.retries <- "default/x"
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.p.queueRetry("default/y")
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a retry after Run stopped blocked")
 	}
 }
