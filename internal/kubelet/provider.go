@@ -360,7 +360,8 @@ func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
 
 // UpdatePod: Kubernetes lets only a few fields of a running pod change
 // (image, activeDeadlineSeconds, tolerations, labels/annotations); none of
-// them is applied to a running VM. It adopts the pod when the provider only
+// them is applied to a running VM (a changed image gets a Warning event
+// ImageChangeIgnored; the status keeps reporting the image that runs). It adopts the pod when the provider only
 // knew it from tags, and replaces the instance when the pod was recreated
 // under the same name.
 func (p *Provider) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
@@ -383,10 +384,22 @@ func (p *Provider) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.notify(e)
 	default:
 		p.log.Debug("pod update not applied (a running VM keeps its spec)", "pod", podKey(pod.Namespace, pod.Name))
+		if img := podImage(pod); e.inst != nil && e.inst.Image != "" && img != e.inst.Image && img != podImage(e.pod) {
+			p.cfg.Recorder.Eventf(pod, corev1.EventTypeWarning, "ImageChangeIgnored",
+				"image %s is not applied: the VM keeps running %s; delete the pod to run the new image", img, e.inst.Image)
+		}
 		e.pod = pod.DeepCopy()
 	}
 	p.mu.Unlock()
 	return nil
+}
+
+// podImage is the image of pod's (only) container.
+func podImage(pod *corev1.Pod) string {
+	if len(pod.Spec.Containers) == 0 {
+		return ""
+	}
+	return pod.Spec.Containers[0].Image
 }
 
 // orphanPod is the minimal pod of an instance whose pod the provider has

@@ -82,6 +82,9 @@ func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.T
 	if inst != nil {
 		state = inst.State
 		cs.ContainerID = "hypeman://" + inst.Id
+		if inst.Image != "" {
+			cs.Image = inst.Image // what runs: a changed spec image is not applied
+		}
 		if inst.ImageDigest != nil {
 			cs.ImageID = *inst.ImageDigest
 		}
@@ -166,7 +169,11 @@ func Failed(pod *corev1.Pod, reason, message string, now time.Time) corev1.PodSt
 	if prev.State.Running != nil {
 		term.StartedAt = prev.State.Running.StartedAt
 	}
-	st.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: c.Image, ImageID: prev.ImageID, ContainerID: prev.ContainerID,
+	image := c.Image
+	if prev.Image != "" {
+		image = prev.Image // the image that ran, if it did
+	}
+	st.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: image, ImageID: prev.ImageID, ContainerID: prev.ContainerID,
 		RestartCount: prev.RestartCount, State: corev1.ContainerState{Terminated: term}, Started: ptr(false)}}
 	setConditions(&st, pod, false, false, "", now)
 	return st

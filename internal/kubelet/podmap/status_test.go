@@ -276,3 +276,23 @@ func TestFailed(t *testing.T) {
 		t.Errorf("no startTime")
 	}
 }
+
+// TestStatusImageIsTheInstances: the container status reports the image
+// the instance runs, not a spec image changed since (kubectl set image is
+// not applied to a running VM).
+func TestStatusImageIsTheInstances(t *testing.T) {
+	p := testPod()
+	p.Spec.Containers[0].Image = "registry.local/web:2"
+	running := inst(client.Running, func(i *client.Instance) { i.Image = "registry.local/web:1" })
+	st := StatusOn(p, running, true, t0, "")
+	if got := st.ContainerStatuses[0].Image; got != "registry.local/web:1" {
+		t.Fatalf("image %q, want the instance's", got)
+	}
+	p.Status = st
+	if got := Failed(p, "InstanceDeleted", "x", t0).ContainerStatuses[0].Image; got != "registry.local/web:1" {
+		t.Fatalf("failed image %q, want the one that ran", got)
+	}
+	if got := StatusOn(testPod(), nil, true, t0, "").ContainerStatuses[0].Image; got != "registry.local/web:1" {
+		t.Fatalf("image before an instance %q, want the spec's", got)
+	}
+}
