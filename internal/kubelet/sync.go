@@ -69,11 +69,13 @@ func (p *Provider) healthResult(ctx context.Context, err error) {
 	p.mu.Unlock()
 	switch {
 	case err == nil && !was:
+		// Re-sync first: flipping reachable notifies every pod, which must
+		// come from the fresh index, not the one from before the outage.
 		p.log.Info("hypemand reachable again: re-syncing")
-		p.setReachable(ctx, true, "")
 		if err := p.resync(ctx); err != nil {
 			p.log.Warn("re-sync failed", "err", err)
 		}
+		p.setReachable(ctx, true, "")
 		p.refreshResources(ctx)
 	case err != nil && was && misses >= 2:
 		p.log.Warn("hypemand unreachable", "err", err)

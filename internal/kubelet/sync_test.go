@@ -125,3 +125,42 @@ func TestRetryAfterStopDoesNotBlock(t *testing.T) {
 		t.Fatal("a retry after Run stopped blocked")
 	}
 }
+
+// TestRecoveryResyncsBeforeReady: when hypemand answers again, the index
+// is re-listed before the pods are made ready again, so no pod is
+// notified ready from the state it had before the outage.
+func TestRecoveryResyncsBeforeReady(t *testing.T) {
+	f := newFake(t)
+	h := newIdleHarness(t, f)
+	if err := h.p.CreatePod(t.Context(), testPod("web")); err != nil {
+		t.Fatal(err)
+	}
+	h.p.setReachable(t.Context(), false, "test")
+	hold := make(chan struct{})
+	f.mu.Lock()
+	f.listHold, f.listHeld = hold, make(chan struct{}, 1)
+	held := f.listHeld
+	f.mu.Unlock()
+	recovered := make(chan struct{})
+	go func() {
+		defer close(recovered)
+		h.p.healthResult(t.Context(), nil)
+	}()
+	<-held // the re-list is under way
+	h.p.mu.Lock()
+	reachable := h.p.reachable
+	h.p.mu.Unlock()
+	f.mu.Lock()
+	f.listHold = nil
+	f.mu.Unlock()
+	close(hold)
+	<-recovered
+	if reachable {
+		t.Fatal("pods were made ready before the re-list")
+	}
+	h.p.mu.Lock()
+	defer h.p.mu.Unlock()
+	if !h.p.reachable {
+		t.Fatal("not reachable after recovery")
+	}
+}
