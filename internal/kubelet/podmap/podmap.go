@@ -95,8 +95,10 @@
 //	containers[0].volumeMounts[].mountPropagation   | guest mounts are private
 //
 // Status (StatusOn documents the rules): phase, container state with exit
-// code and message, restartCount from restart_status.restarts, pod IP =
-// instance IP, the five kubelet conditions; terminal phases never change.
+// code and message, image = the instance's (a changed spec image is not
+// applied), restartCount from restart_status.restarts, pod IP = instance
+// IP, the five kubelet conditions; a pod that has run stays Running while
+// it restarts; terminal phases never change.
 package podmap
 
 import (

@@ -48,7 +48,8 @@ func Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Tim
 // Terminated) when no restart will come: restartPolicy Never, OnFailure
 // after exit 0, or a restart_status.blocked_reason; otherwise Running with
 // the container Waiting in CrashLoopBackOff and lastState the run that
-// ended. Unknown keeps the phase, not ready, with state_error as message. A
+// ended. Unknown keeps the phase, not ready, with state_error as message.
+// The container's image is the instance's (what runs), else the spec's. A
 // terminal pod.Status is returned unchanged: a pod never leaves Succeeded
 // or Failed.
 func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time, nodeIP string) corev1.PodStatus {
