@@ -34,10 +34,7 @@ func TestDeleteReportsTheStopsExit(t *testing.T) {
 			h := newHarness(t, f)
 			pod := testPod("job")
 			pod.Spec.RestartPolicy = corev1.RestartPolicyNever
-			if err := h.p.CreatePod(t.Context(), pod); err != nil {
-				t.Fatal(err)
-			}
-			h.waitStatus(t, "job", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+			h.runPod(t, pod)
 			pod.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 			if err := h.p.DeletePod(t.Context(), pod); err != nil {
 				t.Fatal(err)
@@ -91,10 +88,7 @@ func TestFailedDeleteFinishesWhenHypemandIsBack(t *testing.T) {
 	h := newHarness(t, f)
 	pod := testPod("gone")
 	pod.Spec.Volumes = []corev1.Volume{{Name: "data"}}
-	if err := h.p.CreatePod(t.Context(), pod); err != nil {
-		t.Fatal(err)
-	}
-	h.waitStatus(t, "gone", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	h.runPod(t, pod)
 	f.setDown(true)
 	pod.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	if err := h.p.DeletePod(t.Context(), pod); err == nil {

@@ -622,6 +622,15 @@ func (r *removals) list() []string {
 	return slices.Clone(r.calls)
 }
 
+// runPod creates pod and waits for it to run.
+func (h *harness) runPod(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	if err := h.p.CreatePod(t.Context(), pod); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStatus(t, pod.Name, func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+}
+
 // waitStatus waits for a notified status of pod name that satisfies ok.
 func (h *harness) waitStatus(t *testing.T, name string, ok func(corev1.PodStatus) bool) corev1.PodStatus {
 	t.Helper()

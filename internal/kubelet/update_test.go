@@ -3,8 +3,6 @@ package kubelet
 import (
 	"strings"
 	"testing"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // drainEvents returns the events recorded so far.
@@ -27,10 +25,7 @@ func TestImageChangeIsReported(t *testing.T) {
 	f := newFake(t)
 	h := newHarness(t, f)
 	pod := testPod("web")
-	if err := h.p.CreatePod(t.Context(), pod); err != nil {
-		t.Fatal(err)
-	}
-	h.waitStatus(t, "web", func(s corev1.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	h.runPod(t, pod)
 	h.drainEvents()
 
 	labelled := pod.DeepCopy()
