@@ -361,9 +361,9 @@ func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
 // UpdatePod: Kubernetes lets only a few fields of a running pod change
 // (image, activeDeadlineSeconds, tolerations, labels/annotations); none of
 // them is applied to a running VM (a changed image gets a Warning event
-// ImageChangeIgnored; the status keeps reporting the image that runs). It adopts the pod when the provider only
-// knew it from tags, and replaces the instance when the pod was recreated
-// under the same name.
+// ImageChangeIgnored; the status keeps reporting the image that runs). It
+// adopts the pod when the provider only knew it from tags, and replaces
+// the instance when the pod was recreated under the same name.
 func (p *Provider) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
 	p.mu.Lock()
 	e := p.pods[podKey(pod.Namespace, pod.Name)]
