@@ -5,12 +5,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
-	"regexp"
 	"strings"
 	"time"
 
@@ -262,18 +259,11 @@ func (p *Provider) findByUID(ctx context.Context, uid string) (*client.Instance,
 	return &inst, nil
 }
 
-// volumeName is the hypeman name of pod volume vol: the start of the pod
-// UID (unique per pod, unlike the instance name, whose alternative is only
-// known once the instance is made) and the volume's name.
-func volumeName(uid, vol string) string {
-	return resourceName(uid[:min(len(uid), 13)] + "-" + vol)
-}
-
 // createVolume makes one plan volume and returns its id.
 func (p *Provider) createVolume(ctx context.Context, uid string, v podmap.Volume, podTags map[string]string) (string, error) {
 	tags := maps.Clone(podTags)
 	tags[podmap.TagVolume] = v.Name
-	name := volumeName(uid, v.Name)
+	name := podmap.VolumeName(uid, v.Name)
 	sizeGB := int((v.SizeBytes + (1<<30 - 1)) >> 30)
 	if sizeGB < 1 {
 		sizeGB = 1
@@ -431,27 +421,6 @@ func (p *Provider) retryLoop(ctx context.Context) {
 			_ = p.CreatePod(ctx, pod)
 		}
 	}
-}
-
-var nameRune = regexp.MustCompile(`[^a-z0-9-]+`)
-
-// resourceName makes s a valid hypeman name (lowercase letters, digits
-// and dashes, at most 63): invalid runs become dashes, and a name that had
-// to be changed or cut gets a hash of s so distinct inputs stay distinct.
-func resourceName(s string) string {
-	clean := strings.Trim(nameRune.ReplaceAllString(strings.ToLower(s), "-"), "-")
-	if clean == s && len(s) <= 63 && s != "" {
-		return s
-	}
-	sum := sha256.Sum256([]byte(s))
-	h := hex.EncodeToString(sum[:])[:8]
-	if len(clean) > 63-9 {
-		clean = strings.TrimRight(clean[:63-9], "-")
-	}
-	if clean == "" {
-		return "k8s-" + h
-	}
-	return clean + "-" + h
 }
 
 // terminal reports a phase a pod never leaves.

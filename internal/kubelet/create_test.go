@@ -49,21 +49,6 @@ func TestVolumeNamesFollowThePodUID(t *testing.T) {
 	}
 }
 
-func TestVolumeName(t *testing.T) {
-	for _, tc := range []struct{ uid, vol, want string }{
-		{"3f2a9c1e-8b7d-4e11-9c3d-0a1b2c3d4e5f", "data", "3f2a9c1e-8b7d-data"},
-		{"short", "cache", "short-cache"},
-	} {
-		if got := volumeName(tc.uid, tc.vol); got != tc.want {
-			t.Errorf("volumeName(%q, %q) = %q, want %q", tc.uid, tc.vol, got, tc.want)
-		}
-	}
-	long := volumeName("3f2a9c1e-8b7d-4e11", "a-very-long-volume-name-that-goes-past-the-sixty-three-limit")
-	if len(long) > 63 || long == volumeName("3f2a9c1e-8b7d-4e11", "a-very-long-volume-name-that-goes-past-the-sixty-three-limiu") {
-		t.Errorf("long name %q", long)
-	}
-}
-
 // TestUnreachableAtStartKeepsRunningPods: a kubelet starting while
 // hypemand is down keeps its running pods Running (not ready, same
 // startTime) instead of rewriting them to Pending, and adopts their

@@ -340,7 +340,7 @@ func TestLogs(t *testing.T) {
 	}
 }
 
-func TestParseTaintAndNames(t *testing.T) {
+func TestParseTaint(t *testing.T) {
 	tn, err := ParseTaint(DefaultTaint)
 	if err != nil || tn.Key != "virtual-kubelet.io/provider" || tn.Value != "hypeman" || tn.Effect != corev1.TaintEffectNoSchedule {
 		t.Fatalf("%+v %v", tn, err)
@@ -350,16 +350,6 @@ func TestParseTaintAndNames(t *testing.T) {
 	}
 	if _, err := ParseTaint("a=b:Sometimes"); err == nil {
 		t.Fatal("bad effect accepted")
-	}
-	long := strings.Repeat("x", 70)
-	for _, in := range []string{"web-data", "Web_Data", long} {
-		got := resourceName(in)
-		if len(got) > 63 || got != strings.ToLower(got) || strings.ContainsAny(got, "_") {
-			t.Errorf("resourceName(%q) = %q", in, got)
-		}
-	}
-	if resourceName("web-data") != "web-data" || resourceName(long) == resourceName(long+"y") {
-		t.Error("names not stable/distinct")
 	}
 }
 

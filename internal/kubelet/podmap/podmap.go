@@ -317,17 +317,15 @@ func Tags(pod *corev1.Pod, node string) map[string]string {
 	return map[string]string{TagNode: node, TagNamespace: pod.Namespace, TagPod: pod.Name, TagUID: string(pod.UID)}
 }
 
-// maxNameLen is hypemand's instance name limit.
+// maxNameLen is hypemand's limit on instance and volume names.
 const maxNameLen = 63
 
-// InstanceName is the hypeman name for pod (valid, at most 63 characters,
-// stable for a pod): "<namespace>-<name>" lowercased with characters
-// outside [a-z0-9-] turned into '-'. When that is not the plain
-// "<namespace>-<name>" (changed or shortened), "-" and 8 hex digits of
-// sha256("<namespace>/<name>") are appended so distinct pods keep distinct
-// names.
-func InstanceName(pod *corev1.Pod) string {
-	plain := pod.Namespace + "-" + pod.Name
+// hypemanName makes s a valid hypemand name (lowercase letters, digits and
+// dashes, at most 63, no dash at either end): other characters become
+// dashes. A name that had to change (or be cut) gets "-" and 8 hex digits
+// of sha256(key) appended, so distinct inputs keep distinct names;
+// fallback prefixes the hash when nothing of s is left.
+func hypemanName(s, key, fallback string) string {
 	name := strings.Trim(strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-':
@@ -336,23 +334,17 @@ func InstanceName(pod *corev1.Pod) string {
 			return r + 'a' - 'A'
 		}
 		return '-'
-	}, plain), "-")
-	if name == plain && len(name) <= maxNameLen {
+	}, s), "-")
+	if name == s && len(name) <= maxNameLen && name != "" {
 		return name
 	}
-	return suffixed(name, pod)
+	return withHash(name, key, fallback)
 }
 
-// AltInstanceName is InstanceName with the hash suffix always appended.
-// "<namespace>-<name>" is ambiguous (namespace "a-b" pod "c" and namespace
-// "a" pod "b-c" both give "a-b-c"); the provider uses this name when the
-// plain one is taken by an instance of another pod (another k8s.uid tag).
-func AltInstanceName(pod *corev1.Pod) string {
-	return suffixed(InstanceName(pod), pod)
-}
-
-func suffixed(name string, pod *corev1.Pod) string {
-	sum := sha256.Sum256([]byte(pod.Namespace + "/" + pod.Name))
+// withHash appends "-" and 8 hex digits of sha256(key) to name (cut to
+// fit), unless name already ends with them.
+func withHash(name, key, fallback string) string {
+	sum := sha256.Sum256([]byte(key))
 	suffix := hex.EncodeToString(sum[:4])
 	if strings.HasSuffix(name, "-"+suffix) {
 		return name
@@ -362,7 +354,37 @@ func suffixed(name string, pod *corev1.Pod) string {
 	}
 	name = strings.TrimRight(name, "-")
 	if name == "" {
-		return "pod-" + suffix
+		return fallback + "-" + suffix
 	}
 	return name + "-" + suffix
+}
+
+// InstanceName is the hypeman name for pod (valid, at most 63 characters,
+// stable for a pod): "<namespace>-<name>" lowercased with characters
+// outside [a-z0-9-] turned into '-'. When that is not the plain
+// "<namespace>-<name>" (changed or shortened), "-" and 8 hex digits of
+// sha256("<namespace>/<name>") are appended so distinct pods keep distinct
+// names.
+func InstanceName(pod *corev1.Pod) string {
+	return hypemanName(pod.Namespace+"-"+pod.Name, podHashKey(pod), "pod")
+}
+
+// AltInstanceName is InstanceName with the hash suffix always appended.
+// "<namespace>-<name>" is ambiguous (namespace "a-b" pod "c" and namespace
+// "a" pod "b-c" both give "a-b-c"); the provider uses this name when the
+// plain one is taken by an instance of another pod (another k8s.uid tag).
+func AltInstanceName(pod *corev1.Pod) string {
+	return withHash(InstanceName(pod), podHashKey(pod), "pod")
+}
+
+func podHashKey(pod *corev1.Pod) string { return pod.Namespace + "/" + pod.Name }
+
+// VolumeName is the hypeman name of the volume made for the pod volume vol
+// of the pod with UID uid: "<first 13 characters of the UID>-<vol>", made
+// valid like InstanceName (hashed when changed or cut). It comes from the
+// UID, not the instance name, so pods whose instance names collide never
+// collide on volume names.
+func VolumeName(uid, vol string) string {
+	s := uid[:min(len(uid), 13)] + "-" + vol
+	return hypemanName(s, s, "k8s")
 }

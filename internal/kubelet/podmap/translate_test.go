@@ -370,3 +370,33 @@ func TestWorkingDir(t *testing.T) {
 		t.Errorf("no workingDir: working_dir %q sent (want the image's)", *got)
 	}
 }
+
+func TestVolumeName(t *testing.T) {
+	for _, tc := range []struct{ uid, vol, want string }{
+		{"3f2a9c1e-8b7d-4e11-9c3d-0a1b2c3d4e5f", "data", "3f2a9c1e-8b7d-data"},
+		{"short", "cache", "short-cache"},
+	} {
+		if got := VolumeName(tc.uid, tc.vol); got != tc.want {
+			t.Errorf("VolumeName(%q, %q) = %q, want %q", tc.uid, tc.vol, got, tc.want)
+		}
+	}
+	long := VolumeName("3f2a9c1e-8b7d-4e11", "a-very-long-volume-name-that-goes-past-the-sixty-three-limit")
+	if len(long) > 63 || long == VolumeName("3f2a9c1e-8b7d-4e11", "a-very-long-volume-name-that-goes-past-the-sixty-three-limiu") {
+		t.Errorf("long name %q", long)
+	}
+}
+
+// The name rule itself, on inputs that need changing: lowercase, only
+// [a-z0-9-], at most 63, stable, distinct for distinct inputs.
+func TestVolumeNameMadeValid(t *testing.T) {
+	long := strings.Repeat("x", 70)
+	for _, vol := range []string{"web-data", "Web_Data", long} {
+		got := VolumeName("u", vol)
+		if len(got) > 63 || got != strings.ToLower(got) || strings.ContainsAny(got, "_") {
+			t.Errorf("VolumeName(u, %q) = %q", vol, got)
+		}
+	}
+	if VolumeName("u", "web-data") != "u-web-data" || VolumeName("u", long) == VolumeName("u", long+"y") || VolumeName("u", long) != VolumeName("u", long) {
+		t.Error("names not stable/distinct")
+	}
+}
