@@ -70,33 +70,18 @@ process's own output, hypeman what the server did to the instance.`,
 	return cmd
 }
 
-// copyLogs prints each log event's data, a JSON string, as a line. An
-// "error" event (the server's {code, message}) ends the stream with that
-// error.
+// copyLogs prints each log event's line. An "error" event (the server's
+// {code, message}) ends the stream with that error.
 func (a *app) copyLogs(body io.Reader) error {
-	rd := sse.NewReader(body)
-	for {
-		ev, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading the log stream: %w", err)
-		}
-		switch ev.Type {
-		case "message":
-			var line string
-			if err := json.Unmarshal([]byte(ev.Data), &line); err != nil {
-				return fmt.Errorf("the log stream sent %q, not a JSON string: %w", truncate(ev.Data, 200), err)
-			}
-			if _, err := fmt.Fprintln(a.stdout, line); err != nil {
-				return err
-			}
-		case "error":
-			e := a.apiError(http.StatusInternalServerError, []byte(ev.Data))
-			return fmt.Errorf("log stream failed: %w", e)
-		}
+	err := sse.LogLines(body, func(line string) error {
+		_, err := fmt.Fprintln(a.stdout, line)
+		return err
+	})
+	var se *sse.StreamError
+	if errors.As(err, &se) {
+		return fmt.Errorf("log stream failed: %w", a.apiError(http.StatusInternalServerError, []byte(se.Data)))
 	}
+	return err
 }
 
 // --- events ---

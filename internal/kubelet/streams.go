@@ -2,7 +2,6 @@ package kubelet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -95,39 +94,35 @@ func (r *logReader) Close() error {
 	return r.PipeReader.Close()
 }
 
-// copyLogLines writes each log event's line (a JSON string) with a newline,
-// at most limit bytes (0: no limit).
+// copyLogLines writes each log event's line with a newline, at most limit
+// bytes (0: no limit).
 func copyLogLines(w io.Writer, body io.Reader, limit int64) error {
-	rd := sse.NewReader(body)
 	written := int64(0)
-	for {
-		ev, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
+	err := sse.LogLines(body, func(line string) error {
+		b := []byte(line + "\n")
+		if limit > 0 && written+int64(len(b)) > limit {
+			_, err := w.Write(b[:limit-written])
+			if err == nil {
+				err = errLogLimit
+			}
 			return err
 		}
-		switch ev.Type {
-		case "message":
-			var line string
-			if err := json.Unmarshal([]byte(ev.Data), &line); err != nil {
-				return fmt.Errorf("the log stream sent %q, not a JSON string: %w", ev.Data, err)
-			}
-			b := []byte(line + "\n")
-			if limit > 0 && written+int64(len(b)) > limit {
-				_, err := w.Write(b[:limit-written])
-				return err
-			}
-			if _, err := w.Write(b); err != nil {
-				return err
-			}
-			written += int64(len(b))
-		case "error":
-			return fmt.Errorf("log stream failed: %w", result(http.StatusInternalServerError, []byte(ev.Data), nil))
-		}
+		_, err := w.Write(b)
+		written += int64(len(b))
+		return err
+	})
+	var se *sse.StreamError
+	switch {
+	case errors.Is(err, errLogLimit):
+		return nil
+	case errors.As(err, &se):
+		return fmt.Errorf("log stream failed: %w", result(http.StatusInternalServerError, []byte(se.Data), nil))
 	}
+	return err
 }
+
+// errLogLimit ends a log copy that reached its byte limit.
+var errLogLimit = errors.New("log byte limit reached")
 
 // RunInContainer runs cmd in the pod's instance through hypemand's exec
 // WebSocket. A non-zero exit is a utilexec.CodeExitError so `kubectl exec`
