@@ -49,7 +49,7 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.pods[key] = e
 	}
 	e.pod, e.orphan, e.deleted = pod.DeepCopy(), false, false
-	if e.inst != nil || e.creating || (e.fixed != nil && terminal(e.fixed.Phase)) {
+	if e.inst != nil || e.creating || (e.fixed != nil && podmap.Terminal(e.fixed.Phase)) {
 		// Known already (adopted by re-sync, or being made): status only.
 		p.notify(e)
 		p.mu.Unlock()
@@ -411,7 +411,7 @@ func (p *Provider) retryLoop(ctx context.Context) {
 		case key := <-p.retries:
 			p.mu.Lock()
 			e := p.pods[key]
-			if e == nil || e.deleted || e.inst != nil || e.creating || e.fixed == nil || terminal(e.fixed.Phase) {
+			if e == nil || e.deleted || e.inst != nil || e.creating || e.fixed == nil || podmap.Terminal(e.fixed.Phase) {
 				p.mu.Unlock()
 				continue
 			}
@@ -421,11 +421,6 @@ func (p *Provider) retryLoop(ctx context.Context) {
 			_ = p.CreatePod(ctx, pod)
 		}
 	}
-}
-
-// terminal reports a phase a pod never leaves.
-func terminal(phase corev1.PodPhase) bool {
-	return phase == corev1.PodSucceeded || phase == corev1.PodFailed
 }
 
 func deref[T any](p *T) T {

@@ -261,7 +261,7 @@ func terminatedStatus(pod *corev1.Pod, inst *client.Instance, now time.Time) cor
 			})
 		}
 	}
-	if !terminal(st.Phase) {
+	if !podmap.Terminal(st.Phase) {
 		st.Phase = corev1.PodFailed
 		if allZero && len(st.ContainerStatuses) > 0 {
 			st.Phase = corev1.PodSucceeded

@@ -149,7 +149,7 @@ func (p *Provider) resync(ctx context.Context) error {
 			p.pods[key] = e
 		}
 		p.setInstance(key, e, &inst)
-		if e.fixed != nil && !terminal(e.fixed.Phase) {
+		if e.fixed != nil && !podmap.Terminal(e.fixed.Phase) {
 			e.fixed = nil
 		}
 		p.notify(e)

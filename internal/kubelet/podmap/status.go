@@ -53,7 +53,7 @@ func Status(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Tim
 // terminal pod.Status is returned unchanged: a pod never leaves Succeeded
 // or Failed.
 func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.Time, nodeIP string) corev1.PodStatus {
-	if terminalPhase(pod.Status.Phase) {
+	if Terminal(pod.Status.Phase) {
 		return *pod.Status.DeepCopy()
 	}
 	st := base(pod, now, nodeIP)
@@ -159,7 +159,7 @@ func StatusOn(pod *corev1.Pod, inst *client.Instance, reachable bool, now time.T
 // the container Terminated with that reason (exit code 128, a container
 // that never started). A pod already terminal keeps its status.
 func Failed(pod *corev1.Pod, reason, message string, now time.Time) corev1.PodStatus {
-	if terminalPhase(pod.Status.Phase) {
+	if Terminal(pod.Status.Phase) {
 		return *pod.Status.DeepCopy()
 	}
 	st := base(pod, now, "")
@@ -203,7 +203,7 @@ func setConditions(st *corev1.PodStatus, pod *corev1.Pod, sandbox, ready bool, w
 	setCondition(st, pod, corev1.PodInitialized, true, "", "", now)
 	reason, msg := "", ""
 	switch {
-	case terminalPhase(st.Phase):
+	case Terminal(st.Phase):
 		reason = reasonCompleted
 	case !ready:
 		reason, msg = reasonNotReady, fmt.Sprintf("containers with unready status: [%s]", name)
@@ -253,7 +253,8 @@ func conditionTrue(st *corev1.PodStatus, t corev1.PodConditionType) bool {
 	return false
 }
 
-func terminalPhase(p corev1.PodPhase) bool { return p == corev1.PodSucceeded || p == corev1.PodFailed }
+// Terminal reports a phase a pod never leaves (Succeeded, Failed).
+func Terminal(p corev1.PodPhase) bool { return p == corev1.PodSucceeded || p == corev1.PodFailed }
 
 func orPending(p corev1.PodPhase) corev1.PodPhase {
 	if p == "" {

@@ -140,7 +140,7 @@ func TestStatus(t *testing.T) {
 			if !strings.Contains(ready.Message+cs.State.String(), tc.msg) {
 				t.Errorf("message %q / state %s lacks %q", ready.Message, cs.State.String(), tc.msg)
 			}
-			if terminalPhase(st.Phase) && ready.Reason != reasonCompleted {
+			if Terminal(st.Phase) && ready.Reason != reasonCompleted {
 				t.Errorf("terminal Ready reason %q", ready.Reason)
 			}
 			for _, ct := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
